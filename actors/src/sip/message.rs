@@ -1,0 +1,643 @@
+//! SIP messages (RFC 3261 §7, §18, §20; RFC 3581): our facade over `ezk-sip-types`.
+//!
+//! The rest of pbx sees only this module: [`Request`], [`Response`], [`parse_datagram`],
+//! [`frame_stream`] and printing through `to_bytes`. ezk does the grammar of URIs and typed
+//! headers; this module does the message frame (start line, header folding, Content-Length,
+//! body), the checks RFC 3261 §8.2 and RFC 4475 expect of a server before it acts on a
+//! request, and the Via `received`/`rport` stamping of §18.2.1 and RFC 3581.
+//!
+//! What it deliberately does not do: transactions (see `transaction`), dialogs, or anything
+//! that needs a socket or a clock. A request that cannot be acted on comes back as a
+//! [`ParseError::Reject`] carrying the status, a reason phrase saying what is wrong, and the
+//! raw header lines a response needs, so the caller can always answer a request whose Via it
+//! can read — never a panic, never a silent drop of a request it could answer.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use bytesstr::BytesStr;
+pub use ezk_sip_types::header::typed::{CSeq, CallID, Contact, Expires, FromTo, MinExpires, Via};
+use ezk_sip_types::host::Host;
+use ezk_sip_types::parse::Parse;
+use ezk_sip_types::print::AppendCtx;
+pub use ezk_sip_types::uri::{NameAddr, SipUri, SipUriUserPart};
+pub use ezk_sip_types::{Headers, Method, Name};
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+/// A whole message (head and body) larger than this is refused: 513 when we can still answer,
+/// the connection closed when we cannot. SIP over UDP cannot exceed 65,507 bytes anyway.
+pub const MESSAGE_BYTES_MAX: usize = 65_535;
+/// A stream that has sent this many bytes without finishing a header section is not SIP.
+pub const HEAD_BYTES_MAX: usize = 16_384;
+/// More header lines than this in one message is an attack, not a phone.
+pub const HEADER_LINES_MAX: usize = 256;
+
+const _: () = assert!(HEAD_BYTES_MAX < MESSAGE_BYTES_MAX);
+
+/// The protocol a message arrived on; Via says it in capitals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    pub fn via_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+
+    /// Streams frame by Content-Length and deliver reliably (RFC 3261 §17: no retransmissions).
+    pub fn is_reliable(self) -> bool {
+        matches!(self, Transport::Tcp)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: Method,
+    pub uri: SipUri,
+    pub headers: Headers,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub code: u16,
+    pub reason: String,
+    pub headers: Headers,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub enum Message {
+    Request(Request),
+    Response(Response),
+}
+
+/// Why a message could not be taken, and what to do about it.
+#[derive(Debug, Clone)]
+pub enum ParseError {
+    /// Not a SIP message we can answer (no start line, binary noise, a response we cannot
+    /// read): log, count, drop. RFC 3261 §18.1.2/§18.2.1 discard malformed responses too.
+    Discard(String),
+    /// A request we read far enough to answer but must refuse: answer `code` with `reason`.
+    /// `head` holds the raw Via/From/To/Call-ID/CSeq lines to copy into the response.
+    Reject { code: u16, reason: String, head: RawHead },
+}
+
+impl ParseError {
+    pub fn reason(&self) -> &str {
+        match self {
+            ParseError::Discard(r) => r,
+            ParseError::Reject { reason, .. } => reason,
+        }
+    }
+}
+
+/// The header lines of a message we refused, kept raw so a response can still be built
+/// (RFC 3261 §8.2.6.1 copies Via, From, To, Call-ID and CSeq verbatim).
+#[derive(Debug, Clone, Default)]
+pub struct RawHead {
+    lines: Vec<(Name, String)>,
+}
+
+impl RawHead {
+    /// The response RFC 3261 §8.2.6 asks for, or `None` when there is no Via to send it along.
+    pub fn response(&self, code: u16, reason: &str) -> Option<Response> {
+        let mut headers = Headers::new();
+        let mut has_via = false;
+        for (name, value) in &self.lines {
+            if *name == Name::VIA {
+                has_via = true;
+            }
+            if [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::CSEQ].contains(name) {
+                headers.insert(name.clone(), value.as_str());
+            }
+        }
+        has_via.then(|| Response { code, reason: reason.to_owned(), headers, body: Bytes::new() })
+    }
+}
+
+/// What a stream buffer holds at its front.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// Not a whole message yet: read more.
+    Incomplete,
+    /// RFC 5626 §3.5.1 keep-alive (a CRLF pair): `len` bytes to drop; answer with one CRLF.
+    KeepAlive { len: usize },
+    /// A whole message is the first `len` bytes.
+    Message { len: usize },
+    /// The stream cannot be framed any more. If `answerable`, the first `len` bytes are a
+    /// request head worth a `code` response before the connection is closed.
+    Broken { code: u16, reason: String, len: usize },
+}
+
+/// Finds the first message on a stream (RFC 3261 §18.3: framing by Content-Length, which a
+/// stream message must carry).
+pub fn frame_stream(buf: &[u8]) -> Frame {
+    if buf.starts_with(b"\r\n\r\n") {
+        return Frame::KeepAlive { len: 4 };
+    }
+    // Stray CRLFs between messages are allowed (RFC 3261 §7.5).
+    let lead = buf.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+    if lead > 0 {
+        if lead == buf.len() {
+            return if lead >= 4 { Frame::KeepAlive { len: lead } } else { Frame::Incomplete };
+        }
+        return Frame::KeepAlive { len: lead };
+    }
+    let Some(head_end) = find_head_end(buf) else {
+        if buf.len() > HEAD_BYTES_MAX {
+            return Frame::Broken { code: 0, reason: "header section too large".into(), len: buf.len() };
+        }
+        return Frame::Incomplete;
+    };
+    let head = &buf[..head_end];
+    let Some(content_length) = raw_content_length(head) else {
+        return Frame::Broken {
+            code: 400,
+            reason: "Missing Content-Length on a stream transport".into(),
+            len: head_end,
+        };
+    };
+    let Ok(content_length) = content_length else {
+        return Frame::Broken { code: 400, reason: "Invalid Content-Length".into(), len: head_end };
+    };
+    let len = head_end.saturating_add(content_length);
+    if len > MESSAGE_BYTES_MAX {
+        return Frame::Broken { code: 513, reason: "Message Too Large".into(), len: head_end };
+    }
+    if buf.len() < len { Frame::Incomplete } else { Frame::Message { len } }
+}
+
+/// Parses one message that arrived whole: a UDP datagram, or a frame from [`frame_stream`].
+pub fn parse_datagram(bytes: &[u8]) -> Result<Message, ParseError> {
+    parse(bytes, false)
+}
+
+/// Parses a message framed off a stream, where Content-Length is mandatory.
+pub fn parse_stream_frame(bytes: &[u8]) -> Result<Message, ParseError> {
+    parse(bytes, true)
+}
+
+fn parse(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
+    // ezk's nom grammar is third-party code fed by the network: contain any panic in it.
+    std::panic::catch_unwind(|| parse_inner(bytes, stream))
+        .unwrap_or_else(|_| Err(ParseError::Discard("parser fault on malformed input".into())))
+}
+
+fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
+    let discard = |r: &str| Err(ParseError::Discard(r.to_owned()));
+    if bytes.len() > MESSAGE_BYTES_MAX {
+        return discard("message too large");
+    }
+    // Leading CRLFs before the start line are ignored (RFC 3261 §7.5).
+    let start = bytes.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+    let bytes = &bytes[start..];
+    let Some(head_end) = find_head_end(bytes) else {
+        return discard("no end of header section");
+    };
+    let Ok(head_text) = std::str::from_utf8(&bytes[..head_end]) else {
+        return discard("header section is not UTF-8");
+    };
+    let unfolded = unfold(head_text);
+    let src = Bytes::from(unfolded);
+    let text = std::str::from_utf8(&src).expect("built from a str");
+    let mut lines = text.split('\n').filter(|l| !l.is_empty());
+    let Some(start_line) = lines.next() else {
+        return discard("empty message");
+    };
+
+    // Read every header line first, so that whatever is wrong later can still be answered.
+    let mut raw = RawHead::default();
+    let mut headers = Headers::new();
+    let mut bad_line = None;
+    for (n, line) in lines.enumerate() {
+        if n >= HEADER_LINES_MAX {
+            bad_line = Some("Too many header lines".to_owned());
+            break;
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            bad_line.get_or_insert_with(|| "Malformed header line (no colon)".to_owned());
+            continue;
+        };
+        let name = name.trim_end_matches([' ', '\t']);
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            bad_line.get_or_insert_with(|| format!("Malformed header name {name:?}"));
+            continue;
+        }
+        let value = value.trim_matches([' ', '\t']);
+        let name = Name::from(BytesStr::from_parse(&src, name));
+        raw.lines.push((name.clone(), value.to_owned()));
+        headers.insert(name, BytesStr::from_parse(&src, value));
+    }
+
+    let body_start = &bytes[head_end..];
+    if start_line.starts_with("SIP/") {
+        return parse_response(start_line, headers, body_start, stream, bad_line);
+    }
+    let reject = |code: u16, reason: String| Err(ParseError::Reject { code, reason, head: raw.clone() });
+
+    // Request-Line = Method SP Request-URI SP SIP-Version (RFC 3261 §25.1)
+    let mut parts = start_line.split(' ');
+    let (Some(method), Some(uri), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return reject(400, "Malformed Request-Line".into());
+    };
+    if method.is_empty() || !method.bytes().all(is_token_byte) {
+        return reject(400, "Malformed method in Request-Line".into());
+    }
+    if let Some(reason) = bad_line {
+        return reject(400, reason);
+    }
+    if !version.eq_ignore_ascii_case("SIP/2.0") {
+        return reject(505, "Version Not Supported".into());
+    }
+    let method = Method::from_parse(&src, method);
+    let scheme = uri.split(':').next().unwrap_or("");
+    if !(scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")) {
+        return reject(416, format!("Unsupported URI Scheme {scheme:?}"));
+    }
+    let uri = match SipUri::parse(&src)(uri) {
+        Ok(("", uri)) => uri,
+        _ => return reject(400, "Malformed Request-URI".into()),
+    };
+
+    // The headers every request must carry (RFC 3261 §8.1.1), each readable.
+    match headers.get_named::<Vec<Via>>() {
+        Ok(vias) if !vias.is_empty() => {}
+        Ok(_) | Err(_) if !headers.contains(&Name::VIA) => return reject(400, "Missing Via header".into()),
+        _ => return reject(400, "Malformed Via header".into()),
+    }
+    for (name, label) in [(Name::FROM, "From"), (Name::TO, "To")] {
+        match headers.get_raw(&name).count() {
+            0 => return reject(400, format!("Missing {label} header")),
+            1 => {}
+            _ => return reject(400, format!("Multiple {label} headers")),
+        }
+        if headers.get::<FromTo>(name).is_err() {
+            return reject(400, format!("Malformed {label} header"));
+        }
+    }
+    match headers.get_raw(&Name::CALL_ID).count() {
+        0 => return reject(400, "Missing Call-ID header".into()),
+        1 => {}
+        _ => return reject(400, "Multiple Call-ID headers".into()),
+    }
+    let cseq = match headers.get_named::<CSeq>() {
+        Ok(cseq) => cseq,
+        Err(_) if !headers.contains(&Name::CSEQ) => return reject(400, "Missing CSeq header".into()),
+        Err(_) => return reject(400, "Malformed CSeq header".into()),
+    };
+    if headers.get_raw(&Name::CSEQ).count() > 1 {
+        return reject(400, "Multiple CSeq headers".into());
+    }
+    if cseq.method != method {
+        return reject(400, "CSeq method does not match Request-Line".into());
+    }
+    if let Some(values) = headers.try_get_named::<Expires>() {
+        if values.is_err() {
+            return reject(400, "Malformed Expires header".into());
+        }
+    }
+    if headers.contains(&Name::MAX_FORWARDS) {
+        let raw_mf = headers.get_raw(&Name::MAX_FORWARDS).next().map(|v| v.as_str()).unwrap_or("");
+        if raw_mf.parse::<u8>().is_err() {
+            return reject(400, "Malformed Max-Forwards header".into());
+        }
+    }
+    let body = match take_body(&mut headers, body_start, stream) {
+        Ok(body) => body,
+        Err(reason) => return reject(400, reason.into()),
+    };
+    Ok(Message::Request(Request { method, uri, headers, body }))
+}
+
+fn parse_response(
+    start_line: &str,
+    mut headers: Headers,
+    body_start: &[u8],
+    stream: bool,
+    bad_line: Option<String>,
+) -> Result<Message, ParseError> {
+    let discard = |r: &str| Err(ParseError::Discard(r.to_owned()));
+    // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase (RFC 3261 §25.1)
+    let mut parts = start_line.splitn(3, ' ');
+    let (Some(version), Some(code)) = (parts.next(), parts.next()) else {
+        return discard("malformed Status-Line");
+    };
+    if !version.eq_ignore_ascii_case("SIP/2.0") {
+        return discard("unsupported SIP version in response");
+    }
+    let Some(code) = code.parse::<u16>().ok().filter(|c| (100..=699).contains(c)) else {
+        return discard("malformed status code");
+    };
+    if let Some(reason) = bad_line {
+        return Err(ParseError::Discard(reason));
+    }
+    for name in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::CSEQ] {
+        if !headers.contains(&name) {
+            return Err(ParseError::Discard(format!("response without {}", name.as_print_str())));
+        }
+    }
+    if headers.get_named::<CSeq>().is_err() || headers.get_named::<Via>().is_err() {
+        return discard("response with malformed CSeq or Via");
+    }
+    let reason = parts.next().unwrap_or("").to_owned();
+    let body = take_body(&mut headers, body_start, stream).map_err(|r| ParseError::Discard(r.into()))?;
+    Ok(Message::Response(Response { code, reason, headers, body }))
+}
+
+/// Takes the body off by Content-Length, and drops the header: printing writes a fresh one.
+fn take_body(headers: &mut Headers, rest: &[u8], stream: bool) -> Result<Bytes, &'static str> {
+    let declared = headers.remove(&Name::CONTENT_LENGTH);
+    let Some(values) = declared else {
+        if stream {
+            return Err("Missing Content-Length on a stream transport");
+        }
+        // RFC 3261 §18.3: on a datagram the body runs to the end of the packet.
+        return Ok(Bytes::copy_from_slice(rest));
+    };
+    let mut lengths = values.iter().map(|v| v.as_str().trim().parse::<usize>());
+    let Some(Ok(len)) = lengths.next() else {
+        return Err("Invalid Content-Length");
+    };
+    if lengths.any(|other| other != Ok(len)) {
+        return Err("Conflicting Content-Length headers");
+    }
+    if len > rest.len() {
+        return Err("Content-Length larger than the message body");
+    }
+    // A datagram longer than Content-Length: the excess is discarded (RFC 3261 §18.3).
+    Ok(Bytes::copy_from_slice(&rest[..len]))
+}
+
+/// Index just past the blank line that ends the header section (CRLFCRLF or bare LFLF).
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < buf.len() {
+        if buf[i] == b'\n' {
+            match buf.get(i + 1) {
+                Some(b'\n') => return Some(i + 2),
+                Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Joins folded header lines (RFC 3261 §7.3.1: CRLF followed by whitespace is one space) and
+/// normalises line ends to `\n`.
+fn unfold(head: &str) -> String {
+    let mut out = String::with_capacity(head.len());
+    let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).peekable();
+    while let Some(line) = lines.next() {
+        out.push_str(line);
+        while let Some(next) = lines.peek() {
+            if next.starts_with([' ', '\t']) {
+                out.push(' ');
+                out.push_str(next.trim_start_matches([' ', '\t']));
+                lines.next();
+            } else {
+                break;
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Content-Length read from a raw head without a full parse: `None` if absent.
+fn raw_content_length(head: &[u8]) -> Option<Result<usize, ()>> {
+    let text = String::from_utf8_lossy(head);
+    for line in text.split('\n') {
+        let Some((name, value)) = line.split_once(':') else { continue };
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l") {
+            return Some(value.trim().parse::<usize>().map_err(|_| ()));
+        }
+    }
+    None
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
+/// The standard reason phrase of a status code (RFC 3261 §21, RFC 3581, RFC 4474 …).
+pub fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        100 => "Trying",
+        180 => "Ringing",
+        183 => "Session Progress",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        415 => "Unsupported Media Type",
+        416 => "Unsupported URI Scheme",
+        420 => "Bad Extension",
+        423 => "Interval Too Brief",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
+        483 => "Too Many Hops",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "Version Not Supported",
+        513 => "Message Too Large",
+        603 => "Decline",
+        _ => "Unknown",
+    }
+}
+
+impl Request {
+    /// The top Via: the hop that sent us this request.
+    pub fn top_via(&self) -> Option<Via> {
+        self.headers.get_named::<Via>().ok()
+    }
+
+    /// The branch of the top Via, the transaction key of RFC 3261 §17.2.3.
+    pub fn branch(&self) -> Option<String> {
+        self.top_via()?.params.get_val("branch").map(|b| b.to_string())
+    }
+
+    pub fn cseq(&self) -> Option<CSeq> {
+        self.headers.get_named::<CSeq>().ok()
+    }
+
+    pub fn call_id(&self) -> Option<String> {
+        self.headers.get_raw(&Name::CALL_ID).next().map(|v| v.to_string())
+    }
+
+    pub fn from(&self) -> Option<FromTo> {
+        self.headers.get::<FromTo>(Name::FROM).ok()
+    }
+
+    pub fn to(&self) -> Option<FromTo> {
+        self.headers.get::<FromTo>(Name::TO).ok()
+    }
+
+    /// The first value of a header, raw.
+    pub fn header(&self, name: &Name) -> Option<&str> {
+        self.headers.get_raw(name).next().map(|v| v.as_str())
+    }
+
+    /// The Contact header set of a REGISTER (RFC 3261 §10.2): none, `*`, or a list.
+    pub fn contacts(&self) -> Result<Contacts, &'static str> {
+        let values: Vec<&BytesStr> = self.headers.get_raw(&Name::CONTACT).collect();
+        if values.is_empty() {
+            return Ok(Contacts::None);
+        }
+        if values.iter().any(|v| v.as_str().trim() == "*") {
+            return if values.len() == 1 { Ok(Contacts::Star) } else { Err("Contact * mixed with other contacts") };
+        }
+        match self.headers.get_named::<Vec<Contact>>() {
+            Ok(list) if !list.is_empty() => Ok(Contacts::List(list)),
+            _ => Err("Malformed Contact header"),
+        }
+    }
+
+    /// A response to this request, built as RFC 3261 §8.2.6.1 says: Via, From, To, Call-ID and
+    /// CSeq copied; `to_tag` added to To when it has none (not on 100, which carries no tag).
+    pub fn response(&self, code: u16, to_tag: Option<&str>) -> Response {
+        let mut headers = Headers::new();
+        for name in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::CSEQ] {
+            for value in self.headers.get_raw(&name) {
+                let mut value = value.to_string();
+                if name == Name::TO && code > 100 {
+                    if let Some(tag) = to_tag {
+                        if !self.to().is_some_and(|to| to.tag.is_some()) {
+                            let _ = write!(value, ";tag={tag}");
+                        }
+                    }
+                }
+                headers.insert(name.clone(), value);
+            }
+        }
+        Response { code, reason: reason_phrase(code).to_owned(), headers, body: Bytes::new() }
+    }
+
+    /// RFC 3261 §18.2.1 and RFC 3581 §4: note on the top Via where the request really came
+    /// from (`received`), and the source port when the client asked for it (`rport`).
+    pub fn stamp_via_source(&mut self, source: SocketAddr) {
+        let Ok(mut vias) = self.headers.get_named::<Vec<Via>>() else { return };
+        let Some(top) = vias.first_mut() else { return };
+        let asked_rport = top.params.get("rport").is_some();
+        let sent_by_ip = match &top.sent_by.host {
+            Host::IP4(ip) => Some(IpAddr::V4(*ip)),
+            Host::IP6(ip) => Some(IpAddr::V6(*ip)),
+            Host::Name(_) => None,
+        };
+        if asked_rport || sent_by_ip != Some(source.ip()) {
+            top.params.push_or_edit("received", source.ip().to_string());
+        }
+        if asked_rport {
+            top.params.push_or_edit("rport", source.port().to_string());
+        }
+        self.headers.remove(&Name::VIA);
+        for via in vias.iter().rev() {
+            self.headers.insert_named_front(via);
+        }
+    }
+
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(256 + self.body.len());
+        let _ = write!(Writer(&mut out), "{} {} SIP/2.0\r\n", self.method, self.uri.default_print_ctx());
+        write_headers_and_body(&mut out, &self.headers, &self.body);
+        out.freeze()
+    }
+}
+
+impl Response {
+    pub fn cseq(&self) -> Option<CSeq> {
+        self.headers.get_named::<CSeq>().ok()
+    }
+
+    pub fn top_via(&self) -> Option<Via> {
+        self.headers.get_named::<Via>().ok()
+    }
+
+    pub fn branch(&self) -> Option<String> {
+        self.top_via()?.params.get_val("branch").map(|b| b.to_string())
+    }
+
+    pub fn header(&self, name: &Name) -> Option<&str> {
+        self.headers.get_raw(name).next().map(|v| v.as_str())
+    }
+
+    /// Where a response travels over UDP (RFC 3261 §18.2.2, RFC 3581 §4): back to the
+    /// `received` address at the `rport` port when stamped, else the Via's sent-by port.
+    pub fn udp_destination(&self, source: SocketAddr) -> SocketAddr {
+        let Some(via) = self.top_via() else { return source };
+        let ip = via.params.get_val("received").and_then(|r| r.parse::<IpAddr>().ok()).unwrap_or(source.ip());
+        if let Some(port) = via.params.get_val("rport").and_then(|p| p.parse::<u16>().ok()) {
+            return SocketAddr::new(ip, port);
+        }
+        SocketAddr::new(ip, via.sent_by.port.unwrap_or(5060))
+    }
+
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(256 + self.body.len());
+        let reason = if self.reason.is_empty() { reason_phrase(self.code) } else { &self.reason };
+        let _ = write!(Writer(&mut out), "SIP/2.0 {} {}\r\n", self.code, reason);
+        write_headers_and_body(&mut out, &self.headers, &self.body);
+        out.freeze()
+    }
+}
+
+impl Message {
+    pub fn to_bytes(&self) -> Bytes {
+        match self {
+            Message::Request(r) => r.to_bytes(),
+            Message::Response(r) => r.to_bytes(),
+        }
+    }
+}
+
+/// The Contact set of a REGISTER.
+#[derive(Debug, Clone)]
+pub enum Contacts {
+    /// No Contact: a query for the current bindings.
+    None,
+    /// `Contact: *`: remove every binding (only valid with Expires: 0).
+    Star,
+    List(Vec<Contact>),
+}
+
+fn write_headers_and_body(out: &mut BytesMut, headers: &Headers, body: &[u8]) {
+    for (name, value) in headers.iter() {
+        if *name == Name::CONTENT_LENGTH {
+            continue;
+        }
+        out.put_slice(name.as_print_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    let _ = write!(Writer(out), "Content-Length: {}\r\n\r\n", body.len());
+    out.put_slice(body);
+}
+
+struct Writer<'a>(&'a mut BytesMut);
+
+impl std::fmt::Write for Writer<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.put_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

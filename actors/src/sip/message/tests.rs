@@ -1,0 +1,140 @@
+use super::*;
+
+const REGISTER: &[u8] = b"REGISTER sip:pbx.example SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.0.0.5:5062;branch=z9hG4bK-1;rport\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:100@pbx.example>;tag=abc\r\n\
+To: <sip:100@pbx.example>\r\n\
+Call-ID: reg-1@10.0.0.5\r\n\
+CSeq: 7 REGISTER\r\n\
+Contact: <sip:100@10.0.0.5:5062>;expires=60, \"Desk\" <sip:100@10.0.0.6>\r\n\
+Content-Length: 0\r\n\r\n";
+
+fn request(bytes: &[u8]) -> Request {
+    match parse_datagram(bytes) {
+        Ok(Message::Request(r)) => r,
+        other => panic!("expected a request, got {other:?}"),
+    }
+}
+
+fn rejection(bytes: &[u8]) -> (u16, String) {
+    match parse_datagram(bytes) {
+        Err(ParseError::Reject { code, reason, .. }) => (code, reason),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+/// A REGISTER parses into typed headers, and printing it and parsing again keeps its meaning.
+#[test]
+fn register_parses_and_round_trips() {
+    let r = request(REGISTER);
+    assert_eq!(r.method, Method::REGISTER);
+    assert_eq!(r.cseq().unwrap().cseq, 7);
+    assert_eq!(r.branch().as_deref(), Some("z9hG4bK-1"));
+    let Contacts::List(contacts) = r.contacts().unwrap() else { panic!("contacts") };
+    assert_eq!(contacts.len(), 2);
+    let again = request(&r.to_bytes());
+    assert_eq!(again.call_id(), r.call_id());
+    assert_eq!(again.to_bytes(), r.to_bytes());
+}
+
+/// Via stamping: received always when rport is asked (RFC 3581), and responses go back there.
+#[test]
+fn rport_and_received_route_the_response_to_the_nat_address() {
+    let mut r = request(REGISTER);
+    let nat: SocketAddr = "203.0.113.9:40000".parse().unwrap();
+    r.stamp_via_source(nat);
+    let via = r.top_via().unwrap();
+    assert_eq!(via.params.get_val("received").map(|v| v.as_str()), Some("203.0.113.9"));
+    assert_eq!(via.params.get_val("rport").map(|v| v.as_str()), Some("40000"));
+    let resp = r.response(200, Some("t1"));
+    assert_eq!(resp.udp_destination("192.0.2.1:1".parse().unwrap()), nat);
+    assert!(resp.header(&Name::TO).unwrap().ends_with(";tag=t1"));
+}
+
+/// Without rport, the response goes to the sent-by port at the received address.
+#[test]
+fn without_rport_the_response_uses_the_sent_by_port() {
+    let text = String::from_utf8(REGISTER.to_vec()).unwrap().replace(";rport", "");
+    let mut r = request(text.as_bytes());
+    r.stamp_via_source("203.0.113.9:40000".parse().unwrap());
+    let resp = r.response(200, None);
+    assert_eq!(resp.udp_destination("192.0.2.1:1".parse().unwrap()), "203.0.113.9:5062".parse().unwrap());
+}
+
+/// Each missing mandatory header gets a 400 naming it, with the head kept for the answer.
+#[test]
+fn missing_headers_are_named_in_the_400() {
+    let text = String::from_utf8(REGISTER.to_vec()).unwrap();
+    for (line, name) in [("Call-ID: reg-1@10.0.0.5\r\n", "Call-ID"), ("CSeq: 7 REGISTER\r\n", "CSeq"), ("From: <sip:100@pbx.example>;tag=abc\r\n", "From")] {
+        let (code, reason) = rejection(text.replace(line, "").as_bytes());
+        assert_eq!(code, 400);
+        assert!(reason.contains(name), "{reason}");
+    }
+    match parse_datagram(text.replace("CSeq: 7 REGISTER", "CSeq: 7 INVITE").as_bytes()) {
+        Err(ParseError::Reject { code: 400, head, .. }) => {
+            let resp = head.response(400, "CSeq method does not match Request-Line").unwrap();
+            assert!(resp.to_bytes().starts_with(b"SIP/2.0 400 CSeq method does not match"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Unknown URI schemes get 416, other SIP versions 505.
+#[test]
+fn scheme_and_version_errors_get_their_own_codes() {
+    let text = String::from_utf8(REGISTER.to_vec()).unwrap();
+    assert_eq!(rejection(text.replace("REGISTER sip:pbx.example", "REGISTER tel:+15551234").as_bytes()).0, 416);
+    assert_eq!(rejection(text.replace("SIP/2.0\r\nVia", "SIP/7.0\r\nVia").as_bytes()).0, 505);
+}
+
+/// A Content-Length past the end of the datagram is a 400; a shorter one truncates the body.
+#[test]
+fn content_length_is_checked_against_the_datagram() {
+    let text = String::from_utf8(REGISTER.to_vec()).unwrap();
+    let (code, _) = rejection(text.replace("Content-Length: 0", "Content-Length: 10").as_bytes());
+    assert_eq!(code, 400);
+    let longer = text.replace("Content-Length: 0", "Content-Length: 2") + "abcdef";
+    assert_eq!(&request(longer.as_bytes()).body[..], b"ab");
+}
+
+/// Stream framing: waits for more, needs Content-Length, answers keep-alives.
+#[test]
+fn stream_framing() {
+    assert_eq!(frame_stream(&REGISTER[..40]), Frame::Incomplete);
+    assert_eq!(frame_stream(REGISTER), Frame::Message { len: REGISTER.len() });
+    let mut two = REGISTER.to_vec();
+    two.extend_from_slice(REGISTER);
+    assert_eq!(frame_stream(&two), Frame::Message { len: REGISTER.len() });
+    assert_eq!(frame_stream(b"\r\n\r\n"), Frame::KeepAlive { len: 4 });
+    let text = String::from_utf8(REGISTER.to_vec()).unwrap().replace("Content-Length: 0\r\n", "");
+    assert!(matches!(frame_stream(text.as_bytes()), Frame::Broken { code: 400, .. }));
+    assert!(matches!(frame_stream(&vec![b'a'; HEAD_BYTES_MAX + 1]), Frame::Broken { .. }));
+}
+
+/// Folded header lines are joined; compact header names are understood.
+#[test]
+fn folding_and_compact_forms() {
+    let text = "OPTIONS sip:pbx SIP/2.0\r\nv: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKx\r\nf: <sip:a@b>\r\n ;tag=1\r\nt: <sip:pbx>\r\ni: c1\r\nCSeq: 1 OPTIONS\r\nl: 0\r\n\r\n";
+    let r = request(text.as_bytes());
+    assert_eq!(r.from().unwrap().tag.as_deref(), Some("1"));
+    assert_eq!(r.call_id().as_deref(), Some("c1"));
+}
+
+proptest::proptest! {
+    /// Arbitrary bytes never panic the parser or the framer.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+        let _ = parse_datagram(&bytes);
+        let _ = frame_stream(&bytes);
+    }
+
+    /// Any prefix of a valid message, or one byte changed, never panics.
+    #[test]
+    fn mutated_messages_never_panic(cut in 0usize..REGISTER.len(), at in 0usize..REGISTER.len(), byte in proptest::num::u8::ANY) {
+        let _ = parse_datagram(&REGISTER[..cut]);
+        let mut m = REGISTER.to_vec();
+        m[at] = byte;
+        let _ = parse_datagram(&m);
+    }
+}

@@ -1,0 +1,10 @@
+//! SIP: messages, transports' framing rules and transactions (RFC 3261).
+//!
+//! - [`message`]: the facade over ezk-sip-types — parse, check, print, Via stamping.
+//! - [`transaction`]: RFC 3261 §17 client and server transactions as a sans-IO machine.
+//!
+//! Sockets live in the node; everything here is bytes in, bytes out.
+
+pub mod message;
+
+pub use message::{Message, Request, Response, Transport};

@@ -1,0 +1,1 @@
+//! pbx-benches: criterion benchmarks (`benches/`) and the SIPp load harness (`load/`).
