@@ -10,8 +10,7 @@ use std::time::Duration;
 
 /// Microseconds since an origin chosen by whoever drives the machine (the node uses the Unix
 /// epoch, so stored expiry times survive a restart). Only ever moves forward for one machine.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Timestamp(pub u64);
 
 impl Timestamp {

@@ -242,7 +242,8 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
 
     // Request-Line = Method SP Request-URI SP SIP-Version (RFC 3261 §25.1)
     let mut parts = start_line.split(' ');
-    let (Some(method), Some(uri), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(uri), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return reject(400, "Malformed Request-Line".into());
     };
     if method.is_empty() || !method.bytes().all(is_token_byte) {

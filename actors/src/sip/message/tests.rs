@@ -66,7 +66,11 @@ fn without_rport_the_response_uses_the_sent_by_port() {
 #[test]
 fn missing_headers_are_named_in_the_400() {
     let text = String::from_utf8(REGISTER.to_vec()).unwrap();
-    for (line, name) in [("Call-ID: reg-1@10.0.0.5\r\n", "Call-ID"), ("CSeq: 7 REGISTER\r\n", "CSeq"), ("From: <sip:100@pbx.example>;tag=abc\r\n", "From")] {
+    for (line, name) in [
+        ("Call-ID: reg-1@10.0.0.5\r\n", "Call-ID"),
+        ("CSeq: 7 REGISTER\r\n", "CSeq"),
+        ("From: <sip:100@pbx.example>;tag=abc\r\n", "From"),
+    ] {
         let (code, reason) = rejection(text.replace(line, "").as_bytes());
         assert_eq!(code, 400);
         assert!(reason.contains(name), "{reason}");
