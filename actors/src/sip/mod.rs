@@ -6,5 +6,6 @@
 //! Sockets live in the node; everything here is bytes in, bytes out.
 
 pub mod message;
+pub mod transaction;
 
 pub use message::{Message, Request, Response, Transport};
