@@ -44,6 +44,12 @@ impl Timestamp {
     }
 }
 
+/// Where a shell gets `now` from: a monotonic wall clock in the node, a virtual one in tests
+/// and the simulator. Only actor shells hold one; machines are handed its readings.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Timestamp;
+}
+
 impl Add<Duration> for Timestamp {
     type Output = Timestamp;
     fn add(self, d: Duration) -> Timestamp {

@@ -1,0 +1,435 @@
+//! The registrar's ractor shell: feeds [`Registrar`] the clock and messages, writes its
+//! `Persist` commands to the store *before* delivering the responses that depend on them,
+//! logs and counts its events, and keeps exactly one timer armed for its next wake-up.
+//!
+//! If the store refuses a batch, the REGISTER it guarded is answered 500 (never a 200 for a
+//! binding that is not stored), the admin request gets `Err`, and the machine rewrites the
+//! affected keys from its current state at the next flush ([`Registrar::persist_failed`]).
+//!
+//! Not done: a bounded mailbox (ractor's is unbounded; the endpoint in front sheds load).
+
+use super::machine::{
+    Binding, Extension, Registrar, RegistrarCommand, RegistrarConfig, RegistrarEvent, RegistrarInput, RegistrarOutput,
+};
+use crate::sip::message::Name;
+use crate::sip::{Request, Response, Transport};
+use crate::time::Timestamp;
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where durable changes go: redb in the product, memory in tests and the simulator. Applies the
+/// whole batch or none of it.
+pub trait RegistrarStore: Send + Sync + 'static {
+    fn apply(&self, commands: &[RegistrarCommand]) -> Result<(), String>;
+}
+
+/// Where time comes from: the shared trait of `crate::time`, re-exported here. The node's clock
+/// must give Unix-epoch µs (as [`SystemClock`] does) so stored expiry times survive a restart.
+pub use crate::time::Clock;
+
+/// Where REGISTER responses go: the endpoint, which owns the server transactions. Must not
+/// block.
+pub trait ResponseSink: Send + Sync + 'static {
+    fn deliver(&self, tx: u64, response: Response);
+}
+
+/// The system clock as microseconds since the Unix epoch.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Timestamp(u64::try_from(since_epoch.as_micros()).unwrap_or(u64::MAX))
+    }
+}
+
+pub struct RegistrarArgs {
+    pub config: RegistrarConfig,
+    pub rng_seed: u64,
+    pub extensions: Vec<Extension>,
+    pub bindings: Vec<Binding>,
+    pub clock: Arc<dyn Clock>,
+    pub store: Arc<dyn RegistrarStore>,
+    pub sink: Arc<dyn ResponseSink>,
+}
+
+/// An extension as the API shows it: no hashes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExtensionView {
+    pub number: String,
+    pub display_name: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RegistrarStats {
+    pub bindings: usize,
+    pub blocked_sources: usize,
+}
+
+/// Messages to the registrar. `PutExtension` carries a password, so this type has no `Debug`.
+pub enum RegistrarMsg {
+    /// A REGISTER inside server transaction `tx`; the response goes to the [`ResponseSink`].
+    Register {
+        tx: u64,
+        request: Request,
+        source: SocketAddr,
+        transport: Transport,
+    },
+    /// `Err` carries the reason, naming the field (`"password: …"`), or a storage failure.
+    PutExtension {
+        number: String,
+        password: String,
+        display_name: String,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    /// `Err("no such extension")` for an unknown number. Removes the extension's bindings too.
+    RemoveExtension {
+        number: String,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    ListBindings(RpcReplyPort<Vec<Binding>>),
+    ListExtensions(RpcReplyPort<Vec<ExtensionView>>),
+    Stats(RpcReplyPort<RegistrarStats>),
+    /// The machine's timer.
+    Wake,
+}
+
+type Timer = ractor::concurrency::JoinHandle<Result<(), MessagingErr<RegistrarMsg>>>;
+
+pub struct RegistrarState {
+    machine: Registrar,
+    clock: Arc<dyn Clock>,
+    store: Arc<dyn RegistrarStore>,
+    sink: Arc<dyn ResponseSink>,
+    timer: Option<Timer>,
+}
+
+pub struct RegistrarActor;
+
+impl Actor for RegistrarActor {
+    type Msg = RegistrarMsg;
+    type State = RegistrarState;
+    type Arguments = RegistrarArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<RegistrarMsg>,
+        args: RegistrarArgs,
+    ) -> Result<RegistrarState, ActorProcessingErr> {
+        let now = args.clock.now();
+        let machine = Registrar::new(args.config, args.rng_seed, args.extensions, args.bindings, now);
+        let mut state = RegistrarState { machine, clock: args.clock, store: args.store, sink: args.sink, timer: None };
+        // Bindings that expired while the node was down are dropped from storage now.
+        state.drain();
+        Ok(state)
+    }
+
+    async fn post_start(&self, me: ActorRef<RegistrarMsg>, s: &mut RegistrarState) -> Result<(), ActorProcessingErr> {
+        s.rearm(&me);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<RegistrarMsg>,
+        msg: RegistrarMsg,
+        s: &mut RegistrarState,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = s.clock.now();
+        match msg {
+            RegistrarMsg::Register { tx, request, source, transport } => {
+                s.machine.handle(now, RegistrarInput::Register { tx, request, source, transport });
+                s.drain();
+            }
+            RegistrarMsg::PutExtension { number, password, display_name, reply } => {
+                s.machine.handle(now, RegistrarInput::PutExtension { number, password, display_name });
+                let result = s.drain().unwrap_or_else(|| Err("no result from the registrar".into()));
+                let _ = reply.send(result);
+            }
+            RegistrarMsg::RemoveExtension { number, reply } => {
+                s.machine.handle(now, RegistrarInput::RemoveExtension { number });
+                let result = s.drain().unwrap_or_else(|| Err("no result from the registrar".into()));
+                let _ = reply.send(result);
+            }
+            RegistrarMsg::ListBindings(reply) => {
+                let live = s.machine.bindings().filter(|b| b.expires_at > now).cloned().collect();
+                let _ = reply.send(live);
+            }
+            RegistrarMsg::ListExtensions(reply) => {
+                let views = s
+                    .machine
+                    .extensions()
+                    .map(|e| ExtensionView { number: e.number.clone(), display_name: e.display_name.clone() })
+                    .collect();
+                let _ = reply.send(views);
+            }
+            RegistrarMsg::Stats(reply) => {
+                let stats = RegistrarStats {
+                    bindings: s.machine.binding_count(),
+                    blocked_sources: s.machine.blocked_sources(now),
+                };
+                let _ = reply.send(stats);
+            }
+            RegistrarMsg::Wake => {
+                s.machine.handle(now, RegistrarInput::Timeout);
+                s.drain();
+            }
+        }
+        s.rearm(&me);
+        Ok(())
+    }
+}
+
+impl RegistrarState {
+    /// Performs the machine's outputs in order: `Persist` commands are batched and stored before
+    /// the `Respond` that follows them. Returns the result of an extension change, if any.
+    fn drain(&mut self) -> Option<Result<(), String>> {
+        let mut batch: Vec<RegistrarCommand> = Vec::new();
+        let mut storage_failed = false;
+        let mut extension_result = None;
+        while let Some(output) = self.machine.poll_output() {
+            match output {
+                RegistrarOutput::Persist(command) => batch.push(command),
+                RegistrarOutput::Respond { tx, response } => {
+                    storage_failed |= !self.apply(&mut batch);
+                    let response = if storage_failed { server_error(&response) } else { response };
+                    self.sink.deliver(tx, response);
+                }
+                RegistrarOutput::Event(event) => {
+                    if let Some(result) = log_event(event) {
+                        extension_result = Some(result);
+                    }
+                }
+            }
+        }
+        storage_failed |= !self.apply(&mut batch);
+        if storage_failed && extension_result.as_ref().is_some_and(Result::is_ok) {
+            extension_result = Some(Err("storage: the change could not be stored".into()));
+        }
+        metrics::gauge!("pbx_registrar_bindings").set(self.machine.binding_count() as f64);
+        extension_result
+    }
+
+    /// Stores and empties `batch`; false if the store refused it.
+    fn apply(&mut self, batch: &mut Vec<RegistrarCommand>) -> bool {
+        if batch.is_empty() {
+            return true;
+        }
+        let result = self.store.apply(batch);
+        if let Err(error) = &result {
+            tracing::error!(%error, commands = batch.len(), "registrar storage refused a batch");
+            metrics::counter!("pbx_registrar_storage_failures_total").increment(1);
+            self.machine.persist_failed(batch);
+        }
+        batch.clear();
+        result.is_ok()
+    }
+
+    /// One timer, always for the machine's earliest wake-up; never sleep in `handle`.
+    fn rearm(&mut self, me: &ActorRef<RegistrarMsg>) {
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
+        }
+        if let Some(at) = self.machine.poll_timeout() {
+            let wait = Duration::from_micros(at.as_micros().saturating_sub(self.clock.now().as_micros()));
+            self.timer = Some(me.send_after(wait, || RegistrarMsg::Wake));
+        }
+    }
+}
+
+/// Logs and counts one event; for an extension change, its result for the admin API.
+fn log_event(event: RegistrarEvent) -> Option<Result<(), String>> {
+    match event {
+        RegistrarEvent::Registered { aor, contact } => tracing::info!(%aor, %contact, "registered"),
+        RegistrarEvent::Unregistered { aor, contact } => tracing::info!(%aor, %contact, "unregistered"),
+        RegistrarEvent::Expired { aor, contact } => tracing::info!(%aor, %contact, "registration expired"),
+        RegistrarEvent::AuthFailed { source, user } => {
+            tracing::warn!(%source, user = ?user, "REGISTER authentication failed");
+            metrics::counter!("pbx_auth_failures_total").increment(1);
+        }
+        RegistrarEvent::SourceBlocked { source, until } => {
+            tracing::info!(%source, %until, "source blocked after repeated authentication failures");
+            metrics::counter!("pbx_blocked_sources_total").increment(1);
+        }
+        RegistrarEvent::Rejected { source, code } => {
+            tracing::debug!(%source, code, "REGISTER rejected");
+            metrics::counter!("pbx_register_rejected_total", "code" => code.to_string()).increment(1);
+        }
+        RegistrarEvent::ExtensionChanged { number } => {
+            tracing::info!(%number, "extension changed");
+            return Some(Ok(()));
+        }
+        RegistrarEvent::ExtensionInvalid { reason } => {
+            tracing::info!(%reason, "extension change refused");
+            return Some(Err(reason));
+        }
+    }
+    None
+}
+
+/// A 500 in place of `response`, keeping the headers RFC 3261 §8.2.6.1 copies from the request.
+fn server_error(response: &Response) -> Response {
+    let mut headers = ezk_sip_types::Headers::new();
+    for name in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::CSEQ] {
+        for value in response.headers.get_raw(&name) {
+            headers.insert(name.clone(), value.as_str());
+        }
+    }
+    Response { code: 500, reason: "Server Internal Error".into(), headers, body: Bytes::new() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registrar::tests::{PASSWORD_100, Reg, authorization, challenge_for, source};
+    use std::sync::Mutex;
+
+    /// A virtual clock on tokio's (paused) time, starting at an arbitrary epoch offset.
+    struct TokioClock(tokio::time::Instant);
+    impl Clock for TokioClock {
+        fn now(&self) -> Timestamp {
+            Timestamp::from_secs(1_700_000_000) + self.0.elapsed()
+        }
+    }
+
+    /// Stores and deliveries in one journal, to check their order; responses kept whole. The
+    /// store refuses every batch while `broken` is set.
+    #[derive(Default)]
+    struct Journal {
+        entries: Mutex<Vec<String>>,
+        responses: Mutex<Vec<Response>>,
+        broken: std::sync::atomic::AtomicBool,
+    }
+    impl Journal {
+        fn entries(&self) -> Vec<String> {
+            self.entries.lock().unwrap().clone()
+        }
+    }
+    impl RegistrarStore for Journal {
+        fn apply(&self, commands: &[RegistrarCommand]) -> Result<(), String> {
+            if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err("disk on fire".into());
+            }
+            let mut entries = self.entries.lock().unwrap();
+            for c in commands {
+                entries.push(match c {
+                    RegistrarCommand::PutExtension(e) => format!("put-extension {}", e.number),
+                    RegistrarCommand::RemoveExtension { number } => format!("remove-extension {number}"),
+                    RegistrarCommand::PutBinding(b) => format!("put-binding {}", b.contact),
+                    RegistrarCommand::RemoveBinding { contact, .. } => format!("remove-binding {contact}"),
+                });
+            }
+            Ok(())
+        }
+    }
+    impl ResponseSink for Journal {
+        fn deliver(&self, tx: u64, response: Response) {
+            self.entries.lock().unwrap().push(format!("respond {tx} {}", response.code));
+            self.responses.lock().unwrap().push(response);
+        }
+    }
+
+    /// The shell stores a new binding before it delivers the 200, and expires it on virtual time.
+    #[tokio::test(start_paused = true)]
+    async fn persists_before_responding_and_expires_on_virtual_time() {
+        let journal = Arc::new(Journal::default());
+        let args = RegistrarArgs {
+            config: RegistrarConfig::default(),
+            rng_seed: 1,
+            extensions: vec![],
+            bindings: vec![],
+            clock: Arc::new(TokioClock(tokio::time::Instant::now())),
+            store: journal.clone(),
+            sink: journal.clone(),
+        };
+        let (actor, handle) = Actor::spawn(None, RegistrarActor, args).await.unwrap();
+        let put = |reply| RegistrarMsg::PutExtension {
+            number: "100".into(),
+            password: PASSWORD_100.into(),
+            display_name: "Desk".into(),
+            reply,
+        };
+        assert_eq!(ractor::call!(actor, put).unwrap(), Ok(()));
+        let short = |reply| RegistrarMsg::PutExtension {
+            number: "101".into(),
+            password: "short".into(),
+            display_name: "Desk".into(),
+            reply,
+        };
+        assert!(ractor::call!(actor, short).unwrap().unwrap_err().starts_with("password"));
+        let views = ractor::call!(actor, RegistrarMsg::ListExtensions).unwrap();
+        assert_eq!(views, vec![ExtensionView { number: "100".into(), display_name: "Desk".into() }]);
+
+        let reg = Reg::new("100", &["<sip:100@192.0.2.7:5060>"]).expires(120);
+        let register = |tx, reg: &Reg| RegistrarMsg::Register {
+            tx,
+            request: reg.request(),
+            source: source(),
+            transport: Transport::Udp,
+        };
+        actor.cast(register(1, &reg)).unwrap();
+        let _ = ractor::call!(actor, RegistrarMsg::Stats).unwrap();
+        let challenge = challenge_for(journal.responses.lock().unwrap().last().unwrap(), "SHA-256");
+        actor.cast(register(2, &reg.clone().cseq(2).auth(authorization(&challenge, "100", PASSWORD_100, 1)))).unwrap();
+        let stats = ractor::call!(actor, RegistrarMsg::Stats).unwrap();
+        assert_eq!(stats, RegistrarStats { bindings: 1, blocked_sources: 0 });
+        assert_eq!(
+            journal.entries(),
+            ["put-extension 100", "respond 1 401", "put-binding sip:100@192.0.2.7:5060", "respond 2 200"]
+        );
+
+        tokio::time::sleep(Duration::from_secs(119)).await;
+        assert_eq!(ractor::call!(actor, RegistrarMsg::ListBindings).unwrap().len(), 1);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(ractor::call!(actor, RegistrarMsg::Stats).unwrap().bindings, 0);
+        assert_eq!(journal.entries().last().map(String::as_str), Some("remove-binding sip:100@192.0.2.7:5060"));
+        actor.stop(None);
+        handle.await.unwrap();
+    }
+
+    /// A store that refuses the binding makes the REGISTER a 500; once it recovers, the flush
+    /// writes the binding after all.
+    #[tokio::test(start_paused = true)]
+    async fn storage_failure_answers_500_and_is_retried() {
+        let journal = Arc::new(Journal::default());
+        let extension = Extension {
+            number: "100".into(),
+            display_name: String::new(),
+            ha1_md5: crate::registrar::ha1(crate::registrar::Algorithm::Md5, "100", "pbx", PASSWORD_100),
+            ha1_sha256: crate::registrar::ha1(crate::registrar::Algorithm::Sha256, "100", "pbx", PASSWORD_100),
+        };
+        let args = RegistrarArgs {
+            config: RegistrarConfig::default(),
+            rng_seed: 2,
+            extensions: vec![extension],
+            bindings: vec![],
+            clock: Arc::new(TokioClock(tokio::time::Instant::now())),
+            store: journal.clone(),
+            sink: journal.clone(),
+        };
+        let (actor, handle) = Actor::spawn(None, RegistrarActor, args).await.unwrap();
+        let reg = Reg::new("100", &["<sip:100@192.0.2.7:5060>"]);
+        let register = |tx, reg: &Reg| RegistrarMsg::Register {
+            tx,
+            request: reg.request(),
+            source: source(),
+            transport: Transport::Udp,
+        };
+        actor.cast(register(1, &reg)).unwrap();
+        let _ = ractor::call!(actor, RegistrarMsg::Stats).unwrap();
+        let challenge = challenge_for(journal.responses.lock().unwrap().last().unwrap(), "MD5");
+        journal.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+        actor.cast(register(2, &reg.clone().cseq(2).auth(authorization(&challenge, "100", PASSWORD_100, 1)))).unwrap();
+        let _ = ractor::call!(actor, RegistrarMsg::Stats).unwrap();
+        assert_eq!(journal.entries(), ["respond 1 401", "respond 2 500"]);
+        journal.broken.store(false, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let _ = ractor::call!(actor, RegistrarMsg::Stats).unwrap();
+        assert_eq!(journal.entries().last().map(String::as_str), Some("put-binding sip:100@192.0.2.7:5060"));
+        actor.stop(None);
+        handle.await.unwrap();
+    }
+}

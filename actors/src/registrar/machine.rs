@@ -1,0 +1,910 @@
+//! The registrar as a sans-IO machine: REGISTER processing (RFC 3261 §10.3) with digest
+//! authentication (RFC 7616, RFC 8760), bindings that expire on the injected clock, the
+//! extension directory, and brute-force blocking of sources that keep failing.
+//!
+//! Time comes in as `now`, randomness from the RNG seeded at construction, and every durable
+//! change goes out as [`RegistrarOutput::Persist`] before the response that depends on it.
+//! See [`Registrar`] for the calling contract.
+//!
+//! Deliberate choices, each allowed by RFC 3261 §10.3:
+//! - Any Request-URI domain is ours (step 1): one PBX, one realm.
+//! - The authenticated user must be the AOR (step 4): `username` in the credentials equals the
+//!   user part of To, else 403.
+//! - Call-ID/CSeq ordering (step 6): a REGISTER whose Call-ID matches a binding's and whose
+//!   CSeq is not higher is refused with 500 and changes nothing.
+//! - Contacts are matched by their printed URI, not by the full §19.1.4 comparison.
+//! - More than [`BINDINGS_PER_AOR_MAX`] bindings for one AOR: the REGISTER is refused with
+//!   403 "Too Many Contacts" and changes nothing.
+//! - Expiry: a Contact `expires` param wins over the Expires header; neither gives
+//!   `default_expires_s`; values above `max_expires_s` are lowered to it; `0 < e <
+//!   min_expires_s` is refused with 423 and Min-Expires (step 7).
+//! - The 200 lists every current binding with its remaining seconds (step 8); no Date header,
+//!   since the machine reads no clock.
+//!
+//! Not done here: RFC 5626 outbound (`reg-id`, `+sip.instance`), GRUU (RFC 5627), Path
+//! (RFC 3327), and `Require` option tags (step 2: we support none, and do not check).
+
+use super::digest::{self, Algorithm, Credentials, NonceKey, QopAuth};
+use crate::sip::message::{Contacts, Expires, Method, Name, SipUriUserPart};
+use crate::sip::{Request, Response, Transport};
+use crate::time::Timestamp;
+use ezk_sip_types::print::AppendCtx;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// Contacts one AOR may have at once.
+pub const BINDINGS_PER_AOR_MAX: usize = 10;
+/// Extensions in the directory; with [`BINDINGS_PER_AOR_MAX`] this bounds all bindings.
+pub const EXTENSIONS_MAX: usize = 10_000;
+/// Used nonces whose highest nonce count we remember; the oldest are forgotten first.
+pub const NONCES_TRACKED_MAX: usize = 16_384;
+/// Source addresses whose recent authentication failures we remember.
+pub const AUTH_FAILURE_SOURCES_MAX: usize = 10_000;
+/// Longest extension number; numbers are `[0-9A-Za-z_.-]`.
+pub const NUMBER_CHARS_MAX: usize = 32;
+pub const DISPLAY_NAME_CHARS_MAX: usize = 64;
+pub const PASSWORD_CHARS_MIN: usize = 8;
+pub const PASSWORD_CHARS_MAX: usize = 128;
+/// Longest Contact URI we bind; longer is refused with 400.
+pub const CONTACT_CHARS_MAX: usize = 512;
+/// User-Agent is kept up to this many characters.
+pub const USER_AGENT_CHARS_MAX: usize = 128;
+/// A claimed user name is reported in events up to this many characters.
+pub const CLAIMED_USER_CHARS_MAX: usize = 64;
+
+const _: () = assert!(PASSWORD_CHARS_MIN < PASSWORD_CHARS_MAX);
+const _: () = assert!(BINDINGS_PER_AOR_MAX > 0 && EXTENSIONS_MAX > 0 && NONCES_TRACKED_MAX > 0);
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RegistrarConfig {
+    /// The digest realm. Changing it invalidates every stored HA1 (the realm is hashed in).
+    pub realm: String,
+    pub min_expires_s: u32,
+    pub max_expires_s: u32,
+    pub default_expires_s: u32,
+    pub nonce_lifetime_s: u32,
+    /// Failures within the window that block a source; 0 never blocks.
+    pub auth_failures_max: u32,
+    pub auth_failure_window_s: u32,
+    pub block_s: u32,
+    /// How long refreshes that change only expiry and CSeq wait before being persisted.
+    pub refresh_flush_s: u32,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig {
+            realm: "pbx".into(),
+            min_expires_s: 60,
+            max_expires_s: 3600,
+            default_expires_s: 3600,
+            nonce_lifetime_s: 300,
+            auth_failures_max: 5,
+            auth_failure_window_s: 60,
+            block_s: 300,
+            refresh_flush_s: 5,
+        }
+    }
+}
+
+impl RegistrarConfig {
+    /// Made consistent instead of refused: `1 <= min <= default <= max`, lifetime at least 1 s.
+    fn sanitized(mut self) -> Self {
+        self.max_expires_s = self.max_expires_s.max(1);
+        self.min_expires_s = self.min_expires_s.clamp(1, self.max_expires_s);
+        self.default_expires_s = self.default_expires_s.clamp(self.min_expires_s, self.max_expires_s);
+        self.nonce_lifetime_s = self.nonce_lifetime_s.max(1);
+        self
+    }
+}
+
+/// A directory entry. Holds HA1s, never the password; `Debug` redacts even those.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Extension {
+    pub number: String,
+    pub display_name: String,
+    pub ha1_md5: String,
+    pub ha1_sha256: String,
+}
+
+impl fmt::Debug for Extension {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Extension")
+            .field("number", &self.number)
+            .field("display_name", &self.display_name)
+            .field("ha1_md5", &"<redacted>")
+            .field("ha1_sha256", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Extension {
+    fn ha1(&self, algorithm: Algorithm) -> &str {
+        match algorithm {
+            Algorithm::Md5 => &self.ha1_md5,
+            Algorithm::Sha256 => &self.ha1_sha256,
+        }
+    }
+}
+
+/// Where one contact of an AOR can be reached, and until when.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Binding {
+    pub aor: String,
+    pub contact: String,
+    pub expires_at: Timestamp,
+    pub call_id: String,
+    pub cseq: u32,
+    /// Where the REGISTER came from: the way back to a phone behind NAT.
+    pub source: SocketAddr,
+    pub transport: Transport,
+    pub user_agent: Option<String>,
+}
+
+/// Durable changes: the shell applies them to storage (redb) *before* it sends the response that
+/// depends on them. Shaped as commands so the cluster can later replicate them with openraft
+/// unchanged.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum RegistrarCommand {
+    PutExtension(Extension),
+    RemoveExtension { number: String },
+    PutBinding(Binding),
+    RemoveBinding { aor: String, contact: String },
+}
+
+/// What the registrar is fed. `PutExtension` carries a password: no `Debug` for this type.
+// An input is moved straight into `handle` and never stored, so a boxed Request would only add
+// an allocation per REGISTER.
+#[allow(clippy::large_enum_variant)]
+pub enum RegistrarInput {
+    Register {
+        tx: u64,
+        request: Request,
+        source: SocketAddr,
+        transport: Transport,
+    },
+    /// From the admin API; answered by `Event(ExtensionChanged)` or `Event(ExtensionInvalid)`.
+    PutExtension {
+        number: String,
+        password: String,
+        display_name: String,
+    },
+    /// Answered like `PutExtension`; an unknown number is `ExtensionInvalid("no such extension")`.
+    RemoveExtension {
+        number: String,
+    },
+    /// The time `poll_timeout` asked for has come (or passed).
+    Timeout,
+}
+
+#[derive(Debug)]
+pub enum RegistrarOutput {
+    /// Durable change; comes out *before* the Respond it guards.
+    Persist(RegistrarCommand),
+    /// The response for the REGISTER that arrived with `tx`.
+    Respond {
+        tx: u64,
+        response: Response,
+    },
+    Event(RegistrarEvent),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegistrarEvent {
+    Registered {
+        aor: String,
+        contact: String,
+    },
+    Unregistered {
+        aor: String,
+        contact: String,
+    },
+    Expired {
+        aor: String,
+        contact: String,
+    },
+    /// Wrong password, or a user that does not exist: deliberately the same event.
+    AuthFailed {
+        source: IpAddr,
+        user: String,
+    },
+    SourceBlocked {
+        source: IpAddr,
+        until: Timestamp,
+    },
+    /// A REGISTER answered with an error other than a plain challenge or an `AuthFailed`.
+    Rejected {
+        source: IpAddr,
+        code: u16,
+    },
+    ExtensionChanged {
+        number: String,
+    },
+    /// An admin request refused; `reason` starts with the field it is about.
+    ExtensionInvalid {
+        reason: String,
+    },
+}
+
+/// Recent failures of one source, and its block.
+#[derive(Default)]
+struct FailureRecord {
+    /// Failure times inside the window, oldest first; at most `auth_failures_max`.
+    times: VecDeque<Timestamp>,
+    blocked_until: Option<Timestamp>,
+}
+
+impl FailureRecord {
+    fn is_blocked(&self, now: Timestamp) -> bool {
+        self.blocked_until.is_some_and(|until| until > now)
+    }
+
+    /// Holds nothing a future decision needs.
+    fn is_idle(&self, now: Timestamp, window: Duration) -> bool {
+        !self.is_blocked(now) && self.times.back().is_none_or(|last| *last + window <= now)
+    }
+}
+
+/// The result of checking a REGISTER's credentials.
+enum Auth {
+    /// The credentials verify; the user they name.
+    Ok { user: String },
+    /// Answer 401 with fresh challenges.
+    Challenge { stale: bool },
+    /// A digest that does not verify (or a user that does not exist): counts against the source.
+    Failed { user: String },
+}
+
+/// Why a REGISTER is refused after authentication.
+struct Refusal {
+    code: u16,
+    reason: Option<&'static str>,
+}
+
+impl Refusal {
+    fn code(code: u16) -> Refusal {
+        Refusal { code, reason: None }
+    }
+}
+
+/// The registrar.
+///
+/// Calling contract: after [`Registrar::new`] and after every [`Registrar::handle`], drain
+/// [`Registrar::poll_output`] until `None` and perform the outputs in order (a `Persist` must be
+/// durable before a later `Respond` is sent), then call `handle(now, Timeout)` no later than
+/// [`Registrar::poll_timeout`]. `now` should not go backwards; if it does (a wall clock
+/// stepped back) the machine treats it as the latest time it has seen. Deterministic: the same
+/// seed and inputs give the same outputs.
+pub struct Registrar {
+    config: RegistrarConfig,
+    rng: StdRng,
+    nonce_key: NonceKey,
+    /// HA1s for users that do not exist, so that checking them costs what a real check costs.
+    dummy_ha1_md5: String,
+    dummy_ha1_sha256: String,
+    extensions: BTreeMap<String, Extension>,
+    /// Per AOR, in the order the contacts were first bound.
+    bindings: BTreeMap<String, Vec<Binding>>,
+    /// Every binding by its expiry: (expires_at, aor, contact).
+    expiries: BTreeSet<(Timestamp, String, String)>,
+    /// Bindings whose stored copy is behind: refreshed in memory, or a failed write.
+    dirty_bindings: BTreeSet<(String, String)>,
+    /// Extensions whose stored copy is behind (a failed write).
+    dirty_extensions: BTreeSet<String>,
+    flush_at: Option<Timestamp>,
+    /// Used nonces → highest nonce count seen. Nonces start with their mint time as fixed-width
+    /// hex, so this map's order is mint order and the first entry is the oldest.
+    nonces: BTreeMap<String, u32>,
+    /// Mint time of the newest nonce forgotten to make room: a valid nonce minted no later and
+    /// not tracked may have been used, so it is treated as stale.
+    nonces_forgotten_until: Option<Timestamp>,
+    failures: BTreeMap<IpAddr, FailureRecord>,
+    outputs: VecDeque<RegistrarOutput>,
+    last_now: Timestamp,
+}
+
+impl fmt::Debug for Registrar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registrar")
+            .field("extensions", &self.extensions.len())
+            .field("bindings", &self.binding_count())
+            .field("nonces", &self.nonces.len())
+            .field("failure_sources", &self.failures.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn secs(s: u32) -> Duration {
+    Duration::from_secs(u64::from(s))
+}
+
+impl Registrar {
+    /// Restores the registrar from storage. Bindings already expired at `now` (or whose
+    /// extension is gone, or beyond [`BINDINGS_PER_AOR_MAX`]) are dropped and come out as
+    /// `Persist(RemoveBinding)`: drain `poll_output` after this.
+    pub fn new(
+        config: RegistrarConfig,
+        rng_seed: u64,
+        extensions: Vec<Extension>,
+        bindings: Vec<Binding>,
+        now: Timestamp,
+    ) -> Registrar {
+        let mut rng = StdRng::seed_from_u64(rng_seed);
+        let secret: [u8; 32] = rng.random();
+        let dummy_md5: [u8; 16] = rng.random();
+        let dummy_sha: [u8; 32] = rng.random();
+        let mut registrar = Registrar {
+            config: config.sanitized(),
+            rng,
+            nonce_key: NonceKey::new(secret),
+            dummy_ha1_md5: hex::encode(dummy_md5),
+            dummy_ha1_sha256: hex::encode(dummy_sha),
+            extensions: extensions.into_iter().map(|e| (e.number.clone(), e)).collect(),
+            bindings: BTreeMap::new(),
+            expiries: BTreeSet::new(),
+            dirty_bindings: BTreeSet::new(),
+            dirty_extensions: BTreeSet::new(),
+            flush_at: None,
+            nonces: BTreeMap::new(),
+            nonces_forgotten_until: None,
+            failures: BTreeMap::new(),
+            outputs: VecDeque::new(),
+            last_now: now,
+        };
+        for binding in bindings {
+            let list = registrar.bindings.get(&binding.aor).map_or(&[][..], |l| l.as_slice());
+            let duplicate = list.iter().any(|b| b.contact == binding.contact);
+            if binding.expires_at <= now
+                || !registrar.extensions.contains_key(&binding.aor)
+                || (!duplicate && list.len() >= BINDINGS_PER_AOR_MAX)
+            {
+                registrar.persist(RegistrarCommand::RemoveBinding { aor: binding.aor, contact: binding.contact });
+                continue;
+            }
+            registrar.put_binding(binding);
+        }
+        registrar
+    }
+
+    pub fn handle(&mut self, now: Timestamp, input: RegistrarInput) {
+        let now = now.max(self.last_now);
+        self.last_now = now;
+        self.expire_due(now);
+        match input {
+            RegistrarInput::Register { tx, request, source, transport } => {
+                self.register(now, tx, &request, source, transport)
+            }
+            RegistrarInput::PutExtension { number, password, display_name } => {
+                self.put_extension(&number, &password, &display_name)
+            }
+            RegistrarInput::RemoveExtension { number } => self.remove_extension(&number),
+            RegistrarInput::Timeout => {
+                if self.flush_at.is_some_and(|at| at <= now) {
+                    self.flush();
+                }
+                self.forget_idle(now);
+            }
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<RegistrarOutput> {
+        self.outputs.pop_front()
+    }
+
+    /// The earliest binding expiry or refresh flush.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let expiry = self.expiries.first().map(|(at, _, _)| *at);
+        [expiry, self.flush_at].into_iter().flatten().min()
+    }
+
+    /// The shell could not store these commands: their keys are written again, from the
+    /// current state, at the next flush. The REGISTER they guarded must have been answered
+    /// with an error, never with 200.
+    pub fn persist_failed(&mut self, commands: &[RegistrarCommand]) {
+        for command in commands {
+            match command {
+                RegistrarCommand::PutExtension(Extension { number, .. })
+                | RegistrarCommand::RemoveExtension { number } => {
+                    self.dirty_extensions.insert(number.clone());
+                }
+                RegistrarCommand::PutBinding(Binding { aor, contact, .. })
+                | RegistrarCommand::RemoveBinding { aor, contact } => {
+                    self.dirty_bindings.insert((aor.clone(), contact.clone()));
+                }
+            }
+        }
+        self.schedule_flush(self.last_now);
+    }
+
+    pub fn bindings(&self) -> impl Iterator<Item = &Binding> {
+        self.bindings.values().flatten()
+    }
+
+    pub fn extensions(&self) -> impl Iterator<Item = &Extension> {
+        self.extensions.values()
+    }
+
+    pub fn binding_count(&self) -> usize {
+        self.expiries.len()
+    }
+
+    pub fn blocked_sources(&self, now: Timestamp) -> usize {
+        self.failures.values().filter(|f| f.is_blocked(now)).count()
+    }
+
+    // ---- REGISTER (RFC 3261 §10.3) ----
+
+    fn register(&mut self, now: Timestamp, tx: u64, request: &Request, source: SocketAddr, transport: Transport) {
+        let ip = source.ip();
+        if self.failures.get(&ip).is_some_and(|f| f.is_blocked(now)) {
+            return self.refuse(tx, request, ip, Refusal::code(403));
+        }
+        if request.method != Method::REGISTER {
+            return self.refuse(tx, request, ip, Refusal::code(405));
+        }
+        let Some(aor) = to_user(request) else {
+            return self.refuse(tx, request, ip, Refusal::code(404));
+        };
+        let user = match self.authenticate(now, request) {
+            Auth::Ok { user } => user,
+            Auth::Challenge { stale } => return self.challenge(now, tx, request, stale),
+            Auth::Failed { user } => {
+                self.auth_failed(now, ip, user);
+                return self.challenge(now, tx, request, false);
+            }
+        };
+        if user != aor {
+            return self.refuse(tx, request, ip, Refusal { code: 403, reason: Some("Forbidden (wrong AOR)") });
+        }
+        match self.update_bindings(now, request, &aor, source, transport) {
+            Ok(()) => {
+                let mut response = request.response(200, Some(&self.to_tag(request)));
+                for b in self.bindings.get(&aor).into_iter().flatten() {
+                    let remaining_us = b.expires_at.as_micros().saturating_sub(now.as_micros());
+                    let remaining_s = remaining_us.div_ceil(1_000_000);
+                    response.headers.insert(Name::CONTACT, format!("<{}>;expires={remaining_s}", b.contact));
+                }
+                self.outputs.push_back(RegistrarOutput::Respond { tx, response });
+            }
+            Err(refusal) => self.refuse(tx, request, ip, refusal),
+        }
+    }
+
+    fn refuse(&mut self, tx: u64, request: &Request, source: IpAddr, refusal: Refusal) {
+        let mut response = request.response(refusal.code, Some(&self.to_tag(request)));
+        if let Some(reason) = refusal.reason {
+            response.reason = reason.to_owned();
+        }
+        if refusal.code == 423 {
+            response.headers.insert(Name::MIN_EXPIRES, self.config.min_expires_s.to_string());
+        }
+        self.event(RegistrarEvent::Rejected { source, code: refusal.code });
+        self.outputs.push_back(RegistrarOutput::Respond { tx, response });
+    }
+
+    /// 401 with one challenge per algorithm, strongest first, sharing one fresh nonce. The
+    /// same shape whatever went wrong, so the answer reveals nothing about the user.
+    fn challenge(&mut self, now: Timestamp, tx: u64, request: &Request, stale: bool) {
+        let (nonce, opaque) = self.nonce_key.mint(now, self.rng.random());
+        let mut response = request.response(401, Some(&self.to_tag(request)));
+        for algorithm in Algorithm::PREFERENCE {
+            let value = digest::challenge(algorithm, &self.config.realm, &nonce, &opaque, stale);
+            response.headers.insert(Name::WWW_AUTHENTICATE, value);
+        }
+        self.outputs.push_back(RegistrarOutput::Respond { tx, response });
+    }
+
+    /// A To tag that depends only on the Call-ID, so two answers to the same client differ
+    /// only where they must (nonce, opaque).
+    fn to_tag(&self, request: &Request) -> String {
+        self.nonce_key.tag(b"to-tag", request.call_id().unwrap_or_default().as_bytes())
+    }
+
+    fn credentials_for_realm(&self, request: &Request) -> Option<Credentials> {
+        request
+            .headers
+            .get_raw(&Name::AUTHORIZATION)
+            .filter_map(|v| Credentials::parse(v.as_str()))
+            .find(|c| c.realm == self.config.realm)
+    }
+
+    fn authenticate(&mut self, now: Timestamp, request: &Request) -> Auth {
+        let Some(creds) = self.credentials_for_realm(request) else {
+            return Auth::Challenge { stale: false };
+        };
+        let algorithm = match creds.algorithm.as_deref() {
+            None => Algorithm::Md5,
+            Some(name) => match Algorithm::from_name(name) {
+                Some(a) => a,
+                None => return Auth::Challenge { stale: false },
+            },
+        };
+        if creds.userhash {
+            return Auth::Challenge { stale: false };
+        }
+        let qop = match creds.qop.as_deref() {
+            None => None,
+            Some(q) if q.eq_ignore_ascii_case("auth") => match (creds.nc.as_deref(), creds.cnonce.as_deref()) {
+                (Some(nc), Some(cnonce)) if parse_nc(nc).is_some() => Some(QopAuth { nc, cnonce }),
+                _ => return Auth::Challenge { stale: false },
+            },
+            Some(_) => return Auth::Challenge { stale: false },
+        };
+        // A nonce we did not mint proves nothing either way: challenge again, count nothing.
+        let Some(minted_at) = self.nonce_key.minted_at(&creds.nonce) else {
+            return Auth::Challenge { stale: false };
+        };
+        if creds.opaque.as_ref().is_some_and(|o| Some(o) != self.nonce_key.opaque_for(&creds.nonce).as_ref()) {
+            return Auth::Challenge { stale: false };
+        }
+        // The same work for a user that does not exist as for one that does.
+        let extension = self.extensions.get(&creds.username);
+        let ha1 = match (extension, algorithm) {
+            (Some(e), a) => e.ha1(a),
+            (None, Algorithm::Md5) => &self.dummy_ha1_md5,
+            (None, Algorithm::Sha256) => &self.dummy_ha1_sha256,
+        };
+        let method = request.method.to_string();
+        let expected = digest::request_digest(algorithm, ha1, &creds.nonce, qop, &method, &creds.uri);
+        let given = creds.response.to_ascii_lowercase();
+        let matches = digest::constant_time_eq(expected.as_bytes(), given.as_bytes());
+        if !(matches && extension.is_some()) {
+            return Auth::Failed { user: creds.username.chars().take(CLAIMED_USER_CHARS_MAX).collect() };
+        }
+        if minted_at + secs(self.config.nonce_lifetime_s) <= now {
+            return Auth::Challenge { stale: true };
+        }
+        if let Some(qop) = qop {
+            let nc = parse_nc(qop.nc).expect("checked above");
+            match self.nonces.get(&creds.nonce) {
+                Some(highest) if nc <= *highest => return Auth::Challenge { stale: false },
+                None if self.nonces_forgotten_until.is_some_and(|until| minted_at <= until) => {
+                    return Auth::Challenge { stale: true };
+                }
+                _ => {}
+            }
+            self.track_nonce(now, creds.nonce, nc);
+        }
+        Auth::Ok { user: creds.username }
+    }
+
+    fn track_nonce(&mut self, now: Timestamp, nonce: String, nc: u32) {
+        if !self.nonces.contains_key(&nonce) {
+            let lifetime = secs(self.config.nonce_lifetime_s);
+            while self.nonces.len() >= NONCES_TRACKED_MAX {
+                let (oldest, _) = self.nonces.pop_first().expect("map is full, so not empty");
+                let minted = digest::nonce_timestamp(&oldest).unwrap_or(Timestamp::ZERO);
+                // An expired nonce is refused as stale anyway: forgetting it loses nothing.
+                if minted + lifetime > now {
+                    self.nonces_forgotten_until = self.nonces_forgotten_until.max(Some(minted));
+                }
+            }
+        }
+        self.nonces.insert(nonce, nc);
+        assert!(self.nonces.len() <= NONCES_TRACKED_MAX);
+    }
+
+    fn auth_failed(&mut self, now: Timestamp, source: IpAddr, user: String) {
+        self.event(RegistrarEvent::AuthFailed { source, user });
+        let max = self.config.auth_failures_max as usize;
+        if max == 0 {
+            return;
+        }
+        let window = secs(self.config.auth_failure_window_s);
+        if !self.failures.contains_key(&source) && self.failures.len() >= AUTH_FAILURE_SOURCES_MAX {
+            self.make_room_for_failure_source(now, window);
+        }
+        let record = self.failures.entry(source).or_default();
+        while record.times.front().is_some_and(|t| *t + window <= now) {
+            record.times.pop_front();
+        }
+        record.times.push_back(now);
+        if record.times.len() >= max {
+            record.times.clear();
+            let until = now + secs(self.config.block_s);
+            record.blocked_until = Some(until);
+            self.event(RegistrarEvent::SourceBlocked { source, until });
+        }
+        assert!(self.failures.len() <= AUTH_FAILURE_SOURCES_MAX);
+    }
+
+    /// Forgets idle sources; if none is idle, the unblocked one that failed longest ago; if all
+    /// are blocked, the one whose block ends first.
+    fn make_room_for_failure_source(&mut self, now: Timestamp, window: Duration) {
+        self.failures.retain(|_, f| !f.is_idle(now, window));
+        if self.failures.len() < AUTH_FAILURE_SOURCES_MAX {
+            return;
+        }
+        let victim = self
+            .failures
+            .iter()
+            .min_by_key(|(_, f)| (f.is_blocked(now), f.blocked_until, f.times.back().copied()))
+            .map(|(ip, _)| *ip);
+        if let Some(ip) = victim {
+            self.failures.remove(&ip);
+        }
+    }
+
+    fn forget_idle(&mut self, now: Timestamp) {
+        let window = secs(self.config.auth_failure_window_s);
+        self.failures.retain(|_, f| !f.is_idle(now, window));
+        let lifetime = secs(self.config.nonce_lifetime_s);
+        while let Some((nonce, _)) = self.nonces.first_key_value() {
+            if digest::nonce_timestamp(nonce).is_some_and(|minted| minted + lifetime > now) {
+                break;
+            }
+            self.nonces.pop_first();
+        }
+    }
+
+    /// Steps 5–7: checks every contact first, then changes bindings all together or not at all.
+    fn update_bindings(
+        &mut self,
+        now: Timestamp,
+        request: &Request,
+        aor: &str,
+        source: SocketAddr,
+        transport: Transport,
+    ) -> Result<(), Refusal> {
+        let call_id = request.call_id().unwrap_or_default();
+        let cseq = request.cseq().map(|c| c.cseq).unwrap_or(0);
+        let header_expires = match request.headers.try_get_named::<Expires>() {
+            None => None,
+            Some(Ok(e)) => Some(e.0),
+            Some(Err(_)) => return Err(Refusal::code(400)),
+        };
+        let user_agent = request
+            .header(&Name::USER_AGENT)
+            .map(|ua| ua.chars().filter(|c| !c.is_control()).take(USER_AGENT_CHARS_MAX).collect::<String>());
+        let current: Vec<Binding> = self.bindings.get(aor).cloned().unwrap_or_default();
+        let out_of_order = |b: &Binding| b.call_id == call_id && cseq <= b.cseq;
+
+        let contacts = request.contacts().map_err(|_| Refusal::code(400))?;
+        let list = match contacts {
+            Contacts::None => return Ok(()),
+            Contacts::Star => {
+                if header_expires != Some(0) {
+                    return Err(Refusal::code(400));
+                }
+                if current.iter().any(out_of_order) {
+                    return Err(Refusal::code(500));
+                }
+                for b in current {
+                    self.remove_binding(&b.aor, &b.contact);
+                    self.event(RegistrarEvent::Unregistered { aor: b.aor, contact: b.contact });
+                }
+                return Ok(());
+            }
+            Contacts::List(list) => list,
+        };
+
+        // (contact, expires_s) with later duplicates replacing earlier ones.
+        let mut plan: Vec<(String, u32)> = Vec::with_capacity(list.len());
+        let mut too_brief = false;
+        for contact in &list {
+            let uri = contact.uri.uri.default_print_ctx().to_string();
+            if uri.len() > CONTACT_CHARS_MAX {
+                return Err(Refusal::code(400));
+            }
+            let expires = match contact.params.get("expires") {
+                None => header_expires.unwrap_or(self.config.default_expires_s),
+                Some(param) => match param.value.as_ref().map(|v| parse_delta_seconds(v.as_str())) {
+                    Some(Some(e)) => e,
+                    _ => return Err(Refusal::code(400)),
+                },
+            };
+            too_brief |= expires != 0 && expires < self.config.min_expires_s;
+            let expires = expires.min(self.config.max_expires_s);
+            plan.retain(|(c, _)| *c != uri);
+            plan.push((uri, expires));
+        }
+        if too_brief {
+            return Err(Refusal::code(423));
+        }
+        let existing = |contact: &str| current.iter().find(|b| b.contact == contact);
+        if plan.iter().filter_map(|(c, _)| existing(c)).any(out_of_order) {
+            return Err(Refusal::code(500));
+        }
+        let removed = plan.iter().filter(|(c, e)| *e == 0 && existing(c).is_some()).count();
+        let added = plan.iter().filter(|(c, e)| *e != 0 && existing(c).is_none()).count();
+        if current.len() + added - removed > BINDINGS_PER_AOR_MAX {
+            return Err(Refusal { code: 403, reason: Some("Too Many Contacts") });
+        }
+
+        for (contact, expires) in plan {
+            let old = existing(&contact);
+            if expires == 0 {
+                if old.is_some() {
+                    self.remove_binding(aor, &contact);
+                    self.event(RegistrarEvent::Unregistered { aor: aor.to_owned(), contact });
+                }
+                continue;
+            }
+            let binding = Binding {
+                aor: aor.to_owned(),
+                contact: contact.clone(),
+                expires_at: now + secs(expires),
+                call_id: call_id.clone(),
+                cseq,
+                source,
+                transport,
+                user_agent: user_agent.clone(),
+            };
+            let refresh = old.is_some_and(|o| {
+                o.call_id == binding.call_id
+                    && o.source == binding.source
+                    && o.transport == binding.transport
+                    && o.user_agent == binding.user_agent
+            });
+            self.put_binding(binding.clone());
+            let key = (binding.aor.clone(), binding.contact.clone());
+            if refresh {
+                // Only expiry and CSeq changed: hot state, written in the next batch.
+                self.dirty_bindings.insert(key);
+                self.schedule_flush(now);
+            } else {
+                self.dirty_bindings.remove(&key);
+                self.persist(RegistrarCommand::PutBinding(binding));
+                self.event(RegistrarEvent::Registered { aor: aor.to_owned(), contact });
+            }
+        }
+        Ok(())
+    }
+
+    // ---- bindings ----
+
+    /// Inserts or replaces a binding in memory (no output).
+    fn put_binding(&mut self, binding: Binding) {
+        let list = self.bindings.entry(binding.aor.clone()).or_default();
+        if let Some(old) = list.iter_mut().find(|b| b.contact == binding.contact) {
+            let removed = self.expiries.remove(&(old.expires_at, old.aor.clone(), old.contact.clone()));
+            assert!(removed, "every binding has an expiry entry");
+            *old = binding.clone();
+        } else {
+            assert!(list.len() < BINDINGS_PER_AOR_MAX, "callers check the per-AOR bound");
+            list.push(binding.clone());
+        }
+        self.expiries.insert((binding.expires_at, binding.aor, binding.contact));
+    }
+
+    /// Removes a binding from memory and persists the removal.
+    fn remove_binding(&mut self, aor: &str, contact: &str) {
+        let Some(list) = self.bindings.get_mut(aor) else { return };
+        let Some(pos) = list.iter().position(|b| b.contact == contact) else { return };
+        let old = list.remove(pos);
+        if list.is_empty() {
+            self.bindings.remove(aor);
+        }
+        let removed = self.expiries.remove(&(old.expires_at, old.aor, old.contact));
+        assert!(removed, "every binding has an expiry entry");
+        self.dirty_bindings.remove(&(aor.to_owned(), contact.to_owned()));
+        self.persist(RegistrarCommand::RemoveBinding { aor: aor.to_owned(), contact: contact.to_owned() });
+    }
+
+    /// Bindings whose `expires_at` is at or before `now` are gone.
+    fn expire_due(&mut self, now: Timestamp) {
+        while let Some((at, aor, contact)) = self.expiries.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.remove_binding(&aor, &contact);
+            self.event(RegistrarEvent::Expired { aor, contact });
+        }
+    }
+
+    fn schedule_flush(&mut self, now: Timestamp) {
+        if self.flush_at.is_none() {
+            self.flush_at = Some(now + secs(self.config.refresh_flush_s));
+        }
+    }
+
+    /// Writes every dirty key as it is now: the current value, or its removal.
+    fn flush(&mut self) {
+        self.flush_at = None;
+        for number in std::mem::take(&mut self.dirty_extensions) {
+            let command = match self.extensions.get(&number) {
+                Some(e) => RegistrarCommand::PutExtension(e.clone()),
+                None => RegistrarCommand::RemoveExtension { number },
+            };
+            self.persist(command);
+        }
+        for (aor, contact) in std::mem::take(&mut self.dirty_bindings) {
+            let current = self.bindings.get(&aor).and_then(|l| l.iter().find(|b| b.contact == contact));
+            let command = match current {
+                Some(b) => RegistrarCommand::PutBinding(b.clone()),
+                None => RegistrarCommand::RemoveBinding { aor, contact },
+            };
+            self.persist(command);
+        }
+    }
+
+    // ---- the extension directory ----
+
+    fn put_extension(&mut self, number: &str, password: &str, display_name: &str) {
+        if let Err(reason) = validate_extension(number, password, display_name) {
+            return self.event(RegistrarEvent::ExtensionInvalid { reason });
+        }
+        if !self.extensions.contains_key(number) && self.extensions.len() >= EXTENSIONS_MAX {
+            let reason = format!("number: the directory is full ({EXTENSIONS_MAX} extensions)");
+            return self.event(RegistrarEvent::ExtensionInvalid { reason });
+        }
+        let realm = &self.config.realm;
+        let extension = Extension {
+            number: number.to_owned(),
+            display_name: display_name.to_owned(),
+            ha1_md5: digest::ha1(Algorithm::Md5, number, realm, password),
+            ha1_sha256: digest::ha1(Algorithm::Sha256, number, realm, password),
+        };
+        self.extensions.insert(number.to_owned(), extension.clone());
+        self.dirty_extensions.remove(number);
+        self.persist(RegistrarCommand::PutExtension(extension));
+        self.event(RegistrarEvent::ExtensionChanged { number: number.to_owned() });
+    }
+
+    fn remove_extension(&mut self, number: &str) {
+        if self.extensions.remove(number).is_none() {
+            return self.event(RegistrarEvent::ExtensionInvalid { reason: "no such extension".into() });
+        }
+        for b in self.bindings.get(number).cloned().unwrap_or_default() {
+            self.remove_binding(&b.aor, &b.contact);
+            self.event(RegistrarEvent::Unregistered { aor: b.aor, contact: b.contact });
+        }
+        self.dirty_extensions.remove(number);
+        self.persist(RegistrarCommand::RemoveExtension { number: number.to_owned() });
+        self.event(RegistrarEvent::ExtensionChanged { number: number.to_owned() });
+    }
+
+    fn persist(&mut self, command: RegistrarCommand) {
+        self.outputs.push_back(RegistrarOutput::Persist(command));
+    }
+
+    fn event(&mut self, event: RegistrarEvent) {
+        self.outputs.push_back(RegistrarOutput::Event(event));
+    }
+}
+
+/// Checks an admin request; the error names the field first. Never mentions the password's
+/// value.
+pub fn validate_extension(number: &str, password: &str, display_name: &str) -> Result<(), String> {
+    let number_ok = (1..=NUMBER_CHARS_MAX).contains(&number.len())
+        && number.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !number_ok {
+        return Err(format!("number: must be 1–{NUMBER_CHARS_MAX} characters of 0-9 A-Z a-z _ . -"));
+    }
+    if display_name.chars().count() > DISPLAY_NAME_CHARS_MAX || display_name.chars().any(char::is_control) {
+        return Err(format!("display_name: must be at most {DISPLAY_NAME_CHARS_MAX} characters, none of them control"));
+    }
+    if !(PASSWORD_CHARS_MIN..=PASSWORD_CHARS_MAX).contains(&password.chars().count()) {
+        return Err(format!("password: must be {PASSWORD_CHARS_MIN}–{PASSWORD_CHARS_MAX} characters"));
+    }
+    Ok(())
+}
+
+/// The AOR: the user part of the To URI.
+fn to_user(request: &Request) -> Option<String> {
+    match request.to()?.uri.uri.user_part {
+        SipUriUserPart::User(user) if !user.is_empty() => Some(user.to_string()),
+        _ => None,
+    }
+}
+
+/// `nc` is 8LHEX (RFC 7616 §3.4); we accept 1–8 hex digits of either case.
+fn parse_nc(nc: &str) -> Option<u32> {
+    if nc.is_empty() || nc.len() > 8 || !nc.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(nc, 16).ok()
+}
+
+/// delta-seconds (RFC 3261 §25.1); larger than `u32::MAX` is read as `u32::MAX` (§20.19).
+fn parse_delta_seconds(value: &str) -> Option<u32> {
+    let value = value.trim();
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(value.parse::<u32>().unwrap_or(u32::MAX))
+}

@@ -1,0 +1,32 @@
+//! The registrar: REGISTER with digest authentication and bindings that expire (RFC 3261 §10,
+//! RFC 7616, RFC 8760), the extension directory, and blocking of sources that keep failing
+//! authentication.
+//!
+//! - [`digest`]: HA1, request digests, challenges, credentials, self-verifying nonces.
+//! - [`machine`]: [`Registrar`], the sans-IO machine: every decision, no I/O, no clock.
+//! - [`actor`]: [`RegistrarActor`], the ractor shell: clock, storage and response ports.
+//!
+//! Privacy (seed: "password never stored"): an extension keeps `H(user:realm:password)` for
+//! MD5 and SHA-256, never the password; neither the password nor the HA1s appear in `Debug`
+//! output, logs, events or API answers. Bindings expire (RFC 3261 §10.2.1); the retention of
+//! auth-failure logs (14 days, then anonymised) is the retention reaper's job, not this one's.
+//!
+//! Anti-enumeration: a user that does not exist and a wrong password get the same 401 (same
+//! headers in the same order; only nonce and opaque differ), after the same digest work.
+
+pub mod actor;
+pub mod digest;
+pub mod machine;
+
+pub use actor::{
+    Clock, ExtensionView, RegistrarActor, RegistrarArgs, RegistrarMsg, RegistrarStats, RegistrarStore, ResponseSink,
+    SystemClock,
+};
+pub use digest::{Algorithm, ha1};
+pub use machine::{
+    AUTH_FAILURE_SOURCES_MAX, BINDINGS_PER_AOR_MAX, Binding, EXTENSIONS_MAX, Extension, NONCES_TRACKED_MAX, Registrar,
+    RegistrarCommand, RegistrarConfig, RegistrarEvent, RegistrarInput, RegistrarOutput,
+};
+
+#[cfg(test)]
+mod tests;

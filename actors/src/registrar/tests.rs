@@ -1,0 +1,791 @@
+//! The registrar machine on virtual time: no runtime, no clock, every digest computed here
+//! from RFC 7616's formulas, independently of `digest.rs`.
+
+use super::machine::*;
+use crate::sip::message::{Message, Name, parse_datagram};
+use crate::sip::{Request, Response, Transport};
+use crate::time::Timestamp;
+use sha2::Digest;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub(super) const PASSWORD_100: &str = "secret-100";
+const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
+
+pub(super) fn source() -> SocketAddr {
+    "192.0.2.7:5060".parse().unwrap()
+}
+
+fn h(algorithm: &str, data: &str) -> String {
+    match algorithm {
+        "MD5" => hex::encode(md5::Md5::digest(data.as_bytes())),
+        "SHA-256" => hex::encode(sha2::Sha256::digest(data.as_bytes())),
+        other => panic!("no such algorithm {other}"),
+    }
+}
+
+/// One `WWW-Authenticate: Digest` challenge, read with a parser of the test's own.
+#[derive(Debug, Clone)]
+pub(super) struct Challenge {
+    pub names: Vec<String>,
+    pub algorithm: String,
+    pub realm: String,
+    pub nonce: String,
+    pub opaque: String,
+    pub stale: bool,
+}
+
+pub(super) fn challenges(response: &Response) -> Vec<Challenge> {
+    response
+        .headers
+        .get_raw(&Name::WWW_AUTHENTICATE)
+        .map(|v| {
+            let params = v.as_str().strip_prefix("Digest ").expect("a Digest challenge");
+            let mut c = Challenge {
+                names: vec![],
+                algorithm: String::new(),
+                realm: String::new(),
+                nonce: String::new(),
+                opaque: String::new(),
+                stale: false,
+            };
+            for param in params.split(", ") {
+                let (name, value) = param.split_once('=').expect("name=value");
+                let value = value.trim_matches('"').to_owned();
+                c.names.push(name.to_owned());
+                match name {
+                    "algorithm" => c.algorithm = value,
+                    "realm" => c.realm = value,
+                    "nonce" => c.nonce = value,
+                    "opaque" => c.opaque = value,
+                    "stale" => c.stale = value == "true",
+                    _ => {}
+                }
+            }
+            c
+        })
+        .collect()
+}
+
+/// The challenge for `algorithm` in a 401.
+pub(super) fn challenge_for(response: &Response, algorithm: &str) -> Challenge {
+    assert_eq!(response.code, 401, "expected a challenge");
+    challenges(response).into_iter().find(|c| c.algorithm == algorithm).expect("challenge for the algorithm")
+}
+
+/// `Authorization` for `qop=auth` (RFC 7616 §3.4.1), built from HA1 and HA2 by hand.
+pub(super) fn authorization(c: &Challenge, user: &str, password: &str, nc: u32) -> String {
+    let uri = "sip:pbx";
+    let cnonce = "0a4f113b";
+    let ha1 = h(&c.algorithm, &format!("{user}:{}:{password}", c.realm));
+    let ha2 = h(&c.algorithm, &format!("REGISTER:{uri}"));
+    let nc = format!("{nc:08x}");
+    let response = h(&c.algorithm, &format!("{ha1}:{}:{nc}:{cnonce}:auth:{ha2}", c.nonce));
+    format!(
+        r#"Digest username="{user}", realm="{}", nonce="{}", uri="{uri}", response="{response}", algorithm={}, opaque="{}", qop=auth, nc={nc}, cnonce="{cnonce}""#,
+        c.realm, c.nonce, c.algorithm, c.opaque
+    )
+}
+
+/// `Authorization` the RFC 2617 way without qop: `H(HA1:nonce:HA2)`, no algorithm (MD5).
+fn authorization_without_qop(c: &Challenge, user: &str, password: &str) -> String {
+    let uri = "sip:pbx";
+    let ha1 = h("MD5", &format!("{user}:{}:{password}", c.realm));
+    let ha2 = h("MD5", &format!("REGISTER:{uri}"));
+    let response = h("MD5", &format!("{ha1}:{}:{ha2}", c.nonce));
+    format!(r#"Digest username="{user}", realm="{}", nonce="{}", uri="{uri}", response="{response}""#, c.realm, c.nonce)
+}
+
+/// A REGISTER for `aor`, built as text and parsed like one from the network.
+#[derive(Clone)]
+pub(super) struct Reg {
+    pub aor: String,
+    pub contacts: Vec<String>,
+    pub expires: Option<u32>,
+    pub call_id: String,
+    pub cseq: u32,
+    pub auth: Option<String>,
+}
+
+impl Reg {
+    pub fn new(aor: &str, contacts: &[&str]) -> Reg {
+        Reg {
+            aor: aor.into(),
+            contacts: contacts.iter().map(|c| c.to_string()).collect(),
+            expires: None,
+            call_id: format!("call-{aor}"),
+            cseq: 1,
+            auth: None,
+        }
+    }
+    pub fn expires(mut self, e: u32) -> Reg {
+        self.expires = Some(e);
+        self
+    }
+    pub fn call_id(mut self, call_id: &str) -> Reg {
+        self.call_id = call_id.into();
+        self
+    }
+    pub fn cseq(mut self, cseq: u32) -> Reg {
+        self.cseq = cseq;
+        self
+    }
+    pub fn auth(mut self, auth: String) -> Reg {
+        self.auth = Some(auth);
+        self
+    }
+    pub fn request(&self) -> Request {
+        let mut text = format!(
+            "REGISTER sip:pbx SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bK-{}\r\n\
+             From: <sip:{aor}@pbx>;tag=f1\r\nTo: <sip:{aor}@pbx>\r\nCall-ID: {}\r\nCSeq: {} REGISTER\r\n\
+             User-Agent: TestPhone/1.0\r\n",
+            self.cseq,
+            self.call_id,
+            self.cseq,
+            aor = self.aor
+        );
+        for c in &self.contacts {
+            text.push_str(&format!("Contact: {c}\r\n"));
+        }
+        if let Some(e) = self.expires {
+            text.push_str(&format!("Expires: {e}\r\n"));
+        }
+        if let Some(a) = &self.auth {
+            text.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        text.push_str("Content-Length: 0\r\n\r\n");
+        match parse_datagram(text.as_bytes()) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("test REGISTER does not parse: {other:?}"),
+        }
+    }
+}
+
+/// What one input produced, split by kind.
+#[derive(Debug, Default)]
+struct Step {
+    persisted: Vec<RegistrarCommand>,
+    response: Option<Response>,
+    events: Vec<RegistrarEvent>,
+}
+
+impl Step {
+    fn code(&self) -> u16 {
+        self.response.as_ref().expect("a response").code
+    }
+    fn response(&self) -> &Response {
+        self.response.as_ref().expect("a response")
+    }
+    /// The `Contact` values of the response.
+    fn contacts(&self) -> Vec<String> {
+        self.response().headers.get_raw(&Name::CONTACT).map(|v| v.to_string()).collect()
+    }
+}
+
+struct Harness {
+    m: Registrar,
+    now: Timestamp,
+    next_tx: u64,
+}
+
+fn extension(number: &str, password: &str) -> Extension {
+    Extension {
+        number: number.into(),
+        display_name: format!("Phone {number}"),
+        ha1_md5: h("MD5", &format!("{number}:pbx:{password}")),
+        ha1_sha256: h("SHA-256", &format!("{number}:pbx:{password}")),
+    }
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness::with(RegistrarConfig::default(), vec![])
+    }
+
+    fn with(config: RegistrarConfig, bindings: Vec<Binding>) -> Harness {
+        let extensions = vec![extension("100", PASSWORD_100), extension("200", "secret-200")];
+        let mut m = Registrar::new(config, 42, extensions, bindings, T0);
+        while m.poll_output().is_some() {}
+        Harness { m, now: T0, next_tx: 1 }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now = self.now + d;
+    }
+
+    fn drain(&mut self) -> Step {
+        let mut step = Step::default();
+        while let Some(out) = self.m.poll_output() {
+            match out {
+                RegistrarOutput::Persist(c) => {
+                    assert!(step.response.is_none(), "Persist after the Respond it guards: {c:?}");
+                    step.persisted.push(c);
+                }
+                RegistrarOutput::Respond { tx, response } => {
+                    assert_eq!(tx, self.next_tx - 1, "response for the REGISTER just sent");
+                    assert!(step.response.replace(response).is_none(), "one response per REGISTER");
+                }
+                RegistrarOutput::Event(e) => step.events.push(e),
+            }
+        }
+        step
+    }
+
+    fn send_from(&mut self, reg: &Reg, from: SocketAddr) -> Step {
+        let tx = self.next_tx;
+        self.next_tx += 1;
+        let input = RegistrarInput::Register { tx, request: reg.request(), source: from, transport: Transport::Udp };
+        self.m.handle(self.now, input);
+        self.drain()
+    }
+
+    fn send(&mut self, reg: &Reg) -> Step {
+        self.send_from(reg, source())
+    }
+
+    fn timeout(&mut self) -> Step {
+        self.m.handle(self.now, RegistrarInput::Timeout);
+        self.drain()
+    }
+
+    /// Challenge, then answer it with `password` over SHA-256 (cseq + 1).
+    fn register_with(&mut self, reg: &Reg, password: &str) -> Step {
+        let first = self.send(reg);
+        let c = challenge_for(first.response(), "SHA-256");
+        let reg = reg.clone().cseq(reg.cseq + 1).auth(authorization(&c, &reg.aor, password, 1));
+        self.send(&reg)
+    }
+
+    fn register(&mut self, reg: &Reg) -> Step {
+        let step = self.register_with(reg, PASSWORD_100);
+        assert_eq!(step.code(), 200, "{:?}", step.response);
+        step
+    }
+}
+
+fn put(contact: &str) -> impl Fn(&RegistrarCommand) -> bool + '_ {
+    move |c| matches!(c, RegistrarCommand::PutBinding(b) if b.contact == contact)
+}
+
+/// MD5 and SHA-256 both work end to end: challenge, answer, 200, binding stored first.
+#[test]
+fn digest_flows_for_md5_and_sha256() {
+    for algorithm in ["SHA-256", "MD5"] {
+        let mut h = Harness::new();
+        let reg = Reg::new("100", &["<sip:100@192.0.2.7:5060>"]).expires(600);
+        let first = h.send(&reg);
+        assert_eq!(first.code(), 401);
+        assert!(first.persisted.is_empty());
+        let all = challenges(first.response());
+        assert_eq!(all.iter().map(|c| c.algorithm.as_str()).collect::<Vec<_>>(), ["SHA-256", "MD5"]);
+        assert_eq!(all[0].nonce, all[1].nonce, "one nonce for both challenges");
+        let c = challenge_for(first.response(), algorithm);
+        assert_eq!(c.names, ["realm", "nonce", "opaque", "algorithm", "qop"]);
+        let ok = h.send(&reg.clone().cseq(2).auth(authorization(&c, "100", PASSWORD_100, 1)));
+        assert_eq!(ok.code(), 200, "{algorithm}");
+        assert!(ok.persisted.iter().any(put("sip:100@192.0.2.7:5060")));
+        assert_eq!(ok.contacts(), ["<sip:100@192.0.2.7:5060>;expires=600"]);
+        assert!(
+            ok.events
+                .contains(&RegistrarEvent::Registered { aor: "100".into(), contact: "sip:100@192.0.2.7:5060".into() })
+        );
+        let b = h.m.bindings().next().unwrap();
+        assert_eq!((b.source, b.transport, b.cseq), (source(), Transport::Udp, 2));
+        assert_eq!((b.call_id.as_str(), b.user_agent.as_deref()), ("call-100", Some("TestPhone/1.0")));
+        assert_eq!(b.expires_at, T0 + Duration::from_secs(600));
+    }
+}
+
+/// A client that answers without qop (RFC 2617 compatibility) is accepted.
+#[test]
+fn answer_without_qop_is_accepted() {
+    let mut h = Harness::new();
+    let reg = Reg::new("100", &["<sip:100@192.0.2.7>"]);
+    let c = challenge_for(h.send(&reg).response(), "MD5");
+    let ok = h.send(&reg.clone().cseq(2).auth(authorization_without_qop(&c, "100", PASSWORD_100)));
+    assert_eq!(ok.code(), 200);
+}
+
+/// A correct answer on an expired nonce gets stale=true; a µs earlier it is still good.
+#[test]
+fn expired_nonce_is_stale() {
+    let mut h = Harness::new();
+    let reg = Reg::new("100", &["<sip:100@192.0.2.7>"]);
+    let c = challenge_for(h.send(&reg).response(), "SHA-256");
+    h.advance(Duration::from_secs(300));
+    let stale = h.send(&reg.clone().cseq(2).auth(authorization(&c, "100", PASSWORD_100, 1)));
+    assert_eq!(stale.code(), 401);
+    assert!(challenges(stale.response()).iter().all(|c| c.stale));
+    assert!(stale.events.iter().all(|e| !matches!(e, RegistrarEvent::AuthFailed { .. })), "stale is no failure");
+    // A wrong password on the stale nonce is a failure, and says nothing about staleness.
+    let wrong = h.send(&reg.clone().cseq(3).auth(authorization(&c, "100", "wrong-password", 2)));
+    assert!(challenges(wrong.response()).iter().all(|c| !c.stale));
+    assert!(matches!(wrong.events[..], [RegistrarEvent::AuthFailed { .. }]));
+
+    let mut h = Harness::new();
+    let c = challenge_for(h.send(&reg).response(), "SHA-256");
+    h.advance(Duration::from_micros(299_999_999));
+    assert_eq!(h.send(&reg.clone().cseq(2).auth(authorization(&c, "100", PASSWORD_100, 1))).code(), 200);
+}
+
+/// A nonce count not above the highest seen for that nonce is refused with a fresh challenge.
+#[test]
+fn nonce_count_replay_is_refused() {
+    let mut h = Harness::new();
+    let reg = Reg::new("100", &["<sip:100@192.0.2.7>"]);
+    let c = challenge_for(h.send(&reg).response(), "SHA-256");
+    assert_eq!(h.send(&reg.clone().cseq(2).auth(authorization(&c, "100", PASSWORD_100, 1))).code(), 200);
+    let replay = h.send(&reg.clone().cseq(3).auth(authorization(&c, "100", PASSWORD_100, 1)));
+    assert_eq!(replay.code(), 401);
+    let fresh = challenge_for(replay.response(), "SHA-256");
+    assert!(!fresh.stale);
+    assert_ne!(fresh.nonce, c.nonce);
+    assert_eq!(h.send(&reg.clone().cseq(4).auth(authorization(&c, "100", PASSWORD_100, 3))).code(), 200);
+}
+
+/// Unknown user and wrong password: same status, headers and parameter names; byte for byte
+/// the same but for nonce, opaque and the AOR the client itself put in From/To.
+#[test]
+fn unknown_user_and_wrong_password_look_the_same() {
+    let mut h = Harness::new();
+    let mut answer = |aor: &str, password: &str| {
+        let reg = Reg::new(aor, &["<sip:x@192.0.2.7>"]).call_id("same-call");
+        let c = challenge_for(h.send(&reg).response(), "SHA-256");
+        h.send(&reg.clone().cseq(2).auth(authorization(&c, aor, password, 1)))
+    };
+    let wrong = answer("100", "not-the-password");
+    let unknown = answer("999", "not-the-password");
+    for step in [&wrong, &unknown] {
+        assert_eq!(step.code(), 401);
+        assert!(step.persisted.is_empty());
+        assert!(matches!(step.events[..], [RegistrarEvent::AuthFailed { .. }]));
+    }
+    let (a, b) = (wrong.response(), unknown.response());
+    assert_eq!(a.reason, b.reason);
+    let names = |r: &Response| r.headers.iter().map(|(n, _)| n.as_print_str().to_owned()).collect::<Vec<_>>();
+    assert_eq!(names(a), names(b));
+    let shape = |r: &Response| challenges(r).into_iter().map(|c| (c.names, c.algorithm, c.stale)).collect::<Vec<_>>();
+    assert_eq!(shape(a), shape(b));
+    // Byte for byte once the values that must differ are blanked out.
+    let blank = |r: &Response, aor: &str| {
+        let mut text = String::from_utf8(r.to_bytes().to_vec()).unwrap().replace(&format!("sip:{aor}@"), "sip:AOR@");
+        for c in challenges(r) {
+            text = text.replace(&c.nonce, "N").replace(&c.opaque, "O");
+        }
+        text
+    };
+    assert_eq!(blank(a, "100"), blank(b, "999"));
+}
+
+/// Five failures in the window block the source (403 even with the right password), other
+/// sources are unaffected, and the block lifts after block_s.
+#[test]
+fn repeated_failures_block_the_source_until_block_s_passes() {
+    let mut h = Harness::new();
+    let reg = Reg::new("100", &["<sip:100@192.0.2.7>"]);
+    let mut blocked_at = T0;
+    for i in 0..5 {
+        h.advance(Duration::from_secs(1));
+        let c = challenge_for(h.send(&reg).response(), "MD5");
+        let step = h.send(&reg.clone().auth(authorization(&c, "100", "guess-guess", 1)));
+        assert_eq!(step.code(), 401);
+        assert!(step.events.contains(&RegistrarEvent::AuthFailed { source: source().ip(), user: "100".into() }));
+        let blocked = step.events.iter().any(|e| matches!(e, RegistrarEvent::SourceBlocked { .. }));
+        assert_eq!(blocked, i == 4, "blocked on the fifth failure only");
+        blocked_at = h.now;
+    }
+    assert_eq!(h.m.blocked_sources(h.now), 1);
+    let refused = h.send(&reg);
+    assert_eq!(refused.code(), 403);
+    assert_eq!(refused.events, [RegistrarEvent::Rejected { source: source().ip(), code: 403 }]);
+    let other: SocketAddr = "198.51.100.1:5060".parse().unwrap();
+    assert_eq!(h.send_from(&reg, other).code(), 401, "another source is not blocked");
+
+    h.now = Timestamp((blocked_at + Duration::from_secs(300)).as_micros() - 1);
+    assert_eq!(h.send(&reg).code(), 403, "still blocked");
+    h.now = blocked_at + Duration::from_secs(300);
+    assert_eq!(h.m.blocked_sources(h.now), 0);
+    h.register(&reg.clone().cseq(10));
+}
+
+/// Failures spread wider than the window never add up to a block.
+#[test]
+fn failures_outside_the_window_do_not_block() {
+    let mut h = Harness::new();
+    let reg = Reg::new("100", &["<sip:100@192.0.2.7>"]);
+    for _ in 0..10 {
+        let c = challenge_for(h.send(&reg).response(), "MD5");
+        let step = h.send(&reg.clone().auth(authorization(&c, "100", "guess-guess", 1)));
+        assert!(!step.events.iter().any(|e| matches!(e, RegistrarEvent::SourceBlocked { .. })));
+        h.advance(Duration::from_secs(15));
+    }
+}
+
+/// 0 < Expires < min gets 423 with Min-Expires, and nothing is bound.
+#[test]
+fn too_brief_interval_gets_423_with_min_expires() {
+    let mut h = Harness::new();
+    let step = h.register_with(&Reg::new("100", &["<sip:100@192.0.2.7>"]).expires(30), PASSWORD_100);
+    assert_eq!(step.code(), 423);
+    assert_eq!(step.response().header(&Name::MIN_EXPIRES), Some("60"));
+    assert!(step.persisted.is_empty());
+    assert_eq!(h.m.binding_count(), 0);
+}
+
+/// The Contact expires param wins over the Expires header; the header over the default (3600);
+/// anything above the maximum is lowered to it.
+#[test]
+fn expiry_sources_and_cap() {
+    let mut h = Harness::new();
+    let reg = Reg::new(
+        "100",
+        &["<sip:100@192.0.2.7:1>;expires=120", "<sip:100@192.0.2.7:2>", "<sip:100@192.0.2.7:3>;expires=99999"],
+    )
+    .expires(300);
+    let ok = h.register(&reg);
+    let mut contacts = ok.contacts();
+    contacts.sort();
+    assert_eq!(
+        contacts,
+        [
+            "<sip:100@192.0.2.7:1>;expires=120",
+            "<sip:100@192.0.2.7:2>;expires=300",
+            "<sip:100@192.0.2.7:3>;expires=3600"
+        ]
+    );
+}
+
+/// With neither param nor header the default applies; several contacts are all listed, and a
+/// query REGISTER lists them with their remaining seconds and stores nothing.
+#[test]
+fn default_expiry_multiple_contacts_and_query() {
+    let mut h = Harness::new();
+    let ok = h.register(&Reg::new("100", &["<sip:100@192.0.2.7:1>, <sip:100@192.0.2.7:2>;expires=600"]));
+    assert_eq!(ok.contacts(), ["<sip:100@192.0.2.7:1>;expires=3600", "<sip:100@192.0.2.7:2>;expires=600"]);
+    assert_eq!(ok.persisted.len(), 2);
+    h.advance(Duration::from_secs(100));
+    let query = h.register(&Reg::new("100", &[]).cseq(10));
+    assert_eq!(query.contacts(), ["<sip:100@192.0.2.7:1>;expires=3500", "<sip:100@192.0.2.7:2>;expires=500"]);
+    assert!(query.persisted.is_empty());
+}
+
+/// `Contact: *` with Expires 0 removes every binding; with another Expires it is a 400; Expires 0
+/// on one contact removes only that one.
+#[test]
+fn star_and_zero_expiry_remove_bindings() {
+    let mut h = Harness::new();
+    h.register(&Reg::new("100", &["<sip:100@192.0.2.7:1>", "<sip:100@192.0.2.7:2>", "<sip:100@192.0.2.7:3>"]));
+    let one = h.register(&Reg::new("100", &["<sip:100@192.0.2.7:1>;expires=0"]).cseq(10));
+    assert_eq!(
+        one.persisted,
+        [RegistrarCommand::RemoveBinding { aor: "100".into(), contact: "sip:100@192.0.2.7:1".into() }]
+    );
+    assert_eq!(one.contacts().len(), 2);
+    assert_eq!(h.register_with(&Reg::new("100", &["*"]).expires(10).cseq(20), PASSWORD_100).code(), 400);
+    let all = h.register(&Reg::new("100", &["*"]).expires(0).cseq(30));
+    assert_eq!(all.persisted.len(), 2);
+    assert_eq!(all.events.iter().filter(|e| matches!(e, RegistrarEvent::Unregistered { .. })).count(), 2);
+    assert!(all.contacts().is_empty());
+    assert_eq!(h.m.binding_count(), 0);
+    assert_eq!(h.m.poll_timeout(), None);
+}
+
+/// Same Call-ID with a CSeq not above the stored one is refused with 500 and changes nothing.
+#[test]
+fn out_of_order_cseq_is_refused() {
+    let mut h = Harness::new();
+    h.register(&Reg::new("100", &["<sip:100@192.0.2.7>"]).cseq(10)); // stored CSeq 11
+    let step = h.register_with(&Reg::new("100", &["<sip:100@192.0.2.7>;expires=0"]).cseq(9), PASSWORD_100);
+    assert_eq!(step.code(), 500);
+    assert!(step.persisted.is_empty());
+    assert_eq!(h.m.binding_count(), 1);
+}
+
+/// The authenticated user must be the AOR; more than BINDINGS_PER_AOR_MAX contacts is refused.
+#[test]
+fn wrong_aor_and_too_many_contacts_are_forbidden() {
+    let mut h = Harness::new();
+    let reg = Reg::new("200", &["<sip:200@192.0.2.7>"]);
+    let c = challenge_for(h.send(&reg).response(), "SHA-256");
+    let step = h.send(&reg.clone().cseq(2).auth(authorization(&c, "100", PASSWORD_100, 1)));
+    assert_eq!(step.code(), 403);
+    let many: Vec<String> = (0..=BINDINGS_PER_AOR_MAX).map(|i| format!("<sip:100@192.0.2.7:{}>", 1000 + i)).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let step = h.register_with(&Reg::new("100", &many), PASSWORD_100);
+    assert_eq!(step.code(), 403);
+    assert_eq!(h.m.binding_count(), 0);
+}
+
+/// A binding lives until exactly expires_at: not a microsecond early, and not a microsecond late.
+#[test]
+fn binding_expires_exactly_at_expires_at() {
+    let mut h = Harness::new();
+    h.register(&Reg::new("100", &["<sip:100@192.0.2.7>"]).expires(60));
+    let at = h.m.poll_timeout().unwrap();
+    assert_eq!(at, T0 + Duration::from_secs(60));
+    h.now = Timestamp(at.as_micros() - 1);
+    assert!(h.timeout().events.is_empty());
+    assert_eq!(h.m.binding_count(), 1);
+    h.now = at;
+    let step = h.timeout();
+    assert_eq!(
+        step.persisted,
+        [RegistrarCommand::RemoveBinding { aor: "100".into(), contact: "sip:100@192.0.2.7".into() }]
+    );
+    assert_eq!(step.events, [RegistrarEvent::Expired { aor: "100".into(), contact: "sip:100@192.0.2.7".into() }]);
+    assert_eq!(h.m.poll_timeout(), None);
+}
+
+/// A refresh (same contact and Call-ID) stores nothing until the flush timer, then one batch.
+#[test]
+fn refreshes_are_persisted_in_a_batch_at_the_flush_timer() {
+    let mut h = Harness::new();
+    let reg = Reg::new("100", &["<sip:100@192.0.2.7>"]).expires(600);
+    h.register(&reg);
+    h.advance(Duration::from_secs(100));
+    let refresh = h.register(&reg.clone().cseq(10));
+    assert!(refresh.persisted.is_empty(), "no write on the hot path");
+    assert!(refresh.events.is_empty());
+    assert_eq!(refresh.contacts(), ["<sip:100@192.0.2.7>;expires=600"]);
+    let flush_at = h.now + Duration::from_secs(5);
+    assert_eq!(h.m.poll_timeout(), Some(flush_at));
+    h.now = flush_at;
+    let flush = h.timeout();
+    let [RegistrarCommand::PutBinding(b)] = &flush.persisted[..] else { panic!("{:?}", flush.persisted) };
+    assert_eq!((b.cseq, b.expires_at), (11, T0 + Duration::from_secs(700)));
+    assert_eq!(h.m.poll_timeout(), Some(T0 + Duration::from_secs(700)));
+    // A contact arriving from a new address is no mere refresh: stored at once.
+    let moved = h.send_from(&reg.clone().cseq(20), "192.0.2.99:5060".parse().unwrap());
+    let c = challenge_for(moved.response(), "SHA-256");
+    let moved = h.send_from(
+        &reg.clone().cseq(21).auth(authorization(&c, "100", PASSWORD_100, 1)),
+        "192.0.2.99:5060".parse().unwrap(),
+    );
+    assert_eq!(moved.code(), 200);
+    assert_eq!(moved.persisted.len(), 1);
+}
+
+/// Restoring from storage keeps live bindings and drops (and removes) expired ones.
+#[test]
+fn restore_drops_expired_bindings() {
+    let binding = |contact: &str, expires_at: Timestamp| Binding {
+        aor: "100".into(),
+        contact: contact.into(),
+        expires_at,
+        call_id: "c".into(),
+        cseq: 1,
+        source: source(),
+        transport: Transport::Tcp,
+        user_agent: None,
+    };
+    let live = binding("sip:100@192.0.2.7:1", T0 + Duration::from_secs(10));
+    let dead = binding("sip:100@192.0.2.7:2", T0);
+    let mut m = Registrar::new(
+        RegistrarConfig::default(),
+        1,
+        vec![extension("100", PASSWORD_100)],
+        vec![live.clone(), dead],
+        T0,
+    );
+    let mut outputs = vec![];
+    while let Some(o) = m.poll_output() {
+        outputs.push(o);
+    }
+    assert!(
+        matches!(&outputs[..], [RegistrarOutput::Persist(RegistrarCommand::RemoveBinding { contact, .. })] if contact == "sip:100@192.0.2.7:2")
+    );
+    assert_eq!(m.bindings().collect::<Vec<_>>(), [&live]);
+    assert_eq!(m.poll_timeout(), Some(live.expires_at));
+}
+
+/// Validation errors are events naming the field; removal takes the bindings with it.
+#[test]
+fn extension_directory_validation_and_removal() {
+    let mut h = Harness::new();
+    let put = |h: &mut Harness, number: &str, password: &str, display_name: &str| {
+        let input = RegistrarInput::PutExtension {
+            number: number.into(),
+            password: password.into(),
+            display_name: display_name.into(),
+        };
+        h.m.handle(h.now, input);
+        h.drain()
+    };
+    let reason = |step: Step| match &step.events[..] {
+        [RegistrarEvent::ExtensionInvalid { reason }] => reason.clone(),
+        other => panic!("expected ExtensionInvalid, got {other:?}"),
+    };
+    assert!(reason(put(&mut h, "", "long-enough", "x")).starts_with("number"));
+    assert!(reason(put(&mut h, "1 2", "long-enough", "x")).starts_with("number"));
+    assert!(reason(put(&mut h, &"1".repeat(33), "long-enough", "x")).starts_with("number"));
+    assert!(reason(put(&mut h, "300", "long-enough", &"d".repeat(65))).starts_with("display_name"));
+    assert!(reason(put(&mut h, "300", "short", "x")).starts_with("password"));
+    assert!(reason(put(&mut h, "300", &"p".repeat(129), "x")).starts_with("password"));
+    let ok = put(&mut h, "a_b.c-9", "long-enough", &"d".repeat(64));
+    assert!(
+        matches!(&ok.persisted[..], [RegistrarCommand::PutExtension(e)] if e.ha1_md5 == super::ha1(super::Algorithm::Md5, "a_b.c-9", "pbx", "long-enough"))
+    );
+    assert_eq!(ok.events, [RegistrarEvent::ExtensionChanged { number: "a_b.c-9".into() }]);
+
+    h.register(&Reg::new("100", &["<sip:100@192.0.2.7>"]));
+    h.m.handle(h.now, RegistrarInput::RemoveExtension { number: "100".into() });
+    let removed = h.drain();
+    assert_eq!(
+        removed.persisted,
+        [
+            RegistrarCommand::RemoveBinding { aor: "100".into(), contact: "sip:100@192.0.2.7".into() },
+            RegistrarCommand::RemoveExtension { number: "100".into() }
+        ]
+    );
+    assert_eq!(h.m.binding_count(), 0);
+    h.m.handle(h.now, RegistrarInput::RemoveExtension { number: "100".into() });
+    assert_eq!(h.drain().events, [RegistrarEvent::ExtensionInvalid { reason: "no such extension".into() }]);
+}
+
+/// Neither HA1 nor the password shows up in any Debug output or event.
+#[test]
+fn secrets_never_appear_in_debug_output() {
+    let mut h = Harness::new();
+    let password = "hunter2-hunter2";
+    let input =
+        RegistrarInput::PutExtension { number: "300".into(), password: password.into(), display_name: "D".into() };
+    h.m.handle(h.now, input);
+    let mut printed = String::new();
+    while let Some(o) = h.m.poll_output() {
+        printed.push_str(&format!("{o:?}"));
+    }
+    printed.push_str(&format!("{:?} {:?}", h.m, h.m.extensions().collect::<Vec<_>>()));
+    let e = h.m.extensions().find(|e| e.number == "300").unwrap();
+    assert!(printed.contains("<redacted>"));
+    for secret in [password, &e.ha1_md5, &e.ha1_sha256] {
+        assert!(!printed.contains(secret), "{secret} leaked into {printed}");
+    }
+}
+
+/// Time going backwards (a wall clock stepped back) is treated as no time passing.
+#[test]
+fn time_going_backwards_is_tolerated() {
+    let mut h = Harness::new();
+    h.register(&Reg::new("100", &["<sip:100@192.0.2.7>"]).expires(60));
+    h.now = Timestamp(h.now.as_micros() - 1_000_000);
+    assert!(h.timeout().events.is_empty());
+    assert_eq!(h.m.binding_count(), 1);
+}
+
+/// A write the store refused is written again, from the current state, at the next flush.
+#[test]
+fn refused_writes_are_rewritten_at_the_next_flush() {
+    let mut h = Harness::new();
+    let ok = h.register(&Reg::new("100", &["<sip:100@192.0.2.7>"]));
+    h.m.persist_failed(&ok.persisted);
+    let flush_at = h.now + Duration::from_secs(5);
+    assert_eq!(h.m.poll_timeout(), Some(flush_at));
+    h.now = flush_at;
+    assert_eq!(h.timeout().persisted, ok.persisted);
+    // A removal that failed is retried as a removal.
+    let gone = h.register(&Reg::new("100", &["*"]).expires(0).cseq(10));
+    h.m.persist_failed(&gone.persisted);
+    h.advance(Duration::from_secs(5));
+    assert_eq!(h.timeout().persisted, gone.persisted);
+}
+
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Register contact `c` (of 4) with an optional expires param, from one of 2 Call-IDs.
+        Register {
+            c: u8,
+            expires: Option<u32>,
+            call: u8,
+        },
+        Star,
+        Advance {
+            s: u32,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..4, prop::option::of(prop::sample::select(vec![0u32, 30, 60, 61, 600, 3600, 7200])), 0u8..2)
+                .prop_map(|(c, expires, call)| Op::Register { c, expires, call }),
+            1 => Just(Op::Star),
+            3 => (0u32..4000).prop_map(|s| Op::Advance { s }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Under any sequence of registrations, removals and time, the machine never panics,
+        /// keeps no expired binding, answers every REGISTER once, and what it persisted (once the
+        /// flush timer has fired) is exactly what it holds in memory.
+        #[test]
+        fn persisted_state_matches_memory(ops in prop::collection::vec(op(), 1..24)) {
+            let mut h = Harness::new();
+            let mut store: BTreeMap<(String, String), Binding> = BTreeMap::new();
+            let apply = |store: &mut BTreeMap<(String, String), Binding>, commands: &[RegistrarCommand]| {
+                for c in commands {
+                    match c {
+                        RegistrarCommand::PutBinding(b) => { store.insert((b.aor.clone(), b.contact.clone()), b.clone()); }
+                        RegistrarCommand::RemoveBinding { aor, contact } => { store.remove(&(aor.clone(), contact.clone())); }
+                        _ => {}
+                    }
+                }
+            };
+            let mut cseq = [100u32, 100];
+            for op in ops {
+                let steps = match op {
+                    Op::Register { c, expires, call } => {
+                        cseq[call as usize] += 2;
+                        let contact = match expires {
+                            Some(e) => format!("<sip:100@192.0.2.7:{}>;expires={e}", 5000 + c as u32),
+                            None => format!("<sip:100@192.0.2.7:{}>", 5000 + c as u32),
+                        };
+                        let reg = Reg::new("100", &[contact.as_str()]).call_id(&format!("call-{call}")).cseq(cseq[call as usize]);
+                        let first = h.send(&reg);
+                        let c = challenge_for(first.response(), "SHA-256");
+                        let second = h.send(&reg.clone().cseq(reg.cseq + 1).auth(authorization(&c, "100", PASSWORD_100, 1)));
+                        prop_assert!([200, 423, 500].contains(&second.code()), "{:?}", second.response);
+                        vec![first, second]
+                    }
+                    Op::Star => {
+                        cseq[0] += 2;
+                        let reg = Reg::new("100", &["*"]).expires(0).call_id("call-0").cseq(cseq[0]);
+                        let first = h.send(&reg);
+                        let c = challenge_for(first.response(), "SHA-256");
+                        vec![first, h.send(&reg.clone().cseq(reg.cseq + 1).auth(authorization(&c, "100", PASSWORD_100, 1)))]
+                    }
+                    Op::Advance { s } => {
+                        let target = h.now + Duration::from_secs(s.into());
+                        let mut steps = vec![];
+                        while let Some(at) = h.m.poll_timeout().filter(|at| *at <= target) {
+                            h.now = at.max(h.now);
+                            steps.push(h.timeout());
+                        }
+                        h.now = target;
+                        steps
+                    }
+                };
+                for step in steps {
+                    apply(&mut store, &step.persisted);
+                }
+                prop_assert!(h.m.bindings().all(|b| b.expires_at > h.now));
+                prop_assert!(h.m.binding_count() <= BINDINGS_PER_AOR_MAX);
+            }
+            // Past the flush timer: every refresh is written, every expiry removed.
+            let end = h.now + Duration::from_secs(6);
+            while let Some(at) = h.m.poll_timeout().filter(|at| *at <= end) {
+                h.now = at.max(h.now);
+                let step = h.timeout();
+                apply(&mut store, &step.persisted);
+            }
+            let mut memory_sorted: Vec<&Binding> = h.m.bindings().collect();
+            memory_sorted.sort_by(|a, b| a.contact.cmp(&b.contact));
+            let stored: Vec<&Binding> = store.values().collect();
+            prop_assert_eq!(memory_sorted, stored);
+        }
+    }
+}
