@@ -5,6 +5,8 @@
 //! that feeds it the clock and performs its outputs through ports. The `tidy` test keeps the
 //! machines honest: none may read a clock, a global RNG, or import tokio.
 
+pub mod endpoint;
+pub mod registrar;
 pub mod sip;
 pub mod time;
 

@@ -297,10 +297,8 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
     if cseq.method != method {
         return reject(400, "CSeq method does not match Request-Line".into());
     }
-    if let Some(values) = headers.try_get_named::<Expires>() {
-        if values.is_err() {
-            return reject(400, "Malformed Expires header".into());
-        }
+    if let Some(Err(_)) = headers.try_get_named::<Expires>() {
+        return reject(400, "Malformed Expires header".into());
     }
     if headers.contains(&Name::MAX_FORWARDS) {
         let raw_mf = headers.get_raw(&Name::MAX_FORWARDS).next().map(|v| v.as_str()).unwrap_or("");
@@ -428,6 +426,20 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
 }
 
+/// The answer to a stream whose framing broke ([`Frame::Broken`] with a non-zero code): built
+/// from the head bytes when they name a request with a Via, else `None` (just close).
+pub fn broken_stream_response(head: &[u8], code: u16, reason: &str) -> Option<Response> {
+    match parse_datagram(head) {
+        Ok(Message::Request(request)) => {
+            let mut response = request.response(code, None);
+            response.reason = reason.to_owned();
+            Some(response)
+        }
+        Err(ParseError::Reject { head, .. }) => head.response(code, reason),
+        Ok(Message::Response(_)) | Err(ParseError::Discard(_)) => None,
+    }
+}
+
 /// The standard reason phrase of a status code (RFC 3261 §21, RFC 3581, RFC 4474 …).
 pub fn reason_phrase(code: u16) -> &'static str {
     match code {
@@ -517,12 +529,10 @@ impl Request {
         for name in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::CSEQ] {
             for value in self.headers.get_raw(&name) {
                 let mut value = value.to_string();
-                if name == Name::TO && code > 100 {
-                    if let Some(tag) = to_tag {
-                        if !self.to().is_some_and(|to| to.tag.is_some()) {
-                            let _ = write!(value, ";tag={tag}");
-                        }
-                    }
+                if let Some(tag) = to_tag.filter(|_| name == Name::TO && code > 100)
+                    && self.to().is_none_or(|to| to.tag.is_none())
+                {
+                    let _ = write!(value, ";tag={tag}");
                 }
                 headers.insert(name.clone(), value);
             }

@@ -1,0 +1,204 @@
+//! The endpoint's ractor shell: feeds the machine the clock and the transports' input,
+//! performs its outputs (bytes onto the wire, REGISTERs to the registrar, metrics, logs), and
+//! keeps one timer armed for the machine's next wake-up. Never sleeps in `handle`.
+
+use super::machine::{Endpoint, EndpointEvent, EndpointInput, EndpointOutput};
+use crate::registrar::{RegistrarMsg, ResponseSink};
+use crate::sip::message::{Response, Transport};
+use crate::sip::transaction::TimerConfig;
+use crate::time::{Clock, Timestamp};
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// The port through which bytes leave: the node's UDP socket and TCP connections.
+pub trait Wire: Send + Sync + 'static {
+    /// Queue `bytes` for `destination`; never blocks. A full queue or a closed connection drops
+    /// the message (SIP over UDP tolerates loss; the transaction layer retransmits).
+    fn send(&self, destination: SocketAddr, transport: Transport, bytes: Bytes);
+}
+
+pub enum EndpointMsg {
+    Inbound {
+        bytes: Bytes,
+        source: SocketAddr,
+        transport: Transport,
+    },
+    RegistrarResponse {
+        tx: u64,
+        response: Response,
+    },
+    /// Live transactions, for the API and metrics.
+    Transactions(ractor::RpcReplyPort<usize>),
+    Wake,
+}
+
+pub struct EndpointArgs {
+    pub clock: Arc<dyn Clock>,
+    pub wire: Arc<dyn Wire>,
+    pub registrar: ActorRef<RegistrarMsg>,
+    pub timers: TimerConfig,
+    /// Inbound messages counted by the transports and not yet handled; the shell decrements it
+    /// as it takes each one, so the transports can bound what piles up in the mailbox.
+    pub inbound_backlog: Arc<AtomicUsize>,
+}
+
+pub struct EndpointState {
+    machine: Endpoint,
+    clock: Arc<dyn Clock>,
+    wire: Arc<dyn Wire>,
+    registrar: ActorRef<RegistrarMsg>,
+    inbound_backlog: Arc<AtomicUsize>,
+    timer: Option<(Timestamp, ractor::concurrency::JoinHandle<()>)>,
+}
+
+pub struct EndpointActor;
+
+/// Lets the registrar answer the endpoint without knowing its type; set once both exist.
+#[derive(Default, Clone)]
+pub struct EndpointSink(Arc<OnceLock<ActorRef<EndpointMsg>>>);
+
+impl EndpointSink {
+    pub fn connect(&self, endpoint: ActorRef<EndpointMsg>) {
+        let _ = self.0.set(endpoint);
+    }
+}
+
+impl ResponseSink for EndpointSink {
+    fn deliver(&self, tx: u64, response: Response) {
+        if let Some(endpoint) = self.0.get() {
+            let _ = endpoint.cast(EndpointMsg::RegistrarResponse { tx, response });
+        }
+    }
+}
+
+/// Methods we count by name; anything else is "other", so a flood of invented method names
+/// cannot grow the metric's label set without bound.
+const COUNTED_METHODS: [&str; 14] = [
+    "REGISTER",
+    "OPTIONS",
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "UPDATE",
+    "PRACK",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "PUBLISH",
+    "INFO",
+    "REFER",
+    "MESSAGE",
+];
+
+impl Actor for EndpointActor {
+    type Msg = EndpointMsg;
+    type State = EndpointState;
+    type Arguments = EndpointArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<EndpointMsg>,
+        args: EndpointArgs,
+    ) -> Result<EndpointState, ActorProcessingErr> {
+        Ok(EndpointState {
+            machine: Endpoint::new(args.timers),
+            clock: args.clock,
+            wire: args.wire,
+            registrar: args.registrar,
+            inbound_backlog: args.inbound_backlog,
+            timer: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<EndpointMsg>,
+        msg: EndpointMsg,
+        s: &mut EndpointState,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = s.clock.now();
+        match msg {
+            EndpointMsg::Inbound { bytes, source, transport } => {
+                s.inbound_backlog.fetch_sub(1, Ordering::Relaxed);
+                s.machine.handle(now, EndpointInput::Inbound { bytes, source, transport })
+            }
+            EndpointMsg::RegistrarResponse { tx, response } => {
+                s.machine.handle(now, EndpointInput::RegistrarResponse { tx, response })
+            }
+            EndpointMsg::Transactions(reply) => {
+                let _ = reply.send(s.machine.transactions());
+            }
+            EndpointMsg::Wake => {
+                s.timer = None;
+                s.machine.handle(now, EndpointInput::Timeout);
+            }
+        }
+        while let Some(out) = s.machine.poll_output() {
+            match out {
+                EndpointOutput::Transmit { destination, transport, bytes } => {
+                    s.wire.send(destination, transport, bytes)
+                }
+                EndpointOutput::Register { tx, request, source, transport } => {
+                    let span = tracing::debug_span!("register", tx, %source);
+                    let _enter = span.enter();
+                    if s.registrar.cast(RegistrarMsg::Register { tx, request: *request, source, transport }).is_err() {
+                        tracing::error!("registrar is gone; the REGISTER will be answered 500 on timeout");
+                    }
+                }
+                EndpointOutput::Event(event) => record(event),
+            }
+        }
+        // One timer, for the machine's earliest wake-up. Re-armed only when that moves
+        // earlier: a timer that fires early is harmless (the machine does nothing and we
+        // re-arm), while a spawn per message is not free at 10,000 messages a second.
+        if let Some(at) = s.machine.poll_timeout() {
+            let rearm = match &s.timer {
+                Some((armed, _)) => at < *armed,
+                None => true,
+            };
+            if rearm {
+                if let Some((_, handle)) = s.timer.take() {
+                    handle.abort();
+                }
+                let wait = Duration::from_micros(at.as_micros().saturating_sub(now.as_micros()));
+                let me = me.clone();
+                let handle = ractor::concurrency::spawn(async move {
+                    ractor::concurrency::sleep(wait).await;
+                    let _ = me.cast(EndpointMsg::Wake);
+                });
+                s.timer = Some((at, handle));
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _me: ActorRef<EndpointMsg>, s: &mut EndpointState) -> Result<(), ActorProcessingErr> {
+        if let Some((_, handle)) = s.timer.take() {
+            handle.abort();
+        }
+        Ok(())
+    }
+}
+
+fn record(event: EndpointEvent) {
+    match event {
+        EndpointEvent::Request { method } => {
+            let label = COUNTED_METHODS.iter().find(|m| **m == method).copied().unwrap_or("other");
+            metrics::counter!("pbx_sip_requests_total", "method" => label).increment(1);
+        }
+        EndpointEvent::Response { code } => {
+            metrics::counter!("pbx_sip_responses_total", "code" => code.to_string()).increment(1);
+        }
+        EndpointEvent::Malformed { source, reason, answered } => {
+            metrics::counter!("pbx_sip_malformed_total").increment(1);
+            tracing::info!(%source, %reason, answered, "malformed SIP message");
+        }
+        EndpointEvent::TimedOut { what } => {
+            tracing::debug!(what, "timed out");
+        }
+    }
+}

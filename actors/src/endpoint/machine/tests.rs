@@ -1,0 +1,102 @@
+use super::*;
+
+const SRC: &str = "127.0.0.1:5062";
+
+fn request(method: &str, branch: &str) -> Bytes {
+    Bytes::from(format!(
+        "{method} sip:pbx SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5062;branch={branch};rport\r\nMax-Forwards: 70\r\n\
+From: <sip:100@pbx>;tag=f1\r\nTo: <sip:100@pbx>\r\nCall-ID: c-{branch}\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
+    ))
+}
+
+fn run(e: &mut Endpoint, now: Timestamp, input: EndpointInput) -> Vec<EndpointOutput> {
+    e.handle(now, input);
+    std::iter::from_fn(|| e.poll_output()).collect()
+}
+
+fn inbound(bytes: Bytes) -> EndpointInput {
+    EndpointInput::Inbound { bytes, source: SRC.parse().unwrap(), transport: Transport::Udp }
+}
+
+fn transmitted(outs: &[EndpointOutput]) -> Vec<String> {
+    outs.iter()
+        .filter_map(|o| match o {
+            EndpointOutput::Transmit { bytes, .. } => Some(String::from_utf8_lossy(bytes).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// OPTIONS is answered 200 with Allow, back to the source port (rport).
+#[test]
+fn options_answered_with_allow() {
+    let mut e = Endpoint::new(TimerConfig::default());
+    let outs = run(&mut e, Timestamp::ZERO, inbound(request("OPTIONS", "z9hG4bK-o1")));
+    let sent = transmitted(&outs);
+    assert_eq!(sent.len(), 1, "{outs:?}");
+    assert!(sent[0].starts_with("SIP/2.0 200 OK\r\n"), "{}", sent[0]);
+    assert!(sent[0].contains("Allow: REGISTER, OPTIONS"));
+    assert!(sent[0].contains("rport=5062"));
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, EndpointOutput::Transmit { destination, .. } if destination.to_string() == SRC))
+    );
+}
+
+/// An unsupported method gets 405 with Allow; a malformed request 400 naming the problem.
+#[test]
+fn unsupported_and_malformed() {
+    let mut e = Endpoint::new(TimerConfig::default());
+    let sent = transmitted(&run(&mut e, Timestamp::ZERO, inbound(request("SUBSCRIBE", "z9hG4bK-s1"))));
+    assert!(sent[0].starts_with("SIP/2.0 405 Method Not Allowed\r\n"));
+    assert!(sent[0].contains("Allow: REGISTER, OPTIONS"));
+    let broken =
+        String::from_utf8(request("OPTIONS", "z9hG4bK-b1").to_vec()).unwrap().replace("Call-ID: c-z9hG4bK-b1\r\n", "");
+    let outs = run(&mut e, Timestamp::ZERO, inbound(Bytes::from(broken)));
+    assert!(transmitted(&outs)[0].starts_with("SIP/2.0 400 Missing Call-ID header\r\n"));
+    assert!(outs.iter().any(|o| matches!(o, EndpointOutput::Event(EndpointEvent::Malformed { answered: true, .. }))));
+    let outs = run(&mut e, Timestamp::ZERO, inbound(Bytes::from_static(b"\x00\x01garbage")));
+    assert!(transmitted(&outs).is_empty());
+    assert!(outs.iter().any(|o| matches!(o, EndpointOutput::Event(EndpointEvent::Malformed { answered: false, .. }))));
+}
+
+/// A REGISTER goes to the registrar once; its retransmission is answered from the transaction.
+#[test]
+fn register_dispatched_once_and_retransmission_absorbed() {
+    let mut e = Endpoint::new(TimerConfig::default());
+    let outs = run(&mut e, Timestamp::ZERO, inbound(request("REGISTER", "z9hG4bK-r1")));
+    let (tx, req) = outs
+        .into_iter()
+        .find_map(|o| match o {
+            EndpointOutput::Register { tx, request, .. } => Some((tx, request)),
+            _ => None,
+        })
+        .expect("REGISTER handed to the registrar");
+    // Retransmitted before the answer: absorbed silently, not handed out again.
+    let outs = run(&mut e, Timestamp::from_millis(500), inbound(request("REGISTER", "z9hG4bK-r1")));
+    assert!(!outs.iter().any(|o| matches!(o, EndpointOutput::Register { .. })), "{outs:?}");
+    let answer = req.response(401, Some("t"));
+    let first = transmitted(&run(
+        &mut e,
+        Timestamp::from_millis(600),
+        EndpointInput::RegistrarResponse { tx, response: answer },
+    ));
+    assert!(first[0].starts_with("SIP/2.0 401"));
+    // Retransmitted after the answer: the same answer again, still not re-dispatched.
+    let outs = run(&mut e, Timestamp::from_millis(900), inbound(request("REGISTER", "z9hG4bK-r1")));
+    assert_eq!(transmitted(&outs), first);
+    assert!(!outs.iter().any(|o| matches!(o, EndpointOutput::Register { .. })));
+}
+
+/// A registrar that never answers: the REGISTER gets 500 when the deadline passes, not before.
+#[test]
+fn silent_registrar_gets_500_on_time() {
+    let mut e = Endpoint::new(TimerConfig::default());
+    run(&mut e, Timestamp::ZERO, inbound(request("REGISTER", "z9hG4bK-r2")));
+    let deadline = Timestamp::from_secs(REGISTRAR_ANSWER_S_MAX);
+    assert!(e.poll_timeout().is_some_and(|t| t <= deadline));
+    let early = run(&mut e, Timestamp(deadline.0 - 1), EndpointInput::Timeout);
+    assert!(transmitted(&early).iter().all(|m| !m.starts_with("SIP/2.0 500")));
+    let sent = transmitted(&run(&mut e, deadline, EndpointInput::Timeout));
+    assert!(sent.iter().any(|m| m.starts_with("SIP/2.0 500 Registrar did not answer")), "{sent:?}");
+}

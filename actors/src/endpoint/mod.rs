@@ -1,0 +1,13 @@
+//! The SIP endpoint: where every message that reaches pbx enters, and every answer leaves.
+//!
+//! It parses what the transports hand it (`sip::message`), runs the RFC 3261 §17 transaction
+//! layer (`sip::transaction`) so retransmissions are absorbed and answered from memory, and
+//! acts as the transaction user that dispatches new requests by method: REGISTER to the
+//! registrar, OPTIONS answered here (phones use it as a keep-alive), everything else 405 with
+//! `Allow`. A malformed request gets 400 with a reason phrase saying what is wrong.
+
+pub mod actor;
+pub mod machine;
+
+pub use actor::{EndpointActor, EndpointArgs, EndpointMsg, Wire};
+pub use machine::{Endpoint, EndpointEvent, EndpointInput, EndpointOutput};

@@ -1,0 +1,79 @@
+//! Tidy: the sans-IO rule of ARCHITECTURE.md, checked on the source itself.
+//!
+//! Every file of `actors/src` except the actor shells (`actor.rs` and files under an `actor/`
+//! folder) is machine code or a codec a machine uses: it must not read a clock, use a global
+//! RNG, or import tokio. Only shells, which the simulator replaces, may. Comments are skipped,
+//! so a doc may *say* "never calls Instant::now".
+
+use std::path::{Path, PathBuf};
+
+const FORBIDDEN: &[(&str, &str)] = &[
+    ("Instant::now", "reads the monotonic clock"),
+    ("SystemTime::now", "reads the wall clock"),
+    ("thread_rng", "uses the global RNG"),
+    ("rand::random", "uses the global RNG"),
+    ("rand::rng()", "uses the global RNG"),
+    ("OsRng", "uses the OS RNG"),
+    ("tokio", "imports tokio"),
+    ("std::net::UdpSocket", "opens a socket"),
+    ("std::net::TcpStream", "opens a socket"),
+    ("std::fs", "touches the file system"),
+    ("std::thread::sleep", "sleeps"),
+];
+
+fn is_shell(path: &Path) -> bool {
+    path.components().any(|c| c.as_os_str() == "actor" || c.as_os_str() == "actor.rs")
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read source dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The offending lines of one file's text: `(line number, pattern, why)`.
+fn violations(text: &str) -> Vec<(usize, &'static str, &'static str)> {
+    let mut found = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or("");
+        for (pattern, why) in FORBIDDEN {
+            if code.contains(pattern) {
+                found.push((n + 1, *pattern, *why));
+            }
+        }
+    }
+    found
+}
+
+/// No machine or codec file in actors/src reads a clock, a global RNG, or imports tokio.
+#[test]
+fn machines_are_sans_io() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let machines: Vec<_> = files.iter().filter(|p| !is_shell(p)).collect();
+    assert!(machines.iter().any(|p| p.ends_with("machine.rs")), "found no machine.rs at all under {}", src.display());
+    let mut report = String::new();
+    for path in machines {
+        let text = std::fs::read_to_string(path).expect("read source file");
+        for (line, pattern, why) in violations(&text) {
+            report.push_str(&format!("{}:{line}: `{pattern}` {why}\n", path.display()));
+        }
+    }
+    assert!(report.is_empty(), "sans-IO rule broken (move this into the actor shell):\n{report}");
+}
+
+/// The checker itself flags each forbidden pattern in code and ignores it in comments.
+#[test]
+fn checker_flags_code_not_comments() {
+    let code = "let t = std::time::Instant::now();\nuse tokio::net::UdpSocket;\nlet x: u8 = rand::random();";
+    assert_eq!(violations(code).len(), 3);
+    assert!(violations("/// never calls Instant::now or tokio").is_empty());
+    assert!(is_shell(Path::new("src/registrar/actor.rs")));
+    assert!(!is_shell(Path::new("src/registrar/machine.rs")));
+}
