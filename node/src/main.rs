@@ -1,1 +1,85 @@
-fn main() {}
+//! `pbx`: one binary for the appliance, and (as later issues add them) the cluster node,
+//! the simulator and the benchmarks' load harness.
+
+use clap::{Parser, Subcommand};
+use pbx_node::config::{Config, Flags, LogFormat};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "pbx", version, about = "A clustered, privacy-first telephone exchange")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a single-node appliance on an embedded redb data directory.
+    Appliance {
+        /// Data directory (redb file, admin token) [default: ./pbx-data]
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// TOML config file; flags override it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// SIP over UDP and TCP [default: 0.0.0.0:5060]
+        #[arg(long, value_name = "ADDR:PORT")]
+        sip_listen: Option<String>,
+        /// Admin HTTP API [default: 127.0.0.1:8080]
+        #[arg(long, value_name = "ADDR:PORT")]
+        http_listen: Option<String>,
+        /// UDP ports for RTP media [default: 20000-29999]
+        #[arg(long, value_name = "LOW-HIGH")]
+        rtp_ports: Option<String>,
+        /// Log format on stderr [default: human]
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Appliance { data_dir, config, sip_listen, http_listen, rtp_ports, log_format } = cli.command;
+    let flags = Flags { data_dir, config, sip_listen, http_listen, rtp_ports, log_format };
+    let config = match Config::load(&flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pbx: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format);
+    let prometheus = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("pbx: install metrics recorder: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pbx: start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(pbx_node::appliance::run(config, prometheus)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("pbx: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,169 @@
+//! `pbx appliance`: a single node on its embedded default — a data directory with one redb
+//! file, no other server to install.
+//!
+//! Start-up order: data directory → storage (restore) → admin token → sockets → registrar →
+//! endpoint → transports → HTTP. Any failure before serving names what it was doing and the
+//! node exits non-zero. SIGTERM/SIGINT stop the HTTP server, then the actors (the registrar
+//! flushes batched binding refreshes as it stops), then exit 0.
+
+use crate::clock::SystemClock;
+use crate::config::Config;
+use crate::http::{self, ApiState};
+use crate::storage::Storage;
+use crate::transport::{self, Backlog, SipSockets};
+use anyhow::Context;
+use pbx_actors::endpoint::actor::EndpointSink;
+use pbx_actors::endpoint::{EndpointActor, EndpointArgs};
+use pbx_actors::registrar::{RegistrarActor, RegistrarArgs, RegistrarMsg};
+use pbx_actors::sip::transaction::TimerConfig;
+use ractor::Actor;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::PrometheusHandle) -> anyhow::Result<()> {
+    let data_dir = &config.data_dir;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("create data directory {}", data_dir.display()))?;
+    restrict_permissions(data_dir, 0o700);
+    let storage = Arc::new(Storage::open(data_dir).context("open storage")?);
+    let snapshot = storage.load().context("load stored state")?;
+    let token = admin_token(data_dir).context("create admin token")?;
+    tracing::info!(
+        data_dir = %data_dir.display(),
+        extensions = snapshot.extensions.len(),
+        bindings = snapshot.bindings.len(),
+        "state restored"
+    );
+
+    let sockets = SipSockets::bind(config.sip_listen).await?;
+    let wire = sockets.wire();
+    let clock = SystemClock::new();
+
+    let sink = EndpointSink::default();
+    let (registrar, registrar_handle) = Actor::spawn(
+        Some("registrar".into()),
+        RegistrarActor,
+        RegistrarArgs {
+            config: config.registrar.clone(),
+            rng_seed: rand::random(),
+            extensions: snapshot.extensions,
+            bindings: snapshot.bindings,
+            clock: Arc::new(clock),
+            store: storage.clone(),
+            sink: Arc::new(sink.clone()),
+        },
+    )
+    .await
+    .context("start registrar")?;
+
+    for ext in &config.extensions {
+        let result = registrar
+            .call(
+                |reply| RegistrarMsg::PutExtension {
+                    number: ext.number.clone(),
+                    password: ext.password.clone(),
+                    display_name: ext.display_name.clone(),
+                    reply,
+                },
+                Some(Duration::from_secs(10)),
+            )
+            .await;
+        match result {
+            Ok(ractor::rpc::CallResult::Success(Ok(()))) => {}
+            Ok(ractor::rpc::CallResult::Success(Err(reason))) => {
+                anyhow::bail!("config: extension {:?}: {reason}", ext.number)
+            }
+            _ => anyhow::bail!("config: extension {:?}: the registrar did not answer", ext.number),
+        }
+    }
+
+    let backlog = Backlog::default();
+    let (endpoint, endpoint_handle) = Actor::spawn(
+        Some("sip-endpoint".into()),
+        EndpointActor,
+        EndpointArgs {
+            clock: Arc::new(clock),
+            wire: wire.clone(),
+            registrar: registrar.clone(),
+            timers: TimerConfig::default(),
+            inbound_backlog: backlog.0.clone(),
+        },
+    )
+    .await
+    .context("start SIP endpoint")?;
+    sink.connect(endpoint.clone());
+
+    let udp_task = tokio::spawn(transport::serve_udp(sockets.udp.clone(), endpoint.clone(), backlog.clone()));
+    let tcp_task = tokio::spawn(transport::serve_tcp(sockets.tcp, endpoint.clone(), wire.clone(), backlog));
+
+    let state = ApiState { token, registrar: registrar.clone(), endpoint: endpoint.clone(), prometheus, clock };
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new().app_data(actix_web::web::Data::new(state.clone())).configure(http::routes)
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(2)
+    .bind(config.http_listen)
+    .with_context(|| format!("bind admin HTTP {}", config.http_listen))?
+    .run();
+    let server_handle = server.handle();
+    let server_task = tokio::spawn(server);
+    tracing::info!(sip = %config.sip_listen, http = %config.http_listen, "pbx appliance ready");
+
+    wait_for_shutdown_signal().await?;
+    tracing::info!("shutting down");
+    server_handle.stop(true).await;
+    let _ = server_task.await;
+    udp_task.abort();
+    tcp_task.abort();
+    endpoint.stop(None);
+    let _ = endpoint_handle.await;
+    registrar.stop(None);
+    let _ = registrar_handle.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Reads `DATA_DIR/admin.token`, or creates it (mode 0600) with 256 random bits at first start.
+fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim().to_string();
+        if !existing.is_empty() {
+            restrict_permissions(&path, 0o600);
+            return Ok(existing);
+        }
+    }
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("write {}", path.display()))?;
+    writeln!(file, "{token}")?;
+    file.sync_all()?;
+    tracing::info!(path = %path.display(), "admin token created");
+    Ok(token)
+}
+
+fn restrict_permissions(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+}

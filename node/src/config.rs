@@ -1,0 +1,313 @@
+//! Node configuration: command-line flags over an optional TOML file over defaults.
+//!
+//! Precedence is flag > file > default, as with Kamailio's `-l` over `listen=`. A config
+//! error names the file, the key (as a dotted path) and what is wrong, and the node does not
+//! start: `config file pbx.toml: registrar.min_expires_s: invalid type: string "x", expected u32`.
+//! Unknown keys are errors too — a typo must not silently fall back to a default.
+
+use pbx_actors::registrar::RegistrarConfig;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_DATA_DIR: &str = "./pbx-data";
+pub const DEFAULT_SIP_LISTEN: &str = "0.0.0.0:5060";
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_RTP_PORTS: &str = "20000-29999";
+/// Extensions declared in one file; more is a typo or an attack on start-up time.
+pub const CONFIG_EXTENSIONS_MAX: usize = 10_000;
+
+/// An inclusive range of UDP ports for RTP, always an even start and odd end so that every
+/// RTP port (even) has its RTCP port (odd) beside it (RFC 3550 §11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (low, high) = s.split_once('-').ok_or_else(|| format!("{s:?} is not LOW-HIGH"))?;
+        let low: u16 = low.trim().parse().map_err(|_| format!("{low:?} is not a port number"))?;
+        let high: u16 = high.trim().parse().map_err(|_| format!("{high:?} is not a port number"))?;
+        if low < 1024 || high <= low {
+            return Err(format!("{s:?} must satisfy 1024 <= LOW < HIGH"));
+        }
+        if !low.is_multiple_of(2) || high.is_multiple_of(2) {
+            return Err(format!("{s:?} must start on an even port and end on an odd one (RTP/RTCP pairs)"));
+        }
+        Ok(PortRange { low, high })
+    }
+}
+
+/// One extension as the config file declares it. The password is hashed at start and never
+/// kept, logged or printed (Debug is redacted).
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ExtensionDecl {
+    pub number: String,
+    pub password: String,
+    #[serde(default)]
+    pub display_name: String,
+}
+
+impl std::fmt::Debug for ExtensionDecl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExtensionDecl")
+            .field("number", &self.number)
+            .field("password", &"<redacted>")
+            .field("display_name", &self.display_name)
+            .finish()
+    }
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    sip_listen: Option<String>,
+    http_listen: Option<String>,
+    rtp_ports: Option<String>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    registrar: RegistrarSection,
+    #[serde(default)]
+    extensions: Vec<ExtensionDecl>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RegistrarSection {
+    realm: Option<String>,
+    min_expires_s: Option<u32>,
+    max_expires_s: Option<u32>,
+    default_expires_s: Option<u32>,
+    nonce_lifetime_s: Option<u32>,
+    auth_failures_max: Option<u32>,
+    auth_failure_window_s: Option<u32>,
+    block_s: Option<u32>,
+    refresh_flush_s: Option<u32>,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// What `pbx appliance` was asked for on its command line.
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    pub data_dir: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub sip_listen: Option<String>,
+    pub http_listen: Option<String>,
+    pub rtp_ports: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// The configuration the node runs with, every value checked.
+#[derive(Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub sip_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub rtp_ports: PortRange,
+    pub log_format: LogFormat,
+    pub registrar: RegistrarConfig,
+    pub extensions: Vec<ExtensionDecl>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {file}: cannot read it: {reason}")]
+    Read { file: String, reason: String },
+    #[error("config file {file}: {key}: {reason}")]
+    Invalid { file: String, key: String, reason: String },
+    #[error("{flag}: {reason}")]
+    Flag { flag: String, reason: String },
+}
+
+impl Config {
+    /// Merges flags over the file (if any) over defaults, and checks every value.
+    pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
+        let (file_name, file) = match &flags.config {
+            Some(path) => (path.display().to_string(), read_file(path)?),
+            None => (String::new(), FileConfig::default()),
+        };
+        let invalid =
+            |key: &str, reason: String| ConfigError::Invalid { file: file_name.clone(), key: key.into(), reason };
+
+        // A value from a flag is blamed on the flag, one from the file on the file's key.
+        fn pick<T, E>(
+            flag: &Option<String>,
+            flag_name: &str,
+            file: &Option<String>,
+            key: &str,
+            default: &str,
+            parse: impl Fn(&str) -> Result<T, String>,
+            invalid: impl Fn(&str, String) -> E,
+        ) -> Result<T, E>
+        where
+            E: From<ConfigError>,
+        {
+            if let Some(v) = flag {
+                return parse(v).map_err(|reason| ConfigError::Flag { flag: flag_name.into(), reason }.into());
+            }
+            if let Some(v) = file {
+                return parse(v).map_err(|reason| invalid(key, reason));
+            }
+            Ok(parse(default).expect("defaults are valid"))
+        }
+        let addr = |s: &str| s.parse::<SocketAddr>().map_err(|e| format!("{s:?} is not ADDR:PORT ({e})"));
+        let sip_listen =
+            pick(&flags.sip_listen, "--sip-listen", &file.sip_listen, "sip_listen", DEFAULT_SIP_LISTEN, addr, invalid)?;
+        let http_listen = pick(
+            &flags.http_listen,
+            "--http-listen",
+            &file.http_listen,
+            "http_listen",
+            DEFAULT_HTTP_LISTEN,
+            addr,
+            invalid,
+        )?;
+        let rtp_ports = pick(
+            &flags.rtp_ports,
+            "--rtp-ports",
+            &file.rtp_ports,
+            "rtp_ports",
+            DEFAULT_RTP_PORTS,
+            |s| s.parse::<PortRange>(),
+            invalid,
+        )?;
+        let data_dir = flags.data_dir.clone().or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let log_format = flags.log_format.or(file.log_format).unwrap_or_default();
+
+        let d = RegistrarConfig::default();
+        let r = file.registrar;
+        let registrar = RegistrarConfig {
+            realm: r.realm.unwrap_or(d.realm),
+            min_expires_s: r.min_expires_s.unwrap_or(d.min_expires_s),
+            max_expires_s: r.max_expires_s.unwrap_or(d.max_expires_s),
+            default_expires_s: r.default_expires_s.unwrap_or(d.default_expires_s),
+            nonce_lifetime_s: r.nonce_lifetime_s.unwrap_or(d.nonce_lifetime_s),
+            auth_failures_max: r.auth_failures_max.unwrap_or(d.auth_failures_max),
+            auth_failure_window_s: r.auth_failure_window_s.unwrap_or(d.auth_failure_window_s),
+            block_s: r.block_s.unwrap_or(d.block_s),
+            refresh_flush_s: r.refresh_flush_s.unwrap_or(d.refresh_flush_s),
+        };
+        if registrar.realm.is_empty() || !registrar.realm.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
+            return Err(invalid("registrar.realm", "must be printable ASCII without quotes".into()));
+        }
+        if registrar.min_expires_s == 0 {
+            return Err(invalid("registrar.min_expires_s", "must be at least 1".into()));
+        }
+        if registrar.max_expires_s < registrar.min_expires_s {
+            return Err(invalid("registrar.max_expires_s", "must not be below registrar.min_expires_s".into()));
+        }
+        if !(registrar.min_expires_s..=registrar.max_expires_s).contains(&registrar.default_expires_s) {
+            return Err(invalid(
+                "registrar.default_expires_s",
+                "must lie between min_expires_s and max_expires_s".into(),
+            ));
+        }
+        for (key, value) in [
+            ("registrar.nonce_lifetime_s", registrar.nonce_lifetime_s),
+            ("registrar.auth_failures_max", registrar.auth_failures_max),
+            ("registrar.auth_failure_window_s", registrar.auth_failure_window_s),
+            ("registrar.refresh_flush_s", registrar.refresh_flush_s),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1".into()));
+            }
+        }
+        if file.extensions.len() > CONFIG_EXTENSIONS_MAX {
+            return Err(invalid("extensions", format!("more than {CONFIG_EXTENSIONS_MAX} entries")));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, ext) in file.extensions.iter().enumerate() {
+            if !seen.insert(ext.number.as_str()) {
+                return Err(invalid(&format!("extensions[{i}].number"), format!("{:?} is declared twice", ext.number)));
+            }
+        }
+        Ok(Config { data_dir, sip_listen, http_listen, rtp_ports, log_format, registrar, extensions: file.extensions })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let file = path.display().to_string();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError::Read { file: file.clone(), reason: e.to_string() })?;
+    let de = toml::Deserializer::parse(&text).map_err(|e| ConfigError::Invalid {
+        file: file.clone(),
+        key: "(syntax)".into(),
+        reason: one_line(&e),
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { "(top level)".to_string() } else { key };
+        ConfigError::Invalid { file, key, reason: one_line(e.inner()) }
+    })
+}
+
+fn one_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pbx.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&Flags { config: Some(path), ..Flags::default() })
+    }
+
+    /// Defaults are the ones the issue and README promise.
+    #[test]
+    fn defaults() {
+        let c = Config::load(&Flags::default()).unwrap();
+        assert_eq!(c.sip_listen, "0.0.0.0:5060".parse().unwrap());
+        assert_eq!(c.http_listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.rtp_ports, PortRange { low: 20000, high: 29999 });
+        assert_eq!(c.data_dir, PathBuf::from("./pbx-data"));
+    }
+
+    /// A file sets values and extensions; a flag beats the file.
+    #[test]
+    fn file_and_flags() {
+        let text = "sip_listen = \"127.0.0.1:5070\"\n[registrar]\nmin_expires_s = 5\n\n[[extensions]]\nnumber = \"100\"\npassword = \"secret100\"\ndisplay_name = \"Reception\"\n";
+        let c = load_text(text).unwrap();
+        assert_eq!(c.sip_listen.port(), 5070);
+        assert_eq!(c.registrar.min_expires_s, 5);
+        assert_eq!(c.extensions[0].display_name, "Reception");
+        assert!(!format!("{:?}", c.extensions).contains("secret100"), "passwords never in Debug");
+    }
+
+    /// Errors name the file, the key and the reason.
+    #[test]
+    fn errors_name_file_key_and_reason() {
+        for (text, key, why) in [
+            ("sip_listen = \"nonsense\"", "sip_listen", "not ADDR:PORT"),
+            ("[registrar]\nmin_expires_s = \"x\"", "registrar.min_expires_s", "invalid type"),
+            ("[registrar]\nmin_expire = 5", "registrar", "unknown field"),
+            ("rtp_ports = \"2000-1000\"", "rtp_ports", "LOW < HIGH"),
+            (
+                "[[extensions]]\nnumber = \"1\"\npassword = \"p\"\n[[extensions]]\nnumber = \"1\"\npassword = \"q\"",
+                "extensions[1].number",
+                "twice",
+            ),
+            ("[[extensions]]\nnumber = \"1\"", "extensions[0]", "missing field `password`"),
+        ] {
+            let err = load_text(text).unwrap_err().to_string();
+            assert!(err.contains("pbx.toml"), "{err}");
+            assert!(err.contains(key), "{err} should name {key}");
+            assert!(err.contains(why), "{err} should say {why}");
+        }
+    }
+}
