@@ -6,6 +6,7 @@
 //! Unknown keys are errors too — a typo must not silently fall back to a default.
 
 use pbx_actors::registrar::RegistrarConfig;
+use pbx_actors::registrar::digest::Algorithm;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -88,6 +89,7 @@ struct RegistrarSection {
     auth_failure_window_s: Option<u32>,
     block_s: Option<u32>,
     refresh_flush_s: Option<u32>,
+    digest_algorithms: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -198,6 +200,28 @@ impl Config {
             auth_failure_window_s: r.auth_failure_window_s.unwrap_or(d.auth_failure_window_s),
             block_s: r.block_s.unwrap_or(d.block_s),
             refresh_flush_s: r.refresh_flush_s.unwrap_or(d.refresh_flush_s),
+            digest_algorithms: match r.digest_algorithms {
+                None => d.digest_algorithms,
+                Some(names) => {
+                    let mut algorithms = Vec::new();
+                    for name in &names {
+                        let Some(a) = Algorithm::from_name(name) else {
+                            return Err(invalid(
+                                "registrar.digest_algorithms",
+                                format!("{name:?} is not one of \"SHA-256\", \"MD5\""),
+                            ));
+                        };
+                        if algorithms.contains(&a) {
+                            return Err(invalid("registrar.digest_algorithms", format!("{name:?} is listed twice")));
+                        }
+                        algorithms.push(a);
+                    }
+                    if algorithms.is_empty() {
+                        return Err(invalid("registrar.digest_algorithms", "must list at least one algorithm".into()));
+                    }
+                    algorithms
+                }
+            },
         };
         if registrar.realm.is_empty() || !registrar.realm.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
             return Err(invalid("registrar.realm", "must be printable ASCII without quotes".into()));
@@ -303,6 +327,7 @@ mod tests {
                 "twice",
             ),
             ("[[extensions]]\nnumber = \"1\"", "extensions[0]", "missing field `password`"),
+            ("[registrar]\ndigest_algorithms = [\"SHA-1\"]", "registrar.digest_algorithms", "not one of"),
         ] {
             let err = load_text(text).unwrap_err().to_string();
             assert!(err.contains("pbx.toml"), "{err}");

@@ -73,6 +73,10 @@ pub struct RegistrarConfig {
     pub block_s: u32,
     /// How long refreshes that change only expiry and CSeq wait before being persisted.
     pub refresh_flush_s: u32,
+    /// The algorithms challenged with, in order of preference (RFC 8760 §2.4). SHA-256 first
+    /// is the RFC's advice; clients that take the first challenge blindly and know only MD5
+    /// (SIPp, some older phones) need MD5 first. An algorithm not listed is refused.
+    pub digest_algorithms: Vec<Algorithm>,
 }
 
 impl Default for RegistrarConfig {
@@ -87,6 +91,7 @@ impl Default for RegistrarConfig {
             auth_failure_window_s: 60,
             block_s: 300,
             refresh_flush_s: 5,
+            digest_algorithms: Algorithm::PREFERENCE.to_vec(),
         }
     }
 }
@@ -98,6 +103,16 @@ impl RegistrarConfig {
         self.min_expires_s = self.min_expires_s.clamp(1, self.max_expires_s);
         self.default_expires_s = self.default_expires_s.clamp(self.min_expires_s, self.max_expires_s);
         self.nonce_lifetime_s = self.nonce_lifetime_s.max(1);
+        let mut seen = Vec::new();
+        self.digest_algorithms.retain(|a| {
+            !seen.contains(a) && {
+                seen.push(*a);
+                true
+            }
+        });
+        if self.digest_algorithms.is_empty() {
+            self.digest_algorithms = Algorithm::PREFERENCE.to_vec();
+        }
         self
     }
 }
@@ -491,7 +506,7 @@ impl Registrar {
     fn challenge(&mut self, now: Timestamp, tx: u64, request: &Request, stale: bool) {
         let (nonce, opaque) = self.nonce_key.mint(now, self.rng.random());
         let mut response = request.response(401, Some(&self.to_tag(request)));
-        for algorithm in Algorithm::PREFERENCE {
+        for &algorithm in &self.config.digest_algorithms {
             let value = digest::challenge(algorithm, &self.config.realm, &nonce, &opaque, stale);
             response.headers.insert(Name::WWW_AUTHENTICATE, value);
         }
@@ -523,6 +538,9 @@ impl Registrar {
                 None => return Auth::Challenge { stale: false },
             },
         };
+        if !self.config.digest_algorithms.contains(&algorithm) {
+            return Auth::Challenge { stale: false };
+        }
         if creds.userhash {
             return Auth::Challenge { stale: false };
         }

@@ -296,6 +296,25 @@ fn digest_flows_for_md5_and_sha256() {
     }
 }
 
+/// The configured algorithms set the challenge order, and an algorithm left out is refused.
+#[test]
+fn configured_algorithm_order_and_refusal() {
+    let config =
+        RegistrarConfig { digest_algorithms: vec![crate::registrar::digest::Algorithm::Md5], ..Default::default() };
+    let mut h = Harness::with(config, vec![]);
+    let reg = Reg::new("100", &["<sip:100@192.0.2.7:5060>"]);
+    let first = h.send(&reg);
+    let all = challenges(first.response());
+    assert_eq!(all.iter().map(|c| c.algorithm.as_str()).collect::<Vec<_>>(), ["MD5"]);
+    // A SHA-256 answer computed correctly is still refused: SHA-256 was not offered.
+    let mut sha = challenge_for(first.response(), "MD5");
+    sha.algorithm = "SHA-256".into();
+    let refused = h.send(&reg.clone().cseq(2).auth(authorization(&sha, "100", PASSWORD_100, 1)));
+    assert_eq!(refused.code(), 401);
+    let md5 = challenge_for(refused.response(), "MD5");
+    assert_eq!(h.send(&reg.clone().cseq(3).auth(authorization(&md5, "100", PASSWORD_100, 1))).code(), 200);
+}
+
 /// A client that answers without qop (RFC 2617 compatibility) is accepted.
 #[test]
 fn answer_without_qop_is_accepted() {
