@@ -1,1 +1,642 @@
 //! pbx-tests: end-to-end tests of the real `pbx` binary against real clients (see `tests/`).
+//!
+//! The harness starts `pbx appliance` on 127.0.0.1 with free ports and a temporary data
+//! directory, waits (bounded) for `/healthz`, and on drop stops it: SIGTERM, a bounded wait,
+//! then SIGKILL — no test leaks a process. It runs SIPp (Debian `sip-tester`) with bounded
+//! timeouts, speaks raw SIP over UDP/TCP for what SIPp cannot do, and computes digests with
+//! its own MD5/SHA-256 code, independent of the product's.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Longest a node may take to answer /healthz after it was started.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a node may take to exit after SIGTERM before it is killed.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest one SIPp run may take before it is killed.
+pub const SIPP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `pbx` binary, built once per test process.
+pub fn binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "pbx-node", "--bin", "pbx"])
+                .current_dir(workspace_dir())
+                .status()
+                .expect("run cargo build for the pbx binary");
+            assert!(status.success(), "cargo build -p pbx-node --bin pbx failed");
+            let path = target_dir().join("debug").join("pbx");
+            assert!(path.exists(), "built pbx binary not found at {}", path.display());
+            path
+        })
+        .clone()
+}
+
+pub fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
+        let dir = PathBuf::from(dir);
+        return if dir.is_absolute() { dir } else { workspace_dir().join(dir) };
+    }
+    // …/target/debug/deps/<test binary> → …/target
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.ancestors().nth(3).map(Path::to_path_buf).unwrap_or_else(|| workspace_dir().join("target"))
+}
+
+/// A path inside `tests/` (scenarios, data files).
+pub fn asset(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// A loopback port free for both UDP and TCP at the time of asking.
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP probe");
+        let port = udp.local_addr().expect("probe address").port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP on 127.0.0.1 after 100 tries");
+}
+
+/// One extension declared in the node's config file.
+#[derive(Clone)]
+pub struct Ext {
+    pub number: String,
+    pub password: String,
+    pub display_name: String,
+}
+
+pub fn ext(number: &str, password: &str) -> Ext {
+    Ext { number: number.into(), password: password.into(), display_name: format!("Ext {number}") }
+}
+
+/// How to start a node.
+#[derive(Clone)]
+pub struct PbxOptions {
+    pub extensions: Vec<Ext>,
+    /// Extra `key = value` lines for the `[registrar]` table.
+    pub registrar: Vec<String>,
+}
+
+impl Default for PbxOptions {
+    /// Extensions 100 and 101; MD5 offered first so SIPp (MD5 only) can answer.
+    fn default() -> Self {
+        PbxOptions {
+            extensions: vec![ext("100", "secret-100"), ext("101", "secret-101")],
+            registrar: vec!["digest_algorithms = [\"MD5\", \"SHA-256\"]".into()],
+        }
+    }
+}
+
+impl PbxOptions {
+    pub fn registrar(mut self, line: &str) -> Self {
+        self.registrar.push(line.into());
+        self
+    }
+}
+
+/// A running `pbx appliance`, stopped on drop.
+pub struct Pbx {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub sip: SocketAddr,
+    pub http: SocketAddr,
+    pub token: String,
+    starts: u32,
+}
+
+impl Pbx {
+    pub fn start(options: PbxOptions) -> Pbx {
+        let dir = tempfile::Builder::new().prefix("pbx-e2e-").tempdir().expect("temp dir");
+        let sip: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut toml = String::from("[registrar]\n");
+        for line in &options.registrar {
+            toml.push_str(line);
+            toml.push('\n');
+        }
+        for e in &options.extensions {
+            toml.push_str(&format!(
+                "\n[[extensions]]\nnumber = {:?}\npassword = {:?}\ndisplay_name = {:?}\n",
+                e.number, e.password, e.display_name
+            ));
+        }
+        std::fs::write(dir.path().join("pbx.toml"), toml).expect("write config");
+        let mut pbx = Pbx { child: None, dir, sip, http, token: String::new(), starts: 0 };
+        pbx.spawn();
+        pbx
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("pbx.toml")
+    }
+
+    /// A scratch directory that lives as long as this node (SIPp traces, CSV files).
+    pub fn scratch(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("pbx-{}.log", self.starts))
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path()).expect("create node log");
+        let child = Command::new(binary())
+            .arg("appliance")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--sip-listen")
+            .arg(self.sip.to_string())
+            .arg("--http-listen")
+            .arg(self.http.to_string())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn pbx");
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("pbx exited during start-up with {status}:\n{}", self.log());
+            }
+            if http_request(self.http, "GET", "/healthz", None, None).is_some_and(|(code, _)| code == 200) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "pbx not healthy within {START_TIMEOUT:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.token = std::fs::read_to_string(self.data_dir().join("admin.token"))
+            .expect("admin.token written at start")
+            .trim()
+            .to_string();
+    }
+
+    /// Everything the node wrote on stderr, across restarts.
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|n| std::fs::read_to_string(self.dir.path().join(format!("pbx-{n}.log"))).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n--- restart ---\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("node running").id()
+    }
+
+    /// SIGTERM, then wait (bounded); returns the exit code. Kills it if it does not stop.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("pbx did not stop within {STOP_TIMEOUT:?} of SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: the crash case. Nothing is flushed.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and start again on the same data directory and ports.
+    pub fn restart(&mut self) {
+        let code = self.stop();
+        assert_eq!(code, Some(0), "pbx should exit 0 on SIGTERM:\n{}", self.log());
+        self.spawn();
+    }
+
+    /// Start again after `kill9` (or `stop`).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "node still running");
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        http_request(self.http, method, path, body, Some(&self.token))
+            .unwrap_or_else(|| panic!("no HTTP answer for {method} {path}:\n{}", self.log()))
+    }
+
+    pub fn registrations(&self) -> Vec<serde_json::Value> {
+        let (code, body) = self.api("GET", "/api/v1/registrations", None);
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("registrations JSON")
+    }
+
+    /// The contacts registered for one extension, per the API.
+    pub fn contacts_of(&self, aor: &str) -> Vec<String> {
+        self.registrations()
+            .into_iter()
+            .filter(|r| r["aor"] == aor)
+            .map(|r| r["contact"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_request(self.http, "GET", "/metrics", None, None).expect("metrics answer").1
+    }
+
+    /// The value of one metric line (name with labels exactly as printed), if present.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics().lines().find_map(|l| {
+            l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
+        })
+    }
+
+    /// The node answers a fresh OPTIONS over UDP with 200.
+    pub fn answers_options(&self) -> bool {
+        let mut client = SipClient::udp(self.sip);
+        let request = client.request("OPTIONS", &format!("sip:{}", self.sip), "100", None, &[]);
+        client.send(&request);
+        client.recv(Duration::from_secs(3)).is_some_and(|m| status_code(&m) == Some(200))
+    }
+}
+
+impl Drop for Pbx {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- pbx log ----\n{}", self.log());
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 client (Connection: close), bounded by timeouts. `None` when the node
+/// does not answer at all.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let body = body.unwrap_or("");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let code = text.split(' ').nth(1)?.parse().ok()?;
+    let (head, rest) = text.split_once("\r\n\r\n")?;
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.into() };
+    Some((code, body))
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The status code of a SIP response text.
+pub fn status_code(message: &str) -> Option<u16> {
+    message.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
+}
+
+/// Every value of a header (by full name, case-insensitive) in a SIP message text.
+pub fn header_values(message: &str, name: &str) -> Vec<String> {
+    let head = message.split("\r\n\r\n").next().unwrap_or("");
+    head.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_string())
+        .collect()
+}
+
+/// The header names of a SIP message, in order.
+pub fn header_names(message: &str) -> Vec<String> {
+    let head = message.split("\r\n\r\n").next().unwrap_or("");
+    head.lines().skip(1).filter_map(|l| l.split_once(':')).map(|(n, _)| n.trim().to_string()).collect()
+}
+
+/// A raw SIP client on one UDP socket or one TCP connection, for what SIPp cannot do.
+pub struct SipClient {
+    udp: Option<UdpSocket>,
+    tcp: Option<TcpStream>,
+    server: SocketAddr,
+    local: SocketAddr,
+    cseq: u32,
+    call_id: String,
+    tag: String,
+    buffer: Vec<u8>,
+}
+
+impl SipClient {
+    pub fn udp(server: SocketAddr) -> SipClient {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind client UDP");
+        let local = socket.local_addr().expect("local addr");
+        SipClient::new(Some(socket), None, server, local)
+    }
+
+    pub fn tcp(server: SocketAddr) -> SipClient {
+        let stream = TcpStream::connect_timeout(&server, Duration::from_secs(3)).expect("connect TCP");
+        let local = stream.local_addr().expect("local addr");
+        SipClient::new(None, Some(stream), server, local)
+    }
+
+    fn new(udp: Option<UdpSocket>, tcp: Option<TcpStream>, server: SocketAddr, local: SocketAddr) -> SipClient {
+        let id = format!("{:x}{:x}", local.port(), std::process::id());
+        SipClient {
+            udp,
+            tcp,
+            server,
+            local,
+            cseq: 0,
+            call_id: format!("e2e-{id}"),
+            tag: format!("t{id}"),
+            buffer: Vec::new(),
+        }
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// A request from `user` with fresh branch and the next CSeq; `extra` header lines are
+    /// added as given (e.g. `"Contact: <sip:100@127.0.0.1:5999>"`, `"Expires: 60"`).
+    pub fn request(&mut self, method: &str, uri: &str, user: &str, to_user: Option<&str>, extra: &[&str]) -> String {
+        self.cseq += 1;
+        let transport = if self.tcp.is_some() { "TCP" } else { "UDP" };
+        let host = self.server.ip();
+        let to = to_user.unwrap_or(user);
+        let mut m = format!(
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/{transport} {};branch=z9hG4bK-{}-{};rport\r\nMax-Forwards: 70\r\n\
+From: <sip:{user}@{host}>;tag={}\r\nTo: <sip:{to}@{host}>\r\nCall-ID: {}\r\nCSeq: {} {method}\r\nUser-Agent: pbx-e2e\r\n",
+            self.local, self.call_id, self.cseq, self.tag, self.call_id, self.cseq
+        );
+        for line in extra {
+            m.push_str(line);
+            m.push_str("\r\n");
+        }
+        m.push_str("Content-Length: 0\r\n\r\n");
+        m
+    }
+
+    pub fn send(&mut self, message: &str) {
+        self.send_bytes(message.as_bytes());
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        if let Some(udp) = &self.udp {
+            udp.send_to(bytes, self.server).expect("UDP send");
+        } else if let Some(tcp) = &mut self.tcp {
+            let _ = tcp.write_all(bytes);
+        }
+    }
+
+    /// The next message, or `None` after `timeout`. On TCP, framed by Content-Length.
+    pub fn recv(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        if let Some(udp) = &self.udp {
+            udp.set_read_timeout(Some(timeout)).ok()?;
+            let mut buf = vec![0u8; 65_535];
+            let (n, _) = udp.recv_from(&mut buf).ok()?;
+            return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        let tcp = self.tcp.as_mut()?;
+        loop {
+            if let Some(len) = frame_len(&self.buffer) {
+                let message: Vec<u8> = self.buffer.drain(..len).collect();
+                return Some(String::from_utf8_lossy(&message).into_owned());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            tcp.set_read_timeout(Some(left.max(Duration::from_millis(1)))).ok()?;
+            let mut buf = [0u8; 8192];
+            match tcp.read(&mut buf) {
+                Ok(0) => return None,
+                Ok(n) => self.buffer.extend_from_slice(&buf[..n]),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Whether the server closed the TCP connection (reads EOF) within `timeout`.
+    pub fn closed_by_server(&mut self, timeout: Duration) -> bool {
+        let Some(tcp) = self.tcp.as_mut() else { return false };
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let _ = tcp.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+            match tcp.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// Sends `request` and returns the first final response, skipping 1xx.
+    pub fn transact(&mut self, request: &str) -> Option<String> {
+        self.send(request);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let m = self.recv(left)?;
+            if status_code(&m).is_some_and(|c| c >= 200) {
+                return Some(m);
+            }
+        }
+        None
+    }
+
+    /// REGISTER for `user`, answering the digest challenge with `algorithm` ("MD5" or
+    /// "SHA-256") and `password`. Returns the final response.
+    pub fn register(&mut self, user: &str, password: &str, algorithm: &str, extra: &[&str]) -> Option<String> {
+        let uri = format!("sip:{}", self.server);
+        let first = self.request("REGISTER", &uri, user, None, extra);
+        let challenge = self.transact(&first)?;
+        if status_code(&challenge) != Some(401) {
+            return Some(challenge);
+        }
+        let chosen = header_values(&challenge, "WWW-Authenticate")
+            .into_iter()
+            .find(|c| param(c, "algorithm").is_some_and(|a| a.eq_ignore_ascii_case(algorithm)))?;
+        let auth = authorization(&chosen, user, password, "REGISTER", &uri, 1);
+        let mut lines: Vec<&str> = extra.to_vec();
+        let auth_line = format!("Authorization: {auth}");
+        lines.push(&auth_line);
+        let second = self.request("REGISTER", &uri, user, None, &lines);
+        self.transact(&second)
+    }
+}
+
+fn frame_len(buf: &[u8]) -> Option<usize> {
+    let text = String::from_utf8_lossy(buf);
+    let head_end = text.find("\r\n\r\n")? + 4;
+    let length =
+        header_values(&text[..head_end], "Content-Length").first().and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+    (buf.len() >= head_end + length).then_some(head_end + length)
+}
+
+/// A parameter of a `Digest …` challenge, unquoted.
+pub fn param(challenge: &str, name: &str) -> Option<String> {
+    let body = challenge.trim_start_matches("Digest").trim();
+    body.split(',').map(str::trim).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        (k.trim().eq_ignore_ascii_case(name)).then(|| v.trim().trim_matches('"').to_string())
+    })
+}
+
+/// `H(data)` as lowercase hex, for "MD5" or "SHA-256" (RFC 7616 §3.4.1).
+pub fn hash_hex(algorithm: &str, data: &str) -> String {
+    use sha2::Digest;
+    if algorithm.eq_ignore_ascii_case("SHA-256") {
+        hex::encode(sha2::Sha256::digest(data.as_bytes()))
+    } else {
+        hex::encode(md5::Md5::digest(data.as_bytes()))
+    }
+}
+
+/// An `Authorization` value answering `challenge` (RFC 7616 §3.4, qop=auth), computed here.
+pub fn authorization(challenge: &str, user: &str, password: &str, method: &str, uri: &str, nc: u32) -> String {
+    let realm = param(challenge, "realm").unwrap_or_default();
+    let nonce = param(challenge, "nonce").unwrap_or_default();
+    let opaque = param(challenge, "opaque");
+    let algorithm = param(challenge, "algorithm").unwrap_or_else(|| "MD5".into());
+    let cnonce = format!("{:08x}", nc.wrapping_mul(2_654_435_761));
+    let nc = format!("{nc:08x}");
+    let ha1 = hash_hex(&algorithm, &format!("{user}:{realm}:{password}"));
+    let ha2 = hash_hex(&algorithm, &format!("{method}:{uri}"));
+    let response = hash_hex(&algorithm, &format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
+    let opaque = opaque.map(|o| format!(", opaque=\"{o}\"")).unwrap_or_default();
+    format!(
+        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{response}\", algorithm={algorithm}, qop=auth, nc={nc}, cnonce=\"{cnonce}\"{opaque}"
+    )
+}
+
+/// The result of one SIPp run.
+pub struct SippRun {
+    pub success: bool,
+    pub exit_code: Option<i32>,
+    /// SIPp's message trace (`-trace_msg`): every message sent and received.
+    pub messages: String,
+    /// SIPp's error trace and stderr, for failure reports.
+    pub errors: String,
+}
+
+impl SippRun {
+    /// The received SIP responses, in order, as texts.
+    pub fn received(&self) -> Vec<String> {
+        self.messages
+            .split("message received")
+            .skip(1)
+            .filter_map(|chunk| chunk.split_once(":\n\n").map(|(_, m)| m))
+            .map(|m| m.split("\n\n\n").next().unwrap_or(m).replace('\n', "\r\n"))
+            .collect()
+    }
+
+    pub fn received_codes(&self) -> Vec<u16> {
+        self.received().iter().filter_map(|m| status_code(m)).collect()
+    }
+}
+
+/// Runs SIPp with a scenario from `tests/sipp/` against the node, bounded by `SIPP_TIMEOUT`.
+/// `args` are extra SIPp flags (`-s 100 -au 100 -ap secret -m 1`, `-t t1` for TCP, …).
+pub fn sipp(pbx: &Pbx, scenario: &str, args: &[&str]) -> SippRun {
+    let scratch = pbx.scratch();
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let trace = scratch.join(format!("sipp-{run}-messages.log"));
+    let errors = scratch.join(format!("sipp-{run}-errors.log"));
+    let port = free_port();
+    let mut child = Command::new("sipp")
+        .arg("-sf")
+        .arg(asset(&format!("sipp/{scenario}")))
+        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .args(["-timeout", "30s", "-timeout_error", "-nostdin", "-trace_msg", "-trace_err"])
+        .arg("-message_file")
+        .arg(&trace)
+        .arg("-error_file")
+        .arg(&errors)
+        .arg(pbx.sip.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run sipp ({e}): install it with ./scripts/test (apt-get install sip-tester)")
+        });
+    let deadline = Instant::now() + SIPP_TIMEOUT;
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let messages = std::fs::read_to_string(&trace).unwrap_or_default();
+    let errors = format!("{}\n{stderr}", std::fs::read_to_string(&errors).unwrap_or_default());
+    SippRun { success: status.is_some_and(|s| s.success()), exit_code: status.and_then(|s| s.code()), messages, errors }
+}
