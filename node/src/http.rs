@@ -95,9 +95,9 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
-    // Gauges are read when asked for, so they are exact rather than sampled.
+    // The registrar keeps `pbx_registrations_active` current itself; blocks lapse with time,
+    // so that gauge is read when asked for.
     if let Ok(stats) = ask(&state.registrar, RegistrarMsg::Stats).await {
-        metrics::gauge!("pbx_registrations_active").set(stats.bindings as f64);
         metrics::gauge!("pbx_blocked_sources").set(stats.blocked_sources as f64);
     }
     if let Ok(n) = ask(&state.endpoint, EndpointMsg::Transactions).await {

@@ -143,8 +143,6 @@ impl Actor for EndpointActor {
                     s.wire.send(destination, transport, bytes)
                 }
                 EndpointOutput::Register { tx, request, source, transport } => {
-                    let span = tracing::debug_span!("register", tx, %source);
-                    let _enter = span.enter();
                     if s.registrar.cast(RegistrarMsg::Register { tx, request: *request, source, transport }).is_err() {
                         tracing::error!("registrar is gone; the REGISTER will be answered 500 on timeout");
                     }

@@ -13,7 +13,6 @@ use super::machine::{
 };
 use crate::sip::message::Name;
 use crate::sip::{Request, Response, Transport};
-use crate::time::Timestamp;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort};
 use std::net::SocketAddr;
@@ -27,23 +26,13 @@ pub trait RegistrarStore: Send + Sync + 'static {
 }
 
 /// Where time comes from: the shared trait of `crate::time`, re-exported here. The node's clock
-/// must give Unix-epoch µs (as [`SystemClock`] does) so stored expiry times survive a restart.
+/// must give Unix-epoch µs (as the node's does) so stored expiry times survive a restart.
 pub use crate::time::Clock;
 
 /// Where REGISTER responses go: the endpoint, which owns the server transactions. Must not
 /// block.
 pub trait ResponseSink: Send + Sync + 'static {
     fn deliver(&self, tx: u64, response: Response);
-}
-
-/// The system clock as microseconds since the Unix epoch.
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Timestamp {
-        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        Timestamp(u64::try_from(since_epoch.as_micros()).unwrap_or(u64::MAX))
-    }
 }
 
 pub struct RegistrarArgs {
@@ -141,6 +130,16 @@ impl Actor for RegistrarActor {
         let now = s.clock.now();
         match msg {
             RegistrarMsg::Register { tx, request, source, transport } => {
+                // One span per transaction: every log line about this REGISTER carries its ids.
+                let span = tracing::info_span!(
+                    "sip_transaction",
+                    tx,
+                    method = "REGISTER",
+                    call_id = request.call_id().as_deref().unwrap_or(""),
+                    branch = request.branch().as_deref().unwrap_or(""),
+                    %source,
+                );
+                let _entered = span.enter();
                 s.machine.handle(now, RegistrarInput::Register { tx, request, source, transport });
                 s.drain();
             }
@@ -209,7 +208,7 @@ impl RegistrarState {
         if storage_failed && extension_result.as_ref().is_some_and(Result::is_ok) {
             extension_result = Some(Err("storage: the change could not be stored".into()));
         }
-        metrics::gauge!("pbx_registrar_bindings").set(self.machine.binding_count() as f64);
+        metrics::gauge!("pbx_registrations_active").set(self.machine.binding_count() as f64);
         extension_result
     }
 
@@ -284,6 +283,7 @@ fn server_error(response: &Response) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Timestamp;
     use crate::registrar::tests::{PASSWORD_100, Reg, authorization, challenge_for, source};
     use std::sync::Mutex;
 

@@ -20,7 +20,6 @@ pub mod machine;
 
 pub use actor::{
     Clock, ExtensionView, RegistrarActor, RegistrarArgs, RegistrarMsg, RegistrarStats, RegistrarStore, ResponseSink,
-    SystemClock,
 };
 pub use digest::{Algorithm, ha1};
 pub use machine::{
