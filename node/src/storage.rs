@@ -17,6 +17,10 @@ const BINDINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("bindings");
 
 pub const DB_FILE: &str = "pbx.redb";
 
+/// Every table of the file; each must be declared in the privacy inventory
+/// (`pbx_actors::privacy::INVENTORY`) — a test checks it.
+pub const TABLES: &[&str] = &["extensions", "bindings"];
+
 #[derive(Serialize, Deserialize)]
 enum StoredExtensionV {
     V1(Extension),
@@ -151,6 +155,28 @@ mod tests {
             source: "127.0.0.1:5062".parse().unwrap(),
             transport: Transport::Udp,
             user_agent: Some("test".into()),
+        }
+    }
+
+    /// Every table is a declared place of personal data, and every table is listed in TABLES.
+    #[test]
+    fn every_table_is_in_the_privacy_inventory() {
+        use redb::TableHandle;
+        // The tables a fresh file really has, so a table added without a declaration fails here.
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let read = storage.db.begin_read().unwrap();
+        let mut actual: Vec<String> = read.list_tables().unwrap().map(|t| t.name().to_string()).collect();
+        actual.sort();
+        let mut declared: Vec<String> = TABLES.iter().map(|t| t.to_string()).collect();
+        declared.sort();
+        assert_eq!(actual, declared);
+        for table in TABLES {
+            let place = format!("redb:{table}");
+            assert!(
+                pbx_actors::privacy::INVENTORY.iter().any(|c| c.stored_in.contains(&place.as_str())),
+                "redb table {table} holds data not declared in the privacy inventory"
+            );
         }
     }
 

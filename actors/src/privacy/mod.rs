@@ -1,0 +1,81 @@
+//! The data inventory: every kind of personal data pbx keeps, with its purpose, legal basis,
+//! retention and where it is stored (GDPR Art. 30 record of processing; seed: the privacy
+//! policy in `shared/seed/`).
+//!
+//! Each subsystem declares its categories here in the same change that introduces the data.
+//! The retention reaper, the subject-rights API and the generated privacy notice (a later
+//! issue) read this table; a node test checks that every redb table is declared.
+
+/// How long a category is kept, as code will enforce it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retention {
+    /// Until the data subject's record is deleted (e.g. the extension is removed).
+    UntilDeleted,
+    /// Until the binding expires or is removed; at most `registrar.max_expires_s`.
+    UntilExpiry,
+    /// Only in memory, for at most this many seconds (configurable; the default given).
+    MemorySeconds(u32),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct DataCategory {
+    /// Stable identifier, used by the reaper and the subject-rights API.
+    pub id: &'static str,
+    pub data: &'static str,
+    pub purpose: &'static str,
+    /// GDPR Art. 6(1) basis.
+    pub legal_basis: &'static str,
+    pub retention: Retention,
+    /// Where it lives: `redb:<table>`, `memory`, or `log`.
+    pub stored_in: &'static [&'static str],
+}
+
+/// Every category pbx keeps today.
+pub const INVENTORY: &[DataCategory] = &[
+    DataCategory {
+        id: "extension",
+        data: "extension number, display name, digest hashes H(user:realm:password) for MD5 and SHA-256; never the password",
+        purpose: "authenticate the extension's phones and show its name",
+        legal_basis: "Art. 6(1)(b) contract (providing the telephone service)",
+        retention: Retention::UntilDeleted,
+        stored_in: &["redb:extensions"],
+    },
+    DataCategory {
+        id: "registration",
+        data: "extension number, contact URI (IP address and port), source address, transport, Call-ID, CSeq, user agent",
+        purpose: "deliver calls to the phones where they are registered",
+        legal_basis: "Art. 6(1)(b) contract (providing the telephone service)",
+        retention: Retention::UntilExpiry,
+        stored_in: &["redb:bindings", "memory"],
+    },
+    DataCategory {
+        id: "auth-failure",
+        data: "source IP address and claimed user name of failed REGISTER authentications",
+        purpose: "block password guessing (security of the service)",
+        legal_basis: "Art. 6(1)(f) legitimate interest (security), Art. 32",
+        // Kept for the failure window or the block, whichever is longer (defaults 60 s / 300 s).
+        retention: Retention::MemorySeconds(300),
+        stored_in: &["memory", "log"],
+    },
+];
+
+/// The category with this id, if declared.
+pub fn category(id: &str) -> Option<&'static DataCategory> {
+    INVENTORY.iter().find(|c| c.id == id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids are unique and every category says where it is stored.
+    #[test]
+    fn inventory_is_well_formed() {
+        for (i, c) in INVENTORY.iter().enumerate() {
+            assert!(INVENTORY[..i].iter().all(|o| o.id != c.id), "duplicate id {}", c.id);
+            assert!(!c.stored_in.is_empty() && !c.purpose.is_empty() && !c.legal_basis.is_empty(), "{}", c.id);
+        }
+        assert!(category("registration").is_some());
+        assert!(category("nonexistent").is_none());
+    }
+}
