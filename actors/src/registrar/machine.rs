@@ -820,6 +820,12 @@ impl Registrar {
         }
     }
 
+    /// Writes every dirty key now, as the refresh-flush timer would (the shell calls this
+    /// when it stops, so a clean shutdown loses no refreshed expiry).
+    pub fn flush_now(&mut self) {
+        self.flush();
+    }
+
     /// Writes every dirty key as it is now: the current value, or its removal.
     fn flush(&mut self) {
         self.flush_at = None;
