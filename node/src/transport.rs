@@ -26,6 +26,11 @@ pub const TCP_CONNECTIONS_MAX: usize = 4_096;
 pub const TCP_SEND_QUEUE_MAX: usize = 256;
 /// A TCP connection with no traffic this long is closed (phones refresh far more often).
 pub const TCP_IDLE_S: u64 = 900;
+/// A message begun on a TCP stream must be complete within this time, counted from its first
+/// byte (Kamailio's `tcp_msg_read_timeout` is 20 s): a trickle cannot hold a slot for long.
+pub const TCP_PARTIAL_MESSAGE_S: u64 = 20;
+
+const _: () = assert!(TCP_PARTIAL_MESSAGE_S < TCP_IDLE_S);
 const UDP_DATAGRAM_BYTES_MAX: usize = 65_535;
 
 /// Where the endpoint's answers leave: the UDP socket, or the TCP connection a request came on.
@@ -159,22 +164,43 @@ async fn connection(
     });
 
     let mut buf = BytesMut::with_capacity(4096);
+    // Set when a message starts arriving, cleared when the buffer empties.
+    let mut partial_deadline: Option<tokio::time::Instant> = None;
     'read: loop {
-        let read = tokio::time::timeout(Duration::from_secs(TCP_IDLE_S), reader.read_buf(&mut buf)).await;
+        let deadline =
+            partial_deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(TCP_IDLE_S));
+        let read = tokio::time::timeout_at(deadline, reader.read_buf(&mut buf)).await;
         match read {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Err(_) => {
+                if partial_deadline.is_some() {
+                    metrics::counter!("pbx_sip_tcp_partial_timeouts_total").increment(1);
+                    tracing::info!(%peer, "TCP message not completed in time; closing");
+                }
+                break;
+            }
             Ok(Ok(_)) => {}
         }
         loop {
             match message::frame_stream(&buf) {
-                Frame::Incomplete => break,
+                Frame::Incomplete => {
+                    if buf.is_empty() {
+                        partial_deadline = None;
+                    } else if partial_deadline.is_none() {
+                        partial_deadline =
+                            Some(tokio::time::Instant::now() + Duration::from_secs(TCP_PARTIAL_MESSAGE_S));
+                    }
+                    break;
+                }
                 Frame::KeepAlive { len } => {
                     let _ = buf.split_to(len);
+                    partial_deadline = None;
                     // RFC 5626 §4.4.1: a double CRLF ping is answered by a single CRLF pong.
                     let _ = sender.try_send(Bytes::from_static(b"\r\n"));
                 }
                 Frame::Message { len } => {
                     let bytes = buf.split_to(len).freeze();
+                    partial_deadline = None;
                     if !backlog.admit() {
                         continue;
                     }

@@ -17,6 +17,23 @@ use std::time::Duration;
 
 /// The methods this endpoint acts on; the `Allow` header of every 405 and OPTIONS answer.
 pub const ALLOW: &str = "REGISTER, OPTIONS";
+/// Methods SIP defines (RFC 3261 and its extensions); others are answered 501.
+const KNOWN_METHODS: [Method; 14] = [
+    Method::INVITE,
+    Method::ACK,
+    Method::CANCEL,
+    Method::BYE,
+    Method::REGISTER,
+    Method::MESSAGE,
+    Method::UPDATE,
+    Method::PRACK,
+    Method::OPTIONS,
+    Method::SUBSCRIBE,
+    Method::NOTIFY,
+    Method::PUBLISH,
+    Method::INFO,
+    Method::REFER,
+];
 /// REGISTERs handed to the registrar and not yet answered; beyond it new ones get 503.
 pub const PENDING_REGISTERS_MAX: usize = 16_384;
 /// A REGISTER the registrar has not answered in this time gets 500: a transaction must end.
@@ -214,6 +231,21 @@ impl Endpoint {
     fn dispatch(&mut self, key: ServerKey, request: Request, source: SocketAddr, transport: Transport) {
         self.outputs.push_back(EndpointOutput::Event(EndpointEvent::Request { method: request.method.to_string() }));
         let method = request.method.clone();
+        // RFC 3261 §8.2.2.3: we support no extension, so any Require (outside CANCEL and ACK,
+        // which never carry one that matters) is refused with the tags listed as Unsupported.
+        let required: Vec<String> = request
+            .headers
+            .get_raw(&Name::REQUIRE)
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect();
+        if !required.is_empty() && method != Method::CANCEL && method != Method::ACK {
+            let mut response = request.response(420, Some(&self.next_tag()));
+            response.headers.insert(Name::UNSUPPORTED, required.join(", "));
+            self.respond(key, response);
+            return;
+        }
         if method == Method::REGISTER {
             if self.pending.len() >= PENDING_REGISTERS_MAX {
                 let mut response = request.response(503, None);
@@ -239,7 +271,10 @@ impl Endpoint {
             let response = request.response(481, Some(&self.next_tag()));
             self.respond(key, response);
         } else {
-            let mut response = request.response(405, Some(&self.next_tag()));
+            // 405 for a method SIP defines that this node does not serve; 501 for one it does
+            // not know at all (RFC 3261 §21.4.6 / §21.5.2).
+            let code = if KNOWN_METHODS.contains(&method) { 405 } else { 501 };
+            let mut response = request.response(code, Some(&self.next_tag()));
             response.headers.insert(Name::ALLOW, ALLOW);
             self.respond(key, response);
         }

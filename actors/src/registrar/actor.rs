@@ -375,6 +375,22 @@ mod tests {
     use crate::registrar::tests::{PASSWORD_100, Reg, authorization, challenge_for, source};
     use std::sync::Mutex;
 
+    /// Waits until the writer has stored and delivered everything queued so far. It yields
+    /// instead of awaiting, so the paused runtime never looks idle and virtual time cannot jump
+    /// ahead while the (real) writer thread works.
+    async fn settle(actor: &ActorRef<RegistrarMsg>) {
+        let (tx, mut rx) = ractor::concurrency::oneshot();
+        actor.cast(RegistrarMsg::Barrier(tx.into())).unwrap();
+        for _ in 0..10_000_000 {
+            match rx.try_recv() {
+                Ok(result) => return result.unwrap(),
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => tokio::task::yield_now().await,
+                Err(e) => panic!("barrier dropped: {e}"),
+            }
+        }
+        panic!("the writer did not settle");
+    }
+
     /// A virtual clock on tokio's (paused) time, starting at an arbitrary epoch offset.
     struct TokioClock(tokio::time::Instant);
     impl Clock for TokioClock {
@@ -459,11 +475,12 @@ mod tests {
             transport: Transport::Udp,
         };
         actor.cast(register(1, &reg)).unwrap();
-        ractor::call!(actor, RegistrarMsg::Barrier).unwrap().unwrap();
+        settle(&actor).await;
         let challenge = challenge_for(journal.responses.lock().unwrap().last().unwrap(), "SHA-256");
         actor.cast(register(2, &reg.clone().cseq(2).auth(authorization(&challenge, "100", PASSWORD_100, 1)))).unwrap();
         let stats = ractor::call!(actor, RegistrarMsg::Stats).unwrap();
         assert_eq!(stats, RegistrarStats { bindings: 1, blocked_sources: 0 });
+        settle(&actor).await;
         assert_eq!(
             journal.entries(),
             ["put-extension 100", "respond 1 401", "put-binding sip:100@192.0.2.7:5060", "respond 2 200"]
@@ -473,6 +490,7 @@ mod tests {
         assert_eq!(ractor::call!(actor, RegistrarMsg::ListBindings).unwrap().len(), 1);
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(ractor::call!(actor, RegistrarMsg::Stats).unwrap().bindings, 0);
+        settle(&actor).await;
         assert_eq!(journal.entries().last().map(String::as_str), Some("remove-binding sip:100@192.0.2.7:5060"));
         actor.stop(None);
         handle.await.unwrap();
@@ -507,15 +525,15 @@ mod tests {
             transport: Transport::Udp,
         };
         actor.cast(register(1, &reg)).unwrap();
-        ractor::call!(actor, RegistrarMsg::Barrier).unwrap().unwrap();
+        settle(&actor).await;
         let challenge = challenge_for(journal.responses.lock().unwrap().last().unwrap(), "MD5");
         journal.broken.store(true, std::sync::atomic::Ordering::SeqCst);
         actor.cast(register(2, &reg.clone().cseq(2).auth(authorization(&challenge, "100", PASSWORD_100, 1)))).unwrap();
-        ractor::call!(actor, RegistrarMsg::Barrier).unwrap().unwrap();
+        settle(&actor).await;
         assert_eq!(journal.entries(), ["respond 1 401", "respond 2 500"]);
         journal.broken.store(false, std::sync::atomic::Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(6)).await;
-        ractor::call!(actor, RegistrarMsg::Barrier).unwrap().unwrap();
+        settle(&actor).await;
         assert_eq!(journal.entries().last().map(String::as_str), Some("put-binding sip:100@192.0.2.7:5060"));
         actor.stop(None);
         handle.await.unwrap();

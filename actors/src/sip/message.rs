@@ -199,10 +199,11 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
     let Some(head_end) = find_head_end(bytes) else {
         return discard("no end of header section");
     };
-    let Ok(head_text) = std::str::from_utf8(&bytes[..head_end]) else {
-        return discard("header section is not UTF-8");
-    };
-    let unfolded = unfold(head_text);
+    // A head that is not UTF-8 (a Latin-1 display name from an old phone, say) is still read,
+    // lossily, far enough to answer it 400: RFC 3261 §7.3 headers are UTF-8.
+    let head_text = String::from_utf8_lossy(&bytes[..head_end]);
+    let not_utf8 = matches!(head_text, std::borrow::Cow::Owned(_));
+    let unfolded = unfold(&head_text);
     let src = Bytes::from(unfolded);
     let text = std::str::from_utf8(&src).expect("built from a str");
     let mut lines = text.split('\n').filter(|l| !l.is_empty());
@@ -234,6 +235,9 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
         headers.insert(name, BytesStr::from_parse(&src, value));
     }
 
+    if not_utf8 {
+        bad_line.get_or_insert_with(|| "Header section is not valid UTF-8".to_owned());
+    }
     let body_start = &bytes[head_end..];
     if start_line.starts_with("SIP/") {
         return parse_response(start_line, headers, body_start, stream, bad_line);
@@ -256,7 +260,15 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
         return reject(505, "Version Not Supported".into());
     }
     let method = Method::from_parse(&src, method);
+    // RFC 3986 §3.1: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ). A well-formed scheme
+    // we do not serve is 416; no scheme at all (`<sip:…>`, RFC 4475 ltgtruri) is a bad URI.
     let scheme = uri.split(':').next().unwrap_or("");
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        && uri.len() > scheme.len();
+    if !scheme_ok {
+        return reject(400, "Malformed Request-URI".into());
+    }
     if !(scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")) {
         return reject(416, format!("Unsupported URI Scheme {scheme:?}"));
     }

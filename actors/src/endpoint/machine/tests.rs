@@ -100,3 +100,19 @@ fn silent_registrar_gets_500_on_time() {
     let sent = transmitted(&run(&mut e, deadline, EndpointInput::Timeout));
     assert!(sent.iter().any(|m| m.starts_with("SIP/2.0 500 Registrar did not answer")), "{sent:?}");
 }
+
+/// A Require we do not support gets 420 naming it; an unknown method 501, a known one 405.
+#[test]
+fn require_and_unknown_methods() {
+    let mut e = Endpoint::new(TimerConfig::default());
+    let with_require = String::from_utf8(request("OPTIONS", "z9hG4bK-q1").to_vec())
+        .unwrap()
+        .replace("Content-Length", "Require: foo, bar\r\nContent-Length");
+    let sent = transmitted(&run(&mut e, Timestamp::ZERO, inbound(Bytes::from(with_require))));
+    assert!(sent[0].starts_with("SIP/2.0 420 Bad Extension\r\n"), "{}", sent[0]);
+    assert!(sent[0].contains("Unsupported: foo, bar"));
+    let sent = transmitted(&run(&mut e, Timestamp::ZERO, inbound(request("NEWMETHOD", "z9hG4bK-n1"))));
+    assert!(sent[0].starts_with("SIP/2.0 501 Not Implemented\r\n"), "{}", sent[0]);
+    let sent = transmitted(&run(&mut e, Timestamp::ZERO, inbound(request("INVITE", "z9hG4bK-i1"))));
+    assert!(sent.iter().any(|m| m.starts_with("SIP/2.0 405 Method Not Allowed\r\n")), "{sent:?}");
+}

@@ -142,3 +142,15 @@ proptest::proptest! {
         let _ = parse_datagram(&m);
     }
 }
+
+/// A head with a Latin-1 byte is answered 400 (not dropped); `<sip:…>` as Request-URI is 400.
+#[test]
+fn non_utf8_and_bracketed_uri_get_400() {
+    let text = String::from_utf8(REGISTER.to_vec()).unwrap();
+    let mut latin1 = text.replace("From: <sip:100", "From: \"M_ller\" <sip:100").into_bytes();
+    let at = latin1.iter().position(|b| *b == b'_').unwrap();
+    latin1[at] = 0xfc;
+    let (code, reason) = rejection(&latin1);
+    assert_eq!((code, reason.as_str()), (400, "Header section is not valid UTF-8"));
+    assert_eq!(rejection(text.replace("REGISTER sip:pbx.example", "REGISTER <sip:pbx.example>").as_bytes()).0, 400);
+}
