@@ -640,3 +640,60 @@ pub fn sipp(pbx: &Pbx, scenario: &str, args: &[&str]) -> SippRun {
     let errors = format!("{}\n{stderr}", std::fs::read_to_string(&errors).unwrap_or_default());
     SippRun { success: status.is_some_and(|s| s.success()), exit_code: status.and_then(|s| s.code()), messages, errors }
 }
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes; whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A query REGISTER (no Contact, RFC 3261 §10.2.3) for `user` from a fresh UDP client, answered
+/// with MD5 digest; the final response.
+pub fn query_bindings(pbx: &Pbx, user: &str, password: &str) -> String {
+    let mut client = SipClient::udp(pbx.sip);
+    client
+        .register(user, password, "MD5", &[])
+        .unwrap_or_else(|| panic!("no answer to a query REGISTER:\n{}", pbx.log()))
+}
+
+/// The bindings a REGISTER response lists: each Contact's URI (without `<>`) and its `expires`.
+pub fn listed_bindings(response: &str) -> Vec<(String, u32)> {
+    header_values(response, "Contact")
+        .iter()
+        .flat_map(|v| v.split(','))
+        .filter_map(|c| {
+            let uri = c.trim().strip_prefix('<')?.split_once('>')?.0.to_string();
+            let expires = c.split(';').find_map(|p| p.trim().strip_prefix("expires="))?.trim().parse().ok()?;
+            Some((uri, expires))
+        })
+        .collect()
+}
+
+/// SIPp, asserting that the scenario ran to its end.
+pub fn sipp_ok(pbx: &Pbx, scenario: &str, args: &[&str]) -> SippRun {
+    let run = sipp(pbx, scenario, args);
+    assert!(
+        run.success,
+        "sipp {scenario} {args:?} failed (exit {:?}):\n{}\n{}",
+        run.exit_code, run.errors, run.messages
+    );
+    run
+}
+
+impl SipClient {
+    /// Bounds every later write on a TCP client, so a flood the server stops reading cannot
+    /// hang a test; a timed-out write is ignored like any other by `send_bytes`.
+    pub fn set_write_timeout(&self, timeout: Duration) {
+        if let Some(tcp) = &self.tcp {
+            let _ = tcp.set_write_timeout(Some(timeout));
+        }
+    }
+}
