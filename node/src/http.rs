@@ -106,42 +106,34 @@ async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.prometheus.render())
 }
 
-async fn list_extensions(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
-    require_auth!(req, state);
-    let (extensions, bindings) = match (
-        ask(&state.registrar, RegistrarMsg::ListExtensions).await,
-        ask(&state.registrar, RegistrarMsg::ListBindings).await,
-    ) {
-        (Ok(e), Ok(b)) => (e, b),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
-    let out: Vec<ExtensionOut> = extensions
+/// The directory as the API shows it: each extension with its count of live registrations.
+async fn directory(state: &ApiState) -> Result<Vec<ExtensionOut>, HttpResponse> {
+    let extensions = ask(&state.registrar, RegistrarMsg::ListExtensions).await?;
+    let bindings = ask(&state.registrar, RegistrarMsg::ListBindings).await?;
+    Ok(extensions
         .into_iter()
         .map(|e| ExtensionOut {
             registrations: bindings.iter().filter(|b| b.aor == e.number).count(),
             number: e.number,
             display_name: e.display_name,
         })
-        .collect();
-    HttpResponse::Ok().json(out)
+        .collect())
+}
+
+async fn list_extensions(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
+    require_auth!(req, state);
+    match directory(&state).await {
+        Ok(out) => HttpResponse::Ok().json(out),
+        Err(r) => r,
+    }
 }
 
 async fn get_extension(req: HttpRequest, state: web::Data<ApiState>, number: web::Path<String>) -> HttpResponse {
     require_auth!(req, state);
-    let (extensions, bindings) = match (
-        ask(&state.registrar, RegistrarMsg::ListExtensions).await,
-        ask(&state.registrar, RegistrarMsg::ListBindings).await,
-    ) {
-        (Ok(e), Ok(b)) => (e, b),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
-    match extensions.into_iter().find(|e| e.number == *number) {
-        Some(e) => HttpResponse::Ok().json(ExtensionOut {
-            registrations: bindings.iter().filter(|b| b.aor == e.number).count(),
-            number: e.number,
-            display_name: e.display_name,
-        }),
-        None => error(StatusCode::NOT_FOUND, format!("no extension {number:?}")),
+    match directory(&state).await.map(|d| d.into_iter().find(|e| e.number == *number)) {
+        Ok(Some(e)) => HttpResponse::Ok().json(e),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no extension {number:?}")),
+        Err(r) => r,
     }
 }
 

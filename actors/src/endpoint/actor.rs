@@ -4,15 +4,15 @@
 
 use super::machine::{Endpoint, EndpointEvent, EndpointInput, EndpointOutput};
 use crate::registrar::{RegistrarMsg, ResponseSink};
+use crate::shell::WakeTimer;
 use crate::sip::message::{Response, Transport};
 use crate::sip::transaction::TimerConfig;
-use crate::time::{Clock, Timestamp};
+use crate::time::Clock;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 /// The port through which bytes leave: the node's UDP socket and TCP connections.
 pub trait Wire: Send + Sync + 'static {
@@ -52,7 +52,7 @@ pub struct EndpointState {
     wire: Arc<dyn Wire>,
     registrar: ActorRef<RegistrarMsg>,
     inbound_backlog: Arc<AtomicUsize>,
-    timer: Option<(Timestamp, ractor::concurrency::JoinHandle<()>)>,
+    timer: WakeTimer,
 }
 
 pub struct EndpointActor;
@@ -110,7 +110,7 @@ impl Actor for EndpointActor {
             wire: args.wire,
             registrar: args.registrar,
             inbound_backlog: args.inbound_backlog,
-            timer: None,
+            timer: WakeTimer::default(),
         })
     }
 
@@ -133,7 +133,7 @@ impl Actor for EndpointActor {
                 let _ = reply.send(s.machine.transactions());
             }
             EndpointMsg::Wake => {
-                s.timer = None;
+                s.timer.fired();
                 s.machine.handle(now, EndpointInput::Timeout);
             }
         }
@@ -150,34 +150,12 @@ impl Actor for EndpointActor {
                 EndpointOutput::Event(event) => record(event),
             }
         }
-        // One timer, for the machine's earliest wake-up. Re-armed only when that moves
-        // earlier: a timer that fires early is harmless (the machine does nothing and we
-        // re-arm), while a spawn per message is not free at 10,000 messages a second.
-        if let Some(at) = s.machine.poll_timeout() {
-            let rearm = match &s.timer {
-                Some((armed, _)) => at < *armed,
-                None => true,
-            };
-            if rearm {
-                if let Some((_, handle)) = s.timer.take() {
-                    handle.abort();
-                }
-                let wait = Duration::from_micros(at.as_micros().saturating_sub(now.as_micros()));
-                let me = me.clone();
-                let handle = ractor::concurrency::spawn(async move {
-                    ractor::concurrency::sleep(wait).await;
-                    let _ = me.cast(EndpointMsg::Wake);
-                });
-                s.timer = Some((at, handle));
-            }
-        }
+        s.timer.arm(&me, now, s.machine.poll_timeout(), || EndpointMsg::Wake);
         Ok(())
     }
 
     async fn post_stop(&self, _me: ActorRef<EndpointMsg>, s: &mut EndpointState) -> Result<(), ActorProcessingErr> {
-        if let Some((_, handle)) = s.timer.take() {
-            handle.abort();
-        }
+        s.timer.cancel();
         Ok(())
     }
 }

@@ -17,13 +17,13 @@
 use super::machine::{
     Binding, Extension, Registrar, RegistrarCommand, RegistrarConfig, RegistrarEvent, RegistrarInput, RegistrarOutput,
 };
+use crate::shell::WakeTimer;
 use crate::sip::message::Name;
 use crate::sip::{Request, Response, Transport};
 use bytes::Bytes;
-use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Where durable changes go: redb in the product, memory in tests and the simulator. Applies the
 /// whole batch or none of it.
@@ -99,13 +99,11 @@ pub enum RegistrarMsg {
 /// An admin request's reply port and the outcome to send once its commands are stored.
 type PendingReply = (RpcReplyPort<Result<(), String>>, Result<(), String>);
 
-type Timer = ractor::concurrency::JoinHandle<Result<(), MessagingErr<RegistrarMsg>>>;
-
 pub struct RegistrarState {
     machine: Registrar,
     clock: Arc<dyn Clock>,
     writer: Option<Writer>,
-    timer: Option<Timer>,
+    timer: WakeTimer,
 }
 
 /// Jobs the writer takes into one transaction at most.
@@ -196,16 +194,15 @@ impl Actor for RegistrarActor {
         let now = args.clock.now();
         let machine = Registrar::new(args.config, args.rng_seed, args.extensions, args.bindings, now);
         let writer = Writer::start(args.store, args.sink, me);
-        let mut state = RegistrarState { machine, clock: args.clock, writer: Some(writer), timer: None };
+        let mut state =
+            RegistrarState { machine, clock: args.clock, writer: Some(writer), timer: WakeTimer::default() };
         // Bindings that expired while the node was down are dropped from storage now.
         state.drain(None);
         Ok(state)
     }
 
     async fn post_stop(&self, _me: ActorRef<RegistrarMsg>, s: &mut RegistrarState) -> Result<(), ActorProcessingErr> {
-        if let Some(timer) = s.timer.take() {
-            timer.abort();
-        }
+        s.timer.cancel();
         // A clean stop writes the batched refreshes too, then waits for the writer to finish.
         s.machine.flush_now();
         s.drain(None);
@@ -278,6 +275,7 @@ impl Actor for RegistrarActor {
                 let _ = reply.send(stats);
             }
             RegistrarMsg::Wake => {
+                s.timer.fired();
                 s.machine.handle(now, RegistrarInput::Timeout);
                 s.drain(None);
             }
@@ -315,15 +313,9 @@ impl RegistrarState {
         }
     }
 
-    /// One timer, always for the machine's earliest wake-up; never sleep in `handle`.
+    /// One timer, for the machine's earliest wake-up; never sleep in `handle`.
     fn rearm(&mut self, me: &ActorRef<RegistrarMsg>) {
-        if let Some(timer) = self.timer.take() {
-            timer.abort();
-        }
-        if let Some(at) = self.machine.poll_timeout() {
-            let wait = Duration::from_micros(at.as_micros().saturating_sub(self.clock.now().as_micros()));
-            self.timer = Some(me.send_after(wait, || RegistrarMsg::Wake));
-        }
+        self.timer.arm(me, self.clock.now(), self.machine.poll_timeout(), || RegistrarMsg::Wake);
     }
 }
 
@@ -374,6 +366,7 @@ mod tests {
     use crate::Timestamp;
     use crate::registrar::tests::{PASSWORD_100, Reg, authorization, challenge_for, source};
     use std::sync::Mutex;
+    use std::time::Duration;
 
     /// Waits until the writer has stored and delivered everything queued so far. It yields
     /// instead of awaiting, so the paused runtime never looks idle and virtual time cannot jump
