@@ -238,8 +238,12 @@ pub enum TransactionOutput {
 ///
 /// # Limits
 ///
-/// At most [`TRANSACTIONS_MAX`] transactions. Over it, a new server request gets a stateless
-/// 503 with Retry-After (RFC 3261 §21.5.4) and a new client request gets `Timeout` and
+/// At most [`TRANSACTIONS_MAX`] transactions. At the bound, the oldest transaction that only
+/// waits out retransmissions (Timer D, I, J or K running, nothing left to send) is ended early
+/// to make room: it is a cache of an answer already given, and under load its retransmission
+/// window shrinks from 64*T1 towards what the load allows (Kamailio answers REGISTER with no
+/// transaction at all). Only when no such transaction exists does a new server request get a
+/// stateless 503 with Retry-After (RFC 3261 §21.5.4) and a new client request `Timeout` and
 /// `Terminated` at once, as if Timer B/F had fired: the TU's ordinary failure path.
 ///
 /// Per RFC 3261 a server transaction waits for the TU's final response with no timer, and an
@@ -255,6 +259,8 @@ pub struct Transactions {
     clients: HashMap<ClientKey, TxId>,
     /// Every armed timer, earliest first: (when, which transaction, which slot).
     timers: BTreeSet<(Timestamp, TxId, Slot)>,
+    /// Transactions that only absorb retransmissions, oldest first: evicted first at the bound.
+    lingering: BTreeSet<TxId>,
     outputs: VecDeque<TransactionOutput>,
 }
 
@@ -406,6 +412,7 @@ impl Transactions {
             servers: HashMap::new(),
             clients: HashMap::new(),
             timers: BTreeSet::new(),
+            lingering: BTreeSet::new(),
             outputs: VecDeque::new(),
         }
     }
@@ -495,7 +502,7 @@ impl Transactions {
             self.update(id, now, |tx, ctx| tx.on_request_retransmission(ctx));
             return;
         }
-        if self.transactions.len() >= TRANSACTIONS_MAX {
+        if !self.make_room() {
             return self.refuse_overloaded(&request, source, transport);
         }
         let kind = if request.method == Method::INVITE {
@@ -590,7 +597,7 @@ impl Transactions {
             Some("request without a CSeq matching its method")
         } else if self.clients.contains_key(&key) {
             Some("branch already in use by a live client transaction")
-        } else if self.transactions.len() >= TRANSACTIONS_MAX {
+        } else if !self.make_room() {
             Some("transaction table full")
         } else {
             None
@@ -673,11 +680,31 @@ impl Transactions {
         }
         if fate == Fate::Terminate {
             self.remove(id);
+        } else if tx.is_lingering() {
+            self.lingering.insert(id);
+        } else {
+            self.lingering.remove(&id);
+        }
+    }
+
+    /// True when there is room for one more transaction, evicting the oldest lingering one
+    /// if the table is full.
+    fn make_room(&mut self) -> bool {
+        if self.transactions.len() < TRANSACTIONS_MAX {
+            return true;
+        }
+        match self.lingering.pop_first() {
+            Some(id) => {
+                self.remove(id);
+                true
+            }
+            None => false,
         }
     }
 
     fn remove(&mut self, id: TxId) {
         let tx = self.transactions.remove(&id).expect("removing a live transaction");
+        self.lingering.remove(&id);
         for (slot, armed) in [(Slot::Retransmit, tx.retransmit), (Slot::Deadline, tx.deadline)] {
             if let Some(armed) = armed {
                 self.timers.remove(&(armed.at, id, slot));
@@ -692,6 +719,12 @@ impl Transactions {
 }
 
 impl Transaction {
+    /// Only waiting out retransmissions: nothing to send, a Timer D, I, J or K running.
+    fn is_lingering(&self) -> bool {
+        self.retransmit.is_none()
+            && self.deadline.is_some_and(|a| matches!(a.timer, Timer::D | Timer::I | Timer::J | Timer::K))
+    }
+
     fn arm_retransmit(&mut self, now: Timestamp, timer: Timer, interval: Duration) {
         self.interval = interval;
         self.retransmit = Some(Armed { at: now + interval, timer });

@@ -580,6 +580,43 @@ fn over_the_bound_requests_get_503_and_client_requests_are_refused() {
     assert_eq!(h.machine.len(), TRANSACTIONS_MAX);
 }
 
+/// At the bound, a transaction that only waits out retransmissions (Timer J) is evicted to
+/// make room for a new request instead of a 503; its late retransmission is then new work.
+#[test]
+fn at_the_bound_a_lingering_transaction_makes_room() {
+    let mut h = Harness::new();
+    for n in 0..TRANSACTIONS_MAX - 1 {
+        let key = TransactionKey::Client(ClientKey { branch: format!("z9hG4bK-fill{n}"), method: Method::OPTIONS });
+        let kind = Kind::NonInviteClient {
+            state: NonInviteClientState::Trying,
+            bytes: Bytes::new(),
+            destination: addr(PHONE),
+        };
+        h.machine.start(Timestamp::ZERO, key, Transport::Tcp, kind);
+    }
+    while h.machine.poll_output().is_some() {}
+    // The last slot: a REGISTER answered 200, now lingering under Timer J.
+    let first = phone_request("REGISTER", "z9hG4bK-first", 1, None, Transport::Udp);
+    let (key, request) = Harness::server_key(&h.at(1, received(first.clone(), PHONE, Transport::Udp)));
+    h.at(2, TransactionInput::SendResponse { key: key.clone(), response: request.response(200, Some("t")) });
+    assert_eq!(h.machine.len(), TRANSACTIONS_MAX);
+
+    let second = phone_request("REGISTER", "z9hG4bK-second", 2, None, Transport::Udp);
+    let out = h.at(3, received(second, PHONE, Transport::Udp));
+    assert!(
+        out.iter().any(|o| matches!(o, TransactionOutput::Terminated { key: TransactionKey::Server(k) } if *k == key)),
+        "the lingering transaction is ended: {out:?}"
+    );
+    assert!(out.iter().any(|o| matches!(o, TransactionOutput::Request { .. })), "the new request is taken: {out:?}");
+    assert!(transmits(&out).is_empty(), "no 503: {out:?}");
+    assert_eq!(h.machine.len(), TRANSACTIONS_MAX);
+
+    // Nothing lingers now: the next new request is refused with 503 after all.
+    let third = phone_request("REGISTER", "z9hG4bK-third", 3, None, Transport::Udp);
+    let sent = transmits(&h.at(4, received(third, PHONE, Transport::Udp)));
+    assert!(String::from_utf8_lossy(&sent[0]).starts_with("SIP/2.0 503"), "{sent:?}");
+}
+
 /// Time going backwards is a bug in the driver and stops the machine (the assert stays on in release).
 #[test]
 #[should_panic(expected = "time went backwards")]
