@@ -165,8 +165,8 @@ impl Endpoint {
             Transport::Tcp => message::parse_stream_frame(bytes),
         };
         match parsed {
-            Ok(Message::Request(mut request)) => {
-                request.stamp_via_source(source);
+            Ok(Message::Request(request)) => {
+                // The transaction layer stamps Via received/rport (RFC 3581) as it files it.
                 self.transactions.handle(
                     self.now,
                     TransactionInput::Received { message: Message::Request(request), source, transport },

@@ -555,8 +555,21 @@ impl Request {
     /// RFC 3261 §18.2.1 and RFC 3581 §4: note on the top Via where the request really came
     /// from (`received`), and the source port when the client asked for it (`rport`).
     pub fn stamp_via_source(&mut self, source: SocketAddr) {
-        let Ok(mut vias) = self.headers.get_named::<Vec<Via>>() else { return };
-        let Some(top) = vias.first_mut() else { return };
+        // Only the top Via changes: parse and re-print that one, keep the others' raw text.
+        let Some(values) = self.headers.remove(&Name::VIA) else { return };
+        let Some((first, others)) = values.split_first() else { return };
+        let src = Bytes::copy_from_slice(first.as_bytes());
+        let text = std::str::from_utf8(&src).expect("copied from a str");
+        let Ok((rest, mut top)) = <Via as ezk_sip_types::header::HeaderParse>::parse(&src, text) else {
+            // Unreadable (the parser vetted it, so this is not expected): leave it as it was.
+            for (n, value) in values.iter().enumerate() {
+                match n {
+                    0 => self.headers.insert_front(Name::VIA, value.as_str()),
+                    _ => self.headers.insert(Name::VIA, value.as_str()),
+                }
+            }
+            return;
+        };
         let asked_rport = top.params.get("rport").is_some();
         let sent_by_ip = match &top.sent_by.host {
             Host::IP4(ip) => Some(IpAddr::V4(*ip)),
@@ -569,9 +582,15 @@ impl Request {
         if asked_rport {
             top.params.push_or_edit("rport", source.port().to_string());
         }
-        self.headers.remove(&Name::VIA);
-        for via in vias.iter().rev() {
-            self.headers.insert_named_front(via);
+        // ezk puts a new entry first but appends to an existing one: insert in order. Vias
+        // folded into the first line after a comma become values of their own.
+        self.headers.insert_named_front(&top);
+        let rest = rest.trim_start_matches([' ', '\t', ',']).trim();
+        if !rest.is_empty() {
+            self.headers.insert(Name::VIA, rest);
+        }
+        for value in others {
+            self.headers.insert(Name::VIA, value.as_str());
         }
     }
 

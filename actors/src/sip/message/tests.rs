@@ -154,3 +154,21 @@ fn non_utf8_and_bracketed_uri_get_400() {
     assert_eq!((code, reason.as_str()), (400, "Header section is not valid UTF-8"));
     assert_eq!(rejection(text.replace("REGISTER sip:pbx.example", "REGISTER <sip:pbx.example>").as_bytes()).0, 400);
 }
+
+/// Stamping changes only the top Via and keeps every other Via, in order, also when several
+/// share one header line.
+#[test]
+fn stamping_keeps_the_other_vias_in_order() {
+    let text = String::from_utf8(REGISTER.to_vec()).unwrap().replace(
+        "Via: SIP/2.0/UDP 10.0.0.5:5062;branch=z9hG4bK-1;rport\r\n",
+        "Via: SIP/2.0/UDP 10.0.0.5:5062;branch=z9hG4bK-1;rport, SIP/2.0/TCP 10.9.9.9;branch=z9hG4bK-2\r\nVia: SIP/2.0/UDP 10.8.8.8;branch=z9hG4bK-3\r\n",
+    );
+    let mut r = request(text.as_bytes());
+    r.stamp_via_source("203.0.113.9:40000".parse().unwrap());
+    let vias: Vec<Via> = r.headers.get_named().unwrap();
+    let branches: Vec<String> = vias.iter().map(|v| v.params.get_val("branch").unwrap().to_string()).collect();
+    assert_eq!(branches, ["z9hG4bK-1", "z9hG4bK-2", "z9hG4bK-3"]);
+    assert_eq!(vias[0].params.get_val("rport").map(|v| v.as_str()), Some("40000"));
+    assert!(vias[1].params.get_val("received").is_none());
+    assert!(r.to_bytes().starts_with(b"REGISTER sip:pbx.example SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5:5062;branch=z9hG4bK-1;rport=40000;received=203.0.113.9\r\n"), "{}", String::from_utf8_lossy(&r.to_bytes()));
+}
