@@ -1,1 +1,3 @@
-//! pbx-benches: criterion benchmarks (`benches/`) and the SIPp load harness (`load/`).
+//! pbx-benches: criterion benchmarks (`benches/`), the `register_load` REGISTER load generator
+//! (`src/bin/`) and the load harness that sets pbx beside Kamailio (`load/run.sh`). How to run
+//! them and what they measured: docs/PERFORMANCE.md.
