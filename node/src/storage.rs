@@ -38,7 +38,7 @@ pub enum StorageError {
     #[error("{0}")]
     Redb(String),
     #[error("decode {table} record {key:?}: {reason}")]
-    Decode { table: &'static str, key: String, reason: String },
+    Decode { table: String, key: String, reason: String },
 }
 
 fn redb_err(e: impl std::fmt::Display) -> StorageError {
@@ -70,28 +70,12 @@ impl Storage {
 
     pub fn load(&self) -> Result<Snapshot, StorageError> {
         let tx = self.db.begin_read().map_err(redb_err)?;
-        let mut extensions = Vec::new();
-        for row in tx.open_table(EXTENSIONS).map_err(redb_err)?.iter().map_err(redb_err)? {
-            let (k, v) = row.map_err(redb_err)?;
-            let decoded: StoredExtensionV = postcard::from_bytes(v.value()).map_err(|e| StorageError::Decode {
-                table: "extensions",
-                key: k.value().to_string(),
-                reason: e.to_string(),
-            })?;
-            let StoredExtensionV::V1(ext) = decoded;
-            extensions.push(ext);
-        }
-        let mut bindings = Vec::new();
-        for row in tx.open_table(BINDINGS).map_err(redb_err)?.iter().map_err(redb_err)? {
-            let (k, v) = row.map_err(redb_err)?;
-            let decoded: StoredBindingV = postcard::from_bytes(v.value()).map_err(|e| StorageError::Decode {
-                table: "bindings",
-                key: k.value().to_string(),
-                reason: e.to_string(),
-            })?;
-            let StoredBindingV::V1(b) = decoded;
-            bindings.push(b);
-        }
+        let extensions = read_all(&tx, EXTENSIONS, |v: StoredExtensionV| match v {
+            StoredExtensionV::V1(e) => e,
+        })?;
+        let bindings = read_all(&tx, BINDINGS, |v: StoredBindingV| match v {
+            StoredBindingV::V1(b) => b,
+        })?;
         Ok(Snapshot { extensions, bindings })
     }
 
@@ -127,6 +111,26 @@ impl Storage {
         }
         tx.commit().map_err(redb_err)
     }
+}
+
+/// Every record of one table, decoded from its version enum and brought up to the current type.
+fn read_all<V: serde::de::DeserializeOwned, T>(
+    tx: &redb::ReadTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    upgrade: impl Fn(V) -> T,
+) -> Result<Vec<T>, StorageError> {
+    use redb::TableHandle;
+    let mut out = Vec::new();
+    for row in tx.open_table(table).map_err(redb_err)?.iter().map_err(redb_err)? {
+        let (k, v) = row.map_err(redb_err)?;
+        let decoded: V = postcard::from_bytes(v.value()).map_err(|e| StorageError::Decode {
+            table: table.name().to_string(),
+            key: k.value().to_string(),
+            reason: e.to_string(),
+        })?;
+        out.push(upgrade(decoded));
+    }
+    Ok(out)
 }
 
 fn binding_key(aor: &str, contact: &str) -> String {

@@ -368,6 +368,11 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
+    /// The REGISTER message a phone at `source()` sends inside transaction `tx`.
+    fn register(tx: u64, reg: &Reg) -> RegistrarMsg {
+        RegistrarMsg::Register { tx, request: reg.request(), source: source(), transport: Transport::Udp }
+    }
+
     /// Waits until the writer has stored and delivered everything queued so far. It yields
     /// instead of awaiting, so the paused runtime never looks idle and virtual time cannot jump
     /// ahead while the (real) writer thread works.
@@ -461,12 +466,6 @@ mod tests {
         assert_eq!(views, vec![ExtensionView { number: "100".into(), display_name: "Desk".into() }]);
 
         let reg = Reg::new("100", &["<sip:100@192.0.2.7:5060>"]).expires(120);
-        let register = |tx, reg: &Reg| RegistrarMsg::Register {
-            tx,
-            request: reg.request(),
-            source: source(),
-            transport: Transport::Udp,
-        };
         actor.cast(register(1, &reg)).unwrap();
         settle(&actor).await;
         let challenge = challenge_for(journal.responses.lock().unwrap().last().unwrap(), "SHA-256");
@@ -511,12 +510,6 @@ mod tests {
         };
         let (actor, handle) = Actor::spawn(None, RegistrarActor, args).await.unwrap();
         let reg = Reg::new("100", &["<sip:100@192.0.2.7:5060>"]);
-        let register = |tx, reg: &Reg| RegistrarMsg::Register {
-            tx,
-            request: reg.request(),
-            source: source(),
-            transport: Transport::Udp,
-        };
         actor.cast(register(1, &reg)).unwrap();
         settle(&actor).await;
         let challenge = challenge_for(journal.responses.lock().unwrap().last().unwrap(), "MD5");
