@@ -75,25 +75,6 @@ impl ResponseSink for EndpointSink {
     }
 }
 
-/// Methods we count by name; anything else is "other", so a flood of invented method names
-/// cannot grow the metric's label set without bound.
-const COUNTED_METHODS: [&str; 14] = [
-    "REGISTER",
-    "OPTIONS",
-    "INVITE",
-    "ACK",
-    "BYE",
-    "CANCEL",
-    "UPDATE",
-    "PRACK",
-    "SUBSCRIBE",
-    "NOTIFY",
-    "PUBLISH",
-    "INFO",
-    "REFER",
-    "MESSAGE",
-];
-
 impl Actor for EndpointActor {
     type Msg = EndpointMsg;
     type State = EndpointState;
@@ -163,8 +144,7 @@ impl Actor for EndpointActor {
 fn record(event: EndpointEvent) {
     match event {
         EndpointEvent::Request { method } => {
-            let label = COUNTED_METHODS.iter().find(|m| **m == method).copied().unwrap_or("other");
-            metrics::counter!("pbx_sip_requests_total", "method" => label).increment(1);
+            metrics::counter!("pbx_sip_requests_total", "method" => method).increment(1);
         }
         EndpointEvent::Response { code } => {
             metrics::counter!("pbx_sip_responses_total", "code" => code.to_string()).increment(1);

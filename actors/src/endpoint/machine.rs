@@ -17,22 +17,23 @@ use std::time::Duration;
 
 /// The methods this endpoint acts on; the `Allow` header of every 405 and OPTIONS answer.
 pub const ALLOW: &str = "REGISTER, OPTIONS";
-/// Methods SIP defines (RFC 3261 and its extensions); others are answered 501.
-const KNOWN_METHODS: [Method; 14] = [
-    Method::INVITE,
-    Method::ACK,
-    Method::CANCEL,
-    Method::BYE,
-    Method::REGISTER,
-    Method::MESSAGE,
-    Method::UPDATE,
-    Method::PRACK,
-    Method::OPTIONS,
-    Method::SUBSCRIBE,
-    Method::NOTIFY,
-    Method::PUBLISH,
-    Method::INFO,
-    Method::REFER,
+/// Methods SIP defines (RFC 3261 and its extensions), with their metric labels; others are
+/// answered 501 and counted as "other", so invented method names cannot grow a label set.
+const KNOWN_METHODS: [(Method, &str); 14] = [
+    (Method::INVITE, "INVITE"),
+    (Method::ACK, "ACK"),
+    (Method::CANCEL, "CANCEL"),
+    (Method::BYE, "BYE"),
+    (Method::REGISTER, "REGISTER"),
+    (Method::MESSAGE, "MESSAGE"),
+    (Method::UPDATE, "UPDATE"),
+    (Method::PRACK, "PRACK"),
+    (Method::OPTIONS, "OPTIONS"),
+    (Method::SUBSCRIBE, "SUBSCRIBE"),
+    (Method::NOTIFY, "NOTIFY"),
+    (Method::PUBLISH, "PUBLISH"),
+    (Method::INFO, "INFO"),
+    (Method::REFER, "REFER"),
 ];
 /// REGISTERs handed to the registrar and not yet answered; beyond it new ones get 503.
 pub const PENDING_REGISTERS_MAX: usize = 16_384;
@@ -77,8 +78,9 @@ pub enum EndpointOutput {
 /// What the shell logs and counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndpointEvent {
-    /// A new request (not a retransmission) by method, for `pbx_sip_requests_total`.
-    Request { method: String },
+    /// A new request (not a retransmission), labelled by method ("other" for one SIP does
+    /// not define), for `pbx_sip_requests_total`.
+    Request { method: &'static str },
     /// A response this endpoint sent (first transmission), for `pbx_sip_responses_total`.
     Response { code: u16 },
     /// Input that was refused or dropped, and why.
@@ -229,8 +231,9 @@ impl Endpoint {
     }
 
     fn dispatch(&mut self, key: ServerKey, request: Request, source: SocketAddr, transport: Transport) {
-        self.outputs.push_back(EndpointOutput::Event(EndpointEvent::Request { method: request.method.to_string() }));
         let method = request.method.clone();
+        let known = KNOWN_METHODS.iter().find(|(m, _)| *m == method).map(|(_, label)| *label);
+        self.outputs.push_back(EndpointOutput::Event(EndpointEvent::Request { method: known.unwrap_or("other") }));
         // RFC 3261 §8.2.2.3: we support no extension, so any Require (outside CANCEL and ACK,
         // which never carry one that matters) is refused with the tags listed as Unsupported.
         let required: Vec<String> = request
@@ -273,7 +276,7 @@ impl Endpoint {
         } else {
             // 405 for a method SIP defines that this node does not serve; 501 for one it does
             // not know at all (RFC 3261 §21.4.6 / §21.5.2).
-            let code = if KNOWN_METHODS.contains(&method) { 405 } else { 501 };
+            let code = if known.is_some() { 405 } else { 501 };
             let mut response = request.response(code, Some(&self.next_tag()));
             response.headers.insert(Name::ALLOW, ALLOW);
             self.respond(key, response);
