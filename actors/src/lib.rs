@@ -8,6 +8,7 @@
 pub mod endpoint;
 pub mod privacy;
 pub mod registrar;
+pub mod sdp;
 pub mod shell;
 pub mod sip;
 pub mod time;
