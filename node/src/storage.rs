@@ -191,9 +191,8 @@ impl Storage {
             }
             let (k, v) = row.map_err(redb_err)?;
             let (end, id) = k.value();
-            let cdr = match decode("cdrs", || format!("{end}/{id}"), v.value())? {
-                StoredCdrV::V1(cdr) => cdr,
-            };
+            // A second version turns this into a match that upgrades.
+            let StoredCdrV::V1(cdr) = decode("cdrs", || format!("{end}/{id}"), v.value())?;
             if extension.is_none_or(|e| cdr.involves(e)) {
                 if page.len() == limit {
                     return Ok((page, last_read));
