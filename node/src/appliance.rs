@@ -1,23 +1,27 @@
 //! `pbx appliance`: a single node on its embedded default — a data directory with one redb
 //! file, no other server to install.
 //!
-//! Start-up order: data directory → storage (restore) → admin token → sockets → registrar →
-//! endpoint → transports → HTTP. Any failure before serving names what it was doing and the
-//! node exits non-zero. SIGTERM/SIGINT stop the HTTP server, then the actors (the registrar
-//! flushes batched binding refreshes as it stops), then exit 0.
+//! Start-up order: data directory → storage (restore) → CDR writer → admin token → sockets →
+//! registrar → endpoint → transports → HTTP. Any failure before serving names what it was doing
+//! and the node exits non-zero. SIGTERM/SIGINT stop the HTTP server, then the actors (the
+//! registrar flushes batched binding refreshes as it stops), then the CDR writer (it stores
+//! what is queued), then exit 0.
 
 use crate::clock::SystemClock;
 use crate::config::Config;
-use crate::http::{self, ApiState};
-use crate::storage::Storage;
+use crate::http::{self, ApiState, CallsView};
+use crate::storage::{CdrWriter, Storage};
 use crate::transport::{self, Backlog, SipSockets};
 use anyhow::Context;
+use pbx_actors::cdr::{ActiveCall, CdrStore};
 use pbx_actors::endpoint::actor::EndpointSink;
 use pbx_actors::endpoint::{EndpointActor, EndpointArgs};
 use pbx_actors::registrar::{RegistrarActor, RegistrarArgs, RegistrarMsg};
 use pbx_actors::sip::transaction::TimerConfig;
 use ractor::Actor;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +33,8 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     restrict_permissions(data_dir, 0o700);
     let storage = Arc::new(Storage::open(data_dir).context("open storage")?);
     let snapshot = storage.load().context("load stored state")?;
+    // Where finished calls' records go; the calls actor (issue 3) takes a clone of this.
+    let cdr_store: Arc<dyn CdrStore> = Arc::new(CdrWriter::start(storage.clone()).context("start CDR writer")?);
     let token = admin_token(data_dir).context("create admin token")?;
     tracing::info!(
         data_dir = %data_dir.display(),
@@ -98,7 +104,15 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     let udp_task = tokio::spawn(transport::serve_udp(sockets.udp.clone(), endpoint.clone(), backlog.clone()));
     let tcp_task = tokio::spawn(transport::serve_tcp(sockets.tcp, endpoint.clone(), wire.clone(), backlog));
 
-    let state = ApiState { token, registrar: registrar.clone(), endpoint: endpoint.clone(), prometheus, clock };
+    let state = ApiState {
+        token,
+        registrar: registrar.clone(),
+        endpoint: endpoint.clone(),
+        prometheus,
+        clock,
+        storage: storage.clone(),
+        calls: Arc::new(NoCalls),
+    };
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new().app_data(actix_web::web::Data::new(state.clone())).configure(http::routes)
     })
@@ -122,8 +136,20 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     let _ = endpoint_handle.await;
     registrar.stop(None);
     let _ = registrar_handle.await;
+    // The last handle once the actors are gone: dropping it stores what is queued and joins the
+    // writer's thread.
+    drop(cdr_store);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Until the calls actor arrives (issue 3): no call is ever in progress.
+struct NoCalls;
+
+impl CallsView for NoCalls {
+    fn active(&self) -> Pin<Box<dyn Future<Output = Vec<ActiveCall>> + Send + '_>> {
+        Box::pin(std::future::ready(Vec::new()))
+    }
 }
 
 async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
