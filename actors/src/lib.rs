@@ -6,6 +6,7 @@
 //! machines honest: none may read a clock, a global RNG, or import tokio.
 
 pub mod endpoint;
+pub mod media;
 pub mod privacy;
 pub mod registrar;
 pub mod shell;
