@@ -7,6 +7,7 @@
 
 pub mod cdr;
 pub mod endpoint;
+pub mod media;
 pub mod privacy;
 pub mod registrar;
 pub mod sdp;
