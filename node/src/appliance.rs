@@ -2,7 +2,7 @@
 //! file, no other server to install.
 //!
 //! Start-up order: data directory → storage (restore) → CDR writer → admin token → sockets →
-//! registrar → endpoint → transports → HTTP. Any failure before serving names what it was doing
+//! registrar → calls → endpoint → transports → HTTP. Any failure before serving names what it was doing
 //! and the node exits non-zero. SIGTERM/SIGINT stop the HTTP server, then the actors (the
 //! registrar flushes batched binding refreshes as it stops), then the CDR writer (it stores
 //! what is queued), then exit 0.
@@ -13,16 +13,22 @@ use crate::http::{self, ApiState, CallsView};
 use crate::storage::{CdrWriter, Storage};
 use crate::transport::{self, Backlog, SipSockets};
 use anyhow::Context;
+use pbx_actors::call::LocalSip;
+use pbx_actors::call::actor::{CallContext, CallsActor, CallsArgs, CallsMsg};
+use pbx_actors::call::b2bua::CallConfig;
 use pbx_actors::cdr::{ActiveCall, CdrStore};
 use pbx_actors::endpoint::actor::EndpointSink;
 use pbx_actors::endpoint::{EndpointActor, EndpointArgs};
+use pbx_actors::media::pool::PortPool;
+use pbx_actors::media::relay::RelayConfig;
 use pbx_actors::registrar::{RegistrarActor, RegistrarArgs, RegistrarMsg};
 use pbx_actors::sip::transaction::TimerConfig;
 use ractor::Actor;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -85,6 +91,34 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         }
     }
 
+    // Via and Contact name where pbx is reached: the listen address, or the media address with
+    // the SIP port when listening on a wildcard.
+    let sip_address = if config.sip_listen.ip().is_unspecified() {
+        SocketAddr::new(config.calls.media_address, config.sip_listen.port())
+    } else {
+        config.sip_listen
+    };
+    let timers = TimerConfig::default();
+    let ports = PortPool::new(config.rtp_ports.low, config.rtp_ports.high);
+    tracing::info!(pairs = ports.capacity(), "RTP port pool");
+    let context = CallContext {
+        config: CallConfig {
+            no_answer: Duration::from_secs(config.calls.no_answer_timeout_s.into()),
+            timers,
+            local_sip: LocalSip { address: sip_address },
+        },
+        clock: Arc::new(clock),
+        sip: Arc::new(sink.clone()),
+        cdrs: cdr_store.clone(),
+        ports: Arc::new(Mutex::new(ports)),
+        media_ip: config.calls.media_address,
+        relay: RelayConfig { inactivity: Duration::from_secs(config.calls.rtp_timeout_s.into()) },
+    };
+    let (calls, calls_handle) =
+        Actor::spawn(Some("calls".into()), CallsActor, CallsArgs { context, seed: rand::random() })
+            .await
+            .context("start calls")?;
+
     let backlog = Backlog::default();
     let (endpoint, endpoint_handle) = Actor::spawn(
         Some("sip-endpoint".into()),
@@ -93,7 +127,9 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
             clock: Arc::new(clock),
             wire: wire.clone(),
             registrar: registrar.clone(),
-            timers: TimerConfig::default(),
+            calls: calls.clone(),
+            timers,
+            leg_seed: rand::random(),
             inbound_backlog: backlog.0.clone(),
         },
     )
@@ -111,7 +147,7 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         prometheus,
         clock,
         storage: storage.clone(),
-        calls: Arc::new(NoCalls),
+        calls: Arc::new(CallsList(calls.clone())),
     };
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new().app_data(actix_web::web::Data::new(state.clone())).configure(http::routes)
@@ -134,6 +170,10 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     tcp_task.abort();
     endpoint.stop(None);
     let _ = endpoint_handle.await;
+    // Calls in progress end with the node (their phones see no more answers); their actors
+    // and ports go with the calls actor.
+    calls.stop(None);
+    let _ = calls_handle.await;
     registrar.stop(None);
     let _ = registrar_handle.await;
     // The last handle once the actors are gone: dropping it stores what is queued and joins the
@@ -143,12 +183,17 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     Ok(())
 }
 
-/// Until the calls actor arrives (issue 3): no call is ever in progress.
-struct NoCalls;
+/// Calls in progress, from the calls actor.
+struct CallsList(ractor::ActorRef<CallsMsg>);
 
-impl CallsView for NoCalls {
+impl CallsView for CallsList {
     fn active(&self) -> Pin<Box<dyn Future<Output = Vec<ActiveCall>> + Send + '_>> {
-        Box::pin(std::future::ready(Vec::new()))
+        Box::pin(async move {
+            match self.0.call(CallsMsg::List, Some(Duration::from_secs(4))).await {
+                Ok(ractor::rpc::CallResult::Success(list)) => list,
+                _ => Vec::new(),
+            }
+        })
     }
 }
 

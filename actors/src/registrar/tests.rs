@@ -226,6 +226,7 @@ impl Harness {
                     assert!(step.response.replace(response).is_none(), "one response per REGISTER");
                 }
                 RegistrarOutput::Event(e) => step.events.push(e),
+                RegistrarOutput::Routed { .. } => panic!("REGISTER is never routed"),
             }
         }
         step
