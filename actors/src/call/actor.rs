@@ -138,7 +138,7 @@ pub struct CallState {
     leg_ids: HashMap<ractor::ActorId, LegId>,
     media: ActorRef<MediaMsg>,
     timer: WakeTimer,
-    ended: bool,
+    recorded: bool,
 }
 
 pub struct CallActor;
@@ -186,7 +186,7 @@ impl Actor for CallActor {
             leg_ids: HashMap::new(),
             media,
             timer: WakeTimer::default(),
-            ended: false,
+            recorded: false,
         })
     }
 
@@ -294,13 +294,13 @@ impl CallState {
                 CallOutput::ConfigureMedia { side, peer } => {
                     let _ = self.media.cast(MediaMsg::Configure { side, peer });
                 }
-                CallOutput::Ended(cdr) => {
-                    if !self.ended {
-                        self.ended = true;
+                CallOutput::Record(cdr) => {
+                    if !self.recorded {
+                        self.recorded = true;
                         self.finish(*cdr).await;
-                        me.stop(None);
                     }
                 }
+                CallOutput::Over => me.stop(None),
             }
         }
         self.timer.arm(me, self.context.clock.now(), self.machine.poll_timeout(), || CallMsg::Wake);

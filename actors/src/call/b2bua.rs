@@ -15,7 +15,8 @@
 //!   to the other side, and the other side's answer relayed back, each rewritten to pbx's ports.
 //!   A re-INVITE without SDP is answered by pbx with its last description of that side.
 //! - Either side's BYE, an RTP timeout, a missing ACK or a failed leg ends the call; the CDR
-//!   comes out when every leg is finished (or at a bound, whichever is first).
+//!   comes out at that moment; the call is over when every leg has finished its last
+//!   transaction (or at a bound, whichever is first).
 
 use super::leg::{Leg, LegCommand, LegEvent, name_addr};
 use super::{LegId, LocalSip};
@@ -98,8 +99,11 @@ pub enum CallOutput {
         side: Side,
         peer: PeerMedia,
     },
-    /// The call is over: persist the record (media counters are the shell's to fill in).
-    Ended(Box<Cdr>),
+    /// The call has ended (hung up, rejected, failed): persist its record, media counters
+    /// filled in by the shell. Legs may still be finishing their last transactions.
+    Record(Box<Cdr>),
+    /// Every leg has finished (or the bound came): the call's actor may stop.
+    Over,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -311,7 +315,7 @@ impl Call {
         }
     }
 
-    /// A CDR as it stands now (the final one comes out in `Ended`).
+    /// A CDR as it stands now (the final one comes out in `Record`).
     pub fn record(&self) -> Cdr {
         Cdr {
             id: self.id,
@@ -642,6 +646,11 @@ impl Call {
         }
         self.phase = Phase::Ending;
         self.deadline = Some(self.now + ENDING_BOUND);
+        // The record is written now, when the call ended, not when the last BYE transaction
+        // finishes (up to 32 s later for a phone that vanished).
+        self.disposition.get_or_insert(Disposition::Failed { reason: "ended before an outcome".into() });
+        let cdr = self.record();
+        self.outputs.push_back(CallOutput::Record(Box::new(cdr)));
         self.check_over();
     }
 
@@ -666,11 +675,7 @@ impl Call {
         }
         self.phase = Phase::Over;
         self.deadline = None;
-        if self.disposition.is_none() {
-            self.disposition = Some(Disposition::Failed { reason: "ended before an outcome".into() });
-        }
-        let cdr = self.record();
-        self.outputs.push_back(CallOutput::Ended(Box::new(cdr)));
+        self.outputs.push_back(CallOutput::Over);
     }
 
     fn leg_of(&self, side: Side) -> LegId {

@@ -371,6 +371,7 @@ struct Harness {
     media: Vec<(Side, crate::media::relay::PeerMedia)>,
     stopped: Vec<LegId>,
     ended: Option<crate::cdr::Cdr>,
+    over: bool,
 }
 
 const A: LegId = LegId(1);
@@ -401,6 +402,7 @@ fn call_with(body: &str, forks: usize) -> Harness {
         media: vec![],
         stopped: vec![],
         ended: None,
+        over: false,
     };
     h.drain();
     h
@@ -414,7 +416,11 @@ impl Harness {
                 CallOutput::ToLeg { leg, command } => self.commands.push((leg, command)),
                 CallOutput::StopLeg { leg } => self.stopped.push(leg),
                 CallOutput::ConfigureMedia { side, peer } => self.media.push((side, peer)),
-                CallOutput::Ended(cdr) => self.ended = Some(*cdr),
+                CallOutput::Record(cdr) => {
+                    assert!(self.ended.is_none(), "one record per call");
+                    self.ended = Some(*cdr)
+                }
+                CallOutput::Over => self.over = true,
             }
         }
     }
@@ -474,18 +480,20 @@ fn forked_call_answered_transcoded_and_hung_up_by_caller() {
 
     h.event(ms(2100), B1, LegEvent::Failed { code: 487 });
     h.finish(ms(2100), &[B1]);
-    assert!(h.ended.is_none());
+    assert!(h.ended.is_none() && !h.over);
 
     h.event(ms(62_000), A, LegEvent::Bye);
     let commands = h.take_commands();
     assert!(matches!(commands[..], [(B2, LegCommand::Hangup)]), "{commands:?}");
     h.finish(ms(62_000), &[A]);
+    let cdr = h.ended.clone().expect("a CDR as soon as the call is hung up");
+    assert!(!h.over, "the callee's BYE is still out");
     h.finish(ms(62_050), &[B2]);
-    let cdr = h.ended.expect("a CDR once every leg finished");
+    assert!(h.over);
     assert_eq!(cdr.disposition, Disposition::Answered);
     assert_eq!(cdr.hangup, Some(HangupSide::Caller));
     assert_eq!(cdr.answer, Some(Timestamp::ZERO + ms(2000)));
-    assert_eq!(cdr.end, Timestamp::ZERO + ms(62_050));
+    assert_eq!(cdr.end, Timestamp::ZERO + ms(62_000));
     assert_eq!(cdr.duration_s(), 60);
     assert_eq!((cdr.codec_caller.as_deref(), cdr.codec_callee.as_deref()), (Some("PCMU"), Some("PCMA")));
     assert_eq!((cdr.caller.as_str(), cdr.callee.as_str(), cdr.call_id.as_str()), ("100", "101", "call-1"));
@@ -627,12 +635,17 @@ fn ending_is_bounded() {
     h.event(ms(100), B1, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
     h.call.handle(Timestamp::ZERO + ms(200), CallInput::MediaInactive { side: Side::A });
     h.drain();
-    assert!(h.ended.is_none());
+    assert!(!h.over);
     let deadline = h.call.poll_timeout().unwrap();
     assert_eq!(deadline, Timestamp::ZERO + ms(200) + ENDING_BOUND);
     h.call.handle(deadline, CallInput::Timeout);
     h.drain();
-    let cdr = h.ended.expect("ended at the bound");
+    assert!(h.over, "over at the bound");
+    let mut stopped = h.stopped.clone();
+    stopped.sort();
+    assert_eq!(stopped, vec![A, B1], "every leg stopped");
+    let cdr = h.ended.expect("recorded when the RTP timeout hung up");
+    assert_eq!(cdr.end, Timestamp::ZERO + ms(200));
     assert_eq!(cdr.hangup, Some(HangupSide::Pbx));
     assert_eq!(cdr.disposition, Disposition::Answered);
 }

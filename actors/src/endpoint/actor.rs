@@ -177,10 +177,12 @@ impl Actor for EndpointActor {
                         let _ = actor.cast(LegMsg::Sip(input));
                     }
                 }
+                metrics::gauge!("pbx_call_legs_active").set(s.legs.len() as f64);
             }
             EndpointMsg::LegDown { leg } => {
                 s.legs.remove(&leg);
                 s.machine.handle(now, EndpointInput::LegDown { leg });
+                metrics::gauge!("pbx_call_legs_active").set(s.legs.len() as f64);
             }
             EndpointMsg::Transactions(reply) => {
                 let _ = reply.send(s.machine.transactions());
