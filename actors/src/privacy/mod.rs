@@ -17,6 +17,8 @@ pub enum Retention {
     MemorySeconds(u32),
     /// Stored for this many days after the event, then deleted (configurable; the default given).
     Days(u32),
+    /// Only in memory, while the call lasts (and at most the call's ending bound after it).
+    CallDuration,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -67,6 +69,14 @@ pub const INVENTORY: &[DataCategory] = &[
         // `calls.cdr_retention_days`, default 90: long enough to query a bill, short by default.
         retention: Retention::Days(90),
         stored_in: &["redb:cdrs"],
+    },
+    DataCategory {
+        id: "call-in-progress",
+        data: "caller and callee numbers and display names, SIP dialog identifiers (Call-ID, tags, contact URIs with IP addresses and ports), SDP media addresses, the RTP source addresses seen; the voice itself is relayed, never stored",
+        purpose: "connect the call and carry its media",
+        legal_basis: "Art. 6(1)(b) contract (providing the telephone service)",
+        retention: Retention::CallDuration,
+        stored_in: &["memory"],
     },
 ];
 
