@@ -95,7 +95,7 @@ pub async fn spawn_linked(
     supervisor: ActorCell,
 ) -> Result<(ActorRef<MediaMsg>, [SocketAddr; 2]), MediaError> {
     let (sockets, lease) = bind_pairs(&args.pool, args.bind).await?;
-    let local = lease.ports.map(|port| SocketAddr::new(args.bind, port));
+    let local = [0, 1].map(|i| SocketAddr::new(args.bind, lease.ports[i]));
     let (actor, _) = Actor::spawn_linked(None, MediaSession, MediaStart { args, sockets, lease }, supervisor).await?;
     Ok((actor, local))
 }
@@ -119,16 +119,16 @@ fn record_in_use(pool: &PortPool) {
     metrics::gauge!("pbx_rtp_ports_in_use").set((pool.in_use() * 2) as f64);
 }
 
-/// Two leased port pairs; dropping it gives them back.
+/// Leased port pairs (two once the session runs); dropping it gives them back.
 struct PortLease {
     pool: Arc<Mutex<PortPool>>,
-    ports: [u16; 2],
+    ports: Vec<u16>,
 }
 
 impl Drop for PortLease {
     fn drop(&mut self) {
         let mut pool = lock(&self.pool);
-        for port in self.ports {
+        for &port in &self.ports {
             pool.release(port);
         }
         record_in_use(&pool);
@@ -136,30 +136,29 @@ impl Drop for PortLease {
 }
 
 async fn bind_pairs(pool: &Arc<Mutex<PortPool>>, bind: IpAddr) -> Result<(Sockets, PortLease), MediaError> {
-    let mut bound: Vec<(u16, [Arc<UdpSocket>; 2])> = Vec::with_capacity(2);
+    // Each port is in the lease from allocation on, so a spawn cancelled mid-bind leaks none.
+    let mut lease = PortLease { pool: pool.clone(), ports: Vec::with_capacity(2) };
+    let mut pairs = Vec::with_capacity(2);
     let mut tried = 0;
-    while bound.len() < 2 && tried < BIND_ATTEMPTS_MAX {
+    while pairs.len() < 2 && tried < BIND_ATTEMPTS_MAX {
         let Some(port) = lock(pool).allocate() else { break };
         tried += 1;
+        lease.ports.push(port);
         match bind_pair(bind, port).await {
-            Ok(pair) => bound.push((port, pair)),
+            Ok(pair) => pairs.push(pair),
             Err(e) => {
                 tracing::warn!(%bind, port, error = %e, "RTP port pair will not bind; it goes to the back of the line");
+                lease.ports.pop();
                 lock(pool).release(port);
             }
         }
     }
-    match <[_; 2]>::try_from(bound) {
-        Ok([(a_port, a), (b_port, b)]) => {
-            record_in_use(&lock(pool));
-            Ok(([a, b], PortLease { pool: pool.clone(), ports: [a_port, b_port] }))
-        }
-        Err(partial) => {
-            let mut pool = lock(pool);
-            for (port, _) in partial {
-                pool.release(port);
-            }
-            record_in_use(&pool);
+    record_in_use(&lock(pool));
+    match <[_; 2]>::try_from(pairs) {
+        Ok(sockets) => Ok((sockets, lease)),
+        Err(_) => {
+            drop(lease);
+            let pool = lock(pool);
             Err(MediaError::NoPorts { bind, tried, in_use: pool.in_use(), capacity: pool.capacity() })
         }
     }

@@ -217,7 +217,7 @@ struct Reception {
 impl Reception {
     fn packet(&mut self, ssrc: u32, seq: u16, timestamp: u32, now: Timestamp, audio: bool) {
         if self.ssrc != Some(ssrc) {
-            self.restart(Some(ssrc), seq);
+            self.restart(ssrc, seq);
         } else {
             let delta = seq.wrapping_sub(self.max_seq);
             if delta < SEQUENCE_DROPOUT_MAX {
@@ -226,10 +226,10 @@ impl Reception {
                 }
                 self.max_seq = seq;
                 self.received += 1;
-            } else if delta <= u16::MAX - SEQUENCE_MISORDER_MAX {
+            } else if u32::from(delta) <= (1 << 16) - u32::from(SEQUENCE_MISORDER_MAX) {
                 // A big jump: a restart only if the next packet follows it (§A.1).
                 if self.bad_seq == Some(seq) {
-                    self.restart(Some(ssrc), seq);
+                    self.restart(ssrc, seq);
                 } else {
                     self.bad_seq = Some(seq.wrapping_add(1));
                     return;
@@ -251,9 +251,9 @@ impl Reception {
         }
     }
 
-    fn restart(&mut self, ssrc: Option<u32>, seq: u16) {
+    fn restart(&mut self, ssrc: u32, seq: u16) {
         *self = Reception {
-            ssrc,
+            ssrc: Some(ssrc),
             base_seq: u64::from(seq),
             max_seq: seq,
             received: 1,
@@ -290,8 +290,8 @@ struct Mapping {
 struct Sending {
     ssrc: u32,
     mapping: Option<Mapping>,
-    /// The highest sequence number and timestamp sent, and when; before the first packet, the
-    /// random initial values minus one tick.
+    /// The highest sequence number and timestamp sent, and when. Before the first packet they
+    /// are random (§5.1) and the first packet goes out one above them.
     last_seq: u16,
     last_ts: u32,
     last_at: Option<Timestamp>,
@@ -328,7 +328,7 @@ impl Sending {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct SideState {
     peer: Option<PeerMedia>,
     rtp_latch: Latch,
