@@ -350,6 +350,15 @@ fn counters(stats: SideStats) -> MediaCounters {
 /// Stores a CDR on a blocking thread (it waits for a durable commit) and counts it.
 async fn record_cdr(store: &Arc<dyn CdrStore>, cdr: Cdr) {
     let label = cdr.disposition.name();
+    tracing::info!(
+        call = cdr.id,
+        caller = %cdr.caller,
+        callee = %cdr.callee,
+        disposition = label,
+        hangup = cdr.hangup.map(|h| h.name()).unwrap_or(""),
+        duration_s = cdr.duration_s(),
+        "call ended"
+    );
     let store = store.clone();
     let id = cdr.id;
     match tokio::task::spawn_blocking(move || store.persist(cdr)).await {
@@ -475,6 +484,7 @@ impl CallsState {
             codec_callee: None,
             media: Default::default(),
         };
+        tracing::info!(call = id, caller = %start.route.caller, callee = %start.route.callee, contacts = start.forks.len(), "call");
         let args = CallArgs { start, id, seed, context: self.context.clone() };
         match Actor::spawn_linked(None, CallActor, args, me.get_cell()).await {
             Ok((actor, _)) => {
