@@ -216,9 +216,14 @@ impl Baresip {
             .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
     }
 
+    /// What it wrote on stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("baresip.log")).unwrap_or_default()
+    }
+
     /// Its log and every event so far, for an assertion message.
     pub fn report(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("baresip.log")).unwrap_or_default();
+        let log = self.log();
         let events: Vec<String> = self.history.iter().map(Value::to_string).collect();
         format!("---- baresip {} log ----\n{log}\n---- events ----\n{}", self.sip, events.join("\n"))
     }

@@ -158,10 +158,10 @@ impl PbxOptions {
         self
     }
 
-    /// A private block of RTP ports (see [`free_port_block`]), so parallel tests never share one
-    /// and a test can tell pbx's media ports from everyone else's.
-    pub fn own_rtp_ports(mut self) -> Self {
-        self.rtp_ports = Some(free_port_block(100));
+    /// A private block of `count` RTP ports (see [`free_port_block`]), so parallel tests never
+    /// share one and a test can tell pbx's media ports from everyone else's.
+    pub fn own_rtp_ports(mut self, count: u16) -> Self {
+        self.rtp_ports = Some(free_port_block(count));
         self
     }
 }
@@ -730,6 +730,26 @@ pub fn request_method(message: &str) -> Option<&str> {
 /// The body of a SIP message text (after the blank line).
 pub fn body(message: &str) -> &str {
     message.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("")
+}
+
+/// The port and payload types of an SDP body's first `m=audio` line.
+pub fn sdp_audio(sdp: &str) -> Option<(u16, Vec<u8>)> {
+    let line = sdp.lines().find_map(|l| l.trim().strip_prefix("m=audio "))?;
+    let mut fields = line.split_whitespace();
+    let port = fields.next()?.parse().ok()?;
+    let _protocol = fields.next()?;
+    Some((port, fields.filter_map(|f| f.parse().ok()).collect()))
+}
+
+/// The SDP direction attribute (RFC 3264 §5.1; `sendrecv` when absent).
+pub fn sdp_direction(sdp: &str) -> &'static str {
+    sdp.lines()
+        .find_map(|l| {
+            ["sendrecv", "sendonly", "recvonly", "inactive"]
+                .into_iter()
+                .find(|d| l.trim().strip_prefix("a=") == Some(d))
+        })
+        .unwrap_or("sendrecv")
 }
 
 /// A SIPp invocation: scenario from `tests/sipp/`, target, arguments; then [`Sipp::run`] to

@@ -188,26 +188,16 @@ fn sipp_hold_and_resume_peer_to_peer() {
     let callee = callee.wait();
     assert!(caller.success, "caller: {}", caller.report());
     assert!(callee.success, "callee: {}", callee.report());
-    let offers: Vec<String> = callee.received_requests("INVITE").iter().map(|m| direction(body(m))).collect();
+    let offers: Vec<&str> = callee.received_requests("INVITE").iter().map(|m| sdp_direction(body(m))).collect();
     assert_eq!(offers, ["sendrecv", "sendonly", "sendrecv"]);
-    let answers: Vec<String> = caller
+    let answers: Vec<&str> = caller
         .received()
         .iter()
         .filter(|m| status_code(m) == Some(200) && body(m).contains("m=audio"))
-        .map(|m| direction(body(m)))
+        .map(|m| sdp_direction(body(m)))
         .collect();
     assert_eq!(answers, ["sendrecv", "recvonly", "sendrecv"]);
     assert_eq!(callee.received_requests("ACK").len(), 3);
-}
-
-/// The SDP direction attribute (RFC 3264 §5.1; sendrecv when absent).
-fn direction(sdp: &str) -> String {
-    sdp.lines()
-        .find_map(|l| {
-            ["sendrecv", "sendonly", "recvonly", "inactive"].into_iter().find(|d| l.trim() == format!("a={d}"))
-        })
-        .unwrap_or("sendrecv")
-        .to_string()
 }
 
 /// Late offer: the INVITE has no SDP, the callee's 200 carries the offer, the caller's ACK the
