@@ -80,23 +80,29 @@ pub fn free_port() -> u16 {
     panic!("no port free for both UDP and TCP on 127.0.0.1 after 100 tries");
 }
 
-/// `len` consecutive UDP ports on 127.0.0.1, all free when asked, for one node's `--rtp-ports`.
-/// Taken below the kernel's ephemeral range (32768 and up), where [`free_port`] never looks,
-/// and spread by process id and a counter so tests running at once rarely probe the same block.
+/// `len` consecutive UDP ports on 127.0.0.1, all free when asked, for one node's `--rtp-ports`
+/// (or a softphone's). Taken below the kernel's ephemeral range (32768 and up), where
+/// [`free_port`] never looks; never a block overlapping one already handed out in this
+/// process (pbx binds its ports only when a call needs them, so probing alone cannot tell);
+/// spread by process id so test binaries running at once rarely probe the same ports.
 pub fn free_port_block(len: u16) -> RangeInclusive<u16> {
     const LOW: u32 = 10_000;
     const HIGH: u32 = 32_000;
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let len32 = u32::from(len.max(2));
-    let blocks = (HIGH - LOW) / len32;
-    let offset = std::process::id().wrapping_mul(7_919);
-    for _ in 0..blocks {
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let start = LOW + (offset.wrapping_add(n) % blocks) * len32;
-        let range = start as u16..=(start + len32 - 1) as u16;
-        let held: Vec<UdpSocket> = range.clone().map_while(|p| UdpSocket::bind(("127.0.0.1", p)).ok()).collect();
-        if held.len() == range.len() {
-            return range;
+    static HANDED_OUT: std::sync::Mutex<Vec<RangeInclusive<u32>>> = std::sync::Mutex::new(Vec::new());
+    let len = u32::from(len.max(2));
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let offset = std::process::id().wrapping_mul(7_919) % (HIGH - LOW);
+    // Even starts, stepping by the length, from an offset that differs between processes.
+    let starts = (0..(HIGH - LOW) / len).map(|i| LOW + (offset / 2 * 2 + i * len) % (HIGH - LOW - len));
+    for start in starts {
+        let block = start..=start + len - 1;
+        if handed_out.iter().any(|b| b.start() <= block.end() && block.start() <= b.end()) {
+            continue;
+        }
+        let held: Vec<UdpSocket> = block.clone().map_while(|p| UdpSocket::bind(("127.0.0.1", p as u16)).ok()).collect();
+        if held.len() == len as usize {
+            handed_out.push(block.clone());
+            return *block.start() as u16..=*block.end() as u16;
         }
     }
     panic!("no block of {len} free UDP ports between {LOW} and {HIGH}");
@@ -1005,5 +1011,44 @@ impl SipClient {
         if let Some(tcp) = &self.tcp {
             let _ = tcp.set_write_timeout(Some(timeout));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Port blocks handed out in one process never overlap and stay below the ephemeral range.
+    #[test]
+    fn port_blocks_are_disjoint() {
+        let blocks: Vec<RangeInclusive<u16>> = [100, 20, 1000, 20, 100].into_iter().map(free_port_block).collect();
+        for (i, a) in blocks.iter().enumerate() {
+            assert!(*a.end() < 32_768 && *a.start() >= 10_000, "{a:?}");
+            for b in &blocks[i + 1..] {
+                assert!(a.end() < b.start() || b.end() < a.start(), "{a:?} overlaps {b:?}");
+            }
+        }
+        assert_eq!(blocks[2].clone().count(), 1000);
+    }
+
+    /// The trace parser splits SIPp's `-trace_msg` output into messages with CRLF line ends.
+    #[test]
+    fn sipp_trace_parses() {
+        let messages = "----------------------------------------------- 2026-11-26 22:07:02.162467\n\
+UDP message sent (40 bytes):\n\nINVITE sip:101@h SIP/2.0\r\nCSeq: 1 INVITE\r\n\r\nv=0\r\n\n\
+----------------------------------------------- 2026-11-26 22:07:02.165954\n\
+UDP message received [228] bytes :\n\nSIP/2.0 486 Busy Here\r\nCSeq: 1 INVITE\r\n\r\n\n";
+        let run = SippRun {
+            success: true,
+            exit_code: Some(0),
+            messages: messages.into(),
+            errors: String::new(),
+            screen: "  Successful call        |        0                  |       40                 \n".into(),
+        };
+        assert_eq!(run.sent(), ["INVITE sip:101@h SIP/2.0\r\nCSeq: 1 INVITE\r\n\r\nv=0\r\n"]);
+        assert_eq!(run.received_codes(), [486]);
+        assert_eq!(body(&run.sent_requests("INVITE")[0]), "v=0\r\n");
+        assert_eq!(run.calls_counted("Successful call"), Some(40));
+        assert_eq!(run.calls_counted("Failed call"), None);
     }
 }
