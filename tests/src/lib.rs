@@ -916,6 +916,23 @@ impl SippProcess {
         self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
+    /// The run of a callee whose caller ran as `caller`: waited for when the caller succeeded
+    /// (the callee then ends by itself), else stopped at once rather than left to wait out its
+    /// timeout for a call that will not come. A stopped run never counts as a success.
+    pub fn finish_after(self, caller: &SippRun) -> SippRun {
+        if caller.success { self.wait() } else { self.stop() }
+    }
+
+    /// SIGTERM (SIPp then writes its traces and exits at once), a bounded wait, SIGKILL; the run
+    /// so far, marked unsuccessful.
+    pub fn stop(mut self) -> SippRun {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        }
+        self.deadline = self.deadline.min(Instant::now() + SIPP_KILL_GRACE);
+        SippRun { success: false, ..self.wait() }
+    }
+
     /// Waits until SIPp exits (killing it once its timeout and grace have passed); the run.
     pub fn wait(mut self) -> SippRun {
         let status = self.child.take().and_then(|mut child| {

@@ -124,7 +124,7 @@ fn basic_call_relays_rtp_through_pbx() {
         .media(G711::Pcmu, &caller_sink, Some(&caller_pcap))
         .args(&["-d", CALL_MS, "-m", "1"])
         .run();
-    let callee = callee.wait();
+    let callee = callee.finish_after(&caller);
     assert!(caller.success, "caller: {}", caller.report());
     assert!(callee.success, "callee: {}", callee.report());
     let codes = caller.received_codes();
@@ -156,7 +156,7 @@ fn busy_callee_gives_486() {
     wait_registered(&pbx, "101", &callee);
     let caller =
         caller(&pbx, "call_uac_fail.xml", "101").media(G711::Pcmu, &caller_sink, None).args(&["-m", "1"]).run();
-    let callee = callee.wait();
+    let callee = callee.finish_after(&caller);
     assert!(caller.success, "caller: {}", caller.report());
     assert!(callee.success, "callee: {}", callee.report());
     assert_eq!(caller.received_codes().last(), Some(&486), "{}", caller.messages);
@@ -178,7 +178,7 @@ fn unanswered_call_gets_480_after_the_no_answer_timeout() {
     let caller =
         caller(&pbx, "call_uac_fail.xml", "101").media(G711::Pcmu, &caller_sink, None).args(&["-m", "1"]).run();
     let took = started.elapsed();
-    let callee = callee.wait();
+    let callee = callee.finish_after(&caller);
     assert!(caller.success, "caller: {}", caller.report());
     assert!(callee.success, "callee: {}", callee.report());
     let codes = caller.received_codes();
@@ -199,7 +199,7 @@ fn caller_cancels_while_ringing() {
     wait_registered(&pbx, "101", &callee);
     let caller =
         caller(&pbx, "call_uac_cancel.xml", "101").media(G711::Pcmu, &caller_sink, None).args(&["-m", "1"]).run();
-    let callee = callee.wait();
+    let callee = callee.finish_after(&caller);
     assert!(caller.success, "caller: {}", caller.report());
     assert!(callee.success, "callee: {}", callee.report());
     assert!(caller.received_codes().ends_with(&[180, 200, 487]), "{:?}", caller.received_codes());
@@ -247,7 +247,7 @@ fn hold_and_resume_pass_through() {
         .media(G711::Pcmu, &caller_sink, Some(&caller_pcap))
         .args(&["-d", "1000", "-m", "1"])
         .run();
-    let callee = callee.wait();
+    let callee = callee.finish_after(&caller);
     assert!(caller.success, "caller: {}", caller.report());
     assert!(callee.success, "callee: {}", callee.report());
     let answers: Vec<&str> = caller
@@ -278,7 +278,7 @@ fn late_offer_call() {
         .media(G711::Pcmu, &caller_sink, Some(&caller_pcap))
         .args(&["-d", CALL_MS, "-m", "1"])
         .run();
-    let callee = callee.wait();
+    let callee = callee.finish_after(&caller);
     assert!(caller.success, "caller: {}", caller.report());
     assert!(callee.success, "callee: {}", callee.report());
     let offer = caller.received().into_iter().find(|m| status_code(m) == Some(200)).expect("200");
@@ -307,7 +307,7 @@ fn pcmu_caller_to_pcma_only_callee_is_transcoded() {
         .media(G711::Pcmu, &caller_sink, Some(&caller_pcap))
         .args(&["-d", CALL_MS, "-m", "1"])
         .run();
-    let callee = callee.wait();
+    let callee = callee.finish_after(&caller);
     assert!(caller.success, "caller: {}", caller.report());
     assert!(callee.success, "callee: {}", callee.report());
     let offer = &callee.received_requests("INVITE")[0];
@@ -389,7 +389,7 @@ fn load_run_completes_and_leaves_nothing_behind() {
         .without_message_trace()
         .timeout(run_timeout)
         .run();
-    let callee = callee.wait();
+    let callee = callee.finish_after(&caller);
     assert!(caller.success, "caller: {}", caller.report());
     assert!(callee.success, "callee: {}", callee.report());
     assert_eq!(caller.calls_counted("Successful call"), Some(u64::from(CALLS)), "{}", caller.screen);

@@ -60,7 +60,7 @@ fn sipp_call_with_media_peer_to_peer() {
         .media(G711::Pcmu, &caller_sink, Some(&caller_pcap))
         .args(&["-d", CALL_MS, "-m", "1"])
         .run();
-    let callee = callee.wait();
+    let callee = callee.finish_after(&caller);
     assert!(caller.success, "caller: {}", caller.report());
     assert!(callee.success, "callee: {}", callee.report());
     assert_eq!(caller.received_codes(), vec![180, 200, 200], "{}", caller.messages);
@@ -95,7 +95,7 @@ fn sipp_caller_answers_a_407_peer_to_peer() {
         .media(G711::Pcmu, &caller_sink, Some(&caller_pcap))
         .args(&["-d", "500", "-m", "1"])
         .run();
-    let callee = callee.wait();
+    let callee = callee.finish_after(&caller);
     assert!(caller.success, "caller: {}", caller.report());
     assert!(callee.success, "callee: {}", callee.report());
     assert_eq!(caller.received_codes(), vec![407, 180, 200, 200]);
@@ -134,7 +134,7 @@ fn sipp_rejected_calls_peer_to_peer() {
             .media(G711::Pcmu, &caller_sink, None)
             .args(&["-m", "1"])
             .run();
-        let callee = callee.wait();
+        let callee = callee.finish_after(&caller);
         assert!(caller.success, "caller, {code}: {}", caller.report());
         assert!(callee.success, "callee, {code}: {}", callee.report());
         assert_eq!(caller.received_codes(), vec![code]);
@@ -154,7 +154,7 @@ fn sipp_cancel_after_ringing_peer_to_peer() {
         .media(G711::Pcmu, &caller_sink, None)
         .args(&["-m", "1"])
         .run();
-    let callee = callee.wait();
+    let callee = callee.finish_after(&caller);
     assert!(caller.success, "caller: {}", caller.report());
     assert!(callee.success, "callee: {}", callee.report());
     assert_eq!(caller.received_codes(), vec![180, 200, 487]);
@@ -185,7 +185,7 @@ fn sipp_hold_and_resume_peer_to_peer() {
         .media(G711::Pcmu, &caller_sink, Some(&caller_pcap))
         .args(&["-d", "1000", "-m", "1"])
         .run();
-    let callee = callee.wait();
+    let callee = callee.finish_after(&caller);
     assert!(caller.success, "caller: {}", caller.report());
     assert!(callee.success, "callee: {}", callee.report());
     let offers: Vec<&str> = callee.received_requests("INVITE").iter().map(|m| sdp_direction(body(m))).collect();
@@ -218,7 +218,7 @@ fn sipp_late_offer_peer_to_peer() {
         .media(G711::Pcmu, &caller_sink, Some(&caller_pcap))
         .args(&["-d", CALL_MS, "-m", "1"])
         .run();
-    let callee = callee.wait();
+    let callee = callee.finish_after(&caller);
     assert!(caller.success, "caller: {}", caller.report());
     assert!(callee.success, "callee: {}", callee.report());
     let invite = &callee.received_requests("INVITE")[0];
@@ -253,7 +253,7 @@ fn sipp_registered_callee_answers_out_of_call() {
         .media(G711::Pcmu, &caller_sink, Some(&caller_pcap))
         .args(&["-d", "1000", "-m", "1"])
         .run();
-    let callee = callee.wait();
+    let callee = callee.finish_after(&caller);
     assert!(caller.success, "caller: {}", caller.report());
     assert!(callee.success, "callee: {}", callee.report());
     assert_eq!(caller.received_codes(), vec![180, 200, 200]);
@@ -278,7 +278,7 @@ fn sipp_load_pair_peer_to_peer() {
         .args(&["-r", "20", "-m", "40", "-d", "1000"])
         .without_message_trace()
         .run();
-    let callee = callee.wait();
+    let callee = callee.finish_after(&caller);
     assert!(caller.success, "caller: {}", caller.report());
     assert!(callee.success, "callee: {}", callee.report());
     assert_eq!(caller.calls_counted("Successful call"), Some(40), "{}", caller.screen);
