@@ -172,14 +172,6 @@ pub fn dominant_frequency(samples: &[i16], rate_hz: u32) -> f64 {
         .0
 }
 
-/// The root mean square of `samples`.
-pub fn rms(samples: &[i16]) -> f64 {
-    if samples.is_empty() {
-        return 0.0;
-    }
-    (samples.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>() / samples.len() as f64).sqrt()
-}
-
 /// A 16-bit PCM WAV file's content.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Wav {

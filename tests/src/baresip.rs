@@ -18,7 +18,6 @@ use serde_json::Value;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -199,21 +198,13 @@ impl Baresip {
 
     /// What it received in its last call (the newest `dump-…-dec.wav`), once that call closed.
     pub fn received_audio(&self) -> Option<Wav> {
-        self.newest_recording("-dec.wav").and_then(|p| read_wav(&p).ok())
-    }
-
-    /// What it sent in its last call (the newest `dump-…-enc.wav`).
-    pub fn sent_audio(&self) -> Option<Wav> {
-        self.newest_recording("-enc.wav").and_then(|p| read_wav(&p).ok())
-    }
-
-    fn newest_recording(&self, suffix: &str) -> Option<PathBuf> {
-        std::fs::read_dir(self.dir.path().join("rec"))
+        let newest = std::fs::read_dir(self.dir.path().join("rec"))
             .ok()?
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| p.to_string_lossy().ends_with(suffix))
-            .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .filter(|p| p.to_string_lossy().ends_with("-dec.wav"))
+            .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())?;
+        read_wav(&newest).ok()
     }
 
     /// What it wrote on stdout and stderr so far.

@@ -912,10 +912,6 @@ impl SippProcess {
         self.local
     }
 
-    pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
-    }
-
     /// The run of a callee whose caller ran as `caller`: waited for when the caller succeeded
     /// (the callee then ends by itself), else stopped at once rather than left to wait out its
     /// timeout for a call that will not come. A stopped run never counts as a success.

@@ -258,7 +258,6 @@ pub const SIPP_MEDIA_PORT_OFFSET: u16 = 4;
 #[derive(Debug, Clone)]
 pub struct Datagram {
     pub from: SocketAddr,
-    pub at: Instant,
     pub bytes: Vec<u8>,
 }
 
@@ -312,7 +311,7 @@ impl RtpSink {
             let mut buf = vec![0u8; 65_535];
             while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
                 if let Ok((n, from)) = socket.recv_from(&mut buf) {
-                    got.push(Datagram { from, at: Instant::now(), bytes: buf[..n].to_vec() });
+                    got.push(Datagram { from, bytes: buf[..n].to_vec() });
                 }
             }
             got
@@ -463,7 +462,6 @@ mod tests {
     #[test]
     fn audio_by_timestamp_and_alignment() {
         let sent = chirp(300.0, 3000.0, G711_RATE_HZ, 1.0, 8000.0);
-        let now = Instant::now();
         let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let datagrams: Vec<Datagram> = sent
             .chunks(SAMPLES_PER_PACKET)
@@ -472,7 +470,6 @@ mod tests {
             .filter(|(i, _)| *i != 9)
             .map(|(i, c)| Datagram {
                 from,
-                at: now,
                 bytes: rtp_packet(0, i as u16, 1000 + (i * SAMPLES_PER_PACKET) as u32, 7, false, &G711::Pcmu.encode(c)),
             })
             .collect();
