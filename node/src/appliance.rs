@@ -101,6 +101,10 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     let timers = TimerConfig::default();
     let ports = PortPool::new(config.rtp_ports.low, config.rtp_ports.high);
     tracing::info!(pairs = ports.capacity(), "RTP port pool");
+    // Gauges exist from the start, so "none in use" reads 0 rather than absent.
+    for gauge in ["pbx_rtp_ports_in_use", "pbx_calls_active", "pbx_call_legs_active"] {
+        metrics::gauge!(gauge).set(0.0);
+    }
     let context = CallContext {
         config: CallConfig {
             no_answer: Duration::from_secs(config.calls.no_answer_timeout_s.into()),

@@ -345,14 +345,18 @@ fn log_event(event: RegistrarEvent) -> Option<Result<(), String>> {
         RegistrarEvent::Unregistered { aor, contact } => tracing::info!(%aor, %contact, "unregistered"),
         RegistrarEvent::Expired { aor, contact } => tracing::info!(%aor, %contact, "registration expired"),
         RegistrarEvent::AuthFailed { source, user } => {
-            tracing::warn!(%source, user = ?user, "REGISTER authentication failed");
+            tracing::warn!(%source, user = ?user, "authentication failed");
             metrics::counter!("pbx_auth_failures_total").increment(1);
         }
         RegistrarEvent::SourceBlocked { source, until } => {
             tracing::info!(%source, %until, "source blocked after repeated authentication failures");
             metrics::counter!("pbx_blocked_sources_total").increment(1);
         }
-        RegistrarEvent::Rejected { source, code } => {
+        RegistrarEvent::Rejected { source, method: "INVITE", code } => {
+            tracing::debug!(%source, code, "INVITE rejected");
+            metrics::counter!("pbx_invite_rejected_total", "code" => code.to_string()).increment(1);
+        }
+        RegistrarEvent::Rejected { source, code, .. } => {
             tracing::debug!(%source, code, "REGISTER rejected");
             metrics::counter!("pbx_register_rejected_total", "code" => code.to_string()).increment(1);
         }

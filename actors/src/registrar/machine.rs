@@ -255,9 +255,11 @@ pub enum RegistrarEvent {
         source: IpAddr,
         until: Timestamp,
     },
-    /// A REGISTER answered with an error other than a plain challenge or an `AuthFailed`.
+    /// A REGISTER or INVITE answered with an error other than a plain challenge or an
+    /// `AuthFailed` (for INVITE: 403, 404 unknown number, 480 nobody registered).
     Rejected {
         source: IpAddr,
+        method: &'static str,
         code: u16,
     },
     ExtensionChanged {
@@ -558,7 +560,8 @@ impl Registrar {
         if refusal.code == 423 {
             response.headers.insert(Name::MIN_EXPIRES, self.config.min_expires_s.to_string());
         }
-        self.event(RegistrarEvent::Rejected { source, code: refusal.code });
+        let method = if request.method == Method::INVITE { "INVITE" } else { "REGISTER" };
+        self.event(RegistrarEvent::Rejected { source, method, code: refusal.code });
         self.outputs.push_back(RegistrarOutput::Respond { tx, response });
     }
 
