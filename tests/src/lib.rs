@@ -929,6 +929,14 @@ impl SippProcess {
         SippRun { success: false, ..self.wait() }
     }
 
+    /// SIGKILL: the phone vanishes without a word (no BYE); the run so far, unsuccessful.
+    pub fn kill(mut self) -> SippRun {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+        }
+        SippRun { success: false, ..self.wait() }
+    }
+
     /// Waits until SIPp exits (killing it once its timeout and grace have passed); the run.
     pub fn wait(mut self) -> SippRun {
         let status = self.child.take().and_then(|mut child| {

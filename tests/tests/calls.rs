@@ -374,10 +374,11 @@ fn assert_rtp_source_is_pbx(pbx: &Pbx, phone: &Baresip) {
 /// call completes, and afterwards the API lists no call and no RTP port is in use.
 #[test]
 fn load_run_completes_and_leaves_nothing_behind() {
-    const CALLS: u32 = 200;
-    let pbx = Pbx::start(PbxOptions::default().own_rtp_ports(1000));
+    // 50 calls/s for 20 s, 10 s each: up to 500 calls at once, two RTP port pairs each.
+    const CALLS: u32 = 1000;
+    let pbx = Pbx::start(PbxOptions::default().own_rtp_ports(2400));
     let (caller_sink, callee_sink) = (RtpSink::for_sipp(), RtpSink::for_sipp());
-    let run_timeout = Duration::from_secs(60);
+    let run_timeout = Duration::from_secs(90);
     let callee = callee(&pbx, "call_load_uas.xml", CALLS)
         .media(G711::Pcmu, &callee_sink, None)
         .without_message_trace()
@@ -386,7 +387,7 @@ fn load_run_completes_and_leaves_nothing_behind() {
     wait_registered(&pbx, "101", &callee);
     let caller = caller(&pbx, "call_load_uac.xml", "101")
         .media(G711::Pcmu, &caller_sink, None)
-        .args(&["-r", "20", "-m", &CALLS.to_string(), "-d", "5000"])
+        .args(&["-r", "50", "-m", &CALLS.to_string(), "-d", "10000"])
         .without_message_trace()
         .timeout(run_timeout)
         .run();
@@ -396,4 +397,103 @@ fn load_run_completes_and_leaves_nothing_behind() {
     assert_eq!(caller.calls_counted("Successful call"), Some(u64::from(CALLS)), "{}", caller.screen);
     assert_eq!(caller.calls_counted("Failed call"), Some(0), "{}", caller.screen);
     assert_nothing_left(&pbx);
+}
+
+/// The CDRs the node lists (newest first), as JSON.
+fn cdrs(pbx: &Pbx) -> Vec<serde_json::Value> {
+    let (code, body) = pbx.api("GET", "/api/v1/cdrs?limit=500", None);
+    assert_eq!(code, 200, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).expect("CDR page is JSON");
+    page["cdrs"].as_array().cloned().unwrap_or_default()
+}
+
+/// Active calls in the state `state`.
+fn calls_in(pbx: &Pbx, state: &str) -> usize {
+    let (_, body) = pbx.api("GET", "/api/v1/calls", None);
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    list["calls"].as_array().map_or(0, |calls| calls.iter().filter(|c| c["state"] == state).count())
+}
+
+/// The caller vanishes mid-call (SIGKILL: no BYE). Its RTP stops; after `rtp_timeout_s` pbx
+/// hangs up the call, BYEs the callee and writes the CDR (answered, hung up by pbx).
+#[test]
+fn vanished_caller_is_hung_up_by_the_rtp_timeout() {
+    const RTP_TIMEOUT_S: u64 = 5;
+    let pbx = Pbx::start(PbxOptions::default().own_rtp_ports(100).calls(&format!("rtp_timeout_s = {RTP_TIMEOUT_S}")));
+    let (caller_sink, callee_sink) = (RtpSink::for_sipp(), RtpSink::for_sipp());
+    let caller_pcap = pcap(&pbx, "caller.pcap", G711::Pcmu, &tone(1000.0, G711_RATE_HZ, 1.0, 8000.0));
+    // The callee talks on for longer than the timeout: only the caller's silence counts.
+    let callee_pcap = pcap(&pbx, "callee.pcap", G711::Pcmu, &tone(600.0, G711_RATE_HZ, 12.0, 8000.0));
+    let callee = callee(&pbx, "call_uas.xml", 1)
+        .media(G711::Pcmu, &callee_sink, Some(&callee_pcap))
+        .timeout(Duration::from_secs(40))
+        .spawn();
+    wait_registered(&pbx, "101", &callee);
+    let caller = caller(&pbx, "call_uac.xml", "101")
+        .media(G711::Pcmu, &caller_sink, Some(&caller_pcap))
+        .args(&["-d", "60000", "-m", "1"])
+        .timeout(Duration::from_secs(70))
+        .spawn();
+    assert!(wait_until(Duration::from_secs(10), || calls_in(&pbx, "answered") == 1), "the call was not answered");
+    std::thread::sleep(Duration::from_secs(1));
+    let vanished_at = Instant::now();
+    caller.kill();
+
+    let timeout = Duration::from_secs(RTP_TIMEOUT_S);
+    assert!(wait_until(timeout + Duration::from_secs(10), || cdrs(&pbx).len() == 1), "no CDR after the RTP timeout");
+    let hung_up_after = vanished_at.elapsed();
+    assert!(hung_up_after >= timeout - Duration::from_secs(2), "hung up after {hung_up_after:?}, before the timeout");
+    let cdr = &cdrs(&pbx)[0];
+    assert_eq!(cdr["disposition"], "answered", "{cdr}");
+    assert_eq!(cdr["hangup"], "pbx", "{cdr}");
+    assert!(cdr["media"]["caller"]["packets_in"].as_u64().unwrap_or(0) >= 25, "the caller's RTP was counted: {cdr}");
+    let callee = callee.wait();
+    assert!(callee.success, "the callee got its BYE and ended: {}", callee.report());
+    assert_eq!(callee.received_requests("BYE").len(), 1, "{}", callee.messages);
+    // The vanished caller's BYE goes unanswered: its transaction (Timer F, 32 s) bounds the end.
+    assert!(
+        wait_until(Duration::from_secs(45), || pbx.metric("pbx_rtp_ports_in_use") == Some(0.0)),
+        "ports still in use:\n{}",
+        pbx.metrics()
+    );
+    assert_nothing_left(&pbx);
+}
+
+/// kill -9 of the node with calls in progress: after the restart, the CDR of every call that
+/// had ended before the kill is there; the calls cut off leave none (they never ended).
+#[test]
+fn kill9_keeps_the_cdrs_of_finished_calls() {
+    const DONE: u32 = 6;
+    const CUT: u32 = 3;
+    let mut pbx = node();
+    let (caller_sink, callee_sink) = (RtpSink::for_sipp(), RtpSink::for_sipp());
+    let callee = callee(&pbx, "call_load_uas.xml", DONE + CUT)
+        .media(G711::Pcmu, &callee_sink, None)
+        .timeout(Duration::from_secs(60))
+        .spawn();
+    wait_registered(&pbx, "101", &callee);
+    let finished = caller(&pbx, "call_load_uac.xml", "101")
+        .media(G711::Pcmu, &caller_sink, None)
+        .args(&["-r", "10", "-m", &DONE.to_string(), "-d", "200"])
+        .run();
+    assert!(finished.success, "caller: {}", finished.report());
+    assert_eq!(finished.calls_counted("Successful call"), Some(u64::from(DONE)), "{}", finished.screen);
+    assert!(wait_until(CLEANUP_TIMEOUT, || cdrs(&pbx).len() == DONE as usize), "CDRs: {:?}", cdrs(&pbx));
+
+    let cut_sink = RtpSink::for_sipp();
+    let cut = caller(&pbx, "call_load_uac.xml", "101")
+        .media(G711::Pcmu, &cut_sink, None)
+        .args(&["-r", "10", "-m", &CUT.to_string(), "-d", "30000"])
+        .timeout(Duration::from_secs(40))
+        .spawn();
+    assert!(wait_until(Duration::from_secs(10), || calls_in(&pbx, "answered") == CUT as usize), "calls in progress");
+    pbx.kill9();
+    drop(cut.kill());
+    drop(callee.kill());
+    pbx.start_again();
+
+    let records = cdrs(&pbx);
+    assert_eq!(records.len(), DONE as usize, "{records:?}");
+    assert!(records.iter().all(|c| c["disposition"] == "answered" && c["hangup"] == "caller"), "{records:?}");
+    assert_eq!(calls_in(&pbx, "answered") + calls_in(&pbx, "ringing"), 0, "no call survives a restart");
 }
