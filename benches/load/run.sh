@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# REGISTER load on 127.0.0.1: pbx (with digest) side by side with Kamailio (with and without
-# digest), pbx's memory per registration, and an instruction profile of pbx under load.
-# docs/PERFORMANCE.md explains the method and records the numbers.
+# Load on 127.0.0.1, pbx beside Kamailio: REGISTER (pbx with digest, Kamailio with and without),
+# pbx's memory per registration, an instruction profile of pbx under load; and calls: calls per
+# second through pbx's B2BUA and through Kamailio as a stateful proxy, RTP relayed by pbx, and
+# pbx's memory per call. docs/PERFORMANCE.md explains the method and records the numbers.
 #
-# usage: benches/load/run.sh [all|rate|memory|profile|kamailio|check]
-#   all       memory, then the rate ramps of every row (default; < 15 minutes once built)
-#   rate      rate ramps only
-#   memory    pbx's bytes per registration only
-#   profile   pbx under callgrind with a short load; prints the top functions
-#   kamailio  the Kamailio rows only (needs no pbx)
-#   check     one short step per row: proves the harness works end to end
+# usage: benches/load/run.sh [all|rate|memory|profile|kamailio|check|calls|kamailio-calls|calls-check|calls-media]
+#   all             memory, then the rate ramps of every REGISTER row (default; < 15 minutes once built)
+#   rate            REGISTER rate ramps only
+#   memory          pbx's bytes per registration only
+#   profile         pbx under callgrind with a short load; prints the top functions
+#   kamailio        the Kamailio REGISTER rows only (needs no pbx)
+#   check           one short step per REGISTER row: proves the harness works end to end
+#   calls           call rate ramps: Kamailio stateful (no auth, digest) and pbx (about 10 minutes)
+#   kamailio-calls  the Kamailio call rows only (needs no pbx)
+#   calls-check     one short call step per row, and one short media step
+#   calls-media     pbx only: memory per call, then concurrent calls with G.711 RTP both ways
 #
 # Each row is measured in two phases:
 #   search   short steps (STEP_S) from START_RATE, doubling while a step holds, then
@@ -31,14 +36,37 @@
 #   USERS [10000]      users in the injection file and extensions in pbx (pbx's limit: 10,000)
 #   MEM_RATE [1000]    rate of the memory run;  SETTLE_S [35]: wait (> Timer J) before reading RSS
 #   DEADLINE_S [780]   no new step starts after this many seconds of measuring
-#   PORT_BASE [35060]  pbx SIP; +1 pbx HTTP, +10 Kamailio, +20 SIPp, +30 register_load
+#   PORT_BASE [35060]  pbx SIP; +1 pbx HTTP, +10 Kamailio, +20 SIPp (calling phone), +22 SIPp
+#                      (called phone), +30 register_load, +40 and +50 SIPp's RTP (and +2 each)
 #   KAMAILIO_CHILDREN [4]  UDP worker processes of Kamailio
 #   PBX_LOG [warn]     RUST_LOG for pbx
+# Calls (the calls, kamailio-calls, calls-check and calls-media modes):
+#   CALL_STEP_S [10], CALL_SUSTAIN_S [40]   seconds of load per search and per sustain step
+#   CALL_START_RATE [100], CALL_MAX_RATE [6400]   calls per second
+#   CALL_HOLD_MS [0]   how long each call is held between ACK and BYE (0: pure call rate)
+#   KAMAILIO_CALL_ROWS ["noauth auth"]   Kamailio without and with digest (407) on INVITE
+#   RTP_PORTS [10000-29999]   pbx's --rtp-ports: 5,000 calls at once (each holds two RTP/RTCP pairs)
+#   MEDIA_START [50], MEDIA_MAX [3200]   concurrent media calls: first and last step of the ramp
+#   MEDIA_MEASURE_S [10]   seconds the relay counters are read over, every call up
+#   MEDIA_SETUP_RATE [200]   calls per second while a media or memory step sets its calls up
+#   MEM_CALLS [1000]   concurrent calls of the memory run;  MEM_HOLD_S [30] how long they last
+#                      (under pbx's RTP timeout, 60 s, as they carry no media)
+#   CALL_DEADLINE_S [1500]  DEADLINE_S of the call modes
+#   CALL_SETTLE_S [45] wait (> Timer J and pbx's call-ending bound, 40 s) before reading RSS
 #
 # A step "holds" when no call failed, the achieved rate is at least 95 % of the target and
 # retransmissions stay at or below 1 % of the calls (a retransmission means a datagram was
 # dropped or answered late: the server is past its capacity even if every call succeeded).
 # A "call" is one registration flow: REGISTER → 200, or REGISTER → 401 → REGISTER → 200.
+#
+# Call rows use the same search and sustain (the ramp of RATE_UNIT-rounded rates) with SIPp on
+# both ends: call_uac.xml (INVITE with a PCMU offer → [407 → ACK → INVITE with
+# Proxy-Authorization] → 100/180 → 200 → ACK → hold → BYE → 200) and call_uas.xml, the called
+# phone, registered first as extension 101 from its own port (register_uas.xml). A step holds
+# as above, counting the failures and retransmissions of both phones. Kamailio runs
+# kamailio_calls.cfg (tm stateful, usrloc lookup, record_route, t_relay; -A WITH_AUTH for a 407
+# per INVITE, as pbx does); pbx is a B2BUA (407 per INVITE, location lookup, two dialogs, SDP
+# rewritten, two RTP port pairs leased per call; no RTP flows in these rows).
 #
 # Load generators: register_load (pbx-benches; answers MD5 and SHA-256) ramps every row; SIPp
 # (the reference tool) then runs one step at the rate register_load found, to confirm it.
@@ -66,24 +94,57 @@ PORT_BASE=${PORT_BASE:-35060}
 KAMAILIO_CHILDREN=${KAMAILIO_CHILDREN:-4}
 PBX_LOG=${PBX_LOG:-warn}
 COOLDOWN_S=2
+RATE_UNIT=100
+FAILED_ROWS=()
+CALL_STEP_S=${CALL_STEP_S:-10}
+CALL_SUSTAIN_S=${CALL_SUSTAIN_S:-40}
+CALL_START_RATE=${CALL_START_RATE:-100}
+CALL_MAX_RATE=${CALL_MAX_RATE:-6400}
+CALL_HOLD_MS=${CALL_HOLD_MS:-0}
+KAMAILIO_CALL_ROWS=${KAMAILIO_CALL_ROWS:-noauth auth}
+RTP_PORTS=${RTP_PORTS:-10000-29999}
+MEDIA_START=${MEDIA_START:-50}
+MEDIA_MAX=${MEDIA_MAX:-3200}
+MEDIA_MEASURE_S=${MEDIA_MEASURE_S:-10}
+MEDIA_SETUP_RATE=${MEDIA_SETUP_RATE:-200}
+MEM_CALLS=${MEM_CALLS:-1000}
+MEM_HOLD_S=${MEM_HOLD_S:-30}
+CALL_SETTLE_S=${CALL_SETTLE_S:-45}
 
 PBX_SIP_PORT=$PORT_BASE
 PBX_HTTP_PORT=$((PORT_BASE + 1))
 KAM_PORT=$((PORT_BASE + 10))
 SIPP_PORT=$((PORT_BASE + 20))
 LOAD_PORT=$((PORT_BASE + 30))
+UAS_PORT=$((PORT_BASE + 22))
+UAC_MEDIA_PORT=$((PORT_BASE + 40))
+UAS_MEDIA_PORT=$((PORT_BASE + 50))
 REALM=pbx
+CALLER=100
+CALLEE=101
 
 case $MODE in
-all | rate | memory | profile | kamailio | check) ;;
+all | rate | memory | profile | kamailio | check | calls | kamailio-calls | calls-check | calls-media) ;;
 *)
-	sed -n '5,13p' "$0"
+	sed -n '7,17p' "$0"
 	exit 2
 	;;
 esac
 if [ "$MODE" = check ]; then
 	STEP_S=3 SUSTAIN_S=3 SUSTAIN_TRIES=1 START_RATE=200 MAX_RATE=200 BISECT_STEPS=0 SETTLE_S=5
 	USERS=${USERS_CHECK:-1000}
+fi
+case $MODE in
+calls | kamailio-calls | calls-check | calls-media)
+	# The call rows reuse the REGISTER ramp with call rates; calls are slower, so finer steps.
+	STEP_S=$CALL_STEP_S SUSTAIN_S=$CALL_SUSTAIN_S START_RATE=$CALL_START_RATE MAX_RATE=$CALL_MAX_RATE RATE_UNIT=25
+	DEADLINE_S=${CALL_DEADLINE_S:-1500}
+	;;
+esac
+if [ "$MODE" = calls-check ]; then
+	STEP_S=3 SUSTAIN_S=3 SUSTAIN_TRIES=1 START_RATE=100 MAX_RATE=100 BISECT_STEPS=0
+	MEDIA_START=${MEDIA_START_CHECK:-20} MEDIA_MAX=${MEDIA_START_CHECK:-20} MEDIA_MEASURE_S=3
+	MEM_CALLS=${MEM_CALLS_CHECK:-100} MEM_HOLD_S=10 CALL_SETTLE_S=5
 fi
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -97,6 +158,10 @@ log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 cleanup() {
 	local pid
+	# Phones still running (timeout, the parent of each SIPp; it passes TERM on).
+	for pid in $(cat "$WORK/phones.pids" 2>/dev/null); do
+		[ "$(cat "/proc/$pid/comm" 2>/dev/null)" = timeout ] && PIDS+=("$pid")
+	done
 	for pid in "${PIDS[@]}"; do
 		kill -TERM "$pid" 2>/dev/null || true
 	done
@@ -133,6 +198,7 @@ ensure_packages() {
 	[ -x /usr/bin/time ] || missing+=(time)
 	command -v kamailio >/dev/null || missing+=(kamailio)
 	if [ "$MODE" = profile ]; then command -v valgrind >/dev/null || missing+=(valgrind); fi
+	command -v curl >/dev/null || missing+=(curl)
 	[ ${#missing[@]} -eq 0 ] && return
 	for pkg in "${missing[@]}"; do
 		if ! apt-cache policy "$pkg" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
@@ -145,7 +211,8 @@ ensure_packages() {
 
 ensure_ports_free() {
 	local port
-	for port in "$PBX_SIP_PORT" "$KAM_PORT" "$SIPP_PORT" "$LOAD_PORT"; do
+	for port in "$PBX_SIP_PORT" "$KAM_PORT" "$SIPP_PORT" "$UAS_PORT" "$LOAD_PORT" "$UAC_MEDIA_PORT" \
+		$((UAC_MEDIA_PORT + 2)) "$UAS_MEDIA_PORT" $((UAS_MEDIA_PORT + 2)); do
 		if ss -Hlun "sport = :$port" 2>/dev/null | grep -q .; then
 			log "UDP port $port is in use; set PORT_BASE to another value"
 			exit 1
@@ -158,12 +225,19 @@ ensure_ports_free() {
 }
 
 build() {
-	local bins=(-p pbx-benches --bin register_load)
-	[ "$MODE" = kamailio ] || bins+=(-p pbx-node --bin pbx)
+	local bins=()
+	case $MODE in
+	kamailio-calls) ;;
+	calls | calls-check | calls-media) bins+=(-p pbx-node --bin pbx) ;;
+	kamailio) bins+=(-p pbx-benches --bin register_load) ;;
+	*) bins+=(-p pbx-benches --bin register_load -p pbx-node --bin pbx) ;;
+	esac
+	local target=${CARGO_TARGET_DIR:-$ROOT/target}
+	LOAD=$target/release/register_load
+	PBX=$target/release/pbx
+	[ ${#bins[@]} -gt 0 ] || return 0
 	log "cargo build --release ${bins[*]}"
 	(cd "$ROOT" && cargo build --release "${bins[@]}")
-	LOAD=$ROOT/target/release/register_load
-	PBX=$ROOT/target/release/pbx
 }
 
 make_users() { # SIPp injection file: user;password;[authentication …] (SIPp cannot nest [field0] in it)
@@ -263,6 +337,10 @@ rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 # flows: refresh (one Call-ID per user) or new (a new Call-ID per flow; SIPp always does this).
 step() {
 	local row=$1 gen=$2 auth=$3 flows=$4 rate=$5
+	[ "$gen" = sipp-calls ] && {
+		call_step "$row" "$rate"
+		return
+	}
 	local duration=${DURATION_S:-$STEP_S}
 	local calls=$((rate * duration)) inflight=$((rate > 200 ? rate : 200))
 	local before after line achieved failed retrans p99 okcalls held=ok gen_cpu=-
@@ -328,10 +406,20 @@ past_deadline() { [ $(($(date +%s) - STARTED_AT)) -ge "$DEADLINE_S" ]; }
 # A fresh pbx (same data directory) for the next step, so that it does not inherit the
 # transactions still in Timer J from the step before. Runs in this shell: it starts a process.
 fresh() {
-	if [ "$SERVER_KIND" = pbx ]; then
+	case $SERVER_KIND in
+	pbx)
 		stop "$SERVER_PID"
 		start_pbx rate
-	fi
+		;;
+	pbx-calls)
+		stop "$SERVER_PID"
+		start_pbx_calls rate || exit 1
+		;;
+	kamailio-calls)
+		stop "$SERVER_PID"
+		start_kamailio_calls "$KAMAILIO_AUTH"
+		;;
+	esac
 }
 
 # ramp row generator auth flows sustain(yes|no) → one line of $WORK/results.tsv:
@@ -357,7 +445,7 @@ ramp() {
 	done
 	local i=0 mid
 	while [ "$hi" -gt 0 ] && [ "$i" -lt "$BISECT_STEPS" ] && [ -z "$note" ]; do
-		mid=$(((lo + hi) / 2 / 100 * 100))
+		mid=$(((lo + hi) / 2 / RATE_UNIT * RATE_UNIT))
 		[ "$mid" -le "$lo" ] || [ "$mid" -ge "$hi" ] && break
 		past_deadline && note="deadline" && break
 		fresh
@@ -381,8 +469,11 @@ ramp() {
 		failed_at=$rate
 		local achieved_then
 		achieved_then=$(echo "$out" | awk '{ print $2 + 0 }')
+		# A call step past capacity collapses (SIPp's -l caps the calls in progress), so what it
+		# achieved says little about capacity: back off from the rate tried.
+		[ "$gen" = sipp-calls ] && achieved_then=$rate
 		rate=$((rate * 3 / 4 < achieved_then * 9 / 10 ? rate * 3 / 4 : achieved_then * 9 / 10))
-		rate=$((rate / 100 * 100))
+		rate=$((rate / RATE_UNIT * RATE_UNIT))
 		try=$((try + 1))
 	done
 	[ -n "$failed_at" ] && [ "$sustained" = - ] && sustained="< $failed_at"
@@ -547,6 +638,399 @@ by_function() {
 	' "$1" | sort -k1,1nr
 }
 
+# ---- calls ----
+
+# SIPp on one end of a call: runs in $WORK (rtp_stream reads silence.pcmu from the current
+# folder), bounded by `timeout`, its CPU time in $WORK/<name>.time; every other argument is SIPp's.
+sipp_phone() { # name seconds sipp-args… (in the background: sets PHONE_PID)
+	local name=$1 seconds=$2
+	shift 2
+	(cd "$WORK" && exec timeout "$seconds" /usr/bin/time -f '%U %S %e' -o "$WORK/$name.time" sipp "$@" -i 127.0.0.1 \
+		-mi 127.0.0.1 -nostdin -buff_size 1048576 -trace_stat -stf "$WORK/$name.csv" -fd 1 -trace_err \
+		-error_file "$WORK/$name.errors" >"$WORK/$name.out" 2>&1) &
+	PHONE_PID=$!
+	PIDS+=("$PHONE_PID")
+	# Phones start in subshells ($(…)), whose PIDS the exit trap does not see: it reads this file.
+	echo "$PHONE_PID" >>"$WORK/phones.pids"
+}
+
+# register_callee [seconds]: extension 101 registered at the called phone's ip:port (SIPp,
+# one REGISTER, answering a 401 if one comes), retried until the server answers.
+register_callee() {
+	local deadline=$(($(date +%s) + ${1:-30})) n=0
+	while [ "$(date +%s)" -lt "$deadline" ]; do
+		kill -0 "$SERVER_PID" 2>/dev/null || return 1
+		n=$((n + 1))
+		if (cd "$WORK" && timeout 15 sipp "127.0.0.1:$SERVER_PORT" -sf "$HERE/register_uas.xml" -set user "$CALLEE" \
+			-set domain "$REALM" -au "$CALLEE" -ap "call-pw-$CALLEE" -i 127.0.0.1 -p "$UAS_PORT" -m 1 -nostdin \
+			-timeout 5s -timeout_error -trace_err -error_file "$WORK/register-callee.errors" \
+			>"$WORK/register-callee.out" 2>&1); then
+			return 0
+		fi
+		sleep 1
+	done
+	return 1
+}
+
+# Restarted before every step, as pbx is: a step past capacity leaves thousands of transactions
+# behind (tm keeps an unanswered INVITE for fr_inv_timer, 120 s). 1 GiB of shared memory: 256 MiB
+# runs out at ~3,000 calls/s once retransmissions pile up. The TLSF allocator (-x, -X): with
+# Kamailio's default (qm) qm_malloc took two thirds of its CPU here (perf), ~850 µs per call
+# instead of ~310.
+start_kamailio_calls() { # auth|noauth → sets SERVER_PID
+	local define=()
+	[ "$1" = auth ] && define=(-A WITH_AUTH)
+	mkdir -p "$WORK/kamailio-calls-$1"
+	kamailio -f "$HERE/kamailio_calls.cfg" -l "udp:127.0.0.1:$KAM_PORT" -n "$KAMAILIO_CHILDREN" -m 1024 -M 16 -x tlsf -X tlsf \
+		-DD -E -Y "$WORK/kamailio-calls-$1" -P "$WORK/kamailio-calls-$1/kamailio.pid" "${define[@]}" \
+		>>"$WORK/kamailio-calls-$1.log" 2>&1 &
+	SERVER_PID=$!
+	PIDS+=("$SERVER_PID")
+	SERVER_PORT=$KAM_PORT
+	SERVER_KIND=kamailio-calls KAMAILIO_AUTH=$1
+	register_callee 30 || {
+		log "Kamailio did not answer the called phone's REGISTER; see $WORK/kamailio-calls-$1.log, $WORK/register-callee.out"
+		exit 1
+	}
+}
+
+start_pbx_calls() { # name → sets SERVER_PID; 1 (with a message) if pbx did not register the called phone
+	local dir=$WORK/pbx-calls-$1
+	mkdir -p "$dir/data"
+	{
+		echo '[registrar]'
+		echo "realm = \"$REALM\""
+		echo 'digest_algorithms = ["MD5", "SHA-256"]' # SIPp answers the first challenge, MD5 only
+		echo 'auth_failures_max = 1000000'
+		for ext in "$CALLER" "$CALLEE"; do printf '\n[[extensions]]\nnumber = "%s"\npassword = "call-pw-%s"\n' "$ext" "$ext"; done
+	} >"$dir/pbx.toml"
+	RUST_LOG=$PBX_LOG "$PBX" appliance --data-dir "$dir/data" --config "$dir/pbx.toml" --sip-listen "127.0.0.1:$PBX_SIP_PORT" \
+		--http-listen "127.0.0.1:$PBX_HTTP_PORT" --rtp-ports "$RTP_PORTS" >>"$dir/pbx.log" 2>&1 &
+	SERVER_PID=$!
+	PIDS+=("$SERVER_PID")
+	SERVER_PORT=$PBX_SIP_PORT
+	SERVER_KIND=pbx-calls
+	register_callee "${READY_S:-60}" || {
+		log "pbx did not register extension $CALLEE (REGISTER → 401 → REGISTER → 200); see $dir/pbx.log, $WORK/register-callee.out"
+		tail -5 "$dir/pbx.log" >&2
+		return 1
+	}
+}
+
+metric() { # name [label]: one sample of pbx's /metrics (0 when absent)
+	curl -sf --max-time 5 "http://127.0.0.1:$PBX_HTTP_PORT/metrics" 2>/dev/null |
+		awk -v n="$1" -v l="${2:-}" '$1 == n || (l != "" && $1 == n "{" l "}") { v = $2 } END { print v + 0 }'
+}
+
+# Kernel drops on pbx's RTP sockets (the drops column of /proc/net/udp over the --rtp-ports range).
+rtp_socket_drops() {
+	awk -v lo="${RTP_PORTS%-*}" -v hi="${RTP_PORTS#*-}" '
+		function hex(h, i, v) { v = 0; for (i = 1; i <= length(h); i++) v = v * 16 + index("0123456789ABCDEF", substr(h, i, 1)) - 1; return v }
+		NR > 1 { split($2, a, ":"); p = hex(a[2]); if (p >= lo && p <= hi) s += $NF } END { print s + 0 }' /proc/net/udp
+}
+
+# stat_field csv n: field n of the last line of a SIPp -trace_stat file (0 when there is none)
+stat_field() { tail -1 "$1" 2>/dev/null | awk -F';' -v n="$2" '{ v = $n } END { print v + 0 }'; }
+
+# The CPU SIPp used, in % of one core over its run.
+phone_cpu() { tail -1 "$WORK/$1.time" 2>/dev/null | awk '{ if ($3 > 0) printf "%.0f", 100 * ($1 + $2) / $3; else print "-" } END { if (NR == 0) print "-" }'; }
+
+# wait_phone pid seconds: let one phone end by itself, then stop it (SIPp's UAS ends after -m calls)
+wait_phone() {
+	local pid=$1
+	for _ in $(seq $(($2 * 10))); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	stop "$pid"
+}
+
+# run_calls name uas-extra-args uac-extra-args: run the called phone and the calling phone for
+# CALLS calls at RATE per second, each held HOLD_MS. Set by the caller: CALLS, RATE, HOLD_MS,
+# LIMIT, SECONDS_MAX, and ON_UP (a command run once the calling phone has started). Sets
+# RUN_FAILED RUN_RETRANS RUN_ACHIEVED RUN_SETUP_MS, and LAST_UAC LAST_UAS, the names of the
+# phones' files in $WORK (numbered in the order of the run: steps run in subshells, hence a file).
+run_calls() {
+	local name=$1 uas_args=$2 uac_args=$3 n
+	n=$(($(cat "$WORK/run.no" 2>/dev/null || echo 0) + 1))
+	echo "$n" >"$WORK/run.no"
+	local uac=$n-$name-uac uas=$n-$name-uas uas_pid uac_pid
+	# shellcheck disable=SC2086 # word splitting of the extra arguments is wanted
+	sipp_phone "$uas" "$SECONDS_MAX" -sf "$HERE/call_uas.xml" -p "$UAS_PORT" -mp "$UAS_MEDIA_PORT" -m "$CALLS" \
+		-recv_timeout $((HOLD_MS + 30000)) $uas_args
+	uas_pid=$PHONE_PID
+	for _ in $(seq 50); do
+		ss -Hlun "sport = :$UAS_PORT" 2>/dev/null | grep -q . && break
+		sleep 0.1
+	done
+	# -auth_uri: the digest uri is the Request-URI (SIPp prefixes "sip:"; its default is host:port).
+	# shellcheck disable=SC2086
+	sipp_phone "$uac" "$SECONDS_MAX" "127.0.0.1:$SERVER_PORT" -sf "$HERE/call_uac.xml" -s "$CALLEE" -set caller "$CALLER" \
+		-au "$CALLER" -ap "call-pw-$CALLER" -auth_uri "$CALLEE@127.0.0.1:$SERVER_PORT" -p "$SIPP_PORT" \
+		-mp "$UAC_MEDIA_PORT" -r "$RATE" -rp 1000 -m "$CALLS" -l "$LIMIT" -d "$HOLD_MS" \
+		-recv_timeout $((HOLD_MS + 30000)) -timeout $((SECONDS_MAX - 10))s -timeout_error $uac_args
+	uac_pid=$PHONE_PID
+	[ -z "${ON_UP:-}" ] || $ON_UP
+	wait_phone "$uac_pid" "$SECONDS_MAX"
+	# The UAS ends by itself after its last call's BYE.
+	wait_phone "$uas_pid" 10
+	LAST_UAC=$uac LAST_UAS=$uas
+	local ok
+	# Fields of SIPp's -trace_stat file: 8 CallRate(C), 16 SuccessfulCall(C), 18 FailedCall(C),
+	# 58 Retransmissions(C), 70 ResponseTime1(C) (INVITE to 200, 407 round included; hh:mm:ss:µs).
+	ok=$(stat_field "$WORK/$uac.csv" 16)
+	# Failed: every call of the calling phone that did not succeed (failed or never finished),
+	# and every call the called phone failed (an unexpected message, a timeout).
+	RUN_FAILED=$((CALLS - ok + $(stat_field "$WORK/$uas.csv" 18)))
+	RUN_RETRANS=$(($(stat_field "$WORK/$uac.csv" 58) + $(stat_field "$WORK/$uas.csv" 58)))
+	RUN_ACHIEVED=$(stat_field "$WORK/$uac.csv" 8 | awk '{ printf "%.0f", $1 }')
+	RUN_SETUP_MS=$(tail -1 "$WORK/$uac.csv" 2>/dev/null |
+		awk -F';' '{ split($70, t, ":"); printf "%.0f", (t[1] * 3600 + t[2] * 60 + t[3]) * 1000 + t[4] / 1000 }')
+	: "${RUN_SETUP_MS:=-}"
+}
+
+# A call that works end to end, before a row's ramp: a server that cannot put a call through
+# fails here in seconds, with what it answered, rather than at every step of the ramp.
+probe_call() { # row → 0 if one call went through
+	local row=$1
+	rm -f "$WORK/probe-messages.log"
+	CALLS=1 RATE=1 HOLD_MS=0 LIMIT=1 SECONDS_MAX=40 ON_UP='' run_calls probe "" "-trace_msg -message_file $WORK/probe-messages.log"
+	[ "$RUN_FAILED" -eq 0 ] && return 0
+	log "$row: the probe call did not go through (INVITE → [407 → INVITE] → 200 → ACK → BYE → 200)."
+	local got
+	got=$(grep -h '^SIP/2.0' "$WORK/probe-messages.log" 2>/dev/null | sort | uniq -c | tr -s ' ' | paste -sd',') || true
+	log "  responses the calling phone got:${got:- none}"
+	log "  see $WORK/$LAST_UAC.errors, $WORK/probe-messages.log and the server's log"
+	return 1
+}
+
+# call_step row rate → prints "ok|fail achieved setup_ms retrans cpu_us"; 0 if it held.
+# The step's CALLS = rate × duration calls, held CALL_HOLD_MS each.
+call_step() {
+	local row=$1 rate=$2 duration=${DURATION_S:-$STEP_S}
+	local calls=$((rate * duration)) before after held=ok drops0 errors0 drops errors
+	local hold_s=$(((CALL_HOLD_MS + 999) / 1000))
+	drops0=$(socket_drops "$SERVER_PORT")
+	errors0=$(rcvbuf_errors)
+	before=$(cpu_ticks "$SERVER_PID")
+	CALLS=$calls RATE=$rate HOLD_MS=$CALL_HOLD_MS LIMIT=$((rate * (2 + hold_s) + 100)) \
+		SECONDS_MAX=$((duration * 3 + hold_s + 60)) ON_UP='' run_calls "$(echo "${row%%,*}" | tr ' ' '-')-$rate" "" ""
+	after=$(cpu_ticks "$SERVER_PID")
+	local failed=$RUN_FAILED retrans=$RUN_RETRANS achieved=$RUN_ACHIEVED setup_ms=$RUN_SETUP_MS
+	drops=$(($(socket_drops "$SERVER_PORT") - drops0))
+	errors=$(($(rcvbuf_errors) - errors0))
+	local okcalls=$((calls - failed)) cpu_us=-
+	[ "$okcalls" -gt 0 ] && cpu_us=$(((after - before) * 1000000 / TICKS / okcalls))
+	if [ "$failed" -ne 0 ] || [ $((achieved * 100)) -lt $((rate * 95)) ] || [ $((retrans * 100)) -gt "$calls" ]; then
+		held=fail
+	fi
+	kill -0 "$SERVER_PID" 2>/dev/null || held=died
+	local gen_cpu
+	gen_cpu="$(phone_cpu "$LAST_UAC")+$(phone_cpu "$LAST_UAS")"
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$row" sipp "hold $CALL_HOLD_MS ms" "$rate" "$held" "$achieved" \
+		"$failed" "$retrans" "$setup_ms" "$cpu_us" "$gen_cpu" "$drops" "$errors" >>"$WORK/steps.tsv"
+	log "$row rate=$rate calls/s → $held (achieved $achieved/s, failed $failed, retrans $retrans, setup ${setup_ms} ms," \
+		"server CPU ${cpu_us} µs/call, SIPp CPU $gen_cpu %, dropped: server $drops, all $errors)"
+	if [ "$held" = ok ]; then sleep "$COOLDOWN_S"; else sleep $((COOLDOWN_S * 3)); fi
+	echo "$held $achieved $setup_ms $retrans $cpu_us"
+	[ "$held" = ok ]
+}
+
+call_rows() {
+	: >"$WORK/results.tsv"
+	local auth row
+	for auth in $KAMAILIO_CALL_ROWS; do
+		row="Kamailio stateful, $([ "$auth" = auth ] && echo "digest MD5" || echo "no auth")"
+		start_kamailio_calls "$auth"
+		if probe_call "$row"; then
+			ramp "$row" sipp-calls - calls yes
+		else
+			printf '%s\tsipp\tcalls\t0\t-\tfail - - - -\t-\t- - - - -\tno call went through\n' "$row" >>"$WORK/results.tsv"
+			FAILED_ROWS+=("$row")
+		fi
+		stop "$SERVER_PID"
+	done
+	[ "$MODE" = kamailio-calls ] && return
+	row="pbx B2BUA, digest MD5"
+	if start_pbx_calls rate && probe_call "$row"; then
+		ramp "$row" sipp-calls - calls yes
+	else
+		printf '%s\tsipp\tcalls\t0\t-\tfail - - - -\t-\t- - - - -\tno call went through\n' "$row" >>"$WORK/results.tsv"
+		FAILED_ROWS+=("$row")
+	fi
+	stop "$SERVER_PID"
+}
+
+print_call_table() {
+	echo
+	echo "Rates are calls per second: INVITE → [407 → ACK → INVITE] → 100/180 → 200 → ACK → BYE → 200, each held"
+	echo "$CALL_HOLD_MS ms. Search steps last ${STEP_S} s (pbx restarted before each), sustain steps ${SUSTAIN_S} s. Setup is"
+	echo "SIPp's mean INVITE → 200 time (407 round included); setup, retransmissions (both phones) and CPU are those"
+	echo "of the sustain step when there is one, else of the best search step."
+	echo
+	echo "| server | search: held (${STEP_S} s) | search: failed | sustained (${SUSTAIN_S} s) | setup (ms) | retransmissions | server CPU per call (µs) | note |"
+	echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+	awk -F'\t' '{
+		split($6, b, " "); split($8, c, " ")
+		if (c[1] == "ok") { b[3] = c[3]; b[4] = c[4]; b[5] = c[5] }
+		printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $4, ($5 == 0 ? "-" : $5), $7, b[3], b[4], b[5], $9
+	}' "$WORK/results.tsv"
+	echo
+	echo "Every step (row, generator, hold, rate, verdict, achieved/s, failed, retransmissions, setup ms, server"
+	echo "CPU µs/call, SIPp CPU % of one core (calling+called phone), datagrams dropped on the server's SIP socket,"
+	echo "datagrams dropped on any UDP socket of the machine):"
+	echo
+	echo '```'
+	cat "$WORK/steps.tsv"
+	echo '```'
+}
+
+# ---- calls with media, memory per call (pbx only) ----
+
+# A second of PCMU silence, looped by SIPp's rtp_stream: 50 packets of 160 bytes a second.
+# SIPp reads it when it loads a call scenario, media or not.
+make_audio() { head -c 8000 /dev/zero | tr '\0' '\377' >"$WORK/silence.pcmu"; }
+
+# media_window: run while every call of a media step is up (ON_UP of run_calls): reads pbx's
+# relay counters, CPU and kernel drops over MEDIA_MEASURE_S into $WORK/media-window.
+media_window() {
+	sleep "$MEDIA_UP_S"
+	local active in0 out0 dropped0 k0 cpu0 t0 in1 out1 dropped1 k1 cpu1 t1
+	active=$(metric pbx_calls_active)
+	in0=$(metric pbx_rtp_packets_total 'direction="in"') out0=$(metric pbx_rtp_packets_total 'direction="out"')
+	dropped0=$(metric pbx_rtp_dropped_total) k0=$(rtp_socket_drops) cpu0=$(cpu_ticks "$SERVER_PID") t0=$(date +%s.%N)
+	sleep "$MEDIA_MEASURE_S"
+	in1=$(metric pbx_rtp_packets_total 'direction="in"') out1=$(metric pbx_rtp_packets_total 'direction="out"')
+	dropped1=$(metric pbx_rtp_dropped_total) k1=$(rtp_socket_drops) cpu1=$(cpu_ticks "$SERVER_PID") t1=$(date +%s.%N)
+	echo "$active $((in1 - in0)) $((out1 - out0)) $((dropped1 - dropped0)) $((k1 - k0)) $(((cpu1 - cpu0) * 100 / TICKS))" \
+		"$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') $(rss_kib "$SERVER_PID")" >"$WORK/media-window"
+}
+
+# media_step n → prints "ok|fail"; 0 if n concurrent calls, each sending and receiving 50 RTP
+# packets a second, were relayed with nothing lost or dropped inside pbx.
+media_step() {
+	local n=$1 held=ok
+	local up_s=$((n / MEDIA_SETUP_RATE + 3))
+	local hold_s=$((up_s + MEDIA_MEASURE_S + 3))
+	fresh
+	rm -f "$WORK/media-window"
+	CALLS=$n RATE=$MEDIA_SETUP_RATE HOLD_MS=$((hold_s * 1000)) LIMIT=$((n + 10)) SECONDS_MAX=$((hold_s * 2 + 60)) \
+		MEDIA_UP_S=$up_s ON_UP=media_window run_calls "media-$n" "-set media 1" "-set media 1"
+	local failed=$RUN_FAILED
+	local active=0 pin=0 pout=0 dropped=0 kdrops=0 cpu=0 secs=1 rss=0
+	[ -s "$WORK/media-window" ] && read -r active pin pout dropped kdrops cpu secs rss <"$WORK/media-window"
+	local expected=$((n * 100)) rate_in rate_out
+	rate_in=$(awk -v p="$pin" -v s="$secs" 'BEGIN { printf "%.0f", p / s }')
+	rate_out=$(awk -v p="$pout" -v s="$secs" 'BEGIN { printf "%.0f", p / s }')
+	# in − out: what came in and did not go out within the window (a few packets are in flight).
+	local lost=$((pin - pout))
+	# active: pbx_calls_active during the window, when pbx exports it (0 when it does not).
+	if [ "$failed" -ne 0 ] || { [ "$active" -ne 0 ] && [ "$active" -ne "$n" ]; } || [ "$dropped" -ne 0 ] || [ "$kdrops" -ne 0 ] ||
+		[ $((lost * 1000)) -gt "$pin" ] || [ $((rate_in * 100)) -lt $((expected * 95)) ]; then
+		held=fail
+	fi
+	kill -0 "$SERVER_PID" 2>/dev/null || held=died
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$held" "$failed" "$active" "$expected" "$rate_in" \
+		"$rate_out" "$lost" "$dropped" "$kdrops" "$cpu" "$rss" "$(phone_cpu "$LAST_UAC")+$(phone_cpu "$LAST_UAS")" \
+		>>"$WORK/media.tsv"
+	log "media: $n calls → $held (failed $failed, active $active, RTP in $rate_in/s of $expected/s, out $rate_out/s," \
+		"in−out $lost, pbx dropped $dropped, kernel dropped $kdrops, pbx CPU $cpu % of a core, RSS $rss KiB," \
+		"SIPp CPU $(phone_cpu "$LAST_UAC")+$(phone_cpu "$LAST_UAS") %)"
+	sleep "$COOLDOWN_S"
+	echo "$held"
+	[ "$held" = ok ]
+}
+
+media_rows() {
+	: >"$WORK/media.tsv"
+	if ! start_pbx_calls media || ! probe_call "pbx media"; then
+		FAILED_ROWS+=("pbx media")
+		stop "$SERVER_PID"
+		return
+	fi
+	local n=$MEDIA_START lo=0 hi=0 mid i=0
+	while [ "$n" -le "$MEDIA_MAX" ] && ! past_deadline; do
+		if media_step "$n" >/dev/null; then lo=$n n=$((n * 2)); else
+			hi=$n
+			break
+		fi
+	done
+	while [ "$hi" -gt 0 ] && [ "$i" -lt "$BISECT_STEPS" ] && ! past_deadline; do
+		mid=$(((lo + hi) / 2 / 10 * 10))
+		[ "$mid" -le "$lo" ] || [ "$mid" -ge "$hi" ] && break
+		if media_step "$mid" >/dev/null; then lo=$mid; else hi=$mid; fi
+		i=$((i + 1))
+	done
+	stop "$SERVER_PID"
+	MEDIA_RESULT="$lo $hi"
+}
+
+print_media_table() {
+	local lo hi
+	read -r lo hi <<<"${MEDIA_RESULT:-0 0}"
+	echo
+	if [ ! -s "$WORK/media.tsv" ]; then
+		echo "Media: no reading (no call went through)."
+		return
+	fi
+	echo "Concurrent calls with G.711 (PCMU, 20 ms) both ways through pbx's relay, every call up for ${MEDIA_MEASURE_S} s of"
+	echo "measurement: the most calls relayed with nothing lost = **$lo** (first that failed: ${hi/#0/-})."
+	echo
+	echo "| calls | verdict | failed calls | active | RTP in expected (pkt/s) | in (pkt/s) | out (pkt/s) | in − out | pbx dropped | kernel dropped (pbx RTP sockets) | pbx CPU (% of a core) | pbx RSS (KiB) | SIPp CPU (%) |"
+	echo "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+	awk -F'\t' '{ printf "|"; for (i = 1; i <= NF; i++) printf " %s |", $i; printf "\n" }' "$WORK/media.tsv"
+}
+
+# Memory per call: RSS with MEM_CALLS calls up (no media) against RSS idle, and against RSS after
+# a warm-up of as many calls (glibc keeps what the first calls freed for the next ones).
+call_memory() {
+	if ! start_pbx_calls memory || ! probe_call "pbx memory"; then
+		echo
+		echo "Memory per call: no reading (no call went through)."
+		FAILED_ROWS+=("pbx memory")
+		stop "$SERVER_PID"
+		return
+	fi
+	sleep 2
+	local idle before during failed k=$MEM_CALLS up_s=$((MEM_CALLS / MEDIA_SETUP_RATE + 3))
+	idle=$(rss_kib "$SERVER_PID")
+	log "memory: warm-up, $k calls held 1 s at $MEDIA_SETUP_RATE/s"
+	CALLS=$k RATE=$MEDIA_SETUP_RATE HOLD_MS=1000 LIMIT=$((k + 10)) SECONDS_MAX=$((up_s * 3 + 60)) ON_UP='' \
+		run_calls mem-warmup "" ""
+	log "memory: warm-up → $RUN_FAILED failed, $RUN_RETRANS retransmissions; settling ${CALL_SETTLE_S} s"
+	sleep "$CALL_SETTLE_S"
+	before=$(rss_kib "$SERVER_PID")
+	log "memory: $k calls held ${MEM_HOLD_S} s"
+	MEM_UP_S=$up_s
+	rm -f "$WORK/memory-window"
+	CALLS=$k RATE=$MEDIA_SETUP_RATE HOLD_MS=$((MEM_HOLD_S * 1000)) LIMIT=$((k + 10)) \
+		SECONDS_MAX=$((MEM_HOLD_S * 2 + 60)) ON_UP=memory_window run_calls mem "" ""
+	failed=$RUN_FAILED
+	local active=0
+	[ -s "$WORK/memory-window" ] && read -r active during <"$WORK/memory-window"
+	# Without the pbx_calls_active gauge, count the calls that did not fail as up.
+	[ "$active" -gt 0 ] || active=$((k - failed))
+	stop "$SERVER_PID"
+	echo
+	echo "| pbx RSS | KiB |"
+	echo "| --- | ---: |"
+	echo "| idle (extension $CALLEE registered, one probe call made) | $idle |"
+	echo "| after a warm-up of $k calls, settled ${CALL_SETTLE_S} s (before) | $before |"
+	echo "| $active calls up (of $k; $failed failed) | ${during:-?} |"
+	echo
+	if [ -n "${during:-}" ] && [ "$active" -gt 0 ]; then
+		echo "Bytes per active call: (up − idle) × 1024 / $active = **$(((during - idle) * 1024 / active))**;" \
+			"(up − before) × 1024 / $active = $(((during - before) * 1024 / active)) (target ≤ 32,768)."
+	else
+		echo "No reading: the calls did not come up (see the log above)."
+	fi
+}
+
+memory_window() {
+	sleep "$MEM_UP_S"
+	echo "$(metric pbx_calls_active) $(rss_kib "$SERVER_PID")" >"$WORK/memory-window"
+}
+
 # ---- main ----
 
 pbx_version() { # the commit, and whether the code pbx is built from differs from it
@@ -562,7 +1046,8 @@ build
 STARTED_AT=$(date +%s) # the deadline and the reported duration count from here, after the build
 make_users
 : >"$WORK/steps.tsv"
-echo "# REGISTER load, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p')), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+case $MODE in calls | kamailio-calls | calls-check | calls-media) what=Call ;; *) what=REGISTER ;; esac
+echo "# $what load, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p')), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "kamailio $(kamailio -v | sed -n 's/^version: kamailio \([^ ]*\).*/\1/p') (children=$KAMAILIO_CHILDREN), $(sipp -v 2>&1 | grep -o 'SIPp v[^ -]*' | head -1), pbx $(pbx_version), STEP_S=$STEP_S, USERS=$USERS"
 case $MODE in
@@ -577,6 +1062,29 @@ rate | kamailio)
 	;;
 memory) memory ;;
 profile) profile ;;
+calls | kamailio-calls)
+	make_audio
+	call_rows
+	print_call_table
+	;;
+calls-check)
+	make_audio
+	call_rows
+	print_call_table
+	call_memory
+	media_rows
+	print_media_table
+	;;
+calls-media)
+	make_audio
+	call_memory
+	media_rows
+	print_media_table
+	;;
 esac
 echo
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); took $(($(date +%s) - STARTED_AT)) s"
+if [ ${#FAILED_ROWS[@]} -gt 0 ]; then
+	log "no call went through in: ${FAILED_ROWS[*]} (see the messages above)"
+	exit 1
+fi
