@@ -371,6 +371,9 @@ async fn record_cdr(store: &Arc<dyn CdrStore>, cdr: Cdr) {
 pub enum CallsMsg {
     Start(Box<CallStart>),
     List(RpcReplyPort<Vec<ActiveCall>>),
+    /// From the task that started a call actor (started off this actor's loop, so call set-ups
+    /// — RTP sockets bound, legs spawned — run in parallel rather than one after the other).
+    Started(Box<Started>),
 }
 
 pub struct CallsArgs {
@@ -385,11 +388,21 @@ struct Running {
     cdr: Cdr,
 }
 
+/// How a call's start went.
+pub struct Started {
+    result: Result<ActorRef<CallMsg>, String>,
+    legs: Vec<LegId>,
+    cdr: Cdr,
+}
+
 pub struct CallsState {
     context: CallContext,
     rng: u64,
     counter: u64,
     calls: HashMap<ractor::ActorId, Running>,
+    /// Calls whose actor ended before their `Started` arrived (supervision events and messages
+    /// are not ordered): not to be listed as running.
+    ended_early: std::collections::HashSet<ractor::ActorId>,
 }
 
 pub struct CallsActor;
@@ -400,7 +413,13 @@ impl Actor for CallsActor {
     type Arguments = CallsArgs;
 
     async fn pre_start(&self, _me: ActorRef<CallsMsg>, args: CallsArgs) -> Result<CallsState, ActorProcessingErr> {
-        Ok(CallsState { context: args.context, rng: args.seed, counter: 0, calls: HashMap::new() })
+        Ok(CallsState {
+            context: args.context,
+            rng: args.seed,
+            counter: 0,
+            calls: HashMap::new(),
+            ended_early: Default::default(),
+        })
     }
 
     async fn handle(
@@ -410,7 +429,8 @@ impl Actor for CallsActor {
         s: &mut CallsState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            CallsMsg::Start(start) => s.start(&me, *start).await,
+            CallsMsg::Start(start) => s.start(&me, *start),
+            CallsMsg::Started(started) => s.started(*started).await,
             CallsMsg::List(reply) => {
                 let mut list = Vec::with_capacity(s.calls.len());
                 for running in s.calls.values() {
@@ -435,10 +455,16 @@ impl Actor for CallsActor {
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
-                s.calls.remove(&cell.get_id());
+                if s.calls.remove(&cell.get_id()).is_none() {
+                    s.ended_early.insert(cell.get_id());
+                }
             }
             SupervisionEvent::ActorFailed(cell, error) => {
-                if let Some(running) = s.calls.remove(&cell.get_id()) {
+                let running = s.calls.remove(&cell.get_id());
+                if running.is_none() {
+                    s.ended_early.insert(cell.get_id());
+                }
+                if let Some(running) = running {
                     tracing::error!(call = running.cdr.id, %error, "call failed");
                     for leg in &running.legs {
                         s.context.sip.leg_down(*leg);
@@ -458,7 +484,7 @@ impl Actor for CallsActor {
 }
 
 impl CallsState {
-    async fn start(&mut self, me: &ActorRef<CallsMsg>, start: CallStart) {
+    fn start(&mut self, me: &ActorRef<CallsMsg>, start: CallStart) {
         let now = self.context.clock.now();
         self.counter += 1;
         // Milliseconds (41 bits for centuries) and a counter: unique per node, fits in 57 bits.
@@ -486,9 +512,21 @@ impl CallsState {
         };
         tracing::info!(call = id, caller = %start.route.caller, callee = %start.route.callee, contacts = start.forks.len(), "call");
         let args = CallArgs { start, id, seed, context: self.context.clone() };
-        match Actor::spawn_linked(None, CallActor, args, me.get_cell()).await {
-            Ok((actor, _)) => {
-                self.calls.insert(actor.get_id(), Running { actor, legs, cdr });
+        let me = me.clone();
+        ractor::concurrency::spawn(async move {
+            let result = Actor::spawn_linked(None, CallActor, args, me.get_cell()).await;
+            let result = result.map(|(actor, _)| actor).map_err(|e| e.to_string());
+            let _ = me.cast(CallsMsg::Started(Box::new(Started { result, legs, cdr })));
+        });
+    }
+
+    async fn started(&mut self, started: Started) {
+        let Started { result, legs, cdr } = started;
+        match result {
+            Ok(actor) => {
+                if !self.ended_early.remove(&actor.get_id()) {
+                    self.calls.insert(actor.get_id(), Running { actor, legs, cdr });
+                }
             }
             Err(error) => {
                 // No ports, most likely: the endpoint answers the INVITE 500 as its leg goes.
@@ -497,6 +535,10 @@ impl CallsState {
                 for leg in &legs {
                     self.context.sip.leg_down(*leg);
                 }
+                let mut cdr = cdr;
+                cdr.end = self.context.clock.now();
+                cdr.disposition = Disposition::Failed { reason: format!("call did not start: {error}") };
+                record_cdr(&self.context.cdrs, cdr).await;
             }
         }
         metrics::gauge!("pbx_calls_active").set(self.calls.len() as f64);
