@@ -11,7 +11,7 @@
 #   profile         pbx under callgrind with a short load; prints the top functions
 #   kamailio        the Kamailio REGISTER rows only (needs no pbx)
 #   check           one short step per REGISTER row: proves the harness works end to end
-#   calls           call rate ramps: Kamailio stateful (no auth, digest) and pbx (about 10 minutes)
+#   calls           call rate ramps: Kamailio stateful (no auth, digest) and pbx (about 12 minutes)
 #   kamailio-calls  the Kamailio call rows only (needs no pbx)
 #   calls-check     one short call step per row, and one short media step
 #   calls-media     pbx only: memory per call, then concurrent calls with G.711 RTP both ways
@@ -59,14 +59,25 @@
 # dropped or answered late: the server is past its capacity even if every call succeeded).
 # A "call" is one registration flow: REGISTER → 200, or REGISTER → 401 → REGISTER → 200.
 #
-# Call rows use the same search and sustain (the ramp of RATE_UNIT-rounded rates) with SIPp on
-# both ends: call_uac.xml (INVITE with a PCMU offer → [407 → ACK → INVITE with
+# Call rows use the same search and sustain (rates rounded to 25 calls/s, from CALL_START_RATE),
+# SIPp on both ends: call_uac.xml (INVITE with a PCMU offer → [407 → ACK → INVITE with
 # Proxy-Authorization] → 100/180 → 200 → ACK → hold → BYE → 200) and call_uas.xml, the called
 # phone, registered first as extension 101 from its own port (register_uas.xml). A step holds
-# as above, counting the failures and retransmissions of both phones. Kamailio runs
-# kamailio_calls.cfg (tm stateful, usrloc lookup, record_route, t_relay; -A WITH_AUTH for a 407
-# per INVITE, as pbx does); pbx is a B2BUA (407 per INVITE, location lookup, two dialogs, SDP
-# rewritten, two RTP port pairs leased per call; no RTP flows in these rows).
+# as above; its failures are those of the phone that counted more, its retransmissions both
+# phones', its achieved rate the calls SIPp created per second while creating them. Kamailio
+# runs kamailio_calls.cfg (tm stateful, usrloc lookup, record_route, t_relay; -A WITH_AUTH for a
+# 407 per INVITE, as pbx does) on the TLSF allocator, and is restarted before every step too.
+# pbx is a B2BUA (407 per INVITE, location lookup, two dialogs, SDP rewritten, two RTP port
+# pairs leased per call; no RTP flows in these rows). Before a row's ramp one probe call must
+# go through: a server that cannot put a call through fails there, saying what it answered.
+#
+# calls-media (pbx only): first the memory per call, pbx's RSS with MEM_CALLS calls up (no
+# media) against its RSS idle and after a warm-up of as many calls; then steps of N concurrent
+# calls (MEDIA_START, doubling up to MEDIA_MAX, then BISECT_STEPS), each phone sending PCMU
+# at 50 packets/s (SIPp's rtp_stream), so pbx relays 100 packets/s in and out per call. Once
+# every call is up, pbx's /metrics are read MEDIA_MEASURE_S apart. A step holds when no call
+# failed, pbx_rtp_dropped_total did not move, the kernel dropped nothing on pbx's RTP sockets,
+# what came in went out (in − out ≤ 0.1 %: packets in flight) and in ≥ 95 % of 100 × N per s.
 #
 # Load generators: register_load (pbx-benches; answers MD5 and SHA-256) ramps every row; SIPp
 # (the reference tool) then runs one step at the rate register_load found, to confirm it.
@@ -775,15 +786,22 @@ run_calls() {
 	# The UAS ends by itself after its last call's BYE.
 	wait_phone "$uas_pid" 10
 	LAST_UAC=$uac LAST_UAS=$uas
-	local ok
-	# Fields of SIPp's -trace_stat file: 8 CallRate(C), 16 SuccessfulCall(C), 18 FailedCall(C),
-	# 58 Retransmissions(C), 70 ResponseTime1(C) (INVITE to 200, 407 round included; hh:mm:ss:µs).
-	ok=$(stat_field "$WORK/$uac.csv" 16)
-	# Failed: every call of the calling phone that did not succeed (failed or never finished),
-	# and every call the called phone failed (an unexpected message, a timeout).
-	RUN_FAILED=$((CALLS - ok + $(stat_field "$WORK/$uas.csv" 18)))
+	local failed_uac failed_uas
+	# Fields of SIPp's -trace_stat file: 1 StartTime and 3 CurrentTime (date, time, epoch; tab
+	# separated), 13 TotalCallCreated, 16 SuccessfulCall(C), 18 FailedCall(C), 58 Retransmissions(C),
+	# 70 ResponseTime1(C) (INVITE to 200, 407 round included; hh:mm:ss:µs).
+	# Failed: calls of the calling phone that did not succeed (failed or never finished), or calls
+	# the called phone failed (an unexpected message, a timeout), whichever is more.
+	failed_uac=$((CALLS - $(stat_field "$WORK/$uac.csv" 16)))
+	failed_uas=$(stat_field "$WORK/$uas.csv" 18)
+	RUN_FAILED=$((failed_uac > failed_uas ? failed_uac : failed_uas))
 	RUN_RETRANS=$(($(stat_field "$WORK/$uac.csv" 58) + $(stat_field "$WORK/$uas.csv" 58)))
-	RUN_ACHIEVED=$(stat_field "$WORK/$uac.csv" 8 | awk '{ printf "%.0f", $1 }')
+	# Achieved: calls created per second while SIPp was still creating them (its last periodic
+	# line before the last call; SIPp's own average runs until the slowest call has ended).
+	RUN_ACHIEVED=$(awk -F';' -v n="$CALLS" 'NR > 1 {
+		split($1, a, "\t"); split($3, b, "\t"); t = b[3] - a[3]; c = $13 + 0
+		if (t > 0 && c > 0 && (c < n || r == "")) r = c / t
+	} END { printf "%.0f", r + 0 }' "$WORK/$uac.csv" 2>/dev/null || echo 0)
 	RUN_SETUP_MS=$(tail -1 "$WORK/$uac.csv" 2>/dev/null |
 		awk -F';' '{ split($70, t, ":"); printf "%.0f", (t[1] * 3600 + t[2] * 60 + t[3]) * 1000 + t[4] / 1000 }')
 	: "${RUN_SETUP_MS:=-}"
