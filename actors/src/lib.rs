@@ -5,7 +5,10 @@
 //! that feeds it the clock and performs its outputs through ports. The `tidy` test keeps the
 //! machines honest: none may read a clock, a global RNG, or import tokio.
 
+pub mod call;
+pub mod cdr;
 pub mod endpoint;
+pub mod media;
 pub mod privacy;
 pub mod registrar;
 pub mod sdp;

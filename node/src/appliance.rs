@@ -1,24 +1,34 @@
 //! `pbx appliance`: a single node on its embedded default — a data directory with one redb
 //! file, no other server to install.
 //!
-//! Start-up order: data directory → storage (restore) → admin token → sockets → registrar →
-//! endpoint → transports → HTTP. Any failure before serving names what it was doing and the
-//! node exits non-zero. SIGTERM/SIGINT stop the HTTP server, then the actors (the registrar
-//! flushes batched binding refreshes as it stops), then exit 0.
+//! Start-up order: data directory → storage (restore) → CDR writer → admin token → sockets →
+//! registrar → calls → endpoint → transports → HTTP. Any failure before serving names what it was doing
+//! and the node exits non-zero. SIGTERM/SIGINT stop the HTTP server, then the actors (the
+//! registrar flushes batched binding refreshes as it stops), then the CDR writer (it stores
+//! what is queued), then exit 0.
 
 use crate::clock::SystemClock;
 use crate::config::Config;
-use crate::http::{self, ApiState};
-use crate::storage::Storage;
+use crate::http::{self, ApiState, CallsView};
+use crate::storage::{CdrWriter, Storage};
 use crate::transport::{self, Backlog, SipSockets};
 use anyhow::Context;
+use pbx_actors::call::LocalSip;
+use pbx_actors::call::actor::{CallContext, CallsActor, CallsArgs, CallsMsg};
+use pbx_actors::call::b2bua::CallConfig;
+use pbx_actors::cdr::{ActiveCall, CdrStore};
 use pbx_actors::endpoint::actor::EndpointSink;
 use pbx_actors::endpoint::{EndpointActor, EndpointArgs};
+use pbx_actors::media::pool::PortPool;
+use pbx_actors::media::relay::RelayConfig;
 use pbx_actors::registrar::{RegistrarActor, RegistrarArgs, RegistrarMsg};
 use pbx_actors::sip::transaction::TimerConfig;
 use ractor::Actor;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -29,6 +39,8 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     restrict_permissions(data_dir, 0o700);
     let storage = Arc::new(Storage::open(data_dir).context("open storage")?);
     let snapshot = storage.load().context("load stored state")?;
+    // Where finished calls' records go; the calls actor (issue 3) takes a clone of this.
+    let cdr_store: Arc<dyn CdrStore> = Arc::new(CdrWriter::start(storage.clone()).context("start CDR writer")?);
     let token = admin_token(data_dir).context("create admin token")?;
     tracing::info!(
         data_dir = %data_dir.display(),
@@ -79,6 +91,38 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         }
     }
 
+    // Via and Contact name where pbx is reached: the listen address, or the media address with
+    // the SIP port when listening on a wildcard.
+    let sip_address = if config.sip_listen.ip().is_unspecified() {
+        SocketAddr::new(config.calls.media_address, config.sip_listen.port())
+    } else {
+        config.sip_listen
+    };
+    let timers = TimerConfig::default();
+    let ports = PortPool::new(config.rtp_ports.low, config.rtp_ports.high);
+    tracing::info!(pairs = ports.capacity(), "RTP port pool");
+    // Gauges exist from the start, so "none in use" reads 0 rather than absent.
+    for gauge in ["pbx_rtp_ports_in_use", "pbx_calls_active", "pbx_call_legs_active"] {
+        metrics::gauge!(gauge).set(0.0);
+    }
+    let context = CallContext {
+        config: CallConfig {
+            no_answer: Duration::from_secs(config.calls.no_answer_timeout_s.into()),
+            timers,
+            local_sip: LocalSip { address: sip_address },
+        },
+        clock: Arc::new(clock),
+        sip: Arc::new(sink.clone()),
+        cdrs: cdr_store.clone(),
+        ports: Arc::new(Mutex::new(ports)),
+        media_ip: config.calls.media_address,
+        relay: RelayConfig { inactivity: Duration::from_secs(config.calls.rtp_timeout_s.into()) },
+    };
+    let (calls, calls_handle) =
+        Actor::spawn(Some("calls".into()), CallsActor, CallsArgs { context, seed: rand::random() })
+            .await
+            .context("start calls")?;
+
     let backlog = Backlog::default();
     let (endpoint, endpoint_handle) = Actor::spawn(
         Some("sip-endpoint".into()),
@@ -87,7 +131,9 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
             clock: Arc::new(clock),
             wire: wire.clone(),
             registrar: registrar.clone(),
-            timers: TimerConfig::default(),
+            calls: calls.clone(),
+            timers,
+            leg_seed: rand::random(),
             inbound_backlog: backlog.0.clone(),
         },
     )
@@ -98,7 +144,15 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     let udp_task = tokio::spawn(transport::serve_udp(sockets.udp.clone(), endpoint.clone(), backlog.clone()));
     let tcp_task = tokio::spawn(transport::serve_tcp(sockets.tcp, endpoint.clone(), wire.clone(), backlog));
 
-    let state = ApiState { token, registrar: registrar.clone(), endpoint: endpoint.clone(), prometheus, clock };
+    let state = ApiState {
+        token,
+        registrar: registrar.clone(),
+        endpoint: endpoint.clone(),
+        prometheus,
+        clock,
+        storage: storage.clone(),
+        calls: Arc::new(CallsList(calls.clone())),
+    };
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new().app_data(actix_web::web::Data::new(state.clone())).configure(http::routes)
     })
@@ -120,10 +174,31 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     tcp_task.abort();
     endpoint.stop(None);
     let _ = endpoint_handle.await;
+    // Calls in progress end with the node (their phones see no more answers); their actors
+    // and ports go with the calls actor.
+    calls.stop(None);
+    let _ = calls_handle.await;
     registrar.stop(None);
     let _ = registrar_handle.await;
+    // The last handle once the actors are gone: dropping it stores what is queued and joins the
+    // writer's thread.
+    drop(cdr_store);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Calls in progress, from the calls actor.
+struct CallsList(ractor::ActorRef<CallsMsg>);
+
+impl CallsView for CallsList {
+    fn active(&self) -> Pin<Box<dyn Future<Output = Vec<ActiveCall>> + Send + '_>> {
+        Box::pin(async move {
+            match self.0.call(CallsMsg::List, Some(Duration::from_secs(4))).await {
+                Ok(ractor::rpc::CallResult::Success(list)) => list,
+                _ => Vec::new(),
+            }
+        })
+    }
 }
 
 async fn wait_for_shutdown_signal() -> anyhow::Result<()> {

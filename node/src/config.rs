@@ -8,13 +8,23 @@
 use pbx_actors::registrar::RegistrarConfig;
 use pbx_actors::registrar::digest::Algorithm;
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_DATA_DIR: &str = "./pbx-data";
 pub const DEFAULT_SIP_LISTEN: &str = "0.0.0.0:5060";
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_RTP_PORTS: &str = "20000-29999";
+/// Ringing this long without an answer ends the call (Asterisk's `Dial()` timeout is similar).
+pub const DEFAULT_NO_ANSWER_TIMEOUT_S: u32 = 30;
+/// An answered call with no RTP for this long is hung up (a phone that vanished without BYE).
+pub const DEFAULT_RTP_TIMEOUT_S: u32 = 60;
+/// The privacy inventory's default for call detail records (category `cdr`).
+pub const DEFAULT_CDR_RETENTION_DAYS: u32 = 90;
+/// Allowed values, inclusive: long enough for a real phone, short enough to be a mistake if exceeded.
+const NO_ANSWER_TIMEOUT_S_RANGE: (u32, u32) = (1, 600);
+const RTP_TIMEOUT_S_RANGE: (u32, u32) = (5, 3_600);
+const CDR_RETENTION_DAYS_RANGE: (u32, u32) = (1, 3_650);
 /// Extensions declared in one file; more is a typo or an attack on start-up time.
 pub const CONFIG_EXTENSIONS_MAX: usize = 10_000;
 
@@ -74,7 +84,31 @@ struct FileConfig {
     #[serde(default)]
     registrar: RegistrarSection,
     #[serde(default)]
+    calls: CallsSection,
+    #[serde(default)]
     extensions: Vec<ExtensionDecl>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct CallsSection {
+    no_answer_timeout_s: Option<u32>,
+    rtp_timeout_s: Option<u32>,
+    media_address: Option<String>,
+    cdr_retention_days: Option<u32>,
+}
+
+/// How calls are handled and how long their records are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallsConfig {
+    pub no_answer_timeout_s: u32,
+    pub rtp_timeout_s: u32,
+    /// The address written into SDP `c=` lines: where phones send their media. Default: the
+    /// SIP listen address, or 127.0.0.1 when that is unspecified (0.0.0.0), since a wildcard
+    /// cannot be sent to — a node serving phones on other machines must set it.
+    pub media_address: IpAddr,
+    /// Call detail records older than this are deleted (privacy category `cdr`).
+    pub cdr_retention_days: u32,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -108,6 +142,7 @@ pub struct Flags {
     pub sip_listen: Option<String>,
     pub http_listen: Option<String>,
     pub rtp_ports: Option<String>,
+    pub media_address: Option<String>,
     pub log_format: Option<LogFormat>,
 }
 
@@ -120,6 +155,7 @@ pub struct Config {
     pub rtp_ports: PortRange,
     pub log_format: LogFormat,
     pub registrar: RegistrarConfig,
+    pub calls: CallsConfig,
     pub extensions: Vec<ExtensionDecl>,
 }
 
@@ -185,6 +221,34 @@ impl Config {
             |s| s.parse::<PortRange>(),
             invalid,
         )?;
+        let default_media = match sip_listen.ip() {
+            ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ip => ip,
+        };
+        let media_address = pick(
+            &flags.media_address,
+            "--media-address",
+            &file.calls.media_address,
+            "calls.media_address",
+            &default_media.to_string(),
+            parse_media_address,
+            invalid,
+        )?;
+        let calls = CallsConfig {
+            no_answer_timeout_s: file.calls.no_answer_timeout_s.unwrap_or(DEFAULT_NO_ANSWER_TIMEOUT_S),
+            rtp_timeout_s: file.calls.rtp_timeout_s.unwrap_or(DEFAULT_RTP_TIMEOUT_S),
+            media_address,
+            cdr_retention_days: file.calls.cdr_retention_days.unwrap_or(DEFAULT_CDR_RETENTION_DAYS),
+        };
+        for (key, value, (low, high)) in [
+            ("calls.no_answer_timeout_s", calls.no_answer_timeout_s, NO_ANSWER_TIMEOUT_S_RANGE),
+            ("calls.rtp_timeout_s", calls.rtp_timeout_s, RTP_TIMEOUT_S_RANGE),
+            ("calls.cdr_retention_days", calls.cdr_retention_days, CDR_RETENTION_DAYS_RANGE),
+        ] {
+            if !(low..=high).contains(&value) {
+                return Err(invalid(key, format!("{value} is not between {low} and {high}")));
+            }
+        }
         let data_dir = flags.data_dir.clone().or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
         let log_format = flags.log_format.or(file.log_format).unwrap_or_default();
 
@@ -257,8 +321,26 @@ impl Config {
                 return Err(invalid(&format!("extensions[{i}].number"), format!("{:?} is declared twice", ext.number)));
             }
         }
-        Ok(Config { data_dir, sip_listen, http_listen, rtp_ports, log_format, registrar, extensions: file.extensions })
+        Ok(Config {
+            data_dir,
+            sip_listen,
+            http_listen,
+            rtp_ports,
+            log_format,
+            registrar,
+            calls,
+            extensions: file.extensions,
+        })
     }
+}
+
+/// An address phones can send media to: not a wildcard, not multicast.
+fn parse_media_address(s: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = s.parse().map_err(|_| format!("{s:?} is not an IP address"))?;
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Err(format!("{s:?} cannot be sent to; give the address phones reach this node at"));
+    }
+    Ok(ip)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -300,6 +382,37 @@ mod tests {
         assert_eq!(c.http_listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.rtp_ports, PortRange { low: 20000, high: 29999 });
         assert_eq!(c.data_dir, PathBuf::from("./pbx-data"));
+        let calls = CallsConfig {
+            no_answer_timeout_s: 30,
+            rtp_timeout_s: 60,
+            media_address: "127.0.0.1".parse().unwrap(),
+            cdr_retention_days: 90,
+        };
+        assert_eq!(c.calls, calls, "0.0.0.0 cannot go into SDP, so media defaults to loopback");
+    }
+
+    /// The shipped example is a valid config, so its documentation cannot drift into fiction.
+    #[test]
+    fn example_file_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pbx.example.toml");
+        let c = Config::load(&Flags { config: Some(path), ..Flags::default() }).unwrap();
+        assert_eq!((c.calls.no_answer_timeout_s, c.calls.cdr_retention_days), (30, 90));
+        assert_eq!(c.extensions.len(), 2);
+    }
+
+    /// The media address follows a specific SIP listen address, and file and flag can set it.
+    #[test]
+    fn media_address_sources() {
+        let flags = Flags { sip_listen: Some("192.0.2.5:5060".into()), ..Flags::default() };
+        assert_eq!(Config::load(&flags).unwrap().calls.media_address, "192.0.2.5".parse::<IpAddr>().unwrap());
+        let c = load_text("[calls]\nmedia_address = \"2001:db8::7\"\nno_answer_timeout_s = 600").unwrap();
+        assert_eq!(c.calls.media_address, "2001:db8::7".parse::<IpAddr>().unwrap());
+        assert_eq!(c.calls.no_answer_timeout_s, 600);
+        let flags = Flags { media_address: Some("198.51.100.1".into()), ..Flags::default() };
+        assert_eq!(Config::load(&flags).unwrap().calls.media_address, "198.51.100.1".parse::<IpAddr>().unwrap());
+        let flags = Flags { media_address: Some("0.0.0.0".into()), ..Flags::default() };
+        let err = Config::load(&flags).unwrap_err().to_string();
+        assert!(err.contains("--media-address") && err.contains("cannot be sent to"), "{err}");
     }
 
     /// A file sets values and extensions; a flag beats the file.
@@ -328,6 +441,17 @@ mod tests {
             ),
             ("[[extensions]]\nnumber = \"1\"", "extensions[0]", "missing field `password`"),
             ("[registrar]\ndigest_algorithms = [\"SHA-1\"]", "registrar.digest_algorithms", "not one of"),
+            ("[calls]\nno_answer_timeout_s = 0", "calls.no_answer_timeout_s", "0 is not between 1 and 600"),
+            ("[calls]\nno_answer_timeout_s = 601", "calls.no_answer_timeout_s", "not between 1 and 600"),
+            ("[calls]\nno_answer_timeout_s = -1", "calls.no_answer_timeout_s", "invalid value"),
+            ("[calls]\nrtp_timeout_s = 4", "calls.rtp_timeout_s", "not between 5 and 3600"),
+            ("[calls]\nrtp_timeout_s = 3601", "calls.rtp_timeout_s", "not between 5 and 3600"),
+            ("[calls]\ncdr_retention_days = 0", "calls.cdr_retention_days", "not between 1 and 3650"),
+            ("[calls]\ncdr_retention_days = 3651", "calls.cdr_retention_days", "not between 1 and 3650"),
+            ("[calls]\nmedia_address = \"pbx.example\"", "calls.media_address", "not an IP address"),
+            ("[calls]\nmedia_address = \"::\"", "calls.media_address", "cannot be sent to"),
+            ("[calls]\nmedia_address = \"224.0.0.1\"", "calls.media_address", "cannot be sent to"),
+            ("[calls]\nrtp_timeout = 5", "calls", "unknown field"),
         ] {
             let err = load_text(text).unwrap_err().to_string();
             assert!(err.contains("pbx.toml"), "{err}");

@@ -1,27 +1,48 @@
-//! The admin HTTP API (actix-web). Handlers only turn requests into actor messages and the
-//! answers into JSON; the registrar owns the data and its rules.
+//! The admin HTTP API (actix-web). Handlers only turn requests into actor messages (or, for
+//! call records, storage reads) and the answers into JSON; the actors own the data and its rules.
 //!
 //! Every `/api/v1` route needs `Authorization: Bearer <DATA_DIR/admin.token>`. `/healthz` and
 //! `/metrics` are open: they carry no personal data (counts only) and listen on 127.0.0.1 by
 //! default, as Kamailio's and Asterisk's Prometheus modules do. Passwords are accepted on
 //! POST and never returned.
+//!
+//! `GET /api/v1/cdrs` pages through call detail records newest first (by end time), the order
+//! a call history is read in; `GET /api/v1/calls` shows the calls in progress. Their JSON field
+//! names are part of the API (README, "Admin API"): times are RFC 3339 UTC strings with
+//! milliseconds, durations whole seconds, ids strings (they exceed JavaScript's 2^53).
 
 use crate::clock::SystemClock;
+use crate::storage::{CDR_PAGE_MAX, CdrCursor, Storage};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 use pbx_actors::Timestamp;
+use pbx_actors::cdr::{ActiveCall, Cdr, Disposition, MediaCounters};
 use pbx_actors::endpoint::EndpointMsg;
 use pbx_actors::registrar::RegistrarMsg;
 use pbx_actors::time::Clock;
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a handler waits for an actor before answering 503.
 const ACTOR_CALL_TIMEOUT_MS: u64 = 5_000;
 /// Largest JSON body the API accepts.
 const JSON_BODY_BYTES_MAX: usize = 16 * 1024;
+/// CDRs per page when the request does not say.
+const CDR_PAGE_DEFAULT: usize = 50;
+/// Longest `extension` filter: a bound on the request, not a format check (a callee is whatever
+/// was dialled).
+const EXTENSION_FILTER_CHARS_MAX: usize = 64;
+
+/// The calls in progress, as the calls subsystem sees them. A future, so the real view can ask
+/// its actor without blocking a worker.
+pub trait CallsView: Send + Sync {
+    fn active(&self) -> Pin<Box<dyn Future<Output = Vec<ActiveCall>> + Send + '_>>;
+}
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -30,6 +51,9 @@ pub struct ApiState {
     pub endpoint: ActorRef<EndpointMsg>,
     pub prometheus: PrometheusHandle,
     pub clock: SystemClock,
+    /// Read directly for CDR queries: redb readers do not wait for the writers.
+    pub storage: Arc<Storage>,
+    pub calls: Arc<dyn CallsView>,
 }
 
 #[derive(Deserialize)]
@@ -56,6 +80,200 @@ struct RegistrationOut {
     source: String,
     transport: &'static str,
     user_agent: Option<String>,
+}
+
+/// Both legs' RTP counters, named rather than indexed.
+#[derive(Serialize)]
+struct MediaOut {
+    caller: MediaCounters,
+    callee: MediaCounters,
+}
+
+#[derive(Serialize)]
+struct CdrOut {
+    id: String,
+    call_id: String,
+    caller: String,
+    callee: String,
+    start: String,
+    answer: Option<String>,
+    end: String,
+    /// Answer to end: the billed time; 0 when not answered.
+    duration_s: u64,
+    /// Start to end, ringing included.
+    total_s: u64,
+    disposition: &'static str,
+    /// The SIP status of a `rejected` call.
+    code: Option<u16>,
+    /// What went wrong in a `failed` call.
+    reason: Option<String>,
+    hangup: Option<&'static str>,
+    codec_caller: Option<String>,
+    codec_callee: Option<String>,
+    media: MediaOut,
+}
+
+impl From<Cdr> for CdrOut {
+    fn from(c: Cdr) -> CdrOut {
+        let (code, reason) = match &c.disposition {
+            Disposition::Rejected { code } => (Some(*code), None),
+            Disposition::Failed { reason } => (None, Some(reason.clone())),
+            _ => (None, None),
+        };
+        CdrOut {
+            id: c.id.to_string(),
+            duration_s: c.duration_s(),
+            total_s: c.end.saturating_since(c.start).as_secs(),
+            disposition: c.disposition.name(),
+            code,
+            reason,
+            hangup: c.hangup.map(|h| h.name()),
+            start: rfc3339(c.start),
+            answer: c.answer.map(rfc3339),
+            end: rfc3339(c.end),
+            media: MediaOut { caller: c.media[0], callee: c.media[1] },
+            call_id: c.call_id,
+            caller: c.caller,
+            callee: c.callee,
+            codec_caller: c.codec_caller,
+            codec_callee: c.codec_callee,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct CdrPageOut {
+    cdrs: Vec<CdrOut>,
+    /// Pass as `cursor` for the next (older) page; `null` when there is none.
+    next: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ActiveCallOut {
+    id: String,
+    call_id: String,
+    caller: String,
+    callee: String,
+    start: String,
+    answer: Option<String>,
+    state: String,
+    /// Since the answer, as of this response; 0 while ringing.
+    duration_s: u64,
+    codec_caller: Option<String>,
+    codec_callee: Option<String>,
+    media: MediaOut,
+}
+
+impl ActiveCallOut {
+    fn new(c: ActiveCall, now: Timestamp) -> ActiveCallOut {
+        ActiveCallOut {
+            id: c.id.to_string(),
+            start: rfc3339(c.start),
+            answer: c.answer.map(rfc3339),
+            duration_s: c.answer.map_or(0, |a| now.saturating_since(a).as_secs()),
+            media: MediaOut { caller: c.media[0], callee: c.media[1] },
+            call_id: c.call_id,
+            caller: c.caller,
+            callee: c.callee,
+            state: c.state,
+            codec_caller: c.codec_caller,
+            codec_callee: c.codec_callee,
+        }
+    }
+}
+
+/// A checked `GET /api/v1/cdrs` query string.
+#[derive(Debug, PartialEq)]
+struct CdrQuery {
+    from: Option<Timestamp>,
+    to: Option<Timestamp>,
+    extension: Option<String>,
+    cursor: Option<CdrCursor>,
+    limit: usize,
+}
+
+/// A refused query parameter: its name and why.
+type BadParameter = (&'static str, String);
+
+fn parse_cdr_query(query: &str) -> Result<CdrQuery, BadParameter> {
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(query)
+        .map_err(|e| ("query", format!("query: not a URL-encoded query string ({e})")))?
+        .into_inner();
+    let mut q = CdrQuery { from: None, to: None, extension: None, cursor: None, limit: CDR_PAGE_DEFAULT };
+    let mut seen: Vec<&'static str> = Vec::new();
+    for (key, value) in pairs {
+        let name = match key.as_str() {
+            "from" => "from",
+            "to" => "to",
+            "extension" => "extension",
+            "cursor" => "cursor",
+            "limit" => "limit",
+            _ => {
+                let reason = format!("{key:?}: unknown parameter (known: from, to, extension, cursor, limit)");
+                return Err(("query", reason));
+            }
+        };
+        if seen.contains(&name) {
+            return Err((name, format!("{name}: given twice")));
+        }
+        seen.push(name);
+        let bad = |reason: String| (name, format!("{name}: {reason}"));
+        match name {
+            "from" => q.from = Some(parse_time(&value).map_err(bad)?),
+            "to" => q.to = Some(parse_time(&value).map_err(bad)?),
+            "extension" => {
+                if value.is_empty() || value.chars().count() > EXTENSION_FILTER_CHARS_MAX {
+                    return Err(bad(format!("must be 1–{EXTENSION_FILTER_CHARS_MAX} characters")));
+                }
+                q.extension = Some(value);
+            }
+            "cursor" => q.cursor = Some(value.parse().map_err(bad)?),
+            _ => {
+                q.limit = match value.parse::<usize>() {
+                    Ok(n) if (1..=CDR_PAGE_MAX).contains(&n) => n,
+                    _ => return Err(bad(format!("{value:?} is not a number from 1 to {CDR_PAGE_MAX}"))),
+                }
+            }
+        }
+    }
+    if let (Some(from), Some(to)) = (q.from, q.to)
+        && to <= from
+    {
+        return Err(("to", "to: must be later than from".into()));
+    }
+    Ok(q)
+}
+
+/// RFC 3339 (`2024-05-01T12:00:00Z`, any offset, optional fraction) or Unix seconds, from 1970
+/// to the end of the year 9999 (the last time RFC 3339 can write).
+fn parse_time(s: &str) -> Result<Timestamp, String> {
+    const UNIX_S_MAX: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    let out_of_range = || format!("{s:?} is outside 1970 to the year 9999");
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return match s.parse::<u64>() {
+            Ok(secs) if secs <= UNIX_S_MAX => Ok(Timestamp::from_secs(secs)),
+            _ => Err(out_of_range()),
+        };
+    }
+    // An unencoded `+02:00` arrives as ` 02:00`: in a query string `+` means a space.
+    let text = match s.char_indices().rev().nth(5) {
+        Some((i, ' ')) => format!("{}+{}", &s[..i], &s[i + 1..]),
+        _ => s.to_string(),
+    };
+    let t = time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| format!("{s:?} is neither an RFC 3339 time (2024-05-01T12:00:00Z) nor Unix seconds"))?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000).map(Timestamp).map_err(|_| out_of_range())
+}
+
+/// UTC, milliseconds, `Z`: one fixed shape that sorts as text.
+fn rfc3339(t: Timestamp) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_micros()) * 1_000)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        // Past the year 9999: no clock of ours gives such a time; show the raw count, not a lie.
+        .unwrap_or_else(|| format!("{}µs", t.as_micros()))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
@@ -196,6 +414,38 @@ async fn registrations(req: HttpRequest, state: web::Data<ApiState>) -> HttpResp
     HttpResponse::Ok().json(out)
 }
 
+async fn cdrs(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
+    require_auth!(req, state);
+    let q = match parse_cdr_query(req.query_string()) {
+        Ok(q) => q,
+        Err((parameter, message)) => {
+            return HttpResponse::BadRequest().json(serde_json::json!({ "error": message, "parameter": parameter }));
+        }
+    };
+    let storage = state.storage.clone();
+    let page = web::block(move || storage.query_cdrs(q.from, q.to, q.extension.as_deref(), q.cursor, q.limit)).await;
+    match page {
+        Ok(Ok((cdrs, next))) => HttpResponse::Ok()
+            .json(CdrPageOut { cdrs: cdrs.into_iter().map(CdrOut::from).collect(), next: next.map(|c| c.to_string()) }),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "CDR query failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "storage: the call records could not be read")
+        }
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "no worker free to read the call records"),
+    }
+}
+
+async fn calls(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
+    require_auth!(req, state);
+    let Ok(active) = tokio::time::timeout(Duration::from_millis(ACTOR_CALL_TIMEOUT_MS), state.calls.active()).await
+    else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the calls subsystem did not answer in time");
+    };
+    let now = state.clock.now();
+    let calls: Vec<ActiveCallOut> = active.into_iter().map(|c| ActiveCallOut::new(c, now)).collect();
+    HttpResponse::Ok().json(serde_json::json!({ "calls": calls }))
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::PayloadConfig::new(JSON_BODY_BYTES_MAX))
         .route("/healthz", web::get().to(healthz))
@@ -204,5 +454,146 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/extensions", web::post().to(put_extension))
         .route("/api/v1/extensions/{number}", web::get().to(get_extension))
         .route("/api/v1/extensions/{number}", web::delete().to(delete_extension))
-        .route("/api/v1/registrations", web::get().to(registrations));
+        .route("/api/v1/registrations", web::get().to(registrations))
+        .route("/api/v1/cdrs", web::get().to(cdrs))
+        .route("/api/v1/calls", web::get().to(calls));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pbx_actors::cdr::HangupSide;
+
+    /// Both time forms are read; RFC 3339 offsets are honoured; the output is UTC with ms.
+    #[test]
+    fn times_in_and_out() {
+        let t = Timestamp::from_secs(1_714_564_800); // 2024-05-01T12:00:00Z
+        assert_eq!(parse_time("1714564800"), Ok(t));
+        assert_eq!(parse_time("2024-05-01T12:00:00Z"), Ok(t));
+        assert_eq!(parse_time("2024-05-01T14:00:00+02:00"), Ok(t));
+        assert_eq!(parse_time("2024-05-01T14:00:00 02:00"), Ok(t), "a + decoded to a space");
+        assert_eq!(parse_time("2024-05-01T12:00:00.250Z"), Ok(Timestamp(t.as_micros() + 250_000)));
+        assert_eq!(rfc3339(Timestamp(t.as_micros() + 250_999)), "2024-05-01T12:00:00.250Z");
+        assert_eq!(rfc3339(Timestamp::ZERO), "1970-01-01T00:00:00.000Z");
+        assert_eq!(parse_time("253402300799").map(rfc3339), Ok("9999-12-31T23:59:59.000Z".into()));
+        for bad in ["", "yesterday", "2024-05-01", "2024-13-01T00:00:00Z", "-5", "1.5", "1969-12-31T23:59:59Z"] {
+            assert!(parse_time(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_time("253402300800").unwrap_err().contains("outside"));
+        assert!(parse_time(&"9".repeat(60)).unwrap_err().contains("outside"));
+    }
+
+    /// Every parameter is read; limit defaults to 50.
+    #[test]
+    fn cdr_query_reads_every_parameter() {
+        let q = parse_cdr_query("").unwrap();
+        assert_eq!((q.from, q.to, q.extension, q.cursor, q.limit), (None, None, None, None, 50));
+        let cursor = "0000000000000001000000000000000f";
+        let q = parse_cdr_query(&format!(
+            "from=2024-05-01T00:00:00%2B02:00&to=1714564800&extension=100&limit=500&cursor={cursor}"
+        ))
+        .unwrap();
+        assert_eq!(q.from, Some(Timestamp::from_secs(1_714_514_400)));
+        assert_eq!(q.to, Some(Timestamp::from_secs(1_714_564_800)));
+        assert_eq!((q.extension.as_deref(), q.limit), (Some("100"), 500));
+        assert_eq!(q.cursor.map(|c| c.to_string()).as_deref(), Some(cursor));
+    }
+
+    /// A bad parameter is refused naming it, in the message and in `parameter`.
+    #[test]
+    fn cdr_query_names_the_bad_parameter() {
+        for (query, parameter, why) in [
+            ("from=yesterday", "from", "RFC 3339"),
+            ("to=2024-05-01", "to", "RFC 3339"),
+            ("from=200&to=100", "to", "later than from"),
+            ("from=100&to=100", "to", "later than from"),
+            ("limit=0", "limit", "1 to 500"),
+            ("limit=501", "limit", "1 to 500"),
+            ("limit=ten", "limit", "1 to 500"),
+            ("cursor=abc", "cursor", "previous page"),
+            ("extension=", "extension", "1–64"),
+            ("limit=5&limit=6", "limit", "twice"),
+            ("extention=100", "query", "\"extention\": unknown parameter"),
+        ] {
+            let (name, message) = parse_cdr_query(query).unwrap_err();
+            assert_eq!(name, parameter, "{query}");
+            assert!(message.starts_with(parameter) || name == "query", "{query}: {message}");
+            assert!(message.contains(why), "{query}: {message}");
+        }
+    }
+
+    /// The CDR's JSON has the documented names and shapes (README, "Admin API").
+    #[test]
+    fn cdr_json_shape() {
+        let mut media = [MediaCounters::default(); 2];
+        media[1].lost = 3;
+        let cdr = Cdr {
+            id: u64::MAX,
+            call_id: "abc@phone".into(),
+            caller: "100".into(),
+            callee: "101".into(),
+            start: Timestamp::from_secs(1_714_564_800),
+            answer: Some(Timestamp::from_secs(1_714_564_805)),
+            end: Timestamp::from_millis(1_714_564_867_500),
+            disposition: Disposition::Rejected { code: 603 },
+            hangup: Some(HangupSide::Callee),
+            codec_caller: Some("PCMU".into()),
+            codec_callee: None,
+            media,
+        };
+        let json = serde_json::to_value(CdrOut::from(cdr)).unwrap();
+        let counters = serde_json::json!({
+            "packets_in": 0, "bytes_in": 0, "packets_out": 0, "bytes_out": 0, "lost": 0, "jitter_us": 0
+        });
+        let mut callee = counters.clone();
+        callee["lost"] = 3.into();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "id": "18446744073709551615",
+                "call_id": "abc@phone",
+                "caller": "100",
+                "callee": "101",
+                "start": "2024-05-01T12:00:00.000Z",
+                "answer": "2024-05-01T12:00:05.000Z",
+                "end": "2024-05-01T12:01:07.500Z",
+                "duration_s": 62,
+                "total_s": 67,
+                "disposition": "rejected",
+                "code": 603,
+                "reason": null,
+                "hangup": "callee",
+                "codec_caller": "PCMU",
+                "codec_callee": null,
+                "media": { "caller": counters, "callee": callee },
+            })
+        );
+    }
+
+    /// An active call's duration runs from its answer to now; a ringing call shows 0.
+    #[test]
+    fn active_call_duration_runs_from_answer() {
+        let call = ActiveCall {
+            id: 7,
+            call_id: "c".into(),
+            caller: "100".into(),
+            callee: "101".into(),
+            start: Timestamp::from_secs(100),
+            answer: Some(Timestamp::from_secs(110)),
+            state: "answered".into(),
+            codec_caller: None,
+            codec_callee: None,
+            media: Default::default(),
+        };
+        let out = serde_json::to_value(ActiveCallOut::new(call.clone(), Timestamp::from_secs(145))).unwrap();
+        assert_eq!(
+            (out["duration_s"].as_u64(), out["state"].as_str(), out["id"].as_str()),
+            (Some(35), Some("answered"), Some("7"))
+        );
+        let ringing = ActiveCall { answer: None, state: "ringing".into(), ..call };
+        assert_eq!(
+            serde_json::to_value(ActiveCallOut::new(ringing, Timestamp::from_secs(145))).unwrap()["duration_s"],
+            0
+        );
+    }
 }

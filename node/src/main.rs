@@ -32,6 +32,9 @@ enum Command {
         /// UDP ports for RTP media [default: 20000-29999]
         #[arg(long, value_name = "LOW-HIGH")]
         rtp_ports: Option<String>,
+        /// IP address put into SDP for media [default: the --sip-listen IP, 127.0.0.1 if that is 0.0.0.0]
+        #[arg(long, value_name = "IP")]
+        media_address: Option<String>,
         /// Log format on stderr [default: human]
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
@@ -40,8 +43,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Appliance { data_dir, config, sip_listen, http_listen, rtp_ports, log_format } = cli.command;
-    let flags = Flags { data_dir, config, sip_listen, http_listen, rtp_ports, log_format };
+    let Command::Appliance { data_dir, config, sip_listen, http_listen, rtp_ports, media_address, log_format } =
+        cli.command;
+    let flags = Flags { data_dir, config, sip_listen, http_listen, rtp_ports, media_address, log_format };
     let config = match Config::load(&flags) {
         Ok(c) => c,
         Err(e) => {

@@ -5,21 +5,43 @@
 //! (ARCHITECTURE.md, "Cluster"). Values are postcard inside explicit version enums so the
 //! format can evolve without a migration flag day. A commit is durable (fsync) before
 //! `apply` returns, so the phone's 200 OK is only sent for a binding that a `kill -9` keeps.
+//!
+//! Call detail records go through [`CdrWriter`], which batches the records of calls ending
+//! together into one durable commit (group commit, as the registrar's writer does), and are
+//! read back a page at a time by end time ([`Storage::query_cdrs`]).
 
+use pbx_actors::Timestamp;
+use pbx_actors::cdr::{Cdr, CdrStore};
 use pbx_actors::registrar::{Binding, Extension, RegistrarCommand, RegistrarStore};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender};
 
 const EXTENSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("extensions");
 /// Keyed by `aor \0 contact`, so one AOR's bindings sit together.
 const BINDINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("bindings");
+/// Keyed by `(end µs, id)`: a time window is a key range, and the id keeps apart calls that
+/// ended in the same microsecond.
+const CDRS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("cdrs");
 
 pub const DB_FILE: &str = "pbx.redb";
 
 /// Every table of the file; each must be declared in the privacy inventory
 /// (`pbx_actors::privacy::INVENTORY`) — a test checks it.
-pub const TABLES: &[&str] = &["extensions", "bindings"];
+pub const TABLES: &[&str] = &["extensions", "bindings", "cdrs"];
+
+/// Records one CDR page holds at most.
+pub const CDR_PAGE_MAX: usize = 500;
+/// Rows one CDR query reads at most. A filter that matches little ends the page early (with a
+/// cursor) instead of letting one request scan the whole table.
+pub const CDR_QUERY_ROWS_MAX: usize = 10_000;
+/// Records the CDR writer takes into one transaction at most.
+pub const CDR_BATCH_MAX: usize = 512;
+/// Records waiting for the CDR writer; when full, `persist` waits for room.
+pub const CDR_QUEUE_MAX: usize = 4_096;
+const _: () = assert!(CDR_PAGE_MAX < CDR_QUERY_ROWS_MAX && CDR_BATCH_MAX <= CDR_QUEUE_MAX);
 
 #[derive(Serialize, Deserialize)]
 enum StoredExtensionV {
@@ -29,6 +51,11 @@ enum StoredExtensionV {
 #[derive(Serialize, Deserialize)]
 enum StoredBindingV {
     V1(Binding),
+}
+
+#[derive(Serialize, Deserialize)]
+enum StoredCdrV {
+    V1(Cdr),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +91,7 @@ impl Storage {
         let tx = db.begin_write().map_err(redb_err)?;
         tx.open_table(EXTENSIONS).map_err(redb_err)?;
         tx.open_table(BINDINGS).map_err(redb_err)?;
+        tx.open_table(CDRS).map_err(redb_err)?;
         tx.commit().map_err(redb_err)?;
         Ok(Storage { db })
     }
@@ -111,6 +139,126 @@ impl Storage {
         }
         tx.commit().map_err(redb_err)
     }
+
+    /// Stores call records in one durable transaction: all or none. Storing a record again
+    /// (same end and id) keeps one copy, so a retried batch does no harm.
+    pub fn put_cdrs(&self, cdrs: &[Cdr]) -> Result<(), StorageError> {
+        let mut tx = self.db.begin_write().map_err(redb_err)?;
+        // The default today, said explicitly: `persist` promises the record is on disk.
+        tx.set_durability(Durability::Immediate).map_err(redb_err)?;
+        {
+            let mut table = tx.open_table(CDRS).map_err(redb_err)?;
+            for cdr in cdrs {
+                let value = postcard::to_allocvec(&StoredCdrV::V1(cdr.clone())).map_err(redb_err)?;
+                table.insert((cdr.end.as_micros(), cdr.id), value.as_slice()).map_err(redb_err)?;
+            }
+        }
+        tx.commit().map_err(redb_err)
+    }
+
+    /// One page of call records that ended in `from <= end < to`, newest first, optionally only
+    /// those where `extension` is caller or callee, continuing below `after`. The cursor is
+    /// `Some` when more records may follow: a page can end early (even empty) once it has read
+    /// [`CDR_QUERY_ROWS_MAX`] rows.
+    pub fn query_cdrs(
+        &self,
+        from: Option<Timestamp>,
+        to: Option<Timestamp>,
+        extension: Option<&str>,
+        after: Option<CdrCursor>,
+        limit: usize,
+    ) -> Result<(Vec<Cdr>, Option<CdrCursor>), StorageError> {
+        let limit = limit.clamp(1, CDR_PAGE_MAX);
+        let lower = (from.map_or(0, Timestamp::as_micros), 0);
+        // Both bounds are exclusive, so the lower of the two is the one that applies.
+        let upper = match (to.map(|t| (t.as_micros(), 0)), after.map(|c| (c.end, c.id))) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let tx = self.db.begin_read().map_err(redb_err)?;
+        let table = tx.open_table(CDRS).map_err(redb_err)?;
+        let rows = match upper {
+            Some(upper) if upper <= lower => return Ok((Vec::new(), None)),
+            Some(upper) => table.range(lower..upper),
+            None => table.range(lower..),
+        }
+        .map_err(redb_err)?;
+        let mut page = Vec::new();
+        let mut last_read = None;
+        for (read, row) in rows.rev().enumerate() {
+            if read == CDR_QUERY_ROWS_MAX {
+                return Ok((page, last_read));
+            }
+            let (k, v) = row.map_err(redb_err)?;
+            let (end, id) = k.value();
+            // A second version turns this into a match that upgrades.
+            let StoredCdrV::V1(cdr) = decode("cdrs", || format!("{end}/{id}"), v.value())?;
+            if extension.is_none_or(|e| cdr.involves(e)) {
+                if page.len() == limit {
+                    return Ok((page, last_read));
+                }
+                page.push(cdr);
+            }
+            last_read = Some(CdrCursor { end, id });
+        }
+        Ok((page, None))
+    }
+
+    /// Deletes the call records that ended before `t` (the retention reaper's job, issue 6);
+    /// returns how many went.
+    pub fn delete_cdrs_ended_before(&self, t: Timestamp) -> Result<u64, StorageError> {
+        let tx = self.db.begin_write().map_err(redb_err)?;
+        let mut deleted = 0;
+        {
+            let mut table = tx.open_table(CDRS).map_err(redb_err)?;
+            for row in table.extract_from_if(..(t.as_micros(), 0), |_, _| true).map_err(redb_err)? {
+                row.map_err(redb_err)?;
+                deleted += 1;
+            }
+        }
+        tx.commit().map_err(redb_err)?;
+        Ok(deleted)
+    }
+}
+
+/// Where a page of CDRs stopped: the key of the last row it read. The next page continues
+/// strictly below it. Shown to API clients as 32 hex digits; opaque to them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CdrCursor {
+    end: u64,
+    id: u64,
+}
+
+impl std::fmt::Display for CdrCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}{:016x}", self.end, self.id)
+    }
+}
+
+impl std::str::FromStr for CdrCursor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<CdrCursor, String> {
+        let bad = || "not a cursor from a previous page".to_string();
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let end = u64::from_str_radix(&s[..16], 16).map_err(|_| bad())?;
+        let id = u64::from_str_radix(&s[16..], 16).map_err(|_| bad())?;
+        Ok(CdrCursor { end, id })
+    }
+}
+
+/// A stored value, decoded from its version enum; the error names the table and the key.
+fn decode<V: serde::de::DeserializeOwned>(
+    table: &str,
+    key: impl FnOnce() -> String,
+    bytes: &[u8],
+) -> Result<V, StorageError> {
+    postcard::from_bytes(bytes).map_err(|e| StorageError::Decode {
+        table: table.to_string(),
+        key: key(),
+        reason: e.to_string(),
+    })
 }
 
 /// Every record of one table, decoded from its version enum and brought up to the current type.
@@ -123,12 +271,7 @@ fn read_all<V: serde::de::DeserializeOwned, T>(
     let mut out = Vec::new();
     for row in tx.open_table(table).map_err(redb_err)?.iter().map_err(redb_err)? {
         let (k, v) = row.map_err(redb_err)?;
-        let decoded: V = postcard::from_bytes(v.value()).map_err(|e| StorageError::Decode {
-            table: table.name().to_string(),
-            key: k.value().to_string(),
-            reason: e.to_string(),
-        })?;
-        out.push(upgrade(decoded));
+        out.push(upgrade(decode(table.name(), || k.value().to_string(), v.value())?));
     }
     Ok(out)
 }
@@ -140,6 +283,65 @@ fn binding_key(aor: &str, contact: &str) -> String {
 impl RegistrarStore for Storage {
     fn apply(&self, commands: &[RegistrarCommand]) -> Result<(), String> {
         Storage::apply(self, commands).map_err(|e| e.to_string())
+    }
+}
+
+/// A finished call's record and where to say whether it is stored.
+type CdrJob = (Cdr, SyncSender<Result<(), String>>);
+
+/// The node's [`CdrStore`]: group commit on a thread of its own. Each `persist` queues its
+/// record and waits; the thread takes every record waiting (up to [`CDR_BATCH_MAX`]), stores
+/// them in one durable transaction, then answers each caller. Under load one fsync serves many
+/// ending calls, and no caller hears "stored" before its record is on disk. Dropping the writer
+/// stores what is queued and ends the thread.
+pub struct CdrWriter {
+    /// `None` only while dropping.
+    jobs: Option<SyncSender<CdrJob>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CdrWriter {
+    pub fn start(storage: Arc<Storage>) -> std::io::Result<CdrWriter> {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<CdrJob>(CDR_QUEUE_MAX);
+        let thread =
+            std::thread::Builder::new().name("cdr-writer".into()).spawn(move || write_cdrs(&queue, &storage))?;
+        Ok(CdrWriter { jobs: Some(jobs), thread: Some(thread) })
+    }
+}
+
+impl CdrStore for CdrWriter {
+    fn persist(&self, cdr: Cdr) -> Result<(), String> {
+        let (reply, stored) = std::sync::mpsc::sync_channel(1);
+        let jobs = self.jobs.as_ref().expect("the queue lives until drop");
+        jobs.send((cdr, reply)).map_err(|_| "the CDR writer has stopped".to_string())?;
+        stored.recv().map_err(|_| "the CDR writer stopped before storing the record".to_string())?
+    }
+}
+
+impl Drop for CdrWriter {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn write_cdrs(queue: &Receiver<CdrJob>, storage: &Storage) {
+    while let Ok(first) = queue.recv() {
+        let (cdrs, replies): (Vec<Cdr>, Vec<_>) =
+            std::iter::once(first).chain(queue.try_iter().take(CDR_BATCH_MAX - 1)).unzip();
+        let result = storage.put_cdrs(&cdrs).map_err(|e| e.to_string());
+        match &result {
+            Ok(()) => metrics::counter!("pbx_cdrs_stored_total").increment(cdrs.len() as u64),
+            Err(error) => {
+                tracing::error!(%error, records = cdrs.len(), "CDR storage refused a batch");
+                metrics::counter!("pbx_cdr_storage_failures_total").increment(1);
+            }
+        }
+        for reply in replies {
+            let _ = reply.send(result.clone());
+        }
     }
 }
 
@@ -181,6 +383,146 @@ mod tests {
                 pbx_actors::privacy::INVENTORY.iter().any(|c| c.stored_in.contains(&place.as_str())),
                 "redb table {table} holds data not declared in the privacy inventory"
             );
+        }
+    }
+
+    fn cdr(id: u64, end_s: u64, caller: &str, callee: &str) -> Cdr {
+        use pbx_actors::cdr::{Disposition, MediaCounters};
+        Cdr {
+            id,
+            call_id: format!("call-{id}"),
+            caller: caller.into(),
+            callee: callee.into(),
+            start: Timestamp::from_secs(end_s - 5),
+            answer: Some(Timestamp::from_secs(end_s - 3)),
+            end: Timestamp::from_secs(end_s),
+            disposition: Disposition::Answered,
+            hangup: None,
+            codec_caller: Some("PCMU".into()),
+            codec_callee: Some("PCMA".into()),
+            media: [MediaCounters { packets_in: id, ..MediaCounters::default() }, MediaCounters::default()],
+        }
+    }
+
+    fn ids(cdrs: &[Cdr]) -> Vec<u64> {
+        cdrs.iter().map(|c| c.id).collect()
+    }
+
+    /// Records persisted by many callers at once through the writer are all stored, whole, and
+    /// are still there after the writer and the file are closed and reopened.
+    #[test]
+    fn persisted_cdrs_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let expected: Vec<Cdr> = (1..=40).map(|id| cdr(id, 1_000 + id, "100", "101")).collect();
+        {
+            let writer = Arc::new(CdrWriter::start(Arc::new(Storage::open(dir.path()).unwrap())).unwrap());
+            let threads: Vec<_> = expected
+                .chunks(10)
+                .map(|chunk| {
+                    let (writer, chunk) = (writer.clone(), chunk.to_vec());
+                    std::thread::spawn(move || chunk.into_iter().map(|c| writer.persist(c)).collect::<Vec<_>>())
+                })
+                .collect();
+            for t in threads {
+                assert!(t.join().unwrap().iter().all(Result::is_ok));
+            }
+        }
+        let s = Storage::open(dir.path()).unwrap();
+        let (page, next) = s.query_cdrs(None, None, None, None, 100).unwrap();
+        assert_eq!(next, None);
+        let mut newest_first = expected.clone();
+        newest_first.reverse();
+        assert_eq!(page, newest_first);
+    }
+
+    /// `from` is inclusive and `to` exclusive on the end time; the extension filter matches
+    /// caller or callee; results are newest first.
+    #[test]
+    fn query_filters_by_end_time_and_extension() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        s.put_cdrs(&[cdr(1, 100, "100", "101"), cdr(2, 200, "101", "102"), cdr(3, 300, "102", "100")]).unwrap();
+        s.put_cdrs(&[cdr(4, 300, "103", "104")]).unwrap();
+        let q = |from: Option<u64>, to: Option<u64>, ext: Option<&str>| {
+            let (page, next) =
+                s.query_cdrs(from.map(Timestamp::from_secs), to.map(Timestamp::from_secs), ext, None, 50).unwrap();
+            assert_eq!(next, None);
+            ids(&page)
+        };
+        assert_eq!(q(None, None, None), [4, 3, 2, 1]);
+        assert_eq!(q(Some(200), None, None), [4, 3, 2]);
+        assert_eq!(q(None, Some(300), None), [2, 1]);
+        assert_eq!(q(Some(200), Some(300), None), [2]);
+        assert_eq!(q(Some(300), Some(200), None), Vec::<u64>::new());
+        assert_eq!(q(None, None, Some("100")), [3, 1]);
+        assert_eq!(q(None, None, Some("10")), Vec::<u64>::new());
+        assert_eq!(q(Some(150), None, Some("102")), [3, 2]);
+    }
+
+    /// Walking the cursor visits every record once, newest first, `limit` at a time, and the
+    /// last page says there is no more.
+    #[test]
+    fn pages_follow_the_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        // Ids 1..=7, three of them ending in the same second.
+        let records: Vec<Cdr> = (1..=7).map(|id| cdr(id, if id <= 3 { 50 } else { 50 + id }, "100", "101")).collect();
+        s.put_cdrs(&records).unwrap();
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        for _ in 0..10 {
+            let (page, next) = s.query_cdrs(None, None, None, cursor, 3).unwrap();
+            assert!(page.len() <= 3);
+            seen.extend(ids(&page));
+            cursor = next;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        assert_eq!(cursor, None, "the walk did not end");
+        assert_eq!(seen, [7, 6, 5, 4, 3, 2, 1]);
+        let (page, next) = s.query_cdrs(None, None, None, None, 7).unwrap();
+        assert_eq!((page.len(), next), (7, None), "an exact fit needs no further page");
+        let (page, next) = s.query_cdrs(None, Some(Timestamp::from_secs(56)), Some("100"), None, 2).unwrap();
+        assert_eq!(ids(&page), [5, 4]);
+        let (page, next) = s.query_cdrs(None, Some(Timestamp::from_secs(56)), Some("100"), next, 2).unwrap();
+        assert_eq!((ids(&page), next.is_some()), (vec![3, 2], true));
+    }
+
+    /// A filter that matches nothing ends a page after CDR_QUERY_ROWS_MAX rows with a cursor,
+    /// and the next page finishes the table.
+    #[test]
+    fn a_page_reads_at_most_the_row_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        let records: Vec<Cdr> = (1..=CDR_QUERY_ROWS_MAX as u64 + 10).map(|id| cdr(id, 1_000, "100", "101")).collect();
+        s.put_cdrs(&records).unwrap();
+        let (page, next) = s.query_cdrs(None, None, Some("999"), None, 50).unwrap();
+        assert!(page.is_empty() && next.is_some());
+        let (page, next) = s.query_cdrs(None, None, Some("999"), next, 50).unwrap();
+        assert_eq!((page.len(), next), (0, None));
+        let (page, _) = s.query_cdrs(None, None, Some("100"), None, 10_000).unwrap();
+        assert_eq!(page.len(), CDR_PAGE_MAX, "limit is capped");
+    }
+
+    /// Deleting before `t` removes exactly the records that ended before it and counts them.
+    #[test]
+    fn delete_cdrs_ended_before_removes_older_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        s.put_cdrs(&[cdr(1, 100, "100", "101"), cdr(2, 199, "100", "101"), cdr(3, 200, "100", "101")]).unwrap();
+        assert_eq!(s.delete_cdrs_ended_before(Timestamp::from_secs(200)).unwrap(), 2);
+        assert_eq!(ids(&s.query_cdrs(None, None, None, None, 50).unwrap().0), [3]);
+        assert_eq!(s.delete_cdrs_ended_before(Timestamp::from_secs(200)).unwrap(), 0);
+    }
+
+    /// A cursor prints as 32 hex digits and reads back; anything else is refused.
+    #[test]
+    fn cursor_round_trips_and_refuses_garbage() {
+        let c = CdrCursor { end: 1_700_000_000_000_000, id: u64::MAX };
+        assert_eq!(c.to_string().parse::<CdrCursor>(), Ok(c));
+        for bad in ["", "xyz", &"0".repeat(31), &"g".repeat(32), &"0".repeat(33), "+000000000000000000000000000000f"] {
+            assert!(bad.parse::<CdrCursor>().is_err(), "{bad:?}");
         }
     }
 

@@ -4,10 +4,17 @@
 //! directory, waits (bounded) for `/healthz`, and on drop stops it: SIGTERM, a bounded wait,
 //! then SIGKILL — no test leaks a process. It runs SIPp (Debian `sip-tester`) with bounded
 //! timeouts, speaks raw SIP over UDP/TCP for what SIPp cannot do, and computes digests with
-//! its own MD5/SHA-256 code, independent of the product's.
+//! its own MD5/SHA-256 code, independent of the product's. For calls it adds RTP and pcap
+//! handling ([`rtp`]), G.711 and tone detection ([`audio`]) and a scripted softphone
+//! ([`baresip`]), all independent of the product's media code too.
+
+pub mod audio;
+pub mod baresip;
+pub mod rtp;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -17,8 +24,11 @@ use std::time::{Duration, Instant};
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a node may take to exit after SIGTERM before it is killed.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest one SIPp run may take before it is killed.
-pub const SIPP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default bound on one SIPp run: SIPp's own `-timeout`; the harness kills it
+/// [`SIPP_KILL_GRACE`] later.
+pub const SIPP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long after its own `-timeout` a SIPp run may take to exit before it is killed.
+pub const SIPP_KILL_GRACE: Duration = Duration::from_secs(10);
 
 /// The `pbx` binary, built once per test process.
 pub fn binary() -> PathBuf {
@@ -70,6 +80,34 @@ pub fn free_port() -> u16 {
     panic!("no port free for both UDP and TCP on 127.0.0.1 after 100 tries");
 }
 
+/// `len` consecutive UDP ports on 127.0.0.1, all free when asked, for one node's `--rtp-ports`
+/// (or a softphone's). Taken below the kernel's ephemeral range (32768 and up), where
+/// [`free_port`] never looks; never a block overlapping one already handed out in this
+/// process (pbx binds its ports only when a call needs them, so probing alone cannot tell);
+/// spread by process id so test binaries running at once rarely probe the same ports.
+pub fn free_port_block(len: u16) -> RangeInclusive<u16> {
+    const LOW: u32 = 10_000;
+    const HIGH: u32 = 32_000;
+    static HANDED_OUT: std::sync::Mutex<Vec<RangeInclusive<u32>>> = std::sync::Mutex::new(Vec::new());
+    let len = u32::from(len.max(2));
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let offset = std::process::id().wrapping_mul(7_919) % (HIGH - LOW);
+    // Even starts, stepping by the length, from an offset that differs between processes.
+    let starts = (0..(HIGH - LOW) / len).map(|i| LOW + (offset / 2 * 2 + i * len) % (HIGH - LOW - len));
+    for start in starts {
+        let block = start..=start + len - 1;
+        if handed_out.iter().any(|b| b.start() <= block.end() && block.start() <= b.end()) {
+            continue;
+        }
+        let held: Vec<UdpSocket> = block.clone().map_while(|p| UdpSocket::bind(("127.0.0.1", p as u16)).ok()).collect();
+        if held.len() == len as usize {
+            handed_out.push(block.clone());
+            return *block.start() as u16..=*block.end() as u16;
+        }
+    }
+    panic!("no block of {len} free UDP ports between {LOW} and {HIGH}");
+}
+
 /// One extension declared in the node's config file.
 #[derive(Clone)]
 pub struct Ext {
@@ -88,6 +126,10 @@ pub struct PbxOptions {
     pub extensions: Vec<Ext>,
     /// Extra `key = value` lines for the `[registrar]` table.
     pub registrar: Vec<String>,
+    /// `key = value` lines for the `[calls]` table (written only when there are some).
+    pub calls: Vec<String>,
+    /// `--rtp-ports`; the binary's default when `None`.
+    pub rtp_ports: Option<RangeInclusive<u16>>,
 }
 
 impl Default for PbxOptions {
@@ -96,6 +138,8 @@ impl Default for PbxOptions {
         PbxOptions {
             extensions: vec![ext("100", "secret-100"), ext("101", "secret-101")],
             registrar: vec!["digest_algorithms = [\"MD5\", \"SHA-256\"]".into()],
+            calls: Vec::new(),
+            rtp_ports: None,
         }
     }
 }
@@ -103,6 +147,27 @@ impl Default for PbxOptions {
 impl PbxOptions {
     pub fn registrar(mut self, line: &str) -> Self {
         self.registrar.push(line.into());
+        self
+    }
+
+    /// Challenges with MD5 only. baresip 1.0.0 (libre 1.0) gives up on a 401/407 as soon as
+    /// one challenge has an algorithm other than MD5 ("Function not implemented"), whatever
+    /// the order, so the default MD5-then-SHA-256 does not do for it.
+    pub fn md5_only(mut self) -> Self {
+        self.registrar.retain(|l| !l.starts_with("digest_algorithms"));
+        self.registrar.push("digest_algorithms = [\"MD5\"]".into());
+        self
+    }
+
+    pub fn calls(mut self, line: &str) -> Self {
+        self.calls.push(line.into());
+        self
+    }
+
+    /// A private block of `count` RTP ports (see [`free_port_block`]), so parallel tests never
+    /// share one and a test can tell pbx's media ports from everyone else's.
+    pub fn own_rtp_ports(mut self, count: u16) -> Self {
+        self.rtp_ports = Some(free_port_block(count));
         self
     }
 }
@@ -114,6 +179,8 @@ pub struct Pbx {
     pub sip: SocketAddr,
     pub http: SocketAddr,
     pub token: String,
+    /// The `--rtp-ports` it was given, if any.
+    pub rtp_ports: Option<RangeInclusive<u16>>,
     starts: u32,
 }
 
@@ -127,6 +194,13 @@ impl Pbx {
             toml.push_str(line);
             toml.push('\n');
         }
+        if !options.calls.is_empty() {
+            toml.push_str("\n[calls]\n");
+            for line in &options.calls {
+                toml.push_str(line);
+                toml.push('\n');
+            }
+        }
         for e in &options.extensions {
             toml.push_str(&format!(
                 "\n[[extensions]]\nnumber = {:?}\npassword = {:?}\ndisplay_name = {:?}\n",
@@ -134,7 +208,8 @@ impl Pbx {
             ));
         }
         std::fs::write(dir.path().join("pbx.toml"), toml).expect("write config");
-        let mut pbx = Pbx { child: None, dir, sip, http, token: String::new(), starts: 0 };
+        let rtp_ports = options.rtp_ports.clone();
+        let mut pbx = Pbx { child: None, dir, sip, http, token: String::new(), rtp_ports, starts: 0 };
         pbx.spawn();
         pbx
     }
@@ -159,8 +234,12 @@ impl Pbx {
     fn spawn(&mut self) {
         self.starts += 1;
         let log = std::fs::File::create(self.log_path()).expect("create node log");
-        let child = Command::new(binary())
-            .arg("appliance")
+        let mut command = Command::new(binary());
+        command.arg("appliance");
+        if let Some(ports) = &self.rtp_ports {
+            command.arg("--rtp-ports").arg(format!("{}-{}", ports.start(), ports.end()));
+        }
+        let child = command
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--config")
@@ -567,6 +646,15 @@ pub fn authorization(challenge: &str, user: &str, password: &str, method: &str, 
     )
 }
 
+/// One message in a SIPp trace.
+#[derive(Debug, Clone)]
+pub struct SippMessage {
+    /// Sent by SIPp (else received).
+    pub sent: bool,
+    /// The message as on the wire (CRLF line ends).
+    pub text: String,
+}
+
 /// The result of one SIPp run.
 pub struct SippRun {
     pub success: bool,
@@ -575,70 +663,319 @@ pub struct SippRun {
     pub messages: String,
     /// SIPp's error trace and stderr, for failure reports.
     pub errors: String,
+    /// SIPp's final statistics screen (its stdout).
+    pub screen: String,
 }
 
 impl SippRun {
-    /// The received SIP responses, in order, as texts.
-    pub fn received(&self) -> Vec<String> {
+    /// Every message of the trace, in order.
+    pub fn trace(&self) -> Vec<SippMessage> {
         self.messages
-            .split("message received")
-            .skip(1)
-            .filter_map(|chunk| chunk.split_once(":\n\n").map(|(_, m)| m))
-            .map(|m| m.split("\n\n\n").next().unwrap_or(m).replace('\n', "\r\n"))
+            .split("----------------------------------------------- ")
+            .filter_map(|chunk| {
+                // "<timestamp>\nUDP message sent (N bytes):\n\n<message>\n"
+                let (_, rest) = chunk.split_once('\n')?;
+                let sent = match rest.get(4..) {
+                    Some(r) if r.starts_with("message sent") => true,
+                    Some(r) if r.starts_with("message received") => false,
+                    _ => return None,
+                };
+                let (_, message) = rest.split_once("\n\n")?;
+                let message = message.strip_suffix('\n').unwrap_or(message);
+                Some(SippMessage { sent, text: message.replace("\r\n", "\n").replace('\n', "\r\n") })
+            })
             .collect()
+    }
+
+    /// The received messages, in order, as texts.
+    pub fn received(&self) -> Vec<String> {
+        self.trace().into_iter().filter(|m| !m.sent).map(|m| m.text).collect()
+    }
+
+    /// The sent messages, in order, as texts.
+    pub fn sent(&self) -> Vec<String> {
+        self.trace().into_iter().filter(|m| m.sent).map(|m| m.text).collect()
     }
 
     pub fn received_codes(&self) -> Vec<u16> {
         self.received().iter().filter_map(|m| status_code(m)).collect()
+    }
+
+    /// The received requests with this method, in order.
+    pub fn received_requests(&self, method: &str) -> Vec<String> {
+        self.received().into_iter().filter(|m| request_method(m) == Some(method)).collect()
+    }
+
+    /// The sent requests with this method, in order.
+    pub fn sent_requests(&self, method: &str) -> Vec<String> {
+        self.sent().into_iter().filter(|m| request_method(m) == Some(method)).collect()
+    }
+
+    /// A cumulative count from SIPp's final statistics screen, by its label ("Successful
+    /// call", "Failed call", "Total Call created").
+    pub fn calls_counted(&self, label: &str) -> Option<u64> {
+        let line = self.screen.lines().rfind(|l| l.trim_start().starts_with(label))?;
+        line.split('|').nth(2)?.trim().parse().ok()
+    }
+
+    /// Everything about the run, for an assertion message.
+    pub fn report(&self) -> String {
+        format!("exit {:?}\n{}\n{}\n{}", self.exit_code, self.errors, self.screen, self.messages)
+    }
+}
+
+/// The method of a SIP request text (`None` for a response).
+pub fn request_method(message: &str) -> Option<&str> {
+    let first = message.lines().next()?;
+    if first.starts_with("SIP/2.0") {
+        return None;
+    }
+    first.split(' ').next()
+}
+
+/// The body of a SIP message text (after the blank line).
+pub fn body(message: &str) -> &str {
+    message.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("")
+}
+
+/// The port and payload types of an SDP body's first `m=audio` line.
+pub fn sdp_audio(sdp: &str) -> Option<(u16, Vec<u8>)> {
+    let line = sdp.lines().find_map(|l| l.trim().strip_prefix("m=audio "))?;
+    let mut fields = line.split_whitespace();
+    let port = fields.next()?.parse().ok()?;
+    let _protocol = fields.next()?;
+    Some((port, fields.filter_map(|f| f.parse().ok()).collect()))
+}
+
+/// The SDP direction attribute (RFC 3264 §5.1; `sendrecv` when absent).
+pub fn sdp_direction(sdp: &str) -> &'static str {
+    sdp.lines()
+        .find_map(|l| {
+            ["sendrecv", "sendonly", "recvonly", "inactive"]
+                .into_iter()
+                .find(|d| l.trim().strip_prefix("a=") == Some(d))
+        })
+        .unwrap_or("sendrecv")
+}
+
+/// A SIPp invocation: scenario from `tests/sipp/`, target, arguments; then [`Sipp::run`] to
+/// wait for it or [`Sipp::spawn`] to leave it running (a callee waiting for calls). Traces,
+/// stderr and stdout go to files in the given directory, so a long run never blocks on a pipe.
+pub struct Sipp {
+    scenario: String,
+    target: Option<SocketAddr>,
+    dir: PathBuf,
+    port: u16,
+    args: Vec<String>,
+    timeout: Duration,
+    trace: bool,
+}
+
+impl Sipp {
+    /// SIPp on 127.0.0.1 and a free port, talking to `target`, writing into `dir`.
+    pub fn new(scenario: &str, target: SocketAddr, dir: &Path) -> Sipp {
+        Sipp { target: Some(target), ..Sipp::server(scenario, dir) }
+    }
+
+    /// SIPp waiting for calls (a scenario that starts with `<recv>`), for peer-to-peer runs.
+    pub fn server(scenario: &str, dir: &Path) -> Sipp {
+        Sipp {
+            scenario: scenario.into(),
+            target: None,
+            dir: dir.to_path_buf(),
+            port: free_port(),
+            args: Vec::new(),
+            timeout: SIPP_TIMEOUT,
+            trace: true,
+        }
+    }
+
+    /// More SIPp flags, as given.
+    pub fn args(mut self, args: &[&str]) -> Sipp {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// `-key name value`.
+    pub fn key(self, name: &str, value: &str) -> Sipp {
+        self.args(&["-key", name, value])
+    }
+
+    /// The keys of the `call_uac*.xml` scenarios: `from` calls `to`, answering a challenge with
+    /// `password`. `-auth_uri` makes SIPp's digest `uri` the Request-URI (by default SIPp puts
+    /// just `sip:host:port` there, which a server checking RFC 2617's uri = Request-URI refuses).
+    pub fn caller(self, from: &str, password: &str, to: &str) -> Sipp {
+        let target = self.target.expect("a caller scenario has a target");
+        self.args(&["-s", to, "-au", from, "-ap", password, "-auth_uri", &format!("{to}@{target}")]).key("caller", from)
+    }
+
+    /// The media keys of the call scenarios: the one codec in the SDP, the port in the SDP
+    /// (`sink`'s: SIPp binds `-mp` and `-mp`+2, the SDP names `-mp`+4), and the pcap it plays
+    /// from that port.
+    pub fn media(self, law: audio::G711, sink: &rtp::RtpSink, pcap: Option<&Path>) -> Sipp {
+        let sipp = self
+            .key("pt", &law.payload_type().to_string())
+            .key("codec", law.name())
+            .args(&["-mp", &(sink.port() - rtp::SIPP_MEDIA_PORT_OFFSET).to_string()]);
+        match pcap {
+            Some(path) => sipp.key("pcap", &path.to_string_lossy()),
+            None => sipp,
+        }
+    }
+
+    /// SIPp as a phone registered at `pbx`: `call_register.xml` registers `user` with SIPp's
+    /// own address as the contact, then `scenario` (as `-oocsf`) answers each INVITE pbx sends;
+    /// SIPp exits once `calls` calls have finished.
+    pub fn registered_callee(pbx: &Pbx, scenario: &str, user: &str, password: &str, calls: u32) -> Sipp {
+        Sipp::new("call_register.xml", pbx.sip, &pbx.scratch())
+            .args(&["-s", user, "-au", user, "-ap", password, "-m", "1", "-set", "expected_calls", &calls.to_string()])
+            .args(&["-oocsf", &asset(&format!("sipp/{scenario}")).to_string_lossy()])
+    }
+
+    /// SIPp's `-timeout` (it then fails the run); the harness kills it [`SIPP_KILL_GRACE`] later.
+    pub fn timeout(mut self, timeout: Duration) -> Sipp {
+        self.timeout = timeout;
+        self
+    }
+
+    /// No `-trace_msg`: for load runs, whose traces would be large.
+    pub fn without_message_trace(mut self) -> Sipp {
+        self.trace = false;
+        self
+    }
+
+    /// The local SIP address SIPp binds.
+    pub fn local(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn spawn(self) -> SippProcess {
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let file = |what: &str| self.dir.join(format!("sipp-{run}-{what}.log"));
+        let (trace, errors, stderr, stdout) = (file("messages"), file("errors"), file("stderr"), file("stdout"));
+        let mut command = Command::new("sipp");
+        command
+            .arg("-sf")
+            .arg(asset(&format!("sipp/{}", self.scenario)))
+            .args(["-i", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.args)
+            .arg("-timeout")
+            .arg(format!("{}s", self.timeout.as_secs().max(1)))
+            .args(["-timeout_error", "-nostdin", "-trace_err"])
+            .arg("-error_file")
+            .arg(&errors);
+        if self.trace {
+            command.arg("-trace_msg").arg("-message_file").arg(&trace);
+        }
+        if let Some(target) = self.target {
+            command.arg(target.to_string());
+        }
+        let child = command
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("create sipp stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("create sipp stderr file"))
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run sipp ({e}): install it with ./scripts/test (apt-get install sip-tester)")
+            });
+        SippProcess {
+            child: Some(child),
+            deadline: Instant::now() + self.timeout + SIPP_KILL_GRACE,
+            local: self.local(),
+            trace,
+            errors,
+            stderr,
+            stdout,
+        }
+    }
+
+    pub fn run(self) -> SippRun {
+        self.spawn().wait()
+    }
+}
+
+/// A SIPp process started by [`Sipp::spawn`]; killed on drop if still running.
+pub struct SippProcess {
+    child: Option<Child>,
+    deadline: Instant,
+    local: SocketAddr,
+    trace: PathBuf,
+    errors: PathBuf,
+    stderr: PathBuf,
+    stdout: PathBuf,
+}
+
+impl SippProcess {
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The run of a callee whose caller ran as `caller`: waited for when the caller succeeded
+    /// (the callee then ends by itself), else stopped at once rather than left to wait out its
+    /// timeout for a call that will not come. A stopped run never counts as a success.
+    pub fn finish_after(self, caller: &SippRun) -> SippRun {
+        if caller.success { self.wait() } else { self.stop() }
+    }
+
+    /// SIGTERM (SIPp then writes its traces and exits at once), a bounded wait, SIGKILL; the run
+    /// so far, marked unsuccessful.
+    pub fn stop(mut self) -> SippRun {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        }
+        self.deadline = self.deadline.min(Instant::now() + SIPP_KILL_GRACE);
+        SippRun { success: false, ..self.wait() }
+    }
+
+    /// SIGKILL: the phone vanishes without a word (no BYE); the run so far, unsuccessful.
+    pub fn kill(mut self) -> SippRun {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+        }
+        SippRun { success: false, ..self.wait() }
+    }
+
+    /// Waits until SIPp exits (killing it once its timeout and grace have passed); the run.
+    pub fn wait(mut self) -> SippRun {
+        let status = self.child.take().and_then(|mut child| {
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    break Some(status);
+                }
+                if Instant::now() > self.deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        SippRun {
+            success: status.is_some_and(|s| s.success()),
+            exit_code: status.and_then(|s| s.code()),
+            messages: read(&self.trace),
+            errors: format!("{}\n{}", read(&self.errors), read(&self.stderr)),
+            screen: read(&self.stdout),
+        }
+    }
+}
+
+impl Drop for SippProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
 /// Runs SIPp with a scenario from `tests/sipp/` against the node, bounded by `SIPP_TIMEOUT`.
 /// `args` are extra SIPp flags (`-s 100 -au 100 -ap secret -m 1`, `-t t1` for TCP, …).
 pub fn sipp(pbx: &Pbx, scenario: &str, args: &[&str]) -> SippRun {
-    let scratch = pbx.scratch();
-    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let trace = scratch.join(format!("sipp-{run}-messages.log"));
-    let errors = scratch.join(format!("sipp-{run}-errors.log"));
-    let port = free_port();
-    let mut child = Command::new("sipp")
-        .arg("-sf")
-        .arg(asset(&format!("sipp/{scenario}")))
-        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .args(["-timeout", "30s", "-timeout_error", "-nostdin", "-trace_msg", "-trace_err"])
-        .arg("-message_file")
-        .arg(&trace)
-        .arg("-error_file")
-        .arg(&errors)
-        .arg(pbx.sip.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run sipp ({e}): install it with ./scripts/test (apt-get install sip-tester)")
-        });
-    let deadline = Instant::now() + SIPP_TIMEOUT;
-    let status = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
-    }
-    let messages = std::fs::read_to_string(&trace).unwrap_or_default();
-    let errors = format!("{}\n{stderr}", std::fs::read_to_string(&errors).unwrap_or_default());
-    SippRun { success: status.is_some_and(|s| s.success()), exit_code: status.and_then(|s| s.code()), messages, errors }
+    Sipp::new(scenario, pbx.sip, &pbx.scratch()).args(args).run()
 }
 
 /// Polls `condition` every 50 ms until it holds or `timeout` passes; whether it held.
@@ -695,5 +1032,44 @@ impl SipClient {
         if let Some(tcp) = &self.tcp {
             let _ = tcp.set_write_timeout(Some(timeout));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Port blocks handed out in one process never overlap and stay below the ephemeral range.
+    #[test]
+    fn port_blocks_are_disjoint() {
+        let blocks: Vec<RangeInclusive<u16>> = [100, 20, 1000, 20, 100].into_iter().map(free_port_block).collect();
+        for (i, a) in blocks.iter().enumerate() {
+            assert!(*a.end() < 32_768 && *a.start() >= 10_000, "{a:?}");
+            for b in &blocks[i + 1..] {
+                assert!(a.end() < b.start() || b.end() < a.start(), "{a:?} overlaps {b:?}");
+            }
+        }
+        assert_eq!(blocks[2].clone().count(), 1000);
+    }
+
+    /// The trace parser splits SIPp's `-trace_msg` output into messages with CRLF line ends.
+    #[test]
+    fn sipp_trace_parses() {
+        let messages = "----------------------------------------------- 2026-11-26 22:07:02.162467\n\
+UDP message sent (40 bytes):\n\nINVITE sip:101@h SIP/2.0\r\nCSeq: 1 INVITE\r\n\r\nv=0\r\n\n\
+----------------------------------------------- 2026-11-26 22:07:02.165954\n\
+UDP message received [228] bytes :\n\nSIP/2.0 486 Busy Here\r\nCSeq: 1 INVITE\r\n\r\n\n";
+        let run = SippRun {
+            success: true,
+            exit_code: Some(0),
+            messages: messages.into(),
+            errors: String::new(),
+            screen: "  Successful call        |        0                  |       40                 \n".into(),
+        };
+        assert_eq!(run.sent(), ["INVITE sip:101@h SIP/2.0\r\nCSeq: 1 INVITE\r\n\r\nv=0\r\n"]);
+        assert_eq!(run.received_codes(), [486]);
+        assert_eq!(body(&run.sent_requests("INVITE")[0]), "v=0\r\n");
+        assert_eq!(run.calls_counted("Successful call"), Some(40));
+        assert_eq!(run.calls_counted("Failed call"), None);
     }
 }

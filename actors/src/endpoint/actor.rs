@@ -3,13 +3,16 @@
 //! keeps one timer armed for the machine's next wake-up. Never sleeps in `handle`.
 
 use super::machine::{Endpoint, EndpointEvent, EndpointInput, EndpointOutput};
-use crate::registrar::{RegistrarMsg, ResponseSink};
+use crate::call::actor::{CallsMsg, LegMsg, SipPort};
+use crate::call::{LegId, SipIn, SipOut};
+use crate::registrar::{RegistrarMsg, ResponseSink, Route};
 use crate::shell::WakeTimer;
 use crate::sip::message::{Response, Transport};
 use crate::sip::transaction::TimerConfig;
 use crate::time::Clock;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -31,6 +34,21 @@ pub enum EndpointMsg {
         tx: u64,
         response: Response,
     },
+    Routed {
+        tx: u64,
+        route: Route,
+    },
+    FromLeg {
+        leg: LegId,
+        out: SipOut,
+    },
+    LegUp {
+        leg: LegId,
+        actor: ActorRef<LegMsg>,
+    },
+    LegDown {
+        leg: LegId,
+    },
     /// Live transactions, for the API and metrics.
     Transactions(ractor::RpcReplyPort<usize>),
     Wake,
@@ -40,7 +58,10 @@ pub struct EndpointArgs {
     pub clock: Arc<dyn Clock>,
     pub wire: Arc<dyn Wire>,
     pub registrar: ActorRef<RegistrarMsg>,
+    pub calls: ActorRef<CallsMsg>,
     pub timers: TimerConfig,
+    /// Starts the leg ids (pbx's tags and branches); random per start.
+    pub leg_seed: u64,
     /// Inbound messages counted by the transports and not yet handled; the shell decrements it
     /// as it takes each one, so the transports can bound what piles up in the mailbox.
     pub inbound_backlog: Arc<AtomicUsize>,
@@ -51,9 +72,21 @@ pub struct EndpointState {
     clock: Arc<dyn Clock>,
     wire: Arc<dyn Wire>,
     registrar: ActorRef<RegistrarMsg>,
+    calls: ActorRef<CallsMsg>,
     inbound_backlog: Arc<AtomicUsize>,
     timer: WakeTimer,
+    legs: HashMap<LegId, LegRoute>,
 }
+
+/// Where a leg's SIP goes: its actor, or a short queue until the actor is up (a CANCEL can
+/// overtake the call's start).
+enum LegRoute {
+    Up(ActorRef<LegMsg>),
+    Starting(Vec<SipIn>),
+}
+
+/// What waits for a leg actor that is still starting; more is dropped (UDP peers resend).
+const LEG_START_QUEUE_MAX: usize = 16;
 
 pub struct EndpointActor;
 
@@ -67,11 +100,35 @@ impl EndpointSink {
     }
 }
 
+impl EndpointSink {
+    fn cast(&self, msg: EndpointMsg) {
+        if let Some(endpoint) = self.0.get() {
+            let _ = endpoint.cast(msg);
+        }
+    }
+}
+
 impl ResponseSink for EndpointSink {
     fn deliver(&self, tx: u64, response: Response) {
-        if let Some(endpoint) = self.0.get() {
-            let _ = endpoint.cast(EndpointMsg::RegistrarResponse { tx, response });
-        }
+        self.cast(EndpointMsg::RegistrarResponse { tx, response });
+    }
+
+    fn route(&self, tx: u64, route: Route) {
+        self.cast(EndpointMsg::Routed { tx, route });
+    }
+}
+
+impl SipPort for EndpointSink {
+    fn send(&self, leg: LegId, out: SipOut) {
+        self.cast(EndpointMsg::FromLeg { leg, out });
+    }
+
+    fn leg_up(&self, leg: LegId, actor: ActorRef<LegMsg>) {
+        self.cast(EndpointMsg::LegUp { leg, actor });
+    }
+
+    fn leg_down(&self, leg: LegId) {
+        self.cast(EndpointMsg::LegDown { leg });
     }
 }
 
@@ -86,12 +143,14 @@ impl Actor for EndpointActor {
         args: EndpointArgs,
     ) -> Result<EndpointState, ActorProcessingErr> {
         Ok(EndpointState {
-            machine: Endpoint::new(args.timers),
+            machine: Endpoint::new(args.timers, args.leg_seed),
             clock: args.clock,
             wire: args.wire,
             registrar: args.registrar,
+            calls: args.calls,
             inbound_backlog: args.inbound_backlog,
             timer: WakeTimer::default(),
+            legs: HashMap::new(),
         })
     }
 
@@ -110,6 +169,21 @@ impl Actor for EndpointActor {
             EndpointMsg::RegistrarResponse { tx, response } => {
                 s.machine.handle(now, EndpointInput::RegistrarResponse { tx, response })
             }
+            EndpointMsg::Routed { tx, route } => s.machine.handle(now, EndpointInput::Routed { tx, route }),
+            EndpointMsg::FromLeg { leg, out } => s.machine.handle(now, EndpointInput::FromLeg { leg, out }),
+            EndpointMsg::LegUp { leg, actor } => {
+                if let Some(LegRoute::Starting(queued)) = s.legs.insert(leg, LegRoute::Up(actor.clone())) {
+                    for input in queued {
+                        let _ = actor.cast(LegMsg::Sip(input));
+                    }
+                }
+                metrics::gauge!("pbx_call_legs_active").set(s.legs.len() as f64);
+            }
+            EndpointMsg::LegDown { leg } => {
+                s.legs.remove(&leg);
+                s.machine.handle(now, EndpointInput::LegDown { leg });
+                metrics::gauge!("pbx_call_legs_active").set(s.legs.len() as f64);
+            }
             EndpointMsg::Transactions(reply) => {
                 let _ = reply.send(s.machine.transactions());
             }
@@ -126,6 +200,31 @@ impl Actor for EndpointActor {
                 EndpointOutput::Register { tx, request, source, transport } => {
                     if s.registrar.cast(RegistrarMsg::Register { tx, request: *request, source, transport }).is_err() {
                         tracing::error!("registrar is gone; the REGISTER will be answered 500 on timeout");
+                    }
+                }
+                EndpointOutput::Route { tx, request, source } => {
+                    if s.registrar.cast(RegistrarMsg::Route { tx, request: *request, source }).is_err() {
+                        tracing::error!("registrar is gone; the INVITE will be answered 500 on timeout");
+                    }
+                }
+                EndpointOutput::StartCall(start) => {
+                    s.legs.insert(start.a, LegRoute::Starting(Vec::new()));
+                    let legs: Vec<LegId> = std::iter::once(start.a).chain(start.forks.iter().copied()).collect();
+                    if s.calls.cast(CallsMsg::Start(start)).is_err() {
+                        tracing::error!("calls actor is gone; the INVITE is answered 500");
+                        for leg in legs {
+                            s.legs.remove(&leg);
+                            s.machine.handle(now, EndpointInput::LegDown { leg });
+                        }
+                    }
+                }
+                EndpointOutput::ToLeg { leg, input } => {
+                    match s.legs.entry(leg).or_insert(LegRoute::Starting(Vec::new())) {
+                        LegRoute::Up(actor) => {
+                            let _ = actor.cast(LegMsg::Sip(input));
+                        }
+                        LegRoute::Starting(queue) if queue.len() < LEG_START_QUEUE_MAX => queue.push(input),
+                        LegRoute::Starting(_) => {}
                     }
                 }
                 EndpointOutput::Event(event) => record(event),

@@ -4,19 +4,27 @@
 //! machine in pbx: `handle(now, input)` with a `now` that never goes backwards, then drain
 //! `poll_output` until `None`, then ask `poll_timeout` when to call `handle(now, Timeout)`.
 //!
-//! It does not route calls (a later issue's B2BUA does): INVITE is answered 405 for now.
+//! Calls: a new INVITE goes to the registrar (authenticate the caller, find the callee), then
+//! out as `StartCall` with leg ids for the call's legs. From then on the endpoint only routes:
+//! an in-dialog request by its To tag, a response by its Via branch, a 2xx retransmission by its
+//! From tag — each names the leg pbx made it for (`LegId`) — and a CANCEL by the INVITE it
+//! cancels. What legs send comes back as `FromLeg`.
 
 use crate::Timestamp;
+use crate::call::{LegId, SipIn, SipOut};
+use crate::registrar::Route;
 use crate::sip::message::{self, Message, ParseError, Request, Response, Transport};
-use crate::sip::transaction::{ServerKey, TimerConfig, TransactionInput, TransactionOutput, Transactions};
+use crate::sip::transaction::{
+    ServerKey, TimerConfig, TransactionInput, TransactionKey, TransactionOutput, Transactions,
+};
 use bytes::Bytes;
 use ezk_sip_types::{Method, Name};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 /// The methods this endpoint acts on; the `Allow` header of every 405 and OPTIONS answer.
-pub const ALLOW: &str = "REGISTER, OPTIONS";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, UPDATE, OPTIONS, INFO, REGISTER";
 /// Methods SIP defines (RFC 3261 and its extensions), with their metric labels; others are
 /// answered 501 and counted as "other", so invented method names cannot grow a label set.
 const KNOWN_METHODS: [(Method, &str); 14] = [
@@ -35,9 +43,9 @@ const KNOWN_METHODS: [(Method, &str); 14] = [
     (Method::INFO, "INFO"),
     (Method::REFER, "REFER"),
 ];
-/// REGISTERs handed to the registrar and not yet answered; beyond it new ones get 503.
+/// REGISTERs and INVITEs handed to the registrar and not yet answered; beyond it new ones get 503.
 pub const PENDING_REGISTERS_MAX: usize = 16_384;
-/// A REGISTER the registrar has not answered in this time gets 500: a transaction must end.
+/// A REGISTER or INVITE the registrar has not answered in this time gets 500: a transaction must end.
 pub const REGISTRAR_ANSWER_S_MAX: u64 = 16;
 /// Seconds a client should wait before retrying after a 503 (RFC 3261 §20.33).
 pub const OVERLOAD_RETRY_AFTER_S: u32 = 5;
@@ -50,15 +58,33 @@ pub enum EndpointInput {
         source: SocketAddr,
         transport: Transport,
     },
-    /// The registrar's answer to the REGISTER handed out as `Register { tx, .. }`.
+    /// The registrar's answer to the REGISTER handed out as `Register { tx, .. }`, or to the
+    /// INVITE handed out as `Route { tx, .. }`.
     RegistrarResponse {
         tx: u64,
         response: Response,
+    },
+    /// The registrar let the INVITE handed out as `Route { tx, .. }` through.
+    Routed {
+        tx: u64,
+        route: Route,
+    },
+    /// A call leg sends.
+    FromLeg {
+        leg: LegId,
+        out: SipOut,
+    },
+    /// A leg is gone (finished, or its call could not start or failed). An INVITE it never
+    /// answered is answered 500 now; later requests naming it get 481.
+    LegDown {
+        leg: LegId,
     },
     Timeout,
 }
 
 #[derive(Debug)]
+// Moved straight into `handle` and never stored: boxing would only add an allocation per message.
+#[allow(clippy::large_enum_variant)]
 pub enum EndpointOutput {
     Transmit {
         destination: SocketAddr,
@@ -72,7 +98,34 @@ pub enum EndpointOutput {
         source: SocketAddr,
         transport: Transport,
     },
+    /// A new INVITE for the registrar to authenticate and route; answer with `Routed` or
+    /// `RegistrarResponse`.
+    Route {
+        tx: u64,
+        request: Box<Request>,
+        source: SocketAddr,
+    },
+    /// Start a call: the legs named here are live from now on.
+    StartCall(Box<CallStart>),
+    /// Hand this to the leg's actor.
+    ToLeg {
+        leg: LegId,
+        input: SipIn,
+    },
     Event(EndpointEvent),
+}
+
+/// A call the endpoint asks the calls actor to run.
+#[derive(Debug)]
+pub struct CallStart {
+    pub a: LegId,
+    pub key: ServerKey,
+    pub invite: Request,
+    pub source: SocketAddr,
+    pub transport: Transport,
+    pub route: Route,
+    /// One per contact of `route.contacts`.
+    pub forks: Vec<LegId>,
 }
 
 /// What the shell logs and counts.
@@ -95,6 +148,14 @@ struct Pending {
     key: ServerKey,
     deadline: Timestamp,
     give_up: Response,
+    /// An INVITE: kept to start the call with, and its 487 should it be cancelled meanwhile.
+    invite: Option<(Request, SocketAddr, Transport)>,
+}
+
+/// A live leg, and the caller's INVITE it has yet to answer (A-legs only) with the 500 it gets
+/// should the leg go down first.
+struct LiveLeg {
+    invite: Option<(ServerKey, Response)>,
 }
 
 pub struct Endpoint {
@@ -103,16 +164,25 @@ pub struct Endpoint {
     /// Ids are handed out in increasing order with a fixed timeout, so the first entry is
     /// always the next to time out.
     pending: BTreeMap<u64, Pending>,
+    legs: HashMap<LegId, LiveLeg>,
+    /// Unanswered INVITEs of A-legs, for CANCEL.
+    invites: HashMap<ServerKey, LegId>,
+    next_leg: u64,
     outputs: VecDeque<EndpointOutput>,
     now: Timestamp,
 }
 
 impl Endpoint {
-    pub fn new(timers: TimerConfig) -> Endpoint {
+    /// `leg_seed` starts the leg ids (and so pbx's tags and branches): random per start, so
+    /// they do not repeat across restarts.
+    pub fn new(timers: TimerConfig, leg_seed: u64) -> Endpoint {
         Endpoint {
             transactions: Transactions::new(timers),
             next_tx: 1,
             pending: BTreeMap::new(),
+            legs: HashMap::new(),
+            invites: HashMap::new(),
+            next_leg: leg_seed,
             outputs: VecDeque::new(),
             now: Timestamp::ZERO,
         }
@@ -127,6 +197,18 @@ impl Endpoint {
                 // An answer that comes after we gave up (500 sent) is dropped.
                 if let Some(pending) = self.pending.remove(&tx) {
                     self.respond(pending.key, response);
+                }
+            }
+            EndpointInput::Routed { tx, route } => {
+                if let Some(Pending { key, invite: Some((invite, source, transport)), .. }) = self.pending.remove(&tx) {
+                    self.start_call(key, invite, source, transport, route);
+                }
+            }
+            EndpointInput::FromLeg { leg, out } => self.leg_sends(leg, out),
+            EndpointInput::LegDown { leg } => {
+                if let Some(LiveLeg { invite: Some((key, give_up)) }) = self.legs.remove(&leg) {
+                    self.invites.remove(&key);
+                    self.respond(key, give_up);
                 }
             }
             EndpointInput::Timeout => {
@@ -217,13 +299,38 @@ impl Endpoint {
                 TransactionOutput::Request { key, request, source, transport } => {
                     self.dispatch(key, request, source, transport);
                 }
-                TransactionOutput::StrayAck { .. } | TransactionOutput::StrayResponse { .. } => {
-                    // No dialogs yet: an ACK for a 2xx or a response we never asked for has
-                    // no one to go to (RFC 3261 §17.1.3 / §17.2.3: pass to the TU, which drops).
+                TransactionOutput::StrayAck { request, .. } => {
+                    // The ACK for a 2xx (RFC 3261 §13.3.1.4): to the leg its To tag names.
+                    let tag = request.to().and_then(|to| to.tag);
+                    if let Some(leg) = self.leg_named(tag.and_then(|t| LegId::from_tag(&t))) {
+                        self.outputs.push_back(EndpointOutput::ToLeg { leg, input: SipIn::Ack { request } });
+                    }
                 }
-                TransactionOutput::Response { .. } => {}
-                TransactionOutput::Timeout { .. } => {
+                TransactionOutput::StrayResponse { response, .. } => {
+                    // A 2xx retransmitted after our INVITE transaction ended: the leg ACKs it
+                    // again. Its From tag is ours.
+                    let tag = response
+                        .headers
+                        .get::<ezk_sip_types::header::typed::FromTo>(Name::FROM)
+                        .ok()
+                        .and_then(|f| f.tag);
+                    if let Some(leg) = self.leg_named(tag.and_then(|t| LegId::from_tag(&t))) {
+                        self.outputs.push_back(EndpointOutput::ToLeg { leg, input: SipIn::Response { response } });
+                    }
+                }
+                TransactionOutput::Response { key, response } => {
+                    if let Some(leg) = self.leg_named(LegId::from_branch(key.branch())) {
+                        self.outputs.push_back(EndpointOutput::ToLeg { leg, input: SipIn::Response { response } });
+                    }
+                }
+                TransactionOutput::Timeout { key } => {
                     self.outputs.push_back(EndpointOutput::Event(EndpointEvent::TimedOut { what: "transaction" }));
+                    if let TransactionKey::Client(key) = key
+                        && let Some(leg) = self.leg_named(LegId::from_branch(key.branch()))
+                    {
+                        let method = key.method().clone();
+                        self.outputs.push_back(EndpointOutput::ToLeg { leg, input: SipIn::Timeout { method } });
+                    }
                 }
                 TransactionOutput::Terminated { .. } => {}
             }
@@ -249,20 +356,24 @@ impl Endpoint {
             self.respond(key, response);
             return;
         }
+        let to_tag = request.to().and_then(|to| to.tag);
         if method == Method::REGISTER {
-            if self.pending.len() >= PENDING_REGISTERS_MAX {
-                let mut response = request.response(503, None);
-                response.headers.insert(Name::RETRY_AFTER, OVERLOAD_RETRY_AFTER_S.to_string());
-                self.respond(key, response);
-                return;
+            self.hand_to_registrar(key, request, source, transport);
+        } else if let Some(tag) = to_tag {
+            // In a dialog: the tag is pbx's, and names the leg.
+            match LegId::from_tag(&tag).filter(|leg| self.legs.contains_key(leg)) {
+                Some(leg) => {
+                    self.outputs.push_back(EndpointOutput::ToLeg { leg, input: SipIn::Request { key, request } })
+                }
+                None => {
+                    let response = request.response(481, None);
+                    self.respond(key, response);
+                }
             }
-            let tx = self.next_tx;
-            self.next_tx += 1;
-            let deadline = self.now + Duration::from_secs(REGISTRAR_ANSWER_S_MAX);
-            let mut give_up = request.response(500, None);
-            give_up.reason = "Registrar did not answer".into();
-            self.pending.insert(tx, Pending { key, deadline, give_up });
-            self.outputs.push_back(EndpointOutput::Register { tx, request: Box::new(request), source, transport });
+        } else if method == Method::INVITE {
+            // 100 at once (RFC 3261 §17.2.1): authentication and forking take a while.
+            self.respond(key.clone(), request.response(100, None));
+            self.hand_to_registrar(key, request, source, transport);
         } else if method == Method::OPTIONS {
             // RFC 3261 §11.2: what we can do. A to-tag, as for any final response of a UAS.
             let mut response = request.response(200, Some(&self.next_tag()));
@@ -270,7 +381,9 @@ impl Endpoint {
             response.headers.insert(Name::ACCEPT, "application/sdp");
             self.respond(key, response);
         } else if method == Method::CANCEL {
-            // Nothing here can be cancelled yet (RFC 3261 §9.2).
+            self.cancel(key, request);
+        } else if method == Method::BYE || method == Method::UPDATE || method == Method::INFO {
+            // Only meaningful inside a dialog, and this one names none (RFC 3261 §15.1.2).
             let response = request.response(481, Some(&self.next_tag()));
             self.respond(key, response);
         } else {
@@ -281,6 +394,105 @@ impl Endpoint {
             response.headers.insert(Name::ALLOW, ALLOW);
             self.respond(key, response);
         }
+    }
+
+    /// A REGISTER or a new INVITE goes to the registrar, bounded in number and in time.
+    fn hand_to_registrar(&mut self, key: ServerKey, request: Request, source: SocketAddr, transport: Transport) {
+        if self.pending.len() >= PENDING_REGISTERS_MAX {
+            let mut response = request.response(503, None);
+            response.headers.insert(Name::RETRY_AFTER, OVERLOAD_RETRY_AFTER_S.to_string());
+            self.respond(key, response);
+            return;
+        }
+        let tx = self.next_tx;
+        self.next_tx += 1;
+        let deadline = self.now + Duration::from_secs(REGISTRAR_ANSWER_S_MAX);
+        let mut give_up = request.response(500, None);
+        give_up.reason = "Registrar did not answer".into();
+        if request.method == Method::INVITE {
+            let invite = Some((request.clone(), source, transport));
+            self.pending.insert(tx, Pending { key, deadline, give_up, invite });
+            self.outputs.push_back(EndpointOutput::Route { tx, request: Box::new(request), source });
+        } else {
+            self.pending.insert(tx, Pending { key, deadline, give_up, invite: None });
+            self.outputs.push_back(EndpointOutput::Register { tx, request: Box::new(request), source, transport });
+        }
+    }
+
+    /// RFC 3261 §9.2: 200 to the CANCEL; the INVITE it names gets its 487 from the leg (or from
+    /// here, while the registrar still has it).
+    fn cancel(&mut self, key: ServerKey, request: Request) {
+        let invite = self.transactions.find_invite_for_cancel(&request);
+        let leg = invite.as_ref().and_then(|k| self.invites.get(k)).copied();
+        let waiting = invite
+            .as_ref()
+            .and_then(|k| self.pending.iter().find(|(_, p)| p.invite.is_some() && p.key == *k).map(|(tx, _)| *tx));
+        if leg.is_none() && waiting.is_none() {
+            let response = request.response(481, Some(&self.next_tag()));
+            return self.respond(key, response);
+        }
+        let tag = self.next_tag();
+        self.respond(key, request.response(200, Some(&tag)));
+        if let Some(leg) = leg {
+            self.outputs.push_back(EndpointOutput::ToLeg { leg, input: SipIn::Cancel });
+        } else if let Some(pending) = waiting.and_then(|tx| self.pending.remove(&tx))
+            && let Some((invite, _, _)) = pending.invite
+        {
+            let response = invite.response(487, Some(&tag));
+            self.respond(pending.key, response);
+        }
+    }
+
+    fn start_call(&mut self, key: ServerKey, invite: Request, source: SocketAddr, transport: Transport, route: Route) {
+        let a = self.new_leg();
+        let mut give_up = invite.response(500, Some(&a.tag()));
+        give_up.reason = "Call Failed".into();
+        self.legs.insert(a, LiveLeg { invite: Some((key.clone(), give_up)) });
+        self.invites.insert(key.clone(), a);
+        let forks: Vec<LegId> = route.contacts.iter().map(|_| self.new_leg()).collect();
+        for leg in &forks {
+            self.legs.insert(*leg, LiveLeg { invite: None });
+        }
+        self.outputs.push_back(EndpointOutput::StartCall(Box::new(CallStart {
+            a,
+            key,
+            invite,
+            source,
+            transport,
+            route,
+            forks,
+        })));
+    }
+
+    fn new_leg(&mut self) -> LegId {
+        self.next_leg = self.next_leg.wrapping_add(1);
+        LegId(self.next_leg)
+    }
+
+    fn leg_sends(&mut self, leg: LegId, out: SipOut) {
+        if !self.legs.contains_key(&leg) {
+            return;
+        }
+        match out {
+            SipOut::Request { request, destination, transport } => {
+                self.transactions.handle(self.now, TransactionInput::SendRequest { request, destination, transport });
+            }
+            SipOut::Response { key, response } => {
+                if response.code >= 200
+                    && let Some(live) = self.legs.get_mut(&leg)
+                    && live.invite.as_ref().is_some_and(|(k, _)| *k == key)
+                {
+                    live.invite = None;
+                    self.invites.remove(&key);
+                }
+                self.respond(key, response);
+            }
+        }
+    }
+
+    /// The live leg a tag or branch of ours names.
+    fn leg_named(&self, leg: Option<LegId>) -> Option<LegId> {
+        leg.filter(|leg| self.legs.contains_key(leg))
     }
 
     fn respond(&mut self, key: ServerKey, response: Response) {

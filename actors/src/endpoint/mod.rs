@@ -3,11 +3,13 @@
 //! It parses what the transports hand it (`sip::message`), runs the RFC 3261 §17 transaction
 //! layer (`sip::transaction`) so retransmissions are absorbed and answered from memory, and
 //! acts as the transaction user that dispatches new requests by method: REGISTER to the
-//! registrar, OPTIONS answered here (phones use it as a keep-alive), everything else 405 with
+//! registrar, a new INVITE to the registrar (caller authenticated with 407, callee looked up)
+//! and then to the calls actor, requests and responses of a call to the leg whose tag or branch
+//! they carry, OPTIONS answered here (phones use it as a keep-alive), other methods 405 with
 //! `Allow`. A malformed request gets 400 with a reason phrase saying what is wrong.
 
 pub mod actor;
 pub mod machine;
 
 pub use actor::{EndpointActor, EndpointArgs, EndpointMsg, Wire};
-pub use machine::{Endpoint, EndpointEvent, EndpointInput, EndpointOutput};
+pub use machine::{CallStart, Endpoint, EndpointEvent, EndpointInput, EndpointOutput};

@@ -15,6 +15,10 @@ pub enum Retention {
     UntilExpiry,
     /// Only in memory, for at most this many seconds (configurable; the default given).
     MemorySeconds(u32),
+    /// Stored for this many days after the event, then deleted (configurable; the default given).
+    Days(u32),
+    /// Only in memory, while the call lasts (and at most the call's ending bound after it).
+    CallDuration,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -56,6 +60,23 @@ pub const INVENTORY: &[DataCategory] = &[
         // Kept for the failure window or the block, whichever is longer (defaults 60 s / 300 s).
         retention: Retention::MemorySeconds(300),
         stored_in: &["memory", "log"],
+    },
+    DataCategory {
+        id: "cdr",
+        data: "caller and callee extension numbers (callee: the dialled number), call start, answer and end times, outcome, who hung up, SIP Call-ID, codecs, media statistics (packets, bytes, loss, jitter)",
+        purpose: "billing, troubleshooting, and the call history users see",
+        legal_basis: "Art. 6(1)(b) contract (providing and billing the telephone service); Art. 6(1)(f) legitimate interest (troubleshooting)",
+        // `calls.cdr_retention_days`, default 90: long enough to query a bill, short by default.
+        retention: Retention::Days(90),
+        stored_in: &["redb:cdrs"],
+    },
+    DataCategory {
+        id: "call-in-progress",
+        data: "caller and callee numbers and display names, SIP dialog identifiers (Call-ID, tags, contact URIs with IP addresses and ports), SDP media addresses, the RTP source addresses seen; the voice itself is relayed, never stored",
+        purpose: "connect the call and carry its media",
+        legal_basis: "Art. 6(1)(b) contract (providing the telephone service)",
+        retention: Retention::CallDuration,
+        stored_in: &["memory"],
     },
 ];
 

@@ -16,6 +16,7 @@
 
 use super::machine::{
     Binding, Extension, Registrar, RegistrarCommand, RegistrarConfig, RegistrarEvent, RegistrarInput, RegistrarOutput,
+    Route,
 };
 use crate::shell::WakeTimer;
 use crate::sip::message::Name;
@@ -39,6 +40,8 @@ pub use crate::time::Clock;
 /// block.
 pub trait ResponseSink: Send + Sync + 'static {
     fn deliver(&self, tx: u64, response: Response);
+    /// The INVITE that arrived with `tx` is authenticated and may be put through.
+    fn route(&self, tx: u64, route: Route);
 }
 
 pub struct RegistrarArgs {
@@ -72,6 +75,13 @@ pub enum RegistrarMsg {
         request: Request,
         source: SocketAddr,
         transport: Transport,
+    },
+    /// A new INVITE inside server transaction `tx`: answered through the [`ResponseSink`], by
+    /// `deliver` (407, 403, 404, 480) or `route`.
+    Route {
+        tx: u64,
+        request: Request,
+        source: SocketAddr,
     },
     /// `Err` carries the reason, naming the field (`"password: …"`), or a storage failure.
     PutExtension {
@@ -114,6 +124,7 @@ pub const WRITE_BATCH_JOBS_MAX: usize = 512;
 struct WriteJob {
     commands: Vec<RegistrarCommand>,
     responses: Vec<(u64, Response)>,
+    routes: Vec<(u64, Route)>,
     reply: Option<PendingReply>,
 }
 
@@ -167,6 +178,9 @@ fn write_loop(
             let failed = had_commands && result.is_err();
             for (tx, response) in job.responses {
                 sink.deliver(tx, if failed { server_error(&response) } else { response });
+            }
+            for (tx, route) in job.routes {
+                sink.route(tx, route);
             }
             if let Some((reply, outcome)) = job.reply {
                 let outcome = match outcome {
@@ -239,6 +253,10 @@ impl Actor for RegistrarActor {
                 s.machine.handle(now, RegistrarInput::Register { tx, request, source, transport });
                 s.drain(None);
             }
+            RegistrarMsg::Route { tx, request, source } => {
+                s.machine.handle(now, RegistrarInput::Route { tx, request, source });
+                s.drain(None);
+            }
             RegistrarMsg::PutExtension { number, password, display_name, reply } => {
                 s.machine.handle(now, RegistrarInput::PutExtension { number, password, display_name });
                 s.drain(Some(reply));
@@ -295,6 +313,7 @@ impl RegistrarState {
             match output {
                 RegistrarOutput::Persist(command) => job.commands.push(command),
                 RegistrarOutput::Respond { tx, response } => job.responses.push((tx, response)),
+                RegistrarOutput::Routed { tx, route } => job.routes.push((tx, route)),
                 RegistrarOutput::Event(event) => {
                     if let Some(result) = log_event(event) {
                         extension_result = Some(result);
@@ -304,7 +323,7 @@ impl RegistrarState {
         }
         metrics::gauge!("pbx_registrations_active").set(self.machine.binding_count() as f64);
         job.reply = reply.map(|r| (r, extension_result.unwrap_or_else(|| Err("no result from the registrar".into()))));
-        if job.commands.is_empty() && job.responses.is_empty() && job.reply.is_none() {
+        if job.commands.is_empty() && job.responses.is_empty() && job.routes.is_empty() && job.reply.is_none() {
             return;
         }
         if let Some(writer) = &self.writer {
@@ -326,14 +345,18 @@ fn log_event(event: RegistrarEvent) -> Option<Result<(), String>> {
         RegistrarEvent::Unregistered { aor, contact } => tracing::info!(%aor, %contact, "unregistered"),
         RegistrarEvent::Expired { aor, contact } => tracing::info!(%aor, %contact, "registration expired"),
         RegistrarEvent::AuthFailed { source, user } => {
-            tracing::warn!(%source, user = ?user, "REGISTER authentication failed");
+            tracing::warn!(%source, user = ?user, "authentication failed");
             metrics::counter!("pbx_auth_failures_total").increment(1);
         }
         RegistrarEvent::SourceBlocked { source, until } => {
             tracing::info!(%source, %until, "source blocked after repeated authentication failures");
             metrics::counter!("pbx_blocked_sources_total").increment(1);
         }
-        RegistrarEvent::Rejected { source, code } => {
+        RegistrarEvent::Rejected { source, method: "INVITE", code } => {
+            tracing::debug!(%source, code, "INVITE rejected");
+            metrics::counter!("pbx_invite_rejected_total", "code" => code.to_string()).increment(1);
+        }
+        RegistrarEvent::Rejected { source, code, .. } => {
             tracing::debug!(%source, code, "REGISTER rejected");
             metrics::counter!("pbx_register_rejected_total", "code" => code.to_string()).increment(1);
         }
@@ -431,6 +454,10 @@ mod tests {
         fn deliver(&self, tx: u64, response: Response) {
             self.entries.lock().unwrap().push(format!("respond {tx} {}", response.code));
             self.responses.lock().unwrap().push(response);
+        }
+
+        fn route(&self, tx: u64, route: Route) {
+            self.entries.lock().unwrap().push(format!("route {tx} {}->{}", route.caller, route.callee));
         }
     }
 

@@ -182,6 +182,13 @@ pub enum RegistrarInput {
         source: SocketAddr,
         transport: Transport,
     },
+    /// A new INVITE from a phone: authenticate the caller (407, RFC 3261 §22.3), then find the
+    /// dialled extension's contacts. Answered by `Respond` (407, 403, 404, 480) or `Routed`.
+    Route {
+        tx: u64,
+        request: Request,
+        source: SocketAddr,
+    },
     /// From the admin API; answered by `Event(ExtensionChanged)` or `Event(ExtensionInvalid)`.
     PutExtension {
         number: String,
@@ -205,7 +212,24 @@ pub enum RegistrarOutput {
         tx: u64,
         response: Response,
     },
+    /// The INVITE that arrived with `tx` may go on: who calls, whom, and where that one is.
+    Routed {
+        tx: u64,
+        route: Route,
+    },
     Event(RegistrarEvent),
+}
+
+/// Where an authenticated INVITE goes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    /// The authenticated caller's extension (never the From header's claim).
+    pub caller: String,
+    pub caller_display_name: String,
+    /// The dialled extension (the Request-URI's user).
+    pub callee: String,
+    /// Every current binding of the callee, in the order they were first bound (forked to all).
+    pub contacts: Vec<Binding>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -231,9 +255,11 @@ pub enum RegistrarEvent {
         source: IpAddr,
         until: Timestamp,
     },
-    /// A REGISTER answered with an error other than a plain challenge or an `AuthFailed`.
+    /// A REGISTER or INVITE answered with an error other than a plain challenge or an
+    /// `AuthFailed` (for INVITE: 403, 404 unknown number, 480 nobody registered).
     Rejected {
         source: IpAddr,
+        method: &'static str,
         code: u16,
     },
     ExtensionChanged {
@@ -397,6 +423,7 @@ impl Registrar {
             RegistrarInput::Register { tx, request, source, transport } => {
                 self.register(now, tx, &request, source, transport)
             }
+            RegistrarInput::Route { tx, request, source } => self.route(now, tx, &request, source),
             RegistrarInput::PutExtension { number, password, display_name } => {
                 self.put_extension(&number, &password, &display_name)
             }
@@ -468,12 +495,12 @@ impl Registrar {
         let Some(aor) = to_user(request) else {
             return self.refuse(tx, request, ip, Refusal::code(404));
         };
-        let user = match self.authenticate(now, request) {
+        let user = match self.authenticate(now, request, Name::AUTHORIZATION) {
             Auth::Ok { user } => user,
-            Auth::Challenge { stale } => return self.challenge(now, tx, request, stale),
+            Auth::Challenge { stale } => return self.challenge(now, tx, request, stale, 401),
             Auth::Failed { user } => {
                 self.auth_failed(now, ip, user);
-                return self.challenge(now, tx, request, false);
+                return self.challenge(now, tx, request, false, 401);
             }
         };
         if user != aor {
@@ -493,6 +520,38 @@ impl Registrar {
         }
     }
 
+    /// An INVITE from a phone: the caller proves who it is exactly as for REGISTER (same nonces,
+    /// same blocking, same anti-enumeration), but with Proxy-Authenticate (RFC 3261 §22.3).
+    /// Only then is the dialled number looked up, so strangers learn nothing about extensions.
+    fn route(&mut self, now: Timestamp, tx: u64, request: &Request, source: SocketAddr) {
+        let ip = source.ip();
+        if self.failures.get(&ip).is_some_and(|f| f.is_blocked(now)) {
+            return self.refuse(tx, request, ip, Refusal::code(403));
+        }
+        let caller = match self.authenticate(now, request, Name::PROXY_AUTHORIZATION) {
+            Auth::Ok { user } => user,
+            Auth::Challenge { stale } => return self.challenge(now, tx, request, stale, 407),
+            Auth::Failed { user } => {
+                self.auth_failed(now, ip, user);
+                return self.challenge(now, tx, request, false, 407);
+            }
+        };
+        let callee = match &request.uri.user_part {
+            SipUriUserPart::User(user) if !user.is_empty() => user.to_string(),
+            _ => return self.refuse(tx, request, ip, Refusal::code(404)),
+        };
+        if !self.extensions.contains_key(&callee) {
+            return self.refuse(tx, request, ip, Refusal::code(404));
+        }
+        let contacts: Vec<Binding> = self.bindings.get(&callee).into_iter().flatten().cloned().collect();
+        if contacts.is_empty() {
+            return self.refuse(tx, request, ip, Refusal::code(480));
+        }
+        let caller_display_name = self.extensions.get(&caller).map(|e| e.display_name.clone()).unwrap_or_default();
+        self.outputs
+            .push_back(RegistrarOutput::Routed { tx, route: Route { caller, caller_display_name, callee, contacts } });
+    }
+
     fn refuse(&mut self, tx: u64, request: &Request, source: IpAddr, refusal: Refusal) {
         let mut response = request.response(refusal.code, Some(&self.to_tag(request)));
         if let Some(reason) = refusal.reason {
@@ -501,18 +560,20 @@ impl Registrar {
         if refusal.code == 423 {
             response.headers.insert(Name::MIN_EXPIRES, self.config.min_expires_s.to_string());
         }
-        self.event(RegistrarEvent::Rejected { source, code: refusal.code });
+        let method = if request.method == Method::INVITE { "INVITE" } else { "REGISTER" };
+        self.event(RegistrarEvent::Rejected { source, method, code: refusal.code });
         self.outputs.push_back(RegistrarOutput::Respond { tx, response });
     }
 
     /// 401 with one challenge per algorithm, strongest first, sharing one fresh nonce. The
     /// same shape whatever went wrong, so the answer reveals nothing about the user.
-    fn challenge(&mut self, now: Timestamp, tx: u64, request: &Request, stale: bool) {
+    fn challenge(&mut self, now: Timestamp, tx: u64, request: &Request, stale: bool, code: u16) {
         let (nonce, opaque) = self.nonce_key.mint(now, self.rng.random());
-        let mut response = request.response(401, Some(&self.to_tag(request)));
+        let mut response = request.response(code, Some(&self.to_tag(request)));
+        let header = if code == 407 { Name::PROXY_AUTHENTICATE } else { Name::WWW_AUTHENTICATE };
         for &algorithm in &self.config.digest_algorithms {
             let value = digest::challenge(algorithm, &self.config.realm, &nonce, &opaque, stale);
-            response.headers.insert(Name::WWW_AUTHENTICATE, value);
+            response.headers.insert(header.clone(), value);
         }
         self.outputs.push_back(RegistrarOutput::Respond { tx, response });
     }
@@ -529,16 +590,16 @@ impl Registrar {
         format!("{:016x}", hasher.finish())
     }
 
-    fn credentials_for_realm(&self, request: &Request) -> Option<Credentials> {
+    fn credentials_for_realm(&self, request: &Request, header: Name) -> Option<Credentials> {
         request
             .headers
-            .get_raw(&Name::AUTHORIZATION)
+            .get_raw(&header)
             .filter_map(|v| Credentials::parse(v.as_str()))
             .find(|c| c.realm == self.config.realm)
     }
 
-    fn authenticate(&mut self, now: Timestamp, request: &Request) -> Auth {
-        let Some(creds) = self.credentials_for_realm(request) else {
+    fn authenticate(&mut self, now: Timestamp, request: &Request, header: Name) -> Auth {
+        let Some(creds) = self.credentials_for_realm(request, header) else {
             return Auth::Challenge { stale: false };
         };
         let algorithm = match creds.algorithm.as_deref() {

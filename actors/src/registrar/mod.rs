@@ -24,7 +24,7 @@ pub use actor::{
 pub use digest::{Algorithm, ha1};
 pub use machine::{
     AUTH_FAILURE_SOURCES_MAX, BINDINGS_PER_AOR_MAX, Binding, EXTENSIONS_MAX, Extension, NONCES_TRACKED_MAX, Registrar,
-    RegistrarCommand, RegistrarConfig, RegistrarEvent, RegistrarInput, RegistrarOutput,
+    RegistrarCommand, RegistrarConfig, RegistrarEvent, RegistrarInput, RegistrarOutput, Route,
 };
 
 #[cfg(test)]

@@ -226,6 +226,7 @@ impl Harness {
                     assert!(step.response.replace(response).is_none(), "one response per REGISTER");
                 }
                 RegistrarOutput::Event(e) => step.events.push(e),
+                RegistrarOutput::Routed { .. } => panic!("REGISTER is never routed"),
             }
         }
         step
@@ -416,7 +417,7 @@ fn repeated_failures_block_the_source_until_block_s_passes() {
     assert_eq!(h.m.blocked_sources(h.now), 1);
     let refused = h.send(&reg);
     assert_eq!(refused.code(), 403);
-    assert_eq!(refused.events, [RegistrarEvent::Rejected { source: source().ip(), code: 403 }]);
+    assert_eq!(refused.events, [RegistrarEvent::Rejected { source: source().ip(), method: "REGISTER", code: 403 }]);
     let other: SocketAddr = "198.51.100.1:5060".parse().unwrap();
     assert_eq!(h.send_from(&reg, other).code(), 401, "another source is not blocked");
 

@@ -648,6 +648,26 @@ impl Message {
     }
 }
 
+/// A SIP URI from text pbx holds (a stored Contact); `None` unless all of it is one URI.
+pub fn parse_sip_uri(text: &str) -> Option<SipUri> {
+    let src = Bytes::copy_from_slice(text.trim().as_bytes());
+    let text = std::str::from_utf8(&src).ok()?;
+    match SipUri::parse(&src)(text) {
+        Ok(("", uri)) => Some(uri),
+        _ => None,
+    }
+}
+
+/// One Via value from text; `None` unless all of it is one Via.
+pub fn parse_via(text: &str) -> Option<Via> {
+    let src = Bytes::copy_from_slice(text.trim().as_bytes());
+    let text = std::str::from_utf8(&src).ok()?;
+    match <Via as ezk_sip_types::header::HeaderParse>::parse(&src, text) {
+        Ok((rest, via)) if rest.trim().is_empty() => Some(via),
+        _ => None,
+    }
+}
+
 /// The Contact set of a REGISTER.
 #[derive(Debug, Clone)]
 pub enum Contacts {

@@ -30,12 +30,12 @@ fn transmitted(outs: &[EndpointOutput]) -> Vec<String> {
 /// OPTIONS is answered 200 with Allow, back to the source port (rport).
 #[test]
 fn options_answered_with_allow() {
-    let mut e = Endpoint::new(TimerConfig::default());
+    let mut e = Endpoint::new(TimerConfig::default(), 0);
     let outs = run(&mut e, Timestamp::ZERO, inbound(request("OPTIONS", "z9hG4bK-o1")));
     let sent = transmitted(&outs);
     assert_eq!(sent.len(), 1, "{outs:?}");
     assert!(sent[0].starts_with("SIP/2.0 200 OK\r\n"), "{}", sent[0]);
-    assert!(sent[0].contains("Allow: REGISTER, OPTIONS"));
+    assert!(sent[0].contains(&format!("Allow: {ALLOW}")));
     assert!(sent[0].contains("rport=5062"));
     assert!(
         outs.iter()
@@ -46,10 +46,10 @@ fn options_answered_with_allow() {
 /// An unsupported method gets 405 with Allow; a malformed request 400 naming the problem.
 #[test]
 fn unsupported_and_malformed() {
-    let mut e = Endpoint::new(TimerConfig::default());
+    let mut e = Endpoint::new(TimerConfig::default(), 0);
     let sent = transmitted(&run(&mut e, Timestamp::ZERO, inbound(request("SUBSCRIBE", "z9hG4bK-s1"))));
     assert!(sent[0].starts_with("SIP/2.0 405 Method Not Allowed\r\n"));
-    assert!(sent[0].contains("Allow: REGISTER, OPTIONS"));
+    assert!(sent[0].contains(&format!("Allow: {ALLOW}")));
     let broken =
         String::from_utf8(request("OPTIONS", "z9hG4bK-b1").to_vec()).unwrap().replace("Call-ID: c-z9hG4bK-b1\r\n", "");
     let outs = run(&mut e, Timestamp::ZERO, inbound(Bytes::from(broken)));
@@ -63,7 +63,7 @@ fn unsupported_and_malformed() {
 /// A REGISTER goes to the registrar once; its retransmission is answered from the transaction.
 #[test]
 fn register_dispatched_once_and_retransmission_absorbed() {
-    let mut e = Endpoint::new(TimerConfig::default());
+    let mut e = Endpoint::new(TimerConfig::default(), 0);
     let outs = run(&mut e, Timestamp::ZERO, inbound(request("REGISTER", "z9hG4bK-r1")));
     let (tx, req) = outs
         .into_iter()
@@ -91,7 +91,7 @@ fn register_dispatched_once_and_retransmission_absorbed() {
 /// A registrar that never answers: the REGISTER gets 500 when the deadline passes, not before.
 #[test]
 fn silent_registrar_gets_500_on_time() {
-    let mut e = Endpoint::new(TimerConfig::default());
+    let mut e = Endpoint::new(TimerConfig::default(), 0);
     run(&mut e, Timestamp::ZERO, inbound(request("REGISTER", "z9hG4bK-r2")));
     let deadline = Timestamp::from_secs(REGISTRAR_ANSWER_S_MAX);
     assert!(e.poll_timeout().is_some_and(|t| t <= deadline));
@@ -104,7 +104,7 @@ fn silent_registrar_gets_500_on_time() {
 /// A Require we do not support gets 420 naming it; an unknown method 501, a known one 405.
 #[test]
 fn require_and_unknown_methods() {
-    let mut e = Endpoint::new(TimerConfig::default());
+    let mut e = Endpoint::new(TimerConfig::default(), 0);
     let with_require = String::from_utf8(request("OPTIONS", "z9hG4bK-q1").to_vec())
         .unwrap()
         .replace("Content-Length", "Require: foo, bar\r\nContent-Length");
@@ -113,6 +113,51 @@ fn require_and_unknown_methods() {
     assert!(sent[0].contains("Unsupported: foo, bar"));
     let sent = transmitted(&run(&mut e, Timestamp::ZERO, inbound(request("NEWMETHOD", "z9hG4bK-n1"))));
     assert!(sent[0].starts_with("SIP/2.0 501 Not Implemented\r\n"), "{}", sent[0]);
-    let sent = transmitted(&run(&mut e, Timestamp::ZERO, inbound(request("INVITE", "z9hG4bK-i1"))));
+    let sent = transmitted(&run(&mut e, Timestamp::ZERO, inbound(request("MESSAGE", "z9hG4bK-i1"))));
     assert!(sent.iter().any(|m| m.starts_with("SIP/2.0 405 Method Not Allowed\r\n")), "{sent:?}");
+}
+
+/// A new INVITE: 100 at once, then to the registrar; once routed, a call with one leg per
+/// contact. The caller's CANCEL reaches the A-leg; in-dialog requests reach the leg their To
+/// tag names, or get 481; a leg that goes down with the INVITE unanswered answers it 500.
+#[test]
+fn invites_are_routed_to_calls_and_legs() {
+    let mut e = Endpoint::new(TimerConfig::default(), 0x100);
+    let outs = run(&mut e, Timestamp::ZERO, inbound(request("INVITE", "z9hG4bK-call1")));
+    assert!(transmitted(&outs)[0].starts_with("SIP/2.0 100 Trying\r\n"));
+    let tx = outs
+        .iter()
+        .find_map(|o| match o {
+            EndpointOutput::Route { tx, .. } => Some(*tx),
+            _ => None,
+        })
+        .expect("handed to the registrar");
+    let route =
+        Route { caller: "100".into(), caller_display_name: String::new(), callee: "101".into(), contacts: vec![] };
+    let outs = run(&mut e, Timestamp::ZERO, EndpointInput::Routed { tx, route });
+    let [EndpointOutput::StartCall(start)] = &outs[..] else { panic!("{outs:?}") };
+    assert_eq!(start.a, LegId(0x101));
+
+    let cancel = String::from_utf8(request("CANCEL", "z9hG4bK-call1").to_vec()).unwrap();
+    let outs = run(&mut e, Timestamp::ZERO, inbound(Bytes::from(cancel)));
+    assert!(transmitted(&outs)[0].starts_with("SIP/2.0 200 OK\r\n"), "{outs:?}");
+    assert!(outs.iter().any(|o| matches!(o, EndpointOutput::ToLeg { leg: LegId(0x101), input: SipIn::Cancel })));
+
+    let bye = |tag: &str| {
+        let text = String::from_utf8(request("BYE", "z9hG4bK-bye1").to_vec()).unwrap();
+        Bytes::from(text.replace("To: <sip:100@pbx>", &format!("To: <sip:100@pbx>;tag={tag}")))
+    };
+    let outs = run(&mut e, Timestamp::ZERO, inbound(bye(&LegId(0x101).tag())));
+    assert!(
+        outs.iter().any(|o| matches!(o, EndpointOutput::ToLeg { leg: LegId(0x101), input: SipIn::Request { .. } }))
+    );
+    let outs = run(&mut e, Timestamp::ZERO, inbound(bye(&LegId(0x999).tag()).slice(..).to_vec().into()));
+    assert!(transmitted(&outs).is_empty(), "a retransmitted BYE is absorbed by its transaction");
+
+    let outs = run(&mut e, Timestamp::ZERO, EndpointInput::LegDown { leg: LegId(0x101) });
+    assert!(transmitted(&outs)[0].starts_with("SIP/2.0 500 Call Failed\r\n"), "{outs:?}");
+    let text = String::from_utf8(request("BYE", "z9hG4bK-bye2").to_vec()).unwrap();
+    let stale = text.replace("To: <sip:100@pbx>", &format!("To: <sip:100@pbx>;tag={}", LegId(0x101).tag()));
+    let outs = run(&mut e, Timestamp::ZERO, inbound(Bytes::from(stale)));
+    assert!(transmitted(&outs)[0].starts_with("SIP/2.0 481"), "{outs:?}");
 }

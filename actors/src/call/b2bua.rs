@@ -1,0 +1,729 @@
+//! One call as a sans-IO machine: the A-leg toward the caller, a B-leg toward every contact of
+//! the callee (parallel forking), and pbx's media relay between them.
+//!
+//! - Forking: every contact gets an INVITE at once; the first 2xx wins and the other legs are
+//!   cancelled (a 2xx that comes anyway is ACKed and BYEd by its leg). When every B-leg fails,
+//!   the caller gets the most telling failure (RFC 3261 §16.7 in spirit): a 6xx, else busy
+//!   (486), else the lowest code.
+//! - No answer within `no_answer` → the B-legs are cancelled and the caller gets 480.
+//! - SDP (RFC 3264): each side sees only pbx. The callee is offered the caller's G.711 codecs,
+//!   plus the other G.711 codec (pbx transcodes µ-law ↔ A-law) and telephone-event; the caller
+//!   is answered with the callee's choice when it offered it, else with its own first G.711
+//!   codec. A late offer (INVITE without SDP) gets pbx's offer in the 200 and its answer in the
+//!   ACK. Nothing acceptable → 488.
+//! - In a call, a re-INVITE or UPDATE from either side (hold, resume) is relayed as a new offer
+//!   to the other side, and the other side's answer relayed back, each rewritten to pbx's ports.
+//!   A re-INVITE without SDP is answered by pbx with its last description of that side.
+//! - Either side's BYE, an RTP timeout, a missing ACK or a failed leg ends the call; the CDR
+//!   comes out at that moment; the call is over when every leg has finished its last
+//!   transaction (or at a bound, whichever is first).
+
+use super::leg::{Leg, LegCommand, LegEvent, name_addr};
+use super::{LegId, LocalSip};
+use crate::Timestamp;
+use crate::cdr::{Cdr, Disposition, HangupSide};
+use crate::media::g711::G711;
+use crate::media::relay::{PeerMedia, Side};
+use crate::registrar::Route;
+use crate::sdp::{self, Audio, Codec, Direction, LocalSession, SessionDescription};
+use crate::sip::message::{self, Method};
+use crate::sip::transaction::{ServerKey, TimerConfig};
+use crate::sip::{Request, Transport};
+use bytes::Bytes;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How long legs may take to finish once the call is over before they are stopped anyway:
+/// longer than a BYE or CANCEL transaction (64*T1 = 32 s) can last.
+pub const ENDING_BOUND: Duration = Duration::from_secs(40);
+/// telephone-event's payload type when pbx chooses it.
+pub const TELEPHONE_EVENT_PT: u8 = 101;
+
+#[derive(Clone, Copy, Debug)]
+pub struct CallConfig {
+    pub no_answer: Duration,
+    pub timers: TimerConfig,
+    pub local_sip: LocalSip,
+}
+
+/// What a call starts from: the authenticated INVITE and where it may go.
+pub struct CallSetup {
+    /// The CDR id.
+    pub id: u64,
+    pub a: LegId,
+    pub key: ServerKey,
+    pub invite: Request,
+    pub source: SocketAddr,
+    pub transport: Transport,
+    pub route: Route,
+    /// One leg id per contact of `route.contacts`, in the same order.
+    pub forks: Vec<LegId>,
+    /// pbx's RTP address on the caller's side and on the callee's side.
+    pub media: [SocketAddr; 2],
+    /// Seeds the SDP session ids.
+    pub seed: u64,
+}
+
+#[derive(Debug)]
+pub enum CallInput {
+    Leg {
+        leg: LegId,
+        event: LegEvent,
+    },
+    /// The leg's actor failed: its SIP side is gone without a word.
+    LegLost {
+        leg: LegId,
+    },
+    /// The media relay saw no RTP from this side for the configured time.
+    MediaInactive {
+        side: Side,
+    },
+    Timeout,
+}
+
+// A started leg moves into its actor at once, so boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+pub enum CallOutput {
+    /// Run this leg (in its own actor).
+    StartLeg(Leg),
+    ToLeg {
+        leg: LegId,
+        command: LegCommand,
+    },
+    /// The leg reported `Finished` (or was lost): its actor may stop.
+    StopLeg {
+        leg: LegId,
+    },
+    ConfigureMedia {
+        side: Side,
+        peer: PeerMedia,
+    },
+    /// The call has ended (hung up, rejected, failed): persist its record, media counters
+    /// filled in by the shell. Legs may still be finishing their last transactions.
+    Record(Box<Cdr>),
+    /// Every leg has finished (or the bound came): the call's actor may stop.
+    Over,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Ringing,
+    Answered,
+    Ending,
+    Over,
+}
+
+/// A re-INVITE/UPDATE from one side, relayed to the other and waiting for its answer.
+struct Relayed {
+    from: Side,
+    offer: SessionDescription,
+    audio: Audio,
+}
+
+pub struct Call {
+    id: u64,
+    phase: Phase,
+    now: Timestamp,
+    a: LegId,
+    forks: BTreeMap<LegId, bool>,
+    a_live: bool,
+    winner: Option<LegId>,
+    caller: String,
+    callee: String,
+    call_id: String,
+    start: Timestamp,
+    answer: Option<Timestamp>,
+    /// The caller's offer (early offer); `None` for a late offer.
+    a_offer: Option<(SessionDescription, Audio)>,
+    /// What pbx offered the callee: codecs and telephone-event PT.
+    b_plan: (Vec<(u8, Codec)>, Option<u8>),
+    sessions: [LocalSession; 2],
+    media: [SocketAddr; 2],
+    codecs: [Option<Codec>; 2],
+    /// The answer the caller got in a 183, repeated in the 200 (RFC 3264 §4: one answer).
+    early_answer: Option<Bytes>,
+    /// pbx's last description sent to each side.
+    last_sdp: [Option<Bytes>; 2],
+    relayed: Option<Relayed>,
+    /// Legs whose far end already ended the dialog (BYE, CANCEL): nothing to hang up there.
+    gone: Vec<LegId>,
+    failure: Option<u16>,
+    disposition: Option<Disposition>,
+    hangup: Option<HangupSide>,
+    deadline: Option<Timestamp>,
+    outputs: VecDeque<CallOutput>,
+}
+
+impl Call {
+    pub fn new(now: Timestamp, config: CallConfig, setup: CallSetup) -> Call {
+        let media_ip = |side: usize| setup.media[side].ip();
+        let mut call = Call {
+            id: setup.id,
+            phase: Phase::Ringing,
+            now,
+            a: setup.a,
+            forks: setup.forks.iter().map(|leg| (*leg, true)).collect(),
+            a_live: true,
+            winner: None,
+            caller: setup.route.caller.clone(),
+            callee: setup.route.callee.clone(),
+            call_id: setup.invite.call_id().unwrap_or_default(),
+            start: now,
+            answer: None,
+            a_offer: None,
+            b_plan: (Vec::new(), None),
+            sessions: [
+                LocalSession::new(setup.seed, media_ip(0)),
+                LocalSession::new(setup.seed.wrapping_add(1), media_ip(1)),
+            ],
+            media: setup.media,
+            codecs: [None, None],
+            early_answer: None,
+            last_sdp: [None, None],
+            relayed: None,
+            gone: Vec::new(),
+            failure: None,
+            disposition: None,
+            hangup: None,
+            deadline: Some(now + config.no_answer),
+            outputs: VecDeque::new(),
+        };
+        let a_leg = Leg::uas(
+            setup.a,
+            now,
+            config.timers,
+            config.local_sip,
+            setup.key,
+            setup.invite.clone(),
+            setup.source,
+            setup.transport,
+        );
+        let Some(a_leg) = a_leg else {
+            // The facade checked From, To, Call-ID and CSeq; this cannot happen, but if it does
+            // the endpoint answers the INVITE 500 when the leg is reported lost.
+            call.a_live = false;
+            call.forks.clear();
+            call.fail("caller's INVITE unusable");
+            return call;
+        };
+        call.outputs.push_back(CallOutput::StartLeg(a_leg));
+
+        // The caller's offer, if any, decides what the callee is offered.
+        let offer = if setup.invite.body.is_empty() {
+            None
+        } else {
+            match sdp::parse(&setup.invite.body).ok().and_then(|d| d.audio().map(|a| (d, a))) {
+                Some(parsed) => Some(parsed),
+                None => return call.refuse_offer(),
+            }
+        };
+        let plan = match sdp::plan_offer(offer.as_ref().map(|(_, audio)| audio)) {
+            Ok(plan) => plan,
+            Err(_) => return call.refuse_offer(),
+        };
+        let direction = offer.as_ref().map_or(Direction::SendRecv, |(_, audio)| audio.direction);
+        call.a_offer = offer;
+        call.b_plan = plan;
+        let b_sdp = sdp::offer(&mut call.sessions[1], call.media[1].port(), &call.b_plan.0, call.b_plan.1, direction);
+        call.last_sdp[1] = Some(b_sdp.clone());
+
+        let from_uri = message::parse_sip_uri(&format!("sip:{}@{}", setup.route.caller, config.local_sip.address));
+        let to_uri = message::parse_sip_uri(&format!("sip:{}@{}", setup.route.callee, config.local_sip.address));
+        for (leg_id, binding) in setup.forks.iter().zip(&setup.route.contacts) {
+            let (Some(from_uri), Some(to_uri), Some(target)) =
+                (from_uri.clone(), to_uri.clone(), message::parse_sip_uri(&binding.contact))
+            else {
+                call.forks.insert(*leg_id, false);
+                continue;
+            };
+            let from = name_addr(Some(&setup.route.caller_display_name), from_uri);
+            let to = name_addr(None, to_uri);
+            let leg = Leg::uac(
+                *leg_id,
+                now,
+                config.timers,
+                config.local_sip,
+                from,
+                to,
+                target,
+                binding.source,
+                binding.transport,
+            );
+            call.outputs.push_back(CallOutput::StartLeg(leg));
+            call.outputs.push_back(CallOutput::ToLeg {
+                leg: *leg_id,
+                command: LegCommand::Invite { sdp: Some(b_sdp.clone()) },
+            });
+        }
+        if !call.forks.values().any(|live| *live) {
+            call.failure = Some(480);
+            call.reject_caller(480, Disposition::Unavailable);
+        }
+        call
+    }
+
+    pub fn handle(&mut self, now: Timestamp, input: CallInput) {
+        self.now = self.now.max(now);
+        if self.phase == Phase::Over {
+            return;
+        }
+        match input {
+            CallInput::Leg { leg, event } if leg == self.a => self.a_event(event),
+            CallInput::Leg { leg, event } => self.b_event(leg, event),
+            CallInput::LegLost { leg } => self.lost(leg),
+            CallInput::MediaInactive { side } => {
+                if self.phase == Phase::Answered {
+                    self.hangup.get_or_insert(HangupSide::Pbx);
+                    let _ = side;
+                    self.end_all();
+                }
+            }
+            CallInput::Timeout => {
+                if self.deadline.is_some_and(|d| d <= self.now) {
+                    match self.phase {
+                        Phase::Ringing => {
+                            self.hangup = Some(HangupSide::Pbx);
+                            self.reject_caller(480, Disposition::NoAnswer);
+                        }
+                        _ => self.over(),
+                    }
+                }
+            }
+        }
+        self.check_over();
+    }
+
+    pub fn poll_output(&mut self) -> Option<CallOutput> {
+        self.outputs.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.deadline
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// For the active-calls list: "ringing", "answered" or "ending".
+    pub fn state(&self) -> &'static str {
+        match self.phase {
+            Phase::Ringing => "ringing",
+            Phase::Answered => "answered",
+            Phase::Ending | Phase::Over => "ending",
+        }
+    }
+
+    /// A CDR as it stands now (the final one comes out in `Record`).
+    pub fn record(&self) -> Cdr {
+        Cdr {
+            id: self.id,
+            call_id: self.call_id.clone(),
+            caller: self.caller.clone(),
+            callee: self.callee.clone(),
+            start: self.start,
+            answer: self.answer,
+            end: self.now,
+            disposition: self.disposition.clone().unwrap_or(Disposition::Failed { reason: "in progress".into() }),
+            hangup: self.hangup,
+            codec_caller: self.codecs[0].map(|c| c.name().to_owned()),
+            codec_callee: self.codecs[1].map(|c| c.name().to_owned()),
+            media: Default::default(),
+        }
+    }
+
+    fn a_event(&mut self, event: LegEvent) {
+        match event {
+            LegEvent::Cancelled => {
+                self.gone.push(self.a);
+                self.disposition.get_or_insert(Disposition::Cancelled);
+                self.hangup.get_or_insert(HangupSide::Caller);
+                self.a_live = false;
+                self.end_all();
+            }
+            LegEvent::Acked { sdp } => {
+                // The answer to the offer pbx made in its 200 to a late-offer INVITE.
+                if self.a_offer.is_none() && self.codecs[0].is_none() && self.phase == Phase::Answered {
+                    let answer = sdp.and_then(|b| sdp::parse(&b).ok()).and_then(|d| d.audio());
+                    match answer.and_then(|audio| first_codec(&audio).map(|c| (audio, c))) {
+                        Some((audio, codec)) => self.configure(Side::A, &audio, codec),
+                        None => {
+                            self.disposition = Some(Disposition::Failed { reason: "no answer in ACK".into() });
+                            self.hangup = Some(HangupSide::Pbx);
+                            self.end_all();
+                        }
+                    }
+                }
+            }
+            LegEvent::Bye => {
+                self.gone.push(self.a);
+                self.hung_up_by(HangupSide::Caller);
+            }
+            LegEvent::NoAck => {
+                self.hangup.get_or_insert(HangupSide::Pbx);
+                self.end_all();
+            }
+            LegEvent::Offer { method, sdp } => self.offer_from(Side::A, method, sdp),
+            LegEvent::OfferAnswered { code, sdp } => self.offer_answered(Side::A, code, sdp),
+            LegEvent::Finished => {
+                self.a_live = false;
+                self.outputs.push_back(CallOutput::StopLeg { leg: self.a });
+                if self.phase == Phase::Ringing {
+                    // Finished without our final response: only after a CANCEL, handled above.
+                    self.end_all();
+                }
+            }
+            LegEvent::Progress { .. } | LegEvent::Answered { .. } | LegEvent::Failed { .. } => {}
+        }
+    }
+
+    fn hung_up_by(&mut self, side: HangupSide) {
+        self.hangup.get_or_insert(side);
+        self.end_all();
+    }
+
+    fn b_event(&mut self, leg: LegId, event: LegEvent) {
+        if !self.forks.contains_key(&leg) {
+            return;
+        }
+        match event {
+            LegEvent::Progress { code, sdp } => {
+                if self.phase != Phase::Ringing {
+                    return;
+                }
+                let mut answer = None;
+                if let (Some(sdp), Some(_)) = (sdp, &self.a_offer) {
+                    answer = self.answer_caller_from(&sdp);
+                    if answer.is_some() {
+                        self.early_answer = answer.clone();
+                    }
+                }
+                let code = if answer.is_some() { 183 } else { code.clamp(180, 199) };
+                self.command(self.a, LegCommand::Progress { code, sdp: answer });
+            }
+            LegEvent::Answered { sdp } => self.b_answered(leg, sdp),
+            LegEvent::Failed { code } => {
+                self.forks.insert(leg, false);
+                self.failure = Some(match self.failure {
+                    None => code,
+                    Some(best) => more_telling(best, code),
+                });
+                if self.phase == Phase::Ringing && !self.forks.values().any(|live| *live) {
+                    let code = self.failure.unwrap_or(480);
+                    let disposition = match code {
+                        486 | 600 => Disposition::Busy,
+                        408 | 480 => Disposition::NoAnswer,
+                        _ => Disposition::Rejected { code },
+                    };
+                    self.hangup = Some(HangupSide::Callee);
+                    self.reject_caller(code, disposition);
+                }
+            }
+            LegEvent::Bye if Some(leg) == self.winner => {
+                self.gone.push(leg);
+                self.hung_up_by(HangupSide::Callee)
+            }
+            LegEvent::NoAck | LegEvent::Bye => {}
+            LegEvent::Offer { method, sdp } if Some(leg) == self.winner => self.offer_from(Side::B, method, sdp),
+            LegEvent::Offer { .. } => self.command(leg, LegCommand::AnswerOffer { code: 488, sdp: None }),
+            LegEvent::OfferAnswered { code, sdp } if Some(leg) == self.winner => {
+                self.offer_answered(Side::B, code, sdp)
+            }
+            LegEvent::OfferAnswered { .. } => {}
+            LegEvent::Finished => {
+                self.forks.insert(leg, false);
+                self.outputs.push_back(CallOutput::StopLeg { leg });
+                if Some(leg) == self.winner && self.phase == Phase::Answered {
+                    self.hangup.get_or_insert(HangupSide::Callee);
+                    self.end_all();
+                }
+            }
+            LegEvent::Cancelled | LegEvent::Acked { .. } => {}
+        }
+    }
+
+    fn b_answered(&mut self, leg: LegId, sdp: Option<Bytes>) {
+        if self.phase != Phase::Ringing {
+            // Another contact answered first, or the call is ending: this one goes.
+            return self.command(leg, LegCommand::Hangup);
+        }
+        self.winner = Some(leg);
+        let others: Vec<LegId> =
+            self.forks.iter().filter(|(id, live)| **live && **id != leg).map(|(id, _)| *id).collect();
+        for other in others {
+            self.command(other, LegCommand::Hangup);
+        }
+        self.phase = Phase::Answered;
+        self.answer = Some(self.now);
+        self.deadline = None;
+        self.disposition = Some(Disposition::Answered);
+        let to_caller = match (&self.a_offer, sdp) {
+            (Some(_), Some(sdp)) => self.early_answer.clone().or_else(|| self.answer_caller_from(&sdp)),
+            (None, Some(sdp)) => {
+                // Late offer: the callee answered pbx's offer; the caller now gets pbx's offer
+                // (the callee's codec first, so no transcoding if the caller can help it).
+                match sdp::parse(&sdp).ok().and_then(|d| d.audio()).and_then(|a| first_codec(&a).map(|c| (a, c))) {
+                    Some((audio, codec)) => {
+                        self.configure(Side::B, &audio, codec);
+                        let codecs = [(codec.static_pt(), codec), (codec.other().static_pt(), codec.other())];
+                        let offer = sdp::offer(
+                            &mut self.sessions[0],
+                            self.media[0].port(),
+                            &codecs,
+                            Some(TELEPHONE_EVENT_PT),
+                            audio.direction.answer(),
+                        );
+                        Some(offer)
+                    }
+                    None => None,
+                }
+            }
+            (_, None) => None,
+        };
+        match to_caller {
+            Some(sdp) => {
+                self.last_sdp[0] = Some(sdp.clone());
+                self.command(self.a, LegCommand::Answer { sdp: Some(sdp) });
+            }
+            None => {
+                // The callee answered with nothing pbx can use: hang up on it, 488 the caller.
+                self.disposition = Some(Disposition::Failed { reason: "callee's answer unusable".into() });
+                self.hangup = Some(HangupSide::Pbx);
+                self.failure = Some(488);
+                self.phase = Phase::Ringing;
+                self.end_all();
+            }
+        }
+    }
+
+    /// The caller's answer, built from the callee's SDP (its answer to pbx's offer); configures
+    /// both sides of the relay. `None` when the callee's SDP is unusable.
+    fn answer_caller_from(&mut self, callee_sdp: &[u8]) -> Option<Bytes> {
+        let audio = sdp::parse(callee_sdp).ok()?.audio()?;
+        let codec_b = first_codec(&audio)?;
+        let (offer, a_audio) = self.a_offer.clone()?;
+        let codec_a = sdp::choose(&a_audio, codec_b)?;
+        let te = a_audio.telephone_event.is_some();
+        let answer =
+            sdp::answer(&mut self.sessions[0], &offer, self.media[0].port(), codec_a, te, audio.direction).ok()?;
+        self.configure(Side::B, &audio, codec_b);
+        self.configure(Side::A, &a_audio, codec_a);
+        Some(answer)
+    }
+
+    /// Points the relay's `side` at what that side's SDP says.
+    fn configure(&mut self, side: Side, audio: &Audio, codec: Codec) {
+        let pt = audio.codecs.iter().find(|(_, c)| *c == codec).map_or(codec.static_pt(), |(pt, _)| *pt);
+        self.codecs[side_index(side)] = Some(codec);
+        let peer = PeerMedia {
+            rtp: audio.rtp,
+            rtcp: audio.rtcp,
+            codec: (pt, g711(codec)),
+            telephone_event: audio.telephone_event,
+            sends: audio.direction.sends() && audio.rtp.is_some(),
+        };
+        self.outputs.push_back(CallOutput::ConfigureMedia { side, peer });
+    }
+
+    fn offer_from(&mut self, from: Side, method: Method, sdp: Option<Bytes>) {
+        let leg = self.leg_of(from);
+        let Some(other) = self.winner.map(|_| self.leg_of(from.other())) else {
+            return self.command(leg, LegCommand::AnswerOffer { code: 488, sdp: None });
+        };
+        if self.phase != Phase::Answered {
+            return self.command(leg, LegCommand::AnswerOffer { code: 488, sdp: None });
+        }
+        let Some(sdp) = sdp else {
+            // No offer (a session refresh): pbx repeats what it last said to that side.
+            let last = self.last_sdp[side_index(from)].clone();
+            return self.command(leg, LegCommand::AnswerOffer { code: 200, sdp: last });
+        };
+        if self.relayed.is_some() {
+            return self.command(leg, LegCommand::AnswerOffer { code: 491, sdp: None });
+        }
+        let Some((offer, audio)) = sdp::parse(&sdp).ok().and_then(|d| d.audio().map(|a| (d, a))) else {
+            return self.command(leg, LegCommand::AnswerOffer { code: 488, sdp: None });
+        };
+        let Ok((codecs, te)) = sdp::plan_offer(Some(&audio)) else {
+            return self.command(leg, LegCommand::AnswerOffer { code: 488, sdp: None });
+        };
+        let to = from.other();
+        let sdp = sdp::offer(
+            &mut self.sessions[side_index(to)],
+            self.media[side_index(to)].port(),
+            &codecs,
+            te,
+            audio.direction,
+        );
+        self.last_sdp[side_index(to)] = Some(sdp.clone());
+        self.relayed = Some(Relayed { from, offer, audio });
+        self.command(other, LegCommand::Offer { method, sdp: Some(sdp) });
+    }
+
+    fn offer_answered(&mut self, answered_by: Side, code: u16, sdp: Option<Bytes>) {
+        let Some(relayed) = self.relayed.take_if(|r| r.from == answered_by.other()) else { return };
+        let from_leg = self.leg_of(relayed.from);
+        if !(200..300).contains(&code) {
+            return self.command(from_leg, LegCommand::AnswerOffer { code: code.max(300), sdp: None });
+        }
+        let answer = sdp.and_then(|b| sdp::parse(&b).ok()).and_then(|d| d.audio());
+        let Some((audio, codec)) = answer.and_then(|a| first_codec(&a).map(|c| (a, c))) else {
+            return self.command(from_leg, LegCommand::AnswerOffer { code: 488, sdp: None });
+        };
+        let Some(codec_from) = sdp::choose(&relayed.audio, codec) else {
+            return self.command(from_leg, LegCommand::AnswerOffer { code: 488, sdp: None });
+        };
+        let index = side_index(relayed.from);
+        let te = relayed.audio.telephone_event.is_some();
+        let port = self.media[index].port();
+        match sdp::answer(&mut self.sessions[index], &relayed.offer, port, codec_from, te, audio.direction) {
+            Ok(reply) => {
+                self.configure(answered_by, &audio, codec);
+                self.configure(relayed.from, &relayed.audio, codec_from);
+                self.last_sdp[index] = Some(reply.clone());
+                self.command(from_leg, LegCommand::AnswerOffer { code: 200, sdp: Some(reply) });
+            }
+            Err(_) => self.command(from_leg, LegCommand::AnswerOffer { code: 488, sdp: None }),
+        }
+    }
+
+    fn lost(&mut self, leg: LegId) {
+        if leg == self.a {
+            self.a_live = false;
+        } else if let Some(live) = self.forks.get_mut(&leg) {
+            *live = false;
+        } else {
+            return;
+        }
+        self.outputs.push_back(CallOutput::StopLeg { leg });
+        if leg == self.a || Some(leg) == self.winner {
+            self.hangup.get_or_insert(HangupSide::Pbx);
+            if self.disposition.is_none() || self.phase == Phase::Ringing {
+                self.disposition = Some(Disposition::Failed { reason: "call leg failed".into() });
+            }
+            self.end_all();
+        } else if self.phase == Phase::Ringing && !self.forks.values().any(|live| *live) {
+            self.hangup = Some(HangupSide::Pbx);
+            self.reject_caller(500, Disposition::Failed { reason: "call leg failed".into() });
+        }
+    }
+
+    /// 488 to the caller: nothing in its offer pbx can use.
+    fn refuse_offer(mut self) -> Call {
+        self.forks.clear();
+        self.hangup = Some(HangupSide::Pbx);
+        self.reject_caller(488, Disposition::Rejected { code: 488 });
+        self
+    }
+
+    fn reject_caller(&mut self, code: u16, disposition: Disposition) {
+        self.disposition.get_or_insert(disposition);
+        self.failure = Some(code);
+        self.end_all();
+    }
+
+    fn fail(&mut self, reason: &str) {
+        self.disposition = Some(Disposition::Failed { reason: reason.into() });
+        self.hangup = Some(HangupSide::Pbx);
+        self.end_all();
+    }
+
+    /// Once: every live leg hangs up (the caller gets its final response if it has none yet,
+    /// a B-leg its CANCEL or BYE); the call is ending.
+    fn end_all(&mut self) {
+        if matches!(self.phase, Phase::Ending | Phase::Over) {
+            return self.check_over();
+        }
+        if self.phase == Phase::Ringing {
+            self.command(self.a, LegCommand::Reject { code: self.failure.unwrap_or(480) });
+        } else {
+            self.command(self.a, LegCommand::Hangup);
+        }
+        let live: Vec<LegId> = self.forks.iter().filter(|(_, live)| **live).map(|(id, _)| *id).collect();
+        for leg in live {
+            self.command(leg, LegCommand::Hangup);
+        }
+        self.phase = Phase::Ending;
+        self.deadline = Some(self.now + ENDING_BOUND);
+        // The record is written now, when the call ended, not when the last BYE transaction
+        // finishes (up to 32 s later for a phone that vanished).
+        self.disposition.get_or_insert(Disposition::Failed { reason: "ended before an outcome".into() });
+        let cdr = self.record();
+        self.outputs.push_back(CallOutput::Record(Box::new(cdr)));
+        self.check_over();
+    }
+
+    fn check_over(&mut self) {
+        if self.phase == Phase::Ending && !self.a_live && !self.forks.values().any(|live| *live) {
+            self.over();
+        }
+    }
+
+    fn over(&mut self) {
+        if self.phase == Phase::Over {
+            return;
+        }
+        if self.a_live {
+            self.outputs.push_back(CallOutput::StopLeg { leg: self.a });
+            self.a_live = false;
+        }
+        let live: Vec<LegId> = self.forks.iter().filter(|(_, live)| **live).map(|(id, _)| *id).collect();
+        for leg in live {
+            self.forks.insert(leg, false);
+            self.outputs.push_back(CallOutput::StopLeg { leg });
+        }
+        self.phase = Phase::Over;
+        self.deadline = None;
+        self.outputs.push_back(CallOutput::Over);
+    }
+
+    fn leg_of(&self, side: Side) -> LegId {
+        match side {
+            Side::A => self.a,
+            Side::B => self.winner.unwrap_or(self.a),
+        }
+    }
+
+    fn command(&mut self, leg: LegId, command: LegCommand) {
+        let live = if leg == self.a { self.a_live } else { self.forks.get(&leg).copied().unwrap_or(false) };
+        if live && !(matches!(command, LegCommand::Hangup) && self.gone.contains(&leg)) {
+            self.outputs.push_back(CallOutput::ToLeg { leg, command });
+        }
+    }
+}
+
+/// RFC 3261 §16.7 in spirit: a 6xx ends the search, busy says more than other failures, and
+/// otherwise the lowest code (the most specific class).
+fn more_telling(a: u16, b: u16) -> u16 {
+    let rank = |c: u16| match c {
+        600..=699 => 0,
+        486 => 1,
+        487 => 9,
+        _ => 2,
+    };
+    match rank(a).cmp(&rank(b)) {
+        std::cmp::Ordering::Less => a,
+        std::cmp::Ordering::Greater => b,
+        std::cmp::Ordering::Equal => a.min(b),
+    }
+}
+
+/// The codec an answer chose: the first G.711 one it lists.
+fn first_codec(audio: &Audio) -> Option<Codec> {
+    audio.codecs.first().map(|(_, c)| *c)
+}
+
+fn g711(codec: Codec) -> G711 {
+    match codec {
+        Codec::Pcmu => G711::Mu,
+        Codec::Pcma => G711::A,
+    }
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::A => 0,
+        Side::B => 1,
+    }
+}

@@ -1,0 +1,651 @@
+//! The leg and call machines on virtual time, with SIP messages as text.
+
+use super::b2bua::{CallSetup, ENDING_BOUND};
+use super::*;
+use crate::Timestamp;
+use crate::cdr::{Disposition, HangupSide};
+use crate::media::g711::G711;
+use crate::media::relay::Side;
+use crate::registrar::{Binding, Route};
+use crate::sip::message::{self, Message, Method, Name};
+use crate::sip::transaction::{ServerKey, TimerConfig, TransactionInput, TransactionOutput, Transactions};
+use crate::sip::{Request, Response, Transport};
+use bytes::Bytes;
+use std::time::Duration;
+
+const PHONE: &str = "127.0.0.1:5062";
+const PBX: &str = "127.0.0.1:5060";
+
+fn local() -> LocalSip {
+    LocalSip { address: PBX.parse().unwrap() }
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn parse_request(text: &str) -> Request {
+    match message::parse_datagram(text.replace('\n', "\r\n").as_bytes()) {
+        Ok(Message::Request(r)) => r,
+        other => panic!("not a request: {other:?}"),
+    }
+}
+
+const PCMU_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 40000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n";
+const PCMA_ANSWER: &str = "v=0\r\no=- 2 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 41000 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n";
+const PCMU_ANSWER: &str = "v=0\r\no=- 2 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 41000 RTP/AVP 0\r\na=sendrecv\r\n";
+
+/// An INVITE from the caller, run through a transaction layer so it carries a server key.
+fn invite(body: &str) -> (ServerKey, Request) {
+    let content = if body.is_empty() { String::new() } else { "Content-Type: application/sdp\n".into() };
+    let text = format!(
+        "INVITE sip:101@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bK-inv1;rport\nMax-Forwards: 70\n\
+From: \"Alice\" <sip:100@127.0.0.1>;tag=alice\nTo: <sip:101@127.0.0.1>\nCall-ID: call-1\nCSeq: 1 INVITE\n\
+Contact: <sip:100@{PHONE}>\n{content}Content-Length: {}\n\n{body}",
+        body.len()
+    );
+    let bytes = text.replace('\n', "\r\n").replace("\r\r\n", "\r\n");
+    let mut transactions = Transactions::new(TimerConfig::default());
+    let message = message::parse_datagram(bytes.as_bytes()).expect("a valid INVITE");
+    transactions.handle(
+        Timestamp::ZERO,
+        TransactionInput::Received { message, source: PHONE.parse().unwrap(), transport: Transport::Udp },
+    );
+    while let Some(out) = transactions.poll_output() {
+        if let TransactionOutput::Request { key, request, .. } = out {
+            return (key, request);
+        }
+    }
+    panic!("the transaction layer passed no request on")
+}
+
+fn drain_leg(leg: &mut Leg) -> (Vec<SipOut>, Vec<LegEvent>) {
+    let (mut sip, mut events) = (Vec::new(), Vec::new());
+    while let Some(out) = leg.poll_output() {
+        match out {
+            LegOutput::Sip(s) => sip.push(s),
+            LegOutput::Event(e) => events.push(e),
+        }
+    }
+    (sip, events)
+}
+
+fn sent_text(out: &SipOut) -> String {
+    match out {
+        SipOut::Request { request, .. } => String::from_utf8_lossy(&request.to_bytes()).into_owned(),
+        SipOut::Response { response, .. } => String::from_utf8_lossy(&response.to_bytes()).into_owned(),
+    }
+}
+
+fn a_leg(id: u64) -> (Leg, ServerKey, Request) {
+    let (key, request) = invite(PCMU_OFFER);
+    let leg = Leg::uas(
+        LegId(id),
+        Timestamp::ZERO,
+        TimerConfig::default(),
+        local(),
+        key.clone(),
+        request.clone(),
+        PHONE.parse().unwrap(),
+        Transport::Udp,
+    )
+    .expect("a usable INVITE");
+    (leg, key, request)
+}
+
+#[test]
+fn leg_ids_survive_tags_and_branches() {
+    let leg = LegId(0x0123_4567_89ab_cdef);
+    assert_eq!(LegId::from_tag(&leg.tag()), Some(leg));
+    assert_eq!(LegId::from_branch(&leg.branch(7)), Some(leg));
+    assert!(leg.branch(1).starts_with("z9hG4bK"));
+    assert_eq!(LegId::from_tag("alice"), None);
+    assert_eq!(LegId::from_branch("z9hG4bK-inv1"), None);
+    assert_eq!(LegId::from_branch(&format!("z9hG4bK{}.", leg.tag())), None);
+}
+
+/// A-leg: 180, 200 with our tag and Contact, the 2xx retransmitted on T1, 2*T1.. until the ACK,
+/// then the caller's BYE is answered 200 and the leg finishes.
+#[test]
+fn uas_answers_retransmits_until_ack_and_takes_bye() {
+    let (mut leg, _, invite) = a_leg(0xa);
+    leg.handle(Timestamp::ZERO, LegInput::Command(LegCommand::Progress { code: 180, sdp: None }));
+    let (sip, _) = drain_leg(&mut leg);
+    assert!(sent_text(&sip[0]).starts_with("SIP/2.0 180 Ringing"), "{}", sent_text(&sip[0]));
+    assert!(sent_text(&sip[0]).contains(&format!("tag={}", LegId(0xa).tag())));
+
+    let answer = Bytes::from_static(PCMU_ANSWER.as_bytes());
+    leg.handle(Timestamp::ZERO, LegInput::Command(LegCommand::Answer { sdp: Some(answer) }));
+    let (sip, _) = drain_leg(&mut leg);
+    let ok = sent_text(&sip[0]);
+    assert!(ok.starts_with("SIP/2.0 200 OK"), "{ok}");
+    assert!(ok.contains("Contact: <sip:pbx@127.0.0.1:5060>"), "{ok}");
+    assert!(ok.contains("Content-Type: application/sdp"), "{ok}");
+
+    // Retransmissions at 500 ms and then 1 s later (T1, 2*T1), nothing in between.
+    assert_eq!(leg.poll_timeout(), Some(Timestamp::ZERO + ms(500)));
+    leg.handle(Timestamp::ZERO + ms(500), LegInput::Timeout);
+    let (sip, _) = drain_leg(&mut leg);
+    assert_eq!(sip.len(), 1);
+    assert!(sent_text(&sip[0]).starts_with("SIP/2.0 200 OK"));
+    assert_eq!(leg.poll_timeout(), Some(Timestamp::ZERO + ms(1500)));
+
+    let ack = parse_request(&format!(
+        "ACK sip:pbx@{PBX} SIP/2.0\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bK-ack1\nMax-Forwards: 70\n\
+From: <sip:100@127.0.0.1>;tag=alice\nTo: <sip:101@127.0.0.1>;tag={}\nCall-ID: call-1\nCSeq: 1 ACK\nContent-Length: 0\n\n",
+        LegId(0xa).tag()
+    ));
+    leg.handle(Timestamp::ZERO + ms(700), LegInput::Sip(SipIn::Ack { request: ack }));
+    let (_, events) = drain_leg(&mut leg);
+    assert_eq!(events, vec![LegEvent::Acked { sdp: None }]);
+    assert_eq!(leg.poll_timeout(), None, "no retransmission after the ACK");
+
+    let (bye_key, bye) = in_dialog(&invite, "BYE", 2, &LegId(0xa).tag());
+    leg.handle(Timestamp::ZERO + ms(900), LegInput::Sip(SipIn::Request { key: bye_key, request: bye }));
+    let (sip, events) = drain_leg(&mut leg);
+    assert!(sent_text(&sip[0]).starts_with("SIP/2.0 200 OK"));
+    assert_eq!(events, vec![LegEvent::Bye, LegEvent::Finished]);
+    assert!(leg.is_done());
+}
+
+/// An in-dialog request from the caller, with its server key.
+fn in_dialog(_invite: &Request, method: &str, cseq: u32, our_tag: &str) -> (ServerKey, Request) {
+    let text = format!(
+        "{method} sip:pbx@{PBX} SIP/2.0\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bK-{method}{cseq};rport\nMax-Forwards: 70\n\
+From: <sip:100@127.0.0.1>;tag=alice\nTo: <sip:101@127.0.0.1>;tag={our_tag}\nCall-ID: call-1\nCSeq: {cseq} {method}\n\
+Content-Length: 0\n\n"
+    );
+    let mut transactions = Transactions::new(TimerConfig::default());
+    let message = message::parse_datagram(text.replace('\n', "\r\n").as_bytes()).unwrap();
+    transactions.handle(
+        Timestamp::ZERO,
+        TransactionInput::Received { message, source: PHONE.parse().unwrap(), transport: Transport::Udp },
+    );
+    while let Some(out) = transactions.poll_output() {
+        if let TransactionOutput::Request { key, request, .. } = out {
+            return (key, request);
+        }
+    }
+    panic!("no request")
+}
+
+/// A 200 that is never ACKed: 64*T1 later the leg reports it and sends a BYE.
+#[test]
+fn uas_without_ack_gives_up_with_bye() {
+    let (mut leg, _, _) = a_leg(0xb);
+    leg.handle(Timestamp::ZERO, LegInput::Command(LegCommand::Answer { sdp: None }));
+    drain_leg(&mut leg);
+    let mut now = Timestamp::ZERO;
+    let mut retransmissions = 0;
+    while let Some(at) = leg.poll_timeout() {
+        now = at;
+        leg.handle(now, LegInput::Timeout);
+        let (sip, events) = drain_leg(&mut leg);
+        if events.contains(&LegEvent::NoAck) {
+            assert!(sent_text(&sip[0]).starts_with("BYE sip:100@127.0.0.1:5062 SIP/2.0"), "{}", sent_text(&sip[0]));
+            break;
+        }
+        retransmissions += 1;
+        assert!(retransmissions < 20, "bounded");
+    }
+    assert_eq!(now, Timestamp::ZERO + ms(32_000));
+    // 0.5, 1.5, 3.5, 7.5, 11.5, 15.5, ..., 31.5 s: intervals capped at T2 = 4 s.
+    assert_eq!(retransmissions, 10);
+}
+
+#[test]
+fn uas_cancel_gets_487() {
+    let (mut leg, _, _) = a_leg(0xc);
+    leg.handle(Timestamp::ZERO, LegInput::Sip(SipIn::Cancel));
+    let (sip, events) = drain_leg(&mut leg);
+    assert!(sent_text(&sip[0]).starts_with("SIP/2.0 487 Request Terminated"), "{}", sent_text(&sip[0]));
+    assert_eq!(events, vec![LegEvent::Cancelled, LegEvent::Finished]);
+}
+
+fn b_leg(id: u64) -> Leg {
+    let from = leg::name_addr(Some("Alice"), message::parse_sip_uri("sip:100@127.0.0.1:5060").unwrap());
+    let to = leg::name_addr(None, message::parse_sip_uri("sip:101@127.0.0.1:5060").unwrap());
+    Leg::uac(
+        LegId(id),
+        Timestamp::ZERO,
+        TimerConfig::default(),
+        local(),
+        from,
+        to,
+        message::parse_sip_uri("sip:101@127.0.0.1:5064").unwrap(),
+        "127.0.0.1:5064".parse().unwrap(),
+        Transport::Udp,
+    )
+}
+
+fn request_out(out: &SipOut) -> &Request {
+    match out {
+        SipOut::Request { request, .. } => request,
+        other => panic!("not a request: {other:?}"),
+    }
+}
+
+/// The callee's response to a request of ours, with its tag.
+fn answer_to(request: &Request, code: u16, body: &str) -> Response {
+    let mut response = request.response(code, Some("bob"));
+    if code > 100 && code < 300 {
+        response.headers.insert(Name::CONTACT, "<sip:101@127.0.0.1:5064>");
+    }
+    if !body.is_empty() {
+        response.headers.insert(Name::CONTENT_TYPE, "application/sdp");
+        response.body = Bytes::copy_from_slice(body.as_bytes());
+    }
+    match message::parse_datagram(&response.to_bytes()) {
+        Ok(Message::Response(r)) => r,
+        other => panic!("not a response: {other:?}"),
+    }
+}
+
+/// B-leg: INVITE naming the leg in tag and branch, 180 relayed, 200 ACKed, BYE on hang-up.
+#[test]
+fn uac_invites_acks_and_hangs_up() {
+    let mut leg = b_leg(0xd);
+    leg.handle(Timestamp::ZERO, LegInput::Command(LegCommand::Invite { sdp: Some(Bytes::from_static(b"v=0\r\n")) }));
+    let (sip, _) = drain_leg(&mut leg);
+    let invite = request_out(&sip[0]).clone();
+    let text = sent_text(&sip[0]);
+    assert!(text.starts_with("INVITE sip:101@127.0.0.1:5064 SIP/2.0"), "{text}");
+    assert_eq!(LegId::from_branch(&invite.branch().unwrap()), Some(LegId(0xd)));
+    assert_eq!(invite.from().unwrap().tag.unwrap().as_str(), LegId(0xd).tag());
+    assert!(text.contains("CSeq: 1 INVITE"), "{text}");
+    assert!(text.contains("From: \"Alice\"<sip:100@127.0.0.1>"), "{text}");
+
+    leg.handle(Timestamp::ZERO, LegInput::Sip(SipIn::Response { response: answer_to(&invite, 180, "") }));
+    let (_, events) = drain_leg(&mut leg);
+    assert_eq!(events, vec![LegEvent::Progress { code: 180, sdp: None }]);
+
+    leg.handle(Timestamp::ZERO, LegInput::Sip(SipIn::Response { response: answer_to(&invite, 200, PCMU_ANSWER) }));
+    let (sip, events) = drain_leg(&mut leg);
+    let ack = sent_text(&sip[0]);
+    assert!(ack.starts_with("ACK sip:101@127.0.0.1:5064 SIP/2.0"), "{ack}");
+    assert!(ack.contains("CSeq: 1 ACK") && ack.contains(";tag=bob"), "{ack}");
+    assert_eq!(events, vec![LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) }]);
+
+    // A retransmitted 2xx is ACKed again, and tells the call nothing new.
+    leg.handle(Timestamp::ZERO, LegInput::Sip(SipIn::Response { response: answer_to(&invite, 200, PCMU_ANSWER) }));
+    let (sip, events) = drain_leg(&mut leg);
+    assert_eq!(sip.len(), 1);
+    assert!(events.is_empty());
+
+    leg.handle(Timestamp::ZERO, LegInput::Command(LegCommand::Hangup));
+    let (sip, _) = drain_leg(&mut leg);
+    let bye = request_out(&sip[0]).clone();
+    assert!(sent_text(&sip[0]).contains("CSeq: 2 BYE"));
+    leg.handle(Timestamp::ZERO, LegInput::Sip(SipIn::Response { response: answer_to(&bye, 200, "") }));
+    let (_, events) = drain_leg(&mut leg);
+    assert_eq!(events, vec![LegEvent::Finished]);
+}
+
+/// RFC 3261 §9.1: no CANCEL before a provisional response; then one with the INVITE's branch.
+/// A 2xx that crosses the CANCEL is ACKed and BYEd, never reported as an answer.
+#[test]
+fn uac_cancel_waits_for_provisional_and_a_crossing_2xx_is_byed() {
+    let mut leg = b_leg(0xe);
+    leg.handle(Timestamp::ZERO, LegInput::Command(LegCommand::Invite { sdp: None }));
+    let (sip, _) = drain_leg(&mut leg);
+    let invite = request_out(&sip[0]).clone();
+    leg.handle(Timestamp::ZERO, LegInput::Command(LegCommand::Hangup));
+    let (sip, _) = drain_leg(&mut leg);
+    assert!(sip.is_empty(), "no CANCEL before a provisional response");
+
+    leg.handle(Timestamp::ZERO, LegInput::Sip(SipIn::Response { response: answer_to(&invite, 100, "") }));
+    let (sip, events) = drain_leg(&mut leg);
+    let cancel = request_out(&sip[0]);
+    assert_eq!(cancel.method, Method::CANCEL);
+    assert_eq!(cancel.branch(), invite.branch());
+    assert!(events.is_empty());
+
+    leg.handle(Timestamp::ZERO, LegInput::Sip(SipIn::Response { response: answer_to(&invite, 200, PCMU_ANSWER) }));
+    let (sip, events) = drain_leg(&mut leg);
+    let methods: Vec<Method> = sip.iter().map(|s| request_out(s).method.clone()).collect();
+    assert_eq!(methods, vec![Method::ACK, Method::BYE]);
+    assert!(events.is_empty(), "{events:?}");
+}
+
+#[test]
+fn uac_failure_and_timeout_finish_the_leg() {
+    let mut leg = b_leg(0xf);
+    leg.handle(Timestamp::ZERO, LegInput::Command(LegCommand::Invite { sdp: None }));
+    let (sip, _) = drain_leg(&mut leg);
+    let invite = request_out(&sip[0]).clone();
+    leg.handle(Timestamp::ZERO, LegInput::Sip(SipIn::Response { response: answer_to(&invite, 486, "") }));
+    assert_eq!(drain_leg(&mut leg).1, vec![LegEvent::Failed { code: 486 }, LegEvent::Finished]);
+
+    let mut leg = b_leg(0x10);
+    leg.handle(Timestamp::ZERO, LegInput::Command(LegCommand::Invite { sdp: None }));
+    drain_leg(&mut leg);
+    leg.handle(Timestamp::ZERO, LegInput::Sip(SipIn::Timeout { method: Method::INVITE }));
+    assert_eq!(drain_leg(&mut leg).1, vec![LegEvent::Failed { code: 408 }, LegEvent::Finished]);
+}
+
+/// A re-INVITE from the far end while one of ours is out is glare: 491 (RFC 3261 §14.2).
+#[test]
+fn reinvite_glare_is_491() {
+    let (mut leg, _, invite) = a_leg(0x11);
+    leg.handle(Timestamp::ZERO, LegInput::Command(LegCommand::Answer { sdp: None }));
+    drain_leg(&mut leg);
+    let tag = LegId(0x11).tag();
+    let ack = parse_request(&format!(
+        "ACK sip:pbx@{PBX} SIP/2.0\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bK-ack2\nMax-Forwards: 70\n\
+From: <sip:100@127.0.0.1>;tag=alice\nTo: <sip:101@127.0.0.1>;tag={tag}\nCall-ID: call-1\nCSeq: 1 ACK\nContent-Length: 0\n\n"
+    ));
+    leg.handle(Timestamp::ZERO, LegInput::Sip(SipIn::Ack { request: ack }));
+    drain_leg(&mut leg);
+    leg.handle(Timestamp::ZERO, LegInput::Command(LegCommand::Offer { method: Method::INVITE, sdp: None }));
+    let (sip, _) = drain_leg(&mut leg);
+    assert_eq!(request_out(&sip[0]).method, Method::INVITE);
+    let (key, reinvite) = in_dialog(&invite, "INVITE", 2, &tag);
+    leg.handle(Timestamp::ZERO, LegInput::Sip(SipIn::Request { key, request: reinvite }));
+    let (sip, events) = drain_leg(&mut leg);
+    assert!(sent_text(&sip[0]).starts_with("SIP/2.0 491"), "{}", sent_text(&sip[0]));
+    assert!(events.is_empty());
+}
+
+// --- the call machine ---
+
+fn binding(contact: &str, port: u16) -> Binding {
+    Binding {
+        aor: "101".into(),
+        contact: contact.into(),
+        expires_at: Timestamp::ZERO + Duration::from_secs(3600),
+        call_id: "reg".into(),
+        cseq: 1,
+        source: format!("127.0.0.1:{port}").parse().unwrap(),
+        transport: Transport::Udp,
+        user_agent: None,
+    }
+}
+
+struct Harness {
+    call: Call,
+    started: Vec<LegId>,
+    commands: Vec<(LegId, LegCommand)>,
+    media: Vec<(Side, crate::media::relay::PeerMedia)>,
+    stopped: Vec<LegId>,
+    ended: Option<crate::cdr::Cdr>,
+    over: bool,
+}
+
+const A: LegId = LegId(1);
+const B1: LegId = LegId(2);
+const B2: LegId = LegId(3);
+
+fn call_with(body: &str, forks: usize) -> Harness {
+    let (key, request) = invite(body);
+    let contacts: Vec<Binding> =
+        (0..forks).map(|n| binding(&format!("sip:101@127.0.0.1:{}", 5064 + n), 5064 + n as u16)).collect();
+    let setup = CallSetup {
+        id: 7,
+        a: A,
+        key,
+        invite: request,
+        source: PHONE.parse().unwrap(),
+        transport: Transport::Udp,
+        route: Route { caller: "100".into(), caller_display_name: "Alice".into(), callee: "101".into(), contacts },
+        forks: [B1, B2][..forks].to_vec(),
+        media: ["127.0.0.1:20000".parse().unwrap(), "127.0.0.1:20002".parse().unwrap()],
+        seed: 42,
+    };
+    let config = CallConfig { no_answer: Duration::from_secs(30), timers: TimerConfig::default(), local_sip: local() };
+    let mut h = Harness {
+        call: Call::new(Timestamp::ZERO, config, setup),
+        started: vec![],
+        commands: vec![],
+        media: vec![],
+        stopped: vec![],
+        ended: None,
+        over: false,
+    };
+    h.drain();
+    h
+}
+
+impl Harness {
+    fn drain(&mut self) {
+        while let Some(out) = self.call.poll_output() {
+            match out {
+                CallOutput::StartLeg(leg) => self.started.push(leg.id()),
+                CallOutput::ToLeg { leg, command } => self.commands.push((leg, command)),
+                CallOutput::StopLeg { leg } => self.stopped.push(leg),
+                CallOutput::ConfigureMedia { side, peer } => self.media.push((side, peer)),
+                CallOutput::Record(cdr) => {
+                    assert!(self.ended.is_none(), "one record per call");
+                    self.ended = Some(*cdr)
+                }
+                CallOutput::Over => self.over = true,
+            }
+        }
+    }
+
+    fn event(&mut self, at: Duration, leg: LegId, event: LegEvent) {
+        self.call.handle(Timestamp::ZERO + at, CallInput::Leg { leg, event });
+        self.drain();
+    }
+
+    fn take_commands(&mut self) -> Vec<(LegId, LegCommand)> {
+        std::mem::take(&mut self.commands)
+    }
+
+    fn finish(&mut self, at: Duration, legs: &[LegId]) {
+        for leg in legs {
+            self.event(at, *leg, LegEvent::Finished);
+        }
+    }
+}
+
+fn sdp_of(command: &LegCommand) -> crate::sdp::Audio {
+    let body = match command {
+        LegCommand::Invite { sdp } | LegCommand::Answer { sdp } | LegCommand::Offer { sdp, .. } => sdp.clone(),
+        LegCommand::Progress { sdp, .. } | LegCommand::AnswerOffer { sdp, .. } => sdp.clone(),
+        other => panic!("no SDP in {other:?}"),
+    };
+    crate::sdp::parse(&body.expect("an SDP body")).unwrap().audio().unwrap()
+}
+
+/// Two contacts ring; the second answers with PCMA only, so pbx answers the µ-law caller with
+/// PCMU and transcodes; the first is cancelled. The caller hangs up; the CDR says so.
+#[test]
+fn forked_call_answered_transcoded_and_hung_up_by_caller() {
+    let mut h = call_with(PCMU_OFFER, 2);
+    assert_eq!(h.started, vec![A, B1, B2]);
+    let invites = h.take_commands();
+    assert_eq!(invites.len(), 2);
+    let offered = sdp_of(&invites[0].1);
+    assert_eq!(offered.rtp, Some("127.0.0.1:20002".parse().unwrap()), "the callee sees pbx's B-side port");
+    let codecs: Vec<_> = offered.codecs.iter().map(|(_, c)| *c).collect();
+    assert_eq!(codecs, vec![crate::sdp::Codec::Pcmu, crate::sdp::Codec::Pcma], "µ-law first, A-law for transcoding");
+    assert_eq!(offered.telephone_event, Some(101));
+
+    h.event(ms(100), B1, LegEvent::Progress { code: 180, sdp: None });
+    assert!(matches!(h.take_commands()[..], [(A, LegCommand::Progress { code: 180, sdp: None })]));
+
+    h.event(ms(2000), B2, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMA_ANSWER.as_bytes())) });
+    let commands = h.take_commands();
+    assert!(commands.iter().any(|(leg, c)| *leg == B1 && matches!(c, LegCommand::Hangup)), "{commands:?}");
+    let (_, answer) = commands.iter().find(|(leg, _)| *leg == A).expect("the caller is answered");
+    let answered = sdp_of(answer);
+    assert_eq!(answered.rtp, Some("127.0.0.1:20000".parse().unwrap()));
+    assert_eq!(answered.codecs, vec![(0, crate::sdp::Codec::Pcmu)]);
+    let sides: Vec<_> = h.media.iter().map(|(side, peer)| (*side, peer.codec.1, peer.rtp)).collect();
+    assert!(sides.contains(&(Side::A, G711::Mu, Some("127.0.0.1:40000".parse().unwrap()))), "{sides:?}");
+    assert!(sides.contains(&(Side::B, G711::A, Some("127.0.0.1:41000".parse().unwrap()))), "{sides:?}");
+
+    h.event(ms(2100), B1, LegEvent::Failed { code: 487 });
+    h.finish(ms(2100), &[B1]);
+    assert!(h.ended.is_none() && !h.over);
+
+    h.event(ms(62_000), A, LegEvent::Bye);
+    let commands = h.take_commands();
+    assert!(matches!(commands[..], [(B2, LegCommand::Hangup)]), "{commands:?}");
+    h.finish(ms(62_000), &[A]);
+    let cdr = h.ended.clone().expect("a CDR as soon as the call is hung up");
+    assert!(!h.over, "the callee's BYE is still out");
+    h.finish(ms(62_050), &[B2]);
+    assert!(h.over);
+    assert_eq!(cdr.disposition, Disposition::Answered);
+    assert_eq!(cdr.hangup, Some(HangupSide::Caller));
+    assert_eq!(cdr.answer, Some(Timestamp::ZERO + ms(2000)));
+    assert_eq!(cdr.end, Timestamp::ZERO + ms(62_000));
+    assert_eq!(cdr.duration_s(), 60);
+    assert_eq!((cdr.codec_caller.as_deref(), cdr.codec_callee.as_deref()), (Some("PCMU"), Some("PCMA")));
+    assert_eq!((cdr.caller.as_str(), cdr.callee.as_str(), cdr.call_id.as_str()), ("100", "101", "call-1"));
+    let mut stopped = h.stopped.clone();
+    stopped.sort();
+    assert_eq!(stopped, vec![A, B1, B2]);
+}
+
+#[test]
+fn no_answer_times_out_with_480() {
+    let mut h = call_with(PCMU_OFFER, 1);
+    h.take_commands();
+    assert_eq!(h.call.poll_timeout(), Some(Timestamp::ZERO + Duration::from_secs(30)));
+    h.call.handle(Timestamp::ZERO + Duration::from_secs(30), CallInput::Timeout);
+    h.drain();
+    let commands = h.take_commands();
+    assert!(commands.iter().any(|(leg, c)| *leg == A && matches!(c, LegCommand::Reject { code: 480 })), "{commands:?}");
+    assert!(commands.iter().any(|(leg, c)| *leg == B1 && matches!(c, LegCommand::Hangup)), "{commands:?}");
+    h.finish(Duration::from_secs(31), &[A, B1]);
+    assert_eq!(h.ended.unwrap().disposition, Disposition::NoAnswer);
+}
+
+#[test]
+fn busy_everywhere_is_486_and_a_6xx_wins() {
+    let mut h = call_with(PCMU_OFFER, 2);
+    h.take_commands();
+    h.event(ms(10), B1, LegEvent::Failed { code: 486 });
+    assert!(h.take_commands().is_empty(), "one contact still rings");
+    h.event(ms(20), B2, LegEvent::Failed { code: 404 });
+    assert!(matches!(h.take_commands()[..], [(A, LegCommand::Reject { code: 486 })]));
+    h.finish(ms(30), &[B1, B2, A]);
+    assert_eq!(h.ended.unwrap().disposition, Disposition::Busy);
+
+    let mut h = call_with(PCMU_OFFER, 2);
+    h.take_commands();
+    h.event(ms(10), B1, LegEvent::Failed { code: 486 });
+    h.event(ms(20), B2, LegEvent::Failed { code: 603 });
+    assert!(matches!(h.take_commands()[..], [(A, LegCommand::Reject { code: 603 })]));
+}
+
+#[test]
+fn nothing_acceptable_is_488() {
+    let video_only = PCMU_OFFER.replace("m=audio 40000 RTP/AVP 0 101", "m=audio 40000 RTP/AVP 9");
+    let mut h = call_with(&video_only, 1);
+    assert_eq!(h.started, vec![A], "no callee is rung");
+    assert!(matches!(h.take_commands()[..], [(A, LegCommand::Reject { code: 488 })]));
+    h.finish(ms(1), &[A]);
+    assert_eq!(h.ended.unwrap().disposition, Disposition::Rejected { code: 488 });
+}
+
+#[test]
+fn caller_cancel_cancels_every_fork() {
+    let mut h = call_with(PCMU_OFFER, 2);
+    h.take_commands();
+    h.event(ms(500), A, LegEvent::Cancelled);
+    let commands = h.take_commands();
+    assert_eq!(commands.iter().filter(|(_, c)| matches!(c, LegCommand::Hangup)).count(), 2, "{commands:?}");
+    h.finish(ms(600), &[A, B1, B2]);
+    let cdr = h.ended.unwrap();
+    assert_eq!(cdr.disposition, Disposition::Cancelled);
+    assert_eq!(cdr.hangup, Some(HangupSide::Caller));
+}
+
+/// Late offer: the callee gets pbx's own offer, the caller gets pbx's offer in the 200 (the
+/// callee's codec first) and answers in the ACK.
+#[test]
+fn late_offer_answer_in_ack() {
+    let mut h = call_with("", 1);
+    let invites = h.take_commands();
+    let offered = sdp_of(&invites[0].1);
+    assert_eq!(offered.codecs.len(), 2);
+    h.event(ms(100), B1, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMA_ANSWER.as_bytes())) });
+    let commands = h.take_commands();
+    let (_, answer) = commands.iter().find(|(leg, _)| *leg == A).unwrap();
+    let offer_to_caller = sdp_of(answer);
+    assert_eq!(offer_to_caller.codecs[0], (8, crate::sdp::Codec::Pcma), "the callee's codec first");
+    assert!(h.media.iter().all(|(side, _)| *side == Side::B), "the caller's side waits for its answer");
+    let caller_answer = PCMU_ANSWER.replace("41000", "40000");
+    h.event(ms(150), A, LegEvent::Acked { sdp: Some(Bytes::from(caller_answer)) });
+    let sides: Vec<_> = h.media.iter().map(|(side, peer)| (*side, peer.codec.1)).collect();
+    assert_eq!(sides, vec![(Side::B, G711::A), (Side::A, G711::Mu)]);
+}
+
+/// Hold: the caller's re-INVITE (sendonly) goes to the callee as pbx's offer, sendonly; the
+/// callee's answer (recvonly) comes back to the caller rewritten; resume likewise.
+#[test]
+fn hold_and_resume_are_relayed() {
+    let mut h = call_with(PCMU_OFFER, 1);
+    h.take_commands();
+    h.event(ms(100), B1, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
+    h.take_commands();
+    h.event(ms(150), A, LegEvent::Acked { sdp: None });
+    let hold = PCMU_OFFER.replace("a=sendrecv", "a=sendonly");
+    h.event(ms(5000), A, LegEvent::Offer { method: Method::INVITE, sdp: Some(Bytes::from(hold)) });
+    let commands = h.take_commands();
+    let [(B1, ref offer @ LegCommand::Offer { .. })] = commands[..] else { panic!("{commands:?}") };
+    assert_eq!(sdp_of(offer).direction, crate::sdp::Direction::SendOnly);
+    let held = PCMU_ANSWER.replace("a=sendrecv", "a=recvonly");
+    h.event(ms(5100), B1, LegEvent::OfferAnswered { code: 200, sdp: Some(Bytes::from(held)) });
+    let commands = h.take_commands();
+    let [(A, ref answer @ LegCommand::AnswerOffer { code: 200, .. })] = commands[..] else { panic!("{commands:?}") };
+    assert_eq!(sdp_of(answer).direction, crate::sdp::Direction::RecvOnly);
+    let (side, peer) = h.media.iter().rev().find(|(side, _)| *side == Side::B).unwrap();
+    assert!(!peer.sends, "the held callee is not expected to send: {side:?}");
+
+    // Glare inside pbx: the callee re-INVITEs while the caller's offer is out.
+    let resume = PCMU_OFFER.to_string();
+    h.event(ms(9000), A, LegEvent::Offer { method: Method::INVITE, sdp: Some(Bytes::from(resume)) });
+    h.take_commands();
+    h.event(
+        ms(9001),
+        B1,
+        LegEvent::Offer { method: Method::INVITE, sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) },
+    );
+    assert!(matches!(h.take_commands()[..], [(B1, LegCommand::AnswerOffer { code: 491, .. })]));
+}
+
+/// A leg whose actor died: the other side is hung up, and the call still ends with a CDR.
+#[test]
+fn lost_leg_ends_the_call() {
+    let mut h = call_with(PCMU_OFFER, 1);
+    h.take_commands();
+    h.event(ms(100), B1, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
+    h.take_commands();
+    h.call.handle(Timestamp::ZERO + ms(200), CallInput::LegLost { leg: B1 });
+    h.drain();
+    assert!(matches!(h.take_commands()[..], [(A, LegCommand::Hangup)]));
+    h.finish(ms(300), &[A]);
+    let cdr = h.ended.unwrap();
+    assert_eq!(cdr.hangup, Some(HangupSide::Pbx), "pbx ended it");
+    assert_eq!(cdr.disposition, Disposition::Answered, "it had been answered");
+}
+
+/// Legs that never finish cannot hold a call forever.
+#[test]
+fn ending_is_bounded() {
+    let mut h = call_with(PCMU_OFFER, 1);
+    h.take_commands();
+    h.event(ms(100), B1, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
+    h.call.handle(Timestamp::ZERO + ms(200), CallInput::MediaInactive { side: Side::A });
+    h.drain();
+    assert!(!h.over);
+    let deadline = h.call.poll_timeout().unwrap();
+    assert_eq!(deadline, Timestamp::ZERO + ms(200) + ENDING_BOUND);
+    h.call.handle(deadline, CallInput::Timeout);
+    h.drain();
+    assert!(h.over, "over at the bound");
+    let mut stopped = h.stopped.clone();
+    stopped.sort();
+    assert_eq!(stopped, vec![A, B1], "every leg stopped");
+    let cdr = h.ended.expect("recorded when the RTP timeout hung up");
+    assert_eq!(cdr.end, Timestamp::ZERO + ms(200));
+    assert_eq!(cdr.hangup, Some(HangupSide::Pbx));
+    assert_eq!(cdr.disposition, Disposition::Answered);
+}

@@ -1,0 +1,219 @@
+use super::*;
+use crate::Timestamp;
+use crate::media::g711::G711;
+use crate::media::rtp::{RtpPacket, rewrite_rtp_header};
+use ractor::SupervisionEvent;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+/// Every wait in these tests gives up after this.
+const WAIT: Duration = Duration::from_secs(3);
+
+/// Real time, as the node's clock gives it.
+struct WallClock(std::time::Instant);
+
+impl Clock for WallClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_secs(1_000) + self.0.elapsed()
+    }
+}
+
+/// A supervisor that outlives its children whatever they do.
+struct Supervisor;
+
+impl Actor for Supervisor {
+    type Msg = ();
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _me: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _: ActorRef<()>,
+        _: SupervisionEvent,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+}
+
+/// Each test has its own port range, below Linux's ephemeral range so `bind(0)` sockets of
+/// other tests cannot take them.
+fn pool(first: u16) -> Arc<Mutex<PortPool>> {
+    Arc::new(Mutex::new(PortPool::new(first, first + 99)))
+}
+
+fn in_use(pool: &Arc<Mutex<PortPool>>) -> usize {
+    lock(pool).in_use()
+}
+
+struct Session {
+    actor: ActorRef<MediaMsg>,
+    local: [SocketAddr; 2],
+    supervisor: ActorRef<()>,
+    events: mpsc::UnboundedReceiver<MediaEvent>,
+}
+
+async fn start(pool: &Arc<Mutex<PortPool>>, config: RelayConfig) -> Session {
+    let (supervisor, _) = Actor::spawn(None, Supervisor, ()).await.expect("supervisor starts");
+    let (tx, events) = mpsc::unbounded_channel();
+    let args = MediaArgs {
+        pool: pool.clone(),
+        bind: [127, 0, 0, 1].into(),
+        clock: Arc::new(WallClock(std::time::Instant::now())),
+        config,
+        seed: 42,
+        events: Arc::new(move |event| {
+            let _ = tx.send(event);
+        }),
+    };
+    let (actor, local) = spawn_linked(args, supervisor.get_cell()).await.expect("session starts");
+    Session { actor, local, supervisor, events }
+}
+
+async fn socket() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").await.expect("bind a test socket")
+}
+
+fn peer(rtp: SocketAddr, codec: (u8, G711)) -> PeerMedia {
+    PeerMedia { rtp: Some(rtp), rtcp: None, codec, telephone_event: None, sends: true }
+}
+
+fn rtp(pt: u8, seq: u16, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x80; 12];
+    rewrite_rtp_header(&mut p, false, pt, seq, u32::from(seq) * 160, ssrc);
+    p.extend_from_slice(payload);
+    p
+}
+
+async fn recv(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    let mut buf = [0u8; 2048];
+    let (len, from) = timeout(WAIT, socket.recv_from(&mut buf)).await.expect("a packet in time").expect("receive");
+    (buf[..len].to_vec(), from)
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// 20 ms of a 1 kHz tone at 8 kHz, loud enough to use most segments.
+fn tone() -> Vec<i16> {
+    (0..160).map(|n| (f64::sin(n as f64 * std::f64::consts::TAU / 8.0) * 20_000.0) as i16).collect()
+}
+
+/// Decoded samples are the tone within two quantisations' error.
+fn assert_is_tone(decoded: &[i16]) {
+    assert_eq!(decoded.len(), 160);
+    for (got, want) in decoded.iter().zip(tone()) {
+        let bound = i32::from(want).abs() / 16 + 64;
+        assert!((i32::from(*got) - i32::from(want)).abs() <= bound, "sample {got} vs {want}");
+    }
+}
+
+/// Over real sockets: caller (µ-law) → pbx A port → pbx B port → callee (A-law), transcoded
+/// and under pbx's SSRC; the answer goes back to where the caller sent from, not to its SDP
+/// address; stats count both ways; stopping returns the ports.
+#[tokio::test]
+async fn relays_and_transcodes_between_real_sockets() {
+    let pool = pool(31_000);
+    let mut session = start(&pool, RelayConfig::default()).await;
+    assert_eq!(in_use(&pool), 2);
+    let [a, b] = session.local;
+    let (caller, callee, decoy) = (socket().await, socket().await, socket().await);
+    let decoy_address = decoy.local_addr().unwrap();
+    let callee_address = callee.local_addr().unwrap();
+    session.actor.cast(MediaMsg::Configure { side: Side::A, peer: peer(decoy_address, (0, G711::Mu)) }).unwrap();
+    session.actor.cast(MediaMsg::Configure { side: Side::B, peer: peer(callee_address, (8, G711::A)) }).unwrap();
+
+    let ulaw: Vec<u8> = tone().into_iter().map(|x| G711::Mu.encode(x)).collect();
+    caller.send_to(&rtp(0, 1, 0xCAFE, &ulaw), a).await.unwrap();
+    let (bytes, from) = recv(&callee).await;
+    assert_eq!(from, b, "sent from pbx's B port");
+    let packet = RtpPacket::parse(&bytes).expect("RTP");
+    assert_eq!(packet.payload_type(), 8);
+    assert_ne!(packet.ssrc(), 0xCAFE, "pbx's own SSRC");
+    assert_is_tone(&packet.payload().iter().map(|&c| G711::A.decode(c)).collect::<Vec<_>>());
+
+    let alaw: Vec<u8> = tone().into_iter().map(|x| G711::A.encode(x)).collect();
+    callee.send_to(&rtp(8, 7, 0xBEEF, &alaw), b).await.unwrap();
+    let (bytes, from) = recv(&caller).await;
+    assert_eq!(from, a, "sent from pbx's A port to the latched caller");
+    let packet = RtpPacket::parse(&bytes).expect("RTP");
+    assert_eq!(packet.payload_type(), 0);
+    assert_is_tone(&packet.payload().iter().map(|&c| G711::Mu.decode(c)).collect::<Vec<_>>());
+
+    let [sa, sb] = ractor::call_t!(session.actor, MediaMsg::Stats, 3_000).expect("stats");
+    assert_eq!((sa.packets_in, sa.packets_out, sa.dropped), (1, 1, 0));
+    assert_eq!((sb.packets_in, sb.packets_out, sb.dropped), (1, 1, 0));
+    assert_eq!((sa.bytes_in, sb.bytes_out), (172, 172));
+    let mut buf = [0u8; 64];
+    assert!(decoy.try_recv_from(&mut buf).is_err(), "nothing went to the caller's SDP address");
+    assert!(session.events.try_recv().is_err(), "no inactivity in a live call");
+
+    session.actor.stop(None);
+    wait_until("the stopped session's ports are back", || in_use(&pool) == 0).await;
+    session.supervisor.stop(None);
+}
+
+/// A killed session gives its ports back and closes its sockets, so they can be bound again.
+#[tokio::test]
+async fn killed_session_returns_its_ports() {
+    let pool = pool(31_100);
+    let session = start(&pool, RelayConfig::default()).await;
+    assert_eq!(in_use(&pool), 2);
+    session.actor.kill();
+    wait_until("the killed session's ports are back", || in_use(&pool) == 0).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for address in session.local {
+        while UdpSocket::bind(address).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "{address} still bound after the kill");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    session.supervisor.stop(None);
+}
+
+/// A side that sends nothing for the configured time is reported once; a side on hold never.
+#[tokio::test]
+async fn silence_is_reported_inactive_once() {
+    let pool = pool(31_200);
+    let mut session = start(&pool, RelayConfig { inactivity: Duration::from_millis(200) }).await;
+    let phone = socket().await.local_addr().unwrap();
+    session.actor.cast(MediaMsg::Configure { side: Side::A, peer: peer(phone, (0, G711::Mu)) }).unwrap();
+    let hold = PeerMedia { sends: false, ..peer(phone, (0, G711::Mu)) };
+    session.actor.cast(MediaMsg::Configure { side: Side::B, peer: hold }).unwrap();
+    let event = timeout(WAIT, session.events.recv()).await.expect("an event in time");
+    assert_eq!(event, Some(MediaEvent::Inactive { side: Side::A }));
+    assert!(timeout(Duration::from_millis(500), session.events.recv()).await.is_err(), "only once");
+    session.actor.stop(None);
+    wait_until("ports are back", || in_use(&pool) == 0).await;
+    session.supervisor.stop(None);
+}
+
+/// When no pair binds, the spawn fails with a message that says so, and leases nothing.
+#[tokio::test]
+async fn fails_clearly_when_no_pair_binds() {
+    let pool = Arc::new(Mutex::new(PortPool::new(31_300, 31_303)));
+    let _squatter = UdpSocket::bind("127.0.0.1:31301").await.expect("occupy the first pair's RTCP port");
+    let (supervisor, _) = Actor::spawn(None, Supervisor, ()).await.unwrap();
+    let args = MediaArgs {
+        pool: pool.clone(),
+        bind: [127, 0, 0, 1].into(),
+        clock: Arc::new(WallClock(std::time::Instant::now())),
+        config: RelayConfig::default(),
+        seed: 1,
+        events: Arc::new(|_| {}),
+    };
+    let error = spawn_linked(args, supervisor.get_cell()).await.expect_err("no second pair can bind");
+    assert!(matches!(error, MediaError::NoPorts { tried: BIND_ATTEMPTS_MAX, capacity: 2, .. }), "{error}");
+    assert!(error.to_string().contains("no RTP port pair free to bind on 127.0.0.1"), "{error}");
+    assert_eq!(in_use(&pool), 0);
+    supervisor.stop(None);
+}

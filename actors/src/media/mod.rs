@@ -1,0 +1,23 @@
+//! Media anchoring: the RTP relay that sits between the two phones of a call when pbx keeps
+//! the media path (for NAT traversal, recording later, and codec bridging).
+//!
+//! - `g711`: µ-law and A-law, and direct conversion between them.
+//! - `rtp`: zero-copy views of RTP headers, RTCP compounds and RFC 4733 events.
+//! - `relay`: the sans-IO machine of one call's relay (latching, SSRC/sequence rewriting,
+//!   transcoding, statistics, inactivity).
+//! - `pool`: the node's RTP/RTCP port pairs.
+//! - `actor`: the ractor shell that binds the sockets and runs a relay (`MediaSession`).
+//!
+//! Not here: SDP (the call layer turns offers and answers into [`PeerMedia`]), jitter
+//! buffers, SRTP, RTCP generation, codecs other than G.711.
+
+pub mod actor;
+pub mod g711;
+pub mod pool;
+pub mod relay;
+pub mod rtp;
+
+pub use actor::{MediaArgs, MediaError, MediaEvent, MediaMsg, MediaSession, spawn_linked};
+pub use g711::G711;
+pub use pool::PortPool;
+pub use relay::{PacketKind, PeerMedia, Relay, RelayConfig, RelayInput, RelayOutput, Side, SideStats};
