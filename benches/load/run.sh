@@ -77,7 +77,8 @@
 # at 50 packets/s (SIPp's rtp_stream), so pbx relays 100 packets/s in and out per call. Once
 # every call is up, pbx's /metrics are read MEDIA_MEASURE_S apart. A step holds when no call
 # failed, pbx_rtp_dropped_total did not move, the kernel dropped nothing on pbx's RTP sockets,
-# what came in went out (in − out ≤ 0.1 %: packets in flight) and in ≥ 95 % of 100 × N per s.
+# what came in went out (in − out ≤ 2 packets per stream: in flight) and in ≥ 95 % of 100 × N
+# per s (below that, the generator fell short: see SIPp's CPU).
 #
 # Load generators: register_load (pbx-benches; answers MD5 and SHA-256) ramps every row; SIPp
 # (the reference tool) then runs one step at the rate register_load found, to confirm it.
@@ -699,8 +700,9 @@ start_kamailio_calls() { # auth|noauth → sets SERVER_PID
 	PIDS+=("$SERVER_PID")
 	SERVER_PORT=$KAM_PORT
 	SERVER_KIND=kamailio-calls KAMAILIO_AUTH=$1
-	register_callee 30 || {
-		log "Kamailio did not answer the called phone's REGISTER; see $WORK/kamailio-calls-$1.log, $WORK/register-callee.out"
+	register_callee 30 && sleep 0.5 && kill -0 "$SERVER_PID" 2>/dev/null || {
+		log "Kamailio did not answer the called phone's REGISTER (or another process has UDP port $KAM_PORT);" \
+			"see $WORK/kamailio-calls-$1.log, $WORK/register-callee.out"
 		exit 1
 	}
 }
@@ -726,11 +728,23 @@ start_pbx_calls() { # name → sets SERVER_PID; 1 (with a message) if pbx did no
 		tail -5 "$dir/pbx.log" >&2
 		return 1
 	}
+	# Whoever answered must be this pbx: another server that took the port meanwhile (another run
+	# of this script, say) would answer the REGISTER while this pbx exits on its failed bind.
+	sleep 0.5
+	if ! ss -Hlunp "sport = :$PBX_SIP_PORT" 2>/dev/null | grep -q "pid=$SERVER_PID,"; then
+		log "pbx is not the one on UDP port $PBX_SIP_PORT (taken by another process?); see $dir/pbx.log"
+		tail -3 "$dir/pbx.log" >&2
+		return 1
+	fi
 }
 
-metric() { # name [label]: one sample of pbx's /metrics (0 when absent)
-	curl -sf --max-time 5 "http://127.0.0.1:$PBX_HTTP_PORT/metrics" 2>/dev/null |
-		awk -v n="$1" -v l="${2:-}" '$1 == n || (l != "" && $1 == n "{" l "}") { v = $2 } END { print v + 0 }'
+metric() { # name [label]: one sample of pbx's /metrics (0 when absent, "x" when /metrics did not answer)
+	local page
+	page=$(curl -sf --max-time 5 "http://127.0.0.1:$PBX_HTTP_PORT/metrics" 2>/dev/null) || {
+		echo x
+		return
+	}
+	echo "$page" | awk -v n="$1" -v l="${2:-}" '$1 == n || (l != "" && $1 == n "{" l "}") { v = $2 } END { print v + 0 }'
 }
 
 # Kernel drops on pbx's RTP sockets (the drops column of /proc/net/udp over the --rtp-ports range).
@@ -920,8 +934,13 @@ media_window() {
 	sleep "$MEDIA_MEASURE_S"
 	in1=$(metric pbx_rtp_packets_total 'direction="in"') out1=$(metric pbx_rtp_packets_total 'direction="out"')
 	dropped1=$(metric pbx_rtp_dropped_total) k1=$(rtp_socket_drops) cpu1=$(cpu_ticks "$SERVER_PID") t1=$(date +%s.%N)
-	echo "$active $((in1 - in0)) $((out1 - out0)) $((dropped1 - dropped0)) $((k1 - k0)) $(((cpu1 - cpu0) * 100 / TICKS))" \
-		"$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') $(rss_kib "$SERVER_PID")" >"$WORK/media-window"
+	if [[ "$active $in0 $out0 $dropped0 $in1 $out1 $dropped1" == *x* ]]; then
+		log "media: pbx's /metrics did not answer within 5 s"
+		return
+	fi
+	echo "$active $((in1 - in0)) $((out1 - out0)) $((dropped1 - dropped0)) $((k1 - k0))" \
+		"$(awk -v c=$((cpu1 - cpu0)) -v h="$TICKS" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f %.2f", 100 * c / h / (b - a), b - a }')" \
+		"$(rss_kib "$SERVER_PID")" >"$WORK/media-window"
 }
 
 # media_step n → prints "ok|fail"; 0 if n concurrent calls, each sending and receiving 50 RTP
@@ -936,15 +955,19 @@ media_step() {
 		MEDIA_UP_S=$up_s ON_UP=media_window run_calls "media-$n" "-set media 1" "-set media 1"
 	local failed=$RUN_FAILED
 	local active=0 pin=0 pout=0 dropped=0 kdrops=0 cpu=0 secs=1 rss=0
+	# No window (pbx's /metrics did not answer): every reading stays 0 and the step fails.
 	[ -s "$WORK/media-window" ] && read -r active pin pout dropped kdrops cpu secs rss <"$WORK/media-window"
 	local expected=$((n * 100)) rate_in rate_out
 	rate_in=$(awk -v p="$pin" -v s="$secs" 'BEGIN { printf "%.0f", p / s }')
 	rate_out=$(awk -v p="$pout" -v s="$secs" 'BEGIN { printf "%.0f", p / s }')
-	# in − out: what came in and did not go out within the window (a few packets are in flight).
+	# in − out: what came in and did not go out within the window. Packets queued inside pbx at
+	# either reading count too (the queue changed by some hundred packets between readings at
+	# 100 calls): up to 2 per stream, 40 ms of audio, is taken for packets in flight.
 	local lost=$((pin - pout))
 	# active: pbx_calls_active during the window, when pbx exports it (0 when it does not).
-	if [ "$failed" -ne 0 ] || { [ "$active" -ne 0 ] && [ "$active" -ne "$n" ]; } || [ "$dropped" -ne 0 ] || [ "$kdrops" -ne 0 ] ||
-		[ $((lost * 1000)) -gt "$pin" ] || [ $((rate_in * 100)) -lt $((expected * 95)) ]; then
+	if [ "$failed" -ne 0 ] || [ ! -s "$WORK/media-window" ] || { [ "$active" -ne 0 ] && [ "$active" -ne "$n" ]; } ||
+		[ "$dropped" -ne 0 ] || [ "$kdrops" -ne 0 ] ||
+		[ "$lost" -gt $((4 * n)) ] || [ $((rate_in * 100)) -lt $((expected * 95)) ]; then
 		held=fail
 	fi
 	kill -0 "$SERVER_PID" 2>/dev/null || held=died
@@ -1046,7 +1069,9 @@ call_memory() {
 
 memory_window() {
 	sleep "$MEM_UP_S"
-	echo "$(metric pbx_calls_active) $(rss_kib "$SERVER_PID")" >"$WORK/memory-window"
+	local active
+	active=$(metric pbx_calls_active)
+	echo "${active/x/0} $(rss_kib "$SERVER_PID")" >"$WORK/memory-window"
 }
 
 # ---- main ----
