@@ -635,16 +635,7 @@ impl Leg {
     /// A request of ours in this dialog (RFC 3261 §12.2.1.1); the initial INVITE of a B-leg too.
     fn request_for(&mut self, method: Method, sdp: Option<Bytes>) -> Request {
         self.local_cseq += 1;
-        let mut headers = Headers::new();
-        headers.insert_named(&self.via());
-        headers.insert(Name::MAX_FORWARDS, "70");
-        let mut local = self.local.clone();
-        local.tag = Some(self.id.tag().into());
-        // For the A-leg, pbx's side is the INVITE's To; requests from us swap the two.
-        headers.insert_type(Name::FROM, &local);
-        headers.insert_type(Name::TO, &self.remote);
-        headers.insert(Name::CALL_ID, self.call_id.as_str());
-        headers.insert_named(&CSeq::new(self.local_cseq, method.clone()));
+        let mut headers = self.dialog_headers(CSeq::new(self.local_cseq, method.clone()));
         if method == Method::INVITE || method == Method::UPDATE {
             headers.insert(Name::CONTACT, self.contact());
             headers.insert(Name::ALLOW, "INVITE, ACK, CANCEL, BYE, UPDATE, OPTIONS, INFO");
@@ -656,6 +647,13 @@ impl Leg {
 
     /// The ACK for a 2xx (RFC 3261 §13.2.2.4): its own branch, the INVITE's CSeq number.
     fn ack_for(&mut self, cseq: u32) -> Request {
+        let headers = self.dialog_headers(CSeq::new(cseq, Method::ACK));
+        Request { method: Method::ACK, uri: self.remote_target.clone(), headers, body: Bytes::new() }
+    }
+
+    /// Via (a new branch), Max-Forwards, From (ours, tagged), To, Call-ID and CSeq. For the
+    /// A-leg pbx's side is the INVITE's To: requests from us swap the two.
+    fn dialog_headers(&mut self, cseq: CSeq) -> Headers {
         let mut headers = Headers::new();
         headers.insert_named(&self.via());
         headers.insert(Name::MAX_FORWARDS, "70");
@@ -664,8 +662,8 @@ impl Leg {
         headers.insert_type(Name::FROM, &local);
         headers.insert_type(Name::TO, &self.remote);
         headers.insert(Name::CALL_ID, self.call_id.as_str());
-        headers.insert_named(&CSeq::new(cseq, Method::ACK));
-        Request { method: Method::ACK, uri: self.remote_target.clone(), headers, body: Bytes::new() }
+        headers.insert_named(&cseq);
+        headers
     }
 
     fn via(&mut self) -> Via {

@@ -47,9 +47,15 @@ From: \"Alice\" <sip:100@127.0.0.1>;tag=alice\nTo: <sip:101@127.0.0.1>\nCall-ID:
 Contact: <sip:100@{PHONE}>\n{content}Content-Length: {}\n\n{body}",
         body.len()
     );
+    received(&text)
+}
+
+/// A request from the phone as the endpoint hands it on: through a transaction layer, so it
+/// carries its server key.
+fn received(text: &str) -> (ServerKey, Request) {
     let bytes = text.replace('\n', "\r\n").replace("\r\r\n", "\r\n");
     let mut transactions = Transactions::new(TimerConfig::default());
-    let message = message::parse_datagram(bytes.as_bytes()).expect("a valid INVITE");
+    let message = message::parse_datagram(bytes.as_bytes()).expect("a valid request");
     transactions.handle(
         Timestamp::ZERO,
         TransactionInput::Received { message, source: PHONE.parse().unwrap(), transport: Transport::Udp },
@@ -158,18 +164,7 @@ fn in_dialog(_invite: &Request, method: &str, cseq: u32, our_tag: &str) -> (Serv
 From: <sip:100@127.0.0.1>;tag=alice\nTo: <sip:101@127.0.0.1>;tag={our_tag}\nCall-ID: call-1\nCSeq: {cseq} {method}\n\
 Content-Length: 0\n\n"
     );
-    let mut transactions = Transactions::new(TimerConfig::default());
-    let message = message::parse_datagram(text.replace('\n', "\r\n").as_bytes()).unwrap();
-    transactions.handle(
-        Timestamp::ZERO,
-        TransactionInput::Received { message, source: PHONE.parse().unwrap(), transport: Transport::Udp },
-    );
-    while let Some(out) = transactions.poll_output() {
-        if let TransactionOutput::Request { key, request, .. } = out {
-            return (key, request);
-        }
-    }
-    panic!("no request")
+    received(&text)
 }
 
 /// A 200 that is never ACKed: 64*T1 later the leg reports it and sends a BYE.
