@@ -263,16 +263,7 @@ impl Baresip {
 impl Drop for Baresip {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-            let deadline = Instant::now() + BARESIP_STOP_TIMEOUT;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::terminate(&mut child, BARESIP_STOP_TIMEOUT);
         }
         if std::thread::panicking() {
             eprintln!("{}", self.report());

@@ -287,18 +287,9 @@ impl Pbx {
     /// SIGTERM, then wait (bounded); returns the exit code. Kills it if it does not stop.
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("pbx did not stop within {STOP_TIMEOUT:?} of SIGTERM:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match terminate(&mut child, STOP_TIMEOUT) {
+            Some(status) => status.code(),
+            None => panic!("pbx did not stop within {STOP_TIMEOUT:?} of SIGTERM:\n{}", self.log()),
         }
     }
 
@@ -367,19 +358,26 @@ impl Pbx {
     }
 }
 
+/// SIGTERM, then up to `grace` for the process to exit; SIGKILL if it has not. Its exit status
+/// when it stopped by itself in time.
+pub fn terminate(child: &mut std::process::Child, grace: Duration) -> Option<std::process::ExitStatus> {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 impl Drop for Pbx {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            terminate(&mut child, STOP_TIMEOUT);
         }
         if std::thread::panicking() {
             eprintln!("---- pbx log ----\n{}", self.log());
