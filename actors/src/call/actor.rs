@@ -165,19 +165,7 @@ impl Actor for CallActor {
             events,
         };
         let (media, local) = crate::media::actor::spawn_linked(media_args, me.get_cell()).await?;
-        let start = args.start;
-        let setup = CallSetup {
-            id: args.id,
-            a: start.a,
-            key: start.key,
-            invite: start.invite,
-            source: start.source,
-            transport: start.transport,
-            route: start.route,
-            forks: start.forks,
-            media: local,
-            seed: args.seed,
-        };
+        let setup = CallSetup { id: args.id, start: args.start, media: local, seed: args.seed };
         let machine = Call::new(context.clock.now(), context.config, setup);
         Ok(CallState {
             machine,

@@ -22,13 +22,12 @@ use super::leg::{Leg, LegCommand, LegEvent, name_addr};
 use super::{LegId, LocalSip};
 use crate::Timestamp;
 use crate::cdr::{Cdr, Disposition, HangupSide};
+use crate::endpoint::CallStart;
 use crate::media::g711::G711;
 use crate::media::relay::{PeerMedia, Side};
-use crate::registrar::Route;
 use crate::sdp::{self, Audio, Codec, Direction, LocalSession, SessionDescription};
 use crate::sip::message::{self, Method};
-use crate::sip::transaction::{ServerKey, TimerConfig};
-use crate::sip::{Request, Transport};
+use crate::sip::transaction::TimerConfig;
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -47,18 +46,12 @@ pub struct CallConfig {
     pub local_sip: LocalSip,
 }
 
-/// What a call starts from: the authenticated INVITE and where it may go.
+/// What a call starts from: the endpoint's `CallStart` (the authenticated INVITE and where it
+/// may go) and what the call's shell adds to it.
 pub struct CallSetup {
     /// The CDR id.
     pub id: u64,
-    pub a: LegId,
-    pub key: ServerKey,
-    pub invite: Request,
-    pub source: SocketAddr,
-    pub transport: Transport,
-    pub route: Route,
-    /// One leg id per contact of `route.contacts`, in the same order.
-    pub forks: Vec<LegId>,
+    pub start: CallStart,
     /// pbx's RTP address on the caller's side and on the callee's side.
     pub media: [SocketAddr; 2],
     /// Seeds the SDP session ids.
@@ -157,27 +150,26 @@ pub struct Call {
 
 impl Call {
     pub fn new(now: Timestamp, config: CallConfig, setup: CallSetup) -> Call {
-        let media_ip = |side: usize| setup.media[side].ip();
+        let CallSetup { id, start, media, seed } = setup;
+        let CallStart { a, key, invite, source, transport, route, forks } = start;
+        let media_ip = |side: usize| media[side].ip();
         let mut call = Call {
-            id: setup.id,
+            id,
             phase: Phase::Ringing,
             now,
-            a: setup.a,
-            forks: setup.forks.iter().map(|leg| (*leg, true)).collect(),
+            a,
+            forks: forks.iter().map(|leg| (*leg, true)).collect(),
             a_live: true,
             winner: None,
-            caller: setup.route.caller.clone(),
-            callee: setup.route.callee.clone(),
-            call_id: setup.invite.call_id().unwrap_or_default(),
+            caller: route.caller.clone(),
+            callee: route.callee.clone(),
+            call_id: invite.call_id().unwrap_or_default(),
             start: now,
             answer: None,
             a_offer: None,
             b_plan: (Vec::new(), None),
-            sessions: [
-                LocalSession::new(setup.seed, media_ip(0)),
-                LocalSession::new(setup.seed.wrapping_add(1), media_ip(1)),
-            ],
-            media: setup.media,
+            sessions: [LocalSession::new(seed, media_ip(0)), LocalSession::new(seed.wrapping_add(1), media_ip(1))],
+            media,
             codecs: [None, None],
             early_answer: None,
             last_sdp: [None, None],
@@ -189,16 +181,7 @@ impl Call {
             deadline: Some(now + config.no_answer),
             outputs: VecDeque::new(),
         };
-        let a_leg = Leg::uas(
-            setup.a,
-            now,
-            config.timers,
-            config.local_sip,
-            setup.key,
-            setup.invite.clone(),
-            setup.source,
-            setup.transport,
-        );
+        let a_leg = Leg::uas(a, now, config.timers, config.local_sip, key, invite.clone(), source, transport);
         let Some(a_leg) = a_leg else {
             // The facade checked From, To, Call-ID and CSeq; this cannot happen, but if it does
             // the endpoint answers the INVITE 500 when the leg is reported lost.
@@ -210,10 +193,10 @@ impl Call {
         call.outputs.push_back(CallOutput::StartLeg(a_leg));
 
         // The caller's offer, if any, decides what the callee is offered.
-        let offer = if setup.invite.body.is_empty() {
+        let offer = if invite.body.is_empty() {
             None
         } else {
-            match sdp::parse(&setup.invite.body).ok().and_then(|d| d.audio().map(|a| (d, a))) {
+            match sdp::parse(&invite.body).ok().and_then(|d| d.audio().map(|a| (d, a))) {
                 Some(parsed) => Some(parsed),
                 None => return call.refuse_offer(),
             }
@@ -228,16 +211,16 @@ impl Call {
         let b_sdp = sdp::offer(&mut call.sessions[1], call.media[1].port(), &call.b_plan.0, call.b_plan.1, direction);
         call.last_sdp[1] = Some(b_sdp.clone());
 
-        let from_uri = message::parse_sip_uri(&format!("sip:{}@{}", setup.route.caller, config.local_sip.address));
-        let to_uri = message::parse_sip_uri(&format!("sip:{}@{}", setup.route.callee, config.local_sip.address));
-        for (leg_id, binding) in setup.forks.iter().zip(&setup.route.contacts) {
+        let from_uri = message::parse_sip_uri(&format!("sip:{}@{}", route.caller, config.local_sip.address));
+        let to_uri = message::parse_sip_uri(&format!("sip:{}@{}", route.callee, config.local_sip.address));
+        for (leg_id, binding) in forks.iter().zip(&route.contacts) {
             let (Some(from_uri), Some(to_uri), Some(target)) =
                 (from_uri.clone(), to_uri.clone(), message::parse_sip_uri(&binding.contact))
             else {
                 call.forks.insert(*leg_id, false);
                 continue;
             };
-            let from = name_addr(Some(&setup.route.caller_display_name), from_uri);
+            let from = name_addr(Some(&route.caller_display_name), from_uri);
             let to = name_addr(None, to_uri);
             let leg = Leg::uac(
                 *leg_id,

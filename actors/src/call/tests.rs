@@ -4,6 +4,7 @@ use super::b2bua::{CallSetup, ENDING_BOUND};
 use super::*;
 use crate::Timestamp;
 use crate::cdr::{Disposition, HangupSide};
+use crate::endpoint::CallStart;
 use crate::media::g711::G711;
 use crate::media::relay::Side;
 use crate::registrar::{Binding, Route};
@@ -379,13 +380,15 @@ fn call_with(body: &str, forks: usize) -> Harness {
         (0..forks).map(|n| binding(&format!("sip:101@127.0.0.1:{}", 5064 + n), 5064 + n as u16)).collect();
     let setup = CallSetup {
         id: 7,
-        a: A,
-        key,
-        invite: request,
-        source: PHONE.parse().unwrap(),
-        transport: Transport::Udp,
-        route: Route { caller: "100".into(), caller_display_name: "Alice".into(), callee: "101".into(), contacts },
-        forks: [B1, B2][..forks].to_vec(),
+        start: CallStart {
+            a: A,
+            key,
+            invite: request,
+            source: PHONE.parse().unwrap(),
+            transport: Transport::Udp,
+            route: Route { caller: "100".into(), caller_display_name: "Alice".into(), callee: "101".into(), contacts },
+            forks: [B1, B2][..forks].to_vec(),
+        },
         media: ["127.0.0.1:20000".parse().unwrap(), "127.0.0.1:20002".parse().unwrap()],
         seed: 42,
     };
