@@ -181,7 +181,9 @@ impl Call {
             deadline: Some(now + config.no_answer),
             outputs: VecDeque::new(),
         };
-        let a_leg = Leg::uas(a, now, config.timers, config.local_sip, key, invite.clone(), source, transport);
+        // The A-leg keeps the INVITE; the call needs only its offer (a cheap clone of `Bytes`).
+        let body = invite.body.clone();
+        let a_leg = Leg::uas(a, now, config.timers, config.local_sip, key, invite, source, transport);
         let Some(a_leg) = a_leg else {
             // The facade checked From, To, Call-ID and CSeq; this cannot happen, but if it does
             // the endpoint answers the INVITE 500 when the leg is reported lost.
@@ -193,10 +195,10 @@ impl Call {
         call.outputs.push_back(CallOutput::StartLeg(a_leg));
 
         // The caller's offer, if any, decides what the callee is offered.
-        let offer = if invite.body.is_empty() {
+        let offer = if body.is_empty() {
             None
         } else {
-            match sdp::parse(&invite.body).ok().and_then(|d| d.audio().map(|a| (d, a))) {
+            match sdp::parse(&body).ok().and_then(|d| d.audio().map(|a| (d, a))) {
                 Some(parsed) => Some(parsed),
                 None => return call.refuse_offer(),
             }
