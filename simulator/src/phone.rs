@@ -1,0 +1,1 @@
+//! Simulated phones (being written).
