@@ -5,6 +5,7 @@
 //! that feeds it the clock and performs its outputs through ports. The `tidy` test keeps the
 //! machines honest: none may read a clock, a global RNG, or import tokio.
 
+pub mod bugs;
 pub mod call;
 pub mod cdr;
 pub mod endpoint;

@@ -99,6 +99,7 @@ async fn a_dead_leg_takes_its_call_down_cleanly() {
             no_answer: Duration::from_secs(30),
             timers: TimerConfig::default(),
             local_sip: LocalSip { address: "127.0.0.1:5060".parse().unwrap() },
+            bugs: Default::default(),
         },
         clock: Arc::new(TestClock(std::time::Instant::now())),
         sip: port.clone(),

@@ -110,6 +110,7 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
             no_answer: Duration::from_secs(config.calls.no_answer_timeout_s.into()),
             timers,
             local_sip: LocalSip { address: sip_address },
+            bugs: Default::default(),
         },
         clock: Arc::new(clock),
         sip: Arc::new(sink.clone()),

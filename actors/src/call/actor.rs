@@ -10,14 +10,14 @@
 //!   (its legs are reported down to the endpoint, which answers a pending INVITE, and a CDR
 //!   says the call failed).
 
-use super::LegId;
 use super::b2bua::{Call, CallConfig, CallInput, CallOutput, CallSetup};
 use super::leg::{Leg, LegCommand, LegEvent, LegInput, LegOutput, SipIn, SipOut};
+use super::{CallIds, LegId};
 use crate::cdr::{ActiveCall, Cdr, CdrStore, Disposition, HangupSide, MediaCounters};
 use crate::endpoint::CallStart;
 use crate::media::actor::{MediaArgs, MediaEvent, MediaMsg};
 use crate::media::pool::PortPool;
-use crate::media::relay::{RelayConfig, SideStats};
+use crate::media::relay::RelayConfig;
 use crate::shell::WakeTimer;
 use crate::time::Clock;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -302,7 +302,7 @@ impl CallState {
 
     async fn media_counters(&self) -> [MediaCounters; 2] {
         match self.media.call(MediaMsg::Stats, Some(SNAPSHOT_WAIT)).await {
-            Ok(ractor::rpc::CallResult::Success(stats)) => stats.map(counters),
+            Ok(ractor::rpc::CallResult::Success(stats)) => stats.map(MediaCounters::from),
             _ => Default::default(),
         }
     }
@@ -321,17 +321,6 @@ impl CallState {
             codec_callee: record.codec_callee,
             media: self.media_counters().await,
         }
-    }
-}
-
-fn counters(stats: SideStats) -> MediaCounters {
-    MediaCounters {
-        packets_in: stats.packets_in,
-        bytes_in: stats.bytes_in,
-        packets_out: stats.packets_out,
-        bytes_out: stats.bytes_out,
-        lost: stats.lost,
-        jitter_us: stats.jitter_us,
     }
 }
 
@@ -385,8 +374,7 @@ pub struct Started {
 
 pub struct CallsState {
     context: CallContext,
-    rng: u64,
-    counter: u64,
+    ids: CallIds,
     calls: HashMap<ractor::ActorId, Running>,
     /// Calls whose actor ended before their `Started` arrived (supervision events and messages
     /// are not ordered): not to be listed as running.
@@ -403,8 +391,7 @@ impl Actor for CallsActor {
     async fn pre_start(&self, _me: ActorRef<CallsMsg>, args: CallsArgs) -> Result<CallsState, ActorProcessingErr> {
         Ok(CallsState {
             context: args.context,
-            rng: args.seed,
-            counter: 0,
+            ids: CallIds::new(args.seed),
             calls: HashMap::new(),
             ended_early: Default::default(),
         })
@@ -472,30 +459,9 @@ impl Actor for CallsActor {
 impl CallsState {
     fn start(&mut self, me: &ActorRef<CallsMsg>, start: CallStart) {
         let now = self.context.clock.now();
-        self.counter += 1;
-        // Milliseconds (41 bits for centuries) and a counter: unique per node, fits in 57 bits.
-        let id = ((now.as_micros() / 1000) << 16) | (self.counter & 0xffff);
-        // A cheap, well-mixed seed per call (splitmix64): SSRCs and SDP session ids.
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut seed = self.rng;
-        seed = (seed ^ (seed >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        seed = (seed ^ (seed >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        seed ^= seed >> 31;
+        let (id, seed) = self.ids.next(now);
         let legs: Vec<LegId> = std::iter::once(start.a).chain(start.forks.iter().copied()).collect();
-        let cdr = Cdr {
-            id,
-            call_id: start.invite.call_id().unwrap_or_default(),
-            caller: start.route.caller.clone(),
-            callee: start.route.callee.clone(),
-            start: now,
-            answer: None,
-            end: now,
-            disposition: Disposition::Failed { reason: "call did not start".into() },
-            hangup: Some(HangupSide::Pbx),
-            codec_caller: None,
-            codec_callee: None,
-            media: Default::default(),
-        };
+        let cdr = Cdr::starting(id, &start, now);
         tracing::info!(call = id, caller = %start.route.caller, callee = %start.route.callee, contacts = start.forks.len(), "call");
         let args = CallArgs { start, id, seed, context: self.context.clone() };
         let me = me.clone();

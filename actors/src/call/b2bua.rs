@@ -44,6 +44,8 @@ pub struct CallConfig {
     pub no_answer: Duration,
     pub timers: TimerConfig,
     pub local_sip: LocalSip,
+    /// Deliberate bugs for the simulator's self-test; default (none) everywhere else.
+    pub bugs: crate::bugs::Bugs,
 }
 
 /// What a call starts from: the endpoint's `CallStart` (the authenticated INVITE and where it
@@ -146,6 +148,7 @@ pub struct Call {
     hangup: Option<HangupSide>,
     deadline: Option<Timestamp>,
     outputs: VecDeque<CallOutput>,
+    bugs: crate::bugs::Bugs,
 }
 
 impl Call {
@@ -180,6 +183,7 @@ impl Call {
             hangup: None,
             deadline: Some(now + config.no_answer),
             outputs: VecDeque::new(),
+            bugs: config.bugs,
         };
         // The A-leg keeps the INVITE; the call needs only its offer (a cheap clone of `Bytes`).
         let body = invite.body.clone();
@@ -291,6 +295,15 @@ impl Call {
         self.id
     }
 
+    /// The caller's leg and the answering callee's while the call is answered and neither side
+    /// has hung up; `None` before the answer and once the call ends.
+    pub fn answered_legs(&self) -> Option<(LegId, LegId)> {
+        match (self.phase, self.winner) {
+            (Phase::Answered, Some(winner)) => Some((self.a, winner)),
+            _ => None,
+        }
+    }
+
     /// For the active-calls list: "ringing", "answered" or "ending".
     pub fn state(&self) -> &'static str {
         match self.phase {
@@ -368,6 +381,12 @@ impl Call {
         self.end_all();
     }
 
+    /// The injected bug (off outside the simulator's self-test): one call in eight ignores the
+    /// callee's hang-up, so only the RTP timeout ends it.
+    fn half_hangup_bug(&self) -> bool {
+        self.bugs.half_hangup && self.id % 8 == 5
+    }
+
     fn b_event(&mut self, leg: LegId, event: LegEvent) {
         if !self.forks.contains_key(&leg) {
             return;
@@ -407,7 +426,9 @@ impl Call {
             }
             LegEvent::Bye if Some(leg) == self.winner => {
                 self.gone.push(leg);
-                self.hung_up_by(HangupSide::Callee)
+                if !self.half_hangup_bug() {
+                    self.hung_up_by(HangupSide::Callee)
+                }
             }
             LegEvent::NoAck | LegEvent::Bye => {}
             LegEvent::Offer { method, sdp } if Some(leg) == self.winner => self.offer_from(Side::B, method, sdp),
@@ -419,7 +440,7 @@ impl Call {
             LegEvent::Finished => {
                 self.forks.insert(leg, false);
                 self.outputs.push_back(CallOutput::StopLeg { leg });
-                if Some(leg) == self.winner && self.phase == Phase::Answered {
+                if Some(leg) == self.winner && self.phase == Phase::Answered && !self.half_hangup_bug() {
                     self.hangup.get_or_insert(HangupSide::Callee);
                     self.end_all();
                 }
@@ -635,7 +656,9 @@ impl Call {
         // finishes (up to 32 s later for a phone that vanished).
         self.disposition.get_or_insert(Disposition::Failed { reason: "ended before an outcome".into() });
         let cdr = self.record();
-        self.outputs.push_back(CallOutput::Record(Box::new(cdr)));
+        if !(self.bugs.skip_cdr && self.id % 8 == 3) {
+            self.outputs.push_back(CallOutput::Record(Box::new(cdr)));
+        }
         self.check_over();
     }
 

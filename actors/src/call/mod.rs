@@ -20,7 +20,38 @@ pub mod leg;
 pub use b2bua::{Call, CallConfig, CallInput, CallOutput};
 pub use leg::{Leg, LegCommand, LegEvent, LegInput, LegOutput, SipIn, SipOut};
 
+use crate::Timestamp;
 use std::net::SocketAddr;
+
+/// Splitmix64: a cheap, well-mixed sequence from a seed (SSRCs, SDP session ids, seeds).
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Hands out each new call's CDR id and seed.
+#[derive(Debug)]
+pub struct CallIds {
+    rng: u64,
+    counter: u64,
+}
+
+impl CallIds {
+    pub fn new(seed: u64) -> CallIds {
+        CallIds { rng: seed, counter: 0 }
+    }
+
+    /// Milliseconds (41 bits for centuries) and a counter: unique per node, fits in 57 bits.
+    /// The seed feeds the call's SSRCs and SDP session ids.
+    pub fn next(&mut self, now: Timestamp) -> (u64, u64) {
+        self.counter += 1;
+        let id = ((now.as_micros() / 1000) << 16) | (self.counter & 0xffff);
+        (id, splitmix64(&mut self.rng))
+    }
+}
 
 /// One leg of one call, unique on this node (the endpoint hands them out from a random start,
 /// so tags stay unique across restarts too).

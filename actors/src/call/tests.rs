@@ -392,7 +392,12 @@ fn call_with(body: &str, forks: usize) -> Harness {
         media: ["127.0.0.1:20000".parse().unwrap(), "127.0.0.1:20002".parse().unwrap()],
         seed: 42,
     };
-    let config = CallConfig { no_answer: Duration::from_secs(30), timers: TimerConfig::default(), local_sip: local() };
+    let config = CallConfig {
+        no_answer: Duration::from_secs(30),
+        timers: TimerConfig::default(),
+        local_sip: local(),
+        bugs: Default::default(),
+    };
     let mut h = Harness {
         call: Call::new(Timestamp::ZERO, config, setup),
         started: vec![],

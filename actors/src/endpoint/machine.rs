@@ -243,6 +243,21 @@ impl Endpoint {
         self.transactions.len()
     }
 
+    /// When the oldest live transaction began (see [`Transactions::oldest`]).
+    pub fn oldest_transaction(&self) -> Option<Timestamp> {
+        self.transactions.oldest()
+    }
+
+    /// The oldest live transaction, described (see [`Transactions::describe_oldest`]).
+    pub fn describe_oldest_transaction(&self) -> Option<String> {
+        self.transactions.describe_oldest()
+    }
+
+    /// Legs the endpoint routes to: started and not yet reported down.
+    pub fn live_legs(&self) -> usize {
+        self.legs.len()
+    }
+
     fn inbound(&mut self, bytes: &[u8], source: SocketAddr, transport: Transport) {
         let parsed = match transport {
             Transport::Udp => message::parse_datagram(bytes),

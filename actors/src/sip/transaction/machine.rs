@@ -307,6 +307,8 @@ struct Transaction {
     /// The current retransmission interval of Timer A, E or G.
     interval: Duration,
     kind: Kind,
+    /// When it began; the simulator's checkers bound every transaction's age by this.
+    created: Timestamp,
 }
 
 /// A response already put on the wire, kept to answer retransmitted requests.
@@ -456,6 +458,25 @@ impl Transactions {
 
     pub fn is_empty(&self) -> bool {
         self.transactions.is_empty()
+    }
+
+    /// When the oldest live transaction began: every transaction ends by its timers (or by the
+    /// TU's answer, which the TU bounds), so this never lags `now` by more than those bounds.
+    /// O(n): for checkers, not for the message path.
+    pub fn oldest(&self) -> Option<Timestamp> {
+        self.transactions.values().map(|tx| tx.created).min()
+    }
+
+    /// The oldest live transaction, described for a checker's report: key, state, start.
+    pub fn describe_oldest(&self) -> Option<String> {
+        let tx = self.transactions.values().min_by_key(|tx| tx.created)?;
+        let state = match &tx.kind {
+            Kind::InviteClient { state, .. } => format!("INVITE client {state:?}"),
+            Kind::NonInviteClient { state, .. } => format!("non-INVITE client {state:?}"),
+            Kind::InviteServer { state, .. } => format!("INVITE server {state:?}"),
+            Kind::NonInviteServer { state, .. } => format!("non-INVITE server {state:?}"),
+        };
+        Some(format!("{state}, {:?}, started at {}", tx.key, tx.created))
     }
 
     /// The INVITE server transaction a CANCEL names (RFC 3261 §9.2: same branch and sent-by,
@@ -653,7 +674,15 @@ impl Transactions {
             TransactionKey::Server(k) => assert!(self.servers.insert(k.clone(), id).is_none(), "new server key"),
             TransactionKey::Client(k) => assert!(self.clients.insert(k.clone(), id).is_none(), "new client key"),
         }
-        let tx = Transaction { key, transport, retransmit: None, deadline: None, interval: self.config.t1, kind };
+        let tx = Transaction {
+            key,
+            transport,
+            retransmit: None,
+            deadline: None,
+            interval: self.config.t1,
+            kind,
+            created: now,
+        };
         self.transactions.insert(id, tx);
         self.update(id, now, |tx, ctx| tx.on_start(ctx));
     }

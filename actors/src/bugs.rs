@@ -1,0 +1,28 @@
+//! Bugs a run can switch on, to prove that the simulator's checkers catch them — the way
+//! FoundationDB's BUGGIFY and TigerBeetle's VOPR prove theirs. All off by default; the node
+//! never turns one on (nothing in its config reaches here). A checker that no injected bug can
+//! make fail would prove nothing.
+
+/// Which deliberate bugs are on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// The call machine forgets the CDR of one call in eight (by call id).
+    pub skip_cdr: bool,
+    /// The call machine does not hang up the other side when one side sends BYE.
+    pub half_hangup: bool,
+}
+
+impl Bugs {
+    /// The names `pbx-sim --inject-bug` accepts.
+    pub const NAMES: [&'static str; 2] = ["skip-cdr", "half-hangup"];
+
+    /// Switches on the bug called `name`; `false` if there is none by that name.
+    pub fn enable(&mut self, name: &str) -> bool {
+        match name {
+            "skip-cdr" => self.skip_cdr = true,
+            "half-hangup" => self.half_hangup = true,
+            _ => return false,
+        }
+        true
+    }
+}
