@@ -61,6 +61,11 @@ const REGISTER_REFRESH_PERCENT: (u64, u64) = (50, 90);
 const REGISTER_EXPIRES_S_MAX: u32 = 86_400;
 /// A caller that decided to give up sends CANCEL after a uniform wait in this range.
 const CANCEL_AFTER_S: (u64, u64) = (5, 40);
+/// Nobody rings for ever in a long run: a callee that "lets it ring" answers 480 after this,
+/// and a caller still hearing ringing after this CANCELs. pbx's own no-answer timer (a
+/// minute or so) should always fire first; this only keeps a phone from being stuck in a call
+/// when the pbx behind it vanished. RFC 3261 §16.6 Timer C is "greater than 3 minutes".
+const RING_S_MAX: u64 = 300;
 /// The callee's exponential talk time is cut at this many means, so no call lasts for days.
 const TALK_MEANS_MAX: u64 = 10;
 /// The callee's talk time is at least this (brief: "min 1 s").
@@ -101,7 +106,8 @@ pub struct PhoneConfig {
 pub struct Behaviour {
     /// On an incoming call: answer (200) with this probability,
     pub answer_probability: f64,
-    /// else reject with 486 (or 603, 50/50) with this, else let it ring forever.
+    /// else reject with 486 (or 603, 50/50) with this, else let it ring "for ever" (480 after
+    /// [`RING_S_MAX`], in case the pbx never cancels).
     pub reject_probability: f64,
     /// Uniform think time before answering or rejecting, seconds (low, high).
     pub ring_s: (u64, u64),
@@ -904,6 +910,7 @@ impl Phone {
             100..=199 => {
                 if call.phase == Phase::Calling {
                     call.phase = Phase::Proceeding;
+                    call.cancel_at.get_or_insert(now + Duration::from_secs(RING_S_MAX));
                 }
                 if (code == 180 || code == 183) && !call.ringing_heard {
                     call.ringing_heard = true;
@@ -1023,14 +1030,14 @@ impl Phone {
         let target_addr = address_of(&target_uri).unwrap_or(from);
         let behaviour = self.config.behaviour.clone();
         let roll: f64 = self.rng.random_range(0.0..1.0);
-        let decision = if roll < behaviour.answer_probability {
-            Some(Decision::Answer)
-        } else if roll < behaviour.answer_probability + behaviour.reject_probability {
-            Some(Decision::Reject(if self.rng.random_bool(0.5) { 486 } else { 603 }))
-        } else {
-            None
-        };
         let think = self.uniform(behaviour.ring_s);
+        let decision = if roll < behaviour.answer_probability {
+            (think, Decision::Answer)
+        } else if roll < behaviour.answer_probability + behaviour.reject_probability {
+            (think, Decision::Reject(if self.rng.random_bool(0.5) { 486 } else { 603 }))
+        } else {
+            (Duration::from_secs(RING_S_MAX), Decision::Reject(480))
+        };
         let sdp = self.sdp();
         let ssrc = self.rng.random();
         let ringing = request.response(180, Some(&tag));
@@ -1059,7 +1066,7 @@ impl Phone {
             ringing_heard: false,
             cancel_at: None,
             invite: Some((request, from)),
-            decision: decision.map(|d| (now + think, d)),
+            decision: Some((now + decision.0, decision.1)),
         });
         self.event(PhoneEvent::Incoming { call_id, caller });
     }
@@ -1334,13 +1341,13 @@ const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY, UPDATE, ME
 
 /// The expiry a 200 to REGISTER grants us: our Contact's `expires`, else the Expires header.
 fn granted_expiry(response: &Response, config: &PhoneConfig) -> Option<u32> {
-    let ours = format!("{}@{}", config.extension, config.sip);
-    let from_contact = response
-        .headers
-        .get_raw(&Name::CONTACT)
-        .flat_map(|v| split_list(v.as_str()))
-        .filter(|c| uri_of(c).contains(&ours))
-        .find_map(|c| param_of(c, "expires").and_then(|e| e.parse().ok()));
+    let contacts: Vec<&str> = response.headers.get_raw(&Name::CONTACT).flat_map(|v| split_list(v.as_str())).collect();
+    // Ours is the one at our address; a registrar that lists only one binding means ours.
+    let ours = contacts.iter().find(|c| address_of(uri_of(c)) == Some(config.sip));
+    let from_contact = ours
+        .or(contacts.first().filter(|_| contacts.len() == 1))
+        .and_then(|c| param_of(c, "expires"))
+        .and_then(|e| e.parse().ok());
     from_contact.or_else(|| response.header(&Name::EXPIRES).and_then(|e| e.trim().parse().ok()))
 }
 
@@ -1879,6 +1886,21 @@ mod tests {
         assert!(net.phones[1].finals.is_empty(), "the 487 was ACKed");
     }
 
+    /// A call nobody answers or cancels still ends: the callee gives up with 480 after 300 s.
+    #[test]
+    fn ringing_for_ever_ends_after_ring_s_max() {
+        let ring_forever = Behaviour { answer_probability: 0.0, reject_probability: 0.0, ..behaviour() };
+        let mut net = Net::pair(behaviour(), ring_forever, 13);
+        net.run_until(Timestamp::from_secs(1));
+        net.input(0, PhoneInput::Dial { callee: "202".into(), talk: Duration::from_secs(10) });
+        net.run_until(Timestamp::from_secs(290));
+        assert!(net.phones[0].in_call().is_some() && net.phones[1].in_call().is_some());
+        net.run_until(Timestamp::from_secs(400));
+        let a = net.events_of(0);
+        assert!(matches!(a[..], [_, PhoneEvent::Ringing { .. }, PhoneEvent::CallFailed { code: 480, .. }]), "{a:?}");
+        assert_eq!((net.phones[0].in_call(), net.phones[1].in_call()), (None, None));
+    }
+
     /// A second caller reaching a phone in a call gets 486 at once; the first call goes on.
     #[test]
     fn busy_phone_answers_486() {
@@ -2066,6 +2088,83 @@ mod tests {
             "REGISTER",
             "secret-201",
         );
+    }
+
+    /// Against pbx's real registrar machine: challenged, answered, registered; the refresh, long
+    /// after the nonce's lifetime, is challenged again and registers again.
+    #[test]
+    fn registers_with_the_real_registrar() {
+        use pbx_actors::registrar::{
+            Algorithm, Extension, Registrar, RegistrarConfig, RegistrarInput, RegistrarOutput, ha1,
+        };
+        use pbx_actors::sip::Transport;
+        let start = Timestamp::from_secs(1_700_000_000);
+        let mut phone = Phone::new(config("201", A_SIP, PBX, behaviour()), 5, start);
+        let extension = Extension {
+            number: "201".into(),
+            display_name: "Two Oh One".into(),
+            ha1_md5: ha1(Algorithm::Md5, "201", "pbx", "secret-201"),
+            ha1_sha256: ha1(Algorithm::Sha256, "201", "pbx", "secret-201"),
+        };
+        let mut registrar = Registrar::new(RegistrarConfig::default(), 7, vec![extension], vec![], start);
+        let (mut now, mut events, mut tx) = (start, Vec::new(), 0);
+        while now < start + Duration::from_secs(3600) {
+            phone.handle(now, PhoneInput::Timeout);
+            // Ping-pong until the exchange settles: every REGISTER to the registrar, every
+            // response back.
+            for _ in 0..10 {
+                let (sent, e) = outputs(&mut phone);
+                events.extend(e);
+                if sent.is_empty() {
+                    break;
+                }
+                for (to, bytes) in sent {
+                    assert_eq!(to, addr(PBX));
+                    let mut request = request(&bytes);
+                    request.stamp_via_source(addr(A_SIP));
+                    tx += 1;
+                    registrar.handle(
+                        now,
+                        RegistrarInput::Register { tx, request, source: addr(A_SIP), transport: Transport::Udp },
+                    );
+                    while let Some(output) = registrar.poll_output() {
+                        if let RegistrarOutput::Respond { response, .. } = output {
+                            deliver(&mut phone, now, response.to_bytes());
+                        }
+                    }
+                }
+            }
+            now = phone.poll_timeout().expect("a refresh is always scheduled");
+        }
+        assert_eq!(
+            events,
+            vec![PhoneEvent::Registered { expires_s: 3600 }, PhoneEvent::Registered { expires_s: 3600 }]
+        );
+        assert_eq!(registrar.binding_count(), 1);
+
+        // The INVITE's 407 from the same machine is answered with credentials it accepts.
+        phone.handle(now, PhoneInput::Dial { callee: "201".into(), talk: Duration::from_secs(5) });
+        let mut routed = false;
+        let mut queue: VecDeque<Bytes> = outputs(&mut phone).0.into_iter().map(|(_, b)| b).collect();
+        while let Some(bytes) = queue.pop_front() {
+            if !bytes.starts_with(b"INVITE ") {
+                continue; // the ACK of the 407
+            }
+            tx += 1;
+            registrar.handle(now, RegistrarInput::Route { tx, request: request(&bytes), source: addr(A_SIP) });
+            while let Some(output) = registrar.poll_output() {
+                match output {
+                    RegistrarOutput::Respond { response, .. } => {
+                        assert_eq!(response.code, 407);
+                        deliver(&mut phone, now, response.to_bytes());
+                        queue.extend(outputs(&mut phone).0.into_iter().map(|(_, b)| b));
+                    }
+                    RegistrarOutput::Routed { route, .. } => routed = route.caller == "201",
+                    _ => {}
+                }
+            }
+        }
+        assert!(routed, "the authenticated INVITE was routed");
     }
 
     /// A second non-stale 401 means wrong credentials: RegisterFailed, retried 30–60 s later.
