@@ -1,3 +1,20 @@
-//! pbx-simulator: deterministic runs of the whole PBX, replayable from a seed.
+//! pbx-simulator: deterministic runs of the whole PBX over virtual days, replayable from a seed.
+//!
+//! The simulator runs the product's own sans-IO machines — endpoint and transactions,
+//! registrar, call and leg machines, RTP relay — wired as the node's actors wire them
+//! ([`node`]), and simulates only the world around them: a virtual clock per node and phone
+//! (with drift), a network that delays, loses, duplicates, reorders and partitions
+//! ([`sim`], [`options::NetOptions`]), a disk that loses uncommitted writes at a crash
+//! ([`disk`]), node crashes and restarts, and an office of SIP phones ([`phone`]). Invariant
+//! checkers ([`check`]) watch as it runs. Everything random comes from the seed, so a run is a
+//! function of its options: the same seed gives the same trace hash, and a failure replays.
 
+pub mod check;
+pub mod disk;
+pub mod node;
+pub mod options;
 pub mod phone;
+pub mod sim;
+
+pub use options::Options;
+pub use sim::{Report, run};

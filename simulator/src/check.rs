@@ -1,0 +1,403 @@
+//! Invariant checkers: what must hold however the seed plays out. They run as the simulation
+//! goes — on phone events, on datagrams, and on a periodic look at every node — and once more
+//! when the run has drained. Each check is counted, so a summary says how much was verified.
+//!
+//! The checkers judge the product from outside where they can: from the phones' side (every
+//! dialled call the pbx took on leaves exactly one CDR; when one party hangs up the other is
+//! hung up too; a phone whose binding has expired gets no INVITE) and from the node's state
+//! (no call outlives its bounds, none is answered with one leg, no port leaks, no transaction
+//! outlives its timers, no binding outlives its expiry).
+
+use crate::node::SimNode;
+use crate::phone::PhoneEvent;
+use pbx_actors::Timestamp;
+use pbx_actors::call::b2bua::ENDING_BOUND;
+use pbx_actors::cdr::Cdr;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+/// RFC 3261's 64*T1 with T1 = 500 ms: how long a transaction may retransmit.
+const T1_64: Duration = Duration::from_secs(32);
+/// Room for network delay, clock drift and the checks' own period.
+const SLACK: Duration = Duration::from_secs(15);
+/// Violations kept when a run does not stop at the first.
+const VIOLATIONS_MAX: usize = 20;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Simulated time since the start of the run.
+    pub at: Duration,
+    pub invariant: &'static str,
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] {}: {}", crate::sim::format_elapsed(self.at), self.invariant, self.detail)
+    }
+}
+
+/// The limits the checkers hold the system to, derived from its configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    /// The longest a call may stay in a node: ringing, talking and ending.
+    pub call: Duration,
+    /// The longest a transaction may live.
+    pub transaction: Duration,
+    /// When one party of an answered call has hung up, the other must be hung up within this.
+    pub hangup: Duration,
+    /// A phone's binding lasts at most this long after its last REGISTER.
+    pub binding: Duration,
+    /// The check period.
+    pub every: Duration,
+}
+
+impl Bounds {
+    pub fn new(no_answer: Duration, rtp_timeout: Duration, talk_max: Duration, max_expires_s: u32) -> Bounds {
+        Bounds {
+            call: no_answer + talk_max + rtp_timeout + ENDING_BOUND + SLACK,
+            // An INVITE server transaction: the answer (bounded by the no-answer time), then
+            // Timer L; a client one: the CANCEL guard after the no-answer CANCEL.
+            transaction: no_answer + T1_64 + T1_64 + SLACK,
+            hangup: T1_64 + SLACK,
+            binding: Duration::from_secs(u64::from(max_expires_s)),
+            every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One call a phone placed, as the phones saw it.
+#[derive(Debug, Default)]
+struct Attempt {
+    caller: usize,
+    callee: String,
+    dialled: Timestamp,
+    /// The pbx took the call on: the caller heard ringing or was answered.
+    reached: bool,
+    ended: Option<Timestamp>,
+}
+
+/// An answered call as one phone sees it.
+#[derive(Clone, Debug)]
+struct Dialog {
+    call_id: String,
+    peer: String,
+    since: Timestamp,
+}
+
+#[derive(Debug, Default)]
+struct PhoneModel {
+    extension: String,
+    away: bool,
+    /// The latest a binding of this phone may last: its last REGISTER plus the expiry the
+    /// registrar grants at most.
+    binding_until: Option<Timestamp>,
+    dialog: Option<Dialog>,
+    /// When this phone was away or cut off (from, to): a BYE for it may never have arrived,
+    /// so its calls overlapping these are exempt from the hang-up check.
+    disturbed: Vec<(Timestamp, Timestamp)>,
+}
+
+/// A phone that must be hung up by a deadline because its peer hung up.
+#[derive(Debug)]
+struct Expectation {
+    /// When the earlier of the two phones' sides of the call was established.
+    since: Timestamp,
+    phone: usize,
+    call_id: String,
+    peer: usize,
+    deadline: Timestamp,
+}
+
+pub struct Checker {
+    origin: Timestamp,
+    bounds: Bounds,
+    phones: Vec<PhoneModel>,
+    by_extension: BTreeMap<String, usize>,
+    attempts: BTreeMap<String, Attempt>,
+    expectations: Vec<Expectation>,
+    /// Node downtimes: (crash, restart). Calls overlapping one may have lost their CDR.
+    outages: Vec<(Timestamp, Timestamp)>,
+    pub checks: u64,
+    pub violations: Vec<Violation>,
+}
+
+impl Checker {
+    pub fn new(origin: Timestamp, bounds: Bounds, extensions: &[String]) -> Checker {
+        let phones: Vec<PhoneModel> =
+            extensions.iter().map(|e| PhoneModel { extension: e.clone(), ..Default::default() }).collect();
+        let by_extension = extensions.iter().enumerate().map(|(i, e)| (e.clone(), i)).collect();
+        Checker {
+            origin,
+            bounds,
+            phones,
+            by_extension,
+            attempts: BTreeMap::new(),
+            expectations: Vec::new(),
+            outages: Vec::new(),
+            checks: 0,
+            violations: Vec::new(),
+        }
+    }
+
+    fn violate(&mut self, now: Timestamp, invariant: &'static str, detail: String) {
+        if self.violations.len() < VIOLATIONS_MAX {
+            self.violations.push(Violation { at: now - self.origin, invariant, detail });
+        }
+    }
+
+    fn check(&mut self, now: Timestamp, invariant: &'static str, holds: bool, detail: impl FnOnce() -> String) {
+        self.checks += 1;
+        if !holds {
+            self.violate(now, invariant, detail());
+        }
+    }
+
+    // ---- What the world reports ----
+
+    pub fn phone_event(&mut self, now: Timestamp, phone: usize, event: &PhoneEvent) {
+        match event {
+            PhoneEvent::Dialing { call_id, callee } => {
+                let attempt = Attempt { caller: phone, callee: callee.clone(), dialled: now, ..Default::default() };
+                self.attempts.insert(call_id.clone(), attempt);
+            }
+            PhoneEvent::Ringing { call_id } => {
+                if let Some(a) = self.attempts.get_mut(call_id) {
+                    a.reached = true;
+                }
+            }
+            PhoneEvent::CallFailed { call_id, .. } => {
+                if let Some(a) = self.attempts.get_mut(call_id) {
+                    a.ended = Some(now);
+                }
+            }
+            PhoneEvent::Established { call_id, peer, .. } => {
+                if let Some(a) = self.attempts.get_mut(call_id) {
+                    a.reached = true;
+                }
+                self.phones[phone].dialog = Some(Dialog { call_id: call_id.clone(), peer: peer.clone(), since: now });
+            }
+            PhoneEvent::Ended { call_id, peer, .. } => {
+                if let Some(a) = self.attempts.get_mut(call_id) {
+                    a.ended = Some(now);
+                }
+                if self.phones[phone].dialog.as_ref().is_some_and(|d| d.call_id == *call_id) {
+                    let since = self.phones[phone].dialog.take().map_or(now, |d| d.since);
+                    self.expect_hangup(now, phone, peer, since);
+                }
+            }
+            PhoneEvent::Registered { .. }
+            | PhoneEvent::RegisterFailed { .. }
+            | PhoneEvent::DialIgnored
+            | PhoneEvent::Incoming { .. } => {}
+        }
+    }
+
+    /// `phone` ended its call with `peer`: the peer's side of that call must end soon.
+    fn expect_hangup(&mut self, now: Timestamp, phone: usize, peer: &str, since: Timestamp) {
+        let Some(&peer_index) = self.by_extension.get(peer) else { return };
+        let Some(dialog) = &self.phones[peer_index].dialog else { return };
+        if dialog.peer != self.phones[phone].extension || dialog.since > now {
+            return;
+        }
+        self.expectations.push(Expectation {
+            since: since.min(dialog.since),
+            phone: peer_index,
+            call_id: dialog.call_id.clone(),
+            peer: phone,
+            deadline: now + self.bounds.hangup,
+        });
+    }
+
+    /// A phone sent a REGISTER: its binding may now last until `now` + the longest expiry.
+    pub fn register_sent(&mut self, now: Timestamp, phone: usize) {
+        self.phones[phone].binding_until = Some(now + self.bounds.binding + SLACK);
+    }
+
+    pub fn phone_away(&mut self, now: Timestamp, phone: usize, away: bool) {
+        let model = &mut self.phones[phone];
+        model.away = away;
+        if away {
+            model.dialog = None;
+            model.disturbed.push((now, Timestamp(u64::MAX)));
+        } else if let Some(open) = model.disturbed.iter_mut().rev().find(|(_, to)| to.0 == u64::MAX) {
+            open.1 = now;
+        }
+    }
+
+    /// The phone is cut off from the nodes until `until`.
+    pub fn phone_partitioned(&mut self, now: Timestamp, phone: usize, until: Timestamp) {
+        self.phones[phone].disturbed.push((now, until));
+    }
+
+    pub fn node_crashed(&mut self, now: Timestamp) {
+        self.outages.push((now, Timestamp(u64::MAX)));
+    }
+
+    pub fn node_restarted(&mut self, now: Timestamp) {
+        if let Some(open) = self.outages.iter_mut().rev().find(|(_, to)| to.0 == u64::MAX) {
+            open.1 = now;
+        }
+    }
+
+    /// Whether a phone's calls in `[from, to]` may have lost a BYE to a fault: the phone was
+    /// away or cut off, or a node was down, at some time in it.
+    fn disturbed(&self, phone: usize, from: Timestamp, to: Timestamp) -> bool {
+        let overlaps = |(a, b): &(Timestamp, Timestamp)| *a <= to && *b >= from;
+        self.phones[phone].disturbed.iter().any(overlaps) || self.outages.iter().any(overlaps)
+    }
+
+    /// An INVITE reached a phone that is away: its binding must still have been live.
+    pub fn invite_to_away_phone(&mut self, now: Timestamp, phone: usize) {
+        let until = self.phones[phone].binding_until;
+        let extension = self.phones[phone].extension.clone();
+        // pbx may have sent it while the binding lived, then retransmitted it for 64*T1.
+        let until = until.map(|u| u + T1_64);
+        self.check(now, "bindings expire on time", until.is_some_and(|u| now <= u), || {
+            format!(
+                "an INVITE reached away phone {extension} after its binding had to expire (at the latest {until:?})"
+            )
+        });
+    }
+
+    // ---- The periodic look at a node ----
+
+    pub fn check_node(&mut self, now: Timestamp, node_now: Timestamp, node: &SimNode) {
+        let bounds = self.bounds;
+        let mut findings: Vec<(&'static str, bool, String)> = Vec::new();
+        for call in node.calls() {
+            let age = node_now - call.started;
+            findings.push((
+                "every call ends",
+                age <= bounds.call,
+                format!("call {} ({}) is {age:?} old", call.id, call.state),
+            ));
+            if let Some([a, b]) = call.answered {
+                findings.push((
+                    "a call never has one leg",
+                    call.leg_live(a) && call.leg_live(b),
+                    format!(
+                        "call {} is answered but its legs are: caller {}, callee {}",
+                        call.id,
+                        live(call.leg_live(a)),
+                        live(call.leg_live(b))
+                    ),
+                ));
+            }
+        }
+        let (machines, routed) = node.leg_counts();
+        findings.push((
+            "legs are routed while they live",
+            machines == routed,
+            format!("{machines} leg machines, the endpoint routes to {routed}"),
+        ));
+        let (leased, held) = node.ports_in_use();
+        findings.push(("no RTP port leaks", leased == held, format!("{leased} port pairs leased, calls hold {held}")));
+        let (count, oldest) = node.transactions();
+        if let Some(oldest) = oldest {
+            let age = node_now - oldest;
+            findings.push((
+                "no transaction outlives its timers",
+                age <= bounds.transaction,
+                format!("the oldest of {count} transactions is {age:?} old: {}", node.describe_oldest_transaction()),
+            ));
+        }
+        for binding in node.bindings() {
+            findings.push((
+                "bindings expire on time",
+                binding.expires_at + Duration::from_secs(1) >= node_now,
+                format!("{} → {} expired at {} but is still bound", binding.aor, binding.contact, binding.expires_at),
+            ));
+        }
+        for (invariant, holds, detail) in findings {
+            self.check(now, invariant, holds, || detail);
+        }
+    }
+
+    /// Periodic, node-independent checks: expected hang-ups that are overdue.
+    pub fn check_phones(&mut self, now: Timestamp) {
+        let due: Vec<Expectation> = {
+            let (due, pending) = std::mem::take(&mut self.expectations).into_iter().partition(|e| e.deadline <= now);
+            self.expectations = pending;
+            due
+        };
+        for e in due {
+            let model = &self.phones[e.phone];
+            let exempt = self.disturbed(e.phone, e.since, e.deadline) || self.disturbed(e.peer, e.since, e.deadline);
+            let still = model.dialog.as_ref().is_some_and(|d| d.call_id == e.call_id);
+            let (phone, peer) = (model.extension.clone(), self.phones[e.peer].extension.clone());
+            self.check(now, "a call never has one leg", exempt || !still, || {
+                format!("{peer} hung up but {phone} is still in the call ({})", e.call_id)
+            });
+        }
+    }
+
+    // ---- The end of the run, after the drain ----
+
+    /// Phones still register during the drain, so transactions may be alive at the end; the
+    /// periodic check (run once more here) bounds their age.
+    pub fn final_checks(
+        &mut self,
+        now: Timestamp,
+        node: Option<(&SimNode, Timestamp)>,
+        cdrs: &BTreeMap<u64, Cdr>,
+        duplicates: &[Cdr],
+    ) {
+        if let Some((node, node_now)) = node {
+            self.check_node(now, node_now, node);
+            let calls = node.call_count();
+            self.check(now, "every call ends", calls == 0, || format!("{calls} calls still up after the drain"));
+            let (leased, _) = node.ports_in_use();
+            self.check(now, "no RTP port leaks", leased == 0, || format!("{leased} port pairs leased after the drain"));
+            let (machines, routed) = node.leg_counts();
+            self.check(now, "every call ends", machines == 0 && routed == 0, || {
+                format!("{machines} leg machines and {routed} routed legs after the drain")
+            });
+        }
+        let dialogs: Vec<(String, Option<Dialog>)> =
+            self.phones.iter().map(|m| (m.extension.clone(), m.dialog.clone())).collect();
+        for (extension, in_call) in dialogs {
+            self.check(now, "every call ends", in_call.is_none(), || {
+                format!("phone {extension} is still in call {:?} after the drain", in_call.map(|d| d.call_id))
+            });
+        }
+        let mut by_call_id: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        for cdr in cdrs.values() {
+            by_call_id.entry(cdr.call_id.as_str()).or_default().push(cdr.id);
+        }
+        self.check(now, "every completed call has exactly one CDR", duplicates.is_empty(), || {
+            format!("{} CDR ids written twice", duplicates.len())
+        });
+        let attempts = std::mem::take(&mut self.attempts);
+        for (call_id, attempt) in &attempts {
+            let found = by_call_id.get(call_id.as_str()).map_or(0, Vec::len);
+            let window_end = attempt.ended.unwrap_or(now) + SLACK;
+            let crashed = self.outages.iter().any(|(crash, _)| *crash >= attempt.dialled && *crash <= window_end);
+            let caller = self.phones[attempt.caller].extension.clone();
+            self.check(now, "every completed call has exactly one CDR", found <= 1, || {
+                format!("call {call_id} ({caller} → {}) has {found} CDRs", attempt.callee)
+            });
+            if attempt.reached && attempt.ended.is_some() && !crashed {
+                self.check(now, "every completed call has exactly one CDR", found == 1, || {
+                    format!("call {call_id} ({caller} → {}) was taken on and ended, but has no CDR", attempt.callee)
+                });
+            }
+        }
+        for (call_id, ids) in &by_call_id {
+            let known = attempts.contains_key(*call_id);
+            self.check(now, "every CDR is for a call a phone made", known, || {
+                format!("CDRs {ids:?} name Call-ID {call_id}, which no phone dialled")
+            });
+        }
+        self.attempts = attempts;
+    }
+
+    pub fn attempts(&self) -> usize {
+        self.attempts.len()
+    }
+}
+
+fn live(yes: bool) -> &'static str {
+    if yes { "up" } else { "gone" }
+}

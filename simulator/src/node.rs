@@ -1,0 +1,491 @@
+//! One pbx node in the simulation: the product's own machines — endpoint (transactions),
+//! registrar, a call machine and its leg machines per call, a relay machine per call's media —
+//! wired as the node's actors wire them, but synchronously and on the node's virtual clock.
+//!
+//! This file is the simulator's counterpart of the actor shells (`actors/src/*/actor.rs`): it
+//! routes each machine's outputs to the machine they are for, and hands the world what leaves
+//! the node (datagrams, disk writes). It decides nothing a shell does not decide. Where the
+//! shells run one actor per leg and per call with a mailbox each, the node here keeps one FIFO
+//! of pending inputs ([`Work`]), which is the order those mailboxes would see when no two
+//! actors run at once.
+
+use bytes::Bytes;
+use pbx_actors::Timestamp;
+use pbx_actors::bugs::Bugs;
+use pbx_actors::call::b2bua::{Call, CallConfig, CallInput, CallOutput, CallSetup};
+use pbx_actors::call::leg::{Leg, LegInput, LegOutput};
+use pbx_actors::call::{CallIds, LegId, LocalSip, splitmix64};
+use pbx_actors::cdr::{Cdr, Disposition, MediaCounters};
+use pbx_actors::endpoint::CallStart;
+use pbx_actors::endpoint::machine::{Endpoint, EndpointEvent, EndpointInput, EndpointOutput};
+use pbx_actors::media::pool::PortPool;
+use pbx_actors::media::relay::{PacketKind, Relay, RelayConfig, RelayInput, RelayOutput, Side};
+use pbx_actors::registrar::{
+    Binding, Extension, Registrar, RegistrarCommand, RegistrarConfig, RegistrarEvent, RegistrarInput, RegistrarOutput,
+    Route,
+};
+use pbx_actors::sip::message::{Response, Transport};
+use pbx_actors::sip::transaction::TimerConfig;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How a node is set up; the same for every incarnation of it.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Where its SIP socket listens; its media ports are on the same IP.
+    pub sip: SocketAddr,
+    pub rtp_ports: (u16, u16),
+    pub registrar: RegistrarConfig,
+    pub no_answer: Duration,
+    pub rtp_timeout: Duration,
+    /// (number, password): put at every start, as the appliance puts its config's extensions.
+    pub extensions: Vec<(String, String)>,
+    pub bugs: Bugs,
+}
+
+/// A durable change, written by the world's simulated disk.
+#[derive(Clone, Debug)]
+pub enum DiskWrite {
+    Registrar(Vec<RegistrarCommand>),
+    Cdr(Box<Cdr>),
+}
+
+/// What waits for a write to be durable: the registrar's answers (a 200 never leaves before
+/// the binding it reports is stored — the registrar shell's writer does the same).
+#[derive(Debug)]
+pub enum Deferred {
+    Respond { tx: u64, response: Response },
+    Routed { tx: u64, route: Route },
+}
+
+/// One batch for the disk: the write (if any) and what to deliver once it is durable.
+#[derive(Debug)]
+pub struct Job {
+    pub write: Option<DiskWrite>,
+    pub deferred: Vec<Deferred>,
+}
+
+pub enum NodeOutput {
+    Transmit {
+        from: SocketAddr,
+        to: SocketAddr,
+        bytes: Bytes,
+    },
+    /// Hand to the disk; call [`SimNode::committed`] with `deferred` once it is durable.
+    Write(Job),
+}
+
+/// Counters for the run's summary.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NodeStats {
+    pub calls_started: u64,
+    pub calls_refused: u64,
+    pub cdrs_written: u64,
+    pub registered: u64,
+    pub expired: u64,
+    pub auth_failed: u64,
+    pub malformed: u64,
+}
+
+/// A call as the node holds it: the call machine, its legs and its relay.
+struct SimCall {
+    call: Call,
+    legs: BTreeMap<LegId, Leg>,
+    relay: Relay,
+    ports: [u16; 2],
+    started: Timestamp,
+    recorded: bool,
+}
+
+/// An input on its way to a machine (a message in some actor's mailbox).
+enum Work {
+    Endpoint(EndpointInput),
+    Registrar(RegistrarInput),
+    Leg(LegId, LegInput),
+    Call(u64, CallInput),
+    Relay(u64, RelayInput),
+}
+
+pub struct SimNode {
+    config: NodeConfig,
+    call_config: CallConfig,
+    relay_config: RelayConfig,
+    endpoint: Endpoint,
+    registrar: Registrar,
+    calls: BTreeMap<u64, SimCall>,
+    leg_calls: BTreeMap<LegId, u64>,
+    /// RTP port of a pair → (call, side); its RTCP port is one above.
+    media_ports: BTreeMap<u16, (u64, Side)>,
+    pool: PortPool,
+    ids: CallIds,
+    work: VecDeque<Work>,
+    outputs: VecDeque<NodeOutput>,
+    pub stats: NodeStats,
+}
+
+impl SimNode {
+    /// Starts a node from what its disk holds (the appliance's start: restore, then put the
+    /// configured extensions). Drain [`poll_output`](Self::poll_output) afterwards.
+    pub fn start(
+        config: NodeConfig,
+        seed: u64,
+        extensions: Vec<Extension>,
+        bindings: Vec<Binding>,
+        now: Timestamp,
+    ) -> SimNode {
+        let mut rng = seed;
+        let registrar = Registrar::new(config.registrar.clone(), splitmix64(&mut rng), extensions, bindings, now);
+        let timers = TimerConfig::default();
+        let call_config = CallConfig {
+            no_answer: config.no_answer,
+            timers,
+            local_sip: LocalSip { address: config.sip },
+            bugs: config.bugs,
+        };
+        let mut node = SimNode {
+            endpoint: Endpoint::new(timers, splitmix64(&mut rng)),
+            registrar,
+            call_config,
+            relay_config: RelayConfig { inactivity: config.rtp_timeout },
+            calls: BTreeMap::new(),
+            leg_calls: BTreeMap::new(),
+            media_ports: BTreeMap::new(),
+            pool: PortPool::new(config.rtp_ports.0, config.rtp_ports.1),
+            ids: CallIds::new(rng),
+            work: VecDeque::new(),
+            outputs: VecDeque::new(),
+            stats: NodeStats::default(),
+            config,
+        };
+        // Bindings dropped while restoring come out as persists.
+        node.drain_registrar();
+        for (number, password) in node.config.extensions.clone() {
+            node.work.push_back(Work::Registrar(RegistrarInput::PutExtension {
+                display_name: format!("Phone {number}"),
+                number,
+                password,
+            }));
+        }
+        node.run(now);
+        node
+    }
+
+    pub fn sip_address(&self) -> SocketAddr {
+        self.config.sip
+    }
+
+    /// A datagram for this node: SIP on its SIP port, RTP/RTCP on a media port.
+    pub fn datagram(&mut self, now: Timestamp, from: SocketAddr, to: SocketAddr, bytes: Bytes) {
+        if to == self.config.sip {
+            self.work.push_back(Work::Endpoint(EndpointInput::Inbound {
+                bytes,
+                source: from,
+                transport: Transport::Udp,
+            }));
+        } else {
+            let port = to.port();
+            let (rtp, kind) =
+                if port.is_multiple_of(2) { (port, PacketKind::Rtp) } else { (port - 1, PacketKind::Rtcp) };
+            // A closed port: the kernel would drop it.
+            let Some(&(call, side)) = self.media_ports.get(&rtp) else { return };
+            self.work.push_back(Work::Relay(call, RelayInput::Packet { side, kind, source: from, bytes }));
+        }
+        self.run(now);
+    }
+
+    /// A disk write this node asked for is durable: deliver what waited for it.
+    pub fn committed(&mut self, now: Timestamp, deferred: Vec<Deferred>) {
+        for d in deferred {
+            self.work.push_back(Work::Endpoint(match d {
+                Deferred::Respond { tx, response } => EndpointInput::RegistrarResponse { tx, response },
+                Deferred::Routed { tx, route } => EndpointInput::Routed { tx, route },
+            }));
+        }
+        self.run(now);
+    }
+
+    /// Wakes every machine whose time has come.
+    pub fn timeout(&mut self, now: Timestamp) {
+        if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+            self.work.push_back(Work::Endpoint(EndpointInput::Timeout));
+        }
+        if self.registrar.poll_timeout().is_some_and(|t| t <= now) {
+            self.work.push_back(Work::Registrar(RegistrarInput::Timeout));
+        }
+        for (id, c) in &self.calls {
+            if c.call.poll_timeout().is_some_and(|t| t <= now) {
+                self.work.push_back(Work::Call(*id, CallInput::Timeout));
+            }
+            for (leg, l) in &c.legs {
+                if l.poll_timeout().is_some_and(|t| t <= now) {
+                    self.work.push_back(Work::Leg(*leg, LegInput::Timeout));
+                }
+            }
+            if c.relay.poll_timeout().is_some_and(|t| t <= now) {
+                self.work.push_back(Work::Relay(*id, RelayInput::Timeout));
+            }
+        }
+        self.run(now);
+    }
+
+    /// The earliest time any machine of the node wants to be woken.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let mut at = [self.endpoint.poll_timeout(), self.registrar.poll_timeout()].into_iter().flatten().min();
+        for c in self.calls.values() {
+            let times = [c.call.poll_timeout(), c.relay.poll_timeout()].into_iter();
+            let legs = c.legs.values().map(|l| l.poll_timeout());
+            for t in times.chain(legs).flatten() {
+                at = Some(at.map_or(t, |a: Timestamp| a.min(t)));
+            }
+        }
+        at
+    }
+
+    pub fn poll_output(&mut self) -> Option<NodeOutput> {
+        self.outputs.pop_front()
+    }
+
+    fn run(&mut self, now: Timestamp) {
+        while let Some(work) = self.work.pop_front() {
+            match work {
+                Work::Endpoint(input) => {
+                    self.endpoint.handle(now, input);
+                    self.drain_endpoint(now);
+                }
+                Work::Registrar(input) => {
+                    self.registrar.handle(now, input);
+                    self.drain_registrar();
+                }
+                Work::Leg(leg, input) => self.leg(now, leg, input),
+                Work::Call(id, input) => {
+                    let Some(c) = self.calls.get_mut(&id) else { continue };
+                    c.call.handle(now, input);
+                    self.drain_call(now, id);
+                }
+                Work::Relay(id, input) => self.relay(now, id, input),
+            }
+        }
+    }
+
+    fn drain_endpoint(&mut self, now: Timestamp) {
+        while let Some(out) = self.endpoint.poll_output() {
+            match out {
+                EndpointOutput::Transmit { destination, bytes, .. } => {
+                    self.outputs.push_back(NodeOutput::Transmit { from: self.config.sip, to: destination, bytes })
+                }
+                EndpointOutput::Register { tx, request, source, transport } => self
+                    .work
+                    .push_back(Work::Registrar(RegistrarInput::Register { tx, request: *request, source, transport })),
+                EndpointOutput::Route { tx, request, source } => {
+                    self.work.push_back(Work::Registrar(RegistrarInput::Route { tx, request: *request, source }))
+                }
+                EndpointOutput::StartCall(start) => self.start_call(now, *start),
+                EndpointOutput::ToLeg { leg, input } => self.work.push_back(Work::Leg(leg, LegInput::Sip(input))),
+                EndpointOutput::Event(EndpointEvent::Malformed { .. }) => self.stats.malformed += 1,
+                EndpointOutput::Event(_) => {}
+            }
+        }
+    }
+
+    /// The registrar shell's drain: commands, then the answers that wait for them.
+    fn drain_registrar(&mut self) {
+        let mut commands = Vec::new();
+        let mut deferred = Vec::new();
+        while let Some(out) = self.registrar.poll_output() {
+            match out {
+                RegistrarOutput::Persist(command) => commands.push(command),
+                RegistrarOutput::Respond { tx, response } => deferred.push(Deferred::Respond { tx, response }),
+                RegistrarOutput::Routed { tx, route } => deferred.push(Deferred::Routed { tx, route }),
+                RegistrarOutput::Event(event) => match event {
+                    RegistrarEvent::Registered { .. } => self.stats.registered += 1,
+                    RegistrarEvent::Expired { .. } => self.stats.expired += 1,
+                    RegistrarEvent::AuthFailed { .. } => self.stats.auth_failed += 1,
+                    _ => {}
+                },
+            }
+        }
+        if !commands.is_empty() || !deferred.is_empty() {
+            let write = (!commands.is_empty()).then_some(DiskWrite::Registrar(commands));
+            self.outputs.push_back(NodeOutput::Write(Job { write, deferred }));
+        }
+    }
+
+    /// The calls actor's start: an id and seed, two port pairs, the call machine.
+    fn start_call(&mut self, now: Timestamp, start: CallStart) {
+        let (id, seed) = self.ids.next(now);
+        let legs: Vec<LegId> = std::iter::once(start.a).chain(start.forks.iter().copied()).collect();
+        let ports = match (self.pool.allocate(), self.pool.allocate()) {
+            (Some(a), Some(b)) => [a, b],
+            (a, b) => {
+                for port in [a, b].into_iter().flatten() {
+                    self.pool.release(port);
+                }
+                self.stats.calls_refused += 1;
+                for leg in legs {
+                    self.work.push_back(Work::Endpoint(EndpointInput::LegDown { leg }));
+                }
+                let mut cdr = Cdr::starting(id, &start, now);
+                cdr.disposition = Disposition::Failed { reason: "call did not start: no RTP ports".into() };
+                self.write_cdr(cdr);
+                return;
+            }
+        };
+        self.stats.calls_started += 1;
+        let ip = self.config.sip.ip();
+        let media = [SocketAddr::new(ip, ports[0]), SocketAddr::new(ip, ports[1])];
+        for (port, side) in ports.iter().zip([Side::A, Side::B]) {
+            self.media_ports.insert(*port, (id, side));
+        }
+        let relay = Relay::new(self.relay_config, seed, now);
+        let call = Call::new(now, self.call_config, CallSetup { id, start, media, seed });
+        self.calls.insert(id, SimCall { call, legs: BTreeMap::new(), relay, ports, started: now, recorded: false });
+        self.drain_call(now, id);
+    }
+
+    fn drain_call(&mut self, now: Timestamp, id: u64) {
+        loop {
+            let Some(c) = self.calls.get_mut(&id) else { return };
+            let Some(out) = c.call.poll_output() else { return };
+            match out {
+                CallOutput::StartLeg(leg) => {
+                    let leg_id = leg.id();
+                    c.legs.insert(leg_id, leg);
+                    self.leg_calls.insert(leg_id, id);
+                }
+                CallOutput::ToLeg { leg, command } => {
+                    if c.legs.contains_key(&leg) {
+                        self.work.push_back(Work::Leg(leg, LegInput::Command(command)));
+                    }
+                }
+                CallOutput::StopLeg { leg } => {
+                    if c.legs.remove(&leg).is_some() {
+                        self.leg_calls.remove(&leg);
+                        self.work.push_back(Work::Endpoint(EndpointInput::LegDown { leg }));
+                    }
+                }
+                CallOutput::ConfigureMedia { side, peer } => {
+                    self.work.push_back(Work::Relay(id, RelayInput::Configure { side, peer }))
+                }
+                CallOutput::Record(cdr) => {
+                    if !c.recorded {
+                        c.recorded = true;
+                        let mut cdr = *cdr;
+                        cdr.media = [c.relay.stats(Side::A), c.relay.stats(Side::B)].map(MediaCounters::from);
+                        self.write_cdr(cdr);
+                    }
+                }
+                CallOutput::Over => self.end_call(id),
+            }
+            let _ = now;
+        }
+    }
+
+    /// The call actor stops: its remaining legs go (reported down) and its ports return.
+    fn end_call(&mut self, id: u64) {
+        let Some(c) = self.calls.remove(&id) else { return };
+        for leg in c.legs.keys() {
+            self.leg_calls.remove(leg);
+            self.work.push_back(Work::Endpoint(EndpointInput::LegDown { leg: *leg }));
+        }
+        for port in c.ports {
+            self.media_ports.remove(&port);
+            self.pool.release(port);
+        }
+    }
+
+    fn leg(&mut self, now: Timestamp, leg: LegId, input: LegInput) {
+        let Some(&id) = self.leg_calls.get(&leg) else { return };
+        let Some(c) = self.calls.get_mut(&id) else { return };
+        let Some(machine) = c.legs.get_mut(&leg) else { return };
+        machine.handle(now, input);
+        while let Some(out) = machine.poll_output() {
+            match out {
+                LegOutput::Sip(out) => self.work.push_back(Work::Endpoint(EndpointInput::FromLeg { leg, out })),
+                LegOutput::Event(event) => self.work.push_back(Work::Call(id, CallInput::Leg { leg, event })),
+            }
+        }
+    }
+
+    fn relay(&mut self, now: Timestamp, id: u64, input: RelayInput) {
+        let Some(c) = self.calls.get_mut(&id) else { return };
+        c.relay.handle(now, input);
+        let ip = self.config.sip.ip();
+        while let Some(out) = c.relay.poll_output() {
+            match out {
+                RelayOutput::Transmit { side, kind, destination, bytes } => {
+                    let port = c.ports[side.index()] + u16::from(kind == PacketKind::Rtcp);
+                    self.outputs.push_back(NodeOutput::Transmit {
+                        from: SocketAddr::new(ip, port),
+                        to: destination,
+                        bytes,
+                    })
+                }
+                RelayOutput::Inactive { side } => {
+                    self.work.push_back(Work::Call(id, CallInput::MediaInactive { side }))
+                }
+            }
+        }
+    }
+
+    fn write_cdr(&mut self, cdr: Cdr) {
+        self.stats.cdrs_written += 1;
+        self.outputs
+            .push_back(NodeOutput::Write(Job { write: Some(DiskWrite::Cdr(Box::new(cdr))), deferred: Vec::new() }));
+    }
+
+    // ---- What the checkers look at ----
+
+    /// Calls in progress: (id, when it started, its state, its answered legs if any).
+    pub fn calls(&self) -> impl Iterator<Item = CallView<'_>> {
+        self.calls.iter().map(|(id, c)| CallView {
+            id: *id,
+            started: c.started,
+            state: c.call.state(),
+            answered: c.call.answered_legs().map(|(a, b)| [a, b]),
+            legs: &c.legs,
+        })
+    }
+
+    pub fn call_count(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Leg machines alive, and legs the endpoint still routes to.
+    pub fn leg_counts(&self) -> (usize, usize) {
+        (self.leg_calls.len(), self.endpoint.live_legs())
+    }
+
+    /// Port pairs leased from the pool, and pairs the running calls hold.
+    pub fn ports_in_use(&self) -> (usize, usize) {
+        (self.pool.in_use(), self.calls.len() * 2)
+    }
+
+    pub fn transactions(&self) -> (usize, Option<Timestamp>) {
+        (self.endpoint.transactions(), self.endpoint.oldest_transaction())
+    }
+
+    pub fn describe_oldest_transaction(&self) -> String {
+        self.endpoint.describe_oldest_transaction().unwrap_or_default()
+    }
+
+    pub fn bindings(&self) -> impl Iterator<Item = &Binding> {
+        self.registrar.bindings()
+    }
+}
+
+/// What a checker sees of one call.
+pub struct CallView<'a> {
+    pub id: u64,
+    pub started: Timestamp,
+    pub state: &'static str,
+    pub answered: Option<[LegId; 2]>,
+    legs: &'a BTreeMap<LegId, Leg>,
+}
+
+impl CallView<'_> {
+    /// Whether this leg's machine is there and its dialog not over.
+    pub fn leg_live(&self, leg: LegId) -> bool {
+        self.legs.get(&leg).is_some_and(|l| !l.is_done())
+    }
+}

@@ -1,0 +1,239 @@
+//! What a simulation run is: the seed, how long, the office (workload), the network and the
+//! faults. Every field has a default; a workload file (TOML) or `pbx-sim` flags change them.
+
+use pbx_actors::bugs::Bugs;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// The office: how many phones and how they are used.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Workload {
+    pub phones: usize,
+    /// Calls each phone places per hour of office time (a Poisson process).
+    pub calls_per_phone_per_hour: f64,
+    /// Office hours `[from, to)` in whole hours of the simulated day; no calls outside them and
+    /// on weekends. `[0, 24]` with `weekends = true` calls around the clock.
+    pub office_hours: (u8, u8),
+    pub weekends: bool,
+    /// The caller's talk time: exponential with this mean, capped at `talk_s_max`.
+    pub talk_s_mean: u64,
+    pub talk_s_max: u64,
+    pub answer_probability: f64,
+    pub reject_probability: f64,
+    /// Seconds a callee thinks before answering or rejecting (uniform).
+    pub ring_s: (u64, u64),
+    pub cancel_probability: f64,
+    /// A dialled number nobody has (answered 404 by the registrar).
+    pub unknown_number_probability: f64,
+    pub register_expires_s: u32,
+    /// A call's phones send one RTP packet each this often (keeps the relay's media timeout
+    /// away; 0 sends none, and every answered call ends by the RTP timeout).
+    pub rtp_interval_s: u64,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload {
+            phones: 20,
+            calls_per_phone_per_hour: 1.0,
+            office_hours: (8, 18),
+            weekends: false,
+            talk_s_mean: 180,
+            talk_s_max: 3600,
+            answer_probability: 0.8,
+            reject_probability: 0.1,
+            ring_s: (1, 15),
+            cancel_probability: 0.05,
+            unknown_number_probability: 0.01,
+            register_expires_s: 3600,
+            rtp_interval_s: 20,
+        }
+    }
+}
+
+/// The network between phones and nodes (in the spirit of TigerBeetle's packet simulator and
+/// str0m's netem): every datagram is delayed, and may be lost, duplicated or held back.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetOptions {
+    /// One-way delay: `latency_ms` plus a uniform `0..jitter_ms` (jitter reorders datagrams
+    /// sent closer together than it).
+    pub latency_ms: u64,
+    pub jitter_ms: u64,
+    pub loss: f64,
+    pub duplicate: f64,
+    /// A datagram held back an extra 20–200 ms (reordered behind later ones).
+    pub reorder: f64,
+    /// Partitions: some phones cut off from the nodes, on average this often per day.
+    pub partitions_per_day: f64,
+    pub partition_s: (u64, u64),
+}
+
+impl Default for NetOptions {
+    fn default() -> Self {
+        NetOptions {
+            latency_ms: 5,
+            jitter_ms: 5,
+            loss: 0.005,
+            duplicate: 0.002,
+            reorder: 0.002,
+            partitions_per_day: 2.0,
+            partition_s: (10, 300),
+        }
+    }
+}
+
+impl NetOptions {
+    /// A perfect network: no delay variation, no loss, no partitions.
+    pub fn quiet() -> Self {
+        NetOptions { jitter_ms: 0, loss: 0.0, duplicate: 0.0, reorder: 0.0, partitions_per_day: 0.0, ..Self::default() }
+    }
+}
+
+/// Faults of machines: node crashes, phones that vanish, clocks that drift.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultOptions {
+    /// Node crashes (kill -9: memory and uncommitted writes lost) per node per day.
+    pub crashes_per_day: f64,
+    /// Seconds a crashed node stays down before it restarts.
+    pub down_s: (u64, u64),
+    /// Each phone goes away (no BYE, no un-REGISTER) this often per day, for `away_s`.
+    pub away_per_phone_per_day: f64,
+    pub away_s: (u64, u64),
+    /// Every node's and phone's clock runs fast or slow by up to this many parts per million.
+    pub drift_ppm: u32,
+    /// Milliseconds a write waits for its fsync (uniform).
+    pub fsync_ms: (u64, u64),
+}
+
+impl Default for FaultOptions {
+    fn default() -> Self {
+        FaultOptions {
+            crashes_per_day: 0.5,
+            down_s: (5, 120),
+            away_per_phone_per_day: 0.2,
+            away_s: (60, 4 * 3600),
+            drift_ppm: 100,
+            fsync_ms: (1, 5),
+        }
+    }
+}
+
+impl FaultOptions {
+    pub fn none() -> Self {
+        FaultOptions { crashes_per_day: 0.0, away_per_phone_per_day: 0.0, drift_ppm: 0, ..Self::default() }
+    }
+}
+
+/// One run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub seed: u64,
+    /// Simulated time with workload and faults; then `drain` without either, so that every
+    /// call can end before the final checks.
+    pub duration: Duration,
+    pub drain: Duration,
+    pub workload: Workload,
+    pub net: NetOptions,
+    pub faults: FaultOptions,
+    pub bugs: Bugs,
+    /// How often the invariant checkers look at the whole system (they also check on events).
+    pub check_every: Duration,
+    /// Stop at the first violation (the replay shows it); otherwise collect up to 20.
+    pub stop_at_first_violation: bool,
+}
+
+impl Options {
+    pub fn new(seed: u64, duration: Duration) -> Options {
+        Options {
+            seed,
+            duration,
+            drain: Duration::from_secs(15 * 60),
+            workload: Workload::default(),
+            net: NetOptions::default(),
+            faults: FaultOptions::default(),
+            bugs: Bugs::default(),
+            check_every: Duration::from_secs(10),
+            stop_at_first_violation: true,
+        }
+    }
+}
+
+/// A workload file: `[office]`, `[network]` and `[faults]` tables, each optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkloadFile {
+    pub office: Workload,
+    pub network: NetOptions,
+    pub faults: FaultOptions,
+}
+
+impl WorkloadFile {
+    /// Parses a workload file; an error names the key and the reason.
+    pub fn parse(text: &str) -> Result<WorkloadFile, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// `30d`, `12h`, `90m`, `45s` or a number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number.parse().map_err(|_| format!("{text:?}: expected a number with d, h, m or s"))?;
+    let secs = match unit {
+        "d" => n * 86_400,
+        "h" => n * 3_600,
+        "m" => n * 60,
+        "s" => n,
+        _ => return Err(format!("{text:?}: unit must be d, h, m or s")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// The shortest way to write `d` in the units [`parse_duration`] reads.
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if s > 0 && s.is_multiple_of(size) {
+            return format!("{}{unit}", s / size);
+        }
+    }
+    format!("{s}s")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_round_trip_and_bad_ones_say_why() {
+        for text in ["30d", "12h", "90m", "45s"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
+        assert_eq!(parse_duration("120").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("3w").unwrap_err().contains("unit"));
+        assert!(parse_duration("d").unwrap_err().contains("number"));
+    }
+
+    #[test]
+    fn the_example_workload_parses() {
+        let file = WorkloadFile::parse(include_str!("../workloads/office.toml")).unwrap();
+        assert_eq!(file.office.phones, 100);
+        assert_eq!(file.faults.away_s, (60, 14_400));
+    }
+
+    #[test]
+    fn workload_file_names_unknown_keys() {
+        let file = WorkloadFile::parse("[office]\nphones = 7\n[network]\nloss = 0.1\n").unwrap();
+        assert_eq!(file.office.phones, 7);
+        assert_eq!(file.network.loss, 0.1);
+        assert_eq!(file.faults, FaultOptions::default());
+        let error = WorkloadFile::parse("[office]\nphone = 7\n").unwrap_err();
+        assert!(error.contains("phone"), "{error}");
+    }
+}

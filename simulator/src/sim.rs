@@ -1,0 +1,850 @@
+//! The world: one event queue on virtual time, the network between phones and nodes, the
+//! nodes' disks, the phones, the faults — and the checkers watching it all.
+//!
+//! Deterministic by construction: one thread, one queue ordered by (time, sequence number),
+//! every random draw from generators seeded by the run's seed (one stream per purpose, so a
+//! change in how phones behave does not shift when the network loses packets), and no
+//! iteration over hash maps. The trace hash folds every event in the order it happens; the
+//! same seed gives the same hash.
+
+use crate::check::{Bounds, Checker, Violation};
+use crate::disk::Disk;
+use crate::node::{Job, NodeConfig, NodeOutput, NodeStats, SimNode};
+use crate::options::{Options, format_duration};
+use crate::phone::{Behaviour, Phone, PhoneConfig, PhoneEvent, PhoneInput, PhoneOutput};
+use bytes::Bytes;
+use pbx_actors::Timestamp;
+use pbx_actors::registrar::{Algorithm, RegistrarConfig};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// Simulated time starts on Monday 2026-01-05 00:00 UTC (as Unix µs, like the node's clock).
+pub const ORIGIN: Timestamp = Timestamp::from_secs(1_767_571_200);
+const DAY_S: u64 = 86_400;
+/// Wake-ups of one machine at one instant beyond which the run is stuck in a loop.
+const SAME_INSTANT_WAKES_MAX: u32 = 10_000;
+const NO_ANSWER: Duration = Duration::from_secs(30);
+const RTP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the run did, for the summary.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub seed: u64,
+    pub simulated: Duration,
+    pub wall: Duration,
+    pub events: u64,
+    pub trace_hash: u64,
+    pub phones: usize,
+    pub calls_dialled: u64,
+    pub calls_answered: u64,
+    pub calls_failed: u64,
+    pub registrations: u64,
+    pub cdrs: usize,
+    pub node: NodeStats,
+    pub faults: Faults,
+    pub checks: u64,
+    pub violations: Vec<Violation>,
+}
+
+/// Faults injected.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    pub datagrams: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    pub cut_off: u64,
+    pub partitions: u64,
+    pub crashes: u64,
+    pub writes_lost: u64,
+    pub phones_away: u64,
+}
+
+impl Faults {
+    pub fn total(&self) -> u64 {
+        self.lost + self.duplicated + self.reordered + self.cut_off + self.partitions + self.crashes + self.phones_away
+    }
+}
+
+impl Report {
+    /// Simulated seconds per wall-clock second.
+    pub fn speedup(&self) -> f64 {
+        self.simulated.as_secs_f64() / self.wall.as_secs_f64().max(1e-9)
+    }
+}
+
+/// `3d 04:05:06`.
+pub fn format_elapsed(d: Duration) -> String {
+    let s = d.as_secs();
+    format!("{}d {:02}:{:02}:{:02}", s / DAY_S, s % DAY_S / 3600, s % 3600 / 60, s % 60)
+}
+
+/// The command that replays a run.
+pub fn replay_command(options: &Options, extra: &str) -> String {
+    format!(
+        "pbx-sim --seed {} --duration {} --phones {}{extra}",
+        options.seed,
+        format_duration(options.duration),
+        options.workload.phones
+    )
+}
+
+/// A clock that runs `ppm` parts per million fast (or slow, if negative) against virtual time.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    ppm: i64,
+}
+
+impl Clock {
+    fn local(self, global: Timestamp) -> Timestamp {
+        let elapsed = global.0.saturating_sub(ORIGIN.0) as i128;
+        let local = elapsed + elapsed * self.ppm as i128 / 1_000_000;
+        Timestamp(ORIGIN.0 + local.max(0) as u64)
+    }
+
+    /// The earliest virtual time at which this clock reads `local` or later.
+    fn global(self, local: Timestamp) -> Timestamp {
+        let want = local.0.saturating_sub(ORIGIN.0) as i128;
+        let mut g = (want * 1_000_000 / (1_000_000 + self.ppm as i128)).max(0) as u64;
+        while self.local(Timestamp(ORIGIN.0 + g)) < local {
+            g += 1;
+        }
+        Timestamp(ORIGIN.0 + g)
+    }
+}
+
+#[derive(Debug)]
+enum Event {
+    Deliver { from: SocketAddr, to: SocketAddr, bytes: Bytes },
+    NodeWake { node: usize },
+    Commit { node: usize, incarnation: u32 },
+    PhoneWake { phone: usize },
+    Dial { phone: usize },
+    GoAway { phone: usize },
+    ComeBack { phone: usize },
+    Crash { node: usize },
+    Restart { node: usize },
+    PartitionStart,
+    PartitionEnd { phones: Vec<usize> },
+    Check,
+    Drain,
+}
+
+impl Event {
+    fn tag(&self) -> u8 {
+        match self {
+            Event::Deliver { .. } => 1,
+            Event::NodeWake { .. } => 2,
+            Event::Commit { .. } => 3,
+            Event::PhoneWake { .. } => 4,
+            Event::Dial { .. } => 5,
+            Event::GoAway { .. } => 6,
+            Event::ComeBack { .. } => 7,
+            Event::Crash { .. } => 8,
+            Event::Restart { .. } => 9,
+            Event::PartitionStart => 10,
+            Event::PartitionEnd { .. } => 11,
+            Event::Check => 12,
+            Event::Drain => 13,
+        }
+    }
+}
+
+struct Scheduled {
+    at: Timestamp,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    /// Reversed: the heap pops the earliest, and among equals the first scheduled.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// FNV-1a, 64 bit: a stable hash (the same on every platform and Rust version).
+#[derive(Clone, Copy, Debug)]
+struct Trace(u64);
+
+impl Trace {
+    fn new() -> Trace {
+        Trace(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn u64(&mut self, n: u64) {
+        self.bytes(&n.to_le_bytes());
+    }
+
+    fn addr(&mut self, a: SocketAddr) {
+        match a.ip() {
+            IpAddr::V4(ip) => self.bytes(&ip.octets()),
+            IpAddr::V6(ip) => self.bytes(&ip.octets()),
+        }
+        self.bytes(&a.port().to_le_bytes());
+    }
+}
+
+struct NodeSlot {
+    config: NodeConfig,
+    clock: Clock,
+    node: Option<SimNode>,
+    incarnation: u32,
+    disk: Disk,
+    /// Writes issued and not yet durable, in commit order: (commit time, job).
+    pending: VecDeque<(Timestamp, Job)>,
+    armed: Option<Timestamp>,
+    wakes_at: (Timestamp, u32),
+    down_since: Option<Timestamp>,
+    /// Stats of earlier incarnations.
+    stats: NodeStats,
+}
+
+struct PhoneSlot {
+    phone: Phone,
+    clock: Clock,
+    armed: Option<Timestamp>,
+    wakes_at: (Timestamp, u32),
+    away: bool,
+    cut_off: bool,
+}
+
+pub struct Sim {
+    options: Options,
+    now: Timestamp,
+    end: Timestamp,
+    drain_at: Timestamp,
+    draining: bool,
+    queue: BinaryHeap<Scheduled>,
+    seq: u64,
+    trace: Trace,
+    net_rng: StdRng,
+    fault_rng: StdRng,
+    work_rng: StdRng,
+    nodes: Vec<NodeSlot>,
+    phones: Vec<PhoneSlot>,
+    /// Phone by SIP or RTP address.
+    phone_at: std::collections::BTreeMap<SocketAddr, usize>,
+    checker: Checker,
+    report: Report,
+    stuck: Option<String>,
+}
+
+fn seeded(seed: u64, stream: u64) -> StdRng {
+    StdRng::seed_from_u64(seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+fn phone_ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 1, (i / 250) as u8, (i % 250 + 1) as u8))
+}
+
+fn extension(i: usize) -> String {
+    format!("{}", 1000 + i)
+}
+
+/// An exponential draw with this mean.
+fn exponential(rng: &mut StdRng, mean_s: f64) -> Duration {
+    let u: f64 = rng.random_range(f64::EPSILON..1.0);
+    Duration::from_secs_f64(-u.ln() * mean_s)
+}
+
+fn uniform_s(rng: &mut StdRng, (low, high): (u64, u64)) -> Duration {
+    Duration::from_secs(if high > low { rng.random_range(low..=high) } else { low })
+}
+
+fn drift(rng: &mut StdRng, max_ppm: u32) -> Clock {
+    let max = i64::from(max_ppm);
+    Clock { ppm: if max == 0 { 0 } else { rng.random_range(-max..=max) } }
+}
+
+impl Sim {
+    pub fn new(options: Options) -> Sim {
+        let seed = options.seed;
+        let mut fault_rng = seeded(seed, 1);
+        let net_rng = seeded(seed, 2);
+        let work_rng = seeded(seed, 3);
+        let mut setup_rng = seeded(seed, 4);
+        let w = &options.workload;
+        let registrar = RegistrarConfig {
+            max_expires_s: 3600,
+            // The simulated phones answer MD5, as most desk phones do.
+            digest_algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
+            ..RegistrarConfig::default()
+        };
+        let passwords: Vec<String> =
+            (0..w.phones).map(|i| format!("pw-{}-{:08x}", extension(i), setup_rng.random::<u32>())).collect();
+        let node_config = NodeConfig {
+            sip: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 5060),
+            rtp_ports: (20_000, 29_999),
+            registrar: registrar.clone(),
+            no_answer: NO_ANSWER,
+            rtp_timeout: RTP_TIMEOUT,
+            extensions: passwords.iter().enumerate().map(|(i, p)| (extension(i), p.clone())).collect(),
+            bugs: options.bugs,
+        };
+        let behaviour = Behaviour {
+            answer_probability: w.answer_probability,
+            reject_probability: w.reject_probability,
+            ring_s: w.ring_s,
+            cancel_probability: w.cancel_probability,
+            talk_s_mean: w.talk_s_mean,
+            rtp_interval_s: w.rtp_interval_s,
+        };
+        let extensions: Vec<String> = (0..w.phones).map(extension).collect();
+        let bounds = Bounds::new(NO_ANSWER, RTP_TIMEOUT, Duration::from_secs(w.talk_s_max), registrar.max_expires_s);
+        let drain = options.drain.max(Duration::from_secs(w.talk_s_max) + NO_ANSWER + Duration::from_secs(600));
+        let mut sim = Sim {
+            now: ORIGIN,
+            end: ORIGIN + options.duration + drain,
+            drain_at: ORIGIN + options.duration,
+            draining: false,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            trace: Trace::new(),
+            net_rng,
+            work_rng,
+            nodes: Vec::new(),
+            phones: Vec::new(),
+            phone_at: Default::default(),
+            checker: Checker::new(ORIGIN, bounds, &extensions),
+            report: Report { seed, phones: w.phones, ..Default::default() },
+            stuck: None,
+            fault_rng: seeded(seed, 5),
+            options: options.clone(),
+        };
+        let clock = drift(&mut fault_rng, options.faults.drift_ppm);
+        sim.nodes.push(NodeSlot {
+            config: node_config.clone(),
+            clock,
+            node: None,
+            incarnation: 0,
+            disk: Disk::default(),
+            pending: VecDeque::new(),
+            armed: None,
+            wakes_at: (ORIGIN, 0),
+            down_since: None,
+            stats: NodeStats::default(),
+        });
+        sim.start_node(0, setup_rng.random());
+        for (i, password) in passwords.into_iter().enumerate() {
+            let config = PhoneConfig {
+                extension: extension(i),
+                password,
+                sip: SocketAddr::new(phone_ip(i), 5060),
+                rtp: SocketAddr::new(phone_ip(i), 4000),
+                pbx: node_config.sip,
+                register_expires_s: w.register_expires_s,
+                behaviour: behaviour.clone(),
+            };
+            sim.phone_at.insert(config.sip, i);
+            sim.phone_at.insert(config.rtp, i);
+            let clock = drift(&mut fault_rng, options.faults.drift_ppm);
+            // Phones boot over the first minute, not all in the same microsecond.
+            let boot = ORIGIN + Duration::from_millis(setup_rng.random_range(0..60_000));
+            let phone = Phone::new(config, setup_rng.random(), clock.local(boot));
+            sim.phones.push(PhoneSlot {
+                phone,
+                clock,
+                armed: None,
+                wakes_at: (ORIGIN, 0),
+                away: false,
+                cut_off: false,
+            });
+            sim.rearm_phone(i);
+            let first = sim.next_dial_time(ORIGIN);
+            sim.schedule(first, Event::Dial { phone: i });
+            if options.faults.away_per_phone_per_day > 0.0 {
+                let at = ORIGIN + exponential(&mut sim.fault_rng, DAY_S as f64 / options.faults.away_per_phone_per_day);
+                sim.schedule(at, Event::GoAway { phone: i });
+            }
+        }
+        if options.faults.crashes_per_day > 0.0 {
+            let at = ORIGIN + exponential(&mut sim.fault_rng, DAY_S as f64 / options.faults.crashes_per_day);
+            sim.schedule(at, Event::Crash { node: 0 });
+        }
+        if options.net.partitions_per_day > 0.0 {
+            let at = ORIGIN + exponential(&mut sim.fault_rng, DAY_S as f64 / options.net.partitions_per_day);
+            sim.schedule(at, Event::PartitionStart);
+        }
+        sim.schedule(ORIGIN + options.check_every, Event::Check);
+        sim.schedule(sim.drain_at, Event::Drain);
+        sim
+    }
+
+    fn schedule(&mut self, at: Timestamp, event: Event) {
+        self.seq += 1;
+        self.queue.push(Scheduled { at: at.max(self.now), seq: self.seq, event });
+    }
+
+    /// Runs to the end (or the first violation, if asked) and reports.
+    pub fn run(mut self) -> Report {
+        let wall = Instant::now();
+        while let Some(Scheduled { at, event, .. }) = self.queue.pop() {
+            if at > self.end {
+                break;
+            }
+            self.now = at;
+            self.report.events += 1;
+            self.trace.u64(at.0);
+            self.trace.bytes(&[event.tag()]);
+            self.handle(event);
+            if let Some(detail) = self.stuck.take() {
+                self.checker.violations.push(Violation { at: self.now - ORIGIN, invariant: "time moves on", detail });
+            }
+            if self.options.stop_at_first_violation && !self.checker.violations.is_empty() {
+                break;
+            }
+        }
+        if self.checker.violations.is_empty() || !self.options.stop_at_first_violation {
+            self.now = self.now.max(self.end);
+            let slot = &self.nodes[0];
+            let node = slot.node.as_ref().map(|n| (n, slot.clock.local(self.now)));
+            self.checker.final_checks(self.now, node, &slot.disk.cdrs, &slot.disk.duplicate_cdrs);
+        }
+        let mut report = self.report;
+        report.simulated = self.now - ORIGIN;
+        report.wall = wall.elapsed();
+        report.trace_hash = self.trace.0;
+        report.cdrs = self.nodes[0].disk.cdrs.len();
+        report.faults.writes_lost = self.nodes.iter().map(|n| n.disk.lost_in_crash).sum();
+        let mut stats = self.nodes[0].stats;
+        if let Some(node) = &self.nodes[0].node {
+            add_stats(&mut stats, &node.stats);
+        }
+        report.node = stats;
+        report.checks = self.checker.checks;
+        report.violations = self.checker.violations;
+        report
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Deliver { from, to, bytes } => {
+                self.trace.addr(from);
+                self.trace.addr(to);
+                self.trace.bytes(&bytes);
+                self.deliver(from, to, bytes);
+            }
+            Event::NodeWake { node } => {
+                let slot = &mut self.nodes[node];
+                if slot.armed != Some(self.now) {
+                    return;
+                }
+                slot.armed = None;
+                if !count_wake(&mut slot.wakes_at, self.now) {
+                    self.stuck = Some(format!("node {node} asks to be woken at the same instant again and again"));
+                    return;
+                }
+                let local = slot.clock.local(self.now);
+                if let Some(n) = slot.node.as_mut() {
+                    n.timeout(local);
+                }
+                self.after_node(node);
+            }
+            Event::Commit { node, incarnation } => {
+                let slot = &mut self.nodes[node];
+                if slot.incarnation != incarnation {
+                    return;
+                }
+                let Some((_, job)) = slot.pending.pop_front() else { return };
+                if let Some(write) = job.write {
+                    slot.disk.apply(write);
+                }
+                let local = slot.clock.local(self.now);
+                if let Some(n) = slot.node.as_mut() {
+                    n.committed(local, job.deferred);
+                }
+                self.after_node(node);
+            }
+            Event::PhoneWake { phone } => {
+                let slot = &mut self.phones[phone];
+                if slot.armed != Some(self.now) {
+                    return;
+                }
+                slot.armed = None;
+                if !count_wake(&mut slot.wakes_at, self.now) {
+                    self.stuck = Some(format!("phone {phone} asks to be woken at the same instant again and again"));
+                    return;
+                }
+                self.feed_phone(phone, PhoneInput::Timeout);
+            }
+            Event::Dial { phone } => self.dial(phone),
+            Event::GoAway { phone } => {
+                if self.draining || self.phones[phone].away {
+                    return;
+                }
+                self.report.faults.phones_away += 1;
+                self.phones[phone].away = true;
+                self.checker.phone_away(self.now, phone, true);
+                self.feed_phone(phone, PhoneInput::GoAway);
+                let back = self.now + uniform_s(&mut self.fault_rng, self.options.faults.away_s);
+                self.schedule(back, Event::ComeBack { phone });
+            }
+            Event::ComeBack { phone } => {
+                if !self.phones[phone].away {
+                    return;
+                }
+                self.phones[phone].away = false;
+                self.checker.phone_away(self.now, phone, false);
+                self.feed_phone(phone, PhoneInput::ComeBack);
+                let rate = self.options.faults.away_per_phone_per_day;
+                if rate > 0.0 && !self.draining {
+                    let at = self.now + exponential(&mut self.fault_rng, DAY_S as f64 / rate);
+                    self.schedule(at, Event::GoAway { phone });
+                }
+            }
+            Event::Crash { node } => {
+                if self.draining || self.nodes[node].node.is_none() {
+                    return;
+                }
+                self.report.faults.crashes += 1;
+                let slot = &mut self.nodes[node];
+                if let Some(n) = slot.node.take() {
+                    add_stats(&mut slot.stats, &n.stats);
+                }
+                slot.incarnation += 1;
+                slot.disk.lost_in_crash += slot.pending.len() as u64;
+                slot.pending.clear();
+                slot.armed = None;
+                slot.down_since = Some(self.now);
+                self.checker.node_crashed(self.now);
+                let down = uniform_s(&mut self.fault_rng, self.options.faults.down_s);
+                self.schedule(self.now + down, Event::Restart { node });
+            }
+            Event::Restart { node } => self.restart(node),
+            Event::PartitionStart => {
+                if self.draining {
+                    return;
+                }
+                self.report.faults.partitions += 1;
+                let count = self.fault_rng.random_range(1..=(self.phones.len() / 10).max(1));
+                let mut cut = BTreeSet::new();
+                while cut.len() < count.min(self.phones.len()) {
+                    cut.insert(self.fault_rng.random_range(0..self.phones.len()));
+                }
+                let until = self.now + uniform_s(&mut self.fault_rng, self.options.net.partition_s);
+                let phones: Vec<usize> = cut.into_iter().collect();
+                for &p in &phones {
+                    self.phones[p].cut_off = true;
+                    self.checker.phone_partitioned(self.now, p, until);
+                    self.trace.u64(p as u64);
+                }
+                self.schedule(until, Event::PartitionEnd { phones });
+                let next =
+                    self.now + exponential(&mut self.fault_rng, DAY_S as f64 / self.options.net.partitions_per_day);
+                self.schedule(next, Event::PartitionStart);
+            }
+            Event::PartitionEnd { phones } => {
+                for p in phones {
+                    self.phones[p].cut_off = false;
+                }
+            }
+            Event::Check => {
+                for (i, slot) in self.nodes.iter().enumerate() {
+                    if let Some(node) = &slot.node {
+                        let local = slot.clock.local(self.now);
+                        self.checker.check_node(self.now, local, node);
+                    }
+                    let _ = i;
+                }
+                self.checker.check_phones(self.now);
+                self.schedule(self.now + self.options.check_every, Event::Check);
+            }
+            Event::Drain => {
+                // No new calls or faults from here on; what is broken heals, so that every
+                // call can end before the final checks.
+                self.draining = true;
+                for p in 0..self.phones.len() {
+                    self.phones[p].cut_off = false;
+                    if self.phones[p].away {
+                        self.schedule(self.now, Event::ComeBack { phone: p });
+                    }
+                }
+                for n in 0..self.nodes.len() {
+                    if self.nodes[n].node.is_none() {
+                        self.schedule(self.now, Event::Restart { node: n });
+                    }
+                }
+            }
+        }
+    }
+
+    fn restart(&mut self, node: usize) {
+        let slot = &mut self.nodes[node];
+        if slot.node.is_some() {
+            return;
+        }
+        if slot.down_since.take().is_some() {
+            self.checker.node_restarted(self.now);
+        }
+        let seed = self.fault_rng.random();
+        self.start_node(node, seed);
+        if !self.draining && self.options.faults.crashes_per_day > 0.0 {
+            let at = self.now + exponential(&mut self.fault_rng, DAY_S as f64 / self.options.faults.crashes_per_day);
+            self.schedule(at, Event::Crash { node });
+        }
+    }
+
+    fn start_node(&mut self, node: usize, seed: u64) {
+        let slot = &mut self.nodes[node];
+        let (extensions, bindings) = slot.disk.snapshot();
+        let local = slot.clock.local(self.now);
+        slot.node = Some(SimNode::start(slot.config.clone(), seed, extensions, bindings, local));
+        self.after_node(node);
+    }
+
+    /// Takes what a node put out: datagrams onto the network, writes onto its disk; re-arms
+    /// its wake-up.
+    fn after_node(&mut self, node: usize) {
+        loop {
+            let Some(out) = self.nodes[node].node.as_mut().and_then(SimNode::poll_output) else { break };
+            match out {
+                NodeOutput::Transmit { from, to, bytes } => self.send(from, to, bytes),
+                NodeOutput::Write(job) => {
+                    let fsync = if job.write.is_some() {
+                        let (low, high) = self.options.faults.fsync_ms;
+                        Duration::from_millis(if high > low { self.fault_rng.random_range(low..=high) } else { low })
+                    } else {
+                        Duration::ZERO
+                    };
+                    let slot = &mut self.nodes[node];
+                    let after = slot.pending.back().map_or(self.now, |(at, _)| *at).max(self.now);
+                    let at = after + fsync;
+                    slot.pending.push_back((at, job));
+                    let incarnation = slot.incarnation;
+                    self.schedule(at, Event::Commit { node, incarnation });
+                }
+            }
+        }
+        let slot = &mut self.nodes[node];
+        let want = slot.node.as_ref().and_then(SimNode::poll_timeout).map(|t| slot.clock.global(t).max(self.now));
+        if want.is_some() && want != slot.armed {
+            slot.armed = want;
+            let at = want.unwrap_or(self.now);
+            self.schedule(at, Event::NodeWake { node });
+        }
+    }
+
+    fn feed_phone(&mut self, phone: usize, input: PhoneInput) {
+        let slot = &mut self.phones[phone];
+        let local = slot.clock.local(self.now);
+        slot.phone.handle(local, input);
+        while let Some(out) = self.phones[phone].phone.poll_output() {
+            match out {
+                PhoneOutput::Transmit { from, to, bytes } => {
+                    if bytes.starts_with(b"REGISTER ") {
+                        self.checker.register_sent(self.now, phone);
+                    }
+                    self.send(from, to, bytes);
+                }
+                PhoneOutput::Event(event) => self.phone_event(phone, event),
+            }
+        }
+        self.rearm_phone(phone);
+    }
+
+    fn rearm_phone(&mut self, phone: usize) {
+        let slot = &mut self.phones[phone];
+        let want = slot.phone.poll_timeout().map(|t| slot.clock.global(t).max(self.now));
+        if want.is_some() && want != slot.armed {
+            slot.armed = want;
+            let at = want.unwrap_or(self.now);
+            self.schedule(at, Event::PhoneWake { phone });
+        }
+    }
+
+    fn phone_event(&mut self, phone: usize, event: PhoneEvent) {
+        match &event {
+            PhoneEvent::Registered { .. } => self.report.registrations += 1,
+            PhoneEvent::Dialing { .. } => self.report.calls_dialled += 1,
+            PhoneEvent::Established { caller: true, .. } => self.report.calls_answered += 1,
+            PhoneEvent::CallFailed { .. } => self.report.calls_failed += 1,
+            _ => {}
+        }
+        self.checker.phone_event(self.now, phone, &event);
+    }
+
+    /// Puts a datagram on the network: maybe lost, maybe twice, always late.
+    fn send(&mut self, from: SocketAddr, to: SocketAddr, bytes: Bytes) {
+        let faults = &mut self.report.faults;
+        faults.datagrams += 1;
+        let cut = |ip: SocketAddr| self.phone_at.get(&ip).is_some_and(|&p| self.phones[p].cut_off);
+        if cut(from) || cut(to) {
+            faults.cut_off += 1;
+            return;
+        }
+        let net = &self.options.net;
+        if net.loss > 0.0 && self.net_rng.random_bool(net.loss) {
+            faults.lost += 1;
+            return;
+        }
+        let copies = if net.duplicate > 0.0 && self.net_rng.random_bool(net.duplicate) {
+            faults.duplicated += 1;
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let mut delay = Duration::from_millis(net.latency_ms);
+            if net.jitter_ms > 0 {
+                delay += Duration::from_micros(self.net_rng.random_range(0..net.jitter_ms * 1000));
+            }
+            if net.reorder > 0.0 && self.net_rng.random_bool(net.reorder) {
+                faults.reordered += 1;
+                delay += Duration::from_millis(self.net_rng.random_range(20..200));
+            }
+            let at = self.now + delay;
+            self.seq += 1;
+            self.queue.push(Scheduled { at, seq: self.seq, event: Event::Deliver { from, to, bytes: bytes.clone() } });
+        }
+    }
+
+    fn deliver(&mut self, from: SocketAddr, to: SocketAddr, bytes: Bytes) {
+        if let Some(&phone) = self.phone_at.get(&to) {
+            if self.phones[phone].away {
+                if bytes.starts_with(b"INVITE ") {
+                    self.checker.invite_to_away_phone(self.now, phone);
+                }
+                return;
+            }
+            self.feed_phone(phone, PhoneInput::Datagram { from, to, bytes });
+            return;
+        }
+        let Some(node) = self.nodes.iter().position(|n| n.config.sip.ip() == to.ip()) else { return };
+        let slot = &mut self.nodes[node];
+        let local = slot.clock.local(self.now);
+        let Some(n) = slot.node.as_mut() else { return };
+        n.datagram(local, from, to, bytes);
+        self.after_node(node);
+    }
+
+    /// Office time: weekdays within office hours (or always, as configured).
+    fn in_office(&self, at: Timestamp) -> bool {
+        let w = &self.options.workload;
+        let secs = at.as_secs() - ORIGIN.as_secs();
+        let weekday = (secs / DAY_S) % 7; // 0 = Monday
+        let hour = (secs % DAY_S / 3600) as u8;
+        (w.weekends || weekday < 5) && hour >= w.office_hours.0 && hour < w.office_hours.1
+    }
+
+    /// The next call attempt of a phone: a Poisson process over office time.
+    fn next_dial_time(&mut self, from: Timestamp) -> Timestamp {
+        let rate = self.options.workload.calls_per_phone_per_hour;
+        if rate <= 0.0 {
+            return self.end + Duration::from_secs(1);
+        }
+        let mut at = from + exponential(&mut self.work_rng, 3600.0 / rate);
+        // Outside office time the clock of the process stops: skip to the next opening hour.
+        let mut hops = 0;
+        while !self.in_office(at) && hops < 24 * 8 {
+            at = Timestamp::from_secs(at.as_secs() / 3600 * 3600 + 3600)
+                + Duration::from_secs(self.work_rng.random_range(0..3600));
+            hops += 1;
+        }
+        at
+    }
+
+    fn dial(&mut self, phone: usize) {
+        if self.draining {
+            return;
+        }
+        let next = self.next_dial_time(self.now);
+        self.schedule(next, Event::Dial { phone });
+        if self.phones[phone].away {
+            return;
+        }
+        let w = &self.options.workload;
+        let callee = if self.work_rng.random_bool(w.unknown_number_probability.clamp(0.0, 1.0)) {
+            "9999".to_owned()
+        } else if self.phones.len() < 2 {
+            return;
+        } else {
+            let mut other = self.work_rng.random_range(0..self.phones.len() - 1);
+            if other >= phone {
+                other += 1;
+            }
+            extension(other)
+        };
+        let talk = exponential(&mut self.work_rng, w.talk_s_mean as f64)
+            .clamp(Duration::from_secs(1), Duration::from_secs(w.talk_s_max));
+        self.feed_phone(phone, PhoneInput::Dial { callee, talk });
+    }
+}
+
+/// Counts wake-ups at one instant; false once there are too many.
+fn count_wake(wakes: &mut (Timestamp, u32), now: Timestamp) -> bool {
+    if wakes.0 == now {
+        wakes.1 += 1;
+    } else {
+        *wakes = (now, 1);
+    }
+    wakes.1 <= SAME_INSTANT_WAKES_MAX
+}
+
+fn add_stats(total: &mut NodeStats, s: &NodeStats) {
+    total.calls_started += s.calls_started;
+    total.calls_refused += s.calls_refused;
+    total.cdrs_written += s.cdrs_written;
+    total.registered += s.registered;
+    total.expired += s.expired;
+    total.auth_failed += s.auth_failed;
+    total.malformed += s.malformed;
+}
+
+/// Runs one simulation.
+pub fn run(options: Options) -> Report {
+    Sim::new(options).run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_conversion_finds_the_earliest_instant() {
+        for ppm in [-200, -1, 0, 1, 150] {
+            let clock = Clock { ppm };
+            for secs in [0u64, 1, 3599, 86_400 * 30] {
+                let local = ORIGIN + Duration::from_micros(secs * 1_000_003);
+                let g = clock.global(local);
+                assert!(clock.local(g) >= local, "ppm {ppm}: {g:?} reads before {local:?}");
+                if g > ORIGIN {
+                    assert!(clock.local(Timestamp(g.0 - 1)) < local, "ppm {ppm}: not the earliest");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn office_time_skips_nights_and_weekends() {
+        let sim = Sim::new(Options {
+            workload: crate::options::Workload { phones: 0, ..Default::default() },
+            ..Options::new(1, Duration::from_secs(60))
+        });
+        assert!(!sim.in_office(ORIGIN + Duration::from_secs(3 * 3600)));
+        assert!(sim.in_office(ORIGIN + Duration::from_secs(9 * 3600)));
+        assert!(!sim.in_office(ORIGIN + Duration::from_secs(5 * DAY_S + 9 * 3600)), "Saturday");
+    }
+}

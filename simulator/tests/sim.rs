@@ -1,0 +1,145 @@
+//! The simulator end to end: whole runs of the product's machines against simulated phones,
+//! network and disk. Durations are short so the suite stays quick in a debug build; `pbx-sim`
+//! runs the long ones.
+
+use pbx_simulator::options::{FaultOptions, NetOptions, Options, Workload};
+use pbx_simulator::{Report, run};
+use std::process::Command;
+use std::time::Duration;
+
+/// A small office calling around the clock, so that a few simulated hours hold many calls.
+fn options(seed: u64, hours: u64) -> Options {
+    let mut options = Options::new(seed, Duration::from_secs(hours * 3600));
+    options.workload = Workload {
+        phones: 12,
+        calls_per_phone_per_hour: 3.0,
+        office_hours: (0, 24),
+        weekends: true,
+        talk_s_mean: 60,
+        talk_s_max: 600,
+        ..Workload::default()
+    };
+    // Faults often enough that a few hours see each kind.
+    options.faults.crashes_per_day = 6.0;
+    options.faults.away_per_phone_per_day = 2.0;
+    options.faults.away_s = (60, 1800);
+    options.net.partitions_per_day = 12.0;
+    options.net.loss = 0.01;
+    options.stop_at_first_violation = false;
+    options
+}
+
+fn assert_clean(report: &Report) {
+    assert!(
+        report.violations.is_empty(),
+        "seed {}: {}",
+        report.seed,
+        report.violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// The run did what it claims: phones registered and called, calls were answered, CDRs stored.
+fn assert_busy(report: &Report) {
+    assert!(report.registrations >= 12, "seed {}: {} registrations", report.seed, report.registrations);
+    assert!(report.calls_answered >= 20, "seed {}: {} calls answered", report.seed, report.calls_answered);
+    assert!(report.cdrs >= 20, "seed {}: {} CDRs", report.seed, report.cdrs);
+    assert!(report.checks > 1000, "seed {}: {} checks", report.seed, report.checks);
+}
+
+#[test]
+fn same_seed_same_trace_other_seed_other_trace() {
+    let first = run(options(7, 3));
+    let again = run(options(7, 3));
+    let other = run(options(8, 3));
+    assert_busy(&first);
+    assert_clean(&first);
+    assert_eq!(first.trace_hash, again.trace_hash, "same seed, same trace");
+    assert_eq!((first.events, first.cdrs, first.calls_dialled), (again.events, again.cdrs, again.calls_dialled));
+    assert_ne!(first.trace_hash, other.trace_hash, "another seed, another trace");
+}
+
+#[test]
+fn fixed_seeds_hold_every_invariant_under_faults() {
+    for seed in [1, 2, 3] {
+        let report = run(options(seed, 4));
+        assert_busy(&report);
+        assert_clean(&report);
+        let f = report.faults;
+        assert!(f.lost > 0 && f.duplicated > 0 && f.reordered > 0, "seed {seed}: network faults {f:?}");
+    }
+}
+
+#[test]
+fn without_faults_every_call_reaching_the_pbx_has_its_cdr() {
+    let mut o = options(11, 3);
+    o.net = NetOptions::quiet();
+    o.faults = FaultOptions::none();
+    let report = run(o);
+    assert_busy(&report);
+    assert_clean(&report);
+    assert_eq!(report.faults.total(), 0);
+    assert_eq!(report.node.cdrs_written as usize, report.cdrs, "every CDR written is stored");
+}
+
+#[test]
+fn an_injected_missing_cdr_is_caught() {
+    let mut o = options(5, 3);
+    o.bugs.skip_cdr = true;
+    let report = run(o);
+    assert!(
+        report.violations.iter().any(|v| v.invariant == "every completed call has exactly one CDR"),
+        "{:?}",
+        report.violations
+    );
+}
+
+#[test]
+fn an_injected_half_hangup_is_caught() {
+    let mut o = options(5, 3);
+    o.bugs.half_hangup = true;
+    let report = run(o);
+    assert!(report.violations.iter().any(|v| v.invariant == "a call never has one leg"), "{:?}", report.violations);
+}
+
+/// The binary prints a replay command for a failing run, and that command fails the same way.
+#[test]
+fn pbx_sim_prints_a_replay_command_that_replays() {
+    let sim = env!("CARGO_BIN_EXE_pbx-sim");
+    let args = ["--seed", "3", "--duration", "1d", "--phones", "30", "--inject-bug", "skip-cdr"];
+    let first = Command::new(sim).args(args).output().expect("run pbx-sim");
+    let stdout = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert_eq!(first.status.code(), Some(1), "{stdout}");
+    let replay = stdout.lines().find_map(|l| l.strip_prefix("replay: ")).expect("a replay line").to_owned();
+    assert!(replay.starts_with("pbx-sim --seed 3 "), "{replay}");
+    let again = Command::new(sim).args(replay.split_whitespace().skip(1)).output().expect("replay");
+    let again = String::from_utf8_lossy(&again.stdout).into_owned();
+    let violation = |out: &str| out.lines().find(|l| l.contains("every completed call")).map(str::to_owned);
+    assert!(violation(&stdout).is_some(), "{stdout}");
+    assert_eq!(violation(&stdout), violation(&again));
+    let hash = |out: &str| out.lines().find(|l| l.contains("trace hash")).map(str::to_owned);
+    assert_eq!(hash(&stdout), hash(&again));
+}
+
+#[test]
+fn pbx_sim_swarm_reports_every_seed() {
+    let sim = env!("CARGO_BIN_EXE_pbx-sim");
+    let out = Command::new(sim)
+        .args(["--swarm", "3", "--seed", "100", "--duration", "12h", "--phones", "10"])
+        .output()
+        .expect("run pbx-sim");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.contains(" ok")).count(), 3, "{stdout}");
+    assert!(stdout.contains("0 of 3 seeds failed"), "{stdout}");
+}
+
+#[test]
+fn a_bad_flag_names_itself() {
+    let sim = env!("CARGO_BIN_EXE_pbx-sim");
+    let out = Command::new(sim).args(["--inject-bug", "nonsense"]).output().expect("run pbx-sim");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--inject-bug nonsense"));
+    let out = Command::new(sim).args(["--duration", "3w"]).output().expect("run pbx-sim");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unit"));
+}
