@@ -156,7 +156,16 @@ struct Pending {
 /// should the leg go down first.
 struct LiveLeg {
     invite: Option<(ServerKey, Response)>,
+    /// In-dialog requests handed to the leg and not yet answered, each with the 481 it gets
+    /// should the leg go first — stopped with the request still in its mailbox, as when both
+    /// parties hang up at once. Without it the request's server transaction, which waits for
+    /// its answer with no timer (RFC 3261 §17.2.2), would never end.
+    requests: Vec<(ServerKey, Response)>,
 }
+
+/// In-dialog requests one leg may have unanswered at once; more get 503 (a phone has one or
+/// two: a BYE crossing a re-INVITE).
+pub const LEG_REQUESTS_MAX: usize = 8;
 
 pub struct Endpoint {
     transactions: Transactions,
@@ -206,9 +215,14 @@ impl Endpoint {
             }
             EndpointInput::FromLeg { leg, out } => self.leg_sends(leg, out),
             EndpointInput::LegDown { leg } => {
-                if let Some(LiveLeg { invite: Some((key, give_up)) }) = self.legs.remove(&leg) {
-                    self.invites.remove(&key);
-                    self.respond(key, give_up);
+                if let Some(LiveLeg { invite, requests }) = self.legs.remove(&leg) {
+                    if let Some((key, give_up)) = invite {
+                        self.invites.remove(&key);
+                        self.respond(key, give_up);
+                    }
+                    for (key, gone) in requests {
+                        self.respond(key, gone);
+                    }
                 }
             }
             EndpointInput::Timeout => {
@@ -376,8 +390,14 @@ impl Endpoint {
             self.hand_to_registrar(key, request, source, transport);
         } else if let Some(tag) = to_tag {
             // In a dialog: the tag is pbx's, and names the leg.
-            match LegId::from_tag(&tag).filter(|leg| self.legs.contains_key(leg)) {
-                Some(leg) => {
+            match LegId::from_tag(&tag).and_then(|leg| self.legs.get_mut(&leg).map(|live| (leg, live))) {
+                Some((_, live)) if live.requests.len() >= LEG_REQUESTS_MAX => {
+                    let mut response = request.response(503, None);
+                    response.headers.insert(Name::RETRY_AFTER, OVERLOAD_RETRY_AFTER_S.to_string());
+                    self.respond(key, response);
+                }
+                Some((leg, live)) => {
+                    live.requests.push((key.clone(), request.response(481, None)));
                     self.outputs.push_back(EndpointOutput::ToLeg { leg, input: SipIn::Request { key, request } })
                 }
                 None => {
@@ -462,11 +482,11 @@ impl Endpoint {
         let a = self.new_leg();
         let mut give_up = invite.response(500, Some(&a.tag()));
         give_up.reason = "Call Failed".into();
-        self.legs.insert(a, LiveLeg { invite: Some((key.clone(), give_up)) });
+        self.legs.insert(a, LiveLeg { invite: Some((key.clone(), give_up)), requests: Vec::new() });
         self.invites.insert(key.clone(), a);
         let forks: Vec<LegId> = route.contacts.iter().map(|_| self.new_leg()).collect();
         for leg in &forks {
-            self.legs.insert(*leg, LiveLeg { invite: None });
+            self.legs.insert(*leg, LiveLeg { invite: None, requests: Vec::new() });
         }
         self.outputs.push_back(EndpointOutput::StartCall(Box::new(CallStart {
             a,
@@ -495,10 +515,12 @@ impl Endpoint {
             SipOut::Response { key, response } => {
                 if response.code >= 200
                     && let Some(live) = self.legs.get_mut(&leg)
-                    && live.invite.as_ref().is_some_and(|(k, _)| *k == key)
                 {
-                    live.invite = None;
-                    self.invites.remove(&key);
+                    if live.invite.as_ref().is_some_and(|(k, _)| *k == key) {
+                        live.invite = None;
+                        self.invites.remove(&key);
+                    }
+                    live.requests.retain(|(k, _)| *k != key);
                 }
                 self.respond(key, response);
             }

@@ -154,10 +154,17 @@ fn invites_are_routed_to_calls_and_legs() {
     let outs = run(&mut e, Timestamp::ZERO, inbound(bye(&LegId(0x999).tag()).slice(..).to_vec().into()));
     assert!(transmitted(&outs).is_empty(), "a retransmitted BYE is absorbed by its transaction");
 
+    // The leg goes with the INVITE and the BYE unanswered (both in its mailbox): the INVITE
+    // gets 500, the BYE 481, and neither transaction is left waiting for an answer.
+    assert_eq!(e.transactions(), 3, "INVITE, CANCEL, BYE");
     let outs = run(&mut e, Timestamp::ZERO, EndpointInput::LegDown { leg: LegId(0x101) });
-    assert!(transmitted(&outs)[0].starts_with("SIP/2.0 500 Call Failed\r\n"), "{outs:?}");
+    let sent = transmitted(&outs);
+    assert!(sent[0].starts_with("SIP/2.0 500 Call Failed\r\n"), "{outs:?}");
+    assert!(sent[1].starts_with("SIP/2.0 481"), "{sent:?}");
     let text = String::from_utf8(request("BYE", "z9hG4bK-bye2").to_vec()).unwrap();
     let stale = text.replace("To: <sip:100@pbx>", &format!("To: <sip:100@pbx>;tag={}", LegId(0x101).tag()));
     let outs = run(&mut e, Timestamp::ZERO, inbound(Bytes::from(stale)));
     assert!(transmitted(&outs)[0].starts_with("SIP/2.0 481"), "{outs:?}");
+    run(&mut e, Timestamp::from_secs(40), EndpointInput::Timeout);
+    assert_eq!(e.transactions(), 0, "every transaction ended by its timers");
 }
