@@ -265,53 +265,37 @@ impl Checker {
 
     pub fn check_node(&mut self, now: Timestamp, node_now: Timestamp, node: &SimNode) {
         let bounds = self.bounds;
-        let mut findings: Vec<(&'static str, bool, String)> = Vec::new();
         for call in node.calls() {
             let age = node_now - call.started;
-            findings.push((
-                "every call ends",
-                age <= bounds.call,
-                format!("call {} ({}) is {age:?} old", call.id, call.state),
-            ));
+            self.check(now, "every call ends", age <= bounds.call, || {
+                format!("call {} ({}) is {age:?} old", call.id, call.state)
+            });
             if let Some([a, b]) = call.answered {
-                findings.push((
-                    "a call never has one leg",
-                    call.leg_live(a) && call.leg_live(b),
-                    format!(
-                        "call {} is answered but its legs are: caller {}, callee {}",
-                        call.id,
-                        live(call.leg_live(a)),
-                        live(call.leg_live(b))
-                    ),
-                ));
+                let (a, b) = (call.leg_live(a), call.leg_live(b));
+                self.check(now, "a call never has one leg", a && b, || {
+                    format!("call {} is answered but its legs are: caller {}, callee {}", call.id, live(a), live(b))
+                });
             }
         }
         let (machines, routed) = node.leg_counts();
-        findings.push((
-            "legs are routed while they live",
-            machines == routed,
-            format!("{machines} leg machines, the endpoint routes to {routed}"),
-        ));
+        self.check(now, "legs are routed while they live", machines == routed, || {
+            format!("{machines} leg machines, the endpoint routes to {routed}")
+        });
         let (leased, held) = node.ports_in_use();
-        findings.push(("no RTP port leaks", leased == held, format!("{leased} port pairs leased, calls hold {held}")));
+        self.check(now, "no RTP port leaks", leased == held, || {
+            format!("{leased} port pairs leased, calls hold {held}")
+        });
         let (count, oldest) = node.transactions();
         if let Some(oldest) = oldest {
             let age = node_now - oldest;
-            findings.push((
-                "no transaction outlives its timers",
-                age <= bounds.transaction,
-                format!("the oldest of {count} transactions is {age:?} old: {}", node.describe_oldest_transaction()),
-            ));
+            self.check(now, "no transaction outlives its timers", age <= bounds.transaction, || {
+                format!("the oldest of {count} transactions is {age:?} old: {}", node.describe_oldest_transaction())
+            });
         }
         for binding in node.bindings() {
-            findings.push((
-                "bindings expire on time",
-                binding.expires_at + Duration::from_secs(1) >= node_now,
-                format!("{} → {} expired at {} but is still bound", binding.aor, binding.contact, binding.expires_at),
-            ));
-        }
-        for (invariant, holds, detail) in findings {
-            self.check(now, invariant, holds, || detail);
+            self.check(now, "bindings expire on time", binding.expires_at + Duration::from_secs(1) >= node_now, || {
+                format!("{} → {} expired at {} but is still bound", binding.aor, binding.contact, binding.expires_at)
+            });
         }
     }
 

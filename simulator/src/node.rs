@@ -4,10 +4,9 @@
 //!
 //! This file is the simulator's counterpart of the actor shells (`actors/src/*/actor.rs`): it
 //! routes each machine's outputs to the machine they are for, and hands the world what leaves
-//! the node (datagrams, disk writes). It decides nothing a shell does not decide. Where the
-//! shells run one actor per leg and per call with a mailbox each, the node here keeps one FIFO
-//! of pending inputs ([`Work`]), which is the order those mailboxes would see when no two
-//! actors run at once.
+//! the node (datagrams, disk writes). It decides nothing a shell does not decide. Like the
+//! shells, each actor has a FIFO mailbox ([`Mailboxes`]); which actor runs next is drawn from
+//! the seed, the way a multi-threaded runtime would interleave them.
 
 use bytes::Bytes;
 use pbx_actors::Timestamp;
@@ -42,6 +41,9 @@ pub struct NodeConfig {
     /// (number, password): put at every start, as the appliance puts its config's extensions.
     pub extensions: Vec<(String, String)>,
     pub bugs: Bugs,
+    /// After each message an actor handles, the chance that the node pauses (a descheduled
+    /// thread, a slow actor) and lets the world go on before the rest of its mailboxes run.
+    pub stall: f64,
 }
 
 /// A durable change, written by the world's simulated disk.
@@ -107,6 +109,61 @@ enum Work {
     Relay(u64, RelayInput),
 }
 
+/// Whose mailbox a [`Work`] waits in: one per actor of the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Mailbox {
+    Endpoint,
+    Registrar,
+    Call(u64),
+    Leg(LegId),
+    Relay(u64),
+}
+
+impl Work {
+    fn mailbox(&self) -> Mailbox {
+        match self {
+            Work::Endpoint(_) => Mailbox::Endpoint,
+            Work::Registrar(_) => Mailbox::Registrar,
+            Work::Leg(leg, _) => Mailbox::Leg(*leg),
+            Work::Call(id, _) => Mailbox::Call(*id),
+            Work::Relay(id, _) => Mailbox::Relay(*id),
+        }
+    }
+}
+
+/// The node's actors' mailboxes. Each is first in, first out, as ractor's are; which actor
+/// runs next is drawn from the node's seed, so each run tries one of the interleavings that
+/// concurrent actors allow — a leg may be stopped while a request for it waits in its mailbox,
+/// a call may hear of a hang-up before its leg's last response went out.
+struct Mailboxes {
+    queues: BTreeMap<Mailbox, VecDeque<Work>>,
+    rng: u64,
+}
+
+/// `p` as a threshold on a uniform u64.
+fn chance(rng: &mut u64, p: f64) -> bool {
+    p > 0.0 && (splitmix64(rng) as f64) < p * u64::MAX as f64
+}
+
+impl Mailboxes {
+    fn push(&mut self, work: Work) {
+        self.queues.entry(work.mailbox()).or_default().push_back(work);
+    }
+
+    fn pop(&mut self) -> Option<Work> {
+        let n = self.queues.len() as u64;
+        if n == 0 {
+            return None;
+        }
+        let pick = (splitmix64(&mut self.rng) % n) as usize;
+        let mut entry = self.queues.iter_mut().nth(pick).map(|(key, queue)| (*key, queue.pop_front()))?;
+        if self.queues.get(&entry.0).is_some_and(VecDeque::is_empty) {
+            self.queues.remove(&entry.0);
+        }
+        entry.1.take()
+    }
+}
+
 pub struct SimNode {
     config: NodeConfig,
     call_config: CallConfig,
@@ -119,7 +176,7 @@ pub struct SimNode {
     media_ports: BTreeMap<u16, (u64, Side)>,
     pool: PortPool,
     ids: CallIds,
-    work: VecDeque<Work>,
+    work: Mailboxes,
     outputs: VecDeque<NodeOutput>,
     pub stats: NodeStats,
 }
@@ -153,7 +210,7 @@ impl SimNode {
             media_ports: BTreeMap::new(),
             pool: PortPool::new(config.rtp_ports.0, config.rtp_ports.1),
             ids: CallIds::new(rng),
-            work: VecDeque::new(),
+            work: Mailboxes { queues: BTreeMap::new(), rng: splitmix64(&mut rng) },
             outputs: VecDeque::new(),
             stats: NodeStats::default(),
             config,
@@ -161,7 +218,7 @@ impl SimNode {
         // Bindings dropped while restoring come out as persists.
         node.drain_registrar();
         for (number, password) in node.config.extensions.clone() {
-            node.work.push_back(Work::Registrar(RegistrarInput::PutExtension {
+            node.work.push(Work::Registrar(RegistrarInput::PutExtension {
                 display_name: format!("Phone {number}"),
                 number,
                 password,
@@ -178,18 +235,14 @@ impl SimNode {
     /// A datagram for this node: SIP on its SIP port, RTP/RTCP on a media port.
     pub fn datagram(&mut self, now: Timestamp, from: SocketAddr, to: SocketAddr, bytes: Bytes) {
         if to == self.config.sip {
-            self.work.push_back(Work::Endpoint(EndpointInput::Inbound {
-                bytes,
-                source: from,
-                transport: Transport::Udp,
-            }));
+            self.work.push(Work::Endpoint(EndpointInput::Inbound { bytes, source: from, transport: Transport::Udp }));
         } else {
             let port = to.port();
             let (rtp, kind) =
                 if port.is_multiple_of(2) { (port, PacketKind::Rtp) } else { (port - 1, PacketKind::Rtcp) };
             // A closed port: the kernel would drop it.
             let Some(&(call, side)) = self.media_ports.get(&rtp) else { return };
-            self.work.push_back(Work::Relay(call, RelayInput::Packet { side, kind, source: from, bytes }));
+            self.work.push(Work::Relay(call, RelayInput::Packet { side, kind, source: from, bytes }));
         }
         self.run(now);
     }
@@ -197,7 +250,7 @@ impl SimNode {
     /// A disk write this node asked for is durable: deliver what waited for it.
     pub fn committed(&mut self, now: Timestamp, deferred: Vec<Deferred>) {
         for d in deferred {
-            self.work.push_back(Work::Endpoint(match d {
+            self.work.push(Work::Endpoint(match d {
                 Deferred::Respond { tx, response } => EndpointInput::RegistrarResponse { tx, response },
                 Deferred::Routed { tx, route } => EndpointInput::Routed { tx, route },
             }));
@@ -208,22 +261,22 @@ impl SimNode {
     /// Wakes every machine whose time has come.
     pub fn timeout(&mut self, now: Timestamp) {
         if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
-            self.work.push_back(Work::Endpoint(EndpointInput::Timeout));
+            self.work.push(Work::Endpoint(EndpointInput::Timeout));
         }
         if self.registrar.poll_timeout().is_some_and(|t| t <= now) {
-            self.work.push_back(Work::Registrar(RegistrarInput::Timeout));
+            self.work.push(Work::Registrar(RegistrarInput::Timeout));
         }
         for (id, c) in &self.calls {
             if c.call.poll_timeout().is_some_and(|t| t <= now) {
-                self.work.push_back(Work::Call(*id, CallInput::Timeout));
+                self.work.push(Work::Call(*id, CallInput::Timeout));
             }
             for (leg, l) in &c.legs {
                 if l.poll_timeout().is_some_and(|t| t <= now) {
-                    self.work.push_back(Work::Leg(*leg, LegInput::Timeout));
+                    self.work.push(Work::Leg(*leg, LegInput::Timeout));
                 }
             }
             if c.relay.poll_timeout().is_some_and(|t| t <= now) {
-                self.work.push_back(Work::Relay(*id, RelayInput::Timeout));
+                self.work.push(Work::Relay(*id, RelayInput::Timeout));
             }
         }
         self.run(now);
@@ -246,8 +299,18 @@ impl SimNode {
         self.outputs.pop_front()
     }
 
+    /// Whether messages wait in mailboxes: the node stalled; call [`step`](Self::step) later.
+    pub fn has_work(&self) -> bool {
+        !self.work.queues.is_empty()
+    }
+
+    /// Runs what waits in the mailboxes (after a stall).
+    pub fn step(&mut self, now: Timestamp) {
+        self.run(now);
+    }
+
     fn run(&mut self, now: Timestamp) {
-        while let Some(work) = self.work.pop_front() {
+        while let Some(work) = self.work.pop() {
             match work {
                 Work::Endpoint(input) => {
                     self.endpoint.handle(now, input);
@@ -265,6 +328,9 @@ impl SimNode {
                 }
                 Work::Relay(id, input) => self.relay(now, id, input),
             }
+            if chance(&mut self.work.rng, self.config.stall) {
+                break;
+            }
         }
     }
 
@@ -276,12 +342,12 @@ impl SimNode {
                 }
                 EndpointOutput::Register { tx, request, source, transport } => self
                     .work
-                    .push_back(Work::Registrar(RegistrarInput::Register { tx, request: *request, source, transport })),
+                    .push(Work::Registrar(RegistrarInput::Register { tx, request: *request, source, transport })),
                 EndpointOutput::Route { tx, request, source } => {
-                    self.work.push_back(Work::Registrar(RegistrarInput::Route { tx, request: *request, source }))
+                    self.work.push(Work::Registrar(RegistrarInput::Route { tx, request: *request, source }))
                 }
                 EndpointOutput::StartCall(start) => self.start_call(now, *start),
-                EndpointOutput::ToLeg { leg, input } => self.work.push_back(Work::Leg(leg, LegInput::Sip(input))),
+                EndpointOutput::ToLeg { leg, input } => self.work.push(Work::Leg(leg, LegInput::Sip(input))),
                 EndpointOutput::Event(EndpointEvent::Malformed { .. }) => self.stats.malformed += 1,
                 EndpointOutput::Event(_) => {}
             }
@@ -323,7 +389,7 @@ impl SimNode {
                 }
                 self.stats.calls_refused += 1;
                 for leg in legs {
-                    self.work.push_back(Work::Endpoint(EndpointInput::LegDown { leg }));
+                    self.work.push(Work::Endpoint(EndpointInput::LegDown { leg }));
                 }
                 let mut cdr = Cdr::starting(id, &start, now);
                 cdr.disposition = Disposition::Failed { reason: "call did not start: no RTP ports".into() };
@@ -355,17 +421,17 @@ impl SimNode {
                 }
                 CallOutput::ToLeg { leg, command } => {
                     if c.legs.contains_key(&leg) {
-                        self.work.push_back(Work::Leg(leg, LegInput::Command(command)));
+                        self.work.push(Work::Leg(leg, LegInput::Command(command)));
                     }
                 }
                 CallOutput::StopLeg { leg } => {
                     if c.legs.remove(&leg).is_some() {
                         self.leg_calls.remove(&leg);
-                        self.work.push_back(Work::Endpoint(EndpointInput::LegDown { leg }));
+                        self.work.push(Work::Endpoint(EndpointInput::LegDown { leg }));
                     }
                 }
                 CallOutput::ConfigureMedia { side, peer } => {
-                    self.work.push_back(Work::Relay(id, RelayInput::Configure { side, peer }))
+                    self.work.push(Work::Relay(id, RelayInput::Configure { side, peer }))
                 }
                 CallOutput::Record(cdr) => {
                     if !c.recorded {
@@ -386,7 +452,7 @@ impl SimNode {
         let Some(c) = self.calls.remove(&id) else { return };
         for leg in c.legs.keys() {
             self.leg_calls.remove(leg);
-            self.work.push_back(Work::Endpoint(EndpointInput::LegDown { leg: *leg }));
+            self.work.push(Work::Endpoint(EndpointInput::LegDown { leg: *leg }));
         }
         for port in c.ports {
             self.media_ports.remove(&port);
@@ -401,8 +467,8 @@ impl SimNode {
         machine.handle(now, input);
         while let Some(out) = machine.poll_output() {
             match out {
-                LegOutput::Sip(out) => self.work.push_back(Work::Endpoint(EndpointInput::FromLeg { leg, out })),
-                LegOutput::Event(event) => self.work.push_back(Work::Call(id, CallInput::Leg { leg, event })),
+                LegOutput::Sip(out) => self.work.push(Work::Endpoint(EndpointInput::FromLeg { leg, out })),
+                LegOutput::Event(event) => self.work.push(Work::Call(id, CallInput::Leg { leg, event })),
             }
         }
     }
@@ -421,9 +487,7 @@ impl SimNode {
                         bytes,
                     })
                 }
-                RelayOutput::Inactive { side } => {
-                    self.work.push_back(Work::Call(id, CallInput::MediaInactive { side }))
-                }
+                RelayOutput::Inactive { side } => self.work.push(Work::Call(id, CallInput::MediaInactive { side })),
             }
         }
     }

@@ -24,6 +24,8 @@ pub struct Workload {
     /// Seconds a callee thinks before answering or rejecting (uniform).
     pub ring_s: (u64, u64),
     pub cancel_probability: f64,
+    /// Both parties hang up at the same moment (within 20 ms), so their BYEs cross.
+    pub hangup_together_probability: f64,
     /// A dialled number nobody has (answered 404 by the registrar).
     pub unknown_number_probability: f64,
     pub register_expires_s: u32,
@@ -45,6 +47,7 @@ impl Default for Workload {
             reject_probability: 0.1,
             ring_s: (1, 15),
             cancel_probability: 0.05,
+            hangup_together_probability: 0.05,
             unknown_number_probability: 0.01,
             register_expires_s: 3600,
             rtp_interval_s: 20,
@@ -106,6 +109,10 @@ pub struct FaultOptions {
     pub drift_ppm: u32,
     /// Milliseconds a write waits for its fsync (uniform).
     pub fsync_ms: (u64, u64),
+    /// After each message a node's actor handles, the chance that the node stalls for
+    /// 10 µs–2 ms with the rest of its messages waiting, so that datagrams, timers and disk
+    /// commits can overtake them — the interleavings of actors on real threads.
+    pub stall: f64,
 }
 
 impl Default for FaultOptions {
@@ -117,13 +124,14 @@ impl Default for FaultOptions {
             away_s: (60, 4 * 3600),
             drift_ppm: 100,
             fsync_ms: (1, 5),
+            stall: 0.02,
         }
     }
 }
 
 impl FaultOptions {
     pub fn none() -> Self {
-        FaultOptions { crashes_per_day: 0.0, away_per_phone_per_day: 0.0, drift_ppm: 0, ..Self::default() }
+        FaultOptions { crashes_per_day: 0.0, away_per_phone_per_day: 0.0, drift_ppm: 0, stall: 0.0, ..Self::default() }
     }
 }
 

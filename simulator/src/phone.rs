@@ -133,6 +133,9 @@ pub enum PhoneInput {
     GoAway,
     /// Back with fresh state: registers anew, with a new REGISTER Call-ID.
     ComeBack,
+    /// Hang up the established call now, as if its talk time had run out (both parties
+    /// saying goodbye at once makes BYEs cross). Ignored outside an established call.
+    HangUp,
     /// Nothing happened but time: `now` reached [`Phone::poll_timeout`].
     Timeout,
 }
@@ -450,6 +453,12 @@ impl Phone {
                 }
             }
             PhoneInput::Dial { callee, talk } => self.dial(now, callee, talk),
+            PhoneInput::HangUp => {
+                if let Some(call) = self.call.as_mut().filter(|c| c.phase == Phase::Established) {
+                    call.hangup_at = Some(now);
+                    self.run_timers(now);
+                }
+            }
             PhoneInput::Timeout | PhoneInput::GoAway | PhoneInput::ComeBack => {}
         }
     }

@@ -121,10 +121,12 @@ impl Clock {
 enum Event {
     Deliver { from: SocketAddr, to: SocketAddr, bytes: Bytes },
     NodeWake { node: usize },
+    NodeStep { node: usize, incarnation: u32 },
     Commit { node: usize, incarnation: u32 },
     PhoneWake { phone: usize },
     Dial { phone: usize },
     GoAway { phone: usize },
+    HangUp { phone: usize, call_id: String },
     ComeBack { phone: usize },
     Crash { node: usize },
     Restart { node: usize },
@@ -140,6 +142,7 @@ impl Event {
             Event::Deliver { .. } => 1,
             Event::NodeWake { .. } => 2,
             Event::Commit { .. } => 3,
+            Event::NodeStep { .. } => 14,
             Event::PhoneWake { .. } => 4,
             Event::Dial { .. } => 5,
             Event::GoAway { .. } => 6,
@@ -150,6 +153,7 @@ impl Event {
             Event::PartitionEnd { .. } => 11,
             Event::Check => 12,
             Event::Drain => 13,
+            Event::HangUp { .. } => 15,
         }
     }
 }
@@ -217,6 +221,8 @@ struct NodeSlot {
     pending: VecDeque<(Timestamp, Job)>,
     armed: Option<Timestamp>,
     wakes_at: (Timestamp, u32),
+    /// A `NodeStep` is scheduled (the node stalled with messages waiting).
+    stepping: bool,
     down_since: Option<Timestamp>,
     /// Stats of earlier incarnations.
     stats: NodeStats,
@@ -243,6 +249,7 @@ pub struct Sim {
     net_rng: StdRng,
     fault_rng: StdRng,
     work_rng: StdRng,
+    stall_rng: StdRng,
     nodes: Vec<NodeSlot>,
     phones: Vec<PhoneSlot>,
     /// Phone by SIP or RTP address.
@@ -303,6 +310,7 @@ impl Sim {
             rtp_timeout: RTP_TIMEOUT,
             extensions: passwords.iter().enumerate().map(|(i, p)| (extension(i), p.clone())).collect(),
             bugs: options.bugs,
+            stall: options.faults.stall,
         };
         let behaviour = Behaviour {
             answer_probability: w.answer_probability,
@@ -332,6 +340,7 @@ impl Sim {
             report: Report { seed, phones: w.phones, ..Default::default() },
             stuck: None,
             fault_rng: seeded(seed, 5),
+            stall_rng: seeded(seed, 6),
             options: options.clone(),
         };
         let clock = drift(&mut fault_rng, options.faults.drift_ppm);
@@ -344,6 +353,7 @@ impl Sim {
             pending: VecDeque::new(),
             armed: None,
             wakes_at: (ORIGIN, 0),
+            stepping: false,
             down_since: None,
             stats: NodeStats::default(),
         });
@@ -463,6 +473,18 @@ impl Sim {
                 }
                 self.after_node(node);
             }
+            Event::NodeStep { node, incarnation } => {
+                let slot = &mut self.nodes[node];
+                if slot.incarnation != incarnation {
+                    return;
+                }
+                slot.stepping = false;
+                let local = slot.clock.local(self.now);
+                if let Some(n) = slot.node.as_mut() {
+                    n.step(local);
+                }
+                self.after_node(node);
+            }
             Event::Commit { node, incarnation } => {
                 let slot = &mut self.nodes[node];
                 if slot.incarnation != incarnation {
@@ -491,6 +513,11 @@ impl Sim {
                 self.feed_phone(phone, PhoneInput::Timeout);
             }
             Event::Dial { phone } => self.dial(phone),
+            Event::HangUp { phone, call_id } => {
+                if self.phones[phone].phone.in_call() == Some(call_id.as_str()) {
+                    self.feed_phone(phone, PhoneInput::HangUp);
+                }
+            }
             Event::GoAway { phone } => {
                 if self.draining || self.phones[phone].away {
                     return;
@@ -525,6 +552,7 @@ impl Sim {
                     add_stats(&mut slot.stats, &n.stats);
                 }
                 slot.incarnation += 1;
+                slot.stepping = false;
                 slot.disk.lost_in_crash += slot.pending.len() as u64;
                 slot.pending.clear();
                 slot.armed = None;
@@ -563,7 +591,9 @@ impl Sim {
             }
             Event::Check => {
                 for (i, slot) in self.nodes.iter().enumerate() {
-                    if let Some(node) = &slot.node {
+                    // Between two messages of a stalled node, a call may have heard of its
+                    // leg's end and not yet acted on it: judge the node when it is settled.
+                    if let Some(node) = slot.node.as_ref().filter(|n| !n.has_work()) {
                         let local = slot.clock.local(self.now);
                         self.checker.check_node(self.now, local, node);
                     }
@@ -639,6 +669,14 @@ impl Sim {
             }
         }
         let slot = &mut self.nodes[node];
+        if slot.node.as_ref().is_some_and(SimNode::has_work) && !slot.stepping {
+            // Stalled: the rest of its mailboxes run a little later, after whatever arrives.
+            slot.stepping = true;
+            let incarnation = slot.incarnation;
+            let pause = Duration::from_micros(self.stall_rng.random_range(10..2_000));
+            self.schedule(self.now + pause, Event::NodeStep { node, incarnation });
+        }
+        let slot = &mut self.nodes[node];
         let want = slot.node.as_ref().and_then(SimNode::poll_timeout).map(|t| slot.clock.global(t).max(self.now));
         if want.is_some() && want != slot.armed {
             slot.armed = want;
@@ -676,6 +714,9 @@ impl Sim {
     }
 
     fn phone_event(&mut self, phone: usize, event: PhoneEvent) {
+        if let PhoneEvent::Established { call_id, peer, caller: true } = &event {
+            self.maybe_hang_up_together(phone, call_id, peer);
+        }
         match &event {
             PhoneEvent::Registered { .. } => self.report.registrations += 1,
             PhoneEvent::Dialing { .. } => self.report.calls_dialled += 1,
@@ -684,6 +725,25 @@ impl Sim {
             _ => {}
         }
         self.checker.phone_event(self.now, phone, &event);
+    }
+
+    /// Sometimes both parties of a call that just got answered will hang up at one moment.
+    fn maybe_hang_up_together(&mut self, caller: usize, call_id: &str, peer: &str) {
+        let w = &self.options.workload;
+        if !self.work_rng.random_bool(w.hangup_together_probability.clamp(0.0, 1.0)) {
+            return;
+        }
+        let Some(callee) =
+            peer.parse::<usize>().ok().and_then(|n| n.checked_sub(1000)).filter(|&i| i < self.phones.len())
+        else {
+            return;
+        };
+        let Some(callee_call) = self.phones[callee].phone.in_call().map(str::to_owned) else { return };
+        let at = self.now + exponential(&mut self.work_rng, w.talk_s_mean as f64 / 2.0);
+        for (phone, call_id) in [(caller, call_id.to_owned()), (callee, callee_call)] {
+            let skew = Duration::from_micros(self.work_rng.random_range(0..20_000));
+            self.schedule(at + skew, Event::HangUp { phone, call_id });
+        }
     }
 
     /// Puts a datagram on the network: maybe lost, maybe twice, always late.
