@@ -21,6 +21,8 @@ use std::time::Duration;
 const T1_64: Duration = Duration::from_secs(32);
 /// Room for network delay, clock drift and the checks' own period.
 const SLACK: Duration = Duration::from_secs(15);
+/// How long the registrar may hold a refresh in memory before storing it (its default).
+const REFRESH_FLUSH: Duration = Duration::from_secs(5);
 /// Violations kept when a run does not stop at the first.
 const VIOLATIONS_MAX: usize = 20;
 
@@ -94,6 +96,8 @@ struct PhoneModel {
     /// registrar grants at most.
     binding_until: Option<Timestamp>,
     dialog: Option<Dialog>,
+    /// The last 200 to its REGISTER: when it arrived, and the expiry it granted.
+    registered: Option<(Timestamp, Timestamp)>,
     /// When this phone was away or cut off (from, to): a BYE for it may never have arrived,
     /// so its calls overlapping these are exempt from the hang-up check.
     disturbed: Vec<(Timestamp, Timestamp)>,
@@ -187,10 +191,11 @@ impl Checker {
                     self.expect_hangup(now, phone, peer, since);
                 }
             }
-            PhoneEvent::Registered { .. }
-            | PhoneEvent::RegisterFailed { .. }
-            | PhoneEvent::DialIgnored
-            | PhoneEvent::Incoming { .. } => {}
+            PhoneEvent::Registered { expires_s } => {
+                let expires = now + Duration::from_secs(u64::from(*expires_s));
+                self.phones[phone].registered = Some((now, expires));
+            }
+            PhoneEvent::RegisterFailed { .. } | PhoneEvent::DialIgnored | PhoneEvent::Incoming { .. } => {}
         }
     }
 
@@ -233,6 +238,37 @@ impl Checker {
 
     pub fn node_crashed(&mut self, now: Timestamp) {
         self.outages.push((now, Timestamp(u64::MAX)));
+    }
+
+    /// When the last crash happened.
+    pub fn last_crash(&self) -> Option<Timestamp> {
+        self.outages.last().map(|(crash, _)| *crash)
+    }
+
+    /// A node restarted after crashing at `crash`: a registration pbx confirmed with 200 is
+    /// stored before the 200 leaves, and a refresh within `refresh_flush_s` (5 s) of it —
+    /// so a phone that got its 200 well before the crash must still be bound, unless the
+    /// expiry it was granted has passed.
+    pub fn check_restored(&mut self, now: Timestamp, crash: Timestamp, node: &SimNode) {
+        let bound: std::collections::BTreeSet<&str> = node.bindings().map(|b| b.aor.as_str()).collect();
+        let confirmed: Vec<(String, Timestamp, Timestamp)> = self
+            .phones
+            .iter()
+            .filter_map(|m| m.registered.map(|(at, until)| (m.extension.clone(), at, until)))
+            .filter(|(_, at, until)| *at + REFRESH_FLUSH + SLACK <= crash && *until > now + SLACK)
+            .collect();
+        for (extension, at, until) in confirmed {
+            let present = bound.contains(extension.as_str());
+            let origin = self.origin;
+            self.check(now, "a confirmed registration survives a crash", present, || {
+                format!(
+                    "{extension} got a 200 at {} (valid until {}), the node crashed at {} and came back without it",
+                    crate::sim::format_elapsed(at - origin),
+                    crate::sim::format_elapsed(until - origin),
+                    crate::sim::format_elapsed(crash - origin)
+                )
+            });
+        }
     }
 
     pub fn node_restarted(&mut self, now: Timestamp) {

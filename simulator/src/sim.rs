@@ -119,19 +119,50 @@ impl Clock {
 
 #[derive(Debug)]
 enum Event {
-    Deliver { from: SocketAddr, to: SocketAddr, bytes: Bytes },
-    NodeWake { node: usize },
-    NodeStep { node: usize, incarnation: u32 },
-    Commit { node: usize, incarnation: u32 },
-    PhoneWake { phone: usize },
-    Dial { phone: usize },
-    GoAway { phone: usize },
-    HangUp { phone: usize, call_id: String },
-    ComeBack { phone: usize },
-    Crash { node: usize },
-    Restart { node: usize },
+    Deliver {
+        from: SocketAddr,
+        to: SocketAddr,
+        bytes: Bytes,
+    },
+    NodeWake {
+        node: usize,
+    },
+    NodeStep {
+        node: usize,
+        incarnation: u32,
+    },
+    Commit {
+        node: usize,
+        incarnation: u32,
+    },
+    PhoneWake {
+        phone: usize,
+    },
+    Dial {
+        phone: usize,
+    },
+    GoAway {
+        phone: usize,
+    },
+    HangUp {
+        phone: usize,
+        call_id: String,
+    },
+    ComeBack {
+        phone: usize,
+    },
+    /// `mid_write`: the crash was aimed at the moment a write is in flight.
+    Crash {
+        node: usize,
+        mid_write: bool,
+    },
+    Restart {
+        node: usize,
+    },
     PartitionStart,
-    PartitionEnd { phones: Vec<usize> },
+    PartitionEnd {
+        phones: Vec<usize>,
+    },
     Check,
     Drain,
 }
@@ -223,6 +254,8 @@ struct NodeSlot {
     wakes_at: (Timestamp, u32),
     /// A `NodeStep` is scheduled (the node stalled with messages waiting).
     stepping: bool,
+    /// A crash waits for the node's next write.
+    crash_on_write: bool,
     down_since: Option<Timestamp>,
     /// Stats of earlier incarnations.
     stats: NodeStats,
@@ -354,6 +387,7 @@ impl Sim {
             armed: None,
             wakes_at: (ORIGIN, 0),
             stepping: false,
+            crash_on_write: false,
             down_since: None,
             stats: NodeStats::default(),
         });
@@ -392,7 +426,7 @@ impl Sim {
         }
         if options.faults.crashes_per_day > 0.0 {
             let at = ORIGIN + exponential(&mut sim.fault_rng, DAY_S as f64 / options.faults.crashes_per_day);
-            sim.schedule(at, Event::Crash { node: 0 });
+            sim.schedule(at, Event::Crash { node: 0, mid_write: false });
         }
         if options.net.partitions_per_day > 0.0 {
             let at = ORIGIN + exponential(&mut sim.fault_rng, DAY_S as f64 / options.net.partitions_per_day);
@@ -542,12 +576,19 @@ impl Sim {
                     self.schedule(at, Event::GoAway { phone });
                 }
             }
-            Event::Crash { node } => {
+            Event::Crash { node, mid_write } => {
                 if self.draining || self.nodes[node].node.is_none() {
+                    return;
+                }
+                // Half the crashes wait for the node's next write and strike while its fsync
+                // is under way: the moment that tests what "committed" means.
+                if !mid_write && self.fault_rng.random_bool(0.5) {
+                    self.nodes[node].crash_on_write = true;
                     return;
                 }
                 self.report.faults.crashes += 1;
                 let slot = &mut self.nodes[node];
+                slot.crash_on_write = false;
                 if let Some(n) = slot.node.take() {
                     add_stats(&mut slot.stats, &n.stats);
                 }
@@ -631,9 +672,13 @@ impl Sim {
         }
         let seed = self.fault_rng.random();
         self.start_node(node, seed);
+        let slot = &self.nodes[node];
+        if let (Some(n), Some(crash)) = (&slot.node, self.checker.last_crash()) {
+            self.checker.check_restored(self.now, crash, n);
+        }
         if !self.draining && self.options.faults.crashes_per_day > 0.0 {
             let at = self.now + exponential(&mut self.fault_rng, DAY_S as f64 / self.options.faults.crashes_per_day);
-            self.schedule(at, Event::Crash { node });
+            self.schedule(at, Event::Crash { node, mid_write: false });
         }
     }
 
@@ -664,7 +709,11 @@ impl Sim {
                     let at = after + fsync;
                     slot.pending.push_back((at, job));
                     let incarnation = slot.incarnation;
+                    let crash = fsync > Duration::ZERO && std::mem::take(&mut slot.crash_on_write);
                     self.schedule(at, Event::Commit { node, incarnation });
+                    if crash {
+                        self.schedule(self.now, Event::Crash { node, mid_write: true });
+                    }
                 }
             }
         }
