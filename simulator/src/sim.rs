@@ -673,8 +673,8 @@ impl Sim {
         let seed = self.fault_rng.random();
         self.start_node(node, seed);
         let slot = &self.nodes[node];
-        if let (Some(n), Some(crash)) = (&slot.node, self.checker.last_crash()) {
-            self.checker.check_restored(self.now, crash, n);
+        if let Some(n) = &slot.node {
+            self.checker.check_restored(self.now, n);
         }
         if !self.draining && self.options.faults.crashes_per_day > 0.0 {
             let at = self.now + exponential(&mut self.fault_rng, DAY_S as f64 / self.options.faults.crashes_per_day);
