@@ -1,5 +1,5 @@
-//! `pbx`: one binary for the appliance, and (as later issues add them) the cluster node,
-//! the simulator and the benchmarks' load harness.
+//! `pbx`: one binary for the appliance, the simulator (`pbx sim`, the same as `pbx-sim`), and
+//! (as later issues add them) the cluster node and the benchmarks' load harness.
 
 use clap::{Parser, Subcommand};
 use pbx_node::config::{Config, Flags, LogFormat};
@@ -39,12 +39,19 @@ enum Command {
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
     },
+    /// Run pbx's own machines over simulated days against a simulated office, network and
+    /// disk, with faults, checking invariants (the same as `pbx-sim`).
+    Sim(pbx_simulator::cli::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Appliance { data_dir, config, sip_listen, http_listen, rtp_ports, media_address, log_format } =
-        cli.command;
+    let (data_dir, config, sip_listen, http_listen, rtp_ports, media_address, log_format) = match cli.command {
+        Command::Appliance { data_dir, config, sip_listen, http_listen, rtp_ports, media_address, log_format } => {
+            (data_dir, config, sip_listen, http_listen, rtp_ports, media_address, log_format)
+        }
+        Command::Sim(args) => return pbx_simulator::cli::main(args),
+    };
     let flags = Flags { data_dir, config, sip_listen, http_listen, rtp_ports, media_address, log_format };
     let config = match Config::load(&flags) {
         Ok(c) => c,

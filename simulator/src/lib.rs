@@ -10,6 +10,7 @@
 //! function of its options: the same seed gives the same trace hash, and a failure replays.
 
 pub mod check;
+pub mod cli;
 pub mod disk;
 pub mod node;
 pub mod options;

@@ -1,0 +1,214 @@
+//! The command line of `pbx-sim` (and `pbx sim`, the same): runs the whole PBX — its own
+//! machines — over virtual days against a simulated office, network and disk, with faults,
+//! and checks invariants as it goes.
+//!
+//! `pbx-sim --seed 7 --duration 30d --phones 100` runs one seed and prints a summary;
+//! `pbx-sim --swarm 50 --duration 1d` runs 50 seeds and lists the failing ones with the command
+//! that replays each. Exit status 1 when an invariant was violated, 2 for a bad flag.
+
+use crate::options::{FaultOptions, NetOptions, Options, WorkloadFile, format_duration, parse_duration};
+use crate::sim::{Report, replay_command};
+use pbx_actors::bugs::Bugs;
+use pbx_actors::call::splitmix64;
+use std::panic::AssertUnwindSafe;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(clap::Parser, Debug)]
+#[command(name = "pbx-sim", about = "Deterministic simulation of a pbx office over virtual days")]
+pub struct Args {
+    /// The run's seed; a random one (printed) if not given. With --swarm, the swarm's seeds
+    /// are drawn from it.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Simulated time with calls and faults (then a drain until every call has ended): 30d, 12h, 90m.
+    #[arg(long, default_value = "1d", value_parser = parse_duration)]
+    duration: Duration,
+    /// Phones in the office (default 20, or the workload file's).
+    #[arg(long)]
+    phones: Option<usize>,
+    /// A TOML file with [office], [network] and [faults] tables (see simulator/workloads/).
+    #[arg(long)]
+    workload: Option<std::path::PathBuf>,
+    /// Run this many random seeds and report the failures.
+    #[arg(long)]
+    swarm: Option<u32>,
+    /// No faults at all: a perfect network, no crashes, no phones going away, no drift.
+    #[arg(long)]
+    no_faults: bool,
+    /// Switch on a deliberate bug to see the checkers catch it (skip-cdr, half-hangup).
+    #[arg(long, value_name = "BUG")]
+    inject_bug: Vec<String>,
+    /// Keep going after a violation (collects up to 20) instead of stopping at the first.
+    #[arg(long)]
+    keep_going: bool,
+}
+
+/// Runs what the flags ask for; the exit code is the binary's.
+pub fn main(args: Args) -> ExitCode {
+    let options = match options(&args) {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("pbx-sim: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let extra = extra_flags(&args);
+    match args.swarm {
+        None => {
+            let report = run(options.clone());
+            print_report(&report, &options);
+            if report.violations.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                println!("replay: {}", replay_command(&options, &extra));
+                ExitCode::FAILURE
+            }
+        }
+        Some(count) => swarm(options, count, &extra),
+    }
+}
+
+fn options(args: &Args) -> Result<Options, String> {
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let mut options = Options::new(seed, args.duration);
+    if let Some(path) = &args.workload {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("--workload {}: {e}", path.display()))?;
+        let file = WorkloadFile::parse(&text).map_err(|e| format!("--workload {}: {e}", path.display()))?;
+        options.workload = file.office;
+        options.net = file.network;
+        options.faults = file.faults;
+    }
+    if let Some(phones) = args.phones {
+        options.workload.phones = phones;
+    }
+    if args.no_faults {
+        options.net = NetOptions::quiet();
+        options.faults = FaultOptions::none();
+    }
+    let mut bugs = Bugs::default();
+    for name in &args.inject_bug {
+        if !bugs.enable(name) {
+            return Err(format!("--inject-bug {name}: no such bug (known: {})", Bugs::NAMES.join(", ")));
+        }
+    }
+    options.bugs = bugs;
+    options.stop_at_first_violation = !args.keep_going;
+    Ok(options)
+}
+
+/// The flags a replay needs besides seed, duration and phones.
+fn extra_flags(args: &Args) -> String {
+    let mut extra = String::new();
+    if let Some(path) = &args.workload {
+        extra += &format!(" --workload {}", path.display());
+    }
+    if args.no_faults {
+        extra += " --no-faults";
+    }
+    for bug in &args.inject_bug {
+        extra += &format!(" --inject-bug {bug}");
+    }
+    extra
+}
+
+/// Runs one seed; a panic in the product's code is a failure like any other.
+fn run(options: Options) -> Report {
+    let seed = options.seed;
+    match std::panic::catch_unwind(AssertUnwindSafe(|| crate::run(options))) {
+        Ok(report) => report,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic".into());
+            Report {
+                seed,
+                violations: vec![crate::check::Violation {
+                    at: Duration::ZERO,
+                    invariant: "nothing panics",
+                    detail: message,
+                }],
+                ..Default::default()
+            }
+        }
+    }
+}
+
+fn swarm(base: Options, count: u32, extra: &str) -> ExitCode {
+    let mut seeds = base.seed;
+    let mut failures = Vec::new();
+    let mut simulated = Duration::ZERO;
+    let mut wall = Duration::ZERO;
+    println!("pbx-sim: swarm of {count} seeds from {}, {} each", base.seed, format_duration(base.duration));
+    for i in 0..count {
+        let options = Options { seed: splitmix64(&mut seeds), ..base.clone() };
+        let report = run(options.clone());
+        simulated += report.simulated;
+        wall += report.wall;
+        let verdict =
+            if report.violations.is_empty() { "ok".to_owned() } else { format!("FAILED: {}", report.violations[0]) };
+        println!("  [{:>3}/{count}] seed {:>20}  trace {:016x}  {verdict}", i + 1, options.seed, report.trace_hash);
+        if !report.violations.is_empty() {
+            failures.push(replay_command(&options, extra));
+        }
+    }
+    println!(
+        "pbx-sim: {} of {count} seeds failed; {} simulated in {:.1} s ({:.0}× real time)",
+        failures.len(),
+        crate::sim::format_elapsed(simulated),
+        wall.as_secs_f64(),
+        simulated.as_secs_f64() / wall.as_secs_f64().max(1e-9)
+    );
+    for command in &failures {
+        println!("  replay: {command}");
+    }
+    if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn print_report(r: &Report, options: &Options) {
+    let f = &r.faults;
+    println!(
+        "pbx-sim: seed {}, {} simulated ({} with calls and faults, then a drain) in {:.2} s wall: {:.0}× real time",
+        r.seed,
+        crate::sim::format_elapsed(r.simulated),
+        format_duration(options.duration),
+        r.wall.as_secs_f64(),
+        r.speedup()
+    );
+    println!(
+        "  office:     {} phones, {} registrations, {} calls dialled, {} answered, {} failed, {} CDRs stored",
+        r.phones, r.registrations, r.calls_dialled, r.calls_answered, r.calls_failed, r.cdrs
+    );
+    println!(
+        "  pbx:        {} calls started, {} refused, {} bindings expired, {} auth failures, {} malformed",
+        r.node.calls_started, r.node.calls_refused, r.node.expired, r.node.auth_failed, r.node.malformed
+    );
+    println!(
+        "  faults:     {} injected: of {} datagrams {} lost, {} duplicated, {} reordered, {} cut off in {} partitions; \
+         {} node crashes ({} writes lost); {} phones went away",
+        f.total(),
+        f.datagrams,
+        f.lost,
+        f.duplicated,
+        f.reordered,
+        f.cut_off,
+        f.partitions,
+        f.crashes,
+        f.writes_lost,
+        f.phones_away
+    );
+    println!("  invariants: {} checks, {} violations", r.checks, r.violations.len());
+    for v in &r.violations {
+        println!("    {v}");
+    }
+    println!("  events:     {}, trace hash {:016x}", r.events, r.trace_hash);
+}
+
+/// A seed for a run nobody asked to repeat: it is printed, so it can be.
+fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mut state = nanos ^ u64::from(std::process::id()).rotate_left(32);
+    splitmix64(&mut state) % 1_000_000_000
+}
