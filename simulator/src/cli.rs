@@ -94,6 +94,7 @@ fn options(args: &Args) -> Result<Options, String> {
     }
     options.bugs = bugs;
     options.stop_at_first_violation = !args.keep_going;
+    options.validate()?;
     Ok(options)
 }
 

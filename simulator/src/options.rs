@@ -169,6 +169,73 @@ impl Options {
     }
 }
 
+/// Phones the simulated network has addresses and numbers for.
+pub const PHONES_MAX: usize = 10_000;
+
+impl Options {
+    /// Refuses what the simulation cannot mean, naming the key and the reason.
+    pub fn validate(&self) -> Result<(), String> {
+        let w = &self.workload;
+        let n = &self.net;
+        let f = &self.faults;
+        let probabilities = [
+            ("office.answer_probability", w.answer_probability),
+            ("office.reject_probability", w.reject_probability),
+            ("office.cancel_probability", w.cancel_probability),
+            ("office.hangup_together_probability", w.hangup_together_probability),
+            ("office.unknown_number_probability", w.unknown_number_probability),
+            ("network.loss", n.loss),
+            ("network.duplicate", n.duplicate),
+            ("network.reorder", n.reorder),
+            ("faults.stall", f.stall),
+        ];
+        for (key, p) in probabilities {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("{key}: {p} is not a probability (0 to 1)"));
+            }
+        }
+        let rates = [
+            ("office.calls_per_phone_per_hour", w.calls_per_phone_per_hour),
+            ("network.partitions_per_day", n.partitions_per_day),
+            ("faults.crashes_per_day", f.crashes_per_day),
+            ("faults.away_per_phone_per_day", f.away_per_phone_per_day),
+        ];
+        for (key, r) in rates {
+            if !(r.is_finite() && r >= 0.0) {
+                return Err(format!("{key}: {r} must be a rate of zero or more"));
+            }
+        }
+        if w.phones > PHONES_MAX {
+            return Err(format!(
+                "office.phones: {} is more than the {PHONES_MAX} the simulation has room for",
+                w.phones
+            ));
+        }
+        if !(w.office_hours.0 < w.office_hours.1 && w.office_hours.1 <= 24) {
+            return Err(format!("office.office_hours: {:?} must be [from, to) with from < to <= 24", w.office_hours));
+        }
+        if w.answer_probability + w.reject_probability > 1.0 {
+            return Err("office.answer_probability + office.reject_probability: more than 1".into());
+        }
+        let ranges = [
+            ("office.ring_s", w.ring_s),
+            ("network.partition_s", n.partition_s),
+            ("faults.down_s", f.down_s),
+            ("faults.away_s", f.away_s),
+            ("faults.fsync_ms", f.fsync_ms),
+        ];
+        for (key, (low, high)) in ranges {
+            if low > high {
+                return Err(format!("{key}: [{low}, {high}] is not a range (low > high)"));
+            }
+        }
+        if w.talk_s_mean == 0 || w.talk_s_max == 0 || w.register_expires_s == 0 {
+            return Err("office.talk_s_mean, office.talk_s_max and office.register_expires_s must be positive".into());
+        }
+        Ok(())
+    }
+}
+
 /// A workload file: `[office]`, `[network]` and `[faults]` tables, each optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -233,6 +300,24 @@ mod tests {
         let file = WorkloadFile::parse(include_str!("../workloads/office.toml")).unwrap();
         assert_eq!(file.office.phones, 100);
         assert_eq!(file.faults.away_s, (60, 14_400));
+    }
+
+    #[test]
+    fn nonsense_options_are_refused_by_name() {
+        let base = Options::new(1, Duration::from_secs(60));
+        assert_eq!(base.validate(), Ok(()));
+        let mut o = base.clone();
+        o.net.loss = 1.5;
+        assert!(o.validate().unwrap_err().starts_with("network.loss:"));
+        let mut o = base.clone();
+        o.workload.office_hours = (18, 8);
+        assert!(o.validate().unwrap_err().starts_with("office.office_hours:"));
+        let mut o = base.clone();
+        o.faults.down_s = (10, 5);
+        assert!(o.validate().unwrap_err().starts_with("faults.down_s:"));
+        let mut o = base;
+        o.workload.phones = PHONES_MAX + 1;
+        assert!(o.validate().unwrap_err().starts_with("office.phones:"));
     }
 
     #[test]
