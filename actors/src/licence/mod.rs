@@ -1,0 +1,7 @@
+//! Licences and vouchers: what this PBX may do, as the licence service signs it.
+//!
+//! - [`document`]: the signed documents (licence, voucher unlocks) and their verification.
+
+pub mod document;
+
+pub use document::{Envelope, Feature, Kind, Licence, Limits, PublicKey, Refused, SigningKey, Unlocks};
