@@ -25,6 +25,15 @@ pub const DEFAULT_CDR_RETENTION_DAYS: u32 = 90;
 const NO_ANSWER_TIMEOUT_S_RANGE: (u32, u32) = (1, 600);
 const RTP_TIMEOUT_S_RANGE: (u32, u32) = (5, 3_600);
 const CDR_RETENTION_DAYS_RANGE: (u32, u32) = (1, 3_650);
+/// The seed's licence schedule: a check every 24 h, hourly retries, and (the issue's
+/// default) 14 days of grace before licensed features switch off.
+pub const DEFAULT_LICENCE_CHECK_INTERVAL_H: u32 = 24;
+pub const DEFAULT_LICENCE_RETRY_INTERVAL_H: u32 = 1;
+pub const DEFAULT_LICENCE_GRACE_DAYS: u32 = 14;
+/// The seed's voucher center is asked at start-up and every 24 h.
+pub const DEFAULT_VOUCHER_INTERVAL_H: u32 = 24;
+/// Numbers no licence limit refuses: police and emergency in Europe (110, 112) and North America.
+pub const DEFAULT_EMERGENCY_NUMBERS: [&str; 3] = ["110", "112", "911"];
 /// Extensions declared in one file; more is a typo or an attack on start-up time.
 pub const CONFIG_EXTENSIONS_MAX: usize = 10_000;
 
@@ -86,7 +95,48 @@ struct FileConfig {
     #[serde(default)]
     calls: CallsSection,
     #[serde(default)]
+    licence: LicenceSection,
+    #[serde(default)]
     extensions: Vec<ExtensionDecl>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct LicenceSection {
+    serial: Option<String>,
+    server_url: Option<String>,
+    public_key: Option<String>,
+    server_ca: Option<PathBuf>,
+    check_interval_h: Option<u32>,
+    retry_interval_h: Option<u32>,
+    grace_days: Option<u32>,
+    voucher_interval_h: Option<u32>,
+}
+
+/// Where the licence service is and how pbx trusts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LicenceService {
+    /// `https://host:port` (plain `http://` only to a loopback address).
+    pub url: String,
+    /// The service's Ed25519 key: licences verify offline against it.
+    pub public_key: pbx_actors::licence::PublicKey,
+    /// A PEM file of the CA (or self-signed certificate) that signed the service's TLS
+    /// certificate; without it, the usual web roots.
+    pub server_ca: Option<PathBuf>,
+}
+
+/// The licence watchdog's and voucher sync's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LicenceConfig {
+    /// This PBX's serial number; `None`: made at first start and kept in the data directory.
+    pub serial: Option<String>,
+    /// `None`: no service configured — pbx runs unlicensed (the base limits), which is not
+    /// an error.
+    pub service: Option<LicenceService>,
+    pub check_interval_h: u32,
+    pub retry_interval_h: u32,
+    pub grace_days: u32,
+    pub voucher_interval_h: u32,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -96,6 +146,7 @@ struct CallsSection {
     rtp_timeout_s: Option<u32>,
     media_address: Option<String>,
     cdr_retention_days: Option<u32>,
+    emergency_numbers: Option<Vec<String>>,
 }
 
 /// How calls are handled and how long their records are kept.
@@ -109,6 +160,8 @@ pub struct CallsConfig {
     pub media_address: IpAddr,
     /// Call detail records older than this are deleted (privacy category `cdr`).
     pub cdr_retention_days: u32,
+    /// Numbers no licence limit ever refuses.
+    pub emergency_numbers: Vec<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -156,6 +209,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub registrar: RegistrarConfig,
     pub calls: CallsConfig,
+    pub licence: LicenceConfig,
     pub extensions: Vec<ExtensionDecl>,
 }
 
@@ -239,7 +293,17 @@ impl Config {
             rtp_timeout_s: file.calls.rtp_timeout_s.unwrap_or(DEFAULT_RTP_TIMEOUT_S),
             media_address,
             cdr_retention_days: file.calls.cdr_retention_days.unwrap_or(DEFAULT_CDR_RETENTION_DAYS),
+            emergency_numbers: file
+                .calls
+                .emergency_numbers
+                .unwrap_or_else(|| DEFAULT_EMERGENCY_NUMBERS.map(String::from).to_vec()),
         };
+        if let Some(bad) =
+            calls.emergency_numbers.iter().find(|n| n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(invalid("calls.emergency_numbers", format!("{bad:?} is not a number of digits")));
+        }
+        let licence = licence_config(file.licence).map_err(|(key, reason)| invalid(key, reason))?;
         for (key, value, (low, high)) in [
             ("calls.no_answer_timeout_s", calls.no_answer_timeout_s, NO_ANSWER_TIMEOUT_S_RANGE),
             ("calls.rtp_timeout_s", calls.rtp_timeout_s, RTP_TIMEOUT_S_RANGE),
@@ -329,8 +393,76 @@ impl Config {
             log_format,
             registrar,
             calls,
+            licence,
             extensions: file.extensions,
         })
+    }
+}
+
+/// Checks the `[licence]` section; an error names the key.
+fn licence_config(l: LicenceSection) -> Result<LicenceConfig, (&'static str, String)> {
+    if let Some(serial) = &l.serial
+        && !valid_serial(serial)
+    {
+        return Err(("licence.serial", format!("{serial:?} must be 1–64 characters of A-Z a-z 0-9 . _ -")));
+    }
+    let service = match (l.server_url, l.public_key) {
+        (None, None) => None,
+        (Some(_), None) => return Err(("licence.public_key", "needed with licence.server_url".into())),
+        (None, Some(_)) => return Err(("licence.server_url", "needed with licence.public_key".into())),
+        (Some(url), Some(key)) => {
+            let public_key = pbx_actors::licence::PublicKey::from_hex(&key).map_err(|e| ("licence.public_key", e))?;
+            check_service_url(&url).map_err(|e| ("licence.server_url", e))?;
+            Some(LicenceService { url: url.trim_end_matches('/').to_owned(), public_key, server_ca: l.server_ca })
+        }
+    };
+    let c = LicenceConfig {
+        serial: l.serial,
+        service,
+        check_interval_h: l.check_interval_h.unwrap_or(DEFAULT_LICENCE_CHECK_INTERVAL_H),
+        retry_interval_h: l.retry_interval_h.unwrap_or(DEFAULT_LICENCE_RETRY_INTERVAL_H),
+        grace_days: l.grace_days.unwrap_or(DEFAULT_LICENCE_GRACE_DAYS),
+        voucher_interval_h: l.voucher_interval_h.unwrap_or(DEFAULT_VOUCHER_INTERVAL_H),
+    };
+    for (key, value, (low, high)) in [
+        ("licence.check_interval_h", c.check_interval_h, (1, 168)),
+        ("licence.retry_interval_h", c.retry_interval_h, (1, 24)),
+        ("licence.grace_days", c.grace_days, (1, 365)),
+        ("licence.voucher_interval_h", c.voucher_interval_h, (1, 168)),
+    ] {
+        if !(low..=high).contains(&value) {
+            return Err((key, format!("{value} is not between {low} and {high}")));
+        }
+    }
+    if c.retry_interval_h > c.check_interval_h {
+        return Err(("licence.retry_interval_h", "must not exceed licence.check_interval_h".into()));
+    }
+    Ok(c)
+}
+
+/// A serial number as the licence service accepts it.
+pub fn valid_serial(serial: &str) -> bool {
+    (1..=64).contains(&serial.len())
+        && serial.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `https://…`, or `http://` to a loopback address only: a licence travels in the clear
+/// nowhere but inside this machine.
+fn check_service_url(url: &str) -> Result<(), String> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?} is not a URL"))?;
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?} names no host"));
+    }
+    match scheme {
+        "https" => Ok(()),
+        "http" if host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()) => Ok(()),
+        "http" => Err(format!("{url:?}: plain http only to a loopback address; use https")),
+        _ => Err(format!("{url:?}: the scheme must be https")),
     }
 }
 
@@ -387,8 +519,44 @@ mod tests {
             rtp_timeout_s: 60,
             media_address: "127.0.0.1".parse().unwrap(),
             cdr_retention_days: 90,
+            emergency_numbers: vec!["110".into(), "112".into(), "911".into()],
         };
         assert_eq!(c.calls, calls, "0.0.0.0 cannot go into SDP, so media defaults to loopback");
+    }
+
+    /// The licence section: none means unlicensed; a URL needs a key; http only on loopback.
+    #[test]
+    fn licence_section() {
+        let c = Config::load(&Flags::default()).unwrap();
+        assert_eq!(c.licence.service, None);
+        assert_eq!((c.licence.check_interval_h, c.licence.retry_interval_h, c.licence.grace_days), (24, 1, 14));
+        let key = "11".repeat(32);
+        let c = load_text(&format!(
+            "[licence]\nserver_url = \"https://lic.example:8443/\"\npublic_key = \"{key}\"\ngrace_days = 3"
+        ))
+        .unwrap();
+        let service = c.licence.service.unwrap();
+        assert_eq!(service.url, "https://lic.example:8443");
+        assert_eq!(c.licence.grace_days, 3);
+        let ok = load_text(&format!("[licence]\nserver_url = \"http://127.0.0.1:9000\"\npublic_key = \"{key}\""));
+        assert!(ok.is_ok(), "{ok:?}");
+        for (text, key_named) in [
+            (
+                format!("[licence]\nserver_url = \"http://192.0.2.1:9000\"\npublic_key = \"{key}\""),
+                "licence.server_url",
+            ),
+            ("[licence]\nserver_url = \"https://x\"".to_string(), "licence.public_key"),
+            (
+                format!("[licence]\nserver_url = \"https://x\"\npublic_key = \"{}\"", "1".repeat(10)),
+                "licence.public_key",
+            ),
+            ("[licence]\ngrace_days = 0".to_string(), "licence.grace_days"),
+            ("[licence]\nserial = \"a b\"".to_string(), "licence.serial"),
+            ("[calls]\nemergency_numbers = [\"11a\"]".to_string(), "calls.emergency_numbers"),
+        ] {
+            let err = load_text(&text).unwrap_err().to_string();
+            assert!(err.contains(key_named), "{text}: {err}");
+        }
     }
 
     /// The shipped example is a valid config, so its documentation cannot drift into fiction.

@@ -161,6 +161,8 @@ struct LiveLeg {
     /// parties hang up at once. Without it the request's server transaction, which waits for
     /// its answer with no timer (RFC 3261 §17.2.2), would never end.
     requests: Vec<(ServerKey, Response)>,
+    /// The caller's leg of a call: one per call in progress.
+    caller: bool,
 }
 
 /// In-dialog requests one leg may have unanswered at once; more get 503 (a phone has one or
@@ -177,6 +179,12 @@ pub struct Endpoint {
     /// Unanswered INVITEs of A-legs, for CANCEL.
     invites: HashMap<ServerKey, LegId>,
     next_leg: u64,
+    /// Calls in progress (their A-legs are live).
+    calls: usize,
+    /// The licence's limit on calls at once (`None`: none); beyond it a new INVITE gets 403.
+    call_limit: Option<u32>,
+    /// Numbers never refused for a licence limit.
+    emergency_numbers: Vec<String>,
     outputs: VecDeque<EndpointOutput>,
     now: Timestamp,
 }
@@ -192,9 +200,28 @@ impl Endpoint {
             legs: HashMap::new(),
             invites: HashMap::new(),
             next_leg: leg_seed,
+            calls: 0,
+            call_limit: None,
+            emergency_numbers: Vec::new(),
             outputs: VecDeque::new(),
             now: Timestamp::ZERO,
         }
+    }
+
+    /// The licence's limit on calls at once, as it stands now (it changes when the licence
+    /// does); calls already up are never cut.
+    pub fn set_call_limit(&mut self, limit: Option<u32>) {
+        self.call_limit = limit;
+    }
+
+    /// Numbers a licence limit never refuses (`calls.emergency_numbers`).
+    pub fn set_emergency_numbers(&mut self, numbers: Vec<String>) {
+        self.emergency_numbers = numbers;
+    }
+
+    /// Calls in progress.
+    pub fn calls(&self) -> usize {
+        self.calls
     }
 
     pub fn handle(&mut self, now: Timestamp, input: EndpointInput) {
@@ -215,7 +242,10 @@ impl Endpoint {
             }
             EndpointInput::FromLeg { leg, out } => self.leg_sends(leg, out),
             EndpointInput::LegDown { leg } => {
-                if let Some(LiveLeg { invite, requests }) = self.legs.remove(&leg) {
+                if let Some(LiveLeg { invite, requests, caller }) = self.legs.remove(&leg) {
+                    if caller {
+                        self.calls -= 1;
+                    }
                     if let Some((key, give_up)) = invite {
                         self.invites.remove(&key);
                         self.respond(key, give_up);
@@ -479,14 +509,24 @@ impl Endpoint {
     }
 
     fn start_call(&mut self, key: ServerKey, invite: Request, source: SocketAddr, transport: Transport, route: Route) {
+        if let Some(limit) = self.call_limit
+            && self.calls >= limit as usize
+            && !self.emergency_numbers.contains(&route.callee)
+        {
+            // RFC 3261 §21.4.4: understood, refused; the reason phrase says why.
+            let mut response = invite.response(403, Some(&self.next_tag()));
+            response.reason = format!("Licence limit: {limit} concurrent calls");
+            return self.respond(key, response);
+        }
+        self.calls += 1;
         let a = self.new_leg();
         let mut give_up = invite.response(500, Some(&a.tag()));
         give_up.reason = "Call Failed".into();
-        self.legs.insert(a, LiveLeg { invite: Some((key.clone(), give_up)), requests: Vec::new() });
+        self.legs.insert(a, LiveLeg { invite: Some((key.clone(), give_up)), requests: Vec::new(), caller: true });
         self.invites.insert(key.clone(), a);
         let forks: Vec<LegId> = route.contacts.iter().map(|_| self.new_leg()).collect();
         for leg in &forks {
-            self.legs.insert(*leg, LiveLeg { invite: None, requests: Vec::new() });
+            self.legs.insert(*leg, LiveLeg { invite: None, requests: Vec::new(), caller: false });
         }
         self.outputs.push_back(EndpointOutput::StartCall(Box::new(CallStart {
             a,

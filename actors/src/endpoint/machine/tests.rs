@@ -168,3 +168,38 @@ fn invites_are_routed_to_calls_and_legs() {
     run(&mut e, Timestamp::from_secs(40), EndpointInput::Timeout);
     assert_eq!(e.transactions(), 0, "every transaction ended by its timers");
 }
+
+/// The licence's limit on calls at once: a call beyond it gets 403 saying so, an emergency
+/// number never does, and a call that ends makes room.
+#[test]
+fn licence_call_limit_refuses_beyond_it_but_not_emergency_numbers() {
+    let mut e = Endpoint::new(TimerConfig::default(), 0x200);
+    e.set_call_limit(Some(1));
+    e.set_emergency_numbers(vec!["112".into()]);
+    let call = |e: &mut Endpoint, branch: &str, callee: &str| {
+        let outs = run(e, Timestamp::ZERO, inbound(request("INVITE", branch)));
+        let tx = outs
+            .iter()
+            .find_map(|o| match o {
+                EndpointOutput::Route { tx, .. } => Some(*tx),
+                _ => None,
+            })
+            .expect("handed to the registrar");
+        let route =
+            Route { caller: "100".into(), caller_display_name: String::new(), callee: callee.into(), contacts: vec![] };
+        run(e, Timestamp::ZERO, EndpointInput::Routed { tx, route })
+    };
+    let first = call(&mut e, "z9hG4bK-l1", "101");
+    let [EndpointOutput::StartCall(start)] = &first[..] else { panic!("{first:?}") };
+    let a = start.a;
+    assert_eq!(e.calls(), 1);
+    let refused = transmitted(&call(&mut e, "z9hG4bK-l2", "102"));
+    assert!(refused[0].starts_with("SIP/2.0 403 Licence limit: 1 concurrent calls\r\n"), "{refused:?}");
+    let emergency = call(&mut e, "z9hG4bK-l3", "112");
+    assert!(matches!(&emergency[..], [EndpointOutput::StartCall(_)]), "{emergency:?}");
+    assert_eq!(e.calls(), 2);
+    run(&mut e, Timestamp::ZERO, EndpointInput::LegDown { leg: a });
+    assert_eq!(e.calls(), 1);
+    e.set_call_limit(Some(2));
+    assert!(matches!(&call(&mut e, "z9hG4bK-l4", "103")[..], [EndpointOutput::StartCall(_)]));
+}
