@@ -1,7 +1,21 @@
 //! Licences and vouchers: what this PBX may do, as the licence service signs it.
 //!
 //! - [`document`]: the signed documents (licence, voucher unlocks) and their verification.
+//! - [`watchdog`]: the daily licence check, the grace period, and what is licensed now.
+//! - [`vouchers`]: the daily fetch of voucher unlocks, and redeeming a voucher code.
+//! - [`actor`]: the ractor shells of both, their ports, and the [`LicenceView`] pbx reads.
 
+pub mod actor;
 pub mod document;
+pub mod vouchers;
+pub mod watchdog;
 
+pub use actor::{
+    LicenceService, LicenceSnapshot, LicenceStore, LicenceView, VoucherActor, VoucherArgs, VoucherMsg, WatchdogActor,
+    WatchdogArgs, WatchdogMsg,
+};
 pub use document::{Envelope, Feature, Kind, Licence, Limits, PublicKey, Refused, SigningKey, Unlocks};
+pub use vouchers::{StoredUnlocks, VoucherConfig, VoucherEvent, VoucherInput, VoucherOutput, VoucherSync};
+pub use watchdog::{
+    Effective, LicenceStatus, Stored, Watchdog, WatchdogConfig, WatchdogEvent, WatchdogInput, WatchdogOutput,
+};
