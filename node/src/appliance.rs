@@ -2,7 +2,8 @@
 //! file, no other server to install.
 //!
 //! Start-up order: data directory → storage (restore) → CDR writer → admin token → sockets →
-//! registrar → calls → endpoint → transports → HTTP. Any failure before serving names what it was doing
+//! registrar → licence watchdog and voucher sync (when a service is configured) → calls →
+//! endpoint → transports → HTTP. Any failure before serving names what it was doing
 //! and the node exits non-zero. SIGTERM/SIGINT stop the HTTP server, then the actors (the
 //! registrar flushes batched binding refreshes as it stops), then the CDR writer (it stores
 //! what is queued), then exit 0.
@@ -10,6 +11,7 @@
 use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::http::{self, ApiState, CallsView};
+use crate::licence::{self, HttpLicenceService};
 use crate::storage::{CdrWriter, Storage};
 use crate::transport::{self, Backlog, SipSockets};
 use anyhow::Context;
@@ -19,11 +21,15 @@ use pbx_actors::call::b2bua::CallConfig;
 use pbx_actors::cdr::{ActiveCall, CdrStore};
 use pbx_actors::endpoint::actor::EndpointSink;
 use pbx_actors::endpoint::{EndpointActor, EndpointArgs};
+use pbx_actors::licence::{
+    LicenceService, LicenceStore, LicenceView, VoucherActor, VoucherArgs, VoucherConfig, VoucherMsg, WatchdogActor,
+    WatchdogArgs, WatchdogConfig,
+};
 use pbx_actors::media::pool::PortPool;
 use pbx_actors::media::relay::RelayConfig;
 use pbx_actors::registrar::{RegistrarActor, RegistrarArgs, RegistrarMsg};
 use pbx_actors::sip::transaction::TimerConfig;
-use ractor::Actor;
+use ractor::{Actor, ActorRef};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -124,6 +130,8 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
             .await
             .context("start calls")?;
 
+    let licence = start_licence(&config, &storage, clock).await?;
+
     let backlog = Backlog::default();
     let (endpoint, endpoint_handle) = Actor::spawn(
         Some("sip-endpoint".into()),
@@ -136,6 +144,8 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
             timers,
             leg_seed: rand::random(),
             inbound_backlog: backlog.0.clone(),
+            licence: licence.view.clone(),
+            emergency_numbers: config.calls.emergency_numbers.clone(),
         },
     )
     .await
@@ -153,6 +163,9 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         clock,
         storage: storage.clone(),
         calls: Arc::new(CallsList(calls.clone())),
+        licence: licence.view.clone(),
+        vouchers: licence.vouchers.clone(),
+        serial: licence.serial.clone(),
     };
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new().app_data(actix_web::web::Data::new(state.clone())).configure(http::routes)
@@ -179,6 +192,9 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     // and ports go with the calls actor.
     calls.stop(None);
     let _ = calls_handle.await;
+    for actor in licence.actors {
+        actor.stop(None);
+    }
     registrar.stop(None);
     let _ = registrar_handle.await;
     // The last handle once the actors are gone: dropping it stores what is queued and joins the
@@ -186,6 +202,73 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     drop(cdr_store);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The licence side of a running node.
+struct Licensing {
+    serial: String,
+    /// `None`: no licence service configured, nothing is gated.
+    view: Option<LicenceView>,
+    vouchers: Option<ActorRef<VoucherMsg>>,
+    actors: Vec<ractor::ActorCell>,
+}
+
+/// Starts the licence watchdog and the voucher sync when a licence service is configured,
+/// from what the last run stored (so an outage at start changes nothing within the grace).
+async fn start_licence(config: &Config, storage: &Arc<Storage>, clock: SystemClock) -> anyhow::Result<Licensing> {
+    let serial = licence::serial(config.licence.serial.as_deref(), &config.data_dir).context("serial number")?;
+    let Some(service_config) = &config.licence.service else {
+        tracing::info!(%serial, "no licence service configured: nothing is gated by a licence");
+        return Ok(Licensing { serial, view: None, vouchers: None, actors: Vec::new() });
+    };
+    let service: Arc<dyn LicenceService> =
+        Arc::new(HttpLicenceService::new(service_config).map_err(|e| anyhow::anyhow!("config: {e}"))?);
+    let (stored, stored_unlocks) = storage.load_licence().context("load the stored licence")?;
+    let view = LicenceView::new();
+    let l = &config.licence;
+    let mut watchdog = WatchdogConfig::new(serial.clone(), service_config.public_key);
+    watchdog.check_interval = Duration::from_secs(u64::from(l.check_interval_h) * 3600);
+    watchdog.retry_interval = Duration::from_secs(u64::from(l.retry_interval_h) * 3600);
+    watchdog.grace = Duration::from_secs(u64::from(l.grace_days) * 86_400);
+    let mut vouchers = VoucherConfig::new(serial.clone(), service_config.public_key);
+    vouchers.interval = Duration::from_secs(u64::from(l.voucher_interval_h) * 3600);
+    vouchers.retry = watchdog.retry_interval;
+    let store: Arc<dyn LicenceStore> = storage.clone();
+    let (watchdog, _) = Actor::spawn(
+        Some("licence-watchdog".into()),
+        WatchdogActor,
+        WatchdogArgs {
+            config: watchdog,
+            clock: Arc::new(clock),
+            service: service.clone(),
+            store: store.clone(),
+            stored,
+            view: view.clone(),
+        },
+    )
+    .await
+    .context("start licence watchdog")?;
+    let (voucher_actor, _) = Actor::spawn(
+        Some("voucher-sync".into()),
+        VoucherActor,
+        VoucherArgs {
+            config: vouchers,
+            clock: Arc::new(clock),
+            service,
+            store,
+            stored: stored_unlocks,
+            view: view.clone(),
+        },
+    )
+    .await
+    .context("start voucher sync")?;
+    tracing::info!(%serial, service = %service_config.url, "licence watchdog and voucher sync started");
+    Ok(Licensing {
+        serial,
+        view: Some(view),
+        vouchers: Some(voucher_actor.clone()),
+        actors: vec![watchdog.get_cell(), voucher_actor.get_cell()],
+    })
 }
 
 /// Calls in progress, from the calls actor.

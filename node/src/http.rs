@@ -19,6 +19,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use pbx_actors::Timestamp;
 use pbx_actors::cdr::{ActiveCall, Cdr, Disposition, MediaCounters};
 use pbx_actors::endpoint::EndpointMsg;
+use pbx_actors::licence::{LicenceView, VoucherMsg};
 use pbx_actors::registrar::RegistrarMsg;
 use pbx_actors::time::Clock;
 use ractor::ActorRef;
@@ -54,6 +55,16 @@ pub struct ApiState {
     /// Read directly for CDR queries: redb readers do not wait for the writers.
     pub storage: Arc<Storage>,
     pub calls: Arc<dyn CallsView>,
+    /// The licence in force; `None` when no licence service is configured (nothing gated).
+    pub licence: Option<LicenceView>,
+    pub vouchers: Option<ActorRef<VoucherMsg>>,
+    pub serial: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VoucherIn {
+    code: String,
 }
 
 #[derive(Deserialize)]
@@ -362,6 +373,21 @@ async fn put_extension(req: HttpRequest, state: web::Data<ApiState>, body: web::
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
     };
     let (number, display_name) = (new.number.clone(), new.display_name.clone());
+    // The licence limits how many extensions exist; one that exists may always be changed,
+    // and none is ever deleted for a licence.
+    if let Some(licence) = &state.licence {
+        let limit = licence.effective().limits.extensions;
+        let existing = match ask(&state.registrar, RegistrarMsg::ListExtensions).await {
+            Ok(list) => list,
+            Err(r) => return r,
+        };
+        if !existing.iter().any(|e| e.number == number) && existing.len() >= limit as usize {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!("licence limit: {limit} extensions (there are {}); no new extension", existing.len()),
+            );
+        }
+    }
     let result = ask(&state.registrar, |reply| RegistrarMsg::PutExtension {
         number: new.number,
         password: new.password,
@@ -446,6 +472,62 @@ async fn calls(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "calls": calls }))
 }
 
+/// The licence as this node holds it: status, the licence and unlocks, what is in force.
+async fn licence(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
+    require_auth!(req, state);
+    match &state.licence {
+        Some(view) => {
+            let mut out = serde_json::to_value(view.snapshot()).unwrap_or_default();
+            if let Some(map) = out.as_object_mut() {
+                map.insert("serial".into(), state.serial.clone().into());
+                map.insert("managed".into(), true.into());
+            }
+            HttpResponse::Ok().json(out)
+        }
+        None => HttpResponse::Ok().json(serde_json::json!({
+            "serial": state.serial,
+            "managed": false,
+            "status": "unmanaged",
+            "note": "no licence service configured ([licence] server_url, public_key): nothing is gated",
+        })),
+    }
+}
+
+/// Redeems a voucher through the licence service; its unlocks are fetched right after.
+async fn redeem_voucher(req: HttpRequest, state: web::Data<ApiState>, body: web::Bytes) -> HttpResponse {
+    require_auth!(req, state);
+    let input: VoucherIn = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+    };
+    let Some(vouchers) = &state.vouchers else {
+        return error(StatusCode::CONFLICT, "no licence service configured: vouchers cannot be redeemed");
+    };
+    // The service call is bounded at 60 s by the voucher shell; wait a little longer.
+    let answer = vouchers.call(|reply| VoucherMsg::Redeem { code: input.code, reply }, Some(Duration::from_secs(70)));
+    match answer.await {
+        Ok(ractor::rpc::CallResult::Success(Ok(release_code))) => {
+            tracing::info!("voucher redeemed via API");
+            HttpResponse::Ok().json(serde_json::json!({ "release_code": release_code }))
+        }
+        Ok(ractor::rpc::CallResult::Success(Err(reason))) => {
+            let status = if reason.contains("already redeemed") {
+                StatusCode::CONFLICT
+            } else if reason.contains("unknown voucher") {
+                StatusCode::NOT_FOUND
+            } else if reason.starts_with("voucher code") {
+                StatusCode::BAD_REQUEST
+            } else if reason.starts_with("busy") {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            error(status, reason)
+        }
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "the voucher sync did not answer in time"),
+    }
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::PayloadConfig::new(JSON_BODY_BYTES_MAX))
         .route("/healthz", web::get().to(healthz))
@@ -456,7 +538,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/extensions/{number}", web::delete().to(delete_extension))
         .route("/api/v1/registrations", web::get().to(registrations))
         .route("/api/v1/cdrs", web::get().to(cdrs))
-        .route("/api/v1/calls", web::get().to(calls));
+        .route("/api/v1/calls", web::get().to(calls))
+        .route("/api/v1/licence", web::get().to(licence))
+        .route("/api/v1/vouchers", web::post().to(redeem_voucher));
 }
 
 #[cfg(test)]

@@ -6,5 +6,6 @@ pub mod appliance;
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod licence;
 pub mod storage;
 pub mod transport;

@@ -25,12 +25,18 @@ const BINDINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("bindings");
 /// Keyed by `(end µs, id)`: a time window is a key range, and the id keeps apart calls that
 /// ended in the same microsecond.
 const CDRS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("cdrs");
+/// The last verified licence and voucher unlocks (keys `licence`, `unlocks`), as the service
+/// signed them, so a restart during an outage still knows what is licensed.
+const LICENCE: TableDefinition<&str, &[u8]> = TableDefinition::new("licence");
 
 pub const DB_FILE: &str = "pbx.redb";
 
 /// Every table of the file; each must be declared in the privacy inventory
 /// (`pbx_actors::privacy::INVENTORY`) — a test checks it.
 pub const TABLES: &[&str] = &["extensions", "bindings", "cdrs"];
+/// Tables that hold no personal data: the licence documents (serial number, features, limits,
+/// signatures — about the PBX, not about anyone).
+pub const NON_PERSONAL_TABLES: &[&str] = &["licence"];
 
 /// Records one CDR page holds at most.
 pub const CDR_PAGE_MAX: usize = 500;
@@ -56,6 +62,16 @@ enum StoredBindingV {
 #[derive(Serialize, Deserialize)]
 enum StoredCdrV {
     V1(Cdr),
+}
+
+#[derive(Serialize, Deserialize)]
+enum StoredLicenceV {
+    V1(pbx_actors::licence::Stored),
+}
+
+#[derive(Serialize, Deserialize)]
+enum StoredUnlocksV {
+    V1(pbx_actors::licence::StoredUnlocks),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,8 +108,37 @@ impl Storage {
         tx.open_table(EXTENSIONS).map_err(redb_err)?;
         tx.open_table(BINDINGS).map_err(redb_err)?;
         tx.open_table(CDRS).map_err(redb_err)?;
+        tx.open_table(LICENCE).map_err(redb_err)?;
         tx.commit().map_err(redb_err)?;
         Ok(Storage { db })
+    }
+
+    /// The stored licence and unlocks, if any.
+    #[allow(clippy::type_complexity)]
+    pub fn load_licence(
+        &self,
+    ) -> Result<(Option<pbx_actors::licence::Stored>, Option<pbx_actors::licence::StoredUnlocks>), StorageError> {
+        let tx = self.db.begin_read().map_err(redb_err)?;
+        let table = tx.open_table(LICENCE).map_err(redb_err)?;
+        let licence = match table.get("licence").map_err(redb_err)? {
+            Some(v) => match decode::<StoredLicenceV>("licence", || "licence".into(), v.value())? {
+                StoredLicenceV::V1(s) => Some(s),
+            },
+            None => None,
+        };
+        let unlocks = match table.get("unlocks").map_err(redb_err)? {
+            Some(v) => match decode::<StoredUnlocksV>("licence", || "unlocks".into(), v.value())? {
+                StoredUnlocksV::V1(s) => Some(s),
+            },
+            None => None,
+        };
+        Ok((licence, unlocks))
+    }
+
+    fn put_licence_row(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        let tx = self.db.begin_write().map_err(redb_err)?;
+        tx.open_table(LICENCE).map_err(redb_err)?.insert(key, value).map_err(redb_err)?;
+        tx.commit().map_err(redb_err)
     }
 
     pub fn load(&self) -> Result<Snapshot, StorageError> {
@@ -280,6 +325,18 @@ fn binding_key(aor: &str, contact: &str) -> String {
     format!("{aor}\0{contact}")
 }
 
+impl pbx_actors::licence::LicenceStore for Storage {
+    fn save_licence(&self, stored: &pbx_actors::licence::Stored) -> Result<(), String> {
+        let value = postcard::to_allocvec(&StoredLicenceV::V1(stored.clone())).map_err(|e| e.to_string())?;
+        self.put_licence_row("licence", &value).map_err(|e| e.to_string())
+    }
+
+    fn save_unlocks(&self, stored: &pbx_actors::licence::StoredUnlocks) -> Result<(), String> {
+        let value = postcard::to_allocvec(&StoredUnlocksV::V1(stored.clone())).map_err(|e| e.to_string())?;
+        self.put_licence_row("unlocks", &value).map_err(|e| e.to_string())
+    }
+}
+
 impl RegistrarStore for Storage {
     fn apply(&self, commands: &[RegistrarCommand]) -> Result<(), String> {
         Storage::apply(self, commands).map_err(|e| e.to_string())
@@ -374,7 +431,7 @@ mod tests {
         let read = storage.db.begin_read().unwrap();
         let mut actual: Vec<String> = read.list_tables().unwrap().map(|t| t.name().to_string()).collect();
         actual.sort();
-        let mut declared: Vec<String> = TABLES.iter().map(|t| t.to_string()).collect();
+        let mut declared: Vec<String> = TABLES.iter().chain(NON_PERSONAL_TABLES).map(|t| t.to_string()).collect();
         declared.sort();
         assert_eq!(actual, declared);
         for table in TABLES {

@@ -5,6 +5,7 @@
 use super::machine::{Endpoint, EndpointEvent, EndpointInput, EndpointOutput};
 use crate::call::actor::{CallsMsg, LegMsg, SipPort};
 use crate::call::{LegId, SipIn, SipOut};
+use crate::licence::LicenceView;
 use crate::registrar::{RegistrarMsg, ResponseSink, Route};
 use crate::shell::WakeTimer;
 use crate::sip::message::{Response, Transport};
@@ -65,6 +66,11 @@ pub struct EndpointArgs {
     /// Inbound messages counted by the transports and not yet handled; the shell decrements it
     /// as it takes each one, so the transports can bound what piles up in the mailbox.
     pub inbound_backlog: Arc<AtomicUsize>,
+    /// The licence in force, when a licence service is configured; its limit on calls at once
+    /// is read for every new call. `None`: no limit.
+    pub licence: Option<LicenceView>,
+    /// Numbers no licence limit refuses.
+    pub emergency_numbers: Vec<String>,
 }
 
 pub struct EndpointState {
@@ -76,6 +82,7 @@ pub struct EndpointState {
     inbound_backlog: Arc<AtomicUsize>,
     timer: WakeTimer,
     legs: HashMap<LegId, LegRoute>,
+    licence: Option<LicenceView>,
 }
 
 /// Where a leg's SIP goes: its actor, or a short queue until the actor is up (a CANCEL can
@@ -142,8 +149,10 @@ impl Actor for EndpointActor {
         _me: ActorRef<EndpointMsg>,
         args: EndpointArgs,
     ) -> Result<EndpointState, ActorProcessingErr> {
+        let mut machine = Endpoint::new(args.timers, args.leg_seed);
+        machine.set_emergency_numbers(args.emergency_numbers);
         Ok(EndpointState {
-            machine: Endpoint::new(args.timers, args.leg_seed),
+            machine,
             clock: args.clock,
             wire: args.wire,
             registrar: args.registrar,
@@ -151,6 +160,7 @@ impl Actor for EndpointActor {
             inbound_backlog: args.inbound_backlog,
             timer: WakeTimer::default(),
             legs: HashMap::new(),
+            licence: args.licence,
         })
     }
 
@@ -169,7 +179,12 @@ impl Actor for EndpointActor {
             EndpointMsg::RegistrarResponse { tx, response } => {
                 s.machine.handle(now, EndpointInput::RegistrarResponse { tx, response })
             }
-            EndpointMsg::Routed { tx, route } => s.machine.handle(now, EndpointInput::Routed { tx, route }),
+            EndpointMsg::Routed { tx, route } => {
+                if let Some(licence) = &s.licence {
+                    s.machine.set_call_limit(Some(licence.effective().limits.concurrent_calls));
+                }
+                s.machine.handle(now, EndpointInput::Routed { tx, route })
+            }
             EndpointMsg::FromLeg { leg, out } => s.machine.handle(now, EndpointInput::FromLeg { leg, out }),
             EndpointMsg::LegUp { leg, actor } => {
                 if let Some(LegRoute::Starting(queued)) = s.legs.insert(leg, LegRoute::Up(actor.clone())) {
