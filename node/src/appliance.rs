@@ -285,7 +285,8 @@ impl CallsView for CallsList {
     }
 }
 
-async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
+/// Returns at the first SIGTERM or SIGINT.
+pub async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
@@ -297,7 +298,7 @@ async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
 }
 
 /// Reads `DATA_DIR/admin.token`, or creates it (mode 0600) with 256 random bits at first start.
-fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
+pub fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join(ADMIN_TOKEN_FILE);
@@ -322,7 +323,7 @@ fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-fn restrict_permissions(path: &Path, mode: u32) {
+pub fn restrict_permissions(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
 }

@@ -277,7 +277,7 @@ fn parse_time(s: &str) -> Result<Timestamp, String> {
 }
 
 /// UTC, milliseconds, `Z`: one fixed shape that sorts as text.
-fn rfc3339(t: Timestamp) -> String {
+pub(crate) fn rfc3339(t: Timestamp) -> String {
     let format =
         time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_micros()) * 1_000)
@@ -287,17 +287,23 @@ fn rfc3339(t: Timestamp) -> String {
         .unwrap_or_else(|| format!("{}µs", t.as_micros()))
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
     HttpResponse::build(status).json(serde_json::json!({ "error": message.into() }))
 }
 
-/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+/// Whether the request carries the admin token.
 fn authorized(req: &HttpRequest, state: &ApiState) -> bool {
+    bearer_matches(req, &state.token)
+}
+
+/// Whether the request carries `Authorization: Bearer <token>`. Constant-time comparison, so
+/// the token cannot be guessed byte by byte from timings.
+pub(crate) fn bearer_matches(req: &HttpRequest, token: &str) -> bool {
     let Some(value) = req.headers().get("authorization").and_then(|v| v.to_str().ok()) else {
         return false;
     };
     let Some(given) = value.strip_prefix("Bearer ") else { return false };
-    let (a, b) = (given.trim().as_bytes(), state.token.as_bytes());
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

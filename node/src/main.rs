@@ -1,5 +1,6 @@
-//! `pbx`: one binary for the appliance, the simulator (`pbx sim`, the same as `pbx-sim`), and
-//! (as later issues add them) the cluster node and the benchmarks' load harness.
+//! `pbx`: one binary for the appliance, the simulator (`pbx sim`, the same as `pbx-sim`), the
+//! licence service (`pbx licence-server`), and (as later issues add them) the cluster node and
+//! the benchmarks' load harness.
 
 use clap::{Parser, Subcommand};
 use pbx_node::config::{Config, Flags, LogFormat};
@@ -42,6 +43,9 @@ enum Command {
     /// Run pbx's own machines over simulated days against a simulated office, network and
     /// disk, with faults, checking invariants (the same as `pbx-sim`).
     Sim(pbx_simulator::cli::Args),
+    /// Run the licence and voucher service: signs licences for serials, redeems vouchers, over
+    /// HTTPS with a self-signed certificate made at first start.
+    LicenceServer(pbx_node::licence_server::Args),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
             (data_dir, config, sip_listen, http_listen, rtp_ports, media_address, log_format)
         }
         Command::Sim(args) => return pbx_simulator::cli::main(args),
+        Command::LicenceServer(args) => return licence_server(args),
     };
     let flags = Flags { data_dir, config, sip_listen, http_listen, rtp_ports, media_address, log_format };
     let config = match Config::load(&flags) {
@@ -80,6 +85,29 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("pbx: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn licence_server(args: pbx_node::licence_server::Args) -> ExitCode {
+    if let Err(e) = pbx_node::licence_server::check_args(&args) {
+        eprintln!("pbx licence-server: {e}");
+        return ExitCode::from(2);
+    }
+    init_logging(LogFormat::Human);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pbx: start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(pbx_node::licence_server::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("pbx licence-server: {e:#}");
             ExitCode::FAILURE
         }
     }

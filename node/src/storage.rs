@@ -84,7 +84,7 @@ pub enum StorageError {
     Decode { table: String, key: String, reason: String },
 }
 
-fn redb_err(e: impl std::fmt::Display) -> StorageError {
+pub(crate) fn redb_err(e: impl std::fmt::Display) -> StorageError {
     StorageError::Redb(e.to_string())
 }
 
@@ -294,7 +294,7 @@ impl std::str::FromStr for CdrCursor {
 }
 
 /// A stored value, decoded from its version enum; the error names the table and the key.
-fn decode<V: serde::de::DeserializeOwned>(
+pub(crate) fn decode<V: serde::de::DeserializeOwned>(
     table: &str,
     key: impl FnOnce() -> String,
     bytes: &[u8],

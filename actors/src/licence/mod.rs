@@ -4,8 +4,10 @@
 //! - [`watchdog`]: the daily licence check, the grace period, and what is licensed now.
 //! - [`vouchers`]: the daily fetch of voucher unlocks, and redeeming a voucher code.
 //! - [`actor`]: the ractor shells of both, their ports, and the [`LicenceView`] pbx reads.
+//! - [`desk`]: the licence service's logic (`pbx licence-server`), a sans-IO machine.
 
 pub mod actor;
+pub mod desk;
 pub mod document;
 pub mod vouchers;
 pub mod watchdog;

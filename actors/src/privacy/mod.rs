@@ -19,6 +19,9 @@ pub enum Retention {
     Days(u32),
     /// Only in memory, while the call lasts (and at most the call's ending bound after it).
     CallDuration,
+    /// Stored; the IP addresses in it are anonymised (IPv4 to /24, IPv6 to /48) this many days
+    /// after the event, and the anonymised record deleted `deleted_after_days` after it.
+    AnonymisedAfterDays { days: u32, deleted_after_days: u32 },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -78,6 +81,16 @@ pub const INVENTORY: &[DataCategory] = &[
         retention: Retention::CallDuration,
         stored_in: &["memory"],
     },
+    DataCategory {
+        id: "licence-service-log",
+        data: "requesting IP address, time, the serial number asked about, the request (licence, unlocks, voucher redemption with the voucher code) and its outcome",
+        purpose: "operating the licence and voucher service; detecting abuse (serial or voucher guessing)",
+        legal_basis: "Art. 6(1)(f) legitimate interest (operating and securing the licence service)",
+        // The seed's promise for the vendor's logs: IPs anonymised after 14 days
+        // (`licence::desk::ANONYMISE_AFTER_S`); entries deleted after 90 (`LOG_KEEP_S`).
+        retention: Retention::AnonymisedAfterDays { days: 14, deleted_after_days: 90 },
+        stored_in: &["redb:licence_log"],
+    },
 ];
 
 /// The category with this id, if declared.
@@ -98,5 +111,20 @@ mod tests {
         }
         assert!(category("registration").is_some());
         assert!(category("nonexistent").is_none());
+    }
+
+    /// The licence log's declared retention is the one the desk enforces.
+    #[test]
+    fn licence_log_retention_matches_the_desk() {
+        use crate::licence::desk::{ANONYMISE_AFTER_S, LOG_KEEP_S};
+        let Some(DataCategory { retention: Retention::AnonymisedAfterDays { days, deleted_after_days }, .. }) =
+            category("licence-service-log")
+        else {
+            panic!("licence-service-log must be declared with AnonymisedAfterDays");
+        };
+        assert_eq!(
+            (u64::from(*days) * 86_400, u64::from(*deleted_after_days) * 86_400),
+            (ANONYMISE_AFTER_S, LOG_KEEP_S)
+        );
     }
 }
