@@ -10,17 +10,20 @@ pub struct Bugs {
     pub skip_cdr: bool,
     /// The call machine does not hang up the other side when one side sends BYE.
     pub half_hangup: bool,
+    /// The licence watchdog switches licensed features off after half the grace period.
+    pub early_expiry: bool,
 }
 
 impl Bugs {
     /// The names `pbx-sim --inject-bug` accepts.
-    pub const NAMES: [&'static str; 2] = ["skip-cdr", "half-hangup"];
+    pub const NAMES: [&'static str; 3] = ["skip-cdr", "half-hangup", "early-expiry"];
 
     /// Switches on the bug called `name`; `false` if there is none by that name.
     pub fn enable(&mut self, name: &str) -> bool {
         match name {
             "skip-cdr" => self.skip_cdr = true,
             "half-hangup" => self.half_hangup = true,
+            "early-expiry" => self.early_expiry = true,
             _ => return false,
         }
         true

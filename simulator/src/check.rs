@@ -154,7 +154,13 @@ impl Checker {
         }
     }
 
-    fn check(&mut self, now: Timestamp, invariant: &'static str, holds: bool, detail: impl FnOnce() -> String) {
+    pub(crate) fn check(
+        &mut self,
+        now: Timestamp,
+        invariant: &'static str,
+        holds: bool,
+        detail: impl FnOnce() -> String,
+    ) {
         self.checks += 1;
         if !holds {
             self.violate(now, invariant, detail());

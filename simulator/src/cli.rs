@@ -78,6 +78,7 @@ fn options(args: &Args) -> Result<Options, String> {
         options.workload = file.office;
         options.net = file.network;
         options.faults = file.faults;
+        options.licence = file.licence;
     }
     if let Some(phones) = args.phones {
         options.workload.phones = phones;
@@ -85,6 +86,8 @@ fn options(args: &Args) -> Result<Options, String> {
     if args.no_faults {
         options.net = NetOptions::quiet();
         options.faults = FaultOptions::none();
+        options.licence.outages_per_30d = 0.0;
+        options.licence.tamper = 0.0;
     }
     let mut bugs = Bugs::default();
     for name in &args.inject_bug {
@@ -199,6 +202,14 @@ fn print_report(r: &Report, options: &Options) {
         f.crashes,
         f.writes_lost,
         f.phones_away
+    );
+    println!(
+        "  licence:    {} checks ok, {} failed, {} status changes; {} service outages, {} answers tampered with",
+        r.node.licence_checks_ok,
+        r.node.licence_checks_failed,
+        r.node.licence_changes,
+        f.licence_outages,
+        f.licence_tampered
     );
     println!("  invariants: {} checks, {} violations", r.checks, r.violations.len());
     for v in &r.violations {

@@ -16,6 +16,8 @@ pub struct Disk {
     /// CDRs by id; a second CDR with the same id is kept aside as a duplicate.
     pub cdrs: BTreeMap<u64, Cdr>,
     pub duplicate_cdrs: Vec<Cdr>,
+    /// The watchdog's last verified licence.
+    pub licence: Option<pbx_actors::licence::Stored>,
     /// Writes committed, and writes lost in crashes.
     pub commits: u64,
     pub lost_in_crash: u64,
@@ -45,6 +47,7 @@ impl Disk {
                     }
                 }
             }
+            DiskWrite::Licence(stored) => self.licence = Some(*stored),
             DiskWrite::Cdr(cdr) => {
                 if let Some(previous) = self.cdrs.insert(cdr.id, (*cdr).clone()) {
                     self.duplicate_cdrs.push(previous);

@@ -12,6 +12,7 @@
 pub mod check;
 pub mod cli;
 pub mod disk;
+pub mod licence;
 pub mod node;
 pub mod options;
 pub mod phone;

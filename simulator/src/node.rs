@@ -17,6 +17,7 @@ use pbx_actors::call::{CallIds, LegId, LocalSip, splitmix64};
 use pbx_actors::cdr::{Cdr, Disposition, MediaCounters};
 use pbx_actors::endpoint::CallStart;
 use pbx_actors::endpoint::machine::{Endpoint, EndpointEvent, EndpointInput, EndpointOutput};
+use pbx_actors::licence::{Effective, Stored, Watchdog, WatchdogConfig, WatchdogEvent, WatchdogInput, WatchdogOutput};
 use pbx_actors::media::pool::PortPool;
 use pbx_actors::media::relay::{PacketKind, Relay, RelayConfig, RelayInput, RelayOutput, Side};
 use pbx_actors::registrar::{
@@ -44,6 +45,8 @@ pub struct NodeConfig {
     /// After each message an actor handles, the chance that the node pauses (a descheduled
     /// thread, a slow actor) and lets the world go on before the rest of its mailboxes run.
     pub stall: f64,
+    /// The licence watchdog's settings, when the node is licensed through a service.
+    pub licence: Option<WatchdogConfig>,
 }
 
 /// A durable change, written by the world's simulated disk.
@@ -51,6 +54,8 @@ pub struct NodeConfig {
 pub enum DiskWrite {
     Registrar(Vec<RegistrarCommand>),
     Cdr(Box<Cdr>),
+    /// The licence watchdog's last verified licence (the node's `licence` table).
+    Licence(Box<Stored>),
 }
 
 /// What waits for a write to be durable: the registrar's answers (a 200 never leaves before
@@ -74,6 +79,11 @@ pub enum NodeOutput {
         to: SocketAddr,
         bytes: Bytes,
     },
+    /// The watchdog asks the licence service; answer with [`SimNode::licence_response`].
+    LicenceCheck {
+        request: u64,
+        serial: String,
+    },
     /// Hand to the disk; call [`SimNode::committed`] with `deferred` once it is durable.
     Write(Job),
 }
@@ -88,6 +98,11 @@ pub struct NodeStats {
     pub expired: u64,
     pub auth_failed: u64,
     pub malformed: u64,
+    pub licence_checks_ok: u64,
+    pub licence_checks_failed: u64,
+    pub licence_changes: u64,
+    /// Changes to "expired": licensed features switched off.
+    pub licence_expired: u64,
 }
 
 /// A call as the node holds it: the call machine, its legs and its relay.
@@ -107,6 +122,7 @@ enum Work {
     Leg(LegId, LegInput),
     Call(u64, CallInput),
     Relay(u64, RelayInput),
+    Watchdog(WatchdogInput),
 }
 
 /// Whose mailbox a [`Work`] waits in: one per actor of the node.
@@ -117,6 +133,7 @@ enum Mailbox {
     Call(u64),
     Leg(LegId),
     Relay(u64),
+    Watchdog,
 }
 
 impl Work {
@@ -127,6 +144,7 @@ impl Work {
             Work::Leg(leg, _) => Mailbox::Leg(*leg),
             Work::Call(id, _) => Mailbox::Call(*id),
             Work::Relay(id, _) => Mailbox::Relay(*id),
+            Work::Watchdog(_) => Mailbox::Watchdog,
         }
     }
 }
@@ -170,6 +188,7 @@ pub struct SimNode {
     relay_config: RelayConfig,
     endpoint: Endpoint,
     registrar: Registrar,
+    watchdog: Option<Watchdog>,
     calls: BTreeMap<u64, SimCall>,
     leg_calls: BTreeMap<LegId, u64>,
     /// RTP port of a pair → (call, side); its RTCP port is one above.
@@ -189,6 +208,7 @@ impl SimNode {
         seed: u64,
         extensions: Vec<Extension>,
         bindings: Vec<Binding>,
+        licence: Option<Stored>,
         now: Timestamp,
     ) -> SimNode {
         let mut rng = seed;
@@ -203,6 +223,7 @@ impl SimNode {
         let mut node = SimNode {
             endpoint: Endpoint::new(timers, splitmix64(&mut rng)),
             registrar,
+            watchdog: config.licence.clone().map(|c| Watchdog::new(c, now, licence)),
             call_config,
             relay_config: RelayConfig { inactivity: config.rtp_timeout },
             calls: BTreeMap::new(),
@@ -266,6 +287,9 @@ impl SimNode {
         if self.registrar.poll_timeout().is_some_and(|t| t <= now) {
             self.work.push(Work::Registrar(RegistrarInput::Timeout));
         }
+        if self.watchdog.as_ref().and_then(Watchdog::poll_timeout).is_some_and(|t| t <= now) {
+            self.work.push(Work::Watchdog(WatchdogInput::Timeout));
+        }
         for (id, c) in &self.calls {
             if c.call.poll_timeout().is_some_and(|t| t <= now) {
                 self.work.push(Work::Call(*id, CallInput::Timeout));
@@ -284,7 +308,9 @@ impl SimNode {
 
     /// The earliest time any machine of the node wants to be woken.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        let mut at = [self.endpoint.poll_timeout(), self.registrar.poll_timeout()].into_iter().flatten().min();
+        let watchdog = self.watchdog.as_ref().and_then(Watchdog::poll_timeout);
+        let mut at =
+            [self.endpoint.poll_timeout(), self.registrar.poll_timeout(), watchdog].into_iter().flatten().min();
         for c in self.calls.values() {
             let times = [c.call.poll_timeout(), c.relay.poll_timeout()].into_iter();
             let legs = c.legs.values().map(|l| l.poll_timeout());
@@ -313,8 +339,20 @@ impl SimNode {
         while let Some(work) = self.work.pop() {
             match work {
                 Work::Endpoint(input) => {
+                    // The endpoint shell reads the licence's call limit for every new call.
+                    if matches!(input, EndpointInput::Routed { .. })
+                        && let Some(w) = &self.watchdog
+                    {
+                        self.endpoint.set_call_limit(Some(w.effective(now).limits.concurrent_calls));
+                    }
                     self.endpoint.handle(now, input);
                     self.drain_endpoint(now);
+                }
+                Work::Watchdog(input) => {
+                    if let Some(w) = self.watchdog.as_mut() {
+                        w.handle(now, input);
+                        self.drain_watchdog();
+                    }
                 }
                 Work::Registrar(input) => {
                     self.registrar.handle(now, input);
@@ -352,6 +390,40 @@ impl SimNode {
                 EndpointOutput::Event(_) => {}
             }
         }
+    }
+
+    /// The watchdog shell's drain: checks go to the service, the verified licence to disk.
+    fn drain_watchdog(&mut self) {
+        let Some(w) = self.watchdog.as_mut() else { return };
+        while let Some(out) = w.poll_output() {
+            match out {
+                WatchdogOutput::Check { request, serial } => {
+                    self.outputs.push_back(NodeOutput::LicenceCheck { request, serial })
+                }
+                WatchdogOutput::Persist(stored) => self.outputs.push_back(NodeOutput::Write(Job {
+                    write: Some(DiskWrite::Licence(Box::new(stored))),
+                    deferred: Vec::new(),
+                })),
+                WatchdogOutput::Event(WatchdogEvent::Checked { .. }) => self.stats.licence_checks_ok += 1,
+                WatchdogOutput::Event(WatchdogEvent::CheckFailed { .. }) => self.stats.licence_checks_failed += 1,
+                WatchdogOutput::Event(WatchdogEvent::StatusChanged { to, .. }) => {
+                    self.stats.licence_changes += 1;
+                    self.stats.licence_expired += u64::from(to == "expired");
+                }
+                WatchdogOutput::Event(_) => {}
+            }
+        }
+    }
+
+    /// The licence service's answer to a `LicenceCheck` (a body, or why there is none).
+    pub fn licence_response(&mut self, now: Timestamp, request: u64, result: Result<Bytes, String>) {
+        self.work.push(Work::Watchdog(WatchdogInput::Response { request, result }));
+        self.run(now);
+    }
+
+    /// The licence as the node holds it: status name, what is in force, the last success.
+    pub fn licence(&self, now: Timestamp) -> Option<(&'static str, Effective, Option<Timestamp>)> {
+        self.watchdog.as_ref().map(|w| (w.status().name(), w.effective(now), w.last_success()))
     }
 
     /// The registrar shell's drain: commands, then the answers that wait for them.

@@ -146,6 +146,7 @@ pub struct Options {
     pub workload: Workload,
     pub net: NetOptions,
     pub faults: FaultOptions,
+    pub licence: crate::licence::LicenceOptions,
     pub bugs: Bugs,
     /// How often the invariant checkers look at the whole system (they also check on events).
     pub check_every: Duration,
@@ -162,6 +163,7 @@ impl Options {
             workload: Workload::default(),
             net: NetOptions::default(),
             faults: FaultOptions::default(),
+            licence: crate::licence::LicenceOptions::default(),
             bugs: Bugs::default(),
             check_every: Duration::from_secs(10),
             stop_at_first_violation: true,
@@ -188,6 +190,7 @@ impl Options {
             ("network.duplicate", n.duplicate),
             ("network.reorder", n.reorder),
             ("faults.stall", f.stall),
+            ("licence.tamper", self.licence.tamper),
         ];
         for (key, p) in probabilities {
             if !(0.0..=1.0).contains(&p) {
@@ -199,6 +202,7 @@ impl Options {
             ("network.partitions_per_day", n.partitions_per_day),
             ("faults.crashes_per_day", f.crashes_per_day),
             ("faults.away_per_phone_per_day", f.away_per_phone_per_day),
+            ("licence.outages_per_30d", self.licence.outages_per_30d),
         ];
         for (key, r) in rates {
             if !(r.is_finite() && r >= 0.0) {
@@ -223,11 +227,15 @@ impl Options {
             ("faults.down_s", f.down_s),
             ("faults.away_s", f.away_s),
             ("faults.fsync_ms", f.fsync_ms),
+            ("licence.outage_h", self.licence.outage_h),
         ];
         for (key, (low, high)) in ranges {
             if low > high {
                 return Err(format!("{key}: [{low}, {high}] is not a range (low > high)"));
             }
+        }
+        if self.licence.grace_days == 0 {
+            return Err("licence.grace_days: must be at least 1".into());
         }
         if w.talk_s_mean == 0 || w.talk_s_max == 0 || w.register_expires_s == 0 {
             return Err("office.talk_s_mean, office.talk_s_max and office.register_expires_s must be positive".into());
@@ -243,6 +251,7 @@ pub struct WorkloadFile {
     pub office: Workload,
     pub network: NetOptions,
     pub faults: FaultOptions,
+    pub licence: crate::licence::LicenceOptions,
 }
 
 impl WorkloadFile {

@@ -9,6 +9,8 @@
 
 use crate::check::{Bounds, Checker, Violation};
 use crate::disk::Disk;
+use crate::licence::{self, LicenceHost, LicenceModel};
+use crate::node::DiskWrite;
 use crate::node::{Job, NodeConfig, NodeOutput, NodeStats, SimNode};
 use crate::options::{Options, format_duration};
 use crate::phone::{Behaviour, Phone, PhoneConfig, PhoneEvent, PhoneInput, PhoneOutput};
@@ -62,11 +64,21 @@ pub struct Faults {
     pub crashes: u64,
     pub writes_lost: u64,
     pub phones_away: u64,
+    pub licence_outages: u64,
+    pub licence_tampered: u64,
 }
 
 impl Faults {
     pub fn total(&self) -> u64 {
-        self.lost + self.duplicated + self.reordered + self.cut_off + self.partitions + self.crashes + self.phones_away
+        self.lost
+            + self.duplicated
+            + self.reordered
+            + self.cut_off
+            + self.partitions
+            + self.crashes
+            + self.phones_away
+            + self.licence_outages
+            + self.licence_tampered
     }
 }
 
@@ -97,18 +109,20 @@ pub fn replay_command(options: &Options, extra: &str) -> String {
 #[derive(Clone, Copy, Debug)]
 struct Clock {
     ppm: i64,
+    /// Set wrong by this much from the start (a node whose clock is skewed).
+    offset_us: i64,
 }
 
 impl Clock {
     fn local(self, global: Timestamp) -> Timestamp {
         let elapsed = global.0.saturating_sub(ORIGIN.0) as i128;
-        let local = elapsed + elapsed * self.ppm as i128 / 1_000_000;
-        Timestamp(ORIGIN.0 + local.max(0) as u64)
+        let local = ORIGIN.0 as i128 + self.offset_us as i128 + elapsed + elapsed * self.ppm as i128 / 1_000_000;
+        Timestamp(local.max(0) as u64)
     }
 
     /// The earliest virtual time at which this clock reads `local` or later.
     fn global(self, local: Timestamp) -> Timestamp {
-        let want = local.0.saturating_sub(ORIGIN.0) as i128;
+        let want = local.0 as i128 - ORIGIN.0 as i128 - self.offset_us as i128;
         let mut g = (want * 1_000_000 / (1_000_000 + self.ppm as i128)).max(0) as u64;
         while self.local(Timestamp(ORIGIN.0 + g)) < local {
             g += 1;
@@ -165,6 +179,25 @@ enum Event {
     },
     Check,
     Drain,
+    /// A node's licence check reaches the service.
+    LicenceRequest {
+        node: usize,
+        incarnation: u32,
+        request: u64,
+        serial: String,
+    },
+    /// The service's answer reaches the node; `genuine`: a success not tampered with.
+    LicenceResponse {
+        node: usize,
+        incarnation: u32,
+        request: u64,
+        result: Result<Bytes, String>,
+        genuine: bool,
+    },
+    /// The service goes down: for a random time, or for `hours`.
+    LicenceOutage {
+        hours: Option<u64>,
+    },
 }
 
 impl Event {
@@ -185,6 +218,9 @@ impl Event {
             Event::Check => 12,
             Event::Drain => 13,
             Event::HangUp { .. } => 15,
+            Event::LicenceRequest { .. } => 16,
+            Event::LicenceResponse { .. } => 17,
+            Event::LicenceOutage { .. } => 18,
         }
     }
 }
@@ -290,6 +326,10 @@ pub struct Sim {
     checker: Checker,
     report: Report,
     stuck: Option<String>,
+    /// The licence service, when the run has one.
+    licence: Option<LicenceHost>,
+    licence_models: Vec<LicenceModel>,
+    licence_rng: StdRng,
 }
 
 fn seeded(seed: u64, stream: u64) -> StdRng {
@@ -316,7 +356,7 @@ fn uniform_s(rng: &mut StdRng, (low, high): (u64, u64)) -> Duration {
 
 fn drift(rng: &mut StdRng, max_ppm: u32) -> Clock {
     let max = i64::from(max_ppm);
-    Clock { ppm: if max == 0 { 0 } else { rng.random_range(-max..=max) } }
+    Clock { ppm: if max == 0 { 0 } else { rng.random_range(-max..=max) }, offset_us: 0 }
 }
 
 impl Sim {
@@ -335,7 +375,7 @@ impl Sim {
         };
         let passwords: Vec<String> =
             (0..w.phones).map(|i| format!("pw-{}-{:08x}", extension(i), setup_rng.random::<u32>())).collect();
-        let node_config = NodeConfig {
+        let mut node_config = NodeConfig {
             sip: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 5060),
             rtp_ports: (20_000, 29_999),
             registrar: registrar.clone(),
@@ -344,6 +384,7 @@ impl Sim {
             extensions: passwords.iter().enumerate().map(|(i, p)| (extension(i), p.clone())).collect(),
             bugs: options.bugs,
             stall: options.faults.stall,
+            licence: None,
         };
         let behaviour = Behaviour {
             answer_probability: w.answer_probability,
@@ -372,11 +413,27 @@ impl Sim {
             checker: Checker::new(ORIGIN, bounds, &extensions),
             report: Report { seed, phones: w.phones, ..Default::default() },
             stuck: None,
+            licence: None,
+            licence_models: Vec::new(),
+            licence_rng: seeded(seed, 7),
             fault_rng: seeded(seed, 5),
             stall_rng: seeded(seed, 6),
             options: options.clone(),
         };
-        let clock = drift(&mut fault_rng, options.faults.drift_ppm);
+        let mut clock = drift(&mut fault_rng, options.faults.drift_ppm);
+        clock.offset_us = options.licence.node_clock_offset_h * 3_600_000_000;
+        if options.licence.enabled {
+            let host = LicenceHost::new(setup_rng.random(), IpAddr::V4(Ipv4Addr::new(10, 0, 9, 1)));
+            node_config.licence = Some(host.watchdog_config(&options.licence, options.bugs));
+            sim.licence = Some(host);
+            sim.licence_models.push(LicenceModel::default());
+            let at = ORIGIN
+                + exponential(&mut sim.licence_rng, 30.0 * DAY_S as f64 / options.licence.outages_per_30d.max(1e-9));
+            sim.schedule(at, Event::LicenceOutage { hours: None });
+            for &(start_h, hours) in &options.licence.outages {
+                sim.schedule(ORIGIN + Duration::from_secs(start_h * 3600), Event::LicenceOutage { hours: Some(hours) });
+            }
+        }
         sim.nodes.push(NodeSlot {
             config: node_config.clone(),
             clock,
@@ -525,6 +582,10 @@ impl Sim {
                     return;
                 }
                 let Some((_, job)) = slot.pending.pop_front() else { return };
+                if let (Some(DiskWrite::Licence(stored)), Some(model)) = (&job.write, self.licence_models.get_mut(node))
+                {
+                    model.durable_success = Some(stored.checked_at);
+                }
                 if let Some(write) = job.write {
                     slot.disk.apply(write);
                 }
@@ -599,10 +660,67 @@ impl Sim {
                 slot.armed = None;
                 slot.down_since = Some(self.now);
                 self.checker.node_crashed(self.now);
+                if let Some(model) = self.licence_models.get_mut(node) {
+                    model.crashed_since_success = true;
+                }
                 let down = uniform_s(&mut self.fault_rng, self.options.faults.down_s);
                 self.schedule(self.now + down, Event::Restart { node });
             }
             Event::Restart { node } => self.restart(node),
+            Event::LicenceRequest { node, incarnation, request, serial } => {
+                let from = self.nodes[node].config.sip.ip();
+                let Some(host) = self.licence.as_mut() else { return };
+                let mut result = host.check(self.now, from, &serial);
+                let mut genuine = result.is_ok();
+                if result.is_ok() && self.licence_rng.random_bool(self.options.licence.tamper.clamp(0.0, 1.0)) {
+                    self.report.faults.licence_tampered += 1;
+                    result = result.map(|body| licence::tamper(&body));
+                    genuine = false;
+                }
+                let at = self.now + Duration::from_millis(self.options.net.latency_ms);
+                self.schedule(at, Event::LicenceResponse { node, incarnation, request, result, genuine });
+            }
+            Event::LicenceResponse { node, incarnation, request, result, genuine } => {
+                let slot = &mut self.nodes[node];
+                if slot.incarnation != incarnation {
+                    return;
+                }
+                let local = slot.clock.local(self.now);
+                let Some(n) = slot.node.as_mut() else { return };
+                n.licence_response(local, request, result);
+                if genuine {
+                    let model = &mut self.licence_models[node];
+                    model.last_success = Some(local);
+                    model.crashed_since_success = false;
+                    if !n.has_work()
+                        && let Some((status, _, _)) = n.licence(local)
+                    {
+                        self.checker.check_licensed_after_success(self.now, status);
+                    }
+                }
+                self.after_node(node);
+            }
+            Event::LicenceOutage { hours } => {
+                if self.draining {
+                    return;
+                }
+                let o = &self.options.licence;
+                let length = match hours {
+                    Some(h) => h,
+                    None => {
+                        let h = uniform_s(&mut self.licence_rng, o.outage_h).as_secs();
+                        let next =
+                            exponential(&mut self.licence_rng, 30.0 * DAY_S as f64 / o.outages_per_30d.max(1e-9));
+                        self.schedule(self.now + next, Event::LicenceOutage { hours: None });
+                        h
+                    }
+                };
+                if let Some(host) = self.licence.as_mut() {
+                    self.report.faults.licence_outages += 1;
+                    let until = self.now + Duration::from_secs(length * 3600);
+                    host.down_until = Some(host.down_until.map_or(until, |u| u.max(until)));
+                }
+            }
             Event::PartitionStart => {
                 if self.draining {
                     return;
@@ -637,10 +755,20 @@ impl Sim {
                     if let Some(node) = slot.node.as_ref().filter(|n| !n.has_work()) {
                         let local = slot.clock.local(self.now);
                         self.checker.check_node(self.now, local, node);
+                        if let (Some(licence), Some(model), Some(config)) =
+                            (node.licence(local), self.licence_models.get(i), slot.config.licence.as_ref())
+                        {
+                            let (grace, retry) = (config.grace, config.retry_interval);
+                            self.checker.check_licence(self.now, local, licence, model, grace, retry);
+                        }
                     }
                     let _ = i;
                 }
                 self.checker.check_phones(self.now);
+                if let Some(host) = self.licence.as_mut() {
+                    host.tick(self.now);
+                    self.checker.check_service_log(self.now, &host.desk);
+                }
                 self.schedule(self.now + self.options.check_every, Event::Check);
             }
             Event::Drain => {
@@ -686,7 +814,8 @@ impl Sim {
         let slot = &mut self.nodes[node];
         let (extensions, bindings) = slot.disk.snapshot();
         let local = slot.clock.local(self.now);
-        slot.node = Some(SimNode::start(slot.config.clone(), seed, extensions, bindings, local));
+        let licence = slot.disk.licence.clone();
+        slot.node = Some(SimNode::start(slot.config.clone(), seed, extensions, bindings, licence, local));
         self.after_node(node);
     }
 
@@ -697,6 +826,11 @@ impl Sim {
             let Some(out) = self.nodes[node].node.as_mut().and_then(SimNode::poll_output) else { break };
             match out {
                 NodeOutput::Transmit { from, to, bytes } => self.send(from, to, bytes),
+                NodeOutput::LicenceCheck { request, serial } => {
+                    let incarnation = self.nodes[node].incarnation;
+                    let at = self.now + Duration::from_millis(self.options.net.latency_ms);
+                    self.schedule(at, Event::LicenceRequest { node, incarnation, request, serial });
+                }
                 NodeOutput::Write(job) => {
                     let fsync = if job.write.is_some() {
                         let (low, high) = self.options.faults.fsync_ms;
@@ -920,6 +1054,10 @@ fn add_stats(total: &mut NodeStats, s: &NodeStats) {
     total.expired += s.expired;
     total.auth_failed += s.auth_failed;
     total.malformed += s.malformed;
+    total.licence_checks_ok += s.licence_checks_ok;
+    total.licence_checks_failed += s.licence_checks_failed;
+    total.licence_changes += s.licence_changes;
+    total.licence_expired += s.licence_expired;
 }
 
 /// Runs one simulation.
@@ -933,13 +1071,13 @@ mod tests {
 
     #[test]
     fn clock_conversion_finds_the_earliest_instant() {
-        for ppm in [-200, -1, 0, 1, 150] {
-            let clock = Clock { ppm };
+        for (ppm, offset_us) in [(-200, 0), (-1, -3_600_000_000), (0, 0), (1, 86_400_000_000), (150, 7)] {
+            let clock = Clock { ppm, offset_us };
             for secs in [0u64, 1, 3599, 86_400 * 30] {
                 let local = ORIGIN + Duration::from_micros(secs * 1_000_003);
                 let g = clock.global(local);
                 assert!(clock.local(g) >= local, "ppm {ppm}: {g:?} reads before {local:?}");
-                if g > ORIGIN {
+                if g > ORIGIN && clock.local(ORIGIN) < local {
                     assert!(clock.local(Timestamp(g.0 - 1)) < local, "ppm {ppm}: not the earliest");
                 }
             }

@@ -143,3 +143,63 @@ fn a_bad_flag_names_itself() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unit"));
 }
+
+/// A quiet office over virtual weeks, for the licence scenarios: few calls, no random licence
+/// outages or tampering unless a test asks; the other faults stay on.
+fn licence_options(seed: u64, days: u64) -> Options {
+    let mut options = Options::new(seed, Duration::from_secs(days * 86_400));
+    options.workload = Workload { phones: 4, calls_per_phone_per_hour: 0.5, talk_s_max: 600, ..Workload::default() };
+    options.licence.outages_per_30d = 0.0;
+    options.licence.tamper = 0.0;
+    options.stop_at_first_violation = false;
+    options
+}
+
+#[test]
+fn licence_outage_shorter_than_the_grace_changes_nothing() {
+    let mut o = licence_options(21, 30);
+    o.licence.outages = vec![(48, 10 * 24)];
+    let report = run(o);
+    assert_clean(&report);
+    assert_eq!(report.faults.licence_outages, 1);
+    assert!(report.node.licence_checks_failed >= 10 * 24 - 30, "{:?}", report.node);
+    assert_eq!(report.node.licence_expired, 0, "never switched off: {:?}", report.node);
+}
+
+#[test]
+fn licence_outage_longer_than_the_grace_switches_off_then_on() {
+    for offset_h in [0, -72, 72] {
+        let mut o = licence_options(22, 30);
+        o.licence.outages = vec![(48, 20 * 24)];
+        o.licence.node_clock_offset_h = offset_h;
+        let report = run(o);
+        // The checkers held the watchdog to the deadline (not before it, not more than one
+        // retry after it) and to being licensed again at the first successful check.
+        assert_clean(&report);
+        assert_eq!(report.node.licence_expired, 1, "clock offset {offset_h} h: {:?}", report.node);
+        assert!(report.node.licence_checks_ok >= 10, "{:?}", report.node);
+    }
+}
+
+#[test]
+fn tampered_licences_are_never_in_force() {
+    let mut o = licence_options(23, 5);
+    o.licence.tamper = 1.0;
+    let report = run(o);
+    assert_clean(&report);
+    assert!(report.faults.licence_tampered >= 5, "{:?}", report.faults);
+    assert_eq!(report.node.licence_checks_ok, 0, "every answer was altered, none accepted");
+}
+
+#[test]
+fn an_injected_early_licence_expiry_is_caught() {
+    let mut o = licence_options(22, 30);
+    o.licence.outages = vec![(48, 20 * 24)];
+    o.bugs.early_expiry = true;
+    let report = run(o);
+    assert!(
+        report.violations.iter().any(|v| v.invariant == "no premature licence switch-off"),
+        "{:?}",
+        report.violations
+    );
+}

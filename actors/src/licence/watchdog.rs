@@ -69,6 +69,8 @@ pub struct WatchdogConfig {
     pub retry_interval: Duration,
     pub grace: Duration,
     pub clock_tolerance: Duration,
+    /// Deliberate bugs for the simulator's self-test; none anywhere else.
+    pub bugs: crate::bugs::Bugs,
 }
 
 impl WatchdogConfig {
@@ -81,7 +83,13 @@ impl WatchdogConfig {
             retry_interval: Duration::from_secs(RETRY_INTERVAL_S),
             grace: Duration::from_secs(GRACE_S),
             clock_tolerance: Duration::from_secs(CLOCK_TOLERANCE_S),
+            bugs: Default::default(),
         }
+    }
+
+    /// The grace period in force: the configured one, or half of it under the injected bug.
+    fn grace(&self) -> Duration {
+        if self.bugs.early_expiry { self.grace / 2 } else { self.grace }
     }
 }
 
@@ -323,7 +331,7 @@ impl Watchdog {
 
     /// When, without another success, the grace period ends.
     pub fn grace_until(&self) -> Option<Timestamp> {
-        self.last_success().map(|at| at + self.config.grace)
+        self.last_success().map(|at| at + self.config.grace())
     }
 
     /// When the next check is due; `None` while one is in flight.
@@ -350,7 +358,7 @@ impl Watchdog {
     /// The earlier of the end of grace and the licence's own end (with the clock tolerance).
     fn lapses_at(&self) -> Option<Timestamp> {
         let (licence, last_success) = self.held.as_ref()?;
-        let grace_until = *last_success + self.config.grace;
+        let grace_until = *last_success + self.config.grace();
         let valid_until = Timestamp::from_secs(licence.valid_until) + self.config.clock_tolerance;
         Some(grace_until.min(valid_until))
     }
@@ -361,7 +369,8 @@ impl Watchdog {
         if now >= lapses_at {
             return LicenceStatus::Expired { licence: Some(licence.clone()), since: lapses_at };
         }
-        let (licence, last_success, grace_until) = (licence.clone(), *last_success, *last_success + self.config.grace);
+        let (licence, last_success, grace_until) =
+            (licence.clone(), *last_success, *last_success + self.config.grace());
         match self.last_error {
             None => LicenceStatus::Licensed { licence, last_success, grace_until },
             Some(_) => LicenceStatus::Grace { licence, last_success, grace_until },
