@@ -10,6 +10,7 @@
 
 pub mod audio;
 pub mod baresip;
+pub mod licence_server;
 pub mod rtp;
 
 use std::io::{Read, Write};
@@ -130,6 +131,8 @@ pub struct PbxOptions {
     pub calls: Vec<String>,
     /// `--rtp-ports`; the binary's default when `None`.
     pub rtp_ports: Option<RangeInclusive<u16>>,
+    /// `key = value` lines for the `[licence]` table (written only when there are some).
+    pub licence: Vec<String>,
 }
 
 impl Default for PbxOptions {
@@ -140,6 +143,7 @@ impl Default for PbxOptions {
             registrar: vec!["digest_algorithms = [\"MD5\", \"SHA-256\"]".into()],
             calls: Vec::new(),
             rtp_ports: None,
+            licence: Vec::new(),
         }
     }
 }
@@ -161,6 +165,11 @@ impl PbxOptions {
 
     pub fn calls(mut self, line: &str) -> Self {
         self.calls.push(line.into());
+        self
+    }
+
+    pub fn licence(mut self, line: &str) -> Self {
+        self.licence.push(line.into());
         self
     }
 
@@ -197,6 +206,13 @@ impl Pbx {
         if !options.calls.is_empty() {
             toml.push_str("\n[calls]\n");
             for line in &options.calls {
+                toml.push_str(line);
+                toml.push('\n');
+            }
+        }
+        if !options.licence.is_empty() {
+            toml.push_str("\n[licence]\n");
+            for line in &options.licence {
                 toml.push_str(line);
                 toml.push('\n');
             }

@@ -2,138 +2,16 @@
 //! driven over HTTPS by ureq (rustls, ring) that trusts only the server's own self-signed
 //! `tls-cert.pem` — the way a pbx node will pin it.
 
-use pbx_actors::licence::{Envelope, Feature, Limits, PublicKey};
+use pbx_actors::licence::{Envelope, Feature, Limits};
+use pbx_tests::licence_server::Server;
 use pbx_tests::*;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Longest a server with refused arguments may take to exit.
 const REFUSAL_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bound on one HTTPS request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A running `pbx licence-server`; stopped (SIGTERM, then SIGKILL) on drop.
-struct Server {
-    child: Option<Child>,
-    dir: PathBuf,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Server {
-    /// Starts the server on a free loopback port and waits (bounded) until it answers over TLS.
-    fn start(dir: &Path) -> Server {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let log = dir.join(format!("server-{}.log", addr.port()));
-        let child = Command::new(binary())
-            .args(["licence-server", "--data-dir"])
-            .arg(dir.join("data"))
-            .args(["--listen", &addr.to_string()])
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).expect("create log file"))
-            .stderr(std::fs::File::create(log.with_extension("err")).expect("create log file"))
-            .spawn()
-            .expect("spawn pbx licence-server");
-        let mut server = Server { child: Some(child), dir: dir.join("data"), addr, log };
-        let ready = wait_until(START_TIMEOUT, || {
-            server.dir.join("tls-cert.pem").exists()
-                && server.client().get(&server.url("/healthz")).call().is_ok_and(|r| r.status() == 200)
-        });
-        assert!(ready, "licence server not ready within {START_TIMEOUT:?}:\n{}", server.output());
-        if let Some(child) = server.child.as_mut() {
-            assert!(child.try_wait().unwrap().is_none(), "server exited:\n{}", server.output());
-        }
-        server
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://{}{path}", self.addr)
-    }
-
-    fn output(&self) -> String {
-        let out = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let err = std::fs::read_to_string(self.log.with_extension("err")).unwrap_or_default();
-        format!("---- stdout ----\n{out}---- stderr ----\n{err}")
-    }
-
-    fn token(&self) -> String {
-        std::fs::read_to_string(self.dir.join("admin.token")).expect("admin.token").trim().to_string()
-    }
-
-    fn public_key(&self) -> PublicKey {
-        let hex = std::fs::read_to_string(self.dir.join("public-key.hex")).expect("public-key.hex");
-        PublicKey::from_hex(&hex).expect("public key in hex")
-    }
-
-    /// An HTTPS client trusting only this server's certificate; statuses are not errors.
-    fn client(&self) -> ureq::Agent {
-        let pem = std::fs::read(self.dir.join("tls-cert.pem")).expect("tls-cert.pem");
-        let cert = ureq::tls::Certificate::from_pem(&pem).expect("a PEM certificate");
-        let tls = ureq::tls::TlsConfig::builder()
-            .provider(ureq::tls::TlsProvider::Rustls)
-            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .root_certs(ureq::tls::RootCerts::new_with_certs(&[cert]))
-            .build();
-        ureq::Agent::config_builder()
-            .tls_config(tls)
-            .http_status_as_error(false)
-            .timeout_global(Some(REQUEST_TIMEOUT))
-            .build()
-            .into()
-    }
-
-    /// `method path` with a JSON body (and the admin token if `admin`): status and JSON answer.
-    fn call(&self, method: &str, path: &str, body: Value, admin: bool) -> (u16, Value) {
-        let agent = self.client();
-        let url = self.url(path);
-        let auth = format!("Bearer {}", self.token());
-        let result = match method {
-            "GET" => {
-                let mut request = agent.get(&url);
-                if admin {
-                    request = request.header("Authorization", &auth);
-                }
-                request.call()
-            }
-            "POST" | "PUT" => {
-                let mut request = if method == "POST" { agent.post(&url) } else { agent.put(&url) };
-                if admin {
-                    request = request.header("Authorization", &auth);
-                }
-                request.send_json(&body)
-            }
-            _ => unreachable!("method {method}"),
-        };
-        let mut response = result.unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.output()));
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().expect("read the answer");
-        let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
-        (status, value)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let status = terminate(&mut child, STOP_TIMEOUT);
-            assert!(status.is_some_and(|s| s.success()), "licence server did not exit cleanly on SIGTERM");
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child, STOP_TIMEOUT);
-        }
-        if std::thread::panicking() {
-            eprintln!("{}", self.output());
-        }
-    }
-}
-
 fn limits(extensions: u32, rooms: u32) -> Value {
     json!({ "extensions": extensions, "concurrent_calls": 8, "conference_rooms": rooms, "proxy_seats": 0, "cluster_nodes": 1 })
 }
