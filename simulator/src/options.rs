@@ -309,6 +309,8 @@ mod tests {
         let file = WorkloadFile::parse(include_str!("../workloads/office.toml")).unwrap();
         assert_eq!(file.office.phones, 100);
         assert_eq!(file.faults.away_s, (60, 14_400));
+        let harsh = WorkloadFile::parse(include_str!("../workloads/harsh.toml")).unwrap();
+        assert_eq!((harsh.office.phones, harsh.network.loss), (40, 0.05));
     }
 
     #[test]
