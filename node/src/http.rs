@@ -487,6 +487,15 @@ async fn licence(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
             if let Some(map) = out.as_object_mut() {
                 map.insert("serial".into(), state.serial.clone().into());
                 map.insert("managed".into(), true.into());
+                // The node's own times as the rest of the API writes them; the signed documents'
+                // `issued_at` / `valid_until` stay as signed (Unix seconds).
+                for key in ["last_success", "grace_until", "next_check", "unlocks_fetched_at"] {
+                    if let Some(value) = map.get_mut(key)
+                        && let Some(micros) = value.as_u64()
+                    {
+                        *value = rfc3339(Timestamp(micros)).into();
+                    }
+                }
             }
             HttpResponse::Ok().json(out)
         }
