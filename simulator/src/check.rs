@@ -91,7 +91,6 @@ struct Dialog {
 #[derive(Debug, Default)]
 struct PhoneModel {
     extension: String,
-    away: bool,
     /// The latest a binding of this phone may last: its last REGISTER plus the expiry the
     /// registrar grants at most.
     binding_until: Option<Timestamp>,
@@ -231,7 +230,6 @@ impl Checker {
 
     pub fn phone_away(&mut self, now: Timestamp, phone: usize, away: bool) {
         let model = &mut self.phones[phone];
-        model.away = away;
         if away {
             model.dialog = None;
             model.disturbed.push((now, Timestamp(u64::MAX)));

@@ -362,7 +362,7 @@ impl SimNode {
                 Work::Call(id, input) => {
                     let Some(c) = self.calls.get_mut(&id) else { continue };
                     c.call.handle(now, input);
-                    self.drain_call(now, id);
+                    self.drain_call(id);
                 }
                 Work::Relay(id, input) => self.relay(now, id, input),
             }
@@ -478,10 +478,10 @@ impl SimNode {
         let relay = Relay::new(self.relay_config, seed, now);
         let call = Call::new(now, self.call_config, CallSetup { id, start, media, seed });
         self.calls.insert(id, SimCall { call, legs: BTreeMap::new(), relay, ports, started: now, recorded: false });
-        self.drain_call(now, id);
+        self.drain_call(id);
     }
 
-    fn drain_call(&mut self, now: Timestamp, id: u64) {
+    fn drain_call(&mut self, id: u64) {
         loop {
             let Some(c) = self.calls.get_mut(&id) else { return };
             let Some(out) = c.call.poll_output() else { return };
@@ -515,7 +515,6 @@ impl SimNode {
                 }
                 CallOutput::Over => self.end_call(id),
             }
-            let _ = now;
         }
     }
 

@@ -292,7 +292,6 @@ struct NodeSlot {
     stepping: bool,
     /// A crash waits for the node's next write.
     crash_on_write: bool,
-    down_since: Option<Timestamp>,
     /// Stats of earlier incarnations.
     stats: NodeStats,
 }
@@ -445,7 +444,6 @@ impl Sim {
             wakes_at: (ORIGIN, 0),
             stepping: false,
             crash_on_write: false,
-            down_since: None,
             stats: NodeStats::default(),
         });
         sim.start_node(0, setup_rng.random());
@@ -658,7 +656,6 @@ impl Sim {
                 slot.disk.lost_in_crash += slot.pending.len() as u64;
                 slot.pending.clear();
                 slot.armed = None;
-                slot.down_since = Some(self.now);
                 self.checker.node_crashed(self.now);
                 if let Some(model) = self.licence_models.get_mut(node) {
                     model.crashed_since_success = true;
@@ -762,7 +759,6 @@ impl Sim {
                             self.checker.check_licence(self.now, local, licence, model, grace, retry);
                         }
                     }
-                    let _ = i;
                 }
                 self.checker.check_phones(self.now);
                 if let Some(host) = self.licence.as_mut() {
@@ -795,9 +791,8 @@ impl Sim {
         if slot.node.is_some() {
             return;
         }
-        if slot.down_since.take().is_some() {
-            self.checker.node_restarted(self.now);
-        }
+        // Only a crashed node is down: this ends its outage.
+        self.checker.node_restarted(self.now);
         let seed = self.fault_rng.random();
         self.start_node(node, seed);
         let slot = &self.nodes[node];
@@ -861,9 +856,7 @@ impl Sim {
         }
         let slot = &mut self.nodes[node];
         let want = slot.node.as_ref().and_then(SimNode::poll_timeout).map(|t| slot.clock.global(t).max(self.now));
-        if want.is_some() && want != slot.armed {
-            slot.armed = want;
-            let at = want.unwrap_or(self.now);
+        if let Some(at) = arm(&mut slot.armed, want) {
             self.schedule(at, Event::NodeWake { node });
         }
     }
@@ -889,9 +882,7 @@ impl Sim {
     fn rearm_phone(&mut self, phone: usize) {
         let slot = &mut self.phones[phone];
         let want = slot.phone.poll_timeout().map(|t| slot.clock.global(t).max(self.now));
-        if want.is_some() && want != slot.armed {
-            slot.armed = want;
-            let at = want.unwrap_or(self.now);
+        if let Some(at) = arm(&mut slot.armed, want) {
             self.schedule(at, Event::PhoneWake { phone });
         }
     }
@@ -1034,6 +1025,16 @@ impl Sim {
             .clamp(Duration::from_secs(1), Duration::from_secs(w.talk_s_max));
         self.feed_phone(phone, PhoneInput::Dial { callee, talk });
     }
+}
+
+/// The one wake-up a machine keeps: when it wants one at a time other than the one armed,
+/// that time (to schedule); a wake event that finds another time armed is stale and ignored.
+fn arm(armed: &mut Option<Timestamp>, want: Option<Timestamp>) -> Option<Timestamp> {
+    if want.is_some() && want != *armed {
+        *armed = want;
+        return want;
+    }
+    None
 }
 
 /// Counts wake-ups at one instant; false once there are too many.
