@@ -38,6 +38,11 @@ impl Timestamp {
         Timestamp(self.0.saturating_add(d.as_micros().min(u64::MAX as u128) as u64))
     }
 
+    /// The time `d` before this one, saturating at the origin.
+    pub fn saturating_sub(self, d: Duration) -> Timestamp {
+        Timestamp(self.0.saturating_sub(d.as_micros().min(u64::MAX as u128) as u64))
+    }
+
     /// How long from `earlier` to this time; zero if `earlier` is later.
     pub fn saturating_since(self, earlier: Timestamp) -> Duration {
         Duration::from_micros(self.0.saturating_sub(earlier.0))
@@ -54,6 +59,13 @@ impl Add<Duration> for Timestamp {
     type Output = Timestamp;
     fn add(self, d: Duration) -> Timestamp {
         self.saturating_add(d)
+    }
+}
+
+impl Sub<Duration> for Timestamp {
+    type Output = Timestamp;
+    fn sub(self, d: Duration) -> Timestamp {
+        self.saturating_sub(d)
     }
 }
 

@@ -28,7 +28,7 @@ use crate::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 /// The seed's promise for the vendor's request logs: client IPs are anonymised after 14 days.
 pub const ANONYMISE_AFTER_S: u64 = 14 * 86_400;
@@ -397,18 +397,10 @@ fn printable(name: &str) -> String {
     name.chars().take(NAME_CHARS_MAX).map(|c| if c.is_ascii_graphic() { c } else { '?' }).collect()
 }
 
-/// The address with its host part zeroed: IPv4 to its /24, IPv6 to its /48.
+/// The address with its host part zeroed: IPv4 to its /24, IPv6 to its /48 (the inventory's
+/// rule, [`crate::privacy::anonymise_ip`]).
 pub fn anonymise(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => {
-            let [a, b, c, _] = v4.octets();
-            IpAddr::V4(Ipv4Addr::new(a, b, c, 0))
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0))
-        }
-    }
+    crate::privacy::anonymise_ip(ip)
 }
 
 #[cfg(test)]

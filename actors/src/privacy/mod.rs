@@ -1,40 +1,87 @@
 //! The data inventory: every kind of personal data pbx keeps, with its purpose, legal basis,
-//! retention and where it is stored (GDPR Art. 30 record of processing; seed: the privacy
-//! policy in `shared/seed/`).
+//! retention, where it is stored and whose it is (GDPR Art. 30 record of processing; seed: the
+//! privacy policy in `shared/seed/`).
 //!
 //! Each subsystem declares its categories here in the same change that introduces the data.
-//! The retention reaper, the subject-rights API and the generated privacy notice (a later
-//! issue) read this table; a node test checks that every redb table is declared.
+//! The retention reaper ([`reaper`]), the subject-rights API (the node) and the generated
+//! privacy notice ([`notice`]) read this table; a node test checks that every redb table is
+//! declared, a notice test that every category appears in every language.
 
-/// How long a category is kept, as code will enforce it.
+pub mod actor;
+pub mod reaper;
+
+use crate::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// How long a category is kept, as code enforces it. Periods are the defaults; the node's
+/// config may change them (`config` names the key).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Retention {
-    /// Until the data subject's record is deleted (e.g. the extension is removed).
+    /// Until the data subject's record is deleted (e.g. the extension is removed) or erased.
     UntilDeleted,
-    /// Until the binding expires or is removed; at most `registrar.max_expires_s`.
+    /// Until the binding expires or is removed; at most `registrar.max_expires_s`. The reaper
+    /// deletes a stored binding its registrar missed one reaper interval after it expired.
     UntilExpiry,
     /// Only in memory, for at most this many seconds (configurable; the default given).
     MemorySeconds(u32),
-    /// Stored for this many days after the event, then deleted (configurable; the default given).
-    Days(u32),
     /// Only in memory, while the call lasts (and at most the call's ending bound after it).
     CallDuration,
-    /// Stored; the IP addresses in it are anonymised (IPv4 to /24, IPv6 to /48) this many days
-    /// after the event, and the anonymised record deleted `deleted_after_days` after it.
-    AnonymisedAfterDays { days: u32, deleted_after_days: u32 },
+    /// Stored, then deleted this many days after `from` by the retention reaper.
+    Delete { days: u32, from: &'static str, config: &'static str },
+    /// Stored; anonymised (IP addresses truncated, numbers and names masked) `days` after
+    /// `from`, and the anonymised record deleted `deleted_after_days` after it.
+    AnonymiseThenDelete { days: u32, deleted_after_days: u32, from: &'static str, config: &'static str },
+}
+
+/// Whose data a category holds: what a subject-rights request names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectKind {
+    /// An extension (its user): number, name, its phones.
+    Extension,
+    /// A telephone number, also one that is not an extension (a dialled number).
+    PhoneNumber,
+    /// An IP address (of a phone, or of whoever sent a request).
+    IpAddress,
+}
+
+/// The GDPR Art. 6(1) basis of a processing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LegalBasis {
+    /// Art. 6(1)(b): performing the contract (providing the telephone service).
+    Contract,
+    /// Art. 6(1)(c): a legal obligation (accountability, Art. 5(2) and 30).
+    LegalObligation,
+    /// Art. 6(1)(f): a legitimate interest, named. Open to objection (Art. 21).
+    LegitimateInterest(&'static str),
+}
+
+impl LegalBasis {
+    /// The article, as the notice and the API print it.
+    pub fn article(self) -> &'static str {
+        match self {
+            LegalBasis::Contract => "Art. 6(1)(b)",
+            LegalBasis::LegalObligation => "Art. 6(1)(c)",
+            LegalBasis::LegitimateInterest(_) => "Art. 6(1)(f)",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
 pub struct DataCategory {
-    /// Stable identifier, used by the reaper and the subject-rights API.
+    /// Stable identifier, used by the reaper, the subject-rights API, the notice and the audit.
     pub id: &'static str,
     pub data: &'static str,
     pub purpose: &'static str,
-    /// GDPR Art. 6(1) basis.
-    pub legal_basis: &'static str,
+    /// GDPR Art. 6(1) bases; more than one when purposes differ (say which in `purpose`).
+    pub legal_basis: &'static [LegalBasis],
     pub retention: Retention,
-    /// Where it lives: `redb:<table>`, `memory`, or `log`.
+    /// Where it lives: `redb:<table>` (the node's `pbx.redb`), `licence-server:<table>`,
+    /// `memory`, or `log` (the node's log output, kept by the operator's log system).
     pub stored_in: &'static [&'static str],
+    /// Whose it is.
+    pub subjects: &'static [SubjectKind],
 }
 
 /// Every category pbx keeps today.
@@ -43,53 +90,101 @@ pub const INVENTORY: &[DataCategory] = &[
         id: "extension",
         data: "extension number, display name, digest hashes H(user:realm:password) for MD5 and SHA-256; never the password",
         purpose: "authenticate the extension's phones and show its name",
-        legal_basis: "Art. 6(1)(b) contract (providing the telephone service)",
+        legal_basis: &[LegalBasis::Contract],
         retention: Retention::UntilDeleted,
-        stored_in: &["redb:extensions"],
+        stored_in: &["redb:extensions", "memory"],
+        subjects: &[SubjectKind::Extension],
     },
     DataCategory {
         id: "registration",
         data: "extension number, contact URI (IP address and port), source address, transport, Call-ID, CSeq, user agent",
         purpose: "deliver calls to the phones where they are registered",
-        legal_basis: "Art. 6(1)(b) contract (providing the telephone service)",
+        legal_basis: &[LegalBasis::Contract],
         retention: Retention::UntilExpiry,
         stored_in: &["redb:bindings", "memory"],
+        subjects: &[SubjectKind::Extension, SubjectKind::IpAddress],
     },
     DataCategory {
         id: "auth-failure",
-        data: "source IP address and claimed user name of failed REGISTER authentications",
+        data: "source IP address and claimed user name of failed authentications, while the source is watched or blocked",
         purpose: "block password guessing (security of the service)",
-        legal_basis: "Art. 6(1)(f) legitimate interest (security), Art. 32",
+        legal_basis: &[LegalBasis::LegitimateInterest("security of the service, Art. 32")],
         // Kept for the failure window or the block, whichever is longer (defaults 60 s / 300 s).
         retention: Retention::MemorySeconds(300),
         stored_in: &["memory", "log"],
+        subjects: &[SubjectKind::IpAddress, SubjectKind::Extension],
+    },
+    DataCategory {
+        id: "security-log",
+        data: "time, source IP address and claimed user name of each failed authentication and each block",
+        purpose: "investigate attacks on the exchange after the fact (the PBX's request log)",
+        legal_basis: &[LegalBasis::LegitimateInterest("security of the service, Art. 32")],
+        // The seed's period for request logs: anonymised after 14 days. Deleted after 90.
+        retention: Retention::AnonymiseThenDelete {
+            days: 14,
+            deleted_after_days: 90,
+            from: "the event",
+            config: "privacy.request_log_anonymise_days, privacy.request_log_delete_days",
+        },
+        stored_in: &["redb:security_log"],
+        subjects: &[SubjectKind::IpAddress, SubjectKind::Extension],
     },
     DataCategory {
         id: "cdr",
         data: "caller and callee extension numbers (callee: the dialled number), call start, answer and end times, outcome, who hung up, SIP Call-ID, codecs, media statistics (packets, bytes, loss, jitter)",
-        purpose: "billing, troubleshooting, and the call history users see",
-        legal_basis: "Art. 6(1)(b) contract (providing and billing the telephone service); Art. 6(1)(f) legitimate interest (troubleshooting)",
-        // `calls.cdr_retention_days`, default 90: long enough to query a bill, short by default.
-        retention: Retention::Days(90),
+        purpose: "billing and the call history users see (contract); troubleshooting and call statistics (legitimate interest)",
+        legal_basis: &[
+            LegalBasis::Contract,
+            LegalBasis::LegitimateInterest("troubleshooting the service and call statistics"),
+        ],
+        // Long enough to query a bill, short by default.
+        retention: Retention::Delete { days: 90, from: "the end of the call", config: "calls.cdr_retention_days" },
         stored_in: &["redb:cdrs"],
+        subjects: &[SubjectKind::Extension, SubjectKind::PhoneNumber, SubjectKind::IpAddress],
     },
     DataCategory {
         id: "call-in-progress",
         data: "caller and callee numbers and display names, SIP dialog identifiers (Call-ID, tags, contact URIs with IP addresses and ports), SDP media addresses, the RTP source addresses seen; the voice itself is relayed, never stored",
         purpose: "connect the call and carry its media",
-        legal_basis: "Art. 6(1)(b) contract (providing the telephone service)",
+        legal_basis: &[LegalBasis::Contract],
         retention: Retention::CallDuration,
         stored_in: &["memory"],
+        subjects: &[SubjectKind::Extension, SubjectKind::PhoneNumber, SubjectKind::IpAddress],
+    },
+    DataCategory {
+        id: "privacy-preferences",
+        data: "the extension or number that asked for restriction (Art. 18) or objected to statistics (Art. 21), and since when",
+        purpose: "honour the restriction or objection",
+        legal_basis: &[LegalBasis::LegalObligation],
+        retention: Retention::UntilDeleted,
+        stored_in: &["redb:privacy_flags"],
+        subjects: &[SubjectKind::Extension, SubjectKind::PhoneNumber, SubjectKind::IpAddress],
+    },
+    DataCategory {
+        id: "privacy-audit",
+        data: "each retention run (rule, records, cut-off time) and each subject-rights request (right, time, records touched, the subject as a keyed pseudonym: HMAC-SHA-256 with the node's privacy key, never the number or address itself)",
+        purpose: "prove that retention and data-subject requests were honoured (accountability)",
+        legal_basis: &[LegalBasis::LegalObligation],
+        // Three years: the regular limitation period (German Civil Code § 195).
+        retention: Retention::Delete { days: 1095, from: "the entry", config: "privacy.audit_retention_days" },
+        stored_in: &["redb:privacy_audit"],
+        subjects: &[SubjectKind::Extension, SubjectKind::PhoneNumber, SubjectKind::IpAddress],
     },
     DataCategory {
         id: "licence-service-log",
         data: "requesting IP address, time, the serial number asked about, the request (licence, unlocks, voucher redemption with the voucher code) and its outcome",
         purpose: "operating the licence and voucher service; detecting abuse (serial or voucher guessing)",
-        legal_basis: "Art. 6(1)(f) legitimate interest (operating and securing the licence service)",
+        legal_basis: &[LegalBasis::LegitimateInterest("operating and securing the licence service")],
         // The seed's promise for the vendor's logs: IPs anonymised after 14 days
         // (`licence::desk::ANONYMISE_AFTER_S`); entries deleted after 90 (`LOG_KEEP_S`).
-        retention: Retention::AnonymisedAfterDays { days: 14, deleted_after_days: 90 },
-        stored_in: &["redb:licence_log"],
+        retention: Retention::AnonymiseThenDelete {
+            days: 14,
+            deleted_after_days: 90,
+            from: "the request",
+            config: "(fixed in the licence server)",
+        },
+        stored_in: &["licence-server:licence_log"],
+        subjects: &[SubjectKind::IpAddress],
     },
 ];
 
@@ -98,33 +193,232 @@ pub fn category(id: &str) -> Option<&'static DataCategory> {
     INVENTORY.iter().find(|c| c.id == id)
 }
 
+/// The address with its host part zeroed: IPv4 to its /24, IPv6 to its /48 (an IPv4-mapped
+/// IPv6 address counts as IPv4).
+pub fn anonymise_ip(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::V4(Ipv4Addr::new(a, b, c, 0))
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0))
+        }
+    }
+}
+
+/// Whether `ip` is already what [`anonymise_ip`] makes of it.
+pub fn is_anonymised_ip(ip: IpAddr) -> bool {
+    anonymise_ip(ip) == ip
+}
+
+/// Characters [`mask_number`] hides at the end of a number or name.
+pub const MASKED_TAIL: usize = 3;
+
+/// A number (or user name) with its last three characters replaced by `x`, as itemised bills
+/// shorten numbers: `0301234567` → `0301234xxx`; three characters or fewer become all `x`.
+pub fn mask_number(number: &str) -> String {
+    let n = number.chars().count();
+    number.chars().enumerate().map(|(i, c)| if i + MASKED_TAIL >= n { 'x' } else { c }).collect()
+}
+
+/// What an erased party becomes in the records that stay (the other party's CDRs): the
+/// anonymous identity of RFC 3323.
+pub const ERASED: &str = "anonymous";
+
+/// A data subject as a request names it: an IP address, or a number (an extension is a number).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Subject {
+    Number(String),
+    Ip(IpAddr),
+}
+
+/// Characters a subject id may have at most.
+pub const SUBJECT_ID_MAX: usize = 64;
+
+impl Subject {
+    /// Reads a subject id: an IPv4 or IPv6 address, else a number or SIP user name
+    /// (letters, digits and `+ * # - . _`). The reason names what is wrong.
+    pub fn parse(id: &str) -> Result<Subject, String> {
+        if let Ok(ip) = id.parse::<IpAddr>() {
+            return Ok(Subject::Ip(ip.to_canonical()));
+        }
+        if id.is_empty() || id.len() > SUBJECT_ID_MAX {
+            return Err(format!(
+                "a subject is an extension, a number or an IP address of 1 to {SUBJECT_ID_MAX} characters"
+            ));
+        }
+        if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || "+*#-._".contains(*c))) {
+            return Err(format!("{c:?} cannot be part of an extension, a number or an IP address"));
+        }
+        if id == ERASED {
+            return Err(format!("{ERASED:?} is what erased parties become, not a subject"));
+        }
+        Ok(Subject::Number(id.to_string()))
+    }
+
+    pub fn id(&self) -> String {
+        match self {
+            Subject::Number(n) => n.clone(),
+            Subject::Ip(ip) => ip.to_string(),
+        }
+    }
+}
+
+/// The data-subject rights pbx serves (GDPR Art. 15–21).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Right {
+    /// Art. 15 and 20: one JSON document with everything held.
+    Access,
+    /// Art. 16.
+    Rectification,
+    /// Art. 17.
+    Erasure,
+    /// Art. 18 (and lifting it).
+    Restriction,
+    RestrictionLifted,
+    /// Art. 21 (and withdrawing it).
+    Objection,
+    ObjectionWithdrawn,
+}
+
+impl Right {
+    pub fn name(self) -> &'static str {
+        match self {
+            Right::Access => "access",
+            Right::Rectification => "rectification",
+            Right::Erasure => "erasure",
+            Right::Restriction => "restriction",
+            Right::RestrictionLifted => "restriction_lifted",
+            Right::Objection => "objection",
+            Right::ObjectionWithdrawn => "objection_withdrawn",
+        }
+    }
+}
+
+/// One line of the privacy audit (redb `privacy_audit`): what was done, never the data itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at: Timestamp,
+    pub event: AuditEvent,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AuditEvent {
+    /// One run of the retention reaper: each rule it applied, with its cut-off and count.
+    Retention { rules: Vec<RuleOutcome>, finished: Timestamp },
+    /// A subject-rights request served (or refused: `outcome` says why).
+    SubjectRequest {
+        right: Right,
+        /// HMAC-SHA-256 of the subject id with the node's privacy key, 16 bytes in hex.
+        subject: String,
+        /// Records read or changed.
+        records: u64,
+        outcome: String,
+    },
+}
+
+/// What one retention rule did in one run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleOutcome {
+    pub category: String,
+    pub action: reaper::Action,
+    /// Records older than this were due.
+    pub cutoff: Timestamp,
+    pub records: u64,
+    /// Why the rule stopped short (storage failed); the next run goes on.
+    pub error: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Ids are unique and every category says where it is stored.
+    /// Ids are unique; every category says where it is stored, whose it is and why.
     #[test]
     fn inventory_is_well_formed() {
         for (i, c) in INVENTORY.iter().enumerate() {
             assert!(INVENTORY[..i].iter().all(|o| o.id != c.id), "duplicate id {}", c.id);
             assert!(!c.stored_in.is_empty() && !c.purpose.is_empty() && !c.legal_basis.is_empty(), "{}", c.id);
+            assert!(!c.subjects.is_empty() && !c.data.is_empty(), "{}", c.id);
         }
         assert!(category("registration").is_some());
         assert!(category("nonexistent").is_none());
+    }
+
+    /// Every rule the reaper applies belongs to a declared category, and the default periods
+    /// are the ones the inventory declares (so the notice says what the code does).
+    #[test]
+    fn reaper_defaults_are_the_declared_periods() {
+        let periods = reaper::Periods::default();
+        for rule in reaper::rules(&periods) {
+            assert!(category(rule.category).is_some(), "rule for undeclared {}", rule.category);
+        }
+        let days = |id| match category(id).unwrap().retention {
+            Retention::Delete { days, .. } => (None, days),
+            Retention::AnonymiseThenDelete { days, deleted_after_days, .. } => (Some(days), deleted_after_days),
+            other => panic!("{id}: {other:?}"),
+        };
+        assert_eq!(days("cdr"), (None, periods.cdr_days));
+        assert_eq!(days("privacy-audit"), (None, periods.audit_days));
+        assert_eq!(days("security-log"), (Some(periods.request_log_anonymise_days), periods.request_log_delete_days));
     }
 
     /// The licence log's declared retention is the one the desk enforces.
     #[test]
     fn licence_log_retention_matches_the_desk() {
         use crate::licence::desk::{ANONYMISE_AFTER_S, LOG_KEEP_S};
-        let Some(DataCategory { retention: Retention::AnonymisedAfterDays { days, deleted_after_days }, .. }) =
-            category("licence-service-log")
+        let Retention::AnonymiseThenDelete { days, deleted_after_days, .. } =
+            category("licence-service-log").unwrap().retention
         else {
-            panic!("licence-service-log must be declared with AnonymisedAfterDays");
+            panic!("licence-service-log must be declared with AnonymiseThenDelete");
         };
-        assert_eq!(
-            (u64::from(*days) * 86_400, u64::from(*deleted_after_days) * 86_400),
-            (ANONYMISE_AFTER_S, LOG_KEEP_S)
-        );
+        assert_eq!((u64::from(days) * 86_400, u64::from(deleted_after_days) * 86_400), (ANONYMISE_AFTER_S, LOG_KEEP_S));
+    }
+
+    /// IPv4 keeps its /24, IPv6 its /48, a mapped IPv4 address counts as IPv4; anonymising
+    /// twice changes nothing.
+    #[test]
+    fn ip_addresses_are_truncated() {
+        let cases = [
+            ("192.0.2.77", "192.0.2.0"),
+            ("2001:db8:1234:5678::9", "2001:db8:1234::"),
+            ("::ffff:198.51.100.3", "198.51.100.0"),
+            ("10.0.0.0", "10.0.0.0"),
+        ];
+        for (ip, want) in cases {
+            let got = anonymise_ip(ip.parse().unwrap());
+            assert_eq!(got.to_string(), want);
+            assert_eq!(anonymise_ip(got), got);
+            assert!(is_anonymised_ip(got));
+        }
+        assert!(!is_anonymised_ip("192.0.2.77".parse().unwrap()));
+    }
+
+    /// Numbers lose their last three characters, short ones everything.
+    #[test]
+    fn numbers_are_masked() {
+        assert_eq!(mask_number("0301234567"), "0301234xxx");
+        assert_eq!(mask_number("1001"), "1xxx");
+        assert_eq!(mask_number("100"), "xxx");
+        assert_eq!(mask_number(""), "");
+        assert_eq!(mask_number("admin"), "adxxx");
+    }
+
+    /// Subject ids: addresses (IPv6 too, mapped IPv4 as IPv4), numbers; the rest is refused
+    /// with the reason.
+    #[test]
+    fn subjects_parse_or_say_why_not() {
+        assert_eq!(Subject::parse("1001"), Ok(Subject::Number("1001".into())));
+        assert_eq!(Subject::parse("+49301234567"), Ok(Subject::Number("+49301234567".into())));
+        assert_eq!(Subject::parse("192.0.2.1"), Ok(Subject::Ip("192.0.2.1".parse().unwrap())));
+        assert_eq!(Subject::parse("::ffff:192.0.2.1"), Ok(Subject::Ip("192.0.2.1".parse().unwrap())));
+        assert_eq!(Subject::parse("2001:db8::1").unwrap().id(), "2001:db8::1");
+        for bad in ["", "a b", "1001@host", &"1".repeat(65), "anonymous", "<script>"] {
+            assert!(Subject::parse(bad).is_err(), "{bad:?}");
+        }
     }
 }
