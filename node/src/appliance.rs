@@ -2,8 +2,8 @@
 //! file, no other server to install.
 //!
 //! Start-up order: data directory → storage (restore) → CDR writer → admin token → sockets →
-//! registrar → licence watchdog and voucher sync (when a service is configured) → calls →
-//! endpoint → transports → HTTP. Any failure before serving names what it was doing
+//! security-log writer → registrar → calls → licence watchdog and voucher sync (when a service
+//! is configured) → privacy key and retention reaper → endpoint → transports → HTTP. Any failure before serving names what it was doing
 //! and the node exits non-zero. SIGTERM/SIGINT stop the HTTP server, then the actors (the
 //! registrar flushes batched binding refreshes as it stops), then the CDR writer (it stores
 //! what is queued), then exit 0.
@@ -12,7 +12,7 @@ use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::http::{self, ApiState, CallsView};
 use crate::licence::{self, HttpLicenceService};
-use crate::storage::{CdrWriter, Storage};
+use crate::storage::{CdrWriter, SecurityWriter, Storage};
 use crate::transport::{self, Backlog, SipSockets};
 use anyhow::Context;
 use pbx_actors::call::LocalSip;
@@ -27,6 +27,8 @@ use pbx_actors::licence::{
 };
 use pbx_actors::media::pool::PortPool;
 use pbx_actors::media::relay::RelayConfig;
+use pbx_actors::privacy::actor::{ReaperActor, ReaperArgs};
+use pbx_actors::privacy::reaper::{self, ReaperConfig};
 use pbx_actors::registrar::{RegistrarActor, RegistrarArgs, RegistrarMsg};
 use pbx_actors::sip::transaction::TimerConfig;
 use ractor::{Actor, ActorRef};
@@ -59,6 +61,8 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     let wire = sockets.wire();
     let clock = SystemClock::new();
 
+    // Failed authentications and blocks, for the security log (category `security-log`).
+    let security_log = Arc::new(SecurityWriter::start(storage.clone()).context("start security-log writer")?);
     let sink = EndpointSink::default();
     let (registrar, registrar_handle) = Actor::spawn(
         Some("registrar".into()),
@@ -71,6 +75,7 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
             clock: Arc::new(clock),
             store: storage.clone(),
             sink: Arc::new(sink.clone()),
+            security: Some(security_log.clone()),
         },
     )
     .await
@@ -132,6 +137,24 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
 
     let licence = start_licence(&config, &storage, clock).await?;
 
+    let privacy = Arc::new(
+        crate::privacy::Privacy::open(data_dir, config.privacy.periods.clone(), config.privacy.operator.clone())
+            .context("privacy key")?,
+    );
+    let reaper_config = ReaperConfig {
+        rules: reaper::rules(&config.privacy.periods),
+        interval: Duration::from_secs(config.privacy.reaper_interval_s.into()),
+        batch: config.privacy.reaper_batch,
+        ..ReaperConfig::default()
+    };
+    let (reaper, reaper_handle) = Actor::spawn(
+        Some("retention-reaper".into()),
+        ReaperActor,
+        ReaperArgs { config: reaper_config, clock: Arc::new(clock), store: storage.clone() },
+    )
+    .await
+    .context("start retention reaper")?;
+
     let backlog = Backlog::default();
     let (endpoint, endpoint_handle) = Actor::spawn(
         Some("sip-endpoint".into()),
@@ -166,6 +189,7 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         licence: licence.view.clone(),
         vouchers: licence.vouchers.clone(),
         serial: licence.serial.clone(),
+        privacy: privacy.clone(),
     };
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new().app_data(actix_web::web::Data::new(state.clone())).configure(http::routes)
@@ -195,8 +219,11 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     for actor in licence.actors {
         actor.stop(None);
     }
+    reaper.stop(None);
+    let _ = reaper_handle.await;
     registrar.stop(None);
     let _ = registrar_handle.await;
+    drop(security_log);
     // The last handle once the actors are gone: dropping it stores what is queued and joins the
     // writer's thread.
     drop(cdr_store);
@@ -275,11 +302,11 @@ async fn start_licence(config: &Config, storage: &Arc<Storage>, clock: SystemClo
 struct CallsList(ractor::ActorRef<CallsMsg>);
 
 impl CallsView for CallsList {
-    fn active(&self) -> Pin<Box<dyn Future<Output = Vec<ActiveCall>> + Send + '_>> {
+    fn active(&self) -> Pin<Box<dyn Future<Output = Option<Vec<ActiveCall>>> + Send + '_>> {
         Box::pin(async move {
             match self.0.call(CallsMsg::List, Some(Duration::from_secs(4))).await {
-                Ok(ractor::rpc::CallResult::Success(list)) => list,
-                _ => Vec::new(),
+                Ok(ractor::rpc::CallResult::Success(list)) => Some(list),
+                _ => None,
             }
         })
     }
@@ -299,8 +326,6 @@ pub async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
 
 /// Reads `DATA_DIR/admin.token`, or creates it (mode 0600) with 256 random bits at first start.
 pub fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     if let Ok(existing) = std::fs::read_to_string(&path) {
         let existing = existing.trim().to_string();
@@ -310,17 +335,18 @@ pub fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
         }
     }
     let token = hex::encode(rand::random::<[u8; 32]>());
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("write {}", path.display()))?;
-    writeln!(file, "{token}")?;
-    file.sync_all()?;
+    write_secret(&path, &token).with_context(|| format!("write {}", path.display()))?;
     tracing::info!(path = %path.display(), "admin token created");
     Ok(token)
+}
+
+/// Writes a secret and its newline to a file only its owner can read (mode 0600), durably.
+pub fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    writeln!(file, "{secret}")?;
+    file.sync_all()
 }
 
 pub fn restrict_permissions(path: &Path, mode: u32) {

@@ -34,6 +34,11 @@ pub const DEFAULT_LICENCE_GRACE_DAYS: u32 = 14;
 pub const DEFAULT_VOUCHER_INTERVAL_H: u32 = 24;
 /// Numbers no licence limit refuses: police and emergency in Europe (110, 112) and North America.
 pub const DEFAULT_EMERGENCY_NUMBERS: [&str; 3] = ["110", "112", "911"];
+/// The retention reaper runs this often by default (a record is gone at most one interval after
+/// it falls due).
+pub const DEFAULT_REAPER_INTERVAL_S: u32 = 3_600;
+/// Records one reaper batch (one redb transaction) changes at most.
+pub const DEFAULT_REAPER_BATCH: u32 = 500;
 /// Extensions declared in one file; more is a typo or an attack on start-up time.
 pub const CONFIG_EXTENSIONS_MAX: usize = 10_000;
 
@@ -97,7 +102,51 @@ struct FileConfig {
     #[serde(default)]
     licence: LicenceSection,
     #[serde(default)]
+    privacy: PrivacySection,
+    #[serde(default)]
     extensions: Vec<ExtensionDecl>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct PrivacySection {
+    reaper_interval_s: Option<u32>,
+    reaper_batch: Option<u32>,
+    request_log_anonymise_days: Option<u32>,
+    request_log_delete_days: Option<u32>,
+    audit_retention_days: Option<u32>,
+    #[serde(default)]
+    operator: OperatorSection,
+}
+
+/// Who runs this PBX, for the generated privacy notice (`pbx privacy notice`, `/privacy`).
+#[derive(Deserialize, Debug, Default, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorSection {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub address: String,
+    #[serde(default)]
+    pub email: String,
+    #[serde(default)]
+    pub phone: String,
+    /// The data protection officer's contact; empty when none is appointed.
+    #[serde(default)]
+    pub dpo: String,
+    /// The competent supervisory authority.
+    #[serde(default)]
+    pub authority: String,
+}
+
+/// The retention reaper's schedule, the periods it enforces, and the operator's details.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrivacyConfig {
+    pub reaper_interval_s: u32,
+    pub reaper_batch: u32,
+    /// Every stored category's period; `cdr_days` is `calls.cdr_retention_days`.
+    pub periods: pbx_actors::privacy::reaper::Periods,
+    pub operator: OperatorSection,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -210,6 +259,7 @@ pub struct Config {
     pub registrar: RegistrarConfig,
     pub calls: CallsConfig,
     pub licence: LicenceConfig,
+    pub privacy: PrivacyConfig,
     pub extensions: Vec<ExtensionDecl>,
 }
 
@@ -304,6 +354,8 @@ impl Config {
             return Err(invalid("calls.emergency_numbers", format!("{bad:?} is not a number of digits")));
         }
         let licence = licence_config(file.licence).map_err(|(key, reason)| invalid(key, reason))?;
+        let privacy =
+            privacy_config(file.privacy, calls.cdr_retention_days).map_err(|(key, reason)| invalid(key, reason))?;
         for (key, value, (low, high)) in [
             ("calls.no_answer_timeout_s", calls.no_answer_timeout_s, NO_ANSWER_TIMEOUT_S_RANGE),
             ("calls.rtp_timeout_s", calls.rtp_timeout_s, RTP_TIMEOUT_S_RANGE),
@@ -394,9 +446,45 @@ impl Config {
             registrar,
             calls,
             licence,
+            privacy,
             extensions: file.extensions,
         })
     }
+}
+
+/// Checks the `[privacy]` section; an error names the key.
+fn privacy_config(p: PrivacySection, cdr_days: u32) -> Result<PrivacyConfig, (&'static str, String)> {
+    let d = pbx_actors::privacy::reaper::Periods::default();
+    let c = PrivacyConfig {
+        reaper_interval_s: p.reaper_interval_s.unwrap_or(DEFAULT_REAPER_INTERVAL_S),
+        reaper_batch: p.reaper_batch.unwrap_or(DEFAULT_REAPER_BATCH),
+        periods: pbx_actors::privacy::reaper::Periods {
+            request_log_anonymise_days: p.request_log_anonymise_days.unwrap_or(d.request_log_anonymise_days),
+            request_log_delete_days: p.request_log_delete_days.unwrap_or(d.request_log_delete_days),
+            cdr_days,
+            audit_days: p.audit_retention_days.unwrap_or(d.audit_days),
+            ..d
+        },
+        operator: p.operator,
+    };
+    for (key, value, (low, high)) in [
+        ("privacy.reaper_interval_s", c.reaper_interval_s, (1, 86_400)),
+        ("privacy.reaper_batch", c.reaper_batch, (1, 100_000)),
+        ("privacy.request_log_anonymise_days", c.periods.request_log_anonymise_days, (1, 365)),
+        ("privacy.request_log_delete_days", c.periods.request_log_delete_days, (1, 3_650)),
+        ("privacy.audit_retention_days", c.periods.audit_days, (1, 3_650)),
+    ] {
+        if !(low..=high).contains(&value) {
+            return Err((key, format!("{value} is not between {low} and {high}")));
+        }
+    }
+    if c.periods.request_log_delete_days < c.periods.request_log_anonymise_days {
+        return Err((
+            "privacy.request_log_delete_days",
+            "must not be below privacy.request_log_anonymise_days (an entry is anonymised before it goes)".into(),
+        ));
+    }
+    Ok(c)
 }
 
 /// Checks the `[licence]` section; an error names the key.
@@ -522,6 +610,26 @@ mod tests {
             emergency_numbers: vec!["110".into(), "112".into(), "911".into()],
         };
         assert_eq!(c.calls, calls, "0.0.0.0 cannot go into SDP, so media defaults to loopback");
+        let privacy = &c.privacy;
+        assert_eq!((privacy.reaper_interval_s, privacy.reaper_batch), (3_600, 500));
+        assert_eq!(privacy.periods, pbx_actors::privacy::reaper::Periods::default(), "the inventory's periods");
+        assert_eq!(privacy.operator, OperatorSection::default());
+    }
+
+    /// The privacy section sets the reaper and the periods; the CDR period is the calls key.
+    #[test]
+    fn privacy_section() {
+        let c = load_text(
+            "[calls]\ncdr_retention_days = 30\n[privacy]\nreaper_interval_s = 60\nrequest_log_anonymise_days = 7\n\
+             [privacy.operator]\nname = \"Example GmbH\"\nemail = \"privacy@example.com\"",
+        )
+        .unwrap();
+        assert_eq!((c.privacy.reaper_interval_s, c.privacy.periods.cdr_days), (60, 30));
+        assert_eq!((c.privacy.periods.request_log_anonymise_days, c.privacy.periods.request_log_delete_days), (7, 90));
+        assert_eq!(
+            (c.privacy.operator.name.as_str(), c.privacy.operator.email.as_str()),
+            ("Example GmbH", "privacy@example.com")
+        );
     }
 
     /// The licence section: none means unlicensed; a URL needs a key; http only on loopback.
@@ -620,6 +728,15 @@ mod tests {
             ("[calls]\nmedia_address = \"::\"", "calls.media_address", "cannot be sent to"),
             ("[calls]\nmedia_address = \"224.0.0.1\"", "calls.media_address", "cannot be sent to"),
             ("[calls]\nrtp_timeout = 5", "calls", "unknown field"),
+            ("[privacy]\nreaper_interval_s = 0", "privacy.reaper_interval_s", "not between 1 and 86400"),
+            ("[privacy]\nrequest_log_anonymise_days = 0", "privacy.request_log_anonymise_days", "not between"),
+            (
+                "[privacy]\nrequest_log_anonymise_days = 30\nrequest_log_delete_days = 20",
+                "privacy.request_log_delete_days",
+                "must not be below",
+            ),
+            ("[privacy]\naudit_retention_days = 4000", "privacy.audit_retention_days", "not between 1 and 3650"),
+            ("[privacy.operator]\nnmae = \"x\"", "privacy.operator", "unknown field"),
         ] {
             let err = load_text(text).unwrap_err().to_string();
             assert!(err.contains("pbx.toml"), "{err}");

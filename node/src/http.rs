@@ -42,7 +42,8 @@ const EXTENSION_FILTER_CHARS_MAX: usize = 64;
 /// The calls in progress, as the calls subsystem sees them. A future, so the real view can ask
 /// its actor without blocking a worker.
 pub trait CallsView: Send + Sync {
-    fn active(&self) -> Pin<Box<dyn Future<Output = Vec<ActiveCall>> + Send + '_>>;
+    /// `None` when the calls subsystem did not answer.
+    fn active(&self) -> Pin<Box<dyn Future<Output = Option<Vec<ActiveCall>>> + Send + '_>>;
 }
 
 #[derive(Clone)]
@@ -59,6 +60,8 @@ pub struct ApiState {
     pub licence: Option<LicenceView>,
     pub vouchers: Option<ActorRef<VoucherMsg>>,
     pub serial: String,
+    /// The privacy key, periods and operator: subject rights, audit, notice.
+    pub privacy: Arc<crate::privacy::Privacy>,
 }
 
 #[derive(Deserialize)]
@@ -101,7 +104,7 @@ struct MediaOut {
 }
 
 #[derive(Serialize)]
-struct CdrOut {
+pub(crate) struct CdrOut {
     id: String,
     call_id: String,
     caller: String,
@@ -160,7 +163,7 @@ struct CdrPageOut {
 }
 
 #[derive(Serialize)]
-struct ActiveCallOut {
+pub(crate) struct ActiveCallOut {
     id: String,
     call_id: String,
     caller: String,
@@ -176,7 +179,7 @@ struct ActiveCallOut {
 }
 
 impl ActiveCallOut {
-    fn new(c: ActiveCall, now: Timestamp) -> ActiveCallOut {
+    pub(crate) fn new(c: ActiveCall, now: Timestamp) -> ActiveCallOut {
         ActiveCallOut {
             id: c.id.to_string(),
             start: rfc3339(c.start),
@@ -292,7 +295,7 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> HttpRespo
 }
 
 /// Whether the request carries the admin token.
-fn authorized(req: &HttpRequest, state: &ApiState) -> bool {
+pub(crate) fn authorized(req: &HttpRequest, state: &ApiState) -> bool {
     bearer_matches(req, &state.token)
 }
 
@@ -315,7 +318,7 @@ macro_rules! require_auth {
     };
 }
 
-async fn ask<M: ractor::Message, T: Send + 'static>(
+pub(crate) async fn ask<M: ractor::Message, T: Send + 'static>(
     actor: &ActorRef<M>,
     msg: impl FnOnce(ractor::RpcReplyPort<T>) -> M,
 ) -> Result<T, HttpResponse> {
@@ -455,7 +458,12 @@ async fn cdrs(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
         }
     };
     let storage = state.storage.clone();
-    let page = web::block(move || storage.query_cdrs(q.from, q.to, q.extension.as_deref(), q.cursor, q.limit)).await;
+    // A restricted subject's records are kept but not shown (GDPR Art. 18): only its export has them.
+    let page = web::block(move || {
+        let hidden = crate::privacy::restricted(&storage.all_flags()?);
+        storage.query_cdrs(q.from, q.to, q.extension.as_deref(), &hidden, q.cursor, q.limit)
+    })
+    .await;
     match page {
         Ok(Ok((cdrs, next))) => HttpResponse::Ok()
             .json(CdrPageOut { cdrs: cdrs.into_iter().map(CdrOut::from).collect(), next: next.map(|c| c.to_string()) }),
@@ -469,7 +477,8 @@ async fn cdrs(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
 
 async fn calls(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
     require_auth!(req, state);
-    let Ok(active) = tokio::time::timeout(Duration::from_millis(ACTOR_CALL_TIMEOUT_MS), state.calls.active()).await
+    let Ok(Some(active)) =
+        tokio::time::timeout(Duration::from_millis(ACTOR_CALL_TIMEOUT_MS), state.calls.active()).await
     else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the calls subsystem did not answer in time");
     };
@@ -555,7 +564,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/cdrs", web::get().to(cdrs))
         .route("/api/v1/calls", web::get().to(calls))
         .route("/api/v1/licence", web::get().to(licence))
-        .route("/api/v1/vouchers", web::post().to(redeem_voucher));
+        .route("/api/v1/vouchers", web::post().to(redeem_voucher))
+        .configure(crate::privacy::routes);
 }
 
 #[cfg(test)]

@@ -8,5 +8,7 @@ pub mod config;
 pub mod http;
 pub mod licence;
 pub mod licence_server;
+pub mod privacy;
+pub mod privacy_cli;
 pub mod storage;
 pub mod transport;

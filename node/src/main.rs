@@ -46,6 +46,9 @@ enum Command {
     /// Run the licence and voucher service: signs licences for serials, redeems vouchers, over
     /// HTTPS with a self-signed certificate made at first start.
     LicenceServer(pbx_node::licence_server::Args),
+    /// Data-subject rights against the running node (export, erase, restrict, object,
+    /// rectify), its privacy audit and inventory, and the generated privacy notice.
+    Privacy(pbx_node::privacy_cli::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         }
         Command::Sim(args) => return pbx_simulator::cli::main(args),
         Command::LicenceServer(args) => return licence_server(args),
+        Command::Privacy(args) => return pbx_node::privacy_cli::main(args),
     };
     let flags = Flags { data_dir, config, sip_listen, http_listen, rtp_ports, media_address, log_format };
     let config = match Config::load(&flags) {

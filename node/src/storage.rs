@@ -19,6 +19,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
 
+mod privacy;
+pub use privacy::{Flags, SecurityWriter, SubjectRecords};
+
 const EXTENSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("extensions");
 /// Keyed by `aor \0 contact`, so one AOR's bindings sit together.
 const BINDINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("bindings");
@@ -28,12 +31,18 @@ const CDRS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("cdrs");
 /// The last verified licence and voucher unlocks (keys `licence`, `unlocks`), as the service
 /// signed them, so a restart during an outage still knows what is licensed.
 const LICENCE: TableDefinition<&str, &[u8]> = TableDefinition::new("licence");
+/// Failed authentications and blocks, keyed by `(at µs, seq)` (category `security-log`).
+const SECURITY_LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("security_log");
+/// Retention runs and subject-rights requests, keyed by `(at µs, seq)` (`privacy-audit`).
+const PRIVACY_AUDIT: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("privacy_audit");
+/// Restrictions and objections, keyed by subject id (`privacy-preferences`).
+const PRIVACY_FLAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("privacy_flags");
 
 pub const DB_FILE: &str = "pbx.redb";
 
 /// Every table of the file; each must be declared in the privacy inventory
 /// (`pbx_actors::privacy::INVENTORY`) — a test checks it.
-pub const TABLES: &[&str] = &["extensions", "bindings", "cdrs"];
+pub const TABLES: &[&str] = &["extensions", "bindings", "cdrs", "security_log", "privacy_audit", "privacy_flags"];
 /// Tables that hold no personal data: the licence documents (serial number, features, limits,
 /// signatures — about the PBX, not about anyone).
 pub const NON_PERSONAL_TABLES: &[&str] = &["licence"];
@@ -90,6 +99,8 @@ pub(crate) fn redb_err(e: impl std::fmt::Display) -> StorageError {
 
 pub struct Storage {
     db: Database,
+    /// Second half of the keys of time-keyed logs: records of the same microsecond stay apart.
+    seq: std::sync::atomic::AtomicU64,
 }
 
 /// Everything the node restores at start.
@@ -109,8 +120,11 @@ impl Storage {
         tx.open_table(BINDINGS).map_err(redb_err)?;
         tx.open_table(CDRS).map_err(redb_err)?;
         tx.open_table(LICENCE).map_err(redb_err)?;
+        tx.open_table(SECURITY_LOG).map_err(redb_err)?;
+        tx.open_table(PRIVACY_AUDIT).map_err(redb_err)?;
+        tx.open_table(PRIVACY_FLAGS).map_err(redb_err)?;
         tx.commit().map_err(redb_err)?;
-        Ok(Storage { db })
+        Ok(Storage { db, seq: std::sync::atomic::AtomicU64::new(rand::random::<u32>().into()) })
     }
 
     /// The stored licence and unlocks, if any.
@@ -202,7 +216,8 @@ impl Storage {
     }
 
     /// One page of call records that ended in `from <= end < to`, newest first, optionally only
-    /// those where `extension` is caller or callee, continuing below `after`. The cursor is
+    /// those where `extension` is caller or callee, none involving a `hidden` number (a
+    /// restricted subject's), continuing below `after`. The cursor is
     /// `Some` when more records may follow: a page can end early (even empty) once it has read
     /// [`CDR_QUERY_ROWS_MAX`] rows.
     pub fn query_cdrs(
@@ -210,6 +225,7 @@ impl Storage {
         from: Option<Timestamp>,
         to: Option<Timestamp>,
         extension: Option<&str>,
+        hidden: &std::collections::BTreeSet<String>,
         after: Option<CdrCursor>,
         limit: usize,
     ) -> Result<(Vec<Cdr>, Option<CdrCursor>), StorageError> {
@@ -238,7 +254,7 @@ impl Storage {
             let (end, id) = k.value();
             // A second version turns this into a match that upgrades.
             let StoredCdrV::V1(cdr) = decode("cdrs", || format!("{end}/{id}"), v.value())?;
-            if extension.is_none_or(|e| cdr.involves(e)) {
+            if extension.is_none_or(|e| cdr.involves(e)) && !hidden.iter().any(|h| cdr.involves(h)) {
                 if page.len() == limit {
                     return Ok((page, last_read));
                 }
@@ -247,22 +263,6 @@ impl Storage {
             last_read = Some(CdrCursor { end, id });
         }
         Ok((page, None))
-    }
-
-    /// Deletes the call records that ended before `t` (the retention reaper's job, issue 6);
-    /// returns how many went.
-    pub fn delete_cdrs_ended_before(&self, t: Timestamp) -> Result<u64, StorageError> {
-        let tx = self.db.begin_write().map_err(redb_err)?;
-        let mut deleted = 0;
-        {
-            let mut table = tx.open_table(CDRS).map_err(redb_err)?;
-            for row in table.extract_from_if(..(t.as_micros(), 0), |_, _| true).map_err(redb_err)? {
-                row.map_err(redb_err)?;
-                deleted += 1;
-            }
-        }
-        tx.commit().map_err(redb_err)?;
-        Ok(deleted)
     }
 }
 
@@ -485,7 +485,7 @@ mod tests {
             }
         }
         let s = Storage::open(dir.path()).unwrap();
-        let (page, next) = s.query_cdrs(None, None, None, None, 100).unwrap();
+        let (page, next) = s.query_cdrs(None, None, None, &Default::default(), None, 100).unwrap();
         assert_eq!(next, None);
         let mut newest_first = expected.clone();
         newest_first.reverse();
@@ -501,8 +501,16 @@ mod tests {
         s.put_cdrs(&[cdr(1, 100, "100", "101"), cdr(2, 200, "101", "102"), cdr(3, 300, "102", "100")]).unwrap();
         s.put_cdrs(&[cdr(4, 300, "103", "104")]).unwrap();
         let q = |from: Option<u64>, to: Option<u64>, ext: Option<&str>| {
-            let (page, next) =
-                s.query_cdrs(from.map(Timestamp::from_secs), to.map(Timestamp::from_secs), ext, None, 50).unwrap();
+            let (page, next) = s
+                .query_cdrs(
+                    from.map(Timestamp::from_secs),
+                    to.map(Timestamp::from_secs),
+                    ext,
+                    &Default::default(),
+                    None,
+                    50,
+                )
+                .unwrap();
             assert_eq!(next, None);
             ids(&page)
         };
@@ -528,7 +536,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut cursor = None;
         for _ in 0..10 {
-            let (page, next) = s.query_cdrs(None, None, None, cursor, 3).unwrap();
+            let (page, next) = s.query_cdrs(None, None, None, &Default::default(), cursor, 3).unwrap();
             assert!(page.len() <= 3);
             seen.extend(ids(&page));
             cursor = next;
@@ -538,11 +546,13 @@ mod tests {
         }
         assert_eq!(cursor, None, "the walk did not end");
         assert_eq!(seen, [7, 6, 5, 4, 3, 2, 1]);
-        let (page, next) = s.query_cdrs(None, None, None, None, 7).unwrap();
+        let (page, next) = s.query_cdrs(None, None, None, &Default::default(), None, 7).unwrap();
         assert_eq!((page.len(), next), (7, None), "an exact fit needs no further page");
-        let (page, next) = s.query_cdrs(None, Some(Timestamp::from_secs(56)), Some("100"), None, 2).unwrap();
+        let (page, next) =
+            s.query_cdrs(None, Some(Timestamp::from_secs(56)), Some("100"), &Default::default(), None, 2).unwrap();
         assert_eq!(ids(&page), [5, 4]);
-        let (page, next) = s.query_cdrs(None, Some(Timestamp::from_secs(56)), Some("100"), next, 2).unwrap();
+        let (page, next) =
+            s.query_cdrs(None, Some(Timestamp::from_secs(56)), Some("100"), &Default::default(), next, 2).unwrap();
         assert_eq!((ids(&page), next.is_some()), (vec![3, 2], true));
     }
 
@@ -554,23 +564,12 @@ mod tests {
         let s = Storage::open(dir.path()).unwrap();
         let records: Vec<Cdr> = (1..=CDR_QUERY_ROWS_MAX as u64 + 10).map(|id| cdr(id, 1_000, "100", "101")).collect();
         s.put_cdrs(&records).unwrap();
-        let (page, next) = s.query_cdrs(None, None, Some("999"), None, 50).unwrap();
+        let (page, next) = s.query_cdrs(None, None, Some("999"), &Default::default(), None, 50).unwrap();
         assert!(page.is_empty() && next.is_some());
-        let (page, next) = s.query_cdrs(None, None, Some("999"), next, 50).unwrap();
+        let (page, next) = s.query_cdrs(None, None, Some("999"), &Default::default(), next, 50).unwrap();
         assert_eq!((page.len(), next), (0, None));
-        let (page, _) = s.query_cdrs(None, None, Some("100"), None, 10_000).unwrap();
+        let (page, _) = s.query_cdrs(None, None, Some("100"), &Default::default(), None, 10_000).unwrap();
         assert_eq!(page.len(), CDR_PAGE_MAX, "limit is capped");
-    }
-
-    /// Deleting before `t` removes exactly the records that ended before it and counts them.
-    #[test]
-    fn delete_cdrs_ended_before_removes_older_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(dir.path()).unwrap();
-        s.put_cdrs(&[cdr(1, 100, "100", "101"), cdr(2, 199, "100", "101"), cdr(3, 200, "100", "101")]).unwrap();
-        assert_eq!(s.delete_cdrs_ended_before(Timestamp::from_secs(200)).unwrap(), 2);
-        assert_eq!(ids(&s.query_cdrs(None, None, None, None, 50).unwrap().0), [3]);
-        assert_eq!(s.delete_cdrs_ended_before(Timestamp::from_secs(200)).unwrap(), 0);
     }
 
     /// A cursor prints as 32 hex digits and reads back; anything else is refused.

@@ -133,6 +133,8 @@ pub struct PbxOptions {
     pub rtp_ports: Option<RangeInclusive<u16>>,
     /// `key = value` lines for the `[licence]` table (written only when there are some).
     pub licence: Vec<String>,
+    /// `key = value` lines for the `[privacy]` table (written only when there are some).
+    pub privacy: Vec<String>,
 }
 
 impl Default for PbxOptions {
@@ -144,6 +146,7 @@ impl Default for PbxOptions {
             calls: Vec::new(),
             rtp_ports: None,
             licence: Vec::new(),
+            privacy: Vec::new(),
         }
     }
 }
@@ -170,6 +173,11 @@ impl PbxOptions {
 
     pub fn licence(mut self, line: &str) -> Self {
         self.licence.push(line.into());
+        self
+    }
+
+    pub fn privacy(mut self, line: &str) -> Self {
+        self.privacy.push(line.into());
         self
     }
 
@@ -210,11 +218,13 @@ impl Pbx {
                 toml.push('\n');
             }
         }
-        if !options.licence.is_empty() {
-            toml.push_str("\n[licence]\n");
-            for line in &options.licence {
-                toml.push_str(line);
-                toml.push('\n');
+        for (table, lines) in [("licence", &options.licence), ("privacy", &options.privacy)] {
+            if !lines.is_empty() {
+                toml.push_str(&format!("\n[{table}]\n"));
+                for line in lines {
+                    toml.push_str(line);
+                    toml.push('\n');
+                }
             }
         }
         for e in &options.extensions {

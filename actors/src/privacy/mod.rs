@@ -305,8 +305,8 @@ pub struct AuditEntry {
     pub event: AuditEvent,
 }
 
+/// Stored with postcard, which has no internally tagged enums: the API shapes its own JSON.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AuditEvent {
     /// One run of the retention reaper: each rule it applied, with its cut-off and count.
     Retention { rules: Vec<RuleOutcome>, finished: Timestamp },
@@ -319,6 +319,63 @@ pub enum AuditEvent {
         records: u64,
         outcome: String,
     },
+}
+
+/// One entry of the node's security log (redb `security_log`, category `security-log`): a
+/// failed authentication or a block, as the registrar reported it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityEntry {
+    pub at: Timestamp,
+    /// After anonymisation, only its /24 or /48.
+    pub source: IpAddr,
+    /// The user name the request claimed; masked by anonymisation, [`ERASED`] by an erasure.
+    pub user: Option<String>,
+    pub event: SecurityEvent,
+    pub anonymised: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SecurityEvent {
+    AuthFailed,
+    Blocked { until: Timestamp },
+}
+
+impl SecurityEvent {
+    /// The stable name the API uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            SecurityEvent::AuthFailed => "auth_failed",
+            SecurityEvent::Blocked { .. } => "blocked",
+        }
+    }
+}
+
+impl SecurityEntry {
+    /// What the retention rule makes of it: source truncated, user masked, marked.
+    pub fn anonymise(&mut self) {
+        self.source = anonymise_ip(self.source);
+        self.user = self.user.as_deref().map(mask_number);
+        self.anonymised = true;
+    }
+}
+
+/// Where the registrar's shell reports security events. Must not block (the node queues them
+/// for a writer thread, dropping beyond a rate bound rather than slowing SIP down).
+pub trait SecurityLog: Send + Sync + 'static {
+    fn record(&self, entry: SecurityEntry);
+}
+
+/// The host of a SIP URI (`sip:1001@192.0.2.7:5060;transport=udp` → `192.0.2.7`), brackets of
+/// an IPv6 reference removed; `None` when there is none.
+pub fn uri_host(uri: &str) -> Option<&str> {
+    let rest = uri.trim_start_matches('<');
+    let rest = rest.split_once(':').map_or(rest, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => rest.split([':', ';', '>', '?']).next()?,
+    };
+    (!host.is_empty()).then_some(host)
 }
 
 /// What one retention rule did in one run.
@@ -406,6 +463,30 @@ mod tests {
         assert_eq!(mask_number("100"), "xxx");
         assert_eq!(mask_number(""), "");
         assert_eq!(mask_number("admin"), "adxxx");
+    }
+
+    /// The host of contact URIs, IPv6 too; nothing for a URI without one.
+    #[test]
+    fn uri_hosts() {
+        assert_eq!(uri_host("sip:1001@192.0.2.7:5060;transport=udp"), Some("192.0.2.7"));
+        assert_eq!(uri_host("<sip:1001@[2001:db8::1]:5060>"), Some("2001:db8::1"));
+        assert_eq!(uri_host("sip:pbx.example"), Some("pbx.example"));
+        assert_eq!(uri_host("sips:a@b?x=y"), Some("b"));
+        assert_eq!(uri_host("sip:"), None);
+    }
+
+    /// Anonymising a security entry truncates, masks and marks it.
+    #[test]
+    fn security_entries_anonymise() {
+        let mut e = SecurityEntry {
+            at: Timestamp::from_secs(1),
+            source: "203.0.113.99".parse().unwrap(),
+            user: Some("1001".into()),
+            event: SecurityEvent::AuthFailed,
+            anonymised: false,
+        };
+        e.anonymise();
+        assert_eq!((e.source.to_string(), e.user.as_deref(), e.anonymised), ("203.0.113.0".into(), Some("1xxx"), true));
     }
 
     /// Subject ids: addresses (IPv6 too, mapped IPv4 as IPv4), numbers; the rest is refused

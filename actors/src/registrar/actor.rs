@@ -52,6 +52,8 @@ pub struct RegistrarArgs {
     pub clock: Arc<dyn Clock>,
     pub store: Arc<dyn RegistrarStore>,
     pub sink: Arc<dyn ResponseSink>,
+    /// Where failed authentications and blocks are recorded (the node's security log).
+    pub security: Option<Arc<dyn crate::privacy::SecurityLog>>,
 }
 
 /// An extension as the API shows it: no hashes.
@@ -95,6 +97,17 @@ pub enum RegistrarMsg {
         number: String,
         reply: RpcReplyPort<Result<(), String>>,
     },
+    /// Rectification: a new display name. `Err` like `PutExtension`.
+    Rename {
+        number: String,
+        display_name: String,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    /// Erasure of an address: removes every binding from or to `ip`; `Ok` once stored.
+    ForgetAddress {
+        ip: std::net::IpAddr,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
     ListBindings(RpcReplyPort<Vec<Binding>>),
     ListExtensions(RpcReplyPort<Vec<ExtensionView>>),
     Stats(RpcReplyPort<RegistrarStats>),
@@ -112,6 +125,7 @@ type PendingReply = (RpcReplyPort<Result<(), String>>, Result<(), String>);
 pub struct RegistrarState {
     machine: Registrar,
     clock: Arc<dyn Clock>,
+    security: Option<Arc<dyn crate::privacy::SecurityLog>>,
     writer: Option<Writer>,
     timer: WakeTimer,
 }
@@ -208,8 +222,13 @@ impl Actor for RegistrarActor {
         let now = args.clock.now();
         let machine = Registrar::new(args.config, args.rng_seed, args.extensions, args.bindings, now);
         let writer = Writer::start(args.store, args.sink, me);
-        let mut state =
-            RegistrarState { machine, clock: args.clock, writer: Some(writer), timer: WakeTimer::default() };
+        let mut state = RegistrarState {
+            machine,
+            clock: args.clock,
+            security: args.security,
+            writer: Some(writer),
+            timer: WakeTimer::default(),
+        };
         // Bindings that expired while the node was down are dropped from storage now.
         state.drain(None);
         Ok(state)
@@ -265,6 +284,14 @@ impl Actor for RegistrarActor {
                 s.machine.handle(now, RegistrarInput::RemoveExtension { number });
                 s.drain(Some(reply));
             }
+            RegistrarMsg::Rename { number, display_name, reply } => {
+                s.machine.handle(now, RegistrarInput::Rename { number, display_name });
+                s.drain(Some(reply));
+            }
+            RegistrarMsg::ForgetAddress { ip, reply } => {
+                s.machine.handle(now, RegistrarInput::ForgetAddress { ip });
+                s.drain(Some(reply));
+            }
             RegistrarMsg::PersistFailed(commands) => {
                 s.machine.persist_failed(&commands);
             }
@@ -315,6 +342,9 @@ impl RegistrarState {
                 RegistrarOutput::Respond { tx, response } => job.responses.push((tx, response)),
                 RegistrarOutput::Routed { tx, route } => job.routes.push((tx, route)),
                 RegistrarOutput::Event(event) => {
+                    if let Some(security) = &self.security {
+                        record_security_event(security.as_ref(), &event, self.clock.now());
+                    }
                     if let Some(result) = log_event(event) {
                         extension_result = Some(result);
                     }
@@ -336,6 +366,17 @@ impl RegistrarState {
     fn rearm(&mut self, me: &ActorRef<RegistrarMsg>) {
         self.timer.arm(me, self.clock.now(), self.machine.poll_timeout(), || RegistrarMsg::Wake);
     }
+}
+
+/// Failed authentications and blocks go to the security log (category `security-log`).
+fn record_security_event(log: &dyn crate::privacy::SecurityLog, event: &RegistrarEvent, at: crate::Timestamp) {
+    use crate::privacy::{SecurityEntry, SecurityEvent};
+    let (source, user, event) = match event {
+        RegistrarEvent::AuthFailed { source, user } => (*source, Some(user.clone()), SecurityEvent::AuthFailed),
+        RegistrarEvent::SourceBlocked { source, until } => (*source, None, SecurityEvent::Blocked { until: *until }),
+        _ => return,
+    };
+    log.record(SecurityEntry { at, source: source.to_canonical(), user, event, anonymised: false });
 }
 
 /// Logs and counts one event; for an extension change, its result for the admin API.
@@ -367,6 +408,10 @@ fn log_event(event: RegistrarEvent) -> Option<Result<(), String>> {
         RegistrarEvent::ExtensionInvalid { reason } => {
             tracing::info!(%reason, "extension change refused");
             return Some(Err(reason));
+        }
+        RegistrarEvent::AddressForgotten { bindings } => {
+            tracing::info!(bindings, "bindings of an erased address removed");
+            return Some(Ok(()));
         }
     }
     None
@@ -473,6 +518,7 @@ mod tests {
             clock: Arc::new(TokioClock(tokio::time::Instant::now())),
             store: journal.clone(),
             sink: journal.clone(),
+            security: None,
         };
         let (actor, handle) = Actor::spawn(None, RegistrarActor, args).await.unwrap();
         let put = |reply| RegistrarMsg::PutExtension {
@@ -534,6 +580,7 @@ mod tests {
             clock: Arc::new(TokioClock(tokio::time::Instant::now())),
             store: journal.clone(),
             sink: journal.clone(),
+            security: None,
         };
         let (actor, handle) = Actor::spawn(None, RegistrarActor, args).await.unwrap();
         let reg = Reg::new("100", &["<sip:100@192.0.2.7:5060>"]);

@@ -199,6 +199,17 @@ pub enum RegistrarInput {
     RemoveExtension {
         number: String,
     },
+    /// Rectification (GDPR Art. 16): a new display name, the password unchanged. Answered like
+    /// `PutExtension`.
+    Rename {
+        number: String,
+        display_name: String,
+    },
+    /// Erasure of an IP address: every binding whose source or contact host is `ip` goes.
+    /// Answered by `Event(AddressForgotten)`.
+    ForgetAddress {
+        ip: IpAddr,
+    },
     /// The time `poll_timeout` asked for has come (or passed).
     Timeout,
 }
@@ -268,6 +279,10 @@ pub enum RegistrarEvent {
     /// An admin request refused; `reason` starts with the field it is about.
     ExtensionInvalid {
         reason: String,
+    },
+    /// `ForgetAddress` removed this many bindings.
+    AddressForgotten {
+        bindings: usize,
     },
 }
 
@@ -428,6 +443,8 @@ impl Registrar {
                 self.put_extension(&number, &password, &display_name)
             }
             RegistrarInput::RemoveExtension { number } => self.remove_extension(&number),
+            RegistrarInput::Rename { number, display_name } => self.rename(&number, &display_name),
+            RegistrarInput::ForgetAddress { ip } => self.forget_address(ip),
             RegistrarInput::Timeout => {
                 if self.flush_at.is_some_and(|at| at <= now) {
                     self.flush();
@@ -951,6 +968,42 @@ impl Registrar {
         self.dirty_extensions.remove(number);
         self.persist(RegistrarCommand::RemoveExtension { number: number.to_owned() });
         self.event(RegistrarEvent::ExtensionChanged { number: number.to_owned() });
+    }
+
+    fn rename(&mut self, number: &str, display_name: &str) {
+        // The password rule is not this request's business: check the rest with a valid stand-in.
+        if let Err(reason) = validate_extension(number, "unchanged", display_name) {
+            return self.event(RegistrarEvent::ExtensionInvalid { reason });
+        }
+        let Some(extension) = self.extensions.get_mut(number) else {
+            return self.event(RegistrarEvent::ExtensionInvalid { reason: "no such extension".into() });
+        };
+        extension.display_name = display_name.to_owned();
+        let extension = extension.clone();
+        self.dirty_extensions.remove(number);
+        self.persist(RegistrarCommand::PutExtension(extension));
+        self.event(RegistrarEvent::ExtensionChanged { number: number.to_owned() });
+    }
+
+    fn forget_address(&mut self, ip: IpAddr) {
+        let ip = ip.to_canonical();
+        let doomed: Vec<(String, String)> = self
+            .bindings
+            .values()
+            .flatten()
+            .filter(|b| {
+                b.source.ip().to_canonical() == ip
+                    || crate::privacy::uri_host(&b.contact)
+                        .and_then(|h| h.parse::<IpAddr>().ok())
+                        .is_some_and(|h| h.to_canonical() == ip)
+            })
+            .map(|b| (b.aor.clone(), b.contact.clone()))
+            .collect();
+        for (aor, contact) in &doomed {
+            self.remove_binding(aor, contact);
+            self.event(RegistrarEvent::Unregistered { aor: aor.clone(), contact: contact.clone() });
+        }
+        self.event(RegistrarEvent::AddressForgotten { bindings: doomed.len() });
     }
 
     fn persist(&mut self, command: RegistrarCommand) {

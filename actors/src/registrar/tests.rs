@@ -809,3 +809,50 @@ mod model {
         }
     }
 }
+
+/// Rectification renames, keeps the password hashes, stores the change; an unknown number or
+/// a bad name is refused with the reason.
+#[test]
+fn rename_changes_only_the_display_name() {
+    let mut h = Harness::new();
+    h.m.handle(h.now, RegistrarInput::Rename { number: "100".into(), display_name: "Front desk".into() });
+    let step = h.drain();
+    let [RegistrarCommand::PutExtension(e)] = step.persisted.as_slice() else { panic!("{:?}", step.persisted) };
+    assert_eq!((e.display_name.as_str(), &e.ha1_md5), ("Front desk", &extension("100", PASSWORD_100).ha1_md5));
+    assert_eq!(step.events, [RegistrarEvent::ExtensionChanged { number: "100".into() }]);
+    h.m.handle(h.now, RegistrarInput::Rename { number: "999".into(), display_name: "X".into() });
+    assert!(
+        matches!(h.drain().events.as_slice(), [RegistrarEvent::ExtensionInvalid { reason }] if reason.contains("no such"))
+    );
+    h.m.handle(h.now, RegistrarInput::Rename { number: "100".into(), display_name: "a\u{7}b".into() });
+    assert!(
+        matches!(h.drain().events.as_slice(), [RegistrarEvent::ExtensionInvalid { reason }] if reason.starts_with("display_name"))
+    );
+    // Still registers with the old password.
+    h.register(&Reg::new("100", &["sip:100@192.0.2.7:5060"]));
+}
+
+/// Forgetting an address removes the bindings from it or pointing at it, durably, and no
+/// other; the event counts them.
+#[test]
+fn forget_address_removes_its_bindings_only() {
+    let mut h = Harness::new();
+    h.register(&Reg::new("100", &["sip:100@192.0.2.7:5060", "sip:100@198.51.100.9:5060"]));
+    let other: SocketAddr = "203.0.113.5:5060".parse().unwrap();
+    let reg = Reg::new("200", &["sip:200@203.0.113.5:5060"]);
+    let first = h.send_from(&reg, other);
+    let c = challenge_for(first.response(), "SHA-256");
+    let reg = reg.clone().cseq(2).auth(authorization(&c, "200", "secret-200", 1));
+    assert_eq!(h.send_from(&reg, other).code(), 200);
+    h.m.handle(h.now, RegistrarInput::ForgetAddress { ip: "198.51.100.9".parse().unwrap() });
+    let step = h.drain();
+    assert_eq!(
+        step.persisted,
+        [RegistrarCommand::RemoveBinding { aor: "100".into(), contact: "sip:100@198.51.100.9:5060".into() }]
+    );
+    assert_eq!(step.events.last(), Some(&RegistrarEvent::AddressForgotten { bindings: 1 }));
+    // The source address of 100's REGISTER: its other binding goes too.
+    h.m.handle(h.now, RegistrarInput::ForgetAddress { ip: "::ffff:192.0.2.7".parse().unwrap() });
+    assert_eq!(h.drain().events.last(), Some(&RegistrarEvent::AddressForgotten { bindings: 1 }));
+    assert_eq!(h.m.binding_count(), 1, "200's binding from elsewhere stays");
+}

@@ -1,0 +1,539 @@
+//! Subject rights (GDPR Art. 15–21), the privacy audit, the inventory and the generated notice
+//! over HTTP. The CLI (`pbx privacy …`) calls these same routes.
+//!
+//! A subject is named by its id: an extension or any number, or an IP address
+//! ([`Subject::parse`]). Every request is audited in the same transaction as its change
+//! (access in its own): the right, the time, how many records, and the subject as a keyed
+//! pseudonym — HMAC-SHA-256 of the id with the node's `DATA_DIR/privacy.key` — so the audit
+//! can prove a request was honoured (`GET /api/v1/privacy/audit?subject=1001` recomputes it)
+//! without keeping the number or address it was about.
+
+use crate::http::{ActiveCallOut, ApiState, CdrOut, ask, authorized, error, rfc3339};
+use crate::storage::{Flags, SubjectRecords};
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use pbx_actors::privacy::reaper::Periods;
+use pbx_actors::privacy::{AuditEntry, AuditEvent, INVENTORY, Right, Subject};
+use pbx_actors::registrar::RegistrarMsg;
+use pbx_actors::time::Clock;
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+pub const PRIVACY_KEY_FILE: &str = "privacy.key";
+/// Audit entries one request returns at most, and rows it reads at most.
+const AUDIT_PAGE_MAX: usize = 1_000;
+const AUDIT_ROWS_MAX: usize = 100_000;
+/// CDR rows the statistics read at most (newest first).
+const STATISTICS_ROWS_MAX: usize = 200_000;
+
+/// What the privacy routes need besides the API state.
+pub struct Privacy {
+    key: ring::hmac::Key,
+    pub periods: Periods,
+    pub operator: crate::config::OperatorSection,
+}
+
+impl Privacy {
+    /// Reads `DATA_DIR/privacy.key`, making it (32 random bytes, mode 0600) at first start.
+    pub fn open(
+        data_dir: &Path,
+        periods: Periods,
+        operator: crate::config::OperatorSection,
+    ) -> anyhow::Result<Privacy> {
+        use anyhow::Context;
+        let path = data_dir.join(PRIVACY_KEY_FILE);
+        let hex_key = match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = hex::encode(rand::random::<[u8; 32]>());
+                crate::appliance::write_secret(&path, &key).with_context(|| format!("write {}", path.display()))?;
+                key
+            }
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        };
+        let bytes = hex::decode(&hex_key)
+            .ok()
+            .filter(|b| b.len() == 32)
+            .with_context(|| format!("{}: not 64 hex digits", path.display()))?;
+        Ok(Privacy { key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes), periods, operator })
+    }
+
+    /// The subject as the audit names it: 16 bytes of HMAC-SHA-256 of its id, in hex.
+    pub fn pseudonym(&self, subject: &Subject) -> String {
+        let tag = ring::hmac::sign(&self.key, format!("subject:{}", subject.id()).as_bytes());
+        hex::encode(&tag.as_ref()[..16])
+    }
+}
+
+/// The numbers and addresses under restriction: their records are kept, not shown.
+pub fn restricted(flags: &std::collections::BTreeMap<String, Flags>) -> BTreeSet<String> {
+    flags.iter().filter(|(_, f)| f.restricted_since.is_some()).map(|(id, _)| id.clone()).collect()
+}
+
+macro_rules! require_auth {
+    ($req:expr, $state:expr) => {
+        if !authorized(&$req, &$state) {
+            return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (see DATA_DIR/admin.token)");
+        }
+    };
+}
+
+fn parse_subject(id: &str) -> Result<Subject, HttpResponse> {
+    Subject::parse(id).map_err(|reason| error(StatusCode::BAD_REQUEST, format!("subject {id:?}: {reason}")))
+}
+
+fn not_found(subject: &Subject) -> HttpResponse {
+    error(
+        StatusCode::NOT_FOUND,
+        format!(
+            "pbx holds no personal data about {:?} (no extension, registration, call record, security-log entry or privacy flag)",
+            subject.id()
+        ),
+    )
+}
+
+fn storage_failed(what: &str, e: impl std::fmt::Display) -> HttpResponse {
+    tracing::error!(error = %e, "{what} failed");
+    error(StatusCode::INTERNAL_SERVER_ERROR, format!("storage: {what} failed"))
+}
+
+fn audit_entry(state: &ApiState, right: Right, subject: &Subject, records: u64, outcome: &str) -> AuditEntry {
+    AuditEntry {
+        at: state.clock.now(),
+        event: AuditEvent::SubjectRequest {
+            right,
+            subject: state.privacy.pseudonym(subject),
+            records,
+            outcome: outcome.into(),
+        },
+    }
+}
+
+/// Everything about `subject`: the file's records plus the registrar's memory (bindings not
+/// yet flushed) and the calls in progress.
+struct Held {
+    stored: SubjectRecords,
+    extension: Option<pbx_actors::registrar::ExtensionView>,
+    bindings: Vec<pbx_actors::registrar::Binding>,
+    calls: Vec<pbx_actors::cdr::ActiveCall>,
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.stored.is_empty() && self.extension.is_none() && self.bindings.is_empty() && self.calls.is_empty()
+    }
+}
+
+async fn held(state: &ApiState, subject: &Subject) -> Result<Held, HttpResponse> {
+    let storage = state.storage.clone();
+    let s = subject.clone();
+    let stored = match web::block(move || storage.subject_records(&s)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err(storage_failed("reading the subject's records", e)),
+        Err(_) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, "no worker free to read the records")),
+    };
+    let extensions = ask(&state.registrar, RegistrarMsg::ListExtensions).await?;
+    let bindings = ask(&state.registrar, RegistrarMsg::ListBindings).await?;
+    let calls = match tokio::time::timeout(Duration::from_secs(5), state.calls.active()).await {
+        Ok(Some(calls)) => calls,
+        // An erasure must know whether the subject is in a call: no answer, no erasure.
+        _ => return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the calls subsystem did not answer in time")),
+    };
+    let (extension, bindings, calls) = match subject {
+        Subject::Number(n) => (
+            extensions.into_iter().find(|e| e.number == *n),
+            bindings.into_iter().filter(|b| b.aor == *n).collect(),
+            calls.into_iter().filter(|c| c.caller == *n || c.callee == *n).collect(),
+        ),
+        Subject::Ip(ip) => (
+            None,
+            bindings
+                .into_iter()
+                .filter(|b| {
+                    b.source.ip().to_canonical() == *ip
+                        || pbx_actors::privacy::uri_host(&b.contact)
+                            .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+                            .is_some_and(|h| h.to_canonical() == *ip)
+                })
+                .collect(),
+            calls.into_iter().filter(|c| c.call_id.contains(&ip.to_string())).collect(),
+        ),
+    };
+    Ok(Held { stored, extension, bindings, calls })
+}
+
+fn binding_json(b: &pbx_actors::registrar::Binding) -> serde_json::Value {
+    json!({
+        "aor": b.aor,
+        "contact": b.contact,
+        "source": b.source.to_string(),
+        "transport": b.transport.via_name(),
+        "user_agent": b.user_agent,
+        "call_id": b.call_id,
+        "expires_at": rfc3339(b.expires_at),
+    })
+}
+
+fn flags_json(f: &Flags) -> serde_json::Value {
+    json!({
+        "restricted_since": f.restricted_since.map(rfc3339),
+        "objected_since": f.objected_since.map(rfc3339),
+    })
+}
+
+/// `GET /api/v1/privacy/subjects/{id}/export` — access and portability (Art. 15, 20).
+async fn export(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<String>) -> HttpResponse {
+    require_auth!(req, state);
+    let subject = match parse_subject(&id) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let held = match held(&state, &subject).await {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    if held.is_empty() {
+        return not_found(&subject);
+    }
+    let now = state.clock.now();
+    // Memory is the registrar's current view; the file may hold a binding memory has dropped.
+    let mut bindings: Vec<_> = held.bindings.iter().map(binding_json).collect();
+    for b in &held.stored.bindings {
+        if !held.bindings.iter().any(|m| m.aor == b.aor && m.contact == b.contact) {
+            bindings.push(binding_json(b));
+        }
+    }
+    let kind = match (&subject, held.extension.is_some() || held.stored.extension.is_some()) {
+        (Subject::Ip(_), _) => "ip_address",
+        (Subject::Number(_), true) => "extension",
+        (Subject::Number(_), false) => "number",
+    };
+    let extension = held
+        .extension
+        .as_ref()
+        .map(|e| e.display_name.clone())
+        .or_else(|| held.stored.extension.as_ref().map(|e| e.display_name.clone()));
+    let records = (held.stored.cdrs.len() + held.stored.security_log.len() + bindings.len() + held.calls.len()) as u64
+        + u64::from(extension.is_some());
+    let document = json!({
+        "subject": subject.id(),
+        "kind": kind,
+        "generated_at": rfc3339(now),
+        "controller": state.privacy.operator.name,
+        "extension": extension.map(|display_name| json!({
+            "number": subject.id(),
+            "display_name": display_name,
+            "password": "not stored; pbx keeps only digest hashes of it (MD5 and SHA-256), which are credentials and are not exported",
+        })),
+        "registrations": bindings,
+        "cdrs": held.stored.cdrs.iter().cloned().map(CdrOut::from).collect::<Vec<_>>(),
+        "calls_in_progress": held.calls.iter().cloned().map(|c| ActiveCallOut::new(c, now)).collect::<Vec<_>>(),
+        "security_log": held.stored.security_log.iter().map(|e| json!({
+            "at": rfc3339(e.at),
+            "source": e.source.to_string(),
+            "user": e.user,
+            "event": e.event.name(),
+            "blocked_until": match e.event {
+                pbx_actors::privacy::SecurityEvent::Blocked { until } => Some(rfc3339(until)),
+                pbx_actors::privacy::SecurityEvent::AuthFailed => None,
+            },
+            "anonymised": e.anonymised,
+        })).collect::<Vec<_>>(),
+        "privacy_flags": held.stored.flags.as_ref().map(flags_json),
+        "inventory": "GET /api/v1/privacy/inventory lists every category pbx keeps, why, and for how long",
+    });
+    let storage = state.storage.clone();
+    let entry = audit_entry(&state, Right::Access, &subject, records, "exported");
+    if let Ok(Err(e)) = web::block(move || storage.put_audit(&entry)).await {
+        return storage_failed("auditing the export", e);
+    }
+    tracing::info!(kind, records, "subject data exported");
+    HttpResponse::Ok().json(document)
+}
+
+/// `POST /api/v1/privacy/subjects/{id}/erase` — erasure (Art. 17). Refused with 409 while the
+/// subject is in a call (nothing is changed then); otherwise all at once, in one transaction.
+async fn erase(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<String>) -> HttpResponse {
+    require_auth!(req, state);
+    let subject = match parse_subject(&id) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let held = match held(&state, &subject).await {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    if held.is_empty() {
+        return not_found(&subject);
+    }
+    if !held.calls.is_empty() {
+        let storage = state.storage.clone();
+        let entry = audit_entry(&state, Right::Erasure, &subject, 0, "refused: in a call");
+        let _ = web::block(move || storage.put_audit(&entry)).await;
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "{} is in {} call(s) right now; nothing was erased. Erase after the call ends (its record is then erased too).",
+                subject.id(),
+                held.calls.len()
+            ),
+        );
+    }
+    let storage = state.storage.clone();
+    let (s, st) = (subject.clone(), state.clone());
+    let erased =
+        match web::block(move || storage.erase(&s, |n| audit_entry(&st, Right::Erasure, &s, n, "erased"))).await {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => return storage_failed("the erasure", e),
+            Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "no worker free for the erasure"),
+        };
+    // The file is erased; now the registrar's memory (its own removals are stored too, which
+    // also takes any binding refreshed in the meantime).
+    let forgotten = match &subject {
+        Subject::Number(n) if held.extension.is_some() => {
+            ask(&state.registrar, |reply| RegistrarMsg::RemoveExtension { number: n.clone(), reply }).await
+        }
+        Subject::Number(_) => Ok(Ok(())),
+        Subject::Ip(ip) => ask(&state.registrar, |reply| RegistrarMsg::ForgetAddress { ip: *ip, reply }).await,
+    };
+    match forgotten {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => tracing::warn!(%reason, "registrar after erasure"),
+        Err(r) => return r,
+    }
+    tracing::info!(records = erased.total(), "subject erased");
+    HttpResponse::Ok().json(json!({ "subject": subject.id(), "erased": erased }))
+}
+
+/// Restriction (Art. 18) and objection (Art. 21): set with POST, lifted with DELETE.
+async fn flag(req: HttpRequest, state: web::Data<ApiState>, path: web::Path<(String, String)>) -> HttpResponse {
+    require_auth!(req, state);
+    let (id, which) = path.into_inner();
+    let subject = match parse_subject(&id) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let set = req.method() == actix_web::http::Method::POST;
+    let right = match (which.as_str(), set) {
+        ("restriction", true) => Right::Restriction,
+        ("restriction", false) => Right::RestrictionLifted,
+        ("objection", true) => Right::Objection,
+        ("objection", false) => Right::ObjectionWithdrawn,
+        _ => return error(StatusCode::NOT_FOUND, format!("no such right {which:?}: restriction or objection")),
+    };
+    if set {
+        match held(&state, &subject).await {
+            Ok(h) if h.is_empty() => return not_found(&subject),
+            Ok(_) => {}
+            Err(r) => return r,
+        }
+    }
+    let now = state.clock.now();
+    let storage = state.storage.clone();
+    let (s, st) = (subject.clone(), state.clone());
+    let result = web::block(move || {
+        storage.update_flags(
+            &s.id(),
+            |f| match right {
+                Right::Restriction => f.restricted_since = f.restricted_since.or(Some(now)),
+                Right::RestrictionLifted => f.restricted_since = None,
+                Right::Objection => f.objected_since = f.objected_since.or(Some(now)),
+                _ => f.objected_since = None,
+            },
+            |n| audit_entry(&st, right, &s, n, "done"),
+        )
+    })
+    .await;
+    match result {
+        Ok(Ok(flags)) => {
+            tracing::info!(right = right.name(), "privacy flag changed");
+            HttpResponse::Ok().json(json!({ "subject": subject.id(), "flags": flags_json(&flags) }))
+        }
+        Ok(Err(e)) => storage_failed("changing the privacy flags", e),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "no worker free"),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rectification {
+    display_name: String,
+}
+
+/// `POST /api/v1/privacy/subjects/{id}/rectification` — rectification (Art. 16) of what a
+/// subject can correct: the extension's display name.
+async fn rectify(
+    req: HttpRequest,
+    state: web::Data<ApiState>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    require_auth!(req, state);
+    let subject = match parse_subject(&id) {
+        Ok(Subject::Number(n)) => n,
+        Ok(Subject::Ip(_)) => return error(StatusCode::BAD_REQUEST, "an IP address has nothing to rectify"),
+        Err(r) => return r,
+    };
+    let input: Rectification = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+    };
+    let result = ask(&state.registrar, |reply| RegistrarMsg::Rename {
+        number: subject.clone(),
+        display_name: input.display_name.clone(),
+        reply,
+    })
+    .await;
+    let subject = Subject::Number(subject);
+    match result {
+        Ok(Ok(())) => {
+            let storage = state.storage.clone();
+            let entry = audit_entry(&state, Right::Rectification, &subject, 1, "display name changed");
+            if let Ok(Err(e)) = web::block(move || storage.put_audit(&entry)).await {
+                return storage_failed("auditing the rectification", e);
+            }
+            HttpResponse::Ok().json(json!({ "subject": subject.id(), "display_name": input.display_name }))
+        }
+        Ok(Err(reason)) if reason.contains("no such") => {
+            error(StatusCode::NOT_FOUND, format!("no extension {:?}", subject.id()))
+        }
+        Ok(Err(reason)) => error(StatusCode::BAD_REQUEST, reason),
+        Err(r) => r,
+    }
+}
+
+fn audit_json(e: &AuditEntry) -> serde_json::Value {
+    match &e.event {
+        AuditEvent::Retention { rules, finished } => json!({
+            "at": rfc3339(e.at),
+            "kind": "retention",
+            "finished": rfc3339(*finished),
+            "rules": rules.iter().map(|r| json!({
+                "category": r.category,
+                "action": r.action.name(),
+                "cutoff": rfc3339(r.cutoff),
+                "records": r.records,
+                "error": r.error,
+            })).collect::<Vec<_>>(),
+        }),
+        AuditEvent::SubjectRequest { right, subject, records, outcome } => json!({
+            "at": rfc3339(e.at),
+            "kind": "subject_request",
+            "right": right.name(),
+            "subject": subject,
+            "records": records,
+            "outcome": outcome,
+        }),
+    }
+}
+
+/// `GET /api/v1/privacy/audit[?subject=ID][&limit=N]` — newest first.
+async fn audit(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
+    require_auth!(req, state);
+    let Ok(q) = web::Query::<Vec<(String, String)>>::from_query(req.query_string()) else {
+        return error(StatusCode::BAD_REQUEST, "the query string is not name=value pairs");
+    };
+    let (mut pseudonym, mut limit) = (None, 100);
+    for (k, v) in q.into_inner() {
+        match k.as_str() {
+            "subject" => match Subject::parse(&v) {
+                Ok(s) => pseudonym = Some(state.privacy.pseudonym(&s)),
+                Err(reason) => return error(StatusCode::BAD_REQUEST, format!("subject: {reason}")),
+            },
+            "limit" => match v.parse::<usize>() {
+                Ok(n) if (1..=AUDIT_PAGE_MAX).contains(&n) => limit = n,
+                _ => return error(StatusCode::BAD_REQUEST, format!("limit: not between 1 and {AUDIT_PAGE_MAX}")),
+            },
+            other => return error(StatusCode::BAD_REQUEST, format!("unknown parameter {other:?}: subject, limit")),
+        }
+    }
+    let storage = state.storage.clone();
+    let entries = web::block(move || {
+        storage.audit(limit, AUDIT_ROWS_MAX, |e| match (&pseudonym, &e.event) {
+            (None, _) => true,
+            (Some(p), AuditEvent::SubjectRequest { subject, .. }) => subject == p,
+            (Some(_), _) => false,
+        })
+    })
+    .await;
+    match entries {
+        Ok(Ok(entries)) => {
+            HttpResponse::Ok().json(json!({ "entries": entries.iter().map(audit_json).collect::<Vec<_>>() }))
+        }
+        Ok(Err(e)) => storage_failed("reading the audit", e),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "no worker free"),
+    }
+}
+
+/// `GET /api/v1/privacy/inventory` — every category, with this node's periods.
+async fn inventory(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
+    require_auth!(req, state);
+    let categories: Vec<_> = INVENTORY
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id,
+                "data": c.data,
+                "purpose": c.purpose,
+                "legal_basis": c.legal_basis.iter().map(|b| match b {
+                    pbx_actors::privacy::LegalBasis::LegitimateInterest(why) => format!("{} ({why})", b.article()),
+                    other => other.article().to_string(),
+                }).collect::<Vec<_>>(),
+                "retention": format!("{:?}", c.retention),
+                "stored_in": c.stored_in,
+                "subjects": c.subjects,
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({ "categories": categories }))
+}
+
+/// `GET /api/v1/statistics[?days=N]` — calls per extension over the last N days (default 30),
+/// a processing on legitimate interest: subjects who objected or are restricted are left out.
+async fn statistics(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
+    require_auth!(req, state);
+    let Ok(q) = web::Query::<Vec<(String, String)>>::from_query(req.query_string()) else {
+        return error(StatusCode::BAD_REQUEST, "the query string is not name=value pairs");
+    };
+    let mut days = 30u64;
+    for (k, v) in q.into_inner() {
+        match (k.as_str(), v.parse::<u64>()) {
+            ("days", Ok(n)) if (1..=3_650).contains(&n) => days = n,
+            ("days", _) => return error(StatusCode::BAD_REQUEST, "days: not between 1 and 3650"),
+            (other, _) => return error(StatusCode::BAD_REQUEST, format!("unknown parameter {other:?}: days")),
+        }
+    }
+    let now = state.clock.now();
+    let from = now - Duration::from_secs(days * 86_400);
+    let storage = state.storage.clone();
+    let result = web::block(move || {
+        let flags = storage.all_flags()?;
+        let excluded: BTreeSet<String> = flags.into_keys().collect();
+        storage.statistics(from, &excluded, STATISTICS_ROWS_MAX).map(|s| (s, excluded.len()))
+    })
+    .await;
+    match result {
+        Ok(Ok(((rows, truncated), excluded))) => HttpResponse::Ok().json(json!({
+            "from": rfc3339(from),
+            "to": rfc3339(now),
+            "extensions": rows,
+            "excluded_subjects": excluded,
+            "truncated": truncated,
+        })),
+        Ok(Err(e)) => storage_failed("computing the statistics", e),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "no worker free"),
+    }
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/privacy/subjects/{id}/export", web::get().to(export))
+        .route("/api/v1/privacy/subjects/{id}/erase", web::post().to(erase))
+        .route("/api/v1/privacy/subjects/{id}/rectification", web::post().to(rectify))
+        .route("/api/v1/privacy/subjects/{id}/{right}", web::post().to(flag))
+        .route("/api/v1/privacy/subjects/{id}/{right}", web::delete().to(flag))
+        .route("/api/v1/privacy/audit", web::get().to(audit))
+        .route("/api/v1/privacy/inventory", web::get().to(inventory))
+        .route("/api/v1/statistics", web::get().to(statistics));
+}

@@ -1,0 +1,567 @@
+//! The privacy side of storage: the security log, the privacy audit, restriction and objection
+//! flags, the retention reaper's batches, and the subject-rights reads and erasure.
+//!
+//! Each batch and each erasure is one durable redb transaction: all or nothing, so a crash
+//! never leaves half a change, and every change is written so that doing it again changes
+//! nothing more (deleted rows are gone; anonymised rows are marked; masked values no longer
+//! match the subject).
+
+use super::{
+    BINDINGS, CDRS, EXTENSIONS, PRIVACY_AUDIT, PRIVACY_FLAGS, SECURITY_LOG, Storage, StorageError, StoredBindingV,
+    StoredCdrV, StoredExtensionV, decode, redb_err,
+};
+use pbx_actors::Timestamp;
+use pbx_actors::cdr::Cdr;
+use pbx_actors::privacy::reaper::{Action, Batch};
+use pbx_actors::privacy::{AuditEntry, ERASED, SecurityEntry, Subject, uri_host};
+use pbx_actors::registrar::{Binding, Extension};
+use redb::{Durability, ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+
+#[derive(Serialize, Deserialize)]
+enum StoredSecurityV {
+    V1(SecurityEntry),
+}
+
+#[derive(Serialize, Deserialize)]
+enum StoredAuditV {
+    V1(AuditEntry),
+}
+
+#[derive(Serialize, Deserialize)]
+enum StoredFlagsV {
+    V1(Flags),
+}
+
+/// A subject's restriction (Art. 18) and objection (Art. 21), and since when.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flags {
+    pub restricted_since: Option<Timestamp>,
+    pub objected_since: Option<Timestamp>,
+}
+
+impl Flags {
+    pub fn is_empty(&self) -> bool {
+        self.restricted_since.is_none() && self.objected_since.is_none()
+    }
+}
+
+/// What the node's file holds about one subject (the registrar's and the calls' memory are
+/// added by the caller).
+#[derive(Debug, Default)]
+pub struct SubjectRecords {
+    pub extension: Option<Extension>,
+    pub bindings: Vec<Binding>,
+    pub cdrs: Vec<Cdr>,
+    pub security_log: Vec<SecurityEntry>,
+    pub flags: Option<Flags>,
+}
+
+impl SubjectRecords {
+    pub fn is_empty(&self) -> bool {
+        self.extension.is_none()
+            && self.bindings.is_empty()
+            && self.cdrs.is_empty()
+            && self.security_log.is_empty()
+            && self.flags.is_none()
+    }
+}
+
+/// What an erasure changed, per table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Erased {
+    pub extension: u64,
+    pub bindings: u64,
+    pub cdrs_masked: u64,
+    pub security_log: u64,
+    pub flags: u64,
+}
+
+impl Erased {
+    pub fn total(&self) -> u64 {
+        self.extension + self.bindings + self.cdrs_masked + self.security_log + self.flags
+    }
+}
+
+fn ip_matches(host: Option<&str>, ip: IpAddr) -> bool {
+    host.and_then(|h| h.parse::<IpAddr>().ok()).is_some_and(|h| h.to_canonical() == ip)
+}
+
+/// Whether a binding is from or to `ip`.
+fn binding_has_ip(b: &Binding, ip: IpAddr) -> bool {
+    b.source.ip().to_canonical() == ip || ip_matches(uri_host(&b.contact), ip)
+}
+
+/// Whether a CDR is about `subject`: as caller or callee, or (an address) in its Call-ID.
+fn cdr_involves(cdr: &Cdr, subject: &Subject) -> bool {
+    match subject {
+        Subject::Number(n) => cdr.involves(n),
+        Subject::Ip(ip) => cdr.call_id.contains(&ip.to_string()),
+    }
+}
+
+/// Whether a security-log entry is about `subject`: its source, or the user it claimed.
+fn security_involves(e: &SecurityEntry, subject: &Subject) -> bool {
+    match subject {
+        Subject::Number(n) => e.user.as_deref() == Some(n),
+        Subject::Ip(ip) => e.source.to_canonical() == *ip,
+    }
+}
+
+impl Storage {
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Stores security-log entries in one durable transaction.
+    pub fn put_security_entries(&self, entries: &[SecurityEntry]) -> Result<(), StorageError> {
+        let tx = self.db.begin_write().map_err(redb_err)?;
+        {
+            let mut table = tx.open_table(SECURITY_LOG).map_err(redb_err)?;
+            for e in entries {
+                let value = postcard::to_allocvec(&StoredSecurityV::V1(e.clone())).map_err(redb_err)?;
+                table.insert((e.at.as_micros(), self.next_seq()), value.as_slice()).map_err(redb_err)?;
+            }
+        }
+        tx.commit().map_err(redb_err)
+    }
+
+    /// The security log, newest first, at most `limit` entries.
+    pub fn security_log(&self, limit: usize) -> Result<Vec<SecurityEntry>, StorageError> {
+        let tx = self.db.begin_read().map_err(redb_err)?;
+        let table = tx.open_table(SECURITY_LOG).map_err(redb_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(redb_err)?.rev().take(limit) {
+            let (k, v) = row.map_err(redb_err)?;
+            let StoredSecurityV::V1(e) = decode("security_log", || format!("{:?}", k.value()), v.value())?;
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    /// Stores one audit entry durably.
+    pub fn put_audit(&self, entry: &AuditEntry) -> Result<(), StorageError> {
+        let tx = self.db.begin_write().map_err(redb_err)?;
+        insert_audit(&tx, entry, self.next_seq())?;
+        tx.commit().map_err(redb_err)
+    }
+
+    /// Audit entries, newest first, those `keep` accepts, at most `limit`; reads at most
+    /// `rows_max` rows.
+    pub fn audit(
+        &self,
+        limit: usize,
+        rows_max: usize,
+        keep: impl Fn(&AuditEntry) -> bool,
+    ) -> Result<Vec<AuditEntry>, StorageError> {
+        let tx = self.db.begin_read().map_err(redb_err)?;
+        let table = tx.open_table(PRIVACY_AUDIT).map_err(redb_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(redb_err)?.rev().take(rows_max) {
+            let (k, v) = row.map_err(redb_err)?;
+            let StoredAuditV::V1(e) = decode("privacy_audit", || format!("{:?}", k.value()), v.value())?;
+            if keep(&e) {
+                out.push(e);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every subject's flags.
+    pub fn all_flags(&self) -> Result<BTreeMap<String, Flags>, StorageError> {
+        let tx = self.db.begin_read().map_err(redb_err)?;
+        let table = tx.open_table(PRIVACY_FLAGS).map_err(redb_err)?;
+        let mut out = BTreeMap::new();
+        for row in table.iter().map_err(redb_err)? {
+            let (k, v) = row.map_err(redb_err)?;
+            let StoredFlagsV::V1(f) = decode("privacy_flags", || k.value().to_string(), v.value())?;
+            out.insert(k.value().to_string(), f);
+        }
+        Ok(out)
+    }
+
+    /// Changes one subject's flags with `change` and stores them with the audit entry in one
+    /// transaction (flags that end up empty are deleted). Returns the new flags.
+    pub fn update_flags(
+        &self,
+        subject: &str,
+        change: impl FnOnce(&mut Flags),
+        audit: impl FnOnce(u64) -> AuditEntry,
+    ) -> Result<Flags, StorageError> {
+        let tx = self.db.begin_write().map_err(redb_err)?;
+        let flags = {
+            let mut table = tx.open_table(PRIVACY_FLAGS).map_err(redb_err)?;
+            let mut flags = match table.get(subject).map_err(redb_err)? {
+                Some(v) => {
+                    let StoredFlagsV::V1(f) = decode("privacy_flags", || subject.to_string(), v.value())?;
+                    f
+                }
+                None => Flags::default(),
+            };
+            change(&mut flags);
+            if flags.is_empty() {
+                table.remove(subject).map_err(redb_err)?;
+            } else {
+                let value = postcard::to_allocvec(&StoredFlagsV::V1(flags)).map_err(redb_err)?;
+                table.insert(subject, value.as_slice()).map_err(redb_err)?;
+            }
+            flags
+        };
+        insert_audit(&tx, &audit(1), self.next_seq())?;
+        tx.commit().map_err(redb_err)?;
+        Ok(flags)
+    }
+
+    /// Everything the file holds about `subject`. Reads whole tables: an admin's rare request.
+    pub fn subject_records(&self, subject: &Subject) -> Result<SubjectRecords, StorageError> {
+        let tx = self.db.begin_read().map_err(redb_err)?;
+        let mut out = SubjectRecords::default();
+        if let Subject::Number(n) = subject
+            && let Some(v) = tx.open_table(EXTENSIONS).map_err(redb_err)?.get(n.as_str()).map_err(redb_err)?
+        {
+            let StoredExtensionV::V1(e) = decode("extensions", || n.clone(), v.value())?;
+            out.extension = Some(e);
+        }
+        for row in tx.open_table(BINDINGS).map_err(redb_err)?.iter().map_err(redb_err)? {
+            let (k, v) = row.map_err(redb_err)?;
+            let StoredBindingV::V1(b) = decode("bindings", || k.value().to_string(), v.value())?;
+            let hit = match subject {
+                Subject::Number(n) => b.aor == *n,
+                Subject::Ip(ip) => binding_has_ip(&b, *ip),
+            };
+            if hit {
+                out.bindings.push(b);
+            }
+        }
+        for row in tx.open_table(CDRS).map_err(redb_err)?.iter().map_err(redb_err)? {
+            let (k, v) = row.map_err(redb_err)?;
+            let StoredCdrV::V1(c) = decode("cdrs", || format!("{:?}", k.value()), v.value())?;
+            if cdr_involves(&c, subject) {
+                out.cdrs.push(c);
+            }
+        }
+        for row in tx.open_table(SECURITY_LOG).map_err(redb_err)?.iter().map_err(redb_err)? {
+            let (k, v) = row.map_err(redb_err)?;
+            let StoredSecurityV::V1(e) = decode("security_log", || format!("{:?}", k.value()), v.value())?;
+            if security_involves(&e, subject) {
+                out.security_log.push(e);
+            }
+        }
+        let id = subject.id();
+        if let Some(v) = tx.open_table(PRIVACY_FLAGS).map_err(redb_err)?.get(id.as_str()).map_err(redb_err)? {
+            let StoredFlagsV::V1(f) = decode("privacy_flags", || id.clone(), v.value())?;
+            out.flags = Some(f);
+        }
+        Ok(out)
+    }
+
+    /// Erases `subject` from every table in one durable transaction, with its audit entry: the
+    /// extension and its bindings (or the bindings from or to the address) are deleted; in CDRs
+    /// the subject becomes [`ERASED`] and the other party's record stays (a caller's Call-ID,
+    /// which its phone made and which often names its address, goes too); security-log entries
+    /// from the address are deleted, and the subject's number in others becomes [`ERASED`];
+    /// restriction and objection flags are deleted. Doing it again changes nothing.
+    pub fn erase(&self, subject: &Subject, audit: impl FnOnce(u64) -> AuditEntry) -> Result<Erased, StorageError> {
+        let mut tx = self.db.begin_write().map_err(redb_err)?;
+        tx.set_durability(Durability::Immediate).map_err(redb_err)?;
+        let mut erased = Erased::default();
+        {
+            if let Subject::Number(n) = subject {
+                let mut extensions = tx.open_table(EXTENSIONS).map_err(redb_err)?;
+                erased.extension += u64::from(extensions.remove(n.as_str()).map_err(redb_err)?.is_some());
+            }
+            let mut bindings = tx.open_table(BINDINGS).map_err(redb_err)?;
+            let mut doomed = Vec::new();
+            for row in bindings.iter().map_err(redb_err)? {
+                let (k, v) = row.map_err(redb_err)?;
+                let StoredBindingV::V1(b) = decode("bindings", || k.value().to_string(), v.value())?;
+                let hit = match subject {
+                    Subject::Number(n) => b.aor == *n,
+                    Subject::Ip(ip) => binding_has_ip(&b, *ip),
+                };
+                if hit {
+                    doomed.push(k.value().to_string());
+                }
+            }
+            for k in &doomed {
+                bindings.remove(k.as_str()).map_err(redb_err)?;
+            }
+            erased.bindings = doomed.len() as u64;
+
+            let mut cdrs = tx.open_table(CDRS).map_err(redb_err)?;
+            let mut masked = Vec::new();
+            for row in cdrs.iter().map_err(redb_err)? {
+                let (k, v) = row.map_err(redb_err)?;
+                let StoredCdrV::V1(mut c) = decode("cdrs", || format!("{:?}", k.value()), v.value())?;
+                if !cdr_involves(&c, subject) {
+                    continue;
+                }
+                match subject {
+                    Subject::Number(n) => {
+                        if c.caller == *n {
+                            c.caller = ERASED.into();
+                            c.call_id = ERASED.into();
+                        }
+                        if c.callee == *n {
+                            c.callee = ERASED.into();
+                        }
+                    }
+                    Subject::Ip(_) => c.call_id = ERASED.into(),
+                }
+                masked.push((k.value(), c));
+            }
+            for (k, c) in &masked {
+                let value = postcard::to_allocvec(&StoredCdrV::V1(c.clone())).map_err(redb_err)?;
+                cdrs.insert(*k, value.as_slice()).map_err(redb_err)?;
+            }
+            erased.cdrs_masked = masked.len() as u64;
+
+            let mut log = tx.open_table(SECURITY_LOG).map_err(redb_err)?;
+            let mut changed = Vec::new();
+            for row in log.iter().map_err(redb_err)? {
+                let (k, v) = row.map_err(redb_err)?;
+                let StoredSecurityV::V1(mut e) = decode("security_log", || format!("{:?}", k.value()), v.value())?;
+                if security_involves(&e, subject) {
+                    // An address's own attempts go; a number named in someone else's attempt
+                    // (the attacker's address stays as evidence) loses the number.
+                    let keep = matches!(subject, Subject::Number(_)).then(|| {
+                        e.user = Some(ERASED.into());
+                        e
+                    });
+                    changed.push((k.value(), keep));
+                }
+            }
+            for (k, keep) in &changed {
+                match keep {
+                    Some(e) => {
+                        let value = postcard::to_allocvec(&StoredSecurityV::V1(e.clone())).map_err(redb_err)?;
+                        log.insert(*k, value.as_slice()).map_err(redb_err)?;
+                    }
+                    None => drop(log.remove(*k).map_err(redb_err)?),
+                }
+            }
+            erased.security_log = changed.len() as u64;
+
+            let mut flags = tx.open_table(PRIVACY_FLAGS).map_err(redb_err)?;
+            erased.flags += u64::from(flags.remove(subject.id().as_str()).map_err(redb_err)?.is_some());
+        }
+        insert_audit(&tx, &audit(erased.total()), self.next_seq())?;
+        tx.commit().map_err(redb_err)?;
+        Ok(erased)
+    }
+
+    /// One retention batch (the reaper's [`Batch`]), in one durable transaction; the count of
+    /// records changed. The meaning of each (category, action) is the inventory's rule.
+    pub fn reap(&self, batch: &Batch) -> Result<u64, StorageError> {
+        let limit = batch.limit as usize;
+        let cutoff = batch.cutoff.as_micros();
+        let tx = self.db.begin_write().map_err(redb_err)?;
+        let changed = match (batch.category, batch.action) {
+            ("registration", Action::Delete) => {
+                let mut table = tx.open_table(BINDINGS).map_err(redb_err)?;
+                let mut due = Vec::new();
+                for row in table.iter().map_err(redb_err)? {
+                    let (k, v) = row.map_err(redb_err)?;
+                    let StoredBindingV::V1(b) = decode("bindings", || k.value().to_string(), v.value())?;
+                    if b.expires_at.as_micros() < cutoff {
+                        due.push(k.value().to_string());
+                        if due.len() == limit {
+                            break;
+                        }
+                    }
+                }
+                for k in &due {
+                    table.remove(k.as_str()).map_err(redb_err)?;
+                }
+                due.len()
+            }
+            ("cdr", Action::Delete) => delete_oldest(&mut tx.open_table(CDRS).map_err(redb_err)?, cutoff, limit)?,
+            ("security-log", Action::Delete) => {
+                delete_oldest(&mut tx.open_table(SECURITY_LOG).map_err(redb_err)?, cutoff, limit)?
+            }
+            ("privacy-audit", Action::Delete) => {
+                delete_oldest(&mut tx.open_table(PRIVACY_AUDIT).map_err(redb_err)?, cutoff, limit)?
+            }
+            ("security-log", Action::Anonymise) => {
+                let mut table = tx.open_table(SECURITY_LOG).map_err(redb_err)?;
+                let mut due = Vec::new();
+                for row in table.range((0, 0)..(cutoff, 0)).map_err(redb_err)? {
+                    let (k, v) = row.map_err(redb_err)?;
+                    let StoredSecurityV::V1(e) = decode("security_log", || format!("{:?}", k.value()), v.value())?;
+                    if !e.anonymised {
+                        due.push((k.value(), e));
+                        if due.len() == limit {
+                            break;
+                        }
+                    }
+                }
+                for (k, e) in &mut due {
+                    e.anonymise();
+                    let value = postcard::to_allocvec(&StoredSecurityV::V1(e.clone())).map_err(redb_err)?;
+                    table.insert(*k, value.as_slice()).map_err(redb_err)?;
+                }
+                due.len()
+            }
+            (category, action) => {
+                return Err(StorageError::Redb(format!("no retention rule {category}/{}", action.name())));
+            }
+        };
+        tx.commit().map_err(redb_err)?;
+        Ok(changed as u64)
+    }
+}
+
+/// One extension's calls in the statistics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CallStats {
+    pub number: String,
+    pub calls_made: u64,
+    pub calls_received: u64,
+    /// Of the calls made and received, those answered.
+    pub answered: u64,
+    /// Answered time, in seconds.
+    pub talk_s: u64,
+}
+
+impl Storage {
+    /// Calls per number over the CDRs that ended at or after `from`, newest first, reading at
+    /// most `rows_max` rows (then `true`: the figures are partial). Numbers in `excluded`
+    /// (they objected, or are restricted) get no row; their calls still count for the other
+    /// party, without naming them.
+    pub fn statistics(
+        &self,
+        from: Timestamp,
+        excluded: &std::collections::BTreeSet<String>,
+        rows_max: usize,
+    ) -> Result<(Vec<CallStats>, bool), StorageError> {
+        let tx = self.db.begin_read().map_err(redb_err)?;
+        let table = tx.open_table(CDRS).map_err(redb_err)?;
+        let mut by_number: BTreeMap<String, CallStats> = BTreeMap::new();
+        let mut truncated = false;
+        for (read, row) in table.range((from.as_micros(), 0)..).map_err(redb_err)?.rev().enumerate() {
+            if read == rows_max {
+                truncated = true;
+                break;
+            }
+            let (k, v) = row.map_err(redb_err)?;
+            let StoredCdrV::V1(c) = decode("cdrs", || format!("{:?}", k.value()), v.value())?;
+            let answered = u64::from(c.answer.is_some());
+            for (number, made) in [(&c.caller, true), (&c.callee, false)] {
+                if excluded.contains(number) || number == ERASED {
+                    continue;
+                }
+                let s = by_number
+                    .entry(number.clone())
+                    .or_insert_with(|| CallStats { number: number.clone(), ..CallStats::default() });
+                if made {
+                    s.calls_made += 1;
+                } else {
+                    s.calls_received += 1;
+                }
+                s.answered += answered;
+                s.talk_s += c.duration_s();
+            }
+        }
+        Ok((by_number.into_values().collect(), truncated))
+    }
+}
+
+/// Deletes the oldest rows of a time-keyed table before `cutoff` µs, at most `limit`.
+fn delete_oldest(
+    table: &mut redb::Table<'_, (u64, u64), &[u8]>,
+    cutoff: u64,
+    limit: usize,
+) -> Result<usize, StorageError> {
+    let mut deleted = 0;
+    for row in table.extract_from_if((0, 0)..(cutoff, 0), |_, _| true).map_err(redb_err)?.take(limit) {
+        row.map_err(redb_err)?;
+        deleted += 1;
+    }
+    Ok(deleted)
+}
+
+fn insert_audit(tx: &redb::WriteTransaction, entry: &AuditEntry, seq: u64) -> Result<(), StorageError> {
+    let value = postcard::to_allocvec(&StoredAuditV::V1(entry.clone())).map_err(redb_err)?;
+    tx.open_table(PRIVACY_AUDIT)
+        .map_err(redb_err)?
+        .insert((entry.at.as_micros(), seq), value.as_slice())
+        .map_err(redb_err)?;
+    Ok(())
+}
+
+impl pbx_actors::privacy::actor::RetentionStore for Storage {
+    fn reap(&self, batch: &Batch) -> Result<u64, String> {
+        Storage::reap(self, batch).map_err(|e| e.to_string())
+    }
+    fn audit(&self, entry: &AuditEntry) -> Result<(), String> {
+        self.put_audit(entry).map_err(|e| e.to_string())
+    }
+}
+
+/// Security-log entries the writer takes per second at most; beyond that they are counted
+/// and dropped, so a flood of bad REGISTERs cannot fill the disk (the registrar blocks the
+/// sources anyway, and the metrics count every failure).
+pub const SECURITY_ENTRIES_PER_S_MAX: usize = 200;
+/// Entries waiting for the writer at most.
+const SECURITY_QUEUE_MAX: usize = 1_024;
+
+/// The node's [`pbx_actors::privacy::SecurityLog`]: queues entries without blocking and
+/// stores them from a thread, one transaction a second at most.
+pub struct SecurityWriter {
+    queue: Option<SyncSender<SecurityEntry>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SecurityWriter {
+    pub fn start(storage: Arc<Storage>) -> std::io::Result<SecurityWriter> {
+        let (queue, rx) = std::sync::mpsc::sync_channel(SECURITY_QUEUE_MAX);
+        let thread =
+            std::thread::Builder::new().name("security-log".into()).spawn(move || write_security(&rx, &storage))?;
+        Ok(SecurityWriter { queue: Some(queue), thread: Some(thread) })
+    }
+}
+
+impl pbx_actors::privacy::SecurityLog for SecurityWriter {
+    fn record(&self, entry: SecurityEntry) {
+        let Some(queue) = &self.queue else { return };
+        if let Err(TrySendError::Full(_)) = queue.try_send(entry) {
+            metrics::counter!("pbx_security_log_dropped_total").increment(1);
+        }
+    }
+}
+
+impl Drop for SecurityWriter {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn write_security(rx: &Receiver<SecurityEntry>, storage: &Storage) {
+    while let Ok(first) = rx.recv() {
+        let started = std::time::Instant::now();
+        let batch: Vec<SecurityEntry> = std::iter::once(first).chain(rx.try_iter()).collect();
+        let (keep, drop) = batch.split_at(batch.len().min(SECURITY_ENTRIES_PER_S_MAX));
+        if !drop.is_empty() {
+            metrics::counter!("pbx_security_log_dropped_total").increment(drop.len() as u64);
+        }
+        match storage.put_security_entries(keep) {
+            Ok(()) => metrics::counter!("pbx_security_log_entries_total").increment(keep.len() as u64),
+            Err(error) => tracing::error!(%error, entries = keep.len(), "could not store security-log entries"),
+        }
+        // At most one transaction a second: the rate bound above is per second.
+        if let Some(rest) = std::time::Duration::from_secs(1).checked_sub(started.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+}
