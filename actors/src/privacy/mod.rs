@@ -8,6 +8,7 @@
 //! declared, a notice test that every category appears in every language.
 
 pub mod actor;
+pub mod notice;
 pub mod reaper;
 
 use crate::Timestamp;
