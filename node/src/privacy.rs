@@ -13,7 +13,7 @@ use crate::storage::{Flags, SubjectRecords};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use pbx_actors::privacy::reaper::Periods;
-use pbx_actors::privacy::{AuditEntry, AuditEvent, INVENTORY, Right, Subject};
+use pbx_actors::privacy::{AuditEntry, AuditEvent, INVENTORY, Right, Subject, notice};
 use pbx_actors::registrar::RegistrarMsg;
 use pbx_actors::time::Clock;
 use serde_json::json;
@@ -60,10 +60,27 @@ impl Privacy {
         Ok(Privacy { key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes), periods, operator })
     }
 
+    /// The notice for `lang`, with this node's periods and operator.
+    pub fn notice(&self, lang: notice::Lang) -> notice::Notice {
+        notice::notice(lang, &operator(&self.operator), &self.periods)
+    }
+
     /// The subject as the audit names it: 16 bytes of HMAC-SHA-256 of its id, in hex.
     pub fn pseudonym(&self, subject: &Subject) -> String {
         let tag = ring::hmac::sign(&self.key, format!("subject:{}", subject.id()).as_bytes());
         hex::encode(&tag.as_ref()[..16])
+    }
+}
+
+/// The operator's details as the notice takes them.
+pub fn operator(o: &crate::config::OperatorSection) -> notice::Operator {
+    notice::Operator {
+        name: o.name.clone(),
+        address: o.address.clone(),
+        email: o.email.clone(),
+        phone: o.phone.clone(),
+        dpo: o.dpo.clone(),
+        authority: o.authority.clone(),
     }
 }
 
@@ -80,8 +97,9 @@ macro_rules! require_auth {
     };
 }
 
-fn parse_subject(id: &str) -> Result<Subject, HttpResponse> {
-    Subject::parse(id).map_err(|reason| error(StatusCode::BAD_REQUEST, format!("subject {id:?}: {reason}")))
+/// The subject a path names, or the 400 saying why not (boxed: a response is large).
+fn parse_subject(id: &str) -> Result<Subject, Box<HttpResponse>> {
+    Subject::parse(id).map_err(|reason| Box::new(error(StatusCode::BAD_REQUEST, format!("subject {id:?}: {reason}"))))
 }
 
 fn not_found(subject: &Subject) -> HttpResponse {
@@ -188,7 +206,7 @@ async fn export(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<Stri
     require_auth!(req, state);
     let subject = match parse_subject(&id) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let held = match held(&state, &subject).await {
         Ok(h) => h,
@@ -259,7 +277,7 @@ async fn erase(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<Strin
     require_auth!(req, state);
     let subject = match parse_subject(&id) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let held = match held(&state, &subject).await {
         Ok(h) => h,
@@ -313,7 +331,7 @@ async fn flag(req: HttpRequest, state: web::Data<ApiState>, path: web::Path<(Str
     let (id, which) = path.into_inner();
     let subject = match parse_subject(&id) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let set = req.method() == actix_web::http::Method::POST;
     let right = match (which.as_str(), set) {
@@ -374,7 +392,7 @@ async fn rectify(
     let subject = match parse_subject(&id) {
         Ok(Subject::Number(n)) => n,
         Ok(Subject::Ip(_)) => return error(StatusCode::BAD_REQUEST, "an IP address has nothing to rectify"),
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let input: Rectification = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -481,7 +499,7 @@ async fn inventory(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse
                     pbx_actors::privacy::LegalBasis::LegitimateInterest(why) => format!("{} ({why})", b.article()),
                     other => other.article().to_string(),
                 }).collect::<Vec<_>>(),
-                "retention": format!("{:?}", c.retention),
+                "retention": format!("{:?}", notice::retention_for(c, &state.privacy.periods)),
                 "stored_in": c.stored_in,
                 "subjects": c.subjects,
             })
@@ -527,8 +545,34 @@ async fn statistics(req: HttpRequest, state: web::Data<ApiState>) -> HttpRespons
     }
 }
 
+/// `GET /privacy[?lang=de|en|fr]` — the privacy notice as a web page, open to everyone (it is
+/// what the operator publishes). Without `lang`, the browser's Accept-Language decides.
+async fn privacy_notice(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
+    let Ok(q) = web::Query::<Vec<(String, String)>>::from_query(req.query_string()) else {
+        return error(StatusCode::BAD_REQUEST, "the query string is not name=value pairs");
+    };
+    let mut lang = None;
+    for (k, v) in q.into_inner() {
+        match k.as_str() {
+            "lang" => match v.parse::<notice::Lang>() {
+                Ok(l) => lang = Some(l),
+                Err(reason) => return error(StatusCode::BAD_REQUEST, format!("lang: {reason}")),
+            },
+            other => return error(StatusCode::BAD_REQUEST, format!("unknown parameter {other:?}: lang")),
+        }
+    }
+    let lang =
+        lang.unwrap_or_else(|| notice::negotiate(req.headers().get("accept-language").and_then(|v| v.to_str().ok())));
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("content-language", lang.code()))
+        .insert_header(("vary", "Accept-Language"))
+        .body(state.privacy.notice(lang).html())
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/privacy/subjects/{id}/export", web::get().to(export))
+    cfg.route("/privacy", web::get().to(privacy_notice))
+        .route("/api/v1/privacy/subjects/{id}/export", web::get().to(export))
         .route("/api/v1/privacy/subjects/{id}/erase", web::post().to(erase))
         .route("/api/v1/privacy/subjects/{id}/rectification", web::post().to(rectify))
         .route("/api/v1/privacy/subjects/{id}/{right}", web::post().to(flag))

@@ -156,8 +156,16 @@ fn encode(id: &str) -> String {
         .collect()
 }
 
+/// Prints the notice from the config alone: no running node needed.
 fn notice(config: &Config, lang: &str) -> ExitCode {
-    let _ = (config, lang);
-    eprintln!("pbx privacy notice: not yet");
-    ExitCode::FAILURE
+    let lang = match lang.parse::<pbx_actors::privacy::notice::Lang>() {
+        Ok(l) => l,
+        Err(reason) => {
+            eprintln!("pbx privacy notice: --lang: {reason}");
+            return ExitCode::from(2);
+        }
+    };
+    let operator = crate::privacy::operator(&config.privacy.operator);
+    print!("{}", pbx_actors::privacy::notice::notice(lang, &operator, &config.privacy.periods).markdown());
+    ExitCode::SUCCESS
 }

@@ -299,3 +299,37 @@ fn restriction_objection_and_rectification_through_the_cli() {
     let rights: Vec<&str> = audit["entries"].as_array().unwrap().iter().map(|e| e["right"].as_str().unwrap()).collect();
     assert_eq!(rights, ["objection_withdrawn", "objection"]);
 }
+
+/// The notice at `/privacy` (no token: it is public) and from `pbx privacy notice`, in German,
+/// English and French: each lists every category of the inventory, with the operator's details
+/// and the periods from the config.
+#[test]
+fn the_notice_lists_every_category_in_three_languages() {
+    let pbx = Pbx::start(
+        PbxOptions::default()
+            .calls("cdr_retention_days = 45")
+            .privacy(r#"operator = { name = "Beispiel <GmbH>", email = "datenschutz@beispiel.example" }"#),
+    );
+    for (lang, word) in [("de", "Datenschutzerklärung"), ("en", "Privacy notice"), ("fr", "protection des données")] {
+        let (code, html) =
+            http_request(pbx.http, "GET", &format!("/privacy?lang={lang}"), None, None).expect("an answer");
+        assert_eq!(code, 200, "{html}");
+        assert!(html.contains(&format!("<html lang=\"{lang}\"")) && html.contains(word), "{lang}: {html}");
+        assert!(html.contains("Beispiel &lt;GmbH&gt;") && html.contains("datenschutz@beispiel.example"), "{html}");
+        for category in pbx_actors::privacy::INVENTORY {
+            assert!(html.contains(&format!("id=\"category-{}\"", category.id)), "{lang} lacks {}", category.id);
+        }
+        assert!(html.contains("45"), "{lang}: the configured CDR period");
+        let out = Command::new(binary())
+            .args(["privacy", "notice", "--lang", lang, "--config"])
+            .arg(pbx.config_path())
+            .output()
+            .expect("run pbx privacy notice");
+        let markdown = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && markdown.starts_with("# ") && markdown.contains(word), "{lang}: {markdown}");
+    }
+    let (code, _) = http_request(pbx.http, "GET", "/privacy?lang=es", None, None).expect("an answer");
+    assert_eq!(code, 400);
+    let (_, html) = http_request(pbx.http, "GET", "/privacy", None, None).expect("an answer");
+    assert!(html.contains("<html lang=\"en\""), "English without a preference");
+}

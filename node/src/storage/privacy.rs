@@ -565,3 +565,212 @@ fn write_security(rx: &Receiver<SecurityEntry>, storage: &Storage) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pbx_actors::cdr::{Disposition, MediaCounters};
+    use pbx_actors::privacy::{AuditEvent, Right, SecurityEvent};
+    use pbx_actors::registrar::RegistrarCommand;
+    use pbx_actors::sip::Transport;
+
+    const DAY: u64 = 86_400;
+
+    fn open() -> (tempfile::TempDir, Storage) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        (dir, s)
+    }
+
+    fn cdr(id: u64, end_s: u64, caller: &str, callee: &str) -> Cdr {
+        Cdr {
+            id,
+            call_id: format!("{id}-42@192.0.2.{id}"),
+            caller: caller.into(),
+            callee: callee.into(),
+            start: Timestamp::from_secs(end_s - 100),
+            answer: Some(Timestamp::from_secs(end_s - 60)),
+            end: Timestamp::from_secs(end_s),
+            disposition: Disposition::Answered,
+            hangup: None,
+            codec_caller: None,
+            codec_callee: None,
+            media: [MediaCounters::default(); 2],
+        }
+    }
+
+    fn entry(at_s: u64, source: &str, user: Option<&str>) -> SecurityEntry {
+        SecurityEntry {
+            at: Timestamp::from_secs(at_s),
+            source: source.parse().unwrap(),
+            user: user.map(str::to_string),
+            event: SecurityEvent::AuthFailed,
+            anonymised: false,
+        }
+    }
+
+    fn binding(aor: &str, contact: &str, source: &str, expires_s: u64) -> Binding {
+        Binding {
+            aor: aor.into(),
+            contact: contact.into(),
+            expires_at: Timestamp::from_secs(expires_s),
+            call_id: "c".into(),
+            cseq: 1,
+            source: source.parse().unwrap(),
+            transport: Transport::Udp,
+            user_agent: None,
+        }
+    }
+
+    fn batch(category: &'static str, action: Action, cutoff_s: u64, limit: u32) -> Batch {
+        Batch { rule: 0, category, action, cutoff: Timestamp::from_secs(cutoff_s), limit }
+    }
+
+    fn audit_at(at_s: u64) -> AuditEntry {
+        AuditEntry {
+            at: Timestamp::from_secs(at_s),
+            event: AuditEvent::SubjectRequest {
+                right: Right::Access,
+                subject: "p".into(),
+                records: 0,
+                outcome: "x".into(),
+            },
+        }
+    }
+
+    /// Each rule changes exactly the records older than its cut-off, oldest first, at most
+    /// `limit` per batch; running it again changes nothing; an unknown rule is an error.
+    #[test]
+    fn reap_batches_follow_the_rules() {
+        let (_dir, s) = open();
+        s.put_cdrs(&[cdr(1, 10 * DAY, "100", "101"), cdr(2, 20 * DAY, "100", "101"), cdr(3, 30 * DAY, "100", "101")])
+            .unwrap();
+        s.put_security_entries(&[
+            entry(DAY, "192.0.2.7", Some("1001")),
+            entry(2 * DAY, "2001:db8::7", None),
+            entry(40 * DAY, "192.0.2.8", None),
+        ])
+        .unwrap();
+        s.apply(&[
+            RegistrarCommand::PutBinding(binding("100", "sip:100@192.0.2.1", "192.0.2.1:5060", 100)),
+            RegistrarCommand::PutBinding(binding("101", "sip:101@192.0.2.2", "192.0.2.2:5060", 300)),
+        ])
+        .unwrap();
+        for at in [DAY, 5 * DAY] {
+            s.put_audit(&audit_at(at)).unwrap();
+        }
+
+        assert_eq!(s.reap(&batch("cdr", Action::Delete, 25 * DAY, 1)).unwrap(), 1, "the limit holds");
+        assert_eq!(s.reap(&batch("cdr", Action::Delete, 25 * DAY, 10)).unwrap(), 1);
+        assert_eq!(s.reap(&batch("cdr", Action::Delete, 25 * DAY, 10)).unwrap(), 0, "again: nothing");
+        let left = s.query_cdrs(None, None, None, &Default::default(), None, 10).unwrap().0;
+        assert_eq!(left.iter().map(|c| c.id).collect::<Vec<_>>(), [3]);
+
+        assert_eq!(s.reap(&batch("security-log", Action::Anonymise, 10 * DAY, 10)).unwrap(), 2);
+        assert_eq!(s.reap(&batch("security-log", Action::Anonymise, 10 * DAY, 10)).unwrap(), 0, "marked: not again");
+        let log = s.security_log(10).unwrap();
+        assert_eq!(
+            log.iter().map(|e| (e.source.to_string(), e.user.clone(), e.anonymised)).collect::<Vec<_>>(),
+            [
+                ("192.0.2.8".to_string(), None, false),
+                ("2001:db8::".into(), None, true),
+                ("192.0.2.0".into(), Some("1xxx".into()), true),
+            ]
+        );
+        assert_eq!(s.reap(&batch("security-log", Action::Delete, 10 * DAY, 10)).unwrap(), 2);
+        assert_eq!(s.security_log(10).unwrap().len(), 1);
+
+        assert_eq!(s.reap(&batch("registration", Action::Delete, 200, 10)).unwrap(), 1);
+        assert_eq!(s.load().unwrap().bindings.iter().map(|b| b.aor.as_str()).collect::<Vec<_>>(), ["101"]);
+        assert_eq!(s.reap(&batch("privacy-audit", Action::Delete, 2 * DAY, 10)).unwrap(), 1);
+        assert_eq!(s.audit(10, 100, |_| true).unwrap().len(), 1);
+        assert!(s.reap(&batch("cdr", Action::Anonymise, 0, 1)).is_err(), "no such rule");
+    }
+
+    /// Erasing a number: its extension and bindings go, CDRs keep the other party with the
+    /// subject masked (a caller's Call-ID too), security entries naming it lose the name, its
+    /// flags go, the audit entry is in the same transaction; doing it again changes nothing.
+    #[test]
+    fn erasing_a_number_masks_it_everywhere_once() {
+        let (_dir, s) = open();
+        s.apply(&[
+            RegistrarCommand::PutExtension(Extension {
+                number: "101".into(),
+                display_name: "Ann".into(),
+                ha1_md5: "x".into(),
+                ha1_sha256: "y".into(),
+            }),
+            RegistrarCommand::PutBinding(binding("101", "sip:101@192.0.2.2", "192.0.2.2:5060", 300)),
+            RegistrarCommand::PutBinding(binding("100", "sip:100@192.0.2.1", "192.0.2.1:5060", 300)),
+        ])
+        .unwrap();
+        s.put_cdrs(&[cdr(1, 100, "100", "101"), cdr(2, 200, "101", "100"), cdr(3, 300, "100", "102")]).unwrap();
+        s.put_security_entries(&[entry(10, "203.0.113.9", Some("101")), entry(11, "203.0.113.9", Some("100"))])
+            .unwrap();
+        s.update_flags("101", |f| f.restricted_since = Some(Timestamp::from_secs(5)), |_| audit_at(5)).unwrap();
+        let subject = Subject::Number("101".into());
+        let held = s.subject_records(&subject).unwrap();
+        assert_eq!(
+            (held.extension.is_some(), held.bindings.len(), held.cdrs.len(), held.security_log.len()),
+            (true, 1, 2, 1)
+        );
+
+        let erased = s.erase(&subject, |_| audit_at(5)).unwrap();
+        assert_eq!(erased, Erased { extension: 1, bindings: 1, cdrs_masked: 2, security_log: 1, flags: 1 });
+        assert!(s.subject_records(&subject).unwrap().is_empty());
+        let cdrs = s.query_cdrs(None, None, None, &Default::default(), None, 10).unwrap().0;
+        let view: Vec<_> =
+            cdrs.iter().map(|c| (c.id, c.caller.as_str(), c.callee.as_str(), c.call_id.as_str())).collect();
+        assert_eq!(
+            view,
+            [(3, "100", "102", "3-42@192.0.2.3"), (2, ERASED, "100", ERASED), (1, "100", ERASED, "1-42@192.0.2.1")]
+        );
+        let users: Vec<_> = s.security_log(10).unwrap().into_iter().map(|e| e.user.unwrap()).collect();
+        assert_eq!(users, ["100", ERASED]);
+        assert!(s.all_flags().unwrap().is_empty());
+        assert_eq!(s.audit(10, 100, |e| e.at == Timestamp::from_secs(5)).unwrap().len(), 2, "flag change and erasure");
+        assert_eq!(s.erase(&subject, audit_at).unwrap(), Erased::default(), "again: nothing");
+        assert_eq!(s.load().unwrap().bindings.len(), 1, "100's binding stays");
+    }
+
+    /// Erasing an address: bindings from it or to it, its own security entries, and Call-IDs
+    /// naming it.
+    #[test]
+    fn erasing_an_address() {
+        let (_dir, s) = open();
+        s.apply(&[
+            RegistrarCommand::PutBinding(binding("100", "sip:100@192.0.2.1:5060", "198.51.100.1:5060", 300)),
+            RegistrarCommand::PutBinding(binding("101", "sip:101@[2001:db8::5]:5060", "[2001:db8::5]:5060", 300)),
+            RegistrarCommand::PutBinding(binding("102", "sip:102@192.0.2.10", "192.0.2.10:5060", 300)),
+        ])
+        .unwrap();
+        s.put_cdrs(&[cdr(1, 100, "100", "101")]).unwrap();
+        s.put_security_entries(&[entry(10, "192.0.2.1", Some("100")), entry(11, "192.0.2.9", None)]).unwrap();
+        let subject = Subject::parse("192.0.2.1").unwrap();
+        assert_eq!(s.subject_records(&subject).unwrap().cdrs.len(), 1, "its Call-ID names it");
+        let erased = s.erase(&subject, audit_at).unwrap();
+        assert_eq!((erased.bindings, erased.security_log, erased.cdrs_masked), (1, 1, 1));
+        assert_eq!(s.security_log(10).unwrap().len(), 1);
+        let v6 = Subject::parse("2001:db8::5").unwrap();
+        assert_eq!(s.erase(&v6, audit_at).unwrap().bindings, 1);
+        assert_eq!(s.load().unwrap().bindings.iter().map(|b| b.aor.as_str()).collect::<Vec<_>>(), ["102"]);
+    }
+
+    /// Statistics count calls per number in the window and leave out excluded numbers and
+    /// erased parties; flags read back as set and vanish when empty.
+    #[test]
+    fn statistics_and_flags() {
+        let (_dir, s) = open();
+        s.put_cdrs(&[cdr(1, 300, "100", "101"), cdr(2, 200, "101", "0301"), cdr(3, 150, "100", "101")]).unwrap();
+        let excluded = ["0301".to_string()].into_iter().collect();
+        let (rows, truncated) = s.statistics(Timestamp::from_secs(160), &excluded, 100).unwrap();
+        assert!(!truncated);
+        let view: Vec<_> = rows.iter().map(|r| (r.number.as_str(), r.calls_made, r.calls_received, r.talk_s)).collect();
+        assert_eq!(view, [("100", 1, 0, 60), ("101", 1, 1, 120)]);
+        assert!(s.statistics(Timestamp::ZERO, &Default::default(), 2).unwrap().1, "row bound reached");
+        let f = s.update_flags("0301", |f| f.objected_since = Some(Timestamp::from_secs(1)), |_| audit_at(1)).unwrap();
+        assert_eq!(s.all_flags().unwrap().get("0301"), Some(&f));
+        s.update_flags("0301", |f| f.objected_since = None, |_| audit_at(2)).unwrap();
+        assert!(s.all_flags().unwrap().is_empty());
+    }
+}
