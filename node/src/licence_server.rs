@@ -712,7 +712,10 @@ mod tests {
         for (table, category) in TABLES {
             if let Some(id) = category {
                 let declared = pbx_actors::privacy::category(id).expect("declared category");
-                assert!(declared.stored_in.contains(&format!("redb:{table}").as_str()), "{table} not in {id}");
+                assert!(
+                    declared.stored_in.contains(&format!("licence-server:{table}").as_str()),
+                    "{table} not in {id}"
+                );
             }
         }
     }

@@ -443,6 +443,16 @@ mod tests {
         }
     }
 
+    /// docs/PRIVACY.md names every category, so the human-readable side cannot lose one.
+    #[test]
+    fn docs_name_every_category() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/PRIVACY.md");
+        let doc = std::fs::read_to_string(&path).expect("docs/PRIVACY.md");
+        for c in pbx_actors::privacy::INVENTORY {
+            assert!(doc.contains(&format!("| `{}`", c.id)), "docs/PRIVACY.md has no row for `{}`", c.id);
+        }
+    }
+
     fn cdr(id: u64, end_s: u64, caller: &str, callee: &str) -> Cdr {
         use pbx_actors::cdr::{Disposition, MediaCounters};
         Cdr {
