@@ -12,11 +12,15 @@ pub struct Bugs {
     pub half_hangup: bool,
     /// The licence watchdog switches licensed features off after half the grace period.
     pub early_expiry: bool,
+    /// The retention reaper keeps records for twice their retention (its cut-offs lag).
+    pub lazy_reaper: bool,
+    /// The retention reaper acts on records after half their retention (its cut-offs lead).
+    pub eager_reaper: bool,
 }
 
 impl Bugs {
     /// The names `pbx-sim --inject-bug` accepts.
-    pub const NAMES: [&'static str; 3] = ["skip-cdr", "half-hangup", "early-expiry"];
+    pub const NAMES: [&'static str; 5] = ["skip-cdr", "half-hangup", "early-expiry", "lazy-reaper", "eager-reaper"];
 
     /// Switches on the bug called `name`; `false` if there is none by that name.
     pub fn enable(&mut self, name: &str) -> bool {
@@ -24,6 +28,8 @@ impl Bugs {
             "skip-cdr" => self.skip_cdr = true,
             "half-hangup" => self.half_hangup = true,
             "early-expiry" => self.early_expiry = true,
+            "lazy-reaper" => self.lazy_reaper = true,
+            "eager-reaper" => self.eager_reaper = true,
             _ => return false,
         }
         true

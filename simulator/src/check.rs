@@ -7,13 +7,22 @@
 //! hung up too; a phone whose binding has expired gets no INVITE) and from the node's state
 //! (no call outlives its bounds, none is answered with one leg, no port leaks, no transaction
 //! outlives its timers, no binding outlives its expiry).
+//!
+//! The retention checkers judge the node's disk: no record outlives its retention (plus the
+//! reaper's interval, see [`Checker::check_retention`]), nothing inside its retention is
+//! touched (a ledger of every CDR and security-log entry the disk committed), and every
+//! interval the node was up left its reaper run's audit entry.
 
+use crate::disk::{Disk, Key};
 use crate::node::SimNode;
+use crate::options::format_duration;
 use crate::phone::PhoneEvent;
 use pbx_actors::Timestamp;
 use pbx_actors::call::b2bua::ENDING_BOUND;
 use pbx_actors::cdr::Cdr;
-use std::collections::BTreeMap;
+use pbx_actors::privacy::reaper::Periods;
+use pbx_actors::privacy::{AuditEntry, AuditEvent};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -25,6 +34,13 @@ const SLACK: Duration = Duration::from_secs(15);
 const REFRESH_FLUSH: Duration = Duration::from_secs(5);
 /// Violations kept when a run does not stop at the first.
 const VIOLATIONS_MAX: usize = 20;
+/// How long one reaper run may take, from its start until its last batch is durable. A run
+/// is a few batches, one disk commit each, queued behind the node's other writes (each
+/// waits milliseconds for its fsync) and behind its stalled mailboxes (at most 2 ms per
+/// stall): milliseconds in practice, seconds for a backlog of thousands of batches. A minute
+/// is far above that, and far below the interval (an hour), so it hides no real lateness;
+/// the checkers hold every run to it ("a reaper run ends within its bound").
+pub const REAPER_RUN_BOUND: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
@@ -125,12 +141,21 @@ pub struct Checker {
     expectations: Vec<Expectation>,
     /// Node downtimes: (crash, restart). Calls overlapping one may have lost their CDR.
     outages: Vec<(Timestamp, Timestamp)>,
+    /// Every CDR the disk ever committed: id → Call-ID (the reaper deletes old ones).
+    cdr_calls: BTreeMap<u64, String>,
+    retention: Option<RetentionModel>,
     pub checks: u64,
     pub violations: Vec<Violation>,
 }
 
 impl Checker {
-    pub fn new(origin: Timestamp, bounds: Bounds, extensions: &[String]) -> Checker {
+    /// `retention`: the reaper's periods and interval, when it runs.
+    pub fn new(
+        origin: Timestamp,
+        bounds: Bounds,
+        extensions: &[String],
+        retention: Option<(Periods, Duration)>,
+    ) -> Checker {
         let phones: Vec<PhoneModel> =
             extensions.iter().map(|e| PhoneModel { extension: e.clone(), ..Default::default() }).collect();
         let by_extension = extensions.iter().enumerate().map(|(i, e)| (e.clone(), i)).collect();
@@ -142,6 +167,14 @@ impl Checker {
             attempts: BTreeMap::new(),
             expectations: Vec::new(),
             outages: Vec::new(),
+            cdr_calls: BTreeMap::new(),
+            retention: retention.map(|(periods, interval)| RetentionModel {
+                periods,
+                interval,
+                cdrs: BTreeSet::new(),
+                security: BTreeSet::new(),
+                security_fresh: BTreeSet::new(),
+            }),
             checks: 0,
             violations: Vec::new(),
         }
@@ -369,13 +402,7 @@ impl Checker {
 
     /// Phones still register during the drain, so transactions may be alive at the end; the
     /// periodic check (run once more here) bounds their age.
-    pub fn final_checks(
-        &mut self,
-        now: Timestamp,
-        node: Option<(&SimNode, Timestamp)>,
-        cdrs: &BTreeMap<u64, Cdr>,
-        duplicates: &[Cdr],
-    ) {
+    pub fn final_checks(&mut self, now: Timestamp, node: Option<(&SimNode, Timestamp)>, duplicates: &[Cdr]) {
         if let Some((node, node_now)) = node {
             self.check_node(now, node_now, node);
             let calls = node.call_count();
@@ -394,9 +421,11 @@ impl Checker {
                 format!("phone {extension} is still in call {:?} after the drain", in_call.map(|d| d.call_id))
             });
         }
+        // Every CDR ever stored, also those the reaper has deleted since.
+        let cdr_calls = std::mem::take(&mut self.cdr_calls);
         let mut by_call_id: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-        for cdr in cdrs.values() {
-            by_call_id.entry(cdr.call_id.as_str()).or_default().push(cdr.id);
+        for (id, call_id) in &cdr_calls {
+            by_call_id.entry(call_id.as_str()).or_default().push(*id);
         }
         self.check(now, "every completed call has exactly one CDR", duplicates.is_empty(), || {
             format!("{} CDR ids written twice", duplicates.len())
@@ -423,13 +452,313 @@ impl Checker {
             });
         }
         self.attempts = attempts;
+        self.cdr_calls = cdr_calls;
     }
 
     pub fn attempts(&self) -> usize {
         self.attempts.len()
     }
+
+    /// CDRs the disk ever committed.
+    pub fn cdrs_stored(&self) -> usize {
+        self.cdr_calls.len()
+    }
+
+    // ---- Retention ----
+
+    /// A CDR is durable: into the ledger.
+    pub fn cdr_committed(&mut self, cdr: &Cdr) {
+        self.cdr_calls.insert(cdr.id, cdr.call_id.clone());
+        if let Some(r) = self.retention.as_mut() {
+            r.cdrs.insert((cdr.end, cdr.id));
+        }
+    }
+
+    /// A security-log entry is durable under `key` (it is committed fresh, not anonymised).
+    pub fn security_committed(&mut self, key: Key) {
+        if let Some(r) = self.retention.as_mut() {
+            r.security.insert(key);
+            r.security_fresh.insert(key);
+        }
+    }
+
+    /// A reaper run's audit entry is durable: the run kept to its bound.
+    pub fn audit_committed(&mut self, now: Timestamp, entry: &AuditEntry) {
+        if let AuditEvent::Retention { finished, .. } = &entry.event {
+            let took = *finished - entry.at;
+            let origin = self.origin;
+            self.check(now, "a reaper run ends within its bound", took <= REAPER_RUN_BOUND, || {
+                format!("the run that started at {} took {took:?}", crate::sim::format_elapsed(entry.at - origin))
+            });
+        }
+    }
+
+    /// The node's disk against the retention rules, on the node's clock (`node_now`; records
+    /// carry its times, so its drift does not matter). `up_since`: when the node last
+    /// started, if it is up.
+    ///
+    /// Untouched, always: every CDR whose end and every security-log entry whose time is
+    /// within its retention of `node_now` is on the disk, and a security-log entry younger
+    /// than the anonymise period is not anonymised. Exact: a batch's cut-off is its run's
+    /// start minus the period, never later than `node_now` minus it.
+    ///
+    /// Gone on time, while the node is up: a record due at `due` (its time plus its period:
+    /// a binding's expiry plus the grace, a CDR's end plus `cdr_days`, a log or audit entry's
+    /// time plus its period) is gone — anonymised, for the anonymise rule — by
+    /// `due + interval + REAPER_RUN_BOUND` (the run after `due` starts within an interval and
+    /// takes at most the bound). A crash may lose the run that was due; the restarted node's
+    /// first run is at once, so a record that fell due before the node's last start is gone
+    /// by `up_since + REAPER_RUN_BOUND` instead. While the node is down nothing is due.
+    ///
+    /// Audited, while the node is up: once it has been up for the bound, the newest audit
+    /// entry on the disk is from a run that started at or after `up_since` and at most
+    /// `interval + REAPER_RUN_BOUND` before `node_now`: every interval the node was up has
+    /// its run on record (a crash loses only the run it interrupted).
+    pub fn check_retention(&mut self, now: Timestamp, node_now: Timestamp, up_since: Option<Timestamp>, disk: &Disk) {
+        let Some(r) = self.retention.as_mut() else { return };
+        let days = |d: u32| Duration::from_secs(u64::from(d) * 86_400);
+        let p = &r.periods;
+        let (cdr, anonymise, delete, audit) =
+            (days(p.cdr_days), days(p.request_log_anonymise_days), days(p.request_log_delete_days), days(p.audit_days));
+        let (grace, interval) = (p.binding_grace, r.interval);
+        let origin = self.origin;
+        let when = move |t: Timestamp| crate::sim::format_elapsed(t - origin);
+        let untouched = [
+            ("CDR", "deleted", cdr, missing(&mut r.cdrs, node_now - cdr, &disk.cdr_ends)),
+            ("security-log entry", "deleted", delete, missing(&mut r.security, node_now - delete, &disk.security_log)),
+            ("security-log entry", "anonymised", anonymise, {
+                missing(&mut r.security_fresh, node_now - anonymise, &disk.security_fresh)
+            }),
+        ];
+        for (what, how, period, gone) in untouched {
+            self.check(now, "records within retention are untouched", gone.is_none(), || {
+                let (at, id) = gone.unwrap_or_default();
+                format!(
+                    "{what} {id} of {} was {how} by {}, inside its {}",
+                    when(at),
+                    when(node_now),
+                    format_duration(period)
+                )
+            });
+        }
+        let Some(up) = up_since else { return };
+        let deadline = |due: Timestamp| if due < up { up } else { due + interval } + REAPER_RUN_BOUND;
+        let oldest = [
+            ("binding", "deleted", disk.bindings.values().map(|b| b.expires_at).min().map(|t| t + grace)),
+            ("CDR", "deleted", disk.cdr_ends.first().map(|k| k.0 + cdr)),
+            ("security-log entry", "anonymised", disk.security_fresh.first().map(|k| k.0 + anonymise)),
+            ("security-log entry", "deleted", disk.security_log.first_key_value().map(|(k, _)| k.0 + delete)),
+            ("audit entry", "deleted", disk.audit.first_key_value().map(|(k, _)| k.0 + audit)),
+        ];
+        for (what, how, due) in oldest {
+            let Some(due) = due else { continue };
+            self.check(now, "no record outlives its retention", node_now <= deadline(due), || {
+                format!("a {what} due at {} is not {how} at {} (node up since {})", when(due), when(node_now), when(up))
+            });
+        }
+        if node_now >= up + REAPER_RUN_BOUND {
+            let newest = disk.audit.last_key_value().map(|(k, _)| k.0);
+            let want = up.max(node_now - interval - REAPER_RUN_BOUND);
+            self.check(now, "every reaper interval leaves an audit entry", newest >= Some(want), || {
+                let newest = newest.map_or("none".into(), when);
+                format!("the newest is from {newest}; one from {} or later was due (up since {})", when(want), when(up))
+            });
+        }
+    }
+
+    /// An intruder's REGISTER was answered.
+    pub fn intruder_answered(&mut self, now: Timestamp, code: u16) {
+        self.check(now, "an intruder never gets in", code == 401 || code == 403, || {
+            format!("a password guesser's REGISTER got {code}")
+        });
+    }
+}
+
+/// The retention checkers' model: the periods, and a ledger of what must still be on disk.
+struct RetentionModel {
+    periods: Periods,
+    interval: Duration,
+    /// Committed CDRs `(end, id)` still inside their retention.
+    cdrs: BTreeSet<Key>,
+    /// Committed security-log entries still inside the delete period, and those still inside
+    /// the anonymise period.
+    security: BTreeSet<Key>,
+    security_fresh: BTreeSet<Key>,
+}
+
+/// Drops from `ledger` what is older than `from` (no longer protected), then finds an entry
+/// of the rest that `disk` lacks. Cheap enough for every check: every key on the disk came
+/// through the ledger, so the disk holds all of the rest exactly when it holds as many keys
+/// from `from` on — and counting those is counting the few it holds before `from` (at most an
+/// interval's worth, while the reaper works).
+fn missing(ledger: &mut BTreeSet<Key>, from: Timestamp, disk: &impl Table) -> Option<Key> {
+    while ledger.first().is_some_and(|k| k.0 < from) {
+        ledger.pop_first();
+    }
+    if disk.count() - disk.count_before(from) == ledger.len() {
+        return None;
+    }
+    ledger.iter().find(|k| !disk.holds(k)).copied()
+}
+
+/// A disk table's keys, oldest first.
+trait Table {
+    fn count(&self) -> usize;
+    fn count_before(&self, from: Timestamp) -> usize;
+    fn holds(&self, key: &Key) -> bool;
+}
+
+impl Table for BTreeSet<Key> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn count_before(&self, from: Timestamp) -> usize {
+        self.range(..(from, 0)).count()
+    }
+    fn holds(&self, key: &Key) -> bool {
+        self.contains(key)
+    }
+}
+
+impl<V> Table for BTreeMap<Key, V> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn count_before(&self, from: Timestamp) -> usize {
+        self.range(..(from, 0)).count()
+    }
+    fn holds(&self, key: &Key) -> bool {
+        self.contains_key(key)
+    }
 }
 
 fn live(yes: bool) -> &'static str {
     if yes { "up" } else { "gone" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::DiskWrite;
+    use pbx_actors::cdr::Disposition;
+    use pbx_actors::privacy::reaper::{Action, Batch};
+
+    const HOUR: Duration = Duration::from_secs(3_600);
+    const DAY: Duration = Duration::from_secs(86_400);
+    const SECOND: Duration = Duration::from_secs(1);
+    const T0: Timestamp = Timestamp::from_secs(1_000 * 86_400);
+
+    fn checker() -> Checker {
+        let bounds = Bounds::new(Duration::from_secs(30), Duration::from_secs(60), Duration::from_secs(600), 3600);
+        Checker::new(T0, bounds, &[], Some((Periods::default(), HOUR)))
+    }
+
+    fn store_cdr(checker: &mut Checker, disk: &mut Disk, id: u64, end: Timestamp) {
+        let cdr = Cdr {
+            id,
+            call_id: format!("call-{id}"),
+            caller: "1000".into(),
+            callee: "1001".into(),
+            start: end,
+            answer: None,
+            end,
+            disposition: Disposition::NoAnswer,
+            hangup: None,
+            codec_caller: None,
+            codec_callee: None,
+            media: Default::default(),
+        };
+        checker.cdr_committed(&cdr);
+        disk.apply(DiskWrite::Cdr(Box::new(cdr))).unwrap();
+    }
+
+    fn audit(disk: &mut Disk, at: Timestamp) {
+        let event = AuditEvent::Retention { rules: Vec::new(), finished: at };
+        disk.apply(DiskWrite::Audit(AuditEntry { at, event })).unwrap();
+    }
+
+    fn violated(checker: &mut Checker, invariant: &str) -> bool {
+        let found = checker.violations.iter().any(|v| v.invariant == invariant);
+        checker.violations.clear();
+        found
+    }
+
+    /// A CDR is due 90 days after its end and must be gone one interval plus the run bound
+    /// later; after a restart, what fell due before it must be gone a run bound after it;
+    /// while the node is down nothing is due.
+    #[test]
+    fn a_record_outlives_its_retention_by_at_most_an_interval() {
+        let (mut c, mut disk) = (checker(), Disk::default());
+        store_cdr(&mut c, &mut disk, 1, T0);
+        let due = T0 + 90 * DAY;
+        let deadline = due + HOUR + REAPER_RUN_BOUND;
+        let up = Some(T0);
+        c.check_retention(T0, deadline, up, &disk);
+        assert!(!violated(&mut c, "no record outlives its retention"));
+        c.check_retention(T0, deadline + SECOND, up, &disk);
+        assert!(violated(&mut c, "no record outlives its retention"));
+        c.check_retention(T0, deadline + DAY, None, &disk);
+        assert!(!violated(&mut c, "no record outlives its retention"), "the node is down");
+        let restart = due + 5 * HOUR;
+        c.check_retention(T0, restart + REAPER_RUN_BOUND, Some(restart), &disk);
+        assert!(!violated(&mut c, "no record outlives its retention"));
+        c.check_retention(T0, restart + REAPER_RUN_BOUND + SECOND, Some(restart), &disk);
+        assert!(violated(&mut c, "no record outlives its retention"));
+    }
+
+    /// The ledger: a CDR deleted inside its retention is missed, one deleted after it is not;
+    /// a security-log entry anonymised inside its 14 days is caught too.
+    #[test]
+    fn a_record_touched_inside_its_retention_is_caught() {
+        let (mut c, mut disk) = (checker(), Disk::default());
+        for day in 0..3u32 {
+            store_cdr(&mut c, &mut disk, day.into(), T0 + day * DAY);
+        }
+        let reap = |disk: &mut Disk, category, action, cutoff| {
+            disk.reap(&Batch { rule: 0, category, action, cutoff, limit: 10 }).unwrap();
+        };
+        let now = T0 + 91 * DAY;
+        reap(&mut disk, "cdr", Action::Delete, now - 90 * DAY);
+        c.check_retention(T0, now, None, &disk);
+        assert!(!violated(&mut c, "records within retention are untouched"), "the first CDR was due");
+        reap(&mut disk, "cdr", Action::Delete, now - 89 * DAY);
+        c.check_retention(T0, now, None, &disk);
+        assert!(violated(&mut c, "records within retention are untouched"), "the second was not");
+
+        let (mut c, mut disk) = (checker(), Disk::default());
+        let entry = crate::disk::SecurityEntry {
+            at: T0,
+            source: "203.0.113.5".parse().unwrap(),
+            user: "1000".into(),
+            kind: crate::disk::SecurityKind::AuthFailed,
+            anonymised: false,
+        };
+        c.security_committed((entry.at, disk.next_id));
+        disk.apply(DiskWrite::SecurityLog(Box::new(entry))).unwrap();
+        let now = T0 + 13 * DAY;
+        reap(&mut disk, "security-log", Action::Anonymise, now);
+        c.check_retention(T0, now, None, &disk);
+        assert!(violated(&mut c, "records within retention are untouched"));
+    }
+
+    /// Once the node has been up for the run bound, the newest audit entry is from this
+    /// incarnation and at most an interval plus the bound old.
+    #[test]
+    fn every_interval_leaves_its_audit_entry() {
+        let (mut c, mut disk) = (checker(), Disk::default());
+        audit(&mut disk, T0);
+        let invariant = "every reaper interval leaves an audit entry";
+        c.check_retention(T0, T0 + HOUR + REAPER_RUN_BOUND, Some(T0), &disk);
+        assert!(!violated(&mut c, invariant));
+        c.check_retention(T0, T0 + HOUR + REAPER_RUN_BOUND + SECOND, Some(T0), &disk);
+        assert!(violated(&mut c, invariant));
+        let restart = T0 + 10 * 60 * SECOND;
+        c.check_retention(T0, restart + REAPER_RUN_BOUND - SECOND, Some(restart), &disk);
+        assert!(!violated(&mut c, invariant), "the restarted node's first run may still be under way");
+        c.check_retention(T0, restart + REAPER_RUN_BOUND, Some(restart), &disk);
+        assert!(violated(&mut c, invariant), "an entry from before the restart does not count");
+        audit(&mut disk, restart);
+        c.check_retention(T0, restart + REAPER_RUN_BOUND, Some(restart), &disk);
+        assert!(!violated(&mut c, invariant));
+    }
 }

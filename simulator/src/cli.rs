@@ -10,6 +10,7 @@ use crate::options::{FaultOptions, NetOptions, Options, WorkloadFile, format_dur
 use crate::sim::{Report, replay_command};
 use pbx_actors::bugs::Bugs;
 use pbx_actors::call::splitmix64;
+use pbx_actors::privacy::reaper::Action;
 use std::panic::AssertUnwindSafe;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -27,7 +28,8 @@ pub struct Args {
     /// Phones in the office (default 20, or the workload file's).
     #[arg(long)]
     phones: Option<usize>,
-    /// A TOML file with [office], [network] and [faults] tables (see simulator/workloads/).
+    /// A TOML file with [office], [network], [faults], [licence] and [privacy] tables (see
+    /// simulator/workloads/).
     #[arg(long)]
     workload: Option<std::path::PathBuf>,
     /// Run this many random seeds and report the failures.
@@ -36,7 +38,8 @@ pub struct Args {
     /// No faults at all: a perfect network, no crashes, no phones going away, no drift.
     #[arg(long)]
     no_faults: bool,
-    /// Switch on a deliberate bug to see the checkers catch it (skip-cdr, half-hangup).
+    /// Switch on a deliberate bug to see the checkers catch it (skip-cdr, half-hangup,
+    /// early-expiry, lazy-reaper, eager-reaper).
     #[arg(long, value_name = "BUG")]
     inject_bug: Vec<String>,
     /// Keep going after a violation (collects up to 20) instead of stopping at the first.
@@ -79,6 +82,7 @@ fn options(args: &Args) -> Result<Options, String> {
         options.net = file.network;
         options.faults = file.faults;
         options.licence = file.licence;
+        options.privacy = file.privacy;
     }
     if let Some(phones) = args.phones {
         options.workload.phones = phones;
@@ -210,6 +214,23 @@ fn print_report(r: &Report, options: &Options) {
         r.node.licence_changes,
         f.licence_outages,
         f.licence_tampered
+    );
+    let p = &r.privacy;
+    let deleted = |category| p.records(category, Action::Delete);
+    println!(
+        "  privacy:    {} reaper runs; deleted {} CDRs, {} bindings, {} audit entries; security log: {} written, \
+         {} anonymised, {} deleted; {} scanner bursts: {} REGISTERs, {} refused, {} blocked",
+        r.node.reaper_runs,
+        deleted("cdr"),
+        deleted("registration"),
+        deleted("privacy-audit"),
+        r.node.security_logged,
+        p.records("security-log", Action::Anonymise),
+        deleted("security-log"),
+        p.scans,
+        p.scan_registers,
+        p.scan_rejected,
+        p.scan_blocked
     );
     println!("  invariants: {} checks, {} violations", r.checks, r.violations.len());
     for v in &r.violations {

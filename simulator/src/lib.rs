@@ -5,7 +5,8 @@
 //! ([`node`]), and simulates only the world around them: a virtual clock per node and phone
 //! (with drift), a network that delays, loses, duplicates, reorders and partitions
 //! ([`sim`], [`options::NetOptions`]), a disk that loses uncommitted writes at a crash
-//! ([`disk`]), node crashes and restarts, and an office of SIP phones ([`phone`]). Invariant
+//! ([`disk`]), node crashes and restarts, an office of SIP phones ([`phone`]) and an intruder
+//! guessing their passwords ([`scanner`]); the node's retention reaper works on its disk. Invariant
 //! checkers ([`check`]) watch as it runs. Everything random comes from the seed, so a run is a
 //! function of its options: the same seed gives the same trace hash, and a failure replays.
 
@@ -16,6 +17,7 @@ pub mod licence;
 pub mod node;
 pub mod options;
 pub mod phone;
+pub mod scanner;
 pub mod sim;
 
 pub use options::Options;

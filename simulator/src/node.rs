@@ -2,12 +2,17 @@
 //! registrar, a call machine and its leg machines per call, a relay machine per call's media —
 //! wired as the node's actors wire them, but synchronously and on the node's virtual clock.
 //!
+//! The retention reaper runs here too, over the node's simulated disk: its batches are disk
+//! writes, its answer comes once a batch is durable, and a node restarted after a crash builds
+//! a new reaper whose first run is at once — the product's own restart path.
+//!
 //! This file is the simulator's counterpart of the actor shells (`actors/src/*/actor.rs`): it
 //! routes each machine's outputs to the machine they are for, and hands the world what leaves
 //! the node (datagrams, disk writes). It decides nothing a shell does not decide. Like the
 //! shells, each actor has a FIFO mailbox ([`Mailboxes`]); which actor runs next is drawn from
 //! the seed, the way a multi-threaded runtime would interleave them.
 
+use crate::disk::{SecurityEntry, SecurityKind};
 use bytes::Bytes;
 use pbx_actors::Timestamp;
 use pbx_actors::bugs::Bugs;
@@ -20,6 +25,8 @@ use pbx_actors::endpoint::machine::{Endpoint, EndpointEvent, EndpointInput, Endp
 use pbx_actors::licence::{Effective, Stored, Watchdog, WatchdogConfig, WatchdogEvent, WatchdogInput, WatchdogOutput};
 use pbx_actors::media::pool::PortPool;
 use pbx_actors::media::relay::{PacketKind, Relay, RelayConfig, RelayInput, RelayOutput, Side};
+use pbx_actors::privacy::AuditEntry;
+use pbx_actors::privacy::reaper::{Batch, Reaper, ReaperConfig, ReaperInput, ReaperOutput};
 use pbx_actors::registrar::{
     Binding, Extension, Registrar, RegistrarCommand, RegistrarConfig, RegistrarEvent, RegistrarInput, RegistrarOutput,
     Route,
@@ -47,6 +54,8 @@ pub struct NodeConfig {
     pub stall: f64,
     /// The licence watchdog's settings, when the node is licensed through a service.
     pub licence: Option<WatchdogConfig>,
+    /// The retention reaper's rules and pace, when it runs.
+    pub reaper: Option<ReaperConfig>,
 }
 
 /// A durable change, written by the world's simulated disk.
@@ -56,14 +65,30 @@ pub enum DiskWrite {
     Cdr(Box<Cdr>),
     /// The licence watchdog's last verified licence (the node's `licence` table).
     Licence(Box<Stored>),
+    /// One line of the security log (a failed authentication, a block).
+    SecurityLog(Box<SecurityEntry>),
+    /// One line of the privacy audit (a reaper run).
+    Audit(AuditEntry),
+    /// One retention batch: a write transaction that changes at most `limit` records.
+    Reap(Batch),
 }
 
 /// What waits for a write to be durable: the registrar's answers (a 200 never leaves before
 /// the binding it reports is stored — the registrar shell's writer does the same).
 #[derive(Debug)]
 pub enum Deferred {
-    Respond { tx: u64, response: Response },
-    Routed { tx: u64, route: Route },
+    Respond {
+        tx: u64,
+        response: Response,
+    },
+    Routed {
+        tx: u64,
+        route: Route,
+    },
+    /// The reaper's batch for `rule`: it hears how many records changed.
+    Reaped {
+        rule: usize,
+    },
 }
 
 /// One batch for the disk: the write (if any) and what to deliver once it is durable.
@@ -84,7 +109,8 @@ pub enum NodeOutput {
         request: u64,
         serial: String,
     },
-    /// Hand to the disk; call [`SimNode::committed`] with `deferred` once it is durable.
+    /// Hand to the disk; call [`SimNode::committed`] with `deferred` and the disk's answer
+    /// once it is durable.
     Write(Job),
 }
 
@@ -103,6 +129,10 @@ pub struct NodeStats {
     pub licence_changes: u64,
     /// Changes to "expired": licensed features switched off.
     pub licence_expired: u64,
+    /// Reaper runs finished (their audit entry handed to the disk).
+    pub reaper_runs: u64,
+    /// Security-log entries handed to the disk.
+    pub security_logged: u64,
 }
 
 /// A call as the node holds it: the call machine, its legs and its relay.
@@ -123,6 +153,7 @@ enum Work {
     Call(u64, CallInput),
     Relay(u64, RelayInput),
     Watchdog(WatchdogInput),
+    Reaper(ReaperInput),
 }
 
 /// Whose mailbox a [`Work`] waits in: one per actor of the node.
@@ -134,6 +165,7 @@ enum Mailbox {
     Leg(LegId),
     Relay(u64),
     Watchdog,
+    Reaper,
 }
 
 impl Work {
@@ -145,6 +177,7 @@ impl Work {
             Work::Call(id, _) => Mailbox::Call(*id),
             Work::Relay(id, _) => Mailbox::Relay(*id),
             Work::Watchdog(_) => Mailbox::Watchdog,
+            Work::Reaper(_) => Mailbox::Reaper,
         }
     }
 }
@@ -189,6 +222,7 @@ pub struct SimNode {
     endpoint: Endpoint,
     registrar: Registrar,
     watchdog: Option<Watchdog>,
+    reaper: Option<Reaper>,
     calls: BTreeMap<u64, SimCall>,
     leg_calls: BTreeMap<LegId, u64>,
     /// RTP port of a pair → (call, side); its RTCP port is one above.
@@ -224,6 +258,7 @@ impl SimNode {
             endpoint: Endpoint::new(timers, splitmix64(&mut rng)),
             registrar,
             watchdog: config.licence.clone().map(|c| Watchdog::new(c, now, licence)),
+            reaper: config.reaper.clone().map(|c| Reaper::new(c, now)),
             call_config,
             relay_config: RelayConfig { inactivity: config.rtp_timeout },
             calls: BTreeMap::new(),
@@ -237,7 +272,7 @@ impl SimNode {
             config,
         };
         // Bindings dropped while restoring come out as persists.
-        node.drain_registrar();
+        node.drain_registrar(now);
         for (number, password) in node.config.extensions.clone() {
             node.work.push(Work::Registrar(RegistrarInput::PutExtension {
                 display_name: format!("Phone {number}"),
@@ -268,13 +303,18 @@ impl SimNode {
         self.run(now);
     }
 
-    /// A disk write this node asked for is durable: deliver what waited for it.
-    pub fn committed(&mut self, now: Timestamp, deferred: Vec<Deferred>) {
+    /// A disk write this node asked for is durable (`outcome`: what the disk said, the
+    /// records a retention batch changed): deliver what waited for it.
+    pub fn committed(&mut self, now: Timestamp, deferred: Vec<Deferred>, outcome: Result<u64, String>) {
         for d in deferred {
-            self.work.push(Work::Endpoint(match d {
-                Deferred::Respond { tx, response } => EndpointInput::RegistrarResponse { tx, response },
-                Deferred::Routed { tx, route } => EndpointInput::Routed { tx, route },
-            }));
+            self.work.push(match d {
+                Deferred::Respond { tx, response } => Work::Endpoint(EndpointInput::RegistrarResponse { tx, response }),
+                Deferred::Routed { tx, route } => Work::Endpoint(EndpointInput::Routed { tx, route }),
+                Deferred::Reaped { rule } => Work::Reaper(match outcome.clone() {
+                    Ok(records) => ReaperInput::Done { rule, records },
+                    Err(error) => ReaperInput::Failed { rule, error },
+                }),
+            });
         }
         self.run(now);
     }
@@ -289,6 +329,9 @@ impl SimNode {
         }
         if self.watchdog.as_ref().and_then(Watchdog::poll_timeout).is_some_and(|t| t <= now) {
             self.work.push(Work::Watchdog(WatchdogInput::Timeout));
+        }
+        if self.reaper.as_ref().and_then(Reaper::poll_timeout).is_some_and(|t| t <= now) {
+            self.work.push(Work::Reaper(ReaperInput::Timeout));
         }
         for (id, c) in &self.calls {
             if c.call.poll_timeout().is_some_and(|t| t <= now) {
@@ -309,8 +352,9 @@ impl SimNode {
     /// The earliest time any machine of the node wants to be woken.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let watchdog = self.watchdog.as_ref().and_then(Watchdog::poll_timeout);
+        let reaper = self.reaper.as_ref().and_then(Reaper::poll_timeout);
         let mut at =
-            [self.endpoint.poll_timeout(), self.registrar.poll_timeout(), watchdog].into_iter().flatten().min();
+            [self.endpoint.poll_timeout(), self.registrar.poll_timeout(), watchdog, reaper].into_iter().flatten().min();
         for c in self.calls.values() {
             let times = [c.call.poll_timeout(), c.relay.poll_timeout()].into_iter();
             let legs = c.legs.values().map(|l| l.poll_timeout());
@@ -356,7 +400,13 @@ impl SimNode {
                 }
                 Work::Registrar(input) => {
                     self.registrar.handle(now, input);
-                    self.drain_registrar();
+                    self.drain_registrar(now);
+                }
+                Work::Reaper(input) => {
+                    if let Some(r) = self.reaper.as_mut() {
+                        r.handle(now, input);
+                        self.drain_reaper();
+                    }
                 }
                 Work::Leg(leg, input) => self.leg(now, leg, input),
                 Work::Call(id, input) => {
@@ -426,8 +476,28 @@ impl SimNode {
         self.watchdog.as_ref().map(|w| (w.status().name(), w.effective(now), w.last_success()))
     }
 
-    /// The registrar shell's drain: commands, then the answers that wait for them.
-    fn drain_registrar(&mut self) {
+    /// The reaper shell's drain: each batch a write whose answer waits for its commit, each
+    /// run's audit entry a write.
+    fn drain_reaper(&mut self) {
+        let Some(r) = self.reaper.as_mut() else { return };
+        while let Some(out) = r.poll_output() {
+            let job = match out {
+                ReaperOutput::Work(batch) => {
+                    let rule = batch.rule;
+                    Job { write: Some(DiskWrite::Reap(batch)), deferred: vec![Deferred::Reaped { rule }] }
+                }
+                ReaperOutput::Audit(entry) => {
+                    self.stats.reaper_runs += 1;
+                    Job { write: Some(DiskWrite::Audit(entry)), deferred: Vec::new() }
+                }
+            };
+            self.outputs.push_back(NodeOutput::Write(job));
+        }
+    }
+
+    /// The registrar shell's drain: commands, then the answers that wait for them; failed
+    /// authentications and blocks go to the security log.
+    fn drain_registrar(&mut self, now: Timestamp) {
         let mut commands = Vec::new();
         let mut deferred = Vec::new();
         while let Some(out) = self.registrar.poll_output() {
@@ -438,7 +508,13 @@ impl SimNode {
                 RegistrarOutput::Event(event) => match event {
                     RegistrarEvent::Registered { .. } => self.stats.registered += 1,
                     RegistrarEvent::Expired { .. } => self.stats.expired += 1,
-                    RegistrarEvent::AuthFailed { .. } => self.stats.auth_failed += 1,
+                    RegistrarEvent::AuthFailed { source, user } => {
+                        self.stats.auth_failed += 1;
+                        self.log_security(now, source, user, SecurityKind::AuthFailed);
+                    }
+                    RegistrarEvent::SourceBlocked { source, until } => {
+                        self.log_security(now, source, String::new(), SecurityKind::Blocked { until })
+                    }
                     _ => {}
                 },
             }
@@ -447,6 +523,13 @@ impl SimNode {
             let write = (!commands.is_empty()).then_some(DiskWrite::Registrar(commands));
             self.outputs.push_back(NodeOutput::Write(Job { write, deferred }));
         }
+    }
+
+    fn log_security(&mut self, at: Timestamp, source: std::net::IpAddr, user: String, kind: SecurityKind) {
+        self.stats.security_logged += 1;
+        let entry = SecurityEntry { at, source, user, kind, anonymised: false };
+        let write = Some(DiskWrite::SecurityLog(Box::new(entry)));
+        self.outputs.push_back(NodeOutput::Write(Job { write, deferred: Vec::new() }));
     }
 
     /// The calls actor's start: an id and seed, two port pairs, the call machine.

@@ -2,6 +2,7 @@
 //! faults. Every field has a default; a workload file (TOML) or `pbx-sim` flags change them.
 
 use pbx_actors::bugs::Bugs;
+use pbx_actors::privacy::reaper::{Periods, ReaperConfig, rules};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -135,6 +136,80 @@ impl FaultOptions {
     }
 }
 
+/// The node's retention reaper (its periods and pace), and the intruder whose password
+/// guessing fills the security log it works on.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacyOptions {
+    /// Run the node's retention reaper.
+    pub reaper: bool,
+    /// Seconds from one reaper run to the next.
+    pub interval_s: u64,
+    /// Records one batch (one disk transaction) changes at most.
+    pub batch: u32,
+    /// The node's retention periods (`[privacy]` in its config); defaults: the inventory's.
+    pub binding_grace_s: u64,
+    pub request_log_anonymise_days: u32,
+    pub request_log_delete_days: u32,
+    pub cdr_days: u32,
+    pub audit_days: u32,
+    /// Bursts of password guessing from outside the office per day (like sipvicious'
+    /// svcrack): REGISTERs with wrong passwords, for extensions that exist and that do not.
+    pub scans_per_day: f64,
+    /// Guesses one burst tries (uniform); it stops early once the node blocks it.
+    pub scan_guesses: (u64, u64),
+}
+
+impl Default for PrivacyOptions {
+    fn default() -> Self {
+        let periods = Periods::default();
+        let reaper = ReaperConfig::default();
+        PrivacyOptions {
+            reaper: true,
+            interval_s: reaper.interval.as_secs(),
+            batch: reaper.batch,
+            binding_grace_s: periods.binding_grace.as_secs(),
+            request_log_anonymise_days: periods.request_log_anonymise_days,
+            request_log_delete_days: periods.request_log_delete_days,
+            cdr_days: periods.cdr_days,
+            audit_days: periods.audit_days,
+            scans_per_day: 3.0,
+            scan_guesses: (3, 20),
+        }
+    }
+}
+
+impl PrivacyOptions {
+    pub fn periods(&self) -> Periods {
+        Periods {
+            binding_grace: Duration::from_secs(self.binding_grace_s),
+            request_log_anonymise_days: self.request_log_anonymise_days,
+            request_log_delete_days: self.request_log_delete_days,
+            cdr_days: self.cdr_days,
+            audit_days: self.audit_days,
+        }
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.interval_s)
+    }
+
+    /// The reaper the node runs: the product's rules for these periods.
+    pub fn reaper_config(&self, bugs: Bugs) -> ReaperConfig {
+        ReaperConfig {
+            rules: rules(&self.periods()),
+            interval: self.interval(),
+            batch: self.batch,
+            bugs,
+            ..ReaperConfig::default()
+        }
+    }
+}
+
+/// Reaper intervals shorter than this are refused: the retention checkers allow a run this
+/// long ([`crate::check::REAPER_RUN_BOUND`]), and runs must not overlap.
+pub const REAPER_INTERVAL_S_MIN: u64 = 60;
+
 /// One run.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -147,6 +222,7 @@ pub struct Options {
     pub net: NetOptions,
     pub faults: FaultOptions,
     pub licence: crate::licence::LicenceOptions,
+    pub privacy: PrivacyOptions,
     pub bugs: Bugs,
     /// How often the invariant checkers look at the whole system (they also check on events).
     pub check_every: Duration,
@@ -164,6 +240,7 @@ impl Options {
             net: NetOptions::default(),
             faults: FaultOptions::default(),
             licence: crate::licence::LicenceOptions::default(),
+            privacy: PrivacyOptions::default(),
             bugs: Bugs::default(),
             check_every: Duration::from_secs(10),
             stop_at_first_violation: true,
@@ -203,6 +280,7 @@ impl Options {
             ("faults.crashes_per_day", f.crashes_per_day),
             ("faults.away_per_phone_per_day", f.away_per_phone_per_day),
             ("licence.outages_per_30d", self.licence.outages_per_30d),
+            ("privacy.scans_per_day", self.privacy.scans_per_day),
         ];
         for (key, r) in rates {
             if !(r.is_finite() && r >= 0.0) {
@@ -228,11 +306,19 @@ impl Options {
             ("faults.away_s", f.away_s),
             ("faults.fsync_ms", f.fsync_ms),
             ("licence.outage_h", self.licence.outage_h),
+            ("privacy.scan_guesses", self.privacy.scan_guesses),
         ];
         for (key, (low, high)) in ranges {
             if low > high {
                 return Err(format!("{key}: [{low}, {high}] is not a range (low > high)"));
             }
+        }
+        let p = &self.privacy;
+        if p.interval_s < REAPER_INTERVAL_S_MIN {
+            return Err(format!("privacy.interval_s: {} is less than {REAPER_INTERVAL_S_MIN}", p.interval_s));
+        }
+        if p.batch == 0 {
+            return Err("privacy.batch: must be at least 1".into());
         }
         if self.licence.grace_days == 0 {
             return Err("licence.grace_days: must be at least 1".into());
@@ -244,7 +330,8 @@ impl Options {
     }
 }
 
-/// A workload file: `[office]`, `[network]` and `[faults]` tables, each optional.
+/// A workload file: `[office]`, `[network]`, `[faults]`, `[licence]` and `[privacy]` tables,
+/// each optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkloadFile {
@@ -252,6 +339,7 @@ pub struct WorkloadFile {
     pub network: NetOptions,
     pub faults: FaultOptions,
     pub licence: crate::licence::LicenceOptions,
+    pub privacy: PrivacyOptions,
 }
 
 impl WorkloadFile {
@@ -309,6 +397,7 @@ mod tests {
         let file = WorkloadFile::parse(include_str!("../workloads/office.toml")).unwrap();
         assert_eq!(file.office.phones, 100);
         assert_eq!(file.faults.away_s, (60, 14_400));
+        assert_eq!(file.privacy, PrivacyOptions::default(), "the example shows the defaults");
         let harsh = WorkloadFile::parse(include_str!("../workloads/harsh.toml")).unwrap();
         assert_eq!((harsh.office.phones, harsh.network.loss), (40, 0.05));
     }
@@ -326,9 +415,12 @@ mod tests {
         let mut o = base.clone();
         o.faults.down_s = (10, 5);
         assert!(o.validate().unwrap_err().starts_with("faults.down_s:"));
-        let mut o = base;
+        let mut o = base.clone();
         o.workload.phones = PHONES_MAX + 1;
         assert!(o.validate().unwrap_err().starts_with("office.phones:"));
+        let mut o = base;
+        o.privacy.interval_s = 1;
+        assert!(o.validate().unwrap_err().starts_with("privacy.interval_s:"));
     }
 
     #[test]
@@ -337,6 +429,10 @@ mod tests {
         assert_eq!(file.office.phones, 7);
         assert_eq!(file.network.loss, 0.1);
         assert_eq!(file.faults, FaultOptions::default());
+        let file = WorkloadFile::parse("[privacy]\ncdr_days = 30\ninterval_s = 600\n").unwrap();
+        let reaper = file.privacy.reaper_config(Bugs::default());
+        assert_eq!((file.privacy.periods().cdr_days, reaper.interval.as_secs()), (30, 600));
+        assert_eq!(reaper.rules.len(), 5);
         let error = WorkloadFile::parse("[office]\nphone = 7\n").unwrap_err();
         assert!(error.contains("phone"), "{error}");
     }

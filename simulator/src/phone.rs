@@ -813,7 +813,7 @@ impl Phone {
         };
         self.nonce = Some((challenge.nonce.clone(), nc));
         let cnonce = self.token();
-        let value = authorization(&self.config, &challenge, method, uri, &cnonce, nc);
+        let value = authorization(&self.config.extension, &self.config.password, &challenge, method, uri, &cnonce, nc);
         Some(((answer_name, value), challenge.stale))
     }
 
@@ -1429,7 +1429,7 @@ fn media_of(body: &[u8]) -> Option<SocketAddr> {
 
 /// One `WWW-Authenticate`/`Proxy-Authenticate: Digest …` challenge (RFC 7616 §3.3).
 #[derive(Clone, Debug, Default)]
-struct Challenge {
+pub(crate) struct Challenge {
     realm: String,
     nonce: String,
     opaque: Option<String>,
@@ -1437,11 +1437,11 @@ struct Challenge {
     qop_auth: bool,
     stale: bool,
     /// `algorithm=MD5` or no algorithm (RFC 2617's default).
-    md5: bool,
+    pub(crate) md5: bool,
 }
 
 impl Challenge {
-    fn parse(value: &str) -> Option<Challenge> {
+    pub(crate) fn parse(value: &str) -> Option<Challenge> {
         let (scheme, rest) = value.trim_start().split_once([' ', '\t'])?;
         if !scheme.eq_ignore_ascii_case("Digest") {
             return None;
@@ -1505,19 +1505,20 @@ fn md5_hex(text: &str) -> String {
 
 /// The credentials answering `challenge` (RFC 7616 §3.4.1 with `qop=auth`, else the RFC 2617
 /// §3.2.2.1 form without qop).
-fn authorization(
-    config: &PhoneConfig,
+pub(crate) fn authorization(
+    user: &str,
+    password: &str,
     challenge: &Challenge,
     method: &str,
     uri: &str,
     cnonce: &str,
     nc: u32,
 ) -> String {
-    let ha1 = md5_hex(&format!("{}:{}:{}", config.extension, challenge.realm, config.password));
+    let ha1 = md5_hex(&format!("{user}:{}:{password}", challenge.realm));
     let ha2 = md5_hex(&format!("{method}:{uri}"));
     let mut value = format!(
-        "Digest username=\"{}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\"",
-        config.extension, challenge.realm, challenge.nonce
+        "Digest username=\"{user}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\"",
+        challenge.realm, challenge.nonce
     );
     if challenge.qop_auth {
         let response = md5_hex(&format!("{ha1}:{}:{nc:08x}:{cnonce}:auth:{ha2}", challenge.nonce));

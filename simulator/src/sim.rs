@@ -14,13 +14,15 @@ use crate::node::DiskWrite;
 use crate::node::{Job, NodeConfig, NodeOutput, NodeStats, SimNode};
 use crate::options::{Options, format_duration};
 use crate::phone::{Behaviour, Phone, PhoneConfig, PhoneEvent, PhoneInput, PhoneOutput};
+use crate::scanner::{Scanner, ScannerOutput};
 use bytes::Bytes;
 use pbx_actors::Timestamp;
+use pbx_actors::privacy::reaper::Action;
 use pbx_actors::registrar::{Algorithm, RegistrarConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -48,8 +50,28 @@ pub struct Report {
     pub cdrs: usize,
     pub node: NodeStats,
     pub faults: Faults,
+    pub privacy: PrivacyReport,
     pub checks: u64,
     pub violations: Vec<Violation>,
+}
+
+/// What the retention reaper did and what the intruder tried.
+#[derive(Clone, Debug, Default)]
+pub struct PrivacyReport {
+    /// Records each rule changed: (category, action) → records.
+    pub reaped: BTreeMap<(&'static str, Action), u64>,
+    /// Password-guessing bursts, their REGISTERs, and the answers: 401, 403 (blocked).
+    pub scans: u64,
+    pub scan_registers: u64,
+    pub scan_rejected: u64,
+    pub scan_blocked: u64,
+}
+
+impl PrivacyReport {
+    /// Records the rule for `category` and `action` changed.
+    pub fn records(&self, category: &str, action: Action) -> u64 {
+        self.reaped.iter().filter(|((c, a), _)| *c == category && *a == action).map(|(_, n)| n).sum()
+    }
 }
 
 /// Faults injected.
@@ -198,6 +220,9 @@ enum Event {
     LicenceOutage {
         hours: Option<u64>,
     },
+    /// A password guesser starts a burst.
+    ScanStart,
+    ScannerWake,
 }
 
 impl Event {
@@ -221,6 +246,8 @@ impl Event {
             Event::LicenceRequest { .. } => 16,
             Event::LicenceResponse { .. } => 17,
             Event::LicenceOutage { .. } => 18,
+            Event::ScanStart => 19,
+            Event::ScannerWake => 20,
         }
     }
 }
@@ -294,6 +321,8 @@ struct NodeSlot {
     crash_on_write: bool,
     /// Stats of earlier incarnations.
     stats: NodeStats,
+    /// When the running incarnation started, on the node's clock; `None` while it is down.
+    up_since: Option<Timestamp>,
 }
 
 struct PhoneSlot {
@@ -329,6 +358,9 @@ pub struct Sim {
     licence: Option<LicenceHost>,
     licence_models: Vec<LicenceModel>,
     licence_rng: StdRng,
+    /// The password guesser's burst under way, and its armed wake-up.
+    scanner: Option<(Scanner, Option<Timestamp>)>,
+    scan_rng: StdRng,
 }
 
 fn seeded(seed: u64, stream: u64) -> StdRng {
@@ -384,6 +416,7 @@ impl Sim {
             bugs: options.bugs,
             stall: options.faults.stall,
             licence: None,
+            reaper: options.privacy.reaper.then(|| options.privacy.reaper_config(options.bugs)),
         };
         let behaviour = Behaviour {
             answer_probability: w.answer_probability,
@@ -409,12 +442,19 @@ impl Sim {
             nodes: Vec::new(),
             phones: Vec::new(),
             phone_at: Default::default(),
-            checker: Checker::new(ORIGIN, bounds, &extensions),
+            checker: Checker::new(
+                ORIGIN,
+                bounds,
+                &extensions,
+                options.privacy.reaper.then(|| (options.privacy.periods(), options.privacy.interval())),
+            ),
             report: Report { seed, phones: w.phones, ..Default::default() },
             stuck: None,
             licence: None,
             licence_models: Vec::new(),
             licence_rng: seeded(seed, 7),
+            scanner: None,
+            scan_rng: seeded(seed, 8),
             fault_rng: seeded(seed, 5),
             stall_rng: seeded(seed, 6),
             options: options.clone(),
@@ -445,6 +485,7 @@ impl Sim {
             stepping: false,
             crash_on_write: false,
             stats: NodeStats::default(),
+            up_since: None,
         });
         sim.start_node(0, setup_rng.random());
         for (i, password) in passwords.into_iter().enumerate() {
@@ -487,6 +528,10 @@ impl Sim {
             let at = ORIGIN + exponential(&mut sim.fault_rng, DAY_S as f64 / options.net.partitions_per_day);
             sim.schedule(at, Event::PartitionStart);
         }
+        if options.privacy.scans_per_day > 0.0 {
+            let at = ORIGIN + exponential(&mut sim.scan_rng, DAY_S as f64 / options.privacy.scans_per_day);
+            sim.schedule(at, Event::ScanStart);
+        }
         sim.schedule(ORIGIN + options.check_every, Event::Check);
         sim.schedule(sim.drain_at, Event::Drain);
         sim
@@ -519,14 +564,17 @@ impl Sim {
         if self.checker.violations.is_empty() || !self.options.stop_at_first_violation {
             self.now = self.now.max(self.end);
             let slot = &self.nodes[0];
-            let node = slot.node.as_ref().map(|n| (n, slot.clock.local(self.now)));
-            self.checker.final_checks(self.now, node, &slot.disk.cdrs, &slot.disk.duplicate_cdrs);
+            let local = slot.clock.local(self.now);
+            let node = slot.node.as_ref().map(|n| (n, local));
+            self.checker.final_checks(self.now, node, &slot.disk.duplicate_cdrs);
+            self.checker.check_retention(self.now, local, slot.up_since, &slot.disk);
         }
         let mut report = self.report;
         report.simulated = self.now - ORIGIN;
         report.wall = wall.elapsed();
         report.trace_hash = self.trace.0;
-        report.cdrs = self.nodes[0].disk.cdrs.len();
+        report.cdrs = self.checker.cdrs_stored();
+        report.privacy.reaped = self.nodes[0].disk.reaped.clone();
         report.faults.writes_lost = self.nodes.iter().map(|n| n.disk.lost_in_crash).sum();
         let mut stats = self.nodes[0].stats;
         if let Some(node) = &self.nodes[0].node {
@@ -580,16 +628,23 @@ impl Sim {
                     return;
                 }
                 let Some((_, job)) = slot.pending.pop_front() else { return };
-                if let (Some(DiskWrite::Licence(stored)), Some(model)) = (&job.write, self.licence_models.get_mut(node))
-                {
-                    model.durable_success = Some(stored.checked_at);
+                match &job.write {
+                    Some(DiskWrite::Licence(stored)) => {
+                        if let Some(model) = self.licence_models.get_mut(node) {
+                            model.durable_success = Some(stored.checked_at);
+                        }
+                    }
+                    Some(DiskWrite::Cdr(cdr)) => self.checker.cdr_committed(cdr),
+                    Some(DiskWrite::SecurityLog(entry)) => {
+                        self.checker.security_committed((entry.at, slot.disk.next_id))
+                    }
+                    Some(DiskWrite::Audit(entry)) => self.checker.audit_committed(self.now, entry),
+                    _ => {}
                 }
-                if let Some(write) = job.write {
-                    slot.disk.apply(write);
-                }
+                let outcome = job.write.map_or(Ok(0), |write| slot.disk.apply(write));
                 let local = slot.clock.local(self.now);
                 if let Some(n) = slot.node.as_mut() {
-                    n.committed(local, job.deferred);
+                    n.committed(local, job.deferred, outcome);
                 }
                 self.after_node(node);
             }
@@ -656,6 +711,7 @@ impl Sim {
                 slot.disk.lost_in_crash += slot.pending.len() as u64;
                 slot.pending.clear();
                 slot.armed = None;
+                slot.up_since = None;
                 self.checker.node_crashed(self.now);
                 if let Some(model) = self.licence_models.get_mut(node) {
                     model.crashed_since_success = true;
@@ -745,8 +801,20 @@ impl Sim {
                     self.phones[p].cut_off = false;
                 }
             }
+            Event::ScanStart => self.scan_start(),
+            Event::ScannerWake => {
+                let Some((scanner, armed)) = self.scanner.as_mut() else { return };
+                if *armed != Some(self.now) {
+                    return;
+                }
+                *armed = None;
+                scanner.timeout(self.now);
+                self.after_scanner();
+            }
             Event::Check => {
                 for (i, slot) in self.nodes.iter().enumerate() {
+                    let local = slot.clock.local(self.now);
+                    self.checker.check_retention(self.now, local, slot.up_since, &slot.disk);
                     // Between two messages of a stalled node, a call may have heard of its
                     // leg's end and not yet acted on it: judge the node when it is settled.
                     if let Some(node) = slot.node.as_ref().filter(|n| !n.has_work()) {
@@ -809,6 +877,7 @@ impl Sim {
         let slot = &mut self.nodes[node];
         let (extensions, bindings) = slot.disk.snapshot();
         let local = slot.clock.local(self.now);
+        slot.up_since = Some(local);
         let licence = slot.disk.licence.clone();
         slot.node = Some(SimNode::start(slot.config.clone(), seed, extensions, bindings, licence, local));
         self.after_node(node);
@@ -858,6 +927,59 @@ impl Sim {
         let want = slot.node.as_ref().and_then(SimNode::poll_timeout).map(|t| slot.clock.global(t).max(self.now));
         if let Some(at) = arm(&mut slot.armed, want) {
             self.schedule(at, Event::NodeWake { node });
+        }
+    }
+
+    /// A password guesser from a random address outside the office tries a burst of guesses
+    /// (unless the last one is still at it); the next burst is drawn now.
+    fn scan_start(&mut self) {
+        if self.draining {
+            return;
+        }
+        let p = &self.options.privacy;
+        let next = self.now + exponential(&mut self.scan_rng, DAY_S as f64 / p.scans_per_day);
+        let count = uniform_s(&mut self.scan_rng, p.scan_guesses).as_secs() as usize;
+        self.schedule(next, Event::ScanStart);
+        if self.scanner.is_some() {
+            return;
+        }
+        let address = SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(203, 0, 113, self.scan_rng.random_range(1..=254))),
+            self.scan_rng.random_range(5060..=65_000),
+        );
+        // Half the names exist, half do not (the scanner does not know which).
+        let phones = self.phones.len();
+        let mut users: Vec<String> = (0..4).map(|_| extension(self.scan_rng.random_range(0..phones.max(1)))).collect();
+        users.extend(["100", "admin", "9000", "sip"].map(String::from));
+        let seed = self.scan_rng.random();
+        self.report.privacy.scans += 1;
+        self.scanner = Some((Scanner::new(address, self.nodes[0].config.sip, &users, count, seed, self.now), None));
+        self.after_scanner();
+    }
+
+    fn after_scanner(&mut self) {
+        loop {
+            let Some(out) = self.scanner.as_mut().and_then(|(s, _)| s.poll_output()) else { break };
+            match out {
+                ScannerOutput::Transmit { from, to, bytes } => {
+                    self.report.privacy.scan_registers += 1;
+                    self.send(from, to, bytes);
+                }
+                ScannerOutput::Answered { code } => {
+                    self.report.privacy.scan_rejected += u64::from(code == 401);
+                    self.report.privacy.scan_blocked += u64::from(code == 403);
+                    self.checker.intruder_answered(self.now, code);
+                }
+                ScannerOutput::Over => {
+                    self.scanner = None;
+                    return;
+                }
+            }
+        }
+        if let Some((scanner, armed)) = self.scanner.as_mut()
+            && let Some(at) = arm(armed, scanner.poll_timeout())
+        {
+            self.schedule(at, Event::ScannerWake);
         }
     }
 
@@ -956,6 +1078,11 @@ impl Sim {
     }
 
     fn deliver(&mut self, from: SocketAddr, to: SocketAddr, bytes: Bytes) {
+        if let Some((scanner, _)) = self.scanner.as_mut().filter(|(s, _)| s.address() == to) {
+            scanner.datagram(self.now, &bytes);
+            self.after_scanner();
+            return;
+        }
         if let Some(&phone) = self.phone_at.get(&to) {
             if self.phones[phone].away {
                 if bytes.starts_with(b"INVITE ") {
@@ -1059,6 +1186,8 @@ fn add_stats(total: &mut NodeStats, s: &NodeStats) {
     total.licence_checks_failed += s.licence_checks_failed;
     total.licence_changes += s.licence_changes;
     total.licence_expired += s.licence_expired;
+    total.reaper_runs += s.reaper_runs;
+    total.security_logged += s.security_logged;
 }
 
 /// Runs one simulation.

@@ -2,6 +2,7 @@
 //! network and disk. Durations are short so the suite stays quick in a debug build; `pbx-sim`
 //! runs the long ones.
 
+use pbx_actors::privacy::reaper::Action;
 use pbx_simulator::options::{FaultOptions, NetOptions, Options, Workload};
 use pbx_simulator::{Report, run};
 use std::process::Command;
@@ -104,16 +105,21 @@ fn an_injected_half_hangup_is_caught() {
 /// The binary prints a replay command for a failing run, and that command fails the same way.
 #[test]
 fn pbx_sim_prints_a_replay_command_that_replays() {
-    let sim = env!("CARGO_BIN_EXE_pbx-sim");
     let args = ["--seed", "3", "--duration", "1d", "--phones", "30", "--inject-bug", "skip-cdr"];
+    replays(&args, "every completed call");
+}
+
+/// `args` make pbx-sim fail with a violation of `invariant`; its replay command fails the same.
+fn replays(args: &[&str], invariant: &str) {
+    let sim = env!("CARGO_BIN_EXE_pbx-sim");
     let first = Command::new(sim).args(args).output().expect("run pbx-sim");
     let stdout = String::from_utf8_lossy(&first.stdout).into_owned();
     assert_eq!(first.status.code(), Some(1), "{stdout}");
     let replay = stdout.lines().find_map(|l| l.strip_prefix("replay: ")).expect("a replay line").to_owned();
-    assert!(replay.starts_with("pbx-sim --seed 3 "), "{replay}");
+    assert!(replay.starts_with(&format!("pbx-sim {} {} ", args[0], args[1])), "{replay}");
     let again = Command::new(sim).args(replay.split_whitespace().skip(1)).output().expect("replay");
     let again = String::from_utf8_lossy(&again.stdout).into_owned();
-    let violation = |out: &str| out.lines().find(|l| l.contains("every completed call")).map(str::to_owned);
+    let violation = |out: &str| out.lines().find(|l| l.contains(invariant)).map(str::to_owned);
     assert!(violation(&stdout).is_some(), "{stdout}");
     assert_eq!(violation(&stdout), violation(&again));
     let hash = |out: &str| out.lines().find(|l| l.contains("trace hash")).map(str::to_owned);
@@ -202,4 +208,68 @@ fn an_injected_early_licence_expiry_is_caught() {
         "{:?}",
         report.violations
     );
+}
+
+/// A small office over six weeks with every retention period shortened, so that each rule
+/// fires inside the run; faults on (crashes lose reaper batches), a password guesser filling
+/// the security log.
+fn retention_options(seed: u64, days: u64) -> Options {
+    let mut options = Options::new(seed, Duration::from_secs(days * 86_400));
+    options.workload = Workload { phones: 4, talk_s_max: 600, ..Workload::default() };
+    options.privacy.cdr_days = 20;
+    options.privacy.request_log_anonymise_days = 7;
+    options.privacy.request_log_delete_days = 30;
+    options.privacy.audit_days = 30;
+    options.stop_at_first_violation = false;
+    options
+}
+
+/// The retention invariants hold over virtual weeks: nothing outlives its retention by more
+/// than an interval, nothing inside it is touched, every interval has its audit entry — and
+/// every rule had records to work on.
+#[test]
+fn the_reaper_keeps_every_retention_period() {
+    let report = run(retention_options(31, 45));
+    assert_clean(&report);
+    let p = &report.privacy;
+    let rules = [("cdr", Action::Delete), ("security-log", Action::Anonymise), ("security-log", Action::Delete)];
+    for (category, action) in rules.into_iter().chain([("privacy-audit", Action::Delete)]) {
+        assert!(p.records(category, action) > 0, "{category} {action:?}: {p:?}");
+    }
+    assert!(report.node.reaper_runs >= 45 * 24, "about one run an hour: {:?}", report.node);
+    assert!(p.scans >= 45 && p.scan_blocked > 0, "the intruder tried and was blocked: {p:?}");
+    assert!(report.faults.crashes > 0, "{:?}", report.faults);
+}
+
+#[test]
+fn an_injected_lazy_reaper_is_caught() {
+    let mut o = retention_options(32, 45);
+    o.bugs.lazy_reaper = true;
+    o.stop_at_first_violation = true;
+    let report = run(o);
+    assert!(
+        report.violations.iter().any(|v| v.invariant == "no record outlives its retention"),
+        "{:?}",
+        report.violations
+    );
+}
+
+#[test]
+fn an_injected_eager_reaper_is_caught() {
+    let mut o = retention_options(33, 45);
+    o.bugs.eager_reaper = true;
+    o.stop_at_first_violation = true;
+    let report = run(o);
+    assert!(
+        report.violations.iter().any(|v| v.invariant == "records within retention are untouched"),
+        "{:?}",
+        report.violations
+    );
+}
+
+/// With the product's default periods, a reaper that anonymises the security log a week late
+/// is caught within a fortnight, and the printed command replays it.
+#[test]
+fn pbx_sim_replays_a_lazy_reaper() {
+    replays(&["--seed", "4", "--duration", "16d", "--phones", "4", "--inject-bug", "lazy-reaper"], "outlives");
 }

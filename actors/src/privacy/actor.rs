@@ -213,6 +213,7 @@ mod tests {
             interval: Duration::from_secs(60),
             batch: 10,
             batches_per_rule_max: 100,
+            ..ReaperConfig::default()
         };
         let clock = Arc::new(TokioClock(tokio::time::Instant::now()));
         let (actor, handle) =

@@ -57,6 +57,19 @@ pub struct ReaperConfig {
     pub batch: u32,
     /// Batches one rule gets per run at most; the rest waits for the next run.
     pub batches_per_rule_max: u32,
+    /// Deliberate bugs for the simulator's self-test; none anywhere else.
+    pub bugs: crate::bugs::Bugs,
+}
+
+impl ReaperConfig {
+    /// The rule's period in force: its own, or twice or half of it under an injected bug.
+    fn after(&self, rule: &Rule) -> Duration {
+        match (self.bugs.lazy_reaper, self.bugs.eager_reaper) {
+            (true, _) => rule.after * 2,
+            (_, true) => rule.after / 2,
+            _ => rule.after,
+        }
+    }
 }
 
 impl Default for ReaperConfig {
@@ -66,6 +79,7 @@ impl Default for ReaperConfig {
             interval: Duration::from_secs(3_600),
             batch: 500,
             batches_per_rule_max: 1_000,
+            bugs: Default::default(),
         }
     }
 }
@@ -182,7 +196,7 @@ impl Reaper {
             self.finish(now);
             return;
         };
-        let cutoff = run.started - rule.after;
+        let cutoff = run.started - self.config.after(rule);
         run.batches = 0;
         run.outcomes.push(RuleOutcome {
             category: rule.category.to_string(),

@@ -13,6 +13,7 @@ fn config(batch: u32) -> ReaperConfig {
         interval: HOUR,
         batch,
         batches_per_rule_max: 1_000,
+        ..ReaperConfig::default()
     }
 }
 
