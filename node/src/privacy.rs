@@ -167,15 +167,7 @@ async fn held(state: &ApiState, subject: &Subject) -> Result<Held, HttpResponse>
         ),
         Subject::Ip(ip) => (
             None,
-            bindings
-                .into_iter()
-                .filter(|b| {
-                    b.source.ip().to_canonical() == *ip
-                        || pbx_actors::privacy::uri_host(&b.contact)
-                            .and_then(|h| h.parse::<std::net::IpAddr>().ok())
-                            .is_some_and(|h| h.to_canonical() == *ip)
-                })
-                .collect(),
+            bindings.into_iter().filter(|b| pbx_actors::privacy::binding_involves(b, subject)).collect(),
             calls.into_iter().filter(|c| c.call_id.contains(&ip.to_string())).collect(),
         ),
     };
@@ -201,20 +193,24 @@ fn flags_json(f: &Flags) -> serde_json::Value {
     })
 }
 
+/// The subject a path names and what is held about it; 400 for a malformed id, 404 when
+/// nothing is held.
+async fn known_subject(state: &ApiState, id: &str) -> Result<(Subject, Held), HttpResponse> {
+    let subject = parse_subject(id).map_err(|r| *r)?;
+    let held = held(state, &subject).await?;
+    if held.is_empty() {
+        return Err(not_found(&subject));
+    }
+    Ok((subject, held))
+}
+
 /// `GET /api/v1/privacy/subjects/{id}/export` — access and portability (Art. 15, 20).
 async fn export(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<String>) -> HttpResponse {
     require_auth!(req, state);
-    let subject = match parse_subject(&id) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let held = match held(&state, &subject).await {
-        Ok(h) => h,
+    let (subject, held) = match known_subject(&state, &id).await {
+        Ok(known) => known,
         Err(r) => return r,
     };
-    if held.is_empty() {
-        return not_found(&subject);
-    }
     let now = state.clock.now();
     // Memory is the registrar's current view; the file may hold a binding memory has dropped.
     let mut bindings: Vec<_> = held.bindings.iter().map(binding_json).collect();
@@ -275,17 +271,10 @@ async fn export(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<Stri
 /// subject is in a call (nothing is changed then); otherwise all at once, in one transaction.
 async fn erase(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<String>) -> HttpResponse {
     require_auth!(req, state);
-    let subject = match parse_subject(&id) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let held = match held(&state, &subject).await {
-        Ok(h) => h,
+    let (subject, held) = match known_subject(&state, &id).await {
+        Ok(known) => known,
         Err(r) => return r,
     };
-    if held.is_empty() {
-        return not_found(&subject);
-    }
     if !held.calls.is_empty() {
         let storage = state.storage.clone();
         let entry = audit_entry(&state, Right::Erasure, &subject, 0, "refused: in a call");
@@ -341,12 +330,8 @@ async fn flag(req: HttpRequest, state: web::Data<ApiState>, path: web::Path<(Str
         ("objection", false) => Right::ObjectionWithdrawn,
         _ => return error(StatusCode::NOT_FOUND, format!("no such right {which:?}: restriction or objection")),
     };
-    if set {
-        match held(&state, &subject).await {
-            Ok(h) if h.is_empty() => return not_found(&subject),
-            Ok(_) => {}
-            Err(r) => return r,
-        }
+    if set && let Err(r) = known_subject(&state, &id).await {
+        return r;
     }
     let now = state.clock.now();
     let storage = state.storage.clone();

@@ -726,11 +726,11 @@ mod tests {
         assert!(violated(&mut c, "records within retention are untouched"), "the second was not");
 
         let (mut c, mut disk) = (checker(), Disk::default());
-        let entry = crate::disk::SecurityEntry {
+        let entry = pbx_actors::privacy::SecurityEntry {
             at: T0,
             source: "203.0.113.5".parse().unwrap(),
-            user: "1000".into(),
-            kind: crate::disk::SecurityKind::AuthFailed,
+            user: Some("1000".into()),
+            event: pbx_actors::privacy::SecurityEvent::AuthFailed,
             anonymised: false,
         };
         c.security_committed((entry.at, disk.next_id));

@@ -12,28 +12,9 @@ use crate::node::DiskWrite;
 use pbx_actors::Timestamp;
 use pbx_actors::cdr::Cdr;
 use pbx_actors::privacy::reaper::{Action, Batch};
-use pbx_actors::privacy::{AuditEntry, anonymise_ip, mask_number};
+use pbx_actors::privacy::{AuditEntry, SecurityEntry};
 use pbx_actors::registrar::{Binding, Extension, RegistrarCommand};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
-
-/// One line of the node's security log (redb `security_log`): a failed authentication or a
-/// block, for investigating attacks after the fact.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SecurityEntry {
-    pub at: Timestamp,
-    pub source: IpAddr,
-    /// The user name the request claimed (empty for a block).
-    pub user: String,
-    pub kind: SecurityKind,
-    pub anonymised: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SecurityKind {
-    AuthFailed,
-    Blocked { until: Timestamp },
-}
 
 /// Records of one kind, keyed `(time, id)` so that the oldest come first, as the node's tables
 /// are (CDRs by `(end, id)`, the logs by `(at, id)`).
@@ -145,9 +126,7 @@ impl Disk {
                 for key in &due {
                     self.security_fresh.remove(key);
                     if let Some(e) = self.security_log.get_mut(key) {
-                        e.source = anonymise_ip(e.source);
-                        e.user = mask_number(&e.user);
-                        e.anonymised = true;
+                        e.anonymise();
                     }
                 }
                 due.len()
@@ -195,6 +174,7 @@ impl Disk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pbx_actors::privacy::SecurityEvent;
     use pbx_actors::sip::message::Transport;
     use std::time::Duration;
 
@@ -223,8 +203,8 @@ mod tests {
         let entry = SecurityEntry {
             at: t(at),
             source: ip.parse().unwrap(),
-            user: user.into(),
-            kind: SecurityKind::AuthFailed,
+            user: Some(user.into()),
+            event: SecurityEvent::AuthFailed,
             anonymised: false,
         };
         disk.apply(DiskWrite::SecurityLog(Box::new(entry))).unwrap();
@@ -296,8 +276,11 @@ mod tests {
         assert_eq!(disk.reap(&batch("security-log", Action::Anonymise, 25, 1)), Ok(1));
         assert_eq!(disk.reap(&batch("security-log", Action::Anonymise, 25, 5)), Ok(1));
         assert_eq!(disk.reap(&batch("security-log", Action::Anonymise, 25, 5)), Ok(0), "not twice");
-        let entries: Vec<(String, &str, bool)> =
-            disk.security_log.values().map(|e| (e.source.to_string(), e.user.as_str(), e.anonymised)).collect();
+        let entries: Vec<(String, &str, bool)> = disk
+            .security_log
+            .values()
+            .map(|e| (e.source.to_string(), e.user.as_deref().unwrap_or(""), e.anonymised))
+            .collect();
         assert_eq!(
             entries,
             [

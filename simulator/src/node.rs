@@ -12,7 +12,6 @@
 //! shells, each actor has a FIFO mailbox ([`Mailboxes`]); which actor runs next is drawn from
 //! the seed, the way a multi-threaded runtime would interleave them.
 
-use crate::disk::{SecurityEntry, SecurityKind};
 use bytes::Bytes;
 use pbx_actors::Timestamp;
 use pbx_actors::bugs::Bugs;
@@ -27,6 +26,7 @@ use pbx_actors::media::pool::PortPool;
 use pbx_actors::media::relay::{PacketKind, Relay, RelayConfig, RelayInput, RelayOutput, Side};
 use pbx_actors::privacy::AuditEntry;
 use pbx_actors::privacy::reaper::{Batch, Reaper, ReaperConfig, ReaperInput, ReaperOutput};
+use pbx_actors::privacy::{SecurityEntry, SecurityEvent};
 use pbx_actors::registrar::{
     Binding, Extension, Registrar, RegistrarCommand, RegistrarConfig, RegistrarEvent, RegistrarInput, RegistrarOutput,
     Route,
@@ -510,10 +510,10 @@ impl SimNode {
                     RegistrarEvent::Expired { .. } => self.stats.expired += 1,
                     RegistrarEvent::AuthFailed { source, user } => {
                         self.stats.auth_failed += 1;
-                        self.log_security(now, source, user, SecurityKind::AuthFailed);
+                        self.log_security(now, source, Some(user), SecurityEvent::AuthFailed);
                     }
                     RegistrarEvent::SourceBlocked { source, until } => {
-                        self.log_security(now, source, String::new(), SecurityKind::Blocked { until })
+                        self.log_security(now, source, None, SecurityEvent::Blocked { until })
                     }
                     _ => {}
                 },
@@ -525,9 +525,10 @@ impl SimNode {
         }
     }
 
-    fn log_security(&mut self, at: Timestamp, source: std::net::IpAddr, user: String, kind: SecurityKind) {
+    /// The registrar shell's `SecurityLog` report, as a disk write.
+    fn log_security(&mut self, at: Timestamp, source: std::net::IpAddr, user: Option<String>, event: SecurityEvent) {
         self.stats.security_logged += 1;
-        let entry = SecurityEntry { at, source, user, kind, anonymised: false };
+        let entry = SecurityEntry { at, source: source.to_canonical(), user, event, anonymised: false };
         let write = Some(DiskWrite::SecurityLog(Box::new(entry)));
         self.outputs.push_back(NodeOutput::Write(Job { write, deferred: Vec::new() }));
     }

@@ -91,7 +91,8 @@ fn cdrs_and_calls_need_the_token() {
 /// window and extension, in the documented JSON shape.
 #[test]
 fn stored_cdrs_are_paged_newest_first_and_filtered() {
-    let mut pbx = Pbx::start(PbxOptions::default());
+    // The records are from 2024: keep them (the longest retention) so the reaper leaves them.
+    let mut pbx = Pbx::start(PbxOptions::default().calls("cdr_retention_days = 3650"));
     assert_eq!(pbx.stop(), Some(0), "{}", pbx.log());
     {
         let storage = pbx_node::storage::Storage::open(&pbx.data_dir()).expect("open the node's storage");

@@ -986,17 +986,12 @@ impl Registrar {
     }
 
     fn forget_address(&mut self, ip: IpAddr) {
-        let ip = ip.to_canonical();
+        let subject = crate::privacy::Subject::Ip(ip.to_canonical());
         let doomed: Vec<(String, String)> = self
             .bindings
             .values()
             .flatten()
-            .filter(|b| {
-                b.source.ip().to_canonical() == ip
-                    || crate::privacy::uri_host(&b.contact)
-                        .and_then(|h| h.parse::<IpAddr>().ok())
-                        .is_some_and(|h| h.to_canonical() == ip)
-            })
+            .filter(|b| crate::privacy::binding_involves(b, &subject))
             .map(|b| (b.aor.clone(), b.contact.clone()))
             .collect();
         for (aor, contact) in &doomed {

@@ -13,12 +13,11 @@ use super::{
 use pbx_actors::Timestamp;
 use pbx_actors::cdr::Cdr;
 use pbx_actors::privacy::reaper::{Action, Batch};
-use pbx_actors::privacy::{AuditEntry, ERASED, SecurityEntry, Subject, uri_host};
+use pbx_actors::privacy::{AuditEntry, ERASED, SecurityEntry, Subject, binding_involves};
 use pbx_actors::registrar::{Binding, Extension};
 use redb::{Durability, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -86,15 +85,6 @@ impl Erased {
     pub fn total(&self) -> u64 {
         self.extension + self.bindings + self.cdrs_masked + self.security_log + self.flags
     }
-}
-
-fn ip_matches(host: Option<&str>, ip: IpAddr) -> bool {
-    host.and_then(|h| h.parse::<IpAddr>().ok()).is_some_and(|h| h.to_canonical() == ip)
-}
-
-/// Whether a binding is from or to `ip`.
-fn binding_has_ip(b: &Binding, ip: IpAddr) -> bool {
-    b.source.ip().to_canonical() == ip || ip_matches(uri_host(&b.contact), ip)
 }
 
 /// Whether a CDR is about `subject`: as caller or callee, or (an address) in its Call-ID.
@@ -233,11 +223,7 @@ impl Storage {
         for row in tx.open_table(BINDINGS).map_err(redb_err)?.iter().map_err(redb_err)? {
             let (k, v) = row.map_err(redb_err)?;
             let StoredBindingV::V1(b) = decode("bindings", || k.value().to_string(), v.value())?;
-            let hit = match subject {
-                Subject::Number(n) => b.aor == *n,
-                Subject::Ip(ip) => binding_has_ip(&b, *ip),
-            };
-            if hit {
+            if binding_involves(&b, subject) {
                 out.bindings.push(b);
             }
         }
@@ -283,11 +269,7 @@ impl Storage {
             for row in bindings.iter().map_err(redb_err)? {
                 let (k, v) = row.map_err(redb_err)?;
                 let StoredBindingV::V1(b) = decode("bindings", || k.value().to_string(), v.value())?;
-                let hit = match subject {
-                    Subject::Number(n) => b.aor == *n,
-                    Subject::Ip(ip) => binding_has_ip(&b, *ip),
-                };
-                if hit {
+                if binding_involves(&b, subject) {
                     doomed.push(k.value().to_string());
                 }
             }
