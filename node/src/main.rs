@@ -1,6 +1,6 @@
 //! `pbx`: one binary for the appliance, the simulator (`pbx sim`, the same as `pbx-sim`), the
-//! licence service (`pbx licence-server`), and (as later issues add them) the cluster node and
-//! the benchmarks' load harness.
+//! licence service (`pbx licence-server`), the cluster's identities (`pbx cluster init`), and
+//! (as later issues add them) the cluster node and the benchmarks' load harness.
 
 use clap::{Parser, Subcommand};
 use pbx_node::config::{Config, Flags, LogFormat};
@@ -49,6 +49,23 @@ enum Command {
     /// Data-subject rights against the running node (export, erase, restrict, object,
     /// rectify), its privacy audit and inventory, and the generated privacy notice.
     Privacy(pbx_node::privacy_cli::Args),
+    /// Cluster identities: a cluster CA and a certificate per node, for the nodes' mutually
+    /// authenticated QUIC links.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Make a new cluster CA and one certificate + key per node in DIR (never overwrites).
+    Init {
+        /// Directory for ca.pem, ca.key, <node>.pem, <node>.key (created 0700 if missing)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Node names, comma separated: 1-32 characters of a-z, 0-9 and '-'
+        #[arg(long, value_name = "NAME,NAME,...")]
+        nodes: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,6 +77,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => return pbx_simulator::cli::main(args),
         Command::LicenceServer(args) => return licence_server(args),
         Command::Privacy(args) => return pbx_node::privacy_cli::main(args),
+        Command::Cluster(ClusterCommand::Init { out, nodes }) => return cluster_init(&out, &nodes),
     };
     let flags = Flags { data_dir, config, sip_listen, http_listen, rtp_ports, media_address, log_format };
     let config = match Config::load(&flags) {
@@ -112,6 +130,28 @@ fn licence_server(args: pbx_node::licence_server::Args) -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("pbx licence-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cluster_init(out: &std::path::Path, nodes: &str) -> ExitCode {
+    use pbx_cluster::identity::{self, InitError};
+    let written = identity::parse_node_names(nodes).map_err(InitError::from).and_then(|n| identity::init(out, &n));
+    match written {
+        Ok(files) => {
+            for file in files {
+                println!("wrote {}", file.display());
+            }
+            println!("Give each node ca.pem, <node>.pem and <node>.key; keep ca.key off the nodes (it adds nodes).");
+            ExitCode::SUCCESS
+        }
+        Err(e @ (InitError::Name(_) | InitError::Exists(_))) => {
+            eprintln!("pbx cluster init: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("pbx cluster init: {e}");
             ExitCode::FAILURE
         }
     }
