@@ -310,13 +310,18 @@ pub(crate) fn bearer_matches(req: &HttpRequest, token: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Answers 401 unless the request carries the admin token (the privacy routes use it too).
 macro_rules! require_auth {
     ($req:expr, $state:expr) => {
-        if !authorized(&$req, &$state) {
-            return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (see DATA_DIR/admin.token)");
+        if !$crate::http::authorized(&$req, &$state) {
+            return $crate::http::error(
+                actix_web::http::StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token (see DATA_DIR/admin.token)",
+            );
         }
     };
 }
+pub(crate) use require_auth;
 
 pub(crate) async fn ask<M: ractor::Message, T: Send + 'static>(
     actor: &ActorRef<M>,

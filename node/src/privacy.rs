@@ -8,7 +8,7 @@
 //! can prove a request was honoured (`GET /api/v1/privacy/audit?subject=1001` recomputes it)
 //! without keeping the number or address it was about.
 
-use crate::http::{ActiveCallOut, ApiState, CdrOut, ask, authorized, error, rfc3339};
+use crate::http::{ActiveCallOut, ApiState, CdrOut, ask, error, require_auth, rfc3339};
 use crate::storage::{Flags, SubjectRecords};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -87,14 +87,6 @@ pub fn operator(o: &crate::config::OperatorSection) -> notice::Operator {
 /// The numbers and addresses under restriction: their records are kept, not shown.
 pub fn restricted(flags: &std::collections::BTreeMap<String, Flags>) -> BTreeSet<String> {
     flags.iter().filter(|(_, f)| f.restricted_since.is_some()).map(|(id, _)| id.clone()).collect()
-}
-
-macro_rules! require_auth {
-    ($req:expr, $state:expr) => {
-        if !authorized(&$req, &$state) {
-            return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (see DATA_DIR/admin.token)");
-        }
-    };
 }
 
 /// The subject a path names, or the 400 saying why not (boxed: a response is large).
@@ -345,7 +337,7 @@ async fn flag(req: HttpRequest, state: web::Data<ApiState>, path: web::Path<(Str
                 Right::Objection => f.objected_since = f.objected_since.or(Some(now)),
                 _ => f.objected_since = None,
             },
-            |n| audit_entry(&st, right, &s, n, "done"),
+            &audit_entry(&st, right, &s, 1, "done"),
         )
     })
     .await;

@@ -184,7 +184,7 @@ impl Storage {
         &self,
         subject: &str,
         change: impl FnOnce(&mut Flags),
-        audit: impl FnOnce(u64) -> AuditEntry,
+        audit: &AuditEntry,
     ) -> Result<Flags, StorageError> {
         let tx = self.db.begin_write().map_err(redb_err)?;
         let flags = {
@@ -205,7 +205,7 @@ impl Storage {
             }
             flags
         };
-        insert_audit(&tx, &audit(1), self.next_seq())?;
+        insert_audit(&tx, audit, self.next_seq())?;
         tx.commit().map_err(redb_err)?;
         Ok(flags)
     }
@@ -689,7 +689,7 @@ mod tests {
         s.put_cdrs(&[cdr(1, 100, "100", "101"), cdr(2, 200, "101", "100"), cdr(3, 300, "100", "102")]).unwrap();
         s.put_security_entries(&[entry(10, "203.0.113.9", Some("101")), entry(11, "203.0.113.9", Some("100"))])
             .unwrap();
-        s.update_flags("101", |f| f.restricted_since = Some(Timestamp::from_secs(5)), |_| audit_at(5)).unwrap();
+        s.update_flags("101", |f| f.restricted_since = Some(Timestamp::from_secs(5)), &audit_at(5)).unwrap();
         let subject = Subject::Number("101".into());
         let held = s.subject_records(&subject).unwrap();
         assert_eq!(
@@ -750,9 +750,9 @@ mod tests {
         let view: Vec<_> = rows.iter().map(|r| (r.number.as_str(), r.calls_made, r.calls_received, r.talk_s)).collect();
         assert_eq!(view, [("100", 1, 0, 60), ("101", 1, 1, 120)]);
         assert!(s.statistics(Timestamp::ZERO, &Default::default(), 2).unwrap().1, "row bound reached");
-        let f = s.update_flags("0301", |f| f.objected_since = Some(Timestamp::from_secs(1)), |_| audit_at(1)).unwrap();
+        let f = s.update_flags("0301", |f| f.objected_since = Some(Timestamp::from_secs(1)), &audit_at(1)).unwrap();
         assert_eq!(s.all_flags().unwrap().get("0301"), Some(&f));
-        s.update_flags("0301", |f| f.objected_since = None, |_| audit_at(2)).unwrap();
+        s.update_flags("0301", |f| f.objected_since = None, &audit_at(2)).unwrap();
         assert!(s.all_flags().unwrap().is_empty());
     }
 }
