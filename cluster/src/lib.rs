@@ -10,3 +10,4 @@
 
 pub mod identity;
 pub mod link;
+pub mod raft;
