@@ -219,6 +219,9 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
+/// How far the state machine has applied the log, and the membership it applied last.
+type Applied = (Option<LogId<NodeId>>, StoredMembership<NodeId, Member>);
+
 /// The state machine: the [`Applier`] does the applying, this records how far it got.
 pub struct StateMachine<C> {
     db: Arc<Database>,
@@ -237,7 +240,7 @@ impl<C: PbxConfig> StateMachine<C> {
         StateMachine { db, applier, _config: PhantomData }
     }
 
-    fn applied(&self) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>), AnyError> {
+    fn applied(&self) -> Result<Applied, AnyError> {
         let applied = get_meta(&self.db, APPLIED)?.flatten();
         let membership = get_meta(&self.db, MEMBERSHIP)?.unwrap_or_else(empty_membership);
         Ok((applied, membership))
@@ -271,9 +274,7 @@ impl<C: PbxConfig> RaftSnapshotBuilder<C> for StateMachine<C> {
 impl<C: PbxConfig> RaftStateMachine<C> for StateMachine<C> {
     type SnapshotBuilder = Self;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>), StorageError<NodeId>> {
+    async fn applied_state(&mut self) -> Result<Applied, StorageError<NodeId>> {
         self.applied().map_err(|e| StorageIOError::read_state_machine(e).into())
     }
 
