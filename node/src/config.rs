@@ -105,6 +105,99 @@ struct FileConfig {
     privacy: PrivacySection,
     #[serde(default)]
     extensions: Vec<ExtensionDecl>,
+    cluster: Option<ClusterSection>,
+}
+
+/// `[cluster]`: this node's name, its certificate directory, where its Raft links listen, and
+/// every member (this node included).
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ClusterSection {
+    node: String,
+    certs: PathBuf,
+    listen: String,
+    heartbeat_ms: Option<u64>,
+    election_timeout_min_ms: Option<u64>,
+    election_timeout_max_ms: Option<u64>,
+    members: Vec<MemberSection>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct MemberSection {
+    name: String,
+    address: String,
+    #[serde(default)]
+    role: Role,
+}
+
+/// A voter serves SIP and media and votes; a witness only votes (a tiny VM breaks ties).
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Voter,
+    Witness,
+}
+
+/// The checked `[cluster]` section.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub node: pbx_cluster::identity::NodeName,
+    pub certs: PathBuf,
+    pub listen: SocketAddr,
+    pub role: Role,
+    pub members: Vec<pbx_cluster::raft::Member>,
+    pub heartbeat: std::time::Duration,
+    pub election_min: std::time::Duration,
+    pub election_max: std::time::Duration,
+}
+
+/// Members a cluster may have: a handful of voters (Raft gains nothing from more).
+const CLUSTER_MEMBERS_MAX: usize = 7;
+
+fn cluster_config(c: ClusterSection) -> Result<ClusterConfig, (String, String)> {
+    use pbx_cluster::identity::NodeName;
+    let err = |key: &str, reason: String| (format!("cluster.{key}"), reason);
+    let node = NodeName::new(&c.node).map_err(|e| err("node", e.to_string()))?;
+    let listen =
+        c.listen.parse::<SocketAddr>().map_err(|e| err("listen", format!("{:?} is not ADDR:PORT ({e})", c.listen)))?;
+    if c.members.is_empty() || c.members.len() > CLUSTER_MEMBERS_MAX {
+        return Err(err("members", format!("must list 1 to {CLUSTER_MEMBERS_MAX} members, this node included")));
+    }
+    let mut members = Vec::new();
+    for (i, m) in c.members.iter().enumerate() {
+        let name = NodeName::new(&m.name).map_err(|e| err(&format!("members[{i}].name"), e.to_string()))?;
+        if let Err(e) = m.address.parse::<SocketAddr>() {
+            return Err(err(&format!("members[{i}].address"), format!("{:?} is not ADDR:PORT ({e})", m.address)));
+        }
+        if members.iter().any(|x: &pbx_cluster::raft::Member| x.name == name.as_str()) {
+            return Err(err(&format!("members[{i}].name"), format!("{name} is listed twice")));
+        }
+        members.push(pbx_cluster::raft::Member {
+            name: name.as_str().to_string(),
+            address: m.address.clone(),
+            witness: m.role == Role::Witness,
+        });
+    }
+    pbx_cluster::raft::membership(&members).map_err(|e| err("members", e))?;
+    let Some(me) = c.members.iter().find(|m| m.name == node.as_str()) else {
+        return Err(err("node", format!("{node} is not among cluster.members")));
+    };
+    if members.iter().all(|m| m.witness) {
+        return Err(err("members", "at least one member must be a voter that serves SIP".into()));
+    }
+    let ms = std::time::Duration::from_millis;
+    let heartbeat = ms(c.heartbeat_ms.unwrap_or(200));
+    let election_min = ms(c.election_timeout_min_ms.unwrap_or(1000));
+    let election_max = ms(c.election_timeout_max_ms.unwrap_or(2000));
+    if heartbeat.is_zero() || election_min <= heartbeat * 2 || election_max <= election_min {
+        return Err(err(
+            "election_timeout_min_ms",
+            "need 0 < heartbeat_ms, 2 × heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms".into(),
+        ));
+    }
+    Ok(ClusterConfig { node, certs: c.certs, listen, role: me.role, members, heartbeat, election_min, election_max })
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -261,6 +354,8 @@ pub struct Config {
     pub licence: LicenceConfig,
     pub privacy: PrivacyConfig,
     pub extensions: Vec<ExtensionDecl>,
+    /// `None`: a single appliance, no cluster.
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -437,6 +532,10 @@ impl Config {
                 return Err(invalid(&format!("extensions[{i}].number"), format!("{:?} is declared twice", ext.number)));
             }
         }
+        let cluster = match file.cluster {
+            Some(c) => Some(cluster_config(c).map_err(|(key, reason)| invalid(&key, reason))?),
+            None => None,
+        };
         Ok(Config {
             data_dir,
             sip_listen,
@@ -448,6 +547,7 @@ impl Config {
             licence,
             privacy,
             extensions: file.extensions,
+            cluster,
         })
     }
 }

@@ -111,6 +111,8 @@ pub enum RegistrarMsg {
     ListBindings(RpcReplyPort<Vec<Binding>>),
     ListExtensions(RpcReplyPort<Vec<ExtensionView>>),
     Stats(RpcReplyPort<RegistrarStats>),
+    /// Changes another cluster node made, committed by the cluster: applied to memory only.
+    Replicated(Vec<RegistrarCommand>),
     /// The machine's timer.
     Wake,
     /// From the writer: these commands could not be stored; the machine rewrites their keys.
@@ -291,6 +293,10 @@ impl Actor for RegistrarActor {
             RegistrarMsg::ForgetAddress { ip, reply } => {
                 s.machine.handle(now, RegistrarInput::ForgetAddress { ip });
                 s.drain(Some(reply));
+            }
+            RegistrarMsg::Replicated(commands) => {
+                s.machine.handle(now, RegistrarInput::Replicated(commands));
+                s.drain(None);
             }
             RegistrarMsg::PersistFailed(commands) => {
                 s.machine.persist_failed(&commands);

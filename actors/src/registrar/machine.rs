@@ -210,6 +210,9 @@ pub enum RegistrarInput {
     ForgetAddress {
         ip: IpAddr,
     },
+    /// Changes another cluster node made and the cluster committed: applied to memory as they
+    /// are (the log's order is the truth), never persisted again. No output.
+    Replicated(Vec<RegistrarCommand>),
     /// The time `poll_timeout` asked for has come (or passed).
     Timeout,
 }
@@ -445,6 +448,7 @@ impl Registrar {
             RegistrarInput::RemoveExtension { number } => self.remove_extension(&number),
             RegistrarInput::Rename { number, display_name } => self.rename(&number, &display_name),
             RegistrarInput::ForgetAddress { ip } => self.forget_address(ip),
+            RegistrarInput::Replicated(commands) => commands.into_iter().for_each(|c| self.replicated(c)),
             RegistrarInput::Timeout => {
                 if self.flush_at.is_some_and(|at| at <= now) {
                     self.flush();
@@ -879,8 +883,15 @@ impl Registrar {
 
     /// Removes a binding from memory and persists the removal.
     fn remove_binding(&mut self, aor: &str, contact: &str) {
-        let Some(list) = self.bindings.get_mut(aor) else { return };
-        let Some(pos) = list.iter().position(|b| b.contact == contact) else { return };
+        if self.unbind(aor, contact) {
+            self.persist(RegistrarCommand::RemoveBinding { aor: aor.to_owned(), contact: contact.to_owned() });
+        }
+    }
+
+    /// Removes a binding from memory only; `false` if there was none.
+    fn unbind(&mut self, aor: &str, contact: &str) -> bool {
+        let Some(list) = self.bindings.get_mut(aor) else { return false };
+        let Some(pos) = list.iter().position(|b| b.contact == contact) else { return false };
         let old = list.remove(pos);
         if list.is_empty() {
             self.bindings.remove(aor);
@@ -888,7 +899,33 @@ impl Registrar {
         let removed = self.expiries.remove(&(old.expires_at, old.aor, old.contact));
         assert!(removed, "every binding has an expiry entry");
         self.dirty_bindings.remove(&(aor.to_owned(), contact.to_owned()));
-        self.persist(RegistrarCommand::RemoveBinding { aor: aor.to_owned(), contact: contact.to_owned() });
+        true
+    }
+
+    /// A committed change from another node, applied to memory. A local copy it replaces is no
+    /// longer ours to write back, so its dirty mark goes too.
+    fn replicated(&mut self, command: RegistrarCommand) {
+        match command {
+            RegistrarCommand::PutExtension(e) => {
+                self.dirty_extensions.remove(&e.number);
+                self.extensions.insert(e.number.clone(), e);
+            }
+            RegistrarCommand::RemoveExtension { number } => {
+                self.dirty_extensions.remove(&number);
+                self.extensions.remove(&number);
+            }
+            RegistrarCommand::PutBinding(b) => {
+                let list = self.bindings.get(&b.aor).map_or(&[][..], |l| l.as_slice());
+                let known = list.iter().any(|old| old.contact == b.contact);
+                if known || list.len() < BINDINGS_PER_AOR_MAX {
+                    self.dirty_bindings.remove(&(b.aor.clone(), b.contact.clone()));
+                    self.put_binding(b);
+                }
+            }
+            RegistrarCommand::RemoveBinding { aor, contact } => {
+                self.unbind(&aor, &contact);
+            }
+        }
     }
 
     /// Bindings whose `expires_at` is at or before `now` are gone.

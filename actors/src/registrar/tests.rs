@@ -856,3 +856,44 @@ fn forget_address_removes_its_bindings_only() {
     assert_eq!(h.drain().events.last(), Some(&RegistrarEvent::AddressForgotten { bindings: 1 }));
     assert_eq!(h.m.binding_count(), 1, "200's binding from elsewhere stays");
 }
+
+/// Another node's committed changes land in memory as they are, and are never written again.
+#[test]
+fn replicated_changes_apply_to_memory_without_persisting() {
+    let mut h = Harness::new();
+    let remote = Binding {
+        aor: "300".into(),
+        contact: "sip:300@203.0.113.5:5060".into(),
+        expires_at: h.now + Duration::from_secs(60),
+        call_id: "c".into(),
+        cseq: 1,
+        source: "203.0.113.5:5060".parse().unwrap(),
+        transport: Transport::Udp,
+        user_agent: None,
+    };
+    h.m.handle(
+        h.now,
+        RegistrarInput::Replicated(vec![
+            RegistrarCommand::PutExtension(extension("300", "secret-300")),
+            RegistrarCommand::PutBinding(remote.clone()),
+        ]),
+    );
+    let step = h.drain();
+    assert!(step.persisted.is_empty() && step.events.is_empty(), "{:?}", step.persisted);
+    assert!(h.m.extensions().any(|e| e.number == "300"));
+    assert_eq!(h.m.bindings().filter(|b| b.aor == "300").count(), 1);
+    // A refresh from the other node replaces the expiry; its removal removes it.
+    let later = Binding { expires_at: h.now + Duration::from_secs(120), cseq: 2, ..remote.clone() };
+    h.m.handle(h.now, RegistrarInput::Replicated(vec![RegistrarCommand::PutBinding(later.clone())]));
+    assert_eq!(h.m.bindings().find(|b| b.aor == "300"), Some(&later));
+    h.m.handle(
+        h.now,
+        RegistrarInput::Replicated(vec![RegistrarCommand::RemoveBinding {
+            aor: "300".into(),
+            contact: remote.contact,
+        }]),
+    );
+    assert!(h.drain().persisted.is_empty());
+    assert_eq!(h.m.bindings().filter(|b| b.aor == "300").count(), 0);
+    assert_eq!(h.m.poll_timeout(), None, "no expiry left behind for the removed binding");
+}
