@@ -2,6 +2,7 @@
 //! actors: configuration, redb storage, SIP sockets, the admin HTTP API, the supervision
 //! tree of `pbx appliance`, and the licence service of `pbx licence-server`.
 
+pub mod api_client;
 pub mod appliance;
 pub mod clock;
 pub mod config;
