@@ -176,7 +176,8 @@ impl Drop for Node {
 }
 
 /// Three nodes that all dial each other form one mesh, and a message to a process group
-/// reaches the inboxes on both other nodes.
+/// reaches the inboxes on both other nodes; `Mesh::connected` lists the peers, and stops
+/// listing one that leaves.
 #[test]
 fn three_nodes_form_a_mesh_and_reach_remote_actors() {
     let dir = cluster("a,b,c");
@@ -191,9 +192,17 @@ fn three_nodes_form_a_mesh_and_reach_remote_actors() {
 
     b.deliver("hello", &mut [&mut a, &mut c]);
     c.deliver("bye", &mut [&mut a, &mut b]);
-    for node in [a, b, c] {
-        node.stop();
-    }
+    a.command("peers");
+    a.expect_line("connected b,c");
+
+    // A node that leaves is no longer connected on the others, at once (its links close).
+    c.stop();
+    a.expect_line("peers=b");
+    b.expect_line("peers=a");
+    a.command("peers");
+    a.expect_line("connected b");
+    a.stop();
+    b.stop();
 }
 
 /// A node whose certificate another CA made (claiming to be `c`, which `a` dials) is refused
@@ -326,7 +335,7 @@ impl Actor for Inbox {
 
 /// One mesh node, for the tests above (see the module documentation). Commands on stdin:
 /// `send <text>` casts `<text> from <node>` to every remote member of GROUP and answers
-/// `sent <n>`; `stop` (or the end of stdin) shuts down and answers `stopped`. It also says
+/// `sent <n>`; `peers` answers `connected <a,b>` from `Mesh::connected`; `stop` (or the end of stdin) shuts down and answers `stopped`. It also says
 /// `listening <addr>`, `peers=<a,b>` on every change (not for the empty start) and `got <text>` for its inbox.
 #[test]
 #[ignore = "a mesh node the other tests start as a process of its own; not a test by itself"]
@@ -370,6 +379,11 @@ fn node_process() {
         while let Some(line) = commands.recv().await {
             if line == "stop" {
                 break;
+            }
+            if line == "peers" {
+                let peers: Vec<String> = mesh.connected().iter().map(ToString::to_string).collect();
+                println!("mesh: connected {}", peers.join(","));
+                continue;
             }
             let text = line.strip_prefix("send ").unwrap_or_else(|| panic!("unknown command {line:?}"));
             let remote: Vec<_> =
