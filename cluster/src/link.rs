@@ -16,7 +16,13 @@
 //! certificate, so a client the server refuses may see [`connect`] succeed and learn of the
 //! refusal on first use of the connection (a `ConnectionClosed` with a crypto error code).
 //!
-//! Not here yet: what runs over a link (ractor_cluster, openraft), reconnecting, keep-alives.
+//! Liveness: both ends send a keep-alive every [`KEEP_ALIVE`] and drop a link silent for
+//! [`IDLE_TIMEOUT`]. A node's stateless-reset key (and connection-id key) is derived from its
+//! private key, so after a restart it answers packets of its old connections with a reset the
+//! peer accepts, and the peer drops the dead link at once instead of waiting out the idle
+//! timeout.
+//!
+//! What runs over the links is in [`crate::mesh`] (ractor_cluster).
 
 use crate::identity::{NodeIdentity, NodeName};
 use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
@@ -29,11 +35,17 @@ use rustls::server::danger::ClientCertVerifier;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The application protocol both sides must offer.
 pub const ALPN: &[u8] = b"pbx-cluster/1";
 /// Counter of refused link handshakes, labelled `by` and `reason`.
 pub const REFUSALS_METRIC: &str = "pbx_cluster_link_refusals_total";
+/// How often each end of a link proves it is alive.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// A link silent this long is dead (a few keep-alives lost in a row).
+pub const IDLE_TIMEOUT: Duration = Duration::from_millis(IDLE_TIMEOUT_MS as u64);
+const IDLE_TIMEOUT_MS: u32 = 5_000;
 /// QUIC's error codes for TLS alerts: 0x100 + the alert (RFC 9001 §4.8).
 const CRYPTO_ERROR_BASE: u64 = 0x100;
 
@@ -116,7 +128,9 @@ pub fn server_config(id: &NodeIdentity) -> Result<quinn::ServerConfig, LinkError
         .with_client_cert_verifier(client_verifier(&id.ca)?)
         .with_single_cert(id.chain.clone(), id.key.clone_key())?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    Ok(quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?)))
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    config.transport_config(transport());
+    Ok(config)
 }
 
 /// The client side: trusts the cluster CA only and presents the node's certificate. The name
@@ -127,13 +141,48 @@ pub fn client_config(id: &NodeIdentity) -> Result<quinn::ClientConfig, LinkError
         .with_root_certificates(roots(&id.ca)?)
         .with_client_auth_cert(id.chain.clone(), id.key.clone_key())?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    Ok(quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?)))
+    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    config.transport_config(transport());
+    Ok(config)
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(IDLE_TIMEOUT_MS))));
+    Arc::new(transport)
+}
+
+/// A secret of this node for `purpose`, the same on every run: derived from its private key.
+fn node_secret(id: &NodeIdentity, purpose: &[u8]) -> ring::digest::Digest {
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    digest.update(b"pbx-cluster link\0");
+    digest.update(purpose);
+    digest.update(b"\0");
+    digest.update(id.key.secret_der());
+    digest.finish()
+}
+
+/// Both keys a restarted node needs to reset its old connections (see the module
+/// documentation): the stateless-reset key, and the key its connection ids are made and
+/// checked with (a new random one would drop the old ids unanswered).
+fn endpoint_config(id: &NodeIdentity) -> quinn::EndpointConfig {
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, node_secret(id, b"stateless reset").as_ref());
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&node_secret(id, b"connection id").as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    config
 }
 
 /// One UDP endpoint per node that both accepts links and opens them.
 pub fn endpoint(id: &NodeIdentity, listen: SocketAddr) -> Result<quinn::Endpoint, LinkError> {
-    let mut endpoint = quinn::Endpoint::server(server_config(id)?, listen)
-        .map_err(|source| LinkError::Bind { addr: listen, source })?;
+    let bind = |source| LinkError::Bind { addr: listen, source };
+    let socket = std::net::UdpSocket::bind(listen).map_err(bind)?;
+    let config = endpoint_config(id);
+    let mut endpoint =
+        quinn::Endpoint::new(config, Some(server_config(id)?), socket, Arc::new(quinn::TokioRuntime)).map_err(bind)?;
     endpoint.set_default_client_config(client_config(id)?);
     Ok(endpoint)
 }
@@ -212,7 +261,7 @@ fn alert(code: TransportErrorCode) -> Option<AlertDescription> {
     u8::try_from(alert).ok().map(AlertDescription::from)
 }
 
-fn count_refusal(addr: SocketAddr, by: RefusedBy, reason_label: &str, reason: &str) {
+pub(crate) fn count_refusal(addr: SocketAddr, by: RefusedBy, reason_label: &str, reason: &str) {
     tracing::warn!(remote = %addr, refused_by = by.label(), %reason, "cluster link refused");
     metrics::counter!(REFUSALS_METRIC, "by" => by.label(), "reason" => reason_label.to_string()).increment(1);
 }

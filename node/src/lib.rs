@@ -2,8 +2,10 @@
 //! actors: configuration, redb storage, SIP sockets, the admin HTTP API, the supervision
 //! tree of `pbx appliance`, and the licence service of `pbx licence-server`.
 
+pub mod api_client;
 pub mod appliance;
 pub mod clock;
+pub mod cluster_cli;
 pub mod config;
 pub mod http;
 pub mod licence;

@@ -1,6 +1,7 @@
 //! `pbx`: one binary for the appliance, the simulator (`pbx sim`, the same as `pbx-sim`), the
-//! licence service (`pbx licence-server`), the cluster's identities (`pbx cluster init`), and
-//! (as later issues add them) the cluster node and the benchmarks' load harness.
+//! licence service (`pbx licence-server`), the cluster's identities and status (`pbx cluster
+//! init`, `pbx cluster status`), and (as later issues add them) the cluster node and the
+//! benchmarks' load harness.
 
 use clap::{Parser, Subcommand};
 use pbx_node::config::{Config, Flags, LogFormat};
@@ -49,8 +50,8 @@ enum Command {
     /// Data-subject rights against the running node (export, erase, restrict, object,
     /// rectify), its privacy audit and inventory, and the generated privacy notice.
     Privacy(pbx_node::privacy_cli::Args),
-    /// Cluster identities: a cluster CA and a certificate per node, for the nodes' mutually
-    /// authenticated QUIC links.
+    /// The cluster: its identities (a CA and a certificate per node, for the nodes' mutually
+    /// authenticated QUIC links) and a running node's view of it.
     #[command(subcommand)]
     Cluster(ClusterCommand),
 }
@@ -66,6 +67,9 @@ enum ClusterCommand {
         #[arg(long, value_name = "NAME,NAME,...")]
         nodes: String,
     },
+    /// A running node's view of the cluster: raft state and log, each member's replication
+    /// and actor link.
+    Status(pbx_node::cluster_cli::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Command::LicenceServer(args) => return licence_server(args),
         Command::Privacy(args) => return pbx_node::privacy_cli::main(args),
         Command::Cluster(ClusterCommand::Init { out, nodes }) => return cluster_init(&out, &nodes),
+        Command::Cluster(ClusterCommand::Status(args)) => return pbx_node::cluster_cli::main(args),
     };
     let flags = Flags { data_dir, config, sip_listen, http_listen, rtp_ports, media_address, log_format };
     let config = match Config::load(&flags) {

@@ -2,24 +2,20 @@
 //! go through the running node's admin API (with `DATA_DIR/admin.token`), so each request is
 //! checked and audited exactly as an API call is; `notice` needs no running node.
 
-use crate::config::{Config, Flags};
-use std::path::PathBuf;
+use crate::api_client::{AdminApi, ApiArgs, pretty};
+use crate::config::Config;
 use std::process::ExitCode;
 use std::time::Duration;
+
+/// Long enough for an export or erasure of a subject with years of records.
+const TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(subcommand)]
     command: Command,
-    /// The node's config file (for its data directory and API address)
-    #[arg(long, global = true, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// The node's data directory (for admin.token) [default: the config's, else ./pbx-data]
-    #[arg(long, global = true, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-    /// The node's admin API [default: http://<the config's http_listen>]
-    #[arg(long, global = true, value_name = "URL")]
-    api: Option<String>,
+    #[command(flatten)]
+    api: ApiArgs,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -66,8 +62,7 @@ enum Command {
 }
 
 pub fn main(args: Args) -> ExitCode {
-    let flags = Flags { config: args.config.clone(), data_dir: args.data_dir.clone(), ..Flags::default() };
-    let config = match Config::load(&flags) {
+    let config = match args.api.load_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pbx privacy: {e}");
@@ -99,48 +94,26 @@ pub fn main(args: Args) -> ExitCode {
         }
         Command::Inventory => ("GET", "/api/v1/privacy/inventory".to_string(), None),
     };
-    let token_path = config.data_dir.join(crate::appliance::ADMIN_TOKEN_FILE);
-    let token = match std::fs::read_to_string(&token_path) {
-        Ok(t) => t.trim().to_string(),
+    let api = match AdminApi::new(&args.api, &config, TIMEOUT) {
+        Ok(api) => api,
         Err(e) => {
-            eprintln!("pbx privacy: read {}: {e} (is --data-dir the node's?)", token_path.display());
+            eprintln!("pbx privacy: {e}");
             return ExitCode::from(2);
         }
     };
-    let base = args.api.clone().unwrap_or_else(|| format!("http://{}", config.http_listen));
-    let url = format!("{}{path}", base.trim_end_matches('/'));
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(120)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let auth = format!("Bearer {token}");
-    let sent = match (method, body) {
-        ("GET", _) => agent.get(&url).header("authorization", &auth).call(),
-        ("DELETE", _) => agent.delete(&url).header("authorization", &auth).call(),
-        (_, Some(body)) => {
-            agent.post(&url).header("authorization", &auth).header("content-type", "application/json").send(body)
-        }
-        (_, None) => agent.post(&url).header("authorization", &auth).send_empty(),
-    };
-    let mut response = match sent {
+    let reply = match api.call(method, &path, body) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("pbx privacy: {url}: {e} (is the node running?)");
+            eprintln!("pbx privacy: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    let pretty = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or(text);
-    if (200..300).contains(&status) {
+    let pretty = pretty(&reply.body);
+    if (200..300).contains(&reply.status) {
         println!("{pretty}");
         ExitCode::SUCCESS
     } else {
-        eprintln!("pbx privacy: HTTP {status}: {pretty}");
+        eprintln!("pbx privacy: HTTP {}: {pretty}", reply.status);
         ExitCode::FAILURE
     }
 }

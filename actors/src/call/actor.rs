@@ -46,6 +46,9 @@ pub enum LegMsg {
     Wake,
 }
 
+// Local only; see `crate::shell` on ractor's `cluster` feature.
+impl ractor::Message for LegMsg {}
+
 pub struct LegArgs {
     pub leg: Leg,
     pub clock: Arc<dyn Clock>,
@@ -109,6 +112,9 @@ pub enum CallMsg {
     Snapshot(RpcReplyPort<ActiveCall>),
     Wake,
 }
+
+// Local only; see `crate::shell` on ractor's `cluster` feature.
+impl ractor::Message for CallMsg {}
 
 /// What every call of a node shares.
 #[derive(Clone)]
@@ -352,6 +358,9 @@ pub enum CallsMsg {
     /// — RTP sockets bound, legs spawned — run in parallel rather than one after the other).
     Started(Box<Started>),
 }
+
+// Local only; see `crate::shell` on ractor's `cluster` feature.
+impl ractor::Message for CallsMsg {}
 
 pub struct CallsArgs {
     pub context: CallContext,

@@ -55,6 +55,9 @@ pub enum EndpointMsg {
     Wake,
 }
 
+// Local only; see `crate::shell` on ractor's `cluster` feature.
+impl ractor::Message for EndpointMsg {}
+
 pub struct EndpointArgs {
     pub clock: Arc<dyn Clock>,
     pub wire: Arc<dyn Wire>,

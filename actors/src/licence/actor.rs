@@ -177,6 +177,9 @@ pub enum WatchdogMsg {
     CheckAnswer { request: u64, result: Result<Bytes, String> },
 }
 
+// Local only; see `crate::shell` on ractor's `cluster` feature.
+impl ractor::Message for WatchdogMsg {}
+
 pub struct WatchdogState {
     machine: Watchdog,
     clock: Arc<dyn Clock>,
@@ -345,6 +348,9 @@ pub enum VoucherMsg {
         result: Result<Bytes, String>,
     },
 }
+
+// Local only; see `crate::shell` on ractor's `cluster` feature.
+impl ractor::Message for VoucherMsg {}
 
 pub struct VoucherState {
     machine: VoucherSync,

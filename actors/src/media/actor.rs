@@ -77,6 +77,9 @@ pub enum MediaMsg {
     Wake,
 }
 
+// Local only; see `crate::shell` on ractor's `cluster` feature.
+impl ractor::Message for MediaMsg {}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
     #[error(

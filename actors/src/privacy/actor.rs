@@ -37,6 +37,9 @@ pub enum ReaperMsg {
     Runs(RpcReplyPort<u64>),
 }
 
+// Local only; see `crate::shell` on ractor's `cluster` feature.
+impl ractor::Message for ReaperMsg {}
+
 pub struct ReaperState {
     machine: Reaper,
     clock: Arc<dyn Clock>,

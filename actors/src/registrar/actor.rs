@@ -121,6 +121,9 @@ pub enum RegistrarMsg {
     Barrier(RpcReplyPort<Result<(), String>>),
 }
 
+// Local only; see `crate::shell` on ractor's `cluster` feature.
+impl ractor::Message for RegistrarMsg {}
+
 /// An admin request's reply port and the outcome to send once its commands are stored.
 type PendingReply = (RpcReplyPort<Result<(), String>>, Result<(), String>);
 

@@ -1,5 +1,10 @@
 //! What every actor shell shares. Shells are the only code in this crate allowed to touch
 //! tokio and the clock (the tidy test treats this folder like `actor.rs` files).
+//!
+//! Message types: the workspace builds ractor with its `cluster` feature (pbx-cluster's
+//! ractor_cluster needs it, and a feature is on for every crate of a build). With it, ractor
+//! has no blanket `Message` impl, so each shell's message type says `impl ractor::Message for
+//! X {}`: the defaults keep it local only (not serializable), as it was without the feature.
 
 use crate::Timestamp;
 use ractor::ActorRef;
