@@ -9,7 +9,8 @@
 //! what is queued), then exit 0.
 
 use crate::clock::SystemClock;
-use crate::config::Config;
+use crate::cluster::{ClusterApi, NodeApplier, ReplicatedStore};
+use crate::config::{ClusterConfig, Config, Role};
 use crate::http::{self, ApiState, CallsView};
 use crate::licence::{self, HttpLicenceService};
 use crate::storage::{CdrWriter, SecurityWriter, Storage};
@@ -57,6 +58,18 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         "state restored"
     );
 
+    let cluster = match &config.cluster {
+        Some(c) => Some(start_cluster(c, data_dir, &storage, &token).await?),
+        None => None,
+    };
+    if let Some(node) = cluster.as_ref().filter(|_| config.cluster.as_ref().is_some_and(|c| c.role == Role::Witness)) {
+        let served = run_witness(&config, node).await;
+        if let Some(node) = cluster {
+            node.shutdown().await;
+        }
+        return served;
+    }
+
     let sockets = SipSockets::bind(config.sip_listen).await?;
     let wire = sockets.wire();
     let clock = SystemClock::new();
@@ -73,7 +86,12 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
             extensions: snapshot.extensions,
             bindings: snapshot.bindings,
             clock: Arc::new(clock),
-            store: storage.clone(),
+            store: match &cluster {
+                Some(node) => {
+                    Arc::new(ReplicatedStore::new(node.api.replica.clone(), tokio::runtime::Handle::current()))
+                }
+                None => storage.clone(),
+            },
             sink: Arc::new(sink.clone()),
             security: Some(security_log.clone()),
         },
@@ -81,24 +99,23 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     .await
     .context("start registrar")?;
 
-    for ext in &config.extensions {
-        let result = registrar
-            .call(
-                |reply| RegistrarMsg::PutExtension {
-                    number: ext.number.clone(),
-                    password: ext.password.clone(),
-                    display_name: ext.display_name.clone(),
-                    reply,
-                },
-                Some(Duration::from_secs(10)),
-            )
-            .await;
-        match result {
-            Ok(ractor::rpc::CallResult::Success(Ok(()))) => {}
-            Ok(ractor::rpc::CallResult::Success(Err(reason))) => {
-                anyhow::bail!("config: extension {:?}: {reason}", ext.number)
+    if let Some(node) = &cluster {
+        node.applier.connect(registrar.clone());
+        // In a cluster the declared extensions are written through Raft, which needs a quorum
+        // that may form only after this node is up: write them in the background.
+        let (registrar, extensions) = (registrar.clone(), config.extensions.clone());
+        tokio::spawn(async move {
+            for ext in &extensions {
+                if let Err(reason) = put_extension(&registrar, ext, Duration::from_secs(60)).await {
+                    tracing::error!(number = %ext.number, %reason, "config: extension not stored");
+                }
             }
-            _ => anyhow::bail!("config: extension {:?}: the registrar did not answer", ext.number),
+        });
+    } else {
+        for ext in &config.extensions {
+            put_extension(&registrar, ext, Duration::from_secs(10))
+                .await
+                .map_err(|reason| anyhow::anyhow!("config: extension {:?}: {reason}", ext.number))?;
         }
     }
 
@@ -191,8 +208,14 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         serial: licence.serial.clone(),
         privacy: privacy.clone(),
     };
+    let cluster_api = cluster.as_ref().map(|c| actix_web::web::Data::new(c.api.clone()));
     let server = actix_web::HttpServer::new(move || {
-        actix_web::App::new().app_data(actix_web::web::Data::new(state.clone())).configure(http::routes)
+        let app = actix_web::App::new().app_data(actix_web::web::Data::new(state.clone()));
+        match &cluster_api {
+            Some(api) => app.app_data(api.clone()),
+            None => app,
+        }
+        .configure(http::routes)
     })
     .workers(1)
     .disable_signals()
@@ -223,11 +246,125 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     let _ = reaper_handle.await;
     registrar.stop(None);
     let _ = registrar_handle.await;
+    if let Some(node) = cluster {
+        node.shutdown().await;
+    }
     drop(security_log);
     // The last handle once the actors are gone: dropping it stores what is queued and joins the
     // writer's thread.
     drop(cdr_store);
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Stores one declared extension through the registrar; `Err` names the reason.
+async fn put_extension(
+    registrar: &ActorRef<RegistrarMsg>,
+    ext: &crate::config::ExtensionDecl,
+    timeout: Duration,
+) -> Result<(), String> {
+    let result = registrar
+        .call(
+            |reply| RegistrarMsg::PutExtension {
+                number: ext.number.clone(),
+                password: ext.password.clone(),
+                display_name: ext.display_name.clone(),
+                reply,
+            },
+            Some(timeout),
+        )
+        .await;
+    match result {
+        Ok(ractor::rpc::CallResult::Success(r)) => r,
+        _ => Err("the registrar did not answer".into()),
+    }
+}
+
+/// This node in its cluster: Raft (links on `listen`), the actor mesh (links on the next
+/// port), and what applies committed entries here.
+struct ClusterNode {
+    api: ClusterApi,
+    applier: Arc<NodeApplier>,
+}
+
+impl ClusterNode {
+    async fn shutdown(self) {
+        let mesh = self.api.mesh.lock().expect("mesh lock").take();
+        if let Some(mesh) = mesh {
+            mesh.shutdown().await;
+        }
+        match Arc::try_unwrap(self.api.replica) {
+            Ok(replica) => replica.shutdown().await,
+            Err(replica) => {
+                let _ = replica.raft().shutdown().await;
+            }
+        }
+    }
+}
+
+/// The port after `addr`'s: where a member's actor mesh listens, next to its Raft links.
+fn mesh_address(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let port = addr.port().checked_add(1).with_context(|| format!("no port after {addr} for the actor mesh"))?;
+    Ok(SocketAddr::new(addr.ip(), port))
+}
+
+async fn start_cluster(
+    c: &ClusterConfig,
+    data_dir: &Path,
+    storage: &Arc<Storage>,
+    token: &str,
+) -> anyhow::Result<ClusterNode> {
+    use pbx_cluster::identity::{NodeIdentity, NodeName};
+    use pbx_cluster::mesh::{Backoff, Mesh, Peer};
+    use pbx_cluster::raft::{Replica, ReplicaConfig, node_id, store};
+    let identity = NodeIdentity::load(&c.certs, &c.node)
+        .with_context(|| format!("config: cluster.certs: the certificate of node {}", c.node))?;
+    let me = c.members.iter().find(|m| m.name == c.node.as_str()).context("this node among the members")?.clone();
+    let mut replica_config = ReplicaConfig::new(me, c.members.clone());
+    replica_config.heartbeat = c.heartbeat;
+    replica_config.election_min = c.election_min;
+    replica_config.election_max = c.election_max;
+    let endpoint = pbx_cluster::link::endpoint(&identity, c.listen).context("cluster links")?;
+    let db = store::open(data_dir).map_err(|e| anyhow::anyhow!("open the Raft log: {e}"))?;
+    let applier = NodeApplier::new(node_id(c.node.as_str()), storage.clone());
+    let replica = Replica::start(replica_config, endpoint, db, applier.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("start Raft: {e}"))?;
+    let mut peers = Vec::new();
+    for m in &c.members {
+        let addr: SocketAddr = m.address.parse().context("member address")?;
+        peers.push(Peer { name: NodeName::new(&m.name).context("member name")?, addr: mesh_address(addr)? });
+    }
+    let mesh = Mesh::start(&identity, mesh_address(c.listen)?, &peers, Backoff::default())
+        .await
+        .context("start the actor mesh")?;
+    tracing::info!(node = %c.node, raft = %c.listen, mesh = %mesh.local_addr(), members = c.members.len(), "cluster node started");
+    let api =
+        ClusterApi { token: token.to_string(), replica: Arc::new(replica), mesh: Arc::new(Mutex::new(Some(mesh))) };
+    Ok(ClusterNode { api, applier })
+}
+
+/// A witness: votes in Raft and answers the cluster status; no SIP, no media.
+async fn run_witness(config: &Config, node: &ClusterNode) -> anyhow::Result<()> {
+    let api = actix_web::web::Data::new(node.api.clone());
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(api.clone())
+            .route("/healthz", actix_web::web::get().to(|| async { "ok\n" }))
+            .configure(crate::cluster::routes)
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(2)
+    .bind(config.http_listen)
+    .with_context(|| format!("bind admin HTTP {}", config.http_listen))?
+    .run();
+    let handle = server.handle();
+    let task = tokio::spawn(server);
+    tracing::info!(http = %config.http_listen, "pbx witness ready (votes, serves no SIP or media)");
+    wait_for_shutdown_signal().await?;
+    handle.stop(true).await;
+    let _ = task.await;
     Ok(())
 }
 

@@ -570,7 +570,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/calls", web::get().to(calls))
         .route("/api/v1/licence", web::get().to(licence))
         .route("/api/v1/vouchers", web::post().to(redeem_voucher))
-        .configure(crate::privacy::routes);
+        .configure(crate::privacy::routes)
+        .configure(crate::cluster::routes);
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 pub mod api_client;
 pub mod appliance;
 pub mod clock;
+pub mod cluster;
 pub mod cluster_cli;
 pub mod config;
 pub mod http;

@@ -41,6 +41,31 @@ enum Command {
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
     },
+    /// Run a cluster node: the config file's [cluster] section names this node, its
+    /// certificates, its Raft listen address and every member (voter or witness).
+    Node {
+        /// TOML config file with a [cluster] section; flags override it.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Data directory (redb files, admin token) [default: ./pbx-data]
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// SIP over UDP and TCP [default: 0.0.0.0:5060]
+        #[arg(long, value_name = "ADDR:PORT")]
+        sip_listen: Option<String>,
+        /// Admin HTTP API [default: 127.0.0.1:8080]
+        #[arg(long, value_name = "ADDR:PORT")]
+        http_listen: Option<String>,
+        /// UDP ports for RTP media [default: 20000-29999]
+        #[arg(long, value_name = "LOW-HIGH")]
+        rtp_ports: Option<String>,
+        /// IP address put into SDP for media [default: the --sip-listen IP, 127.0.0.1 if that is 0.0.0.0]
+        #[arg(long, value_name = "IP")]
+        media_address: Option<String>,
+        /// Log format on stderr [default: human]
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
     /// Run pbx's own machines over simulated days against a simulated office, network and
     /// disk, with faults, checking invariants (the same as `pbx-sim`).
     Sim(pbx_simulator::cli::Args),
@@ -74,9 +99,13 @@ enum ClusterCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let node = matches!(cli.command, Command::Node { .. });
     let (data_dir, config, sip_listen, http_listen, rtp_ports, media_address, log_format) = match cli.command {
         Command::Appliance { data_dir, config, sip_listen, http_listen, rtp_ports, media_address, log_format } => {
             (data_dir, config, sip_listen, http_listen, rtp_ports, media_address, log_format)
+        }
+        Command::Node { config, data_dir, sip_listen, http_listen, rtp_ports, media_address, log_format } => {
+            (data_dir, Some(config), sip_listen, http_listen, rtp_ports, media_address, log_format)
         }
         Command::Sim(args) => return pbx_simulator::cli::main(args),
         Command::LicenceServer(args) => return licence_server(args),
@@ -86,6 +115,10 @@ fn main() -> ExitCode {
     };
     let flags = Flags { data_dir, config, sip_listen, http_listen, rtp_ports, media_address, log_format };
     let config = match Config::load(&flags) {
+        Ok(c) if node && c.cluster.is_none() => {
+            eprintln!("pbx node: the config file has no [cluster] section (a single node is `pbx appliance`)");
+            return ExitCode::from(2);
+        }
         Ok(c) => c,
         Err(e) => {
             eprintln!("pbx: {e}");

@@ -172,30 +172,20 @@ impl Storage {
             return Ok(());
         }
         let tx = self.db.begin_write().map_err(redb_err)?;
-        {
-            let mut extensions = tx.open_table(EXTENSIONS).map_err(redb_err)?;
-            let mut bindings = tx.open_table(BINDINGS).map_err(redb_err)?;
-            for command in commands {
-                match command {
-                    RegistrarCommand::PutExtension(ext) => {
-                        let value = postcard::to_allocvec(&StoredExtensionV::V1(ext.clone())).map_err(redb_err)?;
-                        extensions.insert(ext.number.as_str(), value.as_slice()).map_err(redb_err)?;
-                    }
-                    RegistrarCommand::RemoveExtension { number } => {
-                        extensions.remove(number.as_str()).map_err(redb_err)?;
-                    }
-                    RegistrarCommand::PutBinding(b) => {
-                        let value = postcard::to_allocvec(&StoredBindingV::V1(b.clone())).map_err(redb_err)?;
-                        bindings
-                            .insert(binding_key(&b.aor, &b.contact).as_str(), value.as_slice())
-                            .map_err(redb_err)?;
-                    }
-                    RegistrarCommand::RemoveBinding { aor, contact } => {
-                        bindings.remove(binding_key(aor, contact).as_str()).map_err(redb_err)?;
-                    }
-                }
-            }
-        }
+        apply_in(&tx, commands)?;
+        tx.commit().map_err(redb_err)
+    }
+
+    /// Replaces every extension and binding with these, in one durable transaction (a cluster
+    /// node installing a snapshot of the replicated state).
+    pub fn replace_registrar(&self, extensions: &[Extension], bindings: &[Binding]) -> Result<(), StorageError> {
+        let tx = self.db.begin_write().map_err(redb_err)?;
+        tx.open_table(EXTENSIONS).map_err(redb_err)?.retain(|_, _| false).map_err(redb_err)?;
+        tx.open_table(BINDINGS).map_err(redb_err)?.retain(|_, _| false).map_err(redb_err)?;
+        let mut commands: Vec<RegistrarCommand> =
+            extensions.iter().cloned().map(RegistrarCommand::PutExtension).collect();
+        commands.extend(bindings.iter().cloned().map(RegistrarCommand::PutBinding));
+        apply_in(&tx, &commands)?;
         tx.commit().map_err(redb_err)
     }
 
@@ -319,6 +309,30 @@ fn read_all<V: serde::de::DeserializeOwned, T>(
         out.push(upgrade(decode(table.name(), || k.value().to_string(), v.value())?));
     }
     Ok(out)
+}
+
+fn apply_in(tx: &redb::WriteTransaction, commands: &[RegistrarCommand]) -> Result<(), StorageError> {
+    let mut extensions = tx.open_table(EXTENSIONS).map_err(redb_err)?;
+    let mut bindings = tx.open_table(BINDINGS).map_err(redb_err)?;
+    for command in commands {
+        match command {
+            RegistrarCommand::PutExtension(ext) => {
+                let value = postcard::to_allocvec(&StoredExtensionV::V1(ext.clone())).map_err(redb_err)?;
+                extensions.insert(ext.number.as_str(), value.as_slice()).map_err(redb_err)?;
+            }
+            RegistrarCommand::RemoveExtension { number } => {
+                extensions.remove(number.as_str()).map_err(redb_err)?;
+            }
+            RegistrarCommand::PutBinding(b) => {
+                let value = postcard::to_allocvec(&StoredBindingV::V1(b.clone())).map_err(redb_err)?;
+                bindings.insert(binding_key(&b.aor, &b.contact).as_str(), value.as_slice()).map_err(redb_err)?;
+            }
+            RegistrarCommand::RemoveBinding { aor, contact } => {
+                bindings.remove(binding_key(aor, contact).as_str()).map_err(redb_err)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn binding_key(aor: &str, contact: &str) -> String {

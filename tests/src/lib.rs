@@ -135,6 +135,8 @@ pub struct PbxOptions {
     pub licence: Vec<String>,
     /// `key = value` lines for the `[privacy]` table (written only when there are some).
     pub privacy: Vec<String>,
+    /// TOML appended to the config, a `[cluster]` section: the node then runs as `pbx node`.
+    pub cluster: Option<String>,
 }
 
 impl Default for PbxOptions {
@@ -147,6 +149,7 @@ impl Default for PbxOptions {
             rtp_ports: None,
             licence: Vec::new(),
             privacy: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -176,6 +179,12 @@ impl PbxOptions {
         self
     }
 
+    /// Runs the node as `pbx node` with this `[cluster]` section.
+    pub fn cluster(mut self, section: &str) -> Self {
+        self.cluster = Some(section.into());
+        self
+    }
+
     pub fn privacy(mut self, line: &str) -> Self {
         self.privacy.push(line.into());
         self
@@ -199,6 +208,8 @@ pub struct Pbx {
     /// The `--rtp-ports` it was given, if any.
     pub rtp_ports: Option<RangeInclusive<u16>>,
     starts: u32,
+    /// `appliance`, or `node` for a cluster member.
+    subcommand: &'static str,
 }
 
 impl Pbx {
@@ -233,9 +244,14 @@ impl Pbx {
                 e.number, e.password, e.display_name
             ));
         }
+        if let Some(cluster) = &options.cluster {
+            toml.push('\n');
+            toml.push_str(cluster);
+        }
         std::fs::write(dir.path().join("pbx.toml"), toml).expect("write config");
         let rtp_ports = options.rtp_ports.clone();
-        let mut pbx = Pbx { child: None, dir, sip, http, token: String::new(), rtp_ports, starts: 0 };
+        let subcommand = if options.cluster.is_some() { "node" } else { "appliance" };
+        let mut pbx = Pbx { child: None, dir, sip, http, token: String::new(), rtp_ports, starts: 0, subcommand };
         pbx.spawn();
         pbx
     }
@@ -261,7 +277,7 @@ impl Pbx {
         self.starts += 1;
         let log = std::fs::File::create(self.log_path()).expect("create node log");
         let mut command = Command::new(binary());
-        command.arg("appliance");
+        command.arg(self.subcommand);
         if let Some(ports) = &self.rtp_ports {
             command.arg("--rtp-ports").arg(format!("{}-{}", ports.start(), ports.end()));
         }
@@ -274,7 +290,7 @@ impl Pbx {
             .arg(self.sip.to_string())
             .arg("--http-listen")
             .arg(self.http.to_string())
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
