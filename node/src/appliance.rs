@@ -9,11 +9,11 @@
 //! what is queued), then exit 0.
 
 use crate::clock::SystemClock;
-use crate::cluster::{ClusterApi, NodeApplier, ReplicatedStore};
+use crate::cluster::{ClusterApi, NodeApplier, ReplicatedCdrs, ReplicatedLicence, ReplicatedStore, Replication};
 use crate::config::{ClusterConfig, Config, Role};
 use crate::http::{self, ApiState, CallsView};
 use crate::licence::{self, HttpLicenceService};
-use crate::storage::{CdrWriter, SecurityWriter, Storage};
+use crate::storage::{CdrSink, CdrWriter, SecurityWriter, Storage};
 use crate::transport::{self, Backlog, SipSockets};
 use anyhow::Context;
 use pbx_actors::call::LocalSip;
@@ -48,8 +48,6 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     restrict_permissions(data_dir, 0o700);
     let storage = Arc::new(Storage::open(data_dir).context("open storage")?);
     let snapshot = storage.load().context("load stored state")?;
-    // Where finished calls' records go; the calls actor (issue 3) takes a clone of this.
-    let cdr_store: Arc<dyn CdrStore> = Arc::new(CdrWriter::start(storage.clone()).context("start CDR writer")?);
     let token = admin_token(data_dir).context("create admin token")?;
     tracing::info!(
         data_dir = %data_dir.display(),
@@ -69,6 +67,13 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         }
         return served;
     }
+    let replication = cluster.as_ref().map(|c| c.replication.clone());
+    // Where finished calls' records go; the calls actor takes a clone of this.
+    let cdr_sink: Arc<dyn CdrSink> = match &replication {
+        Some(r) => Arc::new(ReplicatedCdrs(r.clone())),
+        None => storage.clone(),
+    };
+    let cdr_store: Arc<dyn CdrStore> = Arc::new(CdrWriter::start(cdr_sink).context("start CDR writer")?);
 
     let sockets = SipSockets::bind(config.sip_listen).await?;
     let wire = sockets.wire();
@@ -86,10 +91,8 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
             extensions: snapshot.extensions,
             bindings: snapshot.bindings,
             clock: Arc::new(clock),
-            store: match &cluster {
-                Some(node) => {
-                    Arc::new(ReplicatedStore::new(node.api.replica.clone(), tokio::runtime::Handle::current()))
-                }
+            store: match &replication {
+                Some(r) => Arc::new(ReplicatedStore(r.clone())),
                 None => storage.clone(),
             },
             sink: Arc::new(sink.clone()),
@@ -152,7 +155,11 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
             .await
             .context("start calls")?;
 
-    let licence = start_licence(&config, &storage, clock).await?;
+    let licence_store: Arc<dyn LicenceStore> = match &replication {
+        Some(r) => Arc::new(ReplicatedLicence(r.clone())),
+        None => storage.clone(),
+    };
+    let licence = start_licence(&config, &storage, licence_store, clock).await?;
 
     let privacy = Arc::new(
         crate::privacy::Privacy::open(data_dir, config.privacy.periods.clone(), config.privacy.operator.clone())
@@ -207,6 +214,7 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         vouchers: licence.vouchers.clone(),
         serial: licence.serial.clone(),
         privacy: privacy.clone(),
+        cluster: replication.clone(),
     };
     let cluster_api = cluster.as_ref().map(|c| actix_web::web::Data::new(c.api.clone()));
     let server = actix_web::HttpServer::new(move || {
@@ -285,6 +293,7 @@ async fn put_extension(
 struct ClusterNode {
     api: ClusterApi,
     applier: Arc<NodeApplier>,
+    replication: Replication,
 }
 
 impl ClusterNode {
@@ -293,6 +302,7 @@ impl ClusterNode {
         if let Some(mesh) = mesh {
             mesh.shutdown().await;
         }
+        drop(self.replication);
         match Arc::try_unwrap(self.api.replica) {
             Ok(replica) => replica.shutdown().await,
             Err(replica) => {
@@ -339,9 +349,10 @@ async fn start_cluster(
         .await
         .context("start the actor mesh")?;
     tracing::info!(node = %c.node, raft = %c.listen, mesh = %mesh.local_addr(), members = c.members.len(), "cluster node started");
-    let api =
-        ClusterApi { token: token.to_string(), replica: Arc::new(replica), mesh: Arc::new(Mutex::new(Some(mesh))) };
-    Ok(ClusterNode { api, applier })
+    let replica = Arc::new(replica);
+    let replication = Replication::new(replica.clone(), applier.clone(), tokio::runtime::Handle::current());
+    let api = ClusterApi { token: token.to_string(), replica, mesh: Arc::new(Mutex::new(Some(mesh))) };
+    Ok(ClusterNode { api, applier, replication })
 }
 
 /// A witness: votes in Raft and answers the cluster status; no SIP, no media.
@@ -379,7 +390,12 @@ struct Licensing {
 
 /// Starts the licence watchdog and the voucher sync when a licence service is configured,
 /// from what the last run stored (so an outage at start changes nothing within the grace).
-async fn start_licence(config: &Config, storage: &Arc<Storage>, clock: SystemClock) -> anyhow::Result<Licensing> {
+async fn start_licence(
+    config: &Config,
+    storage: &Arc<Storage>,
+    store: Arc<dyn LicenceStore>,
+    clock: SystemClock,
+) -> anyhow::Result<Licensing> {
     let serial = licence::serial(config.licence.serial.as_deref(), &config.data_dir).context("serial number")?;
     let Some(service_config) = &config.licence.service else {
         tracing::info!(%serial, "no licence service configured: nothing is gated by a licence");
@@ -397,7 +413,6 @@ async fn start_licence(config: &Config, storage: &Arc<Storage>, clock: SystemClo
     let mut vouchers = VoucherConfig::new(serial.clone(), service_config.public_key);
     vouchers.interval = Duration::from_secs(u64::from(l.voucher_interval_h) * 3600);
     vouchers.retry = watchdog.retry_interval;
-    let store: Arc<dyn LicenceStore> = storage.clone();
     let (watchdog, _) = Actor::spawn(
         Some("licence-watchdog".into()),
         WatchdogActor,

@@ -1,22 +1,31 @@
 //! A node's side of the cluster: what it replicates and how committed changes reach its
 //! storage and its registrar.
 //!
-//! The registrar writes through [`ReplicatedStore`]: its commands become one Raft entry, and
-//! the REGISTER they guard is answered only once a majority holds that entry (a node without
-//! a quorum answers 500 and changes nothing). Every node applies every committed entry, in log
-//! order, to its own `pbx.redb` ([`NodeApplier`]); entries another node proposed also go to
-//! this node's registrar, so it routes calls to phones registered anywhere. Its own entries it
-//! applied to memory already.
-//!
-//! Replicated today: the extension directory and the bindings. Call records, the licence
-//! documents and the privacy ledger stay per node (see docs/ARCHITECTURE.md).
+//! Durable changes become Raft entries ([`Entry`]), committed by a majority before anyone is
+//! told they happened: the registrar's commands (through [`ReplicatedStore`]: a REGISTER is
+//! answered only once its binding is committed; a node without a quorum answers 500 and
+//! changes nothing), call records ([`ReplicatedCdrs`]), the licence documents
+//! ([`ReplicatedLicence`]), and the privacy ledger's subject requests: erasure and the
+//! restriction and objection flags ([`Replication::erase`], [`Replication::flag`]). Every
+//! node applies every committed entry, in log order, to its own `pbx.redb` ([`NodeApplier`]);
+//! registrar commands another node proposed also go to this node's registrar, so it routes
+//! calls to phones registered anywhere (its own it applied to memory already).
 
-use crate::storage::Storage;
+use crate::storage::{CdrSink, Erased, Flags, Storage};
+use pbx_actors::Timestamp;
+use pbx_actors::cdr::Cdr;
+use pbx_actors::licence::{LicenceStore, Stored, StoredUnlocks};
+use pbx_actors::privacy::{AuditEntry, AuditEvent, Right, Subject};
 use pbx_actors::registrar::{Binding, Extension, RegistrarCommand, RegistrarMsg, RegistrarStore};
 use pbx_cluster::raft::{Applier, NodeId, Replica, Request};
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Longest an API request waits for its committed entry to be applied on this node.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One replicated entry's payload, versioned like every stored value.
 #[derive(Serialize, Deserialize)]
@@ -27,12 +36,38 @@ enum EntryV {
 #[derive(Serialize, Deserialize)]
 enum Entry {
     Registrar(Vec<RegistrarCommand>),
+    Cdrs(Vec<Cdr>),
+    Licence(Stored),
+    Unlocks(StoredUnlocks),
+    /// Erasure of a subject (its id); `audit` gets the record count each node erased.
+    Erase {
+        subject: String,
+        audit: AuditEntry,
+    },
+    /// A restriction or objection set or lifted at `at`.
+    Flag {
+        subject: String,
+        right: Right,
+        at: Timestamp,
+        audit: AuditEntry,
+    },
+}
+
+fn encode(entry: Entry) -> Result<Vec<u8>, String> {
+    postcard::to_allocvec(&EntryV::V1(entry)).map_err(|e| e.to_string())
 }
 
 /// The replicated state as a snapshot carries it.
 #[derive(Serialize, Deserialize)]
 enum SnapshotV {
-    V1 { extensions: Vec<Extension>, bindings: Vec<Binding> },
+    V1 {
+        extensions: Vec<Extension>,
+        bindings: Vec<Binding>,
+        cdrs: Vec<Cdr>,
+        licence: Option<Stored>,
+        unlocks: Option<StoredUnlocks>,
+        flags: BTreeMap<String, Flags>,
+    },
 }
 
 /// Where applied changes of other nodes go before the registrar runs, and after.
@@ -41,16 +76,43 @@ enum Delivery {
     Registrar(ActorRef<RegistrarMsg>),
 }
 
-/// Applies committed entries to the node's storage and (other nodes' ones) to its registrar.
+/// Applies committed entries to the node's storage and (other nodes' registrar commands) to
+/// its registrar.
 pub struct NodeApplier {
     me: NodeId,
     storage: Arc<Storage>,
     delivery: Mutex<Delivery>,
+    /// What this node's own erasures erased here, for the API request that asked for them.
+    erased: Mutex<HashMap<(String, Timestamp), Erased>>,
+}
+
+/// The same audit entry, with the records a node changed.
+fn with_records(mut audit: AuditEntry, n: u64) -> AuditEntry {
+    if let AuditEvent::SubjectRequest { records, .. } = &mut audit.event {
+        *records = n;
+    }
+    audit
+}
+
+/// What a restriction or objection request does to a subject's flags.
+pub fn change_flags(flags: &mut Flags, right: Right, at: Timestamp) {
+    match right {
+        Right::Restriction => flags.restricted_since = flags.restricted_since.or(Some(at)),
+        Right::RestrictionLifted => flags.restricted_since = None,
+        Right::Objection => flags.objected_since = flags.objected_since.or(Some(at)),
+        Right::ObjectionWithdrawn => flags.objected_since = None,
+        Right::Access | Right::Erasure | Right::Rectification => {}
+    }
 }
 
 impl NodeApplier {
     pub fn new(me: NodeId, storage: Arc<Storage>) -> Arc<NodeApplier> {
-        Arc::new(NodeApplier { me, storage, delivery: Mutex::new(Delivery::Pending(Vec::new())) })
+        Arc::new(NodeApplier {
+            me,
+            storage,
+            delivery: Mutex::new(Delivery::Pending(Vec::new())),
+            erased: Mutex::default(),
+        })
     }
 
     /// From now on other nodes' changes go to `registrar`, starting with those applied since
@@ -76,6 +138,32 @@ impl NodeApplier {
             Delivery::Registrar(_) => {}
         }
     }
+
+    fn apply_one(&self, origin: NodeId, entry: Entry) -> Result<(), String> {
+        let s = &self.storage;
+        match entry {
+            Entry::Registrar(commands) => {
+                s.apply(&commands).map_err(|e| e.to_string())?;
+                let others = if origin == self.me { Vec::new() } else { commands.clone() };
+                self.deliver(&commands, others);
+            }
+            Entry::Cdrs(cdrs) => s.put_cdrs(&cdrs).map_err(|e| e.to_string())?,
+            Entry::Licence(stored) => s.save_licence(&stored)?,
+            Entry::Unlocks(stored) => s.save_unlocks(&stored)?,
+            Entry::Erase { subject, audit } => {
+                let at = audit.at;
+                let parsed = Subject::parse(&subject)?;
+                let erased = s.erase(&parsed, |n| with_records(audit, n)).map_err(|e| e.to_string())?;
+                if origin == self.me {
+                    self.erased.lock().expect("erased lock").insert((subject, at), erased);
+                }
+            }
+            Entry::Flag { subject, right, at, audit } => {
+                s.update_flags(&subject, |f| change_flags(f, right, at), &audit).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn decode(request: &Request) -> Result<Entry, String> {
@@ -87,31 +175,43 @@ fn decode(request: &Request) -> Result<Entry, String> {
 
 impl Applier for NodeApplier {
     fn apply(&self, requests: &[&Request]) -> Result<(), String> {
-        let mut all = Vec::new();
-        let mut others = Vec::new();
         for request in requests {
-            let Entry::Registrar(commands) = decode(request)?;
-            if request.origin != self.me {
-                others.extend(commands.iter().cloned());
-            }
-            all.extend(commands);
+            self.apply_one(request.origin, decode(request)?)?;
         }
-        self.storage.apply(&all).map_err(|e| e.to_string())?;
-        self.deliver(&all, others);
         Ok(())
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, String> {
-        let state = self.storage.load().map_err(|e| e.to_string())?;
-        postcard::to_allocvec(&SnapshotV::V1 { extensions: state.extensions, bindings: state.bindings })
-            .map_err(|e| e.to_string())
+        let s = &self.storage;
+        let state = s.load().map_err(|e| e.to_string())?;
+        let (licence, unlocks) = s.load_licence().map_err(|e| e.to_string())?;
+        postcard::to_allocvec(&SnapshotV::V1 {
+            extensions: state.extensions,
+            bindings: state.bindings,
+            cdrs: s.all_cdrs().map_err(|e| e.to_string())?,
+            licence,
+            unlocks,
+            flags: s.all_flags().map_err(|e| e.to_string())?,
+        })
+        .map_err(|e| e.to_string())
     }
 
     fn install(&self, snapshot: &[u8]) -> Result<(), String> {
-        let SnapshotV::V1 { extensions, bindings } =
+        let SnapshotV::V1 { extensions, bindings, cdrs, licence, unlocks, flags } =
             postcard::from_bytes(snapshot).map_err(|e| format!("undecodable snapshot: {e}"))?;
-        let before = self.storage.load().map_err(|e| e.to_string())?;
-        self.storage.replace_registrar(&extensions, &bindings).map_err(|e| e.to_string())?;
+        let s = &self.storage;
+        let before = s.load().map_err(|e| e.to_string())?;
+        s.replace_registrar(&extensions, &bindings).map_err(|e| e.to_string())?;
+        // Records only ever leave by retention, which every node applies by the same rules:
+        // adding the snapshot's is enough.
+        s.put_cdrs(&cdrs).map_err(|e| e.to_string())?;
+        if let Some(l) = &licence {
+            s.save_licence(l)?;
+        }
+        if let Some(u) = &unlocks {
+            s.save_unlocks(u)?;
+        }
+        s.replace_flags(&flags).map_err(|e| e.to_string())?;
         // The registrar learns the difference: what went, then what is.
         let mut commands: Vec<RegistrarCommand> = before
             .bindings
@@ -133,27 +233,95 @@ impl Applier for NodeApplier {
     }
 }
 
-/// The registrar's store on a cluster node: a batch of commands is one Raft entry, stored
-/// once a majority holds it. Called on the registrar's writer thread, never on the runtime.
-pub struct ReplicatedStore {
-    replica: Arc<Replica>,
+/// Writes entries through the cluster, from threads that are not the runtime's (the writers)
+/// or from async handlers.
+#[derive(Clone)]
+pub struct Replication {
+    pub replica: Arc<Replica>,
+    pub applier: Arc<NodeApplier>,
     runtime: tokio::runtime::Handle,
 }
 
-impl ReplicatedStore {
-    pub fn new(replica: Arc<Replica>, runtime: tokio::runtime::Handle) -> ReplicatedStore {
-        ReplicatedStore { replica, runtime }
+impl Replication {
+    pub fn new(replica: Arc<Replica>, applier: Arc<NodeApplier>, runtime: tokio::runtime::Handle) -> Replication {
+        Replication { replica, applier, runtime }
+    }
+
+    /// Commits `entry`; blocks the calling (non-runtime) thread.
+    fn write_blocking(&self, entry: Entry) -> Result<u64, String> {
+        let payload = encode(entry)?;
+        self.runtime.block_on(self.replica.write(payload)).map_err(|e| e.to_string())
+    }
+
+    /// Commits `entry` and waits until this node has applied it too.
+    async fn write_here(&self, entry: Entry) -> Result<(), String> {
+        let index = self.replica.write(encode(entry)?).await.map_err(|e| e.to_string())?;
+        self.replica.wait_applied(index, APPLY_TIMEOUT).await.map_err(|e| e.to_string())
+    }
+
+    /// Erasure on every node: committed, then applied here; what it erased here.
+    pub async fn erase(&self, subject: &Subject, audit: AuditEntry) -> Result<Erased, String> {
+        let key = (subject.id(), audit.at);
+        self.write_here(Entry::Erase { subject: subject.id(), audit }).await?;
+        let erased = self.applier.erased.lock().expect("erased lock").remove(&key);
+        Ok(erased.unwrap_or_default())
+    }
+
+    /// A restriction or objection on every node; the subject's flags here afterwards.
+    pub async fn flag(
+        &self,
+        subject: &Subject,
+        right: Right,
+        at: Timestamp,
+        audit: AuditEntry,
+    ) -> Result<Flags, String> {
+        self.write_here(Entry::Flag { subject: subject.id(), right, at, audit }).await?;
+        let flags = self.applier.storage.all_flags().map_err(|e| e.to_string())?;
+        Ok(flags.get(&subject.id()).copied().unwrap_or_default())
     }
 }
+
+/// The registrar's store on a cluster node: a batch of commands is one Raft entry, stored
+/// once a majority holds it. Called on the registrar's writer thread, never on the runtime.
+pub struct ReplicatedStore(pub Replication);
 
 impl RegistrarStore for ReplicatedStore {
     fn apply(&self, commands: &[RegistrarCommand]) -> Result<(), String> {
         if commands.is_empty() {
             return Ok(());
         }
-        let payload =
-            postcard::to_allocvec(&EntryV::V1(Entry::Registrar(commands.to_vec()))).map_err(|e| e.to_string())?;
-        self.runtime.block_on(self.replica.write(payload)).map_err(|e| e.to_string())
+        self.0.write_blocking(Entry::Registrar(commands.to_vec())).map(|_| ())
+    }
+}
+
+/// The CDR writer's sink on a cluster node. A batch the cluster cannot commit (no quorum) is
+/// kept in this node's file rather than lost, and counted: the call happened.
+pub struct ReplicatedCdrs(pub Replication);
+
+impl CdrSink for ReplicatedCdrs {
+    fn put_cdrs(&self, cdrs: &[Cdr]) -> Result<(), String> {
+        match self.0.write_blocking(Entry::Cdrs(cdrs.to_vec())) {
+            Ok(_) => Ok(()),
+            Err(reason) => {
+                tracing::warn!(%reason, records = cdrs.len(), "call records not replicated; kept on this node only");
+                metrics::counter!("pbx_cdrs_unreplicated_total").increment(cdrs.len() as u64);
+                self.0.applier.storage.put_cdrs(cdrs).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+/// The licence store on a cluster node: the verified documents go to every node, so any of
+/// them restarting during a licence-service outage knows what is licensed.
+pub struct ReplicatedLicence(pub Replication);
+
+impl LicenceStore for ReplicatedLicence {
+    fn save_licence(&self, stored: &Stored) -> Result<(), String> {
+        self.0.write_blocking(Entry::Licence(stored.clone())).map(|_| ())
+    }
+
+    fn save_unlocks(&self, stored: &StoredUnlocks) -> Result<(), String> {
+        self.0.write_blocking(Entry::Unlocks(stored.clone())).map(|_| ())
     }
 }
 
@@ -218,32 +386,84 @@ mod tests {
     }
 
     fn entry(origin: NodeId, commands: Vec<RegistrarCommand>) -> Request {
-        Request { origin, payload: postcard::to_allocvec(&EntryV::V1(Entry::Registrar(commands))).unwrap() }
+        request(origin, Entry::Registrar(commands))
     }
 
-    /// Entries land in storage whoever proposed them; a snapshot carries them to another node
-    /// and replaces what it had; a payload nobody can read stops the applier with a reason.
+    fn request(origin: NodeId, entry: Entry) -> Request {
+        Request { origin, payload: encode(entry).unwrap() }
+    }
+
+    fn cdr(id: u64, caller: &str) -> Cdr {
+        use pbx_actors::cdr::{Disposition, MediaCounters};
+        Cdr {
+            id,
+            call_id: format!("call-{id}"),
+            caller: caller.into(),
+            callee: "101".into(),
+            start: Timestamp::from_secs(1_000),
+            answer: None,
+            end: Timestamp::from_secs(1_010),
+            disposition: Disposition::Answered,
+            hangup: None,
+            codec_caller: None,
+            codec_callee: None,
+            media: [MediaCounters::default(), MediaCounters::default()],
+        }
+    }
+
+    fn audit(right: Right) -> AuditEntry {
+        let event = AuditEvent::SubjectRequest { right, subject: "p".into(), records: 0, outcome: "done".into() };
+        AuditEntry { at: Timestamp::from_secs(2_000), event }
+    }
+
+    /// Every kind of entry lands in storage whoever proposed it; a snapshot carries the state
+    /// to another node and replaces what it had; erasure erases on every node; a payload
+    /// nobody can read stops the applier with a reason.
     #[test]
     fn applies_snapshots_and_refuses_garbage() {
         let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-        let a = NodeApplier::new(1, Arc::new(Storage::open(dirs[0].path()).unwrap()));
+        let a_storage = Arc::new(Storage::open(dirs[0].path()).unwrap());
+        let a = NodeApplier::new(1, a_storage.clone());
         let b_storage = Arc::new(Storage::open(dirs[1].path()).unwrap());
         let b = NodeApplier::new(2, b_storage.clone());
+        let put = |aor: &str| vec![RegistrarCommand::PutBinding(binding(aor))];
+        a.apply(&[&entry(1, put("100")), &entry(2, put("200"))]).unwrap();
         a.apply(&[
-            &entry(1, vec![RegistrarCommand::PutBinding(binding("100"))]),
-            &entry(2, vec![RegistrarCommand::PutBinding(binding("200"))]),
+            &request(2, Entry::Cdrs(vec![cdr(7, "100"), cdr(8, "200")])),
+            &request(
+                2,
+                Entry::Flag {
+                    subject: "200".into(),
+                    right: Right::Restriction,
+                    at: Timestamp::from_secs(5),
+                    audit: audit(Right::Restriction),
+                },
+            ),
         ])
         .unwrap();
-        b.apply(&[&entry(2, vec![RegistrarCommand::PutBinding(binding("300"))])]).unwrap();
+        b.apply(&[&entry(2, put("300"))]).unwrap();
         b.install(&a.snapshot().unwrap()).unwrap();
         let mut aors: Vec<String> = b_storage.load().unwrap().bindings.into_iter().map(|b| b.aor).collect();
         aors.sort();
         assert_eq!(aors, ["100", "200"]);
+        assert_eq!(b_storage.all_cdrs().unwrap().len(), 2);
+        assert_eq!(b_storage.all_flags().unwrap()["200"].restricted_since, Some(Timestamp::from_secs(5)));
         // Before the registrar connects, b kept what it must tell it: 300 went, 100 and 200 are.
-        let Delivery::Pending(pending) = &*b.delivery.lock().unwrap() else { panic!("not connected yet") };
-        assert!(
-            pending.contains(&RegistrarCommand::RemoveBinding { aor: "300".into(), contact: binding("300").contact })
-        );
+        {
+            let Delivery::Pending(pending) = &*b.delivery.lock().unwrap() else { panic!("not connected yet") };
+            let gone = RegistrarCommand::RemoveBinding { aor: "300".into(), contact: binding("300").contact };
+            assert!(pending.contains(&gone));
+        }
+        // An erasure proposed by b: both erase; b keeps what it erased for its API answer.
+        let erase = request(2, Entry::Erase { subject: "200".into(), audit: audit(Right::Erasure) });
+        a.apply(&[&erase]).unwrap();
+        b.apply(&[&erase]).unwrap();
+        for s in [&a_storage, &b_storage] {
+            assert!(s.load().unwrap().bindings.iter().all(|b| b.aor != "200"));
+            assert!(s.all_flags().unwrap().is_empty());
+        }
+        assert_eq!(b.erased.lock().unwrap().len(), 1);
+        assert!(a.erased.lock().unwrap().is_empty(), "not a's request");
         let garbage = Request { origin: 2, payload: vec![0xff, 0xff, 0xff] };
         assert!(a.apply(&[&garbage]).unwrap_err().contains("undecodable replicated entry from node 2"));
     }

@@ -280,14 +280,24 @@ async fn erase(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<Strin
             ),
         );
     }
-    let storage = state.storage.clone();
-    let (s, st) = (subject.clone(), state.clone());
-    let erased =
-        match web::block(move || storage.erase(&s, |n| audit_entry(&st, Right::Erasure, &s, n, "erased"))).await {
-            Ok(Ok(e)) => e,
-            Ok(Err(e)) => return storage_failed("the erasure", e),
-            Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "no worker free for the erasure"),
-        };
+    let erased = match &state.cluster {
+        // In a cluster every node erases, in log order; the answer says what went here.
+        Some(cluster) => {
+            match cluster.erase(&subject, audit_entry(&state, Right::Erasure, &subject, 0, "erased")).await {
+                Ok(e) => e,
+                Err(reason) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("the erasure: {reason}")),
+            }
+        }
+        None => {
+            let storage = state.storage.clone();
+            let (s, st) = (subject.clone(), state.clone());
+            match web::block(move || storage.erase(&s, |n| audit_entry(&st, Right::Erasure, &s, n, "erased"))).await {
+                Ok(Ok(e)) => e,
+                Ok(Err(e)) => return storage_failed("the erasure", e),
+                Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "no worker free for the erasure"),
+            }
+        }
+    };
     // The file is erased; now the registrar's memory (its own removals are stored too, which
     // also takes any binding refreshed in the meantime).
     let forgotten = match &subject {
@@ -304,6 +314,11 @@ async fn erase(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<Strin
     }
     tracing::info!(records = erased.total(), "subject erased");
     HttpResponse::Ok().json(json!({ "subject": subject.id(), "erased": erased }))
+}
+
+enum FlagError {
+    Storage(crate::storage::StorageError),
+    Cluster(String),
 }
 
 /// Restriction (Art. 18) and objection (Art. 21): set with POST, lifted with DELETE.
@@ -326,27 +341,30 @@ async fn flag(req: HttpRequest, state: web::Data<ApiState>, path: web::Path<(Str
         return r;
     }
     let now = state.clock.now();
-    let storage = state.storage.clone();
-    let (s, st) = (subject.clone(), state.clone());
-    let result = web::block(move || {
-        storage.update_flags(
-            &s.id(),
-            |f| match right {
-                Right::Restriction => f.restricted_since = f.restricted_since.or(Some(now)),
-                Right::RestrictionLifted => f.restricted_since = None,
-                Right::Objection => f.objected_since = f.objected_since.or(Some(now)),
-                _ => f.objected_since = None,
-            },
-            &audit_entry(&st, right, &s, 1, "done"),
-        )
-    })
-    .await;
+    let audit = audit_entry(&state, right, &subject, 1, "done");
+    let result = match &state.cluster {
+        // In a cluster the flag is set on every node, in log order.
+        Some(cluster) => Ok(cluster.flag(&subject, right, now, audit).await.map_err(FlagError::Cluster)),
+        None => {
+            let storage = state.storage.clone();
+            let id = subject.id();
+            web::block(move || {
+                storage
+                    .update_flags(&id, |f| crate::cluster::change_flags(f, right, now), &audit)
+                    .map_err(FlagError::Storage)
+            })
+            .await
+        }
+    };
     match result {
         Ok(Ok(flags)) => {
             tracing::info!(right = right.name(), "privacy flag changed");
             HttpResponse::Ok().json(json!({ "subject": subject.id(), "flags": flags_json(&flags) }))
         }
-        Ok(Err(e)) => storage_failed("changing the privacy flags", e),
+        Ok(Err(FlagError::Storage(e))) => storage_failed("changing the privacy flags", e),
+        Ok(Err(FlagError::Cluster(reason))) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, format!("changing the privacy flags: {reason}"))
+        }
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "no worker free"),
     }
 }

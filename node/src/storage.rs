@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
 
 mod privacy;
-pub use privacy::{Flags, SecurityWriter, SubjectRecords};
+pub use privacy::{Erased, Flags, SecurityWriter, SubjectRecords};
 
 const EXTENSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("extensions");
 /// Keyed by `aor \0 contact`, so one AOR's bindings sit together.
@@ -174,6 +174,18 @@ impl Storage {
         let tx = self.db.begin_write().map_err(redb_err)?;
         apply_in(&tx, commands)?;
         tx.commit().map_err(redb_err)
+    }
+
+    /// Every stored call record, oldest end first (a cluster snapshot; the API pages instead).
+    pub fn all_cdrs(&self) -> Result<Vec<Cdr>, StorageError> {
+        let tx = self.db.begin_read().map_err(redb_err)?;
+        let mut out = Vec::new();
+        for row in tx.open_table(CDRS).map_err(redb_err)?.iter().map_err(redb_err)? {
+            let (k, v) = row.map_err(redb_err)?;
+            let StoredCdrV::V1(cdr) = decode("cdrs", || format!("{:?}", k.value()), v.value())?;
+            out.push(cdr);
+        }
+        Ok(out)
     }
 
     /// Replaces every extension and binding with these, in one durable transaction (a cluster
@@ -371,8 +383,19 @@ pub struct CdrWriter {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Where the CDR writer's batches go: the node's redb, or (on a cluster node) the cluster.
+pub trait CdrSink: Send + Sync + 'static {
+    fn put_cdrs(&self, cdrs: &[Cdr]) -> Result<(), String>;
+}
+
+impl CdrSink for Storage {
+    fn put_cdrs(&self, cdrs: &[Cdr]) -> Result<(), String> {
+        Storage::put_cdrs(self, cdrs).map_err(|e| e.to_string())
+    }
+}
+
 impl CdrWriter {
-    pub fn start(storage: Arc<Storage>) -> std::io::Result<CdrWriter> {
+    pub fn start(storage: Arc<dyn CdrSink>) -> std::io::Result<CdrWriter> {
         let (jobs, queue) = std::sync::mpsc::sync_channel::<CdrJob>(CDR_QUEUE_MAX);
         let thread =
             std::thread::Builder::new().name("cdr-writer".into()).spawn(move || write_cdrs(&queue, &storage))?;
@@ -398,11 +421,11 @@ impl Drop for CdrWriter {
     }
 }
 
-fn write_cdrs(queue: &Receiver<CdrJob>, storage: &Storage) {
+fn write_cdrs(queue: &Receiver<CdrJob>, storage: &Arc<dyn CdrSink>) {
     while let Ok(first) = queue.recv() {
         let (cdrs, replies): (Vec<Cdr>, Vec<_>) =
             std::iter::once(first).chain(queue.try_iter().take(CDR_BATCH_MAX - 1)).unzip();
-        let result = storage.put_cdrs(&cdrs).map_err(|e| e.to_string());
+        let result = storage.put_cdrs(&cdrs);
         match &result {
             Ok(()) => metrics::counter!("pbx_cdrs_stored_total").increment(cdrs.len() as u64),
             Err(error) => {

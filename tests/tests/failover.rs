@@ -167,6 +167,34 @@ fn registrations_survive_the_leaders_kill9() {
         NAMES[leader],
         trio.status(leader)
     );
+
+    // The call's record is on both voters, whichever wrote it.
+    let other = 1 - survivor;
+    for i in [survivor, other] {
+        let node = &trio.nodes[i];
+        assert!(
+            wait_until(REPLICATION_TIMEOUT, || cdr_count(node) == 1),
+            "{} holds {} call records",
+            NAMES[i],
+            cdr_count(node)
+        );
+    }
+    // An erasure asked of one voter erases on the other too: extension, binding, the record.
+    let (code, body) = trio.nodes[survivor].api("POST", "/api/v1/privacy/subjects/101/erase", None);
+    assert_eq!(code, 200, "{body}");
+    let node = &trio.nodes[other];
+    assert!(wait_until(REPLICATION_TIMEOUT, || node.api("GET", "/api/v1/extensions/101", None).0 == 404));
+    assert!(node.contacts_of("101").is_empty());
+    let (_, cdrs) = node.api("GET", "/api/v1/cdrs", None);
+    assert!(!cdrs.contains("\"101\""), "101 is masked in the record: {cdrs}");
+}
+
+/// The call records a node lists.
+fn cdr_count(node: &Pbx) -> usize {
+    let (code, body) = node.api("GET", "/api/v1/cdrs", None);
+    assert_eq!(code, 200, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).expect("CDR page JSON");
+    page["cdrs"].as_array().map_or(0, Vec::len)
 }
 
 #[test]

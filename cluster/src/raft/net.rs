@@ -51,17 +51,18 @@ pub enum Reply {
     Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
-    Write(Result<(), WriteRefused>),
+    /// The index of the committed entry.
+    Write(Result<u64, WriteRefused>),
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct NetError(pub String);
 
-/// Commits `request` through `raft`, or says who leads instead.
-pub async fn write<C: PbxConfig>(raft: &Raft<C>, request: Request) -> Result<(), WriteRefused> {
+/// Commits `request` through `raft` (its log index), or says who leads instead.
+pub async fn write<C: PbxConfig>(raft: &Raft<C>, request: Request) -> Result<u64, WriteRefused> {
     match raft.client_write(request).await {
-        Ok(_) => Ok(()),
+        Ok(r) => Ok(r.log_id.index),
         Err(RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
             Err(WriteRefused::NotLeader { leader: f.leader_id })
         }

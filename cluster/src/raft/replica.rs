@@ -166,10 +166,11 @@ impl Replica {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
-    /// Commits `payload` through whichever member leads, and returns once it is committed and
-    /// applied on the leader. Keeps trying through elections for `write_timeout`; a node on a
-    /// minority side never gets a commit and returns [`WriteError::NoQuorum`].
-    pub async fn write(&self, payload: Vec<u8>) -> Result<(), WriteError> {
+    /// Commits `payload` through whichever member leads, and returns its log index once it is
+    /// committed and applied on the leader. Keeps trying through elections for
+    /// `write_timeout`; a node on a minority side never gets a commit and returns
+    /// [`WriteError::NoQuorum`].
+    pub async fn write(&self, payload: Vec<u8>) -> Result<u64, WriteError> {
         let request = Request { origin: self.id, payload };
         let deadline = tokio::time::Instant::now() + self.config.write_timeout;
         let mut pause = Duration::from_millis(20);
@@ -195,7 +196,7 @@ impl Replica {
                 None => None,
             };
             match attempt {
-                Some(Ok(())) => return Ok(()),
+                Some(Ok(index)) => return Ok(index),
                 Some(Err(WriteRefused::Failed(why))) => return Err(WriteError::Failed(why)),
                 // No leader, a leader that stepped down, or one we cannot reach: wait and ask again.
                 Some(Err(WriteRefused::NotLeader { .. })) | None => {
@@ -204,6 +205,17 @@ impl Replica {
                 }
             }
         }
+    }
+
+    /// Waits until this node has applied the entry at `index` (a write's, to read its effect
+    /// here), for at most `timeout`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), WriteError> {
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "entry applied here")
+            .await
+            .map(|_| ())
+            .map_err(|e| WriteError::Failed(format!("entry {index} not applied on this node: {e}")))
     }
 
     /// This node's view: its state, the leader, the term, and per member what the leader knows.

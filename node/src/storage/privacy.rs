@@ -178,6 +178,20 @@ impl Storage {
         Ok(out)
     }
 
+    /// Replaces every subject's flags with these (a cluster node installing a snapshot).
+    pub fn replace_flags(&self, flags: &BTreeMap<String, Flags>) -> Result<(), StorageError> {
+        let tx = self.db.begin_write().map_err(redb_err)?;
+        {
+            let mut table = tx.open_table(PRIVACY_FLAGS).map_err(redb_err)?;
+            table.retain(|_, _| false).map_err(redb_err)?;
+            for (subject, f) in flags {
+                let value = postcard::to_allocvec(&StoredFlagsV::V1(*f)).map_err(redb_err)?;
+                table.insert(subject.as_str(), value.as_slice()).map_err(redb_err)?;
+            }
+        }
+        tx.commit().map_err(redb_err)
+    }
+
     /// Changes one subject's flags with `change` and stores them with the audit entry in one
     /// transaction (flags that end up empty are deleted). Returns the new flags.
     pub fn update_flags(
