@@ -109,7 +109,7 @@ impl Cluster {
         };
         let db = store::open(self.data[i].path()).unwrap();
         let applied = self.recorders[i].clone();
-        let replica = Replica::start(config, endpoint, db, applied.clone()).await.unwrap();
+        let replica = Replica::start(config, Some(endpoint), db, applied.clone()).await.unwrap();
         Node { replica, applied }
     }
 
@@ -252,6 +252,39 @@ fn a_member_far_behind_catches_up_from_a_snapshot() {
         let node = cluster.start(behind).await;
         cluster.nodes[behind] = Some(node);
         cluster.applied(behind, &written).await;
+        cluster.shutdown().await;
+    });
+}
+
+#[test]
+fn compaction_leaves_no_applied_entry_in_the_log() {
+    run(async {
+        let cluster = Cluster::new(10_000, 3).await;
+        let leader = cluster.leader().await;
+        let mut written = Vec::new();
+        for i in 0..5u8 {
+            cluster.node(leader).replica.write(vec![i]).await.unwrap();
+            written.push(vec![i]);
+        }
+        for i in 0..3 {
+            cluster.applied(i, &written).await;
+            let replica = &cluster.node(i).replica;
+            let upto = replica.compact(ELECTION).await.unwrap().expect("entries applied");
+            assert!(upto >= 5, "compacted up to {upto}");
+            // The purge may wait for replication to finish: bounded.
+            let purged = replica
+                .raft()
+                .wait(Some(ELECTION))
+                .metrics(|m| m.purged.is_some_and(|p| p.index >= upto), "log purged")
+                .await;
+            assert!(purged.is_ok(), "member {i} did not purge up to {upto}: {purged:?}");
+        }
+        // Writes go on after compaction, and every member still agrees.
+        cluster.node(leader).replica.write(b"after".to_vec()).await.unwrap();
+        written.push(b"after".to_vec());
+        for i in 0..3 {
+            cluster.applied(i, &written).await;
+        }
         cluster.shutdown().await;
     });
 }

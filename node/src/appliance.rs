@@ -13,7 +13,7 @@ use crate::cluster::{ClusterApi, NodeApplier, ReplicatedCdrs, ReplicatedLicence,
 use crate::config::{ClusterConfig, Config, Role};
 use crate::http::{self, ApiState, CallsView};
 use crate::licence::{self, HttpLicenceService};
-use crate::storage::{CdrSink, CdrWriter, SecurityWriter, Storage};
+use crate::storage::{CdrWriter, SecurityWriter, Storage};
 use crate::transport::{self, Backlog, SipSockets};
 use anyhow::Context;
 use pbx_actors::call::LocalSip;
@@ -56,24 +56,21 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         "state restored"
     );
 
+    // Durable changes go through Raft on every node: an appliance is a cluster of one, with the
+    // same code path and no links.
     let cluster = match &config.cluster {
-        Some(c) => Some(start_cluster(c, data_dir, &storage, &token).await?),
-        None => None,
+        Some(c) => start_cluster(c, data_dir, &storage, &token).await?,
+        None => start_single(data_dir, &storage, &token).await?,
     };
-    if let Some(node) = cluster.as_ref().filter(|_| config.cluster.as_ref().is_some_and(|c| c.role == Role::Witness)) {
-        let served = run_witness(&config, node).await;
-        if let Some(node) = cluster {
-            node.shutdown().await;
-        }
+    if config.cluster.as_ref().is_some_and(|c| c.role == Role::Witness) {
+        let served = run_witness(&config, &cluster).await;
+        cluster.shutdown().await;
         return served;
     }
-    let replication = cluster.as_ref().map(|c| c.replication.clone());
+    let replication = cluster.replication.clone();
     // Where finished calls' records go; the calls actor takes a clone of this.
-    let cdr_sink: Arc<dyn CdrSink> = match &replication {
-        Some(r) => Arc::new(ReplicatedCdrs(r.clone())),
-        None => storage.clone(),
-    };
-    let cdr_store: Arc<dyn CdrStore> = Arc::new(CdrWriter::start(cdr_sink).context("start CDR writer")?);
+    let cdr_store: Arc<dyn CdrStore> =
+        Arc::new(CdrWriter::start(Arc::new(ReplicatedCdrs(replication.clone()))).context("start CDR writer")?);
 
     let sockets = SipSockets::bind(config.sip_listen).await?;
     let wire = sockets.wire();
@@ -91,10 +88,7 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
             extensions: snapshot.extensions,
             bindings: snapshot.bindings,
             clock: Arc::new(clock),
-            store: match &replication {
-                Some(r) => Arc::new(ReplicatedStore(r.clone())),
-                None => storage.clone(),
-            },
+            store: Arc::new(ReplicatedStore(replication.clone())),
             sink: Arc::new(sink.clone()),
             security: Some(security_log.clone()),
         },
@@ -102,8 +96,8 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     .await
     .context("start registrar")?;
 
-    if let Some(node) = &cluster {
-        node.applier.connect(registrar.clone());
+    cluster.applier.connect(registrar.clone());
+    if config.cluster.is_some() {
         // In a cluster the declared extensions are written through Raft, which needs a quorum
         // that may form only after this node is up: write them in the background.
         let (registrar, extensions) = (registrar.clone(), config.extensions.clone());
@@ -155,10 +149,7 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
             .await
             .context("start calls")?;
 
-    let licence_store: Arc<dyn LicenceStore> = match &replication {
-        Some(r) => Arc::new(ReplicatedLicence(r.clone())),
-        None => storage.clone(),
-    };
+    let licence_store: Arc<dyn LicenceStore> = Arc::new(ReplicatedLicence(replication.clone()));
     let licence = start_licence(&config, &storage, licence_store, clock).await?;
 
     let privacy = Arc::new(
@@ -216,14 +207,12 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         privacy: privacy.clone(),
         cluster: replication.clone(),
     };
-    let cluster_api = cluster.as_ref().map(|c| actix_web::web::Data::new(c.api.clone()));
+    let cluster_api = actix_web::web::Data::new(cluster.api.clone());
     let server = actix_web::HttpServer::new(move || {
-        let app = actix_web::App::new().app_data(actix_web::web::Data::new(state.clone()));
-        match &cluster_api {
-            Some(api) => app.app_data(api.clone()),
-            None => app,
-        }
-        .configure(http::routes)
+        actix_web::App::new()
+            .app_data(actix_web::web::Data::new(state.clone()))
+            .app_data(cluster_api.clone())
+            .configure(http::routes)
     })
     .workers(1)
     .disable_signals()
@@ -254,9 +243,7 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     let _ = reaper_handle.await;
     registrar.stop(None);
     let _ = registrar_handle.await;
-    if let Some(node) = cluster {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
     drop(security_log);
     // The last handle once the actors are gone: dropping it stores what is queued and joins the
     // writer's thread.
@@ -294,14 +281,29 @@ struct ClusterNode {
     api: ClusterApi,
     applier: Arc<NodeApplier>,
     replication: Replication,
+    compactor: tokio::task::JoinHandle<()>,
 }
 
 impl ClusterNode {
+    fn new(
+        replica: pbx_cluster::raft::Replica,
+        applier: Arc<NodeApplier>,
+        token: &str,
+        mesh: Option<pbx_cluster::mesh::Mesh>,
+    ) -> ClusterNode {
+        let replica = Arc::new(replica);
+        let replication = Replication::new(replica.clone(), applier.clone(), tokio::runtime::Handle::current());
+        let compactor = crate::cluster::start_compactor(replica.clone(), applier.clone());
+        let api = ClusterApi { token: token.to_string(), replica, mesh: Arc::new(Mutex::new(mesh)) };
+        ClusterNode { api, applier, replication, compactor }
+    }
+
     async fn shutdown(self) {
         let mesh = self.api.mesh.lock().expect("mesh lock").take();
         if let Some(mesh) = mesh {
             mesh.shutdown().await;
         }
+        self.compactor.abort();
         drop(self.replication);
         match Arc::try_unwrap(self.api.replica) {
             Ok(replica) => replica.shutdown().await,
@@ -337,7 +339,7 @@ async fn start_cluster(
     let endpoint = pbx_cluster::link::endpoint(&identity, c.listen).context("cluster links")?;
     let db = store::open(data_dir).map_err(|e| anyhow::anyhow!("open the Raft log: {e}"))?;
     let applier = NodeApplier::new(node_id(c.node.as_str()), storage.clone());
-    let replica = Replica::start(replica_config, endpoint, db, applier.clone())
+    let replica = Replica::start(replica_config, Some(endpoint), db, applier.clone())
         .await
         .map_err(|e| anyhow::anyhow!("start Raft: {e}"))?;
     let mut peers = Vec::new();
@@ -349,10 +351,19 @@ async fn start_cluster(
         .await
         .context("start the actor mesh")?;
     tracing::info!(node = %c.node, raft = %c.listen, mesh = %mesh.local_addr(), members = c.members.len(), "cluster node started");
-    let replica = Arc::new(replica);
-    let replication = Replication::new(replica.clone(), applier.clone(), tokio::runtime::Handle::current());
-    let api = ClusterApi { token: token.to_string(), replica, mesh: Arc::new(Mutex::new(Some(mesh))) };
-    Ok(ClusterNode { api, applier, replication })
+    Ok(ClusterNode::new(replica, applier, token, Some(mesh)))
+}
+
+/// The appliance: a cluster of one, its only member named `appliance`, with no links.
+async fn start_single(data_dir: &Path, storage: &Arc<Storage>, token: &str) -> anyhow::Result<ClusterNode> {
+    use pbx_cluster::raft::{Member, Replica, ReplicaConfig, node_id, store};
+    let me = Member { name: "appliance".into(), address: String::new(), witness: false };
+    let db = store::open(data_dir).map_err(|e| anyhow::anyhow!("open the Raft log: {e}"))?;
+    let applier = NodeApplier::new(node_id(&me.name), storage.clone());
+    let replica = Replica::start(ReplicaConfig::new(me.clone(), vec![me]), None, db, applier.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("start Raft: {e}"))?;
+    Ok(ClusterNode::new(replica, applier, token, None))
 }
 
 /// A witness: votes in Raft and answers the cluster status; no SIP, no media.

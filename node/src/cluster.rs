@@ -26,6 +26,12 @@ use std::time::Duration;
 
 /// Longest an API request waits for its committed entry to be applied on this node.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the Raft log is compacted (snapshot, then purge): the longest a change, and the
+/// personal data in it, stays in `raft.redb`'s log after it was applied (category `cluster-log`).
+pub const COMPACTION_INTERVAL: Duration = Duration::from_secs(3600);
+/// After an erasure is applied here, the log is compacted this soon (in one go with any
+/// erasures that follow within it).
+pub const ERASURE_COMPACTION_DELAY: Duration = Duration::from_secs(2);
 
 /// One replicated entry's payload, versioned like every stored value.
 #[derive(Serialize, Deserialize)]
@@ -84,6 +90,8 @@ pub struct NodeApplier {
     delivery: Mutex<Delivery>,
     /// What this node's own erasures erased here, for the API request that asked for them.
     erased: Mutex<HashMap<(String, Timestamp), Erased>>,
+    /// Rung when an erasure was applied: the log holding the erased data is compacted soon.
+    erasure: tokio::sync::Notify,
 }
 
 /// The same audit entry, with the records a node changed.
@@ -112,6 +120,7 @@ impl NodeApplier {
             storage,
             delivery: Mutex::new(Delivery::Pending(Vec::new())),
             erased: Mutex::default(),
+            erasure: tokio::sync::Notify::new(),
         })
     }
 
@@ -157,6 +166,7 @@ impl NodeApplier {
                 if origin == self.me {
                     self.erased.lock().expect("erased lock").insert((subject, at), erased);
                 }
+                self.erasure.notify_one();
             }
             Entry::Flag { subject, right, at, audit } => {
                 s.update_flags(&subject, |f| change_flags(f, right, at), &audit).map_err(|e| e.to_string())?;
@@ -231,6 +241,26 @@ impl Applier for NodeApplier {
         self.deliver(&commands, commands.clone());
         Ok(())
     }
+}
+
+/// Compacts the node's Raft log every [`COMPACTION_INTERVAL`], and [`ERASURE_COMPACTION_DELAY`]
+/// after an erasure, so the log never holds personal data longer than that after it changed.
+pub fn start_compactor(replica: Arc<Replica>, applier: Arc<NodeApplier>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(COMPACTION_INTERVAL) => {}
+                _ = applier.erasure.notified() => tokio::time::sleep(ERASURE_COMPACTION_DELAY).await,
+            }
+            match replica.compact(APPLY_TIMEOUT).await {
+                Ok(upto) => {
+                    tracing::debug!(?upto, "Raft log compacted");
+                    metrics::counter!("pbx_raft_compactions_total").increment(1);
+                }
+                Err(e) => tracing::warn!(error = %e, "Raft log not compacted; trying again at the next turn"),
+            }
+        }
+    })
 }
 
 /// Writes entries through the cluster, from threads that are not the runtime's (the writers)
@@ -414,6 +444,24 @@ mod tests {
     fn audit(right: Right) -> AuditEntry {
         let event = AuditEvent::SubjectRequest { right, subject: "p".into(), records: 0, outcome: "done".into() };
         AuditEntry { at: Timestamp::from_secs(2_000), event }
+    }
+
+    /// Every table of the Raft file is a declared place of personal data (`raft:<table>`).
+    #[test]
+    fn raft_tables_are_in_the_privacy_inventory() {
+        use redb::{ReadableDatabase, TableHandle};
+        let dir = tempfile::tempdir().unwrap();
+        let db = pbx_cluster::raft::store::open(dir.path()).unwrap();
+        let read = db.begin_read().unwrap();
+        let tables: Vec<String> = read.list_tables().unwrap().map(|t| t.name().to_string()).collect();
+        assert!(!tables.is_empty());
+        for table in tables {
+            let place = format!("raft:{table}");
+            assert!(
+                pbx_actors::privacy::INVENTORY.iter().any(|c| c.stored_in.contains(&place.as_str())),
+                "Raft table {table} is not declared in the privacy inventory"
+            );
+        }
     }
 
     /// Every kind of entry lands in storage whoever proposed it; a snapshot carries the state

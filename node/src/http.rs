@@ -62,8 +62,8 @@ pub struct ApiState {
     pub serial: String,
     /// The privacy key, periods and operator: subject rights, audit, notice.
     pub privacy: Arc<crate::privacy::Privacy>,
-    /// On a cluster node: where subject requests are replicated to every node.
-    pub cluster: Option<crate::cluster::Replication>,
+    /// Where subject requests are replicated to every node (one, on an appliance).
+    pub cluster: crate::cluster::Replication,
 }
 
 #[derive(Deserialize)]

@@ -280,23 +280,11 @@ async fn erase(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<Strin
             ),
         );
     }
-    let erased = match &state.cluster {
-        // In a cluster every node erases, in log order; the answer says what went here.
-        Some(cluster) => {
-            match cluster.erase(&subject, audit_entry(&state, Right::Erasure, &subject, 0, "erased")).await {
-                Ok(e) => e,
-                Err(reason) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("the erasure: {reason}")),
-            }
-        }
-        None => {
-            let storage = state.storage.clone();
-            let (s, st) = (subject.clone(), state.clone());
-            match web::block(move || storage.erase(&s, |n| audit_entry(&st, Right::Erasure, &s, n, "erased"))).await {
-                Ok(Ok(e)) => e,
-                Ok(Err(e)) => return storage_failed("the erasure", e),
-                Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "no worker free for the erasure"),
-            }
-        }
+    // Every node erases, in log order; the answer says what went here.
+    let audit = audit_entry(&state, Right::Erasure, &subject, 0, "erased");
+    let erased = match state.cluster.erase(&subject, audit).await {
+        Ok(e) => e,
+        Err(reason) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("the erasure: {reason}")),
     };
     // The file is erased; now the registrar's memory (its own removals are stored too, which
     // also takes any binding refreshed in the meantime).
@@ -314,11 +302,6 @@ async fn erase(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<Strin
     }
     tracing::info!(records = erased.total(), "subject erased");
     HttpResponse::Ok().json(json!({ "subject": subject.id(), "erased": erased }))
-}
-
-enum FlagError {
-    Storage(crate::storage::StorageError),
-    Cluster(String),
 }
 
 /// Restriction (Art. 18) and objection (Art. 21): set with POST, lifted with DELETE.
@@ -342,30 +325,14 @@ async fn flag(req: HttpRequest, state: web::Data<ApiState>, path: web::Path<(Str
     }
     let now = state.clock.now();
     let audit = audit_entry(&state, right, &subject, 1, "done");
-    let result = match &state.cluster {
-        // In a cluster the flag is set on every node, in log order.
-        Some(cluster) => Ok(cluster.flag(&subject, right, now, audit).await.map_err(FlagError::Cluster)),
-        None => {
-            let storage = state.storage.clone();
-            let id = subject.id();
-            web::block(move || {
-                storage
-                    .update_flags(&id, |f| crate::cluster::change_flags(f, right, now), &audit)
-                    .map_err(FlagError::Storage)
-            })
-            .await
-        }
-    };
+    // Set on every node, in log order.
+    let result = state.cluster.flag(&subject, right, now, audit).await;
     match result {
-        Ok(Ok(flags)) => {
+        Ok(flags) => {
             tracing::info!(right = right.name(), "privacy flag changed");
             HttpResponse::Ok().json(json!({ "subject": subject.id(), "flags": flags_json(&flags) }))
         }
-        Ok(Err(FlagError::Storage(e))) => storage_failed("changing the privacy flags", e),
-        Ok(Err(FlagError::Cluster(reason))) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, format!("changing the privacy flags: {reason}"))
-        }
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "no worker free"),
+        Err(reason) => error(StatusCode::SERVICE_UNAVAILABLE, format!("changing the privacy flags: {reason}")),
     }
 }
 

@@ -33,6 +33,9 @@ pub enum Retention {
     /// Stored; anonymised (IP addresses truncated, numbers and names masked) `days` after
     /// `from`, and the anonymised record deleted `deleted_after_days` after it.
     AnonymiseThenDelete { days: u32, deleted_after_days: u32, from: &'static str, config: &'static str },
+    /// A copy of changes to other categories, kept until the next compaction: at most `hours`
+    /// after the change, and seconds after an erasure.
+    UntilCompaction { hours: u32 },
 }
 
 /// Whose data a category holds: what a subject-rights request names.
@@ -169,6 +172,16 @@ pub const INVENTORY: &[DataCategory] = &[
         // Three years: the regular limitation period (German Civil Code § 195).
         retention: Retention::Delete { days: 1095, from: "the entry", config: "privacy.audit_retention_days" },
         stored_in: &["redb:privacy_audit"],
+        subjects: &[SubjectKind::Extension, SubjectKind::PhoneNumber, SubjectKind::IpAddress],
+    },
+    DataCategory {
+        id: "cluster-log",
+        data: "the durable changes to the categories above (extensions, registrations, call records, licence documents, privacy requests with the subject they name), as replicated between the nodes, and a snapshot of them",
+        purpose: "keep every node of the PBX (one, on an appliance) consistent and let it recover after a crash",
+        legal_basis: &[LegalBasis::Contract, LegalBasis::LegalObligation],
+        // `pbx_node::cluster::COMPACTION_INTERVAL` (1 h); an erasure compacts within seconds.
+        retention: Retention::UntilCompaction { hours: 1 },
+        stored_in: &["raft:raft_log", "raft:raft_meta"],
         subjects: &[SubjectKind::Extension, SubjectKind::PhoneNumber, SubjectKind::IpAddress],
     },
     DataCategory {

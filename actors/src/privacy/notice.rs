@@ -300,6 +300,20 @@ const TRANSLATIONS: &[Translation] = &[
         from: Some(Tr { de: "Erstellung des Eintrags", fr: "la création de l'entrée" }),
     },
     Translation {
+        id: "cluster-log",
+        title: ["Replikationsprotokoll", "Replication log", "Journal de réplication"],
+        data: Tr {
+            de: "die dauerhaften Änderungen an den obigen Kategorien (Nebenstellen, Anmeldungen, Verbindungsdaten, Lizenzdokumente, Anfragen betroffener Personen mit der genannten Person), wie sie zwischen den Knoten repliziert werden, und ein Abbild davon",
+            fr: "les modifications durables des catégories ci-dessus (postes, enregistrements, données d'appel, documents de licence, demandes des personnes concernées avec la personne nommée), telles qu'elles sont répliquées entre les nœuds, et un instantané de celles-ci",
+        },
+        purpose: Tr {
+            de: "alle Knoten der TK-Anlage (bei einer Appliance: den einen) übereinstimmend halten und nach einem Absturz wiederherstellen",
+            fr: "maintenir la cohérence de tous les nœuds du standard (un seul sur une appliance) et les rétablir après une panne",
+        },
+        interest: None,
+        from: None,
+    },
+    Translation {
         id: "licence-service-log",
         title: ["Protokoll des Lizenzdienstes", "Licence service log", "Journal du service de licences"],
         data: Tr {
@@ -688,6 +702,17 @@ fn retention(lang: Lang, c: &DataCategory, periods: &Periods) -> String {
             "Kept until the operator deletes the record (for example, when an extension is removed) or the data subject has it erased.",
             "Conservées jusqu'à ce que l'exploitant supprime l'enregistrement (par exemple lorsqu'un poste est supprimé) ou que la personne concernée en obtienne l'effacement.",
         ),
+        Retention::UntilCompaction { hours } => match lang {
+            Lang::De => format!(
+                "Wird bei der nächsten Verdichtung gelöscht: höchstens {hours} Stunde(n) nach der Änderung, wenige Sekunden nach einer Löschung auf Verlangen."
+            ),
+            Lang::En => format!(
+                "Removed at the next compaction: at most {hours} hour(s) after the change, and within seconds of an erasure."
+            ),
+            Lang::Fr => format!(
+                "Supprimées au prochain compactage : au plus {hours} heure(s) après la modification, quelques secondes après un effacement."
+            ),
+        },
         Retention::UntilExpiry => l(
             "Wird gespeichert, bis die Anmeldung abläuft oder das Telefon sie beendet; abgelaufene Anmeldungen werden gelöscht.",
             "Kept until the registration expires or the phone ends it; expired registrations are deleted.",
@@ -762,6 +787,11 @@ fn storage(lang: Lang, place: &str, only: bool) -> String {
             "auf dieser TK-Anlage (in ihrer Datenbank)",
             "on this PBX (in its database)",
             "sur ce standard (dans sa base de données)",
+        ),
+        "raft" => l(
+            "auf jedem Knoten dieser TK-Anlage (in seinem Replikationsprotokoll)",
+            "on every node of this PBX (in its replication log)",
+            "sur chaque nœud de ce standard (dans son journal de réplication)",
         ),
         "licence-server" => l(
             "auf dem Lizenzserver des Herstellers, nur wenn ein Lizenzdienst eingerichtet ist",

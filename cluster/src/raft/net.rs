@@ -134,8 +134,9 @@ pub enum CallError {
 }
 
 impl Client {
-    pub fn new(endpoint: quinn::Endpoint) -> Client {
-        Client { endpoint: Arc::new(Mutex::new(Some(endpoint))), links: Arc::default() }
+    /// `None`: a cluster of one, which calls nobody.
+    pub fn new(endpoint: Option<quinn::Endpoint>) -> Client {
+        Client { endpoint: Arc::new(Mutex::new(endpoint)), links: Arc::default() }
     }
 
     /// Closes every link and forgets the endpoint; later calls fail as unreachable.

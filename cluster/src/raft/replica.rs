@@ -109,17 +109,17 @@ pub struct Replica {
     config: ReplicaConfig,
     members: BTreeMap<NodeId, Member>,
     client: Client,
-    endpoint: quinn::Endpoint,
-    server: JoinHandle<()>,
+    /// The links endpoint and its RPC server; `None` for a cluster of one, which has no links.
+    links: Option<(quinn::Endpoint, JoinHandle<()>)>,
 }
 
 impl Replica {
-    /// Serves Raft on `endpoint` (from [`link::endpoint`]), starts it over `db`, and
-    /// initialises the membership if this node's log is empty (every node may do so: the same
-    /// member list makes the same first entry).
+    /// Serves Raft on `endpoint` (from [`crate::link::endpoint`]; `None` for a cluster of
+    /// one), starts it over `db`, and initialises the membership if this node's log is empty
+    /// (every node may do so: the same member list makes the same first entry).
     pub async fn start(
         config: ReplicaConfig,
-        endpoint: quinn::Endpoint,
+        endpoint: Option<quinn::Endpoint>,
         db: Arc<redb::Database>,
         applier: Arc<dyn Applier>,
     ) -> Result<Replica, String> {
@@ -128,13 +128,19 @@ impl Replica {
         if !members.contains_key(&id) {
             return Err(format!("node {} is not in its own member list", config.me.name));
         }
+        if endpoint.is_none() && members.len() > 1 {
+            return Err("a cluster of more than one member needs a links endpoint".into());
+        }
         let client = Client::new(endpoint.clone());
         let raft_config = Arc::new(config.raft_config()?);
         let log = LogStore::<TypeConfig>::new(db.clone());
         let sm = StateMachine::<TypeConfig>::new(db, applier);
         let raft =
             Raft::new(id, raft_config, Network::new(client.clone()), log, sm).await.map_err(|e| e.to_string())?;
-        let server = tokio::spawn(net::serve(endpoint.clone(), raft.clone(), members.clone()));
+        let links = endpoint.map(|e| {
+            let server = tokio::spawn(net::serve(e.clone(), raft.clone(), members.clone()));
+            (e, server)
+        });
         let fresh = {
             let m = raft.metrics().borrow().clone();
             m.last_log_index.is_none() && m.vote.leader_id().term == 0
@@ -146,7 +152,7 @@ impl Replica {
                 Err(e) => tracing::debug!(error = %e, "membership already initialised"),
             }
         }
-        Ok(Replica { raft, id, config, members, client, endpoint, server })
+        Ok(Replica { raft, id, config, members, client, links })
     }
 
     pub fn id(&self) -> NodeId {
@@ -218,6 +224,28 @@ impl Replica {
             .map_err(|e| WriteError::Failed(format!("entry {index} not applied on this node: {e}")))
     }
 
+    /// Compaction: a snapshot of everything applied here, then the log up to it purged, so
+    /// changed or erased data lingers in the log no longer than this is called. Returns the
+    /// index the log was purged up to (`None`: nothing applied yet). The purge itself may lag
+    /// a few seconds on a leader still sending those entries to a follower.
+    pub async fn compact(&self, timeout: Duration) -> Result<Option<u64>, WriteError> {
+        let fail = |e: String| WriteError::Failed(format!("compaction: {e}"));
+        let Some(applied) = self.raft.metrics().borrow().last_applied else { return Ok(None) };
+        let snapshot_at =
+            |m: &openraft::RaftMetrics<NodeId, Member>| m.snapshot.is_some_and(|s| s.index >= applied.index);
+        if !snapshot_at(&self.raft.metrics().borrow()) {
+            self.raft.trigger().snapshot().await.map_err(|e| fail(e.to_string()))?;
+            self.raft
+                .wait(Some(timeout))
+                .metrics(snapshot_at, "snapshot built")
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        let upto = self.raft.metrics().borrow().snapshot.map_or(applied.index, |s| s.index);
+        self.raft.trigger().purge_log(upto).await.map_err(|e| fail(e.to_string()))?;
+        Ok(Some(upto))
+    }
+
     /// This node's view: its state, the leader, the term, and per member what the leader knows.
     pub fn status(&self) -> Status {
         let m = self.raft.metrics().borrow().clone();
@@ -273,10 +301,12 @@ impl Replica {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "Raft did not stop cleanly");
         }
-        self.server.abort();
         self.client.close();
-        self.endpoint.close(0u32.into(), b"node stopping");
-        // Let the close frames go out and the connections drain, so the port is free again.
-        let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
+        if let Some((endpoint, server)) = self.links {
+            server.abort();
+            endpoint.close(0u32.into(), b"node stopping");
+            // Let the close frames go out and the connections drain, so the port is free again.
+            let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
+        }
     }
 }

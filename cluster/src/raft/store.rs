@@ -3,8 +3,9 @@
 //! Every write is one durable redb transaction, committed before openraft is told it is done:
 //! a vote or a log entry this node acknowledged survives `kill -9`. The application's state
 //! itself lives wherever the [`Applier`] keeps it (the node's `pbx.redb`); this file records
-//! how far that state has applied the log. The applier writes first and the mark second, so a
-//! crash between them re-applies a few entries — harmless, as applying is idempotent.
+//! how far that state has applied the log. The applier writes first and the mark second (not
+//! flushed on its own: the next log append's flush carries it), so a crash re-applies the last
+//! few entries — harmless, as applying is idempotent.
 //!
 //! Values are postcard. openraft's own types are stored as openraft serialises them; a change
 //! of their format would need a new table, like any format change of ours.
@@ -74,7 +75,12 @@ fn get_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, 
 }
 
 fn put_meta(db: &Database, values: &[(&str, Vec<u8>)]) -> Result<(), AnyError> {
-    let tx = db.begin_write().map_err(any)?;
+    put_meta_with(db, values, redb::Durability::Immediate)
+}
+
+fn put_meta_with(db: &Database, values: &[(&str, Vec<u8>)], durability: redb::Durability) -> Result<(), AnyError> {
+    let mut tx = db.begin_write().map_err(any)?;
+    tx.set_durability(durability).map_err(any)?;
     {
         let mut table = tx.open_table(META).map_err(any)?;
         for (key, value) in values {
@@ -304,7 +310,9 @@ impl<C: PbxConfig> RaftStateMachine<C> for StateMachine<C> {
             if let Some(m) = &membership {
                 marks.push((MEMBERSHIP, encode(m)?));
             }
-            put_meta(&self.db, &marks)
+            // Not flushed by itself: the next durable commit (a log append) carries it. A crash
+            // before that re-applies these entries, which applying again makes no worse.
+            put_meta_with(&self.db, &marks, redb::Durability::None)
         };
         apply().map_err(|e| StorageIOError::apply(last, e))?;
         Ok(vec![Response; entries.len()])
