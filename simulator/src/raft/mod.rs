@@ -80,12 +80,15 @@ pub enum RaftBug {
 impl RaftBug {
     pub const NAMES: [&str; 2] = ["raft-minority-ack", "raft-forget-vote"];
 
-    pub fn parse(name: &str) -> Option<RaftBug> {
-        match name {
-            "raft-minority-ack" => Some(RaftBug::MinorityAck),
-            "raft-forget-vote" => Some(RaftBug::ForgetVote),
-            _ => None,
+    pub fn name(self) -> &'static str {
+        match self {
+            RaftBug::MinorityAck => "raft-minority-ack",
+            RaftBug::ForgetVote => "raft-forget-vote",
         }
+    }
+
+    pub fn parse(name: &str) -> Option<RaftBug> {
+        [RaftBug::MinorityAck, RaftBug::ForgetVote].into_iter().find(|b| b.name() == name)
     }
 }
 
@@ -104,7 +107,7 @@ impl RaftOptions {
 
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
-        let bugs: String = self.bugs.iter().map(|b| format!(" --inject-bug {}", RaftBug::NAMES[*b as usize])).collect();
+        let bugs: String = self.bugs.iter().map(|b| format!(" --inject-bug {}", b.name())).collect();
         format!("pbx-sim --raft --seed {} --duration {}{bugs}", self.seed, format_duration(self.duration))
     }
 }
@@ -144,7 +147,8 @@ impl RaftReport {
         format!(
             "seed {}, {} simulated in {:.2} s: {} elections (last term {}), {} writes acked, {} failed \
              ({} of them committed anyway), {} applied on every node, {} partitions, {} heals, {} crashes, \
-             {} restarts, {} snapshots installed, {} checks, {} violations, trace {:016x}",
+             {} restarts, {} snapshots installed, {} entries re-applied after restarts, {} checks, {} violations, \
+             trace {:016x}",
             self.seed,
             crate::sim::format_elapsed(self.simulated),
             self.wall.as_secs_f64(),
@@ -159,6 +163,7 @@ impl RaftReport {
             self.crashes,
             self.restarts,
             self.snapshots_installed,
+            self.reapplied,
             self.checks,
             self.violations.len(),
             self.trace_hash
