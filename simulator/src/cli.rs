@@ -4,9 +4,13 @@
 //!
 //! `pbx-sim --seed 7 --duration 30d --phones 100` runs one seed and prints a summary;
 //! `pbx-sim --swarm 50 --duration 1d` runs 50 seeds and lists the failing ones with the command
-//! that replays each. Exit status 1 when an invariant was violated, 2 for a bad flag.
+//! that replays each. `pbx-sim --raft --seed 7 --duration 1h` simulates the replicated state
+//! instead: three voters running the product's Raft under partitions, crashes and restarts
+//! ([`crate::raft`]); `--swarm` works the same with it. Exit status 1 when an invariant was
+//! violated, 2 for a bad flag.
 
 use crate::options::{FaultOptions, NetOptions, Options, WorkloadFile, format_duration, parse_duration};
+use crate::raft::{RaftBug, RaftOptions, RaftReport};
 use crate::sim::{Report, replay_command};
 use pbx_actors::bugs::Bugs;
 use pbx_actors::call::splitmix64;
@@ -39,16 +43,25 @@ pub struct Args {
     #[arg(long)]
     no_faults: bool,
     /// Switch on a deliberate bug to see the checkers catch it (skip-cdr, half-hangup,
-    /// early-expiry, lazy-reaper, eager-reaper).
+    /// early-expiry, lazy-reaper, eager-reaper; with --raft: raft-minority-ack, raft-forget-vote).
     #[arg(long, value_name = "BUG")]
     inject_bug: Vec<String>,
     /// Keep going after a violation (collects up to 20) instead of stopping at the first.
+    /// A --raft run always runs to its end and collects up to 20.
     #[arg(long)]
     keep_going: bool,
+    /// Simulate the replicated state: three voters running the product's Raft (openraft over
+    /// its redb stores) under partitions, crashes and restarts, with clients writing. Takes
+    /// --seed, --duration, --swarm and --inject-bug.
+    #[arg(long)]
+    raft: bool,
 }
 
 /// Runs what the flags ask for; the exit code is the binary's.
 pub fn main(args: Args) -> ExitCode {
+    if args.raft {
+        return raft_main(&args);
+    }
     let options = match options(&args) {
         Ok(options) => options,
         Err(error) => {
@@ -126,11 +139,7 @@ fn run(options: Options) -> Report {
     match std::panic::catch_unwind(AssertUnwindSafe(|| crate::run(options))) {
         Ok(report) => report,
         Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "a panic".into());
+            let message = panic_message(panic.as_ref());
             Report {
                 seed,
                 violations: vec![crate::check::Violation {
@@ -142,6 +151,14 @@ fn run(options: Options) -> Report {
             }
         }
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic".into())
 }
 
 fn swarm(base: Options, count: u32, extra: &str) -> ExitCode {
@@ -237,6 +254,86 @@ fn print_report(r: &Report, options: &Options) {
         println!("    {v}");
     }
     println!("  events:     {}, trace hash {:016x}", r.events, r.trace_hash);
+}
+
+fn raft_main(args: &Args) -> ExitCode {
+    let options = match raft_options(args) {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("pbx-sim: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(count) = args.swarm else {
+        let report = raft_run(options.clone());
+        println!("pbx-sim --raft: {}", report.summary());
+        for v in &report.violations {
+            println!("    seed {}: {v}", report.seed);
+        }
+        if report.violations.is_empty() {
+            return ExitCode::SUCCESS;
+        }
+        println!("replay: {}", options.replay_command());
+        return ExitCode::FAILURE;
+    };
+    let mut seeds = options.seed;
+    let mut failures = Vec::new();
+    let (mut simulated, mut wall) = (Duration::ZERO, Duration::ZERO);
+    println!(
+        "pbx-sim --raft: swarm of {count} seeds from {}, {} each",
+        options.seed,
+        format_duration(options.duration)
+    );
+    for i in 0..count {
+        let options = RaftOptions { seed: splitmix64(&mut seeds), ..options.clone() };
+        let report = raft_run(options.clone());
+        simulated += report.simulated;
+        wall += report.wall;
+        let verdict =
+            if report.violations.is_empty() { "ok".to_owned() } else { format!("FAILED: {}", report.violations[0]) };
+        println!("  [{:>3}/{count}] {}  {verdict}", i + 1, report.summary());
+        if !report.violations.is_empty() {
+            failures.push(options.replay_command());
+        }
+    }
+    println!(
+        "pbx-sim --raft: {} of {count} seeds failed; {} simulated in {:.1} s",
+        failures.len(),
+        crate::sim::format_elapsed(simulated),
+        wall.as_secs_f64()
+    );
+    for command in &failures {
+        println!("  replay: {command}");
+    }
+    if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn raft_options(args: &Args) -> Result<RaftOptions, String> {
+    if args.phones.is_some() || args.workload.is_some() || args.no_faults {
+        return Err("--raft takes --seed, --duration, --swarm and --inject-bug only".into());
+    }
+    let mut options = RaftOptions::new(args.seed.unwrap_or_else(random_seed), args.duration);
+    for name in &args.inject_bug {
+        let bug = RaftBug::parse(name).ok_or_else(|| {
+            format!("--inject-bug {name}: no such bug for --raft (known: {})", RaftBug::NAMES.join(", "))
+        })?;
+        options.bugs.push(bug);
+    }
+    Ok(options)
+}
+
+/// Runs one Raft seed; a panic in the product's code is a failure like any other.
+fn raft_run(options: RaftOptions) -> RaftReport {
+    let seed = options.seed;
+    std::panic::catch_unwind(AssertUnwindSafe(|| crate::raft::run(options))).unwrap_or_else(|panic| RaftReport {
+        seed,
+        violations: vec![crate::check::Violation {
+            at: Duration::ZERO,
+            invariant: "nothing panics",
+            detail: panic_message(panic.as_ref()),
+        }],
+        ..Default::default()
+    })
 }
 
 /// A seed for a run nobody asked to repeat: it is printed, so it can be.

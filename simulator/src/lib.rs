@@ -17,6 +17,7 @@ pub mod licence;
 pub mod node;
 pub mod options;
 pub mod phone;
+pub mod raft;
 pub mod scanner;
 pub mod sim;
 
