@@ -659,11 +659,11 @@ async fn client(shared: Shared) {
 /// Raft when it leads, else forwarded to the leader it knows.
 async fn write(shared: &Shared, via: usize, raft: &Raft<SimConfig>, request: Request) -> Result<(), String> {
     match net::write(raft, request.clone()).await {
-        Ok(()) => Ok(()),
+        Ok(_index) => Ok(()),
         Err(WriteRefused::NotLeader { leader: Some(leader) }) => {
             let Some(to) = lock(shared).index(leader) else { return Err(format!("unknown leader {leader}")) };
             match network::call(shared, via, to, &Rpc::Write(request), WRITE_BOUND).await {
-                Ok(Reply::Write(r)) => r.map_err(|e| e.to_string()),
+                Ok(Reply::Write(r)) => r.map(|_index| ()).map_err(|e| e.to_string()),
                 Ok(_) => Err("the leader answered another call".into()),
                 Err(e) => Err(e.to_string()),
             }
