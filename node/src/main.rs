@@ -19,27 +19,11 @@ struct Cli {
 enum Command {
     /// Run a single-node appliance on an embedded redb data directory.
     Appliance {
-        /// Data directory (redb file, admin token) [default: ./pbx-data]
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
         /// TOML config file; flags override it.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// SIP over UDP and TCP [default: 0.0.0.0:5060]
-        #[arg(long, value_name = "ADDR:PORT")]
-        sip_listen: Option<String>,
-        /// Admin HTTP API [default: 127.0.0.1:8080]
-        #[arg(long, value_name = "ADDR:PORT")]
-        http_listen: Option<String>,
-        /// UDP ports for RTP media [default: 20000-29999]
-        #[arg(long, value_name = "LOW-HIGH")]
-        rtp_ports: Option<String>,
-        /// IP address put into SDP for media [default: the --sip-listen IP, 127.0.0.1 if that is 0.0.0.0]
-        #[arg(long, value_name = "IP")]
-        media_address: Option<String>,
-        /// Log format on stderr [default: human]
-        #[arg(long, value_enum)]
-        log_format: Option<LogFormat>,
+        #[command(flatten)]
+        run: RunFlags,
     },
     /// Run a cluster node: the config file's [cluster] section names this node, its
     /// certificates, its Raft listen address and every member (voter or witness).
@@ -47,24 +31,8 @@ enum Command {
         /// TOML config file with a [cluster] section; flags override it.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
-        /// Data directory (redb files, admin token) [default: ./pbx-data]
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
-        /// SIP over UDP and TCP [default: 0.0.0.0:5060]
-        #[arg(long, value_name = "ADDR:PORT")]
-        sip_listen: Option<String>,
-        /// Admin HTTP API [default: 127.0.0.1:8080]
-        #[arg(long, value_name = "ADDR:PORT")]
-        http_listen: Option<String>,
-        /// UDP ports for RTP media [default: 20000-29999]
-        #[arg(long, value_name = "LOW-HIGH")]
-        rtp_ports: Option<String>,
-        /// IP address put into SDP for media [default: the --sip-listen IP, 127.0.0.1 if that is 0.0.0.0]
-        #[arg(long, value_name = "IP")]
-        media_address: Option<String>,
-        /// Log format on stderr [default: human]
-        #[arg(long, value_enum)]
-        log_format: Option<LogFormat>,
+        #[command(flatten)]
+        run: RunFlags,
     },
     /// Run pbx's own machines over simulated days against a simulated office, network and
     /// disk, with faults, checking invariants (the same as `pbx-sim`).
@@ -79,6 +47,36 @@ enum Command {
     /// authenticated QUIC links) and a running node's view of it.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+}
+
+/// The flags `pbx appliance` and `pbx node` share.
+#[derive(clap::Args)]
+struct RunFlags {
+    /// Data directory (redb files, admin token) [default: ./pbx-data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// SIP over UDP and TCP [default: 0.0.0.0:5060]
+    #[arg(long, value_name = "ADDR:PORT")]
+    sip_listen: Option<String>,
+    /// Admin HTTP API [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR:PORT")]
+    http_listen: Option<String>,
+    /// UDP ports for RTP media [default: 20000-29999]
+    #[arg(long, value_name = "LOW-HIGH")]
+    rtp_ports: Option<String>,
+    /// IP address put into SDP for media [default: the --sip-listen IP, 127.0.0.1 if that is 0.0.0.0]
+    #[arg(long, value_name = "IP")]
+    media_address: Option<String>,
+    /// Log format on stderr [default: human]
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+impl RunFlags {
+    fn with_config(self, config: Option<PathBuf>) -> Flags {
+        let RunFlags { data_dir, sip_listen, http_listen, rtp_ports, media_address, log_format } = self;
+        Flags { data_dir, config, sip_listen, http_listen, rtp_ports, media_address, log_format }
+    }
 }
 
 #[derive(Subcommand)]
@@ -100,20 +98,15 @@ enum ClusterCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let node = matches!(cli.command, Command::Node { .. });
-    let (data_dir, config, sip_listen, http_listen, rtp_ports, media_address, log_format) = match cli.command {
-        Command::Appliance { data_dir, config, sip_listen, http_listen, rtp_ports, media_address, log_format } => {
-            (data_dir, config, sip_listen, http_listen, rtp_ports, media_address, log_format)
-        }
-        Command::Node { config, data_dir, sip_listen, http_listen, rtp_ports, media_address, log_format } => {
-            (data_dir, Some(config), sip_listen, http_listen, rtp_ports, media_address, log_format)
-        }
+    let flags = match cli.command {
+        Command::Appliance { config, run } => run.with_config(config),
+        Command::Node { config, run } => run.with_config(Some(config)),
         Command::Sim(args) => return pbx_simulator::cli::main(args),
         Command::LicenceServer(args) => return licence_server(args),
         Command::Privacy(args) => return pbx_node::privacy_cli::main(args),
         Command::Cluster(ClusterCommand::Init { out, nodes }) => return cluster_init(&out, &nodes),
         Command::Cluster(ClusterCommand::Status(args)) => return pbx_node::cluster_cli::main(args),
     };
-    let flags = Flags { data_dir, config, sip_listen, http_listen, rtp_ports, media_address, log_format };
     let config = match Config::load(&flags) {
         Ok(c) if node && c.cluster.is_none() => {
             eprintln!("pbx node: the config file has no [cluster] section (a single node is `pbx appliance`)");
