@@ -94,8 +94,10 @@
 # the ramp is a refresh: kept in memory, replicated in one entry per registrar.refresh_flush_s.
 # In a "new Call-ID" row every flow is a new binding: on a cluster, committed by a majority
 # before the 200 (the registrar's writer puts the bindings waiting at once into one entry).
-# All three nodes restart before every step; server CPU is the three nodes'. Then the call rows
-# (pbx only): the appliance, and the cluster with both phones on one voter.
+# Before every step all three nodes stop, get back the data they had before the row's first step
+# (an overloaded cluster carries a backlog into the next step) and start again; server CPU is the
+# three nodes'. Then the call rows (pbx only): the appliance, and the cluster with both phones
+# on one voter.
 #   CLUSTER_CALL_VIA [leader]   the voter of the call rows: leader or follower
 #   WARM_RATE [1000]            flows per second of the registrations before a refresh row
 #   CLUSTER_DEADLINE_S [960]    DEADLINE_S of the REGISTER rows (the cluster's first start writes
@@ -506,6 +508,8 @@ fresh() {
 		;;
 	cluster)
 		stop_cluster
+		rm -rf "$WORK/cluster-$CLUSTER_KIND"
+		cp -a "$WORK/cluster-$CLUSTER_KIND.kept" "$WORK/cluster-$CLUSTER_KIND"
 		start_cluster "$CLUSTER_KIND" "$CLUSTER_VIA"
 		;;
 	esac
@@ -1157,8 +1161,9 @@ NODE_PIDS=()
 
 node_port() { echo $((PORT_BASE + 60 + 10 * $1 + $2)); } # node, what: 0 SIP, 1 HTTP, 2 Raft, 3 actor mesh
 
-# start_node i cluster extensions(users|calls|none): node i of the cluster whose files are in
-# $WORK/<cluster>; a call cluster's voters each take half of RTP_PORTS.
+# start_node i cluster extensions(users|calls|none): node i of the cluster whose data is in
+# $WORK/<cluster> (its log beside it: <cluster>.<node>.log); a call cluster's voters each take
+# half of RTP_PORTS.
 start_node() {
 	local i=$1 cluster=$2 dir=$WORK/$2/${NODES[$1]} extra=() j
 	mkdir -p "$dir/data"
@@ -1178,7 +1183,7 @@ start_node() {
 		extra=(--rtp-ports "$([ "$i" -eq 0 ] && echo "$lo-$((mid - 1))" || echo "$mid-$hi")")
 	fi
 	RUST_LOG=$PBX_LOG "$PBX" node --data-dir "$dir/data" --config "$dir/pbx.toml" --sip-listen "127.0.0.1:$(node_port "$i" 0)" \
-		--http-listen "127.0.0.1:$(node_port "$i" 1)" ${extra[@]+"${extra[@]}"} >>"$dir/pbx.log" 2>&1 &
+		--http-listen "127.0.0.1:$(node_port "$i" 1)" ${extra[@]+"${extra[@]}"} >>"$WORK/$cluster.${NODES[$i]}.log" 2>&1 &
 	NODE_PIDS[i]=$!
 	PIDS+=("$!")
 }
@@ -1211,8 +1216,8 @@ await_leader() {
 }
 
 cluster_failed() { # cluster why
-	log "cluster: $2; see $WORK/$1/*/pbx.log"
-	tail -n 3 "$WORK/$1"/*/pbx.log >&2 || true
+	log "cluster: $2; see $WORK/$1.*.log"
+	tail -n 3 "$WORK/$1".*.log >&2 || true
 	exit 1
 }
 
@@ -1249,9 +1254,17 @@ start_cluster() {
 
 stop_cluster() {
 	local pid
-	for pid in "${NODE_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-	for pid in "${NODE_PIDS[@]}"; do stop "$pid"; done
+	for pid in "${NODE_PIDS[@]+"${NODE_PIDS[@]}"}"; do kill -TERM "$pid" 2>/dev/null || true; done
+	for pid in "${NODE_PIDS[@]+"${NODE_PIDS[@]}"}"; do stop "$pid"; done
 	NODE_PIDS=()
+}
+
+# The data of the stopped cluster's three nodes, kept as the state every step of a row starts
+# from (fresh copies it back): an overloaded cluster can need minutes of light load to catch up
+# (docs/PERFORMANCE.md, "Cluster"), and a step must not inherit that from the step before.
+keep_cluster() { # cluster
+	rm -rf "$WORK/$1.kept"
+	cp -a "$WORK/$1" "$WORK/$1.kept"
 }
 
 # Every user registered once with the Call-IDs of REFRESH_RUN, so that every flow of a refresh
@@ -1269,14 +1282,22 @@ warm_up() {
 cluster_rate_rows() {
 	: >"$WORK/results.tsv"
 	local flows via
+	start_cluster rate leader
+	stop_cluster
+	cp -a "$WORK/cluster-rate" "$WORK/cluster-rate.first"
 	for flows in refresh new; do
 		start_pbx rate
 		[ "$flows" = refresh ] && warm_up
 		ramp "pbx, 1 node" register_load md5 "$flows" "$([ "$flows" = refresh ] && echo yes || echo no)"
 		stop "$SERVER_PID"
 		for via in leader follower; do
+			# Every row starts from the cluster as its first start left it: extensions, no bindings.
+			rm -rf "$WORK/cluster-rate"
+			cp -a "$WORK/cluster-rate.first" "$WORK/cluster-rate"
 			start_cluster rate "$via"
 			[ "$flows" = refresh ] && warm_up
+			stop_cluster
+			keep_cluster cluster-rate
 			ramp "pbx, 3 nodes, via the $via" register_load md5 "$flows" "$([ "$flows" = refresh ] && echo yes || echo no)"
 			stop_cluster
 		done
@@ -1290,6 +1311,9 @@ cluster_call_rows() {
 	call_row "pbx B2BUA, 1 node" "$started"
 	stop "$SERVER_PID"
 	start_cluster calls "$CLUSTER_CALL_VIA"
+	stop_cluster
+	keep_cluster cluster-calls
+	fresh
 	call_row "pbx B2BUA, 3 nodes, via the $CLUSTER_CALL_VIA"
 	stop_cluster
 }
