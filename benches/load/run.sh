@@ -4,7 +4,7 @@
 # second through pbx's B2BUA and through Kamailio as a stateful proxy, RTP relayed by pbx, and
 # pbx's memory per call. docs/PERFORMANCE.md explains the method and records the numbers.
 #
-# usage: benches/load/run.sh [all|rate|memory|profile|kamailio|check|calls|kamailio-calls|calls-check|calls-media]
+# usage: benches/load/run.sh [all|rate|memory|profile|kamailio|check|calls|kamailio-calls|calls-check|calls-media|cluster|cluster-check]
 #   all             memory, then the rate ramps of every REGISTER row (default; < 15 minutes once built)
 #   rate            REGISTER rate ramps only
 #   memory          pbx's bytes per registration only
@@ -15,6 +15,9 @@
 #   kamailio-calls  the Kamailio call rows only (needs no pbx)
 #   calls-check     one short call step per row, and one short media step
 #   calls-media     pbx only: memory per call, then concurrent calls with G.711 RTP both ways
+#   cluster         pbx on 1 node against 3 (2 voters + a witness) in one run: REGISTER ramps through
+#                   the leader and through the follower, then call ramps (about 20 minutes)
+#   cluster-check   one short step per cluster row
 #
 # Each row is measured in two phases:
 #   search   short steps (STEP_S) from START_RATE, doubling while a step holds, then
@@ -80,6 +83,29 @@
 # what came in went out (in − out ≤ 2 packets per stream: in flight) and in ≥ 95 % of 100 × N
 # per s (below that, the generator fell short: see SIPp's CPU).
 #
+# cluster (pbx only): the REGISTER search and sustain against one `pbx appliance`, then against
+# three `pbx node`s (voters n1 and n2, witness w3, certificates from `pbx cluster init`, Raft and
+# the actor mesh over QUIC on 127.0.0.1), register_load sending to the voter that leads, then to
+# the one that follows (it forwards every write to the leader). The voters start first and elect
+# one of them before the witness starts, so the witness (no SIP) never leads. Only n1's config
+# declares the extensions, at the cluster's first start (one Raft entry each); later starts
+# restore them from each node's redb. Before a refresh row every user registers once with the
+# Call-ID, source and user agent of the ramp's flows (register_load --run), so every flow of
+# the ramp is a refresh: kept in memory, replicated in one entry per registrar.refresh_flush_s.
+# In a "new Call-ID" row every flow is a new binding: on a cluster, committed by a majority
+# before the 200 (the registrar's writer puts the bindings waiting at once into one entry).
+# Before every step all three nodes stop, get back the data they had before the row's first step
+# (an overloaded cluster carries a backlog into the next step) and start again; server CPU is the
+# three nodes'. Then the call rows (pbx only): the appliance, and the cluster with both phones
+# on one voter.
+#   CLUSTER_CALL_VIA [leader]   the voter of the call rows: leader or follower
+#   WARM_RATE [1000]            flows per second of the registrations before a refresh row
+#   CLUSTER_DEADLINE_S [960]    DEADLINE_S of the REGISTER rows (the cluster's first start writes
+#                               USERS extensions through Raft, about a minute); the call rows
+#                               then have CALL_DEADLINE_S from their start
+#   PORT_BASE+60 …              node i (0 n1, 1 n2, 2 w3): SIP +60+10i, HTTP +61+10i, Raft +62+10i
+#                               (its actor mesh +63+10i)
+#
 # Load generators: register_load (pbx-benches; answers MD5 and SHA-256) ramps every row; SIPp
 # (the reference tool) then runs one step at the rate register_load found, to confirm it.
 # register_load runs two kinds of flows: "refresh" keeps one Call-ID per user with a rising
@@ -122,6 +148,8 @@ MEDIA_SETUP_RATE=${MEDIA_SETUP_RATE:-200}
 MEM_CALLS=${MEM_CALLS:-1000}
 MEM_HOLD_S=${MEM_HOLD_S:-30}
 CALL_SETTLE_S=${CALL_SETTLE_S:-45}
+CLUSTER_CALL_VIA=${CLUSTER_CALL_VIA:-leader}
+WARM_RATE=${WARM_RATE:-1000}
 
 PBX_SIP_PORT=$PORT_BASE
 PBX_HTTP_PORT=$((PORT_BASE + 1))
@@ -136,9 +164,9 @@ CALLER=100
 CALLEE=101
 
 case $MODE in
-all | rate | memory | profile | kamailio | check | calls | kamailio-calls | calls-check | calls-media) ;;
+all | rate | memory | profile | kamailio | check | calls | kamailio-calls | calls-check | calls-media | cluster | cluster-check) ;;
 *)
-	sed -n '7,17p' "$0"
+	sed -n '7,20p' "$0"
 	exit 2
 	;;
 esac
@@ -146,13 +174,18 @@ if [ "$MODE" = check ]; then
 	STEP_S=3 SUSTAIN_S=3 SUSTAIN_TRIES=1 START_RATE=200 MAX_RATE=200 BISECT_STEPS=0 SETTLE_S=5
 	USERS=${USERS_CHECK:-1000}
 fi
-case $MODE in
-calls | kamailio-calls | calls-check | calls-media)
-	# The call rows reuse the REGISTER ramp with call rates; calls are slower, so finer steps.
+[ "$MODE" = cluster ] && DEADLINE_S=${CLUSTER_DEADLINE_S:-960}
+if [ "$MODE" = cluster-check ]; then
+	STEP_S=3 SUSTAIN_S=3 SUSTAIN_TRIES=1 START_RATE=200 MAX_RATE=200 BISECT_STEPS=0 WARM_RATE=500
+	USERS=${USERS_CHECK:-1000}
+	CALL_STEP_S=3 CALL_SUSTAIN_S=3 CALL_START_RATE=100 CALL_MAX_RATE=100
+fi
+# The call rows reuse the REGISTER ramp with call rates; calls are slower, so finer steps.
+call_rates() {
 	STEP_S=$CALL_STEP_S SUSTAIN_S=$CALL_SUSTAIN_S START_RATE=$CALL_START_RATE MAX_RATE=$CALL_MAX_RATE RATE_UNIT=25
 	DEADLINE_S=${CALL_DEADLINE_S:-1500}
-	;;
-esac
+}
+case $MODE in calls | kamailio-calls | calls-check | calls-media) call_rates ;; esac
 if [ "$MODE" = calls-check ]; then
 	STEP_S=3 SUSTAIN_S=3 SUSTAIN_TRIES=1 START_RATE=100 MAX_RATE=100 BISECT_STEPS=0
 	MEDIA_START=${MEDIA_START_CHECK:-20} MEDIA_MAX=${MEDIA_START_CHECK:-20} MEDIA_MEASURE_S=3
@@ -234,6 +267,14 @@ ensure_ports_free() {
 		log "TCP port $PBX_HTTP_PORT is in use; set PORT_BASE to another value"
 		exit 1
 	fi
+	case $MODE in cluster | cluster-check) ;; *) return 0 ;; esac
+	for i in 0 1 2; do
+		if ss -Hlun "sport >= :$(node_port "$i" 0) and sport <= :$(node_port "$i" 3)" 2>/dev/null | grep -q . ||
+			ss -Hltn "sport = :$(node_port "$i" 1)" 2>/dev/null | grep -q .; then
+			log "a port of cluster node ${NODES[$i]} ($(node_port "$i" 0)-$(node_port "$i" 3)) is in use; set PORT_BASE to another value"
+			exit 1
+		fi
+	done
 }
 
 build() {
@@ -258,6 +299,10 @@ make_users() { # SIPp injection file: user;password;[authentication …] (SIPp c
 		seq 10000 $((10000 + USERS - 1)) | awk '{ printf "u%s;pw-u%s;[authentication username=u%s password=pw-u%s]\n", $1, $1, $1, $1 }'
 	} >"$WORK/users.csv"
 	head -2 "$WORK/users.csv" >"$WORK/one-user.csv"
+	{
+		echo SEQUENTIAL
+		tail -1 "$WORK/users.csv"
+	} >"$WORK/last-user.csv"
 }
 
 # ---- servers ----
@@ -279,15 +324,27 @@ start_kamailio() { # auth|noauth → sets SERVER_PID
 	}
 }
 
+registrar_config() { # the [registrar] table of every pbx this script starts
+	echo '[registrar]'
+	echo "realm = \"$REALM\""
+	# MD5 first: SIPp 3.6 answers only the first challenge of a 401, and only MD5.
+	echo 'digest_algorithms = ["MD5", "SHA-256"]'
+	# One source sends everything: a stray failure must not block it for the next steps.
+	echo 'auth_failures_max = 1000000'
+}
+
+user_extensions() { # every user of users.csv as an extension
+	tail -n +2 "$WORK/users.csv" | awk -F';' '{ printf "\n[[extensions]]\nnumber = \"%s\"\npassword = \"%s\"\n", $1, $2 }'
+}
+
+call_extensions() { # the calling and the called phone
+	for ext in "$CALLER" "$CALLEE"; do printf '\n[[extensions]]\nnumber = "%s"\npassword = "call-pw-%s"\n' "$ext" "$ext"; done
+}
+
 write_pbx_config() { # file: every user of users.csv as an extension
 	{
-		echo '[registrar]'
-		echo "realm = \"$REALM\""
-		# MD5 first: SIPp 3.6 answers only the first challenge of a 401, and only MD5.
-		echo 'digest_algorithms = ["MD5", "SHA-256"]'
-		# One source sends everything: a stray failure must not block it for the next steps.
-		echo 'auth_failures_max = 1000000'
-		tail -n +2 "$WORK/users.csv" | awk -F';' '{ printf "\n[[extensions]]\nnumber = \"%s\"\npassword = \"%s\"\n", $1, $2 }'
+		registrar_config
+		user_extensions
 	} >"$1"
 }
 
@@ -310,12 +367,12 @@ start_pbx() { # name [wrapper…] → sets SERVER_PID
 	}
 }
 
-wait_ready() { # auth|noauth [seconds]: one unregistration (Expires: 0) answered 200
+wait_ready() { # auth|noauth [seconds [users file]]: one unregistration (Expires: 0) answered 200
 	local auth=none deadline=$(($(date +%s) + ${2:-30}))
 	[ "$1" = auth ] && auth=md5
 	while [ "$(date +%s)" -lt "$deadline" ]; do
 		kill -0 "$SERVER_PID" 2>/dev/null || return 1
-		if "$LOAD" --target "127.0.0.1:$SERVER_PORT" --local "127.0.0.1:$LOAD_PORT" --users "$WORK/one-user.csv" \
+		if "$LOAD" --target "127.0.0.1:$SERVER_PORT" --local "127.0.0.1:$LOAD_PORT" --users "${3:-$WORK/one-user.csv}" \
 			--domain "$REALM" --rate 1 --calls 1 --auth "$auth" --expires 0 --deadline-s 5 >/dev/null 2>&1; then
 			return 0
 		fi
@@ -324,9 +381,9 @@ wait_ready() { # auth|noauth [seconds]: one unregistration (Expires: 0) answered
 	return 1
 }
 
-cpu_ticks() { # pid: user+system ticks of the process (all threads) and its child processes
-	local total=0 p f
-	for p in "$1" $(pgrep -P "$1" || true); do
+cpu_ticks() { # pid…: user+system ticks of the processes (all threads) and their child processes
+	local total=0 p f q
+	for p in "$@" $(for q in "$@"; do pgrep -P "$q"; done || true); do
 		f=$(cut -d')' -f2- "/proc/$p/stat" 2>/dev/null) || continue
 		set -- $f
 		total=$((total + ${12} + ${13}))
@@ -341,9 +398,24 @@ rcvbuf_errors() {
 	awk '/^Udp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "RcvbufErrors") c = i; h = 1 } else print $c }' /proc/net/snmp
 }
 
+# The server's CPU: a cluster's is that of its three nodes.
+server_cpu() {
+	if [ "$SERVER_KIND" = cluster ]; then cpu_ticks "${NODE_PIDS[@]}"; else cpu_ticks "$SERVER_PID"; fi
+}
+
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
 # ---- one step, one ramp ----
+
+# cseq_base flows: the first CSeq of a register_load run of REFRESH_RUN's Call-IDs, above every
+# CSeq of the runs before it (a run of n flows uses base … base + 2n - 1). In a file: steps run
+# in subshells.
+cseq_base() {
+	local base
+	base=$(cat "$WORK/cseq" 2>/dev/null || echo 1)
+	echo $((base + 2 * $1)) >"$WORK/cseq"
+	echo "$base"
+}
 
 # step row generator auth flows rate → prints "ok|fail achieved p99 retrans cpu_us_per_call"; 0 if it held.
 # flows: refresh (one Call-ID per user) or new (a new Call-ID per flow; SIPp always does this).
@@ -359,7 +431,7 @@ step() {
 	local drops0 errors0 drops errors
 	drops0=$(socket_drops "$SERVER_PORT")
 	errors0=$(rcvbuf_errors)
-	before=$(cpu_ticks "$SERVER_PID")
+	before=$(server_cpu)
 	if [ "$gen" = sipp ]; then
 		local scenario=$HERE/register_noauth.xml stf=$WORK/sipp-$row-$rate.csv
 		[ "$auth" = none ] || scenario=$HERE/register_auth.xml
@@ -381,10 +453,12 @@ step() {
 		retrans=$(echo "$line" | awk -F';' '{ print $58 + 0 }')
 		p99=-
 	else
+		local same=()
+		[ "$flows" = refresh ] && [ -n "${REFRESH_RUN:-}" ] && same=(--run "$REFRESH_RUN" --cseq-base "$(cseq_base "$calls")")
 		line=$("$LOAD" --target "127.0.0.1:$SERVER_PORT" --local "127.0.0.1:$LOAD_PORT" --users "$WORK/users.csv" \
 			--domain "$REALM" --rate "$rate" --calls "$calls" --auth "$auth" --expires 3600 \
 			--call-id "$([ "$flows" = refresh ] && echo per-user || echo per-call)" --max-inflight "$inflight" \
-			--deadline-s $((duration * 3 + 30)) 2>&1) || true
+			--deadline-s $((duration * 3 + 30)) ${same[@]+"${same[@]}"} 2>&1) || true
 		echo "$line" >>"$WORK/register_load.log"
 		kv() { echo "$line" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k { print $2 }'; }
 		achieved=$(kv achieved_rate | awk '{ printf "%.0f", $1 }')
@@ -394,7 +468,7 @@ step() {
 		p99=$(kv latency_ms_p99)
 		gen_cpu=$(awk -v c="$(kv cpu_s)" -v e="$(kv elapsed_s)" 'BEGIN { if (e > 0) printf "%.0f", 100 * c / e; else print "-" }')
 	fi
-	after=$(cpu_ticks "$SERVER_PID")
+	after=$(server_cpu)
 	drops=$(($(socket_drops "$SERVER_PORT") - drops0))
 	errors=$(($(rcvbuf_errors) - errors0))
 	: "${achieved:=0}" "${okcalls:=0}" "${failed:=$calls}" "${retrans:=0}"
@@ -413,7 +487,8 @@ step() {
 	[ "$held" = ok ]
 }
 
-past_deadline() { [ $(($(date +%s) - STARTED_AT)) -ge "$DEADLINE_S" ]; }
+# PHASE_AT: where the deadline counts from when a run has two phases (cluster: REGISTER, calls).
+past_deadline() { [ $(($(date +%s) - ${PHASE_AT:-$STARTED_AT})) -ge "$DEADLINE_S" ]; }
 
 # A fresh pbx (same data directory) for the next step, so that it does not inherit the
 # transactions still in Timer J from the step before. Runs in this shell: it starts a process.
@@ -430,6 +505,12 @@ fresh() {
 	kamailio-calls)
 		stop "$SERVER_PID"
 		start_kamailio_calls "$KAMAILIO_AUTH"
+		;;
+	cluster)
+		stop_cluster
+		rm -rf "$WORK/cluster-$CLUSTER_KIND"
+		cp -a "$WORK/cluster-$CLUSTER_KIND.kept" "$WORK/cluster-$CLUSTER_KIND"
+		start_cluster "$CLUSTER_KIND" "$CLUSTER_VIA"
 		;;
 	esac
 }
@@ -711,11 +792,8 @@ start_pbx_calls() { # name → sets SERVER_PID; 1 (with a message) if pbx did no
 	local dir=$WORK/pbx-calls-$1
 	mkdir -p "$dir/data"
 	{
-		echo '[registrar]'
-		echo "realm = \"$REALM\""
-		echo 'digest_algorithms = ["MD5", "SHA-256"]' # SIPp answers the first challenge, MD5 only
-		echo 'auth_failures_max = 1000000'
-		for ext in "$CALLER" "$CALLEE"; do printf '\n[[extensions]]\nnumber = "%s"\npassword = "call-pw-%s"\n' "$ext" "$ext"; done
+		registrar_config
+		call_extensions
 	} >"$dir/pbx.toml"
 	RUST_LOG=$PBX_LOG "$PBX" appliance --data-dir "$dir/data" --config "$dir/pbx.toml" --sip-listen "127.0.0.1:$PBX_SIP_PORT" \
 		--http-listen "127.0.0.1:$PBX_HTTP_PORT" --rtp-ports "$RTP_PORTS" >>"$dir/pbx.log" 2>&1 &
@@ -844,10 +922,10 @@ call_step() {
 	local hold_s=$(((CALL_HOLD_MS + 999) / 1000))
 	drops0=$(socket_drops "$SERVER_PORT")
 	errors0=$(rcvbuf_errors)
-	before=$(cpu_ticks "$SERVER_PID")
+	before=$(server_cpu)
 	CALLS=$calls RATE=$rate HOLD_MS=$CALL_HOLD_MS LIMIT=$((rate * (2 + hold_s) + 100)) \
 		SECONDS_MAX=$((duration * 3 + hold_s + 60)) ON_UP='' run_calls "$(echo "${row%%,*}" | tr ' ' '-')-$rate" "" ""
-	after=$(cpu_ticks "$SERVER_PID")
+	after=$(server_cpu)
 	local failed=$RUN_FAILED retrans=$RUN_RETRANS achieved=$RUN_ACHIEVED setup_ms=$RUN_SETUP_MS
 	drops=$(($(socket_drops "$SERVER_PORT") - drops0))
 	errors=$(($(rcvbuf_errors) - errors0))
@@ -868,28 +946,30 @@ call_step() {
 	[ "$held" = ok ]
 }
 
-call_rows() {
-	: >"$WORK/results.tsv"
-	local auth row
-	for auth in $KAMAILIO_CALL_ROWS; do
-		row="Kamailio stateful, $([ "$auth" = auth ] && echo "digest MD5" || echo "no auth")"
-		start_kamailio_calls "$auth"
-		if probe_call "$row"; then
-			ramp "$row" sipp-calls - calls yes
-		else
-			printf '%s\tsipp\tcalls\t0\t-\tfail - - - -\t-\t- - - - -\tno call went through\n' "$row" >>"$WORK/results.tsv"
-			FAILED_ROWS+=("$row")
-		fi
-		stop "$SERVER_PID"
-	done
-	[ "$MODE" = kamailio-calls ] && return
-	row="pbx B2BUA, digest MD5"
-	if start_pbx_calls rate && probe_call "$row"; then
+# call_row row [started]: the call ramp of the server just started (started: 0 if it did, as
+# start_pbx_calls returns), after one probe call; a row without a call that went through is failed.
+call_row() {
+	local row=$1
+	if [ "${2:-0}" -eq 0 ] && probe_call "$row"; then
 		ramp "$row" sipp-calls - calls yes
 	else
 		printf '%s\tsipp\tcalls\t0\t-\tfail - - - -\t-\t- - - - -\tno call went through\n' "$row" >>"$WORK/results.tsv"
 		FAILED_ROWS+=("$row")
 	fi
+}
+
+call_rows() {
+	: >"$WORK/results.tsv"
+	local auth started
+	for auth in $KAMAILIO_CALL_ROWS; do
+		start_kamailio_calls "$auth"
+		call_row "Kamailio stateful, $([ "$auth" = auth ] && echo "digest MD5" || echo "no auth")"
+		stop "$SERVER_PID"
+	done
+	[ "$MODE" = kamailio-calls ] && return
+	started=0
+	start_pbx_calls rate || started=$?
+	call_row "pbx B2BUA, digest MD5" "$started"
 	stop "$SERVER_PID"
 }
 
@@ -1074,6 +1154,170 @@ memory_window() {
 	echo "${active/x/0} $(rss_kib "$SERVER_PID")" >"$WORK/memory-window"
 }
 
+# ---- one node against three (cluster, cluster-check) ----
+
+NODES=(n1 n2 w3)
+NODE_PIDS=()
+
+node_port() { echo $((PORT_BASE + 60 + 10 * $1 + $2)); } # node, what: 0 SIP, 1 HTTP, 2 Raft, 3 actor mesh
+
+# start_node i cluster extensions(users|calls|none): node i of the cluster whose data is in
+# $WORK/<cluster> (its log beside it: <cluster>.<node>.log); a call cluster's voters each take
+# half of RTP_PORTS.
+start_node() {
+	local i=$1 cluster=$2 dir=$WORK/$2/${NODES[$1]} extra=() j
+	mkdir -p "$dir/data"
+	{
+		registrar_config
+		case $3 in users) user_extensions ;; calls) call_extensions ;; esac
+		printf '\n[cluster]\nnode = "%s"\ncerts = "%s"\nlisten = "127.0.0.1:%s"\n' "${NODES[$i]}" "$WORK/cluster-certs" \
+			"$(node_port "$i" 2)"
+		for j in 0 1 2; do
+			printf '\n[[cluster.members]]\nname = "%s"\naddress = "127.0.0.1:%s"\nrole = "%s"\n' "${NODES[$j]}" \
+				"$(node_port "$j" 2)" "$([ "$j" -eq 2 ] && echo witness || echo voter)"
+		done
+	} >"$dir/pbx.toml"
+	if [ "$cluster" = cluster-calls ] && [ "$i" -lt 2 ]; then
+		local lo=${RTP_PORTS%-*} hi=${RTP_PORTS#*-} mid
+		mid=$(((lo + hi + 1) / 4 * 2))
+		extra=(--rtp-ports "$([ "$i" -eq 0 ] && echo "$lo-$((mid - 1))" || echo "$mid-$hi")")
+	fi
+	RUST_LOG=$PBX_LOG "$PBX" node --data-dir "$dir/data" --config "$dir/pbx.toml" --sip-listen "127.0.0.1:$(node_port "$i" 0)" \
+		--http-listen "127.0.0.1:$(node_port "$i" 1)" ${extra[@]+"${extra[@]}"} >>"$WORK/$cluster.${NODES[$i]}.log" 2>&1 &
+	NODE_PIDS[i]=$!
+	PIDS+=("$!")
+}
+
+# node_leader i cluster: the leader node i names in GET /api/v1/cluster (nothing if none yet)
+node_leader() {
+	local token=$WORK/$2/${NODES[$1]}/data/admin.token
+	[ -s "$token" ] || return 0
+	curl -sf --max-time 2 -H "Authorization: Bearer $(cat "$token")" "http://127.0.0.1:$(node_port "$1" 1)/api/v1/cluster" \
+		2>/dev/null | sed -n 's/.*"leader":"\([^"]*\)".*/\1/p' || true
+}
+
+# await_leader cluster i…: prints the leader every node i… names, once they agree (30 s at most)
+await_leader() {
+	local cluster=$1 deadline=$(($(date +%s) + 30)) first i
+	shift
+	while [ "$(date +%s)" -lt "$deadline" ]; do
+		first=$(node_leader "$1" "$cluster")
+		for i in "$@"; do
+			kill -0 "${NODE_PIDS[$i]}" 2>/dev/null || return 1
+			[ "$(node_leader "$i" "$cluster")" = "$first" ] || first=""
+		done
+		if [ -n "$first" ]; then
+			echo "$first"
+			return 0
+		fi
+		sleep 0.2
+	done
+	return 1
+}
+
+cluster_failed() { # cluster why
+	log "cluster: $2; see $WORK/$1.*.log"
+	tail -n 3 "$WORK/$1".*.log >&2 || true
+	exit 1
+}
+
+# start_cluster rate|calls leader|follower: the three nodes, the voters first (one of them
+# leads before the witness starts). The load goes to the voter named. Sets SERVER_PID and
+# SERVER_PORT (that voter's) and NODE_PIDS.
+start_cluster() {
+	local kind=$1 via=$2 cluster=cluster-$1 extensions=none leader i
+	CLUSTER_KIND=$kind CLUSTER_VIA=$via
+	[ -d "$WORK/cluster-certs" ] || "$PBX" cluster init --out "$WORK/cluster-certs" --nodes n1,n2,w3 >/dev/null
+	# At the first start n1 declares the extensions, one Raft entry each; later starts restore them.
+	[ -d "$WORK/$cluster" ] || extensions=$([ "$kind" = rate ] && echo users || echo calls)
+	start_node 0 "$cluster" "$extensions"
+	start_node 1 "$cluster" none
+	await_leader "$cluster" 0 1 >/dev/null || cluster_failed "$cluster" "n1 and n2 agreed on no leader within 30 s"
+	start_node 2 "$cluster" none
+	leader=$(await_leader "$cluster" 0 1 2) || cluster_failed "$cluster" "the witness did not join within 30 s"
+	case $leader in
+	n1) i=0 ;;
+	n2) i=1 ;;
+	*) cluster_failed "$cluster" "$leader leads, not a voter" ;;
+	esac
+	[ "$via" = leader ] || i=$((1 - i))
+	SERVER_PID=${NODE_PIDS[$i]} SERVER_PORT=$(node_port "$i" 0) SERVER_KIND=cluster
+	if [ "$kind" = calls ]; then
+		register_callee "${READY_S:-120}" || cluster_failed "$cluster" "${NODES[$i]} did not register extension $CALLEE"
+	else
+		# n1 writes the extensions in order: the last user known means every user is.
+		wait_ready auth "$([ "$extensions" = none ] && echo 60 || echo 1200)" "$WORK/last-user.csv" ||
+			cluster_failed "$cluster" "${NODES[$i]} did not answer a REGISTER of the last user"
+	fi
+	log "cluster: $leader leads, load through ${NODES[$i]} (the $via)"
+}
+
+stop_cluster() {
+	local pid
+	for pid in "${NODE_PIDS[@]+"${NODE_PIDS[@]}"}"; do kill -TERM "$pid" 2>/dev/null || true; done
+	for pid in "${NODE_PIDS[@]+"${NODE_PIDS[@]}"}"; do stop "$pid"; done
+	NODE_PIDS=()
+}
+
+# The data of the stopped cluster's three nodes, kept as the state every step of a row starts
+# from (fresh copies it back): an overloaded cluster can need minutes of light load to catch up
+# (docs/PERFORMANCE.md, "Cluster"), and a step must not inherit that from the step before.
+keep_cluster() { # cluster
+	rm -rf "$WORK/$1.kept"
+	cp -a "$WORK/$1" "$WORK/$1.kept"
+}
+
+# Every user registered once with the Call-IDs of REFRESH_RUN, so that every flow of a refresh
+# row is a refresh of a binding the server holds.
+warm_up() {
+	local out
+	log "warm-up: $USERS registrations at $WARM_RATE/s with the refresh rows' Call-IDs"
+	out=$("$LOAD" --target "127.0.0.1:$SERVER_PORT" --local "127.0.0.1:$LOAD_PORT" --users "$WORK/users.csv" \
+		--domain "$REALM" --rate "$WARM_RATE" --calls "$USERS" --auth md5 --expires 3600 --call-id per-user \
+		--run "$REFRESH_RUN" --cseq-base "$(cseq_base "$USERS")" --deadline-s 300) ||
+		log "warm-up: some registrations failed; the first flows of those users are new bindings: $out"
+	echo "warm-up $out" >>"$WORK/register_load.log"
+}
+
+cluster_rate_rows() {
+	: >"$WORK/results.tsv"
+	local flows via
+	start_cluster rate leader
+	stop_cluster
+	cp -a "$WORK/cluster-rate" "$WORK/cluster-rate.first"
+	for flows in refresh new; do
+		start_pbx rate
+		[ "$flows" = refresh ] && warm_up
+		ramp "pbx, 1 node" register_load md5 "$flows" "$([ "$flows" = refresh ] && echo yes || echo no)"
+		stop "$SERVER_PID"
+		for via in leader follower; do
+			# Every row starts from the cluster as its first start left it: extensions, no bindings.
+			rm -rf "$WORK/cluster-rate"
+			cp -a "$WORK/cluster-rate.first" "$WORK/cluster-rate"
+			start_cluster rate "$via"
+			[ "$flows" = refresh ] && warm_up
+			stop_cluster
+			keep_cluster cluster-rate
+			ramp "pbx, 3 nodes, via the $via" register_load md5 "$flows" "$([ "$flows" = refresh ] && echo yes || echo no)"
+			stop_cluster
+		done
+	done
+}
+
+cluster_call_rows() {
+	: >"$WORK/results.tsv"
+	local started=0
+	start_pbx_calls rate || started=$?
+	call_row "pbx B2BUA, 1 node" "$started"
+	stop "$SERVER_PID"
+	start_cluster calls "$CLUSTER_CALL_VIA"
+	stop_cluster
+	keep_cluster cluster-calls
+	fresh
+	call_row "pbx B2BUA, 3 nodes, via the $CLUSTER_CALL_VIA"
+	stop_cluster
+}
+
 # ---- main ----
 
 pbx_version() { # the commit, and whether the code pbx is built from differs from it
@@ -1089,7 +1333,7 @@ build
 STARTED_AT=$(date +%s) # the deadline and the reported duration count from here, after the build
 make_users
 : >"$WORK/steps.tsv"
-case $MODE in calls | kamailio-calls | calls-check | calls-media) what=Call ;; *) what=REGISTER ;; esac
+case $MODE in calls | kamailio-calls | calls-check | calls-media) what=Call ;; cluster | cluster-check) what="Cluster (REGISTER, calls)" ;; *) what=REGISTER ;; esac
 echo "# $what load, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p')), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "kamailio $(kamailio -v | sed -n 's/^version: kamailio \([^ ]*\).*/\1/p') (children=$KAMAILIO_CHILDREN), $(sipp -v 2>&1 | grep -o 'SIPp v[^ -]*' | head -1), pbx $(pbx_version), STEP_S=$STEP_S, USERS=$USERS"
@@ -1117,6 +1361,21 @@ calls-check)
 	call_memory
 	media_rows
 	print_media_table
+	;;
+cluster | cluster-check)
+	REFRESH_RUN=1
+	cluster_rate_rows
+	print_rate_table
+	echo
+	echo "Refresh rows: every user registered once before the ramp, so each flow refreshes a binding (kept in memory,"
+	echo "replicated in one entry per registrar.refresh_flush_s). New Call-ID rows: each flow a new binding, on 3 nodes"
+	echo "committed by a majority before the 200. Server CPU: on 3 nodes, the three nodes' together."
+	make_audio
+	: >"$WORK/steps.tsv"
+	call_rates
+	PHASE_AT=$(date +%s)
+	cluster_call_rows
+	print_call_table
 	;;
 calls-media)
 	make_audio

@@ -14,7 +14,9 @@
 //! `--call-id per-call` (the default, as SIPp's `[call_id]`) gives every flow a new Call-ID, so
 //! a registrar sees each as a new binding replacing the old one. `--call-id per-user` keeps one
 //! Call-ID per user with a rising CSeq, as a phone refreshing its registration does (RFC 3261
-//! §10.2.4): a registrar sees refreshes.
+//! §10.2.4): a registrar sees refreshes. Call-IDs name the run (the process id unless
+//! `--run N`): with `--run` and a `--cseq-base` above the last CSeq of an earlier run with the
+//! same id, a run refreshes the bindings that earlier run made, from its first flow on.
 //!
 //! What it does not do: TCP, proxies, more than one binding per REGISTER, or anything but the
 //! REGISTER flow. It is a measuring tool, not a SIP stack: it reads only the status line,
@@ -35,7 +37,8 @@ const POLL_MAX: Duration = Duration::from_millis(5);
 const DATAGRAM_BYTES_MAX: usize = 65_535;
 
 const USAGE: &str = "usage: register_load --target ADDR:PORT --users FILE --rate PER_S --calls N \
-[--auth none|md5|sha256] [--call-id per-call|per-user] [--domain D] [--expires S] [--local ADDR:PORT] [--max-inflight N] [--deadline-s S]";
+[--auth none|md5|sha256] [--call-id per-call|per-user] [--run N] [--cseq-base N] [--domain D] [--expires S] \
+[--local ADDR:PORT] [--max-inflight N] [--deadline-s S]";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Auth {
@@ -53,6 +56,8 @@ struct Options {
     domain: String,
     expires: u32,
     call_id_per_user: bool,
+    run: Option<u32>,
+    cseq_base: u64,
     max_inflight: usize,
     deadline: Duration,
 }
@@ -97,6 +102,10 @@ fn options() -> Result<Options, String> {
         "per-user" => true,
         other => return Err(format!("--call-id: {other:?} is not per-call or per-user")),
     };
+    let run =
+        take("--run").map(|v| v.parse::<u32>().map_err(|_| format!("--run: {v:?} is not a number"))).transpose()?;
+    let cseq_base = take("--cseq-base").unwrap_or("1".into());
+    let cseq_base = cseq_base.parse::<u64>().map_err(|_| format!("--cseq-base: {cseq_base:?} is not a number"))?;
     let rate = parse("--rate", need("--rate")?)?;
     let calls = parse("--calls", need("--calls")?)? as u64;
     if rate <= 0.0 || calls == 0 {
@@ -111,6 +120,8 @@ fn options() -> Result<Options, String> {
         auth,
         domain: take("--domain").unwrap_or(target.ip().to_string()),
         call_id_per_user,
+        run,
+        cseq_base,
         expires: parse("--expires", take("--expires").unwrap_or("3600".into()))? as u32,
         max_inflight: parse("--max-inflight", take("--max-inflight").unwrap_or("10000".into()))? as usize,
         deadline: Duration::from_secs_f64(parse("--deadline-s", take("--deadline-s").unwrap_or("300".into()))?),
@@ -233,7 +244,7 @@ impl Load {
         }
         self.next_user = (user + 1) % users;
         // Rises with every request of the same Call-ID, across flows too (per-user mode).
-        let cseq = 2 * number + 1;
+        let cseq = self.options.cseq_base + 2 * number;
         let mut call = Call {
             user,
             cseq,
@@ -457,7 +468,7 @@ fn main() -> ExitCode {
         }
     };
     let local = socket.local_addr().expect("a bound socket has an address");
-    let run = std::process::id();
+    let run = options.run.unwrap_or_else(std::process::id);
     let mut load = Load {
         options,
         socket,
