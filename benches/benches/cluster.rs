@@ -89,7 +89,7 @@ impl Cluster {
         };
         let db = store::open(self.data[i].path()).expect("raft redb");
         let config = ReplicaConfig::new(me, self.members.clone());
-        Replica::start(config, endpoint, db, Arc::new(Discard)).await.expect("replica starts")
+        Replica::start(config, Some(endpoint), db, Arc::new(Discard)).await.expect("replica starts")
     }
 
     /// The index of the member every running member names as leader, once they agree.
