@@ -80,6 +80,7 @@ pub enum Deferred {
     Respond {
         tx: u64,
         response: Response,
+        authenticated: bool,
     },
     Routed {
         tx: u64,
@@ -308,7 +309,9 @@ impl SimNode {
     pub fn committed(&mut self, now: Timestamp, deferred: Vec<Deferred>, outcome: Result<u64, String>) {
         for d in deferred {
             self.work.push(match d {
-                Deferred::Respond { tx, response } => Work::Endpoint(EndpointInput::RegistrarResponse { tx, response }),
+                Deferred::Respond { tx, response, authenticated } => {
+                    Work::Endpoint(EndpointInput::RegistrarResponse { tx, response, authenticated })
+                }
                 Deferred::Routed { tx, route } => Work::Endpoint(EndpointInput::Routed { tx, route }),
                 Deferred::Reaped { rule } => Work::Reaper(match outcome.clone() {
                     Ok(records) => ReaperInput::Done { rule, records },
@@ -503,7 +506,9 @@ impl SimNode {
         while let Some(out) = self.registrar.poll_output() {
             match out {
                 RegistrarOutput::Persist(command) => commands.push(command),
-                RegistrarOutput::Respond { tx, response } => deferred.push(Deferred::Respond { tx, response }),
+                RegistrarOutput::Respond { tx, response, authenticated } => {
+                    deferred.push(Deferred::Respond { tx, response, authenticated })
+                }
                 RegistrarOutput::Routed { tx, route } => deferred.push(Deferred::Routed { tx, route }),
                 RegistrarOutput::Event(event) => match event {
                     RegistrarEvent::Registered { .. } => self.stats.registered += 1,

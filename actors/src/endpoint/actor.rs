@@ -34,6 +34,7 @@ pub enum EndpointMsg {
     RegistrarResponse {
         tx: u64,
         response: Response,
+        authenticated: bool,
     },
     Routed {
         tx: u64,
@@ -119,8 +120,8 @@ impl EndpointSink {
 }
 
 impl ResponseSink for EndpointSink {
-    fn deliver(&self, tx: u64, response: Response) {
-        self.cast(EndpointMsg::RegistrarResponse { tx, response });
+    fn deliver(&self, tx: u64, response: Response, authenticated: bool) {
+        self.cast(EndpointMsg::RegistrarResponse { tx, response, authenticated });
     }
 
     fn route(&self, tx: u64, route: Route) {
@@ -179,8 +180,8 @@ impl Actor for EndpointActor {
                 s.inbound_backlog.fetch_sub(1, Ordering::Relaxed);
                 s.machine.handle(now, EndpointInput::Inbound { bytes, source, transport })
             }
-            EndpointMsg::RegistrarResponse { tx, response } => {
-                s.machine.handle(now, EndpointInput::RegistrarResponse { tx, response })
+            EndpointMsg::RegistrarResponse { tx, response, authenticated } => {
+                s.machine.handle(now, EndpointInput::RegistrarResponse { tx, response, authenticated })
             }
             EndpointMsg::Routed { tx, route } => {
                 if let Some(licence) = &s.licence {

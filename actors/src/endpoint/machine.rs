@@ -63,6 +63,9 @@ pub enum EndpointInput {
     RegistrarResponse {
         tx: u64,
         response: Response,
+        /// False for an answer to a request that did not authenticate (a challenge, a blocked
+        /// source): sent statelessly.
+        authenticated: bool,
     },
     /// The registrar let the INVITE handed out as `Route { tx, .. }` through.
     Routed {
@@ -229,7 +232,7 @@ impl Endpoint {
         self.now = now;
         match input {
             EndpointInput::Inbound { bytes, source, transport } => self.inbound(&bytes, source, transport),
-            EndpointInput::RegistrarResponse { tx, response } => {
+            EndpointInput::RegistrarResponse { tx, response, authenticated: _ } => {
                 // An answer that comes after we gave up (500 sent) is dropped.
                 if let Some(pending) = self.pending.remove(&tx) {
                     self.respond(pending.key, response);

@@ -39,7 +39,8 @@ pub use crate::time::Clock;
 /// Where REGISTER responses go: the endpoint, which owns the server transactions. Must not
 /// block.
 pub trait ResponseSink: Send + Sync + 'static {
-    fn deliver(&self, tx: u64, response: Response);
+    /// `authenticated`: whether the request proved who sent it (see `RegistrarOutput::Respond`).
+    fn deliver(&self, tx: u64, response: Response, authenticated: bool);
     /// The INVITE that arrived with `tx` is authenticated and may be put through.
     fn route(&self, tx: u64, route: Route);
 }
@@ -142,7 +143,7 @@ pub const WRITE_BATCH_JOBS_MAX: usize = 512;
 #[derive(Default)]
 struct WriteJob {
     commands: Vec<RegistrarCommand>,
-    responses: Vec<(u64, Response)>,
+    responses: Vec<(u64, Response, bool)>,
     routes: Vec<(u64, Route)>,
     reply: Option<PendingReply>,
 }
@@ -195,8 +196,8 @@ fn write_loop(
         }
         for (job, had_commands) in jobs.into_iter().zip(stored) {
             let failed = had_commands && result.is_err();
-            for (tx, response) in job.responses {
-                sink.deliver(tx, if failed { server_error(&response) } else { response });
+            for (tx, response, authenticated) in job.responses {
+                sink.deliver(tx, if failed { server_error(&response) } else { response }, authenticated);
             }
             for (tx, route) in job.routes {
                 sink.route(tx, route);
@@ -348,7 +349,9 @@ impl RegistrarState {
         while let Some(output) = self.machine.poll_output() {
             match output {
                 RegistrarOutput::Persist(command) => job.commands.push(command),
-                RegistrarOutput::Respond { tx, response } => job.responses.push((tx, response)),
+                RegistrarOutput::Respond { tx, response, authenticated } => {
+                    job.responses.push((tx, response, authenticated))
+                }
                 RegistrarOutput::Routed { tx, route } => job.routes.push((tx, route)),
                 RegistrarOutput::Event(event) => {
                     if let Some(security) = &self.security {
@@ -505,7 +508,7 @@ mod tests {
         }
     }
     impl ResponseSink for Journal {
-        fn deliver(&self, tx: u64, response: Response) {
+        fn deliver(&self, tx: u64, response: Response, _authenticated: bool) {
             self.entries.lock().unwrap().push(format!("respond {tx} {}", response.code));
             self.responses.lock().unwrap().push(response);
         }

@@ -221,10 +221,14 @@ pub enum RegistrarInput {
 pub enum RegistrarOutput {
     /// Durable change; comes out *before* the Respond it guards.
     Persist(RegistrarCommand),
-    /// The response for the REGISTER that arrived with `tx`.
+    /// The response for the REGISTER (or INVITE) that arrived with `tx`.
     Respond {
         tx: u64,
         response: Response,
+        /// False when the request did not prove who sent it (a challenge, a blocked source, a
+        /// REGISTER without an AOR): the endpoint answers such requests statelessly, keeping
+        /// no transaction and retransmitting nothing (docs/SECURITY.md).
+        authenticated: bool,
     },
     /// The INVITE that arrived with `tx` may go on: who calls, whom, and where that one is.
     Routed {
@@ -508,13 +512,13 @@ impl Registrar {
     fn register(&mut self, now: Timestamp, tx: u64, request: &Request, source: SocketAddr, transport: Transport) {
         let ip = source.ip();
         if self.failures.get(&ip).is_some_and(|f| f.is_blocked(now)) {
-            return self.refuse(tx, request, ip, Refusal::code(403));
+            return self.refuse(tx, request, ip, Refusal::code(403), false);
         }
         if request.method != Method::REGISTER {
-            return self.refuse(tx, request, ip, Refusal::code(405));
+            return self.refuse(tx, request, ip, Refusal::code(405), false);
         }
         let Some(aor) = to_user(request) else {
-            return self.refuse(tx, request, ip, Refusal::code(404));
+            return self.refuse(tx, request, ip, Refusal::code(404), false);
         };
         let user = match self.authenticate(now, request, Name::AUTHORIZATION) {
             Auth::Ok { user } => user,
@@ -525,7 +529,7 @@ impl Registrar {
             }
         };
         if user != aor {
-            return self.refuse(tx, request, ip, Refusal { code: 403, reason: Some("Forbidden (wrong AOR)") });
+            return self.refuse(tx, request, ip, Refusal { code: 403, reason: Some("Forbidden (wrong AOR)") }, true);
         }
         match self.update_bindings(now, request, &aor, source, transport) {
             Ok(()) => {
@@ -535,9 +539,9 @@ impl Registrar {
                     let remaining_s = remaining_us.div_ceil(1_000_000);
                     response.headers.insert(Name::CONTACT, format!("<{}>;expires={remaining_s}", b.contact));
                 }
-                self.outputs.push_back(RegistrarOutput::Respond { tx, response });
+                self.outputs.push_back(RegistrarOutput::Respond { tx, response, authenticated: true });
             }
-            Err(refusal) => self.refuse(tx, request, ip, refusal),
+            Err(refusal) => self.refuse(tx, request, ip, refusal, true),
         }
     }
 
@@ -547,7 +551,7 @@ impl Registrar {
     fn route(&mut self, now: Timestamp, tx: u64, request: &Request, source: SocketAddr) {
         let ip = source.ip();
         if self.failures.get(&ip).is_some_and(|f| f.is_blocked(now)) {
-            return self.refuse(tx, request, ip, Refusal::code(403));
+            return self.refuse(tx, request, ip, Refusal::code(403), false);
         }
         let caller = match self.authenticate(now, request, Name::PROXY_AUTHORIZATION) {
             Auth::Ok { user } => user,
@@ -559,21 +563,21 @@ impl Registrar {
         };
         let callee = match &request.uri.user_part {
             SipUriUserPart::User(user) if !user.is_empty() => user.to_string(),
-            _ => return self.refuse(tx, request, ip, Refusal::code(404)),
+            _ => return self.refuse(tx, request, ip, Refusal::code(404), true),
         };
         if !self.extensions.contains_key(&callee) {
-            return self.refuse(tx, request, ip, Refusal::code(404));
+            return self.refuse(tx, request, ip, Refusal::code(404), true);
         }
         let contacts: Vec<Binding> = self.bindings.get(&callee).into_iter().flatten().cloned().collect();
         if contacts.is_empty() {
-            return self.refuse(tx, request, ip, Refusal::code(480));
+            return self.refuse(tx, request, ip, Refusal::code(480), true);
         }
         let caller_display_name = self.extensions.get(&caller).map(|e| e.display_name.clone()).unwrap_or_default();
         self.outputs
             .push_back(RegistrarOutput::Routed { tx, route: Route { caller, caller_display_name, callee, contacts } });
     }
 
-    fn refuse(&mut self, tx: u64, request: &Request, source: IpAddr, refusal: Refusal) {
+    fn refuse(&mut self, tx: u64, request: &Request, source: IpAddr, refusal: Refusal, authenticated: bool) {
         let mut response = request.response(refusal.code, Some(&self.to_tag(request)));
         if let Some(reason) = refusal.reason {
             response.reason = reason.to_owned();
@@ -583,7 +587,7 @@ impl Registrar {
         }
         let method = if request.method == Method::INVITE { "INVITE" } else { "REGISTER" };
         self.event(RegistrarEvent::Rejected { source, method, code: refusal.code });
-        self.outputs.push_back(RegistrarOutput::Respond { tx, response });
+        self.outputs.push_back(RegistrarOutput::Respond { tx, response, authenticated });
     }
 
     /// 401 with one challenge per algorithm, strongest first, sharing one fresh nonce. The
@@ -596,7 +600,7 @@ impl Registrar {
             let value = digest::challenge(algorithm, &self.config.realm, &nonce, &opaque, stale);
             response.headers.insert(header.clone(), value);
         }
-        self.outputs.push_back(RegistrarOutput::Respond { tx, response });
+        self.outputs.push_back(RegistrarOutput::Respond { tx, response, authenticated: false });
     }
 
     /// A To tag that depends only on the Call-ID, so two answers to the same client differ

@@ -221,7 +221,7 @@ impl Harness {
                     assert!(step.response.is_none(), "Persist after the Respond it guards: {c:?}");
                     step.persisted.push(c);
                 }
-                RegistrarOutput::Respond { tx, response } => {
+                RegistrarOutput::Respond { tx, response, .. } => {
                     assert_eq!(tx, self.next_tx - 1, "response for the REGISTER just sent");
                     assert!(step.response.replace(response).is_none(), "one response per REGISTER");
                 }

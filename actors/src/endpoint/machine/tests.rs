@@ -79,7 +79,7 @@ fn register_dispatched_once_and_retransmission_absorbed() {
     let first = transmitted(&run(
         &mut e,
         Timestamp::from_millis(600),
-        EndpointInput::RegistrarResponse { tx, response: answer },
+        EndpointInput::RegistrarResponse { tx, response: answer, authenticated: true },
     ));
     assert!(first[0].starts_with("SIP/2.0 401"));
     // Retransmitted after the answer: the same answer again, still not re-dispatched.
