@@ -5,6 +5,7 @@
 //! start: `config file pbx.toml: registrar.min_expires_s: invalid type: string "x", expected u32`.
 //! Unknown keys are errors too — a typo must not silently fall back to a default.
 
+use pbx_actors::endpoint::SourceLimit;
 use pbx_actors::registrar::RegistrarConfig;
 use pbx_actors::registrar::digest::Algorithm;
 use serde::Deserialize;
@@ -95,6 +96,8 @@ struct FileConfig {
     http_listen: Option<String>,
     rtp_ports: Option<String>,
     log_format: Option<LogFormat>,
+    #[serde(default)]
+    sip: SipSection,
     #[serde(default)]
     registrar: RegistrarSection,
     #[serde(default)]
@@ -306,6 +309,25 @@ pub struct CallsConfig {
     pub emergency_numbers: Vec<String>,
 }
 
+/// `[sip]`: how much a single source may ask of the SIP listener (docs/SECURITY.md).
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct SipSection {
+    source_rate_per_s: Option<u32>,
+    source_burst: Option<u32>,
+}
+
+/// The SIP listener's limits on strangers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SipConfig {
+    /// New transactions one source address (IPv6: one /64) may start: a token bucket. Beyond
+    /// it requests are dropped unanswered and counted (`pbx_sip_rate_limited_total`).
+    pub source_limit: SourceLimit,
+}
+
+/// Highest `sip.source_rate_per_s` (and burst) accepted: beyond it the limit means nothing.
+const SOURCE_RATE_PER_S_MAX: u32 = 1_000_000;
+
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct RegistrarSection {
@@ -349,6 +371,7 @@ pub struct Config {
     pub http_listen: SocketAddr,
     pub rtp_ports: PortRange,
     pub log_format: LogFormat,
+    pub sip: SipConfig,
     pub registrar: RegistrarConfig,
     pub calls: CallsConfig,
     pub licence: LicenceConfig,
@@ -464,6 +487,24 @@ impl Config {
         let log_format = flags.log_format.or(file.log_format).unwrap_or_default();
 
         let d = RegistrarConfig::default();
+        let defaults = SourceLimit::default();
+        let source_limit = SourceLimit {
+            rate_per_s: file.sip.source_rate_per_s.unwrap_or(defaults.rate_per_s),
+            burst: file.sip.source_burst.unwrap_or(defaults.burst),
+        };
+        if source_limit.rate_per_s > SOURCE_RATE_PER_S_MAX {
+            return Err(invalid(
+                "sip.source_rate_per_s",
+                format!("must be at most {SOURCE_RATE_PER_S_MAX} (0 turns the limit off)"),
+            ));
+        }
+        if source_limit.rate_per_s > 0 && !(1..=SOURCE_RATE_PER_S_MAX).contains(&source_limit.burst) {
+            return Err(invalid(
+                "sip.source_burst",
+                format!("must be 1–{SOURCE_RATE_PER_S_MAX} while sip.source_rate_per_s is set"),
+            ));
+        }
+        let sip = SipConfig { source_limit };
         let r = file.registrar;
         let registrar = RegistrarConfig {
             realm: r.realm.unwrap_or(d.realm),
@@ -542,6 +583,7 @@ impl Config {
             http_listen,
             rtp_ports,
             log_format,
+            sip,
             registrar,
             calls,
             licence,
@@ -798,6 +840,8 @@ mod tests {
         let c = load_text(text).unwrap();
         assert_eq!(c.sip_listen.port(), 5070);
         assert_eq!(c.registrar.min_expires_s, 5);
+        assert_eq!(c.sip.source_limit, SourceLimit::default(), "no [sip]: the defaults");
+        assert_eq!(load_text("[sip]\nsource_rate_per_s = 0").unwrap().sip.source_limit.rate_per_s, 0);
         assert_eq!(c.extensions[0].display_name, "Reception");
         assert!(!format!("{:?}", c.extensions).contains("secret100"), "passwords never in Debug");
     }
@@ -809,6 +853,9 @@ mod tests {
             ("sip_listen = \"nonsense\"", "sip_listen", "not ADDR:PORT"),
             ("[registrar]\nmin_expires_s = \"x\"", "registrar.min_expires_s", "invalid type"),
             ("[registrar]\nmin_expire = 5", "registrar", "unknown field"),
+            ("[sip]\nsource_rate_per_s = 2000000", "sip.source_rate_per_s", "at most"),
+            ("[sip]\nsource_rate_per_s = 10\nsource_burst = 0", "sip.source_burst", "must be 1"),
+            ("[sip]\nsource_rate = 10", "sip", "unknown field"),
             ("rtp_ports = \"2000-1000\"", "rtp_ports", "LOW < HIGH"),
             (
                 "[[extensions]]\nnumber = \"1\"\npassword = \"p\"\n[[extensions]]\nnumber = \"1\"\npassword = \"q\"",

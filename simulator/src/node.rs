@@ -256,7 +256,7 @@ impl SimNode {
             bugs: config.bugs,
         };
         let mut node = SimNode {
-            endpoint: Endpoint::new(timers, splitmix64(&mut rng)),
+            endpoint: Endpoint::new(timers, seed32(&mut rng)),
             registrar,
             watchdog: config.licence.clone().map(|c| Watchdog::new(c, now, licence)),
             reaper: config.reaper.clone().map(|c| Reaper::new(c, now)),
@@ -712,4 +712,13 @@ impl CallView<'_> {
     pub fn leg_live(&self, leg: LegId) -> bool {
         self.legs.get(&leg).is_some_and(|l| !l.is_done())
     }
+}
+
+/// 256 bits from the run's seed stream, for a machine that takes a CSPRNG key.
+fn seed32(rng: &mut u64) -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    for chunk in seed.chunks_mut(8) {
+        chunk.copy_from_slice(&splitmix64(rng).to_le_bytes());
+    }
+    seed
 }

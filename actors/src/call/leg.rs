@@ -239,7 +239,7 @@ impl Leg {
             state: State::Idle,
             timers,
             local_sip,
-            call_id: format!("{}@pbx", id.tag()),
+            call_id: id.call_id(),
             local: from,
             remote: to,
             remote_target: target,
@@ -436,7 +436,24 @@ impl Leg {
         self.send_request(cancel);
     }
 
+    /// RFC 3261 §12.2.2: a request is of this dialog when its Call-ID, To tag (ours) and From
+    /// tag (theirs) are the dialog's. The endpoint routed it by the To tag alone; a stranger
+    /// who learned or guessed that must still produce the rest.
+    fn of_this_dialog(&self, request: &Request) -> bool {
+        let tag = |ft: Option<FromTo>| ft.and_then(|f| f.tag).map(|t| t.as_str().to_owned());
+        request.call_id().as_deref() == Some(self.call_id.as_str())
+            && tag(request.to()) == Some(self.id.tag())
+            // A caller without a From tag (RFC 2543) has none in its requests either; a callee
+            // is only in a dialog with us once it has given its tag.
+            && (self.role == Role::Uas || self.remote.tag.is_some())
+            && tag(request.from()) == self.remote.tag.as_ref().map(|t| t.as_str().to_owned())
+    }
+
     fn request(&mut self, key: ServerKey, request: Request) {
+        if !self.of_this_dialog(&request) {
+            let response = self.response_to(&request, 481);
+            return self.send_response(key, response);
+        }
         let Some(cseq) = request.cseq() else { return };
         // RFC 3261 §12.2.2: a lower CSeq than one already seen is out of order.
         if self.remote_cseq.is_some_and(|seen| cseq.cseq < seen) || self.state == State::Idle {
@@ -487,6 +504,9 @@ impl Leg {
     }
 
     fn ack(&mut self, request: Request) {
+        if !self.of_this_dialog(&request) {
+            return;
+        }
         let cseq = request.cseq().map(|c| c.cseq);
         if self.unacked.as_ref().is_some_and(|u| Some(u.cseq) == cseq) {
             self.unacked = None;
@@ -496,6 +516,15 @@ impl Leg {
     }
 
     fn response(&mut self, response: Response) {
+        // Routed by our branch or From tag; a response must also be of our Call-ID, and once
+        // the far end has a tag, carry it (a 2xx retransmission included).
+        let to_tag = response.headers.get::<FromTo>(Name::TO).ok().and_then(|to| to.tag);
+        let their_tag_known = self.remote.tag.is_some() && self.state != State::Early;
+        if response.call_id().as_deref() != Some(self.call_id.as_str())
+            || (their_tag_known && to_tag.as_ref().map(|t| t.as_str()) != self.remote.tag.as_ref().map(|t| t.as_str()))
+        {
+            return;
+        }
         let Some(cseq) = response.cseq() else { return };
         let code = response.code;
         let invite_cseq = self.sent.as_ref().and_then(|s| s.request.cseq()).map(|c| c.cseq);
@@ -529,6 +558,14 @@ impl Leg {
         let code = response.code;
         let sdp = (!response.body.is_empty()).then(|| response.body.clone());
         if code < 200 {
+            // An early dialog (RFC 3261 §12.1.2): its tag is the far end's until a 2xx names
+            // the confirmed one, so an early UPDATE from the callee is recognised.
+            if code > 100
+                && self.state == State::Early
+                && let Ok(FromTo { tag: Some(tag), .. }) = response.headers.get::<FromTo>(Name::TO)
+            {
+                self.remote.tag = Some(tag);
+            }
             let Some(sent) = &mut self.sent else { return };
             sent.provisional = true;
             if sent.cancel_wanted && !sent.cancel_sent {

@@ -11,7 +11,9 @@
 //!
 //! Routing needs no table of dialogs: every tag and branch pbx makes names the leg it belongs
 //! to ([`LegId::tag`], [`LegId::branch`]), so the endpoint finds the leg of an in-dialog request
-//! from its To tag, of a response from its Via branch.
+//! from its To tag, of a response from its Via branch. The leg then checks the rest of the
+//! dialog's identity (RFC 3261 §12.2.2: Call-ID and the remote tag; a response's Call-ID) and
+//! answers 481 or drops what does not belong: a tag alone opens nothing.
 
 pub mod actor;
 pub mod b2bua;
@@ -53,27 +55,32 @@ impl CallIds {
     }
 }
 
-/// One leg of one call, unique on this node (the endpoint hands them out from a random start,
-/// so tags stay unique across restarts too).
+/// One leg of one call: 128 bits from the endpoint's CSPRNG (RFC 3261 §19.3 asks tags for
+/// at least 32 random bits; RFC 4122-strength here). Every tag, branch and Call-ID pbx writes for
+/// the leg carries it, so nobody who has not seen the dialog can name it (an off-path stranger
+/// cannot guess 2^128), and one call teaches nothing about the next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct LegId(pub u64);
+pub struct LegId(pub u128);
 
 const BRANCH_PREFIX: &str = "z9hG4bK";
+/// Hex digits of a leg id in a tag.
+const LEG_TAG_CHARS: usize = 32;
 
 impl LegId {
-    /// pbx's tag in this leg's dialog: the leg id, 16 hex digits.
+    /// pbx's tag in this leg's dialog: the leg id, 32 hex digits.
     pub fn tag(self) -> String {
-        format!("{:016x}", self.0)
+        format!("{:032x}", self.0)
     }
 
     /// The leg a tag of ours names; `None` for a tag pbx did not make.
     pub fn from_tag(tag: &str) -> Option<LegId> {
-        (tag.len() == 16).then(|| u64::from_str_radix(tag, 16).ok().map(LegId)).flatten()
+        let hex = tag.len() == LEG_TAG_CHARS && tag.bytes().all(|b| b.is_ascii_hexdigit());
+        hex.then(|| u128::from_str_radix(tag, 16).ok().map(LegId)).flatten()
     }
 
     /// A Via branch for this leg's `n`th request (RFC 3261 §8.1.1.7 magic cookie first).
     pub fn branch(self, n: u64) -> String {
-        format!("{BRANCH_PREFIX}{:016x}.{n:x}", self.0)
+        format!("{BRANCH_PREFIX}{:032x}.{n:x}", self.0)
     }
 
     /// The leg a branch of ours names.
@@ -85,11 +92,16 @@ impl LegId {
         }
         LegId::from_tag(id)
     }
+
+    /// The Call-ID of the dialog pbx starts for this leg (B-legs).
+    pub fn call_id(self) -> String {
+        format!("{:032x}@pbx", self.0)
+    }
 }
 
 impl std::fmt::Display for LegId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:016x}", self.0)
+        write!(f, "{:032x}", self.0)
     }
 }
 

@@ -87,7 +87,7 @@ fn sent_text(out: &SipOut) -> String {
     }
 }
 
-fn a_leg(id: u64) -> (Leg, ServerKey, Request) {
+fn a_leg(id: u128) -> (Leg, ServerKey, Request) {
     let (key, request) = invite(PCMU_OFFER);
     let leg = Leg::uas(
         LegId(id),
@@ -168,6 +168,45 @@ Content-Length: 0\n\n"
     received(&text)
 }
 
+/// RFC 3261 §12.2.2: a request carrying our To tag but another Call-ID or From tag is not of
+/// the dialog — 481, and the call goes on; an ACK likewise changes nothing. Only the real
+/// caller's BYE ends it.
+#[test]
+fn strangers_knowing_our_tag_cannot_end_or_ack_the_dialog() {
+    let (mut leg, _, invite) = a_leg(0xe1);
+    leg.handle(Timestamp::ZERO, LegInput::Command(LegCommand::Answer { sdp: None }));
+    drain_leg(&mut leg);
+    let tag = LegId(0xe1).tag();
+    for (from_tag, call_id) in [("alice", "call-2"), ("mallory", "call-1"), ("", "call-1")] {
+        let from = if from_tag.is_empty() { String::new() } else { format!(";tag={from_tag}") };
+        for method in ["BYE", "INVITE", "UPDATE", "ACK"] {
+            let text = format!(
+                "{method} sip:pbx@{PBX} SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.9:5099;branch=z9hG4bK-x{method}{from_tag}{call_id}\n\
+Max-Forwards: 70\nFrom: <sip:100@127.0.0.1>{from}\nTo: <sip:101@127.0.0.1>;tag={tag}\nCall-ID: {call_id}\n\
+CSeq: 1 {method}\nContent-Length: 0\n\n"
+            );
+            let input = if method == "ACK" {
+                SipIn::Ack { request: parse_request(&text) }
+            } else {
+                let (key, request) = received(&text);
+                SipIn::Request { key, request }
+            };
+            leg.handle(Timestamp::ZERO + ms(10), LegInput::Sip(input));
+            let (sip, events) = drain_leg(&mut leg);
+            assert!(events.is_empty(), "{method} from {from_tag}/{call_id}: {events:?}");
+            if method != "ACK" {
+                assert!(sent_text(&sip[0]).starts_with("SIP/2.0 481"), "{method}: {}", sent_text(&sip[0]));
+            }
+        }
+    }
+    assert!(!leg.is_done());
+    assert!(leg.poll_timeout().is_some(), "still waiting for the real ACK");
+    let (key, bye) = in_dialog(&invite, "BYE", 2, &tag);
+    leg.handle(Timestamp::ZERO + ms(20), LegInput::Sip(SipIn::Request { key, request: bye }));
+    let (_, events) = drain_leg(&mut leg);
+    assert_eq!(events, vec![LegEvent::Bye, LegEvent::Finished]);
+}
+
 /// A 200 that is never ACKed: 64*T1 later the leg reports it and sends a BYE.
 #[test]
 fn uas_without_ack_gives_up_with_bye() {
@@ -201,7 +240,7 @@ fn uas_cancel_gets_487() {
     assert_eq!(events, vec![LegEvent::Cancelled, LegEvent::Finished]);
 }
 
-fn b_leg(id: u64) -> Leg {
+fn b_leg(id: u128) -> Leg {
     let from = leg::name_addr(Some("Alice"), message::parse_sip_uri("sip:100@127.0.0.1:5060").unwrap());
     let to = leg::name_addr(None, message::parse_sip_uri("sip:101@127.0.0.1:5060").unwrap());
     Leg::uac(
@@ -278,6 +317,40 @@ fn uac_invites_acks_and_hangs_up() {
     leg.handle(Timestamp::ZERO, LegInput::Sip(SipIn::Response { response: answer_to(&bye, 200, "") }));
     let (_, events) = drain_leg(&mut leg);
     assert_eq!(events, vec![LegEvent::Finished]);
+}
+
+/// A response that names our branch but carries another Call-ID (a stranger who guessed or
+/// saw the branch) is ignored: a forged 486 does not end a ringing call, a forged 200 answers
+/// nothing; once answered, a 2xx with another To tag is not ACKed either.
+#[test]
+fn uac_ignores_responses_of_another_call_id_or_tag() {
+    let mut leg = b_leg(0xe2);
+    leg.handle(Timestamp::ZERO, LegInput::Command(LegCommand::Invite { sdp: None }));
+    let (sip, _) = drain_leg(&mut leg);
+    let invite = request_out(&sip[0]).clone();
+    let forged = |code: u16, call_id: &str, tag: &str| {
+        let text = String::from_utf8(answer_to(&invite, code, "").to_bytes().to_vec())
+            .unwrap()
+            .replace(&format!("Call-ID: {}", invite.call_id().unwrap()), &format!("Call-ID: {call_id}"))
+            .replace(";tag=bob", &format!(";tag={tag}"));
+        match message::parse_datagram(text.as_bytes()) {
+            Ok(Message::Response(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    };
+    for code in [180, 486, 200] {
+        leg.handle(Timestamp::ZERO, LegInput::Sip(SipIn::Response { response: forged(code, "evil@x", "bob") }));
+        let (sip, events) = drain_leg(&mut leg);
+        assert!(sip.is_empty() && events.is_empty(), "{code}: {sip:?} {events:?}");
+    }
+    assert!(!leg.is_done());
+    leg.handle(Timestamp::ZERO, LegInput::Sip(SipIn::Response { response: answer_to(&invite, 200, "") }));
+    let (_, events) = drain_leg(&mut leg);
+    assert_eq!(events, vec![LegEvent::Answered { sdp: None }]);
+    let call_id = invite.call_id().unwrap();
+    leg.handle(Timestamp::ZERO, LegInput::Sip(SipIn::Response { response: forged(200, &call_id, "eve") }));
+    let (sip, _) = drain_leg(&mut leg);
+    assert!(sip.is_empty(), "a 2xx of another dialog is not ACKed: {sip:?}");
 }
 
 /// RFC 3261 §9.1: no CANCEL before a provisional response; then one with the INVITE's branch.

@@ -65,8 +65,10 @@ pub struct EndpointArgs {
     pub registrar: ActorRef<RegistrarMsg>,
     pub calls: ActorRef<CallsMsg>,
     pub timers: TimerConfig,
-    /// Starts the leg ids (pbx's tags and branches); random per start.
-    pub leg_seed: u64,
+    /// Keys the CSPRNG of leg ids (pbx's tags, branches, Call-IDs): 256 bits from the OS.
+    pub seed: [u8; 32],
+    /// Each source's admission limit for new transactions.
+    pub source_limit: crate::endpoint::SourceLimit,
     /// Inbound messages counted by the transports and not yet handled; the shell decrements it
     /// as it takes each one, so the transports can bound what piles up in the mailbox.
     pub inbound_backlog: Arc<AtomicUsize>,
@@ -153,7 +155,8 @@ impl Actor for EndpointActor {
         _me: ActorRef<EndpointMsg>,
         args: EndpointArgs,
     ) -> Result<EndpointState, ActorProcessingErr> {
-        let mut machine = Endpoint::new(args.timers, args.leg_seed);
+        let mut machine = Endpoint::new(args.timers, args.seed);
+        machine.set_source_limit(args.source_limit);
         machine.set_emergency_numbers(args.emergency_numbers);
         Ok(EndpointState {
             machine,
@@ -273,6 +276,14 @@ fn record(event: EndpointEvent) {
         }
         EndpointEvent::TimedOut { what } => {
             tracing::debug!(what, "timed out");
+        }
+        EndpointEvent::RateLimited { source } => {
+            metrics::counter!("pbx_sip_rate_limited_total").increment(1);
+            tracing::debug!(%source, "new request over the source's limit: dropped");
+        }
+        EndpointEvent::Unmatched { source, what } => {
+            metrics::counter!("pbx_sip_unmatched_total", "what" => what).increment(1);
+            tracing::debug!(%source, what, "names no dialog or transaction of ours");
         }
     }
 }

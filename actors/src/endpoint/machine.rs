@@ -7,9 +7,20 @@
 //! Calls: a new INVITE goes to the registrar (authenticate the caller, find the callee), then
 //! out as `StartCall` with leg ids for the call's legs. From then on the endpoint only routes:
 //! an in-dialog request by its To tag, a response by its Via branch, a 2xx retransmission by its
-//! From tag — each names the leg pbx made it for (`LegId`) — and a CANCEL by the INVITE it
-//! cancels. What legs send comes back as `FromLeg`.
+//! From tag — each names the leg pbx made it for (`LegId`, 128 bits from the CSPRNG seeded at
+//! construction, so nobody can guess one) — and a CANCEL by the INVITE it cancels (same
+//! branch, Call-ID and From tag). The leg then checks the rest of the dialog's identity (RFC
+//! 3261 §12.2.2). What legs send comes back as `FromLeg`.
+//!
+//! Strangers cost no state (docs/SECURITY.md): a new request from a source over its
+//! [`SourceLimit`] is dropped before it makes a transaction; answers to requests nobody
+//! vouched for — challenges and refusals from the registrar (`authenticated: false`), 481 for
+//! a dialog we do not have, OPTIONS, 405/501/420, 503 when full — go out once, statelessly
+//! (Kamailio's `sl_send_reply`): no transaction is kept and nothing is retransmitted, so one
+//! datagram in gives at most one datagram out. An INVITE gets its 100 Trying only once the
+//! caller has authenticated (or the transaction's own 200 ms timer, if the registrar is slow).
 
+use super::limiter::{SourceLimit, SourceLimiter};
 use crate::Timestamp;
 use crate::call::{LegId, SipIn, SipOut};
 use crate::registrar::Route;
@@ -19,6 +30,8 @@ use crate::sip::transaction::{
 };
 use bytes::Bytes;
 use ezk_sip_types::{Method, Name};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -141,6 +154,14 @@ pub enum EndpointEvent {
     Response { code: u16 },
     /// Input that was refused or dropped, and why.
     Malformed { source: SocketAddr, reason: String, answered: bool },
+    /// A new request over its source's admission limit: dropped, unanswered
+    /// (`pbx_sip_rate_limited_total`).
+    RateLimited { source: SocketAddr },
+    /// Something that named none of our dialogs or transactions — `what`: "response" (a
+    /// response with a branch or tag of ours but another Call-ID, or one for no live leg),
+    /// "request" (an in-dialog request for no live leg), "cancel" (a CANCEL for no INVITE of
+    /// its dialog attempt) — dropped or answered 481 (`pbx_sip_unmatched_total{what}`).
+    Unmatched { source: SocketAddr, what: &'static str },
     /// A transaction or a registrar answer timed out.
     TimedOut { what: &'static str },
 }
@@ -181,7 +202,11 @@ pub struct Endpoint {
     legs: HashMap<LegId, LiveLeg>,
     /// Unanswered INVITEs of A-legs, for CANCEL.
     invites: HashMap<ServerKey, LegId>,
-    next_leg: u64,
+    /// A CSPRNG (ChaCha12): leg ids, and so pbx's tags, branches and Call-IDs.
+    rng: StdRng,
+    /// Keys the To tags of stateless answers (a retransmitted request gets the same tag).
+    tag_key: u64,
+    limiter: SourceLimiter,
     /// Calls in progress (their A-legs are live).
     calls: usize,
     /// The licence's limit on calls at once (`None`: none); beyond it a new INVITE gets 403.
@@ -193,16 +218,20 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// `leg_seed` starts the leg ids (and so pbx's tags and branches): random per start, so
-    /// they do not repeat across restarts.
-    pub fn new(timers: TimerConfig, leg_seed: u64) -> Endpoint {
+    /// `seed` keys the CSPRNG that draws leg ids (pbx's tags, branches and Call-IDs): the
+    /// node passes 256 bits from the OS at every start, the simulator one from its run's seed.
+    pub fn new(timers: TimerConfig, seed: [u8; 32]) -> Endpoint {
+        let mut rng = StdRng::from_seed(seed);
+        let tag_key = rng.random();
         Endpoint {
             transactions: Transactions::new(timers),
             next_tx: 1,
             pending: BTreeMap::new(),
             legs: HashMap::new(),
             invites: HashMap::new(),
-            next_leg: leg_seed,
+            rng,
+            tag_key,
+            limiter: SourceLimiter::new(SourceLimit::default()),
             calls: 0,
             call_limit: None,
             emergency_numbers: Vec::new(),
@@ -215,6 +244,11 @@ impl Endpoint {
     /// does); calls already up are never cut.
     pub fn set_call_limit(&mut self, limit: Option<u32>) {
         self.call_limit = limit;
+    }
+
+    /// Each source's admission limit for new transactions (`[sip]` settings).
+    pub fn set_source_limit(&mut self, limit: SourceLimit) {
+        self.limiter = SourceLimiter::new(limit);
     }
 
     /// Numbers a licence limit never refuses (`calls.emergency_numbers`).
@@ -232,14 +266,25 @@ impl Endpoint {
         self.now = now;
         match input {
             EndpointInput::Inbound { bytes, source, transport } => self.inbound(&bytes, source, transport),
-            EndpointInput::RegistrarResponse { tx, response, authenticated: _ } => {
+            EndpointInput::RegistrarResponse { tx, response, authenticated } => {
                 // An answer that comes after we gave up (500 sent) is dropped.
                 if let Some(pending) = self.pending.remove(&tx) {
-                    self.respond(pending.key, response);
+                    if authenticated {
+                        self.respond(pending.key, response);
+                    } else {
+                        self.respond_stateless(pending.key, response);
+                    }
                 }
             }
             EndpointInput::Routed { tx, route } => {
-                if let Some(Pending { key, invite: Some((invite, source, transport)), .. }) = self.pending.remove(&tx) {
+                if let Some(Pending { key, invite: Some((invite, source, transport)), .. }) = self.pending.remove(&tx)
+                    // Evicted meanwhile (the table was full of strangers' requests): the caller
+                    // retransmits and starts over.
+                    && self.transactions.has_server(&key)
+                {
+                    self.transactions.mark_vetted(&key);
+                    // RFC 3261 §17.2.1: 100 Trying now that we will take a while (forking).
+                    self.respond(key.clone(), invite.response(100, None));
                     self.start_call(key, invite, source, transport, route);
                 }
             }
@@ -312,6 +357,10 @@ impl Endpoint {
         };
         match parsed {
             Ok(Message::Request(request)) => {
+                if self.transactions.is_new_request(&request) && !self.limiter.admit(self.now, source.ip()) {
+                    self.outputs.push_back(EndpointOutput::Event(EndpointEvent::RateLimited { source }));
+                    return;
+                }
                 // The transaction layer stamps Via received/rport (RFC 3581) as it files it.
                 self.transactions.handle(
                     self.now,
@@ -368,16 +417,19 @@ impl Endpoint {
                         self.outputs.push_back(EndpointOutput::ToLeg { leg, input: SipIn::Ack { request } });
                     }
                 }
-                TransactionOutput::StrayResponse { response, .. } => {
+                TransactionOutput::StrayResponse { response, source } => {
                     // A 2xx retransmitted after our INVITE transaction ended: the leg ACKs it
-                    // again. Its From tag is ours.
+                    // again (if its Call-ID is the dialog's). Its From tag is ours.
                     let tag = response
                         .headers
                         .get::<ezk_sip_types::header::typed::FromTo>(Name::FROM)
                         .ok()
                         .and_then(|f| f.tag);
-                    if let Some(leg) = self.leg_named(tag.and_then(|t| LegId::from_tag(&t))) {
-                        self.outputs.push_back(EndpointOutput::ToLeg { leg, input: SipIn::Response { response } });
+                    match self.leg_named(tag.and_then(|t| LegId::from_tag(&t))) {
+                        Some(leg) => {
+                            self.outputs.push_back(EndpointOutput::ToLeg { leg, input: SipIn::Response { response } })
+                        }
+                        None => self.unmatched(source, "response"),
                     }
                 }
                 TransactionOutput::Response { key, response } => {
@@ -385,6 +437,7 @@ impl Endpoint {
                         self.outputs.push_back(EndpointOutput::ToLeg { leg, input: SipIn::Response { response } });
                     }
                 }
+                TransactionOutput::Forged { source } => self.unmatched(source, "response"),
                 TransactionOutput::Timeout { key } => {
                     self.outputs.push_back(EndpointOutput::Event(EndpointEvent::TimedOut { what: "transaction" }));
                     if let TransactionKey::Client(key) = key
@@ -413,9 +466,9 @@ impl Endpoint {
             .filter(|t| !t.is_empty())
             .collect();
         if !required.is_empty() && method != Method::CANCEL && method != Method::ACK {
-            let mut response = request.response(420, Some(&self.next_tag()));
+            let mut response = request.response(420, Some(&self.stateless_tag(&request)));
             response.headers.insert(Name::UNSUPPORTED, required.join(", "));
-            self.respond(key, response);
+            self.respond_stateless(key, response);
             return;
         }
         let to_tag = request.to().and_then(|to| to.tag);
@@ -427,40 +480,43 @@ impl Endpoint {
                 Some((_, live)) if live.requests.len() >= LEG_REQUESTS_MAX => {
                     let mut response = request.response(503, None);
                     response.headers.insert(Name::RETRY_AFTER, OVERLOAD_RETRY_AFTER_S.to_string());
-                    self.respond(key, response);
+                    self.respond_stateless(key, response);
                 }
                 Some((leg, live)) => {
+                    // The leg checks Call-ID and From tag (RFC 3261 §12.2.2) and answers 481
+                    // itself when they are not its dialog's.
                     live.requests.push((key.clone(), request.response(481, None)));
                     self.outputs.push_back(EndpointOutput::ToLeg { leg, input: SipIn::Request { key, request } })
                 }
                 None => {
+                    self.unmatched(source, "request");
                     let response = request.response(481, None);
-                    self.respond(key, response);
+                    self.respond_stateless(key, response);
                 }
             }
         } else if method == Method::INVITE {
-            // 100 at once (RFC 3261 §17.2.1): authentication and forking take a while.
-            self.respond(key.clone(), request.response(100, None));
+            // No 100 yet: a stranger's INVITE gets exactly one datagram back (the 407).
             self.hand_to_registrar(key, request, source, transport);
         } else if method == Method::OPTIONS {
             // RFC 3261 §11.2: what we can do. A to-tag, as for any final response of a UAS.
-            let mut response = request.response(200, Some(&self.next_tag()));
+            let mut response = request.response(200, Some(&self.stateless_tag(&request)));
             response.headers.insert(Name::ALLOW, ALLOW);
             response.headers.insert(Name::ACCEPT, "application/sdp");
-            self.respond(key, response);
+            self.respond_stateless(key, response);
         } else if method == Method::CANCEL {
-            self.cancel(key, request);
+            self.cancel(key, request, source);
         } else if method == Method::BYE || method == Method::UPDATE || method == Method::INFO {
             // Only meaningful inside a dialog, and this one names none (RFC 3261 §15.1.2).
-            let response = request.response(481, Some(&self.next_tag()));
-            self.respond(key, response);
+            self.unmatched(source, "request");
+            let response = request.response(481, Some(&self.stateless_tag(&request)));
+            self.respond_stateless(key, response);
         } else {
             // 405 for a method SIP defines that this node does not serve; 501 for one it does
             // not know at all (RFC 3261 §21.4.6 / §21.5.2).
             let code = if known.is_some() { 405 } else { 501 };
-            let mut response = request.response(code, Some(&self.next_tag()));
+            let mut response = request.response(code, Some(&self.stateless_tag(&request)));
             response.headers.insert(Name::ALLOW, ALLOW);
-            self.respond(key, response);
+            self.respond_stateless(key, response);
         }
     }
 
@@ -469,9 +525,10 @@ impl Endpoint {
         if self.pending.len() >= PENDING_REGISTERS_MAX {
             let mut response = request.response(503, None);
             response.headers.insert(Name::RETRY_AFTER, OVERLOAD_RETRY_AFTER_S.to_string());
-            self.respond(key, response);
+            self.respond_stateless(key, response);
             return;
         }
+        self.transactions.mark_unvetted(&key);
         let tx = self.next_tx;
         self.next_tx += 1;
         let deadline = self.now + Duration::from_secs(REGISTRAR_ANSWER_S_MAX);
@@ -489,17 +546,18 @@ impl Endpoint {
 
     /// RFC 3261 §9.2: 200 to the CANCEL; the INVITE it names gets its 487 from the leg (or from
     /// here, while the registrar still has it).
-    fn cancel(&mut self, key: ServerKey, request: Request) {
+    fn cancel(&mut self, key: ServerKey, request: Request, source: SocketAddr) {
         let invite = self.transactions.find_invite_for_cancel(&request);
         let leg = invite.as_ref().and_then(|k| self.invites.get(k)).copied();
         let waiting = invite
             .as_ref()
             .and_then(|k| self.pending.iter().find(|(_, p)| p.invite.is_some() && p.key == *k).map(|(tx, _)| *tx));
         if leg.is_none() && waiting.is_none() {
-            let response = request.response(481, Some(&self.next_tag()));
-            return self.respond(key, response);
+            self.unmatched(source, "cancel");
+            let response = request.response(481, Some(&self.stateless_tag(&request)));
+            return self.respond_stateless(key, response);
         }
-        let tag = self.next_tag();
+        let tag = self.stateless_tag(&request);
         self.respond(key, request.response(200, Some(&tag)));
         if let Some(leg) = leg {
             self.outputs.push_back(EndpointOutput::ToLeg { leg, input: SipIn::Cancel });
@@ -517,7 +575,7 @@ impl Endpoint {
             && !self.emergency_numbers.contains(&route.callee)
         {
             // RFC 3261 §21.4.4: understood, refused; the reason phrase says why.
-            let mut response = invite.response(403, Some(&self.next_tag()));
+            let mut response = invite.response(403, Some(&self.stateless_tag(&invite)));
             response.reason = format!("Licence limit: {limit} concurrent calls");
             return self.respond(key, response);
         }
@@ -542,9 +600,14 @@ impl Endpoint {
         })));
     }
 
+    /// A fresh leg id from the CSPRNG (a repeat of a live one, at odds of 2^-128, is drawn again).
     fn new_leg(&mut self) -> LegId {
-        self.next_leg = self.next_leg.wrapping_add(1);
-        LegId(self.next_leg)
+        loop {
+            let leg = LegId(self.rng.random());
+            if !self.legs.contains_key(&leg) {
+                return leg;
+            }
+        }
     }
 
     fn leg_sends(&mut self, leg: LegId, out: SipOut) {
@@ -580,11 +643,28 @@ impl Endpoint {
         self.transactions.handle(self.now, TransactionInput::SendResponse { key, response });
     }
 
-    /// To-tags need only be unique per dialog attempt; the transaction counter suffices and
-    /// keeps the machine free of any RNG.
-    fn next_tag(&mut self) -> String {
-        self.next_tx += 1;
-        format!("pbx{:x}", self.next_tx)
+    /// Once, with no transaction kept (see the module doc).
+    fn respond_stateless(&mut self, key: ServerKey, response: Response) {
+        self.outputs.push_back(EndpointOutput::Event(EndpointEvent::Response { code: response.code }));
+        self.transactions.handle(self.now, TransactionInput::SendStatelessResponse { key, response });
+    }
+
+    fn unmatched(&mut self, source: SocketAddr, what: &'static str) {
+        self.outputs.push_back(EndpointOutput::Event(EndpointEvent::Unmatched { source, what }));
+    }
+
+    /// The To tag of an answer outside any dialog of ours: a keyed hash of the request's
+    /// Call-ID and From tag, so a retransmission gets the same tag (RFC 3261 §8.2.7) without
+    /// our keeping anything. 16 hex digits: never mistaken for a leg's tag (32).
+    fn stateless_tag(&self, request: &Request) -> String {
+        use std::hash::{DefaultHasher, Hasher};
+        let mut hasher = DefaultHasher::new();
+        hasher.write_u64(self.tag_key);
+        hasher.write(request.call_id().unwrap_or_default().as_bytes());
+        if let Some(tag) = request.from().and_then(|f| f.tag) {
+            hasher.write(tag.as_bytes());
+        }
+        format!("{:016x}", hasher.finish())
     }
 }
 

@@ -9,7 +9,9 @@
 //! `Allow`. A malformed request gets 400 with a reason phrase saying what is wrong.
 
 pub mod actor;
+pub mod limiter;
 pub mod machine;
 
 pub use actor::{EndpointActor, EndpointArgs, EndpointMsg, Wire};
+pub use limiter::SourceLimit;
 pub use machine::{CallStart, Endpoint, EndpointEvent, EndpointInput, EndpointOutput};

@@ -15,7 +15,6 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use bytesstr::BytesStr;
 pub use ezk_sip_types::header::typed::{CSeq, CallID, Contact, Expires, FromTo, MinExpires, Via};
-use ezk_sip_types::host::Host;
 use ezk_sip_types::parse::Parse;
 use ezk_sip_types::print::AppendCtx;
 pub use ezk_sip_types::uri::{NameAddr, SipUri, SipUriUserPart};
@@ -553,7 +552,8 @@ impl Request {
     }
 
     /// RFC 3261 §18.2.1 and RFC 3581 §4: note on the top Via where the request really came
-    /// from (`received`), and the source port when the client asked for it (`rport`).
+    /// from (`received`, always — overwriting one the client wrote), and the source port when
+    /// the client asked for it (`rport`).
     pub fn stamp_via_source(&mut self, source: SocketAddr) {
         // Only the top Via changes: parse and re-print that one, keep the others' raw text.
         let Some(values) = self.headers.remove(&Name::VIA) else { return };
@@ -571,14 +571,10 @@ impl Request {
             return;
         };
         let asked_rport = top.params.get("rport").is_some();
-        let sent_by_ip = match &top.sent_by.host {
-            Host::IP4(ip) => Some(IpAddr::V4(*ip)),
-            Host::IP6(ip) => Some(IpAddr::V6(*ip)),
-            Host::Name(_) => None,
-        };
-        if asked_rport || sent_by_ip != Some(source.ip()) {
-            top.params.push_or_edit("received", source.ip().to_string());
-        }
+        // Always, even when sent-by names the source: a `received` the client wrote itself
+        // must never decide where our answer goes (it would make pbx a reflector aimed at
+        // whatever address a stranger puts there).
+        top.params.push_or_edit("received", source.ip().to_string());
         if asked_rport {
             top.params.push_or_edit("rport", source.port().to_string());
         }
@@ -617,6 +613,10 @@ impl Response {
 
     pub fn header(&self, name: &Name) -> Option<&str> {
         self.headers.get_raw(name).next().map(|v| v.as_str())
+    }
+
+    pub fn call_id(&self) -> Option<String> {
+        self.headers.get_raw(&Name::CALL_ID).next().map(|v| v.to_string())
     }
 
     /// Where a response travels over UDP (RFC 3261 §18.2.2, RFC 3581 §4): back to the

@@ -188,6 +188,12 @@ pub enum TransactionInput {
     SendRequest { request: Request, destination: SocketAddr, transport: Transport },
     /// The TU answers the server transaction `key`.
     SendResponse { key: ServerKey, response: Response },
+    /// The TU answers the server transaction `key` once, statelessly (Kamailio's
+    /// `sl_send_reply`): the response goes out one time, nothing is retransmitted, and the
+    /// transaction is gone at once. For answers to requests nobody vouched for (challenges,
+    /// 481s, refusals): a stranger's request then costs no state and no retransmissions, and a
+    /// retransmission of it is simply answered again as a new request.
+    SendStatelessResponse { key: ServerKey, response: Response },
     /// The time poll_timeout asked for has come (or passed).
     Timeout,
 }
@@ -212,6 +218,9 @@ pub enum TransactionOutput {
     /// Timer B/F fired (client), Timer H fired (server INVITE: no ACK for a final response),
     /// the CANCEL guard of §9.1 fired, or a client request was refused (table full, no branch).
     Timeout { key: TransactionKey },
+    /// A response that named one of our client transactions by branch and CSeq method but
+    /// carried another Call-ID: not from the dialog's peer, dropped (counted by the TU).
+    Forged { source: SocketAddr },
     /// The transaction is gone (for TU bookkeeping). Every client transaction a TU starts
     /// ends with exactly one of these, even one refused at once.
     Terminated { key: TransactionKey },
@@ -242,7 +251,10 @@ pub enum TransactionOutput {
 /// waits out retransmissions (Timer D, I, J or K running, nothing left to send) is ended early
 /// to make room: it is a cache of an answer already given, and under load its retransmission
 /// window shrinks from 64*T1 towards what the load allows (Kamailio answers REGISTER with no
-/// transaction at all). Only when no such transaction exists does a new server request get a
+/// transaction at all). Next go the server transactions the TU marked unvetted
+/// ([`Transactions::mark_unvetted`]: requests nobody has vouched for, waiting for
+/// authentication), oldest first; their requests go unanswered, as if lost, and the client's
+/// retransmission starts over. Only when no such transaction exists does a new server request get a
 /// stateless 503 with Retry-After (RFC 3261 §21.5.4) and a new client request `Timeout` and
 /// `Terminated` at once, as if Timer B/F had fired: the TU's ordinary failure path.
 ///
@@ -261,6 +273,10 @@ pub struct Transactions {
     timers: BTreeSet<(Timestamp, TxId, Slot)>,
     /// Transactions that only absorb retransmissions, oldest first: evicted first at the bound.
     lingering: BTreeSet<TxId>,
+    /// Server transactions of requests nobody has vouched for yet (the TU marks them: a new
+    /// REGISTER or INVITE waiting for authentication), oldest first: evicted next at the bound,
+    /// before anything a phone that proved itself depends on.
+    unvetted: BTreeSet<TxId>,
     outputs: VecDeque<TransactionOutput>,
 }
 
@@ -327,11 +343,15 @@ enum Kind {
         ack: Option<Bytes>,
         /// The TU sent a CANCEL for this INVITE (§9.1).
         cancelled: bool,
+        /// Responses must carry it.
+        call_id: Option<String>,
     },
     NonInviteClient {
         state: NonInviteClientState,
         bytes: Bytes,
         destination: SocketAddr,
+        /// Responses must carry it.
+        call_id: Option<String>,
     },
     InviteServer {
         state: InviteServerState,
@@ -415,6 +435,7 @@ impl Transactions {
             clients: HashMap::new(),
             timers: BTreeSet::new(),
             lingering: BTreeSet::new(),
+            unvetted: BTreeSet::new(),
             outputs: VecDeque::new(),
         }
     }
@@ -437,6 +458,7 @@ impl Transactions {
                 self.send_request(now, request, destination, transport)
             }
             TransactionInput::SendResponse { key, response } => self.send_response(now, key, response),
+            TransactionInput::SendStatelessResponse { key, response } => self.send_stateless(key, response),
             TransactionInput::Timeout => {}
         }
     }
@@ -487,7 +509,39 @@ impl Transactions {
             return None;
         }
         let key = ServerKey::of_request(cancel)?.with_method(Method::INVITE);
-        self.servers.contains_key(&key).then_some(key)
+        let id = self.servers.get(&key)?;
+        // Branch and sent-by are the client's choice and may be predictable; the CANCEL must
+        // also be of the INVITE's dialog attempt (§9.1: the same Call-ID, From and To).
+        let Kind::InviteServer { request: invite, .. } = &self.transactions.get(id)?.kind else { return None };
+        let from_tag = |r: &Request| r.from().and_then(|f| f.tag).map(|t| t.as_str().to_owned());
+        let same = invite.call_id() == cancel.call_id() && from_tag(invite) == from_tag(cancel);
+        same.then_some(key)
+    }
+
+    /// True when `request` would start a new server transaction (it is not a retransmission
+    /// of one we hold, and not an ACK): what a per-source admission limit counts.
+    pub fn is_new_request(&self, request: &Request) -> bool {
+        request.method != Method::ACK && ServerKey::of_request(request).is_some_and(|k| !self.servers.contains_key(&k))
+    }
+
+    /// Whether the server transaction `key` is still here (not ended, not evicted).
+    pub fn has_server(&self, key: &ServerKey) -> bool {
+        self.servers.contains_key(key)
+    }
+
+    /// The TU has not vouched for this request yet: at the table's bound it is evicted before
+    /// any transaction a proven phone depends on (see Limits).
+    pub fn mark_unvetted(&mut self, key: &ServerKey) {
+        if let Some(&id) = self.servers.get(key) {
+            self.unvetted.insert(id);
+        }
+    }
+
+    /// The TU vouches for this request now (its sender authenticated, or it names a dialog).
+    pub fn mark_vetted(&mut self, key: &ServerKey) {
+        if let Some(&id) = self.servers.get(key) {
+            self.unvetted.remove(&id);
+        }
     }
 
     fn fire_due_timers(&mut self, now: Timestamp) {
@@ -598,6 +652,16 @@ impl Transactions {
             self.outputs.push_back(TransactionOutput::StrayResponse { response, source });
             return;
         };
+        // §17.1.3 matches on branch and CSeq method; a branch is ours and unguessable, but a
+        // response must also be of the request's Call-ID before it may end the transaction.
+        let call_id = match &self.transactions[&id].kind {
+            Kind::InviteClient { call_id, .. } | Kind::NonInviteClient { call_id, .. } => call_id.as_deref(),
+            Kind::InviteServer { .. } | Kind::NonInviteServer { .. } => None,
+        };
+        if call_id.is_some_and(|c| response.call_id().as_deref() != Some(c)) {
+            self.outputs.push_back(TransactionOutput::Forged { source });
+            return;
+        }
         self.update(id, now, |tx, ctx| tx.on_response(response, ctx));
     }
 
@@ -639,6 +703,7 @@ impl Transactions {
             }
         }
         let bytes = request.to_bytes();
+        let call_id = request.call_id();
         let kind = if request.method == Method::INVITE {
             Kind::InviteClient {
                 state: InviteClientState::Calling,
@@ -647,9 +712,10 @@ impl Transactions {
                 destination,
                 ack: None,
                 cancelled: false,
+                call_id,
             }
         } else {
-            Kind::NonInviteClient { state: NonInviteClientState::Trying, bytes, destination }
+            Kind::NonInviteClient { state: NonInviteClientState::Trying, bytes, destination, call_id }
         };
         self.start(now, TransactionKey::Client(key), transport, kind);
     }
@@ -664,6 +730,22 @@ impl Transactions {
             return;
         };
         self.update(id, now, |tx, ctx| tx.on_tu_response(response, ctx));
+    }
+
+    fn send_stateless(&mut self, key: ServerKey, response: Response) {
+        let Some(&id) = self.servers.get(&key) else {
+            tracing::debug!(?key, code = response.code, "stateless response for a transaction that is gone: dropped");
+            return;
+        };
+        let tx = &self.transactions[&id];
+        let source = match &tx.kind {
+            Kind::InviteServer { source, .. } | Kind::NonInviteServer { source, .. } => *source,
+            Kind::InviteClient { .. } | Kind::NonInviteClient { .. } => return,
+        };
+        let transport = tx.transport;
+        let destination = response_destination(&response, source, transport);
+        self.outputs.push_back(TransactionOutput::Transmit { destination, transport, bytes: response.to_bytes() });
+        self.remove(id);
     }
 
     /// Files a new transaction and lets it take its first steps (§17.1.1.2, §17.1.2.2, §17.2.1).
@@ -711,6 +793,7 @@ impl Transactions {
             self.remove(id);
         } else if tx.is_lingering() {
             self.lingering.insert(id);
+            self.unvetted.remove(&id);
         } else {
             self.lingering.remove(&id);
         }
@@ -722,7 +805,7 @@ impl Transactions {
         if self.transactions.len() < TRANSACTIONS_MAX {
             return true;
         }
-        match self.lingering.pop_first() {
+        match self.lingering.pop_first().or_else(|| self.unvetted.pop_first()) {
             Some(id) => {
                 self.remove(id);
                 true
@@ -734,6 +817,7 @@ impl Transactions {
     fn remove(&mut self, id: TxId) {
         let tx = self.transactions.remove(&id).expect("removing a live transaction");
         self.lingering.remove(&id);
+        self.unvetted.remove(&id);
         for (slot, armed) in [(Slot::Retransmit, tx.retransmit), (Slot::Deadline, tx.deadline)] {
             if let Some(armed) = armed {
                 self.timers.remove(&(armed.at, id, slot));
@@ -816,7 +900,7 @@ impl Transaction {
             }
             // §17.1.2.2: retransmit, doubling up to T2 in Trying, at T2 in Proceeding.
             Timer::E => {
-                if let Kind::NonInviteClient { state, bytes, destination } = &self.kind {
+                if let Kind::NonInviteClient { state, bytes, destination, .. } = &self.kind {
                     let next = match state {
                         NonInviteClientState::Trying => self.interval.saturating_mul(2).min(config.t2),
                         NonInviteClientState::Proceeding => config.t2,

@@ -162,6 +162,7 @@ fn events(seen: &[(Timestamp, TransactionOutput)]) -> Vec<(u64, &'static str)> {
                 TransactionOutput::StrayResponse { .. } => "StrayResponse",
                 TransactionOutput::Timeout { .. } => "Timeout",
                 TransactionOutput::Terminated { .. } => "Terminated",
+                TransactionOutput::Forged { .. } => "Forged",
             };
             Some((at.as_micros() / 1_000, name))
         })
@@ -558,6 +559,7 @@ fn over_the_bound_requests_get_503_and_client_requests_are_refused() {
             state: NonInviteClientState::Trying,
             bytes: Bytes::new(),
             destination: addr(PHONE),
+            call_id: None,
         };
         h.machine.start(Timestamp::ZERO, key, Transport::Tcp, kind);
     }
@@ -591,6 +593,7 @@ fn at_the_bound_a_lingering_transaction_makes_room() {
             state: NonInviteClientState::Trying,
             bytes: Bytes::new(),
             destination: addr(PHONE),
+            call_id: None,
         };
         h.machine.start(Timestamp::ZERO, key, Transport::Tcp, kind);
     }
@@ -615,6 +618,86 @@ fn at_the_bound_a_lingering_transaction_makes_room() {
     let third = phone_request("REGISTER", "z9hG4bK-third", 3, None, Transport::Udp);
     let sent = transmits(&h.at(4, received(third, PHONE, Transport::Udp)));
     assert!(String::from_utf8_lossy(&sent[0]).starts_with("SIP/2.0 503"), "{sent:?}");
+}
+
+/// At the bound with nothing lingering, the oldest request the TU marked unvetted (a stranger's,
+/// waiting for authentication) makes room; one it vouched for again is kept. Only when none is
+/// left unvetted does a new request get 503.
+#[test]
+fn at_the_bound_unvetted_requests_go_first() {
+    let mut h = Harness::new();
+    for n in 0..TRANSACTIONS_MAX - 2 {
+        let key = TransactionKey::Client(ClientKey { branch: format!("z9hG4bK-fill{n}"), method: Method::OPTIONS });
+        let kind = Kind::NonInviteClient {
+            state: NonInviteClientState::Trying,
+            bytes: Bytes::new(),
+            destination: addr(PHONE),
+            call_id: None,
+        };
+        h.machine.start(Timestamp::ZERO, key, Transport::Tcp, kind);
+    }
+    while h.machine.poll_output().is_some() {}
+    let stranger = phone_request("REGISTER", "z9hG4bK-stranger", 1, None, Transport::Udp);
+    let (stranger_key, _) = Harness::server_key(&h.at(1, received(stranger, PHONE, Transport::Udp)));
+    h.machine.mark_unvetted(&stranger_key);
+    let phone = phone_request("INVITE", "z9hG4bK-phone", 1, None, Transport::Udp);
+    let (phone_key, _) = Harness::server_key(&h.at(2, received(phone, PHONE, Transport::Udp)));
+    h.machine.mark_unvetted(&phone_key);
+    h.machine.mark_vetted(&phone_key);
+    assert_eq!(h.machine.len(), TRANSACTIONS_MAX);
+
+    let next = phone_request("REGISTER", "z9hG4bK-next", 2, None, Transport::Udp);
+    let out = h.at(3, received(next, PHONE, Transport::Udp));
+    assert!(
+        out.iter().any(
+            |o| matches!(o, TransactionOutput::Terminated { key: TransactionKey::Server(k) } if *k == stranger_key)
+        ),
+        "the unvetted request is evicted: {out:?}"
+    );
+    assert!(out.iter().any(|o| matches!(o, TransactionOutput::Request { .. })), "{out:?}");
+    assert!(h.machine.has_server(&phone_key), "the vetted one stays");
+    let last = phone_request("REGISTER", "z9hG4bK-last", 3, None, Transport::Udp);
+    let sent = transmits(&h.at(4, received(last, PHONE, Transport::Udp)));
+    assert!(String::from_utf8_lossy(&sent[0]).starts_with("SIP/2.0 503"), "{sent:?}");
+}
+
+/// A stateless answer goes out once and ends the transaction: no Timer G for a 407, and the
+/// request's retransmission is a new request for the TU.
+#[test]
+fn stateless_response_leaves_once_and_keeps_nothing() {
+    let mut h = Harness::new();
+    let invite = phone_request("INVITE", "z9hG4bK-sl", 1, None, Transport::Udp);
+    let (key, request) = Harness::server_key(&h.at(0, received(invite.clone(), PHONE, Transport::Udp)));
+    let out = h.at(10, TransactionInput::SendStatelessResponse { key, response: request.response(407, Some("t")) });
+    assert_eq!(transmits(&out).len(), 1);
+    assert!(h.machine.is_empty());
+    assert_eq!(h.machine.poll_timeout(), None);
+    let again = h.at(600, received(invite, PHONE, Transport::Udp));
+    assert!(again.iter().any(|o| matches!(o, TransactionOutput::Request { .. })), "{again:?}");
+}
+
+/// A response with our branch and CSeq method but another Call-ID does not touch the client
+/// transaction: it is reported forged, and the real response still completes it.
+#[test]
+fn response_of_another_call_id_is_dropped_as_forged() {
+    let mut h = Harness::new();
+    let request = pbx_request("OPTIONS", "z9hG4bK-cid", Transport::Udp);
+    h.at(0, send(request.clone(), Transport::Udp));
+    let mut forged = request.response(486, Some("x"));
+    forged.headers.remove(&Name::CALL_ID);
+    forged.headers.insert(Name::CALL_ID, "someone-else");
+    let forged = match crate::sip::message::parse_datagram(&forged.to_bytes()) {
+        Ok(Message::Response(r)) => r,
+        other => panic!("{other:?}"),
+    };
+    let out = h.at(5, received_response(forged));
+    assert!(matches!(&out[..], [TransactionOutput::Forged { .. }]), "{out:?}");
+    let real = match crate::sip::message::parse_datagram(&request.response(200, Some("x")).to_bytes()) {
+        Ok(Message::Response(r)) => r,
+        other => panic!("{other:?}"),
+    };
+    let out = h.at(6, received_response(real));
+    assert!(out.iter().any(|o| matches!(o, TransactionOutput::Response { .. })), "{out:?}");
 }
 
 /// Time going backwards is a bug in the driver and stops the machine (the assert stays on in release).
