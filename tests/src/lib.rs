@@ -135,6 +135,8 @@ pub struct PbxOptions {
     pub licence: Vec<String>,
     /// `key = value` lines for the `[privacy]` table (written only when there are some).
     pub privacy: Vec<String>,
+    /// `key = value` lines for the `[sip]` table (written only when there are some).
+    pub sip: Vec<String>,
     /// TOML appended to the config, a `[cluster]` section: the node then runs as `pbx node`.
     pub cluster: Option<String>,
 }
@@ -149,6 +151,7 @@ impl Default for PbxOptions {
             rtp_ports: None,
             licence: Vec::new(),
             privacy: Vec::new(),
+            sip: Vec::new(),
             cluster: None,
         }
     }
@@ -187,6 +190,11 @@ impl PbxOptions {
 
     pub fn privacy(mut self, line: &str) -> Self {
         self.privacy.push(line.into());
+        self
+    }
+
+    pub fn sip(mut self, line: &str) -> Self {
+        self.sip.push(line.into());
         self
     }
 
@@ -229,7 +237,7 @@ impl Pbx {
                 toml.push('\n');
             }
         }
-        for (table, lines) in [("licence", &options.licence), ("privacy", &options.privacy)] {
+        for (table, lines) in [("licence", &options.licence), ("privacy", &options.privacy), ("sip", &options.sip)] {
             if !lines.is_empty() {
                 toml.push_str(&format!("\n[{table}]\n"));
                 for line in lines {

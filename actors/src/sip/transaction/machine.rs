@@ -530,11 +530,21 @@ impl Transactions {
     }
 
     /// The TU has not vouched for this request yet: at the table's bound it is evicted before
-    /// any transaction a proven phone depends on (see Limits).
+    /// any transaction a proven phone depends on (see Limits). An unvetted INVITE sends no
+    /// 100 Trying of its own (§17.2.1's 200 ms timer is stopped): a stranger's INVITE gets
+    /// one datagram back, the TU's answer, however slow the TU is under a flood — the client
+    /// retransmits meanwhile and the transaction absorbs it. The TU sends the 100 itself once
+    /// it vouches for the request.
     pub fn mark_unvetted(&mut self, key: &ServerKey) {
-        if let Some(&id) = self.servers.get(key) {
-            self.unvetted.insert(id);
-        }
+        let Some(&id) = self.servers.get(key) else { return };
+        self.unvetted.insert(id);
+        let now = self.now.unwrap_or(Timestamp::ZERO);
+        self.update(id, now, |tx, _| {
+            if tx.retransmit.is_some_and(|armed| matches!(armed.timer, Timer::Trying)) {
+                tx.retransmit = None;
+            }
+            Fate::Live
+        });
     }
 
     /// The TU vouches for this request now (its sender authenticated, or it names a dialog).

@@ -661,6 +661,21 @@ fn at_the_bound_unvetted_requests_go_first() {
     assert!(String::from_utf8_lossy(&sent[0]).starts_with("SIP/2.0 503"), "{sent:?}");
 }
 
+/// An INVITE the TU marked unvetted sends no 100 Trying of its own, however long the TU takes:
+/// a stranger gets one datagram back, not two. Once vetted the TU sends the 100 itself.
+#[test]
+fn unvetted_invite_sends_no_trying_of_its_own() {
+    let mut h = Harness::new();
+    let invite = phone_request("INVITE", "z9hG4bK-nt", 1, None, Transport::Udp);
+    let (key, _) = Harness::server_key(&h.at(0, received(invite.clone(), PHONE, Transport::Udp)));
+    h.machine.mark_unvetted(&key);
+    assert_eq!(h.machine.poll_timeout(), None, "no Trying timer");
+    assert!(transmits(&h.at(1_000, TransactionInput::Timeout)).is_empty());
+    // A retransmission is absorbed silently: nothing to resend yet.
+    assert!(transmits(&h.at(1_500, received(invite, PHONE, Transport::Udp))).is_empty());
+    assert_eq!(h.machine.len(), 1);
+}
+
 /// A stateless answer goes out once and ends the transaction: no Timer G for a 407, and the
 /// request's retransmission is a new request for the TU.
 #[test]
