@@ -604,10 +604,8 @@ impl Actor for CallsActor {
         s: &mut CallsState,
     ) -> Result<(), ActorProcessingErr> {
         match event {
-            SupervisionEvent::ActorTerminated(cell, _, _) => {
-                if s.calls.lock().remove(&cell.get_id()).is_none() {
-                    s.ended_early.insert(cell.get_id());
-                }
+            SupervisionEvent::ActorTerminated(cell, _, _) if s.calls.lock().remove(&cell.get_id()).is_none() => {
+                s.ended_early.insert(cell.get_id());
             }
             SupervisionEvent::ActorFailed(cell, error) => {
                 let running = s.calls.lock().remove(&cell.get_id());
