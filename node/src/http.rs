@@ -339,7 +339,7 @@ pub(crate) async fn ask<M: ractor::Message, T: Send + 'static>(
     msg: impl FnOnce(ractor::RpcReplyPort<T>) -> M,
 ) -> Result<T, HttpResponse> {
     let Some(actor) = actor.get() else {
-        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the registrar is not running"));
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the actor is not running (it is being restarted)"));
     };
     match actor.call(msg, Some(Duration::from_millis(ACTOR_CALL_TIMEOUT_MS))).await {
         Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
