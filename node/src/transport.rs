@@ -3,12 +3,13 @@
 //! They only move bytes: a datagram, or a message framed off a stream by Content-Length
 //! (`frame_stream`), goes to the endpoint actor; the endpoint's answers come back through
 //! [`NetWire`]. Every queue here is bounded: a flood is dropped and counted, never buffered
-//! without limit.
+//! without limit. They reach the endpoint through a [`Current`], so they outlive its restarts:
+//! what arrives while it restarts is dropped (and counted) like a datagram over the backlog.
 
 use bytes::{Bytes, BytesMut};
 use pbx_actors::endpoint::{EndpointMsg, Wire};
+use pbx_actors::shell::Current;
 use pbx_actors::sip::message::{self, Frame, Transport};
-use ractor::ActorRef;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -94,9 +95,27 @@ impl Backlog {
         }
         true
     }
+
+    /// Admitted, but no endpoint took it (it is restarting): dropped and counted.
+    fn undo(&self) {
+        let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        metrics::counter!("pbx_sip_inbound_dropped_total").increment(1);
+    }
+
+    /// A new endpoint starts with an empty mailbox: nothing is waiting for it.
+    pub fn reset(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+
+    /// Hands `msg` to the endpoint running now; dropped and counted when none is.
+    fn deliver(&self, endpoint: &Current<EndpointMsg>, msg: EndpointMsg) {
+        if !endpoint.cast(msg) {
+            self.undo();
+        }
+    }
 }
 
-pub async fn serve_udp(socket: Arc<UdpSocket>, endpoint: ActorRef<EndpointMsg>, backlog: Backlog) {
+pub async fn serve_udp(socket: Arc<UdpSocket>, endpoint: Current<EndpointMsg>, backlog: Backlog) {
     let mut buf = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
     loop {
         let (len, source) = match socket.recv_from(&mut buf).await {
@@ -111,13 +130,11 @@ pub async fn serve_udp(socket: Arc<UdpSocket>, endpoint: ActorRef<EndpointMsg>, 
             continue;
         }
         let bytes = Bytes::copy_from_slice(&buf[..len]);
-        if endpoint.cast(EndpointMsg::Inbound { bytes, source, transport: Transport::Udp }).is_err() {
-            return;
-        }
+        backlog.deliver(&endpoint, EndpointMsg::Inbound { bytes, source, transport: Transport::Udp });
     }
 }
 
-pub async fn serve_tcp(listener: TcpListener, endpoint: ActorRef<EndpointMsg>, wire: Arc<NetWire>, backlog: Backlog) {
+pub async fn serve_tcp(listener: TcpListener, endpoint: Current<EndpointMsg>, wire: Arc<NetWire>, backlog: Backlog) {
     let open = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -146,7 +163,7 @@ pub async fn serve_tcp(listener: TcpListener, endpoint: ActorRef<EndpointMsg>, w
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
-    endpoint: ActorRef<EndpointMsg>,
+    endpoint: Current<EndpointMsg>,
     wire: &NetWire,
     backlog: Backlog,
 ) {
@@ -204,9 +221,7 @@ async fn connection(
                     if !backlog.admit() {
                         continue;
                     }
-                    if endpoint.cast(EndpointMsg::Inbound { bytes, source: peer, transport: Transport::Tcp }).is_err() {
-                        break 'read;
-                    }
+                    backlog.deliver(&endpoint, EndpointMsg::Inbound { bytes, source: peer, transport: Transport::Tcp });
                 }
                 Frame::Broken { code, reason, len } => {
                     metrics::counter!("pbx_sip_malformed_total").increment(1);

@@ -139,6 +139,8 @@ pub struct PbxOptions {
     pub sip: Vec<String>,
     /// TOML appended to the config, a `[cluster]` section: the node then runs as `pbx node`.
     pub cluster: Option<String>,
+    /// Extra environment variables for the process (`PBX_TEST_HOOKS=1`, say).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for PbxOptions {
@@ -153,6 +155,7 @@ impl Default for PbxOptions {
             privacy: Vec::new(),
             sip: Vec::new(),
             cluster: None,
+            env: Vec::new(),
         }
     }
 }
@@ -188,6 +191,12 @@ impl PbxOptions {
         self
     }
 
+    /// Starts the node with `PBX_TEST_HOOKS=1`: `POST /api/v1/debug/panic/{actor}` exists.
+    pub fn test_hooks(mut self) -> Self {
+        self.env.push(("PBX_TEST_HOOKS".into(), "1".into()));
+        self
+    }
+
     pub fn privacy(mut self, line: &str) -> Self {
         self.privacy.push(line.into());
         self
@@ -218,6 +227,7 @@ pub struct Pbx {
     starts: u32,
     /// `appliance`, or `node` for a cluster member.
     subcommand: &'static str,
+    env: Vec<(String, String)>,
 }
 
 impl Pbx {
@@ -259,7 +269,8 @@ impl Pbx {
         std::fs::write(dir.path().join("pbx.toml"), toml).expect("write config");
         let rtp_ports = options.rtp_ports.clone();
         let subcommand = if options.cluster.is_some() { "node" } else { "appliance" };
-        let mut pbx = Pbx { child: None, dir, sip, http, token: String::new(), rtp_ports, starts: 0, subcommand };
+        let env = options.env.clone();
+        let mut pbx = Pbx { child: None, dir, sip, http, token: String::new(), rtp_ports, starts: 0, subcommand, env };
         pbx.spawn();
         pbx
     }
@@ -299,6 +310,7 @@ impl Pbx {
             .arg("--http-listen")
             .arg(self.http.to_string())
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -366,6 +378,27 @@ impl Pbx {
 
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Waits (bounded) for the node to exit by itself; its exit code, `None` if it is still
+    /// running at `timeout` (it is left running) or was killed by a signal.
+    pub fn exit_within(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// `GET /readyz`: its status and JSON body (`{"ready":…,"reasons":[…]}`).
+    pub fn readyz(&self) -> (u16, serde_json::Value) {
+        let (code, body) = http_request(self.http, "GET", "/readyz", None, None)
+            .unwrap_or_else(|| panic!("no answer to /readyz:\n{}", self.log()));
+        (code, serde_json::from_str(&body).unwrap_or_else(|e| panic!("/readyz body {body:?}: {e}")))
     }
 
     pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {

@@ -120,6 +120,7 @@ pub enum RegistrarMsg {
     PersistFailed(Vec<RegistrarCommand>),
     /// Answered once everything handled before it is stored and delivered.
     Barrier(RpcReplyPort<Result<(), String>>),
+    Control(crate::shell::Control),
 }
 
 // Local only; see `crate::shell` on ractor's `cluster` feature.
@@ -334,6 +335,7 @@ impl Actor for RegistrarActor {
                 s.machine.handle(now, RegistrarInput::Timeout);
                 s.drain(None);
             }
+            RegistrarMsg::Control(control) => control.obey("registrar"),
         }
         s.rearm(&me);
         Ok(())
