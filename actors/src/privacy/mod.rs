@@ -186,11 +186,13 @@ pub const INVENTORY: &[DataCategory] = &[
     },
     DataCategory {
         id: "licence-service-log",
-        data: "requesting IP address, time, the serial number asked about, the request (licence, unlocks, voucher redemption with the voucher code) and its outcome",
+        data: "requesting IP address, time, the serial number asked about, the request (licence, unlocks, voucher redemption with a keyed hash of the voucher code, never the code) and its outcome; to limit failed redemptions, in memory only, the network (IPv4 address, IPv6 /64) of a source that failed to redeem, for at most 10 minutes after its last failure by default",
         purpose: "operating the licence and voucher service; detecting abuse (serial or voucher guessing)",
         legal_basis: &[LegalBasis::LegitimateInterest("operating and securing the licence service")],
         // The seed's promise for the vendor's logs: IPs anonymised after 14 days
-        // (`licence::desk::ANONYMISE_AFTER_S`); entries deleted after 90 (`LOG_KEEP_S`).
+        // (`licence::desk::ANONYMISE_AFTER_S`); entries deleted after 90 (`LOG_KEEP_S`). The
+        // redeem limits' buckets (`licence::desk::RedeemLimits`) are forgotten once full again:
+        // `source_burst × source_refill_s` after the last failure (10 × 60 s by default).
         retention: Retention::AnonymiseThenDelete {
             days: 14,
             deleted_after_days: 90,
