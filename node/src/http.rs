@@ -595,6 +595,9 @@ async fn redeem_voucher(req: HttpRequest, state: web::Data<ApiState>, body: web:
                 StatusCode::BAD_REQUEST
             } else if reason.starts_with("busy") {
                 StatusCode::SERVICE_UNAVAILABLE
+            } else if reason.starts_with("rate limited") {
+                // The service refuses guesses beyond its per-source and per-serial limits.
+                StatusCode::TOO_MANY_REQUESTS
             } else {
                 StatusCode::BAD_GATEWAY
             };
