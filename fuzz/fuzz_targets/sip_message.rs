@@ -19,13 +19,25 @@ fuzz_target!(|data: &[u8]| {
                 let _ = to_tag.udp_destination(source);
                 request.stamp_via_source(source);
                 let _ = request.response(180, Some("t2")).to_bytes();
-                // What pbx prints it must read back (a request it forwards or answers).
+                // What pbx prints it must read back as the same request (a request it forwards
+                // or answers); pbx's own Via stamp included.
                 let printed = request.to_bytes();
-                let _ = message::parse_datagram(&printed);
+                match message::parse_datagram(&printed) {
+                    Ok(Message::Request(again)) => {
+                        assert_eq!(again.method, request.method);
+                        assert_eq!(again.call_id(), request.call_id());
+                        assert_eq!(again.to_bytes(), printed, "printing is not stable");
+                    }
+                    other => panic!("pbx cannot read the request it printed: {other:?}\n{printed:?}"),
+                }
             }
             Ok(Message::Response(response)) => {
                 let _ = (response.cseq(), response.branch(), response.udp_destination(source));
-                let _ = message::parse_datagram(&response.to_bytes());
+                let printed = response.to_bytes();
+                match message::parse_datagram(&printed) {
+                    Ok(Message::Response(again)) => assert_eq!(again.to_bytes(), printed, "printing is not stable"),
+                    other => panic!("pbx cannot read the response it printed: {other:?}\n{printed:?}"),
+                }
             }
             Err(ParseError::Reject { code, reason, head }) => {
                 if let Some(answer) = head.response(code, &reason) {
