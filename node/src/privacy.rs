@@ -46,14 +46,13 @@ impl Privacy {
     ) -> anyhow::Result<Privacy> {
         use anyhow::Context;
         let path = data_dir.join(PRIVACY_KEY_FILE);
-        let hex_key = match std::fs::read_to_string(&path) {
-            Ok(text) => text.trim().to_string(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let hex_key = match crate::secret_file::read(&path).with_context(|| format!("read {}", path.display()))? {
+            Some(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
+            None => {
                 let key = hex::encode(rand::random::<[u8; 32]>());
                 crate::appliance::write_secret(&path, &key).with_context(|| format!("write {}", path.display()))?;
                 key
             }
-            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
         };
         let bytes = hex::decode(&hex_key)
             .ok()
