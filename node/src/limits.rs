@@ -51,11 +51,13 @@ pub fn raise_and_log(rtp_ports: u64) {
     let hard = |h: Option<u64>| h.map_or_else(|| "unlimited".to_string(), |h| h.to_string());
     match raise_open_file_limit() {
         Ok(limits) => {
+            let what =
+                if limits.soft > limits.before { "soft raised to the hard limit" } else { "soft already at its most" };
             tracing::info!(
                 before = limits.before,
                 soft = limits.soft,
                 hard = %hard(limits.hard),
-                "open-file limit (RLIMIT_NOFILE): soft raised to the hard limit"
+                "open-file limit (RLIMIT_NOFILE): {what}"
             );
             let tcp = crate::transport::tcp_connections_cap(limits.soft) as u64;
             let needed = rtp_ports.saturating_add(tcp).saturating_add(OPEN_FILES_RESERVE);

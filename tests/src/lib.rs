@@ -137,6 +137,9 @@ pub struct PbxOptions {
     pub privacy: Vec<String>,
     /// TOML appended to the config, a `[cluster]` section: the node then runs as `pbx node`.
     pub cluster: Option<String>,
+    /// The soft open-file limit the node is started with (through `prlimit`); the hard limit
+    /// stays the test's.
+    pub open_files_soft: Option<u64>,
 }
 
 impl Default for PbxOptions {
@@ -150,6 +153,7 @@ impl Default for PbxOptions {
             licence: Vec::new(),
             privacy: Vec::new(),
             cluster: None,
+            open_files_soft: None,
         }
     }
 }
@@ -190,6 +194,12 @@ impl PbxOptions {
         self
     }
 
+    /// Starts the node with this soft open-file limit (`prlimit --nofile=N:`).
+    pub fn open_files_soft(mut self, limit: u64) -> Self {
+        self.open_files_soft = Some(limit);
+        self
+    }
+
     /// A private block of `count` RTP ports (see [`free_port_block`]), so parallel tests never
     /// share one and a test can tell pbx's media ports from everyone else's.
     pub fn own_rtp_ports(mut self, count: u16) -> Self {
@@ -210,6 +220,7 @@ pub struct Pbx {
     starts: u32,
     /// `appliance`, or `node` for a cluster member.
     subcommand: &'static str,
+    open_files_soft: Option<u64>,
 }
 
 impl Pbx {
@@ -251,7 +262,18 @@ impl Pbx {
         std::fs::write(dir.path().join("pbx.toml"), toml).expect("write config");
         let rtp_ports = options.rtp_ports.clone();
         let subcommand = if options.cluster.is_some() { "node" } else { "appliance" };
-        let mut pbx = Pbx { child: None, dir, sip, http, token: String::new(), rtp_ports, starts: 0, subcommand };
+        let open_files_soft = options.open_files_soft;
+        let mut pbx = Pbx {
+            child: None,
+            dir,
+            sip,
+            http,
+            token: String::new(),
+            rtp_ports,
+            starts: 0,
+            subcommand,
+            open_files_soft,
+        };
         pbx.spawn();
         pbx
     }
@@ -276,7 +298,15 @@ impl Pbx {
     fn spawn(&mut self) {
         self.starts += 1;
         let log = std::fs::File::create(self.log_path()).expect("create node log");
-        let mut command = Command::new(binary());
+        // prlimit sets the limit, then execs pbx: the child's pid stays pbx's.
+        let mut command = match self.open_files_soft {
+            Some(soft) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={soft}:")).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
         command.arg(self.subcommand);
         if let Some(ports) = &self.rtp_ports {
             command.arg("--rtp-ports").arg(format!("{}-{}", ports.start(), ports.end()));
@@ -515,6 +545,21 @@ impl SipClient {
         SipClient::new(None, Some(stream), server, local)
     }
 
+    /// A UDP client on another local address (any of 127.0.0.0/8 on Linux): another phone,
+    /// as far as pbx can tell.
+    pub fn udp_from(local: std::net::IpAddr, server: SocketAddr) -> SipClient {
+        let socket = UdpSocket::bind((local, 0)).expect("bind client UDP");
+        let local = socket.local_addr().expect("local addr");
+        SipClient::new(Some(socket), None, server, local)
+    }
+
+    /// A TCP client connected from another local address.
+    pub fn tcp_from(local: std::net::IpAddr, server: SocketAddr) -> SipClient {
+        let stream = tcp_connect_from(local, server).expect("connect TCP");
+        let local = stream.local_addr().expect("local addr");
+        SipClient::new(None, Some(stream), server, local)
+    }
+
     fn new(udp: Option<UdpSocket>, tcp: Option<TcpStream>, server: SocketAddr, local: SocketAddr) -> SipClient {
         let id = format!("{:x}{:x}", local.port(), std::process::id());
         SipClient {
@@ -640,6 +685,15 @@ From: <sip:{user}@{host}>;tag={}\r\nTo: <sip:{to}@{host}>\r\nCall-ID: {}\r\nCSeq
         let second = self.request("REGISTER", &uri, user, None, &lines);
         self.transact(&second)
     }
+}
+
+/// A TCP connection to `server` from `local` (the system picks the port), within 3 s.
+pub fn tcp_connect_from(local: std::net::IpAddr, server: SocketAddr) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(server), Type::STREAM, Some(Protocol::TCP))?;
+    socket.bind(&SocketAddr::new(local, 0).into())?;
+    socket.connect_timeout(&server.into(), Duration::from_secs(3))?;
+    Ok(socket.into())
 }
 
 fn frame_len(buf: &[u8]) -> Option<usize> {

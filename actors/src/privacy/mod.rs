@@ -120,10 +120,12 @@ pub const INVENTORY: &[DataCategory] = &[
     },
     DataCategory {
         id: "security-log",
-        data: "time, source IP address and claimed user name of each failed authentication and each block",
+        data: "time, source IP address and claimed user name of each failed authentication and each block; under a flood, one entry per minute, event kind and network (/24, /64) with a count",
         purpose: "investigate attacks on the exchange after the fact (the PBX's request log)",
         legal_basis: &[LegalBasis::LegitimateInterest("security of the service, Art. 32")],
         // The seed's period for request logs: anonymised after 14 days. Deleted after 90.
+        // At most 24,480 entries per event kind and day (`pbx_node::storage::
+        // SECURITY_ROWS_PER_KIND_PER_DAY_MAX`, docs/PRIVACY.md).
         retention: Retention::AnonymiseThenDelete {
             days: 14,
             deleted_after_days: 90,
