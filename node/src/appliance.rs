@@ -494,13 +494,14 @@ pub async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads `DATA_DIR/admin.token`, or creates it (mode 0600) with 256 random bits at first start.
+/// Reads `DATA_DIR/admin.token`, or creates it (mode 0600) with 256 random bits at first start
+/// (or when it is empty). A link at its name, or a file that cannot be read, stops the start
+/// rather than being replaced ([`crate::secret_file`]); a file open to others becomes 0600.
 pub fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join(ADMIN_TOKEN_FILE);
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        let existing = existing.trim().to_string();
+    if let Some(existing) = crate::secret_file::read(&path).with_context(|| format!("read {}", path.display()))? {
+        let existing = String::from_utf8_lossy(&existing).trim().to_string();
         if !existing.is_empty() {
-            restrict_permissions(&path, 0o600);
             return Ok(existing);
         }
     }
@@ -510,13 +511,10 @@ pub fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// Writes a secret and its newline to a file only its owner can read (mode 0600), durably.
+/// Writes a secret and its newline to a file only its owner can read (mode 0600, whatever the
+/// file had), durably, replacing a link at `path` rather than writing through it.
 pub fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    writeln!(file, "{secret}")?;
-    file.sync_all()
+    crate::secret_file::write(path, format!("{secret}\n").as_bytes(), crate::secret_file::SECRET_FILE_MODE)
 }
 
 pub fn restrict_permissions(path: &Path, mode: u32) {

@@ -569,23 +569,9 @@ async fn stats(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
 
 // ---- Files ----
 
-/// Writes `bytes` to `path` with `mode`, durably: a temporary file, fsync, rename.
+/// Writes `bytes` to `path` with `mode`, durably, never through a link ([`crate::secret_file`]).
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("write {}", tmp.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
-    restrict_permissions(path, mode);
-    Ok(())
+    crate::secret_file::write(path, bytes, mode).with_context(|| format!("write {}", path.display()))
 }
 
 /// Reads `DIR/signing-key.seed`, or draws 32 bytes from the OS and stores them (0600) at first
@@ -594,15 +580,10 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
 fn signing_seed(dir: &Path) -> anyhow::Result<[u8; 32]> {
     use rand::TryRngCore;
     let path = dir.join(SEED_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            restrict_permissions(&path, 0o600);
-            return bytes.try_into().map_err(|b: Vec<u8>| {
-                anyhow::anyhow!("{}: {} bytes, expected 32 (restore it from a backup)", path.display(), b.len())
-            });
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    if let Some(bytes) = crate::secret_file::read(&path).with_context(|| format!("read {}", path.display()))? {
+        return bytes.try_into().map_err(|b: Vec<u8>| {
+            anyhow::anyhow!("{}: {} bytes, expected 32 (restore it from a backup)", path.display(), b.len())
+        });
     }
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.try_fill_bytes(&mut seed).context("draw a seed from the OS")?;

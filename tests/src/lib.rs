@@ -141,6 +141,9 @@ pub struct PbxOptions {
     pub cluster: Option<String>,
     /// Extra environment variables for the process (`PBX_TEST_HOOKS=1`, say).
     pub env: Vec<(String, String)>,
+    /// The soft open-file limit the node is started with (through `prlimit`); the hard limit
+    /// stays the test's.
+    pub open_files_soft: Option<u64>,
 }
 
 impl Default for PbxOptions {
@@ -156,6 +159,7 @@ impl Default for PbxOptions {
             sip: Vec::new(),
             cluster: None,
             env: Vec::new(),
+            open_files_soft: None,
         }
     }
 }
@@ -207,6 +211,12 @@ impl PbxOptions {
         self
     }
 
+    /// Starts the node with this soft open-file limit (`prlimit --nofile=N:`).
+    pub fn open_files_soft(mut self, limit: u64) -> Self {
+        self.open_files_soft = Some(limit);
+        self
+    }
+
     /// A private block of `count` RTP ports (see [`free_port_block`]), so parallel tests never
     /// share one and a test can tell pbx's media ports from everyone else's.
     pub fn own_rtp_ports(mut self, count: u16) -> Self {
@@ -228,6 +238,7 @@ pub struct Pbx {
     /// `appliance`, or `node` for a cluster member.
     subcommand: &'static str,
     env: Vec<(String, String)>,
+    open_files_soft: Option<u64>,
 }
 
 impl Pbx {
@@ -270,7 +281,19 @@ impl Pbx {
         let rtp_ports = options.rtp_ports.clone();
         let subcommand = if options.cluster.is_some() { "node" } else { "appliance" };
         let env = options.env.clone();
-        let mut pbx = Pbx { child: None, dir, sip, http, token: String::new(), rtp_ports, starts: 0, subcommand, env };
+        let open_files_soft = options.open_files_soft;
+        let mut pbx = Pbx {
+            child: None,
+            dir,
+            sip,
+            http,
+            token: String::new(),
+            rtp_ports,
+            starts: 0,
+            subcommand,
+            env,
+            open_files_soft,
+        };
         pbx.spawn();
         pbx
     }
@@ -295,7 +318,15 @@ impl Pbx {
     fn spawn(&mut self) {
         self.starts += 1;
         let log = std::fs::File::create(self.log_path()).expect("create node log");
-        let mut command = Command::new(binary());
+        // prlimit sets the limit, then execs pbx: the child's pid stays pbx's.
+        let mut command = match self.open_files_soft {
+            Some(soft) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={soft}:")).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
         command.arg(self.subcommand);
         if let Some(ports) = &self.rtp_ports {
             command.arg("--rtp-ports").arg(format!("{}-{}", ports.start(), ports.end()));
@@ -556,6 +587,21 @@ impl SipClient {
         SipClient::new(None, Some(stream), server, local)
     }
 
+    /// A UDP client on another local address (any of 127.0.0.0/8 on Linux): another phone,
+    /// as far as pbx can tell.
+    pub fn udp_from(local: std::net::IpAddr, server: SocketAddr) -> SipClient {
+        let socket = UdpSocket::bind((local, 0)).expect("bind client UDP");
+        let local = socket.local_addr().expect("local addr");
+        SipClient::new(Some(socket), None, server, local)
+    }
+
+    /// A TCP client connected from another local address.
+    pub fn tcp_from(local: std::net::IpAddr, server: SocketAddr) -> SipClient {
+        let stream = tcp_connect_from(local, server).expect("connect TCP");
+        let local = stream.local_addr().expect("local addr");
+        SipClient::new(None, Some(stream), server, local)
+    }
+
     fn new(udp: Option<UdpSocket>, tcp: Option<TcpStream>, server: SocketAddr, local: SocketAddr) -> SipClient {
         let id = format!("{:x}{:x}", local.port(), std::process::id());
         SipClient {
@@ -681,6 +727,15 @@ From: <sip:{user}@{host}>;tag={}\r\nTo: <sip:{to}@{host}>\r\nCall-ID: {}\r\nCSeq
         let second = self.request("REGISTER", &uri, user, None, &lines);
         self.transact(&second)
     }
+}
+
+/// A TCP connection to `server` from `local` (the system picks the port), within 3 s.
+pub fn tcp_connect_from(local: std::net::IpAddr, server: SocketAddr) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(server), Type::STREAM, Some(Protocol::TCP))?;
+    socket.bind(&SocketAddr::new(local, 0).into())?;
+    socket.connect_timeout(&server.into(), Duration::from_secs(3))?;
+    Ok(socket.into())
 }
 
 fn frame_len(buf: &[u8]) -> Option<usize> {

@@ -228,8 +228,8 @@ const TRANSLATIONS: &[Translation] = &[
         id: "security-log",
         title: ["Sicherheitsprotokoll", "Security log", "Journal de sécurité"],
         data: Tr {
-            de: "Zeitpunkt, Quell-IP-Adresse und angegebener Benutzername jeder fehlgeschlagenen Authentifizierung und jeder Sperre",
-            fr: "date et heure, adresse IP source et nom d'utilisateur indiqué de chaque authentification échouée et de chaque blocage",
+            de: "Zeitpunkt, Quell-IP-Adresse und angegebener Benutzername jeder fehlgeschlagenen Authentifizierung und jeder Sperre; bei einer Flut ein Eintrag je Minute, Ereignisart und Netz (/24, /64) mit deren Anzahl",
+            fr: "date et heure, adresse IP source et nom d'utilisateur indiqué de chaque authentification échouée et de chaque blocage ; en cas d'afflux, une entrée par minute, type d'événement et réseau (/24, /64) avec leur nombre",
         },
         purpose: Tr {
             de: "nachträgliche Untersuchung von Angriffen auf die TK-Anlage (das Anfrageprotokoll der TK-Anlage)",

@@ -390,7 +390,7 @@ fn record_security_event(log: &dyn crate::privacy::SecurityLog, event: &Registra
         RegistrarEvent::SourceBlocked { source, until } => (*source, None, SecurityEvent::Blocked { until: *until }),
         _ => return,
     };
-    log.record(SecurityEntry { at, source: source.to_canonical(), user, event, anonymised: false });
+    log.record(SecurityEntry::new(at, source, user, event));
 }
 
 /// Logs and counts one event; for an extension change, its result for the admin API.
