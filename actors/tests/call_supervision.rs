@@ -1,10 +1,11 @@
-//! The call shells under supervision, on real actors and real RTP sockets: a leg actor that
-//! dies mid-call takes the call down cleanly — the other side gets a BYE, the CDR is stored,
-//! the RTP ports go back to the pool and no actor is left behind.
+//! The call shells under supervision, on real actors and real RTP sockets: whichever actor of
+//! a call dies mid-call — a leg, the media session, the call's actor, the calls actor — or the
+//! endpoint is restarted, the call ends cleanly: the phones get a BYE, one CDR is stored, the
+//! RTP ports go back to the pool and no actor is left behind.
 
 use bytes::Bytes;
 use pbx_actors::Timestamp;
-use pbx_actors::call::actor::{CallContext, CallsActor, CallsArgs, CallsMsg, LegMsg, SipPort};
+use pbx_actors::call::actor::{CallContext, CallLedger, CallsActor, CallsArgs, CallsMsg, LegMsg, SipPort};
 use pbx_actors::call::b2bua::CallConfig;
 use pbx_actors::call::{LegId, LocalSip, SipIn, SipOut};
 use pbx_actors::cdr::{Cdr, CdrStore, Disposition, HangupSide};
@@ -12,6 +13,7 @@ use pbx_actors::endpoint::CallStart;
 use pbx_actors::media::pool::PortPool;
 use pbx_actors::media::relay::RelayConfig;
 use pbx_actors::registrar::{Binding, Route};
+use pbx_actors::shell::Control;
 use pbx_actors::sip::message::{self, Message, Method, Name};
 use pbx_actors::sip::transaction::{TimerConfig, TransactionInput, TransactionOutput, Transactions};
 use pbx_actors::sip::{Request, Transport};
@@ -36,6 +38,7 @@ impl Clock for TestClock {
 struct Port {
     sent: mpsc::UnboundedSender<(LegId, SipOut)>,
     legs: Mutex<HashMap<LegId, ActorRef<LegMsg>>>,
+    adopted: Mutex<Vec<LegId>>,
 }
 
 impl SipPort for Port {
@@ -49,6 +52,16 @@ impl SipPort for Port {
 
     fn leg_down(&self, leg: LegId) {
         self.legs.lock().unwrap().remove(&leg);
+    }
+
+    fn adopt(&self, leg: LegId, actor: ActorRef<LegMsg>) {
+        self.adopted.lock().unwrap().push(leg);
+        self.legs.lock().unwrap().insert(leg, actor);
+    }
+
+    fn call_lost(&self, legs: &[LegId]) {
+        // Legs with an actor report themselves down once they have hung up.
+        let _ = legs;
     }
 }
 
@@ -88,104 +101,215 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<(LegId, SipOut)>, what: &str) -> 
     tokio::time::timeout(WAIT, rx.recv()).await.unwrap_or_else(|_| panic!("no {what} in {WAIT:?}")).expect("open")
 }
 
-#[tokio::test]
-async fn a_dead_leg_takes_its_call_down_cleanly() {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let port = Arc::new(Port { sent: tx, legs: Mutex::new(HashMap::new()) });
-    let records = Arc::new(Records::default());
-    let pool = Arc::new(Mutex::new(PortPool::new(31_000, 31_099)));
-    let context = CallContext {
-        config: CallConfig {
-            no_answer: Duration::from_secs(30),
-            timers: TimerConfig::default(),
-            local_sip: LocalSip { address: "127.0.0.1:5060".parse().unwrap() },
-            bugs: Default::default(),
-        },
-        clock: Arc::new(TestClock(std::time::Instant::now())),
-        sip: port.clone(),
-        cdrs: records.clone(),
-        ports: pool.clone(),
-        media_ip: "127.0.0.1".parse().unwrap(),
-        relay: RelayConfig { inactivity: Duration::from_secs(60) },
-    };
-    let (calls, calls_handle) = Actor::spawn(None, CallsActor, CallsArgs { context, seed: 1 }).await.unwrap();
-    let (key, request) = invite();
-    let binding = Binding {
-        aor: "101".into(),
-        contact: "sip:101@127.0.0.1:5064".into(),
-        expires_at: Timestamp::ZERO + Duration::from_secs(3600),
-        call_id: "reg".into(),
-        cseq: 1,
-        source: "127.0.0.1:5064".parse().unwrap(),
-        transport: Transport::Udp,
-        user_agent: None,
-    };
-    let (a, b) = (LegId(0xa1), LegId(0xb1));
-    calls
-        .cast(CallsMsg::Start(Box::new(CallStart {
-            a,
-            key,
-            invite: request,
-            source: "127.0.0.1:5062".parse().unwrap(),
-            transport: Transport::Udp,
-            route: Route {
-                caller: "100".into(),
-                caller_display_name: String::new(),
-                callee: "101".into(),
-                contacts: vec![binding],
-            },
-            forks: vec![b],
-        })))
-        .unwrap();
+const A: LegId = LegId(0xa1);
+const B: LegId = LegId(0xb1);
 
-    // The callee is invited and answers; pbx answers the caller.
-    let (leg, out) = next(&mut rx, "INVITE to the callee").await;
-    assert_eq!(leg, b);
-    let SipOut::Request { request: b_invite, .. } = out else { panic!("{out:?}") };
-    assert_eq!(b_invite.method, Method::INVITE);
-    assert_eq!(pool.lock().unwrap().in_use(), 2, "two port pairs for the call");
-    let mut ok = b_invite.response(200, Some("bob"));
-    ok.headers.insert(Name::CONTACT, "<sip:101@127.0.0.1:5064>");
-    ok.headers.insert(Name::CONTENT_TYPE, "application/sdp");
-    ok.body = Bytes::from_static(
-        b"v=0\r\no=- 2 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 41000 RTP/AVP 0\r\n",
-    );
-    let Ok(Message::Response(ok)) = message::parse_datagram(&ok.to_bytes()) else { panic!("unparsable 200") };
-    let b_actor = port.legs.lock().unwrap().get(&b).cloned().expect("the B-leg is up");
-    b_actor.cast(LegMsg::Sip(SipIn::Response { response: ok })).unwrap();
-    let mut answered = false;
-    while !answered {
-        match next(&mut rx, "the caller's 200").await {
-            (leg, SipOut::Response { response, .. }) if leg == a && response.code == 200 => answered = true,
-            (leg, SipOut::Request { request, .. }) if leg == b => assert_eq!(request.method, Method::ACK),
-            other => panic!("unexpected {other:?}"),
+/// A calls actor with one answered call between a caller (leg A) and a callee (leg B).
+struct Answered {
+    rx: mpsc::UnboundedReceiver<(LegId, SipOut)>,
+    port: Arc<Port>,
+    records: Arc<Records>,
+    pool: Arc<Mutex<PortPool>>,
+    context: CallContext,
+    ledger: CallLedger,
+    calls: ActorRef<CallsMsg>,
+    calls_handle: ractor::concurrency::JoinHandle<()>,
+}
+
+impl Answered {
+    async fn start() -> Answered {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let port = Arc::new(Port { sent: tx, legs: Mutex::new(HashMap::new()), adopted: Mutex::default() });
+        let records = Arc::new(Records::default());
+        let pool = Arc::new(Mutex::new(PortPool::new(31_000, 31_099)));
+        let context = CallContext {
+            config: CallConfig {
+                no_answer: Duration::from_secs(30),
+                timers: TimerConfig::default(),
+                local_sip: LocalSip { address: "127.0.0.1:5060".parse().unwrap() },
+                bugs: Default::default(),
+            },
+            clock: Arc::new(TestClock(std::time::Instant::now())),
+            sip: port.clone(),
+            cdrs: records.clone(),
+            ports: pool.clone(),
+            media_ip: "127.0.0.1".parse().unwrap(),
+            relay: RelayConfig { inactivity: Duration::from_secs(60) },
+        };
+        let ledger = CallLedger::default();
+        let args = CallsArgs { context: context.clone(), seed: 1, ledger: ledger.clone() };
+        let (calls, calls_handle) = Actor::spawn(None, CallsActor, args).await.unwrap();
+        let (key, request) = invite();
+        let binding = Binding {
+            aor: "101".into(),
+            contact: "sip:101@127.0.0.1:5064".into(),
+            expires_at: Timestamp::ZERO + Duration::from_secs(3600),
+            call_id: "reg".into(),
+            cseq: 1,
+            source: "127.0.0.1:5064".parse().unwrap(),
+            transport: Transport::Udp,
+            user_agent: None,
+        };
+        calls
+            .cast(CallsMsg::Start(Box::new(CallStart {
+                a: A,
+                key,
+                invite: request,
+                source: "127.0.0.1:5062".parse().unwrap(),
+                transport: Transport::Udp,
+                route: Route {
+                    caller: "100".into(),
+                    caller_display_name: String::new(),
+                    callee: "101".into(),
+                    contacts: vec![binding],
+                },
+                forks: vec![B],
+            })))
+            .unwrap();
+
+        // The callee is invited and answers; pbx answers the caller.
+        let (leg, out) = next(&mut rx, "INVITE to the callee").await;
+        assert_eq!(leg, B);
+        let SipOut::Request { request: b_invite, .. } = out else { panic!("{out:?}") };
+        assert_eq!(b_invite.method, Method::INVITE);
+        assert_eq!(pool.lock().unwrap().in_use(), 2, "two port pairs for the call");
+        let mut ok = b_invite.response(200, Some("bob"));
+        ok.headers.insert(Name::CONTACT, "<sip:101@127.0.0.1:5064>");
+        ok.headers.insert(Name::CONTENT_TYPE, "application/sdp");
+        ok.body = Bytes::from_static(
+            b"v=0\r\no=- 2 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 41000 RTP/AVP 0\r\n",
+        );
+        let Ok(Message::Response(ok)) = message::parse_datagram(&ok.to_bytes()) else { panic!("unparsable 200") };
+        let b_actor = port.legs.lock().unwrap().get(&B).cloned().expect("the B-leg is up");
+        b_actor.cast(LegMsg::Sip(SipIn::Response { response: ok })).unwrap();
+        let mut answered = false;
+        while !answered {
+            match next(&mut rx, "the caller's 200").await {
+                (leg, SipOut::Response { response, .. }) if leg == A && response.code == 200 => answered = true,
+                (leg, SipOut::Request { request, .. }) if leg == B => assert_eq!(request.method, Method::ACK),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        Answered { rx, port, records, pool, context, ledger, calls, calls_handle }
+    }
+
+    fn leg(&self, leg: LegId) -> ActorRef<LegMsg> {
+        self.port.legs.lock().unwrap().get(&leg).cloned().unwrap_or_else(|| panic!("leg {leg} is up"))
+    }
+
+    /// The next BYE each of `legs` sends, answered 200 by its phone.
+    async fn byes(&mut self, legs: &[LegId]) {
+        let mut waiting = legs.to_vec();
+        while !waiting.is_empty() {
+            let (leg, out) = next(&mut self.rx, "a BYE").await;
+            let SipOut::Request { request: bye, .. } = out else { panic!("{leg}: {out:?}") };
+            assert_eq!(bye.method, Method::BYE, "{leg}");
+            assert!(waiting.contains(&leg), "a BYE from {leg}, wanted {waiting:?}");
+            waiting.retain(|l| *l != leg);
+            let Ok(Message::Response(done)) = message::parse_datagram(&bye.response(200, None).to_bytes()) else {
+                panic!("unparsable 200")
+            };
+            self.leg(leg).cast(LegMsg::Sip(SipIn::Response { response: done })).unwrap();
         }
     }
 
-    // The B-leg's actor dies. The caller gets a BYE, with nothing for the dead leg.
-    b_actor.kill();
-    let (leg, out) = next(&mut rx, "BYE to the caller").await;
-    assert_eq!(leg, a);
-    let SipOut::Request { request: bye, .. } = out else { panic!("{out:?}") };
-    assert_eq!(bye.method, Method::BYE);
-    let a_actor = port.legs.lock().unwrap().get(&a).cloned().expect("the A-leg is up");
-    let Ok(Message::Response(done)) = message::parse_datagram(&bye.response(200, None).to_bytes()) else {
-        panic!("unparsable 200")
-    };
-    a_actor.cast(LegMsg::Sip(SipIn::Response { response: done })).unwrap();
-
-    // The call ends: its CDR is stored, its ports are free, no leg is left.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while records.0.lock().unwrap().is_empty() || pool.lock().unwrap().in_use() > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the call did not end within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    /// The call has ended with one CDR, its ports are free and every leg is down.
+    async fn ended(&self) -> Cdr {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.records.0.lock().unwrap().is_empty()
+            || self.pool.lock().unwrap().in_use() > 0
+            || !self.port.legs.lock().unwrap().is_empty()
+        {
+            assert!(tokio::time::Instant::now() < deadline, "the call did not end within {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let records = self.records.0.lock().unwrap().clone();
+        assert_eq!(records.len(), 1, "one CDR: {records:?}");
+        records[0].clone()
     }
-    let cdr = records.0.lock().unwrap()[0].clone();
+
+    async fn no_call_left(&self) {
+        let list = self.calls.call(CallsMsg::List, Some(WAIT)).await.unwrap();
+        assert!(matches!(list, ractor::rpc::CallResult::Success(ref l) if l.is_empty()), "no active call is left");
+    }
+
+    async fn stop(self) {
+        self.calls.stop(None);
+        self.calls_handle.await.unwrap();
+    }
+}
+
+/// A leg actor that dies mid-call: the other side gets a BYE, the CDR is stored, ports free.
+#[tokio::test]
+async fn a_dead_leg_takes_its_call_down_cleanly() {
+    let mut call = Answered::start().await;
+    call.leg(B).kill();
+    call.byes(&[A]).await;
+    let cdr = call.ended().await;
     assert_eq!(cdr.disposition, Disposition::Answered);
     assert_eq!(cdr.hangup, Some(HangupSide::Pbx));
-    let list = calls.call(CallsMsg::List, Some(WAIT)).await.unwrap();
-    assert!(matches!(list, ractor::rpc::CallResult::Success(ref l) if l.is_empty()), "no active call is left");
-    assert!(port.legs.lock().unwrap().is_empty(), "every leg reported down");
-    calls.stop(None);
-    calls_handle.await.unwrap();
+    call.no_call_left().await;
+    call.stop().await;
+}
+
+/// The call's actor panics mid-call: its legs, not linked to it, hang up on their own (BYE
+/// both sides) and the calls actor writes a `failed` CDR, once.
+#[tokio::test]
+async fn a_panicking_call_actor_ends_its_call_with_bye_both_sides() {
+    let mut call = Answered::start().await;
+    let hit = call.calls.call(|reply| CallsMsg::PanicCall { media: false, reply }, Some(WAIT)).await.unwrap();
+    assert!(matches!(hit, ractor::rpc::CallResult::Success(true)));
+    call.byes(&[A, B]).await;
+    let cdr = call.ended().await;
+    assert_eq!(cdr.disposition, Disposition::Failed { reason: "call failed".into() });
+    assert_eq!(cdr.hangup, Some(HangupSide::Pbx));
+    call.no_call_left().await;
+    call.stop().await;
+}
+
+/// The media session panics: the call ends, BYE both sides, `failed` CDR naming it.
+#[tokio::test]
+async fn a_panicking_media_session_ends_its_call() {
+    let mut call = Answered::start().await;
+    let hit = call.calls.call(|reply| CallsMsg::PanicCall { media: true, reply }, Some(WAIT)).await.unwrap();
+    assert!(matches!(hit, ractor::rpc::CallResult::Success(true)));
+    call.byes(&[A, B]).await;
+    let cdr = call.ended().await;
+    assert_eq!(cdr.disposition, Disposition::Failed { reason: "media session failed".into() });
+    call.no_call_left().await;
+    call.stop().await;
+}
+
+/// The calls actor panics: its call actors die with it, their legs hang up on their own, and
+/// the calls actor started next (same ledger) writes each call's `failed` CDR and starts empty.
+#[tokio::test]
+async fn a_restarted_calls_actor_ends_the_calls_it_had() {
+    let mut call = Answered::start().await;
+    call.calls.cast(CallsMsg::Control(Control::Panic)).unwrap();
+    call.calls_handle.await.unwrap();
+    assert!(call.records.0.lock().unwrap().is_empty(), "nothing written before the restart");
+    let args = CallsArgs { context: call.context.clone(), seed: 2, ledger: call.ledger.clone() };
+    let (calls, calls_handle) = Actor::spawn(None, CallsActor, args).await.unwrap();
+    (call.calls, call.calls_handle) = (calls, calls_handle);
+    call.byes(&[A, B]).await;
+    let cdr = call.ended().await;
+    assert_eq!(cdr.disposition, Disposition::Failed { reason: "calls actor restarted".into() });
+    call.no_call_left().await;
+    call.stop().await;
+}
+
+/// The endpoint restarted: every call re-announces its legs to the new one and ends through
+/// it, BYE both sides, `failed` CDR.
+#[tokio::test]
+async fn calls_end_when_the_endpoint_restarts() {
+    let mut call = Answered::start().await;
+    call.calls.cast(CallsMsg::EndpointRestarted).unwrap();
+    call.byes(&[A, B]).await;
+    let mut adopted = call.port.adopted.lock().unwrap().clone();
+    adopted.sort();
+    assert_eq!(adopted, [A, B], "both legs re-announced before their BYEs");
+    let cdr = call.ended().await;
+    assert_eq!(cdr.disposition, Disposition::Failed { reason: "SIP endpoint restarted".into() });
+    call.no_call_left().await;
+    call.stop().await;
 }

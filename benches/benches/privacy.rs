@@ -72,12 +72,13 @@ fn reaper(c: &mut Criterion) {
             || {
                 let (dir, s) = storage();
                 let entries: Vec<SecurityEntry> = (0..500u64)
-                    .map(|i| SecurityEntry {
-                        at: Timestamp::from_secs(DAY + i),
-                        source: format!("203.0.113.{}", i % 250).parse().expect("ip"),
-                        user: Some(format!("{}", 1000 + i)),
-                        event: SecurityEvent::AuthFailed,
-                        anonymised: false,
+                    .map(|i| {
+                        SecurityEntry::new(
+                            Timestamp::from_secs(DAY + i),
+                            format!("203.0.113.{}", i % 250).parse().expect("ip"),
+                            Some(format!("{}", 1000 + i)),
+                            SecurityEvent::AuthFailed,
+                        )
                     })
                     .collect();
                 s.put_security_entries(&entries).expect("put");

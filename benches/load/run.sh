@@ -4,7 +4,7 @@
 # second through pbx's B2BUA and through Kamailio as a stateful proxy, RTP relayed by pbx, and
 # pbx's memory per call. docs/PERFORMANCE.md explains the method and records the numbers.
 #
-# usage: benches/load/run.sh [all|rate|memory|profile|kamailio|check|calls|kamailio-calls|calls-check|calls-media|cluster|cluster-check]
+# usage: benches/load/run.sh [all|rate|memory|profile|kamailio|check|calls|kamailio-calls|calls-check|calls-media|cluster|cluster-check|flood|flood-check]
 #   all             memory, then the rate ramps of every REGISTER row (default; < 15 minutes once built)
 #   rate            REGISTER rate ramps only
 #   memory          pbx's bytes per registration only
@@ -18,6 +18,10 @@
 #   cluster         pbx on 1 node against 3 (2 voters + a witness) in one run: REGISTER ramps through
 #                   the leader and through the follower, then call ramps (about 20 minutes)
 #   cluster-check   one short step per cluster row
+#   flood           pbx only: the highest rate of unauthenticated INVITEs (a stranger's flood) pbx
+#                   absorbs while legitimate calls all succeed; PBX_BEFORE=path measures an older
+#                   binary in the same run (about 10 minutes per binary)
+#   flood-check     one short flood step per binary
 #
 # Each row is measured in two phases:
 #   search   short steps (STEP_S) from START_RATE, doubling while a step holds, then
@@ -113,6 +117,21 @@
 # starts every flow with a fresh Call-ID, as SIPp's scenarios do: each is a new binding, which
 # pbx writes to its database before answering. Kamailio keeps bindings in memory either way.
 #
+# flood (pbx only): while SIPp makes FLOOD_CALL_RATE calls per second (call_uac.xml with a
+# 407 per INVITE, call_uas.xml answering) for FLOOD_STEP_S, invite_flood (pbx-benches) sends
+# unauthenticated INVITEs at the step's rate, each a new transaction, round-robin from
+# FLOOD_SOURCES loopback addresses (127.0.1.1 on; by default enough that each source stays
+# under pbx's per-source limit up to FLOOD_MAX, so the row measures the stateless path, not
+# the limiter), and counts every datagram that comes back. A step holds when every call
+# succeeded (none failed, achieved ≥ 95 %); the rate doubles from FLOOD_START while steps
+# hold, then BISECT_STEPS. pbx is restarted before every step. PBX_BEFORE (a pbx binary built
+# from an older commit) gets the same ramp first, so both rows come from one run.
+#   FLOOD_START [1000], FLOOD_MAX [64000]   INVITEs per second
+#   FLOOD_STEP_S [20]     seconds of flood (and of calls) per step
+#   FLOOD_CALL_RATE [10]  legitimate calls per second during the flood
+#   FLOOD_SOURCES [600]   source addresses of the flood
+#   PBX_BEFORE []         an older pbx binary measured in the same run
+#
 # Every process this script starts is stopped on exit. Logs stay in the printed work folder.
 
 set -euo pipefail
@@ -149,6 +168,12 @@ MEM_CALLS=${MEM_CALLS:-1000}
 MEM_HOLD_S=${MEM_HOLD_S:-30}
 CALL_SETTLE_S=${CALL_SETTLE_S:-45}
 CLUSTER_CALL_VIA=${CLUSTER_CALL_VIA:-leader}
+FLOOD_START=${FLOOD_START:-1000}
+FLOOD_MAX=${FLOOD_MAX:-64000}
+FLOOD_STEP_S=${FLOOD_STEP_S:-20}
+FLOOD_CALL_RATE=${FLOOD_CALL_RATE:-10}
+FLOOD_SOURCES=${FLOOD_SOURCES:-600}
+PBX_BEFORE=${PBX_BEFORE:-}
 WARM_RATE=${WARM_RATE:-1000}
 
 PBX_SIP_PORT=$PORT_BASE
@@ -164,7 +189,7 @@ CALLER=100
 CALLEE=101
 
 case $MODE in
-all | rate | memory | profile | kamailio | check | calls | kamailio-calls | calls-check | calls-media | cluster | cluster-check) ;;
+all | rate | memory | profile | kamailio | check | calls | kamailio-calls | calls-check | calls-media | cluster | cluster-check | flood | flood-check) ;;
 *)
 	sed -n '7,20p' "$0"
 	exit 2
@@ -190,6 +215,9 @@ if [ "$MODE" = calls-check ]; then
 	STEP_S=3 SUSTAIN_S=3 SUSTAIN_TRIES=1 START_RATE=100 MAX_RATE=100 BISECT_STEPS=0
 	MEDIA_START=${MEDIA_START_CHECK:-20} MEDIA_MAX=${MEDIA_START_CHECK:-20} MEDIA_MEASURE_S=3
 	MEM_CALLS=${MEM_CALLS_CHECK:-100} MEM_HOLD_S=10 CALL_SETTLE_S=5
+fi
+if [ "$MODE" = flood-check ]; then
+	FLOOD_STEP_S=5 FLOOD_START=1000 FLOOD_MAX=1000 BISECT_STEPS=0
 fi
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -282,11 +310,13 @@ build() {
 	case $MODE in
 	kamailio-calls) ;;
 	calls | calls-check | calls-media) bins+=(-p pbx-node --bin pbx) ;;
+	flood | flood-check) bins+=(-p pbx-benches --bin invite_flood -p pbx-node --bin pbx) ;;
 	kamailio) bins+=(-p pbx-benches --bin register_load) ;;
 	*) bins+=(-p pbx-benches --bin register_load -p pbx-node --bin pbx) ;;
 	esac
 	local target=${CARGO_TARGET_DIR:-$ROOT/target}
 	LOAD=$target/release/register_load
+	FLOOD=$target/release/invite_flood
 	PBX=$target/release/pbx
 	[ ${#bins[@]} -gt 0 ] || return 0
 	log "cargo build --release ${bins[*]}"
@@ -1318,6 +1348,111 @@ cluster_call_rows() {
 	stop_cluster
 }
 
+# ---- a stranger's flood while phones call (pbx only) ----
+
+# flood_step label rate → prints "ok|fail sent answers per_invite failed cpu_us"; 0 if it held.
+# Calls at FLOOD_CALL_RATE for FLOOD_STEP_S; the flood starts with them (ON_UP).
+flood_step() {
+	local label=$1 rate=$2 duration=$FLOOD_STEP_S
+	local calls=$((FLOOD_CALL_RATE * duration)) before after held=ok drops0 drops
+	drops0=$(socket_drops "$SERVER_PORT")
+	before=$(server_cpu)
+	rm -f "$WORK/flood.out"
+	FLOOD_RATE=$rate
+	CALLS=$calls RATE=$FLOOD_CALL_RATE HOLD_MS=0 LIMIT=$((FLOOD_CALL_RATE * 10 + 100)) \
+		SECONDS_MAX=$((duration * 3 + 60)) ON_UP=flood_start run_calls "flood-$label-$rate" "" ""
+	wait "$FLOOD_PID" 2>/dev/null || true
+	after=$(server_cpu)
+	drops=$(($(socket_drops "$SERVER_PORT") - drops0))
+	local line sent answers per_invite cpu_us
+	line=$(tail -1 "$WORK/flood.out" 2>/dev/null || true)
+	sent=$(echo "$line" | tr ' ' '\n' | sed -n 's/^sent=//p')
+	answers=$(echo "$line" | tr ' ' '\n' | sed -n 's/^answers=//p')
+	per_invite=$(echo "$line" | tr ' ' '\n' | sed -n 's/^per_invite=//p')
+	cpu_us=$(((after - before) * 1000000 / TICKS / (${sent:-0} + 1)))
+	if [ "$RUN_FAILED" -ne 0 ] || [ $((RUN_ACHIEVED * 100)) -lt $((FLOOD_CALL_RATE * 95)) ]; then held=fail; fi
+	kill -0 "$SERVER_PID" 2>/dev/null || held=died
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$rate" "$held" "${sent:--}" "${answers:--}" \
+		"${per_invite:--}" "$RUN_FAILED" "$cpu_us" "$drops" >>"$WORK/steps.tsv"
+	log "flood $label rate=$rate INVITEs/s → $held (sent ${sent:-?}, answers ${answers:-?} = ${per_invite:-?} per INVITE," \
+		"calls failed $RUN_FAILED of $calls, pbx CPU ${cpu_us} µs per flood INVITE, dropped on pbx's socket $drops)"
+	sleep "$COOLDOWN_S"
+	echo "$held ${sent:--} ${answers:--} ${per_invite:--} $RUN_FAILED $cpu_us"
+	[ "$held" = ok ]
+}
+
+flood_start() {
+	timeout $((FLOOD_STEP_S + 30)) "$FLOOD" --target "127.0.0.1:$SERVER_PORT" --rate "$FLOOD_RATE" \
+		--duration-s "$FLOOD_STEP_S" --sources "$FLOOD_SOURCES" >"$WORK/flood.out" 2>&1 &
+	FLOOD_PID=$!
+	PIDS+=("$FLOOD_PID")
+	# Started in a step's subshell: the exit trap finds it (a `timeout`) through this file.
+	echo "$FLOOD_PID" >>"$WORK/phones.pids"
+}
+
+# flood_row label binary: the ramp for one pbx binary → one line of $WORK/results.tsv
+flood_row() {
+	local label=$1 binary=$2 lo=0 hi=0 rate=$FLOOD_START best="- - - - -" out
+	local PBX=$binary
+	start_pbx_calls "flood-$label" || {
+		printf '%s\t-\t-\t- - - - - -\tpbx did not start\n' "$label" >>"$WORK/results.tsv"
+		return
+	}
+	if ! probe_call "flood $label"; then
+		stop "$SERVER_PID"
+		printf '%s\t-\t-\t- - - - - -\tno call went through\n' "$label" >>"$WORK/results.tsv"
+		return
+	fi
+	while [ "$rate" -le "$FLOOD_MAX" ]; do
+		stop "$SERVER_PID"
+		start_pbx_calls "flood-$label" || break
+		if out=$(flood_step "$label" "$rate"); then
+			lo=$rate best=$out
+			rate=$((rate * 2))
+		else
+			hi=$rate
+			break
+		fi
+	done
+	local i=0 mid
+	while [ "$hi" -gt 0 ] && [ "$i" -lt "$BISECT_STEPS" ]; do
+		mid=$(((lo + hi) / 2 / 500 * 500))
+		[ "$mid" -le "$lo" ] || [ "$mid" -ge "$hi" ] && break
+		stop "$SERVER_PID"
+		start_pbx_calls "flood-$label" || break
+		if out=$(flood_step "$label" "$mid"); then lo=$mid best=$out; else hi=$mid; fi
+		i=$((i + 1))
+	done
+	stop "$SERVER_PID"
+	printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$lo" "$hi" "$best" "$([ "$hi" -eq 0 ] && echo "reached FLOOD_MAX")" \
+		>>"$WORK/results.tsv"
+}
+
+flood_rows() {
+	: >"$WORK/results.tsv"
+	[ -z "$PBX_BEFORE" ] || flood_row before "$PBX_BEFORE"
+	flood_row now "$PBX"
+}
+
+print_flood_table() {
+	echo
+	echo "Unauthenticated INVITEs per second (each a new transaction, from $FLOOD_SOURCES loopback addresses) while"
+	echo "SIPp makes $FLOOD_CALL_RATE authenticated calls per second; a step ($FLOOD_STEP_S s, pbx restarted before"
+	echo "each) holds when every call succeeded. Answers: datagrams pbx sent back per flood INVITE (of the best step)."
+	echo
+	echo "| pbx | flood held (INVITEs/s) | first that failed | answers per INVITE | pbx CPU per INVITE (µs) | note |"
+	echo "| --- | ---: | ---: | ---: | ---: | --- |"
+	awk -F'\t' '{ split($4, b, " "); printf "| %s | %s | %s | %s | %s | %s |\n", $1, $2, ($3 == 0 ? "-" : $3), b[4], b[6], $5 }' \
+		"$WORK/results.tsv"
+	echo
+	echo "Every step (pbx, rate, verdict, sent, answers, answers per INVITE, calls failed, pbx CPU µs per INVITE,"
+	echo "datagrams dropped on pbx's SIP socket):"
+	echo
+	echo '```'
+	cat "$WORK/steps.tsv"
+	echo '```'
+}
+
 # ---- main ----
 
 pbx_version() { # the commit, and whether the code pbx is built from differs from it
@@ -1333,7 +1468,12 @@ build
 STARTED_AT=$(date +%s) # the deadline and the reported duration count from here, after the build
 make_users
 : >"$WORK/steps.tsv"
-case $MODE in calls | kamailio-calls | calls-check | calls-media) what=Call ;; cluster | cluster-check) what="Cluster (REGISTER, calls)" ;; *) what=REGISTER ;; esac
+case $MODE in
+calls | kamailio-calls | calls-check | calls-media) what=Call ;;
+cluster | cluster-check) what="Cluster (REGISTER, calls)" ;;
+flood | flood-check) what="Flood" ;;
+*) what=REGISTER ;;
+esac
 echo "# $what load, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p')), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "kamailio $(kamailio -v | sed -n 's/^version: kamailio \([^ ]*\).*/\1/p') (children=$KAMAILIO_CHILDREN), $(sipp -v 2>&1 | grep -o 'SIPp v[^ -]*' | head -1), pbx $(pbx_version), STEP_S=$STEP_S, USERS=$USERS"
@@ -1382,6 +1522,11 @@ calls-media)
 	call_memory
 	media_rows
 	print_media_table
+	;;
+flood | flood-check)
+	make_audio
+	flood_rows
+	print_flood_table
 	;;
 esac
 echo

@@ -16,6 +16,9 @@
 //! certificate, so a client the server refuses may see [`connect`] succeed and learn of the
 //! refusal on first use of the connection (a `ConnectionClosed` with a crypto error code).
 //!
+//! Bounds: a peer may hold at most [`STREAMS_PER_LINK_MAX`] streams open on a link; what each
+//! carries is bounded by its user (`raft::net::MESSAGE_BYTES_MAX`, the mesh's frame bound).
+//!
 //! Liveness: both ends send a keep-alive every [`KEEP_ALIVE`] and drop a link silent for
 //! [`IDLE_TIMEOUT`]. A node's stateless-reset key (and connection-id key) is derived from its
 //! private key, so after a restart it answers packets of its old connections with a reset the
@@ -46,6 +49,11 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
 /// A link silent this long is dead (a few keep-alives lost in a row).
 pub const IDLE_TIMEOUT: Duration = Duration::from_millis(IDLE_TIMEOUT_MS as u64);
 const IDLE_TIMEOUT_MS: u32 = 5_000;
+/// Bidirectional streams a peer may have open on one link at once: one per Raft RPC in flight
+/// (openraft keeps about one per peer, plus forwarded writes), one for a mesh session. More
+/// wait for QUIC flow credit. With each message at most `raft::net::MESSAGE_BYTES_MAX`, this
+/// bounds what one link can make a node buffer.
+pub const STREAMS_PER_LINK_MAX: u32 = 32;
 /// QUIC's error codes for TLS alerts: 0x100 + the alert (RFC 9001 §4.8).
 const CRYPTO_ERROR_BASE: u64 = 0x100;
 
@@ -150,6 +158,9 @@ fn transport() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(KEEP_ALIVE));
     transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(IDLE_TIMEOUT_MS))));
+    transport.max_concurrent_bidi_streams(STREAMS_PER_LINK_MAX.into());
+    // Nothing of ours uses unidirectional streams.
+    transport.max_concurrent_uni_streams(0u32.into());
     Arc::new(transport)
 }
 

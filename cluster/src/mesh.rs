@@ -30,6 +30,9 @@ use tokio::task::JoinSet;
 
 /// ractor_cluster's cookie: the same on every node, no secret (the links authenticate).
 const COOKIE: &str = "pbx-cluster";
+/// Largest ractor_cluster frame a session reads (its default, said here): a longer length
+/// prefix ends the session before anything is allocated for it.
+pub const FRAME_BYTES_MAX: u64 = 16 << 20;
 /// Longest a new link may take to carry the first bytes of its ractor session.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest [`Mesh::shutdown`] waits for the node server.
@@ -110,7 +113,8 @@ impl Mesh {
             None,
             Some(NodeConnectionMode::Isolated),
         )
-        .with_listen_addr(Ipv4Addr::LOCALHOST.into());
+        .with_listen_addr(Ipv4Addr::LOCALHOST.into())
+        .with_max_inbound_frame_size(FRAME_BYTES_MAX);
         let (server, server_handle) =
             Actor::spawn(None, node_server, ()).await.map_err(|e| MeshError::NodeServer(e.to_string()))?;
         let shared = Arc::new(Shared::default());

@@ -2,35 +2,37 @@
 //! file, no other server to install.
 //!
 //! Start-up order: data directory → storage (restore) → CDR writer → admin token → sockets →
-//! security-log writer → registrar → calls → licence watchdog and voucher sync (when a service
-//! is configured) → privacy key and retention reaper → endpoint → transports → HTTP. Any failure before serving names what it was doing
-//! and the node exits non-zero. SIGTERM/SIGINT stop the HTTP server, then the actors (the
-//! registrar flushes batched binding refreshes as it stops), then the CDR writer (it stores
-//! what is queued), then exit 0.
+//! supervisor → security-log writer → registrar → calls → licence watchdog and voucher sync
+//! (when a service is configured) → privacy key and retention reaper → endpoint → transports →
+//! HTTP. The core actors run under the supervisor (`crate::supervisor`), which restarts one
+//! that fails from its durable state (`crate::core_actors`). Any failure before serving names
+//! what it was doing and the node exits non-zero. SIGTERM/SIGINT stop the HTTP server, then
+//! the actors in the reverse of their start (the registrar, last, flushes batched binding
+//! refreshes as it stops), then the CDR writer (it stores what is queued), then exit 0. A
+//! supervisor that gave up (an actor failing too often) stops the node the same way, and the
+//! process exits non-zero for its service manager to start it afresh.
 
 use crate::clock::SystemClock;
 use crate::cluster::{ClusterApi, NodeApplier, ReplicatedCdrs, ReplicatedLicence, ReplicatedStore, Replication};
 use crate::config::{ClusterConfig, Config, Role};
+use crate::core_actors::{CallsChild, EndpointChild, ReaperChild, RegistrarChild, VoucherChild, WatchdogChild};
 use crate::http::{self, ApiState, CallsView};
 use crate::licence::{self, HttpLicenceService};
 use crate::storage::{CdrWriter, SecurityWriter, Storage};
+use crate::supervisor::{self, CoreActors, Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::transport::{self, Backlog, SipSockets};
 use anyhow::Context;
 use pbx_actors::call::LocalSip;
-use pbx_actors::call::actor::{CallContext, CallsActor, CallsArgs, CallsMsg};
+use pbx_actors::call::actor::{CallContext, CallLedger, CallsMsg};
 use pbx_actors::call::b2bua::CallConfig;
 use pbx_actors::cdr::{ActiveCall, CdrStore};
 use pbx_actors::endpoint::actor::EndpointSink;
-use pbx_actors::endpoint::{EndpointActor, EndpointArgs};
-use pbx_actors::licence::{
-    LicenceService, LicenceStore, LicenceView, VoucherActor, VoucherArgs, VoucherConfig, VoucherMsg, WatchdogActor,
-    WatchdogArgs, WatchdogConfig,
-};
+use pbx_actors::licence::{LicenceService, LicenceStore, LicenceView, VoucherConfig, WatchdogConfig};
 use pbx_actors::media::pool::PortPool;
 use pbx_actors::media::relay::RelayConfig;
-use pbx_actors::privacy::actor::{ReaperActor, ReaperArgs};
 use pbx_actors::privacy::reaper::{self, ReaperConfig};
-use pbx_actors::registrar::{RegistrarActor, RegistrarArgs, RegistrarMsg};
+use pbx_actors::registrar::RegistrarMsg;
+use pbx_actors::shell::Current;
 use pbx_actors::sip::transaction::TimerConfig;
 use ractor::{Actor, ActorRef};
 use std::future::Future;
@@ -41,6 +43,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// `PBX_TEST_HOOKS=1` turns on the test hooks (off by default; docs/SECURITY.md says why it is
+/// safe): `POST /api/v1/debug/panic/{actor}`, which end-to-end tests use to prove supervision.
+pub const TEST_HOOKS_ENV: &str = "PBX_TEST_HOOKS";
 
 pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::PrometheusHandle) -> anyhow::Result<()> {
     let data_dir = &config.data_dir;
@@ -55,6 +60,7 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         bindings = snapshot.bindings.len(),
         "state restored"
     );
+    drop(snapshot);
 
     // Durable changes go through Raft on every node: an appliance is a cluster of one, with the
     // same code path and no links.
@@ -75,40 +81,55 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     let sockets = SipSockets::bind(config.sip_listen).await?;
     let wire = sockets.wire();
     let clock = SystemClock::new();
+    let test_hooks = std::env::var(TEST_HOOKS_ENV).is_ok_and(|v| v == "1");
+    if test_hooks {
+        tracing::warn!(
+            "{TEST_HOOKS_ENV}=1: the test hooks are on (POST /api/v1/debug/panic/{{actor}}); never in production"
+        );
+    }
+
+    // The core actors run under one supervisor, which restarts one that fails; everything that
+    // reaches them holds a `Current`, pointed at each new incarnation.
+    let (give_up_tx, mut give_up) = tokio::sync::mpsc::unbounded_channel();
+    let (supervisor, supervisor_handle) =
+        Actor::spawn(Some("supervisor".into()), Supervisor, SupervisorArgs { give_up: give_up_tx })
+            .await
+            .context("start the supervisor")?;
+    let mut core = CoreActors::default();
 
     // Failed authentications and blocks, for the security log (category `security-log`).
     let security_log = Arc::new(SecurityWriter::start(storage.clone()).context("start security-log writer")?);
     let sink = EndpointSink::default();
-    let (registrar, registrar_handle) = Actor::spawn(
-        Some("registrar".into()),
-        RegistrarActor,
-        RegistrarArgs {
-            config: config.registrar.clone(),
-            rng_seed: rand::random(),
-            extensions: snapshot.extensions,
-            bindings: snapshot.bindings,
-            clock: Arc::new(clock),
-            store: Arc::new(ReplicatedStore(replication.clone())),
-            sink: Arc::new(sink.clone()),
-            security: Some(security_log.clone()),
-        },
-    )
-    .await
-    .context("start registrar")?;
+    let registrar = RegistrarChild {
+        config: config.registrar.clone(),
+        storage: storage.clone(),
+        clock,
+        store: Arc::new(ReplicatedStore(replication.clone())),
+        sink: sink.clone(),
+        security: Some(security_log.clone()),
+        applier: cluster.applier.clone(),
+        current: core.registrar.clone(),
+        fence: None,
+    };
+    supervisor::start(&supervisor, registrar).await.map_err(anyhow::Error::msg).context("start registrar")?;
 
-    cluster.applier.connect(registrar.clone());
     if config.cluster.is_some() {
         // In a cluster the declared extensions are written through Raft, which needs a quorum
         // that may form only after this node is up: write them in the background.
-        let (registrar, extensions) = (registrar.clone(), config.extensions.clone());
+        let (registrar, extensions) = (core.registrar.clone(), config.extensions.clone());
         tokio::spawn(async move {
             for ext in &extensions {
-                if let Err(reason) = put_extension(&registrar, ext, Duration::from_secs(60)).await {
+                let result = match registrar.get() {
+                    Some(registrar) => put_extension(&registrar, ext, Duration::from_secs(60)).await,
+                    None => Err("the registrar is not running".into()),
+                };
+                if let Err(reason) = result {
                     tracing::error!(number = %ext.number, %reason, "config: extension not stored");
                 }
             }
         });
     } else {
+        let registrar = core.registrar.get().context("the registrar just started")?;
         for ext in &config.extensions {
             put_extension(&registrar, ext, Duration::from_secs(10))
                 .await
@@ -144,13 +165,11 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         media_ip: config.calls.media_address,
         relay: RelayConfig { inactivity: Duration::from_secs(config.calls.rtp_timeout_s.into()) },
     };
-    let (calls, calls_handle) =
-        Actor::spawn(Some("calls".into()), CallsActor, CallsArgs { context, seed: rand::random() })
-            .await
-            .context("start calls")?;
+    let calls = CallsChild { context, ledger: CallLedger::default(), current: core.calls.clone() };
+    supervisor::start(&supervisor, calls).await.map_err(anyhow::Error::msg).context("start calls")?;
 
     let licence_store: Arc<dyn LicenceStore> = Arc::new(ReplicatedLicence(replication.clone()));
-    let licence = start_licence(&config, &storage, licence_store, clock).await?;
+    let licence = start_licence(&config, &storage, licence_store, clock, &supervisor, &mut core).await?;
 
     let privacy = Arc::new(
         crate::privacy::Privacy::open(data_dir, config.privacy.periods.clone(), config.privacy.operator.clone())
@@ -162,58 +181,51 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         batch: config.privacy.reaper_batch,
         ..ReaperConfig::default()
     };
-    let (reaper, reaper_handle) = Actor::spawn(
-        Some("retention-reaper".into()),
-        ReaperActor,
-        ReaperArgs { config: reaper_config, clock: Arc::new(clock), store: storage.clone() },
-    )
-    .await
-    .context("start retention reaper")?;
+    let reaper = ReaperChild { config: reaper_config, clock, storage: storage.clone(), current: core.reaper.clone() };
+    supervisor::start(&supervisor, reaper).await.map_err(anyhow::Error::msg).context("start retention reaper")?;
 
     let backlog = Backlog::default();
-    let (endpoint, endpoint_handle) = Actor::spawn(
-        Some("sip-endpoint".into()),
-        EndpointActor,
-        EndpointArgs {
-            clock: Arc::new(clock),
-            wire: wire.clone(),
-            registrar: registrar.clone(),
-            calls: calls.clone(),
-            timers,
-            seed: rand::random(),
-            source_limit: config.sip.source_limit,
-            inbound_backlog: backlog.0.clone(),
-            licence: licence.view.clone(),
-            emergency_numbers: config.calls.emergency_numbers.clone(),
-        },
-    )
-    .await
-    .context("start SIP endpoint")?;
-    sink.connect(endpoint.clone());
+    let endpoint = EndpointChild {
+        clock,
+        wire: wire.clone(),
+        registrar: core.registrar.clone(),
+        calls: core.calls.clone(),
+        timers,
+        source_limit: config.sip.source_limit,
+        backlog: backlog.clone(),
+        licence: licence.view.clone(),
+        emergency_numbers: config.calls.emergency_numbers.clone(),
+        sink,
+        current: core.endpoint.clone(),
+    };
+    supervisor::start(&supervisor, endpoint).await.map_err(anyhow::Error::msg).context("start SIP endpoint")?;
 
-    let udp_task = tokio::spawn(transport::serve_udp(sockets.udp.clone(), endpoint.clone(), backlog.clone()));
-    let tcp_task = tokio::spawn(transport::serve_tcp(sockets.tcp, endpoint.clone(), wire.clone(), backlog));
+    let udp_task = tokio::spawn(transport::serve_udp(sockets.udp.clone(), core.endpoint.clone(), backlog.clone()));
+    let tcp_task = tokio::spawn(transport::serve_tcp(sockets.tcp, core.endpoint.clone(), wire.clone(), backlog));
 
     let state = ApiState {
         token,
-        registrar: registrar.clone(),
-        endpoint: endpoint.clone(),
+        registrar: core.registrar.clone(),
+        endpoint: core.endpoint.clone(),
         prometheus,
         clock,
         storage: storage.clone(),
-        calls: Arc::new(CallsList(calls.clone())),
+        calls: Arc::new(CallsList(core.calls.clone())),
         licence: licence.view.clone(),
-        vouchers: licence.vouchers.clone(),
+        vouchers: core.vouchers.clone(),
         serial: licence.serial.clone(),
         privacy: privacy.clone(),
         cluster: replication.clone(),
+        core: core.clone(),
+        test_hooks,
     };
     let cluster_api = actix_web::web::Data::new(cluster.api.clone());
     let server = actix_web::HttpServer::new(move || {
-        actix_web::App::new()
+        let app = actix_web::App::new()
             .app_data(actix_web::web::Data::new(state.clone()))
             .app_data(cluster_api.clone())
-            .configure(http::routes)
+            .configure(http::routes);
+        if test_hooks { app.configure(http::test_hook_routes) } else { app }
     })
     .workers(1)
     .disable_signals()
@@ -225,32 +237,34 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     let server_task = tokio::spawn(server);
     tracing::info!(sip = %config.sip_listen, http = %config.http_listen, "pbx appliance ready");
 
-    wait_for_shutdown_signal().await?;
+    // A signal stops the node cleanly (exit 0); a supervisor that gave up stops it too, and the
+    // process exits non-zero so that its service manager starts it afresh.
+    let gave_up = tokio::select! {
+        signal = wait_for_shutdown_signal() => { signal?; None }
+        reason = give_up.recv() => reason,
+    };
     tracing::info!("shutting down");
     server_handle.stop(true).await;
     let _ = server_task.await;
     udp_task.abort();
     tcp_task.abort();
-    endpoint.stop(None);
-    let _ = endpoint_handle.await;
-    // Calls in progress end with the node (their phones see no more answers); their actors
-    // and ports go with the calls actor.
-    calls.stop(None);
-    let _ = calls_handle.await;
-    for actor in licence.actors {
-        actor.stop(None);
-    }
-    reaper.stop(None);
-    let _ = reaper_handle.await;
-    registrar.stop(None);
-    let _ = registrar_handle.await;
+    // The core actors stop in the reverse of their start: the endpoint first, the registrar
+    // (which flushes batched binding refreshes) last. Calls in progress end with the node
+    // (their phones see no more answers); their actors and ports go with the calls actor.
+    let _ = supervisor.call(SupervisorMsg::Shutdown, None).await;
+    let _ = supervisor_handle.await;
     cluster.shutdown().await;
     drop(security_log);
     // The last handle once the actors are gone: dropping it stores what is queued and joins the
     // writer's thread.
     drop(cdr_store);
-    tracing::info!("stopped");
-    Ok(())
+    match gave_up {
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Some(reason) => Err(anyhow::anyhow!(reason)),
+    }
 }
 
 /// Stores one declared extension through the registrar; `Err` names the reason.
@@ -374,6 +388,7 @@ async fn run_witness(config: &Config, node: &ClusterNode) -> anyhow::Result<()> 
         actix_web::App::new()
             .app_data(api.clone())
             .route("/healthz", actix_web::web::get().to(|| async { "ok\n" }))
+            .route("/readyz", actix_web::web::get().to(http::readyz_witness))
             .configure(crate::cluster::routes)
     })
     .workers(1)
@@ -396,26 +411,26 @@ struct Licensing {
     serial: String,
     /// `None`: no licence service configured, nothing is gated.
     view: Option<LicenceView>,
-    vouchers: Option<ActorRef<VoucherMsg>>,
-    actors: Vec<ractor::ActorCell>,
 }
 
-/// Starts the licence watchdog and the voucher sync when a licence service is configured,
-/// from what the last run stored (so an outage at start changes nothing within the grace).
+/// Starts the licence watchdog and the voucher sync under `supervisor` when a licence service
+/// is configured, from what the last run stored (so an outage at start changes nothing within
+/// the grace), and records them in `core`.
 async fn start_licence(
     config: &Config,
     storage: &Arc<Storage>,
     store: Arc<dyn LicenceStore>,
     clock: SystemClock,
+    supervisor: &ActorRef<SupervisorMsg>,
+    core: &mut CoreActors,
 ) -> anyhow::Result<Licensing> {
     let serial = licence::serial(config.licence.serial.as_deref(), &config.data_dir).context("serial number")?;
     let Some(service_config) = &config.licence.service else {
         tracing::info!(%serial, "no licence service configured: nothing is gated by a licence");
-        return Ok(Licensing { serial, view: None, vouchers: None, actors: Vec::new() });
+        return Ok(Licensing { serial, view: None });
     };
     let service: Arc<dyn LicenceService> =
         Arc::new(HttpLicenceService::new(service_config).map_err(|e| anyhow::anyhow!("config: {e}"))?);
-    let (stored, stored_unlocks) = storage.load_licence().context("load the stored licence")?;
     let view = LicenceView::new();
     let l = &config.licence;
     let mut watchdog = WatchdogConfig::new(serial.clone(), service_config.public_key);
@@ -425,50 +440,41 @@ async fn start_licence(
     let mut vouchers = VoucherConfig::new(serial.clone(), service_config.public_key);
     vouchers.interval = Duration::from_secs(u64::from(l.voucher_interval_h) * 3600);
     vouchers.retry = watchdog.retry_interval;
-    let (watchdog, _) = Actor::spawn(
-        Some("licence-watchdog".into()),
-        WatchdogActor,
-        WatchdogArgs {
-            config: watchdog,
-            clock: Arc::new(clock),
-            service: service.clone(),
-            store: store.clone(),
-            stored,
-            view: view.clone(),
-        },
-    )
-    .await
-    .context("start licence watchdog")?;
-    let (voucher_actor, _) = Actor::spawn(
-        Some("voucher-sync".into()),
-        VoucherActor,
-        VoucherArgs {
-            config: vouchers,
-            clock: Arc::new(clock),
-            service,
-            store,
-            stored: stored_unlocks,
-            view: view.clone(),
-        },
-    )
-    .await
-    .context("start voucher sync")?;
+    let (watchdog_current, voucher_current) = (Current::default(), Current::default());
+    let watchdog = WatchdogChild {
+        config: watchdog,
+        clock,
+        service: service.clone(),
+        store: store.clone(),
+        storage: storage.clone(),
+        view: view.clone(),
+        current: watchdog_current.clone(),
+    };
+    supervisor::start(supervisor, watchdog).await.map_err(anyhow::Error::msg).context("start licence watchdog")?;
+    let vouchers = VoucherChild {
+        config: vouchers,
+        clock,
+        service,
+        store,
+        storage: storage.clone(),
+        view: view.clone(),
+        current: voucher_current.clone(),
+    };
+    supervisor::start(supervisor, vouchers).await.map_err(anyhow::Error::msg).context("start voucher sync")?;
+    core.watchdog = Some(watchdog_current);
+    core.vouchers = Some(voucher_current);
     tracing::info!(%serial, service = %service_config.url, "licence watchdog and voucher sync started");
-    Ok(Licensing {
-        serial,
-        view: Some(view),
-        vouchers: Some(voucher_actor.clone()),
-        actors: vec![watchdog.get_cell(), voucher_actor.get_cell()],
-    })
+    Ok(Licensing { serial, view: Some(view) })
 }
 
 /// Calls in progress, from the calls actor.
-struct CallsList(ractor::ActorRef<CallsMsg>);
+struct CallsList(Current<CallsMsg>);
 
 impl CallsView for CallsList {
     fn active(&self) -> Pin<Box<dyn Future<Output = Option<Vec<ActiveCall>>> + Send + '_>> {
         Box::pin(async move {
-            match self.0.call(CallsMsg::List, Some(Duration::from_secs(4))).await {
+            let calls = self.0.get()?;
+            match calls.call(CallsMsg::List, Some(Duration::from_secs(4))).await {
                 Ok(ractor::rpc::CallResult::Success(list)) => Some(list),
                 _ => None,
             }
@@ -488,13 +494,14 @@ pub async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads `DATA_DIR/admin.token`, or creates it (mode 0600) with 256 random bits at first start.
+/// Reads `DATA_DIR/admin.token`, or creates it (mode 0600) with 256 random bits at first start
+/// (or when it is empty). A link at its name, or a file that cannot be read, stops the start
+/// rather than being replaced ([`crate::secret_file`]); a file open to others becomes 0600.
 pub fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join(ADMIN_TOKEN_FILE);
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        let existing = existing.trim().to_string();
+    if let Some(existing) = crate::secret_file::read(&path).with_context(|| format!("read {}", path.display()))? {
+        let existing = String::from_utf8_lossy(&existing).trim().to_string();
         if !existing.is_empty() {
-            restrict_permissions(&path, 0o600);
             return Ok(existing);
         }
     }
@@ -504,13 +511,10 @@ pub fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// Writes a secret and its newline to a file only its owner can read (mode 0600), durably.
+/// Writes a secret and its newline to a file only its owner can read (mode 0600, whatever the
+/// file had), durably, replacing a link at `path` rather than writing through it.
 pub fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    writeln!(file, "{secret}")?;
-    file.sync_all()
+    crate::secret_file::write(path, format!("{secret}\n").as_bytes(), crate::secret_file::SECRET_FILE_MODE)
 }
 
 pub fn restrict_permissions(path: &Path, mode: u32) {

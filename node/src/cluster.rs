@@ -136,6 +136,17 @@ impl NodeApplier {
         }
     }
 
+    /// The registrar is being restarted: other nodes' changes wait (as at start) until
+    /// `connect` hands them to the new one, which loads storage after this call — so nothing
+    /// applied in between is missed. A node still waiting for its first registrar keeps what
+    /// it has.
+    pub fn disconnect(&self) {
+        let mut delivery = self.delivery.lock().expect("delivery lock");
+        if matches!(*delivery, Delivery::Registrar(_)) {
+            *delivery = Delivery::Pending(Vec::new());
+        }
+    }
+
     /// `others` to the registrar; before it runs, `all` wait for it (this node's own entries
     /// replayed at start may postdate what the registrar restored).
     fn deliver(&self, all: &[RegistrarCommand], others: Vec<RegistrarCommand>) {

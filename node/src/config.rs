@@ -394,8 +394,18 @@ pub enum ConfigError {
 impl Config {
     /// Merges flags over the file (if any) over defaults, and checks every value.
     pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
-        let (file_name, file) = match &flags.config {
-            Some(path) => (path.display().to_string(), read_file(path)?),
+        let file = match &flags.config {
+            Some(path) => Some((path.display().to_string(), read_text(path)?)),
+            None => None,
+        };
+        Config::from_text(flags, file.as_ref().map(|(name, text)| (name.as_str(), text.as_str())))
+    }
+
+    /// [`Config::load`] with the config file already read: `file` is its name (for errors)
+    /// and its text; `flags.config` is not read. The `config` fuzz target's entry point.
+    pub fn from_text(flags: &Flags, file: Option<(&str, &str)>) -> Result<Config, ConfigError> {
+        let (file_name, file) = match file {
+            Some((name, text)) => (name.to_owned(), parse_file(name, text)?),
             None => (String::new(), FileConfig::default()),
         };
         let invalid =
@@ -705,11 +715,14 @@ fn parse_media_address(s: &str) -> Result<IpAddr, String> {
     Ok(ip)
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let file = path.display().to_string();
-    let text =
-        std::fs::read_to_string(path).map_err(|e| ConfigError::Read { file: file.clone(), reason: e.to_string() })?;
-    let de = toml::Deserializer::parse(&text).map_err(|e| ConfigError::Invalid {
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Read { file: path.display().to_string(), reason: e.to_string() })
+}
+
+fn parse_file(file: &str, text: &str) -> Result<FileConfig, ConfigError> {
+    let file = file.to_owned();
+    let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Invalid {
         file: file.clone(),
         key: "(syntax)".into(),
         reason: one_line(&e),

@@ -1,10 +1,15 @@
 //! The admin HTTP API (actix-web). Handlers only turn requests into actor messages (or, for
 //! call records, storage reads) and the answers into JSON; the actors own the data and its rules.
 //!
-//! Every `/api/v1` route needs `Authorization: Bearer <DATA_DIR/admin.token>`. `/healthz` and
-//! `/metrics` are open: they carry no personal data (counts only) and listen on 127.0.0.1 by
-//! default, as Kamailio's and Asterisk's Prometheus modules do. Passwords are accepted on
-//! POST and never returned.
+//! Every `/api/v1` route needs `Authorization: Bearer <DATA_DIR/admin.token>`. `/healthz`,
+//! `/readyz` and `/metrics` are open: they carry no personal data (counts and actor names only)
+//! and listen on 127.0.0.1 by default, as Kamailio's and Asterisk's Prometheus modules do.
+//! Passwords are accepted on POST and never returned.
+//!
+//! `/healthz` is liveness: the process serves HTTP. `/readyz` is readiness: 200 only when every
+//! core actor answers a ping within a second and the node knows a Raft leader, else 503 with
+//! the reasons (`crate::supervisor`). `POST /api/v1/debug/panic/{actor}` exists only when the
+//! process was started with `PBX_TEST_HOOKS=1` (docs/SECURITY.md).
 //!
 //! `GET /api/v1/cdrs` pages through call detail records newest first (by end time), the order
 //! a call history is read in; `GET /api/v1/calls` shows the calls in progress. Their JSON field
@@ -21,8 +26,8 @@ use pbx_actors::cdr::{ActiveCall, Cdr, Disposition, MediaCounters};
 use pbx_actors::endpoint::EndpointMsg;
 use pbx_actors::licence::{LicenceView, VoucherMsg};
 use pbx_actors::registrar::RegistrarMsg;
+use pbx_actors::shell::Current;
 use pbx_actors::time::Clock;
-use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
@@ -49,8 +54,8 @@ pub trait CallsView: Send + Sync {
 #[derive(Clone)]
 pub struct ApiState {
     pub token: String,
-    pub registrar: ActorRef<RegistrarMsg>,
-    pub endpoint: ActorRef<EndpointMsg>,
+    pub registrar: Current<RegistrarMsg>,
+    pub endpoint: Current<EndpointMsg>,
     pub prometheus: PrometheusHandle,
     pub clock: SystemClock,
     /// Read directly for CDR queries: redb readers do not wait for the writers.
@@ -58,12 +63,16 @@ pub struct ApiState {
     pub calls: Arc<dyn CallsView>,
     /// The licence in force; `None` when no licence service is configured (nothing gated).
     pub licence: Option<LicenceView>,
-    pub vouchers: Option<ActorRef<VoucherMsg>>,
+    pub vouchers: Option<Current<VoucherMsg>>,
     pub serial: String,
     /// The privacy key, periods and operator: subject rights, audit, notice.
     pub privacy: Arc<crate::privacy::Privacy>,
     /// Where subject requests are replicated to every node (one, on an appliance).
     pub cluster: crate::cluster::Replication,
+    /// Every core actor, for `/readyz` and the test hook.
+    pub core: crate::supervisor::CoreActors,
+    /// `PBX_TEST_HOOKS=1` at start: the panic hook answers (its route exists only then).
+    pub test_hooks: bool,
 }
 
 #[derive(Deserialize)]
@@ -326,9 +335,12 @@ macro_rules! require_auth {
 pub(crate) use require_auth;
 
 pub(crate) async fn ask<M: ractor::Message, T: Send + 'static>(
-    actor: &ActorRef<M>,
+    actor: &Current<M>,
     msg: impl FnOnce(ractor::RpcReplyPort<T>) -> M,
 ) -> Result<T, HttpResponse> {
+    let Some(actor) = actor.get() else {
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the actor is not running (it is being restarted)"));
+    };
     match actor.call(msg, Some(Duration::from_millis(ACTOR_CALL_TIMEOUT_MS))).await {
         Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
         _ => Err(error(StatusCode::SERVICE_UNAVAILABLE, "the registrar did not answer in time")),
@@ -337,6 +349,36 @@ pub(crate) async fn ask<M: ractor::Message, T: Send + 'static>(
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+/// 200 `{"ready":true,"reasons":[]}`, or 503 with what is not ready.
+pub(crate) fn readiness(reasons: Vec<String>) -> HttpResponse {
+    let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    HttpResponse::build(status).json(serde_json::json!({ "ready": reasons.is_empty(), "reasons": reasons }))
+}
+
+async fn readyz(state: web::Data<ApiState>, cluster: web::Data<crate::cluster::ClusterApi>) -> HttpResponse {
+    let wait = Duration::from_millis(crate::supervisor::READY_ANSWER_MS);
+    let answers = state.core.answers(wait).await;
+    readiness(crate::supervisor::unready_reasons(&answers, cluster.replica.leader().is_some()))
+}
+
+/// A witness runs no SIP actors: it is ready when it knows a leader.
+pub(crate) async fn readyz_witness(cluster: web::Data<crate::cluster::ClusterApi>) -> HttpResponse {
+    readiness(crate::supervisor::unready_reasons(&[], cluster.replica.leader().is_some()))
+}
+
+/// The test hook: `actor` panics (see `CoreActors::inject_panic` for the names).
+async fn inject_panic(req: HttpRequest, state: web::Data<ApiState>, actor: web::Path<String>) -> HttpResponse {
+    require_auth!(req, state);
+    if !state.test_hooks {
+        return error(StatusCode::NOT_FOUND, "test hooks are off");
+    }
+    tracing::warn!(actor = %actor, "test hook: injecting a panic");
+    match state.core.inject_panic(&actor).await {
+        Ok(()) => HttpResponse::Accepted().json(serde_json::json!({ "panicked": actor.as_str() })),
+        Err(reason) => error(StatusCode::NOT_FOUND, reason),
+    }
 }
 
 async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
@@ -534,6 +576,9 @@ async fn redeem_voucher(req: HttpRequest, state: web::Data<ApiState>, body: web:
     let Some(vouchers) = &state.vouchers else {
         return error(StatusCode::CONFLICT, "no licence service configured: vouchers cannot be redeemed");
     };
+    let Some(vouchers) = vouchers.get() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the voucher sync is not running");
+    };
     // The service call is bounded at 60 s by the voucher shell; wait a little longer.
     let answer = vouchers.call(|reply| VoucherMsg::Redeem { code: input.code, reply }, Some(Duration::from_secs(70)));
     match answer.await {
@@ -550,6 +595,9 @@ async fn redeem_voucher(req: HttpRequest, state: web::Data<ApiState>, body: web:
                 StatusCode::BAD_REQUEST
             } else if reason.starts_with("busy") {
                 StatusCode::SERVICE_UNAVAILABLE
+            } else if reason.starts_with("rate limited") {
+                // The service refuses guesses beyond its per-source and per-serial limits.
+                StatusCode::TOO_MANY_REQUESTS
             } else {
                 StatusCode::BAD_GATEWAY
             };
@@ -562,6 +610,7 @@ async fn redeem_voucher(req: HttpRequest, state: web::Data<ApiState>, body: web:
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::PayloadConfig::new(JSON_BODY_BYTES_MAX))
         .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
         .route("/api/v1/extensions", web::get().to(list_extensions))
         .route("/api/v1/extensions", web::post().to(put_extension))
@@ -574,6 +623,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/vouchers", web::post().to(redeem_voucher))
         .configure(crate::privacy::routes)
         .configure(crate::cluster::routes);
+}
+
+/// Routes that exist only with `PBX_TEST_HOOKS=1` (off by default; docs/SECURITY.md).
+pub fn test_hook_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/debug/panic/{actor}", web::post().to(inject_panic));
 }
 
 #[cfg(test)]

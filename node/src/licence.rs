@@ -78,6 +78,7 @@ impl HttpLicenceService {
                     404 if reason.is_empty() => "not found".to_owned(),
                     409 if reason.is_empty() => "already redeemed".to_owned(),
                     404 | 409 => reason,
+                    429 => format!("rate limited by the licence service: {reason}").trim_end().to_owned(),
                     _ => format!("{url}: HTTP {code} {reason}").trim_end().to_owned(),
                 })
             }

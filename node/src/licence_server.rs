@@ -18,7 +18,13 @@
 //! - `admin.token` (0600): the bearer token of `/admin/v1/*`.
 //! - `licence.redb`: serials, vouchers and the request log.
 //!
-//! Not here: rate limiting, revocation, ACME certificates, clustering of the service.
+//! Voucher redemption is rate-limited by the desk (per source network and per serial; the
+//! `--redeem-*` flags); a limited redeem is answered 429 with `Retry-After`, the first of a
+//! run logged at warn, all counted in `GET /admin/v1/stats`. Voucher codes never reach a log:
+//! the request log and the log lines carry [`Desk::code_hash`] instead (only the admin API's
+//! answer to creating a voucher repeats the code it was given).
+//!
+//! Not here: revocation, ACME certificates, clustering of the service.
 
 use crate::appliance::{admin_token, restrict_permissions, wait_for_shutdown_signal};
 use crate::clock::SystemClock;
@@ -29,7 +35,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use anyhow::Context;
 use pbx_actors::Timestamp;
 use pbx_actors::licence::desk::{
-    Desk, DeskCommand, DeskError, DeskOutput, DeskState, Grant, LogEntry, Request, Voucher,
+    Desk, DeskCommand, DeskError, DeskOutput, DeskState, Grant, LimitedBy, LogEntry, RedeemLimits, Request, Voucher,
+    anonymise,
 };
 use pbx_actors::licence::{Feature, Limits, SigningKey};
 use pbx_actors::time::Clock;
@@ -82,6 +89,29 @@ pub struct Args {
     /// Serve plain HTTP instead of HTTPS: only on a loopback address (tests, a local TLS proxy).
     #[arg(long)]
     pub plain_http: bool,
+    /// Failed voucher redeems one source network (IPv4 address, IPv6 /64) may make in a row.
+    #[arg(long, value_name = "N", default_value_t = RedeemLimits::default().source_burst, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub redeem_source_burst: u32,
+    /// Then one more per this many seconds.
+    #[arg(long, value_name = "S", default_value_t = RedeemLimits::default().source_refill_s, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub redeem_source_refill_s: u64,
+    /// Failed voucher redeems naming one serial, from any sources, in a row.
+    #[arg(long, value_name = "N", default_value_t = RedeemLimits::default().serial_burst, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub redeem_serial_burst: u32,
+    /// Then one more per this many seconds.
+    #[arg(long, value_name = "S", default_value_t = RedeemLimits::default().serial_refill_s, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub redeem_serial_refill_s: u64,
+}
+
+impl Args {
+    pub fn redeem_limits(&self) -> RedeemLimits {
+        RedeemLimits {
+            source_burst: self.redeem_source_burst,
+            source_refill_s: self.redeem_source_refill_s,
+            serial_burst: self.redeem_serial_burst,
+            serial_refill_s: self.redeem_serial_refill_s,
+        }
+    }
 }
 
 /// Why the arguments cannot work; the binary exits 2 with this message.
@@ -137,8 +167,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         log = state.log.len(),
         "state restored"
     );
-    let desk = Arc::new(Mutex::new(Desk::new(SigningKey::from_seed(&seed), state)));
-    let shared = Shared { desk: desk.clone(), storage: storage.clone(), seed, clock: SystemClock::new(), token };
+    let limits = args.redeem_limits();
+    let mut desk = Desk::new(SigningKey::from_seed(&seed), state).with_redeem_limits(limits);
+    // What loading changed (codes of an older log replaced by their hashes) is written now.
+    let migrated = drain(&mut desk);
+    if !migrated.is_empty() {
+        storage.apply(&migrated).context("hash the voucher codes of the request log")?;
+        tracing::info!(entries = migrated.len(), "voucher codes in the request log replaced by their hashes");
+    }
+    tracing::info!(?limits, "voucher redeem limits");
+    let desk = Arc::new(Mutex::new(desk));
+    let shared =
+        Shared { desk: desk.clone(), storage: storage.clone(), seed, limits, clock: SystemClock::new(), token };
 
     let tls = if args.plain_http {
         None
@@ -187,6 +227,7 @@ struct Shared {
     storage: Arc<LicenceStorage>,
     /// To build a fresh desk from storage after a failed write.
     seed: [u8; 32],
+    limits: RedeemLimits,
     clock: SystemClock,
     token: String,
 }
@@ -198,17 +239,13 @@ impl Shared {
     fn on_desk<T>(&self, f: impl FnOnce(&mut Desk, Timestamp) -> T) -> Result<T, StorageError> {
         let mut desk = self.desk.lock().unwrap_or_else(|e| e.into_inner());
         let answer = f(&mut desk, self.clock.now());
-        let commands: Vec<DeskCommand> = std::iter::from_fn(|| desk.poll_output())
-            .map(|output| match output {
-                DeskOutput::Persist(command) => command,
-            })
-            .collect();
+        let commands = drain(&mut desk);
         match self.storage.apply(&commands) {
             Ok(()) => Ok(answer),
             Err(e) => {
                 tracing::error!(error = %e, "licence storage write failed; reloading the desk");
                 match self.storage.load() {
-                    Ok(state) => *desk = Desk::new(SigningKey::from_seed(&self.seed), state),
+                    Ok(state) => desk.reload(SigningKey::from_seed(&self.seed), state),
                     Err(e) => tracing::error!(error = %e, "licence storage reload failed"),
                 }
                 Err(e)
@@ -228,6 +265,15 @@ impl Shared {
             Err(_) => Err(error(StatusCode::SERVICE_UNAVAILABLE, "no worker free to answer")),
         }
     }
+}
+
+/// The desk's durable changes, in order.
+fn drain(desk: &mut Desk) -> Vec<DeskCommand> {
+    std::iter::from_fn(|| desk.poll_output())
+        .map(|output| match output {
+            DeskOutput::Persist(command) => command,
+        })
+        .collect()
 }
 
 /// Wakes the desk when its next log entry is due for anonymisation or deletion.
@@ -260,6 +306,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/admin/v1/serials/{serial}", web::put().to(put_serial))
         .route("/admin/v1/vouchers/{code}", web::put().to(put_voucher))
         .route("/admin/v1/log", web::get().to(log))
+        .route("/admin/v1/stats", web::get().to(stats))
         .default_service(web::to(|| async { error(StatusCode::NOT_FOUND, "no such path or method") }));
 }
 
@@ -299,8 +346,9 @@ struct LogEntryOut {
     anonymised: bool,
     serial: String,
     request: Request,
+    /// The keyed hash of the code a redeem named (`#` and 16 hex digits), never the code.
     #[serde(skip_serializing_if = "Option::is_none")]
-    code: Option<String>,
+    code_hash: Option<String>,
     outcome: String,
 }
 
@@ -313,7 +361,7 @@ impl From<LogEntry> for LogEntryOut {
             anonymised: e.anonymised,
             serial: e.serial,
             request: e.request,
-            code: e.code,
+            code_hash: e.code_hash,
             outcome: e.outcome,
         }
     }
@@ -346,6 +394,7 @@ fn desk_error(e: DeskError) -> HttpResponse {
         DeskError::UnknownSerial | DeskError::UnknownVoucher => StatusCode::NOT_FOUND,
         DeskError::AlreadyRedeemed => StatusCode::CONFLICT,
         DeskError::Invalid(_) => StatusCode::BAD_REQUEST,
+        DeskError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
     };
     error(status, e.to_string())
 }
@@ -382,8 +431,28 @@ async fn redeem(req: HttpRequest, shared: web::Data<Shared>, payload: web::Paylo
         Err(r) => return r,
     };
     let ip = peer_ip(&req);
+    let serial = body.serial.clone();
     match shared.with_desk(move |desk, now| desk.redeem(now, ip, &body.serial, &body.code)).await {
         Ok(Ok(release_code)) => HttpResponse::Ok().json(serde_json::json!({ "release_code": release_code })),
+        Ok(Err(e @ DeskError::RateLimited { by, retry_after_s, first })) => {
+            if first {
+                // Once per run of refusals, not per request: a flood must not flood the log.
+                match by {
+                    LimitedBy::Source => tracing::warn!(
+                        source = %anonymise(ip), retry_after_s, "voucher redeems refused: too many failures from this network"
+                    ),
+                    // Only serials the desk knows are limited, so this one is well-formed.
+                    LimitedBy::Serial => tracing::warn!(
+                        %serial, retry_after_s, "voucher redeems refused: too many failures for this serial"
+                    ),
+                }
+            }
+            let mut response = desk_error(e);
+            if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&retry_after_s.to_string()) {
+                response.headers_mut().insert(actix_web::http::header::RETRY_AFTER, value);
+            }
+            response
+        }
         Ok(Err(e)) => desk_error(e),
         Err(r) => r,
     }
@@ -436,11 +505,12 @@ async fn put_voucher(
     };
     let voucher = Voucher { code: code.into_inner(), features: body.features, limits: body.limits, redeemed: None };
     let v = voucher.clone();
-    match shared.with_desk(move |desk, _| desk.put_voucher(v)).await {
-        Ok(Ok(())) => {
-            tracing::info!(code = %voucher.code, "voucher saved via admin API");
+    match shared.with_desk(move |desk, _| desk.put_voucher(v.clone()).map(|()| desk.code_hash(&v.code))).await {
+        Ok(Ok(code_hash)) => {
+            // The code is the voucher's value: logs name it by its hash only.
+            tracing::info!(%code_hash, "voucher saved via admin API");
             HttpResponse::Ok().json(serde_json::json!({
-                "code": voucher.code, "features": voucher.features, "limits": voucher.limits,
+                "code": voucher.code, "code_hash": code_hash, "features": voucher.features, "limits": voucher.limits,
             }))
         }
         Ok(Err(e)) => desk_error(e),
@@ -482,25 +552,26 @@ async fn log(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "entries": entries, "next": next }))
 }
 
+/// `GET /admin/v1/stats`: what the redeem limits did since the start, and their settings.
+async fn stats(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    require_admin!(req, shared);
+    let stats = shared.desk.lock().unwrap_or_else(|e| e.into_inner()).redeem_stats();
+    let l = shared.limits;
+    HttpResponse::Ok().json(serde_json::json!({
+        "redeems_limited": { "source": stats.limited_by_source, "serial": stats.limited_by_serial },
+        "tracked": { "sources": stats.sources_tracked, "serials": stats.serials_tracked },
+        "limits": {
+            "source_burst": l.source_burst, "source_refill_s": l.source_refill_s,
+            "serial_burst": l.serial_burst, "serial_refill_s": l.serial_refill_s,
+        },
+    }))
+}
+
 // ---- Files ----
 
-/// Writes `bytes` to `path` with `mode`, durably: a temporary file, fsync, rename.
+/// Writes `bytes` to `path` with `mode`, durably, never through a link ([`crate::secret_file`]).
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("write {}", tmp.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
-    restrict_permissions(path, mode);
-    Ok(())
+    crate::secret_file::write(path, bytes, mode).with_context(|| format!("write {}", path.display()))
 }
 
 /// Reads `DIR/signing-key.seed`, or draws 32 bytes from the OS and stores them (0600) at first
@@ -509,15 +580,10 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
 fn signing_seed(dir: &Path) -> anyhow::Result<[u8; 32]> {
     use rand::TryRngCore;
     let path = dir.join(SEED_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            restrict_permissions(&path, 0o600);
-            return bytes.try_into().map_err(|b: Vec<u8>| {
-                anyhow::anyhow!("{}: {} bytes, expected 32 (restore it from a backup)", path.display(), b.len())
-            });
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    if let Some(bytes) = crate::secret_file::read(&path).with_context(|| format!("read {}", path.display()))? {
+        return bytes.try_into().map_err(|b: Vec<u8>| {
+            anyhow::anyhow!("{}: {} bytes, expected 32 (restore it from a backup)", path.display(), b.len())
+        });
     }
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.try_fill_bytes(&mut seed).context("draw a seed from the OS")?;
@@ -672,7 +738,16 @@ mod tests {
     use pbx_actors::licence::desk::ANONYMISE_AFTER_S;
 
     fn args(listen: &str, plain_http: bool) -> Args {
-        Args { data_dir: "/nonexistent".into(), listen: listen.into(), cert_name: vec![], plain_http }
+        Args {
+            data_dir: "/nonexistent".into(),
+            listen: listen.into(),
+            cert_name: vec![],
+            plain_http,
+            redeem_source_burst: 1,
+            redeem_source_refill_s: 1,
+            redeem_serial_burst: 1,
+            redeem_serial_refill_s: 1,
+        }
     }
 
     /// Plain HTTP is refused unless every listen address is loopback; bad addresses are named.
@@ -742,12 +817,7 @@ mod tests {
         desk.check(t0, ip, "PBX-2").unwrap_err();
         desk.redeem(t0, ip, "PBX-1", "V-1").unwrap();
         desk.handle_timeout(t0.saturating_add(Duration::from_secs(ANONYMISE_AFTER_S)));
-        let commands: Vec<DeskCommand> = std::iter::from_fn(|| desk.poll_output())
-            .map(|o| match o {
-                DeskOutput::Persist(c) => c,
-            })
-            .collect();
-        storage.apply(&commands).unwrap();
+        storage.apply(&drain(&mut desk)).unwrap();
         storage.apply(&[DeskCommand::RemoveLogBefore { id: 1 }]).unwrap();
         drop(storage);
         let loaded = LicenceStorage::open(dir.path()).unwrap().load().unwrap();

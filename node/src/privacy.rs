@@ -24,6 +24,8 @@ use std::time::Duration;
 pub const PRIVACY_KEY_FILE: &str = "privacy.key";
 /// Audit entries one request returns at most, and rows it reads at most.
 const AUDIT_PAGE_MAX: usize = 1_000;
+/// Security-log entries one request may ask for.
+const SECURITY_PAGE_MAX: usize = 1_000;
 const AUDIT_ROWS_MAX: usize = 100_000;
 /// CDR rows the statistics read at most (newest first).
 const STATISTICS_ROWS_MAX: usize = 200_000;
@@ -44,14 +46,13 @@ impl Privacy {
     ) -> anyhow::Result<Privacy> {
         use anyhow::Context;
         let path = data_dir.join(PRIVACY_KEY_FILE);
-        let hex_key = match std::fs::read_to_string(&path) {
-            Ok(text) => text.trim().to_string(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let hex_key = match crate::secret_file::read(&path).with_context(|| format!("read {}", path.display()))? {
+            Some(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
+            None => {
                 let key = hex::encode(rand::random::<[u8; 32]>());
                 crate::appliance::write_secret(&path, &key).with_context(|| format!("write {}", path.display()))?;
                 key
             }
-            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
         };
         let bytes = hex::decode(&hex_key)
             .ok()
@@ -236,17 +237,7 @@ async fn export(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<Stri
         "registrations": bindings,
         "cdrs": held.stored.cdrs.iter().cloned().map(CdrOut::from).collect::<Vec<_>>(),
         "calls_in_progress": held.calls.iter().cloned().map(|c| ActiveCallOut::new(c, now)).collect::<Vec<_>>(),
-        "security_log": held.stored.security_log.iter().map(|e| json!({
-            "at": rfc3339(e.at),
-            "source": e.source.to_string(),
-            "user": e.user,
-            "event": e.event.name(),
-            "blocked_until": match e.event {
-                pbx_actors::privacy::SecurityEvent::Blocked { until } => Some(rfc3339(until)),
-                pbx_actors::privacy::SecurityEvent::AuthFailed => None,
-            },
-            "anonymised": e.anonymised,
-        })).collect::<Vec<_>>(),
+        "security_log": held.stored.security_log.iter().map(security_json).collect::<Vec<_>>(),
         "privacy_flags": held.stored.flags.as_ref().map(flags_json),
         "inventory": "GET /api/v1/privacy/inventory lists every category pbx keeps, why, and for how long",
     });
@@ -447,6 +438,70 @@ async fn audit(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
     }
 }
 
+/// One security-log entry as the API shows it: `source` with `source_bits` (32 or 128 for one
+/// address; 24 or 64 for several of that network; 0 for the interval's overflow entry),
+/// `count` the events it stands for (a flood within one interval is one entry).
+pub(crate) fn security_json(e: &pbx_actors::privacy::SecurityEntry) -> serde_json::Value {
+    let blocked_until = match e.event {
+        pbx_actors::privacy::SecurityEvent::Blocked { until } => Some(rfc3339(until)),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    };
+    json!({
+        "at": rfc3339(e.at),
+        "source": e.source.to_string(),
+        "source_bits": e.source_bits,
+        "user": e.user,
+        "event": e.event.name(),
+        "count": e.count,
+        "blocked_until": blocked_until,
+        "anonymised": e.anonymised,
+    })
+}
+
+/// `GET /api/v1/security-log?limit=N` — the newest entries (default 100, at most
+/// [`SECURITY_PAGE_MAX`]); those naming a restricted subject (Art. 18) as user or as the exact
+/// source are left out.
+async fn security_log(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
+    require_auth!(req, state);
+    let Ok(q) = web::Query::<Vec<(String, String)>>::from_query(req.query_string()) else {
+        return error(StatusCode::BAD_REQUEST, "the query string is not name=value pairs");
+    };
+    let mut limit = 100;
+    for (k, v) in q.into_inner() {
+        match k.as_str() {
+            "limit" => match v.parse::<usize>() {
+                Ok(n) if (1..=SECURITY_PAGE_MAX).contains(&n) => limit = n,
+                _ => return error(StatusCode::BAD_REQUEST, format!("limit: not between 1 and {SECURITY_PAGE_MAX}")),
+            },
+            other => return error(StatusCode::BAD_REQUEST, format!("unknown parameter {other:?}: limit")),
+        }
+    }
+    let storage = state.storage.clone();
+    let entries = web::block(move || {
+        let hidden = restricted(&storage.all_flags()?);
+        let entries = storage.security_log(limit)?;
+        Ok::<_, crate::storage::StorageError>(
+            entries
+                .into_iter()
+                .filter(|e| {
+                    let exact = e.source_bits == pbx_actors::privacy::address_bits(e.source);
+                    !(e.user.as_ref().is_some_and(|u| hidden.contains(u))
+                        || (exact && hidden.contains(&e.source.to_string())))
+                })
+                .collect::<Vec<_>>(),
+        )
+    })
+    .await;
+    match entries {
+        Ok(Ok(entries)) => {
+            HttpResponse::Ok().json(json!({ "entries": entries.iter().map(security_json).collect::<Vec<_>>() }))
+        }
+        Ok(Err(e)) => storage_failed("reading the security log", e),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "no worker free"),
+    }
+}
+
 /// `GET /api/v1/privacy/inventory` — every category, with this node's periods.
 async fn inventory(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
     require_auth!(req, state);
@@ -540,6 +595,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/privacy/subjects/{id}/{right}", web::post().to(flag))
         .route("/api/v1/privacy/subjects/{id}/{right}", web::delete().to(flag))
         .route("/api/v1/privacy/audit", web::get().to(audit))
+        .route("/api/v1/security-log", web::get().to(security_log))
         .route("/api/v1/privacy/inventory", web::get().to(inventory))
         .route("/api/v1/statistics", web::get().to(statistics));
 }

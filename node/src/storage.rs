@@ -20,7 +20,10 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
 
 mod privacy;
-pub use privacy::{Erased, Flags, SecurityWriter, SubjectRecords};
+pub use privacy::{
+    Erased, Flags, SECURITY_INTERVAL_S, SECURITY_NETWORKS_PER_INTERVAL_MAX, SECURITY_ROW_BYTES_MAX,
+    SECURITY_ROWS_PER_KIND_PER_DAY_MAX, SecurityAggregator, SecurityKey, SecurityWriter, SubjectRecords,
+};
 
 const EXTENSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("extensions");
 /// Keyed by `aor \0 contact`, so one AOR's bindings sit together.

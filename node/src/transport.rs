@@ -3,14 +3,15 @@
 //! They only move bytes: a datagram, or a message framed off a stream by Content-Length
 //! (`frame_stream`), goes to the endpoint actor; the endpoint's answers come back through
 //! [`NetWire`]. Every queue here is bounded: a flood is dropped and counted, never buffered
-//! without limit.
+//! without limit. They reach the endpoint through a [`Current`], so they outlive its restarts:
+//! what arrives while it restarts is dropped (and counted) like a datagram over the backlog.
 
 use bytes::{Bytes, BytesMut};
 use pbx_actors::endpoint::{EndpointMsg, Wire};
+use pbx_actors::shell::Current;
 use pbx_actors::sip::message::{self, Frame, Transport};
-use ractor::ActorRef;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,8 +21,20 @@ use tokio::sync::mpsc;
 
 /// Messages received but not yet taken by the endpoint; beyond it datagrams are dropped.
 pub const INBOUND_BACKLOG_MAX: usize = 20_000;
-/// Open TCP connections; beyond it new ones are refused (closed at once).
+/// Open TCP connections; beyond it new ones are refused (closed at once). Never more than
+/// half the open-file limit either ([`tcp_connections_cap`]): the other half is for RTP.
 pub const TCP_CONNECTIONS_MAX: usize = 4_096;
+/// Open TCP connections from one source: one IPv4 address, or one IPv6 /64 (a host holds a
+/// whole /64, so counting its addresses one by one would bound nothing). Beyond it new ones
+/// from that source are refused (closed at once) and counted; other sources are not affected.
+/// An office behind one NAT address with this many TCP phones needs a bigger constant.
+pub const TCP_CONNECTIONS_PER_SOURCE_MAX: usize = 128;
+/// Bits of an IPv6 source that make one source for [`TCP_CONNECTIONS_PER_SOURCE_MAX`].
+pub const TCP_SOURCE_V6_BITS: u32 = 64;
+/// A new TCP connection must deliver a complete SIP message within this time or it is closed
+/// (Asterisk's `tcpauthtimeout` is 30 s): a connection that says nothing holds no slot for
+/// long. Keep-alive CRLFs do not count.
+pub const TCP_FIRST_MESSAGE_S: u64 = 30;
 /// Outbound messages queued per TCP connection.
 pub const TCP_SEND_QUEUE_MAX: usize = 256;
 /// A TCP connection with no traffic this long is closed (phones refresh far more often).
@@ -31,6 +44,8 @@ pub const TCP_IDLE_S: u64 = 900;
 pub const TCP_PARTIAL_MESSAGE_S: u64 = 20;
 
 const _: () = assert!(TCP_PARTIAL_MESSAGE_S < TCP_IDLE_S);
+const _: () = assert!(TCP_FIRST_MESSAGE_S < TCP_IDLE_S);
+const _: () = assert!(TCP_CONNECTIONS_PER_SOURCE_MAX < TCP_CONNECTIONS_MAX);
 const UDP_DATAGRAM_BYTES_MAX: usize = 65_535;
 
 /// Where the endpoint's answers leave: the UDP socket, or the TCP connection a request came on.
@@ -94,9 +109,27 @@ impl Backlog {
         }
         true
     }
+
+    /// Admitted, but no endpoint took it (it is restarting): dropped and counted.
+    fn undo(&self) {
+        let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        metrics::counter!("pbx_sip_inbound_dropped_total").increment(1);
+    }
+
+    /// A new endpoint starts with an empty mailbox: nothing is waiting for it.
+    pub fn reset(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+
+    /// Hands `msg` to the endpoint running now; dropped and counted when none is.
+    fn deliver(&self, endpoint: &Current<EndpointMsg>, msg: EndpointMsg) {
+        if !endpoint.cast(msg) {
+            self.undo();
+        }
+    }
 }
 
-pub async fn serve_udp(socket: Arc<UdpSocket>, endpoint: ActorRef<EndpointMsg>, backlog: Backlog) {
+pub async fn serve_udp(socket: Arc<UdpSocket>, endpoint: Current<EndpointMsg>, backlog: Backlog) {
     let mut buf = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
     loop {
         let (len, source) = match socket.recv_from(&mut buf).await {
@@ -111,34 +144,107 @@ pub async fn serve_udp(socket: Arc<UdpSocket>, endpoint: ActorRef<EndpointMsg>, 
             continue;
         }
         let bytes = Bytes::copy_from_slice(&buf[..len]);
-        if endpoint.cast(EndpointMsg::Inbound { bytes, source, transport: Transport::Udp }).is_err() {
-            return;
+        backlog.deliver(&endpoint, EndpointMsg::Inbound { bytes, source, transport: Transport::Udp });
+    }
+}
+
+/// The TCP connection cap under an open-file limit of `open_files`: [`TCP_CONNECTIONS_MAX`],
+/// or half the limit if that is less (RTP ports, redb and the API need the rest).
+pub fn tcp_connections_cap(open_files: u64) -> usize {
+    usize::try_from(open_files / 2).unwrap_or(usize::MAX).min(TCP_CONNECTIONS_MAX)
+}
+
+/// What a connection counts against in [`TCP_CONNECTIONS_PER_SOURCE_MAX`]: its IPv4 address,
+/// or its IPv6 address's /64 (an IPv4-mapped address counts as IPv4).
+fn tcp_source(peer: SocketAddr) -> IpAddr {
+    match peer.ip().to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !(u128::MAX >> TCP_SOURCE_V6_BITS))),
+    }
+}
+
+/// Open TCP connections, in all and per source; both bounded.
+struct TcpSlots {
+    cap: usize,
+    open: usize,
+    /// Never more keys than open connections; a source leaves when its last one closes.
+    per_source: HashMap<IpAddr, usize>,
+}
+
+/// Why a connection was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refused {
+    Global,
+    PerSource,
+}
+
+impl Refused {
+    fn label(self) -> &'static str {
+        match self {
+            Refused::Global => "global",
+            Refused::PerSource => "per_source",
         }
     }
 }
 
-pub async fn serve_tcp(listener: TcpListener, endpoint: ActorRef<EndpointMsg>, wire: Arc<NetWire>, backlog: Backlog) {
-    let open = Arc::new(AtomicUsize::new(0));
+impl TcpSlots {
+    fn new(cap: usize) -> TcpSlots {
+        TcpSlots { cap, open: 0, per_source: HashMap::new() }
+    }
+
+    fn take(&mut self, source: IpAddr) -> Result<(), Refused> {
+        if self.open >= self.cap {
+            return Err(Refused::Global);
+        }
+        let from_source = self.per_source.entry(source).or_insert(0);
+        if *from_source >= TCP_CONNECTIONS_PER_SOURCE_MAX {
+            return Err(Refused::PerSource);
+        }
+        *from_source += 1;
+        self.open += 1;
+        Ok(())
+    }
+
+    fn give_back(&mut self, source: IpAddr) {
+        self.open = self.open.saturating_sub(1);
+        if let Some(n) = self.per_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&source);
+            }
+        }
+    }
+}
+
+pub async fn serve_tcp(listener: TcpListener, endpoint: Current<EndpointMsg>, wire: Arc<NetWire>, backlog: Backlog) {
+    let cap = tcp_connections_cap(crate::limits::open_file_limit());
+    tracing::info!(cap, per_source = TCP_CONNECTIONS_PER_SOURCE_MAX, "SIP TCP connection caps");
+    let slots = Arc::new(Mutex::new(TcpSlots::new(cap)));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(r) => r,
             Err(e) => {
+                // Out of descriptors (EMFILE) among others: wait rather than spin.
                 tracing::warn!(error = %e, "TCP accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        if open.fetch_add(1, Ordering::Relaxed) >= TCP_CONNECTIONS_MAX {
-            open.fetch_sub(1, Ordering::Relaxed);
-            metrics::counter!("pbx_sip_tcp_refused_total").increment(1);
+        let source = tcp_source(peer);
+        let taken = slots.lock().expect("tcp slots lock").take(source);
+        if let Err(refused) = taken {
+            metrics::counter!("pbx_sip_tcp_refused_total", "reason" => refused.label()).increment(1);
+            tracing::debug!(%peer, reason = refused.label(), "TCP connection refused");
             drop(stream);
             continue;
         }
-        let (endpoint, wire, backlog, open) = (endpoint.clone(), wire.clone(), backlog.clone(), open.clone());
+        metrics::gauge!("pbx_sip_tcp_connections").increment(1.0);
+        let (endpoint, wire, backlog, slots) = (endpoint.clone(), wire.clone(), backlog.clone(), slots.clone());
         tokio::spawn(async move {
             connection(stream, peer, endpoint, &wire, backlog).await;
             wire.tcp.lock().expect("tcp map lock").remove(&peer);
-            open.fetch_sub(1, Ordering::Relaxed);
+            slots.lock().expect("tcp slots lock").give_back(source);
+            metrics::gauge!("pbx_sip_tcp_connections").decrement(1.0);
         });
     }
 }
@@ -146,7 +252,7 @@ pub async fn serve_tcp(listener: TcpListener, endpoint: ActorRef<EndpointMsg>, w
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
-    endpoint: ActorRef<EndpointMsg>,
+    endpoint: Current<EndpointMsg>,
     wire: &NetWire,
     backlog: Backlog,
 ) {
@@ -166,14 +272,19 @@ async fn connection(
     let mut buf = BytesMut::with_capacity(4096);
     // Set when a message starts arriving, cleared when the buffer empties.
     let mut partial_deadline: Option<tokio::time::Instant> = None;
+    // Until the first complete message: the connection must say something soon.
+    let mut first_message_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(TCP_FIRST_MESSAGE_S));
     'read: loop {
-        let deadline =
-            partial_deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(TCP_IDLE_S));
+        let idle = tokio::time::Instant::now() + Duration::from_secs(TCP_IDLE_S);
+        let deadline = [partial_deadline, first_message_deadline].into_iter().flatten().fold(idle, std::cmp::min);
         let read = tokio::time::timeout_at(deadline, reader.read_buf(&mut buf)).await;
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => break,
             Err(_) => {
-                if partial_deadline.is_some() {
+                if first_message_deadline.is_some_and(|d| d <= deadline) {
+                    metrics::counter!("pbx_sip_tcp_silent_timeouts_total").increment(1);
+                    tracing::debug!(%peer, "TCP connection sent no message in time; closing");
+                } else if partial_deadline.is_some() {
                     metrics::counter!("pbx_sip_tcp_partial_timeouts_total").increment(1);
                     tracing::info!(%peer, "TCP message not completed in time; closing");
                 }
@@ -201,12 +312,11 @@ async fn connection(
                 Frame::Message { len } => {
                     let bytes = buf.split_to(len).freeze();
                     partial_deadline = None;
+                    first_message_deadline = None;
                     if !backlog.admit() {
                         continue;
                     }
-                    if endpoint.cast(EndpointMsg::Inbound { bytes, source: peer, transport: Transport::Tcp }).is_err() {
-                        break 'read;
-                    }
+                    backlog.deliver(&endpoint, EndpointMsg::Inbound { bytes, source: peer, transport: Transport::Tcp });
                 }
                 Frame::Broken { code, reason, len } => {
                     metrics::counter!("pbx_sip_malformed_total").increment(1);
@@ -225,4 +335,49 @@ async fn connection(
     wire.tcp.lock().expect("tcp map lock").remove(&peer);
     drop(sender);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One source may hold `TCP_CONNECTIONS_PER_SOURCE_MAX` connections and no more, while
+    /// another source still gets one; the global cap holds across sources; closing frees
+    /// the slot and forgets a source with none left.
+    #[test]
+    fn tcp_slots_cap_per_source_and_in_all() {
+        let (a, b) = (tcp_source("192.0.2.1:5060".parse().unwrap()), tcp_source("192.0.2.2:5060".parse().unwrap()));
+        let mut slots = TcpSlots::new(TCP_CONNECTIONS_PER_SOURCE_MAX + 2);
+        for _ in 0..TCP_CONNECTIONS_PER_SOURCE_MAX {
+            assert_eq!(slots.take(a), Ok(()));
+        }
+        assert_eq!(slots.take(a), Err(Refused::PerSource));
+        assert_eq!(slots.take(b), Ok(()));
+        assert_eq!(slots.take(b), Ok(()));
+        assert_eq!(slots.take(b), Err(Refused::Global));
+        slots.give_back(a);
+        assert_eq!(slots.take(a), Ok(()), "a closed connection frees its slot");
+        for _ in 0..TCP_CONNECTIONS_PER_SOURCE_MAX {
+            slots.give_back(a);
+        }
+        assert_eq!((slots.open, slots.per_source.len()), (2, 1), "a source with no connection is forgotten");
+    }
+
+    /// IPv6 sources are their /64; mapped IPv4 is IPv4.
+    #[test]
+    fn tcp_sources() {
+        let source = |s: &str| tcp_source(s.parse().unwrap()).to_string();
+        assert_eq!(source("[2001:db8:1:2:aaaa::1]:5060"), "2001:db8:1:2::");
+        assert_eq!(source("[2001:db8:1:2:bbbb::9]:5061"), "2001:db8:1:2::");
+        assert_eq!(source("[::ffff:192.0.2.7]:5060"), "192.0.2.7");
+        assert_eq!(source("192.0.2.7:1"), "192.0.2.7");
+    }
+
+    /// The TCP cap is half the open-file limit when that is small, else the constant.
+    #[test]
+    fn the_tcp_cap_follows_the_open_file_limit() {
+        assert_eq!(tcp_connections_cap(1_024), 512);
+        assert_eq!(tcp_connections_cap(1 << 20), TCP_CONNECTIONS_MAX);
+        assert_eq!(tcp_connections_cap(u64::MAX), TCP_CONNECTIONS_MAX);
+    }
 }

@@ -891,13 +891,12 @@ mod tests {
         assert!(violated(&mut c, "records within retention are untouched"), "the second was not");
 
         let (mut c, mut disk) = (checker(), Disk::default());
-        let entry = pbx_actors::privacy::SecurityEntry {
-            at: T0,
-            source: "203.0.113.5".parse().unwrap(),
-            user: Some("1000".into()),
-            event: pbx_actors::privacy::SecurityEvent::AuthFailed,
-            anonymised: false,
-        };
+        let entry = pbx_actors::privacy::SecurityEntry::new(
+            T0,
+            "203.0.113.5".parse().unwrap(),
+            Some("1000".into()),
+            pbx_actors::privacy::SecurityEvent::AuthFailed,
+        );
         c.security_committed((entry.at, disk.next_id));
         disk.apply(DiskWrite::SecurityLog(Box::new(entry))).unwrap();
         let now = T0 + 13 * DAY;

@@ -200,13 +200,7 @@ mod tests {
     }
 
     fn log(disk: &mut Disk, at: u64, ip: &str, user: &str) {
-        let entry = SecurityEntry {
-            at: t(at),
-            source: ip.parse().unwrap(),
-            user: Some(user.into()),
-            event: SecurityEvent::AuthFailed,
-            anonymised: false,
-        };
+        let entry = SecurityEntry::new(t(at), ip.parse().unwrap(), Some(user.into()), SecurityEvent::AuthFailed);
         disk.apply(DiskWrite::SecurityLog(Box::new(entry))).unwrap();
     }
 

@@ -533,7 +533,7 @@ impl SimNode {
     /// The registrar shell's `SecurityLog` report, as a disk write.
     fn log_security(&mut self, at: Timestamp, source: std::net::IpAddr, user: Option<String>, event: SecurityEvent) {
         self.stats.security_logged += 1;
-        let entry = SecurityEntry { at, source: source.to_canonical(), user, event, anonymised: false };
+        let entry = SecurityEntry::new(at, source, user, event);
         let write = Some(DiskWrite::SecurityLog(Box::new(entry)));
         self.outputs.push_back(NodeOutput::Write(Job { write, deferred: Vec::new() }));
     }

@@ -139,6 +139,11 @@ pub struct PbxOptions {
     pub sip: Vec<String>,
     /// TOML appended to the config, a `[cluster]` section: the node then runs as `pbx node`.
     pub cluster: Option<String>,
+    /// Extra environment variables for the process (`PBX_TEST_HOOKS=1`, say).
+    pub env: Vec<(String, String)>,
+    /// The soft open-file limit the node is started with (through `prlimit`); the hard limit
+    /// stays the test's.
+    pub open_files_soft: Option<u64>,
 }
 
 impl Default for PbxOptions {
@@ -153,6 +158,8 @@ impl Default for PbxOptions {
             privacy: Vec::new(),
             sip: Vec::new(),
             cluster: None,
+            env: Vec::new(),
+            open_files_soft: None,
         }
     }
 }
@@ -188,6 +195,12 @@ impl PbxOptions {
         self
     }
 
+    /// Starts the node with `PBX_TEST_HOOKS=1`: `POST /api/v1/debug/panic/{actor}` exists.
+    pub fn test_hooks(mut self) -> Self {
+        self.env.push(("PBX_TEST_HOOKS".into(), "1".into()));
+        self
+    }
+
     pub fn privacy(mut self, line: &str) -> Self {
         self.privacy.push(line.into());
         self
@@ -195,6 +208,12 @@ impl PbxOptions {
 
     pub fn sip(mut self, line: &str) -> Self {
         self.sip.push(line.into());
+        self
+    }
+
+    /// Starts the node with this soft open-file limit (`prlimit --nofile=N:`).
+    pub fn open_files_soft(mut self, limit: u64) -> Self {
+        self.open_files_soft = Some(limit);
         self
     }
 
@@ -218,6 +237,8 @@ pub struct Pbx {
     starts: u32,
     /// `appliance`, or `node` for a cluster member.
     subcommand: &'static str,
+    env: Vec<(String, String)>,
+    open_files_soft: Option<u64>,
 }
 
 impl Pbx {
@@ -259,7 +280,20 @@ impl Pbx {
         std::fs::write(dir.path().join("pbx.toml"), toml).expect("write config");
         let rtp_ports = options.rtp_ports.clone();
         let subcommand = if options.cluster.is_some() { "node" } else { "appliance" };
-        let mut pbx = Pbx { child: None, dir, sip, http, token: String::new(), rtp_ports, starts: 0, subcommand };
+        let env = options.env.clone();
+        let open_files_soft = options.open_files_soft;
+        let mut pbx = Pbx {
+            child: None,
+            dir,
+            sip,
+            http,
+            token: String::new(),
+            rtp_ports,
+            starts: 0,
+            subcommand,
+            env,
+            open_files_soft,
+        };
         pbx.spawn();
         pbx
     }
@@ -284,7 +318,15 @@ impl Pbx {
     fn spawn(&mut self) {
         self.starts += 1;
         let log = std::fs::File::create(self.log_path()).expect("create node log");
-        let mut command = Command::new(binary());
+        // prlimit sets the limit, then execs pbx: the child's pid stays pbx's.
+        let mut command = match self.open_files_soft {
+            Some(soft) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={soft}:")).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
         command.arg(self.subcommand);
         if let Some(ports) = &self.rtp_ports {
             command.arg("--rtp-ports").arg(format!("{}-{}", ports.start(), ports.end()));
@@ -299,6 +341,7 @@ impl Pbx {
             .arg("--http-listen")
             .arg(self.http.to_string())
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -366,6 +409,27 @@ impl Pbx {
 
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Waits (bounded) for the node to exit by itself; its exit code, `None` if it is still
+    /// running at `timeout` (it is left running) or was killed by a signal.
+    pub fn exit_within(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// `GET /readyz`: its status and JSON body (`{"ready":…,"reasons":[…]}`).
+    pub fn readyz(&self) -> (u16, serde_json::Value) {
+        let (code, body) = http_request(self.http, "GET", "/readyz", None, None)
+            .unwrap_or_else(|| panic!("no answer to /readyz:\n{}", self.log()));
+        (code, serde_json::from_str(&body).unwrap_or_else(|e| panic!("/readyz body {body:?}: {e}")))
     }
 
     pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
@@ -523,6 +587,21 @@ impl SipClient {
         SipClient::new(None, Some(stream), server, local)
     }
 
+    /// A UDP client on another local address (any of 127.0.0.0/8 on Linux): another phone,
+    /// as far as pbx can tell.
+    pub fn udp_from(local: std::net::IpAddr, server: SocketAddr) -> SipClient {
+        let socket = UdpSocket::bind((local, 0)).expect("bind client UDP");
+        let local = socket.local_addr().expect("local addr");
+        SipClient::new(Some(socket), None, server, local)
+    }
+
+    /// A TCP client connected from another local address.
+    pub fn tcp_from(local: std::net::IpAddr, server: SocketAddr) -> SipClient {
+        let stream = tcp_connect_from(local, server).expect("connect TCP");
+        let local = stream.local_addr().expect("local addr");
+        SipClient::new(None, Some(stream), server, local)
+    }
+
     fn new(udp: Option<UdpSocket>, tcp: Option<TcpStream>, server: SocketAddr, local: SocketAddr) -> SipClient {
         let id = format!("{:x}{:x}", local.port(), std::process::id());
         SipClient {
@@ -648,6 +727,15 @@ From: <sip:{user}@{host}>;tag={}\r\nTo: <sip:{to}@{host}>\r\nCall-ID: {}\r\nCSeq
         let second = self.request("REGISTER", &uri, user, None, &lines);
         self.transact(&second)
     }
+}
+
+/// A TCP connection to `server` from `local` (the system picks the port), within 3 s.
+pub fn tcp_connect_from(local: std::net::IpAddr, server: SocketAddr) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(server), Type::STREAM, Some(Protocol::TCP))?;
+    socket.bind(&SocketAddr::new(local, 0).into())?;
+    socket.connect_timeout(&server.into(), Duration::from_secs(3))?;
+    Ok(socket.into())
 }
 
 fn frame_len(buf: &[u8]) -> Option<usize> {

@@ -24,12 +24,18 @@ pub struct Server {
 impl Server {
     /// Starts the server on a free loopback port and waits (bounded) until it answers over TLS.
     pub fn start(dir: &Path) -> Server {
+        Server::start_with(dir, &[])
+    }
+
+    /// [`Server::start`] with more arguments (e.g. `--redeem-source-burst 3`).
+    pub fn start_with(dir: &Path, args: &[&str]) -> Server {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = dir.join(format!("server-{}.log", addr.port()));
         let child = Command::new(binary())
             .args(["licence-server", "--data-dir"])
             .arg(dir.join("data"))
             .args(["--listen", &addr.to_string()])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).expect("create log file"))
             .stderr(std::fs::File::create(log.with_extension("err")).expect("create log file"))
@@ -110,6 +116,45 @@ impl Server {
         let text = response.body_mut().read_to_string().expect("read the answer");
         let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
         (status, value)
+    }
+
+    /// `POST path` with a JSON body, as a client: status, JSON answer, and its `Retry-After`.
+    pub fn post(&self, path: &str, body: Value) -> (u16, Value, Option<String>) {
+        let mut response = self
+            .client()
+            .post(&self.url(path))
+            .send_json(&body)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}\n{}", self.output()));
+        let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().expect("read the answer");
+        let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("POST {path}: not JSON ({e}): {text}"));
+        (status, value, retry_after)
+    }
+
+    /// `POST path` with a JSON body sent by curl from the local address `source` (any of
+    /// 127.0.0.0/8): status, body, and its `Retry-After`. Bounded by [`REQUEST_TIMEOUT`].
+    pub fn post_from(&self, source: &str, path: &str, body: &Value) -> (u16, String, Option<String>) {
+        let output = Command::new("curl")
+            .args(["--silent", "--show-error", "--dump-header", "-", "--max-time"])
+            .arg(REQUEST_TIMEOUT.as_secs().to_string())
+            .arg("--cacert")
+            .arg(self.dir.join("tls-cert.pem"))
+            .args(["--interface", source, "--header", "Content-Type: application/json", "--data"])
+            .arg(body.to_string())
+            .arg(self.url(path))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "curl from {source}: {}\n{text}", String::from_utf8_lossy(&output.stderr));
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let retry_after = head.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("retry-after").then(|| value.trim().to_string())
+        });
+        (status, body.to_string(), retry_after)
     }
 
     pub fn stop(&mut self) {

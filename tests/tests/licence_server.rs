@@ -159,3 +159,140 @@ fn plain_http_only_on_loopback() {
     assert!(stopped.is_some_and(|s| s.success()));
     assert!(!tmp.path().join("plain").join("tls-cert.pem").exists());
 }
+
+/// Guessing voucher codes online: one source guessing quickly is refused (429, Retry-After)
+/// after its burst, even with the right code, and redeems once it has waited; a campaign spread
+/// over many source addresses (curl from 127.0.0.2, .3, …) meets the serial's limit, which
+/// also holds the right code back; the admin's stats count both kinds of refusal.
+#[test]
+fn guessing_voucher_codes_is_rate_limited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let flags = [
+        "--redeem-source-burst",
+        "3",
+        "--redeem-source-refill-s",
+        // Long enough that two requests in a row fall within it even on a loaded machine.
+        "20",
+        "--redeem-serial-burst",
+        "8",
+        "--redeem-serial-refill-s",
+        "3600",
+    ];
+    let server = Server::start_with(tmp.path(), &flags);
+    let grant = json!({ "features": [], "limits": limits(5, 0), "valid_days": 30 });
+    for serial in ["PBX-1", "PBX-2"] {
+        assert_eq!(server.call("PUT", &format!("/admin/v1/serials/{serial}"), grant.clone(), true).0, 200);
+    }
+    let voucher = json!({ "features": ["push"], "limits": limits(1, 0) });
+    for code in ["RIGHT-1", "RIGHT-2"] {
+        assert_eq!(server.call("PUT", &format!("/admin/v1/vouchers/{code}"), voucher.clone(), true).0, 200);
+    }
+    let redeem = |serial: &str, code: &str| json!({ "serial": serial, "code": code });
+
+    // One source, guessing as fast as it can: wrong codes are 404 until the burst is spent.
+    let mut misses = 0;
+    let retry_after = loop {
+        assert!(misses < 10, "ten quick guesses and never a 429");
+        let (status, body, retry_after) =
+            server.post("/v1/vouchers/redeem", redeem("PBX-1", &format!("GUESS-{misses}")));
+        match status {
+            404 => misses += 1,
+            429 => {
+                assert!(body["error"].as_str().unwrap().contains("too many failed redeems"), "{body}");
+                break retry_after.expect("a 429 says when to come back");
+            }
+            other => panic!("guess answered {other}: {body}"),
+        }
+    };
+    assert!(misses >= 3, "refused after {misses} guesses, the burst is 3");
+    // The right code is held back too while the source is limited.
+    let (status, _, _) = server.post("/v1/vouchers/redeem", redeem("PBX-1", "RIGHT-1"));
+    assert_eq!(status, 429);
+    let wait: u64 = retry_after.parse().expect("Retry-After in seconds");
+    assert!((1..=20).contains(&wait), "Retry-After {wait}");
+    std::thread::sleep(Duration::from_secs(wait));
+    let (status, body, _) = server.post("/v1/vouchers/redeem", redeem("PBX-1", "RIGHT-1"));
+    assert_eq!(status, 200, "the right code after waiting: {body}");
+
+    // A campaign against PBX-2 from eight addresses, one guess each: all answered, then the
+    // serial is spent, whichever address asks next and whatever code it brings.
+    for i in 2..10 {
+        let (status, body, _) =
+            server.post_from(&format!("127.0.0.{i}"), "/v1/vouchers/redeem", &redeem("PBX-2", &format!("G-{i}")));
+        assert_eq!(status, 404, "guess from 127.0.0.{i}: {body}");
+    }
+    for (source, code) in [("127.0.0.10", "G-10"), ("127.0.0.11", "RIGHT-2")] {
+        let (status, body, retry_after) = server.post_from(source, "/v1/vouchers/redeem", &redeem("PBX-2", code));
+        assert_eq!(status, 429, "{code} from {source}: {body}");
+        assert!(body.contains("serial"), "{body}");
+        let wait: u64 = retry_after.expect("Retry-After").parse().unwrap();
+        assert!((1..=3600).contains(&wait), "Retry-After {wait}");
+    }
+    // Other serials are not held up by PBX-2's campaign.
+    assert_eq!(server.post_from("127.0.0.12", "/v1/unlocks", &json!({ "serial": "PBX-1" })).0, 200);
+
+    let (status, stats) = server.call("GET", "/admin/v1/stats", Value::Null, true);
+    assert_eq!(status, 200, "{stats}");
+    assert!(stats["redeems_limited"]["source"].as_u64().unwrap() >= 2, "{stats}");
+    assert_eq!(stats["redeems_limited"]["serial"], 2, "{stats}");
+    assert_eq!(stats["limits"]["serial_burst"], 8, "{stats}");
+    assert_eq!(server.call("GET", "/admin/v1/stats", Value::Null, false).0, 401);
+    // The first refusal of each run is logged, the source by its network only.
+    let output = plain(&server.output());
+    assert!(output.contains("too many failures from this network") && output.contains("source=127.0.0.0"), "{output}");
+    assert!(output.contains("too many failures for this serial") && output.contains("serial=PBX-2"), "{output}");
+}
+
+/// Voucher codes never reach the server's output or its request log: creating, redeeming,
+/// redeeming again and redeeming for an unknown serial leave only the code's keyed hash
+/// (which the admin API's answer to creating it gives), while the answer to creating it
+/// still carries the code.
+#[test]
+fn voucher_codes_never_reach_the_logs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = Server::start(tmp.path());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let code = format!("VC-{:x}-{nanos:08x}", std::process::id());
+    let grant = json!({ "features": [], "limits": limits(5, 0), "valid_days": 30 });
+    assert_eq!(server.call("PUT", "/admin/v1/serials/PBX-1", grant, true).0, 200);
+    let voucher = json!({ "features": ["push"], "limits": limits(1, 0) });
+    let (status, created) = server.call("PUT", &format!("/admin/v1/vouchers/{code}"), voucher, true);
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["code"], code.as_str());
+    let hash = created["code_hash"].as_str().expect("code_hash").to_string();
+    assert!(hash.starts_with('#') && hash.len() == 17, "{hash}");
+    let redeem = |serial: &str| json!({ "serial": serial, "code": code });
+    assert_eq!(server.call("POST", "/v1/vouchers/redeem", redeem("PBX-1"), false).0, 200);
+    assert_eq!(server.call("POST", "/v1/vouchers/redeem", redeem("PBX-1"), false).0, 409);
+    assert_eq!(server.call("POST", "/v1/vouchers/redeem", redeem("PBX-404"), false).0, 404);
+
+    let (_, log) = server.call("GET", "/admin/v1/log", Value::Null, true);
+    let entries = log["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 3, "{log}");
+    assert!(entries.iter().all(|e| e["code_hash"] == hash.as_str()), "{log}");
+    assert!(!log.to_string().contains(&code), "the request log holds the code: {log}");
+
+    server.stop();
+    let output = plain(&server.output());
+    assert!(output.contains(&hash), "the voucher's creation is not logged by its hash:\n{output}");
+    assert!(!output.contains(&code), "the server's output holds the voucher code:\n{output}");
+}
+
+/// The server's output without the terminal colours its log lines carry.
+fn plain(output: &str) -> String {
+    let mut out = String::with_capacity(output.len());
+    let mut chars = output.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -2,13 +2,29 @@
 //!
 //! - [`LegActor`]: one per leg, around a [`Leg`] machine. SIP goes out through the
 //!   [`SipPort`] (the endpoint), events go to its call.
-//! - [`CallActor`]: one per call, around a [`Call`] machine; it spawns and supervises its legs
-//!   and its media session (all linked to it). A leg that fails is reported to the machine as
-//!   lost, so the other side gets its BYE or final response; when the call actor itself stops,
-//!   ractor stops its children and the media ports go back to the pool.
-//! - [`CallsActor`]: starts calls, lists them for the API, and notices a call actor that failed
-//!   (its legs are reported down to the endpoint, which answers a pending INVITE, and a CDR
-//!   says the call failed).
+//! - [`CallActor`]: one per call, around a [`Call`] machine; it spawns its legs and its media
+//!   session (linked to it: a call that dies takes its media with it, and the ports go back to
+//!   the pool). A leg that fails is reported to the machine as lost, so the other side gets its
+//!   BYE or final response; a media session that fails ends the call (BYE both sides, `failed`
+//!   CDR).
+//! - [`CallsActor`]: starts calls, lists them for the API, and notices a call actor that failed:
+//!   a CDR says the call failed.
+//!
+//! What happens when an actor dies (docs/ARCHITECTURE.md, "Calls: actors and who supervises
+//! whom"):
+//!
+//! - Legs are linked to nothing; a leg and its call actor watch each other (ractor monitors).
+//!   A call actor that dies (panics, or is killed with the calls actor) leaves its legs
+//!   orphaned: each hangs up on its own — BYE, CANCEL, or 500 to an unanswered INVITE — stops
+//!   when its dialog is over (at most [`ENDING_BOUND`]) and tells the endpoint it is down. So
+//!   the phones hear a BYE whichever actor above the legs failed.
+//! - The CDR is written exactly once, by whichever of these gets there first (a shared flag per
+//!   call): the call actor as the call ends, the calls actor when the call actor failed
+//!   (`failed`, "call failed"), or a restarted calls actor for the calls its failed predecessor
+//!   left in the [`CallLedger`] (`failed`, "calls actor restarted").
+//! - The endpoint restarted (its transactions are gone): the calls actor tells every call,
+//!   which re-announces its legs to the new endpoint ([`SipPort::adopt`]) and ends with BYE both
+//!   sides and a `failed` CDR ("SIP endpoint restarted").
 
 use super::b2bua::{Call, CallConfig, CallInput, CallOutput, CallSetup};
 use super::leg::{Leg, LegCommand, LegEvent, LegInput, LegOutput, SipIn, SipOut};
@@ -18,13 +34,16 @@ use crate::endpoint::CallStart;
 use crate::media::actor::{MediaArgs, MediaEvent, MediaMsg};
 use crate::media::pool::PortPool;
 use crate::media::relay::RelayConfig;
-use crate::shell::WakeTimer;
+use crate::shell::{Control, WakeTimer};
 use crate::time::Clock;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+
+pub use super::b2bua::ENDING_BOUND;
 
 /// How the legs reach the SIP endpoint. Must not block.
 pub trait SipPort: Send + Sync + 'static {
@@ -33,6 +52,12 @@ pub trait SipPort: Send + Sync + 'static {
     fn leg_up(&self, leg: LegId, actor: ActorRef<LegMsg>);
     /// The leg is gone.
     fn leg_down(&self, leg: LegId);
+    /// The leg's actor is running, but the endpoint that knew it was restarted: learn it again
+    /// (so the leg can end its dialog through the new endpoint).
+    fn adopt(&self, leg: LegId, actor: ActorRef<LegMsg>);
+    /// The call these legs belonged to is gone: those whose actor never came up are down; the
+    /// others hang up on their own and call `leg_down` when done.
+    fn call_lost(&self, legs: &[LegId]);
 }
 
 /// How long the API waits for one call's snapshot.
@@ -62,6 +87,10 @@ pub struct LegState {
     sip: Arc<dyn SipPort>,
     call: ActorRef<CallMsg>,
     timer: WakeTimer,
+    /// Set once the call's actor is gone without having stopped this leg: the leg has hung up
+    /// on its own, stops when its dialog is over (or at [`ENDING_BOUND`]) and then tells the
+    /// endpoint it is down.
+    orphan: bool,
 }
 
 pub struct LegActor;
@@ -71,14 +100,27 @@ impl Actor for LegActor {
     type State = LegState;
     type Arguments = LegArgs;
 
-    async fn pre_start(&self, _me: ActorRef<LegMsg>, args: LegArgs) -> Result<LegState, ActorProcessingErr> {
+    async fn pre_start(&self, me: ActorRef<LegMsg>, args: LegArgs) -> Result<LegState, ActorProcessingErr> {
+        // Not linked to the call: a call actor that dies must not take its legs with it, or the
+        // phones would never hear a BYE. Each watches the other instead.
+        args.call.get_cell().monitor(me.get_cell());
+        me.get_cell().monitor(args.call.get_cell());
         Ok(LegState {
             machine: args.leg,
             clock: args.clock,
             sip: args.sip,
             call: args.call,
             timer: WakeTimer::default(),
+            orphan: false,
         })
+    }
+
+    async fn post_start(&self, me: ActorRef<LegMsg>, s: &mut LegState) -> Result<(), ActorProcessingErr> {
+        // The call went while this leg was starting: no event about it will come.
+        if s.call.get_status() >= ActorStatus::Stopping {
+            s.orphaned(&me);
+        }
+        Ok(())
     }
 
     async fn handle(&self, me: ActorRef<LegMsg>, msg: LegMsg, s: &mut LegState) -> Result<(), ActorProcessingErr> {
@@ -92,25 +134,78 @@ impl Actor for LegActor {
             }
         };
         s.machine.handle(now, input);
-        let leg = s.machine.id();
-        while let Some(out) = s.machine.poll_output() {
-            match out {
-                LegOutput::Sip(out) => s.sip.send(leg, out),
-                LegOutput::Event(event) => {
-                    let _ = s.call.cast(CallMsg::Leg { leg, event });
-                }
-            }
+        s.drain(&me);
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<LegMsg>,
+        event: SupervisionEvent,
+        s: &mut LegState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Only the call is watched. A call that stopped normally stopped this leg first (a stop
+        // is taken before any supervision event), so this is a call that failed or was killed.
+        if let SupervisionEvent::ActorTerminated(cell, ..) | SupervisionEvent::ActorFailed(cell, _) = event
+            && cell.get_id() == s.call.get_id()
+        {
+            s.orphaned(&me);
         }
-        s.timer.arm(&me, now, s.machine.poll_timeout(), || LegMsg::Wake);
+        Ok(())
+    }
+
+    async fn post_stop(&self, _me: ActorRef<LegMsg>, s: &mut LegState) -> Result<(), ActorProcessingErr> {
+        s.timer.cancel();
+        if s.orphan {
+            s.sip.leg_down(s.machine.id());
+        }
         Ok(())
     }
 }
 
+impl LegState {
+    fn drain(&mut self, me: &ActorRef<LegMsg>) {
+        let leg = self.machine.id();
+        while let Some(out) = self.machine.poll_output() {
+            match out {
+                LegOutput::Sip(out) => self.sip.send(leg, out),
+                LegOutput::Event(LegEvent::Finished) if self.orphan => me.stop(None),
+                LegOutput::Event(_) if self.orphan => {}
+                LegOutput::Event(event) => {
+                    let _ = self.call.cast(CallMsg::Leg { leg, event });
+                }
+            }
+        }
+        self.timer.arm(me, self.clock.now(), self.machine.poll_timeout(), || LegMsg::Wake);
+    }
+
+    /// The call's actor is gone: hang up however far the dialog got, and go when it is over.
+    fn orphaned(&mut self, me: &ActorRef<LegMsg>) {
+        if self.orphan {
+            return;
+        }
+        self.orphan = true;
+        tracing::warn!(leg = %self.machine.id(), "the call's actor is gone: its leg hangs up on its own");
+        metrics::counter!("pbx_call_legs_orphaned_total").increment(1);
+        self.machine.handle(self.clock.now(), LegInput::Command(LegCommand::Hangup));
+        self.drain(me);
+        me.exit_after(ENDING_BOUND);
+    }
+}
+
 pub enum CallMsg {
-    Leg { leg: LegId, event: LegEvent },
+    Leg {
+        leg: LegId,
+        event: LegEvent,
+    },
     Media(MediaEvent),
     Snapshot(RpcReplyPort<ActiveCall>),
     Wake,
+    /// The endpoint was restarted: re-announce the legs to the new one and end the call.
+    EndpointLost,
+    Control(Control),
+    /// Test hook: the call's media session panics.
+    PanicMedia,
 }
 
 // Local only; see `crate::shell` on ractor's `cluster` feature.
@@ -134,6 +229,9 @@ pub struct CallArgs {
     pub id: u64,
     pub seed: u64,
     pub context: CallContext,
+    /// Whether the call's CDR is written (or being written): shared with the calls actor, so
+    /// that whoever writes it, writes it once.
+    pub recorded: Arc<AtomicBool>,
 }
 
 pub struct CallState {
@@ -144,7 +242,7 @@ pub struct CallState {
     leg_ids: HashMap<ractor::ActorId, LegId>,
     media: ActorRef<MediaMsg>,
     timer: WakeTimer,
-    recorded: bool,
+    recorded: Arc<AtomicBool>,
 }
 
 pub struct CallActor;
@@ -180,7 +278,7 @@ impl Actor for CallActor {
             leg_ids: HashMap::new(),
             media,
             timer: WakeTimer::default(),
-            recorded: false,
+            recorded: args.recorded,
         })
     }
 
@@ -201,6 +299,16 @@ impl Actor for CallActor {
                 s.timer.fired();
                 s.machine.handle(now, CallInput::Timeout);
             }
+            CallMsg::EndpointLost => {
+                for (leg, actor) in &s.legs {
+                    s.context.sip.adopt(*leg, actor.clone());
+                }
+                s.machine.handle(now, CallInput::Fail { reason: "SIP endpoint restarted".into() });
+            }
+            CallMsg::Control(control) => control.obey("call"),
+            CallMsg::PanicMedia => {
+                let _ = s.media.cast(MediaMsg::Control(Control::Panic));
+            }
         }
         s.drain(&me).await;
         Ok(())
@@ -217,12 +325,14 @@ impl Actor for CallActor {
             SupervisionEvent::ActorFailed(cell, error) => {
                 if let Some(leg) = s.leg_ids.remove(&cell.get_id()) {
                     tracing::error!(%leg, %error, "call leg failed");
+                    metrics::counter!("pbx_call_actor_failures_total", "actor" => "leg").increment(1);
                     s.legs.remove(&leg);
                     s.context.sip.leg_down(leg);
                     s.machine.handle(now, CallInput::LegLost { leg });
                 } else if cell.get_id() == s.media.get_id() {
-                    tracing::error!(%error, "media session failed");
-                    s.machine.handle(now, CallInput::MediaInactive { side: crate::media::relay::Side::A });
+                    tracing::error!(call = s.machine.id(), %error, "media session failed: the call ends");
+                    metrics::counter!("pbx_call_actor_failures_total", "actor" => "media").increment(1);
+                    s.machine.handle(now, CallInput::Fail { reason: "media session failed".into() });
                 }
             }
             SupervisionEvent::ActorTerminated(cell, _, _) => {
@@ -242,8 +352,10 @@ impl Actor for CallActor {
 
     async fn post_stop(&self, _me: ActorRef<CallMsg>, s: &mut CallState) -> Result<(), ActorProcessingErr> {
         s.timer.cancel();
-        for leg in s.legs.keys() {
-            s.context.sip.leg_down(*leg);
+        // Legs are not linked to the call: stopped here, before they could hear that it went.
+        for (leg, actor) in s.legs.drain() {
+            s.context.sip.leg_down(leg);
+            actor.stop(None);
         }
         Ok(())
     }
@@ -261,7 +373,7 @@ impl CallState {
                         sip: self.context.sip.clone(),
                         call: me.clone(),
                     };
-                    match Actor::spawn_linked(None, LegActor, args, me.get_cell()).await {
+                    match Actor::spawn(None, LegActor, args).await {
                         Ok((actor, _)) => {
                             self.context.sip.leg_up(id, actor.clone());
                             self.leg_ids.insert(actor.get_id(), id);
@@ -289,8 +401,7 @@ impl CallState {
                     let _ = self.media.cast(MediaMsg::Configure { side, peer });
                 }
                 CallOutput::Record(cdr) => {
-                    if !self.recorded {
-                        self.recorded = true;
+                    if !self.recorded.swap(true, Ordering::SeqCst) {
                         self.finish(*cdr).await;
                     }
                 }
@@ -357,6 +468,15 @@ pub enum CallsMsg {
     /// From the task that started a call actor (started off this actor's loop, so call set-ups
     /// — RTP sockets bound, legs spawned — run in parallel rather than one after the other).
     Started(Box<Started>),
+    /// The endpoint was restarted: every call ends (BYE both sides, `failed` CDR).
+    EndpointRestarted,
+    Control(Control),
+    /// Test hook: the oldest call's actor (or, with `media`, its media session) panics.
+    /// `false` when no call is in progress.
+    PanicCall {
+        media: bool,
+        reply: RpcReplyPort<bool>,
+    },
 }
 
 // Local only; see `crate::shell` on ractor's `cluster` feature.
@@ -365,6 +485,8 @@ impl ractor::Message for CallsMsg {}
 pub struct CallsArgs {
     pub context: CallContext,
     pub seed: u64,
+    /// The table of running calls; the same one across restarts of the calls actor.
+    pub ledger: CallLedger,
 }
 
 /// What the calls actor remembers of a running call: enough for a CDR should its actor fail.
@@ -372,6 +494,22 @@ struct Running {
     actor: ActorRef<CallMsg>,
     legs: Vec<LegId>,
     cdr: Cdr,
+    /// Shared with the call's actor: set by whoever writes the CDR.
+    recorded: Arc<AtomicBool>,
+}
+
+/// The running calls, by actor id, kept outside the calls actor so that they outlive it: a
+/// calls actor that panics takes its call actors with it (they are linked to it), and the one
+/// the supervisor starts next finds them here and writes their `failed` CDRs. Their legs are
+/// not linked to anything and hang up on their own (see the module doc).
+#[derive(Clone, Default)]
+pub struct CallLedger(Arc<Mutex<HashMap<ractor::ActorId, Running>>>);
+
+impl CallLedger {
+    fn lock(&self) -> MutexGuard<'_, HashMap<ractor::ActorId, Running>> {
+        // Each use is one short step: a panic elsewhere cannot leave the table half-updated.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// How a call's start went.
@@ -379,12 +517,13 @@ pub struct Started {
     result: Result<ActorRef<CallMsg>, String>,
     legs: Vec<LegId>,
     cdr: Cdr,
+    recorded: Arc<AtomicBool>,
 }
 
 pub struct CallsState {
     context: CallContext,
     ids: CallIds,
-    calls: HashMap<ractor::ActorId, Running>,
+    calls: CallLedger,
     /// Calls whose actor ended before their `Started` arrived (supervision events and messages
     /// are not ordered): not to be listed as running.
     ended_early: std::collections::HashSet<ractor::ActorId>,
@@ -398,10 +537,19 @@ impl Actor for CallsActor {
     type Arguments = CallsArgs;
 
     async fn pre_start(&self, _me: ActorRef<CallsMsg>, args: CallsArgs) -> Result<CallsState, ActorProcessingErr> {
+        // Calls a failed calls actor left: their actors died with it, their legs are hanging up.
+        let left = std::mem::take(&mut *args.ledger.lock());
+        if !left.is_empty() {
+            tracing::error!(calls = left.len(), "calls actor restarted: the calls in progress end as failed");
+        }
+        for running in left.into_values() {
+            end_failed(&args.context, running, "calls actor restarted").await;
+        }
+        metrics::gauge!("pbx_calls_active").set(0.0);
         Ok(CallsState {
             context: args.context,
             ids: CallIds::new(args.seed),
-            calls: HashMap::new(),
+            calls: args.ledger,
             ended_early: Default::default(),
         })
     }
@@ -416,16 +564,34 @@ impl Actor for CallsActor {
             CallsMsg::Start(start) => s.start(&me, *start),
             CallsMsg::Started(started) => s.started(*started).await,
             CallsMsg::List(reply) => {
-                let mut list = Vec::with_capacity(s.calls.len());
-                for running in s.calls.values() {
+                let actors: Vec<ActorRef<CallMsg>> = s.calls.lock().values().map(|r| r.actor.clone()).collect();
+                let mut list = Vec::with_capacity(actors.len());
+                for actor in actors {
                     if let Ok(ractor::rpc::CallResult::Success(call)) =
-                        running.actor.call(CallMsg::Snapshot, Some(SNAPSHOT_WAIT)).await
+                        actor.call(CallMsg::Snapshot, Some(SNAPSHOT_WAIT)).await
                     {
                         list.push(call);
                     }
                 }
                 list.sort_by_key(|c| c.id);
                 let _ = reply.send(list);
+            }
+            CallsMsg::EndpointRestarted => {
+                let calls = s.calls.lock();
+                if !calls.is_empty() {
+                    tracing::warn!(calls = calls.len(), "SIP endpoint restarted: the calls in progress end");
+                }
+                for running in calls.values() {
+                    let _ = running.actor.cast(CallMsg::EndpointLost);
+                }
+            }
+            CallsMsg::Control(control) => control.obey("calls"),
+            CallsMsg::PanicCall { media, reply } => {
+                let oldest = s.calls.lock().values().min_by_key(|r| r.cdr.id).map(|r| r.actor.clone());
+                if let Some(actor) = &oldest {
+                    let _ = actor.cast(if media { CallMsg::PanicMedia } else { CallMsg::Control(Control::Panic) });
+                }
+                let _ = reply.send(oldest.is_some());
             }
         }
         Ok(())
@@ -438,31 +604,42 @@ impl Actor for CallsActor {
         s: &mut CallsState,
     ) -> Result<(), ActorProcessingErr> {
         match event {
-            SupervisionEvent::ActorTerminated(cell, _, _) if s.calls.remove(&cell.get_id()).is_none() => {
+            SupervisionEvent::ActorTerminated(cell, _, _) if s.calls.lock().remove(&cell.get_id()).is_none() => {
                 s.ended_early.insert(cell.get_id());
             }
             SupervisionEvent::ActorFailed(cell, error) => {
-                let running = s.calls.remove(&cell.get_id());
-                if running.is_none() {
-                    s.ended_early.insert(cell.get_id());
-                }
-                if let Some(running) = running {
-                    tracing::error!(call = running.cdr.id, %error, "call failed");
-                    for leg in &running.legs {
-                        s.context.sip.leg_down(*leg);
+                let running = s.calls.lock().remove(&cell.get_id());
+                match running {
+                    Some(running) => {
+                        tracing::error!(call = running.cdr.id, %error, "call actor failed: the call ends as failed");
+                        metrics::counter!("pbx_call_actor_failures_total", "actor" => "call").increment(1);
+                        end_failed(&s.context, running, "call failed").await;
                     }
-                    let mut cdr = running.cdr;
-                    cdr.end = s.context.clock.now();
-                    cdr.disposition = Disposition::Failed { reason: "call failed".into() };
-                    cdr.hangup = Some(HangupSide::Pbx);
-                    record_cdr(&s.context.cdrs, cdr).await;
+                    None => {
+                        s.ended_early.insert(cell.get_id());
+                    }
                 }
             }
             _ => {}
         }
-        metrics::gauge!("pbx_calls_active").set(s.calls.len() as f64);
+        metrics::gauge!("pbx_calls_active").set(s.calls.lock().len() as f64);
         Ok(())
     }
+}
+
+/// A call whose actor is gone without having finished it: the endpoint forgets its legs that
+/// never came up (those that did hang up on their own), and the CDR says it failed — unless
+/// the call's actor wrote one already.
+async fn end_failed(context: &CallContext, running: Running, reason: &str) {
+    context.sip.call_lost(&running.legs);
+    if running.recorded.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let mut cdr = running.cdr;
+    cdr.end = context.clock.now();
+    cdr.disposition = Disposition::Failed { reason: reason.into() };
+    cdr.hangup = Some(HangupSide::Pbx);
+    record_cdr(&context.cdrs, cdr).await;
 }
 
 impl CallsState {
@@ -472,21 +649,22 @@ impl CallsState {
         let legs: Vec<LegId> = std::iter::once(start.a).chain(start.forks.iter().copied()).collect();
         let cdr = Cdr::starting(id, &start, now);
         tracing::info!(call = id, caller = %start.route.caller, callee = %start.route.callee, contacts = start.forks.len(), "call");
-        let args = CallArgs { start, id, seed, context: self.context.clone() };
+        let recorded = Arc::new(AtomicBool::new(false));
+        let args = CallArgs { start, id, seed, context: self.context.clone(), recorded: recorded.clone() };
         let me = me.clone();
         ractor::concurrency::spawn(async move {
             let result = Actor::spawn_linked(None, CallActor, args, me.get_cell()).await;
             let result = result.map(|(actor, _)| actor).map_err(|e| e.to_string());
-            let _ = me.cast(CallsMsg::Started(Box::new(Started { result, legs, cdr })));
+            let _ = me.cast(CallsMsg::Started(Box::new(Started { result, legs, cdr, recorded })));
         });
     }
 
     async fn started(&mut self, started: Started) {
-        let Started { result, legs, cdr } = started;
+        let Started { result, legs, cdr, recorded } = started;
         match result {
             Ok(actor) => {
                 if !self.ended_early.remove(&actor.get_id()) {
-                    self.calls.insert(actor.get_id(), Running { actor, legs, cdr });
+                    self.calls.lock().insert(actor.get_id(), Running { actor, legs, cdr, recorded });
                 }
             }
             Err(error) => {
@@ -502,6 +680,6 @@ impl CallsState {
                 record_cdr(&self.context.cdrs, cdr).await;
             }
         }
-        metrics::gauge!("pbx_calls_active").set(self.calls.len() as f64);
+        metrics::gauge!("pbx_calls_active").set(self.calls.lock().len() as f64);
     }
 }

@@ -14,7 +14,8 @@
 //! - In a call, a re-INVITE or UPDATE from either side (hold, resume) is relayed as a new offer
 //!   to the other side, and the other side's answer relayed back, each rewritten to pbx's ports.
 //!   A re-INVITE without SDP is answered by pbx with its last description of that side.
-//! - Either side's BYE, an RTP timeout, a missing ACK or a failed leg ends the call; the CDR
+//! - Either side's BYE, an RTP timeout, a missing ACK, a failed leg or a failure of what the
+//!   call depends on (`CallInput::Fail`: its media session, the SIP endpoint) ends the call; the CDR
 //!   comes out at that moment; the call is over when every leg has finished its last
 //!   transaction (or at a bound, whichever is first).
 
@@ -73,6 +74,12 @@ pub enum CallInput {
     /// The media relay saw no RTP from this side for the configured time.
     MediaInactive {
         side: Side,
+    },
+    /// Something the call depends on failed (its media session, the SIP endpoint): every leg
+    /// hangs up (an unanswered caller gets 500) and the CDR says `failed` with this reason,
+    /// answered or not.
+    Fail {
+        reason: String,
     },
     Timeout,
 }
@@ -266,6 +273,12 @@ impl Call {
                     self.hangup.get_or_insert(HangupSide::Pbx);
                     let _ = side;
                     self.end_all();
+                }
+            }
+            CallInput::Fail { reason } => {
+                if matches!(self.phase, Phase::Ringing | Phase::Answered) {
+                    self.failure = Some(500);
+                    self.fail(&reason);
                 }
             }
             CallInput::Timeout => {

@@ -725,3 +725,42 @@ fn ending_is_bounded() {
     assert_eq!(cdr.hangup, Some(HangupSide::Pbx));
     assert_eq!(cdr.disposition, Disposition::Answered);
 }
+
+/// A failure of what the call depends on (its media session, the endpoint) ends an answered
+/// call with BYE both sides and a `failed` CDR naming it.
+#[test]
+fn failure_ends_an_answered_call_as_failed() {
+    let mut h = call_with(PCMU_OFFER, 1);
+    h.take_commands();
+    h.event(ms(100), B1, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
+    h.take_commands();
+    h.call.handle(Timestamp::ZERO + ms(200), CallInput::Fail { reason: "media session failed".into() });
+    h.drain();
+    let mut commands = h.take_commands();
+    commands.sort_by_key(|(leg, _)| *leg);
+    assert!(matches!(commands[..], [(A, LegCommand::Hangup), (B1, LegCommand::Hangup)]), "{commands:?}");
+    h.finish(ms(300), &[A, B1]);
+    let cdr = h.ended.unwrap();
+    assert_eq!(cdr.disposition, Disposition::Failed { reason: "media session failed".into() });
+    assert_eq!(cdr.hangup, Some(HangupSide::Pbx));
+    assert_eq!(cdr.answer, Some(Timestamp::ZERO + ms(100)), "the answer time is kept");
+}
+
+/// The same while ringing: the caller gets 500, the callee's INVITE is cancelled; a second
+/// failure changes nothing.
+#[test]
+fn failure_while_ringing_answers_the_caller_500() {
+    let mut h = call_with(PCMU_OFFER, 1);
+    h.take_commands();
+    h.call.handle(Timestamp::ZERO + ms(200), CallInput::Fail { reason: "SIP endpoint restarted".into() });
+    h.drain();
+    let mut commands = h.take_commands();
+    commands.sort_by_key(|(leg, _)| *leg);
+    assert!(matches!(commands[..], [(A, LegCommand::Reject { code: 500 }), (B1, LegCommand::Hangup)]), "{commands:?}");
+    h.call.handle(Timestamp::ZERO + ms(250), CallInput::Fail { reason: "again".into() });
+    h.drain();
+    assert!(h.take_commands().is_empty());
+    h.finish(ms(300), &[A, B1]);
+    let cdr = h.ended.unwrap();
+    assert_eq!(cdr.disposition, Disposition::Failed { reason: "SIP endpoint restarted".into() });
+}

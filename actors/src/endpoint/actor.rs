@@ -1,13 +1,19 @@
 //! The endpoint's ractor shell: feeds the machine the clock and the transports' input,
 //! performs its outputs (bytes onto the wire, REGISTERs to the registrar, metrics, logs), and
 //! keeps one timer armed for the machine's next wake-up. Never sleeps in `handle`.
+//!
+//! Restarts: the node supervises this actor. A new incarnation starts with an empty machine
+//! (the old one's transactions are gone); the calls that outlived it re-announce their legs
+//! ([`EndpointMsg::Adopt`]) so that their BYEs go out through it (see `crate::call::actor`).
+//! It reaches the registrar and the calls actor through [`Current`] references, so their
+//! restarts need nothing from it either.
 
 use super::machine::{Endpoint, EndpointEvent, EndpointInput, EndpointOutput};
 use crate::call::actor::{CallsMsg, LegMsg, SipPort};
 use crate::call::{LegId, SipIn, SipOut};
 use crate::licence::LicenceView;
 use crate::registrar::{RegistrarMsg, ResponseSink, Route};
-use crate::shell::WakeTimer;
+use crate::shell::{Control, Current, WakeTimer};
 use crate::sip::message::{Response, Transport};
 use crate::sip::transaction::TimerConfig;
 use crate::time::Clock;
@@ -15,8 +21,8 @@ use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 
 /// The port through which bytes leave: the node's UDP socket and TCP connections.
 pub trait Wire: Send + Sync + 'static {
@@ -51,9 +57,20 @@ pub enum EndpointMsg {
     LegDown {
         leg: LegId,
     },
+    /// A leg of a call that outlived the endpoint actor that started it: route to it again.
+    Adopt {
+        leg: LegId,
+        actor: ActorRef<LegMsg>,
+    },
+    /// The call these legs belonged to is gone. Legs whose actor never came up are down now;
+    /// legs with an actor hang up on their own and say `LegDown` when done.
+    CallLost {
+        legs: Vec<LegId>,
+    },
     /// Live transactions, for the API and metrics.
     Transactions(ractor::RpcReplyPort<usize>),
     Wake,
+    Control(Control),
 }
 
 // Local only; see `crate::shell` on ractor's `cluster` feature.
@@ -62,15 +79,16 @@ impl ractor::Message for EndpointMsg {}
 pub struct EndpointArgs {
     pub clock: Arc<dyn Clock>,
     pub wire: Arc<dyn Wire>,
-    pub registrar: ActorRef<RegistrarMsg>,
-    pub calls: ActorRef<CallsMsg>,
+    pub registrar: Current<RegistrarMsg>,
+    pub calls: Current<CallsMsg>,
     pub timers: TimerConfig,
     /// Keys the CSPRNG of leg ids (pbx's tags, branches, Call-IDs): 256 bits from the OS.
     pub seed: [u8; 32],
     /// Each source's admission limit for new transactions.
     pub source_limit: crate::endpoint::SourceLimit,
     /// Inbound messages counted by the transports and not yet handled; the shell decrements it
-    /// as it takes each one, so the transports can bound what piles up in the mailbox.
+    /// as it takes each one, so the transports can bound what piles up in the mailbox. Never
+    /// taken below zero: a restart resets it while messages may still be on their way.
     pub inbound_backlog: Arc<AtomicUsize>,
     /// The licence in force, when a licence service is configured; its limit on calls at once
     /// is read for every new call. `None`: no limit.
@@ -83,8 +101,8 @@ pub struct EndpointState {
     machine: Endpoint,
     clock: Arc<dyn Clock>,
     wire: Arc<dyn Wire>,
-    registrar: ActorRef<RegistrarMsg>,
-    calls: ActorRef<CallsMsg>,
+    registrar: Current<RegistrarMsg>,
+    calls: Current<CallsMsg>,
     inbound_backlog: Arc<AtomicUsize>,
     timer: WakeTimer,
     legs: HashMap<LegId, LegRoute>,
@@ -103,21 +121,19 @@ const LEG_START_QUEUE_MAX: usize = 16;
 
 pub struct EndpointActor;
 
-/// Lets the registrar answer the endpoint without knowing its type; set once both exist.
+/// Lets the registrar and the legs reach the endpoint without knowing its type; pointed at
+/// each new incarnation of the endpoint actor by `connect`. What is sent while there is none
+/// (or while it restarts) is lost, as UDP would lose it; transactions retransmit.
 #[derive(Default, Clone)]
-pub struct EndpointSink(Arc<OnceLock<ActorRef<EndpointMsg>>>);
+pub struct EndpointSink(Current<EndpointMsg>);
 
 impl EndpointSink {
     pub fn connect(&self, endpoint: ActorRef<EndpointMsg>) {
-        let _ = self.0.set(endpoint);
+        self.0.set(endpoint);
     }
-}
 
-impl EndpointSink {
     fn cast(&self, msg: EndpointMsg) {
-        if let Some(endpoint) = self.0.get() {
-            let _ = endpoint.cast(msg);
-        }
+        let _ = self.0.cast(msg);
     }
 }
 
@@ -142,6 +158,14 @@ impl SipPort for EndpointSink {
 
     fn leg_down(&self, leg: LegId) {
         self.cast(EndpointMsg::LegDown { leg });
+    }
+
+    fn adopt(&self, leg: LegId, actor: ActorRef<LegMsg>) {
+        self.cast(EndpointMsg::Adopt { leg, actor });
+    }
+
+    fn call_lost(&self, legs: &[LegId]) {
+        self.cast(EndpointMsg::CallLost { legs: legs.to_vec() });
     }
 }
 
@@ -180,7 +204,7 @@ impl Actor for EndpointActor {
         let now = s.clock.now();
         match msg {
             EndpointMsg::Inbound { bytes, source, transport } => {
-                s.inbound_backlog.fetch_sub(1, Ordering::Relaxed);
+                let _ = s.inbound_backlog.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
                 s.machine.handle(now, EndpointInput::Inbound { bytes, source, transport })
             }
             EndpointMsg::RegistrarResponse { tx, response, authenticated } => {
@@ -206,9 +230,24 @@ impl Actor for EndpointActor {
                 s.machine.handle(now, EndpointInput::LegDown { leg });
                 metrics::gauge!("pbx_call_legs_active").set(s.legs.len() as f64);
             }
+            EndpointMsg::Adopt { leg, actor } => {
+                s.machine.adopt_leg(leg);
+                s.legs.insert(leg, LegRoute::Up(actor));
+                metrics::gauge!("pbx_call_legs_active").set(s.legs.len() as f64);
+            }
+            EndpointMsg::CallLost { legs } => {
+                for leg in legs {
+                    if !matches!(s.legs.get(&leg), Some(LegRoute::Up(_))) {
+                        s.legs.remove(&leg);
+                        s.machine.handle(now, EndpointInput::LegDown { leg });
+                    }
+                }
+                metrics::gauge!("pbx_call_legs_active").set(s.legs.len() as f64);
+            }
             EndpointMsg::Transactions(reply) => {
                 let _ = reply.send(s.machine.transactions());
             }
+            EndpointMsg::Control(control) => control.obey("endpoint"),
             EndpointMsg::Wake => {
                 s.timer.fired();
                 s.machine.handle(now, EndpointInput::Timeout);
@@ -220,19 +259,19 @@ impl Actor for EndpointActor {
                     s.wire.send(destination, transport, bytes)
                 }
                 EndpointOutput::Register { tx, request, source, transport } => {
-                    if s.registrar.cast(RegistrarMsg::Register { tx, request: *request, source, transport }).is_err() {
+                    if !s.registrar.cast(RegistrarMsg::Register { tx, request: *request, source, transport }) {
                         tracing::error!("registrar is gone; the REGISTER will be answered 500 on timeout");
                     }
                 }
                 EndpointOutput::Route { tx, request, source } => {
-                    if s.registrar.cast(RegistrarMsg::Route { tx, request: *request, source }).is_err() {
+                    if !s.registrar.cast(RegistrarMsg::Route { tx, request: *request, source }) {
                         tracing::error!("registrar is gone; the INVITE will be answered 500 on timeout");
                     }
                 }
                 EndpointOutput::StartCall(start) => {
                     s.legs.insert(start.a, LegRoute::Starting(Vec::new()));
                     let legs: Vec<LegId> = std::iter::once(start.a).chain(start.forks.iter().copied()).collect();
-                    if s.calls.cast(CallsMsg::Start(start)).is_err() {
+                    if !s.calls.cast(CallsMsg::Start(start)) {
                         tracing::error!("calls actor is gone; the INVITE is answered 500");
                         for leg in legs {
                             s.legs.remove(&leg);

@@ -256,6 +256,14 @@ impl Endpoint {
         self.emergency_numbers = numbers;
     }
 
+    /// A live leg this endpoint did not start: its call outlived the endpoint actor that did
+    /// (the supervisor restarted it). From now on what the leg sends goes out and what names it
+    /// reaches it, so it can end its dialog. Its transactions died with the old endpoint; it is
+    /// not counted as a call in progress. A leg already known is left as it is.
+    pub fn adopt_leg(&mut self, leg: LegId) {
+        self.legs.entry(leg).or_insert(LiveLeg { invite: None, requests: Vec::new(), caller: false });
+    }
+
     /// Calls in progress.
     pub fn calls(&self) -> usize {
         self.calls

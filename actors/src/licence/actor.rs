@@ -174,7 +174,11 @@ pub enum WatchdogMsg {
     /// The machine's timer.
     Wake,
     /// The licence service's answer to check `request`.
-    CheckAnswer { request: u64, result: Result<Bytes, String> },
+    CheckAnswer {
+        request: u64,
+        result: Result<Bytes, String>,
+    },
+    Control(crate::shell::Control),
 }
 
 // Local only; see `crate::shell` on ractor's `cluster` feature.
@@ -242,6 +246,7 @@ impl Actor for WatchdogActor {
             WatchdogMsg::CheckAnswer { request, result } => {
                 s.machine.handle(now, WatchdogInput::Response { request, result });
             }
+            WatchdogMsg::Control(control) => control.obey("licence-watchdog"),
         }
         s.drain(&me, now);
         s.rearm(&me);
@@ -347,6 +352,7 @@ pub enum VoucherMsg {
         request: u64,
         result: Result<Bytes, String>,
     },
+    Control(crate::shell::Control),
 }
 
 // Local only; see `crate::shell` on ractor's `cluster` feature.
@@ -423,6 +429,7 @@ impl Actor for VoucherActor {
             VoucherMsg::RedeemAnswer { request, result } => {
                 s.machine.handle(now, VoucherInput::RedeemResponse { request, result });
             }
+            VoucherMsg::Control(control) => control.obey("voucher-sync"),
         }
         s.drain(&me);
         s.rearm(&me);

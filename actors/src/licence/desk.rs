@@ -20,8 +20,18 @@
 //!   answering the client: then a crash loses nothing a client was told.
 //! - Then re-arm one timer for [`Desk::poll_timeout`] and call [`Desk::handle_timeout`] then.
 //!
-//! Deliberately not here: no clock, I/O or RNG (Ed25519 signing is deterministic), no rate
-//! limiting (a later issue; the log is what abuse detection reads), no revocation.
+//! Guessing codes online is limited ([`limits`]): failed redeems are charged to a token bucket
+//! of their source network and one of their serial; while either is empty, a redeem is
+//! refused with [`DeskError::RateLimited`] (the shell answers 429 with `Retry-After`) without
+//! looking at the code, and is not written to the request log (a flood of refusals must not
+//! cost a durable write each; [`Desk::redeem_stats`] counts them).
+//!
+//! Voucher codes are secrets until redeemed, so the request log never holds one: it keeps a
+//! short keyed hash ([`Desk::code_hash`]), with which the vendor can still tell which voucher a
+//! request named. The key is derived from the signing key, so it needs no storage of its own.
+//!
+//! Deliberately not here: no clock, I/O or RNG (Ed25519 signing is deterministic), no
+//! revocation.
 
 use super::document::{Envelope, Feature, Kind, Licence, Limits, SigningKey, Unlocks};
 use crate::Timestamp;
@@ -29,6 +39,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
+use std::time::Duration;
+
+mod limits;
+
+pub use limits::{LimitedBy, RedeemLimits, SERIALS_TRACKED_MAX, SOURCES_TRACKED_MAX, source_key};
 
 /// The seed's promise for the vendor's request logs: client IPs are anonymised after 14 days.
 pub const ANONYMISE_AFTER_S: u64 = 14 * 86_400;
@@ -90,8 +105,9 @@ pub struct LogEntry {
     /// As the client sent it (cut to [`NAME_CHARS_MAX`], unprintable characters replaced).
     pub serial: String,
     pub request: Request,
-    /// The voucher code, for redeem requests.
-    pub code: Option<String>,
+    /// For redeem requests, the keyed hash of the code the client sent ([`Desk::code_hash`]),
+    /// never the code.
+    pub code_hash: Option<String>,
     /// "ok" or the error.
     pub outcome: String,
 }
@@ -136,15 +152,37 @@ pub enum DeskError {
     AlreadyRedeemed,
     #[error("{0}")]
     Invalid(String),
+    /// Too many failed redeems from this source network or for this serial: try again after
+    /// `retry_after_s`. `first` is set on the first refusal since the limit last let one in.
+    #[error("too many failed redeems for this {}; retry in {retry_after_s} s", by.label())]
+    RateLimited { by: LimitedBy, retry_after_s: u64, first: bool },
+}
+
+/// What the redeem limits did since the desk was made (not persisted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RedeemStats {
+    /// Redeems refused because their source network failed too often.
+    pub limited_by_source: u64,
+    /// Redeems refused because their serial failed too often.
+    pub limited_by_serial: u64,
+    /// Source networks and serials with recent failures remembered now.
+    pub sources_tracked: usize,
+    pub serials_tracked: usize,
 }
 
 /// The licence service's logic. See the module doc for the calling contract.
 pub struct Desk {
     key: SigningKey,
+    /// Keys the code hashes of the request log; derived from `key`.
+    log_key: ring::hmac::Key,
     state: DeskState,
     outputs: VecDeque<DeskOutput>,
     latest: Timestamp,
     next_log_id: u64,
+    limits: RedeemLimits,
+    sources: limits::Buckets<IpAddr>,
+    serials: limits::Buckets<String>,
+    stats: RedeemStats,
 }
 
 impl fmt::Debug for Desk {
@@ -159,12 +197,64 @@ impl fmt::Debug for Desk {
 }
 
 impl Desk {
-    /// A desk signing with `key`, holding `state` as loaded (the log sorted by id here).
+    /// A desk signing with `key`, holding `state` as loaded (the log sorted by id here), with
+    /// the default [`RedeemLimits`]. Log entries written before codes were hashed get their
+    /// code replaced by its hash here, handed out as `Persist` like any change.
     pub fn new(key: SigningKey, mut state: DeskState) -> Desk {
         state.log.make_contiguous().sort_by_key(|e| e.id);
         let latest = state.log.iter().map(|e| e.at).max().unwrap_or_default();
         let next_log_id = state.log.back().map_or(0, |e| e.id + 1);
-        Desk { key, state, outputs: VecDeque::new(), latest, next_log_id }
+        // A secret only this key can make: its (deterministic) signature of a fixed text, which
+        // nothing else signs (release codes sign "release:…", documents are JSON objects).
+        let log_key_seed = key.seal(&"log-key:voucher-codes").signature;
+        let log_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, log_key_seed.as_bytes());
+        let mut desk = Desk {
+            key,
+            log_key,
+            state,
+            outputs: VecDeque::new(),
+            latest,
+            next_log_id,
+            limits: RedeemLimits::default(),
+            sources: limits::Buckets::new(SOURCES_TRACKED_MAX),
+            serials: limits::Buckets::new(SERIALS_TRACKED_MAX),
+            stats: RedeemStats::default(),
+        };
+        desk.hash_legacy_codes();
+        desk
+    }
+
+    /// The same desk with other redeem limits.
+    pub fn with_redeem_limits(mut self, limits: RedeemLimits) -> Desk {
+        self.limits = limits;
+        self
+    }
+
+    /// Replaces everything the desk holds by `state` as loaded (after a failed write, so memory
+    /// claims nothing the disk does not hold), as [`Desk::new`] would, but keeps the redeem
+    /// limits and their buckets and counts: who was failing a moment ago still is.
+    pub fn reload(&mut self, key: SigningKey, state: DeskState) {
+        let mut fresh = Desk::new(key, state).with_redeem_limits(self.limits);
+        std::mem::swap(&mut fresh.sources, &mut self.sources);
+        std::mem::swap(&mut fresh.serials, &mut self.serials);
+        fresh.stats = self.stats;
+        *self = fresh;
+    }
+
+    pub fn redeem_limits(&self) -> RedeemLimits {
+        self.limits
+    }
+
+    pub fn redeem_stats(&self) -> RedeemStats {
+        RedeemStats { sources_tracked: self.sources.len(), serials_tracked: self.serials.len(), ..self.stats }
+    }
+
+    /// A short keyed hash of a voucher code (`#` and 16 hex digits, 64 bits of HMAC-SHA256):
+    /// what logs say instead of the code. The same code always gives the same hash under the
+    /// same signing key; without the key, a hash says nothing about the code.
+    pub fn code_hash(&self, code: &str) -> String {
+        let tag = ring::hmac::sign(&self.log_key, code.as_bytes());
+        format!("#{}", hex::encode(&tag.as_ref()[..8]))
     }
 
     pub fn state(&self) -> &DeskState {
@@ -195,10 +285,24 @@ impl Desk {
     /// Redeems voucher `code` for `serial`, once: a second redeem, by anyone, is refused. The
     /// release code is derived from the key, the serial and the code, so it proves which serial
     /// redeemed which voucher and needs no randomness.
+    ///
+    /// While the source network or the serial has failed too often, the redeem is refused with
+    /// [`DeskError::RateLimited`] before the code is looked at, and not logged. A failed
+    /// redeem is charged to its source network, and to its serial if the desk knows it.
     pub fn redeem(&mut self, now: Timestamp, ip: IpAddr, serial: &str, code: &str) -> Result<String, DeskError> {
         let now = self.advance(now);
+        let source = source_key(ip);
+        let known = self.state.serials.contains_key(serial);
+        self.admit(now, source, serial, known)?;
         let result = self.redeem_voucher(now, serial, code);
-        self.log(now, ip, serial, Request::Redeem, Some(code), &result);
+        if result.is_err() {
+            self.sources.charge(&source, now, secs(self.limits.source_refill_s));
+            if known {
+                self.serials.charge(&serial.to_string(), now, secs(self.limits.serial_refill_s));
+            }
+        }
+        let hash = self.code_hash(&printable(code));
+        self.log(now, ip, serial, Request::Redeem, Some(hash), &result);
         result
     }
 
@@ -263,6 +367,49 @@ impl Desk {
         let expired =
             self.state.log.iter().take_while(|e| e.anonymised && e.at.saturating_add(secs(LOG_KEEP_S)) <= now).count();
         self.drop_oldest(expired);
+    }
+
+    /// Whether one more failure of this source network and (if known) serial fits.
+    fn admit(&mut self, now: Timestamp, source: IpAddr, serial: &str, known: bool) -> Result<(), DeskError> {
+        let l = self.limits;
+        let by_source = self.sources.admit(&source, now, l.source_burst, secs(l.source_refill_s));
+        let by_serial = if known {
+            self.serials.admit(&serial.to_string(), now, l.serial_burst, secs(l.serial_refill_s))
+        } else {
+            Ok(())
+        };
+        let refusal = match (by_source, by_serial) {
+            (Ok(()), Ok(())) => return Ok(()),
+            (Err((wait, first)), Ok(())) => (LimitedBy::Source, wait, first),
+            (Ok(()), Err((wait, first))) => (LimitedBy::Serial, wait, first),
+            // Both: the longer wait says when a retry can work.
+            (Err((a, fa)), Err((b, _))) if a >= b => (LimitedBy::Source, a, fa),
+            (Err(_), Err((b, fb))) => (LimitedBy::Serial, b, fb),
+        };
+        let (by, wait, first) = refusal;
+        match by {
+            LimitedBy::Source => self.stats.limited_by_source += 1,
+            LimitedBy::Serial => self.stats.limited_by_serial += 1,
+        }
+        // Whole seconds, rounded up: a client waiting that long is let in.
+        let retry_after_s = wait.as_micros().div_ceil(1_000_000).max(1) as u64;
+        Err(DeskError::RateLimited { by, retry_after_s, first })
+    }
+
+    /// Replaces a code a log entry from before hashing holds by its hash.
+    fn hash_legacy_codes(&mut self) {
+        let is_hash = |c: &str| c.len() == 17 && c.starts_with('#') && c[1..].bytes().all(|b| b.is_ascii_hexdigit());
+        let mut rewritten = Vec::new();
+        for i in 0..self.state.log.len() {
+            let Some(code) = self.state.log[i].code_hash.clone().filter(|c| !is_hash(c)) else { continue };
+            let hash = self.code_hash(&code);
+            let entry = &mut self.state.log[i];
+            entry.code_hash = Some(hash);
+            rewritten.push(entry.clone());
+        }
+        for entry in rewritten {
+            self.persist(DeskCommand::PutLog(entry));
+        }
     }
 
     fn advance(&mut self, now: Timestamp) -> Timestamp {
@@ -350,7 +497,7 @@ impl Desk {
         ip: IpAddr,
         serial: &str,
         request: Request,
-        code: Option<&str>,
+        code_hash: Option<String>,
         result: &Result<T, DeskError>,
     ) {
         if self.state.log.len() >= LOG_ENTRIES_MAX {
@@ -363,7 +510,7 @@ impl Desk {
             anonymised: false,
             serial: printable(serial),
             request,
-            code: code.map(printable),
+            code_hash,
             outcome: match result {
                 Ok(_) => "ok".to_string(),
                 Err(e) => e.to_string(),
@@ -375,8 +522,8 @@ impl Desk {
     }
 }
 
-fn secs(s: u64) -> std::time::Duration {
-    std::time::Duration::from_secs(s)
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
 }
 
 /// A serial or voucher code: 1 to [`NAME_CHARS_MAX`] characters of `[A-Za-z0-9._-]`.

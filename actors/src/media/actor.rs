@@ -75,6 +75,7 @@ pub enum MediaMsg {
     },
     /// The relay's wake-up time has come. Internal.
     Wake,
+    Control(crate::shell::Control),
 }
 
 // Local only; see `crate::shell` on ractor's `cluster` feature.
@@ -257,6 +258,7 @@ impl Actor for MediaSession {
                 s.timer.fired();
                 s.relay.handle(now, RelayInput::Timeout);
             }
+            MediaMsg::Control(control) => control.obey("media"),
         }
         while let Some(output) = s.relay.poll_output() {
             match output {

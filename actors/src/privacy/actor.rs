@@ -32,9 +32,13 @@ pub enum ReaperMsg {
     /// The machine's timer.
     Wake,
     /// A batch's result.
-    Done { rule: usize, result: Result<u64, String> },
+    Done {
+        rule: usize,
+        result: Result<u64, String>,
+    },
     /// Runs finished since start (for tests and status).
     Runs(RpcReplyPort<u64>),
+    Control(crate::shell::Control),
 }
 
 // Local only; see `crate::shell` on ractor's `cluster` feature.
@@ -100,6 +104,7 @@ impl Actor for ReaperActor {
             ReaperMsg::Runs(reply) => {
                 let _ = reply.send(s.machine.runs());
             }
+            ReaperMsg::Control(control) => control.obey("reaper"),
         }
         s.drain(&me);
         s.rearm(&me);

@@ -120,10 +120,12 @@ pub const INVENTORY: &[DataCategory] = &[
     },
     DataCategory {
         id: "security-log",
-        data: "time, source IP address and claimed user name of each failed authentication and each block",
+        data: "time, source IP address and claimed user name of each failed authentication and each block; under a flood, one entry per minute, event kind and network (/24, /64) with a count",
         purpose: "investigate attacks on the exchange after the fact (the PBX's request log)",
         legal_basis: &[LegalBasis::LegitimateInterest("security of the service, Art. 32")],
         // The seed's period for request logs: anonymised after 14 days. Deleted after 90.
+        // At most 24,480 entries per event kind and day (`pbx_node::storage::
+        // SECURITY_ROWS_PER_KIND_PER_DAY_MAX`, docs/PRIVACY.md).
         retention: Retention::AnonymiseThenDelete {
             days: 14,
             deleted_after_days: 90,
@@ -186,11 +188,13 @@ pub const INVENTORY: &[DataCategory] = &[
     },
     DataCategory {
         id: "licence-service-log",
-        data: "requesting IP address, time, the serial number asked about, the request (licence, unlocks, voucher redemption with the voucher code) and its outcome",
+        data: "requesting IP address, time, the serial number asked about, the request (licence, unlocks, voucher redemption with a keyed hash of the voucher code, never the code) and its outcome; to limit failed redemptions, in memory only, the network (IPv4 address, IPv6 /64) of a source that failed to redeem, for at most 10 minutes after its last failure by default",
         purpose: "operating the licence and voucher service; detecting abuse (serial or voucher guessing)",
         legal_basis: &[LegalBasis::LegitimateInterest("operating and securing the licence service")],
         // The seed's promise for the vendor's logs: IPs anonymised after 14 days
-        // (`licence::desk::ANONYMISE_AFTER_S`); entries deleted after 90 (`LOG_KEEP_S`).
+        // (`licence::desk::ANONYMISE_AFTER_S`); entries deleted after 90 (`LOG_KEEP_S`). The
+        // redeem limits' buckets (`licence::desk::RedeemLimits`) are forgotten once full again:
+        // `source_burst × source_refill_s` after the last failure (10 × 60 s by default).
         retention: Retention::AnonymiseThenDelete {
             days: 14,
             deleted_after_days: 90,
@@ -336,16 +340,29 @@ pub enum AuditEvent {
 }
 
 /// One entry of the node's security log (redb `security_log`, category `security-log`): a
-/// failed authentication or a block, as the registrar reported it.
+/// failed authentication or a block, as the registrar reported it; or, under a flood, every
+/// event of one kind from one network in one interval, counted (the node's writer aggregates,
+/// see `pbx_node::storage::SecurityAggregator`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecurityEntry {
+    /// The time of the (first) event.
     pub at: Timestamp,
-    /// After anonymisation, only its /24 or /48.
+    /// The address the event came from; after anonymisation, or when the entry stands for
+    /// several addresses, only their network (see `source_bits`).
     pub source: IpAddr,
-    /// The user name the request claimed; masked by anonymisation, [`ERASED`] by an erasure.
+    /// How many leading bits of `source` are meaningful: all (32 or 128) for one address;
+    /// [`FLOOD_V4_BITS`] or [`FLOOD_V6_BITS`] when the entry counts events from several
+    /// addresses of that network; 0 (`::`) for the events of an interval beyond the per-kind
+    /// network bound; at most 24 / 48 once anonymised.
+    pub source_bits: u8,
+    /// The user name the (first) request claimed; masked by anonymisation, [`ERASED`] by an
+    /// erasure.
     pub user: Option<String>,
+    /// The (last) event.
     pub event: SecurityEvent,
     pub anonymised: bool,
+    /// How many events this entry stands for (at least 1).
+    pub count: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -364,12 +381,65 @@ impl SecurityEvent {
     }
 }
 
+/// The network a flood is grouped by in the security log: an IPv4 address's /24 (what one
+/// customer, one NAT pool or one small hosting block typically holds).
+pub const FLOOD_V4_BITS: u8 = 24;
+/// An IPv6 address's /64: one subnet, the least any single host is given (RFC 6177), so an
+/// attacker rotating through the addresses of its own subnet stays one network.
+pub const FLOOD_V6_BITS: u8 = 64;
+
+/// The network `ip` belongs to for flood grouping, and its prefix length: the /24 of an IPv4
+/// address, the /64 of an IPv6 one (an IPv4-mapped IPv6 address counts as IPv4).
+pub fn flood_network(ip: IpAddr) -> (IpAddr, u8) {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => (IpAddr::V4(Ipv4Addr::from_bits(v4.to_bits() & !(u32::MAX >> FLOOD_V4_BITS))), FLOOD_V4_BITS),
+        IpAddr::V6(v6) => {
+            (IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !(u128::MAX >> FLOOD_V6_BITS))), FLOOD_V6_BITS)
+        }
+    }
+}
+
+/// All bits of an address: 32 for IPv4, 128 for IPv6.
+pub fn address_bits(ip: IpAddr) -> u8 {
+    if ip.to_canonical().is_ipv4() { 32 } else { 128 }
+}
+
 impl SecurityEntry {
+    /// One event from one address.
+    pub fn new(at: Timestamp, source: IpAddr, user: Option<String>, event: SecurityEvent) -> SecurityEntry {
+        let source = source.to_canonical();
+        SecurityEntry { at, source, source_bits: address_bits(source), user, event, anonymised: false, count: 1 }
+    }
+
     /// What the retention rule makes of it: source truncated, user masked, marked.
     pub fn anonymise(&mut self) {
         self.source = anonymise_ip(self.source);
+        let bits = if self.source.is_ipv4() { 24 } else { 48 };
+        self.source_bits = self.source_bits.min(bits);
         self.user = self.user.as_deref().map(mask_number);
         self.anonymised = true;
+    }
+
+    /// Adds a later entry of the same kind and interval: the counts add up; the source stays
+    /// if both name the same, else becomes their flood network (or `::/0` when they share none);
+    /// the first user and time stay; the later event stays (a block's later end). An anonymised
+    /// side leaves the sum anonymised.
+    pub fn absorb(&mut self, later: &SecurityEntry) {
+        self.count = self.count.saturating_add(later.count);
+        if (self.source, self.source_bits) != (later.source, later.source_bits) {
+            let (network, bits) = flood_network(self.source);
+            let both_inside =
+                flood_network(later.source) == (network, bits) && self.source_bits >= bits && later.source_bits >= bits;
+            (self.source, self.source_bits) =
+                if both_inside { (network, bits) } else { (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0) };
+        }
+        if self.user.is_none() {
+            self.user.clone_from(&later.user);
+        }
+        self.event = later.event;
+        if self.anonymised || later.anonymised {
+            self.anonymise();
+        }
     }
 }
 
@@ -504,15 +574,58 @@ mod tests {
     /// Anonymising a security entry truncates, masks and marks it.
     #[test]
     fn security_entries_anonymise() {
-        let mut e = SecurityEntry {
-            at: Timestamp::from_secs(1),
-            source: "203.0.113.99".parse().unwrap(),
-            user: Some("1001".into()),
-            event: SecurityEvent::AuthFailed,
-            anonymised: false,
-        };
+        let mut e = SecurityEntry::new(
+            Timestamp::from_secs(1),
+            "203.0.113.99".parse().unwrap(),
+            Some("1001".into()),
+            SecurityEvent::AuthFailed,
+        );
+        assert_eq!((e.source_bits, e.count), (32, 1));
         e.anonymise();
-        assert_eq!((e.source.to_string(), e.user.as_deref(), e.anonymised), ("203.0.113.0".into(), Some("1xxx"), true));
+        assert_eq!(
+            (e.source.to_string(), e.source_bits, e.user.as_deref(), e.anonymised),
+            ("203.0.113.0".into(), 24, Some("1xxx"), true)
+        );
+    }
+
+    /// Flood networks: an IPv4 address's /24, an IPv6 address's /64, mapped IPv4 as IPv4.
+    #[test]
+    fn flood_networks() {
+        let net = |ip: &str| {
+            let (n, bits) = flood_network(ip.parse().unwrap());
+            format!("{n}/{bits}")
+        };
+        assert_eq!(net("192.0.2.77"), "192.0.2.0/24");
+        assert_eq!(net("::ffff:198.51.100.3"), "198.51.100.0/24");
+        assert_eq!(net("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64");
+    }
+
+    /// Absorbing: counts add; one address stays exact; two addresses of one /24 (/64) become
+    /// that network; addresses of different networks become `::/0`; the first user stays, the
+    /// later event wins.
+    #[test]
+    fn entries_absorb_later_ones() {
+        let at = Timestamp::from_secs(60);
+        let e = |ip: &str, user: &str, event| SecurityEntry::new(at, ip.parse().unwrap(), Some(user.into()), event);
+        let blocked = |s| SecurityEvent::Blocked { until: Timestamp::from_secs(s) };
+        let mut sum = e("192.0.2.7", "100", blocked(100));
+        sum.absorb(&e("192.0.2.7", "101", blocked(200)));
+        assert_eq!((sum.source.to_string(), sum.source_bits, sum.count), ("192.0.2.7".into(), 32, 2));
+        assert_eq!((sum.user.as_deref(), sum.event), (Some("100"), blocked(200)));
+        sum.absorb(&e("192.0.2.99", "102", blocked(150)));
+        assert_eq!((sum.source.to_string(), sum.source_bits, sum.count), ("192.0.2.0".into(), 24, 3));
+        sum.absorb(&e("192.0.2.3", "102", blocked(150)));
+        assert_eq!((sum.source.to_string(), sum.source_bits, sum.count), ("192.0.2.0".into(), 24, 4));
+        let mut v6 = e("2001:db8::1", "100", SecurityEvent::AuthFailed);
+        v6.absorb(&e("2001:db8::ffff:2", "100", SecurityEvent::AuthFailed));
+        assert_eq!((v6.source.to_string(), v6.source_bits), ("2001:db8::".into(), 64));
+        sum.absorb(&v6);
+        assert_eq!((sum.source.to_string(), sum.source_bits, sum.count), ("::".into(), 0, 6));
+        let mut old = e("192.0.2.7", "1001", SecurityEvent::AuthFailed);
+        old.anonymise();
+        let mut fresh = e("192.0.2.7", "1001", SecurityEvent::AuthFailed);
+        fresh.absorb(&old);
+        assert!(fresh.anonymised && fresh.user.as_deref() == Some("1xxx") && fresh.source_bits == 24, "{fresh:?}");
     }
 
     /// Subject ids: addresses (IPv6 too, mapped IPv4 as IPv4), numbers; the rest is refused

@@ -228,8 +228,8 @@ const TRANSLATIONS: &[Translation] = &[
         id: "security-log",
         title: ["Sicherheitsprotokoll", "Security log", "Journal de sécurité"],
         data: Tr {
-            de: "Zeitpunkt, Quell-IP-Adresse und angegebener Benutzername jeder fehlgeschlagenen Authentifizierung und jeder Sperre",
-            fr: "date et heure, adresse IP source et nom d'utilisateur indiqué de chaque authentification échouée et de chaque blocage",
+            de: "Zeitpunkt, Quell-IP-Adresse und angegebener Benutzername jeder fehlgeschlagenen Authentifizierung und jeder Sperre; bei einer Flut ein Eintrag je Minute, Ereignisart und Netz (/24, /64) mit deren Anzahl",
+            fr: "date et heure, adresse IP source et nom d'utilisateur indiqué de chaque authentification échouée et de chaque blocage ; en cas d'afflux, une entrée par minute, type d'événement et réseau (/24, /64) avec leur nombre",
         },
         purpose: Tr {
             de: "nachträgliche Untersuchung von Angriffen auf die TK-Anlage (das Anfrageprotokoll der TK-Anlage)",
@@ -317,8 +317,8 @@ const TRANSLATIONS: &[Translation] = &[
         id: "licence-service-log",
         title: ["Protokoll des Lizenzdienstes", "Licence service log", "Journal du service de licences"],
         data: Tr {
-            de: "anfragende IP-Adresse, Zeitpunkt, die abgefragte Seriennummer, die Anfrage (Lizenz, Freischaltungen, Einlösung eines Vouchers mit dem Vouchercode) und ihr Ergebnis",
-            fr: "adresse IP à l'origine de la requête, date et heure, numéro de série demandé, la requête (licence, déverrouillages, échange d'un voucher avec son code) et son résultat",
+            de: "anfragende IP-Adresse, Zeitpunkt, die abgefragte Seriennummer, die Anfrage (Lizenz, Freischaltungen, Einlösung eines Vouchers mit einem schlüsselbasierten Hash des Vouchercodes, nie dem Code selbst) und ihr Ergebnis; zur Begrenzung fehlgeschlagener Einlösungen, nur im Arbeitsspeicher, das Netz (IPv4-Adresse, IPv6-/64) einer Quelle, deren Einlösung fehlschlug, standardmäßig höchstens 10 Minuten nach ihrem letzten Fehlschlag",
+            fr: "adresse IP à l'origine de la requête, date et heure, numéro de série demandé, la requête (licence, déverrouillages, échange d'un voucher avec un hachage à clé de son code, jamais le code lui-même) et son résultat ; pour limiter les échanges échoués, uniquement en mémoire, le réseau (adresse IPv4, /64 IPv6) d'une source dont l'échange a échoué, au plus 10 minutes après son dernier échec par défaut",
         },
         purpose: Tr {
             de: "Betrieb des Lizenz- und Voucherdienstes; Erkennen von Missbrauch (Erraten von Seriennummern oder Vouchern)",

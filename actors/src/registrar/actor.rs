@@ -120,6 +120,7 @@ pub enum RegistrarMsg {
     PersistFailed(Vec<RegistrarCommand>),
     /// Answered once everything handled before it is stored and delivered.
     Barrier(RpcReplyPort<Result<(), String>>),
+    Control(crate::shell::Control),
 }
 
 // Local only; see `crate::shell` on ractor's `cluster` feature.
@@ -334,6 +335,7 @@ impl Actor for RegistrarActor {
                 s.machine.handle(now, RegistrarInput::Timeout);
                 s.drain(None);
             }
+            RegistrarMsg::Control(control) => control.obey("registrar"),
         }
         s.rearm(&me);
         Ok(())
@@ -388,7 +390,7 @@ fn record_security_event(log: &dyn crate::privacy::SecurityLog, event: &Registra
         RegistrarEvent::SourceBlocked { source, until } => (*source, None, SecurityEvent::Blocked { until: *until }),
         _ => return,
     };
-    log.record(SecurityEntry { at, source: source.to_canonical(), user, event, anonymised: false });
+    log.record(SecurityEntry::new(at, source, user, event));
 }
 
 /// Logs and counts one event; for an extension change, its result for the admin API.

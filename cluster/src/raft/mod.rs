@@ -8,7 +8,9 @@
 //! - [`store`]: the Raft log, vote and state-machine metadata in one redb database
 //!   (`DATA_DIR/raft.redb` on a node, an in-memory backend in the simulator).
 //! - [`net`]: the RPCs (append entries, vote, snapshot, and a forwarded client write) over
-//!   bidirectional streams of the mutual-TLS links of [`crate::link`].
+//!   bidirectional streams of the mutual-TLS links of [`crate::link`], each checked against
+//!   the peer the link authenticated.
+//! - [`snapshot`]: the bounded buffer a snapshot is streamed into.
 //! - [`Replica`]: one node's Raft, with `write` that forwards to the leader when this node is
 //!   not it, and the status the API shows.
 //!
@@ -19,13 +21,14 @@ use openraft::{RaftTypeConfig, StoredMembership};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Cursor;
 
 pub mod net;
 mod replica;
+pub mod snapshot;
 pub mod store;
 
-pub use replica::{MemberStatus, Replica, ReplicaConfig, Status, WriteError};
+pub use replica::{MemberStatus, Replica, ReplicaConfig, Status, WRITE_PAYLOAD_BYTES_MAX, WriteError};
+pub use snapshot::{SNAPSHOT_BYTES_MAX, SnapshotBuffer};
 
 pub type NodeId = u64;
 
@@ -63,7 +66,7 @@ openraft::declare_raft_types!(
         R = Response,
         NodeId = NodeId,
         Node = Member,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = SnapshotBuffer,
 );
 
 /// Any Raft type configuration with pbx's data types; the simulator's differs only in its
@@ -75,7 +78,7 @@ pub trait PbxConfig:
         NodeId = NodeId,
         Node = Member,
         Entry = openraft::Entry<Self>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = SnapshotBuffer,
         Responder = openraft::impls::OneshotResponder<Self>,
     >
 {
@@ -88,7 +91,7 @@ impl<C> PbxConfig for C where
             NodeId = NodeId,
             Node = Member,
             Entry = openraft::Entry<C>,
-            SnapshotData = Cursor<Vec<u8>>,
+            SnapshotData = SnapshotBuffer,
             Responder = openraft::impls::OneshotResponder<C>,
         >
 {

@@ -11,6 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
+/// Largest payload [`Replica::write`] takes: one entry must fit one RPC message
+/// ([`net::MESSAGE_BYTES_MAX`]) with room for its framing. pbx's batches are far smaller (512
+/// commands of at most a few hundred bytes).
+pub const WRITE_PAYLOAD_BYTES_MAX: usize = 4 << 20;
+
 /// Timing of one node's Raft. Elections start after `election_min..election_max` without a
 /// heartbeat, so a dead leader is replaced within about `election_max` plus one election.
 #[derive(Clone, Debug)]
@@ -52,6 +57,7 @@ impl ReplicaConfig {
             election_timeout_max: ms(self.election_max),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.logs_kept,
+            snapshot_max_chunk_size: net::SNAPSHOT_CHUNK_BYTES,
             ..Default::default()
         }
         .validate()
@@ -175,8 +181,14 @@ impl Replica {
     /// Commits `payload` through whichever member leads, and returns its log index once it is
     /// committed and applied on the leader. Keeps trying through elections for
     /// `write_timeout`; a node on a minority side never gets a commit and returns
-    /// [`WriteError::NoQuorum`].
+    /// [`WriteError::NoQuorum`]. A payload over [`WRITE_PAYLOAD_BYTES_MAX`] is refused.
     pub async fn write(&self, payload: Vec<u8>) -> Result<u64, WriteError> {
+        if payload.len() > WRITE_PAYLOAD_BYTES_MAX {
+            return Err(WriteError::Failed(format!(
+                "a write of {} bytes, more than {WRITE_PAYLOAD_BYTES_MAX}",
+                payload.len()
+            )));
+        }
         let request = Request { origin: self.id, payload };
         let deadline = tokio::time::Instant::now() + self.config.write_timeout;
         let mut pause = Duration::from_millis(20);

@@ -10,6 +10,7 @@
 //! Values are postcard. openraft's own types are stored as openraft serialises them; a change
 //! of their format would need a new table, like any format change of ours.
 
+use super::snapshot::{SNAPSHOT_BYTES_MAX, SnapshotBuffer};
 use super::{Applier, Member, NodeId, PbxConfig, Request, Response, empty_membership};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
@@ -20,7 +21,6 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
-use std::io::Cursor;
 use std::marker::PhantomData;
 use std::ops::RangeBounds;
 use std::sync::Arc;
@@ -264,6 +264,15 @@ impl<C: PbxConfig> RaftSnapshotBuilder<C> for StateMachine<C> {
             // more, which re-applying after an install makes no worse).
             let (applied, membership) = self.applied()?;
             let data = self.applier.snapshot().map_err(any)?;
+            if data.len() as u64 > SNAPSHOT_BYTES_MAX {
+                // Followers refuse it; the log still serves those close enough behind.
+                tracing::warn!(
+                    bytes = data.len(),
+                    max = SNAPSHOT_BYTES_MAX,
+                    "snapshot larger than any member accepts: a member far behind cannot catch up"
+                );
+                metrics::counter!("pbx_raft_snapshots_oversized_total").increment(1);
+            }
             let snapshot_id = match applied {
                 Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, data.len()),
                 None => format!("0-0-{}", data.len()),
@@ -271,7 +280,7 @@ impl<C: PbxConfig> RaftSnapshotBuilder<C> for StateMachine<C> {
             let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
             let stored = StoredSnapshot { meta: meta.clone(), data };
             put_meta(&self.db, &[(SNAPSHOT, encode(&stored)?)])?;
-            Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
+            Ok(Snapshot { meta, snapshot: Box::new(SnapshotBuffer::from_vec(stored.data)) })
         };
         build().map_err(|e| StorageIOError::write_snapshot(None, e).into())
     }
@@ -322,14 +331,14 @@ impl<C: PbxConfig> RaftStateMachine<C> for StateMachine<C> {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotBuffer>, StorageError<NodeId>> {
+        Ok(Box::new(SnapshotBuffer::new()))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, Member>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotBuffer>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
         let install = || -> Result<(), AnyError> {
@@ -349,6 +358,6 @@ impl<C: PbxConfig> RaftStateMachine<C> for StateMachine<C> {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<C>>, StorageError<NodeId>> {
         let stored = self.stored_snapshot().map_err(|e| StorageIOError::read_snapshot(None, e))?;
-        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(SnapshotBuffer::from_vec(s.data)) }))
     }
 }

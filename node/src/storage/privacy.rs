@@ -13,7 +13,9 @@ use super::{
 use pbx_actors::Timestamp;
 use pbx_actors::cdr::Cdr;
 use pbx_actors::privacy::reaper::{Action, Batch};
-use pbx_actors::privacy::{AuditEntry, ERASED, SecurityEntry, Subject, binding_involves};
+use pbx_actors::privacy::{
+    AuditEntry, ERASED, SUBJECT_ID_MAX, SecurityEntry, SecurityEvent, Subject, binding_involves, flood_network,
+};
 use pbx_actors::registrar::{Binding, Extension};
 use redb::{Durability, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
@@ -22,9 +24,34 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 
+/// V1: one row per event, before flood aggregation (no `source_bits`, no `count`).
+/// V2: [`SecurityEntry`] with both.
 #[derive(Serialize, Deserialize)]
 enum StoredSecurityV {
-    V1(SecurityEntry),
+    V1(SecurityEntryV1),
+    V2(SecurityEntry),
+}
+
+/// A security-log row as version 1 stored it.
+#[derive(Serialize, Deserialize)]
+struct SecurityEntryV1 {
+    at: Timestamp,
+    source: std::net::IpAddr,
+    user: Option<String>,
+    event: SecurityEvent,
+    anonymised: bool,
+}
+
+impl From<SecurityEntryV1> for SecurityEntry {
+    fn from(v1: SecurityEntryV1) -> SecurityEntry {
+        let mut e = SecurityEntry::new(v1.at, v1.source, v1.user, v1.event);
+        if v1.anonymised {
+            // Already truncated and masked, and both are idempotent: this only marks it and
+            // says so in `source_bits`.
+            e.anonymise();
+        }
+        e
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -103,22 +130,68 @@ fn security_involves(e: &SecurityEntry, subject: &Subject) -> bool {
     }
 }
 
+/// A security-log row's key: (time of its first event in µs, sequence number).
+pub type SecurityKey = (u64, u64);
+
+/// A security-log row, from whichever version stored it.
+fn decode_security(key: SecurityKey, bytes: &[u8]) -> Result<SecurityEntry, StorageError> {
+    Ok(match decode("security_log", || format!("{key:?}"), bytes)? {
+        StoredSecurityV::V1(v1) => v1.into(),
+        StoredSecurityV::V2(e) => e,
+    })
+}
+
+/// A security-log row in the current version.
+fn encode_security(e: &SecurityEntry) -> Result<Vec<u8>, StorageError> {
+    postcard::to_allocvec(&StoredSecurityV::V2(e.clone())).map_err(redb_err)
+}
+
 impl Storage {
     fn next_seq(&self) -> u64 {
         self.seq.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Stores security-log entries in one durable transaction.
+    /// Stores security-log entries in one durable transaction, one row each (the writer
+    /// aggregates first, see [`SecurityAggregator`]; this is for tests and benches).
     pub fn put_security_entries(&self, entries: &[SecurityEntry]) -> Result<(), StorageError> {
         let tx = self.db.begin_write().map_err(redb_err)?;
         {
             let mut table = tx.open_table(SECURITY_LOG).map_err(redb_err)?;
             for e in entries {
-                let value = postcard::to_allocvec(&StoredSecurityV::V1(e.clone())).map_err(redb_err)?;
-                table.insert((e.at.as_micros(), self.next_seq()), value.as_slice()).map_err(redb_err)?;
+                table.insert((e.at.as_micros(), self.next_seq()), encode_security(e)?.as_slice()).map_err(redb_err)?;
             }
         }
         tx.commit().map_err(redb_err)
+    }
+
+    /// Adds the aggregator's pending sums to their rows in one durable transaction: a row
+    /// that exists absorbs its sum ([`SecurityEntry::absorb`]: its count grows, an erasure's
+    /// mask stays), a missing one (new, or erased meanwhile) is written. Returns the rows made.
+    pub fn merge_security_rows(&self, rows: &[(SecurityKey, SecurityEntry)]) -> Result<u64, StorageError> {
+        let tx = self.db.begin_write().map_err(redb_err)?;
+        let mut created = 0;
+        {
+            let mut table = tx.open_table(SECURITY_LOG).map_err(redb_err)?;
+            for (key, sum) in rows {
+                let stored = match table.get(*key).map_err(redb_err)? {
+                    Some(v) => Some(decode_security(*key, v.value())?),
+                    None => None,
+                };
+                let merged = match stored {
+                    Some(mut row) => {
+                        row.absorb(sum);
+                        row
+                    }
+                    None => {
+                        created += 1;
+                        sum.clone()
+                    }
+                };
+                table.insert(*key, encode_security(&merged)?.as_slice()).map_err(redb_err)?;
+            }
+        }
+        tx.commit().map_err(redb_err)?;
+        Ok(created)
     }
 
     /// The security log, newest first, at most `limit` entries.
@@ -128,8 +201,7 @@ impl Storage {
         let mut out = Vec::new();
         for row in table.iter().map_err(redb_err)?.rev().take(limit) {
             let (k, v) = row.map_err(redb_err)?;
-            let StoredSecurityV::V1(e) = decode("security_log", || format!("{:?}", k.value()), v.value())?;
-            out.push(e);
+            out.push(decode_security(k.value(), v.value())?);
         }
         Ok(out)
     }
@@ -250,7 +322,7 @@ impl Storage {
         }
         for row in tx.open_table(SECURITY_LOG).map_err(redb_err)?.iter().map_err(redb_err)? {
             let (k, v) = row.map_err(redb_err)?;
-            let StoredSecurityV::V1(e) = decode("security_log", || format!("{:?}", k.value()), v.value())?;
+            let e = decode_security(k.value(), v.value())?;
             if security_involves(&e, subject) {
                 out.security_log.push(e);
             }
@@ -324,7 +396,7 @@ impl Storage {
             let mut changed = Vec::new();
             for row in log.iter().map_err(redb_err)? {
                 let (k, v) = row.map_err(redb_err)?;
-                let StoredSecurityV::V1(mut e) = decode("security_log", || format!("{:?}", k.value()), v.value())?;
+                let mut e = decode_security(k.value(), v.value())?;
                 if security_involves(&e, subject) {
                     // An address's own attempts go; a number named in someone else's attempt
                     // (the attacker's address stays as evidence) loses the number.
@@ -338,8 +410,7 @@ impl Storage {
             for (k, keep) in &changed {
                 match keep {
                     Some(e) => {
-                        let value = postcard::to_allocvec(&StoredSecurityV::V1(e.clone())).map_err(redb_err)?;
-                        log.insert(*k, value.as_slice()).map_err(redb_err)?;
+                        log.insert(*k, encode_security(e)?.as_slice()).map_err(redb_err)?;
                     }
                     None => drop(log.remove(*k).map_err(redb_err)?),
                 }
@@ -391,7 +462,7 @@ impl Storage {
                 let mut due = Vec::new();
                 for row in table.range((0, 0)..(cutoff, 0)).map_err(redb_err)? {
                     let (k, v) = row.map_err(redb_err)?;
-                    let StoredSecurityV::V1(e) = decode("security_log", || format!("{:?}", k.value()), v.value())?;
+                    let e = decode_security(k.value(), v.value())?;
                     if !e.anonymised {
                         due.push((k.value(), e));
                         if due.len() == limit {
@@ -401,8 +472,7 @@ impl Storage {
                 }
                 for (k, e) in &mut due {
                     e.anonymise();
-                    let value = postcard::to_allocvec(&StoredSecurityV::V1(e.clone())).map_err(redb_err)?;
-                    table.insert(*k, value.as_slice()).map_err(redb_err)?;
+                    table.insert(*k, encode_security(e)?.as_slice()).map_err(redb_err)?;
                 }
                 due.len()
             }
@@ -502,15 +572,130 @@ impl pbx_actors::privacy::actor::RetentionStore for Storage {
     }
 }
 
-/// Security-log entries the writer takes per second at most; beyond that they are counted
-/// and dropped, so a flood of bad REGISTERs cannot fill the disk (the registrar blocks the
-/// sources anyway, and the metrics count every failure).
-pub const SECURITY_ENTRIES_PER_S_MAX: usize = 200;
-/// Entries waiting for the writer at most.
-const SECURITY_QUEUE_MAX: usize = 1_024;
+/// Seconds of one security-log interval: within one, the events of one kind from one network
+/// are one entry with a count.
+pub const SECURITY_INTERVAL_S: u64 = 60;
+/// Networks (an IPv4 /24, an IPv6 /64: [`flood_network`]) with an entry of their own per event
+/// kind and interval; the events of that kind from further networks in that interval share one
+/// more entry, with source `::/0`. A small office's phones fail from a handful of networks.
+pub const SECURITY_NETWORKS_PER_INTERVAL_MAX: usize = 16;
+/// Rows one event kind adds to the security log per day at most, whatever the traffic: an entry
+/// per network and the overflow entry, per interval (17 × 1,440 = 24,480). Each node start may
+/// add one more interval's worth (its first interval starts afresh).
+pub const SECURITY_ROWS_PER_KIND_PER_DAY_MAX: u64 =
+    (SECURITY_NETWORKS_PER_INTERVAL_MAX as u64 + 1) * (86_400 / SECURITY_INTERVAL_S);
+/// Bytes of a claimed user name the log keeps (as many as a subject id has), cut at a
+/// character boundary: the name is the request's to choose, a row's size is not.
+pub const SECURITY_USER_BYTES_MAX: usize = SUBJECT_ID_MAX;
+/// Bytes of one stored row at most: the key (16) and the postcard value: version 1, time ≤ 10,
+/// address 17, bits 1, user 2 + [`SECURITY_USER_BYTES_MAX`], event ≤ 11, flag 1, count ≤ 5.
+pub const SECURITY_ROW_BYTES_MAX: usize = 16 + 1 + 10 + 17 + 1 + 2 + SECURITY_USER_BYTES_MAX + 11 + 1 + 5;
+/// How often the writer stores what it aggregated: one transaction per this period at most.
+pub const SECURITY_FLUSH_MS: u64 = 1_000;
+/// Events waiting for the writer at most; beyond, they are counted and dropped. The writer
+/// only adds each to a map, so it keeps up with any rate the SIP side produces.
+const SECURITY_QUEUE_MAX: usize = 16_384;
 
-/// The node's [`pbx_actors::privacy::SecurityLog`]: queues entries without blocking and
-/// stores them from a thread, one transaction a second at most.
+const _: () = assert!(SECURITY_FLUSH_MS < SECURITY_INTERVAL_S * 1_000);
+
+/// Which entry of an interval an event counts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Group {
+    /// Its own network's.
+    Network(std::net::IpAddr),
+    /// The interval's networks were all taken: the shared one.
+    Beyond,
+}
+
+/// One entry of an interval: its row and what it gained since the last flush.
+struct Bucket {
+    row: SecurityKey,
+    pending: Option<SecurityEntry>,
+}
+
+/// Folds security events into one entry per (interval, event kind, network), at most
+/// [`SECURITY_NETWORKS_PER_INTERVAL_MAX`] networks + 1 per kind and interval, so that a flood
+/// from one address, one /24 (IPv4) or one /64 (IPv6), or spoofed from everywhere, adds a
+/// bounded number of rows a day. Pure: time comes from the events, sequence numbers from the
+/// caller.
+///
+/// An event counts in the interval of its own time; one older than the interval before the
+/// newest seen (a clock stepped back) counts in that one, so no interval is ever re-opened
+/// and the bound holds whatever the clock does.
+#[derive(Default)]
+pub struct SecurityAggregator {
+    /// The newest interval seen (index: seconds / [`SECURITY_INTERVAL_S`]).
+    newest: u64,
+    buckets: BTreeMap<(u64, &'static str, Group), Bucket>,
+}
+
+impl SecurityAggregator {
+    /// Counts one event; `next_seq` gives a new row its sequence number.
+    pub fn absorb(&mut self, mut entry: SecurityEntry, next_seq: impl FnOnce() -> u64) {
+        if let Some(user) = &mut entry.user
+            && user.len() > SECURITY_USER_BYTES_MAX
+        {
+            let cut = (0..=SECURITY_USER_BYTES_MAX).rev().find(|&i| user.is_char_boundary(i)).unwrap_or(0);
+            user.truncate(cut);
+        }
+        entry.source = entry.source.to_canonical();
+        entry.source_bits = entry.source_bits.min(pbx_actors::privacy::address_bits(entry.source));
+        let interval = (entry.at.as_secs() / SECURITY_INTERVAL_S).max(self.newest.saturating_sub(1));
+        if interval > self.newest {
+            self.newest = interval;
+            self.forget_closed(false);
+        }
+        let kind = entry.event.name();
+        let mut group = Group::Network(flood_network(entry.source).0);
+        if !self.buckets.contains_key(&(interval, kind, group))
+            && self.networks(interval, kind) >= SECURITY_NETWORKS_PER_INTERVAL_MAX
+        {
+            group = Group::Beyond;
+            (entry.source, entry.source_bits) = (std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0);
+        }
+        let bucket = self
+            .buckets
+            .entry((interval, kind, group))
+            .or_insert_with(|| Bucket { row: (entry.at.as_micros(), next_seq()), pending: None });
+        match &mut bucket.pending {
+            Some(sum) => sum.absorb(&entry),
+            None => bucket.pending = Some(entry),
+        }
+    }
+
+    /// Networks with an entry of their own in `interval` for `kind`.
+    fn networks(&self, interval: u64, kind: &'static str) -> usize {
+        let first = Group::Network(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        self.buckets.range((interval, kind, first)..(interval, kind, Group::Beyond)).count()
+    }
+
+    /// What the entries gained since the last call, with their rows (for
+    /// [`Storage::merge_security_rows`]); forgets the intervals no event can count in any more.
+    pub fn take_pending(&mut self) -> Vec<(SecurityKey, SecurityEntry)> {
+        let pending = self.buckets.values_mut().filter_map(|b| b.pending.take().map(|e| (b.row, e))).collect();
+        self.forget_closed(true);
+        pending
+    }
+
+    /// Drops the entries of intervals no event counts in any more (those with unstored
+    /// counts only when `stored_or_not`).
+    fn forget_closed(&mut self, stored_or_not: bool) {
+        let oldest_open = self.newest.saturating_sub(1);
+        self.buckets.retain(|(interval, _, _), b| *interval >= oldest_open || (b.pending.is_some() && !stored_or_not));
+    }
+
+    /// Entries held (for the bound on the writer's memory).
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
+/// The node's [`pbx_actors::privacy::SecurityLog`]: queues events without blocking; a thread
+/// aggregates them ([`SecurityAggregator`]) and stores the sums once a second at most.
 pub struct SecurityWriter {
     queue: Option<SyncSender<SecurityEntry>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -535,6 +720,7 @@ impl pbx_actors::privacy::SecurityLog for SecurityWriter {
 }
 
 impl Drop for SecurityWriter {
+    /// Stores what is pending, then returns.
     fn drop(&mut self) {
         drop(self.queue.take());
         if let Some(thread) = self.thread.take() {
@@ -544,20 +730,39 @@ impl Drop for SecurityWriter {
 }
 
 fn write_security(rx: &Receiver<SecurityEntry>, storage: &Storage) {
-    while let Ok(first) = rx.recv() {
-        let started = std::time::Instant::now();
-        let batch: Vec<SecurityEntry> = std::iter::once(first).chain(rx.try_iter()).collect();
-        let (keep, drop) = batch.split_at(batch.len().min(SECURITY_ENTRIES_PER_S_MAX));
-        if !drop.is_empty() {
-            metrics::counter!("pbx_security_log_dropped_total").increment(drop.len() as u64);
+    use std::sync::mpsc::RecvTimeoutError;
+    use std::time::{Duration, Instant};
+    let mut aggregator = SecurityAggregator::default();
+    // When the oldest unstored event must be stored.
+    let mut due: Option<Instant> = None;
+    loop {
+        let received = match due {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+        };
+        let closed = match received {
+            Ok(entry) => {
+                metrics::counter!("pbx_security_log_entries_total").increment(1);
+                aggregator.absorb(entry, || storage.next_seq());
+                let at = *due.get_or_insert_with(|| Instant::now() + Duration::from_millis(SECURITY_FLUSH_MS));
+                if Instant::now() < at {
+                    continue;
+                }
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        let rows = aggregator.take_pending();
+        due = None;
+        if !rows.is_empty() {
+            match storage.merge_security_rows(&rows) {
+                Ok(created) => metrics::counter!("pbx_security_log_rows_created_total").increment(created),
+                Err(error) => tracing::error!(%error, rows = rows.len(), "could not store security-log entries"),
+            }
         }
-        match storage.put_security_entries(keep) {
-            Ok(()) => metrics::counter!("pbx_security_log_entries_total").increment(keep.len() as u64),
-            Err(error) => tracing::error!(%error, entries = keep.len(), "could not store security-log entries"),
-        }
-        // At most one transaction a second: the rate bound above is per second.
-        if let Some(rest) = std::time::Duration::from_secs(1).checked_sub(started.elapsed()) {
-            std::thread::sleep(rest);
+        if closed {
+            return;
         }
     }
 }
@@ -596,13 +801,12 @@ mod tests {
     }
 
     fn entry(at_s: u64, source: &str, user: Option<&str>) -> SecurityEntry {
-        SecurityEntry {
-            at: Timestamp::from_secs(at_s),
-            source: source.parse().unwrap(),
-            user: user.map(str::to_string),
-            event: SecurityEvent::AuthFailed,
-            anonymised: false,
-        }
+        SecurityEntry::new(
+            Timestamp::from_secs(at_s),
+            source.parse().unwrap(),
+            user.map(str::to_string),
+            SecurityEvent::AuthFailed,
+        )
     }
 
     fn binding(aor: &str, contact: &str, source: &str, expires_s: u64) -> Binding {
@@ -768,5 +972,159 @@ mod tests {
         assert_eq!(s.all_flags().unwrap().get("0301"), Some(&f));
         s.update_flags("0301", |f| f.objected_since = None, &audit_at(2)).unwrap();
         assert!(s.all_flags().unwrap().is_empty());
+    }
+
+    /// A tiny deterministic generator for the flood tests (xorshift64).
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    /// A day of flood: 1,000,000 events of two kinds, half from one /24 and half spoofed from
+    /// all over IPv4 and IPv6 with 64-byte user names, leave at most
+    /// `SECURITY_ROWS_PER_KIND_PER_DAY_MAX` rows per kind (here exactly that: every interval
+    /// saturates), each at most `SECURITY_ROW_BYTES_MAX` bytes, and every event is counted.
+    #[test]
+    fn a_day_of_flood_stays_within_the_bound() {
+        const EVENTS: u64 = 1_000_000;
+        const DAY_US: u64 = 86_400 * 1_000_000;
+        let (dir, s) = open();
+        let mut aggregator = SecurityAggregator::default();
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut interval = 0;
+        for i in 0..EVENTS {
+            let at = Timestamp(DAY * 1_000_000 + i * DAY_US / EVENTS);
+            if at.as_secs() / SECURITY_INTERVAL_S != interval {
+                s.merge_security_rows(&aggregator.take_pending()).unwrap();
+                interval = at.as_secs() / SECURITY_INTERVAL_S;
+            }
+            let r = next(&mut rng);
+            let source: std::net::IpAddr = match r % 4 {
+                0 | 1 => format!("203.0.113.{}", r >> 56).parse().unwrap(),
+                2 => std::net::Ipv4Addr::from_bits((r >> 32) as u32).into(),
+                _ => std::net::Ipv6Addr::from_bits(u128::from(r) << 64 | u128::from(next(&mut rng))).into(),
+            };
+            let user = format!("{:x}-{}", r, "é".repeat(40));
+            let event = if i % 2 == 0 {
+                SecurityEvent::AuthFailed
+            } else {
+                SecurityEvent::Blocked { until: Timestamp(u64::MAX) }
+            };
+            aggregator.absorb(SecurityEntry::new(at, source, Some(user), event), || s.next_seq());
+            assert!(aggregator.len() <= 4 * (SECURITY_NETWORKS_PER_INTERVAL_MAX + 1), "two intervals of two kinds");
+        }
+        s.merge_security_rows(&aggregator.take_pending()).unwrap();
+
+        let rows = s.security_log(usize::MAX).unwrap();
+        let bound = 2 * SECURITY_ROWS_PER_KIND_PER_DAY_MAX as usize;
+        assert_eq!(rows.len(), bound, "every interval saturates, none goes beyond");
+        assert_eq!(rows.iter().map(|e| u64::from(e.count)).sum::<u64>(), EVENTS, "every event counted");
+        let flood = rows.iter().filter(|e| e.source.to_string() == "203.0.113.0" && e.source_bits == 24);
+        assert_eq!(flood.count(), 2 * 1_440, "the /24 is one entry per kind and interval");
+        assert_eq!(rows.iter().filter(|e| e.source_bits == 0).count(), 2 * 1_440, "one overflow entry each");
+        assert!(rows.iter().all(|e| e.user.as_ref().is_some_and(|u| u.len() <= SECURITY_USER_BYTES_MAX)));
+        let tx = s.db.begin_read().unwrap();
+        let table = tx.open_table(SECURITY_LOG).unwrap();
+        let mut bytes = 0;
+        for row in table.iter().unwrap() {
+            let (_, v) = row.unwrap();
+            assert!(16 + v.value().len() <= SECURITY_ROW_BYTES_MAX, "{} bytes", v.value().len());
+            bytes += 16 + v.value().len();
+        }
+        let file = std::fs::metadata(dir.path().join(crate::storage::DB_FILE)).unwrap().len();
+        eprintln!("a day at the bound: {} rows, {bytes} bytes of keys and values, pbx.redb {file} bytes", rows.len());
+    }
+
+    /// A flood from one address within an interval is one row with its count and the exact
+    /// address; from several addresses of one /24 one row naming the /24; another interval
+    /// starts another row; an event older than the interval before the newest counts there.
+    #[test]
+    fn floods_from_one_source_or_network_are_one_row_per_interval() {
+        let (_dir, s) = open();
+        let mut aggregator = SecurityAggregator::default();
+        let at = |secs: u64| Timestamp::from_secs(600 + secs);
+        for i in 0..10_000u64 {
+            aggregator.absorb(entry(600 + i % 60, "198.51.100.7", Some("100")), || s.next_seq());
+            aggregator.absorb(entry(600 + i % 60, &format!("192.0.2.{}", i % 200), Some("101")), || s.next_seq());
+        }
+        aggregator.absorb(entry(660, "198.51.100.7", Some("100")), || s.next_seq());
+        let no_user = SecurityEntry::new(at(0), "198.51.100.7".parse().unwrap(), None, SecurityEvent::AuthFailed);
+        aggregator.absorb(no_user, || s.next_seq());
+        assert_eq!(s.merge_security_rows(&aggregator.take_pending()).unwrap(), 3);
+        aggregator.absorb(entry(0, "198.51.100.7", Some("100")), || s.next_seq());
+        assert_eq!(s.merge_security_rows(&aggregator.take_pending()).unwrap(), 0, "counted in the interval at 600 s");
+        let view: Vec<_> = s
+            .security_log(10)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.at.as_secs(), e.source.to_string(), e.source_bits, e.user, e.count))
+            .collect();
+        assert_eq!(
+            view,
+            [
+                (660, "198.51.100.7".into(), 32, Some("100".into()), 1),
+                (600, "192.0.2.0".into(), 24, Some("101".into()), 10_000),
+                (600, "198.51.100.7".into(), 32, Some("100".into()), 10_002),
+            ]
+        );
+    }
+
+    /// Rows stored before aggregation (version 1) read as single events; an anonymised one
+    /// says its source is a /24.
+    #[test]
+    fn version_1_rows_still_read() {
+        let (_dir, s) = open();
+        let v1 = |source: &str, anonymised| SecurityEntryV1 {
+            at: Timestamp::from_secs(5),
+            source: source.parse().unwrap(),
+            user: Some("1xxx".into()),
+            event: SecurityEvent::AuthFailed,
+            anonymised,
+        };
+        let tx = s.db.begin_write().unwrap();
+        {
+            let mut table = tx.open_table(SECURITY_LOG).unwrap();
+            for (seq, row) in [(1, v1("192.0.2.9", false)), (2, v1("192.0.2.0", true))] {
+                let bytes = postcard::to_allocvec(&StoredSecurityV::V1(row)).unwrap();
+                table.insert((5_000_000, seq), bytes.as_slice()).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        let view: Vec<_> = s
+            .security_log(10)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.source.to_string(), e.source_bits, e.count, e.anonymised))
+            .collect();
+        assert_eq!(view, [("192.0.2.0".to_string(), 24, 1, true), ("192.0.2.9".into(), 32, 1, false)]);
+    }
+
+    /// The writer thread: a burst of events from one address is one row with their count,
+    /// and events a flush later add to the same row (not a new one); an erasure's mask on
+    /// the row survives the later additions.
+    #[test]
+    fn the_writer_adds_to_the_open_row() {
+        use pbx_actors::privacy::SecurityLog;
+        let (_dir, s) = open();
+        let s = Arc::new(s);
+        let at = 1_000 * SECURITY_INTERVAL_S;
+        let writer = SecurityWriter::start(s.clone()).unwrap();
+        for _ in 0..1_000 {
+            writer.record(entry(at, "198.51.100.7", Some("100")));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while s.security_log(10).unwrap().first().map(|e| e.count) != Some(1_000) {
+            assert!(std::time::Instant::now() < deadline, "{:?}", s.security_log(10));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        s.erase(&Subject::Number("100".into()), |_| audit_at(at)).unwrap();
+        for _ in 0..500 {
+            writer.record(entry(at + 1, "198.51.100.7", Some("100")));
+        }
+        drop(writer);
+        let view: Vec<_> = s.security_log(10).unwrap().into_iter().map(|e| (e.count, e.user)).collect();
+        assert_eq!(view, [(1_500, Some(ERASED.to_string()))]);
     }
 }

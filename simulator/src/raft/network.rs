@@ -1,6 +1,6 @@
 //! The network between the simulated nodes: each RPC is encoded as the product's links encode
 //! it (postcard [`Rpc`]), waits a seeded delay, and is handed to the target's Raft through the
-//! product's [`net::dispatch`]; the reply comes back the same way. A call to a node that is
+//! product's [`net::dispatch`] (which checks it against the sender as the links do); the reply comes back the same way. A call to a node that is
 //! down or cut off fails as unreachable; a request or reply caught by a partition (or lost at
 //! random) fails as a network error, as a QUIC stream would.
 
@@ -47,14 +47,21 @@ impl Fail {
 /// One call from node `from` to node `to` over the simulated network, its reply within `ttl`.
 pub async fn call(shared: &Shared, from: usize, to: usize, rpc: &Rpc<SimConfig>, ttl: Duration) -> Result<Reply, Fail> {
     let request = postcard::to_allocvec(rpc).map_err(|e| Fail::Lost(format!("unencodable request: {e}")))?;
-    let there = lock(shared).depart(from, to)?;
+    let (there, peer) = {
+        let mut world = lock(shared);
+        (world.depart(from, to)?, (world.nodes[from].id, world.names[from].clone()))
+    };
     let exchange = async {
         tokio::time::sleep(there).await;
         let (target, back) = lock(shared).arrive(from, to)?;
         let rpc = postcard::from_bytes::<Rpc<SimConfig>>(&request)
             .map_err(|e| Fail::Lost(format!("undecodable request: {e}")))?;
-        let reply = postcard::to_allocvec(&net::dispatch(&target, rpc).await)
-            .map_err(|e| Fail::Lost(format!("unencodable reply: {e}")))?;
+        // As the links do: checked against the sender, a refused RPC gets no reply.
+        let reply = match net::dispatch(&target, peer.0, &peer.1, rpc).await {
+            Ok(reply) => reply,
+            Err(refused) => refused.reply().ok_or_else(|| Fail::Lost(refused.to_string()))?,
+        };
+        let reply = postcard::to_allocvec(&reply).map_err(|e| Fail::Lost(format!("unencodable reply: {e}")))?;
         tokio::time::sleep(back).await;
         lock(shared).arrive_back(from, to)?;
         postcard::from_bytes::<Reply>(&reply).map_err(|e| Fail::Lost(format!("undecodable reply: {e}")))

@@ -2,12 +2,11 @@
 //! (its election timeouts) drawn from the run's seed instead of the OS.
 
 use openraft::{AsyncRuntime, OptionalSend, TokioInstant, TokioRuntime};
-use pbx_cluster::raft::{Member, NodeId, Request, Response};
+use pbx_cluster::raft::{Member, NodeId, Request, Response, SnapshotBuffer};
 use rand08::SeedableRng;
 use rand08::rngs::StdRng;
 use std::cell::RefCell;
 use std::future::Future;
-use std::io::Cursor;
 use std::time::Duration;
 
 openraft::declare_raft_types!(
@@ -17,7 +16,7 @@ openraft::declare_raft_types!(
         R = Response,
         NodeId = NodeId,
         Node = Member,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = SnapshotBuffer,
         AsyncRuntime = SeededRuntime,
 );
 

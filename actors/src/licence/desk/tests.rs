@@ -95,7 +95,7 @@ fn unknown_and_malformed_serials_are_refused_and_logged() {
     assert_eq!(log.len(), 9);
     assert_eq!(log[0].outcome, "unknown serial");
     assert_eq!(log[3].serial, "a?b");
-    assert_eq!(log[7].code.as_deref(), Some("V-404"));
+    assert_eq!(log[7].code_hash, Some(desk.code_hash("V-404")));
     assert!(log.iter().all(|e| e.ip == ip() && !e.anonymised));
     assert!(log.iter().zip(0..).all(|(e, id)| e.id == id));
     // A failed redeem burns nothing.
@@ -262,4 +262,148 @@ fn admin_changes_are_validated() {
     pre.redeemed = Some(Redemption { serial: "PBX-1".into(), release_code: "x".into(), at: T0 });
     assert!(matches!(desk.put_voucher(pre), Err(DeskError::Invalid(_))));
     assert!(drain(&mut desk).is_empty());
+}
+
+fn limited(by: LimitedBy, retry_after_s: u64, first: bool) -> Result<String, DeskError> {
+    Err(DeskError::RateLimited { by, retry_after_s, first })
+}
+
+fn source(i: u32) -> IpAddr {
+    IpAddr::from(std::net::Ipv4Addr::from(0xc633_6400 + i)) // 198.51.100.0 + i
+}
+
+/// One source guessing codes: ten failures, then refused for a minute (even with the right
+/// code), then one more try; another source with the right code is not held up.
+#[test]
+fn failures_from_one_source_are_limited() {
+    let mut desk = desk();
+    for i in 0..10 {
+        assert_eq!(desk.redeem(at(0), ip(), "PBX-1", &format!("G-{i}")), Err(DeskError::UnknownVoucher));
+    }
+    assert_eq!(desk.redeem(at(0), ip(), "PBX-1", "G-10"), limited(LimitedBy::Source, 60, true));
+    assert_eq!(desk.redeem(at(1), ip(), "PBX-1", "V-1"), limited(LimitedBy::Source, 59, false));
+    assert!(desk.state().vouchers["V-1"].redeemed.is_none(), "a limited redeem looked at the code");
+    // Another source: its own bucket, and the serial has room for 20.
+    desk.redeem(at(2), source(1), "PBX-1", "V-2").unwrap();
+    // A minute later one more failure fits, and no more.
+    assert_eq!(desk.redeem(at(60), ip(), "PBX-1", "G-11"), Err(DeskError::UnknownVoucher));
+    assert_eq!(desk.redeem(at(60), ip(), "PBX-1", "V-1"), limited(LimitedBy::Source, 60, true));
+    // Once it has waited, the right code redeems.
+    desk.redeem(at(120), ip(), "PBX-1", "V-1").unwrap();
+    let stats = desk.redeem_stats();
+    assert_eq!((stats.limited_by_source, stats.limited_by_serial), (3, 0));
+}
+
+/// A campaign against one serial spread over many sources (one guess each) meets the serial's
+/// limit; other serials are not held up, and the serial recovers at the refill rate.
+#[test]
+fn a_campaign_over_many_sources_meets_the_serial_limit() {
+    let mut desk = desk();
+    desk.put_serial("PBX-2", grant()).unwrap();
+    for i in 0..20 {
+        assert_eq!(desk.redeem(at(0), source(i), "PBX-1", &format!("G-{i}")), Err(DeskError::UnknownVoucher));
+    }
+    assert_eq!(desk.redeem(at(0), source(100), "PBX-1", "G-x"), limited(LimitedBy::Serial, 300, true));
+    assert_eq!(desk.redeem(at(10), source(101), "PBX-1", "V-1"), limited(LimitedBy::Serial, 290, false));
+    desk.redeem(at(10), source(102), "PBX-2", "V-1").unwrap();
+    // Five minutes on, one more guess fits.
+    assert_eq!(desk.redeem(at(300), source(103), "PBX-1", "G-y"), Err(DeskError::UnknownVoucher));
+    assert_eq!(desk.redeem(at(300), source(104), "PBX-1", "V-2"), limited(LimitedBy::Serial, 300, true));
+    let stats = desk.redeem_stats();
+    assert_eq!((stats.limited_by_source, stats.limited_by_serial), (0, 3));
+    assert_eq!(stats.serials_tracked, 1);
+}
+
+/// Refused redeems cost no durable write and no log entry; successes charge nothing; unknown
+/// serials charge only the source (the serial table holds real serials only).
+#[test]
+fn what_limits_charge_and_persist() {
+    let mut desk = desk();
+    desk.put_voucher(voucher("V-3", Feature::Push, 1)).unwrap();
+    drain(&mut desk);
+    for code in ["V-1", "V-2", "V-3"] {
+        desk.redeem(at(0), ip(), "PBX-1", code).unwrap();
+    }
+    assert_eq!(desk.redeem_stats().sources_tracked, 0, "successes were charged");
+    for i in 0..10 {
+        assert_eq!(desk.redeem(at(0), ip(), &format!("PBX-{i}0"), "G-1"), Err(DeskError::UnknownSerial));
+    }
+    let stats = desk.redeem_stats();
+    assert_eq!((stats.sources_tracked, stats.serials_tracked), (1, 0));
+    drain(&mut desk);
+    let logged = desk.state().log.len();
+    for _ in 0..100 {
+        assert!(matches!(desk.redeem(at(1), ip(), "PBX-1", "G-2"), Err(DeskError::RateLimited { .. })));
+    }
+    assert!(drain(&mut desk).is_empty(), "a refused redeem was persisted");
+    assert_eq!(desk.state().log.len(), logged);
+    // Checks and unlocks are not limited.
+    desk.check(at(1), ip(), "PBX-1").unwrap();
+    desk.unlocks(at(1), ip(), "PBX-1").unwrap();
+}
+
+/// Addresses of one IPv6 /64 share a bucket; the next /64 has its own.
+#[test]
+fn ipv6_sources_are_limited_per_slash_64() {
+    let mut desk = desk().with_redeem_limits(RedeemLimits { source_burst: 2, ..RedeemLimits::default() });
+    let v6 = |host: u16| IpAddr::from(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, host));
+    desk.redeem(at(0), v6(1), "PBX-1", "G-1").unwrap_err();
+    desk.redeem(at(0), v6(2), "PBX-1", "G-2").unwrap_err();
+    assert_eq!(desk.redeem(at(0), v6(3), "PBX-1", "V-1"), limited(LimitedBy::Source, 60, true));
+    let next: IpAddr = "2001:db8:0:2::1".parse().unwrap();
+    desk.redeem(at(0), next, "PBX-1", "V-1").unwrap();
+}
+
+/// The request log holds a keyed hash of each code, never the code: the same under the same
+/// key (so the vendor can match it), different under another key.
+#[test]
+fn codes_are_never_logged() {
+    let mut desk = desk();
+    desk.redeem(at(0), ip(), "PBX-1", "V-1").unwrap();
+    desk.redeem(at(0), ip(), "PBX-9", "V-2").unwrap_err();
+    desk.redeem(at(0), ip(), "PBX-1", "bad/code").unwrap_err();
+    let log = &desk.state().log;
+    let hashes: Vec<&str> = log.iter().filter_map(|e| e.code_hash.as_deref()).collect();
+    assert_eq!(hashes.len(), 3);
+    assert!(hashes.iter().all(|h| h.len() == 17 && h.starts_with('#')), "{hashes:?}");
+    assert_eq!(hashes[0], desk.code_hash("V-1"));
+    assert_eq!(hashes[1], desk.code_hash("V-2"));
+    let text = format!("{:?}", desk.state().log);
+    assert!(!text.contains("V-1") && !text.contains("V-2") && !text.contains("bad/code"), "{text}");
+    assert_eq!(Desk::new(key(), DeskState::default()).code_hash("V-1"), hashes[0]);
+    assert_ne!(Desk::new(SigningKey::from_seed(&[4; 32]), DeskState::default()).code_hash("V-1"), hashes[0]);
+}
+
+/// A log stored before codes were hashed has them hashed when loaded, persisted as PutLog.
+#[test]
+fn codes_logged_before_hashing_are_hashed_at_load() {
+    let mut desk = desk();
+    desk.redeem(at(0), ip(), "PBX-1", "V-1").unwrap();
+    desk.check(at(0), ip(), "PBX-1").unwrap();
+    let mut state = desk.state().clone();
+    state.log[0].code_hash = Some("V-1".into());
+    let mut loaded = Desk::new(key(), state);
+    let commands = drain(&mut loaded);
+    assert!(matches!(&commands[..], [DeskCommand::PutLog(e)] if e.id == 0), "{commands:?}");
+    assert_eq!(loaded.state().log[0].code_hash, Some(loaded.code_hash("V-1")));
+    assert_eq!(loaded.state(), desk.state());
+    // Loading again changes nothing.
+    assert!(drain(&mut Desk::new(key(), loaded.state().clone())).is_empty());
+}
+
+/// A desk reloaded from storage (after a failed write) holds what was stored, and still
+/// limits the source and serial that were failing.
+#[test]
+fn a_reload_keeps_the_limits() {
+    let mut desk = desk().with_redeem_limits(RedeemLimits { source_burst: 2, ..RedeemLimits::default() });
+    desk.redeem(at(0), ip(), "PBX-1", "G-1").unwrap_err();
+    desk.redeem(at(0), ip(), "PBX-1", "G-2").unwrap_err();
+    // The write of the second failure's log entry failed: storage holds the rest.
+    let mut stored = desk.state().clone();
+    stored.log.pop_back();
+    drain(&mut desk);
+    desk.reload(key(), stored.clone());
+    assert_eq!(desk.state(), &stored);
+    assert_eq!(desk.redeem(at(0), ip(), "PBX-1", "V-1"), limited(LimitedBy::Source, 60, true));
+    assert_eq!(desk.redeem_stats().limited_by_source, 1);
 }
