@@ -1146,10 +1146,8 @@ impl Sim {
         let payload = rtp_payload(bytes);
         let office = payload.is_some_and(|p| !p.is_empty() && OFFICE_SILENCE.iter().any(|s| p.iter().all(|b| b == s)));
         self.checker.media_at_phone(self.now, office, || {
-            format!(
-                "phone {extension} got RTP from {from} whose payload is no office phone's ({:02x?}…)",
-                payload.unwrap_or_default().iter().take(4).collect::<Vec<_>>()
-            )
+            let start = String::from_utf8_lossy(&bytes[..bytes.len().min(48)]).into_owned();
+            format!("phone {extension} got at {to}, from {from}, no office phone's RTP: {start:?}…")
         });
     }
 
@@ -1267,7 +1265,13 @@ impl Sim {
             self.after_attacker();
             return;
         }
-        if let Some(phone) = self.phone_media(to) {
+        // What pbx relays from its media ports (a challenge it sends to a spoofed source that
+        // happens to be a phone's RTP address is no media).
+        let sip = self.nodes[0].config.sip;
+        if from.ip() == sip.ip()
+            && from.port() != sip.port()
+            && let Some(phone) = self.phone_media(to)
+        {
             self.check_phone_media(phone, from, to, &bytes);
         }
         if let Some(&phone) = self.phone_at.get(&to) {
