@@ -451,10 +451,7 @@ impl Checker {
             format!("{leased} port pairs leased, calls hold {held}")
         });
         let (count, oldest) = node.transactions();
-        let bound = TRANSACTIONS_PER_PHONE_MAX * self.phones.len() + TRANSACTIONS_SLACK;
-        self.check(now, "strangers cost no state", count <= bound, || {
-            format!("{count} transactions in the endpoint, more than the office's {bound}")
-        });
+        self.check_state(now, count);
         if let Some(oldest) = oldest {
             let age = node_now - oldest;
             self.check(now, "no transaction outlives its timers", age <= bounds.transaction, || {
@@ -466,6 +463,15 @@ impl Checker {
                 format!("{} → {} expired at {} but is still bound", binding.aor, binding.contact, binding.expires_at)
             });
         }
+    }
+
+    /// The endpoint holds `transactions`: no more than the office's phones can make (what
+    /// strangers send is answered without keeping any).
+    pub fn check_state(&mut self, now: Timestamp, transactions: usize) {
+        let bound = TRANSACTIONS_PER_PHONE_MAX * self.phones.len() + TRANSACTIONS_SLACK;
+        self.check(now, "strangers cost no state", transactions <= bound, || {
+            format!("{transactions} transactions in the endpoint, more than the office's {bound}")
+        });
     }
 
     /// Periodic, node-independent checks: expected hang-ups that are overdue.
@@ -924,5 +930,118 @@ mod tests {
         audit(&mut disk, restart);
         c.check_retention(T0, restart + REAPER_RUN_BOUND, Some(restart), &disk);
         assert!(!violated(&mut c, invariant));
+    }
+
+    // ---- The attacker's checkers can fail ----
+
+    fn office() -> Checker {
+        let bounds = Bounds::new(Duration::from_secs(30), Duration::from_secs(60), Duration::from_secs(600), 3600);
+        Checker::new(T0, bounds, &["1000".to_owned(), "1001".to_owned()], None)
+    }
+
+    fn answered(call_id: &str, hangup: HangupSide) -> Cdr {
+        Cdr {
+            id: 1,
+            call_id: call_id.into(),
+            caller: "1000".into(),
+            callee: "1001".into(),
+            start: T0,
+            answer: Some(T0 + SECOND),
+            end: T0 + 60 * SECOND,
+            disposition: Disposition::Answered,
+            hangup: Some(hangup),
+            codec_caller: None,
+            codec_callee: None,
+            media: Default::default(),
+        }
+    }
+
+    /// 1000 calls 1001 (Call-ID "a"; pbx's toward 1001 is "b") and both are in the call.
+    fn call_up(c: &mut Checker) {
+        c.phone_event(T0, 0, &PhoneEvent::Dialing { call_id: "a".into(), callee: "1001".into() });
+        let t = T0 + SECOND;
+        c.phone_event(t, 1, &PhoneEvent::Established { call_id: "b".into(), peer: "1000".into(), caller: false });
+        c.phone_event(t, 0, &PhoneEvent::Established { call_id: "a".into(), peer: "1001".into(), caller: true });
+    }
+
+    fn said(c: &mut Checker, phone: usize, call_id: &str, word: Word) {
+        let peer = if phone == 0 { "1001" } else { "1000" };
+        c.phone_event(T0 + 2 * SECOND, phone, &PhoneEvent::Said { call_id: call_id.into(), peer: peer.into(), word });
+    }
+
+    /// pbx's CDR says who hung up; unless that party said BYE (or, the caller, CANCEL), a
+    /// stranger did it.
+    #[test]
+    fn a_hang_up_its_party_never_said_is_a_strangers() {
+        let invariant = "no stranger ends a call";
+        for side in [HangupSide::Caller, HangupSide::Callee] {
+            let mut c = office();
+            call_up(&mut c);
+            c.cdr_committed(T0 + HOUR, &answered("a", side));
+            assert!(violated(&mut c, invariant), "{side:?}");
+            // The other party's BYE does not explain it.
+            let (other, other_call) = if side == HangupSide::Caller { (1, "b") } else { (0, "a") };
+            said(&mut c, other, other_call, Word::Bye);
+            c.cdr_committed(T0 + HOUR, &answered("a", side));
+            assert!(violated(&mut c, invariant), "{side:?}");
+            let (phone, call_id) = if side == HangupSide::Caller { (0, "a") } else { (1, "b") };
+            said(&mut c, phone, call_id, Word::Bye);
+            c.cdr_committed(T0 + HOUR, &answered("a", side));
+            assert!(!violated(&mut c, invariant), "{side:?}");
+        }
+        let mut c = office();
+        call_up(&mut c);
+        c.cdr_committed(T0 + HOUR, &answered("a", HangupSide::Pbx));
+        assert!(!violated(&mut c, invariant), "pbx's own hang-ups are not judged here");
+    }
+
+    /// A caller answered while its callee never sent a 2xx, or refused with a code its callee
+    /// never sent, was answered or refused by a stranger.
+    #[test]
+    fn an_answer_or_refusal_the_callee_never_gave_is_a_strangers() {
+        let mut c = office();
+        c.phone_event(T0, 0, &PhoneEvent::Dialing { call_id: "a".into(), callee: "1001".into() });
+        c.phone_event(
+            T0 + SECOND,
+            0,
+            &PhoneEvent::Established { call_id: "a".into(), peer: "1001".into(), caller: true },
+        );
+        assert!(violated(&mut c, "a call is answered only by its callee"));
+        let mut c = office();
+        call_up(&mut c);
+        assert!(c.violations.is_empty(), "{:?}", c.violations);
+
+        let mut c = office();
+        c.phone_event(T0, 0, &PhoneEvent::Dialing { call_id: "a".into(), callee: "1001".into() });
+        said(&mut c, 1, "b", Word::Reject(603));
+        c.phone_event(T0 + 3 * SECOND, 0, &PhoneEvent::CallFailed { call_id: "a".into(), code: 486 });
+        assert!(violated(&mut c, "a call is refused only by its callee"), "it said 603, not 486");
+        c.phone_event(T0 + 3 * SECOND, 0, &PhoneEvent::CallFailed { call_id: "a".into(), code: 603 });
+        assert!(!violated(&mut c, "a call is refused only by its callee"));
+    }
+
+    /// A phone's REGISTER refused 403 is a phone locked out (it knows its password); 401 after
+    /// a crash lost the nonce, or 408 in a partition, are not.
+    #[test]
+    fn a_phone_refused_403_is_locked_out() {
+        let mut c = office();
+        for code in [401, 408] {
+            c.phone_event(T0, 1, &PhoneEvent::RegisterFailed { code });
+        }
+        assert!(!violated(&mut c, "no phone is locked out by strangers"));
+        c.phone_event(T0, 1, &PhoneEvent::RegisterFailed { code: 403 });
+        assert!(violated(&mut c, "no phone is locked out by strangers"));
+    }
+
+    /// The endpoint may hold what the office's phones make; beyond that it keeps strangers'
+    /// state.
+    #[test]
+    fn transactions_beyond_the_office_bound_are_strangers_state() {
+        let mut c = office();
+        let bound = 2 * TRANSACTIONS_PER_PHONE_MAX + TRANSACTIONS_SLACK;
+        c.check_state(T0, bound);
+        assert!(!violated(&mut c, "strangers cost no state"));
+        c.check_state(T0, bound + 1);
+        assert!(violated(&mut c, "strangers cost no state"));
     }
 }

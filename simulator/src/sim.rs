@@ -1146,8 +1146,8 @@ impl Sim {
         let payload = rtp_payload(bytes);
         let office = payload.is_some_and(|p| !p.is_empty() && OFFICE_SILENCE.iter().any(|s| p.iter().all(|b| b == s)));
         self.checker.media_at_phone(self.now, office, || {
-            let start = String::from_utf8_lossy(&bytes[..bytes.len().min(48)]).into_owned();
-            format!("phone {extension} got at {to}, from {from}, no office phone's RTP: {start:?}…")
+            let start: Vec<&u8> = bytes.iter().take(16).collect();
+            format!("phone {extension} got at {to}, from {from}, RTP that no office phone sent: {start:02x?}…")
         });
     }
 
