@@ -120,7 +120,7 @@ impl Replica {
     pub async fn start(
         config: ReplicaConfig,
         endpoint: Option<quinn::Endpoint>,
-        db: Arc<redb::Database>,
+        db: Arc<crate::redb_file::RedbFile>,
         applier: Arc<dyn Applier>,
     ) -> Result<Replica, String> {
         let members = membership(&config.members)?;
