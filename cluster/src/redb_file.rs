@@ -16,8 +16,7 @@
 //! ones wait for the rewrite. No write is lost; writes are delayed by the copy's length.
 
 use redb::{
-    Database, Key, ReadTransaction, ReadableDatabase, TableDefinition, TableError, TableHandle, Value,
-    WriteTransaction,
+    Database, Key, ReadTransaction, ReadableDatabase, TableDefinition, TableError, TableHandle, Value, WriteTransaction,
 };
 use std::path::{Path, PathBuf};
 use std::sync::{PoisonError, RwLock};
@@ -269,7 +268,10 @@ mod tests {
             drop(db);
             residue.push(occurrences(&path, secret.as_bytes()));
         }
-        assert!(residue.iter().any(|&n| n > 0), "redb's compact now clears freed pages ({residue:?}): see the module doc");
+        assert!(
+            residue.iter().any(|&n| n > 0),
+            "redb's compact now clears freed pages ({residue:?}): see the module doc"
+        );
     }
 
     /// After a rewrite none of the deleted bytes are in the file; every table and live row is

@@ -356,6 +356,8 @@ pub struct Config {
     pub extensions: Vec<ExtensionDecl>,
     /// `None`: a single appliance, no cluster.
     pub cluster: Option<ClusterConfig>,
+    /// The file it was read from (`--config`), to name it in messages about its entries.
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -548,6 +550,7 @@ impl Config {
             privacy,
             extensions: file.extensions,
             cluster,
+            file: flags.config.clone(),
         })
     }
 }

@@ -11,12 +11,12 @@
 //! of their format would need a new table, like any format change of ours.
 
 use super::{Applier, Member, NodeId, PbxConfig, Request, Response, empty_membership};
+use crate::redb_file::{RedbFile, Rewritten, check_all_copied, copy_table};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership, Vote,
 };
-use crate::redb_file::{RedbFile, Rewritten, check_all_copied, copy_table};
 use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
