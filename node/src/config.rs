@@ -379,6 +379,8 @@ pub struct Config {
     pub extensions: Vec<ExtensionDecl>,
     /// `None`: a single appliance, no cluster.
     pub cluster: Option<ClusterConfig>,
+    /// The file it was read from (`--config`), to name it in messages about its entries.
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -600,6 +602,7 @@ impl Config {
             privacy,
             extensions: file.extensions,
             cluster,
+            file: flags.config.clone(),
         })
     }
 }

@@ -36,6 +36,8 @@ pub enum Retention {
     /// A copy of changes to other categories, kept until the next compaction: at most `hours`
     /// after the change, and seconds after an erasure.
     UntilCompaction { hours: u32 },
+    /// Kept as long as the node's data: what keeps an erasure from being undone.
+    WhileTheErasureHolds,
 }
 
 /// Whose data a category holds: what a subject-rights request names.
@@ -175,6 +177,15 @@ pub const INVENTORY: &[DataCategory] = &[
         retention: Retention::Delete { days: 1095, from: "the entry", config: "privacy.audit_retention_days" },
         stored_in: &["redb:privacy_audit"],
         subjects: &[SubjectKind::Extension, SubjectKind::PhoneNumber, SubjectKind::IpAddress],
+    },
+    DataCategory {
+        id: "erasure-tombstone",
+        data: "for each erased extension or number, its keyed pseudonym (HMAC-SHA-256 with the node's privacy key, never the number itself) and when it was erased",
+        purpose: "keep an erasure effective: an entry of the configuration file that names an erased number is not applied again",
+        legal_basis: &[LegalBasis::LegalObligation],
+        retention: Retention::WhileTheErasureHolds,
+        stored_in: &["redb:erasure_tombstones"],
+        subjects: &[SubjectKind::Extension, SubjectKind::PhoneNumber],
     },
     DataCategory {
         id: "cluster-log",

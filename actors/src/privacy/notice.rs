@@ -300,6 +300,20 @@ const TRANSLATIONS: &[Translation] = &[
         from: Some(Tr { de: "Erstellung des Eintrags", fr: "la création de l'entrée" }),
     },
     Translation {
+        id: "erasure-tombstone",
+        title: ["Löschvermerke", "Erasure tombstones", "Marques d'effacement"],
+        data: Tr {
+            de: "für jede gelöschte Nebenstelle oder Rufnummer ihr schlüsselbasiertes Pseudonym (HMAC-SHA-256 mit dem Datenschutzschlüssel der TK-Anlage, niemals die Rufnummer selbst) und der Zeitpunkt der Löschung",
+            fr: "pour chaque poste ou numéro effacé, son pseudonyme à clé (HMAC-SHA-256 avec la clé de confidentialité du standard, jamais le numéro lui-même) et la date de l'effacement",
+        },
+        purpose: Tr {
+            de: "eine Löschung wirksam halten: ein Eintrag der Konfigurationsdatei, der eine gelöschte Rufnummer nennt, wird nicht erneut angewendet",
+            fr: "maintenir l'effacement : une entrée du fichier de configuration qui nomme un numéro effacé n'est plus appliquée",
+        },
+        interest: None,
+        from: None,
+    },
+    Translation {
         id: "cluster-log",
         title: ["Replikationsprotokoll", "Replication log", "Journal de réplication"],
         data: Tr {
@@ -713,6 +727,11 @@ fn retention(lang: Lang, c: &DataCategory, periods: &Periods) -> String {
                 "Supprimées au prochain compactage : au plus {hours} heure(s) après la modification, quelques secondes après un effacement."
             ),
         },
+        Retention::WhileTheErasureHolds => l(
+            "Wird aufbewahrt, solange die Daten der TK-Anlage bestehen: der Vermerk verhindert, dass eine Löschung rückgängig gemacht wird.",
+            "Kept as long as the PBX's data exists: it is what keeps an erasure from being undone.",
+            "Conservées tant que les données du standard existent : c'est ce qui empêche qu'un effacement soit annulé.",
+        ),
         Retention::UntilExpiry => l(
             "Wird gespeichert, bis die Anmeldung abläuft oder das Telefon sie beendet; abgelaufene Anmeldungen werden gelöscht.",
             "Kept until the registration expires or the phone ends it; expired registrations are deleted.",
