@@ -93,7 +93,7 @@ async fn a_dead_leg_takes_its_call_down_cleanly() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let port = Arc::new(Port { sent: tx, legs: Mutex::new(HashMap::new()) });
     let records = Arc::new(Records::default());
-    let pool = Arc::new(Mutex::new(PortPool::new(31_000, 31_099)));
+    let pool = Arc::new(Mutex::new(PortPool::new(31_000, 31_099, 1)));
     let context = CallContext {
         config: CallConfig {
             no_answer: Duration::from_secs(30),

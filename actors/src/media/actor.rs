@@ -2,11 +2,11 @@
 //! sockets, feeds what they receive to one [`Relay`], sends what it transmits, reports
 //! inactivity through a callback, and keeps one timer armed for the relay's next wake-up.
 //!
-//! - **Ports.** [`spawn_linked`] leases pairs from the shared [`PortPool`] and binds them
-//!   before the actor exists, so the caller learns the local addresses (for its SDP) from
-//!   the spawn itself. A pair that will not bind (another program holds a port) goes back to
-//!   the pool, to the back of the line, so it is retried only after every other pair; after
-//!   [`BIND_ATTEMPTS_MAX`] pairs tried the spawn fails with [`MediaError::NoPorts`]. The
+//! - **Ports.** [`spawn_linked`] leases pairs from the shared [`PortPool`] (drawn at random)
+//!   and binds them before the actor exists, so the caller learns the local addresses (for
+//!   its SDP) from the spawn itself. A pair that will not bind (another program holds a port)
+//!   goes back to the pool, which holds it back from the next draws, and another is drawn;
+//!   after [`BIND_ATTEMPTS_MAX`] pairs tried the spawn fails with [`MediaError::NoPorts`]. The
 //!   lease is part of the actor's state: the ports return to the pool when the session ends
 //!   however it ends (stop, kill, panic), and the receive tasks are aborted with it.
 //! - **Load.** One receive task per socket casts datagrams to the actor. At most
@@ -150,7 +150,7 @@ async fn bind_pairs(pool: &Arc<Mutex<PortPool>>, bind: IpAddr) -> Result<(Socket
         match bind_pair(bind, port).await {
             Ok(pair) => pairs.push(pair),
             Err(e) => {
-                tracing::warn!(%bind, port, error = %e, "RTP port pair will not bind; it goes to the back of the line");
+                tracing::warn!(%bind, port, error = %e, "RTP port pair will not bind; drawing another");
                 lease.ports.pop();
                 lock(pool).release(port);
             }

@@ -43,7 +43,7 @@ impl Actor for Supervisor {
 /// Each test has its own port range, below Linux's ephemeral range so `bind(0)` sockets of
 /// other tests cannot take them.
 fn pool(first: u16) -> Arc<Mutex<PortPool>> {
-    Arc::new(Mutex::new(PortPool::new(first, first + 99)))
+    Arc::new(Mutex::new(PortPool::new(first, first + 99, u64::from(first))))
 }
 
 fn in_use(pool: &Arc<Mutex<PortPool>>) -> usize {
@@ -200,7 +200,7 @@ async fn silence_is_reported_inactive_once() {
 /// When no pair binds, the spawn fails with a message that says so, and leases nothing.
 #[tokio::test]
 async fn fails_clearly_when_no_pair_binds() {
-    let pool = Arc::new(Mutex::new(PortPool::new(31_300, 31_303)));
+    let pool = Arc::new(Mutex::new(PortPool::new(31_300, 31_303, 9)));
     let _squatter = UdpSocket::bind("127.0.0.1:31301").await.expect("occupy the first pair's RTCP port");
     let (supervisor, _) = Actor::spawn(None, Supervisor, ()).await.unwrap();
     let args = MediaArgs {
