@@ -13,7 +13,9 @@
 //!   `Configure`. Within the window a packet from the SDP address still takes over from a
 //!   learned source (the address the phone declared in authenticated SIP beats one inferred
 //!   from packets); once it has been heard, the window closes. A packet from any other
-//!   address is dropped and counted in [`SideStats::foreign`], whatever its SSRC: the old rule
+//!   address is dropped and counted in [`SideStats::foreign`], whatever its SSRC (before a
+//!   side's first SDP its packets are dropped uncounted there: whose they are is not known
+//!   yet, and a phone's first packets often overtake its answer). The old rule
 //!   (a new SSRC from a new source re-latches) let one packet from anywhere take the callee's
 //!   audio. A `Configure` with the same SDP address keeps a learned source (a NAT phone's
 //!   hold and resume keep their audio); one with a new address forgets it. A side whose SDP
@@ -208,7 +210,9 @@ pub struct SideStats {
     /// source, no destination.
     pub dropped: u64,
     /// Of `dropped`: RTP and RTCP from an address that is not (and could not become) this
-    /// side's source; see the module doc. The `pbx_rtp_foreign_packets_total` metric.
+    /// side's source; see the module doc. The `pbx_rtp_foreign_packets_total` metric. Packets
+    /// before the side's first SDP are not counted here: pbx does not know its source yet, and
+    /// a phone's first packets routinely overtake the answer that tells it.
     pub foreign: u64,
     /// RFC 4733 telephone-event packets from this side's phone.
     pub events: u64,
@@ -625,13 +629,13 @@ impl Relay {
     fn rtp(&mut self, now: Timestamp, from: Side, source: SocketAddr, bytes: Bytes) -> Option<RelayOutput> {
         let to = from.other();
         let s = &mut self.sides[from.index()];
+        let peer = s.peer.as_ref()?;
         let origin = s.rtp_source.origin(now, source);
         if origin == Origin::Foreign {
             s.stats.foreign += 1;
             return None;
         }
         // Nothing below changes state before the packet proved well-formed with a known PT.
-        let peer = s.peer.as_ref()?;
         let packet = RtpPacket::parse(&bytes)?;
         let (ssrc, seq, ts, marker, pt) =
             (packet.ssrc(), packet.sequence(), packet.timestamp(), packet.marker(), packet.payload_type());
@@ -681,6 +685,7 @@ impl Relay {
     fn rtcp(&mut self, from: Side, source: SocketAddr, bytes: Bytes) -> Option<RelayOutput> {
         let to = from.other();
         let s = &mut self.sides[from.index()];
+        s.peer.as_ref()?;
         if !s.rtcp_source.accepts(&s.rtp_source, source) {
             s.stats.foreign += 1;
             return None;

@@ -118,6 +118,7 @@ fn forwards_only_once_both_sides_are_configured() {
     assert_eq!((side, kind, destination), (Side::B, PacketKind::Rtp, callee()));
     let a = h.relay.stats(Side::A);
     assert_eq!((a.packets_in, a.dropped, a.bytes_in), (3, 2, 3 * 172));
+    assert_eq!(a.foreign, 0, "before its SDP a side's source is unknown, not foreign");
     assert_eq!((h.relay.stats(Side::B).packets_out, h.relay.stats(Side::B).bytes_out), (1, 172));
 }
 
