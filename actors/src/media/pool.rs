@@ -181,7 +181,7 @@ mod tests {
                 if allocate {
                     match pool.allocate() {
                         Some(port) => {
-                            prop_assert!(port % 2 == 0 && port >= first && port + 1 <= first + len, "{port}");
+                            prop_assert!(port % 2 == 0 && port >= first && port < first + len, "{port}");
                             prop_assert!(leased.insert(port), "{} leased twice", port);
                         }
                         None => prop_assert_eq!(leased.len(), pool.capacity()),
