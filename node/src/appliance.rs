@@ -158,7 +158,7 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         config.sip_listen
     };
     let timers = TimerConfig::default();
-    let ports = PortPool::new(config.rtp_ports.low, config.rtp_ports.high);
+    let ports = PortPool::new(config.rtp_ports.low, config.rtp_ports.high, rand::random());
     tracing::info!(pairs = ports.capacity(), "RTP port pool");
     // Gauges exist from the start, so "none in use" reads 0 rather than absent.
     for gauge in ["pbx_rtp_ports_in_use", "pbx_calls_active", "pbx_call_legs_active"] {

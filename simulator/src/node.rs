@@ -37,6 +37,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Mixed into the node's seed for its RTP port pool, so the pool draws its own sequence without
+/// shifting the generators derived before it.
+const POOL_SEED_SALT: u64 = 0x706f_7274_706f_6f6c;
+
 /// How a node is set up; the same for every incarnation of it.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -265,7 +269,7 @@ impl SimNode {
             calls: BTreeMap::new(),
             leg_calls: BTreeMap::new(),
             media_ports: BTreeMap::new(),
-            pool: PortPool::new(config.rtp_ports.0, config.rtp_ports.1),
+            pool: PortPool::new(config.rtp_ports.0, config.rtp_ports.1, seed ^ POOL_SEED_SALT),
             ids: CallIds::new(rng),
             work: Mailboxes { queues: BTreeMap::new(), rng: splitmix64(&mut rng) },
             outputs: VecDeque::new(),
