@@ -829,15 +829,18 @@ impl Registrar {
             return Err(Refusal { code: 403, reason: Some("Too Many Contacts") });
         }
 
-        for (contact, expires) in plan {
-            let old = existing(&contact);
-            if expires == 0 {
-                if old.is_some() {
-                    self.remove_binding(aor, &contact);
-                    self.event(RegistrarEvent::Unregistered { aor: aor.to_owned(), contact });
-                }
-                continue;
+        // Removals first: the bound was checked on the final count, and an addition applied
+        // before a removal would briefly hold one binding too many (issue 14: that tripped the
+        // assertion in `put_binding` and killed the registrar).
+        let (removals, updates): (Vec<_>, Vec<_>) = plan.into_iter().partition(|(_, e)| *e == 0);
+        for (contact, _) in removals {
+            if existing(&contact).is_some() {
+                self.remove_binding(aor, &contact);
+                self.event(RegistrarEvent::Unregistered { aor: aor.to_owned(), contact });
             }
+        }
+        for (contact, expires) in updates {
+            let old = existing(&contact);
             let binding = Binding {
                 aor: aor.to_owned(),
                 contact: contact.clone(),

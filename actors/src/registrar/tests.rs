@@ -897,3 +897,25 @@ fn replicated_changes_apply_to_memory_without_persisting() {
     assert_eq!(h.m.bindings().filter(|b| b.aor == "300").count(), 0);
     assert_eq!(h.m.poll_timeout(), None, "no expiry left behind for the removed binding");
 }
+
+/// Regression (issue 14): at the binding limit, one REGISTER that adds a contact and removes
+/// another (the addition listed first) is answered 200 with the limit kept, instead of
+/// tripping the per-AOR assertion and killing the registrar; the next REGISTER still works.
+#[test]
+fn add_and_remove_in_one_register_at_the_binding_limit() {
+    let mut h = Harness::new();
+    let full: Vec<String> = (0..BINDINGS_PER_AOR_MAX).map(|i| format!("<sip:100@192.0.2.7:{}>", 1000 + i)).collect();
+    let full: Vec<&str> = full.iter().map(String::as_str).collect();
+    h.register(&Reg::new("100", &full));
+    assert_eq!(h.m.binding_count(), BINDINGS_PER_AOR_MAX);
+    let swap = Reg::new("100", &["<sip:100@192.0.2.7:2000>", "<sip:100@192.0.2.7:1000>;expires=0"]).cseq(10);
+    let ok = h.register(&swap);
+    let contacts = ok.contacts();
+    assert_eq!(contacts.len(), BINDINGS_PER_AOR_MAX, "{contacts:?}");
+    assert!(contacts.iter().any(|c| c.starts_with("<sip:100@192.0.2.7:2000>")), "{contacts:?}");
+    assert!(!contacts.iter().any(|c| c.starts_with("<sip:100@192.0.2.7:1000>")), "{contacts:?}");
+    let other: SocketAddr = "198.51.100.20:5060".parse().unwrap();
+    let reg = Reg::new("200", &["<sip:200@198.51.100.20>"]);
+    let c = challenge_for(h.send_from(&reg, other).response(), "SHA-256");
+    assert_eq!(h.send_from(&reg.clone().cseq(2).auth(authorization(&c, "200", "secret-200", 1)), other).code(), 200);
+}
