@@ -503,6 +503,33 @@ impl Registrar {
         self.expiries.len()
     }
 
+    /// The structural invariants, for tests: every AOR holds 1..=[`BINDINGS_PER_AOR_MAX`]
+    /// bindings with distinct contacts, each filed under its own AOR, and the expiry index
+    /// holds exactly one entry per binding, at that binding's expiry.
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        let mut total = 0;
+        for (aor, list) in &self.bindings {
+            if list.is_empty() || list.len() > BINDINGS_PER_AOR_MAX {
+                return Err(format!("{aor} holds {} bindings", list.len()));
+            }
+            let mut contacts = BTreeSet::new();
+            for b in list {
+                if b.aor != *aor || !contacts.insert(&b.contact) {
+                    return Err(format!("{aor}: misfiled or duplicate {}", b.contact));
+                }
+                if !self.expiries.contains(&(b.expires_at, b.aor.clone(), b.contact.clone())) {
+                    return Err(format!("{aor}: {} has no expiry entry", b.contact));
+                }
+            }
+            total += list.len();
+        }
+        if self.expiries.len() != total {
+            return Err(format!("{} expiry entries for {total} bindings", self.expiries.len()));
+        }
+        Ok(())
+    }
+
     pub fn blocked_sources(&self, now: Timestamp) -> usize {
         self.failures.values().filter(|f| f.is_blocked(now)).count()
     }

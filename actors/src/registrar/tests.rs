@@ -919,3 +919,226 @@ fn add_and_remove_in_one_register_at_the_binding_limit() {
     let c = challenge_for(h.send_from(&reg, other).response(), "SHA-256");
     assert_eq!(h.send_from(&reg.clone().cseq(2).auth(authorization(&c, "200", "secret-200", 1)), other).code(), 200);
 }
+
+/// Random REGISTER sequences against the registrar's invariants (issue 14).
+mod register_sequences {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// The two AORs of the harness and their passwords.
+    const AORS: [(&str, &str); 2] = [("100", PASSWORD_100), ("200", "secret-200")];
+    /// Contacts are drawn from this many per AOR: more than the limit, so it is reached.
+    const CONTACTS: u8 = 14;
+    /// Expires values around the edges: 0, below/at/above min (60), above max (3600).
+    const EXPIRES: [u32; 9] = [0, 0, 30, 59, 60, 61, 600, 3600, u32::MAX];
+
+    #[derive(Clone, Debug)]
+    pub(super) enum Op {
+        /// A REGISTER for AOR `aor` with `contacts` (index, optional `expires` param), an
+        /// optional Expires header, from Call-ID `call` (of 2).
+        Register { aor: usize, contacts: Vec<(u8, Option<u32>)>, header: Option<u32>, call: u8 },
+        /// `Contact: *` with this Expires header (only 0 is valid).
+        Star { aor: usize, header: Option<u32> },
+        /// Another node's committed binding (expiring after `s` seconds) or its removal.
+        ReplicatedPut { aor: usize, c: u8, s: u32 },
+        ReplicatedRemove { aor: usize, c: u8 },
+        Advance { s: u32 },
+    }
+
+    /// Mostly values that bind, so that the limit is reached often.
+    fn expires() -> impl Strategy<Value = u32> {
+        prop_oneof![3 => prop::sample::select(EXPIRES.to_vec()), 2 => Just(0u32), 5 => Just(600u32)]
+    }
+
+    pub(super) fn op() -> impl Strategy<Value = Op> {
+        let contact = (0..CONTACTS, prop::option::weighted(0.6, expires()));
+        prop_oneof![
+            8 => (0..2usize, prop::collection::vec(contact, 0..12), prop::option::weighted(0.2, expires()), 0..2u8)
+                .prop_map(|(aor, contacts, header, call)| Op::Register { aor, contacts, header, call }),
+            1 => (0..2usize, prop::option::of(prop::sample::select(vec![0u32, 0, 60]))).prop_map(|(aor, header)| Op::Star { aor, header }),
+            2 => (0..2usize, 0..CONTACTS, 1u32..4000).prop_map(|(aor, c, s)| Op::ReplicatedPut { aor, c, s }),
+            1 => (0..2usize, 0..CONTACTS).prop_map(|(aor, c)| Op::ReplicatedRemove { aor, c }),
+            3 => (0u32..4000).prop_map(|s| Op::Advance { s }),
+        ]
+    }
+
+    fn contact_uri(aor: &str, c: u8) -> String {
+        format!("sip:{aor}@192.0.2.7:{}", 5000 + u32::from(c))
+    }
+
+    /// The AOR's bindings as the machine holds them: contact → expiry.
+    fn held(h: &Harness, aor: &str) -> BTreeMap<String, Timestamp> {
+        h.m.bindings().filter(|b| b.aor == aor).map(|b| (b.contact.clone(), b.expires_at)).collect()
+    }
+
+    /// Fires every timer due by `h.now`, as the shell does.
+    fn fire_due(h: &mut Harness) {
+        for _ in 0..1000 {
+            match h.m.poll_timeout() {
+                Some(at) if at <= h.now => {
+                    h.timeout();
+                }
+                _ => return,
+            }
+        }
+        panic!("timers keep firing at the same instant");
+    }
+
+    /// Runs `ops`, checking after every step: the structural invariants, no binding at or past
+    /// its expiry, every 200 lists exactly the AOR's current bindings with their remaining
+    /// seconds, a REGISTER the rules allow is answered 200 with the expected contacts, and a
+    /// refused one changes nothing.
+    pub(super) fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+        let mut h = Harness::new();
+        let mut cseq = [[100u32; 2]; 2];
+        for op in ops {
+            let (aor_index, contacts, header, call) = match op.clone() {
+                Op::Advance { s } => {
+                    h.advance(Duration::from_secs(s.into()));
+                    fire_due(&mut h);
+                    prop_assert!(h.m.check_invariants().is_ok(), "{:?}", h.m.check_invariants());
+                    continue;
+                }
+                Op::ReplicatedPut { aor, c, s } => {
+                    let aor = AORS[aor].0;
+                    let before = held(&h, aor);
+                    let contact = contact_uri(aor, c);
+                    let binding = Binding {
+                        aor: aor.into(),
+                        contact: contact.clone(),
+                        expires_at: h.now + Duration::from_secs(s.into()),
+                        call_id: "replicated".into(),
+                        cseq: 1,
+                        source: "203.0.113.5:5060".parse().unwrap(),
+                        transport: Transport::Udp,
+                        user_agent: None,
+                    };
+                    h.m.handle(h.now, RegistrarInput::Replicated(vec![RegistrarCommand::PutBinding(binding)]));
+                    prop_assert!(h.drain().persisted.is_empty(), "a replicated change is never written again");
+                    let after = held(&h, aor);
+                    let room = before.contains_key(&contact) || before.len() < BINDINGS_PER_AOR_MAX;
+                    prop_assert_eq!(after.contains_key(&contact), room);
+                    prop_assert!(h.m.check_invariants().is_ok(), "{:?}", h.m.check_invariants());
+                    continue;
+                }
+                Op::ReplicatedRemove { aor, c } => {
+                    let aor = AORS[aor].0;
+                    let contact = contact_uri(aor, c);
+                    let command = RegistrarCommand::RemoveBinding { aor: aor.into(), contact: contact.clone() };
+                    h.m.handle(h.now, RegistrarInput::Replicated(vec![command]));
+                    prop_assert!(h.drain().persisted.is_empty());
+                    prop_assert!(!held(&h, aor).contains_key(&contact));
+                    prop_assert!(h.m.check_invariants().is_ok(), "{:?}", h.m.check_invariants());
+                    continue;
+                }
+                Op::Register { aor, contacts, header, call } => (aor, Some(contacts), header, call),
+                Op::Star { aor, header } => (aor, None, header, 0),
+            };
+            let (aor, password) = AORS[aor_index];
+            let before = held(&h, aor);
+            let texts: Vec<String> = match &contacts {
+                None => vec!["*".into()],
+                Some(list) => list
+                    .iter()
+                    .map(|(c, e)| match e {
+                        Some(e) => format!("<{}>;expires={e}", contact_uri(aor, *c)),
+                        None => format!("<{}>", contact_uri(aor, *c)),
+                    })
+                    .collect(),
+            };
+            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let counter = &mut cseq[aor_index][call as usize];
+            *counter += 2;
+            let mut reg = Reg::new(aor, &texts).call_id(&format!("call-{aor}-{call}")).cseq(*counter);
+            reg.expires = header;
+            let step = h.register_with(&reg, password);
+            let code = step.code();
+            prop_assert!([200, 400, 403, 423].contains(&code), "unexpected {:?}", step.response);
+
+            // What the rules say (RFC 3261 §10.3 steps 6–7 as machine.rs documents them).
+            let expected: Option<BTreeSet<String>> = match &contacts {
+                None => (header == Some(0)).then(BTreeSet::new),
+                Some(list) => {
+                    // A duplicate contact: the later one wins, but any too brief is refused.
+                    let mut plan: Vec<(String, u32)> = Vec::new();
+                    let mut too_brief = false;
+                    for (c, e) in list {
+                        let uri = contact_uri(aor, *c);
+                        let e = e.or(header).unwrap_or(3600);
+                        too_brief |= e != 0 && e < 60;
+                        plan.retain(|(u, _)| *u != uri);
+                        plan.push((uri, e));
+                    }
+                    let mut after: BTreeSet<String> = before.keys().cloned().collect();
+                    for (uri, e) in &plan {
+                        if *e == 0 {
+                            after.remove(uri);
+                        } else {
+                            after.insert(uri.clone());
+                        }
+                    }
+                    (!too_brief && after.len() <= BINDINGS_PER_AOR_MAX).then_some(after)
+                }
+            };
+            let now_held = held(&h, aor);
+            match expected {
+                Some(after) => {
+                    prop_assert_eq!(code, 200, "{:?}", step.response);
+                    prop_assert_eq!(now_held.keys().cloned().collect::<BTreeSet<_>>(), after);
+                }
+                None => {
+                    prop_assert_ne!(code, 200);
+                    prop_assert_eq!(&now_held, &before, "a refused REGISTER changed the bindings");
+                }
+            }
+            if code == 200 {
+                let mut listed = step.contacts();
+                listed.sort();
+                let mut current: Vec<String> = now_held
+                    .iter()
+                    .map(|(c, at)| {
+                        let remaining_s = (at.as_micros() - h.now.as_micros()).div_ceil(1_000_000);
+                        format!("<{c}>;expires={remaining_s}")
+                    })
+                    .collect();
+                current.sort();
+                prop_assert_eq!(listed, current, "the 200 lists exactly the current bindings");
+            }
+            prop_assert!(h.m.check_invariants().is_ok(), "{:?}", h.m.check_invariants());
+            prop_assert!(h.m.bindings().all(|b| b.expires_at > h.now), "a binding outlived its expiry");
+            prop_assert!(held(&h, aor).len() <= BINDINGS_PER_AOR_MAX);
+        }
+        Ok(())
+    }
+
+    /// Pinned from the proptest before the fix (issue 14): six bindings, then one REGISTER
+    /// adding five and removing one (final count 10) tripped the assertion, because the
+    /// additions were applied first.
+    #[test]
+    fn pinned_add_five_remove_one_reaching_the_limit() {
+        let register = |contacts: &[(u8, Option<u32>)]| Op::Register {
+            aor: 1,
+            contacts: contacts.to_vec(),
+            header: None,
+            call: 0,
+        };
+        let ops = [
+            register(&[(2, None), (11, None), (9, None)]),
+            register(&[(7, None), (0, None), (4, None)]),
+            register(&[(5, None), (3, None), (1, None), (6, None), (8, None), (0, Some(0))]),
+        ];
+        run(&ops).unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Any sequence of REGISTERs (contacts, `*`, expires 0, header and param expires,
+        /// duplicates, two AORs at and past the limit), replicated changes and time holds the
+        /// registrar's invariants after every step and never panics.
+        #[test]
+        fn invariants_hold_after_every_step(ops in prop::collection::vec(op(), 1..60)) {
+            run(&ops)?;
+        }
+    }
+}
