@@ -348,10 +348,20 @@ pub struct SecurityEntry {
     pub anonymised: bool,
 }
 
+/// New variants go at the end: stored entries are read back by variant index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SecurityEvent {
     AuthFailed,
+    /// The entry's user may not authenticate from the entry's source (an IPv4 address or IPv6
+    /// /64) until `until`, except from addresses it recently authenticated from. (Entries
+    /// written before issue 14 have no user: the whole source was blocked.)
     Blocked { until: Timestamp },
+    /// The entry's user failed too often from all sources together and is locked until `until`
+    /// except from addresses it recently authenticated from; the source made the last failure.
+    UserLocked { until: Timestamp },
+    /// Every untrusted authentication from the prefix `source/prefix_len` is refused until
+    /// `until` (failures were aggregated by prefix because the per-source table was full).
+    PrefixBlocked { until: Timestamp, prefix_len: u8 },
 }
 
 impl SecurityEvent {
@@ -360,6 +370,18 @@ impl SecurityEvent {
         match self {
             SecurityEvent::AuthFailed => "auth_failed",
             SecurityEvent::Blocked { .. } => "blocked",
+            SecurityEvent::UserLocked { .. } => "user_locked",
+            SecurityEvent::PrefixBlocked { .. } => "prefix_blocked",
+        }
+    }
+
+    /// When the block or lock it records ends.
+    pub fn until(self) -> Option<Timestamp> {
+        match self {
+            SecurityEvent::AuthFailed => None,
+            SecurityEvent::Blocked { until }
+            | SecurityEvent::UserLocked { until }
+            | SecurityEvent::PrefixBlocked { until, .. } => Some(until),
         }
     }
 }

@@ -47,7 +47,9 @@ pub trait ResponseSink: Send + Sync + 'static {
 
 pub struct RegistrarArgs {
     pub config: RegistrarConfig,
-    pub rng_seed: u64,
+    /// 256 bits for the nonce key and the machine's randomness: from the OS in the node
+    /// (`pbx_node` reads them at start), never derived from a smaller seed.
+    pub secret: [u8; 32],
     pub extensions: Vec<Extension>,
     pub bindings: Vec<Binding>,
     pub clock: Arc<dyn Clock>,
@@ -226,7 +228,7 @@ impl Actor for RegistrarActor {
         args: RegistrarArgs,
     ) -> Result<RegistrarState, ActorProcessingErr> {
         let now = args.clock.now();
-        let machine = Registrar::new(args.config, args.rng_seed, args.extensions, args.bindings, now);
+        let machine = Registrar::new(args.config, args.secret, args.extensions, args.bindings, now);
         let writer = Writer::start(args.store, args.sink, me);
         let mut state = RegistrarState {
             machine,
@@ -385,7 +387,15 @@ fn record_security_event(log: &dyn crate::privacy::SecurityLog, event: &Registra
     use crate::privacy::{SecurityEntry, SecurityEvent};
     let (source, user, event) = match event {
         RegistrarEvent::AuthFailed { source, user } => (*source, Some(user.clone()), SecurityEvent::AuthFailed),
-        RegistrarEvent::SourceBlocked { source, until } => (*source, None, SecurityEvent::Blocked { until: *until }),
+        RegistrarEvent::Blocked { source, user, until } => {
+            (*source, Some(user.clone()), SecurityEvent::Blocked { until: *until })
+        }
+        RegistrarEvent::UserLocked { user, source, until } => {
+            (*source, Some(user.clone()), SecurityEvent::UserLocked { until: *until })
+        }
+        RegistrarEvent::PrefixBlocked { prefix, len, until } => {
+            (*prefix, None, SecurityEvent::PrefixBlocked { until: *until, prefix_len: *len })
+        }
         _ => return,
     };
     log.record(SecurityEntry { at, source: source.to_canonical(), user, event, anonymised: false });
@@ -401,9 +411,25 @@ fn log_event(event: RegistrarEvent) -> Option<Result<(), String>> {
             tracing::warn!(%source, user = ?user, "authentication failed");
             metrics::counter!("pbx_auth_failures_total").increment(1);
         }
-        RegistrarEvent::SourceBlocked { source, until } => {
-            tracing::info!(%source, %until, "source blocked after repeated authentication failures");
+        RegistrarEvent::Blocked { source, user, until } => {
+            tracing::warn!(%source, %user, %until, "user blocked from this source after repeated authentication failures");
             metrics::counter!("pbx_blocked_sources_total").increment(1);
+        }
+        RegistrarEvent::UserLocked { user, source, until } => {
+            tracing::warn!(%user, last_source = %source, %until, "user locked after repeated authentication failures from all sources (its registered phones are spared)");
+            metrics::counter!("pbx_users_locked_total").increment(1);
+        }
+        RegistrarEvent::PrefixBlocked { prefix, len, until } => {
+            tracing::warn!(%prefix, len, %until, "prefix blocked: the per-source failure table is full");
+            metrics::counter!("pbx_blocked_prefixes_total").increment(1);
+        }
+        RegistrarEvent::FailureUntracked { source } => {
+            tracing::debug!(%source, "authentication failure not tracked by source: the failure tables are full");
+            metrics::counter!("pbx_auth_failures_untracked_total").increment(1);
+        }
+        RegistrarEvent::AuthIgnored { source, reason } => {
+            tracing::debug!(%source, reason, "credentials ignored, challenged again");
+            metrics::counter!("pbx_auth_ignored_total", "reason" => reason).increment(1);
         }
         RegistrarEvent::Rejected { source, method: "INVITE", code } => {
             tracing::debug!(%source, code, "INVITE rejected");
@@ -524,7 +550,7 @@ mod tests {
         let journal = Arc::new(Journal::default());
         let args = RegistrarArgs {
             config: RegistrarConfig::default(),
-            rng_seed: 1,
+            secret: [1; 32],
             extensions: vec![],
             bindings: vec![],
             clock: Arc::new(TokioClock(tokio::time::Instant::now())),
@@ -586,7 +612,7 @@ mod tests {
         };
         let args = RegistrarArgs {
             config: RegistrarConfig::default(),
-            rng_seed: 2,
+            secret: [2; 32],
             extensions: vec![extension],
             bindings: vec![],
             clock: Arc::new(TokioClock(tokio::time::Instant::now())),
