@@ -79,12 +79,16 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     // Failed authentications and blocks, for the security log (category `security-log`).
     let security_log = Arc::new(SecurityWriter::start(storage.clone()).context("start security-log writer")?);
     let sink = EndpointSink::default();
+    // The registrar's nonce key and randomness: 256 bits straight from the OS (issue 14).
+    let mut registrar_secret = [0u8; 32];
+    rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut registrar_secret)
+        .context("read 256 bits of OS randomness for the registrar's nonce key")?;
     let (registrar, registrar_handle) = Actor::spawn(
         Some("registrar".into()),
         RegistrarActor,
         RegistrarArgs {
             config: config.registrar.clone(),
-            rng_seed: rand::random(),
+            secret: registrar_secret,
             extensions: snapshot.extensions,
             bindings: snapshot.bindings,
             clock: Arc::new(clock),

@@ -241,10 +241,7 @@ async fn export(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<Stri
             "source": e.source.to_string(),
             "user": e.user,
             "event": e.event.name(),
-            "blocked_until": match e.event {
-                pbx_actors::privacy::SecurityEvent::Blocked { until } => Some(rfc3339(until)),
-                pbx_actors::privacy::SecurityEvent::AuthFailed => None,
-            },
+            "blocked_until": e.event.until().map(rfc3339),
             "anonymised": e.anonymised,
         })).collect::<Vec<_>>(),
         "privacy_flags": held.stored.flags.as_ref().map(flags_json),
