@@ -110,11 +110,12 @@ pub const INVENTORY: &[DataCategory] = &[
     },
     DataCategory {
         id: "auth-failure",
-        data: "source IP address and claimed user name of failed authentications, while the source is watched or blocked",
+        data: "source IP address (IPv6: its /64) and claimed user name of failed authentications, while the source or user is watched or blocked; the IP address and port each extension last authenticated from, so that blocks spare its phones",
         purpose: "block password guessing (security of the service)",
         legal_basis: &[LegalBasis::LegitimateInterest("security of the service, Art. 32")],
-        // Kept for the failure window or the block, whichever is longer (defaults 60 s / 300 s).
-        retention: Retention::MemorySeconds(300),
+        // Failures: the failure window or the block, whichever is longer (defaults 60 s /
+        // 300 s). The last successful address: `registrar.max_expires_s` (default 3600 s).
+        retention: Retention::MemorySeconds(3600),
         stored_in: &["memory", "log"],
         subjects: &[SubjectKind::IpAddress, SubjectKind::Extension],
     },

@@ -69,7 +69,10 @@ pub struct ExtensionView {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RegistrarStats {
     pub bindings: usize,
+    /// Active blocks of (source, user) pairs and of prefixes.
     pub blocked_sources: usize,
+    /// Users locked for untrusted addresses.
+    pub locked_users: usize,
 }
 
 /// Messages to the registrar. `PutExtension` carries a password, so this type has no `Debug`.
@@ -328,6 +331,7 @@ impl Actor for RegistrarActor {
                 let stats = RegistrarStats {
                     bindings: s.machine.binding_count(),
                     blocked_sources: s.machine.blocked_sources(now),
+                    locked_users: s.machine.locked_users(now),
                 };
                 let _ = reply.send(stats);
             }
@@ -582,7 +586,7 @@ mod tests {
         let challenge = challenge_for(journal.responses.lock().unwrap().last().unwrap(), "SHA-256");
         actor.cast(register(2, &reg.clone().cseq(2).auth(authorization(&challenge, "100", PASSWORD_100, 1)))).unwrap();
         let stats = ractor::call!(actor, RegistrarMsg::Stats).unwrap();
-        assert_eq!(stats, RegistrarStats { bindings: 1, blocked_sources: 0 });
+        assert_eq!(stats, RegistrarStats { bindings: 1, blocked_sources: 0, locked_users: 0 });
         settle(&actor).await;
         assert_eq!(
             journal.entries(),
