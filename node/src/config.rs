@@ -817,7 +817,10 @@ mod tests {
         assert_eq!(c.registrar.min_expires_s, 5);
         assert_eq!((c.registrar.user_auth_failures_max, c.registrar.allow_rfc2069), (7, true));
         let defaults = load_text("").unwrap().registrar;
-        assert_eq!((defaults.auth_failures_max, defaults.user_auth_failures_max, defaults.allow_rfc2069), (5, 20, false));
+        assert_eq!(
+            (defaults.auth_failures_max, defaults.user_auth_failures_max, defaults.allow_rfc2069),
+            (5, 20, false)
+        );
         assert_eq!(c.extensions[0].display_name, "Reception");
         assert!(!format!("{:?}", c.extensions).contains("secret100"), "passwords never in Debug");
     }

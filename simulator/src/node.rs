@@ -249,7 +249,10 @@ impl SimNode {
         let mut rng = seed;
         // The node reads 256 bits from the OS; a simulated node expands its seed to as many.
         let mut secret = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(splitmix64(&mut rng)), &mut secret);
+        rand::RngCore::fill_bytes(
+            &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(splitmix64(&mut rng)),
+            &mut secret,
+        );
         let registrar = Registrar::new(config.registrar.clone(), secret, extensions, bindings, now);
         let timers = TimerConfig::default();
         let call_config = CallConfig {

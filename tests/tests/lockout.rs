@@ -65,7 +65,11 @@ fn strangers_on_the_phones_address_cannot_lock_them_out() {
     for user in ["100", "101", "555"] {
         for _ in 0..10 {
             let foreign = challenge(&mut elsewhere, pbx.sip, user);
-            assert_eq!(bad_answer(&mut stranger, pbx.sip, user, &foreign), Some(401), "a foreign nonce is re-challenged");
+            assert_eq!(
+                bad_answer(&mut stranger, pbx.sip, user, &foreign),
+                Some(401),
+                "a foreign nonce is re-challenged"
+            );
         }
         let mut codes = Vec::new();
         for _ in 0..8 {

@@ -318,8 +318,9 @@ fn digest_uri_mismatch_is_400_and_answer_without_qop_is_refused() {
     let ha1 = hash_hex("MD5", &format!("100:{realm}:secret-100"));
     let ha2 = hash_hex("MD5", &format!("REGISTER:{uri}"));
     let response = hash_hex("MD5", &format!("{ha1}:{nonce}:{ha2}"));
-    let rfc2069 =
-        format!(r#"Authorization: Digest username="100", realm="{realm}", nonce="{nonce}", uri="{uri}", response="{response}""#);
+    let rfc2069 = format!(
+        r#"Authorization: Digest username="100", realm="{realm}", nonce="{nonce}", uri="{uri}", response="{response}""#
+    );
     let fourth = client.request("REGISTER", &uri, "100", None, &[&contact, &rfc2069]);
     let again = client.transact(&fourth).expect("an answer");
     assert_eq!(status_code(&again), Some(401), "{again}");

@@ -356,13 +356,20 @@ pub enum SecurityEvent {
     /// The entry's user may not authenticate from the entry's source (an IPv4 address or IPv6
     /// /64) until `until`, except from addresses it recently authenticated from. (Entries
     /// written before issue 14 have no user: the whole source was blocked.)
-    Blocked { until: Timestamp },
+    Blocked {
+        until: Timestamp,
+    },
     /// The entry's user failed too often from all sources together and is locked until `until`
     /// except from addresses it recently authenticated from; the source made the last failure.
-    UserLocked { until: Timestamp },
+    UserLocked {
+        until: Timestamp,
+    },
     /// Every untrusted authentication from the prefix `source/prefix_len` is refused until
     /// `until` (failures were aggregated by prefix because the per-source table was full).
-    PrefixBlocked { until: Timestamp, prefix_len: u8 },
+    PrefixBlocked {
+        until: Timestamp,
+        prefix_len: u8,
+    },
 }
 
 impl SecurityEvent {

@@ -253,10 +253,11 @@ impl Guard {
                 None => events.push(RegistrarEvent::FailureUntracked { source: group }),
             }
         }
-        if count_user && let Some(record) = self.users.record(user.to_owned(), now, limits.window) {
-            if let Some(until) = record.add(now, &limits, limits.user_failures_max) {
-                events.push(RegistrarEvent::UserLocked { user: user.to_owned(), source: group, until });
-            }
+        if count_user
+            && let Some(record) = self.users.record(user.to_owned(), now, limits.window)
+            && let Some(until) = record.add(now, &limits, limits.user_failures_max)
+        {
+            events.push(RegistrarEvent::UserLocked { user: user.to_owned(), source: group, until });
         }
     }
 

@@ -26,9 +26,9 @@ use crate::sip::message::{SipUri, SipUriUserPart, parse_sip_uri};
 use crate::time::Timestamp;
 use ezk_sip_types::host::Host;
 use md5::Md5;
-use std::net::IpAddr;
 use sha2::{Digest, Sha256};
 use std::fmt;
+use std::net::IpAddr;
 
 /// Bytes of random in a nonce, between its timestamp and its tag.
 const NONCE_RANDOM_BYTES: usize = 8;

@@ -24,11 +24,11 @@ pub mod machine;
 pub use actor::{
     Clock, ExtensionView, RegistrarActor, RegistrarArgs, RegistrarMsg, RegistrarStats, RegistrarStore, ResponseSink,
 };
-pub use digest::{Algorithm, ha1};
 pub use blocking::{AUTH_FAILURE_PAIRS_MAX, AUTH_FAILURE_PREFIXES_MAX, AUTH_FAILURES_LIMIT_MAX, TRUSTED_SOURCES_MAX};
+pub use digest::{Algorithm, ha1};
 pub use machine::{
-    BINDINGS_PER_AOR_MAX, Binding, EXTENSIONS_MAX, Extension, NONCES_TRACKED_MAX, Registrar,
-    RegistrarCommand, RegistrarConfig, RegistrarEvent, RegistrarInput, RegistrarOutput, Route,
+    BINDINGS_PER_AOR_MAX, Binding, EXTENSIONS_MAX, Extension, NONCES_TRACKED_MAX, Registrar, RegistrarCommand,
+    RegistrarConfig, RegistrarEvent, RegistrarInput, RegistrarOutput, Route,
 };
 
 #[cfg(test)]

@@ -502,7 +502,12 @@ fn failures_outside_the_window_do_not_block() {
     for _ in 0..10 {
         let step = h.register_with(&reg, "guess-guess");
         assert!(step.events.contains(&RegistrarEvent::AuthFailed { source: source().ip(), user: "100".into() }));
-        assert!(!step.events.iter().any(|e| matches!(e, RegistrarEvent::Blocked { .. } | RegistrarEvent::UserLocked { .. })));
+        assert!(
+            !step
+                .events
+                .iter()
+                .any(|e| matches!(e, RegistrarEvent::Blocked { .. } | RegistrarEvent::UserLocked { .. }))
+        );
         h.advance(Duration::from_secs(15));
     }
 }
@@ -1003,13 +1008,30 @@ mod register_sequences {
     pub(super) enum Op {
         /// A REGISTER for AOR `aor` with `contacts` (index, optional `expires` param), an
         /// optional Expires header, from Call-ID `call` (of 2).
-        Register { aor: usize, contacts: Vec<(u8, Option<u32>)>, header: Option<u32>, call: u8 },
+        Register {
+            aor: usize,
+            contacts: Vec<(u8, Option<u32>)>,
+            header: Option<u32>,
+            call: u8,
+        },
         /// `Contact: *` with this Expires header (only 0 is valid).
-        Star { aor: usize, header: Option<u32> },
+        Star {
+            aor: usize,
+            header: Option<u32>,
+        },
         /// Another node's committed binding (expiring after `s` seconds) or its removal.
-        ReplicatedPut { aor: usize, c: u8, s: u32 },
-        ReplicatedRemove { aor: usize, c: u8 },
-        Advance { s: u32 },
+        ReplicatedPut {
+            aor: usize,
+            c: u8,
+            s: u32,
+        },
+        ReplicatedRemove {
+            aor: usize,
+            c: u8,
+        },
+        Advance {
+            s: u32,
+        },
     }
 
     /// Mostly values that bind, so that the limit is reached often.
@@ -1320,8 +1342,10 @@ fn strangers_cannot_lock_out_a_registered_phone() {
     let locked_out = register_from(&mut h, &reg.clone().call_id("new"), PASSWORD_100, newcomer);
     assert_eq!(locked_out.code(), 401);
     assert!(locked_out.events.contains(&RegistrarEvent::AuthFailed { source: newcomer.ip(), user: "100".into() }));
-    let wrong = register_from(&mut h, &Reg::new("999", &["<sip:x@198.51.100.51>"]), "x", "198.51.100.51:5060".parse().unwrap());
-    let header_names = |s: &Step| s.response().headers.iter().map(|(n, _)| n.as_print_str().to_owned()).collect::<Vec<_>>();
+    let wrong =
+        register_from(&mut h, &Reg::new("999", &["<sip:x@198.51.100.51>"]), "x", "198.51.100.51:5060".parse().unwrap());
+    let header_names =
+        |s: &Step| s.response().headers.iter().map(|(n, _)| n.as_print_str().to_owned()).collect::<Vec<_>>();
     assert_eq!(header_names(&locked_out), header_names(&wrong), "a lock looks like a wrong password");
     h.now = h.now + Duration::from_secs(300);
     assert_eq!(h.m.locked_users(h.now), 0);
@@ -1340,7 +1364,8 @@ fn invite_authentication_follows_the_same_rules() {
     let spoofed_from: SocketAddr = "198.51.100.9:5060".parse().unwrap();
     let theirs = h.invite_from("100", "200", None, spoofed_from);
     let c = challenges_in(theirs.response(), &Name::PROXY_AUTHENTICATE).remove(0);
-    let spoofed = h.invite_from("100", "200", Some(digest_answer(&c, "100", "guess", "INVITE", "sip:200@pbx", 1)), desk);
+    let spoofed =
+        h.invite_from("100", "200", Some(digest_answer(&c, "100", "guess", "INVITE", "sip:200@pbx", 1)), desk);
     assert_eq!((spoofed.code(), spoofed.authenticated), (407, Some(false)));
     assert!(matches!(spoofed.events[..], [RegistrarEvent::AuthIgnored { reason: "nonce", .. }]));
     for _ in 0..5 {
