@@ -492,11 +492,7 @@ async fn audit(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
 /// address; 24 or 64 for several of that network; 0 for the interval's overflow entry),
 /// `count` the events it stands for (a flood within one interval is one entry).
 pub(crate) fn security_json(e: &pbx_actors::privacy::SecurityEntry) -> serde_json::Value {
-    let blocked_until = match e.event {
-        pbx_actors::privacy::SecurityEvent::Blocked { until } => Some(rfc3339(until)),
-        #[allow(unreachable_patterns)]
-        _ => None,
-    };
+    let blocked_until = e.event.until().map(rfc3339);
     json!({
         "at": rfc3339(e.at),
         "source": e.source.to_string(),

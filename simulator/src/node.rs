@@ -251,7 +251,13 @@ impl SimNode {
         now: Timestamp,
     ) -> SimNode {
         let mut rng = seed;
-        let registrar = Registrar::new(config.registrar.clone(), splitmix64(&mut rng), extensions, bindings, now);
+        // The node reads 256 bits from the OS; a simulated node expands its seed to as many.
+        let mut secret = [0u8; 32];
+        rand::RngCore::fill_bytes(
+            &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(splitmix64(&mut rng)),
+            &mut secret,
+        );
+        let registrar = Registrar::new(config.registrar.clone(), secret, extensions, bindings, now);
         let timers = TimerConfig::default();
         let call_config = CallConfig {
             no_answer: config.no_answer,
@@ -521,8 +527,14 @@ impl SimNode {
                         self.stats.auth_failed += 1;
                         self.log_security(now, source, Some(user), SecurityEvent::AuthFailed);
                     }
-                    RegistrarEvent::SourceBlocked { source, until } => {
-                        self.log_security(now, source, None, SecurityEvent::Blocked { until })
+                    RegistrarEvent::Blocked { source, user, until } => {
+                        self.log_security(now, source, Some(user), SecurityEvent::Blocked { until })
+                    }
+                    RegistrarEvent::UserLocked { user, source, until } => {
+                        self.log_security(now, source, Some(user), SecurityEvent::UserLocked { until })
+                    }
+                    RegistrarEvent::PrefixBlocked { prefix, len, until } => {
+                        self.log_security(now, prefix, None, SecurityEvent::PrefixBlocked { until, prefix_len: len })
                     }
                     _ => {}
                 },

@@ -212,8 +212,8 @@ const TRANSLATIONS: &[Translation] = &[
         id: "auth-failure",
         title: ["Fehlgeschlagene Anmeldeversuche", "Failed authentications", "Échecs d'authentification"],
         data: Tr {
-            de: "Quell-IP-Adresse und angegebener Benutzername fehlgeschlagener Authentifizierungen, solange die Quelle beobachtet oder gesperrt wird",
-            fr: "adresse IP source et nom d'utilisateur indiqué lors des authentifications échouées, tant que la source est surveillée ou bloquée",
+            de: "Quell-IP-Adresse (bei IPv6 ihr /64-Präfix) und angegebener Benutzername fehlgeschlagener Authentifizierungen, solange die Quelle oder der Benutzer beobachtet oder gesperrt wird; IP-Adresse und Port, von denen sich jede Nebenstelle zuletzt angemeldet hat, damit Sperren ihre Telefone verschonen",
+            fr: "adresse IP source (en IPv6, son préfixe /64) et nom d'utilisateur indiqué lors des authentifications échouées, tant que la source ou l'utilisateur est surveillé ou bloqué ; adresse IP et port depuis lesquels chaque poste s'est authentifié en dernier, pour que les blocages épargnent ses téléphones",
         },
         purpose: Tr {
             de: "Abwehr von Angriffen, die Passwörter zu erraten versuchen (Sicherheit des Dienstes)",
