@@ -121,7 +121,7 @@ impl Answered {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let port = Arc::new(Port { sent: tx, legs: Mutex::new(HashMap::new()), adopted: Mutex::default() });
         let records = Arc::new(Records::default());
-        let pool = Arc::new(Mutex::new(PortPool::new(31_000, 31_099)));
+        let pool = Arc::new(Mutex::new(PortPool::new(31_000, 31_099, 1)));
         let context = CallContext {
             config: CallConfig {
                 no_answer: Duration::from_secs(30),

@@ -124,7 +124,7 @@ fn erase(c: &mut Criterion) {
                         outcome: "erased".into(),
                     },
                 };
-                assert_eq!(s.erase(&subject, audit).expect("erase").cdrs_masked, 100);
+                assert_eq!(s.erase(&subject, None, audit).expect("erase").cdrs_masked, 100);
             },
             BatchSize::PerIteration,
         )

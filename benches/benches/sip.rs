@@ -86,6 +86,8 @@ const REALM: &str = "pbx";
 const USER: &str = "1001";
 const PASSWORD: &str = "correct horse battery";
 const DIGEST_URI: &str = "sip:pbx.example.com";
+/// The address the bench's phone sends from (its nonces are bound to it).
+const SOURCE: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 10));
 
 /// What the server does with one `Authorization` value: read it, check that the nonce is one
 /// it minted and the opaque the one that went with it, recompute the request digest from the
@@ -94,7 +96,7 @@ const DIGEST_URI: &str = "sip:pbx.example.com";
 fn verify(key: &NonceKey, ha1: &str, value: &str) -> bool {
     let Some(creds) = Credentials::parse(value) else { return false };
     let Some(algorithm) = Algorithm::from_name(creds.algorithm.as_deref().unwrap_or("MD5")) else { return false };
-    if key.minted_at(&creds.nonce).is_none() || creds.opaque != key.opaque_for(&creds.nonce) {
+    if key.minted_at(&creds.nonce, SOURCE).is_none() || creds.opaque != key.opaque_for(&creds.nonce) {
         return false;
     }
     let (Some(nc), Some(cnonce)) = (creds.nc.as_deref(), creds.cnonce.as_deref()) else { return false };
@@ -119,7 +121,7 @@ fn authorization(algorithm: Algorithm, nonce: &str, opaque: &str, nc: u32) -> St
 fn digest_verify(c: &mut Criterion) {
     let mut group = c.benchmark_group("digest");
     let key = NonceKey::new([7; 32]);
-    let (nonce, opaque) = key.mint(Timestamp::from_secs(1_000), [9; 8]);
+    let (nonce, opaque) = key.mint(Timestamp::from_secs(1_000), [9; 8], SOURCE);
     for (name, algorithm) in [("verify_md5", Algorithm::Md5), ("verify_sha256", Algorithm::Sha256)] {
         let ha1 = digest::ha1(algorithm, USER, REALM, PASSWORD);
         let value = authorization(algorithm, &nonce, &opaque, 1);
@@ -169,7 +171,7 @@ fn registrar_register(c: &mut Criterion) {
             ha1_sha256: digest::ha1(Algorithm::Sha256, USER, REALM, PASSWORD),
         };
         let mut now = Timestamp::from_secs(1_000);
-        let mut registrar = Registrar::new(config, 42, vec![extension], Vec::new(), now);
+        let mut registrar = Registrar::new(config, [42; 32], vec![extension], Vec::new(), now);
         while registrar.poll_output().is_some() {}
         // One challenge, then every REGISTER answers it with the next nonce count.
         let input = |request| RegistrarInput::Register { tx: 1, request, source, transport: Transport::Udp };

@@ -5,8 +5,11 @@
 //! - [`mesh`]: ractor_cluster over those links, so actors address actors on other nodes.
 //! - [`raft`]: replicated durable state with openraft (a redb log, RPCs over the links); the
 //!   node applies the committed commands to its own storage.
+//! - [`redb_file`]: a redb database that can be rewritten into a fresh file, so deleted data
+//!   leaves the disk file too (the Raft log's and the node's).
 
 pub mod identity;
 pub mod link;
 pub mod mesh;
 pub mod raft;
+pub mod redb_file;

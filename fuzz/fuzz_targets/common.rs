@@ -35,7 +35,7 @@ pub fn registrar() -> Registrar {
             }
         })
         .to_vec();
-    let mut registrar = Registrar::new(config, 42, extensions, Vec::new(), START);
+    let mut registrar = Registrar::new(config, [42; 32], extensions, Vec::new(), START);
     while registrar.poll_output().is_some() {}
     registrar
 }

@@ -135,7 +135,7 @@ impl World {
             text = text.replace("$TAG", &call.a.tag());
             if let Some(fork) = call.forks.first() {
                 text = text.replace("$BTAG", &fork.tag()).replace("$BRANCH", &fork.branch(1));
-                text = text.replace("$BCALLID", &format!("b-{}", fork.tag()));
+                text = text.replace("$BCALLID", &fork.call_id());
             }
         }
         text
@@ -145,7 +145,7 @@ impl World {
 fuzz_target!(|data: &[u8]| {
     let Ok(script) = std::str::from_utf8(data) else { return };
     let mut world = World {
-        endpoint: Endpoint::new(TimerConfig::default(), 0x69),
+        endpoint: Endpoint::new(TimerConfig::default(), [0x69; 32]),
         registrar: common::registrar(),
         client: common::Client::default(),
         call: None,

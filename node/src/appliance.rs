@@ -113,11 +113,19 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     };
     supervisor::start(&supervisor, registrar).await.map_err(anyhow::Error::msg).context("start registrar")?;
 
+    // An entry whose number was erased is left out (erasure wins over the file; warned).
+    let config_file = config.file.as_ref().map_or_else(|| "(no config file)".into(), |f| f.display().to_string());
     if config.cluster.is_some() {
         // In a cluster the declared extensions are written through Raft, which needs a quorum
         // that may form only after this node is up: write them in the background.
         let (registrar, extensions) = (core.registrar.clone(), config.extensions.clone());
+        let (replication, key) = (replication.clone(), cluster.applier.key().clone());
         tokio::spawn(async move {
+            let extensions =
+                match crate::privacy::config_extensions_to_apply(&replication, &key, &extensions, &config_file).await {
+                    Ok(e) => e,
+                    Err(reason) => return tracing::error!(%reason, "config: extensions not stored"),
+                };
             for ext in &extensions {
                 let result = match registrar.get() {
                     Some(registrar) => put_extension(&registrar, ext, Duration::from_secs(60)).await,
@@ -130,7 +138,12 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         });
     } else {
         let registrar = core.registrar.get().context("the registrar just started")?;
-        for ext in &config.extensions {
+        let key = cluster.applier.key();
+        let extensions =
+            crate::privacy::config_extensions_to_apply(&replication, key, &config.extensions, &config_file)
+                .await
+                .map_err(|reason| anyhow::anyhow!("config: extensions: {reason}"))?;
+        for ext in &extensions {
             put_extension(&registrar, ext, Duration::from_secs(10))
                 .await
                 .map_err(|reason| anyhow::anyhow!("config: extension {:?}: {reason}", ext.number))?;
@@ -145,7 +158,7 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         config.sip_listen
     };
     let timers = TimerConfig::default();
-    let ports = PortPool::new(config.rtp_ports.low, config.rtp_ports.high);
+    let ports = PortPool::new(config.rtp_ports.low, config.rtp_ports.high, rand::random());
     tracing::info!(pairs = ports.capacity(), "RTP port pool");
     // Gauges exist from the start, so "none in use" reads 0 rather than absent.
     for gauge in ["pbx_rtp_ports_in_use", "pbx_calls_active", "pbx_call_legs_active"] {
@@ -353,7 +366,8 @@ async fn start_cluster(
     replica_config.election_max = c.election_max;
     let endpoint = pbx_cluster::link::endpoint(&identity, c.listen).context("cluster links")?;
     let db = store::open(data_dir).map_err(|e| anyhow::anyhow!("open the Raft log: {e}"))?;
-    let applier = NodeApplier::new(node_id(c.node.as_str()), storage.clone());
+    let key = crate::privacy::PrivacyKey::open(data_dir).context("privacy key")?;
+    let applier = NodeApplier::new(node_id(c.node.as_str()), storage.clone(), key);
     let replica = Replica::start(replica_config, Some(endpoint), db, applier.clone())
         .await
         .map_err(|e| anyhow::anyhow!("start Raft: {e}"))?;
@@ -374,7 +388,8 @@ async fn start_single(data_dir: &Path, storage: &Arc<Storage>, token: &str) -> a
     use pbx_cluster::raft::{Member, Replica, ReplicaConfig, node_id, store};
     let me = Member { name: "appliance".into(), address: String::new(), witness: false };
     let db = store::open(data_dir).map_err(|e| anyhow::anyhow!("open the Raft log: {e}"))?;
-    let applier = NodeApplier::new(node_id(&me.name), storage.clone());
+    let key = crate::privacy::PrivacyKey::open(data_dir).context("privacy key")?;
+    let applier = NodeApplier::new(node_id(&me.name), storage.clone(), key);
     let replica = Replica::start(ReplicaConfig::new(me.clone(), vec![me]), None, db, applier.clone())
         .await
         .map_err(|e| anyhow::anyhow!("start Raft: {e}"))?;

@@ -10,8 +10,15 @@
 //! node applies every committed entry, in log order, to its own `pbx.redb` ([`NodeApplier`]);
 //! registrar commands another node proposed also go to this node's registrar, so it routes
 //! calls to phones registered anywhere (its own it applied to memory already).
+//!
+//! An erasure leaves, on every node, a tombstone of the erased number made with that node's
+//! privacy key; snapshots carry the tombstones. The compactor ([`start_compactor`]) purges the
+//! log and then rewrites `raft.redb` and, when an erasure or a retention change made it due,
+//! `pbx.redb` into fresh files, so the erased bytes leave every file of the data directory
+//! ([`SCRUB_BOUND`]).
 
-use crate::storage::{CdrSink, Erased, Flags, Storage};
+use crate::privacy::PrivacyKey;
+use crate::storage::{CdrSink, Erased, Flags, Storage, Tombstone};
 use pbx_actors::Timestamp;
 use pbx_actors::cdr::Cdr;
 use pbx_actors::licence::{LicenceStore, Stored, StoredUnlocks};
@@ -29,9 +36,22 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the Raft log is compacted (snapshot, then purge): the longest a change, and the
 /// personal data in it, stays in `raft.redb`'s log after it was applied (category `cluster-log`).
 pub const COMPACTION_INTERVAL: Duration = Duration::from_secs(3600);
-/// After an erasure is applied here, the log is compacted this soon (in one go with any
-/// erasures that follow within it).
+/// After an erasure is applied here (or a retention run changed records), the log is
+/// compacted and the files rewritten this soon — in one go with any erasures that follow
+/// within it, and with the registrar's own removals that follow the erasure.
 pub const ERASURE_COMPACTION_DELAY: Duration = Duration::from_secs(2);
+/// Longest the compactor waits for a purge on a leader still sending those entries to a
+/// follower, before it tries again.
+const PURGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a failed scrub (no purge in time, a disk error), the next try.
+const SCRUB_RETRY: Duration = Duration::from_secs(30);
+/// The bound docs/PRIVACY.md states: an erasure's bytes (and an anonymised or masked record's
+/// old ones) are gone from every file of the data directory this long after the erasure was
+/// applied (the retention run ended): the delay, the purge's wait, and 3 s for the rewrites
+/// (tens of MB of data at the copy speed measured, docs/PRIVACY.md). A purge not done in its
+/// wait is tried again [`SCRUB_RETRY`] later.
+pub const SCRUB_BOUND: Duration = Duration::from_secs(15);
+const _: () = assert!(ERASURE_COMPACTION_DELAY.as_secs() + PURGE_TIMEOUT.as_secs() + 3 <= SCRUB_BOUND.as_secs());
 
 /// One replicated entry's payload, versioned like every stored value.
 #[derive(Serialize, Deserialize)]
@@ -74,6 +94,16 @@ enum SnapshotV {
         unlocks: Option<StoredUnlocks>,
         flags: BTreeMap<String, Flags>,
     },
+    /// With the erasure tombstones, each under the fingerprint of the key that made it.
+    V2 {
+        extensions: Vec<Extension>,
+        bindings: Vec<Binding>,
+        cdrs: Vec<Cdr>,
+        licence: Option<Stored>,
+        unlocks: Option<StoredUnlocks>,
+        flags: BTreeMap<String, Flags>,
+        tombstones: Vec<Tombstone>,
+    },
 }
 
 /// Where applied changes of other nodes go before the registrar runs, and after.
@@ -87,11 +117,12 @@ enum Delivery {
 pub struct NodeApplier {
     me: NodeId,
     storage: Arc<Storage>,
+    /// Makes the tombstone of an erased number (this node's key: the pseudonym the node's
+    /// audit uses too).
+    key: PrivacyKey,
     delivery: Mutex<Delivery>,
     /// What this node's own erasures erased here, for the API request that asked for them.
     erased: Mutex<HashMap<(String, Timestamp), Erased>>,
-    /// Rung when an erasure was applied: the log holding the erased data is compacted soon.
-    erasure: tokio::sync::Notify,
 }
 
 /// The same audit entry, with the records a node changed.
@@ -114,14 +145,24 @@ pub fn change_flags(flags: &mut Flags, right: Right, at: Timestamp) {
 }
 
 impl NodeApplier {
-    pub fn new(me: NodeId, storage: Arc<Storage>) -> Arc<NodeApplier> {
+    pub fn new(me: NodeId, storage: Arc<Storage>, key: PrivacyKey) -> Arc<NodeApplier> {
         Arc::new(NodeApplier {
             me,
             storage,
+            key,
             delivery: Mutex::new(Delivery::Pending(Vec::new())),
             erased: Mutex::default(),
-            erasure: tokio::sync::Notify::new(),
         })
+    }
+
+    /// The node's storage, where committed entries land.
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    /// The node's privacy key, which makes its tombstones.
+    pub fn key(&self) -> &PrivacyKey {
+        &self.key
     }
 
     /// From now on other nodes' changes go to `registrar`, starting with those applied since
@@ -173,11 +214,12 @@ impl NodeApplier {
             Entry::Erase { subject, audit } => {
                 let at = audit.at;
                 let parsed = Subject::parse(&subject)?;
-                let erased = s.erase(&parsed, |n| with_records(audit, n)).map_err(|e| e.to_string())?;
+                let tombstone = self.key.tombstone(&parsed, at);
+                let erased =
+                    s.erase(&parsed, tombstone.as_ref(), |n| with_records(audit, n)).map_err(|e| e.to_string())?;
                 if origin == self.me {
                     self.erased.lock().expect("erased lock").insert((subject, at), erased);
                 }
-                self.erasure.notify_one();
             }
             Entry::Flag { subject, right, at, audit } => {
                 s.update_flags(&subject, |f| change_flags(f, right, at), &audit).map_err(|e| e.to_string())?;
@@ -206,21 +248,31 @@ impl Applier for NodeApplier {
         let s = &self.storage;
         let state = s.load().map_err(|e| e.to_string())?;
         let (licence, unlocks) = s.load_licence().map_err(|e| e.to_string())?;
-        postcard::to_allocvec(&SnapshotV::V1 {
+        postcard::to_allocvec(&SnapshotV::V2 {
             extensions: state.extensions,
             bindings: state.bindings,
             cdrs: s.all_cdrs().map_err(|e| e.to_string())?,
             licence,
             unlocks,
             flags: s.all_flags().map_err(|e| e.to_string())?,
+            tombstones: s.tombstones().map_err(|e| e.to_string())?.into_values().collect(),
         })
         .map_err(|e| e.to_string())
     }
 
     fn install(&self, snapshot: &[u8]) -> Result<(), String> {
-        let SnapshotV::V1 { extensions, bindings, cdrs, licence, unlocks, flags } =
-            postcard::from_bytes(snapshot).map_err(|e| format!("undecodable snapshot: {e}"))?;
+        let (extensions, bindings, cdrs, licence, unlocks, flags, tombstones) =
+            match postcard::from_bytes(snapshot).map_err(|e| format!("undecodable snapshot: {e}"))? {
+                SnapshotV::V1 { extensions, bindings, cdrs, licence, unlocks, flags } => {
+                    (extensions, bindings, cdrs, licence, unlocks, flags, Vec::new())
+                }
+                SnapshotV::V2 { extensions, bindings, cdrs, licence, unlocks, flags, tombstones } => {
+                    (extensions, bindings, cdrs, licence, unlocks, flags, tombstones)
+                }
+            };
         let s = &self.storage;
+        // Tombstones first: a crash part-way must not leave the extensions without them.
+        s.put_tombstones(&tombstones).map_err(|e| e.to_string())?;
         let before = s.load().map_err(|e| e.to_string())?;
         s.replace_registrar(&extensions, &bindings).map_err(|e| e.to_string())?;
         // Records only ever leave by retention, which every node applies by the same rules:
@@ -255,23 +307,68 @@ impl Applier for NodeApplier {
 }
 
 /// Compacts the node's Raft log every [`COMPACTION_INTERVAL`], and [`ERASURE_COMPACTION_DELAY`]
-/// after an erasure, so the log never holds personal data longer than that after it changed.
+/// after the storage says a rewrite is due (an erasure applied, a retention run that changed
+/// records, a snapshot installed; or left due by the last run), so the log never holds
+/// personal data longer than that after it changed. After each compaction `raft.redb` is
+/// rewritten (the purged entries and the replaced snapshot leave the file); when a rewrite is
+/// due, once the purge is done, `pbx.redb` too.
 pub fn start_compactor(replica: Arc<Replica>, applier: Arc<NodeApplier>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let storage = applier.storage.clone();
+        if matches!(storage.rewrite_due(), Ok(Some(_))) {
+            storage.want_rewrite();
+        }
+        let mut wait = COMPACTION_INTERVAL;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(COMPACTION_INTERVAL) => {}
-                _ = applier.erasure.notified() => tokio::time::sleep(ERASURE_COMPACTION_DELAY).await,
+                _ = tokio::time::sleep(wait) => {}
+                _ = storage.rewrite_wanted() => tokio::time::sleep(ERASURE_COMPACTION_DELAY).await,
             }
-            match replica.compact(APPLY_TIMEOUT).await {
-                Ok(upto) => {
-                    tracing::debug!(?upto, "Raft log compacted");
-                    metrics::counter!("pbx_raft_compactions_total").increment(1);
+            wait = match compact_and_scrub(&replica, &storage).await {
+                Ok(()) => COMPACTION_INTERVAL,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_s = SCRUB_RETRY.as_secs(), "compaction or rewrite not finished");
+                    metrics::counter!("pbx_storage_rewrite_failures_total").increment(1);
+                    SCRUB_RETRY
                 }
-                Err(e) => tracing::warn!(error = %e, "Raft log not compacted; trying again at the next turn"),
             }
         }
     })
+}
+
+/// One turn of the compactor: snapshot and purge; wait for the purge when a rewrite of
+/// `pbx.redb` is due; rewrite `raft.redb`, then (if due) `pbx.redb`.
+async fn compact_and_scrub(replica: &Arc<Replica>, storage: &Arc<Storage>) -> Result<(), String> {
+    let due = storage.rewrite_due().map_err(|e| e.to_string())?;
+    let upto = replica.compact(APPLY_TIMEOUT).await.map_err(|e| e.to_string())?;
+    metrics::counter!("pbx_raft_compactions_total").increment(1);
+    tracing::debug!(?upto, "Raft log compacted");
+    if let (Some(upto), Some(_)) = (upto, due) {
+        // The purge runs in Raft's own time; the file is rewritten once it is done.
+        replica
+            .raft()
+            .wait(Some(PURGE_TIMEOUT))
+            .metrics(|m| m.purged.is_some_and(|p| p.index >= upto), "log purged up to the snapshot")
+            .await
+            .map_err(|e| format!("purge up to {upto}: {e}"))?;
+    }
+    let r = replica.clone();
+    let raft = tokio::task::spawn_blocking(move || r.rewrite_file()).await.map_err(|e| e.to_string())??;
+    metrics::histogram!("pbx_storage_rewrite_seconds", "file" => "raft.redb").record(raft.held.as_secs_f64());
+    let Some(due) = due else { return Ok(()) };
+    let s = storage.clone();
+    let pbx = tokio::task::spawn_blocking(move || s.rewrite(Some(due))).await.map_err(|e| e.to_string())?;
+    let pbx = pbx.map_err(|e| e.to_string())?;
+    metrics::histogram!("pbx_storage_rewrite_seconds", "file" => "pbx.redb").record(pbx.held.as_secs_f64());
+    metrics::counter!("pbx_storage_rewrites_total").increment(1);
+    tracing::info!(
+        raft_bytes = raft.bytes_after,
+        raft_ms = raft.held.as_millis() as u64,
+        pbx_bytes = pbx.bytes_after,
+        pbx_ms = pbx.held.as_millis() as u64,
+        "data files rewritten: erased, masked and anonymised data is gone from them"
+    );
+    Ok(())
 }
 
 /// Writes entries through the cluster, from threads that are not the runtime's (the writers)
@@ -298,6 +395,13 @@ impl Replication {
     async fn write_here(&self, entry: Entry) -> Result<(), String> {
         let index = self.replica.write(encode(entry)?).await.map_err(|e| e.to_string())?;
         self.replica.wait_applied(index, APPLY_TIMEOUT).await.map_err(|e| e.to_string())
+    }
+
+    /// Returns once every entry committed before the call is applied on this node: it commits
+    /// an empty registrar batch (which every node, old or new, applies as nothing) and waits
+    /// for it here.
+    pub async fn barrier(&self) -> Result<(), String> {
+        self.write_here(Entry::Registrar(Vec::new())).await
     }
 
     /// Erasure on every node: committed, then applied here; what it erased here.
@@ -460,7 +564,7 @@ mod tests {
     /// Every table of the Raft file is a declared place of personal data (`raft:<table>`).
     #[test]
     fn raft_tables_are_in_the_privacy_inventory() {
-        use redb::{ReadableDatabase, TableHandle};
+        use redb::TableHandle;
         let dir = tempfile::tempdir().unwrap();
         let db = pbx_cluster::raft::store::open(dir.path()).unwrap();
         let read = db.begin_read().unwrap();
@@ -475,16 +579,21 @@ mod tests {
         }
     }
 
+    fn key(byte: u8) -> PrivacyKey {
+        PrivacyKey::from_bytes(&[byte; 32])
+    }
+
     /// Every kind of entry lands in storage whoever proposed it; a snapshot carries the state
-    /// to another node and replaces what it had; erasure erases on every node; a payload
-    /// nobody can read stops the applier with a reason.
+    /// to another node and replaces what it had; erasure erases on every node and leaves each
+    /// a tombstone made with its own key, which a later snapshot carries; a payload nobody can
+    /// read stops the applier with a reason.
     #[test]
     fn applies_snapshots_and_refuses_garbage() {
-        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
         let a_storage = Arc::new(Storage::open(dirs[0].path()).unwrap());
-        let a = NodeApplier::new(1, a_storage.clone());
+        let a = NodeApplier::new(1, a_storage.clone(), key(1));
         let b_storage = Arc::new(Storage::open(dirs[1].path()).unwrap());
-        let b = NodeApplier::new(2, b_storage.clone());
+        let b = NodeApplier::new(2, b_storage.clone(), key(2));
         let put = |aor: &str| vec![RegistrarCommand::PutBinding(binding(aor))];
         a.apply(&[&entry(1, put("100")), &entry(2, put("200"))]).unwrap();
         a.apply(&[
@@ -523,6 +632,33 @@ mod tests {
         }
         assert_eq!(b.erased.lock().unwrap().len(), 1);
         assert!(a.erased.lock().unwrap().is_empty(), "not a's request");
+        let number = Subject::Number("200".into());
+        for (s, k) in [(&a_storage, key(1)), (&b_storage, key(2))] {
+            let tombstones = s.tombstones().unwrap();
+            assert_eq!(tombstones.len(), 1);
+            let t = &tombstones[&k.pseudonym(&number)];
+            assert_eq!((t.key.as_str(), t.at), (k.fingerprint().as_str(), Timestamp::from_secs(2_000)));
+            assert!(s.rewrite_due().unwrap().is_some(), "the erased bytes are to leave the file");
+        }
+        assert_ne!(key(1).pseudonym(&number), key(2).pseudonym(&number));
+        // A node that missed the erasure gets a's tombstone with the snapshot, under a's key.
+        let c_storage = Arc::new(Storage::open(dirs[2].path()).unwrap());
+        let c = NodeApplier::new(3, c_storage.clone(), key(3));
+        c.install(&a.snapshot().unwrap()).unwrap();
+        assert_eq!(c_storage.tombstones().unwrap(), a_storage.tombstones().unwrap());
+        // A snapshot of the first version (no tombstones) still installs.
+        let v1 = postcard::to_allocvec(&SnapshotV::V1 {
+            extensions: Vec::new(),
+            bindings: vec![binding("400")],
+            cdrs: Vec::new(),
+            licence: None,
+            unlocks: None,
+            flags: BTreeMap::new(),
+        })
+        .unwrap();
+        c.install(&v1).unwrap();
+        assert_eq!(c_storage.load().unwrap().bindings.len(), 1);
+        assert_eq!(c_storage.tombstones().unwrap().len(), 1, "installing never drops a tombstone");
         let garbage = Request { origin: 2, payload: vec![0xff, 0xff, 0xff] };
         assert!(a.apply(&[&garbage]).unwrap_err().contains("undecodable replicated entry from node 2"));
     }

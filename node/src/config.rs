@@ -26,6 +26,11 @@ pub const DEFAULT_CDR_RETENTION_DAYS: u32 = 90;
 const NO_ANSWER_TIMEOUT_S_RANGE: (u32, u32) = (1, 600);
 const RTP_TIMEOUT_S_RANGE: (u32, u32) = (5, 3_600);
 const CDR_RETENTION_DAYS_RANGE: (u32, u32) = (1, 3_650);
+/// `[registrar]` failure limits: at least one failure; at most what a failure record holds.
+const AUTH_FAILURES_RANGE: (u32, u32) = (1, pbx_actors::registrar::AUTH_FAILURES_LIMIT_MAX);
+/// `[registrar] auth_failure_window_s` and `block_s`: a second to a day.
+const AUTH_FAILURE_WINDOW_S_RANGE: (u32, u32) = (1, 86_400);
+const BLOCK_S_RANGE: (u32, u32) = (1, 86_400);
 /// The seed's licence schedule: a check every 24 h, hourly retries, and (the issue's
 /// default) 14 days of grace before licensed features switch off.
 pub const DEFAULT_LICENCE_CHECK_INTERVAL_H: u32 = 24;
@@ -337,10 +342,12 @@ struct RegistrarSection {
     default_expires_s: Option<u32>,
     nonce_lifetime_s: Option<u32>,
     auth_failures_max: Option<u32>,
+    user_auth_failures_max: Option<u32>,
     auth_failure_window_s: Option<u32>,
     block_s: Option<u32>,
     refresh_flush_s: Option<u32>,
     digest_algorithms: Option<Vec<String>>,
+    allow_rfc2069: Option<bool>,
 }
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -379,6 +386,8 @@ pub struct Config {
     pub extensions: Vec<ExtensionDecl>,
     /// `None`: a single appliance, no cluster.
     pub cluster: Option<ClusterConfig>,
+    /// The file it was read from (`--config`), to name it in messages about its entries.
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -523,8 +532,10 @@ impl Config {
             default_expires_s: r.default_expires_s.unwrap_or(d.default_expires_s),
             nonce_lifetime_s: r.nonce_lifetime_s.unwrap_or(d.nonce_lifetime_s),
             auth_failures_max: r.auth_failures_max.unwrap_or(d.auth_failures_max),
+            user_auth_failures_max: r.user_auth_failures_max.unwrap_or(d.user_auth_failures_max),
             auth_failure_window_s: r.auth_failure_window_s.unwrap_or(d.auth_failure_window_s),
             block_s: r.block_s.unwrap_or(d.block_s),
+            allow_rfc2069: r.allow_rfc2069.unwrap_or(d.allow_rfc2069),
             refresh_flush_s: r.refresh_flush_s.unwrap_or(d.refresh_flush_s),
             digest_algorithms: match r.digest_algorithms {
                 None => d.digest_algorithms,
@@ -566,12 +577,20 @@ impl Config {
         }
         for (key, value) in [
             ("registrar.nonce_lifetime_s", registrar.nonce_lifetime_s),
-            ("registrar.auth_failures_max", registrar.auth_failures_max),
-            ("registrar.auth_failure_window_s", registrar.auth_failure_window_s),
             ("registrar.refresh_flush_s", registrar.refresh_flush_s),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1".into()));
+            }
+        }
+        for (key, value, (low, high)) in [
+            ("registrar.auth_failures_max", registrar.auth_failures_max, AUTH_FAILURES_RANGE),
+            ("registrar.user_auth_failures_max", registrar.user_auth_failures_max, AUTH_FAILURES_RANGE),
+            ("registrar.auth_failure_window_s", registrar.auth_failure_window_s, AUTH_FAILURE_WINDOW_S_RANGE),
+            ("registrar.block_s", registrar.block_s, BLOCK_S_RANGE),
+        ] {
+            if !(low..=high).contains(&value) {
+                return Err(invalid(key, format!("{value} is not between {low} and {high}")));
             }
         }
         if file.extensions.len() > CONFIG_EXTENSIONS_MAX {
@@ -600,6 +619,7 @@ impl Config {
             privacy,
             extensions: file.extensions,
             cluster,
+            file: flags.config.clone(),
         })
     }
 }
@@ -849,12 +869,18 @@ mod tests {
     /// A file sets values and extensions; a flag beats the file.
     #[test]
     fn file_and_flags() {
-        let text = "sip_listen = \"127.0.0.1:5070\"\n[registrar]\nmin_expires_s = 5\n\n[[extensions]]\nnumber = \"100\"\npassword = \"secret100\"\ndisplay_name = \"Reception\"\n";
+        let text = "sip_listen = \"127.0.0.1:5070\"\n[registrar]\nmin_expires_s = 5\nuser_auth_failures_max = 7\nallow_rfc2069 = true\n\n[[extensions]]\nnumber = \"100\"\npassword = \"secret100\"\ndisplay_name = \"Reception\"\n";
         let c = load_text(text).unwrap();
         assert_eq!(c.sip_listen.port(), 5070);
         assert_eq!(c.registrar.min_expires_s, 5);
         assert_eq!(c.sip.source_limit, SourceLimit::default(), "no [sip]: the defaults");
         assert_eq!(load_text("[sip]\nsource_rate_per_s = 0").unwrap().sip.source_limit.rate_per_s, 0);
+        assert_eq!((c.registrar.user_auth_failures_max, c.registrar.allow_rfc2069), (7, true));
+        let defaults = load_text("").unwrap().registrar;
+        assert_eq!(
+            (defaults.auth_failures_max, defaults.user_auth_failures_max, defaults.allow_rfc2069),
+            (5, 20, false)
+        );
         assert_eq!(c.extensions[0].display_name, "Reception");
         assert!(!format!("{:?}", c.extensions).contains("secret100"), "passwords never in Debug");
     }
@@ -877,6 +903,14 @@ mod tests {
             ),
             ("[[extensions]]\nnumber = \"1\"", "extensions[0]", "missing field `password`"),
             ("[registrar]\ndigest_algorithms = [\"SHA-1\"]", "registrar.digest_algorithms", "not one of"),
+            ("[registrar]\nauth_failures_max = 0", "registrar.auth_failures_max", "0 is not between 1 and 100"),
+            ("[registrar]\nauth_failures_max = 101", "registrar.auth_failures_max", "not between 1 and 100"),
+            ("[registrar]\nuser_auth_failures_max = 0", "registrar.user_auth_failures_max", "not between 1 and 100"),
+            ("[registrar]\nuser_auth_failures_max = 500", "registrar.user_auth_failures_max", "not between 1 and 100"),
+            ("[registrar]\nauth_failure_window_s = 0", "registrar.auth_failure_window_s", "not between 1 and 86400"),
+            ("[registrar]\nblock_s = 0", "registrar.block_s", "not between 1 and 86400"),
+            ("[registrar]\nblock_s = 86401", "registrar.block_s", "not between 1 and 86400"),
+            ("[registrar]\nallow_rfc2069 = \"yes\"", "registrar.allow_rfc2069", "invalid type"),
             ("[calls]\nno_answer_timeout_s = 0", "calls.no_answer_timeout_s", "0 is not between 1 and 600"),
             ("[calls]\nno_answer_timeout_s = 601", "calls.no_answer_timeout_s", "not between 1 and 600"),
             ("[calls]\nno_answer_timeout_s = -1", "calls.no_answer_timeout_s", "invalid value"),

@@ -72,7 +72,9 @@ impl Child for RegistrarChild {
             let fence = Arc::new(Fenced::new(self.store.clone()));
             let args = RegistrarArgs {
                 config: self.config.clone(),
-                rng_seed: rand::random(),
+                // The nonce key and randomness: 256 bits straight from the OS, fresh for every
+                // incarnation (nonces of a failed one are answered stale and re-challenged).
+                secret: os_secret().map_err(|e| format!("read 256 bits of OS randomness for the registrar: {e}"))?,
                 extensions: snapshot.extensions,
                 bindings: snapshot.bindings,
                 clock: Arc::new(self.clock),
@@ -296,4 +298,11 @@ impl Child for EndpointChild {
             Ok(endpoint.get_cell())
         })
     }
+}
+
+/// 256 bits from the operating system's CSPRNG.
+fn os_secret() -> Result<[u8; 32], rand::rand_core::OsError> {
+    let mut secret = [0u8; 32];
+    rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut secret)?;
+    Ok(secret)
 }

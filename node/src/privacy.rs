@@ -7,9 +7,16 @@
 //! pseudonym — HMAC-SHA-256 of the id with the node's `DATA_DIR/privacy.key` — so the audit
 //! can prove a request was honoured (`GET /api/v1/privacy/audit?subject=1001` recomputes it)
 //! without keeping the number or address it was about.
+//!
+//! Erasure wins over the config file: an erased number keeps a tombstone (its pseudonym,
+//! never the number, replicated with the erasure), and a `[[extensions]]` entry with a
+//! tombstoned number is not applied at start but named in a warning
+//! ([`config_extensions_to_apply`]). Why a tombstone rather than refusing the erasure:
+//! docs/PRIVACY.md, "Erasure and the config file".
 
+use crate::config::ExtensionDecl;
 use crate::http::{ActiveCallOut, ApiState, CdrOut, ask, error, require_auth, rfc3339};
-use crate::storage::{Flags, SubjectRecords};
+use crate::storage::{Flags, SubjectRecords, Tombstone};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use pbx_actors::privacy::reaper::Periods;
@@ -29,21 +36,24 @@ const SECURITY_PAGE_MAX: usize = 1_000;
 const AUDIT_ROWS_MAX: usize = 100_000;
 /// CDR rows the statistics read at most (newest first).
 const STATISTICS_ROWS_MAX: usize = 200_000;
+/// Times the start tries to learn every erasure committed so far (each try a Raft write,
+/// bounded by its own timeout) before it applies the config file's extensions.
+const BARRIER_TRIES_MAX: u32 = 6;
 
 /// What the privacy routes need besides the API state.
 pub struct Privacy {
-    key: ring::hmac::Key,
+    key: PrivacyKey,
     pub periods: Periods,
     pub operator: crate::config::OperatorSection,
 }
 
-impl Privacy {
+/// The node's privacy key (`DATA_DIR/privacy.key`): what makes a subject's pseudonym.
+#[derive(Clone)]
+pub struct PrivacyKey(ring::hmac::Key);
+
+impl PrivacyKey {
     /// Reads `DATA_DIR/privacy.key`, making it (32 random bytes, mode 0600) at first start.
-    pub fn open(
-        data_dir: &Path,
-        periods: Periods,
-        operator: crate::config::OperatorSection,
-    ) -> anyhow::Result<Privacy> {
+    pub fn open(data_dir: &Path) -> anyhow::Result<PrivacyKey> {
         use anyhow::Context;
         let path = data_dir.join(PRIVACY_KEY_FILE);
         let hex_key = match crate::secret_file::read(&path).with_context(|| format!("read {}", path.display()))? {
@@ -58,7 +68,48 @@ impl Privacy {
             .ok()
             .filter(|b| b.len() == 32)
             .with_context(|| format!("{}: not 64 hex digits", path.display()))?;
-        Ok(Privacy { key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes), periods, operator })
+        Ok(PrivacyKey::from_bytes(&bytes))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> PrivacyKey {
+        PrivacyKey(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes))
+    }
+
+    /// The subject as the audit and the tombstones name it: 16 bytes of HMAC-SHA-256 of its
+    /// id, in hex.
+    pub fn pseudonym(&self, subject: &Subject) -> String {
+        let tag = ring::hmac::sign(&self.0, format!("subject:{}", subject.id()).as_bytes());
+        hex::encode(&tag.as_ref()[..16])
+    }
+
+    /// Which key this is, without revealing it: 8 bytes of HMAC-SHA-256 of a fixed label.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(&ring::hmac::sign(&self.0, b"pbx privacy key fingerprint").as_ref()[..8])
+    }
+
+    /// The tombstone an erasure of `subject` leaves: for a number, its pseudonym; an address
+    /// leaves none (no config file declares one).
+    pub fn tombstone(&self, subject: &Subject, at: pbx_actors::Timestamp) -> Option<Tombstone> {
+        match subject {
+            Subject::Number(_) => Some(Tombstone { pseudonym: self.pseudonym(subject), key: self.fingerprint(), at }),
+            Subject::Ip(_) => None,
+        }
+    }
+}
+
+impl Privacy {
+    /// The privacy routes' state over the node's key.
+    pub fn new(key: PrivacyKey, periods: Periods, operator: crate::config::OperatorSection) -> Privacy {
+        Privacy { key, periods, operator }
+    }
+
+    /// Reads (or makes) the key, see [`PrivacyKey::open`].
+    pub fn open(
+        data_dir: &Path,
+        periods: Periods,
+        operator: crate::config::OperatorSection,
+    ) -> anyhow::Result<Privacy> {
+        Ok(Privacy::new(PrivacyKey::open(data_dir)?, periods, operator))
     }
 
     /// The notice for `lang`, with this node's periods and operator.
@@ -66,10 +117,9 @@ impl Privacy {
         notice::notice(lang, &operator(&self.operator), &self.periods)
     }
 
-    /// The subject as the audit names it: 16 bytes of HMAC-SHA-256 of its id, in hex.
+    /// The subject as the audit names it (see [`PrivacyKey::pseudonym`]).
     pub fn pseudonym(&self, subject: &Subject) -> String {
-        let tag = ring::hmac::sign(&self.key, format!("subject:{}", subject.id()).as_bytes());
-        hex::encode(&tag.as_ref()[..16])
+        self.key.pseudonym(subject)
     }
 }
 
@@ -442,11 +492,7 @@ async fn audit(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
 /// address; 24 or 64 for several of that network; 0 for the interval's overflow entry),
 /// `count` the events it stands for (a flood within one interval is one entry).
 pub(crate) fn security_json(e: &pbx_actors::privacy::SecurityEntry) -> serde_json::Value {
-    let blocked_until = match e.event {
-        pbx_actors::privacy::SecurityEvent::Blocked { until } => Some(rfc3339(until)),
-        #[allow(unreachable_patterns)]
-        _ => None,
-    };
+    let blocked_until = e.event.until().map(rfc3339);
     json!({
         "at": rfc3339(e.at),
         "source": e.source.to_string(),
@@ -587,6 +633,96 @@ async fn privacy_notice(req: HttpRequest, state: web::Data<ApiState>) -> HttpRes
         .body(state.privacy.notice(lang).html())
 }
 
+/// A config file entry the start leaves out, and why; `entry` counts the file's
+/// `[[extensions]]` from 1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeftOut {
+    /// Its number was erased at `at` (a tombstone made with this node's key).
+    Erased { entry: usize, at: pbx_actors::Timestamp },
+    /// Its number is not in the directory, and this node holds tombstones made with other
+    /// keys (`keys`, their fingerprints) that it cannot match numbers against: it cannot tell
+    /// a new extension from an erased one, and errs on the side of the erasure.
+    Unknowable { entry: usize, keys: Vec<String> },
+}
+
+/// Splits the config file's extensions into those to apply at start and those to leave out:
+/// a number with a tombstone of this node's `key` is left out; so is a number not yet in the
+/// directory (`existing`) while tombstones of other keys are held. Everything else applies
+/// (a number in the directory without a tombstone of ours was never erased here, or was
+/// created anew through the API).
+pub fn sort_declared<'a>(
+    declared: &'a [ExtensionDecl],
+    key: &PrivacyKey,
+    tombstones: &std::collections::BTreeMap<String, Tombstone>,
+    existing: &BTreeSet<String>,
+) -> (Vec<&'a ExtensionDecl>, Vec<LeftOut>) {
+    let mine = key.fingerprint();
+    let foreign: BTreeSet<String> = tombstones.values().filter(|t| t.key != mine).map(|t| t.key.clone()).collect();
+    let (mut apply, mut left_out) = (Vec::new(), Vec::new());
+    for (i, ext) in declared.iter().enumerate() {
+        let entry = i + 1;
+        let pseudonym = key.pseudonym(&Subject::Number(ext.number.clone()));
+        match tombstones.get(&pseudonym) {
+            Some(t) if t.key == mine => left_out.push(LeftOut::Erased { entry, at: t.at }),
+            _ if !existing.contains(&ext.number) && !foreign.is_empty() => {
+                left_out.push(LeftOut::Unknowable { entry, keys: foreign.iter().cloned().collect() })
+            }
+            _ => apply.push(ext),
+        }
+    }
+    (apply, left_out)
+}
+
+/// The config file's (`file`) extensions to apply at this start, once every change committed
+/// before now is applied here (so an erasure made while this node was down is known); each one
+/// left out is named in a warning, by its place in the file (not its number or name: the log
+/// is not the place to repeat an erased subject's data).
+pub async fn config_extensions_to_apply(
+    cluster: &crate::cluster::Replication,
+    key: &PrivacyKey,
+    declared: &[ExtensionDecl],
+    file: &str,
+) -> Result<Vec<ExtensionDecl>, String> {
+    if declared.is_empty() {
+        return Ok(Vec::new());
+    }
+    // A cluster that has no quorum yet (this node came up first) is waited for, as long as
+    // the writes of the extensions themselves would be.
+    let mut tries = 1;
+    while let Err(e) = cluster.barrier().await {
+        if tries == BARRIER_TRIES_MAX {
+            return Err(format!("the cluster did not commit an entry in {tries} tries: {e}"));
+        }
+        tries += 1;
+    }
+    let storage = cluster.applier.storage();
+    let tombstones = storage.tombstones().map_err(|e| e.to_string())?;
+    let existing: BTreeSet<String> =
+        storage.load().map_err(|e| e.to_string())?.extensions.into_iter().map(|e| e.number).collect();
+    let (apply, left_out) = sort_declared(declared, key, &tombstones, &existing);
+    for reason in &left_out {
+        match reason {
+            LeftOut::Erased { entry, at } => tracing::warn!(
+                file,
+                entry,
+                erased_at = %rfc3339(*at),
+                "config: [[extensions]] entry #{entry} names a number that was erased (GDPR Art. 17); it is not \
+                 applied. Remove the entry from the file; the number itself can be created anew through the API"
+            ),
+            LeftOut::Unknowable { entry, keys } => tracing::warn!(
+                file,
+                entry,
+                keys = %keys.join(","),
+                "config: [[extensions]] entry #{entry} is not applied: its number is not in the directory and this \
+                 node holds erasure tombstones made with another node's privacy key, so it cannot tell whether the \
+                 number was erased. Create it through the API, or give every node the same privacy.key"
+            ),
+        }
+    }
+    metrics::gauge!("pbx_config_extensions_left_out").set(left_out.len() as f64);
+    Ok(apply.into_iter().cloned().collect())
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/privacy", web::get().to(privacy_notice))
         .route("/api/v1/privacy/subjects/{id}/export", web::get().to(export))
@@ -598,4 +734,64 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/security-log", web::get().to(security_log))
         .route("/api/v1/privacy/inventory", web::get().to(inventory))
         .route("/api/v1/statistics", web::get().to(statistics));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pbx_actors::Timestamp;
+
+    fn decl(number: &str) -> ExtensionDecl {
+        ExtensionDecl { number: number.into(), password: "pw".into(), display_name: format!("Name {number}") }
+    }
+
+    fn numbers(applied: &[&ExtensionDecl]) -> Vec<String> {
+        applied.iter().map(|e| e.number.clone()).collect()
+    }
+
+    /// A config entry whose number this node's key tombstoned is left out (named by its place in
+    /// the file); others apply, whether new or already in the directory; without tombstones
+    /// everything applies.
+    #[test]
+    fn an_erased_number_in_the_file_is_left_out() {
+        let key = PrivacyKey::from_bytes(&[7; 32]);
+        let declared = [decl("100"), decl("101"), decl("102")];
+        let at = Timestamp::from_secs(1_000);
+        let t = key.tombstone(&Subject::Number("101".into()), at).unwrap();
+        assert!(!t.pseudonym.contains("101") && t.pseudonym.len() == 32, "a pseudonym, not the number: {t:?}");
+        let tombstones = [(t.pseudonym.clone(), t)].into_iter().collect();
+        let existing = ["100".to_string()].into_iter().collect();
+        let (apply, left_out) = sort_declared(&declared, &key, &tombstones, &existing);
+        assert_eq!(numbers(&apply), ["100", "102"]);
+        assert_eq!(left_out, [LeftOut::Erased { entry: 2, at }]);
+        let (apply, left_out) = sort_declared(&declared, &key, &Default::default(), &existing);
+        assert_eq!((apply.len(), left_out.len()), (3, 0));
+        assert!(key.tombstone(&Subject::parse("192.0.2.1").unwrap(), at).is_none(), "addresses leave none");
+    }
+
+    /// Tombstones made with another node's key (a snapshot from it) cannot be matched: numbers
+    /// not in the directory are left out rather than risk undoing an erasure; numbers in it
+    /// apply; this node's own tombstones still match.
+    #[test]
+    fn foreign_tombstones_leave_out_what_cannot_be_told_apart() {
+        let (mine, theirs) = (PrivacyKey::from_bytes(&[1; 32]), PrivacyKey::from_bytes(&[2; 32]));
+        assert_ne!(mine.fingerprint(), theirs.fingerprint());
+        let at = Timestamp::from_secs(5);
+        let foreign = theirs.tombstone(&Subject::Number("101".into()), at).unwrap();
+        let own = mine.tombstone(&Subject::Number("103".into()), at).unwrap();
+        let tombstones = [foreign, own].into_iter().map(|t| (t.pseudonym.clone(), t)).collect();
+        let declared = [decl("100"), decl("101"), decl("102"), decl("103")];
+        let existing = ["100".to_string(), "103".to_string()].into_iter().collect();
+        let (apply, left_out) = sort_declared(&declared, &mine, &tombstones, &existing);
+        assert_eq!(numbers(&apply), ["100"]);
+        let keys = vec![theirs.fingerprint()];
+        assert_eq!(
+            left_out,
+            [
+                LeftOut::Unknowable { entry: 2, keys: keys.clone() },
+                LeftOut::Unknowable { entry: 3, keys },
+                LeftOut::Erased { entry: 4, at },
+            ]
+        );
+    }
 }

@@ -9,11 +9,18 @@
 //! Call detail records go through [`CdrWriter`], which batches the records of calls ending
 //! together into one durable commit (group commit, as the registrar's writer does), and are
 //! read back a page at a time by end time ([`Storage::query_cdrs`]).
+//!
+//! The file is a [`RedbFile`]: after an erasure or a retention change, [`Storage::rewrite`]
+//! copies the live rows into a fresh file and replaces the old one, so what was erased,
+//! masked, anonymised or deleted leaves the disk file too (redb does not clear freed pages).
+//! Whether a rewrite is due is kept in the file itself (`maintenance` table), in the same
+//! transaction as the change that made it due, so a crash before the rewrite does not forget it.
 
 use pbx_actors::Timestamp;
 use pbx_actors::cdr::{Cdr, CdrStore};
 use pbx_actors::registrar::{Binding, Extension, RegistrarCommand, RegistrarStore};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use pbx_cluster::redb_file::{RedbFile, Rewritten, check_all_copied, copy_table};
+use redb::{Durability, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
@@ -22,7 +29,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 mod privacy;
 pub use privacy::{
     Erased, Flags, SECURITY_INTERVAL_S, SECURITY_NETWORKS_PER_INTERVAL_MAX, SECURITY_ROW_BYTES_MAX,
-    SECURITY_ROWS_PER_KIND_PER_DAY_MAX, SecurityAggregator, SecurityKey, SecurityWriter, SubjectRecords,
+    SECURITY_ROWS_PER_KIND_PER_DAY_MAX, SecurityAggregator, SecurityKey, SecurityWriter, SubjectRecords, Tombstone,
 };
 
 const EXTENSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("extensions");
@@ -40,15 +47,23 @@ const SECURITY_LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("s
 const PRIVACY_AUDIT: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("privacy_audit");
 /// Restrictions and objections, keyed by subject id (`privacy-preferences`).
 const PRIVACY_FLAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("privacy_flags");
+/// Erasure tombstones: the keyed pseudonym of each erased number (`erasure-tombstone`).
+const TOMBSTONES: TableDefinition<&str, &[u8]> = TableDefinition::new("erasure_tombstones");
+/// The file's own housekeeping (no personal data): whether a rewrite is due.
+const MAINTENANCE: TableDefinition<&str, &[u8]> = TableDefinition::new("maintenance");
+/// The `MAINTENANCE` key saying a rewrite is due; its value (a random u64) tells this request
+/// from a later one.
+const REWRITE_DUE: &str = "rewrite_due";
 
 pub const DB_FILE: &str = "pbx.redb";
 
 /// Every table of the file; each must be declared in the privacy inventory
 /// (`pbx_actors::privacy::INVENTORY`) — a test checks it.
-pub const TABLES: &[&str] = &["extensions", "bindings", "cdrs", "security_log", "privacy_audit", "privacy_flags"];
+pub const TABLES: &[&str] =
+    &["extensions", "bindings", "cdrs", "security_log", "privacy_audit", "privacy_flags", "erasure_tombstones"];
 /// Tables that hold no personal data: the licence documents (serial number, features, limits,
-/// signatures — about the PBX, not about anyone).
-pub const NON_PERSONAL_TABLES: &[&str] = &["licence"];
+/// signatures — about the PBX, not about anyone), and the file's housekeeping.
+pub const NON_PERSONAL_TABLES: &[&str] = &["licence", "maintenance"];
 
 /// Records one CDR page holds at most.
 pub const CDR_PAGE_MAX: usize = 500;
@@ -101,9 +116,12 @@ pub(crate) fn redb_err(e: impl std::fmt::Display) -> StorageError {
 }
 
 pub struct Storage {
-    db: Database,
+    db: RedbFile,
     /// Second half of the keys of time-keyed logs: records of the same microsecond stay apart.
     seq: std::sync::atomic::AtomicU64,
+    /// Rung when a change made a rewrite due (an erasure, a retention run that changed records,
+    /// a snapshot installed): the node's compactor then rewrites the files.
+    rewrite_wanted: tokio::sync::Notify,
 }
 
 /// Everything the node restores at start.
@@ -116,8 +134,8 @@ impl Storage {
     /// Opens (or creates) `DATA_DIR/pbx.redb` and makes sure every table exists.
     pub fn open(data_dir: &Path) -> Result<Storage, StorageError> {
         let path = data_dir.join(DB_FILE);
-        let db = Database::create(&path)
-            .map_err(|e| StorageError::Open { path: path.display().to_string(), reason: e.to_string() })?;
+        let db = RedbFile::create(&path)
+            .map_err(|reason| StorageError::Open { path: path.display().to_string(), reason })?;
         let tx = db.begin_write().map_err(redb_err)?;
         tx.open_table(EXTENSIONS).map_err(redb_err)?;
         tx.open_table(BINDINGS).map_err(redb_err)?;
@@ -126,8 +144,71 @@ impl Storage {
         tx.open_table(SECURITY_LOG).map_err(redb_err)?;
         tx.open_table(PRIVACY_AUDIT).map_err(redb_err)?;
         tx.open_table(PRIVACY_FLAGS).map_err(redb_err)?;
+        tx.open_table(TOMBSTONES).map_err(redb_err)?;
+        tx.open_table(MAINTENANCE).map_err(redb_err)?;
         tx.commit().map_err(redb_err)?;
-        Ok(Storage { db, seq: std::sync::atomic::AtomicU64::new(rand::random::<u32>().into()) })
+        Ok(Storage {
+            db,
+            seq: std::sync::atomic::AtomicU64::new(rand::random::<u32>().into()),
+            rewrite_wanted: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Whether a rewrite is due, and which request made it so (see [`Storage::rewrite`]).
+    pub fn rewrite_due(&self) -> Result<Option<u64>, StorageError> {
+        let tx = self.db.begin_read().map_err(redb_err)?;
+        let table = tx.open_table(MAINTENANCE).map_err(redb_err)?;
+        Ok(table.get(REWRITE_DUE).map_err(redb_err)?.and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes)))
+    }
+
+    /// Waits until a change makes a rewrite due (or [`Storage::want_rewrite`] is called).
+    pub async fn rewrite_wanted(&self) {
+        self.rewrite_wanted.notified().await
+    }
+
+    /// Wakes whoever waits in [`Storage::rewrite_wanted`] (now, or at its next wait).
+    pub fn want_rewrite(&self) {
+        self.rewrite_wanted.notify_one();
+    }
+
+    /// Copies every live row into a fresh file that replaces `pbx.redb` ([`RedbFile::rewrite`]):
+    /// rows deleted or changed before are then not in the file in any form. Writers wait
+    /// meanwhile; none is lost. `done` is the [`Storage::rewrite_due`] value this rewrite
+    /// answers: if it is still the due one, the new file no longer says a rewrite is due (a
+    /// change made during the rewrite left a new value, which stays).
+    pub fn rewrite(&self, done: Option<u64>) -> Result<Rewritten, StorageError> {
+        self.db
+            .rewrite(|from, to| {
+                copy_table(from, to, EXTENSIONS)?;
+                copy_table(from, to, BINDINGS)?;
+                copy_table(from, to, CDRS)?;
+                copy_table(from, to, LICENCE)?;
+                copy_table(from, to, SECURITY_LOG)?;
+                copy_table(from, to, PRIVACY_AUDIT)?;
+                copy_table(from, to, PRIVACY_FLAGS)?;
+                copy_table(from, to, TOMBSTONES)?;
+                copy_table(from, to, MAINTENANCE)?;
+                if let Some(done) = done {
+                    let mut maintenance = to.open_table(MAINTENANCE).map_err(|e| e.to_string())?;
+                    let still = maintenance.get(REWRITE_DUE).map_err(|e| e.to_string())?.map(|v| v.value().to_vec());
+                    if still.as_deref() == Some(done.to_le_bytes().as_slice()) {
+                        maintenance.remove(REWRITE_DUE).map_err(|e| e.to_string())?;
+                    }
+                }
+                let names = [
+                    EXTENSIONS.name(),
+                    BINDINGS.name(),
+                    CDRS.name(),
+                    LICENCE.name(),
+                    SECURITY_LOG.name(),
+                    PRIVACY_AUDIT.name(),
+                    PRIVACY_FLAGS.name(),
+                    TOMBSTONES.name(),
+                    MAINTENANCE.name(),
+                ];
+                check_all_copied(from, &names)
+            })
+            .map_err(StorageError::Redb)
     }
 
     /// The stored licence and unlocks, if any.
@@ -201,7 +282,11 @@ impl Storage {
             extensions.iter().cloned().map(RegistrarCommand::PutExtension).collect();
         commands.extend(bindings.iter().cloned().map(RegistrarCommand::PutBinding));
         apply_in(&tx, &commands)?;
-        tx.commit().map_err(redb_err)
+        // What the snapshot dropped (an erasure this node missed, say) is in freed pages now.
+        mark_rewrite_due(&tx)?;
+        tx.commit().map_err(redb_err)?;
+        self.want_rewrite();
+        Ok(())
     }
 
     /// Stores call records in one durable transaction: all or none. Storing a record again
@@ -317,7 +402,6 @@ fn read_all<V: serde::de::DeserializeOwned, T>(
     table: TableDefinition<&str, &[u8]>,
     upgrade: impl Fn(V) -> T,
 ) -> Result<Vec<T>, StorageError> {
-    use redb::TableHandle;
     let mut out = Vec::new();
     for row in tx.open_table(table).map_err(redb_err)?.iter().map_err(redb_err)? {
         let (k, v) = row.map_err(redb_err)?;
@@ -347,6 +431,17 @@ fn apply_in(tx: &redb::WriteTransaction, commands: &[RegistrarCommand]) -> Resul
             }
         }
     }
+    Ok(())
+}
+
+/// Records in `tx` that the file needs a rewrite: it commits with the change that left
+/// personal data in freed pages, so a crash before the rewrite does not forget it.
+pub(crate) fn mark_rewrite_due(tx: &redb::WriteTransaction) -> Result<(), StorageError> {
+    let request: u64 = rand::random();
+    tx.open_table(MAINTENANCE)
+        .map_err(redb_err)?
+        .insert(REWRITE_DUE, request.to_le_bytes().as_slice())
+        .map_err(redb_err)?;
     Ok(())
 }
 
@@ -630,6 +725,30 @@ mod tests {
         for bad in ["", "xyz", &"0".repeat(31), &"g".repeat(32), &"0".repeat(33), "+000000000000000000000000000000f"] {
             assert!(bad.parse::<CdrCursor>().is_err(), "{bad:?}");
         }
+    }
+
+    /// Not a check: how long a rewrite of a file with 100,000 call records takes here (the
+    /// number docs/PRIVACY.md quotes). `cargo test -p pbx-node --lib rewrite_speed -- --ignored
+    /// --nocapture`.
+    #[test]
+    #[ignore]
+    fn rewrite_speed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        for chunk in 0..100u64 {
+            let records: Vec<Cdr> = (0..1_000)
+                .map(|i| cdr(chunk * 1_000 + i + 1, 1_000 + chunk * 1_000 + i, "100", "0301234567"))
+                .collect();
+            s.put_cdrs(&records).unwrap();
+        }
+        let done = s.rewrite(None).unwrap();
+        let mb = done.bytes_before as f64 / 1e6;
+        eprintln!(
+            "rewrite of {mb:.1} MB ({} MB after) took {} ms: {:.0} MB/s",
+            done.bytes_after / 1_000_000,
+            done.held.as_millis(),
+            mb / done.held.as_secs_f64()
+        );
     }
 
     /// Commands applied, the file closed and reopened: the state is what the commands said.

@@ -37,6 +37,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Mixed into the node's seed for its RTP port pool, so the pool draws its own sequence without
+/// shifting the generators derived before it.
+const POOL_SEED_SALT: u64 = 0x706f_7274_706f_6f6c;
+
 /// How a node is set up; the same for every incarnation of it.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -247,7 +251,13 @@ impl SimNode {
         now: Timestamp,
     ) -> SimNode {
         let mut rng = seed;
-        let registrar = Registrar::new(config.registrar.clone(), splitmix64(&mut rng), extensions, bindings, now);
+        // The node reads 256 bits from the OS; a simulated node expands its seed to as many.
+        let mut secret = [0u8; 32];
+        rand::RngCore::fill_bytes(
+            &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(splitmix64(&mut rng)),
+            &mut secret,
+        );
+        let registrar = Registrar::new(config.registrar.clone(), secret, extensions, bindings, now);
         let timers = TimerConfig::default();
         let call_config = CallConfig {
             no_answer: config.no_answer,
@@ -265,7 +275,7 @@ impl SimNode {
             calls: BTreeMap::new(),
             leg_calls: BTreeMap::new(),
             media_ports: BTreeMap::new(),
-            pool: PortPool::new(config.rtp_ports.0, config.rtp_ports.1),
+            pool: PortPool::new(config.rtp_ports.0, config.rtp_ports.1, seed ^ POOL_SEED_SALT),
             ids: CallIds::new(rng),
             work: Mailboxes { queues: BTreeMap::new(), rng: splitmix64(&mut rng) },
             outputs: VecDeque::new(),
@@ -517,8 +527,14 @@ impl SimNode {
                         self.stats.auth_failed += 1;
                         self.log_security(now, source, Some(user), SecurityEvent::AuthFailed);
                     }
-                    RegistrarEvent::SourceBlocked { source, until } => {
-                        self.log_security(now, source, None, SecurityEvent::Blocked { until })
+                    RegistrarEvent::Blocked { source, user, until } => {
+                        self.log_security(now, source, Some(user), SecurityEvent::Blocked { until })
+                    }
+                    RegistrarEvent::UserLocked { user, source, until } => {
+                        self.log_security(now, source, Some(user), SecurityEvent::UserLocked { until })
+                    }
+                    RegistrarEvent::PrefixBlocked { prefix, len, until } => {
+                        self.log_security(now, prefix, None, SecurityEvent::PrefixBlocked { until, prefix_len: len })
                     }
                     _ => {}
                 },

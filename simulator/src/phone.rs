@@ -2146,7 +2146,7 @@ mod tests {
             ha1_md5: ha1(Algorithm::Md5, "201", "pbx", "secret-201"),
             ha1_sha256: ha1(Algorithm::Sha256, "201", "pbx", "secret-201"),
         };
-        let mut registrar = Registrar::new(RegistrarConfig::default(), 7, vec![extension], vec![], start);
+        let mut registrar = Registrar::new(RegistrarConfig::default(), [7; 32], vec![extension], vec![], start);
         let (mut now, mut events, mut tx) = (start, Vec::new(), 0);
         while now < start + Duration::from_secs(3600) {
             phone.handle(now, PhoneInput::Timeout);

@@ -164,13 +164,13 @@ mod tests {
     use pbx_actors::sip::message::Transport;
 
     /// Against the product's registrar: every guess is a 401 (the first unauthenticated, the
-    /// rest wrong passwords, counted as failures), until the fifth failure blocks the source
-    /// and the next REGISTER gets 403, which ends the burst.
+    /// rest wrong passwords, counted as failures), until the fifth failure for the user blocks
+    /// it from this source and the next REGISTER gets 403, which ends the burst.
     #[test]
     fn guesses_fail_until_the_registrar_blocks_the_source() {
         let now = Timestamp::from_secs(1_767_571_200);
         let config = RegistrarConfig { digest_algorithms: vec![Algorithm::Md5], ..RegistrarConfig::default() };
-        let mut registrar = Registrar::new(config, 7, Vec::new(), Vec::new(), now);
+        let mut registrar = Registrar::new(config, [7; 32], Vec::new(), Vec::new(), now);
         registrar.handle(
             now,
             RegistrarInput::PutExtension {
@@ -181,7 +181,7 @@ mod tests {
         );
         while registrar.poll_output().is_some() {}
         let (address, pbx) = ("203.0.113.9:5060".parse().unwrap(), "10.0.0.1:5060".parse().unwrap());
-        let users = ["1000".to_owned(), "admin".to_owned()];
+        let users = ["1000".to_owned()];
         let mut scanner = Scanner::new(address, pbx, &users, 10, 3, now);
         let (mut codes, mut failures, mut blocked, mut over) = (Vec::new(), 0, 0, false);
         for tx in 0..20 {
@@ -201,7 +201,7 @@ mod tests {
                 match out {
                     RegistrarOutput::Respond { response: r, .. } => response = Some(r),
                     RegistrarOutput::Event(pbx_actors::registrar::RegistrarEvent::AuthFailed { .. }) => failures += 1,
-                    RegistrarOutput::Event(pbx_actors::registrar::RegistrarEvent::SourceBlocked { .. }) => blocked += 1,
+                    RegistrarOutput::Event(pbx_actors::registrar::RegistrarEvent::Blocked { .. }) => blocked += 1,
                     _ => {}
                 }
             }

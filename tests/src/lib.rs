@@ -581,6 +581,13 @@ impl SipClient {
         SipClient::new(Some(socket), None, server, local)
     }
 
+    /// A UDP client on `ip` (another loopback address, e.g. 127.0.0.2: a different source).
+    pub fn udp_on(ip: std::net::IpAddr, server: SocketAddr) -> SipClient {
+        let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind client UDP");
+        let local = socket.local_addr().expect("local addr");
+        SipClient::new(Some(socket), None, server, local)
+    }
+
     pub fn tcp(server: SocketAddr) -> SipClient {
         let stream = TcpStream::connect_timeout(&server, Duration::from_secs(3)).expect("connect TCP");
         let local = stream.local_addr().expect("local addr");

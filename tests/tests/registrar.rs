@@ -273,10 +273,11 @@ fn binding_expires_after_its_interval() {
     assert!(listed_bindings(&query).is_empty(), "{query}");
 }
 
-/// After `auth_failures_max` wrong passwords from 127.0.0.1 the source is blocked: even the
-/// right password gets 403, and /metrics counts the failures and the block.
+/// After `auth_failures_max` wrong passwords for 100 from 127.0.0.1, 100 is blocked from that
+/// address: even the right password gets 403, while 101 from the same address still
+/// registers (the block is per source and user); /metrics counts the failures and the block.
 #[test]
-fn repeated_failures_block_the_source() {
+fn repeated_failures_block_the_user_from_that_source() {
     let pbx = Pbx::start(PbxOptions::default().registrar("auth_failures_max = 3").registrar("block_s = 60"));
     let mut client = SipClient::udp(pbx.sip);
     let contact = format!("Contact: <sip:100@{}>", client.local());
@@ -287,10 +288,44 @@ fn repeated_failures_block_the_source() {
     let blocked = client.register("100", "secret-100", "MD5", &[&contact, "Expires: 60"]).expect("an answer");
     assert_eq!(status_code(&blocked), Some(403), "{blocked}");
     let other = register_raw(&pbx, "101", "secret-101", &["Contact: <sip:101@127.0.0.1:7130>"]);
-    assert_eq!(status_code(&other), Some(403), "the block is per source address: {other}");
-    assert!(pbx.registrations().is_empty(), "{:?}", pbx.registrations());
+    assert_eq!(status_code(&other), Some(200), "the block is per source and user: {other}");
+    assert_eq!(pbx.contacts_of("100"), Vec::<String>::new(), "{:?}", pbx.registrations());
     assert!(pbx.metric("pbx_blocked_sources_total").is_some_and(|n| n >= 1.0), "{}", pbx.metrics());
     assert!(pbx.metric("pbx_auth_failures_total").is_some_and(|n| n >= 3.0), "{}", pbx.metrics());
+}
+
+/// A correct digest whose `uri` is not the Request-URI is refused 400 and counted; an answer
+/// without qop is challenged again (401) and not counted; neither binds anything.
+#[test]
+fn digest_uri_mismatch_is_400_and_answer_without_qop_is_refused() {
+    let pbx = Pbx::start(PbxOptions::default());
+    let mut client = SipClient::udp(pbx.sip);
+    let uri = format!("sip:{}", pbx.sip);
+    let contact = format!("Contact: <sip:100@{}>", client.local());
+    let md5 = |m: &str| header_values(m, "WWW-Authenticate").into_iter().find(|c| c.contains("MD5")).expect("MD5");
+    let first = client.request("REGISTER", &uri, "100", None, &[&contact]);
+    let challenge = client.transact(&first).expect("a challenge");
+    let elsewhere = authorization(&md5(&challenge), "100", "secret-100", "REGISTER", "sip:elsewhere.example", 1);
+    let second = client.request("REGISTER", &uri, "100", None, &[&contact, &format!("Authorization: {elsewhere}")]);
+    let refused = client.transact(&second).expect("an answer");
+    assert_eq!(status_code(&refused), Some(400), "{refused}");
+    assert_eq!(pbx.metric("pbx_auth_failures_total"), Some(1.0), "{}", pbx.metrics());
+
+    let third = client.request("REGISTER", &uri, "100", None, &[&contact]);
+    let challenge = client.transact(&third).expect("a challenge");
+    let c = md5(&challenge);
+    let (realm, nonce) = (param(&c, "realm").unwrap(), param(&c, "nonce").unwrap());
+    let ha1 = hash_hex("MD5", &format!("100:{realm}:secret-100"));
+    let ha2 = hash_hex("MD5", &format!("REGISTER:{uri}"));
+    let response = hash_hex("MD5", &format!("{ha1}:{nonce}:{ha2}"));
+    let rfc2069 = format!(
+        r#"Authorization: Digest username="100", realm="{realm}", nonce="{nonce}", uri="{uri}", response="{response}""#
+    );
+    let fourth = client.request("REGISTER", &uri, "100", None, &[&contact, &rfc2069]);
+    let again = client.transact(&fourth).expect("an answer");
+    assert_eq!(status_code(&again), Some(401), "{again}");
+    assert_eq!(pbx.metric("pbx_auth_failures_total"), Some(1.0), "not counted: {}", pbx.metrics());
+    assert!(pbx.registrations().is_empty(), "{:?}", pbx.registrations());
 }
 
 /// OPTIONS is answered 200 with Allow, over UDP and TCP.

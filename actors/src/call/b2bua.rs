@@ -11,6 +11,16 @@
 //!   is answered with the callee's choice when it offered it, else with its own first G.711
 //!   codec. A late offer (INVITE without SDP) gets pbx's offer in the 200 and its answer in the
 //!   ACK. Nothing acceptable → 488.
+//! - An SDP naming a media address pbx must never send to (multicast, broadcast, `::`; see
+//!   `sdp`) is unreadable, like any malformed SDP: an offer in an INVITE, re-INVITE or UPDATE
+//!   gets 488 and changes nothing. Such an answer fails what it answers: the callee's 2xx to
+//!   the INVITE is ACKed and BYEd and the caller gets 488 (the CDR says `failed`); a bad
+//!   answer in the caller's ACK ends the call with BYE both ways; a bad answer to a relayed
+//!   re-INVITE gets the offerer 488 and the media stays as it was (RFC 3264 §8: a failed
+//!   re-offer leaves the session unchanged). `c=0.0.0.0` is no such address: it is hold.
+//! - Each offer/answer reconfigures the relay, which opens its source-learning window (see
+//!   `media::relay`); an early answer (183) is re-applied when the 200 comes, since most
+//!   phones only start sending then.
 //! - In a call, a re-INVITE or UPDATE from either side (hold, resume) is relayed as a new offer
 //!   to the other side, and the other side's answer relayed back, each rewritten to pbx's ports.
 //!   A re-INVITE without SDP is answered by pbx with its last description of that side.
@@ -147,6 +157,8 @@ pub struct Call {
     early_answer: Option<Bytes>,
     /// pbx's last description sent to each side.
     last_sdp: [Option<Bytes>; 2],
+    /// What the relay was last told about each side.
+    peers: [Option<PeerMedia>; 2],
     relayed: Option<Relayed>,
     /// Legs whose far end already ended the dialog (BYE, CANCEL): nothing to hang up there.
     gone: Vec<LegId>,
@@ -183,6 +195,7 @@ impl Call {
             codecs: [None, None],
             early_answer: None,
             last_sdp: [None, None],
+            peers: [None, None],
             relayed: None,
             gone: Vec::new(),
             failure: None,
@@ -478,7 +491,18 @@ impl Call {
         self.deadline = None;
         self.disposition = Some(Disposition::Answered);
         let to_caller = match (&self.a_offer, sdp) {
-            (Some(_), Some(sdp)) => self.early_answer.clone().or_else(|| self.answer_caller_from(&sdp)),
+            (Some(_), Some(sdp)) => match self.early_answer.clone() {
+                Some(early) => {
+                    // The early answer stands; the relay learns sources afresh from now on.
+                    for side in [Side::A, Side::B] {
+                        if let Some(peer) = self.peers[side_index(side)].clone() {
+                            self.outputs.push_back(CallOutput::ConfigureMedia { side, peer });
+                        }
+                    }
+                    Some(early)
+                }
+                None => self.answer_caller_from(&sdp),
+            },
             (None, Some(sdp)) => {
                 // Late offer: the callee answered pbx's offer; the caller now gets pbx's offer
                 // (the callee's codec first, so no transcoding if the caller can help it).
@@ -542,6 +566,7 @@ impl Call {
             telephone_event: audio.telephone_event,
             sends: audio.direction.sends() && audio.rtp.is_some(),
         };
+        self.peers[side_index(side)] = Some(peer.clone());
         self.outputs.push_back(CallOutput::ConfigureMedia { side, peer });
     }
 

@@ -764,3 +764,111 @@ fn failure_while_ringing_answers_the_caller_500() {
     let cdr = h.ended.unwrap();
     assert_eq!(cdr.disposition, Disposition::Failed { reason: "SIP endpoint restarted".into() });
 }
+
+/// An answered call: the caller's PCMU offer, the callee's PCMU answer, the caller's ACK.
+fn answered_call() -> Harness {
+    let mut h = call_with(PCMU_OFFER, 1);
+    h.take_commands();
+    h.event(ms(100), B1, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
+    h.event(ms(150), A, LegEvent::Acked { sdp: None });
+    h.take_commands();
+    h
+}
+
+/// An INVITE whose offer names a multicast or broadcast media address (an authenticated
+/// reflector) gets 488 and rings nobody; so does `::`.
+#[test]
+fn reflector_offer_in_invite_is_488() {
+    for address in ["IP4 224.0.0.1", "IP4 255.255.255.255", "IP6 ff0e::1", "IP6 ::"] {
+        let offer = PCMU_OFFER.replace("c=IN IP4 127.0.0.1", &format!("c=IN {address}"));
+        let mut h = call_with(&offer, 1);
+        assert_eq!(h.started, vec![A], "no callee is rung for {address}");
+        assert!(matches!(h.take_commands()[..], [(A, LegCommand::Reject { code: 488 })]), "{address}");
+        assert!(h.media.is_empty(), "the relay learns nothing of it");
+        h.finish(ms(1), &[A]);
+        assert_eq!(h.ended.unwrap().disposition, Disposition::Rejected { code: 488 });
+    }
+}
+
+/// A re-INVITE or UPDATE offer with such an address, from either side, gets 488; nothing is
+/// relayed and the media stays as it was.
+#[test]
+fn reflector_offer_in_reinvite_or_update_is_488() {
+    let mut h = answered_call();
+    let configured = h.media.len();
+    let multicast = PCMU_OFFER.replace("c=IN IP4 127.0.0.1", "c=IN IP4 239.1.2.3");
+    h.event(ms(1000), A, LegEvent::Offer { method: Method::INVITE, sdp: Some(Bytes::from(multicast)) });
+    assert!(matches!(h.take_commands()[..], [(A, LegCommand::AnswerOffer { code: 488, sdp: None })]));
+    let broadcast = PCMU_ANSWER.replace("c=IN IP4 127.0.0.1", "c=IN IP4 255.255.255.255");
+    h.event(ms(2000), B1, LegEvent::Offer { method: Method::UPDATE, sdp: Some(Bytes::from(broadcast)) });
+    assert!(matches!(h.take_commands()[..], [(B1, LegCommand::AnswerOffer { code: 488, sdp: None })]));
+    assert_eq!(h.media.len(), configured, "no reconfiguration");
+    assert!(h.ended.is_none(), "the call goes on");
+}
+
+/// The callee answers with a multicast address: it is ACKed and hung up, the caller gets 488,
+/// the CDR says failed, and the relay is never pointed there.
+#[test]
+fn reflector_answer_fails_the_call() {
+    let mut h = call_with(PCMU_OFFER, 1);
+    h.take_commands();
+    let multicast = PCMU_ANSWER.replace("c=IN IP4 127.0.0.1", "c=IN IP4 224.0.0.251");
+    h.event(ms(100), B1, LegEvent::Answered { sdp: Some(Bytes::from(multicast)) });
+    let commands = h.take_commands();
+    assert!(commands.iter().any(|(leg, c)| *leg == A && matches!(c, LegCommand::Reject { code: 488 })), "{commands:?}");
+    assert!(commands.iter().any(|(leg, c)| *leg == B1 && matches!(c, LegCommand::Hangup)), "{commands:?}");
+    assert!(h.media.is_empty(), "{:?}", h.media);
+    h.finish(ms(200), &[A, B1]);
+    let cdr = h.ended.unwrap();
+    assert!(matches!(cdr.disposition, Disposition::Failed { .. }), "{:?}", cdr.disposition);
+    assert_eq!(cdr.hangup, Some(HangupSide::Pbx));
+
+    // The same answer to a relayed re-INVITE gets the offerer 488; the media stays.
+    let mut h = answered_call();
+    let configured = h.media.len();
+    h.event(
+        ms(1000),
+        A,
+        LegEvent::Offer { method: Method::INVITE, sdp: Some(Bytes::from_static(PCMU_OFFER.as_bytes())) },
+    );
+    h.take_commands();
+    let broadcast = PCMU_ANSWER.replace("c=IN IP4 127.0.0.1", "c=IN IP4 255.255.255.255");
+    h.event(ms(1100), B1, LegEvent::OfferAnswered { code: 200, sdp: Some(Bytes::from(broadcast)) });
+    assert!(matches!(h.take_commands()[..], [(A, LegCommand::AnswerOffer { code: 488, sdp: None })]));
+    assert_eq!(h.media.len(), configured);
+}
+
+/// The RFC 2543 hold (c=0.0.0.0) is no reflector: the re-INVITE is relayed, and the relay is
+/// told the holding side has no address (it sends it nothing).
+#[test]
+fn hold_by_zero_address_is_relayed() {
+    let mut h = answered_call();
+    let hold = PCMU_OFFER.replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0").replace("a=sendrecv", "a=sendonly");
+    h.event(ms(1000), A, LegEvent::Offer { method: Method::INVITE, sdp: Some(Bytes::from(hold)) });
+    let commands = h.take_commands();
+    let [(B1, ref offer @ LegCommand::Offer { .. })] = commands[..] else { panic!("{commands:?}") };
+    assert_eq!(sdp_of(offer).rtp, Some("127.0.0.1:20002".parse().unwrap()), "pbx offers its own address");
+    let held = PCMU_ANSWER.replace("a=sendrecv", "a=recvonly");
+    h.event(ms(1100), B1, LegEvent::OfferAnswered { code: 200, sdp: Some(Bytes::from(held)) });
+    assert!(matches!(h.take_commands()[..], [(A, LegCommand::AnswerOffer { code: 200, .. })]));
+    let (_, caller) = h.media.iter().rev().find(|(side, _)| *side == Side::A).unwrap();
+    assert_eq!((caller.rtp, caller.sends), (None, false), "{caller:?}");
+}
+
+/// An early answer (183 with SDP) configures the relay, and the 200 configures it again with
+/// the same media, so source learning starts afresh when the phones start sending.
+#[test]
+fn early_answer_is_reapplied_at_the_answer() {
+    let mut h = call_with(PCMU_OFFER, 1);
+    h.take_commands();
+    h.event(ms(100), B1, LegEvent::Progress { code: 183, sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
+    let early = h.media.clone();
+    assert_eq!(early.len(), 2, "both sides configured by the early answer");
+    h.event(ms(30_000), B1, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
+    assert_eq!(h.media.len(), 4, "{:?}", h.media);
+    let mut again = h.media[2..].to_vec();
+    let mut first = early;
+    again.sort_by_key(|(side, _)| side.index());
+    first.sort_by_key(|(side, _)| side.index());
+    assert_eq!(again, first);
+}

@@ -2,11 +2,11 @@
 //! sockets, feeds what they receive to one [`Relay`], sends what it transmits, reports
 //! inactivity through a callback, and keeps one timer armed for the relay's next wake-up.
 //!
-//! - **Ports.** [`spawn_linked`] leases pairs from the shared [`PortPool`] and binds them
-//!   before the actor exists, so the caller learns the local addresses (for its SDP) from
-//!   the spawn itself. A pair that will not bind (another program holds a port) goes back to
-//!   the pool, to the back of the line, so it is retried only after every other pair; after
-//!   [`BIND_ATTEMPTS_MAX`] pairs tried the spawn fails with [`MediaError::NoPorts`]. The
+//! - **Ports.** [`spawn_linked`] leases pairs from the shared [`PortPool`] (drawn at random)
+//!   and binds them before the actor exists, so the caller learns the local addresses (for
+//!   its SDP) from the spawn itself. A pair that will not bind (another program holds a port)
+//!   goes back to the pool, which holds it back from the next draws, and another is drawn;
+//!   after [`BIND_ATTEMPTS_MAX`] pairs tried the spawn fails with [`MediaError::NoPorts`]. The
 //!   lease is part of the actor's state: the ports return to the pool when the session ends
 //!   however it ends (stop, kill, panic), and the receive tasks are aborted with it.
 //! - **Load.** One receive task per socket casts datagrams to the actor. At most
@@ -15,8 +15,11 @@
 //!   `try_send_to`: a full socket buffer drops the packet (RTP tolerates loss; waiting would
 //!   delay every later packet).
 //! - **Metrics.** Gauge `pbx_rtp_ports_in_use` (UDP ports, RTP and RTCP, leased node-wide),
-//!   counters `pbx_rtp_packets_total{direction="in"|"out"}` and `pbx_rtp_dropped_total`
-//!   (backlog, relay and send drops alike).
+//!   counters `pbx_rtp_packets_total{direction="in"|"out"}`, `pbx_rtp_dropped_total`
+//!   (backlog, relay and send drops alike) and `pbx_rtp_foreign_packets_total` (of those, RTP
+//!   and RTCP from an address that is not the side's source: see the relay's module doc).
+//!   The first foreign packet of each side is logged (without its address: logs keep no
+//!   personal data beyond the call's).
 
 use super::pool::PortPool;
 use super::relay::{PacketKind, PeerMedia, Relay, RelayConfig, RelayInput, RelayOutput, Side, SideStats};
@@ -151,7 +154,7 @@ async fn bind_pairs(pool: &Arc<Mutex<PortPool>>, bind: IpAddr) -> Result<(Socket
         match bind_pair(bind, port).await {
             Ok(pair) => pairs.push(pair),
             Err(e) => {
-                tracing::warn!(%bind, port, error = %e, "RTP port pair will not bind; it goes to the back of the line");
+                tracing::warn!(%bind, port, error = %e, "RTP port pair will not bind; drawing another");
                 lease.ports.pop();
                 lock(pool).release(port);
             }
@@ -201,8 +204,11 @@ pub struct MediaState {
     timer: WakeTimer,
     /// The relay's drop count already reported to the metric.
     dropped_reported: u64,
+    /// The relay's foreign count per side already reported to the metric.
+    foreign_reported: [u64; 2],
     packets_out: metrics::Counter,
     dropped: metrics::Counter,
+    foreign: metrics::Counter,
     // Last, so they drop last and in this order: receive tasks aborted, then ports released.
     _receivers: Receivers,
     _lease: PortLease,
@@ -231,8 +237,10 @@ impl Actor for MediaSession {
             backlog,
             timer: WakeTimer::default(),
             dropped_reported: 0,
+            foreign_reported: [0; 2],
             packets_out: metrics::counter!("pbx_rtp_packets_total", "direction" => "out"),
             dropped: metrics::counter!("pbx_rtp_dropped_total"),
+            foreign: metrics::counter!("pbx_rtp_foreign_packets_total"),
             _receivers: Receivers(tasks),
             _lease: lease,
         })
@@ -274,9 +282,24 @@ impl Actor for MediaSession {
                 RelayOutput::Inactive { side } => (s.events)(MediaEvent::Inactive { side }),
             }
         }
-        let dropped = s.relay.stats(Side::A).dropped + s.relay.stats(Side::B).dropped;
+        let stats = [s.relay.stats(Side::A), s.relay.stats(Side::B)];
+        let dropped = stats[0].dropped + stats[1].dropped;
         s.dropped.increment(dropped - s.dropped_reported);
         s.dropped_reported = dropped;
+        for side in [Side::A, Side::B] {
+            let foreign = stats[side.index()].foreign;
+            let reported = &mut s.foreign_reported[side.index()];
+            if foreign > *reported {
+                if *reported == 0 {
+                    tracing::info!(
+                        ?side,
+                        "RTP or RTCP from an address that is not the phone's dropped (first of this call)"
+                    );
+                }
+                s.foreign.increment(foreign - *reported);
+                *reported = foreign;
+            }
+        }
         s.timer.arm(&me, now, s.relay.poll_timeout(), || MediaMsg::Wake);
         Ok(())
     }

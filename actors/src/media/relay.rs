@@ -2,15 +2,45 @@
 //! ports goes out of side B's to B's phone, and the other way round.
 //!
 //! What it does (RFC 3550 unless named):
-//! - **Destinations.** A side's RTP destination is the address its phone's RTP comes from
-//!   (symmetric RTP, RFC 4961: phones behind NAT receive where they send), else its SDP
-//!   address. RTCP is latched the same way, separately. Latch rule: the first packet latches
-//!   its source and SSRC; a packet from another source is admitted, and re-latches, only if it
-//!   carries a different SSRC (a re-INVITE to a new address, a fork taking over); a packet from
-//!   elsewhere with the latched SSRC is a stray and dropped, so it cannot steal the stream.
-//!   The latched source itself may change SSRC at will. A `Configure` whose SDP address
-//!   differs from the previous one clears the latch (the phone said it moved). Packets with
-//!   an unusable source (port 0, unspecified address) are dropped.
+//! - **Sources: strict RTP with source learning** (the defence against "RTP bleed", Asterisk
+//!   CVE-2017-14099). A side's expected RTP source is the address its SDP declared; packets
+//!   from it are accepted, and it is where the other side's audio goes. Behind NAT a phone's
+//!   packets come from elsewhere, so for [`LEARNING_WINDOW_MS`] after each `Configure` (each
+//!   offer/answer) pbx may *learn* another source: after [`LEARNING_PACKETS`] packets from it
+//!   in a row, one SSRC, consecutive sequence numbers (up to [`LEARNING_CANDIDATES_MAX`]
+//!   sources are tracked at once). The learned source is then that side's source and
+//!   destination (symmetric RTP, RFC 4961) and nothing else is learned until the next
+//!   `Configure`. Within the window a packet from the SDP address still takes over from a
+//!   learned source (the address the phone declared in authenticated SIP beats one inferred
+//!   from packets); once it has been heard, the window closes. A packet from any other
+//!   address is dropped and counted in [`SideStats::foreign`], whatever its SSRC (before a
+//!   side's first SDP its packets are dropped uncounted there: whose they are is not known
+//!   yet, and a phone's first packets often overtake its answer). The old rule
+//!   (a new SSRC from a new source re-latches) let one packet from anywhere take the callee's
+//!   audio. A `Configure` with the same SDP address keeps a learned source (a NAT phone's
+//!   hold and resume keep their audio); one with a new address forgets it. A side whose SDP
+//!   names no address (c=0.0.0.0, the RFC 2543 hold) is sent nothing and learns nothing. The
+//!   payload type is checked before a packet can change any state (learning, statistics,
+//!   inactivity). Unusable addresses (port 0, unspecified, multicast, broadcast) are never a
+//!   source or a destination.
+//!
+//!   Compared: Asterisk's `strictrtp = yes` (seqno learning) accepts the SDP address at once,
+//!   another source after `probation` (default 4) sequential packets, and locks 5 s after the
+//!   remote address was set; rtpengine's default `endpoint-learning = delayed` takes the
+//!   first source seen after 3 s, `heuristic` preferring the SDP address. pbx takes
+//!   Asterisk's numbers (4 packets, 5 s), its priority for the SDP address, and learns
+//!   nothing for a side without one. What remains: an attacker who knows a port (they are
+//!   drawn at random, see `pool`) and streams to it within the window of a phone whose SDP
+//!   address never sends (a NAT phone) can race it and win; one who sprays more sources than
+//!   [`LEARNING_CANDIDATES_MAX`] can keep a NAT phone from being learned (one-way audio until
+//!   the next re-INVITE). A NAT binding that changes mid-call without a re-INVITE is not
+//!   followed.
+//! - **RTCP sources.** Accepted from the SDP's RTCP address (`a=rtcp`, else the RTP port + 1)
+//!   and, once a NAT source was learned for RTP, from that source's port + 1 (where NATs that
+//!   keep port parity put it); sent to where it last came from among those, else the learned
+//!   RTP source's port + 1, else the SDP's. RTCP learns nothing on its own: it has no sequence
+//!   numbers to prove a stream, and losing it behind a NAT that maps it elsewhere costs only
+//!   the reports (pbx needs none). Anything else is foreign, as for RTP.
 //! - **One outbound stream per side.** Toward each phone pbx sends as one source of its own:
 //!   an SSRC and initial sequence number and timestamp drawn from the seed (§5.1). Sequence
 //!   numbers and timestamps are the input's plus an offset, so loss and reordering upstream
@@ -21,8 +51,9 @@
 //! - **Payload.** The audio PT of each side is its negotiated G.711 law; when the laws
 //!   differ the payload is transcoded (same sample count, timestamp unchanged) and the PT set
 //!   to the destination's. RFC 4733 telephone-event packets get the destination's event PT,
-//!   or are dropped when it has none. Any other PT (comfort noise, a codec not negotiated) is
-//!   dropped. Dropped packets are counted in [`SideStats::dropped`].
+//!   or are dropped when it has none. Comfort noise (RFC 3389, PT 13) counts as traffic but is
+//!   not forwarded; any other PT is dropped before it touches anything. Dropped packets are
+//!   counted in [`SideStats::dropped`].
 //! - **RTCP** compounds are forwarded to the other side with every sender SSRC (SR, RR, SDES,
 //!   BYE) rewritten to pbx's outbound SSRC toward that side. Report blocks pass through as
 //!   is: their SSRC names pbx's stream toward the reporter and their figures describe that
@@ -30,10 +61,11 @@
 //! - **Inactivity.** A side whose SDP says it sends and that has sent no RTP for
 //!   [`RelayConfig::inactivity`], counted from its (re)configuration or its last packet, gives
 //!   one [`RelayOutput::Inactive`]; another only after new traffic and a new silence (or a new
-//!   `Configure`). Comfort noise counts as traffic; RTCP does not.
+//!   `Configure`). Comfort noise counts as traffic; RTCP and foreign packets do not.
 //! - **Statistics** per side: what arrived on its ports and left from them, and the loss
 //!   (§A.3, with the §A.1 sequence tracking) and interarrival jitter (§A.8) of the stream its
-//!   phone sends, restarted when that SSRC changes. Byte and packet counts include RTCP.
+//!   phone sends, restarted when that SSRC changes. Byte and packet counts include RTCP and
+//!   foreign packets.
 //!
 //! Deliberately not done: no jitter buffer or re-timing (packets leave as they come), no
 //! SRTP, no RTCP of its own (no reports are generated, only forwarded), no rtcp-mux (RFC
@@ -52,12 +84,26 @@ use bytes::{Bytes, BytesMut};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// Outputs waiting for the caller. One input makes at most two, so a caller that drains after
 /// every `handle` never reaches it; beyond it outputs are dropped and counted.
 pub const OUTPUTS_MAX: usize = 16;
+/// How long after a side's `Configure` a source other than its SDP address may be learned,
+/// and the SDP address may take over from a learned one: Asterisk's strict-RTP learning time
+/// (`STRICT_RTP_LEARN_TIMEOUT`, 5 s), long enough for a phone to start sending after the
+/// answer, short enough that the race is over early in the call.
+pub const LEARNING_WINDOW_MS: u64 = 5_000;
+/// Packets from one new source, one SSRC, consecutive sequence numbers, that make it learned:
+/// Asterisk's `probation` default (and pjmedia's). A stranger must know the port and send a
+/// plausible stream; one stray packet changes nothing.
+pub const LEARNING_PACKETS: u16 = 4;
+/// Sources tracked at once as learning candidates; beyond it the least advanced (the newest
+/// among them) is forgotten, so a spray of sources cannot grow memory.
+pub const LEARNING_CANDIDATES_MAX: usize = 4;
+/// RFC 3389 comfort noise, static PT (RFC 3551 §6).
+const COMFORT_NOISE_PT: u8 = 13;
 /// §A.1: a forward jump of the sequence number up to this is loss, not a restart.
 const SEQUENCE_DROPOUT_MAX: u16 = 3_000;
 /// §A.1: a backward jump up to this is reordering, not a restart.
@@ -66,7 +112,8 @@ const SEQUENCE_MISORDER_MAX: u16 = 100;
 const TICK_US: u64 = 125;
 
 const _: () = assert!(OUTPUTS_MAX >= 2);
-
+const _: () = assert!(LEARNING_PACKETS >= 2, "one packet must never be enough to learn a source");
+const _: () = assert!(LEARNING_CANDIDATES_MAX >= 1);
 /// The two call legs: A is the caller, B the callee.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Side {
@@ -159,42 +206,176 @@ pub struct SideStats {
     pub lost: u64,
     /// RFC 3550 §A.8 interarrival jitter of the RTP this side's phone sends, in µs.
     pub jitter_us: u64,
-    /// Arrived here and not forwarded: malformed, unknown PT, stray source, no destination.
+    /// Arrived here and not forwarded: malformed, unknown PT, foreign or still-learning
+    /// source, no destination.
     pub dropped: u64,
+    /// Of `dropped`: RTP and RTCP from an address that is not (and could not become) this
+    /// side's source; see the module doc. The `pbx_rtp_foreign_packets_total` metric. Packets
+    /// before the side's first SDP are not counted here: pbx does not know its source yet, and
+    /// a phone's first packets routinely overtake the answer that tells it.
+    pub foreign: u64,
     /// RFC 4733 telephone-event packets from this side's phone.
     pub events: u64,
 }
 
-/// The source a side's packets are admitted from (see the module doc for the rule).
-#[derive(Clone, Copy, Debug, Default)]
-struct Latch {
-    current: Option<(SocketAddr, Option<u32>)>,
-}
-
-impl Latch {
-    /// Whether a packet from `source` with sender `ssrc` is admitted; latches or re-latches.
-    fn admit(&mut self, source: SocketAddr, ssrc: Option<u32>) -> bool {
-        if !usable(source) {
-            return false;
-        }
-        let admitted = match self.current {
-            None => true,
-            Some((latched, _)) if latched == source => true,
-            Some((_, latched_ssrc)) => ssrc.is_some() && ssrc != latched_ssrc,
-        };
-        if admitted {
-            self.current = Some((source, ssrc.or(self.current.and_then(|(_, s)| s))));
-        }
-        admitted
-    }
-
-    fn address(&self) -> Option<SocketAddr> {
-        self.current.map(|(address, _)| address)
-    }
-}
-
+/// Whether an address can be a media source or destination: a port, and a unicast address
+/// (pbx never sends media to, nor accepts it from, an unspecified, multicast or broadcast one).
 fn usable(address: SocketAddr) -> bool {
-    address.port() != 0 && !address.ip().is_unspecified()
+    let unicast = match address.ip().to_canonical() {
+        IpAddr::V4(ip) => !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast()),
+        IpAddr::V6(ip) => !(ip.is_unspecified() || ip.is_multicast()),
+    };
+    address.port() != 0 && unicast
+}
+
+/// Where a packet came from, as far as a side's sources go (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// The side's source now: its SDP address, or the source learned for it.
+    Current,
+    /// The SDP address while a learned source is current, within the window: it takes over.
+    Declared,
+    /// Another address within the window, before the stream was confirmed: it may be learned.
+    Candidate,
+    /// Anything else: dropped and counted.
+    Foreign,
+}
+
+/// A source that sent packets in sequence during the learning window.
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    source: SocketAddr,
+    ssrc: u32,
+    next_seq: u16,
+    packets: u16,
+}
+
+/// The RTP source of one side: what its SDP declared, what was learned, and the window.
+#[derive(Clone, Debug, Default)]
+struct RtpSource {
+    /// The SDP's RTP address, if usable.
+    declared: Option<SocketAddr>,
+    /// A source learned in a window, kept across `Configure`s with the same SDP address.
+    learned: Option<SocketAddr>,
+    /// Learning is allowed before this instant (set by each `Configure` with an address).
+    learning_until: Option<Timestamp>,
+    /// A packet from the current source came since the last `Configure`: no more candidates.
+    confirmed: bool,
+    candidates: Vec<Candidate>,
+}
+
+impl RtpSource {
+    fn configure(&mut self, now: Timestamp, declared: Option<SocketAddr>) {
+        let declared = declared.filter(|a| usable(*a));
+        if declared != self.declared {
+            self.learned = None;
+        }
+        self.declared = declared;
+        self.confirmed = false;
+        self.candidates.clear();
+        self.learning_until = declared.map(|_| now + Duration::from_millis(LEARNING_WINDOW_MS));
+    }
+
+    /// Where this side's packets are accepted from and its audio goes.
+    fn current(&self) -> Option<SocketAddr> {
+        self.learned.or(self.declared)
+    }
+
+    fn learning(&self, now: Timestamp) -> bool {
+        self.learning_until.is_some_and(|until| now < until)
+    }
+
+    /// Where `source` stands; changes nothing.
+    fn origin(&self, now: Timestamp, source: SocketAddr) -> Origin {
+        if !usable(source) {
+            Origin::Foreign
+        } else if Some(source) == self.current() {
+            Origin::Current
+        } else if Some(source) == self.declared && self.learning(now) {
+            Origin::Declared
+        } else if !self.confirmed && self.learning(now) {
+            Origin::Candidate
+        } else {
+            Origin::Foreign
+        }
+    }
+
+    /// A well-formed packet from the current or declared source: the stream is confirmed.
+    /// Heard from the SDP address, that address is the source for good and the window closes.
+    fn confirm(&mut self, source: SocketAddr) {
+        if Some(source) == self.declared {
+            self.learned = None;
+            self.learning_until = None;
+        } else {
+            self.learned = Some(source);
+        }
+        self.confirmed = true;
+        self.candidates.clear();
+    }
+
+    /// A well-formed packet from a candidate; whether its source is now learned.
+    fn probe(&mut self, source: SocketAddr, ssrc: u32, seq: u16) -> bool {
+        let next_seq = seq.wrapping_add(1);
+        match self.candidates.iter_mut().find(|c| c.source == source) {
+            Some(c) => {
+                c.packets = if c.ssrc == ssrc && c.next_seq == seq { c.packets + 1 } else { 1 };
+                c.ssrc = ssrc;
+                c.next_seq = next_seq;
+                if c.packets >= LEARNING_PACKETS {
+                    self.confirm(source);
+                    return true;
+                }
+            }
+            None => {
+                if self.candidates.len() >= LEARNING_CANDIDATES_MAX {
+                    // The least advanced goes; among equals the newest, so a spray of fresh
+                    // sources cannot push out a stream that started before it.
+                    let (i, _) = self
+                        .candidates
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(i, c)| (c.packets, std::cmp::Reverse(*i)))
+                        .expect("the list is full, so not empty");
+                    self.candidates.remove(i);
+                }
+                self.candidates.push(Candidate { source, ssrc, next_seq, packets: 1 });
+            }
+        }
+        false
+    }
+}
+
+/// The RTCP source of one side (see the module doc: no learning of its own).
+#[derive(Clone, Copy, Debug, Default)]
+struct RtcpSource {
+    /// The SDP's RTCP address, if usable.
+    declared: Option<SocketAddr>,
+    /// Where the side's RTCP last came from, among the accepted addresses.
+    heard: Option<SocketAddr>,
+}
+
+impl RtcpSource {
+    fn configure(&mut self, declared: Option<SocketAddr>) {
+        let declared = declared.filter(|a| usable(*a));
+        if declared != self.declared {
+            self.heard = None;
+        }
+        self.declared = declared;
+    }
+
+    /// The RTCP counterpart of a learned RTP source: its port + 1.
+    fn beside(rtp: &RtpSource) -> Option<SocketAddr> {
+        let learned = rtp.learned?;
+        Some(SocketAddr::new(learned.ip(), learned.port().checked_add(1)?))
+    }
+
+    fn accepts(&self, rtp: &RtpSource, source: SocketAddr) -> bool {
+        usable(source) && (Some(source) == self.declared || Some(source) == RtcpSource::beside(rtp))
+    }
+
+    fn destination(&self, rtp: &RtpSource) -> Option<SocketAddr> {
+        self.heard.filter(|a| self.accepts(rtp, *a)).or(RtcpSource::beside(rtp)).or(self.declared)
+    }
 }
 
 /// Reception statistics of the stream one phone sends (RFC 3550 §A.1, §A.3, §A.8).
@@ -331,8 +512,8 @@ impl Sending {
 #[derive(Debug)]
 struct SideState {
     peer: Option<PeerMedia>,
-    rtp_latch: Latch,
-    rtcp_latch: Latch,
+    rtp_source: RtpSource,
+    rtcp_source: RtcpSource,
     reception: Reception,
     sending: Sending,
     /// When the phone last sent RTP, or the side was configured.
@@ -357,12 +538,12 @@ pub struct Relay {
     outputs: VecDeque<RelayOutput>,
 }
 
-/// What an admitted RTP packet carries, by its PT.
+/// What an RTP packet carries, by its PT; `None` of these: dropped before anything changes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Carries {
     Audio,
     Event,
-    Other,
+    ComfortNoise,
 }
 
 impl Relay {
@@ -370,8 +551,8 @@ impl Relay {
         let mut rng = StdRng::seed_from_u64(seed);
         let side = |sending| SideState {
             peer: None,
-            rtp_latch: Latch::default(),
-            rtcp_latch: Latch::default(),
+            rtp_source: RtpSource::default(),
+            rtcp_source: RtcpSource::default(),
             reception: Reception::default(),
             sending,
             active_at: now,
@@ -429,16 +610,16 @@ impl Relay {
         SideStats { lost: s.reception.lost(), jitter_us: s.reception.jitter_us(), ..s.stats }
     }
 
+    /// Where the side's RTP is accepted from and its audio sent: its SDP address or the source
+    /// learned for it; `None` before its SDP, or while it names no address.
+    pub fn source(&self, side: Side) -> Option<SocketAddr> {
+        self.sides[side.index()].rtp_source.current()
+    }
+
     fn configure(&mut self, now: Timestamp, side: Side, peer: PeerMedia) {
         let s = &mut self.sides[side.index()];
-        if let Some(previous) = &s.peer {
-            if previous.rtp != peer.rtp {
-                s.rtp_latch = Latch::default();
-            }
-            if previous.rtcp != peer.rtcp {
-                s.rtcp_latch = Latch::default();
-            }
-        }
+        s.rtp_source.configure(now, peer.rtp);
+        s.rtcp_source.configure(peer.rtcp);
         s.peer = Some(peer);
         s.active_at = now;
         s.inactive_reported = false;
@@ -447,39 +628,49 @@ impl Relay {
     /// The packet to send for an RTP packet from `from`'s phone, or `None` to drop it.
     fn rtp(&mut self, now: Timestamp, from: Side, source: SocketAddr, bytes: Bytes) -> Option<RelayOutput> {
         let to = from.other();
+        let s = &mut self.sides[from.index()];
+        let peer = s.peer.as_ref()?;
+        let origin = s.rtp_source.origin(now, source);
+        if origin == Origin::Foreign {
+            s.stats.foreign += 1;
+            return None;
+        }
+        // Nothing below changes state before the packet proved well-formed with a known PT.
         let packet = RtpPacket::parse(&bytes)?;
         let (ssrc, seq, ts, marker, pt) =
             (packet.ssrc(), packet.sequence(), packet.timestamp(), packet.marker(), packet.payload_type());
         let payload = packet.payload_range();
-        let s = &mut self.sides[from.index()];
-        let peer = s.peer.as_ref()?;
-        if !s.rtp_latch.admit(source, Some(ssrc)) {
-            return None;
-        }
-        s.active_at = now;
-        s.inactive_reported = false;
         let carries = if pt == peer.codec.0 {
             Carries::Audio
         } else if Some(pt) == peer.telephone_event {
+            TelephoneEvent::parse(&bytes[payload.clone()])?;
             Carries::Event
+        } else if pt == COMFORT_NOISE_PT {
+            Carries::ComfortNoise
         } else {
-            Carries::Other
+            return None;
         };
+        let law = peer.codec.1;
+        match origin {
+            Origin::Current | Origin::Declared => s.rtp_source.confirm(source),
+            Origin::Candidate if s.rtp_source.probe(source, ssrc, seq) => {}
+            Origin::Candidate | Origin::Foreign => return None,
+        }
+        s.active_at = now;
+        s.inactive_reported = false;
         s.reception.packet(ssrc, seq, ts, now, carries == Carries::Audio);
         if carries == Carries::Event {
-            TelephoneEvent::parse(&bytes[payload.clone()])?;
             s.stats.events += 1;
         }
-        let law = peer.codec.1;
         let d = &mut self.sides[to.index()];
         let destination_peer = d.peer.as_ref()?;
-        let destination = d.rtp_latch.address().or(destination_peer.rtp.filter(|a| usable(*a)))?;
+        let destination = d.rtp_source.current()?;
         let (out_pt, transcode) = match carries {
             Carries::Audio => {
                 (destination_peer.codec.0, (law != destination_peer.codec.1).then_some(destination_peer.codec.1))
             }
             Carries::Event => (destination_peer.telephone_event?, None),
-            Carries::Other => return None,
+            Carries::ComfortNoise => return None,
         };
         let (marker, seq, ts) = d.sending.map(now, ssrc, marker, seq, ts);
         let mut buf = writable(bytes);
@@ -493,14 +684,17 @@ impl Relay {
     /// The compound to send for an RTCP compound from `from`'s phone, or `None` to drop it.
     fn rtcp(&mut self, from: Side, source: SocketAddr, bytes: Bytes) -> Option<RelayOutput> {
         let to = from.other();
-        let sender = RtcpCompound::parse(&bytes)?.sender_ssrc();
         let s = &mut self.sides[from.index()];
         s.peer.as_ref()?;
-        if !s.rtcp_latch.admit(source, sender) {
+        if !s.rtcp_source.accepts(&s.rtp_source, source) {
+            s.stats.foreign += 1;
             return None;
         }
+        RtcpCompound::parse(&bytes)?;
+        s.rtcp_source.heard = Some(source);
         let d = &self.sides[to.index()];
-        let destination = d.rtcp_latch.address().or(d.peer.as_ref()?.rtcp.filter(|a| usable(*a)))?;
+        d.peer.as_ref()?;
+        let destination = d.rtcp_source.destination(&d.rtp_source)?;
         let mut buf = writable(bytes);
         rewrite_rtcp_sender_ssrc(&mut buf, d.sending.ssrc)?;
         Some(RelayOutput::Transmit { side: to, kind: PacketKind::Rtcp, destination, bytes: buf.freeze() })

@@ -36,6 +36,8 @@ pub enum Retention {
     /// A copy of changes to other categories, kept until the next compaction: at most `hours`
     /// after the change, and seconds after an erasure.
     UntilCompaction { hours: u32 },
+    /// Kept as long as the node's data: what keeps an erasure from being undone.
+    WhileTheErasureHolds,
 }
 
 /// Whose data a category holds: what a subject-rights request names.
@@ -110,11 +112,12 @@ pub const INVENTORY: &[DataCategory] = &[
     },
     DataCategory {
         id: "auth-failure",
-        data: "source IP address and claimed user name of failed authentications, while the source is watched or blocked",
+        data: "source IP address (IPv6: its /64) and claimed user name of failed authentications, while the source or user is watched or blocked; the IP address and port each extension last authenticated from, so that blocks spare its phones",
         purpose: "block password guessing (security of the service)",
         legal_basis: &[LegalBasis::LegitimateInterest("security of the service, Art. 32")],
-        // Kept for the failure window or the block, whichever is longer (defaults 60 s / 300 s).
-        retention: Retention::MemorySeconds(300),
+        // Failures: the failure window or the block, whichever is longer (defaults 60 s /
+        // 300 s). The last successful address: `registrar.max_expires_s` (default 3600 s).
+        retention: Retention::MemorySeconds(3600),
         stored_in: &["memory", "log"],
         subjects: &[SubjectKind::IpAddress, SubjectKind::Extension],
     },
@@ -175,6 +178,15 @@ pub const INVENTORY: &[DataCategory] = &[
         retention: Retention::Delete { days: 1095, from: "the entry", config: "privacy.audit_retention_days" },
         stored_in: &["redb:privacy_audit"],
         subjects: &[SubjectKind::Extension, SubjectKind::PhoneNumber, SubjectKind::IpAddress],
+    },
+    DataCategory {
+        id: "erasure-tombstone",
+        data: "for each erased extension or number, its keyed pseudonym (HMAC-SHA-256 with the node's privacy key, never the number itself) and when it was erased",
+        purpose: "keep an erasure effective: an entry of the configuration file that names an erased number is not applied again",
+        legal_basis: &[LegalBasis::LegalObligation],
+        retention: Retention::WhileTheErasureHolds,
+        stored_in: &["redb:erasure_tombstones"],
+        subjects: &[SubjectKind::Extension, SubjectKind::PhoneNumber],
     },
     DataCategory {
         id: "cluster-log",
@@ -365,10 +377,27 @@ pub struct SecurityEntry {
     pub count: u32,
 }
 
+/// New variants go at the end: stored entries are read back by variant index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SecurityEvent {
     AuthFailed,
-    Blocked { until: Timestamp },
+    /// The entry's user may not authenticate from the entry's source (an IPv4 address or IPv6
+    /// /64) until `until`, except from addresses it recently authenticated from. (Entries
+    /// written before issue 14 have no user: the whole source was blocked.)
+    Blocked {
+        until: Timestamp,
+    },
+    /// The entry's user failed too often from all sources together and is locked until `until`
+    /// except from addresses it recently authenticated from; the source made the last failure.
+    UserLocked {
+        until: Timestamp,
+    },
+    /// Every untrusted authentication from the prefix `source/prefix_len` is refused until
+    /// `until` (failures were aggregated by prefix because the per-source table was full).
+    PrefixBlocked {
+        until: Timestamp,
+        prefix_len: u8,
+    },
 }
 
 impl SecurityEvent {
@@ -377,6 +406,18 @@ impl SecurityEvent {
         match self {
             SecurityEvent::AuthFailed => "auth_failed",
             SecurityEvent::Blocked { .. } => "blocked",
+            SecurityEvent::UserLocked { .. } => "user_locked",
+            SecurityEvent::PrefixBlocked { .. } => "prefix_blocked",
+        }
+    }
+
+    /// When the block or lock it records ends.
+    pub fn until(self) -> Option<Timestamp> {
+        match self {
+            SecurityEvent::AuthFailed => None,
+            SecurityEvent::Blocked { until }
+            | SecurityEvent::UserLocked { until }
+            | SecurityEvent::PrefixBlocked { until, .. } => Some(until),
         }
     }
 }

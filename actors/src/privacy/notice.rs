@@ -212,8 +212,8 @@ const TRANSLATIONS: &[Translation] = &[
         id: "auth-failure",
         title: ["Fehlgeschlagene Anmeldeversuche", "Failed authentications", "Échecs d'authentification"],
         data: Tr {
-            de: "Quell-IP-Adresse und angegebener Benutzername fehlgeschlagener Authentifizierungen, solange die Quelle beobachtet oder gesperrt wird",
-            fr: "adresse IP source et nom d'utilisateur indiqué lors des authentifications échouées, tant que la source est surveillée ou bloquée",
+            de: "Quell-IP-Adresse (bei IPv6 ihr /64-Präfix) und angegebener Benutzername fehlgeschlagener Authentifizierungen, solange die Quelle oder der Benutzer beobachtet oder gesperrt wird; IP-Adresse und Port, von denen sich jede Nebenstelle zuletzt angemeldet hat, damit Sperren ihre Telefone verschonen",
+            fr: "adresse IP source (en IPv6, son préfixe /64) et nom d'utilisateur indiqué lors des authentifications échouées, tant que la source ou l'utilisateur est surveillé ou bloqué ; adresse IP et port depuis lesquels chaque poste s'est authentifié en dernier, pour que les blocages épargnent ses téléphones",
         },
         purpose: Tr {
             de: "Abwehr von Angriffen, die Passwörter zu erraten versuchen (Sicherheit des Dienstes)",
@@ -298,6 +298,20 @@ const TRANSLATIONS: &[Translation] = &[
         },
         interest: None,
         from: Some(Tr { de: "Erstellung des Eintrags", fr: "la création de l'entrée" }),
+    },
+    Translation {
+        id: "erasure-tombstone",
+        title: ["Löschvermerke", "Erasure tombstones", "Marques d'effacement"],
+        data: Tr {
+            de: "für jede gelöschte Nebenstelle oder Rufnummer ihr schlüsselbasiertes Pseudonym (HMAC-SHA-256 mit dem Datenschutzschlüssel der TK-Anlage, niemals die Rufnummer selbst) und der Zeitpunkt der Löschung",
+            fr: "pour chaque poste ou numéro effacé, son pseudonyme à clé (HMAC-SHA-256 avec la clé de confidentialité du standard, jamais le numéro lui-même) et la date de l'effacement",
+        },
+        purpose: Tr {
+            de: "eine Löschung wirksam halten: ein Eintrag der Konfigurationsdatei, der eine gelöschte Rufnummer nennt, wird nicht erneut angewendet",
+            fr: "maintenir l'effacement : une entrée du fichier de configuration qui nomme un numéro effacé n'est plus appliquée",
+        },
+        interest: None,
+        from: None,
     },
     Translation {
         id: "cluster-log",
@@ -713,6 +727,11 @@ fn retention(lang: Lang, c: &DataCategory, periods: &Periods) -> String {
                 "Supprimées au prochain compactage : au plus {hours} heure(s) après la modification, quelques secondes après un effacement."
             ),
         },
+        Retention::WhileTheErasureHolds => l(
+            "Wird aufbewahrt, solange die Daten der TK-Anlage bestehen: der Vermerk verhindert, dass eine Löschung rückgängig gemacht wird.",
+            "Kept as long as the PBX's data exists: it is what keeps an erasure from being undone.",
+            "Conservées tant que les données du standard existent : c'est ce qui empêche qu'un effacement soit annulé.",
+        ),
         Retention::UntilExpiry => l(
             "Wird gespeichert, bis die Anmeldung abläuft oder das Telefon sie beendet; abgelaufene Anmeldungen werden gelöscht.",
             "Kept until the registration expires or the phone ends it; expired registrations are deleted.",

@@ -47,7 +47,9 @@ pub trait ResponseSink: Send + Sync + 'static {
 
 pub struct RegistrarArgs {
     pub config: RegistrarConfig,
-    pub rng_seed: u64,
+    /// 256 bits for the nonce key and the machine's randomness: from the OS in the node
+    /// (`pbx_node` reads them at start), never derived from a smaller seed.
+    pub secret: [u8; 32],
     pub extensions: Vec<Extension>,
     pub bindings: Vec<Binding>,
     pub clock: Arc<dyn Clock>,
@@ -67,7 +69,10 @@ pub struct ExtensionView {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RegistrarStats {
     pub bindings: usize,
+    /// Active blocks of (source, user) pairs and of prefixes.
     pub blocked_sources: usize,
+    /// Users locked for untrusted addresses.
+    pub locked_users: usize,
 }
 
 /// Messages to the registrar. `PutExtension` carries a password, so this type has no `Debug`.
@@ -227,7 +232,7 @@ impl Actor for RegistrarActor {
         args: RegistrarArgs,
     ) -> Result<RegistrarState, ActorProcessingErr> {
         let now = args.clock.now();
-        let machine = Registrar::new(args.config, args.rng_seed, args.extensions, args.bindings, now);
+        let machine = Registrar::new(args.config, args.secret, args.extensions, args.bindings, now);
         let writer = Writer::start(args.store, args.sink, me);
         let mut state = RegistrarState {
             machine,
@@ -327,6 +332,7 @@ impl Actor for RegistrarActor {
                 let stats = RegistrarStats {
                     bindings: s.machine.binding_count(),
                     blocked_sources: s.machine.blocked_sources(now),
+                    locked_users: s.machine.locked_users(now),
                 };
                 let _ = reply.send(stats);
             }
@@ -387,7 +393,15 @@ fn record_security_event(log: &dyn crate::privacy::SecurityLog, event: &Registra
     use crate::privacy::{SecurityEntry, SecurityEvent};
     let (source, user, event) = match event {
         RegistrarEvent::AuthFailed { source, user } => (*source, Some(user.clone()), SecurityEvent::AuthFailed),
-        RegistrarEvent::SourceBlocked { source, until } => (*source, None, SecurityEvent::Blocked { until: *until }),
+        RegistrarEvent::Blocked { source, user, until } => {
+            (*source, Some(user.clone()), SecurityEvent::Blocked { until: *until })
+        }
+        RegistrarEvent::UserLocked { user, source, until } => {
+            (*source, Some(user.clone()), SecurityEvent::UserLocked { until: *until })
+        }
+        RegistrarEvent::PrefixBlocked { prefix, len, until } => {
+            (*prefix, None, SecurityEvent::PrefixBlocked { until: *until, prefix_len: *len })
+        }
         _ => return,
     };
     log.record(SecurityEntry::new(at, source, user, event));
@@ -403,9 +417,25 @@ fn log_event(event: RegistrarEvent) -> Option<Result<(), String>> {
             tracing::warn!(%source, user = ?user, "authentication failed");
             metrics::counter!("pbx_auth_failures_total").increment(1);
         }
-        RegistrarEvent::SourceBlocked { source, until } => {
-            tracing::info!(%source, %until, "source blocked after repeated authentication failures");
+        RegistrarEvent::Blocked { source, user, until } => {
+            tracing::warn!(%source, %user, %until, "user blocked from this source after repeated authentication failures");
             metrics::counter!("pbx_blocked_sources_total").increment(1);
+        }
+        RegistrarEvent::UserLocked { user, source, until } => {
+            tracing::warn!(%user, last_source = %source, %until, "user locked after repeated authentication failures from all sources (its registered phones are spared)");
+            metrics::counter!("pbx_users_locked_total").increment(1);
+        }
+        RegistrarEvent::PrefixBlocked { prefix, len, until } => {
+            tracing::warn!(%prefix, len, %until, "prefix blocked: the per-source failure table is full");
+            metrics::counter!("pbx_blocked_prefixes_total").increment(1);
+        }
+        RegistrarEvent::FailureUntracked { source } => {
+            tracing::debug!(%source, "authentication failure not tracked by source: the failure tables are full");
+            metrics::counter!("pbx_auth_failures_untracked_total").increment(1);
+        }
+        RegistrarEvent::AuthIgnored { source, reason } => {
+            tracing::debug!(%source, reason, "credentials ignored, challenged again");
+            metrics::counter!("pbx_auth_ignored_total", "reason" => reason).increment(1);
         }
         RegistrarEvent::Rejected { source, method: "INVITE", code } => {
             tracing::debug!(%source, code, "INVITE rejected");
@@ -526,7 +556,7 @@ mod tests {
         let journal = Arc::new(Journal::default());
         let args = RegistrarArgs {
             config: RegistrarConfig::default(),
-            rng_seed: 1,
+            secret: [1; 32],
             extensions: vec![],
             bindings: vec![],
             clock: Arc::new(TokioClock(tokio::time::Instant::now())),
@@ -558,7 +588,7 @@ mod tests {
         let challenge = challenge_for(journal.responses.lock().unwrap().last().unwrap(), "SHA-256");
         actor.cast(register(2, &reg.clone().cseq(2).auth(authorization(&challenge, "100", PASSWORD_100, 1)))).unwrap();
         let stats = ractor::call!(actor, RegistrarMsg::Stats).unwrap();
-        assert_eq!(stats, RegistrarStats { bindings: 1, blocked_sources: 0 });
+        assert_eq!(stats, RegistrarStats { bindings: 1, blocked_sources: 0, locked_users: 0 });
         settle(&actor).await;
         assert_eq!(
             journal.entries(),
@@ -588,7 +618,7 @@ mod tests {
         };
         let args = RegistrarArgs {
             config: RegistrarConfig::default(),
-            rng_seed: 2,
+            secret: [2; 32],
             extensions: vec![extension],
             bindings: vec![],
             clock: Arc::new(TokioClock(tokio::time::Instant::now())),

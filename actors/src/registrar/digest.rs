@@ -1,15 +1,20 @@
 //! Server-side HTTP Digest for SIP (RFC 3261 §22.4, RFC 7616, RFC 8760): HA1, request digests,
 //! challenges, the client's credentials, and self-verifying nonces.
 //!
-//! - Algorithms: `MD5` and `SHA-256` (RFC 8760 §2), `qop=auth` only. A client that answers
-//!   without `qop` is accepted the RFC 2617 §3.2.2.1 way (`H(HA1:nonce:HA2)`): old phones
-//!   still do this. Such an answer carries no nonce count, so its replay protection is the
-//!   nonce lifetime plus the registrar's Call-ID/CSeq ordering (a replayed REGISTER has a
-//!   CSeq the registrar has already seen).
+//! - Algorithms: `MD5` and `SHA-256` (RFC 8760 §2), `qop=auth` only. An answer without
+//!   `qop` (RFC 2069, `H(HA1:nonce:HA2)`) carries no nonce count and so has no replay
+//!   protection but the nonce lifetime: the registrar refuses it unless `[registrar]
+//!   allow_rfc2069 = true` ([`request_digest`] still computes it).
 //! - Nonces verify themselves: `hex(timestamp_us ‖ random ‖ tag)` where `tag` is an
-//!   HMAC-SHA-256 of the first two parts under a secret the registrar draws from its seeded
-//!   RNG. No nonce needs to be stored to be recognised; only used ones are tracked, for their
-//!   nonce count. The opaque is a second HMAC of the same parts, so it needs no storage either.
+//!   HMAC-SHA-256 of the first two parts *and of the source the challenge went to* (an IPv4
+//!   address or an IPv6 /64) under a 256-bit secret the node reads from the OS. No nonce
+//!   needs to be stored to be recognised; only used ones are tracked, for their nonce count.
+//!   The opaque is a second HMAC of the same parts, so it needs no storage either. Binding
+//!   the nonce to its source is what keeps spoofed answers from counting against a source
+//!   (docs/SECURITY.md): an answer is only weighed if its nonce went to the address it claims
+//!   to come from, so its sender could read our challenge there.
+//! - The credentials' `uri` must be the Request-URI (RFC 3261 §22.4 via RFC 2617
+//!   §3.2.2.5), compared as SIP URIs are (§19.1.4): [`uri_matches`].
 //! - Credentials are parsed here rather than with ezk's `DigestResponse`: that type keeps `nc`
 //!   only as a number, but the digest is computed over the text the client sent.
 //!
@@ -17,10 +22,13 @@
 //! tokens), SHA-512-256, and `Authentication-Info` (RFC 7616 §3.5; optional, and SIP phones
 //! ignore it).
 
+use crate::sip::message::{SipUri, SipUriUserPart, parse_sip_uri};
 use crate::time::Timestamp;
+use ezk_sip_types::host::Host;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 use std::fmt;
+use std::net::IpAddr;
 
 /// Bytes of random in a nonce, between its timestamp and its tag.
 const NONCE_RANDOM_BYTES: usize = 8;
@@ -290,23 +298,25 @@ impl NonceKey {
         NonceKey { secret }
     }
 
-    /// A fresh nonce minted at `now`, and its opaque.
-    pub fn mint(&self, now: Timestamp, random: [u8; NONCE_RANDOM_BYTES]) -> (String, String) {
+    /// A fresh nonce minted at `now` for a challenge sent to `source` (the registrar passes the
+    /// source's group: an IPv4 address or an IPv6 /64), and its opaque.
+    pub fn mint(&self, now: Timestamp, random: [u8; NONCE_RANDOM_BYTES], source: IpAddr) -> (String, String) {
         let mut body = [0u8; 8 + NONCE_RANDOM_BYTES];
         body[..8].copy_from_slice(&now.as_micros().to_be_bytes());
         body[8..].copy_from_slice(&random);
-        let tag = hmac_sha256(&self.secret, &[b"nonce", &body]);
+        let tag = hmac_sha256(&self.secret, &[b"nonce", &body, &source_bytes(source)]);
         let mut nonce = hex::encode(body);
         nonce.push_str(&hex::encode(&tag[..NONCE_TAG_BYTES]));
         let opaque = self.opaque_of(&body);
         (nonce, opaque)
     }
 
-    /// When `nonce` was minted, if we minted it (its tag checks out, in constant time).
-    pub fn minted_at(&self, nonce: &str) -> Option<Timestamp> {
+    /// When `nonce` was minted, if we minted it for `source` (its tag checks out, in constant
+    /// time). A nonce minted for another source is `None`, exactly like a forged one.
+    pub fn minted_at(&self, nonce: &str, source: IpAddr) -> Option<Timestamp> {
         let bytes = self.decode(nonce)?;
         let (body, tag) = bytes.split_at(8 + NONCE_RANDOM_BYTES);
-        let expected = hmac_sha256(&self.secret, &[b"nonce", body]);
+        let expected = hmac_sha256(&self.secret, &[b"nonce", body, &source_bytes(source)]);
         if !constant_time_eq(&expected[..NONCE_TAG_BYTES], tag) {
             return None;
         }
@@ -337,6 +347,102 @@ impl NonceKey {
         }
         hex::decode(nonce).ok()
     }
+}
+
+/// The 16 bytes a source is hashed as: IPv4 as its IPv4-mapped IPv6 form, so that a phone
+/// reaching a dual-stack socket counts as the same source either way.
+fn source_bytes(source: IpAddr) -> [u8; 16] {
+    match source.to_canonical() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// Whether the credentials' `uri` names the Request-URI (RFC 2617 §3.2.2.5, which RFC 3261
+/// §22.4 keeps), compared by RFC 3261 §19.1.4: scheme, user (case-sensitive, escapes decoded),
+/// host (case-insensitive), port (an omitted port is not the default one), the `user`, `ttl`,
+/// `method`, `maddr` and `transport` parameters present in both or neither, any other
+/// parameter present in both equal, headers all equal; parameters case-insensitively. A `uri`
+/// that is not a SIP URI matches nothing.
+pub fn uri_matches(uri: &str, request_uri: &SipUri) -> bool {
+    parse_sip_uri(uri).is_some_and(|uri| sip_uris_equal(&uri, request_uri))
+}
+
+fn sip_uris_equal(a: &SipUri, b: &SipUri) -> bool {
+    let users_equal = match (&a.user_part, &b.user_part) {
+        (SipUriUserPart::Empty, SipUriUserPart::Empty) => true,
+        (SipUriUserPart::User(x), SipUriUserPart::User(y)) => x == y,
+        (SipUriUserPart::UserPw(x), SipUriUserPart::UserPw(y)) => x.user == y.user && x.password == y.password,
+        _ => false,
+    };
+    let hosts_equal = match (&a.host_port.host, &b.host_port.host) {
+        (Host::Name(x), Host::Name(y)) => x.eq_ignore_ascii_case(y),
+        (x, y) => x == y,
+    };
+    if a.sips != b.sips || !users_equal || !hosts_equal || a.host_port.port != b.host_port.port {
+        return false;
+    }
+    let (pa, pb) = (uri_params(&a.uri_params.to_string()), uri_params(&b.uri_params.to_string()));
+    let params_equal = pa.iter().chain(&pb).all(|(name, _)| {
+        let (x, y) = (pa.iter().find(|(n, _)| n == name), pb.iter().find(|(n, _)| n == name));
+        match (x, y) {
+            (Some(x), Some(y)) => x.1 == y.1,
+            _ => !matches!(name.as_str(), "user" | "ttl" | "method" | "maddr" | "transport"),
+        }
+    });
+    let headers = |uri: &SipUri| {
+        let mut list = uri_headers(&uri.header_params.to_string());
+        list.sort();
+        list
+    };
+    params_equal && headers(a) == headers(b)
+}
+
+/// `;name[=value]…` as printed, names and values lowercased and unescaped.
+fn uri_params(printed: &str) -> Vec<(String, Option<String>)> {
+    printed
+        .split(';')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((n, v)) => (unescape(n).to_ascii_lowercase(), Some(unescape(v).to_ascii_lowercase())),
+            None => (unescape(p).to_ascii_lowercase(), None),
+        })
+        .collect()
+}
+
+/// `?name=value&…` as printed: names lowercased, values unescaped.
+fn uri_headers(printed: &str) -> Vec<(String, String)> {
+    printed
+        .trim_start_matches('?')
+        .split('&')
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            let (n, v) = h.split_once('=').unwrap_or((h, ""));
+            (unescape(n).to_ascii_lowercase(), unescape(v))
+        })
+        .collect()
+}
+
+/// `%XX` escapes decoded (RFC 3261 §19.1.4: an escaped character equals itself unescaped);
+/// a malformed escape is kept as it is.
+fn unescape(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// When a nonce was minted, read from its first 16 hex characters without checking its tag.
@@ -372,16 +478,65 @@ mod tests {
     #[test]
     fn nonces_verify_themselves() {
         let key = NonceKey::new([7; 32]);
-        let (nonce, opaque) = key.mint(Timestamp(1_234_567), [1, 2, 3, 4, 5, 6, 7, 8]);
+        let source: IpAddr = "192.0.2.7".parse().unwrap();
+        let (nonce, opaque) = key.mint(Timestamp(1_234_567), [1, 2, 3, 4, 5, 6, 7, 8], source);
         assert_eq!(nonce.len(), NONCE_CHARS);
-        assert_eq!(key.minted_at(&nonce), Some(Timestamp(1_234_567)));
+        assert_eq!(key.minted_at(&nonce, source), Some(Timestamp(1_234_567)));
         assert_eq!(nonce_timestamp(&nonce), Some(Timestamp(1_234_567)));
         assert_eq!(key.opaque_for(&nonce), Some(opaque));
         let mut forged = nonce.clone().into_bytes();
         forged[20] = if forged[20] == b'0' { b'1' } else { b'0' };
-        assert_eq!(key.minted_at(std::str::from_utf8(&forged).unwrap()), None);
-        assert_eq!(NonceKey::new([8; 32]).minted_at(&nonce), None);
-        assert_eq!(key.minted_at("zz"), None);
+        assert_eq!(key.minted_at(std::str::from_utf8(&forged).unwrap(), source), None);
+        assert_eq!(NonceKey::new([8; 32]).minted_at(&nonce, source), None);
+        assert_eq!(key.minted_at("zz", source), None);
+    }
+
+    /// A nonce is bound to the source it was minted for: another address does not verify it,
+    /// the IPv4-mapped form of the same address does.
+    #[test]
+    fn nonces_are_bound_to_their_source() {
+        let key = NonceKey::new([7; 32]);
+        let source: IpAddr = "192.0.2.7".parse().unwrap();
+        let (nonce, _) = key.mint(Timestamp(5), [0; 8], source);
+        assert_eq!(key.minted_at(&nonce, "192.0.2.8".parse().unwrap()), None);
+        assert_eq!(key.minted_at(&nonce, "::ffff:192.0.2.7".parse().unwrap()), Some(Timestamp(5)));
+        let v6: IpAddr = "2001:db8::".parse().unwrap();
+        let (nonce, _) = key.mint(Timestamp(5), [0; 8], v6);
+        assert_eq!(key.minted_at(&nonce, "2001:db8::1".parse().unwrap()), None);
+    }
+
+    /// The digest `uri` is compared with the Request-URI as RFC 3261 §19.1.4 compares SIP URIs.
+    #[test]
+    fn digest_uri_is_compared_as_rfc3261_compares_uris() {
+        let request = parse_sip_uri("sip:101@pbx.example.com:5060;transport=udp").unwrap();
+        for same in [
+            "sip:101@pbx.example.com:5060;transport=udp",
+            "sip:101@PBX.Example.COM:5060;Transport=UDP",
+            "sip:%31%30%31@pbx.example.com:5060;transport=udp",
+            "sip:101@pbx.example.com:5060;transport=udp;lr",
+        ] {
+            assert!(uri_matches(same, &request), "{same}");
+        }
+        for different in [
+            "sip:101@pbx.example.com:5060",
+            "sip:101@pbx.example.com;transport=udp",
+            "sips:101@pbx.example.com:5060;transport=udp",
+            "sip:102@pbx.example.com:5060;transport=udp",
+            "sip:101@pbx.example.org:5060;transport=udp",
+            "sip:101@pbx.example.com:5060;transport=tcp",
+            "sip:101@pbx.example.com:5060;transport=udp?subject=x",
+            "tel:101",
+            "",
+        ] {
+            assert!(!uri_matches(different, &request), "{different}");
+        }
+        let plain = parse_sip_uri("sip:pbx").unwrap();
+        assert!(uri_matches("sip:pbx", &plain));
+        assert!(!uri_matches("sip:PBX.", &plain));
+        let with_params = parse_sip_uri("sip:pbx;foo=bar").unwrap();
+        assert!(uri_matches("sip:pbx;foo=BAR", &with_params));
+        assert!(!uri_matches("sip:pbx;foo=baz", &with_params));
+        assert!(uri_matches("sip:pbx", &with_params), "a parameter in one only is ignored");
     }
 
     /// Credentials parse with quoted and token values, any case of names; duplicates are refused.
@@ -407,11 +562,14 @@ mod tests {
     }
 
     proptest! {
-        /// The credentials parser never panics, whatever the input.
+        /// The credentials parser and the URI comparison never panic, whatever the input.
         #[test]
         fn credentials_parser_never_panics(s in "\\PC{0,200}") {
             let _ = Credentials::parse(&s);
             let _ = Credentials::parse(&format!("Digest {s}"));
+            let request = parse_sip_uri("sip:100@pbx;transport=udp").unwrap();
+            let _ = uri_matches(&s, &request);
+            let _ = uri_matches(&format!("sip:{s}"), &request);
         }
 
         /// Constant-time equality agrees with ordinary equality.

@@ -1,10 +1,25 @@
 //! The registrar as a sans-IO machine: REGISTER processing (RFC 3261 §10.3) with digest
 //! authentication (RFC 7616, RFC 8760), bindings that expire on the injected clock, the
-//! extension directory, and brute-force blocking of sources that keep failing.
+//! extension directory, and blocking of password guessing that spoofing cannot turn against
+//! users ([`super::blocking`]).
 //!
-//! Time comes in as `now`, randomness from the RNG seeded at construction, and every durable
-//! change goes out as [`RegistrarOutput::Persist`] before the response that depends on it.
-//! See [`Registrar`] for the calling contract.
+//! Time comes in as `now`, randomness from the 256-bit secret handed in at construction (the
+//! node reads it from the OS, the simulator from its seed), and every durable change goes out
+//! as [`RegistrarOutput::Persist`] before the response that depends on it. See [`Registrar`]
+//! for the calling contract.
+//!
+//! Digest answers (RFC 3261 §22, RFC 7616), REGISTER and INVITE alike, in this order:
+//! - no credentials for our realm, an algorithm we did not offer, `userhash`, no `qop` (unless
+//!   `allow_rfc2069`), a malformed `qop`/`nc`, or a nonce not minted for the address the
+//!   answer comes from (forged, or fetched elsewhere: a spoofer's): a fresh challenge, and
+//!   nothing counted against anybody;
+//! - the (source, user) pair or the source's prefix blocked, and the address not trusted for
+//!   the user: 403, not counted again;
+//! - `uri` not the Request-URI (§19.1.4 comparison): 400, counted as a failure;
+//! - a wrong digest, an unknown user, or a locked user from an untrusted address: the same
+//!   fresh challenge, counted as a failure;
+//! - a right digest on an expired nonce: a challenge with `stale=true`; a nonce count not
+//!   above the last: a fresh challenge.
 //!
 //! Deliberate choices, each allowed by RFC 3261 §10.3:
 //! - Any Request-URI domain is ours (step 1): one PBX, one realm.
@@ -24,6 +39,7 @@
 //! Not done here: RFC 5626 outbound (`reg-id`, `+sip.instance`), GRUU (RFC 5627), Path
 //! (RFC 3327), and `Require` option tags (step 2: we support none, and do not check).
 
+use super::blocking::{self, Guard, Limits};
 use super::digest::{self, Algorithm, Credentials, NonceKey, QopAuth};
 use crate::sip::message::{Contacts, Expires, Method, Name, SipUriUserPart};
 use crate::sip::{Request, Response, Transport};
@@ -42,8 +58,6 @@ pub const BINDINGS_PER_AOR_MAX: usize = 10;
 pub const EXTENSIONS_MAX: usize = 10_000;
 /// Used nonces whose highest nonce count we remember; the oldest are forgotten first.
 pub const NONCES_TRACKED_MAX: usize = 16_384;
-/// Source addresses whose recent authentication failures we remember.
-pub const AUTH_FAILURE_SOURCES_MAX: usize = 10_000;
 /// Longest extension number; numbers are `[0-9A-Za-z_.-]`.
 pub const NUMBER_CHARS_MAX: usize = 32;
 pub const DISPLAY_NAME_CHARS_MAX: usize = 64;
@@ -67,10 +81,19 @@ pub struct RegistrarConfig {
     pub max_expires_s: u32,
     pub default_expires_s: u32,
     pub nonce_lifetime_s: u32,
-    /// Failures within the window that block a source; 0 never blocks.
+    /// Failures per (source, user) within the window that block that user's authentication
+    /// from that source for `block_s`; 0 never blocks. At most
+    /// [`blocking::AUTH_FAILURES_LIMIT_MAX`].
     pub auth_failures_max: u32,
+    /// Failures per user, from all sources, within the window that lock the user (except
+    /// from addresses it recently authenticated from) for `block_s`; 0 never locks. At most
+    /// [`blocking::AUTH_FAILURES_LIMIT_MAX`].
+    pub user_auth_failures_max: u32,
     pub auth_failure_window_s: u32,
     pub block_s: u32,
+    /// Accept digest answers without `qop` (RFC 2069): they carry no nonce count, so a captured
+    /// answer can be replayed for the nonce's lifetime. Off unless old phones need it.
+    pub allow_rfc2069: bool,
     /// How long refreshes that change only expiry and CSeq wait before being persisted.
     pub refresh_flush_s: u32,
     /// The algorithms challenged with, in order of preference (RFC 8760 §2.4). SHA-256 first
@@ -88,8 +111,10 @@ impl Default for RegistrarConfig {
             default_expires_s: 3600,
             nonce_lifetime_s: 300,
             auth_failures_max: 5,
+            user_auth_failures_max: 20,
             auth_failure_window_s: 60,
             block_s: 300,
+            allow_rfc2069: false,
             refresh_flush_s: 5,
             digest_algorithms: Algorithm::PREFERENCE.to_vec(),
         }
@@ -103,6 +128,8 @@ impl RegistrarConfig {
         self.min_expires_s = self.min_expires_s.clamp(1, self.max_expires_s);
         self.default_expires_s = self.default_expires_s.clamp(self.min_expires_s, self.max_expires_s);
         self.nonce_lifetime_s = self.nonce_lifetime_s.max(1);
+        self.auth_failures_max = self.auth_failures_max.min(blocking::AUTH_FAILURES_LIMIT_MAX);
+        self.user_auth_failures_max = self.user_auth_failures_max.min(blocking::AUTH_FAILURES_LIMIT_MAX);
         let mut seen = Vec::new();
         self.digest_algorithms.retain(|a| {
             !seen.contains(a) && {
@@ -264,14 +291,44 @@ pub enum RegistrarEvent {
         aor: String,
         contact: String,
     },
-    /// Wrong password, or a user that does not exist: deliberately the same event.
+    /// Wrong password, a user that does not exist, a locked user, or a `uri` that is not the
+    /// Request-URI: deliberately one event.
     AuthFailed {
         source: IpAddr,
         user: String,
     },
-    SourceBlocked {
+    /// `user`'s authentication from `source` (an IPv4 address or IPv6 /64) is refused until
+    /// `until`, except from addresses it recently authenticated from.
+    Blocked {
+        source: IpAddr,
+        user: String,
+        until: Timestamp,
+    },
+    /// `user` failed too often from all sources together: locked until `until` except from
+    /// addresses it recently authenticated from. `source` made the failure that locked it.
+    UserLocked {
+        user: String,
         source: IpAddr,
         until: Timestamp,
+    },
+    /// The (source, user) table was full of active records, and failures counted against this
+    /// prefix reached the limit: every untrusted answer from it is refused until `until`.
+    PrefixBlocked {
+        prefix: IpAddr,
+        len: u8,
+        until: Timestamp,
+    },
+    /// A failure no source table had room for (it still counted against its user).
+    FailureUntracked {
+        source: IpAddr,
+    },
+    /// Credentials that prove nothing either way, answered with a fresh challenge and counted
+    /// against nobody: `reason` is `"nonce"` (not minted for this source: forged, or fetched
+    /// from another address, as a spoofer's are), `"qop"`, `"algorithm"`, `"opaque"`.
+    /// `source` is only what the packet claims.
+    AuthIgnored {
+        source: IpAddr,
+        reason: &'static str,
     },
     /// A REGISTER or INVITE answered with an error other than a plain challenge or an
     /// `AuthFailed` (for INVITE: 403, 404 unknown number, 480 nobody registered).
@@ -293,33 +350,20 @@ pub enum RegistrarEvent {
     },
 }
 
-/// Recent failures of one source, and its block.
-#[derive(Default)]
-struct FailureRecord {
-    /// Failure times inside the window, oldest first; at most `auth_failures_max`.
-    times: VecDeque<Timestamp>,
-    blocked_until: Option<Timestamp>,
-}
-
-impl FailureRecord {
-    fn is_blocked(&self, now: Timestamp) -> bool {
-        self.blocked_until.is_some_and(|until| until > now)
-    }
-
-    /// Holds nothing a future decision needs.
-    fn is_idle(&self, now: Timestamp, window: Duration) -> bool {
-        !self.is_blocked(now) && self.times.back().is_none_or(|last| *last + window <= now)
-    }
-}
-
-/// The result of checking a REGISTER's credentials.
+/// The result of checking a request's credentials.
 enum Auth {
     /// The credentials verify; the user they name.
     Ok { user: String },
-    /// Answer 401 with fresh challenges.
-    Challenge { stale: bool },
-    /// A digest that does not verify (or a user that does not exist): counts against the source.
-    Failed { user: String },
+    /// Answer 401/407 with fresh challenges; count nothing. `ignored`: why credentials that
+    /// were there proved nothing.
+    Challenge { stale: bool, ignored: Option<&'static str> },
+    /// A digest that does not verify, a user that does not exist, or a locked user: answer
+    /// like a challenge, and count it (against the user too when `count_user`).
+    Failed { user: String, count_user: bool },
+    /// The pair or prefix is blocked: 403, counted nothing.
+    Blocked,
+    /// `uri` is not the Request-URI: 400, counted like a failure.
+    WrongUri { user: String, count_user: bool },
 }
 
 /// Why a REGISTER is refused after authentication.
@@ -367,7 +411,7 @@ pub struct Registrar {
     /// Mint time of the newest nonce forgotten to make room: a valid nonce minted no later and
     /// not tracked may have been used, so it is treated as stale.
     nonces_forgotten_until: Option<Timestamp>,
-    failures: BTreeMap<IpAddr, FailureRecord>,
+    guard: Guard,
     outputs: VecDeque<RegistrarOutput>,
     last_now: Timestamp,
 }
@@ -378,7 +422,7 @@ impl fmt::Debug for Registrar {
             .field("extensions", &self.extensions.len())
             .field("bindings", &self.binding_count())
             .field("nonces", &self.nonces.len())
-            .field("failure_sources", &self.failures.len())
+            .field("guard_tables", &self.guard.sizes())
             .finish_non_exhaustive()
     }
 }
@@ -391,20 +435,31 @@ impl Registrar {
     /// Restores the registrar from storage. Bindings already expired at `now` (or whose
     /// extension is gone, or beyond [`BINDINGS_PER_AOR_MAX`]) are dropped and come out as
     /// `Persist(RemoveBinding)`: drain `poll_output` after this.
+    /// `secret`: 256 bits the nonce key, dummy hashes and nonce randomness come from; the node
+    /// reads them from the OS at every start (nonces of a previous run are then refused as not
+    /// ours, and phones simply answer the fresh challenge), the simulator from its seed.
     pub fn new(
         config: RegistrarConfig,
-        rng_seed: u64,
+        secret: [u8; 32],
         extensions: Vec<Extension>,
         bindings: Vec<Binding>,
         now: Timestamp,
     ) -> Registrar {
-        let mut rng = StdRng::seed_from_u64(rng_seed);
+        let mut rng = StdRng::from_seed(secret);
         let secret: [u8; 32] = rng.random();
         let dummy_md5: [u8; 16] = rng.random();
         let dummy_sha: [u8; 32] = rng.random();
         let to_tag_key: u64 = rng.random();
+        let config = config.sanitized();
+        let limits = Limits {
+            pair_failures_max: config.auth_failures_max,
+            user_failures_max: config.user_auth_failures_max,
+            window: secs(config.auth_failure_window_s),
+            block: secs(config.block_s),
+            trust: secs(config.max_expires_s),
+        };
         let mut registrar = Registrar {
-            config: config.sanitized(),
+            config,
             rng,
             nonce_key: NonceKey::new(secret),
             to_tag_key,
@@ -418,7 +473,7 @@ impl Registrar {
             flush_at: None,
             nonces: BTreeMap::new(),
             nonces_forgotten_until: None,
-            failures: BTreeMap::new(),
+            guard: Guard::new(limits, EXTENSIONS_MAX),
             outputs: VecDeque::new(),
             last_now: now,
         };
@@ -503,31 +558,60 @@ impl Registrar {
         self.expiries.len()
     }
 
+    /// The failure and trust tables are within their bounds, for tests.
+    #[cfg(test)]
+    pub(crate) fn check_guard_bounds(&self) -> Result<(), String> {
+        self.guard.check_bounds()
+    }
+
+    /// The structural invariants, for tests: every AOR holds 1..=[`BINDINGS_PER_AOR_MAX`]
+    /// bindings with distinct contacts, each filed under its own AOR, and the expiry index
+    /// holds exactly one entry per binding, at that binding's expiry.
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        let mut total = 0;
+        for (aor, list) in &self.bindings {
+            if list.is_empty() || list.len() > BINDINGS_PER_AOR_MAX {
+                return Err(format!("{aor} holds {} bindings", list.len()));
+            }
+            let mut contacts = BTreeSet::new();
+            for b in list {
+                if b.aor != *aor || !contacts.insert(&b.contact) {
+                    return Err(format!("{aor}: misfiled or duplicate {}", b.contact));
+                }
+                if !self.expiries.contains(&(b.expires_at, b.aor.clone(), b.contact.clone())) {
+                    return Err(format!("{aor}: {} has no expiry entry", b.contact));
+                }
+            }
+            total += list.len();
+        }
+        if self.expiries.len() != total {
+            return Err(format!("{} expiry entries for {total} bindings", self.expiries.len()));
+        }
+        Ok(())
+    }
+
+    /// Active blocks: of (source, user) pairs, and of prefixes (see [`super::blocking`]).
     pub fn blocked_sources(&self, now: Timestamp) -> usize {
-        self.failures.values().filter(|f| f.is_blocked(now)).count()
+        self.guard.blocked(now)
+    }
+
+    /// Users locked now.
+    pub fn locked_users(&self, now: Timestamp) -> usize {
+        self.guard.locked(now)
     }
 
     // ---- REGISTER (RFC 3261 §10.3) ----
 
     fn register(&mut self, now: Timestamp, tx: u64, request: &Request, source: SocketAddr, transport: Transport) {
         let ip = source.ip();
-        if self.failures.get(&ip).is_some_and(|f| f.is_blocked(now)) {
-            return self.refuse(tx, request, ip, Refusal::code(403), false);
-        }
         if request.method != Method::REGISTER {
             return self.refuse(tx, request, ip, Refusal::code(405), false);
         }
         let Some(aor) = to_user(request) else {
             return self.refuse(tx, request, ip, Refusal::code(404), false);
         };
-        let user = match self.authenticate(now, request, Name::AUTHORIZATION) {
-            Auth::Ok { user } => user,
-            Auth::Challenge { stale } => return self.challenge(now, tx, request, stale, 401),
-            Auth::Failed { user } => {
-                self.auth_failed(now, ip, user);
-                return self.challenge(now, tx, request, false, 401);
-            }
-        };
+        let Some(user) = self.authenticated(now, tx, request, source, Name::AUTHORIZATION) else { return };
         if user != aor {
             return self.refuse(tx, request, ip, Refusal { code: 403, reason: Some("Forbidden (wrong AOR)") }, true);
         }
@@ -550,17 +634,7 @@ impl Registrar {
     /// Only then is the dialled number looked up, so strangers learn nothing about extensions.
     fn route(&mut self, now: Timestamp, tx: u64, request: &Request, source: SocketAddr) {
         let ip = source.ip();
-        if self.failures.get(&ip).is_some_and(|f| f.is_blocked(now)) {
-            return self.refuse(tx, request, ip, Refusal::code(403), false);
-        }
-        let caller = match self.authenticate(now, request, Name::PROXY_AUTHORIZATION) {
-            Auth::Ok { user } => user,
-            Auth::Challenge { stale } => return self.challenge(now, tx, request, stale, 407),
-            Auth::Failed { user } => {
-                self.auth_failed(now, ip, user);
-                return self.challenge(now, tx, request, false, 407);
-            }
-        };
+        let Some(caller) = self.authenticated(now, tx, request, source, Name::PROXY_AUTHORIZATION) else { return };
         let callee = match &request.uri.user_part {
             SipUriUserPart::User(user) if !user.is_empty() => user.to_string(),
             _ => return self.refuse(tx, request, ip, Refusal::code(404), true),
@@ -590,10 +664,47 @@ impl Registrar {
         self.outputs.push_back(RegistrarOutput::Respond { tx, response, authenticated });
     }
 
-    /// 401 with one challenge per algorithm, strongest first, sharing one fresh nonce. The
-    /// same shape whatever went wrong, so the answer reveals nothing about the user.
-    fn challenge(&mut self, now: Timestamp, tx: u64, request: &Request, stale: bool, code: u16) {
-        let (nonce, opaque) = self.nonce_key.mint(now, self.rng.random());
+    /// The user the request's credentials prove, or `None` once the request is answered
+    /// (challenge, 400, 403) and every failure counted. REGISTER (`Authorization`, 401) and
+    /// INVITE (`Proxy-Authorization`, 407) alike.
+    fn authenticated(
+        &mut self,
+        now: Timestamp,
+        tx: u64,
+        request: &Request,
+        source: SocketAddr,
+        header: Name,
+    ) -> Option<String> {
+        let code = if header == Name::PROXY_AUTHORIZATION { 407 } else { 401 };
+        let ip = source.ip();
+        match self.authenticate(now, request, source, header) {
+            Auth::Ok { user } => return Some(user),
+            Auth::Challenge { stale, ignored } => {
+                if let Some(reason) = ignored {
+                    self.event(RegistrarEvent::AuthIgnored { source: ip, reason });
+                }
+                self.challenge(now, tx, request, source, stale, code);
+            }
+            Auth::Failed { user, count_user } => {
+                self.auth_failed(now, ip, user, count_user);
+                self.challenge(now, tx, request, source, false, code);
+            }
+            Auth::Blocked => self.refuse(tx, request, ip, Refusal::code(403), false),
+            Auth::WrongUri { user, count_user } => {
+                self.auth_failed(now, ip, user, count_user);
+                let refusal = Refusal { code: 400, reason: Some("Bad Request (digest uri is not the Request-URI)") };
+                self.refuse(tx, request, ip, refusal, false);
+            }
+        }
+        None
+    }
+
+    /// 401 with one challenge per algorithm, strongest first, sharing one fresh nonce bound to
+    /// the source it goes to. The same shape whatever went wrong, so the answer reveals nothing
+    /// about the user.
+    fn challenge(&mut self, now: Timestamp, tx: u64, request: &Request, source: SocketAddr, stale: bool, code: u16) {
+        let bound_to = blocking::source_group(source.ip());
+        let (nonce, opaque) = self.nonce_key.mint(now, self.rng.random(), bound_to);
         let mut response = request.response(code, Some(&self.to_tag(request)));
         let header = if code == 407 { Name::PROXY_AUTHENTICATE } else { Name::WWW_AUTHENTICATE };
         for &algorithm in &self.config.digest_algorithms {
@@ -623,40 +734,58 @@ impl Registrar {
             .find(|c| c.realm == self.config.realm)
     }
 
-    fn authenticate(&mut self, now: Timestamp, request: &Request, header: Name) -> Auth {
+    fn authenticate(&mut self, now: Timestamp, request: &Request, source: SocketAddr, header: Name) -> Auth {
+        let ignored = |reason| Auth::Challenge { stale: false, ignored: Some(reason) };
         let Some(creds) = self.credentials_for_realm(request, header) else {
-            return Auth::Challenge { stale: false };
+            return Auth::Challenge { stale: false, ignored: None };
         };
         let algorithm = match creds.algorithm.as_deref() {
             None => Algorithm::Md5,
             Some(name) => match Algorithm::from_name(name) {
                 Some(a) => a,
-                None => return Auth::Challenge { stale: false },
+                None => return ignored("algorithm"),
             },
         };
-        if !self.config.digest_algorithms.contains(&algorithm) {
-            return Auth::Challenge { stale: false };
-        }
-        if creds.userhash {
-            return Auth::Challenge { stale: false };
+        if !self.config.digest_algorithms.contains(&algorithm) || creds.userhash {
+            return ignored("algorithm");
         }
         let qop = match creds.qop.as_deref() {
-            None => None,
+            None if self.config.allow_rfc2069 => None,
+            None => return ignored("qop"),
             Some(q) if q.eq_ignore_ascii_case("auth") => match (creds.nc.as_deref(), creds.cnonce.as_deref()) {
                 (Some(nc), Some(cnonce)) if parse_nc(nc).is_some() => Some(QopAuth { nc, cnonce }),
-                _ => return Auth::Challenge { stale: false },
+                _ => return ignored("qop"),
             },
-            Some(_) => return Auth::Challenge { stale: false },
+            Some(_) => return ignored("qop"),
         };
-        // A nonce we did not mint proves nothing either way: challenge again, count nothing.
-        let Some(minted_at) = self.nonce_key.minted_at(&creds.nonce) else {
-            return Auth::Challenge { stale: false };
+        // A nonce we did not mint for this very source proves nothing either way: forged, or
+        // fetched from another address (a spoofer cannot read the challenge sent to the
+        // address it claims). Challenge again, count nothing against anybody.
+        let Some(minted_at) = self.nonce_key.minted_at(&creds.nonce, blocking::source_group(source.ip())) else {
+            return ignored("nonce");
         };
         if creds.opaque.as_ref().is_some_and(|o| Some(o) != self.nonce_key.opaque_for(&creds.nonce).as_ref()) {
-            return Auth::Challenge { stale: false };
+            return ignored("opaque");
         }
-        // The same work for a user that does not exist as for one that does.
+        let user: String = creds.username.chars().take(CLAIMED_USER_CHARS_MAX).collect();
         let extension = self.extensions.get(&creds.username);
+        // Where this user's phones are (a live binding from this very address) or recently
+        // authenticated from: no block or lock applies there (docs/SECURITY.md).
+        let trusted = extension.is_some()
+            && (self.bindings.get(&creds.username).is_some_and(|list| {
+                list.iter().any(|b| b.expires_at > now && blocking::same_address(b.source, source))
+            }) || self.guard.recently_succeeded(now, source, &creds.username));
+        if !trusted && self.guard.is_blocked(now, source.ip(), &user) {
+            return Auth::Blocked;
+        }
+        let locked = !trusted && extension.is_some() && self.guard.is_locked(now, &creds.username);
+        // A locked user's failures count against the pair only: the user's count is frozen.
+        let count_user = extension.is_some() && !locked;
+        if !digest::uri_matches(&creds.uri, &request.uri) {
+            return Auth::WrongUri { user, count_user };
+        }
+        // The same work for a user that does not exist as for one that does, and for a locked
+        // one: its answer then fails whatever it says, so the lock shows nothing.
         let ha1 = match (extension, algorithm) {
             (Some(e), a) => e.ha1(a),
             (None, Algorithm::Md5) => &self.dummy_ha1_md5,
@@ -666,23 +795,24 @@ impl Registrar {
         let expected = digest::request_digest(algorithm, ha1, &creds.nonce, qop, &method, &creds.uri);
         let given = creds.response.to_ascii_lowercase();
         let matches = digest::constant_time_eq(expected.as_bytes(), given.as_bytes());
-        if !(matches && extension.is_some()) {
-            return Auth::Failed { user: creds.username.chars().take(CLAIMED_USER_CHARS_MAX).collect() };
+        if !(matches && extension.is_some()) || locked {
+            return Auth::Failed { user, count_user };
         }
         if minted_at + secs(self.config.nonce_lifetime_s) <= now {
-            return Auth::Challenge { stale: true };
+            return Auth::Challenge { stale: true, ignored: None };
         }
         if let Some(qop) = qop {
             let nc = parse_nc(qop.nc).expect("checked above");
             match self.nonces.get(&creds.nonce) {
-                Some(highest) if nc <= *highest => return Auth::Challenge { stale: false },
+                Some(highest) if nc <= *highest => return Auth::Challenge { stale: false, ignored: None },
                 None if self.nonces_forgotten_until.is_some_and(|until| minted_at <= until) => {
-                    return Auth::Challenge { stale: true };
+                    return Auth::Challenge { stale: true, ignored: None };
                 }
                 _ => {}
             }
             self.track_nonce(now, creds.nonce, nc);
         }
+        self.guard.succeeded(now, source, &creds.username);
         Auth::Ok { user: creds.username }
     }
 
@@ -702,50 +832,18 @@ impl Registrar {
         assert!(self.nonces.len() <= NONCES_TRACKED_MAX);
     }
 
-    fn auth_failed(&mut self, now: Timestamp, source: IpAddr, user: String) {
+    /// Reports a failure and counts it (see [`super::blocking`]).
+    fn auth_failed(&mut self, now: Timestamp, source: IpAddr, user: String, count_user: bool) {
+        let mut events = Vec::new();
+        self.guard.failed(now, source, &user, count_user, &mut events);
         self.event(RegistrarEvent::AuthFailed { source, user });
-        let max = self.config.auth_failures_max as usize;
-        if max == 0 {
-            return;
-        }
-        let window = secs(self.config.auth_failure_window_s);
-        if !self.failures.contains_key(&source) && self.failures.len() >= AUTH_FAILURE_SOURCES_MAX {
-            self.make_room_for_failure_source(now, window);
-        }
-        let record = self.failures.entry(source).or_default();
-        while record.times.front().is_some_and(|t| *t + window <= now) {
-            record.times.pop_front();
-        }
-        record.times.push_back(now);
-        if record.times.len() >= max {
-            record.times.clear();
-            let until = now + secs(self.config.block_s);
-            record.blocked_until = Some(until);
-            self.event(RegistrarEvent::SourceBlocked { source, until });
-        }
-        assert!(self.failures.len() <= AUTH_FAILURE_SOURCES_MAX);
-    }
-
-    /// Forgets idle sources; if none is idle, the unblocked one that failed longest ago; if all
-    /// are blocked, the one whose block ends first.
-    fn make_room_for_failure_source(&mut self, now: Timestamp, window: Duration) {
-        self.failures.retain(|_, f| !f.is_idle(now, window));
-        if self.failures.len() < AUTH_FAILURE_SOURCES_MAX {
-            return;
-        }
-        let victim = self
-            .failures
-            .iter()
-            .min_by_key(|(_, f)| (f.is_blocked(now), f.blocked_until, f.times.back().copied()))
-            .map(|(ip, _)| *ip);
-        if let Some(ip) = victim {
-            self.failures.remove(&ip);
+        for event in events {
+            self.event(event);
         }
     }
 
     fn forget_idle(&mut self, now: Timestamp) {
-        let window = secs(self.config.auth_failure_window_s);
-        self.failures.retain(|_, f| !f.is_idle(now, window));
+        self.guard.forget_idle(now);
         let lifetime = secs(self.config.nonce_lifetime_s);
         while let Some((nonce, _)) = self.nonces.first_key_value() {
             if digest::nonce_timestamp(nonce).is_some_and(|minted| minted + lifetime > now) {
@@ -829,15 +927,18 @@ impl Registrar {
             return Err(Refusal { code: 403, reason: Some("Too Many Contacts") });
         }
 
-        for (contact, expires) in plan {
-            let old = existing(&contact);
-            if expires == 0 {
-                if old.is_some() {
-                    self.remove_binding(aor, &contact);
-                    self.event(RegistrarEvent::Unregistered { aor: aor.to_owned(), contact });
-                }
-                continue;
+        // Removals first: the bound was checked on the final count, and an addition applied
+        // before a removal would briefly hold one binding too many (issue 14: that tripped the
+        // assertion in `put_binding` and killed the registrar).
+        let (removals, updates): (Vec<_>, Vec<_>) = plan.into_iter().partition(|(_, e)| *e == 0);
+        for (contact, _) in removals {
+            if existing(&contact).is_some() {
+                self.remove_binding(aor, &contact);
+                self.event(RegistrarEvent::Unregistered { aor: aor.to_owned(), contact });
             }
+        }
+        for (contact, expires) in updates {
+            let old = existing(&contact);
             let binding = Binding {
                 aor: aor.to_owned(),
                 contact: contact.clone(),
@@ -1007,6 +1108,7 @@ impl Registrar {
             self.event(RegistrarEvent::Unregistered { aor: b.aor, contact: b.contact });
         }
         self.dirty_extensions.remove(number);
+        self.guard.forget_user(number);
         self.persist(RegistrarCommand::RemoveExtension { number: number.to_owned() });
         self.event(RegistrarEvent::ExtensionChanged { number: number.to_owned() });
     }

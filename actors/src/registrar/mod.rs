@@ -1,8 +1,10 @@
 //! The registrar: REGISTER with digest authentication and bindings that expire (RFC 3261 §10,
-//! RFC 7616, RFC 8760), the extension directory, and blocking of sources that keep failing
-//! authentication.
+//! RFC 7616, RFC 8760), the extension directory, and blocking of password guessing that
+//! spoofed traffic cannot turn against users.
 //!
-//! - [`digest`]: HA1, request digests, challenges, credentials, self-verifying nonces.
+//! - [`digest`]: HA1, request digests, challenges, credentials, self-verifying nonces bound to
+//!   the source they were sent to, the digest `uri` rule.
+//! - [`blocking`]: failures per (source, user) and per user, trusted addresses, bounded tables.
 //! - [`machine`]: [`Registrar`], the sans-IO machine: every decision, no I/O, no clock.
 //! - [`actor`]: [`RegistrarActor`], the ractor shell: clock, storage and response ports.
 //!
@@ -15,16 +17,18 @@
 //! headers in the same order; only nonce and opaque differ), after the same digest work.
 
 pub mod actor;
+pub mod blocking;
 pub mod digest;
 pub mod machine;
 
 pub use actor::{
     Clock, ExtensionView, RegistrarActor, RegistrarArgs, RegistrarMsg, RegistrarStats, RegistrarStore, ResponseSink,
 };
+pub use blocking::{AUTH_FAILURE_PAIRS_MAX, AUTH_FAILURE_PREFIXES_MAX, AUTH_FAILURES_LIMIT_MAX, TRUSTED_SOURCES_MAX};
 pub use digest::{Algorithm, ha1};
 pub use machine::{
-    AUTH_FAILURE_SOURCES_MAX, BINDINGS_PER_AOR_MAX, Binding, EXTENSIONS_MAX, Extension, NONCES_TRACKED_MAX, Registrar,
-    RegistrarCommand, RegistrarConfig, RegistrarEvent, RegistrarInput, RegistrarOutput, Route,
+    BINDINGS_PER_AOR_MAX, Binding, EXTENSIONS_MAX, Extension, NONCES_TRACKED_MAX, Registrar, RegistrarCommand,
+    RegistrarConfig, RegistrarEvent, RegistrarInput, RegistrarOutput, Route,
 };
 
 #[cfg(test)]

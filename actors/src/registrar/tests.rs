@@ -36,9 +36,14 @@ pub(super) struct Challenge {
 }
 
 pub(super) fn challenges(response: &Response) -> Vec<Challenge> {
+    challenges_in(response, &Name::WWW_AUTHENTICATE)
+}
+
+/// The Digest challenges in one header (WWW- or Proxy-Authenticate).
+fn challenges_in(response: &Response, header: &Name) -> Vec<Challenge> {
     response
         .headers
-        .get_raw(&Name::WWW_AUTHENTICATE)
+        .get_raw(header)
         .map(|v| {
             let params = v.as_str().strip_prefix("Digest ").expect("a Digest challenge");
             let mut c = Challenge {
@@ -75,10 +80,14 @@ pub(super) fn challenge_for(response: &Response, algorithm: &str) -> Challenge {
 
 /// `Authorization` for `qop=auth` (RFC 7616 §3.4.1), built from HA1 and HA2 by hand.
 pub(super) fn authorization(c: &Challenge, user: &str, password: &str, nc: u32) -> String {
-    let uri = "sip:pbx";
+    digest_answer(c, user, password, "REGISTER", "sip:pbx", nc)
+}
+
+/// A `qop=auth` answer for `method` with digest `uri` (RFC 7616 §3.4.1).
+fn digest_answer(c: &Challenge, user: &str, password: &str, method: &str, uri: &str, nc: u32) -> String {
     let cnonce = "0a4f113b";
     let ha1 = h(&c.algorithm, &format!("{user}:{}:{password}", c.realm));
-    let ha2 = h(&c.algorithm, &format!("REGISTER:{uri}"));
+    let ha2 = h(&c.algorithm, &format!("{method}:{uri}"));
     let nc = format!("{nc:08x}");
     let response = h(&c.algorithm, &format!("{ha1}:{}:{nc}:{cnonce}:auth:{ha2}", c.nonce));
     format!(
@@ -166,6 +175,9 @@ impl Reg {
 struct Step {
     persisted: Vec<RegistrarCommand>,
     response: Option<Response>,
+    /// Whether the response said the request authenticated.
+    authenticated: Option<bool>,
+    routed: Option<Route>,
     events: Vec<RegistrarEvent>,
 }
 
@@ -204,7 +216,7 @@ impl Harness {
 
     fn with(config: RegistrarConfig, bindings: Vec<Binding>) -> Harness {
         let extensions = vec![extension("100", PASSWORD_100), extension("200", "secret-200")];
-        let mut m = Registrar::new(config, 42, extensions, bindings, T0);
+        let mut m = Registrar::new(config, [42; 32], extensions, bindings, T0);
         while m.poll_output().is_some() {}
         Harness { m, now: T0, next_tx: 1 }
     }
@@ -221,12 +233,17 @@ impl Harness {
                     assert!(step.response.is_none(), "Persist after the Respond it guards: {c:?}");
                     step.persisted.push(c);
                 }
-                RegistrarOutput::Respond { tx, response, .. } => {
-                    assert_eq!(tx, self.next_tx - 1, "response for the REGISTER just sent");
-                    assert!(step.response.replace(response).is_none(), "one response per REGISTER");
+                RegistrarOutput::Respond { tx, response, authenticated } => {
+                    assert_eq!(tx, self.next_tx - 1, "response for the request just sent");
+                    assert!(step.response.replace(response).is_none(), "one response per request");
+                    assert!(step.routed.is_none(), "routed and answered");
+                    step.authenticated = Some(authenticated);
                 }
                 RegistrarOutput::Event(e) => step.events.push(e),
-                RegistrarOutput::Routed { .. } => panic!("REGISTER is never routed"),
+                RegistrarOutput::Routed { tx, route } => {
+                    assert_eq!(tx, self.next_tx - 1, "route for the INVITE just sent");
+                    assert!(step.response.is_none() && step.routed.replace(route).is_none(), "one answer");
+                }
             }
         }
         step
@@ -257,11 +274,47 @@ impl Harness {
         self.send(&reg)
     }
 
+    /// An INVITE from `user` (authenticated with `auth`, a Proxy-Authorization value) to `callee`.
+    fn invite_from(&mut self, user: &str, callee: &str, auth: Option<String>, from: SocketAddr) -> Step {
+        let mut text = format!(
+            "INVITE sip:{callee}@pbx SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK-i{}\r\n\
+             From: <sip:{user}@pbx>;tag=i1\r\nTo: <sip:{callee}@pbx>\r\nCall-ID: invite-{}\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:{user}@{from}>\r\n",
+            self.next_tx, self.next_tx
+        );
+        if let Some(a) = auth {
+            text.push_str(&format!("Proxy-Authorization: {a}\r\n"));
+        }
+        text.push_str("Content-Length: 0\r\n\r\n");
+        let Ok(Message::Request(request)) = parse_datagram(text.as_bytes()) else { panic!("test INVITE parses") };
+        let tx = self.next_tx;
+        self.next_tx += 1;
+        self.m.handle(self.now, RegistrarInput::Route { tx, request, source: from });
+        self.drain()
+    }
+
+    /// An INVITE challenged (407), then answered with `password` over MD5, from `from`.
+    fn call_from(&mut self, user: &str, password: &str, callee: &str, from: SocketAddr) -> Step {
+        let first = self.invite_from(user, callee, None, from);
+        assert_eq!(first.code(), 407, "{:?}", first.response);
+        let c = challenges_in(first.response(), &Name::PROXY_AUTHENTICATE).into_iter().find(|c| c.algorithm == "MD5");
+        let c = c.expect("an MD5 challenge");
+        let auth = digest_answer(&c, user, password, "INVITE", &format!("sip:{callee}@pbx"), 1);
+        self.invite_from(user, callee, Some(auth), from)
+    }
+
     fn register(&mut self, reg: &Reg) -> Step {
         let step = self.register_with(reg, PASSWORD_100);
         assert_eq!(step.code(), 200, "{:?}", step.response);
         step
     }
+}
+
+/// Challenge from `from`, then answer with `password` over SHA-256 from `from` (cseq + 1).
+fn register_from(h: &mut Harness, reg: &Reg, password: &str, from: SocketAddr) -> Step {
+    let first = h.send_from(reg, from);
+    let c = challenge_for(first.response(), "SHA-256");
+    h.send_from(&reg.clone().cseq(reg.cseq + 1).auth(authorization(&c, &reg.aor, password, 1)), from)
 }
 
 fn put(contact: &str) -> impl Fn(&RegistrarCommand) -> bool + '_ {
@@ -316,11 +369,19 @@ fn configured_algorithm_order_and_refusal() {
     assert_eq!(h.send(&reg.clone().cseq(3).auth(authorization(&md5, "100", PASSWORD_100, 1))).code(), 200);
 }
 
-/// A client that answers without qop (RFC 2617 compatibility) is accepted.
+/// An answer without qop (RFC 2069: no nonce count, replayable) is challenged again and
+/// counted against nobody, unless `allow_rfc2069` is set.
 #[test]
-fn answer_without_qop_is_accepted() {
-    let mut h = Harness::new();
+fn answer_without_qop_is_refused_unless_rfc2069_is_allowed() {
     let reg = Reg::new("100", &["<sip:100@192.0.2.7>"]);
+    let mut h = Harness::new();
+    let c = challenge_for(h.send(&reg).response(), "MD5");
+    let refused = h.send(&reg.clone().cseq(2).auth(authorization_without_qop(&c, "100", PASSWORD_100)));
+    assert_eq!((refused.code(), refused.authenticated), (401, Some(false)));
+    assert_eq!(refused.events, [RegistrarEvent::AuthIgnored { source: source().ip(), reason: "qop" }]);
+    assert_eq!(h.m.binding_count(), 0);
+
+    let mut h = Harness::with(RegistrarConfig { allow_rfc2069: true, ..Default::default() }, vec![]);
     let c = challenge_for(h.send(&reg).response(), "MD5");
     let ok = h.send(&reg.clone().cseq(2).auth(authorization_without_qop(&c, "100", PASSWORD_100)));
     assert_eq!(ok.code(), 200);
@@ -397,35 +458,40 @@ fn unknown_user_and_wrong_password_look_the_same() {
     assert_eq!(blank(a, "100"), blank(b, "999"));
 }
 
-/// Five failures in the window block the source (403 even with the right password), other
-/// sources are unaffected, and the block lifts after block_s.
+/// Five failures in the window block that user from that source: 403 (unauthenticated) even
+/// with the right password; the same user from elsewhere and other users from the same
+/// source are unaffected, and the block lifts after block_s.
 #[test]
-fn repeated_failures_block_the_source_until_block_s_passes() {
+fn repeated_failures_block_the_user_from_that_source_until_block_s_passes() {
     let mut h = Harness::new();
     let reg = Reg::new("100", &["<sip:100@192.0.2.7>"]);
     let mut blocked_at = T0;
     for i in 0..5 {
         h.advance(Duration::from_secs(1));
-        let c = challenge_for(h.send(&reg).response(), "MD5");
-        let step = h.send(&reg.clone().auth(authorization(&c, "100", "guess-guess", 1)));
+        let step = h.register_with(&reg, "guess-guess");
         assert_eq!(step.code(), 401);
         assert!(step.events.contains(&RegistrarEvent::AuthFailed { source: source().ip(), user: "100".into() }));
-        let blocked = step.events.iter().any(|e| matches!(e, RegistrarEvent::SourceBlocked { .. }));
+        let blocked = step.events.iter().any(|e| matches!(e, RegistrarEvent::Blocked { .. }));
         assert_eq!(blocked, i == 4, "blocked on the fifth failure only");
         blocked_at = h.now;
     }
+    let until = blocked_at + Duration::from_secs(300);
     assert_eq!(h.m.blocked_sources(h.now), 1);
-    let refused = h.send(&reg);
-    assert_eq!(refused.code(), 403);
+    let refused = h.register_with(&reg.clone().cseq(10), PASSWORD_100);
+    assert_eq!((refused.code(), refused.authenticated), (403, Some(false)));
     assert_eq!(refused.events, [RegistrarEvent::Rejected { source: source().ip(), method: "REGISTER", code: 403 }]);
-    let other: SocketAddr = "198.51.100.1:5060".parse().unwrap();
-    assert_eq!(h.send_from(&reg, other).code(), 401, "another source is not blocked");
+    assert!(h.m.bindings().next().is_none());
+    // Other users from this source, and this user from elsewhere, go on.
+    let other_user = h.register_with(&Reg::new("200", &["<sip:200@192.0.2.7>"]), "secret-200");
+    assert_eq!(other_user.code(), 200, "the block is per (source, user)");
+    let elsewhere: SocketAddr = "198.51.100.1:5060".parse().unwrap();
+    assert_eq!(register_from(&mut h, &reg.clone().cseq(20), PASSWORD_100, elsewhere).code(), 200);
 
-    h.now = Timestamp((blocked_at + Duration::from_secs(300)).as_micros() - 1);
-    assert_eq!(h.send(&reg).code(), 403, "still blocked");
-    h.now = blocked_at + Duration::from_secs(300);
+    h.now = Timestamp(until.as_micros() - 1);
+    assert_eq!(h.register_with(&reg.clone().cseq(30), PASSWORD_100).code(), 403, "still blocked");
+    h.now = until;
     assert_eq!(h.m.blocked_sources(h.now), 0);
-    h.register(&reg.clone().cseq(10));
+    h.register(&reg.clone().cseq(40));
 }
 
 /// Failures spread wider than the window never add up to a block.
@@ -434,9 +500,14 @@ fn failures_outside_the_window_do_not_block() {
     let mut h = Harness::new();
     let reg = Reg::new("100", &["<sip:100@192.0.2.7>"]);
     for _ in 0..10 {
-        let c = challenge_for(h.send(&reg).response(), "MD5");
-        let step = h.send(&reg.clone().auth(authorization(&c, "100", "guess-guess", 1)));
-        assert!(!step.events.iter().any(|e| matches!(e, RegistrarEvent::SourceBlocked { .. })));
+        let step = h.register_with(&reg, "guess-guess");
+        assert!(step.events.contains(&RegistrarEvent::AuthFailed { source: source().ip(), user: "100".into() }));
+        assert!(
+            !step
+                .events
+                .iter()
+                .any(|e| matches!(e, RegistrarEvent::Blocked { .. } | RegistrarEvent::UserLocked { .. }))
+        );
         h.advance(Duration::from_secs(15));
     }
 }
@@ -602,7 +673,7 @@ fn restore_drops_expired_bindings() {
     let dead = binding("sip:100@192.0.2.7:2", T0);
     let mut m = Registrar::new(
         RegistrarConfig::default(),
-        1,
+        [1; 32],
         vec![extension("100", PASSWORD_100)],
         vec![live.clone(), dead],
         T0,
@@ -896,4 +967,447 @@ fn replicated_changes_apply_to_memory_without_persisting() {
     assert!(h.drain().persisted.is_empty());
     assert_eq!(h.m.bindings().filter(|b| b.aor == "300").count(), 0);
     assert_eq!(h.m.poll_timeout(), None, "no expiry left behind for the removed binding");
+}
+
+/// Regression (issue 14): at the binding limit, one REGISTER that adds a contact and removes
+/// another (the addition listed first) is answered 200 with the limit kept, instead of
+/// tripping the per-AOR assertion and killing the registrar; the next REGISTER still works.
+#[test]
+fn add_and_remove_in_one_register_at_the_binding_limit() {
+    let mut h = Harness::new();
+    let full: Vec<String> = (0..BINDINGS_PER_AOR_MAX).map(|i| format!("<sip:100@192.0.2.7:{}>", 1000 + i)).collect();
+    let full: Vec<&str> = full.iter().map(String::as_str).collect();
+    h.register(&Reg::new("100", &full));
+    assert_eq!(h.m.binding_count(), BINDINGS_PER_AOR_MAX);
+    let swap = Reg::new("100", &["<sip:100@192.0.2.7:2000>", "<sip:100@192.0.2.7:1000>;expires=0"]).cseq(10);
+    let ok = h.register(&swap);
+    let contacts = ok.contacts();
+    assert_eq!(contacts.len(), BINDINGS_PER_AOR_MAX, "{contacts:?}");
+    assert!(contacts.iter().any(|c| c.starts_with("<sip:100@192.0.2.7:2000>")), "{contacts:?}");
+    assert!(!contacts.iter().any(|c| c.starts_with("<sip:100@192.0.2.7:1000>")), "{contacts:?}");
+    let other: SocketAddr = "198.51.100.20:5060".parse().unwrap();
+    let reg = Reg::new("200", &["<sip:200@198.51.100.20>"]);
+    let c = challenge_for(h.send_from(&reg, other).response(), "SHA-256");
+    assert_eq!(h.send_from(&reg.clone().cseq(2).auth(authorization(&c, "200", "secret-200", 1)), other).code(), 200);
+}
+
+/// Random REGISTER sequences against the registrar's invariants (issue 14).
+mod register_sequences {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// The two AORs of the harness and their passwords.
+    const AORS: [(&str, &str); 2] = [("100", PASSWORD_100), ("200", "secret-200")];
+    /// Contacts are drawn from this many per AOR: more than the limit, so it is reached.
+    const CONTACTS: u8 = 14;
+    /// Expires values around the edges: 0, below/at/above min (60), above max (3600).
+    const EXPIRES: [u32; 9] = [0, 0, 30, 59, 60, 61, 600, 3600, u32::MAX];
+
+    #[derive(Clone, Debug)]
+    pub(super) enum Op {
+        /// A REGISTER for AOR `aor` with `contacts` (index, optional `expires` param), an
+        /// optional Expires header, from Call-ID `call` (of 2).
+        Register {
+            aor: usize,
+            contacts: Vec<(u8, Option<u32>)>,
+            header: Option<u32>,
+            call: u8,
+        },
+        /// `Contact: *` with this Expires header (only 0 is valid).
+        Star {
+            aor: usize,
+            header: Option<u32>,
+        },
+        /// Another node's committed binding (expiring after `s` seconds) or its removal.
+        ReplicatedPut {
+            aor: usize,
+            c: u8,
+            s: u32,
+        },
+        ReplicatedRemove {
+            aor: usize,
+            c: u8,
+        },
+        Advance {
+            s: u32,
+        },
+    }
+
+    /// Mostly values that bind, so that the limit is reached often.
+    fn expires() -> impl Strategy<Value = u32> {
+        prop_oneof![3 => prop::sample::select(EXPIRES.to_vec()), 2 => Just(0u32), 5 => Just(600u32)]
+    }
+
+    pub(super) fn op() -> impl Strategy<Value = Op> {
+        let contact = (0..CONTACTS, prop::option::weighted(0.6, expires()));
+        prop_oneof![
+            8 => (0..2usize, prop::collection::vec(contact, 0..12), prop::option::weighted(0.2, expires()), 0..2u8)
+                .prop_map(|(aor, contacts, header, call)| Op::Register { aor, contacts, header, call }),
+            1 => (0..2usize, prop::option::of(prop::sample::select(vec![0u32, 0, 60]))).prop_map(|(aor, header)| Op::Star { aor, header }),
+            2 => (0..2usize, 0..CONTACTS, 1u32..4000).prop_map(|(aor, c, s)| Op::ReplicatedPut { aor, c, s }),
+            1 => (0..2usize, 0..CONTACTS).prop_map(|(aor, c)| Op::ReplicatedRemove { aor, c }),
+            3 => (0u32..4000).prop_map(|s| Op::Advance { s }),
+        ]
+    }
+
+    fn contact_uri(aor: &str, c: u8) -> String {
+        format!("sip:{aor}@192.0.2.7:{}", 5000 + u32::from(c))
+    }
+
+    /// The AOR's bindings as the machine holds them: contact → expiry.
+    fn held(h: &Harness, aor: &str) -> BTreeMap<String, Timestamp> {
+        h.m.bindings().filter(|b| b.aor == aor).map(|b| (b.contact.clone(), b.expires_at)).collect()
+    }
+
+    /// Fires every timer due by `h.now`, as the shell does.
+    fn fire_due(h: &mut Harness) {
+        for _ in 0..1000 {
+            match h.m.poll_timeout() {
+                Some(at) if at <= h.now => {
+                    h.timeout();
+                }
+                _ => return,
+            }
+        }
+        panic!("timers keep firing at the same instant");
+    }
+
+    /// Runs `ops`, checking after every step: the structural invariants, no binding at or past
+    /// its expiry, every 200 lists exactly the AOR's current bindings with their remaining
+    /// seconds, a REGISTER the rules allow is answered 200 with the expected contacts, and a
+    /// refused one changes nothing.
+    pub(super) fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+        let mut h = Harness::new();
+        let mut cseq = [[100u32; 2]; 2];
+        for op in ops {
+            let (aor_index, contacts, header, call) = match op.clone() {
+                Op::Advance { s } => {
+                    h.advance(Duration::from_secs(s.into()));
+                    fire_due(&mut h);
+                    prop_assert!(h.m.check_invariants().is_ok(), "{:?}", h.m.check_invariants());
+                    continue;
+                }
+                Op::ReplicatedPut { aor, c, s } => {
+                    let aor = AORS[aor].0;
+                    let before = held(&h, aor);
+                    let contact = contact_uri(aor, c);
+                    let binding = Binding {
+                        aor: aor.into(),
+                        contact: contact.clone(),
+                        expires_at: h.now + Duration::from_secs(s.into()),
+                        call_id: "replicated".into(),
+                        cseq: 1,
+                        source: "203.0.113.5:5060".parse().unwrap(),
+                        transport: Transport::Udp,
+                        user_agent: None,
+                    };
+                    h.m.handle(h.now, RegistrarInput::Replicated(vec![RegistrarCommand::PutBinding(binding)]));
+                    prop_assert!(h.drain().persisted.is_empty(), "a replicated change is never written again");
+                    let after = held(&h, aor);
+                    let room = before.contains_key(&contact) || before.len() < BINDINGS_PER_AOR_MAX;
+                    prop_assert_eq!(after.contains_key(&contact), room);
+                    prop_assert!(h.m.check_invariants().is_ok(), "{:?}", h.m.check_invariants());
+                    continue;
+                }
+                Op::ReplicatedRemove { aor, c } => {
+                    let aor = AORS[aor].0;
+                    let contact = contact_uri(aor, c);
+                    let command = RegistrarCommand::RemoveBinding { aor: aor.into(), contact: contact.clone() };
+                    h.m.handle(h.now, RegistrarInput::Replicated(vec![command]));
+                    prop_assert!(h.drain().persisted.is_empty());
+                    prop_assert!(!held(&h, aor).contains_key(&contact));
+                    prop_assert!(h.m.check_invariants().is_ok(), "{:?}", h.m.check_invariants());
+                    continue;
+                }
+                Op::Register { aor, contacts, header, call } => (aor, Some(contacts), header, call),
+                Op::Star { aor, header } => (aor, None, header, 0),
+            };
+            let (aor, password) = AORS[aor_index];
+            let before = held(&h, aor);
+            let texts: Vec<String> = match &contacts {
+                None => vec!["*".into()],
+                Some(list) => list
+                    .iter()
+                    .map(|(c, e)| match e {
+                        Some(e) => format!("<{}>;expires={e}", contact_uri(aor, *c)),
+                        None => format!("<{}>", contact_uri(aor, *c)),
+                    })
+                    .collect(),
+            };
+            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let counter = &mut cseq[aor_index][call as usize];
+            *counter += 2;
+            let mut reg = Reg::new(aor, &texts).call_id(&format!("call-{aor}-{call}")).cseq(*counter);
+            reg.expires = header;
+            let step = h.register_with(&reg, password);
+            let code = step.code();
+            prop_assert!([200, 400, 403, 423].contains(&code), "unexpected {:?}", step.response);
+
+            // What the rules say (RFC 3261 §10.3 steps 6–7 as machine.rs documents them).
+            let expected: Option<BTreeSet<String>> = match &contacts {
+                None => (header == Some(0)).then(BTreeSet::new),
+                Some(list) => {
+                    // A duplicate contact: the later one wins, but any too brief is refused.
+                    let mut plan: Vec<(String, u32)> = Vec::new();
+                    let mut too_brief = false;
+                    for (c, e) in list {
+                        let uri = contact_uri(aor, *c);
+                        let e = e.or(header).unwrap_or(3600);
+                        too_brief |= e != 0 && e < 60;
+                        plan.retain(|(u, _)| *u != uri);
+                        plan.push((uri, e));
+                    }
+                    let mut after: BTreeSet<String> = before.keys().cloned().collect();
+                    for (uri, e) in &plan {
+                        if *e == 0 {
+                            after.remove(uri);
+                        } else {
+                            after.insert(uri.clone());
+                        }
+                    }
+                    (!too_brief && after.len() <= BINDINGS_PER_AOR_MAX).then_some(after)
+                }
+            };
+            let now_held = held(&h, aor);
+            match expected {
+                Some(after) => {
+                    prop_assert_eq!(code, 200, "{:?}", step.response);
+                    prop_assert_eq!(now_held.keys().cloned().collect::<BTreeSet<_>>(), after);
+                }
+                None => {
+                    prop_assert_ne!(code, 200);
+                    prop_assert_eq!(&now_held, &before, "a refused REGISTER changed the bindings");
+                }
+            }
+            if code == 200 {
+                let mut listed = step.contacts();
+                listed.sort();
+                let mut current: Vec<String> = now_held
+                    .iter()
+                    .map(|(c, at)| {
+                        let remaining_s = (at.as_micros() - h.now.as_micros()).div_ceil(1_000_000);
+                        format!("<{c}>;expires={remaining_s}")
+                    })
+                    .collect();
+                current.sort();
+                prop_assert_eq!(listed, current, "the 200 lists exactly the current bindings");
+            }
+            prop_assert!(h.m.check_invariants().is_ok(), "{:?}", h.m.check_invariants());
+            prop_assert!(h.m.bindings().all(|b| b.expires_at > h.now), "a binding outlived its expiry");
+            prop_assert!(held(&h, aor).len() <= BINDINGS_PER_AOR_MAX);
+        }
+        Ok(())
+    }
+
+    /// Pinned from the proptest before the fix (issue 14): six bindings, then one REGISTER
+    /// adding five and removing one (final count 10) tripped the assertion, because the
+    /// additions were applied first.
+    #[test]
+    fn pinned_add_five_remove_one_reaching_the_limit() {
+        let register = |contacts: &[(u8, Option<u32>)]| Op::Register {
+            aor: 1,
+            contacts: contacts.to_vec(),
+            header: None,
+            call: 0,
+        };
+        let ops = [
+            register(&[(2, None), (11, None), (9, None)]),
+            register(&[(7, None), (0, None), (4, None)]),
+            register(&[(5, None), (3, None), (1, None), (6, None), (8, None), (0, Some(0))]),
+        ];
+        run(&ops).unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Any sequence of REGISTERs (contacts, `*`, expires 0, header and param expires,
+        /// duplicates, two AORs at and past the limit), replicated changes and time holds the
+        /// registrar's invariants after every step and never panics.
+        #[test]
+        fn invariants_hold_after_every_step(ops in prop::collection::vec(op(), 1..60)) {
+            run(&ops)?;
+        }
+    }
+}
+
+/// Spoofing (issue 14): answers claiming to come from the office's address but carrying a
+/// nonce minted for another address (or a made-up one) are challenged again and counted
+/// against nobody, however many; the office's phone then registers at once.
+#[test]
+fn answers_with_foreign_nonces_count_against_nobody() {
+    let mut h = Harness::new();
+    let attacker: SocketAddr = "198.51.100.66:5060".parse().unwrap();
+    let reg = Reg::new("100", &["<sip:100@192.0.2.7>"]);
+    for i in 0..50 {
+        let theirs = challenge_for(h.send_from(&reg, attacker).response(), "SHA-256");
+        let mut forged = theirs.clone();
+        forged.nonce = format!("{:064x}", i);
+        for c in [&theirs, &forged] {
+            let spoofed = h.send(&reg.clone().cseq(2).auth(authorization(c, "100", "guess-guess", 1)));
+            assert_eq!((spoofed.code(), spoofed.authenticated), (401, Some(false)));
+            assert_eq!(spoofed.events, [RegistrarEvent::AuthIgnored { source: source().ip(), reason: "nonce" }]);
+        }
+    }
+    assert_eq!(h.m.blocked_sources(h.now), 0);
+    h.register(&reg.clone().cseq(10));
+}
+
+/// IPv6 sources are one source per /64: failures from five addresses of one /64, each on a
+/// nonce fetched by another address of it, block that /64 for the user, not the next /64.
+#[test]
+fn ipv6_sources_count_per_slash_64() {
+    let mut h = Harness::new();
+    let reg = Reg::new("100", &["<sip:100@[2001:db8::7]>"]);
+    let fetcher: SocketAddr = "[2001:db8::1]:5060".parse().unwrap();
+    for i in 2..7u16 {
+        let c = challenge_for(h.send_from(&reg, fetcher).response(), "SHA-256");
+        let from = SocketAddr::new(format!("2001:db8::{i}").parse().unwrap(), 5060);
+        let step = h.send_from(&reg.clone().cseq(2).auth(authorization(&c, "100", "guess-guess", 1)), from);
+        assert!(step.events.iter().any(|e| matches!(e, RegistrarEvent::AuthFailed { .. })), "{:?}", step.events);
+    }
+    assert_eq!(h.m.blocked_sources(h.now), 1);
+    let same_64: SocketAddr = "[2001:db8::ffff]:5060".parse().unwrap();
+    assert_eq!(register_from(&mut h, &reg.clone().cseq(10), PASSWORD_100, same_64).code(), 403);
+    let next_64: SocketAddr = "[2001:db8:0:1::1]:5060".parse().unwrap();
+    assert_eq!(register_from(&mut h, &reg.clone().cseq(20), PASSWORD_100, next_64).code(), 200);
+}
+
+/// The digest `uri` must be the Request-URI: a correct digest over another URI (a captured
+/// answer replayed elsewhere) is 400, counted as a failure, and five block the pair.
+#[test]
+fn digest_uri_other_than_the_request_uri_is_400_and_counted() {
+    let mut h = Harness::new();
+    let reg = Reg::new("100", &["<sip:100@192.0.2.7>"]);
+    for i in 0..5 {
+        let c = challenge_for(h.send(&reg).response(), "SHA-256");
+        let auth = digest_answer(&c, "100", PASSWORD_100, "REGISTER", "sip:elsewhere.example", 1);
+        let step = h.send(&reg.clone().cseq(2).auth(auth));
+        assert_eq!((step.code(), step.authenticated), (400, Some(false)));
+        assert!(step.events.contains(&RegistrarEvent::AuthFailed { source: source().ip(), user: "100".into() }));
+        assert_eq!(step.events.iter().any(|e| matches!(e, RegistrarEvent::Blocked { .. })), i == 4);
+    }
+    assert_eq!(h.m.binding_count(), 0);
+    // The same URI in another case and with the same parameters is the Request-URI.
+    let c = challenge_for(h.send_from(&reg, "198.51.100.1:5060".parse().unwrap()).response(), "SHA-256");
+    let auth = digest_answer(&c, "100", PASSWORD_100, "REGISTER", "SIP:PBX", 1);
+    assert_eq!(h.send_from(&reg.clone().cseq(2).auth(auth), "198.51.100.1:5060".parse().unwrap()).code(), 200);
+}
+
+/// A stranger behind the phone's NAT (same IP, other port) and guessers on four other
+/// addresses: the stranger is blocked for the user, the user is locked for everybody
+/// untrusted (a right password from a new address gets the wrong-password 401), yet the phone
+/// registered from its own address refreshes and calls throughout; its registration and
+/// calls still work, and the lock ends after block_s.
+#[test]
+fn strangers_cannot_lock_out_a_registered_phone() {
+    let mut h = Harness::new();
+    let phone: SocketAddr = "192.0.2.7:5060".parse().unwrap();
+    let stranger: SocketAddr = "192.0.2.7:6000".parse().unwrap();
+    let reg = Reg::new("100", &["<sip:100@192.0.2.7:5060>"]).expires(600);
+    h.register(&reg);
+    let mut cseq = 10;
+    let mut guess = |h: &mut Harness, from: SocketAddr, user: &str| {
+        cseq += 2;
+        register_from(h, &Reg::new(user, &["<sip:x@192.0.2.7:6000>"]).call_id("stranger").cseq(cseq), "guess", from)
+    };
+    let mut events = Vec::new();
+    for _ in 0..20 {
+        let step = guess(&mut h, stranger, "100");
+        assert!([401, 403].contains(&step.code()));
+        events.extend(step.events);
+        guess(&mut h, stranger, "999");
+    }
+    assert!(events.iter().any(|e| matches!(e, RegistrarEvent::Blocked { user, .. } if user == "100")));
+    assert_eq!(register_from(&mut h, &reg.clone().call_id("s2"), PASSWORD_100, stranger).code(), 403);
+    for i in 1..=4u8 {
+        let from = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, i)), 5060);
+        for _ in 0..5 {
+            events.extend(guess(&mut h, from, "100").events);
+        }
+    }
+    assert!(events.iter().any(|e| matches!(e, RegistrarEvent::UserLocked { user, .. } if user == "100")), "{events:?}");
+    assert_eq!(h.m.locked_users(h.now), 1);
+
+    // The registered phone: refresh, then a call, both from its own address.
+    h.advance(Duration::from_secs(30));
+    let refresh = register_from(&mut h, &reg.clone().cseq(100), PASSWORD_100, phone);
+    assert_eq!(refresh.code(), 200, "{:?}", refresh.response);
+    let call = h.call_from("100", PASSWORD_100, "200", phone);
+    assert_eq!(call.code(), 480, "authenticated and looked up: 200 has no phone (not 403 or 407)");
+    assert_eq!(call.authenticated, Some(true));
+
+    // A new phone of 100 elsewhere, right password: the 401 a wrong password gets, counted.
+    let newcomer: SocketAddr = "198.51.100.50:5060".parse().unwrap();
+    let locked_out = register_from(&mut h, &reg.clone().call_id("new"), PASSWORD_100, newcomer);
+    assert_eq!(locked_out.code(), 401);
+    assert!(locked_out.events.contains(&RegistrarEvent::AuthFailed { source: newcomer.ip(), user: "100".into() }));
+    let wrong =
+        register_from(&mut h, &Reg::new("999", &["<sip:x@198.51.100.51>"]), "x", "198.51.100.51:5060".parse().unwrap());
+    let header_names =
+        |s: &Step| s.response().headers.iter().map(|(n, _)| n.as_print_str().to_owned()).collect::<Vec<_>>();
+    assert_eq!(header_names(&locked_out), header_names(&wrong), "a lock looks like a wrong password");
+    h.now = h.now + Duration::from_secs(300);
+    assert_eq!(h.m.locked_users(h.now), 0);
+    assert_eq!(register_from(&mut h, &reg.clone().call_id("new").cseq(50), PASSWORD_100, newcomer).code(), 200);
+}
+
+/// INVITE authentication follows the same rules: a foreign nonce is re-challenged (407) and
+/// counted against nobody; wrong answers count and block the pair, which then gets 403 even
+/// with the right password; an address trusted for the caller is spared.
+#[test]
+fn invite_authentication_follows_the_same_rules() {
+    let mut h = Harness::new();
+    let desk: SocketAddr = "192.0.2.7:5060".parse().unwrap();
+    let callee = h.register_with(&Reg::new("200", &["<sip:200@192.0.2.7:5070>"]).call_id("callee"), "secret-200");
+    assert_eq!(callee.code(), 200);
+    let spoofed_from: SocketAddr = "198.51.100.9:5060".parse().unwrap();
+    let theirs = h.invite_from("100", "200", None, spoofed_from);
+    let c = challenges_in(theirs.response(), &Name::PROXY_AUTHENTICATE).remove(0);
+    let spoofed =
+        h.invite_from("100", "200", Some(digest_answer(&c, "100", "guess", "INVITE", "sip:200@pbx", 1)), desk);
+    assert_eq!((spoofed.code(), spoofed.authenticated), (407, Some(false)));
+    assert!(matches!(spoofed.events[..], [RegistrarEvent::AuthIgnored { reason: "nonce", .. }]));
+    for _ in 0..5 {
+        assert_eq!(h.call_from("100", "guess", "200", desk).code(), 407);
+    }
+    let blocked = h.call_from("100", PASSWORD_100, "200", desk);
+    assert_eq!((blocked.code(), blocked.authenticated), (403, Some(false)));
+    // 100 registers from another port (a different address): trusted there, it calls.
+    let phone: SocketAddr = "192.0.2.7:5080".parse().unwrap();
+    assert_eq!(register_from(&mut h, &Reg::new("100", &["<sip:100@192.0.2.7:5080>"]), PASSWORD_100, phone).code(), 403);
+    let elsewhere: SocketAddr = "198.51.100.30:5060".parse().unwrap();
+    let reg = Reg::new("100", &["<sip:100@198.51.100.30:5060>"]).call_id("elsewhere");
+    assert_eq!(register_from(&mut h, &reg, PASSWORD_100, elsewhere).code(), 200);
+    let routed = h.call_from("100", PASSWORD_100, "200", elsewhere);
+    let route = routed.routed.expect("routed");
+    assert_eq!((route.caller.as_str(), route.callee.as_str(), route.contacts.len()), ("100", "200", 1));
+}
+
+/// A flood of failures from more sources than the table holds keeps every table within its
+/// bound and every block it made: once full, newcomers are counted by /48 (for IPv6), whose
+/// block then covers its other addresses but not the next /48.
+#[test]
+fn failure_tables_stay_bounded_and_keep_their_blocks() {
+    let config = RegistrarConfig { auth_failures_max: 1, user_auth_failures_max: 100, ..Default::default() };
+    let mut h = Harness::with(config, vec![]);
+    let reg = Reg::new("999", &["<sip:x@192.0.2.7>"]);
+    // The n-th /64 of 2001:db8:<high>::/48.
+    let source = |high: u16, n: u16| {
+        let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, high, n, 0, 0, 0, 1);
+        SocketAddr::new(std::net::IpAddr::V6(ip), 5060)
+    };
+    for n in 0..super::AUTH_FAILURE_PAIRS_MAX as u16 {
+        let step = register_from(&mut h, &reg, "guess", source(0, n));
+        assert_eq!(step.code(), 401);
+        assert!(matches!(step.events[..], [RegistrarEvent::AuthFailed { .. }, RegistrarEvent::Blocked { .. }]));
+    }
+    let overflow = register_from(&mut h, &reg, "guess", source(1, 0));
+    assert!(matches!(overflow.events[..], [_, RegistrarEvent::PrefixBlocked { len: 48, .. }]), "{:?}", overflow.events);
+    assert_eq!(register_from(&mut h, &reg, "guess", source(1, 1)).code(), 403, "the /48 is blocked");
+    assert_eq!(register_from(&mut h, &reg, "guess", source(2, 0)).code(), 401, "not the next /48");
+    assert_eq!(register_from(&mut h, &reg, "guess", source(0, 0)).code(), 403, "the first block is kept");
+    h.m.check_invariants().unwrap();
+    h.m.check_guard_bounds().unwrap();
+    assert_eq!(h.m.blocked_sources(h.now), super::AUTH_FAILURE_PAIRS_MAX + 2);
 }

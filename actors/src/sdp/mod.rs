@@ -9,10 +9,22 @@
 //! own descriptions, with a [`LocalSession`] keeping the o= line honest (RFC 3264 §5, §8);
 //! [`plan_offer`] and [`choose`] decide what the two legs of a call are offered and answered.
 //!
+//! Addresses pbx would send media to are checked where they are read: c= must be an IP
+//! literal (no FQDN: pbx must send media there without DNS), and a description is refused
+//! whole ([`SdpError::Line`]) when a c= line or an `a=rtcp` address is one pbx must never send
+//! to — multicast, the IPv4 limited broadcast 255.255.255.255, 0.x.x.x other than 0.0.0.0
+//! (RFC 1122 §3.2.1.3: "this network", a source only), or `::` — so that an authenticated
+//! phone cannot turn pbx's media ports into a reflector toward a group or a whole segment.
+//! The call layer answers such an offer 488. `c=IN IP4 0.0.0.0` is kept: it is the RFC 2543
+//! hold that older phones still send (RFC 3264 §8.4 names it), read as "no address" — the
+//! relay never sends there. For IPv6 there is no such convention, so `::` is refused. A
+//! subnet's directed broadcast (192.0.2.255 in a /24) cannot be told from a host address
+//! without the netmask of a network pbx does not know, so it passes; the relay sends such an
+//! address only what the other phone sends, never more (see `media::relay`).
+//!
 //! What it deliberately does not do: ICE, SRTP/DTLS, RTCP multiplexing, bandwidth, video or
 //! any codec but G.711. An answer accepts one audio stream and rejects every other m= line
-//! with port 0 (RFC 3264 §6). c= must be an IP literal: FQDNs and multicast are refused, since
-//! pbx must send media there without DNS.
+//! with port 0 (RFC 3264 §6).
 
 use bytes::Bytes;
 use std::fmt::Write as _;
@@ -190,6 +202,10 @@ pub fn parse(body: &[u8]) -> Result<SessionDescription, SdpError> {
                 ('o', None) => origin = Some(value.to_owned()),
                 ('s', None) if name.is_some() => return Err(fail("second s= line")),
                 ('s', None) => name = Some(value.to_owned()),
+                ('a', Some(m)) => {
+                    check_rtcp_attribute(value).map_err(fail)?;
+                    m.lines.push(raw.to_owned());
+                }
                 (_, Some(m)) => m.lines.push(raw.to_owned()),
                 (_, None) => lines.push(raw.to_owned()),
             },
@@ -210,8 +226,41 @@ fn parse_connection(value: &str) -> Result<IpAddr, &'static str> {
     let ["IN", address_type, address] = fields[..] else { return Err("c= line: expected IN <IP4|IP6> <address>") };
     let ip: IpAddr = address.parse().map_err(|_| "c= line: address is not an IP literal")?;
     match (address_type, ip) {
-        ("IP4", IpAddr::V4(_)) | ("IP6", IpAddr::V6(_)) => Ok(ip),
+        ("IP4", IpAddr::V4(_)) | ("IP6", IpAddr::V6(_)) => match refused_address(ip) {
+            Some(reason) => Err(reason),
+            None => Ok(ip),
+        },
         _ => Err("c= line: address does not match its IP4/IP6 type"),
+    }
+}
+
+/// Why pbx must never send media to `ip` (see the module doc), or `None` when it may; 0.0.0.0
+/// (the hold address) may be named, and means no address at all.
+pub fn refused_address(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => None,
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("media address is the broadcast address 255.255.255.255"),
+        IpAddr::V4(v4) if v4.is_multicast() => Some("media address is multicast"),
+        IpAddr::V4(v4) if v4.octets()[0] == 0 => Some("media address is in 0.0.0.0/8, which is never a destination"),
+        IpAddr::V4(_) => None,
+        IpAddr::V6(v6) if v6.is_unspecified() => {
+            Some("media address :: is unspecified (0.0.0.0 is the only hold address)")
+        }
+        IpAddr::V6(v6) if v6.is_multicast() => Some("media address is multicast"),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) if v4.is_unspecified() => Some("media address ::ffff:0.0.0.0 is unspecified"),
+            Some(v4) => refused_address(IpAddr::V4(v4)),
+            None => None,
+        },
+    }
+}
+
+/// An `a=rtcp:<port> IN <type> <address>` (RFC 3605) naming an address pbx must never send to.
+fn check_rtcp_attribute(value: &str) -> Result<(), &'static str> {
+    let address = value.strip_prefix("rtcp:").and_then(|v| v.split_whitespace().nth(3));
+    match address.and_then(|a| a.parse::<IpAddr>().ok()).and_then(refused_address) {
+        Some(_) => Err("a=rtcp address is one pbx never sends media to (multicast, broadcast, unspecified)"),
+        None => Ok(()),
     }
 }
 

@@ -126,6 +126,43 @@ fn hold_and_direction_levels() {
     assert_eq!((no_c.rtp, no_c.rtcp), (None, None));
 }
 
+/// A description naming a media address pbx must never send to is refused whole, at session
+/// or media level, in c= or a=rtcp: multicast, the limited broadcast, 0.x.x.x, `::` and their
+/// IPv4-mapped forms. c=0.0.0.0 (RFC 2543 hold) is no such address: it reads as none.
+#[test]
+fn reflector_addresses_are_refused() {
+    let c = "c=IN IP4 192.0.2.10";
+    let refused = [
+        ("c=IN IP4 224.0.0.1", "media address is multicast"),
+        ("c=IN IP4 239.255.255.250", "media address is multicast"),
+        ("c=IN IP4 255.255.255.255", "media address is the broadcast address 255.255.255.255"),
+        ("c=IN IP4 0.1.2.3", "media address is in 0.0.0.0/8, which is never a destination"),
+        ("c=IN IP6 ff02::1", "media address is multicast"),
+        ("c=IN IP6 ::", "media address :: is unspecified (0.0.0.0 is the only hold address)"),
+        ("c=IN IP6 ::ffff:0.0.0.0", "media address ::ffff:0.0.0.0 is unspecified"),
+        ("c=IN IP6 ::ffff:255.255.255.255", "media address is the broadcast address 255.255.255.255"),
+        ("c=IN IP6 ::ffff:224.1.1.1", "media address is multicast"),
+    ];
+    for (line, reason) in refused {
+        assert_eq!(error(&PHONE.replace(c, line)), format!("line 4: {reason}"), "session level {line}");
+        let media_level = PHONE.replace("a=ptime:30", line);
+        assert_eq!(error(&media_level), format!("line 11: {reason}"), "media level {line}");
+    }
+    let rtcp = PHONE.replace("a=ptime:30", "a=rtcp:53020 IN IP4 224.0.0.1");
+    assert_eq!(
+        error(&rtcp),
+        "line 11: a=rtcp address is one pbx never sends media to (multicast, broadcast, unspecified)"
+    );
+    assert!(parse(PHONE.replace("a=ptime:30", "a=rtcp:53020 IN IP4 255.255.255.255").as_bytes()).is_err());
+
+    // Hold and ordinary unicast addresses pass; a directed broadcast cannot be known.
+    for fine in ["c=IN IP4 0.0.0.0", "c=IN IP4 192.0.2.255", "c=IN IP6 2001:db8::1", "c=IN IP4 127.0.0.1"] {
+        assert!(parse(PHONE.replace(c, fine).as_bytes()).is_ok(), "{fine}");
+    }
+    let held = sdp(&PHONE.replace("a=ptime:30", "a=rtcp:53020 IN IP4 0.0.0.0")).audio().unwrap();
+    assert_eq!((held.rtp.is_some(), held.rtcp), (true, None), "an a=rtcp of 0.0.0.0 names no RTCP address");
+}
+
 /// audio() skips port-0, SRTP and non-audio lines; an rtpmap renaming a static PT wins.
 #[test]
 fn audio_picks_the_first_usable_line() {
@@ -239,9 +276,14 @@ fn lines(kinds: &'static str) -> impl Strategy<Value = Vec<String>> {
     proptest::collection::vec(line.prop_map(|(kind, value)| format!("{kind}={value}")), 0..5)
 }
 
+/// Any address a description may name (the refused ones have their own test).
+fn address() -> impl Strategy<Value = IpAddr> {
+    any::<IpAddr>().prop_filter("a refused media address", |ip| refused_address(*ip).is_none())
+}
+
 fn media() -> impl Strategy<Value = Media> {
     let head = (token(), any::<u16>(), any::<Option<u16>>(), token(), proptest::collection::vec(token(), 0..4));
-    (head, proptest::option::of(any::<IpAddr>()), lines("abik")).prop_map(|(head, connection, lines)| {
+    (head, proptest::option::of(address()), lines("abik")).prop_map(|(head, connection, lines)| {
         let (kind, port, port_count, proto, formats) = head;
         Media { kind, port, port_count, proto, formats, connection, lines }
     })
@@ -249,7 +291,7 @@ fn media() -> impl Strategy<Value = Media> {
 
 fn description() -> impl Strategy<Value = SessionDescription> {
     let origin = "[!-~]{1,8}( [!-~]{1,8}){5}";
-    let parts = (origin, "[^\n]{0,12}", proptest::option::of(any::<IpAddr>()), lines("abeikprtuz"));
+    let parts = (origin, "[^\n]{0,12}", proptest::option::of(address()), lines("abeikprtuz"));
     (parts, proptest::collection::vec(media(), 0..4)).prop_map(|((origin, name, connection, lines), media)| {
         SessionDescription { origin, name, connection, lines, media }
     })

@@ -113,7 +113,9 @@ CSeq: 1 INVITE\r\nContact: <sip:flood@{local}>\r\nContent-Length: 0\r\n\r\n",
         let share = sockets.len().div_ceil(READ_SHARE);
         let first = (tick as usize % READ_SHARE) * share;
         let draining = now > end;
-        for socket in sockets.iter().skip(if draining { 0 } else { first }).take(if draining { usize::MAX } else { share }) {
+        for socket in
+            sockets.iter().skip(if draining { 0 } else { first }).take(if draining { usize::MAX } else { share })
+        {
             while let Ok((n, _)) = socket.recv_from(&mut buf) {
                 answers += 1;
                 let code = buf.get(8..11.min(n)).map(|c| String::from_utf8_lossy(c).into_owned()).unwrap_or_default();
@@ -124,10 +126,8 @@ CSeq: 1 INVITE\r\nContact: <sip:flood@{local}>\r\nContent-Length: 0\r\n\r\n",
     }
     let seconds = options.duration.as_secs_f64().max(1e-9);
     let per_invite = if sent == 0 { 0.0 } else { answers as f64 / sent as f64 };
-    let mut line = format!(
-        "sent={sent} achieved={:.0} answers={answers} per_invite={per_invite:.3}",
-        sent as f64 / seconds
-    );
+    let mut line =
+        format!("sent={sent} achieved={:.0} answers={answers} per_invite={per_invite:.3}", sent as f64 / seconds);
     for (code, n) in codes {
         line.push_str(&format!(" code_{code}={n}"));
     }

@@ -117,6 +117,8 @@ pub struct Replica {
     client: Client,
     /// The links endpoint and its RPC server; `None` for a cluster of one, which has no links.
     links: Option<(quinn::Endpoint, JoinHandle<()>)>,
+    /// The log's database, for [`Replica::rewrite_file`].
+    db: Arc<crate::redb_file::RedbFile>,
 }
 
 impl Replica {
@@ -126,7 +128,7 @@ impl Replica {
     pub async fn start(
         config: ReplicaConfig,
         endpoint: Option<quinn::Endpoint>,
-        db: Arc<redb::Database>,
+        db: Arc<crate::redb_file::RedbFile>,
         applier: Arc<dyn Applier>,
     ) -> Result<Replica, String> {
         let members = membership(&config.members)?;
@@ -140,7 +142,7 @@ impl Replica {
         let client = Client::new(endpoint.clone());
         let raft_config = Arc::new(config.raft_config()?);
         let log = LogStore::<TypeConfig>::new(db.clone());
-        let sm = StateMachine::<TypeConfig>::new(db, applier);
+        let sm = StateMachine::<TypeConfig>::new(db.clone(), applier);
         let raft =
             Raft::new(id, raft_config, Network::new(client.clone()), log, sm).await.map_err(|e| e.to_string())?;
         let links = endpoint.map(|e| {
@@ -158,7 +160,7 @@ impl Replica {
                 Err(e) => tracing::debug!(error = %e, "membership already initialised"),
             }
         }
-        Ok(Replica { raft, id, config, members, client, links })
+        Ok(Replica { raft, id, config, members, client, links, db })
     }
 
     pub fn id(&self) -> NodeId {
@@ -256,6 +258,13 @@ impl Replica {
         let upto = self.raft.metrics().borrow().snapshot.map_or(applied.index, |s| s.index);
         self.raft.trigger().purge_log(upto).await.map_err(|e| fail(e.to_string()))?;
         Ok(Some(upto))
+    }
+
+    /// Rewrites the log's file with only its live rows (see [`super::store::rewrite`]): after
+    /// a compaction, what the purge removed is then gone from the file too. Blocking: the log's
+    /// reads and writes wait for the copy; call it off the runtime's threads.
+    pub fn rewrite_file(&self) -> Result<crate::redb_file::Rewritten, String> {
+        super::store::rewrite(&self.db)
     }
 
     /// This node's view: its state, the leader, the term, and per member what the leader knows.

@@ -12,12 +12,13 @@
 
 use super::snapshot::{SNAPSHOT_BYTES_MAX, SnapshotBuffer};
 use super::{Applier, Member, NodeId, PbxConfig, Request, Response, empty_membership};
+use crate::redb_file::{RedbFile, Rewritten, check_all_copied, copy_table};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership, Vote,
 };
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
@@ -38,19 +39,32 @@ const SNAPSHOT: &str = "snapshot";
 pub const DB_FILE: &str = "raft.redb";
 
 /// Opens (or creates) the Raft database in `data_dir` and makes sure its tables exist.
-pub fn open(data_dir: &std::path::Path) -> Result<Arc<Database>, String> {
-    let path = data_dir.join(DB_FILE);
-    let db = Database::create(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
-    prepare(db)
+pub fn open(data_dir: &std::path::Path) -> Result<Arc<RedbFile>, String> {
+    tables(RedbFile::create(&data_dir.join(DB_FILE))?)
 }
 
-/// Makes sure the tables of a (possibly in-memory) database exist.
-pub fn prepare(db: Database) -> Result<Arc<Database>, String> {
+/// Makes sure the tables of an in-memory database exist.
+pub fn prepare(db: Database) -> Result<Arc<RedbFile>, String> {
+    tables(RedbFile::in_memory(db))
+}
+
+fn tables(db: RedbFile) -> Result<Arc<RedbFile>, String> {
     let tx = db.begin_write().map_err(|e| e.to_string())?;
     tx.open_table(LOG).map_err(|e| e.to_string())?;
     tx.open_table(META).map_err(|e| e.to_string())?;
     tx.commit().map_err(|e| e.to_string())?;
     Ok(Arc::new(db))
+}
+
+/// Rewrites the Raft file with only its live rows ([`RedbFile::rewrite`]): after a compaction,
+/// the purged entries and the replaced snapshot are then gone from the file, not only from the
+/// tables. Raft's reads and writes wait for it.
+pub fn rewrite(db: &RedbFile) -> Result<Rewritten, String> {
+    db.rewrite(|from, to| {
+        copy_table(from, to, LOG)?;
+        copy_table(from, to, META)?;
+        check_all_copied(from, &[LOG.name(), META.name()])
+    })
 }
 
 fn any(e: impl std::fmt::Display) -> AnyError {
@@ -65,7 +79,7 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AnyError> {
     postcard::from_bytes(bytes).map_err(any)
 }
 
-fn get_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, AnyError> {
+fn get_meta<T: DeserializeOwned>(db: &RedbFile, key: &str) -> Result<Option<T>, AnyError> {
     let tx = db.begin_read().map_err(any)?;
     let table = tx.open_table(META).map_err(any)?;
     match table.get(key).map_err(any)? {
@@ -74,11 +88,11 @@ fn get_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, 
     }
 }
 
-fn put_meta(db: &Database, values: &[(&str, Vec<u8>)]) -> Result<(), AnyError> {
+fn put_meta(db: &RedbFile, values: &[(&str, Vec<u8>)]) -> Result<(), AnyError> {
     put_meta_with(db, values, redb::Durability::Immediate)
 }
 
-fn put_meta_with(db: &Database, values: &[(&str, Vec<u8>)], durability: redb::Durability) -> Result<(), AnyError> {
+fn put_meta_with(db: &RedbFile, values: &[(&str, Vec<u8>)], durability: redb::Durability) -> Result<(), AnyError> {
     let mut tx = db.begin_write().map_err(any)?;
     tx.set_durability(durability).map_err(any)?;
     {
@@ -92,7 +106,7 @@ fn put_meta_with(db: &Database, values: &[(&str, Vec<u8>)], durability: redb::Du
 
 /// The log and the vote.
 pub struct LogStore<C> {
-    db: Arc<Database>,
+    db: Arc<RedbFile>,
     _config: PhantomData<C>,
 }
 
@@ -103,7 +117,7 @@ impl<C> Clone for LogStore<C> {
 }
 
 impl<C: PbxConfig> LogStore<C> {
-    pub fn new(db: Arc<Database>) -> Self {
+    pub fn new(db: Arc<RedbFile>) -> Self {
         LogStore { db, _config: PhantomData }
     }
 
@@ -230,7 +244,7 @@ type Applied = (Option<LogId<NodeId>>, StoredMembership<NodeId, Member>);
 
 /// The state machine: the [`Applier`] does the applying, this records how far it got.
 pub struct StateMachine<C> {
-    db: Arc<Database>,
+    db: Arc<RedbFile>,
     applier: Arc<dyn Applier>,
     _config: PhantomData<C>,
 }
@@ -242,7 +256,7 @@ impl<C> Clone for StateMachine<C> {
 }
 
 impl<C: PbxConfig> StateMachine<C> {
-    pub fn new(db: Arc<Database>, applier: Arc<dyn Applier>) -> Self {
+    pub fn new(db: Arc<RedbFile>, applier: Arc<dyn Applier>) -> Self {
         StateMachine { db, applier, _config: PhantomData }
     }
 

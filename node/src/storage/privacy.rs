@@ -5,19 +5,24 @@
 //! never leaves half a change, and every change is written so that doing it again changes
 //! nothing more (deleted rows are gone; anonymised rows are marked; masked values no longer
 //! match the subject).
+//!
+//! An erasure, and a retention batch that changed records, also mark the file for a rewrite
+//! (in the same transaction): the node's compactor then copies the live rows into a fresh
+//! file, so the erased or anonymised bytes leave the disk file as well as the tables.
 
 use super::{
     BINDINGS, CDRS, EXTENSIONS, PRIVACY_AUDIT, PRIVACY_FLAGS, SECURITY_LOG, Storage, StorageError, StoredBindingV,
-    StoredCdrV, StoredExtensionV, decode, redb_err,
+    StoredCdrV, StoredExtensionV, TOMBSTONES, decode, mark_rewrite_due, redb_err,
 };
 use pbx_actors::Timestamp;
 use pbx_actors::cdr::Cdr;
 use pbx_actors::privacy::reaper::{Action, Batch};
 use pbx_actors::privacy::{
-    AuditEntry, ERASED, SUBJECT_ID_MAX, SecurityEntry, SecurityEvent, Subject, binding_involves, flood_network,
+    AuditEntry, AuditEvent, ERASED, SUBJECT_ID_MAX, SecurityEntry, SecurityEvent, Subject, binding_involves,
+    flood_network,
 };
 use pbx_actors::registrar::{Binding, Extension};
-use redb::{Durability, ReadableDatabase, ReadableTable};
+use redb::{Durability, ReadableTable};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -62,6 +67,24 @@ enum StoredAuditV {
 #[derive(Serialize, Deserialize)]
 enum StoredFlagsV {
     V1(Flags),
+}
+
+#[derive(Serialize, Deserialize)]
+enum StoredTombstoneV {
+    V1 { key: String, at: Timestamp },
+}
+
+/// What is kept of an erased number: its keyed pseudonym — HMAC-SHA-256 with a node's privacy
+/// key, the same the audit names it by — never the number. A config file entry whose number
+/// has a tombstone is not applied at start, so the erasure is not undone (docs/PRIVACY.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    pub pseudonym: String,
+    /// The fingerprint of the privacy key that made `pseudonym`: only that key's holder can
+    /// match a number against it (on a cluster each node has its own key today).
+    pub key: String,
+    /// When the erasure was made.
+    pub at: Timestamp,
 }
 
 /// A subject's restriction (Art. 18) and objection (Art. 21), and since when.
@@ -340,8 +363,15 @@ impl Storage {
     /// the subject becomes [`ERASED`] and the other party's record stays (a caller's Call-ID,
     /// which its phone made and which often names its address, goes too); security-log entries
     /// from the address are deleted, and the subject's number in others becomes [`ERASED`];
-    /// restriction and objection flags are deleted. Doing it again changes nothing.
-    pub fn erase(&self, subject: &Subject, audit: impl FnOnce(u64) -> AuditEntry) -> Result<Erased, StorageError> {
+    /// restriction and objection flags are deleted; an erased number's `tombstone` is kept.
+    /// Doing it again changes nothing. The file is marked for a rewrite
+    /// ([`Storage::rewrite`]): until then the erased bytes may linger in freed pages.
+    pub fn erase(
+        &self,
+        subject: &Subject,
+        tombstone: Option<&Tombstone>,
+        audit: impl FnOnce(u64) -> AuditEntry,
+    ) -> Result<Erased, StorageError> {
         let mut tx = self.db.begin_write().map_err(redb_err)?;
         tx.set_durability(Durability::Immediate).map_err(redb_err)?;
         let mut erased = Erased::default();
@@ -420,9 +450,37 @@ impl Storage {
             let mut flags = tx.open_table(PRIVACY_FLAGS).map_err(redb_err)?;
             erased.flags += u64::from(flags.remove(subject.id().as_str()).map_err(redb_err)?.is_some());
         }
+        if let Some(t) = tombstone {
+            insert_tombstone(&tx, t)?;
+        }
         insert_audit(&tx, &audit(erased.total()), self.next_seq())?;
+        mark_rewrite_due(&tx)?;
         tx.commit().map_err(redb_err)?;
+        self.want_rewrite();
         Ok(erased)
+    }
+
+    /// Every erasure tombstone, by pseudonym.
+    pub fn tombstones(&self) -> Result<BTreeMap<String, Tombstone>, StorageError> {
+        let tx = self.db.begin_read().map_err(redb_err)?;
+        let table = tx.open_table(TOMBSTONES).map_err(redb_err)?;
+        let mut out = BTreeMap::new();
+        for row in table.iter().map_err(redb_err)? {
+            let (k, v) = row.map_err(redb_err)?;
+            let pseudonym = k.value().to_string();
+            let StoredTombstoneV::V1 { key, at } = decode("erasure_tombstones", || pseudonym.clone(), v.value())?;
+            out.insert(pseudonym.clone(), Tombstone { pseudonym, key, at });
+        }
+        Ok(out)
+    }
+
+    /// Adds tombstones (a cluster node installing a snapshot): never removes one.
+    pub fn put_tombstones(&self, tombstones: &[Tombstone]) -> Result<(), StorageError> {
+        let tx = self.db.begin_write().map_err(redb_err)?;
+        for t in tombstones {
+            insert_tombstone(&tx, t)?;
+        }
+        tx.commit().map_err(redb_err)
     }
 
     /// One retention batch (the reaper's [`Batch`]), in one durable transaction; the count of
@@ -480,6 +538,11 @@ impl Storage {
                 return Err(StorageError::Redb(format!("no retention rule {category}/{}", action.name())));
             }
         };
+        // Deleted and anonymised rows' old bytes are in freed pages now; the rewrite comes
+        // after the run (see `RetentionStore::audit` below), or at the next start.
+        if changed > 0 {
+            mark_rewrite_due(&tx)?;
+        }
         tx.commit().map_err(redb_err)?;
         Ok(changed as u64)
     }
@@ -554,6 +617,12 @@ fn delete_oldest(
     Ok(deleted)
 }
 
+fn insert_tombstone(tx: &redb::WriteTransaction, t: &Tombstone) -> Result<(), StorageError> {
+    let value = postcard::to_allocvec(&StoredTombstoneV::V1 { key: t.key.clone(), at: t.at }).map_err(redb_err)?;
+    tx.open_table(TOMBSTONES).map_err(redb_err)?.insert(t.pseudonym.as_str(), value.as_slice()).map_err(redb_err)?;
+    Ok(())
+}
+
 fn insert_audit(tx: &redb::WriteTransaction, entry: &AuditEntry, seq: u64) -> Result<(), StorageError> {
     let value = postcard::to_allocvec(&StoredAuditV::V1(entry.clone())).map_err(redb_err)?;
     tx.open_table(PRIVACY_AUDIT)
@@ -567,8 +636,15 @@ impl pbx_actors::privacy::actor::RetentionStore for Storage {
     fn reap(&self, batch: &Batch) -> Result<u64, String> {
         Storage::reap(self, batch).map_err(|e| e.to_string())
     }
+    /// The end of a run: if its batches changed records, the rewrite they marked due starts.
     fn audit(&self, entry: &AuditEntry) -> Result<(), String> {
-        self.put_audit(entry).map_err(|e| e.to_string())
+        self.put_audit(entry).map_err(|e| e.to_string())?;
+        if let AuditEvent::Retention { rules, .. } = &entry.event
+            && rules.iter().any(|r| r.records > 0)
+        {
+            self.want_rewrite();
+        }
+        Ok(())
     }
 }
 
@@ -771,7 +847,7 @@ fn write_security(rx: &Receiver<SecurityEntry>, storage: &Storage) {
 mod tests {
     use super::*;
     use pbx_actors::cdr::{Disposition, MediaCounters};
-    use pbx_actors::privacy::{AuditEvent, Right, SecurityEvent};
+    use pbx_actors::privacy::{Right, SecurityEvent};
     use pbx_actors::registrar::RegistrarCommand;
     use pbx_actors::sip::Transport;
 
@@ -915,7 +991,7 @@ mod tests {
             (true, 1, 2, 1)
         );
 
-        let erased = s.erase(&subject, |_| audit_at(5)).unwrap();
+        let erased = s.erase(&subject, None, |_| audit_at(5)).unwrap();
         assert_eq!(erased, Erased { extension: 1, bindings: 1, cdrs_masked: 2, security_log: 1, flags: 1 });
         assert!(s.subject_records(&subject).unwrap().is_empty());
         let cdrs = s.query_cdrs(None, None, None, &Default::default(), None, 10).unwrap().0;
@@ -929,8 +1005,92 @@ mod tests {
         assert_eq!(users, ["100", ERASED]);
         assert!(s.all_flags().unwrap().is_empty());
         assert_eq!(s.audit(10, 100, |e| e.at == Timestamp::from_secs(5)).unwrap().len(), 2, "flag change and erasure");
-        assert_eq!(s.erase(&subject, audit_at).unwrap(), Erased::default(), "again: nothing");
+        assert_eq!(s.erase(&subject, None, audit_at).unwrap(), Erased::default(), "again: nothing");
         assert_eq!(s.load().unwrap().bindings.len(), 1, "100's binding stays");
+    }
+
+    fn occurrences(dir: &std::path::Path, needle: &[u8]) -> usize {
+        let bytes = std::fs::read(dir.join(super::super::DB_FILE)).unwrap();
+        bytes.windows(needle.len()).filter(|w| *w == needle).count()
+    }
+
+    /// An erasure marks the file for a rewrite and keeps the tombstone it is given; until the
+    /// rewrite the erased display name can still be in the file's freed pages, after it not
+    /// (nor the number), while everything else is still there; the rewrite clears the mark it
+    /// was asked for, not a newer one.
+    #[test]
+    fn the_rewrite_after_an_erasure_leaves_no_trace_in_the_file() {
+        let (dir, s) = open();
+        let name = "Quirinus Zwetschgenbaum";
+        let number = "74123";
+        let mut commands = vec![RegistrarCommand::PutExtension(Extension {
+            number: number.into(),
+            display_name: name.into(),
+            ha1_md5: "x".into(),
+            ha1_sha256: "y".into(),
+        })];
+        // Enough other rows that the erased ones sit between live ones.
+        for i in 0..300 {
+            commands.push(RegistrarCommand::PutExtension(Extension {
+                number: format!("2{i:03}"),
+                display_name: format!("Colleague {i}"),
+                ha1_md5: "x".into(),
+                ha1_sha256: "y".into(),
+            }));
+        }
+        s.apply(&commands).unwrap();
+        s.put_cdrs(
+            &(1..200)
+                .map(|id| cdr(id, 1_000 + id, if id % 2 == 0 { number } else { "2001" }, "2002"))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert_eq!(s.rewrite_due().unwrap(), None);
+        let tombstone = Tombstone {
+            pseudonym: "0123456789abcdef0123456789abcdef".into(),
+            key: "k".into(),
+            at: Timestamp::from_secs(9),
+        };
+        s.erase(&Subject::Number(number.into()), Some(&tombstone), |_| audit_at(9)).unwrap();
+        let due = s.rewrite_due().unwrap().expect("an erasure makes a rewrite due");
+        assert_eq!(s.tombstones().unwrap().into_values().collect::<Vec<_>>(), [tombstone]);
+        assert!(s.subject_records(&Subject::Number(number.into())).unwrap().is_empty());
+        let before = (occurrences(dir.path(), name.as_bytes()), occurrences(dir.path(), number.as_bytes()));
+        // A change after the rewrite was asked for keeps the file due.
+        s.rewrite(Some(due.wrapping_add(1))).unwrap();
+        assert_eq!(s.rewrite_due().unwrap(), Some(due), "not the rewrite asked for: still due");
+        assert_eq!(occurrences(dir.path(), name.as_bytes()), 0, "before the rewrite: {before:?}");
+        assert_eq!(occurrences(dir.path(), number.as_bytes()), 0, "the number is masked everywhere");
+        s.rewrite(Some(due)).unwrap();
+        assert_eq!(s.rewrite_due().unwrap(), None);
+        assert_eq!(s.load().unwrap().extensions.len(), 300);
+        assert_eq!(s.all_cdrs().unwrap().len(), 199);
+        assert_eq!(s.tombstones().unwrap().len(), 1);
+        assert_eq!(s.audit(10, 100, |_| true).unwrap().len(), 1);
+        drop(s);
+        let s = Storage::open(dir.path()).unwrap();
+        assert_eq!(s.load().unwrap().extensions.len(), 300, "the rewritten file reopens whole");
+    }
+
+    /// A retention batch that changes records marks the file for a rewrite; one that changes
+    /// nothing does not. After the rewrite the anonymised entry's address and user name are
+    /// not in the file.
+    #[test]
+    fn a_retention_change_makes_a_rewrite_due() {
+        let (dir, s) = open();
+        s.put_security_entries(&[
+            entry(DAY, "198.51.100.77", Some("ghost-7c1e9a")),
+            entry(40 * DAY, "192.0.2.8", None),
+        ])
+        .unwrap();
+        assert_eq!(s.reap(&batch("cdr", Action::Delete, 10 * DAY, 10)).unwrap(), 0);
+        assert_eq!(s.rewrite_due().unwrap(), None, "nothing changed");
+        assert_eq!(s.reap(&batch("security-log", Action::Anonymise, 10 * DAY, 10)).unwrap(), 1);
+        let due = s.rewrite_due().unwrap().expect("due after a change");
+        s.rewrite(Some(due)).unwrap();
+        assert_eq!(occurrences(dir.path(), b"ghost-7c1e9a"), 0);
+        assert_eq!(occurrences(dir.path(), &[198, 51, 100, 77]), 0);
+        assert_eq!(s.security_log(10).unwrap().len(), 2);
     }
 
     /// Erasing an address: bindings from it or to it, its own security entries, and Call-IDs
@@ -948,11 +1108,11 @@ mod tests {
         s.put_security_entries(&[entry(10, "192.0.2.1", Some("100")), entry(11, "192.0.2.9", None)]).unwrap();
         let subject = Subject::parse("192.0.2.1").unwrap();
         assert_eq!(s.subject_records(&subject).unwrap().cdrs.len(), 1, "its Call-ID names it");
-        let erased = s.erase(&subject, audit_at).unwrap();
+        let erased = s.erase(&subject, None, audit_at).unwrap();
         assert_eq!((erased.bindings, erased.security_log, erased.cdrs_masked), (1, 1, 1));
         assert_eq!(s.security_log(10).unwrap().len(), 1);
         let v6 = Subject::parse("2001:db8::5").unwrap();
-        assert_eq!(s.erase(&v6, audit_at).unwrap().bindings, 1);
+        assert_eq!(s.erase(&v6, None, audit_at).unwrap().bindings, 1);
         assert_eq!(s.load().unwrap().bindings.iter().map(|b| b.aor.as_str()).collect::<Vec<_>>(), ["102"]);
     }
 
@@ -1119,7 +1279,7 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "{:?}", s.security_log(10));
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        s.erase(&Subject::Number("100".into()), |_| audit_at(at)).unwrap();
+        s.erase(&Subject::Number("100".into()), None, |_| audit_at(at)).unwrap();
         for _ in 0..500 {
             writer.record(entry(at + 1, "198.51.100.7", Some("100")));
         }

@@ -208,7 +208,7 @@ fn lock(shared: &Shared) -> MutexGuard<'_, World> {
 /// A node: its durable state, and its Raft while it runs.
 struct Node {
     id: NodeId,
-    db: Arc<redb::Database>,
+    db: Arc<pbx_cluster::redb_file::RedbFile>,
     applied: Arc<Recorder>,
     raft: Option<Raft<SimConfig>>,
     /// Bumped at each start, so a watcher knows whether the Raft it watched is still the one.

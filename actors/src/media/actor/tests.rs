@@ -43,7 +43,7 @@ impl Actor for Supervisor {
 /// Each test has its own port range, below Linux's ephemeral range so `bind(0)` sockets of
 /// other tests cannot take them.
 fn pool(first: u16) -> Arc<Mutex<PortPool>> {
-    Arc::new(Mutex::new(PortPool::new(first, first + 99)))
+    Arc::new(Mutex::new(PortPool::new(first, first + 99, u64::from(first))))
 }
 
 fn in_use(pool: &Arc<Mutex<PortPool>>) -> usize {
@@ -118,8 +118,10 @@ fn assert_is_tone(decoded: &[i16]) {
 }
 
 /// Over real sockets: caller (µ-law) → pbx A port → pbx B port → callee (A-law), transcoded
-/// and under pbx's SSRC; the answer goes back to where the caller sent from, not to its SDP
-/// address; stats count both ways; stopping returns the ports.
+/// and under pbx's SSRC. The caller sends from another address than its SDP's (NAT): its
+/// source is learned after LEARNING_PACKETS packets in sequence and the answer goes there,
+/// not to the SDP address; a stranger's packet is foreign; stats count both ways; stopping
+/// returns the ports.
 #[tokio::test]
 async fn relays_and_transcodes_between_real_sockets() {
     let pool = pool(31_000);
@@ -133,7 +135,9 @@ async fn relays_and_transcodes_between_real_sockets() {
     session.actor.cast(MediaMsg::Configure { side: Side::B, peer: peer(callee_address, (8, G711::A)) }).unwrap();
 
     let ulaw: Vec<u8> = tone().into_iter().map(|x| G711::Mu.encode(x)).collect();
-    caller.send_to(&rtp(0, 1, 0xCAFE, &ulaw), a).await.unwrap();
+    for seq in 1..=crate::media::relay::LEARNING_PACKETS {
+        caller.send_to(&rtp(0, seq, 0xCAFE, &ulaw), a).await.unwrap();
+    }
     let (bytes, from) = recv(&callee).await;
     assert_eq!(from, b, "sent from pbx's B port");
     let packet = RtpPacket::parse(&bytes).expect("RTP");
@@ -149,11 +153,21 @@ async fn relays_and_transcodes_between_real_sockets() {
     assert_eq!(packet.payload_type(), 0);
     assert_is_tone(&packet.payload().iter().map(|&c| G711::Mu.decode(c)).collect::<Vec<_>>());
 
-    let [sa, sb] = ractor::call_t!(session.actor, MediaMsg::Stats, 3_000).expect("stats");
-    assert_eq!((sa.packets_in, sa.packets_out, sa.dropped), (1, 1, 0));
+    let stranger = socket().await;
+    stranger.send_to(&rtp(0, 5, 0xCAFE, &ulaw), a).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let [sa, sb] = loop {
+        let stats = ractor::call_t!(session.actor, MediaMsg::Stats, 3_000).expect("stats");
+        if stats[0].packets_in == 5 || tokio::time::Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!((sa.packets_in, sa.packets_out, sa.dropped, sa.foreign), (5, 1, 4, 1), "3 on probation, 1 foreign");
     assert_eq!((sb.packets_in, sb.packets_out, sb.dropped), (1, 1, 0));
-    assert_eq!((sa.bytes_in, sb.bytes_out), (172, 172));
+    assert_eq!((sa.bytes_in, sb.bytes_out), (5 * 172, 172));
     let mut buf = [0u8; 64];
+    assert!(callee.try_recv_from(&mut buf).is_err(), "the stranger's packet went nowhere");
     assert!(decoy.try_recv_from(&mut buf).is_err(), "nothing went to the caller's SDP address");
     assert!(session.events.try_recv().is_err(), "no inactivity in a live call");
 
@@ -200,7 +214,7 @@ async fn silence_is_reported_inactive_once() {
 /// When no pair binds, the spawn fails with a message that says so, and leases nothing.
 #[tokio::test]
 async fn fails_clearly_when_no_pair_binds() {
-    let pool = Arc::new(Mutex::new(PortPool::new(31_300, 31_303)));
+    let pool = Arc::new(Mutex::new(PortPool::new(31_300, 31_303, 9)));
     let _squatter = UdpSocket::bind("127.0.0.1:31301").await.expect("occupy the first pair's RTCP port");
     let (supervisor, _) = Actor::spawn(None, Supervisor, ()).await.unwrap();
     let args = MediaArgs {

@@ -139,7 +139,7 @@ fn configured_periods_are_stated() {
          /48, and names and numbers lose their last 3 characters), and deleted 90 days after the event."
     );
     // Also in the log: not "only in memory".
-    assert_eq!(fact(section(&n, "category-auth-failure"), RETENTION), "In memory for at most 5 minutes.");
+    assert_eq!(fact(section(&n, "category-auth-failure"), RETENTION), "In memory for at most 1 hour.");
     assert_eq!(fact(section(&n, "category-call-in-progress"), RETENTION), "Kept only in memory, while the call lasts.");
     // The licence log holds no names: only its addresses are said to be cut.
     assert_eq!(
