@@ -860,7 +860,11 @@ impl Attacker {
                 let (freshest, _) = self.seen.media[seen - 1];
                 let k = (*swept / 2 % PORT_NEIGHBOURS_MAX + 1) * 2;
                 *swept = swept.wrapping_add(1);
-                if *swept % 2 == 0 { freshest.port().saturating_add(k) } else { freshest.port().saturating_sub(k) }
+                if swept.is_multiple_of(2) {
+                    freshest.port().saturating_add(k)
+                } else {
+                    freshest.port().saturating_sub(k)
+                }
             }
         } else {
             low.div_ceil(2) * 2 + 2 * self.rng.random_range(0..pairs)
