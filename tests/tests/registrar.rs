@@ -255,6 +255,33 @@ fn several_contacts_bind_to_one_extension() {
     assert!((110..=120).contains(&param_expires), "the expires=120 param beats Expires: 300: {param_expires}");
 }
 
+/// Issue 14's one-REGISTER crash: with ten bindings (the per-extension limit), a REGISTER
+/// that adds an eleventh contact and removes the first is answered 200 (one in, one out), the
+/// registrar stays up — no restart, the node ready — and another phone registers right after.
+#[test]
+fn add_and_remove_at_the_binding_limit_is_answered_and_the_node_serves_on() {
+    let pbx = Pbx::start(PbxOptions::default());
+    let ten: Vec<String> = (0..10).map(|n| format!("<sip:100@127.0.0.1:{}>", 7200 + n)).collect();
+    let contacts = format!("Contact: {}", ten.join(", "));
+    let ok = register_raw(&pbx, "100", "secret-100", &[&contacts, "Expires: 300"]);
+    assert_eq!(status_code(&ok), Some(200), "{ok}");
+    assert_eq!(pbx.contacts_of("100").len(), 10);
+
+    let swap = "Contact: <sip:100@127.0.0.1:7299>, <sip:100@127.0.0.1:7200>;expires=0";
+    let ok = register_raw(&pbx, "100", "secret-100", &[swap, "Expires: 300"]);
+    assert_eq!(status_code(&ok), Some(200), "{ok}\n{}", pbx.log());
+    let contacts = pbx.contacts_of("100");
+    assert_eq!(contacts.len(), 10, "{contacts:?}");
+    assert!(contacts.contains(&"sip:100@127.0.0.1:7299".to_string()), "{contacts:?}");
+    assert!(!contacts.contains(&"sip:100@127.0.0.1:7200".to_string()), "{contacts:?}");
+
+    let other = register_raw(&pbx, "101", "secret-101", &["Contact: <sip:101@127.0.0.1:7300>"]);
+    assert_eq!(status_code(&other), Some(200), "{other}");
+    assert_eq!(pbx.metric("pbx_actor_restarts_total{actor=\"registrar\"}"), Some(0.0), "{}", pbx.metrics());
+    let (code, ready) = pbx.readyz();
+    assert_eq!(code, 200, "{ready}");
+}
+
 /// A binding registered for 2 s is gone within 6 s without any further SIP traffic (API and
 /// the active-registrations gauge), and a query REGISTER lists none.
 #[test]
