@@ -16,13 +16,13 @@
 use crate::disk::{Disk, Key};
 use crate::node::SimNode;
 use crate::options::format_duration;
-use crate::phone::PhoneEvent;
+use crate::phone::{PhoneEvent, Word};
 use pbx_actors::Timestamp;
 use pbx_actors::call::b2bua::ENDING_BOUND;
-use pbx_actors::cdr::Cdr;
+use pbx_actors::cdr::{Cdr, Disposition, HangupSide};
 use pbx_actors::privacy::reaper::Periods;
 use pbx_actors::privacy::{AuditEntry, AuditEvent};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
@@ -32,8 +32,16 @@ const T1_64: Duration = Duration::from_secs(32);
 const SLACK: Duration = Duration::from_secs(15);
 /// How long the registrar may hold a refresh in memory before storing it (its default).
 const REFRESH_FLUSH: Duration = Duration::from_secs(5);
-/// Violations kept when a run does not stop at the first.
-const VIOLATIONS_MAX: usize = 20;
+/// Server and client transactions one phone's traffic may keep in pbx's endpoint at once, for
+/// the "strangers cost no state" bound: a REGISTER, an INVITE and its CANCEL, a BYE each way,
+/// the B-leg's INVITE and BYE, each kept 32 s after its answer (Timers J and K), and a phone
+/// that retries and redials within those 32 s. Unauthenticated traffic is answered
+/// statelessly, so a flood adds nothing to the count.
+pub const TRANSACTIONS_PER_PHONE_MAX: usize = 16;
+/// Room in that bound for a burst (all phones re-registering after a partition).
+pub const TRANSACTIONS_SLACK: usize = 64;
+/// Violations kept in full when a run does not stop at the first.
+pub const VIOLATIONS_MAX: usize = 20;
 /// How long one reaper run may take, from its start until its last batch is durable. A run
 /// is a few batches, one disk commit each, queued behind the node's other writes (each
 /// waits milliseconds for its fsync) and behind its stalled mailboxes (at most 2 ms per
@@ -119,6 +127,10 @@ struct PhoneModel {
     /// When this phone was away or cut off (from, to): a BYE for it may never have arrived,
     /// so its calls overlapping these are exempt from the hang-up check.
     disturbed: Vec<(Timestamp, Timestamp)>,
+    /// What its user said lately (BYE, CANCEL, refusals): (when, Call-ID, peer, word).
+    said: VecDeque<(Timestamp, String, String, Word)>,
+    /// Calls it answered lately: (when, caller).
+    answered: VecDeque<(Timestamp, String)>,
 }
 
 /// A phone that must be hung up by a deadline because its peer hung up.
@@ -146,6 +158,8 @@ pub struct Checker {
     retention: Option<RetentionModel>,
     pub checks: u64,
     pub violations: Vec<Violation>,
+    /// Every violation by invariant, also those beyond the [`VIOLATIONS_MAX`] kept in full.
+    pub violated: BTreeMap<&'static str, u64>,
 }
 
 impl Checker {
@@ -177,10 +191,12 @@ impl Checker {
             }),
             checks: 0,
             violations: Vec::new(),
+            violated: BTreeMap::new(),
         }
     }
 
     fn violate(&mut self, now: Timestamp, invariant: &'static str, detail: String) {
+        *self.violated.entry(invariant).or_default() += 1;
         if self.violations.len() < VIOLATIONS_MAX {
             self.violations.push(Violation { at: now - self.origin, invariant, detail });
         }
@@ -212,16 +228,28 @@ impl Checker {
                     a.reached = true;
                 }
             }
-            PhoneEvent::CallFailed { call_id, .. } => {
+            PhoneEvent::CallFailed { call_id, code } => {
                 if let Some(a) = self.attempts.get_mut(call_id) {
                     a.ended = Some(now);
                 }
+                if *code == 486 || *code == 603 {
+                    self.check_refused_by_callee(now, phone, call_id, *code);
+                }
             }
-            PhoneEvent::Established { call_id, peer, .. } => {
+            PhoneEvent::Established { call_id, peer, caller } => {
                 if let Some(a) = self.attempts.get_mut(call_id) {
                     a.reached = true;
                 }
                 self.phones[phone].dialog = Some(Dialog { call_id: call_id.clone(), peer: peer.clone(), since: now });
+                if *caller {
+                    self.check_answered_by_callee(now, phone, call_id);
+                } else {
+                    self.remember(now, phone, |m| m.answered.push_back((now, peer.clone())));
+                }
+            }
+            PhoneEvent::Said { call_id, peer, word } => {
+                let said = (now, call_id.clone(), peer.clone(), *word);
+                self.remember(now, phone, |m| m.said.push_back(said));
             }
             PhoneEvent::Ended { call_id, peer, .. } => {
                 if let Some(a) = self.attempts.get_mut(call_id) {
@@ -235,9 +263,65 @@ impl Checker {
             PhoneEvent::Registered { expires_s } => {
                 let expires = now + Duration::from_secs(u64::from(*expires_s));
                 self.phones[phone].recent.push((now, expires));
+                self.check(now, "no phone is locked out by strangers", true, String::new);
             }
-            PhoneEvent::RegisterFailed { .. } | PhoneEvent::DialIgnored | PhoneEvent::Incoming { .. } => {}
+            PhoneEvent::RegisterFailed { code } => {
+                // A phone knows its password: pbx answers it 403 only for a block that
+                // somebody else's failures caused.
+                let extension = self.phones[phone].extension.clone();
+                self.check(now, "no phone is locked out by strangers", *code != 403, || {
+                    format!("phone {extension}'s REGISTER got 403: its address is blocked")
+                });
+            }
+            PhoneEvent::DialIgnored | PhoneEvent::Incoming { .. } => {}
         }
+    }
+
+    /// Keeps a record of what a phone said or answered, and forgets what no CDR or answer can
+    /// still be about (older than the longest call).
+    fn remember(&mut self, now: Timestamp, phone: usize, add: impl FnOnce(&mut PhoneModel)) {
+        let keep = self.bounds.call + self.bounds.call;
+        let model = &mut self.phones[phone];
+        add(model);
+        while model.said.front().is_some_and(|(at, ..)| *at + keep < now) {
+            model.said.pop_front();
+        }
+        while model.answered.front().is_some_and(|(at, _)| *at + keep < now) {
+            model.answered.pop_front();
+        }
+    }
+
+    /// The phone at `extension` said `word` to `caller` since `since` (any word when `None`).
+    fn callee_said(&self, extension: &str, caller: &str, since: Timestamp, word: impl Fn(Word) -> bool) -> bool {
+        let Some(&callee) = self.by_extension.get(extension) else { return false };
+        self.phones[callee].said.iter().any(|(at, _, peer, w)| *at >= since && peer == caller && word(*w))
+    }
+
+    /// A caller's call was answered: by its callee, who sent a 2xx to pbx for this caller
+    /// since the call was dialled — never by somebody who forged the callee's 200.
+    fn check_answered_by_callee(&mut self, now: Timestamp, caller: usize, call_id: &str) {
+        let Some(attempt) = self.attempts.get(call_id) else { return };
+        let (callee, since) = (attempt.callee.clone(), attempt.dialled);
+        let extension = self.phones[caller].extension.clone();
+        let answered = self
+            .by_extension
+            .get(&callee)
+            .is_some_and(|&c| self.phones[c].answered.iter().any(|(at, peer)| *at >= since && *peer == extension));
+        self.check(now, "a call is answered only by its callee", answered, || {
+            format!("{extension}'s call {call_id} to {callee} was answered, but {callee} never answered it")
+        });
+    }
+
+    /// A caller's call was refused (486, 603): by its callee, who said so since the call was
+    /// dialled — never by somebody who forged the refusal.
+    fn check_refused_by_callee(&mut self, now: Timestamp, caller: usize, call_id: &str, code: u16) {
+        let Some(attempt) = self.attempts.get(call_id) else { return };
+        let (callee, since) = (attempt.callee.clone(), attempt.dialled);
+        let extension = self.phones[caller].extension.clone();
+        let refused = self.callee_said(&callee, &extension, since, |w| w == Word::Reject(code));
+        self.check(now, "a call is refused only by its callee", refused, || {
+            format!("{extension}'s call {call_id} to {callee} got {code}, but {callee} never said {code}")
+        });
     }
 
     /// `phone` ended its call with `peer`: the peer's side of that call must end soon.
@@ -367,6 +451,7 @@ impl Checker {
             format!("{leased} port pairs leased, calls hold {held}")
         });
         let (count, oldest) = node.transactions();
+        self.check_state(now, count);
         if let Some(oldest) = oldest {
             let age = node_now - oldest;
             self.check(now, "no transaction outlives its timers", age <= bounds.transaction, || {
@@ -378,6 +463,15 @@ impl Checker {
                 format!("{} → {} expired at {} but is still bound", binding.aor, binding.contact, binding.expires_at)
             });
         }
+    }
+
+    /// The endpoint holds `transactions`: no more than the office's phones can make (what
+    /// strangers send is answered without keeping any).
+    pub fn check_state(&mut self, now: Timestamp, transactions: usize) {
+        let bound = TRANSACTIONS_PER_PHONE_MAX * self.phones.len() + TRANSACTIONS_SLACK;
+        self.check(now, "strangers cost no state", transactions <= bound, || {
+            format!("{transactions} transactions in the endpoint, more than the office's {bound}")
+        });
     }
 
     /// Periodic, node-independent checks: expected hang-ups that are overdue.
@@ -466,8 +560,50 @@ impl Checker {
 
     // ---- Retention ----
 
-    /// A CDR is durable: into the ledger.
-    pub fn cdr_committed(&mut self, cdr: &Cdr) {
+    /// A CDR is durable: into the ledger. Who pbx says ended the call must have said so: a
+    /// caller's hang-up or cancel is the caller's BYE or CANCEL, a callee's hang-up the callee's
+    /// BYE — never a stranger's forgery that pbx took for theirs.
+    pub fn cdr_committed(&mut self, now: Timestamp, cdr: &Cdr) {
+        self.check_cdr_hangup(now, cdr);
+        self.record_cdr(cdr);
+    }
+
+    fn check_cdr_hangup(&mut self, now: Timestamp, cdr: &Cdr) {
+        let answered = cdr.answer.is_some();
+        let by_caller = answered || cdr.disposition == Disposition::Cancelled;
+        match cdr.hangup {
+            Some(HangupSide::Caller) if by_caller => {
+                let said = self.by_extension.get(&cdr.caller).is_some_and(|&c| {
+                    self.phones[c]
+                        .said
+                        .iter()
+                        .any(|(_, call_id, _, w)| *call_id == cdr.call_id && matches!(w, Word::Bye | Word::Cancel))
+                });
+                self.check(now, "no stranger ends a call", said, || {
+                    format!(
+                        "call {} ({} → {}) was {} by the caller, who never said BYE or CANCEL",
+                        cdr.call_id,
+                        cdr.caller,
+                        cdr.callee,
+                        if answered { "hung up" } else { "cancelled" }
+                    )
+                });
+            }
+            Some(HangupSide::Callee) if answered => {
+                let since = self.attempts.get(&cdr.call_id).map_or(self.origin, |a| a.dialled);
+                let said = self.callee_said(&cdr.callee, &cdr.caller, since, |w| w == Word::Bye);
+                self.check(now, "no stranger ends a call", said, || {
+                    format!(
+                        "call {} ({} → {}) was hung up by the callee, who never said BYE",
+                        cdr.call_id, cdr.caller, cdr.callee
+                    )
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn record_cdr(&mut self, cdr: &Cdr) {
         self.cdr_calls.insert(cdr.id, cdr.call_id.clone());
         if let Some(r) = self.retention.as_mut() {
             r.cdrs.insert((cdr.end, cdr.id));
@@ -572,6 +708,41 @@ impl Checker {
             format!("a password guesser's REGISTER got {code}")
         });
     }
+
+    /// pbx answered the attacker at its own address: its nonce probes are never let in, its
+    /// forged BYEs and re-INVITEs never accepted (a CANCEL's 200 says nothing on its own: a
+    /// CANCEL of an answered call is answered 200 and changes nothing; what a CANCEL did
+    /// shows in the CDR, [`Checker::cdr_committed`]).
+    pub fn stranger_answered(&mut self, now: Timestamp, method: &str, code: u16) {
+        let success = (200..300).contains(&code);
+        match method {
+            "REGISTER" => {
+                self.check(now, "an intruder never gets in", !success, || format!("the attacker's REGISTER got {code}"))
+            }
+            "BYE" | "INVITE" => self.check(now, "pbx accepts nothing a stranger forged", !success, || {
+                format!("the attacker's forged in-dialog {method} got {code}")
+            }),
+            _ => {}
+        }
+    }
+
+    /// pbx sent the attacker a request: it took the attacker for a party of a call.
+    pub fn stranger_contacted(&mut self, now: Timestamp, method: &str) {
+        self.check(now, "pbx accepts nothing a stranger forged", false, || {
+            format!("pbx sent the attacker a {method}, as to a party of a call")
+        });
+    }
+
+    /// A media datagram reached a phone's RTP or RTCP port: it carries what an office phone
+    /// said (the office's PCMU silence), or a stranger's voice (`detail`).
+    pub fn media_at_phone(&mut self, now: Timestamp, ok: bool, detail: impl FnOnce() -> String) {
+        self.check(now, "no phone hears a stranger", ok, detail);
+    }
+
+    /// pbx sent media from one of its media ports: only ever to an office phone.
+    pub fn media_from_pbx(&mut self, now: Timestamp, ok: bool, detail: impl FnOnce() -> String) {
+        self.check(now, "no stranger hears a call", ok, detail);
+    }
 }
 
 /// The retention checkers' model: the periods, and a ledger of what must still be on disk.
@@ -668,7 +839,7 @@ mod tests {
             codec_callee: None,
             media: Default::default(),
         };
-        checker.cdr_committed(&cdr);
+        checker.cdr_committed(T0, &cdr);
         disk.apply(DiskWrite::Cdr(Box::new(cdr))).unwrap();
     }
 
@@ -759,5 +930,118 @@ mod tests {
         audit(&mut disk, restart);
         c.check_retention(T0, restart + REAPER_RUN_BOUND, Some(restart), &disk);
         assert!(!violated(&mut c, invariant));
+    }
+
+    // ---- The attacker's checkers can fail ----
+
+    fn office() -> Checker {
+        let bounds = Bounds::new(Duration::from_secs(30), Duration::from_secs(60), Duration::from_secs(600), 3600);
+        Checker::new(T0, bounds, &["1000".to_owned(), "1001".to_owned()], None)
+    }
+
+    fn answered(call_id: &str, hangup: HangupSide) -> Cdr {
+        Cdr {
+            id: 1,
+            call_id: call_id.into(),
+            caller: "1000".into(),
+            callee: "1001".into(),
+            start: T0,
+            answer: Some(T0 + SECOND),
+            end: T0 + 60 * SECOND,
+            disposition: Disposition::Answered,
+            hangup: Some(hangup),
+            codec_caller: None,
+            codec_callee: None,
+            media: Default::default(),
+        }
+    }
+
+    /// 1000 calls 1001 (Call-ID "a"; pbx's toward 1001 is "b") and both are in the call.
+    fn call_up(c: &mut Checker) {
+        c.phone_event(T0, 0, &PhoneEvent::Dialing { call_id: "a".into(), callee: "1001".into() });
+        let t = T0 + SECOND;
+        c.phone_event(t, 1, &PhoneEvent::Established { call_id: "b".into(), peer: "1000".into(), caller: false });
+        c.phone_event(t, 0, &PhoneEvent::Established { call_id: "a".into(), peer: "1001".into(), caller: true });
+    }
+
+    fn said(c: &mut Checker, phone: usize, call_id: &str, word: Word) {
+        let peer = if phone == 0 { "1001" } else { "1000" };
+        c.phone_event(T0 + 2 * SECOND, phone, &PhoneEvent::Said { call_id: call_id.into(), peer: peer.into(), word });
+    }
+
+    /// pbx's CDR says who hung up; unless that party said BYE (or, the caller, CANCEL), a
+    /// stranger did it.
+    #[test]
+    fn a_hang_up_its_party_never_said_is_a_strangers() {
+        let invariant = "no stranger ends a call";
+        for side in [HangupSide::Caller, HangupSide::Callee] {
+            let mut c = office();
+            call_up(&mut c);
+            c.cdr_committed(T0 + HOUR, &answered("a", side));
+            assert!(violated(&mut c, invariant), "{side:?}");
+            // The other party's BYE does not explain it.
+            let (other, other_call) = if side == HangupSide::Caller { (1, "b") } else { (0, "a") };
+            said(&mut c, other, other_call, Word::Bye);
+            c.cdr_committed(T0 + HOUR, &answered("a", side));
+            assert!(violated(&mut c, invariant), "{side:?}");
+            let (phone, call_id) = if side == HangupSide::Caller { (0, "a") } else { (1, "b") };
+            said(&mut c, phone, call_id, Word::Bye);
+            c.cdr_committed(T0 + HOUR, &answered("a", side));
+            assert!(!violated(&mut c, invariant), "{side:?}");
+        }
+        let mut c = office();
+        call_up(&mut c);
+        c.cdr_committed(T0 + HOUR, &answered("a", HangupSide::Pbx));
+        assert!(!violated(&mut c, invariant), "pbx's own hang-ups are not judged here");
+    }
+
+    /// A caller answered while its callee never sent a 2xx, or refused with a code its callee
+    /// never sent, was answered or refused by a stranger.
+    #[test]
+    fn an_answer_or_refusal_the_callee_never_gave_is_a_strangers() {
+        let mut c = office();
+        c.phone_event(T0, 0, &PhoneEvent::Dialing { call_id: "a".into(), callee: "1001".into() });
+        c.phone_event(
+            T0 + SECOND,
+            0,
+            &PhoneEvent::Established { call_id: "a".into(), peer: "1001".into(), caller: true },
+        );
+        assert!(violated(&mut c, "a call is answered only by its callee"));
+        let mut c = office();
+        call_up(&mut c);
+        assert!(c.violations.is_empty(), "{:?}", c.violations);
+
+        let mut c = office();
+        c.phone_event(T0, 0, &PhoneEvent::Dialing { call_id: "a".into(), callee: "1001".into() });
+        said(&mut c, 1, "b", Word::Reject(603));
+        c.phone_event(T0 + 3 * SECOND, 0, &PhoneEvent::CallFailed { call_id: "a".into(), code: 486 });
+        assert!(violated(&mut c, "a call is refused only by its callee"), "it said 603, not 486");
+        c.phone_event(T0 + 3 * SECOND, 0, &PhoneEvent::CallFailed { call_id: "a".into(), code: 603 });
+        assert!(!violated(&mut c, "a call is refused only by its callee"));
+    }
+
+    /// A phone's REGISTER refused 403 is a phone locked out (it knows its password); 401 after
+    /// a crash lost the nonce, or 408 in a partition, are not.
+    #[test]
+    fn a_phone_refused_403_is_locked_out() {
+        let mut c = office();
+        for code in [401, 408] {
+            c.phone_event(T0, 1, &PhoneEvent::RegisterFailed { code });
+        }
+        assert!(!violated(&mut c, "no phone is locked out by strangers"));
+        c.phone_event(T0, 1, &PhoneEvent::RegisterFailed { code: 403 });
+        assert!(violated(&mut c, "no phone is locked out by strangers"));
+    }
+
+    /// The endpoint may hold what the office's phones make; beyond that it keeps strangers'
+    /// state.
+    #[test]
+    fn transactions_beyond_the_office_bound_are_strangers_state() {
+        let mut c = office();
+        let bound = 2 * TRANSACTIONS_PER_PHONE_MAX + TRANSACTIONS_SLACK;
+        c.check_state(T0, bound);
+        assert!(!violated(&mut c, "strangers cost no state"));
+        c.check_state(T0, bound + 1);
+        assert!(violated(&mut c, "strangers cost no state"));
     }
 }

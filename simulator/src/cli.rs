@@ -9,6 +9,7 @@
 //! ([`crate::raft`]); `--swarm` works the same with it. Exit status 1 when an invariant was
 //! violated, 2 for a bad flag.
 
+use crate::attacker::AttackKind;
 use crate::options::{FaultOptions, NetOptions, Options, WorkloadFile, format_duration, parse_duration};
 use crate::raft::{RaftBug, RaftOptions, RaftReport};
 use crate::sim::{Report, replay_command};
@@ -32,8 +33,8 @@ pub struct Args {
     /// Phones in the office (default 20, or the workload file's).
     #[arg(long)]
     phones: Option<usize>,
-    /// A TOML file with [office], [network], [faults], [licence] and [privacy] tables (see
-    /// simulator/workloads/).
+    /// A TOML file with [office], [network], [faults], [licence], [privacy] and [attacker]
+    /// tables (see simulator/workloads/).
     #[arg(long)]
     workload: Option<std::path::PathBuf>,
     /// Run this many random seeds and report the failures.
@@ -50,6 +51,14 @@ pub struct Args {
     /// A --raft run always runs to its end and collects up to 20.
     #[arg(long)]
     keep_going: bool,
+    /// No attacker: no spoofed logins, forged dialogs, injected RTP or floods (the password
+    /// guesser of [privacy] still runs).
+    #[arg(long)]
+    no_attacker: bool,
+    /// The attacker sees every datagram to and from pbx (a tap on its network), so its
+    /// forgeries carry the real identifiers: it gets in, and the checkers must say so.
+    #[arg(long)]
+    attacker_on_path: bool,
     /// Simulate the replicated state: three voters running the product's Raft (openraft over
     /// its redb stores) under partitions, crashes and restarts, with clients writing. Takes
     /// --seed, --duration, --swarm and --inject-bug.
@@ -96,6 +105,13 @@ fn options(args: &Args) -> Result<Options, String> {
         options.faults = file.faults;
         options.licence = file.licence;
         options.privacy = file.privacy;
+        options.attacker = file.attacker;
+    }
+    if args.no_attacker {
+        options.attacker.enabled = false;
+    }
+    if args.attacker_on_path {
+        options.attacker.on_path = true;
     }
     if let Some(phones) = args.phones {
         options.workload.phones = phones;
@@ -126,6 +142,12 @@ fn extra_flags(args: &Args) -> String {
     }
     if args.no_faults {
         extra += " --no-faults";
+    }
+    if args.no_attacker {
+        extra += " --no-attacker";
+    }
+    if args.attacker_on_path {
+        extra += " --attacker-on-path";
     }
     for bug in &args.inject_bug {
         extra += &format!(" --inject-bug {bug}");
@@ -249,7 +271,33 @@ fn print_report(r: &Report, options: &Options) {
         p.scan_rejected,
         p.scan_blocked
     );
-    println!("  invariants: {} checks, {} violations", r.checks, r.violations.len());
+    let a = &r.attack;
+    let kinds = AttackKind::ALL.map(|k| format!("{} {}/{}", k.name(), a.campaigns(k), a.sent(k))).join(", ");
+    println!(
+        "  attacker:   {}campaigns/datagrams: {kinds}; {} spoofed logins, {} forgeries from what it saw, {} RTP \
+         packets ({} streams aimed near ports it saw); pbx answered its forged BYE/INVITE/CANCEL {} times 481; \
+         {} media datagrams reached it; at most {} transactions in pbx",
+        if options.attacker.on_path {
+            "on-path; "
+        } else if options.attacker.insider {
+            "insider; "
+        } else {
+            ""
+        },
+        a.spoofed_logins,
+        a.learned_forgeries,
+        a.rtp_packets,
+        a.rtp_learned_streams,
+        a.answered("BYE", 481) + a.answered("INVITE", 481) + a.answered("CANCEL", 481),
+        a.media_received,
+        r.transactions_max
+    );
+    let violated: u64 = r.violated.values().sum();
+    println!("  invariants: {} checks, {violated} violations", r.checks);
+    if violated > r.violations.len() as u64 {
+        let counts: Vec<String> = r.violated.iter().map(|(invariant, n)| format!("{n} × {invariant}")).collect();
+        println!("    ({}; the first {} follow)", counts.join(", "), r.violations.len());
+    }
     for v in &r.violations {
         println!("    {v}");
     }

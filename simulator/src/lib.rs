@@ -5,11 +5,14 @@
 //! ([`node`]), and simulates only the world around them: a virtual clock per node and phone
 //! (with drift), a network that delays, loses, duplicates, reorders and partitions
 //! ([`sim`], [`options::NetOptions`]), a disk that loses uncommitted writes at a crash
-//! ([`disk`]), node crashes and restarts, an office of SIP phones ([`phone`]) and an intruder
-//! guessing their passwords ([`scanner`]); the node's retention reaper works on its disk. Invariant
-//! checkers ([`check`]) watch as it runs. Everything random comes from the seed, so a run is a
-//! function of its options: the same seed gives the same trace hash, and a failure replays.
+//! ([`disk`]), node crashes and restarts, an office of SIP phones ([`phone`]), an intruder
+//! guessing their passwords ([`scanner`]) and an attacker who spoofs, forges and injects to
+//! hang up, hijack, overhear and lock out ([`attacker`]); the node's retention reaper works on
+//! its disk. Invariant checkers ([`check`]) watch as it runs. Everything random comes from the
+//! seed, so a run is a function of its options: the same seed gives the same trace hash, and a
+//! failure replays.
 
+pub mod attacker;
 pub mod check;
 pub mod cli;
 pub mod disk;

@@ -206,6 +206,108 @@ impl PrivacyOptions {
     }
 }
 
+/// The attacker ([`crate::attacker`]): who it is, what it can see, and how often it tries
+/// each attack. Its campaigns start as Poisson processes over the whole run (nights and
+/// weekends too), each kind on its own.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttackerOptions {
+    pub enabled: bool,
+    /// It is also the user of the office's first phone (extension 1000) and learns the shape
+    /// of pbx's identifiers and ports from that phone's calls.
+    pub insider: bool,
+    /// It sees every datagram to and from pbx (a tap), so its forgeries carry real
+    /// identifiers from the real addresses. Nothing in plain UDP stops that: runs that set it
+    /// show the checkers catching a stranger who gets in.
+    pub on_path: bool,
+    /// Campaigns that keep one phone's address locked out with spoofed failed logins, per
+    /// day, and how long each lasts.
+    pub lockout_per_day: f64,
+    pub lockout_minutes: u64,
+    /// Campaigns of forged BYE/re-INVITE/CANCEL requests and 180/486/603/200 answers per day,
+    /// and the forgeries in each (uniform).
+    pub dialog_per_day: f64,
+    pub dialog_forgeries: (u64, u64),
+    /// RTP injection campaigns per day, the ports each streams to (uniform), and the packets
+    /// of each stream (20 ms apart, consecutive sequence numbers).
+    pub rtp_per_day: f64,
+    pub rtp_ports: (u64, u64),
+    pub rtp_packets: u32,
+    /// Floods of unauthenticated REGISTERs and INVITEs from spoofed sources per day, their
+    /// size (uniform) and rate.
+    pub flood_per_day: f64,
+    pub flood_requests: (u64, u64),
+    pub flood_rate_per_s: u32,
+}
+
+impl Default for AttackerOptions {
+    /// A few campaigns of each kind a day: about 1 % of the datagrams of a 50-phone office.
+    fn default() -> Self {
+        AttackerOptions {
+            enabled: true,
+            insider: true,
+            on_path: false,
+            lockout_per_day: 2.0,
+            lockout_minutes: 20,
+            dialog_per_day: 4.0,
+            dialog_forgeries: (20, 100),
+            rtp_per_day: 4.0,
+            rtp_ports: (50, 300),
+            rtp_packets: 8,
+            flood_per_day: 2.0,
+            flood_requests: (500, 2_000),
+            flood_rate_per_s: 200,
+        }
+    }
+}
+
+impl AttackerOptions {
+    /// No attacks at all.
+    pub fn off() -> Self {
+        AttackerOptions { enabled: false, ..Self::default() }
+    }
+
+    /// The rate of campaigns of one kind, per day (0 when the attacker is off).
+    pub fn per_day(&self, kind: crate::attacker::AttackKind) -> f64 {
+        use crate::attacker::AttackKind;
+        if !self.enabled {
+            return 0.0;
+        }
+        match kind {
+            AttackKind::Lockout => self.lockout_per_day,
+            AttackKind::Dialog => self.dialog_per_day,
+            AttackKind::Rtp => self.rtp_per_day,
+            AttackKind::Flood => self.flood_per_day,
+        }
+    }
+
+    /// Only the campaigns of `kinds`, each at the rate given.
+    pub fn only(kinds: &[(crate::attacker::AttackKind, f64)]) -> Self {
+        use crate::attacker::AttackKind;
+        let mut o = AttackerOptions {
+            lockout_per_day: 0.0,
+            dialog_per_day: 0.0,
+            rtp_per_day: 0.0,
+            flood_per_day: 0.0,
+            ..Self::default()
+        };
+        for &(kind, rate) in kinds {
+            match kind {
+                AttackKind::Lockout => o.lockout_per_day = rate,
+                AttackKind::Dialog => o.dialog_per_day = rate,
+                AttackKind::Rtp => o.rtp_per_day = rate,
+                AttackKind::Flood => o.flood_per_day = rate,
+            }
+        }
+        o
+    }
+}
+
+/// Floods faster than this are refused: each request is an event of the simulation.
+pub const FLOOD_RATE_PER_S_MAX: u32 = 10_000;
+/// Campaign sizes above these are refused, so that a run stays fast.
+pub const ATTACK_SIZE_MAX: u64 = 100_000;
+
 /// Reaper intervals shorter than this are refused: the retention checkers allow a run this
 /// long ([`crate::check::REAPER_RUN_BOUND`]), and runs must not overlap.
 pub const REAPER_INTERVAL_S_MIN: u64 = 60;
@@ -223,6 +325,7 @@ pub struct Options {
     pub faults: FaultOptions,
     pub licence: crate::licence::LicenceOptions,
     pub privacy: PrivacyOptions,
+    pub attacker: AttackerOptions,
     pub bugs: Bugs,
     /// How often the invariant checkers look at the whole system (they also check on events).
     pub check_every: Duration,
@@ -241,6 +344,7 @@ impl Options {
             faults: FaultOptions::default(),
             licence: crate::licence::LicenceOptions::default(),
             privacy: PrivacyOptions::default(),
+            attacker: AttackerOptions::default(),
             bugs: Bugs::default(),
             check_every: Duration::from_secs(10),
             stop_at_first_violation: true,
@@ -281,6 +385,10 @@ impl Options {
             ("faults.away_per_phone_per_day", f.away_per_phone_per_day),
             ("licence.outages_per_30d", self.licence.outages_per_30d),
             ("privacy.scans_per_day", self.privacy.scans_per_day),
+            ("attacker.lockout_per_day", self.attacker.lockout_per_day),
+            ("attacker.dialog_per_day", self.attacker.dialog_per_day),
+            ("attacker.rtp_per_day", self.attacker.rtp_per_day),
+            ("attacker.flood_per_day", self.attacker.flood_per_day),
         ];
         for (key, r) in rates {
             if !(r.is_finite() && r >= 0.0) {
@@ -307,11 +415,35 @@ impl Options {
             ("faults.fsync_ms", f.fsync_ms),
             ("licence.outage_h", self.licence.outage_h),
             ("privacy.scan_guesses", self.privacy.scan_guesses),
+            ("attacker.dialog_forgeries", self.attacker.dialog_forgeries),
+            ("attacker.rtp_ports", self.attacker.rtp_ports),
+            ("attacker.flood_requests", self.attacker.flood_requests),
         ];
         for (key, (low, high)) in ranges {
             if low > high {
                 return Err(format!("{key}: [{low}, {high}] is not a range (low > high)"));
             }
+        }
+        let a = &self.attacker;
+        let sizes = [
+            ("attacker.dialog_forgeries", a.dialog_forgeries.1),
+            ("attacker.rtp_ports", a.rtp_ports.1),
+            ("attacker.rtp_packets", u64::from(a.rtp_packets)),
+            ("attacker.flood_requests", a.flood_requests.1),
+        ];
+        for (key, size) in sizes {
+            if size > ATTACK_SIZE_MAX {
+                return Err(format!("{key}: {size} is more than the {ATTACK_SIZE_MAX} a run has room for"));
+            }
+        }
+        if a.flood_rate_per_s == 0 || a.flood_rate_per_s > FLOOD_RATE_PER_S_MAX {
+            return Err(format!(
+                "attacker.flood_rate_per_s: {} must be 1 to {FLOOD_RATE_PER_S_MAX}",
+                a.flood_rate_per_s
+            ));
+        }
+        if a.lockout_minutes == 0 || a.rtp_packets == 0 {
+            return Err("attacker.lockout_minutes and attacker.rtp_packets must be positive".into());
         }
         let p = &self.privacy;
         if p.interval_s < REAPER_INTERVAL_S_MIN {
@@ -330,8 +462,8 @@ impl Options {
     }
 }
 
-/// A workload file: `[office]`, `[network]`, `[faults]`, `[licence]` and `[privacy]` tables,
-/// each optional.
+/// A workload file: `[office]`, `[network]`, `[faults]`, `[licence]`, `[privacy]` and
+/// `[attacker]` tables, each optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkloadFile {
@@ -340,6 +472,7 @@ pub struct WorkloadFile {
     pub faults: FaultOptions,
     pub licence: crate::licence::LicenceOptions,
     pub privacy: PrivacyOptions,
+    pub attacker: AttackerOptions,
 }
 
 impl WorkloadFile {
@@ -398,6 +531,7 @@ mod tests {
         assert_eq!(file.office.phones, 100);
         assert_eq!(file.faults.away_s, (60, 14_400));
         assert_eq!(file.privacy, PrivacyOptions::default(), "the example shows the defaults");
+        assert_eq!(file.attacker, AttackerOptions::default(), "the example shows the defaults");
         let harsh = WorkloadFile::parse(include_str!("../workloads/harsh.toml")).unwrap();
         assert_eq!((harsh.office.phones, harsh.network.loss), (40, 0.05));
     }
@@ -418,9 +552,15 @@ mod tests {
         let mut o = base.clone();
         o.workload.phones = PHONES_MAX + 1;
         assert!(o.validate().unwrap_err().starts_with("office.phones:"));
-        let mut o = base;
+        let mut o = base.clone();
         o.privacy.interval_s = 1;
         assert!(o.validate().unwrap_err().starts_with("privacy.interval_s:"));
+        let mut o = base.clone();
+        o.attacker.flood_rate_per_s = FLOOD_RATE_PER_S_MAX + 1;
+        assert!(o.validate().unwrap_err().starts_with("attacker.flood_rate_per_s:"));
+        let mut o = base;
+        o.attacker.rtp_ports = (10, 5);
+        assert!(o.validate().unwrap_err().starts_with("attacker.rtp_ports:"));
     }
 
     #[test]

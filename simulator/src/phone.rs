@@ -192,6 +192,24 @@ pub enum PhoneEvent {
         peer: String,
         reason: EndReason,
     },
+    /// The phone sent a BYE, a CANCEL or a refusal (the first time, not its retransmissions):
+    /// only these may end, cancel or refuse its calls, whatever strangers send.
+    Said {
+        call_id: String,
+        peer: String,
+        word: Word,
+    },
+}
+
+/// What a phone's user said to end, give up or refuse a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Word {
+    /// A BYE (a hang-up, or the end of a call whose 2xx was never ACKed).
+    Bye,
+    /// A CANCEL of a ringing call.
+    Cancel,
+    /// A final non-2xx to an INVITE: 486 (busy or rejected), 603, 480 (rang too long).
+    Reject(u16),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -898,6 +916,8 @@ impl Phone {
         let (branch, call_id, cseq) = (call.invite_branch.clone(), call.call_id.clone(), call.invite_cseq);
         let bytes =
             self.request("CANCEL", &call.invite_uri, &branch, &call.local, &call.remote, &call_id, cseq, &[], b"");
+        let said = PhoneEvent::Said { call_id: call_id.clone(), peer: call.peer.clone(), word: Word::Cancel };
+        self.event(said);
         // The INVITE now waits for its 487 no longer than a transaction lives.
         if let Some(tx) = self.transactions.iter_mut().find(|t| t.kind == Kind::Invite && t.branch == branch) {
             tx.give_up_at = Some(now + TRANSACTION_TIMEOUT);
@@ -1027,6 +1047,8 @@ impl Phone {
             if call.call_id != call_id {
                 let busy = request.response(486, Some(&self.token()));
                 self.respond(now, &request, from, busy);
+                let peer = request.from().map(|f| user_of(&f)).unwrap_or_default();
+                self.event(PhoneEvent::Said { call_id, peer, word: Word::Reject(486) });
             }
             // Same Call-ID: a retransmission our cache no longer holds; the 180 went out.
             return;
@@ -1090,9 +1112,15 @@ impl Phone {
         let tag = tag_of(&call.local).unwrap_or_default().to_owned();
         match decision {
             Decision::Reject(code) => {
+                let said = PhoneEvent::Said {
+                    call_id: call.call_id.clone(),
+                    peer: call.peer.clone(),
+                    word: Word::Reject(code),
+                };
                 self.call = None;
                 let response = request.response(code, Some(&tag));
                 self.respond_final(now, &request, from, response);
+                self.event(said);
             }
             Decision::Answer => {
                 call.phase = Phase::Established;
@@ -1231,6 +1259,8 @@ impl Phone {
         let call = self.call.as_ref().expect("checked above");
         let bytes = self.request("BYE", &uri, &branch, &call.local, &call.remote, &call.call_id, cseq, &[], b"");
         let call_id = call.call_id.clone();
+        let said = PhoneEvent::Said { call_id: call_id.clone(), peer: call.peer.clone(), word: Word::Bye };
+        self.event(said);
         self.start_transaction(now, Kind::Bye, (branch, call_id, cseq), to, bytes);
     }
 
@@ -1399,7 +1429,7 @@ fn param_of<'a>(value: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-fn tag_of(value: &str) -> Option<&str> {
+pub(crate) fn tag_of(value: &str) -> Option<&str> {
     param_of(value, "tag")
 }
 
@@ -1423,7 +1453,7 @@ fn address_of(uri: &str) -> Option<SocketAddr> {
 }
 
 /// Where the peer wants RTP, from its SDP.
-fn media_of(body: &[u8]) -> Option<SocketAddr> {
+pub(crate) fn media_of(body: &[u8]) -> Option<SocketAddr> {
     pbx_actors::sdp::parse(body).ok()?.audio()?.rtp
 }
 
@@ -1431,7 +1461,7 @@ fn media_of(body: &[u8]) -> Option<SocketAddr> {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Challenge {
     realm: String,
-    nonce: String,
+    pub(crate) nonce: String,
     opaque: Option<String>,
     /// The server offers `qop=auth` (we never do `auth-int`).
     qop_auth: bool,
@@ -1726,11 +1756,11 @@ mod tests {
             self.drain(i);
         }
 
-        /// Events of phone `i` other than registration.
+        /// Events of phone `i` other than registration and what its user said.
         fn events_of(&self, i: usize) -> Vec<PhoneEvent> {
             self.events
                 .iter()
-                .filter(|(p, e)| *p == i && !matches!(e, PhoneEvent::Registered { .. }))
+                .filter(|(p, e)| *p == i && !matches!(e, PhoneEvent::Registered { .. } | PhoneEvent::Said { .. }))
                 .map(|(_, e)| e.clone())
                 .collect()
         }

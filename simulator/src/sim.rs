@@ -7,6 +7,7 @@
 //! iteration over hash maps. The trace hash folds every event in the order it happens; the
 //! same seed gives the same hash.
 
+use crate::attacker::{AttackKind, AttackStats, Attacker, AttackerConfig, AttackerOutput, Campaign};
 use crate::check::{Bounds, Checker, Violation};
 use crate::disk::Disk;
 use crate::licence::{self, LicenceHost, LicenceModel};
@@ -51,8 +52,15 @@ pub struct Report {
     pub node: NodeStats,
     pub faults: Faults,
     pub privacy: PrivacyReport,
+    /// What the attacker did.
+    pub attack: AttackStats,
+    /// The most transactions the node's endpoint held at a check.
+    pub transactions_max: usize,
     pub checks: u64,
     pub violations: Vec<Violation>,
+    /// Every violation by invariant (only the first [`crate::check::VIOLATIONS_MAX`] are kept
+    /// in `violations`).
+    pub violated: BTreeMap<&'static str, u64>,
 }
 
 /// What the retention reaper did and what the intruder tried.
@@ -223,6 +231,11 @@ enum Event {
     /// A password guesser starts a burst.
     ScanStart,
     ScannerWake,
+    /// The attacker starts a campaign of this kind.
+    AttackStart {
+        kind: AttackKind,
+    },
+    AttackerWake,
 }
 
 impl Event {
@@ -248,6 +261,8 @@ impl Event {
             Event::LicenceOutage { .. } => 18,
             Event::ScanStart => 19,
             Event::ScannerWake => 20,
+            Event::AttackStart { .. } => 21,
+            Event::AttackerWake => 22,
         }
     }
 }
@@ -361,7 +376,18 @@ pub struct Sim {
     /// The password guesser's burst under way, and its armed wake-up.
     scanner: Option<(Scanner, Option<Timestamp>)>,
     scan_rng: StdRng,
+    /// The attacker, its armed wake-up, and the stream its campaigns are drawn from.
+    attacker: Option<Attacker>,
+    attacker_armed: Option<Timestamp>,
+    attack_rng: StdRng,
 }
+
+/// The attacker's own address (TEST-NET-1): the only one it receives at.
+pub const ATTACKER_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 66));
+/// The office phone whose user is the attacker, when it is an insider.
+pub const INSIDER_PHONE: usize = 0;
+/// RTP payload bytes of the office's phones: PCMU silence (and A-law's, were pbx to transcode).
+const OFFICE_SILENCE: [u8; 2] = [0xFF, 0xD5];
 
 fn seeded(seed: u64, stream: u64) -> StdRng {
     StdRng::seed_from_u64(seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15))
@@ -455,6 +481,9 @@ impl Sim {
             licence_rng: seeded(seed, 7),
             scanner: None,
             scan_rng: seeded(seed, 8),
+            attacker: None,
+            attacker_armed: None,
+            attack_rng: seeded(seed, 9),
             fault_rng: seeded(seed, 5),
             stall_rng: seeded(seed, 6),
             options: options.clone(),
@@ -528,6 +557,28 @@ impl Sim {
             let at = ORIGIN + exponential(&mut sim.fault_rng, DAY_S as f64 / options.net.partitions_per_day);
             sim.schedule(at, Event::PartitionStart);
         }
+        if options.attacker.enabled {
+            let a = &options.attacker;
+            let config = AttackerConfig {
+                address: ATTACKER_IP,
+                pbx: node_config.sip,
+                rtp_ports: node_config.rtp_ports,
+                phones: sim.phones.iter().map(|p| (p.phone.config().extension.clone(), p.phone.config().sip)).collect(),
+                insider: a.insider && !sim.phones.is_empty(),
+                on_path: a.on_path,
+            };
+            sim.attacker = Some(Attacker::new(config, sim.attack_rng.random()));
+            for kind in AttackKind::ALL {
+                let rate = a.per_day(kind);
+                if rate > 0.0 {
+                    let mut at = ORIGIN + exponential(&mut sim.attack_rng, DAY_S as f64 / rate);
+                    if matches!(kind, AttackKind::Dialog | AttackKind::Rtp) {
+                        at = sim.next_office_time(at, |sim| &mut sim.attack_rng);
+                    }
+                    sim.schedule(at, Event::AttackStart { kind });
+                }
+            }
+        }
         if options.privacy.scans_per_day > 0.0 {
             let at = ORIGIN + exponential(&mut sim.scan_rng, DAY_S as f64 / options.privacy.scans_per_day);
             sim.schedule(at, Event::ScanStart);
@@ -556,6 +607,7 @@ impl Sim {
             self.handle(event);
             if let Some(detail) = self.stuck.take() {
                 self.checker.violations.push(Violation { at: self.now - ORIGIN, invariant: "time moves on", detail });
+                *self.checker.violated.entry("time moves on").or_default() += 1;
             }
             if self.options.stop_at_first_violation && !self.checker.violations.is_empty() {
                 break;
@@ -575,6 +627,9 @@ impl Sim {
         report.trace_hash = self.trace.0;
         report.cdrs = self.checker.cdrs_stored();
         report.privacy.reaped = self.nodes[0].disk.reaped.clone();
+        if let Some(attacker) = &self.attacker {
+            report.attack = attacker.stats.clone();
+        }
         report.faults.writes_lost = self.nodes.iter().map(|n| n.disk.lost_in_crash).sum();
         let mut stats = self.nodes[0].stats;
         if let Some(node) = &self.nodes[0].node {
@@ -583,6 +638,7 @@ impl Sim {
         report.node = stats;
         report.checks = self.checker.checks;
         report.violations = self.checker.violations;
+        report.violated = self.checker.violated;
         report
     }
 
@@ -634,7 +690,7 @@ impl Sim {
                             model.durable_success = Some(stored.checked_at);
                         }
                     }
-                    Some(DiskWrite::Cdr(cdr)) => self.checker.cdr_committed(cdr),
+                    Some(DiskWrite::Cdr(cdr)) => self.checker.cdr_committed(self.now, cdr),
                     Some(DiskWrite::SecurityLog(entry)) => {
                         self.checker.security_committed((entry.at, slot.disk.next_id))
                     }
@@ -801,6 +857,17 @@ impl Sim {
                     self.phones[p].cut_off = false;
                 }
             }
+            Event::AttackStart { kind } => self.attack_start(kind),
+            Event::AttackerWake => {
+                if self.attacker_armed != Some(self.now) {
+                    return;
+                }
+                self.attacker_armed = None;
+                if let Some(a) = self.attacker.as_mut() {
+                    a.timeout(self.now);
+                }
+                self.after_attacker();
+            }
             Event::ScanStart => self.scan_start(),
             Event::ScannerWake => {
                 let Some((scanner, armed)) = self.scanner.as_mut() else { return };
@@ -819,6 +886,7 @@ impl Sim {
                     // leg's end and not yet acted on it: judge the node when it is settled.
                     if let Some(node) = slot.node.as_ref().filter(|n| !n.has_work()) {
                         let local = slot.clock.local(self.now);
+                        self.report.transactions_max = self.report.transactions_max.max(node.transactions().0);
                         self.checker.check_node(self.now, local, node);
                         if let (Some(licence), Some(model), Some(config)) =
                             (node.licence(local), self.licence_models.get(i), slot.config.licence.as_ref())
@@ -839,6 +907,9 @@ impl Sim {
                 // No new calls or faults from here on; what is broken heals, so that every
                 // call can end before the final checks.
                 self.draining = true;
+                if let Some(a) = self.attacker.as_mut() {
+                    a.stop();
+                }
                 for p in 0..self.phones.len() {
                     self.phones[p].cut_off = false;
                     if self.phones[p].away {
@@ -889,7 +960,15 @@ impl Sim {
         loop {
             let Some(out) = self.nodes[node].node.as_mut().and_then(SimNode::poll_output) else { break };
             match out {
-                NodeOutput::Transmit { from, to, bytes } => self.send(from, to, bytes),
+                NodeOutput::Transmit { from, to, bytes } => {
+                    if from.port() != self.nodes[node].config.sip.port() {
+                        let ok = self.phone_media(to).is_some();
+                        self.checker.media_from_pbx(self.now, ok, || {
+                            format!("pbx sent media from {from} to {to}, which is no office phone")
+                        });
+                    }
+                    self.send(from, to, bytes)
+                }
                 NodeOutput::LicenceCheck { request, serial } => {
                     let incarnation = self.nodes[node].incarnation;
                     let at = self.now + Duration::from_millis(self.options.net.latency_ms);
@@ -983,6 +1062,95 @@ impl Sim {
         }
     }
 
+    /// The attacker starts a campaign of `kind` (see [`crate::attacker`]); the next is drawn now.
+    fn attack_start(&mut self, kind: AttackKind) {
+        if self.draining || self.attacker.is_none() {
+            return;
+        }
+        let a = self.options.attacker.clone();
+        let mut next = self.now + exponential(&mut self.attack_rng, DAY_S as f64 / a.per_day(kind));
+        // Calls are only there to attack during office time: the attacker waits for it.
+        if matches!(kind, AttackKind::Dialog | AttackKind::Rtp) {
+            next = self.next_office_time(next, |sim| &mut sim.attack_rng);
+        }
+        self.schedule(next, Event::AttackStart { kind });
+        let size = |rng: &mut StdRng, range| uniform_s(rng, range).as_secs() as u32;
+        let campaign = match kind {
+            AttackKind::Lockout => {
+                // A phone other than its own.
+                let phones = self.phones.len();
+                if phones < 2 {
+                    return;
+                }
+                let target = 1 + self.attack_rng.random_range(0..phones - 1);
+                let config = self.phones[target].phone.config();
+                let until = self.now + Duration::from_secs(a.lockout_minutes * 60);
+                Campaign::Lockout { target: config.sip, user: config.extension.clone(), until }
+            }
+            AttackKind::Dialog => Campaign::Dialog { forgeries: size(&mut self.attack_rng, a.dialog_forgeries) },
+            AttackKind::Rtp => Campaign::Rtp { ports: size(&mut self.attack_rng, a.rtp_ports), packets: a.rtp_packets },
+            AttackKind::Flood => Campaign::Flood {
+                requests: size(&mut self.attack_rng, a.flood_requests),
+                rate_per_s: a.flood_rate_per_s,
+            },
+        };
+        if let Some(attacker) = self.attacker.as_mut() {
+            attacker.start(self.now, campaign);
+        }
+        self.after_attacker();
+    }
+
+    fn after_attacker(&mut self) {
+        loop {
+            let Some(out) = self.attacker.as_mut().and_then(Attacker::poll_output) else { break };
+            match out {
+                AttackerOutput::Transmit { from, to, bytes } => self.send(from, to, bytes),
+                AttackerOutput::Answered { method, code } => self.checker.stranger_answered(self.now, method, code),
+                AttackerOutput::Contacted { method } => self.checker.stranger_contacted(self.now, &method),
+            }
+        }
+        let want = self.attacker.as_ref().and_then(Attacker::poll_timeout).map(|t| t.max(self.now));
+        if let Some(at) = arm(&mut self.attacker_armed, want) {
+            self.schedule(at, Event::AttackerWake);
+        }
+    }
+
+    /// The attacker reads what its own phone sends and receives (an insider), unless it sees
+    /// everything anyway (on-path).
+    fn insider_sees(&mut self, phone: usize, from: SocketAddr, to: SocketAddr, bytes: &[u8]) {
+        if phone == INSIDER_PHONE
+            && self.options.attacker.insider
+            && !self.options.attacker.on_path
+            && let Some(a) = self.attacker.as_mut()
+        {
+            a.observe(from, to, bytes);
+        }
+    }
+
+    /// The office phone whose RTP (even port) or RTCP (odd port) address this is.
+    fn phone_media(&self, to: SocketAddr) -> Option<usize> {
+        let rtp = SocketAddr::new(to.ip(), to.port() & !1);
+        self.phone_at.get(&rtp).copied().filter(|&p| self.phones[p].phone.config().rtp == rtp)
+    }
+
+    /// Media reaching a phone: RTP carrying the office's silence, never a stranger's payload;
+    /// no RTCP at all (the office's phones send none, so pbx has none of theirs to relay).
+    fn check_phone_media(&mut self, phone: usize, from: SocketAddr, to: SocketAddr, bytes: &[u8]) {
+        let extension = self.phones[phone].phone.config().extension.clone();
+        if to.port() % 2 == 1 {
+            self.checker.media_at_phone(self.now, false, || {
+                format!("RTCP from {from} reached phone {extension} ({} bytes)", bytes.len())
+            });
+            return;
+        }
+        let payload = rtp_payload(bytes);
+        let office = payload.is_some_and(|p| !p.is_empty() && OFFICE_SILENCE.iter().any(|s| p.iter().all(|b| b == s)));
+        self.checker.media_at_phone(self.now, office, || {
+            let start: Vec<&u8> = bytes.iter().take(16).collect();
+            format!("phone {extension} got at {to}, from {from}, RTP that no office phone sent: {start:02x?}…")
+        });
+    }
+
     fn feed_phone(&mut self, phone: usize, input: PhoneInput) {
         let slot = &mut self.phones[phone];
         let local = slot.clock.local(self.now);
@@ -993,6 +1161,7 @@ impl Sim {
                     if bytes.starts_with(b"REGISTER ") {
                         self.checker.register_sent(self.now, phone);
                     }
+                    self.insider_sees(phone, from, to, &bytes);
                     self.send(from, to, bytes);
                 }
                 PhoneOutput::Event(event) => self.phone_event(phone, event),
@@ -1044,6 +1213,14 @@ impl Sim {
 
     /// Puts a datagram on the network: maybe lost, maybe twice, always late.
     fn send(&mut self, from: SocketAddr, to: SocketAddr, bytes: Bytes) {
+        if self.options.attacker.on_path
+            && let Some(a) = self.attacker.as_mut()
+        {
+            let node = self.nodes[0].config.sip.ip();
+            if from.ip() == node || to.ip() == node {
+                a.observe(from, to, &bytes);
+            }
+        }
         let faults = &mut self.report.faults;
         faults.datagrams += 1;
         let cut = |ip: SocketAddr| self.phone_at.get(&ip).is_some_and(|&p| self.phones[p].cut_off);
@@ -1083,6 +1260,20 @@ impl Sim {
             self.after_scanner();
             return;
         }
+        if let Some(a) = self.attacker.as_mut().filter(|a| a.address() == to.ip()) {
+            a.datagram(self.now, from, to, &bytes);
+            self.after_attacker();
+            return;
+        }
+        // What pbx relays from its media ports (a challenge it sends to a spoofed source that
+        // happens to be a phone's RTP address is no media).
+        let sip = self.nodes[0].config.sip;
+        if from.ip() == sip.ip()
+            && from.port() != sip.port()
+            && let Some(phone) = self.phone_media(to)
+        {
+            self.check_phone_media(phone, from, to, &bytes);
+        }
         if let Some(&phone) = self.phone_at.get(&to) {
             if self.phones[phone].away {
                 if bytes.starts_with(b"INVITE ") {
@@ -1090,6 +1281,7 @@ impl Sim {
                 }
                 return;
             }
+            self.insider_sees(phone, from, to, &bytes);
             self.feed_phone(phone, PhoneInput::Datagram { from, to, bytes });
             return;
         }
@@ -1116,12 +1308,17 @@ impl Sim {
         if rate <= 0.0 {
             return self.end + Duration::from_secs(1);
         }
-        let mut at = from + exponential(&mut self.work_rng, 3600.0 / rate);
+        let at = from + exponential(&mut self.work_rng, 3600.0 / rate);
         // Outside office time the clock of the process stops: skip to the next opening hour.
+        self.next_office_time(at, |sim| &mut sim.work_rng)
+    }
+
+    /// `at`, or a random moment of the first office hour after it, drawn from `rng`.
+    fn next_office_time(&mut self, mut at: Timestamp, rng: fn(&mut Sim) -> &mut StdRng) -> Timestamp {
         let mut hops = 0;
         while !self.in_office(at) && hops < 24 * 8 {
             at = Timestamp::from_secs(at.as_secs() / 3600 * 3600 + 3600)
-                + Duration::from_secs(self.work_rng.random_range(0..3600));
+                + Duration::from_secs(rng(self).random_range(0..3600));
             hops += 1;
         }
         at
@@ -1152,6 +1349,17 @@ impl Sim {
             .clamp(Duration::from_secs(1), Duration::from_secs(w.talk_s_max));
         self.feed_phone(phone, PhoneInput::Dial { callee, talk });
     }
+}
+
+/// The payload of an RTP packet (RFC 3550 §5.1: after the CSRCs and the header extension).
+fn rtp_payload(bytes: &[u8]) -> Option<&[u8]> {
+    let first = *bytes.first()?;
+    let mut offset = 12 + 4 * usize::from(first & 0x0f);
+    if first & 0x10 != 0 {
+        let words = u16::from_be_bytes([*bytes.get(offset + 2)?, *bytes.get(offset + 3)?]);
+        offset += 4 + 4 * usize::from(words);
+    }
+    bytes.get(offset..)
 }
 
 /// The one wake-up a machine keeps: when it wants one at a time other than the one armed,

@@ -3,7 +3,9 @@
 //! runs the long ones.
 
 use pbx_actors::privacy::reaper::Action;
-use pbx_simulator::options::{FaultOptions, NetOptions, Options, Workload};
+use pbx_simulator::attacker::AttackKind;
+use pbx_simulator::check::{TRANSACTIONS_PER_PHONE_MAX, TRANSACTIONS_SLACK};
+use pbx_simulator::options::{AttackerOptions, FaultOptions, NetOptions, Options, Workload};
 use pbx_simulator::{Report, run};
 use std::process::Command;
 use std::time::Duration;
@@ -26,6 +28,9 @@ fn options(seed: u64, hours: u64) -> Options {
     options.faults.away_s = (60, 1800);
     options.net.partitions_per_day = 12.0;
     options.net.loss = 0.01;
+    // The attacker forges dialogs and floods pbx while the other invariants are checked; its
+    // lockout and RTP campaigns have tests of their own (below).
+    options.attacker = AttackerOptions::only(&[(AttackKind::Dialog, 12.0), (AttackKind::Flood, 6.0)]);
     options.stop_at_first_violation = false;
     options
 }
@@ -105,7 +110,7 @@ fn an_injected_half_hangup_is_caught() {
 /// The binary prints a replay command for a failing run, and that command fails the same way.
 #[test]
 fn pbx_sim_prints_a_replay_command_that_replays() {
-    let args = ["--seed", "3", "--duration", "1d", "--phones", "30", "--inject-bug", "skip-cdr"];
+    let args = ["--seed", "3", "--duration", "1d", "--phones", "30", "--inject-bug", "skip-cdr", "--no-attacker"];
     replays(&args, "every completed call");
 }
 
@@ -130,7 +135,7 @@ fn replays(args: &[&str], invariant: &str) {
 fn pbx_sim_swarm_reports_every_seed() {
     let sim = env!("CARGO_BIN_EXE_pbx-sim");
     let out = Command::new(sim)
-        .args(["--swarm", "3", "--seed", "100", "--duration", "12h", "--phones", "10"])
+        .args(["--swarm", "3", "--seed", "100", "--duration", "12h", "--phones", "10", "--no-attacker"])
         .output()
         .expect("run pbx-sim");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -157,6 +162,8 @@ fn licence_options(seed: u64, days: u64) -> Options {
     options.workload = Workload { phones: 4, calls_per_phone_per_hour: 0.5, talk_s_max: 600, ..Workload::default() };
     options.licence.outages_per_30d = 0.0;
     options.licence.tamper = 0.0;
+    // The attacker has tests of its own; these runs are long.
+    options.attacker = AttackerOptions::off();
     options.stop_at_first_violation = false;
     options
 }
@@ -220,6 +227,8 @@ fn retention_options(seed: u64, days: u64) -> Options {
     options.privacy.request_log_anonymise_days = 7;
     options.privacy.request_log_delete_days = 30;
     options.privacy.audit_days = 30;
+    // The attacker has tests of its own; these runs are long.
+    options.attacker = AttackerOptions::off();
     options.stop_at_first_violation = false;
     options
 }
@@ -271,5 +280,108 @@ fn an_injected_eager_reaper_is_caught() {
 /// is caught within a fortnight, and the printed command replays it.
 #[test]
 fn pbx_sim_replays_a_lazy_reaper() {
-    replays(&["--seed", "4", "--duration", "16d", "--phones", "4", "--inject-bug", "lazy-reaper"], "outlives");
+    let args = ["--seed", "4", "--duration", "16d", "--phones", "4", "--inject-bug", "lazy-reaper", "--no-attacker"];
+    replays(&args, "outlives");
+}
+
+// ---- The attacker (simulator/src/attacker.rs) ----
+
+/// How often `invariant` was violated in a run.
+fn violations_of(report: &Report, invariant: &str) -> u64 {
+    report.violated.get(invariant).copied().unwrap_or(0)
+}
+
+/// An off-path attacker who is also the user of phone 1000 forges BYEs, re-INVITEs, CANCELs and
+/// 180/486/603/200 answers with random identifiers and with neighbours of those its own calls
+/// showed it, and floods pbx with unauthenticated REGISTERs and INVITEs from spoofed sources:
+/// no call is ended, answered or refused by it, pbx accepts none of it and keeps no state for it.
+#[test]
+fn forged_dialogs_and_floods_change_no_call() {
+    let mut o = options(41, 4);
+    o.attacker = AttackerOptions::only(&[(AttackKind::Dialog, 60.0), (AttackKind::Flood, 24.0)]);
+    let report = run(o);
+    assert_busy(&report);
+    assert_clean(&report);
+    let a = &report.attack;
+    assert!(a.sent(AttackKind::Dialog) >= 300, "{a:?}");
+    assert!(a.learned_forgeries >= 50, "the insider used what its calls showed it: {a:?}");
+    assert!(a.answered("BYE", 481) + a.answered("INVITE", 481) >= 50, "pbx answered its forgeries 481: {a:?}");
+    assert!(a.sent(AttackKind::Flood) >= 2_000, "{a:?}");
+    let bound = TRANSACTIONS_PER_PHONE_MAX * 12 + TRANSACTIONS_SLACK;
+    assert!(report.transactions_max <= bound, "{} transactions", report.transactions_max);
+    assert_eq!(a.media_received, 0);
+}
+
+/// Spoofed failed logins claiming phones' own addresses — from the phone's port and from
+/// others, with nonces the attacker fetched at its own address and with forged ones — lock no
+/// phone out: every phone's REGISTER keeps getting 200.
+///
+/// Fails on pbx before the registrar binds nonces to the source they were sent to and counts
+/// failures per (source, user): five spoofed failures then block the phone's IP, and its next
+/// REGISTER gets 403 ("no phone is locked out by strangers").
+#[test]
+fn spoofed_failures_lock_out_no_phone() {
+    let mut o = options(42, 4);
+    // Each campaign outlasts a phone's refresh interval (at most 90 % of an hour).
+    o.attacker = AttackerOptions { lockout_minutes: 60, ..AttackerOptions::only(&[(AttackKind::Lockout, 12.0)]) };
+    let report = run(o);
+    assert_clean(&report);
+    assert!(report.attack.spoofed_logins >= 200, "{:?}", report.attack);
+    assert!(report.attack.answered("REGISTER", 401) >= 30, "its nonce probes were answered: {:?}", report.attack);
+}
+
+/// Well-formed RTP streamed to pbx's media ports mid-call — new random SSRCs, consecutive
+/// sequence numbers, to random ports and to ports next to those of the attacker's own calls,
+/// from its own address and spoofed ones, some with a payload type nobody negotiated, some
+/// RTCP BYEs — reaches no phone, and pbx sends the stranger nothing.
+///
+/// Fails on pbx before strict RTP source learning: a packet with a new SSRC from anywhere
+/// re-latches a side of the call, so the stranger's audio reaches the other phone ("no phone
+/// hears a stranger") and that phone's audio goes to the stranger ("no stranger hears a call").
+#[test]
+fn injected_rtp_reaches_no_one() {
+    let mut o = options(43, 4);
+    o.attacker = AttackerOptions::only(&[(AttackKind::Rtp, 48.0)]);
+    let report = run(o);
+    assert_clean(&report);
+    assert!(report.attack.rtp_packets >= 5_000, "{:?}", report.attack);
+    assert!(report.attack.rtp_learned_streams >= 300, "{:?}", report.attack);
+    assert_eq!(report.attack.media_received, 0);
+}
+
+/// The checkers catch a stranger who does get in: an attacker on pbx's network path sees the
+/// real tags, branches, Call-IDs and ports, so its BYEs end calls, its answers answer or refuse
+/// them, and its RTP from a phone's declared address reaches the other phone.
+#[test]
+fn an_on_path_attacker_is_caught() {
+    let on_path = |seed, kind, per_day| {
+        let mut o = options(seed, 4);
+        o.attacker = AttackerOptions { on_path: true, ..AttackerOptions::only(&[(kind, per_day)]) };
+        run(o)
+    };
+    let dialogs = on_path(44, AttackKind::Dialog, 200.0);
+    for invariant in [
+        "no stranger ends a call",
+        "a call is answered only by its callee",
+        "a call is refused only by its callee",
+        "pbx accepts nothing a stranger forged",
+    ] {
+        assert!(violations_of(&dialogs, invariant) > 0, "{invariant}: {:?}", dialogs.violated);
+    }
+    let media = on_path(44, AttackKind::Rtp, 48.0);
+    assert!(violations_of(&media, "no phone hears a stranger") > 0, "{:?}", media.violated);
+}
+
+/// With every kind of campaign on, the same seed gives the same run (trace, violations and
+/// all) and another seed another.
+#[test]
+fn the_attacker_keeps_runs_deterministic() {
+    let kinds = AttackKind::ALL.map(|kind| (kind, 48.0));
+    let all = |seed| Options { attacker: AttackerOptions::only(&kinds), ..options(seed, 3) };
+    let (first, again, other) = (run(all(45)), run(all(45)), run(all(46)));
+    assert!(AttackKind::ALL.iter().all(|k| first.attack.sent(*k) > 0), "{:?}", first.attack);
+    assert_eq!(first.trace_hash, again.trace_hash, "same seed, same trace");
+    assert_eq!(first.violations, again.violations);
+    assert_eq!(first.attack.rtp_packets, again.attack.rtp_packets);
+    assert_ne!(first.trace_hash, other.trace_hash, "another seed, another trace");
 }
