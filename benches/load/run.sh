@@ -120,17 +120,28 @@
 # flood (pbx only): while SIPp makes FLOOD_CALL_RATE calls per second (call_uac.xml with a
 # 407 per INVITE, call_uas.xml answering) for FLOOD_STEP_S, invite_flood (pbx-benches) sends
 # unauthenticated INVITEs at the step's rate, each a new transaction, round-robin from
-# FLOOD_SOURCES loopback addresses (127.0.1.1 on; by default enough that each source stays
-# under pbx's per-source limit up to FLOOD_MAX, so the row measures the stateless path, not
-# the limiter), and counts every datagram that comes back. A step holds when every call
-# succeeded (none failed, achieved ≥ 95 %); the rate doubles from FLOOD_START while steps
-# hold, then BISECT_STEPS. pbx is restarted before every step. PBX_BEFORE (a pbx binary built
-# from an older commit) gets the same ramp first, so both rows come from one run.
+# rate / FLOOD_PER_SOURCE loopback addresses (127.0.1.1 on; each under pbx's default per-source
+# limit of 100 new transactions/s, so the row measures the stateless path, not the limiter), and
+# counts every datagram that comes back. A step holds when every call succeeded (none failed,
+# achieved ≥ 95 %); the rate doubles from FLOOD_START while steps hold, then BISECT_STEPS; a
+# step where invite_flood sent under 95 % of its rate ends the ramp (the generator's limit, not
+# pbx's). pbx is restarted before every step, and runs with its default [sip] limits. Before the
+# ramp, 100 INVITEs at 20/s and 40 s of listening count what one INVITE gets back (Timer G's
+# retransmissions included); after it, one step at FLOOD_ONE_RATE from a single address shows
+# the per-source limit. PBX_BEFORE (a pbx binary built from an older commit) gets the same
+# first, so both rows come from one run.
 #   FLOOD_START [1000], FLOOD_MAX [64000]   INVITEs per second
-#   FLOOD_STEP_S [20]     seconds of flood (and of calls) per step
+#   FLOOD_STEP_S [40]     seconds of flood (and of calls) per step: longer than Timer H (32 s),
+#                         for which a stateful 407 keeps its transaction
 #   FLOOD_CALL_RATE [10]  legitimate calls per second during the flood
-#   FLOOD_SOURCES [600]   source addresses of the flood
+#   FLOOD_PER_SOURCE [50] INVITEs per second per source address (FLOOD_SOURCES_MIN [10] at least)
+#   FLOOD_THREADS [1]     invite_flood's sending threads
+#   FLOOD_ONE_RATE [4000] INVITEs per second of the single-source step (0: none)
+#   FLOOD_DEADLINE_S [1800]   DEADLINE_S of the flood modes
 #   PBX_BEFORE []         an older pbx binary measured in the same run
+# PBX_BINARY [] (every mode): measure this pbx binary instead of building this tree's. A binary
+# that knows `[sip] source_rate_per_s` gets it set to 0 in every mode but flood: one load
+# generator on 127.0.0.1 stands for thousands of phones.
 #
 # Every process this script starts is stopped on exit. Logs stay in the printed work folder.
 
@@ -170,10 +181,14 @@ CALL_SETTLE_S=${CALL_SETTLE_S:-45}
 CLUSTER_CALL_VIA=${CLUSTER_CALL_VIA:-leader}
 FLOOD_START=${FLOOD_START:-1000}
 FLOOD_MAX=${FLOOD_MAX:-64000}
-FLOOD_STEP_S=${FLOOD_STEP_S:-20}
+FLOOD_STEP_S=${FLOOD_STEP_S:-40}
 FLOOD_CALL_RATE=${FLOOD_CALL_RATE:-10}
-FLOOD_SOURCES=${FLOOD_SOURCES:-600}
+FLOOD_PER_SOURCE=${FLOOD_PER_SOURCE:-50}
+FLOOD_SOURCES_MIN=${FLOOD_SOURCES_MIN:-10}
+FLOOD_THREADS=${FLOOD_THREADS:-1}
+FLOOD_ONE_RATE=${FLOOD_ONE_RATE:-4000}
 PBX_BEFORE=${PBX_BEFORE:-}
+PBX_BINARY=${PBX_BINARY:-}
 WARM_RATE=${WARM_RATE:-1000}
 
 PBX_SIP_PORT=$PORT_BASE
@@ -217,8 +232,9 @@ if [ "$MODE" = calls-check ]; then
 	MEM_CALLS=${MEM_CALLS_CHECK:-100} MEM_HOLD_S=10 CALL_SETTLE_S=5
 fi
 if [ "$MODE" = flood-check ]; then
-	FLOOD_STEP_S=5 FLOOD_START=1000 FLOOD_MAX=1000 BISECT_STEPS=0
+	FLOOD_STEP_S=5 FLOOD_START=1000 FLOOD_MAX=1000 BISECT_STEPS=0 FLOOD_ONE_RATE=1000
 fi
+case $MODE in flood | flood-check) DEADLINE_S=${FLOOD_DEADLINE_S:-1800} ;; esac
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -306,18 +322,24 @@ ensure_ports_free() {
 }
 
 build() {
-	local bins=()
+	local bins=() pbx=(-p pbx-node --bin pbx)
+	# PBX_BINARY: a pbx built elsewhere (an older commit, say) is measured instead of this tree's.
+	[ -z "$PBX_BINARY" ] || pbx=()
 	case $MODE in
 	kamailio-calls) ;;
-	calls | calls-check | calls-media) bins+=(-p pbx-node --bin pbx) ;;
-	flood | flood-check) bins+=(-p pbx-benches --bin invite_flood -p pbx-node --bin pbx) ;;
+	calls | calls-check | calls-media) bins+=(${pbx[@]+"${pbx[@]}"}) ;;
+	flood | flood-check) bins+=(-p pbx-benches --bin invite_flood ${pbx[@]+"${pbx[@]}"}) ;;
 	kamailio) bins+=(-p pbx-benches --bin register_load) ;;
-	*) bins+=(-p pbx-benches --bin register_load -p pbx-node --bin pbx) ;;
+	*) bins+=(-p pbx-benches --bin register_load ${pbx[@]+"${pbx[@]}"}) ;;
 	esac
 	local target=${CARGO_TARGET_DIR:-$ROOT/target}
 	LOAD=$target/release/register_load
 	FLOOD=$target/release/invite_flood
-	PBX=$target/release/pbx
+	PBX=${PBX_BINARY:-$target/release/pbx}
+	if [ -n "$PBX_BINARY" ] && [ ! -x "$PBX_BINARY" ]; then
+		log "PBX_BINARY=$PBX_BINARY is not an executable"
+		exit 1
+	fi
 	[ ${#bins[@]} -gt 0 ] || return 0
 	log "cargo build --release ${bins[*]}"
 	(cd "$ROOT" && cargo build --release "${bins[@]}")
@@ -354,14 +376,34 @@ start_kamailio() { # auth|noauth → sets SERVER_PID
 	}
 }
 
-registrar_config() { # the [registrar] table of every pbx this script starts
+registrar_config() { # the [registrar] table of every pbx this script starts (and [sip], see below)
 	echo '[registrar]'
 	echo "realm = \"$REALM\""
 	# MD5 first: SIPp 3.6 answers only the first challenge of a 401, and only MD5.
 	echo 'digest_algorithms = ["MD5", "SHA-256"]'
-	# One source sends everything: a stray failure must not block it for the next steps.
-	echo 'auth_failures_max = 1000000'
+	# One source sends everything: a stray failure must not block it for the next steps. Since
+	# issue 14 failures count per (source, user) and per user, and the limits go up to 100.
+	if knows_setting user_auth_failures_max; then
+		printf 'auth_failures_max = 100\nuser_auth_failures_max = 100\n'
+	else
+		echo 'auth_failures_max = 1000000'
+	fi
+	# One load generator (127.0.0.1) stands for thousands of phones: pbx's per-source limit on
+	# new transactions (100/s by default) would measure the limiter, not pbx. The flood modes
+	# keep the default: there the limit is part of what is measured. An older pbx without the
+	# setting (before issue 14) refuses an unknown [sip] table, so it gets none.
+	if knows_setting source_rate_per_s; then
+		case $MODE in
+		flood | flood-check) ;;
+		*) printf '\n[sip]\nsource_rate_per_s = 0\n' ;;
+		esac
+	fi
+	return 0
 }
+
+# knows_setting name: whether the pbx binary about to run has this config setting (its name is
+# in the binary's config parser); older binaries refuse settings they do not know.
+knows_setting() { grep -qaF "$1" "$PBX"; }
 
 user_extensions() { # every user of users.csv as an extension
 	tail -n +2 "$WORK/users.csv" | awk -F';' '{ printf "\n[[extensions]]\nnumber = \"%s\"\npassword = \"%s\"\n", $1, $2 }'
@@ -1350,103 +1392,176 @@ cluster_call_rows() {
 
 # ---- a stranger's flood while phones call (pbx only) ----
 
-# flood_step label rate → prints "ok|fail sent answers per_invite failed cpu_us"; 0 if it held.
-# Calls at FLOOD_CALL_RATE for FLOOD_STEP_S; the flood starts with them (ON_UP).
+# flood_sources rate: how many source addresses keep each under FLOOD_PER_SOURCE INVITEs/s
+flood_sources() {
+	local n=$((($1 + FLOOD_PER_SOURCE - 1) / FLOOD_PER_SOURCE))
+	echo $((n < FLOOD_SOURCES_MIN ? FLOOD_SOURCES_MIN : n))
+}
+
+# kv line key: the value of key=value in a generator's summary line
+kv_of() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k { print $2 }'; }
+
+# flood_step label rate sources → prints "verdict sent answers per_invite failed cpu_us setup_ms";
+# 0 if it held. Calls at FLOOD_CALL_RATE for FLOOD_STEP_S; the flood starts with them (ON_UP).
+# Verdicts: ok (every call succeeded), fail (a call failed), short (the calls succeeded but the
+# generator sent under 95 % of the rate: the step says nothing about that rate), died.
 flood_step() {
-	local label=$1 rate=$2 duration=$FLOOD_STEP_S
-	local calls=$((FLOOD_CALL_RATE * duration)) before after held=ok drops0 drops
+	local label=$1 rate=$2 sources=$3 duration=$FLOOD_STEP_S
+	local calls=$((FLOOD_CALL_RATE * duration)) before after held=ok drops0 drops limited
 	drops0=$(socket_drops "$SERVER_PORT")
 	before=$(server_cpu)
 	rm -f "$WORK/flood.out"
-	FLOOD_RATE=$rate
+	FLOOD_RATE=$rate FLOOD_N=$sources FLOOD_DRAIN_S=2
 	CALLS=$calls RATE=$FLOOD_CALL_RATE HOLD_MS=0 LIMIT=$((FLOOD_CALL_RATE * 10 + 100)) \
-		SECONDS_MAX=$((duration * 3 + 60)) ON_UP=flood_start run_calls "flood-$label-$rate" "" ""
+		SECONDS_MAX=$((duration * 3 + 60)) ON_UP=flood_start run_calls "flood-${label// /-}-$rate-$sources" "" ""
 	wait "$FLOOD_PID" 2>/dev/null || true
 	after=$(server_cpu)
 	drops=$(($(socket_drops "$SERVER_PORT") - drops0))
-	local line sent answers per_invite cpu_us
+	limited=$(metric pbx_sip_rate_limited_total)
+	local line sent achieved answers per_invite cpu_us gen_cpu codes
 	line=$(tail -1 "$WORK/flood.out" 2>/dev/null || true)
-	sent=$(echo "$line" | tr ' ' '\n' | sed -n 's/^sent=//p')
-	answers=$(echo "$line" | tr ' ' '\n' | sed -n 's/^answers=//p')
-	per_invite=$(echo "$line" | tr ' ' '\n' | sed -n 's/^per_invite=//p')
+	echo "$label $rate $sources $line" >>"$WORK/invite_flood.log"
+	sent=$(kv_of "$line" sent) achieved=$(kv_of "$line" achieved) answers=$(kv_of "$line" answers)
+	per_invite=$(kv_of "$line" per_invite)
+	gen_cpu=$(awk -v c="$(kv_of "$line" cpu_s)" -v e="$(kv_of "$line" elapsed_s)" 'BEGIN { if (e > 0) printf "%.0f", 100 * c / e; else print "-" }')
+	codes=$(echo "$line" | tr ' ' '\n' | sed -n 's/^code_//p' | tr '=' ':' | paste -sd, -)
 	cpu_us=$(((after - before) * 1000000 / TICKS / (${sent:-0} + 1)))
-	if [ "$RUN_FAILED" -ne 0 ] || [ $((RUN_ACHIEVED * 100)) -lt $((FLOOD_CALL_RATE * 95)) ]; then held=fail; fi
+	if [ "$RUN_FAILED" -ne 0 ] || [ $((RUN_ACHIEVED * 100)) -lt $((FLOOD_CALL_RATE * 95)) ]; then
+		held=fail
+	elif [ $((${achieved:-0} * 100)) -lt $((rate * 95)) ]; then
+		held=short
+	fi
 	kill -0 "$SERVER_PID" 2>/dev/null || held=died
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$rate" "$held" "${sent:--}" "${answers:--}" \
-		"${per_invite:--}" "$RUN_FAILED" "$cpu_us" "$drops" >>"$WORK/steps.tsv"
-	log "flood $label rate=$rate INVITEs/s → $held (sent ${sent:-?}, answers ${answers:-?} = ${per_invite:-?} per INVITE," \
-		"calls failed $RUN_FAILED of $calls, pbx CPU ${cpu_us} µs per flood INVITE, dropped on pbx's socket $drops)"
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$rate" "$sources" "$held" \
+		"${sent:--}" "${achieved:--}" "$gen_cpu" "${answers:--}" "${per_invite:--}" "${codes:--}" "$RUN_FAILED" \
+		"$RUN_SETUP_MS" "$RUN_RETRANS" "$cpu_us" "$drops" "$limited" >>"$WORK/steps.tsv"
+	log "flood $label rate=$rate INVITEs/s from $sources sources → $held (sent ${sent:-?}, ${achieved:-?}/s, generator CPU" \
+		"$gen_cpu %; answers ${answers:-?} = ${per_invite:-?} per INVITE [${codes:-}]; calls failed $RUN_FAILED of $calls," \
+		"setup $RUN_SETUP_MS ms, retrans $RUN_RETRANS; pbx CPU ${cpu_us} µs per flood INVITE, dropped on pbx's socket" \
+		"$drops, rate-limited $limited)"
 	sleep "$COOLDOWN_S"
-	echo "$held ${sent:--} ${answers:--} ${per_invite:--} $RUN_FAILED $cpu_us"
+	echo "$held ${sent:--} ${answers:--} ${per_invite:--} $RUN_FAILED $cpu_us $RUN_SETUP_MS"
 	[ "$held" = ok ]
 }
 
 flood_start() {
-	timeout $((FLOOD_STEP_S + 30)) "$FLOOD" --target "127.0.0.1:$SERVER_PORT" --rate "$FLOOD_RATE" \
-		--duration-s "$FLOOD_STEP_S" --sources "$FLOOD_SOURCES" >"$WORK/flood.out" 2>&1 &
+	# One source address per socket: a thousand and more of them at the top rates.
+	ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+	timeout $((FLOOD_STEP_S + FLOOD_DRAIN_S + 30)) "$FLOOD" --target "127.0.0.1:$SERVER_PORT" --rate "$FLOOD_RATE" \
+		--duration-s "${FLOOD_DURATION_S:-$FLOOD_STEP_S}" --sources "$FLOOD_N" --threads "$((FLOOD_THREADS < FLOOD_N ? FLOOD_THREADS : FLOOD_N))" \
+		--drain-s "$FLOOD_DRAIN_S" >"$WORK/flood.out" 2>&1 &
 	FLOOD_PID=$!
 	PIDS+=("$FLOOD_PID")
 	# Started in a step's subshell: the exit trap finds it (a `timeout`) through this file.
 	echo "$FLOOD_PID" >>"$WORK/phones.pids"
 }
 
-# flood_row label binary: the ramp for one pbx binary → one line of $WORK/results.tsv
+# answers_probe label: what a few unauthenticated INVITEs get back, every retransmission
+# included: 100 INVITEs (20/s from 10 sources) and 40 s of listening (Timer H is 32 s), no calls.
+answers_probe() {
+	local label=$1 line
+	FLOOD_RATE=20 FLOOD_N=10 FLOOD_DRAIN_S=40 FLOOD_DURATION_S=5 flood_start
+	wait "$FLOOD_PID" 2>/dev/null || true
+	line=$(tail -1 "$WORK/flood.out" 2>/dev/null || true)
+	echo "$label probe $line" >>"$WORK/invite_flood.log"
+	printf '%s\t%s\t%s\t%s\n' "$label" "$(kv_of "$line" sent)" "$(kv_of "$line" per_invite)" \
+		"$(echo "$line" | tr ' ' '\n' | sed -n 's/^code_//p' | tr '=' ':' | paste -sd, -)" >>"$WORK/answers.tsv"
+	log "flood $label: answers to 100 INVITEs over 45 s: $line"
+}
+
+# flood_row label binary: the ramp for one pbx binary → one line of $WORK/results.tsv, then
+# one step from a single source → one line of $WORK/one-source.tsv
 flood_row() {
-	local label=$1 binary=$2 lo=0 hi=0 rate=$FLOOD_START best="- - - - -" out
+	local label=$1 binary=$2 lo=0 hi=0 rate=$FLOOD_START best="- - - - - - -" out note=""
 	local PBX=$binary
 	start_pbx_calls "flood-$label" || {
-		printf '%s\t-\t-\t- - - - - -\tpbx did not start\n' "$label" >>"$WORK/results.tsv"
+		printf '%s\t-\t-\t%s\tpbx did not start\n' "$label" "$best" >>"$WORK/results.tsv"
 		return
 	}
 	if ! probe_call "flood $label"; then
 		stop "$SERVER_PID"
-		printf '%s\t-\t-\t- - - - - -\tno call went through\n' "$label" >>"$WORK/results.tsv"
+		printf '%s\t-\t-\t%s\tno call went through\n' "$label" "$best" >>"$WORK/results.tsv"
 		return
 	fi
+	answers_probe "$label"
 	while [ "$rate" -le "$FLOOD_MAX" ]; do
+		past_deadline && note="deadline" && break
 		stop "$SERVER_PID"
 		start_pbx_calls "flood-$label" || break
-		if out=$(flood_step "$label" "$rate"); then
+		if out=$(flood_step "$label" "$rate" "$(flood_sources "$rate")"); then
 			lo=$rate best=$out
 			rate=$((rate * 2))
 		else
-			hi=$rate
+			case $out in
+			short*) note="the generator fell short at $rate/s" ;;
+			*) hi=$rate ;;
+			esac
 			break
 		fi
 	done
 	local i=0 mid
-	while [ "$hi" -gt 0 ] && [ "$i" -lt "$BISECT_STEPS" ]; do
+	while [ "$hi" -gt 0 ] && [ "$i" -lt "$BISECT_STEPS" ] && [ -z "$note" ]; do
 		mid=$(((lo + hi) / 2 / 500 * 500))
 		[ "$mid" -le "$lo" ] || [ "$mid" -ge "$hi" ] && break
+		past_deadline && note="deadline" && break
 		stop "$SERVER_PID"
 		start_pbx_calls "flood-$label" || break
-		if out=$(flood_step "$label" "$mid"); then lo=$mid best=$out; else hi=$mid; fi
+		if out=$(flood_step "$label" "$mid" "$(flood_sources "$mid")"); then lo=$mid best=$out; else
+			case $out in
+			short*) note="the generator fell short at $mid/s" && break ;;
+			*) hi=$mid ;;
+			esac
+		fi
 		i=$((i + 1))
 	done
+	[ "$hi" -eq 0 ] && [ -z "$note" ] && note="reached FLOOD_MAX"
+	printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$lo" "$hi" "$best" "$note" >>"$WORK/results.tsv"
+	# The same flood from one address: pbx's per-source limit (if it has one) drops most of it.
+	if [ "$FLOOD_ONE_RATE" -gt 0 ] && ! past_deadline; then
+		stop "$SERVER_PID"
+		if start_pbx_calls "flood-$label"; then
+			out=$(flood_step "$label, one source" "$FLOOD_ONE_RATE" 1) || true
+			printf '%s\t%s\t%s\n' "$label" "$FLOOD_ONE_RATE" "$out" >>"$WORK/one-source.tsv"
+		fi
+	fi
 	stop "$SERVER_PID"
-	printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$lo" "$hi" "$best" "$([ "$hi" -eq 0 ] && echo "reached FLOOD_MAX")" \
-		>>"$WORK/results.tsv"
 }
 
 flood_rows() {
 	: >"$WORK/results.tsv"
+	: >"$WORK/answers.tsv"
+	: >"$WORK/one-source.tsv"
 	[ -z "$PBX_BEFORE" ] || flood_row before "$PBX_BEFORE"
 	flood_row now "$PBX"
 }
 
 print_flood_table() {
 	echo
-	echo "Unauthenticated INVITEs per second (each a new transaction, from $FLOOD_SOURCES loopback addresses) while"
-	echo "SIPp makes $FLOOD_CALL_RATE authenticated calls per second; a step ($FLOOD_STEP_S s, pbx restarted before"
-	echo "each) holds when every call succeeded. Answers: datagrams pbx sent back per flood INVITE (of the best step)."
+	echo "Unauthenticated INVITEs per second (each a new transaction, from loopback addresses 127.0.1.1 on, each"
+	echo "sending at most $FLOOD_PER_SOURCE/s) while SIPp makes $FLOOD_CALL_RATE authenticated calls per second; a step ($FLOOD_STEP_S s,"
+	echo "pbx restarted before each) holds when every call succeeded. Answers per INVITE: datagrams back per"
+	echo "INVITE of 100 sent at 20/s and listened to for 40 s (every retransmission counted). CPU and call setup"
+	echo "(SIPp's mean INVITE → 200, 407 round included) are those of the best step."
 	echo
-	echo "| pbx | flood held (INVITEs/s) | first that failed | answers per INVITE | pbx CPU per INVITE (µs) | note |"
-	echo "| --- | ---: | ---: | ---: | ---: | --- |"
-	awk -F'\t' '{ split($4, b, " "); printf "| %s | %s | %s | %s | %s | %s |\n", $1, $2, ($3 == 0 ? "-" : $3), b[4], b[6], $5 }' \
-		"$WORK/results.tsv"
+	echo "| pbx | flood held (INVITEs/s) | first that failed | answers per INVITE | answers by code | pbx CPU per flood INVITE (µs) | call setup (ms) | note |"
+	echo "| --- | ---: | ---: | ---: | --- | ---: | ---: | --- |"
+	awk -F'\t' -v answers="$WORK/answers.tsv" '
+		BEGIN { while ((getline l < answers) > 0) { split(l, f, "\t"); per[f[1]] = f[3]; codes[f[1]] = f[4] } }
+		{ split($4, b, " "); printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, ($3 == 0 ? "-" : $3),
+			per[$1], codes[$1], b[6], b[7], $5 }' "$WORK/results.tsv"
+	if [ -s "$WORK/one-source.tsv" ]; then
+		echo
+		echo "One source ($FLOOD_STEP_S s from 127.0.1.1 alone, same calls):"
+		echo
+		echo "| pbx | INVITEs/s | verdict | answers per INVITE | calls failed | pbx CPU per flood INVITE (µs) | call setup (ms) |"
+		echo "| --- | ---: | --- | ---: | ---: | ---: | ---: |"
+		awk -F'\t' '{ split($3, b, " "); printf "| %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, b[1], b[4], b[5], b[6], b[7] }' \
+			"$WORK/one-source.tsv"
+	fi
 	echo
-	echo "Every step (pbx, rate, verdict, sent, answers, answers per INVITE, calls failed, pbx CPU µs per INVITE,"
-	echo "datagrams dropped on pbx's SIP socket):"
+	echo "Every step (pbx, rate, sources, verdict, sent, achieved/s, generator CPU % of one core, answers, answers"
+	echo "per INVITE, answers by code, calls failed, call setup ms, call retransmissions, pbx CPU µs per flood INVITE,"
+	echo "datagrams dropped on pbx's SIP socket, pbx_sip_rate_limited_total):"
 	echo
 	echo '```'
 	cat "$WORK/steps.tsv"
@@ -1457,6 +1572,11 @@ print_flood_table() {
 
 pbx_version() { # the commit, and whether the code pbx is built from differs from it
 	local head dirty
+	if [ -n "$PBX_BINARY" ]; then
+		head=$(git -C "$(dirname "$PBX_BINARY")" rev-parse --short HEAD 2>/dev/null) || head='?'
+		echo "$PBX_BINARY (the tree it is in: $head)"
+		return
+	fi
 	head=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null) || head='?'
 	dirty=$(cd "$ROOT" && git status --porcelain -- actors node cluster Cargo.toml Cargo.lock 2>/dev/null) || true
 	echo "$head${dirty:+ with uncommitted changes}"
