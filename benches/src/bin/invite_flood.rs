@@ -97,7 +97,7 @@ fn flood(options: &Options, thread: u32, sockets: Vec<UdpSocket>, rate: u64, sta
     loop {
         let now = Instant::now();
         if now < end {
-            let due = ((now - start).as_micros() as u128 * rate as u128 / 1_000_000) as u64;
+            let due = ((now - start).as_micros() * rate as u128 / 1_000_000) as u64;
             while tally.sent < due {
                 let n = tally.sent;
                 let i = (n % sockets.len() as u64) as usize;
