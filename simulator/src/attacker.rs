@@ -950,20 +950,11 @@ fn request(
     extra: &[(&str, String)],
     body: &[u8],
 ) -> Bytes {
-    let mut text = format!(
+    let text = format!(
         "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {source};branch={branch};rport\r\nMax-Forwards: 70\r\n\
          From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n"
     );
-    for (name, value) in extra {
-        text.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if !body.is_empty() {
-        text.push_str("Content-Type: application/sdp\r\n");
-    }
-    text.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    let mut bytes = BytesMut::from(text.as_bytes());
-    bytes.put_slice(body);
-    bytes.freeze()
+    with_headers_and_body(text, extra, body)
 }
 
 /// An answer to an INVITE of pbx's, as the callee would send it.
@@ -975,10 +966,16 @@ fn response(
     body: &[u8],
 ) -> Bytes {
     let reason = pbx_actors::sip::message::reason_phrase(code);
-    let mut text = format!(
+    let text = format!(
         "SIP/2.0 {code} {reason}\r\nVia: {via}\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\n\
          CSeq: {cseq} INVITE\r\n"
     );
+    with_headers_and_body(text, extra, body)
+}
+
+/// A message's start line and fixed headers, then `extra` headers, Content-Type for a body
+/// (SDP), Content-Length and the body.
+fn with_headers_and_body(mut text: String, extra: &[(&str, String)], body: &[u8]) -> Bytes {
     for (name, value) in extra {
         text.push_str(&format!("{name}: {value}\r\n"));
     }

@@ -137,15 +137,6 @@ CSeq: 1 INVITE\r\nContact: <sip:flood@{local}>\r\nContent-Length: 0\r\n\r\n",
     tally
 }
 
-/// CPU seconds (user + system) this process has used, all threads, from /proc/self/stat.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    // Fields 14 and 15 of stat(5), counted from after the command name (field 3 is index 0).
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 fn main() -> ExitCode {
     let options = match options() {
         Ok(o) => o,
@@ -199,7 +190,7 @@ fn main() -> ExitCode {
         total.sent as f64 / seconds,
         total.send_errors,
         total.answers,
-        cpu_seconds()
+        pbx_benches::cpu_seconds()
     );
     for (code, n) in total.codes {
         line.push_str(&format!(" code_{code}={n}"));

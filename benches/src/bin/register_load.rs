@@ -443,15 +443,6 @@ fn answer(algorithm: Algorithm, user: &str, password: &str, uri: &str, challenge
     value
 }
 
-/// CPU seconds (user + system) this process has used, from /proc/self/stat.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    // Fields 14 and 15 of stat(5), counted from after the command name (field 3 is index 0).
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 fn main() -> ExitCode {
     let options = match options() {
         Ok(o) => o,
@@ -545,7 +536,7 @@ fn main() -> ExitCode {
         pct(0.5),
         pct(0.99),
         pct(1.0),
-        cpu_seconds(),
+        pbx_benches::cpu_seconds(),
         deadline_hit,
         if c.unexpected_codes.is_empty() {
             "-".to_owned()
