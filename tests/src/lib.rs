@@ -452,6 +452,16 @@ impl Pbx {
             .collect()
     }
 
+    /// Waits (at most 10 s) until `sipp`'s address is extension `user`'s only contact.
+    pub fn wait_registered(&self, user: &str, sipp: &SippProcess) {
+        let contact = format!("sip:{user}@{};transport=UDP", sipp.local());
+        assert!(
+            wait_until(Duration::from_secs(10), || self.contacts_of(user) == [contact.clone()]),
+            "{user} not registered as {contact}: {:?}",
+            self.registrations()
+        );
+    }
+
     pub fn metrics(&self) -> String {
         http_request(self.http, "GET", "/metrics", None, None).expect("metrics answer").1
     }

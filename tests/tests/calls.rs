@@ -18,8 +18,6 @@ use std::time::{Duration, Instant};
 
 /// How long a media call lasts (`-d`): two seconds of audio each way fit in it.
 const CALL_MS: &str = "2500";
-/// Longest a callee may take to show up in the API after SIPp started.
-const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest pbx may take to forget a finished call and free its ports.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The no-answer timeout configured where a test needs one.
@@ -35,16 +33,6 @@ fn pcap(pbx: &Pbx, name: &str, law: G711, samples: &[i16]) -> PathBuf {
     let path = pbx.scratch().join(name);
     g711_stream_pcap(&path, law, samples).expect("write pcap");
     path
-}
-
-/// Waits until `sipp`'s address is extension `user`'s only contact.
-fn wait_registered(pbx: &Pbx, user: &str, sipp: &SippProcess) {
-    let contact = format!("sip:{user}@{};transport=UDP", sipp.local());
-    assert!(
-        wait_until(REGISTER_TIMEOUT, || pbx.contacts_of(user) == [contact.clone()]),
-        "{user} not registered as {contact}: {:?}",
-        pbx.registrations()
-    );
 }
 
 /// A SIPp caller from 100 to `to` running `scenario` against the node.
@@ -120,7 +108,7 @@ fn basic_call_relays_rtp_through_pbx() {
     let caller_pcap = pcap(&pbx, "caller.pcap", G711::Pcmu, &sent);
     let callee_pcap = pcap(&pbx, "callee.pcap", G711::Pcmu, &tone(600.0, G711_RATE_HZ, 2.0, 8000.0));
     let callee = callee(&pbx, "call_uas.xml", 1).media(G711::Pcmu, &callee_sink, Some(&callee_pcap)).spawn();
-    wait_registered(&pbx, "101", &callee);
+    pbx.wait_registered("101", &callee);
     let caller = caller(&pbx, "call_uac.xml", "101")
         .media(G711::Pcmu, &caller_sink, Some(&caller_pcap))
         .args(&["-d", CALL_MS, "-m", "1"])
@@ -154,7 +142,7 @@ fn busy_callee_gives_486() {
     let (caller_sink, callee_sink) = (RtpSink::for_sipp(), RtpSink::for_sipp());
     let callee =
         callee(&pbx, "call_uas_reject.xml", 1).media(G711::Pcmu, &callee_sink, None).key("code", "486").spawn();
-    wait_registered(&pbx, "101", &callee);
+    pbx.wait_registered("101", &callee);
     let caller =
         caller(&pbx, "call_uac_fail.xml", "101").media(G711::Pcmu, &caller_sink, None).args(&["-m", "1"]).run();
     let callee = callee.finish_after(&caller);
@@ -174,7 +162,7 @@ fn unanswered_call_gets_480_after_the_no_answer_timeout() {
     );
     let (caller_sink, callee_sink) = (RtpSink::for_sipp(), RtpSink::for_sipp());
     let callee = callee(&pbx, "call_uas_ring.xml", 1).media(G711::Pcmu, &callee_sink, None).spawn();
-    wait_registered(&pbx, "101", &callee);
+    pbx.wait_registered("101", &callee);
     let started = Instant::now();
     let caller =
         caller(&pbx, "call_uac_fail.xml", "101").media(G711::Pcmu, &caller_sink, None).args(&["-m", "1"]).run();
@@ -197,7 +185,7 @@ fn caller_cancels_while_ringing() {
     let pbx = node();
     let (caller_sink, callee_sink) = (RtpSink::for_sipp(), RtpSink::for_sipp());
     let callee = callee(&pbx, "call_uas_ring.xml", 1).media(G711::Pcmu, &callee_sink, None).spawn();
-    wait_registered(&pbx, "101", &callee);
+    pbx.wait_registered("101", &callee);
     let caller =
         caller(&pbx, "call_uac_cancel.xml", "101").media(G711::Pcmu, &caller_sink, None).args(&["-m", "1"]).run();
     let callee = callee.finish_after(&caller);
@@ -243,7 +231,7 @@ fn hold_and_resume_pass_through() {
     let caller_pcap = pcap(&pbx, "caller.pcap", G711::Pcmu, &audio);
     let callee_pcap = pcap(&pbx, "callee.pcap", G711::Pcmu, &audio);
     let callee = callee(&pbx, "call_uas.xml", 1).media(G711::Pcmu, &callee_sink, Some(&callee_pcap)).spawn();
-    wait_registered(&pbx, "101", &callee);
+    pbx.wait_registered("101", &callee);
     let caller = caller(&pbx, "call_uac_hold.xml", "101")
         .media(G711::Pcmu, &caller_sink, Some(&caller_pcap))
         .args(&["-d", "1000", "-m", "1"])
@@ -274,7 +262,7 @@ fn late_offer_call() {
     let caller_pcap = pcap(&pbx, "caller.pcap", G711::Pcmu, &sent);
     let callee_pcap = pcap(&pbx, "callee.pcap", G711::Pcmu, &tone(600.0, G711_RATE_HZ, 2.0, 8000.0));
     let callee = callee(&pbx, "call_uas.xml", 1).media(G711::Pcmu, &callee_sink, Some(&callee_pcap)).spawn();
-    wait_registered(&pbx, "101", &callee);
+    pbx.wait_registered("101", &callee);
     let caller = caller(&pbx, "call_uac_late.xml", "101")
         .media(G711::Pcmu, &caller_sink, Some(&caller_pcap))
         .args(&["-d", CALL_MS, "-m", "1"])
@@ -303,7 +291,7 @@ fn pcmu_caller_to_pcma_only_callee_is_transcoded() {
     let caller_pcap = pcap(&pbx, "caller.pcap", G711::Pcmu, &sent);
     let callee_pcap = pcap(&pbx, "callee.pcap", G711::Pcma, &tone(600.0, G711_RATE_HZ, 2.0, 8000.0));
     let callee = callee(&pbx, "call_uas.xml", 1).media(G711::Pcma, &callee_sink, Some(&callee_pcap)).spawn();
-    wait_registered(&pbx, "101", &callee);
+    pbx.wait_registered("101", &callee);
     let caller = caller(&pbx, "call_uac.xml", "101")
         .media(G711::Pcmu, &caller_sink, Some(&caller_pcap))
         .args(&["-d", CALL_MS, "-m", "1"])
@@ -384,7 +372,7 @@ fn load_run_completes_and_leaves_nothing_behind() {
         .without_message_trace()
         .timeout(run_timeout)
         .spawn();
-    wait_registered(&pbx, "101", &callee);
+    pbx.wait_registered("101", &callee);
     let caller = caller(&pbx, "call_load_uac.xml", "101")
         .media(G711::Pcmu, &caller_sink, None)
         .args(&["-r", "50", "-m", &CALLS.to_string(), "-d", "10000"])
@@ -428,7 +416,7 @@ fn vanished_caller_is_hung_up_by_the_rtp_timeout() {
         .media(G711::Pcmu, &callee_sink, Some(&callee_pcap))
         .timeout(Duration::from_secs(40))
         .spawn();
-    wait_registered(&pbx, "101", &callee);
+    pbx.wait_registered("101", &callee);
     let caller = caller(&pbx, "call_uac.xml", "101")
         .media(G711::Pcmu, &caller_sink, Some(&caller_pcap))
         .args(&["-d", "60000", "-m", "1"])
@@ -471,7 +459,7 @@ fn kill9_keeps_the_cdrs_of_finished_calls() {
         .media(G711::Pcmu, &callee_sink, None)
         .timeout(Duration::from_secs(60))
         .spawn();
-    wait_registered(&pbx, "101", &callee);
+    pbx.wait_registered("101", &callee);
     let finished = caller(&pbx, "call_load_uac.xml", "101")
         .media(G711::Pcmu, &caller_sink, None)
         .args(&["-r", "10", "-m", &DONE.to_string(), "-d", "200"])

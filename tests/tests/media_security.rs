@@ -17,8 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Longest a callee may take to show up in the API after SIPp started.
-const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest the scripted phone waits for one SIP message.
 const SIP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The caller's tone, the callee's, and the stranger's: each side can tell whose audio it got.
@@ -34,16 +32,6 @@ fn node() -> Pbx {
     Pbx::start(PbxOptions::default().own_rtp_ports(100))
 }
 
-/// Waits until `sipp`'s address is extension `user`'s only contact.
-fn wait_registered(pbx: &Pbx, user: &str, sipp: &SippProcess) {
-    let contact = format!("sip:{user}@{};transport=UDP", sipp.local());
-    assert!(
-        wait_until(REGISTER_TIMEOUT, || pbx.contacts_of(user) == [contact.clone()]),
-        "{user} not registered as {contact}: {:?}",
-        pbx.registrations()
-    );
-}
-
 /// SIPp registered as 101, answering one call, replaying `seconds` of the callee's tone.
 fn callee(pbx: &Pbx, sink: &RtpSink, seconds: f64) -> SippProcess {
     let pcap = pbx.scratch().join("callee.pcap");
@@ -52,7 +40,7 @@ fn callee(pbx: &Pbx, sink: &RtpSink, seconds: f64) -> SippProcess {
         .media(G711::Pcmu, sink, Some(&pcap))
         .timeout(Duration::from_secs(60))
         .spawn();
-    wait_registered(pbx, "101", &sipp);
+    pbx.wait_registered("101", &sipp);
     sipp
 }
 
@@ -413,7 +401,7 @@ fn media_ports_are_not_predictable() {
     let callee = Sipp::registered_callee(&pbx, "call_load_uas.xml", "101", "secret-101", CALLS)
         .media(G711::Pcmu, &callee_sink, None)
         .spawn();
-    wait_registered(&pbx, "101", &callee);
+    pbx.wait_registered("101", &callee);
     let caller = Sipp::new("call_load_uac.xml", pbx.sip, &pbx.scratch())
         .caller("100", "secret-100", "101")
         .media(G711::Pcmu, &caller_sink, None)
