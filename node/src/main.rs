@@ -1,4 +1,5 @@
-//! `pbx`: one binary for the appliance, the simulator (`pbx sim`, the same as `pbx-sim`), the
+//! `pbx`: one binary for the appliance, the simulator (`pbx sim`, which runs the `pbx-sim`
+//! binary installed beside it: the simulator is test tooling and is not compiled in), the
 //! licence service (`pbx licence-server`), the cluster's identities and status (`pbx cluster
 //! init`, `pbx cluster status`), and (as later issues add them) the cluster node and the
 //! benchmarks' load harness.
@@ -35,8 +36,14 @@ enum Command {
         run: RunFlags,
     },
     /// Run pbx's own machines over simulated days against a simulated office, network and
-    /// disk, with faults, checking invariants (the same as `pbx-sim`).
-    Sim(pbx_simulator::cli::Args),
+    /// disk, with faults, checking invariants: runs the `pbx-sim` binary beside this one with
+    /// the same flags (`pbx sim --help` shows them).
+    #[command(disable_help_flag = true)]
+    Sim {
+        /// The flags for `pbx-sim`, passed on unchanged.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Run the licence and voucher service: signs licences for serials, redeems vouchers, over
     /// HTTPS with a self-signed certificate made at first start.
     LicenceServer(pbx_node::licence_server::Args),
@@ -95,13 +102,38 @@ enum ClusterCommand {
     Status(pbx_node::cluster_cli::StatusArgs),
 }
 
+/// `pbx sim`: replaces this process with the `pbx-sim` found next to the running `pbx`, so its
+/// output and exit status (0 clean, 1 a violation, 2 a bad flag) are the simulator's own.
+fn sim(args: Vec<std::ffi::OsString>) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let path = match std::env::current_exe() {
+        Ok(exe) => exe.with_file_name("pbx-sim"),
+        Err(e) => {
+            eprintln!("pbx sim: cannot find the running pbx binary to look for pbx-sim beside it: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !path.is_file() {
+        eprintln!(
+            "pbx sim: the simulator is its own binary and {} does not exist; build it with \
+             `cargo build --release -p pbx-simulator --bin pbx-sim` and put it beside pbx",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    // Returns only if the exec failed.
+    let e = std::process::Command::new(&path).args(args).exec();
+    eprintln!("pbx sim: run {}: {e}", path.display());
+    ExitCode::FAILURE
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let node = matches!(cli.command, Command::Node { .. });
     let flags = match cli.command {
         Command::Appliance { config, run } => run.with_config(config),
         Command::Node { config, run } => run.with_config(Some(config)),
-        Command::Sim(args) => return pbx_simulator::cli::main(args),
+        Command::Sim { args } => return sim(args),
         Command::LicenceServer(args) => return licence_server(args),
         Command::Privacy(args) => return pbx_node::privacy_cli::main(args),
         Command::Cluster(ClusterCommand::Init { out, nodes }) => return cluster_init(&out, &nodes),

@@ -34,20 +34,28 @@ pub const SIPP_KILL_GRACE: Duration = Duration::from_secs(10);
 /// The `pbx` binary, built once per test process.
 pub fn binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--quiet", "-p", "pbx-node", "--bin", "pbx"])
-                .current_dir(workspace_dir())
-                .status()
-                .expect("run cargo build for the pbx binary");
-            assert!(status.success(), "cargo build -p pbx-node --bin pbx failed");
-            let path = target_dir().join("debug").join("pbx");
-            assert!(path.exists(), "built pbx binary not found at {}", path.display());
-            path
-        })
-        .clone()
+    BINARY.get_or_init(|| build_binary("pbx-node", "pbx")).clone()
+}
+
+/// The simulator's `pbx-sim` binary (its own crate: pbx does not compile it in), built once
+/// per test process into the same directory as [`binary`], where `pbx sim` looks for it.
+pub fn sim_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| build_binary("pbx-simulator", "pbx-sim")).clone()
+}
+
+/// Builds (debug) one binary of a workspace crate and returns its path.
+fn build_binary(package: &str, bin: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .current_dir(workspace_dir())
+        .status()
+        .unwrap_or_else(|e| panic!("run cargo build for the {bin} binary: {e}"));
+    assert!(status.success(), "cargo build -p {package} --bin {bin} failed");
+    let path = target_dir().join("debug").join(bin);
+    assert!(path.exists(), "built {bin} binary not found at {}", path.display());
+    path
 }
 
 pub fn workspace_dir() -> PathBuf {
