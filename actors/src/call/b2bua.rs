@@ -410,7 +410,7 @@ impl Call {
     /// The injected bug (off outside the simulator's self-test): one call in eight ignores the
     /// callee's hang-up, so only the RTP timeout ends it.
     fn half_hangup_bug(&self) -> bool {
-        self.bugs.half_hangup && self.id % 8 == 5
+        self.bugs.half_hangup() && self.id % 8 == 5
     }
 
     fn b_event(&mut self, leg: LegId, event: LegEvent) {
@@ -694,7 +694,7 @@ impl Call {
         // finishes (up to 32 s later for a phone that vanished).
         self.disposition.get_or_insert(Disposition::Failed { reason: "ended before an outcome".into() });
         let cdr = self.record();
-        if !(self.bugs.skip_cdr && self.id % 8 == 3) {
+        if !(self.bugs.skip_cdr() && self.id % 8 == 3) {
             self.outputs.push_back(CallOutput::Record(Box::new(cdr)));
         }
         self.check_over();

@@ -89,7 +89,7 @@ impl WatchdogConfig {
 
     /// The grace period in force: the configured one, or half of it under the injected bug.
     fn grace(&self) -> Duration {
-        if self.bugs.early_expiry { self.grace / 2 } else { self.grace }
+        if self.bugs.early_expiry() { self.grace / 2 } else { self.grace }
     }
 }
 

@@ -64,7 +64,7 @@ pub struct ReaperConfig {
 impl ReaperConfig {
     /// The rule's period in force: its own, or twice or half of it under an injected bug.
     fn after(&self, rule: &Rule) -> Duration {
-        match (self.bugs.lazy_reaper, self.bugs.eager_reaper) {
+        match (self.bugs.lazy_reaper(), self.bugs.eager_reaper()) {
             (true, _) => rule.after * 2,
             (_, true) => rule.after / 2,
             _ => rule.after,
