@@ -38,25 +38,6 @@ impl Cdr {
         self.answer.map_or(0, |answer| self.end.saturating_since(answer).as_secs())
     }
 
-    /// The record of a call as it starts: "failed, did not start" until the call says otherwise.
-    /// The calls shell keeps it to store should the call's actor never come up or fail.
-    pub fn starting(id: u64, start: &crate::endpoint::CallStart, now: Timestamp) -> Cdr {
-        Cdr {
-            id,
-            call_id: start.invite.call_id().unwrap_or_default(),
-            caller: start.route.caller.clone(),
-            callee: start.route.callee.clone(),
-            start: now,
-            answer: None,
-            end: now,
-            disposition: Disposition::Failed { reason: "call did not start".into() },
-            hangup: Some(HangupSide::Pbx),
-            codec_caller: None,
-            codec_callee: None,
-            media: Default::default(),
-        }
-    }
-
     /// Whether `extension` took part, as caller or as callee.
     pub fn involves(&self, extension: &str) -> bool {
         self.caller == extension || self.callee == extension

@@ -5,11 +5,11 @@
 
 use bytes::Bytes;
 use pbx_actors::Timestamp;
+use pbx_actors::call::CallStart;
 use pbx_actors::call::actor::{CallContext, CallLedger, CallsActor, CallsArgs, CallsMsg, LegMsg, SipPort};
 use pbx_actors::call::b2bua::CallConfig;
 use pbx_actors::call::{LegId, LocalSip, SipIn, SipOut};
 use pbx_actors::cdr::{Cdr, CdrStore, Disposition, HangupSide};
-use pbx_actors::endpoint::CallStart;
 use pbx_actors::media::pool::PortPool;
 use pbx_actors::media::relay::RelayConfig;
 use pbx_actors::registrar::{Binding, Route};

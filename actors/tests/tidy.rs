@@ -5,7 +5,12 @@
 //! RNG, or import tokio. Only shells, which the simulator replaces, may. Comments are skipped,
 //! so a doc may *say* "never calls Instant::now".
 
+mod support {
+    pub mod module_graph;
+}
+
 use std::path::{Path, PathBuf};
+use support::module_graph;
 
 const FORBIDDEN: &[(&str, &str)] = &[
     ("Instant::now", "reads the monotonic clock"),
@@ -76,4 +81,40 @@ fn checker_flags_code_not_comments() {
     assert!(violations("/// never calls Instant::now or tokio").is_empty());
     assert!(is_shell(Path::new("src/registrar/actor.rs")));
     assert!(!is_shell(Path::new("src/registrar/machine.rs")));
+}
+
+/// No circle of imports between actors/src's top-level modules (folders and files): each
+/// subsystem can be read, tested and moved knowing only what it imports.
+#[test]
+fn top_modules_import_no_circle() {
+    let graph = module_graph::graph(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    assert!(graph.contains_key("call") && graph.contains_key("endpoint"), "scanned nothing: {graph:?}");
+    let circles = module_graph::circles(&graph);
+    assert!(
+        circles.is_empty(),
+        "import circles between actors/src modules:\n{}",
+        module_graph::explain(&graph, &circles)
+    );
+}
+
+/// The graph reader finds `crate::` paths in code, grouped or not, skips comments and
+/// `#[cfg(test)]` items, and the circle finder reports exactly the modules in a circle.
+#[test]
+fn module_graph_reads_paths_and_finds_circles() {
+    use module_graph::{Graph, circles, code_lines, named_modules};
+    assert_eq!(named_modules("use crate::{call::Call, cdr, sip::{a, b}};"), ["call", "cdr", "sip"]);
+    assert_eq!(named_modules("let x = crate::time::now(); pbx_crate::no"), ["time"]);
+    let text = "use crate::a; // crate::b\n#[cfg(test)]\nmod tests {\n    use crate::c;\n}\n#[cfg(test)]\nuse crate::d;\nuse crate::e;";
+    let named: Vec<String> = code_lines(text).iter().flat_map(|(_, c)| named_modules(c)).collect();
+    assert_eq!(named, ["a", "e"]);
+    let edge = |g: &mut Graph, a: &str, b: &str| {
+        g.entry(a.into()).or_default().insert(b.into(), vec![]);
+    };
+    let mut g = Graph::new();
+    edge(&mut g, "a", "b");
+    edge(&mut g, "b", "c");
+    edge(&mut g, "c", "d");
+    assert!(circles(&g).is_empty());
+    edge(&mut g, "c", "a");
+    assert_eq!(circles(&g), vec![vec!["a".to_string(), "b".into(), "c".into()]]);
 }

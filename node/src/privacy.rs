@@ -114,7 +114,7 @@ impl Privacy {
 
     /// The notice for `lang`, with this node's periods and operator.
     pub fn notice(&self, lang: notice::Lang) -> notice::Notice {
-        notice::notice(lang, &operator(&self.operator), &self.periods)
+        notice::notice(lang, &operator(&self.operator), &self.periods, &pbx_actors::licence::SCHEDULE)
     }
 
     /// The subject as the audit names it (see [`PrivacyKey::pseudonym`]).
@@ -210,7 +210,7 @@ async fn held(state: &ApiState, subject: &Subject) -> Result<Held, HttpResponse>
         ),
         Subject::Ip(ip) => (
             None,
-            bindings.into_iter().filter(|b| pbx_actors::privacy::binding_involves(b, subject)).collect(),
+            bindings.into_iter().filter(|b| b.involves(subject)).collect(),
             calls.into_iter().filter(|c| c.call_id.contains(&ip.to_string())).collect(),
         ),
     };

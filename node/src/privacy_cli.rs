@@ -139,6 +139,10 @@ fn notice(config: &Config, lang: &str) -> ExitCode {
         }
     };
     let operator = crate::privacy::operator(&config.privacy.operator);
-    print!("{}", pbx_actors::privacy::notice::notice(lang, &operator, &config.privacy.periods).markdown());
+    print!(
+        "{}",
+        pbx_actors::privacy::notice::notice(lang, &operator, &config.privacy.periods, &pbx_actors::licence::SCHEDULE)
+            .markdown()
+    );
     ExitCode::SUCCESS
 }

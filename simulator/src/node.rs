@@ -17,9 +17,8 @@ use pbx_actors::Timestamp;
 use pbx_actors::bugs::Bugs;
 use pbx_actors::call::b2bua::{Call, CallConfig, CallInput, CallOutput, CallSetup};
 use pbx_actors::call::leg::{Leg, LegInput, LegOutput};
-use pbx_actors::call::{CallIds, LegId, LocalSip, splitmix64};
+use pbx_actors::call::{CallIds, CallStart, LegId, LocalSip, splitmix64};
 use pbx_actors::cdr::{Cdr, Disposition, MediaCounters};
-use pbx_actors::endpoint::CallStart;
 use pbx_actors::endpoint::machine::{Endpoint, EndpointEvent, EndpointInput, EndpointOutput};
 use pbx_actors::licence::{Effective, Stored, Watchdog, WatchdogConfig, WatchdogEvent, WatchdogInput, WatchdogOutput};
 use pbx_actors::media::pool::PortPool;
@@ -568,7 +567,7 @@ impl SimNode {
                 for leg in legs {
                     self.work.push(Work::Endpoint(EndpointInput::LegDown { leg }));
                 }
-                let mut cdr = Cdr::starting(id, &start, now);
+                let mut cdr = start.cdr(id, now);
                 cdr.disposition = Disposition::Failed { reason: "call did not start: no RTP ports".into() };
                 self.write_cdr(cdr);
                 return;

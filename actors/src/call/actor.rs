@@ -28,9 +28,8 @@
 
 use super::b2bua::{Call, CallConfig, CallInput, CallOutput, CallSetup};
 use super::leg::{Leg, LegCommand, LegEvent, LegInput, LegOutput, SipIn, SipOut};
-use super::{CallIds, LegId};
+use super::{CallIds, CallStart, LegId};
 use crate::cdr::{ActiveCall, Cdr, CdrStore, Disposition, HangupSide, MediaCounters};
-use crate::endpoint::CallStart;
 use crate::media::actor::{MediaArgs, MediaEvent, MediaMsg};
 use crate::media::pool::PortPool;
 use crate::media::relay::RelayConfig;
@@ -647,7 +646,7 @@ impl CallsState {
         let now = self.context.clock.now();
         let (id, seed) = self.ids.next(now);
         let legs: Vec<LegId> = std::iter::once(start.a).chain(start.forks.iter().copied()).collect();
-        let cdr = Cdr::starting(id, &start, now);
+        let cdr = start.cdr(id, now);
         tracing::info!(call = id, caller = %start.route.caller, callee = %start.route.callee, contacts = start.forks.len(), "call");
         let recorded = Arc::new(AtomicBool::new(false));
         let args = CallArgs { start, id, seed, context: self.context.clone(), recorded: recorded.clone() };

@@ -30,10 +30,9 @@
 //!   transaction (or at a bound, whichever is first).
 
 use super::leg::{Leg, LegCommand, LegEvent, name_addr};
-use super::{LegId, LocalSip};
+use super::{CallStart, LegId, LocalSip};
 use crate::Timestamp;
 use crate::cdr::{Cdr, Disposition, HangupSide};
-use crate::endpoint::CallStart;
 use crate::media::g711::G711;
 use crate::media::relay::{PeerMedia, Side};
 use crate::sdp::{self, Audio, Codec, Direction, LocalSession, SessionDescription};

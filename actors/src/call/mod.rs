@@ -23,7 +23,45 @@ pub use b2bua::{Call, CallConfig, CallInput, CallOutput};
 pub use leg::{Leg, LegCommand, LegEvent, LegInput, LegOutput, SipIn, SipOut};
 
 use crate::Timestamp;
+use crate::cdr::{Cdr, Disposition, HangupSide};
+use crate::registrar::Route;
+use crate::sip::message::{Request, Transport};
+use crate::sip::transaction::ServerKey;
 use std::net::SocketAddr;
+
+/// A call the endpoint asks the calls actor to run.
+#[derive(Debug)]
+pub struct CallStart {
+    pub a: LegId,
+    pub key: ServerKey,
+    pub invite: Request,
+    pub source: SocketAddr,
+    pub transport: Transport,
+    pub route: Route,
+    /// One per contact of `route.contacts`.
+    pub forks: Vec<LegId>,
+}
+
+impl CallStart {
+    /// The record of this call as it starts: "failed, did not start" until the call says
+    /// otherwise. The calls shell keeps it to store should the call's actor never come up or fail.
+    pub fn cdr(&self, id: u64, now: Timestamp) -> Cdr {
+        Cdr {
+            id,
+            call_id: self.invite.call_id().unwrap_or_default(),
+            caller: self.route.caller.clone(),
+            callee: self.route.callee.clone(),
+            start: now,
+            answer: None,
+            end: now,
+            disposition: Disposition::Failed { reason: "call did not start".into() },
+            hangup: Some(HangupSide::Pbx),
+            codec_caller: None,
+            codec_callee: None,
+            media: Default::default(),
+        }
+    }
+}
 
 /// Splitmix64: a cheap, well-mixed sequence from a seed (SSRCs, SDP session ids, seeds).
 pub fn splitmix64(state: &mut u64) -> u64 {

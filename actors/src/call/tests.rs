@@ -4,7 +4,6 @@ use super::b2bua::{CallSetup, ENDING_BOUND};
 use super::*;
 use crate::Timestamp;
 use crate::cdr::{Disposition, HangupSide};
-use crate::endpoint::CallStart;
 use crate::media::g711::G711;
 use crate::media::relay::Side;
 use crate::registrar::{Binding, Route};

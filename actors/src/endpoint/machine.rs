@@ -22,7 +22,7 @@
 
 use super::limiter::{SourceLimit, SourceLimiter};
 use crate::Timestamp;
-use crate::call::{LegId, SipIn, SipOut};
+use crate::call::{CallStart, LegId, SipIn, SipOut};
 use crate::registrar::Route;
 use crate::sip::message::{self, Message, ParseError, Request, Response, Transport};
 use crate::sip::transaction::{
@@ -129,19 +129,6 @@ pub enum EndpointOutput {
         input: SipIn,
     },
     Event(EndpointEvent),
-}
-
-/// A call the endpoint asks the calls actor to run.
-#[derive(Debug)]
-pub struct CallStart {
-    pub a: LegId,
-    pub key: ServerKey,
-    pub invite: Request,
-    pub source: SocketAddr,
-    pub transport: Transport,
-    pub route: Route,
-    /// One per contact of `route.contacts`.
-    pub forks: Vec<LegId>,
 }
 
 /// What the shell logs and counts.

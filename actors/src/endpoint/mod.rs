@@ -14,4 +14,4 @@ pub mod machine;
 
 pub use actor::{EndpointActor, EndpointArgs, EndpointMsg, Wire};
 pub use limiter::SourceLimit;
-pub use machine::{CallStart, Endpoint, EndpointEvent, EndpointInput, EndpointOutput};
+pub use machine::{Endpoint, EndpointEvent, EndpointInput, EndpointOutput};

@@ -12,6 +12,14 @@ pub mod document;
 pub mod vouchers;
 pub mod watchdog;
 
+/// The licence client's intervals, for the privacy notice to state.
+pub const SCHEDULE: crate::privacy::notice::LicenceSchedule = crate::privacy::notice::LicenceSchedule {
+    check_interval_s: watchdog::CHECK_INTERVAL_S,
+    check_retry_s: watchdog::RETRY_INTERVAL_S,
+    fetch_interval_s: vouchers::FETCH_INTERVAL_S,
+    fetch_retry_s: vouchers::FETCH_RETRY_S,
+};
+
 pub use actor::{
     LicenceService, LicenceSnapshot, LicenceStore, LicenceView, VoucherActor, VoucherArgs, VoucherMsg, WatchdogActor,
     WatchdogArgs, WatchdogMsg,

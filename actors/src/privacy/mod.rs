@@ -503,18 +503,6 @@ pub fn uri_host(uri: &str) -> Option<&str> {
     (!host.is_empty()).then_some(host)
 }
 
-/// Whether a registration binding is about `subject`: its extension, or (an address) its
-/// source or the host of its contact.
-pub fn binding_involves(b: &crate::registrar::Binding, subject: &Subject) -> bool {
-    match subject {
-        Subject::Number(n) => b.aor == *n,
-        Subject::Ip(ip) => {
-            b.source.ip().to_canonical() == *ip
-                || uri_host(&b.contact).and_then(|h| h.parse::<IpAddr>().ok()).is_some_and(|h| h.to_canonical() == *ip)
-        }
-    }
-}
-
 /// What one retention rule did in one run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleOutcome {

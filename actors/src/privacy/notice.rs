@@ -16,7 +16,6 @@
 
 use super::reaper::Periods;
 use super::{DataCategory, ERASED, INVENTORY, LegalBasis, MASKED_TAIL, Retention, SubjectKind};
-use crate::licence::{vouchers, watchdog};
 use std::fmt::Write as _;
 use std::str::FromStr;
 
@@ -405,8 +404,24 @@ enum Block {
     Facts(Vec<(&'static str, String)>),
 }
 
-/// The privacy notice in `lang` for the PBX `operator` runs, with its configured `periods`.
-pub fn notice(lang: Lang, operator: &Operator, periods: &Periods) -> Notice {
+/// When the licence client talks to the licence service, as the notice tells it: the licence
+/// subsystem fills it in from its own intervals (`pbx_actors::licence::SCHEDULE`), so the
+/// notice states what the code does without privacy/ importing licence/.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LicenceSchedule {
+    /// Between two licence checks.
+    pub check_interval_s: u64,
+    /// Between two licence checks while the licence service cannot be reached.
+    pub check_retry_s: u64,
+    /// Between two voucher syncs.
+    pub fetch_interval_s: u64,
+    /// After a failed voucher sync.
+    pub fetch_retry_s: u64,
+}
+
+/// The privacy notice in `lang` for the PBX `operator` runs, with its configured `periods` and
+/// the licence client's `licence` schedule.
+pub fn notice(lang: Lang, operator: &Operator, periods: &Periods, licence: &LicenceSchedule) -> Notice {
     let configured = !operator.name.trim().is_empty();
     let l = |de: &'static str, en: &'static str, fr: &'static str| lang.pick(de, en, fr);
     let controller_title = l("Verantwortliche Stelle", "Controller", "Responsable du traitement");
@@ -556,7 +571,7 @@ pub fn notice(lang: Lang, operator: &Operator, periods: &Periods) -> Notice {
                 "Apart from carrying the calls of the phones registered with it, the PBX sends data only to the vendor's licence service, and only if the operator has configured one:",
                 "En dehors de l'acheminement des appels des téléphones qui y sont enregistrés, le standard ne transmet des données qu'au service de licences de l'éditeur, et uniquement si l'exploitant en a configuré un :",
             ),
-            Block::List(transfer_items(lang)),
+            Block::List(transfer_items(lang, licence)),
             Block::Paragraph(match lang {
                 Lang::De => format!(
                     "Angaben zu Nebenstellen, Rufnummern, Namen, Adressen oder Gesprächen verlassen die TK-Anlage auf diesem Weg nie. Der Lizenzserver erfährt bei jeder Anfrage die IP-Adresse, von der aus die TK-Anlage sich verbindet; was er davon speichert, ist unter {} beschrieben.",
@@ -855,9 +870,9 @@ fn subject(lang: Lang, kind: SubjectKind) -> &'static str {
 }
 
 /// What the licence client sends, with the intervals the licence machines use.
-fn transfer_items(lang: Lang) -> Vec<String> {
-    let (check, check_retry) = (every(lang, watchdog::CHECK_INTERVAL_S), every(lang, watchdog::RETRY_INTERVAL_S));
-    let (fetch, fetch_retry) = (every(lang, vouchers::FETCH_INTERVAL_S), every(lang, vouchers::FETCH_RETRY_S));
+fn transfer_items(lang: Lang, licence: &LicenceSchedule) -> Vec<String> {
+    let (check, check_retry) = (every(lang, licence.check_interval_s), every(lang, licence.check_retry_s));
+    let (fetch, fetch_retry) = (every(lang, licence.fetch_interval_s), every(lang, licence.fetch_retry_s));
     match lang {
         Lang::De => vec![
             format!("die Lizenzprüfung: ausschließlich die Seriennummer der TK-Anlage – beim Start, {check} und {check_retry}, solange der Lizenzdienst nicht erreichbar ist;"),

@@ -187,6 +187,23 @@ pub struct Binding {
     pub user_agent: Option<String>,
 }
 
+impl Binding {
+    /// Whether this binding is about a data subject: its extension, or (an address) its source
+    /// or the host of its contact.
+    pub fn involves(&self, subject: &crate::privacy::Subject) -> bool {
+        use crate::privacy::Subject;
+        match subject {
+            Subject::Number(n) => self.aor == *n,
+            Subject::Ip(ip) => {
+                self.source.ip().to_canonical() == *ip
+                    || crate::privacy::uri_host(&self.contact)
+                        .and_then(|h| h.parse::<IpAddr>().ok())
+                        .is_some_and(|h| h.to_canonical() == *ip)
+            }
+        }
+    }
+}
+
 /// Durable changes: the shell applies them to storage (redb) *before* it sends the response that
 /// depends on them. Shaped as commands so the cluster can later replicate them with openraft
 /// unchanged.
@@ -1134,7 +1151,7 @@ impl Registrar {
             .bindings
             .values()
             .flatten()
-            .filter(|b| crate::privacy::binding_involves(b, &subject))
+            .filter(|b| b.involves(&subject))
             .map(|b| (b.aor.clone(), b.contact.clone()))
             .collect();
         for (aor, contact) in &doomed {

@@ -18,8 +18,7 @@ use pbx_actors::Timestamp;
 use pbx_actors::cdr::Cdr;
 use pbx_actors::privacy::reaper::{Action, Batch};
 use pbx_actors::privacy::{
-    AuditEntry, AuditEvent, ERASED, SUBJECT_ID_MAX, SecurityEntry, SecurityEvent, Subject, binding_involves,
-    flood_network,
+    AuditEntry, AuditEvent, ERASED, SUBJECT_ID_MAX, SecurityEntry, SecurityEvent, Subject, flood_network,
 };
 use pbx_actors::registrar::{Binding, Extension};
 use redb::{Durability, ReadableTable};
@@ -332,7 +331,7 @@ impl Storage {
         for row in tx.open_table(BINDINGS).map_err(redb_err)?.iter().map_err(redb_err)? {
             let (k, v) = row.map_err(redb_err)?;
             let StoredBindingV::V1(b) = decode("bindings", || k.value().to_string(), v.value())?;
-            if binding_involves(&b, subject) {
+            if b.involves(subject) {
                 out.bindings.push(b);
             }
         }
@@ -385,7 +384,7 @@ impl Storage {
             for row in bindings.iter().map_err(redb_err)? {
                 let (k, v) = row.map_err(redb_err)?;
                 let StoredBindingV::V1(b) = decode("bindings", || k.value().to_string(), v.value())?;
-                if binding_involves(&b, subject) {
+                if b.involves(subject) {
                     doomed.push(k.value().to_string());
                 }
             }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::licence::SCHEDULE;
 use crate::privacy::reaper::{self, Action};
 
 fn operator() -> Operator {
@@ -73,7 +74,7 @@ fn every_storage_place_is_explained() {
 #[test]
 fn every_category_in_every_language_and_rendering() {
     for lang in Lang::ALL {
-        let n = notice(lang, &operator(), &Periods::default());
+        let n = notice(lang, &operator(), &Periods::default(), &SCHEDULE);
         let (md_text, html_text) = (n.markdown(), n.html());
         let mut last = (0, 0);
         for c in INVENTORY {
@@ -122,7 +123,7 @@ fn configured_periods_are_stated() {
         ),
     ];
     for (lang, cdr, audit) in want {
-        let n = notice(lang, &operator(), &periods);
+        let n = notice(lang, &operator(), &periods, &SCHEDULE);
         assert_eq!(fact(section(&n, "category-cdr"), RETENTION), cdr);
         assert_eq!(fact(section(&n, "category-privacy-audit"), RETENTION), audit);
         let security = fact(section(&n, "category-security-log"), RETENTION);
@@ -131,7 +132,7 @@ fn configured_periods_are_stated() {
         assert!(!security.contains("14") && !security.contains("90"), "{lang:?}: {security}");
         assert!(n.markdown().contains(cdr) && n.html().contains(&html(cdr)), "{lang:?}");
     }
-    let n = notice(Lang::En, &Operator::default(), &Periods::default());
+    let n = notice(Lang::En, &Operator::default(), &Periods::default(), &SCHEDULE);
     assert_eq!(fact(section(&n, "category-cdr"), RETENTION), "Deleted 90 days after the end of the call.");
     assert_eq!(
         fact(section(&n, "category-security-log"), RETENTION),
@@ -147,7 +148,7 @@ fn configured_periods_are_stated() {
         "Anonymised 14 days after the request (IP addresses are cut to their network part, IPv4 to /24 and IPv6 \
          to /48), and deleted 90 days after the request."
     );
-    let fr = notice(Lang::Fr, &Operator::default(), &Periods::default()).markdown();
+    let fr = notice(Lang::Fr, &Operator::default(), &Periods::default(), &SCHEDULE).markdown();
     assert!(
         fr.contains("- **Finalité :** ")
             && fr.contains("du RGPD (exécution d'un contrat : fourniture du service téléphonique) ; art. 6")
@@ -187,7 +188,7 @@ fn retention_for_follows_the_reaper_rules() {
 #[test]
 fn operator_fields_appear_escaped() {
     for lang in Lang::ALL {
-        let n = notice(lang, &operator(), &Periods::default());
+        let n = notice(lang, &operator(), &Periods::default(), &SCHEDULE);
         let (md_text, html_text) = (n.markdown(), n.html());
         assert!(!html_text.contains("<script>"), "{lang:?}");
         assert!(html_text.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; Söhne"), "{lang:?}");
@@ -222,11 +223,11 @@ fn unconfigured_operator_is_said_plainly() {
     for (lang, text) in said {
         for name in ["", "  \n"] {
             let operator = Operator { name: name.into(), phone: "+49 30 999".into(), ..Operator::default() };
-            let n = notice(lang, &operator, &Periods::default());
+            let n = notice(lang, &operator, &Periods::default(), &SCHEDULE);
             assert!(n.markdown().contains(text) && n.html().contains(&html(text)), "{lang:?}");
             assert!(!n.html().contains("<address>") && !n.markdown().contains("+49 30 999"), "{lang:?}");
         }
-        let n = notice(lang, &operator(), &Periods::default());
+        let n = notice(lang, &operator(), &Periods::default(), &SCHEDULE);
         assert!(!n.markdown().contains(text), "{lang:?}: configured operator called unconfigured");
     }
 }
@@ -242,7 +243,7 @@ fn rights_list_the_legitimate_interest_categories() {
         .collect();
     assert!(lf.contains(&"cdr") && lf.contains(&"security-log") && !lf.contains(&"extension"));
     for lang in Lang::ALL {
-        let n = notice(lang, &operator(), &Periods::default());
+        let n = notice(lang, &operator(), &Periods::default(), &SCHEDULE);
         let rights = section(&n, "rights");
         let lists: Vec<&Vec<String>> =
             rights.blocks.iter().filter_map(|b| if let Block::List(l) = b { Some(l) } else { None }).collect();
@@ -273,12 +274,12 @@ fn rights_list_the_legitimate_interest_categories() {
 /// What leaves the PBX: the serial and the voucher code, at the licence machines' intervals.
 #[test]
 fn transfers_state_the_licence_intervals() {
-    let md_text = notice(Lang::En, &operator(), &Periods::default()).markdown();
+    let md_text = notice(Lang::En, &operator(), &Periods::default(), &SCHEDULE).markdown();
     assert!(md_text.contains("the PBX's serial number and nothing else, at start, every 24 hours, and every hour"));
     assert!(md_text.contains("the serial number and the voucher code"));
-    let de = notice(Lang::De, &operator(), &Periods::default()).markdown();
+    let de = notice(Lang::De, &operator(), &Periods::default(), &SCHEDULE).markdown();
     assert!(de.contains("beim Start, alle 24 Stunden und jede Stunde"));
-    let fr = notice(Lang::Fr, &operator(), &Periods::default()).markdown();
+    let fr = notice(Lang::Fr, &operator(), &Periods::default(), &SCHEDULE).markdown();
     assert!(fr.contains("au démarrage, toutes les 24 heures et toutes les heures"));
     assert_eq!(
         (span(Lang::De, 1), span(Lang::Fr, 120), span(Lang::En, 90)),
