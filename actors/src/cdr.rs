@@ -149,7 +149,7 @@ pub struct ActiveCall {
 /// only once the record is durable (or storing it failed), so it may block on the disk: call it
 /// from a thread that may block, never from an async task.
 pub trait CdrStore: Send + Sync + 'static {
-    fn persist(&self, cdr: Cdr) -> Result<(), String>;
+    fn persist(&self, cdr: Cdr) -> Result<(), crate::store::StoreError>;
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod registrar;
 pub mod sdp;
 pub mod shell;
 pub mod sip;
+pub mod store;
 pub mod time;
 
 pub use time::Timestamp;

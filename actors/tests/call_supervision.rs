@@ -69,7 +69,7 @@ impl SipPort for Port {
 struct Records(Mutex<Vec<Cdr>>);
 
 impl CdrStore for Records {
-    fn persist(&self, cdr: Cdr) -> Result<(), String> {
+    fn persist(&self, cdr: Cdr) -> Result<(), pbx_actors::store::StoreError> {
         self.0.lock().unwrap().push(cdr);
         Ok(())
     }

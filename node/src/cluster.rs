@@ -24,7 +24,8 @@ use pbx_actors::cdr::Cdr;
 use pbx_actors::licence::{LicenceStore, Stored, StoredUnlocks};
 use pbx_actors::privacy::{AuditEntry, AuditEvent, Right, Subject};
 use pbx_actors::registrar::{Binding, Extension, RegistrarCommand, RegistrarMsg, RegistrarStore};
-use pbx_cluster::raft::{Applier, NodeId, Replica, Request};
+use pbx_actors::store::StoreError;
+use pbx_cluster::raft::{Applier, NodeId, Replica, Request, WriteError};
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -33,6 +34,19 @@ use std::time::Duration;
 
 /// Longest an API request waits for its committed entry to be applied on this node.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a write refused for want of a quorum tells its client to wait before trying again (a
+/// SIP 503's Retry-After): about a few elections (1–2 s each), short enough that a phone
+/// re-registers soon after the cluster is whole.
+pub const NO_QUORUM_RETRY_AFTER_S: u32 = 5;
+
+/// The store ports' error for a failed cluster write: no quorum stays no quorum, so the
+/// registrar can answer 503 rather than 500.
+pub fn store_error(error: WriteError) -> StoreError {
+    match error {
+        WriteError::NoQuorum(_) => StoreError::NoQuorum { retry_after_s: NO_QUORUM_RETRY_AFTER_S },
+        WriteError::Failed(reason) => StoreError::Replication(reason),
+    }
+}
 /// How often the Raft log is compacted (snapshot, then purge): the longest a change, and the
 /// personal data in it, stays in `raft.redb`'s log after it was applied (category `cluster-log`).
 pub const COMPACTION_INTERVAL: Duration = Duration::from_secs(3600);
@@ -386,9 +400,9 @@ impl Replication {
     }
 
     /// Commits `entry`; blocks the calling (non-runtime) thread.
-    fn write_blocking(&self, entry: Entry) -> Result<u64, String> {
-        let payload = encode(entry)?;
-        self.runtime.block_on(self.replica.write(payload)).map_err(|e| e.to_string())
+    fn write_blocking(&self, entry: Entry) -> Result<u64, StoreError> {
+        let payload = encode(entry).map_err(StoreError::Corrupt)?;
+        self.runtime.block_on(self.replica.write(payload)).map_err(store_error)
     }
 
     /// Commits `entry` and waits until this node has applied it too.
@@ -431,7 +445,7 @@ impl Replication {
 pub struct ReplicatedStore(pub Replication);
 
 impl RegistrarStore for ReplicatedStore {
-    fn apply(&self, commands: &[RegistrarCommand]) -> Result<(), String> {
+    fn apply(&self, commands: &[RegistrarCommand]) -> Result<(), StoreError> {
         if commands.is_empty() {
             return Ok(());
         }
@@ -444,13 +458,13 @@ impl RegistrarStore for ReplicatedStore {
 pub struct ReplicatedCdrs(pub Replication);
 
 impl CdrSink for ReplicatedCdrs {
-    fn put_cdrs(&self, cdrs: &[Cdr]) -> Result<(), String> {
+    fn put_cdrs(&self, cdrs: &[Cdr]) -> Result<(), StoreError> {
         match self.0.write_blocking(Entry::Cdrs(cdrs.to_vec())) {
             Ok(_) => Ok(()),
             Err(reason) => {
                 tracing::warn!(%reason, records = cdrs.len(), "call records not replicated; kept on this node only");
                 metrics::counter!("pbx_cdrs_unreplicated_total").increment(cdrs.len() as u64);
-                self.0.applier.storage.put_cdrs(cdrs).map_err(|e| e.to_string())
+                self.0.applier.storage.put_cdrs(cdrs).map_err(|e| StoreError::Disk(e.to_string()))
             }
         }
     }
@@ -462,11 +476,12 @@ pub struct ReplicatedLicence(pub Replication);
 
 impl LicenceStore for ReplicatedLicence {
     fn save_licence(&self, stored: &Stored) -> Result<(), String> {
-        self.0.write_blocking(Entry::Licence(stored.clone())).map(|_| ())
+        // The licence port keeps its String errors (its own typed error is a later step).
+        self.0.write_blocking(Entry::Licence(stored.clone())).map(|_| ()).map_err(|e| e.to_string())
     }
 
     fn save_unlocks(&self, stored: &StoredUnlocks) -> Result<(), String> {
-        self.0.write_blocking(Entry::Unlocks(stored.clone())).map(|_| ())
+        self.0.write_blocking(Entry::Unlocks(stored.clone())).map(|_| ()).map_err(|e| e.to_string())
     }
 }
 

@@ -117,12 +117,14 @@ impl Fenced {
 }
 
 impl RegistrarStore for Fenced {
-    fn apply(&self, commands: &[RegistrarCommand]) -> Result<(), String> {
+    fn apply(&self, commands: &[RegistrarCommand]) -> Result<(), pbx_actors::store::StoreError> {
         // Held across the write: `close` waits for it. Only this incarnation's one writer
         // thread ever applies, so nothing else waits here.
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         if !*open {
-            return Err("the registrar was restarted: a write of the failed incarnation is refused".into());
+            return Err(pbx_actors::store::StoreError::Stopped(
+                "the registrar was restarted: a write of the failed incarnation is refused".into(),
+            ));
         }
         self.inner.apply(commands)
     }

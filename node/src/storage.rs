@@ -19,6 +19,7 @@
 use pbx_actors::Timestamp;
 use pbx_actors::cdr::{Cdr, CdrStore};
 use pbx_actors::registrar::{Binding, Extension, RegistrarCommand, RegistrarStore};
+use pbx_actors::store::StoreError;
 use pbx_cluster::redb_file::{RedbFile, Rewritten, check_all_copied, copy_table};
 use redb::{Durability, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
@@ -462,13 +463,13 @@ impl pbx_actors::licence::LicenceStore for Storage {
 }
 
 impl RegistrarStore for Storage {
-    fn apply(&self, commands: &[RegistrarCommand]) -> Result<(), String> {
-        Storage::apply(self, commands).map_err(|e| e.to_string())
+    fn apply(&self, commands: &[RegistrarCommand]) -> Result<(), StoreError> {
+        Storage::apply(self, commands).map_err(|e| StoreError::Disk(e.to_string()))
     }
 }
 
 /// A finished call's record and where to say whether it is stored.
-type CdrJob = (Cdr, SyncSender<Result<(), String>>);
+type CdrJob = (Cdr, SyncSender<Result<(), StoreError>>);
 
 /// The node's [`CdrStore`]: group commit on a thread of its own. Each `persist` queues its
 /// record and waits; the thread takes every record waiting (up to [`CDR_BATCH_MAX`]), stores
@@ -483,12 +484,12 @@ pub struct CdrWriter {
 
 /// Where the CDR writer's batches go: the node's redb, or (on a cluster node) the cluster.
 pub trait CdrSink: Send + Sync + 'static {
-    fn put_cdrs(&self, cdrs: &[Cdr]) -> Result<(), String>;
+    fn put_cdrs(&self, cdrs: &[Cdr]) -> Result<(), StoreError>;
 }
 
 impl CdrSink for Storage {
-    fn put_cdrs(&self, cdrs: &[Cdr]) -> Result<(), String> {
-        Storage::put_cdrs(self, cdrs).map_err(|e| e.to_string())
+    fn put_cdrs(&self, cdrs: &[Cdr]) -> Result<(), StoreError> {
+        Storage::put_cdrs(self, cdrs).map_err(|e| StoreError::Disk(e.to_string()))
     }
 }
 
@@ -502,11 +503,11 @@ impl CdrWriter {
 }
 
 impl CdrStore for CdrWriter {
-    fn persist(&self, cdr: Cdr) -> Result<(), String> {
+    fn persist(&self, cdr: Cdr) -> Result<(), StoreError> {
         let (reply, stored) = std::sync::mpsc::sync_channel(1);
         let jobs = self.jobs.as_ref().expect("the queue lives until drop");
-        jobs.send((cdr, reply)).map_err(|_| "the CDR writer has stopped".to_string())?;
-        stored.recv().map_err(|_| "the CDR writer stopped before storing the record".to_string())?
+        jobs.send((cdr, reply)).map_err(|_| StoreError::Stopped("the CDR writer has stopped".into()))?;
+        stored.recv().map_err(|_| StoreError::Stopped("the CDR writer stopped before storing the record".into()))?
     }
 }
 

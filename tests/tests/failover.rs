@@ -189,6 +189,58 @@ fn registrations_survive_the_leaders_kill9() {
     assert!(!cdrs.contains("\"101\""), "101 is masked in the record: {cdrs}");
 }
 
+/// A voter left alone (the other voter and the witness killed) cannot commit a new binding:
+/// its REGISTER gets 503 with Retry-After (no quorum: try again later), not the 500 of a
+/// storage fault.
+#[test]
+fn a_minority_nodes_register_gets_503_with_retry_after() {
+    let mut trio = Trio::start();
+    trio.leader();
+    let node = &trio.nodes[0];
+    assert!(
+        wait_until(REPLICATION_TIMEOUT, || node.api("GET", "/api/v1/extensions/100", None).0 == 200),
+        "n1 does not know extension 100"
+    );
+    for i in [1, 2] {
+        trio.nodes[i].kill9();
+        trio.up[i] = false;
+    }
+    let node = &trio.nodes[0];
+    let mut phone = SipClient::udp(node.sip);
+    let uri = format!("sip:{}", node.sip);
+    let contact = format!("Contact: <sip:100@{}>", phone.local());
+    let first = phone.request("REGISTER", &uri, "100", None, &[&contact, "Expires: 120"]);
+    let challenge = phone.transact(&first).expect("an answer to the first REGISTER");
+    assert_eq!(status_code(&challenge), Some(401), "{challenge}");
+    let chosen = header_values(&challenge, "WWW-Authenticate")
+        .into_iter()
+        .find(|c| param(c, "algorithm").is_some_and(|a| a.eq_ignore_ascii_case("MD5")))
+        .expect("an MD5 challenge");
+    let auth = format!("Authorization: {}", authorization(&chosen, "100", "secret-100", "REGISTER", &uri, 1));
+    let second = phone.request("REGISTER", &uri, "100", None, &[&contact, "Expires: 120", &auth]);
+    phone.send(&second);
+    // The write waits for a quorum for the replica's write timeout (10 s) before giving up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut answer = None;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match phone.recv(left) {
+            Some(m) if status_code(&m).is_some_and(|c| c >= 200) => {
+                answer = Some(m);
+                break;
+            }
+            Some(_) => continue,
+            None => break,
+        }
+    }
+    let answer = answer.expect("a final answer to the authorised REGISTER within 30 s");
+    assert_eq!(status_code(&answer), Some(503), "{answer}");
+    let retry_after = header_values(&answer, "Retry-After");
+    assert!(
+        retry_after.len() == 1 && retry_after[0].parse::<u32>().is_ok_and(|s| s > 0),
+        "Retry-After: {retry_after:?} in {answer}"
+    );
+}
+
 /// The call records a node lists.
 fn cdr_count(node: &Pbx) -> usize {
     let (code, body) = node.api("GET", "/api/v1/cdrs", None);

@@ -21,6 +21,7 @@ use super::machine::{
 use crate::shell::WakeTimer;
 use crate::sip::message::Name;
 use crate::sip::{Request, Response, Transport};
+use crate::store::StoreError;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::net::SocketAddr;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 /// Where durable changes go: redb in the product, memory in tests and the simulator. Applies the
 /// whole batch or none of it.
 pub trait RegistrarStore: Send + Sync + 'static {
-    fn apply(&self, commands: &[RegistrarCommand]) -> Result<(), String>;
+    fn apply(&self, commands: &[RegistrarCommand]) -> Result<(), StoreError>;
 }
 
 /// Where time comes from: the shared trait of `crate::time`, re-exported here. The node's clock
@@ -203,7 +204,11 @@ fn write_loop(
         for (job, had_commands) in jobs.into_iter().zip(stored) {
             let failed = had_commands && result.is_err();
             for (tx, response, authenticated) in job.responses {
-                sink.deliver(tx, if failed { server_error(&response) } else { response }, authenticated);
+                let response = match &result {
+                    Err(error) if had_commands => not_stored(&response, error),
+                    _ => response,
+                };
+                sink.deliver(tx, response, authenticated);
             }
             for (tx, route) in job.routes {
                 sink.route(tx, route);
@@ -461,15 +466,25 @@ fn log_event(event: RegistrarEvent) -> Option<Result<(), String>> {
     None
 }
 
-/// A 500 in place of `response`, keeping the headers RFC 3261 §8.2.6.1 copies from the request.
-fn server_error(response: &Response) -> Response {
+/// What a REGISTER gets in place of `response` when its change could not be stored, keeping
+/// the headers RFC 3261 §8.2.6.1 copies from the request: 503 with Retry-After when the cluster
+/// has no quorum (RFC 3261 §21.5.4: the phone may retry, here or at another node), 500 for any
+/// other fault.
+fn not_stored(response: &Response, error: &StoreError) -> Response {
     let mut headers = ezk_sip_types::Headers::new();
     for name in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::CSEQ] {
         for value in response.headers.get_raw(&name) {
             headers.insert(name.clone(), value.as_str());
         }
     }
-    Response { code: 500, reason: "Server Internal Error".into(), headers, body: Bytes::new() }
+    let (code, reason) = match error.retry_after_s() {
+        Some(retry_after_s) => {
+            headers.insert(Name::RETRY_AFTER, retry_after_s);
+            (503, "Service Unavailable")
+        }
+        None => (500, "Server Internal Error"),
+    };
+    Response { code, reason: reason.into(), headers, body: Bytes::new() }
 }
 
 #[cfg(test)]
@@ -516,6 +531,8 @@ mod tests {
         entries: Mutex<Vec<String>>,
         responses: Mutex<Vec<Response>>,
         broken: std::sync::atomic::AtomicBool,
+        /// While set, every write fails for want of a quorum.
+        minority: std::sync::atomic::AtomicBool,
     }
     impl Journal {
         fn entries(&self) -> Vec<String> {
@@ -523,9 +540,12 @@ mod tests {
         }
     }
     impl RegistrarStore for Journal {
-        fn apply(&self, commands: &[RegistrarCommand]) -> Result<(), String> {
+        fn apply(&self, commands: &[RegistrarCommand]) -> Result<(), StoreError> {
             if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err("disk on fire".into());
+                return Err(StoreError::Disk("disk on fire".into()));
+            }
+            if self.minority.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::NoQuorum { retry_after_s: 7 });
             }
             let mut entries = self.entries.lock().unwrap();
             for c in commands {
@@ -636,6 +656,49 @@ mod tests {
         settle(&actor).await;
         assert_eq!(journal.entries(), ["respond 1 401", "respond 2 500"]);
         journal.broken.store(false, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        settle(&actor).await;
+        assert_eq!(journal.entries().last().map(String::as_str), Some("put-binding sip:100@192.0.2.7:5060"));
+        actor.stop(None);
+        handle.await.unwrap();
+    }
+
+    /// A store without a quorum makes the REGISTER a 503 with the store's Retry-After (not the
+    /// 500 of a disk fault); once the cluster is whole again, the flush writes the binding.
+    #[tokio::test(start_paused = true)]
+    async fn no_quorum_answers_503_with_retry_after() {
+        let journal = Arc::new(Journal::default());
+        let extension = Extension {
+            number: "100".into(),
+            display_name: String::new(),
+            ha1_md5: crate::registrar::ha1(crate::registrar::Algorithm::Md5, "100", "pbx", PASSWORD_100),
+            ha1_sha256: crate::registrar::ha1(crate::registrar::Algorithm::Sha256, "100", "pbx", PASSWORD_100),
+        };
+        let args = RegistrarArgs {
+            config: RegistrarConfig::default(),
+            secret: [3; 32],
+            extensions: vec![extension],
+            bindings: vec![],
+            clock: Arc::new(TokioClock(tokio::time::Instant::now())),
+            store: journal.clone(),
+            sink: journal.clone(),
+            security: None,
+        };
+        let (actor, handle) = Actor::spawn(None, RegistrarActor, args).await.unwrap();
+        let reg = Reg::new("100", &["<sip:100@192.0.2.7:5060>"]);
+        actor.cast(register(1, &reg)).unwrap();
+        settle(&actor).await;
+        let challenge = challenge_for(journal.responses.lock().unwrap().last().unwrap(), "MD5");
+        journal.minority.store(true, std::sync::atomic::Ordering::SeqCst);
+        actor.cast(register(2, &reg.clone().cseq(2).auth(authorization(&challenge, "100", PASSWORD_100, 1)))).unwrap();
+        settle(&actor).await;
+        assert_eq!(journal.entries(), ["respond 1 401", "respond 2 503"]);
+        let refused = journal.responses.lock().unwrap().last().unwrap().clone();
+        let retry_after: Vec<String> =
+            refused.headers.get_raw(&Name::RETRY_AFTER).map(|v| v.as_str().to_string()).collect();
+        assert_eq!(retry_after, ["7"]);
+        assert_eq!(refused.headers.get_raw(&Name::CALL_ID).count(), 1, "the 503 keeps the request's Call-ID");
+        journal.minority.store(false, std::sync::atomic::Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(6)).await;
         settle(&actor).await;
         assert_eq!(journal.entries().last().map(String::as_str), Some("put-binding sip:100@192.0.2.7:5060"));
