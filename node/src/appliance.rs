@@ -298,7 +298,7 @@ async fn put_extension(
         )
         .await;
     match result {
-        Ok(ractor::rpc::CallResult::Success(r)) => r,
+        Ok(ractor::rpc::CallResult::Success(r)) => r.map_err(|e| e.to_string()),
         _ => Err("the registrar did not answer".into()),
     }
 }

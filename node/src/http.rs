@@ -25,7 +25,7 @@ use pbx_actors::Timestamp;
 use pbx_actors::cdr::{ActiveCall, Cdr, Disposition, MediaCounters};
 use pbx_actors::endpoint::EndpointMsg;
 use pbx_actors::licence::{LicenceView, VoucherMsg};
-use pbx_actors::registrar::RegistrarMsg;
+use pbx_actors::registrar::{ChangeError, RegistrarMsg};
 use pbx_actors::shell::Current;
 use pbx_actors::time::Clock;
 use serde::{Deserialize, Serialize};
@@ -305,6 +305,25 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> HttpRespo
     HttpResponse::build(status).json(serde_json::json!({ "error": message.into() }))
 }
 
+/// An admin change the registrar did not make, by why: 400 for an invalid request, 404 for an
+/// unknown extension, 503 with Retry-After when the cluster has no quorum (the same request
+/// may succeed later), 500 for a storage fault.
+pub(crate) fn change_refused(refused: ChangeError) -> HttpResponse {
+    let status = match &refused {
+        ChangeError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ChangeError::NoSuchExtension => StatusCode::NOT_FOUND,
+        ChangeError::Store(e) if e.retry_after_s().is_some() => StatusCode::SERVICE_UNAVAILABLE,
+        ChangeError::Store(_) | ChangeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let mut response = HttpResponse::build(status);
+    if let ChangeError::Store(e) = &refused
+        && let Some(retry_after_s) = e.retry_after_s()
+    {
+        response.insert_header(("Retry-After", retry_after_s.to_string()));
+    }
+    response.json(serde_json::json!({ "error": refused.to_string() }))
+}
+
 /// Whether the request carries the admin token.
 pub(crate) fn authorized(req: &HttpRequest, state: &ApiState) -> bool {
     bearer_matches(req, &state.token)
@@ -458,7 +477,7 @@ async fn put_extension(req: HttpRequest, state: web::Data<ApiState>, body: web::
             tracing::info!(%number, "extension saved via API");
             HttpResponse::Created().json(ExtensionOut { number, display_name, registrations: 0 })
         }
-        Ok(Err(reason)) => error(StatusCode::BAD_REQUEST, reason),
+        Ok(Err(refused)) => change_refused(refused),
         Err(r) => r,
     }
 }
@@ -471,8 +490,7 @@ async fn delete_extension(req: HttpRequest, state: web::Data<ApiState>, number: 
             tracing::info!(%number, "extension removed via API");
             HttpResponse::NoContent().finish()
         }
-        Ok(Err(reason)) if reason.contains("no such") => error(StatusCode::NOT_FOUND, reason),
-        Ok(Err(reason)) => error(StatusCode::BAD_REQUEST, reason),
+        Ok(Err(refused)) => change_refused(refused),
         Err(r) => r,
     }
 }
@@ -634,6 +652,20 @@ pub fn test_hook_routes(cfg: &mut web::ServiceConfig) {
 mod tests {
     use super::*;
     use pbx_actors::cdr::HangupSide;
+    use pbx_actors::store::StoreError;
+
+    // Proves each refused admin change gets its own status, by type rather than by message text.
+    #[test]
+    fn a_refused_change_answers_by_its_kind() {
+        let status = |e: ChangeError| change_refused(e).status().as_u16();
+        assert_eq!(status(ChangeError::Invalid("password: too short".into())), 400);
+        assert_eq!(status(ChangeError::NoSuchExtension), 404);
+        assert_eq!(status(ChangeError::Store(StoreError::Disk("disk on fire".into()))), 500);
+        assert_eq!(status(ChangeError::Internal("no result".into())), 500);
+        let no_quorum = change_refused(ChangeError::Store(StoreError::NoQuorum { retry_after_s: 5 }));
+        assert_eq!(no_quorum.status().as_u16(), 503);
+        assert_eq!(no_quorum.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("5"));
+    }
 
     /// Both time forms are read; RFC 3339 offsets are honoured; the output is UTC with ms.
     #[test]

@@ -21,7 +21,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use pbx_actors::privacy::reaper::Periods;
 use pbx_actors::privacy::{AuditEntry, AuditEvent, INVENTORY, Right, Subject, notice};
-use pbx_actors::registrar::RegistrarMsg;
+use pbx_actors::registrar::{ChangeError, RegistrarMsg};
 use pbx_actors::time::Clock;
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -417,10 +417,10 @@ async fn rectify(
             }
             HttpResponse::Ok().json(json!({ "subject": subject.id(), "display_name": input.display_name }))
         }
-        Ok(Err(reason)) if reason.contains("no such") => {
+        Ok(Err(ChangeError::NoSuchExtension)) => {
             error(StatusCode::NOT_FOUND, format!("no extension {:?}", subject.id()))
         }
-        Ok(Err(reason)) => error(StatusCode::BAD_REQUEST, reason),
+        Ok(Err(refused)) => crate::http::change_refused(refused),
         Err(r) => r,
     }
 }

@@ -92,28 +92,28 @@ pub enum RegistrarMsg {
         request: Request,
         source: SocketAddr,
     },
-    /// `Err` carries the reason, naming the field (`"password: …"`), or a storage failure.
+    /// `Err`: [`ChangeError::Invalid`] naming the field (`"password: …"`), or a storage failure.
     PutExtension {
         number: String,
         password: String,
         display_name: String,
-        reply: RpcReplyPort<Result<(), String>>,
+        reply: RpcReplyPort<Result<(), ChangeError>>,
     },
-    /// `Err("no such extension")` for an unknown number. Removes the extension's bindings too.
+    /// [`ChangeError::NoSuchExtension`] for an unknown number. Removes the extension's bindings too.
     RemoveExtension {
         number: String,
-        reply: RpcReplyPort<Result<(), String>>,
+        reply: RpcReplyPort<Result<(), ChangeError>>,
     },
     /// Rectification: a new display name. `Err` like `PutExtension`.
     Rename {
         number: String,
         display_name: String,
-        reply: RpcReplyPort<Result<(), String>>,
+        reply: RpcReplyPort<Result<(), ChangeError>>,
     },
     /// Erasure of an address: removes every binding from or to `ip`; `Ok` once stored.
     ForgetAddress {
         ip: std::net::IpAddr,
-        reply: RpcReplyPort<Result<(), String>>,
+        reply: RpcReplyPort<Result<(), ChangeError>>,
     },
     ListBindings(RpcReplyPort<Vec<Binding>>),
     ListExtensions(RpcReplyPort<Vec<ExtensionView>>),
@@ -125,7 +125,7 @@ pub enum RegistrarMsg {
     /// From the writer: these commands could not be stored; the machine rewrites their keys.
     PersistFailed(Vec<RegistrarCommand>),
     /// Answered once everything handled before it is stored and delivered.
-    Barrier(RpcReplyPort<Result<(), String>>),
+    Barrier(RpcReplyPort<Result<(), ChangeError>>),
     Control(crate::shell::Control),
 }
 
@@ -133,7 +133,23 @@ pub enum RegistrarMsg {
 impl ractor::Message for RegistrarMsg {}
 
 /// An admin request's reply port and the outcome to send once its commands are stored.
-type PendingReply = (RpcReplyPort<Result<(), String>>, Result<(), String>);
+type PendingReply = (RpcReplyPort<Result<(), ChangeError>>, Result<(), ChangeError>);
+
+/// Why an admin change to the registrar (an extension, an address's bindings) was not made.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    /// The request is invalid; the text starts with the field it is about (`"password: …"`).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no such extension")]
+    NoSuchExtension,
+    /// The change is valid but could not be stored.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The registrar gave no answer for the request (a bug, logged).
+    #[error("{0}")]
+    Internal(String),
+}
 
 pub struct RegistrarState {
     machine: Registrar,
@@ -195,7 +211,7 @@ fn write_loop(
                 had
             })
             .collect();
-        let result = if commands.is_empty() { Ok(()) } else { store.apply(&commands) };
+        let result: Result<(), StoreError> = if commands.is_empty() { Ok(()) } else { store.apply(&commands) };
         if let Err(error) = &result {
             tracing::error!(%error, commands = commands.len(), "registrar storage refused a batch");
             metrics::counter!("pbx_registrar_storage_failures_total").increment(1);
@@ -214,9 +230,9 @@ fn write_loop(
                 sink.route(tx, route);
             }
             if let Some((reply, outcome)) = job.reply {
-                let outcome = match outcome {
-                    Ok(()) if failed => Err("storage: the change could not be stored".into()),
-                    other => other,
+                let outcome = match (outcome, &result) {
+                    (Ok(()), Err(error)) if failed => Err(ChangeError::Store(error.clone())),
+                    (other, _) => other,
                 };
                 let _ = reply.send(outcome);
             }
@@ -356,7 +372,7 @@ impl Actor for RegistrarActor {
 impl RegistrarState {
     /// Hands the machine's outputs, in order, to the writer: commands are stored before the
     /// responses (and the admin `reply`) that follow them are delivered. Events are logged here.
-    fn drain(&mut self, reply: Option<RpcReplyPort<Result<(), String>>>) {
+    fn drain(&mut self, reply: Option<RpcReplyPort<Result<(), ChangeError>>>) {
         let mut job = WriteJob::default();
         let mut extension_result = None;
         while let Some(output) = self.machine.poll_output() {
@@ -377,7 +393,9 @@ impl RegistrarState {
             }
         }
         metrics::gauge!("pbx_registrations_active").set(self.machine.binding_count() as f64);
-        job.reply = reply.map(|r| (r, extension_result.unwrap_or_else(|| Err("no result from the registrar".into()))));
+        job.reply = reply.map(|r| {
+            (r, extension_result.unwrap_or_else(|| Err(ChangeError::Internal("no result from the registrar".into()))))
+        });
         if job.commands.is_empty() && job.responses.is_empty() && job.routes.is_empty() && job.reply.is_none() {
             return;
         }
@@ -413,7 +431,7 @@ fn record_security_event(log: &dyn crate::privacy::SecurityLog, event: &Registra
 }
 
 /// Logs and counts one event; for an extension change, its result for the admin API.
-fn log_event(event: RegistrarEvent) -> Option<Result<(), String>> {
+fn log_event(event: RegistrarEvent) -> Option<Result<(), ChangeError>> {
     match event {
         RegistrarEvent::Registered { aor, contact } => tracing::info!(%aor, %contact, "registered"),
         RegistrarEvent::Unregistered { aor, contact } => tracing::info!(%aor, %contact, "unregistered"),
@@ -456,7 +474,11 @@ fn log_event(event: RegistrarEvent) -> Option<Result<(), String>> {
         }
         RegistrarEvent::ExtensionInvalid { reason } => {
             tracing::info!(%reason, "extension change refused");
-            return Some(Err(reason));
+            return Some(Err(ChangeError::Invalid(reason)));
+        }
+        RegistrarEvent::NoSuchExtension { number } => {
+            tracing::info!(%number, "extension change refused: no such extension");
+            return Some(Err(ChangeError::NoSuchExtension));
         }
         RegistrarEvent::AddressForgotten { bindings } => {
             tracing::info!(bindings, "bindings of an erased address removed");
@@ -598,7 +620,9 @@ mod tests {
             display_name: "Desk".into(),
             reply,
         };
-        assert!(ractor::call!(actor, short).unwrap().unwrap_err().starts_with("password"));
+        assert!(
+            matches!(ractor::call!(actor, short).unwrap(), Err(ChangeError::Invalid(r)) if r.starts_with("password"))
+        );
         let views = ractor::call!(actor, RegistrarMsg::ListExtensions).unwrap();
         assert_eq!(views, vec![ExtensionView { number: "100".into(), display_name: "Desk".into() }]);
 
@@ -702,6 +726,42 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(6)).await;
         settle(&actor).await;
         assert_eq!(journal.entries().last().map(String::as_str), Some("put-binding sip:100@192.0.2.7:5060"));
+        actor.stop(None);
+        handle.await.unwrap();
+    }
+
+    /// An admin change the store cannot take says why, typed: no quorum or a disk fault, each
+    /// its own error, next to an invalid request and an unknown extension.
+    #[tokio::test(start_paused = true)]
+    async fn admin_changes_say_why_they_failed() {
+        let journal = Arc::new(Journal::default());
+        let args = RegistrarArgs {
+            config: RegistrarConfig::default(),
+            secret: [4; 32],
+            extensions: vec![],
+            bindings: vec![],
+            clock: Arc::new(TokioClock(tokio::time::Instant::now())),
+            store: journal.clone(),
+            sink: journal.clone(),
+            security: None,
+        };
+        let (actor, handle) = Actor::spawn(None, RegistrarActor, args).await.unwrap();
+        let put = |reply| RegistrarMsg::PutExtension {
+            number: "100".into(),
+            password: PASSWORD_100.into(),
+            display_name: "Desk".into(),
+            reply,
+        };
+        journal.minority.store(true, std::sync::atomic::Ordering::SeqCst);
+        let refused = ractor::call!(actor, put).unwrap();
+        assert_eq!(refused, Err(ChangeError::Store(StoreError::NoQuorum { retry_after_s: 7 })));
+        journal.minority.store(false, std::sync::atomic::Ordering::SeqCst);
+        journal.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+        let refused = ractor::call!(actor, put).unwrap();
+        assert!(matches!(refused, Err(ChangeError::Store(StoreError::Disk(_)))), "{refused:?}");
+        journal.broken.store(false, std::sync::atomic::Ordering::SeqCst);
+        let gone = |reply| RegistrarMsg::RemoveExtension { number: "999".into(), reply };
+        assert_eq!(ractor::call!(actor, gone).unwrap(), Err(ChangeError::NoSuchExtension));
         actor.stop(None);
         handle.await.unwrap();
     }

@@ -239,7 +239,7 @@ pub enum RegistrarInput {
         password: String,
         display_name: String,
     },
-    /// Answered like `PutExtension`; an unknown number is `ExtensionInvalid("no such extension")`.
+    /// Answered like `PutExtension`; an unknown number is `NoSuchExtension`.
     RemoveExtension {
         number: String,
     },
@@ -360,6 +360,10 @@ pub enum RegistrarEvent {
     /// An admin request refused; `reason` starts with the field it is about.
     ExtensionInvalid {
         reason: String,
+    },
+    /// An admin request about an extension that does not exist.
+    NoSuchExtension {
+        number: String,
     },
     /// `ForgetAddress` removed this many bindings.
     AddressForgotten {
@@ -1118,7 +1122,7 @@ impl Registrar {
 
     fn remove_extension(&mut self, number: &str) {
         if self.extensions.remove(number).is_none() {
-            return self.event(RegistrarEvent::ExtensionInvalid { reason: "no such extension".into() });
+            return self.event(RegistrarEvent::NoSuchExtension { number: number.to_owned() });
         }
         for b in self.bindings.get(number).cloned().unwrap_or_default() {
             self.remove_binding(&b.aor, &b.contact);
@@ -1136,7 +1140,7 @@ impl Registrar {
             return self.event(RegistrarEvent::ExtensionInvalid { reason });
         }
         let Some(extension) = self.extensions.get_mut(number) else {
-            return self.event(RegistrarEvent::ExtensionInvalid { reason: "no such extension".into() });
+            return self.event(RegistrarEvent::NoSuchExtension { number: number.to_owned() });
         };
         extension.display_name = display_name.to_owned();
         let extension = extension.clone();

@@ -22,7 +22,8 @@ pub mod digest;
 pub mod machine;
 
 pub use actor::{
-    Clock, ExtensionView, RegistrarActor, RegistrarArgs, RegistrarMsg, RegistrarStats, RegistrarStore, ResponseSink,
+    ChangeError, Clock, ExtensionView, RegistrarActor, RegistrarArgs, RegistrarMsg, RegistrarStats, RegistrarStore,
+    ResponseSink,
 };
 pub use blocking::{AUTH_FAILURE_PAIRS_MAX, AUTH_FAILURE_PREFIXES_MAX, AUTH_FAILURES_LIMIT_MAX, TRUSTED_SOURCES_MAX};
 pub use digest::{Algorithm, ha1};
