@@ -1093,7 +1093,7 @@ media_window() {
 	echo "$active $((in1 - in0)) $((out1 - out0)) $((dropped1 - dropped0)) $((k1 - k0))" \
 		"$(awk -v c=$((cpu1 - cpu0)) -v h="$TICKS" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f %.2f", 100 * c / h / (b - a), b - a }')" \
 		"$(rss_kib "$SERVER_PID")" \
-		"$(awk -v c=$((cpu1 - cpu0)) -v h="$TICKS" -v p=$((out1 - out0)) 'BEGIN { printf "%.2f", p > 0 ? 1e6 * c / h / p : 0 }')" \
+		"$(awk -v c=$((cpu1 - cpu0)) -v h="$TICKS" -v p=$((out1 - out0)) 'BEGIN { printf "%.2f", (p > 0 ? 1e6 * c / h / p : 0) }')" \
 		>"$WORK/media-window"
 }
 

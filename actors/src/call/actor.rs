@@ -435,7 +435,8 @@ impl CallState {
     }
 }
 
-/// Stores a CDR on a blocking thread (it waits for a durable commit) and counts it.
+/// Stores a CDR and counts it, returning once it is durable (or storing it failed): queued
+/// to the store's writer when it takes it at once, else on a blocking thread.
 async fn record_cdr(store: &Arc<dyn CdrStore>, cdr: Cdr) {
     let label = cdr.disposition.name();
     tracing::info!(
@@ -447,12 +448,25 @@ async fn record_cdr(store: &Arc<dyn CdrStore>, cdr: Cdr) {
         duration_s = cdr.duration_s(),
         "call ended"
     );
-    let store = store.clone();
     let id = cdr.id;
-    match tokio::task::spawn_blocking(move || store.persist(cdr)).await {
-        Ok(Ok(())) => metrics::counter!("pbx_calls_total", "disposition" => label).increment(1),
-        Ok(Err(error)) => tracing::error!(cdr = id, %error, "CDR not stored"),
-        Err(error) => tracing::error!(cdr = id, %error, "CDR writer panicked"),
+    let (stored, outcome) = tokio::sync::oneshot::channel();
+    let result = match store.submit(
+        cdr,
+        Box::new(move |result| {
+            let _ = stored.send(result);
+        }),
+    ) {
+        Ok(()) => outcome.await.unwrap_or_else(|_| Err("the CDR writer dropped the record".into())),
+        Err((cdr, _)) => {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.persist(cdr))
+                .await
+                .unwrap_or_else(|error| Err(format!("CDR writer panicked: {error}")))
+        }
+    };
+    match result {
+        Ok(()) => metrics::counter!("pbx_calls_total", "disposition" => label).increment(1),
+        Err(error) => tracing::error!(cdr = id, %error, "CDR not stored"),
     }
 }
 
