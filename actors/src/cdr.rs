@@ -173,8 +173,8 @@ pub struct ActiveCall {
 pub trait CdrStore: Send + Sync + 'static {
     fn persist(&self, cdr: Cdr) -> Result<(), String>;
 
-    fn submit(&self, cdr: Cdr, stored: CdrStored) -> Result<(), (Cdr, CdrStored)> {
-        Err((cdr, stored))
+    fn submit(&self, cdr: Cdr, stored: CdrStored) -> Result<(), Box<(Cdr, CdrStored)>> {
+        Err(Box::new((cdr, stored)))
     }
 }
 

@@ -525,12 +525,12 @@ impl CdrStore for CdrWriter {
         stored.recv().map_err(|_| "the CDR writer stopped before storing the record".to_string())?
     }
 
-    fn submit(&self, cdr: Cdr, stored: CdrStored) -> Result<(), (Cdr, CdrStored)> {
+    fn submit(&self, cdr: Cdr, stored: CdrStored) -> Result<(), Box<(Cdr, CdrStored)>> {
         let jobs = self.jobs.as_ref().expect("the queue lives until drop");
         match jobs.try_send((cdr, stored)) {
             Ok(()) => Ok(()),
             // Full: the caller waits for room on a blocking thread (`persist`), as before.
-            Err(TrySendError::Full(job)) => Err(job),
+            Err(TrySendError::Full(job)) => Err(Box::new(job)),
             Err(TrySendError::Disconnected((_, stored))) => {
                 stored(Err("the CDR writer has stopped".to_string()));
                 Ok(())

@@ -457,7 +457,8 @@ async fn record_cdr(store: &Arc<dyn CdrStore>, cdr: Cdr) {
         }),
     ) {
         Ok(()) => outcome.await.unwrap_or_else(|_| Err("the CDR writer dropped the record".into())),
-        Err((cdr, _)) => {
+        Err(refused) => {
+            let (cdr, _) = *refused;
             let store = store.clone();
             tokio::task::spawn_blocking(move || store.persist(cdr))
                 .await
