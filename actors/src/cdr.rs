@@ -147,10 +147,20 @@ pub struct ActiveCall {
 
 /// Where finished calls' records go: redb in the product, memory in tests. `persist` returns
 /// only once the record is durable (or storing it failed), so it may block on the disk: call it
-/// from a thread that may block, never from an async task.
+/// from a thread that may block, never from an async task. `submit` is the same without
+/// blocking, for stores that queue: the record is queued and `stored` hears the outcome once it
+/// is durable; a store that cannot queue it at once (none of its own, or full) gives both back,
+/// and the caller uses `persist` on a thread that may block.
 pub trait CdrStore: Send + Sync + 'static {
     fn persist(&self, cdr: Cdr) -> Result<(), crate::store::StoreError>;
+
+    fn submit(&self, cdr: Cdr, stored: CdrStored) -> Result<(), Box<(Cdr, CdrStored)>> {
+        Err(Box::new((cdr, stored)))
+    }
 }
+
+/// Told once whether a submitted record is stored; must not block.
+pub type CdrStored = Box<dyn FnOnce(Result<(), crate::store::StoreError>) + Send>;
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,9 @@
 //! - `relay/passthrough_pcmu`: one 20 ms G.711 packet (12-byte header, 160-byte payload)
 //!   through the sans-IO `Relay` between two PCMU legs: latch check, loss/jitter bookkeeping,
 //!   header rewrite to pbx's SSRC and sequence, output drained. The packet is copied into a
-//!   fresh buffer first, as the shell's receive task does, and freed after, as the send does.
+//!   fresh buffer first and freed after, as a shell that hands packets over would.
+//! - `relay/in_place_pcmu`: the same packet relayed in the caller's buffer
+//!   (`Relay::relay_in_place`), as the media session's task does: no copy, no allocation.
 //! - `relay/transcode_pcmu_to_pcma`: the same with a PCMA callee, so the payload is also
 //!   converted µ-law → A-law.
 //! - `g711/ulaw_to_alaw_160`: the table conversion of one payload alone.
@@ -51,6 +53,24 @@ fn relay(c: &mut Criterion) {
             })
         });
     }
+    let mut now = Timestamp::from_secs(1_000);
+    let mut relay = Relay::new(RelayConfig::default(), 1, now);
+    relay.handle(now, RelayInput::Configure { side: Side::A, peer: peer(caller, (0, G711::Mu)) });
+    relay.handle(now, RelayInput::Configure { side: Side::B, peer: peer(callee, (0, G711::Mu)) });
+    let mut packet = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0x12, 0x34, 0x56, 0x78];
+    packet.extend((0..PAYLOAD_BYTES).map(|i| i as u8));
+    let mut seq = 0u16;
+    group.bench_function("in_place_pcmu", |b| {
+        b.iter(|| {
+            now = now + Duration::from_millis(20);
+            seq = seq.wrapping_add(1);
+            packet[2..4].copy_from_slice(&seq.to_be_bytes());
+            packet[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+            let forward = relay.relay_in_place(now, Side::A, PacketKind::Rtp, caller, &mut packet);
+            assert!(forward.is_some(), "every packet is forwarded");
+            black_box(forward)
+        })
+    });
     group.finish();
 }
 

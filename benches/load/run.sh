@@ -1092,7 +1092,9 @@ media_window() {
 	fi
 	echo "$active $((in1 - in0)) $((out1 - out0)) $((dropped1 - dropped0)) $((k1 - k0))" \
 		"$(awk -v c=$((cpu1 - cpu0)) -v h="$TICKS" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f %.2f", 100 * c / h / (b - a), b - a }')" \
-		"$(rss_kib "$SERVER_PID")" >"$WORK/media-window"
+		"$(rss_kib "$SERVER_PID")" \
+		"$(awk -v c=$((cpu1 - cpu0)) -v h="$TICKS" -v p=$((out1 - out0)) 'BEGIN { printf "%.2f", (p > 0 ? 1e6 * c / h / p : 0) }')" \
+		>"$WORK/media-window"
 }
 
 # media_step n → prints "ok|fail"; 0 if n concurrent calls, each sending and receiving 50 RTP
@@ -1106,9 +1108,9 @@ media_step() {
 	CALLS=$n RATE=$MEDIA_SETUP_RATE HOLD_MS=$((hold_s * 1000)) LIMIT=$((n + 10)) SECONDS_MAX=$((hold_s * 2 + 60)) \
 		MEDIA_UP_S=$up_s ON_UP=media_window run_calls "media-$n" "-set media 1" "-set media 1"
 	local failed=$RUN_FAILED
-	local active=0 pin=0 pout=0 dropped=0 kdrops=0 cpu=0 secs=1 rss=0
+	local active=0 pin=0 pout=0 dropped=0 kdrops=0 cpu=0 secs=1 rss=0 us_per_packet=0
 	# No window (pbx's /metrics did not answer): every reading stays 0 and the step fails.
-	[ -s "$WORK/media-window" ] && read -r active pin pout dropped kdrops cpu secs rss <"$WORK/media-window"
+	[ -s "$WORK/media-window" ] && read -r active pin pout dropped kdrops cpu secs rss us_per_packet <"$WORK/media-window"
 	local expected=$((n * 100)) rate_in rate_out
 	rate_in=$(awk -v p="$pin" -v s="$secs" 'BEGIN { printf "%.0f", p / s }')
 	rate_out=$(awk -v p="$pout" -v s="$secs" 'BEGIN { printf "%.0f", p / s }')
@@ -1123,11 +1125,11 @@ media_step() {
 		held=fail
 	fi
 	kill -0 "$SERVER_PID" 2>/dev/null || held=died
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$held" "$failed" "$active" "$expected" "$rate_in" \
-		"$rate_out" "$lost" "$dropped" "$kdrops" "$cpu" "$rss" "$(phone_cpu "$LAST_UAC")+$(phone_cpu "$LAST_UAS")" \
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$held" "$failed" "$active" "$expected" "$rate_in" \
+		"$rate_out" "$lost" "$dropped" "$kdrops" "$cpu" "$us_per_packet" "$rss" "$(phone_cpu "$LAST_UAC")+$(phone_cpu "$LAST_UAS")" \
 		>>"$WORK/media.tsv"
 	log "media: $n calls → $held (failed $failed, active $active, RTP in $rate_in/s of $expected/s, out $rate_out/s," \
-		"in−out $lost, pbx dropped $dropped, kernel dropped $kdrops, pbx CPU $cpu % of a core, RSS $rss KiB," \
+		"in−out $lost, pbx dropped $dropped, kernel dropped $kdrops, pbx CPU $cpu % of a core, $us_per_packet µs per relayed packet, RSS $rss KiB," \
 		"SIPp CPU $(phone_cpu "$LAST_UAC")+$(phone_cpu "$LAST_UAS") %)"
 	sleep "$COOLDOWN_S"
 	echo "$held"
@@ -1169,8 +1171,8 @@ print_media_table() {
 	echo "Concurrent calls with G.711 (PCMU, 20 ms) both ways through pbx's relay, every call up for ${MEDIA_MEASURE_S} s of"
 	echo "measurement: the most calls relayed with nothing lost = **$lo** (first that failed: ${hi/#0/-})."
 	echo
-	echo "| calls | verdict | failed calls | active | RTP in expected (pkt/s) | in (pkt/s) | out (pkt/s) | in − out | pbx dropped | kernel dropped (pbx RTP sockets) | pbx CPU (% of a core) | pbx RSS (KiB) | SIPp CPU (%) |"
-	echo "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+	echo "| calls | verdict | failed calls | active | RTP in expected (pkt/s) | in (pkt/s) | out (pkt/s) | in − out | pbx dropped | kernel dropped (pbx RTP sockets) | pbx CPU (% of a core) | pbx CPU per relayed packet (µs) | pbx RSS (KiB) | SIPp CPU (%) |"
+	echo "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
 	awk -F'\t' '{ printf "|"; for (i = 1; i <= NF; i++) printf " %s |", $i; printf "\n" }' "$WORK/media.tsv"
 }
 

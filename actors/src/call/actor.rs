@@ -3,10 +3,10 @@
 //! - [`LegActor`]: one per leg, around a [`Leg`] machine. SIP goes out through the
 //!   [`SipPort`] (the endpoint), events go to its call.
 //! - [`CallActor`]: one per call, around a [`Call`] machine; it spawns its legs and its media
-//!   session (linked to it: a call that dies takes its media with it, and the ports go back to
-//!   the pool). A leg that fails is reported to the machine as lost, so the other side gets its
-//!   BYE or final response; a media session that fails ends the call (BYE both sides, `failed`
-//!   CDR).
+//!   session (owned by it: a call that ends or dies takes its media with it, and the ports go
+//!   back to the pool). A leg that fails is reported to the machine as lost, so the other side
+//!   gets its BYE or final response; a media session that fails ends the call (BYE both sides,
+//!   `failed` CDR).
 //! - [`CallsActor`]: starts calls, lists them for the API, and notices a call actor that failed:
 //!   a CDR says the call failed.
 //!
@@ -30,10 +30,11 @@ use super::b2bua::{Call, CallConfig, CallInput, CallOutput, CallSetup};
 use super::leg::{Leg, LegCommand, LegEvent, LegInput, LegOutput, SipIn, SipOut};
 use super::{CallIds, CallStart, LegId};
 use crate::cdr::{ActiveCall, Cdr, CdrStore, Disposition, HangupSide, MediaCounters};
-use crate::media::actor::{MediaArgs, MediaEvent, MediaMsg};
+use crate::media::actor::{MediaArgs, MediaEvent, MediaSession};
 use crate::media::pool::PortPool;
 use crate::media::relay::RelayConfig;
 use crate::shell::{Control, WakeTimer};
+use crate::store::StoreError;
 use crate::time::Clock;
 use ractor::{Actor, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent};
 use std::collections::HashMap;
@@ -239,7 +240,7 @@ pub struct CallState {
     legs: HashMap<LegId, ActorRef<LegMsg>>,
     /// Leg actors by actor id, to tell which leg a supervision event is about.
     leg_ids: HashMap<ractor::ActorId, LegId>,
-    media: ActorRef<MediaMsg>,
+    media: MediaSession,
     timer: WakeTimer,
     recorded: Arc<AtomicBool>,
 }
@@ -267,8 +268,8 @@ impl Actor for CallActor {
             seed: args.seed,
             events,
         };
-        let (media, local) = crate::media::actor::spawn_linked(media_args, me.get_cell()).await?;
-        let setup = CallSetup { id: args.id, start: args.start, media: local, seed: args.seed };
+        let media = MediaSession::start(media_args).await?;
+        let setup = CallSetup { id: args.id, start: args.start, media: media.local(), seed: args.seed };
         let machine = Call::new(context.clock.now(), context.config, setup);
         Ok(CallState {
             machine,
@@ -291,8 +292,13 @@ impl Actor for CallActor {
         match msg {
             CallMsg::Leg { leg, event } => s.machine.handle(now, CallInput::Leg { leg, event }),
             CallMsg::Media(MediaEvent::Inactive { side }) => s.machine.handle(now, CallInput::MediaInactive { side }),
+            CallMsg::Media(MediaEvent::Failed) => {
+                tracing::error!(call = s.machine.id(), "media session failed: the call ends");
+                metrics::counter!("pbx_call_actor_failures_total", "actor" => "media").increment(1);
+                s.machine.handle(now, CallInput::Fail { reason: "media session failed".into() });
+            }
             CallMsg::Snapshot(reply) => {
-                let _ = reply.send(s.snapshot().await);
+                let _ = reply.send(s.snapshot());
             }
             CallMsg::Wake => {
                 s.timer.fired();
@@ -305,9 +311,7 @@ impl Actor for CallActor {
                 s.machine.handle(now, CallInput::Fail { reason: "SIP endpoint restarted".into() });
             }
             CallMsg::Control(control) => control.obey("call"),
-            CallMsg::PanicMedia => {
-                let _ = s.media.cast(MediaMsg::Control(Control::Panic));
-            }
+            CallMsg::PanicMedia => s.media.panic(),
         }
         s.drain(&me).await;
         Ok(())
@@ -328,10 +332,6 @@ impl Actor for CallActor {
                     s.legs.remove(&leg);
                     s.context.sip.leg_down(leg);
                     s.machine.handle(now, CallInput::LegLost { leg });
-                } else if cell.get_id() == s.media.get_id() {
-                    tracing::error!(call = s.machine.id(), %error, "media session failed: the call ends");
-                    metrics::counter!("pbx_call_actor_failures_total", "actor" => "media").increment(1);
-                    s.machine.handle(now, CallInput::Fail { reason: "media session failed".into() });
                 }
             }
             SupervisionEvent::ActorTerminated(cell, _, _) => {
@@ -396,9 +396,7 @@ impl CallState {
                         actor.stop(None);
                     }
                 }
-                CallOutput::ConfigureMedia { side, peer } => {
-                    let _ = self.media.cast(MediaMsg::Configure { side, peer });
-                }
+                CallOutput::ConfigureMedia { side, peer } => self.media.configure(side, peer),
                 CallOutput::Record(cdr) => {
                     if !self.recorded.swap(true, Ordering::SeqCst) {
                         self.finish(*cdr).await;
@@ -412,18 +410,15 @@ impl CallState {
 
     /// The CDR with the relay's counters, stored before the call actor goes.
     async fn finish(&mut self, mut cdr: Cdr) {
-        cdr.media = self.media_counters().await;
+        cdr.media = self.media_counters();
         record_cdr(&self.context.cdrs, cdr).await;
     }
 
-    async fn media_counters(&self) -> [MediaCounters; 2] {
-        match self.media.call(MediaMsg::Stats, Some(SNAPSHOT_WAIT)).await {
-            Ok(ractor::rpc::CallResult::Success(stats)) => stats.map(MediaCounters::from),
-            _ => Default::default(),
-        }
+    fn media_counters(&self) -> [MediaCounters; 2] {
+        self.media.stats().map(MediaCounters::from)
     }
 
-    async fn snapshot(&self) -> ActiveCall {
+    fn snapshot(&self) -> ActiveCall {
         let record = self.machine.record();
         ActiveCall {
             id: record.id,
@@ -435,12 +430,13 @@ impl CallState {
             state: self.machine.state().to_owned(),
             codec_caller: record.codec_caller,
             codec_callee: record.codec_callee,
-            media: self.media_counters().await,
+            media: self.media_counters(),
         }
     }
 }
 
-/// Stores a CDR on a blocking thread (it waits for a durable commit) and counts it.
+/// Stores a CDR and counts it, returning once it is durable (or storing it failed): queued
+/// to the store's writer when it takes it at once, else on a blocking thread.
 async fn record_cdr(store: &Arc<dyn CdrStore>, cdr: Cdr) {
     let label = cdr.disposition.name();
     tracing::info!(
@@ -452,12 +448,28 @@ async fn record_cdr(store: &Arc<dyn CdrStore>, cdr: Cdr) {
         duration_s = cdr.duration_s(),
         "call ended"
     );
-    let store = store.clone();
     let id = cdr.id;
-    match tokio::task::spawn_blocking(move || store.persist(cdr)).await {
-        Ok(Ok(())) => metrics::counter!("pbx_calls_total", "disposition" => label).increment(1),
-        Ok(Err(error)) => tracing::error!(cdr = id, %error, "CDR not stored"),
-        Err(error) => tracing::error!(cdr = id, %error, "CDR writer panicked"),
+    let (stored, outcome) = tokio::sync::oneshot::channel();
+    let result = match store.submit(
+        cdr,
+        Box::new(move |result| {
+            let _ = stored.send(result);
+        }),
+    ) {
+        Ok(()) => {
+            outcome.await.unwrap_or_else(|_| Err(StoreError::Stopped("the CDR writer dropped the record".into())))
+        }
+        Err(refused) => {
+            let (cdr, _) = *refused;
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.persist(cdr))
+                .await
+                .unwrap_or_else(|error| Err(StoreError::Stopped(format!("CDR writer panicked: {error}"))))
+        }
+    };
+    match result {
+        Ok(()) => metrics::counter!("pbx_calls_total", "disposition" => label).increment(1),
+        Err(error) => tracing::error!(cdr = id, %error, "CDR not stored"),
     }
 }
 

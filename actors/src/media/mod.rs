@@ -6,7 +6,8 @@
 //! - `relay`: the sans-IO machine of one call's relay (latching, SSRC/sequence rewriting,
 //!   transcoding, statistics, inactivity).
 //! - `pool`: the node's RTP/RTCP port pairs.
-//! - `actor`: the ractor shell that binds the sockets and runs a relay (`MediaSession`).
+//! - `actor`: the shell that binds the sockets and runs a relay in one task per call
+//!   (`MediaSession`).
 //!
 //! Not here: SDP (the call layer turns offers and answers into [`PeerMedia`]), jitter
 //! buffers, SRTP, RTCP generation, codecs other than G.711.
@@ -17,7 +18,7 @@ pub mod pool;
 pub mod relay;
 pub mod rtp;
 
-pub use actor::{MediaArgs, MediaError, MediaEvent, MediaMsg, MediaSession, spawn_linked};
+pub use actor::{MediaArgs, MediaError, MediaEvent, MediaSession};
 pub use g711::G711;
 pub use pool::PortPool;
-pub use relay::{PacketKind, PeerMedia, Relay, RelayConfig, RelayInput, RelayOutput, Side, SideStats};
+pub use relay::{Forward, PacketKind, PeerMedia, Relay, RelayConfig, RelayInput, RelayOutput, Side, SideStats};

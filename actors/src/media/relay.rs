@@ -75,7 +75,10 @@
 //! `poll_output()` until `None`, then arm a wake-up at `poll_timeout()` and call
 //! `handle(now, RelayInput::Timeout)` when it passes. `now` never goes backwards (an earlier
 //! one is taken as the latest seen). Packets are rewritten in place when the caller hands over
-//! the only reference to their bytes, so forwarding allocates nothing.
+//! the only reference to their bytes, so forwarding allocates nothing. A shell that reads into
+//! a buffer of its own calls [`Relay::relay_in_place`] instead of handing over a packet: the
+//! datagram is rewritten in that buffer and the answer says where to send it, with no output
+//! queued (the same rules, counters and state changes as a `Packet` input).
 
 use super::g711::G711;
 use super::rtp::{RtcpCompound, RtpPacket, TelephoneEvent, rewrite_rtcp_sender_ssrc, rewrite_rtp_header};
@@ -192,6 +195,14 @@ pub enum RelayOutput {
     Transmit { side: Side, kind: PacketKind, destination: SocketAddr, bytes: Bytes },
     /// The side's phone has been silent for the configured time; once per silence.
     Inactive { side: Side },
+}
+
+/// Where a packet relayed in place goes: out of `side`'s local port of `kind`, to `destination`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forward {
+    pub side: Side,
+    pub kind: PacketKind,
+    pub destination: SocketAddr,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -573,16 +584,10 @@ impl Relay {
         match input {
             RelayInput::Configure { side, peer } => self.configure(now, side, peer),
             RelayInput::Packet { side, kind, source, bytes } => {
-                let stats = &mut self.sides[side.index()].stats;
-                stats.packets_in += 1;
-                stats.bytes_in += bytes.len() as u64;
-                let forwarded = match kind {
-                    PacketKind::Rtp => self.rtp(now, side, source, bytes),
-                    PacketKind::Rtcp => self.rtcp(side, source, bytes),
-                };
-                match forwarded {
-                    Some(output) => self.emit(side, output),
-                    None => self.sides[side.index()].stats.dropped += 1,
+                let mut buf = writable(bytes);
+                if let Some(Forward { side: to, kind, destination }) = self.forward(now, side, kind, source, &mut buf) {
+                    let output = RelayOutput::Transmit { side: to, kind, destination, bytes: buf.freeze() };
+                    self.emit(side, output);
                 }
             }
             RelayInput::Timeout => {
@@ -595,6 +600,25 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// A datagram that arrived on `side`'s local port of `kind`, relayed in `packet` itself
+    /// (rewritten there when it is to be sent): where to send it, or `None` when it is dropped.
+    /// Counts as a `Packet` input and its `Transmit` would, and queues no output.
+    pub fn relay_in_place(
+        &mut self,
+        now: Timestamp,
+        side: Side,
+        kind: PacketKind,
+        source: SocketAddr,
+        packet: &mut [u8],
+    ) -> Option<Forward> {
+        self.now = self.now.max(now);
+        let forward = self.forward(self.now, side, kind, source, packet)?;
+        let stats = &mut self.sides[forward.side.index()].stats;
+        stats.packets_out += 1;
+        stats.bytes_out += packet.len() as u64;
+        Some(forward)
     }
 
     pub fn poll_output(&mut self) -> Option<RelayOutput> {
@@ -625,8 +649,30 @@ impl Relay {
         s.inactive_reported = false;
     }
 
-    /// The packet to send for an RTP packet from `from`'s phone, or `None` to drop it.
-    fn rtp(&mut self, now: Timestamp, from: Side, source: SocketAddr, bytes: Bytes) -> Option<RelayOutput> {
+    /// Counts a datagram in, rewrites it in place and says where it goes, or counts it dropped.
+    fn forward(
+        &mut self,
+        now: Timestamp,
+        side: Side,
+        kind: PacketKind,
+        source: SocketAddr,
+        packet: &mut [u8],
+    ) -> Option<Forward> {
+        let stats = &mut self.sides[side.index()].stats;
+        stats.packets_in += 1;
+        stats.bytes_in += packet.len() as u64;
+        let forwarded = match kind {
+            PacketKind::Rtp => self.rtp(now, side, source, packet),
+            PacketKind::Rtcp => self.rtcp(side, source, packet),
+        };
+        if forwarded.is_none() {
+            self.sides[side.index()].stats.dropped += 1;
+        }
+        forwarded
+    }
+
+    /// Where to send an RTP packet from `from`'s phone (rewritten in place), or `None` to drop it.
+    fn rtp(&mut self, now: Timestamp, from: Side, source: SocketAddr, bytes: &mut [u8]) -> Option<Forward> {
         let to = from.other();
         let s = &mut self.sides[from.index()];
         let peer = s.peer.as_ref()?;
@@ -636,7 +682,7 @@ impl Relay {
             return None;
         }
         // Nothing below changes state before the packet proved well-formed with a known PT.
-        let packet = RtpPacket::parse(&bytes)?;
+        let packet = RtpPacket::parse(bytes)?;
         let (ssrc, seq, ts, marker, pt) =
             (packet.ssrc(), packet.sequence(), packet.timestamp(), packet.marker(), packet.payload_type());
         let payload = packet.payload_range();
@@ -673,16 +719,16 @@ impl Relay {
             Carries::ComfortNoise => return None,
         };
         let (marker, seq, ts) = d.sending.map(now, ssrc, marker, seq, ts);
-        let mut buf = writable(bytes);
-        rewrite_rtp_header(&mut buf, marker, out_pt, seq, ts, d.sending.ssrc);
+        rewrite_rtp_header(bytes, marker, out_pt, seq, ts, d.sending.ssrc);
         if let Some(to_law) = transcode {
-            law.transcode(to_law, &mut buf[payload]);
+            law.transcode(to_law, &mut bytes[payload]);
         }
-        Some(RelayOutput::Transmit { side: to, kind: PacketKind::Rtp, destination, bytes: buf.freeze() })
+        Some(Forward { side: to, kind: PacketKind::Rtp, destination })
     }
 
-    /// The compound to send for an RTCP compound from `from`'s phone, or `None` to drop it.
-    fn rtcp(&mut self, from: Side, source: SocketAddr, bytes: Bytes) -> Option<RelayOutput> {
+    /// Where to send an RTCP compound from `from`'s phone (rewritten in place), or `None` to
+    /// drop it.
+    fn rtcp(&mut self, from: Side, source: SocketAddr, bytes: &mut [u8]) -> Option<Forward> {
         let to = from.other();
         let s = &mut self.sides[from.index()];
         s.peer.as_ref()?;
@@ -690,14 +736,13 @@ impl Relay {
             s.stats.foreign += 1;
             return None;
         }
-        RtcpCompound::parse(&bytes)?;
+        RtcpCompound::parse(bytes)?;
         s.rtcp_source.heard = Some(source);
         let d = &self.sides[to.index()];
         d.peer.as_ref()?;
         let destination = d.rtcp_source.destination(&d.rtp_source)?;
-        let mut buf = writable(bytes);
-        rewrite_rtcp_sender_ssrc(&mut buf, d.sending.ssrc)?;
-        Some(RelayOutput::Transmit { side: to, kind: PacketKind::Rtcp, destination, bytes: buf.freeze() })
+        rewrite_rtcp_sender_ssrc(bytes, d.sending.ssrc)?;
+        Some(Forward { side: to, kind: PacketKind::Rtcp, destination })
     }
 
     /// Queues an output caused by `cause`'s traffic; a full queue drops it, counted there.

@@ -2,7 +2,6 @@ use super::*;
 use crate::Timestamp;
 use crate::media::g711::G711;
 use crate::media::rtp::{RtpPacket, rewrite_rtp_header};
-use ractor::SupervisionEvent;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -18,28 +17,6 @@ impl Clock for WallClock {
     }
 }
 
-/// A supervisor that outlives its children whatever they do.
-struct Supervisor;
-
-impl Actor for Supervisor {
-    type Msg = ();
-    type State = ();
-    type Arguments = ();
-
-    async fn pre_start(&self, _me: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        _: ActorRef<()>,
-        _: SupervisionEvent,
-        _: &mut (),
-    ) -> Result<(), ActorProcessingErr> {
-        Ok(())
-    }
-}
-
 /// Each test has its own port range, below Linux's ephemeral range so `bind(0)` sockets of
 /// other tests cannot take them.
 fn pool(first: u16) -> Arc<Mutex<PortPool>> {
@@ -51,14 +28,12 @@ fn in_use(pool: &Arc<Mutex<PortPool>>) -> usize {
 }
 
 struct Session {
-    actor: ActorRef<MediaMsg>,
+    media: MediaSession,
     local: [SocketAddr; 2],
-    supervisor: ActorRef<()>,
     events: mpsc::UnboundedReceiver<MediaEvent>,
 }
 
 async fn start(pool: &Arc<Mutex<PortPool>>, config: RelayConfig) -> Session {
-    let (supervisor, _) = Actor::spawn(None, Supervisor, ()).await.expect("supervisor starts");
     let (tx, events) = mpsc::unbounded_channel();
     let args = MediaArgs {
         pool: pool.clone(),
@@ -70,8 +45,8 @@ async fn start(pool: &Arc<Mutex<PortPool>>, config: RelayConfig) -> Session {
             let _ = tx.send(event);
         }),
     };
-    let (actor, local) = spawn_linked(args, supervisor.get_cell()).await.expect("session starts");
-    Session { actor, local, supervisor, events }
+    let Ok(media) = MediaSession::start(args).await else { panic!("session starts") };
+    Session { local: media.local(), media, events }
 }
 
 async fn socket() -> UdpSocket {
@@ -131,8 +106,8 @@ async fn relays_and_transcodes_between_real_sockets() {
     let (caller, callee, decoy) = (socket().await, socket().await, socket().await);
     let decoy_address = decoy.local_addr().unwrap();
     let callee_address = callee.local_addr().unwrap();
-    session.actor.cast(MediaMsg::Configure { side: Side::A, peer: peer(decoy_address, (0, G711::Mu)) }).unwrap();
-    session.actor.cast(MediaMsg::Configure { side: Side::B, peer: peer(callee_address, (8, G711::A)) }).unwrap();
+    session.media.configure(Side::A, peer(decoy_address, (0, G711::Mu)));
+    session.media.configure(Side::B, peer(callee_address, (8, G711::A)));
 
     let ulaw: Vec<u8> = tone().into_iter().map(|x| G711::Mu.encode(x)).collect();
     for seq in 1..=crate::media::relay::LEARNING_PACKETS {
@@ -157,7 +132,7 @@ async fn relays_and_transcodes_between_real_sockets() {
     stranger.send_to(&rtp(0, 5, 0xCAFE, &ulaw), a).await.unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
     let [sa, sb] = loop {
-        let stats = ractor::call_t!(session.actor, MediaMsg::Stats, 3_000).expect("stats");
+        let stats = session.media.stats();
         if stats[0].packets_in == 5 || tokio::time::Instant::now() > deadline {
             break stats;
         }
@@ -171,27 +146,38 @@ async fn relays_and_transcodes_between_real_sockets() {
     assert!(decoy.try_recv_from(&mut buf).is_err(), "nothing went to the caller's SDP address");
     assert!(session.events.try_recv().is_err(), "no inactivity in a live call");
 
-    session.actor.stop(None);
+    drop(session.media);
     wait_until("the stopped session's ports are back", || in_use(&pool) == 0).await;
-    session.supervisor.stop(None);
 }
 
-/// A killed session gives its ports back and closes its sockets, so they can be bound again.
+/// A dropped session gives its ports back and closes its sockets, so they can be bound again.
 #[tokio::test]
-async fn killed_session_returns_its_ports() {
+async fn dropped_session_returns_its_ports() {
     let pool = pool(31_100);
     let session = start(&pool, RelayConfig::default()).await;
     assert_eq!(in_use(&pool), 2);
-    session.actor.kill();
-    wait_until("the killed session's ports are back", || in_use(&pool) == 0).await;
+    drop(session.media);
+    wait_until("the dropped session's ports are back", || in_use(&pool) == 0).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     for address in session.local {
         while UdpSocket::bind(address).await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "{address} still bound after the kill");
+            assert!(tokio::time::Instant::now() < deadline, "{address} still bound after the drop");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    session.supervisor.stop(None);
+}
+
+/// A session whose task panics says so once (the call ends on it) and gives its ports back.
+#[tokio::test]
+async fn panicking_session_reports_failure_and_returns_its_ports() {
+    let pool = pool(31_400);
+    let mut session = start(&pool, RelayConfig::default()).await;
+    assert_eq!(in_use(&pool), 2);
+    session.media.panic();
+    let event = timeout(WAIT, session.events.recv()).await.expect("an event in time");
+    assert_eq!(event, Some(MediaEvent::Failed));
+    wait_until("the failed session's ports are back", || in_use(&pool) == 0).await;
+    assert!(session.events.try_recv().is_err(), "failure reported once");
 }
 
 /// A side that sends nothing for the configured time is reported once; a side on hold never.
@@ -200,15 +186,14 @@ async fn silence_is_reported_inactive_once() {
     let pool = pool(31_200);
     let mut session = start(&pool, RelayConfig { inactivity: Duration::from_millis(200) }).await;
     let phone = socket().await.local_addr().unwrap();
-    session.actor.cast(MediaMsg::Configure { side: Side::A, peer: peer(phone, (0, G711::Mu)) }).unwrap();
+    session.media.configure(Side::A, peer(phone, (0, G711::Mu)));
     let hold = PeerMedia { sends: false, ..peer(phone, (0, G711::Mu)) };
-    session.actor.cast(MediaMsg::Configure { side: Side::B, peer: hold }).unwrap();
+    session.media.configure(Side::B, hold);
     let event = timeout(WAIT, session.events.recv()).await.expect("an event in time");
     assert_eq!(event, Some(MediaEvent::Inactive { side: Side::A }));
     assert!(timeout(Duration::from_millis(500), session.events.recv()).await.is_err(), "only once");
-    session.actor.stop(None);
+    drop(session.media);
     wait_until("ports are back", || in_use(&pool) == 0).await;
-    session.supervisor.stop(None);
 }
 
 /// When no pair binds, the spawn fails with a message that says so, and leases nothing.
@@ -216,7 +201,6 @@ async fn silence_is_reported_inactive_once() {
 async fn fails_clearly_when_no_pair_binds() {
     let pool = Arc::new(Mutex::new(PortPool::new(31_300, 31_303, 9)));
     let _squatter = UdpSocket::bind("127.0.0.1:31301").await.expect("occupy the first pair's RTCP port");
-    let (supervisor, _) = Actor::spawn(None, Supervisor, ()).await.unwrap();
     let args = MediaArgs {
         pool: pool.clone(),
         bind: [127, 0, 0, 1].into(),
@@ -225,9 +209,8 @@ async fn fails_clearly_when_no_pair_binds() {
         seed: 1,
         events: Arc::new(|_| {}),
     };
-    let error = spawn_linked(args, supervisor.get_cell()).await.expect_err("no second pair can bind");
+    let Err(error) = MediaSession::start(args).await else { panic!("no second pair can bind") };
     assert!(matches!(error, MediaError::NoPorts { tried: BIND_ATTEMPTS_MAX, capacity: 2, .. }), "{error}");
     assert!(error.to_string().contains("no RTP port pair free to bind on 127.0.0.1"), "{error}");
     assert_eq!(in_use(&pool), 0);
-    supervisor.stop(None);
 }

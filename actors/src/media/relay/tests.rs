@@ -46,6 +46,8 @@ fn rtcp(ssrc: u32) -> Bytes {
 struct Harness {
     relay: Relay,
     now: Timestamp,
+    /// Packets go through `relay_in_place` (as the session's task does) instead of `handle`.
+    in_place: bool,
 }
 
 impl Harness {
@@ -55,7 +57,7 @@ impl Harness {
 
     fn with(config: RelayConfig) -> Harness {
         let now = Timestamp::from_secs(1_000);
-        Harness { relay: Relay::new(config, 7, now), now }
+        Harness { relay: Relay::new(config, 7, now), now, in_place: false }
     }
 
     /// Both sides configured: A is the caller (PCMU), B the callee with `b_codec`.
@@ -78,6 +80,20 @@ impl Harness {
     /// A packet arriving 20 ms after the previous one.
     fn packet(&mut self, side: Side, kind: PacketKind, source: SocketAddr, bytes: Bytes) -> Vec<RelayOutput> {
         self.advance(Duration::from_millis(20));
+        if self.in_place {
+            let mut buf = bytes.to_vec();
+            let forward = self.relay.relay_in_place(self.now, side, kind, source, &mut buf);
+            assert!(self.relay.poll_output().is_none(), "relaying in place queues nothing");
+            return forward
+                .map(|Forward { side, kind, destination }| RelayOutput::Transmit {
+                    side,
+                    kind,
+                    destination,
+                    bytes: buf.into(),
+                })
+                .into_iter()
+                .collect();
+        }
         self.input(RelayInput::Packet { side, kind, source, bytes })
     }
 
@@ -678,6 +694,23 @@ impl Harness {
 }
 
 proptest! {
+    /// Relaying in place (the session's task) and relaying handed-over packets (`handle`) are
+    /// one machine: under any sequence of steps both send the same bytes to the same places
+    /// and keep the same counters.
+    #[test]
+    fn relaying_in_place_is_the_same_machine(steps in proptest::collection::vec(step(), 1..80)) {
+        let mut handed = Harness::with(RelayConfig { inactivity: Duration::from_secs(30) });
+        let mut in_place = Harness { in_place: true, ..Harness::with(RelayConfig { inactivity: Duration::from_secs(30) }) };
+        let (mut arrived, mut arrived_too) = (std::collections::HashMap::new(), std::collections::HashMap::new());
+        for step in steps {
+            let expected = handed.step(step.clone(), &mut arrived);
+            prop_assert_eq!(in_place.step(step, &mut arrived_too), expected);
+            for side in [Side::A, Side::B] {
+                prop_assert_eq!(in_place.relay.stats(side), handed.relay.stats(side));
+            }
+        }
+    }
+
     /// Under any sequence of configurations, packets (valid or not) and waits: nothing
     /// panics, every arrival is either forwarded or counted as dropped, foreign ones among
     /// them, everything sent carries pbx's SSRC toward that side, and Inactive comes at most
