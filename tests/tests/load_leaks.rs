@@ -88,6 +88,7 @@ fn calls_and_registrations_under_load_leave_nothing_behind() {
 
     // Every gauge 0 at once, within Timer J and a margin of the load's end.
     let drained = wait_until(DRAIN_TIMEOUT, || gauges(&pbx).iter().all(|(_, v)| *v == Some(0.0)));
+    eprintln!("load {load_s} s, then drained in {} s", started.elapsed().as_secs() - load_s);
     assert!(
         drained,
         "left {DRAIN_TIMEOUT:?} after a {load_s} s load: {:?}\n{}",
