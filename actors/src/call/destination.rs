@@ -87,10 +87,10 @@ fn contact_address(contact: &SipUri, source: SocketAddr, transport: Transport) -
     if transport != Transport::Udp || contact.sips || contact.uri_params.get("maddr").is_some() {
         return None;
     }
-    if let Some(named) = contact.uri_params.get_val("transport") {
-        if !named.eq_ignore_ascii_case(transport.via_name()) {
-            return None;
-        }
+    if let Some(named) = contact.uri_params.get_val("transport")
+        && !named.eq_ignore_ascii_case(transport.via_name())
+    {
+        return None;
     }
     let ip = match &contact.host_port.host {
         Host::IP4(v4) => IpAddr::V4(*v4),
