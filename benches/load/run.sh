@@ -4,17 +4,20 @@
 # second through pbx's B2BUA and through Kamailio as a stateful proxy, RTP relayed by pbx, and
 # pbx's memory per call. docs/PERFORMANCE.md explains the method and records the numbers.
 #
-# usage: benches/load/run.sh [all|rate|memory|profile|kamailio|check|calls|kamailio-calls|calls-check|calls-media|cluster|cluster-check|flood|flood-check]
+# usage: benches/load/run.sh [all|rate|memory|profile|kamailio|check|calls|kamailio-calls|calls-check|calls-media|rtpengine-check|cluster|cluster-check|flood|flood-check]
 #   all             memory, then the rate ramps of every REGISTER row (default; < 15 minutes once built)
 #   rate            REGISTER rate ramps only
 #   memory          pbx's bytes per registration only
 #   profile         pbx under callgrind with a short load; prints the top functions
 #   kamailio        the Kamailio REGISTER rows only (needs no pbx)
 #   check           one short step per REGISTER row: proves the harness works end to end
-#   calls           call rate ramps: Kamailio stateful (no auth, digest) and pbx (about 12 minutes)
-#   kamailio-calls  the Kamailio call rows only (needs no pbx)
+#   calls           call rate ramps: Kamailio stateful (no auth, digest), Kamailio + rtpengine
+#                   (digest) and pbx (about 16 minutes)
+#   kamailio-calls  the Kamailio call rows only, rtpengine's included (needs no pbx)
 #   calls-check     one short call step per row, and one short media step
-#   calls-media     pbx only: memory per call, then concurrent calls with G.711 RTP both ways
+#   calls-media     pbx: memory per call, then concurrent calls with G.711 RTP both ways; then the
+#                   same concurrent calls through Kamailio + rtpengine
+#   rtpengine-check one short call step and one short media step through Kamailio + rtpengine
 #   cluster         pbx on 1 node against 3 (2 voters + a witness) in one run: REGISTER ramps through
 #                   the leader and through the follower, then call ramps (about 20 minutes)
 #   cluster-check   one short step per cluster row
@@ -60,6 +63,10 @@
 #                      (under pbx's RTP timeout, 60 s, as they carry no media)
 #   CALL_DEADLINE_S [1500]  DEADLINE_S of the call modes
 #   CALL_SETTLE_S [45] wait (> Timer J and pbx's call-ending bound, 40 s) before reading RSS
+#   KAMAILIO_RTPENGINE_ROWS ["auth"]   Kamailio + rtpengine call rows ("" for none): with digest
+#   RTPENGINE_MEDIA [1]   calls-media also measures Kamailio + rtpengine (0: pbx only)
+#   RTPENGINE_PORTS [40000-59999]   rtpengine's --port-min/--port-max (4 ports per call)
+#   PORT_BASE+12, +13  rtpengine's NG control port (UDP) and its HTTP port (/metrics, TCP)
 #
 # A step "holds" when no call failed, the achieved rate is at least 95 % of the target and
 # retransmissions stay at or below 1 % of the calls (a retransmission means a datagram was
@@ -77,6 +84,19 @@
 # pbx is a B2BUA (407 per INVITE, location lookup, two dialogs, SDP rewritten, two RTP port
 # pairs leased per call; no RTP flows in these rows). Before a row's ramp one probe call must
 # go through: a server that cannot put a call through fails there, saying what it answered.
+#
+# Kamailio + rtpengine, the peer that anchors media as pbx does: kamailio_calls.cfg with
+# -A WITH_RTPENGINE (rtpengine_manage() on the INVITE, on replies with SDP, on ACK and BYE;
+# rtpengine_delete() when the INVITE fails) driving Debian's rtpengine-daemon (installed with
+# apt like sipp and kamailio; its system service is stopped and disabled, this script starts its
+# own): `rtpengine --config-file=none --table=-1` (userspace forwarding, no kernel module),
+# --interface=127.0.0.1, --listen-ng on PORT_BASE+12, its own RTPENGINE_PORTS, --num-threads
+# left at its default (one per CPU). Both restart before every step. In the call rows rtpengine
+# allocates ports and rewrites SDP for every call (no RTP flows); server CPU is Kamailio's
+# and rtpengine's. In calls-media the same media steps as pbx's run through Kamailio +
+# rtpengine: a step holds when no call failed, rtpengine counted no packet error, the kernel
+# dropped nothing on its RTP ports and it relayed ≥ 95 % of 100 × N packets per s; CPU per
+# relayed packet is (rtpengine + Kamailio CPU) / rtpengine_packets_total over the window.
 #
 # calls-media (pbx only): first the memory per call, pbx's RSS with MEM_CALLS calls up (no
 # media) against its RSS idle and after a warm-up of as many calls; then steps of N concurrent
@@ -190,6 +210,9 @@ FLOOD_ONE_RATE=${FLOOD_ONE_RATE:-4000}
 PBX_BEFORE=${PBX_BEFORE:-}
 PBX_BINARY=${PBX_BINARY:-}
 WARM_RATE=${WARM_RATE:-1000}
+KAMAILIO_RTPENGINE_ROWS=${KAMAILIO_RTPENGINE_ROWS-auth}
+RTPENGINE_MEDIA=${RTPENGINE_MEDIA:-1}
+RTPENGINE_PORTS=${RTPENGINE_PORTS:-40000-59999}
 
 PBX_SIP_PORT=$PORT_BASE
 PBX_HTTP_PORT=$((PORT_BASE + 1))
@@ -199,12 +222,14 @@ LOAD_PORT=$((PORT_BASE + 30))
 UAS_PORT=$((PORT_BASE + 22))
 UAC_MEDIA_PORT=$((PORT_BASE + 40))
 UAS_MEDIA_PORT=$((PORT_BASE + 50))
+RTPE_NG_PORT=$((PORT_BASE + 12))
+RTPE_HTTP_PORT=$((PORT_BASE + 13))
 REALM=pbx
 CALLER=100
 CALLEE=101
 
 case $MODE in
-all | rate | memory | profile | kamailio | check | calls | kamailio-calls | calls-check | calls-media | cluster | cluster-check | flood | flood-check) ;;
+all | rate | memory | profile | kamailio | check | calls | kamailio-calls | calls-check | calls-media | rtpengine-check | cluster | cluster-check | flood | flood-check) ;;
 *)
 	sed -n '7,20p' "$0"
 	exit 2
@@ -225,8 +250,8 @@ call_rates() {
 	STEP_S=$CALL_STEP_S SUSTAIN_S=$CALL_SUSTAIN_S START_RATE=$CALL_START_RATE MAX_RATE=$CALL_MAX_RATE RATE_UNIT=25
 	DEADLINE_S=${CALL_DEADLINE_S:-1500}
 }
-case $MODE in calls | kamailio-calls | calls-check | calls-media) call_rates ;; esac
-if [ "$MODE" = calls-check ]; then
+case $MODE in calls | kamailio-calls | calls-check | calls-media | rtpengine-check) call_rates ;; esac
+if [ "$MODE" = calls-check ] || [ "$MODE" = rtpengine-check ]; then
 	STEP_S=3 SUSTAIN_S=3 SUSTAIN_TRIES=1 START_RATE=100 MAX_RATE=100 BISECT_STEPS=0
 	MEDIA_START=${MEDIA_START_CHECK:-20} MEDIA_MAX=${MEDIA_START_CHECK:-20} MEDIA_MEASURE_S=3
 	MEM_CALLS=${MEM_CALLS_CHECK:-100} MEM_HOLD_S=10 CALL_SETTLE_S=5
@@ -288,6 +313,10 @@ ensure_packages() {
 	command -v kamailio >/dev/null || missing+=(kamailio)
 	if [ "$MODE" = profile ]; then command -v valgrind >/dev/null || missing+=(valgrind); fi
 	command -v curl >/dev/null || missing+=(curl)
+	local rtpengine=no
+	case $MODE in calls | kamailio-calls | calls-check | calls-media | rtpengine-check)
+		command -v rtpengine >/dev/null || { missing+=(rtpengine-daemon) && rtpengine=yes; } ;;
+	esac
 	[ ${#missing[@]} -eq 0 ] && return
 	for pkg in "${missing[@]}"; do
 		if ! apt-cache policy "$pkg" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
@@ -296,21 +325,35 @@ ensure_packages() {
 		fi
 	done
 	DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+	[ "$rtpengine" = no ] || rtpengine_service_off
+}
+
+# The package starts rtpengine as a system service (kernel forwarding, its own config): this
+# script runs its own, so the service is stopped and kept from starting at boot.
+rtpengine_service_off() {
+	local unit
+	for unit in rtpengine-daemon rtpengine-recording-daemon; do
+		if command -v systemctl >/dev/null && systemctl disable --now "$unit" >/dev/null 2>&1; then continue; fi
+		service "$unit" stop >/dev/null 2>&1 || true
+		update-rc.d "$unit" disable >/dev/null 2>&1 || true
+	done
 }
 
 ensure_ports_free() {
 	local port
 	for port in "$PBX_SIP_PORT" "$KAM_PORT" "$SIPP_PORT" "$UAS_PORT" "$LOAD_PORT" "$UAC_MEDIA_PORT" \
-		$((UAC_MEDIA_PORT + 2)) "$UAS_MEDIA_PORT" $((UAS_MEDIA_PORT + 2)); do
+		$((UAC_MEDIA_PORT + 2)) "$UAS_MEDIA_PORT" $((UAS_MEDIA_PORT + 2)) "$RTPE_NG_PORT"; do
 		if ss -Hlun "sport = :$port" 2>/dev/null | grep -q .; then
 			log "UDP port $port is in use; set PORT_BASE to another value"
 			exit 1
 		fi
 	done
-	if ss -Hltn "sport = :$PBX_HTTP_PORT" 2>/dev/null | grep -q .; then
-		log "TCP port $PBX_HTTP_PORT is in use; set PORT_BASE to another value"
-		exit 1
-	fi
+	for port in "$PBX_HTTP_PORT" "$RTPE_HTTP_PORT"; do
+		if ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; then
+			log "TCP port $port is in use; set PORT_BASE to another value"
+			exit 1
+		fi
+	done
 	case $MODE in cluster | cluster-check) ;; *) return 0 ;; esac
 	for i in 0 1 2; do
 		if ss -Hlun "sport >= :$(node_port "$i" 0) and sport <= :$(node_port "$i" 3)" 2>/dev/null | grep -q . ||
@@ -326,7 +369,7 @@ build() {
 	# PBX_BINARY: a pbx built elsewhere (an older commit, say) is measured instead of this tree's.
 	[ -z "$PBX_BINARY" ] || pbx=()
 	case $MODE in
-	kamailio-calls) ;;
+	kamailio-calls | rtpengine-check) ;;
 	calls | calls-check | calls-media) bins+=(${pbx[@]+"${pbx[@]}"}) ;;
 	flood | flood-check) bins+=(-p pbx-benches --bin invite_flood ${pbx[@]+"${pbx[@]}"}) ;;
 	kamailio) bins+=(-p pbx-benches --bin register_load) ;;
@@ -472,7 +515,11 @@ rcvbuf_errors() {
 
 # The server's CPU: a cluster's is that of its three nodes.
 server_cpu() {
-	if [ "$SERVER_KIND" = cluster ]; then cpu_ticks "${NODE_PIDS[@]}"; else cpu_ticks "$SERVER_PID"; fi
+	case $SERVER_KIND in
+	cluster) cpu_ticks "${NODE_PIDS[@]}" ;;
+	kamailio-rtpengine) cpu_ticks "$SERVER_PID" "$RTPE_PID" ;;
+	*) cpu_ticks "$SERVER_PID" ;;
+	esac
 }
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
@@ -577,6 +624,10 @@ fresh() {
 	kamailio-calls)
 		stop "$SERVER_PID"
 		start_kamailio_calls "$KAMAILIO_AUTH"
+		;;
+	kamailio-rtpengine)
+		stop_kamailio_rtpengine
+		start_kamailio_rtpengine "$KAMAILIO_AUTH"
 		;;
 	cluster)
 		stop_cluster
@@ -842,9 +893,10 @@ register_callee() {
 # runs out at ~3,000 calls/s once retransmissions pile up. The TLSF allocator (-x, -X): with
 # Kamailio's default (qm) qm_malloc took two thirds of its CPU here (perf), ~850 µs per call
 # instead of ~310.
-start_kamailio_calls() { # auth|noauth → sets SERVER_PID
+start_kamailio_calls() { # auth|noauth [more kamailio args] → sets SERVER_PID
 	local define=()
 	[ "$1" = auth ] && define=(-A WITH_AUTH)
+	define+=("${@:2}")
 	mkdir -p "$WORK/kamailio-calls-$1"
 	kamailio -f "$HERE/kamailio_calls.cfg" -l "udp:127.0.0.1:$KAM_PORT" -n "$KAMAILIO_CHILDREN" -m 1024 -M 16 -x tlsf -X tlsf \
 		-DD -E -Y "$WORK/kamailio-calls-$1" -P "$WORK/kamailio-calls-$1/kamailio.pid" "${define[@]}" \
@@ -1038,6 +1090,11 @@ call_rows() {
 		call_row "Kamailio stateful, $([ "$auth" = auth ] && echo "digest MD5" || echo "no auth")"
 		stop "$SERVER_PID"
 	done
+	for auth in $KAMAILIO_RTPENGINE_ROWS; do
+		start_kamailio_rtpengine "$auth"
+		call_row "Kamailio stateful + rtpengine, $([ "$auth" = auth ] && echo "digest MD5" || echo "no auth")"
+		stop_kamailio_rtpengine
+	done
 	[ "$MODE" = kamailio-calls ] && return
 	started=0
 	start_pbx_calls rate || started=$?
@@ -1226,6 +1283,152 @@ memory_window() {
 	local active
 	active=$(metric pbx_calls_active)
 	echo "${active/x/0} $(rss_kib "$SERVER_PID")" >"$WORK/memory-window"
+}
+
+# ---- Kamailio + rtpengine (calls, kamailio-calls, calls-check, calls-media, rtpengine-check) ----
+
+# rtpengine in userspace (--table=-1: no kernel module), on 127.0.0.1, its NG control port and
+# HTTP /metrics on PORT_BASE+12/+13, RTPENGINE_PORTS for media; in the foreground, so it is this
+# script's child and stops with it. Sets RTPE_PID; 1 if it did not answer /metrics within 10 s.
+start_rtpengine() {
+	local dir=$WORK/rtpengine
+	mkdir -p "$dir"
+	rtpengine --config-file=none --table=-1 --interface=127.0.0.1 --listen-ng="127.0.0.1:$RTPE_NG_PORT" \
+		--listen-http="127.0.0.1:$RTPE_HTTP_PORT" --port-min="${RTPENGINE_PORTS%-*}" --port-max="${RTPENGINE_PORTS#*-}" \
+		--foreground --log-stderr --log-level=4 --pidfile="$dir/rtpengine.pid" >>"$dir/rtpengine.log" 2>&1 &
+	RTPE_PID=$!
+	PIDS+=("$RTPE_PID")
+	for _ in $(seq 100); do
+		[ "$(rtpengine_metric rtpengine_uptime_seconds)" != x ] && return 0
+		kill -0 "$RTPE_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	log "rtpengine did not start (or another process has its ports $RTPE_NG_PORT/$RTPE_HTTP_PORT); see $dir/rtpengine.log"
+	tail -5 "$dir/rtpengine.log" >&2
+	return 1
+}
+
+rtpengine_metric() { # name [label]: one sample of rtpengine's /metrics ("x" when it did not answer)
+	local page
+	page=$(curl -sf --max-time 5 "http://127.0.0.1:$RTPE_HTTP_PORT/metrics" 2>/dev/null) || {
+		echo x
+		return
+	}
+	echo "$page" | awk -v n="$1" -v l="${2:-}" '$1 == n || (l != "" && $1 == n "{" l "}") { v = $2 } END { printf "%.0f\n", v + 0 }'
+}
+
+# Kamailio (kamailio_calls.cfg -A WITH_RTPENGINE) in front of a fresh rtpengine: sets SERVER_PID
+# (Kamailio's: the called phone's REGISTER goes there) and RTPE_PID.
+start_kamailio_rtpengine() { # auth|noauth
+	start_rtpengine || exit 1
+	start_kamailio_calls "$1" -A WITH_RTPENGINE -A "RTPENGINE_SOCK=\"udp:127.0.0.1:$RTPE_NG_PORT\""
+	SERVER_KIND=kamailio-rtpengine
+}
+
+stop_kamailio_rtpengine() {
+	stop "$SERVER_PID"
+	stop "$RTPE_PID"
+}
+
+# Kernel drops on rtpengine's RTP sockets (as rtp_socket_drops, over RTPENGINE_PORTS).
+rtpengine_socket_drops() { RTP_PORTS=$RTPENGINE_PORTS rtp_socket_drops; }
+
+# rtpengine_media_window: ON_UP of a media step through Kamailio + rtpengine: rtpengine's
+# counters, Kamailio's and rtpengine's CPU and kernel drops over MEDIA_MEASURE_S.
+rtpengine_media_window() {
+	sleep "$MEDIA_UP_S"
+	local sessions p0 e0 k0 cpu0 t0 p1 e1 k1 cpu1 t1
+	sessions=$(rtpengine_metric rtpengine_sessions 'type="own"')
+	p0=$(rtpengine_metric rtpengine_packets_total 'type="userspace"') e0=$(rtpengine_metric rtpengine_packet_errors_total 'type="userspace"')
+	k0=$(rtpengine_socket_drops) cpu0=$(cpu_ticks "$SERVER_PID" "$RTPE_PID") t0=$(date +%s.%N)
+	sleep "$MEDIA_MEASURE_S"
+	p1=$(rtpengine_metric rtpengine_packets_total 'type="userspace"') e1=$(rtpengine_metric rtpengine_packet_errors_total 'type="userspace"')
+	k1=$(rtpengine_socket_drops) cpu1=$(cpu_ticks "$SERVER_PID" "$RTPE_PID") t1=$(date +%s.%N)
+	if [[ "$sessions $p0 $e0 $p1 $e1" == *x* ]]; then
+		log "media: rtpengine's /metrics did not answer within 5 s"
+		return
+	fi
+	# sessions packets errors kernel-drops cpu% seconds cpu-ticks rss(rtpengine)
+	echo "$sessions $((p1 - p0)) $((e1 - e0)) $((k1 - k0))" \
+		"$(awk -v c=$((cpu1 - cpu0)) -v h="$TICKS" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f %.2f", 100 * c / h / (b - a), b - a }')" \
+		"$((cpu1 - cpu0)) $(rss_kib "$RTPE_PID")" >"$WORK/rtpengine-media-window"
+}
+
+# rtpengine_media_step n → prints "ok|fail"; 0 if n concurrent calls, 50 RTP packets a second
+# each way, were relayed by rtpengine with nothing lost (see the header).
+rtpengine_media_step() {
+	local n=$1 held=ok
+	local up_s=$((n / MEDIA_SETUP_RATE + 3))
+	local hold_s=$((up_s + MEDIA_MEASURE_S + 3))
+	fresh
+	rm -f "$WORK/rtpengine-media-window"
+	CALLS=$n RATE=$MEDIA_SETUP_RATE HOLD_MS=$((hold_s * 1000)) LIMIT=$((n + 10)) SECONDS_MAX=$((hold_s * 2 + 60)) \
+		MEDIA_UP_S=$up_s ON_UP=rtpengine_media_window run_calls "rtpengine-media-$n" "-set media 1" "-set media 1"
+	local failed=$RUN_FAILED
+	local sessions=0 packets=0 errors=0 kdrops=0 cpu=0 secs=1 ticks=0 rss=0
+	[ -s "$WORK/rtpengine-media-window" ] && read -r sessions packets errors kdrops cpu secs ticks rss <"$WORK/rtpengine-media-window"
+	local expected=$((n * 100)) rate us_per_packet=-
+	rate=$(awk -v p="$packets" -v s="$secs" 'BEGIN { printf "%.0f", p / s }')
+	[ "$packets" -gt 0 ] && us_per_packet=$(awk -v c="$ticks" -v h="$TICKS" -v p="$packets" 'BEGIN { printf "%.2f", c / h * 1000000 / p }')
+	if [ "$failed" -ne 0 ] || [ ! -s "$WORK/rtpengine-media-window" ] || [ "$sessions" -ne "$n" ] ||
+		[ "$errors" -ne 0 ] || [ "$kdrops" -ne 0 ] || [ $((rate * 100)) -lt $((expected * 95)) ]; then
+		held=fail
+	fi
+	kill -0 "$RTPE_PID" 2>/dev/null && kill -0 "$SERVER_PID" 2>/dev/null || held=died
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$held" "$failed" "$sessions" "$expected" "$rate" \
+		"$errors" "$kdrops" "$cpu" "$us_per_packet" "$rss" "$(phone_cpu "$LAST_UAC")+$(phone_cpu "$LAST_UAS")" \
+		>>"$WORK/rtpengine-media.tsv"
+	log "rtpengine media: $n calls → $held (failed $failed, sessions $sessions, relayed $rate/s of $expected/s," \
+		"errors $errors, kernel dropped $kdrops, Kamailio+rtpengine CPU $cpu % of a core = $us_per_packet µs/packet," \
+		"rtpengine RSS $rss KiB, SIPp CPU $(phone_cpu "$LAST_UAC")+$(phone_cpu "$LAST_UAS") %)"
+	sleep "$COOLDOWN_S"
+	echo "$held"
+	[ "$held" = ok ]
+}
+
+# The media ramp of media_rows (MEDIA_START doubling to MEDIA_MAX, then BISECT_STEPS) through
+# Kamailio (digest) + rtpengine.
+rtpengine_media_rows() {
+	: >"$WORK/rtpengine-media.tsv"
+	start_kamailio_rtpengine auth
+	if ! probe_call "Kamailio + rtpengine media"; then
+		FAILED_ROWS+=("Kamailio + rtpengine media")
+		stop_kamailio_rtpengine
+		return
+	fi
+	local n=$MEDIA_START lo=0 hi=0 mid i=0
+	while [ "$n" -le "$MEDIA_MAX" ] && ! past_deadline; do
+		if rtpengine_media_step "$n" >/dev/null; then lo=$n n=$((n * 2)); else
+			hi=$n
+			break
+		fi
+	done
+	while [ "$hi" -gt 0 ] && [ "$i" -lt "$BISECT_STEPS" ] && ! past_deadline; do
+		mid=$(((lo + hi) / 2 / 10 * 10))
+		[ "$mid" -le "$lo" ] || [ "$mid" -ge "$hi" ] && break
+		if rtpengine_media_step "$mid" >/dev/null; then lo=$mid; else hi=$mid; fi
+		i=$((i + 1))
+	done
+	stop_kamailio_rtpengine
+	RTPENGINE_MEDIA_RESULT="$lo $hi"
+}
+
+print_rtpengine_media_table() {
+	local lo hi
+	read -r lo hi <<<"${RTPENGINE_MEDIA_RESULT:-0 0}"
+	echo
+	if [ ! -s "$WORK/rtpengine-media.tsv" ]; then
+		echo "Kamailio + rtpengine media: no reading (no call went through)."
+		return
+	fi
+	echo "The same concurrent G.711 calls through Kamailio (digest) + rtpengine $(rtpengine --version 2>&1 | sed -n 's/^Version: //p')"
+	echo "(userspace, --table=-1), every call up for ${MEDIA_MEASURE_S} s of measurement: the most calls relayed with"
+	echo "nothing lost = **$lo** (first that failed: ${hi/#0/-}). CPU per relayed packet: Kamailio's and rtpengine's"
+	echo "CPU over the window / the packets rtpengine relayed in it (rtpengine_packets_total)."
+	echo
+	echo "| calls | verdict | failed calls | rtpengine sessions | RTP expected (pkt/s) | relayed (pkt/s) | packet errors | kernel dropped (rtpengine RTP sockets) | Kamailio + rtpengine CPU (% of a core) | CPU per relayed packet (µs) | rtpengine RSS (KiB) | SIPp CPU (%) |"
+	echo "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+	awk -F'\t' '{ printf "|"; for (i = 1; i <= NF; i++) printf " %s |", $i; printf "\n" }' "$WORK/rtpengine-media.tsv"
 }
 
 # ---- one node against three (cluster, cluster-check) ----
@@ -1591,14 +1794,14 @@ STARTED_AT=$(date +%s) # the deadline and the reported duration count from here,
 make_users
 : >"$WORK/steps.tsv"
 case $MODE in
-calls | kamailio-calls | calls-check | calls-media) what=Call ;;
+calls | kamailio-calls | calls-check | calls-media | rtpengine-check) what=Call ;;
 cluster | cluster-check) what="Cluster (REGISTER, calls)" ;;
 flood | flood-check) what="Flood" ;;
 *) what=REGISTER ;;
 esac
 echo "# $what load, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p')), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "kamailio $(kamailio -v | sed -n 's/^version: kamailio \([^ ]*\).*/\1/p') (children=$KAMAILIO_CHILDREN), $(sipp -v 2>&1 | grep -o 'SIPp v[^ -]*' | head -1), pbx $(pbx_version), STEP_S=$STEP_S, USERS=$USERS"
+echo "kamailio $(kamailio -v | sed -n 's/^version: kamailio \([^ ]*\).*/\1/p') (children=$KAMAILIO_CHILDREN), rtpengine $(rtpengine --version 2>&1 | sed -n 's/^Version: //p'), $(sipp -v 2>&1 | grep -o 'SIPp v[^ -]*' | head -1), pbx $(pbx_version), STEP_S=$STEP_S, USERS=$USERS"
 case $MODE in
 all | check)
 	memory
@@ -1644,6 +1847,21 @@ calls-media)
 	call_memory
 	media_rows
 	print_media_table
+	if [ "$RTPENGINE_MEDIA" = 1 ]; then
+		PHASE_AT=$(date +%s)
+		rtpengine_media_rows
+		print_rtpengine_media_table
+	fi
+	;;
+rtpengine-check)
+	make_audio
+	: >"$WORK/results.tsv"
+	start_kamailio_rtpengine auth
+	call_row "Kamailio stateful + rtpengine, digest MD5"
+	stop_kamailio_rtpengine
+	print_call_table
+	rtpengine_media_rows
+	print_rtpengine_media_table
 	;;
 flood | flood-check)
 	make_audio

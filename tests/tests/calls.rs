@@ -358,6 +358,38 @@ fn assert_rtp_source_is_pbx(pbx: &Pbx, phone: &Baresip) {
     assert!(ports.contains(&source.port()), "baresip got RTP from {source}, not from pbx's {ports:?}");
 }
 
+/// A REGISTER sent on behalf of a phone (from another port than the Contact it names, as SIPp
+/// load tests and gateways do) routes calls to the Contact: the call reaches the phone there, and
+/// nothing goes to the port the REGISTER came from.
+#[test]
+fn call_reaches_a_contact_registered_on_behalf() {
+    let pbx = node();
+    let (caller_sink, callee_sink) = (RtpSink::for_sipp(), RtpSink::for_sipp());
+    let callee_pcap = pcap(&pbx, "callee.pcap", G711::Pcmu, &tone(600.0, G711_RATE_HZ, 0.5, 8000.0));
+    let caller_pcap = pcap(&pbx, "caller.pcap", G711::Pcmu, &tone(1000.0, G711_RATE_HZ, 0.5, 8000.0));
+    let callee = Sipp::server("call_uas.xml", &pbx.scratch())
+        .media(G711::Pcmu, &callee_sink, Some(&callee_pcap))
+        .args(&["-m", "1"])
+        .spawn();
+    let mut on_behalf = SipClient::udp(pbx.sip);
+    assert_ne!(on_behalf.local(), callee.local());
+    let contact = format!("Contact: <sip:101@{};transport=UDP>", callee.local());
+    let answer =
+        on_behalf.register("101", "secret-101", "MD5", &[&contact, "Expires: 600"]).expect("REGISTER answered");
+    assert_eq!(status_code(&answer), Some(200), "{answer}");
+    let caller = caller(&pbx, "call_uac.xml", "101")
+        .media(G711::Pcmu, &caller_sink, Some(&caller_pcap))
+        .args(&["-d", "500", "-m", "1"])
+        .run();
+    let callee = callee.finish_after(&caller);
+    assert!(caller.success, "caller: {}", caller.report());
+    assert!(callee.success, "callee: {}", callee.report());
+    assert_eq!(callee.received_requests("INVITE").len(), 1, "{}", callee.messages);
+    let stray = on_behalf.recv(Duration::from_millis(300));
+    assert!(stray.is_none(), "the registering client got {stray:?}");
+    assert_nothing_left(&pbx);
+}
+
 /// Load: 20 calls/s for 10 s, 5 s each (up to 100 at once), each challenged and relayed; every
 /// call completes, and afterwards the API lists no call and no RTP port is in use.
 #[test]

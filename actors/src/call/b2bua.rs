@@ -245,6 +245,8 @@ impl Call {
                 call.forks.insert(*leg_id, false);
                 continue;
             };
+            // The Contact's own address unless NAT is detected (see `destination`).
+            let destination = super::destination::destination(&target, binding.source, binding.transport);
             let from = name_addr(Some(&route.caller_display_name), from_uri);
             let to = name_addr(None, to_uri);
             let leg = Leg::uac(
@@ -255,7 +257,7 @@ impl Call {
                 from,
                 to,
                 target,
-                binding.source,
+                destination,
                 binding.transport,
             );
             call.outputs.push_back(CallOutput::StartLeg(leg));

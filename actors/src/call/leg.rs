@@ -220,7 +220,7 @@ impl Leg {
     }
 
     /// A B-leg toward one contact: `from` is how the caller is presented, `to` the dialled
-    /// AOR, `target` the contact's URI, `destination` where its REGISTER came from.
+    /// AOR, `target` the contact's URI, `destination` where its requests go (`call::destination`).
     #[allow(clippy::too_many_arguments)]
     pub fn uac(
         id: LegId,

@@ -6,6 +6,7 @@
 //! - [`b2bua`]: [`Call`], the sans-IO machine that joins the legs: forking, first 2xx wins,
 //!   no-answer timeout, CANCEL, BYE either way, re-INVITE/UPDATE relayed, SDP offer/answer
 //!   rewritten so media flows through pbx's ports, and the CDR.
+//! - [`destination`]: where a B-leg's requests go, the Contact or the REGISTER's source (NAT).
 //! - [`actor`]: the ractor shells. One actor per leg, one per call (the legs' supervisor), and
 //!   the `calls` actor that starts calls and lists them.
 //!
@@ -17,6 +18,7 @@
 
 pub mod actor;
 pub mod b2bua;
+pub mod destination;
 pub mod leg;
 
 pub use b2bua::{Call, CallConfig, CallInput, CallOutput};

@@ -11,6 +11,7 @@ use crate::sip::message::{self, Message, Method, Name};
 use crate::sip::transaction::{ServerKey, TimerConfig, TransactionInput, TransactionOutput, Transactions};
 use crate::sip::{Request, Response, Transport};
 use bytes::Bytes;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 const PHONE: &str = "127.0.0.1:5062";
@@ -435,6 +436,7 @@ fn binding(contact: &str, port: u16) -> Binding {
 struct Harness {
     call: Call,
     started: Vec<LegId>,
+    legs: Vec<Leg>,
     commands: Vec<(LegId, LegCommand)>,
     media: Vec<(Side, crate::media::relay::PeerMedia)>,
     stopped: Vec<LegId>,
@@ -447,9 +449,14 @@ const B1: LegId = LegId(2);
 const B2: LegId = LegId(3);
 
 fn call_with(body: &str, forks: usize) -> Harness {
-    let (key, request) = invite(body);
     let contacts: Vec<Binding> =
         (0..forks).map(|n| binding(&format!("sip:101@127.0.0.1:{}", 5064 + n), 5064 + n as u16)).collect();
+    call_to(body, contacts)
+}
+
+fn call_to(body: &str, contacts: Vec<Binding>) -> Harness {
+    let forks = contacts.len();
+    let (key, request) = invite(body);
     let setup = CallSetup {
         id: 7,
         start: CallStart {
@@ -473,6 +480,7 @@ fn call_with(body: &str, forks: usize) -> Harness {
     let mut h = Harness {
         call: Call::new(Timestamp::ZERO, config, setup),
         started: vec![],
+        legs: vec![],
         commands: vec![],
         media: vec![],
         stopped: vec![],
@@ -487,7 +495,10 @@ impl Harness {
     fn drain(&mut self) {
         while let Some(out) = self.call.poll_output() {
             match out {
-                CallOutput::StartLeg(leg) => self.started.push(leg.id()),
+                CallOutput::StartLeg(leg) => {
+                    self.started.push(leg.id());
+                    self.legs.push(leg);
+                }
                 CallOutput::ToLeg { leg, command } => self.commands.push((leg, command)),
                 CallOutput::StopLeg { leg } => self.stopped.push(leg),
                 CallOutput::ConfigureMedia { side, peer } => self.media.push((side, peer)),
@@ -870,4 +881,33 @@ fn early_answer_is_reapplied_at_the_answer() {
     again.sort_by_key(|(side, _)| side.index());
     first.sort_by_key(|(side, _)| side.index());
     assert_eq!(again, first);
+}
+
+/// Where each B-leg's INVITE is sent, leg by leg.
+fn invite_destinations(h: &mut Harness) -> Vec<SocketAddr> {
+    let commands = h.take_commands();
+    let mut to = Vec::new();
+    for leg in h.legs.iter_mut().filter(|l| l.id() != A) {
+        let (_, command) = commands.iter().find(|(id, _)| *id == leg.id()).expect("an INVITE command per B-leg");
+        leg.handle(Timestamp::ZERO, LegInput::Command(command.clone()));
+        let (sip, _) = drain_leg(leg);
+        match &sip[0] {
+            SipOut::Request { request, destination, .. } if request.method == Method::INVITE => to.push(*destination),
+            other => panic!("not an INVITE: {other:?}"),
+        }
+    }
+    to
+}
+
+/// A B-leg's INVITE goes to the Contact when it names another port than the REGISTER came from
+/// (a REGISTER sent on behalf of a device), and to the source when the Contact is NAT's.
+#[test]
+fn b_leg_invites_the_contact_unless_nat() {
+    let on_behalf = Binding { source: "127.0.0.1:40000".parse().unwrap(), ..binding("sip:101@127.0.0.1:5070", 0) };
+    let natted = Binding { source: "127.0.0.1:40002".parse().unwrap(), ..binding("sip:101@192.168.1.20:5060", 0) };
+    let named = Binding { source: "127.0.0.1:40004".parse().unwrap(), ..binding("sip:101@phone.example:5060", 0) };
+    let mut h = call_to(PCMU_OFFER, vec![on_behalf, natted]);
+    assert_eq!(invite_destinations(&mut h), ["127.0.0.1:5070".parse().unwrap(), "127.0.0.1:40002".parse().unwrap()]);
+    let mut h = call_to(PCMU_OFFER, vec![named]);
+    assert_eq!(invite_destinations(&mut h), ["127.0.0.1:40004".parse::<SocketAddr>().unwrap()]);
 }
