@@ -42,6 +42,10 @@ const OPAQUE_BYTES: usize = 8;
 pub const CREDENTIALS_CHARS_MAX: usize = 4096;
 /// More parameters than this in one credentials header is not a phone either.
 const CREDENTIAL_PARAMS_MAX: usize = 32;
+/// The credentials parameters we read; the first five are the ones RFC 7616 §3.4 requires.
+const CREDENTIAL_PARAMS: [&str; 11] =
+    ["username", "realm", "nonce", "uri", "response", "algorithm", "opaque", "qop", "cnonce", "nc", "userhash"];
+const _: () = assert!(CREDENTIAL_PARAMS.len() <= 16, "seen as bits of a u16");
 
 /// The digest algorithms we offer, strongest first (RFC 8760 §2.4: challenges go in order of
 /// preference).
@@ -187,19 +191,36 @@ impl Credentials {
             return None;
         }
         let mut creds = Credentials::default();
-        let mut seen: Vec<String> = Vec::new();
+        // Which parameters came, to refuse a repeat: the ones we read as bits (no allocation
+        // per parameter), any others by their lowercased name.
+        let mut known_seen = 0u16;
+        let mut others_seen: Vec<String> = Vec::new();
+        let mut count = 0;
         loop {
             rest = rest.trim_start_matches([' ', '\t']);
             if rest.is_empty() {
                 break;
             }
-            if seen.len() >= CREDENTIAL_PARAMS_MAX {
+            if count >= CREDENTIAL_PARAMS_MAX {
                 return None;
             }
+            count += 1;
             let (name, after) = rest.split_once('=')?;
-            let name = name.trim_matches([' ', '\t']).to_ascii_lowercase();
-            if name.is_empty() || !name.bytes().all(is_token_byte) || seen.contains(&name) {
+            let name = name.trim_matches([' ', '\t']);
+            if name.is_empty() || !name.bytes().all(is_token_byte) {
                 return None;
+            }
+            let known = CREDENTIAL_PARAMS.iter().position(|k| k.eq_ignore_ascii_case(name));
+            match known {
+                Some(i) if known_seen & (1 << i) != 0 => return None,
+                Some(i) => known_seen |= 1 << i,
+                None => {
+                    let lower = name.to_ascii_lowercase();
+                    if others_seen.contains(&lower) {
+                        return None;
+                    }
+                    others_seen.push(lower);
+                }
             }
             let after = after.trim_start_matches([' ', '\t']);
             let (param, after) = if let Some(quoted) = after.strip_prefix('"') {
@@ -218,24 +239,24 @@ impl Credentials {
                 None if after.is_empty() => after,
                 None => return None,
             };
-            match name.as_str() {
-                "username" => creds.username = param,
-                "realm" => creds.realm = param,
-                "nonce" => creds.nonce = param,
-                "uri" => creds.uri = param,
-                "response" => creds.response = param,
-                "algorithm" => creds.algorithm = Some(param),
-                "opaque" => creds.opaque = Some(param),
-                "qop" => creds.qop = Some(param),
-                "cnonce" => creds.cnonce = Some(param),
-                "nc" => creds.nc = Some(param),
-                "userhash" => creds.userhash = param.eq_ignore_ascii_case("true"),
+            match known.map(|i| CREDENTIAL_PARAMS[i]) {
+                Some("username") => creds.username = param,
+                Some("realm") => creds.realm = param,
+                Some("nonce") => creds.nonce = param,
+                Some("uri") => creds.uri = param,
+                Some("response") => creds.response = param,
+                Some("algorithm") => creds.algorithm = Some(param),
+                Some("opaque") => creds.opaque = Some(param),
+                Some("qop") => creds.qop = Some(param),
+                Some("cnonce") => creds.cnonce = Some(param),
+                Some("nc") => creds.nc = Some(param),
+                Some("userhash") => creds.userhash = param.eq_ignore_ascii_case("true"),
                 _ => {}
             }
-            seen.push(name);
         }
-        let required = ["username", "realm", "nonce", "uri", "response"];
-        required.iter().all(|r| seen.iter().any(|s| s == r)).then_some(creds)
+        // RFC 7616 §3.4: the first five of CREDENTIAL_PARAMS are required.
+        let required = (1u16 << 5) - 1;
+        (known_seen & required == required).then_some(creds)
     }
 }
 
