@@ -66,7 +66,9 @@ pub struct Request {
     pub uri: SipUri,
     pub headers: Headers,
     pub body: Bytes,
-    typed: Typed,
+    /// Boxed: the typed headers are most of a request's size, and requests move through
+    /// several queues.
+    typed: Box<Typed>,
 }
 
 /// The typed copies of a request's core headers (see [`Request`]); `None` where the header is
@@ -407,7 +409,7 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
         Ok(body) => body,
         Err(reason) => return reject(400, reason.into()),
     };
-    let typed = Typed {
+    let typed = Box::new(Typed {
         via,
         via_alone,
         from,
@@ -416,7 +418,7 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
         cseq: Some(cseq),
         expires,
         require: !seen.require.is_empty(),
-    };
+    });
     Ok(Message::Request(Request { method, uri, headers, body, typed }))
 }
 
@@ -716,7 +718,7 @@ pub fn reason_phrase(code: u16) -> &'static str {
 impl Request {
     /// A request pbx builds; its core headers are read typed once, here.
     pub fn new(method: Method, uri: SipUri, headers: Headers, body: Bytes) -> Request {
-        let typed = Typed::read(&headers);
+        let typed = Box::new(Typed::read(&headers));
         Request { method, uri, headers, body, typed }
     }
 
