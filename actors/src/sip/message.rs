@@ -265,7 +265,11 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
     };
     // A head that is not UTF-8 (a Latin-1 display name from an old phone, say) is still read,
     // lossily, far enough to answer it 400: RFC 3261 §7.3 headers are UTF-8.
-    let head_text = String::from_utf8_lossy(&bytes[..head_end]);
+    // std's validation first: the lossy decoder walks a valid head chunk by chunk, slower.
+    let head_text = match std::str::from_utf8(&bytes[..head_end]) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(&bytes[..head_end]),
+    };
     let not_utf8 = matches!(head_text, std::borrow::Cow::Owned(_));
     let unfolded = unfold(&head_text);
     let src = Bytes::from(unfolded);
