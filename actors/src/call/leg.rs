@@ -432,7 +432,7 @@ impl Leg {
         }
         let number = invite.cseq().map(|c| c.cseq).unwrap_or(1);
         headers.insert_named(&CSeq::new(number, Method::CANCEL));
-        let cancel = Request { method: Method::CANCEL, uri: invite.uri.clone(), headers, body: Bytes::new() };
+        let cancel = Request::new(Method::CANCEL, invite.uri.clone(), headers, Bytes::new());
         self.send_request(cancel);
     }
 
@@ -679,13 +679,13 @@ impl Leg {
         }
         let mut body = Bytes::new();
         self.set_body(&mut headers, &mut body, sdp);
-        Request { method, uri: self.remote_target.clone(), headers, body }
+        Request::new(method, self.remote_target.clone(), headers, body)
     }
 
     /// The ACK for a 2xx (RFC 3261 §13.2.2.4): its own branch, the INVITE's CSeq number.
     fn ack_for(&mut self, cseq: u32) -> Request {
         let headers = self.dialog_headers(CSeq::new(cseq, Method::ACK));
-        Request { method: Method::ACK, uri: self.remote_target.clone(), headers, body: Bytes::new() }
+        Request::new(Method::ACK, self.remote_target.clone(), headers, Bytes::new())
     }
 
     /// Via (a new branch), Max-Forwards, From (ours, tagged), To, Call-ID and CSeq. For the

@@ -352,15 +352,22 @@ impl Endpoint {
         };
         match parsed {
             Ok(Message::Request(request)) => {
-                if self.transactions.is_new_request(&request) && !self.limiter.admit(self.now, source.ip()) {
+                // The key is read once: for the limiter (a new transaction, not a
+                // retransmission or an ACK, counts against its source) and for the table.
+                let Some(key) = ServerKey::of_request(&request) else {
+                    tracing::debug!(%source, "request without a readable Via or CSeq: dropped");
+                    return;
+                };
+                if request.method != Method::ACK
+                    && !self.transactions.has_server(&key)
+                    && !self.limiter.admit(self.now, source.ip())
+                {
                     self.outputs.push_back(EndpointOutput::Event(EndpointEvent::RateLimited { source }));
                     return;
                 }
                 // The transaction layer stamps Via received/rport (RFC 3581) as it files it.
-                self.transactions.handle(
-                    self.now,
-                    TransactionInput::Received { message: Message::Request(request), source, transport },
-                );
+                self.transactions
+                    .handle(self.now, TransactionInput::ReceivedRequest { request, key, source, transport });
             }
             Ok(Message::Response(response)) => {
                 self.transactions.handle(
@@ -453,20 +460,14 @@ impl Endpoint {
         self.outputs.push_back(EndpointOutput::Event(EndpointEvent::Request { method: known.unwrap_or("other") }));
         // RFC 3261 §8.2.2.3: we support no extension, so any Require (outside CANCEL and ACK,
         // which never carry one that matters) is refused with the tags listed as Unsupported.
-        let required: Vec<String> = request
-            .headers
-            .get_raw(&Name::REQUIRE)
-            .flat_map(|v| v.split(','))
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-            .collect();
+        let required = request.required();
         if !required.is_empty() && method != Method::CANCEL && method != Method::ACK {
             let mut response = request.response(420, Some(&self.stateless_tag(&request)));
             response.headers.insert(Name::UNSUPPORTED, required.join(", "));
             self.respond_stateless(key, response);
             return;
         }
-        let to_tag = request.to().and_then(|to| to.tag);
+        let to_tag = request.to_ref().and_then(|to| to.tag.clone());
         if method == Method::REGISTER {
             self.hand_to_registrar(key, request, source, transport);
         } else if let Some(tag) = to_tag {
@@ -655,8 +656,8 @@ impl Endpoint {
         use std::hash::{DefaultHasher, Hasher};
         let mut hasher = DefaultHasher::new();
         hasher.write_u64(self.tag_key);
-        hasher.write(request.call_id().unwrap_or_default().as_bytes());
-        if let Some(tag) = request.from().and_then(|f| f.tag) {
+        hasher.write(request.call_id_str().unwrap_or_default().as_bytes());
+        if let Some(tag) = request.from_ref().and_then(|f| f.tag.as_ref()) {
             hasher.write(tag.as_bytes());
         }
         format!("{:016x}", hasher.finish())

@@ -297,8 +297,8 @@ impl Actor for RegistrarActor {
                     "sip_transaction",
                     tx,
                     method = "REGISTER",
-                    call_id = request.call_id().as_deref().unwrap_or(""),
-                    branch = request.branch().as_deref().unwrap_or(""),
+                    call_id = request.call_id_str().unwrap_or(""),
+                    branch = request.branch_str().unwrap_or(""),
                     %source,
                 );
                 let _entered = span.enter();

@@ -41,7 +41,7 @@
 
 use super::blocking::{self, Guard, Limits};
 use super::digest::{self, Algorithm, Credentials, NonceKey, QopAuth};
-use crate::sip::message::{Contacts, Expires, Method, Name, SipUriUserPart};
+use crate::sip::message::{Contacts, Method, Name, SipUriUserPart};
 use crate::sip::{Request, Response, Transport};
 use crate::time::Timestamp;
 use ezk_sip_types::print::AppendCtx;
@@ -743,7 +743,7 @@ impl Registrar {
         use std::hash::{DefaultHasher, Hasher};
         let mut hasher = DefaultHasher::new();
         hasher.write_u64(self.to_tag_key);
-        hasher.write(request.call_id().unwrap_or_default().as_bytes());
+        hasher.write(request.call_id_str().unwrap_or_default().as_bytes());
         format!("{:016x}", hasher.finish())
     }
 
@@ -884,11 +884,11 @@ impl Registrar {
         transport: Transport,
     ) -> Result<(), Refusal> {
         let call_id = request.call_id().unwrap_or_default();
-        let cseq = request.cseq().map(|c| c.cseq).unwrap_or(0);
-        let header_expires = match request.headers.try_get_named::<Expires>() {
+        let cseq = request.cseq_ref().map(|c| c.cseq).unwrap_or(0);
+        let header_expires = match request.expires() {
             None => None,
-            Some(Ok(e)) => Some(e.0),
-            Some(Err(_)) => return Err(Refusal::code(400)),
+            Some(Ok(seconds)) => Some(seconds),
+            Some(Err(())) => return Err(Refusal::code(400)),
         };
         let user_agent = request
             .header(&Name::USER_AGENT)
@@ -1193,7 +1193,7 @@ pub fn validate_extension(number: &str, password: &str, display_name: &str) -> R
 
 /// The AOR: the user part of the To URI.
 fn to_user(request: &Request) -> Option<String> {
-    match request.to()?.uri.uri.user_part {
+    match &request.to_ref()?.uri.uri.user_part {
         SipUriUserPart::User(user) if !user.is_empty() => Some(user.to_string()),
         _ => None,
     }

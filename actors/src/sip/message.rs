@@ -14,9 +14,11 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use bytesstr::BytesStr;
+use ezk_sip_types::header::ExtendValues;
+use ezk_sip_types::header::headers::OneOrMore;
 pub use ezk_sip_types::header::typed::{CSeq, CallID, Contact, Expires, FromTo, MinExpires, Via};
 use ezk_sip_types::parse::Parse;
-use ezk_sip_types::print::AppendCtx;
+use ezk_sip_types::print::{AppendCtx, PrintCtx};
 pub use ezk_sip_types::uri::{NameAddr, SipUri, SipUriUserPart};
 pub use ezk_sip_types::{Headers, Method, Name};
 use std::fmt::Write as _;
@@ -53,12 +55,74 @@ impl Transport {
     }
 }
 
+/// A request. `headers` holds every header's raw text (printing writes it out); the headers
+/// the layers above read on every request — top Via, From, To, Call-ID, CSeq — are also kept
+/// typed, read once: by the parser for a request off the network (it has to read them to vet
+/// the request anyway), by [`Request::new`] for one pbx builds. Only this module edits those
+/// five headers of a request ([`Request::stamp_via_source`]), so the two always agree.
 #[derive(Debug, Clone)]
 pub struct Request {
     pub method: Method,
     pub uri: SipUri,
     pub headers: Headers,
     pub body: Bytes,
+    /// Boxed: the typed headers are most of a request's size, and requests move through
+    /// several queues.
+    typed: Box<Typed>,
+}
+
+/// The typed copies of a request's core headers (see [`Request`]); `None` where the header is
+/// missing or unreadable, as the accessors answered when they parsed on every call.
+#[derive(Debug, Clone, Default)]
+struct Typed {
+    via: Option<Via>,
+    /// The first raw Via value holds the top Via alone (no comma-folded Vias after it), so
+    /// stamping may replace that value whole with the printed typed Via.
+    via_alone: bool,
+    from: Option<FromTo>,
+    to: Option<FromTo>,
+    call_id: Option<BytesStr>,
+    cseq: Option<CSeq>,
+    /// `None` without the header, `Some(Err(()))` when it does not parse.
+    expires: Option<Result<u32, ()>>,
+    /// Whether a Require header is there at all (most requests have none, and a lookup that
+    /// finds nothing compares the name with every header's).
+    require: bool,
+}
+
+impl Typed {
+    fn read(headers: &Headers) -> Typed {
+        let vias = headers.get_named::<Vec<Via>>().ok().unwrap_or_default();
+        Typed {
+            via_alone: vias.len() == headers.get_raw(&Name::VIA).count(),
+            via: vias.into_iter().next(),
+            from: headers.get::<FromTo>(Name::FROM).ok(),
+            to: headers.get::<FromTo>(Name::TO).ok(),
+            call_id: headers.get_raw(&Name::CALL_ID).next().cloned(),
+            cseq: headers.get_named::<CSeq>().ok(),
+            expires: headers.try_get_named::<Expires>().map(|e| e.map(|e| e.0).map_err(|_| ())),
+            require: headers.contains(&Name::REQUIRE),
+        }
+    }
+}
+
+/// A raw header value inserted as it is. ezk's `Headers::insert` prints every value into a new
+/// `String`; this shares the buffer the value already lives in (a `BytesStr` clone is a
+/// reference count).
+struct Shared<'a>(&'a BytesStr);
+
+impl ExtendValues for Shared<'_> {
+    fn extend_values(&self, _: PrintCtx<'_>, values: &mut OneOrMore) {
+        values.push(self.0.clone());
+    }
+
+    fn create_values(&self, _: PrintCtx<'_>) -> OneOrMore {
+        OneOrMore::One(self.0.clone())
+    }
+}
+
+fn insert_shared(headers: &mut Headers, name: Name, value: &BytesStr) {
+    headers.insert_type(name, &Shared(value));
 }
 
 #[derive(Debug, Clone)]
@@ -99,7 +163,8 @@ impl ParseError {
 /// (RFC 3261 §8.2.6.1 copies Via, From, To, Call-ID and CSeq verbatim).
 #[derive(Debug, Clone, Default)]
 pub struct RawHead {
-    lines: Vec<(Name, String)>,
+    /// Slices of the parsed head: no copy per line.
+    lines: Vec<(Name, BytesStr)>,
 }
 
 impl RawHead {
@@ -112,7 +177,7 @@ impl RawHead {
                 has_via = true;
             }
             if [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::CSEQ].contains(name) {
-                headers.insert(name.clone(), value.as_str());
+                insert_shared(&mut headers, name.clone(), value);
             }
         }
         has_via.then(|| Response { code, reason: reason.to_owned(), headers, body: Bytes::new() })
@@ -200,7 +265,11 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
     };
     // A head that is not UTF-8 (a Latin-1 display name from an old phone, say) is still read,
     // lossily, far enough to answer it 400: RFC 3261 §7.3 headers are UTF-8.
-    let head_text = String::from_utf8_lossy(&bytes[..head_end]);
+    // std's validation first: the lossy decoder walks a valid head chunk by chunk, slower.
+    let head_text = match std::str::from_utf8(&bytes[..head_end]) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(&bytes[..head_end]),
+    };
     let not_utf8 = matches!(head_text, std::borrow::Cow::Owned(_));
     let unfolded = unfold(&head_text);
     let src = Bytes::from(unfolded);
@@ -211,8 +280,11 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
     };
 
     // Read every header line first, so that whatever is wrong later can still be answered.
+    // The lines of the headers checked below are noted as they go by, so the checks look
+    // nothing up in `headers` (ezk's lookups compare names as strings, entry by entry).
     let mut raw = RawHead::default();
-    let mut headers = Headers::new();
+    let mut headers = Headers::with_capacity(16);
+    let mut seen = Seen::default();
     let mut bad_line = None;
     for (n, line) in lines.enumerate() {
         if n >= HEADER_LINES_MAX {
@@ -228,10 +300,22 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
             bad_line.get_or_insert_with(|| format!("Malformed header name {name:?}"));
             continue;
         }
-        let value = value.trim_matches([' ', '\t']);
-        let name = Name::from(BytesStr::from_parse(&src, name));
-        raw.lines.push((name.clone(), value.to_owned()));
-        headers.insert(name, BytesStr::from_parse(&src, value));
+        let value = BytesStr::from_parse(&src, value.trim_matches([' ', '\t']));
+        let (name, core) = match Core::of(name) {
+            Some((name, core)) => (name, Some(core)),
+            None => (Name::from(BytesStr::from_parse(&src, name)), None),
+        };
+        if let Some(core) = core {
+            seen.note(core, &value);
+            if core.copied_to_responses() {
+                raw.lines.push((name.clone(), value.clone()));
+            }
+            if core == Core::ContentLength {
+                // Read by `take_body`, never kept: printing writes a fresh one.
+                continue;
+            }
+        }
+        insert_shared(&mut headers, name, &value);
     }
 
     if not_utf8 {
@@ -239,7 +323,7 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
     }
     let body_start = &bytes[head_end..];
     if start_line.starts_with("SIP/") {
-        return parse_response(start_line, headers, body_start, stream, bad_line);
+        return parse_response(start_line, headers, &seen, body_start, stream, bad_line);
     }
     let reject = |code: u16, reason: String| Err(ParseError::Reject { code, reason, head: raw.clone() });
 
@@ -276,57 +360,76 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
         _ => return reject(400, "Malformed Request-URI".into()),
     };
 
-    // The headers every request must carry (RFC 3261 §8.1.1), each readable.
-    match headers.get_named::<Vec<Via>>() {
-        Ok(vias) if !vias.is_empty() => {}
-        Ok(_) | Err(_) if !headers.contains(&Name::VIA) => return reject(400, "Missing Via header".into()),
+    // The headers every request must carry (RFC 3261 §8.1.1), each readable; read typed here
+    // once and kept (see `Typed`).
+    let (via, via_alone) = match decode::<Vec<Via>>(&seen.via) {
+        Some(vias) if !vias.is_empty() => {
+            let alone = vias.len() == seen.via.len();
+            (vias.into_iter().next(), alone)
+        }
+        _ if seen.via.is_empty() => return reject(400, "Missing Via header".into()),
         _ => return reject(400, "Malformed Via header".into()),
-    }
-    for (name, label) in [(Name::FROM, "From"), (Name::TO, "To")] {
-        match headers.get_raw(&name).count() {
+    };
+    let mut from_to = [None, None];
+    for (slot, (values, label)) in from_to.iter_mut().zip([(&seen.from, "From"), (&seen.to, "To")]) {
+        match values.len() {
             0 => return reject(400, format!("Missing {label} header")),
             1 => {}
             _ => return reject(400, format!("Multiple {label} headers")),
         }
-        if headers.get::<FromTo>(name).is_err() {
-            return reject(400, format!("Malformed {label} header"));
+        match decode::<FromTo>(values) {
+            Some(value) => *slot = Some(value),
+            None => return reject(400, format!("Malformed {label} header")),
         }
     }
-    match headers.get_raw(&Name::CALL_ID).count() {
-        0 => return reject(400, "Missing Call-ID header".into()),
-        1 => {}
-        _ => return reject(400, "Multiple Call-ID headers".into()),
-    }
-    let cseq = match headers.get_named::<CSeq>() {
-        Ok(cseq) => cseq,
-        Err(_) if !headers.contains(&Name::CSEQ) => return reject(400, "Missing CSeq header".into()),
-        Err(_) => return reject(400, "Malformed CSeq header".into()),
+    let [from, to] = from_to;
+    let call_id = match (&seen.call_id.first, seen.call_id.more.is_empty()) {
+        (None, _) => return reject(400, "Missing Call-ID header".into()),
+        (Some(call_id), true) => call_id.clone(),
+        (Some(_), false) => return reject(400, "Multiple Call-ID headers".into()),
     };
-    if headers.get_raw(&Name::CSEQ).count() > 1 {
+    let cseq = match decode::<CSeq>(&seen.cseq) {
+        Some(cseq) => cseq,
+        None if seen.cseq.is_empty() => return reject(400, "Missing CSeq header".into()),
+        None => return reject(400, "Malformed CSeq header".into()),
+    };
+    if seen.cseq.len() > 1 {
         return reject(400, "Multiple CSeq headers".into());
     }
     if cseq.method != method {
         return reject(400, "CSeq method does not match Request-Line".into());
     }
-    if let Some(Err(_)) = headers.try_get_named::<Expires>() {
-        return reject(400, "Malformed Expires header".into());
+    let expires = match decode::<Expires>(&seen.expires) {
+        Some(expires) => Some(Ok(expires.0)),
+        None if seen.expires.is_empty() => None,
+        None => return reject(400, "Malformed Expires header".into()),
+    };
+    if let Some(raw_mf) = &seen.max_forwards.first
+        && raw_mf.parse::<u8>().is_err()
+    {
+        return reject(400, "Malformed Max-Forwards header".into());
     }
-    if headers.contains(&Name::MAX_FORWARDS) {
-        let raw_mf = headers.get_raw(&Name::MAX_FORWARDS).next().map(|v| v.as_str()).unwrap_or("");
-        if raw_mf.parse::<u8>().is_err() {
-            return reject(400, "Malformed Max-Forwards header".into());
-        }
-    }
-    let body = match take_body(&mut headers, body_start, stream) {
+    let body = match take_body(&seen.content_length, body_start, stream) {
         Ok(body) => body,
         Err(reason) => return reject(400, reason.into()),
     };
-    Ok(Message::Request(Request { method, uri, headers, body }))
+    let typed = Box::new(Typed {
+        via,
+        via_alone,
+        from,
+        to,
+        call_id: Some(call_id),
+        cseq: Some(cseq),
+        expires,
+        require: !seen.require.is_empty(),
+    });
+    Ok(Message::Request(Request { method, uri, headers, body, typed }))
 }
 
 fn parse_response(
     start_line: &str,
-    mut headers: Headers,
+    headers: Headers,
+    seen: &Seen,
     body_start: &[u8],
     stream: bool,
     bad_line: Option<String>,
@@ -346,23 +449,153 @@ fn parse_response(
     if let Some(reason) = bad_line {
         return Err(ParseError::Discard(reason));
     }
-    for name in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::CSEQ] {
-        if !headers.contains(&name) {
+    for (values, name) in [
+        (&seen.via, Name::VIA),
+        (&seen.from, Name::FROM),
+        (&seen.to, Name::TO),
+        (&seen.call_id, Name::CALL_ID),
+        (&seen.cseq, Name::CSEQ),
+    ] {
+        if values.is_empty() {
             return Err(ParseError::Discard(format!("response without {}", name.as_print_str())));
         }
     }
-    if headers.get_named::<CSeq>().is_err() || headers.get_named::<Via>().is_err() {
+    if decode::<CSeq>(&seen.cseq).is_none() || decode::<Via>(&seen.via).is_none() {
         return discard("response with malformed CSeq or Via");
     }
     let reason = parts.next().unwrap_or("").to_owned();
-    let body = take_body(&mut headers, body_start, stream).map_err(|r| ParseError::Discard(r.into()))?;
+    let body = take_body(&seen.content_length, body_start, stream).map_err(|r| ParseError::Discard(r.into()))?;
     Ok(Message::Response(Response { code, reason, headers, body }))
 }
 
-/// Takes the body off by Content-Length, and drops the header: printing writes a fresh one.
-fn take_body(headers: &mut Headers, rest: &[u8], stream: bool) -> Result<Bytes, &'static str> {
-    let declared = headers.remove(&Name::CONTENT_LENGTH);
-    let Some(values) = declared else {
+/// The header lines the parser itself reads, by header: noted during the one scan of the head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Core {
+    Via,
+    From,
+    To,
+    CallId,
+    CSeq,
+    Expires,
+    MaxForwards,
+    ContentLength,
+    Require,
+    /// Not read here, but common: named without ezk's walk through every name it knows.
+    Other,
+}
+
+impl Core {
+    /// The name a header line's name stands for, when it is one of the common ones (long or
+    /// compact form, any case); `None` for the rest, which ezk names.
+    fn of(name: &str) -> Option<(Name, Core)> {
+        let is = |a: &str| name.eq_ignore_ascii_case(a);
+        let found = match name.len() {
+            1 => match name.as_bytes()[0].to_ascii_lowercase() {
+                b'v' => (Name::VIA, Core::Via),
+                b'f' => (Name::FROM, Core::From),
+                b't' => (Name::TO, Core::To),
+                b'i' => (Name::CALL_ID, Core::CallId),
+                b'l' => (Name::CONTENT_LENGTH, Core::ContentLength),
+                b'm' => (Name::CONTACT, Core::Other),
+                _ => return None,
+            },
+            2 if is("to") => (Name::TO, Core::To),
+            3 if is("via") => (Name::VIA, Core::Via),
+            4 if is("from") => (Name::FROM, Core::From),
+            4 if is("cseq") => (Name::CSEQ, Core::CSeq),
+            7 if is("call-id") => (Name::CALL_ID, Core::CallId),
+            7 if is("expires") => (Name::EXPIRES, Core::Expires),
+            7 if is("contact") => (Name::CONTACT, Core::Other),
+            7 if is("require") => (Name::REQUIRE, Core::Require),
+            10 if is("user-agent") => (Name::USER_AGENT, Core::Other),
+            12 if is("max-forwards") => (Name::MAX_FORWARDS, Core::MaxForwards),
+            13 if is("authorization") => (Name::AUTHORIZATION, Core::Other),
+            14 if is("content-length") => (Name::CONTENT_LENGTH, Core::ContentLength),
+            _ => return None,
+        };
+        Some(found)
+    }
+
+    /// RFC 3261 §8.2.6.1: the headers a response copies from its request.
+    fn copied_to_responses(self) -> bool {
+        matches!(self, Core::Via | Core::From | Core::To | Core::CallId | Core::CSeq)
+    }
+}
+
+/// The values of the headers the parser checks, in order, as the scan met them.
+#[derive(Default)]
+struct Seen {
+    via: Values,
+    from: Values,
+    to: Values,
+    call_id: Values,
+    cseq: Values,
+    expires: Values,
+    max_forwards: Values,
+    content_length: Values,
+    require: Values,
+}
+
+/// One header's values: the first inline (most headers come once, and then nothing is
+/// allocated), any more in a list.
+#[derive(Default)]
+struct Values {
+    first: Option<BytesStr>,
+    more: Vec<BytesStr>,
+}
+
+impl Values {
+    fn push(&mut self, value: &BytesStr) {
+        match self.first {
+            None => self.first = Some(value.clone()),
+            Some(_) => self.more.push(value.clone()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.more.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &BytesStr> {
+        self.first.iter().chain(&self.more)
+    }
+}
+
+impl Seen {
+    fn note(&mut self, core: Core, value: &BytesStr) {
+        let list = match core {
+            Core::Via => &mut self.via,
+            Core::From => &mut self.from,
+            Core::To => &mut self.to,
+            Core::CallId => &mut self.call_id,
+            Core::CSeq => &mut self.cseq,
+            Core::Expires => &mut self.expires,
+            Core::MaxForwards => &mut self.max_forwards,
+            Core::ContentLength => &mut self.content_length,
+            Core::Require => &mut self.require,
+            Core::Other => return,
+        };
+        list.push(value);
+    }
+}
+
+/// A typed header from its values, as `Headers::get_named` decodes it (`None` when there are
+/// none or they do not parse).
+fn decode<H: ezk_sip_types::header::DecodeValues>(values: &Values) -> Option<H> {
+    if values.is_empty() {
+        return None;
+    }
+    H::decode(&mut values.iter()).ok().map(|(_, h)| h)
+}
+
+/// Takes the body off by Content-Length (the header itself is not kept: printing writes a
+/// fresh one).
+fn take_body(values: &Values, rest: &[u8], stream: bool) -> Result<Bytes, &'static str> {
+    if values.is_empty() {
         if stream {
             return Err("Missing Content-Length on a stream transport");
         }
@@ -487,35 +720,91 @@ pub fn reason_phrase(code: u16) -> &'static str {
 }
 
 impl Request {
+    /// A request pbx builds; its core headers are read typed once, here.
+    pub fn new(method: Method, uri: SipUri, headers: Headers, body: Bytes) -> Request {
+        let typed = Box::new(Typed::read(&headers));
+        Request { method, uri, headers, body, typed }
+    }
+
     /// The top Via: the hop that sent us this request.
     pub fn top_via(&self) -> Option<Via> {
-        self.headers.get_named::<Via>().ok()
+        self.typed.via.clone()
+    }
+
+    /// The top Via, without a copy.
+    pub fn top_via_ref(&self) -> Option<&Via> {
+        self.typed.via.as_ref()
     }
 
     /// The branch of the top Via, the transaction key of RFC 3261 §17.2.3.
     pub fn branch(&self) -> Option<String> {
-        self.top_via()?.params.get_val("branch").map(|b| b.to_string())
+        self.branch_str().map(str::to_owned)
+    }
+
+    /// The branch of the top Via, without a copy.
+    pub fn branch_str(&self) -> Option<&str> {
+        self.typed.via.as_ref()?.params.get_val("branch").map(|b| b.as_str())
     }
 
     pub fn cseq(&self) -> Option<CSeq> {
-        self.headers.get_named::<CSeq>().ok()
+        self.typed.cseq.clone()
+    }
+
+    /// The CSeq, without a copy.
+    pub fn cseq_ref(&self) -> Option<&CSeq> {
+        self.typed.cseq.as_ref()
     }
 
     pub fn call_id(&self) -> Option<String> {
-        self.headers.get_raw(&Name::CALL_ID).next().map(|v| v.to_string())
+        self.call_id_str().map(str::to_owned)
+    }
+
+    /// The Call-ID, without a copy.
+    pub fn call_id_str(&self) -> Option<&str> {
+        self.typed.call_id.as_ref().map(|c| c.as_str())
     }
 
     pub fn from(&self) -> Option<FromTo> {
-        self.headers.get::<FromTo>(Name::FROM).ok()
+        self.typed.from.clone()
+    }
+
+    /// The From header, without a copy.
+    pub fn from_ref(&self) -> Option<&FromTo> {
+        self.typed.from.as_ref()
     }
 
     pub fn to(&self) -> Option<FromTo> {
-        self.headers.get::<FromTo>(Name::TO).ok()
+        self.typed.to.clone()
+    }
+
+    /// The To header, without a copy.
+    pub fn to_ref(&self) -> Option<&FromTo> {
+        self.typed.to.as_ref()
     }
 
     /// The first value of a header, raw.
     pub fn header(&self, name: &Name) -> Option<&str> {
         self.headers.get_raw(name).next().map(|v| v.as_str())
+    }
+
+    /// The Expires header's seconds: `None` without one, `Some(Err(()))` when it does not parse
+    /// (the parser refuses such a request, so only one built here can have it).
+    pub fn expires(&self) -> Option<Result<u32, ()>> {
+        self.typed.expires
+    }
+
+    /// The option tags of the Require headers (RFC 3261 §20.32), comma lists split; empty
+    /// without any.
+    pub fn required(&self) -> Vec<String> {
+        if !self.typed.require {
+            return Vec::new();
+        }
+        self.headers
+            .get_raw(&Name::REQUIRE)
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect()
     }
 
     /// The Contact header set of a REGISTER (RFC 3261 §10.2): none, `*`, or a list.
@@ -536,16 +825,16 @@ impl Request {
     /// A response to this request, built as RFC 3261 §8.2.6.1 says: Via, From, To, Call-ID and
     /// CSeq copied; `to_tag` added to To when it has none (not on 100, which carries no tag).
     pub fn response(&self, code: u16, to_tag: Option<&str>) -> Response {
-        let mut headers = Headers::new();
+        let mut headers = Headers::with_capacity(8);
+        // The values are shared with the request, not copied; only a To that gains a tag is new.
         for name in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::CSEQ] {
             for value in self.headers.get_raw(&name) {
-                let mut value = value.to_string();
-                if let Some(tag) = to_tag.filter(|_| name == Name::TO && code > 100)
-                    && self.to().is_none_or(|to| to.tag.is_none())
-                {
-                    let _ = write!(value, ";tag={tag}");
+                match to_tag.filter(|_| name == Name::TO && code > 100) {
+                    Some(tag) if self.typed.to.as_ref().is_none_or(|to| to.tag.is_none()) => {
+                        headers.insert(name.clone(), format!("{value};tag={tag}"));
+                    }
+                    _ => insert_shared(&mut headers, name.clone(), value),
                 }
-                headers.insert(name.clone(), value);
             }
         }
         Response { code, reason: reason_phrase(code).to_owned(), headers, body: Bytes::new() }
@@ -555,21 +844,8 @@ impl Request {
     /// from (`received`, always — overwriting one the client wrote), and the source port when
     /// the client asked for it (`rport`).
     pub fn stamp_via_source(&mut self, source: SocketAddr) {
-        // Only the top Via changes: parse and re-print that one, keep the others' raw text.
-        let Some(values) = self.headers.remove(&Name::VIA) else { return };
-        let Some((first, others)) = values.split_first() else { return };
-        let src = Bytes::copy_from_slice(first.as_bytes());
-        let text = std::str::from_utf8(&src).expect("copied from a str");
-        let Ok((rest, mut top)) = <Via as ezk_sip_types::header::HeaderParse>::parse(&src, text) else {
-            // Unreadable (the parser vetted it, so this is not expected): leave it as it was.
-            for (n, value) in values.iter().enumerate() {
-                match n {
-                    0 => self.headers.insert_front(Name::VIA, value.as_str()),
-                    _ => self.headers.insert(Name::VIA, value.as_str()),
-                }
-            }
-            return;
-        };
+        // The top Via is already typed: edit it and print it in place of its raw value.
+        let Some(top) = self.typed.via.as_mut() else { return };
         let asked_rport = top.params.get("rport").is_some();
         // Always, even when sent-by names the source: a `received` the client wrote itself
         // must never decide where our answer goes (it would make pbx a reflector aimed at
@@ -578,15 +854,41 @@ impl Request {
         if asked_rport {
             top.params.push_or_edit("rport", source.port().to_string());
         }
-        // ezk puts a new entry first but appends to an existing one: insert in order. Vias
-        // folded into the first line after a comma become values of their own.
-        self.headers.insert_named_front(&top);
-        let rest = rest.trim_start_matches([' ', '\t', ',']).trim();
+        let Some(values) = self.headers.remove(&Name::VIA) else { return };
+        if self.typed.via_alone {
+            // ezk puts a new entry first but appends to an existing one: insert in order.
+            self.headers.insert_named_front(top);
+            for value in &values[1..] {
+                insert_shared(&mut self.headers, Name::VIA, value);
+            }
+            return;
+        }
+        // The first value also holds other Vias (folded after a comma): parse it to find where
+        // the top one ends; those Vias become values of their own.
+        let Some((first, others)) = values.split_first() else { return };
+        let rest =
+            match <Via as ezk_sip_types::header::HeaderParse>::parse(AsRef::<Bytes>::as_ref(first), first.as_str()) {
+                Ok((rest, _)) => rest.trim_start_matches([' ', '\t', ',']).trim(),
+                // Unreadable (the parser vetted it, so this is not expected): keep the others.
+                Err(_) => "",
+            };
+        self.headers.insert_named_front(top);
         if !rest.is_empty() {
             self.headers.insert(Name::VIA, rest);
         }
         for value in others {
-            self.headers.insert(Name::VIA, value.as_str());
+            insert_shared(&mut self.headers, Name::VIA, value);
+        }
+        self.typed.via_alone = rest.is_empty();
+    }
+
+    /// Where the responses to this request travel: over UDP what
+    /// [`Response::udp_destination`] reads from the top Via the responses copy from it (so
+    /// call it after [`Request::stamp_via_source`]), over a stream the connection it came on.
+    pub fn reply_destination(&self, source: SocketAddr, transport: Transport) -> SocketAddr {
+        match (transport, self.typed.via.as_ref()) {
+            (Transport::Udp, Some(via)) => via_udp_destination(via, source),
+            (Transport::Udp, None) | (Transport::Tcp, _) => source,
         }
     }
 
@@ -622,12 +924,10 @@ impl Response {
     /// Where a response travels over UDP (RFC 3261 §18.2.2, RFC 3581 §4): back to the
     /// `received` address at the `rport` port when stamped, else the Via's sent-by port.
     pub fn udp_destination(&self, source: SocketAddr) -> SocketAddr {
-        let Some(via) = self.top_via() else { return source };
-        let ip = via.params.get_val("received").and_then(|r| r.parse::<IpAddr>().ok()).unwrap_or(source.ip());
-        if let Some(port) = via.params.get_val("rport").and_then(|p| p.parse::<u16>().ok()) {
-            return SocketAddr::new(ip, port);
+        match self.top_via() {
+            Some(via) => via_udp_destination(&via, source),
+            None => source,
         }
-        SocketAddr::new(ip, via.sent_by.port.unwrap_or(5060))
     }
 
     pub fn to_bytes(&self) -> Bytes {
@@ -637,6 +937,15 @@ impl Response {
         write_headers_and_body(&mut out, &self.headers, &self.body);
         out.freeze()
     }
+}
+
+/// RFC 3261 §18.2.2 and RFC 3581 §4 for one Via (see [`Response::udp_destination`]).
+fn via_udp_destination(via: &Via, source: SocketAddr) -> SocketAddr {
+    let ip = via.params.get_val("received").and_then(|r| r.parse::<IpAddr>().ok()).unwrap_or(source.ip());
+    if let Some(port) = via.params.get_val("rport").and_then(|p| p.parse::<u16>().ok()) {
+        return SocketAddr::new(ip, port);
+    }
+    SocketAddr::new(ip, via.sent_by.port.unwrap_or(5060))
 }
 
 impl Message {

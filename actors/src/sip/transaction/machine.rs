@@ -9,6 +9,7 @@ use crate::time::Timestamp;
 use bytes::Bytes;
 use ezk_sip_types::print::AppendCtx;
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -102,24 +103,26 @@ impl ServerKey {
     }
 
     /// The key a request is matched under; `None` when it has no readable Via or CSeq (the
-    /// message facade refuses such requests before they get here).
-    fn of_request(request: &Request) -> Option<ServerKey> {
-        let via = request.top_via()?;
-        let cseq = request.cseq()?;
+    /// message facade refuses such requests before they get here). Compute it once per
+    /// request and pass it along ([`TransactionInput::ReceivedRequest`]).
+    pub fn of_request(request: &Request) -> Option<ServerKey> {
+        let via = request.top_via_ref()?;
+        let cseq = request.cseq_ref()?;
         let method = if request.method == Method::ACK { Method::INVITE } else { request.method.clone() };
-        let branch = via.params.get_val("branch").map(|b| b.as_str().to_owned());
-        let sent_by = match via.sent_by.port {
-            Some(port) => format!("{}:{port}", via.sent_by.host.to_string().to_ascii_lowercase()),
-            None => via.sent_by.host.to_string().to_ascii_lowercase(),
-        };
-        if let Some(branch) = branch.as_deref().filter(|b| b.starts_with(BRANCH_COOKIE)) {
+        let branch = via.params.get_val("branch").map(|b| b.as_str());
+        let mut sent_by = via.sent_by.host.to_string();
+        sent_by.make_ascii_lowercase();
+        if let Some(port) = via.sent_by.port {
+            let _ = write!(sent_by, ":{port}");
+        }
+        if let Some(branch) = branch.filter(|b| b.starts_with(BRANCH_COOKIE)) {
             return Some(ServerKey { method, id: ServerId::Branch { branch: branch.to_owned(), sent_by } });
         }
         let top_via = format!("{}/{sent_by};branch={}", via.transport.to_ascii_uppercase(), branch.unwrap_or_default());
         let id = Rfc2543Id {
             request_uri: request.uri.default_print_ctx().to_string(),
-            to_tag: request.to().and_then(|to| to.tag).map(|t| t.as_str().to_owned()),
-            from_tag: request.from().and_then(|from| from.tag).map(|t| t.as_str().to_owned()),
+            to_tag: request.to_ref().and_then(|to| to.tag.as_ref()).map(|t| t.as_str().to_owned()),
+            from_tag: request.from_ref().and_then(|from| from.tag.as_ref()).map(|t| t.as_str().to_owned()),
             call_id: request.call_id()?,
             cseq: cseq.cseq,
             top_via,
@@ -182,6 +185,10 @@ pub enum TransactionKey {
 pub enum TransactionInput {
     /// A parsed message off the network. `source` is the packet's real source address.
     Received { message: Message, source: SocketAddr, transport: Transport },
+    /// A request off the network whose key the caller already computed with
+    /// [`ServerKey::of_request`] (to ask [`Transactions::has_server`] first): the same as
+    /// `Received`, without reading the key again.
+    ReceivedRequest { request: Request, key: ServerKey, source: SocketAddr, transport: Transport },
     /// The transaction user (TU) starts a client transaction. The request must carry a Via
     /// with a branch (magic cookie z9hG4bK) that the TU made. An ACK is sent as is, without a
     /// transaction (it is the ACK for a 2xx, RFC 3261 §13.2.2.4).
@@ -357,14 +364,17 @@ enum Kind {
         state: InviteServerState,
         /// Kept to build the 100 Trying (§8.2.6.1).
         request: Request,
-        source: SocketAddr,
+        /// Where its responses go (§18.2.2), read once from the request's stamped top Via:
+        /// every response copies that Via.
+        reply_to: SocketAddr,
         last: Option<Sent>,
         /// The To tag of the final response, for RFC 2543 ACK matching (§17.2.3).
         to_tag: Option<String>,
     },
     NonInviteServer {
         state: NonInviteServerState,
-        source: SocketAddr,
+        /// As for `InviteServer`.
+        reply_to: SocketAddr,
         last: Option<Sent>,
     },
 }
@@ -449,7 +459,13 @@ impl Transactions {
         self.fire_due_timers(now);
         match input {
             TransactionInput::Received { message: Message::Request(request), source, transport } => {
-                self.receive_request(now, request, source, transport)
+                match ServerKey::of_request(&request) {
+                    Some(key) => self.receive_request(now, key, request, source, transport),
+                    None => tracing::debug!(%source, "request without a readable Via or CSeq: dropped"),
+                }
+            }
+            TransactionInput::ReceivedRequest { request, key, source, transport } => {
+                self.receive_request(now, key, request, source, transport)
             }
             TransactionInput::Received { message: Message::Response(response), source, .. } => {
                 self.receive_response(now, response, source)
@@ -573,11 +589,14 @@ impl Transactions {
         }
     }
 
-    fn receive_request(&mut self, now: Timestamp, mut request: Request, source: SocketAddr, transport: Transport) {
-        let Some(key) = ServerKey::of_request(&request) else {
-            tracing::debug!(%source, "request without a readable Via or CSeq: dropped");
-            return;
-        };
+    fn receive_request(
+        &mut self,
+        now: Timestamp,
+        key: ServerKey,
+        mut request: Request,
+        source: SocketAddr,
+        transport: Transport,
+    ) {
         // §18.2.1 / RFC 3581: so that every response built from it finds its way back.
         request.stamp_via_source(source);
         if request.method == Method::ACK {
@@ -590,16 +609,17 @@ impl Transactions {
         if !self.make_room() {
             return self.refuse_overloaded(&request, source, transport);
         }
+        let reply_to = request.reply_destination(source, transport);
         let kind = if request.method == Method::INVITE {
             Kind::InviteServer {
                 state: InviteServerState::Proceeding,
                 request: request.clone(),
-                source,
+                reply_to,
                 last: None,
                 to_tag: None,
             }
         } else {
-            Kind::NonInviteServer { state: NonInviteServerState::Trying, source, last: None }
+            Kind::NonInviteServer { state: NonInviteServerState::Trying, reply_to, last: None }
         };
         self.outputs.push_back(TransactionOutput::Request { key: key.clone(), request, source, transport });
         self.start(now, TransactionKey::Server(key), transport, kind);
@@ -615,7 +635,7 @@ impl Transactions {
         source: SocketAddr,
         transport: Transport,
     ) {
-        let ack_to_tag = request.to().and_then(|to| to.tag).map(|t| t.as_str().to_owned());
+        let ack_to_tag = request.to_ref().and_then(|to| to.tag.as_ref()).map(|t| t.as_str().to_owned());
         let id = match &key.id {
             ServerId::Branch { .. } => self.servers.get(&key).copied(),
             // §17.2.3 for RFC 2543: the ACK's To tag is the one our response added, so the
@@ -647,11 +667,11 @@ impl Transactions {
     fn refuse_overloaded(&mut self, request: &Request, source: SocketAddr, transport: Transport) {
         let tag = format!(
             "{:016x}",
-            fnv1a(&[request.call_id().unwrap_or_default().as_str(), request.branch().unwrap_or_default().as_str()])
+            fnv1a(&[request.call_id_str().unwrap_or_default(), request.branch_str().unwrap_or_default()])
         );
         let mut response = request.response(503, Some(&tag));
         response.headers.insert(Name::RETRY_AFTER, OVERLOAD_RETRY_AFTER_S);
-        let destination = response_destination(&response, source, transport);
+        let destination = request.reply_destination(source, transport);
         tracing::warn!(%source, method = %request.method, "transaction table full: 503");
         self.outputs.push_back(TransactionOutput::Transmit { destination, transport, bytes: response.to_bytes() });
     }
@@ -748,12 +768,11 @@ impl Transactions {
             return;
         };
         let tx = &self.transactions[&id];
-        let source = match &tx.kind {
-            Kind::InviteServer { source, .. } | Kind::NonInviteServer { source, .. } => *source,
+        let destination = match &tx.kind {
+            Kind::InviteServer { reply_to, .. } | Kind::NonInviteServer { reply_to, .. } => *reply_to,
             Kind::InviteClient { .. } | Kind::NonInviteClient { .. } => return,
         };
         let transport = tx.transport;
-        let destination = response_destination(&response, source, transport);
         self.outputs.push_back(TransactionOutput::Transmit { destination, transport, bytes: response.to_bytes() });
         self.remove(id);
     }
@@ -935,13 +954,13 @@ impl Transaction {
                 if let Kind::InviteServer {
                     state: InviteServerState::Proceeding,
                     request,
-                    source,
+                    reply_to,
                     last: last @ None,
                     ..
                 } = &mut self.kind
                 {
                     let trying = request.response(100, None);
-                    let destination = response_destination(&trying, *source, transport);
+                    let destination = *reply_to;
                     let bytes = trying.to_bytes();
                     ctx.transmit(destination, transport, bytes.clone());
                     *last = Some(Sent { bytes, destination });
@@ -1079,8 +1098,8 @@ impl Transaction {
         let (now, config, transport) = (ctx.now, *ctx.config, self.transport);
         let code = response.code;
         match &mut self.kind {
-            Kind::InviteServer { state, source, last, to_tag, .. } => {
-                let destination = response_destination(&response, *source, transport);
+            Kind::InviteServer { state, reply_to, last, to_tag, .. } => {
+                let destination = *reply_to;
                 match (*state, code) {
                     (InviteServerState::Proceeding, 100..=199) => {
                         let bytes = response.to_bytes();
@@ -1124,8 +1143,8 @@ impl Transaction {
                     }
                 }
             }
-            Kind::NonInviteServer { state, source, last } => {
-                let destination = response_destination(&response, *source, transport);
+            Kind::NonInviteServer { state, reply_to, last } => {
+                let destination = *reply_to;
                 match (*state, code) {
                     (NonInviteServerState::Completed, _) => {
                         // §17.2.2: further finals from the TU are discarded.
@@ -1154,15 +1173,6 @@ impl Transaction {
     }
 }
 
-/// Where a response goes: over UDP by its Via (§18.2.2, RFC 3581), over TCP back down the
-/// connection the request came on.
-fn response_destination(response: &Response, source: SocketAddr, transport: Transport) -> SocketAddr {
-    match transport {
-        Transport::Udp => response.udp_destination(source),
-        Transport::Tcp => source,
-    }
-}
-
 fn response_to_tag(response: &Response) -> Option<String> {
     response.headers.get::<FromTo>(Name::TO).ok().and_then(|to| to.tag).map(|t| t.as_str().to_owned())
 }
@@ -1188,7 +1198,7 @@ fn ack_for(invite: &Request, response: &Response) -> Request {
     for value in invite.headers.get_raw(&Name::ROUTE) {
         headers.insert(Name::ROUTE, value.as_str());
     }
-    Request { method: Method::ACK, uri: invite.uri.clone(), headers, body: Bytes::new() }
+    Request::new(Method::ACK, invite.uri.clone(), headers, Bytes::new())
 }
 
 /// FNV-1a over the parts, for stateless To tags: stable across runs, unlike std's hasher.
