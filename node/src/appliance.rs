@@ -404,7 +404,7 @@ async fn run_witness(config: &Config, node: &ClusterNode) -> anyhow::Result<()> 
             .app_data(api.clone())
             .route("/healthz", actix_web::web::get().to(|| async { "ok\n" }))
             .route("/readyz", actix_web::web::get().to(http::readyz_witness))
-            .configure(crate::cluster::routes)
+            .configure(crate::http::cluster_routes)
     })
     .workers(1)
     .disable_signals()
@@ -526,11 +526,7 @@ pub fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// Writes a secret and its newline to a file only its owner can read (mode 0600, whatever the
-/// file had), durably, replacing a link at `path` rather than writing through it.
-pub fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
-    crate::secret_file::write(path, format!("{secret}\n").as_bytes(), crate::secret_file::SECRET_FILE_MODE)
-}
+pub use crate::secret_file::write_secret;
 
 pub fn restrict_permissions(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;

@@ -17,7 +17,7 @@
 //! `pbx.redb` into fresh files, so the erased bytes leave every file of the data directory
 //! ([`SCRUB_BOUND`]).
 
-use crate::privacy::PrivacyKey;
+use crate::secret_file::PrivacyKey;
 use crate::storage::{CdrSink, Erased, Flags, Storage, Tombstone};
 use pbx_actors::Timestamp;
 use pbx_actors::cdr::Cdr;
@@ -223,8 +223,8 @@ impl NodeApplier {
                 self.deliver(&commands, others);
             }
             Entry::Cdrs(cdrs) => s.put_cdrs(&cdrs).map_err(|e| e.to_string())?,
-            Entry::Licence(stored) => s.save_licence(&stored)?,
-            Entry::Unlocks(stored) => s.save_unlocks(&stored)?,
+            Entry::Licence(stored) => s.save_licence(&stored).map_err(|e| e.to_string())?,
+            Entry::Unlocks(stored) => s.save_unlocks(&stored).map_err(|e| e.to_string())?,
             Entry::Erase { subject, audit } => {
                 let at = audit.at;
                 let parsed = Subject::parse(&subject)?;
@@ -293,10 +293,10 @@ impl Applier for NodeApplier {
         // adding the snapshot's is enough.
         s.put_cdrs(&cdrs).map_err(|e| e.to_string())?;
         if let Some(l) = &licence {
-            s.save_licence(l)?;
+            s.save_licence(l).map_err(|e| e.to_string())?;
         }
         if let Some(u) = &unlocks {
-            s.save_unlocks(u)?;
+            s.save_unlocks(u).map_err(|e| e.to_string())?;
         }
         s.replace_flags(&flags).map_err(|e| e.to_string())?;
         // The registrar learns the difference: what went, then what is.
@@ -406,20 +406,20 @@ impl Replication {
     }
 
     /// Commits `entry` and waits until this node has applied it too.
-    async fn write_here(&self, entry: Entry) -> Result<(), String> {
-        let index = self.replica.write(encode(entry)?).await.map_err(|e| e.to_string())?;
-        self.replica.wait_applied(index, APPLY_TIMEOUT).await.map_err(|e| e.to_string())
+    async fn write_here(&self, entry: Entry) -> Result<(), StoreError> {
+        let index = self.replica.write(encode(entry).map_err(StoreError::Corrupt)?).await.map_err(store_error)?;
+        self.replica.wait_applied(index, APPLY_TIMEOUT).await.map_err(store_error)
     }
 
     /// Returns once every entry committed before the call is applied on this node: it commits
     /// an empty registrar batch (which every node, old or new, applies as nothing) and waits
     /// for it here.
-    pub async fn barrier(&self) -> Result<(), String> {
+    pub async fn barrier(&self) -> Result<(), StoreError> {
         self.write_here(Entry::Registrar(Vec::new())).await
     }
 
     /// Erasure on every node: committed, then applied here; what it erased here.
-    pub async fn erase(&self, subject: &Subject, audit: AuditEntry) -> Result<Erased, String> {
+    pub async fn erase(&self, subject: &Subject, audit: AuditEntry) -> Result<Erased, StoreError> {
         let key = (subject.id(), audit.at);
         self.write_here(Entry::Erase { subject: subject.id(), audit }).await?;
         let erased = self.applier.erased.lock().expect("erased lock").remove(&key);
@@ -433,9 +433,9 @@ impl Replication {
         right: Right,
         at: Timestamp,
         audit: AuditEntry,
-    ) -> Result<Flags, String> {
+    ) -> Result<Flags, StoreError> {
         self.write_here(Entry::Flag { subject: subject.id(), right, at, audit }).await?;
-        let flags = self.applier.storage.all_flags().map_err(|e| e.to_string())?;
+        let flags = self.applier.storage.all_flags().map_err(|e| StoreError::Disk(e.to_string()))?;
         Ok(flags.get(&subject.id()).copied().unwrap_or_default())
     }
 }
@@ -475,13 +475,12 @@ impl CdrSink for ReplicatedCdrs {
 pub struct ReplicatedLicence(pub Replication);
 
 impl LicenceStore for ReplicatedLicence {
-    fn save_licence(&self, stored: &Stored) -> Result<(), String> {
-        // The licence port keeps its String errors (its own typed error is a later step).
-        self.0.write_blocking(Entry::Licence(stored.clone())).map(|_| ()).map_err(|e| e.to_string())
+    fn save_licence(&self, stored: &Stored) -> Result<(), StoreError> {
+        self.0.write_blocking(Entry::Licence(stored.clone())).map(|_| ())
     }
 
-    fn save_unlocks(&self, stored: &StoredUnlocks) -> Result<(), String> {
-        self.0.write_blocking(Entry::Unlocks(stored.clone())).map(|_| ()).map_err(|e| e.to_string())
+    fn save_unlocks(&self, stored: &StoredUnlocks) -> Result<(), StoreError> {
+        self.0.write_blocking(Entry::Unlocks(stored.clone())).map(|_| ())
     }
 }
 
@@ -505,26 +504,6 @@ impl ClusterApi {
         }
         status
     }
-}
-
-async fn cluster_status(
-    req: actix_web::HttpRequest,
-    api: Option<actix_web::web::Data<ClusterApi>>,
-) -> actix_web::HttpResponse {
-    use actix_web::http::StatusCode;
-    let Some(api) = api else { return crate::http::error(StatusCode::NOT_FOUND, "not a cluster node") };
-    if !crate::http::bearer_matches(&req, &api.token) {
-        return crate::http::error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token (see DATA_DIR/admin.token)",
-        );
-    }
-    actix_web::HttpResponse::Ok().json(api.status())
-}
-
-/// `GET /api/v1/cluster` (404 on a node that is not in a cluster).
-pub fn routes(cfg: &mut actix_web::web::ServiceConfig) {
-    cfg.route("/api/v1/cluster", actix_web::web::get().to(cluster_status));
 }
 
 #[cfg(test)]

@@ -24,9 +24,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use pbx_actors::Timestamp;
 use pbx_actors::cdr::{ActiveCall, Cdr, Disposition, MediaCounters};
 use pbx_actors::endpoint::EndpointMsg;
-use pbx_actors::licence::{LicenceView, VoucherMsg};
+use pbx_actors::licence::{LicenceView, RedeemError, VoucherMsg};
 use pbx_actors::registrar::{ChangeError, RegistrarMsg};
 use pbx_actors::shell::Current;
+use pbx_actors::store::StoreError;
 use pbx_actors::time::Clock;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -303,6 +304,39 @@ pub(crate) fn rfc3339(t: Timestamp) -> String {
 
 pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
     HttpResponse::build(status).json(serde_json::json!({ "error": message.into() }))
+}
+
+/// A voucher not redeemed, by why: 400 for a code that is none, 404 for an unknown voucher, 409
+/// for one redeemed before, 429 when the service rate-limits, 503 when too many redeems are in
+/// flight, 502 when the service failed or answered nonsense. The body's `kind` names the case.
+pub(crate) fn voucher_refused(refused: RedeemError) -> HttpResponse {
+    use pbx_actors::licence::LicenceServiceError as Service;
+    let (status, kind) = match &refused {
+        RedeemError::InvalidCode(_) => (StatusCode::BAD_REQUEST, "invalid_code"),
+        RedeemError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+        RedeemError::Unreadable(_) => (StatusCode::BAD_GATEWAY, "unreadable_answer"),
+        RedeemError::Service(Service::AlreadyRedeemed) => (StatusCode::CONFLICT, "already_redeemed"),
+        RedeemError::Service(Service::UnknownVoucher) => (StatusCode::NOT_FOUND, "unknown_voucher"),
+        // The service refuses guesses beyond its per-source and per-serial limits.
+        RedeemError::Service(Service::RateLimited(_)) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+        RedeemError::Service(Service::UnknownSerial) => (StatusCode::BAD_GATEWAY, "unknown_serial"),
+        RedeemError::Service(Service::Transport(_) | Service::NoAnswer(_)) => (StatusCode::BAD_GATEWAY, "unreachable"),
+        RedeemError::Service(Service::Tls(_)) => (StatusCode::BAD_GATEWAY, "tls"),
+        RedeemError::Service(Service::Status { .. } | Service::BadDocument(_)) => {
+            (StatusCode::BAD_GATEWAY, "service_error")
+        }
+    };
+    HttpResponse::build(status).json(serde_json::json!({ "error": refused.to_string(), "kind": kind }))
+}
+
+/// A change replicated through the cluster that did not happen: 503, with Retry-After when the
+/// cluster has no quorum (the same request may succeed later).
+pub(crate) fn not_replicated(failed: &StoreError, message: String) -> HttpResponse {
+    let mut response = HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE);
+    if let Some(retry_after_s) = failed.retry_after_s() {
+        response.insert_header(("Retry-After", retry_after_s.to_string()));
+    }
+    response.json(serde_json::json!({ "error": message }))
 }
 
 /// An admin change the registrar did not make, by why: 400 for an invalid request, 404 for an
@@ -604,23 +638,7 @@ async fn redeem_voucher(req: HttpRequest, state: web::Data<ApiState>, body: web:
             tracing::info!("voucher redeemed via API");
             HttpResponse::Ok().json(serde_json::json!({ "release_code": release_code }))
         }
-        Ok(ractor::rpc::CallResult::Success(Err(reason))) => {
-            let status = if reason.contains("already redeemed") {
-                StatusCode::CONFLICT
-            } else if reason.contains("unknown voucher") {
-                StatusCode::NOT_FOUND
-            } else if reason.starts_with("voucher code") {
-                StatusCode::BAD_REQUEST
-            } else if reason.starts_with("busy") {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else if reason.starts_with("rate limited") {
-                // The service refuses guesses beyond its per-source and per-serial limits.
-                StatusCode::TOO_MANY_REQUESTS
-            } else {
-                StatusCode::BAD_GATEWAY
-            };
-            error(status, reason)
-        }
+        Ok(ractor::rpc::CallResult::Success(Err(refused))) => voucher_refused(refused),
         _ => error(StatusCode::SERVICE_UNAVAILABLE, "the voucher sync did not answer in time"),
     }
 }
@@ -640,12 +658,29 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/licence", web::get().to(licence))
         .route("/api/v1/vouchers", web::post().to(redeem_voucher))
         .configure(crate::privacy::routes)
-        .configure(crate::cluster::routes);
+        .configure(cluster_routes);
 }
 
 /// Routes that exist only with `PBX_TEST_HOOKS=1` (off by default; docs/SECURITY.md).
 pub fn test_hook_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/debug/panic/{actor}", web::post().to(inject_panic));
+}
+
+async fn cluster_status(
+    req: actix_web::HttpRequest,
+    api: Option<actix_web::web::Data<crate::cluster::ClusterApi>>,
+) -> actix_web::HttpResponse {
+    use actix_web::http::StatusCode;
+    let Some(api) = api else { return error(StatusCode::NOT_FOUND, "not a cluster node") };
+    if !bearer_matches(&req, &api.token) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (see DATA_DIR/admin.token)");
+    }
+    actix_web::HttpResponse::Ok().json(api.status())
+}
+
+/// `GET /api/v1/cluster` (404 on a node that is not in a cluster).
+pub fn cluster_routes(cfg: &mut actix_web::web::ServiceConfig) {
+    cfg.route("/api/v1/cluster", actix_web::web::get().to(cluster_status));
 }
 
 #[cfg(test)]

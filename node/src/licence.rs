@@ -9,7 +9,7 @@
 
 use crate::config::{LicenceService as ServiceConfig, valid_serial};
 use bytes::Bytes;
-use pbx_actors::licence::LicenceService;
+use pbx_actors::licence::{LicenceService, LicenceServiceError};
 use std::path::Path;
 use std::time::Duration;
 
@@ -44,14 +44,14 @@ impl HttpLicenceService {
     }
 
     /// POSTs a JSON body; the answer's body when it is a 200 with JSON, else why not.
-    fn post(&self, path: &str, body: serde_json::Value) -> Result<Bytes, String> {
-        let url = format!("{}{path}", self.url);
+    fn post(&self, call: Call, body: serde_json::Value) -> Result<Bytes, LicenceServiceError> {
+        let url = format!("{}{}", self.url, call.path());
         let mut response = self
             .agent
             .post(&url)
             .header("content-type", "application/json")
             .send(body.to_string())
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| unreachable(&url, e))?;
         let status = response.status().as_u16();
         let json = response
             .headers()
@@ -63,40 +63,80 @@ impl HttpLicenceService {
             .with_config()
             .limit(BODY_BYTES_MAX)
             .read_to_vec()
-            .map_err(|e| format!("{url}: reading the answer: {e}"))?;
+            .map_err(|e| LicenceServiceError::Transport(format!("{url}: reading the answer: {e}")))?;
         match (status, json) {
             (200, true) => Ok(Bytes::from(body)),
-            (200, false) => Err(format!("{url}: 200 but not JSON (wrong content type)")),
+            (200, false) => {
+                Err(LicenceServiceError::BadDocument(format!("{url}: 200 but not JSON (wrong content type)")))
+            }
             (code, _) => {
                 // The service says what is wrong in {"error": "..."}; keep it short.
                 let reason = serde_json::from_slice::<serde_json::Value>(&body)
                     .ok()
                     .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
                     .unwrap_or_default();
-                let reason: String = reason.chars().take(200).collect();
-                Err(match code {
-                    404 if reason.is_empty() => "not found".to_owned(),
-                    409 if reason.is_empty() => "already redeemed".to_owned(),
-                    404 | 409 => reason,
-                    429 => format!("rate limited by the licence service: {reason}").trim_end().to_owned(),
-                    _ => format!("{url}: HTTP {code} {reason}").trim_end().to_owned(),
-                })
+                Err(refusal(call, code, reason.chars().take(REASON_CHARS_MAX).collect()))
             }
         }
     }
 }
 
+/// Longest part of the service's `{"error": ...}` kept in an error.
+const REASON_CHARS_MAX: usize = 200;
+
+/// The three calls to the service; a status means different things on each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Call {
+    Check,
+    Unlocks,
+    Redeem,
+}
+
+impl Call {
+    fn path(self) -> &'static str {
+        match self {
+            Call::Check => "/v1/licence",
+            Call::Unlocks => "/v1/unlocks",
+            Call::Redeem => "/v1/vouchers/redeem",
+        }
+    }
+}
+
+/// Why a request got no answer at all: a TLS failure told apart from the rest.
+fn unreachable(url: &str, error: ureq::Error) -> LicenceServiceError {
+    let text = format!("{url}: {error}");
+    match error {
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_) | ureq::Error::TlsRequired => {
+            LicenceServiceError::Tls(text)
+        }
+        _ => LicenceServiceError::Transport(text),
+    }
+}
+
+/// What a status other than 200 means for `call`: on a redeem, 409 is a voucher redeemed before
+/// and 404 an unknown voucher (unless the service says the serial is unknown); 404 on a check or
+/// unlocks fetch is an unknown serial; 429 a rate limit.
+fn refusal(call: Call, code: u16, reason: String) -> LicenceServiceError {
+    match (call, code) {
+        (Call::Redeem, 409) => LicenceServiceError::AlreadyRedeemed,
+        (Call::Redeem, 404) if !reason.contains("serial") => LicenceServiceError::UnknownVoucher,
+        (_, 404) => LicenceServiceError::UnknownSerial,
+        (_, 429) => LicenceServiceError::RateLimited(reason),
+        (_, code) => LicenceServiceError::Status { code, reason },
+    }
+}
+
 impl LicenceService for HttpLicenceService {
-    fn check(&self, serial: &str) -> Result<Bytes, String> {
-        self.post("/v1/licence", serde_json::json!({ "serial": serial }))
+    fn check(&self, serial: &str) -> Result<Bytes, LicenceServiceError> {
+        self.post(Call::Check, serde_json::json!({ "serial": serial }))
     }
 
-    fn unlocks(&self, serial: &str) -> Result<Bytes, String> {
-        self.post("/v1/unlocks", serde_json::json!({ "serial": serial }))
+    fn unlocks(&self, serial: &str) -> Result<Bytes, LicenceServiceError> {
+        self.post(Call::Unlocks, serde_json::json!({ "serial": serial }))
     }
 
-    fn redeem(&self, serial: &str, code: &str) -> Result<Bytes, String> {
-        self.post("/v1/vouchers/redeem", serde_json::json!({ "serial": serial, "code": code }))
+    fn redeem(&self, serial: &str, code: &str) -> Result<Bytes, LicenceServiceError> {
+        self.post(Call::Redeem, serde_json::json!({ "serial": serial, "code": code }))
     }
 }
 
@@ -172,6 +212,29 @@ mod tests {
         };
         let service = HttpLicenceService::new(&config).unwrap();
         let error = service.check("PBX-1").unwrap_err();
-        assert!(error.contains(&format!("127.0.0.1:{port}")), "{error}");
+        assert!(
+            matches!(&error, LicenceServiceError::Transport(t) if t.contains(&format!("127.0.0.1:{port}"))),
+            "{error}"
+        );
+    }
+
+    /// The service's statuses become the errors the admin API answers by: 409 and 404 on a
+    /// redeem are the voucher's, 404 elsewhere (or naming the serial) the serial's, 429 a limit.
+    #[test]
+    fn statuses_map_to_their_kinds() {
+        use LicenceServiceError as E;
+        let no_reason = String::new;
+        assert_eq!(refusal(Call::Redeem, 409, "voucher already redeemed".into()), E::AlreadyRedeemed);
+        assert_eq!(refusal(Call::Redeem, 404, "unknown voucher".into()), E::UnknownVoucher);
+        assert_eq!(refusal(Call::Redeem, 404, no_reason()), E::UnknownVoucher);
+        assert_eq!(refusal(Call::Redeem, 404, "unknown serial".into()), E::UnknownSerial);
+        assert_eq!(refusal(Call::Check, 404, no_reason()), E::UnknownSerial);
+        assert_eq!(refusal(Call::Unlocks, 404, "unknown serial".into()), E::UnknownSerial);
+        assert_eq!(refusal(Call::Check, 409, "odd".into()), E::Status { code: 409, reason: "odd".into() });
+        assert_eq!(
+            refusal(Call::Redeem, 429, "too many failed redeems".into()),
+            E::RateLimited("too many failed redeems".into())
+        );
+        assert_eq!(refusal(Call::Check, 500, no_reason()), E::Status { code: 500, reason: String::new() });
     }
 }

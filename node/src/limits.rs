@@ -5,7 +5,8 @@
 //! common default soft limit of 1,024, about 1,000 idle TCP connections left no descriptor to
 //! bind a call's RTP ports. The soft limit may be raised to the hard one without privilege;
 //! the hard limit is the operator's (systemd's `LimitNOFILE=`, `ulimit -Hn`), and the TCP
-//! connection cap follows what was obtained ([`crate::transport::tcp_connections_cap`]).
+//! connection cap follows what was obtained (the transport's `tcp_connections_cap`, which the
+//! caller passes in: this module asks nothing of the transport).
 
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
@@ -47,7 +48,7 @@ pub fn raise_open_file_limit() -> std::io::Result<OpenFiles> {
 
 /// Raises the limit and says so in the log: before, now, hard, and a warning when the limit
 /// cannot cover `rtp_ports` RTP ports, the SIP TCP connections and the reserve at once.
-pub fn raise_and_log(rtp_ports: u64) {
+pub fn raise_and_log(rtp_ports: u64, tcp_connections_cap: fn(u64) -> usize) {
     let hard = |h: Option<u64>| h.map_or_else(|| "unlimited".to_string(), |h| h.to_string());
     match raise_open_file_limit() {
         Ok(limits) => {
@@ -59,7 +60,7 @@ pub fn raise_and_log(rtp_ports: u64) {
                 hard = %hard(limits.hard),
                 "open-file limit (RLIMIT_NOFILE): {what}"
             );
-            let tcp = crate::transport::tcp_connections_cap(limits.soft) as u64;
+            let tcp = tcp_connections_cap(limits.soft) as u64;
             let needed = rtp_ports.saturating_add(tcp).saturating_add(OPEN_FILES_RESERVE);
             if limits.soft < needed {
                 tracing::warn!(

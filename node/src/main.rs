@@ -152,7 +152,10 @@ fn main() -> ExitCode {
     };
     init_logging(config.log_format);
     // Before the runtime and any socket: every descriptor opened later counts against it.
-    pbx_node::limits::raise_and_log(u64::from(config.rtp_ports.high.saturating_sub(config.rtp_ports.low)) + 1);
+    pbx_node::limits::raise_and_log(
+        u64::from(config.rtp_ports.high.saturating_sub(config.rtp_ports.low)) + 1,
+        pbx_node::transport::tcp_connections_cap,
+    );
     let prometheus = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
         Ok(h) => h,
         Err(e) => {
@@ -183,7 +186,7 @@ fn licence_server(args: pbx_node::licence_server::Args) -> ExitCode {
         return ExitCode::from(2);
     }
     init_logging(LogFormat::Human);
-    pbx_node::limits::raise_and_log(0);
+    pbx_node::limits::raise_and_log(0, pbx_node::transport::tcp_connections_cap);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

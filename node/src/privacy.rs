@@ -28,7 +28,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-pub const PRIVACY_KEY_FILE: &str = "privacy.key";
+pub use crate::secret_file::{PRIVACY_KEY_FILE, PrivacyKey};
 /// Audit entries one request returns at most, and rows it reads at most.
 const AUDIT_PAGE_MAX: usize = 1_000;
 /// Security-log entries one request may ask for.
@@ -45,56 +45,6 @@ pub struct Privacy {
     key: PrivacyKey,
     pub periods: Periods,
     pub operator: crate::config::OperatorSection,
-}
-
-/// The node's privacy key (`DATA_DIR/privacy.key`): what makes a subject's pseudonym.
-#[derive(Clone)]
-pub struct PrivacyKey(ring::hmac::Key);
-
-impl PrivacyKey {
-    /// Reads `DATA_DIR/privacy.key`, making it (32 random bytes, mode 0600) at first start.
-    pub fn open(data_dir: &Path) -> anyhow::Result<PrivacyKey> {
-        use anyhow::Context;
-        let path = data_dir.join(PRIVACY_KEY_FILE);
-        let hex_key = match crate::secret_file::read(&path).with_context(|| format!("read {}", path.display()))? {
-            Some(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
-            None => {
-                let key = hex::encode(rand::random::<[u8; 32]>());
-                crate::appliance::write_secret(&path, &key).with_context(|| format!("write {}", path.display()))?;
-                key
-            }
-        };
-        let bytes = hex::decode(&hex_key)
-            .ok()
-            .filter(|b| b.len() == 32)
-            .with_context(|| format!("{}: not 64 hex digits", path.display()))?;
-        Ok(PrivacyKey::from_bytes(&bytes))
-    }
-
-    pub fn from_bytes(bytes: &[u8]) -> PrivacyKey {
-        PrivacyKey(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes))
-    }
-
-    /// The subject as the audit and the tombstones name it: 16 bytes of HMAC-SHA-256 of its
-    /// id, in hex.
-    pub fn pseudonym(&self, subject: &Subject) -> String {
-        let tag = ring::hmac::sign(&self.0, format!("subject:{}", subject.id()).as_bytes());
-        hex::encode(&tag.as_ref()[..16])
-    }
-
-    /// Which key this is, without revealing it: 8 bytes of HMAC-SHA-256 of a fixed label.
-    pub fn fingerprint(&self) -> String {
-        hex::encode(&ring::hmac::sign(&self.0, b"pbx privacy key fingerprint").as_ref()[..8])
-    }
-
-    /// The tombstone an erasure of `subject` leaves: for a number, its pseudonym; an address
-    /// leaves none (no config file declares one).
-    pub fn tombstone(&self, subject: &Subject, at: pbx_actors::Timestamp) -> Option<Tombstone> {
-        match subject {
-            Subject::Number(_) => Some(Tombstone { pseudonym: self.pseudonym(subject), key: self.fingerprint(), at }),
-            Subject::Ip(_) => None,
-        }
-    }
 }
 
 impl Privacy {
@@ -325,7 +275,7 @@ async fn erase(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<Strin
     let audit = audit_entry(&state, Right::Erasure, &subject, 0, "erased");
     let erased = match state.cluster.erase(&subject, audit).await {
         Ok(e) => e,
-        Err(reason) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("the erasure: {reason}")),
+        Err(failed) => return crate::http::not_replicated(&failed, format!("the erasure: {failed}")),
     };
     // The file is erased; now the registrar's memory (its own removals are stored too, which
     // also takes any binding refreshed in the meantime).
@@ -373,7 +323,7 @@ async fn flag(req: HttpRequest, state: web::Data<ApiState>, path: web::Path<(Str
             tracing::info!(right = right.name(), "privacy flag changed");
             HttpResponse::Ok().json(json!({ "subject": subject.id(), "flags": flags_json(&flags) }))
         }
-        Err(reason) => error(StatusCode::SERVICE_UNAVAILABLE, format!("changing the privacy flags: {reason}")),
+        Err(failed) => crate::http::not_replicated(&failed, format!("changing the privacy flags: {failed}")),
     }
 }
 

@@ -85,6 +85,71 @@ pub fn read(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     Ok(Some(bytes))
 }
 
+/// Writes a secret and its newline to a file only its owner can read (mode 0600, whatever the
+/// file had), durably, replacing a link at `path` rather than writing through it.
+pub fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    write(path, format!("{secret}\n").as_bytes(), SECRET_FILE_MODE)
+}
+
+/// The privacy key's file in the data directory.
+pub const PRIVACY_KEY_FILE: &str = "privacy.key";
+
+/// The node's privacy key (`DATA_DIR/privacy.key`): what makes a subject's pseudonym.
+#[derive(Clone)]
+pub struct PrivacyKey(ring::hmac::Key);
+
+impl PrivacyKey {
+    /// Reads `DATA_DIR/privacy.key`, making it (32 random bytes, mode 0600) at first start.
+    pub fn open(data_dir: &std::path::Path) -> anyhow::Result<PrivacyKey> {
+        use anyhow::Context;
+        let path = data_dir.join(PRIVACY_KEY_FILE);
+        let hex_key = match crate::secret_file::read(&path).with_context(|| format!("read {}", path.display()))? {
+            Some(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
+            None => {
+                let key = hex::encode(rand::random::<[u8; 32]>());
+                write_secret(&path, &key).with_context(|| format!("write {}", path.display()))?;
+                key
+            }
+        };
+        let bytes = hex::decode(&hex_key)
+            .ok()
+            .filter(|b| b.len() == 32)
+            .with_context(|| format!("{}: not 64 hex digits", path.display()))?;
+        Ok(PrivacyKey::from_bytes(&bytes))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> PrivacyKey {
+        PrivacyKey(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes))
+    }
+
+    /// The subject as the audit and the tombstones name it: 16 bytes of HMAC-SHA-256 of its
+    /// id, in hex.
+    pub fn pseudonym(&self, subject: &pbx_actors::privacy::Subject) -> String {
+        let tag = ring::hmac::sign(&self.0, format!("subject:{}", subject.id()).as_bytes());
+        hex::encode(&tag.as_ref()[..16])
+    }
+
+    /// Which key this is, without revealing it: 8 bytes of HMAC-SHA-256 of a fixed label.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(&ring::hmac::sign(&self.0, b"pbx privacy key fingerprint").as_ref()[..8])
+    }
+
+    /// The tombstone an erasure of `subject` leaves: for a number, its pseudonym; an address
+    /// leaves none (no config file declares one).
+    pub fn tombstone(
+        &self,
+        subject: &pbx_actors::privacy::Subject,
+        at: pbx_actors::Timestamp,
+    ) -> Option<crate::storage::Tombstone> {
+        match subject {
+            pbx_actors::privacy::Subject::Number(_) => {
+                Some(crate::storage::Tombstone { pseudonym: self.pseudonym(subject), key: self.fingerprint(), at })
+            }
+            pbx_actors::privacy::Subject::Ip(_) => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,13 +217,13 @@ mod tests {
         let path = dir.path().join("admin.token");
         std::fs::write(&path, "old\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        crate::appliance::write_secret(&path, "abc").unwrap();
+        write_secret(&path, "abc").unwrap();
         assert_eq!((std::fs::read_to_string(&path).unwrap(), mode(&path)), ("abc\n".into(), 0o600));
         let target = dir.path().join("target");
         std::fs::write(&target, "keep\n").unwrap();
         let link = dir.path().join("privacy.key");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        crate::appliance::write_secret(&link, "def").unwrap();
+        write_secret(&link, "def").unwrap();
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep\n");
         assert_eq!(std::fs::read_to_string(&link).unwrap(), "def\n");
     }

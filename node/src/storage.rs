@@ -457,14 +457,16 @@ fn binding_key(aor: &str, contact: &str) -> String {
 }
 
 impl pbx_actors::licence::LicenceStore for Storage {
-    fn save_licence(&self, stored: &pbx_actors::licence::Stored) -> Result<(), String> {
-        let value = postcard::to_allocvec(&StoredLicenceV::V1(stored.clone())).map_err(|e| e.to_string())?;
-        self.put_licence_row("licence", &value).map_err(|e| e.to_string())
+    fn save_licence(&self, stored: &pbx_actors::licence::Stored) -> Result<(), StoreError> {
+        let value = postcard::to_allocvec(&StoredLicenceV::V1(stored.clone()))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.put_licence_row("licence", &value).map_err(|e| StoreError::Disk(e.to_string()))
     }
 
-    fn save_unlocks(&self, stored: &pbx_actors::licence::StoredUnlocks) -> Result<(), String> {
-        let value = postcard::to_allocvec(&StoredUnlocksV::V1(stored.clone())).map_err(|e| e.to_string())?;
-        self.put_licence_row("unlocks", &value).map_err(|e| e.to_string())
+    fn save_unlocks(&self, stored: &pbx_actors::licence::StoredUnlocks) -> Result<(), StoreError> {
+        let value = postcard::to_allocvec(&StoredUnlocksV::V1(stored.clone()))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.put_licence_row("unlocks", &value).map_err(|e| StoreError::Disk(e.to_string()))
     }
 }
 

@@ -16,8 +16,8 @@
 use crate::check::Checker;
 use bytes::Bytes;
 use pbx_actors::Timestamp;
-use pbx_actors::licence::desk::{ANONYMISE_AFTER_S, Desk, DeskState, Grant};
-use pbx_actors::licence::{Feature, Limits, SigningKey, WatchdogConfig};
+use pbx_actors::licence::desk::{ANONYMISE_AFTER_S, Desk, DeskError, DeskState, Grant};
+use pbx_actors::licence::{Feature, LicenceServiceError, Limits, SigningKey, WatchdogConfig};
 use serde::Deserialize;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -100,14 +100,18 @@ impl LicenceHost {
     }
 
     /// Answers a check as `pbx licence-server` would: the sealed licence's JSON, or an error.
-    pub fn check(&mut self, now: Timestamp, from: IpAddr, serial: &str) -> Result<Bytes, String> {
+    pub fn check(&mut self, now: Timestamp, from: IpAddr, serial: &str) -> Result<Bytes, LicenceServiceError> {
         if self.down_until.is_some_and(|until| now < until) {
-            return Err("connect: connection refused".into());
+            return Err(LicenceServiceError::Transport("connect: connection refused".into()));
         }
         let answer = self.desk.check(now, from, serial);
         // The service stores before it answers; here the desk's state is the store.
         while self.desk.poll_output().is_some() {}
-        let envelope = answer.map_err(|e| format!("HTTP 404 {e}"))?;
+        // As the node's client reads the service's statuses.
+        let envelope = answer.map_err(|e| match e {
+            DeskError::UnknownSerial => LicenceServiceError::UnknownSerial,
+            other => LicenceServiceError::Status { code: 400, reason: other.to_string() },
+        })?;
         Ok(Bytes::from(serde_json::to_vec(&envelope).expect("envelopes serialize")))
     }
 

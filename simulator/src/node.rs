@@ -478,7 +478,12 @@ impl SimNode {
     }
 
     /// The licence service's answer to a `LicenceCheck` (a body, or why there is none).
-    pub fn licence_response(&mut self, now: Timestamp, request: u64, result: Result<Bytes, String>) {
+    pub fn licence_response(
+        &mut self,
+        now: Timestamp,
+        request: u64,
+        result: Result<Bytes, pbx_actors::licence::LicenceServiceError>,
+    ) {
         self.work.push(Work::Watchdog(WatchdogInput::Response { request, result }));
         self.run(now);
     }

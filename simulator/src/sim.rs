@@ -221,7 +221,7 @@ enum Event {
         node: usize,
         incarnation: u32,
         request: u64,
-        result: Result<Bytes, String>,
+        result: Result<Bytes, pbx_actors::licence::LicenceServiceError>,
         genuine: bool,
     },
     /// The service goes down: for a random time, or for `hours`.

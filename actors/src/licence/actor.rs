@@ -12,10 +12,12 @@
 //! Not done: a bounded mailbox (these actors see a message an hour, and an admin's redeems).
 
 use super::document::{Licence, Unlocks};
+use super::error::{LicenceServiceError, RedeemError};
 use super::vouchers::{StoredUnlocks, VoucherConfig, VoucherEvent, VoucherInput, VoucherOutput, VoucherSync};
 use super::watchdog::{Effective, Stored, Watchdog, WatchdogConfig, WatchdogEvent, WatchdogInput, WatchdogOutput};
 use crate::Timestamp;
 use crate::shell::WakeTimer;
+use crate::store::StoreError;
 use crate::time::Clock;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -28,20 +30,20 @@ use std::time::Duration;
 pub const SERVICE_CALL_TIMEOUT_S: u64 = 60;
 
 /// The licence service, over the network. Blocking: the shells call it off the actor. Each
-/// returns a 200's body, or an error text (transport, TLS, HTTP status). For `redeem` the text
-/// is shown to the admin, so the node maps 409 to "already redeemed" and 404 to "unknown
-/// voucher".
+/// returns a 200's body, or why not (transport, TLS, HTTP status). For `redeem` the node maps
+/// 409 to [`LicenceServiceError::AlreadyRedeemed`] and 404 to
+/// [`LicenceServiceError::UnknownVoucher`], which the admin API answers by kind.
 pub trait LicenceService: Send + Sync + 'static {
-    fn check(&self, serial: &str) -> Result<Bytes, String>;
-    fn unlocks(&self, serial: &str) -> Result<Bytes, String>;
-    fn redeem(&self, serial: &str, code: &str) -> Result<Bytes, String>;
+    fn check(&self, serial: &str) -> Result<Bytes, LicenceServiceError>;
+    fn unlocks(&self, serial: &str) -> Result<Bytes, LicenceServiceError>;
+    fn redeem(&self, serial: &str, code: &str) -> Result<Bytes, LicenceServiceError>;
 }
 
 /// Where the last verified licence and unlocks are kept across restarts. Blocking; called
 /// off the actor.
 pub trait LicenceStore: Send + Sync + 'static {
-    fn save_licence(&self, stored: &Stored) -> Result<(), String>;
-    fn save_unlocks(&self, stored: &StoredUnlocks) -> Result<(), String>;
+    fn save_licence(&self, stored: &Stored) -> Result<(), StoreError>;
+    fn save_unlocks(&self, stored: &StoredUnlocks) -> Result<(), StoreError>;
 }
 
 /// The licence as pbx sees it now: what `GET /api/v1/licence` shows and what the rest of pbx
@@ -141,16 +143,18 @@ impl LicenceView {
 /// result (or why there is none) back to `me`.
 fn call_service<M: ractor::Message>(
     me: &ActorRef<M>,
-    call: impl FnOnce() -> Result<Bytes, String> + Send + 'static,
-    answer: impl FnOnce(Result<Bytes, String>) -> M + Send + 'static,
+    call: impl FnOnce() -> Result<Bytes, LicenceServiceError> + Send + 'static,
+    answer: impl FnOnce(Result<Bytes, LicenceServiceError>) -> M + Send + 'static,
 ) {
     let me = me.clone();
     tokio::spawn(async move {
         let task = tokio::task::spawn_blocking(call);
         let result = match tokio::time::timeout(Duration::from_secs(SERVICE_CALL_TIMEOUT_S), task).await {
             Ok(Ok(result)) => result,
-            Ok(Err(failed)) => Err(format!("licence service call failed: {failed}")),
-            Err(_) => Err(format!("licence service did not answer within {SERVICE_CALL_TIMEOUT_S} s")),
+            Ok(Err(failed)) => Err(LicenceServiceError::NoAnswer(format!("licence service call failed: {failed}"))),
+            Err(_) => Err(LicenceServiceError::NoAnswer(format!(
+                "licence service did not answer within {SERVICE_CALL_TIMEOUT_S} s"
+            ))),
         };
         let _ = me.cast(answer(result));
     });
@@ -176,7 +180,7 @@ pub enum WatchdogMsg {
     /// The licence service's answer to check `request`.
     CheckAnswer {
         request: u64,
-        result: Result<Bytes, String>,
+        result: Result<Bytes, LicenceServiceError>,
     },
     Control(crate::shell::Control),
 }
@@ -341,16 +345,16 @@ pub enum VoucherMsg {
     /// An admin redeems `code`: the release code, or the reason it was not redeemed.
     Redeem {
         code: String,
-        reply: RpcReplyPort<Result<String, String>>,
+        reply: RpcReplyPort<Result<String, RedeemError>>,
     },
     Wake,
     FetchAnswer {
         request: u64,
-        result: Result<Bytes, String>,
+        result: Result<Bytes, LicenceServiceError>,
     },
     RedeemAnswer {
         request: u64,
-        result: Result<Bytes, String>,
+        result: Result<Bytes, LicenceServiceError>,
     },
     Control(crate::shell::Control),
 }
@@ -367,7 +371,7 @@ pub struct VoucherState {
     timer: WakeTimer,
     /// Admins waiting, by the token the shell gave their request. The machine answers every
     /// token (bounded by its in-flight limit), so this cannot grow without bound.
-    replies: BTreeMap<u64, RpcReplyPort<Result<String, String>>>,
+    replies: BTreeMap<u64, RpcReplyPort<Result<String, RedeemError>>>,
     next_token: u64,
 }
 
@@ -555,16 +559,16 @@ mod tests {
     }
 
     impl LicenceService for FakeService {
-        fn check(&self, serial: &str) -> Result<Bytes, String> {
+        fn check(&self, serial: &str) -> Result<Bytes, LicenceServiceError> {
             assert_eq!(serial, SERIAL);
             self.checks.fetch_add(1, Ordering::SeqCst);
             if self.down.load(Ordering::SeqCst) {
-                return Err("connect: connection refused".into());
+                return Err(LicenceServiceError::Transport("connect: connection refused".into()));
             }
             Ok(serde_json::to_vec(&service_key().seal(&licence())).unwrap().into())
         }
 
-        fn unlocks(&self, serial: &str) -> Result<Bytes, String> {
+        fn unlocks(&self, serial: &str) -> Result<Bytes, LicenceServiceError> {
             self.fetches.fetch_add(1, Ordering::SeqCst);
             let release_codes: Vec<String> = self.redeemed.lock().unwrap().clone();
             let unlocks = Unlocks {
@@ -578,14 +582,14 @@ mod tests {
             Ok(serde_json::to_vec(&service_key().seal(&unlocks)).unwrap().into())
         }
 
-        fn redeem(&self, _serial: &str, code: &str) -> Result<Bytes, String> {
+        fn redeem(&self, _serial: &str, code: &str) -> Result<Bytes, LicenceServiceError> {
             let release = format!("R-{code}");
             let mut redeemed = self.redeemed.lock().unwrap();
             if !code.starts_with("GOOD-") {
-                return Err("unknown voucher".into());
+                return Err(LicenceServiceError::UnknownVoucher);
             }
             if redeemed.contains(&release) {
-                return Err("already redeemed".into());
+                return Err(LicenceServiceError::AlreadyRedeemed);
             }
             redeemed.push(release.clone());
             Ok(format!(r#"{{"release_code":"{release}"}}"#).into())
@@ -599,12 +603,12 @@ mod tests {
     }
 
     impl LicenceStore for MemoryStore {
-        fn save_licence(&self, stored: &Stored) -> Result<(), String> {
+        fn save_licence(&self, stored: &Stored) -> Result<(), StoreError> {
             self.licences.lock().unwrap().push(stored.clone());
             Ok(())
         }
 
-        fn save_unlocks(&self, stored: &StoredUnlocks) -> Result<(), String> {
+        fn save_unlocks(&self, stored: &StoredUnlocks) -> Result<(), StoreError> {
             self.unlocks.lock().unwrap().push(stored.clone());
             Ok(())
         }
@@ -734,8 +738,14 @@ mod tests {
         // Not licensed yet: the unlocks add nothing.
         assert_eq!(view.effective(), Effective::unlicensed());
 
-        assert_eq!(ractor::call!(vouchers, redeem("GOOD-1")).unwrap(), Err("already redeemed".to_string()));
-        assert_eq!(ractor::call!(vouchers, redeem("NOPE")).unwrap(), Err("unknown voucher".to_string()));
+        assert_eq!(
+            ractor::call!(vouchers, redeem("GOOD-1")).unwrap(),
+            Err(RedeemError::Service(LicenceServiceError::AlreadyRedeemed))
+        );
+        assert_eq!(
+            ractor::call!(vouchers, redeem("NOPE")).unwrap(),
+            Err(RedeemError::Service(LicenceServiceError::UnknownVoucher))
+        );
         assert!(ractor::call!(vouchers, redeem("not a code!")).unwrap().is_err());
 
         let (watchdog, watchdog_handle) =

@@ -9,6 +9,7 @@
 pub mod actor;
 pub mod desk;
 pub mod document;
+pub mod error;
 pub mod vouchers;
 pub mod watchdog;
 
@@ -25,6 +26,7 @@ pub use actor::{
     WatchdogArgs, WatchdogMsg,
 };
 pub use document::{Envelope, Feature, Kind, Licence, Limits, PublicKey, Refused, SigningKey, Unlocks};
+pub use error::{LicenceServiceError, RedeemError};
 pub use vouchers::{StoredUnlocks, VoucherConfig, VoucherEvent, VoucherInput, VoucherOutput, VoucherSync};
 pub use watchdog::{
     Effective, LicenceStatus, Stored, Watchdog, WatchdogConfig, WatchdogEvent, WatchdogInput, WatchdogOutput,

@@ -18,6 +18,7 @@
 //! Not done here: refusing unlocks older than those held (the service signs both).
 
 use super::document::{Envelope, PublicKey, Unlocks};
+use super::error::{LicenceServiceError, RedeemError};
 use super::watchdog::bounded;
 use crate::Timestamp;
 use bytes::Bytes;
@@ -68,7 +69,7 @@ pub enum VoucherInput {
     /// The answer to [`VoucherOutput::Fetch`] `request`: a 200's body or an error text.
     FetchResponse {
         request: u64,
-        result: Result<Bytes, String>,
+        result: Result<Bytes, LicenceServiceError>,
     },
     /// An admin asks to redeem `code`; the answer is [`VoucherOutput::Redeemed`] with `token`.
     RedeemRequest {
@@ -79,7 +80,7 @@ pub enum VoucherInput {
     /// shell made of the failure ("already redeemed" for 409, "unknown voucher" for 404, …).
     RedeemResponse {
         request: u64,
-        result: Result<Bytes, String>,
+        result: Result<Bytes, LicenceServiceError>,
     },
     Timeout,
 }
@@ -103,7 +104,7 @@ pub enum VoucherOutput {
     /// code, or the reason it was not redeemed.
     Redeemed {
         token: u64,
-        result: Result<String, String>,
+        result: Result<String, RedeemError>,
     },
     Event(VoucherEvent),
 }
@@ -239,8 +240,8 @@ impl VoucherSync {
         request
     }
 
-    fn fetched(&mut self, now: Timestamp, result: Result<Bytes, String>) {
-        let verified = result.map_err(|e| bounded(&e)).and_then(|body| {
+    fn fetched(&mut self, now: Timestamp, result: Result<Bytes, LicenceServiceError>) {
+        let verified = result.map_err(|e| bounded(&e.to_string())).and_then(|body| {
             let envelope = Envelope::parse(&body).map_err(|r| bounded(&r.to_string()))?;
             let unlocks = envelope
                 .open_unlocks(&self.config.public_key, &self.config.serial)
@@ -274,18 +275,18 @@ impl VoucherSync {
     fn redeem(&mut self, token: u64, code: &str) {
         let code = code.trim();
         let refusal = if code.is_empty() {
-            Some("voucher code: empty".to_string())
+            Some(RedeemError::InvalidCode("empty".to_string()))
         } else if code.chars().count() > VOUCHER_CODE_CHARS_MAX {
-            Some(format!("voucher code: longer than {VOUCHER_CODE_CHARS_MAX} characters"))
+            Some(RedeemError::InvalidCode(format!("longer than {VOUCHER_CODE_CHARS_MAX} characters")))
         } else if !code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            Some("voucher code: only letters, digits and '-'".to_string())
+            Some(RedeemError::InvalidCode("only letters, digits and '-'".to_string()))
         } else if self.redeems.len() >= REDEEMS_IN_FLIGHT_MAX {
-            Some("busy: too many vouchers being redeemed, try again shortly".to_string())
+            Some(RedeemError::Busy)
         } else {
             None
         };
-        if let Some(reason) = refusal {
-            self.outputs.push_back(VoucherOutput::Redeemed { token, result: Err(reason) });
+        if let Some(refused) = refusal {
+            self.outputs.push_back(VoucherOutput::Redeemed { token, result: Err(refused) });
             return;
         }
         let request = self.request_id();
@@ -294,9 +295,9 @@ impl VoucherSync {
         self.outputs.push_back(VoucherOutput::Redeem { request, serial, code: code.to_string() });
     }
 
-    fn redeemed(&mut self, now: Timestamp, token: u64, result: Result<Bytes, String>) {
+    fn redeemed(&mut self, now: Timestamp, token: u64, result: Result<Bytes, LicenceServiceError>) {
         let result = match result {
-            Err(reason) => Err(bounded(&reason)),
+            Err(error) => Err(RedeemError::Service(error)),
             Ok(body) => match serde_json::from_slice::<RedeemAnswer>(&body) {
                 Ok(answer) if !answer.release_code.trim().is_empty() => Ok(bounded(answer.release_code.trim())),
                 Ok(_) => Err(self.unreadable_redeem(now, "no release code")),
@@ -309,20 +310,18 @@ impl VoucherSync {
                 let release_code = release_code.clone();
                 self.outputs.push_back(VoucherOutput::Event(VoucherEvent::Redeemed { release_code }));
             }
-            Err(reason) => {
-                self.outputs.push_back(VoucherOutput::Event(VoucherEvent::RedeemFailed { reason: reason.clone() }))
-            }
+            Err(refused) => self
+                .outputs
+                .push_back(VoucherOutput::Event(VoucherEvent::RedeemFailed { reason: bounded(&refused.to_string()) })),
         }
         self.outputs.push_back(VoucherOutput::Redeemed { token, result });
     }
 
     /// The service said 200 but its answer is unreadable: the voucher may well be redeemed, so
     /// the unlocks are fetched at once and the admin is told to look there.
-    fn unreadable_redeem(&mut self, now: Timestamp, why: &str) -> String {
+    fn unreadable_redeem(&mut self, now: Timestamp, why: &str) -> RedeemError {
         self.fetch_now(now);
-        bounded(&format!(
-            "the licence service's answer was unreadable ({why}); the voucher may be redeemed: check the unlocks"
-        ))
+        RedeemError::Unreadable(bounded(why))
     }
 
     fn fetch_now(&mut self, now: Timestamp) {
@@ -426,8 +425,8 @@ mod tests {
         };
         let mut other_serial = unlocks(&["R-9"]);
         other_serial.serial = "PBX-2".into();
-        let answers: Vec<Result<Bytes, String>> = vec![
-            Err("503 Service Unavailable".into()),
+        let answers: Vec<Result<Bytes, LicenceServiceError>> = vec![
+            Err(LicenceServiceError::Status { code: 503, reason: "Service Unavailable".into() }),
             Ok(serde_json::to_vec(&tampered).unwrap().into()),
             Ok(serde_json::to_vec(&service_key().seal(&licence)).unwrap().into()),
             Ok(body(&other_serial)),
@@ -507,13 +506,14 @@ mod tests {
 
         vs.handle(START, VoucherInput::RedeemRequest { token: 5, code: "USED-1".into() });
         let [VoucherOutput::Redeem { request, .. }] = drain(&mut vs)[..] else { panic!() };
-        vs.handle(START, VoucherInput::RedeemResponse { request, result: Err("already redeemed".into()) });
+        let refused = LicenceServiceError::AlreadyRedeemed;
+        vs.handle(START, VoucherInput::RedeemResponse { request, result: Err(refused.clone()) });
         let out = drain(&mut vs);
         assert_eq!(
             out,
             [
                 VoucherOutput::Event(VoucherEvent::RedeemFailed { reason: "already redeemed".into() }),
-                VoucherOutput::Redeemed { token: 5, result: Err("already redeemed".into()) },
+                VoucherOutput::Redeemed { token: 5, result: Err(RedeemError::Service(refused)) },
             ]
         );
         assert_eq!(vs.poll_timeout(), Some(START + DAY));
@@ -525,7 +525,7 @@ mod tests {
             vs.handle(START, VoucherInput::RedeemRequest { token: 6, code: code.into() });
             let out = drain(&mut vs);
             assert!(
-                matches!(&out[..], [VoucherOutput::Redeemed { token: 6, result: Err(e) }] if e.contains(why)),
+                matches!(&out[..], [VoucherOutput::Redeemed { token: 6, result: Err(RedeemError::InvalidCode(e)) }] if e.contains(why)),
                 "{out:?}"
             );
         }
@@ -536,7 +536,7 @@ mod tests {
         assert_eq!(drain(&mut vs).len(), REDEEMS_IN_FLIGHT_MAX);
         vs.handle(START, VoucherInput::RedeemRequest { token: 99, code: "V99".into() });
         let out = drain(&mut vs);
-        assert!(matches!(&out[..], [VoucherOutput::Redeemed { token: 99, result: Err(e) }] if e.starts_with("busy")));
+        assert!(matches!(&out[..], [VoucherOutput::Redeemed { token: 99, result: Err(RedeemError::Busy) }]));
     }
 
     /// A 200 whose body is unreadable: the admin is told to check, and the unlocks are fetched.
@@ -545,15 +545,20 @@ mod tests {
         let mut vs = sync(None);
         vs.handle(START, VoucherInput::Timeout);
         let first = fetch_request(&drain(&mut vs));
-        vs.handle(START, VoucherInput::FetchResponse { request: first, result: Err("down".into()) });
+        vs.handle(
+            START,
+            VoucherInput::FetchResponse { request: first, result: Err(LicenceServiceError::Transport("down".into())) },
+        );
         drain(&mut vs);
         vs.handle(START, VoucherInput::RedeemRequest { token: 3, code: "V3".into() });
         let [VoucherOutput::Redeem { request, .. }] = drain(&mut vs)[..] else { panic!() };
         vs.handle(START, VoucherInput::RedeemResponse { request, result: Ok(Bytes::from_static(b"<html>")) });
         let out = drain(&mut vs);
-        assert!(out.iter().any(
-            |o| matches!(o, VoucherOutput::Redeemed { token: 3, result: Err(e) } if e.contains("check the unlocks"))
-        ));
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, VoucherOutput::Redeemed { token: 3, result: Err(e @ RedeemError::Unreadable(_)) }
+                if e.to_string().contains("check the unlocks")))
+        );
         fetch_request(&out);
     }
 

@@ -38,6 +38,7 @@
 //! older licence than the one held (the service signs both; it never needs to roll back).
 
 use super::document::{Envelope, Feature, Licence, Limits, PublicKey, Unlocks};
+use super::error::LicenceServiceError;
 use crate::Timestamp;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -105,9 +106,9 @@ pub struct Stored {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WatchdogInput {
-    /// The answer to [`WatchdogOutput::Check`] `request`: the body of a 200, or an error text
+    /// The answer to [`WatchdogOutput::Check`] `request`: the body of a 200, or why not
     /// (transport, TLS, HTTP status, the shell's timeout). Ignored unless `request` is in flight.
-    Response { request: u64, result: Result<Bytes, String> },
+    Response { request: u64, result: Result<Bytes, LicenceServiceError> },
     /// [`Watchdog::poll_timeout`] has come.
     Timeout,
 }
@@ -267,7 +268,7 @@ impl Watchdog {
                     return; // stale or duplicate: that request was answered already
                 }
                 self.in_flight = None;
-                match result.map_err(|e| bounded(&e)).and_then(|body| self.verify(&body)) {
+                match result.map_err(|e| bounded(&e.to_string())).and_then(|body| self.verify(&body)) {
                     Ok((licence, envelope)) => {
                         let valid_until = licence.valid_until;
                         self.held = Some((licence, now));
@@ -462,7 +463,7 @@ mod tests {
         }
 
         /// Collects outputs; each `Check` is answered at the same instant by `service`.
-        fn drain(&mut self, service: &mut dyn FnMut(Timestamp) -> Result<Bytes, String>) {
+        fn drain(&mut self, service: &mut dyn FnMut(Timestamp) -> Result<Bytes, LicenceServiceError>) {
             while let Some(output) = self.wd.poll_output() {
                 match output {
                     WatchdogOutput::Check { request, serial } => {
@@ -478,7 +479,11 @@ mod tests {
         }
 
         /// Steps through every wake-up up to and including `end`, then sets the time to `end`.
-        fn run_until(&mut self, end: Timestamp, mut service: impl FnMut(Timestamp) -> Result<Bytes, String>) {
+        fn run_until(
+            &mut self,
+            end: Timestamp,
+            mut service: impl FnMut(Timestamp) -> Result<Bytes, LicenceServiceError>,
+        ) {
             for _ in 0..100_000 {
                 match self.wd.poll_timeout() {
                     Some(at) if at <= end => {
@@ -511,11 +516,11 @@ mod tests {
         }
     }
 
-    fn down(_: Timestamp) -> Result<Bytes, String> {
-        Err("connect: connection refused".into())
+    fn down(_: Timestamp) -> Result<Bytes, LicenceServiceError> {
+        Err(LicenceServiceError::Transport("connect: connection refused".into()))
     }
 
-    fn up(now: Timestamp) -> Result<Bytes, String> {
+    fn up(now: Timestamp) -> Result<Bytes, LicenceServiceError> {
         Ok(good_body(now))
     }
 
@@ -707,7 +712,10 @@ mod tests {
         wd.handle(START, WatchdogInput::Response { request: 7, result: Ok(good_body(START)) });
         assert_eq!(wd.poll_output(), None);
         assert_eq!(wd.status(), &LicenceStatus::Unlicensed);
-        wd.handle(START, WatchdogInput::Response { request: 1, result: Err("timed out".into()) });
+        wd.handle(
+            START,
+            WatchdogInput::Response { request: 1, result: Err(LicenceServiceError::NoAnswer("timed out".into())) },
+        );
         assert!(matches!(wd.poll_output(), Some(WatchdogOutput::Event(WatchdogEvent::CheckFailed { .. }))));
         // The same request answered again, now with a good body: still ignored.
         wd.handle(START, WatchdogInput::Response { request: 1, result: Ok(good_body(START)) });

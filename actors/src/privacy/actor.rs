@@ -8,6 +8,7 @@
 use super::AuditEntry;
 use super::reaper::{Batch, Reaper, ReaperConfig, ReaperInput, ReaperOutput};
 use crate::shell::WakeTimer;
+use crate::store::StoreError;
 use crate::time::Clock;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::Arc;
@@ -17,9 +18,9 @@ pub trait RetentionStore: Send + Sync + 'static {
     /// Deletes or anonymises at most `batch.limit` records of `batch.category` older than
     /// `batch.cutoff` that the action has not yet changed, in one durable transaction;
     /// returns how many it changed.
-    fn reap(&self, batch: &Batch) -> Result<u64, String>;
+    fn reap(&self, batch: &Batch) -> Result<u64, StoreError>;
     /// Stores one audit entry durably.
-    fn audit(&self, entry: &AuditEntry) -> Result<(), String>;
+    fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
 }
 
 pub struct ReaperArgs {
@@ -34,7 +35,7 @@ pub enum ReaperMsg {
     /// A batch's result.
     Done {
         rule: usize,
-        result: Result<u64, String>,
+        result: Result<u64, StoreError>,
     },
     /// Runs finished since start (for tests and status).
     Runs(RpcReplyPort<u64>),
@@ -99,7 +100,7 @@ impl Actor for ReaperActor {
             ReaperMsg::Done { rule, result: Err(error) } => {
                 tracing::error!(%error, rule, "a retention batch failed; the next run tries again");
                 metrics::counter!("pbx_privacy_reaper_failures_total").increment(1);
-                s.machine.handle(now, ReaperInput::Failed { rule, error });
+                s.machine.handle(now, ReaperInput::Failed { rule, error: error.to_string() });
             }
             ReaperMsg::Runs(reply) => {
                 let _ = reply.send(s.machine.runs());
@@ -133,7 +134,7 @@ impl ReaperState {
                             result
                         })
                         .await
-                        .unwrap_or_else(|e| Err(format!("the batch did not finish: {e}")));
+                        .unwrap_or_else(|e| Err(StoreError::Stopped(format!("the batch did not finish: {e}"))));
                         let _ = me.cast(ReaperMsg::Done { rule, result });
                     });
                 }
@@ -186,9 +187,9 @@ mod tests {
         fail_next: Mutex<bool>,
     }
     impl RetentionStore for MemStore {
-        fn reap(&self, batch: &Batch) -> Result<u64, String> {
+        fn reap(&self, batch: &Batch) -> Result<u64, StoreError> {
             if std::mem::take(&mut *self.fail_next.lock().unwrap()) {
-                return Err("disk on fire".into());
+                return Err(StoreError::Disk("disk on fire".into()));
             }
             let mut records = self.records.lock().unwrap();
             let due: Vec<u64> =
@@ -198,7 +199,7 @@ mod tests {
             }
             Ok(due.len() as u64)
         }
-        fn audit(&self, entry: &AuditEntry) -> Result<(), String> {
+        fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
             self.audits.lock().unwrap().push(entry.clone());
             Ok(())
         }

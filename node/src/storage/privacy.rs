@@ -21,6 +21,7 @@ use pbx_actors::privacy::{
     AuditEntry, AuditEvent, ERASED, SUBJECT_ID_MAX, SecurityEntry, SecurityEvent, Subject, flood_network,
 };
 use pbx_actors::registrar::{Binding, Extension};
+use pbx_actors::store::StoreError;
 use redb::{Durability, ReadableTable};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -632,12 +633,12 @@ fn insert_audit(tx: &redb::WriteTransaction, entry: &AuditEntry, seq: u64) -> Re
 }
 
 impl pbx_actors::privacy::actor::RetentionStore for Storage {
-    fn reap(&self, batch: &Batch) -> Result<u64, String> {
-        Storage::reap(self, batch).map_err(|e| e.to_string())
+    fn reap(&self, batch: &Batch) -> Result<u64, StoreError> {
+        Storage::reap(self, batch).map_err(|e| StoreError::Disk(e.to_string()))
     }
     /// The end of a run: if its batches changed records, the rewrite they marked due starts.
-    fn audit(&self, entry: &AuditEntry) -> Result<(), String> {
-        self.put_audit(entry).map_err(|e| e.to_string())?;
+    fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.put_audit(entry).map_err(|e| StoreError::Disk(e.to_string()))?;
         if let AuditEvent::Retention { rules, .. } = &entry.event
             && rules.iter().any(|r| r.records > 0)
         {
