@@ -1193,16 +1193,14 @@ media_step() {
 	[ "$held" = ok ]
 }
 
-media_rows() {
-	: >"$WORK/media.tsv"
-	if ! start_pbx_calls media || ! probe_call "pbx media"; then
-		FAILED_ROWS+=("pbx media")
-		stop "$SERVER_PID"
-		return
-	fi
+# The concurrent-calls ramp of a media row: STEP (a function taking the number of calls) at
+# MEDIA_START, doubling while it holds up to MEDIA_MAX, then BISECT_STEPS between the last
+# number that held and the first that did not. Leaves "HELD FIRST_FAILED" in RAMP_RESULT.
+media_ramp() {
+	local step=$1
 	local n=$MEDIA_START lo=0 hi=0 mid i=0
 	while [ "$n" -le "$MEDIA_MAX" ] && ! past_deadline; do
-		if media_step "$n" >/dev/null; then lo=$n n=$((n * 2)); else
+		if "$step" "$n" >/dev/null; then lo=$n n=$((n * 2)); else
 			hi=$n
 			break
 		fi
@@ -1210,11 +1208,22 @@ media_rows() {
 	while [ "$hi" -gt 0 ] && [ "$i" -lt "$BISECT_STEPS" ] && ! past_deadline; do
 		mid=$(((lo + hi) / 2 / 10 * 10))
 		[ "$mid" -le "$lo" ] || [ "$mid" -ge "$hi" ] && break
-		if media_step "$mid" >/dev/null; then lo=$mid; else hi=$mid; fi
+		if "$step" "$mid" >/dev/null; then lo=$mid; else hi=$mid; fi
 		i=$((i + 1))
 	done
+	RAMP_RESULT="$lo $hi"
+}
+
+media_rows() {
+	: >"$WORK/media.tsv"
+	if ! start_pbx_calls media || ! probe_call "pbx media"; then
+		FAILED_ROWS+=("pbx media")
+		stop "$SERVER_PID"
+		return
+	fi
+	media_ramp media_step
 	stop "$SERVER_PID"
-	MEDIA_RESULT="$lo $hi"
+	MEDIA_RESULT=$RAMP_RESULT
 }
 
 print_media_table() {
@@ -1396,21 +1405,9 @@ rtpengine_media_rows() {
 		stop_kamailio_rtpengine
 		return
 	fi
-	local n=$MEDIA_START lo=0 hi=0 mid i=0
-	while [ "$n" -le "$MEDIA_MAX" ] && ! past_deadline; do
-		if rtpengine_media_step "$n" >/dev/null; then lo=$n n=$((n * 2)); else
-			hi=$n
-			break
-		fi
-	done
-	while [ "$hi" -gt 0 ] && [ "$i" -lt "$BISECT_STEPS" ] && ! past_deadline; do
-		mid=$(((lo + hi) / 2 / 10 * 10))
-		[ "$mid" -le "$lo" ] || [ "$mid" -ge "$hi" ] && break
-		if rtpengine_media_step "$mid" >/dev/null; then lo=$mid; else hi=$mid; fi
-		i=$((i + 1))
-	done
+	media_ramp rtpengine_media_step
 	stop_kamailio_rtpengine
-	RTPENGINE_MEDIA_RESULT="$lo $hi"
+	RTPENGINE_MEDIA_RESULT=$RAMP_RESULT
 }
 
 print_rtpengine_media_table() {

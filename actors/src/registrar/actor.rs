@@ -592,21 +592,40 @@ mod tests {
         }
     }
 
-    /// The shell stores a new binding before it delivers the 200, and expires it on virtual time.
-    #[tokio::test(start_paused = true)]
-    async fn persists_before_responding_and_expires_on_virtual_time() {
-        let journal = Arc::new(Journal::default());
+    /// Extension 100 with [`PASSWORD_100`], as the directory stores it (HA1 only).
+    fn extension_100() -> Extension {
+        Extension {
+            number: "100".into(),
+            display_name: String::new(),
+            ha1_md5: crate::registrar::ha1(crate::registrar::Algorithm::Md5, "100", "pbx", PASSWORD_100),
+            ha1_sha256: crate::registrar::ha1(crate::registrar::Algorithm::Sha256, "100", "pbx", PASSWORD_100),
+        }
+    }
+
+    /// A registrar shell on virtual time whose store and sink are `journal`.
+    async fn spawn_over(
+        journal: &Arc<Journal>,
+        secret: u8,
+        extensions: Vec<Extension>,
+    ) -> (ActorRef<RegistrarMsg>, tokio::task::JoinHandle<()>) {
         let args = RegistrarArgs {
             config: RegistrarConfig::default(),
-            secret: [1; 32],
-            extensions: vec![],
+            secret: [secret; 32],
+            extensions,
             bindings: vec![],
             clock: Arc::new(TokioClock(tokio::time::Instant::now())),
             store: journal.clone(),
             sink: journal.clone(),
             security: None,
         };
-        let (actor, handle) = Actor::spawn(None, RegistrarActor, args).await.unwrap();
+        Actor::spawn(None, RegistrarActor, args).await.unwrap()
+    }
+
+    /// The shell stores a new binding before it delivers the 200, and expires it on virtual time.
+    #[tokio::test(start_paused = true)]
+    async fn persists_before_responding_and_expires_on_virtual_time() {
+        let journal = Arc::new(Journal::default());
+        let (actor, handle) = spawn_over(&journal, 1, vec![]).await;
         let put = |reply| RegistrarMsg::PutExtension {
             number: "100".into(),
             password: PASSWORD_100.into(),
@@ -654,23 +673,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn storage_failure_answers_500_and_is_retried() {
         let journal = Arc::new(Journal::default());
-        let extension = Extension {
-            number: "100".into(),
-            display_name: String::new(),
-            ha1_md5: crate::registrar::ha1(crate::registrar::Algorithm::Md5, "100", "pbx", PASSWORD_100),
-            ha1_sha256: crate::registrar::ha1(crate::registrar::Algorithm::Sha256, "100", "pbx", PASSWORD_100),
-        };
-        let args = RegistrarArgs {
-            config: RegistrarConfig::default(),
-            secret: [2; 32],
-            extensions: vec![extension],
-            bindings: vec![],
-            clock: Arc::new(TokioClock(tokio::time::Instant::now())),
-            store: journal.clone(),
-            sink: journal.clone(),
-            security: None,
-        };
-        let (actor, handle) = Actor::spawn(None, RegistrarActor, args).await.unwrap();
+        let (actor, handle) = spawn_over(&journal, 2, vec![extension_100()]).await;
         let reg = Reg::new("100", &["<sip:100@192.0.2.7:5060>"]);
         actor.cast(register(1, &reg)).unwrap();
         settle(&actor).await;
@@ -692,23 +695,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_quorum_answers_503_with_retry_after() {
         let journal = Arc::new(Journal::default());
-        let extension = Extension {
-            number: "100".into(),
-            display_name: String::new(),
-            ha1_md5: crate::registrar::ha1(crate::registrar::Algorithm::Md5, "100", "pbx", PASSWORD_100),
-            ha1_sha256: crate::registrar::ha1(crate::registrar::Algorithm::Sha256, "100", "pbx", PASSWORD_100),
-        };
-        let args = RegistrarArgs {
-            config: RegistrarConfig::default(),
-            secret: [3; 32],
-            extensions: vec![extension],
-            bindings: vec![],
-            clock: Arc::new(TokioClock(tokio::time::Instant::now())),
-            store: journal.clone(),
-            sink: journal.clone(),
-            security: None,
-        };
-        let (actor, handle) = Actor::spawn(None, RegistrarActor, args).await.unwrap();
+        let (actor, handle) = spawn_over(&journal, 3, vec![extension_100()]).await;
         let reg = Reg::new("100", &["<sip:100@192.0.2.7:5060>"]);
         actor.cast(register(1, &reg)).unwrap();
         settle(&actor).await;
@@ -735,17 +722,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn admin_changes_say_why_they_failed() {
         let journal = Arc::new(Journal::default());
-        let args = RegistrarArgs {
-            config: RegistrarConfig::default(),
-            secret: [4; 32],
-            extensions: vec![],
-            bindings: vec![],
-            clock: Arc::new(TokioClock(tokio::time::Instant::now())),
-            store: journal.clone(),
-            sink: journal.clone(),
-            security: None,
-        };
-        let (actor, handle) = Actor::spawn(None, RegistrarActor, args).await.unwrap();
+        let (actor, handle) = spawn_over(&journal, 4, vec![]).await;
         let put = |reply| RegistrarMsg::PutExtension {
             number: "100".into(),
             password: PASSWORD_100.into(),
