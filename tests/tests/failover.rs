@@ -211,9 +211,9 @@ fn a_minority_nodes_register_gets_503_with_retry_after() {
     let contact = format!("Contact: <sip:100@{}>", phone.local());
     let first = phone.request("REGISTER", &uri, "100", None, &[&contact, "Expires: 120"]);
     phone.send(&first);
-    // Even the challenge may wait: the registrar's writer answers in order, so a write already in
-    // flight when the other nodes died (it waits up to the 10 s write timeout) holds it back.
-    let challenge = final_answer(&mut phone, Duration::from_secs(30)).expect("an answer to the first REGISTER");
+    // A challenge depends on no stored state, so it does not wait behind a write that was in
+    // flight when the other nodes died (that one waits up to the 10 s write timeout).
+    let challenge = final_answer(&mut phone, Duration::from_secs(5)).expect("a challenge within 5 s, no quorum needed");
     assert_eq!(status_code(&challenge), Some(401), "{challenge}");
     let chosen = header_values(&challenge, "WWW-Authenticate")
         .into_iter()

@@ -12,6 +12,13 @@
 //! many REGISTERs; the registrar's thread never waits on the disk; and a 200 still never
 //! leaves before the binding it reports is stored.
 //!
+//! Writer bypass: what depends on no stored state skips the writer thread. A response to a
+//! request that proved nobody (a challenge, a 403 for a blocked source, a 400) never waits:
+//! a node whose store cannot commit (a minority node, a stalled disk) still challenges at
+//! once. Authenticated responses, routes and admin replies of a job with no commands go
+//! straight out too, but only while no job with commands is in flight (`Writer::pending`),
+//! so nothing that follows a command overtakes it.
+//!
 //! Not done: a bounded mailbox (ractor's is unbounded; the endpoint in front sheds load).
 
 use super::machine::{
@@ -26,6 +33,7 @@ use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Where durable changes go: redb in the product, memory in tests and the simulator. Applies the
 /// whole batch or none of it.
@@ -174,16 +182,47 @@ struct WriteJob {
 struct Writer {
     jobs: std::sync::mpsc::Sender<WriteJob>,
     thread: std::thread::JoinHandle<()>,
+    /// Where responses go when they bypass the thread.
+    sink: Arc<dyn ResponseSink>,
+    /// Jobs with commands handed to the thread and not yet stored. Only the actor increments
+    /// it, so a zero it reads stays zero until its own next send.
+    pending: Arc<AtomicUsize>,
 }
 
 impl Writer {
     fn start(store: Arc<dyn RegistrarStore>, sink: Arc<dyn ResponseSink>, registrar: ActorRef<RegistrarMsg>) -> Writer {
         let (jobs, queue) = std::sync::mpsc::channel::<WriteJob>();
-        let thread = std::thread::Builder::new()
-            .name("registrar-writer".into())
-            .spawn(move || write_loop(&queue, &*store, &*sink, &registrar))
-            .expect("spawn the registrar's writer thread");
-        Writer { jobs, thread }
+        let pending = Arc::new(AtomicUsize::new(0));
+        let thread = {
+            let (sink, pending) = (sink.clone(), pending.clone());
+            std::thread::Builder::new()
+                .name("registrar-writer".into())
+                .spawn(move || write_loop(&queue, &*store, &*sink, &registrar, &pending))
+                .expect("spawn the registrar's writer thread")
+        };
+        Writer { jobs, thread, sink, pending }
+    }
+
+    /// Delivers what may skip the thread at once and queues the rest, in order.
+    fn submit(&self, mut job: WriteJob) {
+        // A response to a request that proved nobody depends on no stored state.
+        let (authenticated, unproven): (Vec<_>, Vec<_>) = job.responses.drain(..).partition(|(_, _, a)| *a);
+        job.responses = authenticated;
+        for (tx, response, _) in unproven {
+            self.sink.deliver(tx, response, false);
+        }
+        if job.commands.is_empty() && self.pending.load(Ordering::Acquire) == 0 {
+            deliver(job, &*self.sink, None);
+            return;
+        }
+        if job.commands.is_empty() && job.responses.is_empty() && job.routes.is_empty() && job.reply.is_none() {
+            return;
+        }
+        if !job.commands.is_empty() {
+            self.pending.fetch_add(1, Ordering::AcqRel);
+        }
+        // The writer ends only after the actor stops, so this cannot fail while handling.
+        let _ = self.jobs.send(job);
     }
 
     /// Closes the queue and waits until every job is stored and answered.
@@ -198,6 +237,7 @@ fn write_loop(
     store: &dyn RegistrarStore,
     sink: &dyn ResponseSink,
     registrar: &ActorRef<RegistrarMsg>,
+    pending: &AtomicUsize,
 ) {
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
@@ -217,26 +257,34 @@ fn write_loop(
             metrics::counter!("pbx_registrar_storage_failures_total").increment(1);
             let _ = registrar.cast(RegistrarMsg::PersistFailed(commands));
         }
+        let stored_jobs = stored.iter().filter(|had| **had).count();
+        pending.fetch_sub(stored_jobs, Ordering::AcqRel);
         for (job, had_commands) in jobs.into_iter().zip(stored) {
-            let failed = had_commands && result.is_err();
-            for (tx, response, authenticated) in job.responses {
-                let response = match &result {
-                    Err(error) if had_commands => not_stored(&response, error),
-                    _ => response,
-                };
-                sink.deliver(tx, response, authenticated);
-            }
-            for (tx, route) in job.routes {
-                sink.route(tx, route);
-            }
-            if let Some((reply, outcome)) = job.reply {
-                let outcome = match (outcome, &result) {
-                    (Ok(()), Err(error)) if failed => Err(ChangeError::Store(error.clone())),
-                    (other, _) => other,
-                };
-                let _ = reply.send(outcome);
-            }
+            deliver(job, sink, had_commands.then_some(&result));
         }
+    }
+}
+
+/// Delivers a job's responses, routes and reply; `stored` is the outcome of its commands, if
+/// it had any: a failure turns its responses into 503/500 and its reply into an error.
+fn deliver(job: WriteJob, sink: &dyn ResponseSink, stored: Option<&Result<(), StoreError>>) {
+    let failed = stored.and_then(|result| result.as_ref().err());
+    for (tx, response, authenticated) in job.responses {
+        let response = match failed {
+            Some(error) => not_stored(&response, error),
+            None => response,
+        };
+        sink.deliver(tx, response, authenticated);
+    }
+    for (tx, route) in job.routes {
+        sink.route(tx, route);
+    }
+    if let Some((reply, outcome)) = job.reply {
+        let outcome = match (outcome, failed) {
+            (Ok(()), Some(error)) => Err(ChangeError::Store(error.clone())),
+            (other, _) => other,
+        };
+        let _ = reply.send(outcome);
     }
 }
 
@@ -370,8 +418,9 @@ impl Actor for RegistrarActor {
 }
 
 impl RegistrarState {
-    /// Hands the machine's outputs, in order, to the writer: commands are stored before the
-    /// responses (and the admin `reply`) that follow them are delivered. Events are logged here.
+    /// Hands the machine's outputs, in order, to the writer (`Writer::submit`): commands are
+    /// stored before the responses (and the admin `reply`) that follow them are delivered.
+    /// Events are logged here.
     fn drain(&mut self, reply: Option<RpcReplyPort<Result<(), ChangeError>>>) {
         let mut job = WriteJob::default();
         let mut extension_result = None;
@@ -396,12 +445,8 @@ impl RegistrarState {
         job.reply = reply.map(|r| {
             (r, extension_result.unwrap_or_else(|| Err(ChangeError::Internal("no result from the registrar".into()))))
         });
-        if job.commands.is_empty() && job.responses.is_empty() && job.routes.is_empty() && job.reply.is_none() {
-            return;
-        }
         if let Some(writer) = &self.writer {
-            // The writer ends only after the actor stops, so this cannot fail while handling.
-            let _ = writer.jobs.send(job);
+            writer.submit(job);
         }
     }
 
@@ -555,14 +600,23 @@ mod tests {
         broken: std::sync::atomic::AtomicBool,
         /// While set, every write fails for want of a quorum.
         minority: std::sync::atomic::AtomicBool,
+        /// While set, every write waits (a stalled disk, a write waiting for a quorum).
+        stalled: Mutex<bool>,
+        unstalled: std::sync::Condvar,
     }
     impl Journal {
         fn entries(&self) -> Vec<String> {
             self.entries.lock().unwrap().clone()
         }
+
+        fn stall(&self, stalled: bool) {
+            *self.stalled.lock().unwrap() = stalled;
+            self.unstalled.notify_all();
+        }
     }
     impl RegistrarStore for Journal {
         fn apply(&self, commands: &[RegistrarCommand]) -> Result<(), StoreError> {
+            drop(self.unstalled.wait_while(self.stalled.lock().unwrap(), |stalled| *stalled).unwrap());
             if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(StoreError::Disk("disk on fire".into()));
             }
@@ -739,6 +793,34 @@ mod tests {
         journal.broken.store(false, std::sync::atomic::Ordering::SeqCst);
         let gone = |reply| RegistrarMsg::RemoveExtension { number: "999".into(), reply };
         assert_eq!(ractor::call!(actor, gone).unwrap(), Err(ChangeError::NoSuchExtension));
+        actor.stop(None);
+        handle.await.unwrap();
+    }
+
+    /// A write that hangs (a minority node waiting for a quorum) holds back what depends on it,
+    /// the 200 for its binding and an authenticated refresh behind it, but not a challenge to
+    /// someone else, which depends on no stored state.
+    #[tokio::test(start_paused = true)]
+    async fn a_challenge_does_not_wait_for_a_stalled_write() {
+        let journal = Arc::new(Journal::default());
+        let (actor, handle) = spawn_over(&journal, 5, vec![extension_100()]).await;
+        let reg = Reg::new("100", &["<sip:100@192.0.2.7:5060>"]);
+        actor.cast(register(1, &reg)).unwrap();
+        settle(&actor).await;
+        let challenge = challenge_for(journal.responses.lock().unwrap().last().unwrap(), "MD5");
+        journal.stall(true);
+        actor.cast(register(2, &reg.clone().cseq(2).auth(authorization(&challenge, "100", PASSWORD_100, 1)))).unwrap();
+        actor.cast(register(3, &Reg::new("100", &["<sip:100@192.0.2.8:5060>"]).call_id("other"))).unwrap();
+        actor.cast(register(4, &reg.clone().cseq(3).auth(authorization(&challenge, "100", PASSWORD_100, 2)))).unwrap();
+        // The actor has handled all three once it answers this.
+        ractor::call!(actor, RegistrarMsg::Stats).unwrap();
+        assert_eq!(journal.entries(), ["respond 1 401", "respond 3 401"], "only the challenge is out while stalled");
+        journal.stall(false);
+        settle(&actor).await;
+        assert_eq!(
+            journal.entries(),
+            ["respond 1 401", "respond 3 401", "put-binding sip:100@192.0.2.7:5060", "respond 2 200", "respond 4 200"]
+        );
         actor.stop(None);
         handle.await.unwrap();
     }
