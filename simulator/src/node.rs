@@ -597,7 +597,7 @@ impl SimNode {
             match out {
                 CallOutput::StartLeg(leg) => {
                     let leg_id = leg.id();
-                    c.legs.insert(leg_id, leg);
+                    c.legs.insert(leg_id, *leg);
                     self.leg_calls.insert(leg_id, id);
                 }
                 CallOutput::ToLeg { leg, command } => {

@@ -367,12 +367,15 @@ impl CallState {
                 CallOutput::StartLeg(leg) => {
                     let id = leg.id();
                     let args = LegArgs {
-                        leg,
+                        leg: *leg,
                         clock: self.context.clock.clone(),
                         sip: self.context.sip.clone(),
                         call: me.clone(),
                     };
-                    match Actor::spawn(None, LegActor, args).await {
+                    // Boxed, like `finish` below: the future of a leg's start-up is ~7 KiB, and
+                    // inline it would be part of this call's handler future, which ractor keeps
+                    // allocated for the whole call.
+                    match Box::pin(Actor::spawn(None, LegActor, args)).await {
                         Ok((actor, _)) => {
                             self.context.sip.leg_up(id, actor.clone());
                             self.leg_ids.insert(actor.get_id(), id);
@@ -399,7 +402,7 @@ impl CallState {
                 CallOutput::ConfigureMedia { side, peer } => self.media.configure(side, peer),
                 CallOutput::Record(cdr) => {
                     if !self.recorded.swap(true, Ordering::SeqCst) {
-                        self.finish(*cdr).await;
+                        Box::pin(self.finish(*cdr)).await;
                     }
                 }
                 CallOutput::Over => me.stop(None),

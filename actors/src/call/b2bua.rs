@@ -96,8 +96,9 @@ pub enum CallInput {
 // A started leg moves into its actor at once, so boxing it would only add an allocation.
 #[allow(clippy::large_enum_variant)]
 pub enum CallOutput {
-    /// Run this leg (in its own actor).
-    StartLeg(Leg),
+    /// Run this leg (in its own actor). Boxed: a `Leg` is ~2 KiB, and every output queued in
+    /// the call's `VecDeque` would otherwise take that much for the whole call.
+    StartLeg(Box<Leg>),
     ToLeg {
         leg: LegId,
         command: LegCommand,
@@ -215,7 +216,7 @@ impl Call {
             call.fail("caller's INVITE unusable");
             return call;
         };
-        call.outputs.push_back(CallOutput::StartLeg(a_leg));
+        call.outputs.push_back(CallOutput::StartLeg(Box::new(a_leg)));
 
         // The caller's offer, if any, decides what the callee is offered.
         let offer = if body.is_empty() {
@@ -260,7 +261,7 @@ impl Call {
                 destination,
                 binding.transport,
             );
-            call.outputs.push_back(CallOutput::StartLeg(leg));
+            call.outputs.push_back(CallOutput::StartLeg(Box::new(leg)));
             call.outputs.push_back(CallOutput::ToLeg {
                 leg: *leg_id,
                 command: LegCommand::Invite { sdp: Some(b_sdp.clone()) },

@@ -497,7 +497,7 @@ impl Harness {
             match out {
                 CallOutput::StartLeg(leg) => {
                     self.started.push(leg.id());
-                    self.legs.push(leg);
+                    self.legs.push(*leg);
                 }
                 CallOutput::ToLeg { leg, command } => self.commands.push((leg, command)),
                 CallOutput::StopLeg { leg } => self.stopped.push(leg),
