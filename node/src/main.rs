@@ -46,7 +46,7 @@ enum Command {
     },
     /// Run the licence and voucher service: signs licences for serials, redeems vouchers, over
     /// HTTPS with a self-signed certificate made at first start.
-    LicenceServer(pbx_node::licence_server::Args),
+    LicenceServer(pbx_licence_service::Args),
     /// Data-subject rights against the running node (export, erase, restrict, object,
     /// rectify), its privacy audit and inventory, and the generated privacy notice.
     Privacy(pbx_node::privacy_cli::Args),
@@ -180,8 +180,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn licence_server(args: pbx_node::licence_server::Args) -> ExitCode {
-    if let Err(e) = pbx_node::licence_server::check_args(&args) {
+fn licence_server(args: pbx_licence_service::Args) -> ExitCode {
+    if let Err(e) = pbx_licence_service::check_args(&args) {
         eprintln!("pbx licence-server: {e}");
         return ExitCode::from(2);
     }
@@ -194,7 +194,7 @@ fn licence_server(args: pbx_node::licence_server::Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(pbx_node::licence_server::run(args)) {
+    match runtime.block_on(pbx_licence_service::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

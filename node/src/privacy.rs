@@ -28,7 +28,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-pub use crate::secret_file::{PRIVACY_KEY_FILE, PrivacyKey};
+pub use crate::secrets::{PRIVACY_KEY_FILE, PrivacyKey};
 /// Audit entries one request returns at most, and rows it reads at most.
 const AUDIT_PAGE_MAX: usize = 1_000;
 /// Security-log entries one request may ask for.
