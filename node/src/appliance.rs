@@ -5,7 +5,7 @@
 //! supervisor → security-log writer → registrar → calls → licence watchdog and voucher sync
 //! (when a service is configured) → privacy key and retention reaper → endpoint → transports →
 //! HTTP. The core actors run under the supervisor (`crate::supervisor`), which restarts one
-//! that fails from its durable state (`crate::core_actors`). Any failure before serving names
+//! that fails from its durable state (`crate::supervisor::core_actors`). Any failure before serving names
 //! what it was doing and the node exits non-zero. SIGTERM/SIGINT stop the HTTP server, then
 //! the actors in the reverse of their start (the registrar, last, flushes batched binding
 //! refreshes as it stops), then the CDR writer (it stores what is queued), then exit 0. A
@@ -14,13 +14,15 @@
 
 use crate::cluster::{ClusterApi, NodeApplier, ReplicatedCdrs, ReplicatedLicence, ReplicatedStore, Replication};
 use crate::config::{ClusterConfig, Config, Role};
-use crate::core_actors::{CallsChild, EndpointChild, ReaperChild, RegistrarChild, VoucherChild, WatchdogChild};
 use crate::http::{self, ApiState, CallsView};
 use crate::licence::{self, HttpLicenceService};
 use crate::secrets::{admin_token, restrict_permissions};
+use crate::sip::transport::{self, Backlog, SipSockets};
 use crate::storage::{CdrWriter, SecurityWriter, Storage};
+use crate::supervisor::core_actors::{
+    CallsChild, EndpointChild, ReaperChild, RegistrarChild, VoucherChild, WatchdogChild,
+};
 use crate::supervisor::{self, CoreActors, Supervisor, SupervisorArgs, SupervisorMsg};
-use crate::transport::{self, Backlog, SipSockets};
 use anyhow::Context;
 use pbx_actors::call::LocalSip;
 use pbx_actors::call::actor::{CallContext, CallLedger, CallsMsg};

@@ -17,6 +17,8 @@
 //! `pbx.redb` into fresh files, so the erased bytes leave every file of the data directory
 //! ([`SCRUB_BOUND`]).
 
+pub mod cli;
+
 use crate::secrets::PrivacyKey;
 use crate::storage::{CdrSink, Erased, Flags, Storage, Tombstone};
 use pbx_actors::Timestamp;

@@ -12,9 +12,9 @@
 //! | endpoint | an empty transaction table (UDP peers retransmit) | transports, registrar and legs (`EndpointSink`), API; the calls actor ends the calls in progress |
 
 use crate::cluster::NodeApplier;
+use crate::sip::transport::Backlog;
 use crate::storage::Storage;
 use crate::supervisor::{Child, StartFuture};
-use crate::transport::Backlog;
 use pbx_actors::call::actor::{CallContext, CallLedger, CallsActor, CallsArgs, CallsMsg};
 use pbx_actors::endpoint::actor::{EndpointSink, Wire};
 use pbx_actors::endpoint::{EndpointActor, EndpointArgs, EndpointMsg};

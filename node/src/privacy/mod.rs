@@ -14,6 +14,8 @@
 //! ([`config_extensions_to_apply`]). Why a tombstone rather than refusing the erasure:
 //! docs/PRIVACY.md, "Erasure and the config file".
 
+pub mod cli;
+
 use crate::config::ExtensionDecl;
 use crate::http::{ActiveCallOut, ApiState, CdrOut, ask, error, require_auth, rfc3339};
 use crate::storage::{Flags, SubjectRecords, Tombstone};
