@@ -187,7 +187,7 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     let licence_store: Arc<dyn LicenceStore> = Arc::new(ReplicatedLicence(replication.clone()));
     let licence = start_licence(&config, &storage, licence_store, clock, &supervisor, &mut core).await?;
 
-    let privacy = Arc::new(
+    let privacy = actix_web::web::Data::new(
         crate::privacy::Privacy::open(data_dir, config.privacy.periods.clone(), config.privacy.operator.clone())
             .context("privacy key")?,
     );
@@ -230,7 +230,6 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         licence: licence.view.clone(),
         vouchers: core.vouchers.clone(),
         serial: licence.serial.clone(),
-        privacy: privacy.clone(),
         cluster: replication.clone(),
         core: core.clone(),
         test_hooks,
@@ -240,7 +239,9 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         let app = actix_web::App::new()
             .app_data(actix_web::web::Data::new(state.clone()))
             .app_data(cluster_api.clone())
-            .configure(http::routes);
+            .app_data(privacy.clone())
+            .configure(http::routes)
+            .configure(crate::privacy::routes);
         if test_hooks { app.configure(http::test_hook_routes) } else { app }
     })
     .workers(1)

@@ -67,8 +67,6 @@ pub struct ApiState {
     pub licence: Option<LicenceView>,
     pub vouchers: Option<Current<VoucherMsg>>,
     pub serial: String,
-    /// The privacy key, periods and operator: subject rights, audit, notice.
-    pub privacy: Arc<crate::privacy::Privacy>,
     /// Where subject requests are replicated to every node (one, on an appliance).
     pub cluster: crate::cluster::Replication,
     /// Every core actor, for `/readyz` and the test hook.
@@ -536,7 +534,7 @@ async fn cdrs(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
     let storage = state.storage.clone();
     // A restricted subject's records are kept but not shown (GDPR Art. 18): only its export has them.
     let page = web::block(move || {
-        let hidden = crate::privacy::restricted(&storage.all_flags()?);
+        let hidden = crate::storage::restricted(&storage.all_flags()?);
         storage.query_cdrs(q.from, q.to, q.extension.as_deref(), &hidden, q.cursor, q.limit)
     })
     .await;
@@ -632,7 +630,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/calls", web::get().to(calls))
         .route("/api/v1/licence", web::get().to(licence))
         .route("/api/v1/vouchers", web::post().to(redeem_voucher))
-        .configure(crate::privacy::routes)
         .configure(cluster_routes);
 }
 
