@@ -43,7 +43,7 @@ pub struct Reply {
 impl AdminApi {
     /// Reads the admin token; the error says which file could not be read.
     pub fn new(args: &ApiArgs, config: &Config, timeout: Duration) -> Result<AdminApi, String> {
-        let token_path = config.data_dir.join(crate::appliance::ADMIN_TOKEN_FILE);
+        let token_path = config.data_dir.join(crate::secrets::ADMIN_TOKEN_FILE);
         let token = std::fs::read_to_string(&token_path)
             .map_err(|e| format!("read {}: {e} (is --data-dir the node's?)", token_path.display()))?;
         let base = args.api.clone().unwrap_or_else(|| format!("http://{}", config.http_listen));

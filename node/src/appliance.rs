@@ -5,22 +5,24 @@
 //! supervisor → security-log writer → registrar → calls → licence watchdog and voucher sync
 //! (when a service is configured) → privacy key and retention reaper → endpoint → transports →
 //! HTTP. The core actors run under the supervisor (`crate::supervisor`), which restarts one
-//! that fails from its durable state (`crate::core_actors`). Any failure before serving names
+//! that fails from its durable state (`crate::supervisor::core_actors`). Any failure before serving names
 //! what it was doing and the node exits non-zero. SIGTERM/SIGINT stop the HTTP server, then
 //! the actors in the reverse of their start (the registrar, last, flushes batched binding
 //! refreshes as it stops), then the CDR writer (it stores what is queued), then exit 0. A
 //! supervisor that gave up (an actor failing too often) stops the node the same way, and the
 //! process exits non-zero for its service manager to start it afresh.
 
-use crate::clock::SystemClock;
 use crate::cluster::{ClusterApi, NodeApplier, ReplicatedCdrs, ReplicatedLicence, ReplicatedStore, Replication};
 use crate::config::{ClusterConfig, Config, Role};
-use crate::core_actors::{CallsChild, EndpointChild, ReaperChild, RegistrarChild, VoucherChild, WatchdogChild};
 use crate::http::{self, ApiState, CallsView};
 use crate::licence::{self, HttpLicenceService};
+use crate::secrets::{admin_token, restrict_permissions};
+use crate::sip::transport::{self, Backlog, SipSockets};
 use crate::storage::{CdrWriter, SecurityWriter, Storage};
+use crate::supervisor::core_actors::{
+    CallsChild, EndpointChild, ReaperChild, RegistrarChild, VoucherChild, WatchdogChild,
+};
 use crate::supervisor::{self, CoreActors, Supervisor, SupervisorArgs, SupervisorMsg};
-use crate::transport::{self, Backlog, SipSockets};
 use anyhow::Context;
 use pbx_actors::call::LocalSip;
 use pbx_actors::call::actor::{CallContext, CallLedger, CallsMsg};
@@ -34,6 +36,8 @@ use pbx_actors::privacy::reaper::{self, ReaperConfig};
 use pbx_actors::registrar::RegistrarMsg;
 use pbx_actors::shell::Current;
 use pbx_actors::sip::transaction::TimerConfig;
+use pbx_host::clock::SystemClock;
+use pbx_host::wait_for_shutdown_signal;
 use ractor::{Actor, ActorRef};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,7 +46,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// `PBX_TEST_HOOKS=1` turns on the test hooks (off by default; docs/SECURITY.md says why it is
 /// safe): `POST /api/v1/debug/panic/{actor}`, which end-to-end tests use to prove supervision.
 pub const TEST_HOOKS_ENV: &str = "PBX_TEST_HOOKS";
@@ -184,7 +187,7 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     let licence_store: Arc<dyn LicenceStore> = Arc::new(ReplicatedLicence(replication.clone()));
     let licence = start_licence(&config, &storage, licence_store, clock, &supervisor, &mut core).await?;
 
-    let privacy = Arc::new(
+    let privacy = actix_web::web::Data::new(
         crate::privacy::Privacy::open(data_dir, config.privacy.periods.clone(), config.privacy.operator.clone())
             .context("privacy key")?,
     );
@@ -227,7 +230,6 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         licence: licence.view.clone(),
         vouchers: core.vouchers.clone(),
         serial: licence.serial.clone(),
-        privacy: privacy.clone(),
         cluster: replication.clone(),
         core: core.clone(),
         test_hooks,
@@ -237,7 +239,9 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         let app = actix_web::App::new()
             .app_data(actix_web::web::Data::new(state.clone()))
             .app_data(cluster_api.clone())
-            .configure(http::routes);
+            .app_data(privacy.clone())
+            .configure(http::routes)
+            .configure(crate::privacy::routes);
         if test_hooks { app.configure(http::test_hook_routes) } else { app }
     })
     .workers(1)
@@ -495,40 +499,4 @@ impl CallsView for CallsList {
             }
         })
     }
-}
-
-/// Returns at the first SIGTERM or SIGINT.
-pub async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
-}
-
-/// Reads `DATA_DIR/admin.token`, or creates it (mode 0600) with 256 random bits at first start
-/// (or when it is empty). A link at its name, or a file that cannot be read, stops the start
-/// rather than being replaced ([`crate::secret_file`]); a file open to others becomes 0600.
-pub fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
-    let path = data_dir.join(ADMIN_TOKEN_FILE);
-    if let Some(existing) = crate::secret_file::read(&path).with_context(|| format!("read {}", path.display()))? {
-        let existing = String::from_utf8_lossy(&existing).trim().to_string();
-        if !existing.is_empty() {
-            return Ok(existing);
-        }
-    }
-    let token = hex::encode(rand::random::<[u8; 32]>());
-    write_secret(&path, &token).with_context(|| format!("write {}", path.display()))?;
-    tracing::info!(path = %path.display(), "admin token created");
-    Ok(token)
-}
-
-pub use crate::secret_file::write_secret;
-
-pub fn restrict_permissions(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
 }

@@ -46,10 +46,10 @@ enum Command {
     },
     /// Run the licence and voucher service: signs licences for serials, redeems vouchers, over
     /// HTTPS with a self-signed certificate made at first start.
-    LicenceServer(pbx_node::licence_server::Args),
+    LicenceServer(pbx_licence_service::Args),
     /// Data-subject rights against the running node (export, erase, restrict, object,
     /// rectify), its privacy audit and inventory, and the generated privacy notice.
-    Privacy(pbx_node::privacy_cli::Args),
+    Privacy(pbx_node::privacy::cli::Args),
     /// The cluster: its identities (a CA and a certificate per node, for the nodes' mutually
     /// authenticated QUIC links) and a running node's view of it.
     #[command(subcommand)]
@@ -99,7 +99,7 @@ enum ClusterCommand {
     },
     /// A running node's view of the cluster: raft state and log, each member's replication
     /// and actor link.
-    Status(pbx_node::cluster_cli::StatusArgs),
+    Status(pbx_node::cluster::cli::StatusArgs),
 }
 
 /// `pbx sim`: replaces this process with the `pbx-sim` found next to the running `pbx`, so its
@@ -135,9 +135,9 @@ fn main() -> ExitCode {
         Command::Node { config, run } => run.with_config(Some(config)),
         Command::Sim { args } => return sim(args),
         Command::LicenceServer(args) => return licence_server(args),
-        Command::Privacy(args) => return pbx_node::privacy_cli::main(args),
+        Command::Privacy(args) => return pbx_node::privacy::cli::main(args),
         Command::Cluster(ClusterCommand::Init { out, nodes }) => return cluster_init(&out, &nodes),
-        Command::Cluster(ClusterCommand::Status(args)) => return pbx_node::cluster_cli::main(args),
+        Command::Cluster(ClusterCommand::Status(args)) => return pbx_node::cluster::cli::main(args),
     };
     let config = match Config::load(&flags) {
         Ok(c) if node && c.cluster.is_none() => {
@@ -152,9 +152,9 @@ fn main() -> ExitCode {
     };
     init_logging(config.log_format);
     // Before the runtime and any socket: every descriptor opened later counts against it.
-    pbx_node::limits::raise_and_log(
+    pbx_node::sip::limits::raise_and_log(
         u64::from(config.rtp_ports.high.saturating_sub(config.rtp_ports.low)) + 1,
-        pbx_node::transport::tcp_connections_cap,
+        pbx_node::sip::transport::tcp_connections_cap,
     );
     let prometheus = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
         Ok(h) => h,
@@ -180,13 +180,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn licence_server(args: pbx_node::licence_server::Args) -> ExitCode {
-    if let Err(e) = pbx_node::licence_server::check_args(&args) {
+fn licence_server(args: pbx_licence_service::Args) -> ExitCode {
+    if let Err(e) = pbx_licence_service::check_args(&args) {
         eprintln!("pbx licence-server: {e}");
         return ExitCode::from(2);
     }
     init_logging(LogFormat::Human);
-    pbx_node::limits::raise_and_log(0, pbx_node::transport::tcp_connections_cap);
+    pbx_node::sip::limits::raise_and_log(0, pbx_node::sip::transport::tcp_connections_cap);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -194,7 +194,7 @@ fn licence_server(args: pbx_node::licence_server::Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(pbx_node::licence_server::run(args)) {
+    match runtime.block_on(pbx_licence_service::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -32,6 +32,7 @@ mod privacy;
 pub use privacy::{
     Erased, Flags, SECURITY_INTERVAL_S, SECURITY_NETWORKS_PER_INTERVAL_MAX, SECURITY_ROW_BYTES_MAX,
     SECURITY_ROWS_PER_KIND_PER_DAY_MAX, SecurityAggregator, SecurityKey, SecurityWriter, SubjectRecords, Tombstone,
+    restricted,
 };
 
 const EXTENSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("extensions");

@@ -5,7 +5,7 @@
 //! local, so a client bound there is, to pbx, another phone. SIPp replays its pcap through a
 //! raw socket: the call here needs root or CAP_NET_RAW on sipp, as in `calls.rs`.
 
-use pbx_node::transport::{TCP_CONNECTIONS_PER_SOURCE_MAX, TCP_FIRST_MESSAGE_S};
+use pbx_node::sip::transport::{TCP_CONNECTIONS_PER_SOURCE_MAX, TCP_FIRST_MESSAGE_S};
 use pbx_tests::audio::{G711, G711_RATE_HZ, tone};
 use pbx_tests::rtp::{RtpSink, g711_stream_pcap};
 use pbx_tests::*;

@@ -100,6 +100,11 @@ impl Flags {
     }
 }
 
+/// The numbers and addresses under restriction: their records are kept, not shown.
+pub fn restricted(flags: &BTreeMap<String, Flags>) -> std::collections::BTreeSet<String> {
+    flags.iter().filter(|(_, f)| f.restricted_since.is_some()).map(|(id, _)| id.clone()).collect()
+}
+
 /// What the node's file holds about one subject (the registrar's and the calls' memory are
 /// added by the caller).
 #[derive(Debug, Default)]

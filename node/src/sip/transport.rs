@@ -217,7 +217,7 @@ impl TcpSlots {
 }
 
 pub async fn serve_tcp(listener: TcpListener, endpoint: Current<EndpointMsg>, wire: Arc<NetWire>, backlog: Backlog) {
-    let cap = tcp_connections_cap(crate::limits::open_file_limit());
+    let cap = tcp_connections_cap(crate::sip::limits::open_file_limit());
     tracing::info!(cap, per_source = TCP_CONNECTIONS_PER_SOURCE_MAX, "SIP TCP connection caps");
     let slots = Arc::new(Mutex::new(TcpSlots::new(cap)));
     loop {

@@ -16,7 +16,6 @@
 //! names are part of the API (README, "Admin API"): times are RFC 3339 UTC strings with
 //! milliseconds, durations whole seconds, ids strings (they exceed JavaScript's 2^53).
 
-use crate::clock::SystemClock;
 use crate::storage::{CDR_PAGE_MAX, CdrCursor, Storage};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -29,6 +28,8 @@ use pbx_actors::registrar::{ChangeError, RegistrarMsg};
 use pbx_actors::shell::Current;
 use pbx_actors::store::StoreError;
 use pbx_actors::time::Clock;
+use pbx_host::clock::SystemClock;
+pub(crate) use pbx_host::http::{bearer_matches, error, rfc3339};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
@@ -66,8 +67,6 @@ pub struct ApiState {
     pub licence: Option<LicenceView>,
     pub vouchers: Option<Current<VoucherMsg>>,
     pub serial: String,
-    /// The privacy key, periods and operator: subject rights, audit, notice.
-    pub privacy: Arc<crate::privacy::Privacy>,
     /// Where subject requests are replicated to every node (one, on an appliance).
     pub cluster: crate::cluster::Replication,
     /// Every core actor, for `/readyz` and the test hook.
@@ -291,21 +290,6 @@ fn parse_time(s: &str) -> Result<Timestamp, String> {
     u64::try_from(t.unix_timestamp_nanos() / 1_000).map(Timestamp).map_err(|_| out_of_range())
 }
 
-/// UTC, milliseconds, `Z`: one fixed shape that sorts as text.
-pub(crate) fn rfc3339(t: Timestamp) -> String {
-    let format =
-        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_micros()) * 1_000)
-        .ok()
-        .and_then(|t| t.format(&format).ok())
-        // Past the year 9999: no clock of ours gives such a time; show the raw count, not a lie.
-        .unwrap_or_else(|| format!("{}µs", t.as_micros()))
-}
-
-pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
-    HttpResponse::build(status).json(serde_json::json!({ "error": message.into() }))
-}
-
 /// A voucher not redeemed, by why: 400 for a code that is none, 404 for an unknown voucher, 409
 /// for one redeemed before, 429 when the service rate-limits, 503 when too many redeems are in
 /// flight, 502 when the service failed or answered nonsense. The body's `kind` names the case.
@@ -361,17 +345,6 @@ pub(crate) fn change_refused(refused: ChangeError) -> HttpResponse {
 /// Whether the request carries the admin token.
 pub(crate) fn authorized(req: &HttpRequest, state: &ApiState) -> bool {
     bearer_matches(req, &state.token)
-}
-
-/// Whether the request carries `Authorization: Bearer <token>`. Constant-time comparison, so
-/// the token cannot be guessed byte by byte from timings.
-pub(crate) fn bearer_matches(req: &HttpRequest, token: &str) -> bool {
-    let Some(value) = req.headers().get("authorization").and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let Some(given) = value.strip_prefix("Bearer ") else { return false };
-    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Answers 401 unless the request carries the admin token (the privacy routes use it too).
@@ -561,7 +534,7 @@ async fn cdrs(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
     let storage = state.storage.clone();
     // A restricted subject's records are kept but not shown (GDPR Art. 18): only its export has them.
     let page = web::block(move || {
-        let hidden = crate::privacy::restricted(&storage.all_flags()?);
+        let hidden = crate::storage::restricted(&storage.all_flags()?);
         storage.query_cdrs(q.from, q.to, q.extension.as_deref(), &hidden, q.cursor, q.limit)
     })
     .await;
@@ -657,7 +630,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/calls", web::get().to(calls))
         .route("/api/v1/licence", web::get().to(licence))
         .route("/api/v1/vouchers", web::post().to(redeem_voucher))
-        .configure(crate::privacy::routes)
         .configure(cluster_routes);
 }
 

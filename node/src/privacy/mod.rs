@@ -14,6 +14,8 @@
 //! ([`config_extensions_to_apply`]). Why a tombstone rather than refusing the erasure:
 //! docs/PRIVACY.md, "Erasure and the config file".
 
+pub mod cli;
+
 use crate::config::ExtensionDecl;
 use crate::http::{ActiveCallOut, ApiState, CdrOut, ask, error, require_auth, rfc3339};
 use crate::storage::{Flags, SubjectRecords, Tombstone};
@@ -28,7 +30,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-pub use crate::secret_file::{PRIVACY_KEY_FILE, PrivacyKey};
+pub use crate::secrets::{PRIVACY_KEY_FILE, PrivacyKey};
 /// Audit entries one request returns at most, and rows it reads at most.
 const AUDIT_PAGE_MAX: usize = 1_000;
 /// Security-log entries one request may ask for.
@@ -40,7 +42,8 @@ const STATISTICS_ROWS_MAX: usize = 200_000;
 /// bounded by its own timeout) before it applies the config file's extensions.
 const BARRIER_TRIES_MAX: u32 = 6;
 
-/// What the privacy routes need besides the API state.
+/// What the privacy routes need besides the API state: their own `web::Data`, which the
+/// composer (`crate::appliance`) registers with [`routes`], so the API core knows nothing of it.
 pub struct Privacy {
     key: PrivacyKey,
     pub periods: Periods,
@@ -85,11 +88,6 @@ pub fn operator(o: &crate::config::OperatorSection) -> notice::Operator {
     }
 }
 
-/// The numbers and addresses under restriction: their records are kept, not shown.
-pub fn restricted(flags: &std::collections::BTreeMap<String, Flags>) -> BTreeSet<String> {
-    flags.iter().filter(|(_, f)| f.restricted_since.is_some()).map(|(id, _)| id.clone()).collect()
-}
-
 /// The subject a path names, or the 400 saying why not (boxed: a response is large).
 fn parse_subject(id: &str) -> Result<Subject, Box<HttpResponse>> {
     Subject::parse(id).map_err(|reason| Box::new(error(StatusCode::BAD_REQUEST, format!("subject {id:?}: {reason}"))))
@@ -110,12 +108,19 @@ fn storage_failed(what: &str, e: impl std::fmt::Display) -> HttpResponse {
     error(StatusCode::INTERNAL_SERVER_ERROR, format!("storage: {what} failed"))
 }
 
-fn audit_entry(state: &ApiState, right: Right, subject: &Subject, records: u64, outcome: &str) -> AuditEntry {
+fn audit_entry(
+    state: &ApiState,
+    privacy: &Privacy,
+    right: Right,
+    subject: &Subject,
+    records: u64,
+    outcome: &str,
+) -> AuditEntry {
     AuditEntry {
         at: state.clock.now(),
         event: AuditEvent::SubjectRequest {
             right,
-            subject: state.privacy.pseudonym(subject),
+            subject: privacy.pseudonym(subject),
             records,
             outcome: outcome.into(),
         },
@@ -198,7 +203,12 @@ async fn known_subject(state: &ApiState, id: &str) -> Result<(Subject, Held), Ht
 }
 
 /// `GET /api/v1/privacy/subjects/{id}/export` — access and portability (Art. 15, 20).
-async fn export(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<String>) -> HttpResponse {
+async fn export(
+    req: HttpRequest,
+    state: web::Data<ApiState>,
+    privacy: web::Data<Privacy>,
+    id: web::Path<String>,
+) -> HttpResponse {
     require_auth!(req, state);
     let (subject, held) = match known_subject(&state, &id).await {
         Ok(known) => known,
@@ -228,7 +238,7 @@ async fn export(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<Stri
         "subject": subject.id(),
         "kind": kind,
         "generated_at": rfc3339(now),
-        "controller": state.privacy.operator.name,
+        "controller": privacy.operator.name,
         "extension": extension.map(|display_name| json!({
             "number": subject.id(),
             "display_name": display_name,
@@ -242,7 +252,7 @@ async fn export(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<Stri
         "inventory": "GET /api/v1/privacy/inventory lists every category pbx keeps, why, and for how long",
     });
     let storage = state.storage.clone();
-    let entry = audit_entry(&state, Right::Access, &subject, records, "exported");
+    let entry = audit_entry(&state, &privacy, Right::Access, &subject, records, "exported");
     if let Ok(Err(e)) = web::block(move || storage.put_audit(&entry)).await {
         return storage_failed("auditing the export", e);
     }
@@ -252,7 +262,12 @@ async fn export(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<Stri
 
 /// `POST /api/v1/privacy/subjects/{id}/erase` — erasure (Art. 17). Refused with 409 while the
 /// subject is in a call (nothing is changed then); otherwise all at once, in one transaction.
-async fn erase(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<String>) -> HttpResponse {
+async fn erase(
+    req: HttpRequest,
+    state: web::Data<ApiState>,
+    privacy: web::Data<Privacy>,
+    id: web::Path<String>,
+) -> HttpResponse {
     require_auth!(req, state);
     let (subject, held) = match known_subject(&state, &id).await {
         Ok(known) => known,
@@ -260,7 +275,7 @@ async fn erase(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<Strin
     };
     if !held.calls.is_empty() {
         let storage = state.storage.clone();
-        let entry = audit_entry(&state, Right::Erasure, &subject, 0, "refused: in a call");
+        let entry = audit_entry(&state, &privacy, Right::Erasure, &subject, 0, "refused: in a call");
         let _ = web::block(move || storage.put_audit(&entry)).await;
         return error(
             StatusCode::CONFLICT,
@@ -272,7 +287,7 @@ async fn erase(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<Strin
         );
     }
     // Every node erases, in log order; the answer says what went here.
-    let audit = audit_entry(&state, Right::Erasure, &subject, 0, "erased");
+    let audit = audit_entry(&state, &privacy, Right::Erasure, &subject, 0, "erased");
     let erased = match state.cluster.erase(&subject, audit).await {
         Ok(e) => e,
         Err(failed) => return crate::http::not_replicated(&failed, format!("the erasure: {failed}")),
@@ -296,7 +311,12 @@ async fn erase(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<Strin
 }
 
 /// Restriction (Art. 18) and objection (Art. 21): set with POST, lifted with DELETE.
-async fn flag(req: HttpRequest, state: web::Data<ApiState>, path: web::Path<(String, String)>) -> HttpResponse {
+async fn flag(
+    req: HttpRequest,
+    state: web::Data<ApiState>,
+    privacy: web::Data<Privacy>,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
     require_auth!(req, state);
     let (id, which) = path.into_inner();
     let subject = match parse_subject(&id) {
@@ -315,7 +335,7 @@ async fn flag(req: HttpRequest, state: web::Data<ApiState>, path: web::Path<(Str
         return r;
     }
     let now = state.clock.now();
-    let audit = audit_entry(&state, right, &subject, 1, "done");
+    let audit = audit_entry(&state, &privacy, right, &subject, 1, "done");
     // Set on every node, in log order.
     let result = state.cluster.flag(&subject, right, now, audit).await;
     match result {
@@ -338,6 +358,7 @@ struct Rectification {
 async fn rectify(
     req: HttpRequest,
     state: web::Data<ApiState>,
+    privacy: web::Data<Privacy>,
     id: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
@@ -361,7 +382,7 @@ async fn rectify(
     match result {
         Ok(Ok(())) => {
             let storage = state.storage.clone();
-            let entry = audit_entry(&state, Right::Rectification, &subject, 1, "display name changed");
+            let entry = audit_entry(&state, &privacy, Right::Rectification, &subject, 1, "display name changed");
             if let Ok(Err(e)) = web::block(move || storage.put_audit(&entry)).await {
                 return storage_failed("auditing the rectification", e);
             }
@@ -401,7 +422,7 @@ fn audit_json(e: &AuditEntry) -> serde_json::Value {
 }
 
 /// `GET /api/v1/privacy/audit[?subject=ID][&limit=N]` — newest first.
-async fn audit(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
+async fn audit(req: HttpRequest, state: web::Data<ApiState>, privacy: web::Data<Privacy>) -> HttpResponse {
     require_auth!(req, state);
     let Ok(q) = web::Query::<Vec<(String, String)>>::from_query(req.query_string()) else {
         return error(StatusCode::BAD_REQUEST, "the query string is not name=value pairs");
@@ -410,7 +431,7 @@ async fn audit(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
     for (k, v) in q.into_inner() {
         match k.as_str() {
             "subject" => match Subject::parse(&v) {
-                Ok(s) => pseudonym = Some(state.privacy.pseudonym(&s)),
+                Ok(s) => pseudonym = Some(privacy.pseudonym(&s)),
                 Err(reason) => return error(StatusCode::BAD_REQUEST, format!("subject: {reason}")),
             },
             "limit" => match v.parse::<usize>() {
@@ -475,7 +496,7 @@ async fn security_log(req: HttpRequest, state: web::Data<ApiState>) -> HttpRespo
     }
     let storage = state.storage.clone();
     let entries = web::block(move || {
-        let hidden = restricted(&storage.all_flags()?);
+        let hidden = crate::storage::restricted(&storage.all_flags()?);
         let entries = storage.security_log(limit)?;
         Ok::<_, crate::storage::StorageError>(
             entries
@@ -499,7 +520,7 @@ async fn security_log(req: HttpRequest, state: web::Data<ApiState>) -> HttpRespo
 }
 
 /// `GET /api/v1/privacy/inventory` — every category, with this node's periods.
-async fn inventory(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
+async fn inventory(req: HttpRequest, state: web::Data<ApiState>, privacy: web::Data<Privacy>) -> HttpResponse {
     require_auth!(req, state);
     let categories: Vec<_> = INVENTORY
         .iter()
@@ -512,7 +533,7 @@ async fn inventory(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse
                     pbx_actors::privacy::LegalBasis::LegitimateInterest(why) => format!("{} ({why})", b.article()),
                     other => other.article().to_string(),
                 }).collect::<Vec<_>>(),
-                "retention": format!("{:?}", notice::retention_for(c, &state.privacy.periods)),
+                "retention": format!("{:?}", notice::retention_for(c, &privacy.periods)),
                 "stored_in": c.stored_in,
                 "subjects": c.subjects,
             })
@@ -560,7 +581,7 @@ async fn statistics(req: HttpRequest, state: web::Data<ApiState>) -> HttpRespons
 
 /// `GET /privacy[?lang=de|en|fr]` — the privacy notice as a web page, open to everyone (it is
 /// what the operator publishes). Without `lang`, the browser's Accept-Language decides.
-async fn privacy_notice(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
+async fn privacy_notice(req: HttpRequest, privacy: web::Data<Privacy>) -> HttpResponse {
     let Ok(q) = web::Query::<Vec<(String, String)>>::from_query(req.query_string()) else {
         return error(StatusCode::BAD_REQUEST, "the query string is not name=value pairs");
     };
@@ -580,7 +601,7 @@ async fn privacy_notice(req: HttpRequest, state: web::Data<ApiState>) -> HttpRes
         .content_type("text/html; charset=utf-8")
         .insert_header(("content-language", lang.code()))
         .insert_header(("vary", "Accept-Language"))
-        .body(state.privacy.notice(lang).html())
+        .body(privacy.notice(lang).html())
 }
 
 /// A config file entry the start leaves out, and why; `entry` counts the file's

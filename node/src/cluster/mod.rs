@@ -17,7 +17,9 @@
 //! `pbx.redb` into fresh files, so the erased bytes leave every file of the data directory
 //! ([`SCRUB_BOUND`]).
 
-use crate::secret_file::PrivacyKey;
+pub mod cli;
+
+use crate::secrets::PrivacyKey;
 use crate::storage::{CdrSink, Erased, Flags, Storage, Tombstone};
 use pbx_actors::Timestamp;
 use pbx_actors::cdr::Cdr;

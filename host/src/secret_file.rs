@@ -91,63 +91,31 @@ pub fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
     write(path, format!("{secret}\n").as_bytes(), SECRET_FILE_MODE)
 }
 
-/// The privacy key's file in the data directory.
-pub const PRIVACY_KEY_FILE: &str = "privacy.key";
+/// The admin token's file in a data directory (the node's and the licence service's).
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
-/// The node's privacy key (`DATA_DIR/privacy.key`): what makes a subject's pseudonym.
-#[derive(Clone)]
-pub struct PrivacyKey(ring::hmac::Key);
-
-impl PrivacyKey {
-    /// Reads `DATA_DIR/privacy.key`, making it (32 random bytes, mode 0600) at first start.
-    pub fn open(data_dir: &std::path::Path) -> anyhow::Result<PrivacyKey> {
-        use anyhow::Context;
-        let path = data_dir.join(PRIVACY_KEY_FILE);
-        let hex_key = match crate::secret_file::read(&path).with_context(|| format!("read {}", path.display()))? {
-            Some(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
-            None => {
-                let key = hex::encode(rand::random::<[u8; 32]>());
-                write_secret(&path, &key).with_context(|| format!("write {}", path.display()))?;
-                key
-            }
-        };
-        let bytes = hex::decode(&hex_key)
-            .ok()
-            .filter(|b| b.len() == 32)
-            .with_context(|| format!("{}: not 64 hex digits", path.display()))?;
-        Ok(PrivacyKey::from_bytes(&bytes))
-    }
-
-    pub fn from_bytes(bytes: &[u8]) -> PrivacyKey {
-        PrivacyKey(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes))
-    }
-
-    /// The subject as the audit and the tombstones name it: 16 bytes of HMAC-SHA-256 of its
-    /// id, in hex.
-    pub fn pseudonym(&self, subject: &pbx_actors::privacy::Subject) -> String {
-        let tag = ring::hmac::sign(&self.0, format!("subject:{}", subject.id()).as_bytes());
-        hex::encode(&tag.as_ref()[..16])
-    }
-
-    /// Which key this is, without revealing it: 8 bytes of HMAC-SHA-256 of a fixed label.
-    pub fn fingerprint(&self) -> String {
-        hex::encode(&ring::hmac::sign(&self.0, b"pbx privacy key fingerprint").as_ref()[..8])
-    }
-
-    /// The tombstone an erasure of `subject` leaves: for a number, its pseudonym; an address
-    /// leaves none (no config file declares one).
-    pub fn tombstone(
-        &self,
-        subject: &pbx_actors::privacy::Subject,
-        at: pbx_actors::Timestamp,
-    ) -> Option<crate::storage::Tombstone> {
-        match subject {
-            pbx_actors::privacy::Subject::Number(_) => {
-                Some(crate::storage::Tombstone { pseudonym: self.pseudonym(subject), key: self.fingerprint(), at })
-            }
-            pbx_actors::privacy::Subject::Ip(_) => None,
+/// Reads `DATA_DIR/admin.token`, or creates it (mode 0600) with 256 random bits at first start
+/// (or when it is empty). A link at its name, or a file that cannot be read, stops the start
+/// rather than being replaced; a file open to others becomes 0600.
+pub fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    if let Some(existing) = read(&path).with_context(|| format!("read {}", path.display()))? {
+        let existing = String::from_utf8_lossy(&existing).trim().to_string();
+        if !existing.is_empty() {
+            return Ok(existing);
         }
     }
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    write_secret(&path, &token).with_context(|| format!("write {}", path.display()))?;
+    tracing::info!(path = %path.display(), "admin token created");
+    Ok(token)
+}
+
+/// Sets `path`'s mode (a data directory: 0700), best effort: a directory pbx does not own
+/// keeps its mode, and the secrets in it are 0600 anyway.
+pub fn restrict_permissions(path: &Path, mode: u32) {
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
 }
 
 #[cfg(test)]
@@ -209,7 +177,7 @@ mod tests {
         assert!(read(dir.path()).is_err(), "a directory is no secret");
     }
 
-    /// `appliance::write_secret` (admin token, privacy key) over an existing 0644 file leaves
+    /// `write_secret` (admin token, privacy key) over an existing 0644 file leaves
     /// 0600; over a link it leaves the link's target alone.
     #[test]
     fn write_secret_sets_0600_and_follows_no_link() {
@@ -228,22 +196,22 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&link).unwrap(), "def\n");
     }
 
-    /// `appliance::admin_token`: made 0600 at first start and read back after; an existing
+    /// `admin_token`: made 0600 at first start and read back after; an existing
     /// 0644 token is kept and tightened; a link at its name stops the start, target untouched.
     #[test]
     fn the_admin_token_is_a_private_file() {
         let dir = tempfile::tempdir().unwrap();
-        let token = crate::appliance::admin_token(dir.path()).unwrap();
-        let path = dir.path().join(crate::appliance::ADMIN_TOKEN_FILE);
+        let token = admin_token(dir.path()).unwrap();
+        let path = dir.path().join(ADMIN_TOKEN_FILE);
         assert_eq!((token.len(), mode(&path)), (64, 0o600));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert_eq!(crate::appliance::admin_token(dir.path()).unwrap(), token);
+        assert_eq!(admin_token(dir.path()).unwrap(), token);
         assert_eq!(mode(&path), 0o600);
         let elsewhere = dir.path().join("elsewhere");
         std::fs::write(&elsewhere, "not a token of ours\n").unwrap();
         std::fs::remove_file(&path).unwrap();
         std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
-        let error = format!("{:#}", crate::appliance::admin_token(dir.path()).unwrap_err());
+        let error = format!("{:#}", admin_token(dir.path()).unwrap_err());
         assert!(error.contains("symbolic link"), "{error}");
         assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "not a token of ours\n");
     }

@@ -11,11 +11,10 @@
 //! | reaper | its configuration (its progress is in storage) | readiness |
 //! | endpoint | an empty transaction table (UDP peers retransmit) | transports, registrar and legs (`EndpointSink`), API; the calls actor ends the calls in progress |
 
-use crate::clock::SystemClock;
 use crate::cluster::NodeApplier;
+use crate::sip::transport::Backlog;
 use crate::storage::Storage;
 use crate::supervisor::{Child, StartFuture};
-use crate::transport::Backlog;
 use pbx_actors::call::actor::{CallContext, CallLedger, CallsActor, CallsArgs, CallsMsg};
 use pbx_actors::endpoint::actor::{EndpointSink, Wire};
 use pbx_actors::endpoint::{EndpointActor, EndpointArgs, EndpointMsg};
@@ -30,6 +29,7 @@ use pbx_actors::registrar::{
 };
 use pbx_actors::shell::Current;
 use pbx_actors::sip::transaction::TimerConfig;
+use pbx_host::clock::SystemClock;
 use ractor::{Actor, ActorCell};
 use std::sync::{Arc, Mutex, PoisonError};
 

@@ -1,6 +1,6 @@
 //! The node's supervisor: one ractor actor that starts the core actors linked to itself —
 //! registrar, calls, licence watchdog, voucher sync, retention reaper, SIP endpoint (see
-//! `crate::core_actors` for each) — and restarts one that fails from its durable state, as an
+//! `core_actors` for each) — and restarts one that fails from its durable state, as an
 //! Erlang/OTP `one_for_one` supervisor with `permanent` children does. Each restart is logged
 //! (the actor's name and what ractor caught: the panic message) and counted
 //! (`pbx_actor_restarts_total{actor}`).
@@ -19,6 +19,8 @@
 //!
 //! Not done: a wedged actor (one whose `handle` never returns) is not restarted; it makes
 //! `/readyz` answer 503, which is what an orchestrator acts on.
+
+pub mod core_actors;
 
 use pbx_actors::call::actor::CallsMsg;
 use pbx_actors::endpoint::EndpointMsg;

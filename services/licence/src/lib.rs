@@ -1,4 +1,5 @@
-//! `pbx licence-server`: the licence and voucher service as a role of the one binary — the
+//! pbx-licence-service: `pbx licence-server`, the vendor's licence and voucher service, as a
+//! role of the one `pbx` binary (the node crate depends on this one, never the reverse) — the
 //! thin shell around [`pbx_actors::licence::desk::Desk`] (seed: the PBX asks the vendor's
 //! licence server daily and redeems vouchers at a voucher center; pbx ships that service).
 //!
@@ -26,10 +27,6 @@
 //!
 //! Not here: revocation, ACME certificates, clustering of the service.
 
-use crate::appliance::{admin_token, restrict_permissions, wait_for_shutdown_signal};
-use crate::clock::SystemClock;
-use crate::http::{bearer_matches, error, rfc3339};
-use crate::storage::{StorageError, decode, redb_err};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use anyhow::Context;
@@ -40,6 +37,10 @@ use pbx_actors::licence::desk::{
 };
 use pbx_actors::licence::{Feature, Limits, SigningKey};
 use pbx_actors::time::Clock;
+use pbx_host::clock::SystemClock;
+use pbx_host::http::{bearer_matches, error, rfc3339};
+use pbx_host::secret_file::{admin_token, restrict_permissions};
+use pbx_host::wait_for_shutdown_signal;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -569,9 +570,9 @@ async fn stats(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
 
 // ---- Files ----
 
-/// Writes `bytes` to `path` with `mode`, durably, never through a link ([`crate::secret_file`]).
+/// Writes `bytes` to `path` with `mode`, durably, never through a link ([`pbx_host::secret_file`]).
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    crate::secret_file::write(path, bytes, mode).with_context(|| format!("write {}", path.display()))
+    pbx_host::secret_file::write(path, bytes, mode).with_context(|| format!("write {}", path.display()))
 }
 
 /// Reads `DIR/signing-key.seed`, or draws 32 bytes from the OS and stores them (0600) at first
@@ -580,7 +581,7 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
 fn signing_seed(dir: &Path) -> anyhow::Result<[u8; 32]> {
     use rand::TryRngCore;
     let path = dir.join(SEED_FILE);
-    if let Some(bytes) = crate::secret_file::read(&path).with_context(|| format!("read {}", path.display()))? {
+    if let Some(bytes) = pbx_host::secret_file::read(&path).with_context(|| format!("read {}", path.display()))? {
         return bytes.try_into().map_err(|b: Vec<u8>| {
             anyhow::anyhow!("{}: {} bytes, expected 32 (restore it from a backup)", path.display(), b.len())
         });
@@ -655,6 +656,24 @@ enum StoredLogEntryV {
     V1(LogEntry),
 }
 
+/// `licence.redb` could not be opened, read, decoded or written: what and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StorageError(String);
+
+fn redb_err(e: impl std::fmt::Display) -> StorageError {
+    StorageError(e.to_string())
+}
+
+/// A stored record of `table` read back, or which record could not be and why.
+fn decode<V: serde::de::DeserializeOwned>(
+    table: &str,
+    key: impl FnOnce() -> String,
+    bytes: &[u8],
+) -> Result<V, StorageError> {
+    postcard::from_bytes(bytes).map_err(|e| StorageError(format!("decode {table} record {:?}: {e}", key())))
+}
+
 /// `DIR/licence.redb`: what the desk persists, one durable transaction per request.
 pub struct LicenceStorage {
     db: Database,
@@ -663,8 +682,7 @@ pub struct LicenceStorage {
 impl LicenceStorage {
     pub fn open(dir: &Path) -> Result<LicenceStorage, StorageError> {
         let path = dir.join(DB_FILE);
-        let db = Database::create(&path)
-            .map_err(|e| StorageError::Open { path: path.display().to_string(), reason: e.to_string() })?;
+        let db = Database::create(&path).map_err(|e| StorageError(format!("open {}: {e}", path.display())))?;
         let tx = db.begin_write().map_err(redb_err)?;
         tx.open_table(SERIALS).map_err(redb_err)?;
         tx.open_table(VOUCHERS).map_err(redb_err)?;
