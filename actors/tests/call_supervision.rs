@@ -149,6 +149,7 @@ impl Answered {
             source: "127.0.0.1:5064".parse().unwrap(),
             transport: Transport::Udp,
             user_agent: None,
+            nat: false,
         };
         calls
             .cast(CallsMsg::Start(Box::new(CallStart {

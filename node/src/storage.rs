@@ -18,7 +18,7 @@
 
 use pbx_actors::Timestamp;
 use pbx_actors::cdr::{Cdr, CdrStore, CdrStored};
-use pbx_actors::registrar::{Binding, Extension, RegistrarCommand, RegistrarStore};
+use pbx_actors::registrar::{Binding, BindingV1, Extension, RegistrarCommand, RegistrarStore};
 use pbx_actors::store::StoreError;
 use pbx_cluster::redb_file::{RedbFile, Rewritten, check_all_copied, copy_table};
 use redb::{Durability, ReadableTable, TableDefinition, TableHandle};
@@ -91,7 +91,19 @@ enum StoredExtensionV {
 
 #[derive(Serialize, Deserialize)]
 enum StoredBindingV {
-    V1(Binding),
+    /// Before issue 15: no NAT flag; read with the flag computed as V1 routed it.
+    V1(BindingV1),
+    /// With the NAT flag the registrar decided from the REGISTER (`Binding::nat`).
+    V2(Binding),
+}
+
+impl StoredBindingV {
+    pub(crate) fn into_binding(self) -> Binding {
+        match self {
+            StoredBindingV::V1(b) => b.into(),
+            StoredBindingV::V2(b) => b,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -252,9 +264,7 @@ impl Storage {
         let extensions = read_all(&tx, EXTENSIONS, |v: StoredExtensionV| match v {
             StoredExtensionV::V1(e) => e,
         })?;
-        let bindings = read_all(&tx, BINDINGS, |v: StoredBindingV| match v {
-            StoredBindingV::V1(b) => b,
-        })?;
+        let bindings = read_all(&tx, BINDINGS, StoredBindingV::into_binding)?;
         Ok(Snapshot { extensions, bindings })
     }
 
@@ -431,7 +441,7 @@ fn apply_in(tx: &redb::WriteTransaction, commands: &[RegistrarCommand]) -> Resul
                 extensions.remove(number.as_str()).map_err(redb_err)?;
             }
             RegistrarCommand::PutBinding(b) => {
-                let value = postcard::to_allocvec(&StoredBindingV::V1(b.clone())).map_err(redb_err)?;
+                let value = postcard::to_allocvec(&StoredBindingV::V2(b.clone())).map_err(redb_err)?;
                 bindings.insert(binding_key(&b.aor, &b.contact).as_str(), value.as_slice()).map_err(redb_err)?;
             }
             RegistrarCommand::RemoveBinding { aor, contact } => {
@@ -594,7 +604,40 @@ mod tests {
             source: "127.0.0.1:5062".parse().unwrap(),
             transport: Transport::Udp,
             user_agent: Some("test".into()),
+            nat: false,
         }
+    }
+
+    /// A bindings table written before issue 15 (`StoredBindingV::V1`: no NAT flag) still
+    /// loads, each flag what the Contact rule said (a Contact of the source's class: not NAT;
+    /// a private Contact from loopback: NAT); a binding written now is V2 and reads back whole.
+    #[test]
+    fn bindings_stored_before_the_nat_flag_still_load() {
+        // `StoredBindingV::V1` of binding("101", "sip:101@127.0.0.1:5070") as the code before
+        // issue 15 encoded it (postcard): variant 0; aor, contact (length, bytes); expires_at
+        // (varint µs); call_id; cseq; source (V4, octets, varint port); Udp; Some("test").
+        const ON_BEHALF_V1: &[u8] = &[
+            0, 3, b'1', b'0', b'1', 22, b's', b'i', b'p', b':', b'1', b'0', b'1', b'@', b'1', b'2', b'7', b'.', b'0',
+            b'.', b'0', b'.', b'1', b':', b'5', b'0', b'7', b'0', 128, 148, 235, 220, 3, 1, b'c', 1, 0, 127, 0, 0, 1,
+            198, 39, 0, 1, 4, b't', b'e', b's', b't',
+        ];
+        let natted = binding("102", "sip:102@192.168.1.20:5060");
+        let natted_v1 = postcard::to_allocvec(&StoredBindingV::V1(BindingV1::from(&natted))).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        {
+            let tx = s.db.begin_write().unwrap();
+            let mut table = tx.open_table(BINDINGS).unwrap();
+            table.insert(binding_key("101", "sip:101@127.0.0.1:5070").as_str(), ON_BEHALF_V1).unwrap();
+            table.insert(binding_key("102", &natted.contact).as_str(), natted_v1.as_slice()).unwrap();
+            drop(table);
+            tx.commit().unwrap();
+        }
+        let symmetric = Binding { nat: true, ..binding("103", "sip:103@127.0.0.1:5072") };
+        s.apply(&[RegistrarCommand::PutBinding(symmetric.clone())]).unwrap();
+        let mut loaded = s.load().unwrap().bindings;
+        loaded.sort_by(|a, b| a.aor.cmp(&b.aor));
+        assert_eq!(loaded, [binding("101", "sip:101@127.0.0.1:5070"), Binding { nat: true, ..natted }, symmetric]);
     }
 
     /// Every table is a declared place of personal data, and every table is listed in TABLES.

@@ -196,6 +196,7 @@ mod tests {
             source: "10.1.0.1:5060".parse().unwrap(),
             transport: Transport::Udp,
             user_agent: None,
+            nat: false,
         }
     }
 

@@ -390,6 +390,49 @@ fn call_reaches_a_contact_registered_on_behalf() {
     assert_nothing_left(&pbx);
 }
 
+/// A phone behind a symmetric NAT names in its Via and Contact an address its NAT does not
+/// forward (one learned by STUN: here another port of the same host, then another host), and
+/// sends from another: pbx detects NAT by the Via and calls it where its REGISTER came from. The
+/// call reaches the phone, and nothing goes to the address it named.
+#[test]
+fn call_reaches_a_phone_behind_symmetric_nat_at_its_source() {
+    for named_ip in [Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 2)] {
+        let pbx = node();
+        let decoy = std::net::UdpSocket::bind((named_ip, 0)).expect("bind the named address");
+        let named = decoy.local_addr().expect("decoy address");
+        let (caller_sink, callee_sink) = (RtpSink::for_sipp(), RtpSink::for_sipp());
+        let callee_pcap = pcap(&pbx, "callee.pcap", G711::Pcmu, &tone(600.0, G711_RATE_HZ, 0.5, 8000.0));
+        let caller_pcap = pcap(&pbx, "caller.pcap", G711::Pcmu, &tone(1000.0, G711_RATE_HZ, 0.5, 8000.0));
+        let callee = Sipp::new("call_register_nat.xml", pbx.sip, &pbx.scratch())
+            .args(&["-s", "101", "-au", "101", "-ap", "secret-101", "-m", "1", "-set", "expected_calls", "1"])
+            .args(&["-oocsf", &asset("sipp/call_uas.xml").to_string_lossy()])
+            .key("sent_by", &named.to_string())
+            .media(G711::Pcmu, &callee_sink, Some(&callee_pcap))
+            .spawn();
+        assert_ne!(named, callee.local());
+        let contact = format!("sip:101@{named};transport=UDP");
+        assert!(
+            wait_until(Duration::from_secs(10), || pbx.contacts_of("101") == [contact.clone()]),
+            "101 not registered as {contact}: {:?}",
+            pbx.registrations()
+        );
+        let caller = caller(&pbx, "call_uac.xml", "101")
+            .media(G711::Pcmu, &caller_sink, Some(&caller_pcap))
+            .args(&["-d", "500", "-m", "1"])
+            .run();
+        let callee = callee.finish_after(&caller);
+        assert!(caller.success, "named {named}, caller: {}", caller.report());
+        assert!(callee.success, "named {named}, callee: {}", callee.report());
+        assert_eq!(callee.received_requests("INVITE").len(), 1, "{}", callee.messages);
+        decoy.set_read_timeout(Some(Duration::from_millis(300))).expect("read timeout");
+        let mut buf = [0u8; 2048];
+        let stray =
+            decoy.recv_from(&mut buf).ok().map(|(n, from)| (from, String::from_utf8_lossy(&buf[..n]).into_owned()));
+        assert!(stray.is_none(), "the address the phone named got {stray:?}");
+        assert_nothing_left(&pbx);
+    }
+}
+
 /// Load: 20 calls/s for 10 s, 5 s each (up to 100 at once), each challenged and relayed; every
 /// call completes, and afterwards the API lists no call and no RTP port is in use.
 #[test]

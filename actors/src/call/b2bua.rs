@@ -247,7 +247,7 @@ impl Call {
                 continue;
             };
             // The Contact's own address unless NAT is detected (see `destination`).
-            let destination = super::destination::destination(&target, binding.source, binding.transport);
+            let destination = super::destination::destination(&target, binding.source, binding.transport, binding.nat);
             let from = name_addr(Some(&route.caller_display_name), from_uri);
             let to = name_addr(None, to_uri);
             let leg = Leg::uac(

@@ -1,85 +1,40 @@
-//! Where a B-leg's requests go: the registered Contact's address, unless that looks like NAT.
+//! Where a B-leg's requests go: the registered Contact's address, unless NAT was detected.
 //!
 //! A phone registers a Contact (RFC 3261 §10.2.1) and pbx records where the REGISTER came from
-//! (`Binding::source`). Most phones send from the address they name, and then both agree. When
-//! they differ there are two readings:
-//! - the phone is behind NAT: its Contact names an address pbx cannot reach (a private one, or a
-//!   host name that resolves inside its network), and only the source reaches it, through the
-//!   NAT's binding (RFC 5626 §3.3's "flow" idea, without its Outbound machinery);
+//! (`Binding::source`) and whether it was behind NAT (`Binding::nat`, decided by the registrar
+//! from the REGISTER's Via, Contact and transport: `registrar::nat`, Kamailio's `nat_uac_test`
+//! with flags 1 + 2 + 16). When Contact and source differ there are two readings:
+//! - the phone is behind NAT: its Contact names an address pbx cannot reach (a private one, a
+//!   STUN-learned public one that a symmetric NAT does not forward, a host name that resolves
+//!   inside its network), and only the source reaches it, through the NAT's binding (RFC 5626
+//!   §3.3's "flow" idea, without its Outbound machinery);
 //! - the REGISTER was sent on behalf of another device (a gateway, a provisioning service, a
-//!   load generator such as SIPp): the Contact is the device, the source is not, and a request
-//!   sent to the source gets no answer (every call 480).
+//!   load generator such as SIPp): its Via names the source, the Contact names the device, and a
+//!   request sent to the source gets no answer (every call 480).
 //!
-//! The rule, like Kamailio's `nat_uac_test` as far as a stored binding allows (it keeps the
-//! source and the Contact, not the REGISTER's Via, so the "Via differs from source" test that
-//! flags symmetric NAT behind a STUN-learned Contact cannot be made):
-//! - TCP: always the source, the connection the phone opened (it is how the phone is reached).
+//! The rule:
+//! - NAT detected (the flag): the source. TCP bindings always have it (the phone's connection).
 //! - A Contact host that is not an IP literal (a name), a `maddr`, a `sips:` URI or a
 //!   `transport=` other than the binding's: the source (pbx resolves no names on the call path).
-//! - A Contact IP of another family, or of another address class than the source (loopback,
-//!   private — RFC 1918, RFC 6598 shared, link-local, ULA — or public): NAT, the source. This is
-//!   what catches the usual case, a phone at 192.168.x.y seen from a public address, and keeps a
-//!   public phone from aiming pbx at loopback or the LAN.
-//! - An address pbx never sends to (unspecified, multicast, broadcast, port 0): the source.
+//! - A Contact IP of another family or address class than the source, or one pbx never sends to
+//!   (unspecified, multicast, broadcast, port 0): the source. The flag says so already for every
+//!   binding the registrar made; checked again here so that no stored or replicated flag can aim
+//!   pbx at its own loopback or at the LAN behind it.
 //! - Otherwise the Contact's IP and port (5060 when it names none).
 //!
 //! Pure logic: no clock, socket or name lookup.
 
+use crate::registrar::nat::{SIP_PORT_DEFAULT, address_class, contact_across_nat, host_ip};
 use crate::sip::message::SipUri;
 use crate::sip::message::Transport;
-use ezk_sip_types::host::Host;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
-/// The port of a `sip:` URI that names none (RFC 3261 §19.1.2).
-pub const SIP_PORT_DEFAULT: u16 = 5060;
-
-/// How far an address reaches: two addresses of one class (and family) are taken to see each
-/// other directly, so a Contact in the source's class is believed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AddressClass {
-    Loopback,
-    /// RFC 1918, RFC 6598 (carrier-grade NAT), link-local (RFC 3927, fe80::/10), ULA (RFC 4193).
-    Private,
-    Public,
-}
-
-/// The class of a unicast address pbx may send to; `None` for one it never sends to.
-pub fn address_class(ip: IpAddr) -> Option<AddressClass> {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => v4_class(v4),
-        IpAddr::V6(v6) => v6_class(v6),
+/// Where requests to a contact go: its own address when NAT was not detected and it is a plain
+/// UDP IP literal that sees pbx as the REGISTER's source does (see the module doc), else `source`.
+pub fn destination(contact: &SipUri, source: SocketAddr, transport: Transport, nat: bool) -> SocketAddr {
+    if nat {
+        return source;
     }
-}
-
-fn v4_class(ip: Ipv4Addr) -> Option<AddressClass> {
-    let [a, b, ..] = ip.octets();
-    if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || a == 0 || a >= 240 {
-        None
-    } else if ip.is_loopback() {
-        Some(AddressClass::Loopback)
-    } else if ip.is_private() || ip.is_link_local() || (a == 100 && (64..128).contains(&b)) {
-        Some(AddressClass::Private)
-    } else {
-        Some(AddressClass::Public)
-    }
-}
-
-fn v6_class(ip: Ipv6Addr) -> Option<AddressClass> {
-    let first = ip.segments()[0];
-    if ip.is_unspecified() || ip.is_multicast() {
-        None
-    } else if ip.is_loopback() {
-        Some(AddressClass::Loopback)
-    } else if first & 0xfe00 == 0xfc00 || first & 0xffc0 == 0xfe80 {
-        Some(AddressClass::Private)
-    } else {
-        Some(AddressClass::Public)
-    }
-}
-
-/// Where requests to a contact go: its own address when it is an IP literal that sees pbx as the
-/// REGISTER's source does (see the module doc), else `source`.
-pub fn destination(contact: &SipUri, source: SocketAddr, transport: Transport) -> SocketAddr {
     contact_address(contact, source, transport).unwrap_or(source)
 }
 
@@ -92,17 +47,10 @@ fn contact_address(contact: &SipUri, source: SocketAddr, transport: Transport) -
     {
         return None;
     }
-    let ip = match &contact.host_port.host {
-        Host::IP4(v4) => IpAddr::V4(*v4),
-        Host::IP6(v6) => IpAddr::V6(*v6),
-        Host::Name(_) => return None,
-    }
-    .to_canonical();
+    let ip = host_ip(&contact.host_port.host)?;
     let port = contact.host_port.port.unwrap_or(SIP_PORT_DEFAULT);
-    let from = source.ip().to_canonical();
-    let same_family = ip.is_ipv4() == from.is_ipv4();
-    let class = address_class(ip)?;
-    (port != 0 && same_family && address_class(from) == Some(class)).then_some(SocketAddr::new(ip, port))
+    (port != 0 && address_class(ip).is_some() && !contact_across_nat(contact, source))
+        .then_some(SocketAddr::new(ip, port))
 }
 
 #[cfg(test)]
@@ -112,7 +60,7 @@ mod tests {
 
     fn to(contact: &str, source: &str, transport: Transport) -> SocketAddr {
         let uri = parse_sip_uri(contact).unwrap_or_else(|| panic!("{contact} parses"));
-        destination(&uri, source.parse().unwrap(), transport)
+        destination(&uri, source.parse().unwrap(), transport, false)
     }
 
     fn udp(contact: &str, source: &str) -> SocketAddr {
@@ -131,8 +79,8 @@ mod tests {
         assert_eq!(udp("sip:101@127.0.0.1:5064", "127.0.0.1:5064"), "127.0.0.1:5064".parse().unwrap());
     }
 
-    /// NAT as `nat_uac_test` sees it from a binding: a Contact of another class or family than
-    /// the source goes unbelieved, and so does one pbx never sends to.
+    /// Without the flag, the Contact half of the rule still holds: a Contact of another class or
+    /// family than the source goes unbelieved, and so does one pbx never sends to.
     #[test]
     fn nat_and_unreachable_contacts_go_to_the_source() {
         let source = "203.0.113.9:34567";
@@ -174,5 +122,15 @@ mod tests {
             assert_eq!(udp(contact, source), source.parse().unwrap(), "{contact}");
         }
         assert_eq!(to("sip:101@127.0.0.1:5070", source, Transport::Tcp), source.parse().unwrap());
+    }
+
+    /// A binding flagged NAT (its Via did not name its source: symmetric NAT behind a
+    /// STUN-learned address) is called at the source even when the Contact would be believed.
+    #[test]
+    fn the_nat_flag_sends_to_the_source() {
+        let uri = parse_sip_uri("sip:101@198.51.100.7:5062").unwrap();
+        let source: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+        assert_eq!(destination(&uri, source, Transport::Udp, true), source);
+        assert_eq!(destination(&uri, source, Transport::Udp, false), "198.51.100.7:5062".parse().unwrap());
     }
 }

@@ -430,6 +430,7 @@ fn binding(contact: &str, port: u16) -> Binding {
         source: format!("127.0.0.1:{port}").parse().unwrap(),
         transport: Transport::Udp,
         user_agent: None,
+        nat: false,
     }
 }
 
@@ -900,14 +901,18 @@ fn invite_destinations(h: &mut Harness) -> Vec<SocketAddr> {
 }
 
 /// A B-leg's INVITE goes to the Contact when it names another port than the REGISTER came from
-/// (a REGISTER sent on behalf of a device), and to the source when the Contact is NAT's.
+/// (a REGISTER sent on behalf of a device), and to the source when the binding is flagged NAT
+/// (a private Contact, or a Via that did not name the source) or the Contact is a name.
 #[test]
 fn b_leg_invites_the_contact_unless_nat() {
     let on_behalf = Binding { source: "127.0.0.1:40000".parse().unwrap(), ..binding("sip:101@127.0.0.1:5070", 0) };
-    let natted = Binding { source: "127.0.0.1:40002".parse().unwrap(), ..binding("sip:101@192.168.1.20:5060", 0) };
+    let natted =
+        Binding { source: "127.0.0.1:40002".parse().unwrap(), nat: true, ..binding("sip:101@192.168.1.20:5060", 0) };
+    let symmetric =
+        Binding { source: "127.0.0.1:40006".parse().unwrap(), nat: true, ..binding("sip:101@127.0.0.1:5072", 0) };
     let named = Binding { source: "127.0.0.1:40004".parse().unwrap(), ..binding("sip:101@phone.example:5060", 0) };
     let mut h = call_to(PCMU_OFFER, vec![on_behalf, natted]);
     assert_eq!(invite_destinations(&mut h), ["127.0.0.1:5070".parse().unwrap(), "127.0.0.1:40002".parse().unwrap()]);
-    let mut h = call_to(PCMU_OFFER, vec![named]);
-    assert_eq!(invite_destinations(&mut h), ["127.0.0.1:40004".parse::<SocketAddr>().unwrap()]);
+    let mut h = call_to(PCMU_OFFER, vec![symmetric, named]);
+    assert_eq!(invite_destinations(&mut h), ["127.0.0.1:40006".parse().unwrap(), "127.0.0.1:40004".parse().unwrap()]);
 }

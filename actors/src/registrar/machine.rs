@@ -41,6 +41,7 @@
 
 use super::blocking::{self, Guard, Limits};
 use super::digest::{self, Algorithm, Credentials, NonceKey, QopAuth};
+use super::nat;
 use crate::sip::message::{Contacts, Method, Name, SipUriUserPart};
 use crate::sip::{Request, Response, Transport};
 use crate::time::Timestamp;
@@ -185,6 +186,9 @@ pub struct Binding {
     pub source: SocketAddr,
     pub transport: Transport,
     pub user_agent: Option<String>,
+    /// NAT was detected when it registered (`super::nat`): its calls go to `source`, not to
+    /// the Contact. A flag, not the REGISTER's Via: no more personal data than before.
+    pub nat: bool,
 }
 
 impl Binding {
@@ -915,8 +919,8 @@ impl Registrar {
             Contacts::List(list) => list,
         };
 
-        // (contact, expires_s) with later duplicates replacing earlier ones.
-        let mut plan: Vec<(String, u32)> = Vec::with_capacity(list.len());
+        // (contact, expires_s, nat) with later duplicates replacing earlier ones.
+        let mut plan: Vec<(String, u32, bool)> = Vec::with_capacity(list.len());
         let mut too_brief = false;
         for contact in &list {
             let uri = contact.uri.uri.default_print_ctx().to_string();
@@ -932,18 +936,19 @@ impl Registrar {
             };
             too_brief |= expires != 0 && expires < self.config.min_expires_s;
             let expires = expires.min(self.config.max_expires_s);
-            plan.retain(|(c, _)| *c != uri);
-            plan.push((uri, expires));
+            plan.retain(|(c, ..)| *c != uri);
+            let nat = nat::nat_detected(request.top_via_ref(), &contact.uri.uri, source, transport);
+            plan.push((uri, expires, nat));
         }
         if too_brief {
             return Err(Refusal::code(423));
         }
         let existing = |contact: &str| current.iter().find(|b| b.contact == contact);
-        if plan.iter().filter_map(|(c, _)| existing(c)).any(out_of_order) {
+        if plan.iter().filter_map(|(c, ..)| existing(c)).any(out_of_order) {
             return Err(Refusal::code(500));
         }
-        let removed = plan.iter().filter(|(c, e)| *e == 0 && existing(c).is_some()).count();
-        let added = plan.iter().filter(|(c, e)| *e != 0 && existing(c).is_none()).count();
+        let removed = plan.iter().filter(|(c, e, _)| *e == 0 && existing(c).is_some()).count();
+        let added = plan.iter().filter(|(c, e, _)| *e != 0 && existing(c).is_none()).count();
         if current.len() + added - removed > BINDINGS_PER_AOR_MAX {
             return Err(Refusal { code: 403, reason: Some("Too Many Contacts") });
         }
@@ -951,14 +956,14 @@ impl Registrar {
         // Removals first: the bound was checked on the final count, and an addition applied
         // before a removal would briefly hold one binding too many (issue 14: that tripped the
         // assertion in `put_binding` and killed the registrar).
-        let (removals, updates): (Vec<_>, Vec<_>) = plan.into_iter().partition(|(_, e)| *e == 0);
-        for (contact, _) in removals {
+        let (removals, updates): (Vec<_>, Vec<_>) = plan.into_iter().partition(|(_, e, _)| *e == 0);
+        for (contact, ..) in removals {
             if existing(&contact).is_some() {
                 self.remove_binding(aor, &contact);
                 self.event(RegistrarEvent::Unregistered { aor: aor.to_owned(), contact });
             }
         }
-        for (contact, expires) in updates {
+        for (contact, expires, nat) in updates {
             let old = existing(&contact);
             let binding = Binding {
                 aor: aor.to_owned(),
@@ -969,12 +974,14 @@ impl Registrar {
                 source,
                 transport,
                 user_agent: user_agent.clone(),
+                nat,
             };
             let refresh = old.is_some_and(|o| {
                 o.call_id == binding.call_id
                     && o.source == binding.source
                     && o.transport == binding.transport
                     && o.user_agent == binding.user_agent
+                    && o.nat == binding.nat
             });
             self.put_binding(binding.clone());
             let key = (binding.aor.clone(), binding.contact.clone());

@@ -6,6 +6,9 @@
 //!   the source they were sent to, the digest `uri` rule.
 //! - [`blocking`]: failures per (source, user) and per user, trusted addresses, bounded tables.
 //! - [`machine`]: [`Registrar`], the sans-IO machine: every decision, no I/O, no clock.
+//! - [`nat`]: whether a registering phone is behind NAT (Via, Contact, transport against the
+//!   source), kept on its binding for the calls to it (issue 15).
+//! - [`stored`]: the earlier shapes of bindings and commands that old files and peers hold.
 //! - [`actor`]: [`RegistrarActor`], the ractor shell: clock, storage and response ports.
 //!
 //! Privacy (seed: "password never stored"): an extension keeps `H(user:realm:password)` for
@@ -20,6 +23,8 @@ pub mod actor;
 pub mod blocking;
 pub mod digest;
 pub mod machine;
+pub mod nat;
+pub mod stored;
 
 pub use actor::{
     ChangeError, Clock, ExtensionView, RegistrarActor, RegistrarArgs, RegistrarMsg, RegistrarStats, RegistrarStore,
@@ -31,6 +36,7 @@ pub use machine::{
     BINDINGS_PER_AOR_MAX, Binding, EXTENSIONS_MAX, Extension, NONCES_TRACKED_MAX, Registrar, RegistrarCommand,
     RegistrarConfig, RegistrarEvent, RegistrarInput, RegistrarOutput, Route,
 };
+pub use stored::{BindingV1, RegistrarCommandV1};
 
 #[cfg(test)]
 mod tests;

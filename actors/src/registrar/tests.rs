@@ -114,6 +114,8 @@ pub(super) struct Reg {
     pub call_id: String,
     pub cseq: u32,
     pub auth: Option<String>,
+    /// The top Via's sent-by; `source()`'s address when `None`.
+    pub sent_by: Option<String>,
 }
 
 impl Reg {
@@ -125,6 +127,7 @@ impl Reg {
             call_id: format!("call-{aor}"),
             cseq: 1,
             auth: None,
+            sent_by: None,
         }
     }
     pub fn expires(mut self, e: u32) -> Reg {
@@ -143,11 +146,16 @@ impl Reg {
         self.auth = Some(auth);
         self
     }
+    pub fn sent_by(mut self, sent_by: &str) -> Reg {
+        self.sent_by = Some(sent_by.into());
+        self
+    }
     pub fn request(&self) -> Request {
         let mut text = format!(
-            "REGISTER sip:pbx SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bK-{}\r\n\
+            "REGISTER sip:pbx SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-{}\r\n\
              From: <sip:{aor}@pbx>;tag=f1\r\nTo: <sip:{aor}@pbx>\r\nCall-ID: {}\r\nCSeq: {} REGISTER\r\n\
              User-Agent: TestPhone/1.0\r\n",
+            self.sent_by.clone().unwrap_or_else(|| source().to_string()),
             self.cseq,
             self.call_id,
             self.cseq,
@@ -668,6 +676,7 @@ fn restore_drops_expired_bindings() {
         source: source(),
         transport: Transport::Tcp,
         user_agent: None,
+        nat: false,
     };
     let live = binding("sip:100@192.0.2.7:1", T0 + Duration::from_secs(10));
     let dead = binding("sip:100@192.0.2.7:2", T0);
@@ -926,6 +935,44 @@ fn forget_address_removes_its_bindings_only() {
     assert_eq!(h.m.binding_count(), 1, "200's binding from elsewhere stays");
 }
 
+/// The NAT flag a REGISTER stores (`registrar::nat`): a phone naming its source is not behind
+/// NAT, nor is a REGISTER on behalf of another device (Via names the source, the Contact another
+/// port); a Via naming another port or host than the source is (symmetric NAT behind a
+/// STUN-learned address), and so is a private Contact from a public source. A change of the
+/// flag is written at once, not batched like a refresh.
+#[test]
+fn register_stores_whether_the_phone_is_behind_nat() {
+    let stored = |step: &Step, contact: &str| -> bool {
+        assert_eq!(step.code(), 200, "{:?}", step.response);
+        match step.persisted.iter().find(|c| put(contact)(c)) {
+            Some(RegistrarCommand::PutBinding(b)) => b.nat,
+            other => panic!("no binding for {contact} persisted: {other:?} in {:?}", step.persisted),
+        }
+    };
+    let mut h = Harness::new();
+    let behind: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+    let cases = [
+        // (Contact, Via sent-by, source, NAT)
+        ("<sip:100@192.0.2.7:5060>", "192.0.2.7:5060", source(), false),
+        ("<sip:100@192.0.2.7:5070>", "192.0.2.7:5060", source(), false),
+        ("<sip:100@192.0.2.7:5062>", "192.0.2.7:5062", behind, true),
+        ("<sip:100@192.0.2.9:5060>", "192.0.2.9:5060", source(), true),
+        ("<sip:100@10.0.0.7:5060>", "10.0.0.7:5060", source(), true),
+        ("<sip:100@10.0.0.8:5060>", "192.0.2.7:5060", source(), true),
+    ];
+    for (i, (contact, sent_by, from, nat)) in cases.into_iter().enumerate() {
+        let reg = Reg::new("100", &[contact]).call_id(&format!("nat-{i}")).sent_by(sent_by).expires(600);
+        let step = register_from(&mut h, &reg, PASSWORD_100, from);
+        assert_eq!(stored(&step, contact.trim_matches(['<', '>'])), nat, "{contact} via {sent_by} from {from}");
+    }
+    // The first phone refreshes from the same source, but its Via now names another port: only
+    // the flag changed, and that is not a refresh to batch: written with this REGISTER.
+    let reg =
+        Reg::new("100", &["<sip:100@192.0.2.7:5060>"]).call_id("nat-0").cseq(5).sent_by("192.0.2.7:5099").expires(600);
+    let step = register_from(&mut h, &reg, PASSWORD_100, source());
+    assert!(stored(&step, "sip:100@192.0.2.7:5060"));
+}
+
 /// Another node's committed changes land in memory as they are, and are never written again.
 #[test]
 fn replicated_changes_apply_to_memory_without_persisting() {
@@ -939,6 +986,7 @@ fn replicated_changes_apply_to_memory_without_persisting() {
         source: "203.0.113.5:5060".parse().unwrap(),
         transport: Transport::Udp,
         user_agent: None,
+        nat: false,
     };
     h.m.handle(
         h.now,
@@ -1099,6 +1147,7 @@ mod register_sequences {
                         source: "203.0.113.5:5060".parse().unwrap(),
                         transport: Transport::Udp,
                         user_agent: None,
+                        nat: false,
                     };
                     h.m.handle(h.now, RegistrarInput::Replicated(vec![RegistrarCommand::PutBinding(binding)]));
                     prop_assert!(h.drain().persisted.is_empty(), "a replicated change is never written again");

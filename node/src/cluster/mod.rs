@@ -25,7 +25,9 @@ use pbx_actors::Timestamp;
 use pbx_actors::cdr::Cdr;
 use pbx_actors::licence::{LicenceStore, Stored, StoredUnlocks};
 use pbx_actors::privacy::{AuditEntry, AuditEvent, Right, Subject};
-use pbx_actors::registrar::{Binding, Extension, RegistrarCommand, RegistrarMsg, RegistrarStore};
+use pbx_actors::registrar::{
+    Binding, BindingV1, Extension, RegistrarCommand, RegistrarCommandV1, RegistrarMsg, RegistrarStore,
+};
 use pbx_actors::store::StoreError;
 use pbx_cluster::raft::{Applier, NodeId, Replica, Request, WriteError};
 use ractor::ActorRef;
@@ -70,9 +72,43 @@ pub const SCRUB_BOUND: Duration = Duration::from_secs(15);
 const _: () = assert!(ERASURE_COMPACTION_DELAY.as_secs() + PURGE_TIMEOUT.as_secs() + 3 <= SCRUB_BOUND.as_secs());
 
 /// One replicated entry's payload, versioned like every stored value.
+///
+/// A node writes the newest version only. In a cluster of mixed versions an older node cannot
+/// read it: its state machine stops at that entry with a storage error (nothing applied
+/// wrongly, the entry stays in the log) and catches up once it runs the new version
+/// (docs/ARCHITECTURE.md, "Cluster").
 #[derive(Serialize, Deserialize)]
 enum EntryV {
-    V1(Entry),
+    /// Before issue 15: bindings without the NAT flag.
+    V1(EntryV1),
+    /// Bindings with the NAT flag (`Binding::nat`, issue 15).
+    V2(Entry),
+}
+
+/// [`Entry`] as written before issue 15: the same variants, in the same order, with registrar
+/// commands of the old shape. Never edit it (postcard reads variants by position).
+#[derive(Serialize, Deserialize)]
+enum EntryV1 {
+    Registrar(Vec<RegistrarCommandV1>),
+    Cdrs(Vec<Cdr>),
+    Licence(Stored),
+    Unlocks(StoredUnlocks),
+    Erase { subject: String, audit: AuditEntry },
+    Flag { subject: String, right: Right, at: Timestamp, audit: AuditEntry },
+}
+
+impl From<EntryV1> for Entry {
+    /// A V1 binding's NAT flag is computed as V1 routed it (`BindingV1`'s `From`).
+    fn from(entry: EntryV1) -> Entry {
+        match entry {
+            EntryV1::Registrar(commands) => Entry::Registrar(commands.into_iter().map(Into::into).collect()),
+            EntryV1::Cdrs(cdrs) => Entry::Cdrs(cdrs),
+            EntryV1::Licence(l) => Entry::Licence(l),
+            EntryV1::Unlocks(u) => Entry::Unlocks(u),
+            EntryV1::Erase { subject, audit } => Entry::Erase { subject, audit },
+            EntryV1::Flag { subject, right, at, audit } => Entry::Flag { subject, right, at, audit },
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -96,7 +132,7 @@ enum Entry {
 }
 
 fn encode(entry: Entry) -> Result<Vec<u8>, String> {
-    postcard::to_allocvec(&EntryV::V1(entry)).map_err(|e| e.to_string())
+    postcard::to_allocvec(&EntryV::V2(entry)).map_err(|e| e.to_string())
 }
 
 /// The replicated state as a snapshot carries it.
@@ -104,7 +140,7 @@ fn encode(entry: Entry) -> Result<Vec<u8>, String> {
 enum SnapshotV {
     V1 {
         extensions: Vec<Extension>,
-        bindings: Vec<Binding>,
+        bindings: Vec<BindingV1>,
         cdrs: Vec<Cdr>,
         licence: Option<Stored>,
         unlocks: Option<StoredUnlocks>,
@@ -113,6 +149,16 @@ enum SnapshotV {
     /// With the erasure tombstones, each under the fingerprint of the key that made it.
     V2 {
         extensions: Vec<Extension>,
+        bindings: Vec<BindingV1>,
+        cdrs: Vec<Cdr>,
+        licence: Option<Stored>,
+        unlocks: Option<StoredUnlocks>,
+        flags: BTreeMap<String, Flags>,
+        tombstones: Vec<Tombstone>,
+    },
+    /// Bindings with the NAT flag (issue 15).
+    V3 {
+        extensions: Vec<Extension>,
         bindings: Vec<Binding>,
         cdrs: Vec<Cdr>,
         licence: Option<Stored>,
@@ -120,6 +166,10 @@ enum SnapshotV {
         flags: BTreeMap<String, Flags>,
         tombstones: Vec<Tombstone>,
     },
+}
+
+fn bindings_from_v1(bindings: Vec<BindingV1>) -> Vec<Binding> {
+    bindings.into_iter().map(Into::into).collect()
 }
 
 /// Where applied changes of other nodes go before the registrar runs, and after.
@@ -247,7 +297,8 @@ impl NodeApplier {
 
 fn decode(request: &Request) -> Result<Entry, String> {
     match postcard::from_bytes::<EntryV>(&request.payload) {
-        Ok(EntryV::V1(entry)) => Ok(entry),
+        Ok(EntryV::V1(entry)) => Ok(entry.into()),
+        Ok(EntryV::V2(entry)) => Ok(entry),
         Err(e) => Err(format!("undecodable replicated entry from node {}: {e}", request.origin)),
     }
 }
@@ -264,7 +315,7 @@ impl Applier for NodeApplier {
         let s = &self.storage;
         let state = s.load().map_err(|e| e.to_string())?;
         let (licence, unlocks) = s.load_licence().map_err(|e| e.to_string())?;
-        postcard::to_allocvec(&SnapshotV::V2 {
+        postcard::to_allocvec(&SnapshotV::V3 {
             extensions: state.extensions,
             bindings: state.bindings,
             cdrs: s.all_cdrs().map_err(|e| e.to_string())?,
@@ -280,9 +331,12 @@ impl Applier for NodeApplier {
         let (extensions, bindings, cdrs, licence, unlocks, flags, tombstones) =
             match postcard::from_bytes(snapshot).map_err(|e| format!("undecodable snapshot: {e}"))? {
                 SnapshotV::V1 { extensions, bindings, cdrs, licence, unlocks, flags } => {
-                    (extensions, bindings, cdrs, licence, unlocks, flags, Vec::new())
+                    (extensions, bindings_from_v1(bindings), cdrs, licence, unlocks, flags, Vec::new())
                 }
                 SnapshotV::V2 { extensions, bindings, cdrs, licence, unlocks, flags, tombstones } => {
+                    (extensions, bindings_from_v1(bindings), cdrs, licence, unlocks, flags, tombstones)
+                }
+                SnapshotV::V3 { extensions, bindings, cdrs, licence, unlocks, flags, tombstones } => {
                     (extensions, bindings, cdrs, licence, unlocks, flags, tombstones)
                 }
             };
@@ -523,6 +577,7 @@ mod tests {
             source: "192.0.2.1:5060".parse().unwrap(),
             transport: pbx_actors::sip::Transport::Udp,
             user_agent: None,
+            nat: false,
         }
     }
 
@@ -555,6 +610,29 @@ mod tests {
     fn audit(right: Right) -> AuditEntry {
         let event = AuditEvent::SubjectRequest { right, subject: "p".into(), records: 0, outcome: "done".into() };
         AuditEntry { at: Timestamp::from_secs(2_000), event }
+    }
+
+    /// A registrar entry in the Raft log as the code before issue 15 wrote it (`EntryV::V1`,
+    /// bindings without the NAT flag) still applies, each flag from the Contact rule; today's
+    /// entries (V2) carry the flag as the registrar decided it, Via half included.
+    #[test]
+    fn entries_written_before_the_nat_flag_still_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::open(dir.path()).unwrap());
+        let applier = NodeApplier::new(1, storage.clone(), key(1));
+        let believed = binding("100");
+        let natted = Binding { contact: "sip:200@10.0.0.5:5060".into(), nat: true, ..binding("200") };
+        let old: Vec<RegistrarCommandV1> = [&believed, &natted]
+            .into_iter()
+            .map(|b| RegistrarCommandV1::from(&RegistrarCommand::PutBinding(b.clone())))
+            .collect();
+        let v1 = Request { origin: 2, payload: postcard::to_allocvec(&EntryV::V1(EntryV1::Registrar(old))).unwrap() };
+        // Only the Via said so: a V2 entry keeps it.
+        let symmetric = Binding { nat: true, ..binding("300") };
+        applier.apply(&[&v1, &entry(2, vec![RegistrarCommand::PutBinding(symmetric.clone())])]).unwrap();
+        let mut loaded = storage.load().unwrap().bindings;
+        loaded.sort_by(|a, b| a.aor.cmp(&b.aor));
+        assert_eq!(loaded, [believed, natted, symmetric]);
     }
 
     /// Every table of the Raft file is a declared place of personal data (`raft:<table>`).
@@ -645,7 +723,7 @@ mod tests {
         // A snapshot of the first version (no tombstones) still installs.
         let v1 = postcard::to_allocvec(&SnapshotV::V1 {
             extensions: Vec::new(),
-            bindings: vec![binding("400")],
+            bindings: vec![BindingV1::from(&binding("400"))],
             cdrs: Vec::new(),
             licence: None,
             unlocks: None,
@@ -655,6 +733,23 @@ mod tests {
         c.install(&v1).unwrap();
         assert_eq!(c_storage.load().unwrap().bindings.len(), 1);
         assert_eq!(c_storage.tombstones().unwrap().len(), 1, "installing never drops a tombstone");
+        // A V2 snapshot (bindings without the NAT flag) installs with each flag from the
+        // Contact rule: a Contact in the source's class is believed, a private one is not.
+        let natted = Binding { contact: "sip:500@10.0.0.5:5060".into(), nat: true, ..binding("500") };
+        let v2 = postcard::to_allocvec(&SnapshotV::V2 {
+            extensions: Vec::new(),
+            bindings: vec![BindingV1::from(&binding("400")), BindingV1::from(&natted)],
+            cdrs: Vec::new(),
+            licence: None,
+            unlocks: None,
+            flags: BTreeMap::new(),
+            tombstones: Vec::new(),
+        })
+        .unwrap();
+        c.install(&v2).unwrap();
+        let mut loaded = c_storage.load().unwrap().bindings;
+        loaded.sort_by(|a, b| a.aor.cmp(&b.aor));
+        assert_eq!(loaded, [binding("400"), natted.clone()]);
         let garbage = Request { origin: 2, payload: vec![0xff, 0xff, 0xff] };
         assert!(a.apply(&[&garbage]).unwrap_err().contains("undecodable replicated entry from node 2"));
     }

@@ -336,7 +336,7 @@ impl Storage {
         }
         for row in tx.open_table(BINDINGS).map_err(redb_err)?.iter().map_err(redb_err)? {
             let (k, v) = row.map_err(redb_err)?;
-            let StoredBindingV::V1(b) = decode("bindings", || k.value().to_string(), v.value())?;
+            let b = decode::<StoredBindingV>("bindings", || k.value().to_string(), v.value())?.into_binding();
             if b.involves(subject) {
                 out.bindings.push(b);
             }
@@ -389,7 +389,7 @@ impl Storage {
             let mut doomed = Vec::new();
             for row in bindings.iter().map_err(redb_err)? {
                 let (k, v) = row.map_err(redb_err)?;
-                let StoredBindingV::V1(b) = decode("bindings", || k.value().to_string(), v.value())?;
+                let b = decode::<StoredBindingV>("bindings", || k.value().to_string(), v.value())?.into_binding();
                 if b.involves(subject) {
                     doomed.push(k.value().to_string());
                 }
@@ -500,7 +500,7 @@ impl Storage {
                 let mut due = Vec::new();
                 for row in table.iter().map_err(redb_err)? {
                     let (k, v) = row.map_err(redb_err)?;
-                    let StoredBindingV::V1(b) = decode("bindings", || k.value().to_string(), v.value())?;
+                    let b = decode::<StoredBindingV>("bindings", || k.value().to_string(), v.value())?.into_binding();
                     if b.expires_at.as_micros() < cutoff {
                         due.push(k.value().to_string());
                         if due.len() == limit {
@@ -900,6 +900,7 @@ mod tests {
             source: source.parse().unwrap(),
             transport: Transport::Udp,
             user_agent: None,
+            nat: false,
         }
     }
 
