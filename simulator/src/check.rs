@@ -504,8 +504,9 @@ impl Checker {
             let (leased, _) = node.ports_in_use();
             self.check(now, "no RTP port leaks", leased == 0, || format!("{leased} port pairs leased after the drain"));
             let (machines, routed) = node.leg_counts();
-            self.check(now, "every call ends", machines == 0 && routed == 0, || {
-                format!("{machines} leg machines and {routed} routed legs after the drain")
+            let table = node.legs_in_table();
+            self.check(now, "every call ends", machines == 0 && routed == 0 && table == 0, || {
+                format!("{machines} leg machines, {routed} routed legs and {table} in the glue's table after the drain")
             });
         }
         let dialogs: Vec<(String, Option<Dialog>)> =
