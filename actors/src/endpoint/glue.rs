@@ -12,7 +12,8 @@
 //!   delivers.
 //!
 //! Calling contract, as for every machine in pbx: `handle(now, input, licence)` with a `now`
-//! that never goes backwards, then drain [`EndpointGlue::poll_envelope`] until `None`, then ask
+//! that never goes backwards, then drain [`EndpointGlue::poll_envelope`] until `None` (before
+//! the next `handle`, but for the `CallLost` below, which may come mid-drain), then ask
 //! [`EndpointGlue::poll_timeout`] when to call `handle(now, Timeout)`. A [`Envelope::Calls`]
 //! the driver cannot deliver (the calls actor is gone) is reported back as
 //! [`GlueInput::CallLost`] with [`CallStart::legs`].
@@ -131,6 +132,8 @@ pub struct EndpointGlue<H> {
     machine: Endpoint,
     legs: HashMap<LegId, LegRoute<H>>,
     bugs: Bugs,
+    /// What the glue itself addressed (queued SIP for a leg now up, table sizes); the
+    /// machine's outputs are addressed as they are polled, so they are not moved twice.
     envelopes: VecDeque<Envelope<H>>,
 }
 
@@ -189,47 +192,55 @@ impl<H: Clone> EndpointGlue<H> {
                 self.envelopes.push_back(Envelope::LegsRouted(self.legs.len()));
             }
         }
-        self.route();
     }
 
-    /// Addresses what the machine put out.
-    fn route(&mut self) {
-        while let Some(out) = self.machine.poll_output() {
-            let envelope = match out {
-                EndpointOutput::Transmit { destination, transport, bytes } => {
-                    Envelope::Net { destination, transport, bytes }
-                }
-                EndpointOutput::Register { tx, request, source, transport } => {
-                    Envelope::Registrar(ForRegistrar::Register { tx, request, source, transport })
-                }
-                EndpointOutput::Route { tx, request, source } => {
-                    Envelope::Registrar(ForRegistrar::Route { tx, request, source })
-                }
-                EndpointOutput::StartCall(start) => {
-                    self.legs.insert(start.a, LegRoute::Starting(Vec::new()));
-                    Envelope::Calls(start)
-                }
-                EndpointOutput::ToLeg { leg, input } => {
-                    if self.bugs.unrouted_request() && is_bye(&input) {
-                        continue;
-                    }
-                    match self.legs.entry(leg).or_insert(LegRoute::Starting(Vec::new())) {
-                        LegRoute::Up(to) => Envelope::Leg { to: to.clone(), leg, input },
-                        LegRoute::Starting(queue) if queue.len() < LEG_START_QUEUE_MAX => {
-                            queue.push(input);
-                            continue;
-                        }
-                        LegRoute::Starting(_) => continue,
-                    }
-                }
-                EndpointOutput::Event(event) => Envelope::Event(event),
-            };
-            self.envelopes.push_back(envelope);
+    /// The next envelope to deliver: first what the glue addressed itself, then the machine's
+    /// outputs, addressed as they come (in the machine's order).
+    pub fn poll_envelope(&mut self) -> Option<Envelope<H>> {
+        if let Some(envelope) = self.envelopes.pop_front() {
+            return Some(envelope);
+        }
+        loop {
+            let out = self.machine.poll_output()?;
+            if let Some(envelope) = self.address(out) {
+                return Some(envelope);
+            }
         }
     }
 
-    pub fn poll_envelope(&mut self) -> Option<Envelope<H>> {
-        self.envelopes.pop_front()
+    /// Addresses one output of the machine; `None` when it waits in a leg's start-up queue
+    /// (or is dropped: the queue is full).
+    fn address(&mut self, out: EndpointOutput) -> Option<Envelope<H>> {
+        let envelope = match out {
+            EndpointOutput::Transmit { destination, transport, bytes } => {
+                Envelope::Net { destination, transport, bytes }
+            }
+            EndpointOutput::Register { tx, request, source, transport } => {
+                Envelope::Registrar(ForRegistrar::Register { tx, request, source, transport })
+            }
+            EndpointOutput::Route { tx, request, source } => {
+                Envelope::Registrar(ForRegistrar::Route { tx, request, source })
+            }
+            EndpointOutput::StartCall(start) => {
+                self.legs.insert(start.a, LegRoute::Starting(Vec::new()));
+                Envelope::Calls(start)
+            }
+            EndpointOutput::ToLeg { leg, input } => {
+                if self.bugs.unrouted_request() && is_bye(&input) {
+                    return None;
+                }
+                match self.legs.entry(leg).or_insert(LegRoute::Starting(Vec::new())) {
+                    LegRoute::Up(to) => Envelope::Leg { to: to.clone(), leg, input },
+                    LegRoute::Starting(queue) if queue.len() < LEG_START_QUEUE_MAX => {
+                        queue.push(input);
+                        return None;
+                    }
+                    LegRoute::Starting(_) => return None,
+                }
+            }
+            EndpointOutput::Event(event) => Envelope::Event(event),
+        };
+        Some(envelope)
     }
 
     pub fn poll_timeout(&self) -> Option<Timestamp> {
