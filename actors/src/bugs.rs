@@ -25,11 +25,15 @@ pub struct Bugs {
     /// The retention reaper acts on records after half their retention (its cut-offs lead).
     #[cfg(feature = "sim-bugs")]
     pub eager_reaper: bool,
+    /// The endpoint's glue drops an in-dialog BYE instead of routing it to its live leg.
+    #[cfg(feature = "sim-bugs")]
+    pub unrouted_request: bool,
 }
 
 impl Bugs {
     /// The names `pbx-sim --inject-bug` accepts.
-    pub const NAMES: [&'static str; 5] = ["skip-cdr", "half-hangup", "early-expiry", "lazy-reaper", "eager-reaper"];
+    pub const NAMES: [&'static str; 6] =
+        ["skip-cdr", "half-hangup", "early-expiry", "lazy-reaper", "eager-reaper", "unrouted-request"];
 }
 
 #[cfg(feature = "sim-bugs")]
@@ -42,6 +46,7 @@ impl Bugs {
             "early-expiry" => self.early_expiry = true,
             "lazy-reaper" => self.lazy_reaper = true,
             "eager-reaper" => self.eager_reaper = true,
+            "unrouted-request" => self.unrouted_request = true,
             _ => return false,
         }
         true
@@ -65,6 +70,10 @@ impl Bugs {
 
     pub const fn eager_reaper(&self) -> bool {
         self.eager_reaper
+    }
+
+    pub const fn unrouted_request(&self) -> bool {
+        self.unrouted_request
     }
 }
 
@@ -95,6 +104,10 @@ impl Bugs {
     pub const fn eager_reaper(&self) -> bool {
         false
     }
+
+    pub const fn unrouted_request(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
@@ -115,7 +128,8 @@ mod tests {
                 || bugs.half_hangup()
                 || bugs.early_expiry()
                 || bugs.lazy_reaper()
-                || bugs.eager_reaper())
+                || bugs.eager_reaper()
+                || bugs.unrouted_request())
         );
     }
 
@@ -123,7 +137,9 @@ mod tests {
     #[cfg(feature = "sim-bugs")]
     #[test]
     fn each_name_switches_on_its_bug() {
-        let on = |b: Bugs| [b.skip_cdr(), b.half_hangup(), b.early_expiry(), b.lazy_reaper(), b.eager_reaper()];
+        let on = |b: Bugs| {
+            [b.skip_cdr(), b.half_hangup(), b.early_expiry(), b.lazy_reaper(), b.eager_reaper(), b.unrouted_request()]
+        };
         for (i, name) in Bugs::NAMES.into_iter().enumerate() {
             let mut bugs = Bugs::default();
             assert!(bugs.enable(name), "{name}");

@@ -71,7 +71,8 @@ pub struct Bounds {
     pub call: Duration,
     /// The longest a transaction may live.
     pub transaction: Duration,
-    /// When one party of an answered call has hung up, the other must be hung up within this.
+    /// When one party of an answered call has hung up (sent its first BYE), the other must be
+    /// hung up within this.
     pub hangup: Duration,
     /// A phone's binding lasts at most this long after its last REGISTER.
     pub binding: Duration,
@@ -257,7 +258,12 @@ impl Checker {
                 }
                 if self.phones[phone].dialog.as_ref().is_some_and(|d| d.call_id == *call_id) {
                     let since = self.phones[phone].dialog.take().map_or(now, |d| d.since);
-                    self.expect_hangup(now, phone, peer, since);
+                    // The clock runs from the hang-up itself (the first BYE), not from its
+                    // answer: a BYE pbx absorbs without routing it (answered only when the call
+                    // ends some other way) must not buy the call time.
+                    let bye = self.phones[phone].said.iter().find(|(_, c, _, w)| c == call_id && *w == Word::Bye);
+                    let hung_up = bye.map_or(now, |(at, ..)| *at);
+                    self.expect_hangup(now, phone, peer, since, hung_up);
                 }
             }
             PhoneEvent::Registered { expires_s } => {
@@ -324,8 +330,9 @@ impl Checker {
         });
     }
 
-    /// `phone` ended its call with `peer`: the peer's side of that call must end soon.
-    fn expect_hangup(&mut self, now: Timestamp, phone: usize, peer: &str, since: Timestamp) {
+    /// `phone` ended its call with `peer` (hung up at `hung_up`): the peer's side of that call
+    /// must end soon.
+    fn expect_hangup(&mut self, now: Timestamp, phone: usize, peer: &str, since: Timestamp, hung_up: Timestamp) {
         let Some(&peer_index) = self.by_extension.get(peer) else { return };
         let Some(dialog) = &self.phones[peer_index].dialog else { return };
         if dialog.peer != self.phones[phone].extension || dialog.since > now {
@@ -336,7 +343,7 @@ impl Checker {
             phone: peer_index,
             call_id: dialog.call_id.clone(),
             peer: phone,
-            deadline: now + self.bounds.hangup,
+            deadline: hung_up + self.bounds.hangup,
         });
     }
 
@@ -504,8 +511,9 @@ impl Checker {
             let (leased, _) = node.ports_in_use();
             self.check(now, "no RTP port leaks", leased == 0, || format!("{leased} port pairs leased after the drain"));
             let (machines, routed) = node.leg_counts();
-            self.check(now, "every call ends", machines == 0 && routed == 0, || {
-                format!("{machines} leg machines and {routed} routed legs after the drain")
+            let table = node.legs_in_table();
+            self.check(now, "every call ends", machines == 0 && routed == 0 && table == 0, || {
+                format!("{machines} leg machines, {routed} routed legs and {table} in the glue's table after the drain")
             });
         }
         let dialogs: Vec<(String, Option<Dialog>)> =

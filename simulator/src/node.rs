@@ -8,19 +8,25 @@
 //!
 //! This file is the simulator's counterpart of the actor shells (`actors/src/*/actor.rs`): it
 //! routes each machine's outputs to the machine they are for, and hands the world what leaves
-//! the node (datagrams, disk writes). It decides nothing a shell does not decide. Like the
-//! shells, each actor has a FIFO mailbox ([`Mailboxes`]); which actor runs next is drawn from
-//! the seed, the way a multi-threaded runtime would interleave them.
+//! the node (datagrams, disk writes). It decides nothing a shell does not decide. The
+//! endpoint's routing is not copied here but run: the product's own [`EndpointGlue`] (the leg
+//! table with its start-up queue, the call-limit read, the addressing of the endpoint's
+//! outputs) is driven here as the endpoint shell drives it, and the CDR of a call that did not
+//! start is the calls shell's ([`not_started`]). Like the shells, each actor has a FIFO mailbox
+//! ([`Mailboxes`]); which actor runs next is drawn from the seed, the way a multi-threaded
+//! runtime would interleave them.
 
 use bytes::Bytes;
 use pbx_actors::Timestamp;
 use pbx_actors::bugs::Bugs;
 use pbx_actors::call::b2bua::{Call, CallConfig, CallInput, CallOutput, CallSetup};
 use pbx_actors::call::leg::{Leg, LegInput, LegOutput};
-use pbx_actors::call::{CallIds, CallStart, LegId, LocalSip, splitmix64};
-use pbx_actors::cdr::{Cdr, Disposition, MediaCounters};
-use pbx_actors::endpoint::machine::{Endpoint, EndpointEvent, EndpointInput, EndpointOutput};
+use pbx_actors::call::{CallIds, CallStart, LegId, LocalSip, not_started, splitmix64};
+use pbx_actors::cdr::{Cdr, MediaCounters};
+use pbx_actors::endpoint::glue::{EndpointGlue, Envelope, GlueInput};
+use pbx_actors::endpoint::machine::{Endpoint, EndpointEvent, EndpointInput};
 use pbx_actors::licence::{Effective, Stored, Watchdog, WatchdogConfig, WatchdogEvent, WatchdogInput, WatchdogOutput};
+use pbx_actors::media::actor::MediaError;
 use pbx_actors::media::pool::PortPool;
 use pbx_actors::media::relay::{PacketKind, Relay, RelayConfig, RelayInput, RelayOutput, Side};
 use pbx_actors::privacy::AuditEntry;
@@ -151,8 +157,11 @@ struct SimCall {
 
 /// An input on its way to a machine (a message in some actor's mailbox).
 enum Work {
-    Endpoint(EndpointInput),
+    /// For the endpoint's glue; a simulated leg needs no handle to be reached, so `()`.
+    Endpoint(GlueInput<()>),
     Registrar(RegistrarInput),
+    /// For the calls actor: start this call.
+    Calls(Box<CallStart>),
     Leg(LegId, LegInput),
     Call(u64, CallInput),
     Relay(u64, RelayInput),
@@ -165,6 +174,7 @@ enum Work {
 enum Mailbox {
     Endpoint,
     Registrar,
+    Calls,
     Call(u64),
     Leg(LegId),
     Relay(u64),
@@ -177,6 +187,7 @@ impl Work {
         match self {
             Work::Endpoint(_) => Mailbox::Endpoint,
             Work::Registrar(_) => Mailbox::Registrar,
+            Work::Calls(_) => Mailbox::Calls,
             Work::Leg(leg, _) => Mailbox::Leg(*leg),
             Work::Call(id, _) => Mailbox::Call(*id),
             Work::Relay(id, _) => Mailbox::Relay(*id),
@@ -223,7 +234,7 @@ pub struct SimNode {
     config: NodeConfig,
     call_config: CallConfig,
     relay_config: RelayConfig,
-    endpoint: Endpoint,
+    endpoint: EndpointGlue<()>,
     registrar: Registrar,
     watchdog: Option<Watchdog>,
     reaper: Option<Reaper>,
@@ -265,7 +276,7 @@ impl SimNode {
             bugs: config.bugs,
         };
         let mut node = SimNode {
-            endpoint: Endpoint::new(timers, seed32(&mut rng)),
+            endpoint: EndpointGlue::new(Endpoint::new(timers, seed32(&mut rng)), config.bugs),
             registrar,
             watchdog: config.licence.clone().map(|c| Watchdog::new(c, now, licence)),
             reaper: config.reaper.clone().map(|c| Reaper::new(c, now)),
@@ -301,7 +312,8 @@ impl SimNode {
     /// A datagram for this node: SIP on its SIP port, RTP/RTCP on a media port.
     pub fn datagram(&mut self, now: Timestamp, from: SocketAddr, to: SocketAddr, bytes: Bytes) {
         if to == self.config.sip {
-            self.work.push(Work::Endpoint(EndpointInput::Inbound { bytes, source: from, transport: Transport::Udp }));
+            let inbound = EndpointInput::Inbound { bytes, source: from, transport: Transport::Udp };
+            self.work.push(Work::Endpoint(GlueInput::Endpoint(inbound)));
         } else {
             let port = to.port();
             let (rtp, kind) =
@@ -319,9 +331,15 @@ impl SimNode {
         for d in deferred {
             self.work.push(match d {
                 Deferred::Respond { tx, response, authenticated } => {
-                    Work::Endpoint(EndpointInput::RegistrarResponse { tx, response, authenticated })
+                    Work::Endpoint(GlueInput::Endpoint(EndpointInput::RegistrarResponse {
+                        tx,
+                        response,
+                        authenticated,
+                    }))
                 }
-                Deferred::Routed { tx, route } => Work::Endpoint(EndpointInput::Routed { tx, route }),
+                Deferred::Routed { tx, route } => {
+                    Work::Endpoint(GlueInput::Endpoint(EndpointInput::Routed { tx, route }))
+                }
                 Deferred::Reaped { rule } => Work::Reaper(match outcome.clone() {
                     Ok(records) => ReaperInput::Done { rule, records },
                     Err(error) => ReaperInput::Failed { rule, error },
@@ -334,7 +352,7 @@ impl SimNode {
     /// Wakes every machine whose time has come.
     pub fn timeout(&mut self, now: Timestamp) {
         if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
-            self.work.push(Work::Endpoint(EndpointInput::Timeout));
+            self.work.push(Work::Endpoint(GlueInput::Endpoint(EndpointInput::Timeout)));
         }
         if self.registrar.poll_timeout().is_some_and(|t| t <= now) {
             self.work.push(Work::Registrar(RegistrarInput::Timeout));
@@ -395,15 +413,11 @@ impl SimNode {
         while let Some(work) = self.work.pop() {
             match work {
                 Work::Endpoint(input) => {
-                    // The endpoint shell reads the licence's call limit for every new call.
-                    if matches!(input, EndpointInput::Routed { .. })
-                        && let Some(w) = &self.watchdog
-                    {
-                        self.endpoint.set_call_limit(Some(w.effective(now).limits.concurrent_calls));
-                    }
-                    self.endpoint.handle(now, input);
-                    self.drain_endpoint(now);
+                    // The glue reads the licence's call limit for every new call.
+                    self.endpoint.handle(now, input, &self.watchdog);
+                    self.drain_endpoint();
                 }
+                Work::Calls(start) => self.start_call(now, *start),
                 Work::Watchdog(input) => {
                     if let Some(w) = self.watchdog.as_mut() {
                         w.handle(now, input);
@@ -434,24 +448,26 @@ impl SimNode {
         }
     }
 
-    fn drain_endpoint(&mut self, now: Timestamp) {
-        while let Some(out) = self.endpoint.poll_output() {
-            match out {
-                EndpointOutput::Transmit { destination, bytes, .. } => {
+    /// The endpoint shell's delivery of the glue's envelopes (the calls actor always takes a
+    /// start here: it cannot be gone).
+    fn drain_endpoint(&mut self) {
+        while let Some(envelope) = self.endpoint.poll_envelope() {
+            match envelope {
+                Envelope::Net { destination, bytes, .. } => {
                     self.outputs.push_back(NodeOutput::Transmit { from: self.config.sip, to: destination, bytes })
                 }
-                EndpointOutput::Register { tx, request, source, transport } => self
-                    .work
-                    .push(Work::Registrar(RegistrarInput::Register { tx, request: *request, source, transport })),
-                EndpointOutput::Route { tx, request, source } => {
-                    self.work.push(Work::Registrar(RegistrarInput::Route { tx, request: *request, source }))
-                }
-                EndpointOutput::StartCall(start) => self.start_call(now, *start),
-                EndpointOutput::ToLeg { leg, input } => self.work.push(Work::Leg(leg, LegInput::Sip(input))),
-                EndpointOutput::Event(EndpointEvent::Malformed { .. }) => self.stats.malformed += 1,
-                EndpointOutput::Event(_) => {}
+                Envelope::Registrar(work) => self.work.push(Work::Registrar(work.into())),
+                Envelope::Calls(start) => self.work.push(Work::Calls(start)),
+                Envelope::Leg { leg, input, .. } => self.work.push(Work::Leg(leg, LegInput::Sip(input))),
+                Envelope::Event(EndpointEvent::Malformed { .. }) => self.stats.malformed += 1,
+                Envelope::Event(_) | Envelope::LegsRouted(_) => {}
             }
         }
+    }
+
+    /// A leg is gone: the endpoint hears of it (the call shells' `leg_down`).
+    fn leg_down(&mut self, leg: LegId) {
+        self.work.push(Work::Endpoint(GlueInput::Endpoint(EndpointInput::LegDown { leg })));
     }
 
     /// The watchdog shell's drain: checks go to the service, the verified licence to disk.
@@ -558,23 +574,26 @@ impl SimNode {
         self.outputs.push_back(NodeOutput::Write(Job { write, deferred: Vec::new() }));
     }
 
-    /// The calls actor's start: an id and seed, two port pairs, the call machine.
+    /// The calls actor's start: an id and seed, two port pairs, the call machine. No ports:
+    /// the call did not start, and its CDR says so as the calls shell's does.
     fn start_call(&mut self, now: Timestamp, start: CallStart) {
         let (id, seed) = self.ids.next(now);
-        let legs: Vec<LegId> = std::iter::once(start.a).chain(start.forks.iter().copied()).collect();
         let ports = match (self.pool.allocate(), self.pool.allocate()) {
             (Some(a), Some(b)) => [a, b],
             (a, b) => {
+                let mut tried = 0;
                 for port in [a, b].into_iter().flatten() {
+                    tried += 1;
                     self.pool.release(port);
                 }
                 self.stats.calls_refused += 1;
-                for leg in legs {
-                    self.work.push(Work::Endpoint(EndpointInput::LegDown { leg }));
+                for leg in start.legs() {
+                    self.leg_down(leg);
                 }
-                let mut cdr = start.cdr(id, now);
-                cdr.disposition = Disposition::Failed { reason: "call did not start: no RTP ports".into() };
-                self.write_cdr(cdr);
+                let bind = self.config.sip.ip();
+                let (in_use, capacity) = (self.pool.in_use(), self.pool.capacity());
+                let error = MediaError::NoPorts { bind, tried, in_use, capacity };
+                self.write_cdr(not_started(start.cdr(id, now), now, &error));
                 return;
             }
         };
@@ -599,6 +618,8 @@ impl SimNode {
                     let leg_id = leg.id();
                     c.legs.insert(leg_id, *leg);
                     self.leg_calls.insert(leg_id, id);
+                    // The leg's actor is up: what waited for it in the endpoint comes now.
+                    self.work.push(Work::Endpoint(GlueInput::LegUp { leg: leg_id, to: () }));
                 }
                 CallOutput::ToLeg { leg, command } => {
                     if c.legs.contains_key(&leg) {
@@ -608,7 +629,7 @@ impl SimNode {
                 CallOutput::StopLeg { leg } => {
                     if c.legs.remove(&leg).is_some() {
                         self.leg_calls.remove(&leg);
-                        self.work.push(Work::Endpoint(EndpointInput::LegDown { leg }));
+                        self.leg_down(leg);
                     }
                 }
                 CallOutput::ConfigureMedia { side, peer } => {
@@ -632,7 +653,7 @@ impl SimNode {
         let Some(c) = self.calls.remove(&id) else { return };
         for leg in c.legs.keys() {
             self.leg_calls.remove(leg);
-            self.work.push(Work::Endpoint(EndpointInput::LegDown { leg: *leg }));
+            self.leg_down(*leg);
         }
         for port in c.ports {
             self.media_ports.remove(&port);
@@ -647,7 +668,9 @@ impl SimNode {
         machine.handle(now, input);
         while let Some(out) = machine.poll_output() {
             match out {
-                LegOutput::Sip(out) => self.work.push(Work::Endpoint(EndpointInput::FromLeg { leg, out })),
+                LegOutput::Sip(out) => {
+                    self.work.push(Work::Endpoint(GlueInput::Endpoint(EndpointInput::FromLeg { leg, out })))
+                }
                 LegOutput::Event(event) => self.work.push(Work::Call(id, CallInput::Leg { leg, event })),
             }
         }
@@ -697,7 +720,12 @@ impl SimNode {
 
     /// Leg machines alive, and legs the endpoint still routes to.
     pub fn leg_counts(&self) -> (usize, usize) {
-        (self.leg_calls.len(), self.endpoint.live_legs())
+        (self.leg_calls.len(), self.endpoint.machine().live_legs())
+    }
+
+    /// Legs in the endpoint glue's table (up, or starting with a queue).
+    pub fn legs_in_table(&self) -> usize {
+        self.endpoint.routed_legs()
     }
 
     /// Port pairs leased from the pool, and pairs the running calls hold.
@@ -706,11 +734,11 @@ impl SimNode {
     }
 
     pub fn transactions(&self) -> (usize, Option<Timestamp>) {
-        (self.endpoint.transactions(), self.endpoint.oldest_transaction())
+        (self.endpoint.machine().transactions(), self.endpoint.machine().oldest_transaction())
     }
 
     pub fn describe_oldest_transaction(&self) -> String {
-        self.endpoint.describe_oldest_transaction().unwrap_or_default()
+        self.endpoint.machine().describe_oldest_transaction().unwrap_or_default()
     }
 
     pub fn bindings(&self) -> impl Iterator<Item = &Binding> {

@@ -660,7 +660,7 @@ impl CallsState {
     fn start(&mut self, me: &ActorRef<CallsMsg>, start: CallStart) {
         let now = self.context.clock.now();
         let (id, seed) = self.ids.next(now);
-        let legs: Vec<LegId> = std::iter::once(start.a).chain(start.forks.iter().copied()).collect();
+        let legs = start.legs();
         let cdr = start.cdr(id, now);
         tracing::info!(call = id, caller = %start.route.caller, callee = %start.route.callee, contacts = start.forks.len(), "call");
         let recorded = Arc::new(AtomicBool::new(false));
@@ -668,7 +668,11 @@ impl CallsState {
         let me = me.clone();
         ractor::concurrency::spawn(async move {
             let result = Actor::spawn_linked(None, CallActor, args, me.get_cell()).await;
-            let result = result.map(|(actor, _)| actor).map_err(|e| e.to_string());
+            // The CDR says why the call did not start (the media's error), not how ractor saw it.
+            let result = result.map(|(actor, _)| actor).map_err(|e| match e {
+                ractor::SpawnErr::StartupFailed(inner) => inner.to_string(),
+                other => other.to_string(),
+            });
             let _ = me.cast(CallsMsg::Started(Box::new(Started { result, legs, cdr, recorded })));
         });
     }
@@ -688,10 +692,7 @@ impl CallsState {
                 for leg in &legs {
                     self.context.sip.leg_down(*leg);
                 }
-                let mut cdr = cdr;
-                cdr.end = self.context.clock.now();
-                cdr.disposition = Disposition::Failed { reason: format!("call did not start: {error}") };
-                record_cdr(&self.context.cdrs, cdr).await;
+                record_cdr(&self.context.cdrs, super::not_started(cdr, self.context.clock.now(), &error)).await;
             }
         }
         metrics::gauge!("pbx_calls_active").set(self.calls.lock().len() as f64);

@@ -45,6 +45,11 @@ pub struct CallStart {
 }
 
 impl CallStart {
+    /// The call's legs: the caller's, then one per contact.
+    pub fn legs(&self) -> Vec<LegId> {
+        std::iter::once(self.a).chain(self.forks.iter().copied()).collect()
+    }
+
     /// The record of this call as it starts: "failed, did not start" until the call says
     /// otherwise. The calls shell keeps it to store should the call's actor never come up or fail.
     pub fn cdr(&self, id: u64, now: Timestamp) -> Cdr {
@@ -63,6 +68,14 @@ impl CallStart {
             media: Default::default(),
         }
     }
+}
+
+/// The record of a call that did not start (`error`: why — no RTP ports, most likely), as
+/// the calls shell and the simulator store it.
+pub fn not_started(mut cdr: Cdr, now: Timestamp, error: &dyn std::fmt::Display) -> Cdr {
+    cdr.end = now;
+    cdr.disposition = Disposition::Failed { reason: format!("call did not start: {error}") };
+    cdr
 }
 
 /// Splitmix64: a cheap, well-mixed sequence from a seed (SSRCs, SDP session ids, seeds).

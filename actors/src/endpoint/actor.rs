@@ -1,6 +1,7 @@
-//! The endpoint's ractor shell: feeds the machine the clock and the transports' input,
-//! performs its outputs (bytes onto the wire, REGISTERs to the registrar, metrics, logs), and
-//! keeps one timer armed for the machine's next wake-up. Never sleeps in `handle`.
+//! The endpoint's ractor shell: feeds the glue (the machine and its routing, [`super::glue`])
+//! the clock and the transports' input, delivers its envelopes (bytes onto the wire, REGISTERs
+//! to the registrar, calls to the calls actor, SIP to legs, metrics, logs), and keeps one timer
+//! armed for the next wake-up. Never sleeps in `handle`; decides nothing the glue does not.
 //!
 //! Restarts: the node supervises this actor. A new incarnation starts with an empty machine
 //! (the old one's transactions are gone); the calls that outlived it re-announce their legs
@@ -8,9 +9,12 @@
 //! It reaches the registrar and the calls actor through [`Current`] references, so their
 //! restarts need nothing from it either.
 
-use super::machine::{Endpoint, EndpointEvent, EndpointInput, EndpointOutput};
+use super::glue::{EndpointGlue, Envelope, ForRegistrar, GlueInput};
+use super::machine::{Endpoint, EndpointEvent, EndpointInput};
+use crate::Timestamp;
+use crate::bugs::Bugs;
 use crate::call::actor::{CallsMsg, LegMsg, SipPort};
-use crate::call::{LegId, SipIn, SipOut};
+use crate::call::{LegId, SipOut};
 use crate::licence::LicenceView;
 use crate::registrar::{RegistrarMsg, ResponseSink, Route};
 use crate::shell::{Control, Current, WakeTimer};
@@ -19,7 +23,6 @@ use crate::sip::transaction::TimerConfig;
 use crate::time::Clock;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -98,26 +101,15 @@ pub struct EndpointArgs {
 }
 
 pub struct EndpointState {
-    machine: Endpoint,
+    glue: EndpointGlue<ActorRef<LegMsg>>,
     clock: Arc<dyn Clock>,
     wire: Arc<dyn Wire>,
     registrar: Current<RegistrarMsg>,
     calls: Current<CallsMsg>,
     inbound_backlog: Arc<AtomicUsize>,
     timer: WakeTimer,
-    legs: HashMap<LegId, LegRoute>,
     licence: Option<LicenceView>,
 }
-
-/// Where a leg's SIP goes: its actor, or a short queue until the actor is up (a CANCEL can
-/// overtake the call's start).
-enum LegRoute {
-    Up(ActorRef<LegMsg>),
-    Starting(Vec<SipIn>),
-}
-
-/// What waits for a leg actor that is still starting; more is dropped (UDP peers resend).
-const LEG_START_QUEUE_MAX: usize = 16;
 
 pub struct EndpointActor;
 
@@ -183,14 +175,14 @@ impl Actor for EndpointActor {
         machine.set_source_limit(args.source_limit);
         machine.set_emergency_numbers(args.emergency_numbers);
         Ok(EndpointState {
-            machine,
+            // The product never injects a bug (`Bugs` is empty without the simulator's feature).
+            glue: EndpointGlue::new(machine, Bugs::default()),
             clock: args.clock,
             wire: args.wire,
             registrar: args.registrar,
             calls: args.calls,
             inbound_backlog: args.inbound_backlog,
             timer: WakeTimer::default(),
-            legs: HashMap::new(),
             licence: args.licence,
         })
     }
@@ -202,102 +194,75 @@ impl Actor for EndpointActor {
         s: &mut EndpointState,
     ) -> Result<(), ActorProcessingErr> {
         let now = s.clock.now();
-        match msg {
+        let input = match msg {
             EndpointMsg::Inbound { bytes, source, transport } => {
                 let _ = s.inbound_backlog.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-                s.machine.handle(now, EndpointInput::Inbound { bytes, source, transport })
+                GlueInput::Endpoint(EndpointInput::Inbound { bytes, source, transport })
             }
             EndpointMsg::RegistrarResponse { tx, response, authenticated } => {
-                s.machine.handle(now, EndpointInput::RegistrarResponse { tx, response, authenticated })
+                GlueInput::Endpoint(EndpointInput::RegistrarResponse { tx, response, authenticated })
             }
-            EndpointMsg::Routed { tx, route } => {
-                if let Some(licence) = &s.licence {
-                    s.machine.set_call_limit(Some(licence.effective().limits.concurrent_calls));
-                }
-                s.machine.handle(now, EndpointInput::Routed { tx, route })
-            }
-            EndpointMsg::FromLeg { leg, out } => s.machine.handle(now, EndpointInput::FromLeg { leg, out }),
-            EndpointMsg::LegUp { leg, actor } => {
-                if let Some(LegRoute::Starting(queued)) = s.legs.insert(leg, LegRoute::Up(actor.clone())) {
-                    for input in queued {
-                        let _ = actor.cast(LegMsg::Sip(input));
-                    }
-                }
-                metrics::gauge!("pbx_call_legs_active").set(s.legs.len() as f64);
-            }
-            EndpointMsg::LegDown { leg } => {
-                s.legs.remove(&leg);
-                s.machine.handle(now, EndpointInput::LegDown { leg });
-                metrics::gauge!("pbx_call_legs_active").set(s.legs.len() as f64);
-            }
-            EndpointMsg::Adopt { leg, actor } => {
-                s.machine.adopt_leg(leg);
-                s.legs.insert(leg, LegRoute::Up(actor));
-                metrics::gauge!("pbx_call_legs_active").set(s.legs.len() as f64);
-            }
-            EndpointMsg::CallLost { legs } => {
-                for leg in legs {
-                    if !matches!(s.legs.get(&leg), Some(LegRoute::Up(_))) {
-                        s.legs.remove(&leg);
-                        s.machine.handle(now, EndpointInput::LegDown { leg });
-                    }
-                }
-                metrics::gauge!("pbx_call_legs_active").set(s.legs.len() as f64);
-            }
+            EndpointMsg::Routed { tx, route } => GlueInput::Endpoint(EndpointInput::Routed { tx, route }),
+            EndpointMsg::FromLeg { leg, out } => GlueInput::Endpoint(EndpointInput::FromLeg { leg, out }),
+            EndpointMsg::LegUp { leg, actor } => GlueInput::LegUp { leg, to: actor },
+            EndpointMsg::LegDown { leg } => GlueInput::Endpoint(EndpointInput::LegDown { leg }),
+            EndpointMsg::Adopt { leg, actor } => GlueInput::Adopt { leg, to: actor },
+            EndpointMsg::CallLost { legs } => GlueInput::CallLost { legs },
             EndpointMsg::Transactions(reply) => {
-                let _ = reply.send(s.machine.transactions());
+                let _ = reply.send(s.glue.machine().transactions());
+                return Ok(());
             }
-            EndpointMsg::Control(control) => control.obey("endpoint"),
+            EndpointMsg::Control(control) => {
+                control.obey("endpoint");
+                return Ok(());
+            }
             EndpointMsg::Wake => {
                 s.timer.fired();
-                s.machine.handle(now, EndpointInput::Timeout);
+                GlueInput::Endpoint(EndpointInput::Timeout)
             }
+        };
+        s.glue.handle(now, input, &s.licence);
+        while let Some(envelope) = s.glue.poll_envelope() {
+            s.deliver(now, envelope);
         }
-        while let Some(out) = s.machine.poll_output() {
-            match out {
-                EndpointOutput::Transmit { destination, transport, bytes } => {
-                    s.wire.send(destination, transport, bytes)
-                }
-                EndpointOutput::Register { tx, request, source, transport } => {
-                    if !s.registrar.cast(RegistrarMsg::Register { tx, request: *request, source, transport }) {
-                        tracing::error!("registrar is gone; the REGISTER will be answered 500 on timeout");
-                    }
-                }
-                EndpointOutput::Route { tx, request, source } => {
-                    if !s.registrar.cast(RegistrarMsg::Route { tx, request: *request, source }) {
-                        tracing::error!("registrar is gone; the INVITE will be answered 500 on timeout");
-                    }
-                }
-                EndpointOutput::StartCall(start) => {
-                    s.legs.insert(start.a, LegRoute::Starting(Vec::new()));
-                    let legs: Vec<LegId> = std::iter::once(start.a).chain(start.forks.iter().copied()).collect();
-                    if !s.calls.cast(CallsMsg::Start(start)) {
-                        tracing::error!("calls actor is gone; the INVITE is answered 500");
-                        for leg in legs {
-                            s.legs.remove(&leg);
-                            s.machine.handle(now, EndpointInput::LegDown { leg });
-                        }
-                    }
-                }
-                EndpointOutput::ToLeg { leg, input } => {
-                    match s.legs.entry(leg).or_insert(LegRoute::Starting(Vec::new())) {
-                        LegRoute::Up(actor) => {
-                            let _ = actor.cast(LegMsg::Sip(input));
-                        }
-                        LegRoute::Starting(queue) if queue.len() < LEG_START_QUEUE_MAX => queue.push(input),
-                        LegRoute::Starting(_) => {}
-                    }
-                }
-                EndpointOutput::Event(event) => record(event),
-            }
-        }
-        s.timer.arm(&me, now, s.machine.poll_timeout(), || EndpointMsg::Wake);
+        s.timer.arm(&me, now, s.glue.poll_timeout(), || EndpointMsg::Wake);
         Ok(())
     }
 
     async fn post_stop(&self, _me: ActorRef<EndpointMsg>, s: &mut EndpointState) -> Result<(), ActorProcessingErr> {
         s.timer.cancel();
         Ok(())
+    }
+}
+
+impl EndpointState {
+    /// Delivers one of the glue's envelopes to whom it is addressed.
+    fn deliver(&mut self, now: Timestamp, envelope: Envelope<ActorRef<LegMsg>>) {
+        match envelope {
+            Envelope::Net { destination, transport, bytes } => self.wire.send(destination, transport, bytes),
+            Envelope::Registrar(ForRegistrar::Register { tx, request, source, transport }) => {
+                if !self.registrar.cast(RegistrarMsg::Register { tx, request: *request, source, transport }) {
+                    tracing::error!("registrar is gone; the REGISTER will be answered 500 on timeout");
+                }
+            }
+            Envelope::Registrar(ForRegistrar::Route { tx, request, source }) => {
+                if !self.registrar.cast(RegistrarMsg::Route { tx, request: *request, source }) {
+                    tracing::error!("registrar is gone; the INVITE will be answered 500 on timeout");
+                }
+            }
+            Envelope::Calls(start) => {
+                let legs = start.legs();
+                if !self.calls.cast(CallsMsg::Start(start)) {
+                    tracing::error!("calls actor is gone; the INVITE is answered 500");
+                    self.glue.handle(now, GlueInput::CallLost { legs }, &self.licence);
+                }
+            }
+            Envelope::Leg { to, input, .. } => {
+                let _ = to.cast(LegMsg::Sip(input));
+            }
+            Envelope::Event(event) => record(event),
+            Envelope::LegsRouted(n) => metrics::gauge!("pbx_call_legs_active").set(n as f64),
+        }
     }
 }
 

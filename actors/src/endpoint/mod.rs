@@ -9,6 +9,7 @@
 //! `Allow`. A malformed request gets 400 with a reason phrase saying what is wrong.
 
 pub mod actor;
+pub mod glue;
 pub mod limiter;
 pub mod machine;
 
