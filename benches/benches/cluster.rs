@@ -18,7 +18,7 @@
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use pbx_cluster::identity::{self, NodeIdentity, NodeName};
 use pbx_cluster::link;
-use pbx_cluster::raft::{Applier, Member, Replica, ReplicaConfig, Request, store};
+use pbx_cluster::raft::{Applier, ApplyError, Member, Replica, ReplicaConfig, Request, store};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,13 +31,13 @@ const BOUND: Duration = Duration::from_secs(30);
 struct Discard;
 
 impl Applier for Discard {
-    fn apply(&self, _: &[&Request]) -> Result<(), String> {
+    fn apply(&self, _: &[&Request]) -> Result<(), ApplyError> {
         Ok(())
     }
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
+    fn snapshot(&self) -> Result<Vec<u8>, ApplyError> {
         Ok(Vec::new())
     }
-    fn install(&self, _: &[u8]) -> Result<(), String> {
+    fn install(&self, _: &[u8]) -> Result<(), ApplyError> {
         Ok(())
     }
 }

@@ -5,7 +5,7 @@
 
 use pbx_cluster::identity::{self, NodeIdentity, NodeName};
 use pbx_cluster::link;
-use pbx_cluster::raft::{Applier, Member, Replica, ReplicaConfig, Request, WriteError, store};
+use pbx_cluster::raft::{Applier, ApplyError, Member, Replica, ReplicaConfig, Request, WriteError, store};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -25,15 +25,15 @@ impl Recorder {
 }
 
 impl Applier for Recorder {
-    fn apply(&self, requests: &[&Request]) -> Result<(), String> {
+    fn apply(&self, requests: &[&Request]) -> Result<(), ApplyError> {
         self.0.lock().unwrap().extend(requests.iter().map(|r| (r.origin, r.payload.clone())));
         Ok(())
     }
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
-        postcard::to_allocvec(&*self.0.lock().unwrap()).map_err(|e| e.to_string())
+    fn snapshot(&self) -> Result<Vec<u8>, ApplyError> {
+        postcard::to_allocvec(&*self.0.lock().unwrap()).map_err(ApplyError::storage)
     }
-    fn install(&self, snapshot: &[u8]) -> Result<(), String> {
-        *self.0.lock().unwrap() = postcard::from_bytes(snapshot).map_err(|e| e.to_string())?;
+    fn install(&self, snapshot: &[u8]) -> Result<(), ApplyError> {
+        *self.0.lock().unwrap() = postcard::from_bytes(snapshot).map_err(|e| ApplyError::undecodable("snapshot", e))?;
         Ok(())
     }
 }

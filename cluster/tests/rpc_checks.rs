@@ -12,7 +12,7 @@ use openraft::{SnapshotMeta, Vote};
 use pbx_cluster::identity::{self, NodeIdentity, NodeName};
 use pbx_cluster::link;
 use pbx_cluster::raft::net::{CallError, Client, MESSAGE_BYTES_MAX, Reply, Rpc, WriteRefused};
-use pbx_cluster::raft::{Applier, Member, Replica, ReplicaConfig, Request, TypeConfig, node_id, store};
+use pbx_cluster::raft::{Applier, ApplyError, Member, Replica, ReplicaConfig, Request, TypeConfig, node_id, store};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,13 +22,13 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 struct Nothing;
 
 impl Applier for Nothing {
-    fn apply(&self, _: &[&Request]) -> Result<(), String> {
+    fn apply(&self, _: &[&Request]) -> Result<(), ApplyError> {
         Ok(())
     }
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
+    fn snapshot(&self) -> Result<Vec<u8>, ApplyError> {
         Ok(Vec::new())
     }
-    fn install(&self, _: &[u8]) -> Result<(), String> {
+    fn install(&self, _: &[u8]) -> Result<(), ApplyError> {
         Ok(())
     }
 }

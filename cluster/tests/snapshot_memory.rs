@@ -12,7 +12,7 @@ use pbx_cluster::identity::{self, NodeIdentity, NodeName};
 use pbx_cluster::link;
 use pbx_cluster::raft::net::{self, Reply, Rpc, SNAPSHOT_CHUNK_BYTES};
 use pbx_cluster::raft::{
-    Applier, Member, Replica, ReplicaConfig, Request, SNAPSHOT_BYTES_MAX, TypeConfig, node_id, store,
+    Applier, ApplyError, Member, Replica, ReplicaConfig, Request, SNAPSHOT_BYTES_MAX, TypeConfig, node_id, store,
 };
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::{BTreeMap, BTreeSet};
@@ -84,13 +84,13 @@ const GROWTH_MAX: usize = 2 << 20;
 struct Installed(Mutex<Option<Vec<u8>>>);
 
 impl Applier for Installed {
-    fn apply(&self, _: &[&Request]) -> Result<(), String> {
+    fn apply(&self, _: &[&Request]) -> Result<(), ApplyError> {
         Ok(())
     }
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
+    fn snapshot(&self) -> Result<Vec<u8>, ApplyError> {
         Ok(Vec::new())
     }
-    fn install(&self, snapshot: &[u8]) -> Result<(), String> {
+    fn install(&self, snapshot: &[u8]) -> Result<(), ApplyError> {
         *self.0.lock().unwrap() = Some(snapshot.to_vec());
         Ok(())
     }

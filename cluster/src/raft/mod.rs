@@ -103,11 +103,35 @@ impl<C> PbxConfig for C where
 pub trait Applier: Send + Sync + 'static {
     /// `requests` are consecutive committed entries. An `Err` is a storage failure: the node's
     /// Raft stops rather than skip a committed change.
-    fn apply(&self, requests: &[&Request]) -> Result<(), String>;
+    fn apply(&self, requests: &[&Request]) -> Result<(), ApplyError>;
     /// The whole replicated state, for a follower too far behind to catch up from the log.
-    fn snapshot(&self) -> Result<Vec<u8>, String>;
+    fn snapshot(&self) -> Result<Vec<u8>, ApplyError>;
     /// Replaces the whole replicated state with a snapshot's.
-    fn install(&self, snapshot: &[u8]) -> Result<(), String>;
+    fn install(&self, snapshot: &[u8]) -> Result<(), ApplyError>;
+}
+
+/// Why an [`Applier`] could not apply, snapshot or install. Either way the node's Raft stops
+/// rather than skip a committed change; the kind says whether an upgrade (a newer node wrote
+/// what this one cannot read) or the disk needs looking at.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// An entry or snapshot this node's code cannot read: written by a newer version, or
+    /// damaged.
+    #[error("undecodable {what}: {reason}")]
+    Undecodable { what: String, reason: String },
+    /// The node's own storage failed.
+    #[error("storage failed: {0}")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApplyError {
+    pub fn undecodable(what: impl Into<String>, reason: impl std::fmt::Display) -> ApplyError {
+        ApplyError::Undecodable { what: what.into(), reason: reason.to_string() }
+    }
+
+    pub fn storage(error: impl std::error::Error + Send + Sync + 'static) -> ApplyError {
+        ApplyError::Storage(Box::new(error))
+    }
 }
 
 /// A stable id for a node name: FNV-1a, 64 bits. [`check_ids`] refuses a member list where two

@@ -29,7 +29,7 @@ use pbx_actors::registrar::{
     Binding, BindingV1, Extension, RegistrarCommand, RegistrarCommandV1, RegistrarMsg, RegistrarStore,
 };
 use pbx_actors::store::StoreError;
-use pbx_cluster::raft::{Applier, NodeId, Replica, Request, WriteError};
+use pbx_cluster::raft::{Applier, ApplyError, NodeId, Replica, Request, WriteError};
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -266,70 +266,70 @@ impl NodeApplier {
         }
     }
 
-    fn apply_one(&self, origin: NodeId, entry: Entry) -> Result<(), String> {
+    fn apply_one(&self, origin: NodeId, entry: Entry) -> Result<(), ApplyError> {
         let s = &self.storage;
         match entry {
             Entry::Registrar(commands) => {
-                s.apply(&commands).map_err(|e| e.to_string())?;
+                s.apply(&commands).map_err(ApplyError::storage)?;
                 let others = if origin == self.me { Vec::new() } else { commands.clone() };
                 self.deliver(&commands, others);
             }
-            Entry::Cdrs(cdrs) => s.put_cdrs(&cdrs).map_err(|e| e.to_string())?,
-            Entry::Licence(stored) => s.save_licence(&stored).map_err(|e| e.to_string())?,
-            Entry::Unlocks(stored) => s.save_unlocks(&stored).map_err(|e| e.to_string())?,
+            Entry::Cdrs(cdrs) => s.put_cdrs(&cdrs).map_err(ApplyError::storage)?,
+            Entry::Licence(stored) => s.save_licence(&stored).map_err(ApplyError::storage)?,
+            Entry::Unlocks(stored) => s.save_unlocks(&stored).map_err(ApplyError::storage)?,
             Entry::Erase { subject, audit } => {
                 let at = audit.at;
-                let parsed = Subject::parse(&subject)?;
+                let parsed = Subject::parse(&subject).map_err(|e| ApplyError::undecodable("erasure subject", e))?;
                 let tombstone = self.key.tombstone(&parsed, at);
                 let erased =
-                    s.erase(&parsed, tombstone.as_ref(), |n| with_records(audit, n)).map_err(|e| e.to_string())?;
+                    s.erase(&parsed, tombstone.as_ref(), |n| with_records(audit, n)).map_err(ApplyError::storage)?;
                 if origin == self.me {
                     self.erased.lock().expect("erased lock").insert((subject, at), erased);
                 }
             }
             Entry::Flag { subject, right, at, audit } => {
-                s.update_flags(&subject, |f| change_flags(f, right, at), &audit).map_err(|e| e.to_string())?;
+                s.update_flags(&subject, |f| change_flags(f, right, at), &audit).map_err(ApplyError::storage)?;
             }
         }
         Ok(())
     }
 }
 
-fn decode(request: &Request) -> Result<Entry, String> {
+fn decode(request: &Request) -> Result<Entry, ApplyError> {
     match postcard::from_bytes::<EntryV>(&request.payload) {
         Ok(EntryV::V1(entry)) => Ok(entry.into()),
         Ok(EntryV::V2(entry)) => Ok(entry),
-        Err(e) => Err(format!("undecodable replicated entry from node {}: {e}", request.origin)),
+        Err(e) => Err(ApplyError::undecodable(format!("replicated entry from node {}", request.origin), e)),
     }
 }
 
 impl Applier for NodeApplier {
-    fn apply(&self, requests: &[&Request]) -> Result<(), String> {
+    fn apply(&self, requests: &[&Request]) -> Result<(), ApplyError> {
         for request in requests {
             self.apply_one(request.origin, decode(request)?)?;
         }
         Ok(())
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
+    fn snapshot(&self) -> Result<Vec<u8>, ApplyError> {
         let s = &self.storage;
-        let state = s.load().map_err(|e| e.to_string())?;
-        let (licence, unlocks) = s.load_licence().map_err(|e| e.to_string())?;
+        let state = s.load().map_err(ApplyError::storage)?;
+        let (licence, unlocks) = s.load_licence().map_err(ApplyError::storage)?;
         postcard::to_allocvec(&SnapshotV::V3 {
             extensions: state.extensions,
             bindings: state.bindings,
-            cdrs: s.all_cdrs().map_err(|e| e.to_string())?,
+            cdrs: s.all_cdrs().map_err(ApplyError::storage)?,
             licence,
             unlocks,
-            flags: s.all_flags().map_err(|e| e.to_string())?,
-            tombstones: s.tombstones().map_err(|e| e.to_string())?.into_values().collect(),
+            flags: s.all_flags().map_err(ApplyError::storage)?,
+            tombstones: s.tombstones().map_err(ApplyError::storage)?.into_values().collect(),
         })
-        .map_err(|e| e.to_string())
+        .map_err(ApplyError::storage)
     }
 
-    fn install(&self, snapshot: &[u8]) -> Result<(), String> {
+    fn install(&self, snapshot: &[u8]) -> Result<(), ApplyError> {
         let (extensions, bindings, cdrs, licence, unlocks, flags, tombstones) =
-            match postcard::from_bytes(snapshot).map_err(|e| format!("undecodable snapshot: {e}"))? {
+            match postcard::from_bytes(snapshot).map_err(|e| ApplyError::undecodable("snapshot", e))? {
                 SnapshotV::V1 { extensions, bindings, cdrs, licence, unlocks, flags } => {
                     (extensions, bindings_from_v1(bindings), cdrs, licence, unlocks, flags, Vec::new())
                 }
@@ -342,19 +342,19 @@ impl Applier for NodeApplier {
             };
         let s = &self.storage;
         // Tombstones first: a crash part-way must not leave the extensions without them.
-        s.put_tombstones(&tombstones).map_err(|e| e.to_string())?;
-        let before = s.load().map_err(|e| e.to_string())?;
-        s.replace_registrar(&extensions, &bindings).map_err(|e| e.to_string())?;
+        s.put_tombstones(&tombstones).map_err(ApplyError::storage)?;
+        let before = s.load().map_err(ApplyError::storage)?;
+        s.replace_registrar(&extensions, &bindings).map_err(ApplyError::storage)?;
         // Records only ever leave by retention, which every node applies by the same rules:
         // adding the snapshot's is enough.
-        s.put_cdrs(&cdrs).map_err(|e| e.to_string())?;
+        s.put_cdrs(&cdrs).map_err(ApplyError::storage)?;
         if let Some(l) = &licence {
-            s.save_licence(l).map_err(|e| e.to_string())?;
+            s.save_licence(l).map_err(ApplyError::storage)?;
         }
         if let Some(u) = &unlocks {
-            s.save_unlocks(u).map_err(|e| e.to_string())?;
+            s.save_unlocks(u).map_err(ApplyError::storage)?;
         }
-        s.replace_flags(&flags).map_err(|e| e.to_string())?;
+        s.replace_flags(&flags).map_err(ApplyError::storage)?;
         // The registrar learns the difference: what went, then what is.
         let mut commands: Vec<RegistrarCommand> = before
             .bindings
@@ -751,6 +751,12 @@ mod tests {
         loaded.sort_by(|a, b| a.aor.cmp(&b.aor));
         assert_eq!(loaded, [binding("400"), natted.clone()]);
         let garbage = Request { origin: 2, payload: vec![0xff, 0xff, 0xff] };
-        assert!(a.apply(&[&garbage]).unwrap_err().contains("undecodable replicated entry from node 2"));
+        let refused = a.apply(&[&garbage]).unwrap_err();
+        assert!(
+            matches!(&refused, ApplyError::Undecodable { what, .. } if what == "replicated entry from node 2"),
+            "{refused}"
+        );
+        let refused = c.install(&[0xff, 0xff]).unwrap_err();
+        assert!(matches!(&refused, ApplyError::Undecodable { what, .. } if what == "snapshot"), "{refused}");
     }
 }

@@ -5,7 +5,7 @@
 
 use super::NODES;
 use crate::check::Violation;
-use pbx_cluster::raft::{Applier, Request};
+use pbx_cluster::raft::{Applier, ApplyError, Request};
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -82,7 +82,7 @@ impl Applied {
 }
 
 impl Applier for Recorder {
-    fn apply(&self, requests: &[&Request]) -> Result<(), String> {
+    fn apply(&self, requests: &[&Request]) -> Result<(), ApplyError> {
         let mut state = self.state();
         for request in requests {
             state.apply(&request.payload);
@@ -90,12 +90,12 @@ impl Applier for Recorder {
         Ok(())
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
-        postcard::to_allocvec(&self.state().log).map_err(|e| e.to_string())
+    fn snapshot(&self) -> Result<Vec<u8>, ApplyError> {
+        postcard::to_allocvec(&self.state().log).map_err(ApplyError::storage)
     }
 
-    fn install(&self, snapshot: &[u8]) -> Result<(), String> {
-        let log: Vec<Vec<u8>> = postcard::from_bytes(snapshot).map_err(|e| e.to_string())?;
+    fn install(&self, snapshot: &[u8]) -> Result<(), ApplyError> {
+        let log: Vec<Vec<u8>> = postcard::from_bytes(snapshot).map_err(|e| ApplyError::undecodable("snapshot", e))?;
         let mut state = self.state();
         // What was applied was committed, so any later snapshot extends it.
         if let Some(i) = state
