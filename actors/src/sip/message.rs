@@ -822,6 +822,19 @@ impl Request {
         }
     }
 
+    /// The raw Via, From, To, Call-ID and CSeq lines a response copies (RFC 3261 §8.2.6.1), to
+    /// answer later without keeping the request: [`RawHead::response`] then builds what
+    /// `self.response(code, None)` would (reference counts here, no copy of the text).
+    pub fn reply_head(&self) -> RawHead {
+        let mut lines = Vec::with_capacity(6);
+        for name in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::CSEQ] {
+            for value in self.headers.get_raw(&name) {
+                lines.push((name.clone(), value.clone()));
+            }
+        }
+        RawHead { lines }
+    }
+
     /// A response to this request, built as RFC 3261 §8.2.6.1 says: Via, From, To, Call-ID and
     /// CSeq copied; `to_tag` added to To when it has none (not on 100, which carries no tag).
     pub fn response(&self, code: u16, to_tag: Option<&str>) -> Response {
