@@ -14,13 +14,12 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use bytesstr::BytesStr;
-use ezk_sip_types::header::ExtendValues;
-use ezk_sip_types::header::headers::OneOrMore;
 pub use ezk_sip_types::header::typed::{CSeq, CallID, Contact, Expires, FromTo, MinExpires, Via};
 use ezk_sip_types::parse::Parse;
-use ezk_sip_types::print::{AppendCtx, PrintCtx};
+use ezk_sip_types::print::AppendCtx;
 pub use ezk_sip_types::uri::{NameAddr, SipUri, SipUriUserPart};
-pub use ezk_sip_types::{Headers, Method, Name};
+pub use super::headers::Headers;
+pub use ezk_sip_types::{Method, Name};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
@@ -106,23 +105,11 @@ impl Typed {
     }
 }
 
-/// A raw header value inserted as it is. ezk's `Headers::insert` prints every value into a new
+/// A raw header value inserted as it is: `Headers::insert` prints every value into a new
 /// `String`; this shares the buffer the value already lives in (a `BytesStr` clone is a
 /// reference count).
-struct Shared<'a>(&'a BytesStr);
-
-impl ExtendValues for Shared<'_> {
-    fn extend_values(&self, _: PrintCtx<'_>, values: &mut OneOrMore) {
-        values.push(self.0.clone());
-    }
-
-    fn create_values(&self, _: PrintCtx<'_>) -> OneOrMore {
-        OneOrMore::One(self.0.clone())
-    }
-}
-
 fn insert_shared(headers: &mut Headers, name: Name, value: &BytesStr) {
-    headers.insert_type(name, &Shared(value));
+    headers.insert_value(name, value.clone());
 }
 
 #[derive(Debug, Clone)]
