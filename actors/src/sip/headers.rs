@@ -120,6 +120,15 @@ impl Headers {
         }
     }
 
+    /// One raw value as the first entry when there is none of its name yet (after the
+    /// existing values otherwise, as [`Headers::insert_named_front`]).
+    pub fn insert_value_front(&mut self, name: Name, value: BytesStr) {
+        match self.position(&name) {
+            Some(i) => self.entries[i].values.push(value),
+            None => self.entries.insert(0, Entry { key: key_of(&name), name, values: OneOrMore::One(value) }),
+        }
+    }
+
     /// Removes every value of `name`, returning them in order.
     pub fn remove(&mut self, name: &Name) -> Option<Vec<BytesStr>> {
         let entry = self.entries.remove(self.position(name)?);
