@@ -145,17 +145,9 @@ pub fn request_digest(
     let ha2 = algorithm.hash_hex_parts(&[method.as_bytes(), b":", uri.as_bytes()]);
     let (ha1, nonce, ha2) = (ha1.as_bytes(), nonce.as_bytes(), ha2.as_bytes());
     match qop {
-        Some(QopAuth { nc, cnonce }) => algorithm.hash_hex_parts(&[
-            ha1,
-            b":",
-            nonce,
-            b":",
-            nc.as_bytes(),
-            b":",
-            cnonce.as_bytes(),
-            b":auth:",
-            ha2,
-        ]),
+        Some(QopAuth { nc, cnonce }) => {
+            algorithm.hash_hex_parts(&[ha1, b":", nonce, b":", nc.as_bytes(), b":", cnonce.as_bytes(), b":auth:", ha2])
+        }
         None => algorithm.hash_hex_parts(&[ha1, b":", nonce, b":", ha2]),
     }
 }

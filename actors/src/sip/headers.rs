@@ -184,8 +184,8 @@ impl Headers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ezk_sip_types::header::typed::{CSeq, MaxForwards};
     use ezk_sip_types::Method;
+    use ezk_sip_types::header::typed::{CSeq, MaxForwards};
 
     /// Compact and long names, in any case, find the same entry; values keep their order.
     #[test]

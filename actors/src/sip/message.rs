@@ -12,13 +12,13 @@
 //! raw header lines a response needs, so the caller can always answer a request whose Via it
 //! can read — never a panic, never a silent drop of a request it could answer.
 
+pub use super::headers::Headers;
 use bytes::{BufMut, Bytes, BytesMut};
 use bytesstr::BytesStr;
 pub use ezk_sip_types::header::typed::{CSeq, CallID, Contact, Expires, FromTo, MinExpires, Via};
 use ezk_sip_types::parse::Parse;
 use ezk_sip_types::print::AppendCtx;
 pub use ezk_sip_types::uri::{NameAddr, SipUri, SipUriUserPart};
-pub use super::headers::Headers;
 pub use ezk_sip_types::{Method, Name};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
