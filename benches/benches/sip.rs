@@ -96,7 +96,8 @@ const SOURCE: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(19
 fn verify(key: &NonceKey, ha1: &str, value: &str) -> bool {
     let Some(creds) = Credentials::parse(value) else { return false };
     let Some(algorithm) = Algorithm::from_name(creds.algorithm.as_deref().unwrap_or("MD5")) else { return false };
-    if key.minted_at(&creds.nonce, SOURCE).is_none() || creds.opaque != key.opaque_for(&creds.nonce) {
+    let Some(minted) = key.verify(&creds.nonce, SOURCE) else { return false };
+    if !creds.opaque.as_deref().is_some_and(|o| minted.opaque_is(o)) {
         return false;
     }
     let (Some(nc), Some(cnonce)) = (creds.nc.as_deref(), creds.cnonce.as_deref()) else { return false };

@@ -10,9 +10,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(value) = std::str::from_utf8(data) else { return };
     let key = NonceKey::new([7; 32]);
     let source: std::net::IpAddr = [192, 0, 2, 7].into();
-    let _ = (key.minted_at(value, source), key.opaque_for(value));
+    let _ = key.verify(value, source).map(|m| m.opaque_is(value));
     let Some(c) = Credentials::parse(value) else { return };
-    let _ = (key.minted_at(&c.nonce, source), key.opaque_for(&c.nonce));
+    let _ = key.verify(&c.nonce, source).map(|m| c.opaque.as_deref().map(|o| m.opaque_is(o)));
     let algorithm = c.algorithm.as_deref().map_or(Some(Algorithm::Md5), Algorithm::from_name);
     if let Some(algorithm) = algorithm {
         let ha1 = digest::ha1(algorithm, &c.username, &c.realm, "password");

@@ -24,7 +24,7 @@ use super::limiter::{SourceLimit, SourceLimiter};
 use crate::Timestamp;
 use crate::call::{CallStart, LegId, SipIn, SipOut};
 use crate::registrar::Route;
-use crate::sip::message::{self, Message, ParseError, Request, Response, Transport};
+use crate::sip::message::{self, Message, ParseError, RawHead, Request, Response, Transport};
 use crate::sip::transaction::{
     ServerKey, TimerConfig, TransactionInput, TransactionKey, TransactionOutput, Transactions,
 };
@@ -153,12 +153,13 @@ pub enum EndpointEvent {
     TimedOut { what: &'static str },
 }
 
-/// A REGISTER out at the registrar: its transaction, when to give up, and the 500 to send then
-/// (built from the request while we still have it).
+/// A REGISTER out at the registrar: its transaction, when to give up, and the request's raw
+/// Via/From/To/Call-ID/CSeq lines for the 500 to send then (built only then: the registrar
+/// almost always answers in time).
 struct Pending {
     key: ServerKey,
     deadline: Timestamp,
-    give_up: Response,
+    head: RawHead,
     /// An INVITE: kept to start the call with, and its 487 should it be cancelled meanwhile.
     invite: Option<(Request, SocketAddr, Transport)>,
 }
@@ -306,7 +307,9 @@ impl Endpoint {
                     }
                     let pending = entry.remove();
                     self.outputs.push_back(EndpointOutput::Event(EndpointEvent::TimedOut { what: "registrar answer" }));
-                    self.respond(pending.key, pending.give_up);
+                    if let Some(give_up) = pending.head.response(500, "Registrar did not answer") {
+                        self.respond(pending.key, give_up);
+                    }
                 }
             }
         }
@@ -528,14 +531,13 @@ impl Endpoint {
         let tx = self.next_tx;
         self.next_tx += 1;
         let deadline = self.now + Duration::from_secs(REGISTRAR_ANSWER_S_MAX);
-        let mut give_up = request.response(500, None);
-        give_up.reason = "Registrar did not answer".into();
+        let head = request.reply_head();
         if request.method == Method::INVITE {
             let invite = Some((request.clone(), source, transport));
-            self.pending.insert(tx, Pending { key, deadline, give_up, invite });
+            self.pending.insert(tx, Pending { key, deadline, head, invite });
             self.outputs.push_back(EndpointOutput::Route { tx, request: Box::new(request), source });
         } else {
-            self.pending.insert(tx, Pending { key, deadline, give_up, invite: None });
+            self.pending.insert(tx, Pending { key, deadline, head, invite: None });
             self.outputs.push_back(EndpointOutput::Register { tx, request: Box::new(request), source, transport });
         }
     }

@@ -538,7 +538,7 @@ fn log_event(event: RegistrarEvent) -> Option<Result<(), ChangeError>> {
 /// has no quorum (RFC 3261 §21.5.4: the phone may retry, here or at another node), 500 for any
 /// other fault.
 fn not_stored(response: &Response, error: &StoreError) -> Response {
-    let mut headers = ezk_sip_types::Headers::new();
+    let mut headers = crate::sip::message::Headers::new();
     for name in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::CSEQ] {
         for value in response.headers.get_raw(&name) {
             headers.insert(name.clone(), value.as_str());

@@ -9,7 +9,8 @@
 //!   HMAC-SHA-256 of the first two parts *and of the source the challenge went to* (an IPv4
 //!   address or an IPv6 /64) under a 256-bit secret the node reads from the OS. No nonce
 //!   needs to be stored to be recognised; only used ones are tracked, for their nonce count.
-//!   The opaque is a second HMAC of the same parts, so it needs no storage either. Binding
+//!   The opaque is more bytes of the same HMAC, so it needs no storage either, and one HMAC
+//!   checks both. Binding
 //!   the nonce to its source is what keeps spoofed answers from counting against a source
 //!   (docs/SECURITY.md): an answer is only weighed if its nonce went to the address it claims
 //!   to come from, so its sender could read our challenge there.
@@ -34,10 +35,13 @@ use std::net::IpAddr;
 const NONCE_RANDOM_BYTES: usize = 8;
 /// Bytes of HMAC kept as the nonce's tag: 128 bits is beyond guessing.
 const NONCE_TAG_BYTES: usize = 16;
-const NONCE_BYTES: usize = 8 + NONCE_RANDOM_BYTES + NONCE_TAG_BYTES;
+/// The part of a nonce its tag covers: timestamp and random.
+const NONCE_BODY_BYTES: usize = 8 + NONCE_RANDOM_BYTES;
+const NONCE_BYTES: usize = NONCE_BODY_BYTES + NONCE_TAG_BYTES;
 /// A nonce is printed as lowercase hex of its 32 bytes (timestamp, random, tag).
 pub const NONCE_CHARS: usize = NONCE_BYTES * 2;
 const OPAQUE_BYTES: usize = 8;
+const _: () = assert!(NONCE_TAG_BYTES + OPAQUE_BYTES <= 32, "both from one HMAC-SHA-256");
 /// Longest credentials header we read; a longer one is not from a phone.
 pub const CREDENTIALS_CHARS_MAX: usize = 4096;
 /// More parameters than this in one credentials header is not a phone either.
@@ -86,6 +90,26 @@ impl Algorithm {
         }
     }
 
+    /// `H(parts concatenated)` as lowercase hex, without building the concatenation.
+    fn hash_hex_parts(self, parts: &[&[u8]]) -> String {
+        match self {
+            Algorithm::Sha256 => {
+                let mut context = ring_digest::Context::new(&ring_digest::SHA256);
+                for part in parts {
+                    context.update(part);
+                }
+                hex::encode(context.finish())
+            }
+            Algorithm::Md5 => {
+                let mut hasher = Md5::new();
+                for part in parts {
+                    hasher.update(part);
+                }
+                hex::encode(hasher.finalize())
+            }
+        }
+    }
+
     /// Length in hex characters of this algorithm's digests.
     pub fn hex_len(self) -> usize {
         match self {
@@ -118,12 +142,14 @@ pub fn request_digest(
     method: &str,
     uri: &str,
 ) -> String {
-    let ha2 = algorithm.hash_hex(format!("{method}:{uri}").as_bytes());
-    let data = match qop {
-        Some(QopAuth { nc, cnonce }) => format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"),
-        None => format!("{ha1}:{nonce}:{ha2}"),
-    };
-    algorithm.hash_hex(data.as_bytes())
+    let ha2 = algorithm.hash_hex_parts(&[method.as_bytes(), b":", uri.as_bytes()]);
+    let (ha1, nonce, ha2) = (ha1.as_bytes(), nonce.as_bytes(), ha2.as_bytes());
+    match qop {
+        Some(QopAuth { nc, cnonce }) => {
+            algorithm.hash_hex_parts(&[ha1, b":", nonce, b":", nc.as_bytes(), b":", cnonce.as_bytes(), b":auth:", ha2])
+        }
+        None => algorithm.hash_hex_parts(&[ha1, b":", nonce, b":", ha2]),
+    }
 }
 
 /// Equality whose time depends only on the lengths, not on where the inputs differ.
@@ -263,7 +289,12 @@ impl Credentials {
 /// Reads a quoted-string body (after the opening quote): its unescaped text and what follows
 /// the closing quote.
 fn unquote(s: &str) -> Option<(String, &str)> {
-    let mut out = String::new();
+    // Most quoted values hold no escape: one copy of the slice up to the closing quote.
+    let end = s.find(['"', '\\'])?;
+    if s.as_bytes()[end] == b'"' {
+        return Some((s[..end].to_owned(), &s[end + 1..]));
+    }
+    let mut out = String::with_capacity(s.len());
     let mut chars = s.char_indices();
     while let Some((i, c)) = chars.next() {
         match c {
@@ -307,54 +338,74 @@ impl NonceKey {
     }
 
     /// A fresh nonce minted at `now` for a challenge sent to `source` (the registrar passes the
-    /// source's group: an IPv4 address or an IPv6 /64), and its opaque.
+    /// source's group: an IPv4 address or an IPv6 /64), and its opaque. One HMAC gives both:
+    /// its first 16 bytes are the nonce's tag, the next 8 the opaque, so an answer is checked
+    /// with one HMAC too ([`NonceKey::verify`]).
     pub fn mint(&self, now: Timestamp, random: [u8; NONCE_RANDOM_BYTES], source: IpAddr) -> (String, String) {
-        let mut body = [0u8; 8 + NONCE_RANDOM_BYTES];
+        let mut body = [0u8; NONCE_BODY_BYTES];
         body[..8].copy_from_slice(&now.as_micros().to_be_bytes());
         body[8..].copy_from_slice(&random);
-        let tag = self.hmac(&[b"nonce", &body, &source_bytes(source)]);
-        let mut nonce = hex::encode(body);
-        nonce.push_str(&hex::encode(&tag.as_ref()[..NONCE_TAG_BYTES]));
-        let opaque = self.opaque_of(&body);
-        (nonce, opaque)
+        let mac = self.hmac(&[b"nonce", &body, &source_bytes(source)]);
+        let mut nonce = [0u8; NONCE_BYTES];
+        nonce[..NONCE_BODY_BYTES].copy_from_slice(&body);
+        nonce[NONCE_BODY_BYTES..].copy_from_slice(&mac.as_ref()[..NONCE_TAG_BYTES]);
+        (hex::encode(nonce), hex::encode(opaque_bytes(&mac)))
     }
 
-    /// When `nonce` was minted, if we minted it for `source` (its tag checks out, in constant
-    /// time). A nonce minted for another source is `None`, exactly like a forged one.
-    pub fn minted_at(&self, nonce: &str, source: IpAddr) -> Option<Timestamp> {
-        let bytes = self.decode(nonce)?;
-        let (body, tag) = bytes.split_at(8 + NONCE_RANDOM_BYTES);
-        let expected = self.hmac(&[b"nonce", body, &source_bytes(source)]);
-        if !constant_time_eq(&expected.as_ref()[..NONCE_TAG_BYTES], tag) {
+    /// What a nonce says, if we minted it for `source` (its tag checks out, in constant time):
+    /// when, and the opaque that went out with it. A nonce minted for another source is `None`,
+    /// exactly like a forged one.
+    pub fn verify(&self, nonce: &str, source: IpAddr) -> Option<Minted> {
+        let mut bytes = [0u8; NONCE_BYTES];
+        if nonce.len() != NONCE_CHARS || hex::decode_to_slice(nonce, &mut bytes).is_err() {
+            return None;
+        }
+        let (body, tag) = bytes.split_at(NONCE_BODY_BYTES);
+        let mac = self.hmac(&[b"nonce", body, &source_bytes(source)]);
+        if !constant_time_eq(&mac.as_ref()[..NONCE_TAG_BYTES], tag) {
             return None;
         }
         let mut ts = [0u8; 8];
         ts.copy_from_slice(&body[..8]);
-        Some(Timestamp(u64::from_be_bytes(ts)))
+        Some(Minted { at: Timestamp(u64::from_be_bytes(ts)), opaque: opaque_bytes(&mac) })
     }
 
-    /// The opaque that went out with `nonce`; `None` if `nonce` is not even shaped like ours.
-    pub fn opaque_for(&self, nonce: &str) -> Option<String> {
-        let bytes = self.decode(nonce)?;
-        Some(self.opaque_of(&bytes[..8 + NONCE_RANDOM_BYTES]))
+    /// When `nonce` was minted, if we minted it for `source` (see [`NonceKey::verify`]).
+    pub fn minted_at(&self, nonce: &str, source: IpAddr) -> Option<Timestamp> {
+        self.verify(nonce, source).map(|minted| minted.at)
     }
 
     /// A short keyed tag of `data` (hex of 8 bytes), for values that must look random to others
-    /// but be the same each time for the same input (the To tag of our REGISTER answers).
+    /// but be the same each time for the same input.
     pub fn tag(&self, label: &[u8], data: &[u8]) -> String {
         hex::encode(&self.hmac(&[label, data]).as_ref()[..OPAQUE_BYTES])
     }
+}
 
-    fn opaque_of(&self, body: &[u8]) -> String {
-        hex::encode(&self.hmac(&[b"opaque", body]).as_ref()[..OPAQUE_BYTES])
-    }
+/// A nonce [`NonceKey::verify`] recognised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Minted {
+    /// When it was minted.
+    pub at: Timestamp,
+    opaque: [u8; OPAQUE_BYTES],
+}
 
-    fn decode(&self, nonce: &str) -> Option<Vec<u8>> {
-        if nonce.len() != NONCE_CHARS {
-            return None;
-        }
-        hex::decode(nonce).ok()
+impl Minted {
+    /// Whether `opaque` is the one that went out with the nonce (lowercase hex, as we print it).
+    pub fn opaque_is(&self, opaque: &str) -> bool {
+        let mut given = [0u8; OPAQUE_BYTES];
+        opaque.len() == OPAQUE_BYTES * 2
+            && !opaque.bytes().any(|b| b.is_ascii_uppercase())
+            && hex::decode_to_slice(opaque, &mut given).is_ok()
+            && given == self.opaque
     }
+}
+
+/// The opaque's bytes: the HMAC's bytes after those the nonce's tag keeps.
+fn opaque_bytes(mac: &hmac::Tag) -> [u8; OPAQUE_BYTES] {
+    let mut opaque = [0u8; OPAQUE_BYTES];
+    opaque.copy_from_slice(&mac.as_ref()[NONCE_TAG_BYTES..NONCE_TAG_BYTES + OPAQUE_BYTES]);
+    opaque
 }
 
 /// The 16 bytes a source is hashed as: IPv4 as its IPv4-mapped IPv6 form, so that a phone
@@ -491,7 +542,12 @@ mod tests {
         assert_eq!(nonce.len(), NONCE_CHARS);
         assert_eq!(key.minted_at(&nonce, source), Some(Timestamp(1_234_567)));
         assert_eq!(nonce_timestamp(&nonce), Some(Timestamp(1_234_567)));
-        assert_eq!(key.opaque_for(&nonce), Some(opaque));
+        let minted = key.verify(&nonce, source).unwrap();
+        assert!(minted.opaque_is(&opaque));
+        assert!(!minted.opaque_is(&opaque.to_ascii_uppercase()));
+        assert!(!minted.opaque_is(&opaque[1..]));
+        let (_, other_opaque) = key.mint(Timestamp(1_234_567), [1, 2, 3, 4, 5, 6, 7, 9], source);
+        assert!(!minted.opaque_is(&other_opaque));
         let mut forged = nonce.clone().into_bytes();
         forged[20] = if forged[20] == b'0' { b'1' } else { b'0' };
         assert_eq!(key.minted_at(std::str::from_utf8(&forged).unwrap(), source), None);

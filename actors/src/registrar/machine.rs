@@ -786,12 +786,13 @@ impl Registrar {
         // A nonce we did not mint for this very source proves nothing either way: forged, or
         // fetched from another address (a spoofer cannot read the challenge sent to the
         // address it claims). Challenge again, count nothing against anybody.
-        let Some(minted_at) = self.nonce_key.minted_at(&creds.nonce, blocking::source_group(source.ip())) else {
+        let Some(minted) = self.nonce_key.verify(&creds.nonce, blocking::source_group(source.ip())) else {
             return ignored("nonce");
         };
-        if creds.opaque.as_ref().is_some_and(|o| Some(o) != self.nonce_key.opaque_for(&creds.nonce).as_ref()) {
+        if creds.opaque.as_ref().is_some_and(|o| !minted.opaque_is(o)) {
             return ignored("opaque");
         }
+        let minted_at = minted.at;
         let user: String = creds.username.chars().take(CLAIMED_USER_CHARS_MAX).collect();
         let extension = self.extensions.get(&creds.username);
         // Where this user's phones are (a live binding from this very address) or recently

@@ -12,15 +12,14 @@
 //! raw header lines a response needs, so the caller can always answer a request whose Via it
 //! can read — never a panic, never a silent drop of a request it could answer.
 
+pub use super::headers::Headers;
 use bytes::{BufMut, Bytes, BytesMut};
 use bytesstr::BytesStr;
-use ezk_sip_types::header::ExtendValues;
-use ezk_sip_types::header::headers::OneOrMore;
 pub use ezk_sip_types::header::typed::{CSeq, CallID, Contact, Expires, FromTo, MinExpires, Via};
 use ezk_sip_types::parse::Parse;
-use ezk_sip_types::print::{AppendCtx, PrintCtx};
+use ezk_sip_types::print::AppendCtx;
 pub use ezk_sip_types::uri::{NameAddr, SipUri, SipUriUserPart};
-pub use ezk_sip_types::{Headers, Method, Name};
+pub use ezk_sip_types::{Method, Name};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
@@ -106,23 +105,11 @@ impl Typed {
     }
 }
 
-/// A raw header value inserted as it is. ezk's `Headers::insert` prints every value into a new
+/// A raw header value inserted as it is: `Headers::insert` prints every value into a new
 /// `String`; this shares the buffer the value already lives in (a `BytesStr` clone is a
 /// reference count).
-struct Shared<'a>(&'a BytesStr);
-
-impl ExtendValues for Shared<'_> {
-    fn extend_values(&self, _: PrintCtx<'_>, values: &mut OneOrMore) {
-        values.push(self.0.clone());
-    }
-
-    fn create_values(&self, _: PrintCtx<'_>) -> OneOrMore {
-        OneOrMore::One(self.0.clone())
-    }
-}
-
 fn insert_shared(headers: &mut Headers, name: Name, value: &BytesStr) {
-    headers.insert_type(name, &Shared(value));
+    headers.insert_value(name, value.clone());
 }
 
 #[derive(Debug, Clone)]
@@ -342,7 +329,7 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
     if !version.eq_ignore_ascii_case("SIP/2.0") {
         return reject(505, "Version Not Supported".into());
     }
-    let method = Method::from_parse(&src, method);
+    let method = method_of(&src, method);
     // RFC 3986 §3.1: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ). A well-formed scheme
     // we do not serve is 416; no scheme at all (`<sip:…>`, RFC 4475 ltgtruri) is a bad URI.
     let scheme = uri.split(':').next().unwrap_or("");
@@ -388,7 +375,7 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
         (Some(call_id), true) => call_id.clone(),
         (Some(_), false) => return reject(400, "Multiple Call-ID headers".into()),
     };
-    let cseq = match decode::<CSeq>(&seen.cseq) {
+    let cseq = match decode_cseq(&seen.cseq) {
         Some(cseq) => cseq,
         None if seen.cseq.is_empty() => return reject(400, "Missing CSeq header".into()),
         None => return reject(400, "Malformed CSeq header".into()),
@@ -592,6 +579,36 @@ fn decode<H: ezk_sip_types::header::DecodeValues>(values: &Values) -> Option<H> 
     H::decode(&mut values.iter()).ok().map(|(_, h)| h)
 }
 
+/// The CSeq, read by hand in its common shape (`1-9 digits SP METHOD`, one value), where ezk's
+/// grammar gives the same answer; through ezk otherwise.
+fn decode_cseq(values: &Values) -> Option<CSeq> {
+    if let (Some(value), true) = (&values.first, values.more.is_empty())
+        && let Some((number, method)) = value.as_str().split_once(' ')
+        && (1..=9).contains(&number.len())
+        && number.bytes().all(|b| b.is_ascii_digit())
+        && !method.is_empty()
+        && method.bytes().all(|b| b.is_ascii_uppercase())
+        && let Ok(number) = number.parse::<u32>()
+    {
+        return Some(CSeq { cseq: number, method: method_of(value.as_ref(), method) });
+    }
+    decode::<CSeq>(values)
+}
+
+/// A method token as ezk reads it, the common ones without its walk through every method it
+/// knows (a case-insensitive prefix match per method: the exact names below answer the same).
+fn method_of(src: &Bytes, token: &str) -> Method {
+    match token {
+        "REGISTER" => Method::REGISTER,
+        "INVITE" => Method::INVITE,
+        "ACK" => Method::ACK,
+        "BYE" => Method::BYE,
+        "CANCEL" => Method::CANCEL,
+        "OPTIONS" => Method::OPTIONS,
+        _ => Method::from_parse(src, token),
+    }
+}
+
 /// Takes the body off by Content-Length (the header itself is not kept: printing writes a
 /// fresh one).
 fn take_body(values: &Values, rest: &[u8], stream: bool) -> Result<Bytes, &'static str> {
@@ -618,18 +635,36 @@ fn take_body(values: &Values, rest: &[u8], stream: bool) -> Result<Bytes, &'stat
 
 /// Index just past the blank line that ends the header section (CRLFCRLF or bare LFLF).
 fn find_head_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            match buf.get(i + 1) {
-                Some(b'\n') => return Some(i + 2),
-                Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
-                _ => {}
-            }
+    let mut from = 0;
+    while let Some(i) = next_newline(buf, from) {
+        match buf.get(i + 1) {
+            Some(b'\n') => return Some(i + 2),
+            Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
+            _ => {}
         }
-        i += 1;
+        from = i + 1;
     }
     None
+}
+
+/// The index of the first `\n` at or after `from`, eight bytes at a time (a header line is
+/// some 40 bytes, and this scan runs over every head).
+fn next_newline(buf: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const NEWLINES: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    let mut i = from;
+    while let Some(chunk) = buf.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        let x = word ^ NEWLINES;
+        // A zero byte of `x` is a newline; the lowest flagged byte is always a true one.
+        let found = x.wrapping_sub(ONES) & !x & HIGHS;
+        if found != 0 {
+            return Some(i + (found.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    buf.get(i..)?.iter().position(|&b| b == b'\n').map(|p| i + p)
 }
 
 /// Joins folded header lines (RFC 3261 §7.3.1: CRLF followed by whitespace is one space) and
@@ -822,6 +857,19 @@ impl Request {
         }
     }
 
+    /// The raw Via, From, To, Call-ID and CSeq lines a response copies (RFC 3261 §8.2.6.1), to
+    /// answer later without keeping the request: [`RawHead::response`] then builds what
+    /// `self.response(code, None)` would (reference counts here, no copy of the text).
+    pub fn reply_head(&self) -> RawHead {
+        let mut lines = Vec::with_capacity(6);
+        for name in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::CSEQ] {
+            for value in self.headers.get_raw(&name) {
+                lines.push((name.clone(), value.clone()));
+            }
+        }
+        RawHead { lines }
+    }
+
     /// A response to this request, built as RFC 3261 §8.2.6.1 says: Via, From, To, Call-ID and
     /// CSeq copied; `to_tag` added to To when it has none (not on 100, which carries no tag).
     pub fn response(&self, code: u16, to_tag: Option<&str>) -> Response {
@@ -856,8 +904,14 @@ impl Request {
         }
         let Some(values) = self.headers.remove(&Name::VIA) else { return };
         if self.typed.via_alone {
-            // ezk puts a new entry first but appends to an existing one: insert in order.
-            self.headers.insert_named_front(top);
+            // The raw text with the two parameters written in, as printing the edited Via
+            // would place them; printing it whole only when the text is not that simple.
+            let port = asked_rport.then(|| source.port());
+            match values.first().and_then(|raw| stamped_via(raw.as_str(), source.ip(), port)) {
+                Some(text) => self.headers.insert_value_front(Name::VIA, BytesStr::from(text)),
+                // ezk puts a new entry first but appends to an existing one: insert in order.
+                None => self.headers.insert_named_front(top),
+            }
             for value in &values[1..] {
                 insert_shared(&mut self.headers, Name::VIA, value);
             }
@@ -937,6 +991,27 @@ impl Response {
         write_headers_and_body(&mut out, &self.headers, &self.body);
         out.freeze()
     }
+}
+
+/// A lone top Via's raw text with `received` (and `rport`'s value) written in as printing the
+/// stamped typed Via places them (`rport` edited where it stands, `received` appended), when
+/// the text is that simple: no `received` in it, and `rport` absent or (when `port` is asked
+/// for) its last parameter, bare. `None` otherwise: the caller prints the typed Via.
+fn stamped_via(raw: &str, ip: IpAddr, port: Option<u16>) -> Option<String> {
+    let lower = raw.to_ascii_lowercase();
+    if lower.contains("received") {
+        return None;
+    }
+    let mut text = String::with_capacity(raw.len() + 40);
+    match port {
+        Some(port) if lower.ends_with(";rport") && lower.matches("rport").count() == 1 => {
+            let _ = write!(text, "{raw}={port}");
+        }
+        None if !lower.contains("rport") => text.push_str(raw),
+        _ => return None,
+    }
+    let _ = write!(text, ";received={ip}");
+    Some(text)
 }
 
 /// RFC 3261 §18.2.2 and RFC 3581 §4 for one Via (see [`Response::udp_destination`]).
