@@ -3,7 +3,7 @@
 //! Pure types. The calls subsystem fills them in, the node stores finished ones (redb table
 //! `cdrs`, privacy category `cdr`) through [`CdrStore`] and shows both through its API. The
 //! serde derives are the storage form (postcard, wrapped in a version enum by the node); the
-//! API's JSON shape is the node's (`node/src/http.rs`), so the two can evolve apart.
+//! API's JSON shape is the node's (`node/src/http/`), so the two can evolve apart.
 
 use crate::Timestamp;
 use serde::{Deserialize, Serialize};
