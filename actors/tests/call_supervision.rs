@@ -1,12 +1,12 @@
 //! The call shells under supervision, on real actors and real RTP sockets: whichever actor of
-//! a call dies mid-call — a leg, the media session, the call's actor, the calls actor — or the
+//! a call dies mid-call — the media session, the call's actor, the calls actor — or the
 //! endpoint is restarted, the call ends cleanly: the phones get a BYE, one CDR is stored, the
 //! RTP ports go back to the pool and no actor is left behind.
 
 use bytes::Bytes;
 use pbx_actors::Timestamp;
 use pbx_actors::call::CallStart;
-use pbx_actors::call::actor::{CallContext, CallLedger, CallsActor, CallsArgs, CallsMsg, LegMsg, SipPort};
+use pbx_actors::call::actor::{CallContext, CallLedger, CallMsg, CallsActor, CallsArgs, CallsMsg, SipPort};
 use pbx_actors::call::b2bua::CallConfig;
 use pbx_actors::call::{LegId, LocalSip, SipIn, SipOut};
 use pbx_actors::cdr::{Cdr, CdrStore, Disposition, HangupSide};
@@ -34,10 +34,10 @@ impl Clock for TestClock {
     }
 }
 
-/// Collects what legs send, and their actors.
+/// Collects what legs send, and the actors that run them.
 struct Port {
     sent: mpsc::UnboundedSender<(LegId, SipOut)>,
-    legs: Mutex<HashMap<LegId, ActorRef<LegMsg>>>,
+    legs: Mutex<HashMap<LegId, ActorRef<CallMsg>>>,
     adopted: Mutex<Vec<LegId>>,
 }
 
@@ -46,7 +46,7 @@ impl SipPort for Port {
         let _ = self.sent.send((leg, out));
     }
 
-    fn leg_up(&self, leg: LegId, actor: ActorRef<LegMsg>) {
+    fn leg_up(&self, leg: LegId, actor: ActorRef<CallMsg>) {
         self.legs.lock().unwrap().insert(leg, actor);
     }
 
@@ -54,13 +54,13 @@ impl SipPort for Port {
         self.legs.lock().unwrap().remove(&leg);
     }
 
-    fn adopt(&self, leg: LegId, actor: ActorRef<LegMsg>) {
+    fn adopt(&self, leg: LegId, actor: ActorRef<CallMsg>) {
         self.adopted.lock().unwrap().push(leg);
         self.legs.lock().unwrap().insert(leg, actor);
     }
 
     fn call_lost(&self, legs: &[LegId]) {
-        // Legs with an actor report themselves down once they have hung up.
+        // Legs that came up report themselves down once they have hung up.
         let _ = legs;
     }
 }
@@ -182,7 +182,7 @@ impl Answered {
         );
         let Ok(Message::Response(ok)) = message::parse_datagram(&ok.to_bytes()) else { panic!("unparsable 200") };
         let b_actor = port.legs.lock().unwrap().get(&B).cloned().expect("the B-leg is up");
-        b_actor.cast(LegMsg::Sip(SipIn::Response { response: ok })).unwrap();
+        b_actor.cast(CallMsg::Sip { leg: B, input: Box::new(SipIn::Response { response: ok }) }).unwrap();
         let mut answered = false;
         while !answered {
             match next(&mut rx, "the caller's 200").await {
@@ -194,7 +194,7 @@ impl Answered {
         Answered { rx, port, records, pool, context, ledger, calls, calls_handle }
     }
 
-    fn leg(&self, leg: LegId) -> ActorRef<LegMsg> {
+    fn leg(&self, leg: LegId) -> ActorRef<CallMsg> {
         self.port.legs.lock().unwrap().get(&leg).cloned().unwrap_or_else(|| panic!("leg {leg} is up"))
     }
 
@@ -210,7 +210,7 @@ impl Answered {
             let Ok(Message::Response(done)) = message::parse_datagram(&bye.response(200, None).to_bytes()) else {
                 panic!("unparsable 200")
             };
-            self.leg(leg).cast(LegMsg::Sip(SipIn::Response { response: done })).unwrap();
+            self.leg(leg).cast(CallMsg::Sip { leg, input: Box::new(SipIn::Response { response: done }) }).unwrap();
         }
     }
 
@@ -240,21 +240,22 @@ impl Answered {
     }
 }
 
-/// A leg actor that dies mid-call: the other side gets a BYE, the CDR is stored, ports free.
+/// The call's actor is killed mid-call (no panic, no `post_stop`): the calls actor hangs its
+/// legs up (BYE both sides), the CDR says `failed`, the ports are free.
 #[tokio::test]
-async fn a_dead_leg_takes_its_call_down_cleanly() {
+async fn a_killed_call_actor_ends_its_call_with_bye_both_sides() {
     let mut call = Answered::start().await;
-    call.leg(B).kill();
-    call.byes(&[A]).await;
+    call.leg(A).kill();
+    call.byes(&[A, B]).await;
     let cdr = call.ended().await;
-    assert_eq!(cdr.disposition, Disposition::Answered);
+    assert_eq!(cdr.disposition, Disposition::Failed { reason: "call failed".into() });
     assert_eq!(cdr.hangup, Some(HangupSide::Pbx));
     call.no_call_left().await;
     call.stop().await;
 }
 
-/// The call's actor panics mid-call: its legs, not linked to it, hang up on their own (BYE
-/// both sides) and the calls actor writes a `failed` CDR, once.
+/// The call's actor panics mid-call: the calls actor hangs up its legs, left in the ledger
+/// (BYE both sides), and writes a `failed` CDR, once.
 #[tokio::test]
 async fn a_panicking_call_actor_ends_its_call_with_bye_both_sides() {
     let mut call = Answered::start().await;
@@ -281,8 +282,8 @@ async fn a_panicking_media_session_ends_its_call() {
     call.stop().await;
 }
 
-/// The calls actor panics: its call actors die with it, their legs hang up on their own, and
-/// the calls actor started next (same ledger) writes each call's `failed` CDR and starts empty.
+/// The calls actor panics: its call actors die with it, and the calls actor started next (same
+/// ledger) hangs up their legs, writes each call's `failed` CDR and starts empty.
 #[tokio::test]
 async fn a_restarted_calls_actor_ends_the_calls_it_had() {
     let mut call = Answered::start().await;
