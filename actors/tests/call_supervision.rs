@@ -118,6 +118,36 @@ struct Answered {
 
 impl Answered {
     async fn start() -> Answered {
+        let (mut call, b_invite) = Answered::ringing().await;
+        let mut ok = b_invite.response(200, Some("bob"));
+        ok.headers.insert(Name::CONTACT, "<sip:101@127.0.0.1:5064>");
+        ok.headers.insert(Name::CONTENT_TYPE, "application/sdp");
+        ok.body = Bytes::from_static(
+            b"v=0\r\no=- 2 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 41000 RTP/AVP 0\r\n",
+        );
+        call.to_b(&ok);
+        let mut answered = false;
+        while !answered {
+            match next(&mut call.rx, "the caller's 200").await {
+                (leg, SipOut::Response { response, .. }) if leg == A && response.code == 200 => answered = true,
+                (leg, SipOut::Request { request, .. }) if leg == B => assert_eq!(request.method, Method::ACK),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        call
+    }
+
+    /// The B-leg's phone sends `response` (made by `Request::response`) to its leg.
+    fn to_b(&self, response: &message::Response) {
+        let Ok(Message::Response(response)) = message::parse_datagram(&response.to_bytes()) else {
+            panic!("unparsable response")
+        };
+        self.leg(B).cast(CallMsg::Sip { leg: B, input: Box::new(SipIn::Response { response }) }).unwrap();
+    }
+
+    /// A calls actor with one call whose callee (leg B) was invited and not answered yet;
+    /// the INVITE it got.
+    async fn ringing() -> (Answered, Request) {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let port = Arc::new(Port { sent: tx, legs: Mutex::new(HashMap::new()), adopted: Mutex::default() });
         let records = Arc::new(Records::default());
@@ -168,30 +198,13 @@ impl Answered {
             })))
             .unwrap();
 
-        // The callee is invited and answers; pbx answers the caller.
+        // The callee is invited.
         let (leg, out) = next(&mut rx, "INVITE to the callee").await;
         assert_eq!(leg, B);
         let SipOut::Request { request: b_invite, .. } = out else { panic!("{out:?}") };
         assert_eq!(b_invite.method, Method::INVITE);
         assert_eq!(pool.lock().unwrap().in_use(), 2, "two port pairs for the call");
-        let mut ok = b_invite.response(200, Some("bob"));
-        ok.headers.insert(Name::CONTACT, "<sip:101@127.0.0.1:5064>");
-        ok.headers.insert(Name::CONTENT_TYPE, "application/sdp");
-        ok.body = Bytes::from_static(
-            b"v=0\r\no=- 2 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 41000 RTP/AVP 0\r\n",
-        );
-        let Ok(Message::Response(ok)) = message::parse_datagram(&ok.to_bytes()) else { panic!("unparsable 200") };
-        let b_actor = port.legs.lock().unwrap().get(&B).cloned().expect("the B-leg is up");
-        b_actor.cast(CallMsg::Sip { leg: B, input: Box::new(SipIn::Response { response: ok }) }).unwrap();
-        let mut answered = false;
-        while !answered {
-            match next(&mut rx, "the caller's 200").await {
-                (leg, SipOut::Response { response, .. }) if leg == A && response.code == 200 => answered = true,
-                (leg, SipOut::Request { request, .. }) if leg == B => assert_eq!(request.method, Method::ACK),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        Answered { rx, port, records, pool, context, ledger, calls, calls_handle }
+        (Answered { rx, port, records, pool, context, ledger, calls, calls_handle }, b_invite)
     }
 
     fn leg(&self, leg: LegId) -> ActorRef<CallMsg> {
@@ -265,6 +278,31 @@ async fn a_panicking_call_actor_ends_its_call_with_bye_both_sides() {
     let cdr = call.ended().await;
     assert_eq!(cdr.disposition, Disposition::Failed { reason: "call failed".into() });
     assert_eq!(cdr.hangup, Some(HangupSide::Pbx));
+    call.no_call_left().await;
+    call.stop().await;
+}
+
+/// The call's actor panics while the callee rings: the calls actor hangs up its legs however
+/// far they got — 500 to the caller's INVITE, CANCEL to the callee's — and writes a `failed` CDR.
+#[tokio::test]
+async fn a_panicking_call_actor_while_ringing_answers_500_and_cancels() {
+    let (mut call, b_invite) = Answered::ringing().await;
+    call.to_b(&b_invite.response(180, Some("bob")));
+    let (leg, out) = next(&mut call.rx, "the caller's 180").await;
+    assert!(leg == A && matches!(&out, SipOut::Response { response, .. } if response.code == 180), "{leg}: {out:?}");
+    let hit = call.calls.call(|reply| CallsMsg::PanicCall { media: false, reply }, Some(WAIT)).await.unwrap();
+    assert!(matches!(hit, ractor::rpc::CallResult::Success(true)));
+    let (mut refused, mut cancelled) = (false, false);
+    while !(refused && cancelled) {
+        match next(&mut call.rx, "the caller's 500 and the callee's CANCEL").await {
+            (leg, SipOut::Response { response, .. }) if leg == A && response.code == 500 => refused = true,
+            (leg, SipOut::Request { request, .. }) if leg == B && request.method == Method::CANCEL => cancelled = true,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    call.to_b(&b_invite.response(487, Some("bob")));
+    let cdr = call.ended().await;
+    assert_eq!(cdr.disposition, Disposition::Failed { reason: "call failed".into() });
     call.no_call_left().await;
     call.stop().await;
 }
