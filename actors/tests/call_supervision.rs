@@ -1,12 +1,12 @@
 //! The call shells under supervision, on real actors and real RTP sockets: whichever actor of
-//! a call dies mid-call — a leg, the media session, the call's actor, the calls actor — or the
+//! a call dies mid-call — the media session, the call's actor, the calls actor — or the
 //! endpoint is restarted, the call ends cleanly: the phones get a BYE, one CDR is stored, the
 //! RTP ports go back to the pool and no actor is left behind.
 
 use bytes::Bytes;
 use pbx_actors::Timestamp;
 use pbx_actors::call::CallStart;
-use pbx_actors::call::actor::{CallContext, CallLedger, CallsActor, CallsArgs, CallsMsg, LegMsg, SipPort};
+use pbx_actors::call::actor::{CallContext, CallLedger, CallMsg, CallsActor, CallsArgs, CallsMsg, SipPort};
 use pbx_actors::call::b2bua::CallConfig;
 use pbx_actors::call::{LegId, LocalSip, SipIn, SipOut};
 use pbx_actors::cdr::{Cdr, CdrStore, Disposition, HangupSide};
@@ -34,10 +34,10 @@ impl Clock for TestClock {
     }
 }
 
-/// Collects what legs send, and their actors.
+/// Collects what legs send, and the actors that run them.
 struct Port {
     sent: mpsc::UnboundedSender<(LegId, SipOut)>,
-    legs: Mutex<HashMap<LegId, ActorRef<LegMsg>>>,
+    legs: Mutex<HashMap<LegId, ActorRef<CallMsg>>>,
     adopted: Mutex<Vec<LegId>>,
 }
 
@@ -46,7 +46,7 @@ impl SipPort for Port {
         let _ = self.sent.send((leg, out));
     }
 
-    fn leg_up(&self, leg: LegId, actor: ActorRef<LegMsg>) {
+    fn leg_up(&self, leg: LegId, actor: ActorRef<CallMsg>) {
         self.legs.lock().unwrap().insert(leg, actor);
     }
 
@@ -54,13 +54,13 @@ impl SipPort for Port {
         self.legs.lock().unwrap().remove(&leg);
     }
 
-    fn adopt(&self, leg: LegId, actor: ActorRef<LegMsg>) {
+    fn adopt(&self, leg: LegId, actor: ActorRef<CallMsg>) {
         self.adopted.lock().unwrap().push(leg);
         self.legs.lock().unwrap().insert(leg, actor);
     }
 
     fn call_lost(&self, legs: &[LegId]) {
-        // Legs with an actor report themselves down once they have hung up.
+        // Legs that came up report themselves down once they have hung up.
         let _ = legs;
     }
 }
@@ -118,6 +118,36 @@ struct Answered {
 
 impl Answered {
     async fn start() -> Answered {
+        let (mut call, b_invite) = Answered::ringing().await;
+        let mut ok = b_invite.response(200, Some("bob"));
+        ok.headers.insert(Name::CONTACT, "<sip:101@127.0.0.1:5064>");
+        ok.headers.insert(Name::CONTENT_TYPE, "application/sdp");
+        ok.body = Bytes::from_static(
+            b"v=0\r\no=- 2 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 41000 RTP/AVP 0\r\n",
+        );
+        call.to_b(&ok);
+        let mut answered = false;
+        while !answered {
+            match next(&mut call.rx, "the caller's 200").await {
+                (leg, SipOut::Response { response, .. }) if leg == A && response.code == 200 => answered = true,
+                (leg, SipOut::Request { request, .. }) if leg == B => assert_eq!(request.method, Method::ACK),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        call
+    }
+
+    /// The B-leg's phone sends `response` (made by `Request::response`) to its leg.
+    fn to_b(&self, response: &message::Response) {
+        let Ok(Message::Response(response)) = message::parse_datagram(&response.to_bytes()) else {
+            panic!("unparsable response")
+        };
+        self.leg(B).cast(CallMsg::Sip { leg: B, input: Box::new(SipIn::Response { response }) }).unwrap();
+    }
+
+    /// A calls actor with one call whose callee (leg B) was invited and not answered yet;
+    /// the INVITE it got.
+    async fn ringing() -> (Answered, Request) {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let port = Arc::new(Port { sent: tx, legs: Mutex::new(HashMap::new()), adopted: Mutex::default() });
         let records = Arc::new(Records::default());
@@ -168,33 +198,16 @@ impl Answered {
             })))
             .unwrap();
 
-        // The callee is invited and answers; pbx answers the caller.
+        // The callee is invited.
         let (leg, out) = next(&mut rx, "INVITE to the callee").await;
         assert_eq!(leg, B);
         let SipOut::Request { request: b_invite, .. } = out else { panic!("{out:?}") };
         assert_eq!(b_invite.method, Method::INVITE);
         assert_eq!(pool.lock().unwrap().in_use(), 2, "two port pairs for the call");
-        let mut ok = b_invite.response(200, Some("bob"));
-        ok.headers.insert(Name::CONTACT, "<sip:101@127.0.0.1:5064>");
-        ok.headers.insert(Name::CONTENT_TYPE, "application/sdp");
-        ok.body = Bytes::from_static(
-            b"v=0\r\no=- 2 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 41000 RTP/AVP 0\r\n",
-        );
-        let Ok(Message::Response(ok)) = message::parse_datagram(&ok.to_bytes()) else { panic!("unparsable 200") };
-        let b_actor = port.legs.lock().unwrap().get(&B).cloned().expect("the B-leg is up");
-        b_actor.cast(LegMsg::Sip(SipIn::Response { response: ok })).unwrap();
-        let mut answered = false;
-        while !answered {
-            match next(&mut rx, "the caller's 200").await {
-                (leg, SipOut::Response { response, .. }) if leg == A && response.code == 200 => answered = true,
-                (leg, SipOut::Request { request, .. }) if leg == B => assert_eq!(request.method, Method::ACK),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        Answered { rx, port, records, pool, context, ledger, calls, calls_handle }
+        (Answered { rx, port, records, pool, context, ledger, calls, calls_handle }, b_invite)
     }
 
-    fn leg(&self, leg: LegId) -> ActorRef<LegMsg> {
+    fn leg(&self, leg: LegId) -> ActorRef<CallMsg> {
         self.port.legs.lock().unwrap().get(&leg).cloned().unwrap_or_else(|| panic!("leg {leg} is up"))
     }
 
@@ -210,7 +223,7 @@ impl Answered {
             let Ok(Message::Response(done)) = message::parse_datagram(&bye.response(200, None).to_bytes()) else {
                 panic!("unparsable 200")
             };
-            self.leg(leg).cast(LegMsg::Sip(SipIn::Response { response: done })).unwrap();
+            self.leg(leg).cast(CallMsg::Sip { leg, input: Box::new(SipIn::Response { response: done }) }).unwrap();
         }
     }
 
@@ -240,21 +253,22 @@ impl Answered {
     }
 }
 
-/// A leg actor that dies mid-call: the other side gets a BYE, the CDR is stored, ports free.
+/// The call's actor is killed mid-call (no panic, no `post_stop`): the calls actor hangs its
+/// legs up (BYE both sides), the CDR says `failed`, the ports are free.
 #[tokio::test]
-async fn a_dead_leg_takes_its_call_down_cleanly() {
+async fn a_killed_call_actor_ends_its_call_with_bye_both_sides() {
     let mut call = Answered::start().await;
-    call.leg(B).kill();
-    call.byes(&[A]).await;
+    call.leg(A).kill();
+    call.byes(&[A, B]).await;
     let cdr = call.ended().await;
-    assert_eq!(cdr.disposition, Disposition::Answered);
+    assert_eq!(cdr.disposition, Disposition::Failed { reason: "call failed".into() });
     assert_eq!(cdr.hangup, Some(HangupSide::Pbx));
     call.no_call_left().await;
     call.stop().await;
 }
 
-/// The call's actor panics mid-call: its legs, not linked to it, hang up on their own (BYE
-/// both sides) and the calls actor writes a `failed` CDR, once.
+/// The call's actor panics mid-call: the calls actor hangs up its legs, left in the ledger
+/// (BYE both sides), and writes a `failed` CDR, once.
 #[tokio::test]
 async fn a_panicking_call_actor_ends_its_call_with_bye_both_sides() {
     let mut call = Answered::start().await;
@@ -264,6 +278,31 @@ async fn a_panicking_call_actor_ends_its_call_with_bye_both_sides() {
     let cdr = call.ended().await;
     assert_eq!(cdr.disposition, Disposition::Failed { reason: "call failed".into() });
     assert_eq!(cdr.hangup, Some(HangupSide::Pbx));
+    call.no_call_left().await;
+    call.stop().await;
+}
+
+/// The call's actor panics while the callee rings: the calls actor hangs up its legs however
+/// far they got — 500 to the caller's INVITE, CANCEL to the callee's — and writes a `failed` CDR.
+#[tokio::test]
+async fn a_panicking_call_actor_while_ringing_answers_500_and_cancels() {
+    let (mut call, b_invite) = Answered::ringing().await;
+    call.to_b(&b_invite.response(180, Some("bob")));
+    let (leg, out) = next(&mut call.rx, "the caller's 180").await;
+    assert!(leg == A && matches!(&out, SipOut::Response { response, .. } if response.code == 180), "{leg}: {out:?}");
+    let hit = call.calls.call(|reply| CallsMsg::PanicCall { media: false, reply }, Some(WAIT)).await.unwrap();
+    assert!(matches!(hit, ractor::rpc::CallResult::Success(true)));
+    let (mut refused, mut cancelled) = (false, false);
+    while !(refused && cancelled) {
+        match next(&mut call.rx, "the caller's 500 and the callee's CANCEL").await {
+            (leg, SipOut::Response { response, .. }) if leg == A && response.code == 500 => refused = true,
+            (leg, SipOut::Request { request, .. }) if leg == B && request.method == Method::CANCEL => cancelled = true,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    call.to_b(&b_invite.response(487, Some("bob")));
+    let cdr = call.ended().await;
+    assert_eq!(cdr.disposition, Disposition::Failed { reason: "call failed".into() });
     call.no_call_left().await;
     call.stop().await;
 }
@@ -281,8 +320,8 @@ async fn a_panicking_media_session_ends_its_call() {
     call.stop().await;
 }
 
-/// The calls actor panics: its call actors die with it, their legs hang up on their own, and
-/// the calls actor started next (same ledger) writes each call's `failed` CDR and starts empty.
+/// The calls actor panics: its call actors die with it, and the calls actor started next (same
+/// ledger) hangs up their legs, writes each call's `failed` CDR and starts empty.
 #[tokio::test]
 async fn a_restarted_calls_actor_ends_the_calls_it_had() {
     let mut call = Answered::start().await;

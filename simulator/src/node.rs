@@ -618,7 +618,7 @@ impl SimNode {
                     let leg_id = leg.id();
                     c.legs.insert(leg_id, *leg);
                     self.leg_calls.insert(leg_id, id);
-                    // The leg's actor is up: what waited for it in the endpoint comes now.
+                    // The leg is up: what waited for it in the endpoint comes now.
                     self.work.push(Work::Endpoint(GlueInput::LegUp { leg: leg_id, to: () }));
                 }
                 CallOutput::ToLeg { leg, command } => {

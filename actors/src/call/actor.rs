@@ -1,23 +1,26 @@
 //! The ractor shells of calls.
 //!
-//! - [`LegActor`]: one per leg, around a [`Leg`] machine. SIP goes out through the
-//!   [`SipPort`] (the endpoint), events go to its call.
-//! - [`CallActor`]: one per call, around a [`Call`] machine; it spawns its legs and its media
-//!   session (owned by it: a call that ends or dies takes its media with it, and the ports go
-//!   back to the pool). A leg that fails is reported to the machine as lost, so the other side
-//!   gets its BYE or final response; a media session that fails ends the call (BYE both sides,
-//!   `failed` CDR).
+//! - [`CallActor`]: one per call, around a [`Call`] machine and the [`Leg`] machines of its
+//!   legs (no actor per leg: a leg's SIP comes to the call's actor, [`CallMsg::Sip`], its
+//!   events go straight into the call machine, its SIP out through the [`SipPort`]). It owns
+//!   its media session (a call that ends or dies takes its media with it, and the ports go
+//!   back to the pool); a media session that fails ends the call (BYE both sides, `failed`
+//!   CDR). One timer wakes it for the earliest of the call's and its legs' timeouts.
 //! - [`CallsActor`]: starts calls, lists them for the API, and notices a call actor that failed:
-//!   a CDR says the call failed.
+//!   its legs are handed to an [`OrphanLegs`] actor that hangs them up, and a CDR says the call
+//!   failed.
 //!
 //! What happens when an actor dies (docs/ARCHITECTURE.md, "Calls: actors and who supervises
 //! whom"):
 //!
-//! - Legs are linked to nothing; a leg and its call actor watch each other (ractor monitors).
-//!   A call actor that dies (panics, or is killed with the calls actor) leaves its legs
-//!   orphaned: each hangs up on its own — BYE, CANCEL, or 500 to an unanswered INVITE — stops
-//!   when its dialog is over (at most [`ENDING_BOUND`]) and tells the endpoint it is down. So
-//!   the phones hear a BYE whichever actor above the legs failed.
+//! - A call's leg machines live in a table shared with the calls actor's [`CallLedger`]
+//!   ([`CallLegs`]), so they outlive the call's actor. A call actor that dies (panics, or is
+//!   killed with the calls actor) leaves them there; the calls actor (or the one restarted
+//!   after it) takes them out and starts one [`OrphanLegs`] actor for them: each leg hangs up
+//!   however far its dialog got — BYE, CANCEL, or 500 to an unanswered INVITE — and is
+//!   reported down to the endpoint when its dialog is over (at most [`ENDING_BOUND`]). So the
+//!   phones hear a BYE whichever actor above the legs failed. That actor exists only for a
+//!   call whose actor failed.
 //! - The CDR is written exactly once, by whichever of these gets there first (a shared flag per
 //!   call): the call actor as the call ends, the calls actor when the call actor failed
 //!   (`failed`, "call failed"), or a restarted calls actor for the calls its failed predecessor
@@ -29,6 +32,7 @@
 use super::b2bua::{Call, CallConfig, CallInput, CallOutput, CallSetup};
 use super::leg::{Leg, LegCommand, LegEvent, LegInput, LegOutput, SipIn, SipOut};
 use super::{CallIds, CallStart, LegId};
+use crate::Timestamp;
 use crate::cdr::{ActiveCall, Cdr, CdrStore, Disposition, HangupSide, MediaCounters};
 use crate::media::actor::{MediaArgs, MediaEvent, MediaSession};
 use crate::media::pool::PortPool;
@@ -36,8 +40,8 @@ use crate::media::relay::RelayConfig;
 use crate::shell::{Control, WakeTimer};
 use crate::store::StoreError;
 use crate::time::Clock;
-use ractor::{Actor, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent};
-use std::collections::HashMap;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -45,158 +49,82 @@ use std::time::Duration;
 
 pub use super::b2bua::ENDING_BOUND;
 
-/// How the legs reach the SIP endpoint. Must not block.
+/// How the calls reach the SIP endpoint. Must not block.
 pub trait SipPort: Send + Sync + 'static {
     fn send(&self, leg: LegId, out: SipOut);
-    /// The leg's actor is running; route its SIP to it.
-    fn leg_up(&self, leg: LegId, actor: ActorRef<LegMsg>);
+    /// The leg is running in this call's actor; route its SIP there ([`CallMsg::Sip`]).
+    fn leg_up(&self, leg: LegId, call: ActorRef<CallMsg>);
     /// The leg is gone.
     fn leg_down(&self, leg: LegId);
-    /// The leg's actor is running, but the endpoint that knew it was restarted: learn it again
-    /// (so the leg can end its dialog through the new endpoint).
-    fn adopt(&self, leg: LegId, actor: ActorRef<LegMsg>);
-    /// The call these legs belonged to is gone: those whose actor never came up are down; the
-    /// others hang up on their own and call `leg_down` when done.
+    /// The leg is running in this actor (its call's, or the [`OrphanLegs`] hanging it up), but
+    /// the endpoint may not know it (it was restarted, or knew the leg's dead call actor):
+    /// learn it again, so the leg can end its dialog through it.
+    fn adopt(&self, leg: LegId, call: ActorRef<CallMsg>);
+    /// The call these legs belonged to is gone: those that never came up are down; the others
+    /// are being hung up and get `leg_down` when done.
     fn call_lost(&self, legs: &[LegId]);
 }
 
 /// How long the API waits for one call's snapshot.
 const SNAPSHOT_WAIT: Duration = Duration::from_millis(500);
 
-// Moved straight into `handle` and never stored: boxing would only add an allocation per message.
-#[allow(clippy::large_enum_variant)]
-pub enum LegMsg {
-    Sip(SipIn),
-    Command(LegCommand),
-    Wake,
-}
+/// The leg machines of one call, shared between its actor and the calls actor's ledger so that
+/// they outlive an actor that fails (see the module doc). Only the call's actor touches them
+/// while it runs; each use is one short step that never awaits.
+#[derive(Clone, Default)]
+pub struct CallLegs(Arc<Mutex<HashMap<LegId, Box<Leg>>>>);
 
-// Local only; see `crate::shell` on ractor's `cluster` feature.
-impl ractor::Message for LegMsg {}
-
-pub struct LegArgs {
-    pub leg: Leg,
-    pub clock: Arc<dyn Clock>,
-    pub sip: Arc<dyn SipPort>,
-    pub call: ActorRef<CallMsg>,
-}
-
-pub struct LegState {
-    machine: Leg,
-    clock: Arc<dyn Clock>,
-    sip: Arc<dyn SipPort>,
-    call: ActorRef<CallMsg>,
-    timer: WakeTimer,
-    /// Set once the call's actor is gone without having stopped this leg: the leg has hung up
-    /// on its own, stops when its dialog is over (or at [`ENDING_BOUND`]) and then tells the
-    /// endpoint it is down.
-    orphan: bool,
-}
-
-pub struct LegActor;
-
-impl Actor for LegActor {
-    type Msg = LegMsg;
-    type State = LegState;
-    type Arguments = LegArgs;
-
-    async fn pre_start(&self, me: ActorRef<LegMsg>, args: LegArgs) -> Result<LegState, ActorProcessingErr> {
-        // Not linked to the call: a call actor that dies must not take its legs with it, or the
-        // phones would never hear a BYE. Each watches the other instead.
-        args.call.get_cell().monitor(me.get_cell());
-        me.get_cell().monitor(args.call.get_cell());
-        Ok(LegState {
-            machine: args.leg,
-            clock: args.clock,
-            sip: args.sip,
-            call: args.call,
-            timer: WakeTimer::default(),
-            orphan: false,
-        })
-    }
-
-    async fn post_start(&self, me: ActorRef<LegMsg>, s: &mut LegState) -> Result<(), ActorProcessingErr> {
-        // The call went while this leg was starting: no event about it will come.
-        if s.call.get_status() >= ActorStatus::Stopping {
-            s.orphaned(&me);
-        }
-        Ok(())
-    }
-
-    async fn handle(&self, me: ActorRef<LegMsg>, msg: LegMsg, s: &mut LegState) -> Result<(), ActorProcessingErr> {
-        let now = s.clock.now();
-        let input = match msg {
-            LegMsg::Sip(sip) => LegInput::Sip(sip),
-            LegMsg::Command(command) => LegInput::Command(command),
-            LegMsg::Wake => {
-                s.timer.fired();
-                LegInput::Timeout
-            }
-        };
-        s.machine.handle(now, input);
-        s.drain(&me);
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        me: ActorRef<LegMsg>,
-        event: SupervisionEvent,
-        s: &mut LegState,
-    ) -> Result<(), ActorProcessingErr> {
-        // Only the call is watched. A call that stopped normally stopped this leg first (a stop
-        // is taken before any supervision event), so this is a call that failed or was killed.
-        if let SupervisionEvent::ActorTerminated(cell, ..) | SupervisionEvent::ActorFailed(cell, _) = event
-            && cell.get_id() == s.call.get_id()
-        {
-            s.orphaned(&me);
-        }
-        Ok(())
-    }
-
-    async fn post_stop(&self, _me: ActorRef<LegMsg>, s: &mut LegState) -> Result<(), ActorProcessingErr> {
-        s.timer.cancel();
-        if s.orphan {
-            s.sip.leg_down(s.machine.id());
-        }
-        Ok(())
+impl CallLegs {
+    fn lock(&self) -> MutexGuard<'_, HashMap<LegId, Box<Leg>>> {
+        // A panic inside a leg machine leaves it as it was: hanging it up is still the best try.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-impl LegState {
-    fn drain(&mut self, me: &ActorRef<LegMsg>) {
-        let leg = self.machine.id();
-        while let Some(out) = self.machine.poll_output() {
-            match out {
-                LegOutput::Sip(out) => self.sip.send(leg, out),
-                LegOutput::Event(LegEvent::Finished) if self.orphan => me.stop(None),
-                LegOutput::Event(_) if self.orphan => {}
-                LegOutput::Event(event) => {
-                    let _ = self.call.cast(CallMsg::Leg { leg, event });
-                }
-            }
-        }
-        self.timer.arm(me, self.clock.now(), self.machine.poll_timeout(), || LegMsg::Wake);
+/// Feeds `input` (if any) to one leg and sends its SIP out; its events go to `events`.
+fn feed(
+    leg: &mut Leg,
+    now: Timestamp,
+    input: Option<LegInput>,
+    sip: &dyn SipPort,
+    events: &mut VecDeque<(LegId, LegEvent)>,
+) {
+    if let Some(input) = input {
+        leg.handle(now, input);
     }
-
-    /// The call's actor is gone: hang up however far the dialog got, and go when it is over.
-    fn orphaned(&mut self, me: &ActorRef<LegMsg>) {
-        if self.orphan {
-            return;
+    let id = leg.id();
+    while let Some(out) = leg.poll_output() {
+        match out {
+            LegOutput::Sip(out) => sip.send(id, out),
+            LegOutput::Event(event) => events.push_back((id, event)),
         }
-        self.orphan = true;
-        tracing::warn!(leg = %self.machine.id(), "the call's actor is gone: its leg hangs up on its own");
-        metrics::counter!("pbx_call_legs_orphaned_total").increment(1);
-        self.machine.handle(self.clock.now(), LegInput::Command(LegCommand::Hangup));
-        self.drain(me);
-        me.exit_after(ENDING_BOUND);
+    }
+}
+
+/// The earliest timeout among `legs`.
+fn legs_timeout(legs: &HashMap<LegId, Box<Leg>>) -> Option<Timestamp> {
+    legs.values().filter_map(|leg| leg.poll_timeout()).min()
+}
+
+/// Feeds `Timeout` to every leg whose timeout is due.
+fn legs_due(
+    legs: &mut HashMap<LegId, Box<Leg>>,
+    now: Timestamp,
+    sip: &dyn SipPort,
+    events: &mut VecDeque<(LegId, LegEvent)>,
+) {
+    for leg in legs.values_mut() {
+        if leg.poll_timeout().is_some_and(|at| at <= now) {
+            feed(leg, now, Some(LegInput::Timeout), sip, events);
+        }
     }
 }
 
 pub enum CallMsg {
-    Leg {
+    /// SIP from the endpoint for one of the call's legs.
+    Sip {
         leg: LegId,
-        event: LegEvent,
+        input: Box<SipIn>,
     },
     Media(MediaEvent),
     Snapshot(RpcReplyPort<ActiveCall>),
@@ -210,6 +138,117 @@ pub enum CallMsg {
 
 // Local only; see `crate::shell` on ractor's `cluster` feature.
 impl ractor::Message for CallMsg {}
+
+pub struct OrphanArgs {
+    pub legs: HashMap<LegId, Box<Leg>>,
+    pub clock: Arc<dyn Clock>,
+    pub sip: Arc<dyn SipPort>,
+}
+
+pub struct OrphanState {
+    legs: HashMap<LegId, Box<Leg>>,
+    clock: Arc<dyn Clock>,
+    sip: Arc<dyn SipPort>,
+    timer: WakeTimer,
+    events: VecDeque<(LegId, LegEvent)>,
+}
+
+/// The legs of a call whose actor failed: each hangs up however far its dialog got, and is
+/// reported down when it is over; the actor stops when none is left, or at [`ENDING_BOUND`].
+/// Linked to nothing, so a calls actor that fails next does not take it along.
+pub struct OrphanLegs;
+
+impl Actor for OrphanLegs {
+    type Msg = CallMsg;
+    type State = OrphanState;
+    type Arguments = OrphanArgs;
+
+    async fn pre_start(&self, me: ActorRef<CallMsg>, args: OrphanArgs) -> Result<OrphanState, ActorProcessingErr> {
+        for leg in args.legs.keys() {
+            // The endpoint still routes the leg to the dead call actor (or not at all).
+            args.sip.adopt(*leg, me.clone());
+        }
+        Ok(OrphanState {
+            legs: args.legs,
+            clock: args.clock,
+            sip: args.sip,
+            timer: WakeTimer::default(),
+            events: VecDeque::new(),
+        })
+    }
+
+    async fn post_start(&self, me: ActorRef<CallMsg>, s: &mut OrphanState) -> Result<(), ActorProcessingErr> {
+        let now = s.clock.now();
+        for leg in s.legs.values_mut() {
+            tracing::warn!(leg = %leg.id(), "the call's actor is gone: its leg hangs up");
+            metrics::counter!("pbx_call_legs_orphaned_total").increment(1);
+            feed(leg, now, Some(LegInput::Command(LegCommand::Hangup)), &*s.sip, &mut s.events);
+        }
+        me.exit_after(ENDING_BOUND);
+        s.settle(&me);
+        Ok(())
+    }
+
+    async fn handle(&self, me: ActorRef<CallMsg>, msg: CallMsg, s: &mut OrphanState) -> Result<(), ActorProcessingErr> {
+        let now = s.clock.now();
+        match msg {
+            CallMsg::Sip { leg, input } => {
+                if let Some(machine) = s.legs.get_mut(&leg) {
+                    feed(machine, now, Some(LegInput::Sip(*input)), &*s.sip, &mut s.events);
+                }
+            }
+            CallMsg::Wake => {
+                s.timer.fired();
+                legs_due(&mut s.legs, now, &*s.sip, &mut s.events);
+            }
+            // Not a call any more: nothing else concerns it.
+            _ => {}
+        }
+        s.settle(&me);
+        Ok(())
+    }
+
+    async fn post_stop(&self, _me: ActorRef<CallMsg>, s: &mut OrphanState) -> Result<(), ActorProcessingErr> {
+        s.timer.cancel();
+        for leg in s.legs.keys() {
+            s.sip.leg_down(*leg);
+        }
+        Ok(())
+    }
+}
+
+impl OrphanState {
+    /// Legs whose dialog is over go down; the actor goes with the last one.
+    fn settle(&mut self, me: &ActorRef<CallMsg>) {
+        while let Some((leg, event)) = self.events.pop_front() {
+            if event == LegEvent::Finished && self.legs.remove(&leg).is_some() {
+                self.sip.leg_down(leg);
+            }
+        }
+        if self.legs.is_empty() {
+            me.stop(None);
+            return;
+        }
+        self.timer.arm(me, self.clock.now(), legs_timeout(&self.legs), || CallMsg::Wake);
+    }
+}
+
+/// Hands the legs left in `legs` (a call whose actor is gone without stopping them) to an
+/// [`OrphanLegs`] actor.
+async fn orphan(context: &CallContext, legs: &CallLegs) {
+    let legs = std::mem::take(&mut *legs.lock());
+    if legs.is_empty() {
+        return;
+    }
+    let ids: Vec<LegId> = legs.keys().copied().collect();
+    let args = OrphanArgs { legs, clock: context.clock.clone(), sip: context.sip.clone() };
+    if let Err(error) = Box::pin(Actor::spawn(None, OrphanLegs, args)).await {
+        tracing::error!(%error, "the legs of a failed call could not be hung up");
+        for leg in ids {
+            context.sip.leg_down(leg);
+        }
+    }
+}
 
 /// What every call of a node shares.
 #[derive(Clone)]
@@ -232,14 +271,17 @@ pub struct CallArgs {
     /// Whether the call's CDR is written (or being written): shared with the calls actor, so
     /// that whoever writes it, writes it once.
     pub recorded: Arc<AtomicBool>,
+    /// Where the call keeps its leg machines: shared with the calls actor, which hangs them up
+    /// should this actor fail.
+    pub legs: CallLegs,
 }
 
 pub struct CallState {
     machine: Call,
     context: CallContext,
-    legs: HashMap<LegId, ActorRef<LegMsg>>,
-    /// Leg actors by actor id, to tell which leg a supervision event is about.
-    leg_ids: HashMap<ractor::ActorId, LegId>,
+    legs: CallLegs,
+    /// What the legs told the call and the call machine has not heard yet.
+    events: VecDeque<(LegId, LegEvent)>,
     media: MediaSession,
     timer: WakeTimer,
     recorded: Arc<AtomicBool>,
@@ -274,8 +316,8 @@ impl Actor for CallActor {
         Ok(CallState {
             machine,
             context,
-            legs: HashMap::new(),
-            leg_ids: HashMap::new(),
+            legs: args.legs,
+            events: VecDeque::new(),
             media,
             timer: WakeTimer::default(),
             recorded: args.recorded,
@@ -290,7 +332,7 @@ impl Actor for CallActor {
     async fn handle(&self, me: ActorRef<CallMsg>, msg: CallMsg, s: &mut CallState) -> Result<(), ActorProcessingErr> {
         let now = s.context.clock.now();
         match msg {
-            CallMsg::Leg { leg, event } => s.machine.handle(now, CallInput::Leg { leg, event }),
+            CallMsg::Sip { leg, input } => s.feed_leg(now, leg, LegInput::Sip(*input)),
             CallMsg::Media(MediaEvent::Inactive { side }) => s.machine.handle(now, CallInput::MediaInactive { side }),
             CallMsg::Media(MediaEvent::Failed) => {
                 tracing::error!(call = s.machine.id(), "media session failed: the call ends");
@@ -303,10 +345,11 @@ impl Actor for CallActor {
             CallMsg::Wake => {
                 s.timer.fired();
                 s.machine.handle(now, CallInput::Timeout);
+                legs_due(&mut s.legs.lock(), now, &*s.context.sip, &mut s.events);
             }
             CallMsg::EndpointLost => {
-                for (leg, actor) in &s.legs {
-                    s.context.sip.adopt(*leg, actor.clone());
+                for leg in s.legs.lock().keys() {
+                    s.context.sip.adopt(*leg, me.clone());
                 }
                 s.machine.handle(now, CallInput::Fail { reason: "SIP endpoint restarted".into() });
             }
@@ -319,96 +362,71 @@ impl Actor for CallActor {
 
     async fn handle_supervisor_evt(
         &self,
-        me: ActorRef<CallMsg>,
-        event: SupervisionEvent,
-        s: &mut CallState,
+        _me: ActorRef<CallMsg>,
+        _event: SupervisionEvent,
+        _s: &mut CallState,
     ) -> Result<(), ActorProcessingErr> {
-        let now = s.context.clock.now();
-        match event {
-            SupervisionEvent::ActorFailed(cell, error) => {
-                if let Some(leg) = s.leg_ids.remove(&cell.get_id()) {
-                    tracing::error!(%leg, %error, "call leg failed");
-                    metrics::counter!("pbx_call_actor_failures_total", "actor" => "leg").increment(1);
-                    s.legs.remove(&leg);
-                    s.context.sip.leg_down(leg);
-                    s.machine.handle(now, CallInput::LegLost { leg });
-                }
-            }
-            SupervisionEvent::ActorTerminated(cell, _, _) => {
-                if let Some(leg) = s.leg_ids.remove(&cell.get_id()) {
-                    // Stopped by us after `StopLeg`, or by someone else: either way it is gone.
-                    if s.legs.remove(&leg).is_some() {
-                        s.context.sip.leg_down(leg);
-                        s.machine.handle(now, CallInput::LegLost { leg });
-                    }
-                }
-            }
-            _ => {}
-        }
-        s.drain(&me).await;
+        // A call supervises no actor (its legs are machines, its media a task): ractor's default,
+        // stopping on any event, must not apply.
         Ok(())
     }
 
     async fn post_stop(&self, _me: ActorRef<CallMsg>, s: &mut CallState) -> Result<(), ActorProcessingErr> {
+        // Not run when the actor failed or was killed: then the calls actor hangs the legs up.
         s.timer.cancel();
-        // Legs are not linked to the call: stopped here, before they could hear that it went.
-        for (leg, actor) in s.legs.drain() {
-            s.context.sip.leg_down(leg);
-            actor.stop(None);
+        for leg in s.legs.lock().drain() {
+            s.context.sip.leg_down(leg.0);
         }
         Ok(())
     }
 }
 
 impl CallState {
-    async fn drain(&mut self, me: &ActorRef<CallMsg>) {
-        while let Some(out) = self.machine.poll_output() {
-            match out {
-                CallOutput::StartLeg(leg) => {
-                    let id = leg.id();
-                    let args = LegArgs {
-                        leg: *leg,
-                        clock: self.context.clock.clone(),
-                        sip: self.context.sip.clone(),
-                        call: me.clone(),
-                    };
-                    // Boxed, like `finish` below: the future of a leg's start-up is ~7 KiB, and
-                    // inline it would be part of this call's handler future, which ractor keeps
-                    // allocated for the whole call.
-                    match Box::pin(Actor::spawn(None, LegActor, args)).await {
-                        Ok((actor, _)) => {
-                            self.context.sip.leg_up(id, actor.clone());
-                            self.leg_ids.insert(actor.get_id(), id);
-                            self.legs.insert(id, actor);
-                        }
-                        Err(error) => {
-                            tracing::error!(leg = %id, %error, "call leg did not start");
-                            self.context.sip.leg_down(id);
-                            self.machine.handle(self.context.clock.now(), CallInput::LegLost { leg: id });
-                        }
-                    }
-                }
-                CallOutput::ToLeg { leg, command } => {
-                    if let Some(actor) = self.legs.get(&leg) {
-                        let _ = actor.cast(LegMsg::Command(command));
-                    }
-                }
-                CallOutput::StopLeg { leg } => {
-                    if let Some(actor) = self.legs.remove(&leg) {
-                        self.context.sip.leg_down(leg);
-                        actor.stop(None);
-                    }
-                }
-                CallOutput::ConfigureMedia { side, peer } => self.media.configure(side, peer),
-                CallOutput::Record(cdr) => {
-                    if !self.recorded.swap(true, Ordering::SeqCst) {
-                        Box::pin(self.finish(*cdr)).await;
-                    }
-                }
-                CallOutput::Over => me.stop(None),
-            }
+    /// Feeds one leg; what it tells the call waits in `events` for [`CallState::drain`].
+    fn feed_leg(&mut self, now: Timestamp, leg: LegId, input: LegInput) {
+        if let Some(machine) = self.legs.lock().get_mut(&leg) {
+            feed(machine, now, Some(input), &*self.context.sip, &mut self.events);
         }
-        self.timer.arm(me, self.context.clock.now(), self.machine.poll_timeout(), || CallMsg::Wake);
+    }
+
+    /// Runs the call machine and its legs until neither has anything left to say, then arms
+    /// the timer for the earliest timeout among them.
+    async fn drain(&mut self, me: &ActorRef<CallMsg>) {
+        loop {
+            while let Some(out) = self.machine.poll_output() {
+                match out {
+                    CallOutput::StartLeg(mut leg) => {
+                        let id = leg.id();
+                        feed(&mut leg, self.context.clock.now(), None, &*self.context.sip, &mut self.events);
+                        self.legs.lock().insert(id, leg);
+                        self.context.sip.leg_up(id, me.clone());
+                    }
+                    CallOutput::ToLeg { leg, command } => {
+                        self.feed_leg(self.context.clock.now(), leg, LegInput::Command(command));
+                    }
+                    CallOutput::StopLeg { leg } => {
+                        if self.legs.lock().remove(&leg).is_some() {
+                            self.context.sip.leg_down(leg);
+                        }
+                    }
+                    CallOutput::ConfigureMedia { side, peer } => self.media.configure(side, peer),
+                    CallOutput::Record(cdr) => {
+                        if !self.recorded.swap(true, Ordering::SeqCst) {
+                            Box::pin(self.finish(*cdr)).await;
+                        }
+                    }
+                    CallOutput::Over => me.stop(None),
+                }
+            }
+            let Some((leg, event)) = self.events.pop_front() else { break };
+            self.machine.handle(self.context.clock.now(), CallInput::Leg { leg, event });
+        }
+        let legs = legs_timeout(&self.legs.lock());
+        let at = match (self.machine.poll_timeout(), legs) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.timer.arm(me, self.context.clock.now(), at, || CallMsg::Wake);
     }
 
     /// The CDR with the relay's counters, stored before the call actor goes.
@@ -507,6 +525,8 @@ pub struct CallsArgs {
 struct Running {
     actor: ActorRef<CallMsg>,
     legs: Vec<LegId>,
+    /// The call's leg machines, to hang up should its actor fail.
+    machines: CallLegs,
     cdr: Cdr,
     /// Shared with the call's actor: set by whoever writes the CDR.
     recorded: Arc<AtomicBool>,
@@ -514,8 +534,8 @@ struct Running {
 
 /// The running calls, by actor id, kept outside the calls actor so that they outlive it: a
 /// calls actor that panics takes its call actors with it (they are linked to it), and the one
-/// the supervisor starts next finds them here and writes their `failed` CDRs. Their legs are
-/// not linked to anything and hang up on their own (see the module doc).
+/// the supervisor starts next finds them here, hangs up their legs and writes their `failed`
+/// CDRs (see the module doc).
 #[derive(Clone, Default)]
 pub struct CallLedger(Arc<Mutex<HashMap<ractor::ActorId, Running>>>);
 
@@ -530,6 +550,7 @@ impl CallLedger {
 pub struct Started {
     result: Result<ActorRef<CallMsg>, String>,
     legs: Vec<LegId>,
+    machines: CallLegs,
     cdr: Cdr,
     recorded: Arc<AtomicBool>,
 }
@@ -551,7 +572,7 @@ impl Actor for CallsActor {
     type Arguments = CallsArgs;
 
     async fn pre_start(&self, _me: ActorRef<CallsMsg>, args: CallsArgs) -> Result<CallsState, ActorProcessingErr> {
-        // Calls a failed calls actor left: their actors died with it, their legs are hanging up.
+        // Calls a failed calls actor left: their actors died with it, their legs are still up.
         let left = std::mem::take(&mut *args.ledger.lock());
         if !left.is_empty() {
             tracing::error!(calls = left.len(), "calls actor restarted: the calls in progress end as failed");
@@ -618,8 +639,19 @@ impl Actor for CallsActor {
         s: &mut CallsState,
     ) -> Result<(), ActorProcessingErr> {
         match event {
-            SupervisionEvent::ActorTerminated(cell, _, _) if s.calls.lock().remove(&cell.get_id()).is_none() => {
-                s.ended_early.insert(cell.get_id());
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                let running = s.calls.lock().remove(&cell.get_id());
+                match running {
+                    // A call that stops takes its legs down first: legs left mean it was killed.
+                    Some(running) if !running.machines.lock().is_empty() => {
+                        tracing::error!(call = running.cdr.id, "call actor killed: the call ends as failed");
+                        end_failed(&s.context, running, "call failed").await;
+                    }
+                    Some(_) => {}
+                    None => {
+                        s.ended_early.insert(cell.get_id());
+                    }
+                }
             }
             SupervisionEvent::ActorFailed(cell, error) => {
                 let running = s.calls.lock().remove(&cell.get_id());
@@ -641,10 +673,11 @@ impl Actor for CallsActor {
     }
 }
 
-/// A call whose actor is gone without having finished it: the endpoint forgets its legs that
-/// never came up (those that did hang up on their own), and the CDR says it failed — unless
-/// the call's actor wrote one already.
+/// A call whose actor is gone without having finished it: its legs that came up are hung up
+/// ([`OrphanLegs`]), the endpoint forgets those that never did, and the CDR says it failed —
+/// unless the call's actor wrote one already.
 async fn end_failed(context: &CallContext, running: Running, reason: &str) {
+    orphan(context, &running.machines).await;
     context.sip.call_lost(&running.legs);
     if running.recorded.swap(true, Ordering::SeqCst) {
         return;
@@ -664,7 +697,15 @@ impl CallsState {
         let cdr = start.cdr(id, now);
         tracing::info!(call = id, caller = %start.route.caller, callee = %start.route.callee, contacts = start.forks.len(), "call");
         let recorded = Arc::new(AtomicBool::new(false));
-        let args = CallArgs { start, id, seed, context: self.context.clone(), recorded: recorded.clone() };
+        let machines = CallLegs::default();
+        let args = CallArgs {
+            start,
+            id,
+            seed,
+            context: self.context.clone(),
+            recorded: recorded.clone(),
+            legs: machines.clone(),
+        };
         let me = me.clone();
         ractor::concurrency::spawn(async move {
             let result = Actor::spawn_linked(None, CallActor, args, me.get_cell()).await;
@@ -673,16 +714,19 @@ impl CallsState {
                 ractor::SpawnErr::StartupFailed(inner) => inner.to_string(),
                 other => other.to_string(),
             });
-            let _ = me.cast(CallsMsg::Started(Box::new(Started { result, legs, cdr, recorded })));
+            let _ = me.cast(CallsMsg::Started(Box::new(Started { result, legs, machines, cdr, recorded })));
         });
     }
 
     async fn started(&mut self, started: Started) {
-        let Started { result, legs, cdr, recorded } = started;
+        let Started { result, legs, machines, cdr, recorded } = started;
         match result {
             Ok(actor) => {
-                if !self.ended_early.remove(&actor.get_id()) {
-                    self.calls.lock().insert(actor.get_id(), Running { actor, legs, cdr, recorded });
+                if self.ended_early.remove(&actor.get_id()) {
+                    // A call that stopped leaves no legs behind; one that failed leaves them up.
+                    orphan(&self.context, &machines).await;
+                } else {
+                    self.calls.lock().insert(actor.get_id(), Running { actor, legs, machines, cdr, recorded });
                 }
             }
             Err(error) => {

@@ -76,7 +76,8 @@ pub enum CallInput {
         leg: LegId,
         event: LegEvent,
     },
-    /// The leg's actor failed: its SIP side is gone without a word.
+    /// The leg is gone without a word. No driver sends it today: legs run inside the call's
+    /// actor (a leg that panics takes that actor down, and the calls actor hangs up its legs).
     LegLost {
         leg: LegId,
     },

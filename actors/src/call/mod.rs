@@ -7,8 +7,9 @@
 //!   no-answer timeout, CANCEL, BYE either way, re-INVITE/UPDATE relayed, SDP offer/answer
 //!   rewritten so media flows through pbx's ports, and the CDR.
 //! - [`destination`]: where a B-leg's requests go, the Contact or the REGISTER's source (NAT).
-//! - [`actor`]: the ractor shells. One actor per leg, one per call (the legs' supervisor), and
-//!   the `calls` actor that starts calls and lists them.
+//! - [`actor`]: the ractor shells. One actor per call (its legs are machines inside it), and
+//!   the `calls` actor that starts calls, lists them and hangs up the legs of a call whose
+//!   actor failed.
 //!
 //! Routing needs no table of dialogs: every tag and branch pbx makes names the leg it belongs
 //! to ([`LegId::tag`], [`LegId::branch`]), so the endpoint finds the leg of an in-dialog request

@@ -13,7 +13,7 @@ use super::glue::{EndpointGlue, Envelope, ForRegistrar, GlueInput};
 use super::machine::{Endpoint, EndpointEvent, EndpointInput};
 use crate::Timestamp;
 use crate::bugs::Bugs;
-use crate::call::actor::{CallsMsg, LegMsg, SipPort};
+use crate::call::actor::{CallMsg, CallsMsg, SipPort};
 use crate::call::{LegId, SipOut};
 use crate::licence::LicenceView;
 use crate::registrar::{RegistrarMsg, ResponseSink, Route};
@@ -53,9 +53,10 @@ pub enum EndpointMsg {
         leg: LegId,
         out: SipOut,
     },
+    /// The leg runs in this call's actor.
     LegUp {
         leg: LegId,
-        actor: ActorRef<LegMsg>,
+        actor: ActorRef<CallMsg>,
     },
     LegDown {
         leg: LegId,
@@ -63,10 +64,10 @@ pub enum EndpointMsg {
     /// A leg of a call that outlived the endpoint actor that started it: route to it again.
     Adopt {
         leg: LegId,
-        actor: ActorRef<LegMsg>,
+        actor: ActorRef<CallMsg>,
     },
-    /// The call these legs belonged to is gone. Legs whose actor never came up are down now;
-    /// legs with an actor hang up on their own and say `LegDown` when done.
+    /// The call these legs belonged to is gone. Legs that never came up are down now; legs
+    /// that did are being hung up and say `LegDown` when done.
     CallLost {
         legs: Vec<LegId>,
     },
@@ -101,7 +102,7 @@ pub struct EndpointArgs {
 }
 
 pub struct EndpointState {
-    glue: EndpointGlue<ActorRef<LegMsg>>,
+    glue: EndpointGlue<ActorRef<CallMsg>>,
     clock: Arc<dyn Clock>,
     wire: Arc<dyn Wire>,
     registrar: Current<RegistrarMsg>,
@@ -144,7 +145,7 @@ impl SipPort for EndpointSink {
         self.cast(EndpointMsg::FromLeg { leg, out });
     }
 
-    fn leg_up(&self, leg: LegId, actor: ActorRef<LegMsg>) {
+    fn leg_up(&self, leg: LegId, actor: ActorRef<CallMsg>) {
         self.cast(EndpointMsg::LegUp { leg, actor });
     }
 
@@ -152,7 +153,7 @@ impl SipPort for EndpointSink {
         self.cast(EndpointMsg::LegDown { leg });
     }
 
-    fn adopt(&self, leg: LegId, actor: ActorRef<LegMsg>) {
+    fn adopt(&self, leg: LegId, actor: ActorRef<CallMsg>) {
         self.cast(EndpointMsg::Adopt { leg, actor });
     }
 
@@ -237,7 +238,7 @@ impl Actor for EndpointActor {
 
 impl EndpointState {
     /// Delivers one of the glue's envelopes to whom it is addressed.
-    fn deliver(&mut self, now: Timestamp, envelope: Envelope<ActorRef<LegMsg>>) {
+    fn deliver(&mut self, now: Timestamp, envelope: Envelope<ActorRef<CallMsg>>) {
         match envelope {
             Envelope::Net { destination, transport, bytes } => self.wire.send(destination, transport, bytes),
             Envelope::Registrar(ForRegistrar::Register { tx, request, source, transport }) => {
@@ -257,8 +258,8 @@ impl EndpointState {
                     self.glue.handle(now, GlueInput::CallLost { legs }, &self.licence);
                 }
             }
-            Envelope::Leg { to, input, .. } => {
-                let _ = to.cast(LegMsg::Sip(input));
+            Envelope::Leg { to, leg, input } => {
+                let _ = to.cast(CallMsg::Sip { leg, input: Box::new(input) });
             }
             Envelope::Event(event) => record(event),
             Envelope::LegsRouted(n) => metrics::gauge!("pbx_call_legs_active").set(n as f64),

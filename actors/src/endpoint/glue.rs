@@ -5,8 +5,8 @@
 //!
 //! It owns what the shell used to decide on its own:
 //! - the leg table: which legs are up (with the driver's handle to reach each: the product's
-//!   `ActorRef`, the simulator's nothing), and a short start-up queue per leg whose actor is
-//!   not up yet (a CANCEL can overtake the call's start), bounded by [`LEG_START_QUEUE_MAX`];
+//!   call actor's `ActorRef`, the simulator's nothing), and a short start-up queue per leg
+//!   that is not up yet (a CANCEL can overtake the call's start), bounded by [`LEG_START_QUEUE_MAX`];
 //! - the call limit: the licence's limit on calls at once, read as each call is routed;
 //! - turning the machine's outputs into addressed [`Envelope`]s, which the driver only
 //!   delivers.
@@ -34,7 +34,7 @@ use ezk_sip_types::Method;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
-/// What waits for a leg actor that is still starting; more is dropped (UDP peers resend).
+/// What waits for a leg that is still starting; more is dropped (UDP peers resend).
 pub const LEG_START_QUEUE_MAX: usize = 16;
 
 /// Where the licence's limit on calls at once is read, as each call is routed.
@@ -72,7 +72,7 @@ pub enum GlueInput<H> {
     /// For the endpoint machine. A `Routed` reads the call limit first; a `LegDown` also
     /// takes the leg out of the table.
     Endpoint(EndpointInput),
-    /// A leg's actor is running: what waited for it goes to it now.
+    /// A leg is running (in its call's actor): what waited for it goes to it now.
     LegUp { leg: LegId, to: H },
     /// A leg of a call that outlived the endpoint actor that started it: route to it again.
     Adopt { leg: LegId, to: H },
@@ -112,7 +112,7 @@ pub enum Envelope<H> {
     Registrar(ForRegistrar),
     /// To the calls actor: start this call (its legs are in the table from now on).
     Calls(Box<CallStart>),
-    /// To the leg's actor, reached through `to`.
+    /// To the leg, reached through `to` (its call's actor).
     Leg { to: H, leg: LegId, input: SipIn },
     /// For the shell's logs and metrics.
     Event(EndpointEvent),
