@@ -6,6 +6,8 @@
 //! - [`clock`]: the wall clock as Unix-epoch microseconds that never go backwards.
 //! - [`http`]: the HTTP kernel — JSON errors, bearer-token checks, RFC 3339 times — which knows
 //!   no route and no subsystem.
+//! - [`store`]: the error of a redb file that could not be opened, read or decoded, and the
+//!   decoding of a stored record from its version enum.
 //! - [`wait_for_shutdown_signal`]: SIGTERM or SIGINT.
 //!
 //! Not here: anything about SIP, storage schemas or a subsystem's routes.
@@ -13,6 +15,7 @@
 pub mod clock;
 pub mod http;
 pub mod secret_file;
+pub mod store;
 
 /// Returns at the first SIGTERM or SIGINT.
 pub async fn wait_for_shutdown_signal() -> anyhow::Result<()> {

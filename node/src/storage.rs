@@ -121,19 +121,8 @@ enum StoredUnlocksV {
     V1(pbx_actors::licence::StoredUnlocks),
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error("open {path}: {reason}")]
-    Open { path: String, reason: String },
-    #[error("{0}")]
-    Redb(String),
-    #[error("decode {table} record {key:?}: {reason}")]
-    Decode { table: String, key: String, reason: String },
-}
-
-pub(crate) fn redb_err(e: impl std::fmt::Display) -> StorageError {
-    StorageError::Redb(e.to_string())
-}
+pub use pbx_host::store::StorageError;
+pub(crate) use pbx_host::store::{decode, redb_err};
 
 pub struct Storage {
     db: RedbFile,
@@ -399,19 +388,6 @@ impl std::str::FromStr for CdrCursor {
         let id = u64::from_str_radix(&s[16..], 16).map_err(|_| bad())?;
         Ok(CdrCursor { end, id })
     }
-}
-
-/// A stored value, decoded from its version enum; the error names the table and the key.
-pub(crate) fn decode<V: serde::de::DeserializeOwned>(
-    table: &str,
-    key: impl FnOnce() -> String,
-    bytes: &[u8],
-) -> Result<V, StorageError> {
-    postcard::from_bytes(bytes).map_err(|e| StorageError::Decode {
-        table: table.to_string(),
-        key: key(),
-        reason: e.to_string(),
-    })
 }
 
 /// Every record of one table, decoded from its version enum and brought up to the current type.

@@ -657,22 +657,8 @@ enum StoredLogEntryV {
 }
 
 /// `licence.redb` could not be opened, read, decoded or written: what and why.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StorageError(String);
-
-fn redb_err(e: impl std::fmt::Display) -> StorageError {
-    StorageError(e.to_string())
-}
-
-/// A stored record of `table` read back, or which record could not be and why.
-fn decode<V: serde::de::DeserializeOwned>(
-    table: &str,
-    key: impl FnOnce() -> String,
-    bytes: &[u8],
-) -> Result<V, StorageError> {
-    postcard::from_bytes(bytes).map_err(|e| StorageError(format!("decode {table} record {:?}: {e}", key())))
-}
+pub use pbx_host::store::StorageError;
+use pbx_host::store::{decode, redb_err};
 
 /// `DIR/licence.redb`: what the desk persists, one durable transaction per request.
 pub struct LicenceStorage {
@@ -682,7 +668,8 @@ pub struct LicenceStorage {
 impl LicenceStorage {
     pub fn open(dir: &Path) -> Result<LicenceStorage, StorageError> {
         let path = dir.join(DB_FILE);
-        let db = Database::create(&path).map_err(|e| StorageError(format!("open {}: {e}", path.display())))?;
+        let db = Database::create(&path)
+            .map_err(|e| StorageError::Open { path: path.display().to_string(), reason: e.to_string() })?;
         let tx = db.begin_write().map_err(redb_err)?;
         tx.open_table(SERIALS).map_err(redb_err)?;
         tx.open_table(VOUCHERS).map_err(redb_err)?;
