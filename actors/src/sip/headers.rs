@@ -129,6 +129,22 @@ impl Headers {
         }
     }
 
+    /// Replaces the first value of `name` and moves its entry to the front: what removing
+    /// them all, inserting `value` with [`Headers::insert_value_front`] and the rest after it
+    /// does, without the copies. False (nothing changed) when there is no such header.
+    pub fn replace_first_to_front(&mut self, name: &Name, value: BytesStr) -> bool {
+        let Some(i) = self.position(name) else { return false };
+        match &mut self.entries[i].values {
+            OneOrMore::One(first) => *first = value,
+            OneOrMore::More(values) => match values.first_mut() {
+                Some(first) => *first = value,
+                None => values.push(value),
+            },
+        }
+        self.entries[..=i].rotate_right(1);
+        true
+    }
+
     /// Removes every value of `name`, returning them in order.
     pub fn remove(&mut self, name: &Name) -> Option<Vec<BytesStr>> {
         let entry = self.entries.remove(self.position(name)?);

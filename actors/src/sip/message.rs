@@ -18,10 +18,12 @@ use bytesstr::BytesStr;
 pub use ezk_sip_types::header::typed::{CSeq, CallID, Contact, Expires, FromTo, MinExpires, Via};
 use ezk_sip_types::parse::Parse;
 use ezk_sip_types::print::AppendCtx;
+use ezk_sip_types::uri::params::Param;
 pub use ezk_sip_types::uri::{NameAddr, SipUri, SipUriUserPart};
 pub use ezk_sip_types::{Method, Name};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 
 /// A whole message (head and body) larger than this is refused: 513 when we can still answer,
 /// the connection closed when we cannot. SIP over UDP cannot exceed 65,507 bytes anyway.
@@ -261,7 +263,7 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
     let unfolded = unfold(&head_text);
     let src = Bytes::from(unfolded);
     let text = std::str::from_utf8(&src).expect("built from a str");
-    let mut lines = text.split('\n').filter(|l| !l.is_empty());
+    let mut lines = Lines::new(text, false).filter(|l| !l.is_empty());
     let Some(start_line) = lines.next() else {
         return discard("empty message");
     };
@@ -278,7 +280,8 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
             bad_line = Some("Too many header lines".to_owned());
             break;
         }
-        let Some((name, value)) = line.split_once(':') else {
+        let Some((name, value)) = line.as_bytes().iter().position(|&b| b == b':').map(|i| (&line[..i], &line[i + 1..]))
+        else {
             bad_line.get_or_insert_with(|| "Malformed header line (no colon)".to_owned());
             continue;
         };
@@ -342,18 +345,28 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
     if !(scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")) {
         return reject(416, format!("Unsupported URI Scheme {scheme:?}"));
     }
-    let uri = match SipUri::parse(&src)(uri) {
-        Ok(("", uri)) => uri,
-        _ => return reject(400, "Malformed Request-URI".into()),
+    let uri = match shapes::whole_sip_uri(&src, uri) {
+        Some(uri) => uri,
+        None => match SipUri::parse(&src)(uri) {
+            Ok(("", uri)) => uri,
+            _ => return reject(400, "Malformed Request-URI".into()),
+        },
     };
 
     // The headers every request must carry (RFC 3261 §8.1.1), each readable; read typed here
     // once and kept (see `Typed`).
-    let (via, via_alone) = match decode::<Vec<Via>>(&seen.via) {
-        Some(vias) if !vias.is_empty() => {
-            let alone = vias.len() == seen.via.len();
-            (vias.into_iter().next(), alone)
-        }
+    // A lone Via in the common shape is read by hand (see `shapes`); anything else by ezk.
+    let by_hand = match (&seen.via.first, seen.via.more.is_empty()) {
+        (Some(value), true) => shapes::via(value.as_ref(), value.as_str()).map(|via| (via, true)),
+        _ => None,
+    };
+    let top = by_hand.or_else(|| {
+        let vias = decode::<Vec<Via>>(&seen.via)?;
+        let alone = vias.len() == seen.via.len();
+        Some((vias.into_iter().next()?, alone))
+    });
+    let (via, via_alone) = match top {
+        Some((via, alone)) => (Some(via), alone),
         _ if seen.via.is_empty() => return reject(400, "Missing Via header".into()),
         _ => return reject(400, "Malformed Via header".into()),
     };
@@ -364,7 +377,8 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
             1 => {}
             _ => return reject(400, format!("Multiple {label} headers")),
         }
-        match decode::<FromTo>(values) {
+        let by_hand = values.first.as_ref().and_then(|v| shapes::from_to(v.as_ref(), v.as_str()));
+        match by_hand.or_else(|| decode::<FromTo>(values)) {
             Some(value) => *slot = Some(value),
             None => return reject(400, format!("Malformed {label} header")),
         }
@@ -671,7 +685,7 @@ fn next_newline(buf: &[u8], from: usize) -> Option<usize> {
 /// normalises line ends to `\n`.
 fn unfold(head: &str) -> String {
     let mut out = String::with_capacity(head.len());
-    let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).peekable();
+    let mut lines = Lines::new(head, true).peekable();
     while let Some(line) = lines.next() {
         out.push_str(line);
         while let Some(next) = lines.peek() {
@@ -688,11 +702,43 @@ fn unfold(head: &str) -> String {
     out
 }
 
+/// The pieces of a text between `\n`s, as `split('\n')` gives them (the last one after the
+/// final `\n`, empty or not, included), found eight bytes at a time; with `strip_cr`, each
+/// without one trailing `\r`.
+struct Lines<'a> {
+    text: &'a str,
+    at: usize,
+    strip_cr: bool,
+}
+
+impl<'a> Lines<'a> {
+    fn new(text: &'a str, strip_cr: bool) -> Lines<'a> {
+        Lines { text, at: 0, strip_cr }
+    }
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        if self.at > self.text.len() {
+            return None;
+        }
+        let end = next_newline(self.text.as_bytes(), self.at).unwrap_or(self.text.len());
+        let line = &self.text[self.at..end];
+        self.at = end + 1;
+        Some(if self.strip_cr { line.strip_suffix('\r').unwrap_or(line) } else { line })
+    }
+}
+
 /// Content-Length read from a raw head without a full parse: `None` if absent.
 fn raw_content_length(head: &[u8]) -> Option<Result<usize, ()>> {
     let text = String::from_utf8_lossy(head);
     for line in text.split('\n') {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.as_bytes().iter().position(|&b| b == b':').map(|i| (&line[..i], &line[i + 1..]))
+        else {
+            continue;
+        };
         let name = name.trim();
         if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l") {
             return Some(value.trim().parse::<usize>().map_err(|_| ()));
@@ -851,6 +897,11 @@ impl Request {
         if values.iter().any(|v| v.as_str().trim() == "*") {
             return if values.len() == 1 { Ok(Contacts::Star) } else { Err("Contact * mixed with other contacts") };
         }
+        // Each value one contact in the common shape: read by hand (see `shapes`).
+        let by_hand: Option<Vec<Contact>> = values.iter().map(|v| shapes::contact(v.as_ref(), v.as_str())).collect();
+        if let Some(list) = by_hand {
+            return Ok(Contacts::List(list));
+        }
         match self.headers.get_named::<Vec<Contact>>() {
             Ok(list) if !list.is_empty() => Ok(Contacts::List(list)),
             _ => Err("Malformed Contact header"),
@@ -895,6 +946,24 @@ impl Request {
         // The top Via is already typed: edit it and print it in place of its raw value.
         let Some(top) = self.typed.via.as_mut() else { return };
         let asked_rport = top.params.get("rport").is_some();
+        if self.typed.via_alone {
+            // The raw text with the two parameters written in, as printing the edited Via
+            // would place them; the typed Via's new values are slices of that text.
+            let port = asked_rport.then(|| source.port());
+            let raw = self.headers.get_raw(&Name::VIA).next();
+            if let Some((text, received, rport)) = raw.and_then(|raw| stamped_via(raw.as_str(), source.ip(), port)) {
+                let text = BytesStr::from(text);
+                // `stamped_via` saw no `received` in the text: this adds the only one.
+                top.params.push(Param::value(BytesStr::from_static("received"), text.slice_ref(&text[received])));
+                if let Some(rport) = rport
+                    && let Some(param) = top.params.get_mut("rport")
+                {
+                    param.value = Some(text.slice_ref(&text[rport]));
+                }
+                self.headers.replace_first_to_front(&Name::VIA, text);
+                return;
+            }
+        }
         // Always, even when sent-by names the source: a `received` the client wrote itself
         // must never decide where our answer goes (it would make pbx a reflector aimed at
         // whatever address a stranger puts there).
@@ -904,14 +973,8 @@ impl Request {
         }
         let Some(values) = self.headers.remove(&Name::VIA) else { return };
         if self.typed.via_alone {
-            // The raw text with the two parameters written in, as printing the edited Via
-            // would place them; printing it whole only when the text is not that simple.
-            let port = asked_rport.then(|| source.port());
-            match values.first().and_then(|raw| stamped_via(raw.as_str(), source.ip(), port)) {
-                Some(text) => self.headers.insert_value_front(Name::VIA, BytesStr::from(text)),
-                // ezk puts a new entry first but appends to an existing one: insert in order.
-                None => self.headers.insert_named_front(top),
-            }
+            // ezk puts a new entry first but appends to an existing one: insert in order.
+            self.headers.insert_named_front(top);
             for value in &values[1..] {
                 insert_shared(&mut self.headers, Name::VIA, value);
             }
@@ -996,22 +1059,68 @@ impl Response {
 /// A lone top Via's raw text with `received` (and `rport`'s value) written in as printing the
 /// stamped typed Via places them (`rport` edited where it stands, `received` appended), when
 /// the text is that simple: no `received` in it, and `rport` absent or (when `port` is asked
-/// for) its last parameter, bare. `None` otherwise: the caller prints the typed Via.
-fn stamped_via(raw: &str, ip: IpAddr, port: Option<u16>) -> Option<String> {
-    let lower = raw.to_ascii_lowercase();
-    if lower.contains("received") {
+/// for) its last parameter, bare. Also where the two values are in the text. `None` otherwise:
+/// the caller prints the typed Via.
+fn stamped_via(raw: &str, ip: IpAddr, port: Option<u16>) -> Option<(String, Range<usize>, Option<Range<usize>>)> {
+    if contains_ignore_case(raw, "received") {
         return None;
     }
     let mut text = String::with_capacity(raw.len() + 40);
-    match port {
-        Some(port) if lower.ends_with(";rport") && lower.matches("rport").count() == 1 => {
-            let _ = write!(text, "{raw}={port}");
+    text.push_str(raw);
+    let rport = match port {
+        // One `rport`, at the end (it cannot overlap itself, so none in what comes before).
+        Some(port)
+            if raw.len() >= 6
+                && raw.as_bytes()[raw.len() - 6..].eq_ignore_ascii_case(b";rport")
+                && !contains_ignore_case(&raw[..raw.len() - 5], "rport") =>
+        {
+            text.push('=');
+            let start = text.len();
+            push_decimal(&mut text, port.into());
+            Some(start..text.len())
         }
-        None if !lower.contains("rport") => text.push_str(raw),
+        None if !contains_ignore_case(raw, "rport") => None,
         _ => return None,
+    };
+    text.push_str(";received=");
+    let start = text.len();
+    match ip {
+        // As `Ipv4Addr`'s `Display` writes it, without the formatting machinery.
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text.push('.');
+                }
+                push_decimal(&mut text, octet.into());
+            }
+        }
+        IpAddr::V6(_) => {
+            let _ = write!(text, "{ip}");
+        }
     }
-    let _ = write!(text, ";received={ip}");
-    Some(text)
+    let received = start..text.len();
+    Some((text, received, rport))
+}
+
+/// Whether `needle` (ASCII) occurs in `haystack`, ASCII case ignored.
+fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    haystack.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+/// `n` in decimal.
+fn push_decimal(out: &mut String, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|&d| char::from(d)));
 }
 
 /// RFC 3261 §18.2.2 and RFC 3581 §4 for one Via (see [`Response::udp_destination`]).
@@ -1036,6 +1145,9 @@ impl Message {
 pub fn parse_sip_uri(text: &str) -> Option<SipUri> {
     let src = Bytes::copy_from_slice(text.trim().as_bytes());
     let text = std::str::from_utf8(&src).ok()?;
+    if let Some(uri) = shapes::whole_sip_uri(&src, text) {
+        return Some(uri);
+    }
     match SipUri::parse(&src)(text) {
         Ok(("", uri)) => Some(uri),
         _ => None,
@@ -1084,6 +1196,8 @@ impl std::fmt::Write for Writer<'_> {
         Ok(())
     }
 }
+
+mod shapes;
 
 #[cfg(test)]
 mod tests;
