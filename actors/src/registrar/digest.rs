@@ -154,7 +154,7 @@ pub fn request_digest(
 
 /// Lowercase hex of `bytes`, as `hex::encode` writes it, through its slice encoder (`encode`
 /// collects the digits one `char` at a time, several times slower on every nonce and digest).
-fn to_hex(bytes: impl AsRef<[u8]>) -> String {
+pub(super) fn to_hex(bytes: impl AsRef<[u8]>) -> String {
     let bytes = bytes.as_ref();
     let mut out = vec![0u8; bytes.len() * 2];
     hex::encode_to_slice(bytes, &mut out).expect("the output is twice the input");
@@ -240,7 +240,8 @@ impl Credentials {
                 return None;
             }
             count += 1;
-            let (name, after) = rest.split_once('=')?;
+            let eq = rest.bytes().position(|b| b == b'=')?;
+            let (name, after) = (&rest[..eq], &rest[eq + 1..]);
             let name = name.trim_matches([' ', '\t']);
             if name.is_empty() || !name.bytes().all(is_token_byte) {
                 return None;
@@ -261,7 +262,7 @@ impl Credentials {
             let (param, after) = if let Some(quoted) = after.strip_prefix('"') {
                 unquote(quoted)?
             } else {
-                let end = after.find([',', ' ', '\t']).unwrap_or(after.len());
+                let end = after.bytes().position(|b| matches!(b, b',' | b' ' | b'\t')).unwrap_or(after.len());
                 let token = &after[..end];
                 if token.is_empty() || !token.bytes().all(is_token_byte) {
                     return None;
@@ -299,7 +300,7 @@ impl Credentials {
 /// the closing quote.
 fn unquote(s: &str) -> Option<(String, &str)> {
     // Most quoted values hold no escape: one copy of the slice up to the closing quote.
-    let end = s.find(['"', '\\'])?;
+    let end = s.bytes().position(|b| b == b'"' || b == b'\\')?;
     if s.as_bytes()[end] == b'"' {
         return Some((s[..end].to_owned(), &s[end + 1..]));
     }
@@ -523,6 +524,16 @@ pub(crate) fn nonce_timestamp(nonce: &str) -> Option<Timestamp> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    // The slice encoder writes what `hex::encode` and `{:016x}` write (the To tag relies on it).
+    #[test]
+    fn to_hex_is_lowercase_hex() {
+        for n in [0u64, 1, 0xabc, 0x0123_4567_89ab_cdef, u64::MAX] {
+            assert_eq!(to_hex(n.to_be_bytes()), format!("{n:016x}"));
+            assert_eq!(to_hex(n.to_le_bytes()), hex::encode(n.to_le_bytes()));
+        }
+        assert_eq!(to_hex([0u8; 0]), "");
+    }
 
     /// The RFC 7616 §3.9.1 example: our HA1 and request digest give its published responses.
     #[test]

@@ -925,14 +925,20 @@ impl Request {
     /// CSeq copied; `to_tag` added to To when it has none (not on 100, which carries no tag).
     pub fn response(&self, code: u16, to_tag: Option<&str>) -> Response {
         let mut headers = Headers::with_capacity(8);
+        let to_tag = to_tag.filter(|_| code > 100 && self.typed.to.as_ref().is_none_or(|to| to.tag.is_none()));
         // The values are shared with the request, not copied; only a To that gains a tag is new.
-        for name in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::CSEQ] {
+        for (i, name) in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::CSEQ].into_iter().enumerate() {
+            let tag = to_tag.filter(|_| i == 2);
             for value in self.headers.get_raw(&name) {
-                match to_tag.filter(|_| name == Name::TO && code > 100) {
-                    Some(tag) if self.typed.to.as_ref().is_none_or(|to| to.tag.is_none()) => {
-                        headers.insert(name.clone(), format!("{value};tag={tag}"));
+                match tag {
+                    Some(tag) => {
+                        let mut tagged = String::with_capacity(value.len() + 5 + tag.len());
+                        tagged.push_str(value);
+                        tagged.push_str(";tag=");
+                        tagged.push_str(tag);
+                        headers.insert_value(name.clone(), BytesStr::from(tagged));
                     }
-                    _ => insert_shared(&mut headers, name.clone(), value),
+                    None => insert_shared(&mut headers, name.clone(), value),
                 }
             }
         }
@@ -1048,9 +1054,14 @@ impl Response {
     }
 
     pub fn to_bytes(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(256 + self.body.len());
         let reason = if self.reason.is_empty() { reason_phrase(self.code) } else { &self.reason };
-        let _ = write!(Writer(&mut out), "SIP/2.0 {} {}\r\n", self.code, reason);
+        let size = 40 + reason.len() + headers_len(&self.headers) + self.body.len();
+        let mut out = BytesMut::with_capacity(size);
+        out.put_slice(b"SIP/2.0 ");
+        put_decimal(&mut out, self.code.into());
+        out.put_slice(b" ");
+        out.put_slice(reason.as_bytes());
+        out.put_slice(b"\r\n");
         write_headers_and_body(&mut out, &self.headers, &self.body);
         out.freeze()
     }
@@ -1107,8 +1118,8 @@ fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
     haystack.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
-/// `n` in decimal.
-fn push_decimal(out: &mut String, n: u32) {
+/// `n` in decimal, as `Display` writes it, without the formatting machinery.
+pub(crate) fn push_decimal(out: &mut String, n: u32) {
     let mut digits = [0u8; 10];
     let mut at = digits.len();
     let mut n = n;
@@ -1174,9 +1185,20 @@ pub enum Contacts {
     List(Vec<Contact>),
 }
 
+/// Whether `name` is Content-Length (ezk's comparison, which also tries every alias, asked
+/// only of names as long as one of its forms: `Content-Length` or `l`).
+fn is_content_length(name: &Name) -> bool {
+    matches!(name.as_print_str().len(), 1 | 14) && *name == Name::CONTENT_LENGTH
+}
+
+/// The bytes the header lines take printed (an allocation sized once, not grown line by line).
+fn headers_len(headers: &Headers) -> usize {
+    headers.iter().map(|(name, value)| name.as_print_str().len() + value.len() + 4).sum()
+}
+
 fn write_headers_and_body(out: &mut BytesMut, headers: &Headers, body: &[u8]) {
     for (name, value) in headers.iter() {
-        if *name == Name::CONTENT_LENGTH {
+        if is_content_length(name) {
             continue;
         }
         out.put_slice(name.as_print_str().as_bytes());
@@ -1184,8 +1206,26 @@ fn write_headers_and_body(out: &mut BytesMut, headers: &Headers, body: &[u8]) {
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
-    let _ = write!(Writer(out), "Content-Length: {}\r\n\r\n", body.len());
+    out.put_slice(b"Content-Length: ");
+    put_decimal(out, body.len());
+    out.put_slice(b"\r\n\r\n");
     out.put_slice(body);
+}
+
+/// `n` in decimal into a buffer, as `Display` writes it.
+fn put_decimal(out: &mut BytesMut, n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[at..]);
 }
 
 struct Writer<'a>(&'a mut BytesMut);
