@@ -317,7 +317,7 @@ fn unquote(s: &str) -> Option<(String, &str)> {
 }
 
 fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+    crate::sip::message::TOKEN_BYTES[usize::from(b)]
 }
 
 /// Mints and recognises nonces under one secret. The secret never leaves this type; `Debug`

@@ -77,9 +77,11 @@ impl Headers {
 
     /// Appends one raw value (after any of the same name), as it is: no printing, no copy.
     pub fn insert_value(&mut self, name: Name, value: BytesStr) {
-        match self.position(&name) {
+        // The name's key computed once, for the lookup and the new entry.
+        let key = key_of(&name);
+        match self.entries.iter().position(|e| e.key == key && same_name(&e.name, &name)) {
             Some(i) => self.entries[i].values.push(value),
-            None => self.entries.push(Entry { key: key_of(&name), name, values: OneOrMore::One(value) }),
+            None => self.entries.push(Entry { key, name, values: OneOrMore::One(value) }),
         }
     }
 

@@ -260,9 +260,10 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
         Err(_) => String::from_utf8_lossy(&bytes[..head_end]),
     };
     let not_utf8 = matches!(head_text, std::borrow::Cow::Owned(_));
-    let unfolded = unfold(&head_text);
-    let src = Bytes::from(unfolded);
-    let text = std::str::from_utf8(&src).expect("built from a str");
+    // Kept as text: no second UTF-8 validation of what was built from a `str`.
+    let unfolded = BytesStr::from(unfold(&head_text));
+    let src: &Bytes = unfolded.as_ref();
+    let text = unfolded.as_str();
     let mut lines = Lines::new(text, false).filter(|l| !l.is_empty());
     let Some(start_line) = lines.next() else {
         return discard("empty message");
@@ -271,7 +272,7 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
     // Read every header line first, so that whatever is wrong later can still be answered.
     // The lines of the headers checked below are noted as they go by, so the checks look
     // nothing up in `headers` (ezk's lookups compare names as strings, entry by entry).
-    let mut raw = RawHead::default();
+    let mut raw = RawHead { lines: Vec::with_capacity(6) };
     let mut headers = Headers::with_capacity(16);
     let mut seen = Seen::default();
     let mut bad_line = None;
@@ -748,8 +749,21 @@ fn raw_content_length(head: &[u8]) -> Option<Result<usize, ()>> {
 }
 
 fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+    TOKEN_BYTES[usize::from(b)]
 }
+
+/// RFC 3261 §25.1 token characters: alphanumerics and `-.!%*_+`'~`, one lookup per byte.
+pub(crate) const TOKEN_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~');
+        b += 1;
+    }
+    table
+};
 
 /// The answer to a stream whose framing broke ([`Frame::Broken`] with a non-zero code): built
 /// from the head bytes when they name a request with a Via, else `None` (just close).

@@ -282,3 +282,11 @@ fn lines_split_as_str_split_does() {
         assert_eq!(Lines::new(text, true).collect::<Vec<_>>(), stripped, "{text:?}");
     }
 }
+
+/// The token table holds exactly RFC 3261's token characters (alphanumerics and `-.!%*_+`'~`).
+#[test]
+fn token_table_is_the_token_rule() {
+    for b in 0..=255u8 {
+        assert_eq!(TOKEN_BYTES[usize::from(b)], b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b), "{b}");
+    }
+}

@@ -11,6 +11,7 @@ use ezk_sip_types::host::{Host, HostPort};
 use ezk_sip_types::print::AppendCtx;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
+use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -308,7 +309,7 @@ pub struct Transactions {
     config: TimerConfig,
     now: Option<Timestamp>,
     next_id: TxId,
-    transactions: HashMap<TxId, Transaction>,
+    transactions: HashMap<TxId, Transaction, BuildHasherDefault<IdHasher>>,
     servers: HashMap<ServerKey, TxId>,
     clients: HashMap<ClientKey, TxId>,
     /// Every armed timer, earliest first: (when, which transaction, which slot).
@@ -323,6 +324,28 @@ pub struct Transactions {
 }
 
 type TxId = u64;
+
+/// Hashes a [`TxId`] with one multiplication instead of SipHash: the ids are the table's own
+/// counter, never a peer's choice, so there is nothing to flood (the peer-chosen keys, in
+/// `servers`, keep std's keyed hasher).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
 
 /// A transaction has at most two timers armed at once: one that retransmits (A, E, G, or
 /// the 100 Trying delay) and one that ends it (B, D, F, H, I, J, K, L, the CANCEL guard).
@@ -475,7 +498,7 @@ impl Transactions {
             config,
             now: None,
             next_id: 0,
-            transactions: HashMap::new(),
+            transactions: HashMap::default(),
             servers: HashMap::new(),
             clients: HashMap::new(),
             timers: BTreeSet::new(),
