@@ -291,10 +291,10 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
             bad_line.get_or_insert_with(|| format!("Malformed header name {name:?}"));
             continue;
         }
-        let value = BytesStr::from_parse(&src, value.trim_matches([' ', '\t']));
+        let value = BytesStr::from_parse(src, value.trim_matches([' ', '\t']));
         let (name, core) = match Core::of(name) {
             Some((name, core)) => (name, Some(core)),
-            None => (Name::from(BytesStr::from_parse(&src, name)), None),
+            None => (Name::from(BytesStr::from_parse(src, name)), None),
         };
         if let Some(core) = core {
             seen.note(core, &value);
@@ -333,7 +333,7 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
     if !version.eq_ignore_ascii_case("SIP/2.0") {
         return reject(505, "Version Not Supported".into());
     }
-    let method = method_of(&src, method);
+    let method = method_of(src, method);
     // RFC 3986 §3.1: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ). A well-formed scheme
     // we do not serve is 416; no scheme at all (`<sip:…>`, RFC 4475 ltgtruri) is a bad URI.
     let scheme = uri.split(':').next().unwrap_or("");
@@ -346,9 +346,9 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
     if !(scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")) {
         return reject(416, format!("Unsupported URI Scheme {scheme:?}"));
     }
-    let uri = match shapes::whole_sip_uri(&src, uri) {
+    let uri = match shapes::whole_sip_uri(src, uri) {
         Some(uri) => uri,
-        None => match SipUri::parse(&src)(uri) {
+        None => match SipUri::parse(src)(uri) {
             Ok(("", uri)) => uri,
             _ => return reject(400, "Malformed Request-URI".into()),
         },
