@@ -45,6 +45,7 @@ use super::nat;
 use crate::sip::message::{Contacts, Method, Name, SipUriUserPart};
 use crate::sip::{Request, Response, Transport};
 use crate::time::Timestamp;
+use bytesstr::BytesStr;
 use ezk_sip_types::print::AppendCtx;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -734,7 +735,8 @@ impl Registrar {
         let header = if code == 407 { Name::PROXY_AUTHENTICATE } else { Name::WWW_AUTHENTICATE };
         for &algorithm in &self.config.digest_algorithms {
             let value = digest::challenge(algorithm, &self.config.realm, &nonce, &opaque, stale);
-            response.headers.insert(header.clone(), value);
+            // As it is: `insert` would print the `String` into another one.
+            response.headers.insert_value(header.clone(), BytesStr::from(value));
         }
         self.outputs.push_back(RegistrarOutput::Respond { tx, response, authenticated: false });
     }
@@ -748,7 +750,8 @@ impl Registrar {
         let mut hasher = DefaultHasher::new();
         hasher.write_u64(self.to_tag_key);
         hasher.write(request.call_id_str().unwrap_or_default().as_bytes());
-        format!("{:016x}", hasher.finish())
+        // `{:016x}`: the hash's big-endian bytes in lowercase hex.
+        digest::to_hex(hasher.finish().to_be_bytes())
     }
 
     fn credentials_for_realm(&self, request: &Request, header: Name) -> Option<Credentials> {

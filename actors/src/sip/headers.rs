@@ -77,9 +77,11 @@ impl Headers {
 
     /// Appends one raw value (after any of the same name), as it is: no printing, no copy.
     pub fn insert_value(&mut self, name: Name, value: BytesStr) {
-        match self.position(&name) {
+        // The name's key computed once, for the lookup and the new entry.
+        let key = key_of(&name);
+        match self.entries.iter().position(|e| e.key == key && same_name(&e.name, &name)) {
             Some(i) => self.entries[i].values.push(value),
-            None => self.entries.push(Entry { key: key_of(&name), name, values: OneOrMore::One(value) }),
+            None => self.entries.push(Entry { key, name, values: OneOrMore::One(value) }),
         }
     }
 
@@ -127,6 +129,22 @@ impl Headers {
             Some(i) => self.entries[i].values.push(value),
             None => self.entries.insert(0, Entry { key: key_of(&name), name, values: OneOrMore::One(value) }),
         }
+    }
+
+    /// Replaces the first value of `name` and moves its entry to the front: what removing
+    /// them all, inserting `value` with [`Headers::insert_value_front`] and the rest after it
+    /// does, without the copies. False (nothing changed) when there is no such header.
+    pub fn replace_first_to_front(&mut self, name: &Name, value: BytesStr) -> bool {
+        let Some(i) = self.position(name) else { return false };
+        match &mut self.entries[i].values {
+            OneOrMore::One(first) => *first = value,
+            OneOrMore::More(values) => match values.first_mut() {
+                Some(first) => *first = value,
+                None => values.push(value),
+            },
+        }
+        self.entries[..=i].rotate_right(1);
+        true
     }
 
     /// Removes every value of `name`, returning them in order.

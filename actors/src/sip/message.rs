@@ -18,10 +18,12 @@ use bytesstr::BytesStr;
 pub use ezk_sip_types::header::typed::{CSeq, CallID, Contact, Expires, FromTo, MinExpires, Via};
 use ezk_sip_types::parse::Parse;
 use ezk_sip_types::print::AppendCtx;
+use ezk_sip_types::uri::params::Param;
 pub use ezk_sip_types::uri::{NameAddr, SipUri, SipUriUserPart};
 pub use ezk_sip_types::{Method, Name};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 
 /// A whole message (head and body) larger than this is refused: 513 when we can still answer,
 /// the connection closed when we cannot. SIP over UDP cannot exceed 65,507 bytes anyway.
@@ -258,10 +260,11 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
         Err(_) => String::from_utf8_lossy(&bytes[..head_end]),
     };
     let not_utf8 = matches!(head_text, std::borrow::Cow::Owned(_));
-    let unfolded = unfold(&head_text);
-    let src = Bytes::from(unfolded);
-    let text = std::str::from_utf8(&src).expect("built from a str");
-    let mut lines = text.split('\n').filter(|l| !l.is_empty());
+    // Kept as text: no second UTF-8 validation of what was built from a `str`.
+    let unfolded = BytesStr::from(unfold(&head_text));
+    let src: &Bytes = unfolded.as_ref();
+    let text = unfolded.as_str();
+    let mut lines = Lines::new(text, false).filter(|l| !l.is_empty());
     let Some(start_line) = lines.next() else {
         return discard("empty message");
     };
@@ -269,7 +272,7 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
     // Read every header line first, so that whatever is wrong later can still be answered.
     // The lines of the headers checked below are noted as they go by, so the checks look
     // nothing up in `headers` (ezk's lookups compare names as strings, entry by entry).
-    let mut raw = RawHead::default();
+    let mut raw = RawHead { lines: Vec::with_capacity(6) };
     let mut headers = Headers::with_capacity(16);
     let mut seen = Seen::default();
     let mut bad_line = None;
@@ -278,7 +281,8 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
             bad_line = Some("Too many header lines".to_owned());
             break;
         }
-        let Some((name, value)) = line.split_once(':') else {
+        let Some((name, value)) = line.as_bytes().iter().position(|&b| b == b':').map(|i| (&line[..i], &line[i + 1..]))
+        else {
             bad_line.get_or_insert_with(|| "Malformed header line (no colon)".to_owned());
             continue;
         };
@@ -287,10 +291,10 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
             bad_line.get_or_insert_with(|| format!("Malformed header name {name:?}"));
             continue;
         }
-        let value = BytesStr::from_parse(&src, value.trim_matches([' ', '\t']));
+        let value = BytesStr::from_parse(src, value.trim_matches([' ', '\t']));
         let (name, core) = match Core::of(name) {
             Some((name, core)) => (name, Some(core)),
-            None => (Name::from(BytesStr::from_parse(&src, name)), None),
+            None => (Name::from(BytesStr::from_parse(src, name)), None),
         };
         if let Some(core) = core {
             seen.note(core, &value);
@@ -329,7 +333,7 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
     if !version.eq_ignore_ascii_case("SIP/2.0") {
         return reject(505, "Version Not Supported".into());
     }
-    let method = method_of(&src, method);
+    let method = method_of(src, method);
     // RFC 3986 §3.1: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ). A well-formed scheme
     // we do not serve is 416; no scheme at all (`<sip:…>`, RFC 4475 ltgtruri) is a bad URI.
     let scheme = uri.split(':').next().unwrap_or("");
@@ -342,18 +346,28 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
     if !(scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")) {
         return reject(416, format!("Unsupported URI Scheme {scheme:?}"));
     }
-    let uri = match SipUri::parse(&src)(uri) {
-        Ok(("", uri)) => uri,
-        _ => return reject(400, "Malformed Request-URI".into()),
+    let uri = match shapes::whole_sip_uri(src, uri) {
+        Some(uri) => uri,
+        None => match SipUri::parse(src)(uri) {
+            Ok(("", uri)) => uri,
+            _ => return reject(400, "Malformed Request-URI".into()),
+        },
     };
 
     // The headers every request must carry (RFC 3261 §8.1.1), each readable; read typed here
     // once and kept (see `Typed`).
-    let (via, via_alone) = match decode::<Vec<Via>>(&seen.via) {
-        Some(vias) if !vias.is_empty() => {
-            let alone = vias.len() == seen.via.len();
-            (vias.into_iter().next(), alone)
-        }
+    // A lone Via in the common shape is read by hand (see `shapes`); anything else by ezk.
+    let by_hand = match (&seen.via.first, seen.via.more.is_empty()) {
+        (Some(value), true) => shapes::via(value.as_ref(), value.as_str()).map(|via| (via, true)),
+        _ => None,
+    };
+    let top = by_hand.or_else(|| {
+        let vias = decode::<Vec<Via>>(&seen.via)?;
+        let alone = vias.len() == seen.via.len();
+        Some((vias.into_iter().next()?, alone))
+    });
+    let (via, via_alone) = match top {
+        Some((via, alone)) => (Some(via), alone),
         _ if seen.via.is_empty() => return reject(400, "Missing Via header".into()),
         _ => return reject(400, "Malformed Via header".into()),
     };
@@ -364,7 +378,8 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
             1 => {}
             _ => return reject(400, format!("Multiple {label} headers")),
         }
-        match decode::<FromTo>(values) {
+        let by_hand = values.first.as_ref().and_then(|v| shapes::from_to(v.as_ref(), v.as_str()));
+        match by_hand.or_else(|| decode::<FromTo>(values)) {
             Some(value) => *slot = Some(value),
             None => return reject(400, format!("Malformed {label} header")),
         }
@@ -671,7 +686,7 @@ fn next_newline(buf: &[u8], from: usize) -> Option<usize> {
 /// normalises line ends to `\n`.
 fn unfold(head: &str) -> String {
     let mut out = String::with_capacity(head.len());
-    let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).peekable();
+    let mut lines = Lines::new(head, true).peekable();
     while let Some(line) = lines.next() {
         out.push_str(line);
         while let Some(next) = lines.peek() {
@@ -688,11 +703,43 @@ fn unfold(head: &str) -> String {
     out
 }
 
+/// The pieces of a text between `\n`s, as `split('\n')` gives them (the last one after the
+/// final `\n`, empty or not, included), found eight bytes at a time; with `strip_cr`, each
+/// without one trailing `\r`.
+struct Lines<'a> {
+    text: &'a str,
+    at: usize,
+    strip_cr: bool,
+}
+
+impl<'a> Lines<'a> {
+    fn new(text: &'a str, strip_cr: bool) -> Lines<'a> {
+        Lines { text, at: 0, strip_cr }
+    }
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        if self.at > self.text.len() {
+            return None;
+        }
+        let end = next_newline(self.text.as_bytes(), self.at).unwrap_or(self.text.len());
+        let line = &self.text[self.at..end];
+        self.at = end + 1;
+        Some(if self.strip_cr { line.strip_suffix('\r').unwrap_or(line) } else { line })
+    }
+}
+
 /// Content-Length read from a raw head without a full parse: `None` if absent.
 fn raw_content_length(head: &[u8]) -> Option<Result<usize, ()>> {
     let text = String::from_utf8_lossy(head);
     for line in text.split('\n') {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.as_bytes().iter().position(|&b| b == b':').map(|i| (&line[..i], &line[i + 1..]))
+        else {
+            continue;
+        };
         let name = name.trim();
         if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l") {
             return Some(value.trim().parse::<usize>().map_err(|_| ()));
@@ -702,8 +749,21 @@ fn raw_content_length(head: &[u8]) -> Option<Result<usize, ()>> {
 }
 
 fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+    TOKEN_BYTES[usize::from(b)]
 }
+
+/// RFC 3261 §25.1 token characters: alphanumerics and `-.!%*_+`'~`, one lookup per byte.
+pub(crate) const TOKEN_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~');
+        b += 1;
+    }
+    table
+};
 
 /// The answer to a stream whose framing broke ([`Frame::Broken`] with a non-zero code): built
 /// from the head bytes when they name a request with a Via, else `None` (just close).
@@ -851,6 +911,11 @@ impl Request {
         if values.iter().any(|v| v.as_str().trim() == "*") {
             return if values.len() == 1 { Ok(Contacts::Star) } else { Err("Contact * mixed with other contacts") };
         }
+        // Each value one contact in the common shape: read by hand (see `shapes`).
+        let by_hand: Option<Vec<Contact>> = values.iter().map(|v| shapes::contact(v.as_ref(), v.as_str())).collect();
+        if let Some(list) = by_hand {
+            return Ok(Contacts::List(list));
+        }
         match self.headers.get_named::<Vec<Contact>>() {
             Ok(list) if !list.is_empty() => Ok(Contacts::List(list)),
             _ => Err("Malformed Contact header"),
@@ -874,14 +939,20 @@ impl Request {
     /// CSeq copied; `to_tag` added to To when it has none (not on 100, which carries no tag).
     pub fn response(&self, code: u16, to_tag: Option<&str>) -> Response {
         let mut headers = Headers::with_capacity(8);
+        let to_tag = to_tag.filter(|_| code > 100 && self.typed.to.as_ref().is_none_or(|to| to.tag.is_none()));
         // The values are shared with the request, not copied; only a To that gains a tag is new.
-        for name in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::CSEQ] {
+        for (i, name) in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::CSEQ].into_iter().enumerate() {
+            let tag = to_tag.filter(|_| i == 2);
             for value in self.headers.get_raw(&name) {
-                match to_tag.filter(|_| name == Name::TO && code > 100) {
-                    Some(tag) if self.typed.to.as_ref().is_none_or(|to| to.tag.is_none()) => {
-                        headers.insert(name.clone(), format!("{value};tag={tag}"));
+                match tag {
+                    Some(tag) => {
+                        let mut tagged = String::with_capacity(value.len() + 5 + tag.len());
+                        tagged.push_str(value);
+                        tagged.push_str(";tag=");
+                        tagged.push_str(tag);
+                        headers.insert_value(name.clone(), BytesStr::from(tagged));
                     }
-                    _ => insert_shared(&mut headers, name.clone(), value),
+                    None => insert_shared(&mut headers, name.clone(), value),
                 }
             }
         }
@@ -895,6 +966,24 @@ impl Request {
         // The top Via is already typed: edit it and print it in place of its raw value.
         let Some(top) = self.typed.via.as_mut() else { return };
         let asked_rport = top.params.get("rport").is_some();
+        if self.typed.via_alone {
+            // The raw text with the two parameters written in, as printing the edited Via
+            // would place them; the typed Via's new values are slices of that text.
+            let port = asked_rport.then(|| source.port());
+            let raw = self.headers.get_raw(&Name::VIA).next();
+            if let Some((text, received, rport)) = raw.and_then(|raw| stamped_via(raw.as_str(), source.ip(), port)) {
+                let text = BytesStr::from(text);
+                // `stamped_via` saw no `received` in the text: this adds the only one.
+                top.params.push(Param::value(BytesStr::from_static("received"), text.slice_ref(&text[received])));
+                if let Some(rport) = rport
+                    && let Some(param) = top.params.get_mut("rport")
+                {
+                    param.value = Some(text.slice_ref(&text[rport]));
+                }
+                self.headers.replace_first_to_front(&Name::VIA, text);
+                return;
+            }
+        }
         // Always, even when sent-by names the source: a `received` the client wrote itself
         // must never decide where our answer goes (it would make pbx a reflector aimed at
         // whatever address a stranger puts there).
@@ -904,14 +993,8 @@ impl Request {
         }
         let Some(values) = self.headers.remove(&Name::VIA) else { return };
         if self.typed.via_alone {
-            // The raw text with the two parameters written in, as printing the edited Via
-            // would place them; printing it whole only when the text is not that simple.
-            let port = asked_rport.then(|| source.port());
-            match values.first().and_then(|raw| stamped_via(raw.as_str(), source.ip(), port)) {
-                Some(text) => self.headers.insert_value_front(Name::VIA, BytesStr::from(text)),
-                // ezk puts a new entry first but appends to an existing one: insert in order.
-                None => self.headers.insert_named_front(top),
-            }
+            // ezk puts a new entry first but appends to an existing one: insert in order.
+            self.headers.insert_named_front(top);
             for value in &values[1..] {
                 insert_shared(&mut self.headers, Name::VIA, value);
             }
@@ -985,9 +1068,14 @@ impl Response {
     }
 
     pub fn to_bytes(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(256 + self.body.len());
         let reason = if self.reason.is_empty() { reason_phrase(self.code) } else { &self.reason };
-        let _ = write!(Writer(&mut out), "SIP/2.0 {} {}\r\n", self.code, reason);
+        let size = 40 + reason.len() + headers_len(&self.headers) + self.body.len();
+        let mut out = BytesMut::with_capacity(size);
+        out.put_slice(b"SIP/2.0 ");
+        put_decimal(&mut out, self.code.into());
+        out.put_slice(b" ");
+        out.put_slice(reason.as_bytes());
+        out.put_slice(b"\r\n");
         write_headers_and_body(&mut out, &self.headers, &self.body);
         out.freeze()
     }
@@ -996,22 +1084,68 @@ impl Response {
 /// A lone top Via's raw text with `received` (and `rport`'s value) written in as printing the
 /// stamped typed Via places them (`rport` edited where it stands, `received` appended), when
 /// the text is that simple: no `received` in it, and `rport` absent or (when `port` is asked
-/// for) its last parameter, bare. `None` otherwise: the caller prints the typed Via.
-fn stamped_via(raw: &str, ip: IpAddr, port: Option<u16>) -> Option<String> {
-    let lower = raw.to_ascii_lowercase();
-    if lower.contains("received") {
+/// for) its last parameter, bare. Also where the two values are in the text. `None` otherwise:
+/// the caller prints the typed Via.
+fn stamped_via(raw: &str, ip: IpAddr, port: Option<u16>) -> Option<(String, Range<usize>, Option<Range<usize>>)> {
+    if contains_ignore_case(raw, "received") {
         return None;
     }
     let mut text = String::with_capacity(raw.len() + 40);
-    match port {
-        Some(port) if lower.ends_with(";rport") && lower.matches("rport").count() == 1 => {
-            let _ = write!(text, "{raw}={port}");
+    text.push_str(raw);
+    let rport = match port {
+        // One `rport`, at the end (it cannot overlap itself, so none in what comes before).
+        Some(port)
+            if raw.len() >= 6
+                && raw.as_bytes()[raw.len() - 6..].eq_ignore_ascii_case(b";rport")
+                && !contains_ignore_case(&raw[..raw.len() - 5], "rport") =>
+        {
+            text.push('=');
+            let start = text.len();
+            push_decimal(&mut text, port.into());
+            Some(start..text.len())
         }
-        None if !lower.contains("rport") => text.push_str(raw),
+        None if !contains_ignore_case(raw, "rport") => None,
         _ => return None,
+    };
+    text.push_str(";received=");
+    let start = text.len();
+    match ip {
+        // As `Ipv4Addr`'s `Display` writes it, without the formatting machinery.
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text.push('.');
+                }
+                push_decimal(&mut text, octet.into());
+            }
+        }
+        IpAddr::V6(_) => {
+            let _ = write!(text, "{ip}");
+        }
     }
-    let _ = write!(text, ";received={ip}");
-    Some(text)
+    let received = start..text.len();
+    Some((text, received, rport))
+}
+
+/// Whether `needle` (ASCII) occurs in `haystack`, ASCII case ignored.
+fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    haystack.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+/// `n` in decimal, as `Display` writes it, without the formatting machinery.
+pub(crate) fn push_decimal(out: &mut String, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|&d| char::from(d)));
 }
 
 /// RFC 3261 §18.2.2 and RFC 3581 §4 for one Via (see [`Response::udp_destination`]).
@@ -1036,6 +1170,9 @@ impl Message {
 pub fn parse_sip_uri(text: &str) -> Option<SipUri> {
     let src = Bytes::copy_from_slice(text.trim().as_bytes());
     let text = std::str::from_utf8(&src).ok()?;
+    if let Some(uri) = shapes::whole_sip_uri(&src, text) {
+        return Some(uri);
+    }
     match SipUri::parse(&src)(text) {
         Ok(("", uri)) => Some(uri),
         _ => None,
@@ -1062,9 +1199,20 @@ pub enum Contacts {
     List(Vec<Contact>),
 }
 
+/// Whether `name` is Content-Length (ezk's comparison, which also tries every alias, asked
+/// only of names as long as one of its forms: `Content-Length` or `l`).
+fn is_content_length(name: &Name) -> bool {
+    matches!(name.as_print_str().len(), 1 | 14) && *name == Name::CONTENT_LENGTH
+}
+
+/// The bytes the header lines take printed (an allocation sized once, not grown line by line).
+fn headers_len(headers: &Headers) -> usize {
+    headers.iter().map(|(name, value)| name.as_print_str().len() + value.len() + 4).sum()
+}
+
 fn write_headers_and_body(out: &mut BytesMut, headers: &Headers, body: &[u8]) {
     for (name, value) in headers.iter() {
-        if *name == Name::CONTENT_LENGTH {
+        if is_content_length(name) {
             continue;
         }
         out.put_slice(name.as_print_str().as_bytes());
@@ -1072,8 +1220,26 @@ fn write_headers_and_body(out: &mut BytesMut, headers: &Headers, body: &[u8]) {
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
-    let _ = write!(Writer(out), "Content-Length: {}\r\n\r\n", body.len());
+    out.put_slice(b"Content-Length: ");
+    put_decimal(out, body.len());
+    out.put_slice(b"\r\n\r\n");
     out.put_slice(body);
+}
+
+/// `n` in decimal into a buffer, as `Display` writes it.
+fn put_decimal(out: &mut BytesMut, n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[at..]);
 }
 
 struct Writer<'a>(&'a mut BytesMut);
@@ -1084,6 +1250,8 @@ impl std::fmt::Write for Writer<'_> {
         Ok(())
     }
 }
+
+mod shapes;
 
 #[cfg(test)]
 mod tests;

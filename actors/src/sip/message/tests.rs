@@ -262,3 +262,31 @@ fn cseq_and_method_shortcuts_agree_with_ezk() {
         assert_eq!(method_of(&src, text), Method::from_parse(&src, text), "{token}");
     }
 }
+
+/// The line splitter the parser uses gives exactly what `split('\n')` gives (with and without
+/// the trailing `\r` taken off each piece), on short and long lines, empty pieces and ends.
+#[test]
+fn lines_split_as_str_split_does() {
+    for text in [
+        "",
+        "\n",
+        "a",
+        "a\n",
+        "\nb",
+        "REGISTER sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4\r\n\r\n",
+        "12345678\n12345678901234567\n\n\r\n\r\r\nx",
+        "only one very long line without any newline in it at all, longer than eight bytes",
+    ] {
+        assert_eq!(Lines::new(text, false).collect::<Vec<_>>(), text.split('\n').collect::<Vec<_>>(), "{text:?}");
+        let stripped: Vec<&str> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
+        assert_eq!(Lines::new(text, true).collect::<Vec<_>>(), stripped, "{text:?}");
+    }
+}
+
+/// The token table holds exactly RFC 3261's token characters (alphanumerics and `-.!%*_+`'~`).
+#[test]
+fn token_table_is_the_token_rule() {
+    for b in 0..=255u8 {
+        assert_eq!(TOKEN_BYTES[usize::from(b)], b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b), "{b}");
+    }
+}

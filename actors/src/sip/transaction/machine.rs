@@ -3,14 +3,17 @@
 //! Pure logic: never reads a clock, an RNG or a socket, never imports tokio. Every timer of
 //! §17 lives in one ordered index, so [`Transactions::poll_timeout`] is the earliest of them.
 
-use crate::sip::message::{CSeq, FromTo, Headers, Method, Name};
+use crate::sip::message::{CSeq, FromTo, Headers, Method, Name, push_decimal};
 use crate::sip::{Message, Request, Response, Transport};
 use crate::time::Timestamp;
 use bytes::Bytes;
+use ezk_sip_types::host::{Host, HostPort};
 use ezk_sip_types::print::AppendCtx;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
+use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Live transactions (client and server together) the table holds at most. Above it a new
@@ -71,8 +74,11 @@ pub struct ServerKey {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum ServerId {
-    /// §17.2.3: the branch (with the magic cookie) and the sent-by of the top Via.
-    Branch { branch: String, sent_by: String },
+    /// §17.2.3: the branch (with the magic cookie) and the sent-by of the top Via, in one
+    /// shared text: the branch is its first `branch_len` bytes, the sent-by (host in lower
+    /// case, `:port` when given) the rest. One allocation per request; the copies the table,
+    /// the TU and the outputs hold are reference counts.
+    Branch { text: Arc<str>, branch_len: usize },
     /// §17.2.3, for RFC 2543 peers whose branch lacks the cookie.
     Rfc2543(Box<Rfc2543Id>),
 }
@@ -97,7 +103,7 @@ impl ServerKey {
     /// The branch, when the peer follows RFC 3261 (`None` for RFC 2543 matching).
     pub fn branch(&self) -> Option<&str> {
         match &self.id {
-            ServerId::Branch { branch, .. } => Some(branch),
+            ServerId::Branch { text, branch_len } => Some(&text[..*branch_len]),
             ServerId::Rfc2543(_) => None,
         }
     }
@@ -110,14 +116,17 @@ impl ServerKey {
         let cseq = request.cseq_ref()?;
         let method = if request.method == Method::ACK { Method::INVITE } else { request.method.clone() };
         let branch = via.params.get_val("branch").map(|b| b.as_str());
-        let mut sent_by = via.sent_by.host.to_string();
-        sent_by.make_ascii_lowercase();
-        if let Some(port) = via.sent_by.port {
-            let _ = write!(sent_by, ":{port}");
-        }
         if let Some(branch) = branch.filter(|b| b.starts_with(BRANCH_COOKIE)) {
-            return Some(ServerKey { method, id: ServerId::Branch { branch: branch.to_owned(), sent_by } });
+            let mut text = String::with_capacity(branch.len() + 24);
+            text.push_str(branch);
+            push_sent_by(&mut text, &via.sent_by);
+            return Some(ServerKey {
+                method,
+                id: ServerId::Branch { text: Arc::from(text), branch_len: branch.len() },
+            });
         }
+        let mut sent_by = String::with_capacity(24);
+        push_sent_by(&mut sent_by, &via.sent_by);
         let top_via = format!("{}/{sent_by};branch={}", via.transport.to_ascii_uppercase(), branch.unwrap_or_default());
         let id = Rfc2543Id {
             request_uri: request.uri.default_print_ctx().to_string(),
@@ -143,6 +152,33 @@ impl ServerKey {
                 id: ServerId::Rfc2543(Box::new(Rfc2543Id { to_tag, ..(**id).clone() })),
             },
         }
+    }
+}
+
+/// A Via's sent-by as the server key compares it: the host as printed, in lower case, and
+/// `:port` when the Via gives one.
+fn push_sent_by(out: &mut String, sent_by: &HostPort) {
+    match &sent_by.host {
+        Host::IP4(ip) => {
+            for (i, octet) in ip.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_decimal(out, octet.into());
+            }
+        }
+        Host::IP6(_) => {
+            let _ = write!(out, "{}", sent_by.host);
+        }
+        Host::Name(name) => {
+            let start = out.len();
+            out.push_str(name);
+            out[start..].make_ascii_lowercase();
+        }
+    }
+    if let Some(port) = sent_by.port {
+        out.push(':');
+        push_decimal(out, port.into());
     }
 }
 
@@ -273,7 +309,7 @@ pub struct Transactions {
     config: TimerConfig,
     now: Option<Timestamp>,
     next_id: TxId,
-    transactions: HashMap<TxId, Transaction>,
+    transactions: HashMap<TxId, Transaction, BuildHasherDefault<IdHasher>>,
     servers: HashMap<ServerKey, TxId>,
     clients: HashMap<ClientKey, TxId>,
     /// Every armed timer, earliest first: (when, which transaction, which slot).
@@ -288,6 +324,28 @@ pub struct Transactions {
 }
 
 type TxId = u64;
+
+/// Hashes a [`TxId`] with one multiplication instead of SipHash: the ids are the table's own
+/// counter, never a peer's choice, so there is nothing to flood (the peer-chosen keys, in
+/// `servers`, keep std's keyed hasher).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
 
 /// A transaction has at most two timers armed at once: one that retransmits (A, E, G, or
 /// the 100 Trying delay) and one that ends it (B, D, F, H, I, J, K, L, the CANCEL guard).
@@ -440,7 +498,7 @@ impl Transactions {
             config,
             now: None,
             next_id: 0,
-            transactions: HashMap::new(),
+            transactions: HashMap::default(),
             servers: HashMap::new(),
             clients: HashMap::new(),
             timers: BTreeSet::new(),
