@@ -311,13 +311,7 @@ impl Actor for CallActor {
         let media = MediaSession::start(media_args).await?;
         let setup = CallSetup { id: args.id, start: args.start, media: media.local(), seed: args.seed };
         let core = CallCore::new(context.clock.now(), context.config, setup, args.legs);
-        Ok(CallState {
-            core,
-            context,
-            media,
-            timer: WakeTimer::default(),
-            recorded: args.recorded,
-        })
+        Ok(CallState { core, context, media, timer: WakeTimer::default(), recorded: args.recorded })
     }
 
     async fn post_start(&self, me: ActorRef<CallMsg>, s: &mut CallState) -> Result<(), ActorProcessingErr> {

@@ -13,9 +13,9 @@
 //! actor shares with the calls actor's ledger ([`super::actor::CallLegs`]) in the product, so
 //! that the legs outlive an actor that fails and can still be hung up.
 
+use super::LegId;
 use super::b2bua::{Call, CallConfig, CallInput, CallOutput, CallSetup};
 use super::leg::{Leg, LegEvent, LegInput, LegOutput, SipIn, SipOut};
-use super::LegId;
 use crate::Timestamp;
 use crate::bugs::Bugs;
 use crate::cdr::Cdr;
@@ -46,6 +46,8 @@ impl LegTable for Legs {
 
 /// What a call's driver hands it.
 #[derive(Debug)]
+// Moved straight into `handle`, as `LegInput` is: boxing would only add an allocation per message.
+#[allow(clippy::large_enum_variant)]
 pub enum CoreInput {
     /// SIP from the endpoint for one of the call's legs (ignored if the leg is gone).
     Sip(LegId, SipIn),
@@ -69,7 +71,10 @@ pub enum CoreOutput {
     LegUp(LegId),
     /// The leg is gone (its dialog is over).
     LegDown(LegId),
-    ConfigureMedia { side: Side, peer: PeerMedia },
+    ConfigureMedia {
+        side: Side,
+        peer: PeerMedia,
+    },
     /// The call has ended: store its record (the driver fills in the media counters). Legs may
     /// still be finishing their last transactions.
     Record(Box<Cdr>),
