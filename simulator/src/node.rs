@@ -27,6 +27,7 @@ use pbx_actors::call::{CallIds, CallStart, LegId, LocalSip, not_started, splitmi
 use pbx_actors::cdr::{Cdr, MediaCounters};
 use pbx_actors::endpoint::glue::{EndpointGlue, Envelope, GlueInput};
 use pbx_actors::endpoint::machine::{Endpoint, EndpointEvent, EndpointInput};
+use pbx_actors::entry::Entry;
 use pbx_actors::licence::{Effective, Stored, Watchdog, WatchdogConfig, WatchdogEvent, WatchdogInput, WatchdogOutput};
 use pbx_actors::media::actor::MediaError;
 use pbx_actors::media::pool::PortPool;
@@ -35,8 +36,7 @@ use pbx_actors::privacy::AuditEntry;
 use pbx_actors::privacy::reaper::{Batch, Reaper, ReaperConfig, ReaperInput, ReaperOutput};
 use pbx_actors::privacy::{SecurityEntry, SecurityEvent};
 use pbx_actors::registrar::{
-    Binding, Extension, Registrar, RegistrarCommand, RegistrarConfig, RegistrarEvent, RegistrarInput, RegistrarOutput,
-    Route,
+    Binding, Extension, Registrar, RegistrarConfig, RegistrarEvent, RegistrarInput, RegistrarOutput, Route,
 };
 use pbx_actors::sip::message::{Response, Transport};
 use pbx_actors::sip::transaction::TimerConfig;
@@ -72,10 +72,9 @@ pub struct NodeConfig {
 /// A durable change, written by the world's simulated disk.
 #[derive(Clone, Debug)]
 pub enum DiskWrite {
-    Registrar(Vec<RegistrarCommand>),
-    Cdr(Box<Cdr>),
-    /// The licence watchdog's last verified licence (the node's `licence` table).
-    Licence(Box<Stored>),
+    /// What the product replicates (registrar commands, CDRs, the verified licence): the
+    /// product's own [`Entry`], committed by the product's `apply_entry`.
+    Entry(Entry),
     /// One line of the security log (a failed authentication, a block).
     SecurityLog(Box<SecurityEntry>),
     /// One line of the privacy audit (a reaper run).
@@ -475,7 +474,7 @@ impl SimNode {
                     self.outputs.push_back(NodeOutput::LicenceCheck { request, serial })
                 }
                 WatchdogOutput::Persist(stored) => self.outputs.push_back(NodeOutput::Write(Job {
-                    write: Some(DiskWrite::Licence(Box::new(stored))),
+                    write: Some(DiskWrite::Entry(Entry::Licence(stored))),
                     deferred: Vec::new(),
                 })),
                 WatchdogOutput::Event(WatchdogEvent::Checked { .. }) => self.stats.licence_checks_ok += 1,
@@ -557,7 +556,7 @@ impl SimNode {
             }
         }
         if !commands.is_empty() || !deferred.is_empty() {
-            let write = (!commands.is_empty()).then_some(DiskWrite::Registrar(commands));
+            let write = (!commands.is_empty()).then_some(DiskWrite::Entry(Entry::Registrar(commands)));
             self.outputs.push_back(NodeOutput::Write(Job { write, deferred }));
         }
     }
@@ -674,8 +673,10 @@ impl SimNode {
 
     fn write_cdr(&mut self, cdr: Cdr) {
         self.stats.cdrs_written += 1;
-        self.outputs
-            .push_back(NodeOutput::Write(Job { write: Some(DiskWrite::Cdr(Box::new(cdr))), deferred: Vec::new() }));
+        self.outputs.push_back(NodeOutput::Write(Job {
+            write: Some(DiskWrite::Entry(Entry::Cdrs(vec![cdr]))),
+            deferred: Vec::new(),
+        }));
     }
 
     // ---- What the checkers look at ----
