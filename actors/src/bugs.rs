@@ -28,12 +28,23 @@ pub struct Bugs {
     /// The endpoint's glue drops an in-dialog BYE instead of routing it to its live leg.
     #[cfg(feature = "sim-bugs")]
     pub unrouted_request: bool,
+    /// The call's core (`call::core`) loses the hang-up (`Bye`, `Finished`) a leg reports, for
+    /// one call in eight, instead of looping it back into the call machine.
+    #[cfg(feature = "sim-bugs")]
+    pub lost_leg_event: bool,
 }
 
 impl Bugs {
     /// The names `pbx-sim --inject-bug` accepts.
-    pub const NAMES: [&'static str; 6] =
-        ["skip-cdr", "half-hangup", "early-expiry", "lazy-reaper", "eager-reaper", "unrouted-request"];
+    pub const NAMES: [&'static str; 7] = [
+        "skip-cdr",
+        "half-hangup",
+        "early-expiry",
+        "lazy-reaper",
+        "eager-reaper",
+        "unrouted-request",
+        "lost-leg-event",
+    ];
 }
 
 #[cfg(feature = "sim-bugs")]
@@ -47,6 +58,7 @@ impl Bugs {
             "lazy-reaper" => self.lazy_reaper = true,
             "eager-reaper" => self.eager_reaper = true,
             "unrouted-request" => self.unrouted_request = true,
+            "lost-leg-event" => self.lost_leg_event = true,
             _ => return false,
         }
         true
@@ -74,6 +86,10 @@ impl Bugs {
 
     pub const fn unrouted_request(&self) -> bool {
         self.unrouted_request
+    }
+
+    pub const fn lost_leg_event(&self) -> bool {
+        self.lost_leg_event
     }
 }
 
@@ -108,6 +124,10 @@ impl Bugs {
     pub const fn unrouted_request(&self) -> bool {
         false
     }
+
+    pub const fn lost_leg_event(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
@@ -129,7 +149,8 @@ mod tests {
                 || bugs.early_expiry()
                 || bugs.lazy_reaper()
                 || bugs.eager_reaper()
-                || bugs.unrouted_request())
+                || bugs.unrouted_request()
+                || bugs.lost_leg_event())
         );
     }
 
@@ -138,7 +159,15 @@ mod tests {
     #[test]
     fn each_name_switches_on_its_bug() {
         let on = |b: Bugs| {
-            [b.skip_cdr(), b.half_hangup(), b.early_expiry(), b.lazy_reaper(), b.eager_reaper(), b.unrouted_request()]
+            [
+                b.skip_cdr(),
+                b.half_hangup(),
+                b.early_expiry(),
+                b.lazy_reaper(),
+                b.eager_reaper(),
+                b.unrouted_request(),
+                b.lost_leg_event(),
+            ]
         };
         for (i, name) in Bugs::NAMES.into_iter().enumerate() {
             let mut bugs = Bugs::default();

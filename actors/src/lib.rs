@@ -9,6 +9,7 @@ pub mod bugs;
 pub mod call;
 pub mod cdr;
 pub mod endpoint;
+pub mod entry;
 pub mod licence;
 pub mod media;
 pub mod privacy;

@@ -848,7 +848,7 @@ mod tests {
             media: Default::default(),
         };
         checker.cdr_committed(T0, &cdr);
-        disk.apply(DiskWrite::Cdr(Box::new(cdr))).unwrap();
+        disk.apply(DiskWrite::Entry(pbx_actors::entry::Entry::Cdrs(vec![cdr]))).unwrap();
     }
 
     fn audit(disk: &mut Disk, at: Timestamp) {

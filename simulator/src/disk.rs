@@ -11,8 +11,10 @@
 use crate::node::DiskWrite;
 use pbx_actors::Timestamp;
 use pbx_actors::cdr::Cdr;
+use pbx_actors::entry::{EntryStore, apply_entry};
+use pbx_actors::licence::{Stored, StoredUnlocks};
 use pbx_actors::privacy::reaper::{Action, Batch};
-use pbx_actors::privacy::{AuditEntry, SecurityEntry};
+use pbx_actors::privacy::{AuditEntry, Right, SecurityEntry};
 use pbx_actors::registrar::{Binding, Extension, RegistrarCommand};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -36,7 +38,9 @@ pub struct Disk {
     /// The id the next log or audit entry gets (the tables' autoincrement).
     pub next_id: u64,
     /// The watchdog's last verified licence.
-    pub licence: Option<pbx_actors::licence::Stored>,
+    pub licence: Option<Stored>,
+    /// The feature unlocks (no simulated party writes them yet).
+    pub unlocks: Option<StoredUnlocks>,
     /// Records each retention rule changed, over the run.
     pub reaped: BTreeMap<(&'static str, Action), u64>,
     /// Writes committed, and writes lost in crashes.
@@ -45,39 +49,14 @@ pub struct Disk {
 }
 
 impl Disk {
-    /// Applies a committed write. A retention batch answers how many records it changed, or
-    /// why the store cannot do it; every other write changes what it says (`Ok(0)`).
+    /// Applies a committed write: a replicated [`Entry`] as every store applies it
+    /// ([`apply_entry`]), or one of the node's own tables. A retention batch answers how many
+    /// records it changed, or why the store cannot do it; every other write changes what it
+    /// says (`Ok(0)`).
     pub fn apply(&mut self, write: DiskWrite) -> Result<u64, String> {
         self.commits += 1;
         match write {
-            DiskWrite::Registrar(commands) => {
-                for command in commands {
-                    match command {
-                        RegistrarCommand::PutExtension(e) => {
-                            self.extensions.insert(e.number.clone(), e);
-                        }
-                        RegistrarCommand::RemoveExtension { number } => {
-                            self.extensions.remove(&number);
-                            self.bindings.retain(|(aor, _), _| *aor != number);
-                        }
-                        RegistrarCommand::PutBinding(b) => {
-                            self.bindings.insert((b.aor.clone(), b.contact.clone()), b);
-                        }
-                        RegistrarCommand::RemoveBinding { aor, contact } => {
-                            self.bindings.remove(&(aor, contact));
-                        }
-                    }
-                }
-            }
-            DiskWrite::Licence(stored) => self.licence = Some(*stored),
-            DiskWrite::Cdr(cdr) => {
-                let key = (cdr.end, cdr.id);
-                if let Some(previous) = self.cdrs.insert(cdr.id, *cdr) {
-                    self.cdr_ends.remove(&(previous.end, previous.id));
-                    self.duplicate_cdrs.push(previous);
-                }
-                self.cdr_ends.insert(key);
-            }
+            DiskWrite::Entry(entry) => apply_entry(self, entry)?,
             DiskWrite::SecurityLog(entry) => {
                 let key = (entry.at, self.next_id);
                 self.next_id += 1;
@@ -171,9 +150,67 @@ impl Disk {
     }
 }
 
+/// The replicated tables, as the node's applier changes them.
+impl EntryStore for Disk {
+    type Error = String;
+
+    fn apply_registrar(&mut self, commands: Vec<RegistrarCommand>) -> Result<(), String> {
+        for command in commands {
+            match command {
+                RegistrarCommand::PutExtension(e) => {
+                    self.extensions.insert(e.number.clone(), e);
+                }
+                RegistrarCommand::RemoveExtension { number } => {
+                    self.extensions.remove(&number);
+                    self.bindings.retain(|(aor, _), _| *aor != number);
+                }
+                RegistrarCommand::PutBinding(b) => {
+                    self.bindings.insert((b.aor.clone(), b.contact.clone()), b);
+                }
+                RegistrarCommand::RemoveBinding { aor, contact } => {
+                    self.bindings.remove(&(aor, contact));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn put_cdrs(&mut self, cdrs: Vec<Cdr>) -> Result<(), String> {
+        for cdr in cdrs {
+            let key = (cdr.end, cdr.id);
+            if let Some(previous) = self.cdrs.insert(cdr.id, cdr) {
+                self.cdr_ends.remove(&(previous.end, previous.id));
+                self.duplicate_cdrs.push(previous);
+            }
+            self.cdr_ends.insert(key);
+        }
+        Ok(())
+    }
+
+    fn save_licence(&mut self, stored: Stored) -> Result<(), String> {
+        self.licence = Some(stored);
+        Ok(())
+    }
+
+    fn save_unlocks(&mut self, stored: StoredUnlocks) -> Result<(), String> {
+        self.unlocks = Some(stored);
+        Ok(())
+    }
+
+    /// No simulated party makes subject requests: a store that gets one says so.
+    fn erase(&mut self, subject: String, _audit: AuditEntry) -> Result<(), String> {
+        Err(format!("the simulated disk takes no erasure (subject {subject})"))
+    }
+
+    fn flag(&mut self, subject: String, right: Right, _at: Timestamp, _audit: AuditEntry) -> Result<(), String> {
+        Err(format!("the simulated disk takes no {right:?} (subject {subject})"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pbx_actors::entry::Entry;
     use pbx_actors::privacy::SecurityEvent;
     use pbx_actors::sip::message::Transport;
     use std::time::Duration;
@@ -228,7 +265,7 @@ mod tests {
     fn deletes_take_the_oldest_first_up_to_the_limit() {
         let mut disk = Disk::default();
         for (id, end) in [(1, 50), (2, 10), (3, 30), (4, 100), (5, 20)] {
-            disk.apply(DiskWrite::Cdr(Box::new(cdr(id, end)))).unwrap();
+            disk.apply(DiskWrite::Entry(Entry::Cdrs(vec![cdr(id, end)]))).unwrap();
         }
         assert_eq!(disk.reap(&batch("cdr", Action::Delete, 60, 2)), Ok(2));
         assert_eq!(disk.cdrs.keys().copied().collect::<Vec<_>>(), [1, 3, 4], "ends 10 and 20 went first");
@@ -294,7 +331,7 @@ mod tests {
     #[test]
     fn an_unknown_rule_is_an_error() {
         let mut disk = Disk::default();
-        disk.apply(DiskWrite::Cdr(Box::new(cdr(1, 1)))).unwrap();
+        disk.apply(DiskWrite::Entry(Entry::Cdrs(vec![cdr(1, 1)]))).unwrap();
         assert!(disk.reap(&batch("cdr", Action::Anonymise, 10, 5)).unwrap_err().contains("cdr"));
         assert!(disk.reap(&batch("licence-service-log", Action::Delete, 10, 5)).is_err());
         assert_eq!(disk.cdrs.len(), 1);

@@ -1,6 +1,7 @@
 //! One pbx node in the simulation: the product's own machines — endpoint (transactions),
-//! registrar, a call machine and its leg machines per call, a relay machine per call's media —
-//! wired as the node's actors wire them, but synchronously and on the node's virtual clock.
+//! registrar, a [`CallCore`] per call (the call machine and its legs', as the call actor runs
+//! them), a relay machine per call's media — wired as the node's actors wire them, but
+//! synchronously and on the node's virtual clock.
 //!
 //! The retention reaper runs here too, over the node's simulated disk: its batches are disk
 //! writes, its answer comes once a batch is durable, and a node restarted after a crash builds
@@ -11,20 +12,22 @@
 //! the node (datagrams, disk writes). It decides nothing a shell does not decide. The
 //! endpoint's routing is not copied here but run: the product's own [`EndpointGlue`] (the leg
 //! table with its start-up queue, the call-limit read, the addressing of the endpoint's
-//! outputs) is driven here as the endpoint shell drives it, and the CDR of a call that did not
-//! start is the calls shell's ([`not_started`]). Like the shells, each actor has a FIFO mailbox
+//! outputs) is driven here as the endpoint shell drives it; so is the call actor's
+//! [`CallCore`] (a leg's events go back into its call in the same step), and the CDR of a call
+//! that did not start is the calls shell's ([`not_started`]). Like the shells, each actor has a FIFO mailbox
 //! ([`Mailboxes`]); which actor runs next is drawn from the seed, the way a multi-threaded
 //! runtime would interleave them.
 
 use bytes::Bytes;
 use pbx_actors::Timestamp;
 use pbx_actors::bugs::Bugs;
-use pbx_actors::call::b2bua::{Call, CallConfig, CallInput, CallOutput, CallSetup};
-use pbx_actors::call::leg::{Leg, LegInput, LegOutput};
+use pbx_actors::call::b2bua::{CallConfig, CallSetup};
+use pbx_actors::call::core::{CallCore, CoreInput, CoreOutput, Legs};
 use pbx_actors::call::{CallIds, CallStart, LegId, LocalSip, not_started, splitmix64};
 use pbx_actors::cdr::{Cdr, MediaCounters};
 use pbx_actors::endpoint::glue::{EndpointGlue, Envelope, GlueInput};
 use pbx_actors::endpoint::machine::{Endpoint, EndpointEvent, EndpointInput};
+use pbx_actors::entry::Entry;
 use pbx_actors::licence::{Effective, Stored, Watchdog, WatchdogConfig, WatchdogEvent, WatchdogInput, WatchdogOutput};
 use pbx_actors::media::actor::MediaError;
 use pbx_actors::media::pool::PortPool;
@@ -33,8 +36,7 @@ use pbx_actors::privacy::AuditEntry;
 use pbx_actors::privacy::reaper::{Batch, Reaper, ReaperConfig, ReaperInput, ReaperOutput};
 use pbx_actors::privacy::{SecurityEntry, SecurityEvent};
 use pbx_actors::registrar::{
-    Binding, Extension, Registrar, RegistrarCommand, RegistrarConfig, RegistrarEvent, RegistrarInput, RegistrarOutput,
-    Route,
+    Binding, Extension, Registrar, RegistrarConfig, RegistrarEvent, RegistrarInput, RegistrarOutput, Route,
 };
 use pbx_actors::sip::message::{Response, Transport};
 use pbx_actors::sip::transaction::TimerConfig;
@@ -70,10 +72,9 @@ pub struct NodeConfig {
 /// A durable change, written by the world's simulated disk.
 #[derive(Clone, Debug)]
 pub enum DiskWrite {
-    Registrar(Vec<RegistrarCommand>),
-    Cdr(Box<Cdr>),
-    /// The licence watchdog's last verified licence (the node's `licence` table).
-    Licence(Box<Stored>),
+    /// What the product replicates (registrar commands, CDRs, the verified licence): the
+    /// product's own [`Entry`], committed by the product's `apply_entry`.
+    Entry(Entry),
     /// One line of the security log (a failed authentication, a block).
     SecurityLog(Box<SecurityEntry>),
     /// One line of the privacy audit (a reaper run).
@@ -145,10 +146,9 @@ pub struct NodeStats {
     pub security_logged: u64,
 }
 
-/// A call as the node holds it: the call machine, its legs and its relay.
+/// A call as the node holds it: the call actor's core (call machine and legs) and its relay.
 struct SimCall {
-    call: Call,
-    legs: BTreeMap<LegId, Leg>,
+    core: CallCore,
     relay: Relay,
     ports: [u16; 2],
     started: Timestamp,
@@ -162,8 +162,8 @@ enum Work {
     Registrar(RegistrarInput),
     /// For the calls actor: start this call.
     Calls(Box<CallStart>),
-    Leg(LegId, LegInput),
-    Call(u64, CallInput),
+    /// For a call's actor (its legs' SIP too: they run inside it).
+    Call(u64, CoreInput),
     Relay(u64, RelayInput),
     Watchdog(WatchdogInput),
     Reaper(ReaperInput),
@@ -176,7 +176,6 @@ enum Mailbox {
     Registrar,
     Calls,
     Call(u64),
-    Leg(LegId),
     Relay(u64),
     Watchdog,
     Reaper,
@@ -188,7 +187,6 @@ impl Work {
             Work::Endpoint(_) => Mailbox::Endpoint,
             Work::Registrar(_) => Mailbox::Registrar,
             Work::Calls(_) => Mailbox::Calls,
-            Work::Leg(leg, _) => Mailbox::Leg(*leg),
             Work::Call(id, _) => Mailbox::Call(*id),
             Work::Relay(id, _) => Mailbox::Relay(*id),
             Work::Watchdog(_) => Mailbox::Watchdog,
@@ -364,13 +362,8 @@ impl SimNode {
             self.work.push(Work::Reaper(ReaperInput::Timeout));
         }
         for (id, c) in &self.calls {
-            if c.call.poll_timeout().is_some_and(|t| t <= now) {
-                self.work.push(Work::Call(*id, CallInput::Timeout));
-            }
-            for (leg, l) in &c.legs {
-                if l.poll_timeout().is_some_and(|t| t <= now) {
-                    self.work.push(Work::Leg(*leg, LegInput::Timeout));
-                }
+            if c.core.poll_timeout().is_some_and(|t| t <= now) {
+                self.work.push(Work::Call(*id, CoreInput::Timeout));
             }
             if c.relay.poll_timeout().is_some_and(|t| t <= now) {
                 self.work.push(Work::Relay(*id, RelayInput::Timeout));
@@ -386,9 +379,7 @@ impl SimNode {
         let mut at =
             [self.endpoint.poll_timeout(), self.registrar.poll_timeout(), watchdog, reaper].into_iter().flatten().min();
         for c in self.calls.values() {
-            let times = [c.call.poll_timeout(), c.relay.poll_timeout()].into_iter();
-            let legs = c.legs.values().map(|l| l.poll_timeout());
-            for t in times.chain(legs).flatten() {
+            for t in [c.core.poll_timeout(), c.relay.poll_timeout()].into_iter().flatten() {
                 at = Some(at.map_or(t, |a: Timestamp| a.min(t)));
             }
         }
@@ -434,10 +425,9 @@ impl SimNode {
                         self.drain_reaper();
                     }
                 }
-                Work::Leg(leg, input) => self.leg(now, leg, input),
                 Work::Call(id, input) => {
                     let Some(c) = self.calls.get_mut(&id) else { continue };
-                    c.call.handle(now, input);
+                    c.core.handle(now, input);
                     self.drain_call(id);
                 }
                 Work::Relay(id, input) => self.relay(now, id, input),
@@ -458,7 +448,12 @@ impl SimNode {
                 }
                 Envelope::Registrar(work) => self.work.push(Work::Registrar(work.into())),
                 Envelope::Calls(start) => self.work.push(Work::Calls(start)),
-                Envelope::Leg { leg, input, .. } => self.work.push(Work::Leg(leg, LegInput::Sip(input))),
+                Envelope::Leg { leg, input, .. } => {
+                    // To the call actor the leg runs in; a leg gone since is a dead letter.
+                    if let Some(&call) = self.leg_calls.get(&leg) {
+                        self.work.push(Work::Call(call, CoreInput::Sip(leg, input)));
+                    }
+                }
                 Envelope::Event(EndpointEvent::Malformed { .. }) => self.stats.malformed += 1,
                 Envelope::Event(_) | Envelope::LegsRouted(_) => {}
             }
@@ -479,7 +474,7 @@ impl SimNode {
                     self.outputs.push_back(NodeOutput::LicenceCheck { request, serial })
                 }
                 WatchdogOutput::Persist(stored) => self.outputs.push_back(NodeOutput::Write(Job {
-                    write: Some(DiskWrite::Licence(Box::new(stored))),
+                    write: Some(DiskWrite::Entry(Entry::Licence(stored))),
                     deferred: Vec::new(),
                 })),
                 WatchdogOutput::Event(WatchdogEvent::Checked { .. }) => self.stats.licence_checks_ok += 1,
@@ -561,7 +556,7 @@ impl SimNode {
             }
         }
         if !commands.is_empty() || !deferred.is_empty() {
-            let write = (!commands.is_empty()).then_some(DiskWrite::Registrar(commands));
+            let write = (!commands.is_empty()).then_some(DiskWrite::Entry(Entry::Registrar(commands)));
             self.outputs.push_back(NodeOutput::Write(Job { write, deferred }));
         }
     }
@@ -604,38 +599,34 @@ impl SimNode {
             self.media_ports.insert(*port, (id, side));
         }
         let relay = Relay::new(self.relay_config, seed, now);
-        let call = Call::new(now, self.call_config, CallSetup { id, start, media, seed });
-        self.calls.insert(id, SimCall { call, legs: BTreeMap::new(), relay, ports, started: now, recorded: false });
+        let core = CallCore::new(now, self.call_config, CallSetup { id, start, media, seed }, Legs::new());
+        self.calls.insert(id, SimCall { core, relay, ports, started: now, recorded: false });
         self.drain_call(id);
     }
 
+    /// The call shell's drain: SIP to the endpoint, legs up and down, media to the relay, the
+    /// CDR (with the relay's counters) to disk.
     fn drain_call(&mut self, id: u64) {
         loop {
             let Some(c) = self.calls.get_mut(&id) else { return };
-            let Some(out) = c.call.poll_output() else { return };
+            let Some(out) = c.core.poll_output() else { return };
             match out {
-                CallOutput::StartLeg(leg) => {
-                    let leg_id = leg.id();
-                    c.legs.insert(leg_id, *leg);
-                    self.leg_calls.insert(leg_id, id);
+                CoreOutput::Sip(leg, out) => {
+                    self.work.push(Work::Endpoint(GlueInput::Endpoint(EndpointInput::FromLeg { leg, out })))
+                }
+                CoreOutput::LegUp(leg) => {
+                    self.leg_calls.insert(leg, id);
                     // The leg is up: what waited for it in the endpoint comes now.
-                    self.work.push(Work::Endpoint(GlueInput::LegUp { leg: leg_id, to: () }));
+                    self.work.push(Work::Endpoint(GlueInput::LegUp { leg, to: () }));
                 }
-                CallOutput::ToLeg { leg, command } => {
-                    if c.legs.contains_key(&leg) {
-                        self.work.push(Work::Leg(leg, LegInput::Command(command)));
-                    }
+                CoreOutput::LegDown(leg) => {
+                    self.leg_calls.remove(&leg);
+                    self.leg_down(leg);
                 }
-                CallOutput::StopLeg { leg } => {
-                    if c.legs.remove(&leg).is_some() {
-                        self.leg_calls.remove(&leg);
-                        self.leg_down(leg);
-                    }
-                }
-                CallOutput::ConfigureMedia { side, peer } => {
+                CoreOutput::ConfigureMedia { side, peer } => {
                     self.work.push(Work::Relay(id, RelayInput::Configure { side, peer }))
                 }
-                CallOutput::Record(cdr) => {
+                CoreOutput::Record(cdr) => {
                     if !c.recorded {
                         c.recorded = true;
                         let mut cdr = *cdr;
@@ -643,7 +634,7 @@ impl SimNode {
                         self.write_cdr(cdr);
                     }
                 }
-                CallOutput::Over => self.end_call(id),
+                CoreOutput::Over => self.end_call(id),
             }
         }
     }
@@ -651,28 +642,13 @@ impl SimNode {
     /// The call actor stops: its remaining legs go (reported down) and its ports return.
     fn end_call(&mut self, id: u64) {
         let Some(c) = self.calls.remove(&id) else { return };
-        for leg in c.legs.keys() {
+        for leg in c.core.legs().keys() {
             self.leg_calls.remove(leg);
             self.leg_down(*leg);
         }
         for port in c.ports {
             self.media_ports.remove(&port);
             self.pool.release(port);
-        }
-    }
-
-    fn leg(&mut self, now: Timestamp, leg: LegId, input: LegInput) {
-        let Some(&id) = self.leg_calls.get(&leg) else { return };
-        let Some(c) = self.calls.get_mut(&id) else { return };
-        let Some(machine) = c.legs.get_mut(&leg) else { return };
-        machine.handle(now, input);
-        while let Some(out) = machine.poll_output() {
-            match out {
-                LegOutput::Sip(out) => {
-                    self.work.push(Work::Endpoint(GlueInput::Endpoint(EndpointInput::FromLeg { leg, out })))
-                }
-                LegOutput::Event(event) => self.work.push(Work::Call(id, CallInput::Leg { leg, event })),
-            }
         }
     }
 
@@ -690,15 +666,17 @@ impl SimNode {
                         bytes,
                     })
                 }
-                RelayOutput::Inactive { side } => self.work.push(Work::Call(id, CallInput::MediaInactive { side })),
+                RelayOutput::Inactive { side } => self.work.push(Work::Call(id, CoreInput::MediaInactive { side })),
             }
         }
     }
 
     fn write_cdr(&mut self, cdr: Cdr) {
         self.stats.cdrs_written += 1;
-        self.outputs
-            .push_back(NodeOutput::Write(Job { write: Some(DiskWrite::Cdr(Box::new(cdr))), deferred: Vec::new() }));
+        self.outputs.push_back(NodeOutput::Write(Job {
+            write: Some(DiskWrite::Entry(Entry::Cdrs(vec![cdr]))),
+            deferred: Vec::new(),
+        }));
     }
 
     // ---- What the checkers look at ----
@@ -708,9 +686,9 @@ impl SimNode {
         self.calls.iter().map(|(id, c)| CallView {
             id: *id,
             started: c.started,
-            state: c.call.state(),
-            answered: c.call.answered_legs().map(|(a, b)| [a, b]),
-            legs: &c.legs,
+            state: c.core.call().state(),
+            answered: c.core.call().answered_legs().map(|(a, b)| [a, b]),
+            legs: c.core.legs(),
         })
     }
 
@@ -752,7 +730,7 @@ pub struct CallView<'a> {
     pub started: Timestamp,
     pub state: &'static str,
     pub answered: Option<[LegId; 2]>,
-    legs: &'a BTreeMap<LegId, Leg>,
+    legs: &'a Legs,
 }
 
 impl CallView<'_> {

@@ -18,6 +18,7 @@ use crate::phone::{Behaviour, Phone, PhoneConfig, PhoneEvent, PhoneInput, PhoneO
 use crate::scanner::{Scanner, ScannerOutput};
 use bytes::Bytes;
 use pbx_actors::Timestamp;
+use pbx_actors::entry::Entry;
 use pbx_actors::privacy::reaper::Action;
 use pbx_actors::registrar::{Algorithm, RegistrarConfig};
 use rand::rngs::StdRng;
@@ -685,12 +686,16 @@ impl Sim {
                 }
                 let Some((_, job)) = slot.pending.pop_front() else { return };
                 match &job.write {
-                    Some(DiskWrite::Licence(stored)) => {
+                    Some(DiskWrite::Entry(Entry::Licence(stored))) => {
                         if let Some(model) = self.licence_models.get_mut(node) {
                             model.durable_success = Some(stored.checked_at);
                         }
                     }
-                    Some(DiskWrite::Cdr(cdr)) => self.checker.cdr_committed(self.now, cdr),
+                    Some(DiskWrite::Entry(Entry::Cdrs(cdrs))) => {
+                        for cdr in cdrs {
+                            self.checker.cdr_committed(self.now, cdr)
+                        }
+                    }
                     Some(DiskWrite::SecurityLog(entry)) => {
                         self.checker.security_committed((entry.at, slot.disk.next_id))
                     }

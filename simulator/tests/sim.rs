@@ -119,6 +119,18 @@ fn an_injected_unrouted_request_is_caught() {
     assert!(report.violations.iter().any(|v| v.invariant == "a call never has one leg"), "{:?}", report.violations);
 }
 
+#[test]
+fn an_injected_lost_leg_event_is_caught() {
+    // Proves the simulator runs the product's CallCore: the core losing a leg's hang-up fails a seed that is clean without it.
+    let clean = run(options(5, 3));
+    assert_busy(&clean);
+    assert_clean(&clean);
+    let mut o = options(5, 3);
+    o.bugs.lost_leg_event = true;
+    let report = run(o);
+    assert!(report.violations.iter().any(|v| v.invariant == "a call never has one leg"), "{:?}", report.violations);
+}
+
 /// The binary prints a replay command for a failing run, and that command fails the same way.
 #[test]
 fn pbx_sim_prints_a_replay_command_that_replays() {

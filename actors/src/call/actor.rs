@@ -1,8 +1,9 @@
 //! The ractor shells of calls.
 //!
-//! - [`CallActor`]: one per call, around a [`Call`] machine and the [`Leg`] machines of its
-//!   legs (no actor per leg: a leg's SIP comes to the call's actor, [`CallMsg::Sip`], its
-//!   events go straight into the call machine, its SIP out through the [`SipPort`]). It owns
+//! - [`CallActor`]: one per call, around a [`CallCore`] — the call machine and the [`Leg`]
+//!   machines of its legs (no actor per leg: a leg's SIP comes to the call's actor,
+//!   [`CallMsg::Sip`], its events go straight into the call machine, its SIP out through the
+//!   [`SipPort`]). The simulator drives the same core. It owns
 //!   its media session (a call that ends or dies takes its media with it, and the ports go
 //!   back to the pool); a media session that fails ends the call (BYE both sides, `failed`
 //!   CDR). One timer wakes it for the earliest of the call's and its legs' timeouts.
@@ -29,8 +30,9 @@
 //!   which re-announces its legs to the new endpoint ([`SipPort::adopt`]) and ends with BYE both
 //!   sides and a `failed` CDR ("SIP endpoint restarted").
 
-use super::b2bua::{Call, CallConfig, CallInput, CallOutput, CallSetup};
-use super::leg::{Leg, LegCommand, LegEvent, LegInput, LegOutput, SipIn, SipOut};
+use super::b2bua::{CallConfig, CallSetup};
+use super::core::{CallCore, CoreInput, CoreOutput, LegTable, Legs, feed};
+use super::leg::{Leg, LegCommand, LegEvent, LegInput, SipIn, SipOut};
 use super::{CallIds, CallStart, LegId};
 use crate::Timestamp;
 use crate::cdr::{ActiveCall, Cdr, CdrStore, Disposition, HangupSide, MediaCounters};
@@ -72,52 +74,46 @@ const SNAPSHOT_WAIT: Duration = Duration::from_millis(500);
 /// they outlive an actor that fails (see the module doc). Only the call's actor touches them
 /// while it runs; each use is one short step that never awaits.
 #[derive(Clone, Default)]
-pub struct CallLegs(Arc<Mutex<HashMap<LegId, Box<Leg>>>>);
+pub struct CallLegs(Arc<Mutex<Legs>>);
 
 impl CallLegs {
-    fn lock(&self) -> MutexGuard<'_, HashMap<LegId, Box<Leg>>> {
+    fn lock(&self) -> MutexGuard<'_, Legs> {
         // A panic inside a leg machine leaves it as it was: hanging it up is still the best try.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// Feeds `input` (if any) to one leg and sends its SIP out; its events go to `events`.
-fn feed(
+impl LegTable for CallLegs {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Legs) -> R) -> R {
+        f(&mut self.lock())
+    }
+
+    fn peek<R>(&self, f: impl FnOnce(&Legs) -> R) -> R {
+        f(&self.lock())
+    }
+}
+
+/// Feeds `input` (if any) to one leg outside a call (an orphan hanging up) and sends its SIP
+/// out; its events go to `events`.
+fn feed_orphan(
     leg: &mut Leg,
     now: Timestamp,
     input: Option<LegInput>,
     sip: &dyn SipPort,
     events: &mut VecDeque<(LegId, LegEvent)>,
 ) {
-    if let Some(input) = input {
-        leg.handle(now, input);
-    }
-    let id = leg.id();
-    while let Some(out) = leg.poll_output() {
-        match out {
-            LegOutput::Sip(out) => sip.send(id, out),
-            LegOutput::Event(event) => events.push_back((id, event)),
+    let mut outputs = VecDeque::new();
+    feed(leg, now, input, events, &mut outputs);
+    for out in outputs {
+        if let CoreOutput::Sip(leg, out) = out {
+            sip.send(leg, out);
         }
     }
 }
 
 /// The earliest timeout among `legs`.
-fn legs_timeout(legs: &HashMap<LegId, Box<Leg>>) -> Option<Timestamp> {
+fn legs_timeout(legs: &Legs) -> Option<Timestamp> {
     legs.values().filter_map(|leg| leg.poll_timeout()).min()
-}
-
-/// Feeds `Timeout` to every leg whose timeout is due.
-fn legs_due(
-    legs: &mut HashMap<LegId, Box<Leg>>,
-    now: Timestamp,
-    sip: &dyn SipPort,
-    events: &mut VecDeque<(LegId, LegEvent)>,
-) {
-    for leg in legs.values_mut() {
-        if leg.poll_timeout().is_some_and(|at| at <= now) {
-            feed(leg, now, Some(LegInput::Timeout), sip, events);
-        }
-    }
 }
 
 pub enum CallMsg {
@@ -140,13 +136,13 @@ pub enum CallMsg {
 impl ractor::Message for CallMsg {}
 
 pub struct OrphanArgs {
-    pub legs: HashMap<LegId, Box<Leg>>,
+    pub legs: Legs,
     pub clock: Arc<dyn Clock>,
     pub sip: Arc<dyn SipPort>,
 }
 
 pub struct OrphanState {
-    legs: HashMap<LegId, Box<Leg>>,
+    legs: Legs,
     clock: Arc<dyn Clock>,
     sip: Arc<dyn SipPort>,
     timer: WakeTimer,
@@ -182,7 +178,7 @@ impl Actor for OrphanLegs {
         for leg in s.legs.values_mut() {
             tracing::warn!(leg = %leg.id(), "the call's actor is gone: its leg hangs up");
             metrics::counter!("pbx_call_legs_orphaned_total").increment(1);
-            feed(leg, now, Some(LegInput::Command(LegCommand::Hangup)), &*s.sip, &mut s.events);
+            feed_orphan(leg, now, Some(LegInput::Command(LegCommand::Hangup)), &*s.sip, &mut s.events);
         }
         me.exit_after(ENDING_BOUND);
         s.settle(&me);
@@ -194,12 +190,16 @@ impl Actor for OrphanLegs {
         match msg {
             CallMsg::Sip { leg, input } => {
                 if let Some(machine) = s.legs.get_mut(&leg) {
-                    feed(machine, now, Some(LegInput::Sip(*input)), &*s.sip, &mut s.events);
+                    feed_orphan(machine, now, Some(LegInput::Sip(*input)), &*s.sip, &mut s.events);
                 }
             }
             CallMsg::Wake => {
                 s.timer.fired();
-                legs_due(&mut s.legs, now, &*s.sip, &mut s.events);
+                for leg in s.legs.values_mut() {
+                    if leg.poll_timeout().is_some_and(|at| at <= now) {
+                        feed_orphan(leg, now, Some(LegInput::Timeout), &*s.sip, &mut s.events);
+                    }
+                }
             }
             // Not a call any more: nothing else concerns it.
             _ => {}
@@ -277,11 +277,9 @@ pub struct CallArgs {
 }
 
 pub struct CallState {
-    machine: Call,
+    /// The call machine and its legs' (kept in the [`CallLegs`] shared with the ledger).
+    core: CallCore<CallLegs>,
     context: CallContext,
-    legs: CallLegs,
-    /// What the legs told the call and the call machine has not heard yet.
-    events: VecDeque<(LegId, LegEvent)>,
     media: MediaSession,
     timer: WakeTimer,
     recorded: Arc<AtomicBool>,
@@ -312,16 +310,8 @@ impl Actor for CallActor {
         };
         let media = MediaSession::start(media_args).await?;
         let setup = CallSetup { id: args.id, start: args.start, media: media.local(), seed: args.seed };
-        let machine = Call::new(context.clock.now(), context.config, setup);
-        Ok(CallState {
-            machine,
-            context,
-            legs: args.legs,
-            events: VecDeque::new(),
-            media,
-            timer: WakeTimer::default(),
-            recorded: args.recorded,
-        })
+        let core = CallCore::new(context.clock.now(), context.config, setup, args.legs);
+        Ok(CallState { core, context, media, timer: WakeTimer::default(), recorded: args.recorded })
     }
 
     async fn post_start(&self, me: ActorRef<CallMsg>, s: &mut CallState) -> Result<(), ActorProcessingErr> {
@@ -332,26 +322,27 @@ impl Actor for CallActor {
     async fn handle(&self, me: ActorRef<CallMsg>, msg: CallMsg, s: &mut CallState) -> Result<(), ActorProcessingErr> {
         let now = s.context.clock.now();
         match msg {
-            CallMsg::Sip { leg, input } => s.feed_leg(now, leg, LegInput::Sip(*input)),
-            CallMsg::Media(MediaEvent::Inactive { side }) => s.machine.handle(now, CallInput::MediaInactive { side }),
+            CallMsg::Sip { leg, input } => s.core.handle(now, CoreInput::Sip(leg, *input)),
+            CallMsg::Media(MediaEvent::Inactive { side }) => s.core.handle(now, CoreInput::MediaInactive { side }),
             CallMsg::Media(MediaEvent::Failed) => {
-                tracing::error!(call = s.machine.id(), "media session failed: the call ends");
+                tracing::error!(call = s.core.call().id(), "media session failed: the call ends");
                 metrics::counter!("pbx_call_actor_failures_total", "actor" => "media").increment(1);
-                s.machine.handle(now, CallInput::Fail { reason: "media session failed".into() });
+                s.core.handle(now, CoreInput::Fail { reason: "media session failed".into() });
             }
             CallMsg::Snapshot(reply) => {
                 let _ = reply.send(s.snapshot());
             }
             CallMsg::Wake => {
                 s.timer.fired();
-                s.machine.handle(now, CallInput::Timeout);
-                legs_due(&mut s.legs.lock(), now, &*s.context.sip, &mut s.events);
+                s.core.handle(now, CoreInput::Timeout);
             }
             CallMsg::EndpointLost => {
-                for leg in s.legs.lock().keys() {
-                    s.context.sip.adopt(*leg, me.clone());
-                }
-                s.machine.handle(now, CallInput::Fail { reason: "SIP endpoint restarted".into() });
+                s.core.legs().peek(|legs| {
+                    for leg in legs.keys() {
+                        s.context.sip.adopt(*leg, me.clone());
+                    }
+                });
+                s.core.handle(now, CoreInput::Fail { reason: "SIP endpoint restarted".into() });
             }
             CallMsg::Control(control) => control.obey("call"),
             CallMsg::PanicMedia => s.media.panic(),
@@ -374,59 +365,33 @@ impl Actor for CallActor {
     async fn post_stop(&self, _me: ActorRef<CallMsg>, s: &mut CallState) -> Result<(), ActorProcessingErr> {
         // Not run when the actor failed or was killed: then the calls actor hangs the legs up.
         s.timer.cancel();
-        for leg in s.legs.lock().drain() {
-            s.context.sip.leg_down(leg.0);
+        let legs = s.core.legs_mut().with(std::mem::take);
+        for leg in legs.into_keys() {
+            s.context.sip.leg_down(leg);
         }
         Ok(())
     }
 }
 
 impl CallState {
-    /// Feeds one leg; what it tells the call waits in `events` for [`CallState::drain`].
-    fn feed_leg(&mut self, now: Timestamp, leg: LegId, input: LegInput) {
-        if let Some(machine) = self.legs.lock().get_mut(&leg) {
-            feed(machine, now, Some(input), &*self.context.sip, &mut self.events);
-        }
-    }
-
-    /// Runs the call machine and its legs until neither has anything left to say, then arms
-    /// the timer for the earliest timeout among them.
+    /// Takes what the call said out of its core (SIP, legs up and down, media, the CDR), then
+    /// arms the timer for the earliest timeout among the call and its legs.
     async fn drain(&mut self, me: &ActorRef<CallMsg>) {
-        loop {
-            while let Some(out) = self.machine.poll_output() {
-                match out {
-                    CallOutput::StartLeg(mut leg) => {
-                        let id = leg.id();
-                        feed(&mut leg, self.context.clock.now(), None, &*self.context.sip, &mut self.events);
-                        self.legs.lock().insert(id, leg);
-                        self.context.sip.leg_up(id, me.clone());
+        while let Some(out) = self.core.poll_output() {
+            match out {
+                CoreOutput::Sip(leg, out) => self.context.sip.send(leg, out),
+                CoreOutput::LegUp(leg) => self.context.sip.leg_up(leg, me.clone()),
+                CoreOutput::LegDown(leg) => self.context.sip.leg_down(leg),
+                CoreOutput::ConfigureMedia { side, peer } => self.media.configure(side, peer),
+                CoreOutput::Record(cdr) => {
+                    if !self.recorded.swap(true, Ordering::SeqCst) {
+                        Box::pin(self.finish(*cdr)).await;
                     }
-                    CallOutput::ToLeg { leg, command } => {
-                        self.feed_leg(self.context.clock.now(), leg, LegInput::Command(command));
-                    }
-                    CallOutput::StopLeg { leg } => {
-                        if self.legs.lock().remove(&leg).is_some() {
-                            self.context.sip.leg_down(leg);
-                        }
-                    }
-                    CallOutput::ConfigureMedia { side, peer } => self.media.configure(side, peer),
-                    CallOutput::Record(cdr) => {
-                        if !self.recorded.swap(true, Ordering::SeqCst) {
-                            Box::pin(self.finish(*cdr)).await;
-                        }
-                    }
-                    CallOutput::Over => me.stop(None),
                 }
+                CoreOutput::Over => me.stop(None),
             }
-            let Some((leg, event)) = self.events.pop_front() else { break };
-            self.machine.handle(self.context.clock.now(), CallInput::Leg { leg, event });
         }
-        let legs = legs_timeout(&self.legs.lock());
-        let at = match (self.machine.poll_timeout(), legs) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        self.timer.arm(me, self.context.clock.now(), at, || CallMsg::Wake);
+        self.timer.arm(me, self.context.clock.now(), self.core.poll_timeout(), || CallMsg::Wake);
     }
 
     /// The CDR with the relay's counters, stored before the call actor goes.
@@ -440,7 +405,8 @@ impl CallState {
     }
 
     fn snapshot(&self) -> ActiveCall {
-        let record = self.machine.record();
+        let machine = self.core.call();
+        let record = machine.record();
         ActiveCall {
             id: record.id,
             call_id: record.call_id,
@@ -448,7 +414,7 @@ impl CallState {
             callee: record.callee,
             start: record.start,
             answer: record.answer,
-            state: self.machine.state().to_owned(),
+            state: machine.state().to_owned(),
             codec_caller: record.codec_caller,
             codec_callee: record.codec_callee,
             media: self.media_counters(),

@@ -6,6 +6,9 @@
 //! - [`b2bua`]: [`Call`], the sans-IO machine that joins the legs: forking, first 2xx wins,
 //!   no-answer timeout, CANCEL, BYE either way, re-INVITE/UPDATE relayed, SDP offer/answer
 //!   rewritten so media flows through pbx's ports, and the CDR.
+//! - [`core`]: [`CallCore`], one call as a sans-IO unit: the call machine and its legs', a
+//!   leg's events looped back into the call at once. The call actor drives it in the product,
+//!   the simulator on virtual time.
 //! - [`destination`]: where a B-leg's requests go, the Contact or the REGISTER's source (NAT).
 //! - [`actor`]: the ractor shells. One actor per call (its legs are machines inside it), and
 //!   the `calls` actor that starts calls, lists them and hangs up the legs of a call whose
@@ -19,10 +22,12 @@
 
 pub mod actor;
 pub mod b2bua;
+pub mod core;
 pub mod destination;
 pub mod leg;
 
 pub use b2bua::{Call, CallConfig, CallInput, CallOutput};
+pub use core::{CallCore, CoreInput, CoreOutput};
 pub use leg::{Leg, LegCommand, LegEvent, LegInput, LegOutput, SipIn, SipOut};
 
 use crate::Timestamp;

@@ -916,3 +916,102 @@ fn b_leg_invites_the_contact_unless_nat() {
     let mut h = call_to(PCMU_OFFER, vec![symmetric, named]);
     assert_eq!(invite_destinations(&mut h), ["127.0.0.1:40006".parse().unwrap(), "127.0.0.1:40004".parse().unwrap()]);
 }
+
+/// A [`CallCore`] for a call from the caller to `forks` contacts, and what it said at once.
+fn core_with(forks: usize) -> (CallCore, Vec<CoreOutput>) {
+    let contacts: Vec<Binding> =
+        (0..forks).map(|n| binding(&format!("sip:101@127.0.0.1:{}", 5064 + n), 5064 + n as u16)).collect();
+    let (key, request) = invite(PCMU_OFFER);
+    let setup = CallSetup {
+        id: 7,
+        start: CallStart {
+            a: A,
+            key,
+            invite: request,
+            source: PHONE.parse().unwrap(),
+            transport: Transport::Udp,
+            route: Route { caller: "100".into(), caller_display_name: "Alice".into(), callee: "101".into(), contacts },
+            forks: [B1, B2][..forks].to_vec(),
+        },
+        media: ["127.0.0.1:20000".parse().unwrap(), "127.0.0.1:20002".parse().unwrap()],
+        seed: 42,
+    };
+    let config = CallConfig {
+        no_answer: Duration::from_secs(30),
+        timers: TimerConfig::default(),
+        local_sip: local(),
+        bugs: Default::default(),
+    };
+    let mut core = CallCore::new(Timestamp::ZERO, config, setup, core::Legs::new());
+    let outputs = core_outputs(&mut core);
+    (core, outputs)
+}
+
+fn core_outputs(core: &mut CallCore) -> Vec<CoreOutput> {
+    std::iter::from_fn(|| core.poll_output()).collect()
+}
+
+/// The SIP the core sent for `leg`, as text.
+fn core_sip(outputs: &[CoreOutput], leg: LegId) -> Vec<String> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            CoreOutput::Sip(l, out) if *l == leg => Some(sent_text(out)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// CallCore starts the legs (up before their SIP is routed back) and the callee's INVITE goes
+/// out; its 200 is looped back into the call in the same step: the callee is ACKed, the caller
+/// answered 200 and the media set, with no driver in between.
+#[test]
+fn core_loops_a_legs_events_back_into_the_call_at_once() {
+    let (mut core, outputs) = core_with(1);
+    let ups: Vec<LegId> =
+        outputs.iter().filter_map(|o| if let CoreOutput::LegUp(l) = o { Some(*l) } else { None }).collect();
+    assert_eq!(ups, vec![A, B1]);
+    let invite = outputs
+        .iter()
+        .find_map(|o| match o {
+            CoreOutput::Sip(B1, out) => Some(request_out(out).clone()),
+            _ => None,
+        })
+        .expect("the callee is invited");
+    assert_eq!(invite.method, Method::INVITE);
+    assert!(core_sip(&outputs, A).is_empty(), "{:?}", core_sip(&outputs, A));
+
+    let ok = answer_to(&invite, 200, PCMU_ANSWER);
+    core.handle(Timestamp::ZERO + ms(100), CoreInput::Sip(B1, SipIn::Response { response: ok }));
+    let outputs = core_outputs(&mut core);
+    let to_callee = core_sip(&outputs, B1);
+    assert!(to_callee.iter().any(|s| s.starts_with("ACK ")), "{to_callee:?}");
+    let to_caller = core_sip(&outputs, A);
+    assert!(to_caller.iter().any(|s| s.starts_with("SIP/2.0 200 OK")), "{to_caller:?}");
+    assert!(outputs.iter().any(|o| matches!(o, CoreOutput::ConfigureMedia { side: Side::A, .. })));
+    assert_eq!(core.call().state(), "answered");
+}
+
+/// CallCore's timeout is the earliest of the call's and its legs': the no-answer deadline while
+/// ringing, the caller's 2xx retransmission once answered; a timeout feeds the leg that is due.
+#[test]
+fn core_timeout_is_the_earliest_of_call_and_legs() {
+    let (mut core, outputs) = core_with(1);
+    assert_eq!(core.poll_timeout(), Some(Timestamp::ZERO + Duration::from_secs(30)));
+    let invite = outputs
+        .iter()
+        .find_map(|o| match o {
+            CoreOutput::Sip(B1, out) => Some(request_out(out).clone()),
+            _ => None,
+        })
+        .unwrap();
+    core.handle(
+        Timestamp::ZERO,
+        CoreInput::Sip(B1, SipIn::Response { response: answer_to(&invite, 200, PCMU_ANSWER) }),
+    );
+    core_outputs(&mut core);
+    assert_eq!(core.poll_timeout(), Some(Timestamp::ZERO + ms(500)), "the caller's 200 waits for its ACK");
+    core.handle(Timestamp::ZERO + ms(500), CoreInput::Timeout);
+    let again = core_sip(&core_outputs(&mut core), A);
+    assert!(again.len() == 1 && again[0].starts_with("SIP/2.0 200 OK"), "{again:?}");
+}

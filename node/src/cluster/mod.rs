@@ -1,7 +1,8 @@
 //! A node's side of the cluster: what it replicates and how committed changes reach its
 //! storage and its registrar.
 //!
-//! Durable changes become Raft entries ([`Entry`]), committed by a majority before anyone is
+//! Durable changes become Raft entries ([`Entry`], defined in `pbx_actors::entry` with the
+//! [`apply_entry`] the simulator's disk runs too), committed by a majority before anyone is
 //! told they happened: the registrar's commands (through [`ReplicatedStore`]: a REGISTER is
 //! answered only once its binding is committed; a node without a quorum answers 500 and
 //! changes nothing), call records ([`ReplicatedCdrs`]), the licence documents
@@ -23,11 +24,10 @@ use crate::secrets::PrivacyKey;
 use crate::storage::{CdrSink, Erased, Flags, Storage, Tombstone};
 use pbx_actors::Timestamp;
 use pbx_actors::cdr::Cdr;
+use pbx_actors::entry::{Entry, EntryStore, apply_entry};
 use pbx_actors::licence::{LicenceStore, Stored, StoredUnlocks};
 use pbx_actors::privacy::{AuditEntry, AuditEvent, Right, Subject};
-use pbx_actors::registrar::{
-    Binding, BindingV1, Extension, RegistrarCommand, RegistrarCommandV1, RegistrarMsg, RegistrarStore,
-};
+use pbx_actors::registrar::{Binding, BindingV1, Extension, RegistrarCommand, RegistrarMsg, RegistrarStore};
 use pbx_actors::store::StoreError;
 use pbx_cluster::raft::{Applier, ApplyError, NodeId, Replica, Request, WriteError};
 use ractor::ActorRef;
@@ -71,68 +71,8 @@ const SCRUB_RETRY: Duration = Duration::from_secs(30);
 pub const SCRUB_BOUND: Duration = Duration::from_secs(15);
 const _: () = assert!(ERASURE_COMPACTION_DELAY.as_secs() + PURGE_TIMEOUT.as_secs() + 3 <= SCRUB_BOUND.as_secs());
 
-/// One replicated entry's payload, versioned like every stored value.
-///
-/// A node writes the newest version only. In a cluster of mixed versions an older node cannot
-/// read it: its state machine stops at that entry with a storage error (nothing applied
-/// wrongly, the entry stays in the log) and catches up once it runs the new version
-/// (docs/ARCHITECTURE.md, "Cluster").
-#[derive(Serialize, Deserialize)]
-enum EntryV {
-    /// Before issue 15: bindings without the NAT flag.
-    V1(EntryV1),
-    /// Bindings with the NAT flag (`Binding::nat`, issue 15).
-    V2(Entry),
-}
-
-/// [`Entry`] as written before issue 15: the same variants, in the same order, with registrar
-/// commands of the old shape. Never edit it (postcard reads variants by position).
-#[derive(Serialize, Deserialize)]
-enum EntryV1 {
-    Registrar(Vec<RegistrarCommandV1>),
-    Cdrs(Vec<Cdr>),
-    Licence(Stored),
-    Unlocks(StoredUnlocks),
-    Erase { subject: String, audit: AuditEntry },
-    Flag { subject: String, right: Right, at: Timestamp, audit: AuditEntry },
-}
-
-impl From<EntryV1> for Entry {
-    /// A V1 binding's NAT flag is computed as V1 routed it (`BindingV1`'s `From`).
-    fn from(entry: EntryV1) -> Entry {
-        match entry {
-            EntryV1::Registrar(commands) => Entry::Registrar(commands.into_iter().map(Into::into).collect()),
-            EntryV1::Cdrs(cdrs) => Entry::Cdrs(cdrs),
-            EntryV1::Licence(l) => Entry::Licence(l),
-            EntryV1::Unlocks(u) => Entry::Unlocks(u),
-            EntryV1::Erase { subject, audit } => Entry::Erase { subject, audit },
-            EntryV1::Flag { subject, right, at, audit } => Entry::Flag { subject, right, at, audit },
-        }
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-enum Entry {
-    Registrar(Vec<RegistrarCommand>),
-    Cdrs(Vec<Cdr>),
-    Licence(Stored),
-    Unlocks(StoredUnlocks),
-    /// Erasure of a subject (its id); `audit` gets the record count each node erased.
-    Erase {
-        subject: String,
-        audit: AuditEntry,
-    },
-    /// A restriction or objection set or lifted at `at`.
-    Flag {
-        subject: String,
-        right: Right,
-        at: Timestamp,
-        audit: AuditEntry,
-    },
-}
-
 fn encode(entry: Entry) -> Result<Vec<u8>, String> {
-    postcard::to_allocvec(&EntryV::V2(entry)).map_err(|e| e.to_string())
+    entry.encode()
 }
 
 /// The replicated state as a snapshot carries it.
@@ -266,41 +206,70 @@ impl NodeApplier {
         }
     }
 
+    /// One committed entry, applied as every store applies it ([`apply_entry`]).
     fn apply_one(&self, origin: NodeId, entry: Entry) -> Result<(), ApplyError> {
-        let s = &self.storage;
-        match entry {
-            Entry::Registrar(commands) => {
-                s.apply(&commands).map_err(ApplyError::storage)?;
-                let others = if origin == self.me { Vec::new() } else { commands.clone() };
-                self.deliver(&commands, others);
-            }
-            Entry::Cdrs(cdrs) => s.put_cdrs(&cdrs).map_err(ApplyError::storage)?,
-            Entry::Licence(stored) => s.save_licence(&stored).map_err(ApplyError::storage)?,
-            Entry::Unlocks(stored) => s.save_unlocks(&stored).map_err(ApplyError::storage)?,
-            Entry::Erase { subject, audit } => {
-                let at = audit.at;
-                let parsed = Subject::parse(&subject).map_err(|e| ApplyError::undecodable("erasure subject", e))?;
-                let tombstone = self.key.tombstone(&parsed, at);
-                let erased =
-                    s.erase(&parsed, tombstone.as_ref(), |n| with_records(audit, n)).map_err(ApplyError::storage)?;
-                if origin == self.me {
-                    self.erased.lock().expect("erased lock").insert((subject, at), erased);
-                }
-            }
-            Entry::Flag { subject, right, at, audit } => {
-                s.update_flags(&subject, |f| change_flags(f, right, at), &audit).map_err(ApplyError::storage)?;
-            }
+        apply_entry(&mut Applying { applier: self, origin }, entry)
+    }
+}
+
+/// The node's applier applying one entry from `origin`.
+struct Applying<'a> {
+    applier: &'a NodeApplier,
+    origin: NodeId,
+}
+
+impl EntryStore for Applying<'_> {
+    type Error = ApplyError;
+
+    /// Stored, then (another node's) to this node's registrar.
+    fn apply_registrar(&mut self, commands: Vec<RegistrarCommand>) -> Result<(), ApplyError> {
+        self.applier.storage.apply(&commands).map_err(ApplyError::storage)?;
+        let others = if self.origin == self.applier.me { Vec::new() } else { commands.clone() };
+        self.applier.deliver(&commands, others);
+        Ok(())
+    }
+
+    fn put_cdrs(&mut self, cdrs: Vec<Cdr>) -> Result<(), ApplyError> {
+        self.applier.storage.put_cdrs(&cdrs).map_err(ApplyError::storage)
+    }
+
+    fn save_licence(&mut self, stored: Stored) -> Result<(), ApplyError> {
+        self.applier.storage.save_licence(&stored).map_err(ApplyError::storage)
+    }
+
+    fn save_unlocks(&mut self, stored: StoredUnlocks) -> Result<(), ApplyError> {
+        self.applier.storage.save_unlocks(&stored).map_err(ApplyError::storage)
+    }
+
+    /// Leaves a tombstone made with this node's privacy key; this node's own erasures keep
+    /// what they erased for the API request that asked.
+    fn erase(&mut self, subject: String, audit: AuditEntry) -> Result<(), ApplyError> {
+        let at = audit.at;
+        let parsed = Subject::parse(&subject).map_err(|e| ApplyError::undecodable("erasure subject", e))?;
+        let tombstone = self.applier.key.tombstone(&parsed, at);
+        let erased = self
+            .applier
+            .storage
+            .erase(&parsed, tombstone.as_ref(), |n| with_records(audit, n))
+            .map_err(ApplyError::storage)?;
+        if self.origin == self.applier.me {
+            self.applier.erased.lock().expect("erased lock").insert((subject, at), erased);
         }
+        Ok(())
+    }
+
+    fn flag(&mut self, subject: String, right: Right, at: Timestamp, audit: AuditEntry) -> Result<(), ApplyError> {
+        self.applier
+            .storage
+            .update_flags(&subject, |f| change_flags(f, right, at), &audit)
+            .map_err(ApplyError::storage)?;
         Ok(())
     }
 }
 
 fn decode(request: &Request) -> Result<Entry, ApplyError> {
-    match postcard::from_bytes::<EntryV>(&request.payload) {
-        Ok(EntryV::V1(entry)) => Ok(entry.into()),
-        Ok(EntryV::V2(entry)) => Ok(entry),
-        Err(e) => Err(ApplyError::undecodable(format!("replicated entry from node {}", request.origin), e)),
-    }
+    Entry::decode(&request.payload)
+        .map_err(|e| ApplyError::undecodable(format!("replicated entry from node {}", request.origin), e))
 }
 
 impl Applier for NodeApplier {
@@ -566,6 +535,8 @@ impl ClusterApi {
 mod tests {
     use super::*;
     use pbx_actors::Timestamp;
+    use pbx_actors::entry::{EntryV, EntryV1};
+    use pbx_actors::registrar::RegistrarCommandV1;
 
     fn binding(aor: &str) -> Binding {
         Binding {

@@ -1,0 +1,135 @@
+//! What a node makes durable through the replicated store: [`Entry`], one Raft entry's payload
+//! (versioned as stored: [`EntryV`]), and [`apply_entry`], the one place that says what a
+//! committed entry changes. Both stores that commit entries implement [`EntryStore`]: the
+//! node's applier (pbx-node's `cluster::NodeApplier`, over `pbx.redb`) and the simulator's
+//! disk, so the simulator's durable path is the product's entries, applied by the product's
+//! code.
+
+use crate::Timestamp;
+use crate::cdr::Cdr;
+use crate::licence::{Stored, StoredUnlocks};
+use crate::privacy::{AuditEntry, Right};
+use crate::registrar::{RegistrarCommand, RegistrarCommandV1};
+use serde::{Deserialize, Serialize};
+
+/// One replicated entry's payload, versioned like every stored value.
+///
+/// A node writes the newest version only. In a cluster of mixed versions an older node cannot
+/// read it: its state machine stops at that entry with a storage error (nothing applied
+/// wrongly, the entry stays in the log) and catches up once it runs the new version
+/// (docs/ARCHITECTURE.md, "Cluster").
+#[derive(Serialize, Deserialize)]
+pub enum EntryV {
+    /// Before issue 15: bindings without the NAT flag.
+    V1(EntryV1),
+    /// Bindings with the NAT flag (`Binding::nat`, issue 15).
+    V2(Entry),
+}
+
+/// [`Entry`] as written before issue 15: the same variants, in the same order, with registrar
+/// commands of the old shape. Never edit it (postcard reads variants by position).
+#[derive(Serialize, Deserialize)]
+pub enum EntryV1 {
+    Registrar(Vec<RegistrarCommandV1>),
+    Cdrs(Vec<Cdr>),
+    Licence(Stored),
+    Unlocks(StoredUnlocks),
+    Erase { subject: String, audit: AuditEntry },
+    Flag { subject: String, right: Right, at: Timestamp, audit: AuditEntry },
+}
+
+impl From<EntryV1> for Entry {
+    /// A V1 binding's NAT flag is computed as V1 routed it (`BindingV1`'s `From`).
+    fn from(entry: EntryV1) -> Entry {
+        match entry {
+            EntryV1::Registrar(commands) => Entry::Registrar(commands.into_iter().map(Into::into).collect()),
+            EntryV1::Cdrs(cdrs) => Entry::Cdrs(cdrs),
+            EntryV1::Licence(l) => Entry::Licence(l),
+            EntryV1::Unlocks(u) => Entry::Unlocks(u),
+            EntryV1::Erase { subject, audit } => Entry::Erase { subject, audit },
+            EntryV1::Flag { subject, right, at, audit } => Entry::Flag { subject, right, at, audit },
+        }
+    }
+}
+
+/// A durable change. Never reorder or edit a variant: a new shape is a new [`EntryV`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Entry {
+    Registrar(Vec<RegistrarCommand>),
+    Cdrs(Vec<Cdr>),
+    Licence(Stored),
+    Unlocks(StoredUnlocks),
+    /// Erasure of a subject (its id); `audit` gets the record count each node erased.
+    Erase {
+        subject: String,
+        audit: AuditEntry,
+    },
+    /// A restriction or objection set or lifted at `at`.
+    Flag {
+        subject: String,
+        right: Right,
+        at: Timestamp,
+        audit: AuditEntry,
+    },
+}
+
+impl Entry {
+    /// The entry as the Raft log stores it (the newest version).
+    pub fn encode(self) -> Result<Vec<u8>, String> {
+        postcard::to_allocvec(&EntryV::V2(self)).map_err(|e| e.to_string())
+    }
+
+    /// An entry of any version, as the newest.
+    pub fn decode(bytes: &[u8]) -> Result<Entry, postcard::Error> {
+        Ok(match postcard::from_bytes::<EntryV>(bytes)? {
+            EntryV::V1(entry) => entry.into(),
+            EntryV::V2(entry) => entry,
+        })
+    }
+}
+
+/// A store committed entries are applied to, one change at a time, in log order.
+pub trait EntryStore {
+    type Error;
+
+    /// The registrar's commands (extensions and bindings put or removed).
+    fn apply_registrar(&mut self, commands: Vec<RegistrarCommand>) -> Result<(), Self::Error>;
+    fn put_cdrs(&mut self, cdrs: Vec<Cdr>) -> Result<(), Self::Error>;
+    /// The licence watchdog's last verified licence.
+    fn save_licence(&mut self, stored: Stored) -> Result<(), Self::Error>;
+    fn save_unlocks(&mut self, stored: StoredUnlocks) -> Result<(), Self::Error>;
+    /// Erases what the store holds of `subject`; `audit` records it with the count erased.
+    fn erase(&mut self, subject: String, audit: AuditEntry) -> Result<(), Self::Error>;
+    /// Sets or lifts a restriction or objection on `subject`.
+    fn flag(&mut self, subject: String, right: Right, at: Timestamp, audit: AuditEntry) -> Result<(), Self::Error>;
+}
+
+/// What a committed entry changes in `store`.
+pub fn apply_entry<S: EntryStore + ?Sized>(store: &mut S, entry: Entry) -> Result<(), S::Error> {
+    match entry {
+        Entry::Registrar(commands) => store.apply_registrar(commands),
+        Entry::Cdrs(cdrs) => store.put_cdrs(cdrs),
+        Entry::Licence(stored) => store.save_licence(stored),
+        Entry::Unlocks(stored) => store.save_unlocks(stored),
+        Entry::Erase { subject, audit } => store.erase(subject, audit),
+        Entry::Flag { subject, right, at, audit } => store.flag(subject, right, at, audit),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves the stored encoding is what the Raft logs hold: version 2, variant by position,
+    // postcard varints; a change of shape or order fails here.
+    #[test]
+    fn the_stored_encoding_is_pinned() {
+        let stored = [1, 0, 1, 1, 3, b'1', b'0', b'0'];
+        let entry = Entry::decode(&stored).unwrap();
+        assert!(
+            matches!(&entry, Entry::Registrar(c) if matches!(&c[..], [RegistrarCommand::RemoveExtension { number }] if number == "100"))
+        );
+        assert_eq!(entry.encode().unwrap(), stored);
+        assert!(Entry::decode(&[2, 0]).is_err(), "no version 3 yet");
+    }
+}
