@@ -6,8 +6,9 @@
 //! - `relay`: the sans-IO machine of one call's relay (latching, SSRC/sequence rewriting,
 //!   transcoding, statistics, inactivity).
 //! - `pool`: the node's RTP/RTCP port pairs.
-//! - `actor`: the shell that binds the sockets and runs a relay in one task per call
-//!   (`MediaSession`).
+//! - `actor`: the shell that binds the sockets and runs each call's relay in a shared media
+//!   worker (`MediaSession`).
+//! - `sys`: epoll, eventfd, `recvmmsg` and `sendmmsg`, for the workers.
 //!
 //! Not here: SDP (the call layer turns offers and answers into [`PeerMedia`]), jitter
 //! buffers, SRTP, RTCP generation, codecs other than G.711.
@@ -17,6 +18,7 @@ pub mod g711;
 pub mod pool;
 pub mod relay;
 pub mod rtp;
+mod sys;
 
 pub use actor::{MediaArgs, MediaError, MediaEvent, MediaSession};
 pub use g711::G711;

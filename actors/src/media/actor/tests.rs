@@ -2,6 +2,7 @@ use super::*;
 use crate::Timestamp;
 use crate::media::g711::G711;
 use crate::media::rtp::{RtpPacket, rewrite_rtp_header};
+use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
