@@ -114,10 +114,18 @@ pub enum MediaError {
 /// What a session's handle sends its worker.
 enum Command {
     Add(Box<Session>),
-    Configure { id: u64, side: Side, peer: PeerMedia },
+    Configure {
+        id: u64,
+        side: Side,
+        peer: PeerMedia,
+    },
     /// The node's test hook (`PBX_TEST_HOOKS=1`): the session's relay panics.
-    Panic { id: u64 },
-    Remove { id: u64 },
+    Panic {
+        id: u64,
+    },
+    Remove {
+        id: u64,
+    },
 }
 
 /// How a handle reaches its worker.

@@ -140,7 +140,13 @@ impl Batch {
         // SAFETY: every header points into this batch's buffers, which outlive the call; the
         // kernel writes at most `n` headers, each within its iovec and address.
         let result = unsafe {
-            libc::recvmmsg(fd, self.headers.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT | libc::MSG_TRUNC, std::ptr::null_mut())
+            libc::recvmmsg(
+                fd,
+                self.headers.as_mut_ptr(),
+                n as u32,
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                std::ptr::null_mut(),
+            )
         };
         let received = match check(result) {
             Ok(received) => received as usize,
@@ -161,8 +167,7 @@ impl Batch {
     pub fn send(&mut self, fd: RawFd, first: usize, n: usize) -> io::Result<usize> {
         self.prepare(first + n, false);
         // SAFETY: as in `receive`; the kernel only reads the headers and buffers here.
-        let result =
-            unsafe { libc::sendmmsg(fd, self.headers[first..].as_mut_ptr(), n as u32, libc::MSG_DONTWAIT) };
+        let result = unsafe { libc::sendmmsg(fd, self.headers[first..].as_mut_ptr(), n as u32, libc::MSG_DONTWAIT) };
         check(result).map(|sent| sent as usize)
     }
 }
