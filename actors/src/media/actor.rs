@@ -45,7 +45,6 @@
 
 use super::pool::PortPool;
 use super::relay::{PacketKind, PeerMedia, Relay, RelayConfig, RelayInput, RelayOutput, Side, SideStats};
-use super::sys::{Batch, Epoll, EventFd};
 use crate::time::{Clock, Timestamp};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -54,6 +53,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
+use sys::{Batch, Epoll, EventFd};
+
+mod sys;
 
 /// Port pairs tried (allocated and bound) for one session before giving up.
 pub const BIND_ATTEMPTS_MAX: usize = 8;

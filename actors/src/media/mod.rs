@@ -7,8 +7,8 @@
 //!   transcoding, statistics, inactivity).
 //! - `pool`: the node's RTP/RTCP port pairs.
 //! - `actor`: the shell that binds the sockets and runs each call's relay in a shared media
-//!   worker (`MediaSession`).
-//! - `sys`: epoll, eventfd, `recvmmsg` and `sendmmsg`, for the workers.
+//!   worker (`MediaSession`); its `sys` has the workers' epoll, eventfd, `recvmmsg` and
+//!   `sendmmsg`.
 //!
 //! Not here: SDP (the call layer turns offers and answers into [`PeerMedia`]), jitter
 //! buffers, SRTP, RTCP generation, codecs other than G.711.
@@ -18,7 +18,6 @@ pub mod g711;
 pub mod pool;
 pub mod relay;
 pub mod rtp;
-mod sys;
 
 pub use actor::{MediaArgs, MediaError, MediaEvent, MediaSession};
 pub use g711::G711;
