@@ -568,21 +568,19 @@ impl Worker {
                     0
                 }
             };
-            let mut woken = false;
-            for i in 0..n {
-                let token = self.events[i].u64;
-                if token == WAKE_TOKEN {
-                    woken = true;
-                } else {
-                    self.readable((token >> 2) as usize, (token & 3) as usize);
-                }
-            }
-            // Commands after the batch's socket events, so no event names a slot emptied
-            // meanwhile (a closed socket leaves the epoll set with its queued events).
-            if woken {
+            // Commands first, so an SDP sent before its first datagram arrived is applied
+            // before that datagram. A socket event of a session removed meanwhile finds its
+            // slot empty, or reused by a new session whose socket then has nothing to read.
+            if self.events[..n].iter().any(|event| event.u64 == WAKE_TOKEN) {
                 self.wake.reset();
                 while let Ok(command) = self.commands.try_recv() {
                     self.command(command);
+                }
+            }
+            for i in 0..n {
+                let token = self.events[i].u64;
+                if token != WAKE_TOKEN {
+                    self.readable((token >> 2) as usize, (token & 3) as usize);
                 }
             }
             if Instant::now() >= self.next_scan {
