@@ -1,32 +1,43 @@
 //! The media session's shell: leases two RTP/RTCP port pairs, binds their four UDP sockets,
-//! and runs one task per call that reads all four and relays each datagram in place through
-//! one [`Relay`], sends what it forwards, reports inactivity through a callback, and wakes
-//! itself for the relay's next timeout and the metrics.
+//! and hands them with one [`Relay`] to one of a few shared media workers, which read, relay
+//! in place and send every datagram, report inactivity through a callback, and run the
+//! relay's timeouts and the metrics.
 //!
 //! - **Ports.** [`MediaSession::start`] leases pairs from the shared [`PortPool`] (drawn at
-//!   random) and binds them before the task exists, so the caller learns the local addresses
-//!   (for its SDP) from the start itself. A pair that will not bind (another program holds a
-//!   port) goes back to the pool, which holds it back from the next draws, and another is
-//!   drawn; after [`BIND_ATTEMPTS_MAX`] pairs tried the start fails with
-//!   [`MediaError::NoPorts`]. The lease belongs to the task: the sockets close and the ports
-//!   return to the pool when the task ends however it ends (the [`MediaSession`] dropped, or a
-//!   panic).
-//! - **One task, no mailbox.** The task waits on its four sockets and a control channel
-//!   (`Configure`, the test hook) at once, and handles each datagram where it was read: it is
-//!   received into the task's one buffer, rewritten there by [`Relay::relay_in_place`] and sent
-//!   from it (no copy, no allocation, no message per packet). What arrives faster than the task
-//!   reads waits in the socket's kernel buffer and is dropped there when that is full, so a
-//!   flood toward one call cannot grow pbx's memory. Sends use `try_send_to`: a full socket
-//!   buffer drops the packet (RTP tolerates loss; waiting would delay every later packet).
-//!   The session's owner (the call actor) holds a [`MediaSession`]; dropping it aborts the task.
-//! - **Counters.** The relay's [`SideStats`] are published after every datagram into counters
-//!   the owner reads without asking the task ([`MediaSession::stats`]: the CDR and the API's
+//!   random) and binds them before the worker has them, so the caller learns the local
+//!   addresses (for its SDP) from the start itself. A pair that will not bind (another program
+//!   holds a port) goes back to the pool, which holds it back from the next draws, and another
+//!   is drawn; after [`BIND_ATTEMPTS_MAX`] pairs tried the start fails with
+//!   [`MediaError::NoPorts`]. The lease belongs to the session's state in its worker: the
+//!   sockets close and the ports return to the pool when the worker drops it, however the
+//!   session ends (the [`MediaSession`] dropped, or a panic).
+//! - **Shared workers, no task per call.** [`MEDIA_WORKERS_MAX`] threads at most, one per core,
+//!   started with the first session; each session goes to the next in turn. A worker owns its
+//!   sessions' state and sockets outright (ownership is plain: only that thread touches them)
+//!   and waits on one level-triggered epoll set for all their sockets and an eventfd that
+//!   wakes it for commands. A readable socket is read with one `recvmmsg` of up to
+//!   [`BATCH_DATAGRAMS_MAX`] datagrams into the worker's buffers; each datagram is rewritten
+//!   there by [`Relay::relay_in_place`] and those bound for the same socket leave with one
+//!   `sendmmsg` (no copy, no allocation, no message per packet). What arrives faster than a
+//!   worker reads waits in the socket's kernel buffer and is dropped there when that is full,
+//!   so a flood toward one call cannot grow pbx's memory, and a flooded socket gives up its
+//!   turn after one batch. Sends never wait: a full socket buffer drops the packet (RTP
+//!   tolerates loss; waiting would delay every later packet).
+//! - **Ownership.** The session's owner (the call actor) holds a [`MediaSession`]: a handle
+//!   that sends the worker commands (`Configure`, the test hook) and, when dropped, `Remove`:
+//!   the worker then drops the session's state, which stops relaying, closes the sockets and
+//!   returns the ports, as the aborted task did before.
+//! - **Counters.** The relay's [`SideStats`] are published after every batch into counters
+//!   the owner reads without asking the worker ([`MediaSession::stats`]: the CDR and the API's
 //!   call list).
-//! - **Failure.** A task that panics reports [`MediaEvent::Failed`] through the callback as it
-//!   unwinds (its owner ends the call), and its ports return as for any other end.
-//! - **Metrics**, added up in the task and handed to the registry every
-//!   [`METRICS_FLUSH_MS`] and when the task ends: gauge `pbx_rtp_ports_in_use` (UDP ports,
-//!   RTP and RTCP, leased node-wide), counters `pbx_rtp_packets_total{direction="in"|"out"}`,
+//! - **Failure.** A relay that panics (caught per session, so the worker and the other calls
+//!   go on) reports [`MediaEvent::Failed`] through the callback (its owner ends the call), and
+//!   its state is dropped, so its ports return as for any other end.
+//! - **Timers.** Each session's next wake (the relay's timeout or the metrics flush) is kept
+//!   with it; the worker looks for due sessions at most every [`TIMER_TICK_MS`].
+//! - **Metrics**, added up per session and handed to the registry every [`METRICS_FLUSH_MS`]
+//!   and when the session ends: gauge `pbx_rtp_ports_in_use` (UDP ports, RTP and RTCP, leased
+//!   node-wide), counters `pbx_rtp_packets_total{direction="in"|"out"}`,
 //!   `pbx_rtp_dropped_total` (oversized, relay and send drops alike) and
 //!   `pbx_rtp_foreign_packets_total` (of those, RTP and RTCP from an address that is not the
 //!   side's source: see the relay's module doc). The first foreign packet of each side is
@@ -35,31 +46,43 @@
 use super::pool::PortPool;
 use super::relay::{PacketKind, PeerMedia, Relay, RelayConfig, RelayInput, RelayOutput, Side, SideStats};
 use crate::time::{Clock, Timestamp};
-use std::future::poll_fn;
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
-use std::time::Duration;
-use tokio::io::ReadBuf;
-use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::time::{Duration, Instant};
+use sys::{Batch, Epoll, EventFd};
+
+mod sys;
 
 /// Port pairs tried (allocated and bound) for one session before giving up.
 pub const BIND_ATTEMPTS_MAX: usize = 8;
-/// Control messages (SDP changes) waiting for the task: a call sends one per offer/answer,
-/// and the task takes them between datagrams, so this is never reached by a working call.
+/// SDP changes sent to a session and not yet applied by its worker: a call sends one per
+/// offer/answer, and the worker takes them between batches, so this is never reached by a
+/// working call.
 pub const CONTROL_QUEUE_MAX: usize = 16;
-/// How often the task hands its packet counts to the metrics registry: often enough that a
+/// How often a session hands its packet counts to the metrics registry: often enough that a
 /// reading of `pbx_rtp_packets_total` over seconds is exact to a few percent, rarely enough
 /// that it costs nothing next to the packets (50 per second per side).
 pub const METRICS_FLUSH_MS: u64 = 500;
+/// Media worker threads at most (one per core up to this).
+pub const MEDIA_WORKERS_MAX: usize = 8;
+/// Datagrams read from one socket per system call; a socket with more queued is read again
+/// after the other ready sockets.
+pub const BATCH_DATAGRAMS_MAX: usize = 16;
+/// Socket events taken from the epoll set per wait.
+const EVENTS_MAX: usize = 256;
+/// A worker's finest timer step: due sessions are looked for at most this often.
+pub const TIMER_TICK_MS: u64 = 10;
+/// A worker with nothing due still looks this often (its clock may be a test's).
+const TIMER_IDLE_MS: u64 = 1_000;
 /// Largest datagram relayed; G.711 at 20 ms is 172 bytes, and nothing RTP carries over a
 /// 1,500-byte Ethernet path is larger. Bigger datagrams are dropped rather than truncated.
 const DATAGRAM_BYTES_MAX: usize = 2_048;
-/// Pause after a receive error, so a socket that keeps failing cannot spin a core.
-const RECEIVE_ERROR_PAUSE: Duration = Duration::from_millis(10);
+/// The epoll token of a worker's eventfd (socket tokens are `slot << 2 | socket`).
+const WAKE_TOKEN: u64 = u64::MAX;
 
 pub struct MediaArgs {
     pub pool: Arc<Mutex<PortPool>>,
@@ -68,7 +91,7 @@ pub struct MediaArgs {
     pub clock: Arc<dyn Clock>,
     pub config: RelayConfig,
     pub seed: u64,
-    /// Called from the session's task for each event; must not block.
+    /// Called from the session's worker thread for each event; must not block.
     pub events: Arc<dyn Fn(MediaEvent) + Send + Sync>,
 }
 
@@ -76,7 +99,7 @@ pub struct MediaArgs {
 pub enum MediaEvent {
     /// The side's phone has sent no RTP for the configured time (see [`RelayOutput::Inactive`]).
     Inactive { side: Side },
-    /// The session's task panicked: no more media flows (its ports are returned).
+    /// The session's relay panicked: no more media flows (its ports are returned).
     Failed,
 }
 
@@ -86,51 +109,119 @@ pub enum MediaError {
         "no RTP port pair free to bind on {bind}: tried {tried} pair(s), {in_use} of {capacity} pairs leased (widen the RTP port range or free the ports)"
     )]
     NoPorts { bind: IpAddr, tried: usize, in_use: usize, capacity: usize },
+    #[error("media workers could not start: {0}")]
+    Workers(std::io::Error),
 }
 
-/// What the owner sends the task.
+/// What a session's handle sends its worker.
 enum Command {
+    Add(Box<Session>),
     Configure {
+        id: u64,
         side: Side,
         peer: PeerMedia,
     },
-    /// The node's test hook (`PBX_TEST_HOOKS=1`): the task panics.
-    Panic,
+    /// The node's test hook (`PBX_TEST_HOOKS=1`): the session's relay panics.
+    Panic {
+        id: u64,
+    },
+    Remove {
+        id: u64,
+    },
 }
 
-/// A running media session: dropping it ends the task, which closes the sockets and gives
-/// the ports back.
+/// How a handle reaches its worker.
+struct WorkerHandle {
+    commands: mpsc::Sender<Command>,
+    wake: Arc<EventFd>,
+}
+
+impl WorkerHandle {
+    fn send(&self, command: Command) {
+        let sent = self.commands.send(command);
+        if sent.is_ok() {
+            self.wake.wake();
+        }
+    }
+}
+
+/// The node's media workers, started with the first session.
+static WORKERS: Mutex<Option<Arc<[WorkerHandle]>>> = Mutex::new(None);
+/// The worker the next session goes to.
+static NEXT_WORKER: AtomicUsize = AtomicUsize::new(0);
+/// Session ids, unique for the process's life.
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+fn workers() -> Result<Arc<[WorkerHandle]>, MediaError> {
+    let mut workers = WORKERS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(workers) = &*workers {
+        return Ok(workers.clone());
+    }
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MEDIA_WORKERS_MAX);
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let epoll = Epoll::new().map_err(MediaError::Workers)?;
+        let wake = Arc::new(EventFd::new().map_err(MediaError::Workers)?);
+        epoll.add(wake.fd(), WAKE_TOKEN).map_err(MediaError::Workers)?;
+        let (commands, receiver) = mpsc::channel();
+        let worker = Worker {
+            epoll,
+            wake: wake.clone(),
+            commands: receiver,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_id: HashMap::new(),
+            batch: Batch::new(BATCH_DATAGRAMS_MAX, DATAGRAM_BYTES_MAX + 1),
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_MAX],
+            next_scan: Instant::now(),
+            last_scan: Instant::now(),
+        };
+        std::thread::Builder::new()
+            .name(format!("pbx-media-{i}"))
+            .spawn(move || worker.run())
+            .map_err(MediaError::Workers)?;
+        handles.push(WorkerHandle { commands, wake });
+    }
+    let handles: Arc<[WorkerHandle]> = handles.into();
+    *workers = Some(handles.clone());
+    Ok(handles)
+}
+
+/// A running media session: dropping it ends the session in its worker, which closes the
+/// sockets and gives the ports back.
 pub struct MediaSession {
-    control: mpsc::Sender<Command>,
-    stats: Arc<SharedStats>,
+    id: u64,
+    workers: Arc<[WorkerHandle]>,
+    worker: usize,
+    shared: Arc<Shared>,
     local: [SocketAddr; 2],
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl MediaSession {
-    /// Leases two port pairs, binds them on `args.bind` and starts the session's task.
+    /// Leases two port pairs, binds them on `args.bind` and hands the session to a worker.
     pub async fn start(args: MediaArgs) -> Result<MediaSession, MediaError> {
-        let (sockets, lease) = bind_pairs(&args.pool, args.bind).await?;
+        let workers = workers()?;
+        let (sockets, lease) = bind_pairs(&args.pool, args.bind)?;
         let local = [0, 1].map(|i| SocketAddr::new(args.bind, lease.ports[i]));
-        let (control, commands) = mpsc::channel(CONTROL_QUEUE_MAX);
-        let stats = Arc::new(SharedStats::default());
+        let shared = Arc::new(Shared::default());
         let now = args.clock.now();
-        let reader = Reader {
+        let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        let session = Session {
+            id,
             relay: Relay::new(args.config, args.seed, now),
             clock: args.clock,
             events: args.events,
-            stats: stats.clone(),
-            commands,
-            wake: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            shared: shared.clone(),
             wake_at: now,
+            due: Instant::now(),
             next_flush: now,
-            next_socket: 0,
             counts: Counts::default(),
             sockets,
             _lease: lease,
         };
-        let task = tokio::spawn(reader.run());
-        Ok(MediaSession { control, stats, local, task })
+        let worker = NEXT_WORKER.fetch_add(1, Ordering::Relaxed) % workers.len();
+        workers[worker].send(Command::Add(Box::new(session)));
+        Ok(MediaSession { id, workers, worker, shared, local })
     }
 
     /// The local RTP addresses of side A and side B (RTCP is the next port up).
@@ -140,30 +231,41 @@ impl MediaSession {
 
     /// The side's SDP (first offer/answer, or a re-INVITE).
     pub fn configure(&self, side: Side, peer: PeerMedia) {
-        if self.control.try_send(Command::Configure { side, peer }).is_err() {
-            tracing::warn!(?side, "media session not taking its SDP (ended, or its queue is full)");
+        if self.shared.pending.fetch_add(1, Ordering::AcqRel) >= CONTROL_QUEUE_MAX {
+            self.shared.pending.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(?side, "media session not taking its SDP (its queue is full)");
+            return;
         }
+        self.workers[self.worker].send(Command::Configure { id: self.id, side, peer });
     }
 
-    /// Statistics of side A and side B, as of the last datagram the task handled.
+    /// Statistics of side A and side B, as of the last datagrams the worker handled.
     pub fn stats(&self) -> [SideStats; 2] {
-        [self.stats.load(Side::A), self.stats.load(Side::B)]
+        [self.shared.stats.load(Side::A), self.shared.stats.load(Side::B)]
     }
 
-    /// Test hook: the session's task panics.
+    /// Test hook: the session's relay panics.
     pub fn panic(&self) {
-        let _ = self.control.try_send(Command::Panic);
+        self.workers[self.worker].send(Command::Panic { id: self.id });
     }
 }
 
 impl Drop for MediaSession {
     fn drop(&mut self) {
-        self.task.abort();
+        self.workers[self.worker].send(Command::Remove { id: self.id });
     }
 }
 
-/// [`SideStats`] of both sides, written by the task and read by the owner. Each field is read
-/// on its own, so a reading taken mid-update may mix two consecutive datagrams' counts.
+/// What a session's handle and its worker share.
+#[derive(Default)]
+struct Shared {
+    stats: SharedStats,
+    /// `Configure` commands sent and not yet applied.
+    pending: AtomicUsize,
+}
+
+/// [`SideStats`] of both sides, written by the worker and read by the owner. Each field is
+/// read on its own, so a reading taken mid-update may mix two consecutive batches' counts.
 #[derive(Default)]
 struct SharedStats([[AtomicU64; 9]; 2]);
 
@@ -224,8 +326,8 @@ fn socket_of(index: usize) -> (Side, PacketKind) {
     (side, if index.is_multiple_of(2) { PacketKind::Rtp } else { PacketKind::Rtcp })
 }
 
-async fn bind_pairs(pool: &Arc<Mutex<PortPool>>, bind: IpAddr) -> Result<(Sockets, PortLease), MediaError> {
-    // Each port is in the lease from allocation on, so a start cancelled mid-bind leaks none.
+fn bind_pairs(pool: &Arc<Mutex<PortPool>>, bind: IpAddr) -> Result<(Sockets, PortLease), MediaError> {
+    // Each port is in the lease from allocation on, so a failed start leaks none.
     let mut lease = PortLease { pool: pool.clone(), ports: Vec::with_capacity(2) };
     let mut pairs = Vec::with_capacity(2);
     let mut tried = 0;
@@ -233,7 +335,7 @@ async fn bind_pairs(pool: &Arc<Mutex<PortPool>>, bind: IpAddr) -> Result<(Socket
         let Some(port) = lock(pool).allocate() else { break };
         tried += 1;
         lease.ports.push(port);
-        match bind_pair(bind, port).await {
+        match bind_pair(bind, port) {
             Ok(pair) => pairs.push(pair),
             Err(e) => {
                 tracing::warn!(%bind, port, error = %e, "RTP port pair will not bind; drawing another");
@@ -255,13 +357,15 @@ async fn bind_pairs(pool: &Arc<Mutex<PortPool>>, bind: IpAddr) -> Result<(Socket
     }
 }
 
-async fn bind_pair(bind: IpAddr, port: u16) -> std::io::Result<[UdpSocket; 2]> {
-    let rtp = UdpSocket::bind((bind, port)).await?;
-    let rtcp = UdpSocket::bind((bind, port + 1)).await?;
+fn bind_pair(bind: IpAddr, port: u16) -> std::io::Result<[UdpSocket; 2]> {
+    let rtp = UdpSocket::bind((bind, port))?;
+    let rtcp = UdpSocket::bind((bind, port + 1))?;
+    rtp.set_nonblocking(true)?;
+    rtcp.set_nonblocking(true)?;
     Ok([rtp, rtcp])
 }
 
-/// What the task counted and has not handed to the metrics registry yet, and what of the
+/// What the session counted and has not handed to the metrics registry yet, and what of the
 /// relay's counters it has.
 #[derive(Default)]
 struct Counts {
@@ -308,124 +412,64 @@ impl Counts {
     }
 }
 
-/// What woke the task.
-enum Wakeup {
-    /// A datagram of `len` bytes from `source` is in the buffer, read from socket `index`.
-    Datagram {
-        index: usize,
-        len: usize,
-        source: SocketAddr,
-    },
-    ReceiveFailed {
-        index: usize,
-        error: std::io::Error,
-    },
-    Command(Command),
-    /// The owner is gone (the task is being aborted too).
-    Closed,
-    Timer,
-}
-
-/// The session's task: its state, moved into the task's future.
-struct Reader {
+/// One call's media, owned by its worker: the relay, the sockets and the lease.
+struct Session {
+    id: u64,
     relay: Relay,
     clock: Arc<dyn Clock>,
     events: Arc<dyn Fn(MediaEvent) + Send + Sync>,
-    stats: Arc<SharedStats>,
-    commands: mpsc::Receiver<Command>,
-    wake: Pin<Box<tokio::time::Sleep>>,
-    /// When `wake` fires.
+    shared: Arc<Shared>,
+    /// When the session wants its timer, in its clock's time, and the same in real time.
     wake_at: Timestamp,
+    due: Instant,
     next_flush: Timestamp,
-    /// The socket polled first next time, so that one busy socket cannot starve the others.
-    next_socket: usize,
     counts: Counts,
     // Last, so they drop last and in this order: sockets closed, then ports released.
     sockets: Sockets,
     _lease: PortLease,
 }
 
-impl Drop for Reader {
+impl Drop for Session {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            (self.events)(MediaEvent::Failed);
-        }
         self.counts.flush(&self.relay);
     }
 }
 
-impl Reader {
-    async fn run(mut self) {
-        // One byte more than the largest datagram kept, to tell a full one from a truncated one.
-        let mut buf = vec![0u8; DATAGRAM_BYTES_MAX + 1];
-        self.timer(self.clock.now());
-        loop {
-            match poll_fn(|cx| self.poll_wakeup(cx, &mut buf)).await {
-                Wakeup::Datagram { index, len, source } => self.datagram(index, source, &mut buf[..len]),
-                Wakeup::ReceiveFailed { index, error } => {
-                    let (side, kind) = socket_of(index);
-                    tracing::debug!(?side, ?kind, %error, "RTP receive failed");
-                    tokio::time::sleep(RECEIVE_ERROR_PAUSE).await;
-                }
-                Wakeup::Command(Command::Configure { side, peer }) => {
-                    let now = self.clock.now();
-                    self.relay.handle(now, RelayInput::Configure { side, peer });
-                    self.drain();
-                    self.arm(now);
-                }
-                Wakeup::Command(Command::Panic) => panic!("media: panic injected by the test hook"),
-                Wakeup::Closed => return,
-                Wakeup::Timer => self.timer(self.clock.now()),
-            }
-        }
-    }
-
-    fn poll_wakeup(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<Wakeup> {
-        for i in 0..4 {
-            let index = (self.next_socket + i) % 4;
-            let mut read = ReadBuf::new(buf);
-            match self.sockets[index].poll_recv_from(cx, &mut read) {
-                Poll::Ready(Ok(source)) => {
-                    self.next_socket = (index + 1) % 4;
-                    return Poll::Ready(Wakeup::Datagram { index, len: read.filled().len(), source });
-                }
-                Poll::Ready(Err(error)) => {
-                    self.next_socket = (index + 1) % 4;
-                    return Poll::Ready(Wakeup::ReceiveFailed { index, error });
-                }
-                Poll::Pending => {}
-            }
-        }
-        if let Poll::Ready(command) = self.commands.poll_recv(cx) {
-            return Poll::Ready(command.map_or(Wakeup::Closed, Wakeup::Command));
-        }
-        if self.wake.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Wakeup::Timer);
-        }
-        Poll::Pending
-    }
-
-    fn datagram(&mut self, index: usize, source: SocketAddr, packet: &mut [u8]) {
-        self.counts.packets_in += 1;
-        if packet.len() > DATAGRAM_BYTES_MAX {
-            self.counts.dropped += 1;
-            return;
-        }
+impl Session {
+    /// The `n` datagrams of `batch` were read from socket `index`: relay each in place and
+    /// send those forwarded, a run bound for the same socket in one call.
+    fn datagrams(&mut self, index: usize, batch: &mut Batch, n: usize) {
         let (side, kind) = socket_of(index);
         let now = self.clock.now();
-        if let Some(forward) = self.relay.relay_in_place(now, side, kind, source, packet) {
-            match self.sockets[socket_index(forward.side, forward.kind)].try_send_to(packet, forward.destination) {
-                Ok(_) => self.counts.packets_out += 1,
-                Err(e) => {
-                    self.counts.dropped += 1;
-                    tracing::debug!(destination = %forward.destination, error = %e, "RTP send failed; packet dropped");
-                }
+        self.counts.packets_in += n as u64;
+        // Slots `..run` hold the datagrams to send from socket `out`, in the order received.
+        let (mut run, mut out) = (0, usize::MAX);
+        for i in 0..n {
+            let slot = &mut batch.slots[i];
+            if slot.len > DATAGRAM_BYTES_MAX {
+                self.counts.dropped += 1;
+                continue;
             }
-            if forward.side != side {
-                self.stats.store(forward.side, self.relay.stats(forward.side));
+            let Some(forward) = self.relay.relay_in_place(now, side, kind, slot.address, &mut slot.buf[..slot.len])
+            else {
+                continue;
+            };
+            slot.address = forward.destination;
+            let to = socket_index(forward.side, forward.kind);
+            if to != out && run > 0 {
+                self.send(batch, out, run);
+                run = 0;
             }
+            out = to;
+            batch.slots.swap(run, i);
+            run += 1;
         }
-        self.stats.store(side, self.relay.stats(side));
+        if run > 0 {
+            self.send(batch, out, run);
+        }
+        for side in [Side::A, Side::B] {
+            self.shared.stats.store(side, self.relay.stats(side));
+        }
         // A packet only moves the inactivity time later, except after a reported silence,
         // when it sets one again: that is the only case the timer must come earlier.
         if self.relay.poll_timeout().is_some_and(|at| at < self.wake_at) {
@@ -433,8 +477,41 @@ impl Reader {
         }
     }
 
-    /// The timer fired (or the task starts): the relay's timeout, the metrics, the next wake.
-    fn timer(&mut self, now: Timestamp) {
+    fn send(&mut self, batch: &mut Batch, socket: usize, n: usize) {
+        let fd = self.sockets[socket].as_raw_fd();
+        let mut first = 0;
+        while first < n {
+            match batch.send(fd, first, n - first) {
+                Ok(0) => {
+                    self.counts.dropped += (n - first) as u64;
+                    break;
+                }
+                Ok(sent) => {
+                    self.counts.packets_out += sent as u64;
+                    first += sent;
+                }
+                // The first of the rest failed (a full buffer, an unreachable address): it
+                // is dropped, the others are tried.
+                Err(e) => {
+                    self.counts.dropped += 1;
+                    tracing::debug!(destination = %batch.slots[first].address, error = %e, "RTP send failed; packet dropped");
+                    first += 1;
+                }
+            }
+        }
+    }
+
+    fn configure(&mut self, side: Side, peer: PeerMedia) {
+        let now = self.clock.now();
+        self.relay.handle(now, RelayInput::Configure { side, peer });
+        self.drain();
+        self.arm(now);
+    }
+
+    /// The timer is due (or the session starts): the relay's timeout, the metrics, the next
+    /// wake.
+    fn timer(&mut self) {
+        let now = self.clock.now();
         self.relay.handle(now, RelayInput::Timeout);
         self.drain();
         if now >= self.next_flush {
@@ -444,12 +521,11 @@ impl Reader {
         self.arm(now);
     }
 
-    /// Arms the timer for the earlier of the relay's timeout and the next metrics flush.
+    /// Sets the timer for the earlier of the relay's timeout and the next metrics flush.
     fn arm(&mut self, now: Timestamp) {
         let at = self.relay.poll_timeout().map_or(self.next_flush, |t| t.min(self.next_flush));
-        let wait = Duration::from_micros(at.as_micros().saturating_sub(now.as_micros()));
         self.wake_at = at;
-        self.wake.as_mut().reset(tokio::time::Instant::now() + wait);
+        self.due = Instant::now() + Duration::from_micros(at.as_micros().saturating_sub(now.as_micros()));
     }
 
     fn drain(&mut self) {
@@ -460,6 +536,150 @@ impl Reader {
                 RelayOutput::Inactive { side } => (self.events)(MediaEvent::Inactive { side }),
             }
         }
+    }
+}
+
+/// A media worker: its thread owns the sessions given to it, their sockets in its epoll set.
+struct Worker {
+    epoll: Epoll,
+    wake: Arc<EventFd>,
+    commands: mpsc::Receiver<Command>,
+    /// Sessions by slot (the socket tokens' upper bits); `None` slots are in `free`.
+    slots: Vec<Option<Box<Session>>>,
+    free: Vec<usize>,
+    by_id: HashMap<u64, usize>,
+    batch: Batch,
+    events: Vec<libc::epoll_event>,
+    /// When due sessions are looked for next, and when they were last.
+    next_scan: Instant,
+    last_scan: Instant,
+}
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            let wait = self.next_scan.saturating_duration_since(Instant::now());
+            let wait_ms = wait.as_micros().div_ceil(1_000).min(TIMER_IDLE_MS.into()) as i32;
+            let n = match self.epoll.wait(&mut self.events, wait_ms) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "media worker: epoll wait failed");
+                    std::thread::sleep(Duration::from_millis(TIMER_TICK_MS));
+                    0
+                }
+            };
+            // Commands first, so an SDP sent before its first datagram arrived is applied
+            // before that datagram. A socket event of a session removed meanwhile finds its
+            // slot empty, or reused by a new session whose socket then has nothing to read.
+            if self.events[..n].iter().any(|event| event.u64 == WAKE_TOKEN) {
+                self.wake.reset();
+                while let Ok(command) = self.commands.try_recv() {
+                    self.command(command);
+                }
+            }
+            for i in 0..n {
+                let token = self.events[i].u64;
+                if token != WAKE_TOKEN {
+                    self.readable((token >> 2) as usize, (token & 3) as usize);
+                }
+            }
+            if Instant::now() >= self.next_scan {
+                self.scan();
+            }
+        }
+    }
+
+    fn readable(&mut self, slot: usize, index: usize) {
+        let Some(session) = self.slots.get_mut(slot).and_then(Option::as_mut) else { return };
+        let n = match self.batch.receive(session.sockets[index].as_raw_fd()) {
+            Ok(n) => n,
+            Err(error) => {
+                let (side, kind) = socket_of(index);
+                tracing::debug!(?side, ?kind, %error, "RTP receive failed");
+                return;
+            }
+        };
+        if n > 0 {
+            self.guarded(slot, |session, batch| session.datagrams(index, batch, n));
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Add(session) => self.add(session),
+            Command::Configure { id, side, peer } => {
+                if let Some(&slot) = self.by_id.get(&id) {
+                    if let Some(session) = &self.slots[slot] {
+                        session.shared.pending.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    self.guarded(slot, |session, _| session.configure(side, peer));
+                }
+            }
+            Command::Panic { id } => {
+                if let Some(&slot) = self.by_id.get(&id) {
+                    self.guarded(slot, |_, _| panic!("media: panic injected by the test hook"));
+                }
+            }
+            Command::Remove { id } => {
+                if let Some(slot) = self.by_id.remove(&id) {
+                    self.slots[slot] = None;
+                    self.free.push(slot);
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, session: Box<Session>) {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        for (i, socket) in session.sockets.iter().enumerate() {
+            if let Err(e) = self.epoll.add(socket.as_raw_fd(), (slot as u64) << 2 | i as u64) {
+                // Only when the kernel is out of memory: the call cannot have media.
+                tracing::error!(error = %e, "media worker: a socket cannot join the epoll set");
+                (session.events)(MediaEvent::Failed);
+                self.free.push(slot);
+                return;
+            }
+        }
+        self.by_id.insert(session.id, slot);
+        self.slots[slot] = Some(session);
+        self.guarded(slot, |session, _| session.timer());
+    }
+
+    /// Runs `f` on the session in `slot`; if it panics, the session is reported failed and
+    /// dropped (its sockets close, its ports return) and the worker goes on.
+    fn guarded(&mut self, slot: usize, f: impl FnOnce(&mut Session, &mut Batch)) {
+        let Some(session) = self.slots[slot].as_mut() else { return };
+        let batch = &mut self.batch;
+        let result = catch_unwind(AssertUnwindSafe(|| f(session, batch)));
+        let Some(session) = self.slots[slot].as_ref() else { return };
+        if result.is_ok() {
+            let due = session.due.max(self.last_scan + Duration::from_millis(TIMER_TICK_MS));
+            self.next_scan = self.next_scan.min(due);
+            return;
+        }
+        (session.events)(MediaEvent::Failed);
+        let id = session.id;
+        self.by_id.remove(&id);
+        self.slots[slot] = None;
+        self.free.push(slot);
+    }
+
+    /// Runs the timer of every session due, and finds when the next is.
+    fn scan(&mut self) {
+        let now = Instant::now();
+        self.last_scan = now;
+        self.next_scan = now + Duration::from_millis(TIMER_IDLE_MS);
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].as_ref().is_some_and(|s| s.due <= now) {
+                self.guarded(slot, |session, _| session.timer());
+            } else if let Some(session) = &self.slots[slot] {
+                self.next_scan = self.next_scan.min(session.due);
+            }
+        }
+        self.next_scan = self.next_scan.max(now + Duration::from_millis(TIMER_TICK_MS));
     }
 }
 

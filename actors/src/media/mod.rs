@@ -6,8 +6,9 @@
 //! - `relay`: the sans-IO machine of one call's relay (latching, SSRC/sequence rewriting,
 //!   transcoding, statistics, inactivity).
 //! - `pool`: the node's RTP/RTCP port pairs.
-//! - `actor`: the shell that binds the sockets and runs a relay in one task per call
-//!   (`MediaSession`).
+//! - `actor`: the shell that binds the sockets and runs each call's relay in a shared media
+//!   worker (`MediaSession`); its `sys` has the workers' epoll, eventfd, `recvmmsg` and
+//!   `sendmmsg`.
 //!
 //! Not here: SDP (the call layer turns offers and answers into [`PeerMedia`]), jitter
 //! buffers, SRTP, RTCP generation, codecs other than G.711.

@@ -2,6 +2,7 @@ use super::*;
 use crate::Timestamp;
 use crate::media::g711::G711;
 use crate::media::rtp::{RtpPacket, rewrite_rtp_header};
+use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -213,4 +214,32 @@ async fn fails_clearly_when_no_pair_binds() {
     assert!(matches!(error, MediaError::NoPorts { tried: BIND_ATTEMPTS_MAX, capacity: 2, .. }), "{error}");
     assert!(error.to_string().contains("no RTP port pair free to bind on 127.0.0.1"), "{error}");
     assert_eq!(in_use(&pool), 0);
+}
+
+/// A relay that panics ends its own session only: every other session, some of them in the
+/// same worker (twice as many sessions as workers, handed out in turn), still relays.
+#[tokio::test]
+async fn a_panicking_session_leaves_the_others_of_its_worker_relaying() {
+    let pool = pool(31_500);
+    let n = 2 * workers().expect("media workers").len();
+    let mut sessions = Vec::new();
+    for _ in 0..n {
+        sessions.push(start(&pool, RelayConfig::default()).await);
+    }
+    let mut failed = sessions.remove(0);
+    failed.media.panic();
+    let event = timeout(WAIT, failed.events.recv()).await.expect("an event in time");
+    assert_eq!(event, Some(MediaEvent::Failed));
+    wait_until("the failed session's ports are back", || in_use(&pool) == 2 * (n - 1)).await;
+    for session in &sessions {
+        let [a, b] = session.local;
+        let (caller, callee) = (socket().await, socket().await);
+        session.media.configure(Side::A, peer(caller.local_addr().unwrap(), (0, G711::Mu)));
+        session.media.configure(Side::B, peer(callee.local_addr().unwrap(), (0, G711::Mu)));
+        callee.send_to(&rtp(0, 1, 0xBEEF, &[0xFF; 160]), b).await.unwrap();
+        let (bytes, from) = recv(&caller).await;
+        assert_eq!((bytes.len(), from), (172, a), "relayed by a session that did not panic");
+    }
+    drop(sessions);
+    wait_until("every port is back", || in_use(&pool) == 0).await;
 }

@@ -1,0 +1,254 @@
+//! The few Linux calls the media workers make that std and tokio do not offer: an epoll set,
+//! an eventfd to wake it, and `recvmmsg`/`sendmmsg` to move several datagrams of one socket per
+//! system call. Thin and safe to call: every buffer handed to the kernel is borrowed for the
+//! call only, and every result is checked.
+
+use std::io;
+use std::mem::{MaybeUninit, size_of};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+fn check(result: libc::c_int) -> io::Result<libc::c_int> {
+    if result < 0 { Err(io::Error::last_os_error()) } else { Ok(result) }
+}
+
+/// A level-triggered epoll set whose events carry a `u64` token.
+pub struct Epoll(OwnedFd);
+
+impl Epoll {
+    pub fn new() -> io::Result<Epoll> {
+        // SAFETY: no pointers; the descriptor returned is owned from here on.
+        let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: `fd` is a fresh descriptor no one else owns.
+        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Watches `fd` for readability; `token` comes back with each event. A closed descriptor
+    /// leaves the set by itself.
+    pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
+        // SAFETY: `event` lives across the call.
+        check(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) }).map(drop)
+    }
+
+    /// Waits up to `timeout_ms` (−1: forever) for ready descriptors, written into `events`;
+    /// returns how many. An interrupted wait returns 0.
+    pub fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
+        let max = events.len().min(i32::MAX as usize) as i32;
+        // SAFETY: the kernel writes at most `max` entries into `events`.
+        match check(unsafe { libc::epoll_wait(self.0.as_raw_fd(), events.as_mut_ptr(), max, timeout_ms) }) {
+            Ok(n) => Ok(n as usize),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// An eventfd: other threads [`wake`](EventFd::wake) the worker waiting on an epoll set.
+pub struct EventFd(OwnedFd);
+
+impl EventFd {
+    pub fn new() -> io::Result<EventFd> {
+        // SAFETY: no pointers; the descriptor returned is owned from here on.
+        let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+        // SAFETY: `fd` is a fresh descriptor no one else owns.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    pub fn wake(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from `one`. A full counter (2^64 − 2 wakes unread) fails with
+        // EAGAIN, and the worker is awake then anyway.
+        unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+
+    /// Clears the wakes so far (level-triggered: else the set stays ready).
+    pub fn reset(&self) {
+        let mut count = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into `count`; EAGAIN (nothing to clear) is fine.
+        unsafe { libc::read(self.0.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+    }
+}
+
+/// One datagram slot of a batch: its bytes, and what the kernel said of it.
+pub struct Slot {
+    pub buf: Box<[u8]>,
+    /// Bytes received (possibly more than `buf` holds: then it was truncated), or to send.
+    pub len: usize,
+    /// The source of a received datagram, the destination of one to send.
+    pub address: SocketAddr,
+}
+
+/// Buffers for up to `n` datagrams of `bytes` each, and the kernel's headers for them.
+pub struct Batch {
+    pub slots: Vec<Slot>,
+    headers: Vec<libc::mmsghdr>,
+    iovecs: Vec<libc::iovec>,
+    addresses: Vec<libc::sockaddr_storage>,
+}
+
+// SAFETY: the raw pointers in `headers` and `iovecs` are rebuilt before every call and point
+// only into the batch's own buffers; nothing is shared.
+unsafe impl Send for Batch {}
+
+impl Batch {
+    pub fn new(n: usize, bytes: usize) -> Batch {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        Batch {
+            slots: (0..n)
+                .map(|_| Slot { buf: vec![0u8; bytes].into_boxed_slice(), len: 0, address: unspecified })
+                .collect(),
+            // SAFETY: all-zero is a valid value of these plain C structs.
+            headers: (0..n).map(|_| unsafe { MaybeUninit::zeroed().assume_init() }).collect(),
+            iovecs: (0..n).map(|_| libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }).collect(),
+            // SAFETY: as above.
+            addresses: (0..n).map(|_| unsafe { MaybeUninit::zeroed().assume_init() }).collect(),
+        }
+    }
+
+    fn prepare(&mut self, n: usize, receive: bool) {
+        for i in 0..n {
+            let slot = &mut self.slots[i];
+            let len = if receive { slot.buf.len() } else { slot.len };
+            self.iovecs[i] = libc::iovec { iov_base: slot.buf.as_mut_ptr().cast(), iov_len: len };
+            let address_len = if receive {
+                size_of::<libc::sockaddr_storage>()
+            } else {
+                write_address(slot.address, &mut self.addresses[i])
+            };
+            let header = &mut self.headers[i].msg_hdr;
+            header.msg_name = (&mut self.addresses[i] as *mut libc::sockaddr_storage).cast();
+            header.msg_namelen = address_len as libc::socklen_t;
+            header.msg_iov = &mut self.iovecs[i];
+            header.msg_iovlen = 1;
+            header.msg_control = std::ptr::null_mut();
+            header.msg_controllen = 0;
+            header.msg_flags = 0;
+            self.headers[i].msg_len = 0;
+        }
+    }
+
+    /// Receives what `fd` has queued, up to the batch's size, without waiting: the datagrams
+    /// are `slots[..n]`. `Ok(0)`: nothing queued.
+    pub fn receive(&mut self, fd: RawFd) -> io::Result<usize> {
+        let n = self.slots.len();
+        self.prepare(n, true);
+        // SAFETY: every header points into this batch's buffers, which outlive the call; the
+        // kernel writes at most `n` headers, each within its iovec and address.
+        let result = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.headers.as_mut_ptr(),
+                n as u32,
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                std::ptr::null_mut(),
+            )
+        };
+        let received = match check(result) {
+            Ok(received) => received as usize,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        for i in 0..received {
+            let header = &self.headers[i];
+            // MSG_TRUNC in flags: msg_len is the datagram's real length, longer than the buffer.
+            self.slots[i].len = header.msg_len as usize;
+            self.slots[i].address = read_address(&self.addresses[i]).unwrap_or(self.slots[i].address);
+        }
+        Ok(received)
+    }
+
+    /// Sends `slots[first..first + n]` (each `len` bytes to its `address`) from `fd` without
+    /// waiting; returns how many the kernel took (the rest: its buffer is full).
+    pub fn send(&mut self, fd: RawFd, first: usize, n: usize) -> io::Result<usize> {
+        self.prepare(first + n, false);
+        // SAFETY: as in `receive`; the kernel only reads the headers and buffers here.
+        let result = unsafe { libc::sendmmsg(fd, self.headers[first..].as_mut_ptr(), n as u32, libc::MSG_DONTWAIT) };
+        check(result).map(|sent| sent as usize)
+    }
+}
+
+fn read_address(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which it is large
+            // and aligned enough for.
+            let a = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(a.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(ip, u16::from_be(a.sin6_port), a.sin6_flowinfo, a.sin6_scope_id)))
+        }
+        _ => None,
+    }
+}
+
+/// Writes `address` into `storage`; returns its length.
+fn write_address(address: SocketAddr, storage: &mut libc::sockaddr_storage) -> usize {
+    match address {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in.
+            let s = unsafe { &mut *(storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            s.sin_family = libc::AF_INET as libc::sa_family_t;
+            s.sin_port = a.port().to_be();
+            s.sin_addr = libc::in_addr { s_addr: u32::from(*a.ip()).to_be() };
+            s.sin_zero = [0; 8];
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let s = unsafe { &mut *(storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            s.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            s.sin6_port = a.port().to_be();
+            s.sin6_flowinfo = a.flowinfo();
+            s.sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
+            s.sin6_scope_id = a.scope_id();
+            size_of::<libc::sockaddr_in6>()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+
+    /// Several queued datagrams come in one receive, with their sources, and go out in one
+    /// send to their destinations, over IPv4 and IPv6; an empty socket gives 0 at once.
+    #[test]
+    fn batches_round_trip() {
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(a) = UdpSocket::bind(local) else { continue }; // no IPv6 on this host
+            let b = UdpSocket::bind(local).unwrap();
+            let c = UdpSocket::bind(local).unwrap();
+            a.set_nonblocking(true).unwrap();
+            let mut batch = Batch::new(4, 64);
+            assert_eq!(batch.receive(a.as_raw_fd()).unwrap(), 0, "nothing queued");
+            for payload in [&b"one"[..], b"two", &[7u8; 100]] {
+                b.send_to(payload, a.local_addr().unwrap()).unwrap();
+            }
+            let n = batch.receive(a.as_raw_fd()).unwrap();
+            assert_eq!(n, 3);
+            assert_eq!((&batch.slots[0].buf[..3], batch.slots[0].address), (&b"one"[..], b.local_addr().unwrap()));
+            assert_eq!(&batch.slots[1].buf[..batch.slots[1].len], b"two");
+            assert_eq!(batch.slots[2].len, 100, "the real length of a truncated datagram");
+            for slot in &mut batch.slots[..2] {
+                slot.address = c.local_addr().unwrap();
+            }
+            assert_eq!(batch.send(a.as_raw_fd(), 0, 2).unwrap(), 2);
+            let mut buf = [0u8; 16];
+            for expected in [&b"one"[..], b"two"] {
+                let (len, from) = c.recv_from(&mut buf).unwrap();
+                assert_eq!((&buf[..len], from), (expected, a.local_addr().unwrap()));
+            }
+        }
+    }
+}
