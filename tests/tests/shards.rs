@@ -107,8 +107,8 @@ fn calls_on_both_shards_hung_up_by_the_callee() {
         .timeout(Duration::from_secs(60))
         .run();
     let callee = callee.finish_after(&caller);
-    assert!(caller.success, "caller: {}", caller.report());
     assert!(callee.success, "callee: {}", callee.report());
+    assert!(caller.success, "caller: {}", caller.report());
     assert_eq!(shards_of(&caller.sent_requests("INVITE")).len(), SHARDS, "both shards");
     assert_eq!(caller.received_requests("BYE").len(), FLOWS as usize, "{}", caller.messages);
     let byes = callee.sent_requests("BYE");
