@@ -338,9 +338,8 @@ pub struct SipConfig {
 impl SipConfig {
     /// The endpoint shards to run: as configured, else one per core (capped).
     pub fn endpoint_shards(&self) -> usize {
-        self.endpoint_shards.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, |n| n.get()).min(ENDPOINT_SHARDS_MAX)
-        })
+        self.endpoint_shards
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(ENDPOINT_SHARDS_MAX))
     }
 }
 

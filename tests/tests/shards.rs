@@ -116,3 +116,24 @@ fn calls_on_both_shards_hung_up_by_the_callee() {
     assert_eq!(shards_of(&byes).len(), SHARDS, "the callee's BYEs went to both shards");
     assert_nothing_left(&pbx);
 }
+
+/// A shard that fails is restarted alone (one restart counted for the endpoint, the node ready
+/// again), and REGISTERs on both shards work afterwards.
+#[test]
+fn a_failed_shard_restarts_alone() {
+    let pbx = Pbx::start(PbxOptions::default().test_hooks().sip(&format!("endpoint_shards = {SHARDS}")));
+    let (code, body) = pbx.api("POST", "/api/v1/debug/panic/endpoint-1", None);
+    assert_eq!(code, 202, "{body}");
+    let restarts = || pbx.metric("pbx_actor_restarts_total{actor=\"endpoint\"}");
+    assert!(wait_until(CLEANUP_TIMEOUT, || restarts() == Some(1.0)), "restarts: {:?}\n{}", restarts(), pbx.log());
+    assert!(wait_until(CLEANUP_TIMEOUT, || pbx.readyz().0 == 200), "not ready again: {:?}", pbx.readyz());
+    let (code, _) = pbx.api("POST", &format!("/api/v1/debug/panic/endpoint-{SHARDS}"), None);
+    assert_eq!(code, 404, "no such shard");
+    let run = Sipp::new("register_auth.xml", pbx.sip, &pbx.scratch())
+        .args(&["-s", "100", "-au", "100", "-ap", "secret-100", "-key", "expires", "120"])
+        .args(&["-m", &FLOWS.to_string(), "-r", "20"])
+        .run();
+    assert!(run.success, "sipp: {}", run.report());
+    assert_eq!(shards_of(&run.sent_requests("REGISTER")).len(), SHARDS, "the Call-IDs covered both shards");
+    assert_eq!(restarts(), Some(1.0), "shard 0 was not restarted");
+}

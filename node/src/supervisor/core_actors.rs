@@ -302,9 +302,8 @@ impl Child for EndpointChild {
                 0 => "endpoint".to_string(),
                 n => format!("endpoint-{n}"),
             };
-            let (endpoint, _) = Actor::spawn_linked(Some(name), EndpointActor, args, supervisor)
-                .await
-                .map_err(|e| e.to_string())?;
+            let (endpoint, _) =
+                Actor::spawn_linked(Some(name), EndpointActor, args, supervisor).await.map_err(|e| e.to_string())?;
             self.sink.connect(self.shard.index, endpoint.clone());
             if restart {
                 // Its transactions are gone: the calls in progress end through the new one.

@@ -338,11 +338,10 @@ impl CoreActors {
             "registrar" => self.registrar.cast(RegistrarMsg::Control(Control::Panic)),
             // "endpoint" is shard 0; "endpoint-N" shard N.
             "endpoint" => self.endpoint.shard(0).cast(EndpointMsg::Control(Control::Panic)),
-            shard if shard.strip_prefix("endpoint-").and_then(|n| n.parse::<usize>().ok()).is_some() => {
-                let n: usize = shard["endpoint-".len()..].parse().unwrap_or(usize::MAX);
-                if n >= self.endpoint.count() {
-                    return Err(format!("{target}: the endpoint has {} shards", self.endpoint.count()));
-                }
+            shard if shard.starts_with("endpoint-") => {
+                let count = self.endpoint.count();
+                let n = shard["endpoint-".len()..].parse::<usize>().ok().filter(|&n| n < count);
+                let Some(n) = n else { return Err(format!("{target}: no such shard (the endpoint has {count})")) };
                 self.endpoint.shard(n).cast(EndpointMsg::Control(Control::Panic))
             }
             "calls" => self.calls.cast(CallsMsg::Control(Control::Panic)),
@@ -360,8 +359,8 @@ impl CoreActors {
             }
             _ => {
                 return Err(format!(
-                    "{target:?}: no such actor (registrar, endpoint, calls, call, media, reaper, licence-watchdog, \
-                     voucher-sync)"
+                    "{target:?}: no such actor (registrar, endpoint, endpoint-N, calls, call, media, reaper, \
+                     licence-watchdog, voucher-sync)"
                 ));
             }
         };
