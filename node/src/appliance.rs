@@ -28,7 +28,9 @@ use pbx_actors::call::LocalSip;
 use pbx_actors::call::actor::{CallContext, CallLedger, CallsMsg};
 use pbx_actors::call::b2bua::CallConfig;
 use pbx_actors::cdr::{ActiveCall, CdrStore};
+use pbx_actors::endpoint::Shard;
 use pbx_actors::endpoint::actor::EndpointSink;
+use pbx_actors::endpoint::limiter::SourceLimiter;
 use pbx_actors::licence::{LicenceService, LicenceStore, LicenceView, VoucherConfig, WatchdogConfig};
 use pbx_actors::media::pool::PortPool;
 use pbx_actors::media::relay::RelayConfig;
@@ -102,7 +104,9 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
 
     // Failed authentications and blocks, for the security log (category `security-log`).
     let security_log = Arc::new(SecurityWriter::start(storage.clone()).context("start security-log writer")?);
-    let sink = EndpointSink::default();
+    // The SIP endpoint's shards: every core parses and runs transactions (docs/ARCHITECTURE.md).
+    let sink = EndpointSink::new(config.sip.endpoint_shards());
+    core.endpoint = sink.clone();
     let registrar = RegistrarChild {
         config: config.registrar.clone(),
         storage: storage.clone(),
@@ -200,24 +204,35 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     let reaper = ReaperChild { config: reaper_config, clock, storage: storage.clone(), current: core.reaper.clone() };
     supervisor::start(&supervisor, reaper).await.map_err(anyhow::Error::msg).context("start retention reaper")?;
 
-    let backlog = Backlog::default();
-    let endpoint = EndpointChild {
-        clock,
-        wire: wire.clone(),
-        registrar: core.registrar.clone(),
-        calls: core.calls.clone(),
-        timers,
-        source_limit: config.sip.source_limit,
-        backlog: backlog.clone(),
-        licence: licence.view.clone(),
-        emergency_numbers: config.calls.emergency_numbers.clone(),
-        sink,
-        current: core.endpoint.clone(),
-    };
-    supervisor::start(&supervisor, endpoint).await.map_err(anyhow::Error::msg).context("start SIP endpoint")?;
+    // One limiter for all shards: a source is bounded as a whole (docs/SECURITY.md).
+    let limiter = SourceLimiter::shared(config.sip.source_limit);
+    let mut backlogs = Vec::new();
+    for index in 0..sink.count() {
+        let backlog = Backlog::default();
+        backlogs.push(backlog.clone());
+        let endpoint = EndpointChild {
+            clock,
+            wire: wire.clone(),
+            registrar: core.registrar.clone(),
+            calls: core.calls.clone(),
+            timers,
+            limiter: limiter.clone(),
+            backlog,
+            licence: licence.view.clone(),
+            emergency_numbers: config.calls.emergency_numbers.clone(),
+            sink: sink.clone(),
+            shard: Shard { index, count: sink.count() },
+        };
+        supervisor::start(&supervisor, endpoint)
+            .await
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("start SIP endpoint shard {index}"))?;
+    }
+    tracing::info!(shards = sink.count(), "SIP endpoint started");
+    let inbound = transport::Inbound::new(sink, backlogs);
 
-    let udp_task = tokio::spawn(transport::serve_udp(sockets.udp.clone(), core.endpoint.clone(), backlog.clone()));
-    let tcp_task = tokio::spawn(transport::serve_tcp(sockets.tcp, core.endpoint.clone(), wire.clone(), backlog));
+    let udp_task = tokio::spawn(transport::serve_udp(sockets.udp.clone(), inbound.clone()));
+    let tcp_task = tokio::spawn(transport::serve_tcp(sockets.tcp, inbound, wire.clone()));
 
     let state = ApiState {
         token,

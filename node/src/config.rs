@@ -6,6 +6,7 @@
 //! Unknown keys are errors too — a typo must not silently fall back to a default.
 
 use pbx_actors::endpoint::SourceLimit;
+use pbx_actors::endpoint::shard::ENDPOINT_SHARDS_MAX;
 use pbx_actors::registrar::RegistrarConfig;
 use pbx_actors::registrar::digest::Algorithm;
 use serde::Deserialize;
@@ -320,6 +321,7 @@ pub struct CallsConfig {
 struct SipSection {
     source_rate_per_s: Option<u32>,
     source_burst: Option<u32>,
+    endpoint_shards: Option<usize>,
 }
 
 /// The SIP listener's limits on strangers.
@@ -328,6 +330,17 @@ pub struct SipConfig {
     /// New transactions one source address (IPv6: one /64) may start: a token bucket. Beyond
     /// it requests are dropped unanswered and counted (`pbx_sip_rate_limited_total`).
     pub source_limit: SourceLimit,
+    /// `sip.endpoint_shards`: SIP endpoint workers (each parses and runs the transactions of
+    /// the Call-IDs that hash to it). `None`: one per core, at most `ENDPOINT_SHARDS_MAX`.
+    pub endpoint_shards: Option<usize>,
+}
+
+impl SipConfig {
+    /// The endpoint shards to run: as configured, else one per core (capped).
+    pub fn endpoint_shards(&self) -> usize {
+        self.endpoint_shards
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(ENDPOINT_SHARDS_MAX))
+    }
 }
 
 /// Highest `sip.source_rate_per_s` (and burst) accepted: beyond it the limit means nothing.
@@ -523,7 +536,12 @@ impl Config {
                 format!("must be 1–{SOURCE_RATE_PER_S_MAX} while sip.source_rate_per_s is set"),
             ));
         }
-        let sip = SipConfig { source_limit };
+        if let Some(shards) = file.sip.endpoint_shards
+            && !(1..=ENDPOINT_SHARDS_MAX).contains(&shards)
+        {
+            return Err(invalid("sip.endpoint_shards", format!("must be 1–{ENDPOINT_SHARDS_MAX}")));
+        }
+        let sip = SipConfig { source_limit, endpoint_shards: file.sip.endpoint_shards };
         let r = file.registrar;
         let registrar = RegistrarConfig {
             realm: r.realm.unwrap_or(d.realm),
@@ -875,6 +893,8 @@ mod tests {
         assert_eq!(c.registrar.min_expires_s, 5);
         assert_eq!(c.sip.source_limit, SourceLimit::default(), "no [sip]: the defaults");
         assert_eq!(load_text("[sip]\nsource_rate_per_s = 0").unwrap().sip.source_limit.rate_per_s, 0);
+        assert_eq!(c.sip.endpoint_shards, None, "no [sip]: one shard per core");
+        assert_eq!(load_text("[sip]\nendpoint_shards = 2").unwrap().sip.endpoint_shards(), 2);
         assert_eq!((c.registrar.user_auth_failures_max, c.registrar.allow_rfc2069), (7, true));
         let defaults = load_text("").unwrap().registrar;
         assert_eq!(
@@ -894,6 +914,8 @@ mod tests {
             ("[registrar]\nmin_expire = 5", "registrar", "unknown field"),
             ("[sip]\nsource_rate_per_s = 2000000", "sip.source_rate_per_s", "at most"),
             ("[sip]\nsource_rate_per_s = 10\nsource_burst = 0", "sip.source_burst", "must be 1"),
+            ("[sip]\nendpoint_shards = 0", "sip.endpoint_shards", "must be 1"),
+            ("[sip]\nendpoint_shards = 17", "sip.endpoint_shards", "must be 1"),
             ("[sip]\nsource_rate = 10", "sip", "unknown field"),
             ("rtp_ports = \"2000-1000\"", "rtp_ports", "LOW < HIGH"),
             (

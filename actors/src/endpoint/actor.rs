@@ -3,14 +3,21 @@
 //! to the registrar, calls to the calls actor, SIP to legs, metrics, logs), and keeps one timer
 //! armed for the next wake-up. Never sleeps in `handle`; decides nothing the glue does not.
 //!
-//! Restarts: the node supervises this actor. A new incarnation starts with an empty machine
+//! Shards: a node runs one such actor per endpoint shard (`super::shard`), each with its own
+//! glue and machine; [`EndpointSink`] is the sharded endpoint as the rest of the node sees it
+//! (it picks the shard of a message, a leg or a registrar answer). Gauges that were one
+//! endpoint's (`pbx_call_legs_active`) are summed over the shards there.
+//!
+//! Restarts: the node supervises each shard's actor alone. A new incarnation starts with an empty machine
 //! (the old one's transactions are gone); the calls that outlived it re-announce their legs
 //! ([`EndpointMsg::Adopt`]) so that their BYEs go out through it (see `crate::call::actor`).
 //! It reaches the registrar and the calls actor through [`Current`] references, so their
 //! restarts need nothing from it either.
 
 use super::glue::{EndpointGlue, Envelope, ForRegistrar, GlueInput};
+use super::limiter::SharedLimiter;
 use super::machine::{Endpoint, EndpointEvent, EndpointInput};
+use super::shard::{self, ENDPOINT_SHARDS_MAX, Shard};
 use crate::Timestamp;
 use crate::bugs::Bugs;
 use crate::call::actor::{CallMsg, CallsMsg, SipPort};
@@ -88,9 +95,13 @@ pub struct EndpointArgs {
     pub timers: TimerConfig,
     /// Keys the CSPRNG of leg ids (pbx's tags, branches, Call-IDs): 256 bits from the OS.
     pub seed: [u8; 32],
-    /// Each source's admission limit for new transactions.
-    pub source_limit: crate::endpoint::SourceLimit,
-    /// Inbound messages counted by the transports and not yet handled; the shell decrements it
+    /// Which shard of the node's endpoint this actor is.
+    pub shard: Shard,
+    /// The sharded endpoint this actor is a shard of (for the summed gauges).
+    pub sink: EndpointSink,
+    /// Each source's admission limit for new transactions, shared by all shards.
+    pub limiter: SharedLimiter,
+    /// Inbound messages counted by the transports for this shard and not yet handled; the shell decrements it
     /// as it takes each one, so the transports can bound what piles up in the mailbox. Never
     /// taken below zero: a restart resets it while messages may still be on their way.
     pub inbound_backlog: Arc<AtomicUsize>,
@@ -110,55 +121,120 @@ pub struct EndpointState {
     inbound_backlog: Arc<AtomicUsize>,
     timer: WakeTimer,
     licence: Option<LicenceView>,
+    shard: Shard,
+    sink: EndpointSink,
 }
 
 pub struct EndpointActor;
 
-/// Lets the registrar and the legs reach the endpoint without knowing its type; pointed at
-/// each new incarnation of the endpoint actor by `connect`. What is sent while there is none
-/// (or while it restarts) is lost, as UDP would lose it; transactions retransmit.
-#[derive(Default, Clone)]
-pub struct EndpointSink(Current<EndpointMsg>);
+/// The node's endpoint as the registrar, the legs, the transports and the API reach it: one
+/// [`Current`] per shard, each pointed at its shard's incarnation by `connect`. What is sent to
+/// a shard while there is none (or while it restarts) is lost, as UDP would lose it;
+/// transactions retransmit. Each message goes to the shard that owns what it names: a leg
+/// (`shard::of_leg`), a registrar transaction (`shard::of_tx`), a SIP message's Call-ID
+/// (`shard::of_message`).
+#[derive(Clone)]
+pub struct EndpointSink(Arc<Shards>);
+
+struct Shards {
+    actors: Vec<Current<EndpointMsg>>,
+    /// Each shard's legs routed, for the one `pbx_call_legs_active` gauge.
+    legs_routed: Vec<AtomicUsize>,
+}
+
+impl Default for EndpointSink {
+    /// One shard.
+    fn default() -> EndpointSink {
+        EndpointSink::new(1)
+    }
+}
 
 impl EndpointSink {
-    pub fn connect(&self, endpoint: ActorRef<EndpointMsg>) {
-        self.0.set(endpoint);
+    /// `count` shards (1 to [`ENDPOINT_SHARDS_MAX`]; clamped), none running yet.
+    pub fn new(count: usize) -> EndpointSink {
+        let count = count.clamp(1, ENDPOINT_SHARDS_MAX);
+        EndpointSink(Arc::new(Shards {
+            actors: (0..count).map(|_| Current::default()).collect(),
+            legs_routed: (0..count).map(|_| AtomicUsize::new(0)).collect(),
+        }))
     }
 
-    fn cast(&self, msg: EndpointMsg) {
-        let _ = self.0.cast(msg);
+    /// How many shards.
+    pub fn count(&self) -> usize {
+        self.0.actors.len()
+    }
+
+    /// Shard `index` (below [`EndpointSink::count`]).
+    pub fn shard(&self, index: usize) -> &Current<EndpointMsg> {
+        &self.0.actors[index]
+    }
+
+    /// Every shard, in order.
+    pub fn shards(&self) -> &[Current<EndpointMsg>] {
+        &self.0.actors
+    }
+
+    /// Points shard `index` at its new incarnation.
+    pub fn connect(&self, index: usize, endpoint: ActorRef<EndpointMsg>) {
+        self.0.actors[index].set(endpoint);
+    }
+
+    /// The shard a SIP message from the network goes to, by its Call-ID.
+    pub fn for_message(&self, bytes: &[u8]) -> usize {
+        shard::of_message(bytes, self.count())
+    }
+
+    fn for_leg(&self, leg: LegId) -> &Current<EndpointMsg> {
+        self.shard(shard::of_leg(leg, self.count()))
+    }
+
+    fn for_tx(&self, tx: u64) -> &Current<EndpointMsg> {
+        self.shard(shard::of_tx(tx, self.count()))
+    }
+
+    /// Shard `index` routes `n` legs now: the node's gauge is the sum over its shards.
+    fn legs_routed(&self, index: usize, n: usize) {
+        self.0.legs_routed[index].store(n, Ordering::Relaxed);
+        let total: usize = self.0.legs_routed.iter().map(|l| l.load(Ordering::Relaxed)).sum();
+        metrics::gauge!("pbx_call_legs_active").set(total as f64);
     }
 }
 
 impl ResponseSink for EndpointSink {
     fn deliver(&self, tx: u64, response: Response, authenticated: bool) {
-        self.cast(EndpointMsg::RegistrarResponse { tx, response, authenticated });
+        let _ = self.for_tx(tx).cast(EndpointMsg::RegistrarResponse { tx, response, authenticated });
     }
 
     fn route(&self, tx: u64, route: Route) {
-        self.cast(EndpointMsg::Routed { tx, route });
+        let _ = self.for_tx(tx).cast(EndpointMsg::Routed { tx, route });
     }
 }
 
 impl SipPort for EndpointSink {
     fn send(&self, leg: LegId, out: SipOut) {
-        self.cast(EndpointMsg::FromLeg { leg, out });
+        let _ = self.for_leg(leg).cast(EndpointMsg::FromLeg { leg, out });
     }
 
     fn leg_up(&self, leg: LegId, actor: ActorRef<CallMsg>) {
-        self.cast(EndpointMsg::LegUp { leg, actor });
+        let _ = self.for_leg(leg).cast(EndpointMsg::LegUp { leg, actor });
     }
 
     fn leg_down(&self, leg: LegId) {
-        self.cast(EndpointMsg::LegDown { leg });
+        let _ = self.for_leg(leg).cast(EndpointMsg::LegDown { leg });
     }
 
     fn adopt(&self, leg: LegId, actor: ActorRef<CallMsg>) {
-        self.cast(EndpointMsg::Adopt { leg, actor });
+        let _ = self.for_leg(leg).cast(EndpointMsg::Adopt { leg, actor });
     }
 
     fn call_lost(&self, legs: &[LegId]) {
-        self.cast(EndpointMsg::CallLost { legs: legs.to_vec() });
+        // A call's legs are all one shard's; grouped anyway, so no shard hears of another's.
+        for index in 0..self.count() {
+            let mine: Vec<LegId> = legs.iter().copied().filter(|&l| shard::of_leg(l, self.count()) == index).collect();
+            if !mine.is_empty() {
+                let _ = self.shard(index).cast(EndpointMsg::CallLost { legs: mine });
+            }
+        }
     }
 }
 
@@ -173,7 +249,10 @@ impl Actor for EndpointActor {
         args: EndpointArgs,
     ) -> Result<EndpointState, ActorProcessingErr> {
         let mut machine = Endpoint::new(args.timers, args.seed);
-        machine.set_source_limit(args.source_limit);
+        machine.set_shard(args.shard);
+        machine.share_source_limiter(args.limiter);
+        // This incarnation routes no leg yet (the calls re-announce theirs).
+        args.sink.legs_routed(args.shard.index, 0);
         machine.set_emergency_numbers(args.emergency_numbers);
         Ok(EndpointState {
             // The product never injects a bug (`Bugs` is empty without the simulator's feature).
@@ -185,6 +264,8 @@ impl Actor for EndpointActor {
             inbound_backlog: args.inbound_backlog,
             timer: WakeTimer::default(),
             licence: args.licence,
+            shard: args.shard,
+            sink: args.sink,
         })
     }
 
@@ -262,7 +343,7 @@ impl EndpointState {
                 let _ = to.cast(CallMsg::Sip { leg, input: Box::new(input) });
             }
             Envelope::Event(event) => record(event),
-            Envelope::LegsRouted(n) => metrics::gauge!("pbx_call_legs_active").set(n as f64),
+            Envelope::LegsRouted(n) => self.sink.legs_routed(self.shard.index, n),
         }
     }
 }

@@ -15,11 +15,26 @@
 //! one overflow bucket of `burst × OVERFLOW_SHARE` — a spoofed flood from everywhere is bounded
 //! as a whole instead of per address.
 //!
-//! Sans-IO: time comes in as `now`.
+//! A node's endpoint shards (`super::shard`) share one limiter ([`SharedLimiter`], behind a
+//! lock taken once per new request): a source is bounded as a whole, whichever shards its
+//! Call-IDs land on, exactly as with one endpoint.
+//!
+//! Sans-IO: time comes in as `now` (each shard passes its own; a bucket never refills
+//! backwards when two shards' clocks read a little apart).
 
 use crate::Timestamp;
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// One limiter for all the endpoint shards of a node.
+pub type SharedLimiter = Arc<Mutex<SourceLimiter>>;
+
+/// May `ip` start a new transaction at `now`, against the shared `limiter`?
+pub fn admit(limiter: &SharedLimiter, now: Timestamp, ip: IpAddr) -> bool {
+    // A shard that panicked mid-admit left buckets that are still consistent enough to bound.
+    limiter.lock().unwrap_or_else(PoisonError::into_inner).admit(now, ip)
+}
 
 /// Sources with a bucket at once.
 pub const SOURCES_TRACKED_MAX: usize = 65_536;
@@ -105,6 +120,11 @@ impl SourceLimiter {
         SourceLimiter { limit, buckets: HashMap::new(), by_use: BTreeSet::new(), overflow }
     }
 
+    /// A new limiter, to share among a node's endpoint shards.
+    pub fn shared(limit: SourceLimit) -> SharedLimiter {
+        Arc::new(Mutex::new(SourceLimiter::new(limit)))
+    }
+
     pub fn limit(&self) -> SourceLimit {
         self.limit
     }
@@ -133,11 +153,13 @@ impl SourceLimiter {
         };
         let tokens = bucket.refilled(now, rate, capacity);
         let admitted = tokens >= UNIT;
-        let updated = Bucket { tokens: if admitted { tokens - UNIT } else { tokens }, at: now };
+        // Never backwards: another shard may have stamped the bucket a little later.
+        let at = now.max(bucket.at);
+        let updated = Bucket { tokens: if admitted { tokens - UNIT } else { tokens }, at };
         if let Some(old) = self.buckets.insert(key, updated) {
             self.by_use.remove(&(old.at, key));
         }
-        self.by_use.insert((now, key));
+        self.by_use.insert((at, key));
         debug_assert_eq!(self.buckets.len(), self.by_use.len());
         assert!(self.buckets.len() <= SOURCES_TRACKED_MAX);
         admitted
@@ -160,7 +182,7 @@ impl SourceLimiter {
         let (rate, capacity) = (rate * OVERFLOW_SHARE, capacity * OVERFLOW_SHARE);
         let tokens = self.overflow.refilled(now, rate, capacity);
         let admitted = tokens >= UNIT;
-        self.overflow = Bucket { tokens: if admitted { tokens - UNIT } else { tokens }, at: now };
+        self.overflow = Bucket { tokens: if admitted { tokens - UNIT } else { tokens }, at: now.max(self.overflow.at) };
         admitted
     }
 }

@@ -20,7 +20,8 @@
 //! datagram in gives at most one datagram out. An INVITE gets its 100 Trying only once the
 //! caller has authenticated (or the transaction's own 200 ms timer, if the registrar is slow).
 
-use super::limiter::{SourceLimit, SourceLimiter};
+use super::limiter::{SharedLimiter, SourceLimit, SourceLimiter};
+use super::shard::Shard;
 use crate::Timestamp;
 use crate::call::{CallStart, LegId, SipIn, SipOut};
 use crate::registrar::Route;
@@ -194,7 +195,11 @@ pub struct Endpoint {
     rng: StdRng,
     /// Keys the To tags of stateless answers (a retransmitted request gets the same tag).
     tag_key: u64,
-    limiter: SourceLimiter,
+    /// Shared by every shard of the node: a source is bounded as a whole.
+    limiter: SharedLimiter,
+    /// Which shard of the node's endpoint this is: its leg ids and registrar transaction ids
+    /// say so (`super::shard`).
+    shard: Shard,
     /// Calls in progress (their A-legs are live).
     calls: usize,
     /// The licence's limit on calls at once (`None`: none); beyond it a new INVITE gets 403.
@@ -219,7 +224,8 @@ impl Endpoint {
             invites: HashMap::new(),
             rng,
             tag_key,
-            limiter: SourceLimiter::new(SourceLimit::default()),
+            limiter: SourceLimiter::shared(SourceLimit::default()),
+            shard: Shard::ONE,
             calls: 0,
             call_limit: None,
             emergency_numbers: Vec::new(),
@@ -236,7 +242,18 @@ impl Endpoint {
 
     /// Each source's admission limit for new transactions (`[sip]` settings).
     pub fn set_source_limit(&mut self, limit: SourceLimit) {
-        self.limiter = SourceLimiter::new(limit);
+        self.limiter = SourceLimiter::shared(limit);
+    }
+
+    /// The node's limiter, shared with its other endpoint shards (see `super::shard`).
+    pub fn share_source_limiter(&mut self, limiter: SharedLimiter) {
+        self.limiter = limiter;
+    }
+
+    /// This machine is `shard` of the node's endpoint: the leg ids it draws and its registrar
+    /// transaction ids name it. Set before the first input.
+    pub fn set_shard(&mut self, shard: Shard) {
+        self.shard = shard;
     }
 
     /// Numbers a licence limit never refuses (`calls.emergency_numbers`).
@@ -363,7 +380,7 @@ impl Endpoint {
                 };
                 if request.method != Method::ACK
                     && !self.transactions.has_server(&key)
-                    && !self.limiter.admit(self.now, source.ip())
+                    && !super::limiter::admit(&self.limiter, self.now, source.ip())
                 {
                     self.outputs.push_back(EndpointOutput::Event(EndpointEvent::RateLimited { source }));
                     return;
@@ -528,7 +545,7 @@ impl Endpoint {
             return;
         }
         self.transactions.mark_unvetted(&key);
-        let tx = self.next_tx;
+        let tx = self.shard.tx(self.next_tx);
         self.next_tx += 1;
         let deadline = self.now + Duration::from_secs(REGISTRAR_ANSWER_S_MAX);
         let head = request.reply_head();
@@ -598,11 +615,12 @@ impl Endpoint {
         })));
     }
 
-    /// A fresh leg id from the CSPRNG (a repeat of a live one, at odds of 2^-128, is drawn again).
+    /// A fresh leg id from the CSPRNG (a repeat of a live one, at odds of 2^-128, is drawn
+    /// again), one this shard owns: drawn until `leg % shards` names it (`super::shard`).
     fn new_leg(&mut self) -> LegId {
         loop {
             let leg = LegId(self.rng.random());
-            if !self.legs.contains_key(&leg) {
+            if self.shard.owns_leg(leg) && !self.legs.contains_key(&leg) {
                 return leg;
             }
         }

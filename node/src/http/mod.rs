@@ -57,7 +57,8 @@ pub trait CallsView: Send + Sync {
 pub struct ApiState {
     pub token: String,
     pub registrar: Current<RegistrarMsg>,
-    pub endpoint: Current<EndpointMsg>,
+    /// Every shard of the SIP endpoint.
+    pub endpoint: pbx_actors::endpoint::actor::EndpointSink,
     pub prometheus: PrometheusHandle,
     pub clock: SystemClock,
     /// Read directly for CDR queries: redb readers do not wait for the writers.
@@ -413,7 +414,13 @@ async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
     if let Ok(stats) = ask(&state.registrar, RegistrarMsg::Stats).await {
         metrics::gauge!("pbx_blocked_sources").set(stats.blocked_sources as f64);
     }
-    if let Ok(n) = ask(&state.endpoint, EndpointMsg::Transactions).await {
+    // Summed over the endpoint's shards; left as it was when one does not answer.
+    let mut transactions = Some(0);
+    for shard in state.endpoint.shards() {
+        let n = ask(shard, EndpointMsg::Transactions).await.ok();
+        transactions = transactions.zip(n).map(|(sum, n)| sum + n);
+    }
+    if let Some(n) = transactions {
         metrics::gauge!("pbx_sip_transactions").set(n as f64);
     }
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.prometheus.render())

@@ -1,12 +1,15 @@
 //! SIP transports on real sockets: one UDP socket and one TCP listener on the same address.
 //!
 //! They only move bytes: a datagram, or a message framed off a stream by Content-Length
-//! (`frame_stream`), goes to the endpoint actor; the endpoint's answers come back through
-//! [`NetWire`]. Every queue here is bounded: a flood is dropped and counted, never buffered
-//! without limit. They reach the endpoint through a [`Current`], so they outlive its restarts:
-//! what arrives while it restarts is dropped (and counted) like a datagram over the backlog.
+//! (`frame_stream`), goes to the endpoint shard its Call-ID names (a raw scan,
+//! `pbx_actors::endpoint::shard`); the endpoints' answers come back through [`NetWire`].
+//! Every queue here is bounded: a flood is dropped and counted, never buffered without limit
+//! (each shard's backlog is its share of [`INBOUND_BACKLOG_MAX`]). They reach the shards
+//! through the [`EndpointSink`], so they outlive their restarts: what arrives for a shard
+//! while it restarts is dropped (and counted) like a datagram over the backlog.
 
 use bytes::{Bytes, BytesMut};
+use pbx_actors::endpoint::actor::EndpointSink;
 use pbx_actors::endpoint::{EndpointMsg, Wire};
 use pbx_actors::shell::Current;
 use pbx_actors::sip::message::{self, Frame, Transport};
@@ -19,7 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
-/// Messages received but not yet taken by the endpoint; beyond it datagrams are dropped.
+/// Messages received but not yet taken by the endpoint, all shards together (each shard's
+/// share is this divided by the shard count); beyond it datagrams are dropped.
 pub const INBOUND_BACKLOG_MAX: usize = 20_000;
 /// Open TCP connections; beyond it new ones are refused (closed at once). Never more than
 /// half the open-file limit either ([`tcp_connections_cap`]): the other half is for RTP.
@@ -96,13 +100,41 @@ impl SipSockets {
     }
 }
 
-/// Counts messages handed to the endpoint and not yet handled by it.
+/// Counts messages handed to one endpoint shard and not yet handled by it.
 #[derive(Clone, Default)]
 pub struct Backlog(pub Arc<AtomicUsize>);
 
+/// The endpoint shards as the transports reach them, with each one's backlog.
+#[derive(Clone)]
+pub struct Inbound {
+    sink: EndpointSink,
+    backlogs: Arc<[Backlog]>,
+    /// Each shard's share of [`INBOUND_BACKLOG_MAX`].
+    backlog_max: usize,
+}
+
+impl Inbound {
+    /// `backlogs`: one per shard of `sink`, the ones its shards decrement.
+    pub fn new(sink: EndpointSink, backlogs: Vec<Backlog>) -> Inbound {
+        assert_eq!(backlogs.len(), sink.count(), "one backlog per endpoint shard");
+        let backlog_max = (INBOUND_BACKLOG_MAX / sink.count()).max(1);
+        Inbound { sink, backlogs: backlogs.into(), backlog_max }
+    }
+
+    /// Hands one message to the shard its Call-ID names; dropped and counted when that
+    /// shard's backlog is full or it is restarting.
+    fn deliver(&self, bytes: Bytes, source: SocketAddr, transport: Transport) {
+        let index = self.sink.for_message(&bytes);
+        let backlog = &self.backlogs[index];
+        if backlog.admit(self.backlog_max) {
+            backlog.deliver(self.sink.shard(index), EndpointMsg::Inbound { bytes, source, transport });
+        }
+    }
+}
+
 impl Backlog {
-    fn admit(&self) -> bool {
-        if self.0.fetch_add(1, Ordering::Relaxed) >= INBOUND_BACKLOG_MAX {
+    fn admit(&self, max: usize) -> bool {
+        if self.0.fetch_add(1, Ordering::Relaxed) >= max {
             self.0.fetch_sub(1, Ordering::Relaxed);
             metrics::counter!("pbx_sip_inbound_dropped_total").increment(1);
             return false;
@@ -129,7 +161,7 @@ impl Backlog {
     }
 }
 
-pub async fn serve_udp(socket: Arc<UdpSocket>, endpoint: Current<EndpointMsg>, backlog: Backlog) {
+pub async fn serve_udp(socket: Arc<UdpSocket>, endpoint: Inbound) {
     let mut buf = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
     loop {
         let (len, source) = match socket.recv_from(&mut buf).await {
@@ -140,11 +172,7 @@ pub async fn serve_udp(socket: Arc<UdpSocket>, endpoint: Current<EndpointMsg>, b
                 continue;
             }
         };
-        if !backlog.admit() {
-            continue;
-        }
-        let bytes = Bytes::copy_from_slice(&buf[..len]);
-        backlog.deliver(&endpoint, EndpointMsg::Inbound { bytes, source, transport: Transport::Udp });
+        endpoint.deliver(Bytes::copy_from_slice(&buf[..len]), source, Transport::Udp);
     }
 }
 
@@ -216,7 +244,7 @@ impl TcpSlots {
     }
 }
 
-pub async fn serve_tcp(listener: TcpListener, endpoint: Current<EndpointMsg>, wire: Arc<NetWire>, backlog: Backlog) {
+pub async fn serve_tcp(listener: TcpListener, endpoint: Inbound, wire: Arc<NetWire>) {
     let cap = tcp_connections_cap(crate::sip::limits::open_file_limit());
     tracing::info!(cap, per_source = TCP_CONNECTIONS_PER_SOURCE_MAX, "SIP TCP connection caps");
     let slots = Arc::new(Mutex::new(TcpSlots::new(cap)));
@@ -239,9 +267,9 @@ pub async fn serve_tcp(listener: TcpListener, endpoint: Current<EndpointMsg>, wi
             continue;
         }
         metrics::gauge!("pbx_sip_tcp_connections").increment(1.0);
-        let (endpoint, wire, backlog, slots) = (endpoint.clone(), wire.clone(), backlog.clone(), slots.clone());
+        let (endpoint, wire, slots) = (endpoint.clone(), wire.clone(), slots.clone());
         tokio::spawn(async move {
-            connection(stream, peer, endpoint, &wire, backlog).await;
+            connection(stream, peer, endpoint, &wire).await;
             wire.tcp.lock().expect("tcp map lock").remove(&peer);
             slots.lock().expect("tcp slots lock").give_back(source);
             metrics::gauge!("pbx_sip_tcp_connections").decrement(1.0);
@@ -249,13 +277,7 @@ pub async fn serve_tcp(listener: TcpListener, endpoint: Current<EndpointMsg>, wi
     }
 }
 
-async fn connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    endpoint: Current<EndpointMsg>,
-    wire: &NetWire,
-    backlog: Backlog,
-) {
+async fn connection(stream: TcpStream, peer: SocketAddr, endpoint: Inbound, wire: &NetWire) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     let (sender, mut outbound) = mpsc::channel::<Bytes>(TCP_SEND_QUEUE_MAX);
@@ -313,10 +335,7 @@ async fn connection(
                     let bytes = buf.split_to(len).freeze();
                     partial_deadline = None;
                     first_message_deadline = None;
-                    if !backlog.admit() {
-                        continue;
-                    }
-                    backlog.deliver(&endpoint, EndpointMsg::Inbound { bytes, source: peer, transport: Transport::Tcp });
+                    endpoint.deliver(bytes, peer, Transport::Tcp);
                 }
                 Frame::Broken { code, reason, len } => {
                     metrics::counter!("pbx_sip_malformed_total").increment(1);

@@ -9,7 +9,7 @@
 //! | calls | the running calls' ledger: their CDRs are written `failed`, their legs hang up | endpoint, API |
 //! | licence watchdog, voucher sync | the licence and unlocks stored | API, readiness |
 //! | reaper | its configuration (its progress is in storage) | readiness |
-//! | endpoint | an empty transaction table (UDP peers retransmit) | transports, registrar and legs (`EndpointSink`), API; the calls actor ends the calls in progress |
+//! | endpoint (each shard alone) | an empty transaction table (UDP peers retransmit) | transports, registrar and legs (`EndpointSink`, that shard's slot), API; the calls actor ends the calls in progress |
 
 use crate::cluster::NodeApplier;
 use crate::sip::transport::Backlog;
@@ -17,7 +17,8 @@ use crate::storage::Storage;
 use crate::supervisor::{Child, StartFuture};
 use pbx_actors::call::actor::{CallContext, CallLedger, CallsActor, CallsArgs, CallsMsg};
 use pbx_actors::endpoint::actor::{EndpointSink, Wire};
-use pbx_actors::endpoint::{EndpointActor, EndpointArgs, EndpointMsg};
+use pbx_actors::endpoint::limiter::SharedLimiter;
+use pbx_actors::endpoint::{EndpointActor, EndpointArgs, Shard};
 use pbx_actors::licence::{
     LicenceService, LicenceStore, LicenceView, VoucherActor, VoucherArgs, VoucherConfig, VoucherMsg, WatchdogActor,
     WatchdogArgs, WatchdogConfig, WatchdogMsg,
@@ -252,22 +253,28 @@ impl Child for VoucherChild {
     }
 }
 
+/// One shard of the SIP endpoint (`pbx_actors::endpoint::shard`); each is a child of its own,
+/// restarted alone.
 pub struct EndpointChild {
     pub clock: SystemClock,
     pub wire: Arc<dyn Wire>,
     pub registrar: Current<RegistrarMsg>,
     pub calls: Current<CallsMsg>,
     pub timers: TimerConfig,
-    pub source_limit: pbx_actors::endpoint::SourceLimit,
+    /// Shared by all shards: a source is bounded as a whole.
+    pub limiter: SharedLimiter,
+    /// This shard's backlog.
     pub backlog: Backlog,
     pub licence: Option<LicenceView>,
     pub emergency_numbers: Vec<String>,
+    /// The sharded endpoint; this child keeps its slot `shard.index` pointed at its incarnation.
     pub sink: EndpointSink,
-    pub current: Current<EndpointMsg>,
+    pub shard: Shard,
 }
 
 impl Child for EndpointChild {
     fn name(&self) -> &'static str {
+        // Every shard: restarts are counted for the endpoint as a whole.
         "endpoint"
     }
 
@@ -283,16 +290,21 @@ impl Child for EndpointChild {
                 timers: self.timers,
                 // A fresh CSPRNG key per incarnation: leg ids never repeat across restarts.
                 seed: rand::random(),
-                source_limit: self.source_limit,
+                shard: self.shard,
+                sink: self.sink.clone(),
+                limiter: self.limiter.clone(),
                 inbound_backlog: self.backlog.0.clone(),
                 licence: self.licence.clone(),
                 emergency_numbers: self.emergency_numbers.clone(),
             };
-            let (endpoint, _) = Actor::spawn_linked(Some("endpoint".into()), EndpointActor, args, supervisor)
-                .await
-                .map_err(|e| e.to_string())?;
-            self.current.set(endpoint.clone());
-            self.sink.connect(endpoint.clone());
+            // ractor names are unique: shard 0 keeps the name one endpoint had.
+            let name = match self.shard.index {
+                0 => "endpoint".to_string(),
+                n => format!("endpoint-{n}"),
+            };
+            let (endpoint, _) =
+                Actor::spawn_linked(Some(name), EndpointActor, args, supervisor).await.map_err(|e| e.to_string())?;
+            self.sink.connect(self.shard.index, endpoint.clone());
             if restart {
                 // Its transactions are gone: the calls in progress end through the new one.
                 let _ = self.calls.cast(CallsMsg::EndpointRestarted);

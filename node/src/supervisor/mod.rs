@@ -24,6 +24,7 @@ pub mod core_actors;
 
 use pbx_actors::call::actor::CallsMsg;
 use pbx_actors::endpoint::EndpointMsg;
+use pbx_actors::endpoint::actor::EndpointSink;
 use pbx_actors::licence::{VoucherMsg, WatchdogMsg};
 use pbx_actors::privacy::actor::ReaperMsg;
 use pbx_actors::registrar::RegistrarMsg;
@@ -255,7 +256,8 @@ pub async fn start(supervisor: &ActorRef<SupervisorMsg>, child: impl Child) -> R
 #[derive(Clone, Default)]
 pub struct CoreActors {
     pub registrar: Current<RegistrarMsg>,
-    pub endpoint: Current<EndpointMsg>,
+    /// Every shard of the SIP endpoint.
+    pub endpoint: EndpointSink,
     pub calls: Current<CallsMsg>,
     pub reaper: Current<ReaperMsg>,
     /// `None` when no licence service is configured (then neither licence actor runs).
@@ -283,6 +285,25 @@ pub async fn ping<M: ractor::Message>(actor: &Current<M>, wrap: fn(Control) -> M
     }
 }
 
+/// The endpoint's answer: every shard's pings at once, the worst answer (one shard down is
+/// the endpoint not ready).
+async fn ping_shards(endpoint: &EndpointSink, wait: Duration) -> Answer {
+    let mut pings = tokio::task::JoinSet::new();
+    for shard in endpoint.shards() {
+        let shard = shard.clone();
+        pings.spawn(async move { ping(&shard, EndpointMsg::Control, wait).await });
+    }
+    let mut worst = Answer::Answered;
+    while let Some(answer) = pings.join_next().await {
+        match answer.unwrap_or(Answer::NoAnswer) {
+            Answer::NotRunning => worst = Answer::NotRunning,
+            Answer::NoAnswer if worst == Answer::Answered => worst = Answer::NoAnswer,
+            _ => {}
+        }
+    }
+    worst
+}
+
 impl CoreActors {
     /// Every core actor's answer to a ping, asked at once (so the whole takes one wait at most).
     pub async fn answers(&self, wait: Duration) -> Vec<(&'static str, Answer)> {
@@ -298,7 +319,7 @@ impl CoreActors {
         }
         let (registrar, endpoint, calls, reaper, watchdog, vouchers) = tokio::join!(
             ping(&self.registrar, RegistrarMsg::Control, wait),
-            ping(&self.endpoint, EndpointMsg::Control, wait),
+            ping_shards(&self.endpoint, wait),
             ping(&self.calls, CallsMsg::Control, wait),
             ping(&self.reaper, ReaperMsg::Control, wait),
             optional(&self.watchdog, WatchdogMsg::Control, wait),
@@ -315,7 +336,14 @@ impl CoreActors {
     pub async fn inject_panic(&self, target: &str) -> Result<(), String> {
         let sent = match target {
             "registrar" => self.registrar.cast(RegistrarMsg::Control(Control::Panic)),
-            "endpoint" => self.endpoint.cast(EndpointMsg::Control(Control::Panic)),
+            // "endpoint" is shard 0; "endpoint-N" shard N.
+            "endpoint" => self.endpoint.shard(0).cast(EndpointMsg::Control(Control::Panic)),
+            shard if shard.starts_with("endpoint-") => {
+                let count = self.endpoint.count();
+                let n = shard["endpoint-".len()..].parse::<usize>().ok().filter(|&n| n < count);
+                let Some(n) = n else { return Err(format!("{target}: no such shard (the endpoint has {count})")) };
+                self.endpoint.shard(n).cast(EndpointMsg::Control(Control::Panic))
+            }
             "calls" => self.calls.cast(CallsMsg::Control(Control::Panic)),
             "reaper" => self.reaper.cast(ReaperMsg::Control(Control::Panic)),
             "licence-watchdog" => self.watchdog.as_ref().is_some_and(|a| a.cast(WatchdogMsg::Control(Control::Panic))),
@@ -331,8 +359,8 @@ impl CoreActors {
             }
             _ => {
                 return Err(format!(
-                    "{target:?}: no such actor (registrar, endpoint, calls, call, media, reaper, licence-watchdog, \
-                     voucher-sync)"
+                    "{target:?}: no such actor (registrar, endpoint, endpoint-N, calls, call, media, reaper, \
+                     licence-watchdog, voucher-sync)"
                 ));
             }
         };

@@ -359,3 +359,80 @@ fn cancel_must_be_of_the_invites_dialog_attempt() {
     let outs = run(&mut e, Timestamp::ZERO, inbound(Bytes::from(cancel)));
     assert!(outs.iter().any(|o| matches!(o, EndpointOutput::ToLeg { input: SipIn::Cancel, .. })));
 }
+
+/// Shard 1 of 2: its registrar transaction ids read back as shard 1, and every leg of a call
+/// it starts (caller's and callee's) is one it owns, so the Call-ID pbx draws for a callee's
+/// leg sends the callee's messages back to this shard (`super::shard`).
+#[test]
+fn a_shard_names_itself_in_its_tx_ids_and_legs() {
+    use crate::endpoint::shard::{self, Shard};
+    use crate::registrar::Binding;
+    let shard = Shard::new(1, 2).unwrap();
+    let mut e = Endpoint::new(TimerConfig::default(), [8; 32]);
+    e.set_shard(shard);
+    for n in 0..20 {
+        let outs = run(&mut e, Timestamp::ZERO, inbound(request("INVITE", &format!("z9hG4bK-sh{n}"))));
+        let tx = outs
+            .iter()
+            .find_map(|o| match o {
+                EndpointOutput::Route { tx, .. } => Some(*tx),
+                _ => None,
+            })
+            .expect("handed to the registrar");
+        assert_eq!(shard::of_tx(tx, 2), 1, "tx {tx}");
+        let contact = Binding {
+            aor: "101".into(),
+            contact: "sip:101@127.0.0.1:5070".into(),
+            expires_at: Timestamp::from_secs(3600),
+            call_id: "reg".into(),
+            cseq: 1,
+            source: "127.0.0.1:5070".parse().unwrap(),
+            transport: Transport::Udp,
+            user_agent: None,
+            nat: false,
+        };
+        let route = Route {
+            caller: "100".into(),
+            caller_display_name: String::new(),
+            callee: "101".into(),
+            contacts: vec![contact.clone(), contact],
+        };
+        let outs = run(&mut e, Timestamp::ZERO, EndpointInput::Routed { tx, route });
+        let start = outs
+            .into_iter()
+            .find_map(|o| match o {
+                EndpointOutput::StartCall(start) => Some(start),
+                _ => None,
+            })
+            .expect("a call");
+        assert_eq!(start.forks.len(), 2);
+        for leg in std::iter::once(start.a).chain(start.forks.iter().copied()) {
+            assert!(shard.owns_leg(leg), "{leg}");
+            assert_eq!(shard::of_call_id(leg.call_id().as_bytes(), 2), 1, "{leg}");
+        }
+    }
+}
+
+/// Two shards sharing the node's limiter bound a source as a whole: its burst of 4 is spent
+/// across both, whichever shard each request reaches.
+#[test]
+fn shards_share_the_source_limit() {
+    use crate::endpoint::limiter::SourceLimiter;
+    use crate::endpoint::shard::Shard;
+    let limiter = SourceLimiter::shared(SourceLimit { rate_per_s: 1, burst: 4 });
+    let mut shards: Vec<Endpoint> = (0..2)
+        .map(|index| {
+            let mut e = Endpoint::new(TimerConfig::default(), [9; 32]);
+            e.set_shard(Shard::new(index, 2).unwrap());
+            e.share_source_limiter(limiter.clone());
+            e
+        })
+        .collect();
+    let mut admitted = 0;
+    for n in 0..10 {
+        let e = &mut shards[n % 2];
+        let outs = run(e, Timestamp::ZERO, inbound(request("REGISTER", &format!("z9hG4bK-s{n}"))));
+        admitted += usize::from(handed_to_registrar(&outs).is_some());
+    }
+    assert_eq!(admitted, 4, "the burst, once, across both shards");
+}
