@@ -821,12 +821,12 @@ profile() {
 	log "profile: $USERS first registrations (not counted)"
 	"$LOAD" --target "127.0.0.1:$PBX_SIP_PORT" --local "127.0.0.1:$LOAD_PORT" --users "$WORK/users.csv" \
 		--domain "$REALM" --rate "$rate" --calls "$USERS" --auth md5 --expires 3600 --call-id "$flows" \
-		--deadline-s 600 >/dev/null || true
+		--run 1 --deadline-s 600 >/dev/null || true
 	log "profile: $calls flows ($flows Call-ID) at $rate/s under callgrind (startup not counted)"
 	callgrind_control -i on "$SERVER_PID" >/dev/null
 	out=$("$LOAD" --target "127.0.0.1:$PBX_SIP_PORT" --local "127.0.0.1:$LOAD_PORT" --users "$WORK/users.csv" \
 		--domain "$REALM" --rate "$rate" --calls "$calls" --auth md5 --expires 3600 --call-id "$flows" \
-		--deadline-s 600) || true
+		--run 1 --cseq-base 1000 --deadline-s 600) || true
 	echo "register_load under callgrind: $out"
 	stop "$SERVER_PID"
 	echo
