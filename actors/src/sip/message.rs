@@ -1134,9 +1134,13 @@ fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
 
 /// `n` in decimal, as `Display` writes it, without the formatting machinery.
 pub(crate) fn push_decimal(out: &mut String, n: u32) {
-    let mut digits = [0u8; 10];
+    let mut digits = [0u8; 20];
+    out.extend(decimal(&mut digits, u64::from(n)).iter().map(|&d| char::from(d)));
+}
+
+/// `n`'s decimal digits, written at the end of `digits`.
+fn decimal(digits: &mut [u8; 20], mut n: u64) -> &[u8] {
     let mut at = digits.len();
-    let mut n = n;
     loop {
         at -= 1;
         digits[at] = b'0' + (n % 10) as u8;
@@ -1145,7 +1149,7 @@ pub(crate) fn push_decimal(out: &mut String, n: u32) {
             break;
         }
     }
-    out.extend(digits[at..].iter().map(|&d| char::from(d)));
+    &digits[at..]
 }
 
 /// RFC 3261 §18.2.2 and RFC 3581 §4 for one Via (see [`Response::udp_destination`]).
@@ -1229,17 +1233,7 @@ fn write_headers_and_body(out: &mut BytesMut, headers: &Headers, body: &[u8]) {
 /// `n` in decimal into a buffer, as `Display` writes it.
 fn put_decimal(out: &mut BytesMut, n: usize) {
     let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.put_slice(&digits[at..]);
+    out.put_slice(decimal(&mut digits, n as u64));
 }
 
 struct Writer<'a>(&'a mut BytesMut);

@@ -290,3 +290,18 @@ fn token_table_is_the_token_rule() {
         assert_eq!(TOKEN_BYTES[usize::from(b)], b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b), "{b}");
     }
 }
+
+/// The hand-written decimal printers write what `Display` writes, at the edges of their types.
+#[test]
+fn decimals_print_as_display_does() {
+    for n in [0u32, 7, 9, 10, 99, 100, 5060, 65_535, u32::MAX] {
+        let mut text = String::from("x");
+        super::push_decimal(&mut text, n);
+        assert_eq!(text, format!("x{n}"));
+    }
+    for n in [0usize, 1, 172, 1_000_000, usize::MAX] {
+        let mut out = bytes::BytesMut::new();
+        super::put_decimal(&mut out, n);
+        assert_eq!(&out[..], n.to_string().as_bytes());
+    }
+}
