@@ -455,7 +455,8 @@ fn call_with(body: &str, forks: usize) -> Harness {
     call_to(body, contacts)
 }
 
-fn call_to(body: &str, contacts: Vec<Binding>) -> Harness {
+/// The config and set-up of call 7 from the caller (offering `body`) to `contacts`, one fork each.
+fn call_setup(body: &str, contacts: Vec<Binding>) -> (CallConfig, CallSetup) {
     let forks = contacts.len();
     let (key, request) = invite(body);
     let setup = CallSetup {
@@ -478,6 +479,11 @@ fn call_to(body: &str, contacts: Vec<Binding>) -> Harness {
         local_sip: local(),
         bugs: Default::default(),
     };
+    (config, setup)
+}
+
+fn call_to(body: &str, contacts: Vec<Binding>) -> Harness {
+    let (config, setup) = call_setup(body, contacts);
     let mut h = Harness {
         call: Call::new(Timestamp::ZERO, config, setup),
         started: vec![],
@@ -921,27 +927,7 @@ fn b_leg_invites_the_contact_unless_nat() {
 fn core_with(forks: usize) -> (CallCore, Vec<CoreOutput>) {
     let contacts: Vec<Binding> =
         (0..forks).map(|n| binding(&format!("sip:101@127.0.0.1:{}", 5064 + n), 5064 + n as u16)).collect();
-    let (key, request) = invite(PCMU_OFFER);
-    let setup = CallSetup {
-        id: 7,
-        start: CallStart {
-            a: A,
-            key,
-            invite: request,
-            source: PHONE.parse().unwrap(),
-            transport: Transport::Udp,
-            route: Route { caller: "100".into(), caller_display_name: "Alice".into(), callee: "101".into(), contacts },
-            forks: [B1, B2][..forks].to_vec(),
-        },
-        media: ["127.0.0.1:20000".parse().unwrap(), "127.0.0.1:20002".parse().unwrap()],
-        seed: 42,
-    };
-    let config = CallConfig {
-        no_answer: Duration::from_secs(30),
-        timers: TimerConfig::default(),
-        local_sip: local(),
-        bugs: Default::default(),
-    };
+    let (config, setup) = call_setup(PCMU_OFFER, contacts);
     let mut core = CallCore::new(Timestamp::ZERO, config, setup, core::Legs::new());
     let outputs = core_outputs(&mut core);
     (core, outputs)

@@ -19,6 +19,16 @@ fn inbound(bytes: Bytes) -> EndpointInput {
     EndpointInput::Inbound { bytes, source: SRC.parse().unwrap(), transport: Transport::Udp }
 }
 
+/// The transaction id of the INVITE the endpoint handed to the registrar to route.
+fn routed_tx(outs: &[EndpointOutput]) -> u64 {
+    outs.iter()
+        .find_map(|o| match o {
+            EndpointOutput::Route { tx, .. } => Some(*tx),
+            _ => None,
+        })
+        .expect("handed to the registrar")
+}
+
 fn transmitted(outs: &[EndpointOutput]) -> Vec<String> {
     outs.iter()
         .filter_map(|o| match o {
@@ -127,13 +137,7 @@ fn invites_are_routed_to_calls_and_legs() {
     let mut e = Endpoint::new(TimerConfig::default(), [0; 32]);
     let outs = run(&mut e, Timestamp::ZERO, inbound(request("INVITE", "z9hG4bK-call1")));
     assert!(transmitted(&outs).is_empty(), "nothing for a caller not yet authenticated: {outs:?}");
-    let tx = outs
-        .iter()
-        .find_map(|o| match o {
-            EndpointOutput::Route { tx, .. } => Some(*tx),
-            _ => None,
-        })
-        .expect("handed to the registrar");
+    let tx = routed_tx(&outs);
     let route =
         Route { caller: "100".into(), caller_display_name: String::new(), callee: "101".into(), contacts: vec![] };
     let outs = run(&mut e, Timestamp::ZERO, EndpointInput::Routed { tx, route });
@@ -185,13 +189,7 @@ fn licence_call_limit_refuses_beyond_it_but_not_emergency_numbers() {
     e.set_emergency_numbers(vec!["112".into()]);
     let call = |e: &mut Endpoint, branch: &str, callee: &str| {
         let outs = run(e, Timestamp::ZERO, inbound(request("INVITE", branch)));
-        let tx = outs
-            .iter()
-            .find_map(|o| match o {
-                EndpointOutput::Route { tx, .. } => Some(*tx),
-                _ => None,
-            })
-            .expect("handed to the registrar");
+        let tx = routed_tx(&outs);
         let route =
             Route { caller: "100".into(), caller_display_name: String::new(), callee: callee.into(), contacts: vec![] };
         run(e, Timestamp::ZERO, EndpointInput::Routed { tx, route })
@@ -372,13 +370,7 @@ fn a_shard_names_itself_in_its_tx_ids_and_legs() {
     e.set_shard(shard);
     for n in 0..20 {
         let outs = run(&mut e, Timestamp::ZERO, inbound(request("INVITE", &format!("z9hG4bK-sh{n}"))));
-        let tx = outs
-            .iter()
-            .find_map(|o| match o {
-                EndpointOutput::Route { tx, .. } => Some(*tx),
-                _ => None,
-            })
-            .expect("handed to the registrar");
+        let tx = routed_tx(&outs);
         assert_eq!(shard::of_tx(tx, 2), 1, "tx {tx}");
         let contact = Binding {
             aor: "101".into(),
