@@ -242,27 +242,51 @@ fn write_loop(
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
         jobs.extend(queue.try_iter().take(WRITE_BATCH_JOBS_MAX - 1));
-        let mut commands = Vec::new();
-        let stored: Vec<bool> = jobs
-            .iter_mut()
-            .map(|job| {
-                let had = !job.commands.is_empty();
-                commands.append(&mut job.commands);
-                had
-            })
-            .collect();
-        let result: Result<(), StoreError> = if commands.is_empty() { Ok(()) } else { store.apply(&commands) };
-        if let Err(error) = &result {
-            tracing::error!(%error, commands = commands.len(), "registrar storage refused a batch");
-            metrics::counter!("pbx_registrar_storage_failures_total").increment(1);
-            let _ = registrar.cast(RegistrarMsg::PersistFailed(commands));
-        }
-        let stored_jobs = stored.iter().filter(|had| **had).count();
-        pending.fetch_sub(stored_jobs, Ordering::AcqRel);
-        for (job, had_commands) in jobs.into_iter().zip(stored) {
-            deliver(job, sink, had_commands.then_some(&result));
+        let mut refused = store_batch(jobs, |commands| store.apply(commands), sink, registrar, pending);
+        // The jobs queued while a write was refused have waited as long as it did, and their
+        // write would meet the same fault (no quorum, a broken disk): they get its error at
+        // once, so no REGISTER waits behind more than one refused write (a minority node
+        // answers 503 within one write timeout, inside the endpoint's patience).
+        while let Some(error) = refused {
+            let behind: Vec<WriteJob> = queue.try_iter().take(WRITE_BATCH_JOBS_MAX).collect();
+            if behind.is_empty() {
+                break;
+            }
+            refused = store_batch(behind, |_| Err(error.clone()), sink, registrar, pending);
         }
     }
+}
+
+/// Stores the commands of `jobs` with `write` in one batch, then delivers the jobs in order;
+/// the store's error, if it refused them.
+fn store_batch(
+    mut jobs: Vec<WriteJob>,
+    write: impl FnOnce(&[RegistrarCommand]) -> Result<(), StoreError>,
+    sink: &dyn ResponseSink,
+    registrar: &ActorRef<RegistrarMsg>,
+    pending: &AtomicUsize,
+) -> Option<StoreError> {
+    let mut commands = Vec::new();
+    let stored: Vec<bool> = jobs
+        .iter_mut()
+        .map(|job| {
+            let had = !job.commands.is_empty();
+            commands.append(&mut job.commands);
+            had
+        })
+        .collect();
+    let result: Result<(), StoreError> = if commands.is_empty() { Ok(()) } else { write(&commands) };
+    if let Err(error) = &result {
+        tracing::error!(%error, commands = commands.len(), "registrar storage refused a batch");
+        metrics::counter!("pbx_registrar_storage_failures_total").increment(1);
+        let _ = registrar.cast(RegistrarMsg::PersistFailed(commands));
+    }
+    let stored_jobs = stored.iter().filter(|had| **had).count();
+    pending.fetch_sub(stored_jobs, Ordering::AcqRel);
+    for (job, had_commands) in jobs.into_iter().zip(stored) {
+        deliver(job, sink, had_commands.then_some(&result));
+    }
+    result.err()
 }
 
 /// Delivers a job's responses, routes and reply; `stored` is the outcome of its commands, if
@@ -603,6 +627,8 @@ mod tests {
         /// While set, every write waits (a stalled disk, a write waiting for a quorum).
         stalled: Mutex<bool>,
         unstalled: std::sync::Condvar,
+        /// Writes the store was asked for.
+        attempts: std::sync::atomic::AtomicUsize,
     }
     impl Journal {
         fn entries(&self) -> Vec<String> {
@@ -616,6 +642,7 @@ mod tests {
     }
     impl RegistrarStore for Journal {
         fn apply(&self, commands: &[RegistrarCommand]) -> Result<(), StoreError> {
+            self.attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             drop(self.unstalled.wait_while(self.stalled.lock().unwrap(), |stalled| *stalled).unwrap());
             if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(StoreError::Disk("disk on fire".into()));
@@ -820,6 +847,46 @@ mod tests {
         assert_eq!(
             journal.entries(),
             ["respond 1 401", "respond 3 401", "put-binding sip:100@192.0.2.7:5060", "respond 2 200", "respond 4 200"]
+        );
+        actor.stop(None);
+        handle.await.unwrap();
+    }
+
+    /// A minority node: a REGISTER queued behind a write that waits for a quorum gets that
+    /// write's 503 when it fails, not a write timeout of its own after it (which would outlast
+    /// the endpoint's patience and turn into a 500).
+    #[tokio::test(start_paused = true)]
+    async fn what_waited_behind_a_refused_write_fails_with_it() {
+        let journal = Arc::new(Journal::default());
+        let (actor, handle) = spawn_over(&journal, 6, vec![extension_100()]).await;
+        let (a, b) = (Reg::new("100", &["<sip:100@192.0.2.7:5060>"]), Reg::new("100", &["<sip:100@192.0.2.8:5060>"]));
+        let b = b.call_id("other");
+        for (tx, reg) in [(1, &a), (2, &b)] {
+            actor.cast(register(tx, reg)).unwrap();
+        }
+        settle(&actor).await;
+        let responses = journal.responses.lock().unwrap().clone();
+        let (ca, cb) = (challenge_for(&responses[0], "MD5"), challenge_for(&responses[1], "MD5"));
+        journal.minority.store(true, std::sync::atomic::Ordering::SeqCst);
+        journal.stall(true);
+        actor.cast(register(3, &a.clone().cseq(2).auth(authorization(&ca, "100", PASSWORD_100, 1)))).unwrap();
+        // The writer has taken the first binding's write and waits in it.
+        for _ in 0..10_000_000 {
+            if journal.attempts.load(std::sync::atomic::Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(journal.attempts.load(std::sync::atomic::Ordering::SeqCst), 1, "the first write is in flight");
+        actor.cast(register(4, &b.clone().cseq(2).auth(authorization(&cb, "100", PASSWORD_100, 1)))).unwrap();
+        ractor::call!(actor, RegistrarMsg::Stats).unwrap();
+        journal.stall(false);
+        settle(&actor).await;
+        assert_eq!(journal.entries(), ["respond 1 401", "respond 2 401", "respond 3 503", "respond 4 503"]);
+        assert_eq!(
+            journal.attempts.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the REGISTER behind the refused write did not wait for a write of its own"
         );
         actor.stop(None);
         handle.await.unwrap();
