@@ -167,7 +167,8 @@ fuzz_target!(|data: &[u8]| {
         }
         let bytes = Bytes::from(world.fill(chunk.text));
         let transport = if chunk.tcp { Transport::Tcp } else { Transport::Udp };
-        world.run(EndpointInput::Inbound { bytes, source: chunk.source, transport });
+        let received = world.now;
+        world.run(EndpointInput::Inbound { bytes, source: chunk.source, transport, received });
     }
     // Let every transaction run out: retransmissions and timeouts must not panic either.
     for _ in 0..64 {

@@ -1068,7 +1068,10 @@ mod tests {
         for _ in 0..400 {
             for (from, _, bytes) in drain(&mut attacker) {
                 requests += u32::from(!bytes.starts_with(b"SIP/2.0"));
-                endpoint.handle(at, EndpointInput::Inbound { bytes, source: from, transport: Transport::Udp });
+                endpoint.handle(
+                    at,
+                    EndpointInput::Inbound { bytes, source: from, transport: Transport::Udp, received: at },
+                );
                 while let Some(out) = endpoint.poll_output() {
                     if let EndpointOutput::Transmit { bytes, .. } = out
                         && let Ok(Message::Response(r)) = parse_datagram(&bytes)

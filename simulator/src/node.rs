@@ -310,7 +310,7 @@ impl SimNode {
     /// A datagram for this node: SIP on its SIP port, RTP/RTCP on a media port.
     pub fn datagram(&mut self, now: Timestamp, from: SocketAddr, to: SocketAddr, bytes: Bytes) {
         if to == self.config.sip {
-            let inbound = EndpointInput::Inbound { bytes, source: from, transport: Transport::Udp };
+            let inbound = EndpointInput::Inbound { bytes, source: from, transport: Transport::Udp, received: now };
             self.work.push(Work::Endpoint(GlueInput::Endpoint(inbound)));
         } else {
             let port = to.port();

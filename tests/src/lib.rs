@@ -574,6 +574,17 @@ pub fn header_values(message: &str, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// Asserts that `response` is a 503 with exactly one `Retry-After` of a positive number of
+/// seconds (RFC 3261 §21.5.4: busy for now, try again then).
+pub fn assert_busy_with_retry_after(response: &str) {
+    assert_eq!(status_code(response), Some(503), "{response}");
+    let retry_after = header_values(response, "Retry-After");
+    assert!(
+        retry_after.len() == 1 && retry_after[0].parse::<u32>().is_ok_and(|s| s > 0),
+        "Retry-After: {retry_after:?} in {response}"
+    );
+}
+
 /// The header names of a SIP message, in order.
 pub fn header_names(message: &str) -> Vec<String> {
     let head = message.split("\r\n\r\n").next().unwrap_or("");

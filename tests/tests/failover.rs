@@ -225,12 +225,7 @@ fn a_minority_nodes_register_gets_503_with_retry_after() {
     // The write waits for a quorum for the replica's write timeout (10 s) before giving up.
     let answer = final_answer(&mut phone, Duration::from_secs(30))
         .expect("a final answer to the authorised REGISTER within 30 s");
-    assert_eq!(status_code(&answer), Some(503), "{answer}");
-    let retry_after = header_values(&answer, "Retry-After");
-    assert!(
-        retry_after.len() == 1 && retry_after[0].parse::<u32>().is_ok_and(|s| s > 0),
-        "Retry-After: {retry_after:?} in {answer}"
-    );
+    assert_busy_with_retry_after(&answer);
 }
 
 /// The call records a node lists.

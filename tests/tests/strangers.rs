@@ -8,7 +8,9 @@
 //! The phones are raw UDP sockets speaking SIP written here, so the test sees every tag,
 //! branch and Call-ID; strangers send from other loopback addresses (127.0.0.0/8 is all ours).
 
-use pbx_tests::{Pbx, PbxOptions, SipClient, authorization, header_values, status_code};
+use pbx_tests::{
+    Pbx, PbxOptions, SipClient, assert_busy_with_retry_after, authorization, header_values, status_code, wait_until,
+};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -218,32 +220,8 @@ fn register_callee(pbx: &Pbx) -> Peer {
 /// and the INVITE the callee received.
 fn ring(pbx: &Pbx, callee: Peer, label: &str) -> (Call, String) {
     let caller = Peer::on("127.0.0.1", pbx.sip);
-    let uri = "sip:101@127.0.0.1".to_string();
-    let call_id = format!("call-{label}-{}", caller.local().port());
-    let from_tag = format!("caller-{label}");
-    let invite = |cseq: u32, auth: Option<String>| {
-        let mut extra = vec![format!("Contact: <sip:100@{}>", caller.local())];
-        extra.extend(auth);
-        Request {
-            method: "INVITE",
-            uri: uri.clone(),
-            via_host: caller.local(),
-            branch: format!("z9hG4bK-inv-{label}-{cseq}"),
-            from: format!("<sip:100@127.0.0.1>;tag={from_tag}"),
-            to: "<sip:101@127.0.0.1>".into(),
-            call_id: call_id.clone(),
-            cseq,
-            extra,
-            body: sdp("127.0.0.1", 40_000),
-        }
-        .text()
-    };
-    let challenge = caller.send_until(&invite(1, None), |m| status_code(m) == Some(407)).expect("a 407 to the INVITE");
-    let chosen = header_values(&challenge, "Proxy-Authenticate").into_iter().find(|c| c.contains("MD5")).expect("MD5");
-    let auth = authorization(&chosen, "100", PASSWORD_100, "INVITE", &uri, 1);
-    let second = invite(2, Some(format!("Proxy-Authorization: {auth}")));
-    // Resent until pbx says anything (a provisional ends the retransmissions, §17.1.1.2).
-    caller.send_until(&second, |m| status_code(m).is_some()).expect("an answer to the INVITE");
+    let (call_id, from_tag) = (format!("call-{label}-{}", caller.local().port()), format!("caller-{label}"));
+    authorised_invite(&caller, &call_id, &from_tag, label);
     let offered = callee.wait_request("INVITE");
     let b_pbx_tag = tag_of(&header(&offered, "From")).expect("pbx's From tag");
     let b_call_id = header(&offered, "Call-ID");
@@ -261,6 +239,34 @@ fn ring(pbx: &Pbx, callee: Peer, label: &str) -> (Call, String) {
         b_callee_tag,
     };
     (call, offered)
+}
+
+/// `caller` calls 101: INVITE, 407, the INVITE again with credentials, resent until pbx says
+/// anything (a provisional ends the retransmissions, §17.1.1.2); that first answer.
+fn authorised_invite(caller: &Peer, call_id: &str, from_tag: &str, label: &str) -> String {
+    let uri = "sip:101@127.0.0.1".to_string();
+    let invite = |cseq: u32, auth: Option<String>| {
+        let mut extra = vec![format!("Contact: <sip:100@{}>", caller.local())];
+        extra.extend(auth);
+        Request {
+            method: "INVITE",
+            uri: uri.clone(),
+            via_host: caller.local(),
+            branch: format!("z9hG4bK-inv-{label}-{cseq}"),
+            from: format!("<sip:100@127.0.0.1>;tag={from_tag}"),
+            to: "<sip:101@127.0.0.1>".into(),
+            call_id: call_id.to_owned(),
+            cseq,
+            extra,
+            body: sdp("127.0.0.1", 40_000),
+        }
+        .text()
+    };
+    let challenge = caller.send_until(&invite(1, None), |m| status_code(m) == Some(407)).expect("a 407 to the INVITE");
+    let chosen = header_values(&challenge, "Proxy-Authenticate").into_iter().find(|c| c.contains("MD5")).expect("MD5");
+    let auth = authorization(&chosen, "100", PASSWORD_100, "INVITE", &uri, 1);
+    let second = invite(2, Some(format!("Proxy-Authorization: {auth}")));
+    caller.send_until(&second, |m| status_code(m).is_some()).expect("an answer to the INVITE")
 }
 
 /// 101 answers; the caller gets the 200 and ACKs it; pbx ACKs the callee.
@@ -569,4 +575,33 @@ fn flood_of_unauthenticated_invites_leaves_phones_working() {
     let (mut call, offered) = ring(&pbx, callee, "after");
     answer(&mut call, &offered);
     hang_up(&call);
+}
+
+/// A node out of RTP ports answers a new call 503 with Retry-After (busy for now, RFC 3261
+/// §21.5.4; a phone tries again later), not the 500 of a fault; once the call holding the
+/// ports ends, calls go through again.
+#[test]
+fn a_call_beyond_the_rtp_ports_gets_503_with_retry_after() {
+    // Two RTP/RTCP port pairs: one call's worth.
+    let pbx = Pbx::start(PbxOptions::default().own_rtp_ports(4));
+    let callee = register_callee(&pbx);
+    let (mut first, offered) = ring(&pbx, callee, "first");
+    let caller = Peer::on("127.0.0.1", pbx.sip);
+    let call_id = format!("call-second-{}", caller.local().port());
+    let mut refused = authorised_invite(&caller, &call_id, "caller-second", "second");
+    if status_code(&refused).is_some_and(|c| c < 200) {
+        refused = caller
+            .wait_for(Duration::from_secs(10), |m| status_code(m).is_some_and(|c| c >= 200))
+            .expect("a final answer to the second call");
+    }
+    assert_busy_with_retry_after(&refused);
+    answer(&mut first, &offered);
+    hang_up(&first);
+    assert!(
+        wait_until(Duration::from_secs(10), || pbx.metric("pbx_rtp_ports_in_use") == Some(0.0)),
+        "the first call's ports came back"
+    );
+    let (mut third, offered) = ring(&pbx, first.callee, "third");
+    answer(&mut third, &offered);
+    hang_up(&third);
 }

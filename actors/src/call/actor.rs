@@ -58,6 +58,11 @@ pub trait SipPort: Send + Sync + 'static {
     fn leg_up(&self, leg: LegId, call: ActorRef<CallMsg>);
     /// The leg is gone.
     fn leg_down(&self, leg: LegId);
+    /// The leg is gone because its call could not start for want of capacity: its INVITE, if
+    /// unanswered, gets 503 with Retry-After rather than 500.
+    fn refused(&self, leg: LegId) {
+        self.leg_down(leg);
+    }
     /// The leg is running in this actor (its call's, or the [`OrphanLegs`] hanging it up), but
     /// the endpoint may not know it (it was restarted, or knew the leg's dead call actor):
     /// learn it again, so the leg can end its dialog through it.
@@ -514,7 +519,9 @@ impl CallLedger {
 
 /// How a call's start went.
 pub struct Started {
-    result: Result<ActorRef<CallMsg>, String>,
+    /// The call's actor, or why it did not start and whether for want of capacity (no RTP
+    /// ports or open files: the caller is told to retry later).
+    result: Result<ActorRef<CallMsg>, (String, bool)>,
     legs: Vec<LegId>,
     machines: CallLegs,
     cdr: Cdr,
@@ -528,7 +535,13 @@ pub struct CallsState {
     /// Calls whose actor ended before their `Started` arrived (supervision events and messages
     /// are not ordered): not to be listed as running.
     ended_early: std::collections::HashSet<ractor::ActorId>,
+    /// Calls that could not start since the last log line about it, and when that was.
+    refused: u64,
+    refused_logged: Option<Timestamp>,
 }
+
+/// At most one log line per this interval about calls that could not start.
+const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 pub struct CallsActor;
 
@@ -552,6 +565,8 @@ impl Actor for CallsActor {
             ids: CallIds::new(args.seed),
             calls: args.ledger,
             ended_early: Default::default(),
+            refused: 0,
+            refused_logged: None,
         })
     }
 
@@ -677,8 +692,11 @@ impl CallsState {
             let result = Actor::spawn_linked(None, CallActor, args, me.get_cell()).await;
             // The CDR says why the call did not start (the media's error), not how ractor saw it.
             let result = result.map(|(actor, _)| actor).map_err(|e| match e {
-                ractor::SpawnErr::StartupFailed(inner) => inner.to_string(),
-                other => other.to_string(),
+                ractor::SpawnErr::StartupFailed(inner) => {
+                    let busy = inner.downcast_ref::<crate::media::MediaError>().is_some_and(|m| m.is_capacity());
+                    (inner.to_string(), busy)
+                }
+                other => (other.to_string(), false),
             });
             let _ = me.cast(CallsMsg::Started(Box::new(Started { result, legs, machines, cdr, recorded })));
         });
@@ -695,14 +713,31 @@ impl CallsState {
                     self.calls.lock().insert(actor.get_id(), Running { actor, legs, machines, cdr, recorded });
                 }
             }
-            Err(error) => {
-                // No ports, most likely: the endpoint answers the INVITE 500 as its leg goes.
-                tracing::warn!(%error, "call could not start");
+            Err((error, busy)) => {
+                // Out of ports or files: the endpoint answers the INVITE 503 with Retry-After
+                // as its legs go; any other failure 500. Logged once per interval: under
+                // overload this happens for every call.
+                let now = self.context.clock.now();
+                self.refused += 1;
+                if self.refused_logged.is_none_or(|at| now.saturating_since(at) >= REFUSED_LOG_INTERVAL) {
+                    tracing::warn!(%error, busy, refused = self.refused, "call could not start (count since the last such line)");
+                    self.refused_logged = Some(now);
+                    self.refused = 0;
+                }
                 metrics::counter!("pbx_calls_refused_total").increment(1);
                 for leg in &legs {
-                    self.context.sip.leg_down(*leg);
+                    if busy {
+                        self.context.sip.refused(*leg);
+                    } else {
+                        self.context.sip.leg_down(*leg);
+                    }
                 }
-                record_cdr(&self.context.cdrs, super::not_started(cdr, self.context.clock.now(), &error)).await;
+                // Stored without holding up this actor, which starts every call: nothing waits
+                // for this record.
+                let cdrs = self.context.cdrs.clone();
+                ractor::concurrency::spawn(async move {
+                    record_cdr(&cdrs, super::not_started(cdr, now, &error)).await;
+                });
             }
         }
         metrics::gauge!("pbx_calls_active").set(self.calls.lock().len() as f64);

@@ -42,10 +42,12 @@ pub trait Wire: Send + Sync + 'static {
 }
 
 pub enum EndpointMsg {
+    /// A message off the wire, and when the transport read it.
     Inbound {
         bytes: Bytes,
         source: SocketAddr,
         transport: Transport,
+        read_at: std::time::Instant,
     },
     RegistrarResponse {
         tx: u64,
@@ -66,6 +68,10 @@ pub enum EndpointMsg {
         actor: ActorRef<CallMsg>,
     },
     LegDown {
+        leg: LegId,
+    },
+    /// A leg whose call could not start for want of capacity ([`SipPort::refused`]).
+    Refused {
         leg: LegId,
     },
     /// A leg of a call that outlived the endpoint actor that started it: route to it again.
@@ -223,6 +229,10 @@ impl SipPort for EndpointSink {
         let _ = self.for_leg(leg).cast(EndpointMsg::LegDown { leg });
     }
 
+    fn refused(&self, leg: LegId) {
+        let _ = self.for_leg(leg).cast(EndpointMsg::Refused { leg });
+    }
+
     fn adopt(&self, leg: LegId, actor: ActorRef<CallMsg>) {
         let _ = self.for_leg(leg).cast(EndpointMsg::Adopt { leg, actor });
     }
@@ -277,9 +287,11 @@ impl Actor for EndpointActor {
     ) -> Result<(), ActorProcessingErr> {
         let now = s.clock.now();
         let input = match msg {
-            EndpointMsg::Inbound { bytes, source, transport } => {
+            EndpointMsg::Inbound { bytes, source, transport, read_at } => {
                 let _ = s.inbound_backlog.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-                GlueInput::Endpoint(EndpointInput::Inbound { bytes, source, transport })
+                // The wait in this shard's mailbox, on the machine's clock.
+                let received = now.saturating_sub(read_at.elapsed());
+                GlueInput::Endpoint(EndpointInput::Inbound { bytes, source, transport, received })
             }
             EndpointMsg::RegistrarResponse { tx, response, authenticated } => {
                 GlueInput::Endpoint(EndpointInput::RegistrarResponse { tx, response, authenticated })
@@ -288,6 +300,7 @@ impl Actor for EndpointActor {
             EndpointMsg::FromLeg { leg, out } => GlueInput::Endpoint(EndpointInput::FromLeg { leg, out }),
             EndpointMsg::LegUp { leg, actor } => GlueInput::LegUp { leg, to: actor },
             EndpointMsg::LegDown { leg } => GlueInput::Endpoint(EndpointInput::LegDown { leg }),
+            EndpointMsg::Refused { leg } => GlueInput::Endpoint(EndpointInput::Refused { leg }),
             EndpointMsg::Adopt { leg, actor } => GlueInput::Adopt { leg, to: actor },
             EndpointMsg::CallLost { legs } => GlueInput::CallLost { legs },
             EndpointMsg::Transactions(reply) => {
@@ -362,6 +375,10 @@ fn record(event: EndpointEvent) {
         }
         EndpointEvent::TimedOut { what } => {
             tracing::debug!(what, "timed out");
+        }
+        EndpointEvent::Shed { method } => {
+            metrics::counter!("pbx_sip_shed_total", "method" => method).increment(1);
+            tracing::debug!(method, "overloaded: a new request answered 503");
         }
         EndpointEvent::RateLimited { source } => {
             metrics::counter!("pbx_sip_rate_limited_total").increment(1);

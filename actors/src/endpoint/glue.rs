@@ -162,7 +162,9 @@ impl<H: Clone> EndpointGlue<H> {
                             self.machine.set_call_limit(Some(limit));
                         }
                     }
-                    EndpointInput::LegDown { leg } if self.legs.remove(leg).is_some() => {
+                    EndpointInput::LegDown { leg } | EndpointInput::Refused { leg }
+                        if self.legs.remove(leg).is_some() =>
+                    {
                         self.envelopes.push_back(Envelope::LegsRouted(self.legs.len()));
                     }
                     _ => {}

@@ -21,6 +21,7 @@
 //! caller has authenticated (or the transaction's own 200 ms timer, if the registrar is slow).
 
 use super::limiter::{SharedLimiter, SourceLimit, SourceLimiter};
+use super::overload::StandingQueue;
 use super::shard::Shard;
 use crate::Timestamp;
 use crate::call::{CallStart, LegId, SipIn, SipOut};
@@ -63,14 +64,24 @@ pub const PENDING_REGISTERS_MAX: usize = 16_384;
 pub const REGISTRAR_ANSWER_S_MAX: u64 = 16;
 /// Seconds a client should wait before retrying after a 503 (RFC 3261 §20.33).
 pub const OVERLOAD_RETRY_AFTER_S: u32 = 5;
+/// Overload shedding (see `super::overload`): a new REGISTER or INVITE without credentials
+/// is answered 503 with Retry-After, not worked on, while a standing queue is in front of the
+/// shard, or when it alone waited longer than this between the socket and the shard.
+pub const SHED_NEW_AFTER_MS: u64 = 250;
+/// A REGISTER or INVITE with credentials (its challenge is already paid for, the flow is half
+/// done) is shed only when it alone waited longer than this: RFC 3261's T1, after which the
+/// phone has retransmitted it anyway.
+pub const SHED_CREDENTIALED_AFTER_MS: u64 = 500;
 
 #[derive(Debug)]
 pub enum EndpointInput {
-    /// One UDP datagram, or one message framed off a TCP stream.
+    /// One UDP datagram, or one message framed off a TCP stream, and when the transport read
+    /// it (the time it waited before this input is what overload shedding goes by).
     Inbound {
         bytes: Bytes,
         source: SocketAddr,
         transport: Transport,
+        received: Timestamp,
     },
     /// The registrar's answer to the REGISTER handed out as `Register { tx, .. }`, or to the
     /// INVITE handed out as `Route { tx, .. }`.
@@ -94,6 +105,12 @@ pub enum EndpointInput {
     /// A leg is gone (finished, or its call could not start or failed). An INVITE it never
     /// answered is answered 500 now; later requests naming it get 481.
     LegDown {
+        leg: LegId,
+    },
+    /// A leg whose call could not start for want of capacity (RTP ports, open files): as
+    /// `LegDown`, but the INVITE gets 503 with Retry-After, the answer of a node that is busy
+    /// for now (RFC 3261 §21.5.4), not the 500 of a fault.
+    Refused {
         leg: LegId,
     },
     Timeout,
@@ -145,6 +162,9 @@ pub enum EndpointEvent {
     /// A new request over its source's admission limit: dropped, unanswered
     /// (`pbx_sip_rate_limited_total`).
     RateLimited { source: SocketAddr },
+    /// A new REGISTER or INVITE answered 503 because the node is overloaded: it waited too
+    /// long before it was read, or too many wait for the registrar (`pbx_sip_shed_total`).
+    Shed { method: &'static str },
     /// Something that named none of our dialogs or transactions — `what`: "response" (a
     /// response with a branch or tag of ours but another Call-ID, or one for no live leg),
     /// "request" (an in-dialog request for no live leg), "cancel" (a CANCEL for no INVITE of
@@ -208,6 +228,10 @@ pub struct Endpoint {
     emergency_numbers: Vec<String>,
     outputs: VecDeque<EndpointOutput>,
     now: Timestamp,
+    /// How long the inbound message being handled waited before it was; zero otherwise.
+    waited: Duration,
+    /// Whether messages have been waiting too long for a while (overload).
+    queue: StandingQueue,
 }
 
 impl Endpoint {
@@ -231,6 +255,8 @@ impl Endpoint {
             emergency_numbers: Vec::new(),
             outputs: VecDeque::new(),
             now: Timestamp::ZERO,
+            waited: Duration::ZERO,
+            queue: StandingQueue::default(),
         }
     }
 
@@ -278,7 +304,11 @@ impl Endpoint {
         assert!(now >= self.now, "time went backwards: {now} < {}", self.now);
         self.now = now;
         match input {
-            EndpointInput::Inbound { bytes, source, transport } => self.inbound(&bytes, source, transport),
+            EndpointInput::Inbound { bytes, source, transport, received } => {
+                self.waited = now.saturating_since(received);
+                self.queue.observe(now, self.waited);
+                self.inbound(&bytes, source, transport);
+            }
             EndpointInput::RegistrarResponse { tx, response, authenticated } => {
                 // An answer that comes after we gave up (500 sent) is dropped.
                 if let Some(pending) = self.pending.remove(&tx) {
@@ -302,20 +332,8 @@ impl Endpoint {
                 }
             }
             EndpointInput::FromLeg { leg, out } => self.leg_sends(leg, out),
-            EndpointInput::LegDown { leg } => {
-                if let Some(LiveLeg { invite, requests, caller }) = self.legs.remove(&leg) {
-                    if caller {
-                        self.calls -= 1;
-                    }
-                    if let Some((key, give_up)) = invite {
-                        self.invites.remove(&key);
-                        self.respond(key, give_up);
-                    }
-                    for (key, gone) in requests {
-                        self.respond(key, gone);
-                    }
-                }
-            }
+            EndpointInput::LegDown { leg } => self.leg_down(leg, false),
+            EndpointInput::Refused { leg } => self.leg_down(leg, true),
             EndpointInput::Timeout => {
                 self.transactions.handle(now, TransactionInput::Timeout);
                 while let Some(entry) = self.pending.first_entry() {
@@ -331,6 +349,7 @@ impl Endpoint {
             }
         }
         self.drain_transactions();
+        self.waited = Duration::ZERO;
     }
 
     pub fn poll_output(&mut self) -> Option<EndpointOutput> {
@@ -536,9 +555,45 @@ impl Endpoint {
         }
     }
 
+    /// The leg is gone: its unanswered INVITE gets its give-up answer (503 with Retry-After
+    /// when `busy`), its pending requests theirs.
+    fn leg_down(&mut self, leg: LegId, busy: bool) {
+        let Some(LiveLeg { invite, requests, caller }) = self.legs.remove(&leg) else { return };
+        if caller {
+            self.calls -= 1;
+        }
+        if let Some((key, mut give_up)) = invite {
+            self.invites.remove(&key);
+            if busy {
+                give_up.code = 503;
+                give_up.reason = "Service Unavailable".into();
+                give_up.headers.insert(Name::RETRY_AFTER, OVERLOAD_RETRY_AFTER_S.to_string());
+            }
+            self.respond(key, give_up);
+        }
+        for (key, gone) in requests {
+            self.respond(key, gone);
+        }
+    }
+
+    /// Whether this new REGISTER or INVITE is shed: one without credentials while a standing
+    /// queue is detected or past [`SHED_NEW_AFTER_MS`], one with past
+    /// [`SHED_CREDENTIALED_AFTER_MS`].
+    fn too_late(&self, request: &Request) -> bool {
+        let credentialed =
+            request.headers.contains(&Name::AUTHORIZATION) || request.headers.contains(&Name::PROXY_AUTHORIZATION);
+        if credentialed {
+            self.waited > Duration::from_millis(SHED_CREDENTIALED_AFTER_MS)
+        } else {
+            self.queue.standing() || self.waited > Duration::from_millis(SHED_NEW_AFTER_MS)
+        }
+    }
+
     /// A REGISTER or a new INVITE goes to the registrar, bounded in number and in time.
     fn hand_to_registrar(&mut self, key: ServerKey, request: Request, source: SocketAddr, transport: Transport) {
-        if self.pending.len() >= PENDING_REGISTERS_MAX {
+        if self.pending.len() >= PENDING_REGISTERS_MAX || self.too_late(&request) {
+            let method = if request.method == Method::INVITE { "INVITE" } else { "REGISTER" };
+            self.outputs.push_back(EndpointOutput::Event(EndpointEvent::Shed { method }));
             let mut response = request.response(503, None);
             response.headers.insert(Name::RETRY_AFTER, OVERLOAD_RETRY_AFTER_S.to_string());
             self.respond_stateless(key, response);

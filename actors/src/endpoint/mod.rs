@@ -16,6 +16,7 @@ pub mod actor;
 pub mod glue;
 pub mod limiter;
 pub mod machine;
+pub mod overload;
 pub mod shard;
 
 pub use actor::{EndpointActor, EndpointArgs, EndpointMsg, Wire};

@@ -109,8 +109,22 @@ pub enum MediaError {
         "no RTP port pair free to bind on {bind}: tried {tried} pair(s), {in_use} of {capacity} pairs leased (widen the RTP port range or free the ports)"
     )]
     NoPorts { bind: IpAddr, tried: usize, in_use: usize, capacity: usize },
+    /// The process is out of file descriptors (EMFILE, ENFILE): every other pair would fail
+    /// the same way, so none is tried after the first.
+    #[error(
+        "no RTP sockets: the process is out of open files ({in_use} of {capacity} port pairs leased; raise RLIMIT_NOFILE or narrow the RTP port range)"
+    )]
+    NoFiles { in_use: usize, capacity: usize },
     #[error("media workers could not start: {0}")]
     Workers(std::io::Error),
+}
+
+impl MediaError {
+    /// The node is out of media capacity (ports or open files): the call is refused as busy
+    /// (503 with Retry-After), not as a fault.
+    pub fn is_capacity(&self) -> bool {
+        matches!(self, MediaError::NoPorts { .. } | MediaError::NoFiles { .. })
+    }
 }
 
 /// What a session's handle sends its worker.
@@ -338,9 +352,15 @@ fn bind_pairs(pool: &Arc<Mutex<PortPool>>, bind: IpAddr) -> Result<(Sockets, Por
         match bind_pair(bind, port) {
             Ok(pair) => pairs.push(pair),
             Err(e) => {
-                tracing::warn!(%bind, port, error = %e, "RTP port pair will not bind; drawing another");
                 lease.ports.pop();
                 lock(pool).release(port);
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                    drop((pairs, lease));
+                    let pool = lock(pool);
+                    record_in_use(&pool);
+                    return Err(MediaError::NoFiles { in_use: pool.in_use(), capacity: pool.capacity() });
+                }
+                tracing::warn!(%bind, port, error = %e, "RTP port pair will not bind; drawing another");
             }
         }
     }

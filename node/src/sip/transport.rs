@@ -139,7 +139,8 @@ impl Inbound {
         let index = self.sink.for_message(&bytes);
         let backlog = &self.backlogs[index];
         if backlog.admit(self.backlog_max) {
-            backlog.deliver(self.sink.shard(index), EndpointMsg::Inbound { bytes, source, transport });
+            let read_at = std::time::Instant::now();
+            backlog.deliver(self.sink.shard(index), EndpointMsg::Inbound { bytes, source, transport, read_at });
         }
     }
 }

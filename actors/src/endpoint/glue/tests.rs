@@ -13,7 +13,12 @@ From: <sip:100@pbx>;tag=f1\r\nTo: <sip:100@pbx>{to}\r\nCall-ID: c-call\r\nCSeq: 
 }
 
 fn inbound(bytes: Bytes) -> GlueInput<u32> {
-    GlueInput::Endpoint(EndpointInput::Inbound { bytes, source: SRC.parse().unwrap(), transport: Transport::Udp })
+    GlueInput::Endpoint(EndpointInput::Inbound {
+        bytes,
+        source: SRC.parse().unwrap(),
+        transport: Transport::Udp,
+        received: Timestamp::ZERO,
+    })
 }
 
 fn run(g: &mut EndpointGlue<u32>, input: GlueInput<u32>, licence: &dyn CallLimit) -> Vec<Envelope<u32>> {
