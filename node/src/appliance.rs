@@ -165,8 +165,12 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         config.sip_listen
     };
     let timers = TimerConfig::default();
-    let ports = PortPool::new(config.rtp_ports.low, config.rtp_ports.high, rand::random());
-    tracing::info!(pairs = ports.capacity(), "RTP port pool");
+    let mut ports = PortPool::new(config.rtp_ports.low, config.rtp_ports.high, rand::random());
+    let range_pairs = ports.capacity();
+    // No more pairs at once than the open-file limit allows (see `limits`).
+    let soft = crate::sip::limits::open_file_limit();
+    ports.limit_leases(crate::sip::limits::rtp_pairs_within(soft, crate::sip::transport::tcp_connections_cap(soft)));
+    tracing::info!(pairs = range_pairs, at_once = ports.capacity(), "RTP port pool");
     // Gauges exist from the start, so "none in use" reads 0 rather than absent.
     for gauge in ["pbx_rtp_ports_in_use", "pbx_calls_active", "pbx_call_legs_active"] {
         metrics::gauge!(gauge).set(0.0);

@@ -33,6 +33,9 @@ pub struct PortPool {
     held: VecDeque<u16>,
     held_max: usize,
     leased: Vec<bool>,
+    /// Pairs that may be leased at once (what the open-file limit allows; the range's size by
+    /// default).
+    lease_max: usize,
     rng: StdRng,
 }
 
@@ -49,6 +52,7 @@ impl PortPool {
             held: VecDeque::new(),
             held_max: RELEASED_HELD_PAIRS_MAX.min(pairs / 4),
             leased: vec![false; pairs],
+            lease_max: pairs,
             rng: StdRng::seed_from_u64(seed),
         }
     }
@@ -56,6 +60,9 @@ impl PortPool {
     /// The RTP port of a free pair drawn at random; the longest-held released pair when no
     /// other is free; `None` when every pair is leased.
     pub fn allocate(&mut self) -> Option<u16> {
+        if self.in_use() >= self.lease_max {
+            return None;
+        }
         let port = if self.free.is_empty() {
             self.held.pop_front()?
         } else {
@@ -86,9 +93,17 @@ impl PortPool {
         self.leased.len() - self.free.len() - self.held.len()
     }
 
-    /// Pairs in the range.
+    /// Pairs that may be leased at once: the range's, or fewer if limited.
     pub fn capacity(&self) -> usize {
-        self.leased.len()
+        self.lease_max
+    }
+
+    /// At most `max` pairs leased at once, drawn from the whole range still: the node sets
+    /// what its open-file limit allows (two descriptors a pair), so a call finds the pool
+    /// empty (and is refused 503) before a socket fails with EMFILE and starves SIP TCP or
+    /// the API of descriptors.
+    pub fn limit_leases(&mut self, max: usize) {
+        self.lease_max = max.min(self.leased.len());
     }
 
     fn index(&self, port: u16) -> Option<usize> {
@@ -199,5 +214,21 @@ mod tests {
                 prop_assert!(pool.held.len() <= pool.held_max);
             }
         }
+    }
+
+    /// A lease limit below the range: no more than that many pairs at once, any of the range's
+    /// drawn; a release makes room again.
+    #[test]
+    fn the_lease_limit_caps_pairs_at_once() {
+        let mut pool = PortPool::new(10_000, 10_099, 7);
+        pool.limit_leases(3);
+        assert_eq!(pool.capacity(), 3);
+        let leased: Vec<u16> = std::iter::from_fn(|| pool.allocate()).collect();
+        assert_eq!(leased.len(), 3);
+        assert!(pool.allocate().is_none());
+        assert!(pool.release(leased[1]));
+        assert!(pool.allocate().is_some());
+        pool.limit_leases(1_000);
+        assert_eq!(pool.capacity(), 50, "never beyond the range");
     }
 }

@@ -46,6 +46,13 @@ pub fn raise_open_file_limit() -> std::io::Result<OpenFiles> {
     Ok(OpenFiles { before, soft: open_file_limit(), hard: maximum })
 }
 
+/// RTP port pairs that may be open at once within the soft open-file limit `soft`: what the
+/// SIP TCP connection cap and [`OPEN_FILES_RESERVE`] leave, two descriptors a pair.
+pub fn rtp_pairs_within(soft: u64, tcp_connections_cap: usize) -> usize {
+    let left = soft.saturating_sub(tcp_connections_cap as u64).saturating_sub(OPEN_FILES_RESERVE);
+    usize::try_from(left / 2).unwrap_or(usize::MAX)
+}
+
 /// Raises the limit and says so in the log: before, now, hard, and a warning when the limit
 /// cannot cover `rtp_ports` RTP ports, the SIP TCP connections and the reserve at once.
 pub fn raise_and_log(rtp_ports: u64, tcp_connections_cap: fn(u64) -> usize) {
@@ -68,7 +75,8 @@ pub fn raise_and_log(rtp_ports: u64, tcp_connections_cap: fn(u64) -> usize) {
                     needed,
                     rtp_ports,
                     tcp_connections = tcp,
-                    "open-file limit below what RTP ports and SIP TCP may use at once; raise the hard limit (systemd LimitNOFILE=)"
+                    rtp_pairs_at_once = rtp_pairs_within(limits.soft, tcp as usize),
+                    "open-file limit below what RTP ports and SIP TCP may use at once: calls are limited to the RTP pairs it allows; raise the hard limit (systemd LimitNOFILE=)"
                 );
             }
         }
@@ -98,5 +106,13 @@ mod tests {
         assert_eq!(open_file_limit(), limits.soft);
         let again = raise_open_file_limit().unwrap();
         assert_eq!((again.before, again.soft), (limits.soft, limits.soft));
+    }
+
+    /// What SIP TCP and the reserve leave, in pairs; nothing when they take it all.
+    #[test]
+    fn rtp_pairs_are_what_tcp_and_the_reserve_leave() {
+        assert_eq!(rtp_pairs_within(20_000, 4_096), (20_000 - 4_096 - OPEN_FILES_RESERVE as usize) / 2);
+        assert_eq!(rtp_pairs_within(1_024, 4_096), 0);
+        assert_eq!(rtp_pairs_within(u64::MAX, 0), usize::try_from((u64::MAX - OPEN_FILES_RESERVE) / 2).unwrap());
     }
 }
