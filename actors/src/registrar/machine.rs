@@ -42,7 +42,7 @@
 use super::blocking::{self, Guard, Limits};
 use super::digest::{self, Algorithm, Credentials, NonceKey, QopAuth};
 use super::nat;
-use crate::sip::message::{Contacts, Method, Name, SipUriUserPart};
+use crate::sip::message::{Contacts, Method, Name, SipUriUserPart, push_decimal};
 use crate::sip::{Request, Response, Transport};
 use crate::time::Timestamp;
 use bytesstr::BytesStr;
@@ -647,7 +647,13 @@ impl Registrar {
                 for b in self.bindings.get(&aor).into_iter().flatten() {
                     let remaining_us = b.expires_at.as_micros().saturating_sub(now.as_micros());
                     let remaining_s = remaining_us.div_ceil(1_000_000);
-                    response.headers.insert(Name::CONTACT, format!("<{}>;expires={remaining_s}", b.contact));
+                    // `<contact>;expires=N`, without the formatter.
+                    let mut value = String::with_capacity(b.contact.len() + 20);
+                    value.push('<');
+                    value.push_str(&b.contact);
+                    value.push_str(">;expires=");
+                    push_decimal(&mut value, remaining_s);
+                    response.headers.insert_value(Name::CONTACT, BytesStr::from(value));
                 }
                 self.outputs.push_back(RegistrarOutput::Respond { tx, response, authenticated: true });
             }
@@ -754,7 +760,7 @@ impl Registrar {
         digest::to_hex(hasher.finish().to_be_bytes())
     }
 
-    fn credentials_for_realm(&self, request: &Request, header: Name) -> Option<Credentials> {
+    fn credentials_for_realm<'r>(&self, request: &'r Request, header: Name) -> Option<Credentials<'r>> {
         request
             .headers
             .get_raw(&header)
@@ -797,11 +803,11 @@ impl Registrar {
         }
         let minted_at = minted.at;
         let user: String = creds.username.chars().take(CLAIMED_USER_CHARS_MAX).collect();
-        let extension = self.extensions.get(&creds.username);
+        let extension = self.extensions.get(creds.username.as_ref());
         // Where this user's phones are (a live binding from this very address) or recently
         // authenticated from: no block or lock applies there (docs/SECURITY.md).
         let trusted = extension.is_some()
-            && (self.bindings.get(&creds.username).is_some_and(|list| {
+            && (self.bindings.get(creds.username.as_ref()).is_some_and(|list| {
                 list.iter().any(|b| b.expires_at > now && blocking::same_address(b.source, source))
             }) || self.guard.recently_succeeded(now, source, &creds.username));
         if !trusted && self.guard.is_blocked(now, source.ip(), &user) {
@@ -832,17 +838,17 @@ impl Registrar {
         }
         if let Some(qop) = qop {
             let nc = parse_nc(qop.nc).expect("checked above");
-            match self.nonces.get(&creds.nonce) {
+            match self.nonces.get(creds.nonce.as_ref()) {
                 Some(highest) if nc <= *highest => return Auth::Challenge { stale: false, ignored: None },
                 None if self.nonces_forgotten_until.is_some_and(|until| minted_at <= until) => {
                     return Auth::Challenge { stale: true, ignored: None };
                 }
                 _ => {}
             }
-            self.track_nonce(now, creds.nonce, nc);
+            self.track_nonce(now, creds.nonce.into_owned(), nc);
         }
         self.guard.succeeded(now, source, &creds.username);
-        Auth::Ok { user: creds.username }
+        Auth::Ok { user: creds.username.into_owned() }
     }
 
     fn track_nonce(&mut self, now: Timestamp, nonce: String, nc: u32) {

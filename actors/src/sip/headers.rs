@@ -165,6 +165,29 @@ impl Headers {
         }
     }
 
+    /// The raw values of each of `names` (distinct names, with their [`Headers::key_of`]
+    /// keys), found in one pass over the entries where `get_raw` makes one pass per name.
+    pub fn get_raw_each<const N: usize>(&self, names: &[Name; N], keys: &[u64; N]) -> [&[BytesStr]; N] {
+        let mut found: [&[BytesStr]; N] = [&[]; N];
+        for entry in &self.entries {
+            if let Some(i) = keys.iter().position(|&k| k == entry.key)
+                && found[i].is_empty()
+                && same_name(&entry.name, &names[i])
+            {
+                found[i] = match &entry.values {
+                    OneOrMore::One(value) => slice::from_ref(value),
+                    OneOrMore::More(values) => values.as_slice(),
+                };
+            }
+        }
+        found
+    }
+
+    /// The key entries of `name` are filed under (for [`Headers::get_raw_each`]).
+    pub fn key_of(name: &Name) -> u64 {
+        key_of(name)
+    }
+
     /// `name`'s values decoded as `H`; `None` without any.
     pub fn try_get<H: DecodeValues>(&self, name: Name) -> Option<Result<H, HeaderError>> {
         let entry = self.entry(&name)?;

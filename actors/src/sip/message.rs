@@ -107,6 +107,10 @@ impl Typed {
     }
 }
 
+/// The headers a response copies from its request (RFC 3261 §8.2.6.1), in the order it
+/// prints them; the To (index 2) may gain a tag.
+const REPLY_NAMES: [Name; 5] = [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::CSEQ];
+
 /// A raw header value inserted as it is: `Headers::insert` prints every value into a new
 /// `String`; this shares the buffer the value already lives in (a `BytesStr` clone is a
 /// reference count).
@@ -927,12 +931,19 @@ impl Request {
     /// `self.response(code, None)` would (reference counts here, no copy of the text).
     pub fn reply_head(&self) -> RawHead {
         let mut lines = Vec::with_capacity(6);
-        for name in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::CSEQ] {
-            for value in self.headers.get_raw(&name) {
+        for (name, values) in REPLY_NAMES.iter().zip(self.reply_values()) {
+            for value in values {
                 lines.push((name.clone(), value.clone()));
             }
         }
         RawHead { lines }
+    }
+
+    /// The raw values of [`REPLY_NAMES`], in their order, found in one pass over the headers.
+    fn reply_values(&self) -> [&[BytesStr]; 5] {
+        static KEYS: std::sync::LazyLock<[u64; 5]> =
+            std::sync::LazyLock::new(|| REPLY_NAMES.each_ref().map(Headers::key_of));
+        self.headers.get_raw_each(&REPLY_NAMES, &KEYS)
     }
 
     /// A response to this request, built as RFC 3261 §8.2.6.1 says: Via, From, To, Call-ID and
@@ -941,9 +952,9 @@ impl Request {
         let mut headers = Headers::with_capacity(8);
         let to_tag = to_tag.filter(|_| code > 100 && self.typed.to.as_ref().is_none_or(|to| to.tag.is_none()));
         // The values are shared with the request, not copied; only a To that gains a tag is new.
-        for (i, name) in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::CSEQ].into_iter().enumerate() {
+        for (i, (name, values)) in REPLY_NAMES.iter().zip(self.reply_values()).enumerate() {
             let tag = to_tag.filter(|_| i == 2);
-            for value in self.headers.get_raw(&name) {
+            for value in values {
                 match tag {
                     Some(tag) => {
                         let mut tagged = String::with_capacity(value.len() + 5 + tag.len());
@@ -1101,7 +1112,7 @@ fn stamped_via(raw: &str, ip: IpAddr, port: Option<u16>) -> Option<(String, Rang
         {
             text.push('=');
             let start = text.len();
-            push_decimal(&mut text, port.into());
+            push_decimal(&mut text, port);
             Some(start..text.len())
         }
         None if !contains_ignore_case(raw, "rport") => None,
@@ -1116,7 +1127,7 @@ fn stamped_via(raw: &str, ip: IpAddr, port: Option<u16>) -> Option<(String, Rang
                 if i > 0 {
                     text.push('.');
                 }
-                push_decimal(&mut text, octet.into());
+                push_decimal(&mut text, octet);
             }
         }
         IpAddr::V6(_) => {
@@ -1133,9 +1144,9 @@ fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
 }
 
 /// `n` in decimal, as `Display` writes it, without the formatting machinery.
-pub(crate) fn push_decimal(out: &mut String, n: u32) {
+pub(crate) fn push_decimal(out: &mut String, n: impl Into<u64>) {
     let mut digits = [0u8; 20];
-    out.extend(decimal(&mut digits, u64::from(n)).iter().map(|&d| char::from(d)));
+    out.extend(decimal(&mut digits, n.into()).iter().map(|&d| char::from(d)));
 }
 
 /// `n`'s decimal digits, written at the end of `digits`.
