@@ -648,7 +648,8 @@ mod tests {
             r#"Digest username="100", Realm="pbx",nonce="n", uri="sip:pbx", response="ab", algorithm=SHA-256, qop=auth, nc=0000000a, cnonce="c\"x""#,
         )
         .unwrap();
-        assert_eq!((c.username.as_str(), c.realm.as_str(), c.nc.as_deref()), ("100", "pbx", Some("0000000a")));
+        assert_eq!((c.username.as_ref(), c.realm.as_ref(), c.nc.as_deref()), ("100", "pbx", Some("0000000a")));
+        assert!(matches!(c.username, Cow::Borrowed(_)), "a value without escapes is not copied");
         assert_eq!(c.cnonce.as_deref(), Some("c\"x"));
         assert_eq!(c.algorithm.as_deref(), Some("SHA-256"));
         assert!(
@@ -660,6 +661,10 @@ mod tests {
         assert_eq!(
             challenge(Algorithm::Md5, "a\"b", "n", "o", true),
             r#"Digest realm="a\"b", nonce="n", opaque="o", stale=true, algorithm=MD5, qop="auth""#
+        );
+        assert_eq!(
+            challenge(Algorithm::Sha256, "pbx.example", "n1", "o1", false),
+            r#"Digest realm="pbx.example", nonce="n1", opaque="o1", algorithm=SHA-256, qop="auth""#
         );
     }
 

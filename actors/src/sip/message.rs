@@ -668,7 +668,7 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 
 /// The index of the first `\n` at or after `from`, eight bytes at a time (a header line is
 /// some 40 bytes, and this scan runs over every head).
-fn next_newline(buf: &[u8], from: usize) -> Option<usize> {
+pub(crate) fn next_newline(buf: &[u8], from: usize) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     const NEWLINES: u64 = u64::from_ne_bytes([b'\n'; 8]);
