@@ -23,7 +23,7 @@
 //! tokens), SHA-512-256, and `Authentication-Info` (RFC 7616 §3.5; optional, and SIP phones
 //! ignore it).
 
-use crate::sip::message::{SipUri, SipUriUserPart, parse_sip_uri};
+use crate::sip::message::{SipUri, SipUriUserPart, parse_sip_uri, trim_sp, trim_sp_start};
 use crate::time::Timestamp;
 use ezk_sip_types::host::Host;
 use md5::{Digest, Md5};
@@ -244,7 +244,7 @@ impl<'a> Credentials<'a> {
         let mut others_seen: Vec<String> = Vec::new();
         let mut count = 0;
         loop {
-            rest = rest.trim_start_matches([' ', '\t']);
+            rest = trim_sp_start(rest);
             if rest.is_empty() {
                 break;
             }
@@ -254,7 +254,7 @@ impl<'a> Credentials<'a> {
             count += 1;
             let eq = rest.bytes().position(|b| b == b'=')?;
             let (name, after) = (&rest[..eq], &rest[eq + 1..]);
-            let name = name.trim_matches([' ', '\t']);
+            let name = trim_sp(name);
             if name.is_empty() || !name.bytes().all(is_token_byte) {
                 return None;
             }
@@ -270,7 +270,7 @@ impl<'a> Credentials<'a> {
                     others_seen.push(lower);
                 }
             }
-            let after = after.trim_start_matches([' ', '\t']);
+            let after = trim_sp_start(after);
             let (param, after) = if let Some(quoted) = after.strip_prefix('"') {
                 unquote(quoted)?
             } else {
@@ -281,7 +281,7 @@ impl<'a> Credentials<'a> {
                 }
                 (Cow::Borrowed(token), &after[end..])
             };
-            let after = after.trim_start_matches([' ', '\t']);
+            let after = trim_sp_start(after);
             rest = match after.strip_prefix(',') {
                 Some(more) => more,
                 None if after.is_empty() => after,

@@ -250,6 +250,13 @@ mod tests {
         assert_eq!(printed[3].1, "2");
     }
 
+    /// An entry stays within 96 bytes, so the parser's ten-entry table for a REGISTER (see
+    /// `parse_inner`) is one allocation malloc serves from its per-thread cache.
+    #[test]
+    fn entries_stay_small() {
+        assert!(std::mem::size_of::<Entry>() <= 96, "{}", std::mem::size_of::<Entry>());
+    }
+
     /// Typed headers print in and decode out; remove takes every value; a front insert of a
     /// new name goes first.
     #[test]
