@@ -993,13 +993,14 @@ impl Registrar {
                     && o.user_agent == binding.user_agent
                     && o.nat == binding.nat
             });
-            self.put_binding(binding.clone());
             let key = (binding.aor.clone(), binding.contact.clone());
             if refresh {
                 // Only expiry and CSeq changed: hot state, written in the next batch.
+                self.put_binding(binding);
                 self.dirty_bindings.insert(key);
                 self.schedule_flush(now);
             } else {
+                self.put_binding(binding.clone());
                 self.dirty_bindings.remove(&key);
                 self.persist(RegistrarCommand::PutBinding(binding));
                 self.event(RegistrarEvent::Registered { aor: aor.to_owned(), contact });
@@ -1012,16 +1013,25 @@ impl Registrar {
 
     /// Inserts or replaces a binding in memory (no output).
     fn put_binding(&mut self, binding: Binding) {
-        let list = self.bindings.entry(binding.aor.clone()).or_default();
-        if let Some(old) = list.iter_mut().find(|b| b.contact == binding.contact) {
-            let removed = self.expiries.remove(&(old.expires_at, old.aor.clone(), old.contact.clone()));
+        // A refresh replaces a binding in place: its expiry entry is re-filed with the old
+        // binding's own strings (same AOR, same contact), nothing copied.
+        if !self.bindings.contains_key(&binding.aor) {
+            self.bindings.insert(binding.aor.clone(), Vec::new());
+        }
+        let list = self.bindings.get_mut(&binding.aor).expect("inserted above");
+        if let Some(slot) = list.iter_mut().find(|b| b.contact == binding.contact) {
+            let expires_at = binding.expires_at;
+            let old = std::mem::replace(slot, binding);
+            let mut entry = (old.expires_at, old.aor, old.contact);
+            let removed = self.expiries.remove(&entry);
             assert!(removed, "every binding has an expiry entry");
-            *old = binding.clone();
+            entry.0 = expires_at;
+            self.expiries.insert(entry);
         } else {
             assert!(list.len() < BINDINGS_PER_AOR_MAX, "callers check the per-AOR bound");
-            list.push(binding.clone());
+            self.expiries.insert((binding.expires_at, binding.aor.clone(), binding.contact.clone()));
+            list.push(binding);
         }
-        self.expiries.insert((binding.expires_at, binding.aor, binding.contact));
     }
 
     /// Removes a binding from memory and persists the removal.
