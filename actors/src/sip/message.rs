@@ -1165,15 +1165,8 @@ fn stamped_via(raw: &str, ip: IpAddr, port: Option<u16>) -> Option<(String, Rang
 }
 
 /// Whether `needle` (ASCII) occurs in `haystack`, ASCII case ignored.
-/// A window is compared only where its first byte matches (three scans of every Via).
 fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
-    let (haystack, needle) = (haystack.as_bytes(), needle.as_bytes());
-    let Some((first, rest)) = needle.split_first() else { return true };
-    let first = first.to_ascii_lowercase();
-    haystack.len() >= needle.len()
-        && (0..=haystack.len() - needle.len()).any(|i| {
-            haystack[i].to_ascii_lowercase() == first && haystack[i + 1..i + needle.len()].eq_ignore_ascii_case(rest)
-        })
+    haystack.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// `n` in decimal, as `Display` writes it, without the formatting machinery.
