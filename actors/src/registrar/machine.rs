@@ -42,11 +42,10 @@
 use super::blocking::{self, Guard, Limits};
 use super::digest::{self, Algorithm, Credentials, NonceKey, QopAuth};
 use super::nat;
-use crate::sip::message::{Contacts, Method, Name, SipUriUserPart, push_decimal};
+use crate::sip::message::{Contacts, Method, Name, SipUriUserPart, print_sip_uri, push_decimal};
 use crate::sip::{Request, Response, Transport};
 use crate::time::Timestamp;
 use bytesstr::BytesStr;
-use ezk_sip_types::print::AppendCtx;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -907,7 +906,9 @@ impl Registrar {
         let user_agent = request
             .header(&Name::USER_AGENT)
             .map(|ua| ua.chars().filter(|c| !c.is_control()).take(USER_AGENT_CHARS_MAX).collect::<String>());
-        let current: Vec<Binding> = self.bindings.get(aor).cloned().unwrap_or_default();
+        // Read in place, not copied: everything that depends on the current bindings is worked
+        // out below before the first change.
+        let current: &[Binding] = self.bindings.get(aor).map_or(&[], Vec::as_slice);
         let out_of_order = |b: &Binding| b.call_id == call_id && cseq <= b.cseq;
 
         let contacts = request.contacts().map_err(|_| Refusal::code(400))?;
@@ -920,9 +921,10 @@ impl Registrar {
                 if current.iter().any(out_of_order) {
                     return Err(Refusal::code(500));
                 }
-                for b in current {
-                    self.remove_binding(&b.aor, &b.contact);
-                    self.event(RegistrarEvent::Unregistered { aor: b.aor, contact: b.contact });
+                let gone: Vec<(String, String)> = current.iter().map(|b| (b.aor.clone(), b.contact.clone())).collect();
+                for (aor, contact) in gone {
+                    self.remove_binding(&aor, &contact);
+                    self.event(RegistrarEvent::Unregistered { aor, contact });
                 }
                 return Ok(());
             }
@@ -933,7 +935,7 @@ impl Registrar {
         let mut plan: Vec<(String, u32, bool)> = Vec::with_capacity(list.len());
         let mut too_brief = false;
         for contact in &list {
-            let uri = contact.uri.uri.default_print_ctx().to_string();
+            let uri = print_sip_uri(&contact.uri.uri);
             if uri.len() > CONTACT_CHARS_MAX {
                 return Err(Refusal::code(400));
             }
@@ -966,15 +968,34 @@ impl Registrar {
         // Removals first: the bound was checked on the final count, and an addition applied
         // before a removal would briefly hold one binding too many (issue 14: that tripped the
         // assertion in `put_binding` and killed the registrar).
-        let (removals, updates): (Vec<_>, Vec<_>) = plan.into_iter().partition(|(_, e, _)| *e == 0);
-        for (contact, ..) in removals {
-            if existing(&contact).is_some() {
-                self.remove_binding(aor, &contact);
-                self.event(RegistrarEvent::Unregistered { aor: aor.to_owned(), contact });
+        // A refresh: the same contact from the same Call-ID, source, transport, user agent and
+        // NAT state; only expiry and CSeq change.
+        let is_refresh = |contact: &str, nat: bool| {
+            existing(contact).is_some_and(|o| {
+                o.call_id == call_id
+                    && o.source == source
+                    && o.transport == transport
+                    && o.user_agent == user_agent
+                    && o.nat == nat
+            })
+        };
+        let mut removals = Vec::new();
+        let mut updates = Vec::with_capacity(plan.len());
+        for (contact, expires, nat) in plan {
+            if expires == 0 {
+                if existing(&contact).is_some() {
+                    removals.push(contact);
+                }
+            } else {
+                let refresh = is_refresh(&contact, nat);
+                updates.push((contact, expires, nat, refresh));
             }
         }
-        for (contact, expires, nat) in updates {
-            let old = existing(&contact);
+        for contact in removals {
+            self.remove_binding(aor, &contact);
+            self.event(RegistrarEvent::Unregistered { aor: aor.to_owned(), contact });
+        }
+        for (contact, expires, nat, refresh) in updates {
             let binding = Binding {
                 aor: aor.to_owned(),
                 contact: contact.clone(),
@@ -986,13 +1007,6 @@ impl Registrar {
                 user_agent: user_agent.clone(),
                 nat,
             };
-            let refresh = old.is_some_and(|o| {
-                o.call_id == binding.call_id
-                    && o.source == binding.source
-                    && o.transport == binding.transport
-                    && o.user_agent == binding.user_agent
-                    && o.nat == binding.nat
-            });
             let key = (binding.aor.clone(), binding.contact.clone());
             if refresh {
                 // Only expiry and CSeq changed: hot state, written in the next batch.
