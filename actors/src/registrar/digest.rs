@@ -144,7 +144,17 @@ pub fn request_digest(
     method: &str,
     uri: &str,
 ) -> String {
-    let ha2 = algorithm.hash_hex_parts(&[method.as_bytes(), b":", uri.as_bytes()]);
+    response_digest(algorithm, ha1, nonce, qop, &ha2(algorithm, method, uri))
+}
+
+/// `HA2 = H(method ":" uri)` (RFC 7616 §3.4.3, `qop=auth`): the same for every request of one
+/// method to one URI, so the registrar keeps the last one.
+pub fn ha2(algorithm: Algorithm, method: &str, uri: &str) -> String {
+    algorithm.hash_hex_parts(&[method.as_bytes(), b":", uri.as_bytes()])
+}
+
+/// [`request_digest`] from `HA2` already computed ([`ha2`]).
+pub fn response_digest(algorithm: Algorithm, ha1: &str, nonce: &str, qop: Option<QopAuth<'_>>, ha2: &str) -> String {
     let (ha1, nonce, ha2) = (ha1.as_bytes(), nonce.as_bytes(), ha2.as_bytes());
     match qop {
         Some(QopAuth { nc, cnonce }) => {

@@ -436,6 +436,9 @@ pub struct Registrar {
     /// Mint time of the newest nonce forgotten to make room: a valid nonce minted no later and
     /// not tracked may have been used, so it is treated as stale.
     nonces_forgotten_until: Option<Timestamp>,
+    /// The last `HA2` computed: (algorithm, method, digest URI, HA2). One entry, replaced on a
+    /// miss.
+    last_ha2: Option<(Algorithm, String, String, String)>,
     guard: Guard,
     outputs: VecDeque<RegistrarOutput>,
     last_now: Timestamp,
@@ -497,6 +500,7 @@ impl Registrar {
             dirty_extensions: BTreeSet::new(),
             flush_at: None,
             nonces: BTreeMap::new(),
+            last_ha2: None,
             nonces_forgotten_until: None,
             guard: Guard::new(limits, EXTENSIONS_MAX),
             outputs: VecDeque::new(),
@@ -801,7 +805,23 @@ impl Registrar {
             return ignored("opaque");
         }
         let minted_at = minted.at;
-        let user: String = creds.username.chars().take(CLAIMED_USER_CHARS_MAX).collect();
+        let method: std::borrow::Cow<'_, str> = match request.method {
+            Method::REGISTER => "REGISTER".into(),
+            Method::INVITE => "INVITE".into(),
+            ref other => other.to_string().into(),
+        };
+        // HA2 hashes only the method and the URI, the same for every REGISTER of a domain's
+        // phones: the last one is kept (a public value, nothing secret in it).
+        let cached =
+            matches!(&self.last_ha2, Some((a, m, u, _)) if *a == algorithm && *m == *method && *u == *creds.uri);
+        if !cached {
+            let ha2 = digest::ha2(algorithm, &method, &creds.uri);
+            self.last_ha2 = Some((algorithm, method.into_owned(), creds.uri.to_string(), ha2));
+        }
+        let user: String = match creds.username.char_indices().nth(CLAIMED_USER_CHARS_MAX) {
+            Some((cut, _)) => creds.username[..cut].to_owned(),
+            None => creds.username.as_ref().to_owned(),
+        };
         let extension = self.extensions.get(creds.username.as_ref());
         // Where this user's phones are (a live binding from this very address) or recently
         // authenticated from: no block or lock applies there (docs/SECURITY.md).
@@ -825,8 +845,8 @@ impl Registrar {
             (None, Algorithm::Md5) => &self.dummy_ha1_md5,
             (None, Algorithm::Sha256) => &self.dummy_ha1_sha256,
         };
-        let method = request.method.to_string();
-        let expected = digest::request_digest(algorithm, ha1, &creds.nonce, qop, &method, &creds.uri);
+        let ha2 = &self.last_ha2.as_ref().expect("filled above").3;
+        let expected = digest::response_digest(algorithm, ha1, &creds.nonce, qop, ha2);
         let given = creds.response.to_ascii_lowercase();
         let matches = digest::constant_time_eq(expected.as_bytes(), given.as_bytes());
         if !(matches && extension.is_some()) || locked {
@@ -903,9 +923,13 @@ impl Registrar {
             Some(Ok(seconds)) => Some(seconds),
             Some(Err(())) => return Err(Refusal::code(400)),
         };
-        let user_agent = request
-            .header(&Name::USER_AGENT)
-            .map(|ua| ua.chars().filter(|c| !c.is_control()).take(USER_AGENT_CHARS_MAX).collect::<String>());
+        let user_agent = request.header(&Name::USER_AGENT).map(|ua| {
+            match ua.len() <= USER_AGENT_CHARS_MAX && ua.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+                // Printable ASCII within the bound (a phone's usual): kept as it is.
+                true => ua.to_owned(),
+                false => ua.chars().filter(|c| !c.is_control()).take(USER_AGENT_CHARS_MAX).collect::<String>(),
+            }
+        });
         // Read in place, not copied: everything that depends on the current bindings is worked
         // out below before the first change.
         let current: &[Binding] = self.bindings.get(aor).map_or(&[], Vec::as_slice);
