@@ -23,7 +23,7 @@
 //! tokens), SHA-512-256, and `Authentication-Info` (RFC 7616 §3.5; optional, and SIP phones
 //! ignore it).
 
-use crate::sip::message::{SipUri, SipUriUserPart, parse_sip_uri, trim_sp, trim_sp_start};
+use crate::sip::message::{SipUri, SipUriUserPart, find_either, parse_sip_uri, trim_sp, trim_sp_start};
 use crate::time::Timestamp;
 use ezk_sip_types::host::Host;
 use md5::{Digest, Md5};
@@ -323,7 +323,7 @@ impl<'a> Credentials<'a> {
 /// the closing quote.
 fn unquote(s: &str) -> Option<(Cow<'_, str>, &str)> {
     // Most quoted values hold no escape: the slice up to the closing quote, not copied.
-    let end = s.bytes().position(|b| b == b'"' || b == b'\\')?;
+    let end = find_either(s.as_bytes(), 0, b'"', b'\\')?;
     if s.as_bytes()[end] == b'"' {
         return Some((Cow::Borrowed(&s[..end]), &s[end + 1..]));
     }

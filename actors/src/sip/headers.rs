@@ -48,6 +48,19 @@ fn key_of(name: &Name) -> u64 {
     hash
 }
 
+/// [`key_of`] of a name's canonical text, at compile time where the name is a constant.
+pub const fn key_of_str(name: &str) -> u64 {
+    let bytes = name.as_bytes();
+    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i].to_ascii_lowercase() as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
 fn same_name(a: &Name, b: &Name) -> bool {
     a.as_print_str().eq_ignore_ascii_case(b.as_print_str())
 }
@@ -79,6 +92,13 @@ impl Headers {
     pub fn insert_value(&mut self, name: Name, value: BytesStr) {
         // The name's key computed once, for the lookup and the new entry.
         let key = key_of(&name);
+        self.insert_value_keyed(name, key, value);
+    }
+
+    /// [`Headers::insert_value`] with the name's key already known (`key` must be
+    /// [`Headers::key_of`] the name).
+    pub fn insert_value_keyed(&mut self, name: Name, key: u64, value: BytesStr) {
+        debug_assert_eq!(key, key_of(&name), "the key of {}", name.as_print_str());
         match self.entries.iter().position(|e| e.key == key && same_name(&e.name, &name)) {
             Some(i) => self.entries[i].values.push(value),
             None => self.entries.push(Entry { key, name, values: OneOrMore::One(value) }),

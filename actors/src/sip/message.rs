@@ -13,6 +13,7 @@
 //! can read — never a panic, never a silent drop of a request it could answer.
 
 pub use super::headers::Headers;
+use super::headers::key_of_str;
 use bytes::{BufMut, Bytes, BytesMut};
 use bytesstr::BytesStr;
 pub use ezk_sip_types::header::typed::{CSeq, CallID, Contact, Expires, FromTo, MinExpires, Via};
@@ -302,9 +303,13 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
             continue;
         }
         let value = BytesStr::from_parse(src, trim_sp(value));
-        let (name, core) = match Core::of(name) {
-            Some((name, core)) => (name, Some(core)),
-            None => (Name::from(BytesStr::from_parse(src, name)), None),
+        let (name, core, key) = match Core::of(name) {
+            Some((name, core, key)) => (name, Some(core), key),
+            None => {
+                let name = Name::from(BytesStr::from_parse(src, name));
+                let key = Headers::key_of(&name);
+                (name, None, key)
+            }
         };
         if let Some(core) = core {
             seen.note(core, &value);
@@ -316,7 +321,7 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
                 continue;
             }
         }
-        insert_shared(&mut headers, name, &value);
+        headers.insert_value_keyed(name, key, value);
     }
 
     if not_utf8 {
@@ -498,31 +503,34 @@ enum Core {
 
 impl Core {
     /// The name a header line's name stands for, when it is one of the common ones (long or
-    /// compact form, any case); `None` for the rest, which ezk names.
-    fn of(name: &str) -> Option<(Name, Core)> {
+    /// compact form, any case), with its header-store key worked out at compile time; `None`
+    /// for the rest, which ezk names.
+    fn of(name: &str) -> Option<(Name, Core, u64)> {
         let is = |a: &str| name.eq_ignore_ascii_case(a);
         let found = match name.len() {
             1 => match name.as_bytes()[0].to_ascii_lowercase() {
-                b'v' => (Name::VIA, Core::Via),
-                b'f' => (Name::FROM, Core::From),
-                b't' => (Name::TO, Core::To),
-                b'i' => (Name::CALL_ID, Core::CallId),
-                b'l' => (Name::CONTENT_LENGTH, Core::ContentLength),
-                b'm' => (Name::CONTACT, Core::Other),
+                b'v' => (Name::VIA, Core::Via, const { key_of_str("Via") }),
+                b'f' => (Name::FROM, Core::From, const { key_of_str("From") }),
+                b't' => (Name::TO, Core::To, const { key_of_str("To") }),
+                b'i' => (Name::CALL_ID, Core::CallId, const { key_of_str("Call-ID") }),
+                b'l' => (Name::CONTENT_LENGTH, Core::ContentLength, const { key_of_str("Content-Length") }),
+                b'm' => (Name::CONTACT, Core::Other, const { key_of_str("Contact") }),
                 _ => return None,
             },
-            2 if is("to") => (Name::TO, Core::To),
-            3 if is("via") => (Name::VIA, Core::Via),
-            4 if is("from") => (Name::FROM, Core::From),
-            4 if is("cseq") => (Name::CSEQ, Core::CSeq),
-            7 if is("call-id") => (Name::CALL_ID, Core::CallId),
-            7 if is("expires") => (Name::EXPIRES, Core::Expires),
-            7 if is("contact") => (Name::CONTACT, Core::Other),
-            7 if is("require") => (Name::REQUIRE, Core::Require),
-            10 if is("user-agent") => (Name::USER_AGENT, Core::Other),
-            12 if is("max-forwards") => (Name::MAX_FORWARDS, Core::MaxForwards),
-            13 if is("authorization") => (Name::AUTHORIZATION, Core::Other),
-            14 if is("content-length") => (Name::CONTENT_LENGTH, Core::ContentLength),
+            2 if is("to") => (Name::TO, Core::To, const { key_of_str("To") }),
+            3 if is("via") => (Name::VIA, Core::Via, const { key_of_str("Via") }),
+            4 if is("from") => (Name::FROM, Core::From, const { key_of_str("From") }),
+            4 if is("cseq") => (Name::CSEQ, Core::CSeq, const { key_of_str("CSeq") }),
+            7 if is("call-id") => (Name::CALL_ID, Core::CallId, const { key_of_str("Call-ID") }),
+            7 if is("expires") => (Name::EXPIRES, Core::Expires, const { key_of_str("Expires") }),
+            7 if is("contact") => (Name::CONTACT, Core::Other, const { key_of_str("Contact") }),
+            7 if is("require") => (Name::REQUIRE, Core::Require, const { key_of_str("Require") }),
+            10 if is("user-agent") => (Name::USER_AGENT, Core::Other, const { key_of_str("User-Agent") }),
+            12 if is("max-forwards") => (Name::MAX_FORWARDS, Core::MaxForwards, const { key_of_str("Max-Forwards") }),
+            13 if is("authorization") => (Name::AUTHORIZATION, Core::Other, const { key_of_str("Authorization") }),
+            14 if is("content-length") => {
+                (Name::CONTENT_LENGTH, Core::ContentLength, const { key_of_str("Content-Length") })
+            }
             _ => return None,
         };
         Some(found)
@@ -690,6 +698,25 @@ pub(crate) fn next_newline(buf: &[u8], from: usize) -> Option<usize> {
         i += 8;
     }
     buf.get(i..)?.iter().position(|&b| b == b'\n').map(|p| i + p)
+}
+
+/// The index of the first byte at or after `from` that is `a` or `b`, eight bytes at a time
+/// (as [`next_newline`]: in each word the lowest flagged byte is always a true match).
+pub(crate) fn find_either(buf: &[u8], from: usize, a: u8, b: u8) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let (splat_a, splat_b) = (u64::from_ne_bytes([a; 8]), u64::from_ne_bytes([b; 8]));
+    let mut i = from;
+    while let Some(chunk) = buf.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        let (x, y) = (word ^ splat_a, word ^ splat_b);
+        let found = ((x.wrapping_sub(ONES) & !x) | (y.wrapping_sub(ONES) & !y)) & HIGHS;
+        if found != 0 {
+            return Some(i + (found.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    buf.get(i..)?.iter().position(|&c| c == a || c == b).map(|p| i + p)
 }
 
 /// Joins folded header lines (RFC 3261 §7.3.1: CRLF followed by whitespace is one space) and
