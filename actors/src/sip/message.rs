@@ -279,7 +279,6 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
     // Read every header line first, so that whatever is wrong later can still be answered.
     // The lines of the headers checked below are noted as they go by, so the checks look
     // nothing up in `headers` (ezk's lookups compare names as strings, entry by entry).
-    let mut raw = RawHead { lines: Vec::with_capacity(6) };
     // Room for every header line but one (the Content-Length most messages carry is not
     // kept): a REGISTER's ten entries then fit one small allocation (malloc's per-thread
     // cache serves up to 1,032 bytes; sixteen entries were 1.5 KB, 1.5 k instructions).
@@ -292,17 +291,18 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
             bad_line = Some("Too many header lines".to_owned());
             break;
         }
-        let Some((name, value)) = line.as_bytes().iter().position(|&b| b == b':').map(|i| (&line[..i], &line[i + 1..]))
-        else {
-            bad_line.get_or_insert_with(|| "Malformed header line (no colon)".to_owned());
-            continue;
+        let (name, value) = match header_line(line) {
+            Ok(line) => line,
+            Err(None) => {
+                bad_line.get_or_insert_with(|| "Malformed header line (no colon)".to_owned());
+                continue;
+            }
+            Err(Some(name)) => {
+                bad_line.get_or_insert_with(|| format!("Malformed header name {name:?}"));
+                continue;
+            }
         };
-        let name = trim_sp_end(name);
-        if name.is_empty() || !name.bytes().all(is_token_byte) {
-            bad_line.get_or_insert_with(|| format!("Malformed header name {name:?}"));
-            continue;
-        }
-        let value = BytesStr::from_parse(src, trim_sp(value));
+        let value = BytesStr::from_parse(src, value);
         let (name, core, key) = match Core::of(name) {
             Some((name, core, key)) => (name, Some(core), key),
             None => {
@@ -313,9 +313,6 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
         };
         if let Some(core) = core {
             seen.note(core, &value);
-            if core.copied_to_responses() {
-                raw.lines.push((name.clone(), value.clone()));
-            }
             if core == Core::ContentLength {
                 // Read by `take_body`, never kept: printing writes a fresh one.
                 continue;
@@ -331,7 +328,8 @@ fn parse_inner(bytes: &[u8], stream: bool) -> Result<Message, ParseError> {
     if start_line.starts_with("SIP/") {
         return parse_response(start_line, headers, &seen, body_start, stream, bad_line);
     }
-    let reject = |code: u16, reason: String| Err(ParseError::Reject { code, reason, head: raw.clone() });
+    // The raw lines a refusal copies are gathered only for a refusal (a second scan of the head).
+    let reject = |code: u16, reason: String| Err(ParseError::Reject { code, reason, head: raw_head(text, src) });
 
     // Request-Line = Method SP Request-URI SP SIP-Version (RFC 3261 §25.1)
     let mut parts = start_line.split(' ');
@@ -483,6 +481,33 @@ fn parse_response(
     let reason = parts.next().unwrap_or("").to_owned();
     let body = take_body(&seen.content_length, body_start, stream).map_err(|r| ParseError::Discard(r.into()))?;
     Ok(Message::Response(Response { code, reason, headers, body }))
+}
+
+/// A header line's name and value, both trimmed; `Err(None)` without a colon, `Err(Some(name))`
+/// for a name that is not a token. One reading for the parser's scan and [`raw_head`].
+fn header_line(line: &str) -> Result<(&str, &str), Option<&str>> {
+    let colon = line.as_bytes().iter().position(|&b| b == b':').ok_or(None)?;
+    let name = trim_sp_end(&line[..colon]);
+    if name.is_empty() || !name.bytes().all(is_token_byte) {
+        return Err(Some(name));
+    }
+    Ok((name, trim_sp(&line[colon + 1..])))
+}
+
+/// The raw Via, From, To, Call-ID and CSeq lines of an unfolded head, in their order, as the
+/// parser's scan reads them (the same lines, the same bound): what a refusal copies.
+fn raw_head(text: &str, src: &Bytes) -> RawHead {
+    let mut lines = Vec::with_capacity(6);
+    let header_lines = Lines::new(text, false).filter(|l| !l.is_empty()).skip(1);
+    for line in header_lines.take(HEADER_LINES_MAX) {
+        if let Ok((name, value)) = header_line(line)
+            && let Some((name, core, _)) = Core::of(name)
+            && core.copied_to_responses()
+        {
+            lines.push((name, BytesStr::from_parse(src, value)));
+        }
+    }
+    RawHead { lines }
 }
 
 /// The header lines the parser itself reads, by header: noted during the one scan of the head.
