@@ -113,6 +113,13 @@ impl Typed {
 /// prints them; the To (index 2) may gain a tag.
 const REPLY_NAMES: [Name; 5] = [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::CSEQ];
 
+/// The header-store keys of [`REPLY_NAMES`].
+fn reply_keys() -> &'static [u64; 5] {
+    const KEYS: [u64; 5] =
+        [key_of_str("Via"), key_of_str("From"), key_of_str("To"), key_of_str("Call-ID"), key_of_str("CSeq")];
+    &KEYS
+}
+
 /// A raw header value inserted as it is: `Headers::insert` prints every value into a new
 /// `String`; this shares the buffer the value already lives in (a `BytesStr` clone is a
 /// reference count).
@@ -1020,9 +1027,7 @@ impl Request {
 
     /// The raw values of [`REPLY_NAMES`], in their order, found in one pass over the headers.
     fn reply_values(&self) -> [&[BytesStr]; 5] {
-        static KEYS: std::sync::LazyLock<[u64; 5]> =
-            std::sync::LazyLock::new(|| REPLY_NAMES.each_ref().map(Headers::key_of));
-        self.headers.get_raw_each(&REPLY_NAMES, &KEYS)
+        self.headers.get_raw_each(&REPLY_NAMES, reply_keys())
     }
 
     /// A response to this request, built as RFC 3261 §8.2.6.1 says: Via, From, To, Call-ID and
@@ -1031,7 +1036,7 @@ impl Request {
         let mut headers = Headers::with_capacity(8);
         let to_tag = to_tag.filter(|_| code > 100 && self.typed.to.as_ref().is_none_or(|to| to.tag.is_none()));
         // The values are shared with the request, not copied; only a To that gains a tag is new.
-        for (i, (name, values)) in REPLY_NAMES.iter().zip(self.reply_values()).enumerate() {
+        for (i, ((name, values), &key)) in REPLY_NAMES.iter().zip(self.reply_values()).zip(reply_keys()).enumerate() {
             let tag = to_tag.filter(|_| i == 2);
             for value in values {
                 match tag {
@@ -1040,9 +1045,9 @@ impl Request {
                         tagged.push_str(value);
                         tagged.push_str(";tag=");
                         tagged.push_str(tag);
-                        headers.insert_value(name.clone(), BytesStr::from(tagged));
+                        headers.insert_value_keyed(name.clone(), key, BytesStr::from(tagged));
                     }
-                    None => insert_shared(&mut headers, name.clone(), value),
+                    None => headers.insert_value_keyed(name.clone(), key, value.clone()),
                 }
             }
         }
@@ -1218,8 +1223,18 @@ fn stamped_via(raw: &str, ip: IpAddr, port: Option<u16>) -> Option<(String, Rang
 }
 
 /// Whether `needle` (ASCII) occurs in `haystack`, ASCII case ignored.
+/// Candidates are found by their first letter, in either case, eight bytes at a time.
 fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
-    haystack.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+    let (haystack, needle) = (haystack.as_bytes(), needle.as_bytes());
+    let Some(&first) = needle.first() else { return true };
+    let mut from = 0;
+    while let Some(at) = find_either(haystack, from, first.to_ascii_lowercase(), first.to_ascii_uppercase()) {
+        if haystack.get(at..at + needle.len()).is_some_and(|w| w.eq_ignore_ascii_case(needle)) {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
 }
 
 /// `n` in decimal, as `Display` writes it, without the formatting machinery.

@@ -356,4 +356,26 @@ fn core_name_keys_are_the_stores() {
         assert_eq!(key, Headers::key_of(&name), "{spelling}");
     }
     assert!(Core::of("x-custom").is_none());
+    assert_eq!(*reply_keys(), REPLY_NAMES.each_ref().map(Headers::key_of));
+}
+
+/// The case-blind substring search answers as comparing every window does.
+#[test]
+fn contains_ignore_case_agrees_with_windows() {
+    let mut state: u64 = 0x1234_5678_9abc_def1;
+    let mut next = move |bound: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound
+    };
+    let alphabet = b"rRpPoOtT;=eEcCiIvVdD";
+    for _ in 0..20_000 {
+        let len = next(30) as usize;
+        let hay: String = (0..len).map(|_| char::from(alphabet[next(alphabet.len() as u64) as usize])).collect();
+        for needle in ["received", "rport", "r", "Rp"] {
+            let want = hay.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()));
+            assert_eq!(contains_ignore_case(&hay, needle), want, "{hay:?} {needle:?}");
+        }
+    }
 }
