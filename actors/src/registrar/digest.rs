@@ -375,6 +375,17 @@ impl NonceKey {
     /// its first 16 bytes are the nonce's tag, the next 8 the opaque, so an answer is checked
     /// with one HMAC too ([`NonceKey::verify`]).
     pub fn mint(&self, now: Timestamp, random: [u8; NONCE_RANDOM_BYTES], source: IpAddr) -> (String, String) {
+        let (nonce, opaque, _) = self.mint_recognised(now, random, source);
+        (nonce, opaque)
+    }
+
+    /// [`NonceKey::mint`], and what [`NonceKey::verify`] will say of the nonce for `source`.
+    pub fn mint_recognised(
+        &self,
+        now: Timestamp,
+        random: [u8; NONCE_RANDOM_BYTES],
+        source: IpAddr,
+    ) -> (String, String, Minted) {
         let mut body = [0u8; NONCE_BODY_BYTES];
         body[..8].copy_from_slice(&now.as_micros().to_be_bytes());
         body[8..].copy_from_slice(&random);
@@ -382,7 +393,8 @@ impl NonceKey {
         let mut nonce = [0u8; NONCE_BYTES];
         nonce[..NONCE_BODY_BYTES].copy_from_slice(&body);
         nonce[NONCE_BODY_BYTES..].copy_from_slice(&mac.as_ref()[..NONCE_TAG_BYTES]);
-        (to_hex(nonce), to_hex(opaque_bytes(&mac)))
+        let opaque = opaque_bytes(&mac);
+        (to_hex(nonce), to_hex(opaque), Minted { at: Timestamp(now.as_micros()), opaque })
     }
 
     /// What a nonce says, if we minted it for `source` (its tag checks out, in constant time):

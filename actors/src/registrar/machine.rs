@@ -40,7 +40,7 @@
 //! (RFC 3327), and `Require` option tags (step 2: we support none, and do not check).
 
 use super::blocking::{self, Guard, Limits};
-use super::digest::{self, Algorithm, Credentials, NonceKey, QopAuth};
+use super::digest::{self, Algorithm, Credentials, Minted, NonceKey, QopAuth};
 use super::nat;
 use crate::sip::message::{Contacts, Method, Name, SipUriUserPart, print_sip_uri, push_decimal};
 use crate::sip::{Request, Response, Transport};
@@ -59,6 +59,11 @@ pub const BINDINGS_PER_AOR_MAX: usize = 10;
 pub const EXTENSIONS_MAX: usize = 10_000;
 /// Used nonces whose highest nonce count we remember; the oldest are forgotten first.
 pub const NONCES_TRACKED_MAX: usize = 16_384;
+/// Nonces this registrar minted most recently, remembered with what verifying them gives, so
+/// the answer to a challenge is recognised without its HMAC computed a second time; the oldest
+/// are forgotten first (about 100 bytes each, no allocation per entry). A nonce not remembered
+/// (older, or minted before a restart) is verified by its HMAC, with the same answer.
+pub const NONCES_MINTED_REMEMBERED_MAX: usize = 2_048;
 /// Longest extension number; numbers are `[0-9A-Za-z_.-]`.
 pub const NUMBER_CHARS_MAX: usize = 32;
 pub const DISPLAY_NAME_CHARS_MAX: usize = 64;
@@ -72,7 +77,9 @@ pub const USER_AGENT_CHARS_MAX: usize = 128;
 pub const CLAIMED_USER_CHARS_MAX: usize = 64;
 
 const _: () = assert!(PASSWORD_CHARS_MIN < PASSWORD_CHARS_MAX);
-const _: () = assert!(BINDINGS_PER_AOR_MAX > 0 && EXTENSIONS_MAX > 0 && NONCES_TRACKED_MAX > 0);
+const _: () = assert!(
+    BINDINGS_PER_AOR_MAX > 0 && EXTENSIONS_MAX > 0 && NONCES_TRACKED_MAX > 0 && NONCES_MINTED_REMEMBERED_MAX > 0
+);
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RegistrarConfig {
@@ -439,6 +446,9 @@ pub struct Registrar {
     /// The last `HA2` computed: (algorithm, method, digest URI, HA2). One entry, replaced on a
     /// miss.
     last_ha2: Option<(Algorithm, String, String, String)>,
+    /// Recently minted nonces (their text) → the source group each went to and what verifying
+    /// it gives; text order is mint order, so the first is the oldest.
+    minted: BTreeMap<[u8; digest::NONCE_CHARS], (IpAddr, Minted)>,
     guard: Guard,
     outputs: VecDeque<RegistrarOutput>,
     last_now: Timestamp,
@@ -501,6 +511,7 @@ impl Registrar {
             flush_at: None,
             nonces: BTreeMap::new(),
             last_ha2: None,
+            minted: BTreeMap::new(),
             nonces_forgotten_until: None,
             guard: Guard::new(limits, EXTENSIONS_MAX),
             outputs: VecDeque::new(),
@@ -739,7 +750,13 @@ impl Registrar {
     /// about the user.
     fn challenge(&mut self, now: Timestamp, tx: u64, request: &Request, source: SocketAddr, stale: bool, code: u16) {
         let bound_to = blocking::source_group(source.ip());
-        let (nonce, opaque) = self.nonce_key.mint(now, self.rng.random(), bound_to);
+        let (nonce, opaque, minted) = self.nonce_key.mint_recognised(now, self.rng.random(), bound_to);
+        if let Ok(text) = <[u8; digest::NONCE_CHARS]>::try_from(nonce.as_bytes()) {
+            while self.minted.len() >= NONCES_MINTED_REMEMBERED_MAX {
+                self.minted.pop_first();
+            }
+            self.minted.insert(text, (bound_to, minted));
+        }
         let mut response = request.response(code, Some(&self.to_tag(request)));
         let header = if code == 407 { Name::PROXY_AUTHENTICATE } else { Name::WWW_AUTHENTICATE };
         for &algorithm in &self.config.digest_algorithms {
@@ -798,7 +815,15 @@ impl Registrar {
         // A nonce we did not mint for this very source proves nothing either way: forged, or
         // fetched from another address (a spoofer cannot read the challenge sent to the
         // address it claims). Challenge again, count nothing against anybody.
-        let Some(minted) = self.nonce_key.verify(&creds.nonce, blocking::source_group(source.ip())) else {
+        // A nonce minted here lately, for this very source group, is known without its HMAC;
+        // any other goes through `verify` (the answer is the same either way).
+        let group = blocking::source_group(source.ip());
+        let remembered = <[u8; digest::NONCE_CHARS]>::try_from(creds.nonce.as_bytes())
+            .ok()
+            .and_then(|text| self.minted.get(&text))
+            .filter(|(minted_for, _)| *minted_for == group)
+            .map(|&(_, minted)| minted);
+        let Some(minted) = remembered.or_else(|| self.nonce_key.verify(&creds.nonce, group)) else {
             return ignored("nonce");
         };
         if creds.opaque.as_ref().is_some_and(|o| !minted.opaque_is(o)) {
