@@ -882,32 +882,33 @@ impl Registrar {
         }
         if let Some(qop) = qop {
             let nc = parse_nc(qop.nc).expect("checked above");
-            match self.nonces.get(creds.nonce.as_ref()) {
+            // One lookup: a tracked nonce's count is raised in place, a new one tracked.
+            match self.nonces.get_mut(creds.nonce.as_ref()) {
                 Some(highest) if nc <= *highest => return Auth::Challenge { stale: false, ignored: None },
+                Some(highest) => *highest = nc,
                 None if self.nonces_forgotten_until.is_some_and(|until| minted_at <= until) => {
                     return Auth::Challenge { stale: true, ignored: None };
                 }
-                _ => {}
+                None => self.track_new_nonce(now, creds.nonce.into_owned(), nc),
             }
-            self.track_nonce(now, creds.nonce.into_owned(), nc);
         }
         self.guard.succeeded(now, source, &creds.username);
         Auth::Ok { user: creds.username.into_owned() }
     }
 
-    fn track_nonce(&mut self, now: Timestamp, nonce: String, nc: u32) {
-        if !self.nonces.contains_key(&nonce) {
-            let lifetime = secs(self.config.nonce_lifetime_s);
-            while self.nonces.len() >= NONCES_TRACKED_MAX {
-                let (oldest, _) = self.nonces.pop_first().expect("map is full, so not empty");
-                let minted = digest::nonce_timestamp(&oldest).unwrap_or(Timestamp::ZERO);
-                // An expired nonce is refused as stale anyway: forgetting it loses nothing.
-                if minted + lifetime > now {
-                    self.nonces_forgotten_until = self.nonces_forgotten_until.max(Some(minted));
-                }
+    /// Tracks a nonce not tracked yet, forgetting the oldest to make room.
+    fn track_new_nonce(&mut self, now: Timestamp, nonce: String, nc: u32) {
+        let lifetime = secs(self.config.nonce_lifetime_s);
+        while self.nonces.len() >= NONCES_TRACKED_MAX {
+            let (oldest, _) = self.nonces.pop_first().expect("map is full, so not empty");
+            let minted = digest::nonce_timestamp(&oldest).unwrap_or(Timestamp::ZERO);
+            // An expired nonce is refused as stale anyway: forgetting it loses nothing.
+            if minted + lifetime > now {
+                self.nonces_forgotten_until = self.nonces_forgotten_until.max(Some(minted));
             }
         }
-        self.nonces.insert(nonce, nc);
+        let previous = self.nonces.insert(nonce, nc);
+        debug_assert!(previous.is_none(), "only a nonce not tracked yet");
         assert!(self.nonces.len() <= NONCES_TRACKED_MAX);
     }
 

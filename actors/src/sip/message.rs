@@ -994,7 +994,8 @@ impl Request {
 
     /// The Contact header set of a REGISTER (RFC 3261 §10.2): none, `*`, or a list.
     pub fn contacts(&self) -> Result<Contacts, &'static str> {
-        let values: Vec<&BytesStr> = self.headers.get_raw(&Name::CONTACT).collect();
+        // The store's own slice of values: nothing collected.
+        let values = self.headers.get_raw(&Name::CONTACT).as_slice();
         if values.is_empty() {
             return Ok(Contacts::None);
         }
