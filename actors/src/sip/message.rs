@@ -822,17 +822,20 @@ fn raw_content_length(head: &[u8]) -> Option<Result<usize, ()>> {
 
 /// `text` without the spaces and tabs at its ends: what `trim_matches([' ', '\t'])` gives,
 /// byte by byte (the char pattern decodes every character; this runs on every header line).
+#[inline]
 pub(crate) fn trim_sp(text: &str) -> &str {
     trim_sp_end(trim_sp_start(text))
 }
 
 /// `text` without the spaces and tabs at its start (see [`trim_sp`]).
+#[inline]
 pub(crate) fn trim_sp_start(text: &str) -> &str {
     let n = text.bytes().take_while(|&b| b == b' ' || b == b'\t').count();
     &text[n..]
 }
 
 /// `text` without the spaces and tabs at its end (see [`trim_sp`]).
+#[inline]
 pub(crate) fn trim_sp_end(text: &str) -> &str {
     let n = text.bytes().rev().take_while(|&b| b == b' ' || b == b'\t').count();
     &text[..text.len() - n]
