@@ -129,6 +129,36 @@ pub struct EndpointState {
     licence: Option<LicenceView>,
     shard: Shard,
     sink: EndpointSink,
+    counters: SipCounters,
+}
+
+/// The handles of the per-request and per-response counters, looked up once per label: the
+/// `counter!` macro registers its key with the recorder on every call (hashing the name and
+/// labels, and for a response printing its code), two per REGISTER. Bounded: a handful of
+/// method labels, and status codes are 100–699.
+#[derive(Default)]
+struct SipCounters {
+    requests: Vec<(&'static str, metrics::Counter)>,
+    responses: std::collections::BTreeMap<u16, metrics::Counter>,
+}
+
+impl SipCounters {
+    fn request(&mut self, method: &'static str) -> &metrics::Counter {
+        let i = match self.requests.iter().position(|(m, _)| *m == method) {
+            Some(i) => i,
+            None => {
+                self.requests.push((method, metrics::counter!("pbx_sip_requests_total", "method" => method)));
+                self.requests.len() - 1
+            }
+        };
+        &self.requests[i].1
+    }
+
+    fn response(&mut self, code: u16) -> &metrics::Counter {
+        self.responses
+            .entry(code)
+            .or_insert_with(|| metrics::counter!("pbx_sip_responses_total", "code" => code.to_string()))
+    }
 }
 
 pub struct EndpointActor;
@@ -276,6 +306,7 @@ impl Actor for EndpointActor {
             licence: args.licence,
             shard: args.shard,
             sink: args.sink,
+            counters: SipCounters::default(),
         })
     }
 
@@ -355,20 +386,16 @@ impl EndpointState {
             Envelope::Leg { to, leg, input } => {
                 let _ = to.cast(CallMsg::Sip { leg, input: Box::new(input) });
             }
-            Envelope::Event(event) => record(event),
+            Envelope::Event(event) => record(&mut self.counters, event),
             Envelope::LegsRouted(n) => self.sink.legs_routed(self.shard.index, n),
         }
     }
 }
 
-fn record(event: EndpointEvent) {
+fn record(counters: &mut SipCounters, event: EndpointEvent) {
     match event {
-        EndpointEvent::Request { method } => {
-            metrics::counter!("pbx_sip_requests_total", "method" => method).increment(1);
-        }
-        EndpointEvent::Response { code } => {
-            metrics::counter!("pbx_sip_responses_total", "code" => code.to_string()).increment(1);
-        }
+        EndpointEvent::Request { method } => counters.request(method).increment(1),
+        EndpointEvent::Response { code } => counters.response(code).increment(1),
         EndpointEvent::Malformed { source, reason, answered } => {
             metrics::counter!("pbx_sip_malformed_total").increment(1);
             tracing::info!(%source, %reason, answered, "malformed SIP message");

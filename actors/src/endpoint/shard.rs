@@ -16,6 +16,8 @@
 //! its Call-IDs to load one shard could load the single endpoint as well before).
 
 use crate::call::LegId;
+use crate::sip::message::next_newline;
+use std::borrow::Cow;
 
 /// Endpoint shards a node runs at most, whatever the core count says: each holds its own
 /// tables, and beyond a few cores the registrar and the calls are the bottleneck.
@@ -93,29 +95,44 @@ pub fn of_message(bytes: &[u8], count: usize) -> usize {
 }
 
 /// The value of the first Call-ID header, continuation lines joined; `None` without one.
-fn call_id_value(bytes: &[u8]) -> Option<Vec<u8>> {
-    let mut lines = bytes.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    lines.next()?; // the start line
-    while let Some(line) = lines.next() {
+/// Runs on every datagram before anything parses it, so lines are found eight bytes at a time
+/// and a line whose name cannot be `Call-ID` or `i` is skipped on its first letter; the value
+/// is copied only when folded.
+fn call_id_value(bytes: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let line_at = |at: usize| {
+        let end = next_newline(bytes, at).unwrap_or(bytes.len());
+        let line = &bytes[at..end];
+        (line.strip_suffix(b"\r").unwrap_or(line), end + 1)
+    };
+    let mut at = next_newline(bytes, 0)? + 1; // past the start line
+    while at <= bytes.len() {
+        let (line, next) = line_at(at);
+        at = next;
         if line.is_empty() {
             return None; // the end of the head
         }
         if line[0] == b' ' || line[0] == b'\t' {
             continue; // a continuation of another header
         }
+        // The trimmed name must start with `c` or `i`, whatever the case.
+        let first = line.iter().find(|b| !b.is_ascii_whitespace());
+        if !first.is_some_and(|&b| matches!(b | 0x20, b'c' | b'i')) {
+            continue;
+        }
         let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
         let name = trim(&line[..colon]);
         if !(name.eq_ignore_ascii_case(b"call-id") || name.eq_ignore_ascii_case(b"i")) {
             continue;
         }
-        let mut value = line[colon + 1..].to_vec();
+        let mut value = Cow::Borrowed(&line[colon + 1..]);
         // Folded: what follows on lines that start with whitespace is part of the value.
-        for next in lines.by_ref() {
-            if next.first().is_some_and(|&b| b == b' ' || b == b'\t') {
-                value.extend_from_slice(next);
-            } else {
+        while at <= bytes.len() {
+            let (next_line, next) = line_at(at);
+            if !next_line.first().is_some_and(|&b| b == b' ' || b == b'\t') {
                 break;
             }
+            value.to_mut().extend_from_slice(next_line);
+            at = next;
         }
         return Some(value);
     }

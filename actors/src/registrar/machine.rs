@@ -40,13 +40,12 @@
 //! (RFC 3327), and `Require` option tags (step 2: we support none, and do not check).
 
 use super::blocking::{self, Guard, Limits};
-use super::digest::{self, Algorithm, Credentials, NonceKey, QopAuth};
+use super::digest::{self, Algorithm, Credentials, Minted, NonceKey, QopAuth};
 use super::nat;
-use crate::sip::message::{Contacts, Method, Name, SipUriUserPart};
+use crate::sip::message::{Contacts, Method, Name, SipUriUserPart, print_sip_uri, push_decimal};
 use crate::sip::{Request, Response, Transport};
 use crate::time::Timestamp;
 use bytesstr::BytesStr;
-use ezk_sip_types::print::AppendCtx;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -60,6 +59,11 @@ pub const BINDINGS_PER_AOR_MAX: usize = 10;
 pub const EXTENSIONS_MAX: usize = 10_000;
 /// Used nonces whose highest nonce count we remember; the oldest are forgotten first.
 pub const NONCES_TRACKED_MAX: usize = 16_384;
+/// Nonces this registrar minted most recently, remembered with what verifying them gives, so
+/// the answer to a challenge is recognised without its HMAC computed a second time; the oldest
+/// are forgotten first (about 100 bytes each, no allocation per entry). A nonce not remembered
+/// (older, or minted before a restart) is verified by its HMAC, with the same answer.
+pub const NONCES_MINTED_REMEMBERED_MAX: usize = 2_048;
 /// Longest extension number; numbers are `[0-9A-Za-z_.-]`.
 pub const NUMBER_CHARS_MAX: usize = 32;
 pub const DISPLAY_NAME_CHARS_MAX: usize = 64;
@@ -73,7 +77,9 @@ pub const USER_AGENT_CHARS_MAX: usize = 128;
 pub const CLAIMED_USER_CHARS_MAX: usize = 64;
 
 const _: () = assert!(PASSWORD_CHARS_MIN < PASSWORD_CHARS_MAX);
-const _: () = assert!(BINDINGS_PER_AOR_MAX > 0 && EXTENSIONS_MAX > 0 && NONCES_TRACKED_MAX > 0);
+const _: () = assert!(
+    BINDINGS_PER_AOR_MAX > 0 && EXTENSIONS_MAX > 0 && NONCES_TRACKED_MAX > 0 && NONCES_MINTED_REMEMBERED_MAX > 0
+);
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RegistrarConfig {
@@ -437,6 +443,12 @@ pub struct Registrar {
     /// Mint time of the newest nonce forgotten to make room: a valid nonce minted no later and
     /// not tracked may have been used, so it is treated as stale.
     nonces_forgotten_until: Option<Timestamp>,
+    /// The last `HA2` computed: (algorithm, method, digest URI, HA2). One entry, replaced on a
+    /// miss.
+    last_ha2: Option<(Algorithm, String, String, String)>,
+    /// Recently minted nonces (their text) → the source group each went to and what verifying
+    /// it gives; text order is mint order, so the first is the oldest.
+    minted: BTreeMap<[u8; digest::NONCE_CHARS], (IpAddr, Minted)>,
     guard: Guard,
     outputs: VecDeque<RegistrarOutput>,
     last_now: Timestamp,
@@ -498,6 +510,8 @@ impl Registrar {
             dirty_extensions: BTreeSet::new(),
             flush_at: None,
             nonces: BTreeMap::new(),
+            last_ha2: None,
+            minted: BTreeMap::new(),
             nonces_forgotten_until: None,
             guard: Guard::new(limits, EXTENSIONS_MAX),
             outputs: VecDeque::new(),
@@ -647,7 +661,13 @@ impl Registrar {
                 for b in self.bindings.get(&aor).into_iter().flatten() {
                     let remaining_us = b.expires_at.as_micros().saturating_sub(now.as_micros());
                     let remaining_s = remaining_us.div_ceil(1_000_000);
-                    response.headers.insert(Name::CONTACT, format!("<{}>;expires={remaining_s}", b.contact));
+                    // `<contact>;expires=N`, without the formatter.
+                    let mut value = String::with_capacity(b.contact.len() + 20);
+                    value.push('<');
+                    value.push_str(&b.contact);
+                    value.push_str(">;expires=");
+                    push_decimal(&mut value, remaining_s);
+                    response.headers.insert_value(Name::CONTACT, BytesStr::from(value));
                 }
                 self.outputs.push_back(RegistrarOutput::Respond { tx, response, authenticated: true });
             }
@@ -730,7 +750,13 @@ impl Registrar {
     /// about the user.
     fn challenge(&mut self, now: Timestamp, tx: u64, request: &Request, source: SocketAddr, stale: bool, code: u16) {
         let bound_to = blocking::source_group(source.ip());
-        let (nonce, opaque) = self.nonce_key.mint(now, self.rng.random(), bound_to);
+        let (nonce, opaque, minted) = self.nonce_key.mint_recognised(now, self.rng.random(), bound_to);
+        if let Ok(text) = <[u8; digest::NONCE_CHARS]>::try_from(nonce.as_bytes()) {
+            while self.minted.len() >= NONCES_MINTED_REMEMBERED_MAX {
+                self.minted.pop_first();
+            }
+            self.minted.insert(text, (bound_to, minted));
+        }
         let mut response = request.response(code, Some(&self.to_tag(request)));
         let header = if code == 407 { Name::PROXY_AUTHENTICATE } else { Name::WWW_AUTHENTICATE };
         for &algorithm in &self.config.digest_algorithms {
@@ -754,7 +780,7 @@ impl Registrar {
         digest::to_hex(hasher.finish().to_be_bytes())
     }
 
-    fn credentials_for_realm(&self, request: &Request, header: Name) -> Option<Credentials> {
+    fn credentials_for_realm<'r>(&self, request: &'r Request, header: Name) -> Option<Credentials<'r>> {
         request
             .headers
             .get_raw(&header)
@@ -789,19 +815,43 @@ impl Registrar {
         // A nonce we did not mint for this very source proves nothing either way: forged, or
         // fetched from another address (a spoofer cannot read the challenge sent to the
         // address it claims). Challenge again, count nothing against anybody.
-        let Some(minted) = self.nonce_key.verify(&creds.nonce, blocking::source_group(source.ip())) else {
+        // A nonce minted here lately, for this very source group, is known without its HMAC;
+        // any other goes through `verify` (the answer is the same either way).
+        let group = blocking::source_group(source.ip());
+        let remembered = <[u8; digest::NONCE_CHARS]>::try_from(creds.nonce.as_bytes())
+            .ok()
+            .and_then(|text| self.minted.get(&text))
+            .filter(|(minted_for, _)| *minted_for == group)
+            .map(|&(_, minted)| minted);
+        let Some(minted) = remembered.or_else(|| self.nonce_key.verify(&creds.nonce, group)) else {
             return ignored("nonce");
         };
         if creds.opaque.as_ref().is_some_and(|o| !minted.opaque_is(o)) {
             return ignored("opaque");
         }
         let minted_at = minted.at;
-        let user: String = creds.username.chars().take(CLAIMED_USER_CHARS_MAX).collect();
-        let extension = self.extensions.get(&creds.username);
+        let method: std::borrow::Cow<'_, str> = match request.method {
+            Method::REGISTER => "REGISTER".into(),
+            Method::INVITE => "INVITE".into(),
+            ref other => other.to_string().into(),
+        };
+        // HA2 hashes only the method and the URI, the same for every REGISTER of a domain's
+        // phones: the last one is kept (a public value, nothing secret in it).
+        let cached =
+            matches!(&self.last_ha2, Some((a, m, u, _)) if *a == algorithm && *m == *method && *u == *creds.uri);
+        if !cached {
+            let ha2 = digest::ha2(algorithm, &method, &creds.uri);
+            self.last_ha2 = Some((algorithm, method.into_owned(), creds.uri.to_string(), ha2));
+        }
+        let user: String = match creds.username.char_indices().nth(CLAIMED_USER_CHARS_MAX) {
+            Some((cut, _)) => creds.username[..cut].to_owned(),
+            None => creds.username.as_ref().to_owned(),
+        };
+        let extension = self.extensions.get(creds.username.as_ref());
         // Where this user's phones are (a live binding from this very address) or recently
         // authenticated from: no block or lock applies there (docs/SECURITY.md).
         let trusted = extension.is_some()
-            && (self.bindings.get(&creds.username).is_some_and(|list| {
+            && (self.bindings.get(creds.username.as_ref()).is_some_and(|list| {
                 list.iter().any(|b| b.expires_at > now && blocking::same_address(b.source, source))
             }) || self.guard.recently_succeeded(now, source, &creds.username));
         if !trusted && self.guard.is_blocked(now, source.ip(), &user) {
@@ -820,8 +870,8 @@ impl Registrar {
             (None, Algorithm::Md5) => &self.dummy_ha1_md5,
             (None, Algorithm::Sha256) => &self.dummy_ha1_sha256,
         };
-        let method = request.method.to_string();
-        let expected = digest::request_digest(algorithm, ha1, &creds.nonce, qop, &method, &creds.uri);
+        let ha2 = &self.last_ha2.as_ref().expect("filled above").3;
+        let expected = digest::response_digest(algorithm, ha1, &creds.nonce, qop, ha2);
         let given = creds.response.to_ascii_lowercase();
         let matches = digest::constant_time_eq(expected.as_bytes(), given.as_bytes());
         if !(matches && extension.is_some()) || locked {
@@ -832,32 +882,33 @@ impl Registrar {
         }
         if let Some(qop) = qop {
             let nc = parse_nc(qop.nc).expect("checked above");
-            match self.nonces.get(&creds.nonce) {
+            // One lookup: a tracked nonce's count is raised in place, a new one tracked.
+            match self.nonces.get_mut(creds.nonce.as_ref()) {
                 Some(highest) if nc <= *highest => return Auth::Challenge { stale: false, ignored: None },
+                Some(highest) => *highest = nc,
                 None if self.nonces_forgotten_until.is_some_and(|until| minted_at <= until) => {
                     return Auth::Challenge { stale: true, ignored: None };
                 }
-                _ => {}
+                None => self.track_new_nonce(now, creds.nonce.into_owned(), nc),
             }
-            self.track_nonce(now, creds.nonce, nc);
         }
         self.guard.succeeded(now, source, &creds.username);
-        Auth::Ok { user: creds.username }
+        Auth::Ok { user: creds.username.into_owned() }
     }
 
-    fn track_nonce(&mut self, now: Timestamp, nonce: String, nc: u32) {
-        if !self.nonces.contains_key(&nonce) {
-            let lifetime = secs(self.config.nonce_lifetime_s);
-            while self.nonces.len() >= NONCES_TRACKED_MAX {
-                let (oldest, _) = self.nonces.pop_first().expect("map is full, so not empty");
-                let minted = digest::nonce_timestamp(&oldest).unwrap_or(Timestamp::ZERO);
-                // An expired nonce is refused as stale anyway: forgetting it loses nothing.
-                if minted + lifetime > now {
-                    self.nonces_forgotten_until = self.nonces_forgotten_until.max(Some(minted));
-                }
+    /// Tracks a nonce not tracked yet, forgetting the oldest to make room.
+    fn track_new_nonce(&mut self, now: Timestamp, nonce: String, nc: u32) {
+        let lifetime = secs(self.config.nonce_lifetime_s);
+        while self.nonces.len() >= NONCES_TRACKED_MAX {
+            let (oldest, _) = self.nonces.pop_first().expect("map is full, so not empty");
+            let minted = digest::nonce_timestamp(&oldest).unwrap_or(Timestamp::ZERO);
+            // An expired nonce is refused as stale anyway: forgetting it loses nothing.
+            if minted + lifetime > now {
+                self.nonces_forgotten_until = self.nonces_forgotten_until.max(Some(minted));
             }
         }
-        self.nonces.insert(nonce, nc);
+        let previous = self.nonces.insert(nonce, nc);
+        debug_assert!(previous.is_none(), "only a nonce not tracked yet");
         assert!(self.nonces.len() <= NONCES_TRACKED_MAX);
     }
 
@@ -898,10 +949,16 @@ impl Registrar {
             Some(Ok(seconds)) => Some(seconds),
             Some(Err(())) => return Err(Refusal::code(400)),
         };
-        let user_agent = request
-            .header(&Name::USER_AGENT)
-            .map(|ua| ua.chars().filter(|c| !c.is_control()).take(USER_AGENT_CHARS_MAX).collect::<String>());
-        let current: Vec<Binding> = self.bindings.get(aor).cloned().unwrap_or_default();
+        let user_agent = request.header(&Name::USER_AGENT).map(|ua| {
+            match ua.len() <= USER_AGENT_CHARS_MAX && ua.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+                // Printable ASCII within the bound (a phone's usual): kept as it is.
+                true => ua.to_owned(),
+                false => ua.chars().filter(|c| !c.is_control()).take(USER_AGENT_CHARS_MAX).collect::<String>(),
+            }
+        });
+        // Read in place, not copied: everything that depends on the current bindings is worked
+        // out below before the first change.
+        let current: &[Binding] = self.bindings.get(aor).map_or(&[], Vec::as_slice);
         let out_of_order = |b: &Binding| b.call_id == call_id && cseq <= b.cseq;
 
         let contacts = request.contacts().map_err(|_| Refusal::code(400))?;
@@ -914,9 +971,10 @@ impl Registrar {
                 if current.iter().any(out_of_order) {
                     return Err(Refusal::code(500));
                 }
-                for b in current {
-                    self.remove_binding(&b.aor, &b.contact);
-                    self.event(RegistrarEvent::Unregistered { aor: b.aor, contact: b.contact });
+                let gone: Vec<(String, String)> = current.iter().map(|b| (b.aor.clone(), b.contact.clone())).collect();
+                for (aor, contact) in gone {
+                    self.remove_binding(&aor, &contact);
+                    self.event(RegistrarEvent::Unregistered { aor, contact });
                 }
                 return Ok(());
             }
@@ -927,7 +985,7 @@ impl Registrar {
         let mut plan: Vec<(String, u32, bool)> = Vec::with_capacity(list.len());
         let mut too_brief = false;
         for contact in &list {
-            let uri = contact.uri.uri.default_print_ctx().to_string();
+            let uri = print_sip_uri(&contact.uri.uri);
             if uri.len() > CONTACT_CHARS_MAX {
                 return Err(Refusal::code(400));
             }
@@ -960,15 +1018,34 @@ impl Registrar {
         // Removals first: the bound was checked on the final count, and an addition applied
         // before a removal would briefly hold one binding too many (issue 14: that tripped the
         // assertion in `put_binding` and killed the registrar).
-        let (removals, updates): (Vec<_>, Vec<_>) = plan.into_iter().partition(|(_, e, _)| *e == 0);
-        for (contact, ..) in removals {
-            if existing(&contact).is_some() {
-                self.remove_binding(aor, &contact);
-                self.event(RegistrarEvent::Unregistered { aor: aor.to_owned(), contact });
+        // A refresh: the same contact from the same Call-ID, source, transport, user agent and
+        // NAT state; only expiry and CSeq change.
+        let is_refresh = |contact: &str, nat: bool| {
+            existing(contact).is_some_and(|o| {
+                o.call_id == call_id
+                    && o.source == source
+                    && o.transport == transport
+                    && o.user_agent == user_agent
+                    && o.nat == nat
+            })
+        };
+        let mut removals = Vec::new();
+        let mut updates = Vec::with_capacity(plan.len());
+        for (contact, expires, nat) in plan {
+            if expires == 0 {
+                if existing(&contact).is_some() {
+                    removals.push(contact);
+                }
+            } else {
+                let refresh = is_refresh(&contact, nat);
+                updates.push((contact, expires, nat, refresh));
             }
         }
-        for (contact, expires, nat) in updates {
-            let old = existing(&contact);
+        for contact in removals {
+            self.remove_binding(aor, &contact);
+            self.event(RegistrarEvent::Unregistered { aor: aor.to_owned(), contact });
+        }
+        for (contact, expires, nat, refresh) in updates {
             let binding = Binding {
                 aor: aor.to_owned(),
                 contact: contact.clone(),
@@ -980,20 +1057,14 @@ impl Registrar {
                 user_agent: user_agent.clone(),
                 nat,
             };
-            let refresh = old.is_some_and(|o| {
-                o.call_id == binding.call_id
-                    && o.source == binding.source
-                    && o.transport == binding.transport
-                    && o.user_agent == binding.user_agent
-                    && o.nat == binding.nat
-            });
-            self.put_binding(binding.clone());
             let key = (binding.aor.clone(), binding.contact.clone());
             if refresh {
                 // Only expiry and CSeq changed: hot state, written in the next batch.
+                self.put_binding(binding);
                 self.dirty_bindings.insert(key);
                 self.schedule_flush(now);
             } else {
+                self.put_binding(binding.clone());
                 self.dirty_bindings.remove(&key);
                 self.persist(RegistrarCommand::PutBinding(binding));
                 self.event(RegistrarEvent::Registered { aor: aor.to_owned(), contact });
@@ -1006,16 +1077,25 @@ impl Registrar {
 
     /// Inserts or replaces a binding in memory (no output).
     fn put_binding(&mut self, binding: Binding) {
-        let list = self.bindings.entry(binding.aor.clone()).or_default();
-        if let Some(old) = list.iter_mut().find(|b| b.contact == binding.contact) {
-            let removed = self.expiries.remove(&(old.expires_at, old.aor.clone(), old.contact.clone()));
+        // A refresh replaces a binding in place: its expiry entry is re-filed with the old
+        // binding's own strings (same AOR, same contact), nothing copied.
+        if !self.bindings.contains_key(&binding.aor) {
+            self.bindings.insert(binding.aor.clone(), Vec::new());
+        }
+        let list = self.bindings.get_mut(&binding.aor).expect("inserted above");
+        if let Some(slot) = list.iter_mut().find(|b| b.contact == binding.contact) {
+            let expires_at = binding.expires_at;
+            let old = std::mem::replace(slot, binding);
+            let mut entry = (old.expires_at, old.aor, old.contact);
+            let removed = self.expiries.remove(&entry);
             assert!(removed, "every binding has an expiry entry");
-            *old = binding.clone();
+            entry.0 = expires_at;
+            self.expiries.insert(entry);
         } else {
             assert!(list.len() < BINDINGS_PER_AOR_MAX, "callers check the per-AOR bound");
-            list.push(binding.clone());
+            self.expiries.insert((binding.expires_at, binding.aor.clone(), binding.contact.clone()));
+            list.push(binding);
         }
-        self.expiries.insert((binding.expires_at, binding.aor, binding.contact));
     }
 
     /// Removes a binding from memory and persists the removal.

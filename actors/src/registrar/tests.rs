@@ -1458,3 +1458,24 @@ fn failure_tables_stay_bounded_and_keep_their_blocks() {
     h.m.check_guard_bounds().unwrap();
     assert_eq!(h.m.blocked_sources(h.now), super::AUTH_FAILURE_PAIRS_MAX + 2);
 }
+
+/// A nonce answered after the registrar forgot minting it (more newer challenges than it
+/// remembers) is still recognised by its HMAC; a remembered one answered from another source
+/// is not weighed, as before.
+#[test]
+fn nonces_are_recognised_whether_remembered_or_not() {
+    let mut h = Harness::new();
+    let reg = Reg::new("100", &["<sip:100@192.0.2.7>"]);
+    let c = challenge_for(h.send(&reg).response(), "SHA-256");
+    let other: SocketAddr = "198.51.100.9:5060".parse().unwrap();
+    let foreign = h.send_from(&reg.clone().cseq(2).auth(authorization(&c, "100", PASSWORD_100, 1)), other);
+    assert_eq!((foreign.code(), foreign.authenticated), (401, Some(false)));
+    assert_eq!(foreign.events, [RegistrarEvent::AuthIgnored { source: other.ip(), reason: "nonce" }]);
+    // Newer challenges push it out of what the registrar remembers (mint order is time order).
+    let stranger = Reg::new("200", &["<sip:200@192.0.2.8>"]);
+    for _ in 0..NONCES_MINTED_REMEMBERED_MAX {
+        h.advance(Duration::from_micros(1));
+        assert_eq!(h.send(&stranger).code(), 401);
+    }
+    assert_eq!(h.send(&reg.clone().cseq(3).auth(authorization(&c, "100", PASSWORD_100, 1))).code(), 200);
+}

@@ -48,6 +48,19 @@ fn key_of(name: &Name) -> u64 {
     hash
 }
 
+/// [`key_of`] of a name's canonical text, at compile time where the name is a constant.
+pub const fn key_of_str(name: &str) -> u64 {
+    let bytes = name.as_bytes();
+    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i].to_ascii_lowercase() as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
 fn same_name(a: &Name, b: &Name) -> bool {
     a.as_print_str().eq_ignore_ascii_case(b.as_print_str())
 }
@@ -79,6 +92,13 @@ impl Headers {
     pub fn insert_value(&mut self, name: Name, value: BytesStr) {
         // The name's key computed once, for the lookup and the new entry.
         let key = key_of(&name);
+        self.insert_value_keyed(name, key, value);
+    }
+
+    /// [`Headers::insert_value`] with the name's key already known (`key` must be
+    /// [`Headers::key_of`] the name).
+    pub fn insert_value_keyed(&mut self, name: Name, key: u64, value: BytesStr) {
+        debug_assert_eq!(key, key_of(&name), "the key of {}", name.as_print_str());
         match self.entries.iter().position(|e| e.key == key && same_name(&e.name, &name)) {
             Some(i) => self.entries[i].values.push(value),
             None => self.entries.push(Entry { key, name, values: OneOrMore::One(value) }),
@@ -165,6 +185,29 @@ impl Headers {
         }
     }
 
+    /// The raw values of each of `names` (distinct names, with their [`Headers::key_of`]
+    /// keys), found in one pass over the entries where `get_raw` makes one pass per name.
+    pub fn get_raw_each<const N: usize>(&self, names: &[Name; N], keys: &[u64; N]) -> [&[BytesStr]; N] {
+        let mut found: [&[BytesStr]; N] = [&[]; N];
+        for entry in &self.entries {
+            if let Some(i) = keys.iter().position(|&k| k == entry.key)
+                && found[i].is_empty()
+                && same_name(&entry.name, &names[i])
+            {
+                found[i] = match &entry.values {
+                    OneOrMore::One(value) => slice::from_ref(value),
+                    OneOrMore::More(values) => values.as_slice(),
+                };
+            }
+        }
+        found
+    }
+
+    /// The key entries of `name` are filed under (for [`Headers::get_raw_each`]).
+    pub fn key_of(name: &Name) -> u64 {
+        key_of(name)
+    }
+
     /// `name`'s values decoded as `H`; `None` without any.
     pub fn try_get<H: DecodeValues>(&self, name: Name) -> Option<Result<H, HeaderError>> {
         let entry = self.entry(&name)?;
@@ -225,6 +268,13 @@ mod tests {
         assert_eq!(printed.len(), 4);
         assert_eq!(printed[0], ("Via".to_owned(), "SIP/2.0/UDP a"));
         assert_eq!(printed[3].1, "2");
+    }
+
+    /// An entry stays within 96 bytes, so the parser's ten-entry table for a REGISTER (see
+    /// `parse_inner`) is one allocation malloc serves from its per-thread cache.
+    #[test]
+    fn entries_stay_small() {
+        assert!(std::mem::size_of::<Entry>() <= 96, "{}", std::mem::size_of::<Entry>());
     }
 
     /// Typed headers print in and decode out; remove takes every value; a front insert of a

@@ -305,3 +305,77 @@ fn decimals_print_as_display_does() {
         assert_eq!(&out[..], n.to_string().as_bytes());
     }
 }
+
+/// The word-at-a-time byte search finds what a byte-by-byte search finds, from any start.
+#[test]
+fn find_either_agrees_with_position() {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |bound: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound
+    };
+    for _ in 0..20_000 {
+        let len = next(40) as usize;
+        // A small alphabet, with 0x80 and 0xff among it, so matches and near-misses are common.
+        let alphabet = [0u8, 1, b'"', b'\\', 0x80, 0xff, b'a'];
+        let buf: Vec<u8> = (0..len).map(|_| alphabet[next(alphabet.len() as u64) as usize]).collect();
+        let (a, b) = (alphabet[next(7) as usize], alphabet[next(7) as usize]);
+        let from = next(45) as usize;
+        let want = buf.get(from..).and_then(|rest| rest.iter().position(|&c| c == a || c == b).map(|p| from + p));
+        assert_eq!(find_either(&buf, from, a, b), want, "{buf:?} from {from} for {a} {b}");
+    }
+}
+
+/// The header-store keys the parser's name table carries, worked out at compile time, are the
+/// keys the store computes for those names, in every spelling the table takes.
+#[test]
+fn core_name_keys_are_the_stores() {
+    for spelling in [
+        "v",
+        "F",
+        "t",
+        "I",
+        "l",
+        "m",
+        "to",
+        "VIA",
+        "from",
+        "CSeq",
+        "call-id",
+        "Expires",
+        "contact",
+        "require",
+        "User-Agent",
+        "max-forwards",
+        "Authorization",
+        "content-length",
+    ] {
+        let (name, _, key) = Core::of(spelling).expect("a name in the table");
+        assert_eq!(key, Headers::key_of(&name), "{spelling}");
+    }
+    assert!(Core::of("x-custom").is_none());
+    assert_eq!(*reply_keys(), REPLY_NAMES.each_ref().map(Headers::key_of));
+}
+
+/// The case-blind substring search answers as comparing every window does.
+#[test]
+fn contains_ignore_case_agrees_with_windows() {
+    let mut state: u64 = 0x1234_5678_9abc_def1;
+    let mut next = move |bound: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound
+    };
+    let alphabet = b"rRpPoOtT;=eEcCiIvVdD";
+    for _ in 0..20_000 {
+        let len = next(30) as usize;
+        let hay: String = (0..len).map(|_| char::from(alphabet[next(alphabet.len() as u64) as usize])).collect();
+        for needle in ["received", "rport", "r", "Rp"] {
+            let want = hay.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()));
+            assert_eq!(contains_ignore_case(&hay, needle), want, "{hay:?} {needle:?}");
+        }
+    }
+}

@@ -236,3 +236,72 @@ fn mutated_shapes_agree_with_ezk() {
     // Most edits leave a shape the hand readers still take: the comparison has teeth.
     assert!(answered > 8_000, "only {answered} mutations took the hand path");
 }
+
+/// The hand printer of a URI writes exactly what ezk's printer writes: on the common shapes,
+/// on unusual ones it must leave to ezk, and on 20,000 random edits of both that ezk reads.
+#[test]
+fn uris_print_by_hand_as_ezk_prints_them() {
+    use crate::sip::message::print_sip_uri;
+    use ezk_sip_types::parse::Parse;
+    use ezk_sip_types::print::AppendCtx;
+    let check = |text: &str| -> bool {
+        let (src, _) = values(text);
+        let Ok(("", uri)) = SipUri::parse(&src)(std::str::from_utf8(&src).expect("utf-8")) else { return false };
+        assert_eq!(print_sip_uri(&uri), uri.default_print_ctx().to_string(), "{text:?}");
+        true
+    };
+    const UNUSUAL: &[&str] = &[
+        "sip:%61lice@pbx.test",
+        "sip:a%20b@pbx.test;x=%41",
+        "sip:alice:secret@pbx.test",
+        "sip:alice@[2001:db8::1]:5060;transport=tcp",
+        "sip:alice@pbx.test;lr;LR",
+        "sip:alice@pbx.test;transport=udp;Transport=tcp",
+        "sip:alice@pbx.test?subject=hi&priority=urgent",
+        "sip:alice@pbx.test;x=\"quoted\"",
+        "sip:alice@pbx.test;ob;x=",
+        "sip:+1-555(0)@pbx.test;user=phone",
+        "sip:alice@PBX.Test:05060;Method=INVITE",
+        "sips:bob@10.0.0.1:1;a=b;c;d=e",
+        "sip:al$ice@pbx.test",
+        "sip:pbx.test;maddr=239.255.255.1;ttl=15",
+    ];
+    for text in URIS.iter().chain(UNUSUAL) {
+        assert!(check(text), "ezk reads {text:?}");
+    }
+    for text in URIS {
+        let (src, _) = values(text);
+        let uri = whole_sip_uri(&src, std::str::from_utf8(&src).expect("utf-8")).expect("a common shape");
+        assert!(crate::sip::message::print_plain_sip_uri(&uri).is_some(), "hand printer declined {text:?}");
+    }
+    const ALPHABET: &[char] =
+        &[';', '=', '@', ':', '%', '.', '?', '&', '[', ']', '-', '_', 'a', 'Z', '0', '9', '+', '$', '!', '\'', '"'];
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |bound: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % bound as u64) as usize
+    };
+    let seeds: Vec<&str> = URIS.iter().chain(UNUSUAL).copied().collect();
+    let mut printed = 0;
+    for _ in 0..20_000 {
+        let mut text: Vec<char> = seeds[next(seeds.len())].chars().collect();
+        for _ in 0..1 + next(3) {
+            let at = next(text.len() + 1);
+            match next(3) {
+                0 => text.insert(at, ALPHABET[next(ALPHABET.len())]),
+                1 if at < text.len() => {
+                    text.remove(at);
+                }
+                _ if at < text.len() => text[at] = ALPHABET[next(ALPHABET.len())],
+                _ => {}
+            }
+        }
+        if check(&text.into_iter().collect::<String>()) {
+            printed += 1;
+        }
+    }
+    // Most edits still read as a URI: the comparison has teeth.
+    assert!(printed > 5_000, "only {printed} mutations read as a URI");
+}
