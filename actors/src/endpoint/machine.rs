@@ -64,13 +64,12 @@ pub const PENDING_REGISTERS_MAX: usize = 16_384;
 pub const REGISTRAR_ANSWER_S_MAX: u64 = 16;
 /// Seconds a client should wait before retrying after a 503 (RFC 3261 §20.33).
 pub const OVERLOAD_RETRY_AFTER_S: u32 = 5;
-/// Overload shedding (see `super::overload`): a new REGISTER or INVITE without credentials
-/// is answered 503 with Retry-After, not worked on, while a standing queue is in front of the
-/// shard, or when it alone waited longer than this between the socket and the shard.
-pub const SHED_NEW_AFTER_MS: u64 = 250;
-/// A REGISTER or INVITE with credentials (its challenge is already paid for, the flow is half
-/// done) is shed only when it alone waited longer than this: RFC 3261's T1, after which the
-/// phone has retransmitted it anyway.
+/// Overload shedding (see `super::overload`): while a standing queue is in front of the shard,
+/// a new REGISTER or INVITE without credentials is answered 503 with Retry-After, not worked
+/// on; one with credentials (its challenge is already paid for, the flow is half done) only
+/// if it also waited longer than this, RFC 3261's T1, after which its phone has retransmitted
+/// it anyway. Without a standing queue nothing is shed, however long one message waited: a
+/// shard descheduled for a moment is not an overloaded one.
 pub const SHED_CREDENTIALED_AFTER_MS: u64 = 500;
 
 #[derive(Debug)]
@@ -576,17 +575,15 @@ impl Endpoint {
         }
     }
 
-    /// Whether this new REGISTER or INVITE is shed: one without credentials while a standing
-    /// queue is detected or past [`SHED_NEW_AFTER_MS`], one with past
-    /// [`SHED_CREDENTIALED_AFTER_MS`].
+    /// Whether this new REGISTER or INVITE is shed: only while a standing queue is detected;
+    /// then one without credentials always, one with past [`SHED_CREDENTIALED_AFTER_MS`].
     fn too_late(&self, request: &Request) -> bool {
+        if !self.queue.standing() {
+            return false;
+        }
         let credentialed =
             request.headers.contains(&Name::AUTHORIZATION) || request.headers.contains(&Name::PROXY_AUTHORIZATION);
-        if credentialed {
-            self.waited > Duration::from_millis(SHED_CREDENTIALED_AFTER_MS)
-        } else {
-            self.queue.standing() || self.waited > Duration::from_millis(SHED_NEW_AFTER_MS)
-        }
+        !credentialed || self.waited > Duration::from_millis(SHED_CREDENTIALED_AFTER_MS)
     }
 
     /// A REGISTER or a new INVITE goes to the registrar, bounded in number and in time.
