@@ -309,20 +309,14 @@ fn decimals_print_as_display_does() {
 /// The word-at-a-time byte search finds what a byte-by-byte search finds, from any start.
 #[test]
 fn find_either_agrees_with_position() {
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = move |bound: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % bound
-    };
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
     for _ in 0..20_000 {
-        let len = next(40) as usize;
+        let len = next(40);
         // A small alphabet, with 0x80 and 0xff among it, so matches and near-misses are common.
         let alphabet = [0u8, 1, b'"', b'\\', 0x80, 0xff, b'a'];
-        let buf: Vec<u8> = (0..len).map(|_| alphabet[next(alphabet.len() as u64) as usize]).collect();
-        let (a, b) = (alphabet[next(7) as usize], alphabet[next(7) as usize]);
-        let from = next(45) as usize;
+        let buf: Vec<u8> = (0..len).map(|_| alphabet[next(alphabet.len())]).collect();
+        let (a, b) = (alphabet[next(7)], alphabet[next(7)]);
+        let from = next(45);
         let want = buf.get(from..).and_then(|rest| rest.iter().position(|&c| c == a || c == b).map(|p| from + p));
         assert_eq!(find_either(&buf, from, a, b), want, "{buf:?} from {from} for {a} {b}");
     }
@@ -362,20 +356,43 @@ fn core_name_keys_are_the_stores() {
 /// The case-blind substring search answers as comparing every window does.
 #[test]
 fn contains_ignore_case_agrees_with_windows() {
-    let mut state: u64 = 0x1234_5678_9abc_def1;
-    let mut next = move |bound: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % bound
-    };
+    let mut next = xorshift(0x1234_5678_9abc_def1);
     let alphabet = b"rRpPoOtT;=eEcCiIvVdD";
     for _ in 0..20_000 {
-        let len = next(30) as usize;
-        let hay: String = (0..len).map(|_| char::from(alphabet[next(alphabet.len() as u64) as usize])).collect();
+        let len = next(30);
+        let hay: String = (0..len).map(|_| char::from(alphabet[next(alphabet.len())])).collect();
         for needle in ["received", "rport", "r", "Rp"] {
             let want = hay.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()));
             assert_eq!(contains_ignore_case(&hay, needle), want, "{hay:?} {needle:?}");
         }
     }
+}
+
+/// A deterministic xorshift generator for the randomised tests here and in `shapes`: each call
+/// gives a number below its bound, so a failure repeats.
+pub(super) fn xorshift(seed: u64) -> impl FnMut(usize) -> usize {
+    let mut state = seed;
+    move |bound| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % bound as u64) as usize
+    }
+}
+
+/// `seed` with one to three random edits from `alphabet` (insert, remove or replace a char).
+pub(super) fn mutated(seed: &str, alphabet: &[char], next: &mut impl FnMut(usize) -> usize) -> String {
+    let mut text: Vec<char> = seed.chars().collect();
+    for _ in 0..1 + next(3) {
+        let at = next(text.len() + 1);
+        match next(3) {
+            0 => text.insert(at, alphabet[next(alphabet.len())]),
+            1 if at < text.len() => {
+                text.remove(at);
+            }
+            _ if at < text.len() => text[at] = alphabet[next(alphabet.len())],
+            _ => {}
+        }
+    }
+    text.into_iter().collect()
 }

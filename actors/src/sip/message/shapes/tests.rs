@@ -1,4 +1,5 @@
 use super::*;
+use crate::sip::message::tests::{mutated, xorshift};
 use crate::sip::message::{Values, decode};
 
 /// A value laid out field by field (ezk's `Debug` prints a URI as text, which hides whether a
@@ -202,29 +203,11 @@ fn mutated_shapes_agree_with_ezk() {
         ';', '=', '<', '>', '"', '@', ':', '%', '.', ' ', '\t', ',', '?', '[', ']', '-', '_', 'a', 'Z', '0', '9', '\\',
         '/', '&', '\u{e9}', '+',
     ];
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = move |bound: usize| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % bound as u64) as usize
-    };
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
     let mut answered = 0;
     for round in 0..30_000 {
         let seeds = [VIAS, FROM_TOS, URIS][round % 3];
-        let mut text: Vec<char> = seeds[next(seeds.len())].chars().collect();
-        for _ in 0..1 + next(3) {
-            let at = next(text.len() + 1);
-            match next(3) {
-                0 => text.insert(at, ALPHABET[next(ALPHABET.len())]),
-                1 if at < text.len() => {
-                    text.remove(at);
-                }
-                _ if at < text.len() => text[at] = ALPHABET[next(ALPHABET.len())],
-                _ => {}
-            }
-        }
-        let text: String = text.into_iter().collect();
+        let text = mutated(seeds[next(seeds.len())], ALPHABET, &mut next);
         if hand_via(&text).is_some() || hand_from_to(&text).is_some() || hand_uri(&text).is_some() {
             answered += 1;
         }
@@ -276,29 +259,11 @@ fn uris_print_by_hand_as_ezk_prints_them() {
     }
     const ALPHABET: &[char] =
         &[';', '=', '@', ':', '%', '.', '?', '&', '[', ']', '-', '_', 'a', 'Z', '0', '9', '+', '$', '!', '\'', '"'];
-    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut next = move |bound: usize| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % bound as u64) as usize
-    };
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
     let seeds: Vec<&str> = URIS.iter().chain(UNUSUAL).copied().collect();
     let mut printed = 0;
     for _ in 0..20_000 {
-        let mut text: Vec<char> = seeds[next(seeds.len())].chars().collect();
-        for _ in 0..1 + next(3) {
-            let at = next(text.len() + 1);
-            match next(3) {
-                0 => text.insert(at, ALPHABET[next(ALPHABET.len())]),
-                1 if at < text.len() => {
-                    text.remove(at);
-                }
-                _ if at < text.len() => text[at] = ALPHABET[next(ALPHABET.len())],
-                _ => {}
-            }
-        }
-        if check(&text.into_iter().collect::<String>()) {
+        if check(&mutated(seeds[next(seeds.len())], ALPHABET, &mut next)) {
             printed += 1;
         }
     }
