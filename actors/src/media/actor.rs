@@ -355,9 +355,9 @@ fn bind_pairs(pool: &Arc<Mutex<PortPool>>, bind: IpAddr) -> Result<(Sockets, Por
                 lease.ports.pop();
                 lock(pool).release(port);
                 if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                    // The lease gives its ports back and records the gauge as it drops.
                     drop((pairs, lease));
                     let pool = lock(pool);
-                    record_in_use(&pool);
                     return Err(MediaError::NoFiles { in_use: pool.in_use(), capacity: pool.capacity() });
                 }
                 tracing::warn!(%bind, port, error = %e, "RTP port pair will not bind; drawing another");
