@@ -4,6 +4,13 @@
 //! init`, `pbx cluster status`), and (as later issues add them) the cluster node and the
 //! benchmarks' load harness.
 
+/// mimalloc rather than glibc's malloc: a call's set-up allocates and frees thousands of small
+/// buffers across the endpoint shards, the call actors and the CDR writer, on different threads;
+/// with glibc's arenas that was ~18 % of the CPU of a call (perf, 2,000 calls/s), see
+/// docs/PERFORMANCE.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use pbx_node::config::{Config, Flags, LogFormat};
 use std::path::PathBuf;
