@@ -16,7 +16,7 @@
 
 use super::{LegId, LocalSip};
 use crate::Timestamp;
-use crate::sip::message::{CSeq, Contact, FromTo, Headers, Method, Name, NameAddr, SipUri, Via};
+use crate::sip::message::{CSeq, FromTo, Headers, Method, Name, NameAddr, SipUri, Via, first_contact};
 use crate::sip::transaction::{ServerKey, TimerConfig};
 use crate::sip::{Request, Response, Transport};
 use bytes::Bytes;
@@ -518,7 +518,7 @@ impl Leg {
     fn response(&mut self, response: Response) {
         // Routed by our branch or From tag; a response must also be of our Call-ID, and once
         // the far end has a tag, carry it (a 2xx retransmission included).
-        let to_tag = response.headers.get::<FromTo>(Name::TO).ok().and_then(|to| to.tag);
+        let to_tag = response.to().and_then(|to| to.tag);
         let their_tag_known = self.remote.tag.is_some() && self.state != State::Early;
         if response.call_id().as_deref() != Some(self.call_id.as_str())
             || (their_tag_known && to_tag.as_ref().map(|t| t.as_str()) != self.remote.tag.as_ref().map(|t| t.as_str()))
@@ -562,7 +562,7 @@ impl Leg {
             // the confirmed one, so an early UPDATE from the callee is recognised.
             if code > 100
                 && self.state == State::Early
-                && let Ok(FromTo { tag: Some(tag), .. }) = response.headers.get::<FromTo>(Name::TO)
+                && let Some(FromTo { tag: Some(tag), .. }) = response.to()
             {
                 self.remote.tag = Some(tag);
             }
@@ -590,10 +590,10 @@ impl Leg {
         if self.state != State::Early {
             return;
         }
-        if let Ok(to) = response.headers.get::<FromTo>(Name::TO) {
+        if let Some(to) = response.to() {
             self.remote.tag = to.tag;
         }
-        if let Some(target) = first_contact(&response.headers) {
+        if let Some(target) = response.first_contact() {
             self.remote_target = target;
         }
         let number = self.sent.as_ref().and_then(|s| s.request.cseq()).map(|c| c.cseq).unwrap_or(1);
@@ -733,11 +733,6 @@ impl Leg {
             self.event(LegEvent::Finished);
         }
     }
-}
-
-/// The URI of the first Contact, the remote target of a dialog (RFC 3261 §12.1).
-fn first_contact(headers: &Headers) -> Option<SipUri> {
-    headers.get_named::<Vec<Contact>>().ok()?.into_iter().next().map(|c| c.uri.uri)
 }
 
 /// A From/To value for `uri` with an optional display name.

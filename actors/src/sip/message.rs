@@ -94,19 +94,72 @@ struct Typed {
 }
 
 impl Typed {
+    /// The typed headers of a request pbx builds. Its own printing is in the common shapes,
+    /// which [`shapes`] reads by hand; anything else goes through ezk as the parser does.
     fn read(headers: &Headers) -> Typed {
-        let vias = headers.get_named::<Vec<Via>>().ok().unwrap_or_default();
+        let (via, via_alone) = match top_via_of(headers) {
+            Some((via, alone)) => (Some(via), alone),
+            None => (None, false),
+        };
         Typed {
-            via_alone: vias.len() == headers.get_raw(&Name::VIA).count(),
-            via: vias.into_iter().next(),
-            from: headers.get::<FromTo>(Name::FROM).ok(),
-            to: headers.get::<FromTo>(Name::TO).ok(),
+            via,
+            via_alone,
+            from: from_to_of(headers, Name::FROM),
+            to: from_to_of(headers, Name::TO),
             call_id: headers.get_raw(&Name::CALL_ID).next().cloned(),
-            cseq: headers.get_named::<CSeq>().ok(),
+            cseq: cseq_of(headers),
             expires: headers.try_get_named::<Expires>().map(|e| e.map(|e| e.0).map_err(|_| ())),
             require: headers.contains(&Name::REQUIRE),
         }
     }
+}
+
+/// The top Via of `headers`, and whether each raw value holds one Via (so the first raw value
+/// is the top Via alone): a lone value in the common shape by hand, anything else through ezk.
+fn top_via_of(headers: &Headers) -> Option<(Via, bool)> {
+    let mut raw = headers.get_raw(&Name::VIA);
+    if let (Some(value), 0) = (raw.next(), raw.len())
+        && let Some(via) = shapes::via(value.as_ref(), value.as_str())
+    {
+        return Some((via, true));
+    }
+    let vias = headers.get_named::<Vec<Via>>().ok()?;
+    let alone = vias.len() == headers.get_raw(&Name::VIA).count();
+    Some((vias.into_iter().next()?, alone))
+}
+
+/// A From or To of `headers` (`name`), as `Headers::get` decodes it: a lone value in the
+/// common shape by hand, anything else through ezk.
+fn from_to_of(headers: &Headers, name: Name) -> Option<FromTo> {
+    let mut raw = headers.get_raw(&name);
+    if let (Some(value), 0) = (raw.next(), raw.len())
+        && let Some(value) = shapes::from_to(value.as_ref(), value.as_str())
+    {
+        return Some(value);
+    }
+    headers.get::<FromTo>(name).ok()
+}
+
+/// The URI of the first Contact of `headers` (a dialog's remote target, RFC 3261 §12.1): a
+/// first value of one contact in the common shape by hand, anything else through ezk.
+pub fn first_contact(headers: &Headers) -> Option<SipUri> {
+    if let Some(value) = headers.get_raw(&Name::CONTACT).next()
+        && let Some(contact) = shapes::contact(value.as_ref(), value.as_str())
+    {
+        return Some(contact.uri.uri);
+    }
+    headers.get_named::<Vec<Contact>>().ok()?.into_iter().next().map(|c| c.uri.uri)
+}
+
+/// The CSeq of `headers`, as `Headers::get_named` decodes it (see [`decode_cseq`]).
+fn cseq_of(headers: &Headers) -> Option<CSeq> {
+    let mut raw = headers.get_raw(&Name::CSEQ);
+    if let (Some(value), 0) = (raw.next(), raw.len())
+        && let Some(cseq) = cseq_by_hand(value)
+    {
+        return Some(cseq);
+    }
+    headers.get_named::<CSeq>().ok()
 }
 
 /// The headers a response copies from its request (RFC 3261 §8.2.6.1), in the order it
@@ -482,7 +535,10 @@ fn parse_response(
             return Err(ParseError::Discard(format!("response without {}", name.as_print_str())));
         }
     }
-    if decode::<CSeq>(&seen.cseq).is_none() || decode::<Via>(&seen.via).is_none() {
+    // The top Via in the common shape is read by hand (as a request's is), anything else by ezk.
+    let via_ok = seen.via.first.as_ref().is_some_and(|v| shapes::via(v.as_ref(), v.as_str()).is_some())
+        || decode::<Via>(&seen.via).is_some();
+    if decode_cseq(&seen.cseq).is_none() || !via_ok {
         return discard("response with malformed CSeq or Via");
     }
     let reason = parts.next().unwrap_or("").to_owned();
@@ -648,16 +704,26 @@ fn decode<H: ezk_sip_types::header::DecodeValues>(values: &Values) -> Option<H> 
 /// grammar gives the same answer; through ezk otherwise.
 fn decode_cseq(values: &Values) -> Option<CSeq> {
     if let (Some(value), true) = (&values.first, values.more.is_empty())
-        && let Some((number, method)) = value.as_str().split_once(' ')
-        && (1..=9).contains(&number.len())
+        && let Some(cseq) = cseq_by_hand(value)
+    {
+        return Some(cseq);
+    }
+    decode::<CSeq>(values)
+}
+
+/// One CSeq value in the common shape (`1-9 digits SP METHOD`), where ezk's grammar gives the
+/// same answer; `None` for anything else.
+fn cseq_by_hand(value: &BytesStr) -> Option<CSeq> {
+    let (number, method) = value.as_str().split_once(' ')?;
+    if (1..=9).contains(&number.len())
         && number.bytes().all(|b| b.is_ascii_digit())
         && !method.is_empty()
         && method.bytes().all(|b| b.is_ascii_uppercase())
-        && let Ok(number) = number.parse::<u32>()
     {
+        let number = number.parse::<u32>().ok()?;
         return Some(CSeq { cseq: number, method: method_of(value.as_ref(), method) });
     }
-    decode::<CSeq>(values)
+    None
 }
 
 /// A method token as ezk reads it, the common ones without its walk through every method it
@@ -1138,11 +1204,21 @@ impl Request {
 
 impl Response {
     pub fn cseq(&self) -> Option<CSeq> {
-        self.headers.get_named::<CSeq>().ok()
+        cseq_of(&self.headers)
     }
 
     pub fn top_via(&self) -> Option<Via> {
-        self.headers.get_named::<Via>().ok()
+        top_via_of(&self.headers).map(|(via, _)| via)
+    }
+
+    /// The To header (its tag names the far end's side of the dialog).
+    pub fn to(&self) -> Option<FromTo> {
+        from_to_of(&self.headers, Name::TO)
+    }
+
+    /// The URI of the first Contact: the remote target of a dialog (RFC 3261 §12.1.2).
+    pub fn first_contact(&self) -> Option<SipUri> {
+        first_contact(&self.headers)
     }
 
     pub fn branch(&self) -> Option<String> {
@@ -1389,6 +1465,9 @@ pub fn parse_sip_uri(text: &str) -> Option<SipUri> {
 pub fn parse_via(text: &str) -> Option<Via> {
     let src = Bytes::copy_from_slice(text.trim().as_bytes());
     let text = std::str::from_utf8(&src).ok()?;
+    if let Some(via) = shapes::via(&src, text) {
+        return Some(via);
+    }
     match <Via as ezk_sip_types::header::HeaderParse>::parse(&src, text) {
         Ok((rest, via)) if rest.trim().is_empty() => Some(via),
         _ => None,

@@ -396,3 +396,59 @@ pub(super) fn mutated(seed: &str, alphabet: &[char], next: &mut impl FnMut(usize
     }
     text.into_iter().collect()
 }
+
+/// What a request pbx builds and a response keep typed, read by hand where the shape is common,
+/// is what ezk decodes from the same headers: top Via, From, To, CSeq and the first Contact, for
+/// common values, unusual ones (ezk's path) and comma-folded Vias and Contacts.
+#[test]
+fn hand_read_core_headers_agree_with_ezk() {
+    let vias = [
+        "SIP/2.0/UDP 10.0.0.5:5062;branch=z9hG4bK-1;rport",
+        "SIP/2.0/TCP pbx.example;branch=z9hG4bK-2",
+        "SIP/2.0/UDP [2001:db8::5]:5062;branch=z9hG4bK-3",
+        "SIP/2.0/UDP 10.0.0.5:5062;branch=\"z9hG4bK-4\"",
+        "SIP/2.0/UDP 10.0.0.5;branch=z9hG4bK-5, SIP/2.0/UDP 10.0.0.6;branch=z9hG4bK-6",
+    ];
+    let name_addrs = [
+        "<sip:100@pbx.example>;tag=abc",
+        "\"Desk 1\" <sip:101@10.0.0.5:5062;transport=udp>;tag=x-y",
+        "Bob <sip:bob@example.com>",
+        "sip:carol@example.com;tag=9",
+        "\"M\\\"x\" <sip:%61@example.com>;tag=q",
+    ];
+    let contacts =
+        ["<sip:100@10.0.0.5:5062>;expires=60", "<sip:a@1.2.3.4>, <sip:b@5.6.7.8>", "\"D\" <sip:d@[2001:db8::1]>"];
+    let cseqs = ["7 INVITE", "4294967295 BYE", " 12  ACK", "1 invite"];
+    for (i, via) in vias.iter().enumerate() {
+        let from = name_addrs[i % name_addrs.len()];
+        let to = name_addrs[(i + 1) % name_addrs.len()];
+        let contact = contacts[i % contacts.len()];
+        let cseq = cseqs[i % cseqs.len()];
+        let mut headers = Headers::new();
+        headers.insert(Name::VIA, *via);
+        headers.insert(Name::FROM, from);
+        headers.insert(Name::TO, to);
+        headers.insert(Name::CALL_ID, "c-1");
+        headers.insert(Name::CSEQ, cseq);
+        headers.insert(Name::CONTACT, contact);
+        let ezk_via = headers.get_named::<Vec<Via>>().ok().and_then(|v| v.into_iter().next());
+        let ezk_from = headers.get::<FromTo>(Name::FROM).ok();
+        let ezk_to = headers.get::<FromTo>(Name::TO).ok();
+        let ezk_cseq = headers.get_named::<CSeq>().ok();
+        let ezk_contact =
+            headers.get_named::<Vec<Contact>>().ok().and_then(|c| c.into_iter().next()).map(|c| c.uri.uri);
+        let show = |v: &Option<Via>| v.as_ref().map(|v| format!("{v:?}"));
+        let request =
+            Request::new(Method::INVITE, parse_sip_uri("sip:101@pbx.example").unwrap(), headers.clone(), Bytes::new());
+        assert_eq!(show(&request.top_via()), show(&ezk_via), "{via}");
+        assert_eq!(format!("{:?}", request.from()), format!("{ezk_from:?}"), "{from}");
+        assert_eq!(format!("{:?}", request.to()), format!("{ezk_to:?}"), "{to}");
+        assert_eq!(format!("{:?}", request.cseq()), format!("{ezk_cseq:?}"), "{cseq}");
+        assert_eq!(format!("{:?}", first_contact(&headers)), format!("{ezk_contact:?}"), "{contact}");
+        let response = Response { code: 200, reason: String::new(), headers, body: Bytes::new() };
+        assert_eq!(show(&response.top_via()), show(&ezk_via), "{via}");
+        assert_eq!(format!("{:?}", response.to()), format!("{ezk_to:?}"), "{to}");
+        assert_eq!(format!("{:?}", response.cseq()), format!("{ezk_cseq:?}"), "{cseq}");
+        assert_eq!(format!("{:?}", response.first_contact()), format!("{ezk_contact:?}"), "{contact}");
+    }
+}

@@ -3,7 +3,7 @@
 //! Pure logic: never reads a clock, an RNG or a socket, never imports tokio. Every timer of
 //! §17 lives in one ordered index, so [`Transactions::poll_timeout`] is the earliest of them.
 
-use crate::sip::message::{CSeq, FromTo, Headers, Method, Name, push_decimal};
+use crate::sip::message::{CSeq, Headers, Method, Name, push_decimal};
 use crate::sip::{Message, Request, Response, Transport};
 use crate::time::Timestamp;
 use bytes::Bytes;
@@ -1251,7 +1251,7 @@ impl Transaction {
 }
 
 fn response_to_tag(response: &Response) -> Option<String> {
-    response.headers.get::<FromTo>(Name::TO).ok().and_then(|to| to.tag).map(|t| t.as_str().to_owned())
+    response.to().and_then(|to| to.tag).map(|t| t.as_str().to_owned())
 }
 
 /// The ACK for a non-2xx final response, built as RFC 3261 §17.1.1.3 says: Request-URI,
