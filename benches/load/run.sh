@@ -4,11 +4,13 @@
 # second through pbx's B2BUA and through Kamailio as a stateful proxy, RTP relayed by pbx, and
 # pbx's memory per call. docs/PERFORMANCE.md explains the method and records the numbers.
 #
-# usage: benches/load/run.sh [all|rate|memory|profile|kamailio|check|calls|kamailio-calls|calls-check|calls-media|rtpengine-check|cluster|cluster-check|flood|flood-check]
+# usage: benches/load/run.sh [all|rate|memory|profile|calls-profile|kamailio|check|calls|kamailio-calls|calls-check|calls-media|rtpengine-check|cluster|cluster-check|flood|flood-check]
 #   all             memory, then the rate ramps of every REGISTER row (default; < 15 minutes once built)
 #   rate            REGISTER rate ramps only
 #   memory          pbx's bytes per registration only
 #   profile         pbx under callgrind with a short load; prints the top functions
+#   calls-profile   pbx under callgrind for PROFILE_CALLS calls (SIPp, 407 digest, no RTP) at
+#                   PROFILE_RATE/s; prints instructions per call and the top functions
 #   kamailio        the Kamailio REGISTER rows only (needs no pbx)
 #   check           one short step per REGISTER row: proves the harness works end to end
 #   calls           call rate ramps: Kamailio stateful (no auth, digest), Kamailio + rtpengine
@@ -229,7 +231,7 @@ CALLER=100
 CALLEE=101
 
 case $MODE in
-all | rate | memory | profile | kamailio | check | calls | kamailio-calls | calls-check | calls-media | rtpengine-check | cluster | cluster-check | flood | flood-check) ;;
+all | rate | memory | profile | calls-profile | kamailio | check | calls | kamailio-calls | calls-check | calls-media | rtpengine-check | cluster | cluster-check | flood | flood-check) ;;
 *)
 	sed -n '7,20p' "$0"
 	exit 2
@@ -250,7 +252,7 @@ call_rates() {
 	STEP_S=$CALL_STEP_S SUSTAIN_S=$CALL_SUSTAIN_S START_RATE=$CALL_START_RATE MAX_RATE=$CALL_MAX_RATE RATE_UNIT=25
 	DEADLINE_S=${CALL_DEADLINE_S:-1500}
 }
-case $MODE in calls | kamailio-calls | calls-check | calls-media | rtpengine-check) call_rates ;; esac
+case $MODE in calls | kamailio-calls | calls-check | calls-media | calls-profile | rtpengine-check) call_rates ;; esac
 if [ "$MODE" = calls-check ] || [ "$MODE" = rtpengine-check ]; then
 	STEP_S=3 SUSTAIN_S=3 SUSTAIN_TRIES=1 START_RATE=100 MAX_RATE=100 BISECT_STEPS=0
 	MEDIA_START=${MEDIA_START_CHECK:-20} MEDIA_MAX=${MEDIA_START_CHECK:-20} MEDIA_MEASURE_S=3
@@ -311,7 +313,7 @@ ensure_packages() {
 	command -v sipp >/dev/null || missing+=(sip-tester)
 	[ -x /usr/bin/time ] || missing+=(time)
 	command -v kamailio >/dev/null || missing+=(kamailio)
-	if [ "$MODE" = profile ]; then command -v valgrind >/dev/null || missing+=(valgrind); fi
+	if [ "$MODE" = profile ] || [ "$MODE" = calls-profile ]; then command -v valgrind >/dev/null || missing+=(valgrind); fi
 	command -v curl >/dev/null || missing+=(curl)
 	local rtpengine=no
 	case $MODE in calls | kamailio-calls | calls-check | calls-media | rtpengine-check)
@@ -370,7 +372,7 @@ build() {
 	[ -z "$PBX_BINARY" ] || pbx=()
 	case $MODE in
 	kamailio-calls | rtpengine-check) ;;
-	calls | calls-check | calls-media) bins+=(${pbx[@]+"${pbx[@]}"}) ;;
+	calls | calls-check | calls-media | calls-profile) bins+=(${pbx[@]+"${pbx[@]}"}) ;;
 	flood | flood-check) bins+=(-p pbx-benches --bin invite_flood ${pbx[@]+"${pbx[@]}"}) ;;
 	kamailio) bins+=(-p pbx-benches --bin register_load) ;;
 	*) bins+=(-p pbx-benches --bin register_load ${pbx[@]+"${pbx[@]}"}) ;;
@@ -843,6 +845,36 @@ profile() {
 	echo '```'
 }
 
+calls_profile() {
+	# Under callgrind pbx runs some 50 times slower: a low rate. One probe call first, with
+	# instrumentation off, so start-up and the first call's lazy set-up are not counted.
+	local calls=${PROFILE_CALLS:-1000} rate=${PROFILE_RATE:-20} total
+	READY_S=600 start_pbx_calls profile valgrind --tool=callgrind --instr-atstart=no \
+		--callgrind-out-file="$WORK/callgrind.out" --separate-threads=no || exit 1
+	probe_call "pbx under callgrind" || exit 1
+	log "calls-profile: $calls calls at $rate/s under callgrind (start-up and the probe call not counted)"
+	callgrind_control -i on "$SERVER_PID" >/dev/null
+	CALLS=$calls RATE=$rate HOLD_MS=0 LIMIT=$((rate * 4 + 100)) SECONDS_MAX=$((calls / rate * 3 + 120)) ON_UP='' \
+		run_calls profile "" ""
+	# Let the last calls' CDRs commit and their transactions end (Timer J is not waited for).
+	sleep 5
+	stop "$SERVER_PID"
+	echo "calls under callgrind: $((calls - RUN_FAILED)) of $calls went through, $RUN_RETRANS retransmissions"
+	callgrind_annotate --auto=no --threshold=100 "$WORK/callgrind.out" >"$WORK/callgrind-self.txt" 2>/dev/null || true
+	callgrind_annotate --auto=no --inclusive=yes --threshold=100 "$WORK/callgrind.out" >"$WORK/callgrind-inclusive.txt" \
+		2>/dev/null || true
+	total=$(awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }' "$WORK/callgrind-self.txt")
+	echo "Instructions per call: **$((total / calls))** (program total $total / $calls calls)"
+	echo "Top functions by own instructions:"
+	echo '```'
+	by_function "$WORK/callgrind-self.txt" | awk 'NR <= 25'
+	echo '```'
+	echo "pbx functions by inclusive instructions:"
+	echo '```'
+	by_function "$WORK/callgrind-inclusive.txt" max | grep -E 'pbx_|redb|openraft|ezk_sip_types' | awk 'NR <= 40'
+	echo '```'
+}
+
 # callgrind_annotate lists a function once per source file its code was inlined from: by function,
 # sum those (own instructions) or take the largest (inclusive: the line under the function's own file).
 by_function() {
@@ -920,14 +952,15 @@ start_kamailio_calls() { # auth|noauth [more kamailio args] → sets SERVER_PID
 	}
 }
 
-start_pbx_calls() { # name → sets SERVER_PID; 1 (with a message) if pbx did not register the called phone
+start_pbx_calls() { # name [wrapper…] → sets SERVER_PID; 1 (with a message) if pbx did not register the called phone
 	local dir=$WORK/pbx-calls-$1
+	shift
 	mkdir -p "$dir/data"
 	{
 		registrar_config
 		call_extensions
 	} >"$dir/pbx.toml"
-	RUST_LOG=$PBX_LOG "$PBX" appliance --data-dir "$dir/data" --config "$dir/pbx.toml" --sip-listen "127.0.0.1:$PBX_SIP_PORT" \
+	RUST_LOG=$PBX_LOG "$@" "$PBX" appliance --data-dir "$dir/data" --config "$dir/pbx.toml" --sip-listen "127.0.0.1:$PBX_SIP_PORT" \
 		--http-listen "127.0.0.1:$PBX_HTTP_PORT" --rtp-ports "$RTP_PORTS" >>"$dir/pbx.log" 2>&1 &
 	SERVER_PID=$!
 	PIDS+=("$SERVER_PID")
@@ -1799,7 +1832,7 @@ STARTED_AT=$(date +%s) # the deadline and the reported duration count from here,
 make_users
 : >"$WORK/steps.tsv"
 case $MODE in
-calls | kamailio-calls | calls-check | calls-media | rtpengine-check) what=Call ;;
+calls | kamailio-calls | calls-check | calls-media | calls-profile | rtpengine-check) what=Call ;;
 cluster | cluster-check) what="Cluster (REGISTER, calls)" ;;
 flood | flood-check) what="Flood" ;;
 *) what=REGISTER ;;
@@ -1819,6 +1852,10 @@ rate | kamailio)
 	;;
 memory) memory ;;
 profile) profile ;;
+calls-profile)
+	make_audio
+	calls_profile
+	;;
 calls | kamailio-calls)
 	make_audio
 	call_rows
