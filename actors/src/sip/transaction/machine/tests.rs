@@ -620,6 +620,38 @@ fn at_the_bound_a_lingering_transaction_makes_room() {
     assert!(String::from_utf8_lossy(&sent[0]).starts_with("SIP/2.0 503"), "{sent:?}");
 }
 
+/// At the bound, an INVITE answered 2xx (Accepted, Timer L) makes room for a new request too:
+/// it only absorbs retransmissions of a request already answered.
+#[test]
+fn at_the_bound_an_accepted_invite_makes_room() {
+    let mut h = Harness::new();
+    for n in 0..TRANSACTIONS_MAX - 1 {
+        let key = TransactionKey::Client(ClientKey { branch: format!("z9hG4bK-fill{n}"), method: Method::OPTIONS });
+        let kind = Kind::NonInviteClient {
+            state: NonInviteClientState::Trying,
+            bytes: Bytes::new(),
+            destination: addr(PHONE),
+            call_id: None,
+        };
+        h.machine.start(Timestamp::ZERO, key, Transport::Tcp, kind);
+    }
+    while h.machine.poll_output().is_some() {}
+    let invite = phone_request("INVITE", "z9hG4bK-answered", 1, None, Transport::Udp);
+    let (key, request) = Harness::server_key(&h.at(1, received(invite, PHONE, Transport::Udp)));
+    h.at(2, TransactionInput::SendResponse { key: key.clone(), response: request.response(200, Some("t")) });
+    assert!(h.machine.has_server(&key), "Accepted: still there under Timer L");
+    assert_eq!(h.machine.len(), TRANSACTIONS_MAX);
+
+    let next = phone_request("INVITE", "z9hG4bK-next", 1, None, Transport::Udp);
+    let out = h.at(3, received(next, PHONE, Transport::Udp));
+    assert!(
+        out.iter().any(|o| matches!(o, TransactionOutput::Terminated { key: TransactionKey::Server(k) } if *k == key)),
+        "the Accepted INVITE is ended: {out:?}"
+    );
+    assert!(out.iter().any(|o| matches!(o, TransactionOutput::Request { .. })), "the new INVITE is taken: {out:?}");
+    assert!(transmits(&out).is_empty(), "no 503: {out:?}");
+}
+
 /// At the bound with nothing lingering, the oldest request the TU marked unvetted (a stranger's,
 /// waiting for authentication) makes room; one it vouched for again is kept. Only when none is
 /// left unvetted does a new request get 503.
