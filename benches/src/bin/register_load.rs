@@ -443,6 +443,9 @@ fn answer(algorithm: Algorithm, user: &str, password: &str, uri: &str, challenge
     value
 }
 
+/// The generator socket's receive buffer asked for (the kernel caps it at `net.core.rmem_max`).
+const GENERATOR_RECEIVE_BUFFER_BYTES: usize = 8 << 20;
+
 fn main() -> ExitCode {
     let options = match options() {
         Ok(o) => o,
@@ -458,6 +461,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // One socket stands for thousands of phones: with Linux's default 208 KiB buffer a burst of
+    // answers (a server that reads and answers its queue in batches) overflowed the generator's
+    // socket, and those drops showed as the server's retransmissions. As large as the system
+    // allows (`net.core.rmem_max`), like pbx's own SIP socket.
+    if let Err(e) = socket2::SockRef::from(&socket).set_recv_buffer_size(GENERATOR_RECEIVE_BUFFER_BYTES) {
+        eprintln!("register_load: SO_RCVBUF: {e} (the default buffer stays)");
+    }
     let local = socket.local_addr().expect("a bound socket has an address");
     let run = options.run.unwrap_or_else(std::process::id);
     let mut load = Load {
