@@ -548,12 +548,10 @@ fn responses_route_by_via_on_udp_and_by_connection_on_tcp() {
 
 // ---- bounds and contract ----
 
-/// Over TRANSACTIONS_MAX a new request gets a stateless 503 with Retry-After (the same bytes when retransmitted) and a new client request is refused.
-#[test]
-fn over_the_bound_requests_get_503_and_client_requests_are_refused() {
-    let mut h = Harness::new();
-    // Filled through the private door: 65,536 printed requests take seconds in a debug build.
-    for n in 0..TRANSACTIONS_MAX {
+/// `n` client transactions started through the private door, their outputs drained: a table
+/// filled in milliseconds (65,536 printed requests take seconds in a debug build).
+fn fill(h: &mut Harness, n: usize) {
+    for n in 0..n {
         let key = TransactionKey::Client(ClientKey { branch: format!("z9hG4bK-fill{n}"), method: Method::OPTIONS });
         let kind = Kind::NonInviteClient {
             state: NonInviteClientState::Trying,
@@ -564,6 +562,13 @@ fn over_the_bound_requests_get_503_and_client_requests_are_refused() {
         h.machine.start(Timestamp::ZERO, key, Transport::Tcp, kind);
     }
     while h.machine.poll_output().is_some() {}
+}
+
+/// Over TRANSACTIONS_MAX a new request gets a stateless 503 with Retry-After (the same bytes when retransmitted) and a new client request is refused.
+#[test]
+fn over_the_bound_requests_get_503_and_client_requests_are_refused() {
+    let mut h = Harness::new();
+    fill(&mut h, TRANSACTIONS_MAX);
     assert_eq!(h.machine.len(), TRANSACTIONS_MAX);
 
     let register = phone_request("REGISTER", "z9hG4bK-r", 7, None, Transport::Udp);
@@ -587,17 +592,7 @@ fn over_the_bound_requests_get_503_and_client_requests_are_refused() {
 #[test]
 fn at_the_bound_a_lingering_transaction_makes_room() {
     let mut h = Harness::new();
-    for n in 0..TRANSACTIONS_MAX - 1 {
-        let key = TransactionKey::Client(ClientKey { branch: format!("z9hG4bK-fill{n}"), method: Method::OPTIONS });
-        let kind = Kind::NonInviteClient {
-            state: NonInviteClientState::Trying,
-            bytes: Bytes::new(),
-            destination: addr(PHONE),
-            call_id: None,
-        };
-        h.machine.start(Timestamp::ZERO, key, Transport::Tcp, kind);
-    }
-    while h.machine.poll_output().is_some() {}
+    fill(&mut h, TRANSACTIONS_MAX - 1);
     // The last slot: a REGISTER answered 200, now lingering under Timer J.
     let first = phone_request("REGISTER", "z9hG4bK-first", 1, None, Transport::Udp);
     let (key, request) = Harness::server_key(&h.at(1, received(first.clone(), PHONE, Transport::Udp)));
@@ -625,17 +620,7 @@ fn at_the_bound_a_lingering_transaction_makes_room() {
 #[test]
 fn at_the_bound_an_accepted_invite_makes_room() {
     let mut h = Harness::new();
-    for n in 0..TRANSACTIONS_MAX - 1 {
-        let key = TransactionKey::Client(ClientKey { branch: format!("z9hG4bK-fill{n}"), method: Method::OPTIONS });
-        let kind = Kind::NonInviteClient {
-            state: NonInviteClientState::Trying,
-            bytes: Bytes::new(),
-            destination: addr(PHONE),
-            call_id: None,
-        };
-        h.machine.start(Timestamp::ZERO, key, Transport::Tcp, kind);
-    }
-    while h.machine.poll_output().is_some() {}
+    fill(&mut h, TRANSACTIONS_MAX - 1);
     let invite = phone_request("INVITE", "z9hG4bK-answered", 1, None, Transport::Udp);
     let (key, request) = Harness::server_key(&h.at(1, received(invite, PHONE, Transport::Udp)));
     h.at(2, TransactionInput::SendResponse { key: key.clone(), response: request.response(200, Some("t")) });
@@ -658,17 +643,7 @@ fn at_the_bound_an_accepted_invite_makes_room() {
 #[test]
 fn at_the_bound_unvetted_requests_go_first() {
     let mut h = Harness::new();
-    for n in 0..TRANSACTIONS_MAX - 2 {
-        let key = TransactionKey::Client(ClientKey { branch: format!("z9hG4bK-fill{n}"), method: Method::OPTIONS });
-        let kind = Kind::NonInviteClient {
-            state: NonInviteClientState::Trying,
-            bytes: Bytes::new(),
-            destination: addr(PHONE),
-            call_id: None,
-        };
-        h.machine.start(Timestamp::ZERO, key, Transport::Tcp, kind);
-    }
-    while h.machine.poll_output().is_some() {}
+    fill(&mut h, TRANSACTIONS_MAX - 2);
     let stranger = phone_request("REGISTER", "z9hG4bK-stranger", 1, None, Transport::Udp);
     let (stranger_key, _) = Harness::server_key(&h.at(1, received(stranger, PHONE, Transport::Udp)));
     h.machine.mark_unvetted(&stranger_key);
