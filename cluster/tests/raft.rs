@@ -288,3 +288,54 @@ fn compaction_leaves_no_applied_entry_in_the_log() {
         cluster.shutdown().await;
     });
 }
+
+/// Everything written to it, for a test's own subscriber.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A cluster of one (an appliance) restarted on its redb file starts as quietly as it did the
+/// first time: it does not ask Raft to initialise a log that is not empty (openraft refused at
+/// ERROR on every restart), and its writes still commit. On a current-thread runtime Raft's
+/// core has not loaded the stored log when `Replica::start` decides, which is what made the
+/// old check (Raft's metrics) see every restart as fresh.
+#[test]
+fn a_restarted_cluster_of_one_does_not_initialise_again() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let me = Member { name: "n1".into(), address: "127.0.0.1:1".into(), witness: false };
+    tracing::subscriber::with_default(subscriber, || {
+        runtime.block_on(async {
+            tokio::time::timeout(TEST_TIMEOUT, async {
+                for payload in [b"first".to_vec(), b"after restart".to_vec()] {
+                    let db = store::open(data.path()).unwrap();
+                    let config = ReplicaConfig::new(me.clone(), vec![me.clone()]);
+                    let replica = Replica::start(config, None, db, Arc::new(Recorder::default())).await.unwrap();
+                    replica.write(payload).await.unwrap();
+                    replica.shutdown().await;
+                }
+            })
+            .await
+            .expect("test within its time bound")
+        })
+    });
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(logs.matches("cluster membership initialised").count(), 1, "{logs}");
+    assert!(!logs.contains("ERROR"), "{logs}");
+}

@@ -4,6 +4,7 @@
 use super::net::{self, Client, Network, Reply, Rpc, WriteRefused};
 use super::store::{LogStore, StateMachine};
 use super::{Applier, Member, NodeId, Request, TypeConfig, membership, node_id};
+use openraft::storage::RaftLogStorage;
 use openraft::{Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -141,7 +142,12 @@ impl Replica {
         }
         let client = Client::new(endpoint.clone());
         let raft_config = Arc::new(config.raft_config()?);
-        let log = LogStore::<TypeConfig>::new(db.clone());
+        let mut log = LogStore::<TypeConfig>::new(db.clone());
+        // Fresh is read from the stored log and vote, before Raft starts: its metrics show them
+        // only once its core task has loaded them, and a restarted node that asked to
+        // initialise got openraft's "Can not initialize" at ERROR on every start.
+        let fresh = log.get_log_state().await.map_err(|e| e.to_string())?.last_log_id.is_none()
+            && log.read_vote().await.map_err(|e| e.to_string())?.is_none_or(|v| v.leader_id().term == 0);
         let sm = StateMachine::<TypeConfig>::new(db.clone(), applier);
         let raft =
             Raft::new(id, raft_config, Network::new(client.clone()), log, sm).await.map_err(|e| e.to_string())?;
@@ -149,10 +155,6 @@ impl Replica {
             let server = tokio::spawn(net::serve(e.clone(), raft.clone(), members.clone()));
             (e, server)
         });
-        let fresh = {
-            let m = raft.metrics().borrow().clone();
-            m.last_log_index.is_none() && m.vote.leader_id().term == 0
-        };
         if fresh {
             match raft.initialize(members.clone()).await {
                 Ok(()) => tracing::info!(members = members.len(), "cluster membership initialised"),
