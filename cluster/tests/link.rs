@@ -4,12 +4,15 @@
 //! Each test runs on its own current-thread runtime inside a thread-local tracing subscriber
 //! and metrics recorder, so its logs and counters are its own.
 
+mod common;
+
+use common::LogBuffer;
 use pbx_cluster::identity::{self, NodeIdentity, NodeName};
 use pbx_cluster::link::{self, Link, LinkError, RefusedBy};
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest any test's network part may take.
@@ -34,19 +37,6 @@ fn cluster(nodes: &str) -> tempfile::TempDir {
 
 fn load(dir: &Path, node: &str) -> NodeIdentity {
     NodeIdentity::load(dir, &name(node)).unwrap()
-}
-
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 struct Observed<T> {

@@ -3,6 +3,9 @@
 //! one order, the leader's loss elects another that keeps every committed write, a member
 //! alone never commits, and a restarted member catches up (from the log, or from a snapshot).
 
+mod common;
+
+use common::LogBuffer;
 use pbx_cluster::identity::{self, NodeIdentity, NodeName};
 use pbx_cluster::link;
 use pbx_cluster::raft::{Applier, ApplyError, Member, Replica, ReplicaConfig, Request, WriteError, store};
@@ -287,20 +290,6 @@ fn compaction_leaves_no_applied_entry_in_the_log() {
         }
         cluster.shutdown().await;
     });
-}
-
-/// Everything written to it, for a test's own subscriber.
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// A cluster of one (an appliance) restarted on its redb file starts as quietly as it did the

@@ -7,13 +7,16 @@
 //! The test runs on a current-thread runtime inside a thread-local tracing subscriber and
 //! metrics recorder, so its logs and counters are its own.
 
+mod common;
+
+use common::LogBuffer;
 use openraft::raft::{InstallSnapshotRequest, VoteRequest};
 use openraft::{SnapshotMeta, Vote};
 use pbx_cluster::identity::{self, NodeIdentity, NodeName};
 use pbx_cluster::link;
 use pbx_cluster::raft::net::{CallError, Client, MESSAGE_BYTES_MAX, Reply, Rpc, WriteRefused};
 use pbx_cluster::raft::{Applier, ApplyError, Member, Replica, ReplicaConfig, Request, TypeConfig, node_id, store};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -29,19 +32,6 @@ impl Applier for Nothing {
         Ok(Vec::new())
     }
     fn install(&self, _: &[u8]) -> Result<(), ApplyError> {
-        Ok(())
-    }
-}
-
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
 }
