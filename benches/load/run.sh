@@ -832,9 +832,7 @@ profile() {
 	echo "register_load under callgrind: $out"
 	stop "$SERVER_PID"
 	echo
-	callgrind_annotate --auto=no --threshold=100 "$WORK/callgrind.out" >"$WORK/callgrind-self.txt" 2>/dev/null || true
-	callgrind_annotate --auto=no --inclusive=yes --threshold=100 "$WORK/callgrind.out" >"$WORK/callgrind-inclusive.txt" \
-		2>/dev/null || true
+	annotate_callgrind
 	echo "Top functions by own instructions ($calls MD5-authenticated flows, $flows Call-ID; instructions, share):"
 	echo '```'
 	by_function "$WORK/callgrind-self.txt" | awk 'NR <= 16'
@@ -860,9 +858,7 @@ calls_profile() {
 	sleep 5
 	stop "$SERVER_PID"
 	echo "calls under callgrind: $((calls - RUN_FAILED)) of $calls went through, $RUN_RETRANS retransmissions"
-	callgrind_annotate --auto=no --threshold=100 "$WORK/callgrind.out" >"$WORK/callgrind-self.txt" 2>/dev/null || true
-	callgrind_annotate --auto=no --inclusive=yes --threshold=100 "$WORK/callgrind.out" >"$WORK/callgrind-inclusive.txt" \
-		2>/dev/null || true
+	annotate_callgrind
 	total=$(awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }' "$WORK/callgrind-self.txt")
 	echo "Instructions per call: **$((total / calls))** (program total $total / $calls calls)"
 	echo "Top functions by own instructions:"
@@ -873,6 +869,13 @@ calls_profile() {
 	echo '```'
 	by_function "$WORK/callgrind-inclusive.txt" max | grep -E 'pbx_|redb|openraft|ezk_sip_types' | awk 'NR <= 40'
 	echo '```'
+}
+
+# $WORK/callgrind.out → callgrind-self.txt (own instructions) and callgrind-inclusive.txt.
+annotate_callgrind() {
+	callgrind_annotate --auto=no --threshold=100 "$WORK/callgrind.out" >"$WORK/callgrind-self.txt" 2>/dev/null || true
+	callgrind_annotate --auto=no --inclusive=yes --threshold=100 "$WORK/callgrind.out" >"$WORK/callgrind-inclusive.txt" \
+		2>/dev/null || true
 }
 
 # callgrind_annotate lists a function once per source file its code was inlined from: by function,
