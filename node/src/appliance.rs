@@ -170,9 +170,11 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     // No more pairs at once than the open-file limit allows (see `limits`).
     let soft = crate::sip::limits::open_file_limit();
     ports.limit_leases(crate::sip::limits::rtp_pairs_within(soft, crate::sip::transport::tcp_connections_cap(soft)));
+    // Ended calls' sockets are parked for the next calls (media/pool.rs, **Parking**).
+    ports.park_sets();
     tracing::info!(pairs = range_pairs, at_once = ports.capacity(), "RTP port pool");
     // Gauges exist from the start, so "none in use" reads 0 rather than absent.
-    for gauge in ["pbx_rtp_ports_in_use", "pbx_calls_active", "pbx_call_legs_active"] {
+    for gauge in ["pbx_rtp_ports_in_use", "pbx_rtp_ports_parked", "pbx_calls_active", "pbx_call_legs_active"] {
         metrics::gauge!(gauge).set(0.0);
     }
     let context = CallContext {

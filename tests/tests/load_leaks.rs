@@ -1,7 +1,7 @@
 //! Load leaves nothing behind: SIPp puts calls (with SDP, challenged, relayed, two RTP port pairs
 //! leased each) and REGISTER flows on the real `pbx` binary (the debug build `cargo test` makes)
 //! at once; once the load is over and RFC 3261's Timer J has passed, pbx's /metrics must show no
-//! active call, no call leg, no SIP transaction and no RTP port in use.
+//! active call, no call leg, no SIP transaction and no RTP port in use or parked.
 //!
 //! Rates are a tenth or less of what a release build holds (benches/load/run.sh measures those),
 //! so a debug build keeps up on a shared machine; the test proves cleanup, not speed.
@@ -23,8 +23,15 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 /// UDP; after the load the gauges must reach 0 within it and a margin.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(45);
 
-/// The gauges that count what a call or a request holds while it lives.
-const GAUGES: [&str; 4] = ["pbx_calls_active", "pbx_call_legs_active", "pbx_sip_transactions", "pbx_rtp_ports_in_use"];
+/// The gauges that count what a call or a request holds while it lives, and the sockets ended
+/// calls leave parked for the next (closed after 10 s without a call: `PARKED_IDLE_MS`).
+const GAUGES: [&str; 5] = [
+    "pbx_calls_active",
+    "pbx_call_legs_active",
+    "pbx_sip_transactions",
+    "pbx_rtp_ports_in_use",
+    "pbx_rtp_ports_parked",
+];
 
 /// Each gauge's value (`None` when /metrics does not list it).
 fn gauges(pbx: &Pbx) -> Vec<(&'static str, Option<f64>)> {

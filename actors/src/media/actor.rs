@@ -10,7 +10,25 @@
 //!   is drawn; after [`BIND_ATTEMPTS_MAX`] pairs tried the start fails with
 //!   [`MediaError::NoPorts`]. The lease belongs to the session's state in its worker: the
 //!   sockets close and the ports return to the pool when the worker drops it, however the
-//!   session ends (the [`MediaSession`] dropped, or a panic).
+//!   session ends (the [`MediaSession`] dropped, or a panic), unless they are parked.
+//! - **Parking.** A session that ends normally parks its four sockets in the pool
+//!   ([`PortPool::park`], when the node's pool parks: `PortPool::park_sets`): they stay bound,
+//!   in their worker's epoll set, and whatever reaches them is read and dropped (counted in
+//!   `pbx_rtp_dropped_total`), so nothing queues in the kernel for a stranger. A later start
+//!   takes a parked set when the pool draws one (only at random among many, past a
+//!   quarantine: the pool's module doc) or when no pair can be leased and bound otherwise; its
+//!   worker then gives the slot a new relay, counters and owner (`Command::Reuse`). A set
+//!   nobody takes is closed after the pool's idle time (10 s), so an idle node holds no sockets.
+//!   A socket's life was `socket`, `ioctl`, `bind`, `epoll_ctl` and `close`: four of each per
+//!   call, about 37 µs of a call's CPU on the 2-core machine of docs/PERFORMANCE.md, and at
+//!   3,000 calls/s the one thing the media workers were woken for.
+//! - **Commands.** A new session's `Add` wakes its worker at once (its sockets must join the
+//!   epoll set before a datagram can wake it). `Reuse`, `Configure` and `Remove` only queue:
+//!   the worker takes every queued command at the start of each round, before the datagrams
+//!   that woke it, so an SDP is applied before the first packet that needs it; without
+//!   traffic, its timer takes them within [`METRICS_FLUSH_MS`] (a session's flush) or a second
+//!   (`TIMER_IDLE_MS`), and [`LAZY_COMMANDS_MAX`] waiting wake it. Each wake was a context
+//!   switch, an `epoll_wait`, a read of the eventfd and a paced pause: four per call.
 //! - **Shared workers, no task per call.** [`MEDIA_WORKERS_MAX`] threads at most, one per core,
 //!   started with the first session; each session goes to the next in turn. A worker owns its
 //!   sessions' state and sockets outright (ownership is plain: only that thread touches them)
@@ -37,8 +55,8 @@
 //!   before.
 //! - **Ownership.** The session's owner (the call actor) holds a [`MediaSession`]: a handle
 //!   that sends the worker commands (`Configure`, the test hook) and, when dropped, `Remove`:
-//!   the worker then drops the session's state, which stops relaying, closes the sockets and
-//!   returns the ports, as the aborted task did before.
+//!   the worker then parks the session's sockets or drops its state, which stops relaying,
+//!   closes the sockets and returns the ports, as the aborted task did before.
 //! - **Counters.** The relay's [`SideStats`] are published after every batch into counters
 //!   the owner reads without asking the worker ([`MediaSession::stats`]: the CDR and the API's
 //!   call list).
@@ -48,14 +66,14 @@
 //! - **Timers.** Each session's next wake (the relay's timeout or the metrics flush) is kept
 //!   with it; the worker looks for due sessions at most every [`TIMER_TICK_MS`].
 //! - **Metrics**, added up per session and handed to the registry every [`METRICS_FLUSH_MS`]
-//!   and when the session ends: gauge `pbx_rtp_ports_in_use` (UDP ports, RTP and RTCP, leased
-//!   node-wide), counters `pbx_rtp_packets_total{direction="in"|"out"}`,
+//!   and when the session ends: gauges `pbx_rtp_ports_in_use` (UDP ports, RTP and RTCP, leased
+//!   node-wide for calls) and `pbx_rtp_ports_parked` (bound, waiting for a call), counters `pbx_rtp_packets_total{direction="in"|"out"}`,
 //!   `pbx_rtp_dropped_total` (oversized, relay and send drops alike) and
 //!   `pbx_rtp_foreign_packets_total` (of those, RTP and RTCP from an address that is not the
 //!   side's source: see the relay's module doc). The first foreign packet of each side is
 //!   logged (without its address: logs keep no personal data beyond the call's).
 
-use super::pool::PortPool;
+use super::pool::{Parked, PortPool};
 use super::relay::{PacketKind, PeerMedia, Relay, RelayConfig, RelayInput, RelayOutput, Side, SideStats};
 use crate::time::{Clock, Timestamp};
 use std::collections::HashMap;
@@ -99,6 +117,8 @@ const TIMER_IDLE_MS: u64 = 1_000;
 const DATAGRAM_BYTES_MAX: usize = 2_048;
 /// The epoll token of a worker's eventfd (socket tokens are `slot << 2 | socket`).
 const WAKE_TOKEN: u64 = u64::MAX;
+/// A parked set's token is its last session's id times this plus its worker's index.
+const TOKEN_SPAN: u64 = MEDIA_WORKERS_MAX as u64;
 
 pub struct MediaArgs {
     pub pool: Arc<Mutex<PortPool>>,
@@ -146,6 +166,11 @@ impl MediaError {
 /// What a session's handle sends its worker.
 enum Command {
     Add(Box<Session>),
+    /// A new session on the sockets parked under `token` in this worker.
+    Reuse {
+        token: u64,
+        fresh: Box<Fresh>,
+    },
     Configure {
         id: u64,
         side: Side,
@@ -160,16 +185,31 @@ enum Command {
     },
 }
 
+/// Commands a worker may have waiting before one wakes it (module doc, **Commands**).
+pub const LAZY_COMMANDS_MAX: usize = 64;
+
 /// How a handle reaches its worker.
 struct WorkerHandle {
     commands: mpsc::Sender<Command>,
     wake: Arc<EventFd>,
+    /// Commands sent and not yet taken by the worker.
+    queued: Arc<AtomicUsize>,
 }
 
 impl WorkerHandle {
+    /// Sends a command that must be taken now (its sockets must join the epoll set, or a
+    /// test waits on it).
     fn send(&self, command: Command) {
-        let sent = self.commands.send(command);
-        if sent.is_ok() {
+        if self.commands.send(command).is_ok() {
+            self.queued.fetch_add(1, Ordering::AcqRel);
+            self.wake.wake();
+        }
+    }
+
+    /// Sends a command the worker takes at its next round: when a datagram of any of its
+    /// sockets wakes it, or its timer, or this command makes [`LAZY_COMMANDS_MAX`] waiting.
+    fn send_lazily(&self, command: Command) {
+        if self.commands.send(command).is_ok() && self.queued.fetch_add(1, Ordering::AcqRel) + 1 >= LAZY_COMMANDS_MAX {
             self.wake.wake();
         }
     }
@@ -194,10 +234,13 @@ fn workers() -> Result<Arc<[WorkerHandle]>, MediaError> {
         let wake = Arc::new(EventFd::new().map_err(MediaError::Workers)?);
         epoll.add(wake.fd(), WAKE_TOKEN).map_err(MediaError::Workers)?;
         let (commands, receiver) = mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let worker = Worker {
+            index: i,
             epoll,
             wake: wake.clone(),
             commands: receiver,
+            queued: queued.clone(),
             slots: Vec::new(),
             free: Vec::new(),
             by_id: HashMap::new(),
@@ -212,7 +255,7 @@ fn workers() -> Result<Arc<[WorkerHandle]>, MediaError> {
             .name(format!("pbx-media-{i}"))
             .spawn(move || worker.run())
             .map_err(MediaError::Workers)?;
-        handles.push(WorkerHandle { commands, wake });
+        handles.push(WorkerHandle { commands, wake, queued });
     }
     let handles: Arc<[WorkerHandle]> = handles.into();
     *workers = Some(handles.clone());
@@ -231,30 +274,63 @@ pub struct MediaSession {
 
 impl MediaSession {
     /// Leases two port pairs, binds them on `args.bind` and hands the session to a worker.
+    /// Sockets parked by an ended session are taken when the pool draws them (module doc,
+    /// **Parking**), and whenever no pair can be leased and bound otherwise.
     pub async fn start(args: MediaArgs) -> Result<MediaSession, MediaError> {
         let workers = workers()?;
-        let (sockets, lease) = bind_pairs(&args.pool, args.bind)?;
-        let local = [0, 1].map(|i| SocketAddr::new(args.bind, lease.ports[i]));
         let shared = Arc::new(Shared::default());
         let now = args.clock.now();
-        let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-        let session = Session {
-            id,
+        let fresh = Fresh {
+            id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
             relay: Relay::new(args.config, args.seed, now),
             clock: args.clock,
             events: args.events,
             shared: shared.clone(),
+        };
+        let drawn = lock(&args.pool).take_parked();
+        let (sockets, lease) = match drawn {
+            Some(parked) => return Ok(MediaSession::reuse(workers, &args.pool, args.bind, parked, fresh)),
+            None => match bind_pairs(&args.pool, args.bind) {
+                Ok(bound) => bound,
+                Err(e) if e.is_capacity() => {
+                    let oldest = lock(&args.pool).take_parked_oldest();
+                    let parked = oldest.ok_or(e)?;
+                    return Ok(MediaSession::reuse(workers, &args.pool, args.bind, parked, fresh));
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let local = [0, 1].map(|i| SocketAddr::new(args.bind, lease.ports[i]));
+        let id = fresh.id;
+        let session = Session {
             wake_at: now,
             due: Instant::now(),
             next_flush: now,
             counts: Counts::default(),
             ready_round: [0; 4],
+            fresh,
             sockets,
-            _lease: lease,
+            lease,
         };
         let worker = NEXT_WORKER.fetch_add(1, Ordering::Relaxed) % workers.len();
         workers[worker].send(Command::Add(Box::new(session)));
         Ok(MediaSession { id, workers, worker, shared, local })
+    }
+
+    /// The session on a parked set: its worker is told, its ports are the set's.
+    fn reuse(
+        workers: Arc<[WorkerHandle]>,
+        pool: &Mutex<PortPool>,
+        bind: IpAddr,
+        parked: Parked,
+        fresh: Fresh,
+    ) -> MediaSession {
+        record_in_use(&lock(pool));
+        let (id, shared) = (fresh.id, fresh.shared.clone());
+        let worker = (parked.token % TOKEN_SPAN) as usize;
+        workers[worker].send_lazily(Command::Reuse { token: parked.token, fresh: Box::new(fresh) });
+        let local = parked.ports.map(|port| SocketAddr::new(bind, port));
+        MediaSession { id, workers, worker, shared, local }
     }
 
     /// The local RTP addresses of side A and side B (RTCP is the next port up).
@@ -269,7 +345,7 @@ impl MediaSession {
             tracing::warn!(?side, "media session not taking its SDP (its queue is full)");
             return;
         }
-        self.workers[self.worker].send(Command::Configure { id: self.id, side, peer });
+        self.workers[self.worker].send_lazily(Command::Configure { id: self.id, side, peer });
     }
 
     /// Statistics of side A and side B, as of the last datagrams the worker handled.
@@ -285,7 +361,7 @@ impl MediaSession {
 
 impl Drop for MediaSession {
     fn drop(&mut self) {
-        self.workers[self.worker].send(Command::Remove { id: self.id });
+        self.workers[self.worker].send_lazily(Command::Remove { id: self.id });
     }
 }
 
@@ -325,17 +401,24 @@ fn lock(pool: &Mutex<PortPool>) -> std::sync::MutexGuard<'_, PortPool> {
 
 fn record_in_use(pool: &PortPool) {
     metrics::gauge!("pbx_rtp_ports_in_use").set((pool.in_use() * 2) as f64);
+    metrics::gauge!("pbx_rtp_ports_parked").set((pool.parked_pairs() * 2) as f64);
 }
 
-/// Leased port pairs (two once the session runs); dropping it gives them back.
+/// Leased port pairs (two once the session runs); dropping it gives them back, out of the
+/// park first if they are parked.
 struct PortLease {
     pool: Arc<Mutex<PortPool>>,
     ports: Vec<u16>,
+    /// The token the pairs are parked under, while they are.
+    parked: Option<u64>,
 }
 
 impl Drop for PortLease {
     fn drop(&mut self) {
         let mut pool = lock(&self.pool);
+        if let Some(token) = self.parked {
+            pool.unpark(token);
+        }
         for &port in &self.ports {
             pool.release(port);
         }
@@ -361,7 +444,7 @@ fn socket_of(index: usize) -> (Side, PacketKind) {
 
 fn bind_pairs(pool: &Arc<Mutex<PortPool>>, bind: IpAddr) -> Result<(Sockets, PortLease), MediaError> {
     // Each port is in the lease from allocation on, so a failed start leaks none.
-    let mut lease = PortLease { pool: pool.clone(), ports: Vec::with_capacity(2) };
+    let mut lease = PortLease { pool: pool.clone(), ports: Vec::with_capacity(2), parked: None };
     let mut pairs = Vec::with_capacity(2);
     let mut tried = 0;
     while pairs.len() < 2 && tried < BIND_ATTEMPTS_MAX {
@@ -451,14 +534,23 @@ impl Counts {
     }
 }
 
-/// One call's media, owned by its worker: the relay, the sockets and the lease.
-struct Session {
+/// What a session's start makes, sockets aside: a new session brings it with its sockets, a
+/// session on a parked set without.
+struct Fresh {
     id: u64,
     relay: Relay,
     clock: Arc<dyn Clock>,
     events: Arc<dyn Fn(MediaEvent) + Send + Sync>,
     shared: Arc<Shared>,
-    /// When the session wants its timer, in its clock's time, and the same in real time.
+}
+
+/// One call's media, owned by its worker: the relay, the sockets and the lease. After its
+/// call it may stay parked (`lease.parked`): its sockets bound and drained, its relay idle,
+/// until a new call takes it ([`Session::revive`]) or it is closed.
+struct Session {
+    fresh: Fresh,
+    /// When the session wants its timer, in its clock's time, and the same in real time
+    /// (parked: when it is closed).
     wake_at: Timestamp,
     due: Instant,
     next_flush: Timestamp,
@@ -467,21 +559,37 @@ struct Session {
     ready_round: [u64; 4],
     // Last, so they drop last and in this order: sockets closed, then ports released.
     sockets: Sockets,
-    _lease: PortLease,
+    lease: PortLease,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.counts.flush(&self.relay);
+        self.counts.flush(&self.fresh.relay);
     }
 }
 
 impl Session {
+    fn parked(&self) -> Option<u64> {
+        self.lease.parked
+    }
+
+    /// A new call's session on these sockets: what the last call counted is reported, and
+    /// everything of it but the sockets and the lease is replaced.
+    fn revive(&mut self, fresh: Fresh) {
+        self.counts.flush(&self.fresh.relay);
+        let now = fresh.clock.now();
+        self.fresh = fresh;
+        self.lease.parked = None;
+        (self.wake_at, self.due, self.next_flush) = (now, Instant::now(), now);
+        self.counts = Counts::default();
+        self.ready_round = [0; 4];
+    }
+
     /// The `n` datagrams of `batch` were read from socket `index`: relay each in place and
     /// send those forwarded, a run bound for the same socket in one call.
     fn datagrams(&mut self, index: usize, batch: &mut Batch, n: usize) {
         let (side, kind) = socket_of(index);
-        let now = self.clock.now();
+        let now = self.fresh.clock.now();
         self.counts.packets_in += n as u64;
         // Slots `..run` hold the datagrams to send from socket `out`, in the order received.
         let (mut run, mut out) = (0, usize::MAX);
@@ -491,7 +599,8 @@ impl Session {
                 self.counts.dropped += 1;
                 continue;
             }
-            let Some(forward) = self.relay.relay_in_place(now, side, kind, slot.address, &mut slot.buf[..slot.len])
+            let Some(forward) =
+                self.fresh.relay.relay_in_place(now, side, kind, slot.address, &mut slot.buf[..slot.len])
             else {
                 continue;
             };
@@ -509,11 +618,11 @@ impl Session {
             self.send(batch, out, run);
         }
         for side in [Side::A, Side::B] {
-            self.shared.stats.store(side, self.relay.stats(side));
+            self.fresh.shared.stats.store(side, self.fresh.relay.stats(side));
         }
         // A packet only moves the inactivity time later, except after a reported silence,
         // when it sets one again: that is the only case the timer must come earlier.
-        if self.relay.poll_timeout().is_some_and(|at| at < self.wake_at) {
+        if self.fresh.relay.poll_timeout().is_some_and(|at| at < self.wake_at) {
             self.arm(now);
         }
     }
@@ -543,8 +652,8 @@ impl Session {
     }
 
     fn configure(&mut self, side: Side, peer: PeerMedia) {
-        let now = self.clock.now();
-        self.relay.handle(now, RelayInput::Configure { side, peer });
+        let now = self.fresh.clock.now();
+        self.fresh.relay.handle(now, RelayInput::Configure { side, peer });
         self.drain();
         self.arm(now);
     }
@@ -552,11 +661,11 @@ impl Session {
     /// The timer is due (or the session starts): the relay's timeout, the metrics, the next
     /// wake.
     fn timer(&mut self) {
-        let now = self.clock.now();
-        self.relay.handle(now, RelayInput::Timeout);
+        let now = self.fresh.clock.now();
+        self.fresh.relay.handle(now, RelayInput::Timeout);
         self.drain();
         if now >= self.next_flush {
-            self.counts.flush(&self.relay);
+            self.counts.flush(&self.fresh.relay);
             self.next_flush = now + Duration::from_millis(METRICS_FLUSH_MS);
         }
         self.arm(now);
@@ -564,17 +673,17 @@ impl Session {
 
     /// Sets the timer for the earlier of the relay's timeout and the next metrics flush.
     fn arm(&mut self, now: Timestamp) {
-        let at = self.relay.poll_timeout().map_or(self.next_flush, |t| t.min(self.next_flush));
+        let at = self.fresh.relay.poll_timeout().map_or(self.next_flush, |t| t.min(self.next_flush));
         self.wake_at = at;
         self.due = Instant::now() + Duration::from_micros(at.as_micros().saturating_sub(now.as_micros()));
     }
 
     fn drain(&mut self) {
-        while let Some(output) = self.relay.poll_output() {
+        while let Some(output) = self.fresh.relay.poll_output() {
             match output {
                 // Configure and Timeout send nothing; packets are relayed in place.
                 RelayOutput::Transmit { .. } => {}
-                RelayOutput::Inactive { side } => (self.events)(MediaEvent::Inactive { side }),
+                RelayOutput::Inactive { side } => (self.fresh.events)(MediaEvent::Inactive { side }),
             }
         }
     }
@@ -582,9 +691,12 @@ impl Session {
 
 /// A media worker: its thread owns the sessions given to it, their sockets in its epoll set.
 struct Worker {
+    /// Its place among the workers (in parked sets' tokens).
+    index: usize,
     epoll: Epoll,
     wake: Arc<EventFd>,
     commands: mpsc::Receiver<Command>,
+    queued: Arc<AtomicUsize>,
     /// Sessions by slot (the socket tokens' upper bits); `None` slots are in `free`.
     slots: Vec<Option<Box<Session>>>,
     free: Vec<usize>,
@@ -616,14 +728,16 @@ impl Worker {
             let began = Instant::now();
             self.round += 1;
             self.backlog = false;
-            // Commands first, so an SDP sent before its first datagram arrived is applied
-            // before that datagram. A socket event of a session removed meanwhile finds its
-            // slot empty, or reused by a new session whose socket then has nothing to read.
+            // Commands first, every round, so an SDP sent before its first datagram arrived
+            // is applied before that datagram. A socket event of a session removed meanwhile
+            // finds its slot empty, or reused by a new session whose socket then has nothing
+            // to read.
             if self.events[..n].iter().any(|event| event.u64 == WAKE_TOKEN) {
                 self.wake.reset();
-                while let Ok(command) = self.commands.try_recv() {
-                    self.command(command);
-                }
+            }
+            while let Ok(command) = self.commands.try_recv() {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                self.command(command);
             }
             for i in 0..n {
                 let token = self.events[i].u64;
@@ -648,6 +762,13 @@ impl Worker {
 
     fn readable(&mut self, slot: usize, index: usize) {
         let Some(session) = self.slots.get_mut(slot).and_then(Option::as_mut) else { return };
+        if session.parked().is_some() {
+            // Between calls: whatever comes is read and dropped, so nothing queues.
+            if let Ok(n) = self.batch.receive(session.sockets[index].as_raw_fd(), BATCH_DATAGRAMS_MAX) {
+                session.counts.dropped += n as u64;
+            }
+            return;
+        }
         // One datagram, unless the socket was ready in the round before too (module doc).
         let backlog = session.ready_round[index] + 1 == self.round;
         session.ready_round[index] = self.round;
@@ -669,10 +790,11 @@ impl Worker {
     fn command(&mut self, command: Command) {
         match command {
             Command::Add(session) => self.add(session),
+            Command::Reuse { token, fresh } => self.reuse(token, *fresh),
             Command::Configure { id, side, peer } => {
                 if let Some(&slot) = self.by_id.get(&id) {
                     if let Some(session) = &self.slots[slot] {
-                        session.shared.pending.fetch_sub(1, Ordering::AcqRel);
+                        session.fresh.shared.pending.fetch_sub(1, Ordering::AcqRel);
                     }
                     self.guarded(slot, |session, _| session.configure(side, peer));
                 }
@@ -683,11 +805,74 @@ impl Worker {
                 }
             }
             Command::Remove { id } => {
-                if let Some(slot) = self.by_id.remove(&id) {
+                if let Some(&slot) = self.by_id.get(&id)
+                    && !self.park(slot)
+                {
+                    self.by_id.remove(&id);
                     self.slots[slot] = None;
                     self.free.push(slot);
                 }
             }
+        }
+    }
+
+    /// Parks the session's sockets in the pool if it has room (module doc, **Parking**): the
+    /// session stays in its slot, under its id, until it is revived or closed.
+    fn park(&mut self, slot: usize) -> bool {
+        let Some(session) = self.slots[slot].as_mut() else { return false };
+        let token = session.fresh.id * TOKEN_SPAN + self.index as u64;
+        let ports = match session.lease.ports[..] {
+            [a, b] => [a, b],
+            _ => return false,
+        };
+        let idle_ms = {
+            let mut pool = lock(&session.lease.pool);
+            if session.parked().is_some() || !pool.park(ports, token) {
+                return false;
+            }
+            record_in_use(&pool);
+            pool.parked_idle_ms()
+        };
+        session.lease.parked = Some(token);
+        session.counts.flush(&session.fresh.relay);
+        session.due = Instant::now() + Duration::from_millis(idle_ms);
+        self.next_scan = self.next_scan.min(session.due);
+        true
+    }
+
+    /// A new session on the set parked under `token`.
+    fn reuse(&mut self, token: u64, fresh: Fresh) {
+        let parked = self
+            .by_id
+            .get(&(token / TOKEN_SPAN))
+            .copied()
+            .filter(|&slot| self.slots[slot].as_ref().is_some_and(|session| session.parked() == Some(token)));
+        let Some(slot) = parked else {
+            // Cannot happen: a set drawn from the park is closed by nobody else.
+            tracing::error!("media worker: a parked set drawn for a call is gone");
+            (fresh.events)(MediaEvent::Failed);
+            return;
+        };
+        self.by_id.remove(&(token / TOKEN_SPAN));
+        self.by_id.insert(fresh.id, slot);
+        if let Some(session) = self.slots[slot].as_mut() {
+            session.revive(fresh);
+        }
+        self.guarded(slot, |session, _| session.timer());
+    }
+
+    /// A parked session's time is up: closed if the pool still has it parked, else (drawn
+    /// for a call, its `Reuse` on the way) left alone.
+    fn close_parked(&mut self, slot: usize, token: u64) {
+        let Some(session) = self.slots[slot].as_mut() else { return };
+        if lock(&session.lease.pool).unpark(token) {
+            session.lease.parked = None;
+            let id = session.fresh.id;
+            self.by_id.remove(&id);
+            self.slots[slot] = None;
+            self.free.push(slot);
+        } else {
+            session.due = Instant::now() + Duration::from_secs(3_600);
         }
     }
 
@@ -700,12 +885,12 @@ impl Worker {
             if let Err(e) = self.epoll.add(socket.as_raw_fd(), (slot as u64) << 2 | i as u64) {
                 // Only when the kernel is out of memory: the call cannot have media.
                 tracing::error!(error = %e, "media worker: a socket cannot join the epoll set");
-                (session.events)(MediaEvent::Failed);
+                (session.fresh.events)(MediaEvent::Failed);
                 self.free.push(slot);
                 return;
             }
         }
-        self.by_id.insert(session.id, slot);
+        self.by_id.insert(session.fresh.id, slot);
         self.slots[slot] = Some(session);
         self.guarded(slot, |session, _| session.timer());
     }
@@ -722,8 +907,8 @@ impl Worker {
             self.next_scan = self.next_scan.min(due);
             return;
         }
-        (session.events)(MediaEvent::Failed);
-        let id = session.id;
+        (session.fresh.events)(MediaEvent::Failed);
+        let id = session.fresh.id;
         self.by_id.remove(&id);
         self.slots[slot] = None;
         self.free.push(slot);
@@ -735,10 +920,14 @@ impl Worker {
         self.last_scan = now;
         self.next_scan = now + Duration::from_millis(TIMER_IDLE_MS);
         for slot in 0..self.slots.len() {
-            if self.slots[slot].as_ref().is_some_and(|s| s.due <= now) {
-                self.guarded(slot, |session, _| session.timer());
-            } else if let Some(session) = &self.slots[slot] {
-                self.next_scan = self.next_scan.min(session.due);
+            let Some(session) = &self.slots[slot] else { continue };
+            match (session.due <= now, session.parked()) {
+                (true, Some(token)) => self.close_parked(slot, token),
+                (true, None) => self.guarded(slot, |session, _| session.timer()),
+                (false, _) => {}
+            }
+            if let Some(session) = &self.slots[slot] {
+                self.next_scan = self.next_scan.min(session.due.max(now));
             }
         }
         self.next_scan = self.next_scan.max(now + Duration::from_millis(TIMER_TICK_MS));

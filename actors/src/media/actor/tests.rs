@@ -151,7 +151,9 @@ async fn relays_and_transcodes_between_real_sockets() {
     wait_until("the stopped session's ports are back", || in_use(&pool) == 0).await;
 }
 
-/// A dropped session gives its ports back and closes its sockets, so they can be bound again.
+/// A dropped session gives its ports back and closes its sockets, so they can be bound again
+/// (a pool that parks nothing; a parked set closes later:
+/// `a_parked_set_drains_strangers_and_closes_when_idle`).
 #[tokio::test]
 async fn dropped_session_returns_its_ports() {
     let pool = pool(31_100);
@@ -242,4 +244,106 @@ async fn a_panicking_session_leaves_the_others_of_its_worker_relaying() {
     }
     drop(sessions);
     wait_until("every port is back", || in_use(&pool) == 0).await;
+}
+
+/// The kernel's receive queue of a local UDP port, in bytes (`/proc/net/udp`'s `rx_queue`).
+fn queued_bytes(port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local_port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
+        let rx = fields.get(4)?.split(':').nth(1)?;
+        (local_port == port).then(|| u64::from_str_radix(rx, 16).ok()).flatten()
+    })
+}
+
+/// Media flows both ways through a session on `local`'s ports.
+async fn relays(session: &Session) {
+    let [a, b] = session.local;
+    let (caller, callee) = (socket().await, socket().await);
+    session.media.configure(Side::A, peer(caller.local_addr().unwrap(), (0, G711::Mu)));
+    session.media.configure(Side::B, peer(callee.local_addr().unwrap(), (0, G711::Mu)));
+    caller.send_to(&rtp(0, 1, 0xCAFE, &[0x7F; 160]), a).await.unwrap();
+    let (bytes, from) = recv(&callee).await;
+    assert_eq!((bytes.len(), from), (172, b), "caller → callee");
+    callee.send_to(&rtp(0, 1, 0xBEEF, &[0xFF; 160]), b).await.unwrap();
+    let (bytes, from) = recv(&caller).await;
+    assert_eq!((bytes.len(), from), (172, a), "callee → caller");
+}
+
+/// An ended session's sockets are parked, not closed: the next session drawn from the park
+/// runs on the same ports and relays both ways, with a relay of its own (a fresh SSRC
+/// learning, fresh counts). Parked ports are not "in use", and they are leased still.
+#[tokio::test]
+async fn an_ended_sessions_sockets_are_taken_by_the_next_session() {
+    let pool = pool(31_600);
+    lock(&pool).set_parking(8, 0, 1, 60_000);
+    let first = start(&pool, RelayConfig::default()).await;
+    relays(&first).await;
+    let ports = first.local;
+    drop(first.media);
+    wait_until("the ended session's set is parked", || lock(&pool).parked_pairs() == 2).await;
+    assert_eq!(in_use(&pool), 0, "parked pairs are in no call");
+    let second = start(&pool, RelayConfig::default()).await;
+    assert_eq!(second.local, ports, "the parked set, not a new bind");
+    assert_eq!((in_use(&pool), lock(&pool).parked_pairs()), (2, 0));
+    relays(&second).await;
+    let stats = second.media.stats();
+    assert_eq!((stats[0].packets_in, stats[1].packets_in), (1, 1), "counts of this call only");
+    drop(second.media);
+    wait_until("parked again", || lock(&pool).parked_pairs() == 2).await;
+}
+
+/// What a stranger sends to a parked set is read and dropped (nothing queues in the kernel);
+/// a set nobody draws is closed after the park's idle time: its ports bind again and are
+/// released to the pool.
+#[tokio::test]
+async fn a_parked_set_drains_strangers_and_closes_when_idle() {
+    let pool = pool(31_700);
+    lock(&pool).set_parking(8, 4, 4, 500);
+    let session = start(&pool, RelayConfig::default()).await;
+    let [a, b] = session.local;
+    drop(session.media);
+    wait_until("parked", || lock(&pool).parked_pairs() == 2).await;
+    let stranger = socket().await;
+    for seq in 0..200 {
+        stranger.send_to(&rtp(0, seq, 0xBAD, &[0; 160]), a).await.unwrap();
+        stranger.send_to(&rtp(0, seq, 0xBAD, &[0; 160]), b).await.unwrap();
+    }
+    wait_until("the parked sockets were read", || {
+        queued_bytes(a.port()) == Some(0) && queued_bytes(b.port()) == Some(0)
+    })
+    .await;
+    assert_eq!(lock(&pool).take_parked(), None, "in quarantine, and too few to draw from");
+    wait_until("closed after its idle time", || lock(&pool).parked_pairs() == 0).await;
+    wait_until("its ports bind again", || {
+        [a.port(), a.port() + 1, b.port(), b.port() + 1]
+            .into_iter()
+            .all(|port| std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok())
+    })
+    .await;
+    assert_eq!(in_use(&pool), 0);
+    assert!(lock(&pool).allocate().is_some(), "released to the pool");
+}
+
+/// When every pair is leased (some parked), a new session takes the oldest parked set,
+/// quarantine or not, instead of being refused.
+#[tokio::test]
+async fn a_full_pool_takes_a_parked_set_rather_than_refuse() {
+    let pool = Arc::new(Mutex::new(PortPool::new(31_800, 31_831, 3)));
+    lock(&pool).set_parking(2, 100, 100, 60_000);
+    let mut sessions = Vec::new();
+    for _ in 0..8 {
+        sessions.push(start(&pool, RelayConfig::default()).await);
+    }
+    assert_eq!(in_use(&pool), 16);
+    let ended = sessions.pop().unwrap();
+    let ports = ended.local;
+    drop(ended.media);
+    wait_until("parked", || lock(&pool).parked_pairs() == 2).await;
+    let next = start(&pool, RelayConfig::default()).await;
+    assert_eq!(next.local, ports, "the parked set");
+    relays(&next).await;
+    drop((next, sessions));
+    wait_until("parked or back", || in_use(&pool) == 0).await;
 }
