@@ -23,12 +23,14 @@
 //!   call, about 37 µs of a call's CPU on the 2-core machine of docs/PERFORMANCE.md, and at
 //!   3,000 calls/s the one thing the media workers were woken for.
 //! - **Commands.** A new session's `Add` wakes its worker at once (its sockets must join the
-//!   epoll set before a datagram can wake it). `Reuse`, `Configure` and `Remove` only queue:
+//!   epoll set before a datagram can wake it), and so does `Remove` (its ports go back to the
+//!   pool, or park, at once: a small pool must not refuse calls for ports an ended call still
+//!   holds). `Reuse` and `Configure` only queue:
 //!   the worker takes every queued command at the start of each round, before the datagrams
 //!   that woke it, so an SDP is applied before the first packet that needs it; without
 //!   traffic, its timer takes them within [`METRICS_FLUSH_MS`] (a session's flush) or a second
-//!   (`TIMER_IDLE_MS`), and [`LAZY_COMMANDS_MAX`] waiting wake it. Each wake was a context
-//!   switch, an `epoll_wait`, a read of the eventfd and a paced pause: four per call.
+//!   (`TIMER_IDLE_MS`), and [`LAZY_COMMANDS_MAX`] waiting wake it. Each wake is a context
+//!   switch, an `epoll_wait`, a read of the eventfd and a paced pause: two per call, from four.
 //! - **Shared workers, no task per call.** [`MEDIA_WORKERS_MAX`] threads at most, one per core,
 //!   started with the first session; each session goes to the next in turn. A worker owns its
 //!   sessions' state and sockets outright (ownership is plain: only that thread touches them)
@@ -200,8 +202,7 @@ impl WorkerHandle {
     /// Sends a command that must be taken now (its sockets must join the epoll set, or a
     /// test waits on it).
     fn send(&self, command: Command) {
-        if self.commands.send(command).is_ok() {
-            self.queued.fetch_add(1, Ordering::AcqRel);
+        if self.enqueue(command).is_some() {
             self.wake.wake();
         }
     }
@@ -209,9 +210,21 @@ impl WorkerHandle {
     /// Sends a command the worker takes at its next round: when a datagram of any of its
     /// sockets wakes it, or its timer, or this command makes [`LAZY_COMMANDS_MAX`] waiting.
     fn send_lazily(&self, command: Command) {
-        if self.commands.send(command).is_ok() && self.queued.fetch_add(1, Ordering::AcqRel) + 1 >= LAZY_COMMANDS_MAX {
+        if self.enqueue(command).is_some_and(|waiting| waiting >= LAZY_COMMANDS_MAX) {
             self.wake.wake();
         }
+    }
+
+    /// Queues `command`; the commands waiting with it, or `None` if the worker is gone. The
+    /// count goes up before the command can be taken (the worker counts it down after taking
+    /// it), so it never goes below zero.
+    fn enqueue(&self, command: Command) -> Option<usize> {
+        let waiting = self.queued.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.commands.send(command).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(waiting)
     }
 }
 
@@ -361,7 +374,9 @@ impl MediaSession {
 
 impl Drop for MediaSession {
     fn drop(&mut self) {
-        self.workers[self.worker].send_lazily(Command::Remove { id: self.id });
+        // At once: the ports go back to the pool (or park) now, not at the next round, so a
+        // small pool does not refuse calls for ports an ended call still holds.
+        self.workers[self.worker].send(Command::Remove { id: self.id });
     }
 }
 

@@ -288,8 +288,10 @@ async fn an_ended_sessions_sockets_are_taken_by_the_next_session() {
     assert_eq!(second.local, ports, "the parked set, not a new bind");
     assert_eq!((in_use(&pool), lock(&pool).parked_pairs()), (2, 0));
     relays(&second).await;
-    let stats = second.media.stats();
-    assert_eq!((stats[0].packets_in, stats[1].packets_in), (1, 1), "counts of this call only");
+    // The worker publishes counts after it sent the batch: wait for them, then check.
+    let counts = || second.media.stats().map(|side| side.packets_in);
+    wait_until("this call's counts are published", || counts().iter().sum::<u64>() >= 2).await;
+    assert_eq!(counts(), [1, 1], "counts of this call only");
     drop(second.media);
     wait_until("parked again", || lock(&pool).parked_pairs() == 2).await;
 }
@@ -346,4 +348,60 @@ async fn a_full_pool_takes_a_parked_set_rather_than_refuse() {
     relays(&next).await;
     drop((next, sessions));
     wait_until("parked or back", || in_use(&pool) == 0).await;
+}
+
+/// Commands sent from many threads while the workers take them, kept busy by a flood: the
+/// count of waiting commands never goes below zero (counted up after the send, a command the
+/// worker took first was counted down from zero: an overflow panic in the sender, a call
+/// actor's drop, seen in CI) and every session still ends and gives its ports back. A race
+/// test: with the count raised after the send it failed in one run of three here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_from_many_threads_keep_their_count() {
+    let pool = Arc::new(Mutex::new(PortPool::new(32_000, 32_999, 5)));
+    // A session per worker, flooded, so every worker runs round after round and takes
+    // commands while they are being sent.
+    let n = workers().expect("media workers").len();
+    let mut flooded = Vec::new();
+    for _ in 0..n {
+        flooded.push(start(&pool, RelayConfig::default()).await);
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let targets: Vec<SocketAddr> = flooded.iter().map(|s| s.local[0]).collect();
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                for target in &targets {
+                    let _ = socket.send_to(&[0x80; 172], target);
+                }
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let phone = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+            for _ in 0..300 {
+                let session = start(&pool, RelayConfig::default()).await;
+                for _ in 0..4 {
+                    session.media.configure(Side::A, peer(phone, (0, G711::Mu)));
+                    tokio::task::yield_now().await;
+                }
+                drop(session);
+            }
+        }));
+    }
+    for task in tasks {
+        let done = timeout(Duration::from_secs(60), task).await.expect("in time");
+        done.expect("no panic in a session's start or drop");
+    }
+    stop.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+    drop(flooded);
+    wait_until("every port is back", || in_use(&pool) == 0).await;
+    for worker in workers().expect("media workers").iter() {
+        assert!(worker.queued.load(Ordering::Acquire) < LAZY_COMMANDS_MAX * 1_000, "the count did not wrap");
+    }
 }
