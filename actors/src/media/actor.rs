@@ -30,7 +30,8 @@
 //!   that woke it, so an SDP is applied before the first packet that needs it; without
 //!   traffic, its timer takes them within [`METRICS_FLUSH_MS`] (a session's flush) or a second
 //!   (`TIMER_IDLE_MS`), and [`LAZY_COMMANDS_MAX`] waiting wake it. Each wake is a context
-//!   switch, an `epoll_wait`, a read of the eventfd and a paced pause: two per call, from four.
+//!   switch, an `epoll_wait`, a read of the eventfd and a paced pause: one per call on a parked
+//!   set (`Remove`), two on a new one, from four.
 //! - **Shared workers, no task per call.** [`MEDIA_WORKERS_MAX`] threads at most, one per core,
 //!   started with the first session; each session goes to the next in turn. A worker owns its
 //!   sessions' state and sockets outright (ownership is plain: only that thread touches them)
