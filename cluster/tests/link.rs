@@ -55,12 +55,7 @@ fn refusals(metrics: &str, by: &str, reason: &str) -> u64 {
 /// recorder), bounded by TEST_TIMEOUT.
 fn observe<F: Future>(test: impl FnOnce() -> F) -> Observed<F::Output> {
     let logs = LogBuffer::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
+    let subscriber = logs.subscriber();
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

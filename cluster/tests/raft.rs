@@ -300,12 +300,7 @@ fn compaction_leaves_no_applied_entry_in_the_log() {
 #[test]
 fn a_restarted_cluster_of_one_does_not_initialise_again() {
     let logs = LogBuffer::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
+    let subscriber = logs.subscriber();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let data = tempfile::tempdir().unwrap();
     let me = Member { name: "n1".into(), address: "127.0.0.1:1".into(), witness: false };

@@ -15,3 +15,15 @@ impl std::io::Write for LogBuffer {
         Ok(())
     }
 }
+
+impl LogBuffer {
+    /// A subscriber that writes INFO and above, without colours, into this buffer.
+    pub fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + 'static {
+        let writer = self.clone();
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish()
+    }
+}
