@@ -41,7 +41,8 @@
 //!   kernel a second, empty read), or of up to [`BATCH_DATAGRAMS_MAX`] when the socket was
 //!   ready in the round before too (it has a backlog). Each datagram is rewritten there by
 //!   [`Relay::relay_in_place`] and those bound for the same socket leave with one `sendmmsg`
-//!   (no copy, no allocation, no message per packet). What arrives faster than a worker reads
+//!   (no copy, no allocation, no message per packet). A read or send of a single datagram,
+//!   the usual case, goes by `recvfrom` or `sendto`, which cost the kernel less for one. What arrives faster than a worker reads
 //!   waits in the socket's kernel buffer and is dropped there when that is full, so a flood
 //!   toward one call cannot grow pbx's memory, and a flooded socket gives up its turn after
 //!   one batch. Sends never wait: a full socket buffer drops the packet (RTP tolerates loss;
