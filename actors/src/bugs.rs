@@ -32,11 +32,15 @@ pub struct Bugs {
     /// one call in eight, instead of looping it back into the call machine.
     #[cfg(feature = "sim-bugs")]
     pub lost_leg_event: bool,
+    /// The registrar's glue lets a job's authenticated responses (a REGISTER's 200) out before
+    /// the job's commands (its binding) are stored.
+    #[cfg(feature = "sim-bugs")]
+    pub unstored_ok: bool,
 }
 
 impl Bugs {
     /// The names `pbx-sim --inject-bug` accepts.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "skip-cdr",
         "half-hangup",
         "early-expiry",
@@ -44,6 +48,7 @@ impl Bugs {
         "eager-reaper",
         "unrouted-request",
         "lost-leg-event",
+        "unstored-ok",
     ];
 }
 
@@ -59,6 +64,7 @@ impl Bugs {
             "eager-reaper" => self.eager_reaper = true,
             "unrouted-request" => self.unrouted_request = true,
             "lost-leg-event" => self.lost_leg_event = true,
+            "unstored-ok" => self.unstored_ok = true,
             _ => return false,
         }
         true
@@ -90,6 +96,10 @@ impl Bugs {
 
     pub const fn lost_leg_event(&self) -> bool {
         self.lost_leg_event
+    }
+
+    pub const fn unstored_ok(&self) -> bool {
+        self.unstored_ok
     }
 }
 
@@ -128,6 +138,10 @@ impl Bugs {
     pub const fn lost_leg_event(&self) -> bool {
         false
     }
+
+    pub const fn unstored_ok(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
@@ -150,7 +164,8 @@ mod tests {
                 || bugs.lazy_reaper()
                 || bugs.eager_reaper()
                 || bugs.unrouted_request()
-                || bugs.lost_leg_event())
+                || bugs.lost_leg_event()
+                || bugs.unstored_ok())
         );
     }
 
@@ -167,6 +182,7 @@ mod tests {
                 b.eager_reaper(),
                 b.unrouted_request(),
                 b.lost_leg_event(),
+                b.unstored_ok(),
             ]
         };
         for (i, name) in Bugs::NAMES.into_iter().enumerate() {

@@ -125,6 +125,12 @@ struct PhoneModel {
     recent: Vec<(Timestamp, Timestamp)>,
     /// The expiry that must survive a crash: that of a 200 known to be stored.
     durable_until: Option<Timestamp>,
+    /// The expiry its last 200 granted, as the phone counts it (from the 200's arrival, so
+    /// never earlier than the registrar's).
+    granted_until: Option<Timestamp>,
+    /// When the phone sent the first REGISTER since its last answer: the registrar handled the
+    /// one that was answered no earlier.
+    flow_sent: Option<Timestamp>,
     /// When this phone was away or cut off (from, to): a BYE for it may never have arrived,
     /// so its calls overlapping these are exempt from the hang-up check.
     disturbed: Vec<(Timestamp, Timestamp)>,
@@ -268,10 +274,23 @@ impl Checker {
             }
             PhoneEvent::Registered { expires_s } => {
                 let expires = now + Duration::from_secs(u64::from(*expires_s));
-                self.phones[phone].recent.push((now, expires));
+                let model = &mut self.phones[phone];
+                // A binding the registrar cannot have held any more when the REGISTER came (the
+                // last one granted had lapsed before the flow began) is a new binding, which is
+                // stored before its 200 leaves: it must survive any later crash. A refresh may be
+                // held in memory for `refresh_flush_s` first.
+                let sent = model.flow_sent.take();
+                let new = *expires_s > 0 && sent.is_some_and(|s| model.granted_until.is_none_or(|u| u + SLACK <= s));
+                model.granted_until = Some(expires);
+                if new {
+                    model.durable_until = model.durable_until.max(Some(expires));
+                } else {
+                    model.recent.push((now, expires));
+                }
                 self.check(now, "no phone is locked out by strangers", true, String::new);
             }
             PhoneEvent::RegisterFailed { code } => {
+                self.phones[phone].flow_sent = None;
                 // A phone knows its password: pbx answers it 403 only for a block that
                 // somebody else's failures caused.
                 let extension = self.phones[phone].extension.clone();
@@ -350,6 +369,7 @@ impl Checker {
     /// A phone sent a REGISTER: its binding may now last until `now` + the longest expiry.
     pub fn register_sent(&mut self, now: Timestamp, phone: usize) {
         self.phones[phone].binding_until = Some(now + self.bounds.binding + SLACK);
+        self.phones[phone].flow_sent.get_or_insert(now);
     }
 
     pub fn phone_away(&mut self, now: Timestamp, phone: usize, away: bool) {

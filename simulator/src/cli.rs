@@ -44,8 +44,8 @@ pub struct Args {
     #[arg(long)]
     no_faults: bool,
     /// Switch on a deliberate bug to see the checkers catch it (skip-cdr, half-hangup,
-    /// early-expiry, lazy-reaper, eager-reaper, unrouted-request, lost-leg-event; with --raft:
-    /// raft-minority-ack, raft-forget-vote).
+    /// early-expiry, lazy-reaper, eager-reaper, unrouted-request, lost-leg-event, unstored-ok;
+    /// with --raft: raft-minority-ack, raft-forget-vote).
     #[arg(long, value_name = "BUG")]
     inject_bug: Vec<String>,
     /// Keep going after a violation (collects up to 20) instead of stopping at the first.

@@ -35,11 +35,13 @@ use pbx_actors::media::relay::{PacketKind, Relay, RelayConfig, RelayInput, Relay
 use pbx_actors::privacy::AuditEntry;
 use pbx_actors::privacy::reaper::{Batch, Reaper, ReaperConfig, ReaperInput, ReaperOutput};
 use pbx_actors::privacy::{SecurityEntry, SecurityEvent};
+use pbx_actors::registrar::glue::{self, WriteJob};
 use pbx_actors::registrar::{
-    Binding, Extension, Registrar, RegistrarConfig, RegistrarEvent, RegistrarInput, RegistrarOutput, Route,
+    Binding, Extension, Registrar, RegistrarCommand, RegistrarConfig, RegistrarEvent, RegistrarInput,
 };
 use pbx_actors::sip::message::{Response, Transport};
 use pbx_actors::sip::transaction::TimerConfig;
+use pbx_actors::store::StoreError;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -84,22 +86,19 @@ pub enum DiskWrite {
 }
 
 /// What waits for a write to be durable: the registrar's answers (a 200 never leaves before
-/// the binding it reports is stored — the registrar shell's writer does the same).
+/// the binding it reports is stored — the registrar's glue, which its shell's writer follows
+/// too).
 #[derive(Debug)]
 pub enum Deferred {
-    Respond {
-        tx: u64,
-        response: Response,
-        authenticated: bool,
-    },
-    Routed {
-        tx: u64,
-        route: Route,
+    /// A registrar job queued by the glue ([`glue::dispatch`]): delivered by [`glue::settle`]
+    /// once every write before it and its own `commands` (if any) are durable.
+    Registrar {
+        job: WriteJob<()>,
+        /// What the write held, for the machine to rewrite if the disk refused it.
+        commands: Vec<RegistrarCommand>,
     },
     /// The reaper's batch for `rule`: it hears how many records changed.
-    Reaped {
-        rule: usize,
-    },
+    Reaped { rule: usize },
 }
 
 /// One batch for the disk: the write (if any) and what to deliver once it is durable.
@@ -244,6 +243,9 @@ pub struct SimNode {
     ids: CallIds,
     work: Mailboxes,
     outputs: VecDeque<NodeOutput>,
+    /// Registrar jobs with commands handed to the disk and not yet settled: the count the
+    /// registrar shell's writer keeps (`Writer::pending`), which the glue's bypass reads.
+    registrar_writes: usize,
     pub stats: NodeStats,
 }
 
@@ -287,6 +289,7 @@ impl SimNode {
             ids: CallIds::new(rng),
             work: Mailboxes { queues: BTreeMap::new(), rng: splitmix64(&mut rng) },
             outputs: VecDeque::new(),
+            registrar_writes: 0,
             stats: NodeStats::default(),
             config,
         };
@@ -327,22 +330,22 @@ impl SimNode {
     /// records a retention batch changed): deliver what waited for it.
     pub fn committed(&mut self, now: Timestamp, deferred: Vec<Deferred>, outcome: Result<u64, String>) {
         for d in deferred {
-            self.work.push(match d {
-                Deferred::Respond { tx, response, authenticated } => {
-                    Work::Endpoint(GlueInput::Endpoint(EndpointInput::RegistrarResponse {
-                        tx,
-                        response,
-                        authenticated,
-                    }))
+            match d {
+                Deferred::Registrar { job, commands } => {
+                    let stored = (!commands.is_empty()).then(|| {
+                        self.registrar_writes -= 1;
+                        outcome.clone().map(drop).map_err(StoreError::Disk)
+                    });
+                    if let Some(Err(_)) = &stored {
+                        self.registrar.persist_failed(&commands);
+                    }
+                    self.deliver_registrar(job, stored.as_ref());
                 }
-                Deferred::Routed { tx, route } => {
-                    Work::Endpoint(GlueInput::Endpoint(EndpointInput::Routed { tx, route }))
-                }
-                Deferred::Reaped { rule } => Work::Reaper(match outcome.clone() {
+                Deferred::Reaped { rule } => self.work.push(Work::Reaper(match outcome.clone() {
                     Ok(records) => ReaperInput::Done { rule, records },
                     Err(error) => ReaperInput::Failed { rule, error },
-                }),
-            });
+                })),
+            }
         }
         self.run(now);
     }
@@ -523,42 +526,68 @@ impl SimNode {
         }
     }
 
-    /// The registrar shell's drain: commands, then the answers that wait for them; failed
-    /// authentications and blocks go to the security log.
+    /// The registrar shell's drain, through the product's glue: what may leave at once goes to
+    /// the endpoint's mailbox now, the rest waits for the disk behind the writes before it;
+    /// failed authentications and blocks go to the security log.
     fn drain_registrar(&mut self, now: Timestamp) {
-        let mut commands = Vec::new();
-        let mut deferred = Vec::new();
-        while let Some(out) = self.registrar.poll_output() {
-            match out {
-                RegistrarOutput::Persist(command) => commands.push(command),
-                RegistrarOutput::Respond { tx, response, authenticated } => {
-                    deferred.push(Deferred::Respond { tx, response, authenticated })
+        let mut events = Vec::new();
+        let dispatch =
+            glue::dispatch(&mut self.registrar, self.registrar_writes, None, self.config.bugs, |e| events.push(e));
+        for event in events {
+            match event {
+                RegistrarEvent::Registered { .. } => self.stats.registered += 1,
+                RegistrarEvent::Expired { .. } => self.stats.expired += 1,
+                RegistrarEvent::AuthFailed { source, user } => {
+                    self.stats.auth_failed += 1;
+                    self.log_security(now, source, Some(user), SecurityEvent::AuthFailed);
                 }
-                RegistrarOutput::Routed { tx, route } => deferred.push(Deferred::Routed { tx, route }),
-                RegistrarOutput::Event(event) => match event {
-                    RegistrarEvent::Registered { .. } => self.stats.registered += 1,
-                    RegistrarEvent::Expired { .. } => self.stats.expired += 1,
-                    RegistrarEvent::AuthFailed { source, user } => {
-                        self.stats.auth_failed += 1;
-                        self.log_security(now, source, Some(user), SecurityEvent::AuthFailed);
-                    }
-                    RegistrarEvent::Blocked { source, user, until } => {
-                        self.log_security(now, source, Some(user), SecurityEvent::Blocked { until })
-                    }
-                    RegistrarEvent::UserLocked { user, source, until } => {
-                        self.log_security(now, source, Some(user), SecurityEvent::UserLocked { until })
-                    }
-                    RegistrarEvent::PrefixBlocked { prefix, len, until } => {
-                        self.log_security(now, prefix, None, SecurityEvent::PrefixBlocked { until, prefix_len: len })
-                    }
-                    _ => {}
-                },
+                RegistrarEvent::Blocked { source, user, until } => {
+                    self.log_security(now, source, Some(user), SecurityEvent::Blocked { until })
+                }
+                RegistrarEvent::UserLocked { user, source, until } => {
+                    self.log_security(now, source, Some(user), SecurityEvent::UserLocked { until })
+                }
+                RegistrarEvent::PrefixBlocked { prefix, len, until } => {
+                    self.log_security(now, prefix, None, SecurityEvent::PrefixBlocked { until, prefix_len: len })
+                }
+                _ => {}
             }
         }
-        if !commands.is_empty() || !deferred.is_empty() {
-            let write = (!commands.is_empty()).then_some(DiskWrite::Entry(Entry::Registrar(commands)));
-            self.outputs.push_back(NodeOutput::Write(Job { write, deferred }));
+        for (tx, response, authenticated) in dispatch.now {
+            self.respond(tx, response, authenticated);
         }
+        if let Some(job) = dispatch.now_job {
+            self.deliver_registrar(job, None);
+        }
+        if let Some(mut job) = dispatch.queued {
+            let commands = std::mem::take(&mut job.commands);
+            let write = (!commands.is_empty()).then(|| {
+                self.registrar_writes += 1;
+                DiskWrite::Entry(Entry::Registrar(commands.clone()))
+            });
+            self.outputs
+                .push_back(NodeOutput::Write(Job { write, deferred: vec![Deferred::Registrar { job, commands }] }));
+        }
+    }
+
+    /// A registrar job's answers, to the endpoint's mailbox ([`glue::settle`]: a refused write
+    /// turns a 200 into 500).
+    fn deliver_registrar(&mut self, job: WriteJob<()>, stored: Option<&Result<(), StoreError>>) {
+        let settled = glue::settle(job, stored);
+        for (tx, response, authenticated) in settled.responses {
+            self.respond(tx, response, authenticated);
+        }
+        for (tx, route) in settled.routes {
+            self.work.push(Work::Endpoint(GlueInput::Endpoint(EndpointInput::Routed { tx, route })));
+        }
+    }
+
+    fn respond(&mut self, tx: u64, response: Response, authenticated: bool) {
+        self.work.push(Work::Endpoint(GlueInput::Endpoint(EndpointInput::RegistrarResponse {
+            tx,
+            response,
+            authenticated,
+        })));
     }
 
     /// The registrar shell's `SecurityLog` report, as a disk write.

@@ -131,6 +131,39 @@ fn an_injected_lost_leg_event_is_caught() {
     assert!(report.violations.iter().any(|v| v.invariant == "a call never has one leg"), "{:?}", report.violations);
 }
 
+#[test]
+fn an_injected_unstored_ok_is_caught() {
+    const SEED: u64 = 1;
+    // Proves the simulator runs the product's registrar glue: the glue letting a 200 out before
+    // its binding is stored fails a seed that is clean without it (a crash aimed at the write
+    // then loses a registration the phone was told is stored).
+    // Phones away longer than their registrations last come back as new bindings (stored
+    // before their 200), and the node crashes often, half the time in a write's fsync.
+    let options = |seed| {
+        let mut o = Options::new(seed, Duration::from_secs(2 * 86_400));
+        o.workload =
+            Workload { phones: 12, calls_per_phone_per_hour: 0.0, register_expires_s: 3_600, ..Workload::default() };
+        o.faults.crashes_per_day = 24.0;
+        o.faults.away_per_phone_per_day = 12.0;
+        o.faults.away_s = (4_000, 8_000);
+        o.attacker = AttackerOptions::off();
+        o.privacy.scans_per_day = 0.0;
+        o.stop_at_first_violation = false;
+        o
+    };
+    let clean = run(options(SEED));
+    assert_clean(&clean);
+    assert!(clean.faults.crashes > 0, "{:?}", clean.faults);
+    let mut o = options(SEED);
+    o.bugs.unstored_ok = true;
+    let report = run(o);
+    assert!(
+        report.violations.iter().any(|v| v.invariant == "a confirmed registration survives a crash"),
+        "{:?}",
+        report.violations
+    );
+}
+
 /// The binary prints a replay command for a failing run, and that command fails the same way.
 #[test]
 fn pbx_sim_prints_a_replay_command_that_replays() {

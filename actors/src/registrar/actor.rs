@@ -17,19 +17,19 @@
 //! a node whose store cannot commit (a minority node, a stalled disk) still challenges at
 //! once. Authenticated responses, routes and admin replies of a job with no commands go
 //! straight out too, but only while no job with commands is in flight (`Writer::pending`),
-//! so nothing that follows a command overtakes it.
+//! so nothing that follows a command overtakes it. The rule itself is [`super::glue`]'s,
+//! which the simulator drives too; this shell only counts the jobs in flight and moves them.
 //!
 //! Not done: a bounded mailbox (ractor's is unbounded; the endpoint in front sheds load).
 
+use super::glue::{self, Dispatch, WriteJob};
 use super::machine::{
-    Binding, Extension, Registrar, RegistrarCommand, RegistrarConfig, RegistrarEvent, RegistrarInput, RegistrarOutput,
-    Route,
+    Binding, Extension, Registrar, RegistrarCommand, RegistrarConfig, RegistrarEvent, RegistrarInput, Route,
 };
+use crate::bugs::Bugs;
 use crate::shell::WakeTimer;
-use crate::sip::message::Name;
 use crate::sip::{Request, Response, Transport};
 use crate::store::StoreError;
-use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -170,17 +170,8 @@ pub struct RegistrarState {
 /// Jobs the writer takes into one transaction at most.
 pub const WRITE_BATCH_JOBS_MAX: usize = 512;
 
-/// What one handled message produced, in the order the machine produced it.
-#[derive(Default)]
-struct WriteJob {
-    commands: Vec<RegistrarCommand>,
-    responses: Vec<(u64, Response, bool)>,
-    routes: Vec<(u64, Route)>,
-    reply: Option<PendingReply>,
-}
-
 struct Writer {
-    jobs: std::sync::mpsc::Sender<WriteJob>,
+    jobs: std::sync::mpsc::Sender<WriteJob<PendingReply>>,
     thread: std::thread::JoinHandle<()>,
     /// Where responses go when they bypass the thread.
     sink: Arc<dyn ResponseSink>,
@@ -191,7 +182,7 @@ struct Writer {
 
 impl Writer {
     fn start(store: Arc<dyn RegistrarStore>, sink: Arc<dyn ResponseSink>, registrar: ActorRef<RegistrarMsg>) -> Writer {
-        let (jobs, queue) = std::sync::mpsc::channel::<WriteJob>();
+        let (jobs, queue) = std::sync::mpsc::channel::<WriteJob<PendingReply>>();
         let pending = Arc::new(AtomicUsize::new(0));
         let thread = {
             let (sink, pending) = (sink.clone(), pending.clone());
@@ -203,21 +194,15 @@ impl Writer {
         Writer { jobs, thread, sink, pending }
     }
 
-    /// Delivers what may skip the thread at once and queues the rest, in order.
-    fn submit(&self, mut job: WriteJob) {
-        // A response to a request that proved nobody depends on no stored state.
-        let (authenticated, unproven): (Vec<_>, Vec<_>) = job.responses.drain(..).partition(|(_, _, a)| *a);
-        job.responses = authenticated;
-        for (tx, response, _) in unproven {
-            self.sink.deliver(tx, response, false);
+    /// Delivers what the glue lets out at once and queues the rest, in order.
+    fn submit(&self, dispatch: Dispatch<PendingReply>) {
+        for (tx, response, authenticated) in dispatch.now {
+            self.sink.deliver(tx, response, authenticated);
         }
-        if job.commands.is_empty() && self.pending.load(Ordering::Acquire) == 0 {
+        if let Some(job) = dispatch.now_job {
             deliver(job, &*self.sink, None);
-            return;
         }
-        if job.commands.is_empty() && job.responses.is_empty() && job.routes.is_empty() && job.reply.is_none() {
-            return;
-        }
+        let Some(job) = dispatch.queued else { return };
         if !job.commands.is_empty() {
             self.pending.fetch_add(1, Ordering::AcqRel);
         }
@@ -233,7 +218,7 @@ impl Writer {
 }
 
 fn write_loop(
-    queue: &std::sync::mpsc::Receiver<WriteJob>,
+    queue: &std::sync::mpsc::Receiver<WriteJob<PendingReply>>,
     store: &dyn RegistrarStore,
     sink: &dyn ResponseSink,
     registrar: &ActorRef<RegistrarMsg>,
@@ -248,7 +233,7 @@ fn write_loop(
         // once, so no REGISTER waits behind more than one refused write (a minority node
         // answers 503 within one write timeout, inside the endpoint's patience).
         while let Some(error) = refused {
-            let behind: Vec<WriteJob> = queue.try_iter().take(WRITE_BATCH_JOBS_MAX).collect();
+            let behind: Vec<WriteJob<PendingReply>> = queue.try_iter().take(WRITE_BATCH_JOBS_MAX).collect();
             if behind.is_empty() {
                 break;
             }
@@ -260,7 +245,7 @@ fn write_loop(
 /// Stores the commands of `jobs` with `write` in one batch, then delivers the jobs in order;
 /// the store's error, if it refused them.
 fn store_batch(
-    mut jobs: Vec<WriteJob>,
+    mut jobs: Vec<WriteJob<PendingReply>>,
     write: impl FnOnce(&[RegistrarCommand]) -> Result<(), StoreError>,
     sink: &dyn ResponseSink,
     registrar: &ActorRef<RegistrarMsg>,
@@ -290,22 +275,19 @@ fn store_batch(
 }
 
 /// Delivers a job's responses, routes and reply; `stored` is the outcome of its commands, if
-/// it had any: a failure turns its responses into 503/500 and its reply into an error.
-fn deliver(job: WriteJob, sink: &dyn ResponseSink, stored: Option<&Result<(), StoreError>>) {
-    let failed = stored.and_then(|result| result.as_ref().err());
-    for (tx, response, authenticated) in job.responses {
-        let response = match failed {
-            Some(error) => not_stored(&response, error),
-            None => response,
-        };
+/// it had any: a failure turns its responses into 503/500 and its reply into an error
+/// ([`glue::settle`]).
+fn deliver(job: WriteJob<PendingReply>, sink: &dyn ResponseSink, stored: Option<&Result<(), StoreError>>) {
+    let settled = glue::settle(job, stored);
+    for (tx, response, authenticated) in settled.responses {
         sink.deliver(tx, response, authenticated);
     }
-    for (tx, route) in job.routes {
+    for (tx, route) in settled.routes {
         sink.route(tx, route);
     }
-    if let Some((reply, outcome)) = job.reply {
+    if let Some(((reply, outcome), failed)) = settled.reply {
         let outcome = match (outcome, failed) {
-            (Ok(()), Some(error)) => Err(ChangeError::Store(error.clone())),
+            (Ok(()), Some(error)) => Err(ChangeError::Store(error)),
             (other, _) => other,
         };
         let _ = reply.send(outcome);
@@ -446,31 +428,28 @@ impl RegistrarState {
     /// stored before the responses (and the admin `reply`) that follow them are delivered.
     /// Events are logged here.
     fn drain(&mut self, reply: Option<RpcReplyPort<Result<(), ChangeError>>>) {
-        let mut job = WriteJob::default();
         let mut extension_result = None;
-        while let Some(output) = self.machine.poll_output() {
-            match output {
-                RegistrarOutput::Persist(command) => job.commands.push(command),
-                RegistrarOutput::Respond { tx, response, authenticated } => {
-                    job.responses.push((tx, response, authenticated))
-                }
-                RegistrarOutput::Routed { tx, route } => job.routes.push((tx, route)),
-                RegistrarOutput::Event(event) => {
-                    if let Some(security) = &self.security {
-                        record_security_event(security.as_ref(), &event, self.clock.now());
-                    }
-                    if let Some(result) = log_event(event) {
-                        extension_result = Some(result);
-                    }
-                }
+        let in_flight = self.writer.as_ref().map_or(0, |w| w.pending.load(Ordering::Acquire));
+        let (security, now) = (self.security.as_deref(), self.clock.now());
+        // The outcome is known once the events are in; it is filled in below.
+        let reply = reply.map(|r| (r, Err(ChangeError::Internal("no result from the registrar".into()))));
+        let mut dispatch = glue::dispatch(&mut self.machine, in_flight, reply, Bugs::default(), |event| {
+            if let Some(security) = security {
+                record_security_event(security, &event, now);
             }
+            if let Some(result) = log_event(event) {
+                extension_result = Some(result);
+            }
+        });
+        if let Some(result) = extension_result
+            && let Some((_, outcome)) =
+                dispatch.now_job.as_mut().or(dispatch.queued.as_mut()).and_then(|job| job.reply.as_mut())
+        {
+            *outcome = result;
         }
         metrics::gauge!("pbx_registrations_active").set(self.machine.binding_count() as f64);
-        job.reply = reply.map(|r| {
-            (r, extension_result.unwrap_or_else(|| Err(ChangeError::Internal("no result from the registrar".into()))))
-        });
         if let Some(writer) = &self.writer {
-            writer.submit(job);
+            writer.submit(dispatch);
         }
     }
 
@@ -557,32 +536,12 @@ fn log_event(event: RegistrarEvent) -> Option<Result<(), ChangeError>> {
     None
 }
 
-/// What a REGISTER gets in place of `response` when its change could not be stored, keeping
-/// the headers RFC 3261 §8.2.6.1 copies from the request: 503 with Retry-After when the cluster
-/// has no quorum (RFC 3261 §21.5.4: the phone may retry, here or at another node), 500 for any
-/// other fault.
-fn not_stored(response: &Response, error: &StoreError) -> Response {
-    let mut headers = crate::sip::message::Headers::new();
-    for name in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::CSEQ] {
-        for value in response.headers.get_raw(&name) {
-            headers.insert(name.clone(), value.as_str());
-        }
-    }
-    let (code, reason) = match error.retry_after_s() {
-        Some(retry_after_s) => {
-            headers.insert(Name::RETRY_AFTER, retry_after_s);
-            (503, "Service Unavailable")
-        }
-        None => (500, "Server Internal Error"),
-    };
-    Response { code, reason: reason.into(), headers, body: Bytes::new() }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Timestamp;
     use crate::registrar::tests::{PASSWORD_100, Reg, authorization, challenge_for, source};
+    use crate::sip::message::Name;
     use std::sync::Mutex;
     use std::time::Duration;
 

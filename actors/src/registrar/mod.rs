@@ -9,6 +9,8 @@
 //! - [`nat`]: whether a registering phone is behind NAT (Via, Contact, transport against the
 //!   source), kept on its binding for the calls to it (issue 15).
 //! - [`stored`]: the earlier shapes of bindings and commands that old files and peers hold.
+//! - [`glue`]: what of the machine's outputs leaves at once and what waits for a write (the
+//!   writer bypass), shared by the shell and the simulator.
 //! - [`actor`]: [`RegistrarActor`], the ractor shell: clock, storage and response ports.
 //!
 //! Privacy (seed: "password never stored"): an extension keeps `H(user:realm:password)` for
@@ -22,6 +24,7 @@
 pub mod actor;
 pub mod blocking;
 pub mod digest;
+pub mod glue;
 pub mod machine;
 pub mod nat;
 pub mod stored;

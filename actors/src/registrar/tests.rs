@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub(super) const PASSWORD_100: &str = "secret-100";
-const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
+pub(super) const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
 
 pub(super) fn source() -> SocketAddr {
     "192.0.2.7:5060".parse().unwrap()
@@ -208,7 +208,7 @@ struct Harness {
     next_tx: u64,
 }
 
-fn extension(number: &str, password: &str) -> Extension {
+pub(super) fn extension(number: &str, password: &str) -> Extension {
     Extension {
         number: number.into(),
         display_name: format!("Phone {number}"),
