@@ -296,8 +296,21 @@ struct CallsSection {
     no_answer_timeout_s: Option<u32>,
     rtp_timeout_s: Option<u32>,
     media_address: Option<String>,
+    media_io: Option<MediaIoSetting>,
     cdr_retention_days: Option<u32>,
     emergency_numbers: Option<Vec<String>>,
+}
+
+/// `calls.media_io`: how the media workers wait for and move RTP (`pbx_actors::media::actor`'s
+/// module doc, **io_uring**).
+#[derive(Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaIoSetting {
+    /// io_uring where the kernel offers it, else epoll.
+    #[default]
+    Auto,
+    Epoll,
+    IoUring,
 }
 
 /// How calls are handled and how long their records are kept.
@@ -309,6 +322,7 @@ pub struct CallsConfig {
     /// SIP listen address, or 127.0.0.1 when that is unspecified (0.0.0.0), since a wildcard
     /// cannot be sent to — a node serving phones on other machines must set it.
     pub media_address: IpAddr,
+    pub media_io: MediaIoSetting,
     /// Call detail records older than this are deleted (privacy category `cdr`).
     pub cdr_retention_days: u32,
     /// Numbers no licence limit ever refuses.
@@ -492,6 +506,7 @@ impl Config {
             no_answer_timeout_s: file.calls.no_answer_timeout_s.unwrap_or(DEFAULT_NO_ANSWER_TIMEOUT_S),
             rtp_timeout_s: file.calls.rtp_timeout_s.unwrap_or(DEFAULT_RTP_TIMEOUT_S),
             media_address,
+            media_io: file.calls.media_io.unwrap_or_default(),
             cdr_retention_days: file.calls.cdr_retention_days.unwrap_or(DEFAULT_CDR_RETENTION_DAYS),
             emergency_numbers: file
                 .calls
@@ -799,6 +814,7 @@ mod tests {
             no_answer_timeout_s: 30,
             rtp_timeout_s: 60,
             media_address: "127.0.0.1".parse().unwrap(),
+            media_io: MediaIoSetting::Auto,
             cdr_retention_days: 90,
             emergency_numbers: vec!["110".into(), "112".into(), "911".into()],
         };
@@ -866,6 +882,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pbx.example.toml");
         let c = Config::load(&Flags { config: Some(path), ..Flags::default() }).unwrap();
         assert_eq!((c.calls.no_answer_timeout_s, c.calls.cdr_retention_days), (30, 90));
+        assert_eq!(c.calls.media_io, MediaIoSetting::Auto);
         assert_eq!(c.extensions.len(), 2);
     }
 
@@ -941,6 +958,7 @@ mod tests {
             ("[calls]\ncdr_retention_days = 0", "calls.cdr_retention_days", "not between 1 and 3650"),
             ("[calls]\ncdr_retention_days = 3651", "calls.cdr_retention_days", "not between 1 and 3650"),
             ("[calls]\nmedia_address = \"pbx.example\"", "calls.media_address", "not an IP address"),
+            ("[calls]\nmedia_io = \"uring\"", "calls.media_io", "unknown variant"),
             ("[calls]\nmedia_address = \"::\"", "calls.media_address", "cannot be sent to"),
             ("[calls]\nmedia_address = \"224.0.0.1\"", "calls.media_address", "cannot be sent to"),
             ("[calls]\nrtp_timeout = 5", "calls", "unknown field"),

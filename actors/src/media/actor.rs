@@ -47,6 +47,28 @@
 //!   toward one call cannot grow pbx's memory, and a flooded socket gives up its turn after
 //!   one batch. Sends never wait: a full socket buffer drops the packet (RTP tolerates loss;
 //!   waiting would delay every later packet).
+//! - **io_uring** ([`MediaIo`], `calls.media_io` in the node's config; `uring.rs`). Where the
+//!   kernel offers it (Linux 6.1 and later, not switched off), a worker has an io_uring ring
+//!   (made in its own thread, the one task allowed to use it, with its deferred work run only
+//!   when the worker waits) in place of the epoll set: each socket has a multishot `recvmsg`
+//!   into a ring of 4,096 provided buffers, so a datagram arrives as a completion with its
+//!   source and costs no system call of its own; each datagram to forward is copied into a
+//!   send slab entry and queued as a `send` with its destination; one `io_uring_enter` per
+//!   round submits the round's sends and waits for the next completions. A socket's receive
+//!   ends with a completion without `more` (a cancellation, buffers running out): it is armed
+//!   again, and a session is dropped (its sockets closed, its ports returned) only once every
+//!   receive it had armed has ended, so no socket closes while the ring still holds it and its
+//!   port can be bound again at once. A socket that brings more than
+//!   [`URING_SOCKET_ROUND_MAX`] datagrams in a round (a second of a phone's packets) has the
+//!   rest dropped and its receive cancelled for a round: a flood toward one call costs the
+//!   worker 64 datagrams relayed per round and what its socket's kernel buffer holds (a few
+//!   hundred datagrams) read every other round; the kernel drops the rest when that buffer is
+//!   full (`a_flood_toward_one_session_leaves_the_others_relaying`). The buffers are many so
+//!   that they do not run out at thousands of calls: with 128, receives that found none ended
+//!   and were armed again round after round, and at 2,000 calls the sockets overflowed. Measured: 24–31 % less CPU per relayed
+//!   packet than the epoll loop (docs/PERFORMANCE.md). Where the kernel refuses a ring the
+//!   worker uses the epoll set, with a warning in the log; the tests run every session test on
+//!   both.
 //! - **Pacing.** A round (one epoll wait and the sockets it found ready) that read no full
 //!   batch is followed by a pause until [`PACE_US`] after the round began, so the next wait
 //!   finds many sockets ready at once instead of waking the thread for each datagram (at
@@ -88,8 +110,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 use sys::{Batch, Epoll, EventFd};
+use uring::{CANCEL_TAG, Completion, SEND_TAG, SendSlab, Uring, WAKE_TAG};
 
 mod sys;
+mod uring;
 
 /// Port pairs tried (allocated and bound) for one session before giving up.
 pub const BIND_ATTEMPTS_MAX: usize = 8;
@@ -230,29 +254,71 @@ impl WorkerHandle {
     }
 }
 
-/// The node's media workers, started with the first session.
-static WORKERS: Mutex<Option<Arc<[WorkerHandle]>>> = Mutex::new(None);
+/// How the media workers wait for and move datagrams (`[media] io` in the node's config).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MediaIo {
+    /// io_uring where the kernel offers it (Linux 6.1 and later, not switched off), else epoll.
+    #[default]
+    Auto,
+    /// A level-triggered epoll set, `recvfrom`/`recvmmsg` and `sendto`/`sendmmsg`.
+    Epoll,
+    /// io_uring (module doc, **io_uring**); where the kernel refuses it, epoll, with a warning.
+    IoUring,
+}
+
+/// The [`MediaIo`] of sessions started by [`MediaSession::start`]: 0 auto, 1 epoll, 2 io_uring.
+static IO: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Sets how the media workers started from now on move datagrams (the node calls it from its
+/// config before its first call).
+pub fn set_media_io(io: MediaIo) {
+    IO.store(io as u8, Ordering::Relaxed);
+}
+
+/// Provided buffers of an io_uring worker, and bytes each: a datagram as large as any relayed,
+/// behind the kernel's header and the sender's address.
+const URING_BUFFERS: u16 = 4_096;
+const URING_BUFFER_BYTES: usize = DATAGRAM_BYTES_MAX + 256;
+/// Datagrams an io_uring worker relays from one socket in a round; the rest of a flood is
+/// dropped and the socket sits out a round (module doc, **io_uring**). A phone sends one per
+/// 20 ms: this is a second of its packets, so a socket catching up after a stall is not cut.
+pub const URING_SOCKET_ROUND_MAX: u16 = 64;
+/// Submission queue entries of an io_uring worker, and sends in flight at most.
+const URING_SUBMISSIONS: u32 = 4_096;
+
+/// The node's media workers, started with the first session: those on epoll, and those on
+/// io_uring (only one kind in a node; tests start both).
+static WORKERS: Mutex<[Option<Arc<[WorkerHandle]>>; 2]> = Mutex::new([None, None]);
 /// The worker the next session goes to.
 static NEXT_WORKER: AtomicUsize = AtomicUsize::new(0);
 /// Session ids, unique for the process's life.
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
-fn workers() -> Result<Arc<[WorkerHandle]>, MediaError> {
+fn workers(io: MediaIo) -> Result<Arc<[WorkerHandle]>, MediaError> {
     let mut workers = WORKERS.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(workers) = &*workers {
+    let kind = usize::from(io != MediaIo::Epoll);
+    if let Some(workers) = &workers[kind] {
         return Ok(workers.clone());
     }
     let n = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MEDIA_WORKERS_MAX);
     let mut handles = Vec::with_capacity(n);
     for i in 0..n {
-        let epoll = Epoll::new().map_err(MediaError::Workers)?;
         let wake = Arc::new(EventFd::new().map_err(MediaError::Workers)?);
+        // The epoll set is made here (its errors are the start's); a ring only in the worker's
+        // thread, the one task allowed to use it (IORING_SETUP_SINGLE_ISSUER), which falls
+        // back to the epoll set if the kernel refuses.
+        let epoll = Epoll::new().map_err(MediaError::Workers)?;
         epoll.add(wake.fd(), WAKE_TOKEN).map_err(MediaError::Workers)?;
+        let try_uring = io != MediaIo::Epoll;
         let (commands, receiver) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let worker = Worker {
             index: i,
-            epoll,
+            io: Io::Epoll(epoll),
+            generations: Vec::new(),
+            completions: Vec::new(),
+            rearm: Vec::new(),
+            closing: HashMap::new(),
             wake: wake.clone(),
             commands: receiver,
             queued: queued.clone(),
@@ -268,12 +334,18 @@ fn workers() -> Result<Arc<[WorkerHandle]>, MediaError> {
         };
         std::thread::Builder::new()
             .name(format!("pbx-media-{i}"))
-            .spawn(move || worker.run())
+            .spawn(move || {
+                let mut worker = worker;
+                if try_uring {
+                    worker.take_uring();
+                }
+                worker.run()
+            })
             .map_err(MediaError::Workers)?;
         handles.push(WorkerHandle { commands, wake, queued });
     }
     let handles: Arc<[WorkerHandle]> = handles.into();
-    *workers = Some(handles.clone());
+    workers[kind] = Some(handles.clone());
     Ok(handles)
 }
 
@@ -292,7 +364,17 @@ impl MediaSession {
     /// Sockets parked by an ended session are taken when the pool draws them (module doc,
     /// **Parking**), and whenever no pair can be leased and bound otherwise.
     pub async fn start(args: MediaArgs) -> Result<MediaSession, MediaError> {
-        let workers = workers()?;
+        let io = match IO.load(Ordering::Relaxed) {
+            1 => MediaIo::Epoll,
+            2 => MediaIo::IoUring,
+            _ => MediaIo::Auto,
+        };
+        Self::start_on(args, io).await
+    }
+
+    /// [`start`](Self::start) on the workers of `io` (tests run both kinds in one process).
+    pub async fn start_on(args: MediaArgs, io: MediaIo) -> Result<MediaSession, MediaError> {
+        let workers = workers(io)?;
         let shared = Arc::new(Shared::default());
         let now = args.clock.now();
         let fresh = Fresh {
@@ -323,6 +405,9 @@ impl MediaSession {
             next_flush: now,
             counts: Counts::default(),
             ready_round: [0; 4],
+            armed: 0,
+            throttled: 0,
+            taken: [0; 4],
             fresh,
             sockets,
             lease,
@@ -445,6 +530,15 @@ impl Drop for PortLease {
 
 /// The four sockets, in the order of [`socket_index`]: A RTP, A RTCP, B RTP, B RTCP.
 type Sockets = [UdpSocket; 4];
+
+/// An io_uring worker's user data for the receive of socket `index` of the session in `slot`.
+fn receive_token(generation: u32, slot: usize, index: usize) -> u64 {
+    (u64::from(generation) << 32) | ((slot as u64) << 2) | index as u64
+}
+
+fn token_parts(token: u64) -> (u32, usize, usize) {
+    ((token >> 32) as u32 & 0x0fff_ffff, ((token >> 2) & 0x3fff_ffff) as usize, (token & 3) as usize)
+}
 
 fn socket_index(side: Side, kind: PacketKind) -> usize {
     side.index() * 2
@@ -574,6 +668,13 @@ struct Session {
     counts: Counts,
     /// The worker's round in which each socket was last found ready (0: never).
     ready_round: [u64; 4],
+    /// io_uring: which sockets have a receive armed (bit per socket): each such receive ends
+    /// with one completion without `more`, which the worker waits for before it closes them.
+    armed: u8,
+    /// io_uring: sockets whose receive was cancelled for taking more than a batch in a round
+    /// (a flood), to be armed again a round later; and datagrams taken per socket this round.
+    throttled: u8,
+    taken: [u16; 4],
     // Last, so they drop last and in this order: sockets closed, then ports released.
     sockets: Sockets,
     lease: PortLease,
@@ -710,7 +811,18 @@ impl Session {
 struct Worker {
     /// Its place among the workers (in parked sets' tokens).
     index: usize,
-    epoll: Epoll,
+    io: Io,
+    /// io_uring: each slot's generation, in its sockets' receive tokens, so a completion of a
+    /// session gone (its receive cancelled) is not taken for its slot's next session's.
+    generations: Vec<u32>,
+    /// io_uring: the round's completions.
+    completions: Vec<Completion>,
+    /// io_uring: receives to arm again next round (sockets throttled for a flood).
+    rearm: Vec<u64>,
+    /// io_uring: sessions whose sockets' receives are being cancelled, by their old receive
+    /// tokens' generation and slot: each is dropped (its sockets closed, its ports returned)
+    /// once the last of its receives has ended, so no socket closes while the ring holds it.
+    closing: HashMap<(u32, usize), Box<Session>>,
     wake: Arc<EventFd>,
     commands: mpsc::Receiver<Command>,
     queued: Arc<AtomicUsize>,
@@ -729,12 +841,44 @@ struct Worker {
     backlog: bool,
 }
 
+/// How a worker waits for datagrams.
+enum Io {
+    Epoll(Epoll),
+    Uring(Box<Uring>),
+}
+
 impl Worker {
-    fn run(mut self) {
+    /// Moves the worker onto an io_uring ring made in its own thread, if the kernel gives one.
+    fn take_uring(&mut self) {
+        let made = Uring::new(URING_SUBMISSIONS, URING_BUFFERS, URING_BUFFER_BYTES).and_then(|mut uring| {
+            uring.poll(self.wake.fd())?;
+            Ok(uring)
+        });
+        match made {
+            Ok(uring) => {
+                self.io = Io::Uring(Box::new(uring));
+                self.batch.slab = Some(SendSlab::new(URING_SUBMISSIONS as usize, DATAGRAM_BYTES_MAX + 1));
+            }
+            Err(error) if self.index == 0 => {
+                tracing::warn!(%error, "media: io_uring refused by the kernel; the media workers use epoll");
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn run(self) {
+        match self.io {
+            Io::Epoll(_) => self.run_epoll(),
+            Io::Uring(_) => self.run_uring(),
+        }
+    }
+
+    fn run_epoll(mut self) {
         loop {
             let wait = self.next_scan.saturating_duration_since(Instant::now());
             let wait_ms = wait.as_micros().div_ceil(1_000).min(TIMER_IDLE_MS.into()) as i32;
-            let n = match self.epoll.wait(&mut self.events, wait_ms) {
+            let Io::Epoll(epoll) = &self.io else { unreachable!("an epoll worker") };
+            let n = match epoll.wait(&mut self.events, wait_ms) {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::error!(error = %e, "media worker: epoll wait failed");
@@ -752,29 +896,225 @@ impl Worker {
             if self.events[..n].iter().any(|event| event.u64 == WAKE_TOKEN) {
                 self.wake.reset();
             }
-            while let Ok(command) = self.commands.try_recv() {
-                self.queued.fetch_sub(1, Ordering::AcqRel);
-                self.command(command);
-            }
+            self.take_commands();
             for i in 0..n {
                 let token = self.events[i].u64;
                 if token != WAKE_TOKEN {
                     self.readable((token >> 2) as usize, (token & 3) as usize);
                 }
             }
-            let now = Instant::now();
-            if now >= self.next_scan {
-                self.scan();
+            self.end_round(began, n > 0);
+        }
+    }
+
+    /// The io_uring loop: the epoll loop's rounds (commands first, then datagrams, timers,
+    /// pacing), with completions in place of ready sockets. Each round's sends are submitted
+    /// by the wait that begins the next one.
+    fn run_uring(mut self) {
+        let mut completions = std::mem::take(&mut self.completions);
+        loop {
+            let Io::Uring(uring) = &mut self.io else { unreachable!("an io_uring worker") };
+            let slab = self.batch.slab.as_mut().expect("an io_uring worker's send slab");
+            let mut queued = std::mem::take(&mut slab.queued);
+            for (index, fd) in queued.drain(..) {
+                if let Err(error) = uring.send(fd, slab, index) {
+                    tracing::error!(%error, "media worker: a send cannot be queued");
+                    slab.done(index);
+                }
             }
-            // Pacing (module doc): after a round that found sockets ready and left none with
-            // a backlog, let datagrams gather until PACE_US after the round began.
-            if n > 0 && !self.backlog {
-                let resume = began + Duration::from_micros(PACE_US);
-                if let Some(pause) = resume.checked_duration_since(now).filter(|pause| !pause.is_zero()) {
-                    std::thread::sleep(pause);
+            slab.queued = queued;
+            uring.publish();
+            let wait =
+                self.next_scan.saturating_duration_since(Instant::now()).min(Duration::from_millis(TIMER_IDLE_MS));
+            completions.clear();
+            match uring.wait(wait) {
+                Ok(taken) => completions.extend_from_slice(taken),
+                Err(e) => {
+                    tracing::error!(error = %e, "media worker: io_uring wait failed");
+                    std::thread::sleep(Duration::from_millis(TIMER_TICK_MS));
+                }
+            }
+            let began = Instant::now();
+            self.round += 1;
+            self.backlog = false;
+            if let Some(wake) = completions.iter().find(|c| c.user_data == WAKE_TAG) {
+                self.wake.reset();
+                if !wake.more()
+                    && let Io::Uring(uring) = &mut self.io
+                    && let Err(error) = uring.poll(self.wake.fd())
+                {
+                    tracing::error!(%error, "media worker: the wake-up poll cannot be armed");
+                }
+            }
+            self.take_commands();
+            for token in std::mem::take(&mut self.rearm) {
+                self.arm_again(token);
+            }
+            let mut datagrams = 0;
+            for c in &completions {
+                match c.user_data {
+                    WAKE_TAG | CANCEL_TAG => {}
+                    data if data & SEND_TAG != 0 => self.sent(c, (data & !SEND_TAG) as u32),
+                    token => datagrams += self.received(c, token),
+                }
+            }
+            if let Io::Uring(uring) = &mut self.io {
+                uring.publish();
+            }
+            self.end_round(began, datagrams > 0);
+        }
+    }
+
+    /// Every command queued so far, in order.
+    fn take_commands(&mut self) {
+        while let Ok(command) = self.commands.try_recv() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            self.command(command);
+        }
+    }
+
+    /// The timers due, then the pacing (module doc): after a round that found datagrams and
+    /// left no socket with a backlog, let datagrams gather until PACE_US after it began.
+    fn end_round(&mut self, began: Instant, found: bool) {
+        let now = Instant::now();
+        if now >= self.next_scan {
+            self.scan();
+        }
+        if found && !self.backlog {
+            let resume = began + Duration::from_micros(PACE_US);
+            if let Some(pause) = resume.checked_duration_since(now).filter(|pause| !pause.is_zero()) {
+                std::thread::sleep(pause);
+            }
+        }
+    }
+
+    /// A send's completion: its slab entry is free; a failure is counted against its session.
+    fn sent(&mut self, c: &Completion, index: u32) {
+        let Some(slab) = self.batch.slab.as_mut() else { return };
+        let owner = slab.done(index);
+        if c.result >= 0 {
+            return;
+        }
+        let (generation, slot, _) = token_parts(owner);
+        if self.generations.get(slot) == Some(&generation)
+            && let Some(session) = self.slots.get_mut(slot).and_then(Option::as_mut)
+        {
+            session.counts.dropped += 1;
+            session.counts.packets_out = session.counts.packets_out.saturating_sub(1);
+        }
+        tracing::debug!(error = %std::io::Error::from_raw_os_error(-c.result), "RTP send failed; packet dropped");
+    }
+
+    /// A receive's completion: its datagram relayed (or dropped, for a parked set), its buffer
+    /// given back, the receive armed again if it stopped. Returns the datagrams taken (0 or 1).
+    fn received(&mut self, c: &Completion, token: u64) -> usize {
+        let (generation, slot, index) = token_parts(token);
+        let current =
+            self.generations.get(slot) == Some(&generation) && self.slots.get(slot).is_some_and(Option::is_some);
+        if !c.more() {
+            let key = (generation, slot);
+            if current && let Some(session) = self.slots[slot].as_mut() {
+                session.armed &= !(1 << index);
+            } else if let Some(session) = self.closing.get_mut(&key) {
+                session.armed &= !(1 << index);
+                if session.armed == 0 {
+                    // Its last receive ended: the sockets close, the ports return.
+                    self.closing.remove(&key);
                 }
             }
         }
+        let mut taken = 0;
+        if let Some(id) = c.buffer() {
+            if current && c.result >= 0 && !self.throttle(slot, index, token, c.more()) {
+                taken = self.uring_datagram(slot, index, id, c.result);
+            }
+            if let Io::Uring(uring) = &mut self.io {
+                uring.recycle(id);
+            }
+        }
+        if c.result == -libc::ENOBUFS {
+            // Every buffer was taken this round: more waits in the sockets, so no pause.
+            self.backlog = true;
+        }
+        if !c.more() && current {
+            match self.slots[slot].as_mut() {
+                // A throttled socket waits a round: what floods it meanwhile is dropped by the
+                // kernel when its buffer is full, costing pbx nothing (as with epoll).
+                Some(session) if session.throttled & (1 << index) != 0 => {
+                    session.throttled &= !(1 << index);
+                    self.rearm.push(token);
+                }
+                _ => self.arm_again(token),
+            }
+        }
+        taken
+    }
+
+    /// Counts a datagram of socket `index` against its round's share; past
+    /// [`URING_SOCKET_ROUND_MAX`] it is dropped, and the socket's receive is cancelled so the
+    /// socket sits out a round. Returns whether dropped.
+    fn throttle(&mut self, slot: usize, index: usize, token: u64, armed: bool) -> bool {
+        let round = self.round;
+        let Some(session) = self.slots[slot].as_mut() else { return false };
+        if session.ready_round[index] != round {
+            session.ready_round[index] = round;
+            session.taken[index] = 0;
+        }
+        session.taken[index] = session.taken[index].saturating_add(1);
+        if session.taken[index] <= URING_SOCKET_ROUND_MAX {
+            return false;
+        }
+        session.counts.dropped += 1;
+        if armed
+            && session.throttled & (1 << index) == 0
+            && let Io::Uring(uring) = &mut self.io
+        {
+            session.throttled |= 1 << index;
+            self.backlog = true;
+            if let Err(error) = uring.cancel(token) {
+                tracing::warn!(%error, "media worker: a flooded socket's receive cannot be cancelled");
+            }
+        }
+        true
+    }
+
+    /// Arms the receive `token` names again, if its session is still there.
+    fn arm_again(&mut self, token: u64) {
+        let (generation, slot, index) = token_parts(token);
+        if self.generations.get(slot) != Some(&generation) {
+            return;
+        }
+        if let Some(session) = self.slots.get_mut(slot).and_then(Option::as_mut)
+            && let Io::Uring(uring) = &mut self.io
+        {
+            match uring.receive(session.sockets[index].as_raw_fd(), token) {
+                Ok(()) => session.armed |= 1 << index,
+                Err(error) => tracing::error!(%error, "media worker: a socket's receive cannot be armed again"),
+            }
+        }
+    }
+
+    fn uring_datagram(&mut self, slot: usize, index: usize, id: u16, result: i32) -> usize {
+        let Io::Uring(uring) = &self.io else { return 0 };
+        let Some(received) = uring.received(id, result) else { return 0 };
+        let Some(session) = self.slots[slot].as_mut() else { return 0 };
+        if session.parked().is_some() {
+            // Between calls: whatever comes is read and dropped, so nothing queues.
+            session.counts.dropped += 1;
+            return 0;
+        }
+        let into = &mut self.batch.slots[0];
+        let n = received.payload.len().min(into.buf.len());
+        into.buf[..n].copy_from_slice(&received.payload[..n]);
+        into.len = received.len;
+        if let Some(source) = received.source {
+            into.address = source;
+        }
+        if let Some(slab) = self.batch.slab.as_mut() {
+            slab.owner = receive_token(self.generations[slot], slot, 0);
+        }
+        self.guarded(slot, |session, batch| session.datagrams(index, batch, 1));
+        1
     }
 
     fn readable(&mut self, slot: usize, index: usize) {
@@ -826,8 +1166,7 @@ impl Worker {
                     && !self.park(slot)
                 {
                     self.by_id.remove(&id);
-                    self.slots[slot] = None;
-                    self.free.push(slot);
+                    self.vacate(slot);
                 }
             }
         }
@@ -886,8 +1225,7 @@ impl Worker {
             session.lease.parked = None;
             let id = session.fresh.id;
             self.by_id.remove(&id);
-            self.slots[slot] = None;
-            self.free.push(slot);
+            self.vacate(slot);
         } else {
             session.due = Instant::now() + Duration::from_secs(3_600);
         }
@@ -898,12 +1236,27 @@ impl Worker {
             self.slots.push(None);
             self.slots.len() - 1
         });
-        for (i, socket) in session.sockets.iter().enumerate() {
-            if let Err(e) = self.epoll.add(socket.as_raw_fd(), (slot as u64) << 2 | i as u64) {
+        if self.generations.len() < self.slots.len() {
+            self.generations.resize(self.slots.len(), 0);
+        }
+        let mut session = session;
+        for i in 0..4 {
+            let socket = &session.sockets[i];
+            let armed = match &mut self.io {
+                Io::Epoll(epoll) => epoll.add(socket.as_raw_fd(), (slot as u64) << 2 | i as u64),
+                Io::Uring(uring) => {
+                    uring.receive(socket.as_raw_fd(), receive_token(self.generations[slot], slot, i)).map(|()| {
+                        session.armed |= 1 << i;
+                    })
+                }
+            };
+            if let Err(e) = armed {
                 // Only when the kernel is out of memory: the call cannot have media.
-                tracing::error!(error = %e, "media worker: a socket cannot join the epoll set");
+                tracing::error!(error = %e, "media worker: a socket cannot be watched");
                 (session.fresh.events)(MediaEvent::Failed);
-                self.free.push(slot);
+                // Receives armed before the failure are cancelled before the sockets close.
+                self.slots[slot] = Some(session);
+                self.vacate(slot);
                 return;
             }
         }
@@ -927,8 +1280,30 @@ impl Worker {
         (session.fresh.events)(MediaEvent::Failed);
         let id = session.fresh.id;
         self.by_id.remove(&id);
-        self.slots[slot] = None;
+        self.vacate(slot);
+    }
+
+    /// Drops the session in `slot` (its sockets close, its ports return) and frees the slot.
+    /// An io_uring worker first cancels the sockets' receives, so the ring lets go of them
+    /// before they close and their ports can be bound again.
+    fn vacate(&mut self, slot: usize) {
+        let session = self.slots[slot].take();
         self.free.push(slot);
+        if let Io::Uring(uring) = &mut self.io
+            && let Some(session) = session
+            && session.armed != 0
+        {
+            let generation = self.generations[slot];
+            for index in (0..4).filter(|index| session.armed & (1 << index) != 0) {
+                if let Err(error) = uring.cancel(receive_token(generation, slot, index)) {
+                    tracing::warn!(%error, "media worker: cancelling a socket's receive failed");
+                }
+            }
+            self.generations[slot] = generation.wrapping_add(1);
+            self.closing.insert((generation, slot), session);
+        } else if let Some(generations) = self.generations.get_mut(slot) {
+            *generations = generations.wrapping_add(1);
+        }
     }
 
     /// Runs the timer of every session due, and finds when the next is.

@@ -240,6 +240,9 @@ pub struct Slot {
 /// Buffers for up to `n` datagrams of `bytes` each, and the kernel's headers for them.
 pub struct Batch {
     pub slots: Vec<Slot>,
+    /// With an io_uring worker: sends are copied here and submitted by the worker's ring
+    /// instead of sent by a system call each.
+    pub slab: Option<super::uring::SendSlab>,
     headers: Vec<libc::mmsghdr>,
     iovecs: Vec<libc::iovec>,
     addresses: Vec<libc::sockaddr_storage>,
@@ -256,6 +259,7 @@ impl Batch {
             slots: (0..n)
                 .map(|_| Slot { buf: vec![0u8; bytes].into_boxed_slice(), len: 0, address: unspecified })
                 .collect(),
+            slab: None,
             // SAFETY: all-zero is a valid value of these plain C structs.
             headers: (0..n).map(|_| unsafe { MaybeUninit::zeroed().assume_init() }).collect(),
             iovecs: (0..n).map(|_| libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }).collect(),
@@ -347,6 +351,13 @@ impl Batch {
     /// waiting; returns how many the kernel took (the rest: its buffer is full). One datagram
     /// goes by `sendto`, which costs the kernel less than `sendmmsg` of one (as `receive_one`).
     pub fn send(&mut self, fd: RawFd, first: usize, n: usize) -> io::Result<usize> {
+        if let Some(slab) = &mut self.slab {
+            let taken = self.slots[first..first + n]
+                .iter()
+                .take_while(|slot| slab.queue(fd, &slot.buf[..slot.len.min(slot.buf.len())], slot.address))
+                .count();
+            return Ok(taken);
+        }
         if n == 1 {
             let slot = &self.slots[first];
             let storage = &mut self.addresses[first];
@@ -376,7 +387,7 @@ impl Batch {
     }
 }
 
-fn read_address(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+pub(super) fn read_address(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match libc::c_int::from(storage.ss_family) {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in, which it is large
@@ -396,7 +407,7 @@ fn read_address(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 }
 
 /// Writes `address` into `storage`; returns its length.
-fn write_address(address: SocketAddr, storage: &mut libc::sockaddr_storage) -> usize {
+pub(super) fn write_address(address: SocketAddr, storage: &mut libc::sockaddr_storage) -> usize {
     match address {
         SocketAddr::V4(a) => {
             // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in.

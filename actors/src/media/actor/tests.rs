@@ -24,6 +24,30 @@ fn pool(first: u16) -> Arc<Mutex<PortPool>> {
     Arc::new(Mutex::new(PortPool::new(first, first + 99, u64::from(first))))
 }
 
+/// Runs a test on both kinds of media worker: io_uring (where the kernel offers it; on a
+/// kernel without it this runs the fallback, epoll, again) and epoll.
+macro_rules! on_both {
+    ($attr:meta, $name:ident) => {
+        mod $name {
+            use super::*;
+            #[$attr]
+            async fn io_uring() {
+                super::$name(MediaIo::IoUring).await
+            }
+            #[$attr]
+            async fn epoll() {
+                super::$name(MediaIo::Epoll).await
+            }
+        }
+    };
+}
+
+/// The epoll variant of a test uses ports 2,000 above the io_uring one's, so both can run at
+/// once.
+fn offset(io: MediaIo) -> u16 {
+    if io == MediaIo::Epoll { 2_000 } else { 0 }
+}
+
 fn in_use(pool: &Arc<Mutex<PortPool>>) -> usize {
     lock(pool).in_use()
 }
@@ -34,7 +58,7 @@ struct Session {
     events: mpsc::UnboundedReceiver<MediaEvent>,
 }
 
-async fn start(pool: &Arc<Mutex<PortPool>>, config: RelayConfig) -> Session {
+async fn start(pool: &Arc<Mutex<PortPool>>, config: RelayConfig, io: MediaIo) -> Session {
     let (tx, events) = mpsc::unbounded_channel();
     let args = MediaArgs {
         pool: pool.clone(),
@@ -46,7 +70,10 @@ async fn start(pool: &Arc<Mutex<PortPool>>, config: RelayConfig) -> Session {
             let _ = tx.send(event);
         }),
     };
-    let Ok(media) = MediaSession::start(args).await else { panic!("session starts") };
+    let media = match MediaSession::start_on(args, io).await {
+        Ok(media) => media,
+        Err(e) => panic!("session starts: {e}"),
+    };
     Session { local: media.local(), media, events }
 }
 
@@ -98,10 +125,9 @@ fn assert_is_tone(decoded: &[i16]) {
 /// source is learned after LEARNING_PACKETS packets in sequence and the answer goes there,
 /// not to the SDP address; a stranger's packet is foreign; stats count both ways; stopping
 /// returns the ports.
-#[tokio::test]
-async fn relays_and_transcodes_between_real_sockets() {
-    let pool = pool(31_000);
-    let mut session = start(&pool, RelayConfig::default()).await;
+async fn relays_and_transcodes_between_real_sockets(io: MediaIo) {
+    let pool = pool(31_000 + offset(io));
+    let mut session = start(&pool, RelayConfig::default(), io).await;
     assert_eq!(in_use(&pool), 2);
     let [a, b] = session.local;
     let (caller, callee, decoy) = (socket().await, socket().await, socket().await);
@@ -154,10 +180,9 @@ async fn relays_and_transcodes_between_real_sockets() {
 /// A dropped session gives its ports back and closes its sockets, so they can be bound again
 /// (a pool that parks nothing; a parked set closes later:
 /// `a_parked_set_drains_strangers_and_closes_when_idle`).
-#[tokio::test]
-async fn dropped_session_returns_its_ports() {
-    let pool = pool(31_100);
-    let session = start(&pool, RelayConfig::default()).await;
+async fn dropped_session_returns_its_ports(io: MediaIo) {
+    let pool = pool(31_100 + offset(io));
+    let session = start(&pool, RelayConfig::default(), io).await;
     assert_eq!(in_use(&pool), 2);
     drop(session.media);
     wait_until("the dropped session's ports are back", || in_use(&pool) == 0).await;
@@ -171,10 +196,9 @@ async fn dropped_session_returns_its_ports() {
 }
 
 /// A session whose task panics says so once (the call ends on it) and gives its ports back.
-#[tokio::test]
-async fn panicking_session_reports_failure_and_returns_its_ports() {
-    let pool = pool(31_400);
-    let mut session = start(&pool, RelayConfig::default()).await;
+async fn panicking_session_reports_failure_and_returns_its_ports(io: MediaIo) {
+    let pool = pool(31_400 + offset(io));
+    let mut session = start(&pool, RelayConfig::default(), io).await;
     assert_eq!(in_use(&pool), 2);
     session.media.panic();
     let event = timeout(WAIT, session.events.recv()).await.expect("an event in time");
@@ -184,10 +208,9 @@ async fn panicking_session_reports_failure_and_returns_its_ports() {
 }
 
 /// A side that sends nothing for the configured time is reported once; a side on hold never.
-#[tokio::test]
-async fn silence_is_reported_inactive_once() {
-    let pool = pool(31_200);
-    let mut session = start(&pool, RelayConfig { inactivity: Duration::from_millis(200) }).await;
+async fn silence_is_reported_inactive_once(io: MediaIo) {
+    let pool = pool(31_200 + offset(io));
+    let mut session = start(&pool, RelayConfig { inactivity: Duration::from_millis(200) }, io).await;
     let phone = socket().await.local_addr().unwrap();
     session.media.configure(Side::A, peer(phone, (0, G711::Mu)));
     let hold = PeerMedia { sends: false, ..peer(phone, (0, G711::Mu)) };
@@ -200,10 +223,10 @@ async fn silence_is_reported_inactive_once() {
 }
 
 /// When no pair binds, the spawn fails with a message that says so, and leases nothing.
-#[tokio::test]
-async fn fails_clearly_when_no_pair_binds() {
-    let pool = Arc::new(Mutex::new(PortPool::new(31_300, 31_303, 9)));
-    let _squatter = UdpSocket::bind("127.0.0.1:31301").await.expect("occupy the first pair's RTCP port");
+async fn fails_clearly_when_no_pair_binds(io: MediaIo) {
+    let pool = Arc::new(Mutex::new(PortPool::new(31_300 + offset(io), 31_303 + offset(io), 9)));
+    let _squatter =
+        UdpSocket::bind(("127.0.0.1", 31_301 + offset(io))).await.expect("occupy the first pair's RTCP port");
     let args = MediaArgs {
         pool: pool.clone(),
         bind: [127, 0, 0, 1].into(),
@@ -212,7 +235,7 @@ async fn fails_clearly_when_no_pair_binds() {
         seed: 1,
         events: Arc::new(|_| {}),
     };
-    let Err(error) = MediaSession::start(args).await else { panic!("no second pair can bind") };
+    let Err(error) = MediaSession::start_on(args, io).await else { panic!("no second pair can bind") };
     assert!(matches!(error, MediaError::NoPorts { tried: BIND_ATTEMPTS_MAX, capacity: 2, .. }), "{error}");
     assert!(error.to_string().contains("no RTP port pair free to bind on 127.0.0.1"), "{error}");
     assert_eq!(in_use(&pool), 0);
@@ -220,13 +243,12 @@ async fn fails_clearly_when_no_pair_binds() {
 
 /// A relay that panics ends its own session only: every other session, some of them in the
 /// same worker (twice as many sessions as workers, handed out in turn), still relays.
-#[tokio::test]
-async fn a_panicking_session_leaves_the_others_of_its_worker_relaying() {
-    let pool = pool(31_500);
-    let n = 2 * workers().expect("media workers").len();
+async fn a_panicking_session_leaves_the_others_of_its_worker_relaying(io: MediaIo) {
+    let pool = pool(31_500 + offset(io));
+    let n = 2 * workers(io).expect("media workers").len();
     let mut sessions = Vec::new();
     for _ in 0..n {
-        sessions.push(start(&pool, RelayConfig::default()).await);
+        sessions.push(start(&pool, RelayConfig::default(), io).await);
     }
     let mut failed = sessions.remove(0);
     failed.media.panic();
@@ -243,6 +265,53 @@ async fn a_panicking_session_leaves_the_others_of_its_worker_relaying() {
         assert_eq!((bytes.len(), from), (172, a), "relayed by a session that did not panic");
     }
     drop(sessions);
+    wait_until("every port is back", || in_use(&pool) == 0).await;
+}
+
+/// A stranger flooding one session's port at full speed costs the other sessions of every
+/// worker nothing they notice: 100 packets sent to each of them at 20 ms, all relayed
+/// (module doc, **io_uring**: a flooded socket sits out a round after a batch).
+async fn a_flood_toward_one_session_leaves_the_others_relaying(io: MediaIo) {
+    let pool = pool(31_900 + offset(io));
+    let n = 2 * workers(io).expect("media workers").len();
+    let mut sessions = Vec::new();
+    for _ in 0..n {
+        sessions.push(start(&pool, RelayConfig::default(), io).await);
+    }
+    let flooded = sessions.remove(0);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let (stop, target) = (stop.clone(), flooded.local[0]);
+        std::thread::spawn(move || {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                let _ = socket.send_to(&[0x80; 172], target);
+            }
+        })
+    };
+    let mut phones = Vec::new();
+    for session in &sessions {
+        let (caller, callee) = (socket().await, socket().await);
+        session.media.configure(Side::A, peer(caller.local_addr().unwrap(), (0, G711::Mu)));
+        session.media.configure(Side::B, peer(callee.local_addr().unwrap(), (0, G711::Mu)));
+        phones.push((caller, callee, session.local[0]));
+    }
+    for seq in 1..=100 {
+        for (caller, _, a) in &phones {
+            caller.send_to(&rtp(0, seq, 0xCAFE, &[0x7F; 160]), *a).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (_, callee, _) in &phones {
+        for _ in 0..100 {
+            let (bytes, _) = recv(callee).await;
+            assert_eq!(bytes.len(), 172);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+    assert!(flooded.media.stats()[0].packets_in > 0, "the flood reached the flooded session");
+    drop((flooded, sessions));
     wait_until("every port is back", || in_use(&pool) == 0).await;
 }
 
@@ -274,17 +343,16 @@ async fn relays(session: &Session) {
 /// An ended session's sockets are parked, not closed: the next session drawn from the park
 /// runs on the same ports and relays both ways, with a relay of its own (a fresh SSRC
 /// learning, fresh counts). Parked ports are not "in use", and they are leased still.
-#[tokio::test]
-async fn an_ended_sessions_sockets_are_taken_by_the_next_session() {
-    let pool = pool(31_600);
+async fn an_ended_sessions_sockets_are_taken_by_the_next_session(io: MediaIo) {
+    let pool = pool(31_600 + offset(io));
     lock(&pool).set_parking(8, 0, 1, 60_000);
-    let first = start(&pool, RelayConfig::default()).await;
+    let first = start(&pool, RelayConfig::default(), io).await;
     relays(&first).await;
     let ports = first.local;
     drop(first.media);
     wait_until("the ended session's set is parked", || lock(&pool).parked_pairs() == 2).await;
     assert_eq!(in_use(&pool), 0, "parked pairs are in no call");
-    let second = start(&pool, RelayConfig::default()).await;
+    let second = start(&pool, RelayConfig::default(), io).await;
     assert_eq!(second.local, ports, "the parked set, not a new bind");
     assert_eq!((in_use(&pool), lock(&pool).parked_pairs()), (2, 0));
     relays(&second).await;
@@ -299,11 +367,10 @@ async fn an_ended_sessions_sockets_are_taken_by_the_next_session() {
 /// What a stranger sends to a parked set is read and dropped (nothing queues in the kernel);
 /// a set nobody draws is closed after the park's idle time: its ports bind again and are
 /// released to the pool.
-#[tokio::test]
-async fn a_parked_set_drains_strangers_and_closes_when_idle() {
-    let pool = pool(31_700);
+async fn a_parked_set_drains_strangers_and_closes_when_idle(io: MediaIo) {
+    let pool = pool(31_700 + offset(io));
     lock(&pool).set_parking(8, 4, 4, 500);
-    let session = start(&pool, RelayConfig::default()).await;
+    let session = start(&pool, RelayConfig::default(), io).await;
     let [a, b] = session.local;
     drop(session.media);
     wait_until("parked", || lock(&pool).parked_pairs() == 2).await;
@@ -330,20 +397,19 @@ async fn a_parked_set_drains_strangers_and_closes_when_idle() {
 
 /// When every pair is leased (some parked), a new session takes the oldest parked set,
 /// quarantine or not, instead of being refused.
-#[tokio::test]
-async fn a_full_pool_takes_a_parked_set_rather_than_refuse() {
-    let pool = Arc::new(Mutex::new(PortPool::new(31_800, 31_831, 3)));
+async fn a_full_pool_takes_a_parked_set_rather_than_refuse(io: MediaIo) {
+    let pool = Arc::new(Mutex::new(PortPool::new(31_800 + offset(io), 31_831 + offset(io), 3)));
     lock(&pool).set_parking(2, 100, 100, 60_000);
     let mut sessions = Vec::new();
     for _ in 0..8 {
-        sessions.push(start(&pool, RelayConfig::default()).await);
+        sessions.push(start(&pool, RelayConfig::default(), io).await);
     }
     assert_eq!(in_use(&pool), 16);
     let ended = sessions.pop().unwrap();
     let ports = ended.local;
     drop(ended.media);
     wait_until("parked", || lock(&pool).parked_pairs() == 2).await;
-    let next = start(&pool, RelayConfig::default()).await;
+    let next = start(&pool, RelayConfig::default(), io).await;
     assert_eq!(next.local, ports, "the parked set");
     relays(&next).await;
     drop((next, sessions));
@@ -355,15 +421,14 @@ async fn a_full_pool_takes_a_parked_set_rather_than_refuse() {
 /// worker took first was counted down from zero: an overflow panic in the sender, a call
 /// actor's drop, seen in CI) and every session still ends and gives its ports back. A race
 /// test: with the count raised after the send it failed in one run of three here.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn commands_from_many_threads_keep_their_count() {
-    let pool = Arc::new(Mutex::new(PortPool::new(32_000, 32_999, 5)));
+async fn commands_from_many_threads_keep_their_count(io: MediaIo) {
+    let pool = Arc::new(Mutex::new(PortPool::new(32_000 + offset(io), 32_999 + offset(io), 5)));
     // A session per worker, flooded, so every worker runs round after round and takes
     // commands while they are being sent.
-    let n = workers().expect("media workers").len();
+    let n = workers(io).expect("media workers").len();
     let mut flooded = Vec::new();
     for _ in 0..n {
-        flooded.push(start(&pool, RelayConfig::default()).await);
+        flooded.push(start(&pool, RelayConfig::default(), io).await);
     }
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let targets: Vec<SocketAddr> = flooded.iter().map(|s| s.local[0]).collect();
@@ -389,7 +454,7 @@ async fn commands_from_many_threads_keep_their_count() {
                 // caught up): a start waits while most of the pool is still leased, which
                 // keeps commands racing without making the pool's size the test.
                 wait_until("the workers catch up with the removes", || in_use(&pool) < 400).await;
-                let session = start(&pool, RelayConfig::default()).await;
+                let session = start(&pool, RelayConfig::default(), io).await;
                 for _ in 0..4 {
                     session.media.configure(Side::A, peer(phone, (0, G711::Mu)));
                     tokio::task::yield_now().await;
@@ -406,7 +471,22 @@ async fn commands_from_many_threads_keep_their_count() {
     flood.join().unwrap();
     drop(flooded);
     wait_until("every port is back", || in_use(&pool) == 0).await;
-    for worker in workers().expect("media workers").iter() {
+    for worker in workers(io).expect("media workers").iter() {
         assert!(worker.queued.load(Ordering::Acquire) < LAZY_COMMANDS_MAX * 1_000, "the count did not wrap");
     }
 }
+
+on_both!(tokio::test, relays_and_transcodes_between_real_sockets);
+on_both!(tokio::test, dropped_session_returns_its_ports);
+on_both!(tokio::test, panicking_session_reports_failure_and_returns_its_ports);
+on_both!(tokio::test, silence_is_reported_inactive_once);
+on_both!(tokio::test, fails_clearly_when_no_pair_binds);
+on_both!(tokio::test, a_panicking_session_leaves_the_others_of_its_worker_relaying);
+on_both!(tokio::test, an_ended_sessions_sockets_are_taken_by_the_next_session);
+on_both!(tokio::test, a_parked_set_drains_strangers_and_closes_when_idle);
+on_both!(tokio::test, a_full_pool_takes_a_parked_set_rather_than_refuse);
+on_both!(tokio::test(flavor = "multi_thread", worker_threads = 4), commands_from_many_threads_keep_their_count);
+on_both!(
+    tokio::test(flavor = "multi_thread", worker_threads = 2),
+    a_flood_toward_one_session_leaves_the_others_relaying
+);
