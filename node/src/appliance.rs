@@ -166,11 +166,7 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     };
     let timers = TimerConfig::default();
     // Before the first call starts the media workers.
-    pbx_actors::media::actor::set_media_io(match config.calls.media_io {
-        crate::config::MediaIoSetting::Auto => pbx_actors::media::actor::MediaIo::Auto,
-        crate::config::MediaIoSetting::Epoll => pbx_actors::media::actor::MediaIo::Epoll,
-        crate::config::MediaIoSetting::IoUring => pbx_actors::media::actor::MediaIo::IoUring,
-    });
+    pbx_actors::media::actor::set_media_io(config.calls.media_io);
     let mut ports = PortPool::new(config.rtp_ports.low, config.rtp_ports.high, rand::random());
     let range_pairs = ports.capacity();
     // No more pairs at once than the open-file limit allows (see `limits`).

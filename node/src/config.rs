@@ -7,6 +7,7 @@
 
 use pbx_actors::endpoint::SourceLimit;
 use pbx_actors::endpoint::shard::ENDPOINT_SHARDS_MAX;
+use pbx_actors::media::actor::MediaIo;
 use pbx_actors::registrar::RegistrarConfig;
 use pbx_actors::registrar::digest::Algorithm;
 use serde::Deserialize;
@@ -296,21 +297,9 @@ struct CallsSection {
     no_answer_timeout_s: Option<u32>,
     rtp_timeout_s: Option<u32>,
     media_address: Option<String>,
-    media_io: Option<MediaIoSetting>,
+    media_io: Option<MediaIo>,
     cdr_retention_days: Option<u32>,
     emergency_numbers: Option<Vec<String>>,
-}
-
-/// `calls.media_io`: how the media workers wait for and move RTP (`pbx_actors::media::actor`'s
-/// module doc, **io_uring**).
-#[derive(Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum MediaIoSetting {
-    /// io_uring where the kernel offers it, else epoll.
-    #[default]
-    Auto,
-    Epoll,
-    IoUring,
 }
 
 /// How calls are handled and how long their records are kept.
@@ -322,7 +311,8 @@ pub struct CallsConfig {
     /// SIP listen address, or 127.0.0.1 when that is unspecified (0.0.0.0), since a wildcard
     /// cannot be sent to — a node serving phones on other machines must set it.
     pub media_address: IpAddr,
-    pub media_io: MediaIoSetting,
+    /// How the media workers move RTP (`pbx_actors::media::actor`'s module doc, **io_uring**).
+    pub media_io: MediaIo,
     /// Call detail records older than this are deleted (privacy category `cdr`).
     pub cdr_retention_days: u32,
     /// Numbers no licence limit ever refuses.
@@ -814,7 +804,7 @@ mod tests {
             no_answer_timeout_s: 30,
             rtp_timeout_s: 60,
             media_address: "127.0.0.1".parse().unwrap(),
-            media_io: MediaIoSetting::Auto,
+            media_io: MediaIo::Auto,
             cdr_retention_days: 90,
             emergency_numbers: vec!["110".into(), "112".into(), "911".into()],
         };
@@ -882,7 +872,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pbx.example.toml");
         let c = Config::load(&Flags { config: Some(path), ..Flags::default() }).unwrap();
         assert_eq!((c.calls.no_answer_timeout_s, c.calls.cdr_retention_days), (30, 90));
-        assert_eq!(c.calls.media_io, MediaIoSetting::Auto);
+        assert_eq!(c.calls.media_io, MediaIo::Auto);
         assert_eq!(c.extensions.len(), 2);
     }
 

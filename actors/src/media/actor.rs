@@ -110,7 +110,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 use sys::{Batch, Epoll, EventFd};
-use uring::{CANCEL_TAG, Completion, SEND_TAG, SendSlab, Uring, WAKE_TAG};
+use uring::{CANCEL_TAG, Completion, GENERATION_MASK, SEND_TAG, SendSlab, Uring, WAKE_TAG};
 
 mod sys;
 mod uring;
@@ -254,8 +254,10 @@ impl WorkerHandle {
     }
 }
 
-/// How the media workers wait for and move datagrams (`[media] io` in the node's config).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How the media workers wait for and move datagrams (`calls.media_io` in the node's config:
+/// `"auto"`, `"epoll"`, `"io_uring"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum MediaIo {
     /// io_uring where the kernel offers it (Linux 6.1 and later, not switched off), else epoll.
     #[default]
@@ -316,7 +318,6 @@ fn workers(io: MediaIo) -> Result<Arc<[WorkerHandle]>, MediaError> {
             index: i,
             io: Io::Epoll(epoll),
             generations: Vec::new(),
-            completions: Vec::new(),
             rearm: Vec::new(),
             closing: HashMap::new(),
             wake: wake.clone(),
@@ -537,7 +538,7 @@ fn receive_token(generation: u32, slot: usize, index: usize) -> u64 {
 }
 
 fn token_parts(token: u64) -> (u32, usize, usize) {
-    ((token >> 32) as u32 & 0x0fff_ffff, ((token >> 2) & 0x3fff_ffff) as usize, (token & 3) as usize)
+    ((token >> 32) as u32 & GENERATION_MASK, ((token >> 2) & 0x3fff_ffff) as usize, (token & 3) as usize)
 }
 
 fn socket_index(side: Side, kind: PacketKind) -> usize {
@@ -815,8 +816,6 @@ struct Worker {
     /// io_uring: each slot's generation, in its sockets' receive tokens, so a completion of a
     /// session gone (its receive cancelled) is not taken for its slot's next session's.
     generations: Vec<u32>,
-    /// io_uring: the round's completions.
-    completions: Vec<Completion>,
     /// io_uring: receives to arm again next round (sockets throttled for a flood).
     rearm: Vec<u64>,
     /// io_uring: sessions whose sockets' receives are being cancelled, by their old receive
@@ -911,7 +910,7 @@ impl Worker {
     /// pacing), with completions in place of ready sockets. Each round's sends are submitted
     /// by the wait that begins the next one.
     fn run_uring(mut self) {
-        let mut completions = std::mem::take(&mut self.completions);
+        let mut completions = Vec::new();
         loop {
             let Io::Uring(uring) = &mut self.io else { unreachable!("an io_uring worker") };
             let slab = self.batch.slab.as_mut().expect("an io_uring worker's send slab");
@@ -926,25 +925,24 @@ impl Worker {
             uring.publish();
             let wait =
                 self.next_scan.saturating_duration_since(Instant::now()).min(Duration::from_millis(TIMER_IDLE_MS));
-            completions.clear();
-            match uring.wait(wait) {
-                Ok(taken) => completions.extend_from_slice(taken),
-                Err(e) => {
-                    tracing::error!(error = %e, "media worker: io_uring wait failed");
-                    std::thread::sleep(Duration::from_millis(TIMER_TICK_MS));
-                }
+            if let Err(e) = uring.wait(wait, &mut completions) {
+                tracing::error!(error = %e, "media worker: io_uring wait failed");
+                std::thread::sleep(Duration::from_millis(TIMER_TICK_MS));
             }
             let began = Instant::now();
             self.round += 1;
             self.backlog = false;
-            if let Some(wake) = completions.iter().find(|c| c.user_data == WAKE_TAG) {
+            // The wake-up poll may post several completions in a round; it is armed again when
+            // any of them is its last.
+            let mut wakes = completions.iter().filter(|c| c.user_data == WAKE_TAG).peekable();
+            if wakes.peek().is_some() {
                 self.wake.reset();
-                if !wake.more()
-                    && let Io::Uring(uring) = &mut self.io
-                    && let Err(error) = uring.poll(self.wake.fd())
-                {
-                    tracing::error!(%error, "media worker: the wake-up poll cannot be armed");
-                }
+            }
+            if wakes.any(|wake| !wake.more())
+                && let Io::Uring(uring) = &mut self.io
+                && let Err(error) = uring.poll(self.wake.fd())
+            {
+                tracing::error!(%error, "media worker: the wake-up poll cannot be armed");
             }
             self.take_commands();
             for token in std::mem::take(&mut self.rearm) {
@@ -1299,10 +1297,10 @@ impl Worker {
                     tracing::warn!(%error, "media worker: cancelling a socket's receive failed");
                 }
             }
-            self.generations[slot] = generation.wrapping_add(1);
+            self.generations[slot] = generation.wrapping_add(1) & GENERATION_MASK;
             self.closing.insert((generation, slot), session);
-        } else if let Some(generations) = self.generations.get_mut(slot) {
-            *generations = generations.wrapping_add(1);
+        } else if let Some(generation) = self.generations.get_mut(slot) {
+            *generation = generation.wrapping_add(1) & GENERATION_MASK;
         }
     }
 

@@ -490,3 +490,16 @@ on_both!(
     tokio::test(flavor = "multi_thread", worker_threads = 2),
     a_flood_toward_one_session_leaves_the_others_relaying
 );
+
+/// A receive's user data keeps its slot, socket and generation, and never reaches the bits of
+/// the tags (sends, cancellations, the wake-up poll), however far the generation has counted.
+#[test]
+fn receive_tokens_round_trip_below_the_tags() {
+    for generation in [0, 1, GENERATION_MASK - 1, GENERATION_MASK, GENERATION_MASK.wrapping_add(1) & GENERATION_MASK] {
+        for (slot, index) in [(0, 0), (7, 3), (0x3fff_ffff, 2)] {
+            let token = receive_token(generation, slot, index);
+            assert_eq!(token & (SEND_TAG | CANCEL_TAG | WAKE_TAG), 0, "{generation:#x} {slot} {index}");
+            assert_eq!(token_parts(token), (generation, slot, index));
+        }
+    }
+}

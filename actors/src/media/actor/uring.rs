@@ -25,6 +25,9 @@ pub const SEND_TAG: u64 = 1 << 62;
 pub const CANCEL_TAG: u64 = 1 << 61;
 /// The eventfd's multishot poll.
 pub const WAKE_TAG: u64 = 1 << 60;
+/// A receive's user data holds its slot's generation in bits 32–59, below the tags: the
+/// generation counts modulo this.
+pub const GENERATION_MASK: u32 = 0x0fff_ffff;
 /// The provided buffers' group.
 const GROUP: u16 = 1;
 
@@ -81,7 +84,6 @@ pub struct Uring {
     buffer_bytes: usize,
     /// The shape every multishot receive writes: a name as large as any address, no control.
     msghdr: Box<libc::msghdr>,
-    completions: Vec<Completion>,
 }
 
 // SAFETY: the raw pointers point into memory this value owns; it moves to its worker's
@@ -126,7 +128,6 @@ impl Uring {
             buffers: vec![0u8; usize::from(buffers) * buffer_bytes].into_boxed_slice(),
             buffer_bytes,
             msghdr,
-            completions: Vec::new(),
         };
         for id in 0..buffers {
             uring.recycle(id);
@@ -202,22 +203,22 @@ impl Uring {
     }
 
     /// Submits what is queued and waits up to `timeout` for a completion; then takes every
-    /// completion there is.
-    pub fn wait(&mut self, timeout: Duration) -> io::Result<&[Completion]> {
+    /// completion there is into `into` (cleared first).
+    pub fn wait(&mut self, timeout: Duration, into: &mut Vec<Completion>) -> io::Result<()> {
         let ts = types::Timespec::new().sec(timeout.as_secs()).nsec(timeout.subsec_nanos());
         let args = types::SubmitArgs::new().timespec(&ts);
+        into.clear();
         match self.ring.submitter().submit_with_args(1, &args) {
             Ok(_) => {}
             Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
             Err(e) => return Err(e),
         }
-        self.completions.clear();
-        self.completions.extend(self.ring.completion().map(|c| Completion {
+        into.extend(self.ring.completion().map(|c| Completion {
             user_data: c.user_data(),
             result: c.result(),
             flags: c.flags(),
         }));
-        Ok(&self.completions)
+        Ok(())
     }
 
     /// The datagram a receive completion left in buffer `id` (`result`: its byte count).
