@@ -914,20 +914,21 @@ impl Worker {
         loop {
             let Io::Uring(uring) = &mut self.io else { unreachable!("an io_uring worker") };
             let slab = self.batch.slab.as_mut().expect("an io_uring worker's send slab");
-            let mut queued = std::mem::take(&mut slab.queued);
-            for (index, fd) in queued.drain(..) {
-                if let Err(error) = uring.send(fd, slab, index) {
+            for entry in slab.unpushed() {
+                if let Err(error) = uring.send(entry) {
                     tracing::error!(%error, "media worker: a send cannot be queued");
-                    slab.done(index);
                 }
             }
-            slab.queued = queued;
             uring.publish();
             let wait =
                 self.next_scan.saturating_duration_since(Instant::now()).min(Duration::from_millis(TIMER_IDLE_MS));
             if let Err(e) = uring.wait(wait, &mut completions) {
                 tracing::error!(error = %e, "media worker: io_uring wait failed");
                 std::thread::sleep(Duration::from_millis(TIMER_TICK_MS));
+            }
+            if uring.drained() {
+                // Every send submitted has been issued (uring.rs): their entries are free.
+                slab.issued();
             }
             let began = Instant::now();
             self.round += 1;
@@ -952,7 +953,7 @@ impl Worker {
             for c in &completions {
                 match c.user_data {
                     WAKE_TAG | CANCEL_TAG => {}
-                    data if data & SEND_TAG != 0 => self.sent(c, (data & !SEND_TAG) as u32),
+                    data if data & SEND_TAG != 0 => self.sent(c, data & !SEND_TAG),
                     token => datagrams += self.received(c, token),
                 }
             }
@@ -986,13 +987,9 @@ impl Worker {
         }
     }
 
-    /// A send's completion: its slab entry is free; a failure is counted against its session.
-    fn sent(&mut self, c: &Completion, index: u32) {
-        let Some(slab) = self.batch.slab.as_mut() else { return };
-        let owner = slab.done(index);
-        if c.result >= 0 {
-            return;
-        }
+    /// A failed send's completion (sends that succeed post none): counted against its
+    /// session, `owner`.
+    fn sent(&mut self, c: &Completion, owner: u64) {
         let (generation, slot, _) = token_parts(owner);
         if self.generations.get(slot) == Some(&generation)
             && let Some(session) = self.slots.get_mut(slot).and_then(Option::as_mut)
@@ -1243,6 +1240,7 @@ impl Worker {
             let armed = match &mut self.io {
                 Io::Epoll(epoll) => epoll.add(socket.as_raw_fd(), (slot as u64) << 2 | i as u64),
                 Io::Uring(uring) => {
+                    uring.fix(socket.as_raw_fd());
                     uring.receive(socket.as_raw_fd(), receive_token(self.generations[slot], slot, i)).map(|()| {
                         session.armed |= 1 << i;
                     })
@@ -1287,6 +1285,14 @@ impl Worker {
     fn vacate(&mut self, slot: usize) {
         let session = self.slots[slot].take();
         self.free.push(slot);
+        if let Io::Uring(uring) = &mut self.io
+            && let Some(session) = &session
+        {
+            // Sends from it are over; the ring's table must not hold its sockets open.
+            for socket in &session.sockets {
+                uring.unfix(socket.as_raw_fd());
+            }
+        }
         if let Io::Uring(uring) = &mut self.io
             && let Some(session) = session
             && session.armed != 0

@@ -5,11 +5,20 @@
 //! docs/PERFORMANCE.md ("The kernel's floor under RTP") measured the saving before this was
 //! built: 24–34 % of a relayed packet's CPU.
 //!
+//! Two costs per datagram go further than that. Sends name their socket by its slot in the
+//! ring's table of registered files (its descriptor number: [`Uring::fix`]), so the kernel
+//! takes no reference on the file per send. And a send posts no completion unless it fails
+//! (`IOSQE_CQE_SKIP_SUCCESS`): with `MSG_DONTWAIT` a send that cannot go at once fails with
+//! `EAGAIN` instead of waiting in the ring, so every send has been issued, done or failed,
+//! by the time the `io_uring_enter` that submitted it returns.
+//!
 //! Safety rests on three rules, each kept here:
 //! - the provided buffers and the ring of their descriptors live as long as the ring that
 //!   writes into them (both are dropped after it: field order);
 //! - a send's bytes and destination sit in a [`SendSlab`] entry from the moment its
-//!   submission is queued until its completion is reaped, and no entry is reused before;
+//!   submission is queued until an `io_uring_enter` has taken every queued submission (the
+//!   submission queue is empty after it: [`Uring::drained`]); sends are issued in that call
+//!   (above), so the entries are free after it;
 //! - the `msghdr` the multishot receives were armed with is boxed, so it does not move.
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
@@ -19,7 +28,8 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-/// Completions of sends carry this bit; the rest of their user data is the slab entry.
+/// Completions of (failed) sends carry this bit; the rest of their user data is the token of
+/// the session whose datagram it was.
 pub const SEND_TAG: u64 = 1 << 62;
 /// Completions of cancellations (nothing to do but count them gone).
 pub const CANCEL_TAG: u64 = 1 << 61;
@@ -30,6 +40,8 @@ pub const WAKE_TAG: u64 = 1 << 60;
 pub const GENERATION_MASK: u32 = 0x0fff_ffff;
 /// The provided buffers' group.
 const GROUP: u16 = 1;
+/// Registered files at most per ring (one slot per descriptor number below it).
+const FIXED_FILES_MAX: u64 = 65_536;
 
 /// One completion, copied out of the ring so the worker may push new submissions while it
 /// goes through them.
@@ -84,6 +96,8 @@ pub struct Uring {
     buffer_bytes: usize,
     /// The shape every multishot receive writes: a name as large as any address, no control.
     msghdr: Box<libc::msghdr>,
+    /// Which descriptors are in the ring's file table, at their own number.
+    fixed: Vec<bool>,
 }
 
 // SAFETY: the raw pointers point into memory this value owns; it moves to its worker's
@@ -122,12 +136,20 @@ impl Uring {
         // SAFETY: all-zero is a valid msghdr.
         let mut msghdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         msghdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // A table as large as the descriptors the process may open (within reason); where the
+        // kernel refuses one, sends name their descriptors as plain ones.
+        let table = open_files().min(FIXED_FILES_MAX) as u32;
+        let fixed = match ring.submitter().register_files_sparse(table) {
+            Ok(()) => vec![false; table as usize],
+            Err(_) => Vec::new(),
+        };
         let mut uring = Uring {
             ring,
             ring_buffers,
             buffers: vec![0u8; usize::from(buffers) * buffer_bytes].into_boxed_slice(),
             buffer_bytes,
             msghdr,
+            fixed,
         };
         for id in 0..buffers {
             uring.recycle(id);
@@ -190,16 +212,52 @@ impl Uring {
         self.push(opcode::AsyncCancel::new(user_data).build().user_data(CANCEL_TAG))
     }
 
-    /// Queues the send of slab entry `index` from `fd`.
-    pub fn send(&mut self, fd: RawFd, slab: &SendSlab, index: u32) -> io::Result<()> {
-        let e = &slab.entries[index as usize];
-        let entry = opcode::Send::new(types::Fd(fd), e.buf.as_ptr(), e.len)
-            .flags(libc::MSG_DONTWAIT)
-            .dest_addr((&e.address as *const libc::sockaddr_storage).cast())
-            .dest_addr_len(e.address_len)
-            .build()
-            .user_data(SEND_TAG | u64::from(index));
-        self.push(entry)
+    /// Puts `fd` in the ring's file table (at its own number), so sends from it skip the
+    /// kernel's lookup of the file; [`unfix`](Self::unfix) it before it closes, or the table's
+    /// reference keeps the socket (and its port) open.
+    pub fn fix(&mut self, fd: RawFd) {
+        let Ok(at) = usize::try_from(fd) else { return };
+        if at < self.fixed.len()
+            && !self.fixed[at]
+            && self.ring.submitter().register_files_update(at as u32, &[fd]).is_ok()
+        {
+            self.fixed[at] = true;
+        }
+    }
+
+    /// Takes `fd` out of the ring's file table, if it is there.
+    pub fn unfix(&mut self, fd: RawFd) {
+        let Ok(at) = usize::try_from(fd) else { return };
+        if self.fixed.get(at) == Some(&true) {
+            if let Err(error) = self.ring.submitter().register_files_update(at as u32, &[-1]) {
+                tracing::error!(%error, "media worker: a socket cannot leave the ring's file table");
+            }
+            self.fixed[at] = false;
+        }
+    }
+
+    /// Queues the send of slab entry `e`; it posts a completion only if it fails.
+    pub fn send(&mut self, e: &SendEntry) -> io::Result<()> {
+        let (buf, to, to_len) = (e.buf.as_ptr(), (&e.address as *const libc::sockaddr_storage).cast(), e.address_len);
+        let entry = match usize::try_from(e.fd) {
+            Ok(at) if self.fixed.get(at) == Some(&true) => opcode::Send::new(types::Fixed(at as u32), buf, e.len)
+                .flags(libc::MSG_DONTWAIT)
+                .dest_addr(to)
+                .dest_addr_len(to_len)
+                .build(),
+            _ => opcode::Send::new(types::Fd(e.fd), buf, e.len)
+                .flags(libc::MSG_DONTWAIT)
+                .dest_addr(to)
+                .dest_addr_len(to_len)
+                .build(),
+        };
+        self.push(entry.flags(squeue::Flags::SKIP_SUCCESS).user_data(SEND_TAG | e.owner))
+    }
+
+    /// Whether the kernel has taken every submission queued (after a [`wait`](Self::wait)):
+    /// then every send queued before it has been issued, and its slab entry is free.
+    pub fn drained(&mut self) -> bool {
+        self.ring.submission().is_empty()
     }
 
     /// Submits what is queued and waits up to `timeout` for a completion; then takes every
@@ -246,22 +304,25 @@ impl Uring {
     }
 }
 
-/// One queued send: its bytes and destination, held until its completion (module doc).
+/// One queued send: its bytes, destination and socket, held until its submission is issued.
 pub struct SendEntry {
     buf: Box<[u8]>,
     len: u32,
     address: libc::sockaddr_storage,
     address_len: libc::socklen_t,
+    fd: RawFd,
     /// Whose send it is (the worker's token for the session), to count a failure against.
-    pub owner: u64,
+    owner: u64,
 }
 
-/// Sends queued in a round, and the entries they occupy until their completions.
+/// A round's sends: entries written in order, submitted by the next wait, and all free again
+/// once that wait has drained the submission queue (module doc).
 pub struct SendSlab {
     entries: Vec<SendEntry>,
-    free: Vec<u32>,
-    /// Entries written this round, with the socket each goes from: the worker submits them.
-    pub queued: Vec<(u32, RawFd)>,
+    /// Entries `[0, used)` hold sends not yet known to be issued.
+    used: usize,
+    /// Entries `[0, pushed)` are in the submission queue or issued.
+    pushed: usize,
     capacity: usize,
     entry_bytes: usize,
     /// Whose datagrams the worker is relaying now ([`SendEntry::owner`]).
@@ -270,36 +331,56 @@ pub struct SendSlab {
 
 impl SendSlab {
     pub fn new(capacity: usize, entry_bytes: usize) -> SendSlab {
-        SendSlab { entries: Vec::new(), free: Vec::new(), queued: Vec::new(), capacity, entry_bytes, owner: 0 }
+        SendSlab { entries: Vec::new(), used: 0, pushed: 0, capacity, entry_bytes, owner: 0 }
     }
 
-    /// Copies `bytes` for `to` into a free entry, queued to go from `fd`; `false` when every
-    /// entry is in flight (the datagram is dropped, as a full socket buffer would).
+    /// Copies `bytes` for `to` into the next entry, queued to go from `fd`; `false` when
+    /// every entry is taken (the datagram is dropped, as a full socket buffer would).
     pub fn queue(&mut self, fd: RawFd, bytes: &[u8], to: SocketAddr) -> bool {
-        let index = match self.free.pop() {
-            Some(index) => index,
-            None if self.entries.len() < self.capacity => {
-                // SAFETY: all-zero is a valid sockaddr_storage.
-                let address = unsafe { std::mem::zeroed() };
-                let buf = vec![0u8; self.entry_bytes].into_boxed_slice();
-                self.entries.push(SendEntry { buf, len: 0, address, address_len: 0, owner: 0 });
-                (self.entries.len() - 1) as u32
+        if self.used == self.entries.len() {
+            if self.entries.len() >= self.capacity {
+                return false;
             }
-            None => return false,
-        };
-        let e = &mut self.entries[index as usize];
+            // SAFETY: all-zero is a valid sockaddr_storage.
+            let address = unsafe { std::mem::zeroed() };
+            let buf = vec![0u8; self.entry_bytes].into_boxed_slice();
+            self.entries.push(SendEntry { buf, len: 0, address, address_len: 0, fd: -1, owner: 0 });
+        }
+        let e = &mut self.entries[self.used];
         let n = bytes.len().min(e.buf.len());
         e.buf[..n].copy_from_slice(&bytes[..n]);
         e.len = n as u32;
         e.address_len = super::sys::write_address(to, &mut e.address) as libc::socklen_t;
+        e.fd = fd;
         e.owner = self.owner;
-        self.queued.push((index, fd));
+        self.used += 1;
         true
     }
 
-    /// The send in entry `index` completed: the entry is free again; its owner.
-    pub fn done(&mut self, index: u32) -> u64 {
-        self.free.push(index);
-        self.entries[index as usize].owner
+    /// The entries queued since the last call, to submit now.
+    pub fn unpushed(&mut self) -> &[SendEntry] {
+        let from = self.pushed;
+        self.pushed = self.used;
+        &self.entries[from..self.used]
     }
+
+    /// Every send pushed has been issued: the entries are free.
+    pub fn issued(&mut self) {
+        // Sends are queued only while a round's completions are handled, after this.
+        if self.used == self.pushed {
+            self.used = 0;
+            self.pushed = 0;
+        }
+    }
+}
+
+/// The soft open-file limit (descriptors are below it).
+fn open_files() -> u64 {
+    // SAFETY: all-zero is a valid rlimit, which the call fills.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1_024;
+    }
+    limit.rlim_cur
 }
