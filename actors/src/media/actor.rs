@@ -23,15 +23,18 @@
 //!   call, about 37 µs of a call's CPU on the 2-core machine of docs/PERFORMANCE.md, and at
 //!   3,000 calls/s the one thing the media workers were woken for.
 //! - **Commands.** A new session's `Add` wakes its worker at once (its sockets must join the
-//!   epoll set before a datagram can wake it), and so does `Remove` (its ports go back to the
-//!   pool, or park, at once: a small pool must not refuse calls for ports an ended call still
-//!   holds). `Reuse` and `Configure` only queue:
+//!   epoll set before a datagram can wake it). `Remove` wakes it only when the pool is near
+//!   its limit (its ports go back, or park, at once: a pool near its limit must not refuse
+//!   calls for ports an ended call still holds); while the pool has room for every session
+//!   the workers may have waiting, it queues like the others (a wake per ended call was a
+//!   tenth of a call's CPU at 4,600 calls/s, docs/PERFORMANCE.md). `Reuse` and `Configure`
+//!   only queue:
 //!   the worker takes every queued command at the start of each round, before the datagrams
 //!   that woke it, so an SDP is applied before the first packet that needs it; without
 //!   traffic, its timer takes them within [`METRICS_FLUSH_MS`] (a session's flush) or a second
 //!   (`TIMER_IDLE_MS`), and [`LAZY_COMMANDS_MAX`] waiting wake it. Each wake is a context
-//!   switch, an `epoll_wait`, a read of the eventfd and a paced pause: one per call on a parked
-//!   set (`Remove`), two on a new one, from four.
+//!   switch, an `epoll_wait`, a read of the eventfd and a paced pause: none per call on a
+//!   parked set in a roomy pool, one on a new one (`Add`), from four.
 //! - **Shared workers, no task per call.** [`MEDIA_WORKERS_MAX`] threads at most, one per core,
 //!   started with the first session; each session goes to the next in turn. A worker owns its
 //!   sessions' state and sockets outright (ownership is plain: only that thread touches them)
@@ -358,6 +361,7 @@ pub struct MediaSession {
     worker: usize,
     shared: Arc<Shared>,
     local: [SocketAddr; 2],
+    pool: Arc<Mutex<PortPool>>,
 }
 
 impl MediaSession {
@@ -415,13 +419,13 @@ impl MediaSession {
         };
         let worker = NEXT_WORKER.fetch_add(1, Ordering::Relaxed) % workers.len();
         workers[worker].send(Command::Add(Box::new(session)));
-        Ok(MediaSession { id, workers, worker, shared, local })
+        Ok(MediaSession { id, workers, worker, shared, local, pool: args.pool })
     }
 
     /// The session on a parked set: its worker is told, its ports are the set's.
     fn reuse(
         workers: Arc<[WorkerHandle]>,
-        pool: &Mutex<PortPool>,
+        pool: &Arc<Mutex<PortPool>>,
         bind: IpAddr,
         parked: Parked,
         fresh: Fresh,
@@ -431,7 +435,7 @@ impl MediaSession {
         let worker = (parked.token % TOKEN_SPAN) as usize;
         workers[worker].send_lazily(Command::Reuse { token: parked.token, fresh: Box::new(fresh) });
         let local = parked.ports.map(|port| SocketAddr::new(bind, port));
-        MediaSession { id, workers, worker, shared, local }
+        MediaSession { id, workers, worker, shared, local, pool: pool.clone() }
     }
 
     /// The local RTP addresses of side A and side B (RTCP is the next port up).
@@ -462,10 +466,23 @@ impl MediaSession {
 
 impl Drop for MediaSession {
     fn drop(&mut self) {
-        // At once: the ports go back to the pool (or park) now, not at the next round, so a
-        // small pool does not refuse calls for ports an ended call still holds.
-        self.workers[self.worker].send(Command::Remove { id: self.id });
+        // While the pool has room for every session its workers may have waiting to be
+        // removed, the worker takes this at its next round (module doc, **Commands**); when it
+        // has not, at once: a pool near its limit must not refuse calls for ports an ended
+        // call still holds.
+        let command = Command::Remove { id: self.id };
+        if removes_lazily(&lock(&self.pool), self.workers.len()) {
+            self.workers[self.worker].send_lazily(command);
+        } else {
+            self.workers[self.worker].send(command);
+        }
     }
+}
+
+/// Whether an ended session's `Remove` may wait for its worker's next round: while the pool
+/// has room for every session its `workers` may have waiting (two pairs each).
+fn removes_lazily(pool: &PortPool, workers: usize) -> bool {
+    pool.headroom() > 2 * LAZY_COMMANDS_MAX * workers
 }
 
 /// What a session's handle and its worker share.

@@ -134,6 +134,11 @@ impl PortPool {
         self.leased_pairs() - self.parked_pairs()
     }
 
+    /// Pairs that may still be leased before the pool is at its limit.
+    pub fn headroom(&self) -> usize {
+        self.lease_max.saturating_sub(self.leased_pairs())
+    }
+
     /// Pairs parked now.
     pub fn parked_pairs(&self) -> usize {
         2 * self.parked.len()

@@ -106,6 +106,17 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Binds each address once its session's socket has closed (within [`WAIT`]).
+async fn bind_again(addresses: [SocketAddr; 2]) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for address in addresses {
+        while UdpSocket::bind(address).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "{address} still bound after the drop");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 /// 20 ms of a 1 kHz tone at 8 kHz, loud enough to use most segments.
 fn tone() -> Vec<i16> {
     (0..160).map(|n| (f64::sin(n as f64 * std::f64::consts::TAU / 8.0) * 20_000.0) as i16).collect()
@@ -186,13 +197,22 @@ async fn dropped_session_returns_its_ports(io: MediaIo) {
     assert_eq!(in_use(&pool), 2);
     drop(session.media);
     wait_until("the dropped session's ports are back", || in_use(&pool) == 0).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    for address in session.local {
-        while UdpSocket::bind(address).await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "{address} still bound after the drop");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+    bind_again(session.local).await;
+}
+
+/// With room in the pool for every removal its workers may have waiting, a dropped session
+/// is removed at its worker's next round, not at once (module doc, **Commands**): with no
+/// traffic to wake the worker, its ports still come back, and in bounded time.
+async fn a_dropped_session_in_a_roomy_pool_returns_its_ports_at_the_next_round(io: MediaIo) {
+    let first = 24_000 + offset(io);
+    let pool = Arc::new(Mutex::new(PortPool::new(first, first + 1_999, u64::from(first))));
+    let session = start(&pool, RelayConfig::default(), io).await;
+    let workers = workers(io).expect("media workers").len();
+    assert!(removes_lazily(&lock(&pool), workers), "the pool has room for a removal that waits");
+    assert_eq!(in_use(&pool), 2);
+    drop(session.media);
+    wait_until("the dropped session's ports are back", || in_use(&pool) == 0).await;
+    bind_again(session.local).await;
 }
 
 /// A session whose task panics says so once (the call ends on it) and gives its ports back.
@@ -478,6 +498,7 @@ async fn commands_from_many_threads_keep_their_count(io: MediaIo) {
 
 on_both!(tokio::test, relays_and_transcodes_between_real_sockets);
 on_both!(tokio::test, dropped_session_returns_its_ports);
+on_both!(tokio::test, a_dropped_session_in_a_roomy_pool_returns_its_ports_at_the_next_round);
 on_both!(tokio::test, panicking_session_reports_failure_and_returns_its_ports);
 on_both!(tokio::test, silence_is_reported_inactive_once);
 on_both!(tokio::test, fails_clearly_when_no_pair_binds);
