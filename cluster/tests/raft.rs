@@ -225,6 +225,9 @@ fn a_member_alone_never_commits() {
         let leader = cluster.leader().await;
         cluster.node(leader).replica.write(b"before".to_vec()).await.unwrap();
         let alone = (leader + 1) % 3;
+        // A follower learns that an entry committed from the leader's next message: stopped
+        // before that, it would hold "before" uncommitted forever (what CI once hit).
+        cluster.applied(alone, &[b"before".to_vec()]).await;
         for i in 0..3 {
             if i != alone {
                 cluster.stop(i).await;
