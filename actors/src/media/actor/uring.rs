@@ -236,22 +236,21 @@ impl Uring {
         }
     }
 
-    /// Queues the send of slab entry `e`; it posts a completion only if it fails.
+    /// Queues the send of slab entry `e`; it posts a completion only if it fails. A socket in
+    /// the file table is named by its slot, which is its descriptor number: the same field,
+    /// with the flag that says so.
     pub fn send(&mut self, e: &SendEntry) -> io::Result<()> {
-        let (buf, to, to_len) = (e.buf.as_ptr(), (&e.address as *const libc::sockaddr_storage).cast(), e.address_len);
-        let entry = match usize::try_from(e.fd) {
-            Ok(at) if self.fixed.get(at) == Some(&true) => opcode::Send::new(types::Fixed(at as u32), buf, e.len)
-                .flags(libc::MSG_DONTWAIT)
-                .dest_addr(to)
-                .dest_addr_len(to_len)
-                .build(),
-            _ => opcode::Send::new(types::Fd(e.fd), buf, e.len)
-                .flags(libc::MSG_DONTWAIT)
-                .dest_addr(to)
-                .dest_addr_len(to_len)
-                .build(),
-        };
-        self.push(entry.flags(squeue::Flags::SKIP_SUCCESS).user_data(SEND_TAG | e.owner))
+        let fixed = usize::try_from(e.fd).is_ok_and(|at| self.fixed.get(at) == Some(&true));
+        let flags =
+            if fixed { squeue::Flags::SKIP_SUCCESS | squeue::Flags::FIXED_FILE } else { squeue::Flags::SKIP_SUCCESS };
+        let entry = opcode::Send::new(types::Fd(e.fd), e.buf.as_ptr(), e.len)
+            .flags(libc::MSG_DONTWAIT)
+            .dest_addr((&e.address as *const libc::sockaddr_storage).cast())
+            .dest_addr_len(e.address_len)
+            .build()
+            .flags(flags)
+            .user_data(SEND_TAG | e.owner);
+        self.push(entry)
     }
 
     /// Whether the kernel has taken every submission queued (after a [`wait`](Self::wait)):
