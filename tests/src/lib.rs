@@ -77,44 +77,62 @@ pub fn asset(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
-/// A loopback port free for both UDP and TCP at the time of asking.
+/// A loopback port free for both UDP and TCP when asked, for a listener the test starts
+/// (a node's SIP and HTTP, a softphone, a licence server).
+///
+/// Taken from the same range as [`free_port_block`], below the kernel's ephemeral ports: a
+/// port the kernel picked for `bind(…:0)` and the probe then let go can be handed by the
+/// kernel to another socket (a client's, a connection's source port) before the listener
+/// binds it — CI once saw a node fail to start on "Address already in use" that way.
 pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP probe");
-        let port = udp.local_addr().expect("probe address").port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both UDP and TCP on 127.0.0.1 after 100 tries");
+    *hand_out(1, true).start()
 }
 
 /// `len` consecutive UDP ports on 127.0.0.1, all free when asked, for one node's `--rtp-ports`
-/// (or a softphone's). Taken below the kernel's ephemeral range (32768 and up), where
-/// [`free_port`] never looks; never a block overlapping one already handed out in this
-/// process (pbx binds its ports only when a call needs them, so probing alone cannot tell);
-/// spread by process id so test binaries running at once rarely probe the same ports.
+/// (or a softphone's). Taken below the kernel's ephemeral range (32768 and up): the kernel
+/// never picks these ports for a socket bound to port 0 or a connection's source.
 pub fn free_port_block(len: u16) -> RangeInclusive<u16> {
+    hand_out(len.max(2), false)
+}
+
+/// Never a block overlapping one already handed out in this process (pbx binds its RTP ports
+/// only when a call needs them, so probing alone cannot tell); spread by process id so test
+/// binaries running at once rarely probe the same ports. With `tcp`, each port must be free
+/// for a TCP listener too.
+fn hand_out(len: u16, tcp: bool) -> RangeInclusive<u16> {
     const LOW: u32 = 10_000;
-    const HIGH: u32 = 32_000;
     static HANDED_OUT: std::sync::Mutex<Vec<RangeInclusive<u32>>> = std::sync::Mutex::new(Vec::new());
-    let len = u32::from(len.max(2));
+    let high = ephemeral_start().min(32_000);
+    let len = u32::from(len);
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-    let offset = std::process::id().wrapping_mul(7_919) % (HIGH - LOW);
+    let offset = std::process::id().wrapping_mul(7_919) % (high - LOW);
     // Even starts, stepping by the length, from an offset that differs between processes.
-    let starts = (0..(HIGH - LOW) / len).map(|i| LOW + (offset / 2 * 2 + i * len) % (HIGH - LOW - len));
+    let span = high - LOW - len;
+    let starts = (0..span / len.max(2)).map(|i| LOW + (offset / 2 * 2 + i * len.max(2)) % span);
     for start in starts {
         let block = start..=start + len - 1;
         if handed_out.iter().any(|b| b.start() <= block.end() && block.start() <= b.end()) {
             continue;
         }
-        let held: Vec<UdpSocket> = block.clone().map_while(|p| UdpSocket::bind(("127.0.0.1", p as u16)).ok()).collect();
-        if held.len() == len as usize {
+        let free = |p: u32| {
+            let udp = UdpSocket::bind(("127.0.0.1", p as u16));
+            udp.is_ok() && (!tcp || TcpListener::bind(("127.0.0.1", p as u16)).is_ok())
+        };
+        if block.clone().all(free) {
             handed_out.push(block.clone());
             return *block.start() as u16..=*block.end() as u16;
         }
     }
-    panic!("no block of {len} free UDP ports between {LOW} and {HIGH}");
+    panic!("no block of {len} free ports between {LOW} and {high} (TCP too: {tcp})");
+}
+
+/// The first port of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`).
+fn ephemeral_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .filter(|&low: &u32| low > 11_000)
+        .unwrap_or(32_768)
 }
 
 /// One extension declared in the node's config file.
