@@ -9,6 +9,11 @@
 //! - `relay/transcode_pcmu_to_pcma`: the same with a PCMA callee, so the payload is also
 //!   converted µ-law → A-law.
 //! - `g711/ulaw_to_alaw_160`: the table conversion of one payload alone.
+//! - `mixer/room_of_5_talkers_N`: one 20 ms tick of a conference room's `Mixer` with five
+//!   PCMU participants of whom N talk: each participant's packet received (RTP parsed, decoded
+//!   into its jitter buffer), the frames taken, the talkers chosen and summed, one packet
+//!   mixed, encoded and framed for each participant, outputs drained. Participants mixed per
+//!   core in real time = 5 × 20 ms / the time of one iteration.
 //!
 //! Sockets and the actor mailbox are not measured. Runs are short, as in `sip.rs`. See
 //! docs/PERFORMANCE.md.
@@ -82,9 +87,61 @@ fn g711(c: &mut Criterion) {
     group.finish();
 }
 
+fn mixer(c: &mut Criterion) {
+    use pbx_actors::media::mixer::{FRAME_MS, FRAME_SAMPLES, Mixer, MixerConfig, MixerOutput, Participant};
+    let mut group = c.benchmark_group("mixer");
+    for talkers in [1u32, 3, 5] {
+        let mut mixer: Mixer<u32> = Mixer::new(MixerConfig::default(), Timestamp::ZERO);
+        for id in 0..5u32 {
+            let participant =
+                Participant { law: G711::Mu, payload_type: 0, ssrc: id, initial_timestamp: 0, initial_sequence: 0 };
+            mixer.join(id, participant).expect("room has space");
+        }
+        // A tone for talkers, G.711 silence for listeners.
+        let payloads: Vec<Vec<u8>> = (0..5u32)
+            .map(|id| {
+                (0..FRAME_SAMPLES)
+                    .map(|i| {
+                        let level = if id < talkers { 6000.0 } else { 0.0 };
+                        let t = i as f64 / 8000.0;
+                        G711::Mu.encode(
+                            (level * (2.0 * std::f64::consts::PI * (300.0 + 200.0 * f64::from(id)) * t).sin()) as i16,
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut tick = 0u64;
+        let mut packet = vec![0u8; 12 + FRAME_SAMPLES];
+        group.throughput(Throughput::Elements(5));
+        group.bench_function(format!("room_of_5_talkers_{talkers}"), |b| {
+            b.iter(|| {
+                for (id, payload) in payloads.iter().enumerate() {
+                    packet[0] = 0x80;
+                    packet[1] = 0;
+                    packet[2..4].copy_from_slice(&(tick as u16).to_be_bytes());
+                    packet[4..8].copy_from_slice(&((tick as u32).wrapping_mul(FRAME_SAMPLES as u32)).to_be_bytes());
+                    packet[8..12].copy_from_slice(&(id as u32).to_be_bytes());
+                    packet[12..].copy_from_slice(payload);
+                    mixer.receive(id as u32, &packet);
+                }
+                tick += 1;
+                mixer.handle_timeout(Timestamp::from_millis(tick * FRAME_MS));
+                let mut sent = 0;
+                while let Some(out) = mixer.poll_output() {
+                    sent += usize::from(matches!(out, MixerOutput::Rtp { .. }));
+                }
+                assert_eq!(sent, 5, "one packet per participant per tick");
+                black_box(sent)
+            })
+        });
+    }
+    group.finish();
+}
+
 fn short() -> Criterion {
     Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1)).sample_size(30)
 }
 
-criterion_group! { name = benches; config = short(); targets = relay, g711 }
+criterion_group! { name = benches; config = short(); targets = relay, g711, mixer }
 criterion_main!(benches);

@@ -3,6 +3,8 @@
 //!
 //! - `g711`: µ-law and A-law, and direct conversion between them.
 //! - `rtp`: zero-copy views of RTP headers, RTCP compounds and RFC 4733 events.
+//! - `mixer`: the sans-IO machine of one conference room's audio (jitter buffers, loss
+//!   concealment, the loudest talkers summed, each participant hearing everyone but itself).
 //! - `relay`: the sans-IO machine of one call's relay (latching, SSRC/sequence rewriting,
 //!   transcoding, statistics, inactivity).
 //! - `pool`: the node's RTP/RTCP port pairs.
@@ -10,11 +12,12 @@
 //!   worker (`MediaSession`); its `sys` has the workers' epoll, eventfd, `recvmmsg` and
 //!   `sendmmsg`.
 //!
-//! Not here: SDP (the call layer turns offers and answers into [`PeerMedia`]), jitter
-//! buffers, SRTP, RTCP generation, codecs other than G.711.
+//! Not here: SDP (the call layer turns offers and answers into [`PeerMedia`]), SRTP, RTCP
+//! generation, codecs other than G.711.
 
 pub mod actor;
 pub mod g711;
+pub mod mixer;
 pub mod pool;
 pub mod relay;
 pub mod rtp;
