@@ -8,6 +8,7 @@
 pub mod bugs;
 pub mod call;
 pub mod cdr;
+pub mod conference;
 pub mod endpoint;
 pub mod entry;
 pub mod licence;

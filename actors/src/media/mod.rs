@@ -21,6 +21,8 @@ pub mod mixer;
 pub mod pool;
 pub mod relay;
 pub mod rtp;
+#[cfg(test)]
+pub(crate) mod tone_power;
 
 pub use actor::{MediaArgs, MediaError, MediaEvent, MediaSession};
 pub use g711::G711;

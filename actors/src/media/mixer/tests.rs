@@ -1,4 +1,5 @@
 use super::*;
+use crate::media::tone_power::power;
 use std::f64::consts::PI;
 
 /// A test phone: one tone, 20 ms packets in its law.
@@ -117,19 +118,6 @@ fn room(phones: &[(u32, Phone)], config: MixerConfig) -> Mixer<u32> {
         mixer.join(*id, phone.participant(0x1000 + id)).unwrap();
     }
     mixer
-}
-
-/// Power of `freq` in `samples` (Goertzel), normalised by length.
-fn power(samples: &[i16], freq: f64) -> f64 {
-    let w = 2.0 * PI * freq / f64::from(SAMPLE_RATE);
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &x in samples {
-        let s = f64::from(x) + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    (s1 * s1 + s2 * s2 - coeff * s1 * s2) / (samples.len() as f64).powi(2)
 }
 
 fn rms(samples: &[i16]) -> f64 {
