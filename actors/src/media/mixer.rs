@@ -329,6 +329,8 @@ impl<P: Copy + Eq + Hash> Mixer<P> {
             return false;
         }
         self.order.retain(|p| *p != id);
+        // The last tick's talkers are indices into `order`, which just shifted.
+        self.talkers.clear();
         if self.speaker == Some(id) {
             self.speaker = None;
             self.outputs.push_back(MixerOutput::Speaker(None));

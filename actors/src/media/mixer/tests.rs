@@ -485,7 +485,9 @@ fn joining_leaving_and_the_speaker_going() {
     assert_eq!(mixer.join(1, phones[0].1.participant(5)), Err(JoinError::AlreadyJoined));
     let heard = run(&mut mixer, &mut phones, 10, |_, _| true);
     assert_eq!(heard.speakers, vec![Some(1)]);
+    assert!(mixer.is_talking(1));
     assert!(mixer.leave(1));
+    assert!(!mixer.is_talking(1) && !mixer.is_talking(2), "nobody left talking until the next tick");
     assert!(!mixer.leave(1));
     assert_eq!(mixer.poll_output(), Some(MixerOutput::Speaker(None)));
     assert_eq!(mixer.participants().collect::<Vec<_>>(), vec![2]);
