@@ -126,13 +126,16 @@ fn hand_out(len: u16, tcp: bool) -> RangeInclusive<u16> {
     panic!("no block of {len} free ports between {LOW} and {high} (TCP too: {tcp})");
 }
 
-/// The first port of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`).
+/// The first port of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), read once.
 fn ephemeral_start() -> u32 {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .filter(|&low: &u32| low > 11_000)
-        .unwrap_or(32_768)
+    static START: OnceLock<u32> = OnceLock::new();
+    *START.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .filter(|&low: &u32| low > 11_000)
+            .unwrap_or(32_768)
+    })
 }
 
 /// One extension declared in the node's config file.

@@ -5,9 +5,7 @@
 //! the room's number and name are said by nobody.
 
 use super::room::Prompt;
-
-/// Samples per second of what is rendered.
-pub const SAMPLE_RATE: u32 = 8_000;
+use crate::media::mixer::SAMPLE_RATE;
 /// The level of every tone: −10 dBov, loud enough over a talker, far from clipping in a mix.
 const AMPLITUDE: f64 = 10_362.0;
 

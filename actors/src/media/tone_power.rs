@@ -4,7 +4,7 @@
 /// Power of `freq` Hz in `samples` (8 kHz), normalised by length: a pure tone of amplitude A
 /// gives (A/2)².
 pub(crate) fn power(samples: &[i16], freq: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / 8_000.0;
+    let w = 2.0 * std::f64::consts::PI * freq / f64::from(super::mixer::SAMPLE_RATE);
     let coeff = 2.0 * w.cos();
     let (mut s1, mut s2) = (0.0f64, 0.0f64);
     for &x in samples {
