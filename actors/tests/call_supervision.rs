@@ -165,6 +165,7 @@ impl Answered {
             ports: pool.clone(),
             media_ip: "127.0.0.1".parse().unwrap(),
             relay: RelayConfig { inactivity: Duration::from_secs(60) },
+            conferences: Default::default(),
         };
         let ledger = CallLedger::default();
         let args = CallsArgs { context: context.clone(), seed: 1, ledger: ledger.clone() };
@@ -193,6 +194,7 @@ impl Answered {
                     caller_display_name: String::new(),
                     callee: "101".into(),
                     contacts: vec![binding],
+                    room: false,
                 },
                 forks: vec![B],
             })))

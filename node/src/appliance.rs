@@ -20,7 +20,7 @@ use crate::secrets::{admin_token, restrict_permissions};
 use crate::sip::transport::{self, Backlog, SipSockets};
 use crate::storage::{CdrWriter, SecurityWriter, Storage};
 use crate::supervisor::core_actors::{
-    CallsChild, EndpointChild, ReaperChild, RegistrarChild, VoucherChild, WatchdogChild,
+    CallsChild, ConferencesChild, EndpointChild, ReaperChild, RegistrarChild, VoucherChild, WatchdogChild,
 };
 use crate::supervisor::{self, CoreActors, Supervisor, SupervisorArgs, SupervisorMsg};
 use anyhow::Context;
@@ -179,6 +179,7 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     for gauge in ["pbx_rtp_ports_in_use", "pbx_rtp_ports_parked", "pbx_calls_active", "pbx_call_legs_active"] {
         metrics::gauge!(gauge).set(0.0);
     }
+    let ports = Arc::new(Mutex::new(ports));
     let context = CallContext {
         config: CallConfig {
             no_answer: Duration::from_secs(config.calls.no_answer_timeout_s.into()),
@@ -189,15 +190,37 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         clock: Arc::new(clock),
         sip: Arc::new(sink.clone()),
         cdrs: cdr_store.clone(),
-        ports: Arc::new(Mutex::new(ports)),
+        ports: ports.clone(),
         media_ip: config.calls.media_address,
         relay: RelayConfig { inactivity: Duration::from_secs(config.calls.rtp_timeout_s.into()) },
+        conferences: core.conferences.clone(),
     };
     let calls = CallsChild { context, ledger: CallLedger::default(), current: core.calls.clone() };
     supervisor::start(&supervisor, calls).await.map_err(anyhow::Error::msg).context("start calls")?;
 
     let licence_store: Arc<dyn LicenceStore> = Arc::new(ReplicatedLicence(replication.clone()));
     let licence = start_licence(&config, &storage, licence_store, clock, &supervisor, &mut core).await?;
+
+    // Conference rooms: after the licence, which gates them.
+    for gauge in ["pbx_conference_rooms_active", "pbx_conference_participants"] {
+        metrics::gauge!(gauge).set(0.0);
+    }
+    metrics::counter!("pbx_mixer_frame_overruns_total").increment(0);
+    let conferences = ConferencesChild {
+        rooms: config.conferences.clone(),
+        mixer: config.mixer,
+        ports,
+        media_ip: config.calls.media_address,
+        clock,
+        licence: licence.view.clone(),
+        inactivity: Duration::from_secs(config.calls.rtp_timeout_s.into()),
+        sink: Arc::new(crate::conference::Participations::new(core.registrar.clone())),
+        current: core.conferences.clone(),
+    };
+    supervisor::start(&supervisor, conferences).await.map_err(anyhow::Error::msg).context("start conferences")?;
+    if !config.conferences.is_empty() {
+        tracing::info!(rooms = config.conferences.len(), "conference rooms ready");
+    }
 
     let privacy = actix_web::web::Data::new(
         crate::privacy::Privacy::open(data_dir, config.privacy.periods.clone(), config.privacy.operator.clone())

@@ -50,6 +50,11 @@ pub const DEFAULT_REAPER_BATCH: u32 = 500;
 /// Extensions declared in one file; more is a typo or an attack on start-up time.
 pub const CONFIG_EXTENSIONS_MAX: usize = 10_000;
 
+/// Conference rooms declared in one file.
+pub const CONFIG_CONFERENCES_MAX: usize = 1_000;
+/// A room's `max_participants` when the file names none.
+pub const DEFAULT_CONFERENCE_MAX_PARTICIPANTS: usize = 50;
+
 /// An inclusive range of UDP ports for RTP, always an even start and odd end so that every
 /// RTP port (even) has its RTCP port (odd) beside it (RFC 3550 §11).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +100,39 @@ impl std::fmt::Debug for ExtensionDecl {
     }
 }
 
+/// One conference room as the config file declares it (`[[conferences]]`). PINs are never
+/// logged or printed (Debug is redacted).
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ConferenceDecl {
+    pub number: String,
+    #[serde(default)]
+    pub name: String,
+    pub pin: Option<String>,
+    pub moderator_pin: Option<String>,
+    pub max_participants: Option<usize>,
+}
+
+impl std::fmt::Debug for ConferenceDecl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConferenceDecl")
+            .field("number", &self.number)
+            .field("name", &self.name)
+            .field("pin", &self.pin.as_ref().map(|_| "<redacted>"))
+            .field("moderator_pin", &self.moderator_pin.as_ref().map(|_| "<redacted>"))
+            .field("max_participants", &self.max_participants)
+            .finish()
+    }
+}
+
+/// `[mixer]`: how conference rooms mix.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct MixerSection {
+    talkers_max: Option<usize>,
+    speech_threshold: Option<u16>,
+}
+
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
@@ -115,6 +153,10 @@ struct FileConfig {
     privacy: PrivacySection,
     #[serde(default)]
     extensions: Vec<ExtensionDecl>,
+    #[serde(default)]
+    conferences: Vec<ConferenceDecl>,
+    #[serde(default)]
+    mixer: MixerSection,
     cluster: Option<ClusterSection>,
 }
 
@@ -401,6 +443,9 @@ pub struct Config {
     pub licence: LicenceConfig,
     pub privacy: PrivacyConfig,
     pub extensions: Vec<ExtensionDecl>,
+    /// Conference rooms (`[[conferences]]`), checked.
+    pub conferences: Vec<pbx_actors::conference::actor::RoomDecl>,
+    pub mixer: pbx_actors::media::mixer::MixerConfig,
     /// `None`: a single appliance, no cluster.
     pub cluster: Option<ClusterConfig>,
     /// The file it was read from (`--config`), to name it in messages about its entries.
@@ -560,6 +605,7 @@ impl Config {
             block_s: r.block_s.unwrap_or(d.block_s),
             allow_rfc2069: r.allow_rfc2069.unwrap_or(d.allow_rfc2069),
             refresh_flush_s: r.refresh_flush_s.unwrap_or(d.refresh_flush_s),
+            rooms: Default::default(),
             digest_algorithms: match r.digest_algorithms {
                 None => d.digest_algorithms,
                 Some(names) => {
@@ -625,6 +671,24 @@ impl Config {
                 return Err(invalid(&format!("extensions[{i}].number"), format!("{:?} is declared twice", ext.number)));
             }
         }
+        let conferences = conferences(&file.conferences, &file.extensions, &calls.emergency_numbers)
+            .map_err(|(key, reason)| invalid(&key, reason))?;
+        let mut registrar = registrar;
+        registrar.rooms = conferences.iter().map(|room| room.number.clone()).collect();
+        let m = pbx_actors::media::mixer::MixerConfig::default();
+        let mixer = pbx_actors::media::mixer::MixerConfig {
+            talkers_max: file.mixer.talkers_max.unwrap_or(m.talkers_max),
+            speech_threshold: file.mixer.speech_threshold.unwrap_or(m.speech_threshold),
+        };
+        if !(1..=32).contains(&mixer.talkers_max) {
+            return Err(invalid("mixer.talkers_max", format!("{} is not between 1 and 32", mixer.talkers_max)));
+        }
+        if mixer.speech_threshold > 8_000 {
+            return Err(invalid(
+                "mixer.speech_threshold",
+                format!("{} is not between 0 and 8000", mixer.speech_threshold),
+            ));
+        }
         let cluster = match file.cluster {
             Some(c) => Some(cluster_config(c).map_err(|(key, reason)| invalid(&key, reason))?),
             None => None,
@@ -641,10 +705,66 @@ impl Config {
             licence,
             privacy,
             extensions: file.extensions,
+            conferences,
+            mixer,
             cluster,
             file: flags.config.clone(),
         })
     }
+}
+
+/// Checks `[[conferences]]`; an error names the key.
+fn conferences(
+    decls: &[ConferenceDecl],
+    extensions: &[ExtensionDecl],
+    emergency: &[String],
+) -> Result<Vec<pbx_actors::conference::actor::RoomDecl>, (String, String)> {
+    use pbx_actors::conference::room::{PIN_DIGITS_MAX, RoomConfig};
+    if decls.len() > CONFIG_CONFERENCES_MAX {
+        return Err(("conferences".into(), format!("more than {CONFIG_CONFERENCES_MAX} entries")));
+    }
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let mut rooms = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, c) in decls.iter().enumerate() {
+        let key = |field: &str| format!("conferences[{i}].{field}");
+        if !digits(&c.number) || c.number.len() > 32 {
+            return Err((key("number"), format!("{:?} is not a number of 1–32 digits", c.number)));
+        }
+        if !seen.insert(c.number.as_str()) {
+            return Err((key("number"), format!("{:?} is declared twice", c.number)));
+        }
+        if extensions.iter().any(|e| e.number == c.number) {
+            return Err((key("number"), format!("{:?} is also an extension", c.number)));
+        }
+        if emergency.contains(&c.number) {
+            return Err((key("number"), format!("{:?} is an emergency number", c.number)));
+        }
+        for (field, pin) in [("pin", &c.pin), ("moderator_pin", &c.moderator_pin)] {
+            if let Some(pin) = pin
+                && (!digits(pin) || pin.len() > PIN_DIGITS_MAX)
+            {
+                return Err((
+                    key(field),
+                    format!("must be 1–{PIN_DIGITS_MAX} digits (leave the key out for a room without one)"),
+                ));
+            }
+        }
+        if c.pin.is_some() && c.pin == c.moderator_pin {
+            return Err((key("moderator_pin"), "must differ from pin".into()));
+        }
+        let max_participants = c.max_participants.unwrap_or(DEFAULT_CONFERENCE_MAX_PARTICIPANTS);
+        let most = pbx_actors::media::mixer::PARTICIPANTS_MAX;
+        if !(1..=most).contains(&max_participants) {
+            return Err((key("max_participants"), format!("{max_participants} is not between 1 and {most}")));
+        }
+        rooms.push(pbx_actors::conference::actor::RoomDecl {
+            number: c.number.clone(),
+            name: c.name.clone(),
+            config: RoomConfig { pin: c.pin.clone(), moderator_pin: c.moderator_pin.clone(), max_participants },
+        });
+    }
+    Ok(rooms)
 }
 
 /// Checks the `[privacy]` section; an error names the key.

@@ -18,6 +18,7 @@
 pub mod api_client;
 pub mod appliance;
 pub mod cluster;
+pub mod conference;
 pub mod config;
 pub mod http;
 pub mod licence;

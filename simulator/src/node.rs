@@ -628,7 +628,7 @@ impl SimNode {
             self.media_ports.insert(*port, (id, side));
         }
         let relay = Relay::new(self.relay_config, seed, now);
-        let core = CallCore::new(now, self.call_config, CallSetup { id, start, media, seed }, Legs::new());
+        let core = CallCore::new(now, self.call_config, CallSetup { id, start, media, seed, room: None }, Legs::new());
         self.calls.insert(id, SimCall { core, relay, ports, started: now, recorded: false });
         self.drain_call(id);
     }

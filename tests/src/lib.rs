@@ -173,6 +173,8 @@ pub struct PbxOptions {
     /// The soft open-file limit the node is started with (through `prlimit`); the hard limit
     /// stays the test's.
     pub open_files_soft: Option<u64>,
+    /// TOML appended to the config as given (`[[conferences]]` tables, say).
+    pub toml: Vec<String>,
 }
 
 impl Default for PbxOptions {
@@ -189,6 +191,7 @@ impl Default for PbxOptions {
             cluster: None,
             env: Vec::new(),
             open_files_soft: None,
+            toml: Vec::new(),
         }
     }
 }
@@ -243,6 +246,12 @@ impl PbxOptions {
     /// Starts the node with this soft open-file limit (`prlimit --nofile=N:`).
     pub fn open_files_soft(mut self, limit: u64) -> Self {
         self.open_files_soft = Some(limit);
+        self
+    }
+
+    /// Appends this TOML to the config file (after the extensions).
+    pub fn toml(mut self, text: &str) -> Self {
+        self.toml.push(text.into());
         self
     }
 
@@ -301,6 +310,11 @@ impl Pbx {
                 "\n[[extensions]]\nnumber = {:?}\npassword = {:?}\ndisplay_name = {:?}\n",
                 e.number, e.password, e.display_name
             ));
+        }
+        for text in &options.toml {
+            toml.push('\n');
+            toml.push_str(text);
+            toml.push('\n');
         }
         if let Some(cluster) = &options.cluster {
             toml.push('\n');

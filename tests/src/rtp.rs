@@ -251,6 +251,61 @@ pub fn g711_stream_pcap(path: &Path, law: G711, samples: &[i16]) -> io::Result<(
     write_pcap(path, &datagrams)
 }
 
+/// The payload type of telephone-event in the conference scenarios (`conference_uac*.xml`).
+pub const TELEPHONE_EVENT_PT: u8 = 101;
+
+/// [`g711_stream_pcap`] with RFC 4733 key presses: each `(ms, key)` sends the key's event at
+/// that time into the stream (a start packet, then the end packet three times, 20 ms apart,
+/// all with the RTP timestamp of the event's start, §2.5.1.3 and §2.5.1.4; a different SSRC is
+/// not needed, the audio packets go on beside them). Keys: `0`–`9`, `*`, `#`.
+pub fn g711_stream_with_keys_pcap(path: &Path, law: G711, samples: &[i16], keys: &[(u64, char)]) -> io::Result<()> {
+    let src: SocketAddr = "192.0.2.1:4000".parse().expect("literal address");
+    let dst: SocketAddr = "192.0.2.2:4000".parse().expect("literal address");
+    let mut datagrams: Vec<PcapUdp> = Vec::new();
+    let mut sequence: u16 = 1;
+    let packets = samples.len().div_ceil(SAMPLES_PER_PACKET);
+    let mut pending: Vec<(u64, char)> = keys.to_vec();
+    pending.sort_by_key(|(ms, _)| *ms);
+    let mut pending = pending.into_iter().peekable();
+    for i in 0..packets {
+        let at_ms = i as u64 * 20;
+        let timestamp = (i * SAMPLES_PER_PACKET) as u32;
+        let time_us = 1_000_000 + at_ms * 1_000;
+        let chunk = &samples[i * SAMPLES_PER_PACKET..((i + 1) * SAMPLES_PER_PACKET).min(samples.len())];
+        let payload = rtp_packet(law.payload_type(), sequence, timestamp, PCAP_SSRC, i == 0, &law.encode(chunk));
+        sequence = sequence.wrapping_add(1);
+        datagrams.push(PcapUdp { time_us, src, dst, payload });
+        while let Some(&(ms, key)) = pending.peek() {
+            if ms > at_ms {
+                break;
+            }
+            pending.next();
+            let event = match key {
+                '0'..='9' => key as u8 - b'0',
+                '*' => 10,
+                '#' => 11,
+                other => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("no RFC 4733 event for {other:?}"),
+                    ));
+                }
+            };
+            // Start (marker, 400 samples so far), then the end three times (E bit, 800).
+            for (n, (end, duration)) in [(false, 400u16), (true, 800), (true, 800), (true, 800)].into_iter().enumerate()
+            {
+                let mut body = vec![event, if end { 0x80 | 10 } else { 10 }];
+                body.extend_from_slice(&duration.to_be_bytes());
+                let payload = rtp_packet(TELEPHONE_EVENT_PT, sequence, timestamp, PCAP_SSRC, n == 0, &body);
+                sequence = sequence.wrapping_add(1);
+                datagrams.push(PcapUdp { time_us: time_us + 5_000 + n as u64 * 20_000, src, dst, payload });
+            }
+        }
+    }
+    datagrams.sort_by_key(|d| d.time_us);
+    write_pcap(path, &datagrams)
+}
+
 /// The SDP port of the SIPp call scenarios is `-mp` plus this (`[media_port+4]`).
 pub const SIPP_MEDIA_PORT_OFFSET: u16 = 4;
 

@@ -30,15 +30,17 @@
 //!   which re-announces its legs to the new endpoint ([`SipPort::adopt`]) and ends with BYE both
 //!   sides and a `failed` CDR ("SIP endpoint restarted").
 
-use super::b2bua::{CallConfig, CallSetup};
+use super::b2bua::{CallConfig, CallSetup, RoomAnswer};
 use super::core::{CallCore, CoreInput, CoreOutput, LegTable, Legs, feed};
 use super::leg::{Leg, LegCommand, LegEvent, LegInput, SipIn, SipOut};
 use super::{CallIds, CallStart, LegId};
 use crate::Timestamp;
 use crate::cdr::{ActiveCall, Cdr, CdrStore, Disposition, HangupSide, MediaCounters};
+use crate::conference::actor::{ConferencesMsg, Refused, Seat, SeatEvent};
 use crate::media::actor::{MediaArgs, MediaEvent, MediaSession};
 use crate::media::pool::PortPool;
 use crate::media::relay::RelayConfig;
+use crate::media::relay::{PeerMedia, Side, SideStats};
 use crate::shell::{Control, WakeTimer};
 use crate::store::StoreError;
 use crate::time::Clock;
@@ -128,6 +130,8 @@ pub enum CallMsg {
         input: Box<SipIn>,
     },
     Media(MediaEvent),
+    /// From the conference room that is this call's far end.
+    Seat(SeatEvent),
     Snapshot(RpcReplyPort<ActiveCall>),
     Wake,
     /// The endpoint was restarted: re-announce the legs to the new one and end the call.
@@ -266,6 +270,36 @@ pub struct CallContext {
     /// The address RTP sockets bind to and SDP names.
     pub media_ip: IpAddr,
     pub relay: RelayConfig,
+    /// The node's conference rooms (empty until they start: a room's number is then unknown).
+    pub conferences: crate::shell::Current<ConferencesMsg>,
+}
+
+/// How long a call to a room waits for its seat.
+const ADMIT_WAIT: Duration = Duration::from_secs(5);
+
+/// What carries a call's media: pbx's relay between the two phones, or a seat in a
+/// conference room (the room's mixer is the far end).
+enum CallMedia {
+    Relay(MediaSession),
+    /// `None` once the call has left the room (it ended) or was never let in.
+    Room(Option<Seat>),
+}
+
+impl CallMedia {
+    fn configure(&self, side: Side, peer: PeerMedia) {
+        match self {
+            CallMedia::Relay(media) => media.configure(side, peer),
+            CallMedia::Room(Some(seat)) => seat.configure(peer),
+            CallMedia::Room(None) => {}
+        }
+    }
+
+    fn stats(&self) -> [SideStats; 2] {
+        match self {
+            CallMedia::Relay(media) => media.stats(),
+            CallMedia::Room(_) => Default::default(),
+        }
+    }
 }
 
 pub struct CallArgs {
@@ -285,7 +319,7 @@ pub struct CallState {
     /// The call machine and its legs' (kept in the [`CallLegs`] shared with the ledger).
     core: CallCore<CallLegs>,
     context: CallContext,
-    media: MediaSession,
+    media: CallMedia,
     timer: WakeTimer,
     recorded: Arc<AtomicBool>,
 }
@@ -299,6 +333,13 @@ impl Actor for CallActor {
 
     async fn pre_start(&self, me: ActorRef<CallMsg>, args: CallArgs) -> Result<CallState, ActorProcessingErr> {
         let context = args.context;
+        if args.start.route.room {
+            let (media, local, answer) = admit(&me, &context, &args.start).await;
+            let setup =
+                CallSetup { id: args.id, start: args.start, media: [local; 2], seed: args.seed, room: Some(answer) };
+            let core = CallCore::new(context.clock.now(), context.config, setup, args.legs);
+            return Ok(CallState { core, context, media, timer: WakeTimer::default(), recorded: args.recorded });
+        }
         let events = {
             let me = me.clone();
             Arc::new(move |event: MediaEvent| {
@@ -314,8 +355,9 @@ impl Actor for CallActor {
             events,
         };
         let media = MediaSession::start(media_args).await?;
-        let setup = CallSetup { id: args.id, start: args.start, media: media.local(), seed: args.seed };
+        let setup = CallSetup { id: args.id, start: args.start, media: media.local(), seed: args.seed, room: None };
         let core = CallCore::new(context.clock.now(), context.config, setup, args.legs);
+        let media = CallMedia::Relay(media);
         Ok(CallState { core, context, media, timer: WakeTimer::default(), recorded: args.recorded })
     }
 
@@ -334,6 +376,8 @@ impl Actor for CallActor {
                 metrics::counter!("pbx_call_actor_failures_total", "actor" => "media").increment(1);
                 s.core.handle(now, CoreInput::Fail { reason: "media session failed".into() });
             }
+            CallMsg::Seat(SeatEvent::Hangup) => s.core.handle(now, CoreInput::Hangup),
+            CallMsg::Seat(SeatEvent::Inactive) => s.core.handle(now, CoreInput::MediaInactive { side: Side::A }),
             CallMsg::Snapshot(reply) => {
                 let _ = reply.send(s.snapshot());
             }
@@ -350,7 +394,11 @@ impl Actor for CallActor {
                 s.core.handle(now, CoreInput::Fail { reason: "SIP endpoint restarted".into() });
             }
             CallMsg::Control(control) => control.obey("call"),
-            CallMsg::PanicMedia => s.media.panic(),
+            CallMsg::PanicMedia => {
+                if let CallMedia::Relay(media) = &s.media {
+                    media.panic();
+                }
+            }
         }
         s.drain(&me).await;
         Ok(())
@@ -402,6 +450,10 @@ impl CallState {
     /// The CDR with the relay's counters, stored before the call actor goes.
     async fn finish(&mut self, mut cdr: Cdr) {
         cdr.media = self.media_counters();
+        if let CallMedia::Room(seat) = &mut self.media {
+            // The call is over for the room too (its legs may still be finishing a BYE).
+            seat.take();
+        }
         record_cdr(&self.context.cdrs, cdr).await;
     }
 
@@ -424,6 +476,47 @@ impl CallState {
             codec_callee: record.codec_callee,
             media: self.media_counters(),
         }
+    }
+}
+
+/// A seat in the room the call dialled, or why there is none; the address the call's SDP names.
+async fn admit(
+    me: &ActorRef<CallMsg>,
+    context: &CallContext,
+    start: &CallStart,
+) -> (CallMedia, std::net::SocketAddr, RoomAnswer) {
+    let nowhere = std::net::SocketAddr::new(context.media_ip, 0);
+    let Some(conferences) = context.conferences.get() else {
+        return (CallMedia::Room(None), nowhere, RoomAnswer::Refused { code: 404, reason: "Not Found".into() });
+    };
+    let events = {
+        let me = me.clone();
+        Arc::new(move |event: SeatEvent| {
+            let _ = me.cast(CallMsg::Seat(event));
+        })
+    };
+    let answer = conferences
+        .call(
+            |reply| ConferencesMsg::Admit {
+                room: start.route.callee.clone(),
+                caller: start.route.caller.clone(),
+                source: start.source.ip(),
+                events,
+                reply,
+            },
+            Some(ADMIT_WAIT),
+        )
+        .await;
+    let answer = match answer {
+        Ok(ractor::rpc::CallResult::Success(answer)) => answer,
+        _ => Err(Refused { code: 500, reason: "Conference service did not answer".into() }),
+    };
+    match answer {
+        Ok(seat) => {
+            let local = seat.local;
+            (CallMedia::Room(Some(seat)), local, RoomAnswer::Admitted)
+        }
+        Err(Refused { code, reason }) => (CallMedia::Room(None), nowhere, RoomAnswer::Refused { code, reason }),
     }
 }
 

@@ -58,6 +58,16 @@ pub struct CallConfig {
     pub bugs: crate::bugs::Bugs,
 }
 
+/// A call whose far end is a conference room (`Route::room`): what the room said to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RoomAnswer {
+    /// pbx answers the caller itself, with the room's port on the caller's side.
+    Admitted,
+    /// The caller gets this final response (404 no such room, 486 full, 403 locked or not
+    /// licensed), its reason phrase saying why.
+    Refused { code: u16, reason: String },
+}
+
 /// What a call starts from: the endpoint's `CallStart` (the authenticated INVITE and where it
 /// may go) and what the call's shell adds to it.
 pub struct CallSetup {
@@ -68,6 +78,8 @@ pub struct CallSetup {
     pub media: [SocketAddr; 2],
     /// Seeds the SDP session ids.
     pub seed: u64,
+    /// `Some` for a call to a conference room: there are no B-legs, pbx answers the caller.
+    pub room: Option<RoomAnswer>,
 }
 
 #[derive(Debug)]
@@ -85,6 +97,9 @@ pub enum CallInput {
     MediaInactive {
         side: Side,
     },
+    /// pbx ends an answered call on its own account (a conference room hung up on its
+    /// participant: kicked, PIN tries exhausted): BYE, the CDR stays `answered`.
+    Hangup,
     /// Something the call depends on failed (its media session, the SIP endpoint): every leg
     /// hangs up (an unanswered caller gets 500) and the CDR says `failed` with this reason,
     /// answered or not.
@@ -168,12 +183,16 @@ pub struct Call {
     hangup: Option<HangupSide>,
     deadline: Option<Timestamp>,
     outputs: VecDeque<CallOutput>,
+    /// A call to a conference room: pbx is the far end (no B-legs).
+    room: bool,
+    /// The reason phrase of the caller's final failure, when pbx has one to give.
+    reject_reason: Option<String>,
     bugs: crate::bugs::Bugs,
 }
 
 impl Call {
     pub fn new(now: Timestamp, config: CallConfig, setup: CallSetup) -> Call {
-        let CallSetup { id, start, media, seed } = setup;
+        let CallSetup { id, start, media, seed, room } = setup;
         let CallStart { a, key, invite, source, transport, route, forks } = start;
         let media_ip = |side: usize| media[side].ip();
         let mut call = Call {
@@ -204,6 +223,8 @@ impl Call {
             hangup: None,
             deadline: Some(now + config.no_answer),
             outputs: VecDeque::new(),
+            room: room.is_some(),
+            reject_reason: None,
             bugs: config.bugs,
         };
         // The A-leg keeps the INVITE; the call needs only its offer (a cheap clone of `Bytes`).
@@ -234,6 +255,19 @@ impl Call {
         };
         let direction = offer.as_ref().map_or(Direction::SendRecv, |(_, audio)| audio.direction);
         call.a_offer = offer;
+        match room {
+            None => {}
+            Some(RoomAnswer::Admitted) => {
+                call.answer_for_room();
+                return call;
+            }
+            Some(RoomAnswer::Refused { code, reason }) => {
+                call.hangup = Some(HangupSide::Pbx);
+                call.reject_reason = Some(reason);
+                call.reject_caller(code, Disposition::Rejected { code });
+                return call;
+            }
+        }
         call.b_plan = plan;
         let b_sdp = sdp::offer(&mut call.sessions[1], call.media[1].port(), &call.b_plan.0, call.b_plan.1, direction);
         call.last_sdp[1] = Some(b_sdp.clone());
@@ -288,6 +322,12 @@ impl Call {
                 if self.phase == Phase::Answered {
                     self.hangup.get_or_insert(HangupSide::Pbx);
                     let _ = side;
+                    self.end_all();
+                }
+            }
+            CallInput::Hangup => {
+                if self.phase == Phase::Answered {
+                    self.hangup.get_or_insert(HangupSide::Pbx);
                     self.end_all();
                 }
             }
@@ -573,7 +613,73 @@ impl Call {
         self.outputs.push_back(CallOutput::ConfigureMedia { side, peer });
     }
 
+    /// pbx answers a call to a room itself: the caller's first G.711 codec (the room mixes each
+    /// participant in its own law), telephone-event when offered (the room's keys), the room's
+    /// port. A late offer gets pbx's offer in the 200, its answer comes in the ACK.
+    fn answer_for_room(&mut self) {
+        let sdp = match self.a_offer.clone() {
+            Some((offer, audio)) => {
+                let answer = first_codec(&audio).and_then(|codec| {
+                    let te = audio.telephone_event.is_some();
+                    let port = self.media[0].port();
+                    let direction = audio.direction.answer();
+                    sdp::answer(&mut self.sessions[0], &offer, port, codec, te, direction).ok().map(|a| (a, codec))
+                });
+                let Some((answer, codec)) = answer else {
+                    self.hangup = Some(HangupSide::Pbx);
+                    return self.reject_caller(488, Disposition::Rejected { code: 488 });
+                };
+                self.configure(Side::A, &audio, codec);
+                answer
+            }
+            None => {
+                let codecs = [(Codec::Pcmu.static_pt(), Codec::Pcmu), (Codec::Pcma.static_pt(), Codec::Pcma)];
+                let port = self.media[0].port();
+                sdp::offer(&mut self.sessions[0], port, &codecs, Some(TELEPHONE_EVENT_PT), Direction::SendRecv)
+            }
+        };
+        self.phase = Phase::Answered;
+        self.answer = Some(self.now);
+        self.deadline = None;
+        self.disposition = Some(Disposition::Answered);
+        self.last_sdp[0] = Some(sdp.clone());
+        self.command(self.a, LegCommand::Answer { sdp: Some(sdp) });
+    }
+
+    /// A re-INVITE or UPDATE from a room's participant (hold, resume, a session refresh): pbx
+    /// answers it itself.
+    fn room_offer(&mut self, method: Method, sdp: Option<Bytes>) {
+        let _ = method;
+        if self.phase != Phase::Answered {
+            return self.command(self.a, LegCommand::AnswerOffer { code: 488, sdp: None });
+        }
+        let Some(sdp) = sdp else {
+            let last = self.last_sdp[0].clone();
+            return self.command(self.a, LegCommand::AnswerOffer { code: 200, sdp: last });
+        };
+        let parsed = sdp::parse(&sdp).ok().and_then(|d| d.audio().map(|a| (d, a)));
+        let Some((offer, audio)) = parsed else {
+            return self.command(self.a, LegCommand::AnswerOffer { code: 488, sdp: None });
+        };
+        let Some(codec) = first_codec(&audio) else {
+            return self.command(self.a, LegCommand::AnswerOffer { code: 488, sdp: None });
+        };
+        let te = audio.telephone_event.is_some();
+        let port = self.media[0].port();
+        match sdp::answer(&mut self.sessions[0], &offer, port, codec, te, audio.direction.answer()) {
+            Ok(answer) => {
+                self.configure(Side::A, &audio, codec);
+                self.last_sdp[0] = Some(answer.clone());
+                self.command(self.a, LegCommand::AnswerOffer { code: 200, sdp: Some(answer) });
+            }
+            Err(_) => self.command(self.a, LegCommand::AnswerOffer { code: 488, sdp: None }),
+        }
+    }
+
     fn offer_from(&mut self, from: Side, method: Method, sdp: Option<Bytes>) {
+        if self.room {
+            return self.room_offer(method, sdp);
+        }
         let leg = self.leg_of(from);
         let Some(other) = self.winner.map(|_| self.leg_of(from.other())) else {
             return self.command(leg, LegCommand::AnswerOffer { code: 488, sdp: None });
@@ -683,7 +789,8 @@ impl Call {
             return self.check_over();
         }
         if self.phase == Phase::Ringing {
-            self.command(self.a, LegCommand::Reject { code: self.failure.unwrap_or(480) });
+            let reason = self.reject_reason.clone();
+            self.command(self.a, LegCommand::Reject { code: self.failure.unwrap_or(480), reason });
         } else {
             self.command(self.a, LegCommand::Hangup);
         }

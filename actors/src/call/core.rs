@@ -56,6 +56,8 @@ pub enum CoreInput {
     /// Something the call depends on failed (its media session, the SIP endpoint): the call
     /// ends, `failed` with this reason.
     Fail { reason: String },
+    /// pbx hangs up an answered call (a conference room hung up on its participant).
+    Hangup,
     /// The time given to `handle` has reached [`CallCore::poll_timeout`] (early is harmless).
     Timeout,
 }
@@ -113,6 +115,7 @@ impl<L: LegTable> CallCore<L> {
             CoreInput::Sip(leg, sip) => self.feed_leg(now, leg, LegInput::Sip(sip)),
             CoreInput::MediaInactive { side } => self.call.handle(now, CallInput::MediaInactive { side }),
             CoreInput::Fail { reason } => self.call.handle(now, CallInput::Fail { reason }),
+            CoreInput::Hangup => self.call.handle(now, CallInput::Hangup),
             CoreInput::Timeout => {
                 self.call.handle(now, CallInput::Timeout);
                 let (events, outputs) = (&mut self.events, &mut self.outputs);

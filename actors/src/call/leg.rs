@@ -55,8 +55,8 @@ pub enum LegCommand {
     Progress { code: u16, sdp: Option<Bytes> },
     /// A-leg: 200 OK to the INVITE.
     Answer { sdp: Option<Bytes> },
-    /// A-leg: a final failure response to the INVITE.
-    Reject { code: u16 },
+    /// A-leg: a final failure response to the INVITE (with this reason phrase, if given).
+    Reject { code: u16, reason: Option<String> },
     /// End the dialog however far it got: CANCEL or BYE (B-leg), BYE (A-leg once answered; an
     /// unanswered A-leg gets 500 — the call should use `Reject`).
     Hangup,
@@ -348,9 +348,12 @@ impl Leg {
                     self.state = State::Confirmed;
                 }
             }
-            LegCommand::Reject { code } => {
+            LegCommand::Reject { code, reason } => {
                 if let Some((key, invite)) = self.invite.take() {
-                    let response = self.response_to(&invite, code.clamp(300, 699));
+                    let mut response = self.response_to(&invite, code.clamp(300, 699));
+                    if let Some(reason) = reason {
+                        response.reason = reason;
+                    }
                     self.send_response(key, response);
                     self.finish();
                 }

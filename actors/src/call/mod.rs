@@ -26,7 +26,7 @@ pub mod core;
 pub mod destination;
 pub mod leg;
 
-pub use b2bua::{Call, CallConfig, CallInput, CallOutput};
+pub use b2bua::{Call, CallConfig, CallInput, CallOutput, RoomAnswer};
 pub use core::{CallCore, CoreInput, CoreOutput};
 pub use leg::{Leg, LegCommand, LegEvent, LegInput, LegOutput, SipIn, SipOut};
 
@@ -84,14 +84,7 @@ pub fn not_started(mut cdr: Cdr, now: Timestamp, error: &dyn std::fmt::Display) 
     cdr
 }
 
-/// Splitmix64: a cheap, well-mixed sequence from a seed (SSRCs, SDP session ids, seeds).
-pub fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+pub use crate::splitmix64;
 
 /// Hands out each new call's CDR id and seed.
 #[derive(Debug)]

@@ -467,11 +467,18 @@ fn call_setup(body: &str, contacts: Vec<Binding>) -> (CallConfig, CallSetup) {
             invite: request,
             source: PHONE.parse().unwrap(),
             transport: Transport::Udp,
-            route: Route { caller: "100".into(), caller_display_name: "Alice".into(), callee: "101".into(), contacts },
+            route: Route {
+                caller: "100".into(),
+                caller_display_name: "Alice".into(),
+                callee: "101".into(),
+                contacts,
+                room: false,
+            },
             forks: [B1, B2][..forks].to_vec(),
         },
         media: ["127.0.0.1:20000".parse().unwrap(), "127.0.0.1:20002".parse().unwrap()],
         seed: 42,
+        room: None,
     };
     let config = CallConfig {
         no_answer: Duration::from_secs(30),
@@ -484,6 +491,10 @@ fn call_setup(body: &str, contacts: Vec<Binding>) -> (CallConfig, CallSetup) {
 
 fn call_to(body: &str, contacts: Vec<Binding>) -> Harness {
     let (config, setup) = call_setup(body, contacts);
+    harness(config, setup)
+}
+
+fn harness(config: CallConfig, setup: CallSetup) -> Harness {
     let mut h = Harness {
         call: Call::new(Timestamp::ZERO, config, setup),
         started: vec![],
@@ -603,7 +614,10 @@ fn no_answer_times_out_with_480() {
     h.call.handle(Timestamp::ZERO + Duration::from_secs(30), CallInput::Timeout);
     h.drain();
     let commands = h.take_commands();
-    assert!(commands.iter().any(|(leg, c)| *leg == A && matches!(c, LegCommand::Reject { code: 480 })), "{commands:?}");
+    assert!(
+        commands.iter().any(|(leg, c)| *leg == A && matches!(c, LegCommand::Reject { code: 480, .. })),
+        "{commands:?}"
+    );
     assert!(commands.iter().any(|(leg, c)| *leg == B1 && matches!(c, LegCommand::Hangup)), "{commands:?}");
     h.finish(Duration::from_secs(31), &[A, B1]);
     assert_eq!(h.ended.unwrap().disposition, Disposition::NoAnswer);
@@ -616,7 +630,7 @@ fn busy_everywhere_is_486_and_a_6xx_wins() {
     h.event(ms(10), B1, LegEvent::Failed { code: 486 });
     assert!(h.take_commands().is_empty(), "one contact still rings");
     h.event(ms(20), B2, LegEvent::Failed { code: 404 });
-    assert!(matches!(h.take_commands()[..], [(A, LegCommand::Reject { code: 486 })]));
+    assert!(matches!(h.take_commands()[..], [(A, LegCommand::Reject { code: 486, .. })]));
     h.finish(ms(30), &[B1, B2, A]);
     assert_eq!(h.ended.unwrap().disposition, Disposition::Busy);
 
@@ -624,7 +638,7 @@ fn busy_everywhere_is_486_and_a_6xx_wins() {
     h.take_commands();
     h.event(ms(10), B1, LegEvent::Failed { code: 486 });
     h.event(ms(20), B2, LegEvent::Failed { code: 603 });
-    assert!(matches!(h.take_commands()[..], [(A, LegCommand::Reject { code: 603 })]));
+    assert!(matches!(h.take_commands()[..], [(A, LegCommand::Reject { code: 603, .. })]));
 }
 
 #[test]
@@ -632,7 +646,7 @@ fn nothing_acceptable_is_488() {
     let video_only = PCMU_OFFER.replace("m=audio 40000 RTP/AVP 0 101", "m=audio 40000 RTP/AVP 9");
     let mut h = call_with(&video_only, 1);
     assert_eq!(h.started, vec![A], "no callee is rung");
-    assert!(matches!(h.take_commands()[..], [(A, LegCommand::Reject { code: 488 })]));
+    assert!(matches!(h.take_commands()[..], [(A, LegCommand::Reject { code: 488, .. })]));
     h.finish(ms(1), &[A]);
     assert_eq!(h.ended.unwrap().disposition, Disposition::Rejected { code: 488 });
 }
@@ -773,7 +787,10 @@ fn failure_while_ringing_answers_the_caller_500() {
     h.drain();
     let mut commands = h.take_commands();
     commands.sort_by_key(|(leg, _)| *leg);
-    assert!(matches!(commands[..], [(A, LegCommand::Reject { code: 500 }), (B1, LegCommand::Hangup)]), "{commands:?}");
+    assert!(
+        matches!(commands[..], [(A, LegCommand::Reject { code: 500, .. }), (B1, LegCommand::Hangup)]),
+        "{commands:?}"
+    );
     h.call.handle(Timestamp::ZERO + ms(250), CallInput::Fail { reason: "again".into() });
     h.drain();
     assert!(h.take_commands().is_empty());
@@ -800,7 +817,7 @@ fn reflector_offer_in_invite_is_488() {
         let offer = PCMU_OFFER.replace("c=IN IP4 127.0.0.1", &format!("c=IN {address}"));
         let mut h = call_with(&offer, 1);
         assert_eq!(h.started, vec![A], "no callee is rung for {address}");
-        assert!(matches!(h.take_commands()[..], [(A, LegCommand::Reject { code: 488 })]), "{address}");
+        assert!(matches!(h.take_commands()[..], [(A, LegCommand::Reject { code: 488, .. })]), "{address}");
         assert!(h.media.is_empty(), "the relay learns nothing of it");
         h.finish(ms(1), &[A]);
         assert_eq!(h.ended.unwrap().disposition, Disposition::Rejected { code: 488 });
@@ -832,7 +849,10 @@ fn reflector_answer_fails_the_call() {
     let multicast = PCMU_ANSWER.replace("c=IN IP4 127.0.0.1", "c=IN IP4 224.0.0.251");
     h.event(ms(100), B1, LegEvent::Answered { sdp: Some(Bytes::from(multicast)) });
     let commands = h.take_commands();
-    assert!(commands.iter().any(|(leg, c)| *leg == A && matches!(c, LegCommand::Reject { code: 488 })), "{commands:?}");
+    assert!(
+        commands.iter().any(|(leg, c)| *leg == A && matches!(c, LegCommand::Reject { code: 488, .. })),
+        "{commands:?}"
+    );
     assert!(commands.iter().any(|(leg, c)| *leg == B1 && matches!(c, LegCommand::Hangup)), "{commands:?}");
     assert!(h.media.is_empty(), "{:?}", h.media);
     h.finish(ms(200), &[A, B1]);
@@ -1000,4 +1020,74 @@ fn core_timeout_is_the_earliest_of_call_and_legs() {
     core.handle(Timestamp::ZERO + ms(500), CoreInput::Timeout);
     let again = core_sip(&core_outputs(&mut core), A);
     assert!(again.len() == 1 && again[0].starts_with("SIP/2.0 200 OK"), "{again:?}");
+}
+
+// --- calls to a conference room ---
+
+fn room_call(body: &str, answer: crate::call::RoomAnswer) -> Harness {
+    let (config, mut setup) = call_setup(body, vec![]);
+    setup.start.route.room = true;
+    setup.start.route.callee = "800".into();
+    setup.media = ["127.0.0.1:20000".parse().unwrap(); 2];
+    setup.room = Some(answer);
+    harness(config, setup)
+}
+
+/// A call to a room is answered by pbx at once with the room's port and the caller's codec;
+/// the room's media learns the caller's; pbx hanging up (a kick) keeps the CDR `answered`.
+#[test]
+fn a_room_answers_the_caller_itself_and_may_hang_up() {
+    let mut h = room_call(PCMU_OFFER, crate::call::RoomAnswer::Admitted);
+    assert_eq!(h.started, vec![A], "no B-legs");
+    let commands = h.take_commands();
+    let [(A, answer @ LegCommand::Answer { .. })] = &commands[..] else { panic!("{commands:?}") };
+    let answered = sdp_of(answer);
+    assert_eq!(answered.rtp, Some("127.0.0.1:20000".parse().unwrap()));
+    assert_eq!(answered.codecs, vec![(0, crate::sdp::Codec::Pcmu)]);
+    assert_eq!(h.media.len(), 1);
+    assert_eq!((h.media[0].0, h.media[0].1.codec.1), (Side::A, G711::Mu));
+    assert_eq!(h.call.poll_timeout(), None, "no ringing timeout");
+    // A re-INVITE (hold) is answered by pbx, not relayed.
+    h.event(
+        ms(1000),
+        A,
+        LegEvent::Offer { method: Method::INVITE, sdp: Some(Bytes::from_static(PCMU_OFFER.as_bytes())) },
+    );
+    let commands = h.take_commands();
+    assert!(matches!(&commands[..], [(A, LegCommand::AnswerOffer { code: 200, sdp: Some(_) })]), "{commands:?}");
+    h.call.handle(Timestamp::ZERO + ms(5000), CallInput::Hangup);
+    h.drain();
+    assert!(matches!(h.take_commands()[..], [(A, LegCommand::Hangup)]));
+    let cdr = h.ended.clone().expect("recorded as the call ends");
+    assert_eq!((cdr.disposition, cdr.hangup), (Disposition::Answered, Some(HangupSide::Pbx)));
+    assert_eq!(cdr.callee, "800");
+    h.finish(ms(5100), &[A]);
+    assert!(h.over);
+}
+
+/// A room's refusal reaches the caller with its code and reason phrase; nothing is answered.
+#[test]
+fn a_refused_room_call_gets_the_rooms_code_and_reason() {
+    let refused = crate::call::RoomAnswer::Refused { code: 403, reason: "Licence: conferences not licensed".into() };
+    let mut h = room_call(PCMU_OFFER, refused);
+    let commands = h.take_commands();
+    let [(A, LegCommand::Reject { code: 403, reason: Some(reason) })] = &commands[..] else { panic!("{commands:?}") };
+    assert_eq!(reason, "Licence: conferences not licensed");
+    assert!(h.media.is_empty());
+    assert_eq!(h.ended.clone().unwrap().disposition, Disposition::Rejected { code: 403 });
+}
+
+/// A late offer to a room: pbx offers PCMU, PCMA and telephone-event in its 200, and the
+/// caller's answer in the ACK configures the room's side.
+#[test]
+fn a_late_offer_to_a_room_is_answered_with_pbx_s_offer() {
+    let mut h = room_call("", crate::call::RoomAnswer::Admitted);
+    let commands = h.take_commands();
+    let [(A, offer @ LegCommand::Answer { .. })] = &commands[..] else { panic!("{commands:?}") };
+    let offered = sdp_of(offer);
+    assert_eq!(offered.codecs.len(), 2);
+    assert_eq!(offered.telephone_event, Some(101));
+    assert!(h.media.is_empty());
+    h.event(ms(100), A, LegEvent::Acked { sdp: Some(Bytes::from_static(PCMA_ANSWER.as_bytes())) });
+    assert_eq!((h.media[0].0, h.media[0].1.codec.1), (Side::A, G711::A));
 }

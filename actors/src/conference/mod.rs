@@ -7,9 +7,10 @@
 //! - `dtmf`: RFC 4733 telephone events to digits, once per key press.
 //! - `tones`: the prompts, synthesised (no audio files are shipped).
 //!
-//! Not built yet: the room actor (mixer + room machine + sockets), `[[conferences]]` in the
-//! config and the admin API, the SIP side (answering a room's number), participation records.
+//! - `actor`: the shells: the node's registry of rooms and one actor per room in use (the
+//!   room machine, the mixer, a socket per participant).
 
+pub mod actor;
 pub mod dtmf;
 pub mod room;
 pub mod tones;

@@ -25,6 +25,11 @@
 //! - **Loss concealment**: a frame that did not arrive repeats the last one received, halving
 //!   its level each time ([`CONCEAL_FRAMES`] frames: 1, ½, ¼), then silence.
 //! - **Muting** takes a participant out of the mix (it still hears the room).
+//! - **The lobby**: a participant who is not yet in the room (at the PIN prompt) is neither
+//!   mixed nor hears the room ([`Mixer::set_in_lobby`]); it hears only its prompts.
+//! - **Prompts** ([`Mixer::play`]): samples queued for one participant are added to what it
+//!   hears, frame by frame (that participant's packet is then mixed and encoded for it alone).
+//!   A new prompt replaces one still playing; at most [`PROMPT_SAMPLES_MAX`] samples.
 //! - **Active speaker**: the loudest talker of the last tick ([`Mixer::active_speaker`]), and
 //!   [`MixerOutput::Speaker`] when it changes.
 //! - **PCMU and PCMA per participant** ([`Participant::law`]); each gets its own SSRC, sequence
@@ -60,6 +65,8 @@ pub const CONCEAL_FRAMES: u32 = 3;
 pub const CATCH_UP_FRAMES_MAX: u32 = 3;
 /// Participants one mixer takes at most.
 pub const PARTICIPANTS_MAX: usize = 1_000;
+/// Samples one queued prompt may hold (8 s).
+pub const PROMPT_SAMPLES_MAX: usize = 8 * SAMPLE_RATE as usize;
 /// A late packet further behind than this (1 s of samples) is a restarted stream, not jitter.
 const LATE_RESTART_SAMPLES: u32 = SAMPLE_RATE;
 
@@ -250,6 +257,10 @@ struct Member {
     missing: u32,
     /// This tick's mean absolute amplitude.
     energy: u32,
+    /// Not in the room yet: not mixed, hears only its prompt.
+    lobby: bool,
+    /// A prompt being played to it, and how far.
+    prompt: Option<(Vec<i16>, usize)>,
     sequence: u16,
     timestamp: u32,
     first_sent: bool,
@@ -313,6 +324,8 @@ impl<P: Copy + Eq + Hash> Mixer<P> {
                 last: [0; FRAME_SAMPLES],
                 missing: CONCEAL_FRAMES,
                 energy: 0,
+                lobby: false,
+                prompt: None,
                 sequence: participant.initial_sequence,
                 timestamp: participant.initial_timestamp,
                 first_sent: false,
@@ -340,6 +353,17 @@ impl<P: Copy + Eq + Hash> Mixer<P> {
 
     pub fn set_muted(&mut self, id: P, muted: bool) -> bool {
         self.members.get_mut(&id).map(|m| m.muted = muted).is_some()
+    }
+
+    /// Puts a participant in the lobby or takes it out (see the module doc).
+    pub fn set_in_lobby(&mut self, id: P, lobby: bool) -> bool {
+        self.members.get_mut(&id).map(|m| m.lobby = lobby).is_some()
+    }
+
+    /// Plays `samples` to one participant over what it hears; replaces a prompt still playing.
+    pub fn play(&mut self, id: P, mut samples: Vec<i16>) -> bool {
+        samples.truncate(PROMPT_SAMPLES_MAX);
+        self.members.get_mut(&id).map(|m| m.prompt = Some((samples, 0))).is_some()
     }
 
     pub fn is_muted(&self, id: P) -> Option<bool> {
@@ -454,7 +478,7 @@ impl<P: Copy + Eq + Hash> Mixer<P> {
         self.talkers.clear();
         for (index, id) in self.order.iter().enumerate() {
             let member = &self.members[id];
-            if !member.muted && member.energy >= u32::from(self.config.speech_threshold) {
+            if !member.muted && !member.lobby && member.energy >= u32::from(self.config.speech_threshold) {
                 self.talkers.push(index);
             }
         }
@@ -473,15 +497,36 @@ impl<P: Copy + Eq + Hash> Mixer<P> {
             self.speaker = speaker;
             self.outputs.push_back(MixerOutput::Speaker(speaker));
         }
-        // Everyone but the talkers hears the whole sum: encoded once per law.
+        // Everyone but the talkers (and those hearing a prompt, or in the lobby) hears the
+        // whole sum: encoded once per law.
         let mut everyone: [Option<[u8; FRAME_SAMPLES]>; 2] = [None, None];
         for (index, id) in self.order.iter().enumerate() {
             let member = self.members.get_mut(id).expect("order and members agree");
             let law = member.participant.law;
+            let talker = self.talkers.contains(&index);
             let mut payload = [0u8; FRAME_SAMPLES];
-            if self.talkers.contains(&index) {
-                for ((out, &sum), &own) in payload.iter_mut().zip(self.sum.iter()).zip(member.frame.iter()) {
-                    *out = law.encode(saturate(sum - i32::from(own)));
+            if talker || member.lobby || member.prompt.is_some() {
+                let mut heard = [0i32; FRAME_SAMPLES];
+                if !member.lobby {
+                    heard.copy_from_slice(&self.sum[..]);
+                }
+                if talker {
+                    for (h, &own) in heard.iter_mut().zip(member.frame.iter()) {
+                        *h -= i32::from(own);
+                    }
+                }
+                if let Some((samples, at)) = &mut member.prompt {
+                    let end = (*at + FRAME_SAMPLES).min(samples.len());
+                    for (h, &p) in heard.iter_mut().zip(samples[*at..end].iter()) {
+                        *h += i32::from(p);
+                    }
+                    *at = end;
+                    if end == samples.len() {
+                        member.prompt = None;
+                    }
+                }
+                for (out, &h) in payload.iter_mut().zip(heard.iter()) {
+                    *out = law.encode(saturate(h));
                 }
             } else {
                 let slot = &mut everyone[usize::from(law == G711::A)];

@@ -123,6 +123,11 @@ pub enum RegistrarMsg {
         ip: std::net::IpAddr,
         reply: RpcReplyPort<Result<(), ChangeError>>,
     },
+    /// An authentication failure found elsewhere (a conference PIN): counted and blocked alike.
+    AuthFailure {
+        source: std::net::IpAddr,
+        user: String,
+    },
     ListBindings(RpcReplyPort<Vec<Binding>>),
     ListExtensions(RpcReplyPort<Vec<ExtensionView>>),
     Stats(RpcReplyPort<RegistrarStats>),
@@ -378,6 +383,10 @@ impl Actor for RegistrarActor {
             RegistrarMsg::ForgetAddress { ip, reply } => {
                 s.machine.handle(now, RegistrarInput::ForgetAddress { ip });
                 s.drain(Some(reply));
+            }
+            RegistrarMsg::AuthFailure { source, user } => {
+                s.machine.handle(now, RegistrarInput::AuthFailure { source, user });
+                s.drain(None);
             }
             RegistrarMsg::Replicated(commands) => {
                 s.machine.handle(now, RegistrarInput::Replicated(commands));

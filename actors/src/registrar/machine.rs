@@ -108,6 +108,9 @@ pub struct RegistrarConfig {
     /// is the RFC's advice; clients that take the first challenge blindly and know only MD5
     /// (SIPp, some older phones) need MD5 first. An algorithm not listed is refused.
     pub digest_algorithms: Vec<Algorithm>,
+    /// Numbers that are conference rooms: an INVITE to one is routed to the room (pbx
+    /// answers it), after the caller authenticated like for any call.
+    pub rooms: std::collections::BTreeSet<String>,
 }
 
 impl Default for RegistrarConfig {
@@ -125,6 +128,7 @@ impl Default for RegistrarConfig {
             allow_rfc2069: false,
             refresh_flush_s: 5,
             digest_algorithms: Algorithm::PREFERENCE.to_vec(),
+            rooms: Default::default(),
         }
     }
 }
@@ -265,6 +269,12 @@ pub enum RegistrarInput {
     ForgetAddress {
         ip: IpAddr,
     },
+    /// An authentication failure found elsewhere (a conference PIN keyed wrong three times):
+    /// counted for the (source, user) pair as a wrong password would be, and blocked alike.
+    AuthFailure {
+        source: IpAddr,
+        user: String,
+    },
     /// Changes another cluster node made and the cluster committed: applied to memory as they
     /// are (the log's order is the truth), never persisted again. No output.
     Replicated(Vec<RegistrarCommand>),
@@ -303,6 +313,22 @@ pub struct Route {
     pub callee: String,
     /// Every current binding of the callee, in the order they were first bound (forked to all).
     pub contacts: Vec<Binding>,
+    /// The callee is a conference room (`contacts` is empty): pbx answers the call itself.
+    pub room: bool,
+}
+
+#[cfg(test)]
+impl Route {
+    /// A route from `caller` (no display name) to the extension `callee`'s `contacts`.
+    pub(crate) fn extension(caller: &str, callee: &str, contacts: Vec<Binding>) -> Route {
+        Route {
+            caller: caller.into(),
+            caller_display_name: String::new(),
+            callee: callee.into(),
+            contacts,
+            room: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -547,6 +573,7 @@ impl Registrar {
             RegistrarInput::RemoveExtension { number } => self.remove_extension(&number),
             RegistrarInput::Rename { number, display_name } => self.rename(&number, &display_name),
             RegistrarInput::ForgetAddress { ip } => self.forget_address(ip),
+            RegistrarInput::AuthFailure { source, user } => self.auth_failed(now, source, user, false),
             RegistrarInput::Replicated(commands) => commands.into_iter().for_each(|c| self.replicated(c)),
             RegistrarInput::Timeout => {
                 if self.flush_at.is_some_and(|at| at <= now) {
@@ -685,6 +712,11 @@ impl Registrar {
             SipUriUserPart::User(user) if !user.is_empty() => user.to_string(),
             _ => return self.refuse(tx, request, ip, Refusal::code(404), true),
         };
+        let caller_display_name = self.extensions.get(&caller).map(|e| e.display_name.clone()).unwrap_or_default();
+        if self.config.rooms.contains(&callee) {
+            let route = Route { caller, caller_display_name, callee, contacts: Vec::new(), room: true };
+            return self.outputs.push_back(RegistrarOutput::Routed { tx, route });
+        }
         if !self.extensions.contains_key(&callee) {
             return self.refuse(tx, request, ip, Refusal::code(404), true);
         }
@@ -692,9 +724,8 @@ impl Registrar {
         if contacts.is_empty() {
             return self.refuse(tx, request, ip, Refusal::code(480), true);
         }
-        let caller_display_name = self.extensions.get(&caller).map(|e| e.display_name.clone()).unwrap_or_default();
-        self.outputs
-            .push_back(RegistrarOutput::Routed { tx, route: Route { caller, caller_display_name, callee, contacts } });
+        let route = Route { caller, caller_display_name, callee, contacts, room: false };
+        self.outputs.push_back(RegistrarOutput::Routed { tx, route });
     }
 
     fn refuse(&mut self, tx: u64, request: &Request, source: IpAddr, refusal: Refusal, authenticated: bool) {

@@ -1479,3 +1479,31 @@ fn nonces_are_recognised_whether_remembered_or_not() {
     }
     assert_eq!(h.send(&reg.clone().cseq(3).auth(authorization(&c, "100", PASSWORD_100, 1))).code(), 200);
 }
+
+/// A conference room's number is routed to the room once the caller has authenticated (a
+/// stranger learns nothing: the 407 comes first); a number that is neither room nor extension
+/// stays 404; PIN failures reported by a room are counted like wrong passwords.
+#[test]
+fn room_numbers_route_to_the_room_and_pin_failures_count() {
+    let config =
+        RegistrarConfig { rooms: ["800".to_string()].into(), auth_failures_max: 2, ..RegistrarConfig::default() };
+    let mut h = Harness::with(config, vec![]);
+    let first = h.invite_from("100", "800", None, source());
+    assert_eq!(first.code(), 407, "no route before authentication");
+    let routed = h.call_from("100", PASSWORD_100, "800", source());
+    let route = routed.routed.expect("routed");
+    assert!(route.room && route.contacts.is_empty(), "{route:?}");
+    assert_eq!((route.caller.as_str(), route.callee.as_str()), ("100", "800"));
+    assert_eq!(h.call_from("100", PASSWORD_100, "801", source()).code(), 404);
+
+    for _ in 0..2 {
+        h.m.handle(h.now, RegistrarInput::AuthFailure { source: source().ip(), user: "100".into() });
+        let step = h.drain();
+        assert!(step.events.iter().any(|e| matches!(e, RegistrarEvent::AuthFailed { user, .. } if user == "100")));
+    }
+    // The pair is blocked now (the security log says so); as for wrong passwords, the block
+    // spares the address this extension just authenticated from (docs/SECURITY.md), so the
+    // phone itself still calls.
+    assert_eq!(h.m.blocked_sources(h.now), 1);
+    assert!(h.call_from("100", PASSWORD_100, "800", source()).routed.is_some());
+}

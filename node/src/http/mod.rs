@@ -30,6 +30,8 @@ use pbx_actors::store::StoreError;
 use pbx_actors::time::Clock;
 use pbx_host::clock::SystemClock;
 pub(crate) use pbx_host::http::{bearer_matches, error, rfc3339};
+
+mod conferences;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
@@ -370,7 +372,7 @@ pub(crate) async fn ask<M: ractor::Message, T: Send + 'static>(
     };
     match actor.call(msg, Some(Duration::from_millis(ACTOR_CALL_TIMEOUT_MS))).await {
         Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
-        _ => Err(error(StatusCode::SERVICE_UNAVAILABLE, "the registrar did not answer in time")),
+        _ => Err(error(StatusCode::SERVICE_UNAVAILABLE, "the actor did not answer in time")),
     }
 }
 
@@ -637,6 +639,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/calls", web::get().to(calls))
         .route("/api/v1/licence", web::get().to(licence))
         .route("/api/v1/vouchers", web::post().to(redeem_voucher))
+        .configure(conferences::routes)
         .configure(cluster_routes);
 }
 

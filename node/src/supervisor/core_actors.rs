@@ -16,6 +16,7 @@ use crate::sip::transport::Backlog;
 use crate::storage::Storage;
 use crate::supervisor::{Child, StartFuture};
 use pbx_actors::call::actor::{CallContext, CallLedger, CallsActor, CallsArgs, CallsMsg};
+use pbx_actors::conference::actor::{ConferencesActor, ConferencesArgs, ConferencesMsg, ParticipationSink, RoomDecl};
 use pbx_actors::endpoint::actor::{EndpointSink, Wire};
 use pbx_actors::endpoint::limiter::SharedLimiter;
 use pbx_actors::endpoint::{EndpointActor, EndpointArgs, Shard};
@@ -23,6 +24,8 @@ use pbx_actors::licence::{
     LicenceService, LicenceStore, LicenceView, VoucherActor, VoucherArgs, VoucherConfig, VoucherMsg, WatchdogActor,
     WatchdogArgs, WatchdogConfig, WatchdogMsg,
 };
+use pbx_actors::media::mixer::MixerConfig;
+use pbx_actors::media::pool::PortPool;
 use pbx_actors::privacy::actor::{ReaperActor, ReaperArgs, ReaperMsg};
 use pbx_actors::privacy::reaper::ReaperConfig;
 use pbx_actors::registrar::{
@@ -319,4 +322,45 @@ fn os_secret() -> Result<[u8; 32], rand::rand_core::OsError> {
     let mut secret = [0u8; 32];
     rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut secret)?;
     Ok(secret)
+}
+
+/// The node's conference rooms (`[[conferences]]`): the registry actor, whose rooms are its
+/// linked children (a registry that fails takes its rooms, and their ports, with it).
+pub struct ConferencesChild {
+    pub rooms: Vec<RoomDecl>,
+    pub mixer: MixerConfig,
+    pub ports: Arc<Mutex<PortPool>>,
+    pub media_ip: std::net::IpAddr,
+    pub clock: SystemClock,
+    pub licence: Option<LicenceView>,
+    pub inactivity: std::time::Duration,
+    pub sink: Arc<dyn ParticipationSink>,
+    pub current: Current<ConferencesMsg>,
+}
+
+impl Child for ConferencesChild {
+    fn name(&self) -> &'static str {
+        "conferences"
+    }
+
+    fn start(&mut self, supervisor: ActorCell, _restart: bool) -> StartFuture<'_> {
+        Box::pin(async move {
+            let args = ConferencesArgs {
+                rooms: self.rooms.clone(),
+                mixer: self.mixer,
+                ports: self.ports.clone(),
+                media_ip: self.media_ip,
+                clock: Arc::new(self.clock),
+                licence: self.licence.clone(),
+                inactivity: self.inactivity,
+                sink: self.sink.clone(),
+                seed: rand::random(),
+            };
+            let (actor, _) = Actor::spawn_linked(Some("conferences".into()), ConferencesActor, args, supervisor)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.current.set(actor.clone());
+            Ok(actor.get_cell())
+        })
+    }
 }

@@ -260,6 +260,7 @@ pub struct CoreActors {
     pub endpoint: EndpointSink,
     pub calls: Current<CallsMsg>,
     pub reaper: Current<ReaperMsg>,
+    pub conferences: Current<pbx_actors::conference::actor::ConferencesMsg>,
     /// `None` when no licence service is configured (then neither licence actor runs).
     pub watchdog: Option<Current<WatchdogMsg>>,
     pub vouchers: Option<Current<VoucherMsg>>,

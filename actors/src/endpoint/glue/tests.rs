@@ -44,8 +44,7 @@ fn call(g: &mut EndpointGlue<u32>, branch: &str, licence: &dyn CallLimit) -> Opt
             _ => None,
         })
         .expect("the INVITE is addressed to the registrar");
-    let route =
-        Route { caller: "100".into(), caller_display_name: String::new(), callee: "101".into(), contacts: vec![] };
+    let route = Route::extension("100", "101", vec![]);
     let outs = run(g, GlueInput::Endpoint(EndpointInput::Routed { tx, route }), licence);
     outs.into_iter().find_map(|o| match o {
         Envelope::Calls(start) => Some(*start),

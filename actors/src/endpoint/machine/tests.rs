@@ -143,8 +143,7 @@ fn invites_are_routed_to_calls_and_legs() {
     let outs = run(&mut e, Timestamp::ZERO, inbound(request("INVITE", "z9hG4bK-call1")));
     assert!(transmitted(&outs).is_empty(), "nothing for a caller not yet authenticated: {outs:?}");
     let tx = routed_tx(&outs);
-    let route =
-        Route { caller: "100".into(), caller_display_name: String::new(), callee: "101".into(), contacts: vec![] };
+    let route = Route::extension("100", "101", vec![]);
     let outs = run(&mut e, Timestamp::ZERO, EndpointInput::Routed { tx, route });
     assert!(transmitted(&outs).iter().any(|m| m.starts_with("SIP/2.0 100 Trying\r\n")), "{outs:?}");
     let a = outs
@@ -195,8 +194,7 @@ fn licence_call_limit_refuses_beyond_it_but_not_emergency_numbers() {
     let call = |e: &mut Endpoint, branch: &str, callee: &str| {
         let outs = run(e, Timestamp::ZERO, inbound(request("INVITE", branch)));
         let tx = routed_tx(&outs);
-        let route =
-            Route { caller: "100".into(), caller_display_name: String::new(), callee: callee.into(), contacts: vec![] };
+        let route = Route::extension("100", callee, vec![]);
         run(e, Timestamp::ZERO, EndpointInput::Routed { tx, route })
     };
     let started = |outs: &[EndpointOutput]| {
@@ -319,8 +317,7 @@ fn consecutive_calls_get_unrelated_leg_ids() {
     for n in 0..50 {
         let outs = run(&mut e, Timestamp::ZERO, inbound(request("INVITE", &format!("z9hG4bK-c{n}"))));
         let tx = handed_to_registrar(&outs).unwrap();
-        let route =
-            Route { caller: "100".into(), caller_display_name: String::new(), callee: "101".into(), contacts: vec![] };
+        let route = Route::extension("100", "101", vec![]);
         let outs = run(&mut e, Timestamp::ZERO, EndpointInput::Routed { tx, route });
         ids.extend(outs.iter().find_map(|o| match o {
             EndpointOutput::StartCall(s) => Some(s.a.0),
@@ -338,8 +335,7 @@ fn consecutive_calls_get_unrelated_leg_ids() {
     let mut other = Endpoint::new(TimerConfig::default(), [5; 32]);
     let outs = run(&mut other, Timestamp::ZERO, inbound(request("INVITE", "z9hG4bK-c0")));
     let tx = handed_to_registrar(&outs).unwrap();
-    let route =
-        Route { caller: "100".into(), caller_display_name: String::new(), callee: "101".into(), contacts: vec![] };
+    let route = Route::extension("100", "101", vec![]);
     let outs = run(&mut other, Timestamp::ZERO, EndpointInput::Routed { tx, route });
     assert!(outs.iter().any(|o| matches!(o, EndpointOutput::StartCall(s) if s.a.0 != ids[0])));
 }
@@ -351,8 +347,7 @@ fn cancel_must_be_of_the_invites_dialog_attempt() {
     let mut e = Endpoint::new(TimerConfig::default(), [6; 32]);
     let outs = run(&mut e, Timestamp::ZERO, inbound(request("INVITE", "z9hG4bK-cx")));
     let tx = handed_to_registrar(&outs).unwrap();
-    let route =
-        Route { caller: "100".into(), caller_display_name: String::new(), callee: "101".into(), contacts: vec![] };
+    let route = Route::extension("100", "101", vec![]);
     run(&mut e, Timestamp::ZERO, EndpointInput::Routed { tx, route });
     let cancel = String::from_utf8(request("CANCEL", "z9hG4bK-cx").to_vec()).unwrap();
     for forged in [cancel.replace("Call-ID: c-z9hG4bK-cx", "Call-ID: other"), cancel.replace("tag=f1", "tag=evil")] {
@@ -394,6 +389,7 @@ fn a_shard_names_itself_in_its_tx_ids_and_legs() {
             caller_display_name: String::new(),
             callee: "101".into(),
             contacts: vec![contact.clone(), contact],
+            room: false,
         };
         let outs = run(&mut e, Timestamp::ZERO, EndpointInput::Routed { tx, route });
         let start = outs

@@ -89,15 +89,21 @@ fn drain(mixer: &mut Mixer<u32>, laws: &HashMap<u32, G711>, heard: &mut Heard) {
 }
 
 /// Runs `frames` ticks: every phone sends one packet before each tick (`send` picks which).
-fn run(
+fn run(mixer: &mut Mixer<u32>, phones: &mut [(u32, Phone)], frames: u64, send: impl FnMut(u64, u32) -> bool) -> Heard {
+    run_from(mixer, phones, 0, frames, send)
+}
+
+/// As [`run`], from tick `start`.
+fn run_from(
     mixer: &mut Mixer<u32>,
     phones: &mut [(u32, Phone)],
+    start: u64,
     frames: u64,
     mut send: impl FnMut(u64, u32) -> bool,
 ) -> Heard {
     let laws: HashMap<u32, G711> = phones.iter().map(|(id, p)| (*id, p.law)).collect();
     let mut heard = Heard::default();
-    for frame in 0..frames {
+    for frame in start..start + frames {
         for (id, phone) in phones.iter_mut() {
             if send(frame, *id) {
                 let packet = phone.packet();
@@ -501,4 +507,73 @@ fn joining_leaving_and_the_speaker_going() {
         full.join(id, phones[1].1.participant(id)).unwrap();
     }
     assert_eq!(full.join(u32::MAX, phones[1].1.participant(0)), Err(JoinError::Full));
+}
+
+#[test]
+fn one_in_the_lobby_hears_only_its_prompt_and_is_not_heard() {
+    let mut phones = vec![
+        (1, Phone::new(G711::Mu, 600.0, 8000.0, 1)),
+        (2, Phone::new(G711::Mu, 1500.0, 8000.0, 2)),
+        (3, Phone::new(G711::A, 0.0, 0.0, 3)),
+    ];
+    let mut mixer = room(&phones, MixerConfig::default());
+    assert!(mixer.set_in_lobby(2, true));
+    assert!(!mixer.set_in_lobby(9, true), "no such participant");
+    let prompt: Vec<i16> = (0..FRAME_SAMPLES * 10)
+        .map(|i| (5000.0 * (2.0 * PI * 2400.0 * i as f64 / f64::from(SAMPLE_RATE)).sin()) as i16)
+        .collect();
+    assert!(mixer.play(2, prompt));
+    let heard = run(&mut mixer, &mut phones, 30, |_, _| true);
+    let lobby = &heard.samples[&2];
+    // The prompt plays from the first tick, alone: the room's talker is not in it.
+    assert!(power(&lobby[..FRAME_SAMPLES * 10], 2400.0) > 1e6);
+    assert!(power(&lobby[..FRAME_SAMPLES * 10], 600.0) < 10.0, "the lobby hears nothing of the room");
+    // After the prompt: silence.
+    assert!(rms(&lobby[FRAME_SAMPLES * 11..]) < 10.0);
+    // Nobody hears the one in the lobby, though it sends a loud tone.
+    assert!(power(steady(&heard, 3), 1500.0) < 10.0);
+    assert!(power(steady(&heard, 3), 600.0) > 1e6);
+    // Out of the lobby it is in the room both ways.
+    mixer.set_in_lobby(2, false);
+    let heard = run_from(&mut mixer, &mut phones, 30, 30, |_, _| true);
+    assert!(power(steady(&heard, 3), 1500.0) > 1e6);
+    assert!(power(steady(&heard, 2), 600.0) > 1e6);
+}
+
+#[test]
+fn a_prompt_is_heard_over_the_room_by_its_listener_only() {
+    let mut phones = vec![
+        (1, Phone::new(G711::Mu, 600.0, 8000.0, 1)),
+        (2, Phone::new(G711::Mu, 0.0, 0.0, 2)),
+        (3, Phone::new(G711::Mu, 0.0, 0.0, 3)),
+    ];
+    let mut mixer = room(&phones, MixerConfig::default());
+    let prompt: Vec<i16> = (0..FRAME_SAMPLES * 40)
+        .map(|i| (4000.0 * (2.0 * PI * 2400.0 * i as f64 / f64::from(SAMPLE_RATE)).sin()) as i16)
+        .collect();
+    // A prompt to the talker: it hears the prompt and still not itself.
+    assert!(mixer.play(1, prompt.clone()));
+    assert!(mixer.play(2, prompt));
+    let heard = run(&mut mixer, &mut phones, 30, |_, _| true);
+    assert!(power(steady(&heard, 1), 2400.0) > 1e6);
+    assert!(power(steady(&heard, 1), 600.0) < 100.0, "the talker never hears itself");
+    assert!(power(steady(&heard, 2), 2400.0) > 1e6);
+    assert!(power(steady(&heard, 2), 600.0) > 1e6, "the room goes on under the prompt");
+    assert!(power(steady(&heard, 3), 2400.0) < 10.0, "only its listener hears a prompt");
+    // An over-long prompt is cut to the bound.
+    mixer.play(3, vec![1000; PROMPT_SAMPLES_MAX * 2]);
+    let mut frames = 0;
+    let laws: HashMap<u32, G711> = phones.iter().map(|(id, p)| (*id, p.law)).collect();
+    let mut heard = Heard::default();
+    for frame in 0..(PROMPT_SAMPLES_MAX / FRAME_SAMPLES + 5) as u64 {
+        mixer.handle_timeout(at(31 + frame));
+        drain(&mut mixer, &laws, &mut heard);
+        frames += 1;
+    }
+    let samples = &heard.samples[&3];
+    assert_eq!(samples.len(), frames * FRAME_SAMPLES);
+    // The room fell silent within a few frames (its talker stopped); the prompt goes on to the
+    // bound and no further.
+    assert!(samples[FRAME_SAMPLES * 10..PROMPT_SAMPLES_MAX].iter().all(|s| s.abs() > 500));
+    assert!(samples[PROMPT_SAMPLES_MAX..].iter().all(|s| s.abs() < 100));
 }
