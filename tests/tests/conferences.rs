@@ -86,13 +86,22 @@ fn assert_nothing_left(pbx: &Pbx) {
     );
 }
 
-/// What a participant heard from `from` to `to` seconds of its stream (as pbx sent it).
-fn heard(sink: RtpSink, from: f64, to: f64) -> Vec<i16> {
-    let audio = g711_audio(&sink.finish());
-    let rate = G711_RATE_HZ as f64;
+/// Everything a participant was sent, decoded, placed by RTP timestamp.
+fn audio(sink: RtpSink) -> Vec<i16> {
+    g711_audio(&sink.finish())
+}
+
+/// `audio` from `from` to `to` seconds (at least half a second of it must be there).
+fn window(audio: &[i16], from: f64, to: f64) -> &[i16] {
+    let rate = f64::from(G711_RATE_HZ);
     let (a, b) = ((from * rate) as usize, ((to * rate) as usize).min(audio.len()));
     assert!(b > a + G711_RATE_HZ as usize / 2, "only {} samples arrived", audio.len());
-    audio[a..b].to_vec()
+    &audio[a..b]
+}
+
+/// Key presses `keys`, 250 ms apart from `start_ms`.
+fn keys(start_ms: u64, keys: &str) -> Vec<(u64, char)> {
+    keys.chars().enumerate().map(|(i, key)| (start_ms + 250 * i as u64, key)).collect()
 }
 
 /// Three participants in one room, each playing its own tone: each hears the other two and
@@ -124,10 +133,11 @@ fn three_participants_hear_each_other_and_never_themselves() {
         assert!(run.received_codes().contains(&407), "the INVITE is challenged like any call");
     }
     for (i, sink) in sinks.into_iter().enumerate() {
-        let samples = heard(sink, 1.5, 3.5);
-        let own = power(&samples, TONES[i]);
+        let audio = audio(sink);
+        let samples = window(&audio, 1.5, 3.5);
+        let own = power(samples, TONES[i]);
         for (j, &hz) in TONES.iter().enumerate().filter(|(j, _)| *j != i) {
-            let other = power(&samples, hz);
+            let other = power(samples, hz);
             assert!(other > 1e5, "participant {i} hears {j}'s {hz} Hz weakly: {other:.0}");
             assert!(
                 other > 1000.0 * own.max(1.0),
@@ -135,5 +145,253 @@ fn three_participants_hear_each_other_and_never_themselves() {
             );
         }
     }
+    assert_nothing_left(&pbx);
+}
+
+/// The PIN by DTMF: the right one (then `#`) joins; three wrong ones get the caller hung up,
+/// counted as an authentication failure, and it never joins (the others never hear it). The
+/// PIN prompt is heard before.
+#[test]
+fn the_pin_admits_and_three_wrong_entries_hang_up() {
+    let pbx = node("[[conferences]]\nnumber = \"801\"\npin = \"4321\"\nmax_participants = 5");
+    let (good_sink, bad_sink) = (RtpSink::for_sipp(), RtpSink::for_sipp());
+    let good_pcap = pcap(&pbx, "good.pcap", &tone(TONES[0], G711_RATE_HZ, 4.0, 6000.0), &keys(600, "4321#"));
+    let mut wrong = keys(1500, "1111#");
+    wrong.extend(keys(2500, "22#"));
+    wrong.extend(keys(3500, "4322#"));
+    let bad_pcap = pcap(&pbx, "bad.pcap", &tone(TONES[1], G711_RATE_HZ, 5.0, 6000.0), &wrong);
+    let good =
+        participant(&pbx, "conference_uac.xml", "100", "801", &good_sink, &good_pcap).args(&["-d", "8000"]).spawn();
+    wait_joined(&pbx, "801", 1);
+    let bad = participant(&pbx, "conference_uac_hungup.xml", "101", "801", &bad_sink, &bad_pcap).spawn().wait();
+    assert!(bad.success, "pbx hung up on the wrong PINs: {}", bad.report());
+    assert_eq!(bad.received_requests("BYE").len(), 1);
+    assert_eq!(pbx.metric("pbx_conference_pin_failures_total"), Some(1.0), "{}", pbx.metrics());
+    let view = room(&pbx, "801");
+    assert_eq!(view["participants"].as_array().map(Vec::len), Some(1), "{view}");
+    let good = good.wait();
+    assert!(good.success, "{}", good.report());
+    // The one kept out heard the PIN prompt (880 Hz beeps) and nobody in the room.
+    let kept_out = audio(bad_sink);
+    let prompt = power(window(&kept_out, 0.0, 0.7), 880.0);
+    assert!(prompt > 1e5, "no PIN prompt: {prompt:.0}");
+    assert!(power(window(&kept_out, 0.5, 4.0), TONES[0]) < 100.0, "the room leaked to the PIN prompt");
+    let inside = audio(good_sink);
+    assert!(power(window(&inside, 2.0, 5.0), TONES[1]) < 100.0, "the room heard the caller at the PIN prompt");
+    // The security log has the failure, under the caller's extension and source.
+    let log = pbx.log();
+    assert!(log.contains("conference PIN wrong three times"), "{log}");
+    assert_nothing_left(&pbx);
+}
+
+/// The participant with this number in a room's view: its id.
+fn id_of(view: &Value, number: &str) -> String {
+    let participants = view["participants"].as_array().expect("participants");
+    let p = participants.iter().find(|p| p["number"] == number).unwrap_or_else(|| panic!("{number} not in {view}"));
+    p["id"].as_str().expect("an id").to_owned()
+}
+
+/// The API lists the room and its participants, mutes one (nobody hears it, it still hears
+/// the room), kicks one (pbx sends it BYE), and locks the room (a new caller gets 403).
+#[test]
+fn the_api_lists_mutes_kicks_and_locks() {
+    let pbx = node("[[conferences]]\nnumber = \"800\"\nname = \"Board\"");
+    let sinks: Vec<RtpSink> = (0..3).map(|_| RtpSink::for_sipp()).collect();
+    let runs: Vec<SippProcess> = TONES
+        .iter()
+        .enumerate()
+        .map(|(i, &hz)| {
+            let pcap = pcap(&pbx, &format!("p{i}.pcap"), &tone(hz, G711_RATE_HZ, 7.0, 6000.0), &[]);
+            let (scenario, args): (&str, &[&str]) =
+                if i == 2 { ("conference_uac_hungup.xml", &[]) } else { ("conference_uac.xml", &["-d", "7000"]) };
+            participant(&pbx, scenario, &format!("10{i}"), "800", &sinks[i], &pcap).args(args).spawn()
+        })
+        .collect();
+    let view = wait_joined(&pbx, "800", 3);
+    assert_eq!((view["active"].as_bool(), view["locked"].as_bool()), (Some(true), Some(false)), "{view}");
+    for p in view["participants"].as_array().unwrap() {
+        assert_eq!((p["muted"].as_bool(), p["moderator"].as_bool()), (Some(false), Some(false)), "{p}");
+        assert!(p["joined"].as_str().is_some_and(|t| t.ends_with('Z')), "{p}");
+    }
+    let listed = rooms(&pbx);
+    assert_eq!(listed["conferences"][0]["number"], "800", "{listed}");
+    let mut speaking = Value::Null;
+    let spoke = wait_until(Duration::from_secs(5), || {
+        speaking = room(&pbx, "800");
+        speaking["active_speaker"].is_string() && speaking["participants"][0]["talking"].is_boolean()
+    });
+    assert!(spoke, "no active speaker among three talkers: {speaking}");
+    let (muted, kicked) = (id_of(&view, "100"), id_of(&view, "102"));
+    let post = |path: &str| pbx.api("POST", &format!("/api/v1/conferences/800{path}"), None).0;
+    assert_eq!(post(&format!("/participants/{muted}/mute")), 204);
+    assert_eq!(pbx.api("DELETE", &format!("/api/v1/conferences/800/participants/{kicked}"), None).0, 204);
+    // Strangers' ids and rooms: 404.
+    assert_eq!(post("/participants/999999/mute"), 404);
+    assert_eq!(post("/participants/x/mute"), 404);
+    assert_eq!(pbx.api("POST", "/api/v1/conferences/899/lock", None).0, 404);
+    assert_eq!(pbx.api("GET", "/api/v1/conferences/899", None).0, 404);
+    // Without the token: 401, nothing changes.
+    let unmute = format!("/api/v1/conferences/800/participants/{muted}/unmute");
+    let (code, _) = http_request(pbx.http, "POST", &unmute, None, Some("wrong")).expect("an answer");
+    assert_eq!(code, 401);
+    let view = room(&pbx, "800");
+    let p = &view["participants"].as_array().unwrap().iter().find(|p| p["id"] == muted.as_str()).unwrap().clone();
+    assert_eq!(p["muted"], true, "{view}");
+    assert_eq!(p["talking"], false, "a muted participant is not mixed: {view}");
+    // Locked: a new caller is refused, saying why.
+    assert_eq!(post("/lock"), 204);
+    assert_eq!(room(&pbx, "800")["locked"], true);
+    let refused_sink = RtpSink::for_sipp();
+    let refused = Sipp::new("call_uac_fail.xml", pbx.sip, &pbx.scratch())
+        .caller("103", "secret-103", "800")
+        .media(G711::Pcmu, &refused_sink, None)
+        .args(&["-m", "1"])
+        .run();
+    assert!(refused.success, "{}", refused.report());
+    assert_eq!(refused.received_codes().last(), Some(&403), "{}", refused.messages);
+    assert!(refused.messages.contains("403 Conference locked"), "{}", refused.messages);
+    assert_eq!(post("/unlock"), 204);
+
+    let mut runs = runs.into_iter();
+    let (first, second, third) = (runs.next().unwrap(), runs.next().unwrap(), runs.next().unwrap());
+    let third = third.wait();
+    assert!(third.success, "the kicked one got pbx's BYE: {}", third.report());
+    for run in [first.wait(), second.wait()] {
+        assert!(run.success, "{}", run.report());
+    }
+    let mut sinks = sinks.into_iter();
+    let (muted_heard, other_heard) = (audio(sinks.next().unwrap()), audio(sinks.next().unwrap()));
+    let late = window(&other_heard, 4.5, 6.5);
+    assert!(power(late, TONES[0]) < 100.0, "the muted one is heard: {:.0}", power(late, TONES[0]));
+    assert!(power(late, TONES[2]) < 100.0, "the kicked one is heard: {:.0}", power(late, TONES[2]));
+    let muted_late = window(&muted_heard, 4.5, 6.5);
+    assert!(power(muted_late, TONES[1]) > 1e5, "the muted one still hears the room");
+    assert_nothing_left(&pbx);
+}
+
+/// A participant that stops sending is concealed, then silent, and the others go on; at the
+/// RTP timeout its call ends like any call's. One that hangs up early leaves the others be.
+#[test]
+fn a_silent_participant_and_an_early_leaver_leave_the_others_unaffected() {
+    let options = PbxOptions { extensions: extensions(), ..PbxOptions::default() };
+    let pbx =
+        Pbx::start(options.own_rtp_ports(200).calls("rtp_timeout_s = 5").toml("[[conferences]]\nnumber = \"800\""));
+    let sinks: Vec<RtpSink> = (0..3).map(|_| RtpSink::for_sipp()).collect();
+    // 100 sends one second of its tone and then nothing; 102 hangs up after 3 s.
+    let seconds = [1.0, 9.0, 9.0];
+    let runs: Vec<SippProcess> = (0..3)
+        .map(|i| {
+            let pcap = pcap(&pbx, &format!("p{i}.pcap"), &tone(TONES[i], G711_RATE_HZ, seconds[i], 6000.0), &[]);
+            let number = format!("10{i}");
+            match i {
+                0 => participant(&pbx, "conference_uac_hungup.xml", &number, "800", &sinks[i], &pcap),
+                1 => participant(&pbx, "conference_uac.xml", &number, "800", &sinks[i], &pcap).args(&["-d", "9000"]),
+                _ => participant(&pbx, "conference_uac.xml", &number, "800", &sinks[i], &pcap).args(&["-d", "3000"]),
+            }
+            .spawn()
+        })
+        .collect();
+    wait_joined(&pbx, "800", 3);
+    // After the early leaver went: two, the silent one concealed.
+    let view = wait_joined(&pbx, "800", 2);
+    let silent = view["participants"].as_array().unwrap().iter().find(|p| p["number"] == "100").cloned();
+    let silent = silent.unwrap_or_else(|| panic!("{view}"));
+    assert!(silent["concealed_frames"].as_u64() > Some(0), "{silent}");
+    for run in runs {
+        let run = run.wait();
+        assert!(run.success, "{}", run.report());
+    }
+    let mut sinks = sinks.into_iter();
+    let (silent_heard, steady_heard) = (audio(sinks.next().unwrap()), audio(sinks.next().unwrap()));
+    assert!(power(window(&steady_heard, 0.3, 0.9), TONES[0]) > 1e5, "heard while it sent");
+    let later = window(&steady_heard, 4.0, 6.0);
+    assert!(power(later, TONES[0]) < 100.0, "silence after concealment: {:.0}", power(later, TONES[0]));
+    assert!(power(later, TONES[2]) < 100.0, "the one who left is gone: {:.0}", power(later, TONES[2]));
+    assert!(power(window(&silent_heard, 4.0, 5.5), TONES[1]) > 1e5, "the silent one still hears the room");
+    // Its call ended at the RTP timeout, pbx hanging up; the CDR says so.
+    let (_, cdrs) = pbx.api("GET", "/api/v1/cdrs?extension=100", None);
+    assert!(cdrs.contains("\"hangup\":\"pbx\""), "{cdrs}");
+    assert_nothing_left(&pbx);
+}
+
+/// Calls that do not get in: a room at its maximum (486), a number that is no room (404); the
+/// caller is told at once and no port stays taken.
+#[test]
+fn a_full_room_is_busy_and_an_unknown_room_is_not_found() {
+    let pbx = node("[[conferences]]\nnumber = \"802\"\nmax_participants = 1");
+    let sink = RtpSink::for_sipp();
+    let pcap = pcap(&pbx, "p.pcap", &tone(TONES[0], G711_RATE_HZ, 3.0, 6000.0), &[]);
+    let inside = participant(&pbx, "conference_uac.xml", "100", "802", &sink, &pcap).args(&["-d", "4000"]).spawn();
+    wait_joined(&pbx, "802", 1);
+    for (room, code, reason) in [("802", 486, "486 Conference room full"), ("899", 404, "404 Not Found")] {
+        let refused_sink = RtpSink::for_sipp();
+        let refused = Sipp::new("call_uac_fail.xml", pbx.sip, &pbx.scratch())
+            .caller("101", "secret-101", room)
+            .media(G711::Pcmu, &refused_sink, None)
+            .args(&["-m", "1"])
+            .run();
+        assert!(refused.success, "{}", refused.report());
+        assert_eq!(refused.received_codes().last(), Some(&code), "{}", refused.messages);
+        assert!(refused.messages.contains(reason), "{}", refused.messages);
+    }
+    let inside = inside.wait();
+    assert!(inside.success, "{}", inside.report());
+    assert_nothing_left(&pbx);
+}
+
+/// The licence gates rooms: without the `conference` feature a room's caller gets 403 saying
+/// so; with it, no more rooms at once than `conference_rooms` (the next gets 403 naming the
+/// limit, while joining the room already in use is fine). Emergency numbers are not rooms and
+/// never gated.
+#[test]
+fn the_licence_gates_conference_rooms() {
+    use pbx_tests::licence_server::Server;
+    use serde_json::json;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    let limits = |rooms: u32| json!({ "extensions": 10, "concurrent_calls": 8, "conference_rooms": rooms, "proxy_seats": 0, "cluster_nodes": 1 });
+    let grant = json!({ "features": [], "limits": limits(0), "valid_days": 30 });
+    assert_eq!(server.call("PUT", "/admin/v1/serials/PBX-CONF", grant, true).0, 200);
+    let voucher = json!({ "features": ["conference"], "limits": limits(1) });
+    assert_eq!(server.call("PUT", "/admin/v1/vouchers/V-CONF", voucher, true).0, 200);
+    let options = PbxOptions { extensions: extensions(), ..PbxOptions::default() }
+        .own_rtp_ports(200)
+        .licence("serial = \"PBX-CONF\"")
+        .licence(&format!("server_url = \"{}\"", server.url("")))
+        .licence(&format!("public_key = \"{}\"", server.public_key().to_hex()))
+        .licence(&format!("server_ca = {:?}", server.dir.join("tls-cert.pem")))
+        .toml("[[conferences]]\nnumber = \"800\"\n\n[[conferences]]\nnumber = \"801\"");
+    let pbx = Pbx::start(options);
+    let licence = || serde_json::from_str::<Value>(&pbx.api("GET", "/api/v1/licence", None).1).unwrap();
+    assert!(wait_until(Duration::from_secs(30), || licence()["status"] == "licensed"), "{}", licence());
+    let refused = |room: &str, from: &str| {
+        let sink = RtpSink::for_sipp();
+        let run = Sipp::new("call_uac_fail.xml", pbx.sip, &pbx.scratch())
+            .caller(from, &format!("secret-{from}"), room)
+            .media(G711::Pcmu, &sink, None)
+            .args(&["-m", "1"])
+            .run();
+        assert!(run.success, "{}", run.report());
+        assert_eq!(run.received_codes().last(), Some(&403), "{}", run.messages);
+        run.messages
+    };
+    let messages = refused("800", "100");
+    assert!(messages.contains("403 Licence: conferences not licensed"), "{messages}");
+    // The voucher unlocks conferences, one room at a time.
+    assert_eq!(pbx.api("POST", "/api/v1/vouchers", Some(r#"{"code":"V-CONF"}"#)).0, 200);
+    let unlocked = wait_until(Duration::from_secs(30), || {
+        licence()["effective"]["features"].as_array().is_some_and(|f| f.contains(&json!("conference")))
+    });
+    assert!(unlocked, "{}", licence());
+    let (sink, second_sink) = (RtpSink::for_sipp(), RtpSink::for_sipp());
+    let pcap = pcap(&pbx, "p.pcap", &tone(TONES[0], G711_RATE_HZ, 3.0, 6000.0), &[]);
+    let inside = participant(&pbx, "conference_uac.xml", "100", "800", &sink, &pcap).args(&["-d", "5000"]).spawn();
+    wait_joined(&pbx, "800", 1);
+    let messages = refused("801", "101");
+    assert!(messages.contains("403 Licence limit: 1 conference rooms"), "{messages}");
+    let second = participant(&pbx, "conference_uac.xml", "102", "800", &second_sink, &pcap).args(&["-d", "1500"]).run();
+    assert!(second.success, "the room in use takes more callers: {}", second.report());
+    let inside = inside.wait();
+    assert!(inside.success, "{}", inside.report());
     assert_nothing_left(&pbx);
 }
