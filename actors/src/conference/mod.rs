@@ -7,10 +7,13 @@
 //! - `dtmf`: RFC 4733 telephone events to digits, once per key press.
 //! - `tones`: the prompts, synthesised (no audio files are shipped).
 //!
+//! - `core`: one room in use as a sans-IO unit (the room machine, the mixer, strict sources,
+//!   silence, participation records), driven by the room's actor and by the simulator.
 //! - `actor`: the shells: the node's registry of rooms and one actor per room in use (the
 //!   room machine, the mixer, a socket per participant).
 
 pub mod actor;
+pub mod core;
 pub mod dtmf;
 pub mod room;
 pub mod tones;
