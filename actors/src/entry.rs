@@ -7,6 +7,7 @@
 
 use crate::Timestamp;
 use crate::cdr::Cdr;
+use crate::conference::core::Participation;
 use crate::licence::{Stored, StoredUnlocks};
 use crate::privacy::{AuditEntry, Right};
 use crate::registrar::{RegistrarCommand, RegistrarCommandV1};
@@ -71,6 +72,9 @@ pub enum Entry {
         at: Timestamp,
         audit: AuditEntry,
     },
+    /// Ended conference participations (issue 16): appended last, so every entry written
+    /// before reads as it did.
+    Participations(Vec<Participation>),
 }
 
 impl Entry {
@@ -102,6 +106,8 @@ pub trait EntryStore {
     fn erase(&mut self, subject: String, audit: AuditEntry) -> Result<(), Self::Error>;
     /// Sets or lifts a restriction or objection on `subject`.
     fn flag(&mut self, subject: String, right: Right, at: Timestamp, audit: AuditEntry) -> Result<(), Self::Error>;
+    /// Ended conference participations (category `conference-participation`).
+    fn put_participations(&mut self, participations: Vec<Participation>) -> Result<(), Self::Error>;
 }
 
 /// What a committed entry changes in `store`.
@@ -113,6 +119,7 @@ pub fn apply_entry<S: EntryStore + ?Sized>(store: &mut S, entry: Entry) -> Resul
         Entry::Unlocks(stored) => store.save_unlocks(stored),
         Entry::Erase { subject, audit } => store.erase(subject, audit),
         Entry::Flag { subject, right, at, audit } => store.flag(subject, right, at, audit),
+        Entry::Participations(participations) => store.put_participations(participations),
     }
 }
 

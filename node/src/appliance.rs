@@ -214,7 +214,7 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         clock,
         licence: licence.view.clone(),
         inactivity: Duration::from_secs(config.calls.rtp_timeout_s.into()),
-        sink: Arc::new(crate::conference::Participations::new(core.registrar.clone())),
+        sink: Arc::new(crate::conference::Participations::new(core.registrar.clone(), replication.clone())),
         current: core.conferences.clone(),
     };
     supervisor::start(&supervisor, conferences).await.map_err(anyhow::Error::msg).context("start conferences")?;

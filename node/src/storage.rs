@@ -18,6 +18,7 @@
 
 use pbx_actors::Timestamp;
 use pbx_actors::cdr::{Cdr, CdrStore, CdrStored};
+use pbx_actors::conference::core::Participation;
 use pbx_actors::registrar::{Binding, BindingV1, Extension, RegistrarCommand, RegistrarStore};
 use pbx_actors::store::StoreError;
 use pbx_cluster::redb_file::{RedbFile, Rewritten, check_all_copied, copy_table};
@@ -41,6 +42,9 @@ const BINDINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("bindings");
 /// Keyed by `(end µs, id)`: a time window is a key range, and the id keeps apart calls that
 /// ended in the same microsecond.
 const CDRS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("cdrs");
+/// Ended conference participations, keyed by `(left µs, participant id)`
+/// (`conference-participation`).
+const PARTICIPATIONS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("conference_participations");
 /// The last verified licence and voucher unlocks (keys `licence`, `unlocks`), as the service
 /// signed them, so a restart during an outage still knows what is licensed.
 const LICENCE: TableDefinition<&str, &[u8]> = TableDefinition::new("licence");
@@ -62,8 +66,16 @@ pub const DB_FILE: &str = "pbx.redb";
 
 /// Every table of the file; each must be declared in the privacy inventory
 /// (`pbx_actors::privacy::INVENTORY`) — a test checks it.
-pub const TABLES: &[&str] =
-    &["extensions", "bindings", "cdrs", "security_log", "privacy_audit", "privacy_flags", "erasure_tombstones"];
+pub const TABLES: &[&str] = &[
+    "extensions",
+    "bindings",
+    "cdrs",
+    "conference_participations",
+    "security_log",
+    "privacy_audit",
+    "privacy_flags",
+    "erasure_tombstones",
+];
 /// Tables that hold no personal data: the licence documents (serial number, features, limits,
 /// signatures — about the PBX, not about anyone), and the file's housekeeping.
 pub const NON_PERSONAL_TABLES: &[&str] = &["licence", "maintenance"];
@@ -112,6 +124,11 @@ enum StoredCdrV {
 }
 
 #[derive(Serialize, Deserialize)]
+enum StoredParticipationV {
+    V1(Participation),
+}
+
+#[derive(Serialize, Deserialize)]
 enum StoredLicenceV {
     V1(pbx_actors::licence::Stored),
 }
@@ -149,6 +166,7 @@ impl Storage {
         tx.open_table(EXTENSIONS).map_err(redb_err)?;
         tx.open_table(BINDINGS).map_err(redb_err)?;
         tx.open_table(CDRS).map_err(redb_err)?;
+        tx.open_table(PARTICIPATIONS).map_err(redb_err)?;
         tx.open_table(LICENCE).map_err(redb_err)?;
         tx.open_table(SECURITY_LOG).map_err(redb_err)?;
         tx.open_table(PRIVACY_AUDIT).map_err(redb_err)?;
@@ -191,6 +209,7 @@ impl Storage {
                 copy_table(from, to, EXTENSIONS)?;
                 copy_table(from, to, BINDINGS)?;
                 copy_table(from, to, CDRS)?;
+                copy_table(from, to, PARTICIPATIONS)?;
                 copy_table(from, to, LICENCE)?;
                 copy_table(from, to, SECURITY_LOG)?;
                 copy_table(from, to, PRIVACY_AUDIT)?;
@@ -208,6 +227,7 @@ impl Storage {
                     EXTENSIONS.name(),
                     BINDINGS.name(),
                     CDRS.name(),
+                    PARTICIPATIONS.name(),
                     LICENCE.name(),
                     SECURITY_LOG.name(),
                     PRIVACY_AUDIT.name(),
@@ -307,6 +327,21 @@ impl Storage {
             for cdr in cdrs {
                 let value = postcard::to_allocvec(&StoredCdrV::V1(cdr.clone())).map_err(redb_err)?;
                 table.insert((cdr.end.as_micros(), cdr.id), value.as_slice()).map_err(redb_err)?;
+            }
+        }
+        tx.commit().map_err(redb_err)
+    }
+
+    /// Stores ended conference participations in one durable transaction; storing one again
+    /// (same end and id) keeps one copy.
+    pub fn put_participations(&self, participations: &[Participation]) -> Result<(), StorageError> {
+        let mut tx = self.db.begin_write().map_err(redb_err)?;
+        tx.set_durability(Durability::Immediate).map_err(redb_err)?;
+        {
+            let mut table = tx.open_table(PARTICIPATIONS).map_err(redb_err)?;
+            for p in participations {
+                let value = postcard::to_allocvec(&StoredParticipationV::V1(p.clone())).map_err(redb_err)?;
+                table.insert((p.left.as_micros(), p.id), value.as_slice()).map_err(redb_err)?;
             }
         }
         tx.commit().map_err(redb_err)

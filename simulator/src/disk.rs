@@ -31,6 +31,8 @@ pub struct Disk {
     /// The CDRs' `(end, id)`, oldest first: the order the reaper deletes them in.
     pub cdr_ends: BTreeSet<Key>,
     pub duplicate_cdrs: Vec<Cdr>,
+    /// Ended conference participations by `(left, participant id)`.
+    pub participations: BTreeMap<Key, pbx_actors::conference::core::Participation>,
     pub security_log: BTreeMap<Key, SecurityEntry>,
     /// Keys of security-log entries not yet anonymised.
     pub security_fresh: BTreeSet<Key>,
@@ -126,6 +128,13 @@ impl Disk {
                 }
                 due.len()
             }
+            ("conference-participation", Action::Delete) => {
+                let due: Vec<Key> = self.participations.range(..before).take(limit).map(|(key, _)| *key).collect();
+                for key in &due {
+                    self.participations.remove(key);
+                }
+                due.len()
+            }
             ("privacy-audit", Action::Delete) => {
                 let due: Vec<Key> = self.audit.range(..before).take(limit).map(|(key, _)| *key).collect();
                 for key in &due {
@@ -171,6 +180,16 @@ impl EntryStore for Disk {
                     self.bindings.remove(&(aor, contact));
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn put_participations(
+        &mut self,
+        participations: Vec<pbx_actors::conference::core::Participation>,
+    ) -> Result<(), String> {
+        for p in participations {
+            self.participations.insert((p.left, p.id), p);
         }
         Ok(())
     }

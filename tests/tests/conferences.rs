@@ -395,3 +395,43 @@ fn the_licence_gates_conference_rooms() {
     assert!(inside.success, "{}", inside.report());
     assert_nothing_left(&pbx);
 }
+
+/// The participations of `number` in its subject export.
+fn participations(pbx: &Pbx, number: &str) -> Vec<Value> {
+    let (code, body) = pbx.api("GET", &format!("/api/v1/privacy/subjects/{number}/export"), None);
+    assert_eq!(code, 200, "{body}");
+    let export: Value = serde_json::from_str(&body).expect("JSON");
+    export["conference_participations"].as_array().cloned().unwrap_or_default()
+}
+
+/// A participation ends → its record is stored (room, number, times; no audio) and exported
+/// with the number's data; kill -9 with the room still up loses none that ended.
+#[test]
+fn participations_are_recorded_and_survive_kill_9() {
+    let mut pbx = node("[[conferences]]\nnumber = \"800\"");
+    let (left_sink, staying_sink) = (RtpSink::for_sipp(), RtpSink::for_sipp());
+    let pcap = pcap(&pbx, "p.pcap", &tone(TONES[0], G711_RATE_HZ, 2.0, 6000.0), &[]);
+    let staying = participant(&pbx, "conference_uac_hungup.xml", "101", "800", &staying_sink, &pcap).spawn();
+    wait_joined(&pbx, "800", 1);
+    let left = participant(&pbx, "conference_uac.xml", "100", "800", &left_sink, &pcap).args(&["-d", "1500"]).run();
+    assert!(left.success, "{}", left.report());
+    let mut recorded = Vec::new();
+    assert!(wait_until(Duration::from_secs(10), || {
+        recorded = participations(&pbx, "100");
+        !recorded.is_empty()
+    }));
+    let record = &recorded[0];
+    assert_eq!(record["room"], "800", "{record}");
+    assert_eq!(record["number"], "100", "{record}");
+    for key in ["arrived", "joined", "left"] {
+        assert!(record[key].as_str().is_some_and(|t| t.ends_with('Z')), "{key}: {record}");
+    }
+    assert!(record.get("audio").is_none(), "{record}");
+    // The room is still up with 101 in it: the crash.
+    assert_eq!(room(&pbx, "800")["active"], true);
+    pbx.kill9();
+    pbx.start_again();
+    assert_eq!(participations(&pbx, "100"), recorded, "the ended participation survived kill -9");
+    let _ = staying.stop();
+    assert_eq!(room(&pbx, "800")["active"], false, "rooms are memory: none after a restart");
+}

@@ -36,6 +36,8 @@ pub struct RoomDecl {
 /// A participant's ended stay in a room: what the participation record keeps (never audio).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Participation {
+    /// The participant's id on the node that ran the room (as the API listed it).
+    pub id: u64,
     pub room: String,
     /// The caller's extension.
     pub number: String,
@@ -456,6 +458,7 @@ impl RoomCore {
         let Some(place) = self.places.remove(&participant) else { return };
         self.mixer.leave(participant);
         let record = Participation {
+            id: participant,
             room: self.decl.number.clone(),
             number: place.caller,
             arrived: place.arrived,

@@ -152,6 +152,20 @@ pub const INVENTORY: &[DataCategory] = &[
         subjects: &[SubjectKind::Extension, SubjectKind::PhoneNumber, SubjectKind::IpAddress],
     },
     DataCategory {
+        id: "conference-participation",
+        data: "conference room number, the participant's extension, when its call reached the room, when it came in (after the PIN) and when it left; never the audio (rooms record nothing)",
+        purpose: "the history of a conference (who took part, when) for billing and the users' call history, as for call detail records",
+        legal_basis: &[LegalBasis::Contract],
+        // Like the call detail record of the same call (its period and key).
+        retention: Retention::Delete {
+            days: 90,
+            from: "when the participant left the room",
+            config: "calls.cdr_retention_days",
+        },
+        stored_in: &["redb:conference_participations"],
+        subjects: &[SubjectKind::Extension],
+    },
+    DataCategory {
         id: "call-in-progress",
         data: "caller and callee numbers and display names, SIP dialog identifiers (Call-ID, tags, contact URIs with IP addresses and ports), SDP media addresses, the RTP source addresses seen; the voice itself is relayed, never stored",
         purpose: "connect the call and carry its media",

@@ -143,7 +143,9 @@ pub struct Operator {
 /// notice states what the reaper enforces here.
 pub fn retention_for(category: &DataCategory, periods: &Periods) -> Retention {
     match (category.id, category.retention) {
-        ("cdr", Retention::Delete { from, config, .. }) => Retention::Delete { days: periods.cdr_days, from, config },
+        ("cdr" | "conference-participation", Retention::Delete { from, config, .. }) => {
+            Retention::Delete { days: periods.cdr_days, from, config }
+        }
         ("privacy-audit", Retention::Delete { from, config, .. }) => {
             Retention::Delete { days: periods.audit_days, from, config }
         }
@@ -255,6 +257,20 @@ const TRANSLATIONS: &[Translation] = &[
             fr: "dépannage du service et statistiques d'appels",
         }),
         from: Some(Tr { de: "Gesprächsende", fr: "la fin de l'appel" }),
+    },
+    Translation {
+        id: "conference-participation",
+        title: ["Konferenzteilnahmen", "Conference participations", "Participations aux conférences"],
+        data: Tr {
+            de: "Nummer des Konferenzraums, die Nebenstelle des Teilnehmers, wann sein Anruf den Raum erreichte, wann er (nach der PIN) eintrat und wann er ihn verließ; nie der Ton (Räume zeichnen nichts auf)",
+            fr: "numéro de la salle de conférence, le poste du participant, quand son appel a atteint la salle, quand il y est entré (après le code PIN) et quand il l'a quittée ; jamais le son (les salles n'enregistrent rien)",
+        },
+        purpose: Tr {
+            de: "Verlauf einer Konferenz (wer teilnahm und wann) für Abrechnung und die Anrufliste der Nutzer, wie bei den Verbindungsdaten",
+            fr: "historique d'une conférence (qui y a participé et quand) pour la facturation et l'historique des appels des utilisateurs, comme pour les relevés détaillés des appels",
+        },
+        interest: None,
+        from: Some(Tr { de: "dem Verlassen des Raums", fr: "la sortie de la salle" }),
     },
     Translation {
         id: "call-in-progress",

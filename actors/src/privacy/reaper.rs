@@ -247,6 +247,7 @@ pub fn rules(periods: &Periods) -> Vec<Rule> {
         Rule { category: "security-log", action: Action::Anonymise, after: days(periods.request_log_anonymise_days) },
         Rule { category: "security-log", action: Action::Delete, after: days(periods.request_log_delete_days) },
         Rule { category: "cdr", action: Action::Delete, after: days(periods.cdr_days) },
+        Rule { category: "conference-participation", action: Action::Delete, after: days(periods.cdr_days) },
         Rule { category: "privacy-audit", action: Action::Delete, after: days(periods.audit_days) },
     ]
 }

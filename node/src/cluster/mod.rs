@@ -24,6 +24,7 @@ use crate::secrets::PrivacyKey;
 use crate::storage::{CdrSink, Erased, Flags, Storage, Tombstone};
 use pbx_actors::Timestamp;
 use pbx_actors::cdr::Cdr;
+use pbx_actors::conference::core::Participation;
 use pbx_actors::entry::{Entry, EntryStore, apply_entry};
 use pbx_actors::licence::{LicenceStore, Stored, StoredUnlocks};
 use pbx_actors::privacy::{AuditEntry, AuditEvent, Right, Subject};
@@ -231,6 +232,10 @@ impl EntryStore for Applying<'_> {
 
     fn put_cdrs(&mut self, cdrs: Vec<Cdr>) -> Result<(), ApplyError> {
         self.applier.storage.put_cdrs(&cdrs).map_err(ApplyError::storage)
+    }
+
+    fn put_participations(&mut self, participations: Vec<Participation>) -> Result<(), ApplyError> {
+        self.applier.storage.put_participations(&participations).map_err(ApplyError::storage)
     }
 
     fn save_licence(&mut self, stored: Stored) -> Result<(), ApplyError> {
@@ -490,6 +495,23 @@ impl CdrSink for ReplicatedCdrs {
                 tracing::warn!(%reason, records = cdrs.len(), "call records not replicated; kept on this node only");
                 metrics::counter!("pbx_cdrs_unreplicated_total").increment(cdrs.len() as u64);
                 self.0.applier.storage.put_cdrs(cdrs).map_err(|e| StoreError::Disk(e.to_string()))
+            }
+        }
+    }
+}
+
+/// Conference participation records go to every node like call records; without a quorum
+/// they are kept on this node.
+pub struct ReplicatedParticipations(pub Replication);
+
+impl ReplicatedParticipations {
+    /// Blocks until stored: call it off the async runtime.
+    pub fn put(&self, participations: &[Participation]) -> Result<(), StoreError> {
+        match self.0.write_blocking(Entry::Participations(participations.to_vec())) {
+            Ok(_) => Ok(()),
+            Err(reason) => {
+                tracing::warn!(%reason, records = participations.len(), "participations not replicated; kept on this node only");
+                self.0.applier.storage.put_participations(participations).map_err(|e| StoreError::Disk(e.to_string()))
             }
         }
     }

@@ -232,7 +232,11 @@ async fn export(
         .as_ref()
         .map(|e| e.display_name.clone())
         .or_else(|| held.stored.extension.as_ref().map(|e| e.display_name.clone()));
-    let records = (held.stored.cdrs.len() + held.stored.security_log.len() + bindings.len() + held.calls.len()) as u64
+    let records = (held.stored.cdrs.len()
+        + held.stored.participations.len()
+        + held.stored.security_log.len()
+        + bindings.len()
+        + held.calls.len()) as u64
         + u64::from(extension.is_some());
     let document = json!({
         "subject": subject.id(),
@@ -246,6 +250,13 @@ async fn export(
         })),
         "registrations": bindings,
         "cdrs": held.stored.cdrs.iter().cloned().map(CdrOut::from).collect::<Vec<_>>(),
+        "conference_participations": held.stored.participations.iter().map(|p| json!({
+            "room": p.room,
+            "number": p.number,
+            "arrived": rfc3339(p.arrived),
+            "joined": p.joined.map(rfc3339),
+            "left": rfc3339(p.left),
+        })).collect::<Vec<_>>(),
         "calls_in_progress": held.calls.iter().cloned().map(|c| ActiveCallOut::new(c, now)).collect::<Vec<_>>(),
         "security_log": held.stored.security_log.iter().map(security_json).collect::<Vec<_>>(),
         "privacy_flags": held.stored.flags.as_ref().map(flags_json),

@@ -11,11 +11,12 @@
 //! file, so the erased or anonymised bytes leave the disk file as well as the tables.
 
 use super::{
-    BINDINGS, CDRS, EXTENSIONS, PRIVACY_AUDIT, PRIVACY_FLAGS, SECURITY_LOG, Storage, StorageError, StoredBindingV,
-    StoredCdrV, StoredExtensionV, TOMBSTONES, decode, mark_rewrite_due, redb_err,
+    BINDINGS, CDRS, EXTENSIONS, PARTICIPATIONS, PRIVACY_AUDIT, PRIVACY_FLAGS, SECURITY_LOG, Storage, StorageError,
+    StoredBindingV, StoredCdrV, StoredExtensionV, StoredParticipationV, TOMBSTONES, decode, mark_rewrite_due, redb_err,
 };
 use pbx_actors::Timestamp;
 use pbx_actors::cdr::Cdr;
+use pbx_actors::conference::core::Participation;
 use pbx_actors::privacy::reaper::{Action, Batch};
 use pbx_actors::privacy::{
     AuditEntry, AuditEvent, ERASED, SUBJECT_ID_MAX, SecurityEntry, SecurityEvent, Subject, flood_network,
@@ -112,6 +113,7 @@ pub struct SubjectRecords {
     pub extension: Option<Extension>,
     pub bindings: Vec<Binding>,
     pub cdrs: Vec<Cdr>,
+    pub participations: Vec<Participation>,
     pub security_log: Vec<SecurityEntry>,
     pub flags: Option<Flags>,
 }
@@ -121,6 +123,7 @@ impl SubjectRecords {
         self.extension.is_none()
             && self.bindings.is_empty()
             && self.cdrs.is_empty()
+            && self.participations.is_empty()
             && self.security_log.is_empty()
             && self.flags.is_none()
     }
@@ -132,13 +135,14 @@ pub struct Erased {
     pub extension: u64,
     pub bindings: u64,
     pub cdrs_masked: u64,
+    pub participations: u64,
     pub security_log: u64,
     pub flags: u64,
 }
 
 impl Erased {
     pub fn total(&self) -> u64 {
-        self.extension + self.bindings + self.cdrs_masked + self.security_log + self.flags
+        self.extension + self.bindings + self.cdrs_masked + self.participations + self.security_log + self.flags
     }
 }
 
@@ -348,6 +352,16 @@ impl Storage {
                 out.cdrs.push(c);
             }
         }
+        if let Subject::Number(n) = subject {
+            for row in tx.open_table(PARTICIPATIONS).map_err(redb_err)?.iter().map_err(redb_err)? {
+                let (k, v) = row.map_err(redb_err)?;
+                let StoredParticipationV::V1(p) =
+                    decode("conference_participations", || format!("{:?}", k.value()), v.value())?;
+                if p.involves(n) {
+                    out.participations.push(p);
+                }
+            }
+        }
         for row in tx.open_table(SECURITY_LOG).map_err(redb_err)?.iter().map_err(redb_err)? {
             let (k, v) = row.map_err(redb_err)?;
             let e = decode_security(k.value(), v.value())?;
@@ -426,6 +440,24 @@ impl Storage {
                 cdrs.insert(*k, value.as_slice()).map_err(redb_err)?;
             }
             erased.cdrs_masked = masked.len() as u64;
+
+            // A participation is one person's alone (the room is nobody's): it goes whole.
+            if let Subject::Number(n) = subject {
+                let mut participations = tx.open_table(PARTICIPATIONS).map_err(redb_err)?;
+                let mut doomed = Vec::new();
+                for row in participations.iter().map_err(redb_err)? {
+                    let (k, v) = row.map_err(redb_err)?;
+                    let StoredParticipationV::V1(p) =
+                        decode("conference_participations", || format!("{:?}", k.value()), v.value())?;
+                    if p.involves(n) {
+                        doomed.push(k.value());
+                    }
+                }
+                for k in &doomed {
+                    participations.remove(*k).map_err(redb_err)?;
+                }
+                erased.participations = doomed.len() as u64;
+            }
 
             let mut log = tx.open_table(SECURITY_LOG).map_err(redb_err)?;
             let mut changed = Vec::new();
@@ -514,6 +546,9 @@ impl Storage {
                 due.len()
             }
             ("cdr", Action::Delete) => delete_oldest(&mut tx.open_table(CDRS).map_err(redb_err)?, cutoff, limit)?,
+            ("conference-participation", Action::Delete) => {
+                delete_oldest(&mut tx.open_table(PARTICIPATIONS).map_err(redb_err)?, cutoff, limit)?
+            }
             ("security-log", Action::Delete) => {
                 delete_oldest(&mut tx.open_table(SECURITY_LOG).map_err(redb_err)?, cutoff, limit)?
             }
@@ -998,7 +1033,10 @@ mod tests {
         );
 
         let erased = s.erase(&subject, None, |_| audit_at(5)).unwrap();
-        assert_eq!(erased, Erased { extension: 1, bindings: 1, cdrs_masked: 2, security_log: 1, flags: 1 });
+        assert_eq!(
+            erased,
+            Erased { extension: 1, bindings: 1, cdrs_masked: 2, participations: 0, security_log: 1, flags: 1 }
+        );
         assert!(s.subject_records(&subject).unwrap().is_empty());
         let cdrs = s.query_cdrs(None, None, None, &Default::default(), None, 10).unwrap().0;
         let view: Vec<_> =
@@ -1292,5 +1330,36 @@ mod tests {
         drop(writer);
         let view: Vec<_> = s.security_log(10).unwrap().into_iter().map(|e| (e.count, e.user)).collect();
         assert_eq!(view, [(1_500, Some(ERASED.to_string()))]);
+    }
+
+    fn participation(id: u64, number: &str, left_s: u64) -> Participation {
+        Participation {
+            id,
+            room: "800".into(),
+            number: number.into(),
+            arrived: Timestamp::from_secs(left_s - 60),
+            joined: Some(Timestamp::from_secs(left_s - 50)),
+            left: Timestamp::from_secs(left_s),
+        }
+    }
+
+    /// Participations: stored once however often written, exported and erased with their
+    /// number (whole: nobody else is in the record), and reaped by their end.
+    #[test]
+    fn participations_are_exported_erased_and_reaped() {
+        let (_dir, s) = open();
+        let (a, b, c) =
+            (participation(1, "100", 10 * DAY), participation(2, "101", 10 * DAY), participation(3, "100", 30 * DAY));
+        s.put_participations(&[a.clone(), b.clone(), c.clone()]).unwrap();
+        s.put_participations(std::slice::from_ref(&a)).unwrap();
+        let number = |n: &str| Subject::Number(n.into());
+        assert_eq!(s.subject_records(&number("100")).unwrap().participations, [a.clone(), c.clone()]);
+        assert!(s.subject_records(&Subject::Ip("192.0.2.7".parse().unwrap())).unwrap().participations.is_empty());
+        assert_eq!(s.reap(&batch("conference-participation", Action::Delete, 20 * DAY, 10)).unwrap(), 2);
+        assert_eq!(s.subject_records(&number("100")).unwrap().participations, [c]);
+        let erased = s.erase(&number("100"), None, |_| audit_at(40 * DAY)).unwrap();
+        assert_eq!(erased.participations, 1);
+        assert!(s.subject_records(&number("100")).unwrap().participations.is_empty());
+        assert!(s.subject_records(&number("101")).unwrap().participations.is_empty(), "reaped before");
     }
 }

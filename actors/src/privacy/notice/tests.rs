@@ -179,7 +179,7 @@ fn retention_for_follows_the_reaper_rules() {
         assert_eq!(u64::from(stated) * 86_400, rule.after.as_secs(), "{} {:?}", c.id, rule.action);
         checked += 1;
     }
-    assert_eq!(checked, 4);
+    assert_eq!(checked, 5);
     let extension = super::super::category("extension").expect("declared");
     assert_eq!(retention_for(extension, &periods), extension.retention);
 }
