@@ -435,3 +435,49 @@ fn participations_are_recorded_and_survive_kill_9() {
     let _ = staying.stop();
     assert_eq!(room(&pbx, "800")["active"], false, "rooms are memory: none after a restart");
 }
+
+/// A stranger who finds the room's ports (it sweeps the node's whole RTP range) and floods
+/// them with a loud tone and with garbage is not heard: each port takes only its
+/// participant's source. The drops are counted and the room goes on.
+#[test]
+fn a_stranger_sweeping_the_rtp_ports_is_not_heard() {
+    use pbx_tests::rtp::rtp_packet;
+    let pbx = node("[[conferences]]\nnumber = \"800\"");
+    let sinks: Vec<RtpSink> = (0..2).map(|_| RtpSink::for_sipp()).collect();
+    let runs: Vec<SippProcess> = (0..2)
+        .map(|i| {
+            let pcap = pcap(&pbx, &format!("p{i}.pcap"), &tone(TONES[i], G711_RATE_HZ, 5.0, 6000.0), &[]);
+            participant(&pbx, "conference_uac.xml", &format!("10{i}"), "800", &sinks[i], &pcap)
+                .args(&["-d", "5500"])
+                .spawn()
+        })
+        .collect();
+    wait_joined(&pbx, "800", 2);
+    std::thread::sleep(Duration::from_millis(500));
+    let stranger = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let loud = G711::Pcmu.encode(&tone(3000.0, G711_RATE_HZ, 0.02, 12000.0));
+    let ports = pbx.rtp_ports.clone().expect("own ports");
+    let mut sent = 0u64;
+    for round in 0..40u16 {
+        for port in ports.clone() {
+            let packet = rtp_packet(0, round, u32::from(round) * 160, 0xBAD, false, &loud);
+            let _ = stranger.send_to(&packet, ("127.0.0.1", port));
+            let _ = stranger.send_to(b"\xff\x00garbage", ("127.0.0.1", port));
+            sent += 2;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for run in runs {
+        let run = run.wait();
+        assert!(run.success, "{}", run.report());
+    }
+    for (i, sink) in sinks.into_iter().enumerate() {
+        let heard = audio(sink);
+        let stranger_tone = power(window(&heard, 1.0, 4.5), 3000.0);
+        assert!(stranger_tone < 100.0, "participant {i} hears the stranger: {stranger_tone:.0}");
+        assert!(power(window(&heard, 1.0, 4.5), TONES[1 - i]) > 1e5, "participant {i} still hears the other");
+    }
+    let foreign = pbx.metric("pbx_conference_foreign_packets_total").unwrap_or(0.0);
+    assert!(foreign > 0.0 && foreign <= sent as f64, "foreign packets counted: {foreign} of {sent}");
+    assert_nothing_left(&pbx);
+}

@@ -337,9 +337,15 @@ pub struct RoomArgs {
     seed: u64,
 }
 
+/// Datagrams read from one participant's port and not yet handled by the room: beyond it the
+/// reader drops them (counted), so a flood at one port costs a bounded mailbox, not memory.
+pub const PACKETS_QUEUED_MAX: usize = 64;
+
 /// One participant's port, as the room's shell holds it.
 struct Port {
     events: SeatEvents,
+    /// Datagrams handed to the room and not yet handled (see [`PACKETS_QUEUED_MAX`]).
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     socket: Arc<tokio::net::UdpSocket>,
     /// Held so that nobody else binds the RTCP port the SDP implies; nothing is read from it.
     _rtcp: std::net::UdpSocket,
@@ -410,7 +416,12 @@ impl Actor for RoomActor {
             }
             RoomMsg::Peer { participant, peer } => s.core.peer(participant, peer),
             RoomMsg::Leave { participant } => s.core.leave(now, participant),
-            RoomMsg::Packet { participant, from, datagram } => s.core.packet(now, participant, from, &datagram),
+            RoomMsg::Packet { participant, from, datagram } => {
+                if let Some(port) = s.ports.get(&participant) {
+                    port.queued.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                }
+                s.core.packet(now, participant, from, &datagram)
+            }
             RoomMsg::Tick => s.core.handle_timeout(now),
             RoomMsg::View(reply) => {
                 let _ = reply.send(s.core.view());
@@ -462,13 +473,19 @@ impl RoomState {
         self.core.admissible()?;
         let (port, socket, rtcp) = self.bind()?;
         let socket = Arc::new(socket);
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let reader = {
-            let socket = socket.clone();
+            let (socket, queued) = (socket.clone(), queued.clone());
             let me = me.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 2048];
                 loop {
                     let Ok((n, from)) = socket.recv_from(&mut buf).await else { return };
+                    if queued.load(std::sync::atomic::Ordering::Acquire) >= PACKETS_QUEUED_MAX {
+                        metrics::counter!("pbx_conference_packets_shed_total").increment(1);
+                        continue;
+                    }
+                    queued.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                     let datagram = buf[..n].to_vec();
                     if me.cast(RoomMsg::Packet { participant, from, datagram }).is_err() {
                         return;
@@ -476,7 +493,7 @@ impl RoomState {
                 }
             })
         };
-        self.ports.insert(participant, Port { events, socket, _rtcp: rtcp, port, reader });
+        self.ports.insert(participant, Port { events, queued, socket, _rtcp: rtcp, port, reader });
         if let Err(refused) = self.core.admit(now, participant, caller, source) {
             self.release(participant);
             return Err(refused);
