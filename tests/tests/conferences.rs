@@ -481,3 +481,73 @@ fn a_stranger_sweeping_the_rtp_ports_is_not_heard() {
     assert!(foreign > 0.0 && foreign <= sent as f64, "foreign packets counted: {foreign} of {sent}");
     assert_nothing_left(&pbx);
 }
+
+/// A moderator (the moderator PIN) locks the room with `*5` and mutes the others with `*7`;
+/// a participant pressing `*5` changes nothing. The API shows each step.
+#[test]
+fn a_moderator_locks_with_star_5_and_mutes_all_with_star_7() {
+    let pbx = node("[[conferences]]\nnumber = \"803\"\npin = \"1111\"\nmoderator_pin = \"2222\"");
+    let (moderator_sink, participant_sink) = (RtpSink::for_sipp(), RtpSink::for_sipp());
+    // The participant joins first and presses *5 (not allowed); the moderator joins, then
+    // presses *5 (lock) and *7 (mute all).
+    let mut participant_keys = keys(500, "1111#");
+    participant_keys.extend(keys(2500, "*5"));
+    let mut moderator_keys = keys(500, "2222#");
+    moderator_keys.extend(keys(2500, "*5"));
+    moderator_keys.extend(keys(3500, "*7"));
+    let participant_pcap = pcap(&pbx, "p.pcap", &tone(TONES[0], G711_RATE_HZ, 11.0, 6000.0), &participant_keys);
+    let moderator_pcap = pcap(&pbx, "m.pcap", &tone(TONES[1], G711_RATE_HZ, 6.0, 6000.0), &moderator_keys);
+    let member = participant(&pbx, "conference_uac.xml", "100", "803", &participant_sink, &participant_pcap)
+        .args(&["-d", "12000"])
+        .spawn();
+    wait_joined(&pbx, "803", 1);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(room(&pbx, "803")["locked"], false, "a participant's *5 locks nothing");
+    let moderator = participant(&pbx, "conference_uac.xml", "101", "803", &moderator_sink, &moderator_pcap)
+        .args(&["-d", "6000"])
+        .spawn();
+    let mut view = Value::Null;
+    let locked_and_muted = wait_until(Duration::from_secs(10), || {
+        view = room(&pbx, "803");
+        let muted = view["participants"].as_array().is_some_and(|ps| {
+            ps.iter().any(|p| p["number"] == "100" && p["muted"] == true)
+                && ps.iter().any(|p| p["number"] == "101" && p["moderator"] == true && p["muted"] == false)
+        });
+        view["locked"] == true && muted
+    });
+    assert!(locked_and_muted, "{view}");
+    for run in [member.wait(), moderator.wait()] {
+        assert!(run.success, "{}", run.report());
+    }
+    // After *7 the moderator no longer hears the participant.
+    let heard = audio(moderator_sink);
+    let late = window(&heard, 4.5, 5.5);
+    assert!(power(late, TONES[0]) < 100.0, "muted by *7 but heard: {:.0}", power(late, TONES[0]));
+    drop(participant_sink);
+    assert_nothing_left(&pbx);
+}
+
+/// The conferences actor fails (the test hook's panic): every caller in its rooms gets a BYE
+/// (nobody is left in a room nobody runs), the supervisor restarts it, and the room works again.
+#[test]
+fn a_failed_conferences_actor_hangs_up_its_callers_and_comes_back() {
+    let options = PbxOptions { extensions: extensions(), ..PbxOptions::default() };
+    let pbx = Pbx::start(options.own_rtp_ports(200).test_hooks().toml("[[conferences]]\nnumber = \"800\""));
+    let sink = RtpSink::for_sipp();
+    let pcap = pcap(&pbx, "p.pcap", &tone(TONES[0], G711_RATE_HZ, 3.0, 6000.0), &[]);
+    let inside = participant(&pbx, "conference_uac_hungup.xml", "100", "800", &sink, &pcap).spawn();
+    wait_joined(&pbx, "800", 1);
+    let (code, body) = pbx.api("POST", "/api/v1/debug/panic/conferences", None);
+    assert_eq!(code, 202, "{body}");
+    let inside = inside.wait();
+    assert!(inside.success, "hung up when its room went: {}", inside.report());
+    let restarted = || pbx.metric("pbx_actor_restarts_total{actor=\"conferences\"}") == Some(1.0);
+    assert!(wait_until(Duration::from_secs(10), restarted), "{}", pbx.metrics());
+    assert!(wait_until(Duration::from_secs(10), || pbx.readyz().0 == 200), "{:?}", pbx.readyz());
+    let again_sink = RtpSink::for_sipp();
+    let again = participant(&pbx, "conference_uac.xml", "101", "800", &again_sink, &pcap).args(&["-d", "2000"]).spawn();
+    wait_joined(&pbx, "800", 1);
+    let again = again.wait();
+    assert!(again.success, "{}", again.report());
+    assert_nothing_left(&pbx);
+}

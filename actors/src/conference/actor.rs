@@ -82,6 +82,8 @@ pub enum ConferencesMsg {
         control: Control,
         reply: RpcReplyPort<Option<bool>>,
     },
+    /// The supervisor's ping and the test hook's panic.
+    Shell(crate::shell::Control),
 }
 
 // Local only; see `crate::shell` on ractor's `cluster` feature.
@@ -177,6 +179,7 @@ impl Actor for ConferencesActor {
                 };
                 let _ = reply.send(answer);
             }
+            ConferencesMsg::Shell(control) => control.obey("conferences"),
         }
         s.gauges();
         Ok(())
@@ -447,12 +450,15 @@ impl Actor for RoomActor {
 
 impl Drop for RoomState {
     fn drop(&mut self) {
-        // A room that failed (no `post_stop`) still gives its ports back and stops its tasks.
+        // A room that failed, or went with a failed conferences actor (no `post_stop`), still
+        // hangs up its callers, gives its ports back and stops its tasks. A room that stopped
+        // has no port left here.
         if let Some(ticker) = self.ticker.take() {
             ticker.abort();
         }
         let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
         for port in self.ports.values() {
+            (port.events)(SeatEvent::Hangup);
             port.reader.abort();
             pool.release(port.port);
         }

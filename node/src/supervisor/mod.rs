@@ -23,6 +23,7 @@
 pub mod core_actors;
 
 use pbx_actors::call::actor::CallsMsg;
+use pbx_actors::conference::actor::ConferencesMsg;
 use pbx_actors::endpoint::EndpointMsg;
 use pbx_actors::endpoint::actor::EndpointSink;
 use pbx_actors::licence::{VoucherMsg, WatchdogMsg};
@@ -260,7 +261,7 @@ pub struct CoreActors {
     pub endpoint: EndpointSink,
     pub calls: Current<CallsMsg>,
     pub reaper: Current<ReaperMsg>,
-    pub conferences: Current<pbx_actors::conference::actor::ConferencesMsg>,
+    pub conferences: Current<ConferencesMsg>,
     /// `None` when no licence service is configured (then neither licence actor runs).
     pub watchdog: Option<Current<WatchdogMsg>>,
     pub vouchers: Option<Current<VoucherMsg>>,
@@ -318,15 +319,22 @@ impl CoreActors {
                 None => None,
             }
         }
-        let (registrar, endpoint, calls, reaper, watchdog, vouchers) = tokio::join!(
+        let (registrar, endpoint, calls, reaper, conferences, watchdog, vouchers) = tokio::join!(
             ping(&self.registrar, RegistrarMsg::Control, wait),
             ping_shards(&self.endpoint, wait),
             ping(&self.calls, CallsMsg::Control, wait),
             ping(&self.reaper, ReaperMsg::Control, wait),
+            ping(&self.conferences, ConferencesMsg::Shell, wait),
             optional(&self.watchdog, WatchdogMsg::Control, wait),
             optional(&self.vouchers, VoucherMsg::Control, wait),
         );
-        let mut answers = vec![("registrar", registrar), ("endpoint", endpoint), ("calls", calls), ("reaper", reaper)];
+        let mut answers = vec![
+            ("registrar", registrar),
+            ("endpoint", endpoint),
+            ("calls", calls),
+            ("reaper", reaper),
+            ("conferences", conferences),
+        ];
         answers.extend(watchdog.map(|a| ("licence-watchdog", a)));
         answers.extend(vouchers.map(|a| ("voucher-sync", a)));
         answers
@@ -346,6 +354,7 @@ impl CoreActors {
                 self.endpoint.shard(n).cast(EndpointMsg::Control(Control::Panic))
             }
             "calls" => self.calls.cast(CallsMsg::Control(Control::Panic)),
+            "conferences" => self.conferences.cast(ConferencesMsg::Shell(Control::Panic)),
             "reaper" => self.reaper.cast(ReaperMsg::Control(Control::Panic)),
             "licence-watchdog" => self.watchdog.as_ref().is_some_and(|a| a.cast(WatchdogMsg::Control(Control::Panic))),
             "voucher-sync" => self.vouchers.as_ref().is_some_and(|a| a.cast(VoucherMsg::Control(Control::Panic))),
@@ -361,7 +370,7 @@ impl CoreActors {
             _ => {
                 return Err(format!(
                     "{target:?}: no such actor (registrar, endpoint, endpoint-N, calls, call, media, reaper, \
-                     licence-watchdog, voucher-sync)"
+                     conferences, licence-watchdog, voucher-sync)"
                 ));
             }
         };
