@@ -21,7 +21,7 @@
 #   ROOM_SIZE [5]              participants per room
 #   MEASURE_S [10]             seconds the counters are read over, every participant up
 #   SETUP_RATE [50]            participants per second while a step sets its calls up
-#   PORT_BASE [36060]          pbx SIP; +1 pbx HTTP; SIPp from +100 (SIP) and +3000 (RTP), 4 ports a room
+#   PORT_BASE [36060]          pbx SIP; +1 pbx HTTP; SIPp from +100 (SIP), +3000 (RTP, 4 ports a room), +6000 (control)
 #   RTP_PORTS [20000-29999]    pbx's --rtp-ports
 #   LOAD_TMPDIR [/tmp]         where the run's work directory is made
 set -euo pipefail
@@ -127,14 +127,15 @@ start_pbx() { # rooms
 step() { # n → one line of the table
 	local n=$1 rooms=$(((n + ROOM_SIZE - 1) / ROOM_SIZE)) r hold_s
 	start_pbx "$rooms"
-	hold_s=$((n / SETUP_RATE + MEASURE_S + 10))
+	# Generous: starting 200 SIPp processes takes longer than the setup rate alone says.
+	hold_s=$((2 * n / SETUP_RATE + MEASURE_S + 30))
 	SIPP_PIDS=()
 	for r in $(seq 0 $((rooms - 1))); do
 		local calls=$ROOM_SIZE
 		[ $(((r + 1) * ROOM_SIZE)) -le "$n" ] || calls=$((n - r * ROOM_SIZE))
 		(cd "$WORK" && exec sipp "127.0.0.1:$SIP_PORT" -sf "$WORK/call_uac.xml" -s $((9000 + r)) -set caller 100 \
 			-set media 1 -au 100 -ap conference-load-100 -auth_uri "$((9000 + r))@127.0.0.1:$SIP_PORT" \
-			-i 127.0.0.1 -p $((PORT_BASE + 100 + r)) -mp $((PORT_BASE + 3000 + 4 * r)) \
+			-i 127.0.0.1 -p $((PORT_BASE + 100 + r)) -mp $((PORT_BASE + 3000 + 4 * r)) -cp $((PORT_BASE + 6000 + r)) \
 			-m "$calls" -l "$calls" -r "$calls" -d $((hold_s * 1000)) -nostdin -bg \
 			-timeout $((hold_s + 60))s -trace_err -error_file "$WORK/sipp-$r.errors" >/dev/null 2>&1) || true
 		sleep "$(awk -v c="$calls" -v r="$SETUP_RATE" 'BEGIN { printf "%.3f", c / r }')"
