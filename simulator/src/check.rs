@@ -8,6 +8,10 @@
 //! (no call outlives its bounds, none is answered with one leg, no port leaks, no transaction
 //! outlives its timers, no binding outlives its expiry).
 //!
+//! The conference rooms' checkers (`check/rooms.rs`) judge what participants hear (never themselves,
+//! never a muted participant, always a lone talker), that a vanished participant's call ends,
+//! and that no room, seat, mixer or port outlives its participants.
+//!
 //! The retention checkers judge the node's disk: no record outlives its retention (plus the
 //! reaper's interval, see [`Checker::check_retention`]), nothing inside its retention is
 //! touched (a ledger of every CDR and security-log entry the disk committed), and every
@@ -25,6 +29,8 @@ use pbx_actors::privacy::{AuditEntry, AuditEvent};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::time::Duration;
+
+mod rooms;
 
 /// RFC 3261's 64*T1 with T1 = 500 ms: how long a transaction may retransmit.
 const T1_64: Duration = Duration::from_secs(32);
@@ -76,6 +82,8 @@ pub struct Bounds {
     pub hangup: Duration,
     /// A phone's binding lasts at most this long after its last REGISTER.
     pub binding: Duration,
+    /// Silence that ends a call (the node's RTP timeout, a room's too).
+    pub silence: Duration,
     /// The check period.
     pub every: Duration,
 }
@@ -89,6 +97,7 @@ impl Bounds {
             transaction: no_answer + T1_64 + T1_64 + SLACK,
             hangup: T1_64 + SLACK,
             binding: Duration::from_secs(u64::from(max_expires_s)),
+            silence: rtp_timeout,
             every: Duration::from_secs(10),
         }
     }
@@ -163,6 +172,7 @@ pub struct Checker {
     /// Every CDR the disk ever committed: id → Call-ID (the reaper deletes old ones).
     cdr_calls: BTreeMap<u64, String>,
     retention: Option<RetentionModel>,
+    rooms: rooms::Rooms,
     pub checks: u64,
     pub violations: Vec<Violation>,
     /// Every violation by invariant, also those beyond the [`VIOLATIONS_MAX`] kept in full.
@@ -196,6 +206,7 @@ impl Checker {
                 security: BTreeSet::new(),
                 security_fresh: BTreeSet::new(),
             }),
+            rooms: rooms::Rooms::default(),
             checks: 0,
             violations: Vec::new(),
             violated: BTreeMap::new(),
@@ -222,6 +233,21 @@ impl Checker {
         }
     }
 
+    /// [`Checker::check`] whose detail is written from the checker's state, only on failure.
+    pub(crate) fn check_with(
+        &mut self,
+        now: Timestamp,
+        invariant: &'static str,
+        holds: bool,
+        detail: impl FnOnce(&Checker) -> String,
+    ) {
+        self.checks += 1;
+        if !holds {
+            let detail = detail(self);
+            self.violate(now, invariant, detail);
+        }
+    }
+
     // ---- What the world reports ----
 
     pub fn phone_event(&mut self, now: Timestamp, phone: usize, event: &PhoneEvent) {
@@ -239,6 +265,7 @@ impl Checker {
                 if let Some(a) = self.attempts.get_mut(call_id) {
                     a.ended = Some(now);
                 }
+                self.room_stay_ends(now, call_id);
                 if *code == 486 || *code == 603 {
                     self.check_refused_by_callee(now, phone, call_id, *code);
                 }
@@ -255,6 +282,10 @@ impl Checker {
                 }
             }
             PhoneEvent::Said { call_id, peer, word } => {
+                if *word == Word::Bye {
+                    // It stops talking as it says goodbye.
+                    self.room_stay_ends(now, call_id);
+                }
                 let said = (now, call_id.clone(), peer.clone(), *word);
                 self.remember(now, phone, |m| m.said.push_back(said));
             }
@@ -262,6 +293,7 @@ impl Checker {
                 if let Some(a) = self.attempts.get_mut(call_id) {
                     a.ended = Some(now);
                 }
+                self.room_stay_ends(now, call_id);
                 if self.phones[phone].dialog.as_ref().is_some_and(|d| d.call_id == *call_id) {
                     let since = self.phones[phone].dialog.take().map_or(now, |d| d.since);
                     // The clock runs from the hang-up itself (the first BYE), not from its
@@ -298,6 +330,7 @@ impl Checker {
                     format!("phone {extension}'s REGISTER got 403: its address is blocked")
                 });
             }
+            PhoneEvent::Room { call_id, event } => self.room_event(now, phone, call_id, event),
             PhoneEvent::DialIgnored | PhoneEvent::Incoming { .. } => {}
         }
     }
@@ -325,7 +358,8 @@ impl Checker {
     /// A caller's call was answered: by its callee, who sent a 2xx to pbx for this caller
     /// since the call was dialled — never by somebody who forged the callee's 200.
     fn check_answered_by_callee(&mut self, now: Timestamp, caller: usize, call_id: &str) {
-        let Some(attempt) = self.attempts.get(call_id) else { return };
+        // A room is answered by pbx itself.
+        let Some(attempt) = self.attempts.get(call_id).filter(|a| !self.is_room(&a.callee)) else { return };
         let (callee, since) = (attempt.callee.clone(), attempt.dialled);
         let extension = self.phones[caller].extension.clone();
         let answered = self
@@ -340,7 +374,8 @@ impl Checker {
     /// A caller's call was refused (486, 603): by its callee, who said so since the call was
     /// dialled — never by somebody who forged the refusal.
     fn check_refused_by_callee(&mut self, now: Timestamp, caller: usize, call_id: &str, code: u16) {
-        let Some(attempt) = self.attempts.get(call_id) else { return };
+        // A room (full) is refused by pbx itself.
+        let Some(attempt) = self.attempts.get(call_id).filter(|a| !self.is_room(&a.callee)) else { return };
         let (callee, since) = (attempt.callee.clone(), attempt.dialled);
         let extension = self.phones[caller].extension.clone();
         let refused = self.callee_said(&callee, &extension, since, |w| w == Word::Reject(code));
@@ -373,6 +408,10 @@ impl Checker {
     }
 
     pub fn phone_away(&mut self, now: Timestamp, phone: usize, away: bool) {
+        if away {
+            self.room_phone_gone(now, phone);
+            self.room_disturbed(Some(phone));
+        }
         let model = &mut self.phones[phone];
         if away {
             model.dialog = None;
@@ -385,10 +424,12 @@ impl Checker {
     /// The phone is cut off from the nodes until `until`.
     pub fn phone_partitioned(&mut self, now: Timestamp, phone: usize, until: Timestamp) {
         self.phones[phone].disturbed.push((now, until));
+        self.room_disturbed(Some(phone));
     }
 
     pub fn node_crashed(&mut self, now: Timestamp) {
         self.outages.push((now, Timestamp(u64::MAX)));
+        self.room_disturbed(None);
         self.settle_registrations(now);
     }
 
@@ -475,8 +516,9 @@ impl Checker {
         });
         let (leased, held) = node.ports_in_use();
         self.check(now, "no RTP port leaks", leased == held, || {
-            format!("{leased} port pairs leased, calls hold {held}")
+            format!("{leased} port pairs leased, relays and rooms' participants hold {held}")
         });
+        self.check_rooms(now, node);
         let (count, oldest) = node.transactions();
         self.check_state(now, count);
         if let Some(oldest) = oldest {
@@ -503,6 +545,8 @@ impl Checker {
 
     /// Periodic, node-independent checks: expected hang-ups that are overdue.
     pub fn check_phones(&mut self, now: Timestamp) {
+        self.check_vanished(now);
+        self.forget_left(now);
         let due: Vec<Expectation> = {
             let (due, pending) = std::mem::take(&mut self.expectations).into_iter().partition(|e| e.deadline <= now);
             self.expectations = pending;
@@ -524,12 +568,17 @@ impl Checker {
     /// Phones still register during the drain, so transactions may be alive at the end; the
     /// periodic check (run once more here) bounds their age.
     pub fn final_checks(&mut self, now: Timestamp, node: Option<(&SimNode, Timestamp)>, duplicates: &[Cdr]) {
+        self.check_vanished(now);
         if let Some((node, node_now)) = node {
             self.check_node(now, node_now, node);
             let calls = node.call_count();
             self.check(now, "every call ends", calls == 0, || format!("{calls} calls still up after the drain"));
             let (leased, _) = node.ports_in_use();
             self.check(now, "no RTP port leaks", leased == 0, || format!("{leased} port pairs leased after the drain"));
+            let rooms: Vec<String> = node.rooms().into_iter().map(|r| r.number).collect();
+            self.check(now, "a room empties when its last participant leaves", rooms.is_empty(), || {
+                format!("rooms {rooms:?} still open after the drain")
+            });
             let (machines, routed) = node.leg_counts();
             let table = node.legs_in_table();
             self.check(now, "every call ends", machines == 0 && routed == 0 && table == 0, || {
@@ -592,6 +641,7 @@ impl Checker {
     /// caller's hang-up or cancel is the caller's BYE or CANCEL, a callee's hang-up the callee's
     /// BYE — never a stranger's forgery that pbx took for theirs.
     pub fn cdr_committed(&mut self, now: Timestamp, cdr: &Cdr) {
+        self.room_cdr(&cdr.call_id);
         self.check_cdr_hangup(now, cdr);
         self.record_cdr(cdr);
     }
@@ -710,6 +760,7 @@ impl Checker {
         let oldest = [
             ("binding", "deleted", disk.bindings.values().map(|b| b.expires_at).min().map(|t| t + grace)),
             ("CDR", "deleted", disk.cdr_ends.first().map(|k| k.0 + cdr)),
+            ("conference participation", "deleted", disk.participations.first_key_value().map(|(k, _)| k.0 + cdr)),
             ("security-log entry", "anonymised", disk.security_fresh.first().map(|k| k.0 + anonymise)),
             ("security-log entry", "deleted", disk.security_log.first_key_value().map(|(k, _)| k.0 + delete)),
             ("audit entry", "deleted", disk.audit.first_key_value().map(|(k, _)| k.0 + audit)),

@@ -10,7 +10,9 @@
 //! violated, 2 for a bad flag.
 
 use crate::attacker::AttackKind;
-use crate::options::{FaultOptions, NetOptions, Options, WorkloadFile, format_duration, parse_duration};
+use crate::options::{
+    ConferenceOptions, FaultOptions, NetOptions, Options, SimBugs, WorkloadFile, format_duration, parse_duration,
+};
 use crate::raft::{RaftBug, RaftOptions, RaftReport};
 use crate::sim::{Report, replay_command};
 use pbx_actors::bugs::Bugs;
@@ -33,8 +35,8 @@ pub struct Args {
     /// Phones in the office (default 20, or the workload file's).
     #[arg(long)]
     phones: Option<usize>,
-    /// A TOML file with [office], [network], [faults], [licence], [privacy] and [attacker]
-    /// tables (see simulator/workloads/).
+    /// A TOML file with [office], [network], [faults], [licence], [privacy], [attacker] and
+    /// [conference] tables and [[rooms]] (see simulator/workloads/).
     #[arg(long)]
     workload: Option<std::path::PathBuf>,
     /// Run this many random seeds and report the failures.
@@ -45,7 +47,8 @@ pub struct Args {
     no_faults: bool,
     /// Switch on a deliberate bug to see the checkers catch it (skip-cdr, half-hangup,
     /// early-expiry, lazy-reaper, eager-reaper, unrouted-request, lost-leg-event, unstored-ok;
-    /// with --raft: raft-minority-ack, raft-forget-vote).
+    /// the simulator's own glue: stuck-participant; with --raft: raft-minority-ack,
+    /// raft-forget-vote).
     #[arg(long, value_name = "BUG")]
     inject_bug: Vec<String>,
     /// Keep going after a violation (collects up to 20) instead of stopping at the first.
@@ -56,6 +59,9 @@ pub struct Args {
     /// guesser of [privacy] still runs).
     #[arg(long)]
     no_attacker: bool,
+    /// No meetings and no calls to conference rooms (the rooms stay configured).
+    #[arg(long)]
+    no_rooms: bool,
     /// The attacker sees every datagram to and from pbx (a tap on its network), so its
     /// forgeries carry the real identifiers: it gets in, and the checkers must say so.
     #[arg(long)]
@@ -107,12 +113,17 @@ fn options(args: &Args) -> Result<Options, String> {
         options.licence = file.licence;
         options.privacy = file.privacy;
         options.attacker = file.attacker;
+        options.conference = file.conference;
+        options.rooms = file.rooms;
     }
     if args.no_attacker {
         options.attacker.enabled = false;
     }
     if args.attacker_on_path {
         options.attacker.on_path = true;
+    }
+    if args.no_rooms {
+        options.conference = ConferenceOptions::off();
     }
     if let Some(phones) = args.phones {
         options.workload.phones = phones;
@@ -125,8 +136,9 @@ fn options(args: &Args) -> Result<Options, String> {
     }
     let mut bugs = Bugs::default();
     for name in &args.inject_bug {
-        if !bugs.enable(name) {
-            return Err(format!("--inject-bug {name}: no such bug (known: {})", Bugs::NAMES.join(", ")));
+        if !options.sim_bugs.enable(name) && !bugs.enable(name) {
+            let known: Vec<&str> = Bugs::NAMES.iter().chain(SimBugs::NAMES.iter()).copied().collect();
+            return Err(format!("--inject-bug {name}: no such bug (known: {})", known.join(", ")));
         }
     }
     options.bugs = bugs;
@@ -149,6 +161,9 @@ fn extra_flags(args: &Args) -> String {
     }
     if args.attacker_on_path {
         extra += " --attacker-on-path";
+    }
+    if args.no_rooms {
+        extra += " --no-rooms";
     }
     for bug in &args.inject_bug {
         extra += &format!(" --inject-bug {bug}");
@@ -292,6 +307,23 @@ fn print_report(r: &Report, options: &Options) {
         a.answered("BYE", 481) + a.answered("INVITE", 481) + a.answered("CANCEL", 481),
         a.media_received,
         r.transactions_max
+    );
+    println!(
+        "  rooms:      {} meetings, {} joins: {} seated, {} refused, {} vanished; {} rooms opened, {} participations, \
+         {} PIN failures, {} mixer overruns, {} foreign and {} shed datagrams; {} frames heard, {} with a lone talker",
+        r.meetings,
+        r.room_joins,
+        r.node.room_seats,
+        r.node.room_refused,
+        r.room_vanished,
+        r.node.rooms_opened,
+        r.node.participations,
+        r.node.room_pin_failures,
+        r.node.mixer_overruns,
+        r.node.room_foreign,
+        r.node.room_shed,
+        r.room_frames,
+        r.lone_talker_frames
     );
     let violated: u64 = r.violated.values().sum();
     println!("  invariants: {} checks, {violated} violations", r.checks);

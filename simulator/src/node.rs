@@ -1,7 +1,19 @@
 //! One pbx node in the simulation: the product's own machines — endpoint (transactions),
 //! registrar, a [`CallCore`] per call (the call machine and its legs', as the call actor runs
-//! them), a relay machine per call's media — wired as the node's actors wire them, but
-//! synchronously and on the node's virtual clock.
+//! them), a relay machine per call's media, a [`RoomCore`] per conference room in use — wired
+//! as the node's actors wire them, but synchronously and on the node's virtual clock.
+//!
+//! Conference rooms are glued as `actors/src/conference/actor.rs` and the call shell glue them:
+//! a call whose route is a room asks the conferences registry for a seat (the room's own
+//! answer first, then a port pair from the node's pool, then the room core's admission; a
+//! room is opened for its first caller and closed when the registry hears its last one
+//! left), the call machine answers the caller itself with the seat's port, its `ConfigureMedia`
+//! goes to the room (`RoomCore::peer`), datagrams to a participant's port go to the room's
+//! mailbox, the room's tick is scheduled from `poll_timeout` on the node's clock, what the room
+//! says is carried out (a mixed packet leaves from the participant's port, a hang-up or silence
+//! goes to the call, a participant gone gives its port back and tells the registry), and the
+//! call's record takes it out of the room. The licence gate on rooms is not run: the simulated
+//! licence has none.
 //!
 //! The retention reaper runs here too, over the node's simulated disk: its batches are disk
 //! writes, its answer comes once a batch is durable, and a node restarted after a crash builds
@@ -21,17 +33,20 @@
 use bytes::Bytes;
 use pbx_actors::Timestamp;
 use pbx_actors::bugs::Bugs;
-use pbx_actors::call::b2bua::{CallConfig, CallSetup};
+use pbx_actors::call::b2bua::{CallConfig, CallSetup, RoomAnswer};
 use pbx_actors::call::core::{CallCore, CoreInput, CoreOutput, Legs};
 use pbx_actors::call::{CallIds, CallStart, LegId, LocalSip, not_started, splitmix64};
 use pbx_actors::cdr::{Cdr, MediaCounters};
+use pbx_actors::conference::actor::PACKETS_QUEUED_MAX;
+use pbx_actors::conference::core::{Refused, RoomCore, RoomCoreOutput, RoomDecl, SeatEvent};
 use pbx_actors::endpoint::glue::{EndpointGlue, Envelope, GlueInput};
 use pbx_actors::endpoint::machine::{Endpoint, EndpointEvent, EndpointInput};
 use pbx_actors::entry::Entry;
 use pbx_actors::licence::{Effective, Stored, Watchdog, WatchdogConfig, WatchdogEvent, WatchdogInput, WatchdogOutput};
 use pbx_actors::media::actor::MediaError;
+use pbx_actors::media::mixer::MixerConfig;
 use pbx_actors::media::pool::PortPool;
-use pbx_actors::media::relay::{PacketKind, Relay, RelayConfig, RelayInput, RelayOutput, Side};
+use pbx_actors::media::relay::{PacketKind, PeerMedia, Relay, RelayConfig, RelayInput, RelayOutput, Side};
 use pbx_actors::privacy::AuditEntry;
 use pbx_actors::privacy::reaper::{Batch, Reaper, ReaperConfig, ReaperInput, ReaperOutput};
 use pbx_actors::privacy::{SecurityEntry, SecurityEvent};
@@ -42,13 +57,15 @@ use pbx_actors::registrar::{
 use pbx_actors::sip::message::{Response, Transport};
 use pbx_actors::sip::transaction::TimerConfig;
 use pbx_actors::store::StoreError;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Mixed into the node's seed for its RTP port pool, so the pool draws its own sequence without
 /// shifting the generators derived before it.
 const POOL_SEED_SALT: u64 = 0x706f_7274_706f_6f6c;
+/// Mixed into the node's seed for its conference rooms' seeds (the registry's `seed`).
+const ROOMS_SEED_SALT: u64 = 0x726f_6f6d_7365_6564;
 
 /// How a node is set up; the same for every incarnation of it.
 #[derive(Clone, Debug)]
@@ -69,6 +86,11 @@ pub struct NodeConfig {
     pub licence: Option<WatchdogConfig>,
     /// The retention reaper's rules and pace, when it runs.
     pub reaper: Option<ReaperConfig>,
+    /// The conference rooms (their numbers are also in `registrar.rooms`), and how they mix.
+    pub rooms: Vec<RoomDecl>,
+    pub mixer: MixerConfig,
+    /// Deliberate bugs of this glue.
+    pub sim_bugs: crate::options::SimBugs,
 }
 
 /// A durable change, written by the world's simulated disk.
@@ -113,12 +135,11 @@ pub enum NodeOutput {
         from: SocketAddr,
         to: SocketAddr,
         bytes: Bytes,
+        /// A conference room's mixed audio (from a participant's port).
+        room: bool,
     },
     /// The watchdog asks the licence service; answer with [`SimNode::licence_response`].
-    LicenceCheck {
-        request: u64,
-        serial: String,
-    },
+    LicenceCheck { request: u64, serial: String },
     /// Hand to the disk; call [`SimNode::committed`] with `deferred` and the disk's answer
     /// once it is durable.
     Write(Job),
@@ -143,15 +164,86 @@ pub struct NodeStats {
     pub reaper_runs: u64,
     /// Security-log entries handed to the disk.
     pub security_logged: u64,
+    /// Calls to conference rooms: given a seat, refused (full, no such room, no port).
+    pub room_seats: u64,
+    pub room_refused: u64,
+    /// Rooms opened (for a first caller).
+    pub rooms_opened: u64,
+    /// Participation records (a participant out of its room), each a disk write.
+    pub participations: u64,
+    /// Callers hung up after three wrong PINs (each an authentication failure for the
+    /// registrar).
+    pub room_pin_failures: u64,
+    /// Mixer ticks skipped because the room was woken too late.
+    pub mixer_overruns: u64,
+    /// Datagrams a participant's port refused (not from its phone).
+    pub room_foreign: u64,
+    /// Datagrams a participant's port shed (too many waiting for the room).
+    pub room_shed: u64,
 }
 
-/// A call as the node holds it: the call actor's core (call machine and legs) and its relay.
+/// A call as the node holds it: the call actor's core (call machine and legs) and its media.
 struct SimCall {
     core: CallCore,
-    relay: Relay,
-    ports: [u16; 2],
+    media: CallMedia,
     started: Timestamp,
     recorded: bool,
+}
+
+/// What carries a call's media (the call shell's `CallMedia`): pbx's relay between the two
+/// phones and its two port pairs, or a seat in a conference room.
+// Each call holds one, in place in the call table: boxing the relay would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum CallMedia {
+    Relay {
+        relay: Relay,
+        ports: [u16; 2],
+    },
+    /// `None` once the call has left the room (its record came out) or was never let in.
+    Room(Option<Seat>),
+}
+
+/// A participant's place, as its call holds it (the shell's `Seat`): dropping it leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seat {
+    /// The room's instance (a room closed and opened again is another).
+    room: u64,
+    participant: u64,
+}
+
+/// A room in use: the room actor's state.
+struct SimRoom {
+    core: RoomCore,
+    /// Each participant's RTP port (its RTCP port is one above, held and never read).
+    ports: BTreeMap<u64, u16>,
+    /// Each participant's call (the shell's `SeatEvents` handle).
+    calls: BTreeMap<u64, u64>,
+    /// Datagrams read from each participant's port and not yet handled: beyond
+    /// [`PACKETS_QUEUED_MAX`] the reader sheds them, as the room shell's does.
+    queued: BTreeMap<u64, usize>,
+}
+
+/// A room as the conferences registry knows it: its actor, and the participants admitted and
+/// not yet reported gone.
+struct Active {
+    room: u64,
+    seats: BTreeSet<u64>,
+}
+
+/// Where a media port's datagrams go.
+#[derive(Clone, Copy, Debug)]
+enum MediaPort {
+    Relay(u64, Side),
+    /// (room, participant)
+    Room(u64, u64),
+}
+
+/// A message for a room's actor.
+enum RoomInput {
+    Peer { participant: u64, peer: PeerMedia },
+    Leave { participant: u64 },
+    Packet { participant: u64, from: SocketAddr, datagram: Bytes },
+    Tick,
 }
 
 /// An input on its way to a machine (a message in some actor's mailbox).
@@ -166,6 +258,13 @@ enum Work {
     Relay(u64, RelayInput),
     Watchdog(WatchdogInput),
     Reaper(ReaperInput),
+    /// For a room's actor.
+    Room(u64, RoomInput),
+    /// For the conferences registry: this room's participant is gone.
+    Left {
+        number: String,
+        participant: u64,
+    },
 }
 
 /// Whose mailbox a [`Work`] waits in: one per actor of the node.
@@ -178,6 +277,8 @@ enum Mailbox {
     Relay(u64),
     Watchdog,
     Reaper,
+    Room(u64),
+    Conferences,
 }
 
 impl Work {
@@ -190,6 +291,8 @@ impl Work {
             Work::Relay(id, _) => Mailbox::Relay(*id),
             Work::Watchdog(_) => Mailbox::Watchdog,
             Work::Reaper(_) => Mailbox::Reaper,
+            Work::Room(id, _) => Mailbox::Room(*id),
+            Work::Left { .. } => Mailbox::Conferences,
         }
     }
 }
@@ -237,9 +340,15 @@ pub struct SimNode {
     reaper: Option<Reaper>,
     calls: BTreeMap<u64, SimCall>,
     leg_calls: BTreeMap<LegId, u64>,
-    /// RTP port of a pair → (call, side); its RTCP port is one above.
-    media_ports: BTreeMap<u16, (u64, Side)>,
+    /// RTP port of a pair → what it carries; its RTCP port is one above.
+    media_ports: BTreeMap<u16, MediaPort>,
     pool: PortPool,
+    /// Rooms in use, by instance; the conferences registry by room number.
+    rooms: BTreeMap<u64, SimRoom>,
+    active: BTreeMap<String, Active>,
+    next_room: u64,
+    next_participant: u64,
+    rooms_seed: u64,
     ids: CallIds,
     work: Mailboxes,
     outputs: VecDeque<NodeOutput>,
@@ -286,6 +395,11 @@ impl SimNode {
             leg_calls: BTreeMap::new(),
             media_ports: BTreeMap::new(),
             pool: PortPool::new(config.rtp_ports.0, config.rtp_ports.1, seed ^ POOL_SEED_SALT),
+            rooms: BTreeMap::new(),
+            active: BTreeMap::new(),
+            next_room: 1,
+            next_participant: 1,
+            rooms_seed: seed ^ ROOMS_SEED_SALT,
             ids: CallIds::new(rng),
             work: Mailboxes { queues: BTreeMap::new(), rng: splitmix64(&mut rng) },
             outputs: VecDeque::new(),
@@ -320,8 +434,24 @@ impl SimNode {
             let (rtp, kind) =
                 if port.is_multiple_of(2) { (port, PacketKind::Rtp) } else { (port - 1, PacketKind::Rtcp) };
             // A closed port: the kernel would drop it.
-            let Some(&(call, side)) = self.media_ports.get(&rtp) else { return };
-            self.work.push(Work::Relay(call, RelayInput::Packet { side, kind, source: from, bytes }));
+            match self.media_ports.get(&rtp) {
+                None => return,
+                Some(&MediaPort::Relay(call, side)) => {
+                    self.work.push(Work::Relay(call, RelayInput::Packet { side, kind, source: from, bytes }))
+                }
+                // The room reads its participants' RTP sockets; their RTCP ports are held only.
+                Some(&MediaPort::Room(room, participant)) => {
+                    let Some(r) = self.rooms.get_mut(&room).filter(|_| kind == PacketKind::Rtp) else { return };
+                    let queued = r.queued.entry(participant).or_default();
+                    if *queued >= PACKETS_QUEUED_MAX {
+                        self.stats.room_shed += 1;
+                        return;
+                    }
+                    *queued += 1;
+                    let input = RoomInput::Packet { participant, from, datagram: bytes };
+                    self.work.push(Work::Room(room, input));
+                }
+            }
         }
         self.run(now);
     }
@@ -368,8 +498,16 @@ impl SimNode {
             if c.core.poll_timeout().is_some_and(|t| t <= now) {
                 self.work.push(Work::Call(*id, CoreInput::Timeout));
             }
-            if c.relay.poll_timeout().is_some_and(|t| t <= now) {
+            if let CallMedia::Relay { relay, .. } = &c.media
+                && relay.poll_timeout().is_some_and(|t| t <= now)
+            {
                 self.work.push(Work::Relay(*id, RelayInput::Timeout));
+            }
+        }
+        // The room's ticker: a tick for every mixer frame that fell due.
+        for (id, room) in &self.rooms {
+            if room.core.poll_timeout() <= now {
+                self.work.push(Work::Room(*id, RoomInput::Tick));
             }
         }
         self.run(now);
@@ -382,9 +520,17 @@ impl SimNode {
         let mut at =
             [self.endpoint.poll_timeout(), self.registrar.poll_timeout(), watchdog, reaper].into_iter().flatten().min();
         for c in self.calls.values() {
-            for t in [c.core.poll_timeout(), c.relay.poll_timeout()].into_iter().flatten() {
+            let relay = match &c.media {
+                CallMedia::Relay { relay, .. } => relay.poll_timeout(),
+                CallMedia::Room(_) => None,
+            };
+            for t in [c.core.poll_timeout(), relay].into_iter().flatten() {
                 at = Some(at.map_or(t, |a: Timestamp| a.min(t)));
             }
+        }
+        for room in self.rooms.values() {
+            let t = room.core.poll_timeout();
+            at = Some(at.map_or(t, |a: Timestamp| a.min(t)));
         }
         at
     }
@@ -434,6 +580,8 @@ impl SimNode {
                     self.drain_call(id);
                 }
                 Work::Relay(id, input) => self.relay(now, id, input),
+                Work::Room(id, input) => self.room(now, id, input),
+                Work::Left { number, participant } => self.left(now, &number, participant),
             }
             if chance(&mut self.work.rng, self.config.stall) {
                 break;
@@ -446,9 +594,12 @@ impl SimNode {
     fn drain_endpoint(&mut self) {
         while let Some(envelope) = self.endpoint.poll_envelope() {
             match envelope {
-                Envelope::Net { destination, bytes, .. } => {
-                    self.outputs.push_back(NodeOutput::Transmit { from: self.config.sip, to: destination, bytes })
-                }
+                Envelope::Net { destination, bytes, .. } => self.outputs.push_back(NodeOutput::Transmit {
+                    from: self.config.sip,
+                    to: destination,
+                    bytes,
+                    room: false,
+                }),
                 Envelope::Registrar(work) => self.work.push(Work::Registrar(work.into())),
                 Envelope::Calls(start) => self.work.push(Work::Calls(start)),
                 Envelope::Leg { leg, input, .. } => {
@@ -601,6 +752,9 @@ impl SimNode {
     /// The calls actor's start: an id and seed, two port pairs, the call machine. No ports:
     /// the call did not start, and its CDR says so as the calls shell's does.
     fn start_call(&mut self, now: Timestamp, start: CallStart) {
+        if start.route.room {
+            return self.start_room_call(now, start);
+        }
         let (id, seed) = self.ids.next(now);
         let ports = match (self.pool.allocate(), self.pool.allocate()) {
             (Some(a), Some(b)) => [a, b],
@@ -625,12 +779,202 @@ impl SimNode {
         let ip = self.config.sip.ip();
         let media = [SocketAddr::new(ip, ports[0]), SocketAddr::new(ip, ports[1])];
         for (port, side) in ports.iter().zip([Side::A, Side::B]) {
-            self.media_ports.insert(*port, (id, side));
+            self.media_ports.insert(*port, MediaPort::Relay(id, side));
         }
         let relay = Relay::new(self.relay_config, seed, now);
         let core = CallCore::new(now, self.call_config, CallSetup { id, start, media, seed, room: None }, Legs::new());
-        self.calls.insert(id, SimCall { core, relay, ports, started: now, recorded: false });
+        let media = CallMedia::Relay { relay, ports };
+        self.calls.insert(id, SimCall { core, media, started: now, recorded: false });
         self.drain_call(id);
+    }
+
+    /// The call shell's start of a call to a room: a seat (or why there is none), then the
+    /// call machine, which answers the caller itself (or refuses it with the room's answer).
+    fn start_room_call(&mut self, now: Timestamp, start: CallStart) {
+        let (id, seed) = self.ids.next(now);
+        let (seat, local, answer) = self.admit(now, id, &start);
+        if seat.is_some() {
+            self.stats.room_seats += 1;
+        } else {
+            self.stats.room_refused += 1;
+        }
+        self.stats.calls_started += 1;
+        let setup = CallSetup { id, start, media: [local; 2], seed, room: Some(answer) };
+        let core = CallCore::new(now, self.call_config, setup, Legs::new());
+        self.calls.insert(id, SimCall { core, media: CallMedia::Room(seat), started: now, recorded: false });
+        self.drain_call(id);
+    }
+
+    /// The conferences registry's admission (`ConferencesState::admit`, without the licence
+    /// gate): the room is opened for its first caller and closed again if that caller is
+    /// refused; the address is what the call's SDP names (port 0 when refused).
+    fn admit(&mut self, now: Timestamp, call: u64, start: &CallStart) -> (Option<Seat>, SocketAddr, RoomAnswer) {
+        let nowhere = SocketAddr::new(self.config.sip.ip(), 0);
+        let number = start.route.callee.clone();
+        let Some(decl) = self.config.rooms.iter().find(|d| d.number == number).cloned() else {
+            return (None, nowhere, RoomAnswer::Refused { code: 404, reason: "Not Found".into() });
+        };
+        let room = match self.active.get(&number) {
+            Some(active) => active.room,
+            None => {
+                let room = self.next_room;
+                self.next_room += 1;
+                let seed = self.rooms_seed ^ self.next_participant.rotate_left(17);
+                let core = RoomCore::new(decl, self.config.mixer, self.config.rtp_timeout, now, seed);
+                let r = SimRoom { core, ports: BTreeMap::new(), calls: BTreeMap::new(), queued: BTreeMap::new() };
+                self.rooms.insert(room, r);
+                self.active.insert(number.clone(), Active { room, seats: BTreeSet::new() });
+                self.stats.rooms_opened += 1;
+                room
+            }
+        };
+        let participant = self.next_participant;
+        self.next_participant += 1;
+        let caller = start.route.caller.clone();
+        match self.seat(now, room, participant, call, caller, start.source.ip()) {
+            Ok(port) => {
+                if let Some(active) = self.active.get_mut(&number) {
+                    active.seats.insert(participant);
+                }
+                let local = SocketAddr::new(self.config.sip.ip(), port);
+                (Some(Seat { room, participant }), local, RoomAnswer::Admitted)
+            }
+            Err(Refused { code, reason }) => {
+                if self.active.get(&number).is_some_and(|a| a.seats.is_empty()) {
+                    // Opened for this caller, who did not get in.
+                    self.active.remove(&number);
+                    self.stop_room(now, room);
+                }
+                (None, nowhere, RoomAnswer::Refused { code, reason })
+            }
+        }
+    }
+
+    /// The room actor's admission (`RoomState::admit`): the room's own rules first (a refused
+    /// caller costs no port), then a port pair, then the room core.
+    fn seat(
+        &mut self,
+        now: Timestamp,
+        room: u64,
+        participant: u64,
+        call: u64,
+        caller: String,
+        source: std::net::IpAddr,
+    ) -> Result<u16, Refused> {
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return Err(Refused::new(500, "Conference room did not answer"));
+        };
+        r.core.admissible()?;
+        let Some(port) = self.pool.allocate() else { return Err(Refused::new(503, "No RTP ports free")) };
+        r.ports.insert(participant, port);
+        r.calls.insert(participant, call);
+        self.media_ports.insert(port, MediaPort::Room(room, participant));
+        if let Err(refused) = r.core.admit(now, participant, caller, source) {
+            self.release(room, participant);
+            return Err(refused);
+        }
+        self.drain_room(room);
+        Ok(port)
+    }
+
+    /// A participant's port goes back to the pool.
+    fn release(&mut self, room: u64, participant: u64) {
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        r.calls.remove(&participant);
+        r.queued.remove(&participant);
+        if let Some(port) = r.ports.remove(&participant) {
+            self.media_ports.remove(&port);
+            self.pool.release(port);
+        }
+    }
+
+    /// A message for a room's actor; a room closed since is a dead letter.
+    fn room(&mut self, now: Timestamp, id: u64, input: RoomInput) {
+        let Some(room) = self.rooms.get_mut(&id) else { return };
+        match input {
+            RoomInput::Peer { participant, peer } => room.core.peer(participant, peer),
+            RoomInput::Leave { participant } => room.core.leave(now, participant),
+            RoomInput::Packet { participant, from, datagram } => {
+                if let Some(queued) = room.queued.get_mut(&participant) {
+                    *queued = queued.saturating_sub(1);
+                }
+                room.core.packet(now, participant, from, &datagram)
+            }
+            RoomInput::Tick => room.core.handle_timeout(now),
+        }
+        self.drain_room(id);
+    }
+
+    /// The room shell's drain: packets out of the participants' ports, seat events to the
+    /// calls, a participant gone gives its port back and tells the registry.
+    fn drain_room(&mut self, id: u64) {
+        let ip = self.config.sip.ip();
+        loop {
+            let Some(room) = self.rooms.get_mut(&id) else { return };
+            let Some(out) = room.core.poll_output() else { return };
+            match out {
+                RoomCoreOutput::Send { participant, to, datagram } => {
+                    if let Some(&port) = room.ports.get(&participant) {
+                        let from = SocketAddr::new(ip, port);
+                        let bytes = Bytes::from(datagram);
+                        self.outputs.push_back(NodeOutput::Transmit { from, to, bytes, room: true });
+                    }
+                }
+                RoomCoreOutput::Seat { participant, event } => {
+                    if let Some(&call) = room.calls.get(&participant) {
+                        let input = match event {
+                            SeatEvent::Hangup => CoreInput::Hangup,
+                            SeatEvent::Inactive => CoreInput::MediaInactive { side: Side::A },
+                        };
+                        self.work.push(Work::Call(call, input));
+                    }
+                }
+                RoomCoreOutput::Gone { participant, record } => {
+                    self.release(id, participant);
+                    self.stats.participations += 1;
+                    self.work.push(Work::Left { number: record.room.clone(), participant });
+                    // The node's sink: the record through the replicated store, like a CDR.
+                    let write = Some(DiskWrite::Entry(Entry::Participations(vec![record])));
+                    self.outputs.push_back(NodeOutput::Write(Job { write, deferred: Vec::new() }));
+                }
+                RoomCoreOutput::AuthFailure { source, caller } => {
+                    // Counted by the registrar like a wrong password (the node's sink).
+                    self.stats.room_pin_failures += 1;
+                    self.work.push(Work::Registrar(RegistrarInput::AuthFailure { source, user: caller }));
+                }
+                RoomCoreOutput::Overruns(n) => self.stats.mixer_overruns += n,
+                RoomCoreOutput::Foreign { .. } => self.stats.room_foreign += 1,
+            }
+        }
+    }
+
+    /// The registry hears a participant left (`ConferencesState::left`): the room closes with
+    /// its last seat.
+    fn left(&mut self, now: Timestamp, number: &str, participant: u64) {
+        let Some(active) = self.active.get_mut(number) else { return };
+        active.seats.remove(&participant);
+        if active.seats.is_empty() {
+            let room = active.room;
+            self.active.remove(number);
+            self.stop_room(now, room);
+        }
+    }
+
+    /// The room's actor stops (`post_stop`): whoever is still in leaves, and the room goes.
+    fn stop_room(&mut self, now: Timestamp, id: u64) {
+        let Some(room) = self.rooms.get_mut(&id) else { return };
+        room.core.close(now);
+        self.drain_room(id);
+        self.rooms.remove(&id);
+    }
+
+    /// The call shell takes its seat back (`seat.take()`): the room hears it left.
+    fn leave_room(&mut self, seat: Option<Seat>) {
+        if let Some(Seat { room, participant }) = seat
+            && !self.config.sim_bugs.stuck_participant
+        {
+            self.work.push(Work::Room(room, RoomInput::Leave { participant }));
+        }
     }
 
     /// The call shell's drain: SIP to the endpoint, legs up and down, media to the relay, the
@@ -652,14 +996,30 @@ impl SimNode {
                     self.leg_calls.remove(&leg);
                     self.leg_down(leg);
                 }
-                CoreOutput::ConfigureMedia { side, peer } => {
-                    self.work.push(Work::Relay(id, RelayInput::Configure { side, peer }))
-                }
+                CoreOutput::ConfigureMedia { side, peer } => match &c.media {
+                    CallMedia::Relay { .. } => self.work.push(Work::Relay(id, RelayInput::Configure { side, peer })),
+                    CallMedia::Room(Some(Seat { room, participant })) => {
+                        let input = RoomInput::Peer { participant: *participant, peer };
+                        self.work.push(Work::Room(*room, input));
+                    }
+                    CallMedia::Room(None) => {}
+                },
                 CoreOutput::Record(cdr) => {
                     if !c.recorded {
                         c.recorded = true;
                         let mut cdr = *cdr;
-                        cdr.media = [c.relay.stats(Side::A), c.relay.stats(Side::B)].map(MediaCounters::from);
+                        cdr.media = match &mut c.media {
+                            CallMedia::Relay { relay, .. } => {
+                                [relay.stats(Side::A), relay.stats(Side::B)].map(MediaCounters::from)
+                            }
+                            CallMedia::Room(_) => Default::default(),
+                        };
+                        // The call is over for the room too (its legs may still be finishing a BYE).
+                        let seat = match &mut c.media {
+                            CallMedia::Room(seat) if !self.config.sim_bugs.stuck_participant => seat.take(),
+                            _ => None,
+                        };
+                        self.leave_room(seat);
                         self.write_cdr(cdr);
                     }
                 }
@@ -675,24 +1035,32 @@ impl SimNode {
             self.leg_calls.remove(leg);
             self.leg_down(*leg);
         }
-        for port in c.ports {
-            self.media_ports.remove(&port);
-            self.pool.release(port);
+        match c.media {
+            CallMedia::Relay { ports, .. } => {
+                for port in ports {
+                    self.media_ports.remove(&port);
+                    self.pool.release(port);
+                }
+            }
+            // The call actor stops: its seat is dropped, which leaves the room.
+            CallMedia::Room(seat) => self.leave_room(seat),
         }
     }
 
     fn relay(&mut self, now: Timestamp, id: u64, input: RelayInput) {
         let Some(c) = self.calls.get_mut(&id) else { return };
-        c.relay.handle(now, input);
+        let CallMedia::Relay { relay, ports } = &mut c.media else { return };
+        relay.handle(now, input);
         let ip = self.config.sip.ip();
-        while let Some(out) = c.relay.poll_output() {
+        while let Some(out) = relay.poll_output() {
             match out {
                 RelayOutput::Transmit { side, kind, destination, bytes } => {
-                    let port = c.ports[side.index()] + u16::from(kind == PacketKind::Rtcp);
+                    let port = ports[side.index()] + u16::from(kind == PacketKind::Rtcp);
                     self.outputs.push_back(NodeOutput::Transmit {
                         from: SocketAddr::new(ip, port),
                         to: destination,
                         bytes,
+                        room: false,
                     })
                 }
                 RelayOutput::Inactive { side } => self.work.push(Work::Call(id, CoreInput::MediaInactive { side })),
@@ -735,9 +1103,45 @@ impl SimNode {
         self.endpoint.routed_legs()
     }
 
-    /// Port pairs leased from the pool, and pairs the running calls hold.
+    /// Port pairs leased from the pool, and pairs the running calls' relays and the rooms'
+    /// participants hold.
     pub fn ports_in_use(&self) -> (usize, usize) {
-        (self.pool.in_use(), self.calls.len() * 2)
+        let relays = self.calls.values().filter(|c| matches!(c.media, CallMedia::Relay { .. })).count();
+        let seats: usize = self.rooms.values().map(|r| r.ports.len()).sum();
+        (self.pool.in_use(), relays * 2 + seats)
+    }
+
+    /// The rooms in use, for the checkers: who is in each, by every account the node keeps.
+    pub fn rooms(&self) -> Vec<RoomState> {
+        self.rooms
+            .iter()
+            .map(|(id, room)| {
+                let seats = self.active.values().find(|a| a.room == *id).map(|a| a.seats.clone());
+                let seated = self
+                    .calls
+                    .values()
+                    .filter_map(|c| match c.media {
+                        CallMedia::Room(Some(seat)) if seat.room == *id => Some(seat.participant),
+                        _ => None,
+                    })
+                    .collect();
+                RoomState {
+                    number: room.core.number().to_owned(),
+                    participants: room.core.participants().collect(),
+                    seats,
+                    ported: room.ports.keys().copied().collect(),
+                    seated,
+                }
+            })
+            .collect()
+    }
+
+    /// Calls holding a seat in a room the node no longer runs.
+    pub fn seats_without_room(&self) -> usize {
+        self.calls
+            .values()
+            .filter(|c| matches!(c.media, CallMedia::Room(Some(seat)) if !self.rooms.contains_key(&seat.room)))
+            .count()
     }
 
     pub fn transactions(&self) -> (usize, Option<Timestamp>) {
@@ -751,6 +1155,20 @@ impl SimNode {
     pub fn bindings(&self) -> impl Iterator<Item = &Binding> {
         self.registrar.bindings()
     }
+}
+
+/// What a checker sees of one room in use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomState {
+    pub number: String,
+    /// Participants in its core: in the room or at its PIN prompt.
+    pub participants: BTreeSet<u64>,
+    /// Its seats in the conferences registry; `None` when the registry does not know it.
+    pub seats: Option<BTreeSet<u64>>,
+    /// Participants holding a port.
+    pub ported: BTreeSet<u64>,
+    /// Participants whose call is up and holds their seat.
+    pub seated: BTreeSet<u64>,
 }
 
 /// What a checker sees of one call.

@@ -56,6 +56,127 @@ impl Default for Workload {
     }
 }
 
+/// One conference room of the node (`[[rooms]]` in a workload file): the product's
+/// `RoomDecl`, with the simulation's bounds on what it may hold.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RoomOptions {
+    /// The number phones dial; not an extension's.
+    pub number: String,
+    /// Digits the caller keys (then `#`) before it is let in.
+    #[serde(default)]
+    pub pin: Option<String>,
+    /// More callers than this are refused 486 (at most [`ROOM_PARTICIPANTS_MAX`]).
+    #[serde(default = "RoomOptions::default_max_participants")]
+    pub max_participants: usize,
+}
+
+impl RoomOptions {
+    fn default_max_participants() -> usize {
+        8
+    }
+
+    /// The default office's rooms: one open to all, one small with a PIN (so that meetings
+    /// key PINs and are sometimes refused as full).
+    pub fn office() -> Vec<RoomOptions> {
+        vec![
+            RoomOptions { number: "800".into(), pin: None, max_participants: 8 },
+            RoomOptions { number: "801".into(), pin: Some("2468".into()), max_participants: 3 },
+        ]
+    }
+}
+
+/// How the office uses its conference rooms: meetings (several phones dial one room within a
+/// few seconds of each other and stay about as long), stray calls to a room instead of an
+/// extension, and what a participant does there — key the PIN, talk in spurts, mute and
+/// unmute with `*6`, hang up or vanish.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConferenceOptions {
+    /// Meetings per day (a Poisson process; one that falls outside office time is moved into
+    /// the next office hour), each in a random room.
+    pub meetings_per_day: f64,
+    /// Phones a meeting invites (uniform); more than the room takes get 486.
+    pub meeting_phones: (u64, u64),
+    /// A meeting lasts exponentially long with this mean, capped at `meeting_s_max`; each
+    /// phone dials within its first [`MEETING_SPREAD_S`] and leaves within as much after it.
+    pub meeting_s_mean: u64,
+    pub meeting_s_max: u64,
+    /// A call a phone places goes to a random room instead of an extension (it stays as long
+    /// as a meeting would).
+    pub room_probability: f64,
+    /// A participant talks in spurts of this many seconds (uniform) ...
+    pub talk_s: (u64, u64),
+    /// ... with pauses of this many between them.
+    pub pause_s: (u64, u64),
+    /// At each change between talking and pausing, the participant keys `*6` (mute, or
+    /// unmute) with this probability: a muted participant may well go on talking.
+    pub mute_probability: f64,
+    /// At the end of its stay a participant vanishes (no BYE, no more RTP) instead of hanging
+    /// up: the room's silence timer must end its call.
+    pub vanish_probability: f64,
+}
+
+/// Seconds over which a meeting's phones dial in, and over which they leave.
+pub const MEETING_SPREAD_S: u64 = 20;
+/// Participants a simulated room may take at most: each talks at its own tone, and there are
+/// this many tones the checkers can tell apart (`crate::check::TONES_HZ`).
+pub const ROOM_PARTICIPANTS_MAX: usize = 16;
+
+impl Default for ConferenceOptions {
+    /// About one short meeting of three a day, and a call to a room now and then: a few
+    /// participant-minutes, so that a day of office costs little more to simulate with a
+    /// room's mixer sending each participant 50 packets a second (a 100-phone office runs
+    /// about an eighth longer than without rooms).
+    fn default() -> Self {
+        ConferenceOptions {
+            meetings_per_day: 1.0,
+            meeting_phones: (2, 4),
+            meeting_s_mean: 60,
+            meeting_s_max: 600,
+            room_probability: 0.0005,
+            talk_s: (1, 6),
+            pause_s: (1, 10),
+            mute_probability: 0.15,
+            vanish_probability: 0.1,
+        }
+    }
+}
+
+impl ConferenceOptions {
+    /// No meetings and no calls to rooms.
+    pub fn off() -> Self {
+        ConferenceOptions { meetings_per_day: 0.0, room_probability: 0.0, ..Self::default() }
+    }
+
+    /// The longest a phone stays in a room.
+    pub fn stay_max(&self) -> Duration {
+        Duration::from_secs(self.meeting_s_max + 2 * MEETING_SPREAD_S)
+    }
+}
+
+/// Deliberate bugs of the simulator's own glue (`--inject-bug`, beside the product's
+/// [`Bugs`]): they prove the checkers see what the glue gets wrong.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimBugs {
+    /// A conference participant is not taken out of its room when its call ends (the glue
+    /// forgets the product shell's `Leave`).
+    pub stuck_participant: bool,
+}
+
+impl SimBugs {
+    pub const NAMES: [&'static str; 1] = ["stuck-participant"];
+
+    /// Switches on the bug called `name`; `false` if the simulator has none by that name.
+    pub fn enable(&mut self, name: &str) -> bool {
+        match name {
+            "stuck-participant" => self.stuck_participant = true,
+            _ => return false,
+        }
+        true
+    }
+}
+
 /// The network between phones and nodes (in the spirit of TigerBeetle's packet simulator and
 /// str0m's netem): every datagram is delayed, and may be lost, duplicated or held back.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -326,7 +447,10 @@ pub struct Options {
     pub licence: crate::licence::LicenceOptions,
     pub privacy: PrivacyOptions,
     pub attacker: AttackerOptions,
+    pub rooms: Vec<RoomOptions>,
+    pub conference: ConferenceOptions,
     pub bugs: Bugs,
+    pub sim_bugs: SimBugs,
     /// How often the invariant checkers look at the whole system (they also check on events).
     pub check_every: Duration,
     /// Stop at the first violation (the replay shows it); otherwise collect up to 20.
@@ -345,7 +469,10 @@ impl Options {
             licence: crate::licence::LicenceOptions::default(),
             privacy: PrivacyOptions::default(),
             attacker: AttackerOptions::default(),
+            rooms: RoomOptions::office(),
+            conference: ConferenceOptions::default(),
             bugs: Bugs::default(),
+            sim_bugs: SimBugs::default(),
             check_every: Duration::from_secs(10),
             stop_at_first_violation: true,
         }
@@ -372,6 +499,9 @@ impl Options {
             ("network.reorder", n.reorder),
             ("faults.stall", f.stall),
             ("licence.tamper", self.licence.tamper),
+            ("conference.room_probability", self.conference.room_probability),
+            ("conference.mute_probability", self.conference.mute_probability),
+            ("conference.vanish_probability", self.conference.vanish_probability),
         ];
         for (key, p) in probabilities {
             if !(0.0..=1.0).contains(&p) {
@@ -389,6 +519,7 @@ impl Options {
             ("attacker.dialog_per_day", self.attacker.dialog_per_day),
             ("attacker.rtp_per_day", self.attacker.rtp_per_day),
             ("attacker.flood_per_day", self.attacker.flood_per_day),
+            ("conference.meetings_per_day", self.conference.meetings_per_day),
         ];
         for (key, r) in rates {
             if !(r.is_finite() && r >= 0.0) {
@@ -418,6 +549,9 @@ impl Options {
             ("attacker.dialog_forgeries", self.attacker.dialog_forgeries),
             ("attacker.rtp_ports", self.attacker.rtp_ports),
             ("attacker.flood_requests", self.attacker.flood_requests),
+            ("conference.meeting_phones", self.conference.meeting_phones),
+            ("conference.talk_s", self.conference.talk_s),
+            ("conference.pause_s", self.conference.pause_s),
         ];
         for (key, (low, high)) in ranges {
             if low > high {
@@ -458,13 +592,48 @@ impl Options {
         if w.talk_s_mean == 0 || w.talk_s_max == 0 || w.register_expires_s == 0 {
             return Err("office.talk_s_mean, office.talk_s_max and office.register_expires_s must be positive".into());
         }
+        self.validate_rooms()
+    }
+
+    fn validate_rooms(&self) -> Result<(), String> {
+        let c = &self.conference;
+        if c.meeting_s_mean == 0 || c.meeting_s_max == 0 || c.talk_s.0 == 0 || c.pause_s.0 == 0 {
+            return Err(
+                "conference.meeting_s_mean, conference.meeting_s_max, conference.talk_s and conference.pause_s \
+                 must be positive"
+                    .into(),
+            );
+        }
+        let phones = self.workload.phones;
+        let mut numbers = std::collections::BTreeSet::new();
+        for room in &self.rooms {
+            let number = &room.number;
+            let is_extension = number.parse::<usize>().is_ok_and(|n| (1000..1000 + phones).contains(&n));
+            if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) || is_extension || number == "9999" {
+                return Err(format!("rooms: {number:?} must be digits, and no extension's number"));
+            }
+            if !numbers.insert(number.as_str()) {
+                return Err(format!("rooms: {number} is declared twice"));
+            }
+            if room.pin.as_ref().is_some_and(|p| p.is_empty() || p.len() > 16 || !p.bytes().all(|b| b.is_ascii_digit()))
+            {
+                return Err(format!("rooms: {number}'s pin must be 1 to 16 digits"));
+            }
+            if !(1..=ROOM_PARTICIPANTS_MAX).contains(&room.max_participants) {
+                return Err(format!(
+                    "rooms: {number}'s max_participants {} must be 1 to {ROOM_PARTICIPANTS_MAX}",
+                    room.max_participants
+                ));
+            }
+        }
         Ok(())
     }
 }
 
-/// A workload file: `[office]`, `[network]`, `[faults]`, `[licence]`, `[privacy]` and
-/// `[attacker]` tables, each optional.
-#[derive(Debug, Default, Deserialize)]
+/// A workload file: `[office]`, `[network]`, `[faults]`, `[licence]`, `[privacy]`,
+/// `[attacker]` and `[conference]` tables and `[[rooms]]`, each optional (no `[[rooms]]`:
+/// the default office's two rooms; `rooms = []`: none).
+#[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkloadFile {
     pub office: Workload,
@@ -473,6 +642,23 @@ pub struct WorkloadFile {
     pub licence: crate::licence::LicenceOptions,
     pub privacy: PrivacyOptions,
     pub attacker: AttackerOptions,
+    pub conference: ConferenceOptions,
+    pub rooms: Vec<RoomOptions>,
+}
+
+impl Default for WorkloadFile {
+    fn default() -> Self {
+        WorkloadFile {
+            office: Workload::default(),
+            network: NetOptions::default(),
+            faults: FaultOptions::default(),
+            licence: crate::licence::LicenceOptions::default(),
+            privacy: PrivacyOptions::default(),
+            attacker: AttackerOptions::default(),
+            conference: ConferenceOptions::default(),
+            rooms: RoomOptions::office(),
+        }
+    }
 }
 
 impl WorkloadFile {
@@ -532,8 +718,13 @@ mod tests {
         assert_eq!(file.faults.away_s, (60, 14_400));
         assert_eq!(file.privacy, PrivacyOptions::default(), "the example shows the defaults");
         assert_eq!(file.attacker, AttackerOptions::default(), "the example shows the defaults");
+        assert_eq!(file.conference, ConferenceOptions::default(), "the example shows the defaults");
+        assert_eq!(file.rooms, RoomOptions::office(), "the example shows the defaults");
         let harsh = WorkloadFile::parse(include_str!("../workloads/harsh.toml")).unwrap();
         assert_eq!((harsh.office.phones, harsh.network.loss), (40, 0.05));
+        assert_eq!(harsh.rooms, RoomOptions::office(), "no [[rooms]]: the office's");
+        let none = WorkloadFile::parse("rooms = []\n[conference]\nmeetings_per_day = 0.0\n").unwrap();
+        assert!(none.rooms.is_empty());
     }
 
     #[test]
@@ -558,9 +749,28 @@ mod tests {
         let mut o = base.clone();
         o.attacker.flood_rate_per_s = FLOOD_RATE_PER_S_MAX + 1;
         assert!(o.validate().unwrap_err().starts_with("attacker.flood_rate_per_s:"));
-        let mut o = base;
+        let mut o = base.clone();
         o.attacker.rtp_ports = (10, 5);
         assert!(o.validate().unwrap_err().starts_with("attacker.rtp_ports:"));
+        let mut o = base.clone();
+        o.conference.vanish_probability = 2.0;
+        assert!(o.validate().unwrap_err().starts_with("conference.vanish_probability:"));
+        let room = |number: &str, pin: Option<&str>, max| RoomOptions {
+            number: number.into(),
+            pin: pin.map(str::to_owned),
+            max_participants: max,
+        };
+        for (rooms, error) in [
+            (vec![room("1005", None, 4)], "extension's"),
+            (vec![room("8x", None, 4)], "digits"),
+            (vec![room("800", None, 4), room("800", None, 4)], "twice"),
+            (vec![room("800", Some("12#"), 4)], "pin"),
+            (vec![room("800", None, ROOM_PARTICIPANTS_MAX + 1)], "max_participants"),
+        ] {
+            let o = Options { rooms, ..base.clone() };
+            let message = o.validate().unwrap_err();
+            assert!(message.starts_with("rooms:") && message.contains(error), "{message}");
+        }
     }
 
     #[test]
@@ -572,7 +782,9 @@ mod tests {
         let file = WorkloadFile::parse("[privacy]\ncdr_days = 30\ninterval_s = 600\n").unwrap();
         let reaper = file.privacy.reaper_config(Bugs::default());
         assert_eq!((file.privacy.periods().cdr_days, reaper.interval.as_secs()), (30, 600));
-        assert_eq!(reaper.rules.len(), 5);
+        // Registrations, the security log (anonymised, deleted), CDRs, conference participations,
+        // the privacy audit.
+        assert_eq!(reaper.rules.len(), 6);
         let error = WorkloadFile::parse("[office]\nphone = 7\n").unwrap_err();
         assert!(error.contains("phone"), "{error}");
     }

@@ -17,9 +17,17 @@
 //!   responses to INVITE until the ACK (§13.3.1.4, §17.2.1), and a response cache that answers
 //!   a retransmitted request with the very same bytes.
 //!
+//! - Conference rooms ([`PhoneInput::JoinRoom`]): it dials the room, keys the PIN and `#` as
+//!   RFC 4733 telephone events, then talks in spurts — one PCMU packet every 20 ms of its own
+//!   tone ([`crate::audio`]) — and pauses (one silent packet every `rtp_interval_s`, as a phone
+//!   with voice activity detection would), keys `*6` now and then (muted, it may well go on
+//!   talking), and at the end of its stay hangs up or vanishes (no BYE, no more RTP). Each
+//!   step is a [`RoomEvent`], so the checkers know what the room should hear of it.
+//!
 //! What it deliberately does not do: TCP/TLS, DNS, Record-Route/route sets (pbx is a B2BUA
 //! and the phone talks to it directly), forking, early media, re-INVITE offers of its own,
-//! PRACK, and any audio beyond a fixed silent PCMU packet.
+//! PRACK, and any audio beyond a fixed silent PCMU packet and a room talker's tone; it
+//! listens to nothing (the simulator's checkers do).
 //!
 //! Calling contract: after [`Phone::new`] or any [`Phone::handle`], drain
 //! [`Phone::poll_output`] until `None`, then ask [`Phone::poll_timeout`] and call
@@ -78,6 +86,18 @@ const RTP_PT_PCMU: u8 = 0;
 /// μ-law silence.
 const PCMU_SILENCE: u8 = 0xFF;
 const MAX_FORWARDS: u8 = 70;
+/// The telephone-event payload type the phones offer (RFC 4733 §7.1.1; dynamic).
+const RTP_PT_TELEPHONE_EVENT: u8 = 101;
+/// A room talker's packet time: one 20 ms frame.
+const ROOM_FRAME: Duration = Duration::from_millis(20);
+/// A room's first key press goes out this long after its answer (the user hears the prompt).
+const ROOM_FIRST_KEY: Duration = Duration::from_secs(1);
+/// Key presses in a room are this far apart: more than the network holds a datagram back
+/// (200 ms at most), so a late packet of one press never arrives after the next press.
+const ROOM_KEY_GAP: Duration = Duration::from_millis(400);
+/// Packets one key press is sent in (RFC 4733 §2.5.1: repeated while the key is down, the end
+/// packet three times): the room reads the press from whichever arrives first.
+const ROOM_KEY_PACKETS: u16 = 5;
 
 const _: () = assert!(T1.as_millis() < T2.as_millis());
 const _: () = assert!(REGISTER_RETRY_S.0 <= REGISTER_RETRY_S.1);
@@ -119,6 +139,27 @@ pub struct Behaviour {
     /// While a call is established, one small RTP packet goes from `rtp` to the peer's media
     /// address every this many seconds, the first at establishment (0 = never).
     pub rtp_interval_s: u64,
+    /// What the user does in a conference room.
+    pub room: RoomBehaviour,
+}
+
+/// A participant of a conference room: how it talks and what it keys.
+#[derive(Clone, Debug)]
+pub struct RoomBehaviour {
+    /// Spurts of talking last this many seconds (uniform) ...
+    pub talk_s: (u64, u64),
+    /// ... and the pauses between them this many.
+    pub pause_s: (u64, u64),
+    /// At each change between talking and pausing, key `*6` with this probability.
+    pub mute_probability: f64,
+    /// At the end of the stay, vanish instead of hanging up, with this probability.
+    pub vanish_probability: f64,
+}
+
+impl Default for RoomBehaviour {
+    fn default() -> Self {
+        RoomBehaviour { talk_s: (1, 6), pause_s: (1, 10), mute_probability: 0.15, vanish_probability: 0.0 }
+    }
 }
 
 pub enum PhoneInput {
@@ -133,6 +174,10 @@ pub enum PhoneInput {
     GoAway,
     /// Back with fresh state: registers anew, with a new REGISTER Call-ID.
     ComeBack,
+    /// Dial the conference room `room` and take part (see the module doc) until `stay` has
+    /// passed since it answered: key `pin` and `#` first when there is one, talk at `tone_hz`
+    /// (one of [`crate::audio::TONES_HZ`]). Ignored like `Dial`.
+    JoinRoom { room: String, pin: Option<String>, stay: Duration, tone_hz: u32 },
     /// Hang up the established call now, as if its talk time had run out (both parties
     /// saying goodbye at once makes BYEs cross). Ignored outside an established call.
     HangUp,
@@ -199,6 +244,28 @@ pub enum PhoneEvent {
         peer: String,
         word: Word,
     },
+    /// A step of a call to a conference room (after its `Dialing`).
+    Room {
+        call_id: String,
+        event: RoomEvent,
+    },
+}
+
+/// What a participant of a conference room did, as the phone saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RoomEvent {
+    /// It dialled the room, and will talk at this tone.
+    Dialled { room: String, tone_hz: u32 },
+    /// The room answered: its RTP comes from (and goes to) `media`.
+    Answered { media: SocketAddr },
+    /// The PIN's `#` went out (at the answer when the room has no PIN): it should be in.
+    Entered,
+    /// It started (`true`) or stopped talking.
+    Loud(bool),
+    /// The `6` of `*6` went out: it should be muted (`true`) or unmuted.
+    Muted(bool),
+    /// It vanished: no BYE, no more RTP; only the room's silence timer can end the call.
+    Vanished,
 }
 
 /// What a phone's user said to end, give up or refuse a call.
@@ -379,6 +446,39 @@ struct Call {
     /// Callee: the INVITE being answered and where it came from, and the user's plan.
     invite: Option<(Request, SocketAddr)>,
     decision: Option<(Timestamp, Decision)>,
+    /// A call to a conference room: what the participant does there.
+    room: Option<RoomCall>,
+}
+
+/// What a key press in a room is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyRole {
+    Pin,
+    /// The `#` after the PIN: in the room once it arrives.
+    Enter,
+    /// The `*` of `*6`.
+    Star,
+    /// The `6` of `*6`: mute or unmute.
+    Mute,
+}
+
+/// A participant's plan and state in a conference room.
+struct RoomCall {
+    /// The payload of a packet while talking: a frame of its tone.
+    tone: [u8; RTP_PAYLOAD_BYTES],
+    tone_hz: u32,
+    pin: Option<String>,
+    /// Key presses still to make, and when the next goes out.
+    keys: VecDeque<(char, KeyRole)>,
+    key_at: Option<Timestamp>,
+    loud: bool,
+    muted: bool,
+    /// The next change between talking and pausing (once in the room).
+    turn_at: Option<Timestamp>,
+    /// At the end of the stay, vanish rather than hang up.
+    vanish: bool,
+    /// RTP timestamp 0: the answer. Timestamps follow the clock, silence or not.
+    origin: Timestamp,
 }
 
 impl Phone {
@@ -437,6 +537,9 @@ impl Phone {
         }
         if let Some(call) = &self.call {
             times.extend([call.rtp_at, call.hangup_at, call.cancel_at, call.decision.map(|(at, _)| at)]);
+            if let Some(room) = call.room.as_ref().filter(|_| call.phase == Phase::Established) {
+                times.extend([room.key_at, room.turn_at]);
+            }
         }
         times.into_iter().flatten().min()
     }
@@ -470,7 +573,23 @@ impl Phone {
                     Err(_) => {} // Malformed: a phone just drops it.
                 }
             }
-            PhoneInput::Dial { callee, talk } => self.dial(now, callee, talk),
+            PhoneInput::Dial { callee, talk } => self.dial(now, callee, talk, None),
+            PhoneInput::JoinRoom { room, pin, stay, tone_hz } => {
+                let vanish = self.chance(self.config.behaviour.room.vanish_probability);
+                let plan = RoomCall {
+                    tone: crate::audio::tone_frame(tone_hz),
+                    tone_hz,
+                    pin,
+                    keys: VecDeque::new(),
+                    key_at: None,
+                    loud: false,
+                    muted: false,
+                    turn_at: None,
+                    vanish,
+                    origin: now,
+                };
+                self.dial(now, room, stay, Some(plan))
+            }
             PhoneInput::HangUp => {
                 if let Some(call) = self.call.as_mut().filter(|c| c.phase == Phase::Established) {
                     call.hangup_at = Some(now);
@@ -707,6 +826,9 @@ impl Phone {
             }
         }
         let Some(call) = &mut self.call else { return };
+        if due(call.hangup_at) && call.phase == Phase::Established && call.room.as_ref().is_some_and(|r| r.vanish) {
+            return self.vanish();
+        }
         if due(call.hangup_at) {
             call.hangup_at = None;
             let (call_id, established) = (call.call_id.clone(), call.phase == Phase::Established);
@@ -720,11 +842,12 @@ impl Phone {
                 self.send_bye(now, EndReasonCode::LocalHangup);
             }
         }
+        self.run_room_timers(now);
         let Some(call) = &mut self.call else { return };
         if due(call.rtp_at) {
-            call.rtp_at = None;
+            let at = call.rtp_at.take().unwrap_or(now);
             if call.phase == Phase::Established {
-                self.send_rtp(now);
+                self.send_rtp(now, at);
             }
         }
     }
@@ -837,7 +960,7 @@ impl Phone {
 
     // ---- calls as caller ------------------------------------------------------------------
 
-    fn dial(&mut self, now: Timestamp, callee: String, talk: Duration) {
+    fn dial(&mut self, now: Timestamp, callee: String, talk: Duration, room: Option<RoomCall>) {
         if self.call.is_some() || !self.is_registered(now) {
             self.event(PhoneEvent::DialIgnored);
             return;
@@ -873,8 +996,13 @@ impl Phone {
             cancel_at: None,
             invite: None,
             decision: None,
+            room,
         });
-        self.event(PhoneEvent::Dialing { call_id, callee });
+        let tone = self.call.as_ref().and_then(|c| c.room.as_ref()).map(|r| r.tone_hz);
+        self.event(PhoneEvent::Dialing { call_id: call_id.clone(), callee: callee.clone() });
+        if let Some(tone_hz) = tone {
+            self.event(PhoneEvent::Room { call_id, event: RoomEvent::Dialled { room: callee, tone_hz } });
+        }
         self.send_invite(now, None);
     }
 
@@ -998,8 +1126,12 @@ impl Phone {
             b"",
         );
         let (call_id, cseq, peer) = (call.call_id.clone(), call.invite_cseq, call.peer.clone());
+        let room_media = call.room.as_ref().and(call.media);
         self.cache_ack(now, (call_id.clone(), cseq), target_addr, bytes);
-        self.event(PhoneEvent::Established { call_id, peer, caller: true });
+        self.event(PhoneEvent::Established { call_id: call_id.clone(), peer, caller: true });
+        if let Some(media) = room_media {
+            self.event(PhoneEvent::Room { call_id, event: RoomEvent::Answered { media } });
+        }
         if cancelled {
             // Our CANCEL lost the race with the answer: hang up at once (RFC 3261 §9.1).
             self.send_bye(now, EndReasonCode::LocalHangup);
@@ -1098,6 +1230,7 @@ impl Phone {
             cancel_at: None,
             invite: Some((request, from)),
             decision: Some((now + decision.0, decision.1)),
+            room: None,
         });
         self.event(PhoneEvent::Incoming { call_id, caller });
     }
@@ -1253,6 +1386,10 @@ impl Phone {
         call.phase = Phase::Terminating(reason);
         call.rtp_at = None;
         call.hangup_at = None;
+        if let Some(room) = &mut call.room {
+            room.key_at = None;
+            room.turn_at = None;
+        }
         let cseq = call.next_cseq;
         call.next_cseq += 1;
         let (uri, to) = call.target.clone().unwrap_or_else(|| (call.invite_uri.clone(), self.config.pbx));
@@ -1332,17 +1469,151 @@ impl Phone {
     fn start_talking(&mut self, now: Timestamp) {
         let interval = self.config.behaviour.rtp_interval_s;
         if let Some(call) = &mut self.call
-            && interval > 0
+            && (interval > 0 || call.room.is_some())
         {
             call.rtp_at = Some(now);
         }
+        let Some(room) = self.call.as_mut().and_then(|c| c.room.as_mut()) else { return };
+        room.origin = now;
+        match room.pin.clone() {
+            Some(pin) => {
+                room.keys = pin.chars().map(|c| (c, KeyRole::Pin)).chain([('#', KeyRole::Enter)]).collect();
+                room.key_at = Some(now + ROOM_FIRST_KEY);
+            }
+            None => self.enter_room(now),
+        }
     }
 
-    /// One RTP packet of PCMU silence (RFC 3550 §5.1 header, no CSRC, no extension).
-    fn send_rtp(&mut self, now: Timestamp) {
+    /// In the room: say so, and pause before the first spurt.
+    fn enter_room(&mut self, now: Timestamp) {
+        let pause = self.uniform(self.config.behaviour.room.pause_s);
+        let Some(call) = self.call.as_mut() else { return };
+        let Some(room) = call.room.as_mut() else { return };
+        room.turn_at = Some(now + pause);
+        let call_id = call.call_id.clone();
+        self.event(PhoneEvent::Room { call_id, event: RoomEvent::Entered });
+    }
+
+    /// A room's timers: the next key press, the next change between talking and pausing.
+    fn run_room_timers(&mut self, now: Timestamp) {
+        let due = |at: Option<Timestamp>| at.is_some_and(|at| at <= now);
+        let Some(call) = self.call.as_mut().filter(|c| c.phase == Phase::Established) else { return };
+        let call_id = call.call_id.clone();
+        let Some(room) = call.room.as_mut() else { return };
+        if due(room.key_at) {
+            room.key_at = None;
+            if let Some((key, role)) = room.keys.pop_front() {
+                if !room.keys.is_empty() {
+                    room.key_at = Some(now + ROOM_KEY_GAP);
+                }
+                self.send_key(now, key);
+                match role {
+                    KeyRole::Pin | KeyRole::Star => {}
+                    KeyRole::Enter => self.enter_room(now),
+                    KeyRole::Mute => {
+                        let Some(room) = self.call.as_mut().and_then(|c| c.room.as_mut()) else { return };
+                        room.muted = !room.muted;
+                        let event = RoomEvent::Muted(room.muted);
+                        self.event(PhoneEvent::Room { call_id: call_id.clone(), event });
+                    }
+                }
+            }
+        }
+        let Some(room) = self.call.as_mut().and_then(|c| c.room.as_mut()) else { return };
+        if due(room.turn_at) {
+            let loud = !room.loud;
+            let behaviour = self.config.behaviour.room.clone();
+            let next = self.uniform(if loud { behaviour.talk_s } else { behaviour.pause_s });
+            let mute = self.chance(behaviour.mute_probability);
+            let Some(call) = self.call.as_mut() else { return };
+            let Some(room) = call.room.as_mut() else { return };
+            room.loud = loud;
+            room.turn_at = Some(now + next);
+            if loud {
+                // Talking: a frame every 20 ms from now on.
+                call.rtp_at = Some(now);
+            }
+            if mute && room.keys.is_empty() {
+                room.keys = [('*', KeyRole::Star), ('6', KeyRole::Mute)].into();
+                room.key_at = Some(now);
+            }
+            self.event(PhoneEvent::Room { call_id, event: RoomEvent::Loud(loud) });
+            self.run_room_timers(now);
+        }
+    }
+
+    /// The RTP timestamp of a room call now: the samples since its answer, in whole frames.
+    fn room_timestamp(now: Timestamp, room: &RoomCall) -> u32 {
+        let frames = now.saturating_since(room.origin).as_micros() / ROOM_FRAME.as_micros();
+        (frames as u32).wrapping_mul(RTP_PAYLOAD_BYTES as u32)
+    }
+
+    /// One key press as RFC 4733 telephone events (§2.3): [`ROOM_KEY_PACKETS`] packets of one
+    /// event, all with the press's timestamp, the last ones with the end bit.
+    fn send_key(&mut self, now: Timestamp, key: char) {
+        let Some(call) = &mut self.call else { return };
+        let (Some(to), Some(room)) = (call.media, call.room.as_ref()) else { return };
+        let event = match key {
+            '0'..='9' => key as u8 - b'0',
+            '*' => 10,
+            '#' => 11,
+            _ => return,
+        };
+        let timestamp = Self::room_timestamp(now, room);
+        for i in 0..ROOM_KEY_PACKETS {
+            let end = i >= ROOM_KEY_PACKETS - 2;
+            let duration = 160 * (i.min(ROOM_KEY_PACKETS - 3) + 1);
+            let mut packet = BytesMut::with_capacity(RTP_HEADER_BYTES + 4);
+            packet.put_u8(0x80);
+            packet.put_u8(RTP_PT_TELEPHONE_EVENT | if i == 0 { 0x80 } else { 0 });
+            packet.put_u16(call.rtp_seq);
+            packet.put_u32(timestamp);
+            packet.put_u32(call.rtp_ssrc);
+            packet.put_u8(event);
+            packet.put_u8(if end { 0x80 | 10 } else { 10 });
+            packet.put_u16(duration);
+            call.rtp_seq = call.rtp_seq.wrapping_add(1);
+            self.outputs.push_back(PhoneOutput::Transmit { from: self.config.rtp, to, bytes: packet.freeze() });
+        }
+    }
+
+    /// The end of a room stay without a word: the call is dropped as if the phone had died.
+    fn vanish(&mut self) {
+        let Some(call) = self.call.take() else { return };
+        self.transactions.retain(|t| t.call_id != call.call_id);
+        self.event(PhoneEvent::Room { call_id: call.call_id, event: RoomEvent::Vanished });
+    }
+
+    /// One RTP packet of PCMU silence (RFC 3550 §5.1 header, no CSRC, no extension); in a
+    /// room, of its tone while talking.
+    /// `at`: when it was due (a room talker's frames keep to their 20 ms grid).
+    fn send_rtp(&mut self, now: Timestamp, at: Timestamp) {
         let interval = self.config.behaviour.rtp_interval_s;
         let Some(call) = &mut self.call else { return };
         let Some(to) = call.media else { return };
+        if let Some(room) = &call.room {
+            let mut packet = BytesMut::with_capacity(RTP_HEADER_BYTES + RTP_PAYLOAD_BYTES);
+            packet.put_u8(0x80);
+            packet.put_u8(RTP_PT_PCMU);
+            packet.put_u16(call.rtp_seq);
+            packet.put_u32(Self::room_timestamp(at, room));
+            packet.put_u32(call.rtp_ssrc);
+            if room.loud {
+                packet.put_slice(&room.tone);
+            } else {
+                packet.put_bytes(PCMU_SILENCE, RTP_PAYLOAD_BYTES);
+            }
+            call.rtp_seq = call.rtp_seq.wrapping_add(1);
+            // Talking, the next frame follows this one; pausing, a packet now and then keeps
+            // the room's silence timer away (none at all when the interval is 0).
+            call.rtp_at = if room.loud {
+                Some(if at + ROOM_FRAME > now { at + ROOM_FRAME } else { now + ROOM_FRAME })
+            } else {
+                (interval > 0).then(|| now + Duration::from_secs(interval))
+            };
+            self.outputs.push_back(PhoneOutput::Transmit { from: self.config.rtp, to, bytes: packet.freeze() });
+            return;
+        }
         let mut packet = BytesMut::with_capacity(RTP_HEADER_BYTES + RTP_PAYLOAD_BYTES);
         packet.put_u8(0x80); // V=2, no padding, no extension, no CSRC.
         packet.put_u8(RTP_PT_PCMU);
@@ -1589,6 +1860,7 @@ mod tests {
             cancel_probability: 0.0,
             talk_s_mean: 1000,
             rtp_interval_s: 5,
+            room: RoomBehaviour::default(),
         }
     }
 
@@ -2323,6 +2595,76 @@ mod tests {
         deliver(&mut phone, t + Duration::from_secs(5), bye.response(200, None).to_bytes());
         let (_, events) = outputs(&mut phone);
         assert!(matches!(&events[..], [PhoneEvent::Ended { reason: EndReason::LocalHangup, .. }]));
+        assert_eq!(phone.in_call(), None);
+    }
+
+    /// In a room with a PIN: the PIN and `#` go out as RFC 4733 events (five packets a key,
+    /// 400 ms apart), then spurts of its tone every 20 ms with timestamps 160 apart, `*6`
+    /// (muted), and at the end of its stay it vanishes: no BYE, no more RTP.
+    #[test]
+    fn a_room_participant_keys_talks_mutes_and_vanishes() {
+        let room = RoomBehaviour { talk_s: (1, 1), pause_s: (1, 1), mute_probability: 1.0, vanish_probability: 1.0 };
+        let mut phone = Phone::new(config("201", A_SIP, PBX, Behaviour { room, ..behaviour() }), 42, Timestamp::ZERO);
+        phone.handle(Timestamp::ZERO, PhoneInput::Timeout);
+        let register = request(&transmits(&mut phone)[0].1);
+        deliver(&mut phone, Timestamp::ZERO, register.response(200, Some("srv")).to_bytes());
+        let _ = outputs(&mut phone);
+
+        let t = Timestamp::from_secs(1);
+        let stay = Duration::from_secs(10);
+        phone.handle(t, PhoneInput::JoinRoom { room: "801".into(), pin: Some("12".into()), stay, tone_hz: 2500 });
+        let (sent, events) = outputs(&mut phone);
+        let dialled = RoomEvent::Dialled { room: "801".into(), tone_hz: 2500 };
+        assert!(matches!(&events[..], [PhoneEvent::Dialing { callee, .. }, PhoneEvent::Room { event, .. }]
+            if callee == "801" && *event == dialled));
+        let invite = request(&sent[0].1);
+        let mut ok = invite.response(200, Some("room"));
+        ok.headers.insert(Name::CONTACT, "<sip:801@10.0.0.1:5060>");
+        ok.headers.insert(Name::CONTENT_TYPE, "application/sdp");
+        ok.body = Bytes::from_static(PBX_SDP.as_bytes());
+        deliver(&mut phone, t, ok.to_bytes());
+        let (_, events) = outputs(&mut phone);
+        let answered = RoomEvent::Answered { media: addr("10.0.0.1:30000") };
+        assert!(
+            matches!(&events[..], [PhoneEvent::Established { .. }, PhoneEvent::Room { event, .. }] if *event == answered)
+        );
+
+        // Run its clock until well after the stay; keep what it sends to the room, and when.
+        let (mut rtp, mut said) = (Vec::new(), Vec::new());
+        while let Some(at) = phone.poll_timeout().filter(|at| *at <= t + Duration::from_secs(20)) {
+            phone.handle(at, PhoneInput::Timeout);
+            let (sent, events) = outputs(&mut phone);
+            assert!(sent.iter().all(|(_, b)| !b.starts_with(b"BYE ")), "no BYE");
+            rtp.extend(sent.into_iter().filter(|(to, _)| *to == addr("10.0.0.1:30000")).map(|(_, b)| (at, b)));
+            said.extend(events.into_iter().filter_map(|e| match e {
+                PhoneEvent::Room { event, .. } => Some((at, event)),
+                _ => None,
+            }));
+        }
+        let keys: Vec<(Timestamp, u8)> =
+            rtp.iter().filter(|(_, b)| b[1] & 0x7f == RTP_PT_TELEPHONE_EVENT).map(|(at, b)| (*at, b[12])).collect();
+        let mut presses: Vec<(Timestamp, u8)> = keys.clone();
+        presses.dedup();
+        assert!(keys.len() >= 5 * 4, "{keys:?}");
+        assert_eq!(presses.iter().map(|(_, k)| *k).take(5).collect::<Vec<_>>(), vec![1, 2, 11, 10, 6], "PIN, #, *6");
+        assert_eq!(presses[0].0, t + ROOM_FIRST_KEY);
+        assert_eq!(presses[1].0, presses[0].0 + ROOM_KEY_GAP);
+        let entered = said.iter().find(|(_, e)| *e == RoomEvent::Entered).expect("entered").0;
+        assert_eq!(entered, presses[2].0, "in the room with its #");
+        assert!(said.iter().any(|(at, e)| *e == RoomEvent::Muted(true) && *at == presses[4].0), "{said:?}");
+        // Talking: its tone, one frame every 20 ms, timestamps one frame apart.
+        let tone = crate::audio::tone_frame(2500);
+        let loud: Vec<(Timestamp, u32)> = rtp
+            .iter()
+            .filter(|(_, b)| b[1] & 0x7f == RTP_PT_PCMU && b[12..] == tone[..])
+            .map(|(at, b)| (*at, u32::from_be_bytes([b[4], b[5], b[6], b[7]])))
+            .collect();
+        assert!(loud.len() >= 40, "{} loud frames", loud.len());
+        assert_eq!(loud[1].0 - loud[0].0, ROOM_FRAME);
+        assert_eq!(loud[1].1.wrapping_sub(loud[0].1), 160);
+        let (vanished, _) = said.iter().find(|(_, e)| *e == RoomEvent::Vanished).expect("vanished");
+        assert_eq!(*vanished, t + stay);
+        assert!(rtp.iter().all(|(at, _)| at < vanished), "nothing after it vanished");
         assert_eq!(phone.in_call(), None);
     }
 

@@ -14,11 +14,14 @@ use crate::licence::{self, LicenceHost, LicenceModel};
 use crate::node::DiskWrite;
 use crate::node::{Job, NodeConfig, NodeOutput, NodeStats, SimNode};
 use crate::options::{Options, format_duration};
-use crate::phone::{Behaviour, Phone, PhoneConfig, PhoneEvent, PhoneInput, PhoneOutput};
+use crate::phone::{Behaviour, Phone, PhoneConfig, PhoneEvent, PhoneInput, PhoneOutput, RoomBehaviour};
 use crate::scanner::{Scanner, ScannerOutput};
 use bytes::Bytes;
 use pbx_actors::Timestamp;
+use pbx_actors::conference::core::RoomDecl;
+use pbx_actors::conference::room::RoomConfig;
 use pbx_actors::entry::Entry;
+use pbx_actors::media::mixer::MixerConfig;
 use pbx_actors::privacy::reaper::Action;
 use pbx_actors::registrar::{Algorithm, RegistrarConfig};
 use rand::rngs::StdRng;
@@ -57,6 +60,14 @@ pub struct Report {
     pub attack: AttackStats,
     /// The most transactions the node's endpoint held at a check.
     pub transactions_max: usize,
+    /// Meetings held, phones told to dial a room, and what they heard: frames from rooms, and
+    /// of those the frames judged for a lone talker.
+    pub meetings: u64,
+    pub room_joins: u64,
+    /// Participants that vanished rather than hang up.
+    pub room_vanished: u64,
+    pub room_frames: u64,
+    pub lone_talker_frames: u64,
     pub checks: u64,
     pub violations: Vec<Violation>,
     /// Every violation by invariant (only the first [`crate::check::VIOLATIONS_MAX`] are kept
@@ -168,6 +179,9 @@ enum Event {
         from: SocketAddr,
         to: SocketAddr,
         bytes: Bytes,
+        /// Sent by a conference room (from a participant's port): what the checkers judge as
+        /// room audio. Not part of the trace (the bytes and addresses are).
+        room: bool,
     },
     NodeWake {
         node: usize,
@@ -237,6 +251,14 @@ enum Event {
         kind: AttackKind,
     },
     AttackerWake,
+    /// A meeting starts: phones are invited to a room.
+    Meeting,
+    /// A phone dials room `room` (an index into the options' rooms) and stays this long.
+    JoinRoom {
+        phone: usize,
+        room: usize,
+        stay: Duration,
+    },
 }
 
 impl Event {
@@ -264,6 +286,8 @@ impl Event {
             Event::ScannerWake => 20,
             Event::AttackStart { .. } => 21,
             Event::AttackerWake => 22,
+            Event::Meeting => 23,
+            Event::JoinRoom { .. } => 24,
         }
     }
 }
@@ -381,6 +405,8 @@ pub struct Sim {
     attacker: Option<Attacker>,
     attacker_armed: Option<Timestamp>,
     attack_rng: StdRng,
+    /// Meetings and calls to rooms: when, where, who, how long, which tone.
+    room_rng: StdRng,
 }
 
 /// The attacker's own address (TEST-NET-1): the only one it receives at.
@@ -429,8 +455,18 @@ impl Sim {
             max_expires_s: 3600,
             // The simulated phones answer MD5, as most desk phones do.
             digest_algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
+            rooms: options.rooms.iter().map(|r| r.number.clone()).collect(),
             ..RegistrarConfig::default()
         };
+        let rooms: Vec<RoomDecl> = options
+            .rooms
+            .iter()
+            .map(|r| RoomDecl {
+                number: r.number.clone(),
+                name: format!("Room {}", r.number),
+                config: RoomConfig { pin: r.pin.clone(), moderator_pin: None, max_participants: r.max_participants },
+            })
+            .collect();
         let passwords: Vec<String> =
             (0..w.phones).map(|i| format!("pw-{}-{:08x}", extension(i), setup_rng.random::<u32>())).collect();
         let mut node_config = NodeConfig {
@@ -444,6 +480,9 @@ impl Sim {
             stall: options.faults.stall,
             licence: None,
             reaper: options.privacy.reaper.then(|| options.privacy.reaper_config(options.bugs)),
+            rooms,
+            mixer: MixerConfig::default(),
+            sim_bugs: options.sim_bugs,
         };
         let behaviour = Behaviour {
             answer_probability: w.answer_probability,
@@ -452,10 +491,18 @@ impl Sim {
             cancel_probability: w.cancel_probability,
             talk_s_mean: w.talk_s_mean,
             rtp_interval_s: w.rtp_interval_s,
+            room: RoomBehaviour {
+                talk_s: options.conference.talk_s,
+                pause_s: options.conference.pause_s,
+                mute_probability: options.conference.mute_probability,
+                vanish_probability: options.conference.vanish_probability,
+            },
         };
         let extensions: Vec<String> = (0..w.phones).map(extension).collect();
-        let bounds = Bounds::new(NO_ANSWER, RTP_TIMEOUT, Duration::from_secs(w.talk_s_max), registrar.max_expires_s);
-        let drain = options.drain.max(Duration::from_secs(w.talk_s_max) + NO_ANSWER + Duration::from_secs(600));
+        // The longest a phone stays in a call: its talk time, or its stay in a room.
+        let talk_max = Duration::from_secs(w.talk_s_max).max(options.conference.stay_max());
+        let bounds = Bounds::new(NO_ANSWER, RTP_TIMEOUT, talk_max, registrar.max_expires_s);
+        let drain = options.drain.max(talk_max + NO_ANSWER + Duration::from_secs(600));
         let mut sim = Sim {
             now: ORIGIN,
             end: ORIGIN + options.duration + drain,
@@ -474,7 +521,8 @@ impl Sim {
                 bounds,
                 &extensions,
                 options.privacy.reaper.then(|| (options.privacy.periods(), options.privacy.interval())),
-            ),
+            )
+            .with_rooms(options.rooms.iter().map(|r| r.number.clone())),
             report: Report { seed, phones: w.phones, ..Default::default() },
             stuck: None,
             licence: None,
@@ -485,6 +533,7 @@ impl Sim {
             attacker: None,
             attacker_armed: None,
             attack_rng: seeded(seed, 9),
+            room_rng: seeded(seed, 10),
             fault_rng: seeded(seed, 5),
             stall_rng: seeded(seed, 6),
             options: options.clone(),
@@ -584,6 +633,10 @@ impl Sim {
             let at = ORIGIN + exponential(&mut sim.scan_rng, DAY_S as f64 / options.privacy.scans_per_day);
             sim.schedule(at, Event::ScanStart);
         }
+        if options.conference.meetings_per_day > 0.0 && !options.rooms.is_empty() {
+            let at = sim.next_meeting_time(ORIGIN);
+            sim.schedule(at, Event::Meeting);
+        }
         sim.schedule(ORIGIN + options.check_every, Event::Check);
         sim.schedule(sim.drain_at, Event::Drain);
         sim
@@ -638,6 +691,7 @@ impl Sim {
         }
         report.node = stats;
         report.checks = self.checker.checks;
+        (report.room_frames, report.lone_talker_frames) = self.checker.room_frames();
         report.violations = self.checker.violations;
         report.violated = self.checker.violated;
         report
@@ -645,11 +699,11 @@ impl Sim {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Deliver { from, to, bytes } => {
+            Event::Deliver { from, to, bytes, room } => {
                 self.trace.addr(from);
                 self.trace.addr(to);
                 self.trace.bytes(&bytes);
-                self.deliver(from, to, bytes);
+                self.deliver(from, to, bytes, room);
             }
             Event::NodeWake { node } => {
                 let slot = &mut self.nodes[node];
@@ -874,6 +928,8 @@ impl Sim {
                 self.after_attacker();
             }
             Event::ScanStart => self.scan_start(),
+            Event::Meeting => self.meeting(),
+            Event::JoinRoom { phone, room, stay } => self.join_room(phone, room, stay),
             Event::ScannerWake => {
                 let Some((scanner, armed)) = self.scanner.as_mut() else { return };
                 if *armed != Some(self.now) {
@@ -965,14 +1021,14 @@ impl Sim {
         loop {
             let Some(out) = self.nodes[node].node.as_mut().and_then(SimNode::poll_output) else { break };
             match out {
-                NodeOutput::Transmit { from, to, bytes } => {
+                NodeOutput::Transmit { from, to, bytes, room } => {
                     if from.port() != self.nodes[node].config.sip.port() {
                         let ok = self.phone_media(to).is_some();
                         self.checker.media_from_pbx(self.now, ok, || {
                             format!("pbx sent media from {from} to {to}, which is no office phone")
                         });
                     }
-                    self.send(from, to, bytes)
+                    self.transmit(from, to, bytes, room)
                 }
                 NodeOutput::LicenceCheck { request, serial } => {
                     let incarnation = self.nodes[node].incarnation;
@@ -1140,7 +1196,7 @@ impl Sim {
 
     /// Media reaching a phone: RTP carrying the office's silence, never a stranger's payload;
     /// no RTCP at all (the office's phones send none, so pbx has none of theirs to relay).
-    fn check_phone_media(&mut self, phone: usize, from: SocketAddr, to: SocketAddr, bytes: &[u8]) {
+    fn check_phone_media(&mut self, phone: usize, from: SocketAddr, to: SocketAddr, bytes: &[u8], room: bool) {
         let extension = self.phones[phone].phone.config().extension.clone();
         if to.port() % 2 == 1 {
             self.checker.media_at_phone(self.now, false, || {
@@ -1149,6 +1205,11 @@ impl Sim {
             return;
         }
         let payload = rtp_payload(bytes);
+        // A room's mixed audio is judged as such (it is no silence).
+        if room {
+            self.checker.room_audio(self.now, phone, from, payload.unwrap_or_default());
+            return;
+        }
         let office = payload.is_some_and(|p| !p.is_empty() && OFFICE_SILENCE.iter().any(|s| p.iter().all(|b| b == s)));
         self.checker.media_at_phone(self.now, office, || {
             let start: Vec<&u8> = bytes.iter().take(16).collect();
@@ -1192,6 +1253,7 @@ impl Sim {
             PhoneEvent::Dialing { .. } => self.report.calls_dialled += 1,
             PhoneEvent::Established { caller: true, .. } => self.report.calls_answered += 1,
             PhoneEvent::CallFailed { .. } => self.report.calls_failed += 1,
+            PhoneEvent::Room { event: crate::phone::RoomEvent::Vanished, .. } => self.report.room_vanished += 1,
             _ => {}
         }
         self.checker.phone_event(self.now, phone, &event);
@@ -1218,6 +1280,11 @@ impl Sim {
 
     /// Puts a datagram on the network: maybe lost, maybe twice, always late.
     fn send(&mut self, from: SocketAddr, to: SocketAddr, bytes: Bytes) {
+        self.transmit(from, to, bytes, false);
+    }
+
+    /// [`Sim::send`], saying whether a conference room sent it.
+    fn transmit(&mut self, from: SocketAddr, to: SocketAddr, bytes: Bytes, room: bool) {
         if self.options.attacker.on_path
             && let Some(a) = self.attacker.as_mut()
         {
@@ -1255,11 +1322,12 @@ impl Sim {
             }
             let at = self.now + delay;
             self.seq += 1;
-            self.queue.push(Scheduled { at, seq: self.seq, event: Event::Deliver { from, to, bytes: bytes.clone() } });
+            let event = Event::Deliver { from, to, bytes: bytes.clone(), room };
+            self.queue.push(Scheduled { at, seq: self.seq, event });
         }
     }
 
-    fn deliver(&mut self, from: SocketAddr, to: SocketAddr, bytes: Bytes) {
+    fn deliver(&mut self, from: SocketAddr, to: SocketAddr, bytes: Bytes, room: bool) {
         if let Some((scanner, _)) = self.scanner.as_mut().filter(|(s, _)| s.address() == to) {
             scanner.datagram(self.now, &bytes);
             self.after_scanner();
@@ -1277,7 +1345,7 @@ impl Sim {
             && from.port() != sip.port()
             && let Some(phone) = self.phone_media(to)
         {
-            self.check_phone_media(phone, from, to, &bytes);
+            self.check_phone_media(phone, from, to, &bytes, room);
         }
         if let Some(&phone) = self.phone_at.get(&to) {
             if self.phones[phone].away {
@@ -1338,6 +1406,12 @@ impl Sim {
         if self.phones[phone].away {
             return;
         }
+        let c = &self.options.conference;
+        if !self.options.rooms.is_empty() && c.room_probability > 0.0 && self.room_rng.random_bool(c.room_probability) {
+            let room = self.room_rng.random_range(0..self.options.rooms.len());
+            let stay = self.meeting_length();
+            return self.join_room(phone, room, stay);
+        }
         let w = &self.options.workload;
         let callee = if self.work_rng.random_bool(w.unknown_number_probability.clamp(0.0, 1.0)) {
             "9999".to_owned()
@@ -1353,6 +1427,63 @@ impl Sim {
         let talk = exponential(&mut self.work_rng, w.talk_s_mean as f64)
             .clamp(Duration::from_secs(1), Duration::from_secs(w.talk_s_max));
         self.feed_phone(phone, PhoneInput::Dial { callee, talk });
+    }
+}
+
+impl Sim {
+    /// The next meeting: a Poisson process at `meetings_per_day`, a meeting that falls outside
+    /// office time moved into the next office hour.
+    fn next_meeting_time(&mut self, from: Timestamp) -> Timestamp {
+        let at = from + exponential(&mut self.room_rng, DAY_S as f64 / self.options.conference.meetings_per_day);
+        self.next_office_time(at, |sim| &mut sim.room_rng)
+    }
+
+    /// How long a meeting lasts (exponential, capped).
+    fn meeting_length(&mut self) -> Duration {
+        let c = &self.options.conference;
+        exponential(&mut self.room_rng, c.meeting_s_mean as f64)
+            .clamp(Duration::from_secs(10), Duration::from_secs(c.meeting_s_max))
+    }
+
+    /// A meeting: a room and a few phones, who dial in over its first seconds and leave over
+    /// as many after its end; the next meeting is drawn now.
+    fn meeting(&mut self) {
+        if self.draining {
+            return;
+        }
+        let next = self.next_meeting_time(self.now);
+        self.schedule(next, Event::Meeting);
+        self.report.meetings += 1;
+        let room = self.room_rng.random_range(0..self.options.rooms.len());
+        let c = self.options.conference.clone();
+        let count = (uniform_s(&mut self.room_rng, c.meeting_phones).as_secs() as usize).min(self.phones.len());
+        let mut invited = BTreeSet::new();
+        while invited.len() < count {
+            invited.insert(self.room_rng.random_range(0..self.phones.len()));
+        }
+        let length = self.meeting_length();
+        let spread = Duration::from_secs(crate::options::MEETING_SPREAD_S);
+        for phone in invited {
+            let join = Duration::from_millis(self.room_rng.random_range(0..=spread.as_millis() as u64));
+            let leave = length + Duration::from_millis(self.room_rng.random_range(0..=spread.as_millis() as u64));
+            let stay = leave.saturating_sub(join).max(Duration::from_secs(5));
+            self.schedule(self.now + join, Event::JoinRoom { phone, room, stay });
+        }
+    }
+
+    /// A phone dials a room, at a tone nobody there talks at (none free: it stays away).
+    fn join_room(&mut self, phone: usize, room: usize, stay: Duration) {
+        if self.draining || self.phones[phone].away {
+            return;
+        }
+        let (number, pin) = (self.options.rooms[room].number.clone(), self.options.rooms[room].pin.clone());
+        let free = self.checker.free_tones(self.now, &number);
+        if free.is_empty() {
+            return;
+        }
+        let tone_hz = free[self.room_rng.random_range(0..free.len())];
+        self.report.room_joins += 1;
+        self.feed_phone(phone, PhoneInput::JoinRoom { room: number, pin, stay, tone_hz });
     }
 }
 
@@ -1401,6 +1532,14 @@ fn add_stats(total: &mut NodeStats, s: &NodeStats) {
     total.licence_expired += s.licence_expired;
     total.reaper_runs += s.reaper_runs;
     total.security_logged += s.security_logged;
+    total.room_seats += s.room_seats;
+    total.room_refused += s.room_refused;
+    total.rooms_opened += s.rooms_opened;
+    total.participations += s.participations;
+    total.room_pin_failures += s.room_pin_failures;
+    total.mixer_overruns += s.mixer_overruns;
+    total.room_foreign += s.room_foreign;
+    total.room_shed += s.room_shed;
 }
 
 /// Runs one simulation.

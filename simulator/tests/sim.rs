@@ -5,7 +5,7 @@
 use pbx_actors::privacy::reaper::Action;
 use pbx_simulator::attacker::AttackKind;
 use pbx_simulator::check::{TRANSACTIONS_PER_PHONE_MAX, TRANSACTIONS_SLACK};
-use pbx_simulator::options::{AttackerOptions, FaultOptions, NetOptions, Options, Workload};
+use pbx_simulator::options::{AttackerOptions, ConferenceOptions, FaultOptions, NetOptions, Options, Workload};
 use pbx_simulator::{Report, run};
 use std::process::Command;
 use std::time::Duration;
@@ -147,6 +147,7 @@ fn an_injected_unstored_ok_is_caught() {
         o.faults.away_per_phone_per_day = 12.0;
         o.faults.away_s = (4_000, 8_000);
         o.attacker = AttackerOptions::off();
+        o.conference = ConferenceOptions::off();
         o.privacy.scans_per_day = 0.0;
         o.stop_at_first_violation = false;
         o
@@ -219,8 +220,9 @@ fn licence_options(seed: u64, days: u64) -> Options {
     options.workload = Workload { phones: 4, calls_per_phone_per_hour: 0.5, talk_s_max: 600, ..Workload::default() };
     options.licence.outages_per_30d = 0.0;
     options.licence.tamper = 0.0;
-    // The attacker has tests of its own; these runs are long.
+    // The attacker and the rooms have tests of their own; these runs are long.
     options.attacker = AttackerOptions::off();
+    options.conference = ConferenceOptions::off();
     options.stop_at_first_violation = false;
     options
 }
@@ -284,8 +286,9 @@ fn retention_options(seed: u64, days: u64) -> Options {
     options.privacy.request_log_anonymise_days = 7;
     options.privacy.request_log_delete_days = 30;
     options.privacy.audit_days = 30;
-    // The attacker has tests of its own; these runs are long.
+    // The attacker and the rooms have tests of their own; these runs are long.
     options.attacker = AttackerOptions::off();
+    options.conference = ConferenceOptions::off();
     options.stop_at_first_violation = false;
     options
 }
@@ -337,7 +340,18 @@ fn an_injected_eager_reaper_is_caught() {
 /// is caught within a fortnight, and the printed command replays it.
 #[test]
 fn pbx_sim_replays_a_lazy_reaper() {
-    let args = ["--seed", "4", "--duration", "16d", "--phones", "4", "--inject-bug", "lazy-reaper", "--no-attacker"];
+    let args = [
+        "--seed",
+        "4",
+        "--duration",
+        "16d",
+        "--phones",
+        "4",
+        "--inject-bug",
+        "lazy-reaper",
+        "--no-attacker",
+        "--no-rooms",
+    ];
     replays(&args, "outlives");
 }
 
@@ -441,4 +455,74 @@ fn the_attacker_keeps_runs_deterministic() {
     assert_eq!(first.violations, again.violations);
     assert_eq!(first.attack.rtp_packets, again.attack.rtp_packets);
     assert_ne!(first.trace_hash, other.trace_hash, "another seed, another trace");
+}
+
+// ---- Conference rooms (simulator/src/check/rooms.rs) ----
+
+/// A small office that meets every few minutes in its two rooms (one with a PIN and room for
+/// three, so that meetings of up to five are refused 486 in part), on a mediocre network with
+/// every fault on; the attacker streams RTP at pbx's ports, the rooms' included.
+fn meeting_options(seed: u64, hours: u64) -> Options {
+    let mut o = options(seed, hours);
+    o.workload.calls_per_phone_per_hour = 1.0;
+    o.conference = ConferenceOptions {
+        meetings_per_day: 24.0 * 8.0,
+        meeting_phones: (2, 5),
+        meeting_s_mean: 45,
+        meeting_s_max: 120,
+        room_probability: 0.02,
+        mute_probability: 0.3,
+        vanish_probability: 0.2,
+        ..ConferenceOptions::default()
+    };
+    o.attacker = AttackerOptions::only(&[(AttackKind::Rtp, 24.0)]);
+    o
+}
+
+/// The rooms run on the product's RoomCore under faults, and every room invariant holds and
+/// was put to work: participants keyed PINs, talked alone and together, muted, hung up and
+/// vanished, a full room refused callers, and listeners were judged on what they heard.
+#[test]
+fn meetings_hold_every_room_invariant() {
+    let report = run(meeting_options(61, 1));
+    assert_clean(&report);
+    assert!(report.meetings >= 5, "{} meetings", report.meetings);
+    let n = &report.node;
+    assert!(n.room_seats >= 15 && n.room_refused > 0, "{n:?}");
+    assert_eq!(n.participations, n.room_seats, "everyone seated left: {n:?}");
+    assert!(report.room_vanished > 0, "{report:?}");
+    assert!(report.lone_talker_frames >= 2_000, "{} of {} frames", report.lone_talker_frames, report.room_frames);
+    assert_eq!(n.mixer_overruns, 0, "the simulated room wakes on time");
+}
+
+/// With rooms busy, the same seed gives the same run and another seed another.
+#[test]
+fn meetings_keep_runs_deterministic() {
+    let (first, again, other) = (run(meeting_options(62, 1)), run(meeting_options(62, 1)), run(meeting_options(63, 1)));
+    assert!(first.room_frames > 0);
+    assert_eq!(first.trace_hash, again.trace_hash, "same seed, same trace");
+    assert_eq!((first.room_frames, first.lone_talker_frames), (again.room_frames, again.lone_talker_frames));
+    assert_ne!(first.trace_hash, other.trace_hash, "another seed, another trace");
+}
+
+/// Proves the checkers see the room glue: a participant left in its room when its call ends
+/// fails a seed that is clean without it.
+#[test]
+fn an_injected_stuck_participant_is_caught() {
+    let clean = run(meeting_options(64, 1));
+    assert_clean(&clean);
+    let mut o = meeting_options(64, 1);
+    o.sim_bugs.stuck_participant = true;
+    // Stuck rooms stream on to the end: stop at the first violation.
+    o.stop_at_first_violation = true;
+    let report = run(o);
+    assert!(violations_of(&report, "no mixer outlives its room") > 0, "{:?}", report.violated);
+}
+
+/// `pbx-sim --inject-bug stuck-participant` fails, and its replay command fails the same way.
+#[test]
+fn pbx_sim_replays_a_stuck_participant() {
+    // Seed 3 meets in room 801 on its first morning.
+    let args = ["--seed", "3", "--duration", "1d", "--phones", "20", "--inject-bug", "stuck-participant"];
+    replays(&args, "no mixer outlives its room");
 }

@@ -77,6 +77,22 @@ pub enum Prompt {
     NotAllowed,
 }
 
+impl Prompt {
+    /// Every prompt.
+    pub const ALL: [Prompt; 10] = [
+        Prompt::EnterPin,
+        Prompt::WrongPin,
+        Prompt::Joined,
+        Prompt::SomeoneJoined,
+        Prompt::SomeoneLeft,
+        Prompt::Muted,
+        Prompt::Unmuted,
+        Prompt::Locked,
+        Prompt::Unlocked,
+        Prompt::NotAllowed,
+    ];
+}
+
 /// Why the room hangs up on a participant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HangupReason {

@@ -51,18 +51,7 @@ mod tests {
     use super::*;
     use crate::media::tone_power::power;
 
-    const ALL: [Prompt; 10] = [
-        Prompt::EnterPin,
-        Prompt::WrongPin,
-        Prompt::Joined,
-        Prompt::SomeoneJoined,
-        Prompt::SomeoneLeft,
-        Prompt::Muted,
-        Prompt::Unmuted,
-        Prompt::Locked,
-        Prompt::Unlocked,
-        Prompt::NotAllowed,
-    ];
+    const ALL: [Prompt; 10] = Prompt::ALL;
 
     #[test]
     fn every_step_sounds_its_frequencies_for_its_length() {
