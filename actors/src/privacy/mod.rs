@@ -204,7 +204,7 @@ pub const INVENTORY: &[DataCategory] = &[
     },
     DataCategory {
         id: "cluster-log",
-        data: "the durable changes to the categories above (extensions, registrations, call records, licence documents, privacy requests with the subject they name), as replicated between the nodes, and a snapshot of them",
+        data: "the durable changes to the categories above (extensions, registrations, call records, conference participations, licence documents, privacy requests with the subject they name), as replicated between the nodes, and a snapshot of them",
         purpose: "keep every node of the PBX (one, on an appliance) consistent and let it recover after a crash",
         legal_basis: &[LegalBasis::Contract, LegalBasis::LegalObligation],
         // `pbx_node::cluster::COMPACTION_INTERVAL` (1 h); an erasure compacts within seconds.

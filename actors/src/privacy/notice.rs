@@ -332,8 +332,8 @@ const TRANSLATIONS: &[Translation] = &[
         id: "cluster-log",
         title: ["Replikationsprotokoll", "Replication log", "Journal de réplication"],
         data: Tr {
-            de: "die dauerhaften Änderungen an den obigen Kategorien (Nebenstellen, Anmeldungen, Verbindungsdaten, Lizenzdokumente, Anfragen betroffener Personen mit der genannten Person), wie sie zwischen den Knoten repliziert werden, und ein Abbild davon",
-            fr: "les modifications durables des catégories ci-dessus (postes, enregistrements, données d'appel, documents de licence, demandes des personnes concernées avec la personne nommée), telles qu'elles sont répliquées entre les nœuds, et un instantané de celles-ci",
+            de: "die dauerhaften Änderungen an den obigen Kategorien (Nebenstellen, Anmeldungen, Verbindungsdaten, Konferenzteilnahmen, Lizenzdokumente, Anfragen betroffener Personen mit der genannten Person), wie sie zwischen den Knoten repliziert werden, und ein Abbild davon",
+            fr: "les modifications durables des catégories ci-dessus (postes, enregistrements, données d'appel, participations aux conférences, documents de licence, demandes des personnes concernées avec la personne nommée), telles qu'elles sont répliquées entre les nœuds, et un instantané de celles-ci",
         },
         purpose: Tr {
             de: "alle Knoten der TK-Anlage (bei einer Appliance: den einen) übereinstimmend halten und nach einem Absturz wiederherstellen",
