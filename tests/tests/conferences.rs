@@ -43,6 +43,20 @@ fn participant(pbx: &Pbx, scenario: &str, from: &str, room: &str, sink: &RtpSink
         .args(&["-m", "1"])
 }
 
+/// Extension `from` dials `room` and is refused: the final status must be `code`; the SIP
+/// messages SIPp saw, to read the reason phrase in.
+fn refused(pbx: &Pbx, from: &str, room: &str, code: u16) -> String {
+    let sink = RtpSink::for_sipp();
+    let run = Sipp::new("call_uac_fail.xml", pbx.sip, &pbx.scratch())
+        .caller(from, &format!("secret-{from}"), room)
+        .media(G711::Pcmu, &sink, None)
+        .args(&["-m", "1"])
+        .run();
+    assert!(run.success, "{}", run.report());
+    assert_eq!(run.received_codes().last(), Some(&code), "{}", run.messages);
+    run.messages
+}
+
 /// Power of `hz` in `samples`, normalised by length: a tone of amplitude A gives (A/2)².
 fn power(samples: &[i16], hz: f64) -> f64 {
     goertzel_power(samples, G711_RATE_HZ, hz) / (samples.len() as f64).powi(2)
@@ -241,15 +255,8 @@ fn the_api_lists_mutes_kicks_and_locks() {
     // Locked: a new caller is refused, saying why.
     assert_eq!(post("/lock"), 204);
     assert_eq!(room(&pbx, "800")["locked"], true);
-    let refused_sink = RtpSink::for_sipp();
-    let refused = Sipp::new("call_uac_fail.xml", pbx.sip, &pbx.scratch())
-        .caller("103", "secret-103", "800")
-        .media(G711::Pcmu, &refused_sink, None)
-        .args(&["-m", "1"])
-        .run();
-    assert!(refused.success, "{}", refused.report());
-    assert_eq!(refused.received_codes().last(), Some(&403), "{}", refused.messages);
-    assert!(refused.messages.contains("403 Conference locked"), "{}", refused.messages);
+    let messages = refused(&pbx, "103", "800", 403);
+    assert!(messages.contains("403 Conference locked"), "{messages}");
     assert_eq!(post("/unlock"), 204);
 
     let mut runs = runs.into_iter();
@@ -324,15 +331,8 @@ fn a_full_room_is_busy_and_an_unknown_room_is_not_found() {
     let inside = participant(&pbx, "conference_uac.xml", "100", "802", &sink, &pcap).args(&["-d", "4000"]).spawn();
     wait_joined(&pbx, "802", 1);
     for (room, code, reason) in [("802", 486, "486 Conference room full"), ("899", 404, "404 Not Found")] {
-        let refused_sink = RtpSink::for_sipp();
-        let refused = Sipp::new("call_uac_fail.xml", pbx.sip, &pbx.scratch())
-            .caller("101", "secret-101", room)
-            .media(G711::Pcmu, &refused_sink, None)
-            .args(&["-m", "1"])
-            .run();
-        assert!(refused.success, "{}", refused.report());
-        assert_eq!(refused.received_codes().last(), Some(&code), "{}", refused.messages);
-        assert!(refused.messages.contains(reason), "{}", refused.messages);
+        let messages = refused(&pbx, "101", room, code);
+        assert!(messages.contains(reason), "{messages}");
     }
     let inside = inside.wait();
     assert!(inside.success, "{}", inside.report());
@@ -364,18 +364,7 @@ fn the_licence_gates_conference_rooms() {
     let pbx = Pbx::start(options);
     let licence = || serde_json::from_str::<Value>(&pbx.api("GET", "/api/v1/licence", None).1).unwrap();
     assert!(wait_until(Duration::from_secs(30), || licence()["status"] == "licensed"), "{}", licence());
-    let refused = |room: &str, from: &str| {
-        let sink = RtpSink::for_sipp();
-        let run = Sipp::new("call_uac_fail.xml", pbx.sip, &pbx.scratch())
-            .caller(from, &format!("secret-{from}"), room)
-            .media(G711::Pcmu, &sink, None)
-            .args(&["-m", "1"])
-            .run();
-        assert!(run.success, "{}", run.report());
-        assert_eq!(run.received_codes().last(), Some(&403), "{}", run.messages);
-        run.messages
-    };
-    let messages = refused("800", "100");
+    let messages = refused(&pbx, "100", "800", 403);
     assert!(messages.contains("403 Licence: conferences not licensed"), "{messages}");
     // The voucher unlocks conferences, one room at a time.
     assert_eq!(pbx.api("POST", "/api/v1/vouchers", Some(r#"{"code":"V-CONF"}"#)).0, 200);
@@ -387,7 +376,7 @@ fn the_licence_gates_conference_rooms() {
     let pcap = pcap(&pbx, "p.pcap", &tone(TONES[0], G711_RATE_HZ, 3.0, 6000.0), &[]);
     let inside = participant(&pbx, "conference_uac.xml", "100", "800", &sink, &pcap).args(&["-d", "5000"]).spawn();
     wait_joined(&pbx, "800", 1);
-    let messages = refused("801", "101");
+    let messages = refused(&pbx, "101", "801", 403);
     assert!(messages.contains("403 Licence limit: 1 conference rooms"), "{messages}");
     let second = participant(&pbx, "conference_uac.xml", "102", "800", &second_sink, &pcap).args(&["-d", "1500"]).run();
     assert!(second.success, "the room in use takes more callers: {}", second.report());

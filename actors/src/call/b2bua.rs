@@ -648,8 +648,7 @@ impl Call {
 
     /// A re-INVITE or UPDATE from a room's participant (hold, resume, a session refresh): pbx
     /// answers it itself.
-    fn room_offer(&mut self, method: Method, sdp: Option<Bytes>) {
-        let _ = method;
+    fn room_offer(&mut self, sdp: Option<Bytes>) {
         if self.phase != Phase::Answered {
             return self.command(self.a, LegCommand::AnswerOffer { code: 488, sdp: None });
         }
@@ -678,7 +677,7 @@ impl Call {
 
     fn offer_from(&mut self, from: Side, method: Method, sdp: Option<Bytes>) {
         if self.room {
-            return self.room_offer(method, sdp);
+            return self.room_offer(sdp);
         }
         let leg = self.leg_of(from);
         let Some(other) = self.winner.map(|_| self.leg_of(from.other())) else {

@@ -14,7 +14,7 @@
 //! configured inactivity is reported ([`SeatEvent::Inactive`]): its call ends as any call's
 //! would at the RTP timeout. Until then the mixer conceals its frames, then plays silence.
 
-use super::room::{HangupReason, Prompt, Room, RoomOutput};
+use super::room::{Prompt, Refusal, Room, RoomOutput};
 use super::{dtmf::DigitReader, tones};
 use crate::Timestamp;
 use crate::media::mixer::{Mixer, MixerConfig, MixerOutput, Participant};
@@ -74,6 +74,12 @@ pub struct Refused {
 impl Refused {
     pub fn new(code: u16, reason: impl Into<String>) -> Refused {
         Refused { code, reason: reason.into() }
+    }
+}
+
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Refused {
+        Refused::new(refusal.status(), refusal.reason())
     }
 }
 
@@ -199,21 +205,12 @@ impl RoomCore {
 
     /// Whether a caller would be let in now (checked before the shell binds its port).
     pub fn admissible(&self) -> Result<(), Refused> {
-        if self.room.members().count() >= self.decl.config.max_participants {
-            return Err(Refused::new(486, "Conference room full"));
-        }
-        if self.room.is_locked() {
-            return Err(Refused::new(403, "Conference locked"));
-        }
-        Ok(())
+        self.room.admission().map_err(Refused::from)
     }
 
     /// A caller arrives (its port is bound): admitted, or refused.
     pub fn admit(&mut self, now: Timestamp, participant: u64, caller: String, source: IpAddr) -> Result<(), Refused> {
-        self.admissible()?;
-        if let Err(refusal) = self.room.arrive(now, participant) {
-            return Err(Refused::new(refusal.status(), capitalised(&refusal.to_string())));
-        }
+        self.room.arrive(now, participant)?;
         self.places.insert(
             participant,
             Place {
@@ -265,7 +262,7 @@ impl RoomCore {
         self.mixer.set_in_lobby(participant, place.lobby);
         self.mixer.set_muted(participant, place.muted);
         for prompt in std::mem::take(&mut place.queued) {
-            self.mixer.play(participant, tones::render(prompt));
+            self.mixer.play(participant, tones::prompt(prompt));
         }
     }
 
@@ -429,15 +426,14 @@ impl RoomCore {
                 RoomOutput::Play { to, prompt } => {
                     if let Some(place) = self.places.get_mut(&to) {
                         if place.in_mixer {
-                            self.mixer.play(to, tones::render(prompt));
+                            self.mixer.play(to, tones::prompt(prompt));
                         } else {
                             place.queued.push(prompt);
                         }
                     }
                 }
-                RoomOutput::Hangup { id, reason } => {
+                RoomOutput::Hangup { id, .. } => {
                     if self.places.contains_key(&id) {
-                        let _: HangupReason = reason;
                         self.outputs.push_back(RoomCoreOutput::Seat { participant: id, event: SeatEvent::Hangup });
                     }
                     self.remove(now, id);
@@ -467,11 +463,6 @@ impl RoomCore {
         };
         self.outputs.push_back(RoomCoreOutput::Gone { participant, record });
     }
-}
-
-fn capitalised(text: &str) -> String {
-    let mut chars = text.chars();
-    chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -60,6 +60,14 @@ impl Refusal {
             Refusal::Locked => 403,
         }
     }
+
+    /// The SIP reason phrase.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Full => "Conference room full",
+            Refusal::Locked => "Conference locked",
+        }
+    }
 }
 
 /// The prompts a room plays (`tones` renders them).
@@ -170,17 +178,23 @@ impl<P: Copy + Eq + Hash> Room<P> {
         }
     }
 
+    /// Whether a new caller would be let in now (a full room says so before a locked one).
+    pub fn admission(&self) -> Result<(), Refusal> {
+        if self.entries.len() >= self.config.max_participants {
+            return Err(Refusal::Full);
+        }
+        if self.locked {
+            return Err(Refusal::Locked);
+        }
+        Ok(())
+    }
+
     /// A caller dialled the room: admitted (and asked for a PIN, or joined), or refused.
     pub fn arrive(&mut self, now: Timestamp, id: P) -> Result<(), Refusal> {
         if self.entries.contains_key(&id) {
             return Ok(());
         }
-        if self.locked {
-            return Err(Refusal::Locked);
-        }
-        if self.entries.len() >= self.config.max_participants {
-            return Err(Refusal::Full);
-        }
+        self.admission()?;
         let asks_pin = self.config.pin.is_some() || self.config.moderator_pin.is_some();
         let entry = Entry {
             member: Member { joined: None, moderator: false, muted: false },

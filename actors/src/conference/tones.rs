@@ -28,6 +28,14 @@ pub fn pattern(prompt: Prompt) -> &'static [Step] {
     }
 }
 
+/// The prompt as 8 kHz samples, rendered once per process and shared by every listener.
+pub fn prompt(prompt: Prompt) -> std::sync::Arc<[i16]> {
+    static RENDERED: std::sync::OnceLock<Vec<std::sync::Arc<[i16]>>> = std::sync::OnceLock::new();
+    let all = RENDERED.get_or_init(|| Prompt::ALL.iter().map(|&p| render(p).into()).collect());
+    let index = Prompt::ALL.iter().position(|&p| p == prompt).expect("every prompt is in Prompt::ALL");
+    all[index].clone()
+}
+
 /// The prompt as 8 kHz samples. Each tone rises and falls over 5 ms, so it starts and ends
 /// without a click.
 pub fn render(prompt: Prompt) -> Vec<i16> {

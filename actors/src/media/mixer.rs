@@ -46,6 +46,7 @@ use super::rtp::RtpPacket;
 use crate::Timestamp;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Samples per second of G.711.
@@ -259,8 +260,9 @@ struct Member {
     energy: u32,
     /// Not in the room yet: not mixed, hears only its prompt.
     lobby: bool,
-    /// A prompt being played to it, and how far.
-    prompt: Option<(Vec<i16>, usize)>,
+    /// A prompt being played to it (shared: every listener of the same prompt plays one
+    /// rendering), and how far.
+    prompt: Option<(Arc<[i16]>, usize)>,
     sequence: u16,
     timestamp: u32,
     first_sent: bool,
@@ -361,8 +363,8 @@ impl<P: Copy + Eq + Hash> Mixer<P> {
     }
 
     /// Plays `samples` to one participant over what it hears; replaces a prompt still playing.
-    pub fn play(&mut self, id: P, mut samples: Vec<i16>) -> bool {
-        samples.truncate(PROMPT_SAMPLES_MAX);
+    /// At most [`PROMPT_SAMPLES_MAX`] samples of it are played.
+    pub fn play(&mut self, id: P, samples: Arc<[i16]>) -> bool {
         self.members.get_mut(&id).map(|m| m.prompt = Some((samples, 0))).is_some()
     }
 
@@ -516,12 +518,13 @@ impl<P: Copy + Eq + Hash> Mixer<P> {
                     }
                 }
                 if let Some((samples, at)) = &mut member.prompt {
-                    let end = (*at + FRAME_SAMPLES).min(samples.len());
+                    let len = samples.len().min(PROMPT_SAMPLES_MAX);
+                    let end = (*at + FRAME_SAMPLES).min(len);
                     for (h, &p) in heard.iter_mut().zip(samples[*at..end].iter()) {
                         *h += i32::from(p);
                     }
                     *at = end;
-                    if end == samples.len() {
+                    if end == len {
                         member.prompt = None;
                     }
                 }

@@ -106,40 +106,33 @@ async fn control(state: &ApiState, room: String, control: Control) -> HttpRespon
     }
 }
 
-/// A participant's id from the path; `None`: not a number, so no participant.
-fn participant(id: &str) -> Option<u64> {
-    id.parse().ok()
-}
-
-fn no_participant(id: &str) -> HttpResponse {
-    error(StatusCode::NOT_FOUND, format!("{id:?} is not a participant id"))
+/// A request about one participant (`{number}/participants/{id}`): an id that is not a number
+/// names no participant (404).
+async fn participant_control(
+    state: &ApiState,
+    path: web::Path<(String, String)>,
+    make: impl FnOnce(u64) -> Control,
+) -> HttpResponse {
+    let (room, id) = path.into_inner();
+    match id.parse() {
+        Ok(participant) => control(state, room, make(participant)).await,
+        Err(_) => error(StatusCode::NOT_FOUND, format!("{id:?} is not a participant id")),
+    }
 }
 
 async fn mute(req: HttpRequest, state: web::Data<ApiState>, path: web::Path<(String, String)>) -> HttpResponse {
     require_auth!(req, state);
-    let (room, id) = path.into_inner();
-    match participant(&id) {
-        Some(participant) => control(&state, room, Control::Mute { participant, muted: true }).await,
-        None => no_participant(&id),
-    }
+    participant_control(&state, path, |participant| Control::Mute { participant, muted: true }).await
 }
 
 async fn unmute(req: HttpRequest, state: web::Data<ApiState>, path: web::Path<(String, String)>) -> HttpResponse {
     require_auth!(req, state);
-    let (room, id) = path.into_inner();
-    match participant(&id) {
-        Some(participant) => control(&state, room, Control::Mute { participant, muted: false }).await,
-        None => no_participant(&id),
-    }
+    participant_control(&state, path, |participant| Control::Mute { participant, muted: false }).await
 }
 
 async fn kick(req: HttpRequest, state: web::Data<ApiState>, path: web::Path<(String, String)>) -> HttpResponse {
     require_auth!(req, state);
-    let (room, id) = path.into_inner();
-    match participant(&id) {
-        Some(participant) => control(&state, room, Control::Kick { participant }).await,
-        None => no_participant(&id),
-    }
+    participant_control(&state, path, |participant| Control::Kick { participant }).await
 }
 
 async fn lock(req: HttpRequest, state: web::Data<ApiState>, room: web::Path<String>) -> HttpResponse {

@@ -522,7 +522,7 @@ fn one_in_the_lobby_hears_only_its_prompt_and_is_not_heard() {
     let prompt: Vec<i16> = (0..FRAME_SAMPLES * 10)
         .map(|i| (5000.0 * (2.0 * PI * 2400.0 * i as f64 / f64::from(SAMPLE_RATE)).sin()) as i16)
         .collect();
-    assert!(mixer.play(2, prompt));
+    assert!(mixer.play(2, prompt.into()));
     let heard = run(&mut mixer, &mut phones, 30, |_, _| true);
     let lobby = &heard.samples[&2];
     // The prompt plays from the first tick, alone: the room's talker is not in it.
@@ -552,6 +552,7 @@ fn a_prompt_is_heard_over_the_room_by_its_listener_only() {
         .map(|i| (4000.0 * (2.0 * PI * 2400.0 * i as f64 / f64::from(SAMPLE_RATE)).sin()) as i16)
         .collect();
     // A prompt to the talker: it hears the prompt and still not itself.
+    let prompt: std::sync::Arc<[i16]> = prompt.into();
     assert!(mixer.play(1, prompt.clone()));
     assert!(mixer.play(2, prompt));
     let heard = run(&mut mixer, &mut phones, 30, |_, _| true);
@@ -561,7 +562,7 @@ fn a_prompt_is_heard_over_the_room_by_its_listener_only() {
     assert!(power(steady(&heard, 2), 600.0) > 1e6, "the room goes on under the prompt");
     assert!(power(steady(&heard, 3), 2400.0) < 10.0, "only its listener hears a prompt");
     // An over-long prompt is cut to the bound.
-    mixer.play(3, vec![1000; PROMPT_SAMPLES_MAX * 2]);
+    mixer.play(3, vec![1000; PROMPT_SAMPLES_MAX * 2].into());
     let mut frames = 0;
     let laws: HashMap<u32, G711> = phones.iter().map(|(id, p)| (*id, p.law)).collect();
     let mut heard = Heard::default();
