@@ -16,6 +16,7 @@ pub mod clock;
 pub mod http;
 pub mod secret_file;
 pub mod store;
+pub mod tls;
 
 /// Returns at the first SIGTERM or SIGINT.
 pub async fn wait_for_shutdown_signal() -> anyhow::Result<()> {

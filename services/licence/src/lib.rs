@@ -613,30 +613,11 @@ fn cert_names(host: &str, extra: &[String]) -> Vec<String> {
 /// The server's TLS configuration (ring provider), from `tls-cert.pem` and `tls-key.pem`,
 /// made self-signed for `names` at first start.
 fn tls_config(dir: &Path, names: &[String]) -> anyhow::Result<rustls::ServerConfig> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    // Once per process; a second install (tests, another role) is no error.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(CERT_KEY_FILE));
-    if !cert_path.exists() || !key_path.exists() {
-        let certified = rcgen::generate_simple_self_signed(names.to_vec())
-            .with_context(|| format!("make a self-signed certificate for {names:?}"))?;
-        write_file(&key_path, certified.signing_key.serialize_pem().as_bytes(), 0o600)?;
-        write_file(&cert_path, certified.cert.pem().as_bytes(), 0o644)?;
-        tracing::info!(path = %cert_path.display(), ?names, "self-signed TLS certificate created");
+    let identity = pbx_host::tls::identity(&dir.join(CERT_FILE), &dir.join(CERT_KEY_FILE), Some(names))?;
+    if identity.created {
+        tracing::info!(path = %dir.join(CERT_FILE).display(), ?names, "self-signed TLS certificate created");
     }
-    let certs = CertificateDer::pem_file_iter(&cert_path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| anyhow::anyhow!("read {}: {e}", cert_path.display()))?;
-    let key =
-        PrivateKeyDer::from_pem_file(&key_path).map_err(|e| anyhow::anyhow!("read {}: {e}", key_path.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("TLS certificate and key do not match")
+    pbx_host::tls::server_config(&identity, &[])
 }
 
 // ---- Storage ----
