@@ -156,7 +156,7 @@ impl Answered {
             config: CallConfig {
                 no_answer: Duration::from_secs(30),
                 timers: TimerConfig::default(),
-                local_sip: LocalSip { address: "127.0.0.1:5060".parse().unwrap() },
+                local_sip: LocalSip { address: "127.0.0.1:5060".parse().unwrap(), tls: None },
                 bugs: Default::default(),
             },
             clock: Arc::new(TestClock(std::time::Instant::now())),
@@ -166,6 +166,7 @@ impl Answered {
             media_ip: "127.0.0.1".parse().unwrap(),
             relay: RelayConfig { inactivity: Duration::from_secs(60) },
             conferences: Default::default(),
+            media_policy: Default::default(),
         };
         let ledger = CallLedger::default();
         let args = CallsArgs { context: context.clone(), seed: 1, ledger: ledger.clone() };

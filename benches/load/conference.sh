@@ -113,7 +113,7 @@ start_pbx() { # rooms
 		done
 	} >"$WORK/pbx.toml"
 	RUST_LOG=warn "$PBX" appliance --config "$WORK/pbx.toml" --data-dir "$WORK/data" \
-		--sip-listen "127.0.0.1:$SIP_PORT" --http-listen "127.0.0.1:$HTTP_PORT" --rtp-ports "$RTP_PORTS" \
+		--sip-listen "127.0.0.1:$SIP_PORT" --sip-tls-listen off --http-listen "127.0.0.1:$HTTP_PORT" --rtp-ports "$RTP_PORTS" \
 		>"$WORK/pbx.log" 2>&1 &
 	PBX_PID=$!
 	for _ in $(seq 100); do

@@ -474,7 +474,7 @@ start_pbx() { # name [wrapper…] → sets SERVER_PID
 	mkdir -p "$dir/data"
 	write_pbx_config "$dir/pbx.toml"
 	RUST_LOG=$PBX_LOG "$@" "$PBX" appliance --data-dir "$dir/data" --config "$dir/pbx.toml" \
-		--sip-listen "127.0.0.1:$PBX_SIP_PORT" --http-listen "127.0.0.1:$PBX_HTTP_PORT" >"$dir/pbx.log" 2>&1 &
+		--sip-listen "127.0.0.1:$PBX_SIP_PORT" --sip-tls-listen off --http-listen "127.0.0.1:$PBX_HTTP_PORT" >"$dir/pbx.log" 2>&1 &
 	SERVER_PID=$!
 	PIDS+=("$SERVER_PID")
 	SERVER_PORT=$PBX_SIP_PORT
@@ -968,7 +968,7 @@ start_pbx_calls() { # name [wrapper…] → sets SERVER_PID; 1 (with a message) 
 		[ -n "${MEDIA_IO:-}" ] && printf '\n[calls]\nmedia_io = "%s"\n' "$MEDIA_IO"
 		call_extensions
 	} >"$dir/pbx.toml"
-	RUST_LOG=$PBX_LOG "$@" "$PBX" appliance --data-dir "$dir/data" --config "$dir/pbx.toml" --sip-listen "127.0.0.1:$PBX_SIP_PORT" \
+	RUST_LOG=$PBX_LOG "$@" "$PBX" appliance --data-dir "$dir/data" --config "$dir/pbx.toml" --sip-listen "127.0.0.1:$PBX_SIP_PORT" --sip-tls-listen off \
 		--http-listen "127.0.0.1:$PBX_HTTP_PORT" --rtp-ports "$RTP_PORTS" >>"$dir/pbx.log" 2>&1 &
 	SERVER_PID=$!
 	PIDS+=("$SERVER_PID")
@@ -1505,7 +1505,7 @@ start_node() {
 		mid=$(((lo + hi + 1) / 4 * 2))
 		extra=(--rtp-ports "$([ "$i" -eq 0 ] && echo "$lo-$((mid - 1))" || echo "$mid-$hi")")
 	fi
-	RUST_LOG=$PBX_LOG "$PBX" node --data-dir "$dir/data" --config "$dir/pbx.toml" --sip-listen "127.0.0.1:$(node_port "$i" 0)" \
+	RUST_LOG=$PBX_LOG "$PBX" node --data-dir "$dir/data" --config "$dir/pbx.toml" --sip-listen "127.0.0.1:$(node_port "$i" 0)" --sip-tls-listen off \
 		--http-listen "127.0.0.1:$(node_port "$i" 1)" ${extra[@]+"${extra[@]}"} >>"$WORK/$cluster.${NODES[$i]}.log" 2>&1 &
 	NODE_PIDS[i]=$!
 	PIDS+=("$!")

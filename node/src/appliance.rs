@@ -83,8 +83,12 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     let cdr_store: Arc<dyn CdrStore> =
         Arc::new(CdrWriter::start(Arc::new(ReplicatedCdrs(replication.clone()))).context("start CDR writer")?);
 
-    let sockets = SipSockets::bind(config.sip_listen).await?;
+    let sockets = SipSockets::bind(config.sip_listen, config.sip_tls.as_ref().map(|t| t.listen)).await?;
     let wire = sockets.wire();
+    let sip_tls = match &config.sip_tls {
+        Some(tls) => Some(sip_tls_identity(tls, &config).context("SIP over TLS")?),
+        None => None,
+    };
     let clock = SystemClock::new();
     let test_hooks = std::env::var(TEST_HOOKS_ENV).is_ok_and(|v| v == "1");
     if test_hooks {
@@ -159,11 +163,7 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
 
     // Via and Contact name where pbx is reached: the listen address, or the media address with
     // the SIP port when listening on a wildcard.
-    let sip_address = if config.sip_listen.ip().is_unspecified() {
-        SocketAddr::new(config.calls.media_address, config.sip_listen.port())
-    } else {
-        config.sip_listen
-    };
+    let sip_address = advertised(config.sip_listen, config.calls.media_address);
     let timers = TimerConfig::default();
     // Before the first call starts the media workers.
     pbx_actors::media::actor::set_media_io(config.calls.media_io);
@@ -184,7 +184,10 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         config: CallConfig {
             no_answer: Duration::from_secs(config.calls.no_answer_timeout_s.into()),
             timers,
-            local_sip: LocalSip { address: sip_address },
+            local_sip: LocalSip {
+                address: sip_address,
+                tls: config.sip_tls.as_ref().map(|t| advertised(t.listen, config.calls.media_address)),
+            },
             bugs: Default::default(),
         },
         clock: Arc::new(clock),
@@ -194,6 +197,7 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         media_ip: config.calls.media_address,
         relay: RelayConfig { inactivity: Duration::from_secs(config.calls.rtp_timeout_s.into()) },
         conferences: core.conferences.clone(),
+        media_policy: Arc::new(config.media_policy()),
     };
     let calls = CallsChild { context, ledger: CallLedger::default(), current: core.calls.clone() };
     supervisor::start(&supervisor, calls).await.map_err(anyhow::Error::msg).context("start calls")?;
@@ -263,7 +267,14 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     let inbound = transport::Inbound::new(sink, backlogs);
 
     let udp_task = tokio::spawn(transport::serve_udp(sockets.udp.clone(), inbound.clone()));
-    let tcp_task = tokio::spawn(transport::serve_tcp(sockets.tcp, inbound, wire.clone()));
+    let slots = transport::StreamSlots::new();
+    let tcp_task = tokio::spawn(transport::serve_tcp(sockets.tcp, inbound.clone(), wire.clone(), slots.clone()));
+    let tls_task = match (sockets.tls, &sip_tls) {
+        (Some(listener), Some((server, _))) => {
+            Some(tokio::spawn(transport::serve_tls(listener, inbound, wire.clone(), slots, server.clone())))
+        }
+        _ => None,
+    };
 
     let state = ApiState {
         token,
@@ -279,6 +290,15 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         cluster: replication.clone(),
         core: core.clone(),
         test_hooks,
+        sip: Arc::new(http::SipInfo {
+            udp: config.sip_listen,
+            tcp: config.sip_listen,
+            tls: config
+                .sip_tls
+                .as_ref()
+                .zip(sip_tls.as_ref())
+                .map(|(t, (_, info))| http::SipTlsInfo { listen: t.listen, ..info.clone() }),
+        }),
     };
     let cluster_api = actix_web::web::Data::new(cluster.api.clone());
     let server = actix_web::HttpServer::new(move || {
@@ -298,7 +318,12 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     .run();
     let server_handle = server.handle();
     let server_task = tokio::spawn(server);
-    tracing::info!(sip = %config.sip_listen, http = %config.http_listen, "pbx appliance ready");
+    tracing::info!(
+        sip = %config.sip_listen,
+        sip_tls = %config.sip_tls.as_ref().map_or("off".to_string(), |t| t.listen.to_string()),
+        http = %config.http_listen,
+        "pbx appliance ready"
+    );
 
     // A signal stops the node cleanly (exit 0); a supervisor that gave up stops it too, and the
     // process exits non-zero so that its service manager starts it afresh.
@@ -311,6 +336,9 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     let _ = server_task.await;
     udp_task.abort();
     tcp_task.abort();
+    if let Some(task) = tls_task {
+        task.abort();
+    }
     // The core actors stop in the reverse of their start: the endpoint first, the registrar
     // (which flushes batched binding refreshes) last. Calls in progress end with the node
     // (their phones see no more answers); their actors and ports go with the calls actor.
@@ -545,4 +573,45 @@ impl CallsView for CallsList {
             }
         })
     }
+}
+
+/// Where pbx is reached at a listen address: itself, or the media address with its port when it
+/// is a wildcard (Via and Contact must name a host a phone can send to).
+fn advertised(listen: SocketAddr, media_address: std::net::IpAddr) -> SocketAddr {
+    if listen.ip().is_unspecified() { SocketAddr::new(media_address, listen.port()) } else { listen }
+}
+
+/// SIP over TLS's server configuration and what the API says of it. The self-signed default
+/// is made at first start for the address phones are told (and `localhost`); its fingerprint
+/// is logged, so an operator can give it to phones that pin it.
+fn sip_tls_identity(
+    tls: &crate::config::SipTls,
+    config: &Config,
+) -> anyhow::Result<(Arc<rustls::ServerConfig>, http::SipTlsInfo)> {
+    let names = tls.self_signed.then(|| {
+        let host = advertised(tls.listen, config.calls.media_address).ip().to_string();
+        let mut names = vec![host];
+        if names[0] != "localhost" {
+            names.push("localhost".into());
+        }
+        names
+    });
+    let identity = pbx_host::tls::identity(&tls.certificate, &tls.key, names.as_deref())?;
+    if identity.created {
+        tracing::info!(path = %tls.certificate.display(), ?names, "self-signed SIP TLS certificate created");
+    }
+    tracing::info!(
+        listen = %tls.listen,
+        fingerprint_sha256 = %identity.fingerprint,
+        self_signed = tls.self_signed,
+        "SIP over TLS certificate"
+    );
+    let server = pbx_host::tls::server_config(&identity, &[])?;
+    let info = http::SipTlsInfo {
+        listen: tls.listen,
+        certificate: tls.certificate.display().to_string(),
+        fingerprint_sha256: identity.fingerprint,
+        self_signed: tls.self_signed,
+    };
+    Ok((Arc::new(server), info))
 }

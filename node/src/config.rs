@@ -16,6 +16,13 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_DATA_DIR: &str = "./pbx-data";
 pub const DEFAULT_SIP_LISTEN: &str = "0.0.0.0:5060";
+/// SIP over TLS listens on the `sip_listen` IP and this port unless told otherwise (RFC 3261
+/// §19.1.2: 5061 for `sips:`).
+pub const DEFAULT_SIP_TLS_PORT: u16 = 5061;
+/// The self-signed certificate and key pbx makes at first start for SIP over TLS when
+/// `sip.tls_certificate` is not set (in the data directory).
+pub const SIP_TLS_CERT_FILE: &str = "sip-tls-cert.pem";
+pub const SIP_TLS_KEY_FILE: &str = "sip-tls-key.pem";
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_RTP_PORTS: &str = "20000-29999";
 /// Ringing this long without an answer ends the call (Asterisk's `Dial()` timeout is similar).
@@ -88,6 +95,9 @@ pub struct ExtensionDecl {
     pub password: String,
     #[serde(default)]
     pub display_name: String,
+    /// SRTP on the legs toward this extension's phones; `calls.media_encryption` when unset.
+    #[serde(default)]
+    pub media_encryption: Option<MediaEncryption>,
 }
 
 impl std::fmt::Debug for ExtensionDecl {
@@ -96,6 +106,7 @@ impl std::fmt::Debug for ExtensionDecl {
             .field("number", &self.number)
             .field("password", &"<redacted>")
             .field("display_name", &self.display_name)
+            .field("media_encryption", &self.media_encryption)
             .finish()
     }
 }
@@ -138,6 +149,7 @@ struct MixerSection {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     sip_listen: Option<String>,
+    sip_tls_listen: Option<String>,
     http_listen: Option<String>,
     rtp_ports: Option<String>,
     log_format: Option<LogFormat>,
@@ -342,11 +354,15 @@ struct CallsSection {
     media_io: Option<MediaIo>,
     cdr_retention_days: Option<u32>,
     emergency_numbers: Option<Vec<String>>,
+    media_encryption: Option<MediaEncryption>,
 }
 
 /// How calls are handled and how long their records are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallsConfig {
+    /// `calls.media_encryption`: SRTP for extensions that set none (`optional` by default:
+    /// SRTP with phones on SIP over TLS that offer or accept it).
+    pub media_encryption: MediaEncryption,
     pub no_answer_timeout_s: u32,
     pub rtp_timeout_s: u32,
     /// The address written into SDP `c=` lines: where phones send their media. Default: the
@@ -368,6 +384,21 @@ struct SipSection {
     source_rate_per_s: Option<u32>,
     source_burst: Option<u32>,
     endpoint_shards: Option<usize>,
+    tls_certificate: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+/// SIP over TLS: where, and with which certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipTls {
+    pub listen: SocketAddr,
+    /// PEM chain and key (`sip.tls_certificate`, `sip.tls_key`), both or neither; neither:
+    /// [`SIP_TLS_CERT_FILE`] and [`SIP_TLS_KEY_FILE`] in the data directory, made
+    /// self-signed at first start.
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+    /// The pair is the self-signed default (made when missing), not the operator's.
+    pub self_signed: bool,
 }
 
 /// The SIP listener's limits on strangers.
@@ -423,17 +454,22 @@ pub struct Flags {
     pub data_dir: Option<PathBuf>,
     pub config: Option<PathBuf>,
     pub sip_listen: Option<String>,
+    pub sip_tls_listen: Option<String>,
     pub http_listen: Option<String>,
     pub rtp_ports: Option<String>,
     pub media_address: Option<String>,
     pub log_format: Option<LogFormat>,
 }
 
+pub use pbx_actors::call::MediaEncryption;
+
 /// The configuration the node runs with, every value checked.
 #[derive(Debug)]
 pub struct Config {
     pub data_dir: PathBuf,
     pub sip_listen: SocketAddr,
+    /// `None`: `sip_tls_listen = "off"`.
+    pub sip_tls: Option<SipTls>,
     pub http_listen: SocketAddr,
     pub rtp_ports: PortRange,
     pub log_format: LogFormat,
@@ -450,6 +486,16 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// The file it was read from (`--config`), to name it in messages about its entries.
     pub file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Each extension's media encryption: as declared, else `calls.media_encryption`.
+    pub fn media_policy(&self) -> pbx_actors::call::MediaPolicy {
+        pbx_actors::call::MediaPolicy {
+            default: self.calls.media_encryption,
+            extensions: self.extensions.iter().filter_map(|e| Some((e.number.clone(), e.media_encryption?))).collect(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -538,6 +584,7 @@ impl Config {
             invalid,
         )?;
         let calls = CallsConfig {
+            media_encryption: file.calls.media_encryption.unwrap_or_default(),
             no_answer_timeout_s: file.calls.no_answer_timeout_s.unwrap_or(DEFAULT_NO_ANSWER_TIMEOUT_S),
             rtp_timeout_s: file.calls.rtp_timeout_s.unwrap_or(DEFAULT_RTP_TIMEOUT_S),
             media_address,
@@ -592,6 +639,37 @@ impl Config {
             return Err(invalid("sip.endpoint_shards", format!("must be 1–{ENDPOINT_SHARDS_MAX}")));
         }
         let sip = SipConfig { source_limit, endpoint_shards: file.sip.endpoint_shards };
+        let default_tls = SocketAddr::new(sip_listen.ip(), DEFAULT_SIP_TLS_PORT).to_string();
+        let tls_listen = pick(
+            &flags.sip_tls_listen,
+            "--sip-tls-listen",
+            &file.sip_tls_listen,
+            "sip_tls_listen",
+            &default_tls,
+            |s| if s == "off" { Ok(None) } else { addr(s).map(Some) },
+            invalid,
+        )?;
+        if tls_listen.is_some_and(|tls| tls.port() == sip_listen.port() && tls.port() != 0) {
+            return Err(invalid("sip_tls_listen", format!("port {} is sip_listen's (TCP)", sip_listen.port())));
+        }
+        let sip_tls = match (tls_listen, file.sip.tls_certificate, file.sip.tls_key) {
+            (None, _, _) => None,
+            (Some(listen), None, None) => Some(SipTls {
+                listen,
+                certificate: data_dir.join(SIP_TLS_CERT_FILE),
+                key: data_dir.join(SIP_TLS_KEY_FILE),
+                self_signed: true,
+            }),
+            (Some(listen), Some(certificate), Some(key)) => {
+                Some(SipTls { listen, certificate, key, self_signed: false })
+            }
+            (Some(_), Some(_), None) => {
+                return Err(invalid("sip.tls_key", "missing: sip.tls_certificate is set".into()));
+            }
+            (Some(_), None, Some(_)) => {
+                return Err(invalid("sip.tls_certificate", "missing: sip.tls_key is set".into()));
+            }
+        };
         let r = file.registrar;
         let registrar = RegistrarConfig {
             realm: r.realm.unwrap_or(d.realm),
@@ -696,6 +774,7 @@ impl Config {
         Ok(Config {
             data_dir,
             sip_listen,
+            sip_tls,
             http_listen,
             rtp_ports,
             log_format,
@@ -921,6 +1000,7 @@ mod tests {
         assert_eq!(c.rtp_ports, PortRange { low: 20000, high: 29999 });
         assert_eq!(c.data_dir, PathBuf::from("./pbx-data"));
         let calls = CallsConfig {
+            media_encryption: MediaEncryption::Optional,
             no_answer_timeout_s: 30,
             rtp_timeout_s: 60,
             media_address: "127.0.0.1".parse().unwrap(),
@@ -1030,6 +1110,34 @@ mod tests {
         );
         assert_eq!(c.extensions[0].display_name, "Reception");
         assert!(!format!("{:?}", c.extensions).contains("secret100"), "passwords never in Debug");
+    }
+
+    /// SIP over TLS: on by default on the SIP IP and port 5061 with the self-signed pair in the
+    /// data directory; `off` turns it off; the operator's certificate needs its key (and the
+    /// other way round); it cannot share the SIP TCP port.
+    #[test]
+    fn sip_over_tls_defaults_and_refusals() {
+        let c = load_text("sip_listen = \"192.0.2.5:5070\"").unwrap();
+        let tls = c.sip_tls.expect("on by default");
+        assert_eq!(tls.listen, "192.0.2.5:5061".parse().unwrap());
+        assert!(tls.self_signed);
+        assert_eq!(tls.certificate, c.data_dir.join(SIP_TLS_CERT_FILE));
+        assert_eq!(tls.key, c.data_dir.join(SIP_TLS_KEY_FILE));
+        assert_eq!(load_text("sip_tls_listen = \"off\"").unwrap().sip_tls, None);
+        let flags = Flags { sip_tls_listen: Some("off".into()), ..Flags::default() };
+        assert_eq!(Config::load(&flags).unwrap().sip_tls, None);
+        let given = load_text("[sip]\ntls_certificate = \"/etc/pbx/c.pem\"\ntls_key = \"/etc/pbx/k.pem\"").unwrap();
+        let tls = given.sip_tls.unwrap();
+        assert_eq!((tls.certificate.to_str(), tls.self_signed), (Some("/etc/pbx/c.pem"), false));
+        for (text, key) in [
+            ("[sip]\ntls_certificate = \"/c.pem\"", "sip.tls_key"),
+            ("[sip]\ntls_key = \"/k.pem\"", "sip.tls_certificate"),
+            ("sip_listen = \"127.0.0.1:5061\"", "sip_tls_listen"),
+            ("sip_tls_listen = \"nowhere\"", "sip_tls_listen"),
+        ] {
+            let error = load_text(text).unwrap_err().to_string();
+            assert!(error.contains(key), "{text}: {error}");
+        }
     }
 
     /// Errors name the file, the key and the reason.

@@ -106,6 +106,9 @@ struct RunFlags {
     /// SIP over UDP and TCP [default: 0.0.0.0:5060]
     #[arg(long, value_name = "ADDR:PORT")]
     sip_listen: Option<String>,
+    /// SIP over TLS, or `off` [default: the --sip-listen IP, port 5061]
+    #[arg(long, value_name = "ADDR:PORT|off")]
+    sip_tls_listen: Option<String>,
     /// Admin HTTP API [default: 127.0.0.1:8080]
     #[arg(long, value_name = "ADDR:PORT")]
     http_listen: Option<String>,
@@ -122,8 +125,8 @@ struct RunFlags {
 
 impl RunFlags {
     fn with_config(self, config: Option<PathBuf>) -> Flags {
-        let RunFlags { data_dir, sip_listen, http_listen, rtp_ports, media_address, log_format } = self;
-        Flags { data_dir, config, sip_listen, http_listen, rtp_ports, media_address, log_format }
+        let RunFlags { data_dir, sip_listen, sip_tls_listen, http_listen, rtp_ports, media_address, log_format } = self;
+        Flags { data_dir, config, sip_listen, sip_tls_listen, http_listen, rtp_ports, media_address, log_format }
     }
 }
 

@@ -381,7 +381,7 @@ impl SimNode {
         let call_config = CallConfig {
             no_answer: config.no_answer,
             timers,
-            local_sip: LocalSip { address: config.sip },
+            local_sip: LocalSip { address: config.sip, tls: None },
             bugs: config.bugs,
         };
         let mut node = SimNode {
@@ -782,7 +782,8 @@ impl SimNode {
             self.media_ports.insert(*port, MediaPort::Relay(id, side));
         }
         let relay = Relay::new(self.relay_config, seed, now);
-        let core = CallCore::new(now, self.call_config, CallSetup { id, start, media, seed, room: None }, Legs::new());
+        let setup = CallSetup { id, start, media, seed, room: None, srtp: srtp_setup(seed) };
+        let core = CallCore::new(now, self.call_config, setup, Legs::new());
         let media = CallMedia::Relay { relay, ports };
         self.calls.insert(id, SimCall { core, media, started: now, recorded: false });
         self.drain_call(id);
@@ -799,7 +800,7 @@ impl SimNode {
             self.stats.room_refused += 1;
         }
         self.stats.calls_started += 1;
-        let setup = CallSetup { id, start, media: [local; 2], seed, room: Some(answer) };
+        let setup = CallSetup { id, start, media: [local; 2], seed, room: Some(answer), srtp: srtp_setup(seed) };
         let core = CallCore::new(now, self.call_config, setup, Legs::new());
         self.calls.insert(id, SimCall { core, media: CallMedia::Room(seat), started: now, recorded: false });
         self.drain_call(id);
@@ -1004,6 +1005,8 @@ impl SimNode {
                     }
                     CallMedia::Room(None) => {}
                 },
+                // The simulated phones speak plain RTP over UDP: SRTP is never agreed.
+                CoreOutput::MediaKeys { .. } | CoreOutput::Notice { .. } => {}
                 CoreOutput::Record(cdr) => {
                     if !c.recorded {
                         c.recorded = true;
@@ -1194,4 +1197,17 @@ fn seed32(rng: &mut u64) -> [u8; 32] {
         chunk.copy_from_slice(&splitmix64(rng).to_le_bytes());
     }
     seed
+}
+
+/// A call's SRTP set-up in the simulation: default policies, key bytes from the call's seed
+/// (the simulated phones are on UDP, so no key is ever used; the product draws them from the OS).
+fn srtp_setup(seed: u64) -> pbx_actors::call::SrtpSetup {
+    let mut rng = seed ^ 0x5352_5450_4b45_5953;
+    let mut keys = [[0u8; pbx_actors::media::srtp::KEY_SALT_BYTES]; 2];
+    for key in &mut keys {
+        for chunk in key.chunks_mut(8) {
+            chunk.copy_from_slice(&splitmix64(&mut rng).to_le_bytes()[..chunk.len()]);
+        }
+    }
+    pbx_actors::call::SrtpSetup { policy: Default::default(), keys }
 }

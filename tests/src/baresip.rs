@@ -40,6 +40,16 @@ pub fn registered_account(user: &str, password: &str, registrar: SocketAddr) -> 
     )
 }
 
+/// An account line like [`registered_account`] over TLS to `tls` (baresip 1.0.0 checks no
+/// certificate), with media encryption `mediaenc` (`srtp`: SDES offered in RTP/AVP, `srtp-mand`:
+/// RTP/SAVP) when given.
+pub fn registered_account_tls(user: &str, password: &str, tls: SocketAddr, mediaenc: Option<&str>) -> String {
+    let mediaenc = mediaenc.map(|m| format!(";mediaenc={m}")).unwrap_or_default();
+    format!(
+        "<sip:{user}@{tls};transport=tls>;auth_pass={password};answermode=auto;audio_codecs=PCMU,PCMA;regint=600{mediaenc}"
+    )
+}
+
 /// An account line that registers nowhere, for calls straight to `sip:user@127.0.0.1:port`.
 pub fn local_account(user: &str) -> String {
     format!("<sip:{user}@127.0.0.1>;regint=0;answermode=auto;audio_codecs=PCMU")
@@ -92,6 +102,7 @@ impl Baresip {
              module aufile.so\n\
              module alsa.so\n\
              module sndfile.so\n\
+             module srtp.so\n\
              module_tmp account.so\n\
              module_app menu.so\n\
              module_app ctrl_tcp.so\n\

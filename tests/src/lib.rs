@@ -12,6 +12,7 @@ pub mod audio;
 pub mod baresip;
 pub mod licence_server;
 pub mod rtp;
+pub mod tls;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -268,6 +269,8 @@ pub struct Pbx {
     child: Option<Child>,
     dir: tempfile::TempDir,
     pub sip: SocketAddr,
+    /// SIP over TLS (`--sip-tls-listen`), on a port of its own.
+    pub tls: SocketAddr,
     pub http: SocketAddr,
     pub token: String,
     /// The `--rtp-ports` it was given, if any.
@@ -283,6 +286,7 @@ impl Pbx {
     pub fn start(options: PbxOptions) -> Pbx {
         let dir = tempfile::Builder::new().prefix("pbx-e2e-").tempdir().expect("temp dir");
         let sip: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let tls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut toml = String::from("[registrar]\n");
         for line in &options.registrar {
@@ -329,6 +333,7 @@ impl Pbx {
             child: None,
             dir,
             sip,
+            tls,
             http,
             token: String::new(),
             rtp_ports,
@@ -381,6 +386,8 @@ impl Pbx {
             .arg(self.config_path())
             .arg("--sip-listen")
             .arg(self.sip.to_string())
+            .arg("--sip-tls-listen")
+            .arg(self.tls.to_string())
             .arg("--http-listen")
             .arg(self.http.to_string())
             .env("RUST_LOG", "info,openraft=warn")
@@ -629,13 +636,46 @@ pub fn header_names(message: &str) -> Vec<String> {
 /// A raw SIP client on one UDP socket or one TCP connection, for what SIPp cannot do.
 pub struct SipClient {
     udp: Option<UdpSocket>,
-    tcp: Option<TcpStream>,
+    tcp: Option<Stream>,
     server: SocketAddr,
     local: SocketAddr,
     cseq: u32,
     call_id: String,
     tag: String,
     buffer: Vec<u8>,
+}
+
+/// A SIP client's stream: TCP, or TLS over it.
+enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tls::TlsStream>),
+}
+
+impl Stream {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Stream::Tcp(s) => s,
+            Stream::Tls(s) => &s.sock,
+        }
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.socket().set_read_timeout(timeout)
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.write_all(bytes),
+            Stream::Tls(s) => s.write_all(bytes).and_then(|()| s.flush()),
+        }
+    }
 }
 
 impl SipClient {
@@ -655,7 +695,22 @@ impl SipClient {
     pub fn tcp(server: SocketAddr) -> SipClient {
         let stream = TcpStream::connect_timeout(&server, Duration::from_secs(3)).expect("connect TCP");
         let local = stream.local_addr().expect("local addr");
-        SipClient::new(None, Some(stream), server, local)
+        SipClient::new(None, Some(Stream::Tcp(stream)), server, local)
+    }
+
+    /// A TLS client (see [`tls::connect`]): trusts only the certificate with `fingerprint`.
+    pub fn tls(server: SocketAddr, fingerprint: &str, version: tls::Version) -> Result<SipClient, String> {
+        let stream = tls::connect(server, fingerprint, version)?;
+        let local = stream.sock.local_addr().map_err(|e| e.to_string())?;
+        Ok(SipClient::new(None, Some(Stream::Tls(Box::new(stream))), server, local))
+    }
+
+    /// The TLS version and cipher suite negotiated, on a TLS client.
+    pub fn tls_session(&self) -> Option<(rustls::ProtocolVersion, rustls::CipherSuite)> {
+        match &self.tcp {
+            Some(Stream::Tls(s)) => Some((s.conn.protocol_version()?, s.conn.negotiated_cipher_suite()?.suite())),
+            _ => None,
+        }
     }
 
     /// A UDP client on another local address (any of 127.0.0.0/8 on Linux): another phone,
@@ -670,10 +725,10 @@ impl SipClient {
     pub fn tcp_from(local: std::net::IpAddr, server: SocketAddr) -> SipClient {
         let stream = tcp_connect_from(local, server).expect("connect TCP");
         let local = stream.local_addr().expect("local addr");
-        SipClient::new(None, Some(stream), server, local)
+        SipClient::new(None, Some(Stream::Tcp(stream)), server, local)
     }
 
-    fn new(udp: Option<UdpSocket>, tcp: Option<TcpStream>, server: SocketAddr, local: SocketAddr) -> SipClient {
+    fn new(udp: Option<UdpSocket>, tcp: Option<Stream>, server: SocketAddr, local: SocketAddr) -> SipClient {
         let id = format!("{:x}{:x}", local.port(), std::process::id());
         SipClient {
             udp,
@@ -695,7 +750,11 @@ impl SipClient {
     /// added as given (e.g. `"Contact: <sip:100@127.0.0.1:5999>"`, `"Expires: 60"`).
     pub fn request(&mut self, method: &str, uri: &str, user: &str, to_user: Option<&str>, extra: &[&str]) -> String {
         self.cseq += 1;
-        let transport = if self.tcp.is_some() { "TCP" } else { "UDP" };
+        let transport = match &self.tcp {
+            Some(Stream::Tls(_)) => "TLS",
+            Some(Stream::Tcp(_)) => "TCP",
+            None => "UDP",
+        };
         let host = self.server.ip();
         let to = to_user.unwrap_or(user);
         let mut m = format!(
@@ -1237,7 +1296,7 @@ impl SipClient {
     /// hang a test; a timed-out write is ignored like any other by `send_bytes`.
     pub fn set_write_timeout(&self, timeout: Duration) {
         if let Some(tcp) = &self.tcp {
-            let _ = tcp.set_write_timeout(Some(timeout));
+            let _ = tcp.socket().set_write_timeout(Some(timeout));
         }
     }
 }

@@ -48,7 +48,7 @@ fn spawn_appliance(dir: &std::path::Path, args: &[&str], rust_log: &str, stderr_
         .arg("appliance")
         .arg("--data-dir")
         .arg(dir.join("data"))
-        .args(["--sip-listen", &sip.to_string(), "--http-listen", &http.to_string()])
+        .args(["--sip-listen", &sip.to_string(), "--http-listen", &http.to_string(), "--sip-tls-listen", "off"])
         .args(args)
         .env("RUST_LOG", rust_log)
         .stdin(Stdio::null())

@@ -30,7 +30,7 @@
 //!   which re-announces its legs to the new endpoint ([`SipPort::adopt`]) and ends with BYE both
 //!   sides and a `failed` CDR ("SIP endpoint restarted").
 
-use super::b2bua::{CallConfig, CallSetup, RoomAnswer};
+use super::b2bua::{CallConfig, CallSetup, RoomAnswer, SrtpSetup};
 use super::core::{CallCore, CoreInput, CoreOutput, LegTable, Legs, feed};
 use super::leg::{Leg, LegCommand, LegEvent, LegInput, SipIn, SipOut};
 use super::{CallIds, CallStart, LegId};
@@ -41,10 +41,12 @@ use crate::media::actor::{MediaArgs, MediaEvent, MediaSession};
 use crate::media::pool::PortPool;
 use crate::media::relay::RelayConfig;
 use crate::media::relay::{PeerMedia, Side, SideStats};
+use crate::media::srtp::KEY_SALT_BYTES;
 use crate::shell::{Control, WakeTimer};
 use crate::store::StoreError;
 use crate::time::Clock;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use rand::TryRngCore as _;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -272,6 +274,18 @@ pub struct CallContext {
     pub relay: RelayConfig,
     /// The node's conference rooms (empty until they start: a room's number is then unknown).
     pub conferences: crate::shell::Current<ConferencesMsg>,
+    /// Each extension's media encryption.
+    pub media_policy: Arc<super::MediaPolicy>,
+}
+
+/// The caller's and callee's SRTP policy and fresh key bytes from the OS for pbx's keys.
+fn srtp_setup(context: &CallContext, start: &CallStart) -> SrtpSetup {
+    let policy = [context.media_policy.of(&start.route.caller), context.media_policy.of(&start.route.callee)];
+    let mut keys = [[0u8; KEY_SALT_BYTES]; 2];
+    for key in &mut keys {
+        rand::rngs::OsRng.try_fill_bytes(key).expect("the OS random source");
+    }
+    SrtpSetup { policy, keys }
 }
 
 /// How long a call to a room waits for its seat.
@@ -335,8 +349,15 @@ impl Actor for CallActor {
         let context = args.context;
         if args.start.route.room {
             let (media, local, answer) = admit(&me, &context, &args.start).await;
-            let setup =
-                CallSetup { id: args.id, start: args.start, media: [local; 2], seed: args.seed, room: Some(answer) };
+            let srtp = srtp_setup(&context, &args.start);
+            let setup = CallSetup {
+                id: args.id,
+                start: args.start,
+                media: [local; 2],
+                seed: args.seed,
+                room: Some(answer),
+                srtp,
+            };
             let core = CallCore::new(context.clock.now(), context.config, setup, args.legs);
             return Ok(CallState { core, context, media, timer: WakeTimer::default(), recorded: args.recorded });
         }
@@ -355,7 +376,9 @@ impl Actor for CallActor {
             events,
         };
         let media = MediaSession::start(media_args).await?;
-        let setup = CallSetup { id: args.id, start: args.start, media: media.local(), seed: args.seed, room: None };
+        let srtp = srtp_setup(&context, &args.start);
+        let setup =
+            CallSetup { id: args.id, start: args.start, media: media.local(), seed: args.seed, room: None, srtp };
         let core = CallCore::new(context.clock.now(), context.config, setup, args.legs);
         let media = CallMedia::Relay(media);
         Ok(CallState { core, context, media, timer: WakeTimer::default(), recorded: args.recorded })
@@ -436,6 +459,13 @@ impl CallState {
                 CoreOutput::LegUp(leg) => self.context.sip.leg_up(leg, me.clone()),
                 CoreOutput::LegDown(leg) => self.context.sip.leg_down(leg),
                 CoreOutput::ConfigureMedia { side, peer } => self.media.configure(side, peer),
+                CoreOutput::MediaKeys { side, keys } => {
+                    if let CallMedia::Relay(media) = &self.media {
+                        tracing::debug!(?side, srtp = keys.is_some(), "media keys");
+                        media.set_keys(side, keys);
+                    }
+                }
+                CoreOutput::Notice { side, message } => tracing::warn!(?side, "{message}"),
                 CoreOutput::Record(cdr) => {
                     if !self.recorded.swap(true, Ordering::SeqCst) {
                         Box::pin(self.finish(*cdr)).await;

@@ -28,13 +28,29 @@
 //!   call depends on (`CallInput::Fail`: its media session, the SIP endpoint) ends the call; the CDR
 //!   comes out at that moment; the call is over when every leg has finished its last
 //!   transaction (or at a bound, whichever is first).
+//! - SRTP by SDES (RFC 4568), per leg: each side's keys are its own, so one side may be SRTP
+//!   and the other plain RTP (the relay decrypts from one and encrypts to the other). Keys go
+//!   only into SDP for a leg on SIP over TLS, and are taken only from SDP that came over it;
+//!   an `a=crypto` offered over UDP or TCP is ignored (and said so: [`CallOutput::Notice`]),
+//!   RTP/SAVP over them gets 488. The caller's offer with a usable `a=crypto` (RTP/AVP: SRTP
+//!   optional; RTP/SAVP: mandatory) is answered with pbx's own key of its suite; a malformed
+//!   one (a bad key length, an MKI) gets 488 naming it. The callee's TLS contacts are offered
+//!   pbx's key (AES_CM_128_HMAC_SHA1_80; RTP/SAVP when its policy is `required`), its other
+//!   contacts plain SDP. The policy per extension ([`MediaEncryption`]): `required` refuses a
+//!   caller without SRTP (488) and does not call a callee's contact that is not on TLS or
+//!   answers without a key (the caller gets 488); `off` never uses SRTP. A re-offer keeps the
+//!   leg's SRTP, learning a new key from it if it brings one; a late offer (INVITE without
+//!   SDP) gets plain RTP on the caller's leg.
 
 use super::leg::{Leg, LegCommand, LegEvent, name_addr};
-use super::{CallStart, LegId, LocalSip};
+use super::{CallStart, LegId, LocalSip, MediaEncryption};
 use crate::Timestamp;
 use crate::cdr::{Cdr, Disposition, HangupSide};
+use crate::media::SrtpKeys;
 use crate::media::g711::G711;
 use crate::media::relay::{PeerMedia, Side};
+use crate::media::srtp::{KEY_SALT_BYTES, KeyMaterial, Suite};
+use crate::sdp::crypto;
 use crate::sdp::{self, Audio, Codec, Direction, LocalSession, SessionDescription};
 use crate::sip::message::{self, Method};
 use crate::sip::transaction::TimerConfig;
@@ -80,6 +96,51 @@ pub struct CallSetup {
     pub seed: u64,
     /// `Some` for a call to a conference room: there are no B-legs, pbx answers the caller.
     pub room: Option<RoomAnswer>,
+    /// The caller's and the callee's media encryption, and fresh key material for pbx's SRTP
+    /// key on each side.
+    pub srtp: SrtpSetup,
+}
+
+/// What a call needs for SRTP: each side's policy, and 30 random bytes per side (drawn from
+/// the OS by the shell, from its seeded generator by the simulator) that become pbx's SDES key
+/// on that side if SRTP is agreed there. Never derived from `seed`: that one is printed in
+/// every SDP's o= line. `Debug` does not show the bytes.
+#[derive(Clone)]
+pub struct SrtpSetup {
+    pub policy: [MediaEncryption; 2],
+    pub keys: [[u8; KEY_SALT_BYTES]; 2],
+}
+
+impl std::fmt::Debug for SrtpSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SrtpSetup").field("policy", &self.policy).finish_non_exhaustive()
+    }
+}
+
+/// One side's SRTP as agreed so far.
+struct LegSrtp {
+    policy: MediaEncryption,
+    key_bytes: [u8; KEY_SALT_BYTES],
+    /// pbx's key toward this side, once it sent one in SDP.
+    local: Option<KeyMaterial>,
+    /// The side's phone must speak SRTP (RTP/SAVP, or its policy is `required`).
+    mandatory: bool,
+    /// The keys the media session was last given for this side.
+    sent: Option<SrtpKeys>,
+}
+
+impl LegSrtp {
+    /// pbx's key of `suite` for this side: the one already sent if of that suite, else new.
+    fn local_key(&mut self, suite: Suite) -> KeyMaterial {
+        match &self.local {
+            Some(key) if key.suite() == suite => key.clone(),
+            _ => {
+                let key = KeyMaterial::new(suite, self.key_bytes);
+                self.local = Some(key.clone());
+                key
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -132,6 +193,18 @@ pub enum CallOutput {
     Record(Box<Cdr>),
     /// Every leg has finished (or the bound came): the call's actor may stop.
     Over,
+    /// The side's SRTP keys changed (`None`: plain RTP): the media session must hear this
+    /// before the `ConfigureMedia` that follows.
+    MediaKeys {
+        side: Side,
+        keys: Option<SrtpKeys>,
+    },
+    /// Something an operator should know about this call's media security (an `a=crypto`
+    /// ignored because it came over UDP, say): the shell logs it.
+    Notice {
+        side: Side,
+        message: &'static str,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,11 +261,16 @@ pub struct Call {
     /// The reason phrase of the caller's final failure, when pbx has one to give.
     reject_reason: Option<String>,
     bugs: crate::bugs::Bugs,
+    srtp: [LegSrtp; 2],
+    /// Forks offered SRTP (their contact is on TLS).
+    secure_forks: Vec<LegId>,
+    /// A side whose phone had to speak SRTP answered without a usable key.
+    srtp_refused: bool,
 }
 
 impl Call {
     pub fn new(now: Timestamp, config: CallConfig, setup: CallSetup) -> Call {
-        let CallSetup { id, start, media, seed, room } = setup;
+        let CallSetup { id, start, media, seed, room, srtp } = setup;
         let CallStart { a, key, invite, source, transport, route, forks } = start;
         let media_ip = |side: usize| media[side].ip();
         let mut call = Call {
@@ -226,7 +304,17 @@ impl Call {
             room: room.is_some(),
             reject_reason: None,
             bugs: config.bugs,
+            srtp: [0, 1].map(|i| LegSrtp {
+                policy: srtp.policy[i],
+                key_bytes: srtp.keys[i],
+                local: None,
+                mandatory: false,
+                sent: None,
+            }),
+            secure_forks: Vec::new(),
+            srtp_refused: false,
         };
+        let a_secure = transport.is_secure();
         // The A-leg keeps the INVITE; the call needs only its offer (a cheap clone of `Bytes`).
         let body = invite.body.clone();
         let a_leg = Leg::uas(a, now, config.timers, config.local_sip, key, invite, source, transport);
@@ -257,6 +345,12 @@ impl Call {
         call.a_offer = offer;
         match room {
             None => {}
+            // Rooms mix plain RTP: an `a=crypto` in RTP/AVP is ignored (RFC 4568 §5.1.1),
+            // RTP/SAVP cannot be answered.
+            Some(RoomAnswer::Admitted) if call.a_offer.as_ref().is_some_and(|(_, a)| a.secure) => {
+                call.reject_reason = Some("conference rooms take plain RTP only".into());
+                return call.refuse_offer();
+            }
             Some(RoomAnswer::Admitted) => {
                 call.answer_for_room();
                 return call;
@@ -268,9 +362,25 @@ impl Call {
                 return call;
             }
         }
+        if let Err(reason) = call.accept_crypto(a_secure) {
+            call.reject_reason = Some(reason);
+            return call.refuse_offer();
+        }
         call.b_plan = plan;
         let b_sdp = sdp::offer(&mut call.sessions[1], call.media[1].port(), &call.b_plan.0, call.b_plan.1, direction);
         call.last_sdp[1] = Some(b_sdp.clone());
+        // The callee's contacts on TLS are offered pbx's key (the same SDP with an a=crypto).
+        let b_policy = call.srtp[1].policy;
+        let secure_contact = route.contacts.iter().any(|b| b.transport.is_secure());
+        let b_secure_sdp = (b_policy != MediaEncryption::Off && secure_contact).then(|| {
+            let local = call.srtp[1].local_key(Suite::AesCm128HmacSha1_80);
+            let mandatory = b_policy == MediaEncryption::Required;
+            call.srtp[1].mandatory = mandatory;
+            call.sessions[1].set_crypto(Some((crypto::line(1, &local), mandatory)));
+            let sdp = sdp::offer(&mut call.sessions[1], call.media[1].port(), &call.b_plan.0, call.b_plan.1, direction);
+            call.last_sdp[1] = Some(sdp.clone());
+            sdp
+        });
 
         let from_uri = message::parse_sip_uri(&format!("sip:{}@{}", route.caller, config.local_sip.address));
         let to_uri = message::parse_sip_uri(&format!("sip:{}@{}", route.callee, config.local_sip.address));
@@ -280,6 +390,19 @@ impl Call {
             else {
                 call.forks.insert(*leg_id, false);
                 continue;
+            };
+            let offer = match (&b_secure_sdp, binding.transport.is_secure()) {
+                (Some(secure), true) => {
+                    call.secure_forks.push(*leg_id);
+                    secure.clone()
+                }
+                _ if b_policy == MediaEncryption::Required => {
+                    // No SDES key may go to this contact, and the callee must have SRTP.
+                    call.forks.insert(*leg_id, false);
+                    call.notice(Side::B, "contact not on SIP over TLS skipped: media encryption is required");
+                    continue;
+                }
+                _ => b_sdp.clone(),
             };
             // The Contact's own address unless NAT is detected (see `destination`).
             let destination = super::destination::destination(&target, binding.source, binding.transport, binding.nat);
@@ -297,16 +420,97 @@ impl Call {
                 binding.transport,
             );
             call.outputs.push_back(CallOutput::StartLeg(Box::new(leg)));
-            call.outputs.push_back(CallOutput::ToLeg {
-                leg: *leg_id,
-                command: LegCommand::Invite { sdp: Some(b_sdp.clone()) },
-            });
+            call.outputs
+                .push_back(CallOutput::ToLeg { leg: *leg_id, command: LegCommand::Invite { sdp: Some(offer) } });
         }
         if !call.forks.values().any(|live| *live) {
+            if b_policy == MediaEncryption::Required && !route.contacts.is_empty() {
+                call.reject_reason = Some("Media encryption required: callee not on SIP over TLS".into());
+                call.failure = Some(488);
+                call.reject_caller(488, Disposition::Rejected { code: 488 });
+                return call;
+            }
             call.failure = Some(480);
             call.reject_caller(480, Disposition::Unavailable);
         }
         call
+    }
+
+    /// The caller's offer (`a_offer`) and SRTP: sets pbx's answer key on the A side when the
+    /// offer carries a usable `a=crypto` over TLS; `Err` is the 488's reason (module doc).
+    fn accept_crypto(&mut self, over_tls: bool) -> Result<(), String> {
+        let policy = self.srtp[0].policy;
+        let Some((_, audio)) = &self.a_offer else {
+            return match policy {
+                MediaEncryption::Required => Err("Media encryption required: send an SDP offer with a=crypto".into()),
+                _ => Ok(()),
+            };
+        };
+        if policy == MediaEncryption::Off {
+            return match audio.secure {
+                true => Err("Media encryption is off for this extension: RTP/SAVP refused".into()),
+                false => Ok(()),
+            };
+        }
+        if !over_tls {
+            if audio.secure {
+                return Err("SRTP keys travel only over SIP over TLS: RTP/SAVP refused".into());
+            }
+            if policy == MediaEncryption::Required {
+                return Err("Media encryption required: use SIP over TLS".into());
+            }
+            if !audio.crypto.is_empty() {
+                self.notice(Side::A, "a=crypto offered over UDP/TCP ignored: SDES keys travel only over TLS");
+            }
+            return Ok(());
+        }
+        let mandatory = audio.secure || policy == MediaEncryption::Required;
+        match crypto::choose(audio.crypto.iter().map(String::as_str)) {
+            Err(error) => Err(error.to_string()),
+            Ok(None) if mandatory => {
+                Err("Media encryption required: no usable a=crypto (AES_CM_128_HMAC_SHA1_80 or _32)".into())
+            }
+            Ok(None) => Ok(()),
+            Ok(Some(offered)) => {
+                let local = self.srtp[0].local_key(offered.suite());
+                self.srtp[0].mandatory = mandatory;
+                self.sessions[0].set_crypto(Some((crypto::line(offered.tag, &local), audio.secure)));
+                Ok(())
+            }
+        }
+    }
+
+    /// The side's SRTP from an SDP it sent (offer or answer), when pbx sent it a key: the
+    /// phone's key, given to the media session when it changed. A side that must speak SRTP and
+    /// sent no usable key marks the call (`srtp_refused`); one that need not goes plain.
+    fn learn_keys(&mut self, side: Side, audio: &Audio) {
+        let i = side_index(side);
+        let Some(local) = self.srtp[i].local.clone().filter(|_| self.sessions[i].has_crypto()) else { return };
+        let keys = match crypto::choose(audio.crypto.iter().map(String::as_str)) {
+            // A phone echoing pbx's own key back would have both directions share keystream
+            // (RFC 3711 §9.1): no key.
+            Ok(Some(offered)) if offered.suite() == local.suite() && offered.key != local => {
+                Some(SrtpKeys { remote: offered.key, local })
+            }
+            _ if self.srtp[i].sent.is_some() => return, // a re-offer without a key keeps the leg's
+            _ => None,
+        };
+        if keys.is_none() {
+            if self.srtp[i].mandatory {
+                self.srtp_refused = true;
+                return;
+            }
+            self.sessions[i].set_crypto(None);
+            self.srtp[i].local = None;
+        }
+        if self.srtp[i].sent != keys {
+            self.srtp[i].sent = keys.clone();
+            self.outputs.push_back(CallOutput::MediaKeys { side, keys });
+        }
+    }
+
+    fn notice(&mut self, side: Side, message: &'static str) {
+        self.outputs.push_back(CallOutput::Notice { side, message });
     }
 
     pub fn handle(&mut self, now: Timestamp, input: CallInput) {
@@ -524,6 +728,10 @@ impl Call {
             return self.command(leg, LegCommand::Hangup);
         }
         self.winner = Some(leg);
+        if !self.secure_forks.contains(&leg) {
+            self.sessions[1].set_crypto(None);
+            self.srtp[1].local = None;
+        }
         let others: Vec<LegId> =
             self.forks.iter().filter(|(id, live)| **live && **id != leg).map(|(id, _)| *id).collect();
         for other in others {
@@ -567,6 +775,7 @@ impl Call {
             }
             (_, None) => None,
         };
+        let to_caller = to_caller.filter(|_| !self.srtp_refused);
         match to_caller {
             Some(sdp) => {
                 self.last_sdp[0] = Some(sdp.clone());
@@ -600,6 +809,7 @@ impl Call {
 
     /// Points the relay's `side` at what that side's SDP says.
     fn configure(&mut self, side: Side, audio: &Audio, codec: Codec) {
+        self.learn_keys(side, audio);
         let pt = audio.codecs.iter().find(|(_, c)| *c == codec).map_or(codec.static_pt(), |(pt, _)| *pt);
         self.codecs[side_index(side)] = Some(codec);
         let peer = PeerMedia {

@@ -77,6 +77,16 @@ pub enum CoreOutput {
         side: Side,
         peer: PeerMedia,
     },
+    /// The side's SRTP keys (`None`: plain RTP), before the `ConfigureMedia` that uses them.
+    MediaKeys {
+        side: Side,
+        keys: Option<crate::media::SrtpKeys>,
+    },
+    /// A media-security notice for the log (see `CallOutput::Notice`).
+    Notice {
+        side: Side,
+        message: &'static str,
+    },
     /// The call has ended: store its record (the driver fills in the media counters). Legs may
     /// still be finishing their last transactions.
     Record(Box<Cdr>),
@@ -187,6 +197,12 @@ impl<L: LegTable> CallCore<L> {
                         self.outputs.push_back(CoreOutput::ConfigureMedia { side, peer })
                     }
                     CallOutput::Record(cdr) => self.outputs.push_back(CoreOutput::Record(cdr)),
+                    CallOutput::MediaKeys { side, keys } => {
+                        self.outputs.push_back(CoreOutput::MediaKeys { side, keys })
+                    }
+                    CallOutput::Notice { side, message } => {
+                        self.outputs.push_back(CoreOutput::Notice { side, message })
+                    }
                     CallOutput::Over => self.outputs.push_back(CoreOutput::Over),
                 }
             }

@@ -658,11 +658,7 @@ impl Leg {
     }
 
     fn contact(&self) -> String {
-        let transport = match self.transport {
-            Transport::Udp => "",
-            Transport::Tcp => ";transport=tcp",
-        };
-        format!("<sip:pbx@{}{transport}>", self.local_sip.address)
+        format!("<sip:pbx@{}{}>", self.local_sip.for_transport(self.transport), self.transport.uri_param())
     }
 
     fn set_body(&self, headers: &mut Headers, body: &mut Bytes, sdp: Option<Bytes>) {
@@ -709,7 +705,11 @@ impl Leg {
     fn via(&mut self) -> Via {
         let branch = self.id.branch(self.next_branch);
         self.next_branch += 1;
-        let text = format!("SIP/2.0/{} {};branch={branch};rport", self.transport.via_name(), self.local_sip.address);
+        let text = format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            self.transport.via_name(),
+            self.local_sip.for_transport(self.transport)
+        );
         crate::sip::message::parse_via(&text).expect("a Via pbx prints is one it can read")
     }
 

@@ -26,7 +26,7 @@ pub mod core;
 pub mod destination;
 pub mod leg;
 
-pub use b2bua::{Call, CallConfig, CallInput, CallOutput, RoomAnswer};
+pub use b2bua::{Call, CallConfig, CallInput, CallOutput, RoomAnswer, SrtpSetup};
 pub use core::{CallCore, CoreInput, CoreOutput};
 pub use leg::{Leg, LegCommand, LegEvent, LegInput, LegOutput, SipIn, SipOut};
 
@@ -157,10 +157,62 @@ impl std::fmt::Display for LegId {
     }
 }
 
+/// An extension's media encryption policy (`media_encryption` in its config), for the legs
+/// toward its phones. SRTP is keyed by SDES, whose keys travel in the SDP: pbx puts them only
+/// into SDP sent over SIP over TLS, and takes them only from SDP that came over it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaEncryption {
+    /// SRTP when the phone is on TLS and offers or accepts it, else plain RTP.
+    #[default]
+    Optional,
+    /// SRTP or no call: a phone not on TLS, or one that offers or accepts no usable key, gets
+    /// 488 (as caller) or is not called (as callee).
+    Required,
+    /// Plain RTP only; an RTP/SAVP offer gets 488.
+    Off,
+}
+
+/// The media encryption of every extension: those named in the config, the default for the
+/// rest (API-made extensions among them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MediaPolicy {
+    pub default: MediaEncryption,
+    pub extensions: std::collections::HashMap<String, MediaEncryption>,
+}
+
+impl MediaPolicy {
+    pub fn of(&self, extension: &str) -> MediaEncryption {
+        self.extensions.get(extension).copied().unwrap_or(self.default)
+    }
+}
+
+impl MediaEncryption {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaEncryption::Optional => "optional",
+            MediaEncryption::Required => "required",
+            MediaEncryption::Off => "off",
+        }
+    }
+}
+
 /// Where pbx itself is reached for SIP: written into Via and Contact of what it sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LocalSip {
     pub address: SocketAddr,
+    /// Where pbx takes SIP over TLS, when it does.
+    pub tls: Option<SocketAddr>,
+}
+
+impl LocalSip {
+    /// The address pbx names in Via and Contact on a leg of this transport.
+    pub fn for_transport(&self, transport: crate::sip::message::Transport) -> SocketAddr {
+        match (transport, self.tls) {
+            (crate::sip::message::Transport::Tls, Some(tls)) => tls,
+            _ => self.address,
+        }
+    }
 }
 
 #[cfg(test)]

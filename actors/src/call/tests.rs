@@ -18,7 +18,7 @@ const PHONE: &str = "127.0.0.1:5062";
 const PBX: &str = "127.0.0.1:5060";
 
 fn local() -> LocalSip {
-    LocalSip { address: PBX.parse().unwrap() }
+    LocalSip { address: PBX.parse().unwrap(), tls: None }
 }
 
 fn ms(n: u64) -> Duration {
@@ -443,6 +443,8 @@ struct Harness {
     stopped: Vec<LegId>,
     ended: Option<crate::cdr::Cdr>,
     over: bool,
+    keys: Vec<(Side, Option<crate::media::SrtpKeys>)>,
+    notices: Vec<&'static str>,
 }
 
 const A: LegId = LegId(1);
@@ -479,6 +481,7 @@ fn call_setup(body: &str, contacts: Vec<Binding>) -> (CallConfig, CallSetup) {
         media: ["127.0.0.1:20000".parse().unwrap(), "127.0.0.1:20002".parse().unwrap()],
         seed: 42,
         room: None,
+        srtp: SrtpSetup { policy: Default::default(), keys: [[7; 30], [9; 30]] },
     };
     let config = CallConfig {
         no_answer: Duration::from_secs(30),
@@ -504,6 +507,8 @@ fn harness(config: CallConfig, setup: CallSetup) -> Harness {
         stopped: vec![],
         ended: None,
         over: false,
+        keys: vec![],
+        notices: vec![],
     };
     h.drain();
     h
@@ -525,6 +530,8 @@ impl Harness {
                     self.ended = Some(*cdr)
                 }
                 CallOutput::Over => self.over = true,
+                CallOutput::MediaKeys { side, keys } => self.keys.push((side, keys)),
+                CallOutput::Notice { message, .. } => self.notices.push(message),
             }
         }
     }
@@ -1090,4 +1097,155 @@ fn a_late_offer_to_a_room_is_answered_with_pbx_s_offer() {
     assert!(h.media.is_empty());
     h.event(ms(100), A, LegEvent::Acked { sdp: Some(Bytes::from_static(PCMA_ANSWER.as_bytes())) });
     assert_eq!((h.media[0].0, h.media[0].1.codec.1), (Side::A, G711::A));
+}
+
+// --- SRTP by SDES ---
+
+/// A 30-byte key||salt as SDES writes it.
+fn inline(byte: u8) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode([byte; 30])
+}
+
+fn secure_offer(proto: &str, crypto: &str) -> String {
+    PCMU_OFFER.replace("m=audio 40000 RTP/AVP 0 101", &format!("m=audio 40000 {proto} 0 101")) + crypto
+}
+
+/// A call whose caller came over `transport`, with these policies and contacts.
+fn call_over(body: &str, contacts: Vec<Binding>, transport: Transport, policy: [MediaEncryption; 2]) -> Harness {
+    let (config, mut setup) = call_setup(body, contacts);
+    setup.start.transport = transport;
+    setup.srtp.policy = policy;
+    harness(config, setup)
+}
+
+fn tls_binding(contact: &str, port: u16) -> Binding {
+    Binding { transport: Transport::Tls, ..binding(contact, port) }
+}
+
+fn sdp_text(command: &LegCommand) -> String {
+    match command {
+        LegCommand::Invite { sdp } | LegCommand::Answer { sdp } | LegCommand::Offer { sdp, .. } => {
+            String::from_utf8_lossy(sdp.as_deref().unwrap_or_default()).into_owned()
+        }
+        other => panic!("no SDP in {other:?}"),
+    }
+}
+
+fn rejected(h: &mut Harness) -> (u16, Option<String>) {
+    let commands = h.take_commands();
+    match &commands[..] {
+        [(A, LegCommand::Reject { code, reason })] => (*code, reason.clone()),
+        other => panic!("expected one rejection of the caller, got {other:?}"),
+    }
+}
+
+/// A caller on TLS offering RTP/SAVP with an AES_CM_128_HMAC_SHA1_32 key, a callee on UDP:
+/// the callee gets plain RTP/AVP without any key; the caller's answer is RTP/SAVP with a key of
+/// pbx's own of the same suite and the offered tag; the media session gets the caller's key to
+/// decrypt with and pbx's to encrypt with, for side A only.
+#[test]
+fn a_tls_caller_gets_srtp_and_a_udp_callee_plain_rtp() {
+    let crypto = format!(
+        "a=crypto:1 AES_256_CM_HMAC_SHA1_80 inline:{}\r\na=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{}|2^31\r\n",
+        inline(0),
+        inline(3)
+    );
+    let offer = secure_offer("RTP/SAVP", &crypto);
+    let mut h = call_over(&offer, vec![binding("sip:101@127.0.0.1:5064", 5064)], Transport::Tls, Default::default());
+    let invites = h.take_commands();
+    let to_callee = sdp_text(&invites[0].1);
+    assert!(to_callee.contains("RTP/AVP") && !to_callee.contains("crypto"), "{to_callee}");
+    h.event(ms(100), B1, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
+    let commands = h.take_commands();
+    let (_, answer) = commands.iter().find(|(leg, _)| *leg == A).expect("the caller is answered");
+    let answer = sdp_text(answer);
+    assert!(answer.contains("m=audio 20000 RTP/SAVP 0"), "{answer}");
+    let line = answer.lines().find(|l| l.starts_with("a=crypto:")).expect("pbx's key");
+    assert!(line.starts_with("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:"), "{line}");
+    assert!(!line.contains(&inline(3)), "pbx never answers with the offerer's key");
+    let ours = crate::sdp::crypto::parse(line).unwrap().unwrap().key;
+    assert_eq!(ours.key_salt(), &[7u8; 30], "pbx's A-side key is made of the setup's bytes for side A");
+    assert_eq!(h.keys.len(), 1, "{:?}", h.keys);
+    let (side, keys) = &h.keys[0];
+    let keys = keys.as_ref().expect("SRTP on side A");
+    assert_eq!(*side, Side::A);
+    assert_eq!(keys.remote.key_salt(), &[3u8; 30], "the caller's key decrypts what it sends");
+    assert_eq!(keys.local, ours, "pbx's answered key encrypts what it sends the caller");
+    let keys_at = h.media.iter().position(|(side, _)| *side == Side::A);
+    assert!(keys_at.is_some(), "side A configured after its keys");
+}
+
+/// Keys never travel over UDP: an `a=crypto` in RTP/AVP from a UDP caller is ignored (plain
+/// answer, a notice), RTP/SAVP from it gets 488; a malformed key over TLS gets 488 naming the
+/// length; policy `off` refuses RTP/SAVP and `required` refuses a caller without SRTP.
+#[test]
+fn srtp_offers_pbx_must_refuse_or_ignore() {
+    let crypto = format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}\r\n", inline(3));
+    let contacts = || vec![binding("sip:101@127.0.0.1:5064", 5064)];
+    let optional = [MediaEncryption::Optional; 2];
+
+    let mut h = call_over(&secure_offer("RTP/AVP", &crypto), contacts(), Transport::Udp, optional);
+    let invites = h.take_commands();
+    assert_eq!(invites.len(), 1, "the call goes on, plain");
+    assert_eq!(h.notices.len(), 1, "{:?}", h.notices);
+    h.event(ms(100), B1, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
+    let commands = h.take_commands();
+    let (_, answer) = commands.iter().find(|(leg, _)| *leg == A).expect("answered");
+    assert!(!sdp_text(answer).contains("crypto"), "no key over UDP: {}", sdp_text(answer));
+    assert!(h.keys.is_empty());
+
+    let mut h = call_over(&secure_offer("RTP/SAVP", &crypto), contacts(), Transport::Udp, optional);
+    let (code, reason) = rejected(&mut h);
+    assert_eq!(code, 488);
+    assert!(reason.unwrap().contains("TLS"));
+
+    let short = format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}\r\n", &inline(3)[..39]);
+    let mut h = call_over(&secure_offer("RTP/SAVP", &short), contacts(), Transport::Tls, optional);
+    let (code, reason) = rejected(&mut h);
+    assert_eq!(code, 488);
+    let reason = reason.expect("a reason");
+    assert!(reason.contains("29 bytes, 30 expected"), "{reason}");
+
+    let off = [MediaEncryption::Off, MediaEncryption::Optional];
+    let mut h = call_over(&secure_offer("RTP/SAVP", &crypto), contacts(), Transport::Tls, off);
+    assert_eq!(rejected(&mut h).0, 488);
+
+    let required = [MediaEncryption::Required, MediaEncryption::Optional];
+    let mut h = call_over(PCMU_OFFER, contacts(), Transport::Tls, required);
+    assert_eq!(rejected(&mut h).0, 488, "no a=crypto from a caller that must have SRTP");
+    let mut h = call_over(&secure_offer("RTP/AVP", &crypto), contacts(), Transport::Udp, required);
+    assert_eq!(rejected(&mut h).0, 488, "a caller that must have SRTP is not on TLS");
+}
+
+/// A callee with one contact on TLS and one on UDP: the TLS one is offered pbx's key (RTP/AVP,
+/// SRTP optional), the UDP one the same SDP without it; when the TLS one answers with its key,
+/// side B speaks SRTP. With policy `required`, the UDP contact is not called at all, and a
+/// callee with only UDP contacts makes the call fail with 488.
+#[test]
+fn a_callee_on_tls_is_offered_a_key_and_others_are_not() {
+    let contacts =
+        || vec![tls_binding("sip:101@127.0.0.1:5064;transport=tls", 5064), binding("sip:101@127.0.0.1:5066", 5066)];
+    let mut h = call_over(PCMU_OFFER, contacts(), Transport::Udp, Default::default());
+    let invites = h.take_commands();
+    let (secure, plain) = (sdp_text(&invites[0].1), sdp_text(&invites[1].1));
+    assert!(secure.contains("RTP/AVP") && secure.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"), "{secure}");
+    assert!(!plain.contains("crypto"), "{plain}");
+    let answer = PCMU_ANSWER.to_string() + &format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}\r\n", inline(5));
+    h.event(ms(100), B1, LegEvent::Answered { sdp: Some(Bytes::from(answer)) });
+    let (side, keys) = h.keys.last().cloned().expect("keys for side B");
+    assert_eq!(side, Side::B);
+    let keys = keys.expect("SRTP on side B");
+    assert_eq!((keys.remote.key_salt(), keys.local.key_salt()), (&[5u8; 30], &[9u8; 30]));
+    let to_caller = h.take_commands().into_iter().find(|(leg, _)| *leg == A).expect("answered").1;
+    assert!(!sdp_text(&to_caller).contains("crypto"), "the caller's leg stays plain");
+
+    let required = [MediaEncryption::Optional, MediaEncryption::Required];
+    let mut h = call_over(PCMU_OFFER, contacts(), Transport::Udp, required);
+    let invites = h.take_commands();
+    assert_eq!(invites.len(), 1, "only the TLS contact is called: {invites:?}");
+    assert!(sdp_text(&invites[0].1).contains("m=audio 20002 RTP/SAVP"), "{}", sdp_text(&invites[0].1));
+
+    let mut h = call_over(PCMU_OFFER, vec![binding("sip:101@127.0.0.1:5066", 5066)], Transport::Udp, required);
+    assert_eq!(rejected(&mut h).0, 488);
 }

@@ -386,7 +386,7 @@ impl Endpoint {
     fn inbound(&mut self, bytes: &[u8], source: SocketAddr, transport: Transport) {
         let parsed = match transport {
             Transport::Udp => message::parse_datagram(bytes),
-            Transport::Tcp => message::parse_stream_frame(bytes),
+            Transport::Tcp | Transport::Tls => message::parse_stream_frame(bytes),
         };
         match parsed {
             Ok(Message::Request(request)) => {

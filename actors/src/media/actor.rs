@@ -102,8 +102,10 @@
 //!   side's source: see the relay's module doc). The first foreign packet of each side is
 //!   logged (without its address: logs keep no personal data beyond the call's).
 
+use super::SrtpKeys;
 use super::pool::{Parked, PortPool};
 use super::relay::{PacketKind, PeerMedia, Relay, RelayConfig, RelayInput, RelayOutput, Side, SideStats};
+use super::srtp::{SRTCP_TRAILER_BYTES, SrtpError, SrtpSession};
 use crate::time::{Clock, Timestamp};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -194,6 +196,16 @@ impl MediaError {
     }
 }
 
+/// Every [`SrtpError`], in discriminant order: `Counts::srtp_dropped` is indexed by it.
+const SRTP_ERRORS: [SrtpError; 4] = [SrtpError::Malformed, SrtpError::Auth, SrtpError::Replay, SrtpError::Exhausted];
+const _: () = {
+    let mut i = 0;
+    while i < SRTP_ERRORS.len() {
+        assert!(SRTP_ERRORS[i] as usize == i);
+        i += 1;
+    }
+};
+
 /// What a session's handle sends its worker.
 enum Command {
     Add(Box<Session>),
@@ -206,6 +218,12 @@ enum Command {
         id: u64,
         side: Side,
         peer: PeerMedia,
+    },
+    /// The side's SRTP keys (SDES), or plain RTP again.
+    Keys {
+        id: u64,
+        side: Side,
+        keys: Option<Box<SrtpKeys>>,
     },
     /// The node's test hook (`PBX_TEST_HOOKS=1`): the session's relay panics.
     Panic {
@@ -329,7 +347,7 @@ fn workers(io: MediaIo) -> Result<Arc<[WorkerHandle]>, MediaError> {
             slots: Vec::new(),
             free: Vec::new(),
             by_id: HashMap::new(),
-            batch: Batch::new(BATCH_DATAGRAMS_MAX, DATAGRAM_BYTES_MAX + 1),
+            batch: Batch::new(BATCH_DATAGRAMS_MAX, DATAGRAM_BYTES_MAX + 1 + SRTCP_TRAILER_BYTES),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_MAX],
             next_scan: Instant::now(),
             last_scan: Instant::now(),
@@ -383,6 +401,7 @@ impl MediaSession {
         let shared = Arc::new(Shared::default());
         let now = args.clock.now();
         let fresh = Fresh {
+            srtp: [None, None],
             id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
             relay: Relay::new(args.config, args.seed, now),
             clock: args.clock,
@@ -441,6 +460,20 @@ impl MediaSession {
     /// The local RTP addresses of side A and side B (RTCP is the next port up).
     pub fn local(&self) -> [SocketAddr; 2] {
         self.local
+    }
+
+    /// The side's SRTP keys, agreed by SDES: from now on what arrives on `side` is decrypted
+    /// and authenticated with `keys.remote` before it is relayed (what fails is dropped and
+    /// counted, `pbx_srtp_dropped_total{reason}`), and what leaves toward it is encrypted with
+    /// `keys.local`. `None`: plain RTP on that side. Give the keys before the SDP that needs them.
+    pub fn set_keys(&self, side: Side, keys: Option<SrtpKeys>) {
+        if self.shared.pending.fetch_add(1, Ordering::AcqRel) >= CONTROL_QUEUE_MAX {
+            self.shared.pending.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(?side, "media session not taking its SRTP keys (its queue is full)");
+            return;
+        }
+        let keys = keys.map(Box::new);
+        self.workers[self.worker].send_lazily(Command::Keys { id: self.id, side, keys });
     }
 
     /// The side's SDP (first offer/answer, or a re-INVITE).
@@ -628,6 +661,9 @@ struct Counts {
     relay_dropped_reported: u64,
     /// The relay's foreign count per side already reported.
     foreign_reported: [u64; 2],
+    /// SRTP (index 0) and SRTCP (1) packets dropped, by [`SrtpError`] (authentication, replay,
+    /// malformed, …).
+    srtp_dropped: [[u64; SRTP_ERRORS.len()]; 2],
 }
 
 impl Counts {
@@ -659,6 +695,15 @@ impl Counts {
                 *reported = foreign;
             }
         }
+        for (kind, label) in [(PacketKind::Rtp, "rtp"), (PacketKind::Rtcp, "rtcp")] {
+            for error in SRTP_ERRORS {
+                let n = std::mem::take(&mut self.srtp_dropped[kind as usize][error as usize]);
+                if n > 0 {
+                    metrics::counter!("pbx_srtp_dropped_total", "kind" => label, "reason" => error.as_str())
+                        .increment(n);
+                }
+            }
+        }
         (self.packets_in, self.packets_out, self.dropped) = (0, 0, 0);
     }
 }
@@ -668,6 +713,8 @@ impl Counts {
 struct Fresh {
     id: u64,
     relay: Relay,
+    /// Each side's SRTP contexts, when its phone speaks SRTP ([`MediaSession::set_keys`]).
+    srtp: [Option<SrtpSession>; 2],
     clock: Arc<dyn Clock>,
     events: Arc<dyn Fn(MediaEvent) + Send + Sync>,
     shared: Arc<Shared>,
@@ -735,11 +782,40 @@ impl Session {
                 self.counts.dropped += 1;
                 continue;
             }
+            if let Some(srtp) = self.fresh.srtp[side.index()].as_mut() {
+                let packet = &mut slot.buf[..slot.len];
+                let plain = match kind {
+                    PacketKind::Rtp => srtp.unprotect_rtp(packet),
+                    PacketKind::Rtcp => srtp.unprotect_rtcp(packet),
+                };
+                match plain {
+                    Ok(len) => slot.len = len,
+                    Err(e) => {
+                        self.counts.srtp_dropped[kind as usize][e as usize] += 1;
+                        tracing::debug!(?side, ?kind, len = slot.len, reason = e.as_str(), head = ?&slot.buf[..slot.len.min(12)], "SRTP packet dropped");
+                        continue;
+                    }
+                }
+            }
             let Some(forward) =
                 self.fresh.relay.relay_in_place(now, side, kind, slot.address, &mut slot.buf[..slot.len])
             else {
                 continue;
             };
+            if let Some(srtp) = self.fresh.srtp[forward.side.index()].as_mut() {
+                let sealed = match forward.kind {
+                    PacketKind::Rtp => srtp.protect_rtp(&mut slot.buf, slot.len),
+                    PacketKind::Rtcp => srtp.protect_rtcp(&mut slot.buf, slot.len),
+                };
+                match sealed {
+                    Ok(len) => slot.len = len,
+                    Err(e) => {
+                        self.counts.srtp_dropped[forward.kind as usize][e as usize] += 1;
+                        tracing::debug!(side = ?forward.side, kind = ?forward.kind, len = slot.len, reason = e.as_str(), "SRTP packet not protected");
+                        continue;
+                    }
+                }
+            }
             slot.address = forward.destination;
             let to = socket_index(forward.side, forward.kind);
             if to != out && run > 0 {
@@ -873,7 +949,8 @@ impl Worker {
         match made {
             Ok(uring) => {
                 self.io = Io::Uring(Box::new(uring));
-                self.batch.slab = Some(SendSlab::new(URING_SUBMISSIONS as usize, DATAGRAM_BYTES_MAX + 1));
+                self.batch.slab =
+                    Some(SendSlab::new(URING_SUBMISSIONS as usize, DATAGRAM_BYTES_MAX + 1 + SRTCP_TRAILER_BYTES));
             }
             Err(error) if self.index == 0 => {
                 tracing::warn!(%error, "media: io_uring refused by the kernel; the media workers use epoll");
@@ -1166,6 +1243,16 @@ impl Worker {
                         session.fresh.shared.pending.fetch_sub(1, Ordering::AcqRel);
                     }
                     self.guarded(slot, |session, _| session.configure(side, peer));
+                }
+            }
+            Command::Keys { id, side, keys } => {
+                if let Some(&slot) = self.by_id.get(&id) {
+                    if let Some(session) = &self.slots[slot] {
+                        session.fresh.shared.pending.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    self.guarded(slot, |session, _| {
+                        session.fresh.srtp[side.index()] = keys.map(|k| SrtpSession::new(&k.remote, &k.local));
+                    });
                 }
             }
             Command::Panic { id } => {

@@ -4,7 +4,8 @@
 //! gives `None`, never a panic.
 //!
 //! Not done: header-extension contents (RFC 8285) are skipped, not read; RTCP report blocks
-//! and SDES items are not decoded; SRTP/SRTCP (RFC 3711) is not understood at all.
+//! and SDES items are not decoded. SRTP/SRTCP (RFC 3711) is `srtp`'s: it hands this module
+//! plain packets.
 
 /// The only RTP/RTCP version in use (RFC 3550 §5.1).
 pub const VERSION: u8 = 2;

@@ -22,9 +22,17 @@
 //! without the netmask of a network pbx does not know, so it passes; the relay sends such an
 //! address only what the other phone sends, never more (see `media::relay`).
 //!
-//! What it deliberately does not do: ICE, SRTP/DTLS, RTCP multiplexing, bandwidth, video or
+//! SRTP keyed by SDES (RFC 4568, [`crypto`]): an audio line of RTP/SAVP or RTP/SAVPF is read
+//! like RTP/AVP, with [`Audio::secure`] set and its `a=crypto` values in [`Audio::crypto`]; a
+//! [`LocalSession`] given an `a=crypto` line ([`LocalSession::set_crypto`]) puts it on the audio
+//! line of every description it writes, and offers RTP/SAVP when told so. Which key to use,
+//! and whether to use one at all, is the call's decision.
+//!
+//! What it deliberately does not do: ICE, DTLS-SRTP, RTCP multiplexing, bandwidth, video or
 //! any codec but G.711. An answer accepts one audio stream and rejects every other m= line
 //! with port 0 (RFC 3264 §6).
+
+pub mod crypto;
 
 use bytes::Bytes;
 use std::fmt::Write as _;
@@ -164,6 +172,10 @@ pub struct Audio {
     /// `rtp`, not here.
     pub direction: Direction,
     pub ptime: Option<u32>,
+    /// The line's profile is RTP/SAVP or RTP/SAVPF: SRTP is mandatory (RFC 4568 §3.1.4).
+    pub secure: bool,
+    /// The line's `a=crypto` values (after `crypto:`), in the author's order.
+    pub crypto: Vec<String>,
 }
 
 /// Reads a description, lenient about LF line ends and blank lines, strict about the lines
@@ -350,9 +362,12 @@ impl SessionDescription {
         self.media.len()
     }
 
-    /// The first m=audio line pbx can use: port not 0 and plain RTP/AVP or RTP/AVPF.
+    /// The first m=audio line pbx can use: port not 0 and RTP/AVP, RTP/AVPF or their SRTP
+    /// profiles RTP/SAVP, RTP/SAVPF.
     fn audio_index(&self) -> Option<usize> {
-        let usable = |m: &Media| m.proto.eq_ignore_ascii_case("RTP/AVP") || m.proto.eq_ignore_ascii_case("RTP/AVPF");
+        let usable = |m: &Media| {
+            ["RTP/AVP", "RTP/AVPF", "RTP/SAVP", "RTP/SAVPF"].iter().any(|p| m.proto.eq_ignore_ascii_case(p))
+        };
         self.media.iter().position(|m| m.kind == "audio" && m.port != 0 && usable(m))
     }
 
@@ -379,6 +394,8 @@ impl SessionDescription {
             telephone_event: pts.iter().copied().find(is_event),
             direction: direction(&m.lines).or_else(|| direction(&self.lines)).unwrap_or_default(),
             ptime: find(&m.lines, "ptime").or_else(|| find(&self.lines, "ptime")).and_then(|v| v.trim().parse().ok()),
+            secure: m.proto.to_ascii_uppercase().starts_with("RTP/SAVP"),
+            crypto: m.lines.iter().filter_map(|l| l.strip_prefix("a=crypto:")).map(str::to_string).collect(),
         })
     }
 }
@@ -391,15 +408,34 @@ pub struct LocalSession {
     version: u64,
     address: IpAddr,
     last: Option<Bytes>,
+    /// The `a=crypto` line (pbx's SDES key toward this side) written on the audio line, and
+    /// whether pbx's own offers use RTP/SAVP (mandatory SRTP) rather than RTP/AVP.
+    crypto: Option<(String, bool)>,
 }
 
 impl LocalSession {
     pub fn new(id: u64, address: IpAddr) -> LocalSession {
-        LocalSession { id, version: 0, address, last: None }
+        LocalSession { id, version: 0, address, last: None, crypto: None }
+    }
+
+    /// From now on every description carries `line` (`a=crypto:…`) on its audio line, and
+    /// offers are RTP/SAVP when `savp`; `None`: plain RTP again.
+    pub fn set_crypto(&mut self, crypto: Option<(String, bool)>) {
+        self.crypto = crypto;
+    }
+
+    /// Whether descriptions carry an `a=crypto` line.
+    pub fn has_crypto(&self) -> bool {
+        self.crypto.is_some()
     }
 
     /// Prints pbx's description of `media`, bumping the version only if it changed.
-    fn describe(&mut self, media: Vec<Media>) -> Bytes {
+    fn describe(&mut self, mut media: Vec<Media>) -> Bytes {
+        if let Some((line, _)) = &self.crypto
+            && let Some(audio) = media.iter_mut().find(|m| m.kind == "audio" && m.port != 0)
+        {
+            audio.lines.push(line.clone());
+        }
         let origin = |version| format!("pbx {} {version} {}", self.id, connection_text(self.address));
         let lines = vec!["t=0 0".into()];
         let (name, connection) = ("pbx".into(), Some(self.address));
@@ -439,7 +475,8 @@ pub fn offer(
     telephone_event: Option<u8>,
     direction: Direction,
 ) -> Bytes {
-    session.describe(vec![audio_media(port, "RTP/AVP", codecs, telephone_event, direction)])
+    let proto = if session.crypto.as_ref().is_some_and(|(_, savp)| *savp) { "RTP/SAVP" } else { "RTP/AVP" };
+    session.describe(vec![audio_media(port, proto, codecs, telephone_event, direction)])
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

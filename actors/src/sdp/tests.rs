@@ -163,13 +163,24 @@ fn reflector_addresses_are_refused() {
     assert_eq!((held.rtp.is_some(), held.rtcp), (true, None), "an a=rtcp of 0.0.0.0 names no RTCP address");
 }
 
-/// audio() skips port-0, SRTP and non-audio lines; an rtpmap renaming a static PT wins.
+/// audio() skips port-0, non-RTP and non-audio lines and reads an SRTP line (RTP/SAVP) as
+/// secure with its keys; an rtpmap renaming a static PT wins.
 #[test]
 fn audio_picks_the_first_usable_line() {
-    let text = PHONE
-        .replace("m=audio 49170 RTP/AVP", "m=audio 0 RTP/AVP 0\r\nm=audio 5000 RTP/SAVP 0\r\nm=audio 49170 RTP/AVPF");
+    let text = PHONE.replace(
+        "m=audio 49170 RTP/AVP",
+        "m=audio 0 RTP/AVP 0\r\nm=audio 6000 UDP/TLS/RTP/SAVPF 0\r\nm=audio 49170 RTP/AVPF",
+    );
     let sd = sdp(&text);
     assert_eq!((sd.audio_index(), sd.audio().unwrap().rtp.unwrap().port()), (Some(2), 49170));
+    assert!(!sd.audio().unwrap().secure);
+    let text = PHONE.replace(
+        "m=audio 49170 RTP/AVP",
+        "m=audio 0 RTP/AVP 0\r\nm=audio 5000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x\r\nm=audio 49170 RTP/AVPF",
+    );
+    let audio = sdp(&text).audio().unwrap();
+    assert_eq!((audio.rtp.unwrap().port(), audio.secure), (5000, true));
+    assert_eq!(audio.crypto, ["1 AES_CM_128_HMAC_SHA1_80 inline:x"]);
     assert_eq!(sdp(&PHONE.replace("m=audio", "m=image")).audio(), None);
     let renamed = sdp(&PHONE.replace("a=rtpmap:9 G722/8000", "a=rtpmap:0 G722/8000\r\na=rtpmap:9 PCMA/8000/1")).audio();
     assert_eq!(renamed.unwrap().codecs, [(9, Codec::Pcma), (8, Codec::Pcma), (96, Codec::Pcmu)]);
@@ -324,4 +335,25 @@ proptest! {
     fn print_then_parse_round_trips(sd in description()) {
         prop_assert_eq!(parse(&sd.to_bytes()), Ok(sd));
     }
+}
+
+/// A session given an `a=crypto` line writes it on the audio line of every description, offers
+/// RTP/SAVP when told to and echoes the offer's profile in answers; without it, plain again.
+#[test]
+fn a_session_with_a_key_writes_it_on_the_audio_line() {
+    let mut session = LocalSession::new(7, "192.0.2.1".parse().unwrap());
+    let codecs = [(0, Codec::Pcmu)];
+    session.set_crypto(Some(("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:KEY".into(), true)));
+    let offered = String::from_utf8(offer(&mut session, 20000, &codecs, None, Direction::SendRecv).to_vec()).unwrap();
+    assert!(offered.contains("m=audio 20000 RTP/SAVP 0\r\n"), "{offered}");
+    assert!(offered.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:KEY\r\n"), "{offered}");
+    session.set_crypto(Some(("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:KEY".into(), false)));
+    let phone = sdp(PHONE);
+    let answered = answer(&mut session, &phone, 20000, Codec::Pcmu, false, Direction::SendRecv).unwrap();
+    let answered = String::from_utf8(answered.to_vec()).unwrap();
+    assert_eq!(answered.matches("a=crypto:").count(), 1, "on the audio line only: {answered}");
+    assert!(answered.contains("m=audio 20000 RTP/AVP 0\r\n"), "the offer's profile: {answered}");
+    session.set_crypto(None);
+    let plain = String::from_utf8(offer(&mut session, 20000, &codecs, None, Direction::SendRecv).to_vec()).unwrap();
+    assert!(!plain.contains("crypto") && plain.contains("RTP/AVP"), "{plain}");
 }

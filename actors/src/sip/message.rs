@@ -42,6 +42,9 @@ const _: () = assert!(HEAD_BYTES_MAX < MESSAGE_BYTES_MAX);
 pub enum Transport {
     Udp,
     Tcp,
+    /// TLS over TCP (RFC 3261 §26.2, RFC 5630): framed like TCP; a request to a phone that
+    /// registered over it goes only down the connection the phone opened.
+    Tls,
 }
 
 impl Transport {
@@ -49,12 +52,28 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
+    }
+
+    /// The `transport=` URI parameter naming it in a Contact pbx writes ("" for UDP, the
+    /// default).
+    pub fn uri_param(self) -> &'static str {
+        match self {
+            Transport::Udp => "",
+            Transport::Tcp => ";transport=tcp",
+            Transport::Tls => ";transport=tls",
+        }
+    }
+
+    /// Whether what travels on it is hidden from the path (SDES keys may go only here).
+    pub fn is_secure(self) -> bool {
+        matches!(self, Transport::Tls)
     }
 
     /// Streams frame by Content-Length and deliver reliably (RFC 3261 §17: no retransmissions).
     pub fn is_reliable(self) -> bool {
-        matches!(self, Transport::Tcp)
+        matches!(self, Transport::Tcp | Transport::Tls)
     }
 }
 
@@ -1190,7 +1209,7 @@ impl Request {
     pub fn reply_destination(&self, source: SocketAddr, transport: Transport) -> SocketAddr {
         match (transport, self.typed.via.as_ref()) {
             (Transport::Udp, Some(via)) => via_udp_destination(via, source),
-            (Transport::Udp, None) | (Transport::Tcp, _) => source,
+            (Transport::Udp, None) | (Transport::Tcp | Transport::Tls, _) => source,
         }
     }
 

@@ -76,6 +76,34 @@ pub struct ApiState {
     pub core: crate::supervisor::CoreActors,
     /// `PBX_TEST_HOOKS=1` at start: the panic hook answers (its route exists only then).
     pub test_hooks: bool,
+    /// Where SIP is served, for `GET /api/v1/sip`.
+    pub sip: Arc<SipInfo>,
+}
+
+/// `GET /api/v1/sip`: the listeners, and the TLS certificate a phone may pin.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SipInfo {
+    pub udp: std::net::SocketAddr,
+    pub tcp: std::net::SocketAddr,
+    /// `None`: `sip_tls_listen = "off"`.
+    pub tls: Option<SipTlsInfo>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SipTlsInfo {
+    pub listen: std::net::SocketAddr,
+    /// The PEM file served (the chain's first certificate is the one fingerprinted).
+    pub certificate: String,
+    /// SHA-256 of the certificate, `AB:CD:…` (what `openssl x509 -fingerprint -sha256` prints).
+    pub fingerprint_sha256: String,
+    /// Made by pbx at first start, not given by the operator.
+    pub self_signed: bool,
+}
+
+/// The SIP listeners and the TLS certificate's fingerprint.
+async fn sip_info(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
+    require_auth!(req, state);
+    HttpResponse::Ok().json(&*state.sip)
 }
 
 #[derive(Deserialize)]
@@ -639,6 +667,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/calls", web::get().to(calls))
         .route("/api/v1/licence", web::get().to(licence))
         .route("/api/v1/vouchers", web::post().to(redeem_voucher))
+        .route("/api/v1/sip", web::get().to(sip_info))
         .configure(conferences::routes)
         .configure(cluster_routes);
 }

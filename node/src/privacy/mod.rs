@@ -724,7 +724,12 @@ mod tests {
     use pbx_actors::Timestamp;
 
     fn decl(number: &str) -> ExtensionDecl {
-        ExtensionDecl { number: number.into(), password: "pw".into(), display_name: format!("Name {number}") }
+        ExtensionDecl {
+            number: number.into(),
+            password: "pw".into(),
+            display_name: format!("Name {number}"),
+            media_encryption: None,
+        }
     }
 
     fn numbers(applied: &[&ExtensionDecl]) -> Vec<String> {

@@ -1,4 +1,5 @@
-//! SIP transports on real sockets: one UDP socket and one TCP listener on the same address.
+//! SIP transports on real sockets: one UDP socket and one TCP listener on the same address,
+//! and a TLS listener on its own port (5061 by default).
 //!
 //! They only move bytes: a datagram, or a message framed off a stream by Content-Length
 //! (`frame_stream`), goes to the endpoint shard its Call-ID names (a raw scan,
@@ -47,7 +48,16 @@ pub const TCP_IDLE_S: u64 = 900;
 /// byte (Kamailio's `tcp_msg_read_timeout` is 20 s): a trickle cannot hold a slot for long.
 pub const TCP_PARTIAL_MESSAGE_S: u64 = 20;
 
+/// A TLS connection must finish its handshake within this time, counted from the accept, or it
+/// is closed and counted (`pbx_sip_tls_refused_total{reason="timeout"}`): a client that opens
+/// and stalls holds a slot for no longer. Kamailio's `tls_connect_timeout` default is 10 s too.
+pub const TLS_HANDSHAKE_S: u64 = 10;
+/// The first byte of every TLS connection: a handshake record (RFC 8446 §5.1, content type 22).
+/// Anything else on the TLS port (plain SIP, say) is closed before any TLS is attempted.
+const TLS_HANDSHAKE_RECORD: u8 = 22;
+
 const _: () = assert!(TCP_PARTIAL_MESSAGE_S < TCP_IDLE_S);
+const _: () = assert!(TLS_HANDSHAKE_S < TCP_FIRST_MESSAGE_S);
 const _: () = assert!(TCP_FIRST_MESSAGE_S < TCP_IDLE_S);
 const _: () = assert!(TCP_CONNECTIONS_PER_SOURCE_MAX < TCP_CONNECTIONS_MAX);
 const UDP_DATAGRAM_BYTES_MAX: usize = 65_535;
@@ -62,10 +72,13 @@ pub const UDP_RECEIVE_BUFFER_BYTES: usize = 2 * 1024 * 1024;
 /// yields to the runtime: one wake-up serves a burst, and a flood cannot hold the thread.
 const UDP_DRAIN_MAX: usize = 64;
 
-/// Where the endpoint's answers leave: the UDP socket, or the TCP connection a request came on.
+/// Where the endpoint's answers leave: the UDP socket, or the stream (TCP or TLS) a request
+/// came on. Streams are keyed by transport and peer: a message meant for TLS never leaves on a
+/// plain TCP connection that happens to have the same peer address, and pbx never opens a
+/// connection toward a phone (it is behind NAT: only the one it opened reaches it).
 pub struct NetWire {
     udp: Arc<UdpSocket>,
-    tcp: Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>,
+    streams: Mutex<HashMap<(Transport, SocketAddr), mpsc::Sender<Bytes>>>,
 }
 
 impl Wire for NetWire {
@@ -77,13 +90,14 @@ impl Wire for NetWire {
                     tracing::debug!(%destination, error = %e, "UDP send dropped");
                 }
             }
-            Transport::Tcp => {
-                let sender = self.tcp.lock().expect("tcp map lock").get(&destination).cloned();
+            Transport::Tcp | Transport::Tls => {
+                let sender = self.streams.lock().expect("stream map lock").get(&(transport, destination)).cloned();
                 match sender {
                     Some(sender) if sender.try_send(bytes).is_ok() => {}
                     _ => {
-                        metrics::counter!("pbx_sip_send_dropped_total", "transport" => "tcp").increment(1);
-                        tracing::debug!(%destination, "TCP send dropped: no connection or queue full");
+                        let label = if transport == Transport::Tls { "tls" } else { "tcp" };
+                        metrics::counter!("pbx_sip_send_dropped_total", "transport" => label).increment(1);
+                        tracing::debug!(%destination, %label, "stream send dropped: no connection or queue full");
                     }
                 }
             }
@@ -95,20 +109,26 @@ impl Wire for NetWire {
 pub struct SipSockets {
     pub udp: Arc<UdpSocket>,
     pub tcp: TcpListener,
+    pub tls: Option<TcpListener>,
 }
 
 impl SipSockets {
-    pub async fn bind(addr: SocketAddr) -> anyhow::Result<SipSockets> {
+    /// UDP and TCP on `addr`; TLS on `tls` when given.
+    pub async fn bind(addr: SocketAddr, tls: Option<SocketAddr>) -> anyhow::Result<SipSockets> {
         use anyhow::Context;
         let udp = UdpSocket::bind(addr).await.with_context(|| format!("bind SIP UDP socket {addr}"))?;
         let granted = set_receive_buffer(&udp, UDP_RECEIVE_BUFFER_BYTES);
         tracing::debug!(asked = UDP_RECEIVE_BUFFER_BYTES, granted, "SIP UDP receive buffer");
         let tcp = TcpListener::bind(addr).await.with_context(|| format!("bind SIP TCP listener {addr}"))?;
-        Ok(SipSockets { udp: Arc::new(udp), tcp })
+        let tls = match tls {
+            Some(tls) => Some(TcpListener::bind(tls).await.with_context(|| format!("bind SIP TLS listener {tls}"))?),
+            None => None,
+        };
+        Ok(SipSockets { udp: Arc::new(udp), tcp, tls })
     }
 
     pub fn wire(&self) -> Arc<NetWire> {
-        Arc::new(NetWire { udp: self.udp.clone(), tcp: Mutex::new(HashMap::new()) })
+        Arc::new(NetWire { udp: self.udp.clone(), streams: Mutex::new(HashMap::new()) })
     }
 }
 
@@ -271,10 +291,53 @@ impl TcpSlots {
     }
 }
 
-pub async fn serve_tcp(listener: TcpListener, endpoint: Inbound, wire: Arc<NetWire>) {
-    let cap = tcp_connections_cap(crate::sip::limits::open_file_limit());
-    tracing::info!(cap, per_source = TCP_CONNECTIONS_PER_SOURCE_MAX, "SIP TCP connection caps");
-    let slots = Arc::new(Mutex::new(TcpSlots::new(cap)));
+/// The open-stream slots TCP and TLS share (both hold a descriptor each).
+#[derive(Clone)]
+pub struct StreamSlots(Arc<Mutex<TcpSlots>>);
+
+impl StreamSlots {
+    /// Capped by the process's open-file limit (see [`tcp_connections_cap`]).
+    pub fn new() -> StreamSlots {
+        let cap = tcp_connections_cap(crate::sip::limits::open_file_limit());
+        tracing::info!(cap, per_source = TCP_CONNECTIONS_PER_SOURCE_MAX, "SIP TCP/TLS connection caps");
+        StreamSlots(Arc::new(Mutex::new(TcpSlots::new(cap))))
+    }
+}
+
+impl Default for StreamSlots {
+    fn default() -> Self {
+        StreamSlots::new()
+    }
+}
+
+/// Accepts TCP connections (SIP over TCP) until the listener fails.
+pub async fn serve_tcp(listener: TcpListener, endpoint: Inbound, wire: Arc<NetWire>, slots: StreamSlots) {
+    serve_streams(listener, endpoint, wire, slots, None).await
+}
+
+/// Accepts TLS connections (SIP over TLS): each must start with a TLS handshake record and
+/// finish the handshake within [`TLS_HANDSHAKE_S`], or it is closed and counted
+/// (`pbx_sip_tls_refused_total{reason}`: `not_tls`, `timeout`, `handshake`).
+pub async fn serve_tls(
+    listener: TcpListener,
+    endpoint: Inbound,
+    wire: Arc<NetWire>,
+    slots: StreamSlots,
+    config: Arc<rustls::ServerConfig>,
+) {
+    for reason in ["not_tls", "timeout", "handshake"] {
+        metrics::counter!("pbx_sip_tls_refused_total", "reason" => reason).increment(0);
+    }
+    serve_streams(listener, endpoint, wire, slots, Some(tokio_rustls::TlsAcceptor::from(config))).await
+}
+
+async fn serve_streams(
+    listener: TcpListener,
+    endpoint: Inbound,
+    wire: Arc<NetWire>,
+    slots: StreamSlots,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(r) => r,
@@ -286,7 +349,7 @@ pub async fn serve_tcp(listener: TcpListener, endpoint: Inbound, wire: Arc<NetWi
             }
         };
         let source = tcp_source(peer);
-        let taken = slots.lock().expect("tcp slots lock").take(source);
+        let taken = slots.0.lock().expect("tcp slots lock").take(source);
         if let Err(refused) = taken {
             metrics::counter!("pbx_sip_tcp_refused_total", "reason" => refused.label()).increment(1);
             tracing::debug!(%peer, reason = refused.label(), "TCP connection refused");
@@ -294,30 +357,73 @@ pub async fn serve_tcp(listener: TcpListener, endpoint: Inbound, wire: Arc<NetWi
             continue;
         }
         metrics::gauge!("pbx_sip_tcp_connections").increment(1.0);
-        let (endpoint, wire, slots) = (endpoint.clone(), wire.clone(), slots.clone());
+        let (endpoint, wire, slots, tls) = (endpoint.clone(), wire.clone(), slots.clone(), tls.clone());
         tokio::spawn(async move {
-            connection(stream, peer, endpoint, &wire).await;
-            wire.tcp.lock().expect("tcp map lock").remove(&peer);
-            slots.lock().expect("tcp slots lock").give_back(source);
+            let _ = stream.set_nodelay(true);
+            match tls {
+                None => connection(stream, peer, Transport::Tcp, endpoint, &wire).await,
+                Some(acceptor) => {
+                    if let Some(stream) = handshake(&acceptor, stream, peer).await {
+                        metrics::gauge!("pbx_sip_tls_connections").increment(1.0);
+                        connection(stream, peer, Transport::Tls, endpoint, &wire).await;
+                        metrics::gauge!("pbx_sip_tls_connections").decrement(1.0);
+                    }
+                }
+            }
+            slots.0.lock().expect("tcp slots lock").give_back(source);
             metrics::gauge!("pbx_sip_tcp_connections").decrement(1.0);
         });
     }
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, endpoint: Inbound, wire: &NetWire) {
-    let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+/// The TLS handshake of a connection just accepted, bounded by [`TLS_HANDSHAKE_S`] as a whole;
+/// `None` (counted, logged) when it is not TLS, stalls or fails.
+async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let refuse = |reason: &'static str, detail: String| {
+        metrics::counter!("pbx_sip_tls_refused_total", "reason" => reason).increment(1);
+        tracing::info!(%peer, reason, %detail, "TLS connection refused");
+        None
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(TLS_HANDSHAKE_S);
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+        Err(_) => return refuse("timeout", "no byte".into()),
+        Ok(Ok(0)) | Ok(Err(_)) => return None,
+        Ok(Ok(_)) if first[0] != TLS_HANDSHAKE_RECORD => {
+            return refuse("not_tls", format!("first byte {:#04x}, not a TLS handshake", first[0]));
+        }
+        Ok(Ok(_)) => {}
+    }
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Err(_) => refuse("timeout", format!("handshake not finished in {TLS_HANDSHAKE_S} s")),
+        Ok(Err(e)) => refuse("handshake", e.to_string()),
+        Ok(Ok(stream)) => Some(stream),
+    }
+}
+
+async fn connection<S>(stream: S, peer: SocketAddr, transport: Transport, endpoint: Inbound, wire: &NetWire)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let (sender, mut outbound) = mpsc::channel::<Bytes>(TCP_SEND_QUEUE_MAX);
-    wire.tcp.lock().expect("tcp map lock").insert(peer, sender.clone());
+    wire.streams.lock().expect("stream map lock").insert((transport, peer), sender.clone());
     let writer_task = tokio::spawn(async move {
         while let Some(bytes) = outbound.recv().await {
             if writer.write_all(&bytes).await.is_err() {
                 break;
             }
+            // TLS buffers records: push each message out whole.
+            if writer.flush().await.is_err() {
+                break;
+            }
         }
         let _ = writer.shutdown().await;
     });
-
     let mut buf = BytesMut::with_capacity(4096);
     // Set when a message starts arriving, cleared when the buffer empties.
     let mut partial_deadline: Option<tokio::time::Instant> = None;
@@ -362,7 +468,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, endpoint: Inbound, wire
                     let bytes = buf.split_to(len).freeze();
                     partial_deadline = None;
                     first_message_deadline = None;
-                    endpoint.deliver(bytes, peer, Transport::Tcp);
+                    endpoint.deliver(bytes, peer, transport);
                 }
                 Frame::Broken { code, reason, len } => {
                     metrics::counter!("pbx_sip_malformed_total").increment(1);
@@ -378,7 +484,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, endpoint: Inbound, wire
         }
     }
     // Let queued answers (a 400 before close, say) go out, then close.
-    wire.tcp.lock().expect("tcp map lock").remove(&peer);
+    wire.streams.lock().expect("stream map lock").remove(&(transport, peer));
     drop(sender);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
 }
@@ -413,7 +519,7 @@ mod tests {
     /// (`net.core.rmem_max`; Linux reports twice the size it was given), not the default.
     #[tokio::test]
     async fn the_sip_udp_socket_asks_for_a_bigger_receive_buffer() {
-        let sockets = SipSockets::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let sockets = SipSockets::bind("127.0.0.1:0".parse().unwrap(), None).await.unwrap();
         let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max").unwrap().trim().parse().unwrap();
         let granted = rustix::net::sockopt::socket_recv_buffer_size(&*sockets.udp).unwrap();
         assert_eq!(granted, 2 * UDP_RECEIVE_BUFFER_BYTES.min(rmem_max));
