@@ -10,6 +10,7 @@ use crate::cdr::Cdr;
 use crate::conference::core::Participation;
 use crate::licence::{Stored, StoredUnlocks};
 use crate::privacy::{AuditEntry, Right};
+use crate::push::PushRecord;
 use crate::registrar::{RegistrarCommand, RegistrarCommandV1};
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +76,9 @@ pub enum Entry {
     /// Ended conference participations (issue 16): appended last, so every entry written
     /// before reads as it did.
     Participations(Vec<Participation>),
+    /// Pushes sent to wake mobile softphones (issue 17, category `push-records`): appended
+    /// last, so every entry written before reads as it did.
+    PushRecords(Vec<PushRecord>),
 }
 
 impl Entry {
@@ -108,6 +112,8 @@ pub trait EntryStore {
     fn flag(&mut self, subject: String, right: Right, at: Timestamp, audit: AuditEntry) -> Result<(), Self::Error>;
     /// Ended conference participations (category `conference-participation`).
     fn put_participations(&mut self, participations: Vec<Participation>) -> Result<(), Self::Error>;
+    /// Pushes sent to wake phones (category `push-records`).
+    fn put_push_records(&mut self, records: Vec<PushRecord>) -> Result<(), Self::Error>;
 }
 
 /// What a committed entry changes in `store`.
@@ -120,6 +126,7 @@ pub fn apply_entry<S: EntryStore + ?Sized>(store: &mut S, entry: Entry) -> Resul
         Entry::Erase { subject, audit } => store.erase(subject, audit),
         Entry::Flag { subject, right, at, audit } => store.flag(subject, right, at, audit),
         Entry::Participations(participations) => store.put_participations(participations),
+        Entry::PushRecords(records) => store.put_push_records(records),
     }
 }
 
@@ -138,5 +145,43 @@ mod tests {
         );
         assert_eq!(entry.encode().unwrap(), stored);
         assert!(Entry::decode(&[2, 0]).is_err(), "no version 3 yet");
+    }
+
+    fn push_record() -> PushRecord {
+        PushRecord {
+            id: 7,
+            at: Timestamp(1),
+            user: "1".into(),
+            caller: "2".into(),
+            callee: "1".into(),
+            provider: "fcm".into(),
+            device: "t".into(),
+            source: "192.0.2.1:5060".parse().expect("an address"),
+            outcome: "delivered".into(),
+        }
+    }
+
+    // Proves push records reach the log and come back whole (postcard), as the last variant
+    // (7): a record's fields in their order, each pinned, so a change of shape fails here.
+    #[test]
+    fn push_records_round_trip_as_the_last_variant() {
+        let stored = [
+            1, 7, 1, 7, 1, 1, b'1', 1, b'2', 1, b'1', 3, b'f', b'c', b'm', 1, b't', 0, 192, 0, 2, 1, 196, 39, 9, b'd',
+            b'e', b'l', b'i', b'v', b'e', b'r', b'e', b'd',
+        ];
+        let encoded = Entry::PushRecords(vec![push_record()]).encode().unwrap();
+        assert_eq!(encoded, stored);
+        let Entry::PushRecords(records) = Entry::decode(&encoded).unwrap() else { panic!("not push records") };
+        assert_eq!(records, [push_record()]);
+    }
+
+    // Proves entries written before push records existed still read as they did: the
+    // participations entry (variant 6, the last one then) and a call-record batch, as stored.
+    #[test]
+    fn entries_written_before_push_records_still_decode() {
+        assert!(matches!(Entry::decode(&[1, 6, 0]).unwrap(), Entry::Participations(p) if p.is_empty()));
+        assert!(matches!(Entry::decode(&[1, 1, 0]).unwrap(), Entry::Cdrs(c) if c.is_empty()));
+        assert_eq!(Entry::Participations(Vec::new()).encode().unwrap(), [1, 6, 0]);
+        assert!(Entry::decode(&[1, 8, 0]).is_err(), "no variant after push records yet");
     }
 }

@@ -167,6 +167,7 @@ impl Answered {
             relay: RelayConfig { inactivity: Duration::from_secs(60) },
             conferences: Default::default(),
             media_policy: Default::default(),
+            push: None,
         };
         let ledger = CallLedger::default();
         let args = CallsArgs { context: context.clone(), seed: 1, ledger: ledger.clone() };

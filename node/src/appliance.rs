@@ -180,6 +180,10 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         metrics::gauge!(gauge).set(0.0);
     }
     let ports = Arc::new(Mutex::new(ports));
+    // The licence before the calls and rooms it gates (push, conferences).
+    let licence_store: Arc<dyn LicenceStore> = Arc::new(ReplicatedLicence(replication.clone()));
+    let licence = start_licence(&config, &storage, licence_store, clock, &supervisor, &mut core).await?;
+    let push = start_push(&config, &core, &replication, clock, &licence).await?;
     let context = CallContext {
         config: CallConfig {
             no_answer: Duration::from_secs(config.calls.no_answer_timeout_s.into()),
@@ -198,12 +202,10 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         relay: RelayConfig { inactivity: Duration::from_secs(config.calls.rtp_timeout_s.into()) },
         conferences: core.conferences.clone(),
         media_policy: Arc::new(config.media_policy()),
+        push,
     };
     let calls = CallsChild { context, ledger: CallLedger::default(), current: core.calls.clone() };
     supervisor::start(&supervisor, calls).await.map_err(anyhow::Error::msg).context("start calls")?;
-
-    let licence_store: Arc<dyn LicenceStore> = Arc::new(ReplicatedLicence(replication.clone()));
-    let licence = start_licence(&config, &storage, licence_store, clock, &supervisor, &mut core).await?;
 
     // Conference rooms: after the licence, which gates them.
     for gauge in ["pbx_conference_rooms_active", "pbx_conference_participants"] {
@@ -614,4 +616,29 @@ fn sip_tls_identity(
         self_signed: tls.self_signed,
     };
     Ok((Arc::new(server), info))
+}
+
+/// Push dispatch (RFC 8599) when `[push]` names a provider: its actor, and the calls' port to
+/// it (gated by the licence's `push` feature). Credentials that cannot be read stop the start,
+/// naming the file.
+async fn start_push(
+    config: &Config,
+    core: &CoreActors,
+    replication: &Replication,
+    clock: SystemClock,
+    licence: &Licensing,
+) -> anyhow::Result<Option<Arc<dyn pbx_actors::call::wake::PushPort>>> {
+    use crate::push_dispatch::{NodePush, PushArgs, PushDispatchActor, Senders};
+    let Some(push) = &config.push else { return Ok(None) };
+    let senders = Senders::from_config(push)?;
+    let args = PushArgs {
+        senders,
+        registrar: core.registrar.clone(),
+        records: Arc::new(crate::push::PushRecords::new(replication.clone())),
+        clock: Arc::new(clock),
+    };
+    let (actor, _) =
+        Actor::spawn(Some("push-dispatch".into()), PushDispatchActor, args).await.context("start push dispatch")?;
+    tracing::info!(providers = ?push.providers(), wait_s = push.wait_s, "push dispatch ready");
+    Ok(Some(Arc::new(NodePush { actor, wait: Duration::from_secs(push.wait_s.into()), licence: licence.view.clone() })))
 }

@@ -169,6 +169,8 @@ struct FileConfig {
     conferences: Vec<ConferenceDecl>,
     #[serde(default)]
     mixer: MixerSection,
+    #[serde(default)]
+    push: PushSection,
     cluster: Option<ClusterSection>,
 }
 
@@ -272,6 +274,7 @@ struct PrivacySection {
     request_log_anonymise_days: Option<u32>,
     request_log_delete_days: Option<u32>,
     audit_retention_days: Option<u32>,
+    push_record_retention_days: Option<u32>,
     #[serde(default)]
     operator: OperatorSection,
 }
@@ -304,6 +307,121 @@ pub struct PrivacyConfig {
     /// Every stored category's period; `cdr_days` is `calls.cdr_retention_days`.
     pub periods: pbx_actors::privacy::reaper::Periods,
     pub operator: OperatorSection,
+}
+
+/// `[push]`: RFC 8599 push through FCM and APNs (docs in README, "Push").
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct PushSection {
+    wait_s: Option<u32>,
+    ca: Option<PathBuf>,
+    fcm: Option<FcmSection>,
+    apns: Option<ApnsSection>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FcmSection {
+    service_account: PathBuf,
+    url: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ApnsSection {
+    key: PathBuf,
+    key_id: String,
+    team_id: String,
+    url: Option<String>,
+    sandbox_url: Option<String>,
+}
+
+/// Push dispatch's settings; `None` in [`Config::push`] without `[push.fcm]` or `[push.apns]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushConfig {
+    /// How long a call waits for a pushed phone's REGISTER (`push.wait_s`).
+    pub wait_s: u32,
+    /// PEM trusted for the push services' TLS instead of the public roots (the stand-in's
+    /// certificate, `pbx push-gateway`).
+    pub ca: Option<PathBuf>,
+    pub fcm: Option<FcmConfig>,
+    pub apns: Option<ApnsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FcmConfig {
+    /// The service account's JSON (its `token_uri` is where access tokens come from).
+    pub service_account: PathBuf,
+    /// Base URL of the FCM HTTP v1 API.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApnsConfig {
+    /// The `.p8` signing key, its key id and the team id that JWTs name.
+    pub key: PathBuf,
+    pub key_id: String,
+    pub team_id: String,
+    pub url: String,
+    /// For `pn-provider=apns.dev` (development builds).
+    pub sandbox_url: String,
+}
+
+/// The longest a call may wait for a pushed phone: beyond it the caller has given up anyway.
+pub const PUSH_WAIT_S_RANGE: (u32, u32) = (1, 120);
+pub const DEFAULT_PUSH_WAIT_S: u32 = 20;
+
+fn push_config(section: PushSection) -> Result<Option<PushConfig>, (&'static str, String)> {
+    let wait_s = section.wait_s.unwrap_or(DEFAULT_PUSH_WAIT_S);
+    if !(PUSH_WAIT_S_RANGE.0..=PUSH_WAIT_S_RANGE.1).contains(&wait_s) {
+        return Err(("push.wait_s", format!("must be {}–{}", PUSH_WAIT_S_RANGE.0, PUSH_WAIT_S_RANGE.1)));
+    }
+    let https = |key: &'static str, url: String| {
+        if url.starts_with("https://") { Ok(url) } else { Err((key, format!("{url:?} is not an https:// URL"))) }
+    };
+    let fcm = match section.fcm {
+        Some(f) => Some(FcmConfig {
+            service_account: f.service_account,
+            url: https("push.fcm.url", f.url.unwrap_or_else(|| "https://fcm.googleapis.com".into()))?,
+        }),
+        None => None,
+    };
+    let apns = match section.apns {
+        Some(a) => {
+            if a.key_id.is_empty() || a.team_id.is_empty() {
+                return Err(("push.apns", "key_id and team_id must not be empty".into()));
+            }
+            Some(ApnsConfig {
+                key: a.key,
+                key_id: a.key_id,
+                team_id: a.team_id,
+                url: https("push.apns.url", a.url.unwrap_or_else(|| "https://api.push.apple.com".into()))?,
+                sandbox_url: https(
+                    "push.apns.sandbox_url",
+                    a.sandbox_url.unwrap_or_else(|| "https://api.sandbox.push.apple.com".into()),
+                )?,
+            })
+        }
+        None => None,
+    };
+    if fcm.is_none() && apns.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(PushConfig { wait_s, ca: section.ca, fcm, apns }))
+}
+
+impl PushConfig {
+    /// The RFC 8599 providers this configuration pushes through.
+    pub fn providers(&self) -> Vec<String> {
+        let mut providers = Vec::new();
+        if self.fcm.is_some() {
+            providers.push("fcm".to_string());
+        }
+        if self.apns.is_some() {
+            providers.extend(["apns".to_string(), "apns.dev".to_string()]);
+        }
+        providers
+    }
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -482,6 +600,8 @@ pub struct Config {
     /// Conference rooms (`[[conferences]]`), checked.
     pub conferences: Vec<pbx_actors::conference::actor::RoomDecl>,
     pub mixer: pbx_actors::media::mixer::MixerConfig,
+    /// `None`: no push service configured (phones with `pn-*` parameters are called directly).
+    pub push: Option<PushConfig>,
     /// `None`: a single appliance, no cluster.
     pub cluster: Option<ClusterConfig>,
     /// The file it was read from (`--config`), to name it in messages about its entries.
@@ -601,6 +721,7 @@ impl Config {
             return Err(invalid("calls.emergency_numbers", format!("{bad:?} is not a number of digits")));
         }
         let licence = licence_config(file.licence).map_err(|(key, reason)| invalid(key, reason))?;
+        let push = push_config(file.push).map_err(|(key, reason)| invalid(key, reason))?;
         let privacy =
             privacy_config(file.privacy, calls.cdr_retention_days).map_err(|(key, reason)| invalid(key, reason))?;
         for (key, value, (low, high)) in [
@@ -684,6 +805,7 @@ impl Config {
             allow_rfc2069: r.allow_rfc2069.unwrap_or(d.allow_rfc2069),
             refresh_flush_s: r.refresh_flush_s.unwrap_or(d.refresh_flush_s),
             rooms: Default::default(),
+            push_providers: push.as_ref().map(PushConfig::providers).unwrap_or_default(),
             digest_algorithms: match r.digest_algorithms {
                 None => d.digest_algorithms,
                 Some(names) => {
@@ -786,6 +908,7 @@ impl Config {
             extensions: file.extensions,
             conferences,
             mixer,
+            push,
             cluster,
             file: flags.config.clone(),
         })
@@ -857,6 +980,7 @@ fn privacy_config(p: PrivacySection, cdr_days: u32) -> Result<PrivacyConfig, (&'
             request_log_delete_days: p.request_log_delete_days.unwrap_or(d.request_log_delete_days),
             cdr_days,
             audit_days: p.audit_retention_days.unwrap_or(d.audit_days),
+            push_days: p.push_record_retention_days.unwrap_or(d.push_days),
             ..d
         },
         operator: p.operator,
@@ -867,6 +991,7 @@ fn privacy_config(p: PrivacySection, cdr_days: u32) -> Result<PrivacyConfig, (&'
         ("privacy.request_log_anonymise_days", c.periods.request_log_anonymise_days, (1, 365)),
         ("privacy.request_log_delete_days", c.periods.request_log_delete_days, (1, 3_650)),
         ("privacy.audit_retention_days", c.periods.audit_days, (1, 3_650)),
+        ("privacy.push_record_retention_days", c.periods.push_days, (1, 3_650)),
     ] {
         if !(low..=high).contains(&value) {
             return Err((key, format!("{value} is not between {low} and {high}")));
@@ -1134,6 +1259,28 @@ mod tests {
             ("[sip]\ntls_key = \"/k.pem\"", "sip.tls_certificate"),
             ("sip_listen = \"127.0.0.1:5061\"", "sip_tls_listen"),
             ("sip_tls_listen = \"nowhere\"", "sip_tls_listen"),
+        ] {
+            let error = load_text(text).unwrap_err().to_string();
+            assert!(error.contains(key), "{text}: {error}");
+        }
+    }
+
+    /// `[push]`: off without a provider; with one, its providers reach the registrar; a wait out
+    /// of range or a URL that is not https is refused naming the key.
+    #[test]
+    fn push_is_off_by_default_and_checked_when_on() {
+        let c = load_text("").unwrap();
+        assert_eq!((c.push, c.registrar.push_providers.len()), (None, 0));
+        let c = load_text("[push]\n[push.fcm]\nservice_account = \"/etc/pbx/sa.json\"").unwrap();
+        let push = c.push.expect("on");
+        assert_eq!((push.wait_s, push.providers()), (DEFAULT_PUSH_WAIT_S, vec!["fcm".to_string()]));
+        assert_eq!(c.registrar.push_providers, ["fcm"]);
+        let apns = "[push.apns]\nkey = \"/k.p8\"\nkey_id = \"K\"\nteam_id = \"T\"";
+        assert_eq!(load_text(apns).unwrap().registrar.push_providers, ["apns", "apns.dev"]);
+        for (text, key) in [
+            ("[push]\nwait_s = 0\n[push.fcm]\nservice_account = \"/s\"", "push.wait_s"),
+            ("[push.fcm]\nservice_account = \"/s\"\nurl = \"http://fcm\"", "push.fcm.url"),
+            ("[push.apns]\nkey = \"/k\"\nkey_id = \"\"\nteam_id = \"T\"", "push.apns"),
         ] {
             let error = load_text(text).unwrap_err().to_string();
             assert!(error.contains(key), "{text}: {error}");

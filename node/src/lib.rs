@@ -7,6 +7,7 @@
 //! - [`sip`]: SIP sockets (UDP, TCP) and the process's open-file limit.
 //! - [`cluster`]: replication through Raft, the applier, the compactor; `pbx cluster status`.
 //! - [`privacy`]: subject rights, audit, notice over HTTP; `pbx privacy`.
+//! - [`conference`], [`push`]: where conference participations and push records go.
 //! - [`licence`]: the client of the vendor's licence service.
 //! - [`http`]: the admin API's state and routes (its kernel is `pbx_host::http`).
 //! - [`storage`]: the node's redb file; [`secrets`]: the admin token and the privacy key;
@@ -23,6 +24,8 @@ pub mod config;
 pub mod http;
 pub mod licence;
 pub mod privacy;
+pub mod push;
+pub mod push_dispatch;
 pub mod secrets;
 pub mod sip;
 pub mod storage;

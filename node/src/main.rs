@@ -88,6 +88,10 @@ enum Command {
     /// Run the licence and voucher service: signs licences for serials, redeems vouchers, over
     /// HTTPS with a self-signed certificate made at first start.
     LicenceServer(pbx_licence_service::Args),
+    /// A local stand-in for FCM and APNs (push notifications): the same endpoints, checks and
+    /// errors, recording what it received; `make-credentials` writes a matching FCM service
+    /// account and APNs key
+    PushGateway(pbx_push_service::gateway::Args),
     /// Data-subject rights against the running node (export, erase, restrict, object,
     /// rectify), its privacy audit and inventory, and the generated privacy notice.
     Privacy(pbx_node::privacy::cli::Args),
@@ -180,6 +184,10 @@ fn main() -> ExitCode {
         Command::Node { config, run } => run.with_config(Some(config)),
         Command::Sim { args } => return sim(args),
         Command::LicenceServer(args) => return licence_server(args),
+        Command::PushGateway(args) => {
+            init_logging(LogFormat::Human);
+            return pbx_push_service::gateway::main(args);
+        }
         Command::Privacy(args) => return pbx_node::privacy::cli::main(args),
         Command::Cluster(ClusterCommand::Init { out, nodes }) => return cluster_init(&out, &nodes),
         Command::Cluster(ClusterCommand::Status(args)) => return pbx_node::cluster::cli::main(args),

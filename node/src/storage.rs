@@ -19,6 +19,7 @@
 use pbx_actors::Timestamp;
 use pbx_actors::cdr::{Cdr, CdrStore, CdrStored};
 use pbx_actors::conference::core::Participation;
+use pbx_actors::push::PushRecord;
 use pbx_actors::registrar::{Binding, BindingV1, Extension, RegistrarCommand, RegistrarStore};
 use pbx_actors::store::StoreError;
 use pbx_cluster::redb_file::{RedbFile, Rewritten, check_all_copied, copy_table};
@@ -45,6 +46,8 @@ const CDRS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("cdrs");
 /// Ended conference participations, keyed by `(left µs, participant id)`
 /// (`conference-participation`).
 const PARTICIPATIONS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("conference_participations");
+/// Pushes sent to wake mobile softphones, keyed by `(sent µs, push id)` (`push-records`).
+const PUSH_RECORDS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("push_records");
 /// The last verified licence and voucher unlocks (keys `licence`, `unlocks`), as the service
 /// signed them, so a restart during an outage still knows what is licensed.
 const LICENCE: TableDefinition<&str, &[u8]> = TableDefinition::new("licence");
@@ -71,6 +74,7 @@ pub const TABLES: &[&str] = &[
     "bindings",
     "cdrs",
     "conference_participations",
+    "push_records",
     "security_log",
     "privacy_audit",
     "privacy_flags",
@@ -129,6 +133,11 @@ enum StoredParticipationV {
 }
 
 #[derive(Serialize, Deserialize)]
+enum StoredPushRecordV {
+    V1(PushRecord),
+}
+
+#[derive(Serialize, Deserialize)]
 enum StoredLicenceV {
     V1(pbx_actors::licence::Stored),
 }
@@ -167,6 +176,7 @@ impl Storage {
         tx.open_table(BINDINGS).map_err(redb_err)?;
         tx.open_table(CDRS).map_err(redb_err)?;
         tx.open_table(PARTICIPATIONS).map_err(redb_err)?;
+        tx.open_table(PUSH_RECORDS).map_err(redb_err)?;
         tx.open_table(LICENCE).map_err(redb_err)?;
         tx.open_table(SECURITY_LOG).map_err(redb_err)?;
         tx.open_table(PRIVACY_AUDIT).map_err(redb_err)?;
@@ -210,6 +220,7 @@ impl Storage {
                 copy_table(from, to, BINDINGS)?;
                 copy_table(from, to, CDRS)?;
                 copy_table(from, to, PARTICIPATIONS)?;
+                copy_table(from, to, PUSH_RECORDS)?;
                 copy_table(from, to, LICENCE)?;
                 copy_table(from, to, SECURITY_LOG)?;
                 copy_table(from, to, PRIVACY_AUDIT)?;
@@ -228,6 +239,7 @@ impl Storage {
                     BINDINGS.name(),
                     CDRS.name(),
                     PARTICIPATIONS.name(),
+                    PUSH_RECORDS.name(),
                     LICENCE.name(),
                     SECURITY_LOG.name(),
                     PRIVACY_AUDIT.name(),
@@ -342,6 +354,21 @@ impl Storage {
             for p in participations {
                 let value = postcard::to_allocvec(&StoredParticipationV::V1(p.clone())).map_err(redb_err)?;
                 table.insert((p.left.as_micros(), p.id), value.as_slice()).map_err(redb_err)?;
+            }
+        }
+        tx.commit().map_err(redb_err)
+    }
+
+    /// Stores push records in one durable transaction; storing one again (same time and id)
+    /// keeps one copy.
+    pub fn put_push_records(&self, records: &[PushRecord]) -> Result<(), StorageError> {
+        let mut tx = self.db.begin_write().map_err(redb_err)?;
+        tx.set_durability(Durability::Immediate).map_err(redb_err)?;
+        {
+            let mut table = tx.open_table(PUSH_RECORDS).map_err(redb_err)?;
+            for r in records {
+                let value = postcard::to_allocvec(&StoredPushRecordV::V1(r.clone())).map_err(redb_err)?;
+                table.insert((r.at.as_micros(), r.id), value.as_slice()).map_err(redb_err)?;
             }
         }
         tx.commit().map_err(redb_err)

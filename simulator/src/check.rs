@@ -734,6 +734,7 @@ impl Checker {
         let p = &r.periods;
         let (cdr, anonymise, delete, audit) =
             (days(p.cdr_days), days(p.request_log_anonymise_days), days(p.request_log_delete_days), days(p.audit_days));
+        let push = days(p.push_days);
         let (grace, interval) = (p.binding_grace, r.interval);
         let origin = self.origin;
         let when = move |t: Timestamp| crate::sim::format_elapsed(t - origin);
@@ -761,6 +762,7 @@ impl Checker {
             ("binding", "deleted", disk.bindings.values().map(|b| b.expires_at).min().map(|t| t + grace)),
             ("CDR", "deleted", disk.cdr_ends.first().map(|k| k.0 + cdr)),
             ("conference participation", "deleted", disk.participations.first_key_value().map(|(k, _)| k.0 + cdr)),
+            ("push record", "deleted", disk.push_records.first_key_value().map(|(k, _)| k.0 + push)),
             ("security-log entry", "anonymised", disk.security_fresh.first().map(|k| k.0 + anonymise)),
             ("security-log entry", "deleted", disk.security_log.first_key_value().map(|(k, _)| k.0 + delete)),
             ("audit entry", "deleted", disk.audit.first_key_value().map(|(k, _)| k.0 + audit)),
@@ -954,6 +956,39 @@ mod tests {
         assert!(!violated(&mut c, "no record outlives its retention"));
         c.check_retention(T0, restart + REAPER_RUN_BOUND + SECOND, Some(restart), &disk);
         assert!(violated(&mut c, "no record outlives its retention"));
+    }
+
+    /// A push record (the simulated office writes none yet) is due 7 days after it was sent:
+    /// one still on the disk an interval and the run bound later is flagged, and the disk's
+    /// rule keeps it at a run 7 days less a second after it, deletes it at one 7 days and a
+    /// second after.
+    #[test]
+    fn a_push_record_is_due_seven_days_after_it_was_sent() {
+        let (mut c, mut disk) = (checker(), Disk::default());
+        let record = pbx_actors::push::PushRecord {
+            id: 1,
+            at: T0,
+            user: "1000".into(),
+            caller: "1001".into(),
+            callee: "1000".into(),
+            provider: "fcm".into(),
+            device: "token".into(),
+            source: "10.1.0.1:5060".parse().unwrap(),
+            outcome: "delivered".into(),
+        };
+        disk.apply(DiskWrite::Entry(pbx_actors::entry::Entry::PushRecords(vec![record]))).unwrap();
+        let deadline = T0 + 7 * DAY + HOUR + REAPER_RUN_BOUND;
+        c.check_retention(T0, deadline, Some(T0), &disk);
+        assert!(!violated(&mut c, "no record outlives its retention"));
+        c.check_retention(T0, deadline + SECOND, Some(T0), &disk);
+        assert!(violated(&mut c, "no record outlives its retention"));
+        let run = |disk: &mut Disk, at: Timestamp| {
+            let cutoff = at - 7 * DAY;
+            disk.reap(&Batch { rule: 0, category: "push-records", action: Action::Delete, cutoff, limit: 10 }).unwrap()
+        };
+        assert_eq!(run(&mut disk, T0 + 7 * DAY - SECOND), 0);
+        assert_eq!(run(&mut disk, T0 + 7 * DAY + SECOND), 1);
+        assert!(disk.push_records.is_empty());
     }
 
     /// The ledger: a CDR deleted inside its retention is missed, one deleted after it is not;

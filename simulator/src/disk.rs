@@ -33,6 +33,8 @@ pub struct Disk {
     pub duplicate_cdrs: Vec<Cdr>,
     /// Ended conference participations by `(left, participant id)`.
     pub participations: BTreeMap<Key, pbx_actors::conference::core::Participation>,
+    /// Push records by `(sent, push id)` (no simulated phone is woken by push yet).
+    pub push_records: BTreeMap<Key, pbx_actors::push::PushRecord>,
     pub security_log: BTreeMap<Key, SecurityEntry>,
     /// Keys of security-log entries not yet anonymised.
     pub security_fresh: BTreeSet<Key>,
@@ -81,7 +83,8 @@ impl Disk {
     /// the cut-off that the action has not yet changed:
     /// - registration/delete: stored bindings whose `expires_at` < cutoff;
     /// - security-log/anonymise: source IP → its /24 or /48, claimed user masked, marked;
-    /// - security-log/delete, cdr/delete (by `end`), privacy-audit/delete: the records go.
+    /// - security-log/delete, cdr/delete (by `end`), conference-participation/delete (by
+    ///   `left`), push-records/delete (by `at`), privacy-audit/delete: the records go.
     ///
     /// Any other pair is an error, as the node's store answers it.
     pub fn reap(&mut self, batch: &Batch) -> Result<u64, String> {
@@ -132,6 +135,13 @@ impl Disk {
                 let due: Vec<Key> = self.participations.range(..before).take(limit).map(|(key, _)| *key).collect();
                 for key in &due {
                     self.participations.remove(key);
+                }
+                due.len()
+            }
+            ("push-records", Action::Delete) => {
+                let due: Vec<Key> = self.push_records.range(..before).take(limit).map(|(key, _)| *key).collect();
+                for key in &due {
+                    self.push_records.remove(key);
                 }
                 due.len()
             }
@@ -190,6 +200,13 @@ impl EntryStore for Disk {
     ) -> Result<(), String> {
         for p in participations {
             self.participations.insert((p.left, p.id), p);
+        }
+        Ok(())
+    }
+
+    fn put_push_records(&mut self, records: Vec<pbx_actors::push::PushRecord>) -> Result<(), String> {
+        for r in records {
+            self.push_records.insert((r.at, r.id), r);
         }
         Ok(())
     }

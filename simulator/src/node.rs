@@ -782,7 +782,7 @@ impl SimNode {
             self.media_ports.insert(*port, MediaPort::Relay(id, side));
         }
         let relay = Relay::new(self.relay_config, seed, now);
-        let setup = CallSetup { id, start, media, seed, room: None, srtp: srtp_setup(seed) };
+        let setup = CallSetup { id, start, media, seed, room: None, srtp: srtp_setup(seed), push_wait: None };
         let core = CallCore::new(now, self.call_config, setup, Legs::new());
         let media = CallMedia::Relay { relay, ports };
         self.calls.insert(id, SimCall { core, media, started: now, recorded: false });
@@ -800,7 +800,15 @@ impl SimNode {
             self.stats.room_refused += 1;
         }
         self.stats.calls_started += 1;
-        let setup = CallSetup { id, start, media: [local; 2], seed, room: Some(answer), srtp: srtp_setup(seed) };
+        let setup = CallSetup {
+            id,
+            start,
+            media: [local; 2],
+            seed,
+            room: Some(answer),
+            srtp: srtp_setup(seed),
+            push_wait: None,
+        };
         let core = CallCore::new(now, self.call_config, setup, Legs::new());
         self.calls.insert(id, SimCall { core, media: CallMedia::Room(seat), started: now, recorded: false });
         self.drain_call(id);
@@ -1005,8 +1013,9 @@ impl SimNode {
                     }
                     CallMedia::Room(None) => {}
                 },
-                // The simulated phones speak plain RTP over UDP: SRTP is never agreed.
-                CoreOutput::MediaKeys { .. } | CoreOutput::Notice { .. } => {}
+                // The simulated phones speak plain RTP over UDP (SRTP is never agreed) and
+                // register without push parameters (nothing is pushed).
+                CoreOutput::MediaKeys { .. } | CoreOutput::Notice { .. } | CoreOutput::Push { .. } => {}
                 CoreOutput::Record(cdr) => {
                     if !c.recorded {
                         c.recorded = true;

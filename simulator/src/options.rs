@@ -274,6 +274,7 @@ pub struct PrivacyOptions {
     pub request_log_delete_days: u32,
     pub cdr_days: u32,
     pub audit_days: u32,
+    pub push_days: u32,
     /// Bursts of password guessing from outside the office per day (like sipvicious'
     /// svcrack): REGISTERs with wrong passwords, for extensions that exist and that do not.
     pub scans_per_day: f64,
@@ -294,6 +295,7 @@ impl Default for PrivacyOptions {
             request_log_delete_days: periods.request_log_delete_days,
             cdr_days: periods.cdr_days,
             audit_days: periods.audit_days,
+            push_days: periods.push_days,
             scans_per_day: 3.0,
             scan_guesses: (3, 20),
         }
@@ -308,6 +310,7 @@ impl PrivacyOptions {
             request_log_delete_days: self.request_log_delete_days,
             cdr_days: self.cdr_days,
             audit_days: self.audit_days,
+            push_days: self.push_days,
         }
     }
 
@@ -783,8 +786,8 @@ mod tests {
         let reaper = file.privacy.reaper_config(Bugs::default());
         assert_eq!((file.privacy.periods().cdr_days, reaper.interval.as_secs()), (30, 600));
         // Registrations, the security log (anonymised, deleted), CDRs, conference participations,
-        // the privacy audit.
-        assert_eq!(reaper.rules.len(), 6);
+        // push records, the privacy audit.
+        assert_eq!(reaper.rules.len(), 7);
         let error = WorkloadFile::parse("[office]\nphone = 7\n").unwrap_err();
         assert!(error.contains("phone"), "{error}");
     }

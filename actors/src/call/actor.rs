@@ -134,6 +134,8 @@ pub enum CallMsg {
     Media(MediaEvent),
     /// From the conference room that is this call's far end.
     Seat(SeatEvent),
+    /// From push dispatch: a pushed phone registered, or its push was refused.
+    Push(super::wake::WakeEvent),
     Snapshot(RpcReplyPort<ActiveCall>),
     Wake,
     /// The endpoint was restarted: re-announce the legs to the new one and end the call.
@@ -276,6 +278,8 @@ pub struct CallContext {
     pub conferences: crate::shell::Current<ConferencesMsg>,
     /// Each extension's media encryption.
     pub media_policy: Arc<super::MediaPolicy>,
+    /// Push dispatch (RFC 8599); `None`: no push configured.
+    pub push: Option<Arc<dyn super::wake::PushPort>>,
 }
 
 /// The caller's and callee's SRTP policy and fresh key bytes from the OS for pbx's keys.
@@ -357,6 +361,7 @@ impl Actor for CallActor {
                 seed: args.seed,
                 room: Some(answer),
                 srtp,
+                push_wait: None,
             };
             let core = CallCore::new(context.clock.now(), context.config, setup, args.legs);
             return Ok(CallState { core, context, media, timer: WakeTimer::default(), recorded: args.recorded });
@@ -377,8 +382,15 @@ impl Actor for CallActor {
         };
         let media = MediaSession::start(media_args).await?;
         let srtp = srtp_setup(&context, &args.start);
-        let setup =
-            CallSetup { id: args.id, start: args.start, media: media.local(), seed: args.seed, room: None, srtp };
+        let setup = CallSetup {
+            id: args.id,
+            start: args.start,
+            media: media.local(),
+            seed: args.seed,
+            room: None,
+            srtp,
+            push_wait: context.push.as_ref().and_then(|p| p.wait()),
+        };
         let core = CallCore::new(context.clock.now(), context.config, setup, args.legs);
         let media = CallMedia::Relay(media);
         Ok(CallState { core, context, media, timer: WakeTimer::default(), recorded: args.recorded })
@@ -400,6 +412,10 @@ impl Actor for CallActor {
                 s.core.handle(now, CoreInput::Fail { reason: "media session failed".into() });
             }
             CallMsg::Seat(SeatEvent::Hangup) => s.core.handle(now, CoreInput::Hangup),
+            CallMsg::Push(super::wake::WakeEvent::Woken { leg, binding }) => {
+                s.core.handle(now, CoreInput::Woken { leg, binding })
+            }
+            CallMsg::Push(super::wake::WakeEvent::Failed { leg }) => s.core.handle(now, CoreInput::PushFailed { leg }),
             CallMsg::Seat(SeatEvent::Inactive) => s.core.handle(now, CoreInput::MediaInactive { side: Side::A }),
             CallMsg::Snapshot(reply) => {
                 let _ = reply.send(s.snapshot());
@@ -466,6 +482,18 @@ impl CallState {
                     }
                 }
                 CoreOutput::Notice { side, message } => tracing::warn!(?side, "{message}"),
+                CoreOutput::Push { leg, binding, caller, callee } => {
+                    let Some(push) = &self.context.push else { continue };
+                    let wait = push.wait().unwrap_or_default();
+                    let request = super::wake::WakeRequest { leg, binding: *binding, caller, callee, wait };
+                    let me = me.clone();
+                    push.wake(
+                        request,
+                        Box::new(move |event| {
+                            let _ = me.cast(CallMsg::Push(event));
+                        }),
+                    );
+                }
                 CoreOutput::Record(cdr) => {
                     if !self.recorded.swap(true, Ordering::SeqCst) {
                         Box::pin(self.finish(*cdr)).await;

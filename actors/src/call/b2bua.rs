@@ -41,6 +41,13 @@
 //!   answers without a key (the caller gets 488); `off` never uses SRTP. A re-offer keeps the
 //!   leg's SRTP, learning a new key from it if it brings one; a late offer (INVITE without
 //!   SDP) gets plain RTP on the caller's leg.
+//! - Push (RFC 8599): a callee's contact registered with `pn-*` parameters is a phone asleep.
+//!   When push is on (`CallSetup::push_wait`), its fork is not sent an INVITE at once:
+//!   [`CallOutput::Push`] asks the shell to push it and watch for its REGISTER, and the fork
+//!   waits (its INVITE "parked"). [`CallInput::Woken`] with the fresh binding sends the INVITE
+//!   there; [`CallInput::PushFailed`] (token unregistered, push refused) or the push timer ends
+//!   the fork like a 480. Other contacts ring meanwhile. No fork waits past the timer: when it
+//!   passes and nothing else rings, the caller gets 480.
 
 use super::leg::{Leg, LegCommand, LegEvent, name_addr};
 use super::{CallStart, LegId, LocalSip, MediaEncryption};
@@ -50,8 +57,10 @@ use crate::media::SrtpKeys;
 use crate::media::g711::G711;
 use crate::media::relay::{PeerMedia, Side};
 use crate::media::srtp::{KEY_SALT_BYTES, KeyMaterial, Suite};
+use crate::registrar::Binding;
 use crate::sdp::crypto;
 use crate::sdp::{self, Audio, Codec, Direction, LocalSession, SessionDescription};
+use crate::sip::message::FromTo;
 use crate::sip::message::{self, Method};
 use crate::sip::transaction::TimerConfig;
 use bytes::Bytes;
@@ -99,6 +108,9 @@ pub struct CallSetup {
     /// The caller's and the callee's media encryption, and fresh key material for pbx's SRTP
     /// key on each side.
     pub srtp: SrtpSetup,
+    /// How long a fork toward a phone to wake by push (RFC 8599) waits for its REGISTER;
+    /// `None`: push is off (not configured, or not licensed), such contacts are called at once.
+    pub push_wait: Option<Duration>,
 }
 
 /// What a call needs for SRTP: each side's policy, and 30 random bytes per side (drawn from
@@ -167,6 +179,16 @@ pub enum CallInput {
     Fail {
         reason: String,
     },
+    /// The phone of a fork waiting for its push registered: its binding, to call it at.
+    Woken {
+        leg: LegId,
+        binding: Box<Binding>,
+    },
+    /// The push for a waiting fork was refused (token unregistered, provider error): the fork
+    /// ends like a 480.
+    PushFailed {
+        leg: LegId,
+    },
     Timeout,
 }
 
@@ -205,6 +227,26 @@ pub enum CallOutput {
         side: Side,
         message: &'static str,
     },
+    /// Wake the phone of this fork by push (its binding's `pn-*` parameters) and report its
+    /// REGISTER as [`CallInput::Woken`], or a refused push as [`CallInput::PushFailed`].
+    Push {
+        leg: LegId,
+        binding: Box<Binding>,
+        caller: String,
+        callee: String,
+    },
+}
+
+/// What a fork toward the callee is started with, kept for forks started later (woken by push).
+#[derive(Clone)]
+struct ForkTemplate {
+    timers: TimerConfig,
+    local_sip: LocalSip,
+    from: FromTo,
+    to: FromTo,
+    /// The offer for a contact not on TLS, and (if any) the one with pbx's SRTP key.
+    plain: Bytes,
+    secure: Option<Bytes>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -266,11 +308,15 @@ pub struct Call {
     secure_forks: Vec<LegId>,
     /// A side whose phone had to speak SRTP answered without a usable key.
     srtp_refused: bool,
+    /// Forks waiting for their phone to register after a push, until `push_deadline`.
+    waking: BTreeMap<LegId, Binding>,
+    push_deadline: Option<Timestamp>,
+    template: Option<ForkTemplate>,
 }
 
 impl Call {
     pub fn new(now: Timestamp, config: CallConfig, setup: CallSetup) -> Call {
-        let CallSetup { id, start, media, seed, room, srtp } = setup;
+        let CallSetup { id, start, media, seed, room, srtp, push_wait } = setup;
         let CallStart { a, key, invite, source, transport, route, forks } = start;
         let media_ip = |side: usize| media[side].ip();
         let mut call = Call {
@@ -313,6 +359,9 @@ impl Call {
             }),
             secure_forks: Vec::new(),
             srtp_refused: false,
+            waking: BTreeMap::new(),
+            push_deadline: None,
+            template: None,
         };
         let a_secure = transport.is_secure();
         // The A-leg keeps the INVITE; the call needs only its offer (a cheap clone of `Bytes`).
@@ -404,24 +453,33 @@ impl Call {
                 }
                 _ => b_sdp.clone(),
             };
-            // The Contact's own address unless NAT is detected (see `destination`).
-            let destination = super::destination::destination(&target, binding.source, binding.transport, binding.nat);
             let from = name_addr(Some(&route.caller_display_name), from_uri);
             let to = name_addr(None, to_uri);
-            let leg = Leg::uac(
-                *leg_id,
-                now,
-                config.timers,
-                config.local_sip,
-                from,
-                to,
-                target,
-                destination,
-                binding.transport,
-            );
-            call.outputs.push_back(CallOutput::StartLeg(Box::new(leg)));
-            call.outputs
-                .push_back(CallOutput::ToLeg { leg: *leg_id, command: LegCommand::Invite { sdp: Some(offer) } });
+            if call.template.is_none() {
+                call.template = Some(ForkTemplate {
+                    timers: config.timers,
+                    local_sip: config.local_sip,
+                    from,
+                    to,
+                    plain: b_sdp.clone(),
+                    secure: b_secure_sdp.clone(),
+                });
+            }
+            if let Some(wait) = push_wait
+                && crate::push::PushContact::params_of(&binding.contact).is_some()
+            {
+                // Asleep: push it, and call it when it registers (module doc, Push).
+                call.waking.insert(*leg_id, binding.clone());
+                call.push_deadline = Some(now + wait);
+                call.outputs.push_back(CallOutput::Push {
+                    leg: *leg_id,
+                    binding: Box::new(binding.clone()),
+                    caller: route.caller.clone(),
+                    callee: route.callee.clone(),
+                });
+                continue;
+            }
+            call.start_fork(*leg_id, target, binding, offer);
         }
         if !call.forks.values().any(|live| *live) {
             if b_policy == MediaEncryption::Required && !route.contacts.is_empty() {
@@ -434,6 +492,62 @@ impl Call {
             call.reject_caller(480, Disposition::Unavailable);
         }
         call
+    }
+
+    /// Starts the B-leg `leg_id` toward `binding` (its Contact `target`) with `offer`.
+    fn start_fork(&mut self, leg_id: LegId, target: message::SipUri, binding: &Binding, offer: Bytes) {
+        let Some(template) = self.template.clone() else { return };
+        // The Contact's own address unless NAT is detected (see `destination`).
+        let destination = super::destination::destination(&target, binding.source, binding.transport, binding.nat);
+        let leg = Leg::uac(
+            leg_id,
+            self.now,
+            template.timers,
+            template.local_sip,
+            template.from,
+            template.to,
+            target,
+            destination,
+            binding.transport,
+        );
+        self.outputs.push_back(CallOutput::StartLeg(Box::new(leg)));
+        self.outputs.push_back(CallOutput::ToLeg { leg: leg_id, command: LegCommand::Invite { sdp: Some(offer) } });
+    }
+
+    /// A waiting fork's phone registered after its push: it is called now, at its new binding.
+    fn woken(&mut self, leg: LegId, binding: Binding) {
+        if self.phase != Phase::Ringing || self.waking.remove(&leg).is_none() {
+            return;
+        }
+        let Some(template) = &self.template else { return };
+        let Some(target) = message::parse_sip_uri(&binding.contact) else {
+            return self.fork_failed(leg, 480);
+        };
+        let offer = match (&template.secure, binding.transport.is_secure()) {
+            (Some(secure), true) => {
+                let secure = secure.clone();
+                self.secure_forks.push(leg);
+                secure
+            }
+            _ if self.srtp[1].policy == MediaEncryption::Required => return self.fork_failed(leg, 488),
+            _ => template.plain.clone(),
+        };
+        self.start_fork(leg, target, &binding, offer);
+    }
+
+    /// Forks still waiting for a push have no leg to hang up: they just end (the call was
+    /// answered elsewhere, or is ending).
+    fn forget_waking(&mut self) {
+        for leg in std::mem::take(&mut self.waking).into_keys() {
+            self.forks.insert(leg, false);
+        }
+        self.push_deadline = None;
+    }
+
+    /// A fork that never got (or will not get) a leg ends with `code`, as a failed leg would.
+    fn fork_failed(&mut self, leg: LegId, code: u16) {
+        self.waking.remove(&leg);
+        self.b_event(leg, LegEvent::Failed { code });
     }
 
     /// The caller's offer (`a_offer`) and SRTP: sets pbx's answer key on the A side when the
@@ -541,6 +655,23 @@ impl Call {
                     self.fail(&reason);
                 }
             }
+            CallInput::Woken { leg, binding } => self.woken(leg, *binding),
+            CallInput::PushFailed { leg } => {
+                if self.waking.contains_key(&leg) {
+                    self.fork_failed(leg, 480);
+                }
+            }
+            CallInput::Timeout if self.push_deadline.is_some_and(|d| d <= self.now) => {
+                // No fork waits past its push timer.
+                self.push_deadline = None;
+                let waiting: Vec<LegId> = self.waking.keys().copied().collect();
+                for leg in waiting {
+                    self.fork_failed(leg, 480);
+                }
+                if self.deadline.is_some_and(|d| d <= self.now) {
+                    self.handle(self.now, CallInput::Timeout);
+                }
+            }
             CallInput::Timeout => {
                 if self.deadline.is_some_and(|d| d <= self.now) {
                     match self.phase {
@@ -561,7 +692,7 @@ impl Call {
     }
 
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.deadline
+        [self.deadline, self.push_deadline.filter(|_| !self.waking.is_empty())].into_iter().flatten().min()
     }
 
     pub fn id(&self) -> u64 {
@@ -728,6 +859,7 @@ impl Call {
             return self.command(leg, LegCommand::Hangup);
         }
         self.winner = Some(leg);
+        self.forget_waking();
         if !self.secure_forks.contains(&leg) {
             self.sessions[1].set_crypto(None);
             self.srtp[1].local = None;
@@ -1003,6 +1135,7 @@ impl Call {
         } else {
             self.command(self.a, LegCommand::Hangup);
         }
+        self.forget_waking();
         let live: Vec<LegId> = self.forks.iter().filter(|(_, live)| **live).map(|(id, _)| *id).collect();
         for leg in live {
             self.command(leg, LegCommand::Hangup);

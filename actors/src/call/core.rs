@@ -58,6 +58,10 @@ pub enum CoreInput {
     Fail { reason: String },
     /// pbx hangs up an answered call (a conference room hung up on its participant).
     Hangup,
+    /// A fork's pushed phone registered (see `CallInput::Woken`).
+    Woken { leg: LegId, binding: Box<crate::registrar::Binding> },
+    /// A fork's push was refused (see `CallInput::PushFailed`).
+    PushFailed { leg: LegId },
     /// The time given to `handle` has reached [`CallCore::poll_timeout`] (early is harmless).
     Timeout,
 }
@@ -86,6 +90,13 @@ pub enum CoreOutput {
     Notice {
         side: Side,
         message: &'static str,
+    },
+    /// Wake this fork's phone by push (see `CallOutput::Push`).
+    Push {
+        leg: LegId,
+        binding: Box<crate::registrar::Binding>,
+        caller: String,
+        callee: String,
     },
     /// The call has ended: store its record (the driver fills in the media counters). Legs may
     /// still be finishing their last transactions.
@@ -126,6 +137,8 @@ impl<L: LegTable> CallCore<L> {
             CoreInput::MediaInactive { side } => self.call.handle(now, CallInput::MediaInactive { side }),
             CoreInput::Fail { reason } => self.call.handle(now, CallInput::Fail { reason }),
             CoreInput::Hangup => self.call.handle(now, CallInput::Hangup),
+            CoreInput::Woken { leg, binding } => self.call.handle(now, CallInput::Woken { leg, binding }),
+            CoreInput::PushFailed { leg } => self.call.handle(now, CallInput::PushFailed { leg }),
             CoreInput::Timeout => {
                 self.call.handle(now, CallInput::Timeout);
                 let (events, outputs) = (&mut self.events, &mut self.outputs);
@@ -202,6 +215,9 @@ impl<L: LegTable> CallCore<L> {
                     }
                     CallOutput::Notice { side, message } => {
                         self.outputs.push_back(CoreOutput::Notice { side, message })
+                    }
+                    CallOutput::Push { leg, binding, caller, callee } => {
+                        self.outputs.push_back(CoreOutput::Push { leg, binding, caller, callee })
                     }
                     CallOutput::Over => self.outputs.push_back(CoreOutput::Over),
                 }

@@ -258,6 +258,11 @@ impl Leg {
         }
     }
 
+    /// Where this leg's requests go.
+    pub fn destination(&self) -> SocketAddr {
+        self.destination
+    }
+
     pub fn id(&self) -> LegId {
         self.id
     }

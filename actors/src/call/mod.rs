@@ -25,6 +25,7 @@ pub mod b2bua;
 pub mod core;
 pub mod destination;
 pub mod leg;
+pub mod wake;
 
 pub use b2bua::{Call, CallConfig, CallInput, CallOutput, RoomAnswer, SrtpSetup};
 pub use core::{CallCore, CoreInput, CoreOutput};

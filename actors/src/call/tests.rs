@@ -445,6 +445,7 @@ struct Harness {
     over: bool,
     keys: Vec<(Side, Option<crate::media::SrtpKeys>)>,
     notices: Vec<&'static str>,
+    pushes: Vec<(LegId, Binding)>,
 }
 
 const A: LegId = LegId(1);
@@ -482,6 +483,7 @@ fn call_setup(body: &str, contacts: Vec<Binding>) -> (CallConfig, CallSetup) {
         seed: 42,
         room: None,
         srtp: SrtpSetup { policy: Default::default(), keys: [[7; 30], [9; 30]] },
+        push_wait: None,
     };
     let config = CallConfig {
         no_answer: Duration::from_secs(30),
@@ -509,6 +511,7 @@ fn harness(config: CallConfig, setup: CallSetup) -> Harness {
         over: false,
         keys: vec![],
         notices: vec![],
+        pushes: vec![],
     };
     h.drain();
     h
@@ -532,6 +535,7 @@ impl Harness {
                 CallOutput::Over => self.over = true,
                 CallOutput::MediaKeys { side, keys } => self.keys.push((side, keys)),
                 CallOutput::Notice { message, .. } => self.notices.push(message),
+                CallOutput::Push { leg, binding, .. } => self.pushes.push((leg, *binding)),
             }
         }
     }
@@ -1248,4 +1252,81 @@ fn a_callee_on_tls_is_offered_a_key_and_others_are_not() {
 
     let mut h = call_over(PCMU_OFFER, vec![binding("sip:101@127.0.0.1:5066", 5066)], Transport::Udp, required);
     assert_eq!(rejected(&mut h).0, 488);
+}
+
+// --- push (RFC 8599) ---
+
+const PUSH_WAIT: Duration = Duration::from_secs(20);
+
+fn pushed_binding(port: u16) -> Binding {
+    binding(&format!("sip:101@127.0.0.1:{port};pn-provider=fcm;pn-param=proj;pn-prid=tok-1"), port)
+}
+
+fn call_pushing(contacts: Vec<Binding>) -> Harness {
+    let (config, mut setup) = call_setup(PCMU_OFFER, contacts);
+    setup.push_wait = Some(PUSH_WAIT);
+    harness(config, setup)
+}
+
+/// A contact with push parameters is not sent an INVITE: the call asks for a push and waits.
+/// When the phone registers (from a new port), the INVITE goes there and the call proceeds; the
+/// plain contact rang meanwhile and is cancelled when the woken one answers.
+#[test]
+fn a_pushed_phone_is_called_when_it_registers() {
+    let mut h = call_pushing(vec![pushed_binding(5064), binding("sip:101@127.0.0.1:5066", 5066)]);
+    assert_eq!(h.started, vec![A, B2], "only the plain contact rings at once");
+    assert_eq!(h.pushes.len(), 1);
+    assert_eq!(h.pushes[0].0, B1);
+    assert_eq!(h.call.poll_timeout(), Some(Timestamp::ZERO + PUSH_WAIT), "the push timer comes first");
+    h.take_commands();
+    let woken = pushed_binding(5070);
+    h.call.handle(Timestamp::ZERO + ms(900), CallInput::Woken { leg: B1, binding: Box::new(woken) });
+    h.drain();
+    assert_eq!(h.started, vec![A, B2, B1]);
+    let invite = h.take_commands();
+    assert!(matches!(invite[..], [(B1, LegCommand::Invite { .. })]), "{invite:?}");
+    let leg = h.legs.iter().find(|l| l.id() == B1).expect("B1 started");
+    assert_eq!(leg.destination(), "127.0.0.1:5070".parse().unwrap(), "called where it registered now");
+    h.event(ms(1500), B1, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
+    let commands = h.take_commands();
+    assert!(commands.iter().any(|(leg, c)| *leg == B2 && matches!(c, LegCommand::Hangup)), "{commands:?}");
+    assert!(commands.iter().any(|(leg, c)| *leg == A && matches!(c, LegCommand::Answer { .. })), "{commands:?}");
+    assert_eq!(h.call.poll_timeout(), None, "no push timer once answered");
+}
+
+/// No fork waits past its push timer: the caller gets 480 then (and not before), and a refused
+/// push ends the wait at once.
+#[test]
+fn a_pushed_phone_that_never_registers_ends_in_480_at_the_timer() {
+    let mut h = call_pushing(vec![pushed_binding(5064)]);
+    assert_eq!(h.started, vec![A]);
+    assert!(h.take_commands().is_empty(), "the caller waits");
+    h.call.handle(Timestamp::ZERO + PUSH_WAIT - ms(1), CallInput::Timeout);
+    h.drain();
+    assert!(h.take_commands().is_empty(), "not before the timer");
+    h.call.handle(Timestamp::ZERO + PUSH_WAIT, CallInput::Timeout);
+    h.drain();
+    assert!(matches!(h.take_commands()[..], [(A, LegCommand::Reject { code: 480, .. })]));
+    h.call.handle(
+        Timestamp::ZERO + PUSH_WAIT + ms(10),
+        CallInput::Woken { leg: B1, binding: Box::new(pushed_binding(5070)) },
+    );
+    h.drain();
+    assert_eq!(h.started, vec![A], "too late: nothing is started");
+
+    let mut h = call_pushing(vec![pushed_binding(5064)]);
+    h.call.handle(Timestamp::ZERO + ms(300), CallInput::PushFailed { leg: B1 });
+    h.drain();
+    assert!(matches!(h.take_commands()[..], [(A, LegCommand::Reject { code: 480, .. })]));
+    h.finish(ms(400), &[A]);
+    assert!(h.over, "no leg is left waiting");
+}
+
+/// Without push (not configured or not licensed) such a contact is called like any other.
+#[test]
+fn without_push_a_pushed_contact_is_called_at_once() {
+    let mut h = call_to(PCMU_OFFER, vec![pushed_binding(5064)]);
+    assert_eq!(h.started, vec![A, B1]);
+    assert!(h.pushes.is_empty());
+    assert!(matches!(h.take_commands()[..], [(B1, LegCommand::Invite { .. })]));
 }

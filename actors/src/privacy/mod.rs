@@ -166,6 +166,27 @@ pub const INVENTORY: &[DataCategory] = &[
         subjects: &[SubjectKind::Extension],
     },
     DataCategory {
+        id: "push-records",
+        data: "for each push sent to wake a mobile softphone: when, the user name of the woken phone (the callee's extension), the caller's and the callee's numbers, the push service (FCM or APNs), the push token or device ID the app registered with, the app's IP address and port when it last registered, and the outcome (delivered, token no longer valid, failed); to send it, the token and a wake-up message go to Google's or Apple's push service (see “What leaves the PBX”)",
+        purpose: "waking the callee's mobile app through its push provider so it can take a call (contract); the record of each push is kept solely for troubleshooting and quality optimisation (legitimate interest)",
+        // The seed ("Push Notification Service") gives the purpose of keeping the records,
+        // troubleshooting, and no basis; troubleshooting rests on (f) here as for CDRs.
+        legal_basis: &[
+            LegalBasis::Contract,
+            LegalBasis::LegitimateInterest(
+                "troubleshooting push notifications and optimising the quality of the service",
+            ),
+        ],
+        // The seed: "stored for up to 7 days".
+        retention: Retention::Delete {
+            days: 7,
+            from: "the push was sent",
+            config: "privacy.push_record_retention_days",
+        },
+        stored_in: &["redb:push_records"],
+        subjects: &[SubjectKind::Extension, SubjectKind::IpAddress],
+    },
+    DataCategory {
         id: "call-in-progress",
         data: "caller and callee numbers and display names, SIP dialog identifiers (Call-ID, tags, contact URIs with IP addresses and ports), SDP media addresses, the RTP source addresses seen; the voice itself is relayed, never stored",
         purpose: "connect the call and carry its media",
@@ -204,7 +225,7 @@ pub const INVENTORY: &[DataCategory] = &[
     },
     DataCategory {
         id: "cluster-log",
-        data: "the durable changes to the categories above (extensions, registrations, call records, conference participations, licence documents, privacy requests with the subject they name), as replicated between the nodes, and a snapshot of them",
+        data: "the durable changes to the categories above (extensions, registrations, call records, conference participations, push records, licence documents, privacy requests with the subject they name), as replicated between the nodes, and a snapshot of them",
         purpose: "keep every node of the PBX (one, on an appliance) consistent and let it recover after a crash",
         legal_basis: &[LegalBasis::Contract, LegalBasis::LegalObligation],
         // `pbx_node::cluster::COMPACTION_INTERVAL` (1 h); an erasure compacts within seconds.
@@ -559,6 +580,7 @@ mod tests {
             other => panic!("{id}: {other:?}"),
         };
         assert_eq!(days("cdr"), (None, periods.cdr_days));
+        assert_eq!(days("push-records"), (None, periods.push_days));
         assert_eq!(days("privacy-audit"), (None, periods.audit_days));
         assert_eq!(days("security-log"), (Some(periods.request_log_anonymise_days), periods.request_log_delete_days));
     }

@@ -149,6 +149,9 @@ pub fn retention_for(category: &DataCategory, periods: &Periods) -> Retention {
         ("privacy-audit", Retention::Delete { from, config, .. }) => {
             Retention::Delete { days: periods.audit_days, from, config }
         }
+        ("push-records", Retention::Delete { from, config, .. }) => {
+            Retention::Delete { days: periods.push_days, from, config }
+        }
         ("security-log", Retention::AnonymiseThenDelete { from, config, .. }) => Retention::AnonymiseThenDelete {
             days: periods.request_log_anonymise_days,
             deleted_after_days: periods.request_log_delete_days,
@@ -273,6 +276,23 @@ const TRANSLATIONS: &[Translation] = &[
         from: Some(Tr { de: "dem Verlassen des Raums", fr: "la sortie de la salle" }),
     },
     Translation {
+        id: "push-records",
+        title: ["Push-Benachrichtigungen", "Push notifications", "Notifications push"],
+        data: Tr {
+            de: "für jede Push-Benachrichtigung, die ein mobiles Softphone weckt: Zeitpunkt, der Benutzername des geweckten Telefons (die Nebenstelle des Angerufenen), die Rufnummern des Anrufenden und des Angerufenen, der Push-Dienst (FCM oder APNs), das Push-Token bzw. die Geräte-ID, mit der sich die App angemeldet hat, IP-Adresse und Port der App bei ihrer letzten Anmeldung und das Ergebnis (zugestellt, Token nicht mehr gültig, fehlgeschlagen); für den Versand gehen das Token und eine Weckmeldung an den Push-Dienst von Google bzw. Apple (siehe „Datenübermittlung nach außen“)",
+            fr: "pour chaque notification push envoyée pour réveiller un softphone mobile : date et heure, le nom d'utilisateur du téléphone réveillé (le poste de l'appelé), les numéros de téléphone de l'appelant et de l'appelé, le service push (FCM ou APNs), le jeton push ou l'ID de l'appareil avec lequel l'application s'est enregistrée, l'adresse IP et le port de l'application lors de son dernier enregistrement, et le résultat (remise, jeton plus valable, échec) ; pour l'envoi, le jeton et un message de réveil sont transmis au service push de Google ou d'Apple (voir « Données transmises à l'extérieur »)",
+        },
+        purpose: Tr {
+            de: "Wecken der mobilen App des Angerufenen über ihren Push-Dienst, damit sie den Anruf annehmen kann (Vertrag); die Aufzeichnung jeder Push-Benachrichtigung wird ausschließlich zum Zweck der Fehlersuche und Qualitätsoptimierung gespeichert (berechtigtes Interesse)",
+            fr: "réveiller l'application mobile de l'appelé via son service push pour qu'elle puisse prendre l'appel (contrat) ; l'enregistrement de chaque notification est conservé dans le seul but de dépanner et d'optimiser la qualité (intérêt légitime)",
+        },
+        interest: Some(Tr {
+            de: "Fehlersuche bei Push-Benachrichtigungen und Qualitätsoptimierung des Dienstes",
+            fr: "dépannage des notifications push et optimisation de la qualité du service",
+        }),
+        from: Some(Tr { de: "dem Versand der Benachrichtigung", fr: "l'envoi de la notification" }),
+    },
+    Translation {
         id: "call-in-progress",
         title: ["Laufende Gespräche", "Calls in progress", "Appels en cours"],
         data: Tr {
@@ -332,8 +352,8 @@ const TRANSLATIONS: &[Translation] = &[
         id: "cluster-log",
         title: ["Replikationsprotokoll", "Replication log", "Journal de réplication"],
         data: Tr {
-            de: "die dauerhaften Änderungen an den obigen Kategorien (Nebenstellen, Anmeldungen, Verbindungsdaten, Konferenzteilnahmen, Lizenzdokumente, Anfragen betroffener Personen mit der genannten Person), wie sie zwischen den Knoten repliziert werden, und ein Abbild davon",
-            fr: "les modifications durables des catégories ci-dessus (postes, enregistrements, données d'appel, participations aux conférences, documents de licence, demandes des personnes concernées avec la personne nommée), telles qu'elles sont répliquées entre les nœuds, et un instantané de celles-ci",
+            de: "die dauerhaften Änderungen an den obigen Kategorien (Nebenstellen, Anmeldungen, Verbindungsdaten, Konferenzteilnahmen, Push-Benachrichtigungen, Lizenzdokumente, Anfragen betroffener Personen mit der genannten Person), wie sie zwischen den Knoten repliziert werden, und ein Abbild davon",
+            fr: "les modifications durables des catégories ci-dessus (postes, enregistrements, données d'appel, participations aux conférences, notifications push, documents de licence, demandes des personnes concernées avec la personne nommée), telles qu'elles sont répliquées entre les nœuds, et un instantané de celles-ci",
         },
         purpose: Tr {
             de: "alle Knoten der TK-Anlage (bei einer Appliance: den einen) übereinstimmend halten und nach einem Absturz wiederherstellen",
@@ -577,15 +597,16 @@ pub fn notice(lang: Lang, operator: &Operator, periods: &Periods, licence: &Lice
     processing.subsections = INVENTORY.iter().map(|c| category_section(lang, c, periods)).collect();
 
     let licence_log = INVENTORY.iter().find(|c| c.id == "licence-service-log").map_or("", |c| title(lang, c));
+    let push_records = INVENTORY.iter().find(|c| c.id == "push-records").map_or("", |c| title(lang, c));
     let transfers = Section::new(
         "transfers",
         l("Datenübermittlung nach außen", "What leaves the PBX", "Données transmises à l'extérieur"),
         vec![
             para(
                 lang,
-                "Abgesehen von der Vermittlung der Gespräche mit den bei ihr angemeldeten Telefonen übermittelt die TK-Anlage Daten nur an den Lizenzdienst des Herstellers, und nur, wenn der Betreiber einen solchen eingerichtet hat:",
-                "Apart from carrying the calls of the phones registered with it, the PBX sends data only to the vendor's licence service, and only if the operator has configured one:",
-                "En dehors de l'acheminement des appels des téléphones qui y sont enregistrés, le standard ne transmet des données qu'au service de licences de l'éditeur, et uniquement si l'exploitant en a configuré un :",
+                "Abgesehen von der Vermittlung der Gespräche mit den bei ihr angemeldeten Telefonen übermittelt die TK-Anlage Daten nur an den Lizenzdienst des Herstellers, wenn der Betreiber einen solchen eingerichtet hat, und an die Push-Dienste von Google und Apple, um mobile Softphones zu wecken (unten). An den Lizenzdienst:",
+                "Apart from carrying the calls of the phones registered with it, the PBX sends data only to the vendor's licence service, if the operator has configured one, and to the push services of Google and Apple, to wake mobile softphones (below). To the licence service:",
+                "En dehors de l'acheminement des appels des téléphones qui y sont enregistrés, le standard ne transmet des données qu'au service de licences de l'éditeur, si l'exploitant en a configuré un, et aux services push de Google et d'Apple, pour réveiller les softphones mobiles (voir ci-dessous). Au service de licences :",
             ),
             Block::List(transfer_items(lang, licence)),
             Block::Paragraph(match lang {
@@ -602,6 +623,7 @@ pub fn notice(lang: Lang, operator: &Operator, periods: &Periods, licence: &Lice
                     quote(lang, licence_log)
                 ),
             }),
+            Block::Paragraph(push_transfer(lang, push_records)),
         ],
     );
 
@@ -905,6 +927,25 @@ fn transfer_items(lang: Lang, licence: &LicenceSchedule) -> Vec<String> {
             format!("la synchronisation des vouchers : le numéro de série, au démarrage, {fetch} et {fetch_retry} après un échec ;"),
             "l'échange d'un voucher, à la demande de l'administrateur de l'exploitant : le numéro de série et le code du voucher.".into(),
         ],
+    }
+}
+
+/// What goes to the push services when a mobile softphone is woken (seed: "Push Notification
+/// Service", "Server Locations"); `records` is the title of the category that keeps the pushes.
+/// The message is `{"type":"call"}` (`pbx_node::push_dispatch`; tests/tests/push.rs checks that
+/// the caller's number is not in it).
+fn push_transfer(lang: Lang, records: &str) -> String {
+    let records = quote(lang, records);
+    match lang {
+        Lang::De => format!(
+            "Um mobile Softphone-Clients aus dem Stromsparmodus in den Betriebsmodus wechseln zu lassen, wenn ein Anruf für sie eintrifft, sendet die TK-Anlage – nur für Telefone, die sich mit Push-Parametern (RFC 8599) angemeldet haben, und nur, wenn der Betreiber Push-Benachrichtigungen eingerichtet hat – das Push-Token bzw. die Geräte-ID des Telefons und eine Weckmeldung, die nur einen wartenden Anruf meldet (nie, wer anruft), an den geräteabhängigen Push Notification Server: Firebase Cloud Messaging (FCM) von Google für Android-Geräte, den Apple Push Notification Service (APNs) für iOS-Geräte. Diese Dienste laufen auf Servern ihrer Anbieter, auch außerhalb der Europäischen Union (Google- und Apple-Server in den USA). Hinsichtlich der Speicherung und Übermittlung weiterer personenbezogener Daten verweisen wir auf die Datenschutzerklärungen dieser Anbieter. Was die TK-Anlage selbst über jede Benachrichtigung speichert, ist unter {records} beschrieben."
+        ),
+        Lang::En => format!(
+            "To let a mobile softphone client switch from power saving mode to operating mode when a call comes for it, the PBX sends, only for phones that registered with push parameters (RFC 8599) and only if the operator has set up push notifications, the phone's push token or device ID and a wake-up message that says only that a call is waiting (never who calls) to the device-dependent push notification server: Firebase Cloud Messaging (FCM) of Google for Android devices, the Apple Push Notification service (APNs) for iOS devices. These services run on their providers' servers, also outside the European Union (Google's and Apple's servers in the USA). With regard to the storage and transmission of further personal data, we refer to the privacy policies of these providers. What the PBX itself keeps about each push is described under {records}."
+        ),
+        Lang::Fr => format!(
+            "Pour que les clients softphone mobiles passent du mode économie au mode de fonctionnement lorsqu'un appel leur parvient, le standard envoie, uniquement pour les téléphones enregistrés avec des paramètres push (RFC 8599) et uniquement si l'exploitant a configuré les notifications push, le jeton push ou l'ID de l'appareil du téléphone et un message de réveil qui signale seulement un appel en attente (jamais qui appelle) au serveur de notification push dépendant de l'appareil : Firebase Cloud Messaging (FCM) de Google pour les appareils Android, le service de notification push d'Apple (APNs) pour les appareils iOS. Ces services fonctionnent sur les serveurs de leurs fournisseurs, y compris en dehors de l'Union européenne (serveurs de Google et d'Apple aux États-Unis). En ce qui concerne le stockage et la transmission d'autres données à caractère personnel, nous nous référons aux déclarations de protection des données de ces fournisseurs. Ce que le standard conserve lui-même de chaque notification est décrit sous {records}."
+        ),
     }
 }
 

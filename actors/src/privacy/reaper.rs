@@ -248,6 +248,7 @@ pub fn rules(periods: &Periods) -> Vec<Rule> {
         Rule { category: "security-log", action: Action::Delete, after: days(periods.request_log_delete_days) },
         Rule { category: "cdr", action: Action::Delete, after: days(periods.cdr_days) },
         Rule { category: "conference-participation", action: Action::Delete, after: days(periods.cdr_days) },
+        Rule { category: "push-records", action: Action::Delete, after: days(periods.push_days) },
         Rule { category: "privacy-audit", action: Action::Delete, after: days(periods.audit_days) },
     ]
 }
@@ -261,6 +262,8 @@ pub struct Periods {
     pub request_log_delete_days: u32,
     pub cdr_days: u32,
     pub audit_days: u32,
+    /// Push records (`push-records`): the seed's "stored for up to 7 days".
+    pub push_days: u32,
 }
 
 impl Default for Periods {
@@ -271,6 +274,7 @@ impl Default for Periods {
             request_log_delete_days: 90,
             cdr_days: 90,
             audit_days: 1_095,
+            push_days: 7,
         }
     }
 }

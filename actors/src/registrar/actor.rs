@@ -31,6 +31,7 @@ use crate::shell::WakeTimer;
 use crate::sip::{Request, Response, Transport};
 use crate::store::StoreError;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -128,6 +129,19 @@ pub enum RegistrarMsg {
         source: std::net::IpAddr,
         user: String,
     },
+    /// A call waits for the phone with push id `prid` (RFC 8599 `pn-prid`) of `aor` to
+    /// register after its push: `reply` gets the binding when it does. Dropped unanswered when
+    /// the call gives up first (the sender is closed) or more than [`PUSH_WATCHERS_MAX`] wait.
+    AwaitPushContact {
+        aor: String,
+        prid: String,
+        reply: tokio::sync::oneshot::Sender<Binding>,
+    },
+    /// The push service refused `aor`'s token `prid` as unregistered: its bindings go.
+    DropPushToken {
+        aor: String,
+        prid: String,
+    },
     ListBindings(RpcReplyPort<Vec<Binding>>),
     ListExtensions(RpcReplyPort<Vec<ExtensionView>>),
     Stats(RpcReplyPort<RegistrarStats>),
@@ -170,7 +184,14 @@ pub struct RegistrarState {
     security: Option<Arc<dyn crate::privacy::SecurityLog>>,
     writer: Option<Writer>,
     timer: WakeTimer,
+    /// Calls waiting for a pushed phone to register, by (AOR, push id).
+    push_watchers: HashMap<(String, String), Vec<tokio::sync::oneshot::Sender<Binding>>>,
 }
+
+/// Calls that may wait at once for pushed phones to register (each holds a oneshot sender
+/// here); beyond it a new wait is not taken (that call's push times out). A call waits at most
+/// its push timer, so only calls in progress ever count.
+pub const PUSH_WATCHERS_MAX: usize = 4_096;
 
 /// Jobs the writer takes into one transaction at most.
 pub const WRITE_BATCH_JOBS_MAX: usize = 512;
@@ -320,6 +341,7 @@ impl Actor for RegistrarActor {
             security: args.security,
             writer: Some(writer),
             timer: WakeTimer::default(),
+            push_watchers: HashMap::new(),
         };
         // Bindings that expired while the node was down are dropped from storage now.
         state.drain(None);
@@ -400,6 +422,12 @@ impl Actor for RegistrarActor {
                     let _ = writer.jobs.send(WriteJob { reply: Some((reply, Ok(()))), ..WriteJob::default() });
                 }
             }
+            RegistrarMsg::AwaitPushContact { aor, prid, reply } => s.await_push_contact(aor, prid, reply),
+            RegistrarMsg::DropPushToken { aor, prid } => {
+                tracing::info!(%aor, "push token unregistered by its service: its bindings go");
+                s.machine.handle(now, RegistrarInput::DropPushToken { aor, prid });
+                s.drain(None);
+            }
             RegistrarMsg::ListBindings(reply) => {
                 let live = s.machine.bindings().filter(|b| b.expires_at > now).cloned().collect();
                 let _ = reply.send(live);
@@ -442,9 +470,13 @@ impl RegistrarState {
         let (security, now) = (self.security.as_deref(), self.clock.now());
         // The outcome is known once the events are in; it is filled in below.
         let reply = reply.map(|r| (r, Err(ChangeError::Internal("no result from the registrar".into()))));
+        let mut woken = Vec::new();
         let mut dispatch = glue::dispatch(&mut self.machine, in_flight, reply, Bugs::default(), |event| {
             if let Some(security) = security {
                 record_security_event(security, &event, now);
+            }
+            if let RegistrarEvent::PushContactRegistered { binding } = &event {
+                woken.push((**binding).clone());
             }
             if let Some(result) = log_event(event) {
                 extension_result = Some(result);
@@ -459,6 +491,34 @@ impl RegistrarState {
         metrics::gauge!("pbx_registrations_active").set(self.machine.binding_count() as f64);
         if let Some(writer) = &self.writer {
             writer.submit(dispatch);
+        }
+        for binding in woken {
+            self.wake_push_watchers(binding);
+        }
+    }
+
+    fn await_push_contact(&mut self, aor: String, prid: String, reply: tokio::sync::oneshot::Sender<Binding>) {
+        let waiting: usize = self.push_watchers.values().map(Vec::len).sum();
+        if waiting >= PUSH_WATCHERS_MAX {
+            self.push_watchers.retain(|_, senders| {
+                senders.retain(|s| !s.is_closed());
+                !senders.is_empty()
+            });
+            if self.push_watchers.values().map(Vec::len).sum::<usize>() >= PUSH_WATCHERS_MAX {
+                tracing::warn!(%aor, "too many calls waiting for pushed phones: this one is not watched");
+                return;
+            }
+        }
+        self.push_watchers.entry((aor, prid)).or_default().push(reply);
+    }
+
+    /// A pushed phone registered: every call waiting for it gets its binding.
+    fn wake_push_watchers(&mut self, binding: Binding) {
+        let Some(params) = crate::push::PushContact::params_of(&binding.contact) else { return };
+        if let Some(senders) = self.push_watchers.remove(&(binding.aor.clone(), params.prid)) {
+            for sender in senders {
+                let _ = sender.send(binding.clone());
+            }
         }
     }
 
@@ -491,6 +551,9 @@ fn record_security_event(log: &dyn crate::privacy::SecurityLog, event: &Registra
 fn log_event(event: RegistrarEvent) -> Option<Result<(), ChangeError>> {
     match event {
         RegistrarEvent::Registered { aor, contact } => tracing::info!(%aor, %contact, "registered"),
+        RegistrarEvent::PushContactRegistered { binding } => {
+            tracing::debug!(aor = %binding.aor, "push contact registered")
+        }
         RegistrarEvent::Unregistered { aor, contact } => tracing::info!(%aor, %contact, "unregistered"),
         RegistrarEvent::Expired { aor, contact } => tracing::info!(%aor, %contact, "registration expired"),
         RegistrarEvent::AuthFailed { source, user } => {

@@ -111,6 +111,9 @@ pub struct RegistrarConfig {
     /// Numbers that are conference rooms: an INVITE to one is routed to the room (pbx
     /// answers it), after the caller authenticated like for any call.
     pub rooms: std::collections::BTreeSet<String>,
+    /// RFC 8599 push providers pbx pushes through (`fcm`, `apns`, `apns.dev`); empty: push is
+    /// off and `pn-*` Contact parameters are ignored.
+    pub push_providers: Vec<String>,
 }
 
 impl Default for RegistrarConfig {
@@ -129,6 +132,7 @@ impl Default for RegistrarConfig {
             refresh_flush_s: 5,
             digest_algorithms: Algorithm::PREFERENCE.to_vec(),
             rooms: Default::default(),
+            push_providers: Vec::new(),
         }
     }
 }
@@ -186,7 +190,7 @@ impl Extension {
 }
 
 /// Where one contact of an AOR can be reached, and until when.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Binding {
     pub aor: String,
     pub contact: String,
@@ -274,6 +278,13 @@ pub enum RegistrarInput {
     AuthFailure {
         source: IpAddr,
         user: String,
+    },
+    /// The push service answered that `aor`'s push token `prid` is no longer valid (FCM
+    /// `UNREGISTERED`, APNs 410): the bindings registered with it go (RFC 8599 §5.5's advice;
+    /// the app registers afresh with a new token when it runs).
+    DropPushToken {
+        aor: String,
+        prid: String,
     },
     /// Changes another cluster node made and the cluster committed: applied to memory as they
     /// are (the log's order is the truth), never persisted again. No output.
@@ -390,6 +401,11 @@ pub enum RegistrarEvent {
         source: IpAddr,
         method: &'static str,
         code: u16,
+    },
+    /// A contact with RFC 8599 push parameters registered (new or refreshed): a call waiting for
+    /// this phone to wake may now send it its INVITE.
+    PushContactRegistered {
+        binding: Box<Binding>,
     },
     ExtensionChanged {
         number: String,
@@ -573,6 +589,7 @@ impl Registrar {
             RegistrarInput::RemoveExtension { number } => self.remove_extension(&number),
             RegistrarInput::Rename { number, display_name } => self.rename(&number, &display_name),
             RegistrarInput::ForgetAddress { ip } => self.forget_address(ip),
+            RegistrarInput::DropPushToken { aor, prid } => self.drop_push_token(&aor, &prid),
             RegistrarInput::AuthFailure { source, user } => self.auth_failed(now, source, user, false),
             RegistrarInput::Replicated(commands) => commands.into_iter().for_each(|c| self.replicated(c)),
             RegistrarInput::Timeout => {
@@ -683,8 +700,13 @@ impl Registrar {
             return self.refuse(tx, request, ip, Refusal { code: 403, reason: Some("Forbidden (wrong AOR)") }, true);
         }
         match self.update_bindings(now, request, &aor, source, transport) {
-            Ok(()) => {
+            Ok(push_providers) => {
                 let mut response = request.response(200, Some(&self.to_tag(request)));
+                // RFC 8599 §5: the providers pbx pushes through for this phone.
+                for provider in push_providers {
+                    let caps = format!("*;+sip.pns=\"{provider}\"");
+                    response.headers.insert_value(Name::from("Feature-Caps"), BytesStr::from(caps));
+                }
                 for b in self.bindings.get(&aor).into_iter().flatten() {
                     let remaining_us = b.expires_at.as_micros().saturating_sub(now.as_micros());
                     let remaining_s = remaining_us.div_ceil(1_000_000);
@@ -965,6 +987,7 @@ impl Registrar {
     }
 
     /// Steps 5–7: checks every contact first, then changes bindings all together or not at all.
+    /// Returns the push providers (RFC 8599) the request's contacts named, for `Feature-Caps`.
     fn update_bindings(
         &mut self,
         now: Timestamp,
@@ -972,7 +995,7 @@ impl Registrar {
         aor: &str,
         source: SocketAddr,
         transport: Transport,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Vec<String>, Refusal> {
         let call_id = request.call_id().unwrap_or_default();
         let cseq = request.cseq_ref().map(|c| c.cseq).unwrap_or(0);
         let header_expires = match request.expires() {
@@ -994,7 +1017,7 @@ impl Registrar {
 
         let contacts = request.contacts().map_err(|_| Refusal::code(400))?;
         let list = match contacts {
-            Contacts::None => return Ok(()),
+            Contacts::None => return Ok(Vec::new()),
             Contacts::Star => {
                 if header_expires != Some(0) {
                     return Err(Refusal::code(400));
@@ -1007,7 +1030,7 @@ impl Registrar {
                     self.remove_binding(&aor, &contact);
                     self.event(RegistrarEvent::Unregistered { aor, contact });
                 }
-                return Ok(());
+                return Ok(Vec::new());
             }
             Contacts::List(list) => list,
         };
@@ -1015,10 +1038,32 @@ impl Registrar {
         // (contact, expires_s, nat) with later duplicates replacing earlier ones.
         let mut plan: Vec<(String, u32, bool)> = Vec::with_capacity(list.len());
         let mut too_brief = false;
+        // RFC 8599: providers named (for Feature-Caps), and the push ids (pn-prid) registered
+        // now: a phone woken by a push may register from a new address, and its old binding
+        // under the same id goes.
+        let mut push_providers: Vec<String> = Vec::new();
+        let mut push_ids: Vec<(String, String)> = Vec::new();
         for contact in &list {
             let uri = print_sip_uri(&contact.uri.uri);
             if uri.len() > CONTACT_CHARS_MAX {
                 return Err(Refusal::code(400));
+            }
+            match crate::push::PushContact::of(&contact.uri.uri, &self.config.push_providers) {
+                Err(refused) => return Err(Refusal { code: refused.code, reason: Some(refused.reason) }),
+                Ok(crate::push::PushContact::None) => {}
+                Ok(crate::push::PushContact::Query { provider }) => {
+                    if !push_providers.contains(&provider) {
+                        push_providers.push(provider);
+                    }
+                    // A query makes no binding (RFC 8599 §5).
+                    continue;
+                }
+                Ok(crate::push::PushContact::Push(params)) => {
+                    if !push_providers.contains(&params.provider) {
+                        push_providers.push(params.provider.clone());
+                    }
+                    push_ids.push((uri.clone(), params.prid));
+                }
             }
             let expires = match contact.params.get("expires") {
                 None => header_expires.unwrap_or(self.config.default_expires_s),
@@ -1040,7 +1085,17 @@ impl Registrar {
         if plan.iter().filter_map(|(c, ..)| existing(c)).any(out_of_order) {
             return Err(Refusal::code(500));
         }
-        let removed = plan.iter().filter(|(c, e, _)| *e == 0 && existing(c).is_some()).count();
+        // Bindings of the same push id under another contact: the app's earlier address.
+        let superseded: Vec<String> = current
+            .iter()
+            .filter(|b| !plan.iter().any(|(c, ..)| *c == b.contact))
+            .filter(|b| {
+                crate::push::PushContact::params_of(&b.contact)
+                    .is_some_and(|p| push_ids.iter().any(|(_, prid)| *prid == p.prid))
+            })
+            .map(|b| b.contact.clone())
+            .collect();
+        let removed = plan.iter().filter(|(c, e, _)| *e == 0 && existing(c).is_some()).count() + superseded.len();
         let added = plan.iter().filter(|(c, e, _)| *e != 0 && existing(c).is_none()).count();
         if current.len() + added - removed > BINDINGS_PER_AOR_MAX {
             return Err(Refusal { code: 403, reason: Some("Too Many Contacts") });
@@ -1060,7 +1115,7 @@ impl Registrar {
                     && o.nat == nat
             })
         };
-        let mut removals = Vec::new();
+        let mut removals = superseded;
         let mut updates = Vec::with_capacity(plan.len());
         for (contact, expires, nat) in plan {
             if expires == 0 {
@@ -1089,6 +1144,9 @@ impl Registrar {
                 nat,
             };
             let key = (binding.aor.clone(), binding.contact.clone());
+            if push_ids.iter().any(|(c, _)| *c == contact) {
+                self.event(RegistrarEvent::PushContactRegistered { binding: Box::new(binding.clone()) });
+            }
             if refresh {
                 // Only expiry and CSeq changed: hot state, written in the next batch.
                 self.put_binding(binding);
@@ -1101,7 +1159,7 @@ impl Registrar {
                 self.event(RegistrarEvent::Registered { aor: aor.to_owned(), contact });
             }
         }
-        Ok(())
+        Ok(push_providers)
     }
 
     // ---- bindings ----
@@ -1285,6 +1343,21 @@ impl Registrar {
             self.event(RegistrarEvent::Unregistered { aor: aor.clone(), contact: contact.clone() });
         }
         self.event(RegistrarEvent::AddressForgotten { bindings: doomed.len() });
+    }
+
+    fn drop_push_token(&mut self, aor: &str, prid: &str) {
+        let doomed: Vec<String> = self
+            .bindings
+            .get(aor)
+            .into_iter()
+            .flatten()
+            .filter(|b| crate::push::PushContact::params_of(&b.contact).is_some_and(|p| p.prid == prid))
+            .map(|b| b.contact.clone())
+            .collect();
+        for contact in doomed {
+            self.remove_binding(aor, &contact);
+            self.event(RegistrarEvent::Unregistered { aor: aor.to_owned(), contact });
+        }
     }
 
     fn persist(&mut self, command: RegistrarCommand) {

@@ -5,7 +5,8 @@
 //! [`apply_entry`] the simulator's disk runs too), committed by a majority before anyone is
 //! told they happened: the registrar's commands (through [`ReplicatedStore`]: a REGISTER is
 //! answered only once its binding is committed; a node without a quorum answers 500 and
-//! changes nothing), call records ([`ReplicatedCdrs`]), the licence documents
+//! changes nothing), call records ([`ReplicatedCdrs`]), conference participations and push
+//! records ([`ReplicatedParticipations`], [`ReplicatedPushRecords`]), the licence documents
 //! ([`ReplicatedLicence`]), and the privacy ledger's subject requests: erasure and the
 //! restriction and objection flags ([`Replication::erase`], [`Replication::flag`]). Every
 //! node applies every committed entry, in log order, to its own `pbx.redb` ([`NodeApplier`]);
@@ -28,6 +29,7 @@ use pbx_actors::conference::core::Participation;
 use pbx_actors::entry::{Entry, EntryStore, apply_entry};
 use pbx_actors::licence::{LicenceStore, Stored, StoredUnlocks};
 use pbx_actors::privacy::{AuditEntry, AuditEvent, Right, Subject};
+use pbx_actors::push::PushRecord;
 use pbx_actors::registrar::{Binding, BindingV1, Extension, RegistrarCommand, RegistrarMsg, RegistrarStore};
 use pbx_actors::store::StoreError;
 use pbx_cluster::raft::{Applier, ApplyError, NodeId, Replica, Request, WriteError};
@@ -236,6 +238,10 @@ impl EntryStore for Applying<'_> {
 
     fn put_participations(&mut self, participations: Vec<Participation>) -> Result<(), ApplyError> {
         self.applier.storage.put_participations(&participations).map_err(ApplyError::storage)
+    }
+
+    fn put_push_records(&mut self, records: Vec<PushRecord>) -> Result<(), ApplyError> {
+        self.applier.storage.put_push_records(&records).map_err(ApplyError::storage)
     }
 
     fn save_licence(&mut self, stored: Stored) -> Result<(), ApplyError> {
@@ -517,6 +523,23 @@ impl ReplicatedParticipations {
     }
 }
 
+/// Push records go to every node like call records; without a quorum they are kept on this
+/// node.
+pub struct ReplicatedPushRecords(pub Replication);
+
+impl ReplicatedPushRecords {
+    /// Blocks until stored: call it off the async runtime.
+    pub fn put(&self, records: &[PushRecord]) -> Result<(), StoreError> {
+        match self.0.write_blocking(Entry::PushRecords(records.to_vec())) {
+            Ok(_) => Ok(()),
+            Err(reason) => {
+                tracing::warn!(%reason, records = records.len(), "push records not replicated; kept on this node only");
+                self.0.applier.storage.put_push_records(records).map_err(|e| StoreError::Disk(e.to_string()))
+            }
+        }
+    }
+}
+
 /// The licence store on a cluster node: the verified documents go to every node, so any of
 /// them restarting during a licence-service outage knows what is licensed.
 pub struct ReplicatedLicence(pub Replication);
@@ -626,6 +649,34 @@ mod tests {
         let mut loaded = storage.load().unwrap().bindings;
         loaded.sort_by(|a, b| a.aor.cmp(&b.aor));
         assert_eq!(loaded, [believed, natted, symmetric]);
+    }
+
+    /// A push-record entry lands in the node's file whoever proposed it, and once however
+    /// often it is applied (a replay after a crash); an entry of the kind the log held before
+    /// push records existed (participations, V2 as stored) still applies beside it.
+    #[test]
+    fn push_records_apply_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::open(dir.path()).unwrap());
+        let applier = NodeApplier::new(1, storage.clone(), key(1));
+        let record = PushRecord {
+            id: 4,
+            at: Timestamp::from_secs(1_000),
+            user: "100".into(),
+            caller: "101".into(),
+            callee: "100".into(),
+            provider: "apns".into(),
+            device: "device-4".into(),
+            source: "192.0.2.1:5060".parse().unwrap(),
+            outcome: "delivered".into(),
+        };
+        let pushes = request(2, Entry::PushRecords(vec![record.clone()]));
+        // `Entry::Participations(vec![])` as a node before push records wrote it.
+        let participations = Request { origin: 2, payload: vec![1, 6, 0] };
+        applier.apply(&[&participations, &pushes, &pushes]).unwrap();
+        applier.apply(&[&request(1, Entry::PushRecords(vec![record.clone()]))]).unwrap();
+        let held = storage.subject_records(&Subject::Number("101".into())).unwrap();
+        assert_eq!(held.push_records, [record]);
     }
 
     /// Every table of the Raft file is a declared place of personal data (`raft:<table>`).

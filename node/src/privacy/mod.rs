@@ -97,7 +97,7 @@ fn not_found(subject: &Subject) -> HttpResponse {
     error(
         StatusCode::NOT_FOUND,
         format!(
-            "pbx holds no personal data about {:?} (no extension, registration, call record, security-log entry or privacy flag)",
+            "pbx holds no personal data about {:?} (no extension, registration, call record, conference participation, push record, security-log entry or privacy flag)",
             subject.id()
         ),
     )
@@ -184,6 +184,21 @@ fn binding_json(b: &pbx_actors::registrar::Binding) -> serde_json::Value {
     })
 }
 
+/// A push record as the subject export shows it: all of it, the token too (it is the
+/// subject's, and access covers it).
+fn push_json(r: &pbx_actors::push::PushRecord) -> serde_json::Value {
+    json!({
+        "at": rfc3339(r.at),
+        "user": r.user,
+        "caller": r.caller,
+        "callee": r.callee,
+        "provider": r.provider,
+        "device": r.device,
+        "source": r.source.to_string(),
+        "outcome": r.outcome,
+    })
+}
+
 fn flags_json(f: &Flags) -> serde_json::Value {
     json!({
         "restricted_since": f.restricted_since.map(rfc3339),
@@ -234,6 +249,7 @@ async fn export(
         .or_else(|| held.stored.extension.as_ref().map(|e| e.display_name.clone()));
     let records = (held.stored.cdrs.len()
         + held.stored.participations.len()
+        + held.stored.push_records.len()
         + held.stored.security_log.len()
         + bindings.len()
         + held.calls.len()) as u64
@@ -257,6 +273,7 @@ async fn export(
             "joined": p.joined.map(rfc3339),
             "left": rfc3339(p.left),
         })).collect::<Vec<_>>(),
+        "push_records": held.stored.push_records.iter().map(push_json).collect::<Vec<_>>(),
         "calls_in_progress": held.calls.iter().cloned().map(|c| ActiveCallOut::new(c, now)).collect::<Vec<_>>(),
         "security_log": held.stored.security_log.iter().map(security_json).collect::<Vec<_>>(),
         "privacy_flags": held.stored.flags.as_ref().map(flags_json),
@@ -722,6 +739,36 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 mod tests {
     use super::*;
     use pbx_actors::Timestamp;
+
+    /// A push record is exported whole, each field under its name: the time as RFC 3339, the
+    /// token and the app's address included (they are the subject's).
+    #[test]
+    fn push_records_export_every_field() {
+        let record = pbx_actors::push::PushRecord {
+            id: 9,
+            at: Timestamp::from_secs(1_714_564_800),
+            user: "100".into(),
+            caller: "101".into(),
+            callee: "100".into(),
+            provider: "fcm".into(),
+            device: "token-9".into(),
+            source: "[2001:db8::7]:5061".parse().unwrap(),
+            outcome: "failed: 503".into(),
+        };
+        assert_eq!(
+            push_json(&record),
+            json!({
+                "at": "2024-05-01T12:00:00.000Z",
+                "user": "100",
+                "caller": "101",
+                "callee": "100",
+                "provider": "fcm",
+                "device": "token-9",
+                "source": "[2001:db8::7]:5061",
+                "outcome": "failed: 503",
+            })
+        );
+    }
 
     fn decl(number: &str) -> ExtensionDecl {
         ExtensionDecl {

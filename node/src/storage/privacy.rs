@@ -11,8 +11,9 @@
 //! file, so the erased or anonymised bytes leave the disk file as well as the tables.
 
 use super::{
-    BINDINGS, CDRS, EXTENSIONS, PARTICIPATIONS, PRIVACY_AUDIT, PRIVACY_FLAGS, SECURITY_LOG, Storage, StorageError,
-    StoredBindingV, StoredCdrV, StoredExtensionV, StoredParticipationV, TOMBSTONES, decode, mark_rewrite_due, redb_err,
+    BINDINGS, CDRS, EXTENSIONS, PARTICIPATIONS, PRIVACY_AUDIT, PRIVACY_FLAGS, PUSH_RECORDS, SECURITY_LOG, Storage,
+    StorageError, StoredBindingV, StoredCdrV, StoredExtensionV, StoredParticipationV, StoredPushRecordV, TOMBSTONES,
+    decode, mark_rewrite_due, redb_err,
 };
 use pbx_actors::Timestamp;
 use pbx_actors::cdr::Cdr;
@@ -21,6 +22,7 @@ use pbx_actors::privacy::reaper::{Action, Batch};
 use pbx_actors::privacy::{
     AuditEntry, AuditEvent, ERASED, SUBJECT_ID_MAX, SecurityEntry, SecurityEvent, Subject, flood_network,
 };
+use pbx_actors::push::PushRecord;
 use pbx_actors::registrar::{Binding, Extension};
 use pbx_actors::store::StoreError;
 use redb::{Durability, ReadableTable};
@@ -114,6 +116,7 @@ pub struct SubjectRecords {
     pub bindings: Vec<Binding>,
     pub cdrs: Vec<Cdr>,
     pub participations: Vec<Participation>,
+    pub push_records: Vec<PushRecord>,
     pub security_log: Vec<SecurityEntry>,
     pub flags: Option<Flags>,
 }
@@ -124,6 +127,7 @@ impl SubjectRecords {
             && self.bindings.is_empty()
             && self.cdrs.is_empty()
             && self.participations.is_empty()
+            && self.push_records.is_empty()
             && self.security_log.is_empty()
             && self.flags.is_none()
     }
@@ -136,13 +140,20 @@ pub struct Erased {
     pub bindings: u64,
     pub cdrs_masked: u64,
     pub participations: u64,
+    pub push_records: u64,
     pub security_log: u64,
     pub flags: u64,
 }
 
 impl Erased {
     pub fn total(&self) -> u64 {
-        self.extension + self.bindings + self.cdrs_masked + self.participations + self.security_log + self.flags
+        self.extension
+            + self.bindings
+            + self.cdrs_masked
+            + self.participations
+            + self.push_records
+            + self.security_log
+            + self.flags
     }
 }
 
@@ -152,6 +163,21 @@ fn cdr_involves(cdr: &Cdr, subject: &Subject) -> bool {
         Subject::Number(n) => cdr.involves(n),
         Subject::Ip(ip) => cdr.call_id.contains(&ip.to_string()),
     }
+}
+
+/// Whether a push record is about `subject`: as the woken user, caller or callee, or (an
+/// address) as the address the woken app registered from.
+fn push_involves(r: &PushRecord, subject: &Subject) -> bool {
+    match subject {
+        Subject::Number(n) => r.involves(n),
+        Subject::Ip(ip) => r.source.ip().to_canonical() == *ip,
+    }
+}
+
+/// A push record, from whichever version stored it.
+fn decode_push(key: (u64, u64), bytes: &[u8]) -> Result<PushRecord, StorageError> {
+    let StoredPushRecordV::V1(r) = decode("push_records", || format!("{key:?}"), bytes)?;
+    Ok(r)
 }
 
 /// Whether a security-log entry is about `subject`: its source, or the user it claimed.
@@ -362,6 +388,13 @@ impl Storage {
                 }
             }
         }
+        for row in tx.open_table(PUSH_RECORDS).map_err(redb_err)?.iter().map_err(redb_err)? {
+            let (k, v) = row.map_err(redb_err)?;
+            let r = decode_push(k.value(), v.value())?;
+            if push_involves(&r, subject) {
+                out.push_records.push(r);
+            }
+        }
         for row in tx.open_table(SECURITY_LOG).map_err(redb_err)?.iter().map_err(redb_err)? {
             let (k, v) = row.map_err(redb_err)?;
             let e = decode_security(k.value(), v.value())?;
@@ -380,7 +413,9 @@ impl Storage {
     /// Erases `subject` from every table in one durable transaction, with its audit entry: the
     /// extension and its bindings (or the bindings from or to the address) are deleted; in CDRs
     /// the subject becomes [`ERASED`] and the other party's record stays (a caller's Call-ID,
-    /// which its phone made and which often names its address, goes too); security-log entries
+    /// which its phone made and which often names its address, goes too); its conference
+    /// participations and the push records naming it (or sent to a phone at the address) are
+    /// deleted; security-log entries
     /// from the address are deleted, and the subject's number in others becomes [`ERASED`];
     /// restriction and objection flags are deleted; an erased number's `tombstone` is kept.
     /// Doing it again changes nothing. The file is marked for a rewrite
@@ -458,6 +493,22 @@ impl Storage {
                 }
                 erased.participations = doomed.len() as u64;
             }
+
+            // A push record goes whole, whichever of its three numbers (or the woken app's
+            // address) is erased: it is kept days, for troubleshooting, and no bill or call
+            // history rests on it (the call's CDR keeps the other party's side).
+            let mut pushes = tx.open_table(PUSH_RECORDS).map_err(redb_err)?;
+            let mut doomed = Vec::new();
+            for row in pushes.iter().map_err(redb_err)? {
+                let (k, v) = row.map_err(redb_err)?;
+                if push_involves(&decode_push(k.value(), v.value())?, subject) {
+                    doomed.push(k.value());
+                }
+            }
+            for k in &doomed {
+                pushes.remove(*k).map_err(redb_err)?;
+            }
+            erased.push_records = doomed.len() as u64;
 
             let mut log = tx.open_table(SECURITY_LOG).map_err(redb_err)?;
             let mut changed = Vec::new();
@@ -548,6 +599,9 @@ impl Storage {
             ("cdr", Action::Delete) => delete_oldest(&mut tx.open_table(CDRS).map_err(redb_err)?, cutoff, limit)?,
             ("conference-participation", Action::Delete) => {
                 delete_oldest(&mut tx.open_table(PARTICIPATIONS).map_err(redb_err)?, cutoff, limit)?
+            }
+            ("push-records", Action::Delete) => {
+                delete_oldest(&mut tx.open_table(PUSH_RECORDS).map_err(redb_err)?, cutoff, limit)?
             }
             ("security-log", Action::Delete) => {
                 delete_oldest(&mut tx.open_table(SECURITY_LOG).map_err(redb_err)?, cutoff, limit)?
@@ -1035,7 +1089,15 @@ mod tests {
         let erased = s.erase(&subject, None, |_| audit_at(5)).unwrap();
         assert_eq!(
             erased,
-            Erased { extension: 1, bindings: 1, cdrs_masked: 2, participations: 0, security_log: 1, flags: 1 }
+            Erased {
+                extension: 1,
+                bindings: 1,
+                cdrs_masked: 2,
+                participations: 0,
+                push_records: 0,
+                security_log: 1,
+                flags: 1,
+            }
         );
         assert!(s.subject_records(&subject).unwrap().is_empty());
         let cdrs = s.query_cdrs(None, None, None, &Default::default(), None, 10).unwrap().0;
@@ -1361,5 +1423,93 @@ mod tests {
         assert_eq!(erased.participations, 1);
         assert!(s.subject_records(&number("100")).unwrap().participations.is_empty());
         assert!(s.subject_records(&number("101")).unwrap().participations.is_empty(), "reaped before");
+    }
+
+    fn push(id: u64, at_s: u64, user: &str, caller: &str, source: &str) -> PushRecord {
+        PushRecord {
+            id,
+            at: Timestamp::from_secs(at_s),
+            user: user.into(),
+            caller: caller.into(),
+            callee: user.into(),
+            provider: "fcm".into(),
+            device: format!("token-{id}"),
+            source: source.parse().unwrap(),
+            outcome: "delivered".into(),
+        }
+    }
+
+    /// Push records: written once however often stored, read back whole after the file is
+    /// closed and reopened, and reaped by the default rule at exactly 7 days — one sent 7 days
+    /// less a second before the run stays, one sent 7 days and a second before goes.
+    #[test]
+    fn push_records_are_stored_and_reaped_at_seven_days() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = 100 * DAY;
+        let week = 7 * DAY;
+        let (young, old) = (
+            push(1, now - week + 1, "100", "101", "192.0.2.7:5060"),
+            push(2, now - week - 1, "100", "101", "192.0.2.7:5060"),
+        );
+        {
+            let s = Storage::open(dir.path()).unwrap();
+            s.put_push_records(&[young.clone(), old.clone()]).unwrap();
+            s.put_push_records(std::slice::from_ref(&young)).unwrap();
+        }
+        let s = Storage::open(dir.path()).unwrap();
+        let number = Subject::Number("100".into());
+        assert_eq!(s.subject_records(&number).unwrap().push_records, [old.clone(), young.clone()], "oldest first");
+        let rule = pbx_actors::privacy::reaper::rules(&Default::default())
+            .into_iter()
+            .find(|r| r.category == "push-records")
+            .expect("a rule for push records");
+        assert_eq!((rule.action, rule.after.as_secs()), (Action::Delete, week));
+        let cutoff = now - rule.after.as_secs();
+        assert_eq!(s.reap(&batch("push-records", Action::Delete, cutoff, 10)).unwrap(), 1);
+        assert_eq!(s.reap(&batch("push-records", Action::Delete, cutoff, 10)).unwrap(), 0, "again: nothing");
+        assert_eq!(s.subject_records(&number).unwrap().push_records, [young]);
+    }
+
+    /// Push records are exported and erased with any number they name (woken user, caller,
+    /// callee) and with the address the woken app registered from, whole; records of others
+    /// stay, and the erasure's count is the erase answer's `push_records`; after the rewrite
+    /// the erased token is not in the file.
+    #[test]
+    fn push_records_are_exported_and_erased() {
+        let (dir, s) = open();
+        let to_100 = push(1, DAY, "100", "101", "192.0.2.7:5060");
+        let to_102 = push(2, 2 * DAY, "102", "103", "[2001:db8::7]:5060");
+        let to_104 = push(3, 3 * DAY, "104", "105", "198.51.100.4:5060");
+        s.put_push_records(&[to_100.clone(), to_102.clone(), to_104.clone()]).unwrap();
+        let number = |n: &str| Subject::Number(n.into());
+        let ip = |a: &str| Subject::Ip(a.parse().unwrap());
+        assert_eq!(
+            s.subject_records(&number("100")).unwrap().push_records,
+            std::slice::from_ref(&to_100),
+            "the woken user"
+        );
+        assert_eq!(
+            s.subject_records(&number("101")).unwrap().push_records,
+            std::slice::from_ref(&to_100),
+            "the caller"
+        );
+        assert_eq!(
+            s.subject_records(&ip("2001:db8::7")).unwrap().push_records,
+            std::slice::from_ref(&to_102),
+            "the app's address"
+        );
+        assert!(!s.subject_records(&number("103")).unwrap().is_empty(), "a caller's records are held about it");
+        assert!(s.subject_records(&number("10")).unwrap().push_records.is_empty());
+
+        let erased = s.erase(&number("101"), None, |_| audit_at(10 * DAY)).unwrap();
+        assert_eq!((erased.push_records, erased.total()), (1, 1));
+        assert!(s.subject_records(&number("100")).unwrap().push_records.is_empty(), "gone whole");
+        let erased = s.erase(&ip("2001:db8::7"), None, |_| audit_at(10 * DAY)).unwrap();
+        assert_eq!(erased.push_records, 1);
+        assert_eq!(s.erase(&ip("2001:db8::7"), None, |_| audit_at(10 * DAY)).unwrap().push_records, 0, "once");
+        assert_eq!(s.subject_records(&number("104")).unwrap().push_records, [to_104], "others' records stay");
+        s.rewrite(s.rewrite_due().unwrap()).unwrap();
+        assert_eq!(occurrences(dir.path(), b"token-1"), 0, "the erased push token left the file");
+        assert!(occurrences(dir.path(), b"token-3") > 0, "the kept one is still there");
     }
 }

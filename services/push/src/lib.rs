@@ -29,4 +29,4 @@ pub mod client;
 pub mod gateway;
 pub mod jwt;
 pub mod keys;
-pub mod rfc8599;
+pub use pbx_actors::push::rfc8599;

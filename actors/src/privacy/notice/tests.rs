@@ -107,6 +107,7 @@ fn configured_periods_are_stated() {
         request_log_anonymise_days: 7,
         request_log_delete_days: 45,
         audit_days: 400,
+        push_days: 3,
         ..Periods::default()
     };
     let want = [
@@ -122,8 +123,14 @@ fn configured_periods_are_stated() {
             "Supprimées 400 jours après la création de l'entrée.",
         ),
     ];
-    for (lang, cdr, audit) in want {
+    let push = [
+        (Lang::En, "Deleted 3 days after the push was sent."),
+        (Lang::De, "Wird nach 3 Tagen ab dem Versand der Benachrichtigung gelöscht."),
+        (Lang::Fr, "Supprimées 3 jours après l'envoi de la notification."),
+    ];
+    for ((lang, cdr, audit), (_, push)) in want.into_iter().zip(push) {
         let n = notice(lang, &operator(), &periods, &SCHEDULE);
+        assert_eq!(fact(section(&n, "category-push-records"), RETENTION), push);
         assert_eq!(fact(section(&n, "category-cdr"), RETENTION), cdr);
         assert_eq!(fact(section(&n, "category-privacy-audit"), RETENTION), audit);
         let security = fact(section(&n, "category-security-log"), RETENTION);
@@ -134,6 +141,7 @@ fn configured_periods_are_stated() {
     }
     let n = notice(Lang::En, &Operator::default(), &Periods::default(), &SCHEDULE);
     assert_eq!(fact(section(&n, "category-cdr"), RETENTION), "Deleted 90 days after the end of the call.");
+    assert_eq!(fact(section(&n, "category-push-records"), RETENTION), "Deleted 7 days after the push was sent.");
     assert_eq!(
         fact(section(&n, "category-security-log"), RETENTION),
         "Anonymised 14 days after the event (IP addresses are cut to their network part, IPv4 to /24 and IPv6 to \
@@ -164,6 +172,7 @@ fn retention_for_follows_the_reaper_rules() {
         request_log_anonymise_days: 8,
         request_log_delete_days: 46,
         audit_days: 401,
+        push_days: 9,
         ..Periods::default()
     };
     let mut checked = 0;
@@ -179,7 +188,7 @@ fn retention_for_follows_the_reaper_rules() {
         assert_eq!(u64::from(stated) * 86_400, rule.after.as_secs(), "{} {:?}", c.id, rule.action);
         checked += 1;
     }
-    assert_eq!(checked, 5);
+    assert_eq!(checked, 6);
     let extension = super::super::category("extension").expect("declared");
     assert_eq!(retention_for(extension, &periods), extension.retention);
 }
@@ -285,6 +294,50 @@ fn transfers_state_the_licence_intervals() {
         (span(Lang::De, 1), span(Lang::Fr, 120), span(Lang::En, 90)),
         ("1 Sekunde".into(), "2 minutes".into(), "90 seconds".into())
     );
+}
+
+/// What leaves the PBX for push: the token and a wake-up message (never who calls), to
+/// Google's FCM or Apple's APNs, whose servers may be outside the EU, with the category that
+/// keeps the records named — in every language; and the push records are open to objection
+/// (their troubleshooting).
+#[test]
+fn transfers_name_the_push_services_and_where_they_run() {
+    let said = [
+        (
+            Lang::De,
+            ["Push-Token bzw. die Geräte-ID", "Weckmeldung", "nie, wer anruft", "außerhalb der Europäischen Union"],
+        ),
+        (Lang::En, ["push token or device ID", "a wake-up message", "never who calls", "outside the European Union"]),
+        (
+            Lang::Fr,
+            [
+                "jeton push ou l'ID de l'appareil",
+                "un message de réveil",
+                "jamais qui appelle",
+                "en dehors de l'Union européenne",
+            ],
+        ),
+    ];
+    let push = super::super::category("push-records").expect("declared");
+    for (lang, texts) in said {
+        let n = notice(lang, &operator(), &Periods::default(), &SCHEDULE);
+        let Block::Paragraph(p) = section(&n, "transfers").blocks.last().expect("a paragraph") else {
+            panic!("{lang:?}: the push paragraph ends the section")
+        };
+        for t in texts.iter().chain(&["Firebase Cloud Messaging (FCM)", "(APNs)", "RFC 8599"]) {
+            assert!(p.contains(t), "{lang:?}: {t} not in {p}");
+        }
+        assert!(p.contains(&quote(lang, title(lang, push))), "{lang:?}: the records' section is named");
+        assert!(n.markdown().contains(&md(p)) && n.html().contains(&html(p)), "{lang:?}");
+        let rights = section(&n, "rights");
+        assert!(
+            rights
+                .blocks
+                .iter()
+                .any(|b| matches!(b, Block::List(l) if l.iter().any(|i| i.starts_with(title(lang, push))))),
+            "{lang:?}: push records are open to objection"
+        );
+    }
 }
 
 /// Accept-Language: weights, subtags, case, the wildcard, refusals (q=0), malformed weights.

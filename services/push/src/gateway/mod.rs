@@ -147,7 +147,6 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-
 /// A running gateway: its addresses, what it received, and a way to stop it.
 pub struct Gateway {
     fcm_addr: SocketAddr,

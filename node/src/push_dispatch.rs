@@ -1,0 +1,241 @@
+//! Push dispatch (RFC 8599): the actor that wakes a sleeping mobile softphone when a call is
+//! for it. A call asks ([`PushPort::wake`]); the actor first asks the registrar to report the
+//! phone's next REGISTER (`RegistrarMsg::AwaitPushContact`), then sends the push through the
+//! phone's provider (FCM HTTP v1 or APNs, `pbx_push_service::client`), records it (category
+//! `push-records`, 7 days), and tells the call: the fresh binding when the phone registers
+//! within the wait, `Failed` when the provider refused (a token answered unregistered is dropped
+//! from the registrar). The watch is set before the push goes, so a phone that registers before
+//! the provider's answer arrives is not missed.
+//!
+//! What goes to the provider: the token (`pn-prid`), the app's project or topic (`pn-param`)
+//! and a data message `{"type":"call"}` — never the caller's number or name (the app learns
+//! who calls from the INVITE, over SIP).
+//!
+//! Push is gated by the licence's `push` feature: without it [`PushPort::wait`] is `None` and
+//! calls go to such phones directly, as to any other.
+
+use pbx_actors::Timestamp;
+use pbx_actors::call::wake::{PushPort, WakeEvent, WakeRequest};
+use pbx_actors::licence::Feature;
+use pbx_actors::licence::LicenceView;
+use pbx_actors::push::rfc8599::{self, PushTarget};
+use pbx_actors::push::{PushRecord, PushRecordSink};
+use pbx_actors::registrar::RegistrarMsg;
+use pbx_actors::shell::Current;
+use pbx_actors::time::Clock;
+use pbx_push_service::client::Outcome;
+use pbx_push_service::client::apns::{ApnsKey, ApnsPush};
+use pbx_push_service::client::fcm::{FcmPush, ServiceAccount};
+use pbx_push_service::client::sender::{ApnsSender, FcmSender, HttpsClient, Trust};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Pushes in flight at once (each a task waiting for the provider and the phone); beyond it a
+/// wake is refused at once (`Failed`), so a burst of calls cannot grow tasks without bound.
+pub const PUSHES_IN_FLIGHT_MAX: usize = 256;
+/// The longest pbx waits for a push service's answer.
+pub const PUSH_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The senders, one per provider configured.
+pub struct Senders {
+    pub fcm: Option<FcmSender>,
+    pub apns: Option<ApnsSender>,
+    pub apns_sandbox: Option<ApnsSender>,
+}
+
+impl Senders {
+    /// Reads the credentials named in `config`; errors name the file.
+    pub fn from_config(config: &crate::config::PushConfig) -> anyhow::Result<Senders> {
+        use anyhow::Context;
+        let trust = match &config.ca {
+            Some(path) => Trust::from_pem_file(path).with_context(|| format!("push.ca {}", path.display()))?,
+            None => Trust::WebPkiRoots,
+        };
+        let http = Arc::new(HttpsClient::new(&trust, PUSH_SEND_TIMEOUT).context("push: HTTPS client")?);
+        let fcm = match &config.fcm {
+            Some(f) => {
+                let account = ServiceAccount::read(&f.service_account)
+                    .with_context(|| format!("push.fcm.service_account {}", f.service_account.display()))?;
+                Some(FcmSender::new(account, &f.url, http.clone()))
+            }
+            None => None,
+        };
+        let (apns, apns_sandbox) = match &config.apns {
+            Some(a) => {
+                let key = || {
+                    ApnsKey::read(&a.key, &a.team_id, &a.key_id)
+                        .with_context(|| format!("push.apns.key {}", a.key.display()))
+                };
+                (
+                    Some(ApnsSender::new(key()?, &a.url, http.clone())),
+                    Some(ApnsSender::new(key()?, &a.sandbox_url, http)),
+                )
+            }
+            None => (None, None),
+        };
+        Ok(Senders { fcm, apns, apns_sandbox })
+    }
+}
+
+pub enum PushMsg {
+    Wake { request: WakeRequest, events: Box<dyn Fn(WakeEvent) + Send + Sync> },
+}
+
+// Local only; see `pbx_actors::shell` on ractor's `cluster` feature.
+impl ractor::Message for PushMsg {}
+
+pub struct PushArgs {
+    pub senders: Senders,
+    pub registrar: Current<RegistrarMsg>,
+    pub records: Arc<dyn PushRecordSink>,
+    pub clock: Arc<dyn Clock>,
+}
+
+pub struct PushState {
+    senders: Arc<Senders>,
+    registrar: Current<RegistrarMsg>,
+    records: Arc<dyn PushRecordSink>,
+    clock: Arc<dyn Clock>,
+    in_flight: Arc<AtomicUsize>,
+    ids: Arc<AtomicU64>,
+}
+
+pub struct PushDispatchActor;
+
+impl Actor for PushDispatchActor {
+    type Msg = PushMsg;
+    type State = PushState;
+    type Arguments = PushArgs;
+
+    async fn pre_start(&self, _me: ActorRef<PushMsg>, args: PushArgs) -> Result<PushState, ActorProcessingErr> {
+        for outcome in ["delivered", "unregistered", "failed"] {
+            metrics::counter!("pbx_push_sent_total", "outcome" => outcome).increment(0);
+        }
+        let first_id = args.clock.now().as_micros();
+        Ok(PushState {
+            senders: Arc::new(args.senders),
+            registrar: args.registrar,
+            records: args.records,
+            clock: args.clock,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            ids: Arc::new(AtomicU64::new(first_id)),
+        })
+    }
+
+    async fn handle(&self, _me: ActorRef<PushMsg>, msg: PushMsg, s: &mut PushState) -> Result<(), ActorProcessingErr> {
+        let PushMsg::Wake { request, events } = msg;
+        if s.in_flight.fetch_add(1, Ordering::AcqRel) >= PUSHES_IN_FLIGHT_MAX {
+            s.in_flight.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(aor = %request.binding.aor, "too many pushes in flight: this one is not sent");
+            events(WakeEvent::Failed { leg: request.leg });
+            return Ok(());
+        }
+        let (in_flight, senders, registrar, records, clock) =
+            (s.in_flight.clone(), s.senders.clone(), s.registrar.clone(), s.records.clone(), s.clock.clone());
+        let id = s.ids.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            wake(id, request, events, &senders, &registrar, &*records, &*clock).await;
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+        });
+        Ok(())
+    }
+}
+
+async fn wake(
+    id: u64,
+    request: WakeRequest,
+    events: Box<dyn Fn(WakeEvent) + Send + Sync>,
+    senders: &Senders,
+    registrar: &Current<RegistrarMsg>,
+    records: &dyn PushRecordSink,
+    clock: &dyn Clock,
+) {
+    let WakeRequest { leg, binding, caller, callee, wait } = request;
+    let Some(params) = pbx_actors::push::PushContact::params_of(&binding.contact) else {
+        return events(WakeEvent::Failed { leg });
+    };
+    // The watch first: the phone may register before the provider answers.
+    let (reply, registered) = tokio::sync::oneshot::channel();
+    registrar.cast(RegistrarMsg::AwaitPushContact { aor: binding.aor.clone(), prid: params.prid.clone(), reply });
+    let at = clock.now();
+    let outcome = send(senders, &params, at).await;
+    let label = match &outcome {
+        Ok(Outcome::Delivered { .. }) => "delivered".to_string(),
+        Ok(Outcome::Unregistered { reason }) => {
+            registrar.cast(RegistrarMsg::DropPushToken { aor: binding.aor.clone(), prid: params.prid.clone() });
+            format!("unregistered: {reason}")
+        }
+        Ok(other) => format!("failed: {other:?}"),
+        Err(reason) => format!("failed: {reason}"),
+    };
+    let metric = label.split(':').next().unwrap_or("failed").to_string();
+    metrics::counter!("pbx_push_sent_total", "outcome" => metric.clone()).increment(1);
+    tracing::info!(aor = %binding.aor, provider = %params.provider, outcome = %label, "push sent");
+    records.record(PushRecord {
+        id,
+        at,
+        user: binding.aor.clone(),
+        caller,
+        callee,
+        provider: params.provider.clone(),
+        device: params.prid.clone(),
+        source: binding.source,
+        outcome: label,
+    });
+    if metric != "delivered" {
+        return events(WakeEvent::Failed { leg });
+    }
+    // The call's own timer ends the wait too; this one only lets the task go.
+    if let Ok(Ok(binding)) = tokio::time::timeout(wait, registered).await {
+        events(WakeEvent::Woken { leg, binding: Box::new(binding) });
+    }
+}
+
+/// The push for `params` through its provider: `Err` when no answer came or pbx could not
+/// build the request.
+async fn send(senders: &Senders, params: &pbx_actors::push::PushParams, at: Timestamp) -> Result<Outcome, String> {
+    let now_unix_s = at.as_secs();
+    let data: BTreeMap<String, String> = [("type".to_string(), "call".to_string())].into();
+    let target = rfc8599::parse(&params.provider, &params.param, &params.prid).map_err(|e| e.to_string())?;
+    match target {
+        PushTarget::Fcm(target) => {
+            let sender = senders.fcm.as_ref().ok_or("FCM is not configured")?;
+            let push = FcmPush { token: target.token, data, ttl: Duration::from_secs(30) };
+            sender.send(&push, now_unix_s).await.map_err(|e| e.to_string())
+        }
+        PushTarget::Apns(target) => {
+            let sender = match target.sandbox {
+                true => senders.apns_sandbox.as_ref(),
+                false => senders.apns.as_ref(),
+            }
+            .ok_or("APNs is not configured")?;
+            let push = ApnsPush::voip_wake_up(&target, &data, Duration::from_secs(30), now_unix_s)
+                .map_err(|e| e.to_string())?;
+            sender.send(&push, now_unix_s).await.map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// The calls' way to push dispatch: licensed or not, how long to wait.
+pub struct NodePush {
+    pub actor: ActorRef<PushMsg>,
+    pub wait: Duration,
+    /// `None`: no licence service, nothing gated.
+    pub licence: Option<LicenceView>,
+}
+
+impl PushPort for NodePush {
+    fn wait(&self) -> Option<Duration> {
+        let licensed = self.licence.as_ref().is_none_or(|view| view.effective().has(Feature::Push));
+        licensed.then_some(self.wait)
+    }
+
+    fn wake(&self, request: WakeRequest, events: Box<dyn Fn(WakeEvent) + Send + Sync>) {
+        if let Err(e) = self.actor.cast(PushMsg::Wake { request, events }) {
+            tracing::warn!(error = %e, "push dispatch not running");
+        }
+    }
+}
