@@ -30,7 +30,7 @@ use pbx_push_service::client::sender::{ApnsSender, FcmSender, HttpsClient, Trust
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Pushes in flight at once (each a task waiting for the provider and the phone); beyond it a
@@ -65,14 +65,10 @@ impl Senders {
         };
         let (apns, apns_sandbox) = match &config.apns {
             Some(a) => {
-                let key = || {
-                    ApnsKey::read(&a.key, &a.team_id, &a.key_id)
-                        .with_context(|| format!("push.apns.key {}", a.key.display()))
-                };
-                (
-                    Some(ApnsSender::new(key()?, &a.url, http.clone())),
-                    Some(ApnsSender::new(key()?, &a.sandbox_url, http)),
-                )
+                let key = ApnsKey::read(&a.key, &a.team_id, &a.key_id)
+                    .with_context(|| format!("push.apns.key {}", a.key.display()))?;
+                let production = ApnsSender::new(key.clone(), &a.url, http.clone());
+                (Some(production), Some(ApnsSender::new(key, &a.sandbox_url, http)))
             }
             None => (None, None),
         };
@@ -81,7 +77,8 @@ impl Senders {
 }
 
 pub enum PushMsg {
-    Wake { request: WakeRequest, events: Box<dyn Fn(WakeEvent) + Send + Sync> },
+    /// Wake `request`'s phone; the registrar is watched for it at most `wait`.
+    Wake { request: WakeRequest, wait: Duration, events: Box<dyn Fn(WakeEvent) + Send + Sync> },
 }
 
 // Local only; see `pbx_actors::shell` on ractor's `cluster` feature.
@@ -95,12 +92,10 @@ pub struct PushArgs {
 }
 
 pub struct PushState {
-    senders: Arc<Senders>,
-    registrar: Current<RegistrarMsg>,
-    records: Arc<dyn PushRecordSink>,
-    clock: Arc<dyn Clock>,
+    /// What every push task reads (never changed after the start).
+    shared: Arc<PushArgs>,
     in_flight: Arc<AtomicUsize>,
-    ids: Arc<AtomicU64>,
+    next_id: u64,
 }
 
 pub struct PushDispatchActor;
@@ -114,30 +109,23 @@ impl Actor for PushDispatchActor {
         for outcome in ["delivered", "unregistered", "failed"] {
             metrics::counter!("pbx_push_sent_total", "outcome" => outcome).increment(0);
         }
-        let first_id = args.clock.now().as_micros();
-        Ok(PushState {
-            senders: Arc::new(args.senders),
-            registrar: args.registrar,
-            records: args.records,
-            clock: args.clock,
-            in_flight: Arc::new(AtomicUsize::new(0)),
-            ids: Arc::new(AtomicU64::new(first_id)),
-        })
+        let next_id = args.clock.now().as_micros();
+        Ok(PushState { shared: Arc::new(args), in_flight: Arc::new(AtomicUsize::new(0)), next_id })
     }
 
     async fn handle(&self, _me: ActorRef<PushMsg>, msg: PushMsg, s: &mut PushState) -> Result<(), ActorProcessingErr> {
-        let PushMsg::Wake { request, events } = msg;
+        let PushMsg::Wake { request, wait, events } = msg;
         if s.in_flight.fetch_add(1, Ordering::AcqRel) >= PUSHES_IN_FLIGHT_MAX {
             s.in_flight.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!(aor = %request.binding.aor, "too many pushes in flight: this one is not sent");
             events(WakeEvent::Failed { leg: request.leg });
             return Ok(());
         }
-        let (in_flight, senders, registrar, records, clock) =
-            (s.in_flight.clone(), s.senders.clone(), s.registrar.clone(), s.records.clone(), s.clock.clone());
-        let id = s.ids.fetch_add(1, Ordering::Relaxed);
+        let (in_flight, shared) = (s.in_flight.clone(), s.shared.clone());
+        let id = s.next_id;
+        s.next_id += 1;
         tokio::spawn(async move {
-            wake(id, request, events, &senders, &registrar, &*records, &*clock).await;
+            wake(id, request, wait, events, &shared).await;
             in_flight.fetch_sub(1, Ordering::AcqRel);
         });
         Ok(())
@@ -147,13 +135,12 @@ impl Actor for PushDispatchActor {
 async fn wake(
     id: u64,
     request: WakeRequest,
+    wait: Duration,
     events: Box<dyn Fn(WakeEvent) + Send + Sync>,
-    senders: &Senders,
-    registrar: &Current<RegistrarMsg>,
-    records: &dyn PushRecordSink,
-    clock: &dyn Clock,
+    shared: &PushArgs,
 ) {
-    let WakeRequest { leg, binding, caller, callee, wait } = request;
+    let PushArgs { senders, registrar, records, clock } = shared;
+    let WakeRequest { leg, binding, caller, callee } = request;
     let Some(params) = pbx_actors::push::PushContact::params_of(&binding.contact) else {
         return events(WakeEvent::Failed { leg });
     };
@@ -162,17 +149,16 @@ async fn wake(
     registrar.cast(RegistrarMsg::AwaitPushContact { aor: binding.aor.clone(), prid: params.prid.clone(), reply });
     let at = clock.now();
     let outcome = send(senders, &params, at).await;
-    let label = match &outcome {
-        Ok(Outcome::Delivered { .. }) => "delivered".to_string(),
+    let (metric, label) = match &outcome {
+        Ok(Outcome::Delivered { .. }) => ("delivered", "delivered".to_string()),
         Ok(Outcome::Unregistered { reason }) => {
             registrar.cast(RegistrarMsg::DropPushToken { aor: binding.aor.clone(), prid: params.prid.clone() });
-            format!("unregistered: {reason}")
+            ("unregistered", format!("unregistered: {reason}"))
         }
-        Ok(other) => format!("failed: {other:?}"),
-        Err(reason) => format!("failed: {reason}"),
+        Ok(other) => ("failed", format!("failed: {other:?}")),
+        Err(reason) => ("failed", format!("failed: {reason}")),
     };
-    let metric = label.split(':').next().unwrap_or("failed").to_string();
-    metrics::counter!("pbx_push_sent_total", "outcome" => metric.clone()).increment(1);
+    metrics::counter!("pbx_push_sent_total", "outcome" => metric).increment(1);
     tracing::info!(aor = %binding.aor, provider = %params.provider, outcome = %label, "push sent");
     records.record(PushRecord {
         id,
@@ -234,7 +220,7 @@ impl PushPort for NodePush {
     }
 
     fn wake(&self, request: WakeRequest, events: Box<dyn Fn(WakeEvent) + Send + Sync>) {
-        if let Err(e) = self.actor.cast(PushMsg::Wake { request, events }) {
+        if let Err(e) = self.actor.cast(PushMsg::Wake { request, wait: self.wait, events }) {
             tracing::warn!(error = %e, "push dispatch not running");
         }
     }

@@ -484,8 +484,7 @@ impl CallState {
                 CoreOutput::Notice { side, message } => tracing::warn!(?side, "{message}"),
                 CoreOutput::Push { leg, binding, caller, callee } => {
                     let Some(push) = &self.context.push else { continue };
-                    let wait = push.wait().unwrap_or_default();
-                    let request = super::wake::WakeRequest { leg, binding: *binding, caller, callee, wait };
+                    let request = super::wake::WakeRequest { leg, binding: *binding, caller, callee };
                     let me = me.clone();
                     push.wake(
                         request,

@@ -10,8 +10,6 @@ pub struct WakeRequest {
     pub binding: crate::registrar::Binding,
     pub caller: String,
     pub callee: String,
-    /// How long the call waits; the watch on the registrar ends then.
-    pub wait: std::time::Duration,
 }
 
 /// What becomes of a [`WakeRequest`].

@@ -196,12 +196,12 @@ impl MediaError {
     }
 }
 
-/// Every [`SrtpError`], in discriminant order: `Counts::srtp_dropped` is indexed by it.
-const SRTP_ERRORS: [SrtpError; 4] = [SrtpError::Malformed, SrtpError::Auth, SrtpError::Replay, SrtpError::Exhausted];
+// `Counts::srtp_dropped` is indexed by an error's discriminant: `SrtpError::ALL` lists them in
+// that order.
 const _: () = {
     let mut i = 0;
-    while i < SRTP_ERRORS.len() {
-        assert!(SRTP_ERRORS[i] as usize == i);
+    while i < SrtpError::ALL.len() {
+        assert!(SrtpError::ALL[i] as usize == i);
         i += 1;
     }
 };
@@ -663,7 +663,7 @@ struct Counts {
     foreign_reported: [u64; 2],
     /// SRTP (index 0) and SRTCP (1) packets dropped, by [`SrtpError`] (authentication, replay,
     /// malformed, …).
-    srtp_dropped: [[u64; SRTP_ERRORS.len()]; 2],
+    srtp_dropped: [[u64; SrtpError::ALL.len()]; 2],
 }
 
 impl Counts {
@@ -696,7 +696,7 @@ impl Counts {
             }
         }
         for (kind, label) in [(PacketKind::Rtp, "rtp"), (PacketKind::Rtcp, "rtcp")] {
-            for error in SRTP_ERRORS {
+            for error in SrtpError::ALL {
                 let n = std::mem::take(&mut self.srtp_dropped[kind as usize][error as usize]);
                 if n > 0 {
                     metrics::counter!("pbx_srtp_dropped_total", "kind" => label, "reason" => error.as_str())

@@ -1086,8 +1086,11 @@ impl Registrar {
             return Err(Refusal::code(500));
         }
         // Bindings of the same push id under another contact: the app's earlier address.
+        // Only a REGISTER with push ids reads the current contacts' parameters: the usual
+        // REGISTER parses nothing more.
         let superseded: Vec<String> = current
             .iter()
+            .filter(|_| !push_ids.is_empty())
             .filter(|b| !plan.iter().any(|(c, ..)| *c == b.contact))
             .filter(|b| {
                 crate::push::PushContact::params_of(&b.contact)

@@ -184,21 +184,7 @@ async fn connection(
             .keep_alive_interval(Some(Duration::from_secs(60)))
             .keep_alive_timeout(Duration::from_secs(20));
         let served = builder.serve_connection(io, service);
-        tokio::pin!(served);
-        let closing = tokio::select! {
-            result = served.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(%error, ?kind, "HTTP/2 connection ended");
-                }
-                false
-            }
-            _ = &mut age => true,
-            _ = stop.changed() => true,
-        };
-        if closing {
-            served.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(GRACEFUL_CLOSE_S), served).await;
-        }
+        drive(served, |c| c.graceful_shutdown(), age, &mut stop, kind, "HTTP/2").await;
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -206,21 +192,38 @@ async fn connection(
             .header_read_timeout(Duration::from_secs(HEADER_READ_TIMEOUT_S))
             .max_buf_size(HEADER_BYTES_MAX as usize);
         let served = builder.serve_connection(io, service);
-        tokio::pin!(served);
-        let closing = tokio::select! {
-            result = served.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(%error, ?kind, "HTTP/1.1 connection ended");
-                }
-                false
+        drive(served, |c| c.graceful_shutdown(), age, &mut stop, kind, "HTTP/1.1").await;
+    }
+}
+
+/// Serves one HTTP connection (`served`, either version) until it ends, or until it is
+/// [`CONNECTION_S_MAX`] old (`age`) or the gateway stops: then it is asked to close
+/// (`graceful_shutdown`) and given [`GRACEFUL_CLOSE_S`] to finish.
+async fn drive<C, E>(
+    served: C,
+    graceful_shutdown: impl FnOnce(std::pin::Pin<&mut C>),
+    age: std::pin::Pin<&mut tokio::time::Sleep>,
+    stop: &mut watch::Receiver<bool>,
+    kind: Listener,
+    version: &'static str,
+) where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(served);
+    let closing = tokio::select! {
+        result = served.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%error, ?kind, version, "connection ended");
             }
-            _ = &mut age => true,
-            _ = stop.changed() => true,
-        };
-        if closing {
-            served.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(GRACEFUL_CLOSE_S), served).await;
+            false
         }
+        _ = age => true,
+        _ = stop.changed() => true,
+    };
+    if closing {
+        graceful_shutdown(served.as_mut());
+        let _ = tokio::time::timeout(Duration::from_secs(GRACEFUL_CLOSE_S), served).await;
     }
 }
 
