@@ -14,6 +14,7 @@ pub mod entry;
 pub mod licence;
 pub mod media;
 pub mod privacy;
+pub mod proxy;
 pub mod push;
 pub mod registrar;
 pub mod sdp;

@@ -84,7 +84,8 @@ pub struct DataCategory {
     pub legal_basis: &'static [LegalBasis],
     pub retention: Retention,
     /// Where it lives: `redb:<table>` (the node's `pbx.redb`), `licence-server:<table>`,
-    /// `memory`, or `log` (the node's log output, kept by the operator's log system).
+    /// `proxy:<table>` (the softphone proxy's `proxy.redb`), `proxy:memory` (the proxy's
+    /// memory), `memory`, or `log` (the node's log output, kept by the operator's log system).
     pub stored_in: &'static [&'static str],
     /// Whose it is.
     pub subjects: &'static [SubjectKind],
@@ -250,6 +251,43 @@ pub const INVENTORY: &[DataCategory] = &[
         },
         stored_in: &["licence-server:licence_log"],
         subjects: &[SubjectKind::IpAddress],
+    },
+    DataCategory {
+        id: "proxy-session",
+        data: "for each softphone that reaches the PBX through the operator's softphone proxy (`pbx proxy`): the softphone's current external IP address and port, the PBX's external IP address and port, the PBX's serial number, the softphone's user name, the push token it registered with, if any, and when it was last used; never its password (the proxy only relays the PBX's challenge and the softphone's answer to it)",
+        purpose: "connect softphones to the PBX without a VPN, and reach them again for incoming calls",
+        legal_basis: &[LegalBasis::Contract],
+        // The seed ("Auerproxy Server"): "stored and deleted 12 months after the last use"
+        // (`proxy::SESSION_RETENTION_DAYS`, enforced by the proxy's ledger, not the node's reaper).
+        retention: Retention::Delete {
+            days: 365,
+            from: "the session's last use",
+            config: "proxy --session-retention-days",
+        },
+        stored_in: &["proxy:proxy_sessions"],
+        subjects: &[SubjectKind::Extension, SubjectKind::IpAddress],
+    },
+    DataCategory {
+        id: "proxy-debug",
+        data: "only while the PBX's administrator has switched debug mode on for the PBX (it ends by itself, by default after 4 weeks): the real names of call destinations (the number called and the display name it was called by), with the calling softphone's user name, the PBX's serial number and the time",
+        purpose: "troubleshooting calls through the softphone proxy, at the request of the PBX's administrator",
+        legal_basis: &[LegalBasis::LegitimateInterest("troubleshooting calls through the softphone proxy")],
+        // The seed: debug data "is stored for up to 4 weeks and then automatically deleted"
+        // (`proxy::DEBUG_RETENTION_DAYS`).
+        retention: Retention::Delete { days: 28, from: "the call", config: "proxy --debug-retention-days" },
+        stored_in: &["proxy:proxy_debug"],
+        subjects: &[SubjectKind::Extension, SubjectKind::PhoneNumber],
+    },
+    DataCategory {
+        id: "provisioning-cache",
+        data: "a softphone's configuration as the PBX hands it to the softphone proxy for the softphone to fetch: the server to register with, the user name, the pin of the PBX's TLS certificate and a one-time enrolment code; never the password. It is deleted as soon as the softphone has fetched it once",
+        purpose: "let a softphone set itself up (client provisioning) without a VPN",
+        legal_basis: &[LegalBasis::Contract],
+        // The seed: "cached and deleted from the server immediately after forwarding"; one
+        // never fetched goes after 24 hours.
+        retention: Retention::MemorySeconds(86_400),
+        stored_in: &["proxy:memory"],
+        subjects: &[SubjectKind::Extension],
     },
 ];
 
@@ -595,6 +633,21 @@ mod tests {
             panic!("licence-service-log must be declared with AnonymiseThenDelete");
         };
         assert_eq!((u64::from(days) * 86_400, u64::from(deleted_after_days) * 86_400), (ANONYMISE_AFTER_S, LOG_KEEP_S));
+    }
+
+    /// The proxy's categories declare the periods its ledger enforces by default, and say the
+    /// debug mode's default length.
+    #[test]
+    fn proxy_retention_matches_the_ledger() {
+        use crate::proxy::{DEBUG_MODE_DAYS, DEBUG_RETENTION_DAYS, SESSION_RETENTION_DAYS};
+        let days = |id| match category(id).unwrap().retention {
+            Retention::Delete { days, .. } => days,
+            other => panic!("{id}: {other:?}"),
+        };
+        assert_eq!((days("proxy-session"), days("proxy-debug")), (SESSION_RETENTION_DAYS, DEBUG_RETENTION_DAYS));
+        assert_eq!(DEBUG_MODE_DAYS, 28, "the proxy-debug text says 4 weeks");
+        assert!(category("proxy-debug").unwrap().data.contains("by default after 4 weeks"));
+        assert_eq!(category("provisioning-cache").unwrap().stored_in, ["proxy:memory"]);
     }
 
     /// IPv4 keeps its /24, IPv6 its /48, a mapped IPv4 address counts as IPv4; anonymising

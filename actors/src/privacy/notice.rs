@@ -379,6 +379,59 @@ const TRANSLATIONS: &[Translation] = &[
         }),
         from: Some(Tr { de: "der Anfrage", fr: "la requête" }),
     },
+    Translation {
+        id: "proxy-session",
+        title: ["Sitzungen über den Softphone-Proxy", "Softphone proxy sessions", "Sessions via le proxy softphone"],
+        data: Tr {
+            de: "für jedes Softphone, das die TK-Anlage über den Softphone-Proxy des Betreibers (`pbx proxy`) erreicht: aktuelle externe IP-Adresse und Port des Softphones, externe IP-Adresse und Port der TK-Anlage, die Seriennummer der TK-Anlage, der Benutzername des Softphones, ggf. das Push-Token, mit dem es sich angemeldet hat, und der Zeitpunkt seiner letzten Nutzung; niemals sein Passwort (der Proxy leitet nur die Anfrage der TK-Anlage und die Antwort des Softphones darauf weiter)",
+            fr: "pour chaque softphone qui atteint le standard via le proxy softphone de l'exploitant (`pbx proxy`) : l'adresse IP externe actuelle et le port du softphone, l'adresse IP externe et le port du standard, le numéro de série du standard, le nom d'utilisateur du softphone, le cas échéant le jeton push avec lequel il s'est enregistré, et la date de sa dernière utilisation ; jamais son mot de passe (le proxy ne fait que relayer le défi du standard et la réponse du softphone)",
+        },
+        purpose: Tr {
+            de: "Anbindung von Softphones an die TK-Anlage unabhängig von einer VPN-Anbindung und ihre Erreichbarkeit für eingehende Anrufe",
+            fr: "connecter les softphones au standard indépendamment d'une connexion VPN, et les joindre à nouveau pour les appels entrants",
+        },
+        interest: None,
+        from: Some(Tr { de: "der letzten Nutzung der Sitzung", fr: "la dernière utilisation de la session" }),
+    },
+    Translation {
+        id: "proxy-debug",
+        title: [
+            "Fehlersuche im Softphone-Proxy",
+            "Softphone proxy debug data",
+            "Données de débogage du proxy softphone",
+        ],
+        data: Tr {
+            de: "nur solange der Administrator der TK-Anlage für sie den Debug-Modus eingeschaltet hat (er endet von selbst, standardmäßig nach 4 Wochen): die Klarnamen von Rufzielen (die gewählte Nummer und der Anzeigename, unter dem sie angerufen wurde), mit dem Benutzernamen des anrufenden Softphones, der Seriennummer der TK-Anlage und dem Zeitpunkt",
+            fr: "uniquement tant que l'administrateur du standard a activé le mode de débogage pour celui-ci (il prend fin de lui-même, par défaut au bout de 4 semaines) : les noms réels des destinations d'appel (le numéro appelé et le nom affiché sous lequel il a été appelé), avec le nom d'utilisateur du softphone appelant, le numéro de série du standard et la date et l'heure",
+        },
+        purpose: Tr {
+            de: "Fehlersuche bei Gesprächen über den Softphone-Proxy, auf Wunsch des Administrators der TK-Anlage",
+            fr: "dépanner les appels passant par le proxy softphone, à la demande de l'administrateur du standard",
+        },
+        interest: Some(Tr {
+            de: "Fehlersuche bei Gesprächen über den Softphone-Proxy",
+            fr: "dépannage des appels passant par le proxy softphone",
+        }),
+        from: Some(Tr { de: "dem Anruf", fr: "l'appel" }),
+    },
+    Translation {
+        id: "provisioning-cache",
+        title: [
+            "Provisionierung von Softphones",
+            "Softphone provisioning cache",
+            "Cache de provisionnement des softphones",
+        ],
+        data: Tr {
+            de: "die Konfiguration eines Softphones, wie die TK-Anlage sie dem Softphone-Proxy zum Abruf durch das Softphone übergibt: der Server, bei dem es sich anmeldet, der Benutzername, der Fingerabdruck (Pin) des TLS-Zertifikats der TK-Anlage und ein einmaliger Registrierungscode; niemals das Passwort. Sie wird gelöscht, sobald das Softphone sie einmal abgerufen hat",
+            fr: "la configuration d'un softphone telle que le standard la remet au proxy softphone pour que le softphone la récupère : le serveur auprès duquel s'enregistrer, le nom d'utilisateur, l'empreinte (pin) du certificat TLS du standard et un code d'enrôlement à usage unique ; jamais le mot de passe. Elle est supprimée dès que le softphone l'a récupérée une fois",
+        },
+        purpose: Tr {
+            de: "Einrichtung eines Softphones (Client-Provisionierung) unabhängig von einer VPN-Anbindung",
+            fr: "permettre à un softphone de se configurer (provisionnement du client) indépendamment d'une connexion VPN",
+        },
+        interest: None,
+        from: None,
+    },
 ];
 
 fn translation(id: &str) -> Option<&'static Translation> {
@@ -604,9 +657,9 @@ pub fn notice(lang: Lang, operator: &Operator, periods: &Periods, licence: &Lice
         vec![
             para(
                 lang,
-                "Abgesehen von der Vermittlung der Gespräche mit den bei ihr angemeldeten Telefonen übermittelt die TK-Anlage Daten nur an den Lizenzdienst des Herstellers, wenn der Betreiber einen solchen eingerichtet hat, und an die Push-Dienste von Google und Apple, um mobile Softphones zu wecken (unten). An den Lizenzdienst:",
-                "Apart from carrying the calls of the phones registered with it, the PBX sends data only to the vendor's licence service, if the operator has configured one, and to the push services of Google and Apple, to wake mobile softphones (below). To the licence service:",
-                "En dehors de l'acheminement des appels des téléphones qui y sont enregistrés, le standard ne transmet des données qu'au service de licences de l'éditeur, si l'exploitant en a configuré un, et aux services push de Google et d'Apple, pour réveiller les softphones mobiles (voir ci-dessous). Au service de licences :",
+                "Abgesehen von der Vermittlung der Gespräche mit den bei ihr angemeldeten Telefonen übermittelt die TK-Anlage Daten nur an den Lizenzdienst des Herstellers, wenn der Betreiber einen solchen eingerichtet hat, an die Push-Dienste von Google und Apple, um mobile Softphones zu wecken, und an den Softphone-Proxy des Betreibers, wenn Softphones sich über einen solchen verbinden (unten). An den Lizenzdienst:",
+                "Apart from carrying the calls of the phones registered with it, the PBX sends data only to the vendor's licence service, if the operator has configured one, to the push services of Google and Apple, to wake mobile softphones, and to the operator's softphone proxy, if softphones connect through one (below). To the licence service:",
+                "En dehors de l'acheminement des appels des téléphones qui y sont enregistrés, le standard ne transmet des données qu'au service de licences de l'éditeur, si l'exploitant en a configuré un, aux services push de Google et d'Apple, pour réveiller les softphones mobiles, et au proxy softphone de l'exploitant, si des softphones s'y connectent (voir ci-dessous). Au service de licences :",
             ),
             Block::List(transfer_items(lang, licence)),
             Block::Paragraph(match lang {
@@ -623,6 +676,7 @@ pub fn notice(lang: Lang, operator: &Operator, periods: &Periods, licence: &Lice
                     quote(lang, licence_log)
                 ),
             }),
+            Block::Paragraph(proxy_transfer(lang)),
             Block::Paragraph(push_transfer(lang, push_records)),
         ],
     );
@@ -761,7 +815,7 @@ fn every(lang: Lang, secs: u64) -> String {
 fn retention(lang: Lang, c: &DataCategory, periods: &Periods) -> String {
     let l = |de: &str, en: &str, fr: &str| lang.pick(de, en, fr).to_string();
     let from = translation(c.id).and_then(|t| t.from);
-    let memory_only = c.stored_in == ["memory"];
+    let memory_only = c.stored_in.iter().all(|p| *p == "memory" || *p == "proxy:memory");
     let masks = c.subjects.iter().any(|s| matches!(s, SubjectKind::Extension | SubjectKind::PhoneNumber));
     match retention_for(c, periods) {
         Retention::UntilDeleted => l(
@@ -870,6 +924,16 @@ fn storage(lang: Lang, place: &str, only: bool) -> String {
             "on the licence server of the vendor, only if a licence service is configured",
             "sur le serveur de licences de l'éditeur, uniquement si un service de licences est configuré",
         ),
+        _ if place == "proxy:memory" => l(
+            "nur im Arbeitsspeicher des Softphone-Proxys des Betreibers, nie auf einem Datenträger",
+            "only in the memory of the operator's softphone proxy, never written to disk",
+            "uniquement dans la mémoire vive du proxy softphone de l'exploitant, jamais sur disque",
+        ),
+        "proxy" => l(
+            "auf dem Softphone-Proxy des Betreibers (in seiner Datenbank), nur wenn Softphones sich über einen solchen verbinden",
+            "on the operator's softphone proxy (in its database), only if softphones connect through one",
+            "sur le proxy softphone de l'exploitant (dans sa base de données), uniquement si des softphones s'y connectent",
+        ),
         "memory" if only => l(
             "nur im Arbeitsspeicher der TK-Anlage, nie auf einem Datenträger",
             "only in the PBX's memory, never written to disk",
@@ -945,6 +1009,31 @@ fn push_transfer(lang: Lang, records: &str) -> String {
         ),
         Lang::Fr => format!(
             "Pour que les clients softphone mobiles passent du mode économie au mode de fonctionnement lorsqu'un appel leur parvient, le standard envoie, uniquement pour les téléphones enregistrés avec des paramètres push (RFC 8599) et uniquement si l'exploitant a configuré les notifications push, le jeton push ou l'ID de l'appareil du téléphone et un message de réveil qui signale seulement un appel en attente (jamais qui appelle) au serveur de notification push dépendant de l'appareil : Firebase Cloud Messaging (FCM) de Google pour les appareils Android, le service de notification push d'Apple (APNs) pour les appareils iOS. Ces services fonctionnent sur les serveurs de leurs fournisseurs, y compris en dehors de l'Union européenne (serveurs de Google et d'Apple aux États-Unis). En ce qui concerne le stockage et la transmission d'autres données à caractère personnel, nous nous référons aux déclarations de protection des données de ces fournisseurs. Ce que le standard conserve lui-même de chaque notification est décrit sous {records}."
+        ),
+    }
+}
+
+/// What goes to the operator's softphone proxy and where it runs (seed: "Auerproxy Server",
+/// "Server Locations"; here the operator's own `pbx proxy`, not the vendor's), with the
+/// periods and titles of the proxy's categories.
+fn proxy_transfer(lang: Lang) -> String {
+    let find = |id| INVENTORY.iter().find(|c: &&DataCategory| c.id == id);
+    let titled = |id| find(id).map_or(String::new(), |c| quote(lang, title(lang, c)));
+    let kept = |id| match find(id).map(|c| c.retention) {
+        Some(Retention::Delete { days: n, .. }) => days(lang, n),
+        _ => String::new(),
+    };
+    let (session, debug, provisioning) = (titled("proxy-session"), titled("proxy-debug"), titled("provisioning-cache"));
+    let (session_days, debug_days) = (kept("proxy-session"), kept("proxy-debug"));
+    match lang {
+        Lang::De => format!(
+            "Hat der Betreiber einen Softphone-Proxy eingerichtet (`pbx proxy`), können sich Softphones über ihn unabhängig von einer VPN-Anbindung mit der TK-Anlage verbinden: Die TK-Anlage baut selbst eine verschlüsselte, gegenseitig authentifizierte Verbindung zum Proxy auf (QUIC mit TLS), und der Proxy leitet die Gespräche der Softphones – ihre Signalisierung und ihre Sprache – zwischen ihnen und der TK-Anlage weiter. Folgende Daten gelangen bei Verwendung des Softphones zur Verbindungsherstellung an den Proxy: die aktuelle externe IP-Adresse und der Port des Softphones und der TK-Anlage, die Seriennummer der TK-Anlage, der Benutzername des Softphones und ggf. das Token für Push-Benachrichtigungen; das Passwort des Softphones nie (der Proxy leitet nur die Anfrage der TK-Anlage und die Antwort des Softphones darauf weiter). Diese Daten werden gespeichert und nach {session_days} ab der letzten Nutzung gelöscht (siehe {session}). Zur Konfiguration der Softphones werden ihre Provisionierungsdaten über den Proxy übermittelt; sie werden zwischengespeichert und sofort nach der Weiterleitung gelöscht (siehe {provisioning}). Nur solange der Administrator der TK-Anlage zur Fehlersuche den Debug-Modus eingeschaltet hat – er endet von selbst –, erfasst der Proxy zusätzlich die Klarnamen von Rufzielen; diese zusätzlichen Daten werden nach {debug_days} automatisch gelöscht (siehe {debug}). Den Proxy betreibt der Betreiber selbst, nicht der Hersteller der Software, auf einem Server seiner Wahl; der Server und seine Datenverarbeitung unterliegen dem Recht des Landes, in dem er sich befindet."
+        ),
+        Lang::En => format!(
+            "If the operator has set up a softphone proxy (`pbx proxy`), softphones can connect to the PBX through it, independently of a VPN connection: the PBX itself opens an encrypted, mutually authenticated connection to the proxy (QUIC with TLS), and the proxy relays the softphones' calls, their signalling and their voice, between them and the PBX. When a softphone is used, the following data reaches the proxy to establish the connection: the current external IP address and port of the softphone and of the PBX, the PBX's serial number, the softphone's user name and, if applicable, its token for push notifications; never the softphone's password (the proxy only relays the PBX's challenge and the softphone's answer to it). This data is stored and deleted {session_days} after the last use (see {session}). To configure the softphones, their provisioning data goes through the proxy; it is cached and deleted immediately after forwarding (see {provisioning}). Only while the PBX's administrator has switched debug mode on for troubleshooting (it ends by itself), the proxy also records the real names of call destinations; this additional data is automatically deleted after {debug_days} (see {debug}). The proxy is run by the operator itself, not by the vendor of the software, on a server of the operator's choosing; the server and its data processing are subject to the law of the country in which it is located."
+        ),
+        Lang::Fr => format!(
+            "Si l'exploitant a mis en place un proxy softphone (`pbx proxy`), les softphones peuvent, par son intermédiaire, se connecter au standard indépendamment d'une connexion VPN : le standard établit lui-même une connexion chiffrée et mutuellement authentifiée avec le proxy (QUIC avec TLS), et le proxy relaie les appels des softphones, leur signalisation et leur voix, entre eux et le standard. Lors de l'utilisation du softphone, les données suivantes parviennent au proxy pour établir la connexion : l'adresse IP externe actuelle et le port du softphone et du standard, le numéro de série du standard, le nom d'utilisateur du softphone et, le cas échéant, son jeton pour les notifications push ; jamais le mot de passe du softphone (le proxy ne fait que relayer le défi du standard et la réponse du softphone). Ces données sont enregistrées et supprimées {session_days} après la dernière utilisation (voir {session}). Pour la configuration des softphones, leurs données de provisionnement passent par le proxy ; elles sont stockées temporairement et supprimées immédiatement après leur transmission (voir {provisioning}). Uniquement tant que l'administrateur du standard a activé le mode de débogage pour un dépannage (il prend fin de lui-même), le proxy enregistre en outre les noms réels des destinations d'appel ; ces données supplémentaires sont automatiquement supprimées au bout de {debug_days} (voir {debug}). Le proxy est exploité par l'exploitant lui-même, et non par l'éditeur du logiciel, sur un serveur de son choix ; le serveur et son traitement des données sont soumis au droit du pays dans lequel il se trouve."
         ),
     }
 }

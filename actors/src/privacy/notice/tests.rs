@@ -340,6 +340,126 @@ fn transfers_name_the_push_services_and_where_they_run() {
     }
 }
 
+/// What reaches the operator's softphone proxy, in every language: the seed's fields and
+/// periods, never the password, provisioning data deleted after forwarding, destinations' real
+/// names only in debug mode, and that the operator (not the vendor) runs it under the law of
+/// where its server is; each proxy category is named. The paragraph comes before the push one.
+#[test]
+fn transfers_say_what_reaches_the_softphone_proxy_and_where_it_runs() {
+    let said = [
+        (
+            Lang::De,
+            [
+                "unabhängig von einer VPN-Anbindung",
+                "aktuelle externe IP-Adresse und der Port des Softphones und der TK-Anlage",
+                "das Passwort des Softphones nie",
+                "nach 365 Tagen ab der letzten Nutzung gelöscht",
+                "sofort nach der Weiterleitung gelöscht",
+                "Klarnamen von Rufzielen",
+                "nach 28 Tagen automatisch gelöscht",
+                "nicht der Hersteller der Software",
+                "dem Recht des Landes, in dem er sich befindet",
+            ],
+        ),
+        (
+            Lang::En,
+            [
+                "independently of a VPN connection",
+                "the current external IP address and port of the softphone and of the PBX",
+                "never the softphone's password",
+                "deleted 365 days after the last use",
+                "deleted immediately after forwarding",
+                "real names of call destinations",
+                "automatically deleted after 28 days",
+                "not by the vendor of the software",
+                "the law of the country in which it is located",
+            ],
+        ),
+        (
+            Lang::Fr,
+            [
+                "indépendamment d'une connexion VPN",
+                "l'adresse IP externe actuelle et le port du softphone et du standard",
+                "jamais le mot de passe du softphone",
+                "supprimées 365 jours après la dernière utilisation",
+                "supprimées immédiatement après leur transmission",
+                "noms réels des destinations d'appel",
+                "automatiquement supprimées au bout de 28 jours",
+                "non par l'éditeur du logiciel",
+                "au droit du pays dans lequel il se trouve",
+            ],
+        ),
+    ];
+    for (lang, texts) in said {
+        let n = notice(lang, &operator(), &Periods::default(), &SCHEDULE);
+        let transfers = section(&n, "transfers");
+        let paragraphs: Vec<&String> =
+            transfers.blocks.iter().filter_map(|b| if let Block::Paragraph(p) = b { Some(p) } else { None }).collect();
+        let [.., proxy, _push] = paragraphs[..] else { panic!("{lang:?}: paragraphs {paragraphs:?}") };
+        for t in texts.iter().chain(&["`pbx proxy`", "QUIC"]) {
+            assert!(proxy.contains(t), "{lang:?}: {t} not in {proxy}");
+        }
+        for id in ["proxy-session", "proxy-debug", "provisioning-cache"] {
+            let c = super::super::category(id).expect("declared");
+            assert!(proxy.contains(&quote(lang, title(lang, c))), "{lang:?}: {id} is not named");
+        }
+        assert!(n.markdown().contains(&md(proxy)) && n.html().contains(&html(proxy)), "{lang:?}");
+        let intro = lang.pick(
+            "Softphone-Proxy des Betreibers",
+            "operator's softphone proxy",
+            "proxy softphone de l'exploitant",
+        );
+        assert!(
+            matches!(&transfers.blocks[0], Block::Paragraph(p) if p.contains(intro)),
+            "{lang:?}: the intro names it"
+        );
+    }
+}
+
+/// The proxy's categories state their periods and places: sessions 365 days after their last
+/// use and debug data 28 days after the call on the proxy's database; the provisioning cache
+/// only in the proxy's memory.
+#[test]
+fn the_proxy_categories_state_their_periods_and_places() {
+    const STORED: usize = 4;
+    let want = [
+        (
+            Lang::En,
+            "Deleted 365 days after the session's last use.",
+            "Deleted 28 days after the call.",
+            "Kept only in memory, for at most 24 hours.",
+            "only in the memory of the operator's softphone proxy, never written to disk",
+            "on the operator's softphone proxy (in its database), only if softphones connect through one",
+        ),
+        (
+            Lang::De,
+            "Wird nach 365 Tagen ab der letzten Nutzung der Sitzung gelöscht.",
+            "Wird nach 28 Tagen ab dem Anruf gelöscht.",
+            "Wird nur im Arbeitsspeicher gehalten, höchstens 24 Stunden lang.",
+            "nur im Arbeitsspeicher des Softphone-Proxys des Betreibers, nie auf einem Datenträger",
+            "auf dem Softphone-Proxy des Betreibers (in seiner Datenbank), nur wenn Softphones sich über einen solchen verbinden",
+        ),
+        (
+            Lang::Fr,
+            "Supprimées 365 jours après la dernière utilisation de la session.",
+            "Supprimées 28 jours après l'appel.",
+            "Conservées uniquement en mémoire, 24 heures au plus.",
+            "uniquement dans la mémoire vive du proxy softphone de l'exploitant, jamais sur disque",
+            "sur le proxy softphone de l'exploitant (dans sa base de données), uniquement si des softphones s'y connectent",
+        ),
+    ];
+    for (lang, session, debug, provisioning, memory, database) in want {
+        let n = notice(lang, &operator(), &Periods::default(), &SCHEDULE);
+        let (s, d, p) = (
+            section(&n, "category-proxy-session"),
+            section(&n, "category-proxy-debug"),
+            section(&n, "category-provisioning-cache"),
+        );
+        assert_eq!((fact(s, RETENTION), fact(d, RETENTION), fact(p, RETENTION)), (session, debug, provisioning));
+        assert_eq!((fact(s, STORED), fact(d, STORED), fact(p, STORED)), (database, database, memory));
+    }
+}
+
 /// Accept-Language: weights, subtags, case, the wildcard, refusals (q=0), malformed weights.
 #[test]
 fn negotiate_picks_by_weight() {
