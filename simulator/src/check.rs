@@ -15,7 +15,9 @@
 //! The retention checkers judge the node's disk: no record outlives its retention (plus the
 //! reaper's interval, see [`Checker::check_retention`]), nothing inside its retention is
 //! touched (a ledger of every CDR and security-log entry the disk committed), and every
-//! interval the node was up left its reaper run's audit entry.
+//! interval the node was up left its reaper run's audit entry. The softphone proxy's checkers
+//! (`check/proxy.rs`) hold its ledger to the same: sessions gone 365 days after their last
+//! use, debug records 28 days after they were made, no destination recorded out of debug mode.
 
 use crate::disk::{Disk, Key};
 use crate::node::SimNode;
@@ -30,6 +32,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
+mod proxy;
 mod rooms;
 
 /// RFC 3261's 64*T1 with T1 = 500 ms: how long a transaction may retransmit.
@@ -173,6 +176,8 @@ pub struct Checker {
     cdr_calls: BTreeMap<u64, String>,
     retention: Option<RetentionModel>,
     rooms: rooms::Rooms,
+    /// The softphone proxy's ledger, when the run has one.
+    proxy: Option<proxy::ProxyModel>,
     pub checks: u64,
     pub violations: Vec<Violation>,
     /// Every violation by invariant, also those beyond the [`VIOLATIONS_MAX`] kept in full.
@@ -207,6 +212,7 @@ impl Checker {
                 security_fresh: BTreeSet::new(),
             }),
             rooms: rooms::Rooms::default(),
+            proxy: None,
             checks: 0,
             violations: Vec::new(),
             violated: BTreeMap::new(),
@@ -892,8 +898,10 @@ fn live(yes: bool) -> &'static str {
 mod tests {
     use super::*;
     use crate::node::DiskWrite;
+    use crate::proxy::ProxyDisk;
     use pbx_actors::cdr::Disposition;
     use pbx_actors::privacy::reaper::{Action, Batch};
+    use pbx_actors::proxy::Persist;
 
     const HOUR: Duration = Duration::from_secs(3_600);
     const DAY: Duration = Duration::from_secs(86_400);
@@ -989,6 +997,99 @@ mod tests {
         assert_eq!(run(&mut disk, T0 + 7 * DAY - SECOND), 0);
         assert_eq!(run(&mut disk, T0 + 7 * DAY + SECOND), 1);
         assert!(disk.push_records.is_empty());
+    }
+
+    fn proxy_checker() -> Checker {
+        let bounds = Bounds::new(Duration::from_secs(30), Duration::from_secs(60), Duration::from_secs(600), 3600);
+        Checker::new(T0, bounds, &["1000".to_string()], None).with_proxy(&pbx_actors::proxy::LedgerConfig::default())
+    }
+
+    /// Drains the ledger's outputs through the checker onto the disk.
+    fn proxy_drain(c: &mut Checker, ledger: &mut pbx_actors::proxy::Ledger, disk: &mut ProxyDisk, now: Timestamp) {
+        while let Some(out) = ledger.poll_output() {
+            if let pbx_actors::proxy::LedgerOutput::Persist(p) = out {
+                c.proxy_persisted(now, &p, disk);
+                disk.apply(&p);
+            }
+        }
+    }
+
+    /// A proxy session is due 365 days after its last use: on the disk a minute (the stored
+    /// last use may lag) and a reaper interval later it is flagged; the product's ledger keeps
+    /// it at a run a second before its due time and deletes it at one on it, which the
+    /// "untouched" check accepts, while a deletion a day early is caught.
+    #[test]
+    fn a_proxy_session_is_due_365_days_after_its_last_use() {
+        use pbx_actors::proxy::{
+            LAST_USE_WRITE_AFTER, Ledger, LedgerConfig, LedgerInput, LedgerState, REAPER_INTERVAL,
+        };
+        let (mut c, mut disk) = (proxy_checker(), ProxyDisk::default());
+        let mut ledger = Ledger::new(LedgerConfig::default(), LedgerState::default(), T0);
+        let softphone: std::net::SocketAddr = "198.18.0.7:40000".parse().unwrap();
+        let seen = LedgerInput::Seen {
+            softphone,
+            pbx: "203.0.113.5:4433".parse().unwrap(),
+            pbx_serial: crate::proxy::PBX_SERIAL.into(),
+            user: "1000".into(),
+            push_token: None,
+        };
+        c.proxy_used(T0, "1000", softphone);
+        ledger.handle(T0, seen);
+        proxy_drain(&mut c, &mut ledger, &mut disk, T0);
+        assert_eq!(disk.sessions.len(), 1);
+        let deadline = T0 + 365 * DAY + LAST_USE_WRITE_AFTER + REAPER_INTERVAL;
+        c.check_proxy(deadline, &disk);
+        assert!(!violated(&mut c, "no record outlives its retention"));
+        c.check_proxy(deadline + SECOND, &disk);
+        assert!(violated(&mut c, "no record outlives its retention"));
+        ledger.handle(T0 + 365 * DAY - SECOND, LedgerInput::Tick);
+        proxy_drain(&mut c, &mut ledger, &mut disk, T0 + 365 * DAY - SECOND);
+        assert_eq!(disk.sessions.len(), 1);
+        ledger.handle(T0 + 365 * DAY, LedgerInput::Tick);
+        proxy_drain(&mut c, &mut ledger, &mut disk, T0 + 365 * DAY);
+        assert!(disk.sessions.is_empty());
+        assert!(c.violations.is_empty(), "{:?}", c.violations);
+        // A deletion inside the retention.
+        let key = pbx_actors::proxy::SessionKey { pbx_serial: "P".into(), user: "1000".into(), softphone };
+        c.proxy_used(T0, "1000", softphone);
+        c.proxy_persisted(T0 + 364 * DAY, &Persist::DeleteSession(key), &disk);
+        assert!(violated(&mut c, "records within retention are untouched"));
+    }
+
+    /// A proxy debug record is due 28 days after it was made (flagged an interval later, and
+    /// when deleted a second early); a destination recorded before debug mode, after its end
+    /// or after it was switched off is caught, one inside the window is not.
+    #[test]
+    fn proxy_debug_records_only_in_debug_mode_and_for_28_days() {
+        use pbx_actors::proxy::{DebugRecord, REAPER_INTERVAL};
+        let (mut c, mut disk) = (proxy_checker(), ProxyDisk::default());
+        let put = |at: Timestamp, id| Persist::PutDebug {
+            id,
+            record: DebugRecord { pbx_serial: "P".into(), user: "1000".into(), destination: "201".into(), at },
+        };
+        c.proxy_persisted(T0, &put(T0, 1), &disk);
+        assert!(violated(&mut c, "no destination is recorded while debug mode is off"), "before it is on");
+        c.proxy_debug_mode(T0, Some(T0 + DAY));
+        let at = T0 + HOUR;
+        c.proxy_persisted(at, &put(at, 2), &disk);
+        assert!(c.violations.is_empty());
+        disk.apply(&put(at, 2));
+        c.proxy_persisted(T0 + DAY, &put(T0 + DAY, 3), &disk);
+        assert!(violated(&mut c, "no destination is recorded while debug mode is off"), "at its end");
+        c.proxy_debug_mode(T0 + 2 * DAY, Some(T0 + 10 * DAY));
+        c.proxy_debug_mode(T0 + 3 * DAY, None);
+        c.proxy_persisted(T0 + 3 * DAY, &put(T0 + 3 * DAY, 4), &disk);
+        assert!(violated(&mut c, "no destination is recorded while debug mode is off"), "switched off");
+        c.proxy_persisted(T0 + 2 * DAY, &put(T0 + 2 * DAY, 5), &disk);
+        assert!(c.violations.is_empty(), "inside the second window");
+        c.check_proxy(at + 28 * DAY + REAPER_INTERVAL, &disk);
+        assert!(c.violations.is_empty());
+        c.check_proxy(at + 28 * DAY + REAPER_INTERVAL + SECOND, &disk);
+        assert!(violated(&mut c, "no record outlives its retention"));
+        c.proxy_persisted(at + 28 * DAY - SECOND, &Persist::DeleteDebug { id: 2 }, &disk);
+        assert!(violated(&mut c, "records within retention are untouched"));
+        c.proxy_persisted(at + 28 * DAY, &Persist::DeleteDebug { id: 2 }, &disk);
+        assert!(c.violations.is_empty());
     }
 
     /// The ledger: a CDR deleted inside its retention is missed, one deleted after it is not;

@@ -62,6 +62,9 @@ pub struct Args {
     /// No meetings and no calls to conference rooms (the rooms stay configured).
     #[arg(long)]
     no_rooms: bool,
+    /// No softphone proxy: no phone is remote, the proxy's ledger does not run.
+    #[arg(long)]
+    no_proxy: bool,
     /// The attacker sees every datagram to and from pbx (a tap on its network), so its
     /// forgeries carry the real identifiers: it gets in, and the checkers must say so.
     #[arg(long)]
@@ -119,6 +122,9 @@ fn options(args: &Args) -> Result<Options, String> {
     if args.no_attacker {
         options.attacker.enabled = false;
     }
+    if args.no_proxy {
+        options.proxy.enabled = false;
+    }
     if args.attacker_on_path {
         options.attacker.on_path = true;
     }
@@ -158,6 +164,9 @@ fn extra_flags(args: &Args) -> String {
     }
     if args.no_attacker {
         extra += " --no-attacker";
+    }
+    if args.no_proxy {
+        extra += " --no-proxy";
     }
     if args.attacker_on_path {
         extra += " --attacker-on-path";
@@ -287,6 +296,24 @@ fn print_report(r: &Report, options: &Options) {
         p.scan_rejected,
         p.scan_blocked
     );
+    let x = &r.proxy;
+    if !options.proxy.enabled {
+        println!("  proxy:      off");
+    } else {
+        println!(
+            "  proxy:      {} remote phones, {} roams, {} session writes; {} destinations in {} debug-mode switches; \
+             reaped {} sessions, {} debug records; {} sessions and {} debug records held at the end",
+            x.remote_phones,
+            x.roams,
+            x.sessions_written,
+            x.destinations,
+            x.debug_switches,
+            x.sessions_reaped,
+            x.debug_reaped,
+            x.sessions,
+            x.debug_records
+        );
+    }
     let a = &r.attack;
     let kinds = AttackKind::ALL.map(|k| format!("{} {}/{}", k.name(), a.campaigns(k), a.sent(k))).join(", ");
     println!(

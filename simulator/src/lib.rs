@@ -9,7 +9,8 @@
 //! phones that call each other and meet in rooms, each participant talking at a tone of its
 //! own so that what it hears tells whom ([`phone`], [`audio`]), an intruder guessing their
 //! passwords ([`scanner`]) and an attacker who spoofs, forges and injects to hang up, hijack,
-//! overhear and lock out ([`attacker`]); the node's retention reaper works on its disk.
+//! overhear and lock out ([`attacker`]); the node's retention reaper works on its disk, and
+//! the softphone proxy's ledger records the remote phones ([`proxy`]).
 //! Invariant checkers ([`check`]) watch as it runs. Everything random comes from the seed, so
 //! a run is a function of its options: the same seed gives the same trace hash, and a failure
 //! replays.
@@ -23,6 +24,7 @@ pub mod licence;
 pub mod node;
 pub mod options;
 pub mod phone;
+pub mod proxy;
 pub mod raft;
 pub mod scanner;
 pub mod sim;

@@ -452,6 +452,8 @@ pub struct Options {
     pub attacker: AttackerOptions,
     pub rooms: Vec<RoomOptions>,
     pub conference: ConferenceOptions,
+    /// The softphone proxy's ledger and the phones that reach the PBX through it.
+    pub proxy: crate::proxy::ProxyOptions,
     pub bugs: Bugs,
     pub sim_bugs: SimBugs,
     /// How often the invariant checkers look at the whole system (they also check on events).
@@ -474,6 +476,7 @@ impl Options {
             attacker: AttackerOptions::default(),
             rooms: RoomOptions::office(),
             conference: ConferenceOptions::default(),
+            proxy: crate::proxy::ProxyOptions::default(),
             bugs: Bugs::default(),
             sim_bugs: SimBugs::default(),
             check_every: Duration::from_secs(10),

@@ -15,6 +15,7 @@ use crate::node::DiskWrite;
 use crate::node::{Job, NodeConfig, NodeOutput, NodeStats, SimNode};
 use crate::options::{Options, format_duration};
 use crate::phone::{Behaviour, Phone, PhoneConfig, PhoneEvent, PhoneInput, PhoneOutput, RoomBehaviour};
+use crate::proxy::{ProxyReport, SimProxy};
 use crate::scanner::{Scanner, ScannerOutput};
 use bytes::Bytes;
 use pbx_actors::Timestamp;
@@ -56,6 +57,8 @@ pub struct Report {
     pub node: NodeStats,
     pub faults: Faults,
     pub privacy: PrivacyReport,
+    /// What the softphone proxy recorded and deleted.
+    pub proxy: ProxyReport,
     /// What the attacker did.
     pub attack: AttackStats,
     /// The most transactions the node's endpoint held at a check.
@@ -259,6 +262,8 @@ enum Event {
         room: usize,
         stay: Duration,
     },
+    /// The softphone proxy's ledger asked to be woken (its reaper).
+    ProxyWake,
 }
 
 impl Event {
@@ -288,6 +293,7 @@ impl Event {
             Event::AttackerWake => 22,
             Event::Meeting => 23,
             Event::JoinRoom { .. } => 24,
+            Event::ProxyWake => 25,
         }
     }
 }
@@ -407,6 +413,8 @@ pub struct Sim {
     attack_rng: StdRng,
     /// Meetings and calls to rooms: when, where, who, how long, which tone.
     room_rng: StdRng,
+    /// The softphone proxy's ledger, when the run has one (its draws: stream 11).
+    proxy: Option<SimProxy>,
 }
 
 /// The attacker's own address (TEST-NET-1): the only one it receives at.
@@ -503,6 +511,18 @@ impl Sim {
         let talk_max = Duration::from_secs(w.talk_s_max).max(options.conference.stay_max());
         let bounds = Bounds::new(NO_ANSWER, RTP_TIMEOUT, talk_max, registrar.max_expires_s);
         let drain = options.drain.max(talk_max + NO_ANSWER + Duration::from_secs(600));
+        let proxy =
+            options.proxy.enabled.then(|| SimProxy::new(options.proxy.clone(), seeded(seed, 11), w.phones, ORIGIN));
+        let mut checker = Checker::new(
+            ORIGIN,
+            bounds,
+            &extensions,
+            options.privacy.reaper.then(|| (options.privacy.periods(), options.privacy.interval())),
+        )
+        .with_rooms(options.rooms.iter().map(|r| r.number.clone()));
+        if let Some(p) = &proxy {
+            checker = checker.with_proxy(p.config());
+        }
         let mut sim = Sim {
             now: ORIGIN,
             end: ORIGIN + options.duration + drain,
@@ -516,13 +536,7 @@ impl Sim {
             nodes: Vec::new(),
             phones: Vec::new(),
             phone_at: Default::default(),
-            checker: Checker::new(
-                ORIGIN,
-                bounds,
-                &extensions,
-                options.privacy.reaper.then(|| (options.privacy.periods(), options.privacy.interval())),
-            )
-            .with_rooms(options.rooms.iter().map(|r| r.number.clone())),
+            checker,
             report: Report { seed, phones: w.phones, ..Default::default() },
             stuck: None,
             licence: None,
@@ -534,6 +548,7 @@ impl Sim {
             attacker_armed: None,
             attack_rng: seeded(seed, 9),
             room_rng: seeded(seed, 10),
+            proxy,
             fault_rng: seeded(seed, 5),
             stall_rng: seeded(seed, 6),
             options: options.clone(),
@@ -674,6 +689,9 @@ impl Sim {
             let node = slot.node.as_ref().map(|n| (n, local));
             self.checker.final_checks(self.now, node, &slot.disk.duplicate_cdrs);
             self.checker.check_retention(self.now, local, slot.up_since, &slot.disk);
+            if let Some(p) = &self.proxy {
+                self.checker.check_proxy(self.now, &p.disk);
+            }
         }
         let mut report = self.report;
         report.simulated = self.now - ORIGIN;
@@ -681,6 +699,9 @@ impl Sim {
         report.trace_hash = self.trace.0;
         report.cdrs = self.checker.cdrs_stored();
         report.privacy.reaped = self.nodes[0].disk.reaped.clone();
+        if let Some(p) = &self.proxy {
+            report.proxy = p.report;
+        }
         if let Some(attacker) = &self.attacker {
             report.attack = attacker.stats.clone();
         }
@@ -930,6 +951,17 @@ impl Sim {
             Event::ScanStart => self.scan_start(),
             Event::Meeting => self.meeting(),
             Event::JoinRoom { phone, room, stay } => self.join_room(phone, room, stay),
+            Event::ProxyWake => {
+                let Some(p) = self.proxy.as_mut() else { return };
+                if p.armed != Some(self.now) {
+                    return;
+                }
+                p.armed = None;
+                p.wake(self.now, &mut self.checker);
+                self.trace.u64(p.report.sessions);
+                self.trace.u64(p.report.debug_records);
+                self.rearm_proxy();
+            }
             Event::ScannerWake => {
                 let Some((scanner, armed)) = self.scanner.as_mut() else { return };
                 if *armed != Some(self.now) {
@@ -961,6 +993,11 @@ impl Sim {
                 if let Some(host) = self.licence.as_mut() {
                     host.tick(self.now);
                     self.checker.check_service_log(self.now, &host.desk);
+                }
+                if let Some(p) = self.proxy.as_mut() {
+                    p.maybe_switch_debug(self.now, self.draining, &mut self.checker);
+                    self.checker.check_proxy(self.now, &p.disk);
+                    self.rearm_proxy();
                 }
                 self.schedule(self.now + self.options.check_every, Event::Check);
             }
@@ -1227,13 +1264,34 @@ impl Sim {
                     if bytes.starts_with(b"REGISTER ") {
                         self.checker.register_sent(self.now, phone);
                     }
+                    if let Some(p) = self.proxy.as_mut()
+                        && from == self.phones[phone].phone.config().sip
+                    {
+                        let extension = &self.phones[phone].phone.config().extension;
+                        p.phone_sent(self.now, phone, extension, &mut self.checker);
+                    }
                     self.insider_sees(phone, from, to, &bytes);
                     self.send(from, to, bytes);
                 }
                 PhoneOutput::Event(event) => self.phone_event(phone, event),
             }
         }
+        self.rearm_proxy();
         self.rearm_phone(phone);
+    }
+
+    /// Schedules the proxy ledger's wake-up when it wants one earlier than the one scheduled
+    /// (a later one is asked for again when the scheduled one finds nothing due).
+    fn rearm_proxy(&mut self) {
+        let Some(p) = self.proxy.as_mut() else { return };
+        if !p.take_changed() {
+            return;
+        }
+        let Some(want) = p.poll_timeout().map(|t| t.max(self.now)) else { return };
+        if p.armed.is_none_or(|armed| want < armed) {
+            p.armed = Some(want);
+            self.schedule(want, Event::ProxyWake);
+        }
     }
 
     fn rearm_phone(&mut self, phone: usize) {
@@ -1250,7 +1308,13 @@ impl Sim {
         }
         match &event {
             PhoneEvent::Registered { .. } => self.report.registrations += 1,
-            PhoneEvent::Dialing { .. } => self.report.calls_dialled += 1,
+            PhoneEvent::Dialing { callee, .. } => {
+                self.report.calls_dialled += 1;
+                if let Some(p) = self.proxy.as_mut() {
+                    let extension = &self.phones[phone].phone.config().extension;
+                    p.phone_dialled(self.now, phone, extension, callee, &mut self.checker);
+                }
+            }
             PhoneEvent::Established { caller: true, .. } => self.report.calls_answered += 1,
             PhoneEvent::CallFailed { .. } => self.report.calls_failed += 1,
             PhoneEvent::Room { event: crate::phone::RoomEvent::Vanished, .. } => self.report.room_vanished += 1,
