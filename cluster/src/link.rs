@@ -131,11 +131,17 @@ pub(crate) fn dns_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, String
 /// The server side of a node's links: TLS 1.3, the node's certificate, client certificates
 /// from the cluster CA only.
 pub fn server_config(id: &NodeIdentity) -> Result<quinn::ServerConfig, LinkError> {
+    server_config_for(id, ALPN)
+}
+
+/// [`server_config`] for another protocol on the same kind of link (`alpn`): the softphone
+/// proxy's link (`pbx-proxy/1`) uses its own CA and this.
+pub fn server_config_for(id: &NodeIdentity, alpn: &[u8]) -> Result<quinn::ServerConfig, LinkError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(client_verifier(&id.ca)?)
         .with_single_cert(id.chain.clone(), id.key.clone_key())?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
     config.transport_config(transport());
     Ok(config)
@@ -144,11 +150,16 @@ pub fn server_config(id: &NodeIdentity) -> Result<quinn::ServerConfig, LinkError
 /// The client side: trusts the cluster CA only and presents the node's certificate. The name
 /// checked is the one given to [`connect`].
 pub fn client_config(id: &NodeIdentity) -> Result<quinn::ClientConfig, LinkError> {
+    client_config_for(id, ALPN)
+}
+
+/// [`client_config`] for another protocol (see [`server_config_for`]).
+pub fn client_config_for(id: &NodeIdentity, alpn: &[u8]) -> Result<quinn::ClientConfig, LinkError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots(&id.ca)?)
         .with_client_auth_cert(id.chain.clone(), id.key.clone_key())?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     config.transport_config(transport());
     Ok(config)
@@ -195,6 +206,24 @@ pub fn endpoint(id: &NodeIdentity, listen: SocketAddr) -> Result<quinn::Endpoint
     let mut endpoint =
         quinn::Endpoint::new(config, Some(server_config(id)?), socket, Arc::new(quinn::TokioRuntime)).map_err(bind)?;
     endpoint.set_default_client_config(client_config(id)?);
+    Ok(endpoint)
+}
+
+/// An endpoint that accepts links speaking `alpn` and opens none (the softphone proxy's side).
+pub fn server_endpoint(id: &NodeIdentity, listen: SocketAddr, alpn: &[u8]) -> Result<quinn::Endpoint, LinkError> {
+    let bind = |source| LinkError::Bind { addr: listen, source };
+    let socket = std::net::UdpSocket::bind(listen).map_err(bind)?;
+    quinn::Endpoint::new(endpoint_config(id), Some(server_config_for(id, alpn)?), socket, Arc::new(quinn::TokioRuntime))
+        .map_err(bind)
+}
+
+/// An endpoint that opens links speaking `alpn` and accepts none (a PBX dialling out to its
+/// softphone proxy: nothing listens on the office's side).
+pub fn client_endpoint(id: &NodeIdentity, bind: SocketAddr, alpn: &[u8]) -> Result<quinn::Endpoint, LinkError> {
+    let socket = std::net::UdpSocket::bind(bind).map_err(|source| LinkError::Bind { addr: bind, source })?;
+    let mut endpoint = quinn::Endpoint::new(endpoint_config(id), None, socket, Arc::new(quinn::TokioRuntime))
+        .map_err(|source| LinkError::Bind { addr: bind, source })?;
+    endpoint.set_default_client_config(client_config_for(id, alpn)?);
     Ok(endpoint)
 }
 

@@ -268,6 +268,21 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     tracing::info!(shards = sink.count(), "SIP endpoint started");
     let inbound = transport::Inbound::new(sink, backlogs);
 
+    // The softphone proxy, dialled out to (`[proxy]`): its phones enter the same endpoint.
+    let proxy = match &config.proxy {
+        Some(proxy) => {
+            let args = crate::proxy_link::ProxyArgs {
+                config: proxy.clone(),
+                serial: licence.serial.clone(),
+                licence: licence.view.clone(),
+                wire: wire.clone(),
+                inbound: inbound.clone(),
+                media_ip: config.calls.media_address,
+            };
+            Some(crate::proxy_link::start(args).context("softphone proxy ([proxy])")?)
+        }
+        None => None,
+    };
     let udp_task = tokio::spawn(transport::serve_udp(sockets.udp.clone(), inbound.clone()));
     let slots = transport::StreamSlots::new();
     let tcp_task = tokio::spawn(transport::serve_tcp(sockets.tcp, inbound.clone(), wire.clone(), slots.clone()));
@@ -301,6 +316,7 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
                 .zip(sip_tls.as_ref())
                 .map(|(t, (_, info))| http::SipTlsInfo { listen: t.listen, ..info.clone() }),
         }),
+        proxy: proxy.as_ref().map(|(handle, _)| handle.clone()),
     };
     let cluster_api = actix_web::web::Data::new(cluster.api.clone());
     let server = actix_web::HttpServer::new(move || {
@@ -338,6 +354,9 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
     let _ = server_task.await;
     udp_task.abort();
     tcp_task.abort();
+    if let Some((_, task)) = proxy {
+        task.abort();
+    }
     if let Some(task) = tls_task {
         task.abort();
     }

@@ -171,7 +171,25 @@ struct FileConfig {
     mixer: MixerSection,
     #[serde(default)]
     push: PushSection,
+    proxy: Option<ProxySection>,
     cluster: Option<ClusterSection>,
+}
+
+/// `[proxy]`: the softphone proxy this PBX dials out to (README, "Softphones outside").
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ProxySection {
+    link: String,
+    identity: PathBuf,
+}
+
+/// `[proxy]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// The proxy's link address (its `--link-listen`, as reachable from here).
+    pub link: SocketAddr,
+    /// ca.pem, pbx.pem and pbx.key from `pbx proxy init`.
+    pub identity: PathBuf,
 }
 
 /// `[cluster]`: this node's name, its certificate directory, where its Raft links listen, and
@@ -602,6 +620,8 @@ pub struct Config {
     pub mixer: pbx_actors::media::mixer::MixerConfig,
     /// `None`: no push service configured (phones with `pn-*` parameters are called directly).
     pub push: Option<PushConfig>,
+    /// `None`: no softphone proxy.
+    pub proxy: Option<ProxyConfig>,
     /// `None`: a single appliance, no cluster.
     pub cluster: Option<ClusterConfig>,
     /// The file it was read from (`--config`), to name it in messages about its entries.
@@ -722,6 +742,13 @@ impl Config {
         }
         let licence = licence_config(file.licence).map_err(|(key, reason)| invalid(key, reason))?;
         let push = push_config(file.push).map_err(|(key, reason)| invalid(key, reason))?;
+        let proxy = match file.proxy {
+            None => None,
+            Some(p) => Some(ProxyConfig {
+                link: p.link.parse().map_err(|_| invalid("proxy.link", format!("{:?} is not an IP:port", p.link)))?,
+                identity: p.identity,
+            }),
+        };
         let privacy =
             privacy_config(file.privacy, calls.cdr_retention_days).map_err(|(key, reason)| invalid(key, reason))?;
         for (key, value, (low, high)) in [
@@ -909,6 +936,7 @@ impl Config {
             conferences,
             mixer,
             push,
+            proxy,
             cluster,
             file: flags.config.clone(),
         })
@@ -1263,6 +1291,20 @@ mod tests {
             let error = load_text(text).unwrap_err().to_string();
             assert!(error.contains(key), "{text}: {error}");
         }
+    }
+
+    /// `[proxy]`: off by default; on, its link address is checked and named when wrong.
+    #[test]
+    fn the_proxy_section_is_checked() {
+        assert_eq!(load_text("").unwrap().proxy, None);
+        let on = load_text("[proxy]\nlink = \"192.0.2.7:5070\"\nidentity = \"/etc/pbx/proxy\"").unwrap();
+        let proxy = on.proxy.expect("on");
+        assert_eq!(proxy.link, "192.0.2.7:5070".parse().unwrap());
+        let bad = load_text("[proxy]\nlink = \"proxy.example\"\nidentity = \"/x\"").unwrap_err().to_string();
+        assert!(bad.contains("proxy.link") && bad.contains("not an IP:port"), "{bad}");
+        let unknown =
+            load_text("[proxy]\nlink = \"192.0.2.7:5070\"\nidentity = \"/x\"\nport = 1").unwrap_err().to_string();
+        assert!(unknown.contains("port"), "{unknown}");
     }
 
     /// `[push]`: off without a provider; with one, its providers reach the registrar; a wait out

@@ -24,6 +24,7 @@ pub mod config;
 pub mod http;
 pub mod licence;
 pub mod privacy;
+pub mod proxy_link;
 pub mod push;
 pub mod push_dispatch;
 pub mod secrets;

@@ -88,6 +88,10 @@ enum Command {
     /// Run the licence and voucher service: signs licences for serials, redeems vouchers, over
     /// HTTPS with a self-signed certificate made at first start.
     LicenceServer(pbx_licence_service::Args),
+    /// The softphone proxy: a public edge through which softphones reach this PBX without a
+    /// VPN; the PBX dials out to it ([proxy] in its config). `init` makes the link's
+    /// certificates, `run` runs it.
+    Proxy(pbx_proxy_service::cli::Args),
     /// A local stand-in for FCM and APNs (push notifications): the same endpoints, checks and
     /// errors, recording what it received; `make-credentials` writes a matching FCM service
     /// account and APNs key
@@ -184,6 +188,10 @@ fn main() -> ExitCode {
         Command::Node { config, run } => run.with_config(Some(config)),
         Command::Sim { args } => return sim(args),
         Command::LicenceServer(args) => return licence_server(args),
+        Command::Proxy(args) => {
+            init_logging(LogFormat::Human);
+            return pbx_proxy_service::cli::main(args);
+        }
         Command::PushGateway(args) => {
             init_logging(LogFormat::Human);
             return pbx_push_service::gateway::main(args);

@@ -219,6 +219,17 @@ impl Baresip {
     }
 
     /// What it wrote on stdout and stderr so far.
+    /// Checks what this phone heard (more than 2 s recorded, `hz` the loudest frequency in the
+    /// middle of it) and gives the share of the recording's energy at `hz`.
+    pub fn assert_hears(&self, hz: f64) -> f64 {
+        let wav = self.received_audio().unwrap_or_else(|| panic!("no recording\n{}", self.report()));
+        let (samples, rate) = (wav.mono(), wav.rate_hz as usize);
+        assert!(samples.len() > 2 * rate, "{} samples\n{}", samples.len(), self.report());
+        let middle = &samples[rate / 2..samples.len() - rate / 2];
+        assert_eq!(crate::audio::dominant_frequency(middle, wav.rate_hz), hz, "\n{}", self.report());
+        crate::audio::tone_share(middle, wav.rate_hz, hz)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("baresip.log")).unwrap_or_default()
     }

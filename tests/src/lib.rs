@@ -11,6 +11,7 @@
 pub mod audio;
 pub mod baresip;
 pub mod licence_server;
+pub mod proxy;
 pub mod push_gateway;
 pub mod rtp;
 pub mod tls;

@@ -7,7 +7,6 @@ use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// The APNs key id and team the credentials are made with.
@@ -97,19 +96,7 @@ impl Gateway {
     /// An HTTPS client trusting only the gateway's certificate (HTTP/1.1, which its FCM
     /// listener serves too); statuses are not errors.
     pub fn client(&self) -> ureq::Agent {
-        let pem = std::fs::read(self.dir.join("gateway").join("tls-cert.pem")).unwrap_or_default();
-        let certs: Vec<_> = ureq::tls::Certificate::from_pem(&pem).into_iter().collect();
-        let tls = ureq::tls::TlsConfig::builder()
-            .provider(ureq::tls::TlsProvider::Rustls)
-            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
-            .build();
-        ureq::Agent::config_builder()
-            .tls_config(tls)
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into()
+        crate::tls::https_client(&self.dir.join("gateway").join("tls-cert.pem"), Duration::from_secs(10))
     }
 
     /// Everything the gateway recorded, oldest first (FCM token exchanges, FCM and APNs pushes).

@@ -95,3 +95,21 @@ pub fn connect(server: SocketAddr, fingerprint: &str, version: Version) -> Resul
     }
     Ok(stream)
 }
+
+/// An HTTPS client (ureq, rustls with ring) trusting only the certificate in the PEM file
+/// `cert`; statuses are not errors, every request is bounded by `timeout`.
+pub fn https_client(cert: &std::path::Path, timeout: std::time::Duration) -> ureq::Agent {
+    let pem = std::fs::read(cert).unwrap_or_default();
+    let certs: Vec<_> = ureq::tls::Certificate::from_pem(&pem).into_iter().collect();
+    let tls = ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+        .build();
+    ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into()
+}

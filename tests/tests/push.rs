@@ -102,6 +102,9 @@ fn a_sleeping_phone_is_pushed_and_called_when_it_registers() {
 
         let pushes = gateway.pushes_for(token);
         assert_eq!(pushes.len(), 1, "{provider}: {pushes:?}\n{}", gateway.output());
+        // The round trip to the stand-in, for docs/PERFORMANCE.md (printed, not asserted).
+        let round_trip = pbx.log().lines().find(|l| l.contains("push sent")).map(str::to_string);
+        eprintln!("{provider}: {}", round_trip.unwrap_or_default());
         let push = &pushes[0];
         assert_eq!(push["status"], 200, "{provider}: {push}");
         match provider {

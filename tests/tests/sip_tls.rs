@@ -194,11 +194,7 @@ fn baresip_over_tls_calls_a_phone_on_udp() {
     assert!(bob.wait_event("CALL_CLOSED", WAIT).is_some(), "{}", bob.report());
     assert!(alice.wait_event("CALL_CLOSED", WAIT).is_some(), "{}", alice.report());
     for (phone, hz) in [(&alice, 600.0), (&bob, 1000.0)] {
-        let wav = phone.received_audio().unwrap_or_else(|| panic!("no recording\n{}", phone.report()));
-        let (samples, rate) = (wav.mono(), wav.rate_hz as usize);
-        assert!(samples.len() > 2 * rate, "{} samples\n{}", samples.len(), phone.report());
-        let middle = &samples[rate / 2..samples.len() - rate / 2];
-        assert_eq!(audio::dominant_frequency(middle, wav.rate_hz), hz, "\n{}", phone.report());
+        phone.assert_hears(hz);
     }
 }
 
@@ -221,12 +217,7 @@ fn baresip_with_mandatory_srtp_calls_a_plain_phone() {
     assert!(bob.wait_event("CALL_CLOSED", WAIT).is_some(), "{}", bob.report());
     assert!(alice.log().contains("SRTP is Enabled (cryptosuite=AES_CM_128_HMAC_SHA1_80)"), "{}", alice.report());
     for (phone, hz) in [(&bob, 1000.0), (&alice, 600.0)] {
-        let wav = phone.received_audio().unwrap_or_else(|| panic!("no recording\n{}", phone.report()));
-        let (samples, rate) = (wav.mono(), wav.rate_hz as usize);
-        assert!(samples.len() > 2 * rate, "{} samples\n{}", samples.len(), phone.report());
-        let middle = &samples[rate / 2..samples.len() - rate / 2];
-        assert_eq!(audio::dominant_frequency(middle, wav.rate_hz), hz, "\n{}", phone.report());
-        assert!(audio::tone_share(middle, wav.rate_hz, hz) > 0.8, "\n{}", phone.report());
+        assert!(phone.assert_hears(hz) > 0.8, "\n{}", phone.report());
     }
     // Every SRTP packet authenticated (baresip's RTCP is another matter: libre sends an
     // RTCP APP "PINGPONG" in clear at the start and its closing BYE unencrypted; pbx drops both).

@@ -32,6 +32,7 @@ use pbx_host::clock::SystemClock;
 pub(crate) use pbx_host::http::{bearer_matches, error, rfc3339};
 
 mod conferences;
+mod proxy;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
@@ -78,6 +79,8 @@ pub struct ApiState {
     pub test_hooks: bool,
     /// Where SIP is served, for `GET /api/v1/sip`.
     pub sip: Arc<SipInfo>,
+    /// The softphone proxy's link; `None` without `[proxy]`.
+    pub proxy: Option<Arc<crate::proxy_link::ProxyHandle>>,
 }
 
 /// `GET /api/v1/sip`: the listeners, and the TLS certificate a phone may pin.
@@ -669,6 +672,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/vouchers", web::post().to(redeem_voucher))
         .route("/api/v1/sip", web::get().to(sip_info))
         .configure(conferences::routes)
+        .configure(proxy::routes)
         .configure(cluster_routes);
 }
 

@@ -254,9 +254,17 @@ async fn export(
         + bindings.len()
         + held.calls.len()) as u64
         + u64::from(extension.is_some());
+    // The softphone proxy's records of this user name (`[proxy]`), asked over the link.
+    let proxied = match (&subject, &state.proxy) {
+        (Subject::Number(n), Some(proxy)) => {
+            Some(proxy.export(n).await.unwrap_or_else(|reason| json!({ "error": reason })))
+        }
+        _ => None,
+    };
     let document = json!({
         "subject": subject.id(),
         "kind": kind,
+        "softphone_proxy": proxied,
         "generated_at": rfc3339(now),
         "controller": privacy.operator.name,
         "extension": extension.map(|display_name| json!({
@@ -335,7 +343,19 @@ async fn erase(
         Err(r) => return r,
     }
     tracing::info!(records = erased.total(), "subject erased");
-    HttpResponse::Ok().json(json!({ "subject": subject.id(), "erased": erased }))
+    // The softphone proxy's records of this user name: erased there, over the link. Not linked
+    // now: the answer says so, and the request is to be repeated once it is.
+    let proxied = match (&subject, &state.proxy) {
+        (Subject::Number(n), Some(proxy)) => Some(match proxy.erase(n).await {
+            Ok(records) => json!({ "records": records }),
+            Err(reason) => {
+                tracing::warn!(%reason, "the softphone proxy's records were not erased");
+                json!({ "error": format!("{reason}: erase again once the proxy is linked") })
+            }
+        }),
+        _ => None,
+    };
+    HttpResponse::Ok().json(json!({ "subject": subject.id(), "erased": erased, "softphone_proxy": proxied }))
 }
 
 /// Restriction (Art. 18) and objection (Art. 21): set with POST, lifted with DELETE.

@@ -105,6 +105,24 @@ impl Wire for NetWire {
     }
 }
 
+impl NetWire {
+    /// A connection that is not a socket of this node's (a softphone at the proxy): what the
+    /// endpoint sends to `peer` over `transport` goes to `sender`. False when a connection
+    /// here has that key already.
+    pub fn attach(&self, transport: Transport, peer: SocketAddr, sender: mpsc::Sender<Bytes>) -> bool {
+        let mut streams = self.streams.lock().expect("stream map lock");
+        if streams.contains_key(&(transport, peer)) {
+            return false;
+        }
+        streams.insert((transport, peer), sender);
+        true
+    }
+
+    pub fn detach(&self, transport: Transport, peer: SocketAddr) {
+        self.streams.lock().expect("stream map lock").remove(&(transport, peer));
+    }
+}
+
 /// The sockets the node serves SIP on.
 pub struct SipSockets {
     pub udp: Arc<UdpSocket>,
@@ -155,7 +173,7 @@ impl Inbound {
 
     /// Hands one message to the shard its Call-ID names; dropped and counted when that
     /// shard's backlog is full or it is restarting.
-    fn deliver(&self, bytes: Bytes, source: SocketAddr, transport: Transport) {
+    pub fn deliver(&self, bytes: Bytes, source: SocketAddr, transport: Transport) {
         let index = self.sink.for_message(&bytes);
         let backlog = &self.backlogs[index];
         if backlog.admit(self.backlog_max) {

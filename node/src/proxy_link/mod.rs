@@ -1,0 +1,537 @@
+//! The PBX's side of the softphone proxy (`pbx proxy`): this node dials **out** to its proxy
+//! over QUIC with mutual TLS (`[proxy] link`, certificates from `pbx proxy init`), so the
+//! office opens no inbound port, and serves the softphones connected there as if they had
+//! connected here.
+//!
+//! - **Signalling.** Each softphone connection at the proxy is a *flow*. Its messages enter
+//!   the SIP endpoint exactly like those of a connection here, with the phone's address as the
+//!   proxy saw it and its transport (TLS or TCP); what the endpoint sends to that address and
+//!   transport goes back down the flow ([`NetWire::attach`]). The registrar challenges through
+//!   the proxy: the proxy only ever carries digest answers.
+//! - **Media.** For each audio stream of a proxied phone's call, a *stand-in* pair of UDP
+//!   sockets here (on the media address) plays the phone toward pbx's own relay, and a
+//!   *channel* at the proxy (a public port pair) plays the PBX toward the phone; packets cross
+//!   the link as QUIC datagrams. The SDP is rewritten on the way ([`sdp`]): toward the PBX it
+//!   names the stand-in, toward the phone the proxy's public ports. SRTP passes through as it
+//!   is (keys travel in the SDP, inside TLS to the proxy and QUIC beyond it).
+//! - **Seats.** At most the licence's `proxy_seats` softphone connections at once (no licence
+//!   service configured: not gated); a connection beyond it is closed and counted
+//!   (`pbx_proxy_flows_refused_total{reason="seats"}`). A licence with no seats: no link at all.
+//!
+//! Bounds: stand-ins per flow ([`STANDINS_PER_FLOW_MAX`]) and in all ([`STANDINS_MAX`]); they
+//! close with their flow, the link, or when the proxy refuses their channel.
+
+pub mod sdp;
+
+use crate::config::ProxyConfig;
+use crate::sip::transport::{Inbound, NetWire};
+use anyhow::Context;
+use bytes::Bytes;
+use pbx_actors::licence::LicenceView;
+use pbx_actors::sip::message::Transport;
+use pbx_cluster::identity::{NodeIdentity, NodeName};
+use pbx_proxy_service::wire::{self, FlowTransport, ToPbx, ToProxy};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Audio streams (stand-ins) one proxied phone may have at once: a few calls, each with a
+/// stream or two.
+pub const STANDINS_PER_FLOW_MAX: usize = 16;
+/// Stand-ins in all.
+pub const STANDINS_MAX: usize = 4_096;
+/// How long a message toward a phone waits for the proxy to open its channel.
+pub const CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Messages queued toward one proxied phone (as for a TCP connection).
+const FLOW_QUEUE_MAX: usize = 256;
+/// Frames queued toward the proxy.
+const TO_PROXY_QUEUE_MAX: usize = 4_096;
+/// How often a node whose licence has no proxy seats looks again.
+const SEATS_POLL: Duration = Duration::from_secs(2);
+/// Waits between dialling attempts: doubling from the first to the last.
+const REDIAL: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+
+/// What the admin API asks of the link.
+pub struct ProxyHandle {
+    link: Mutex<Option<LinkState>>,
+    debug_reply: Mutex<Option<oneshot::Sender<Option<u64>>>>,
+    /// Subject requests waiting for the proxy's answer, by request id.
+    requests: Mutex<HashMap<u64, oneshot::Sender<ToPbx>>>,
+    next_request: std::sync::atomic::AtomicU64,
+    pub config: ProxyConfig,
+}
+
+#[derive(Clone)]
+struct LinkState {
+    frames: mpsc::Sender<ToProxy>,
+    flows: Arc<Mutex<HashMap<u64, FlowState>>>,
+}
+
+/// `GET /api/v1/proxy`.
+#[derive(Debug, serde::Serialize)]
+pub struct ProxyStatus {
+    pub link: SocketAddr,
+    pub linked: bool,
+    pub softphones: usize,
+}
+
+impl ProxyHandle {
+    pub fn status(&self) -> ProxyStatus {
+        let link = self.link.lock().expect("link lock").clone();
+        ProxyStatus {
+            link: self.config.link,
+            linked: link.is_some(),
+            softphones: link.map_or(0, |l| l.flows.lock().expect("flows lock").len()),
+        }
+    }
+
+    fn frames(&self) -> Option<mpsc::Sender<ToProxy>> {
+        self.link.lock().expect("link lock").as_ref().map(|l| l.frames.clone())
+    }
+
+    /// Debug mode at the proxy on for `days` (0: the proxy's default) or off; the time it ends
+    /// (Unix seconds). `Err` when the proxy is not linked or does not answer.
+    pub async fn debug_mode(&self, days: Option<u32>) -> Result<Option<u64>, &'static str> {
+        let frames = self.frames().ok_or("the proxy is not linked")?;
+        let (tx, rx) = oneshot::channel();
+        *self.debug_reply.lock().expect("debug lock") = Some(tx);
+        frames.send(ToProxy::DebugMode { days }).await.map_err(|_| "the link closed")?;
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .map_err(|_| "the proxy did not answer")?
+            .map_err(|_| "the link closed")
+    }
+
+    async fn ask(&self, frame: impl FnOnce(u64) -> ToProxy) -> Result<ToPbx, &'static str> {
+        let frames = self.frames().ok_or("the softphone proxy is not linked")?;
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.requests.lock().expect("requests lock").insert(request, tx);
+        let sent = frames.send(frame(request)).await;
+        let answer = match sent {
+            Ok(()) => tokio::time::timeout(Duration::from_secs(5), rx).await.ok().and_then(Result::ok),
+            Err(_) => None,
+        };
+        self.requests.lock().expect("requests lock").remove(&request);
+        answer.ok_or("the softphone proxy did not answer")
+    }
+
+    /// Everything the proxy holds about user name `user` (a subject's export).
+    pub async fn export(&self, user: &str) -> Result<serde_json::Value, &'static str> {
+        match self.ask(|request| ToProxy::Export { request, user: user.to_string() }).await? {
+            ToPbx::Exported { document, .. } => {
+                serde_json::from_str(&document).map_err(|_| "the proxy's answer is not JSON")
+            }
+            _ => Err("the softphone proxy answered something else"),
+        }
+    }
+
+    /// Deletes everything the proxy holds about `user`; the records deleted.
+    pub async fn erase(&self, user: &str) -> Result<u64, &'static str> {
+        match self.ask(|request| ToProxy::Erase { request, user: user.to_string() }).await? {
+            ToPbx::Erased { records, .. } => Ok(records),
+            _ => Err("the softphone proxy answered something else"),
+        }
+    }
+
+    /// Hands the proxy a softphone's configuration, fetched once with `code`.
+    pub async fn provision(&self, code: String, document: String) -> Result<(), &'static str> {
+        let frames = self.frames().ok_or("the proxy is not linked")?;
+        frames.send(ToProxy::Provision { code, document }).await.map_err(|_| "the link closed")
+    }
+}
+
+/// What the link needs of the node.
+pub struct ProxyArgs {
+    pub config: ProxyConfig,
+    pub serial: String,
+    pub licence: Option<LicenceView>,
+    pub wire: Arc<NetWire>,
+    pub inbound: Inbound,
+    /// Where the stand-ins bind: the address pbx's relay sends media to.
+    pub media_ip: IpAddr,
+}
+
+/// Starts dialling the proxy; the task runs until the node stops.
+pub fn start(args: ProxyArgs) -> anyhow::Result<(Arc<ProxyHandle>, tokio::task::JoinHandle<()>)> {
+    let name = NodeName::new(wire::PBX_NAME).expect("a valid node name");
+    let id = NodeIdentity::load(&args.config.identity, &name)
+        .with_context(|| format!("proxy.identity {}: the PBX's link certificate", args.config.identity.display()))?;
+    let bind: SocketAddr = if args.config.link.is_ipv4() {
+        "0.0.0.0:0".parse().expect("an address")
+    } else {
+        "[::]:0".parse().expect("an address")
+    };
+    let endpoint = pbx_cluster::link::client_endpoint(&id, bind, wire::ALPN)?;
+    let handle = Arc::new(ProxyHandle {
+        link: Mutex::new(None),
+        debug_reply: Mutex::new(None),
+        requests: Mutex::new(HashMap::new()),
+        next_request: std::sync::atomic::AtomicU64::new(1),
+        config: args.config.clone(),
+    });
+    let task = tokio::spawn(dial(endpoint, args, handle.clone()));
+    Ok((handle, task))
+}
+
+async fn dial(endpoint: quinn::Endpoint, args: ProxyArgs, handle: Arc<ProxyHandle>) {
+    let args = Arc::new(args);
+    let proxy = NodeName::new(wire::PROXY_NAME).expect("a valid node name");
+    let mut wait = REDIAL.0;
+    let mut said_no_seats = false;
+    loop {
+        let seats = args.licence.as_ref().map_or(u32::MAX, |view| view.effective().limits.proxy_seats);
+        if seats == 0 {
+            if !said_no_seats {
+                tracing::warn!("the licence has no proxy seats: the softphone proxy is not dialled");
+                said_no_seats = true;
+            }
+            // The licence may arrive any moment (the watchdog's first check): look again soon.
+            tokio::time::sleep(SEATS_POLL).await;
+            continue;
+        }
+        said_no_seats = false;
+        match pbx_cluster::link::connect(&endpoint, args.config.link, &proxy).await {
+            Ok(link) => {
+                wait = REDIAL.0;
+                metrics::gauge!("pbx_proxy_linked").set(1.0);
+                tracing::info!(proxy = %args.config.link, seats, "linked to the softphone proxy");
+                if let Err(e) = run(link.connection, seats, &args, &handle).await {
+                    tracing::warn!(proxy = %args.config.link, error = %e, "softphone proxy link ended");
+                }
+                metrics::gauge!("pbx_proxy_linked").set(0.0);
+            }
+            Err(e) => tracing::warn!(proxy = %args.config.link, error = %e, "softphone proxy not reached"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(REDIAL.1);
+    }
+}
+
+/// A proxied phone's connection, as this node knows it.
+struct FlowState {
+    transport: Transport,
+    peer: SocketAddr,
+    /// Its audio streams: by (Call-ID, m= index).
+    standins: HashMap<(String, usize), Arc<StandIn>>,
+    forwarder: tokio::task::JoinHandle<()>,
+}
+
+/// A channel's public RTP address at the proxy: `None` until it answers, `Err` if it refused.
+type PublicAddress = Option<Result<SocketAddr, ()>>;
+/// A stand-in and where its public address is announced.
+type Channel = (Arc<StandIn>, watch::Sender<PublicAddress>);
+
+/// One audio stream of a proxied phone: sockets here that stand in for the phone.
+struct StandIn {
+    channel: u32,
+    sockets: [Arc<UdpSocket>; 2],
+    /// pbx's relay for this stream (from the SDP pbx sent the phone): where the phone's
+    /// packets go, and the only source whose packets go to the phone.
+    relay: Arc<Mutex<[Option<SocketAddr>; 2]>>,
+    /// The proxy's public RTP address once it opened the channel.
+    public: watch::Receiver<PublicAddress>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Shared by the link's reader and the flows' forwarders.
+struct Link {
+    frames: mpsc::Sender<ToProxy>,
+    connection: quinn::Connection,
+    flows: Arc<Mutex<HashMap<u64, FlowState>>>,
+    channels: Mutex<HashMap<u32, Channel>>,
+    next_channel: AtomicU32,
+    media_ip: IpAddr,
+}
+
+async fn run(
+    connection: quinn::Connection,
+    seats: u32,
+    args: &Arc<ProxyArgs>,
+    handle: &Arc<ProxyHandle>,
+) -> anyhow::Result<()> {
+    let (mut send, mut recv) = connection.open_bi().await.context("open the link's stream")?;
+    wire::write(&mut send, &ToProxy::Hello { serial: args.serial.clone(), seats }).await?;
+    let (frames, mut outbound) = mpsc::channel::<ToProxy>(TO_PROXY_QUEUE_MAX);
+    let link = Arc::new(Link {
+        frames: frames.clone(),
+        connection: connection.clone(),
+        flows: Arc::new(Mutex::new(HashMap::new())),
+        channels: Mutex::new(HashMap::new()),
+        next_channel: AtomicU32::new(1),
+        media_ip: args.media_ip,
+    });
+    *handle.link.lock().expect("link lock") = Some(LinkState { frames, flows: link.flows.clone() });
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = outbound.recv().await {
+            if wire::write(&mut send, &frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    let datagrams = tokio::spawn(from_proxy(link.clone()));
+
+    let result = loop {
+        match wire::read::<_, ToPbx>(&mut recv).await {
+            Ok(Some(frame)) => handle_frame(frame, seats, &link, args, handle),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e.into()),
+        }
+    };
+
+    *handle.link.lock().expect("link lock") = None;
+    writer.abort();
+    datagrams.abort();
+    let flows: Vec<FlowState> = link.flows.lock().expect("flows lock").drain().map(|(_, f)| f).collect();
+    for flow in flows {
+        args.wire.detach(flow.transport, flow.peer);
+        flow.forwarder.abort();
+    }
+    link.channels.lock().expect("channels lock").clear();
+    connection.close(0u32.into(), b"bye");
+    result
+}
+
+fn handle_frame(frame: ToPbx, seats: u32, link: &Arc<Link>, args: &Arc<ProxyArgs>, handle: &Arc<ProxyHandle>) {
+    match frame {
+        ToPbx::FlowOpened { flow, transport, peer } => {
+            let transport = match transport {
+                FlowTransport::Tls => Transport::Tls,
+                FlowTransport::Tcp => Transport::Tcp,
+            };
+            let open = link.flows.lock().expect("flows lock").len();
+            if open >= seats as usize {
+                metrics::counter!("pbx_proxy_flows_refused_total", "reason" => "seats").increment(1);
+                tracing::warn!(%peer, seats, "softphone via the proxy refused: every licensed proxy seat is taken");
+                let _ = link.frames.try_send(ToProxy::CloseFlow { flow });
+                return;
+            }
+            let (sender, queue) = mpsc::channel::<Bytes>(FLOW_QUEUE_MAX);
+            if !args.wire.attach(transport, peer, sender) {
+                metrics::counter!("pbx_proxy_flows_refused_total", "reason" => "address_taken").increment(1);
+                tracing::warn!(%peer, "softphone via the proxy refused: a direct connection has its address");
+                let _ = link.frames.try_send(ToProxy::CloseFlow { flow });
+                return;
+            }
+            let forwarder = tokio::spawn(forward(flow, queue, link.clone()));
+            link.flows
+                .lock()
+                .expect("flows lock")
+                .insert(flow, FlowState { transport, peer, standins: HashMap::new(), forwarder });
+            metrics::gauge!("pbx_proxy_softphones").set(link.flows.lock().expect("flows lock").len() as f64);
+        }
+        ToPbx::Sip { flow, bytes } => {
+            let Some((transport, peer)) =
+                link.flows.lock().expect("flows lock").get(&flow).map(|f| (f.transport, f.peer))
+            else {
+                return;
+            };
+            let bytes = toward_pbx(flow, bytes, link);
+            args.inbound.deliver(Bytes::from(bytes), peer, transport);
+        }
+        ToPbx::FlowClosed { flow } => {
+            let closed = link.flows.lock().expect("flows lock").remove(&flow);
+            if let Some(f) = closed {
+                args.wire.detach(f.transport, f.peer);
+                f.forwarder.abort();
+                let mut channels = link.channels.lock().expect("channels lock");
+                for standin in f.standins.values() {
+                    channels.remove(&standin.channel);
+                }
+            }
+            metrics::gauge!("pbx_proxy_softphones").set(link.flows.lock().expect("flows lock").len() as f64);
+        }
+        ToPbx::ChannelOpened { channel, public } => {
+            if let Some((_, tx)) = link.channels.lock().expect("channels lock").get(&channel) {
+                let _ = tx.send(Some(Ok(public)));
+            }
+        }
+        ToPbx::ChannelRefused { channel } => {
+            if let Some((_, tx)) = link.channels.lock().expect("channels lock").get(&channel) {
+                let _ = tx.send(Some(Err(())));
+            }
+        }
+        ToPbx::Exported { request, .. } | ToPbx::Erased { request, .. } => {
+            if let Some(waiting) = handle.requests.lock().expect("requests lock").remove(&request) {
+                let _ = waiting.send(frame);
+            }
+        }
+        ToPbx::DebugModeSet { until_unix_s } => {
+            if let Some(reply) = handle.debug_reply.lock().expect("debug lock").take() {
+                let _ = reply.send(until_unix_s);
+            }
+        }
+    }
+}
+
+/// The stand-in of (flow, Call-ID, index), made (with its channel asked of the proxy) if new.
+fn standin(
+    flow: u64,
+    call_id: &str,
+    index: usize,
+    phone: Option<SocketAddr>,
+    link: &Arc<Link>,
+) -> Option<Arc<StandIn>> {
+    let mut flows = link.flows.lock().expect("flows lock");
+    let state = flows.get_mut(&flow)?;
+    if let Some(existing) = state.standins.get(&(call_id.to_string(), index)) {
+        if phone.is_some() {
+            let _ = link.frames.try_send(ToProxy::OpenChannel { channel: existing.channel, flow, phone });
+        }
+        return Some(existing.clone());
+    }
+    if state.standins.len() >= STANDINS_PER_FLOW_MAX
+        || link.channels.lock().expect("channels lock").len() >= STANDINS_MAX
+    {
+        metrics::counter!("pbx_proxy_standins_refused_total").increment(1);
+        return None;
+    }
+    let sockets = match bind_pair(link.media_ip) {
+        Ok(s) => s.map(Arc::new),
+        Err(e) => {
+            tracing::warn!(error = %e, "no stand-in sockets for a proxied phone's media");
+            return None;
+        }
+    };
+    let channel = link.next_channel.fetch_add(1, Ordering::Relaxed);
+    let (tx, public) = watch::channel(None);
+    let relay = Arc::new(Mutex::new([None, None]));
+    let tasks = [
+        tokio::spawn(from_relay(sockets[0].clone(), channel, false, relay.clone(), link.connection.clone())),
+        tokio::spawn(from_relay(sockets[1].clone(), channel, true, relay.clone(), link.connection.clone())),
+    ];
+    let standin = Arc::new(StandIn { channel, sockets, relay, public, tasks });
+    state.standins.insert((call_id.to_string(), index), standin.clone());
+    link.channels.lock().expect("channels lock").insert(channel, (standin.clone(), tx));
+    let _ = link.frames.try_send(ToProxy::OpenChannel { channel, flow, phone });
+    Some(standin)
+}
+
+fn bind_pair(ip: IpAddr) -> std::io::Result<[UdpSocket; 2]> {
+    let bind = |port| -> std::io::Result<UdpSocket> {
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
+        socket.set_nonblocking(true)?;
+        UdpSocket::from_std(socket)
+    };
+    for _ in 0..64 {
+        let rtp = bind(0)?;
+        let port = rtp.local_addr()?.port();
+        if port % 2 == 0
+            && port < u16::MAX
+            && let Ok(rtcp) = bind(port + 1)
+        {
+            return Ok([rtp, rtcp]);
+        }
+    }
+    Err(std::io::Error::other("no even/odd UDP port pair free"))
+}
+
+/// A message from a proxied phone: its audio streams now point at their stand-ins.
+fn toward_pbx(flow: u64, bytes: Vec<u8>, link: &Arc<Link>) -> Vec<u8> {
+    let streams = sdp::audio(&bytes);
+    if streams.is_empty() {
+        return bytes;
+    }
+    let Some(call_id) = sdp::header(&bytes, "call-id", "i").map(str::to_string) else { return bytes };
+    let mut replace = Vec::new();
+    for stream in streams {
+        if let Some(standin) = standin(flow, &call_id, stream.index, Some(stream.rtp), link) {
+            let local = |i: usize| standin.sockets[i].local_addr().ok();
+            if let (Some(rtp), Some(rtcp)) = (local(0), local(1)) {
+                replace.push((stream.index, sdp::Replacement { rtp, rtcp_port: rtcp.port() }));
+            }
+        }
+    }
+    sdp::rewrite(&bytes, &replace)
+}
+
+/// Sends what the endpoint queued for a proxied phone down the link, its SDP pointing at the
+/// proxy's public ports (waiting for the proxy to open them).
+async fn forward(flow: u64, mut queue: mpsc::Receiver<Bytes>, link: Arc<Link>) {
+    while let Some(bytes) = queue.recv().await {
+        let bytes = toward_phone(flow, bytes.to_vec(), &link).await;
+        if link.frames.send(ToProxy::Sip { flow, bytes }).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn toward_phone(flow: u64, bytes: Vec<u8>, link: &Arc<Link>) -> Vec<u8> {
+    let streams = sdp::audio(&bytes);
+    if streams.is_empty() {
+        return bytes;
+    }
+    let Some(call_id) = sdp::header(&bytes, "call-id", "i").map(str::to_string) else { return bytes };
+    let mut replace = Vec::new();
+    for stream in streams {
+        let Some(standin) = standin(flow, &call_id, stream.index, None, link) else { continue };
+        *standin.relay.lock().expect("relay lock") = [Some(stream.rtp), Some(stream.rtcp)];
+        let mut public = standin.public.clone();
+        let opened = tokio::time::timeout(CHANNEL_OPEN_TIMEOUT, public.wait_for(Option::is_some)).await;
+        match opened.ok().and_then(|r| r.ok()).and_then(|v| *v) {
+            Some(Ok(public)) => replace
+                .push((stream.index, sdp::Replacement { rtp: public, rtcp_port: public.port().saturating_add(1) })),
+            _ => {
+                metrics::counter!("pbx_proxy_standins_refused_total").increment(1);
+                tracing::warn!(flow, "the proxy opened no media channel: the stream is refused");
+            }
+        }
+    }
+    sdp::rewrite(&bytes, &replace)
+}
+
+/// Relays what pbx's relay sends a stand-in to the proxy; anything from elsewhere is dropped
+/// and counted (a stranger on the office network cannot speak into a proxied call).
+async fn from_relay(
+    socket: Arc<UdpSocket>,
+    channel: u32,
+    rtcp: bool,
+    relay: Arc<Mutex<[Option<SocketAddr>; 2]>>,
+    connection: quinn::Connection,
+) {
+    let mut buf = vec![0u8; 1_500];
+    loop {
+        let Ok((len, source)) = socket.recv_from(&mut buf).await else { return };
+        let from_relay = relay.lock().expect("relay lock").iter().flatten().any(|r| r.ip() == source.ip());
+        if !from_relay {
+            metrics::counter!("pbx_proxy_media_dropped_total", "reason" => "stranger").increment(1);
+            continue;
+        }
+        if connection.send_datagram(wire::datagram(channel, rtcp, &buf[..len])).is_err() {
+            metrics::counter!("pbx_proxy_media_dropped_total", "reason" => "link").increment(1);
+        } else {
+            metrics::counter!("pbx_proxy_media_packets_total", "direction" => "to_proxy").increment(1);
+        }
+    }
+}
+
+/// Sends what the proxy relays from phones on to pbx's relay, from the phones' stand-ins.
+async fn from_proxy(link: Arc<Link>) {
+    while let Ok(datagram) = link.connection.read_datagram().await {
+        let Some((channel, rtcp, packet)) = wire::parse_datagram(&datagram) else {
+            metrics::counter!("pbx_proxy_media_dropped_total", "reason" => "malformed").increment(1);
+            continue;
+        };
+        let standin = link.channels.lock().expect("channels lock").get(&channel).map(|(s, _)| s.clone());
+        let Some(standin) = standin else { continue };
+        let component = usize::from(rtcp);
+        let target = standin.relay.lock().expect("relay lock")[component];
+        if let Some(target) = target
+            && standin.sockets[component].try_send_to(packet, target).is_ok()
+        {
+            metrics::counter!("pbx_proxy_media_packets_total", "direction" => "from_proxy").increment(1);
+        }
+    }
+}
