@@ -2,6 +2,8 @@
 //! (`src/bin/`) and the load harness that sets pbx beside Kamailio (`load/run.sh`). How to run
 //! them and what they measured: docs/PERFORMANCE.md.
 
+pub mod digest_client;
+
 /// CPU seconds (user + system) this process has used, all threads, from /proc/self/stat.
 pub fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();

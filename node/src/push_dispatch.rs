@@ -148,7 +148,12 @@ async fn wake(
     let (reply, registered) = tokio::sync::oneshot::channel();
     registrar.cast(RegistrarMsg::AwaitPushContact { aor: binding.aor.clone(), prid: params.prid.clone(), reply });
     let at = clock.now();
+    let sent = std::time::Instant::now();
     let outcome = send(senders, &params, at).await;
+    // The provider's answer time, the push's round trip (docs/PERFORMANCE.md): a wall-clock
+    // measurement for the operator, never an input to the machines.
+    let round_trip = sent.elapsed();
+    metrics::histogram!("pbx_push_round_trip_seconds").record(round_trip.as_secs_f64());
     let (metric, label) = match &outcome {
         Ok(Outcome::Delivered { .. }) => ("delivered", "delivered".to_string()),
         Ok(Outcome::Unregistered { reason }) => {
@@ -159,7 +164,8 @@ async fn wake(
         Err(reason) => ("failed", format!("failed: {reason}")),
     };
     metrics::counter!("pbx_push_sent_total", "outcome" => metric).increment(1);
-    tracing::info!(aor = %binding.aor, provider = %params.provider, outcome = %label, "push sent");
+    let round_trip_ms = round_trip.as_millis() as u64;
+    tracing::info!(aor = %binding.aor, provider = %params.provider, outcome = %label, round_trip_ms, "push sent");
     records.record(PushRecord {
         id,
         at,

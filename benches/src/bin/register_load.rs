@@ -22,7 +22,8 @@
 //! REGISTER flow. It is a measuring tool, not a SIP stack: it reads only the status line,
 //! Call-ID, CSeq and WWW-Authenticate of the responses.
 
-use pbx_actors::registrar::digest::{self, Algorithm, QopAuth};
+use pbx_actors::registrar::digest::Algorithm;
+use pbx_benches::digest_client::{Challenge, answer};
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::ExitCode;
@@ -377,70 +378,6 @@ impl<'a> Response<'a> {
     fn challenge(&self, algorithm: Algorithm) -> Option<Challenge> {
         self.challenges.iter().filter_map(|c| Challenge::read(c)).find(|c| c.algorithm == algorithm)
     }
-}
-
-struct Challenge {
-    algorithm: Algorithm,
-    realm: String,
-    nonce: String,
-    opaque: Option<String>,
-    qop_auth: bool,
-}
-
-impl Challenge {
-    fn read(value: &str) -> Option<Challenge> {
-        let rest = value.strip_prefix("Digest")?.trim_start();
-        let mut params = HashMap::new();
-        let mut rest = rest;
-        while !rest.is_empty() {
-            let (name, after) = rest.split_once('=')?;
-            let after = after.trim_start();
-            let (param, after) = match after.strip_prefix('"') {
-                Some(quoted) => {
-                    let end = quoted.find('"')?;
-                    (&quoted[..end], &quoted[end + 1..])
-                }
-                None => {
-                    let end = after.find(',').unwrap_or(after.len());
-                    (after[..end].trim(), &after[end..])
-                }
-            };
-            params.insert(name.trim().to_ascii_lowercase(), param.to_owned());
-            rest = after.trim_start().trim_start_matches(',').trim_start();
-        }
-        let algorithm = match params.get("algorithm") {
-            None => Algorithm::Md5,
-            Some(name) => Algorithm::from_name(name)?,
-        };
-        Some(Challenge {
-            algorithm,
-            realm: params.remove("realm")?,
-            nonce: params.remove("nonce")?,
-            opaque: params.remove("opaque"),
-            qop_auth: params.get("qop").is_some_and(|q| q.split(',').any(|q| q.trim() == "auth")),
-        })
-    }
-}
-
-/// The `Authorization` value for `challenge` (RFC 7616 §3.4, nonce count 1).
-fn answer(algorithm: Algorithm, user: &str, password: &str, uri: &str, challenge: &Challenge) -> String {
-    let ha1 = digest::ha1(algorithm, user, &challenge.realm, password);
-    let cnonce = format!("{:08x}", (challenge.nonce.len() as u32).wrapping_mul(2_654_435_761));
-    let qop = challenge.qop_auth.then_some(QopAuth { nc: "00000001", cnonce: &cnonce });
-    let response = digest::request_digest(algorithm, &ha1, &challenge.nonce, qop, "REGISTER", uri);
-    let mut value = format!(
-        "Digest username=\"{user}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\", response=\"{response}\", algorithm={}",
-        challenge.realm,
-        challenge.nonce,
-        algorithm.name()
-    );
-    if let Some(opaque) = &challenge.opaque {
-        value.push_str(&format!(", opaque=\"{opaque}\""));
-    }
-    if qop.is_some() {
-        value.push_str(&format!(", qop=auth, nc=00000001, cnonce=\"{cnonce}\""));
-    }
-    value
 }
 
 /// The generator socket's receive buffer asked for (the kernel caps it at `net.core.rmem_max`).
