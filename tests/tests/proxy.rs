@@ -195,6 +195,8 @@ fn a_provisioning_document_is_served_once() {
     }));
     let document: serde_json::Value = serde_json::from_str(&first.unwrap()).expect("JSON document");
     assert_eq!(document["user"], "100", "{document}");
+    assert_eq!(document["server"]["sip_tls"], proxy.tls.to_string(), "where to register: {document}");
+    assert_eq!(document["server"]["tls_fingerprint"], proxy.fingerprint(), "the pin: {document}");
     assert!(!document.to_string().contains("secret-100"), "no password: {document}");
     let second = client.get(&url).call().expect("GET");
     assert_eq!(second.status(), 404, "served once");

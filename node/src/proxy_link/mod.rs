@@ -19,7 +19,8 @@
 //!   (`pbx_proxy_flows_refused_total{reason="seats"}`). A licence with no seats: no link at all.
 //!
 //! Bounds: stand-ins per flow ([`STANDINS_PER_FLOW_MAX`]) and in all ([`STANDINS_MAX`]); they
-//! close with their flow, the link, or when the proxy refuses their channel.
+//! close with their flow or the link, and a phone at its bound gets a new one in place of one
+//! idle for [`STANDIN_IDLE`] (a call that ended).
 
 pub mod sdp;
 
@@ -44,6 +45,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub const STANDINS_PER_FLOW_MAX: usize = 16;
 /// Stand-ins in all.
 pub const STANDINS_MAX: usize = 4_096;
+/// A phone at its [`STANDINS_PER_FLOW_MAX`] gets a new one in place of its least recently
+/// active stand-in, if that one carried nothing for this long (its call has ended: a
+/// connection lives for hours and many calls).
+pub const STANDIN_IDLE: Duration = Duration::from_secs(30);
 /// How long a message toward a phone waits for the proxy to open its channel.
 pub const CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(3);
 /// Messages queued toward one proxied phone (as for a TCP connection).
@@ -235,7 +240,21 @@ struct StandIn {
     relay: Arc<Mutex<[Option<SocketAddr>; 2]>>,
     /// The proxy's public RTP address once it opened the channel.
     public: watch::Receiver<PublicAddress>,
+    /// When it was made, and its last packet either way (milliseconds after that).
+    created: std::time::Instant,
+    last_packet_ms: Arc<std::sync::atomic::AtomicU64>,
     tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl StandIn {
+    fn idle(&self) -> Duration {
+        let last = self.created + Duration::from_millis(self.last_packet_ms.load(Ordering::Relaxed));
+        last.elapsed()
+    }
+
+    fn touch(&self) {
+        self.last_packet_ms.store(self.created.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
 }
 
 impl Drop for StandIn {
@@ -392,6 +411,17 @@ fn standin(
         }
         return Some(existing.clone());
     }
+    if state.standins.len() >= STANDINS_PER_FLOW_MAX {
+        // The least recently active one, if its call is over.
+        let oldest = state.standins.iter().max_by_key(|(_, s)| s.idle()).map(|(k, s)| (k.clone(), s.idle()));
+        if let Some((key, idle)) = oldest.filter(|(_, idle)| *idle >= STANDIN_IDLE)
+            && let Some(gone) = state.standins.remove(&key)
+        {
+            tracing::debug!(channel = gone.channel, idle_s = idle.as_secs(), "idle stand-in replaced");
+            link.channels.lock().expect("channels lock").remove(&gone.channel);
+            let _ = link.frames.try_send(ToProxy::CloseChannel { channel: gone.channel });
+        }
+    }
     if state.standins.len() >= STANDINS_PER_FLOW_MAX
         || link.channels.lock().expect("channels lock").len() >= STANDINS_MAX
     {
@@ -408,11 +438,20 @@ fn standin(
     let channel = link.next_channel.fetch_add(1, Ordering::Relaxed);
     let (tx, public) = watch::channel(None);
     let relay = Arc::new(Mutex::new([None, None]));
+    let (created, last_packet_ms) = (std::time::Instant::now(), Arc::new(std::sync::atomic::AtomicU64::new(0)));
+    let activity = (created, last_packet_ms.clone());
     let tasks = [
-        tokio::spawn(from_relay(sockets[0].clone(), channel, false, relay.clone(), link.connection.clone())),
-        tokio::spawn(from_relay(sockets[1].clone(), channel, true, relay.clone(), link.connection.clone())),
+        tokio::spawn(from_relay(
+            sockets[0].clone(),
+            channel,
+            false,
+            relay.clone(),
+            activity.clone(),
+            link.connection.clone(),
+        )),
+        tokio::spawn(from_relay(sockets[1].clone(), channel, true, relay.clone(), activity, link.connection.clone())),
     ];
-    let standin = Arc::new(StandIn { channel, sockets, relay, public, tasks });
+    let standin = Arc::new(StandIn { channel, sockets, relay, public, created, last_packet_ms, tasks });
     state.standins.insert((call_id.to_string(), index), standin.clone());
     link.channels.lock().expect("channels lock").insert(channel, (standin.clone(), tx));
     let _ = link.frames.try_send(ToProxy::OpenChannel { channel, flow, phone });
@@ -499,6 +538,7 @@ async fn from_relay(
     channel: u32,
     rtcp: bool,
     relay: Arc<Mutex<[Option<SocketAddr>; 2]>>,
+    (created, last_packet_ms): (std::time::Instant, Arc<std::sync::atomic::AtomicU64>),
     connection: quinn::Connection,
 ) {
     let mut buf = vec![0u8; 1_500];
@@ -513,6 +553,7 @@ async fn from_relay(
             metrics::counter!("pbx_proxy_media_dropped_total", "reason" => "link").increment(1);
         } else {
             metrics::counter!("pbx_proxy_media_packets_total", "direction" => "to_proxy").increment(1);
+            last_packet_ms.store(created.elapsed().as_millis() as u64, Ordering::Relaxed);
         }
     }
 }
@@ -532,6 +573,7 @@ async fn from_proxy(link: Arc<Link>) {
             && standin.sockets[component].try_send_to(packet, target).is_ok()
         {
             metrics::counter!("pbx_proxy_media_packets_total", "direction" => "from_proxy").increment(1);
+            standin.touch();
         }
     }
 }

@@ -173,7 +173,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut tasks = vec![tokio::spawn(link::serve(endpoint.clone(), hub.clone()))];
     if let Some(addr) = tls_listen {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind SIP TLS {addr}"))?;
-        println!("sip tls: {}", listener.local_addr()?);
+        let bound = listener.local_addr()?;
+        println!("sip tls: {bound}");
+        hub.provisioning.set_server(serde_json::json!({
+            "sip_tls": std::net::SocketAddr::new(advertised, bound.port()).to_string(),
+            "tls_fingerprint": tls_identity.fingerprint,
+        }));
         tasks.push(tokio::spawn(edge::serve(listener, Some(acceptor(&[])?), hub.clone(), slots.clone())));
     }
     if let Some(addr) = tcp_listen {

@@ -24,6 +24,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub struct Cache {
     entries: Mutex<HashMap<String, (String, Instant)>>,
+    /// Where softphones reach this proxy (its SIP over TLS address and certificate pin), added
+    /// to every document as `"server"` when it is served.
+    server: Mutex<Option<serde_json::Value>>,
 }
 
 impl Cache {
@@ -41,12 +44,24 @@ impl Cache {
         metrics::gauge!("pbx_proxy_provisioning_cached").set(entries.len() as f64);
     }
 
+    pub fn set_server(&self, server: serde_json::Value) {
+        *self.server.lock().expect("provisioning lock") = Some(server);
+    }
+
     /// Takes the document of `code` out of the cache: a second fetch finds nothing.
     pub fn take(&self, code: &str) -> Option<String> {
         let mut entries = self.entries.lock().expect("provisioning lock");
         let taken = entries.remove(code).filter(|(_, at)| at.elapsed() < UNFETCHED_TTL).map(|(d, _)| d);
         metrics::gauge!("pbx_proxy_provisioning_cached").set(entries.len() as f64);
-        taken
+        drop(entries);
+        let server = self.server.lock().expect("provisioning lock").clone();
+        taken.map(|document| match (serde_json::from_str::<serde_json::Value>(&document), server) {
+            (Ok(serde_json::Value::Object(mut fields)), Some(server)) => {
+                fields.insert("server".into(), server);
+                serde_json::Value::Object(fields).to_string()
+            }
+            _ => document,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -118,6 +133,7 @@ mod tests {
     #[tokio::test]
     async fn a_document_is_served_once_and_forgotten_in_the_same_step() {
         let cache = Cache::default();
+        cache.set_server(serde_json::json!({ "sip_tls": "203.0.113.5:5061" }));
         cache.put("ABC123".into(), r#"{"user":"201"}"#.into());
         let (mut client, server) = tokio::io::duplex(4096);
         client.write_all(b"GET /provision/ABC123 HTTP/1.1\r\nHost: proxy\r\n\r\n").await.unwrap();
@@ -125,7 +141,7 @@ mod tests {
         let mut answer = String::new();
         client.read_to_string(&mut answer).await.unwrap();
         assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
-        assert!(answer.ends_with(r#"{"user":"201"}"#), "{answer}");
+        assert!(answer.ends_with(r#"{"server":{"sip_tls":"203.0.113.5:5061"},"user":"201"}"#), "{answer}");
         assert!(cache.is_empty(), "forgotten as it was served");
 
         let (mut client, server) = tokio::io::duplex(4096);
