@@ -23,6 +23,7 @@ pub struct Proxy {
     pub tls: SocketAddr,
     pub tcp: SocketAddr,
     pub provisioning: SocketAddr,
+    pub metrics: SocketAddr,
     log: PathBuf,
 }
 
@@ -44,6 +45,7 @@ impl Proxy {
             tls: port(free_port()),
             tcp: port(free_port()),
             provisioning: port(free_port()),
+            metrics: port(free_port()),
             log: dir.join("proxy.log"),
         };
         proxy.spawn();
@@ -60,6 +62,7 @@ impl Proxy {
             .args(["--sip-tls-listen", &self.tls.to_string()])
             .args(["--sip-tcp-listen", &self.tcp.to_string()])
             .args(["--provisioning-listen", &self.provisioning.to_string()])
+            .args(["--metrics-listen", &self.metrics.to_string()])
             .args(["--media-bind", "127.0.0.1"])
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
@@ -69,7 +72,7 @@ impl Proxy {
             .expect("spawn pbx proxy");
         self.child = Some(child);
         let ready =
-            wait_until(START_TIMEOUT, || std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains("provisioning:")));
+            wait_until(START_TIMEOUT, || std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains("metrics:")));
         assert!(ready, "proxy not ready within {START_TIMEOUT:?}:\n{}", self.output());
     }
 
@@ -93,6 +96,12 @@ impl Proxy {
     /// An HTTPS client trusting only the proxy's certificate; statuses are not errors.
     pub fn client(&self) -> ureq::Agent {
         crate::tls::https_client(&self.data.join("tls-cert.pem"), Duration::from_secs(10))
+    }
+
+    /// A counter or gauge from the proxy's `/metrics` (`name` with its labels, as printed).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, text) = crate::http_request(self.metrics, "GET", "/metrics", None, None)?;
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
     /// SIGTERM, then SIGKILL after the grace; the exit code.

@@ -278,6 +278,9 @@ fn strangers_at_the_proxy_are_closed() {
     let waited = started.elapsed();
     assert!(waited >= Duration::from_secs(9) && waited < Duration::from_secs(14), "closed after {waited:?}");
 
+    assert_eq!(proxy.metric("pbx_proxy_tls_refused_total{reason=\"not_tls\"}"), Some(1.0), "counted");
+    assert_eq!(proxy.metric("pbx_proxy_tls_refused_total{reason=\"timeout\"}"), Some(1.0), "counted");
+
     let mut client = SipClient::tcp(proxy.tcp);
     let options = client.request("OPTIONS", &format!("sip:{}", proxy.tcp), "100", None, &[]);
     let answer = client.transact(&options).expect("still relayed to the PBX");

@@ -52,6 +52,10 @@ pub struct RunArgs {
     /// HTTPS for one-time softphone provisioning ("off": none).
     #[arg(long, default_value = "0.0.0.0:8444")]
     pub provisioning_listen: String,
+    /// Plain HTTP for `GET /metrics` (Prometheus text, counts only; "off": none). Loopback by
+    /// default: expose it only to the monitoring.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub metrics_listen: String,
     /// IP the media sockets bind to.
     #[arg(long, default_value = "0.0.0.0")]
     pub media_bind: IpAddr,
@@ -130,6 +134,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let tls_listen = listen("sip-tls-listen", &args.sip_tls_listen)?;
     let tcp_listen = listen("sip-tcp-listen", &args.sip_tcp_listen)?;
     let provisioning_listen = listen("provisioning-listen", &args.provisioning_listen)?;
+    let metrics_listen = listen("metrics-listen", &args.metrics_listen)?;
+    // Before anything counts: what is counted before the recorder is lost.
+    let prometheus = match metrics_listen {
+        Some(_) => Some(
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .context("install the metrics recorder")?,
+        ),
+        None => None,
+    };
     let advertised = match args.media_address {
         Some(ip) => ip,
         None if args.media_bind.is_unspecified() => {
@@ -190,7 +204,34 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let listener =
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind provisioning {addr}"))?;
         println!("provisioning: {}", listener.local_addr()?);
-        tasks.push(tokio::spawn(edge::serve_provisioning(listener, acceptor(&[b"http/1.1"])?, hub.clone(), slots)));
+        tasks.push(tokio::spawn(edge::serve_provisioning(
+            listener,
+            acceptor(&[b"http/1.1"])?,
+            hub.clone(),
+            slots.clone(),
+        )));
+    }
+    if let (Some(addr), Some(prometheus)) = (metrics_listen, prometheus) {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind metrics {addr}"))?;
+        println!("metrics: {}", listener.local_addr()?);
+        let metrics_slots = slots.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Ok((stream, peer)) = listener.accept().await else { continue };
+                if metrics_slots.take(peer.ip()).is_err() {
+                    continue;
+                }
+                let (prometheus, metrics_slots) = (prometheus.clone(), metrics_slots.clone());
+                tokio::spawn(async move {
+                    crate::provision::serve_get(stream, |path| match path {
+                        "/metrics" => ("200 OK", "text/plain; version=0.0.4", prometheus.render()),
+                        _ => ("404 Not Found", "text/plain", "not found\n".into()),
+                    })
+                    .await;
+                    metrics_slots.give_back(peer.ip());
+                });
+            }
+        }));
     }
     tracing::info!("proxy ready");
 

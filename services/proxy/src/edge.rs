@@ -46,7 +46,7 @@ pub struct Slots {
 }
 
 impl Slots {
-    fn take(&self, ip: IpAddr) -> Result<(), &'static str> {
+    pub fn take(&self, ip: IpAddr) -> Result<(), &'static str> {
         let mut open = self.open.lock().expect("slots lock");
         if open.0 >= CONNECTIONS_MAX {
             return Err("global");
@@ -60,7 +60,7 @@ impl Slots {
         Ok(())
     }
 
-    fn give_back(&self, ip: IpAddr) {
+    pub fn give_back(&self, ip: IpAddr) {
         let mut open = self.open.lock().expect("slots lock");
         open.0 = open.0.saturating_sub(1);
         if let Some(n) = open.1.get_mut(&ip) {

@@ -74,7 +74,30 @@ impl Cache {
 }
 
 /// Answers one HTTP/1.1 request on `stream` (already TLS): `GET /provision/<code>`.
-pub async fn serve_one<S>(mut stream: S, cache: &Cache)
+pub async fn serve_one<S>(stream: S, cache: &Cache)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    serve_get(stream, |path| match path.strip_prefix("/provision/") {
+        Some(code) if !code.is_empty() && code.bytes().all(|b| b.is_ascii_alphanumeric()) => match cache.take(code) {
+            Some(document) => {
+                metrics::counter!("pbx_proxy_provisioning_total", "outcome" => "served").increment(1);
+                tracing::info!("provisioning document served and forgotten");
+                ("200 OK", "application/json", document)
+            }
+            None => {
+                metrics::counter!("pbx_proxy_provisioning_total", "outcome" => "unknown").increment(1);
+                ("404 Not Found", "text/plain", "unknown or already used enrolment code\n".into())
+            }
+        },
+        _ => ("404 Not Found", "text/plain", "not found\n".into()),
+    })
+    .await
+}
+
+/// Reads one HTTP/1.1 request head (bounded in size and time) and answers a GET with what
+/// `answer` makes of its path (status, content type, body); anything else gets 405.
+pub async fn serve_get<S>(mut stream: S, answer: impl FnOnce(&str) -> (&'static str, &'static str, String))
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -98,21 +121,11 @@ where
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let answer = match (method, path.strip_prefix("/provision/")) {
-        ("GET", Some(code)) if !code.is_empty() && code.bytes().all(|b| b.is_ascii_alphanumeric()) => {
-            match cache.take(code) {
-                Some(document) => {
-                    metrics::counter!("pbx_proxy_provisioning_total", "outcome" => "served").increment(1);
-                    tracing::info!("provisioning document served and forgotten");
-                    response("200 OK", "application/json", &document)
-                }
-                None => {
-                    metrics::counter!("pbx_proxy_provisioning_total", "outcome" => "unknown").increment(1);
-                    response("404 Not Found", "text/plain", "unknown or already used enrolment code\n")
-                }
-            }
+    let answer = match method {
+        "GET" => {
+            let (status, content_type, body) = answer(path);
+            response(status, content_type, &body)
         }
-        ("GET", _) => response("404 Not Found", "text/plain", "not found\n"),
         _ => response("405 Method Not Allowed", "text/plain", "only GET\n"),
     };
     let _ = stream.write_all(answer.as_bytes()).await;
