@@ -292,7 +292,6 @@ async fn run(
         next_channel: AtomicU32::new(1),
         media_ip: args.media_ip,
     });
-    *handle.link.lock().expect("link lock") = Some(LinkState { frames, flows: link.flows.clone() });
     let writer = tokio::spawn(async move {
         while let Some(frame) = outbound.recv().await {
             if wire::write(&mut send, &frame).await.is_err() {
@@ -381,6 +380,12 @@ fn handle_frame(frame: ToPbx, seats: u32, link: &Arc<Link>, args: &Arc<ProxyArgs
             if let Some((_, tx)) = link.channels.lock().expect("channels lock").get(&channel) {
                 let _ = tx.send(Some(Err(())));
             }
+        }
+        ToPbx::Ready => {
+            // Linked for the API (and softphones) only once the proxy has taken the link.
+            *handle.link.lock().expect("link lock") =
+                Some(LinkState { frames: link.frames.clone(), flows: link.flows.clone() });
+            tracing::info!("the softphone proxy serves this PBX");
         }
         ToPbx::Exported { request, .. } | ToPbx::Erased { request, .. } => {
             if let Some(waiting) = handle.requests.lock().expect("requests lock").remove(&request) {

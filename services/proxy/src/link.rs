@@ -153,6 +153,7 @@ async fn run_link(connection: quinn::Connection, hub: Arc<Hub>) {
     }
     metrics::gauge!("pbx_proxy_link_up").set(1.0);
     tracing::info!(%address, %serial, seats, "PBX linked");
+    hub.to_pbx(id, ToPbx::Ready);
 
     let writer = tokio::spawn(async move {
         while let Some(frame) = outbound.recv().await {

@@ -83,6 +83,9 @@ pub enum ToProxy {
 /// From the proxy to the PBX.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum ToPbx {
+    /// The answer to Hello: the proxy serves this PBX from now on (until then, softphones
+    /// connecting are turned away).
+    Ready,
     /// A softphone connected: `peer` is its address as the proxy sees it.
     FlowOpened {
         flow: u64,
