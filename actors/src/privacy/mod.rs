@@ -280,7 +280,7 @@ pub const INVENTORY: &[DataCategory] = &[
     },
     DataCategory {
         id: "provisioning-cache",
-        data: "a softphone's configuration as the PBX hands it to the softphone proxy for the softphone to fetch: the server to register with, the user name, the pin of the PBX's TLS certificate and a one-time enrolment code; never the password. It is deleted as soon as the softphone has fetched it once",
+        data: "a softphone's configuration as the PBX hands it to the softphone proxy for the softphone to fetch: the user name, the transport, the PBX's serial number, and (added by the proxy) the address to register with and the pin of the proxy's TLS certificate, kept under a one-time enrolment code; never the password. It is deleted as soon as the softphone has fetched it once",
         purpose: "let a softphone set itself up (client provisioning) without a VPN",
         legal_basis: &[LegalBasis::Contract],
         // The seed: "cached and deleted from the server immediately after forwarding"; one
