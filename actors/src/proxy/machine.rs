@@ -251,11 +251,14 @@ impl Ledger {
         now + days(length.min(DEBUG_MODE_DAYS_MAX))
     }
 
-    /// What the ledger holds about `user` (of every PBX).
-    pub fn export(&self, user: &str) -> LedgerExport {
+    /// What the ledger holds about `user` of the PBX `pbx_serial` (`None`: of every PBX).
+    /// Scoped by the PBX that asks: a proxy once used by another PBX may hold that PBX's user
+    /// of the same name, whose data is not this one's to see.
+    pub fn export(&self, user: &str, pbx_serial: Option<&str>) -> LedgerExport {
+        let of_pbx = |serial: &str| pbx_serial.is_none_or(|s| s == serial);
         LedgerExport {
-            sessions: self.sessions().filter(|r| r.user == user).cloned().collect(),
-            debug_records: self.debug.values().filter(|r| r.involves(user)).cloned().collect(),
+            sessions: self.sessions().filter(|r| r.user == user && of_pbx(&r.pbx_serial)).cloned().collect(),
+            debug_records: self.debug.values().filter(|r| r.involves(user) && of_pbx(&r.pbx_serial)).cloned().collect(),
         }
     }
 

@@ -189,8 +189,10 @@ fn erasure_deletes_every_record_of_the_user() {
     l.handle(T0, destination("1002", "Max Mustermann <1001>"));
     l.handle(T0, destination("1002", "Anna <201>"));
     outputs(&mut l);
-    let export = l.export("1001");
+    let export = l.export("1001", None);
     assert_eq!((export.sessions.len(), export.debug_records.len()), (3, 2));
+    let other = l.export("1001", Some("PBX-2"));
+    assert_eq!((other.sessions.len(), other.debug_records.len()), (1, 0), "only that PBX's: {other:?}");
     l.handle(T0, LedgerInput::Erase { pbx_serial: Some("PBX-2".into()), user: "1001".into() });
     let out = outputs(&mut l);
     assert_eq!(out.last(), Some(&LedgerOutput::Erased { records: 1 }), "{out:?}");
@@ -199,9 +201,9 @@ fn erasure_deletes_every_record_of_the_user() {
     assert_eq!(out.last(), Some(&LedgerOutput::Erased { records: 4 }));
     let deletes = out.iter().filter(|o| matches!(o, LedgerOutput::Persist(_))).count();
     assert_eq!(deletes, 4, "each deletion goes to storage: {out:?}");
-    assert_eq!(l.export("1001"), LedgerExport::default());
+    assert_eq!(l.export("1001", None), LedgerExport::default());
     assert_eq!(l.counts(), LedgerCounts { sessions: 1, debug_records: 1, debug_modes: 2 });
-    assert_eq!(l.export("1002").debug_records[0].destination, "Anna <201>");
+    assert_eq!(l.export("1002", None).debug_records[0].destination, "Anna <201>");
 }
 
 /// State a stranger can make the proxy hold is bounded: beyond the bound the least recently

@@ -105,14 +105,17 @@ pub enum LedgerMsg {
         days: Option<u32>,
         reply: Option<RpcReplyPort<Option<u64>>>,
     },
-    /// Everything held about a user name (of every PBX), as JSON.
+    /// Everything held about a user name of the PBX `pbx_serial` (`None`: of every PBX), as
+    /// JSON.
     Export {
+        pbx_serial: Option<String>,
         user: String,
         reply: RpcReplyPort<serde_json::Value>,
     },
-    /// Deletes everything held about a user name (of every PBX); answered, once stored, with
-    /// the number of records deleted.
+    /// Deletes everything held about a user name of the PBX `pbx_serial` (`None`: of every
+    /// PBX); answered, once stored, with the number of records deleted.
     Erase {
+        pbx_serial: Option<String>,
         user: String,
         reply: RpcReplyPort<usize>,
     },
@@ -423,11 +426,11 @@ impl Actor for LedgerActor {
                     });
                 }
             }
-            LedgerMsg::Export { user, reply } => {
-                let _ = reply.send(export_json(&s.machine.export(&user)));
+            LedgerMsg::Export { pbx_serial, user, reply } => {
+                let _ = reply.send(export_json(&s.machine.export(&user, pbx_serial.as_deref())));
             }
-            LedgerMsg::Erase { user, reply } => {
-                s.machine.handle(now, LedgerInput::Erase { pbx_serial: None, user });
+            LedgerMsg::Erase { pbx_serial, user, reply } => {
+                s.machine.handle(now, LedgerInput::Erase { pbx_serial, user });
                 let (stored, erased) = s.drain_counting();
                 tracing::info!(records = erased, "proxy ledger erasure");
                 tokio::spawn(async move {

@@ -252,18 +252,19 @@ fn handle(frame: ToProxy, link: u64, serial: &str, hub: &Arc<Hub>) {
         }
         ToProxy::Provision { code, document } => hub.provisioning.put(code, document),
         ToProxy::Export { request, user } => {
-            let hub = hub.clone();
+            // Only this PBX's records of that user name.
+            let (hub, pbx_serial) = (hub.clone(), Some(serial.to_string()));
             tokio::spawn(async move {
-                let document = ractor::call!(hub.ledger, |reply| LedgerMsg::Export { user, reply })
+                let document = ractor::call!(hub.ledger, |reply| LedgerMsg::Export { pbx_serial, user, reply })
                     .map(|d| d.to_string())
                     .unwrap_or_else(|e| serde_json::json!({ "error": format!("the proxy's ledger: {e}") }).to_string());
                 hub.to_pbx(link, ToPbx::Exported { request, document });
             });
         }
         ToProxy::Erase { request, user } => {
-            let hub = hub.clone();
+            let (hub, pbx_serial) = (hub.clone(), Some(serial.to_string()));
             tokio::spawn(async move {
-                match ractor::call!(hub.ledger, |reply| LedgerMsg::Erase { user, reply }) {
+                match ractor::call!(hub.ledger, |reply| LedgerMsg::Erase { pbx_serial, user, reply }) {
                     Ok(records) => {
                         hub.to_pbx(link, ToPbx::Erased { request, records: records as u64 });
                     }

@@ -152,14 +152,17 @@ async fn export_and_erasure_by_user() {
     actor.cast(destination("1001", "Erika <300>")).unwrap();
     actor.cast(destination("1002", "Max Mustermann <1001>")).unwrap();
     actor.cast(destination("1002", "Anna <201>")).unwrap();
-    let export = ractor::call!(actor, |reply| LedgerMsg::Export { user: "1001".into(), reply }).unwrap();
+    let export =
+        ractor::call!(actor, |reply| LedgerMsg::Export { pbx_serial: None, user: "1001".into(), reply }).unwrap();
     assert_eq!(export["sessions"][0]["push_token"], "tok-1", "{export}");
     assert_eq!(export["sessions"][0]["softphone"], "198.51.100.7:50123");
     assert_eq!(export["sessions"][0]["last_use"], "2026-01-05T00:00:00.000Z");
     assert_eq!(export["debug_records"].as_array().map(Vec::len), Some(2), "{export}");
-    let erased = ractor::call!(actor, |reply| LedgerMsg::Erase { user: "1001".into(), reply }).unwrap();
+    let erased =
+        ractor::call!(actor, |reply| LedgerMsg::Erase { pbx_serial: None, user: "1001".into(), reply }).unwrap();
     assert_eq!(erased, 3);
-    let export = ractor::call!(actor, |reply| LedgerMsg::Export { user: "1001".into(), reply }).unwrap();
+    let export =
+        ractor::call!(actor, |reply| LedgerMsg::Export { pbx_serial: None, user: "1001".into(), reply }).unwrap();
     assert_eq!(export, serde_json::json!({ "sessions": [], "debug_records": [] }));
     stop(actor, handle).await;
     let state = stored(dir.path());
