@@ -433,7 +433,7 @@ fn standin(
         metrics::counter!("pbx_proxy_standins_refused_total").increment(1);
         return None;
     }
-    let sockets = match bind_pair(link.media_ip) {
+    let sockets = match pbx_proxy_service::media::bind_pair(link.media_ip) {
         Ok(s) => s.map(Arc::new),
         Err(e) => {
             tracing::warn!(error = %e, "no stand-in sockets for a proxied phone's media");
@@ -461,25 +461,6 @@ fn standin(
     link.channels.lock().expect("channels lock").insert(channel, (standin.clone(), tx));
     let _ = link.frames.try_send(ToProxy::OpenChannel { channel, flow, phone });
     Some(standin)
-}
-
-fn bind_pair(ip: IpAddr) -> std::io::Result<[UdpSocket; 2]> {
-    let bind = |port| -> std::io::Result<UdpSocket> {
-        let socket = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
-        socket.set_nonblocking(true)?;
-        UdpSocket::from_std(socket)
-    };
-    for _ in 0..64 {
-        let rtp = bind(0)?;
-        let port = rtp.local_addr()?.port();
-        if port % 2 == 0
-            && port < u16::MAX
-            && let Ok(rtcp) = bind(port + 1)
-        {
-            return Ok([rtp, rtcp]);
-        }
-    }
-    Err(std::io::Error::other("no even/odd UDP port pair free"))
 }
 
 /// A message from a proxied phone: its audio streams now point at their stand-ins.

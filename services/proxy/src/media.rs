@@ -90,7 +90,7 @@ impl Channels {
                 return Err(std::io::Error::other("too many media channels"));
             }
         }
-        let [rtp, rtcp] = bind_pair(self.bind).await?;
+        let [rtp, rtcp] = bind_pair(self.bind)?;
         let port = rtp.local_addr()?.port();
         let target = Arc::new(Mutex::new([phone, phone.map(|p| SocketAddr::new(p.ip(), p.port().saturating_add(1)))]));
         let (rtp, rtcp) = (Arc::new(rtp), Arc::new(rtcp));
@@ -142,21 +142,25 @@ impl Channels {
     }
 }
 
-/// An RTP socket on an even port and its RTCP socket on the next one.
-async fn bind_pair(ip: IpAddr) -> std::io::Result<[UdpSocket; 2]> {
-    let mut last = None;
+/// An RTP socket on an even port and its RTCP socket on the next one (the proxy's channels and
+/// the PBX's stand-ins alike); within a tokio runtime.
+pub fn bind_pair(ip: IpAddr) -> std::io::Result<[UdpSocket; 2]> {
+    let bind = |port| -> std::io::Result<UdpSocket> {
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
+        socket.set_nonblocking(true)?;
+        UdpSocket::from_std(socket)
+    };
     for _ in 0..64 {
-        let rtp = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+        let rtp = bind(0)?;
         let port = rtp.local_addr()?.port();
-        if port % 2 != 0 || port == u16::MAX {
-            continue;
-        }
-        match UdpSocket::bind(SocketAddr::new(ip, port + 1)).await {
-            Ok(rtcp) => return Ok([rtp, rtcp]),
-            Err(e) => last = Some(e),
+        if port % 2 == 0
+            && port < u16::MAX
+            && let Ok(rtcp) = bind(port + 1)
+        {
+            return Ok([rtp, rtcp]);
         }
     }
-    Err(last.unwrap_or_else(|| std::io::Error::other("no even/odd UDP port pair free")))
+    Err(std::io::Error::other("no even/odd UDP port pair free"))
 }
 
 /// Reads what the phone sends on one socket of a channel and relays it to the PBX.
