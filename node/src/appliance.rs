@@ -120,6 +120,7 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         security: Some(security_log.clone()),
         applier: cluster.applier.clone(),
         current: core.registrar.clone(),
+        refresh_pushes: core.refresh_pushes.clone(),
         fence: None,
     };
     supervisor::start(&supervisor, registrar).await.map_err(anyhow::Error::msg).context("start registrar")?;
@@ -658,6 +659,20 @@ async fn start_push(
     };
     let (actor, _) =
         Actor::spawn(Some("push-dispatch".into()), PushDispatchActor, args).await.context("start push dispatch")?;
-    tracing::info!(providers = ?push.providers(), wait_s = push.wait_s, "push dispatch ready");
+    // Refresh pushes (RFC 8599 §5.6): licensed like calls' pushes, and sent by one node only,
+    // the cluster's leader (the appliance alone leads itself).
+    let (refresher, view, replica) = (actor.clone(), licence.view.clone(), replication.replica.clone());
+    core.refresh_pushes.set(Box::new(move |binding| {
+        let licensed = view.as_ref().is_none_or(|view| view.effective().has(pbx_actors::licence::Feature::Push));
+        if licensed && replica.is_leader() {
+            let _ = refresher.cast(crate::push_dispatch::PushMsg::Refresh { binding });
+        }
+    }));
+    tracing::info!(
+        providers = ?push.providers(),
+        wait_s = push.wait_s,
+        refresh_before_s = push.refresh_before_s,
+        "push dispatch ready"
+    );
     Ok(Some(Arc::new(NodePush { actor, wait: Duration::from_secs(push.wait_s.into()), licence: licence.view.clone() })))
 }

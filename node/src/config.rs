@@ -332,6 +332,7 @@ pub struct PrivacyConfig {
 #[serde(deny_unknown_fields)]
 struct PushSection {
     wait_s: Option<u32>,
+    refresh_before_s: Option<u32>,
     ca: Option<PathBuf>,
     fcm: Option<FcmSection>,
     apns: Option<ApnsSection>,
@@ -359,6 +360,9 @@ struct ApnsSection {
 pub struct PushConfig {
     /// How long a call waits for a pushed phone's REGISTER (`push.wait_s`).
     pub wait_s: u32,
+    /// How long before a push binding expires unrefreshed its app is pushed to register again
+    /// (`push.refresh_before_s`, RFC 8599 §5.6).
+    pub refresh_before_s: u32,
     /// PEM trusted for the push services' TLS instead of the public roots (the stand-in's
     /// certificate, `pbx push-gateway`).
     pub ca: Option<PathBuf>,
@@ -388,11 +392,20 @@ pub struct ApnsConfig {
 /// The longest a call may wait for a pushed phone: beyond it the caller has given up anyway.
 pub const PUSH_WAIT_S_RANGE: (u32, u32) = (1, 120);
 pub const DEFAULT_PUSH_WAIT_S: u32 = 20;
+/// `push.refresh_before_s`: OpenSIPS's `pn_trigger_interval` default; at least the time a
+/// woken app needs, at most an hour.
+pub const PUSH_REFRESH_BEFORE_S_RANGE: (u32, u32) = (10, 3600);
+pub const DEFAULT_PUSH_REFRESH_BEFORE_S: u32 = 120;
 
 fn push_config(section: PushSection) -> Result<Option<PushConfig>, (&'static str, String)> {
     let wait_s = section.wait_s.unwrap_or(DEFAULT_PUSH_WAIT_S);
     if !(PUSH_WAIT_S_RANGE.0..=PUSH_WAIT_S_RANGE.1).contains(&wait_s) {
         return Err(("push.wait_s", format!("must be {}–{}", PUSH_WAIT_S_RANGE.0, PUSH_WAIT_S_RANGE.1)));
+    }
+    let refresh_before_s = section.refresh_before_s.unwrap_or(DEFAULT_PUSH_REFRESH_BEFORE_S);
+    let (low, high) = PUSH_REFRESH_BEFORE_S_RANGE;
+    if !(low..=high).contains(&refresh_before_s) {
+        return Err(("push.refresh_before_s", format!("must be {low}–{high}")));
     }
     let https = |key: &'static str, url: String| {
         if url.starts_with("https://") { Ok(url) } else { Err((key, format!("{url:?} is not an https:// URL"))) }
@@ -425,7 +438,7 @@ fn push_config(section: PushSection) -> Result<Option<PushConfig>, (&'static str
     if fcm.is_none() && apns.is_none() {
         return Ok(None);
     }
-    Ok(Some(PushConfig { wait_s, ca: section.ca, fcm, apns }))
+    Ok(Some(PushConfig { wait_s, refresh_before_s, ca: section.ca, fcm, apns }))
 }
 
 impl PushConfig {
@@ -833,6 +846,7 @@ impl Config {
             refresh_flush_s: r.refresh_flush_s.unwrap_or(d.refresh_flush_s),
             rooms: Default::default(),
             push_providers: push.as_ref().map(PushConfig::providers).unwrap_or_default(),
+            push_refresh_before_s: push.as_ref().map_or(d.push_refresh_before_s, |p| p.refresh_before_s),
             digest_algorithms: match r.digest_algorithms {
                 None => d.digest_algorithms,
                 Some(names) => {
@@ -1317,10 +1331,12 @@ mod tests {
         let push = c.push.expect("on");
         assert_eq!((push.wait_s, push.providers()), (DEFAULT_PUSH_WAIT_S, vec!["fcm".to_string()]));
         assert_eq!(c.registrar.push_providers, ["fcm"]);
+        assert_eq!(c.registrar.push_refresh_before_s, DEFAULT_PUSH_REFRESH_BEFORE_S);
         let apns = "[push.apns]\nkey = \"/k.p8\"\nkey_id = \"K\"\nteam_id = \"T\"";
         assert_eq!(load_text(apns).unwrap().registrar.push_providers, ["apns", "apns.dev"]);
         for (text, key) in [
             ("[push]\nwait_s = 0\n[push.fcm]\nservice_account = \"/s\"", "push.wait_s"),
+            ("[push]\nrefresh_before_s = 5\n[push.fcm]\nservice_account = \"/s\"", "push.refresh_before_s"),
             ("[push.fcm]\nservice_account = \"/s\"\nurl = \"http://fcm\"", "push.fcm.url"),
             ("[push.apns]\nkey = \"/k\"\nkey_id = \"\"\nteam_id = \"T\"", "push.apns"),
         ] {

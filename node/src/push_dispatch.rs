@@ -11,6 +11,14 @@
 //! and a data message `{"type":"call"}` — never the caller's number or name (the app learns
 //! who calls from the INVITE, over SIP).
 //!
+//! Refresh pushes (RFC 8599 §5.6): a push binding still unrefreshed `push.refresh_before_s`
+//! before it expires (the registrar's `PushRefreshDue`) is pushed `{"type":"register"}` so the
+//! app, asleep, registers again and stays reachable: FCM as a data message, APNs as a silent
+//! background push to the app's `:remote` token (an app with only a VoIP token is not pushed:
+//! iOS ends an app that gets a VoIP push without reporting a call; logged). In a cluster only
+//! the Raft leader sends them (every node's registrar holds every binding; one push is
+//! enough). Each is a push record like a call's, with an empty caller.
+//!
 //! Push is gated by the licence's `push` feature: without it [`PushPort::wait`] is `None` and
 //! calls go to such phones directly, as to any other.
 
@@ -20,7 +28,7 @@ use pbx_actors::licence::Feature;
 use pbx_actors::licence::LicenceView;
 use pbx_actors::push::rfc8599::{self, PushTarget};
 use pbx_actors::push::{PushRecord, PushRecordSink};
-use pbx_actors::registrar::RegistrarMsg;
+use pbx_actors::registrar::{Binding, RegistrarMsg};
 use pbx_actors::shell::Current;
 use pbx_actors::time::Clock;
 use pbx_push_service::client::Outcome;
@@ -79,6 +87,17 @@ impl Senders {
 pub enum PushMsg {
     /// Wake `request`'s phone; the registrar is watched for it at most `wait`.
     Wake { request: WakeRequest, wait: Duration, events: Box<dyn Fn(WakeEvent) + Send + Sync> },
+    /// `binding` comes close to its expiry unrefreshed: push its app to register again.
+    Refresh { binding: Binding },
+}
+
+/// Why a push is sent: the data message it carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    /// A call waits for the phone (`{"type":"call"}`; APNs: a VoIP push).
+    Call,
+    /// Its registration is about to expire (`{"type":"register"}`; APNs: a background push).
+    Refresh,
 }
 
 // Local only; see `pbx_actors::shell` on ractor's `cluster` feature.
@@ -114,22 +133,44 @@ impl Actor for PushDispatchActor {
     }
 
     async fn handle(&self, _me: ActorRef<PushMsg>, msg: PushMsg, s: &mut PushState) -> Result<(), ActorProcessingErr> {
-        let PushMsg::Wake { request, wait, events } = msg;
+        let aor = match &msg {
+            PushMsg::Wake { request, .. } => &request.binding.aor,
+            PushMsg::Refresh { binding } => &binding.aor,
+        };
         if s.in_flight.fetch_add(1, Ordering::AcqRel) >= PUSHES_IN_FLIGHT_MAX {
             s.in_flight.fetch_sub(1, Ordering::AcqRel);
-            tracing::warn!(aor = %request.binding.aor, "too many pushes in flight: this one is not sent");
-            events(WakeEvent::Failed { leg: request.leg });
+            tracing::warn!(%aor, "too many pushes in flight: this one is not sent");
+            if let PushMsg::Wake { request, events, .. } = msg {
+                events(WakeEvent::Failed { leg: request.leg });
+            }
             return Ok(());
         }
         let (in_flight, shared) = (s.in_flight.clone(), s.shared.clone());
         let id = s.next_id;
         s.next_id += 1;
         tokio::spawn(async move {
-            wake(id, request, wait, events, &shared).await;
+            match msg {
+                PushMsg::Wake { request, wait, events } => wake(id, request, wait, events, &shared).await,
+                PushMsg::Refresh { binding } => refresh(id, binding, &shared).await,
+            }
             in_flight.fetch_sub(1, Ordering::AcqRel);
         });
         Ok(())
     }
+}
+
+/// The refresh push of `binding` (module doc): sent, recorded; a token its service calls
+/// unregistered is dropped, as after a call's push.
+async fn refresh(id: u64, binding: Binding, shared: &PushArgs) {
+    let Some(params) = pbx_actors::push::PushContact::params_of(&binding.contact) else { return };
+    let at = shared.clock.now();
+    let outcome = send(&shared.senders, &params, at, Purpose::Refresh).await;
+    if let Err(SendError::NoRemoteToken) = outcome {
+        tracing::info!(aor = %binding.aor, "refresh push not sent: the app gave no :remote token (APNs)");
+        return;
+    }
+    let metric = account(id, &binding, &params, outcome, String::new(), binding.aor.clone(), at, shared);
+    tracing::info!(aor = %binding.aor, provider = %params.provider, outcome = metric, "refresh push sent");
 }
 
 async fn wake(
@@ -139,7 +180,7 @@ async fn wake(
     events: Box<dyn Fn(WakeEvent) + Send + Sync>,
     shared: &PushArgs,
 ) {
-    let PushArgs { senders, registrar, records, clock } = shared;
+    let PushArgs { registrar, clock, .. } = shared;
     let WakeRequest { leg, binding, caller, callee } = request;
     let Some(params) = pbx_actors::push::PushContact::params_of(&binding.contact) else {
         return events(WakeEvent::Failed { leg });
@@ -149,24 +190,49 @@ async fn wake(
     registrar.cast(RegistrarMsg::AwaitPushContact { aor: binding.aor.clone(), prid: params.prid.clone(), reply });
     let at = clock.now();
     let sent = std::time::Instant::now();
-    let outcome = send(senders, &params, at).await;
+    let outcome = send(&shared.senders, &params, at, Purpose::Call).await;
     // The provider's answer time, the push's round trip (docs/PERFORMANCE.md): a wall-clock
     // measurement for the operator, never an input to the machines.
     let round_trip = sent.elapsed();
     metrics::histogram!("pbx_push_round_trip_seconds").record(round_trip.as_secs_f64());
+    let metric = account(id, &binding, &params, outcome, caller, callee, at, shared);
+    let round_trip_ms = round_trip.as_millis() as u64;
+    tracing::info!(aor = %binding.aor, provider = %params.provider, outcome = metric, round_trip_ms, "push sent");
+    if metric != "delivered" {
+        return events(WakeEvent::Failed { leg });
+    }
+    // The call's own timer ends the wait too; this one only lets the task go.
+    if let Ok(Ok(binding)) = tokio::time::timeout(wait, registered).await {
+        events(WakeEvent::Woken { leg, binding: Box::new(binding) });
+    }
+}
+
+/// Counts, logs nothing, and records (category `push-records`) one push's `outcome`; drops a
+/// token the service calls unregistered. The metric label: `delivered`, `unregistered` or
+/// `failed`.
+#[allow(clippy::too_many_arguments)]
+fn account(
+    id: u64,
+    binding: &Binding,
+    params: &pbx_actors::push::PushParams,
+    outcome: Result<Outcome, SendError>,
+    caller: String,
+    callee: String,
+    at: Timestamp,
+    shared: &PushArgs,
+) -> &'static str {
     let (metric, label) = match &outcome {
         Ok(Outcome::Delivered { .. }) => ("delivered", "delivered".to_string()),
         Ok(Outcome::Unregistered { reason }) => {
-            registrar.cast(RegistrarMsg::DropPushToken { aor: binding.aor.clone(), prid: params.prid.clone() });
+            let drop = RegistrarMsg::DropPushToken { aor: binding.aor.clone(), prid: params.prid.clone() };
+            shared.registrar.cast(drop);
             ("unregistered", format!("unregistered: {reason}"))
         }
         Ok(other) => ("failed", format!("failed: {other:?}")),
         Err(reason) => ("failed", format!("failed: {reason}")),
     };
     metrics::counter!("pbx_push_sent_total", "outcome" => metric).increment(1);
-    let round_trip_ms = round_trip.as_millis() as u64;
-    tracing::info!(aor = %binding.aor, provider = %params.provider, outcome = %label, round_trip_ms, "push sent");
-    records.record(PushRecord {
+    shared.records.record(PushRecord {
         id,
         at,
         user: binding.aor.clone(),
@@ -177,36 +243,60 @@ async fn wake(
         source: binding.source,
         outcome: label,
     });
-    if metric != "delivered" {
-        return events(WakeEvent::Failed { leg });
-    }
-    // The call's own timer ends the wait too; this one only lets the task go.
-    if let Ok(Ok(binding)) = tokio::time::timeout(wait, registered).await {
-        events(WakeEvent::Woken { leg, binding: Box::new(binding) });
-    }
+    metric
 }
 
-/// The push for `params` through its provider: `Err` when no answer came or pbx could not
-/// build the request.
-async fn send(senders: &Senders, params: &pbx_actors::push::PushParams, at: Timestamp) -> Result<Outcome, String> {
+/// Why a push did not reach its service.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    /// A refresh push for an APNs app without a `:remote` token: not sent (module doc).
+    #[error("no :remote token for a background push")]
+    NoRemoteToken,
+    #[error("{0}")]
+    Other(String),
+}
+
+/// How long a push is worth delivering: a call's ring, or a refresh until the binding lapses.
+const PUSH_TTL: Duration = Duration::from_secs(30);
+
+/// The push for `params` through its provider, for `purpose`: `Err` when no answer came or pbx
+/// could not build the request.
+async fn send(
+    senders: &Senders,
+    params: &pbx_actors::push::PushParams,
+    at: Timestamp,
+    purpose: Purpose,
+) -> Result<Outcome, SendError> {
+    let other = |e: &dyn std::fmt::Display| SendError::Other(e.to_string());
     let now_unix_s = at.as_secs();
-    let data: BTreeMap<String, String> = [("type".to_string(), "call".to_string())].into();
-    let target = rfc8599::parse(&params.provider, &params.param, &params.prid).map_err(|e| e.to_string())?;
+    let kind = match purpose {
+        Purpose::Call => "call",
+        Purpose::Refresh => "register",
+    };
+    let data: BTreeMap<String, String> = [("type".to_string(), kind.to_string())].into();
+    let target = rfc8599::parse(&params.provider, &params.param, &params.prid).map_err(|e| other(&e))?;
     match target {
         PushTarget::Fcm(target) => {
-            let sender = senders.fcm.as_ref().ok_or("FCM is not configured")?;
-            let push = FcmPush { token: target.token, data, ttl: Duration::from_secs(30) };
-            sender.send(&push, now_unix_s).await.map_err(|e| e.to_string())
+            let sender = senders.fcm.as_ref().ok_or_else(|| other(&"FCM is not configured"))?;
+            let push = FcmPush { token: target.token, data, ttl: PUSH_TTL };
+            sender.send(&push, now_unix_s).await.map_err(|e| other(&e))
         }
         PushTarget::Apns(target) => {
             let sender = match target.sandbox {
                 true => senders.apns_sandbox.as_ref(),
                 false => senders.apns.as_ref(),
             }
-            .ok_or("APNs is not configured")?;
-            let push = ApnsPush::voip_wake_up(&target, &data, Duration::from_secs(30), now_unix_s)
-                .map_err(|e| e.to_string())?;
-            sender.send(&push, now_unix_s).await.map_err(|e| e.to_string())
+            .ok_or_else(|| other(&"APNs is not configured"))?;
+            let push = match purpose {
+                Purpose::Call => ApnsPush::voip_wake_up(&target, &data, PUSH_TTL, now_unix_s).map_err(|e| other(&e))?,
+                Purpose::Refresh => {
+                    ApnsPush::background_refresh(&target, &data, PUSH_TTL, now_unix_s).map_err(|e| match e {
+                        pbx_push_service::client::BuildError::NoRemoteToken => SendError::NoRemoteToken,
+                        e => other(&e),
+                    })?
+                }
+            };
+            sender.send(&push, now_unix_s).await.map_err(|e| other(&e))
         }
     }
 }

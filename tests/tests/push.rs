@@ -170,6 +170,97 @@ fn a_token_the_service_calls_unregistered_is_dropped() {
     drop(callee);
 }
 
+/// A second APNs token (the `:remote` one of a Linphone-style app), 64 hex digits.
+const APNS_REMOTE_TOKEN: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+/// The softphone 101 with push parameters registering for `expires_s` seconds (with the media
+/// feature tag `pnsreg_tag`), asleep `asleep_ms`, then registering again and ending `after_ms`
+/// later.
+fn refreshing_phone(pbx: &Pbx, provider: &str, param: &str, token: &str, pnsreg_tag: &str, asleep_ms: u64) -> Sipp {
+    Sipp::new("register_refresh_push.xml", pbx.sip, &pbx.scratch())
+        .args(&["-s", "101", "-au", "101", "-ap", "secret-101", "-m", "1"])
+        .key("pn_provider", provider)
+        .key("pn_param", param)
+        .key("pn_prid", token)
+        .key("pnsreg_tag", pnsreg_tag)
+        .key("expires_s", "8")
+        .key("asleep_ms", &asleep_ms.to_string())
+        .key("after_ms", "2000")
+}
+
+/// RFC 8599 §5.6: an app asleep is pushed before its registration runs out, so it registers
+/// again and stays reachable. A SIPp softphone registers for 8 s (a refresh push is due
+/// half-way, 4 s, as the lifetime is under twice `push.refresh_before_s`) and sleeps:
+/// - FCM, the app says it refreshes on its own (`+sip.pnsreg`): the 200 tells it when
+///   (`+sip.pnsreg="130"`), and as it did not, the push comes anyway, once, a data message
+///   `{"type":"register"}`; after it registers again the next push is due 4 s after that, not
+///   before; when it stops registering its binding lapses at expiry and it is pushed no more.
+/// - APNs with Linphone's two tokens: a silent background push (priority 5, the bundle's own
+///   topic) to the `:remote` token, never a VoIP push.
+///
+/// Each push is a record of category push-records with no caller.
+#[test]
+fn an_app_asleep_is_pushed_before_its_registration_runs_out() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gateway = Gateway::start(dir.path());
+    let pbx = Pbx::start(PbxOptions::default().registrar("min_expires_s = 4").toml(&gateway.push_toml(5)));
+
+    let started = Instant::now();
+    let phone = refreshing_phone(&pbx, "fcm", PROJECT, FCM_TOKEN, ";+sip.pnsreg", 6_000).spawn();
+    if !wait_until(WAIT, || !pbx.contacts_of("101").is_empty()) {
+        let phone = phone.wait();
+        panic!("101 never registered: {}\n{}", phone.report(), phone.messages);
+    }
+    assert!(wait_until(WAIT, || !gateway.pushes_for(FCM_TOKEN).is_empty()), "no refresh push\n{}", pbx.log());
+    let first = started.elapsed();
+    assert!(first >= Duration::from_millis(3_500) && first < Duration::from_secs(8), "pushed at {first:?}");
+    let phone = phone.wait();
+    assert!(phone.success, "{}", phone.report());
+    assert!(
+        phone.messages.contains(&format!("Feature-Caps: *;+sip.pns=\"fcm\";+sip.pnsreg=\"{}\"", 120 + 10)),
+        "the 200 tells a +sip.pnsreg app when to refresh\n{}",
+        phone.messages
+    );
+    let pushes = gateway.pushes_for(FCM_TOKEN);
+    assert_eq!(pushes.len(), 1, "one push per registration, none yet for the second: {pushes:?}");
+    let body: serde_json::Value = serde_json::from_str(pushes[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!((pushes[0]["status"].as_u64(), &body["message"]["data"]["type"]), (Some(200), &"register".into()));
+    // The phone registered again at ~6 s: its next push is due ~4 s later.
+    assert!(wait_until(WAIT, || gateway.pushes_for(FCM_TOKEN).len() == 2), "no second refresh push");
+    let second = started.elapsed();
+    assert!(second >= Duration::from_millis(9_500), "the second push came before its time: {second:?}");
+    // Unrefreshed, the binding lapses at its expiry (~14 s) and nobody pushes it again.
+    assert!(wait_until(WAIT, || pbx.contacts_of("101").is_empty()), "{:?}", pbx.registrations());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(gateway.pushes_for(FCM_TOKEN).len(), 2, "a lapsed binding was pushed");
+
+    let (status, export) = pbx.api("GET", "/api/v1/privacy/subjects/101/export", None);
+    assert_eq!(status, 200, "{export}");
+    let export: serde_json::Value = serde_json::from_str(&export).unwrap();
+    let records = export["push_records"].as_array().unwrap_or_else(|| panic!("no push_records: {export}"));
+    assert_eq!(records.len(), 2, "{export}");
+    assert!(
+        records.iter().all(|r| r["caller"] == "" && r["callee"] == "101" && r["outcome"] == "delivered"),
+        "{export}"
+    );
+
+    // APNs, Linphone's form: the background push goes to the `:remote` token.
+    let param = format!("{TEAM_ID}.{BUNDLE}.voip&remote");
+    let prid = format!("{APNS_TOKEN}:voip&{APNS_REMOTE_TOKEN}:remote");
+    let phone = refreshing_phone(&pbx, "apns", &param, &prid, "", 5_000).spawn();
+    assert!(wait_until(WAIT, || !gateway.pushes_for(APNS_REMOTE_TOKEN).is_empty()), "{}", gateway.output());
+    let push = &gateway.pushes_for(APNS_REMOTE_TOKEN)[0];
+    assert_eq!(push["status"], 200, "{push}");
+    assert_eq!(
+        (&push["headers"]["apns-push-type"], &push["headers"]["apns-priority"], &push["headers"]["apns-topic"]),
+        (&"background".into(), &"5".into(), &BUNDLE.into()),
+        "{push}"
+    );
+    assert!(gateway.pushes_for(APNS_TOKEN).is_empty(), "a VoIP push without a call");
+    let phone = phone.wait();
+    assert!(phone.success, "{}", phone.report());
+}
+
 /// pn parameters pbx cannot use are refused naming the parameter (400), a provider pbx does
 /// not push through gets 555, a capability query (pn-provider alone) gets 200 with
 /// Feature-Caps and makes no binding.

@@ -168,8 +168,8 @@ pub const INVENTORY: &[DataCategory] = &[
     },
     DataCategory {
         id: "push-records",
-        data: "for each push sent to wake a mobile softphone: when, the user name of the woken phone (the callee's extension), the caller's and the callee's numbers, the push service (FCM or APNs), the push token or device ID the app registered with, the app's IP address and port when it last registered, and the outcome (delivered, token no longer valid, failed); to send it, the token and a wake-up message go to Google's or Apple's push service (see “What leaves the PBX”)",
-        purpose: "waking the callee's mobile app through its push provider so it can take a call (contract); the record of each push is kept solely for troubleshooting and quality optimisation (legitimate interest)",
+        data: "for each push sent to wake a mobile softphone (for a call, or to renew its registration before it runs out): when, the user name of the woken phone (the callee's extension), the caller's and the callee's numbers (no caller for a renewal), the push service (FCM or APNs), the push token or device ID the app registered with, the app's IP address and port when it last registered, and the outcome (delivered, token no longer valid, failed); to send it, the token and a wake-up message go to Google's or Apple's push service (see “What leaves the PBX”)",
+        purpose: "waking the callee's mobile app through its push provider so it can take a call, or renew its registration so it stays reachable (contract); the record of each push is kept solely for troubleshooting and quality optimisation (legitimate interest)",
         // The seed ("Push Notification Service") gives the purpose of keeping the records,
         // troubleshooting, and no basis; troubleshooting rests on (f) here as for CDRs.
         legal_basis: &[

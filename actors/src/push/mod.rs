@@ -13,6 +13,10 @@ use crate::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
+/// The Contact's media feature tag by which an app says it refreshes its registration on its
+/// own, without being pushed (RFC 8599 §4.1.4).
+pub const PNSREG_TAG: &str = "+sip.pnsreg";
+
 /// One push request pbx sent to wake a phone (category `push-records`, kept 7 days).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushRecord {
@@ -22,7 +26,7 @@ pub struct PushRecord {
     pub at: Timestamp,
     /// The woken phone's user name: the callee's extension.
     pub user: String,
-    /// The calling extension.
+    /// The calling extension; empty for a refresh push (the app renews its registration).
     pub caller: String,
     /// The number dialled (the callee's extension).
     pub callee: String,

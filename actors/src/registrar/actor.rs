@@ -33,8 +33,8 @@ use crate::store::StoreError;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// Where durable changes go: redb in the product, memory in tests and the simulator. Applies the
 /// whole batch or none of it.
@@ -67,6 +67,31 @@ pub struct RegistrarArgs {
     pub sink: Arc<dyn ResponseSink>,
     /// Where failed authentications and blocks are recorded (the node's security log).
     pub security: Option<Arc<dyn crate::privacy::SecurityLog>>,
+    /// Where push bindings due for a refresh push go (push dispatch, once it runs).
+    pub refresh_pushes: RefreshPushes,
+}
+
+/// Where the registrar hands push bindings due for a refresh push (RFC 8599 §5.6): empty until
+/// push dispatch runs ([`RefreshPushes::set`]), then to it. Clones share the destination, so
+/// the registrar (started first, restarted by its supervisor) and push dispatch meet here.
+#[derive(Clone, Default)]
+pub struct RefreshPushes(Arc<OnceLock<RefreshTo>>);
+
+/// Where [`RefreshPushes`] hands a due binding.
+pub type RefreshTo = Box<dyn Fn(Binding) + Send + Sync>;
+
+impl RefreshPushes {
+    /// From now on due bindings go to `to` (set once; later calls are ignored).
+    pub fn set(&self, to: RefreshTo) {
+        let _ = self.0.set(to);
+    }
+
+    /// `binding` is due for a refresh push; dropped when nothing pushes (push off).
+    pub fn due(&self, binding: Binding) {
+        if let Some(to) = self.0.get() {
+            to(binding);
+        }
+    }
 }
 
 /// An extension as the API shows it: no hashes.
@@ -186,6 +211,7 @@ pub struct RegistrarState {
     timer: WakeTimer,
     /// Calls waiting for a pushed phone to register, by (AOR, push id).
     push_watchers: HashMap<(String, String), Vec<tokio::sync::oneshot::Sender<Binding>>>,
+    refresh_pushes: RefreshPushes,
 }
 
 /// Calls that may wait at once for pushed phones to register (each holds a oneshot sender
@@ -342,6 +368,7 @@ impl Actor for RegistrarActor {
             writer: Some(writer),
             timer: WakeTimer::default(),
             push_watchers: HashMap::new(),
+            refresh_pushes: args.refresh_pushes,
         };
         // Bindings that expired while the node was down are dropped from storage now.
         state.drain(None);
@@ -471,12 +498,15 @@ impl RegistrarState {
         // The outcome is known once the events are in; it is filled in below.
         let reply = reply.map(|r| (r, Err(ChangeError::Internal("no result from the registrar".into()))));
         let mut woken = Vec::new();
+        let mut refresh = Vec::new();
         let mut dispatch = glue::dispatch(&mut self.machine, in_flight, reply, Bugs::default(), |event| {
             if let Some(security) = security {
                 record_security_event(security, &event, now);
             }
-            if let RegistrarEvent::PushContactRegistered { binding } = &event {
-                woken.push((**binding).clone());
+            match &event {
+                RegistrarEvent::PushContactRegistered { binding } => woken.push((**binding).clone()),
+                RegistrarEvent::PushRefreshDue { binding } => refresh.push((**binding).clone()),
+                _ => {}
             }
             if let Some(result) = log_event(event) {
                 extension_result = Some(result);
@@ -494,6 +524,9 @@ impl RegistrarState {
         }
         for binding in woken {
             self.wake_push_watchers(binding);
+        }
+        for binding in refresh {
+            self.refresh_pushes.due(binding);
         }
     }
 
@@ -553,6 +586,9 @@ fn log_event(event: RegistrarEvent) -> Option<Result<(), ChangeError>> {
         RegistrarEvent::Registered { aor, contact } => tracing::info!(%aor, %contact, "registered"),
         RegistrarEvent::PushContactRegistered { binding } => {
             tracing::debug!(aor = %binding.aor, "push contact registered")
+        }
+        RegistrarEvent::PushRefreshDue { binding } => {
+            tracing::debug!(aor = %binding.aor, "push contact due for a refresh push")
         }
         RegistrarEvent::Unregistered { aor, contact } => tracing::info!(%aor, %contact, "unregistered"),
         RegistrarEvent::Expired { aor, contact } => tracing::info!(%aor, %contact, "registration expired"),
@@ -729,6 +765,7 @@ mod tests {
             store: journal.clone(),
             sink: journal.clone(),
             security: None,
+            refresh_pushes: Default::default(),
         };
         Actor::spawn(None, RegistrarActor, args).await.unwrap()
     }

@@ -114,7 +114,17 @@ pub struct RegistrarConfig {
     /// RFC 8599 push providers pbx pushes through (`fcm`, `apns`, `apns.dev`); empty: push is
     /// off and `pn-*` Contact parameters are ignored.
     pub push_providers: Vec<String>,
+    /// How long before a push binding expires its refresh push is due (RFC 8599 §5.6: the
+    /// app, asleep, registers again only when pushed); at most half the binding's lifetime.
+    /// An app that refreshes on its own (`+sip.pnsreg`) is told to do so
+    /// [`PNSREG_MARGIN_S`] earlier, so the push only ever reaches one that did not.
+    pub push_refresh_before_s: u32,
 }
+
+/// How much earlier than the refresh push an app that registered with `+sip.pnsreg` is asked to
+/// refresh on its own (the value of the `+sip.pnsreg` feature-capability indicator is
+/// `push_refresh_before_s` plus this).
+pub const PNSREG_MARGIN_S: u32 = 10;
 
 impl Default for RegistrarConfig {
     fn default() -> Self {
@@ -133,6 +143,7 @@ impl Default for RegistrarConfig {
             digest_algorithms: Algorithm::PREFERENCE.to_vec(),
             rooms: Default::default(),
             push_providers: Vec::new(),
+            push_refresh_before_s: 120,
         }
     }
 }
@@ -407,6 +418,11 @@ pub enum RegistrarEvent {
     PushContactRegistered {
         binding: Box<Binding>,
     },
+    /// A push binding comes close to its expiry unrefreshed (`push_refresh_before_s`): push the
+    /// app so it registers again (RFC 8599 §5.6). Once per registration.
+    PushRefreshDue {
+        binding: Box<Binding>,
+    },
     ExtensionChanged {
         number: String,
     },
@@ -438,6 +454,15 @@ enum Auth {
     Blocked,
     /// `uri` is not the Request-URI: 400, counted like a failure.
     WrongUri { user: String, count_user: bool },
+}
+
+/// What a REGISTER's contacts said about push (RFC 8599), for the 200's `Feature-Caps`.
+#[derive(Default)]
+struct Pushes {
+    /// The providers named (`pn-provider`), each once.
+    providers: Vec<String>,
+    /// A push contact carried `+sip.pnsreg`: the app refreshes on its own (§4.1.4).
+    pnsreg: bool,
 }
 
 /// Why a REGISTER is refused after authentication.
@@ -474,6 +499,11 @@ pub struct Registrar {
     bindings: BTreeMap<String, Vec<Binding>>,
     /// Every binding by its expiry: (expires_at, aor, contact).
     expiries: BTreeSet<(Timestamp, String, String)>,
+    /// Push bindings (RFC 8599) by when their refresh push is due: (due, aor, contact). An
+    /// entry goes when it comes due (one push per registration), or with its binding.
+    refreshes: BTreeSet<(Timestamp, String, String)>,
+    /// The due time of each entry of `refreshes`, by (aor, contact).
+    refresh_at: BTreeMap<(String, String), Timestamp>,
     /// Bindings whose stored copy is behind: refreshed in memory, or a failed write.
     dirty_bindings: BTreeSet<(String, String)>,
     /// Extensions whose stored copy is behind (a failed write).
@@ -548,6 +578,8 @@ impl Registrar {
             extensions: extensions.into_iter().map(|e| (e.number.clone(), e)).collect(),
             bindings: BTreeMap::new(),
             expiries: BTreeSet::new(),
+            refreshes: BTreeSet::new(),
+            refresh_at: BTreeMap::new(),
             dirty_bindings: BTreeSet::new(),
             dirty_extensions: BTreeSet::new(),
             flush_at: None,
@@ -578,6 +610,7 @@ impl Registrar {
         let now = now.max(self.last_now);
         self.last_now = now;
         self.expire_due(now);
+        self.refresh_due(now);
         match input {
             RegistrarInput::Register { tx, request, source, transport } => {
                 self.register(now, tx, &request, source, transport)
@@ -605,10 +638,11 @@ impl Registrar {
         self.outputs.pop_front()
     }
 
-    /// The earliest binding expiry or refresh flush.
+    /// The earliest binding expiry, refresh push or refresh flush.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let expiry = self.expiries.first().map(|(at, _, _)| *at);
-        [expiry, self.flush_at].into_iter().flatten().min()
+        let refresh = self.refreshes.first().map(|(at, _, _)| *at);
+        [expiry, refresh, self.flush_at].into_iter().flatten().min()
     }
 
     /// The shell could not store these commands: their keys are written again, from the
@@ -672,6 +706,16 @@ impl Registrar {
         if self.expiries.len() != total {
             return Err(format!("{} expiry entries for {total} bindings", self.expiries.len()));
         }
+        if self.refreshes.len() != self.refresh_at.len() {
+            return Err(format!("{} refresh entries, {} indexed", self.refreshes.len(), self.refresh_at.len()));
+        }
+        for (due, aor, contact) in &self.refreshes {
+            let binding = self.bindings.get(aor).and_then(|l| l.iter().find(|b| b.contact == *contact));
+            let Some(binding) = binding else { return Err(format!("{aor}: refresh of {contact}, not bound")) };
+            if self.refresh_at.get(&(aor.clone(), contact.clone())) != Some(due) || *due > binding.expires_at {
+                return Err(format!("{aor}: refresh of {contact} at {due} misfiled"));
+            }
+        }
         Ok(())
     }
 
@@ -700,11 +744,16 @@ impl Registrar {
             return self.refuse(tx, request, ip, Refusal { code: 403, reason: Some("Forbidden (wrong AOR)") }, true);
         }
         match self.update_bindings(now, request, &aor, source, transport) {
-            Ok(push_providers) => {
+            Ok(Pushes { providers, pnsreg }) => {
                 let mut response = request.response(200, Some(&self.to_tag(request)));
-                // RFC 8599 §5: the providers pbx pushes through for this phone.
-                for provider in push_providers {
-                    let caps = format!("*;+sip.pns=\"{provider}\"");
+                // RFC 8599 §5: the providers pbx pushes through for this phone; to an app that
+                // refreshes on its own (§4.1.4, `+sip.pnsreg`), how long before expiry it should.
+                for provider in providers {
+                    let mut caps = format!("*;+sip.pns=\"{provider}\"");
+                    if pnsreg {
+                        let before = self.config.push_refresh_before_s.saturating_add(PNSREG_MARGIN_S);
+                        caps.push_str(&format!(";+sip.pnsreg=\"{before}\""));
+                    }
                     response.headers.insert_value(Name::from("Feature-Caps"), BytesStr::from(caps));
                 }
                 for b in self.bindings.get(&aor).into_iter().flatten() {
@@ -987,7 +1036,7 @@ impl Registrar {
     }
 
     /// Steps 5–7: checks every contact first, then changes bindings all together or not at all.
-    /// Returns the push providers (RFC 8599) the request's contacts named, for `Feature-Caps`.
+    /// Returns what the request's contacts said about push (RFC 8599), for `Feature-Caps`.
     fn update_bindings(
         &mut self,
         now: Timestamp,
@@ -995,7 +1044,7 @@ impl Registrar {
         aor: &str,
         source: SocketAddr,
         transport: Transport,
-    ) -> Result<Vec<String>, Refusal> {
+    ) -> Result<Pushes, Refusal> {
         let call_id = request.call_id().unwrap_or_default();
         let cseq = request.cseq_ref().map(|c| c.cseq).unwrap_or(0);
         let header_expires = match request.expires() {
@@ -1017,7 +1066,7 @@ impl Registrar {
 
         let contacts = request.contacts().map_err(|_| Refusal::code(400))?;
         let list = match contacts {
-            Contacts::None => return Ok(Vec::new()),
+            Contacts::None => return Ok(Pushes::default()),
             Contacts::Star => {
                 if header_expires != Some(0) {
                     return Err(Refusal::code(400));
@@ -1030,7 +1079,7 @@ impl Registrar {
                     self.remove_binding(&aor, &contact);
                     self.event(RegistrarEvent::Unregistered { aor, contact });
                 }
-                return Ok(Vec::new());
+                return Ok(Pushes::default());
             }
             Contacts::List(list) => list,
         };
@@ -1043,6 +1092,7 @@ impl Registrar {
         // under the same id goes.
         let mut push_providers: Vec<String> = Vec::new();
         let mut push_ids: Vec<(String, String)> = Vec::new();
+        let mut pnsreg = false;
         for contact in &list {
             let uri = print_sip_uri(&contact.uri.uri);
             if uri.len() > CONTACT_CHARS_MAX {
@@ -1063,6 +1113,8 @@ impl Registrar {
                         push_providers.push(params.provider.clone());
                     }
                     push_ids.push((uri.clone(), params.prid));
+                    // RFC 8599 §4.1.4: a media feature tag of the Contact, not of its URI.
+                    pnsreg |= contact.params.get(crate::push::PNSREG_TAG).is_some();
                 }
             }
             let expires = match contact.params.get("expires") {
@@ -1162,7 +1214,7 @@ impl Registrar {
                 self.event(RegistrarEvent::Registered { aor: aor.to_owned(), contact });
             }
         }
-        Ok(push_providers)
+        Ok(Pushes { providers: push_providers, pnsreg })
     }
 
     // ---- bindings ----
@@ -1182,11 +1234,52 @@ impl Registrar {
             let removed = self.expiries.remove(&entry);
             assert!(removed, "every binding has an expiry entry");
             entry.0 = expires_at;
+            if entry.2.contains("pn-prid") {
+                self.schedule_refresh(&entry.1, &entry.2, expires_at);
+            }
             self.expiries.insert(entry);
         } else {
             assert!(list.len() < BINDINGS_PER_AOR_MAX, "callers check the per-AOR bound");
             self.expiries.insert((binding.expires_at, binding.aor.clone(), binding.contact.clone()));
+            let refresh = binding.contact.contains("pn-prid").then(|| (binding.aor.clone(), binding.contact.clone()));
+            let expires_at = binding.expires_at;
             list.push(binding);
+            if let Some((aor, contact)) = refresh {
+                self.schedule_refresh(&aor, &contact, expires_at);
+            }
+        }
+    }
+
+    /// Files (again) the refresh push of the push binding (`aor`, `contact`) expiring at
+    /// `expires_at`: due `push_refresh_before_s` before it, or half-way for a short lifetime.
+    /// Only contacts whose text holds `pn-prid` get here; others were never filed.
+    fn schedule_refresh(&mut self, aor: &str, contact: &str, expires_at: Timestamp) {
+        let key = (aor.to_owned(), contact.to_owned());
+        if let Some(due) = self.refresh_at.remove(&key) {
+            self.refreshes.remove(&(due, key.0.clone(), key.1.clone()));
+        }
+        if self.config.push_providers.is_empty() || crate::push::PushContact::params_of(contact).is_none() {
+            return;
+        }
+        let lifetime = expires_at.saturating_since(self.last_now);
+        let due = expires_at - secs(self.config.push_refresh_before_s).min(lifetime / 2);
+        self.refreshes.insert((due, key.0.clone(), key.1.clone()));
+        self.refresh_at.insert(key, due);
+    }
+
+    /// Push bindings whose refresh push is due at `now` come out as
+    /// [`RegistrarEvent::PushRefreshDue`], each once per registration.
+    fn refresh_due(&mut self, now: Timestamp) {
+        while let Some((due, aor, contact)) = self.refreshes.first().cloned() {
+            if due > now {
+                break;
+            }
+            self.refreshes.pop_first();
+            self.refresh_at.remove(&(aor.clone(), contact.clone()));
+            let binding = self.bindings.get(&aor).and_then(|l| l.iter().find(|b| b.contact == contact)).cloned();
+            if let Some(binding) = binding {
+                self.event(RegistrarEvent::PushRefreshDue { binding: Box::new(binding) });
+            }
         }
     }
 
@@ -1207,7 +1300,11 @@ impl Registrar {
         }
         let removed = self.expiries.remove(&(old.expires_at, old.aor, old.contact));
         assert!(removed, "every binding has an expiry entry");
-        self.dirty_bindings.remove(&(aor.to_owned(), contact.to_owned()));
+        let key = (aor.to_owned(), contact.to_owned());
+        if let Some(due) = self.refresh_at.remove(&key) {
+            self.refreshes.remove(&(due, key.0.clone(), key.1.clone()));
+        }
+        self.dirty_bindings.remove(&key);
         true
     }
 

@@ -30,8 +30,8 @@ pub mod nat;
 pub mod stored;
 
 pub use actor::{
-    ChangeError, Clock, ExtensionView, RegistrarActor, RegistrarArgs, RegistrarMsg, RegistrarStats, RegistrarStore,
-    ResponseSink,
+    ChangeError, Clock, ExtensionView, RefreshPushes, RefreshTo, RegistrarActor, RegistrarArgs, RegistrarMsg,
+    RegistrarStats, RegistrarStore, ResponseSink,
 };
 pub use blocking::{AUTH_FAILURE_PAIRS_MAX, AUTH_FAILURE_PREFIXES_MAX, AUTH_FAILURES_LIMIT_MAX, TRUSTED_SOURCES_MAX};
 pub use digest::{Algorithm, ha1};

@@ -274,6 +274,12 @@ impl Harness {
         self.drain()
     }
 
+    /// Moves to `at` and fires the timer there.
+    fn timeout_at(&mut self, at: Timestamp) -> Step {
+        self.now = at;
+        self.timeout()
+    }
+
     /// Challenge, then answer it with `password` over SHA-256 (cseq + 1).
     fn register_with(&mut self, reg: &Reg, password: &str) -> Step {
         let first = self.send(reg);
@@ -1506,4 +1512,129 @@ fn room_numbers_route_to_the_room_and_pin_failures_count() {
     // phone itself still calls.
     assert_eq!(h.m.blocked_sources(h.now), 1);
     assert!(h.call_from("100", PASSWORD_100, "800", source()).routed.is_some());
+}
+
+/// A registrar that pushes through FCM, refresh pushes due 120 s before expiry.
+fn pushing() -> Harness {
+    Harness::with(RegistrarConfig { push_providers: vec!["fcm".into()], ..RegistrarConfig::default() }, vec![])
+}
+
+const PUSH_CONTACT: &str = "sip:100@192.0.2.7;pn-provider=fcm;pn-param=proj;pn-prid=tok-1";
+
+fn refreshes_due(step: &Step) -> Vec<String> {
+    step.events
+        .iter()
+        .filter_map(|e| match e {
+            RegistrarEvent::PushRefreshDue { binding } => Some(binding.contact.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// RFC 8599 §5.6: a push binding still unrefreshed `push_refresh_before_s` before it expires
+/// is due for one refresh push, exactly then and once; a refresh re-files it; an ordinary
+/// contact never is; an unregistered one is forgotten.
+#[test]
+fn push_bindings_are_due_a_refresh_push_before_they_expire() {
+    let mut h = pushing();
+    let reg = Reg::new("100", &[&format!("<{PUSH_CONTACT}>"), "<sip:100@192.0.2.8>"]).expires(3600);
+    h.register(&reg);
+    h.m.check_invariants().unwrap();
+    let due = T0 + Duration::from_secs(3600 - 120);
+    assert_eq!(h.m.poll_timeout(), Some(due));
+    h.now = Timestamp(due.as_micros() - 1);
+    assert!(refreshes_due(&h.timeout()).is_empty());
+    h.now = due;
+    let step = h.timeout();
+    assert_eq!(refreshes_due(&step), [PUSH_CONTACT], "{:?}", step.events);
+    h.m.check_invariants().unwrap();
+    // Once: the next timer is the expiry itself, and nothing more comes before it.
+    assert_eq!(h.m.poll_timeout(), Some(T0 + Duration::from_secs(3600)));
+    h.advance(Duration::from_secs(60));
+    assert!(refreshes_due(&h.timeout()).is_empty());
+    // The woken app registers again: a new registration, a new refresh push due.
+    let again = reg.clone().cseq(10);
+    h.register(&again);
+    let next = h.now + Duration::from_secs(3600 - 120);
+    assert_eq!(h.m.poll_timeout(), Some(h.now + Duration::from_secs(5)));
+    h.timeout_at(h.now + Duration::from_secs(5));
+    assert_eq!(h.m.poll_timeout(), Some(next));
+    h.m.check_invariants().unwrap();
+    // Unregistered: nothing stays due.
+    h.register(&Reg::new("100", &[&format!("<{PUSH_CONTACT}>")]).expires(0).cseq(20));
+    assert_eq!(h.m.binding_count(), 1);
+    h.m.check_invariants().unwrap();
+    h.now = next;
+    assert!(refreshes_due(&h.timeout()).is_empty());
+}
+
+/// A short registration is pushed half-way through its lifetime, not at once; push off
+/// (no provider) makes no refresh at all.
+#[test]
+fn short_push_registrations_are_refreshed_half_way_and_none_without_push() {
+    let mut h = pushing();
+    h.register(&Reg::new("100", &[&format!("<{PUSH_CONTACT}>")]).expires(60));
+    h.timeout_at(T0 + Duration::from_secs(5));
+    assert_eq!(h.m.poll_timeout(), Some(T0 + Duration::from_secs(30)));
+    h.now = T0 + Duration::from_secs(30);
+    assert_eq!(refreshes_due(&h.timeout()), [PUSH_CONTACT]);
+
+    let mut off = Harness::new();
+    off.register(&Reg::new("100", &[&format!("<{PUSH_CONTACT}>")]).expires(600));
+    off.timeout_at(T0 + Duration::from_secs(5));
+    assert_eq!(off.m.poll_timeout(), Some(T0 + Duration::from_secs(600)), "only the expiry");
+}
+
+/// Bindings restored from storage or replicated from another node are due their refresh push
+/// too (whichever node leads sends it): from the time left.
+#[test]
+fn restored_and_replicated_push_bindings_are_due_a_refresh() {
+    let binding = |contact: &str, expires_s: u64| Binding {
+        aor: "100".into(),
+        contact: contact.into(),
+        expires_at: T0 + Duration::from_secs(expires_s),
+        call_id: "c".into(),
+        cseq: 1,
+        source: source(),
+        transport: Transport::Udp,
+        user_agent: None,
+        nat: false,
+    };
+    let config = RegistrarConfig { push_providers: vec!["fcm".into()], ..RegistrarConfig::default() };
+    let mut h = Harness::with(config, vec![binding(PUSH_CONTACT, 1000)]);
+    assert_eq!(h.m.poll_timeout(), Some(T0 + Duration::from_secs(1000 - 120)));
+    let other = "sip:100@192.0.2.9;pn-provider=fcm;pn-param=proj;pn-prid=tok-2";
+    h.m.handle(T0, RegistrarInput::Replicated(vec![RegistrarCommand::PutBinding(binding(other, 200))]));
+    h.drain();
+    h.m.check_invariants().unwrap();
+    assert_eq!(h.m.poll_timeout(), Some(T0 + Duration::from_secs(100)));
+    h.now = T0 + Duration::from_secs(100);
+    assert_eq!(refreshes_due(&h.timeout()), [other]);
+    h.m.handle(
+        h.now,
+        RegistrarInput::Replicated(vec![RegistrarCommand::RemoveBinding {
+            aor: "100".into(),
+            contact: PUSH_CONTACT.into(),
+        }]),
+    );
+    h.drain();
+    h.m.check_invariants().unwrap();
+    assert_eq!(h.m.poll_timeout(), Some(T0 + Duration::from_secs(200)), "only the other's expiry");
+}
+
+/// RFC 8599 §4.1.4/§5: an app that says it refreshes on its own (`+sip.pnsreg` on its
+/// Contact) is told how long before expiry to do so, ahead of the refresh push; others are
+/// only told the provider.
+#[test]
+fn pnsreg_apps_are_told_when_to_refresh() {
+    let caps = |step: &Step| -> Vec<String> {
+        step.response().headers.get_raw(&Name::from("Feature-Caps")).map(|v| v.to_string()).collect()
+    };
+    let mut h = pushing();
+    let plain = h.register(&Reg::new("100", &[&format!("<{PUSH_CONTACT}>")]).expires(600));
+    assert_eq!(caps(&plain), ["*;+sip.pns=\"fcm\""]);
+    let pnsreg = h.register(&Reg::new("100", &[&format!("<{PUSH_CONTACT}>;+sip.pnsreg")]).expires(600).cseq(10));
+    assert_eq!(caps(&pnsreg), [format!("*;+sip.pns=\"fcm\";+sip.pnsreg=\"{}\"", 120 + PNSREG_MARGIN_S)]);
+    let ordinary = h.register(&Reg::new("100", &["<sip:100@192.0.2.8>;+sip.pnsreg"]).expires(600).cseq(20));
+    assert!(caps(&ordinary).is_empty(), "no push contact, no Feature-Caps");
 }

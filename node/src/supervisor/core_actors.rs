@@ -52,6 +52,7 @@ pub struct RegistrarChild {
     pub security: Option<Arc<dyn pbx_actors::privacy::SecurityLog>>,
     pub applier: Arc<NodeApplier>,
     pub current: Current<RegistrarMsg>,
+    pub refresh_pushes: pbx_actors::registrar::RefreshPushes,
     /// The running incarnation's store, closed before the next one loads.
     pub fence: Option<Arc<Fenced>>,
 }
@@ -85,6 +86,7 @@ impl Child for RegistrarChild {
                 store: fence.clone(),
                 sink: Arc::new(self.sink.clone()),
                 security: self.security.clone(),
+                refresh_pushes: self.refresh_pushes.clone(),
             };
             let (registrar, _) = Actor::spawn_linked(Some("registrar".into()), RegistrarActor, args, supervisor)
                 .await

@@ -265,6 +265,8 @@ pub struct CoreActors {
     /// `None` when no licence service is configured (then neither licence actor runs).
     pub watchdog: Option<Current<WatchdogMsg>>,
     pub vouchers: Option<Current<VoucherMsg>>,
+    /// Where the registrar's refresh pushes (RFC 8599) go: push dispatch, when it runs.
+    pub refresh_pushes: pbx_actors::registrar::RefreshPushes,
 }
 
 /// How one actor answered a ping.

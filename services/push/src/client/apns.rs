@@ -39,6 +39,8 @@ pub const APNS_VOIP_PAYLOAD_BYTES_MAX: usize = 5_120;
 pub const P8_BYTES_MAX: usize = 16 * 1024;
 /// `apns-priority` of a push to deliver at once (a ringing call).
 pub const PRIORITY_IMMEDIATE: u8 = 10;
+/// `apns-priority` of background pushes (Apple refuses them at 10).
+pub const PRIORITY_BACKGROUND: u8 = 5;
 
 /// A token-signing key: Apple's `.p8`, its key ID and the team it belongs to.
 #[derive(Clone)]
@@ -168,28 +170,63 @@ impl ApnsPush {
         now_unix_s: u64,
     ) -> Result<ApnsPush, BuildError> {
         let device_token = target.voip_token.clone().ok_or(BuildError::NoVoipToken)?;
-        if data.contains_key("aps") {
-            return Err(BuildError::ReservedKey("aps".into()));
-        }
-        let mut payload = Map::new();
-        payload.insert("aps".into(), json!({}));
-        payload.extend(data.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))));
-        let payload = Value::Object(payload).to_string().into_bytes();
-        if payload.len() > APNS_VOIP_PAYLOAD_BYTES_MAX {
-            return Err(BuildError::TooLarge(payload.len(), APNS_VOIP_PAYLOAD_BYTES_MAX));
-        }
-        let ttl_s = ttl.as_secs();
         Ok(ApnsPush {
             device_token,
             topic: target.voip_topic(),
             push_type: PushType::Voip,
             priority: PRIORITY_IMMEDIATE,
-            expiration_unix_s: if ttl_s == 0 { 0 } else { now_unix_s.saturating_add(ttl_s) },
-            payload,
+            expiration_unix_s: expiration(ttl, now_unix_s),
+            payload: payload(json!({}), data, APNS_VOIP_PAYLOAD_BYTES_MAX)?,
             collapse_id: None,
             apns_id: None,
         })
     }
+
+    /// The registration-refresh push of an RFC 8599 target (§5.6): a silent background push
+    /// (`content-available`, priority 5 as Apple requires) to its `:remote` token on the
+    /// bundle's own topic, payload `{"aps":{"content-available":1}, <data>}`. Never a VoIP
+    /// push: iOS ends an app that gets one without reporting a call.
+    pub fn background_refresh(
+        target: &ApnsTarget,
+        data: &BTreeMap<String, String>,
+        ttl: Duration,
+        now_unix_s: u64,
+    ) -> Result<ApnsPush, BuildError> {
+        let device_token = target.remote_token.clone().ok_or(BuildError::NoRemoteToken)?;
+        Ok(ApnsPush {
+            device_token,
+            topic: target.bundle_id.clone(),
+            push_type: PushType::Background,
+            priority: PRIORITY_BACKGROUND,
+            expiration_unix_s: expiration(ttl, now_unix_s),
+            payload: payload(json!({ "content-available": 1 }), data, APNS_PAYLOAD_BYTES_MAX)?,
+            collapse_id: None,
+            apns_id: None,
+        })
+    }
+}
+
+/// `apns-expiration`: `ttl` after `now_unix_s`, or 0 (deliver now or never) for a zero ttl.
+fn expiration(ttl: Duration, now_unix_s: u64) -> u64 {
+    match ttl.as_secs() {
+        0 => 0,
+        ttl_s => now_unix_s.saturating_add(ttl_s),
+    }
+}
+
+/// The JSON payload `{"aps": aps, <data>}`, at most `limit` bytes; `aps` is Apple's key.
+fn payload(aps: Value, data: &BTreeMap<String, String>, limit: usize) -> Result<Vec<u8>, BuildError> {
+    if data.contains_key("aps") {
+        return Err(BuildError::ReservedKey("aps".into()));
+    }
+    let mut payload = Map::new();
+    payload.insert("aps".into(), aps);
+    payload.extend(data.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))));
+    let payload = Value::Object(payload).to_string().into_bytes();
+    if payload.len() > limit {
+        return Err(BuildError::TooLarge(payload.len(), limit));
+    }
+    Ok(payload)
 }
 
 /// `POST {endpoint}/3/device/{token}` for `push`, authorized by `provider_token`.
@@ -312,6 +349,26 @@ mod tests {
         assert_eq!(ApnsPush::voip_wake_up(&remote_only, &data, Duration::ZERO, 0), Err(BuildError::NoVoipToken));
         let now_or_never = ApnsPush::voip_wake_up(&target(), &data, Duration::ZERO, 1_000).unwrap();
         assert_eq!(now_or_never.expiration_unix_s, 0);
+    }
+
+    // Proves the refresh push is a silent background push to the `:remote` token on the
+    // bundle's topic at priority 5, and that a target without that token gets none.
+    #[test]
+    fn background_refresh_shape() {
+        let data: BTreeMap<String, String> = [("type".into(), "register".into())].into();
+        let both = ApnsTarget { remote_token: Some("00ff".repeat(16)), ..target() };
+        let push = ApnsPush::background_refresh(&both, &data, Duration::from_secs(60), 1_000).unwrap();
+        let request = send_request("https://127.0.0.1:8442", "jwt", &push).unwrap();
+        assert_eq!(request.uri().path(), format!("/3/device/{}", "00ff".repeat(16)));
+        let h = request.headers();
+        let get = |name: &str| h[name].to_str().unwrap().to_string();
+        assert_eq!(
+            (get("apns-topic"), get("apns-push-type"), get("apns-priority"), get("apns-expiration")),
+            ("org.example.app".into(), "background".into(), "5".into(), "1060".into())
+        );
+        let body = serde_json::from_slice::<Value>(request.body()).unwrap();
+        assert_eq!(body, json!({"aps": {"content-available": 1}, "type": "register"}));
+        assert_eq!(ApnsPush::background_refresh(&target(), &data, Duration::ZERO, 0), Err(BuildError::NoRemoteToken));
     }
 
     // Proves Apple's answers map to the outcomes the dispatch acts on.

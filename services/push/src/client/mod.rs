@@ -55,6 +55,8 @@ pub enum BuildError {
     NoToken,
     #[error("the target has no VoIP token (pn-prid without :voip)")]
     NoVoipToken,
+    #[error("the target has no user-notification token (pn-prid without :remote)")]
+    NoRemoteToken,
     #[error("data key {0:?} is reserved by the service")]
     ReservedKey(String),
     #[error("ttl {0} s is longer than the service keeps a message ({1} s)")]
