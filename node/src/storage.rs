@@ -311,6 +311,31 @@ impl Storage {
         Ok(out)
     }
 
+    /// Every stored conference participation, oldest first (a cluster snapshot carries them).
+    pub fn all_participations(&self) -> Result<Vec<Participation>, StorageError> {
+        let tx = self.db.begin_read().map_err(redb_err)?;
+        let mut out = Vec::new();
+        for row in tx.open_table(PARTICIPATIONS).map_err(redb_err)?.iter().map_err(redb_err)? {
+            let (k, v) = row.map_err(redb_err)?;
+            let StoredParticipationV::V1(p) =
+                decode("conference_participations", || format!("{:?}", k.value()), v.value())?;
+            out.push(p);
+        }
+        Ok(out)
+    }
+
+    /// Every stored push record, oldest first (a cluster snapshot carries them).
+    pub fn all_push_records(&self) -> Result<Vec<PushRecord>, StorageError> {
+        let tx = self.db.begin_read().map_err(redb_err)?;
+        let mut out = Vec::new();
+        for row in tx.open_table(PUSH_RECORDS).map_err(redb_err)?.iter().map_err(redb_err)? {
+            let (k, v) = row.map_err(redb_err)?;
+            let StoredPushRecordV::V1(r) = decode("push_records", || format!("{:?}", k.value()), v.value())?;
+            out.push(r);
+        }
+        Ok(out)
+    }
+
     /// Replaces every extension and binding with these, in one durable transaction (a cluster
     /// node installing a snapshot of the replicated state).
     pub fn replace_registrar(&self, extensions: &[Extension], bindings: &[Binding]) -> Result<(), StorageError> {

@@ -109,6 +109,19 @@ enum SnapshotV {
         flags: BTreeMap<String, Flags>,
         tombstones: Vec<Tombstone>,
     },
+    /// With the records replicated since issues 16 and 17: conference participations and push
+    /// records (a node that joins, or falls behind a compaction, has them too).
+    V4 {
+        extensions: Vec<Extension>,
+        bindings: Vec<Binding>,
+        cdrs: Vec<Cdr>,
+        participations: Vec<Participation>,
+        push_records: Vec<PushRecord>,
+        licence: Option<Stored>,
+        unlocks: Option<StoredUnlocks>,
+        flags: BTreeMap<String, Flags>,
+        tombstones: Vec<Tombstone>,
+    },
 }
 
 fn bindings_from_v1(bindings: Vec<BindingV1>) -> Vec<Binding> {
@@ -295,10 +308,12 @@ impl Applier for NodeApplier {
         let s = &self.storage;
         let state = s.load().map_err(ApplyError::storage)?;
         let (licence, unlocks) = s.load_licence().map_err(ApplyError::storage)?;
-        postcard::to_allocvec(&SnapshotV::V3 {
+        postcard::to_allocvec(&SnapshotV::V4 {
             extensions: state.extensions,
             bindings: state.bindings,
             cdrs: s.all_cdrs().map_err(ApplyError::storage)?,
+            participations: s.all_participations().map_err(ApplyError::storage)?,
+            push_records: s.all_push_records().map_err(ApplyError::storage)?,
             licence,
             unlocks,
             flags: s.all_flags().map_err(ApplyError::storage)?,
@@ -308,16 +323,31 @@ impl Applier for NodeApplier {
     }
 
     fn install(&self, snapshot: &[u8]) -> Result<(), ApplyError> {
-        let (extensions, bindings, cdrs, licence, unlocks, flags, tombstones) =
+        // Snapshots before V4 carry no participations or push records: none are added.
+        let (extensions, bindings, cdrs, licence, unlocks, flags, tombstones, records) =
             match postcard::from_bytes(snapshot).map_err(|e| ApplyError::undecodable("snapshot", e))? {
                 SnapshotV::V1 { extensions, bindings, cdrs, licence, unlocks, flags } => {
-                    (extensions, bindings_from_v1(bindings), cdrs, licence, unlocks, flags, Vec::new())
+                    (extensions, bindings_from_v1(bindings), cdrs, licence, unlocks, flags, Vec::new(), None)
                 }
                 SnapshotV::V2 { extensions, bindings, cdrs, licence, unlocks, flags, tombstones } => {
-                    (extensions, bindings_from_v1(bindings), cdrs, licence, unlocks, flags, tombstones)
+                    (extensions, bindings_from_v1(bindings), cdrs, licence, unlocks, flags, tombstones, None)
                 }
                 SnapshotV::V3 { extensions, bindings, cdrs, licence, unlocks, flags, tombstones } => {
-                    (extensions, bindings, cdrs, licence, unlocks, flags, tombstones)
+                    (extensions, bindings, cdrs, licence, unlocks, flags, tombstones, None)
+                }
+                SnapshotV::V4 {
+                    extensions,
+                    bindings,
+                    cdrs,
+                    participations,
+                    push_records,
+                    licence,
+                    unlocks,
+                    flags,
+                    tombstones,
+                } => {
+                    let records = Some((participations, push_records));
+                    (extensions, bindings, cdrs, licence, unlocks, flags, tombstones, records)
                 }
             };
         let s = &self.storage;
@@ -328,6 +358,10 @@ impl Applier for NodeApplier {
         // Records only ever leave by retention, which every node applies by the same rules:
         // adding the snapshot's is enough.
         s.put_cdrs(&cdrs).map_err(ApplyError::storage)?;
+        if let Some((participations, push_records)) = &records {
+            s.put_participations(participations).map_err(ApplyError::storage)?;
+            s.put_push_records(push_records).map_err(ApplyError::storage)?;
+        }
         if let Some(l) = &licence {
             s.save_licence(l).map_err(ApplyError::storage)?;
         }
@@ -677,6 +711,62 @@ mod tests {
         applier.apply(&[&request(1, Entry::PushRecords(vec![record.clone()]))]).unwrap();
         let held = storage.subject_records(&Subject::Number("101".into())).unwrap();
         assert_eq!(held.push_records, [record]);
+    }
+
+    /// A snapshot carries conference participations and push records: a node that installs it
+    /// holds them (its subject export and retention then cover them as on the others), and a
+    /// snapshot taken before they were carried still installs.
+    #[test]
+    fn snapshots_carry_participations_and_push_records() {
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let a_storage = Arc::new(Storage::open(dirs[0].path()).unwrap());
+        let a = NodeApplier::new(1, a_storage.clone(), key(1));
+        let participation = Participation {
+            id: 9,
+            room: "800".into(),
+            number: "101".into(),
+            arrived: Timestamp::from_secs(900),
+            joined: Some(Timestamp::from_secs(910)),
+            left: Timestamp::from_secs(960),
+        };
+        let record = PushRecord {
+            id: 4,
+            at: Timestamp::from_secs(1_000),
+            user: "101".into(),
+            caller: String::new(),
+            callee: "101".into(),
+            provider: "fcm".into(),
+            device: "token-4".into(),
+            source: "192.0.2.1:5060".parse().unwrap(),
+            outcome: "delivered".into(),
+        };
+        a.apply(&[
+            &request(2, Entry::Participations(vec![participation.clone()])),
+            &request(2, Entry::PushRecords(vec![record.clone()])),
+        ])
+        .unwrap();
+        let b_storage = Arc::new(Storage::open(dirs[1].path()).unwrap());
+        let b = NodeApplier::new(2, b_storage.clone(), key(2));
+        b.install(&a.snapshot().unwrap()).unwrap();
+        assert_eq!(b_storage.all_participations().unwrap(), std::slice::from_ref(&participation));
+        assert_eq!(b_storage.all_push_records().unwrap(), std::slice::from_ref(&record));
+        let held = b_storage.subject_records(&Subject::Number("101".into())).unwrap();
+        assert_eq!((held.participations, held.push_records), (vec![participation], vec![record]));
+        // A V3 snapshot (none carried) installs and adds none.
+        let v3 = postcard::to_allocvec(&SnapshotV::V3 {
+            extensions: Vec::new(),
+            bindings: Vec::new(),
+            cdrs: Vec::new(),
+            licence: None,
+            unlocks: None,
+            flags: BTreeMap::new(),
+            tombstones: Vec::new(),
+        })
+        .unwrap();
+        let c_dir = tempfile::tempdir().unwrap();
+        let c_storage = Arc::new(Storage::open(c_dir.path()).unwrap());
+        NodeApplier::new(3, c_storage.clone(), key(3)).install(&v3).unwrap();
+        assert!(c_storage.all_push_records().unwrap().is_empty());
     }
 
     /// Every table of the Raft file is a declared place of personal data (`raft:<table>`).
