@@ -8,14 +8,18 @@
 //!   no route and no subsystem.
 //! - [`store`]: the error of a redb file that could not be opened, read or decoded, and the
 //!   decoding of a stored record from its version enum.
+//! - [`stream`]: SIP over TCP and TLS connections served within bounds (connection caps per
+//!   source, handshake and message deadlines, framing), shared by the node's SIP ports and the
+//!   softphone proxy's edge.
 //! - [`wait_for_shutdown_signal`]: SIGTERM or SIGINT.
 //!
-//! Not here: anything about SIP, storage schemas or a subsystem's routes.
+//! Not here: what a SIP message means, storage schemas or a subsystem's routes.
 
 pub mod clock;
 pub mod http;
 pub mod secret_file;
 pub mod store;
+pub mod stream;
 pub mod tls;
 
 /// Returns at the first SIGTERM or SIGINT.

@@ -1,6 +1,6 @@
 //! `pbx proxy init` (the link's certificates) and `pbx proxy run` (the proxy itself).
 
-use crate::edge::{self, Slots};
+use crate::edge;
 use crate::ledger::{self, LedgerConfig};
 use crate::link::{self, Hub};
 use crate::media::Channels;
@@ -179,7 +179,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let (ledger, ledger_task) = ledger::start(&args.data_dir, config).await?;
     let hub = Hub::new(Channels::new(args.media_bind, advertised), ledger.clone());
-    let slots = Arc::new(Slots::default());
+    let slots = edge::slots();
 
     // On stdout, for whoever configures the phones and the PBX.
     println!("link: {} (QUIC)", endpoint.local_addr()?);
@@ -218,17 +218,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             loop {
                 let Ok((stream, peer)) = listener.accept().await else { continue };
-                if metrics_slots.take(peer.ip()).is_err() {
-                    continue;
-                }
-                let (prometheus, metrics_slots) = (prometheus.clone(), metrics_slots.clone());
+                let Ok(slot) = metrics_slots.take(peer) else { continue };
+                let prometheus = prometheus.clone();
                 tokio::spawn(async move {
                     crate::provision::serve_get(stream, |path| match path {
                         "/metrics" => ("200 OK", "text/plain; version=0.0.4", prometheus.render()),
                         _ => ("404 Not Found", "text/plain", "not found\n".into()),
                     })
                     .await;
-                    metrics_slots.give_back(peer.ip());
+                    drop(slot);
                 });
             }
         }));
