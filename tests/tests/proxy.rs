@@ -204,8 +204,10 @@ fn a_provisioning_document_is_served_once() {
     assert_eq!(code, 404);
 }
 
-/// Proxy seats are the licence's: with one seat, the first softphone connection through the
-/// proxy reaches the registrar (its REGISTER is challenged) and a second one is closed; without
+/// Proxy seats are the licence's, and only a softphone that registers takes one: with one
+/// seat, strangers connected through the proxy (not registering) hold none, so a softphone
+/// registers past them; a second softphone's REGISTER with credentials is then answered
+/// `403 Forbidden (no proxy seat)` (counted), and registers once the first has gone. Without
 /// the licence's answer yet (no seats) the PBX does not link at all.
 #[test]
 fn softphones_through_the_proxy_are_bounded_by_the_licence_seats() {
@@ -232,18 +234,38 @@ fn softphones_through_the_proxy_are_bounded_by_the_licence_seats() {
         proxy.output()
     );
 
+    // Strangers connect and speak, but never register: they hold no seat.
+    let strangers: Vec<SipClient> = (0..3)
+        .map(|_| {
+            let mut stranger = SipClient::tcp(proxy.tcp);
+            let register = stranger.request("REGISTER", &format!("sip:{}", proxy.tcp), "100", None, &["Expires: 600"]);
+            let challenge = stranger.transact(&register).expect("answered through the proxy");
+            assert_eq!(status_code(&challenge), Some(401), "{challenge}");
+            stranger
+        })
+        .collect();
+    assert!(wait_until(WAIT, || status(&pbx)["softphones"] == 3), "{}", status(&pbx));
+    assert_eq!(status(&pbx)["seated"], 0);
+
     let mut first = SipClient::tcp(proxy.tcp);
-    let register = first.request("REGISTER", &format!("sip:{}", proxy.tcp), "100", None, &["Expires: 600"]);
-    let challenge = first.transact(&register).expect("answered through the proxy");
-    assert_eq!(status_code(&challenge), Some(401), "{challenge}");
-    assert!(wait_until(WAIT, || status(&pbx)["softphones"] == 1), "{}", status(&pbx));
+    let answer = first.register("100", "secret-100", "MD5", &["Expires: 600"]).expect("answered");
+    assert_eq!(status_code(&answer), Some(200), "{answer}");
+    assert_eq!(status(&pbx)["seated"], 1);
 
     let mut second = SipClient::tcp(proxy.tcp);
-    let register = second.request("REGISTER", &format!("sip:{}", proxy.tcp), "101", None, &["Expires: 600"]);
-    second.send(&register);
-    assert!(second.closed_by_server(WAIT), "the second softphone is closed");
+    let answer = second.register("101", "secret-101", "MD5", &["Expires: 600"]).expect("answered");
+    assert_eq!(status_code(&answer), Some(403), "{answer}");
+    assert!(answer.starts_with("SIP/2.0 403 Forbidden (no proxy seat)"), "{answer}");
     assert_eq!(pbx.metric("pbx_proxy_flows_refused_total{reason=\"seats\"}"), Some(1.0));
     assert!(pbx.log().contains("every licensed proxy seat is taken"), "{}", pbx.log());
+    assert!(pbx.contacts_of("101").is_empty(), "refused before the registrar");
+
+    // The first softphone goes: its seat is free again.
+    drop(first);
+    assert!(wait_until(WAIT, || status(&pbx)["seated"] == 0), "{}", status(&pbx));
+    let answer = second.register("101", "secret-101", "MD5", &["Expires: 600"]).expect("answered");
+    assert_eq!(status_code(&answer), Some(200), "{answer}");
+    drop(strangers);
 }
 
 /// Strangers at the proxy's softphone port: plain SIP on the TLS port is closed at its first

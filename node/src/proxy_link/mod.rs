@@ -14,9 +14,16 @@
 //!   the link as QUIC datagrams. The SDP is rewritten on the way ([`sdp`]): toward the PBX it
 //!   names the stand-in, toward the phone the proxy's public ports. SRTP passes through as it
 //!   is (keys travel in the SDP, inside TLS to the proxy and QUIC beyond it).
-//! - **Seats.** At most the licence's `proxy_seats` softphone connections at once (no licence
-//!   service configured: not gated); a connection beyond it is closed and counted
-//!   (`pbx_proxy_flows_refused_total{reason="seats"}`). A licence with no seats: no link at all.
+//! - **Seats.** At most the licence's `proxy_seats` softphones registered through the proxy
+//!   at once (no licence service configured: not gated). A connection takes its seat with its
+//!   first REGISTER that carries credentials and keeps it once that is answered 2xx (any other
+//!   final answer gives it back); beyond the seats such a REGISTER is answered
+//!   `403 Forbidden (no proxy seat)` here and counted
+//!   (`pbx_proxy_flows_refused_total{reason="seats"}`). A connection that has not registered
+//!   holds no seat, so strangers connecting cannot lock softphones out: at most
+//!   [`PENDING_FLOWS_MAX`] such connections at once ([`PENDING_FLOWS_PER_SOURCE_MAX`] per
+//!   source address), each closed if it has not registered within [`REGISTER_WITHIN`]. A
+//!   licence with no seats: no link at all.
 //!
 //! Bounds: stand-ins per flow ([`STANDINS_PER_FLOW_MAX`]) and in all ([`STANDINS_MAX`]); they
 //! close with their flow or the link, and a phone at its bound gets a new one in place of one
@@ -51,6 +58,13 @@ pub const STANDINS_MAX: usize = 4_096;
 pub const STANDIN_IDLE: Duration = Duration::from_secs(30);
 /// How long a message toward a phone waits for the proxy to open its channel.
 pub const CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections through the proxy that have not registered yet, at once; beyond it new ones are
+/// closed (`pbx_proxy_flows_refused_total{reason="pending"}`).
+pub const PENDING_FLOWS_MAX: usize = 128;
+/// Of those, from one source (IPv4 address or IPv6 /64).
+pub const PENDING_FLOWS_PER_SOURCE_MAX: usize = 16;
+/// A connection through the proxy must register within this or it is closed.
+pub const REGISTER_WITHIN: Duration = Duration::from_secs(60);
 /// Messages queued toward one proxied phone (as for a TCP connection).
 const FLOW_QUEUE_MAX: usize = 256;
 /// Frames queued toward the proxy.
@@ -82,6 +96,8 @@ pub struct ProxyStatus {
     pub link: SocketAddr,
     pub linked: bool,
     pub softphones: usize,
+    /// Of them, those holding a proxy seat (registered, or registering with credentials).
+    pub seated: usize,
 }
 
 impl ProxyHandle {
@@ -90,7 +106,8 @@ impl ProxyHandle {
         ProxyStatus {
             link: self.config.link,
             linked: link.is_some(),
-            softphones: link.map_or(0, |l| l.flows.lock().expect("flows lock").len()),
+            softphones: link.as_ref().map_or(0, |l| l.flows.lock().expect("flows lock").len()),
+            seated: link.map_or(0, |l| l.flows.lock().expect("flows lock").values().filter(|f| f.seated).count()),
         }
     }
 
@@ -221,6 +238,10 @@ async fn dial(endpoint: quinn::Endpoint, args: ProxyArgs, handle: Arc<ProxyHandl
 struct FlowState {
     transport: Transport,
     peer: SocketAddr,
+    /// Holds a proxy seat: reserved by a REGISTER with credentials, kept by its 2xx.
+    seated: bool,
+    /// A REGISTER of it was answered 2xx.
+    registered: bool,
     /// Its audio streams: by (Call-ID, m= index).
     standins: HashMap<(String, usize), Arc<StandIn>>,
     forwarder: tokio::task::JoinHandle<()>,
@@ -329,10 +350,17 @@ fn handle_frame(frame: ToPbx, seats: u32, link: &Arc<Link>, args: &Arc<ProxyArgs
                 FlowTransport::Tls => Transport::Tls,
                 FlowTransport::Tcp => Transport::Tcp,
             };
-            let open = link.flows.lock().expect("flows lock").len();
-            if open >= seats as usize {
-                metrics::counter!("pbx_proxy_flows_refused_total", "reason" => "seats").increment(1);
-                tracing::warn!(%peer, seats, "softphone via the proxy refused: every licensed proxy seat is taken");
+            let source = pbx_host::stream::source(peer);
+            let (pending, from_source) = {
+                let flows = link.flows.lock().expect("flows lock");
+                let pending = flows.values().filter(|f| !f.registered);
+                pending.fold((0, 0), |(all, here), f| {
+                    (all + 1, here + usize::from(pbx_host::stream::source(f.peer) == source))
+                })
+            };
+            if pending >= PENDING_FLOWS_MAX || from_source >= PENDING_FLOWS_PER_SOURCE_MAX {
+                metrics::counter!("pbx_proxy_flows_refused_total", "reason" => "pending").increment(1);
+                tracing::info!(%peer, pending, from_source, "softphone via the proxy refused: too many not registered");
                 let _ = link.frames.try_send(ToProxy::CloseFlow { flow });
                 return;
             }
@@ -344,10 +372,18 @@ fn handle_frame(frame: ToPbx, seats: u32, link: &Arc<Link>, args: &Arc<ProxyArgs
                 return;
             }
             let forwarder = tokio::spawn(forward(flow, queue, link.clone()));
-            link.flows
-                .lock()
-                .expect("flows lock")
-                .insert(flow, FlowState { transport, peer, standins: HashMap::new(), forwarder });
+            let state =
+                FlowState { transport, peer, seated: false, registered: false, standins: HashMap::new(), forwarder };
+            link.flows.lock().expect("flows lock").insert(flow, state);
+            // Registered in time, or closed.
+            let watched = link.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(REGISTER_WITHIN).await;
+                if watched.flows.lock().expect("flows lock").get(&flow).is_some_and(|f| !f.registered) {
+                    metrics::counter!("pbx_proxy_flows_refused_total", "reason" => "unregistered").increment(1);
+                    let _ = watched.frames.try_send(ToProxy::CloseFlow { flow });
+                }
+            });
             metrics::gauge!("pbx_proxy_softphones").set(link.flows.lock().expect("flows lock").len() as f64);
         }
         ToPbx::Sip { flow, bytes } => {
@@ -356,6 +392,10 @@ fn handle_frame(frame: ToPbx, seats: u32, link: &Arc<Link>, args: &Arc<ProxyArgs
             else {
                 return;
             };
+            if !take_seat(flow, &bytes, seats, link) {
+                refuse_for_seats(flow, &bytes, seats, peer, link);
+                return;
+            }
             let bytes = toward_pbx(flow, bytes, link);
             args.inbound.deliver(Bytes::from(bytes), peer, transport);
         }
@@ -484,8 +524,64 @@ fn toward_pbx(flow: u64, bytes: Vec<u8>, link: &Arc<Link>) -> Vec<u8> {
 
 /// Sends what the endpoint queued for a proxied phone down the link, its SDP pointing at the
 /// proxy's public ports (waiting for the proxy to open them).
+/// Whether `bytes` from an unseated flow may reach the registrar: anything but a REGISTER with
+/// credentials does; such a REGISTER takes a free seat (module doc, Seats), or is refused.
+fn take_seat(flow: u64, bytes: &[u8], seats: u32, link: &Link) -> bool {
+    let mut flows = link.flows.lock().expect("flows lock");
+    if flows.get(&flow).is_none_or(|f| f.seated) || !is_register_with_credentials(bytes) {
+        return true;
+    }
+    if flows.values().filter(|f| f.seated).count() >= seats as usize {
+        return false;
+    }
+    if let Some(f) = flows.get_mut(&flow) {
+        f.seated = true;
+    }
+    true
+}
+
+/// A REGISTER beyond the seats: `403 Forbidden (no proxy seat)` back down its flow.
+fn refuse_for_seats(flow: u64, bytes: &[u8], seats: u32, peer: SocketAddr, link: &Link) {
+    metrics::counter!("pbx_proxy_flows_refused_total", "reason" => "seats").increment(1);
+    tracing::warn!(%peer, seats, "softphone via the proxy refused: every licensed proxy seat is taken");
+    let Ok(pbx_actors::sip::message::Message::Request(request)) = pbx_actors::sip::message::parse_datagram(bytes)
+    else {
+        return;
+    };
+    let mut response = request.response(403, Some("proxy-seats"));
+    response.reason = "Forbidden (no proxy seat)".into();
+    let _ = link.frames.try_send(ToProxy::Sip { flow, bytes: response.to_bytes().to_vec() });
+}
+
+/// A final answer to a REGISTER going down `flow`: a 2xx keeps its seat (registered), another
+/// gives back a seat not yet kept.
+fn register_answered(flow: u64, bytes: &[u8], link: &Link) {
+    let Some(code) = register_final_code(bytes) else { return };
+    let mut flows = link.flows.lock().expect("flows lock");
+    let Some(f) = flows.get_mut(&flow) else { return };
+    if (200..300).contains(&code) {
+        f.registered = true;
+    } else if !f.registered {
+        f.seated = false;
+    }
+}
+
+/// A REGISTER request carrying `Authorization` (the attempt that may bind).
+fn is_register_with_credentials(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"REGISTER ") && sdp::header(bytes, "authorization", "authorization").is_some()
+}
+
+/// The status of a final response to a REGISTER (by its CSeq), if `bytes` is one.
+fn register_final_code(bytes: &[u8]) -> Option<u16> {
+    let status = bytes.strip_prefix(b"SIP/2.0 ")?.get(..3)?;
+    let code: u16 = std::str::from_utf8(status).ok()?.parse().ok()?;
+    let cseq = sdp::header(bytes, "cseq", "cseq")?;
+    (code >= 200 && cseq.split_whitespace().nth(1).is_some_and(|m| m.eq_ignore_ascii_case("REGISTER"))).then_some(code)
+}
+
 async fn forward(flow: u64, mut queue: mpsc::Receiver<Bytes>, link: Arc<Link>) {
     while let Some(bytes) = queue.recv().await {
+        register_answered(flow, &bytes, &link);
         let bytes = toward_phone(flow, bytes.to_vec(), &link).await;
         if link.frames.send(ToProxy::Sip { flow, bytes }).await.is_err() {
             return;
@@ -561,5 +657,26 @@ async fn from_proxy(link: Arc<Link>) {
             metrics::counter!("pbx_proxy_media_packets_total", "direction" => "from_proxy").increment(1);
             standin.touch();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What takes a seat and what keeps it is read off the messages: a REGISTER with credentials
+    /// (not one without, not another method), a final answer to a REGISTER (not a provisional
+    /// one, not an answer to an INVITE).
+    #[test]
+    fn seats_are_read_off_registers_and_their_answers() {
+        let register = "REGISTER sip:pbx SIP/2.0\r\nCSeq: 2 REGISTER\r\nAuthorization: Digest username=\"100\"\r\n\r\n";
+        assert!(is_register_with_credentials(register.as_bytes()));
+        assert!(!is_register_with_credentials(b"REGISTER sip:pbx SIP/2.0\r\nCSeq: 1 REGISTER\r\n\r\n"));
+        assert!(!is_register_with_credentials(b"INVITE sip:100@pbx SIP/2.0\r\nAuthorization: Digest x\r\n\r\n"));
+        assert_eq!(register_final_code(b"SIP/2.0 200 OK\r\nCSeq: 2 REGISTER\r\n\r\n"), Some(200));
+        assert_eq!(register_final_code(b"SIP/2.0 401 Unauthorized\r\ncseq: 1 register\r\n\r\n"), Some(401));
+        assert_eq!(register_final_code(b"SIP/2.0 100 Trying\r\nCSeq: 2 REGISTER\r\n\r\n"), None);
+        assert_eq!(register_final_code(b"SIP/2.0 200 OK\r\nCSeq: 2 INVITE\r\n\r\n"), None);
+        assert_eq!(register_final_code(b"OPTIONS sip:x SIP/2.0\r\nCSeq: 2 REGISTER\r\n\r\n"), None);
     }
 }

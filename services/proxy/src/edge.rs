@@ -79,19 +79,49 @@ pub async fn handshake(
     stream::tls_handshake(acceptor, stream, peer, TLS_REFUSED).await
 }
 
-/// One softphone connection: a flow on the PBX's link while both last.
-async fn connection<S>(stream: S, peer: SocketAddr, transport: FlowTransport, hub: Arc<Hub>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
-{
+/// A softphone's flow on the PBX's link, open: what its connection (or its UDP address) and
+/// the link share.
+struct Opened {
+    flow: u64,
+    link: u64,
+    to_phone: mpsc::Sender<Bytes>,
+    closed: watch::Receiver<bool>,
+    session: Option<ractor::ActorRef<SessionMsg>>,
+}
+
+impl Opened {
+    /// One message from the phone: to its session actor (which records the seed's fields) and
+    /// to the PBX. False when the link is gone.
+    fn relay(&self, hub: &Hub, bytes: Bytes) -> bool {
+        if let Some(session) = &self.session {
+            let _ = session.cast(SessionMsg::FromPhone(bytes.clone()));
+        }
+        hub.to_pbx(self.link, ToPbx::Sip { flow: self.flow, bytes: bytes.to_vec() })
+    }
+
+    /// The flow ends: the PBX is told, its media channels and its session go.
+    fn close(&self, hub: &Hub) {
+        hub.flows.lock().expect("flows lock").remove(&self.flow);
+        hub.channels.close_flow(self.link, self.flow);
+        hub.to_pbx(self.link, ToPbx::FlowClosed { flow: self.flow });
+        if let Some(session) = &self.session {
+            session.stop(None);
+        }
+    }
+}
+
+/// Opens a flow for the softphone at `peer` on the current link: its session actor, its entry
+/// in the hub, `FlowOpened` to the PBX; and the queue of what the PBX sends the phone. `None`
+/// (counted) without a PBX linked.
+async fn open_flow(hub: &Hub, peer: SocketAddr, transport: FlowTransport) -> Option<(Opened, mpsc::Receiver<Bytes>)> {
     let Some(link) = hub.current() else {
         metrics::counter!("pbx_proxy_connections_refused_total", "reason" => "no_pbx").increment(1);
-        tracing::debug!(%peer, "no PBX linked; connection closed");
-        return;
+        tracing::debug!(%peer, "no PBX linked; softphone refused");
+        return None;
     };
     let flow = hub.next_flow();
     let (to_phone, outbound) = mpsc::channel::<Bytes>(stream::SEND_QUEUE_MAX);
-    let (close, mut closed) = watch::channel(false);
+    let (close, closed) = watch::channel(false);
     let session = crate::session::spawn(SessionArgs {
         softphone: peer,
         pbx: link.address,
@@ -108,34 +138,31 @@ where
         if let Some(session) = session {
             session.stop(None);
         }
-        return;
+        return None;
     }
-    metrics::gauge!("pbx_proxy_connections").increment(1.0);
+    Some((Opened { flow, link: link.id, to_phone, closed, session }, outbound))
+}
 
+/// One softphone connection: a flow on the PBX's link while both last.
+async fn connection<S>(stream: S, peer: SocketAddr, transport: FlowTransport, hub: Arc<Hub>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let Some((opened, outbound)) = open_flow(&hub, peer, transport).await else { return };
+    metrics::gauge!("pbx_proxy_connections").increment(1.0);
     let (mut reader, writer) = tokio::io::split(stream);
     let writer_task = stream::spawn_writer(writer, outbound);
+    let mut closed = opened.closed.clone();
     let stop = async move {
         let _ = closed.changed().await;
     };
-    let ended = stream::read_messages(&mut reader, &to_phone, stop, |bytes| {
-        if let Some(session) = &session {
-            let _ = session.cast(SessionMsg::FromPhone(bytes.clone()));
-        }
-        hub.to_pbx(link.id, ToPbx::Sip { flow, bytes: bytes.to_vec() })
-    })
-    .await;
+    let ended = stream::read_messages(&mut reader, &opened.to_phone, stop, |bytes| opened.relay(&hub, bytes)).await;
     if let stream::Ended::Broken { .. } = ended {
         metrics::counter!("pbx_proxy_malformed_total").increment(1);
         tracing::info!(%peer, "softphone stream cannot be framed; closing");
     }
-
-    hub.flows.lock().expect("flows lock").remove(&flow);
-    hub.channels.close_flow(link.id, flow);
-    hub.to_pbx(link.id, ToPbx::FlowClosed { flow });
-    if let Some(session) = session {
-        session.stop(None);
-    }
-    drop(to_phone);
+    opened.close(&hub);
+    drop(opened);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
     metrics::gauge!("pbx_proxy_connections").decrement(1.0);
 }
