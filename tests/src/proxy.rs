@@ -22,6 +22,8 @@ pub struct Proxy {
     pub link: SocketAddr,
     pub tls: SocketAddr,
     pub tcp: SocketAddr,
+    /// SIP over UDP (`--sip-udp-listen`).
+    pub udp: SocketAddr,
     pub provisioning: SocketAddr,
     pub metrics: SocketAddr,
     log: PathBuf,
@@ -44,6 +46,7 @@ impl Proxy {
             link: port(free_port()),
             tls: port(free_port()),
             tcp: port(free_port()),
+            udp: port(free_port()),
             provisioning: port(free_port()),
             metrics: port(free_port()),
             log: dir.join("proxy.log"),
@@ -61,6 +64,7 @@ impl Proxy {
             .args(["--link-listen", &self.link.to_string()])
             .args(["--sip-tls-listen", &self.tls.to_string()])
             .args(["--sip-tcp-listen", &self.tcp.to_string()])
+            .args(["--sip-udp-listen", &self.udp.to_string()])
             .args(["--provisioning-listen", &self.provisioning.to_string()])
             .args(["--metrics-listen", &self.metrics.to_string()])
             .args(["--media-bind", "127.0.0.1"])

@@ -268,6 +268,53 @@ fn softphones_through_the_proxy_are_bounded_by_the_licence_seats() {
     drop(strangers);
 }
 
+/// A softphone over UDP through the proxy (`--sip-udp-listen`: each source address a flow):
+/// SIPp registers at the proxy's UDP port, a SIPp phone on the PBX calls it, the INVITE comes
+/// down the flow (the PBX never sends to the phone's address itself), and each hears the
+/// other's tone through the proxy's media ports. The proxy's session records the phone.
+#[test]
+fn a_softphone_over_udp_through_the_proxy_takes_a_call() {
+    use pbx_tests::audio::{G711, G711_RATE_HZ, dominant_frequency, tone};
+    use pbx_tests::rtp::{RtpSink, g711_audio, g711_stream_pcap};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proxy = Proxy::start(dir.path());
+    let pbx = Pbx::start(PbxOptions::default().own_rtp_ports(20).toml(&proxy.pbx_toml(&proxy.identity)));
+    assert!(wait_until(WAIT, || status(&pbx)["linked"] == true), "{}", proxy.output());
+
+    let pcap = |name: &str, hz: f64| {
+        let path = pbx.scratch().join(name);
+        g711_stream_pcap(&path, G711::Pcmu, &tone(hz, G711_RATE_HZ, 1.5, 8000.0)).expect("write pcap");
+        path
+    };
+    let (caller_pcap, callee_pcap) = (pcap("caller.pcap", 1000.0), pcap("callee.pcap", 600.0));
+    let (caller_sink, callee_sink) = (RtpSink::for_sipp(), RtpSink::for_sipp());
+    let callee = Sipp::new("call_register.xml", proxy.udp, &pbx.scratch())
+        .args(&["-s", "101", "-au", "101", "-ap", "secret-101", "-m", "1", "-set", "expected_calls", "1"])
+        .args(&["-oocsf", &asset("sipp/call_uas.xml").to_string_lossy()])
+        .media(G711::Pcmu, &callee_sink, Some(&callee_pcap))
+        .spawn();
+    assert!(wait_until(WAIT, || !pbx.contacts_of("101").is_empty()), "{}\n{}", pbx.log(), proxy.output());
+    assert_eq!(status(&pbx)["seated"], 1, "{}", status(&pbx));
+    let sent_before = proxy.metric("pbx_proxy_udp_sent_total").unwrap_or(0.0);
+    let caller = Sipp::new("call_uac.xml", pbx.sip, &pbx.scratch())
+        .caller("100", "secret-100", "101")
+        .media(G711::Pcmu, &caller_sink, Some(&caller_pcap))
+        .args(&["-d", "2000", "-m", "1"])
+        .run();
+    let callee = callee.finish_after(&caller);
+    assert!(caller.success, "caller: {}", caller.report());
+    assert!(callee.success, "callee: {}\n{}", callee.report(), proxy.output());
+    assert!(caller.received_codes().ends_with(&[200, 200]), "{:?}", caller.received_codes());
+    // The INVITE, its ACK and the BYE went down the flow, not from the PBX's own socket.
+    let sent = proxy.metric("pbx_proxy_udp_sent_total").unwrap_or(0.0) - sent_before;
+    assert!(sent >= 3.0, "{sent} messages to the phone through the proxy during the call");
+    let heard = g711_audio(&callee_sink.finish());
+    assert_eq!(dominant_frequency(&heard, G711_RATE_HZ), 1000.0, "the callee hears the caller");
+    let heard = g711_audio(&caller_sink.finish());
+    assert_eq!(dominant_frequency(&heard, G711_RATE_HZ), 600.0, "the caller hears the callee");
+    assert!(proxy.output().contains("sip udp:"), "{}", proxy.output());
+}
+
 /// Strangers at the proxy's softphone port: plain SIP on the TLS port is closed at its first
 /// byte, a connection that never starts its handshake is closed after the handshake limit
 /// (10 s), and the proxy goes on relaying for its PBX.

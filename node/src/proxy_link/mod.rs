@@ -349,6 +349,7 @@ fn handle_frame(frame: ToPbx, seats: u32, link: &Arc<Link>, args: &Arc<ProxyArgs
             let transport = match transport {
                 FlowTransport::Tls => Transport::Tls,
                 FlowTransport::Tcp => Transport::Tcp,
+                FlowTransport::Udp => Transport::Udp,
             };
             let source = pbx_host::stream::source(peer);
             let (pending, from_source) = {

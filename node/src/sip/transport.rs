@@ -60,12 +60,25 @@ const UDP_DRAIN_MAX: usize = 64;
 pub struct NetWire {
     udp: Arc<UdpSocket>,
     streams: Mutex<HashMap<(Transport, SocketAddr), mpsc::Sender<Bytes>>>,
+    /// UDP addresses attached ([`NetWire::attach`]: softphones over UDP at the proxy): only
+    /// when some are does a UDP send look in `streams` first.
+    udp_attached: AtomicUsize,
 }
 
 impl Wire for NetWire {
     fn send(&self, destination: SocketAddr, transport: Transport, bytes: Bytes) {
         match transport {
             Transport::Udp => {
+                if self.udp_attached.load(Ordering::Acquire) > 0 {
+                    let attached =
+                        self.streams.lock().expect("stream map lock").get(&(transport, destination)).cloned();
+                    if let Some(sender) = attached {
+                        if sender.try_send(bytes).is_err() {
+                            metrics::counter!("pbx_sip_send_dropped_total", "transport" => "udp").increment(1);
+                        }
+                        return;
+                    }
+                }
                 if let Err(e) = self.udp.try_send_to(&bytes, destination) {
                     metrics::counter!("pbx_sip_send_dropped_total", "transport" => "udp").increment(1);
                     tracing::debug!(%destination, error = %e, "UDP send dropped");
@@ -96,11 +109,17 @@ impl NetWire {
             return false;
         }
         streams.insert((transport, peer), sender);
+        if transport == Transport::Udp {
+            self.udp_attached.fetch_add(1, Ordering::AcqRel);
+        }
         true
     }
 
     pub fn detach(&self, transport: Transport, peer: SocketAddr) {
-        self.streams.lock().expect("stream map lock").remove(&(transport, peer));
+        let removed = self.streams.lock().expect("stream map lock").remove(&(transport, peer));
+        if removed.is_some() && transport == Transport::Udp {
+            self.udp_attached.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -127,7 +146,11 @@ impl SipSockets {
     }
 
     pub fn wire(&self) -> Arc<NetWire> {
-        Arc::new(NetWire { udp: self.udp.clone(), streams: Mutex::new(HashMap::new()) })
+        Arc::new(NetWire {
+            udp: self.udp.clone(),
+            streams: Mutex::new(HashMap::new()),
+            udp_attached: AtomicUsize::new(0),
+        })
     }
 }
 

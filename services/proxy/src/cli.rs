@@ -49,6 +49,10 @@ pub struct RunArgs {
     /// anyway, but names and numbers would).
     #[arg(long, default_value = "off")]
     pub sip_tcp_listen: String,
+    /// SIP over UDP for softphones ("off", the default: like TCP, in clear; and no SRTP keys
+    /// are ever put into SDP over it).
+    #[arg(long, default_value = "off")]
+    pub sip_udp_listen: String,
     /// HTTPS for one-time softphone provisioning ("off": none).
     #[arg(long, default_value = "0.0.0.0:8444")]
     pub provisioning_listen: String,
@@ -133,6 +137,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tls_listen = listen("sip-tls-listen", &args.sip_tls_listen)?;
     let tcp_listen = listen("sip-tcp-listen", &args.sip_tcp_listen)?;
+    let udp_listen = listen("sip-udp-listen", &args.sip_udp_listen)?;
     let provisioning_listen = listen("provisioning-listen", &args.provisioning_listen)?;
     let metrics_listen = listen("metrics-listen", &args.metrics_listen)?;
     // Before anything counts: what is counted before the recorder is lost.
@@ -199,6 +204,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind SIP TCP {addr}"))?;
         println!("sip tcp: {}", listener.local_addr()?);
         tasks.push(tokio::spawn(edge::serve(listener, None, hub.clone(), slots.clone())));
+    }
+    if let Some(addr) = udp_listen {
+        let socket = tokio::net::UdpSocket::bind(addr).await.with_context(|| format!("bind SIP UDP {addr}"))?;
+        println!("sip udp: {}", socket.local_addr()?);
+        tasks.push(tokio::spawn(edge::serve_udp(Arc::new(socket), hub.clone(), slots.clone())));
     }
     if let Some(addr) = provisioning_listen {
         let listener =

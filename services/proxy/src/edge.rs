@@ -81,6 +81,7 @@ pub async fn handshake(
 
 /// A softphone's flow on the PBX's link, open: what its connection (or its UDP address) and
 /// the link share.
+#[derive(Clone)]
 struct Opened {
     flow: u64,
     link: u64,
@@ -165,6 +166,140 @@ where
     drop(opened);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
     metrics::gauge!("pbx_proxy_connections").decrement(1.0);
+}
+
+/// A UDP softphone's flow lasts while the phone sends something at least this often once it
+/// has registered: longer than the longest registration (3600 s), so a phone that only
+/// refreshes stays reachable.
+pub const UDP_FLOW_IDLE: Duration = Duration::from_secs(3_900);
+/// A UDP flow whose phone has not registered (no 2xx to a REGISTER went to it) lasts this
+/// long from its last datagram: a REGISTER transaction's life (64 × T1, RFC 3261 Timer F).
+/// A spoofed source never registers, so what it costs is a slot for half a minute.
+pub const UDP_FLOW_UNREGISTERED_IDLE: Duration = Duration::from_secs(32);
+/// UDP flows not registered yet, at once; beyond it datagrams from new addresses are dropped
+/// (counted). Registered phones are not affected by a flood of spoofed sources.
+pub const UDP_FLOWS_UNREGISTERED_MAX: usize = 256;
+
+/// A UDP flow as the socket loop sees it.
+struct UdpFlow {
+    opened: Opened,
+    /// Last datagram from the phone, and whether a REGISTER of it was answered 2xx.
+    seen: Arc<std::sync::Mutex<(tokio::time::Instant, bool)>>,
+}
+
+/// Softphones over UDP, where the operator allows it (`--sip-udp-listen`): each source address
+/// is a flow, opened at its first datagram and closed when it falls silent
+/// ([`UDP_FLOW_UNREGISTERED_IDLE`] before it registered, [`UDP_FLOW_IDLE`] after), when the
+/// link goes, or when the PBX closes it. Each datagram is one message (RFC 3261 §18.1.1);
+/// CRLF keep-alives are dropped. Flows take their place in `slots` like connections, and at
+/// most [`UDP_FLOWS_UNREGISTERED_MAX`] may be unregistered at once.
+pub async fn serve_udp(socket: Arc<tokio::net::UdpSocket>, hub: Arc<Hub>, slots: Slots) {
+    let flows: Arc<std::sync::Mutex<std::collections::HashMap<SocketAddr, UdpFlow>>> = Arc::default();
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let (len, peer) = match socket.recv_from(&mut buf).await {
+            Ok(received) => received,
+            Err(e) => {
+                tracing::debug!(error = %e, "UDP receive failed");
+                continue;
+            }
+        };
+        let datagram = &buf[..len];
+        if datagram.iter().all(|b| matches!(b, b'\r' | b'\n' | 0)) {
+            continue;
+        }
+        let known = flows.lock().expect("udp flows lock").get(&peer).map(|f| (f.opened.clone(), f.seen.clone()));
+        let (opened, seen) = match known {
+            Some(known) => known,
+            None => {
+                let unregistered =
+                    flows.lock().expect("udp flows lock").values().filter(|f| !f.seen.lock().expect("seen").1).count();
+                if unregistered >= UDP_FLOWS_UNREGISTERED_MAX {
+                    metrics::counter!("pbx_proxy_connections_refused_total", "reason" => "udp_unregistered")
+                        .increment(1);
+                    continue;
+                }
+                let slot = match slots.take(peer) {
+                    Ok(slot) => slot,
+                    Err(refused) => {
+                        metrics::counter!("pbx_proxy_connections_refused_total", "reason" => refused.label())
+                            .increment(1);
+                        continue;
+                    }
+                };
+                let Some((opened, outbound)) = open_flow(&hub, peer, FlowTransport::Udp).await else { continue };
+                let seen = Arc::new(std::sync::Mutex::new((tokio::time::Instant::now(), false)));
+                let flow = UdpFlow { opened: opened.clone(), seen: seen.clone() };
+                flows.lock().expect("udp flows lock").insert(peer, flow);
+                metrics::gauge!("pbx_proxy_connections").increment(1.0);
+                let task = udp_flow(socket.clone(), peer, opened.clone(), outbound, seen.clone());
+                let (ended, hub, table) = (opened.clone(), hub.clone(), flows.clone());
+                tokio::spawn(async move {
+                    task.await;
+                    table.lock().expect("udp flows lock").remove(&peer);
+                    ended.close(&hub);
+                    drop(slot);
+                    metrics::gauge!("pbx_proxy_connections").decrement(1.0);
+                });
+                (opened, seen)
+            }
+        };
+        seen.lock().expect("seen").0 = tokio::time::Instant::now();
+        opened.relay(&hub, Bytes::copy_from_slice(datagram));
+    }
+}
+
+/// One UDP flow's life: what the PBX sends goes to the phone's address (a 2xx to a REGISTER
+/// marks it registered), until it falls silent, the link closes it, or the queue ends.
+async fn udp_flow(
+    socket: Arc<tokio::net::UdpSocket>,
+    peer: SocketAddr,
+    opened: Opened,
+    mut outbound: mpsc::Receiver<Bytes>,
+    seen: Arc<std::sync::Mutex<(tokio::time::Instant, bool)>>,
+) {
+    let mut closed = opened.closed.clone();
+    drop(opened);
+    loop {
+        let (last, registered) = *seen.lock().expect("seen");
+        let idle_at = last + if registered { UDP_FLOW_IDLE } else { UDP_FLOW_UNREGISTERED_IDLE };
+        tokio::select! {
+            out = outbound.recv() => match out {
+                Some(bytes) => {
+                    if is_register_success(&bytes) {
+                        seen.lock().expect("seen").1 = true;
+                    }
+                    match socket.send_to(&bytes, peer).await {
+                        Ok(_) => metrics::counter!("pbx_proxy_udp_sent_total").increment(1),
+                        Err(e) => tracing::debug!(%peer, error = %e, "UDP send to a softphone failed"),
+                    }
+                }
+                None => return,
+            },
+            _ = closed.changed() => return,
+            () = tokio::time::sleep_until(idle_at) => {
+                let (last, registered) = *seen.lock().expect("seen");
+                if last + if registered { UDP_FLOW_IDLE } else { UDP_FLOW_UNREGISTERED_IDLE } <= tokio::time::Instant::now() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A 2xx answer to a REGISTER (by its CSeq).
+fn is_register_success(bytes: &[u8]) -> bool {
+    if !bytes.starts_with(b"SIP/2.0 2") {
+        return false;
+    }
+    let Ok(text) = std::str::from_utf8(bytes) else { return false };
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    head.split("\r\n").any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("cseq")
+                && value.split_whitespace().nth(1).is_some_and(|m| m.eq_ignore_ascii_case("REGISTER"))
+        })
+    })
 }
 
 /// Serves provisioning documents over HTTPS on `listener` ([`crate::provision`]).

@@ -30,6 +30,8 @@ pub const DATAGRAM_HEADER: usize = 5;
 pub enum FlowTransport {
     Tcp,
     Tls,
+    /// A softphone's UDP address (`--sip-udp-listen`): one flow per address.
+    Udp,
 }
 
 /// From the PBX to the proxy.
