@@ -206,6 +206,12 @@ pub enum CallOutput {
     StopLeg {
         leg: LegId,
     },
+    /// A fork that waited for a push ended without ever getting a leg (the push failed, its
+    /// timer passed, the call ended or was answered elsewhere): the endpoint, which routed it,
+    /// forgets it as it would a leg that stopped.
+    ForkGone {
+        leg: LegId,
+    },
     ConfigureMedia {
         side: Side,
         peer: PeerMedia,
@@ -516,10 +522,10 @@ impl Call {
 
     /// A waiting fork's phone registered after its push: it is called now, at its new binding.
     fn woken(&mut self, leg: LegId, binding: Binding) {
-        if self.phase != Phase::Ringing || self.waking.remove(&leg).is_none() {
+        if self.phase != Phase::Ringing || !self.waking.contains_key(&leg) {
             return;
         }
-        let Some(template) = &self.template else { return };
+        let Some(template) = &self.template else { return self.fork_failed(leg, 480) };
         let Some(target) = message::parse_sip_uri(&binding.contact) else {
             return self.fork_failed(leg, 480);
         };
@@ -532,6 +538,7 @@ impl Call {
             _ if self.srtp[1].policy == MediaEncryption::Required => return self.fork_failed(leg, 488),
             _ => template.plain.clone(),
         };
+        self.waking.remove(&leg);
         self.start_fork(leg, target, &binding, offer);
     }
 
@@ -540,13 +547,16 @@ impl Call {
     fn forget_waking(&mut self) {
         for leg in std::mem::take(&mut self.waking).into_keys() {
             self.forks.insert(leg, false);
+            self.outputs.push_back(CallOutput::ForkGone { leg });
         }
         self.push_deadline = None;
     }
 
     /// A fork that never got (or will not get) a leg ends with `code`, as a failed leg would.
     fn fork_failed(&mut self, leg: LegId, code: u16) {
-        self.waking.remove(&leg);
+        if self.waking.remove(&leg).is_some() {
+            self.outputs.push_back(CallOutput::ForkGone { leg });
+        }
         self.b_event(leg, LegEvent::Failed { code });
     }
 

@@ -206,6 +206,8 @@ impl<L: LegTable> CallCore<L> {
                             self.outputs.push_back(CoreOutput::LegDown(leg));
                         }
                     }
+                    // Never in the table: the endpoint routed it all the same.
+                    CallOutput::ForkGone { leg } => self.outputs.push_back(CoreOutput::LegDown(leg)),
                     CallOutput::ConfigureMedia { side, peer } => {
                         self.outputs.push_back(CoreOutput::ConfigureMedia { side, peer })
                     }

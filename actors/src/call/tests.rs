@@ -446,6 +446,8 @@ struct Harness {
     keys: Vec<(Side, Option<crate::media::SrtpKeys>)>,
     notices: Vec<&'static str>,
     pushes: Vec<(LegId, Binding)>,
+    /// Forks that waited for a push and ended without a leg (`ForkGone`).
+    gone: Vec<LegId>,
 }
 
 const A: LegId = LegId(1);
@@ -512,6 +514,7 @@ fn harness(config: CallConfig, setup: CallSetup) -> Harness {
         keys: vec![],
         notices: vec![],
         pushes: vec![],
+        gone: vec![],
     };
     h.drain();
     h
@@ -536,6 +539,7 @@ impl Harness {
                 CallOutput::MediaKeys { side, keys } => self.keys.push((side, keys)),
                 CallOutput::Notice { message, .. } => self.notices.push(message),
                 CallOutput::Push { leg, binding, .. } => self.pushes.push((leg, *binding)),
+                CallOutput::ForkGone { leg } => self.gone.push(leg),
             }
         }
     }
@@ -1292,6 +1296,21 @@ fn a_pushed_phone_is_called_when_it_registers() {
     assert!(commands.iter().any(|(leg, c)| *leg == B2 && matches!(c, LegCommand::Hangup)), "{commands:?}");
     assert!(commands.iter().any(|(leg, c)| *leg == A && matches!(c, LegCommand::Answer { .. })), "{commands:?}");
     assert_eq!(h.call.poll_timeout(), None, "no push timer once answered");
+    assert!(h.gone.is_empty(), "the woken fork got its leg");
+}
+
+/// A fork still waiting for its push when another answers, or when the caller gives up, is
+/// reported gone once (it never had a leg to stop).
+#[test]
+fn a_fork_still_waiting_when_the_call_moves_on_is_reported_gone() {
+    let mut h = call_pushing(vec![pushed_binding(5064), binding("sip:101@127.0.0.1:5066", 5066)]);
+    h.take_commands();
+    h.event(ms(500), B2, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
+    assert_eq!(h.gone, [B1], "answered elsewhere");
+    h.call.handle(Timestamp::ZERO + ms(900), CallInput::Woken { leg: B1, binding: Box::new(pushed_binding(5070)) });
+    h.drain();
+    assert_eq!(h.gone, [B1], "once");
+    assert_eq!(h.started, vec![A, B2]);
 }
 
 /// No fork waits past its push timer: the caller gets 480 then (and not before), and a refused
@@ -1304,9 +1323,11 @@ fn a_pushed_phone_that_never_registers_ends_in_480_at_the_timer() {
     h.call.handle(Timestamp::ZERO + PUSH_WAIT - ms(1), CallInput::Timeout);
     h.drain();
     assert!(h.take_commands().is_empty(), "not before the timer");
+    assert!(h.gone.is_empty());
     h.call.handle(Timestamp::ZERO + PUSH_WAIT, CallInput::Timeout);
     h.drain();
     assert!(matches!(h.take_commands()[..], [(A, LegCommand::Reject { code: 480, .. })]));
+    assert_eq!(h.gone, [B1], "the endpoint, which routed the fork, is told it is gone");
     h.call.handle(
         Timestamp::ZERO + PUSH_WAIT + ms(10),
         CallInput::Woken { leg: B1, binding: Box::new(pushed_binding(5070)) },
@@ -1318,6 +1339,7 @@ fn a_pushed_phone_that_never_registers_ends_in_480_at_the_timer() {
     h.call.handle(Timestamp::ZERO + ms(300), CallInput::PushFailed { leg: B1 });
     h.drain();
     assert!(matches!(h.take_commands()[..], [(A, LegCommand::Reject { code: 480, .. })]));
+    assert_eq!(h.gone, [B1]);
     h.finish(ms(400), &[A]);
     assert!(h.over, "no leg is left waiting");
 }
