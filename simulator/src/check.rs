@@ -12,6 +12,9 @@
 //! never a muted participant, always a lone talker), that a vanished participant's call ends,
 //! and that no room, seat, mixer or port outlives its participants.
 //!
+//! The push checkers (`check/push.rs`) hold a fork that waits for a pushed phone to its timer,
+//! from the node's account and from its caller's.
+//!
 //! The retention checkers judge the node's disk: no record outlives its retention (plus the
 //! reaper's interval, see [`Checker::check_retention`]), nothing inside its retention is
 //! touched (a ledger of every CDR and security-log entry the disk committed), and every
@@ -33,7 +36,10 @@ use std::fmt;
 use std::time::Duration;
 
 mod proxy;
+mod push;
 mod rooms;
+
+pub use push::{BUCKET, CALLER, ForkCounts};
 
 /// RFC 3261's 64*T1 with T1 = 500 ms: how long a transaction may retransmit.
 const T1_64: Duration = Duration::from_secs(32);
@@ -115,6 +121,8 @@ struct Attempt {
     /// The pbx took the call on: the caller heard ringing or was answered.
     reached: bool,
     ended: Option<Timestamp>,
+    /// When the caller had its final response (a failure, or the answer).
+    final_at: Option<Timestamp>,
 }
 
 /// An answered call as one phone sees it.
@@ -146,6 +154,8 @@ struct PhoneModel {
     /// When this phone was away or cut off (from, to): a BYE for it may never have arrived,
     /// so its calls overlapping these are exempt from the hang-up check.
     disturbed: Vec<(Timestamp, Timestamp)>,
+    /// When pbx last dropped its push token (its binding under it gone on purpose).
+    token_dropped: Option<Timestamp>,
     /// What its user said lately (BYE, CANCEL, refusals): (when, Call-ID, peer, word).
     said: VecDeque<(Timestamp, String, String, Word)>,
     /// Calls it answered lately: (when, caller).
@@ -176,6 +186,7 @@ pub struct Checker {
     cdr_calls: BTreeMap<u64, String>,
     retention: Option<RetentionModel>,
     rooms: rooms::Rooms,
+    push: push::PushModel,
     /// The softphone proxy's ledger, when the run has one.
     proxy: Option<proxy::ProxyModel>,
     pub checks: u64,
@@ -210,8 +221,10 @@ impl Checker {
                 cdrs: BTreeSet::new(),
                 security: BTreeSet::new(),
                 security_fresh: BTreeSet::new(),
+                push: BTreeSet::new(),
             }),
             rooms: rooms::Rooms::default(),
+            push: push::PushModel::default(),
             proxy: None,
             checks: 0,
             violations: Vec::new(),
@@ -270,6 +283,7 @@ impl Checker {
             PhoneEvent::CallFailed { call_id, code } => {
                 if let Some(a) = self.attempts.get_mut(call_id) {
                     a.ended = Some(now);
+                    a.final_at.get_or_insert(now);
                 }
                 self.room_stay_ends(now, call_id);
                 if *code == 486 || *code == 603 {
@@ -279,6 +293,7 @@ impl Checker {
             PhoneEvent::Established { call_id, peer, caller } => {
                 if let Some(a) = self.attempts.get_mut(call_id) {
                     a.reached = true;
+                    a.final_at.get_or_insert(now);
                 }
                 self.phones[phone].dialog = Some(Dialog { call_id: call_id.clone(), peer: peer.clone(), since: now });
                 if *caller {
@@ -320,10 +335,13 @@ impl Checker {
                 let sent = model.flow_sent.take();
                 let new = *expires_s > 0 && sent.is_some_and(|s| model.granted_until.is_none_or(|u| u + SLACK <= s));
                 model.granted_until = Some(expires);
-                if new {
-                    model.durable_until = model.durable_until.max(Some(expires));
-                } else {
-                    model.recent.push((now, expires));
+                // Its REGISTER may have been handled before pbx dropped its push token: the
+                // binding this 200 confirms may be gone on purpose.
+                let dropped = model.token_dropped.is_some_and(|d| sent.is_none_or(|s| s <= d));
+                match (dropped, new) {
+                    (true, _) => {}
+                    (false, true) => model.durable_until = model.durable_until.max(Some(expires)),
+                    (false, false) => model.recent.push((now, expires)),
                 }
                 self.check(now, "no phone is locked out by strangers", true, String::new);
             }
@@ -435,6 +453,7 @@ impl Checker {
 
     pub fn node_crashed(&mut self, now: Timestamp) {
         self.outages.push((now, Timestamp(u64::MAX)));
+        self.forget_forks();
         self.room_disturbed(None);
         self.settle_registrations(now);
     }
@@ -518,7 +537,7 @@ impl Checker {
         }
         let (machines, routed) = node.leg_counts();
         self.check(now, "legs are routed while they live", machines == routed, || {
-            format!("{machines} leg machines, the endpoint routes to {routed}")
+            format!("{machines} leg machines and forks waiting for a push, the endpoint routes to {routed}")
         });
         let (leased, held) = node.ports_in_use();
         self.check(now, "no RTP port leaks", leased == held, || {
@@ -702,6 +721,13 @@ impl Checker {
         }
     }
 
+    /// A push record is durable under `key` (its sending time and id): into the ledger.
+    pub fn push_committed(&mut self, key: Key) {
+        if let Some(r) = self.retention.as_mut() {
+            r.push.insert(key);
+        }
+    }
+
     /// A reaper run's audit entry is durable: the run kept to its bound.
     pub fn audit_committed(&mut self, now: Timestamp, entry: &AuditEntry) {
         if let AuditEvent::Retention { finished, .. } = &entry.event {
@@ -750,6 +776,7 @@ impl Checker {
             ("security-log entry", "anonymised", anonymise, {
                 missing(&mut r.security_fresh, node_now - anonymise, &disk.security_fresh)
             }),
+            ("push record", "deleted", push, missing(&mut r.push, node_now - push, &disk.push_records)),
         ];
         for (what, how, period, gone) in untouched {
             self.check(now, "records within retention are untouched", gone.is_none(), || {
@@ -842,6 +869,8 @@ struct RetentionModel {
     /// the anonymise period.
     security: BTreeSet<Key>,
     security_fresh: BTreeSet<Key>,
+    /// Committed push records `(sent, id)` still inside their 7 days.
+    push: BTreeSet<Key>,
 }
 
 /// Drops from `ledger` what is older than `from` (no longer protected), then finds an entry
@@ -966,10 +995,10 @@ mod tests {
         assert!(violated(&mut c, "no record outlives its retention"));
     }
 
-    /// A push record (the simulated office writes none yet) is due 7 days after it was sent:
-    /// one still on the disk an interval and the run bound later is flagged, and the disk's
-    /// rule keeps it at a run 7 days less a second after it, deletes it at one 7 days and a
-    /// second after.
+    /// A push record is due 7 days after it was sent: one still on the disk an interval and the
+    /// run bound later is flagged, and the disk's rule keeps it at a run 7 days less a second
+    /// after it, deletes it at one 7 days and a second after; deleted a day early, it is
+    /// missed.
     #[test]
     fn a_push_record_is_due_seven_days_after_it_was_sent() {
         let (mut c, mut disk) = (checker(), Disk::default());
@@ -984,7 +1013,8 @@ mod tests {
             source: "10.1.0.1:5060".parse().unwrap(),
             outcome: "delivered".into(),
         };
-        disk.apply(DiskWrite::Entry(pbx_actors::entry::Entry::PushRecords(vec![record]))).unwrap();
+        c.push_committed((record.at, record.id));
+        disk.apply(DiskWrite::Entry(pbx_actors::entry::Entry::PushRecords(vec![record.clone()]))).unwrap();
         let deadline = T0 + 7 * DAY + HOUR + REAPER_RUN_BOUND;
         c.check_retention(T0, deadline, Some(T0), &disk);
         assert!(!violated(&mut c, "no record outlives its retention"));
@@ -995,8 +1025,19 @@ mod tests {
             disk.reap(&Batch { rule: 0, category: "push-records", action: Action::Delete, cutoff, limit: 10 }).unwrap()
         };
         assert_eq!(run(&mut disk, T0 + 7 * DAY - SECOND), 0);
+        c.check_retention(T0, T0 + 7 * DAY - SECOND, Some(T0), &disk);
+        assert!(!violated(&mut c, "records within retention are untouched"));
         assert_eq!(run(&mut disk, T0 + 7 * DAY + SECOND), 1);
         assert!(disk.push_records.is_empty());
+        c.check_retention(T0, T0 + 7 * DAY + SECOND, Some(T0), &disk);
+        assert!(!violated(&mut c, "records within retention are untouched"), "it was due");
+
+        let (mut c, mut disk) = (checker(), Disk::default());
+        c.push_committed((record.at, record.id));
+        disk.apply(DiskWrite::Entry(pbx_actors::entry::Entry::PushRecords(vec![record]))).unwrap();
+        assert_eq!(run(&mut disk, T0 + 8 * DAY), 1);
+        c.check_retention(T0, T0 + 6 * DAY, Some(T0), &disk);
+        assert!(violated(&mut c, "records within retention are untouched"), "deleted a day early");
     }
 
     fn proxy_checker() -> Checker {

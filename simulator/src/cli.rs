@@ -11,7 +11,8 @@
 
 use crate::attacker::AttackKind;
 use crate::options::{
-    ConferenceOptions, FaultOptions, NetOptions, Options, SimBugs, WorkloadFile, format_duration, parse_duration,
+    ConferenceOptions, FaultOptions, NetOptions, Options, PushOptions, SimBugs, WorkloadFile, format_duration,
+    parse_duration,
 };
 use crate::raft::{RaftBug, RaftOptions, RaftReport};
 use crate::sim::{Report, replay_command};
@@ -35,8 +36,8 @@ pub struct Args {
     /// Phones in the office (default 20, or the workload file's).
     #[arg(long)]
     phones: Option<usize>,
-    /// A TOML file with [office], [network], [faults], [licence], [privacy], [attacker] and
-    /// [conference] tables and [[rooms]] (see simulator/workloads/).
+    /// A TOML file with [office], [network], [faults], [licence], [privacy], [attacker],
+    /// [conference] and [push] tables and [[rooms]] (see simulator/workloads/).
     #[arg(long)]
     workload: Option<std::path::PathBuf>,
     /// Run this many random seeds and report the failures.
@@ -47,8 +48,8 @@ pub struct Args {
     no_faults: bool,
     /// Switch on a deliberate bug to see the checkers catch it (skip-cdr, half-hangup,
     /// early-expiry, lazy-reaper, eager-reaper, unrouted-request, lost-leg-event, unstored-ok;
-    /// the simulator's own glue: stuck-participant; with --raft: raft-minority-ack,
-    /// raft-forget-vote).
+    /// the simulator's own glue: stuck-participant, slow-push-timer, forgotten-fork; with --raft:
+    /// raft-minority-ack, raft-forget-vote).
     #[arg(long, value_name = "BUG")]
     inject_bug: Vec<String>,
     /// Keep going after a violation (collects up to 20) instead of stopping at the first.
@@ -65,6 +66,9 @@ pub struct Args {
     /// No softphone proxy: no phone is remote, the proxy's ledger does not run.
     #[arg(long)]
     no_proxy: bool,
+    /// No phone is a mobile app woken by push (pbx still pushes, nobody asks for it).
+    #[arg(long)]
+    no_push: bool,
     /// The attacker sees every datagram to and from pbx (a tap on its network), so its
     /// forgeries carry the real identifiers: it gets in, and the checkers must say so.
     #[arg(long)]
@@ -117,6 +121,7 @@ fn options(args: &Args) -> Result<Options, String> {
         options.privacy = file.privacy;
         options.attacker = file.attacker;
         options.conference = file.conference;
+        options.push = file.push;
         options.rooms = file.rooms;
     }
     if args.no_attacker {
@@ -124,6 +129,9 @@ fn options(args: &Args) -> Result<Options, String> {
     }
     if args.no_proxy {
         options.proxy.enabled = false;
+    }
+    if args.no_push {
+        options.push = PushOptions { phones: 0.0, ..options.push };
     }
     if args.attacker_on_path {
         options.attacker.on_path = true;
@@ -167,6 +175,9 @@ fn extra_flags(args: &Args) -> String {
     }
     if args.no_proxy {
         extra += " --no-proxy";
+    }
+    if args.no_push {
+        extra += " --no-push";
     }
     if args.attacker_on_path {
         extra += " --attacker-on-path";
@@ -351,6 +362,28 @@ fn print_report(r: &Report, options: &Options) {
         r.node.room_shed,
         r.room_frames,
         r.lone_talker_frames
+    );
+    let (u, k) = (&r.push, &r.forks);
+    println!(
+        "  push:       {} apps; {} pushes ({} refresh): {} delivered ({} lost, {} late), {} unregistered, {} reached \
+         their app; forks: {} waited, {} woken, {} refused, {} ended by the call ({} callers got the push timer's 480, \
+         {} callers of apps never woken judged); {} push records written, {} deleted",
+        u.apps,
+        u.sent,
+        u.refresh,
+        u.delivered,
+        u.lost,
+        u.late,
+        u.unregistered,
+        u.reached,
+        k.parked,
+        k.invited,
+        k.refused,
+        k.ended,
+        r.node.push_timeouts,
+        k.callers_judged,
+        r.node.push_records,
+        deleted("push-records"),
     );
     let violated: u64 = r.violated.values().sum();
     println!("  invariants: {} checks, {violated} violations", r.checks);

@@ -33,7 +33,7 @@ pub struct Disk {
     pub duplicate_cdrs: Vec<Cdr>,
     /// Ended conference participations by `(left, participant id)`.
     pub participations: BTreeMap<Key, pbx_actors::conference::core::Participation>,
-    /// Push records by `(sent, push id)` (no simulated phone is woken by push yet).
+    /// Push records by `(sent, push id)`: one per push the node sent (`crate::push`).
     pub push_records: BTreeMap<Key, pbx_actors::push::PushRecord>,
     pub security_log: BTreeMap<Key, SecurityEntry>,
     /// Keys of security-log entries not yet anonymised.

@@ -10,7 +10,8 @@
 //! own so that what it hears tells whom ([`phone`], [`audio`]), an intruder guessing their
 //! passwords ([`scanner`]) and an attacker who spoofs, forges and injects to hang up, hijack,
 //! overhear and lock out ([`attacker`]); the node's retention reaper works on its disk, and
-//! the softphone proxy's ledger records the remote phones ([`proxy`]).
+//! the softphone proxy's ledger records the remote phones ([`proxy`]); some phones are mobile
+//! apps that sleep until pbx pushes them (RFC 8599) through a simulated push service ([`push`]).
 //! Invariant checkers ([`check`]) watch as it runs. Everything random comes from the seed, so
 //! a run is a function of its options: the same seed gives the same trace hash, and a failure
 //! replays.
@@ -25,6 +26,7 @@ pub mod node;
 pub mod options;
 pub mod phone;
 pub mod proxy;
+pub mod push;
 pub mod raft;
 pub mod scanner;
 pub mod sim;

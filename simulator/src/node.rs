@@ -15,6 +15,18 @@
 //! call's record takes it out of the room. The licence gate on rooms is not run: the simulated
 //! licence has none.
 //!
+//! Push (RFC 8599) is glued as `node/src/push_dispatch.rs` and the registrar shell glue it: a
+//! call's [`CoreOutput::Push`] goes to the push dispatch's mailbox, which refuses it at once
+//! beyond [`PUSHES_IN_FLIGHT_MAX`], else asks the registrar to watch for the phone's next
+//! REGISTER (its mailbox; at most [`PUSH_WATCHERS_MAX`] watches) and pushes
+//! ([`NodeOutput::Push`], answered by the world's push service through
+//! [`SimNode::push_answered`]). The answer is recorded (a `PushRecord`, through the replicated
+//! store); "unregistered" drops the token's bindings and fails the fork; "delivered" waits the
+//! push wait for the watch, whose binding (`PushContactRegistered`) wakes the fork. A binding
+//! due for a refresh push (`PushRefreshDue`) is pushed and recorded the same way, with no call
+//! waiting. For the checkers the glue reports each fork that waits for a push and how its wait
+//! ended ([`ForkEvent`]); that is observation, not a decision.
+//!
 //! The retention reaper runs here too, over the node's simulated disk: its batches are disk
 //! writes, its answer comes once a batch is durable, and a node restarted after a crash builds
 //! a new reaper whose first run is at once — the product's own restart path.
@@ -50,6 +62,8 @@ use pbx_actors::media::relay::{PacketKind, PeerMedia, Relay, RelayConfig, RelayI
 use pbx_actors::privacy::AuditEntry;
 use pbx_actors::privacy::reaper::{Batch, Reaper, ReaperConfig, ReaperInput, ReaperOutput};
 use pbx_actors::privacy::{SecurityEntry, SecurityEvent};
+use pbx_actors::push::{PushContact, PushParams, PushRecord};
+use pbx_actors::registrar::actor::PUSH_WATCHERS_MAX;
 use pbx_actors::registrar::glue::{self, WriteJob};
 use pbx_actors::registrar::{
     Binding, Extension, Registrar, RegistrarCommand, RegistrarConfig, RegistrarEvent, RegistrarInput,
@@ -66,6 +80,12 @@ use std::time::Duration;
 const POOL_SEED_SALT: u64 = 0x706f_7274_706f_6f6c;
 /// Mixed into the node's seed for its conference rooms' seeds (the registry's `seed`).
 const ROOMS_SEED_SALT: u64 = 0x726f_6f6d_7365_6564;
+
+/// Pushes the node's push dispatch has in flight at most (each waits for its service's answer
+/// and then, for a call, the push wait); beyond it a call's push fails at once. The product's
+/// `PUSHES_IN_FLIGHT_MAX` (node/src/push_dispatch.rs, in the `pbx` binary's crate, which the
+/// simulator does not link).
+pub const PUSHES_IN_FLIGHT_MAX: usize = 256;
 
 /// How a node is set up; the same for every incarnation of it.
 #[derive(Clone, Debug)]
@@ -89,6 +109,9 @@ pub struct NodeConfig {
     /// The conference rooms (their numbers are also in `registrar.rooms`), and how they mix.
     pub rooms: Vec<RoomDecl>,
     pub mixer: MixerConfig,
+    /// How long a call waits for a pushed phone (RFC 8599); `None`: push is off, and phones
+    /// with push parameters are called like any other.
+    pub push_wait: Option<Duration>,
     /// Deliberate bugs of this glue.
     pub sim_bugs: crate::options::SimBugs,
 }
@@ -143,6 +166,56 @@ pub enum NodeOutput {
     /// Hand to the disk; call [`SimNode::committed`] with `deferred` and the disk's answer
     /// once it is durable.
     Write(Job),
+    /// Push this app through its provider; answer with [`SimNode::push_answered`].
+    Push(PushSend),
+    /// A fork began or ended its wait for a pushed phone (for the checkers).
+    Fork(ForkEvent),
+}
+
+/// One push the node's dispatch sends (RFC 8599 `pn-*` of the binding).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushSend {
+    pub id: u64,
+    pub aor: String,
+    pub provider: String,
+    pub param: String,
+    /// `pn-prid`: the app's token.
+    pub prid: String,
+    /// A call waits for the phone (`false`: a refresh push, RFC 8599 §5.6).
+    pub call: bool,
+}
+
+/// What the push service answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Accepted for delivery (whether it reaches the phone, the service does not say).
+    Delivered,
+    /// The token is void (FCM's `UNREGISTERED`).
+    Unregistered,
+}
+
+/// A call's fork and its push, as the checkers see them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ForkEvent {
+    /// The fork `leg` of call `call` waits for its pushed phone. `call_id`: the caller's
+    /// Call-ID; `only`: every fork of the call waits (the caller hears nothing meanwhile).
+    Parked { call: u64, leg: LegId, call_id: String, only: bool },
+    /// Its wait is over.
+    Resolved { call: u64, leg: LegId, how: Resolution },
+}
+
+/// How a fork's wait for its pushed phone ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// The phone registered: the fork's INVITE went to the fresh binding (its leg started).
+    Invited,
+    /// The push failed (`PushFailed` reached the call): the fork ends like a 480.
+    Refused,
+    /// The call ended it: the caller's final response (the push timer's 480 among them), an
+    /// answer elsewhere, or — with another fork ringing, where a fork's end leaves no trace
+    /// outside the call machine — the call, woken after the fork's timer, asking to be woken
+    /// no sooner than now (its `poll_timeout` covers every waiting fork's timer).
+    Ended,
 }
 
 /// Counters for the run's summary.
@@ -180,6 +253,20 @@ pub struct NodeStats {
     pub room_foreign: u64,
     /// Datagrams a participant's port shed (too many waiting for the room).
     pub room_shed: u64,
+    /// Pushes sent for calls, and refresh pushes (RFC 8599 §5.6).
+    pub pushes: u64,
+    pub refresh_pushes: u64,
+    /// Pushes not sent (too many in flight, or no push parameters), watches not taken (the
+    /// registrar's table full).
+    pub pushes_refused: u64,
+    pub watches_refused: u64,
+    /// Push records handed to the disk.
+    pub push_records: u64,
+    /// Forks woken (their phone registered: INVITE sent), forks whose push failed, and calls
+    /// whose caller got 480 while a fork still waited for its phone (the push timer's).
+    pub forks_woken: u64,
+    pub forks_refused: u64,
+    pub push_timeouts: u64,
 }
 
 /// A call as the node holds it: the call actor's core (call machine and legs) and its media.
@@ -188,6 +275,40 @@ struct SimCall {
     media: CallMedia,
     started: Timestamp,
     recorded: bool,
+    /// The caller's leg and Call-ID, and its forks waiting for a pushed phone (since when):
+    /// what the checkers are told about.
+    a: LegId,
+    call_id: String,
+    parked: BTreeMap<LegId, Timestamp>,
+    /// Its forks that have no leg machine yet (parked ones), or never got one: the endpoint
+    /// routes them from the call's start (`CallStart::forks`).
+    unstarted: BTreeSet<LegId>,
+}
+
+/// One push of the node's push dispatch (a task of `push_dispatch.rs`).
+struct PushTask {
+    /// The call and fork waiting for it; `None`: a refresh push.
+    fork: Option<(u64, LegId)>,
+    binding: Binding,
+    params: PushParams,
+    caller: String,
+    callee: String,
+    /// When it was sent.
+    at: Timestamp,
+    /// Once the service said delivered: until when the task waits for the phone's REGISTER.
+    until: Option<Timestamp>,
+    /// The binding the watch reported before the service answered (the task reads it after).
+    registered: Option<Binding>,
+}
+
+/// A message for the push dispatch actor.
+enum PushWork {
+    /// A call's fork: push its phone.
+    Wake { call: u64, leg: LegId, binding: Binding, caller: String, callee: String },
+    /// A binding due for its refresh push.
+    Refresh(Binding),
+    /// The service answered push `id` (its task, really: it runs beside the actor).
+    Answered { id: u64, outcome: PushOutcome },
 }
 
 /// What carries a call's media (the call shell's `CallMedia`): pbx's relay between the two
@@ -265,6 +386,15 @@ enum Work {
         number: String,
         participant: u64,
     },
+    /// For the push dispatch.
+    Push(PushWork),
+    /// For the registrar's shell: report the next REGISTER of `aor`'s app `prid` to push `push`
+    /// (`RegistrarMsg::AwaitPushContact`).
+    AwaitPushContact {
+        aor: String,
+        prid: String,
+        push: u64,
+    },
 }
 
 /// Whose mailbox a [`Work`] waits in: one per actor of the node.
@@ -279,6 +409,7 @@ enum Mailbox {
     Reaper,
     Room(u64),
     Conferences,
+    Push,
 }
 
 impl Work {
@@ -293,6 +424,8 @@ impl Work {
             Work::Reaper(_) => Mailbox::Reaper,
             Work::Room(id, _) => Mailbox::Room(*id),
             Work::Left { .. } => Mailbox::Conferences,
+            Work::Push(_) => Mailbox::Push,
+            Work::AwaitPushContact { .. } => Mailbox::Registrar,
         }
     }
 }
@@ -355,6 +488,12 @@ pub struct SimNode {
     /// Registrar jobs with commands handed to the disk and not yet settled: the count the
     /// registrar shell's writer keeps (`Writer::pending`), which the glue's bypass reads.
     registrar_writes: usize,
+    /// The push dispatch's tasks by push id, and the id of the next (from the clock at start,
+    /// as the product's).
+    pushes: BTreeMap<u64, PushTask>,
+    next_push: u64,
+    /// The registrar shell's watches for pushed phones: (AOR, push id) → pushes.
+    push_watchers: BTreeMap<(String, String), Vec<u64>>,
     pub stats: NodeStats,
 }
 
@@ -404,6 +543,9 @@ impl SimNode {
             work: Mailboxes { queues: BTreeMap::new(), rng: splitmix64(&mut rng) },
             outputs: VecDeque::new(),
             registrar_writes: 0,
+            pushes: BTreeMap::new(),
+            next_push: now.as_micros(),
+            push_watchers: BTreeMap::new(),
             stats: NodeStats::default(),
             config,
         };
@@ -576,12 +718,22 @@ impl SimNode {
                 }
                 Work::Call(id, input) => {
                     let Some(c) = self.calls.get_mut(&id) else { continue };
+                    let refused = match &input {
+                        CoreInput::PushFailed { leg } => Some(*leg),
+                        _ => None,
+                    };
                     c.core.handle(now, input);
-                    self.drain_call(id);
+                    if let Some(leg) = refused {
+                        self.resolve_fork(id, leg, Resolution::Refused);
+                    }
+                    self.drain_call(now, id);
+                    self.settle_forks(now, id);
                 }
                 Work::Relay(id, input) => self.relay(now, id, input),
                 Work::Room(id, input) => self.room(now, id, input),
                 Work::Left { number, participant } => self.left(now, &number, participant),
+                Work::Push(work) => self.push(now, work),
+                Work::AwaitPushContact { aor, prid, push } => self.await_push_contact(now, aor, prid, push),
             }
             if chance(&mut self.work.rng, self.config.stall) {
                 break;
@@ -653,6 +805,12 @@ impl SimNode {
         self.run(now);
     }
 
+    /// The push service's answer to [`NodeOutput::Push`] `id`.
+    pub fn push_answered(&mut self, now: Timestamp, id: u64, outcome: PushOutcome) {
+        self.work.push(Work::Push(PushWork::Answered { id, outcome }));
+        self.run(now);
+    }
+
     /// The licence as the node holds it: status name, what is in force, the last success.
     pub fn licence(&self, now: Timestamp) -> Option<(&'static str, Effective, Option<Timestamp>)> {
         self.watchdog.as_ref().map(|w| (w.status().name(), w.effective(now), w.last_success()))
@@ -700,6 +858,10 @@ impl SimNode {
                 }
                 RegistrarEvent::PrefixBlocked { prefix, len, until } => {
                     self.log_security(now, prefix, None, SecurityEvent::PrefixBlocked { until, prefix_len: len })
+                }
+                RegistrarEvent::PushContactRegistered { binding } => self.wake_push_watchers(now, *binding),
+                RegistrarEvent::PushRefreshDue { binding } if self.config.push_wait.is_some() => {
+                    self.work.push(Work::Push(PushWork::Refresh(*binding)));
                 }
                 _ => {}
             }
@@ -782,11 +944,27 @@ impl SimNode {
             self.media_ports.insert(*port, MediaPort::Relay(id, side));
         }
         let relay = Relay::new(self.relay_config, seed, now);
-        let setup = CallSetup { id, start, media, seed, room: None, srtp: srtp_setup(seed), push_wait: None };
+        let (a, call_id) = (start.a, start.invite.call_id().unwrap_or_default());
+        let forks: BTreeSet<LegId> = start.forks.iter().copied().collect();
+        let push_wait = match self.config.push_wait {
+            Some(wait) if self.config.sim_bugs.slow_push_timer => Some(wait * 3),
+            wait => wait,
+        };
+        let setup = CallSetup { id, start, media, seed, room: None, srtp: srtp_setup(seed), push_wait };
         let core = CallCore::new(now, self.call_config, setup, Legs::new());
         let media = CallMedia::Relay { relay, ports };
-        self.calls.insert(id, SimCall { core, media, started: now, recorded: false });
-        self.drain_call(id);
+        let (parked, unstarted) = (BTreeMap::new(), forks);
+        let forks = unstarted.len();
+        self.calls.insert(id, SimCall { core, media, started: now, recorded: false, a, call_id, parked, unstarted });
+        self.drain_call(now, id);
+        // Every fork that waits for a push began waiting now (only `Call::new` parks forks).
+        if let Some(c) = self.calls.get(&id) {
+            let only = c.parked.len() == forks;
+            for leg in c.parked.keys() {
+                let event = ForkEvent::Parked { call: id, leg: *leg, call_id: c.call_id.clone(), only };
+                self.outputs.push_back(NodeOutput::Fork(event));
+            }
+        }
     }
 
     /// The call shell's start of a call to a room: a seat (or why there is none), then the
@@ -800,6 +978,7 @@ impl SimNode {
             self.stats.room_refused += 1;
         }
         self.stats.calls_started += 1;
+        let a = start.a;
         let setup = CallSetup {
             id,
             start,
@@ -810,8 +989,11 @@ impl SimNode {
             push_wait: None,
         };
         let core = CallCore::new(now, self.call_config, setup, Legs::new());
-        self.calls.insert(id, SimCall { core, media: CallMedia::Room(seat), started: now, recorded: false });
-        self.drain_call(id);
+        let (call_id, parked, unstarted) = (String::new(), BTreeMap::new(), BTreeSet::new());
+        let media = CallMedia::Room(seat);
+        let call = SimCall { core, media, started: now, recorded: false, a, call_id, parked, unstarted };
+        self.calls.insert(id, call);
+        self.drain_call(now, id);
     }
 
     /// The conferences registry's admission (`ConferencesState::admit`, without the licence
@@ -988,7 +1170,7 @@ impl SimNode {
 
     /// The call shell's drain: SIP to the endpoint, legs up and down, media to the relay, the
     /// CDR (with the relay's counters) to disk.
-    fn drain_call(&mut self, id: u64) {
+    fn drain_call(&mut self, now: Timestamp, id: u64) {
         loop {
             let Some(c) = self.calls.get_mut(&id) else { return };
             let Some(out) = c.core.poll_output() else { return };
@@ -997,12 +1179,26 @@ impl SimNode {
                     self.work.push(Work::Endpoint(GlueInput::Endpoint(EndpointInput::FromLeg { leg, out })))
                 }
                 CoreOutput::LegUp(leg) => {
+                    c.unstarted.remove(&leg);
+                    if c.parked.contains_key(&leg) {
+                        // A woken fork: its INVITE goes to the fresh binding now.
+                        self.stats.forks_woken += 1;
+                        self.resolve_fork(id, leg, Resolution::Invited);
+                    }
                     self.leg_calls.insert(leg, id);
                     // The leg is up: what waited for it in the endpoint comes now.
                     self.work.push(Work::Endpoint(GlueInput::LegUp { leg, to: () }));
                 }
                 CoreOutput::LegDown(leg) => {
+                    // A fork that waited for a push and never got a leg (`CallOutput::ForkGone`).
+                    let never_started = c.unstarted.remove(&leg);
                     self.leg_calls.remove(&leg);
+                    if never_started && self.config.sim_bugs.forgotten_fork {
+                        // Injected: the product before this was fixed (docs/ARCHITECTURE.md,
+                        // simulator, "Found with push"); the fork stays in the endpoint's table.
+                        c.unstarted.insert(leg);
+                        continue;
+                    }
                     self.leg_down(leg);
                 }
                 CoreOutput::ConfigureMedia { side, peer } => match &c.media {
@@ -1013,12 +1209,24 @@ impl SimNode {
                     }
                     CallMedia::Room(None) => {}
                 },
-                // The simulated phones speak plain RTP over UDP (SRTP is never agreed) and
-                // register without push parameters (nothing is pushed).
-                CoreOutput::MediaKeys { .. } | CoreOutput::Notice { .. } | CoreOutput::Push { .. } => {}
+                // The simulated phones speak plain RTP over UDP (SRTP is never agreed).
+                CoreOutput::MediaKeys { .. } | CoreOutput::Notice { .. } => {}
+                CoreOutput::Push { leg, binding, caller, callee } => {
+                    // The call shell's `PushPort::wake`: a message to the push dispatch.
+                    c.parked.insert(leg, now);
+                    self.work.push(Work::Push(PushWork::Wake { call: id, leg, binding: *binding, caller, callee }));
+                }
                 CoreOutput::Record(cdr) => {
                     if !c.recorded {
                         c.recorded = true;
+                        if !c.parked.is_empty() && cdr.disposition == pbx_actors::cdr::Disposition::NoAnswer {
+                            self.stats.push_timeouts += 1;
+                        }
+                        let waiting: Vec<LegId> = c.parked.keys().copied().collect();
+                        for leg in waiting {
+                            self.resolve_fork(id, leg, Resolution::Ended);
+                        }
+                        let Some(c) = self.calls.get_mut(&id) else { return };
                         let mut cdr = *cdr;
                         cdr.media = match &mut c.media {
                             CallMedia::Relay { relay, .. } => {
@@ -1042,6 +1250,10 @@ impl SimNode {
 
     /// The call actor stops: its remaining legs go (reported down) and its ports return.
     fn end_call(&mut self, id: u64) {
+        let waiting: Vec<LegId> = self.calls.get(&id).map(|c| c.parked.keys().copied().collect()).unwrap_or_default();
+        for leg in waiting {
+            self.resolve_fork(id, leg, Resolution::Ended);
+        }
         let Some(c) = self.calls.remove(&id) else { return };
         for leg in c.core.legs().keys() {
             self.leg_calls.remove(leg);
@@ -1056,6 +1268,202 @@ impl SimNode {
             }
             // The call actor stops: its seat is dropped, which leaves the room.
             CallMedia::Room(seat) => self.leave_room(seat),
+        }
+    }
+
+    // ---- Push (RFC 8599): the push dispatch and the registrar shell's watches ----
+
+    /// The push dispatch actor: a call's wake (refused beyond [`PUSHES_IN_FLIGHT_MAX`]: the
+    /// fork fails at once) or a refresh push; the service's answer to a task.
+    fn push(&mut self, now: Timestamp, work: PushWork) {
+        match work {
+            PushWork::Wake { call, leg, binding, caller, callee } => {
+                self.prune_pushes(now);
+                let params = PushContact::params_of(&binding.contact);
+                let Some(params) = params.filter(|_| self.pushes.len() < PUSHES_IN_FLIGHT_MAX) else {
+                    self.stats.pushes_refused += 1;
+                    return self.work.push(Work::Call(call, CoreInput::PushFailed { leg }));
+                };
+                let id = self.next_push;
+                self.next_push += 1;
+                self.stats.pushes += 1;
+                // The watch first: the phone may register before the service answers.
+                let (aor, prid) = (binding.aor.clone(), params.prid.clone());
+                self.work.push(Work::AwaitPushContact { aor, prid, push: id });
+                self.send_push(id, &binding, &params, true);
+                let task = PushTask {
+                    fork: Some((call, leg)),
+                    binding,
+                    params,
+                    caller,
+                    callee,
+                    at: now,
+                    until: None,
+                    registered: None,
+                };
+                self.pushes.insert(id, task);
+            }
+            PushWork::Refresh(binding) => {
+                self.prune_pushes(now);
+                let params = PushContact::params_of(&binding.contact);
+                let Some(params) = params.filter(|_| self.pushes.len() < PUSHES_IN_FLIGHT_MAX) else {
+                    self.stats.pushes_refused += 1;
+                    return;
+                };
+                let id = self.next_push;
+                self.next_push += 1;
+                self.stats.refresh_pushes += 1;
+                self.send_push(id, &binding, &params, false);
+                // A refresh push is recorded with no caller, the woken user as the callee.
+                let callee = binding.aor.clone();
+                let task = PushTask {
+                    fork: None,
+                    binding,
+                    params,
+                    caller: String::new(),
+                    callee,
+                    at: now,
+                    until: None,
+                    registered: None,
+                };
+                self.pushes.insert(id, task);
+            }
+            PushWork::Answered { id, outcome } => self.push_outcome(now, id, outcome),
+        }
+    }
+
+    fn send_push(&mut self, id: u64, binding: &Binding, params: &PushParams, call: bool) {
+        self.outputs.push_back(NodeOutput::Push(PushSend {
+            id,
+            aor: binding.aor.clone(),
+            provider: params.provider.clone(),
+            param: params.param.clone(),
+            prid: params.prid.clone(),
+            call,
+        }));
+    }
+
+    /// A push task hears its service: the push is recorded (category `push-records`, through
+    /// the replicated store); a void token's bindings go and its fork fails; a delivered push
+    /// waits the push wait for its phone (which may have registered already).
+    fn push_outcome(&mut self, now: Timestamp, id: u64, outcome: PushOutcome) {
+        let Some(task) = self.pushes.get_mut(&id) else { return };
+        let label = match outcome {
+            PushOutcome::Delivered => "delivered",
+            PushOutcome::Unregistered => "unregistered: UNREGISTERED",
+        };
+        let record = PushRecord {
+            id,
+            at: task.at,
+            user: task.binding.aor.clone(),
+            caller: task.caller.clone(),
+            callee: task.callee.clone(),
+            provider: task.params.provider.clone(),
+            device: task.params.prid.clone(),
+            source: task.binding.source,
+            outcome: label.into(),
+        };
+        self.stats.push_records += 1;
+        let write = Some(DiskWrite::Entry(Entry::PushRecords(vec![record])));
+        self.outputs.push_back(NodeOutput::Write(Job { write, deferred: Vec::new() }));
+        let fork = task.fork;
+        match (outcome, fork) {
+            (PushOutcome::Unregistered, _) => {
+                let (aor, prid) = (task.binding.aor.clone(), task.params.prid.clone());
+                self.pushes.remove(&id);
+                self.work.push(Work::Registrar(RegistrarInput::DropPushToken { aor, prid }));
+                if let Some((call, leg)) = fork {
+                    self.work.push(Work::Call(call, CoreInput::PushFailed { leg }));
+                }
+            }
+            (PushOutcome::Delivered, Some((call, leg))) => {
+                let wait = self.config.push_wait.unwrap_or_default();
+                task.until = Some(now + wait);
+                if let Some(binding) = task.registered.take() {
+                    self.pushes.remove(&id);
+                    self.work.push(Work::Call(call, CoreInput::Woken { leg, binding: Box::new(binding) }));
+                }
+            }
+            (PushOutcome::Delivered, None) => {
+                self.pushes.remove(&id);
+            }
+        }
+    }
+
+    /// Tasks whose wait is over are gone (the product's end their `timeout`).
+    fn prune_pushes(&mut self, now: Timestamp) {
+        self.pushes.retain(|_, task| task.until.is_none_or(|until| now <= until));
+    }
+
+    /// The registrar shell's `await_push_contact`: at most [`PUSH_WATCHERS_MAX`] watches, those
+    /// of finished tasks let go first when it is full.
+    fn await_push_contact(&mut self, now: Timestamp, aor: String, prid: String, push: u64) {
+        let waiting: usize = self.push_watchers.values().map(Vec::len).sum();
+        if waiting >= PUSH_WATCHERS_MAX {
+            self.prune_pushes(now);
+            let pushes = &self.pushes;
+            self.push_watchers.retain(|_, ids| {
+                ids.retain(|id| pushes.contains_key(id));
+                !ids.is_empty()
+            });
+            if self.push_watchers.values().map(Vec::len).sum::<usize>() >= PUSH_WATCHERS_MAX {
+                self.stats.watches_refused += 1;
+                return;
+            }
+        }
+        self.push_watchers.entry((aor, prid)).or_default().push(push);
+    }
+
+    /// A pushed phone registered (`PushContactRegistered`): every task watching for it gets
+    /// the binding; a task the service has answered wakes its fork now, one not yet answered
+    /// when it is.
+    fn wake_push_watchers(&mut self, now: Timestamp, binding: Binding) {
+        let Some(params) = PushContact::params_of(&binding.contact) else { return };
+        let Some(ids) = self.push_watchers.remove(&(binding.aor.clone(), params.prid)) else { return };
+        for id in ids {
+            let Some(task) = self.pushes.get_mut(&id) else { continue };
+            match (task.until, task.fork) {
+                (None, _) => task.registered = Some(binding.clone()),
+                (Some(until), Some((call, leg))) if now <= until => {
+                    self.pushes.remove(&id);
+                    self.work.push(Work::Call(call, CoreInput::Woken { leg, binding: Box::new(binding.clone()) }));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A parked fork's wait is over: the checkers hear how.
+    fn resolve_fork(&mut self, call: u64, leg: LegId, how: Resolution) {
+        let Some(c) = self.calls.get_mut(&call) else { return };
+        if c.parked.remove(&leg).is_some() {
+            if how == Resolution::Refused {
+                self.stats.forks_refused += 1;
+            }
+            self.outputs.push_back(NodeOutput::Fork(ForkEvent::Resolved { call, leg, how }));
+        }
+    }
+
+    /// After the call handled an input: forks the call no longer waits for. An answered call
+    /// forgets its waiting forks; with another fork ringing, a fork past its timer has ended
+    /// once the call asks to be woken no sooner than now (see [`Resolution::Ended`]).
+    fn settle_forks(&mut self, now: Timestamp, id: u64) {
+        let Some(c) = self.calls.get(&id) else { return };
+        if c.parked.is_empty() {
+            return;
+        }
+        let wait = self.config.push_wait.unwrap_or_default();
+        let answered = c.core.call().answered_legs().is_some();
+        let ringing = c.core.legs().iter().any(|(leg, l)| *leg != c.a && !c.parked.contains_key(leg) && !l.is_done());
+        let quiet = c.core.call().poll_timeout().is_none_or(|t| t > now);
+        let ended: Vec<LegId> = c
+            .parked
+            .iter()
+            .filter(|(_, at)| answered || (ringing && quiet && **at + wait <= now))
+            .map(|(leg, _)| *leg)
+            .collect();
+        for leg in ended {
+            self.resolve_fork(id, leg, Resolution::Ended);
         }
     }
 
@@ -1105,9 +1513,11 @@ impl SimNode {
         self.calls.len()
     }
 
-    /// Leg machines alive, and legs the endpoint still routes to.
+    /// Legs the calls hold — leg machines alive, and forks of calls in progress that have no
+    /// machine yet (waiting for a push) — and legs the endpoint still routes to.
     pub fn leg_counts(&self) -> (usize, usize) {
-        (self.leg_calls.len(), self.endpoint.machine().live_legs())
+        let unstarted: usize = self.calls.values().map(|c| c.unstarted.len()).sum();
+        (self.leg_calls.len() + unstarted, self.endpoint.machine().live_legs())
     }
 
     /// Legs in the endpoint glue's table (up, or starting with a queue).

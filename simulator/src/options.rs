@@ -155,6 +155,83 @@ impl ConferenceOptions {
     }
 }
 
+/// Phones that are mobile apps woken by push (RFC 8599), and the push service between pbx and
+/// them (FCM as the simulation plays it). Such a phone registers with `pn-provider`,
+/// `pn-param` and `pn-prid` in its Contact and *sleeps*: it answers nothing (no INVITE, no
+/// OPTIONS) unless it is in a call or was woken less than `awake_s` ago. A call to it waits
+/// (at most `wait_s`) while pbx pushes it; a push that reaches the phone wakes it, and it
+/// registers again (from a new source port, now and then, as a restarted app does) and then
+/// takes the INVITE as any phone does. It refreshes its registration as the others do.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushOptions {
+    /// The share of the office's phones that are push apps (drawn from the seed, exactly
+    /// this share rounded to whole phones).
+    pub phones: f64,
+    /// How long a call waits for a pushed phone to register (the node's push wait).
+    pub wait_s: u64,
+    /// The push service's answer reaches pbx this many milliseconds after the push (uniform).
+    pub answer_ms: (u64, u64),
+    /// A push the service accepted reaches the phone this many milliseconds after its answer
+    /// (uniform) ...
+    pub delivery_ms: (u64, u64),
+    /// ... except this share, which reaches it this many seconds late (a phone dozing): often
+    /// after the call has given up on it.
+    pub late: f64,
+    pub late_s: (u64, u64),
+    /// Pushes the service accepts ("delivered") that never reach the phone.
+    pub loss: f64,
+    /// Pushes the service answers "unregistered": the app's token is void (the app has a new
+    /// one, which it registers with at its next REGISTER). pbx drops the old token's bindings.
+    pub unregistered: f64,
+    /// A woken app sends its REGISTER this many milliseconds after the push reached it
+    /// (uniform): the app starting.
+    pub wake_ms: (u64, u64),
+    /// A woken app registers from a new source port with this probability (it was restarted);
+    /// the old binding of its token goes.
+    pub new_port: f64,
+    /// An app stays awake this long after a push reached it or its last call ended.
+    pub awake_s: u64,
+}
+
+/// The shortest stay awake: a call's last transactions (a BYE's retransmissions, 64·T1) must
+/// find the app awake.
+pub const PUSH_AWAKE_S_MIN: u64 = 40;
+/// The longest push wait the node takes (its config refuses longer ones too: a caller hears
+/// nothing while it waits).
+pub const PUSH_WAIT_S_MAX: u64 = 60;
+
+impl Default for PushOptions {
+    /// One phone in ten is an app; pushes mostly wake it within a few seconds, some come late,
+    /// a few are lost or hit a stale token.
+    fn default() -> Self {
+        PushOptions {
+            phones: 0.1,
+            wait_s: 10,
+            answer_ms: (20, 250),
+            delivery_ms: (50, 1_500),
+            late: 0.03,
+            late_s: (5, 60),
+            loss: 0.03,
+            unregistered: 0.02,
+            wake_ms: (300, 3_000),
+            new_port: 0.3,
+            awake_s: 60,
+        }
+    }
+}
+
+impl PushOptions {
+    /// No phone is a push app (pbx still pushes, but no contact asks for it).
+    pub fn off() -> Self {
+        PushOptions { phones: 0.0, ..Self::default() }
+    }
+
+    pub fn wait(&self) -> Duration {
+        Duration::from_secs(self.wait_s)
+    }
+}
+
 /// Deliberate bugs of the simulator's own glue (`--inject-bug`, beside the product's
 /// [`Bugs`]): they prove the checkers see what the glue gets wrong.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -162,15 +239,24 @@ pub struct SimBugs {
     /// A conference participant is not taken out of its room when its call ends (the glue
     /// forgets the product shell's `Leave`).
     pub stuck_participant: bool,
+    /// The node hands its calls three times the push wait it is configured with (a unit
+    /// slip in the glue), so a fork waits for its pushed phone well past its timer.
+    pub slow_push_timer: bool,
+    /// A call's fork that never got a leg (its pushed phone never registered) is not reported
+    /// down: the glue drops the core's `LegDown` for it, as the product did before
+    /// `CallOutput::ForkGone`, so the endpoint routes to it for ever.
+    pub forgotten_fork: bool,
 }
 
 impl SimBugs {
-    pub const NAMES: [&'static str; 1] = ["stuck-participant"];
+    pub const NAMES: [&'static str; 3] = ["stuck-participant", "slow-push-timer", "forgotten-fork"];
 
     /// Switches on the bug called `name`; `false` if the simulator has none by that name.
     pub fn enable(&mut self, name: &str) -> bool {
         match name {
             "stuck-participant" => self.stuck_participant = true,
+            "slow-push-timer" => self.slow_push_timer = true,
+            "forgotten-fork" => self.forgotten_fork = true,
             _ => return false,
         }
         true
@@ -452,6 +538,8 @@ pub struct Options {
     pub attacker: AttackerOptions,
     pub rooms: Vec<RoomOptions>,
     pub conference: ConferenceOptions,
+    /// Phones woken by push, and the push service.
+    pub push: PushOptions,
     /// The softphone proxy's ledger and the phones that reach the PBX through it.
     pub proxy: crate::proxy::ProxyOptions,
     pub bugs: Bugs,
@@ -476,6 +564,7 @@ impl Options {
             attacker: AttackerOptions::default(),
             rooms: RoomOptions::office(),
             conference: ConferenceOptions::default(),
+            push: PushOptions::default(),
             proxy: crate::proxy::ProxyOptions::default(),
             bugs: Bugs::default(),
             sim_bugs: SimBugs::default(),
@@ -508,6 +597,11 @@ impl Options {
             ("conference.room_probability", self.conference.room_probability),
             ("conference.mute_probability", self.conference.mute_probability),
             ("conference.vanish_probability", self.conference.vanish_probability),
+            ("push.phones", self.push.phones),
+            ("push.late", self.push.late),
+            ("push.loss", self.push.loss),
+            ("push.unregistered", self.push.unregistered),
+            ("push.new_port", self.push.new_port),
         ];
         for (key, p) in probabilities {
             if !(0.0..=1.0).contains(&p) {
@@ -558,6 +652,10 @@ impl Options {
             ("conference.meeting_phones", self.conference.meeting_phones),
             ("conference.talk_s", self.conference.talk_s),
             ("conference.pause_s", self.conference.pause_s),
+            ("push.answer_ms", self.push.answer_ms),
+            ("push.delivery_ms", self.push.delivery_ms),
+            ("push.late_s", self.push.late_s),
+            ("push.wake_ms", self.push.wake_ms),
         ];
         for (key, (low, high)) in ranges {
             if low > high {
@@ -598,7 +696,22 @@ impl Options {
         if w.talk_s_mean == 0 || w.talk_s_max == 0 || w.register_expires_s == 0 {
             return Err("office.talk_s_mean, office.talk_s_max and office.register_expires_s must be positive".into());
         }
+        self.validate_push()?;
         self.validate_rooms()
+    }
+
+    fn validate_push(&self) -> Result<(), String> {
+        let p = &self.push;
+        if !(1..=PUSH_WAIT_S_MAX).contains(&p.wait_s) {
+            return Err(format!("push.wait_s: {} must be 1 to {PUSH_WAIT_S_MAX}", p.wait_s));
+        }
+        if p.awake_s < PUSH_AWAKE_S_MIN {
+            return Err(format!("push.awake_s: {} is less than {PUSH_AWAKE_S_MIN}", p.awake_s));
+        }
+        if p.loss + p.unregistered > 1.0 {
+            return Err("push.loss + push.unregistered: more than 1".into());
+        }
+        Ok(())
     }
 
     fn validate_rooms(&self) -> Result<(), String> {
@@ -637,7 +750,7 @@ impl Options {
 }
 
 /// A workload file: `[office]`, `[network]`, `[faults]`, `[licence]`, `[privacy]`,
-/// `[attacker]` and `[conference]` tables and `[[rooms]]`, each optional (no `[[rooms]]`:
+/// `[attacker]`, `[conference]` and `[push]` tables and `[[rooms]]`, each optional (no `[[rooms]]`:
 /// the default office's two rooms; `rooms = []`: none).
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -649,6 +762,7 @@ pub struct WorkloadFile {
     pub privacy: PrivacyOptions,
     pub attacker: AttackerOptions,
     pub conference: ConferenceOptions,
+    pub push: PushOptions,
     pub rooms: Vec<RoomOptions>,
 }
 
@@ -662,6 +776,7 @@ impl Default for WorkloadFile {
             privacy: PrivacyOptions::default(),
             attacker: AttackerOptions::default(),
             conference: ConferenceOptions::default(),
+            push: PushOptions::default(),
             rooms: RoomOptions::office(),
         }
     }
@@ -726,6 +841,7 @@ mod tests {
         assert_eq!(file.attacker, AttackerOptions::default(), "the example shows the defaults");
         assert_eq!(file.conference, ConferenceOptions::default(), "the example shows the defaults");
         assert_eq!(file.rooms, RoomOptions::office(), "the example shows the defaults");
+        assert_eq!(file.push, PushOptions::default(), "the example shows the defaults");
         let harsh = WorkloadFile::parse(include_str!("../workloads/harsh.toml")).unwrap();
         assert_eq!((harsh.office.phones, harsh.network.loss), (40, 0.05));
         assert_eq!(harsh.rooms, RoomOptions::office(), "no [[rooms]]: the office's");
@@ -758,6 +874,12 @@ mod tests {
         let mut o = base.clone();
         o.attacker.rtp_ports = (10, 5);
         assert!(o.validate().unwrap_err().starts_with("attacker.rtp_ports:"));
+        let mut o = base.clone();
+        o.push.wait_s = PUSH_WAIT_S_MAX + 1;
+        assert!(o.validate().unwrap_err().starts_with("push.wait_s:"));
+        let mut o = base.clone();
+        o.push.awake_s = 10;
+        assert!(o.validate().unwrap_err().starts_with("push.awake_s:"));
         let mut o = base.clone();
         o.conference.vanish_probability = 2.0;
         assert!(o.validate().unwrap_err().starts_with("conference.vanish_probability:"));

@@ -24,6 +24,14 @@
 //!   talking), and at the end of its stay hangs up or vanishes (no BYE, no more RTP). Each
 //!   step is a [`RoomEvent`], so the checkers know what the room should hear of it.
 //!
+//! - Push (RFC 8599), for a phone configured as an app ([`PushApp`]): it registers with
+//!   `pn-provider`, `pn-param` and `pn-prid` in its Contact and *sleeps* — every request that
+//!   reaches it is dropped unanswered — except while it is in a call and for
+//!   [`PushApp::awake`] after a push reached it ([`PhoneInput::Push`]) or its last call ended.
+//!   A push makes it register at once (after [`PushApp::wake_ms`], the app starting), now and
+//!   then from a new source port with a new registration (a restarted app); a new token
+//!   ([`PhoneInput::NewToken`]) goes into its next REGISTER. Its refreshes are as any phone's.
+//!
 //! What it deliberately does not do: TCP/TLS, DNS, Record-Route/route sets (pbx is a B2BUA
 //! and the phone talks to it directly), forking, early media, re-INVITE offers of its own,
 //! PRACK, and any audio beyond a fixed silent PCMU packet and a room talker's tone; it
@@ -104,6 +112,25 @@ const _: () = assert!(REGISTER_RETRY_S.0 <= REGISTER_RETRY_S.1);
 const _: () = assert!(REGISTER_REFRESH_PERCENT.0 <= REGISTER_REFRESH_PERCENT.1 && REGISTER_REFRESH_PERCENT.1 < 100);
 const _: () = assert!(CANCEL_AFTER_S.0 <= CANCEL_AFTER_S.1);
 
+/// Source ports a push app may register from: its configured SIP port and the next ones.
+pub const PUSH_PORTS: u16 = 8;
+
+/// A phone that is a mobile app woken by push (RFC 8599).
+#[derive(Clone, Debug)]
+pub struct PushApp {
+    /// `pn-provider` and `pn-param` of its Contact.
+    pub provider: String,
+    pub param: String,
+    /// Its first `pn-prid` (the app's token).
+    pub token: String,
+    /// From a push to its REGISTER, milliseconds (uniform).
+    pub wake_ms: (u64, u64),
+    /// A woken app registers from another source port with this probability.
+    pub new_port: f64,
+    /// It stays awake this long after a push or its last call.
+    pub awake: Duration,
+}
+
 /// Who a phone is and how its user behaves.
 #[derive(Clone, Debug)]
 pub struct PhoneConfig {
@@ -119,6 +146,8 @@ pub struct PhoneConfig {
     /// Asked for in REGISTER; the phone uses whatever the pbx grants.
     pub register_expires_s: u32,
     pub behaviour: Behaviour,
+    /// A mobile app woken by push, or a desk phone (`None`).
+    pub push: Option<PushApp>,
 }
 
 /// The user behind the phone. Probabilities outside 0..=1 (or NaN) are clamped (NaN → 0).
@@ -163,7 +192,8 @@ impl Default for RoomBehaviour {
 }
 
 pub enum PhoneInput {
-    /// A datagram for the phone; `to` is `config.sip` or `config.rtp` (RTP is absorbed).
+    /// A datagram for the phone; `to` is its SIP address ([`Phone::sip`]) or `config.rtp` (RTP
+    /// is absorbed); anything else (a push app's old port) is dropped.
     Datagram { from: SocketAddr, to: SocketAddr, bytes: Bytes },
     /// Place a call; after the answer the caller hangs up after `talk` (unless the callee
     /// does first). Ignored ([`PhoneEvent::DialIgnored`]) when away, in a call, or not
@@ -181,6 +211,10 @@ pub enum PhoneInput {
     /// Hang up the established call now, as if its talk time had run out (both parties
     /// saying goodbye at once makes BYEs cross). Ignored outside an established call.
     HangUp,
+    /// A push reached the app: it wakes and registers (ignored by a phone that is no app).
+    Push,
+    /// The app has a new push token (the old one is void): its next REGISTER carries it.
+    NewToken { token: String },
     /// Nothing happened but time: `now` reached [`Phone::poll_timeout`].
     Timeout,
 }
@@ -292,6 +326,14 @@ pub enum EndReason {
 /// A simulated SIP phone. See the module doc for the calling contract.
 pub struct Phone {
     config: PhoneConfig,
+    /// Where its SIP is now: `config.sip`, or another of a push app's ports.
+    sip: SocketAddr,
+    /// A push app: its token, the one it registers with next, when it falls asleep again, and
+    /// when the app woken by a push sends its REGISTER.
+    token: String,
+    next_token: Option<String>,
+    awake_until: Timestamp,
+    wake_at: Option<Timestamp>,
     rng: StdRng,
     away: bool,
     outputs: VecDeque<PhoneOutput>,
@@ -486,7 +528,13 @@ impl Phone {
     pub fn new(config: PhoneConfig, seed: u64, now: Timestamp) -> Phone {
         let mut rng = StdRng::seed_from_u64(seed);
         let registration = Registration::fresh(&mut rng, &config, now);
+        let token = config.push.as_ref().map(|p| p.token.clone()).unwrap_or_default();
         Phone {
+            sip: config.sip,
+            token,
+            next_token: None,
+            awake_until: now,
+            wake_at: None,
             config,
             rng,
             away: false,
@@ -509,6 +557,21 @@ impl Phone {
         self.away
     }
 
+    /// Its SIP address now (a push app may have moved to another port).
+    pub fn sip(&self) -> SocketAddr {
+        self.sip
+    }
+
+    /// The push token it registers with (empty for a phone that is no app).
+    pub fn push_token(&self) -> &str {
+        &self.token
+    }
+
+    /// A push app that would drop a request arriving now: no call, not woken lately.
+    pub fn is_asleep(&self, now: Timestamp) -> bool {
+        self.config.push.is_some() && self.call.is_none() && self.finals.is_empty() && now >= self.awake_until
+    }
+
     /// The Call-ID of the call being set up, in progress or being torn down.
     pub fn in_call(&self) -> Option<&str> {
         self.call.as_ref().map(|c| c.call_id.as_str())
@@ -528,7 +591,7 @@ impl Phone {
         if self.away {
             return None;
         }
-        let mut times = vec![self.registration.send_at];
+        let mut times = vec![self.registration.send_at, self.wake_at];
         for tx in &self.transactions {
             times.extend([tx.resend_at, tx.give_up_at]);
         }
@@ -550,24 +613,35 @@ impl Phone {
                 self.go_away();
                 return;
             }
+            // Told even when it is off: the app has its new token when it starts again.
+            PhoneInput::NewToken { token } => {
+                if self.config.push.is_some() {
+                    self.next_token = Some(token);
+                }
+                return;
+            }
             PhoneInput::ComeBack => {
                 if self.away {
                     self.away = false;
                     self.registration = Registration::fresh(&mut self.rng, &self.config, now);
+                    self.awake_until = now;
                 }
                 return;
             }
             _ if self.away => return,
             _ => {}
         }
+        let busy = self.call.is_some() || !self.finals.is_empty();
         self.prune_caches(now);
         self.run_timers(now);
         match input {
             PhoneInput::Datagram { from, to, bytes } => {
-                if to != self.config.sip {
-                    return; // RTP from the pbx, or a stray: nothing to do with it.
+                if to != self.sip {
+                    return; // RTP from the pbx, a stray, or a push app's old port: nothing to do.
                 }
                 match parse_datagram(&bytes) {
+                    // A sleeping app hears no request (the OS holds no socket open for it).
+                    Ok(Message::Request(_)) if self.is_asleep(now) => {}
                     Ok(Message::Request(request)) => self.on_request(now, from, request),
                     Ok(Message::Response(response)) => self.on_response(now, response),
                     Err(_) => {} // Malformed: a phone just drops it.
@@ -596,12 +670,46 @@ impl Phone {
                     self.run_timers(now);
                 }
             }
-            PhoneInput::Timeout | PhoneInput::GoAway | PhoneInput::ComeBack => {}
+            PhoneInput::Push => {
+                if let Some(app) = &self.config.push {
+                    let (awake, wake_ms) = (app.awake, app.wake_ms);
+                    self.awake_until = self.awake_until.max(now + awake);
+                    let (low, high) = (wake_ms.0.min(wake_ms.1), wake_ms.0.max(wake_ms.1));
+                    let delay = Duration::from_micros(self.rng.random_range(low * 1_000..=high * 1_000));
+                    self.wake_at = Some(self.wake_at.map_or(now + delay, |at| at.min(now + delay)));
+                }
+            }
+            PhoneInput::Timeout | PhoneInput::GoAway | PhoneInput::ComeBack | PhoneInput::NewToken { .. } => {}
         }
+        // The app stays awake through a call and a while after it.
+        let busy = busy || self.call.is_some() || !self.finals.is_empty();
+        if let Some(app) = self.config.push.as_ref().filter(|_| busy) {
+            self.awake_until = self.awake_until.max(now + app.awake);
+        }
+    }
+
+    /// The app, woken by a push, registers: from a new port with a new registration now and
+    /// then (it was restarted; never in a call, whose dialog names the old address), else
+    /// at once in its registration, superseding a REGISTER still unanswered.
+    fn wake(&mut self, now: Timestamp) {
+        let Some(app) = &self.config.push else { return };
+        let new_port = app.new_port;
+        if self.call.is_none() && self.finals.is_empty() && self.chance(new_port) {
+            let base = self.config.sip.port();
+            let current = self.sip.port() - base;
+            let next = (current + 1 + self.rng.random_range(0..PUSH_PORTS - 1)) % PUSH_PORTS;
+            self.sip = SocketAddr::new(self.config.sip.ip(), base + next);
+            self.transactions.retain(|t| t.kind != Kind::Register);
+            self.registration = Registration::fresh(&mut self.rng, &self.config, now);
+        } else {
+            self.registration.send_at = Some(now);
+        }
+        self.registration.answered_challenge = false;
     }
 
     fn go_away(&mut self) {
         self.away = true;
+        self.wake_at = None;
         self.outputs.clear();
         self.call = None;
         self.transactions.clear();
@@ -616,7 +724,7 @@ impl Phone {
     // ---- plumbing -------------------------------------------------------------------------
 
     fn transmit(&mut self, to: SocketAddr, bytes: Bytes) {
-        self.outputs.push_back(PhoneOutput::Transmit { from: self.config.sip, to, bytes });
+        self.outputs.push_back(PhoneOutput::Transmit { from: self.sip, to, bytes });
     }
 
     fn event(&mut self, event: PhoneEvent) {
@@ -636,7 +744,18 @@ impl Phone {
     }
 
     fn contact(&self) -> String {
-        format!("<sip:{}@{}>", self.config.extension, self.config.sip)
+        format!("<{}>", self.contact_uri())
+    }
+
+    /// Its Contact URI: with the push parameters (RFC 8599 §4.1) for an app.
+    fn contact_uri(&self) -> String {
+        match &self.config.push {
+            None => format!("sip:{}@{}", self.config.extension, self.sip),
+            Some(app) => format!(
+                "sip:{}@{};pn-provider={};pn-param={};pn-prid={}",
+                self.config.extension, self.sip, app.provider, app.param, self.token
+            ),
+        }
     }
 
     /// A uniform duration between `low_s` and `high_s` seconds (inclusive), µs resolution.
@@ -672,7 +791,7 @@ impl Phone {
         let mut text = format!(
             "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch};rport\r\nMax-Forwards: {MAX_FORWARDS}\r\n\
              From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
-            self.config.sip
+            self.sip
         );
         for (name, value) in extra {
             text.push_str(&format!("{name}: {value}\r\n"));
@@ -761,6 +880,10 @@ impl Phone {
     // ---- timers ---------------------------------------------------------------------------
 
     fn run_timers(&mut self, now: Timestamp) {
+        if self.wake_at.is_some_and(|at| at <= now) {
+            self.wake_at = None;
+            self.wake(now);
+        }
         if self.registration.send_at.is_some_and(|at| at <= now) {
             self.registration.send_at = None;
             self.registration.answered_challenge = false;
@@ -868,6 +991,14 @@ impl Phone {
     // ---- registration ---------------------------------------------------------------------
 
     fn send_register(&mut self, now: Timestamp, authorization: Option<(&str, String)>) {
+        // One REGISTER at a time (RFC 3261 §10.2): a new one supersedes one unanswered (only a
+        // woken app starts one early). A new flow carries the app's newest token.
+        self.transactions.retain(|t| t.kind != Kind::Register);
+        if authorization.is_none()
+            && let Some(token) = self.next_token.take()
+        {
+            self.token = token;
+        }
         let reg = &mut self.registration;
         reg.cseq += 1;
         let (call_id, cseq, expires) = (reg.call_id.clone(), reg.cseq, reg.expires_s);
@@ -892,7 +1023,8 @@ impl Phone {
     fn on_register_response(&mut self, now: Timestamp, response: &Response) {
         match response.code {
             200..=299 => {
-                let granted = granted_expiry(response, &self.config).unwrap_or(self.registration.expires_s);
+                let granted =
+                    granted_expiry(response, &self.contact_uri(), self.sip).unwrap_or(self.registration.expires_s);
                 self.registration.granted_until = Some(now + Duration::from_secs(granted.into()));
                 self.event(PhoneEvent::Registered { expires_s: granted });
                 let wait = if granted == 0 {
@@ -965,7 +1097,7 @@ impl Phone {
             self.event(PhoneEvent::DialIgnored);
             return;
         }
-        let call_id = format!("{}@{}", self.token(), self.config.sip.ip());
+        let call_id = format!("{}@{}", self.token(), self.sip.ip());
         let tag = self.token();
         let local = format!("<sip:{}@{}>;tag={tag}", self.config.extension, self.domain());
         let invite_uri = format!("sip:{callee}@{}", self.domain());
@@ -1650,10 +1782,14 @@ const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY, UPDATE, ME
 // ---- small parsers: header values as text ---------------------------------------------------
 
 /// The expiry a 200 to REGISTER grants us: our Contact's `expires`, else the Expires header.
-fn granted_expiry(response: &Response, config: &PhoneConfig) -> Option<u32> {
+fn granted_expiry(response: &Response, contact: &str, sip: SocketAddr) -> Option<u32> {
     let contacts: Vec<&str> = response.headers.get_raw(&Name::CONTACT).flat_map(|v| split_list(v.as_str())).collect();
-    // Ours is the one at our address; a registrar that lists only one binding means ours.
-    let ours = contacts.iter().find(|c| address_of(uri_of(c)) == Some(config.sip));
+    // Ours is our very Contact (an app's earlier token may be bound at the same address), else
+    // the one at our address; a registrar that lists only one binding means ours.
+    let ours = contacts
+        .iter()
+        .find(|c| uri_of(c).eq_ignore_ascii_case(contact))
+        .or_else(|| contacts.iter().find(|c| address_of(uri_of(c)) == Some(sip)));
     let from_contact = ours
         .or(contacts.first().filter(|_| contacts.len() == 1))
         .and_then(|c| param_of(c, "expires"))
@@ -1874,6 +2010,7 @@ mod tests {
             pbx: addr(pbx),
             register_expires_s: 3600,
             behaviour,
+            push: None,
         }
     }
 
@@ -2002,7 +2139,11 @@ mod tests {
                 match datagram {
                     Some((n, at)) if at <= next => {
                         let d = self.in_flight.remove(n);
-                        let owner = self.phones.iter().position(|p| p.config().sip == d.to || p.config().rtp == d.to);
+                        let owner = self.phones.iter().position(|p| {
+                            p.config().sip.ip() == d.to.ip()
+                                && (p.config().sip.port()..p.config().sip.port() + PUSH_PORTS).contains(&d.to.port())
+                                || p.config().rtp == d.to
+                        });
                         if let Some(i) = owner {
                             let input = PhoneInput::Datagram { from: d.from, to: d.to, bytes: d.bytes };
                             self.phones[i].handle(self.now, input);
@@ -2047,6 +2188,88 @@ mod tests {
             PhoneEvent::Dialing { call_id, .. } | PhoneEvent::Incoming { call_id, .. } => call_id.clone(),
             other => panic!("first event is {other:?}"),
         }
+    }
+
+    fn app(token: &str, new_port: f64) -> PushApp {
+        PushApp {
+            provider: "fcm".into(),
+            param: "sim-office-app".into(),
+            token: token.into(),
+            wake_ms: (500, 500),
+            new_port,
+            awake: Duration::from_secs(60),
+        }
+    }
+
+    /// The Contact of the last REGISTER phone `from` sent.
+    fn last_contact(net: &Net, from: &str) -> String {
+        let (_, _, _, bytes) = net
+            .wire
+            .iter()
+            .rev()
+            .find(|(_, f, _, b)| f.ip() == addr(from).ip() && b.starts_with(b"REGISTER "))
+            .expect("a REGISTER");
+        request(bytes).header(&Name::CONTACT).expect("Contact").to_owned()
+    }
+
+    /// A push app registers with its `pn-*` Contact and sleeps: A's INVITE gets nothing from it
+    /// until a push wakes it; then it registers at once and A's INVITE, sent again, rings it
+    /// and is answered. A new token goes into its next REGISTER.
+    #[test]
+    fn a_push_app_sleeps_until_pushed() {
+        let b = PhoneConfig { push: Some(app("tok-1", 0.0)), ..config("202", B_SIP, A_SIP, behaviour()) };
+        let mut net = Net::new(vec![config("201", A_SIP, B_SIP, behaviour()), b], 5);
+        net.run_until(Timestamp::from_secs(100));
+        let contact = last_contact(&net, B_SIP);
+        assert_eq!(contact, "<sip:202@10.1.0.2:5060;pn-provider=fcm;pn-param=sim-office-app;pn-prid=tok-1>");
+        assert!(net.phones[1].is_asleep(net.now));
+        net.input(0, PhoneInput::Dial { callee: "202".into(), talk: Duration::from_secs(30) });
+        net.run_until(Timestamp::from_secs(105));
+        assert_eq!(net.count_sent("SIP/2.0 180"), 0, "asleep: not a word");
+        assert!(net.events_of(1).is_empty());
+        let registers = net.count_sent("REGISTER ");
+        net.input(1, PhoneInput::NewToken { token: "tok-2".into() });
+        net.input(1, PhoneInput::Push);
+        net.run_until(Timestamp::from_secs(106));
+        assert_eq!(net.count_sent("REGISTER "), registers + 1, "woken: it registers at once");
+        assert!(last_contact(&net, B_SIP).contains(";pn-prid=tok-2>"), "with its new token");
+        net.run_until(Timestamp::from_secs(125));
+        assert!(matches!(net.events_of(1)[..], [PhoneEvent::Incoming { .. }, PhoneEvent::Established { .. }, ..]));
+        assert!(!net.phones[1].is_asleep(net.now), "in a call");
+    }
+
+    /// A woken app may register from another of its ports, with a new registration; what
+    /// reaches its old port is dropped from then on.
+    #[test]
+    fn a_woken_app_may_move_to_a_new_port() {
+        let b = PhoneConfig { push: Some(app("tok-1", 1.0)), ..config("202", B_SIP, A_SIP, behaviour()) };
+        let mut net = Net::new(vec![config("201", A_SIP, B_SIP, behaviour()), b], 6);
+        net.run_until(Timestamp::from_secs(10));
+        let call_id = |net: &Net| {
+            let (_, _, _, bytes) = net
+                .wire
+                .iter()
+                .rev()
+                .find(|(_, f, _, b)| f.ip() == addr(B_SIP).ip() && b.starts_with(b"REGISTER "))
+                .unwrap();
+            request(bytes).call_id().unwrap()
+        };
+        let before = call_id(&net);
+        net.input(1, PhoneInput::Push);
+        net.run_until(Timestamp::from_secs(11));
+        let moved = net.phones[1].sip();
+        assert_ne!(moved, addr(B_SIP));
+        assert!((addr(B_SIP).port()..addr(B_SIP).port() + PUSH_PORTS).contains(&moved.port()));
+        assert!(last_contact(&net, B_SIP).starts_with(&format!("<sip:202@{moved};pn-provider=fcm")));
+        assert_ne!(call_id(&net), before, "a restarted app's new registration");
+        let options = format!(
+            "OPTIONS sip:202@{B_SIP} SIP/2.0\r\nVia: SIP/2.0/UDP {A_SIP};branch=z9hG4bKx\r\nFrom: <sip:201@{A_SIP}>;tag=a\r\n\
+             To: <sip:202@{B_SIP}>\r\nCall-ID: o@x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        let sent = net.wire.len();
+        let input = PhoneInput::Datagram { from: addr(A_SIP), to: addr(B_SIP), bytes: Bytes::from(options) };
+        net.input(1, input);
+        assert_eq!(net.wire.len(), sent, "its old port is closed");
     }
 
     /// A dials B, B rings, answers, both are established, A hangs up after `talk`: both end.

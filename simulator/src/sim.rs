@@ -12,10 +12,13 @@ use crate::check::{Bounds, Checker, Violation};
 use crate::disk::Disk;
 use crate::licence::{self, LicenceHost, LicenceModel};
 use crate::node::DiskWrite;
-use crate::node::{Job, NodeConfig, NodeOutput, NodeStats, SimNode};
+use crate::node::{Job, NodeConfig, NodeOutput, NodeStats, PushOutcome, SimNode};
 use crate::options::{Options, format_duration};
-use crate::phone::{Behaviour, Phone, PhoneConfig, PhoneEvent, PhoneInput, PhoneOutput, RoomBehaviour};
+use crate::phone::{
+    Behaviour, PUSH_PORTS, Phone, PhoneConfig, PhoneEvent, PhoneInput, PhoneOutput, PushApp, RoomBehaviour,
+};
 use crate::proxy::{ProxyReport, SimProxy};
+use crate::push::{PushReport, PushService};
 use crate::scanner::{Scanner, ScannerOutput};
 use bytes::Bytes;
 use pbx_actors::Timestamp;
@@ -71,6 +74,9 @@ pub struct Report {
     pub room_vanished: u64,
     pub room_frames: u64,
     pub lone_talker_frames: u64,
+    /// The push service's account, and how the forks that waited for a push ended.
+    pub push: PushReport,
+    pub forks: crate::check::ForkCounts,
     pub checks: u64,
     pub violations: Vec<Violation>,
     /// Every violation by invariant (only the first [`crate::check::VIOLATIONS_MAX`] are kept
@@ -264,6 +270,18 @@ enum Event {
     },
     /// The softphone proxy's ledger asked to be woken (its reaper).
     ProxyWake,
+    /// The push service's answer to push `id` reaches the node (`phone`: the token's owner).
+    PushAnswer {
+        node: usize,
+        incarnation: u32,
+        id: u64,
+        outcome: PushOutcome,
+        phone: Option<usize>,
+    },
+    /// A push reaches a phone's app.
+    PushReaches {
+        phone: usize,
+    },
 }
 
 impl Event {
@@ -294,6 +312,8 @@ impl Event {
             Event::Meeting => 23,
             Event::JoinRoom { .. } => 24,
             Event::ProxyWake => 25,
+            Event::PushAnswer { .. } => 26,
+            Event::PushReaches { .. } => 27,
         }
     }
 }
@@ -415,6 +435,8 @@ pub struct Sim {
     room_rng: StdRng,
     /// The softphone proxy's ledger, when the run has one (its draws: stream 11).
     proxy: Option<SimProxy>,
+    /// The push service and the apps' tokens (its draws: stream 12).
+    push: PushService,
 }
 
 /// The attacker's own address (TEST-NET-1): the only one it receives at.
@@ -464,6 +486,8 @@ impl Sim {
             // The simulated phones answer MD5, as most desk phones do.
             digest_algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
             rooms: options.rooms.iter().map(|r| r.number.clone()).collect(),
+            // The office's apps are pushed through FCM (RFC 8599).
+            push_providers: vec!["fcm".into()],
             ..RegistrarConfig::default()
         };
         let rooms: Vec<RoomDecl> = options
@@ -490,6 +514,7 @@ impl Sim {
             reaper: options.privacy.reaper.then(|| options.privacy.reaper_config(options.bugs)),
             rooms,
             mixer: MixerConfig::default(),
+            push_wait: Some(options.push.wait()),
             sim_bugs: options.sim_bugs,
         };
         let behaviour = Behaviour {
@@ -519,7 +544,10 @@ impl Sim {
             &extensions,
             options.privacy.reaper.then(|| (options.privacy.periods(), options.privacy.interval())),
         )
-        .with_rooms(options.rooms.iter().map(|r| r.number.clone()));
+        .with_rooms(options.rooms.iter().map(|r| r.number.clone()))
+        .with_push(options.push.wait());
+        let mut push = PushService::new(options.push.clone(), seeded(seed, 12));
+        let apps = push.choose_apps(w.phones);
         if let Some(p) = &proxy {
             checker = checker.with_proxy(p.config());
         }
@@ -549,6 +577,7 @@ impl Sim {
             attack_rng: seeded(seed, 9),
             room_rng: seeded(seed, 10),
             proxy,
+            push,
             fault_rng: seeded(seed, 5),
             stall_rng: seeded(seed, 6),
             options: options.clone(),
@@ -583,6 +612,14 @@ impl Sim {
         });
         sim.start_node(0, setup_rng.random());
         for (i, password) in passwords.into_iter().enumerate() {
+            let push = apps[i].then(|| PushApp {
+                provider: "fcm".into(),
+                param: crate::push::PROJECT.into(),
+                token: sim.push.issue_token(i),
+                wake_ms: options.push.wake_ms,
+                new_port: options.push.new_port,
+                awake: Duration::from_secs(options.push.awake_s),
+            });
             let config = PhoneConfig {
                 extension: extension(i),
                 password,
@@ -591,8 +628,15 @@ impl Sim {
                 pbx: node_config.sip,
                 register_expires_s: w.register_expires_s,
                 behaviour: behaviour.clone(),
+                push,
             };
             sim.phone_at.insert(config.sip, i);
+            if config.push.is_some() {
+                // An app may register from any of its ports (see `PhoneInput::Push`).
+                for port in 1..PUSH_PORTS {
+                    sim.phone_at.insert(SocketAddr::new(config.sip.ip(), config.sip.port() + port), i);
+                }
+            }
             sim.phone_at.insert(config.rtp, i);
             let clock = drift(&mut fault_rng, options.faults.drift_ppm);
             // Phones boot over the first minute, not all in the same microsecond.
@@ -688,6 +732,7 @@ impl Sim {
             let local = slot.clock.local(self.now);
             let node = slot.node.as_ref().map(|n| (n, local));
             self.checker.final_checks(self.now, node, &slot.disk.duplicate_cdrs);
+            self.checker.check_push(self.now);
             self.checker.check_retention(self.now, local, slot.up_since, &slot.disk);
             if let Some(p) = &self.proxy {
                 self.checker.check_proxy(self.now, &p.disk);
@@ -713,6 +758,8 @@ impl Sim {
         report.node = stats;
         report.checks = self.checker.checks;
         (report.room_frames, report.lone_talker_frames) = self.checker.room_frames();
+        report.push = self.push.report;
+        report.forks = self.checker.fork_counts();
         report.violations = self.checker.violations;
         report.violated = self.checker.violated;
         report
@@ -775,6 +822,11 @@ impl Sim {
                         self.checker.security_committed((entry.at, slot.disk.next_id))
                     }
                     Some(DiskWrite::Audit(entry)) => self.checker.audit_committed(self.now, entry),
+                    Some(DiskWrite::Entry(Entry::PushRecords(records))) => {
+                        for r in records {
+                            self.checker.push_committed((r.at, r.id));
+                        }
+                    }
                     _ => {}
                 }
                 let outcome = job.write.map_or(Ok(0), |write| slot.disk.apply(write));
@@ -951,6 +1003,29 @@ impl Sim {
             Event::ScanStart => self.scan_start(),
             Event::Meeting => self.meeting(),
             Event::JoinRoom { phone, room, stay } => self.join_room(phone, room, stay),
+            Event::PushAnswer { node, incarnation, id, outcome, phone } => {
+                self.trace.u64(id);
+                self.trace.bytes(&[outcome as u8]);
+                let slot = &mut self.nodes[node];
+                if slot.incarnation != incarnation {
+                    return;
+                }
+                let local = slot.clock.local(self.now);
+                let Some(n) = slot.node.as_mut() else { return };
+                n.push_answered(local, id, outcome);
+                if let (PushOutcome::Unregistered, Some(phone)) = (outcome, phone) {
+                    self.checker.push_token_dropped(self.now, phone);
+                }
+                self.after_node(node);
+            }
+            Event::PushReaches { phone } => {
+                self.trace.u64(phone as u64);
+                // A phone that is away (off, or out of reach) never gets it.
+                if !self.phones[phone].away {
+                    self.push.report.reached += 1;
+                    self.feed_phone(phone, PhoneInput::Push);
+                }
+            }
             Event::ProxyWake => {
                 let Some(p) = self.proxy.as_mut() else { return };
                 if p.armed != Some(self.now) {
@@ -981,6 +1056,7 @@ impl Sim {
                         let local = slot.clock.local(self.now);
                         self.report.transactions_max = self.report.transactions_max.max(node.transactions().0);
                         self.checker.check_node(self.now, local, node);
+                        self.checker.check_push(self.now);
                         if let (Some(licence), Some(model), Some(config)) =
                             (node.licence(local), self.licence_models.get(i), slot.config.licence.as_ref())
                         {
@@ -1067,6 +1143,22 @@ impl Sim {
                     }
                     self.transmit(from, to, bytes, room)
                 }
+                NodeOutput::Push(push) => {
+                    let fate = self.push.push(&push);
+                    let incarnation = self.nodes[node].incarnation;
+                    let (id, outcome, phone) = (push.id, fate.outcome, fate.phone);
+                    self.schedule(
+                        self.now + fate.answer_after,
+                        Event::PushAnswer { node, incarnation, id, outcome, phone },
+                    );
+                    if let (Some(after), Some(phone)) = (fate.reaches_after, phone) {
+                        self.schedule(self.now + after, Event::PushReaches { phone });
+                    }
+                    if let (Some(token), Some(phone)) = (fate.new_token, phone) {
+                        self.feed_phone(phone, PhoneInput::NewToken { token });
+                    }
+                }
+                NodeOutput::Fork(event) => self.checker.fork_event(self.now, &event),
                 NodeOutput::LicenceCheck { request, serial } => {
                     let incarnation = self.nodes[node].incarnation;
                     let at = self.now + Duration::from_millis(self.options.net.latency_ms);
@@ -1265,7 +1357,7 @@ impl Sim {
                         self.checker.register_sent(self.now, phone);
                     }
                     if let Some(p) = self.proxy.as_mut()
-                        && from == self.phones[phone].phone.config().sip
+                        && from == self.phones[phone].phone.sip()
                     {
                         let extension = &self.phones[phone].phone.config().extension;
                         p.phone_sent(self.now, phone, extension, &mut self.checker);
@@ -1604,6 +1696,14 @@ fn add_stats(total: &mut NodeStats, s: &NodeStats) {
     total.mixer_overruns += s.mixer_overruns;
     total.room_foreign += s.room_foreign;
     total.room_shed += s.room_shed;
+    total.pushes += s.pushes;
+    total.refresh_pushes += s.refresh_pushes;
+    total.pushes_refused += s.pushes_refused;
+    total.watches_refused += s.watches_refused;
+    total.push_records += s.push_records;
+    total.forks_woken += s.forks_woken;
+    total.forks_refused += s.forks_refused;
+    total.push_timeouts += s.push_timeouts;
 }
 
 /// Runs one simulation.

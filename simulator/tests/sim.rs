@@ -4,8 +4,10 @@
 
 use pbx_actors::privacy::reaper::Action;
 use pbx_simulator::attacker::AttackKind;
-use pbx_simulator::check::{TRANSACTIONS_PER_PHONE_MAX, TRANSACTIONS_SLACK};
-use pbx_simulator::options::{AttackerOptions, ConferenceOptions, FaultOptions, NetOptions, Options, Workload};
+use pbx_simulator::check::{BUCKET, CALLER, TRANSACTIONS_PER_PHONE_MAX, TRANSACTIONS_SLACK};
+use pbx_simulator::options::{
+    AttackerOptions, ConferenceOptions, FaultOptions, NetOptions, Options, PushOptions, Workload,
+};
 use pbx_simulator::{Report, run};
 use std::process::Command;
 use std::time::Duration;
@@ -525,4 +527,89 @@ fn pbx_sim_replays_a_stuck_participant() {
     // Seed 3 meets in room 801 on its first morning.
     let args = ["--seed", "3", "--duration", "1d", "--phones", "20", "--inject-bug", "stuck-participant"];
     replays(&args, "no mixer outlives its room");
+}
+
+// ---- Push (RFC 8599: simulator/src/push.rs, check/push.rs) ----
+
+/// Half the office are apps asleep until pushed, and the push service is unkind: a tenth of
+/// the pushes lost, a tenth late, one in twenty to a token just replaced.
+fn push_options(seed: u64, hours: u64) -> Options {
+    let mut o = options(seed, hours);
+    o.push = PushOptions { phones: 0.5, loss: 0.1, late: 0.1, unregistered: 0.05, ..PushOptions::default() };
+    o
+}
+
+/// Calls to sleeping apps wait for their push and no longer: every fork's wait ends by its
+/// timer, every caller of an app never woken hears back by then — and each way a wait ends
+/// was taken (woken, refused, timed out).
+#[test]
+fn pushed_phones_hold_every_invariant() {
+    let report = run(push_options(71, 4));
+    assert_busy(&report);
+    assert_clean(&report);
+    let (u, k, n) = (&report.push, &report.forks, &report.node);
+    assert_eq!(u.apps, 6);
+    assert!(k.parked >= 50 && k.invited > 0 && k.refused > 0 && k.ended > 0, "{k:?}");
+    assert_eq!(k.parked, k.invited + k.refused + k.ended, "every wait ended: {k:?}");
+    assert!(k.callers_judged > 0 && n.push_timeouts > 0, "{k:?} {n:?}");
+    assert!(u.lost > 0 && u.late > 0 && u.unregistered > 0, "{u:?}");
+    assert_eq!(n.push_records, u.sent, "every push recorded: {n:?}");
+}
+
+/// With pushes, the same seed gives the same run and another seed another.
+#[test]
+fn pushes_keep_runs_deterministic() {
+    let (first, again, other) = (run(push_options(72, 2)), run(push_options(72, 2)), run(push_options(73, 2)));
+    assert!(first.push.sent > 0);
+    assert_eq!(first.trace_hash, again.trace_hash, "same seed, same trace");
+    assert_eq!(first.forks, again.forks);
+    assert_ne!(first.trace_hash, other.trace_hash, "another seed, another trace");
+}
+
+/// Proves the push checkers see the glue: calls handed three times the push wait hold their
+/// forks past the timer, and their callers hear back too late.
+#[test]
+fn an_injected_slow_push_timer_is_caught() {
+    let mut o = push_options(74, 3);
+    o.push.loss = 0.5;
+    o.sim_bugs.slow_push_timer = true;
+    let report = run(o);
+    assert!(violations_of(&report, BUCKET) > 0, "{:?}", report.violated);
+    assert!(violations_of(&report, CALLER) > 0, "{:?}", report.violated);
+}
+
+/// The product as it was before `CallOutput::ForkGone`: a fork whose pushed phone never
+/// registered is never reported down, and the endpoint routes to it for ever.
+#[test]
+fn an_injected_forgotten_fork_is_caught() {
+    let mut o = push_options(75, 2);
+    o.sim_bugs.forgotten_fork = true;
+    let report = run(o);
+    assert!(violations_of(&report, "legs are routed while they live") > 0, "{:?}", report.violated);
+}
+
+/// Push records go 7 days after they were sent (here 1 day, over 4): the retention checkers
+/// hold them to it on the simulated disk, through crashes, and the reaper deletes them.
+#[test]
+fn push_records_are_kept_for_their_retention_only() {
+    let mut o = Options::new(76, Duration::from_secs(4 * 86_400));
+    o.workload = Workload { phones: 8, talk_s_max: 600, ..Workload::default() };
+    o.push.phones = 0.5;
+    o.privacy.push_days = 1;
+    o.attacker = AttackerOptions::off();
+    o.conference = ConferenceOptions::off();
+    o.faults.crashes_per_day = 2.0;
+    o.stop_at_first_violation = false;
+    let report = run(o);
+    assert_clean(&report);
+    assert!(report.node.push_records > 0, "{:?}", report.node);
+    assert!(report.privacy.records("push-records", Action::Delete) > 0, "{:?}", report.privacy);
+}
+
+/// `pbx-sim --inject-bug slow-push-timer` fails, and its replay command fails the same way.
+#[test]
+fn pbx_sim_replays_a_slow_push_timer() {
+    // Seed 1's first call to a sleeping app whose push is late comes on its first morning.
+    let args = ["--seed", "1", "--duration", "1d", "--phones", "100", "--inject-bug", "slow-push-timer"];
+    replays(&args, BUCKET);
 }
