@@ -134,8 +134,9 @@ impl Slots {
         Ok(Slot { slots: self.clone(), source })
     }
 
-    /// Connections open now, and sources holding one.
-    pub fn open(&self) -> (usize, usize) {
+    /// Connections open now, and sources holding one (for the tests).
+    #[cfg(test)]
+    fn open(&self) -> (usize, usize) {
         let table = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         (table.open, table.per_source.len())
     }

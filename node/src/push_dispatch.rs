@@ -41,9 +41,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// Pushes in flight at once (each a task waiting for the provider and the phone); beyond it a
-/// wake is refused at once (`Failed`), so a burst of calls cannot grow tasks without bound.
-pub const PUSHES_IN_FLIGHT_MAX: usize = 256;
+pub use pbx_actors::push::PUSHES_IN_FLIGHT_MAX;
 /// The longest pbx waits for a push service's answer.
 pub const PUSH_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 

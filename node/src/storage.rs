@@ -301,37 +301,36 @@ impl Storage {
 
     /// Every stored call record, oldest end first (a cluster snapshot; the API pages instead).
     pub fn all_cdrs(&self) -> Result<Vec<Cdr>, StorageError> {
-        let tx = self.db.begin_read().map_err(redb_err)?;
-        let mut out = Vec::new();
-        for row in tx.open_table(CDRS).map_err(redb_err)?.iter().map_err(redb_err)? {
-            let (k, v) = row.map_err(redb_err)?;
-            let StoredCdrV::V1(cdr) = decode("cdrs", || format!("{:?}", k.value()), v.value())?;
-            out.push(cdr);
-        }
-        Ok(out)
+        self.all_rows(CDRS, |key, bytes| {
+            let StoredCdrV::V1(cdr) = decode("cdrs", || format!("{key:?}"), bytes)?;
+            Ok(cdr)
+        })
     }
 
     /// Every stored conference participation, oldest first (a cluster snapshot carries them).
     pub fn all_participations(&self) -> Result<Vec<Participation>, StorageError> {
-        let tx = self.db.begin_read().map_err(redb_err)?;
-        let mut out = Vec::new();
-        for row in tx.open_table(PARTICIPATIONS).map_err(redb_err)?.iter().map_err(redb_err)? {
-            let (k, v) = row.map_err(redb_err)?;
-            let StoredParticipationV::V1(p) =
-                decode("conference_participations", || format!("{:?}", k.value()), v.value())?;
-            out.push(p);
-        }
-        Ok(out)
+        self.all_rows(PARTICIPATIONS, |key, bytes| {
+            let StoredParticipationV::V1(p) = decode("conference_participations", || format!("{key:?}"), bytes)?;
+            Ok(p)
+        })
     }
 
     /// Every stored push record, oldest first (a cluster snapshot carries them).
     pub fn all_push_records(&self) -> Result<Vec<PushRecord>, StorageError> {
+        self.all_rows(PUSH_RECORDS, privacy::decode_push)
+    }
+
+    /// Every row of a record table keyed by (time µs, id), in key order, each read by `read`.
+    fn all_rows<T>(
+        &self,
+        table: TableDefinition<(u64, u64), &[u8]>,
+        read: impl Fn((u64, u64), &[u8]) -> Result<T, StorageError>,
+    ) -> Result<Vec<T>, StorageError> {
         let tx = self.db.begin_read().map_err(redb_err)?;
         let mut out = Vec::new();
-        for row in tx.open_table(PUSH_RECORDS).map_err(redb_err)?.iter().map_err(redb_err)? {
+        for row in tx.open_table(table).map_err(redb_err)?.iter().map_err(redb_err)? {
             let (k, v) = row.map_err(redb_err)?;
-            let StoredPushRecordV::V1(r) = decode("push_records", || format!("{:?}", k.value()), v.value())?;
-            out.push(r);
+            out.push(read(k.value(), v.value())?);
         }
         Ok(out)
     }

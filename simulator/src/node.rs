@@ -62,6 +62,7 @@ use pbx_actors::media::relay::{PacketKind, PeerMedia, Relay, RelayConfig, RelayI
 use pbx_actors::privacy::AuditEntry;
 use pbx_actors::privacy::reaper::{Batch, Reaper, ReaperConfig, ReaperInput, ReaperOutput};
 use pbx_actors::privacy::{SecurityEntry, SecurityEvent};
+use pbx_actors::push::PUSHES_IN_FLIGHT_MAX;
 use pbx_actors::push::{PushContact, PushParams, PushRecord};
 use pbx_actors::registrar::actor::PUSH_WATCHERS_MAX;
 use pbx_actors::registrar::glue::{self, WriteJob};
@@ -80,12 +81,6 @@ use std::time::Duration;
 const POOL_SEED_SALT: u64 = 0x706f_7274_706f_6f6c;
 /// Mixed into the node's seed for its conference rooms' seeds (the registry's `seed`).
 const ROOMS_SEED_SALT: u64 = 0x726f_6f6d_7365_6564;
-
-/// Pushes the node's push dispatch has in flight at most (each waits for its service's answer
-/// and then, for a call, the push wait); beyond it a call's push fails at once. The product's
-/// `PUSHES_IN_FLIGHT_MAX` (node/src/push_dispatch.rs, in the `pbx` binary's crate, which the
-/// simulator does not link).
-pub const PUSHES_IN_FLIGHT_MAX: usize = 256;
 
 /// How a node is set up; the same for every incarnation of it.
 #[derive(Clone, Debug)]

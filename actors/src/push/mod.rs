@@ -13,6 +13,12 @@ use crate::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
+/// Pushes a node's push dispatch has in flight at once (each waits for its provider's answer
+/// and, for a call, the phone); beyond it a call's push fails at once and a refresh push is not
+/// sent, so a burst cannot grow tasks without bound. The node's dispatch and the simulator's
+/// both hold to it.
+pub const PUSHES_IN_FLIGHT_MAX: usize = 256;
+
 /// The Contact's media feature tag by which an app says it refreshes its registration on its
 /// own, without being pushed (RFC 8599 §4.1.4).
 pub const PNSREG_TAG: &str = "+sip.pnsreg";

@@ -685,6 +685,21 @@ mod tests {
         assert_eq!(loaded, [believed, natted, symmetric]);
     }
 
+    /// A delivered push to `user`'s app for a call from `caller` (empty: a refresh push).
+    fn push_record(user: &str, caller: &str) -> PushRecord {
+        PushRecord {
+            id: 4,
+            at: Timestamp::from_secs(1_000),
+            user: user.into(),
+            caller: caller.into(),
+            callee: user.into(),
+            provider: "fcm".into(),
+            device: "token-4".into(),
+            source: "192.0.2.1:5060".parse().unwrap(),
+            outcome: "delivered".into(),
+        }
+    }
+
     /// A push-record entry lands in the node's file whoever proposed it, and once however
     /// often it is applied (a replay after a crash); an entry of the kind the log held before
     /// push records existed (participations, V2 as stored) still applies beside it.
@@ -693,17 +708,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = Arc::new(Storage::open(dir.path()).unwrap());
         let applier = NodeApplier::new(1, storage.clone(), key(1));
-        let record = PushRecord {
-            id: 4,
-            at: Timestamp::from_secs(1_000),
-            user: "100".into(),
-            caller: "101".into(),
-            callee: "100".into(),
-            provider: "apns".into(),
-            device: "device-4".into(),
-            source: "192.0.2.1:5060".parse().unwrap(),
-            outcome: "delivered".into(),
-        };
+        let record = push_record("100", "101");
         let pushes = request(2, Entry::PushRecords(vec![record.clone()]));
         // `Entry::Participations(vec![])` as a node before push records wrote it.
         let participations = Request { origin: 2, payload: vec![1, 6, 0] };
@@ -729,17 +734,7 @@ mod tests {
             joined: Some(Timestamp::from_secs(910)),
             left: Timestamp::from_secs(960),
         };
-        let record = PushRecord {
-            id: 4,
-            at: Timestamp::from_secs(1_000),
-            user: "101".into(),
-            caller: String::new(),
-            callee: "101".into(),
-            provider: "fcm".into(),
-            device: "token-4".into(),
-            source: "192.0.2.1:5060".parse().unwrap(),
-            outcome: "delivered".into(),
-        };
+        let record = push_record("101", "");
         a.apply(&[
             &request(2, Entry::Participations(vec![participation.clone()])),
             &request(2, Entry::PushRecords(vec![record.clone()])),

@@ -557,7 +557,7 @@ fn refuse_for_seats(flow: u64, bytes: &[u8], seats: u32, peer: SocketAddr, link:
 /// A final answer to a REGISTER going down `flow`: a 2xx keeps its seat (registered), another
 /// gives back a seat not yet kept.
 fn register_answered(flow: u64, bytes: &[u8], link: &Link) {
-    let Some(code) = register_final_code(bytes) else { return };
+    let Some(code) = pbx_proxy_service::edge::register_final_code(bytes) else { return };
     let mut flows = link.flows.lock().expect("flows lock");
     let Some(f) = flows.get_mut(&flow) else { return };
     if (200..300).contains(&code) {
@@ -570,14 +570,6 @@ fn register_answered(flow: u64, bytes: &[u8], link: &Link) {
 /// A REGISTER request carrying `Authorization` (the attempt that may bind).
 fn is_register_with_credentials(bytes: &[u8]) -> bool {
     bytes.starts_with(b"REGISTER ") && sdp::header(bytes, "authorization", "authorization").is_some()
-}
-
-/// The status of a final response to a REGISTER (by its CSeq), if `bytes` is one.
-fn register_final_code(bytes: &[u8]) -> Option<u16> {
-    let status = bytes.strip_prefix(b"SIP/2.0 ")?.get(..3)?;
-    let code: u16 = std::str::from_utf8(status).ok()?.parse().ok()?;
-    let cseq = sdp::header(bytes, "cseq", "cseq")?;
-    (code >= 200 && cseq.split_whitespace().nth(1).is_some_and(|m| m.eq_ignore_ascii_case("REGISTER"))).then_some(code)
 }
 
 async fn forward(flow: u64, mut queue: mpsc::Receiver<Bytes>, link: Arc<Link>) {
@@ -674,6 +666,7 @@ mod tests {
         assert!(is_register_with_credentials(register.as_bytes()));
         assert!(!is_register_with_credentials(b"REGISTER sip:pbx SIP/2.0\r\nCSeq: 1 REGISTER\r\n\r\n"));
         assert!(!is_register_with_credentials(b"INVITE sip:100@pbx SIP/2.0\r\nAuthorization: Digest x\r\n\r\n"));
+        let register_final_code = pbx_proxy_service::edge::register_final_code;
         assert_eq!(register_final_code(b"SIP/2.0 200 OK\r\nCSeq: 2 REGISTER\r\n\r\n"), Some(200));
         assert_eq!(register_final_code(b"SIP/2.0 401 Unauthorized\r\ncseq: 1 register\r\n\r\n"), Some(401));
         assert_eq!(register_final_code(b"SIP/2.0 100 Trying\r\nCSeq: 2 REGISTER\r\n\r\n"), None);

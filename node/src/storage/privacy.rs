@@ -175,7 +175,7 @@ fn push_involves(r: &PushRecord, subject: &Subject) -> bool {
 }
 
 /// A push record, from whichever version stored it.
-fn decode_push(key: (u64, u64), bytes: &[u8]) -> Result<PushRecord, StorageError> {
+pub(super) fn decode_push(key: (u64, u64), bytes: &[u8]) -> Result<PushRecord, StorageError> {
     let StoredPushRecordV::V1(r) = decode("push_records", || format!("{key:?}"), bytes)?;
     Ok(r)
 }

@@ -261,12 +261,16 @@ async fn udp_flow(
     let mut closed = opened.closed.clone();
     drop(opened);
     loop {
+        // Re-read each turn: a datagram from the phone moves the deadline on.
         let (last, registered) = *seen.lock().expect("seen");
         let idle_at = last + if registered { UDP_FLOW_IDLE } else { UDP_FLOW_UNREGISTERED_IDLE };
+        if idle_at <= tokio::time::Instant::now() {
+            return;
+        }
         tokio::select! {
             out = outbound.recv() => match out {
                 Some(bytes) => {
-                    if is_register_success(&bytes) {
+                    if register_final_code(&bytes).is_some_and(|code| (200..300).contains(&code)) {
                         seen.lock().expect("seen").1 = true;
                     }
                     match socket.send_to(&bytes, peer).await {
@@ -277,29 +281,25 @@ async fn udp_flow(
                 None => return,
             },
             _ = closed.changed() => return,
-            () = tokio::time::sleep_until(idle_at) => {
-                let (last, registered) = *seen.lock().expect("seen");
-                if last + if registered { UDP_FLOW_IDLE } else { UDP_FLOW_UNREGISTERED_IDLE } <= tokio::time::Instant::now() {
-                    return;
-                }
-            }
+            () = tokio::time::sleep_until(idle_at) => {}
         }
     }
 }
 
-/// A 2xx answer to a REGISTER (by its CSeq).
-fn is_register_success(bytes: &[u8]) -> bool {
-    if !bytes.starts_with(b"SIP/2.0 2") {
-        return false;
-    }
-    let Ok(text) = std::str::from_utf8(bytes) else { return false };
-    let head = text.split("\r\n\r\n").next().unwrap_or_default();
-    head.split("\r\n").any(|line| {
+/// The status of a final response to a REGISTER (by its CSeq), if `bytes` is one: what keeps a
+/// UDP flow here and a proxy seat at the PBX (`pbx_node::proxy_link`).
+pub fn register_final_code(bytes: &[u8]) -> Option<u16> {
+    let status = bytes.strip_prefix(b"SIP/2.0 ")?.get(..3)?;
+    let code: u16 = std::str::from_utf8(status).ok()?.parse().ok()?;
+    let text = std::str::from_utf8(bytes).ok()?;
+    let head = text.split("\r\n\r\n").next()?;
+    let register = head.split("\r\n").any(|line| {
         line.split_once(':').is_some_and(|(name, value)| {
             name.trim().eq_ignore_ascii_case("cseq")
                 && value.split_whitespace().nth(1).is_some_and(|m| m.eq_ignore_ascii_case("REGISTER"))
         })
-    })
+    });
+    (code >= 200 && register).then_some(code)
 }
 
 /// Serves provisioning documents over HTTPS on `listener` ([`crate::provision`]).
