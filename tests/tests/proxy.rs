@@ -315,6 +315,42 @@ fn a_softphone_over_udp_through_the_proxy_takes_a_call() {
     assert!(proxy.output().contains("sip udp:"), "{}", proxy.output());
 }
 
+/// Strangers over UDP at the proxy: twenty addresses of one host that speak but never
+/// register get at most `PENDING_FLOWS_PER_SOURCE_MAX` (16) flows at the PBX (the rest are
+/// refused and counted), a datagram that is not SIP changes nothing, and every such flow is
+/// gone 32 s after it fell silent; a softphone then registers over UDP as usual.
+#[test]
+fn strangers_over_udp_at_the_proxy_hold_nothing_for_long() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proxy = Proxy::start(dir.path());
+    let pbx = Pbx::start(PbxOptions::default().toml(&proxy.pbx_toml(&proxy.identity)));
+    assert!(wait_until(WAIT, || status(&pbx)["linked"] == true), "{}", proxy.output());
+
+    let strangers: Vec<SipClient> = (0..20)
+        .map(|_| {
+            let mut stranger = SipClient::udp(proxy.udp);
+            let options = stranger.request("OPTIONS", &format!("sip:{}", proxy.udp), "100", None, &[]);
+            stranger.send(&options);
+            stranger
+        })
+        .collect();
+    let refused = "pbx_proxy_flows_refused_total{reason=\"pending\"}";
+    assert!(wait_until(WAIT, || pbx.metric(refused) >= Some(4.0)), "{:?}\n{}", pbx.metric(refused), pbx.log());
+    let held = status(&pbx)["softphones"].as_u64().unwrap_or(u64::MAX);
+    assert!(held <= 16, "{held} unregistered flows from one host");
+    let garbage = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    garbage.send_to(&[0xff; 300], proxy.udp).expect("send");
+    // Unregistered UDP flows last 32 s from their last datagram.
+    let gone = wait_until(Duration::from_secs(45), || status(&pbx)["softphones"] == 0);
+    assert!(gone, "{}\n{}", status(&pbx), proxy.output());
+    drop(strangers);
+
+    let mut phone = SipClient::udp(proxy.udp);
+    let answer = phone.register("101", "secret-101", "MD5", &["Expires: 600"]).expect("answered");
+    assert_eq!(status_code(&answer), Some(200), "{answer}");
+    assert_eq!(status(&pbx)["seated"], 1);
+}
+
 /// Strangers at the proxy's softphone port: plain SIP on the TLS port is closed at its first
 /// byte, a connection that never starts its handshake is closed after the handshake limit
 /// (10 s), and the proxy goes on relaying for its PBX.
