@@ -195,8 +195,10 @@ impl Answered {
                     caller: "100".into(),
                     caller_display_name: String::new(),
                     callee: "101".into(),
+                    target: "101".into(),
                     contacts: vec![binding],
                     room: false,
+                    forwards: Default::default(),
                 },
                 forks: vec![B],
             })))

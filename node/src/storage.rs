@@ -20,7 +20,7 @@ use pbx_actors::Timestamp;
 use pbx_actors::cdr::{Cdr, CdrStore, CdrStored};
 use pbx_actors::conference::core::Participation;
 use pbx_actors::push::PushRecord;
-use pbx_actors::registrar::{Binding, BindingV1, Extension, RegistrarCommand, RegistrarStore};
+use pbx_actors::registrar::{Binding, BindingV1, Extension, Forwarding, RegistrarCommand, RegistrarStore};
 use pbx_actors::store::StoreError;
 use pbx_cluster::redb_file::{RedbFile, Rewritten, check_all_copied, copy_table};
 use redb::{Durability, ReadableTable, TableDefinition, TableHandle};
@@ -38,6 +38,8 @@ pub use privacy::{
 };
 
 const EXTENSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("extensions");
+/// Call forwarding by extension number (only what is on).
+const FORWARDING: TableDefinition<&str, &[u8]> = TableDefinition::new("call_forwarding");
 /// Keyed by `aor \0 contact`, so one AOR's bindings sit together.
 const BINDINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("bindings");
 /// Keyed by `(end µs, id)`: a time window is a key range, and the id keeps apart calls that
@@ -71,6 +73,7 @@ pub const DB_FILE: &str = "pbx.redb";
 /// (`pbx_actors::privacy::INVENTORY`) — a test checks it.
 pub const TABLES: &[&str] = &[
     "extensions",
+    "call_forwarding",
     "bindings",
     "cdrs",
     "conference_participations",
@@ -103,6 +106,11 @@ const _: () = assert!(CDR_PAGE_MAX < CDR_QUERY_ROWS_MAX && CDR_BATCH_MAX <= CDR_
 #[derive(Serialize, Deserialize)]
 enum StoredExtensionV {
     V1(Extension),
+}
+
+#[derive(Serialize, Deserialize)]
+enum StoredForwardingV {
+    V1(Forwarding),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -163,6 +171,8 @@ pub struct Storage {
 pub struct Snapshot {
     pub extensions: Vec<Extension>,
     pub bindings: Vec<Binding>,
+    /// Call forwarding by extension.
+    pub forwarding: Vec<(String, Forwarding)>,
 }
 
 impl Storage {
@@ -173,6 +183,7 @@ impl Storage {
             .map_err(|reason| StorageError::Open { path: path.display().to_string(), reason })?;
         let tx = db.begin_write().map_err(redb_err)?;
         tx.open_table(EXTENSIONS).map_err(redb_err)?;
+        tx.open_table(FORWARDING).map_err(redb_err)?;
         tx.open_table(BINDINGS).map_err(redb_err)?;
         tx.open_table(CDRS).map_err(redb_err)?;
         tx.open_table(PARTICIPATIONS).map_err(redb_err)?;
@@ -217,6 +228,7 @@ impl Storage {
         self.db
             .rewrite(|from, to| {
                 copy_table(from, to, EXTENSIONS)?;
+                copy_table(from, to, FORWARDING)?;
                 copy_table(from, to, BINDINGS)?;
                 copy_table(from, to, CDRS)?;
                 copy_table(from, to, PARTICIPATIONS)?;
@@ -236,6 +248,7 @@ impl Storage {
                 }
                 let names = [
                     EXTENSIONS.name(),
+                    FORWARDING.name(),
                     BINDINGS.name(),
                     CDRS.name(),
                     PARTICIPATIONS.name(),
@@ -286,7 +299,13 @@ impl Storage {
             StoredExtensionV::V1(e) => e,
         })?;
         let bindings = read_all(&tx, BINDINGS, StoredBindingV::into_binding)?;
-        Ok(Snapshot { extensions, bindings })
+        let mut forwarding = Vec::new();
+        for row in tx.open_table(FORWARDING).map_err(redb_err)?.iter().map_err(redb_err)? {
+            let (k, v) = row.map_err(redb_err)?;
+            let StoredForwardingV::V1(f) = decode(FORWARDING.name(), || k.value().to_string(), v.value())?;
+            forwarding.push((k.value().to_string(), f));
+        }
+        Ok(Snapshot { extensions, bindings, forwarding })
     }
 
     /// Applies commands in one durable transaction: all or none.
@@ -337,13 +356,24 @@ impl Storage {
 
     /// Replaces every extension and binding with these, in one durable transaction (a cluster
     /// node installing a snapshot of the replicated state).
-    pub fn replace_registrar(&self, extensions: &[Extension], bindings: &[Binding]) -> Result<(), StorageError> {
+    pub fn replace_registrar(
+        &self,
+        extensions: &[Extension],
+        bindings: &[Binding],
+        forwarding: &[(String, Forwarding)],
+    ) -> Result<(), StorageError> {
         let tx = self.db.begin_write().map_err(redb_err)?;
         tx.open_table(EXTENSIONS).map_err(redb_err)?.retain(|_, _| false).map_err(redb_err)?;
         tx.open_table(BINDINGS).map_err(redb_err)?.retain(|_, _| false).map_err(redb_err)?;
+        tx.open_table(FORWARDING).map_err(redb_err)?.retain(|_, _| false).map_err(redb_err)?;
         let mut commands: Vec<RegistrarCommand> =
             extensions.iter().cloned().map(RegistrarCommand::PutExtension).collect();
         commands.extend(bindings.iter().cloned().map(RegistrarCommand::PutBinding));
+        commands.extend(
+            forwarding
+                .iter()
+                .map(|(number, f)| RegistrarCommand::SetForwarding { number: number.clone(), forwarding: f.clone() }),
+        );
         apply_in(&tx, &commands)?;
         // What the snapshot dropped (an erasure this node missed, say) is in freed pages now.
         mark_rewrite_due(&tx)?;
@@ -493,6 +523,7 @@ fn read_all<V: serde::de::DeserializeOwned, T>(
 fn apply_in(tx: &redb::WriteTransaction, commands: &[RegistrarCommand]) -> Result<(), StorageError> {
     let mut extensions = tx.open_table(EXTENSIONS).map_err(redb_err)?;
     let mut bindings = tx.open_table(BINDINGS).map_err(redb_err)?;
+    let mut forwarding = tx.open_table(FORWARDING).map_err(redb_err)?;
     for command in commands {
         match command {
             RegistrarCommand::PutExtension(ext) => {
@@ -501,6 +532,14 @@ fn apply_in(tx: &redb::WriteTransaction, commands: &[RegistrarCommand]) -> Resul
             }
             RegistrarCommand::RemoveExtension { number } => {
                 extensions.remove(number.as_str()).map_err(redb_err)?;
+                forwarding.remove(number.as_str()).map_err(redb_err)?;
+            }
+            RegistrarCommand::SetForwarding { number, forwarding: f } if f.is_off() => {
+                forwarding.remove(number.as_str()).map_err(redb_err)?;
+            }
+            RegistrarCommand::SetForwarding { number, forwarding: f } => {
+                let value = postcard::to_allocvec(&StoredForwardingV::V1(f.clone())).map_err(redb_err)?;
+                forwarding.insert(number.as_str(), value.as_slice()).map_err(redb_err)?;
             }
             RegistrarCommand::PutBinding(b) => {
                 let value = postcard::to_allocvec(&StoredBindingV::V2(b.clone())).map_err(redb_err)?;

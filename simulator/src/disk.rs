@@ -26,6 +26,8 @@ pub type Key = (Timestamp, u64);
 pub struct Disk {
     pub extensions: BTreeMap<String, Extension>,
     pub bindings: BTreeMap<(String, String), Binding>,
+    /// Call forwarding by extension (only what is on).
+    pub forwarding: BTreeMap<String, pbx_actors::registrar::Forwarding>,
     /// CDRs by id; a second CDR with the same id is kept aside as a duplicate.
     pub cdrs: BTreeMap<u64, Cdr>,
     /// The CDRs' `(end, id)`, oldest first: the order the reaper deletes them in.
@@ -188,6 +190,12 @@ impl EntryStore for Disk {
                 }
                 RegistrarCommand::RemoveBinding { aor, contact } => {
                     self.bindings.remove(&(aor, contact));
+                }
+                RegistrarCommand::SetForwarding { number, forwarding } if forwarding.is_off() => {
+                    self.forwarding.remove(&number);
+                }
+                RegistrarCommand::SetForwarding { number, forwarding } => {
+                    self.forwarding.insert(number, forwarding);
                 }
             }
         }

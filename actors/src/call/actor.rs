@@ -284,7 +284,7 @@ pub struct CallContext {
 
 /// The caller's and callee's SRTP policy and fresh key bytes from the OS for pbx's keys.
 fn srtp_setup(context: &CallContext, start: &CallStart) -> SrtpSetup {
-    let policy = [context.media_policy.of(&start.route.caller), context.media_policy.of(&start.route.callee)];
+    let policy = [context.media_policy.of(&start.route.caller), context.media_policy.of(&start.route.target)];
     let mut keys = [[0u8; KEY_SALT_BYTES]; 2];
     for key in &mut keys {
         rand::rngs::OsRng.try_fill_bytes(key).expect("the OS random source");

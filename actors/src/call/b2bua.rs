@@ -57,7 +57,7 @@ use crate::media::SrtpKeys;
 use crate::media::g711::G711;
 use crate::media::relay::{PeerMedia, Side};
 use crate::media::srtp::{KEY_SALT_BYTES, KeyMaterial, Suite};
-use crate::registrar::Binding;
+use crate::registrar::{Binding, Forward};
 use crate::sdp::crypto;
 use crate::sdp::{self, Audio, Codec, Direction, LocalSession, SessionDescription};
 use crate::sip::message::FromTo;
@@ -255,6 +255,21 @@ struct ForkTemplate {
     secure: Option<Bytes>,
 }
 
+/// A forward the call may still take (`Route::forwards`): its target and a B-leg id per
+/// contact, minted with the call's other legs.
+struct PendingForward {
+    target: String,
+    contacts: Vec<(LegId, Binding)>,
+}
+
+impl PendingForward {
+    /// Takes this forward's leg ids from the front of `legs`.
+    fn new(forward: Forward, legs: &mut std::slice::Iter<'_, LegId>) -> PendingForward {
+        let contacts = forward.contacts.into_iter().filter_map(|b| legs.next().map(|leg| (*leg, b))).collect();
+        PendingForward { target: forward.target, contacts }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Ringing,
@@ -318,6 +333,18 @@ pub struct Call {
     waking: BTreeMap<LegId, Binding>,
     push_deadline: Option<Timestamp>,
     template: Option<ForkTemplate>,
+    /// How long a ringing call waits for an answer (`CallConfig::no_answer`).
+    no_answer: Duration,
+    /// `CallSetup::push_wait`.
+    push_wait: Option<Duration>,
+    /// Where the call goes when every phone is busy, or none answers (or none can be reached);
+    /// one of them at most is taken (`registrar::forwarding`).
+    forward_busy: Option<PendingForward>,
+    forward_no_answer: Option<PendingForward>,
+    /// When the no-answer forward is taken if nobody answered.
+    forward_at: Option<Timestamp>,
+    /// Forks cancelled when the call was forwarded: their failures say nothing to the caller.
+    retired: Vec<LegId>,
 }
 
 impl Call {
@@ -325,6 +352,14 @@ impl Call {
         let CallSetup { id, start, media, seed, room, srtp, push_wait } = setup;
         let CallStart { a, key, invite, source, transport, route, forks } = start;
         let media_ip = |side: usize| media[side].ip();
+        // The first legs ring now; the rest are the forwards' (busy first), should the call get there.
+        let mut later = forks.get(route.contacts.len()..).unwrap_or_default().iter();
+        let forward_busy = route.forwards.busy.clone().map(|f| PendingForward::new(f, &mut later));
+        let (forward_no_answer, forward_at) = match route.forwards.no_answer.clone() {
+            Some((after, f)) => (Some(PendingForward::new(f, &mut later)), Some(now + after)),
+            None => (None, None),
+        };
+        let forks: Vec<LegId> = forks.iter().take(route.contacts.len()).copied().collect();
         let mut call = Call {
             id,
             phase: Phase::Ringing,
@@ -368,6 +403,12 @@ impl Call {
             waking: BTreeMap::new(),
             push_deadline: None,
             template: None,
+            no_answer: config.no_answer,
+            push_wait,
+            forward_busy,
+            forward_no_answer,
+            forward_at,
+            retired: Vec::new(),
         };
         let a_secure = transport.is_secure();
         // The A-leg keeps the INVITE; the call needs only its offer (a cheap clone of `Bytes`).
@@ -378,6 +419,7 @@ impl Call {
             // the endpoint answers the INVITE 500 when the leg is reported lost.
             call.a_live = false;
             call.forks.clear();
+            call.drop_forwards();
             call.fail("caller's INVITE unusable");
             return call;
         };
@@ -438,11 +480,19 @@ impl Call {
         });
 
         let from_uri = message::parse_sip_uri(&format!("sip:{}@{}", route.caller, config.local_sip.address));
-        let to_uri = message::parse_sip_uri(&format!("sip:{}@{}", route.callee, config.local_sip.address));
+        let to_uri = message::parse_sip_uri(&format!("sip:{}@{}", route.target, config.local_sip.address));
+        if let (Some(from_uri), Some(to_uri)) = (from_uri, to_uri) {
+            call.template = Some(ForkTemplate {
+                timers: config.timers,
+                local_sip: config.local_sip,
+                from: name_addr(Some(&route.caller_display_name), from_uri),
+                to: name_addr(None, to_uri),
+                plain: b_sdp.clone(),
+                secure: b_secure_sdp.clone(),
+            });
+        }
         for (leg_id, binding) in forks.iter().zip(&route.contacts) {
-            let (Some(from_uri), Some(to_uri), Some(target)) =
-                (from_uri.clone(), to_uri.clone(), message::parse_sip_uri(&binding.contact))
-            else {
+            let (Some(_), Some(target)) = (&call.template, message::parse_sip_uri(&binding.contact)) else {
                 call.forks.insert(*leg_id, false);
                 continue;
             };
@@ -459,18 +509,6 @@ impl Call {
                 }
                 _ => b_sdp.clone(),
             };
-            let from = name_addr(Some(&route.caller_display_name), from_uri);
-            let to = name_addr(None, to_uri);
-            if call.template.is_none() {
-                call.template = Some(ForkTemplate {
-                    timers: config.timers,
-                    local_sip: config.local_sip,
-                    from,
-                    to,
-                    plain: b_sdp.clone(),
-                    secure: b_secure_sdp.clone(),
-                });
-            }
             if let Some(wait) = push_wait
                 && crate::push::PushContact::params_of(&binding.contact).is_some()
             {
@@ -488,6 +526,11 @@ impl Call {
             call.start_fork(*leg_id, target, binding, offer);
         }
         if !call.forks.values().any(|live| *live) {
+            if let Some(forward) = call.forward_no_answer.take().or_else(|| call.forward_busy.take()) {
+                // None of the target's phones could be called: on to its forward.
+                call.forward(forward);
+                return call;
+            }
             if b_policy == MediaEncryption::Required && !route.contacts.is_empty() {
                 call.reject_reason = Some("Media encryption required: callee not on SIP over TLS".into());
                 call.failure = Some(488);
@@ -498,6 +541,66 @@ impl Call {
             call.reject_caller(480, Disposition::Unavailable);
         }
         call
+    }
+
+    /// The call goes on to `forward` (its phones ring now): the forks ringing are cancelled
+    /// and their failures no longer count, the other forward is dropped, the caller keeps
+    /// hearing ringback.
+    fn forward(&mut self, forward: PendingForward) {
+        self.drop_forwards();
+        self.forget_waking();
+        let ringing: Vec<LegId> = self.forks.iter().filter(|(_, live)| **live).map(|(id, _)| *id).collect();
+        for leg in ringing {
+            self.command(leg, LegCommand::Hangup);
+        }
+        self.retired.extend(self.forks.keys().copied());
+        self.failure = None;
+        self.deadline = Some(self.now + self.no_answer);
+        let to = message::parse_sip_uri(&format!("sip:{}@{}", forward.target, self.local_address()));
+        if let (Some(template), Some(to)) = (self.template.as_mut(), to) {
+            template.to = name_addr(None, to);
+        }
+        for (leg, binding) in forward.contacts {
+            self.forks.insert(leg, true);
+            self.ring_later(leg, binding);
+        }
+        if !self.forks.iter().any(|(id, live)| *live && !self.retired.contains(id)) {
+            // The forward's phones could not be called: the caller hears 480 now.
+            self.failure = Some(480);
+            self.hangup = Some(HangupSide::Pbx);
+            self.reject_caller(480, Disposition::Unavailable);
+        }
+    }
+
+    /// Drops the forwards not taken: their legs were never started.
+    fn drop_forwards(&mut self) {
+        self.forward_at = None;
+        let legs: Vec<LegId> = [self.forward_busy.take(), self.forward_no_answer.take()]
+            .into_iter()
+            .flatten()
+            .flat_map(|f| f.contacts.into_iter().map(|(leg, _)| leg))
+            .collect();
+        for leg in legs {
+            self.outputs.push_back(CallOutput::ForkGone { leg });
+        }
+    }
+
+    fn local_address(&self) -> SocketAddr {
+        self.template.as_ref().map_or(self.media[1], |t| t.local_sip.address)
+    }
+
+    /// Rings a contact after the call started (a forward's): pushed first when it sleeps,
+    /// offered pbx's SRTP key when on TLS, as the first contacts were.
+    fn ring_later(&mut self, leg: LegId, binding: Binding) {
+        if let Some(wait) = self.push_wait
+            && crate::push::PushContact::params_of(&binding.contact).is_some()
+        {
+            self.waking.insert(leg, binding.clone());
+            self.push_deadline = Some(self.now + wait);
+            let (caller, callee) = (self.caller.clone(), binding.aor.clone());
+            return self.outputs.push_back(CallOutput::Push { leg, binding: Box::new(binding), caller, callee });
+        }
+        self.woken_or_failed(leg, binding);
     }
 
     /// Starts the B-leg `leg_id` toward `binding` (its Contact `target`) with `offer`.
@@ -525,6 +628,11 @@ impl Call {
         if self.phase != Phase::Ringing || !self.waking.contains_key(&leg) {
             return;
         }
+        self.woken_or_failed(leg, binding);
+    }
+
+    /// Calls the fork `leg` at `binding`, or fails it when it cannot be called.
+    fn woken_or_failed(&mut self, leg: LegId, binding: Binding) {
         let Some(template) = &self.template else { return self.fork_failed(leg, 480) };
         let Some(target) = message::parse_sip_uri(&binding.contact) else {
             return self.fork_failed(leg, 480);
@@ -545,6 +653,7 @@ impl Call {
     /// Forks still waiting for a push have no leg to hang up: they just end (the call was
     /// answered elsewhere, or is ending).
     fn forget_waking(&mut self) {
+        self.drop_forwards();
         for leg in std::mem::take(&mut self.waking).into_keys() {
             self.forks.insert(leg, false);
             self.outputs.push_back(CallOutput::ForkGone { leg });
@@ -682,9 +791,22 @@ impl Call {
                     self.handle(self.now, CallInput::Timeout);
                 }
             }
+            CallInput::Timeout if self.phase == Phase::Ringing && self.forward_at.is_some_and(|at| at <= self.now) => {
+                // Nobody answered in time: on to the no-answer forward.
+                self.forward_at = None;
+                if let Some(forward) = self.forward_no_answer.take() {
+                    self.forward(forward);
+                }
+            }
             CallInput::Timeout => {
                 if self.deadline.is_some_and(|d| d <= self.now) {
                     match self.phase {
+                        Phase::Ringing if self.forward_no_answer.is_some() => {
+                            // The call's own no-answer bound came first: forward now.
+                            if let Some(forward) = self.forward_no_answer.take() {
+                                self.forward(forward);
+                            }
+                        }
                         Phase::Ringing => {
                             self.hangup = Some(HangupSide::Pbx);
                             self.reject_caller(480, Disposition::NoAnswer);
@@ -702,7 +824,8 @@ impl Call {
     }
 
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        [self.deadline, self.push_deadline.filter(|_| !self.waking.is_empty())].into_iter().flatten().min()
+        let forward_at = self.forward_at.filter(|_| self.phase == Phase::Ringing);
+        [self.deadline, self.push_deadline.filter(|_| !self.waking.is_empty()), forward_at].into_iter().flatten().min()
     }
 
     pub fn id(&self) -> u64 {
@@ -807,7 +930,7 @@ impl Call {
         }
         match event {
             LegEvent::Progress { code, sdp } => {
-                if self.phase != Phase::Ringing {
+                if self.phase != Phase::Ringing || self.retired.contains(&leg) {
                     return;
                 }
                 let mut answer = None;
@@ -823,20 +946,15 @@ impl Call {
             LegEvent::Answered { sdp } => self.b_answered(leg, sdp),
             LegEvent::Failed { code } => {
                 self.forks.insert(leg, false);
+                if self.retired.contains(&leg) {
+                    // Cancelled when the call was forwarded: says nothing about the forward.
+                    return self.check_all_failed();
+                }
                 self.failure = Some(match self.failure {
                     None => code,
                     Some(best) => more_telling(best, code),
                 });
-                if self.phase == Phase::Ringing && !self.forks.values().any(|live| *live) {
-                    let code = self.failure.unwrap_or(480);
-                    let disposition = match code {
-                        486 | 600 => Disposition::Busy,
-                        408 | 480 => Disposition::NoAnswer,
-                        _ => Disposition::Rejected { code },
-                    };
-                    self.hangup = Some(HangupSide::Callee);
-                    self.reject_caller(code, disposition);
-                }
+                self.check_all_failed();
             }
             LegEvent::Bye if Some(leg) == self.winner => {
                 self.gone.push(leg);
@@ -861,6 +979,30 @@ impl Call {
             }
             LegEvent::Cancelled | LegEvent::Acked { .. } => {}
         }
+    }
+
+    /// Every fork of a ringing call has failed: on to a forward (busy: 486, 600, 603; the
+    /// no-answer one for any other failure), else the caller gets the most telling failure.
+    fn check_all_failed(&mut self) {
+        if self.phase != Phase::Ringing || self.forks.values().any(|live| *live) {
+            return;
+        }
+        let code = self.failure.unwrap_or(480);
+        let busy = matches!(code, 486 | 600 | 603);
+        let forward = match busy {
+            true => self.forward_busy.take(),
+            false => self.forward_no_answer.take(),
+        };
+        if let Some(forward) = forward {
+            return self.forward(forward);
+        }
+        let disposition = match code {
+            486 | 600 => Disposition::Busy,
+            408 | 480 => Disposition::NoAnswer,
+            _ => Disposition::Rejected { code },
+        };
+        self.hangup = Some(HangupSide::Callee);
+        self.reject_caller(code, disposition);
     }
 
     fn b_answered(&mut self, leg: LegId, sdp: Option<Bytes>) {

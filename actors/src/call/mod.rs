@@ -47,7 +47,8 @@ pub struct CallStart {
     pub source: SocketAddr,
     pub transport: Transport,
     pub route: Route,
-    /// One per contact of `route.contacts`.
+    /// One per contact of `route.contacts`, then one per contact of `route.forwards` (busy
+    /// first), for the forward the call may take.
     pub forks: Vec<LegId>,
 }
 

@@ -476,8 +476,10 @@ fn call_setup(body: &str, contacts: Vec<Binding>) -> (CallConfig, CallSetup) {
                 caller: "100".into(),
                 caller_display_name: "Alice".into(),
                 callee: "101".into(),
+                target: "101".into(),
                 contacts,
                 room: false,
+                forwards: Default::default(),
             },
             forks: [B1, B2][..forks].to_vec(),
         },
@@ -1351,4 +1353,103 @@ fn without_push_a_pushed_contact_is_called_at_once() {
     assert_eq!(h.started, vec![A, B1]);
     assert!(h.pushes.is_empty());
     assert!(matches!(h.take_commands()[..], [(B1, LegCommand::Invite { .. })]));
+}
+
+// ---- forwarding (issue 18) ----
+
+const B3: LegId = LegId(4);
+const B4: LegId = LegId(5);
+
+/// Call 7 to 101's one phone (B1), 101 forwarding on busy to 102 (B3) and, after 20 s without
+/// an answer, to 103 (B4).
+fn forwarded_call() -> Harness {
+    let (config, mut setup) = call_setup(PCMU_OFFER, vec![binding("sip:101@127.0.0.1:5064", 5064)]);
+    let phone =
+        |aor: &str, port: u16| Binding { aor: aor.into(), ..binding(&format!("sip:{aor}@127.0.0.1:{port}"), port) };
+    setup.start.route.forwards = crate::registrar::Forwards {
+        busy: Some(crate::registrar::Forward { target: "102".into(), contacts: vec![phone("102", 5070)] }),
+        no_answer: Some((
+            Duration::from_secs(20),
+            crate::registrar::Forward { target: "103".into(), contacts: vec![phone("103", 5080)] },
+        )),
+    };
+    setup.start.forks = vec![B1, B3, B4];
+    harness(config, setup)
+}
+
+fn invited(h: &mut Harness, leg: LegId) -> bool {
+    h.take_commands().iter().any(|(l, c)| *l == leg && matches!(c, LegCommand::Invite { .. }))
+}
+
+/// Only the dialled extension's phone rings at first; busy → the busy forward rings (To: 102),
+/// the no-answer forward's leg is dropped, the caller never hears the 486; the forward's answer
+/// connects the call, whose record still names the number dialled.
+#[test]
+fn busy_phones_forward_the_call_and_the_caller_never_hears_busy() {
+    let mut h = forwarded_call();
+    assert_eq!(h.started, vec![A, B1]);
+    assert!(invited(&mut h, B1));
+    h.event(ms(500), B1, LegEvent::Failed { code: 486 });
+    assert!(invited(&mut h, B3), "the busy forward rings");
+    assert_eq!(h.started, vec![A, B1, B3]);
+    assert_eq!(h.gone, vec![B4], "the no-answer forward is not taken");
+    let leg = h.legs.iter_mut().find(|l| l.id() == B3).expect("B3 started");
+    leg.handle(Timestamp::ZERO + ms(500), LegInput::Command(LegCommand::Invite { sdp: None }));
+    let (sip, _) = drain_leg(leg);
+    let text = sent_text(&sip[0]);
+    assert!(text.starts_with("INVITE sip:102@127.0.0.1:5070 SIP/2.0\r\n"), "{text}");
+    assert!(text.contains("\r\nTo: <sip:102@127.0.0.1>\r\n"), "the forward's INVITE is to 102: {text}");
+    h.event(ms(900), B3, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
+    let commands = h.take_commands();
+    assert!(commands.iter().any(|(l, c)| *l == A && matches!(c, LegCommand::Answer { .. })), "{commands:?}");
+    assert!(!commands.iter().any(|(l, c)| *l == A && matches!(c, LegCommand::Reject { .. })));
+    h.event(ms(5_000), A, LegEvent::Bye);
+    let cdr = h.ended.clone().expect("a record");
+    assert_eq!((cdr.callee.as_str(), cdr.disposition.clone()), ("101", Disposition::Answered));
+}
+
+/// Nobody answers within the forward's 20 s: the phone is cancelled, the no-answer forward
+/// rings with a fresh no-answer bound, and the cancelled phone's 487 says nothing to the caller.
+#[test]
+fn unanswered_phones_forward_after_their_time_and_their_487_is_not_the_callers() {
+    let mut h = forwarded_call();
+    h.take_commands();
+    h.event(ms(100), B1, LegEvent::Progress { code: 180, sdp: None });
+    h.take_commands();
+    assert_eq!(h.call.poll_timeout(), Some(Timestamp::ZERO + Duration::from_secs(20)));
+    h.call.handle(Timestamp::ZERO + Duration::from_secs(20), CallInput::Timeout);
+    h.drain();
+    let commands = h.take_commands();
+    assert!(commands.iter().any(|(l, c)| *l == B1 && matches!(c, LegCommand::Hangup)), "B1 cancelled: {commands:?}");
+    assert!(commands.iter().any(|(l, c)| *l == B4 && matches!(c, LegCommand::Invite { .. })), "{commands:?}");
+    assert_eq!(h.gone, vec![B3], "the busy forward is not taken");
+    h.event(Duration::from_secs(20), B1, LegEvent::Failed { code: 487 });
+    h.finish(Duration::from_secs(20), &[B1]);
+    assert!(h.ended.is_none(), "the caller still rings");
+    assert!(!h.take_commands().iter().any(|(l, _)| *l == A));
+    // The call's own bound starts again for the forward: 30 s from the forward.
+    assert_eq!(h.call.poll_timeout(), Some(Timestamp::ZERO + Duration::from_secs(50)));
+    // The forward is busy: the caller hears that one, not the cancelled phone's 487.
+    h.event(Duration::from_secs(21), B4, LegEvent::Failed { code: 486 });
+    assert!(matches!(h.take_commands()[..], [(A, LegCommand::Reject { code: 486, .. })]));
+    assert_eq!(h.ended.clone().expect("a record").disposition, Disposition::Busy);
+}
+
+/// A phone that cannot be reached (480, 408) takes the no-answer forward at once; answered
+/// first, neither forward is taken and both forwards' legs go.
+#[test]
+fn unreachable_phones_take_the_no_answer_forward_and_an_answer_drops_both() {
+    let mut h = forwarded_call();
+    h.take_commands();
+    h.event(ms(300), B1, LegEvent::Failed { code: 408 });
+    assert!(invited(&mut h, B4));
+    assert_eq!(h.gone, vec![B3]);
+
+    let mut h = forwarded_call();
+    h.take_commands();
+    h.event(ms(300), B1, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
+    let mut gone = h.gone.clone();
+    gone.sort();
+    assert_eq!(gone, vec![B3, B4]);
+    assert_eq!(h.call.poll_timeout(), None, "no forward timer once answered");
 }

@@ -652,7 +652,8 @@ impl Endpoint {
         give_up.reason = "Call Failed".into();
         self.legs.insert(a, LiveLeg { invite: Some((key.clone(), give_up)), requests: Vec::new(), caller: true });
         self.invites.insert(key.clone(), a);
-        let forks: Vec<LegId> = route.contacts.iter().map(|_| self.new_leg()).collect();
+        // A leg per contact that rings now, then per contact of the forwards the call may take.
+        let forks: Vec<LegId> = (0..route.contacts.len() + route.forwards.contacts()).map(|_| self.new_leg()).collect();
         for leg in &forks {
             self.legs.insert(*leg, LiveLeg { invite: None, requests: Vec::new(), caller: false });
         }

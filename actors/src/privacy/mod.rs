@@ -95,11 +95,11 @@ pub struct DataCategory {
 pub const INVENTORY: &[DataCategory] = &[
     DataCategory {
         id: "extension",
-        data: "extension number, display name, digest hashes H(user:realm:password) for MD5 and SHA-256; never the password",
-        purpose: "authenticate the extension's phones and show its name",
+        data: "extension number, display name, digest hashes H(user:realm:password) for MD5 and SHA-256 (never the password); its call forwarding: the extensions its calls go to (always, on busy, on no answer) and after how many seconds",
+        purpose: "authenticate the extension's phones, show its name, and route its calls where its user asked",
         legal_basis: &[LegalBasis::Contract],
         retention: Retention::UntilDeleted,
-        stored_in: &["redb:extensions", "memory"],
+        stored_in: &["redb:extensions", "redb:call_forwarding", "memory"],
         subjects: &[SubjectKind::Extension],
     },
     DataCategory {

@@ -22,6 +22,7 @@
 //!
 //! Not done: a bounded mailbox (ractor's is unbounded; the endpoint in front sheds load).
 
+use super::forwarding::Forwarding;
 use super::glue::{self, Dispatch, WriteJob};
 use super::machine::{
     Binding, Extension, Registrar, RegistrarCommand, RegistrarConfig, RegistrarEvent, RegistrarInput, Route,
@@ -62,6 +63,8 @@ pub struct RegistrarArgs {
     pub secret: [u8; 32],
     pub extensions: Vec<Extension>,
     pub bindings: Vec<Binding>,
+    /// Call forwarding as stored, by extension.
+    pub forwarding: Vec<(String, Forwarding)>,
     pub clock: Arc<dyn Clock>,
     pub store: Arc<dyn RegistrarStore>,
     pub sink: Arc<dyn ResponseSink>,
@@ -143,6 +146,17 @@ pub enum RegistrarMsg {
         number: String,
         display_name: String,
         reply: RpcReplyPort<Result<(), ChangeError>>,
+    },
+    /// `number`'s call forwarding; `Err` like `PutExtension` (the reason names the field).
+    SetForwarding {
+        number: String,
+        forwarding: Forwarding,
+        reply: RpcReplyPort<Result<(), ChangeError>>,
+    },
+    /// `number`'s call forwarding; `None` for a number that is no extension.
+    GetForwarding {
+        number: String,
+        reply: RpcReplyPort<Option<Forwarding>>,
     },
     /// Erasure of an address: removes every binding from or to `ip`; `Ok` once stored.
     ForgetAddress {
@@ -359,7 +373,8 @@ impl Actor for RegistrarActor {
         args: RegistrarArgs,
     ) -> Result<RegistrarState, ActorProcessingErr> {
         let now = args.clock.now();
-        let machine = Registrar::new(args.config, args.secret, args.extensions, args.bindings, now);
+        let machine = Registrar::new(args.config, args.secret, args.extensions, args.bindings, now)
+            .with_forwarding(args.forwarding);
         let writer = Writer::start(args.store, args.sink, me);
         let mut state = RegistrarState {
             machine,
@@ -428,6 +443,14 @@ impl Actor for RegistrarActor {
             RegistrarMsg::Rename { number, display_name, reply } => {
                 s.machine.handle(now, RegistrarInput::Rename { number, display_name });
                 s.drain(Some(reply));
+            }
+            RegistrarMsg::SetForwarding { number, forwarding, reply } => {
+                s.machine.handle(now, RegistrarInput::SetForwarding { number, forwarding });
+                s.drain(Some(reply));
+            }
+            RegistrarMsg::GetForwarding { number, reply } => {
+                let known = s.machine.extensions().any(|e| e.number == number);
+                let _ = reply.send(known.then(|| s.machine.forwarding_of(&number)));
             }
             RegistrarMsg::ForgetAddress { ip, reply } => {
                 s.machine.handle(now, RegistrarInput::ForgetAddress { ip });
@@ -628,6 +651,10 @@ fn log_event(event: RegistrarEvent) -> Option<Result<(), ChangeError>> {
             tracing::info!(%number, "extension changed");
             return Some(Ok(()));
         }
+        RegistrarEvent::ForwardingChanged { number, forwarding } => {
+            tracing::info!(%number, ?forwarding, "call forwarding changed");
+            return Some(Ok(()));
+        }
         RegistrarEvent::ExtensionInvalid { reason } => {
             tracing::info!(%reason, "extension change refused");
             return Some(Err(ChangeError::Invalid(reason)));
@@ -724,6 +751,7 @@ mod tests {
                     RegistrarCommand::RemoveExtension { number } => format!("remove-extension {number}"),
                     RegistrarCommand::PutBinding(b) => format!("put-binding {}", b.contact),
                     RegistrarCommand::RemoveBinding { contact, .. } => format!("remove-binding {contact}"),
+                    RegistrarCommand::SetForwarding { number, .. } => format!("set-forwarding {number}"),
                 });
             }
             Ok(())
@@ -761,6 +789,7 @@ mod tests {
             secret: [secret; 32],
             extensions,
             bindings: vec![],
+            forwarding: vec![],
             clock: Arc::new(TokioClock(tokio::time::Instant::now())),
             store: journal.clone(),
             sink: journal.clone(),

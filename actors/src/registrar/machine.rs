@@ -41,6 +41,7 @@
 
 use super::blocking::{self, Guard, Limits};
 use super::digest::{self, Algorithm, Credentials, Minted, NonceKey, QopAuth};
+use super::forwarding::{self, FeatureCode, Forwarding};
 use super::nat;
 use crate::sip::message::{Contacts, Method, Name, SipUriUserPart, print_sip_uri, push_decimal};
 use crate::sip::{Request, Response, Transport};
@@ -240,9 +241,20 @@ impl Binding {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum RegistrarCommand {
     PutExtension(Extension),
-    RemoveExtension { number: String },
+    RemoveExtension {
+        number: String,
+    },
     PutBinding(Binding),
-    RemoveBinding { aor: String, contact: String },
+    RemoveBinding {
+        aor: String,
+        contact: String,
+    },
+    /// `number`'s call forwarding (issue 18); all off removes it. Appended last, so every
+    /// command stored or replicated before it reads as it was written.
+    SetForwarding {
+        number: String,
+        forwarding: Forwarding,
+    },
 }
 
 /// What the registrar is fed. `PutExtension` carries a password: no `Debug` for this type.
@@ -278,6 +290,12 @@ pub enum RegistrarInput {
     Rename {
         number: String,
         display_name: String,
+    },
+    /// From the admin API: `number`'s call forwarding. Answered by `Event(ForwardingChanged)`,
+    /// `Event(ExtensionInvalid)` (the reason names the field) or `Event(NoSuchExtension)`.
+    SetForwarding {
+        number: String,
+        forwarding: Forwarding,
     },
     /// Erasure of an IP address: every binding whose source or contact host is `ip` goes.
     /// Answered by `Event(AddressForgotten)`.
@@ -331,12 +349,39 @@ pub struct Route {
     /// The authenticated caller's extension (never the From header's claim).
     pub caller: String,
     pub caller_display_name: String,
-    /// The dialled extension (the Request-URI's user).
+    /// The dialled extension (the Request-URI's user): the call record's callee.
     pub callee: String,
-    /// Every current binding of the callee, in the order they were first bound (forked to all).
+    /// The extension whose phones ring: the callee, or where its forwarding leads
+    /// ([`forwarding`]).
+    pub target: String,
+    /// Every current binding of the target, in the order they were first bound (forked to all).
     pub contacts: Vec<Binding>,
     /// The callee is a conference room (`contacts` is empty): pbx answers the call itself.
     pub room: bool,
+    /// Where the call goes next when the target's phones are busy or do not answer.
+    pub forwards: Forwards,
+}
+
+/// A target's busy and no-answer forwards, resolved when the call starts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Forwards {
+    pub busy: Option<Forward>,
+    /// With how long the phones ring before it.
+    pub no_answer: Option<(Duration, Forward)>,
+}
+
+impl Forwards {
+    /// Every contact of both forwards (busy first): a B-leg each, should the call get there.
+    pub fn contacts(&self) -> usize {
+        self.busy.iter().chain(self.no_answer.iter().map(|(_, f)| f)).map(|f| f.contacts.len()).sum()
+    }
+}
+
+/// One forward of a call: the extension that rings then, and its phones.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Forward {
+    pub target: String,
+    pub contacts: Vec<Binding>,
 }
 
 #[cfg(test)]
@@ -347,8 +392,10 @@ impl Route {
             caller: caller.into(),
             caller_display_name: String::new(),
             callee: callee.into(),
+            target: callee.into(),
             contacts,
             room: false,
+            forwards: Forwards::default(),
         }
     }
 }
@@ -425,6 +472,11 @@ pub enum RegistrarEvent {
     },
     ExtensionChanged {
         number: String,
+    },
+    /// `number`'s forwarding is now this (by API, or by its phone's feature code).
+    ForwardingChanged {
+        number: String,
+        forwarding: Forwarding,
     },
     /// An admin request refused; `reason` starts with the field it is about.
     ExtensionInvalid {
@@ -508,6 +560,10 @@ pub struct Registrar {
     dirty_bindings: BTreeSet<(String, String)>,
     /// Extensions whose stored copy is behind (a failed write).
     dirty_extensions: BTreeSet<String>,
+    /// Call forwarding by extension; only extensions that exist, only forwarding that is on.
+    forwarding: BTreeMap<String, Forwarding>,
+    /// Extensions whose stored forwarding is behind (a failed write).
+    dirty_forwarding: BTreeSet<String>,
     flush_at: Option<Timestamp>,
     /// Used nonces → highest nonce count seen. Nonces start with their mint time as fixed-width
     /// hex, so this map's order is mint order and the first entry is the oldest.
@@ -582,6 +638,8 @@ impl Registrar {
             refresh_at: BTreeMap::new(),
             dirty_bindings: BTreeSet::new(),
             dirty_extensions: BTreeSet::new(),
+            forwarding: BTreeMap::new(),
+            dirty_forwarding: BTreeSet::new(),
             flush_at: None,
             nonces: BTreeMap::new(),
             last_ha2: None,
@@ -606,6 +664,29 @@ impl Registrar {
         registrar
     }
 
+    /// The forwarding restored from storage (of extensions that exist; the rest is dropped
+    /// and comes out as `Persist`: drain `poll_output` after this).
+    pub fn with_forwarding(mut self, forwarding: Vec<(String, Forwarding)>) -> Registrar {
+        for (number, f) in forwarding {
+            if self.extensions.contains_key(&number) && !f.is_off() {
+                self.forwarding.insert(number, f);
+            } else {
+                self.persist(RegistrarCommand::SetForwarding { number, forwarding: Forwarding::default() });
+            }
+        }
+        self
+    }
+
+    /// The forwarding of `number` (all off when it has none).
+    pub fn forwarding_of(&self, number: &str) -> Forwarding {
+        self.forwarding.get(number).cloned().unwrap_or_default()
+    }
+
+    /// Every extension's forwarding that is on.
+    pub fn forwarding(&self) -> impl Iterator<Item = (&String, &Forwarding)> {
+        self.forwarding.iter()
+    }
+
     pub fn handle(&mut self, now: Timestamp, input: RegistrarInput) {
         let now = now.max(self.last_now);
         self.last_now = now;
@@ -621,6 +702,7 @@ impl Registrar {
             }
             RegistrarInput::RemoveExtension { number } => self.remove_extension(&number),
             RegistrarInput::Rename { number, display_name } => self.rename(&number, &display_name),
+            RegistrarInput::SetForwarding { number, forwarding } => self.set_forwarding(&number, forwarding),
             RegistrarInput::ForgetAddress { ip } => self.forget_address(ip),
             RegistrarInput::DropPushToken { aor, prid } => self.drop_push_token(&aor, &prid),
             RegistrarInput::AuthFailure { source, user } => self.auth_failed(now, source, user, false),
@@ -658,6 +740,9 @@ impl Registrar {
                 RegistrarCommand::PutBinding(Binding { aor, contact, .. })
                 | RegistrarCommand::RemoveBinding { aor, contact } => {
                     self.dirty_bindings.insert((aor.clone(), contact.clone()));
+                }
+                RegistrarCommand::SetForwarding { number, .. } => {
+                    self.dirty_forwarding.insert(number.clone());
                 }
             }
         }
@@ -783,20 +868,80 @@ impl Registrar {
             SipUriUserPart::User(user) if !user.is_empty() => user.to_string(),
             _ => return self.refuse(tx, request, ip, Refusal::code(404), true),
         };
+        if let Some(code) = FeatureCode::parse(&callee) {
+            return self.feature_code(tx, request, ip, &caller, code);
+        }
         let caller_display_name = self.extensions.get(&caller).map(|e| e.display_name.clone()).unwrap_or_default();
         if self.config.rooms.contains(&callee) {
-            let route = Route { caller, caller_display_name, callee, contacts: Vec::new(), room: true };
+            let route = Route {
+                caller,
+                caller_display_name,
+                target: callee.clone(),
+                callee,
+                contacts: Vec::new(),
+                room: true,
+                forwards: Forwards::default(),
+            };
             return self.outputs.push_back(RegistrarOutput::Routed { tx, route });
         }
         if !self.extensions.contains_key(&callee) {
             return self.refuse(tx, request, ip, Refusal::code(404), true);
         }
-        let contacts: Vec<Binding> = self.bindings.get(&callee).into_iter().flatten().cloned().collect();
-        if contacts.is_empty() {
-            return self.refuse(tx, request, ip, Refusal::code(480), true);
+        // Forwarding (module `forwarding`): always, then the ringing one's busy and no answer.
+        let mut visited = Vec::new();
+        let mut target = forwarding::follow_always(&callee, &self.forwarding, &mut visited);
+        let mut contacts = self.contacts_of(&target);
+        let mut forwards = Forwards::default();
+        if let Some(f) = self.forwarding.get(&target).cloned() {
+            let mut follow = |to: &Option<String>| {
+                let to = to.as_ref().filter(|to| !visited.contains(to) && self.extensions.contains_key(*to))?;
+                let target = forwarding::follow_always(to, &self.forwarding, &mut visited);
+                Some(Forward { contacts: self.contacts_of(&target), target })
+            };
+            forwards.no_answer = follow(&f.no_answer).map(|to| (secs(f.no_answer_after_s), to));
+            forwards.busy = follow(&f.busy);
         }
-        let route = Route { caller, caller_display_name, callee, contacts, room: false };
+        if contacts.is_empty() {
+            // Nobody registered: straight on to the no-answer forward, if it has phones.
+            match forwards.no_answer.take().filter(|(_, to)| !to.contacts.is_empty()) {
+                Some((_, to)) => {
+                    (target, contacts) = (to.target, to.contacts);
+                    forwards = Forwards::default();
+                }
+                None => return self.refuse(tx, request, ip, Refusal::code(480), true),
+            }
+        }
+        let route = Route { caller, caller_display_name, callee, target, contacts, room: false, forwards };
         self.outputs.push_back(RegistrarOutput::Routed { tx, route });
+    }
+
+    fn contacts_of(&self, number: &str) -> Vec<Binding> {
+        self.bindings.get(number).into_iter().flatten().cloned().collect()
+    }
+
+    /// A feature code dialled by `caller` for its own extension: 603 with what it did (the call
+    /// itself is declined: there is nobody to talk to), 403 for a target that is no extension,
+    /// 404 for a code pbx does not know.
+    fn feature_code(&mut self, tx: u64, request: &Request, ip: IpAddr, caller: &str, code: Result<FeatureCode, ()>) {
+        let Ok(code) = code else {
+            return self.refuse(
+                tx,
+                request,
+                ip,
+                Refusal { code: 404, reason: Some("Not Found (no such feature code)") },
+                true,
+            );
+        };
+        let next = code.apply(&self.forwarding_of(caller));
+        if let Err(reason) = next.validate(caller, |n| self.extensions.contains_key(n)) {
+            let mut response = request.response(403, Some(&self.to_tag(request)));
+            response.reason = format!("Forbidden ({reason})");
+            return self.outputs.push_back(RegistrarOutput::Respond { tx, response, authenticated: true });
+        }
+        self.store_forwarding(caller, next);
+        let mut response = request.response(603, Some(&self.to_tag(request)));
+        response.reason = code.confirmation();
+        self.outputs.push_back(RegistrarOutput::Respond { tx, response, authenticated: true });
     }
 
     fn refuse(&mut self, tx: u64, request: &Request, source: IpAddr, refusal: Refusal, authenticated: bool) {
@@ -1319,6 +1464,7 @@ impl Registrar {
             RegistrarCommand::RemoveExtension { number } => {
                 self.dirty_extensions.remove(&number);
                 self.extensions.remove(&number);
+                self.forwarding.remove(&number);
             }
             RegistrarCommand::PutBinding(b) => {
                 let list = self.bindings.get(&b.aor).map_or(&[][..], |l| l.as_slice());
@@ -1330,6 +1476,14 @@ impl Registrar {
             }
             RegistrarCommand::RemoveBinding { aor, contact } => {
                 self.unbind(&aor, &contact);
+            }
+            RegistrarCommand::SetForwarding { number, forwarding } => {
+                self.dirty_forwarding.remove(&number);
+                if forwarding.is_off() {
+                    self.forwarding.remove(&number);
+                } else {
+                    self.forwarding.insert(number, forwarding);
+                }
             }
         }
     }
@@ -1375,6 +1529,10 @@ impl Registrar {
             };
             self.persist(command);
         }
+        for number in std::mem::take(&mut self.dirty_forwarding) {
+            let forwarding = self.forwarding_of(&number);
+            self.persist(RegistrarCommand::SetForwarding { number, forwarding });
+        }
     }
 
     // ---- the extension directory ----
@@ -1411,7 +1569,47 @@ impl Registrar {
         self.dirty_extensions.remove(number);
         self.guard.forget_user(number);
         self.persist(RegistrarCommand::RemoveExtension { number: number.to_owned() });
+        // Its own forwarding goes with it, and every forward to it is switched off.
+        if self.forwarding.remove(number).is_some() {
+            self.persist(RegistrarCommand::SetForwarding {
+                number: number.to_owned(),
+                forwarding: Forwarding::default(),
+            });
+        }
+        let pointing: Vec<String> =
+            self.forwarding.iter().filter(|(_, f)| f.names(number)).map(|(n, _)| n.clone()).collect();
+        for other in pointing {
+            let mut f = self.forwarding_of(&other);
+            for slot in [&mut f.always, &mut f.busy, &mut f.no_answer] {
+                if slot.as_deref() == Some(number) {
+                    *slot = None;
+                }
+            }
+            self.store_forwarding(&other, f);
+        }
         self.event(RegistrarEvent::ExtensionChanged { number: number.to_owned() });
+    }
+
+    fn set_forwarding(&mut self, number: &str, forwarding: Forwarding) {
+        if !self.extensions.contains_key(number) {
+            return self.event(RegistrarEvent::NoSuchExtension { number: number.to_owned() });
+        }
+        if let Err(reason) = forwarding.validate(number, |n| self.extensions.contains_key(n)) {
+            return self.event(RegistrarEvent::ExtensionInvalid { reason });
+        }
+        self.store_forwarding(number, forwarding);
+    }
+
+    /// Sets `number`'s forwarding (checked), persists it and says so.
+    fn store_forwarding(&mut self, number: &str, forwarding: Forwarding) {
+        if forwarding.is_off() {
+            self.forwarding.remove(number);
+        } else {
+            self.forwarding.insert(number.to_owned(), forwarding.clone());
+        }
+        self.dirty_forwarding.remove(number);
+        self.persist(RegistrarCommand::SetForwarding { number: number.to_owned(), forwarding: forwarding.clone() });
+        self.event(RegistrarEvent::ForwardingChanged { number: number.to_owned(), forwarding });
     }
 
     fn rename(&mut self, number: &str, display_name: &str) {

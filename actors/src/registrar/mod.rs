@@ -6,6 +6,8 @@
 //!   the source they were sent to, the digest `uri` rule.
 //! - [`blocking`]: failures per (source, user) and per user, trusted addresses, bounded tables.
 //! - [`machine`]: [`Registrar`], the sans-IO machine: every decision, no I/O, no clock.
+//! - [`forwarding`]: call forwarding per extension (always, busy, no answer), its loops cut,
+//!   and the feature codes that set it (issue 18).
 //! - [`nat`]: whether a registering phone is behind NAT (Via, Contact, transport against the
 //!   source), kept on its binding for the calls to it (issue 15).
 //! - [`stored`]: the earlier shapes of bindings and commands that old files and peers hold.
@@ -24,6 +26,7 @@
 pub mod actor;
 pub mod blocking;
 pub mod digest;
+pub mod forwarding;
 pub mod glue;
 pub mod machine;
 pub mod nat;
@@ -35,9 +38,10 @@ pub use actor::{
 };
 pub use blocking::{AUTH_FAILURE_PAIRS_MAX, AUTH_FAILURE_PREFIXES_MAX, AUTH_FAILURES_LIMIT_MAX, TRUSTED_SOURCES_MAX};
 pub use digest::{Algorithm, ha1};
+pub use forwarding::Forwarding;
 pub use machine::{
-    BINDINGS_PER_AOR_MAX, Binding, EXTENSIONS_MAX, Extension, NONCES_TRACKED_MAX, Registrar, RegistrarCommand,
-    RegistrarConfig, RegistrarEvent, RegistrarInput, RegistrarOutput, Route,
+    BINDINGS_PER_AOR_MAX, Binding, EXTENSIONS_MAX, Extension, Forward, Forwards, NONCES_TRACKED_MAX, Registrar,
+    RegistrarCommand, RegistrarConfig, RegistrarEvent, RegistrarInput, RegistrarOutput, Route,
 };
 pub use stored::{BindingV1, RegistrarCommandV1};
 

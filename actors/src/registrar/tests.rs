@@ -1,6 +1,7 @@
 //! The registrar machine on virtual time: no runtime, no clock, every digest computed here
 //! from RFC 7616's formulas, independently of `digest.rs`.
 
+use super::forwarding::Forwarding;
 use super::machine::*;
 use crate::sip::message::{Message, Name, parse_datagram};
 use crate::sip::{Request, Response, Transport};
@@ -1637,4 +1638,114 @@ fn pnsreg_apps_are_told_when_to_refresh() {
     assert_eq!(caps(&pnsreg), [format!("*;+sip.pns=\"fcm\";+sip.pnsreg=\"{}\"", 120 + PNSREG_MARGIN_S)]);
     let ordinary = h.register(&Reg::new("100", &["<sip:100@192.0.2.8>;+sip.pnsreg"]).expires(600).cseq(20));
     assert!(caps(&ordinary).is_empty(), "no push contact, no Feature-Caps");
+}
+
+/// Call forwarding (issue 18): `always` is followed and its loops cut, the ringing extension's
+/// busy and no-answer forwards come with the route, an unregistered one goes straight to its
+/// no-answer forward; bad settings are refused naming the field; removing an extension switches
+/// off every forward to it.
+#[test]
+fn calls_follow_forwarding_and_loops_are_cut() {
+    let mut h = Harness::new();
+    for number in ["300", "400"] {
+        let input = RegistrarInput::PutExtension {
+            number: number.into(),
+            password: format!("secret-{number}"),
+            display_name: String::new(),
+        };
+        h.m.handle(h.now, input);
+        h.drain();
+    }
+    for (number, port) in [("200", 5070), ("300", 5080)] {
+        let reg = Reg::new(number, &[&format!("<sip:{number}@192.0.2.7:{port}>")]).call_id(number);
+        assert_eq!(h.register_with(&reg, &format!("secret-{number}")).code(), 200);
+    }
+    let set = |h: &mut Harness, number: &str, f: Forwarding| {
+        h.m.handle(h.now, RegistrarInput::SetForwarding { number: number.into(), forwarding: f });
+        h.drain()
+    };
+    let always = |to: &str| Forwarding { always: Some(to.into()), ..Default::default() };
+    let step = set(&mut h, "200", always("300"));
+    assert!(matches!(&step.persisted[..], [RegistrarCommand::SetForwarding { number, .. }] if number == "200"));
+    let route = h.call_from("100", PASSWORD_100, "200", source()).routed.expect("routed");
+    assert_eq!((route.callee.as_str(), route.target.as_str()), ("200", "300"));
+    assert!(route.contacts.iter().all(|b| b.aor == "300") && route.contacts.len() == 1);
+    // 300 → 200 closes a loop: it is cut before it closes, 300 rings.
+    set(&mut h, "300", always("200"));
+    let route = h.call_from("100", PASSWORD_100, "200", source()).routed.expect("routed");
+    assert_eq!(route.target, "300");
+    assert_eq!(route.forwards, Forwards::default(), "300's forward back to 200 is no forward");
+
+    // Refused, naming the field; nothing stored.
+    for (number, bad, field) in [
+        ("200", always("200"), "always: "),
+        ("200", Forwarding { busy: Some("999".into()), ..Default::default() }, "busy: "),
+        ("200", Forwarding { no_answer_after_s: 0, ..Default::default() }, "no_answer_after_s: "),
+    ] {
+        let step = set(&mut h, number, bad);
+        assert!(step.persisted.is_empty());
+        assert!(
+            matches!(&step.events[..], [RegistrarEvent::ExtensionInvalid { reason }] if reason.starts_with(field)),
+            "{:?}",
+            step.events
+        );
+    }
+    let step = set(&mut h, "999", always("200"));
+    assert!(matches!(&step.events[..], [RegistrarEvent::NoSuchExtension { .. }]));
+
+    // Busy and no answer come with the route, each resolved; the caller's own extension is fine.
+    set(&mut h, "300", Forwarding::default());
+    let busy_and_late = Forwarding {
+        busy: Some("300".into()),
+        no_answer: Some("400".into()),
+        no_answer_after_s: 15,
+        ..Default::default()
+    };
+    set(&mut h, "200", busy_and_late);
+    let route = h.call_from("100", PASSWORD_100, "200", source()).routed.expect("routed");
+    assert_eq!(route.target, "200");
+    let busy = route.forwards.busy.clone().expect("a busy forward");
+    assert_eq!((busy.target.as_str(), busy.contacts.len()), ("300", 1));
+    let (after, late) = route.forwards.no_answer.clone().expect("a no-answer forward");
+    assert_eq!((after, late.target.as_str(), late.contacts.len()), (Duration::from_secs(15), "400", 0));
+    assert_eq!(route.forwards.contacts(), 1);
+
+    // 200 unregistered: its no-answer forward rings at once — when it has phones.
+    let gone = Reg::new("200", &["<sip:200@192.0.2.7:5070>"]).call_id("200").cseq(3).expires(0);
+    assert_eq!(h.register_with(&gone, "secret-200").code(), 200);
+    assert_eq!(h.call_from("100", PASSWORD_100, "200", source()).code(), 480, "400 has no phone");
+    let reg = Reg::new("400", &["<sip:400@192.0.2.7:5090>"]).call_id("400");
+    assert_eq!(h.register_with(&reg, "secret-400").code(), 200);
+    let route = h.call_from("100", PASSWORD_100, "200", source()).routed.expect("routed");
+    assert_eq!((route.callee.as_str(), route.target.as_str()), ("200", "400"));
+    assert_eq!(route.forwards, Forwards::default());
+
+    // 300 goes: 200's busy forward to it is switched off, and stored so.
+    h.m.handle(h.now, RegistrarInput::RemoveExtension { number: "300".into() });
+    let step = h.drain();
+    assert!(step.persisted.iter().any(|c| matches!(c, RegistrarCommand::SetForwarding { number, forwarding }
+        if number == "200" && forwarding.busy.is_none() && forwarding.no_answer.as_deref() == Some("400"))));
+    assert_eq!(h.m.forwarding_of("200").busy, None);
+}
+
+/// Feature codes set the caller's own forwarding, after the caller authenticated: 603 saying
+/// what was done, 403 for a target that is no extension (nothing changes), 404 for an unknown code.
+#[test]
+fn feature_codes_set_the_callers_own_forwarding() {
+    let mut h = Harness::new();
+    let first = h.invite_from("100", "*21*200%23", None, source());
+    assert_eq!(first.code(), 407, "a stranger sets nothing");
+    let step = h.call_from("100", PASSWORD_100, "*21*200%23", source());
+    assert_eq!((step.code(), step.response().reason.as_str()), (603, "Forwarding on: always to 200"));
+    assert!(matches!(&step.persisted[..], [RegistrarCommand::SetForwarding { number, forwarding }]
+        if number == "100" && forwarding.always.as_deref() == Some("200")));
+    assert_eq!(h.m.forwarding_of("100").always.as_deref(), Some("200"));
+    let refused = h.call_from("100", PASSWORD_100, "*67*999%23", source());
+    assert_eq!(refused.code(), 403);
+    assert!(refused.response().reason.contains("busy: 999 is not an extension"), "{}", refused.response().reason);
+    assert!(refused.persisted.is_empty());
+    assert_eq!(h.call_from("100", PASSWORD_100, "*98%23", source()).code(), 404);
+    let off = h.call_from("100", PASSWORD_100, "%2321%23", source());
+    assert_eq!((off.code(), off.response().reason.as_str()), (603, "Forwarding off: always"));
+    assert_eq!(h.m.forwarding_of("100"), Forwarding::default());
 }

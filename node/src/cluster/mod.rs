@@ -30,7 +30,9 @@ use pbx_actors::entry::{Entry, EntryStore, apply_entry};
 use pbx_actors::licence::{LicenceStore, Stored, StoredUnlocks};
 use pbx_actors::privacy::{AuditEntry, AuditEvent, Right, Subject};
 use pbx_actors::push::PushRecord;
-use pbx_actors::registrar::{Binding, BindingV1, Extension, RegistrarCommand, RegistrarMsg, RegistrarStore};
+use pbx_actors::registrar::{
+    Binding, BindingV1, Extension, Forwarding, RegistrarCommand, RegistrarMsg, RegistrarStore,
+};
 use pbx_actors::store::StoreError;
 use pbx_cluster::raft::{Applier, ApplyError, NodeId, Replica, Request, WriteError};
 use ractor::ActorRef;
@@ -114,6 +116,19 @@ enum SnapshotV {
     V4 {
         extensions: Vec<Extension>,
         bindings: Vec<Binding>,
+        cdrs: Vec<Cdr>,
+        participations: Vec<Participation>,
+        push_records: Vec<PushRecord>,
+        licence: Option<Stored>,
+        unlocks: Option<StoredUnlocks>,
+        flags: BTreeMap<String, Flags>,
+        tombstones: Vec<Tombstone>,
+    },
+    /// With call forwarding (issue 18).
+    V5 {
+        extensions: Vec<Extension>,
+        bindings: Vec<Binding>,
+        forwarding: Vec<(String, Forwarding)>,
         cdrs: Vec<Cdr>,
         participations: Vec<Participation>,
         push_records: Vec<PushRecord>,
@@ -308,9 +323,10 @@ impl Applier for NodeApplier {
         let s = &self.storage;
         let state = s.load().map_err(ApplyError::storage)?;
         let (licence, unlocks) = s.load_licence().map_err(ApplyError::storage)?;
-        postcard::to_allocvec(&SnapshotV::V4 {
+        postcard::to_allocvec(&SnapshotV::V5 {
             extensions: state.extensions,
             bindings: state.bindings,
+            forwarding: state.forwarding,
             cdrs: s.all_cdrs().map_err(ApplyError::storage)?,
             participations: s.all_participations().map_err(ApplyError::storage)?,
             push_records: s.all_push_records().map_err(ApplyError::storage)?,
@@ -323,17 +339,20 @@ impl Applier for NodeApplier {
     }
 
     fn install(&self, snapshot: &[u8]) -> Result<(), ApplyError> {
-        // Snapshots before V4 carry no participations or push records: none are added.
-        let (extensions, bindings, cdrs, licence, unlocks, flags, tombstones, records) =
+        // Snapshots before V4 carry no participations or push records: none are added. Before
+        // V5 no forwarding: there was none.
+        let (extensions, bindings, cdrs, licence, unlocks, flags, tombstones, records, forwarding) =
             match postcard::from_bytes(snapshot).map_err(|e| ApplyError::undecodable("snapshot", e))? {
                 SnapshotV::V1 { extensions, bindings, cdrs, licence, unlocks, flags } => {
-                    (extensions, bindings_from_v1(bindings), cdrs, licence, unlocks, flags, Vec::new(), None)
+                    let bindings = bindings_from_v1(bindings);
+                    (extensions, bindings, cdrs, licence, unlocks, flags, Vec::new(), None, Vec::new())
                 }
                 SnapshotV::V2 { extensions, bindings, cdrs, licence, unlocks, flags, tombstones } => {
-                    (extensions, bindings_from_v1(bindings), cdrs, licence, unlocks, flags, tombstones, None)
+                    let bindings = bindings_from_v1(bindings);
+                    (extensions, bindings, cdrs, licence, unlocks, flags, tombstones, None, Vec::new())
                 }
                 SnapshotV::V3 { extensions, bindings, cdrs, licence, unlocks, flags, tombstones } => {
-                    (extensions, bindings, cdrs, licence, unlocks, flags, tombstones, None)
+                    (extensions, bindings, cdrs, licence, unlocks, flags, tombstones, None, Vec::new())
                 }
                 SnapshotV::V4 {
                     extensions,
@@ -347,14 +366,29 @@ impl Applier for NodeApplier {
                     tombstones,
                 } => {
                     let records = Some((participations, push_records));
-                    (extensions, bindings, cdrs, licence, unlocks, flags, tombstones, records)
+                    (extensions, bindings, cdrs, licence, unlocks, flags, tombstones, records, Vec::new())
+                }
+                SnapshotV::V5 {
+                    extensions,
+                    bindings,
+                    forwarding,
+                    cdrs,
+                    participations,
+                    push_records,
+                    licence,
+                    unlocks,
+                    flags,
+                    tombstones,
+                } => {
+                    let records = Some((participations, push_records));
+                    (extensions, bindings, cdrs, licence, unlocks, flags, tombstones, records, forwarding)
                 }
             };
         let s = &self.storage;
         // Tombstones first: a crash part-way must not leave the extensions without them.
         s.put_tombstones(&tombstones).map_err(ApplyError::storage)?;
         let before = s.load().map_err(ApplyError::storage)?;
-        s.replace_registrar(&extensions, &bindings).map_err(ApplyError::storage)?;
+        s.replace_registrar(&extensions, &bindings, &forwarding).map_err(ApplyError::storage)?;
         // Records only ever leave by retention, which every node applies by the same rules:
         // adding the snapshot's is enough.
         s.put_cdrs(&cdrs).map_err(ApplyError::storage)?;
@@ -385,6 +419,17 @@ impl Applier for NodeApplier {
         );
         commands.extend(extensions.into_iter().map(RegistrarCommand::PutExtension));
         commands.extend(bindings.into_iter().map(RegistrarCommand::PutBinding));
+        // Forwarding the snapshot does not name is off.
+        commands.extend(
+            before
+                .forwarding
+                .into_iter()
+                .filter(|(n, _)| !forwarding.iter().any(|(m, _)| m == n))
+                .map(|(number, _)| RegistrarCommand::SetForwarding { number, forwarding: Forwarding::default() }),
+        );
+        commands.extend(
+            forwarding.into_iter().map(|(number, forwarding)| RegistrarCommand::SetForwarding { number, forwarding }),
+        );
         self.deliver(&commands, commands.clone());
         Ok(())
     }
@@ -722,7 +767,7 @@ mod tests {
     /// holds them (its subject export and retention then cover them as on the others), and a
     /// snapshot taken before they were carried still installs.
     #[test]
-    fn snapshots_carry_participations_and_push_records() {
+    fn snapshots_carry_participations_push_records_and_forwarding() {
         let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
         let a_storage = Arc::new(Storage::open(dirs[0].path()).unwrap());
         let a = NodeApplier::new(1, a_storage.clone(), key(1));
@@ -735,14 +780,26 @@ mod tests {
             left: Timestamp::from_secs(960),
         };
         let record = push_record("101", "");
+        let forwarding = Forwarding { busy: Some("102".into()), ..Default::default() };
+        let set = RegistrarCommand::SetForwarding { number: "101".into(), forwarding: forwarding.clone() };
         a.apply(&[
             &request(2, Entry::Participations(vec![participation.clone()])),
             &request(2, Entry::PushRecords(vec![record.clone()])),
+            &request(2, Entry::Registrar(vec![set.clone()])),
         ])
         .unwrap();
         let b_storage = Arc::new(Storage::open(dirs[1].path()).unwrap());
         let b = NodeApplier::new(2, b_storage.clone(), key(2));
+        // b had forwarding of its own for 100, which the snapshot does not have: it goes.
+        let stale = RegistrarCommand::SetForwarding { number: "100".into(), forwarding: forwarding.clone() };
+        b.apply(&[&request(2, Entry::Registrar(vec![stale]))]).unwrap();
         b.install(&a.snapshot().unwrap()).unwrap();
+        assert_eq!(b_storage.load().unwrap().forwarding, [("101".to_string(), forwarding.clone())]);
+        {
+            let Delivery::Pending(pending) = &*b.delivery.lock().unwrap() else { panic!("not connected yet") };
+            let off = RegistrarCommand::SetForwarding { number: "100".into(), forwarding: Forwarding::default() };
+            assert!(pending.contains(&set) && pending.contains(&off), "the registrar learns both");
+        }
         assert_eq!(b_storage.all_participations().unwrap(), std::slice::from_ref(&participation));
         assert_eq!(b_storage.all_push_records().unwrap(), std::slice::from_ref(&record));
         let held = b_storage.subject_records(&Subject::Number("101".into())).unwrap();

@@ -24,7 +24,7 @@ use pbx_actors::Timestamp;
 use pbx_actors::cdr::{ActiveCall, Cdr, Disposition, MediaCounters};
 use pbx_actors::endpoint::EndpointMsg;
 use pbx_actors::licence::{LicenceView, RedeemError, VoucherMsg};
-use pbx_actors::registrar::{ChangeError, RegistrarMsg};
+use pbx_actors::registrar::{ChangeError, Forwarding, RegistrarMsg, forwarding};
 use pbx_actors::shell::Current;
 use pbx_actors::store::StoreError;
 use pbx_actors::time::Clock;
@@ -542,6 +542,64 @@ async fn delete_extension(req: HttpRequest, state: web::Data<ApiState>, number: 
     }
 }
 
+/// A forwarding as the API takes it: an omitted target is off, omitted seconds the default.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForwardingIn {
+    #[serde(default)]
+    always: Option<String>,
+    #[serde(default)]
+    busy: Option<String>,
+    #[serde(default)]
+    no_answer: Option<String>,
+    #[serde(default)]
+    no_answer_after_s: Option<u32>,
+}
+
+async fn get_forwarding(req: HttpRequest, state: web::Data<ApiState>, number: web::Path<String>) -> HttpResponse {
+    require_auth!(req, state);
+    let number = number.into_inner();
+    match ask(&state.registrar, |reply| RegistrarMsg::GetForwarding { number: number.clone(), reply }).await {
+        Ok(Some(forwarding)) => HttpResponse::Ok().json(forwarding),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no extension {number:?}")),
+        Err(r) => r,
+    }
+}
+
+async fn put_forwarding(
+    req: HttpRequest,
+    state: web::Data<ApiState>,
+    number: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    require_auth!(req, state);
+    let number = number.into_inner();
+    let new: ForwardingIn = match serde_json::from_slice(&body) {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+    };
+    let forwarding = Forwarding {
+        always: new.always,
+        busy: new.busy,
+        no_answer: new.no_answer,
+        no_answer_after_s: new.no_answer_after_s.unwrap_or(forwarding::NO_ANSWER_AFTER_S_DEFAULT),
+    };
+    let result = ask(&state.registrar, |reply| RegistrarMsg::SetForwarding {
+        number: number.clone(),
+        forwarding: forwarding.clone(),
+        reply,
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => {
+            tracing::info!(%number, "call forwarding set via API");
+            HttpResponse::Ok().json(forwarding)
+        }
+        Ok(Err(refused)) => change_refused(refused),
+        Err(r) => r,
+    }
+}
+
 async fn registrations(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
     require_auth!(req, state);
     let bindings = match ask(&state.registrar, RegistrarMsg::ListBindings).await {
@@ -665,6 +723,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/extensions", web::post().to(put_extension))
         .route("/api/v1/extensions/{number}", web::get().to(get_extension))
         .route("/api/v1/extensions/{number}", web::delete().to(delete_extension))
+        .route("/api/v1/extensions/{number}/forwarding", web::get().to(get_forwarding))
+        .route("/api/v1/extensions/{number}/forwarding", web::put().to(put_forwarding))
         .route("/api/v1/registrations", web::get().to(registrations))
         .route("/api/v1/cdrs", web::get().to(cdrs))
         .route("/api/v1/calls", web::get().to(calls))

@@ -261,6 +261,12 @@ async fn export(
         }
         _ => None,
     };
+    let forwarding = match &subject {
+        Subject::Number(n) => {
+            ask(&state.registrar, |reply| RegistrarMsg::GetForwarding { number: n.clone(), reply }).await.ok().flatten()
+        }
+        Subject::Ip(_) => None,
+    };
     let document = json!({
         "subject": subject.id(),
         "kind": kind,
@@ -271,6 +277,7 @@ async fn export(
             "number": subject.id(),
             "display_name": display_name,
             "password": "not stored; pbx keeps only digest hashes of it (MD5 and SHA-256), which are credentials and are not exported",
+            "call_forwarding": forwarding,
         })),
         "registrations": bindings,
         "cdrs": held.stored.cdrs.iter().cloned().map(CdrOut::from).collect::<Vec<_>>(),

@@ -11,9 +11,9 @@
 //! file, so the erased or anonymised bytes leave the disk file as well as the tables.
 
 use super::{
-    BINDINGS, CDRS, EXTENSIONS, PARTICIPATIONS, PRIVACY_AUDIT, PRIVACY_FLAGS, PUSH_RECORDS, SECURITY_LOG, Storage,
-    StorageError, StoredBindingV, StoredCdrV, StoredExtensionV, StoredParticipationV, StoredPushRecordV, TOMBSTONES,
-    decode, mark_rewrite_due, redb_err,
+    BINDINGS, CDRS, EXTENSIONS, FORWARDING, PARTICIPATIONS, PRIVACY_AUDIT, PRIVACY_FLAGS, PUSH_RECORDS, SECURITY_LOG,
+    Storage, StorageError, StoredBindingV, StoredCdrV, StoredExtensionV, StoredForwardingV, StoredParticipationV,
+    StoredPushRecordV, TOMBSTONES, decode, mark_rewrite_due, redb_err,
 };
 use pbx_actors::Timestamp;
 use pbx_actors::cdr::Cdr;
@@ -433,6 +433,30 @@ impl Storage {
             if let Subject::Number(n) = subject {
                 let mut extensions = tx.open_table(EXTENSIONS).map_err(redb_err)?;
                 erased.extension += u64::from(extensions.remove(n.as_str()).map_err(redb_err)?.is_some());
+                // Its call forwarding goes with it, and so does every forward naming it.
+                let mut forwarding = tx.open_table(FORWARDING).map_err(redb_err)?;
+                forwarding.remove(n.as_str()).map_err(redb_err)?;
+                let mut naming = Vec::new();
+                for row in forwarding.iter().map_err(redb_err)? {
+                    let (k, v) = row.map_err(redb_err)?;
+                    let StoredForwardingV::V1(f) = decode("call_forwarding", || k.value().to_string(), v.value())?;
+                    if f.names(n) {
+                        naming.push((k.value().to_string(), f));
+                    }
+                }
+                for (number, mut f) in naming {
+                    for slot in [&mut f.always, &mut f.busy, &mut f.no_answer] {
+                        if slot.as_deref() == Some(n.as_str()) {
+                            *slot = None;
+                        }
+                    }
+                    if f.is_off() {
+                        forwarding.remove(number.as_str()).map_err(redb_err)?;
+                    } else {
+                        let value = postcard::to_allocvec(&StoredForwardingV::V1(f)).map_err(redb_err)?;
+                        forwarding.insert(number.as_str(), value.as_slice()).map_err(redb_err)?;
+                    }
+                }
             }
             let mut bindings = tx.open_table(BINDINGS).map_err(redb_err)?;
             let mut doomed = Vec::new();
@@ -1073,6 +1097,13 @@ mod tests {
             }),
             RegistrarCommand::PutBinding(binding("101", "sip:101@192.0.2.2", "192.0.2.2:5060", 300)),
             RegistrarCommand::PutBinding(binding("100", "sip:100@192.0.2.1", "192.0.2.1:5060", 300)),
+            // 101's forwarding, 100's forward on busy to 101 and on no answer to 102, 102's always to 101.
+            RegistrarCommand::SetForwarding { number: "101".into(), forwarding: forward(Some("100"), None, None) },
+            RegistrarCommand::SetForwarding {
+                number: "100".into(),
+                forwarding: forward(None, Some("101"), Some("102")),
+            },
+            RegistrarCommand::SetForwarding { number: "102".into(), forwarding: forward(Some("101"), None, None) },
         ])
         .unwrap();
         s.put_cdrs(&[cdr(1, 100, "100", "101"), cdr(2, 200, "101", "100"), cdr(3, 300, "100", "102")]).unwrap();
@@ -1113,6 +1144,17 @@ mod tests {
         assert_eq!(s.audit(10, 100, |e| e.at == Timestamp::from_secs(5)).unwrap().len(), 2, "flag change and erasure");
         assert_eq!(s.erase(&subject, None, audit_at).unwrap(), Erased::default(), "again: nothing");
         assert_eq!(s.load().unwrap().bindings.len(), 1, "100's binding stays");
+        // 101's forwarding went, and every forward naming it: 102's whole, 100's on busy.
+        assert_eq!(s.load().unwrap().forwarding, [("100".to_string(), forward(None, None, Some("102")))]);
+    }
+
+    fn forward(always: Option<&str>, busy: Option<&str>, no_answer: Option<&str>) -> pbx_actors::registrar::Forwarding {
+        pbx_actors::registrar::Forwarding {
+            always: always.map(Into::into),
+            busy: busy.map(Into::into),
+            no_answer: no_answer.map(Into::into),
+            no_answer_after_s: 20,
+        }
     }
 
     fn occurrences(dir: &std::path::Path, needle: &[u8]) -> usize {

@@ -82,6 +82,7 @@ impl Child for RegistrarChild {
                 secret: os_secret().map_err(|e| format!("read 256 bits of OS randomness for the registrar: {e}"))?,
                 extensions: snapshot.extensions,
                 bindings: snapshot.bindings,
+                forwarding: snapshot.forwarding,
                 clock: Arc::new(self.clock),
                 store: fence.clone(),
                 sink: Arc::new(self.sink.clone()),

@@ -388,8 +388,10 @@ fn a_shard_names_itself_in_its_tx_ids_and_legs() {
             caller: "100".into(),
             caller_display_name: String::new(),
             callee: "101".into(),
+            target: "101".into(),
             contacts: vec![contact.clone(), contact],
             room: false,
+            forwards: Default::default(),
         };
         let outs = run(&mut e, Timestamp::ZERO, EndpointInput::Routed { tx, route });
         let start = outs
