@@ -199,6 +199,7 @@ impl Answered {
                     contacts: vec![binding],
                     room: false,
                     forwards: Default::default(),
+                    intercom: false,
                 },
                 forks: vec![B],
             })))

@@ -71,6 +71,8 @@ use std::time::Duration;
 /// How long legs may take to finish once the call is over before they are stopped anyway:
 /// longer than a BYE or CANCEL transaction (64*T1 = 32 s) can last.
 pub const ENDING_BOUND: Duration = Duration::from_secs(40);
+/// How long an intercom call lasts at most once answered: pbx then hangs up both sides.
+pub const INTERCOM_MAX: Duration = Duration::from_secs(120);
 /// telephone-event's payload type when pbx chooses it.
 pub const TELEPHONE_EVENT_PT: u8 = 101;
 
@@ -345,6 +347,9 @@ pub struct Call {
     forward_at: Option<Timestamp>,
     /// Forks cancelled when the call was forwarded: their failures say nothing to the caller.
     retired: Vec<LegId>,
+    /// An intercom call (`Route::intercom`): phones asked to answer by themselves, the call
+    /// hung up [`INTERCOM_MAX`] after the answer.
+    intercom: bool,
 }
 
 impl Call {
@@ -409,6 +414,7 @@ impl Call {
             forward_no_answer,
             forward_at,
             retired: Vec::new(),
+            intercom: route.intercom,
         };
         let a_secure = transport.is_secure();
         // The A-leg keeps the INVITE; the call needs only its offer (a cheap clone of `Bytes`).
@@ -608,7 +614,7 @@ impl Call {
         let Some(template) = self.template.clone() else { return };
         // The Contact's own address unless NAT is detected (see `destination`).
         let destination = super::destination::destination(&target, binding.source, binding.transport, binding.nat);
-        let leg = Leg::uac(
+        let mut leg = Leg::uac(
             leg_id,
             self.now,
             template.timers,
@@ -619,6 +625,9 @@ impl Call {
             destination,
             binding.transport,
         );
+        if self.intercom {
+            leg = leg.auto_answer();
+        }
         self.outputs.push_back(CallOutput::StartLeg(Box::new(leg)));
         self.outputs.push_back(CallOutput::ToLeg { leg: leg_id, command: LegCommand::Invite { sdp: Some(offer) } });
     }
@@ -810,6 +819,11 @@ impl Call {
                         Phase::Ringing => {
                             self.hangup = Some(HangupSide::Pbx);
                             self.reject_caller(480, Disposition::NoAnswer);
+                        }
+                        Phase::Answered => {
+                            // An intercom call's time is up.
+                            self.hangup = Some(HangupSide::Pbx);
+                            self.end_all();
                         }
                         _ => self.over(),
                     }
@@ -1023,7 +1037,7 @@ impl Call {
         }
         self.phase = Phase::Answered;
         self.answer = Some(self.now);
-        self.deadline = None;
+        self.deadline = self.intercom.then(|| self.now + INTERCOM_MAX);
         self.disposition = Some(Disposition::Answered);
         let to_caller = match (&self.a_offer, sdp) {
             (Some(_), Some(sdp)) => match self.early_answer.clone() {

@@ -175,7 +175,15 @@ pub struct Leg {
     offer_out: Option<(Method, u32)>,
     outputs: VecDeque<LegOutput>,
     now: Timestamp,
+    /// B-leg: its INVITE asks the phone to answer by itself (intercom).
+    auto_answer: bool,
 }
+
+/// What an intercom INVITE carries so the phone answers by itself: `Call-Info` with
+/// `answer-after=0` (Snom, Yealink, Grandstream, Linphone, baresip) and `Alert-Info` with
+/// `info=alert-autoanswer` (Cisco/Linksys, Polycom, Yealink), as Asterisk's and FreePBX's
+/// intercom send both.
+pub const AUTO_ANSWER_ALERT_INFO: &str = "<http://127.0.0.1/>;info=alert-autoanswer;delay=0";
 
 impl Leg {
     /// The A-leg for an INVITE that arrived from `source` (already answered 100 Trying).
@@ -216,6 +224,7 @@ impl Leg {
             offer_out: None,
             outputs: VecDeque::new(),
             now,
+            auto_answer: false,
         })
     }
 
@@ -255,7 +264,14 @@ impl Leg {
             offer_out: None,
             outputs: VecDeque::new(),
             now,
+            auto_answer: false,
         }
+    }
+
+    /// This B-leg's INVITE asks the phone to answer at once (intercom, paging).
+    pub fn auto_answer(mut self) -> Leg {
+        self.auto_answer = true;
+        self
     }
 
     /// Where this leg's requests go.
@@ -680,6 +696,11 @@ impl Leg {
         if method == Method::INVITE || method == Method::UPDATE {
             headers.insert(Name::CONTACT, self.contact());
             headers.insert(Name::ALLOW, "INVITE, ACK, CANCEL, BYE, UPDATE, OPTIONS, INFO");
+        }
+        if self.auto_answer && method == Method::INVITE && self.state == State::Idle {
+            let own = self.local_sip.for_transport(self.transport);
+            headers.insert(Name::from("Call-Info"), format!("<sip:{own}>;answer-after=0"));
+            headers.insert(Name::from("Alert-Info"), AUTO_ANSWER_ALERT_INFO);
         }
         let mut body = Bytes::new();
         self.set_body(&mut headers, &mut body, sdp);

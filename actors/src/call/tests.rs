@@ -480,6 +480,7 @@ fn call_setup(body: &str, contacts: Vec<Binding>) -> (CallConfig, CallSetup) {
                 contacts,
                 room: false,
                 forwards: Default::default(),
+                intercom: false,
             },
             forks: [B1, B2][..forks].to_vec(),
         },
@@ -1452,4 +1453,40 @@ fn unreachable_phones_take_the_no_answer_forward_and_an_answer_drops_both() {
     gone.sort();
     assert_eq!(gone, vec![B3, B4]);
     assert_eq!(h.call.poll_timeout(), None, "no forward timer once answered");
+}
+
+/// An intercom call asks every phone to answer by itself (`Call-Info: answer-after=0` and
+/// `Alert-Info: info=alert-autoanswer`), and pbx hangs up both sides `INTERCOM_MAX` after the
+/// answer; an ordinary call's INVITE carries neither and has no such bound.
+#[test]
+fn intercom_calls_ask_for_auto_answer_and_end_after_their_cap() {
+    let (config, mut setup) = call_setup(PCMU_OFFER, vec![binding("sip:101@127.0.0.1:5064", 5064)]);
+    setup.start.route.intercom = true;
+    let mut h = harness(config, setup);
+    let invite = h.take_commands().into_iter().find(|(l, _)| *l == B1).expect("B1 invited").1;
+    let leg = h.legs.iter_mut().find(|l| l.id() == B1).expect("B1 started");
+    leg.handle(Timestamp::ZERO, LegInput::Command(invite));
+    let text = sent_text(&drain_leg(leg).0[0]);
+    assert!(text.contains("\r\nCall-Info: <sip:127.0.0.1:5060>;answer-after=0\r\n"), "{text}");
+    assert!(text.contains("\r\nAlert-Info: <http://127.0.0.1/>;info=alert-autoanswer;delay=0\r\n"), "{text}");
+    h.event(ms(200), B1, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
+    h.take_commands();
+    let cap = Timestamp::ZERO + ms(200) + super::b2bua::INTERCOM_MAX;
+    assert_eq!(h.call.poll_timeout(), Some(cap));
+    h.call.handle(cap, CallInput::Timeout);
+    h.drain();
+    let commands = h.take_commands();
+    assert!(commands.iter().any(|(l, c)| *l == A && matches!(c, LegCommand::Hangup)), "{commands:?}");
+    assert!(commands.iter().any(|(l, c)| *l == B1 && matches!(c, LegCommand::Hangup)), "{commands:?}");
+    let cdr = h.ended.clone().expect("a record");
+    assert_eq!((cdr.disposition, cdr.hangup), (Disposition::Answered, Some(HangupSide::Pbx)));
+
+    let mut plain = call_with(PCMU_OFFER, 1);
+    let invite = plain.take_commands().into_iter().find(|(l, _)| *l == B1).expect("B1 invited").1;
+    let leg = plain.legs.iter_mut().find(|l| l.id() == B1).expect("B1 started");
+    leg.handle(Timestamp::ZERO, LegInput::Command(invite));
+    let text = sent_text(&drain_leg(leg).0[0]);
+    assert!(!text.contains("Call-Info") && !text.contains("Alert-Info"), "{text}");
+    plain.event(ms(200), B1, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
+    assert_eq!(plain.call.poll_timeout(), None);
 }

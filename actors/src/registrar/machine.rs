@@ -360,7 +360,14 @@ pub struct Route {
     pub room: bool,
     /// Where the call goes next when the target's phones are busy or do not answer.
     pub forwards: Forwards,
+    /// An intercom call ([`INTERCOM_PREFIX`]): the target's phones are asked to answer by
+    /// themselves, forwarding is not followed, and the call lasts at most
+    /// `call::b2bua::INTERCOM_MAX`.
+    pub intercom: bool,
 }
+
+/// Dialled before an extension's number, calls it as an intercom (FreePBX's `*80`).
+pub const INTERCOM_PREFIX: &str = "*80";
 
 /// A target's busy and no-answer forwards, resolved when the call starts.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -396,6 +403,7 @@ impl Route {
             contacts,
             room: false,
             forwards: Forwards::default(),
+            intercom: false,
         }
     }
 }
@@ -868,6 +876,18 @@ impl Registrar {
             SipUriUserPart::User(user) if !user.is_empty() => user.to_string(),
             _ => return self.refuse(tx, request, ip, Refusal::code(404), true),
         };
+        if let Some(number) = callee.strip_prefix(INTERCOM_PREFIX).filter(|n| self.extensions.contains_key(*n)) {
+            // Intercom: the extension's own phones, told to answer; never forwarded.
+            let contacts = self.contacts_of(number);
+            if contacts.is_empty() {
+                return self.refuse(tx, request, ip, Refusal::code(480), true);
+            }
+            let caller_display_name = self.extensions.get(&caller).map(|e| e.display_name.clone()).unwrap_or_default();
+            let (callee, target, forwards) = (number.to_owned(), number.to_owned(), Forwards::default());
+            let route =
+                Route { caller, caller_display_name, callee, target, contacts, room: false, forwards, intercom: true };
+            return self.outputs.push_back(RegistrarOutput::Routed { tx, route });
+        }
         if let Some(code) = FeatureCode::parse(&callee) {
             return self.feature_code(tx, request, ip, &caller, code);
         }
@@ -881,6 +901,7 @@ impl Registrar {
                 contacts: Vec::new(),
                 room: true,
                 forwards: Forwards::default(),
+                intercom: false,
             };
             return self.outputs.push_back(RegistrarOutput::Routed { tx, route });
         }
@@ -911,7 +932,8 @@ impl Registrar {
                 None => return self.refuse(tx, request, ip, Refusal::code(480), true),
             }
         }
-        let route = Route { caller, caller_display_name, callee, target, contacts, room: false, forwards };
+        let route =
+            Route { caller, caller_display_name, callee, target, contacts, room: false, forwards, intercom: false };
         self.outputs.push_back(RegistrarOutput::Routed { tx, route });
     }
 

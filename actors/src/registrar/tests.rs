@@ -1749,3 +1749,30 @@ fn feature_codes_set_the_callers_own_forwarding() {
     assert_eq!((off.code(), off.response().reason.as_str()), (603, "Forwarding off: always"));
     assert_eq!(h.m.forwarding_of("100"), Forwarding::default());
 }
+
+/// `*80` + an extension calls its phones as an intercom: routed to its own phones (never
+/// forwarded), after the caller authenticated; an unregistered one is 480, a number that is no
+/// extension 404.
+#[test]
+fn intercom_calls_ring_the_extensions_own_phones() {
+    let mut h = Harness::new();
+    let reg = Reg::new("200", &["<sip:200@192.0.2.7:5070>"]).call_id("200");
+    assert_eq!(h.register_with(&reg, "secret-200").code(), 200);
+    h.m.handle(
+        h.now,
+        RegistrarInput::SetForwarding {
+            number: "200".into(),
+            forwarding: Forwarding { always: Some("100".into()), ..Default::default() },
+        },
+    );
+    h.drain();
+    assert_eq!(h.invite_from("100", "*80200", None, source()).code(), 407);
+    let route = h.call_from("100", PASSWORD_100, "*80200", source()).routed.expect("routed");
+    assert!(route.intercom);
+    assert_eq!((route.callee.as_str(), route.target.as_str(), route.contacts.len()), ("200", "200", 1));
+    assert_eq!(route.forwards, Forwards::default());
+    // Dialled plainly, 200's calls go to 100 (which has no phone): forwarding applies there.
+    assert_eq!(h.call_from("100", PASSWORD_100, "200", source()).code(), 480);
+    assert_eq!(h.call_from("200", "secret-200", "*80100", source()).code(), 480, "100 has no phone");
+    assert_eq!(h.call_from("100", PASSWORD_100, "*80999", source()).code(), 404);
+}

@@ -392,6 +392,7 @@ fn a_shard_names_itself_in_its_tx_ids_and_legs() {
             contacts: vec![contact.clone(), contact],
             room: false,
             forwards: Default::default(),
+            intercom: false,
         };
         let outs = run(&mut e, Timestamp::ZERO, EndpointInput::Routed { tx, route });
         let start = outs
