@@ -36,11 +36,15 @@ pub struct Bugs {
     /// the job's commands (its binding) are stored.
     #[cfg(feature = "sim-bugs")]
     pub unstored_ok: bool,
+    /// The call machine forwards a call (on busy, on no answer) without re-arming its
+    /// no-answer timer: the forward's phones ring until somebody gives up.
+    #[cfg(feature = "sim-bugs")]
+    pub endless_forward: bool,
 }
 
 impl Bugs {
     /// The names `pbx-sim --inject-bug` accepts.
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 9] = [
         "skip-cdr",
         "half-hangup",
         "early-expiry",
@@ -49,6 +53,7 @@ impl Bugs {
         "unrouted-request",
         "lost-leg-event",
         "unstored-ok",
+        "endless-forward",
     ];
 }
 
@@ -65,6 +70,7 @@ impl Bugs {
             "unrouted-request" => self.unrouted_request = true,
             "lost-leg-event" => self.lost_leg_event = true,
             "unstored-ok" => self.unstored_ok = true,
+            "endless-forward" => self.endless_forward = true,
             _ => return false,
         }
         true
@@ -100,6 +106,10 @@ impl Bugs {
 
     pub const fn unstored_ok(&self) -> bool {
         self.unstored_ok
+    }
+
+    pub const fn endless_forward(&self) -> bool {
+        self.endless_forward
     }
 }
 
@@ -142,6 +152,10 @@ impl Bugs {
     pub const fn unstored_ok(&self) -> bool {
         false
     }
+
+    pub const fn endless_forward(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
@@ -165,7 +179,8 @@ mod tests {
                 || bugs.eager_reaper()
                 || bugs.unrouted_request()
                 || bugs.lost_leg_event()
-                || bugs.unstored_ok())
+                || bugs.unstored_ok()
+                || bugs.endless_forward())
         );
     }
 
@@ -183,6 +198,7 @@ mod tests {
                 b.unrouted_request(),
                 b.lost_leg_event(),
                 b.unstored_ok(),
+                b.endless_forward(),
             ]
         };
         for (i, name) in Bugs::NAMES.into_iter().enumerate() {

@@ -59,6 +59,8 @@ pub const CONFIG_EXTENSIONS_MAX: usize = 10_000;
 
 /// Conference rooms declared in one file.
 pub const CONFIG_CONFERENCES_MAX: usize = 1_000;
+/// Ring groups in one file.
+pub const CONFIG_GROUPS_MAX: usize = 1_000;
 /// A room's `max_participants` when the file names none.
 pub const DEFAULT_CONFERENCE_MAX_PARTICIPANTS: usize = 50;
 
@@ -136,6 +138,21 @@ impl std::fmt::Debug for ConferenceDecl {
     }
 }
 
+/// One ring group as the config file declares it (`[[groups]]`).
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct GroupDecl {
+    pub number: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub strategy: pbx_actors::registrar::groups::Strategy,
+    pub members: Vec<String>,
+    pub member_timeout_s: Option<u32>,
+    pub no_answer: Option<String>,
+    pub no_answer_after_s: Option<u32>,
+}
+
 /// `[mixer]`: how conference rooms mix.
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
@@ -167,6 +184,8 @@ struct FileConfig {
     extensions: Vec<ExtensionDecl>,
     #[serde(default)]
     conferences: Vec<ConferenceDecl>,
+    #[serde(default)]
+    groups: Vec<GroupDecl>,
     #[serde(default)]
     mixer: MixerSection,
     #[serde(default)]
@@ -845,6 +864,7 @@ impl Config {
             allow_rfc2069: r.allow_rfc2069.unwrap_or(d.allow_rfc2069),
             refresh_flush_s: r.refresh_flush_s.unwrap_or(d.refresh_flush_s),
             rooms: Default::default(),
+            groups: Default::default(),
             push_providers: push.as_ref().map(PushConfig::providers).unwrap_or_default(),
             push_refresh_before_s: push.as_ref().map_or(d.push_refresh_before_s, |p| p.refresh_before_s),
             digest_algorithms: match r.digest_algorithms {
@@ -916,6 +936,8 @@ impl Config {
             .map_err(|(key, reason)| invalid(&key, reason))?;
         let mut registrar = registrar;
         registrar.rooms = conferences.iter().map(|room| room.number.clone()).collect();
+        registrar.groups = groups(&file.groups, &file.extensions, &registrar.rooms, &calls.emergency_numbers)
+            .map_err(|(key, reason)| invalid(&key, reason))?;
         let m = pbx_actors::media::mixer::MixerConfig::default();
         let mixer = pbx_actors::media::mixer::MixerConfig {
             talkers_max: file.mixer.talkers_max.unwrap_or(m.talkers_max),
@@ -955,6 +977,71 @@ impl Config {
             file: flags.config.clone(),
         })
     }
+}
+
+/// Checks `[[groups]]`; an error names the key. Members are checked for their shape only: an
+/// extension made through the API may be one; a member that is no extension is skipped.
+fn groups(
+    decls: &[GroupDecl],
+    extensions: &[ExtensionDecl],
+    rooms: &std::collections::BTreeSet<String>,
+    emergency: &[String],
+) -> Result<std::collections::BTreeMap<String, pbx_actors::registrar::groups::Group>, (String, String)> {
+    use pbx_actors::registrar::groups::{GROUP_MEMBERS_MAX, GROUP_RING_S, GROUP_RING_S_DEFAULT, Group};
+    if decls.len() > CONFIG_GROUPS_MAX {
+        return Err(("groups".into(), format!("more than {CONFIG_GROUPS_MAX} entries")));
+    }
+    let digits = |s: &str| !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_digit());
+    let number_ok = |s: &str| {
+        (1..=pbx_actors::registrar::machine::NUMBER_CHARS_MAX).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    };
+    let mut groups = std::collections::BTreeMap::new();
+    for (i, g) in decls.iter().enumerate() {
+        let key = |field: &str| format!("groups[{i}].{field}");
+        if !digits(&g.number) {
+            return Err((key("number"), format!("{:?} is not a number of 1–32 digits", g.number)));
+        }
+        if groups.contains_key(&g.number) {
+            return Err((key("number"), format!("{:?} is declared twice", g.number)));
+        }
+        if extensions.iter().any(|e| e.number == g.number) || rooms.contains(&g.number) {
+            return Err((key("number"), format!("{:?} is also an extension or a conference room", g.number)));
+        }
+        if emergency.contains(&g.number) {
+            return Err((key("number"), format!("{:?} is an emergency number", g.number)));
+        }
+        if g.members.is_empty() || g.members.len() > GROUP_MEMBERS_MAX {
+            return Err((key("members"), format!("must list 1–{GROUP_MEMBERS_MAX} extensions")));
+        }
+        if let Some(bad) = g.members.iter().find(|m| !number_ok(m)) {
+            return Err((key("members"), format!("{bad:?} is not an extension number")));
+        }
+        if let Some(to) = &g.no_answer
+            && !number_ok(to)
+        {
+            return Err((key("no_answer"), format!("{to:?} is not an extension number")));
+        }
+        let (low, high) = (*GROUP_RING_S.start(), *GROUP_RING_S.end());
+        for (field, value) in [("member_timeout_s", g.member_timeout_s), ("no_answer_after_s", g.no_answer_after_s)] {
+            if let Some(v) = value
+                && !GROUP_RING_S.contains(&v)
+            {
+                return Err((key(field), format!("{v} is not between {low} and {high}")));
+            }
+        }
+        let group = Group {
+            number: g.number.clone(),
+            name: g.name.clone(),
+            strategy: g.strategy,
+            members: g.members.clone(),
+            member_timeout_s: g.member_timeout_s.unwrap_or(GROUP_RING_S_DEFAULT),
+            no_answer: g.no_answer.clone(),
+            no_answer_after_s: g.no_answer_after_s.unwrap_or(GROUP_RING_S_DEFAULT),
+        };
+        groups.insert(g.number.clone(), group);
+    }
+    Ok(groups)
 }
 
 /// Checks `[[conferences]]`; an error names the key.
@@ -1385,6 +1472,24 @@ mod tests {
             ("[calls]\nmedia_address = \"::\"", "calls.media_address", "cannot be sent to"),
             ("[calls]\nmedia_address = \"224.0.0.1\"", "calls.media_address", "cannot be sent to"),
             ("[calls]\nrtp_timeout = 5", "calls", "unknown field"),
+            ("[[groups]]\nnumber = \"600\"\nmembers = []", "groups[0].members", "1–32 extensions"),
+            ("[[groups]]\nnumber = \"6x\"\nmembers = [\"101\"]", "groups[0].number", "not a number"),
+            ("[[groups]]\nnumber = \"600\"\nmembers = [\"1 1\"]", "groups[0].members", "not an extension number"),
+            (
+                "[[groups]]\nnumber = \"600\"\nmembers = [\"101\"]\nmember_timeout_s = 0",
+                "groups[0].member_timeout_s",
+                "not between 1 and 300",
+            ),
+            (
+                "[[groups]]\nnumber = \"600\"\nmembers = [\"101\"]\nstrategy = \"random\"",
+                "groups[0].strategy",
+                "unknown variant",
+            ),
+            (
+                "[[conferences]]\nnumber = \"600\"\n[[groups]]\nnumber = \"600\"\nmembers = [\"101\"]",
+                "groups[0].number",
+                "conference room",
+            ),
             ("[privacy]\nreaper_interval_s = 0", "privacy.reaper_interval_s", "not between 1 and 86400"),
             ("[privacy]\nrequest_log_anonymise_days = 0", "privacy.request_log_anonymise_days", "not between"),
             (

@@ -342,7 +342,10 @@ pub struct Call {
     /// Where the call goes when every phone is busy, or none answers (or none can be reached);
     /// one of them at most is taken (`registrar::forwarding`).
     forward_busy: Option<PendingForward>,
-    forward_no_answer: Option<PendingForward>,
+    /// In turn, each with how long the phones before it ring (`Forwards::no_answer`).
+    forward_no_answer: VecDeque<(Duration, PendingForward)>,
+    /// `Forwards::busy_moves_on`.
+    busy_moves_on: bool,
     /// When the no-answer forward is taken if nobody answered.
     forward_at: Option<Timestamp>,
     /// Forks cancelled when the call was forwarded: their failures say nothing to the caller.
@@ -360,10 +363,14 @@ impl Call {
         // The first legs ring now; the rest are the forwards' (busy first), should the call get there.
         let mut later = forks.get(route.contacts.len()..).unwrap_or_default().iter();
         let forward_busy = route.forwards.busy.clone().map(|f| PendingForward::new(f, &mut later));
-        let (forward_no_answer, forward_at) = match route.forwards.no_answer.clone() {
-            Some((after, f)) => (Some(PendingForward::new(f, &mut later)), Some(now + after)),
-            None => (None, None),
-        };
+        let forward_no_answer: VecDeque<(Duration, PendingForward)> = route
+            .forwards
+            .no_answer
+            .iter()
+            .map(|(after, f)| (*after, PendingForward::new(f.clone(), &mut later)))
+            .collect();
+        let forward_at = forward_no_answer.front().map(|(after, _)| now + *after);
+        let busy_moves_on = route.forwards.busy_moves_on;
         let forks: Vec<LegId> = forks.iter().take(route.contacts.len()).copied().collect();
         let mut call = Call {
             id,
@@ -412,6 +419,7 @@ impl Call {
             push_wait,
             forward_busy,
             forward_no_answer,
+            busy_moves_on,
             forward_at,
             retired: Vec::new(),
             intercom: route.intercom,
@@ -532,9 +540,13 @@ impl Call {
             call.start_fork(*leg_id, target, binding, offer);
         }
         if !call.forks.values().any(|live| *live) {
-            if let Some(forward) = call.forward_no_answer.take().or_else(|| call.forward_busy.take()) {
-                // None of the target's phones could be called: on to its forward.
-                call.forward(forward);
+            // None of the target's phones could be called: on to its forward.
+            if let Some(forward) = call.next_stage() {
+                call.forward(forward, true);
+                return call;
+            }
+            if let Some(forward) = call.forward_busy.take() {
+                call.forward(forward, false);
                 return call;
             }
             if b_policy == MediaEncryption::Required && !route.contacts.is_empty() {
@@ -552,9 +564,14 @@ impl Call {
     /// The call goes on to `forward` (its phones ring now): the forks ringing are cancelled
     /// and their failures no longer count, the other forward is dropped, the caller keeps
     /// hearing ringback.
-    fn forward(&mut self, forward: PendingForward) {
+    /// `next`: the no-answer stages after this one stay (a hunt group's next members); else
+    /// (a busy forward) none does.
+    fn forward(&mut self, forward: PendingForward, next: bool) {
+        let later = if next { std::mem::take(&mut self.forward_no_answer) } else { VecDeque::new() };
         self.drop_forwards();
         self.forget_waking();
+        self.forward_at = later.front().map(|(after, _)| self.now + *after);
+        self.forward_no_answer = later;
         let ringing: Vec<LegId> = self.forks.iter().filter(|(_, live)| **live).map(|(id, _)| *id).collect();
         for leg in ringing {
             self.command(leg, LegCommand::Hangup);
@@ -562,6 +579,10 @@ impl Call {
         self.retired.extend(self.forks.keys().copied());
         self.failure = None;
         self.deadline = Some(self.now + self.no_answer);
+        if self.bugs.endless_forward() {
+            // Injected (simulator): the forward rings with no no-answer timer.
+            self.deadline = None;
+        }
         let to = message::parse_sip_uri(&format!("sip:{}@{}", forward.target, self.local_address()));
         if let (Some(template), Some(to)) = (self.template.as_mut(), to) {
             template.to = name_addr(None, to);
@@ -578,12 +599,20 @@ impl Call {
         }
     }
 
+    /// The next no-answer stage, if any.
+    fn next_stage(&mut self) -> Option<PendingForward> {
+        self.forward_no_answer.pop_front().map(|(_, f)| f)
+    }
+
     /// Drops the forwards not taken: their legs were never started.
     fn drop_forwards(&mut self) {
         self.forward_at = None;
-        let legs: Vec<LegId> = [self.forward_busy.take(), self.forward_no_answer.take()]
+        let stages = std::mem::take(&mut self.forward_no_answer).into_iter().map(|(_, f)| f);
+        let legs: Vec<LegId> = self
+            .forward_busy
+            .take()
             .into_iter()
-            .flatten()
+            .chain(stages)
             .flat_map(|f| f.contacts.into_iter().map(|(leg, _)| leg))
             .collect();
         for leg in legs {
@@ -803,17 +832,17 @@ impl Call {
             CallInput::Timeout if self.phase == Phase::Ringing && self.forward_at.is_some_and(|at| at <= self.now) => {
                 // Nobody answered in time: on to the no-answer forward.
                 self.forward_at = None;
-                if let Some(forward) = self.forward_no_answer.take() {
-                    self.forward(forward);
+                if let Some(forward) = self.next_stage() {
+                    self.forward(forward, true);
                 }
             }
             CallInput::Timeout => {
                 if self.deadline.is_some_and(|d| d <= self.now) {
                     match self.phase {
-                        Phase::Ringing if self.forward_no_answer.is_some() => {
+                        Phase::Ringing if !self.forward_no_answer.is_empty() => {
                             // The call's own no-answer bound came first: forward now.
-                            if let Some(forward) = self.forward_no_answer.take() {
-                                self.forward(forward);
+                            if let Some(forward) = self.next_stage() {
+                                self.forward(forward, true);
                             }
                         }
                         Phase::Ringing => {
@@ -1003,12 +1032,13 @@ impl Call {
         }
         let code = self.failure.unwrap_or(480);
         let busy = matches!(code, 486 | 600 | 603);
-        let forward = match busy {
-            true => self.forward_busy.take(),
-            false => self.forward_no_answer.take(),
-        };
-        if let Some(forward) = forward {
-            return self.forward(forward);
+        if busy && let Some(forward) = self.forward_busy.take() {
+            return self.forward(forward, false);
+        }
+        if (!busy || self.busy_moves_on)
+            && let Some(forward) = self.next_stage()
+        {
+            return self.forward(forward, true);
         }
         let disposition = match code {
             486 | 600 => Disposition::Busy,

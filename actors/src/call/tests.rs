@@ -1369,10 +1369,11 @@ fn forwarded_call() -> Harness {
         |aor: &str, port: u16| Binding { aor: aor.into(), ..binding(&format!("sip:{aor}@127.0.0.1:{port}"), port) };
     setup.start.route.forwards = crate::registrar::Forwards {
         busy: Some(crate::registrar::Forward { target: "102".into(), contacts: vec![phone("102", 5070)] }),
-        no_answer: Some((
+        no_answer: vec![(
             Duration::from_secs(20),
             crate::registrar::Forward { target: "103".into(), contacts: vec![phone("103", 5080)] },
-        )),
+        )],
+        busy_moves_on: false,
     };
     setup.start.forks = vec![B1, B3, B4];
     harness(config, setup)
@@ -1489,4 +1490,34 @@ fn intercom_calls_ask_for_auto_answer_and_end_after_their_cap() {
     assert!(!text.contains("Call-Info") && !text.contains("Alert-Info"), "{text}");
     plain.event(ms(200), B1, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
     assert_eq!(plain.call.poll_timeout(), None);
+}
+
+/// A hunt group's stages: a busy member passes the call on to the next at once, an unanswered
+/// one after its time, and the stage after that stays queued (unlike a busy forward, which
+/// ends the forwarding).
+#[test]
+fn hunt_stages_pass_on_busy_and_unanswered_members_in_turn() {
+    let (config, mut setup) = call_setup(PCMU_OFFER, vec![binding("sip:101@127.0.0.1:5064", 5064)]);
+    let phone =
+        |aor: &str, port: u16| Binding { aor: aor.into(), ..binding(&format!("sip:{aor}@127.0.0.1:{port}"), port) };
+    let stage = |aor: &str, port| crate::registrar::Forward { target: "600".into(), contacts: vec![phone(aor, port)] };
+    setup.start.route.forwards = crate::registrar::Forwards {
+        busy: None,
+        no_answer: vec![(Duration::from_secs(10), stage("102", 5070)), (Duration::from_secs(10), stage("103", 5080))],
+        busy_moves_on: true,
+    };
+    setup.start.forks = vec![B1, B3, B4];
+    let mut h = harness(config, setup);
+    assert!(invited(&mut h, B1));
+    h.event(ms(500), B1, LegEvent::Failed { code: 486 });
+    assert!(invited(&mut h, B3), "busy: the next member rings at once");
+    assert!(h.gone.is_empty(), "the last stage stays queued");
+    assert_eq!(h.call.poll_timeout(), Some(Timestamp::ZERO + ms(10_500)));
+    h.call.handle(Timestamp::ZERO + ms(10_500), CallInput::Timeout);
+    h.drain();
+    let commands = h.take_commands();
+    assert!(commands.iter().any(|(l, c)| *l == B3 && matches!(c, LegCommand::Hangup)), "{commands:?}");
+    assert!(commands.iter().any(|(l, c)| *l == B4 && matches!(c, LegCommand::Invite { .. })), "{commands:?}");
+    h.event(ms(11_000), B4, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
+    assert!(h.take_commands().iter().any(|(l, c)| *l == A && matches!(c, LegCommand::Answer { .. })));
 }

@@ -112,6 +112,10 @@ pub struct RegistrarConfig {
     /// Numbers that are conference rooms: an INVITE to one is routed to the room (pbx
     /// answers it), after the caller authenticated like for any call.
     pub rooms: std::collections::BTreeSet<String>,
+    /// Ring groups by number (`[[groups]]`): an INVITE to one rings its members
+    /// ([`super::groups`]).
+    #[serde(default)]
+    pub groups: BTreeMap<String, super::groups::Group>,
     /// RFC 8599 push providers pbx pushes through (`fcm`, `apns`, `apns.dev`); empty: push is
     /// off and `pn-*` Contact parameters are ignored.
     pub push_providers: Vec<String>,
@@ -143,6 +147,7 @@ impl Default for RegistrarConfig {
             refresh_flush_s: 5,
             digest_algorithms: Algorithm::PREFERENCE.to_vec(),
             rooms: Default::default(),
+            groups: Default::default(),
             push_providers: Vec::new(),
             push_refresh_before_s: 120,
         }
@@ -373,12 +378,16 @@ pub const INTERCOM_PREFIX: &str = "*80";
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Forwards {
     pub busy: Option<Forward>,
-    /// With how long the phones ring before it.
-    pub no_answer: Option<(Duration, Forward)>,
+    /// Where the call goes when nobody answers, in turn: each with how long the phones before
+    /// it ring. One for an extension's forward; a hunt group's members, then its own forward.
+    pub no_answer: Vec<(Duration, Forward)>,
+    /// Busy phones move the call on to the next of `no_answer` too (a hunt group), rather than
+    /// ending it with 486 when there is no `busy` forward.
+    pub busy_moves_on: bool,
 }
 
 impl Forwards {
-    /// Every contact of both forwards (busy first): a B-leg each, should the call get there.
+    /// Every contact of every forward (busy first): a B-leg each, should the call get there.
     pub fn contacts(&self) -> usize {
         self.busy.iter().chain(self.no_answer.iter().map(|(_, f)| f)).map(|f| f.contacts.len()).sum()
     }
@@ -905,6 +914,9 @@ impl Registrar {
             };
             return self.outputs.push_back(RegistrarOutput::Routed { tx, route });
         }
+        if let Some(group) = self.config.groups.get(&callee).cloned() {
+            return self.route_group(tx, request, ip, caller, caller_display_name, &group);
+        }
         if !self.extensions.contains_key(&callee) {
             return self.refuse(tx, request, ip, Refusal::code(404), true);
         }
@@ -919,12 +931,12 @@ impl Registrar {
                 let target = forwarding::follow_always(to, &self.forwarding, &mut visited);
                 Some(Forward { contacts: self.contacts_of(&target), target })
             };
-            forwards.no_answer = follow(&f.no_answer).map(|to| (secs(f.no_answer_after_s), to));
+            forwards.no_answer = follow(&f.no_answer).map(|to| (secs(f.no_answer_after_s), to)).into_iter().collect();
             forwards.busy = follow(&f.busy);
         }
         if contacts.is_empty() {
             // Nobody registered: straight on to the no-answer forward, if it has phones.
-            match forwards.no_answer.take().filter(|(_, to)| !to.contacts.is_empty()) {
+            match forwards.no_answer.pop().filter(|(_, to)| !to.contacts.is_empty()) {
                 Some((_, to)) => {
                     (target, contacts) = (to.target, to.contacts);
                     forwards = Forwards::default();
@@ -932,6 +944,58 @@ impl Registrar {
                 None => return self.refuse(tx, request, ip, Refusal::code(480), true),
             }
         }
+        let route =
+            Route { caller, caller_display_name, callee, target, contacts, room: false, forwards, intercom: false };
+        self.outputs.push_back(RegistrarOutput::Routed { tx, route });
+    }
+
+    /// A call to a ring group (module `groups`): its members' phones, all at once or in turn,
+    /// then the group's no-answer target.
+    fn route_group(
+        &mut self,
+        tx: u64,
+        request: &Request,
+        ip: IpAddr,
+        caller: String,
+        caller_display_name: String,
+        group: &super::groups::Group,
+    ) {
+        use super::groups::Strategy;
+        let members: Vec<Forward> = group
+            .members
+            .iter()
+            .filter(|m| self.extensions.contains_key(*m))
+            .map(|m| Forward { target: group.number.clone(), contacts: self.contacts_of(m) })
+            .filter(|f| !f.contacts.is_empty())
+            .collect();
+        let fallback = group.no_answer.as_ref().filter(|to| self.extensions.contains_key(*to)).map(|to| {
+            let mut visited = vec![group.number.clone()];
+            let target = forwarding::follow_always(to, &self.forwarding, &mut visited);
+            Forward { contacts: self.contacts_of(&target), target }
+        });
+        let fallback = fallback.filter(|f| !f.contacts.is_empty());
+        let mut forwards = Forwards::default();
+        let (target, contacts) = match group.strategy {
+            Strategy::RingAll => {
+                forwards.no_answer = fallback.clone().map(|f| (group.no_answer_after(), f)).into_iter().collect();
+                (group.number.clone(), members.into_iter().flat_map(|f| f.contacts).collect::<Vec<_>>())
+            }
+            Strategy::Hunt => {
+                let mut members = members.into_iter();
+                let first = members.next().map(|f| f.contacts).unwrap_or_default();
+                let after = group.member_timeout();
+                forwards.no_answer = members.chain(fallback.clone()).map(|f| (after, f)).collect();
+                forwards.busy_moves_on = true;
+                (group.number.clone(), first)
+            }
+        };
+        let (target, contacts, forwards) = match (contacts.is_empty(), fallback) {
+            (false, _) => (target, contacts, forwards),
+            // Nobody's phone is registered: straight to the group's forward, if it has phones.
+            (true, Some(to)) => (to.target, to.contacts, Forwards::default()),
+            (true, None) => return self.refuse(tx, request, ip, Refusal::code(480), true),
+        };
+        let callee = group.number.clone();
         let route =
             Route { caller, caller_display_name, callee, target, contacts, room: false, forwards, intercom: false };
         self.outputs.push_back(RegistrarOutput::Routed { tx, route });

@@ -8,6 +8,7 @@
 //! - [`machine`]: [`Registrar`], the sans-IO machine: every decision, no I/O, no clock.
 //! - [`forwarding`]: call forwarding per extension (always, busy, no answer), its loops cut,
 //!   and the feature codes that set it (issue 18).
+//! - [`groups`]: ring groups (ring all, hunt), from the config file.
 //! - [`nat`]: whether a registering phone is behind NAT (Via, Contact, transport against the
 //!   source), kept on its binding for the calls to it (issue 15).
 //! - [`stored`]: the earlier shapes of bindings and commands that old files and peers hold.
@@ -28,6 +29,7 @@ pub mod blocking;
 pub mod digest;
 pub mod forwarding;
 pub mod glue;
+pub mod groups;
 pub mod machine;
 pub mod nat;
 pub mod stored;

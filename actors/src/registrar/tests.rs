@@ -1706,7 +1706,7 @@ fn calls_follow_forwarding_and_loops_are_cut() {
     assert_eq!(route.target, "200");
     let busy = route.forwards.busy.clone().expect("a busy forward");
     assert_eq!((busy.target.as_str(), busy.contacts.len()), ("300", 1));
-    let (after, late) = route.forwards.no_answer.clone().expect("a no-answer forward");
+    let [(after, late)] = route.forwards.no_answer.clone().try_into().expect("a no-answer forward");
     assert_eq!((after, late.target.as_str(), late.contacts.len()), (Duration::from_secs(15), "400", 0));
     assert_eq!(route.forwards.contacts(), 1);
 
@@ -1775,4 +1775,64 @@ fn intercom_calls_ring_the_extensions_own_phones() {
     assert_eq!(h.call_from("100", PASSWORD_100, "200", source()).code(), 480);
     assert_eq!(h.call_from("200", "secret-200", "*80100", source()).code(), 480, "100 has no phone");
     assert_eq!(h.call_from("100", PASSWORD_100, "*80999", source()).code(), 404);
+}
+
+/// A ring group: ring all puts every member's phones in the route (a member without a phone or
+/// that is no extension left out) with the group's no-answer forward after its seconds; hunt
+/// rings the first member with a phone and queues the others, each after the member timeout,
+/// then the forward, busy moving on; nobody registered goes to the forward, or 480.
+#[test]
+fn groups_ring_all_or_hunt_their_members() {
+    use super::groups::{Group, Strategy};
+    let group = |strategy| Group {
+        number: "600".into(),
+        name: "Sales".into(),
+        strategy,
+        members: vec!["999".into(), "100".into(), "200".into(), "300".into()],
+        member_timeout_s: 10,
+        no_answer: Some("400".into()),
+        no_answer_after_s: 25,
+    };
+    let mut config = RegistrarConfig::default();
+    config.groups = [
+        ("600".to_string(), group(Strategy::RingAll)),
+        ("601".to_string(), Group { number: "601".into(), ..group(Strategy::Hunt) }),
+    ]
+    .into();
+    let mut h = Harness::with(config, vec![]);
+    for number in ["300", "400"] {
+        let input = RegistrarInput::PutExtension {
+            number: number.into(),
+            password: format!("secret-{number}"),
+            display_name: String::new(),
+        };
+        h.m.handle(h.now, input);
+        h.drain();
+    }
+    assert_eq!(h.call_from("100", PASSWORD_100, "600", source()).code(), 480, "nobody registered, 400 neither");
+    for (number, password, port) in
+        [("100", PASSWORD_100, 5060), ("200", "secret-200", 5070), ("400", "secret-400", 5090)]
+    {
+        let reg = Reg::new(number, &[&format!("<sip:{number}@192.0.2.7:{port}>")]).call_id(number);
+        assert_eq!(h.register_with(&reg, password).code(), 200);
+    }
+    let all = h.call_from("100", PASSWORD_100, "600", source()).routed.expect("routed");
+    let rung: Vec<&str> = all.contacts.iter().map(|b| b.aor.as_str()).collect();
+    assert_eq!(rung, ["100", "200"], "999 is no extension, 300 has no phone");
+    assert_eq!((all.callee.as_str(), all.target.as_str()), ("600", "600"));
+    let [(after, forward)] = all.forwards.no_answer.clone().try_into().expect("the group's forward");
+    assert_eq!((after, forward.target.as_str()), (Duration::from_secs(25), "400"));
+    assert!(!all.forwards.busy_moves_on);
+
+    let hunt = h.call_from("100", PASSWORD_100, "601", source()).routed.expect("routed");
+    assert!(hunt.contacts.iter().all(|b| b.aor == "100") && hunt.contacts.len() == 1);
+    let stages: Vec<(u64, String, String)> = hunt
+        .forwards
+        .no_answer
+        .iter()
+        .map(|(after, f)| (after.as_secs(), f.target.clone(), f.contacts[0].aor.clone()))
+        .collect();
+    assert_eq!(stages, [(10, "601".into(), "200".into()), (10, "400".into(), "400".into())]);
+    assert!(hunt.forwards.busy_moves_on);
+    assert_eq!(hunt.forwards.contacts(), 2);
 }
