@@ -200,6 +200,7 @@ impl Answered {
                     room: false,
                     forwards: Default::default(),
                     intercom: false,
+                    pickup: None,
                 },
                 forks: vec![B],
             })))

@@ -143,6 +143,12 @@ pub enum CallMsg {
     Control(Control),
     /// Test hook: the call's media session panics.
     PanicMedia,
+    /// A phone dialled the pickup of this call's callee: taken if the call still rings (`Ok`),
+    /// else handed back.
+    PickUp {
+        start: Box<CallStart>,
+        reply: RpcReplyPort<Result<(), Box<CallStart>>>,
+    },
 }
 
 // Local only; see `crate::shell` on ractor's `cluster` feature.
@@ -432,6 +438,15 @@ impl Actor for CallActor {
                 });
                 s.core.handle(now, CoreInput::Fail { reason: "SIP endpoint restarted".into() });
             }
+            CallMsg::PickUp { start, reply } => {
+                if s.core.call().can_be_picked_up() {
+                    tracing::info!(call = s.core.call().id(), by = %start.route.caller, "call picked up");
+                    s.core.handle(now, CoreInput::PickUp(start));
+                    let _ = reply.send(Ok(()));
+                } else {
+                    let _ = reply.send(Err(start));
+                }
+            }
             CallMsg::Control(control) => control.obey("call"),
             CallMsg::PanicMedia => {
                 if let CallMedia::Relay(media) = &s.media {
@@ -617,6 +632,9 @@ async fn record_cdr(store: &Arc<dyn CdrStore>, cdr: Cdr) {
 
 pub enum CallsMsg {
     Start(Box<CallStart>),
+    /// A pickup found no ringing call to take: the picking phone's call starts as a call
+    /// with nobody to ring (480, "no call to pick up").
+    NothingToPickUp(Box<CallStart>),
     List(RpcReplyPort<Vec<ActiveCall>>),
     /// From the task that started a call actor (started off this actor's loop, so call set-ups
     /// — RTP sockets bound, legs spawned — run in parallel rather than one after the other).
@@ -645,6 +663,8 @@ pub struct CallsArgs {
 /// What the calls actor remembers of a running call: enough for a CDR should its actor fail.
 struct Running {
     actor: ActorRef<CallMsg>,
+    /// The extension (or group) its phones ring for: what a pickup names.
+    target: String,
     legs: Vec<LegId>,
     /// The call's leg machines, to hang up should its actor fail.
     machines: CallLegs,
@@ -676,7 +696,11 @@ pub struct Started {
     machines: CallLegs,
     cdr: Cdr,
     recorded: Arc<AtomicBool>,
+    target: String,
 }
+
+/// How long a call actor may take to say whether it takes a pickup.
+const PICKUP_WAIT: Duration = Duration::from_secs(2);
 
 pub struct CallsState {
     context: CallContext,
@@ -727,7 +751,10 @@ impl Actor for CallsActor {
         s: &mut CallsState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            CallsMsg::Start(start) => s.start(&me, *start),
+            CallsMsg::Start(start) if start.route.pickup.is_some() && start.route.contacts.is_empty() => {
+                s.pick_up(&me, start)
+            }
+            CallsMsg::Start(start) | CallsMsg::NothingToPickUp(start) => s.start(&me, *start),
             CallsMsg::Started(started) => s.started(*started).await,
             CallsMsg::List(reply) => {
                 let actors: Vec<ActorRef<CallMsg>> = s.calls.lock().values().map(|r| r.actor.clone()).collect();
@@ -821,11 +848,35 @@ async fn end_failed(context: &CallContext, running: Running, reason: &str) {
 }
 
 impl CallsState {
+    /// A directed pickup: the calls ringing its extension are asked in turn (off this actor's
+    /// loop) until one takes it; none did → [`CallsMsg::NothingToPickUp`].
+    fn pick_up(&mut self, me: &ActorRef<CallsMsg>, start: Box<CallStart>) {
+        let number = start.route.pickup.clone().unwrap_or_default();
+        let candidates: Vec<ActorRef<CallMsg>> =
+            self.calls.lock().values().filter(|r| r.target == number).map(|r| r.actor.clone()).collect();
+        let (me, sip, picker) = (me.clone(), self.context.sip.clone(), start.a);
+        ractor::concurrency::spawn(async move {
+            let mut start = start;
+            for call in candidates {
+                let asked = call.call(|reply| CallMsg::PickUp { start, reply }, Some(PICKUP_WAIT)).await;
+                start = match asked {
+                    Ok(ractor::rpc::CallResult::Success(Ok(()))) => return,
+                    Ok(ractor::rpc::CallResult::Success(Err(back))) => back,
+                    // The call went (or did not answer) with the INVITE: the endpoint answers
+                    // it 500 as its leg goes.
+                    _ => return sip.leg_down(picker),
+                };
+            }
+            let _ = me.cast(CallsMsg::NothingToPickUp(start));
+        });
+    }
+
     fn start(&mut self, me: &ActorRef<CallsMsg>, start: CallStart) {
         let now = self.context.clock.now();
         let (id, seed) = self.ids.next(now);
         let legs = start.legs();
         let cdr = start.cdr(id, now);
+        let target = start.route.target.clone();
         tracing::info!(call = id, caller = %start.route.caller, callee = %start.route.callee, contacts = start.forks.len(), "call");
         let recorded = Arc::new(AtomicBool::new(false));
         let machines = CallLegs::default();
@@ -848,19 +899,19 @@ impl CallsState {
                 }
                 other => (other.to_string(), false),
             });
-            let _ = me.cast(CallsMsg::Started(Box::new(Started { result, legs, machines, cdr, recorded })));
+            let _ = me.cast(CallsMsg::Started(Box::new(Started { result, legs, machines, cdr, recorded, target })));
         });
     }
 
     async fn started(&mut self, started: Started) {
-        let Started { result, legs, machines, cdr, recorded } = started;
+        let Started { result, legs, machines, cdr, recorded, target } = started;
         match result {
             Ok(actor) => {
                 if self.ended_early.remove(&actor.get_id()) {
                     // A call that stopped leaves no legs behind; one that failed leaves them up.
                     orphan(&self.context, &machines).await;
                 } else {
-                    self.calls.lock().insert(actor.get_id(), Running { actor, legs, machines, cdr, recorded });
+                    self.calls.lock().insert(actor.get_id(), Running { actor, target, legs, machines, cdr, recorded });
                 }
             }
             Err((error, busy)) => {

@@ -191,6 +191,9 @@ pub enum CallInput {
     PushFailed {
         leg: LegId,
     },
+    /// A phone picks this ringing call up (`Route::pickup`; check [`Call::can_be_picked_up`]
+    /// first): its INVITE becomes the answering side, the ringing phones are cancelled.
+    PickUp(Box<CallStart>),
     Timeout,
 }
 
@@ -555,10 +558,80 @@ impl Call {
                 call.reject_caller(488, Disposition::Rejected { code: 488 });
                 return call;
             }
+            if route.pickup.is_some() {
+                call.reject_reason = Some("Temporarily Unavailable (no call to pick up)".into());
+            }
             call.failure = Some(480);
             call.reject_caller(480, Disposition::Unavailable);
         }
         call
+    }
+
+    /// Whether a phone may pick this call up now: ringing, and with the caller's offer in hand
+    /// (a late-offer call is not picked up: pbx would have to offer to both).
+    pub fn can_be_picked_up(&self) -> bool {
+        self.phase == Phase::Ringing && !self.room && self.a_offer.is_some() && !self.srtp[0].mandatory
+    }
+
+    /// The picking phone's INVITE (its leg `start.a`) answers the call: answered with pbx's
+    /// B-side port in the codec it offered first, the caller answered as when a phone answers
+    /// (its early answer if it had one), the phones ringing cancelled.
+    fn pick_up(&mut self, start: CallStart) {
+        let CallStart { a: p, key, invite, source, transport, .. } = start;
+        let Some(template) = self.template.clone() else { return };
+        let body = invite.body.clone();
+        let Some(leg) = Leg::uas(p, self.now, template.timers, template.local_sip, key, invite, source, transport)
+        else {
+            return;
+        };
+        self.outputs.push_back(CallOutput::StartLeg(Box::new(leg)));
+        self.forks.insert(p, true);
+        let offer = sdp::parse(&body).ok().and_then(|d| d.audio().map(|a| (d, a))).filter(|(_, a)| !a.secure);
+        let picked = offer.and_then(|(p_offer, p_audio)| {
+            let codec_b = first_codec(&p_audio)?;
+            let te = p_audio.telephone_event.is_some();
+            let port = self.media[1].port();
+            self.sessions[1].set_crypto(None);
+            self.srtp[1].local = None;
+            let to_p =
+                sdp::answer(&mut self.sessions[1], &p_offer, port, codec_b, te, p_audio.direction.answer()).ok()?;
+            let (a_offer, a_audio) = self.a_offer.clone()?;
+            let to_a = match self.early_answer.clone() {
+                Some(early) => early,
+                None => {
+                    let codec_a = sdp::choose(&a_audio, codec_b)?;
+                    let te = a_audio.telephone_event.is_some();
+                    let port = self.media[0].port();
+                    let answer = sdp::answer(&mut self.sessions[0], &a_offer, port, codec_a, te, p_audio.direction);
+                    let answer = answer.ok()?;
+                    self.configure(Side::A, &a_audio, codec_a);
+                    answer
+                }
+            };
+            self.configure(Side::B, &p_audio, codec_b);
+            if let Some(peer) = self.peers[0].clone().filter(|_| self.early_answer.is_some()) {
+                self.outputs.push_back(CallOutput::ConfigureMedia { side: Side::A, peer });
+            }
+            Some((to_p, to_a))
+        });
+        let Some((to_p, to_a)) = picked else {
+            // Nothing pbx can answer the picking phone with: it alone is refused.
+            return self.command(p, LegCommand::Reject { code: 488, reason: None });
+        };
+        self.winner = Some(p);
+        self.forget_waking();
+        let others: Vec<LegId> =
+            self.forks.iter().filter(|(id, live)| **live && **id != p).map(|(id, _)| *id).collect();
+        for other in others {
+            self.command(other, LegCommand::Hangup);
+        }
+        self.phase = Phase::Answered;
+        self.answer = Some(self.now);
+        self.deadline = None;
+        self.disposition = Some(Disposition::Answered);
+        self.last_sdp = [Some(to_a.clone()), Some(to_p.clone())];
+        self.command(p, LegCommand::Answer { sdp: Some(to_p) });
+        self.command(self.a, LegCommand::Answer { sdp: Some(to_a) });
     }
 
     /// The call goes on to `forward` (its phones ring now): the forks ringing are cancelled
@@ -813,6 +886,8 @@ impl Call {
                 }
             }
             CallInput::Woken { leg, binding } => self.woken(leg, *binding),
+            CallInput::PickUp(start) if self.can_be_picked_up() => self.pick_up(*start),
+            CallInput::PickUp(_) => {}
             CallInput::PushFailed { leg } => {
                 if self.waking.contains_key(&leg) {
                     self.fork_failed(leg, 480);

@@ -62,6 +62,8 @@ pub enum CoreInput {
     Woken { leg: LegId, binding: Box<crate::registrar::Binding> },
     /// A fork's push was refused (see `CallInput::PushFailed`).
     PushFailed { leg: LegId },
+    /// A phone picks the ringing call up (see `CallInput::PickUp`).
+    PickUp(Box<super::CallStart>),
     /// The time given to `handle` has reached [`CallCore::poll_timeout`] (early is harmless).
     Timeout,
 }
@@ -139,6 +141,7 @@ impl<L: LegTable> CallCore<L> {
             CoreInput::Hangup => self.call.handle(now, CallInput::Hangup),
             CoreInput::Woken { leg, binding } => self.call.handle(now, CallInput::Woken { leg, binding }),
             CoreInput::PushFailed { leg } => self.call.handle(now, CallInput::PushFailed { leg }),
+            CoreInput::PickUp(start) => self.call.handle(now, CallInput::PickUp(start)),
             CoreInput::Timeout => {
                 self.call.handle(now, CallInput::Timeout);
                 let (events, outputs) = (&mut self.events, &mut self.outputs);

@@ -481,6 +481,7 @@ fn call_setup(body: &str, contacts: Vec<Binding>) -> (CallConfig, CallSetup) {
                 room: false,
                 forwards: Default::default(),
                 intercom: false,
+                pickup: None,
             },
             forks: [B1, B2][..forks].to_vec(),
         },
@@ -1520,4 +1521,34 @@ fn hunt_stages_pass_on_busy_and_unanswered_members_in_turn() {
     assert!(commands.iter().any(|(l, c)| *l == B4 && matches!(c, LegCommand::Invite { .. })), "{commands:?}");
     h.event(ms(11_000), B4, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
     assert!(h.take_commands().iter().any(|(l, c)| *l == A && matches!(c, LegCommand::Answer { .. })));
+}
+
+/// Directed pickup: a phone's INVITE takes the ringing call — it is answered with pbx's
+/// B-side port, the caller is answered, the ringing phone is cancelled; a call already
+/// answered cannot be picked up.
+#[test]
+fn a_ringing_call_is_picked_up_by_another_phones_invite() {
+    let mut h = call_with(PCMU_OFFER, 1);
+    h.take_commands();
+    h.event(ms(100), B1, LegEvent::Progress { code: 180, sdp: None });
+    h.take_commands();
+    assert!(h.call.can_be_picked_up());
+    let (key, request) = invite(PCMU_OFFER);
+    let (_, setup) = call_setup(PCMU_OFFER, vec![]);
+    let picker = CallStart { a: B3, key, invite: request, forks: vec![], ..setup.start };
+    h.call.handle(Timestamp::ZERO + ms(3_000), CallInput::PickUp(Box::new(picker)));
+    h.drain();
+    assert!(h.started.contains(&B3));
+    let commands = h.take_commands();
+    assert!(commands.iter().any(|(l, c)| *l == B1 && matches!(c, LegCommand::Hangup)), "{commands:?}");
+    let (_, to_picker) = commands.iter().find(|(l, _)| *l == B3).expect("the picker is answered");
+    assert_eq!(sdp_of(to_picker).rtp, Some("127.0.0.1:20002".parse().unwrap()), "pbx's B side");
+    let (_, to_caller) = commands.iter().find(|(l, _)| *l == A).expect("the caller is answered");
+    assert_eq!(sdp_of(to_caller).rtp, Some("127.0.0.1:20000".parse().unwrap()));
+    let sides: Vec<_> = h.media.iter().map(|(side, peer)| (*side, peer.rtp)).collect();
+    assert!(sides.contains(&(Side::B, Some("127.0.0.1:40000".parse().unwrap()))), "{sides:?}");
+    assert!(!h.call.can_be_picked_up(), "answered: no second pickup");
+    // The picker hangs up: the call ends, answered.
+    h.event(ms(9_000), B3, LegEvent::Bye);
+    assert_eq!(h.ended.clone().expect("a record").disposition, Disposition::Answered);
 }

@@ -369,10 +369,15 @@ pub struct Route {
     /// themselves, forwarding is not followed, and the call lasts at most
     /// `call::b2bua::INTERCOM_MAX`.
     pub intercom: bool,
+    /// A directed pickup ([`PICKUP_PREFIX`]): the caller takes the call ringing this extension,
+    /// if any (`contacts` is empty).
+    pub pickup: Option<String>,
 }
 
 /// Dialled before an extension's number, calls it as an intercom (FreePBX's `*80`).
 pub const INTERCOM_PREFIX: &str = "*80";
+/// Dialled before an extension's number, picks up the call ringing it (Asterisk's `**`).
+pub const PICKUP_PREFIX: &str = "**";
 
 /// A target's busy and no-answer forwards, resolved when the call starts.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -413,6 +418,7 @@ impl Route {
             room: false,
             forwards: Forwards::default(),
             intercom: false,
+            pickup: None,
         }
     }
 }
@@ -885,6 +891,25 @@ impl Registrar {
             SipUriUserPart::User(user) if !user.is_empty() => user.to_string(),
             _ => return self.refuse(tx, request, ip, Refusal::code(404), true),
         };
+        if let Some(number) = callee.strip_prefix(PICKUP_PREFIX).filter(|n| self.extensions.contains_key(*n)) {
+            // Directed pickup: the calls actor finds the call ringing `number`'s phones.
+            let caller_display_name = self.extensions.get(&caller).map(|e| e.display_name.clone()).unwrap_or_default();
+            let (callee, target, pickup) = (number.to_owned(), number.to_owned(), Some(number.to_owned()));
+            let forwards = Forwards::default();
+            let contacts = Vec::new();
+            let route = Route {
+                caller,
+                caller_display_name,
+                callee,
+                target,
+                contacts,
+                room: false,
+                forwards,
+                intercom: false,
+                pickup,
+            };
+            return self.outputs.push_back(RegistrarOutput::Routed { tx, route });
+        }
         if let Some(number) = callee.strip_prefix(INTERCOM_PREFIX).filter(|n| self.extensions.contains_key(*n)) {
             // Intercom: the extension's own phones, told to answer; never forwarded.
             let contacts = self.contacts_of(number);
@@ -893,8 +918,17 @@ impl Registrar {
             }
             let caller_display_name = self.extensions.get(&caller).map(|e| e.display_name.clone()).unwrap_or_default();
             let (callee, target, forwards) = (number.to_owned(), number.to_owned(), Forwards::default());
-            let route =
-                Route { caller, caller_display_name, callee, target, contacts, room: false, forwards, intercom: true };
+            let route = Route {
+                caller,
+                caller_display_name,
+                callee,
+                target,
+                contacts,
+                room: false,
+                forwards,
+                intercom: true,
+                pickup: None,
+            };
             return self.outputs.push_back(RegistrarOutput::Routed { tx, route });
         }
         if let Some(code) = FeatureCode::parse(&callee) {
@@ -911,6 +945,7 @@ impl Registrar {
                 room: true,
                 forwards: Forwards::default(),
                 intercom: false,
+                pickup: None,
             };
             return self.outputs.push_back(RegistrarOutput::Routed { tx, route });
         }
@@ -944,8 +979,17 @@ impl Registrar {
                 None => return self.refuse(tx, request, ip, Refusal::code(480), true),
             }
         }
-        let route =
-            Route { caller, caller_display_name, callee, target, contacts, room: false, forwards, intercom: false };
+        let route = Route {
+            caller,
+            caller_display_name,
+            callee,
+            target,
+            contacts,
+            room: false,
+            forwards,
+            intercom: false,
+            pickup: None,
+        };
         self.outputs.push_back(RegistrarOutput::Routed { tx, route });
     }
 
@@ -996,8 +1040,17 @@ impl Registrar {
             (true, None) => return self.refuse(tx, request, ip, Refusal::code(480), true),
         };
         let callee = group.number.clone();
-        let route =
-            Route { caller, caller_display_name, callee, target, contacts, room: false, forwards, intercom: false };
+        let route = Route {
+            caller,
+            caller_display_name,
+            callee,
+            target,
+            contacts,
+            room: false,
+            forwards,
+            intercom: false,
+            pickup: None,
+        };
         self.outputs.push_back(RegistrarOutput::Routed { tx, route });
     }
 

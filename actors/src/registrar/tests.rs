@@ -1836,3 +1836,15 @@ fn groups_ring_all_or_hunt_their_members() {
     assert!(hunt.forwards.busy_moves_on);
     assert_eq!(hunt.forwards.contacts(), 2);
 }
+
+/// `**` + an extension routes a directed pickup (after authentication, like any call): no
+/// phones to ring, the extension named; a number that is no extension is 404.
+#[test]
+fn star_star_routes_a_pickup_of_the_extension() {
+    let mut h = Harness::new();
+    assert_eq!(h.invite_from("100", "**200", None, source()).code(), 407);
+    let route = h.call_from("100", PASSWORD_100, "**200", source()).routed.expect("routed");
+    assert_eq!(route.pickup.as_deref(), Some("200"));
+    assert!(route.contacts.is_empty() && !route.intercom);
+    assert_eq!(h.call_from("100", PASSWORD_100, "**999", source()).code(), 404);
+}
