@@ -40,6 +40,8 @@ pub use privacy::{
 const EXTENSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("extensions");
 /// Call forwarding by extension number (only what is on).
 const FORWARDING: TableDefinition<&str, &[u8]> = TableDefinition::new("call_forwarding");
+/// Ring-group members logged out, keyed `group\0member` (no value).
+const GROUP_LOGOUTS: TableDefinition<&str, ()> = TableDefinition::new("group_logouts");
 /// Keyed by `aor \0 contact`, so one AOR's bindings sit together.
 const BINDINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("bindings");
 /// Keyed by `(end µs, id)`: a time window is a key range, and the id keeps apart calls that
@@ -74,6 +76,7 @@ pub const DB_FILE: &str = "pbx.redb";
 pub const TABLES: &[&str] = &[
     "extensions",
     "call_forwarding",
+    "group_logouts",
     "bindings",
     "cdrs",
     "conference_participations",
@@ -173,6 +176,8 @@ pub struct Snapshot {
     pub bindings: Vec<Binding>,
     /// Call forwarding by extension.
     pub forwarding: Vec<(String, Forwarding)>,
+    /// (group, member) pairs logged out.
+    pub logged_out: Vec<(String, String)>,
 }
 
 impl Storage {
@@ -184,6 +189,7 @@ impl Storage {
         let tx = db.begin_write().map_err(redb_err)?;
         tx.open_table(EXTENSIONS).map_err(redb_err)?;
         tx.open_table(FORWARDING).map_err(redb_err)?;
+        tx.open_table(GROUP_LOGOUTS).map_err(redb_err)?;
         tx.open_table(BINDINGS).map_err(redb_err)?;
         tx.open_table(CDRS).map_err(redb_err)?;
         tx.open_table(PARTICIPATIONS).map_err(redb_err)?;
@@ -229,6 +235,7 @@ impl Storage {
             .rewrite(|from, to| {
                 copy_table(from, to, EXTENSIONS)?;
                 copy_table(from, to, FORWARDING)?;
+                copy_table(from, to, GROUP_LOGOUTS)?;
                 copy_table(from, to, BINDINGS)?;
                 copy_table(from, to, CDRS)?;
                 copy_table(from, to, PARTICIPATIONS)?;
@@ -249,6 +256,7 @@ impl Storage {
                 let names = [
                     EXTENSIONS.name(),
                     FORWARDING.name(),
+                    GROUP_LOGOUTS.name(),
                     BINDINGS.name(),
                     CDRS.name(),
                     PARTICIPATIONS.name(),
@@ -305,7 +313,14 @@ impl Storage {
             let StoredForwardingV::V1(f) = decode(FORWARDING.name(), || k.value().to_string(), v.value())?;
             forwarding.push((k.value().to_string(), f));
         }
-        Ok(Snapshot { extensions, bindings, forwarding })
+        let mut logged_out = Vec::new();
+        for row in tx.open_table(GROUP_LOGOUTS).map_err(redb_err)?.iter().map_err(redb_err)? {
+            let (k, _) = row.map_err(redb_err)?;
+            if let Some((group, member)) = k.value().split_once('\0') {
+                logged_out.push((group.to_owned(), member.to_owned()));
+            }
+        }
+        Ok(Snapshot { extensions, bindings, forwarding, logged_out })
     }
 
     /// Applies commands in one durable transaction: all or none.
@@ -361,11 +376,13 @@ impl Storage {
         extensions: &[Extension],
         bindings: &[Binding],
         forwarding: &[(String, Forwarding)],
+        logged_out: &[(String, String)],
     ) -> Result<(), StorageError> {
         let tx = self.db.begin_write().map_err(redb_err)?;
         tx.open_table(EXTENSIONS).map_err(redb_err)?.retain(|_, _| false).map_err(redb_err)?;
         tx.open_table(BINDINGS).map_err(redb_err)?.retain(|_, _| false).map_err(redb_err)?;
         tx.open_table(FORWARDING).map_err(redb_err)?.retain(|_, _| false).map_err(redb_err)?;
+        tx.open_table(GROUP_LOGOUTS).map_err(redb_err)?.retain(|_, _| false).map_err(redb_err)?;
         let mut commands: Vec<RegistrarCommand> =
             extensions.iter().cloned().map(RegistrarCommand::PutExtension).collect();
         commands.extend(bindings.iter().cloned().map(RegistrarCommand::PutBinding));
@@ -374,6 +391,11 @@ impl Storage {
                 .iter()
                 .map(|(number, f)| RegistrarCommand::SetForwarding { number: number.clone(), forwarding: f.clone() }),
         );
+        commands.extend(logged_out.iter().map(|(group, member)| RegistrarCommand::GroupLogin {
+            group: group.clone(),
+            member: member.clone(),
+            logged_in: false,
+        }));
         apply_in(&tx, &commands)?;
         // What the snapshot dropped (an erasure this node missed, say) is in freed pages now.
         mark_rewrite_due(&tx)?;
@@ -524,6 +546,7 @@ fn apply_in(tx: &redb::WriteTransaction, commands: &[RegistrarCommand]) -> Resul
     let mut extensions = tx.open_table(EXTENSIONS).map_err(redb_err)?;
     let mut bindings = tx.open_table(BINDINGS).map_err(redb_err)?;
     let mut forwarding = tx.open_table(FORWARDING).map_err(redb_err)?;
+    let mut logouts = tx.open_table(GROUP_LOGOUTS).map_err(redb_err)?;
     for command in commands {
         match command {
             RegistrarCommand::PutExtension(ext) => {
@@ -533,6 +556,13 @@ fn apply_in(tx: &redb::WriteTransaction, commands: &[RegistrarCommand]) -> Resul
             RegistrarCommand::RemoveExtension { number } => {
                 extensions.remove(number.as_str()).map_err(redb_err)?;
                 forwarding.remove(number.as_str()).map_err(redb_err)?;
+                remove_member_logouts(&mut logouts, number)?;
+            }
+            RegistrarCommand::GroupLogin { group, member, logged_in: true } => {
+                logouts.remove(format!("{group}\0{member}").as_str()).map_err(redb_err)?;
+            }
+            RegistrarCommand::GroupLogin { group, member, logged_in: false } => {
+                logouts.insert(format!("{group}\0{member}").as_str(), ()).map_err(redb_err)?;
             }
             RegistrarCommand::SetForwarding { number, forwarding: f } if f.is_off() => {
                 forwarding.remove(number.as_str()).map_err(redb_err)?;
@@ -551,6 +581,12 @@ fn apply_in(tx: &redb::WriteTransaction, commands: &[RegistrarCommand]) -> Resul
         }
     }
     Ok(())
+}
+
+/// Removes every log-out row of `member` (its extension went, or was erased).
+pub(crate) fn remove_member_logouts(table: &mut redb::Table<&str, ()>, member: &str) -> Result<(), StorageError> {
+    let suffix = format!("\0{member}");
+    table.retain(|key, _| !key.ends_with(&suffix)).map_err(redb_err)
 }
 
 /// Records in `tx` that the file needs a rewrite: it commits with the change that left

@@ -108,3 +108,36 @@ fn hunt_passes_a_busy_member_on_at_once() {
     assert!(busy.success && second.success, "101: {}\n102: {}", busy.report(), second.report());
     assert!(!caller.received_codes().contains(&486), "{:?}", caller.received_codes());
 }
+
+/// A member logs out with `#45*601#` (603 "Logged out: 601"): the hunt group rings the next
+/// member at once and never the logged-out one; `*45*601#` logs it back in. Survives a restart.
+#[test]
+fn a_member_logged_out_is_not_rung_until_it_logs_in_again() {
+    let mut pbx = node();
+    let code = |pbx: &Pbx, dialled: &str| {
+        let run = Sipp::new("call_uac_fail.xml", pbx.sip, &pbx.scratch())
+            .caller("101", "secret-101", dialled)
+            .media(G711::Pcmu, &RtpSink::for_sipp(), None)
+            .args(&["-m", "1"])
+            .run();
+        run.received_codes().into_iter().filter(|c| *c >= 200).last()
+    };
+    assert_eq!(code(&pbx, "%2345*601%23"), Some(603));
+    pbx.restart();
+    let (skipped, _) = member(&pbx, "101", "call_uas_ring.xml", &[]);
+    let (second, _) = member(&pbx, "102", "call_uas.xml", &[]);
+    let started = std::time::Instant::now();
+    let caller = call(&pbx, "601");
+    let (second, skipped) = (second.finish_after(&caller), skipped.stop());
+    assert!(caller.success && second.success, "caller: {}\n102: {}", caller.report(), second.report());
+    assert!(skipped.received_requests("INVITE").is_empty(), "101 logged out was rung: {}", skipped.messages);
+    assert!(started.elapsed() < Duration::from_secs(6), "102 rang at once");
+    assert_eq!(code(&pbx, "*45*601%23"), Some(603));
+    assert_eq!(code(&pbx, "*45*600%23"), Some(603), "still a member of 600");
+    let stranger = Sipp::new("call_uac_fail.xml", pbx.sip, &pbx.scratch())
+        .caller("100", "secret-100", "%2345*601%23")
+        .media(G711::Pcmu, &RtpSink::for_sipp(), None)
+        .args(&["-m", "1"])
+        .run();
+    assert!(stranger.received_codes().contains(&403), "100 is no member: {:?}", stranger.received_codes());
+}

@@ -95,11 +95,11 @@ pub struct DataCategory {
 pub const INVENTORY: &[DataCategory] = &[
     DataCategory {
         id: "extension",
-        data: "extension number, display name, digest hashes H(user:realm:password) for MD5 and SHA-256 (never the password); its call forwarding: the extensions its calls go to (always, on busy, on no answer) and after how many seconds",
+        data: "extension number, display name, digest hashes H(user:realm:password) for MD5 and SHA-256 (never the password); its call forwarding: the extensions its calls go to (always, on busy, on no answer) and after how many seconds; the ring groups it is logged out of",
         purpose: "authenticate the extension's phones, show its name, and route its calls where its user asked",
         legal_basis: &[LegalBasis::Contract],
         retention: Retention::UntilDeleted,
-        stored_in: &["redb:extensions", "redb:call_forwarding", "memory"],
+        stored_in: &["redb:extensions", "redb:call_forwarding", "redb:group_logouts", "memory"],
         subjects: &[SubjectKind::Extension],
     },
     DataCategory {

@@ -188,8 +188,8 @@ const TRANSLATIONS: &[Translation] = &[
         id: "extension",
         title: ["Nebenstellen", "Extensions", "Postes internes"],
         data: Tr {
-            de: "Nebenstellennummer, Anzeigename, Digest-Hashwerte H(Benutzer:Realm:Passwort) für MD5 und SHA-256 (niemals das Passwort selbst); ihre Rufumleitung: die Nebenstellen, zu denen ihre Anrufe gehen (immer, bei besetzt, bei Nichtmelden) und nach wie vielen Sekunden",
-            fr: "numéro de poste, nom affiché, empreintes digest H(utilisateur:domaine:mot de passe) pour MD5 et SHA-256 (jamais le mot de passe lui-même) ; son renvoi d'appel : les postes vers lesquels vont ses appels (toujours, sur occupation, sur non-réponse) et après combien de secondes",
+            de: "Nebenstellennummer, Anzeigename, Digest-Hashwerte H(Benutzer:Realm:Passwort) für MD5 und SHA-256 (niemals das Passwort selbst); ihre Rufumleitung: die Nebenstellen, zu denen ihre Anrufe gehen (immer, bei besetzt, bei Nichtmelden) und nach wie vielen Sekunden; die Rufgruppen, bei denen sie abgemeldet ist",
+            fr: "numéro de poste, nom affiché, empreintes digest H(utilisateur:domaine:mot de passe) pour MD5 et SHA-256 (jamais le mot de passe lui-même) ; son renvoi d'appel : les postes vers lesquels vont ses appels (toujours, sur occupation, sur non-réponse) et après combien de secondes ; les groupes d'appel dont il s'est déconnecté",
         },
         purpose: Tr {
             de: "Authentifizierung der Telefone der Nebenstelle, Anzeige ihres Namens und Weiterleitung ihrer Anrufe, wie ihr Benutzer es wünscht",

@@ -65,6 +65,8 @@ pub struct RegistrarArgs {
     pub bindings: Vec<Binding>,
     /// Call forwarding as stored, by extension.
     pub forwarding: Vec<(String, Forwarding)>,
+    /// (group, member) pairs logged out, as stored.
+    pub logged_out: Vec<(String, String)>,
     pub clock: Arc<dyn Clock>,
     pub store: Arc<dyn RegistrarStore>,
     pub sink: Arc<dyn ResponseSink>,
@@ -374,7 +376,8 @@ impl Actor for RegistrarActor {
     ) -> Result<RegistrarState, ActorProcessingErr> {
         let now = args.clock.now();
         let machine = Registrar::new(args.config, args.secret, args.extensions, args.bindings, now)
-            .with_forwarding(args.forwarding);
+            .with_forwarding(args.forwarding)
+            .with_logged_out(args.logged_out);
         let writer = Writer::start(args.store, args.sink, me);
         let mut state = RegistrarState {
             machine,
@@ -752,6 +755,7 @@ mod tests {
                     RegistrarCommand::PutBinding(b) => format!("put-binding {}", b.contact),
                     RegistrarCommand::RemoveBinding { contact, .. } => format!("remove-binding {contact}"),
                     RegistrarCommand::SetForwarding { number, .. } => format!("set-forwarding {number}"),
+                    RegistrarCommand::GroupLogin { group, member, .. } => format!("group-login {group} {member}"),
                 });
             }
             Ok(())
@@ -790,6 +794,7 @@ mod tests {
             extensions,
             bindings: vec![],
             forwarding: vec![],
+            logged_out: vec![],
             clock: Arc::new(TokioClock(tokio::time::Instant::now())),
             store: journal.clone(),
             sink: journal.clone(),

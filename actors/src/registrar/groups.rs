@@ -56,3 +56,49 @@ impl Group {
         Duration::from_secs(u64::from(self.no_answer_after_s))
     }
 }
+
+/// A group log-in feature code, dialled by a member for itself: `*45*600#` logs in to group
+/// 600, `#45*600#` logs out of it; `*45#` and `#45#` do it for every group the phone's
+/// extension is a member of (Asterisk's `*45` queue toggle, made explicit). `%23` reads as `#`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoginCode {
+    pub logged_in: bool,
+    /// `None`: every group of the member.
+    pub group: Option<String>,
+}
+
+impl LoginCode {
+    /// `None` when the dialled string is no log-in code (it may still be another code).
+    pub fn parse(dialled: &str) -> Option<LoginCode> {
+        let code = dialled.replace("%23", "#");
+        let (logged_in, rest) = match () {
+            _ if code.starts_with("*45") => (true, &code[3..]),
+            _ if code.starts_with("#45") => (false, &code[3..]),
+            _ => return None,
+        };
+        let rest = rest.strip_suffix('#')?;
+        if rest.is_empty() {
+            return Some(LoginCode { logged_in, group: None });
+        }
+        let group = rest.strip_prefix('*')?;
+        (!group.is_empty() && group.len() <= 32 && group.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| LoginCode { logged_in, group: Some(group.to_owned()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_codes_read_as_asterisk_style_codes() {
+        let code = |logged_in, group: Option<&str>| Some(LoginCode { logged_in, group: group.map(Into::into) });
+        assert_eq!(LoginCode::parse("*45*600#"), code(true, Some("600")));
+        assert_eq!(LoginCode::parse("%2345*600%23"), code(false, Some("600")));
+        assert_eq!(LoginCode::parse("*45#"), code(true, None));
+        assert_eq!(LoginCode::parse("#45#"), code(false, None));
+        for other in ["*45", "*45*#", "*45*60a#", "*4*600#", "*21*600#", "600"] {
+            assert_eq!(LoginCode::parse(other), None, "{other}");
+        }
+    }
+}

@@ -260,6 +260,12 @@ pub enum RegistrarCommand {
         number: String,
         forwarding: Forwarding,
     },
+    /// `member` logged in to (or out of) ring group `group` (issue 18). Appended last too.
+    GroupLogin {
+        group: String,
+        member: String,
+        logged_in: bool,
+    },
 }
 
 /// What the registrar is fed. `PutExtension` carries a password: no `Debug` for this type.
@@ -587,6 +593,8 @@ pub struct Registrar {
     forwarding: BTreeMap<String, Forwarding>,
     /// Extensions whose stored forwarding is behind (a failed write).
     dirty_forwarding: BTreeSet<String>,
+    /// (group, member) pairs logged out of their group: those members are not rung.
+    logged_out: BTreeSet<(String, String)>,
     flush_at: Option<Timestamp>,
     /// Used nonces → highest nonce count seen. Nonces start with their mint time as fixed-width
     /// hex, so this map's order is mint order and the first entry is the oldest.
@@ -663,6 +671,7 @@ impl Registrar {
             dirty_extensions: BTreeSet::new(),
             forwarding: BTreeMap::new(),
             dirty_forwarding: BTreeSet::new(),
+            logged_out: BTreeSet::new(),
             flush_at: None,
             nonces: BTreeMap::new(),
             last_ha2: None,
@@ -698,6 +707,17 @@ impl Registrar {
             }
         }
         self
+    }
+
+    /// The group members logged out, as stored.
+    pub fn with_logged_out(mut self, logged_out: Vec<(String, String)>) -> Registrar {
+        self.logged_out.extend(logged_out);
+        self
+    }
+
+    /// Whether `member` is logged in to `group` (members are, unless they logged out).
+    pub fn logged_in(&self, group: &str, member: &str) -> bool {
+        !self.logged_out.contains(&(group.to_owned(), member.to_owned()))
     }
 
     /// The forwarding of `number` (all off when it has none).
@@ -767,6 +787,8 @@ impl Registrar {
                 RegistrarCommand::SetForwarding { number, .. } => {
                     self.dirty_forwarding.insert(number.clone());
                 }
+                // Memory has it; the next log-in change of that member writes it again.
+                RegistrarCommand::GroupLogin { .. } => {}
             }
         }
         self.schedule_flush(self.last_now);
@@ -931,6 +953,9 @@ impl Registrar {
             };
             return self.outputs.push_back(RegistrarOutput::Routed { tx, route });
         }
+        if let Some(code) = super::groups::LoginCode::parse(&callee) {
+            return self.group_login(tx, request, ip, &caller, code);
+        }
         if let Some(code) = FeatureCode::parse(&callee) {
             return self.feature_code(tx, request, ip, &caller, code);
         }
@@ -1008,7 +1033,7 @@ impl Registrar {
         let members: Vec<Forward> = group
             .members
             .iter()
-            .filter(|m| self.extensions.contains_key(*m))
+            .filter(|m| self.extensions.contains_key(*m) && self.logged_in(&group.number, m))
             .map(|m| Forward { target: group.number.clone(), contacts: self.contacts_of(m) })
             .filter(|f| !f.contacts.is_empty())
             .collect();
@@ -1056,6 +1081,37 @@ impl Registrar {
 
     fn contacts_of(&self, number: &str) -> Vec<Binding> {
         self.bindings.get(number).into_iter().flatten().cloned().collect()
+    }
+
+    /// A log-in code dialled by `caller` for itself: 603 saying which groups it is now logged in
+    /// to or out of, 403 when it is a member of none named.
+    fn group_login(&mut self, tx: u64, request: &Request, ip: IpAddr, caller: &str, code: super::groups::LoginCode) {
+        let groups: Vec<String> = self
+            .config
+            .groups
+            .values()
+            .filter(|g| code.group.as_ref().is_none_or(|n| *n == g.number) && g.members.iter().any(|m| m == caller))
+            .map(|g| g.number.clone())
+            .collect();
+        if groups.is_empty() {
+            let reason = Some("Forbidden (not a member of that group)");
+            return self.refuse(tx, request, ip, Refusal { code: 403, reason }, true);
+        }
+        for group in &groups {
+            let key = (group.clone(), caller.to_owned());
+            let changed = match code.logged_in {
+                true => self.logged_out.remove(&key),
+                false => self.logged_out.insert(key),
+            };
+            if changed {
+                let (group, member) = (group.clone(), caller.to_owned());
+                self.persist(RegistrarCommand::GroupLogin { group, member, logged_in: code.logged_in });
+            }
+        }
+        let mut response = request.response(603, Some(&self.to_tag(request)));
+        let state = if code.logged_in { "Logged in" } else { "Logged out" };
+        response.reason = format!("{state}: {}", groups.join(", "));
+        self.outputs.push_back(RegistrarOutput::Respond { tx, response, authenticated: true });
     }
 
     /// A feature code dialled by `caller` for its own extension: 603 with what it did (the call
@@ -1604,6 +1660,7 @@ impl Registrar {
                 self.dirty_extensions.remove(&number);
                 self.extensions.remove(&number);
                 self.forwarding.remove(&number);
+                self.logged_out.retain(|(_, member)| *member != number);
             }
             RegistrarCommand::PutBinding(b) => {
                 let list = self.bindings.get(&b.aor).map_or(&[][..], |l| l.as_slice());
@@ -1623,6 +1680,12 @@ impl Registrar {
                 } else {
                     self.forwarding.insert(number, forwarding);
                 }
+            }
+            RegistrarCommand::GroupLogin { group, member, logged_in: true } => {
+                self.logged_out.remove(&(group, member));
+            }
+            RegistrarCommand::GroupLogin { group, member, logged_in: false } => {
+                self.logged_out.insert((group, member));
             }
         }
     }
@@ -1708,6 +1771,8 @@ impl Registrar {
         self.dirty_extensions.remove(number);
         self.guard.forget_user(number);
         self.persist(RegistrarCommand::RemoveExtension { number: number.to_owned() });
+        // Its group log-outs go with it (storage drops them with the extension).
+        self.logged_out.retain(|(_, member)| member != number);
         // Its own forwarding goes with it, and every forward to it is switched off.
         if self.forwarding.remove(number).is_some() {
             self.persist(RegistrarCommand::SetForwarding {

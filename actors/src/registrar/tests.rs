@@ -1848,3 +1848,40 @@ fn star_star_routes_a_pickup_of_the_extension() {
     assert!(route.contacts.is_empty() && !route.intercom);
     assert_eq!(h.call_from("100", PASSWORD_100, "**999", source()).code(), 404);
 }
+
+/// Members log out of and back in to their groups with `#45*N#` / `*45*N#` (`*45#`, `#45#`: all
+/// their groups): 603 saying so, stored; a logged-out member is not rung; a phone that is no
+/// member of the group named gets 403.
+#[test]
+fn members_log_out_and_in_with_feature_codes() {
+    use super::groups::{Group, Strategy};
+    let group = |number: &str, members: &[&str]| Group {
+        number: number.into(),
+        name: String::new(),
+        strategy: Strategy::RingAll,
+        members: members.iter().map(|m| m.to_string()).collect(),
+        member_timeout_s: 10,
+        no_answer: None,
+        no_answer_after_s: 15,
+    };
+    let mut config = RegistrarConfig::default();
+    config.groups =
+        [("600".to_string(), group("600", &["100", "200"])), ("601".to_string(), group("601", &["100"]))].into();
+    let mut h = Harness::with(config, vec![]);
+    for (number, password, port) in [("100", PASSWORD_100, 5060), ("200", "secret-200", 5070)] {
+        let reg = Reg::new(number, &[&format!("<sip:{number}@192.0.2.7:{port}>")]).call_id(number);
+        assert_eq!(h.register_with(&reg, password).code(), 200);
+    }
+    let out = h.call_from("100", PASSWORD_100, "%2345*600%23", source());
+    assert_eq!((out.code(), out.response().reason.as_str()), (603, "Logged out: 600"));
+    assert!(matches!(&out.persisted[..], [RegistrarCommand::GroupLogin { group, member, logged_in: false }]
+        if group == "600" && member == "100"));
+    let route = h.call_from("200", "secret-200", "600", source()).routed.expect("routed");
+    assert!(route.contacts.iter().all(|b| b.aor == "200"), "100 is not rung: {:?}", route.contacts);
+    assert!(h.m.logged_in("601", "100"), "only 600");
+    assert_eq!(h.call_from("200", "secret-200", "%2345*601%23", source()).code(), 403, "not a member");
+    let all = h.call_from("100", PASSWORD_100, "*45%23", source());
+    assert_eq!((all.code(), all.response().reason.as_str()), (603, "Logged in: 600, 601"));
+    assert_eq!(all.persisted.len(), 1, "only the change is stored");
+    assert!(h.m.logged_in("600", "100"));
+}

@@ -129,6 +129,8 @@ enum SnapshotV {
         extensions: Vec<Extension>,
         bindings: Vec<Binding>,
         forwarding: Vec<(String, Forwarding)>,
+        /// Ring-group members logged out: (group, member).
+        logged_out: Vec<(String, String)>,
         cdrs: Vec<Cdr>,
         participations: Vec<Participation>,
         push_records: Vec<PushRecord>,
@@ -327,6 +329,7 @@ impl Applier for NodeApplier {
             extensions: state.extensions,
             bindings: state.bindings,
             forwarding: state.forwarding,
+            logged_out: state.logged_out,
             cdrs: s.all_cdrs().map_err(ApplyError::storage)?,
             participations: s.all_participations().map_err(ApplyError::storage)?,
             push_records: s.all_push_records().map_err(ApplyError::storage)?,
@@ -341,18 +344,18 @@ impl Applier for NodeApplier {
     fn install(&self, snapshot: &[u8]) -> Result<(), ApplyError> {
         // Snapshots before V4 carry no participations or push records: none are added. Before
         // V5 no forwarding: there was none.
-        let (extensions, bindings, cdrs, licence, unlocks, flags, tombstones, records, forwarding) =
+        let (extensions, bindings, cdrs, licence, unlocks, flags, tombstones, records, (forwarding, logged_out)) =
             match postcard::from_bytes(snapshot).map_err(|e| ApplyError::undecodable("snapshot", e))? {
                 SnapshotV::V1 { extensions, bindings, cdrs, licence, unlocks, flags } => {
                     let bindings = bindings_from_v1(bindings);
-                    (extensions, bindings, cdrs, licence, unlocks, flags, Vec::new(), None, Vec::new())
+                    (extensions, bindings, cdrs, licence, unlocks, flags, Vec::new(), None, Default::default())
                 }
                 SnapshotV::V2 { extensions, bindings, cdrs, licence, unlocks, flags, tombstones } => {
                     let bindings = bindings_from_v1(bindings);
-                    (extensions, bindings, cdrs, licence, unlocks, flags, tombstones, None, Vec::new())
+                    (extensions, bindings, cdrs, licence, unlocks, flags, tombstones, None, Default::default())
                 }
                 SnapshotV::V3 { extensions, bindings, cdrs, licence, unlocks, flags, tombstones } => {
-                    (extensions, bindings, cdrs, licence, unlocks, flags, tombstones, None, Vec::new())
+                    (extensions, bindings, cdrs, licence, unlocks, flags, tombstones, None, Default::default())
                 }
                 SnapshotV::V4 {
                     extensions,
@@ -366,12 +369,13 @@ impl Applier for NodeApplier {
                     tombstones,
                 } => {
                     let records = Some((participations, push_records));
-                    (extensions, bindings, cdrs, licence, unlocks, flags, tombstones, records, Vec::new())
+                    (extensions, bindings, cdrs, licence, unlocks, flags, tombstones, records, Default::default())
                 }
                 SnapshotV::V5 {
                     extensions,
                     bindings,
                     forwarding,
+                    logged_out,
                     cdrs,
                     participations,
                     push_records,
@@ -381,14 +385,14 @@ impl Applier for NodeApplier {
                     tombstones,
                 } => {
                     let records = Some((participations, push_records));
-                    (extensions, bindings, cdrs, licence, unlocks, flags, tombstones, records, forwarding)
+                    (extensions, bindings, cdrs, licence, unlocks, flags, tombstones, records, (forwarding, logged_out))
                 }
             };
         let s = &self.storage;
         // Tombstones first: a crash part-way must not leave the extensions without them.
         s.put_tombstones(&tombstones).map_err(ApplyError::storage)?;
         let before = s.load().map_err(ApplyError::storage)?;
-        s.replace_registrar(&extensions, &bindings, &forwarding).map_err(ApplyError::storage)?;
+        s.replace_registrar(&extensions, &bindings, &forwarding, &logged_out).map_err(ApplyError::storage)?;
         // Records only ever leave by retention, which every node applies by the same rules:
         // adding the snapshot's is enough.
         s.put_cdrs(&cdrs).map_err(ApplyError::storage)?;
@@ -430,6 +434,12 @@ impl Applier for NodeApplier {
         commands.extend(
             forwarding.into_iter().map(|(number, forwarding)| RegistrarCommand::SetForwarding { number, forwarding }),
         );
+        // Log-outs likewise: those the snapshot lacks are log-ins.
+        let login =
+            |(group, member): (String, String), logged_in| RegistrarCommand::GroupLogin { group, member, logged_in };
+        commands
+            .extend(before.logged_out.into_iter().filter(|pair| !logged_out.contains(pair)).map(|p| login(p, true)));
+        commands.extend(logged_out.into_iter().map(|p| login(p, false)));
         self.deliver(&commands, commands.clone());
         Ok(())
     }
@@ -786,6 +796,14 @@ mod tests {
             &request(2, Entry::Participations(vec![participation.clone()])),
             &request(2, Entry::PushRecords(vec![record.clone()])),
             &request(2, Entry::Registrar(vec![set.clone()])),
+            &request(
+                2,
+                Entry::Registrar(vec![RegistrarCommand::GroupLogin {
+                    group: "600".into(),
+                    member: "101".into(),
+                    logged_in: false,
+                }]),
+            ),
         ])
         .unwrap();
         let b_storage = Arc::new(Storage::open(dirs[1].path()).unwrap());
@@ -795,6 +813,7 @@ mod tests {
         b.apply(&[&request(2, Entry::Registrar(vec![stale]))]).unwrap();
         b.install(&a.snapshot().unwrap()).unwrap();
         assert_eq!(b_storage.load().unwrap().forwarding, [("101".to_string(), forwarding.clone())]);
+        assert_eq!(b_storage.load().unwrap().logged_out, [("600".to_string(), "101".to_string())]);
         {
             let Delivery::Pending(pending) = &*b.delivery.lock().unwrap() else { panic!("not connected yet") };
             let off = RegistrarCommand::SetForwarding { number: "100".into(), forwarding: Forwarding::default() };

@@ -433,6 +433,7 @@ impl Storage {
             if let Subject::Number(n) = subject {
                 let mut extensions = tx.open_table(EXTENSIONS).map_err(redb_err)?;
                 erased.extension += u64::from(extensions.remove(n.as_str()).map_err(redb_err)?.is_some());
+                super::remove_member_logouts(&mut tx.open_table(super::GROUP_LOGOUTS).map_err(redb_err)?, n)?;
                 // Its call forwarding goes with it, and so does every forward naming it.
                 let mut forwarding = tx.open_table(FORWARDING).map_err(redb_err)?;
                 forwarding.remove(n.as_str()).map_err(redb_err)?;
@@ -1104,6 +1105,8 @@ mod tests {
                 forwarding: forward(None, Some("101"), Some("102")),
             },
             RegistrarCommand::SetForwarding { number: "102".into(), forwarding: forward(Some("101"), None, None) },
+            RegistrarCommand::GroupLogin { group: "600".into(), member: "101".into(), logged_in: false },
+            RegistrarCommand::GroupLogin { group: "600".into(), member: "100".into(), logged_in: false },
         ])
         .unwrap();
         s.put_cdrs(&[cdr(1, 100, "100", "101"), cdr(2, 200, "101", "100"), cdr(3, 300, "100", "102")]).unwrap();
@@ -1146,6 +1149,7 @@ mod tests {
         assert_eq!(s.load().unwrap().bindings.len(), 1, "100's binding stays");
         // 101's forwarding went, and every forward naming it: 102's whole, 100's on busy.
         assert_eq!(s.load().unwrap().forwarding, [("100".to_string(), forward(None, None, Some("102")))]);
+        assert_eq!(s.load().unwrap().logged_out, [("600".to_string(), "100".to_string())], "101's log-out went");
     }
 
     fn forward(always: Option<&str>, busy: Option<&str>, no_answer: Option<&str>) -> pbx_actors::registrar::Forwarding {

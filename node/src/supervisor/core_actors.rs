@@ -83,6 +83,7 @@ impl Child for RegistrarChild {
                 extensions: snapshot.extensions,
                 bindings: snapshot.bindings,
                 forwarding: snapshot.forwarding,
+                logged_out: snapshot.logged_out,
                 clock: Arc::new(self.clock),
                 store: fence.clone(),
                 sink: Arc::new(self.sink.clone()),
