@@ -120,7 +120,7 @@ fn a_member_logged_out_is_not_rung_until_it_logs_in_again() {
             .media(G711::Pcmu, &RtpSink::for_sipp(), None)
             .args(&["-m", "1"])
             .run();
-        run.received_codes().into_iter().filter(|c| *c >= 200).last()
+        run.received_codes().into_iter().rfind(|c| *c >= 200)
     };
     assert_eq!(code(&pbx, "%2345*601%23"), Some(603));
     pbx.restart();

@@ -1793,12 +1793,11 @@ fn groups_ring_all_or_hunt_their_members() {
         no_answer: Some("400".into()),
         no_answer_after_s: 25,
     };
-    let mut config = RegistrarConfig::default();
-    config.groups = [
+    let groups = [
         ("600".to_string(), group(Strategy::RingAll)),
         ("601".to_string(), Group { number: "601".into(), ..group(Strategy::Hunt) }),
-    ]
-    .into();
+    ];
+    let config = RegistrarConfig { groups: groups.into(), ..Default::default() };
     let mut h = Harness::with(config, vec![]);
     for number in ["300", "400"] {
         let input = RegistrarInput::PutExtension {
@@ -1864,9 +1863,8 @@ fn members_log_out_and_in_with_feature_codes() {
         no_answer: None,
         no_answer_after_s: 15,
     };
-    let mut config = RegistrarConfig::default();
-    config.groups =
-        [("600".to_string(), group("600", &["100", "200"])), ("601".to_string(), group("601", &["100"]))].into();
+    let groups = [("600".to_string(), group("600", &["100", "200"])), ("601".to_string(), group("601", &["100"]))];
+    let config = RegistrarConfig { groups: groups.into(), ..Default::default() };
     let mut h = Harness::with(config, vec![]);
     for (number, password, port) in [("100", PASSWORD_100, 5060), ("200", "secret-200", 5070)] {
         let reg = Reg::new(number, &[&format!("<sip:{number}@192.0.2.7:{port}>")]).call_id(number);
