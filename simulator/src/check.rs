@@ -15,6 +15,12 @@
 //! The push checkers (`check/push.rs`) hold a fork that waits for a pushed phone to its timer,
 //! from the node's account and from its caller's.
 //!
+//! The forwarding checkers (`check/forwarding.rs`) keep a model of every extension's call
+//! forwarding from the feature codes its phone dialled and the answers it got: the answers
+//! agree with it, every call hears its final answer within the ring bound (a forward, loops
+//! included, adds one no-answer time at most), and a call is answered by a phone of the
+//! extension its forwarding leads to — one phone per call.
+//!
 //! The retention checkers judge the node's disk: no record outlives its retention (plus the
 //! reaper's interval, see [`Checker::check_retention`]), nothing inside its retention is
 //! touched (a ledger of every CDR and security-log entry the disk committed), and every
@@ -35,10 +41,12 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
+mod forwarding;
 mod proxy;
 mod push;
 mod rooms;
 
+pub use forwarding::{CODES, ForwardCounts, PARTIES, RINGS};
 pub use push::{BUCKET, CALLER, ForkCounts};
 
 /// RFC 3261's 64*T1 with T1 = 500 ms: how long a transaction may retransmit.
@@ -82,6 +90,9 @@ impl fmt::Display for Violation {
 /// The limits the checkers hold the system to, derived from its configuration.
 #[derive(Clone, Copy, Debug)]
 pub struct Bounds {
+    /// The longest a call may ring before its caller has the final answer (the no-answer time;
+    /// with forwarding, once more for the forward).
+    pub ring: Duration,
     /// The longest a call may stay in a node: ringing, talking and ending.
     pub call: Duration,
     /// The longest a transaction may live.
@@ -100,6 +111,7 @@ pub struct Bounds {
 impl Bounds {
     pub fn new(no_answer: Duration, rtp_timeout: Duration, talk_max: Duration, max_expires_s: u32) -> Bounds {
         Bounds {
+            ring: no_answer,
             call: no_answer + talk_max + rtp_timeout + ENDING_BOUND + SLACK,
             // An INVITE server transaction: the answer (bounded by the no-answer time), then
             // Timer L; a client one: the CANCEL guard after the no-answer CANCEL.
@@ -109,6 +121,18 @@ impl Bounds {
             silence: rtp_timeout,
             every: Duration::from_secs(10),
         }
+    }
+
+    /// With call forwarding: a call rings its first phones for the no-answer time at most (a
+    /// no-answer forward at `min(no_answer_after_s, no_answer)`, a busy forward whenever the
+    /// last phone refuses, both within the no-answer time), then the forward's phones for the
+    /// no-answer time again (their push wait inside it); a call is forwarded once at most.
+    /// Ringing, a call's life and its INVITE transaction's grow by one no-answer time.
+    pub fn with_forwarding(mut self, no_answer: Duration) -> Bounds {
+        self.ring += no_answer;
+        self.call += no_answer;
+        self.transaction += no_answer;
+        self
     }
 }
 
@@ -123,14 +147,22 @@ struct Attempt {
     ended: Option<Timestamp>,
     /// When the caller had its final response (a failure, or the answer).
     final_at: Option<Timestamp>,
+    /// It dialled a feature code (`*21*1002#`), not a number.
+    feature_code: bool,
+    /// The extension whose phone answered it (the callee's, or the one forwarding led to).
+    answered_by: Option<String>,
 }
 
 /// An answered call as one phone sees it.
 #[derive(Clone, Debug)]
 struct Dialog {
     call_id: String,
+    /// The other party: for a caller, the extension whose phone answered (the dialled one's,
+    /// or the one its forwarding led to); for a callee, the caller.
     peer: String,
     since: Timestamp,
+    /// This phone placed the call.
+    caller: bool,
 }
 
 #[derive(Debug, Default)]
@@ -160,6 +192,8 @@ struct PhoneModel {
     said: VecDeque<(Timestamp, String, String, Word)>,
     /// Calls it answered lately: (when, caller).
     answered: VecDeque<(Timestamp, String)>,
+    /// The Call-ID of the last call it dialled.
+    dialling: Option<String>,
 }
 
 /// A phone that must be hung up by a deadline because its peer hung up.
@@ -189,6 +223,8 @@ pub struct Checker {
     push: push::PushModel,
     /// The softphone proxy's ledger, when the run has one.
     proxy: Option<proxy::ProxyModel>,
+    /// Call forwarding as the phones were told it is.
+    forwarding: forwarding::ForwardingModel,
     pub checks: u64,
     pub violations: Vec<Violation>,
     /// Every violation by invariant, also those beyond the [`VIOLATIONS_MAX`] kept in full.
@@ -226,6 +262,7 @@ impl Checker {
             rooms: rooms::Rooms::default(),
             push: push::PushModel::default(),
             proxy: None,
+            forwarding: forwarding::ForwardingModel::default(),
             checks: 0,
             violations: Vec::new(),
             violated: BTreeMap::new(),
@@ -272,19 +309,23 @@ impl Checker {
     pub fn phone_event(&mut self, now: Timestamp, phone: usize, event: &PhoneEvent) {
         match event {
             PhoneEvent::Dialing { call_id, callee } => {
-                let attempt = Attempt { caller: phone, callee: callee.clone(), dialled: now, ..Default::default() };
+                let feature_code = self.code_dialled(now, phone, call_id, callee);
+                let attempt =
+                    Attempt { caller: phone, callee: callee.clone(), dialled: now, feature_code, ..Default::default() };
                 self.attempts.insert(call_id.clone(), attempt);
+                self.phones[phone].dialling = Some(call_id.clone());
             }
             PhoneEvent::Ringing { call_id } => {
                 if let Some(a) = self.attempts.get_mut(call_id) {
                     a.reached = true;
                 }
             }
-            PhoneEvent::CallFailed { call_id, code } => {
+            PhoneEvent::CallFailed { call_id, code, reason } => {
                 if let Some(a) = self.attempts.get_mut(call_id) {
                     a.ended = Some(now);
                     a.final_at.get_or_insert(now);
                 }
+                self.final_answer(now, call_id, Some((*code, reason)));
                 self.room_stay_ends(now, call_id);
                 if *code == 486 || *code == 603 {
                     self.check_refused_by_callee(now, phone, call_id, *code);
@@ -295,12 +336,20 @@ impl Checker {
                     a.reached = true;
                     a.final_at.get_or_insert(now);
                 }
-                self.phones[phone].dialog = Some(Dialog { call_id: call_id.clone(), peer: peer.clone(), since: now });
                 if *caller {
-                    self.check_answered_by_callee(now, phone, call_id);
-                } else {
-                    self.remember(now, phone, |m| m.answered.push_back((now, peer.clone())));
+                    self.final_answer(now, call_id, None);
                 }
+                let partner = match caller {
+                    true => self.check_answered_by_callee(now, phone, call_id),
+                    false => {
+                        self.one_callee_per_call(now, phone, call_id, peer);
+                        self.remember(now, phone, |m| m.answered.push_back((now, peer.clone())));
+                        None
+                    }
+                };
+                let peer = partner.unwrap_or_else(|| peer.clone());
+                self.phones[phone].dialog =
+                    Some(Dialog { call_id: call_id.clone(), peer, since: now, caller: *caller });
             }
             PhoneEvent::Said { call_id, peer, word } => {
                 if *word == Word::Bye {
@@ -310,13 +359,15 @@ impl Checker {
                 let said = (now, call_id.clone(), peer.clone(), *word);
                 self.remember(now, phone, |m| m.said.push_back(said));
             }
-            PhoneEvent::Ended { call_id, peer, .. } => {
+            PhoneEvent::Ended { call_id, .. } => {
                 if let Some(a) = self.attempts.get_mut(call_id) {
                     a.ended = Some(now);
                 }
+                // A BYE that overtook the caller's 2xx ends its wait (the call was answered).
+                self.ring_ends(now, call_id);
                 self.room_stay_ends(now, call_id);
-                if self.phones[phone].dialog.as_ref().is_some_and(|d| d.call_id == *call_id) {
-                    let since = self.phones[phone].dialog.take().map_or(now, |d| d.since);
+                if let Some(dialog) = self.phones[phone].dialog.take_if(|d| d.call_id == *call_id) {
+                    let (since, peer) = (dialog.since, &dialog.peer);
                     // The clock runs from the hang-up itself (the first BYE), not from its
                     // answer: a BYE pbx absorbs without routing it (answered only when the call
                     // ends some other way) must not buy the call time.
@@ -379,30 +430,57 @@ impl Checker {
         self.phones[callee].said.iter().any(|(at, _, peer, w)| *at >= since && peer == caller && word(*w))
     }
 
-    /// A caller's call was answered: by its callee, who sent a 2xx to pbx for this caller
-    /// since the call was dialled — never by somebody who forged the callee's 200.
-    fn check_answered_by_callee(&mut self, now: Timestamp, caller: usize, call_id: &str) {
-        // A room is answered by pbx itself.
-        let Some(attempt) = self.attempts.get(call_id).filter(|a| !self.is_room(&a.callee)) else { return };
-        let (callee, since) = (attempt.callee.clone(), attempt.dialled);
+    /// A caller's call was answered: by a callee's phone, which sent a 2xx to pbx for this
+    /// caller since the call was dialled — never by somebody who forged the callee's 200 —
+    /// and that callee is the dialled extension or one its forwarding leads to
+    /// ([`PARTIES`]). The extension that answered, for the caller's dialog.
+    fn check_answered_by_callee(&mut self, now: Timestamp, caller: usize, call_id: &str) -> Option<String> {
+        // A room is answered by pbx itself; a feature code never.
+        let attempt = self.attempts.get(call_id).filter(|a| !self.is_room(&a.callee))?;
+        let (callee, since, code) = (attempt.callee.clone(), attempt.dialled, attempt.feature_code);
         let extension = self.phones[caller].extension.clone();
-        let answered = self
-            .by_extension
-            .get(&callee)
-            .is_some_and(|&c| self.phones[c].answered.iter().any(|(at, peer)| *at >= since && *peer == extension));
-        self.check(now, "a call is answered only by its callee", answered, || {
-            format!("{extension}'s call {call_id} to {callee} was answered, but {callee} never answered it")
+        if code {
+            self.check(now, CODES, false, || {
+                format!("{extension}'s feature code {callee} ({call_id}) was answered 2xx")
+            });
+            return None;
+        }
+        // The phones that answered this caller since it dialled: the one still in the call
+        // first (pbx hangs up an answer that came too late, e.g. after a forward), then the
+        // latest.
+        let mut answerers: Vec<(bool, Timestamp, String)> = self
+            .phones
+            .iter()
+            .filter_map(|m| {
+                let at = m.answered.iter().rev().find(|(at, peer)| *at >= since && *peer == extension)?.0;
+                let open = m.dialog.as_ref().is_some_and(|d| !d.caller && d.peer == extension && d.since >= since);
+                Some((open, at, m.extension.clone()))
+            })
+            .collect();
+        answerers.sort_by_key(|(open, at, _)| std::cmp::Reverse((*open, *at)));
+        let answerers: Vec<String> = answerers.into_iter().map(|(_, _, e)| e).collect();
+        self.check(now, "a call is answered only by its callee", !answerers.is_empty(), || {
+            format!("{extension}'s call {call_id} to {callee} was answered, but no callee's phone answered it")
         });
+        let answerer = self.check_right_parties(now, call_id, &callee, since, &answerers)?;
+        if let Some(a) = self.attempts.get_mut(call_id) {
+            a.answered_by = Some(answerer.clone());
+        }
+        Some(answerer)
     }
 
     /// A caller's call was refused (486, 603): by its callee, who said so since the call was
     /// dialled — never by somebody who forged the refusal.
     fn check_refused_by_callee(&mut self, now: Timestamp, caller: usize, call_id: &str, code: u16) {
-        // A room (full) is refused by pbx itself.
-        let Some(attempt) = self.attempts.get(call_id).filter(|a| !self.is_room(&a.callee)) else { return };
+        // A room (full) is refused by pbx itself; a feature code is answered by it.
+        let Some(attempt) = self.attempts.get(call_id).filter(|a| !self.is_room(&a.callee) && !a.feature_code) else {
+            return;
+        };
         let (callee, since) = (attempt.callee.clone(), attempt.dialled);
         let extension = self.phones[caller].extension.clone();
-        let refused = self.callee_said(&callee, &extension, since, |w| w == Word::Reject(code));
+        // With forwarding, the phones of the extension it leads to may refuse (on busy).
+        let Some(parties) = self.parties(&callee, since, now) else { return };
+        let refused = parties.iter().any(|p| self.callee_said(p, &extension, since, |w| w == Word::Reject(code)));
         self.check(now, "a call is refused only by its callee", refused, || {
             format!("{extension}'s call {call_id} to {callee} got {code}, but {callee} never said {code}")
         });
@@ -443,6 +521,12 @@ impl Checker {
         } else if let Some(open) = model.disturbed.iter_mut().rev().find(|(_, to)| to.0 == u64::MAX) {
             open.1 = now;
         }
+    }
+
+    /// The other party of `phone`'s call, as the checkers know it: for a caller, the extension
+    /// whose phone answered (forwarding may have led elsewhere than the dialled number).
+    pub fn partner(&self, phone: usize) -> Option<&str> {
+        self.phones[phone].dialog.as_ref().map(|d| d.peer.as_str())
     }
 
     /// The phone is cut off from the nodes until `until`.
@@ -568,9 +652,12 @@ impl Checker {
         });
     }
 
-    /// Periodic, node-independent checks: expected hang-ups that are overdue.
+    /// Periodic, node-independent checks: expected hang-ups that are overdue, calls that rang
+    /// too long, two callees still in one call.
     pub fn check_phones(&mut self, now: Timestamp) {
         self.check_vanished(now);
+        self.check_rings(now);
+        self.check_one_callee(now);
         self.forget_left(now);
         let due: Vec<Expectation> = {
             let (due, pending) = std::mem::take(&mut self.expectations).into_iter().partition(|e| e.deadline <= now);
@@ -594,6 +681,8 @@ impl Checker {
     /// periodic check (run once more here) bounds their age.
     pub fn final_checks(&mut self, now: Timestamp, node: Option<(&SimNode, Timestamp)>, duplicates: &[Cdr]) {
         self.check_vanished(now);
+        self.check_rings(now);
+        self.check_one_callee(now);
         if let Some((node, node_now)) = node {
             self.check_node(now, node_now, node);
             let calls = node.call_count();
@@ -693,8 +782,17 @@ impl Checker {
                 });
             }
             Some(HangupSide::Callee) if answered => {
-                let since = self.attempts.get(&cdr.call_id).map_or(self.origin, |a| a.dialled);
-                let said = self.callee_said(&cdr.callee, &cdr.caller, since, |w| w == Word::Bye);
+                let attempt = self.attempts.get(&cdr.call_id);
+                let since = attempt.map_or(self.origin, |a| a.dialled);
+                // The callee is the phone that answered: the dialled extension's, or one its
+                // forwarding leads to (any of them, if the caller never heard who).
+                let parties = match attempt.and_then(|a| a.answered_by.clone()) {
+                    Some(answerer) => vec![answerer],
+                    None => self
+                        .parties(&cdr.callee, since, since + self.bounds.ring + SLACK)
+                        .map_or_else(|| vec![cdr.callee.clone()], |p| p.into_iter().collect()),
+                };
+                let said = parties.iter().any(|p| self.callee_said(p, &cdr.caller, since, |w| w == Word::Bye));
                 self.check(now, "no stranger ends a call", said, || {
                     format!(
                         "call {} ({} → {}) was hung up by the callee, who never said BYE",
@@ -1270,9 +1368,17 @@ mod tests {
         let mut c = office();
         c.phone_event(T0, 0, &PhoneEvent::Dialing { call_id: "a".into(), callee: "1001".into() });
         said(&mut c, 1, "b", Word::Reject(603));
-        c.phone_event(T0 + 3 * SECOND, 0, &PhoneEvent::CallFailed { call_id: "a".into(), code: 486 });
+        c.phone_event(
+            T0 + 3 * SECOND,
+            0,
+            &PhoneEvent::CallFailed { call_id: "a".into(), code: 486, reason: "Busy Here".into() },
+        );
         assert!(violated(&mut c, "a call is refused only by its callee"), "it said 603, not 486");
-        c.phone_event(T0 + 3 * SECOND, 0, &PhoneEvent::CallFailed { call_id: "a".into(), code: 603 });
+        c.phone_event(
+            T0 + 3 * SECOND,
+            0,
+            &PhoneEvent::CallFailed { call_id: "a".into(), code: 603, reason: "Decline".into() },
+        );
         assert!(!violated(&mut c, "a call is refused only by its callee"));
     }
 

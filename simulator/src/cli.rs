@@ -11,8 +11,8 @@
 
 use crate::attacker::AttackKind;
 use crate::options::{
-    ConferenceOptions, FaultOptions, NetOptions, Options, PushOptions, SimBugs, WorkloadFile, format_duration,
-    parse_duration,
+    ConferenceOptions, FaultOptions, ForwardingOptions, NetOptions, Options, PushOptions, SimBugs, WorkloadFile,
+    format_duration, parse_duration,
 };
 use crate::raft::{RaftBug, RaftOptions, RaftReport};
 use crate::sim::{Report, replay_command};
@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long)]
     phones: Option<usize>,
     /// A TOML file with [office], [network], [faults], [licence], [privacy], [attacker],
-    /// [conference] and [push] tables and [[rooms]] (see simulator/workloads/).
+    /// [conference], [push] and [forwarding] tables and [[rooms]] (see simulator/workloads/).
     #[arg(long)]
     workload: Option<std::path::PathBuf>,
     /// Run this many random seeds and report the failures.
@@ -47,9 +47,9 @@ pub struct Args {
     #[arg(long)]
     no_faults: bool,
     /// Switch on a deliberate bug to see the checkers catch it (skip-cdr, half-hangup,
-    /// early-expiry, lazy-reaper, eager-reaper, unrouted-request, lost-leg-event, unstored-ok;
-    /// the simulator's own glue: stuck-participant, slow-push-timer, forgotten-fork; with --raft:
-    /// raft-minority-ack, raft-forget-vote).
+    /// early-expiry, lazy-reaper, eager-reaper, unrouted-request, lost-leg-event, unstored-ok,
+    /// endless-forward; the simulator's own glue: stuck-participant, slow-push-timer,
+    /// forgotten-fork, forgotten-forwarding; with --raft: raft-minority-ack, raft-forget-vote).
     #[arg(long, value_name = "BUG")]
     inject_bug: Vec<String>,
     /// Keep going after a violation (collects up to 20) instead of stopping at the first.
@@ -69,6 +69,9 @@ pub struct Args {
     /// No phone is a mobile app woken by push (pbx still pushes, nobody asks for it).
     #[arg(long)]
     no_push: bool,
+    /// Nobody sets call forwarding (no feature codes dialled, no call forwarded).
+    #[arg(long)]
+    no_forwarding: bool,
     /// The attacker sees every datagram to and from pbx (a tap on its network), so its
     /// forgeries carry the real identifiers: it gets in, and the checkers must say so.
     #[arg(long)]
@@ -122,6 +125,7 @@ fn options(args: &Args) -> Result<Options, String> {
         options.attacker = file.attacker;
         options.conference = file.conference;
         options.push = file.push;
+        options.forwarding = file.forwarding;
         options.rooms = file.rooms;
     }
     if args.no_attacker {
@@ -132,6 +136,9 @@ fn options(args: &Args) -> Result<Options, String> {
     }
     if args.no_push {
         options.push = PushOptions { phones: 0.0, ..options.push };
+    }
+    if args.no_forwarding {
+        options.forwarding = ForwardingOptions::off();
     }
     if args.attacker_on_path {
         options.attacker.on_path = true;
@@ -178,6 +185,9 @@ fn extra_flags(args: &Args) -> String {
     }
     if args.no_push {
         extra += " --no-push";
+    }
+    if args.no_forwarding {
+        extra += " --no-forwarding";
     }
     if args.attacker_on_path {
         extra += " --attacker-on-path";
@@ -385,6 +395,29 @@ fn print_report(r: &Report, options: &Options) {
         r.node.push_records,
         deleted("push-records"),
     );
+    let (g, w) = (&r.forwarding, &r.forwarded);
+    if options.forwarding.changes_per_phone_per_day <= 0.0 {
+        println!("  forwarding: off; longest wait for a final answer {:.1} s", w.longest_ring.as_secs_f64());
+    } else {
+        println!(
+            "  forwarding: {} feature codes ({} loops, {} mistyped; at most {} phones forwarding): {} answered 603, {} \
+             403, {} 404, {} otherwise; judged: {} answers to codes, {} answered calls ({} answered where forwarding \
+             led), {} answered by two phones; longest wait for a final answer {:.1} s",
+            g.codes,
+            g.loops,
+            g.mistakes,
+            g.users_max,
+            g.confirmed,
+            g.refused,
+            g.unknown,
+            g.unanswered,
+            w.codes_judged,
+            w.answers_judged,
+            w.answered_elsewhere,
+            w.twins,
+            w.longest_ring.as_secs_f64()
+        );
+    }
     let violated: u64 = r.violated.values().sum();
     println!("  invariants: {} checks, {violated} violations", r.checks);
     if violated > r.violations.len() as u64 {

@@ -15,7 +15,7 @@ use pbx_actors::entry::{EntryStore, apply_entry};
 use pbx_actors::licence::{Stored, StoredUnlocks};
 use pbx_actors::privacy::reaper::{Action, Batch};
 use pbx_actors::privacy::{AuditEntry, Right, SecurityEntry};
-use pbx_actors::registrar::{Binding, Extension, RegistrarCommand};
+use pbx_actors::registrar::{Binding, Extension, Forwarding, RegistrarCommand};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Records of one kind, keyed `(time, id)` so that the oldest come first, as the node's tables
@@ -27,7 +27,7 @@ pub struct Disk {
     pub extensions: BTreeMap<String, Extension>,
     pub bindings: BTreeMap<(String, String), Binding>,
     /// Call forwarding by extension (only what is on).
-    pub forwarding: BTreeMap<String, pbx_actors::registrar::Forwarding>,
+    pub forwarding: BTreeMap<String, Forwarding>,
     /// CDRs by id; a second CDR with the same id is kept aside as a duplicate.
     pub cdrs: BTreeMap<u64, Cdr>,
     /// The CDRs' `(end, id)`, oldest first: the order the reaper deletes them in.
@@ -166,8 +166,12 @@ impl Disk {
     }
 
     /// What a node restores from at start.
-    pub fn snapshot(&self) -> (Vec<Extension>, Vec<Binding>) {
-        (self.extensions.values().cloned().collect(), self.bindings.values().cloned().collect())
+    pub fn snapshot(&self) -> (Vec<Extension>, Vec<Binding>, Vec<(String, Forwarding)>) {
+        (
+            self.extensions.values().cloned().collect(),
+            self.bindings.values().cloned().collect(),
+            self.forwarding.iter().map(|(n, f)| (n.clone(), f.clone())).collect(),
+        )
     }
 }
 
@@ -197,6 +201,8 @@ impl EntryStore for Disk {
                 RegistrarCommand::SetForwarding { number, forwarding } => {
                     self.forwarding.insert(number, forwarding);
                 }
+                // The simulated office has no ring groups yet.
+                RegistrarCommand::GroupLogin { .. } => {}
             }
         }
         Ok(())

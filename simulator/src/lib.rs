@@ -11,7 +11,8 @@
 //! passwords ([`scanner`]) and an attacker who spoofs, forges and injects to hang up, hijack,
 //! overhear and lock out ([`attacker`]); the node's retention reaper works on its disk, and
 //! the softphone proxy's ledger records the remote phones ([`proxy`]); some phones are mobile
-//! apps that sleep until pbx pushes them (RFC 8599) through a simulated push service ([`push`]).
+//! apps that sleep until pbx pushes them (RFC 8599) through a simulated push service ([`push`]),
+//! and a few users forward their calls with feature codes, loops among them.
 //! Invariant checkers ([`check`]) watch as it runs. Everything random comes from the seed, so
 //! a run is a function of its options: the same seed gives the same trace hash, and a failure
 //! replays.

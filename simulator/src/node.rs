@@ -67,7 +67,7 @@ use pbx_actors::push::{PushContact, PushParams, PushRecord};
 use pbx_actors::registrar::actor::PUSH_WATCHERS_MAX;
 use pbx_actors::registrar::glue::{self, WriteJob};
 use pbx_actors::registrar::{
-    Binding, Extension, Registrar, RegistrarCommand, RegistrarConfig, RegistrarEvent, RegistrarInput,
+    Binding, Extension, Forwarding, Registrar, RegistrarCommand, RegistrarConfig, RegistrarEvent, RegistrarInput,
 };
 use pbx_actors::sip::message::{Response, Transport};
 use pbx_actors::sip::transaction::TimerConfig;
@@ -207,9 +207,10 @@ pub enum Resolution {
     /// The push failed (`PushFailed` reached the call): the fork ends like a 480.
     Refused,
     /// The call ended it: the caller's final response (the push timer's 480 among them), an
-    /// answer elsewhere, or — with another fork ringing, where a fork's end leaves no trace
-    /// outside the call machine — the call, woken after the fork's timer, asking to be woken
-    /// no sooner than now (its `poll_timeout` covers every waiting fork's timer).
+    /// answer elsewhere, a forward elsewhere, or — with another fork ringing, where a fork's
+    /// end leaves no trace outside the call machine — the call, woken after the fork's timer,
+    /// asking to be woken no sooner than now (its `poll_timeout` covers every waiting fork's
+    /// timer).
     Ended,
 }
 
@@ -278,6 +279,9 @@ struct SimCall {
     /// Its forks that have no leg machine yet (parked ones), or never got one: the endpoint
     /// routes them from the call's start (`CallStart::forks`).
     unstarted: BTreeSet<LegId>,
+    /// The forks parked at its start were told about: a fork parked from now on (a forward's,
+    /// `b2bua::Call::forward`) is told about as it parks.
+    announced: bool,
 }
 
 /// One push of the node's push dispatch (a task of `push_dispatch.rs`).
@@ -494,12 +498,13 @@ pub struct SimNode {
 
 impl SimNode {
     /// Starts a node from what its disk holds (the appliance's start: restore, then put the
-    /// configured extensions). Drain [`poll_output`](Self::poll_output) afterwards.
+    /// configured extensions): extensions, bindings, call forwarding (given to the registrar as
+    /// its shell gives it, `Registrar::with_forwarding`) and the licence. Drain
+    /// [`poll_output`](Self::poll_output) afterwards.
     pub fn start(
         config: NodeConfig,
         seed: u64,
-        extensions: Vec<Extension>,
-        bindings: Vec<Binding>,
+        (extensions, bindings, forwarding): (Vec<Extension>, Vec<Binding>, Vec<(String, Forwarding)>),
         licence: Option<Stored>,
         now: Timestamp,
     ) -> SimNode {
@@ -510,7 +515,10 @@ impl SimNode {
             &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(splitmix64(&mut rng)),
             &mut secret,
         );
-        let registrar = Registrar::new(config.registrar.clone(), secret, extensions, bindings, now);
+        // Injected: the glue forgets the stored forwarding (every forward is off after a crash).
+        let forwarding = if config.sim_bugs.forgotten_forwarding { Vec::new() } else { forwarding };
+        let registrar =
+            Registrar::new(config.registrar.clone(), secret, extensions, bindings, now).with_forwarding(forwarding);
         let timers = TimerConfig::default();
         let call_config = CallConfig {
             no_answer: config.no_answer,
@@ -950,10 +958,14 @@ impl SimNode {
         let media = CallMedia::Relay { relay, ports };
         let (parked, unstarted) = (BTreeMap::new(), forks);
         let forks = unstarted.len();
-        self.calls.insert(id, SimCall { core, media, started: now, recorded: false, a, call_id, parked, unstarted });
+        let announced = false;
+        let call = SimCall { core, media, started: now, recorded: false, a, call_id, parked, unstarted, announced };
+        self.calls.insert(id, call);
         self.drain_call(now, id);
-        // Every fork that waits for a push began waiting now (only `Call::new` parks forks).
-        if let Some(c) = self.calls.get(&id) {
+        // Every fork parked so far began waiting now (the call's first forks, or a forward's
+        // when none of them could be called); a forward's later are told about as they park.
+        if let Some(c) = self.calls.get_mut(&id) {
+            c.announced = true;
             let only = c.parked.len() == forks;
             for leg in c.parked.keys() {
                 let event = ForkEvent::Parked { call: id, leg: *leg, call_id: c.call_id.clone(), only };
@@ -986,7 +998,8 @@ impl SimNode {
         let core = CallCore::new(now, self.call_config, setup, Legs::new());
         let (call_id, parked, unstarted) = (String::new(), BTreeMap::new(), BTreeSet::new());
         let media = CallMedia::Room(seat);
-        let call = SimCall { core, media, started: now, recorded: false, a, call_id, parked, unstarted };
+        let call =
+            SimCall { core, media, started: now, recorded: false, a, call_id, parked, unstarted, announced: true };
         self.calls.insert(id, call);
         self.drain_call(now, id);
     }
@@ -1209,6 +1222,11 @@ impl SimNode {
                 CoreOutput::Push { leg, binding, caller, callee } => {
                     // The call shell's `PushPort::wake`: a message to the push dispatch.
                     c.parked.insert(leg, now);
+                    if c.announced {
+                        // A forward's fork: the caller heard its first phones ring.
+                        let event = ForkEvent::Parked { call: id, leg, call_id: c.call_id.clone(), only: false };
+                        self.outputs.push_back(NodeOutput::Fork(event));
+                    }
                     self.work.push(Work::Push(PushWork::Wake { call: id, leg, binding: *binding, caller, callee }));
                 }
                 CoreOutput::Record(cdr) => {
@@ -1441,7 +1459,8 @@ impl SimNode {
 
     /// After the call handled an input: forks the call no longer waits for. An answered call
     /// forgets its waiting forks; with another fork ringing, a fork past its timer has ended
-    /// once the call asks to be woken no sooner than now (see [`Resolution::Ended`]).
+    /// once the call asks to be woken no sooner than now (see [`Resolution::Ended`]); a fork
+    /// reported gone without a leg (the call forwarded) has ended.
     fn settle_forks(&mut self, now: Timestamp, id: u64) {
         let Some(c) = self.calls.get(&id) else { return };
         if c.parked.is_empty() {
@@ -1451,10 +1470,12 @@ impl SimNode {
         let answered = c.core.call().answered_legs().is_some();
         let ringing = c.core.legs().iter().any(|(leg, l)| *leg != c.a && !c.parked.contains_key(leg) && !l.is_done());
         let quiet = c.core.call().poll_timeout().is_none_or(|t| t > now);
+        // A fork the call let go without a leg (`ForkGone`: a forward took the call elsewhere)
+        // has ended its wait too.
         let ended: Vec<LegId> = c
             .parked
             .iter()
-            .filter(|(_, at)| answered || (ringing && quiet && **at + wait <= now))
+            .filter(|(leg, at)| answered || (ringing && quiet && **at + wait <= now) || !c.unstarted.contains(*leg))
             .map(|(leg, _)| *leg)
             .collect();
         for leg in ended {

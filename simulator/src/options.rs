@@ -232,6 +232,68 @@ impl PushOptions {
     }
 }
 
+/// Call forwarding as the office's users set it: with the feature codes their phones dial
+/// (`*21*N#` always, `*67*N#` on busy, `*61*N*S#` on no answer after S seconds, `#21#`,
+/// `#67#`, `#61#` and `#002#` off; `#` written `%23`, RFC 3261 §19.1.2), now and then, a few
+/// of them at a time — and some on purpose into loops (A always to B while B always to A, and
+/// three-cycles), which pbx must cut.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForwardingOptions {
+    /// Changes per phone per day: a Poisson process over the whole office, one that falls
+    /// outside office time moved into the next office hour. A change sets forwarding on an idle
+    /// phone, or clears it on one that forwards.
+    pub changes_per_phone_per_day: f64,
+    /// At most this share of the phones forward at a time (rounded, and at least
+    /// [`FORWARDING_USERS_MIN`], so that a three-cycle fits): a change past it clears.
+    pub users: f64,
+    /// A change that sets forwarding sets up a loop instead (two or three phones, each always
+    /// to the next) with this probability.
+    pub loop_probability: f64,
+    /// A no-answer forward names its seconds (uniform in this range) ...
+    pub no_answer_s: (u64, u64),
+    /// ... with this probability; else pbx's default applies
+    /// ([`pbx_actors::registrar::forwarding::NO_ANSWER_AFTER_S_DEFAULT`]).
+    pub no_answer_s_probability: f64,
+    /// A user mistypes with this probability: a target that is no extension or the phone's own
+    /// (pbx answers 403), or a code pbx does not know (404).
+    pub mistake_probability: f64,
+    /// A phone sends a code's `#` as is in the Request-URI with this probability, else as
+    /// `%23` (RFC 3261 §19.1.2 wants it escaped; the README says pbx takes either).
+    pub unescaped_hash_probability: f64,
+}
+
+/// The fewest phones that may forward at a time (a three-cycle's).
+pub const FORWARDING_USERS_MIN: usize = 3;
+
+impl Default for ForwardingOptions {
+    /// About one change per phone per ten office days, at most one phone in twenty forwarding:
+    /// a few dozen forwarded calls a day in a 100-phone office, which keeps its character.
+    fn default() -> Self {
+        ForwardingOptions {
+            changes_per_phone_per_day: 0.1,
+            users: 0.05,
+            loop_probability: 0.2,
+            no_answer_s: (3, 12),
+            no_answer_s_probability: 0.7,
+            mistake_probability: 0.05,
+            unescaped_hash_probability: 0.0,
+        }
+    }
+}
+
+impl ForwardingOptions {
+    /// Nobody forwards.
+    pub fn off() -> Self {
+        ForwardingOptions { changes_per_phone_per_day: 0.0, ..Self::default() }
+    }
+
+    /// Phones that may forward at a time in an office of `phones`.
+    pub fn users_max(&self, phones: usize) -> usize {
+        ((self.users * phones as f64).round() as usize).max(FORWARDING_USERS_MIN).min(phones)
+    }
+}
+
 /// Deliberate bugs of the simulator's own glue (`--inject-bug`, beside the product's
 /// [`Bugs`]): they prove the checkers see what the glue gets wrong.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -246,10 +308,15 @@ pub struct SimBugs {
     /// down: the glue drops the core's `LegDown` for it, as the product did before
     /// `CallOutput::ForkGone`, so the endpoint routes to it for ever.
     pub forgotten_fork: bool,
+    /// A restarted node's registrar is not given the forwarding its disk holds (the glue
+    /// forgets the product shell's `with_forwarding`), so every forward set before a crash is
+    /// gone from routing though its phone was told it is on.
+    pub forgotten_forwarding: bool,
 }
 
 impl SimBugs {
-    pub const NAMES: [&'static str; 3] = ["stuck-participant", "slow-push-timer", "forgotten-fork"];
+    pub const NAMES: [&'static str; 4] =
+        ["stuck-participant", "slow-push-timer", "forgotten-fork", "forgotten-forwarding"];
 
     /// Switches on the bug called `name`; `false` if the simulator has none by that name.
     pub fn enable(&mut self, name: &str) -> bool {
@@ -257,6 +324,7 @@ impl SimBugs {
             "stuck-participant" => self.stuck_participant = true,
             "slow-push-timer" => self.slow_push_timer = true,
             "forgotten-fork" => self.forgotten_fork = true,
+            "forgotten-forwarding" => self.forgotten_forwarding = true,
             _ => return false,
         }
         true
@@ -540,6 +608,8 @@ pub struct Options {
     pub conference: ConferenceOptions,
     /// Phones woken by push, and the push service.
     pub push: PushOptions,
+    /// Call forwarding the users set with feature codes.
+    pub forwarding: ForwardingOptions,
     /// The softphone proxy's ledger and the phones that reach the PBX through it.
     pub proxy: crate::proxy::ProxyOptions,
     pub bugs: Bugs,
@@ -565,6 +635,7 @@ impl Options {
             rooms: RoomOptions::office(),
             conference: ConferenceOptions::default(),
             push: PushOptions::default(),
+            forwarding: ForwardingOptions::default(),
             proxy: crate::proxy::ProxyOptions::default(),
             bugs: Bugs::default(),
             sim_bugs: SimBugs::default(),
@@ -602,6 +673,11 @@ impl Options {
             ("push.loss", self.push.loss),
             ("push.unregistered", self.push.unregistered),
             ("push.new_port", self.push.new_port),
+            ("forwarding.users", self.forwarding.users),
+            ("forwarding.loop_probability", self.forwarding.loop_probability),
+            ("forwarding.no_answer_s_probability", self.forwarding.no_answer_s_probability),
+            ("forwarding.mistake_probability", self.forwarding.mistake_probability),
+            ("forwarding.unescaped_hash_probability", self.forwarding.unescaped_hash_probability),
         ];
         for (key, p) in probabilities {
             if !(0.0..=1.0).contains(&p) {
@@ -620,6 +696,7 @@ impl Options {
             ("attacker.rtp_per_day", self.attacker.rtp_per_day),
             ("attacker.flood_per_day", self.attacker.flood_per_day),
             ("conference.meetings_per_day", self.conference.meetings_per_day),
+            ("forwarding.changes_per_phone_per_day", self.forwarding.changes_per_phone_per_day),
         ];
         for (key, r) in rates {
             if !(r.is_finite() && r >= 0.0) {
@@ -656,6 +733,7 @@ impl Options {
             ("push.delivery_ms", self.push.delivery_ms),
             ("push.late_s", self.push.late_s),
             ("push.wake_ms", self.push.wake_ms),
+            ("forwarding.no_answer_s", self.forwarding.no_answer_s),
         ];
         for (key, (low, high)) in ranges {
             if low > high {
@@ -697,6 +775,7 @@ impl Options {
             return Err("office.talk_s_mean, office.talk_s_max and office.register_expires_s must be positive".into());
         }
         self.validate_push()?;
+        self.validate_forwarding()?;
         self.validate_rooms()
     }
 
@@ -710,6 +789,19 @@ impl Options {
         }
         if p.loss + p.unregistered > 1.0 {
             return Err("push.loss + push.unregistered: more than 1".into());
+        }
+        Ok(())
+    }
+
+    fn validate_forwarding(&self) -> Result<(), String> {
+        let (low, high) = self.forwarding.no_answer_s;
+        let range = pbx_actors::registrar::forwarding::NO_ANSWER_AFTER_S;
+        if low < u64::from(*range.start()) || high > u64::from(*range.end()) {
+            return Err(format!(
+                "forwarding.no_answer_s: [{low}, {high}] must lie within {}–{} (pbx refuses other seconds)",
+                range.start(),
+                range.end()
+            ));
         }
         Ok(())
     }
@@ -750,7 +842,7 @@ impl Options {
 }
 
 /// A workload file: `[office]`, `[network]`, `[faults]`, `[licence]`, `[privacy]`,
-/// `[attacker]`, `[conference]` and `[push]` tables and `[[rooms]]`, each optional (no `[[rooms]]`:
+/// `[attacker]`, `[conference]`, `[push]` and `[forwarding]` tables and `[[rooms]]`, each optional (no `[[rooms]]`:
 /// the default office's two rooms; `rooms = []`: none).
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -763,6 +855,7 @@ pub struct WorkloadFile {
     pub attacker: AttackerOptions,
     pub conference: ConferenceOptions,
     pub push: PushOptions,
+    pub forwarding: ForwardingOptions,
     pub rooms: Vec<RoomOptions>,
 }
 
@@ -777,6 +870,7 @@ impl Default for WorkloadFile {
             attacker: AttackerOptions::default(),
             conference: ConferenceOptions::default(),
             push: PushOptions::default(),
+            forwarding: ForwardingOptions::default(),
             rooms: RoomOptions::office(),
         }
     }
@@ -842,6 +936,7 @@ mod tests {
         assert_eq!(file.conference, ConferenceOptions::default(), "the example shows the defaults");
         assert_eq!(file.rooms, RoomOptions::office(), "the example shows the defaults");
         assert_eq!(file.push, PushOptions::default(), "the example shows the defaults");
+        assert_eq!(file.forwarding, ForwardingOptions::default(), "the example shows the defaults");
         let harsh = WorkloadFile::parse(include_str!("../workloads/harsh.toml")).unwrap();
         assert_eq!((harsh.office.phones, harsh.network.loss), (40, 0.05));
         assert_eq!(harsh.rooms, RoomOptions::office(), "no [[rooms]]: the office's");
@@ -880,6 +975,12 @@ mod tests {
         let mut o = base.clone();
         o.push.awake_s = 10;
         assert!(o.validate().unwrap_err().starts_with("push.awake_s:"));
+        let mut o = base.clone();
+        o.forwarding.no_answer_s = (0, 10);
+        assert!(o.validate().unwrap_err().starts_with("forwarding.no_answer_s:"));
+        let mut o = base.clone();
+        o.forwarding.changes_per_phone_per_day = -1.0;
+        assert!(o.validate().unwrap_err().starts_with("forwarding.changes_per_phone_per_day:"));
         let mut o = base.clone();
         o.conference.vanish_probability = 2.0;
         assert!(o.validate().unwrap_err().starts_with("conference.vanish_probability:"));

@@ -247,10 +247,12 @@ pub enum PhoneEvent {
         call_id: String,
     },
     /// Caller: a final non-2xx to the (authenticated) INVITE, 408 on timeout, 487 after our
-    /// CANCEL.
+    /// CANCEL. `reason`: the response's reason phrase (empty on a timeout): what a feature
+    /// code did, for one (`Forwarding on: always to 1002`).
     CallFailed {
         call_id: String,
         code: u16,
+        reason: String,
     },
     /// Callee: a new INVITE from the pbx (`caller` is the From user part).
     Incoming {
@@ -265,7 +267,8 @@ pub enum PhoneEvent {
         caller: bool,
     },
     /// An established call is over for this phone. For a local hangup this is announced when
-    /// the BYE gets its final response (or times out: `Timeout`).
+    /// the BYE gets its final response (or times out: `Timeout`). Also a call whose BYE
+    /// overtook its 2xx (`RemoteBye` before any `Established`).
     Ended {
         call_id: String,
         peer: String,
@@ -980,7 +983,7 @@ impl Phone {
             Kind::Register => self.register_failed(now, 408),
             Kind::Invite => {
                 if self.call.as_ref().is_some_and(|c| c.caller && c.call_id == tx.call_id && c.invite_cseq == tx.cseq) {
-                    self.call_failed(408);
+                    self.call_failed(408, "");
                 }
             }
             Kind::Cancel => {} // The INVITE's own timer decides.
@@ -1224,10 +1227,10 @@ impl Phone {
                         }
                         self.send_invite(now, Some(auth));
                     }
-                    _ => self.call_failed(code),
+                    _ => self.call_failed(code, &response.reason),
                 }
             }
-            _ => self.call_failed(code),
+            _ => self.call_failed(code, &response.reason),
         }
     }
 
@@ -1293,11 +1296,11 @@ impl Phone {
         self.transmit(to, bytes);
     }
 
-    fn call_failed(&mut self, code: u16) {
+    fn call_failed(&mut self, code: u16, reason: &str) {
         let Some(call) = self.call.take() else { return };
         // Its CANCEL, if any, has nothing left to cancel.
         self.transactions.retain(|t| t.call_id != call.call_id);
-        self.event(PhoneEvent::CallFailed { call_id: call.call_id, code });
+        self.event(PhoneEvent::CallFailed { call_id: call.call_id, code, reason: reason.to_owned() });
     }
 
     // ---- calls as callee ------------------------------------------------------------------
@@ -1506,8 +1509,14 @@ impl Phone {
             }
             // Our own BYE is in flight: its answer ends the call.
             Some(Phase::Terminating(_)) | None => {}
-            // A BYE before any 2xx is not how pbx ends a call, but drop it anyway.
-            Some(_) => self.call = None,
+            // A BYE before any 2xx: pbx's BYE overtook the 2xx it follows (the network
+            // reordered them; pbx never sends BYE on an early dialog). The call is over.
+            Some(_) => {
+                if let Some(call) = self.call.take() {
+                    let (call_id, peer) = (call.call_id, call.peer);
+                    self.event(PhoneEvent::Ended { call_id, peer, reason: EndReason::RemoteBye });
+                }
+            }
         }
     }
 
@@ -2888,6 +2897,29 @@ mod tests {
         let (vanished, _) = said.iter().find(|(_, e)| *e == RoomEvent::Vanished).expect("vanished");
         assert_eq!(*vanished, t + stay);
         assert!(rtp.iter().all(|(at, _)| at < vanished), "nothing after it vanished");
+        assert_eq!(phone.in_call(), None);
+    }
+
+    /// A BYE that overtakes the 2xx it follows (the network reordered them) ends the caller's
+    /// call: it answers 200, says the call ended, and is free for the next.
+    #[test]
+    fn a_bye_before_the_2xx_ends_the_call() {
+        let mut phone = registered_phone();
+        let t = Timestamp::from_secs(1);
+        phone.handle(t, PhoneInput::Dial { callee: "202".into(), talk: Duration::from_secs(5) });
+        let invite = request(&transmits(&mut phone)[0].1);
+        deliver(&mut phone, t, invite.response(180, Some("p2")).to_bytes());
+        let _ = outputs(&mut phone);
+        let call_id = invite.call_id().expect("Call-ID");
+        let bye = format!(
+            "BYE sip:201@10.1.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKx2\r\n\
+             From: <sip:202@10.0.0.1>;tag=p2\r\nTo: <sip:201@10.0.0.1>;tag=x\r\nCall-ID: {call_id}\r\n\
+             CSeq: 1 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        deliver(&mut phone, t, Bytes::from(bye));
+        let (sent, events) = outputs(&mut phone);
+        assert_eq!(response(&sent[0].1).code, 200);
+        assert!(matches!(&events[..], [PhoneEvent::Ended { reason: EndReason::RemoteBye, .. }]), "{events:?}");
         assert_eq!(phone.in_call(), None);
     }
 

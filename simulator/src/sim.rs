@@ -77,11 +77,32 @@ pub struct Report {
     /// The push service's account, and how the forks that waited for a push ended.
     pub push: PushReport,
     pub forks: crate::check::ForkCounts,
+    /// What the users did with call forwarding, and what the checkers judged of it.
+    pub forwarding: ForwardingReport,
+    pub forwarded: crate::check::ForwardCounts,
     pub checks: u64,
     pub violations: Vec<Violation>,
     /// Every violation by invariant (only the first [`crate::check::VIOLATIONS_MAX`] are kept
     /// in `violations`).
     pub violated: BTreeMap<&'static str, u64>,
+}
+
+/// What the office's users did with call forwarding (their feature codes, and pbx's answers).
+#[derive(Clone, Debug, Default)]
+pub struct ForwardingReport {
+    /// Feature codes dialled, and pbx's answers: 603 (done), 403, 404, anything else (none,
+    /// or one for overload).
+    pub codes: u64,
+    pub confirmed: u64,
+    pub refused: u64,
+    pub unknown: u64,
+    pub unanswered: u64,
+    /// Loops set up on purpose (two or three phones, each always to the next), and codes
+    /// mistyped on purpose.
+    pub loops: u64,
+    pub mistakes: u64,
+    /// The most phones forwarding at once, as their users meant it.
+    pub users_max: u64,
 }
 
 /// What the retention reaper did and what the intruder tried.
@@ -282,6 +303,43 @@ enum Event {
     PushReaches {
         phone: usize,
     },
+    /// A user sets or clears call forwarding (the next change is drawn now).
+    ForwardChange,
+    /// A phone dials a feature code (if it is idle by then; else `undo` puts the plan back).
+    ForwardCode {
+        phone: usize,
+        code: String,
+        undo: Undo,
+    },
+}
+
+/// What a feature code that could not be dialled leaves in the users' plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Undo {
+    Nothing,
+    /// The phone was to forward: it does not.
+    Unset,
+    /// The phone was to stop forwarding: it still does.
+    Reset(Planned),
+}
+
+/// What a user means its phone to forward (one kind per phone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Planned {
+    Always,
+    Busy,
+    NoAnswer,
+}
+
+impl Planned {
+    /// The code that switches it off.
+    fn off(self) -> &'static str {
+        match self {
+            Planned::Always => "%2321%23",
+            Planned::Busy => "%2367%23",
+            Planned::NoAnswer => "%2361%23",
+        }
+    }
 }
 
 impl Event {
@@ -314,6 +372,8 @@ impl Event {
             Event::ProxyWake => 25,
             Event::PushAnswer { .. } => 26,
             Event::PushReaches { .. } => 27,
+            Event::ForwardChange => 28,
+            Event::ForwardCode { .. } => 29,
         }
     }
 }
@@ -437,6 +497,11 @@ pub struct Sim {
     proxy: Option<SimProxy>,
     /// The push service and the apps' tokens (its draws: stream 12).
     push: PushService,
+    /// Call forwarding: what each user means its phone to forward, the feature codes whose
+    /// answer is awaited, and the stream the changes are drawn from (13).
+    forwarders: BTreeMap<usize, Planned>,
+    codes_in_flight: BTreeSet<String>,
+    forward_rng: StdRng,
 }
 
 /// The attacker's own address (TEST-NET-1): the only one it receives at.
@@ -534,7 +599,11 @@ impl Sim {
         let extensions: Vec<String> = (0..w.phones).map(extension).collect();
         // The longest a phone stays in a call: its talk time, or its stay in a room.
         let talk_max = Duration::from_secs(w.talk_s_max).max(options.conference.stay_max());
-        let bounds = Bounds::new(NO_ANSWER, RTP_TIMEOUT, talk_max, registrar.max_expires_s);
+        let mut bounds = Bounds::new(NO_ANSWER, RTP_TIMEOUT, talk_max, registrar.max_expires_s);
+        if options.forwarding.changes_per_phone_per_day > 0.0 {
+            // A forwarded call rings once more, the forward's phones, as long at most.
+            bounds = bounds.with_forwarding(NO_ANSWER);
+        }
         let drain = options.drain.max(talk_max + NO_ANSWER + Duration::from_secs(600));
         let proxy =
             options.proxy.enabled.then(|| SimProxy::new(options.proxy.clone(), seeded(seed, 11), w.phones, ORIGIN));
@@ -578,6 +647,9 @@ impl Sim {
             room_rng: seeded(seed, 10),
             proxy,
             push,
+            forwarders: BTreeMap::new(),
+            codes_in_flight: BTreeSet::new(),
+            forward_rng: seeded(seed, 13),
             fault_rng: seeded(seed, 5),
             stall_rng: seeded(seed, 6),
             options: options.clone(),
@@ -696,6 +768,10 @@ impl Sim {
             let at = sim.next_meeting_time(ORIGIN);
             sim.schedule(at, Event::Meeting);
         }
+        if options.forwarding.changes_per_phone_per_day > 0.0 && w.phones >= 2 {
+            let at = sim.next_forward_time(ORIGIN);
+            sim.schedule(at, Event::ForwardChange);
+        }
         sim.schedule(ORIGIN + options.check_every, Event::Check);
         sim.schedule(sim.drain_at, Event::Drain);
         sim
@@ -760,6 +836,7 @@ impl Sim {
         (report.room_frames, report.lone_talker_frames) = self.checker.room_frames();
         report.push = self.push.report;
         report.forks = self.checker.fork_counts();
+        report.forwarded = self.checker.forward_counts();
         report.violations = self.checker.violations;
         report.violated = self.checker.violated;
         report
@@ -1002,6 +1079,8 @@ impl Sim {
             }
             Event::ScanStart => self.scan_start(),
             Event::Meeting => self.meeting(),
+            Event::ForwardChange => self.forward_change(),
+            Event::ForwardCode { phone, code, undo } => self.dial_code(phone, code, undo),
             Event::JoinRoom { phone, room, stay } => self.join_room(phone, room, stay),
             Event::PushAnswer { node, incarnation, id, outcome, phone } => {
                 self.trace.u64(id);
@@ -1120,11 +1199,11 @@ impl Sim {
 
     fn start_node(&mut self, node: usize, seed: u64) {
         let slot = &mut self.nodes[node];
-        let (extensions, bindings) = slot.disk.snapshot();
+        let stored = slot.disk.snapshot();
         let local = slot.clock.local(self.now);
         slot.up_since = Some(local);
         let licence = slot.disk.licence.clone();
-        slot.node = Some(SimNode::start(slot.config.clone(), seed, extensions, bindings, licence, local));
+        slot.node = Some(SimNode::start(slot.config.clone(), seed, stored, licence, local));
         self.after_node(node);
     }
 
@@ -1395,32 +1474,61 @@ impl Sim {
     }
 
     fn phone_event(&mut self, phone: usize, event: PhoneEvent) {
-        if let PhoneEvent::Established { call_id, peer, caller: true } = &event {
-            self.maybe_hang_up_together(phone, call_id, peer);
+        // The checkers first: they know who answered a call (forwarding may lead elsewhere).
+        self.checker.phone_event(self.now, phone, &event);
+        if let PhoneEvent::Established { call_id, caller: true, .. } = &event
+            && !self.codes_in_flight.contains(call_id)
+        {
+            self.maybe_hang_up_together(phone, call_id);
         }
         match &event {
             PhoneEvent::Registered { .. } => self.report.registrations += 1,
-            PhoneEvent::Dialing { callee, .. } => {
-                self.report.calls_dialled += 1;
+            PhoneEvent::Dialing { call_id, callee } => {
+                if is_feature_code(callee) {
+                    self.report.forwarding.codes += 1;
+                    self.codes_in_flight.insert(call_id.clone());
+                } else {
+                    self.report.calls_dialled += 1;
+                }
                 if let Some(p) = self.proxy.as_mut() {
                     let extension = &self.phones[phone].phone.config().extension;
                     p.phone_dialled(self.now, phone, extension, callee, &mut self.checker);
                 }
             }
-            PhoneEvent::Established { caller: true, .. } => self.report.calls_answered += 1,
-            PhoneEvent::CallFailed { .. } => self.report.calls_failed += 1,
+            PhoneEvent::Established { call_id, caller: true, .. } => {
+                if self.codes_in_flight.remove(call_id) {
+                    self.report.forwarding.unanswered += 1;
+                } else {
+                    self.report.calls_answered += 1;
+                }
+            }
+            PhoneEvent::CallFailed { call_id, code, .. } => {
+                if self.codes_in_flight.remove(call_id) {
+                    let f = &mut self.report.forwarding;
+                    match code {
+                        603 => f.confirmed += 1,
+                        403 => f.refused += 1,
+                        404 => f.unknown += 1,
+                        _ => f.unanswered += 1,
+                    }
+                } else {
+                    self.report.calls_failed += 1;
+                }
+            }
             PhoneEvent::Room { event: crate::phone::RoomEvent::Vanished, .. } => self.report.room_vanished += 1,
             _ => {}
         }
-        self.checker.phone_event(self.now, phone, &event);
     }
 
-    /// Sometimes both parties of a call that just got answered will hang up at one moment.
-    fn maybe_hang_up_together(&mut self, caller: usize, call_id: &str, peer: &str) {
+    /// Sometimes both parties of a call that just got answered will hang up at one moment: the
+    /// caller and the phone that answered (the checkers know which: forwarding may have led
+    /// elsewhere than the dialled number).
+    fn maybe_hang_up_together(&mut self, caller: usize, call_id: &str) {
         let w = &self.options.workload;
         if !self.work_rng.random_bool(w.hangup_together_probability.clamp(0.0, 1.0)) {
             return;
         }
+        let peer = self.checker.partner(caller).unwrap_or_default();
         let Some(callee) =
             peer.parse::<usize>().ok().and_then(|n| n.checked_sub(1000)).filter(|&i| i < self.phones.len())
         else {
@@ -1641,6 +1749,120 @@ impl Sim {
         self.report.room_joins += 1;
         self.feed_phone(phone, PhoneInput::JoinRoom { room: number, pin, stay, tone_hz });
     }
+}
+
+impl Sim {
+    /// The next forwarding change: a Poisson process over the office, one that falls outside
+    /// office time moved into the next office hour.
+    fn next_forward_time(&mut self, from: Timestamp) -> Timestamp {
+        let per_day = self.options.forwarding.changes_per_phone_per_day * self.phones.len().max(1) as f64;
+        let at = from + exponential(&mut self.forward_rng, DAY_S as f64 / per_day);
+        self.next_office_time(at, |sim| &mut sim.forward_rng)
+    }
+
+    /// A phone that would dial now: here, registered, in no call.
+    fn phone_idle(&self, phone: usize) -> bool {
+        let slot = &self.phones[phone];
+        !slot.away && slot.phone.in_call().is_none() && slot.phone.is_registered(slot.clock.local(self.now))
+    }
+
+    /// A user changes call forwarding: clears it on a phone that forwards (always, once as many
+    /// forward as the office allows), or sets it on an idle phone — now and then on purpose
+    /// into a loop of two or three phones, each always to the next, or mistyped.
+    fn forward_change(&mut self) {
+        if self.draining {
+            return;
+        }
+        let next = self.next_forward_time(self.now);
+        self.schedule(next, Event::ForwardChange);
+        let f = self.options.forwarding.clone();
+        let phones = self.phones.len();
+        let users_max = f.users_max(phones);
+        let on = self.forwarders.len();
+        let rng = &mut self.forward_rng;
+        if on > 0 && (on >= users_max || rng.random_bool(0.4)) {
+            let Some((&phone, &kind)) = self.forwarders.iter().nth(rng.random_range(0..on)) else { return };
+            let code = if rng.random_bool(0.5) { "%23002%23" } else { kind.off() };
+            self.forwarders.remove(&phone);
+            return self.schedule(self.now, Event::ForwardCode { phone, code: code.into(), undo: Undo::Reset(kind) });
+        }
+        if rng.random_bool(f.mistake_probability) {
+            let phone = rng.random_range(0..phones);
+            self.report.forwarding.mistakes += 1;
+            let code = match rng.random_range(0..3) {
+                0 => "*21*9999%23".to_owned(),
+                1 => format!("*67*{}%23", extension(phone)),
+                _ => "*99%23".to_owned(),
+            };
+            return self.schedule(self.now, Event::ForwardCode { phone, code, undo: Undo::Nothing });
+        }
+        let mut free: Vec<usize> =
+            (0..phones).filter(|p| !self.forwarders.contains_key(p) && self.phone_idle(*p)).collect();
+        let rng = &mut self.forward_rng;
+        let size = if rng.random_bool(f.loop_probability) { rng.random_range(2..=3) } else { 1 };
+        if free.len() < size || on + size > users_max {
+            return;
+        }
+        let mut members = Vec::new();
+        for _ in 0..size {
+            members.push(free.swap_remove(rng.random_range(0..free.len())));
+        }
+        if size > 1 {
+            // A loop: each always to the next, dialled a few seconds apart.
+            self.report.forwarding.loops += 1;
+            let mut at = self.now;
+            for (i, &phone) in members.iter().enumerate() {
+                let code = format!("*21*{}%23", extension(members[(i + 1) % size]));
+                self.forwarders.insert(phone, Planned::Always);
+                self.schedule(at, Event::ForwardCode { phone, code, undo: Undo::Unset });
+                at = at + Duration::from_millis(self.forward_rng.random_range(1_000..=10_000));
+            }
+        } else {
+            let phone = members[0];
+            let mut target = rng.random_range(0..phones - 1);
+            if target >= phone {
+                target += 1;
+            }
+            let target = extension(target);
+            let (kind, code) = match rng.random_range(0..3) {
+                0 => (Planned::Always, format!("*21*{target}%23")),
+                1 => (Planned::Busy, format!("*67*{target}%23")),
+                _ if rng.random_bool(f.no_answer_s_probability) => {
+                    let s = uniform_s(rng, f.no_answer_s).as_secs();
+                    (Planned::NoAnswer, format!("*61*{target}*{s}%23"))
+                }
+                _ => (Planned::NoAnswer, format!("*61*{target}%23")),
+            };
+            self.forwarders.insert(phone, kind);
+            self.schedule(self.now, Event::ForwardCode { phone, code, undo: Undo::Unset });
+        }
+        self.report.forwarding.users_max = self.report.forwarding.users_max.max(self.forwarders.len() as u64);
+    }
+
+    /// The phone dials the feature code, unless it is no longer idle (the plan is undone).
+    fn dial_code(&mut self, phone: usize, code: String, undo: Undo) {
+        if self.draining || !self.phone_idle(phone) {
+            match undo {
+                Undo::Nothing => {}
+                Undo::Unset => {
+                    self.forwarders.remove(&phone);
+                }
+                Undo::Reset(kind) => {
+                    self.forwarders.insert(phone, kind);
+                }
+            }
+            return;
+        }
+        // Phones escape `#` in the Request-URI (RFC 3261 §19.1.2); some send it as is.
+        let p = self.options.forwarding.unescaped_hash_probability;
+        let code = if p > 0.0 && self.forward_rng.random_bool(p) { code.replace("%23", "#") } else { code };
+        self.feed_phone(phone, PhoneInput::Dial { callee: code, talk: Duration::from_secs(1) });
+    }
+}
+
+/// A dialled number that is a feature code (`*21*1002%23`, `%23002%23`).
+fn is_feature_code(dialled: &str) -> bool {
+    dialled.starts_with(['*', '#']) || dialled.starts_with("%23")
 }
 
 /// The payload of an RTP packet (RFC 3550 §5.1: after the CSRCs and the header extension).

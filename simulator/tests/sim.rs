@@ -4,9 +4,9 @@
 
 use pbx_actors::privacy::reaper::Action;
 use pbx_simulator::attacker::AttackKind;
-use pbx_simulator::check::{BUCKET, CALLER, TRANSACTIONS_PER_PHONE_MAX, TRANSACTIONS_SLACK};
+use pbx_simulator::check::{BUCKET, CALLER, CODES, PARTIES, RINGS, TRANSACTIONS_PER_PHONE_MAX, TRANSACTIONS_SLACK};
 use pbx_simulator::options::{
-    AttackerOptions, ConferenceOptions, FaultOptions, NetOptions, Options, PushOptions, Workload,
+    AttackerOptions, ConferenceOptions, FaultOptions, ForwardingOptions, NetOptions, Options, PushOptions, Workload,
 };
 use pbx_simulator::{Report, run};
 use std::process::Command;
@@ -612,4 +612,98 @@ fn pbx_sim_replays_a_slow_push_timer() {
     // Seed 1's first call to a sleeping app whose push is late comes on its first morning.
     let args = ["--seed", "1", "--duration", "1d", "--phones", "100", "--inject-bug", "slow-push-timer"];
     replays(&args, BUCKET);
+}
+
+// ---- Call forwarding (feature codes, loops: check/forwarding.rs) ----
+
+/// Half the office forwards at a time and changes it every few minutes, a third of the new
+/// forwards into loops of two or three, one code in ten mistyped; calls, faults and the
+/// attacker as in [`options`].
+fn forwarding_options(seed: u64, hours: u64) -> Options {
+    let mut o = options(seed, hours);
+    o.forwarding = ForwardingOptions {
+        changes_per_phone_per_day: 48.0,
+        users: 0.5,
+        loop_probability: 0.3,
+        mistake_probability: 0.1,
+        ..ForwardingOptions::default()
+    };
+    o
+}
+
+/// Users set and clear forwarding with feature codes, loops among them, under crashes,
+/// partitions and loss: every answer agrees with the model, every call hears its final answer
+/// within the ring bound, every call is answered by a phone forwarding may lead to — and each
+/// of those was put to work.
+#[test]
+fn forwarding_holds_every_invariant_under_faults() {
+    let mut crashes = 0;
+    for seed in [81, 82] {
+        let report = run(forwarding_options(seed, 4));
+        assert_busy(&report);
+        assert_clean(&report);
+        let (g, w) = (&report.forwarding, &report.forwarded);
+        assert!(g.codes >= 50 && g.confirmed >= 40 && g.loops >= 3, "seed {seed}: {g:?}");
+        assert!(g.refused + g.unknown > 0, "seed {seed}: mistakes answered 403 or 404: {g:?}");
+        assert!(w.codes_judged >= 40 && w.answered_elsewhere >= 10, "seed {seed}: {w:?}");
+        crashes += report.faults.crashes;
+    }
+    assert!(crashes > 0, "codes whose answer a crash took");
+}
+
+/// With forwarding, the same seed gives the same run and another seed another; without it, a
+/// run is the one it was before forwarding was simulated.
+#[test]
+fn forwarding_keeps_runs_deterministic() {
+    let (first, again, other) =
+        (run(forwarding_options(83, 2)), run(forwarding_options(83, 2)), run(forwarding_options(84, 2)));
+    assert!(first.forwarding.codes > 0);
+    assert_eq!(first.trace_hash, again.trace_hash, "same seed, same trace");
+    assert_eq!(first.forwarded, again.forwarded);
+    assert_ne!(first.trace_hash, other.trace_hash, "another seed, another trace");
+    let mut off = options(83, 2);
+    off.forwarding = ForwardingOptions::off();
+    let off = run(off);
+    assert_eq!(off.forwarding.codes, 0);
+    assert_clean(&off);
+}
+
+/// Proves the ring bound bites: with the call machine forwarding without re-arming its
+/// no-answer timer, a forward whose phone lets it ring rings on (until a phone gives up after
+/// five minutes), and a seed clean without the bug fails.
+#[test]
+fn an_injected_endless_forward_is_caught() {
+    let buggy = |seed| {
+        let mut o = forwarding_options(seed, 3);
+        // Phones that let it ring: the forward's is left ringing.
+        o.workload.answer_probability = 0.5;
+        o
+    };
+    let clean = run(buggy(85));
+    assert_clean(&clean);
+    let mut o = buggy(85);
+    o.bugs.endless_forward = true;
+    let report = run(o);
+    assert!(violations_of(&report, RINGS) > 0, "{:?}", report.violated);
+}
+
+/// Proves the forwarding model is the phones': a restarted node that forgot the stored
+/// forwarding rings the dialled extension of a call its forwarding should have taken elsewhere.
+#[test]
+fn an_injected_forgotten_forwarding_is_caught() {
+    let clean = run(forwarding_options(86, 4));
+    assert_clean(&clean);
+    assert!(clean.faults.crashes > 0, "{:?}", clean.faults);
+    let mut o = forwarding_options(86, 4);
+    o.sim_bugs.forgotten_forwarding = true;
+    let report = run(o);
+    assert!(violations_of(&report, PARTIES) > 0, "{:?}", report.violated);
+    assert_eq!(violations_of(&report, CODES), 0, "the codes' answers were right: {:?}", report.violated);
+}
+
+/// `pbx-sim --inject-bug forgotten-forwarding` fails, and its replay command fails the same way.
+#[test]
+fn pbx_sim_replays_a_forgotten_forwarding() {
+    let args = ["--seed", "1", "--duration", "1d", "--phones", "100", "--inject-bug", "forgotten-forwarding"];
+    replays(&args, PARTIES);
 }

@@ -118,7 +118,8 @@ pub enum FeatureCode {
 impl FeatureCode {
     /// A dialled number read as a feature code: `None` when it does not start with `*` or `#`
     /// (a plain number), `Some(Err(()))` for one that does but is no code pbx knows. `%23` is
-    /// read as `#` (RFC 3261 §19.1.2: `#` must be escaped in a user part; phones send either).
+    /// read as `#` (RFC 3261 §19.1.2: `#` must be escaped in a user part; the SIP parser refuses
+    /// a Request-URI with a raw one).
     pub fn parse(dialled: &str) -> Option<Result<FeatureCode, ()>> {
         if !dialled.starts_with(['*', '#']) && !dialled.starts_with("%23") {
             return None;

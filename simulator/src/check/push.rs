@@ -235,7 +235,11 @@ mod tests {
 
         let mut c = checker();
         dial(&mut c);
-        c.phone_event(T0 + WAIT + SECOND, 1, &PhoneEvent::CallFailed { call_id: "a".into(), code: 480 });
+        c.phone_event(
+            T0 + WAIT + SECOND,
+            1,
+            &PhoneEvent::CallFailed { call_id: "a".into(), code: 480, reason: String::new() },
+        );
         resolved(&mut c, T0 + WAIT, 1, Resolution::Ended);
         c.check_push(T0 + WAIT + SLACK);
         assert_eq!(violations(&mut c, CALLER), 0);
