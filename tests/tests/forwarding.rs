@@ -190,6 +190,10 @@ fn forwarding_survives_a_restart() {
     assert_eq!(get(&pbx, "101"), of_101, "101 after the restart");
     assert_eq!(get(&pbx, "102"), of_102, "102 after the restart");
     assert_eq!(get(&pbx, "103"), off(), "103 after the restart");
+    // 101's own export holds its forwarding (GDPR Art. 15).
+    let (status, body) = pbx.api("GET", "/api/v1/privacy/subjects/101/export", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(fields(&parse(&body)["extension"]["call_forwarding"]), of_101, "{body}");
 
     // 101 is not registered: only the restored always-forwarding can get the call answered.
     let target = Target::answering(&pbx, "102");

@@ -124,6 +124,11 @@ fn a_member_logged_out_is_not_rung_until_it_logs_in_again() {
     };
     assert_eq!(code(&pbx, "%2345*601%23"), Some(603));
     pbx.restart();
+    // The member's own export says so (GDPR Art. 15).
+    let (status, body) = pbx.api("GET", "/api/v1/privacy/subjects/101/export", None);
+    assert_eq!(status, 200, "{body}");
+    let export: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(export["extension"]["ring_groups_logged_out_of"], serde_json::json!(["601"]), "{body}");
     let (skipped, _) = member(&pbx, "101", "call_uas_ring.xml", &[]);
     let (second, _) = member(&pbx, "102", "call_uas.xml", &[]);
     let started = std::time::Instant::now();

@@ -261,11 +261,23 @@ async fn export(
         }
         _ => None,
     };
-    let forwarding = match &subject {
+    let (forwarding, logged_out) = match &subject {
         Subject::Number(n) => {
-            ask(&state.registrar, |reply| RegistrarMsg::GetForwarding { number: n.clone(), reply }).await.ok().flatten()
+            let forwarding =
+                ask(&state.registrar, |reply| RegistrarMsg::GetForwarding { number: n.clone(), reply }).await;
+            let (storage, member) = (state.storage.clone(), n.clone());
+            let groups = web::block(move || storage.load().map(|s| s.logged_out))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(_, m)| *m == member)
+                .map(|(group, _)| group)
+                .collect();
+            (forwarding.ok().flatten(), groups)
         }
-        Subject::Ip(_) => None,
+        Subject::Ip(_) => (None, Vec::new()),
     };
     let document = json!({
         "subject": subject.id(),
@@ -278,6 +290,7 @@ async fn export(
             "display_name": display_name,
             "password": "not stored; pbx keeps only digest hashes of it (MD5 and SHA-256), which are credentials and are not exported",
             "call_forwarding": forwarding,
+            "ring_groups_logged_out_of": logged_out,
         })),
         "registrations": bindings,
         "cdrs": held.stored.cdrs.iter().cloned().map(CdrOut::from).collect::<Vec<_>>(),
