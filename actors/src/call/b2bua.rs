@@ -361,19 +361,16 @@ pub struct Call {
 impl Call {
     pub fn new(now: Timestamp, config: CallConfig, setup: CallSetup) -> Call {
         let CallSetup { id, start, media, seed, room, srtp, push_wait } = setup;
-        let CallStart { a, key, invite, source, transport, route, forks } = start;
+        let CallStart { a, key, invite, source, transport, mut route, forks } = start;
         let media_ip = |side: usize| media[side].ip();
         // The first legs ring now; the rest are the forwards' (busy first), should the call get there.
         let mut later = forks.get(route.contacts.len()..).unwrap_or_default().iter();
-        let forward_busy = route.forwards.busy.clone().map(|f| PendingForward::new(f, &mut later));
-        let forward_no_answer: VecDeque<(Duration, PendingForward)> = route
-            .forwards
-            .no_answer
-            .iter()
-            .map(|(after, f)| (*after, PendingForward::new(f.clone(), &mut later)))
-            .collect();
+        let forwards = std::mem::take(&mut route.forwards);
+        let forward_busy = forwards.busy.map(|f| PendingForward::new(f, &mut later));
+        let forward_no_answer: VecDeque<(Duration, PendingForward)> =
+            forwards.no_answer.into_iter().map(|(after, f)| (after, PendingForward::new(f, &mut later))).collect();
         let forward_at = forward_no_answer.front().map(|(after, _)| now + *after);
-        let busy_moves_on = route.forwards.busy_moves_on;
+        let busy_moves_on = forwards.busy_moves_on;
         let forks: Vec<LegId> = forks.iter().take(route.contacts.len()).copied().collect();
         let mut call = Call {
             id,

@@ -160,6 +160,11 @@ pub enum RegistrarMsg {
         number: String,
         reply: RpcReplyPort<Option<Forwarding>>,
     },
+    /// The ring groups `member` is logged out of.
+    LoggedOutOf {
+        member: String,
+        reply: RpcReplyPort<Vec<String>>,
+    },
     /// Erasure of an address: removes every binding from or to `ip`; `Ok` once stored.
     ForgetAddress {
         ip: std::net::IpAddr,
@@ -454,6 +459,9 @@ impl Actor for RegistrarActor {
             RegistrarMsg::GetForwarding { number, reply } => {
                 let known = s.machine.extensions().any(|e| e.number == number);
                 let _ = reply.send(known.then(|| s.machine.forwarding_of(&number)));
+            }
+            RegistrarMsg::LoggedOutOf { member, reply } => {
+                let _ = reply.send(s.machine.logged_out_of(&member));
             }
             RegistrarMsg::ForgetAddress { ip, reply } => {
                 s.machine.handle(now, RegistrarInput::ForgetAddress { ip });

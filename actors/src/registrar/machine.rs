@@ -411,21 +411,33 @@ pub struct Forward {
     pub contacts: Vec<Binding>,
 }
 
-#[cfg(test)]
 impl Route {
-    /// A route from `caller` (no display name) to the extension `callee`'s `contacts`.
-    pub(crate) fn extension(caller: &str, callee: &str, contacts: Vec<Binding>) -> Route {
+    /// A plain call from `caller` to `callee`, ringing `target`'s `contacts`: no room, no
+    /// forwards, no intercom, no pickup (set those on the result).
+    fn plain(
+        caller: String,
+        caller_display_name: String,
+        callee: String,
+        target: String,
+        contacts: Vec<Binding>,
+    ) -> Route {
         Route {
-            caller: caller.into(),
-            caller_display_name: String::new(),
-            callee: callee.into(),
-            target: callee.into(),
+            caller,
+            caller_display_name,
+            callee,
+            target,
             contacts,
             room: false,
             forwards: Forwards::default(),
             intercom: false,
             pickup: None,
         }
+    }
+
+    /// A route from `caller` (no display name) to the extension `callee`'s `contacts`.
+    #[cfg(test)]
+    pub(crate) fn extension(caller: &str, callee: &str, contacts: Vec<Binding>) -> Route {
+        Route::plain(caller.into(), String::new(), callee.into(), callee.into(), contacts)
     }
 }
 
@@ -715,6 +727,11 @@ impl Registrar {
         self
     }
 
+    /// The groups `member` is logged out of.
+    pub fn logged_out_of(&self, member: &str) -> Vec<String> {
+        self.logged_out.iter().filter(|(_, m)| m == member).map(|(group, _)| group.clone()).collect()
+    }
+
     /// Whether `member` is logged in to `group` (members are, unless they logged out).
     pub fn logged_in(&self, group: &str, member: &str) -> bool {
         !self.logged_out.contains(&(group.to_owned(), member.to_owned()))
@@ -913,23 +930,12 @@ impl Registrar {
             SipUriUserPart::User(user) if !user.is_empty() => user.to_string(),
             _ => return self.refuse(tx, request, ip, Refusal::code(404), true),
         };
+        let caller_display_name = self.extensions.get(&caller).map(|e| e.display_name.clone()).unwrap_or_default();
         if let Some(number) = callee.strip_prefix(PICKUP_PREFIX).filter(|n| self.extensions.contains_key(*n)) {
             // Directed pickup: the calls actor finds the call ringing `number`'s phones.
-            let caller_display_name = self.extensions.get(&caller).map(|e| e.display_name.clone()).unwrap_or_default();
-            let (callee, target, pickup) = (number.to_owned(), number.to_owned(), Some(number.to_owned()));
-            let forwards = Forwards::default();
-            let contacts = Vec::new();
-            let route = Route {
-                caller,
-                caller_display_name,
-                callee,
-                target,
-                contacts,
-                room: false,
-                forwards,
-                intercom: false,
-                pickup,
-            };
+            let (n, contacts) = (number.to_owned(), Vec::new());
+            let route =
+                Route { pickup: Some(n.clone()), ..Route::plain(caller, caller_display_name, n.clone(), n, contacts) };
             return self.outputs.push_back(RegistrarOutput::Routed { tx, route });
         }
         if let Some(number) = callee.strip_prefix(INTERCOM_PREFIX).filter(|n| self.extensions.contains_key(*n)) {
@@ -938,19 +944,8 @@ impl Registrar {
             if contacts.is_empty() {
                 return self.refuse(tx, request, ip, Refusal::code(480), true);
             }
-            let caller_display_name = self.extensions.get(&caller).map(|e| e.display_name.clone()).unwrap_or_default();
-            let (callee, target, forwards) = (number.to_owned(), number.to_owned(), Forwards::default());
-            let route = Route {
-                caller,
-                caller_display_name,
-                callee,
-                target,
-                contacts,
-                room: false,
-                forwards,
-                intercom: true,
-                pickup: None,
-            };
+            let n = number.to_owned();
+            let route = Route { intercom: true, ..Route::plain(caller, caller_display_name, n.clone(), n, contacts) };
             return self.outputs.push_back(RegistrarOutput::Routed { tx, route });
         }
         if let Some(code) = super::groups::LoginCode::parse(&callee) {
@@ -959,19 +954,9 @@ impl Registrar {
         if let Some(code) = FeatureCode::parse(&callee) {
             return self.feature_code(tx, request, ip, &caller, code);
         }
-        let caller_display_name = self.extensions.get(&caller).map(|e| e.display_name.clone()).unwrap_or_default();
         if self.config.rooms.contains(&callee) {
-            let route = Route {
-                caller,
-                caller_display_name,
-                target: callee.clone(),
-                callee,
-                contacts: Vec::new(),
-                room: true,
-                forwards: Forwards::default(),
-                intercom: false,
-                pickup: None,
-            };
+            let route =
+                Route { room: true, ..Route::plain(caller, caller_display_name, callee.clone(), callee, Vec::new()) };
             return self.outputs.push_back(RegistrarOutput::Routed { tx, route });
         }
         if let Some(group) = self.config.groups.get(&callee).cloned() {
@@ -987,9 +972,8 @@ impl Registrar {
         let mut forwards = Forwards::default();
         if let Some(f) = self.forwarding.get(&target).cloned() {
             let mut follow = |to: &Option<String>| {
-                let to = to.as_ref().filter(|to| !visited.contains(to) && self.extensions.contains_key(*to))?;
-                let target = forwarding::follow_always(to, &self.forwarding, &mut visited);
-                Some(Forward { contacts: self.contacts_of(&target), target })
+                let to = to.as_ref().filter(|to| !visited.contains(to))?;
+                self.forward_to(to, &mut visited)
             };
             forwards.no_answer = follow(&f.no_answer).map(|to| (secs(f.no_answer_after_s), to)).into_iter().collect();
             forwards.busy = follow(&f.busy);
@@ -1004,18 +988,18 @@ impl Registrar {
                 None => return self.refuse(tx, request, ip, Refusal::code(480), true),
             }
         }
-        let route = Route {
-            caller,
-            caller_display_name,
-            callee,
-            target,
-            contacts,
-            room: false,
-            forwards,
-            intercom: false,
-            pickup: None,
-        };
+        let route = Route { forwards, ..Route::plain(caller, caller_display_name, callee, target, contacts) };
         self.outputs.push_back(RegistrarOutput::Routed { tx, route });
+    }
+
+    /// Where a forward to the extension `to` leads: its `always` chain followed (extensions met
+    /// go to `visited`), with that one's phones; `None` when `to` is no extension.
+    fn forward_to(&self, to: &str, visited: &mut Vec<String>) -> Option<Forward> {
+        if !self.extensions.contains_key(to) {
+            return None;
+        }
+        let target = forwarding::follow_always(to, &self.forwarding, visited);
+        Some(Forward { contacts: self.contacts_of(&target), target })
     }
 
     /// A call to a ring group (module `groups`): its members' phones, all at once or in turn,
@@ -1037,11 +1021,7 @@ impl Registrar {
             .map(|m| Forward { target: group.number.clone(), contacts: self.contacts_of(m) })
             .filter(|f| !f.contacts.is_empty())
             .collect();
-        let fallback = group.no_answer.as_ref().filter(|to| self.extensions.contains_key(*to)).map(|to| {
-            let mut visited = vec![group.number.clone()];
-            let target = forwarding::follow_always(to, &self.forwarding, &mut visited);
-            Forward { contacts: self.contacts_of(&target), target }
-        });
+        let fallback = group.no_answer.as_ref().and_then(|to| self.forward_to(to, &mut vec![group.number.clone()]));
         let fallback = fallback.filter(|f| !f.contacts.is_empty());
         let mut forwards = Forwards::default();
         let (target, contacts) = match group.strategy {
@@ -1065,17 +1045,7 @@ impl Registrar {
             (true, None) => return self.refuse(tx, request, ip, Refusal::code(480), true),
         };
         let callee = group.number.clone();
-        let route = Route {
-            caller,
-            caller_display_name,
-            callee,
-            target,
-            contacts,
-            room: false,
-            forwards,
-            intercom: false,
-            pickup: None,
-        };
+        let route = Route { forwards, ..Route::plain(caller, caller_display_name, callee, target, contacts) };
         self.outputs.push_back(RegistrarOutput::Routed { tx, route });
     }
 

@@ -318,6 +318,19 @@ impl Harness {
         self.invite_from(user, callee, Some(auth), from)
     }
 
+    /// Adds these extensions, each with the password `secret-<number>`.
+    fn add_extensions(&mut self, numbers: &[&str]) {
+        for number in numbers {
+            let input = RegistrarInput::PutExtension {
+                number: number.to_string(),
+                password: format!("secret-{number}"),
+                display_name: String::new(),
+            };
+            self.m.handle(self.now, input);
+            self.drain();
+        }
+    }
+
     fn register(&mut self, reg: &Reg) -> Step {
         let step = self.register_with(reg, PASSWORD_100);
         assert_eq!(step.code(), 200, "{:?}", step.response);
@@ -1647,15 +1660,7 @@ fn pnsreg_apps_are_told_when_to_refresh() {
 #[test]
 fn calls_follow_forwarding_and_loops_are_cut() {
     let mut h = Harness::new();
-    for number in ["300", "400"] {
-        let input = RegistrarInput::PutExtension {
-            number: number.into(),
-            password: format!("secret-{number}"),
-            display_name: String::new(),
-        };
-        h.m.handle(h.now, input);
-        h.drain();
-    }
+    h.add_extensions(&["300", "400"]);
     for (number, port) in [("200", 5070), ("300", 5080)] {
         let reg = Reg::new(number, &[&format!("<sip:{number}@192.0.2.7:{port}>")]).call_id(number);
         assert_eq!(h.register_with(&reg, &format!("secret-{number}")).code(), 200);
@@ -1799,15 +1804,7 @@ fn groups_ring_all_or_hunt_their_members() {
     ];
     let config = RegistrarConfig { groups: groups.into(), ..Default::default() };
     let mut h = Harness::with(config, vec![]);
-    for number in ["300", "400"] {
-        let input = RegistrarInput::PutExtension {
-            number: number.into(),
-            password: format!("secret-{number}"),
-            display_name: String::new(),
-        };
-        h.m.handle(h.now, input);
-        h.drain();
-    }
+    h.add_extensions(&["300", "400"]);
     assert_eq!(h.call_from("100", PASSWORD_100, "600", source()).code(), 480, "nobody registered, 400 neither");
     for (number, password, port) in
         [("100", PASSWORD_100, 5060), ("200", "secret-200", 5070), ("400", "secret-400", 5090)]

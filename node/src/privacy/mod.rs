@@ -265,17 +265,8 @@ async fn export(
         Subject::Number(n) => {
             let forwarding =
                 ask(&state.registrar, |reply| RegistrarMsg::GetForwarding { number: n.clone(), reply }).await;
-            let (storage, member) = (state.storage.clone(), n.clone());
-            let groups = web::block(move || storage.load().map(|s| s.logged_out))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|(_, m)| *m == member)
-                .map(|(group, _)| group)
-                .collect();
-            (forwarding.ok().flatten(), groups)
+            let groups = ask(&state.registrar, |reply| RegistrarMsg::LoggedOutOf { member: n.clone(), reply }).await;
+            (forwarding.ok().flatten(), groups.unwrap_or_default())
         }
         Subject::Ip(_) => (None, Vec::new()),
     };
