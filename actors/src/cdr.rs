@@ -30,6 +30,62 @@ pub struct Cdr {
     pub codec_callee: Option<String>,
     /// Caller's leg, callee's leg.
     pub media: [MediaCounters; 2],
+    /// This record goes on from an earlier one of the same call (its id): the call was
+    /// transferred, and this is its part after that.
+    pub follows: Option<u64>,
+    /// The call was transferred when this record ended: who transferred to whom, and the
+    /// record the call went on in.
+    pub transfer: Option<Transferred>,
+}
+
+/// [`Cdr`] as stored before issue 18 (no transfer fields). Never edit it: postcard reads
+/// fields by position.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CdrV1 {
+    pub id: u64,
+    pub call_id: String,
+    pub caller: String,
+    pub callee: String,
+    pub start: Timestamp,
+    pub answer: Option<Timestamp>,
+    pub end: Timestamp,
+    pub disposition: Disposition,
+    pub hangup: Option<HangupSide>,
+    pub codec_caller: Option<String>,
+    pub codec_callee: Option<String>,
+    pub media: [MediaCounters; 2],
+}
+
+impl From<CdrV1> for Cdr {
+    fn from(c: CdrV1) -> Cdr {
+        Cdr {
+            id: c.id,
+            call_id: c.call_id,
+            caller: c.caller,
+            callee: c.callee,
+            start: c.start,
+            answer: c.answer,
+            end: c.end,
+            disposition: c.disposition,
+            hangup: c.hangup,
+            codec_caller: c.codec_caller,
+            codec_callee: c.codec_callee,
+            media: c.media,
+            follows: None,
+            transfer: None,
+        }
+    }
+}
+
+/// A transfer that ended a record (see [`Cdr::transfer`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transferred {
+    /// The extension that transferred the call.
+    pub by: String,
+    /// The number it was transferred to.
+    pub to: String,
+    /// The id of the record the call went on in.
+    pub next: u64,
 }
 
 impl Cdr {
@@ -38,9 +94,11 @@ impl Cdr {
         self.answer.map_or(0, |answer| self.end.saturating_since(answer).as_secs())
     }
 
-    /// Whether `extension` took part, as caller or as callee.
+    /// Whether `extension` took part: as caller, callee, or in a transfer (by or to).
     pub fn involves(&self, extension: &str) -> bool {
-        self.caller == extension || self.callee == extension
+        self.caller == extension
+            || self.callee == extension
+            || self.transfer.as_ref().is_some_and(|t| t.by == extension || t.to == extension)
     }
 }
 
@@ -115,6 +173,21 @@ pub struct MediaCounters {
     pub jitter_us: u64,
 }
 
+impl MediaCounters {
+    /// What was counted since `before` (counters taken earlier from the same relay); the jitter
+    /// is the latest estimate.
+    pub fn since(self, before: MediaCounters) -> MediaCounters {
+        MediaCounters {
+            packets_in: self.packets_in.saturating_sub(before.packets_in),
+            bytes_in: self.bytes_in.saturating_sub(before.bytes_in),
+            packets_out: self.packets_out.saturating_sub(before.packets_out),
+            bytes_out: self.bytes_out.saturating_sub(before.bytes_out),
+            lost: self.lost.saturating_sub(before.lost),
+            jitter_us: self.jitter_us,
+        }
+    }
+}
+
 impl From<crate::media::relay::SideStats> for MediaCounters {
     fn from(stats: crate::media::relay::SideStats) -> Self {
         MediaCounters {
@@ -180,6 +253,8 @@ mod tests {
             codec_caller: None,
             codec_callee: None,
             media: Default::default(),
+            follows: None,
+            transfer: None,
         }
     }
 

@@ -6,7 +6,7 @@
 //! code.
 
 use crate::Timestamp;
-use crate::cdr::Cdr;
+use crate::cdr::{Cdr, CdrV1};
 use crate::conference::core::Participation;
 use crate::licence::{Stored, StoredUnlocks};
 use crate::privacy::{AuditEntry, Right};
@@ -33,7 +33,7 @@ pub enum EntryV {
 #[derive(Serialize, Deserialize)]
 pub enum EntryV1 {
     Registrar(Vec<RegistrarCommandV1>),
-    Cdrs(Vec<Cdr>),
+    Cdrs(Vec<CdrV1>),
     Licence(Stored),
     Unlocks(StoredUnlocks),
     Erase { subject: String, audit: AuditEntry },
@@ -45,7 +45,7 @@ impl From<EntryV1> for Entry {
     fn from(entry: EntryV1) -> Entry {
         match entry {
             EntryV1::Registrar(commands) => Entry::Registrar(commands.into_iter().map(Into::into).collect()),
-            EntryV1::Cdrs(cdrs) => Entry::Cdrs(cdrs),
+            EntryV1::Cdrs(cdrs) => Entry::CdrsV1(cdrs),
             EntryV1::Licence(l) => Entry::Licence(l),
             EntryV1::Unlocks(u) => Entry::Unlocks(u),
             EntryV1::Erase { subject, audit } => Entry::Erase { subject, audit },
@@ -58,7 +58,8 @@ impl From<EntryV1> for Entry {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Entry {
     Registrar(Vec<RegistrarCommand>),
-    Cdrs(Vec<Cdr>),
+    /// Records as written before issue 18 (no transfer fields); read, never written.
+    CdrsV1(Vec<CdrV1>),
     Licence(Stored),
     Unlocks(StoredUnlocks),
     /// Erasure of a subject (its id); `audit` gets the record count each node erased.
@@ -79,6 +80,9 @@ pub enum Entry {
     /// Pushes sent to wake mobile softphones (issue 17, category `push-records`): appended
     /// last, so every entry written before reads as it did.
     PushRecords(Vec<PushRecord>),
+    /// Call records with their transfer fields (issue 18, `Cdr::follows`, `Cdr::transfer`):
+    /// appended last, so every entry written before reads as it did.
+    Cdrs(Vec<Cdr>),
 }
 
 impl Entry {
@@ -120,6 +124,7 @@ pub trait EntryStore {
 pub fn apply_entry<S: EntryStore + ?Sized>(store: &mut S, entry: Entry) -> Result<(), S::Error> {
     match entry {
         Entry::Registrar(commands) => store.apply_registrar(commands),
+        Entry::CdrsV1(cdrs) => store.put_cdrs(cdrs.into_iter().map(Cdr::from).collect()),
         Entry::Cdrs(cdrs) => store.put_cdrs(cdrs),
         Entry::Licence(stored) => store.save_licence(stored),
         Entry::Unlocks(stored) => store.save_unlocks(stored),
@@ -180,8 +185,32 @@ mod tests {
     #[test]
     fn entries_written_before_push_records_still_decode() {
         assert!(matches!(Entry::decode(&[1, 6, 0]).unwrap(), Entry::Participations(p) if p.is_empty()));
-        assert!(matches!(Entry::decode(&[1, 1, 0]).unwrap(), Entry::Cdrs(c) if c.is_empty()));
+        assert!(matches!(Entry::decode(&[1, 1, 0]).unwrap(), Entry::CdrsV1(c) if c.is_empty()));
         assert_eq!(Entry::Participations(Vec::new()).encode().unwrap(), [1, 6, 0]);
-        assert!(Entry::decode(&[1, 8, 0]).is_err(), "no variant after push records yet");
+        assert!(matches!(Entry::decode(&[1, 8, 0]).unwrap(), Entry::Cdrs(c) if c.is_empty()));
+        assert!(Entry::decode(&[1, 9, 0]).is_err(), "no variant after the records with transfers yet");
+    }
+
+    /// A record written before issue 18 reads back whole, with no transfer.
+    #[test]
+    fn records_written_before_transfers_still_decode() {
+        let old = CdrV1 {
+            id: 7,
+            call_id: "c".into(),
+            caller: "100".into(),
+            callee: "101".into(),
+            start: Timestamp::from_secs(1),
+            answer: None,
+            end: Timestamp::from_secs(2),
+            disposition: crate::cdr::Disposition::Busy,
+            hangup: None,
+            codec_caller: None,
+            codec_callee: None,
+            media: Default::default(),
+        };
+        let bytes = postcard::to_allocvec(&EntryV::V2(Entry::CdrsV1(vec![old.clone()]))).unwrap();
+        let Entry::CdrsV1(read) = Entry::decode(&bytes).unwrap() else { panic!("the old variant") };
+        let cdr = Cdr::from(read[0].clone());
+        assert_eq!((cdr.id, cdr.caller.as_str(), cdr.follows, cdr.transfer), (7, "100", None, None));
     }
 }

@@ -168,6 +168,7 @@ impl Answered {
             conferences: Default::default(),
             media_policy: Default::default(),
             push: None,
+            transfers: None,
         };
         let ledger = CallLedger::default();
         let args = CallsArgs { context: context.clone(), seed: 1, ledger: ledger.clone() };

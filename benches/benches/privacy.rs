@@ -33,6 +33,8 @@ fn cdr(id: u64, end_s: u64, caller: &str) -> Cdr {
         codec_caller: Some("PCMU".into()),
         codec_callee: Some("PCMU".into()),
         media: [MediaCounters { packets_in: 5_000, bytes_in: 860_000, ..MediaCounters::default() }; 2],
+        follows: None,
+        transfer: None,
     }
 }
 

@@ -204,6 +204,7 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
         conferences: core.conferences.clone(),
         media_policy: Arc::new(config.media_policy()),
         push,
+        transfers: Some(Arc::new(RegistrarTransfers(core.registrar.clone()))),
     };
     let calls = CallsChild { context, ledger: CallLedger::default(), current: core.calls.clone() };
     supervisor::start(&supervisor, calls).await.map_err(anyhow::Error::msg).context("start calls")?;
@@ -377,6 +378,29 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
             Ok(())
         }
         Some(reason) => Err(anyhow::anyhow!(reason)),
+    }
+}
+
+/// How calls look a transfer's target up: the registrar's `TransferRoute`, off the call's loop.
+struct RegistrarTransfers(pbx_actors::shell::Current<RegistrarMsg>);
+
+/// How long a transfer's lookup may take before the REFER is refused.
+const TRANSFER_LOOKUP_WAIT: Duration = Duration::from_secs(5);
+
+impl pbx_actors::call::actor::TransferPort for RegistrarTransfers {
+    fn route(&self, transferee: String, number: String, reply: pbx_actors::call::actor::TransferReply) {
+        let Some(registrar) = self.0.get() else {
+            return reply(Err((500, "Server Internal Error (registrar not running)".into())));
+        };
+        tokio::spawn(async move {
+            let asked = registrar
+                .call(|r| RegistrarMsg::TransferRoute { transferee, number, reply: r }, Some(TRANSFER_LOOKUP_WAIT))
+                .await;
+            match asked {
+                Ok(ractor::rpc::CallResult::Success(result)) => reply(result),
+                _ => reply(Err((500, "Server Internal Error (registrar did not answer)".into()))),
+            }
+        });
     }
 }
 

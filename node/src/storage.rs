@@ -135,7 +135,18 @@ impl StoredBindingV {
 
 #[derive(Serialize, Deserialize)]
 enum StoredCdrV {
-    V1(Cdr),
+    /// Before issue 18: no transfer fields.
+    V1(pbx_actors::cdr::CdrV1),
+    V2(Cdr),
+}
+
+impl StoredCdrV {
+    pub(crate) fn into_cdr(self) -> Cdr {
+        match self {
+            StoredCdrV::V1(c) => c.into(),
+            StoredCdrV::V2(c) => c,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -336,7 +347,7 @@ impl Storage {
     /// Every stored call record, oldest end first (a cluster snapshot; the API pages instead).
     pub fn all_cdrs(&self) -> Result<Vec<Cdr>, StorageError> {
         self.all_rows(CDRS, |key, bytes| {
-            let StoredCdrV::V1(cdr) = decode("cdrs", || format!("{key:?}"), bytes)?;
+            let cdr = decode::<StoredCdrV>("cdrs", || format!("{key:?}"), bytes)?.into_cdr();
             Ok(cdr)
         })
     }
@@ -413,7 +424,7 @@ impl Storage {
         {
             let mut table = tx.open_table(CDRS).map_err(redb_err)?;
             for cdr in cdrs {
-                let value = postcard::to_allocvec(&StoredCdrV::V1(cdr.clone())).map_err(redb_err)?;
+                let value = postcard::to_allocvec(&StoredCdrV::V2(cdr.clone())).map_err(redb_err)?;
                 table.insert((cdr.end.as_micros(), cdr.id), value.as_slice()).map_err(redb_err)?;
             }
         }
@@ -488,7 +499,7 @@ impl Storage {
             let (k, v) = row.map_err(redb_err)?;
             let (end, id) = k.value();
             // A second version turns this into a match that upgrades.
-            let StoredCdrV::V1(cdr) = decode("cdrs", || format!("{end}/{id}"), v.value())?;
+            let cdr = decode::<StoredCdrV>("cdrs", || format!("{end}/{id}"), v.value())?.into_cdr();
             if extension.is_none_or(|e| cdr.involves(e)) && !hidden.iter().any(|h| cdr.involves(h)) {
                 if page.len() == limit {
                     return Ok((page, last_read));
@@ -824,6 +835,8 @@ mod tests {
             codec_caller: Some("PCMU".into()),
             codec_callee: Some("PCMA".into()),
             media: [MediaCounters { packets_in: id, ..MediaCounters::default() }, MediaCounters::default()],
+            follows: None,
+            transfer: None,
         }
     }
 

@@ -1054,6 +1054,8 @@ mod tests {
             codec_caller: None,
             codec_callee: None,
             media: Default::default(),
+            follows: None,
+            transfer: None,
         };
         checker.cdr_committed(T0, &cdr);
         disk.apply(DiskWrite::Entry(pbx_actors::entry::Entry::Cdrs(vec![cdr]))).unwrap();
@@ -1307,6 +1309,8 @@ mod tests {
             codec_caller: None,
             codec_callee: None,
             media: Default::default(),
+            follows: None,
+            transfer: None,
         }
     }
 

@@ -306,6 +306,8 @@ mod tests {
             codec_caller: None,
             codec_callee: None,
             media: Default::default(),
+            follows: None,
+            transfer: None,
         }
     }
 

@@ -1256,9 +1256,26 @@ impl SimNode {
                         self.write_cdr(cdr);
                     }
                 }
+                CoreOutput::Transfer { attempt, number, transferee, .. } => {
+                    // The call shell's `TransferPort`: the registrar answers at once.
+                    let result = self.registrar.transfer_route(&transferee, &number).map(|route| {
+                        let legs = route.contacts.iter().map(|_| self.endpoint_leg()).collect();
+                        (Box::new(route), legs)
+                    });
+                    if let Some(c) = self.calls.get_mut(&id) {
+                        c.core.handle(now, CoreInput::TransferRoute { attempt, result });
+                    }
+                }
+                CoreOutput::Segment(cdr) => self.write_cdr(*cdr),
                 CoreOutput::Over => self.end_call(id),
             }
         }
+    }
+
+    /// A fresh leg id for a transfer's fork, as the call shell draws one.
+    fn endpoint_leg(&mut self) -> LegId {
+        let (high, low) = (splitmix64(&mut self.work.rng), splitmix64(&mut self.work.rng));
+        LegId(((high as u128) << 64) | low as u128)
     }
 
     /// The call actor stops: its remaining legs go (reported down) and its ports return.

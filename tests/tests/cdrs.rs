@@ -33,6 +33,8 @@ fn cdr(id: u64, end_s: u64, caller: &str, callee: &str) -> Cdr {
         codec_caller: Some("PCMA".into()),
         codec_callee: Some("PCMA".into()),
         media: [MediaCounters { packets_in: 500, ..MediaCounters::default() }, MediaCounters::default()],
+        follows: None,
+        transfer: None,
     }
 }
 

@@ -217,6 +217,8 @@ fn anonymised_and_deleted_records_leave_every_file() {
         codec_caller: None,
         codec_callee: None,
         media: [MediaCounters::default(); 2],
+        follows: None,
+        transfer: None,
     };
     {
         let storage = pbx_node::storage::Storage::open(&pbx.data_dir()).expect("open the node's storage");

@@ -191,6 +191,8 @@ fn the_reaper_deletes_what_is_past_retention_at_start() {
         codec_caller: None,
         codec_callee: None,
         media: [MediaCounters::default(); 2],
+        follows: None,
+        transfer: None,
     };
     {
         let storage = pbx_node::storage::Storage::open(&pbx.data_dir()).expect("open the node's storage");
@@ -235,6 +237,8 @@ fn restriction_objection_and_rectification_through_the_cli() {
         codec_caller: None,
         codec_callee: None,
         media: [MediaCounters::default(); 2],
+        follows: None,
+        transfer: None,
     };
     {
         let storage = pbx_node::storage::Storage::open(&pbx.data_dir()).expect("open storage");

@@ -149,6 +149,11 @@ pub enum CallMsg {
         start: Box<CallStart>,
         reply: RpcReplyPort<Result<(), Box<CallStart>>>,
     },
+    /// The answer to a transfer's lookup (`CoreOutput::Transfer`).
+    TransferRoute {
+        attempt: u64,
+        result: super::b2bua::TransferLookup,
+    },
 }
 
 // Local only; see `crate::shell` on ractor's `cluster` feature.
@@ -286,6 +291,25 @@ pub struct CallContext {
     pub media_policy: Arc<super::MediaPolicy>,
     /// Push dispatch (RFC 8599); `None`: no push configured.
     pub push: Option<Arc<dyn super::wake::PushPort>>,
+    /// Where a transfer's target is looked up (the registrar); `None`: transfers are refused.
+    pub transfers: Option<Arc<dyn TransferPort>>,
+}
+
+/// How calls look a transfer's target up: the registrar's `transfer_route`. Must not block;
+/// `reply` hears the answer once.
+pub trait TransferPort: Send + Sync + 'static {
+    fn route(&self, transferee: String, number: String, reply: TransferReply);
+}
+
+/// Hears a transfer lookup's answer once: the route, or the refusal's code and reason phrase.
+pub type TransferReply = Box<dyn FnOnce(Result<crate::registrar::Route, (u16, String)>) + Send>;
+
+/// A fresh leg id from the OS's CSPRNG (module `call`, [`LegId`]): a transfer's legs, which no
+/// endpoint drew.
+fn fresh_leg() -> LegId {
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.try_fill_bytes(&mut bytes).expect("the OS random source");
+    LegId(u128::from_le_bytes(bytes))
 }
 
 /// The caller's and callee's SRTP policy and fresh key bytes from the OS for pbx's keys.
@@ -346,6 +370,8 @@ pub struct CallState {
     media: CallMedia,
     timer: WakeTimer,
     recorded: Arc<AtomicBool>,
+    /// The media counters already written in the records of a transferred call's earlier parts.
+    counted: [MediaCounters; 2],
 }
 
 pub struct CallActor;
@@ -370,7 +396,7 @@ impl Actor for CallActor {
                 push_wait: None,
             };
             let core = CallCore::new(context.clock.now(), context.config, setup, args.legs);
-            return Ok(CallState { core, context, media, timer: WakeTimer::default(), recorded: args.recorded });
+            return Ok(CallState::new(core, context, media, args.recorded));
         }
         let events = {
             let me = me.clone();
@@ -399,7 +425,7 @@ impl Actor for CallActor {
         };
         let core = CallCore::new(context.clock.now(), context.config, setup, args.legs);
         let media = CallMedia::Relay(media);
-        Ok(CallState { core, context, media, timer: WakeTimer::default(), recorded: args.recorded })
+        Ok(CallState::new(core, context, media, args.recorded))
     }
 
     async fn post_start(&self, me: ActorRef<CallMsg>, s: &mut CallState) -> Result<(), ActorProcessingErr> {
@@ -447,6 +473,9 @@ impl Actor for CallActor {
                     let _ = reply.send(Err(start));
                 }
             }
+            CallMsg::TransferRoute { attempt, result } => {
+                s.core.handle(now, CoreInput::TransferRoute { attempt, result })
+            }
             CallMsg::Control(control) => control.obey("call"),
             CallMsg::PanicMedia => {
                 if let CallMedia::Relay(media) = &s.media {
@@ -481,6 +510,11 @@ impl Actor for CallActor {
 }
 
 impl CallState {
+    fn new(core: CallCore<CallLegs>, context: CallContext, media: CallMedia, recorded: Arc<AtomicBool>) -> CallState {
+        let counted = Default::default();
+        CallState { core, context, media, timer: WakeTimer::default(), recorded, counted }
+    }
+
     /// Takes what the call said out of its core (SIP, legs up and down, media, the CDR), then
     /// arms the timer for the earliest timeout among the call and its legs.
     async fn drain(&mut self, me: &ActorRef<CallMsg>) {
@@ -508,6 +542,42 @@ impl CallState {
                         }),
                     );
                 }
+                CoreOutput::Transfer { attempt, number, transferee, secure } => {
+                    tracing::info!(call = self.core.call().id(), %number, %transferee, secure, "transfer");
+                    let me = me.clone();
+                    let answer = move |result| {
+                        let _ = me.cast(CallMsg::TransferRoute { attempt, result });
+                    };
+                    let Some(port) = &self.context.transfers else {
+                        answer(Err((403, "Forbidden (transfer is not available)".into())));
+                        continue;
+                    };
+                    let policy = self.context.media_policy.clone();
+                    port.route(
+                        transferee,
+                        number,
+                        Box::new(move |result| {
+                            // Transfer targets get plain RTP (module `b2bua`, Transfer).
+                            let result = result.and_then(|route| match policy.of(&route.target) {
+                                super::MediaEncryption::Required => {
+                                    Err((488, "Not Acceptable Here (the target requires media encryption)".into()))
+                                }
+                                _ => {
+                                    let legs = route.contacts.iter().map(|_| fresh_leg()).collect();
+                                    Ok((Box::new(route), legs))
+                                }
+                            });
+                            answer(result)
+                        }),
+                    );
+                }
+                CoreOutput::Segment(cdr) => {
+                    let mut cdr = *cdr;
+                    let now = self.media_counters();
+                    cdr.media = [0, 1].map(|i| now[i].since(self.counted[i]));
+                    self.counted = now;
+                    record_cdr(&self.context.cdrs, cdr).await;
+                }
                 CoreOutput::Record(cdr) => {
                     if !self.recorded.swap(true, Ordering::SeqCst) {
                         Box::pin(self.finish(*cdr)).await;
@@ -521,7 +591,8 @@ impl CallState {
 
     /// The CDR with the relay's counters, stored before the call actor goes.
     async fn finish(&mut self, mut cdr: Cdr) {
-        cdr.media = self.media_counters();
+        let now = self.media_counters();
+        cdr.media = [0, 1].map(|i| now[i].since(self.counted[i]));
         if let CallMedia::Room(seat) = &mut self.media {
             // The call is over for the room too (its legs may still be finishing a BYE).
             seat.take();

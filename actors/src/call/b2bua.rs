@@ -48,6 +48,20 @@
 //!   there; [`CallInput::PushFailed`] (token unregistered, push refused) or the push timer ends
 //!   the fork like a 480. Other contacts ring meanwhile. No fork waits past the timer: when it
 //!   passes and nothing else rings, the caller gets 480.
+//! - Transfer (RFC 3515, RFC 5589): either party of an answered call may REFER pbx to a number
+//!   (`transfer` checks the `Refer-To`). pbx carries it out itself, the other party (the
+//!   transferee) never sees the REFER: [`CallOutput::Transfer`] asks the shell to look the
+//!   number up as if the transferee had dialled it; refused → the REFER gets that answer (403
+//!   outside the dial plan); found → 202, NOTIFY `100 Trying`, and the target's phones are
+//!   offered pbx's port on the transferor's side (plain RTP, the transferee's codec first).
+//!   The first to answer takes the transferor's place: NOTIFY `200 OK`, BYE to the
+//!   transferor, a re-INVITE to the transferee (off hold), and the call's record so far is
+//!   written with who transferred to whom; the call goes on under a new record that names the
+//!   one before ([`TRANSFERS_MAX`] per call). The transferor may hang up meanwhile (blind
+//!   transfer): the transferee waits. When the target fails (busy, no answer within
+//!   `no_answer`, nobody registered) the transferor gets the call back: NOTIFY with the
+//!   failure, the call goes on as before; a transferor that already hung up is rung back
+//!   (recall), and if that fails too the transferee is hung up on.
 
 use super::leg::{Leg, LegCommand, LegEvent, name_addr};
 use super::{CallStart, LegId, LocalSip, MediaEncryption};
@@ -73,6 +87,8 @@ use std::time::Duration;
 pub const ENDING_BOUND: Duration = Duration::from_secs(40);
 /// How long an intercom call lasts at most once answered: pbx then hangs up both sides.
 pub const INTERCOM_MAX: Duration = Duration::from_secs(120);
+/// Transfers one call may go through; a REFER beyond it gets 403.
+pub const TRANSFERS_MAX: u64 = 16;
 /// telephone-event's payload type when pbx chooses it.
 pub const TELEPHONE_EVENT_PT: u8 = 101;
 
@@ -194,8 +210,18 @@ pub enum CallInput {
     /// A phone picks this ringing call up (`Route::pickup`; check [`Call::can_be_picked_up`]
     /// first): its INVITE becomes the answering side, the ringing phones are cancelled.
     PickUp(Box<CallStart>),
+    /// The shell's answer to [`CallOutput::Transfer`] `attempt`: where the target's call goes
+    /// and a fresh leg id per contact, or the refusal's code and reason phrase.
+    TransferRoute {
+        attempt: u64,
+        result: TransferLookup,
+    },
     Timeout,
 }
+
+/// What the shell found for a transfer's target: the route and a leg id per contact, or the
+/// refusal's code and reason phrase.
+pub type TransferLookup = Result<(Box<crate::registrar::Route>, Vec<LegId>), (u16, String)>;
 
 // A started leg moves into its actor at once, so boxing it would only add an allocation.
 #[allow(clippy::large_enum_variant)]
@@ -246,6 +272,18 @@ pub enum CallOutput {
         caller: String,
         callee: String,
     },
+    /// Look up `number` as if `transferee` dialled it (a transfer, module doc) and answer with
+    /// [`CallInput::TransferRoute`] for this `attempt`, with a fresh leg id (from a CSPRNG) per
+    /// contact. `secure`: a `sips:` target.
+    Transfer {
+        attempt: u64,
+        number: String,
+        transferee: String,
+        secure: bool,
+    },
+    /// The record of the call up to a completed transfer (it names the transfer and the record
+    /// that goes on): store it now; the call goes on.
+    Segment(Box<Cdr>),
 }
 
 /// What a fork toward the callee is started with, kept for forks started later (woken by push).
@@ -273,6 +311,32 @@ impl PendingForward {
         let contacts = forward.contacts.into_iter().filter_map(|b| legs.next().map(|leg| (*leg, b))).collect();
         PendingForward { target: forward.target, contacts }
     }
+}
+
+/// A transfer in progress (module doc, Transfer).
+struct Transfer {
+    attempt: u64,
+    /// The party that asked, and its side: the target takes that side's place.
+    transferor: LegId,
+    side: Side,
+    /// The transferor's extension (rung back should the target fail after it left).
+    by: String,
+    number: String,
+    secure: bool,
+    /// The target's forks, once looked up.
+    forks: Vec<LegId>,
+    /// When ringing the target gives up.
+    deadline: Option<Timestamp>,
+    failure: Option<u16>,
+    ringing_told: bool,
+    /// The transferor hung up (blind transfer): nobody to tell or give the call back to.
+    transferor_gone: bool,
+    /// The target is the transferor itself, rung back.
+    recall: bool,
+    /// pbx's session toward the target, and what it offered.
+    session: LocalSession,
+    offer: Option<Bytes>,
+    started: Timestamp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -356,6 +420,21 @@ pub struct Call {
     /// An intercom call (`Route::intercom`): phones asked to answer by themselves, the call
     /// hung up [`INTERCOM_MAX`] after the answer.
     intercom: bool,
+    /// The extension each fork rings (its binding's AOR), for the parties of the answer.
+    fork_aor: BTreeMap<LegId, String>,
+    /// The extensions on each side once answered: who a transfer names.
+    parties: [String; 2],
+    transfer: Option<Transfer>,
+    /// Transfers looked up so far (each an attempt) and completed.
+    attempts: u64,
+    transfers: u64,
+    /// The record this call's current one continues (after a transfer).
+    follows: Option<u64>,
+    /// The first record's id: later ones are `first_id + n·2^57`.
+    first_id: u64,
+    seed: u64,
+    /// A side pbx re-offered to on its own (the transferee after a transfer).
+    refreshing: Option<Side>,
 }
 
 impl Call {
@@ -423,6 +502,15 @@ impl Call {
             forward_at,
             retired: Vec::new(),
             intercom: route.intercom,
+            fork_aor: BTreeMap::new(),
+            parties: [route.caller.clone(), route.target.clone()],
+            transfer: None,
+            attempts: 0,
+            transfers: 0,
+            follows: None,
+            first_id: id,
+            seed,
+            refreshing: None,
         };
         let a_secure = transport.is_secure();
         // The A-leg keeps the INVITE; the call needs only its offer (a cheap clone of `Bytes`).
@@ -574,7 +662,8 @@ impl Call {
     /// B-side port in the codec it offered first, the caller answered as when a phone answers
     /// (its early answer if it had one), the phones ringing cancelled.
     fn pick_up(&mut self, start: CallStart) {
-        let CallStart { a: p, key, invite, source, transport, .. } = start;
+        let CallStart { a: p, key, invite, source, transport, route, .. } = start;
+        let start_caller = route.caller;
         let Some(template) = self.template.clone() else { return };
         let body = invite.body.clone();
         let Some(leg) = Leg::uas(p, self.now, template.timers, template.local_sip, key, invite, source, transport)
@@ -616,6 +705,7 @@ impl Call {
             return self.command(p, LegCommand::Reject { code: 488, reason: None });
         };
         self.winner = Some(p);
+        self.parties[1] = start_caller;
         self.forget_waking();
         let others: Vec<LegId> =
             self.forks.iter().filter(|(id, live)| **live && **id != p).map(|(id, _)| *id).collect();
@@ -727,6 +817,7 @@ impl Call {
         if self.intercom {
             leg = leg.auto_answer();
         }
+        self.fork_aor.insert(leg_id, binding.aor.clone());
         self.outputs.push_back(CallOutput::StartLeg(Box::new(leg)));
         self.outputs.push_back(CallOutput::ToLeg { leg: leg_id, command: LegCommand::Invite { sdp: Some(offer) } });
     }
@@ -885,6 +976,11 @@ impl Call {
             CallInput::Woken { leg, binding } => self.woken(leg, *binding),
             CallInput::PickUp(start) if self.can_be_picked_up() => self.pick_up(*start),
             CallInput::PickUp(_) => {}
+            CallInput::TransferRoute { attempt, result } => self.transfer_routed(attempt, result),
+            CallInput::Timeout if self.transfer.as_ref().and_then(|t| t.deadline).is_some_and(|d| d <= self.now) => {
+                let code = self.transfer.as_ref().and_then(|t| t.failure).unwrap_or(480);
+                self.transfer_failed(code, reason_of(code));
+            }
             CallInput::PushFailed { leg } => {
                 if self.waking.contains_key(&leg) {
                     self.fork_failed(leg, 480);
@@ -940,7 +1036,11 @@ impl Call {
 
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let forward_at = self.forward_at.filter(|_| self.phase == Phase::Ringing);
-        [self.deadline, self.push_deadline.filter(|_| !self.waking.is_empty()), forward_at].into_iter().flatten().min()
+        let transfer = self.transfer.as_ref().and_then(|t| t.deadline);
+        [self.deadline, self.push_deadline.filter(|_| !self.waking.is_empty()), forward_at, transfer]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn id(&self) -> u64 {
@@ -980,6 +1080,8 @@ impl Call {
             codec_caller: self.codecs[0].map(|c| c.name().to_owned()),
             codec_callee: self.codecs[1].map(|c| c.name().to_owned()),
             media: Default::default(),
+            follows: self.follows,
+            transfer: None,
         }
     }
 
@@ -1006,10 +1108,12 @@ impl Call {
                     }
                 }
             }
+            LegEvent::Bye if self.is_transferor(self.a) => self.transferor_left(self.a),
             LegEvent::Bye => {
                 self.gone.push(self.a);
                 self.hung_up_by(HangupSide::Caller);
             }
+            LegEvent::Refer(target) => self.refer(self.a, target),
             LegEvent::NoAck => {
                 self.hangup.get_or_insert(HangupSide::Pbx);
                 self.end_all();
@@ -1019,7 +1123,9 @@ impl Call {
             LegEvent::Finished => {
                 self.a_live = false;
                 self.outputs.push_back(CallOutput::StopLeg { leg: self.a });
-                if self.phase == Phase::Ringing {
+                if self.is_transferor(self.a) {
+                    self.transferor_left(self.a);
+                } else if self.phase == Phase::Ringing {
                     // Finished without our final response: only after a CANCEL, handled above.
                     self.end_all();
                 }
@@ -1043,7 +1149,24 @@ impl Call {
         if !self.forks.contains_key(&leg) {
             return;
         }
+        if self.transfer.as_ref().is_some_and(|t| t.forks.contains(&leg)) {
+            match event {
+                LegEvent::Progress { .. } => return self.transfer_ringing(),
+                LegEvent::Answered { sdp } => return self.transfer_answered(leg, sdp),
+                LegEvent::Failed { code } => return self.transfer_fork_failed(leg, code),
+                _ => {}
+            }
+        }
         match event {
+            LegEvent::Bye | LegEvent::Finished if Some(leg) == self.winner && self.is_transferor(leg) => {
+                if event == LegEvent::Finished {
+                    self.forks.insert(leg, false);
+                    self.outputs.push_back(CallOutput::StopLeg { leg });
+                }
+                self.transferor_left(leg);
+            }
+            LegEvent::Refer(target) if Some(leg) == self.winner => self.refer(leg, target),
+            LegEvent::Refer(_) => self.command(leg, LegCommand::AnswerRefer { code: 481, reason: None }),
             LegEvent::Progress { code, sdp } => {
                 if self.phase != Phase::Ringing || self.retired.contains(&leg) {
                     return;
@@ -1127,6 +1250,9 @@ impl Call {
             return self.command(leg, LegCommand::Hangup);
         }
         self.winner = Some(leg);
+        if let Some(aor) = self.fork_aor.get(&leg) {
+            self.parties[1] = aor.clone();
+        }
         self.forget_waking();
         if !self.secure_forks.contains(&leg) {
             self.sessions[1].set_crypto(None);
@@ -1324,6 +1450,17 @@ impl Call {
     }
 
     fn offer_answered(&mut self, answered_by: Side, code: u16, sdp: Option<Bytes>) {
+        if self.refreshing == Some(answered_by) && self.relayed.as_ref().is_none_or(|r| r.from == answered_by) {
+            // The answer to pbx's own re-offer (the transferee after a transfer).
+            self.refreshing = None;
+            let answer = sdp.and_then(|b| sdp::parse(&b).ok()).and_then(|d| d.audio());
+            if (200..300).contains(&code)
+                && let Some((audio, codec)) = answer.and_then(|a| first_codec(&a).map(|c| (a, c)))
+            {
+                self.configure(answered_by, &audio, codec);
+            }
+            return;
+        }
         let Some(relayed) = self.relayed.take_if(|r| r.from == answered_by.other()) else { return };
         let from_leg = self.leg_of(relayed.from);
         if !(200..300).contains(&code) {
@@ -1404,6 +1541,7 @@ impl Call {
             self.command(self.a, LegCommand::Hangup);
         }
         self.forget_waking();
+        self.transfer = None;
         let live: Vec<LegId> = self.forks.iter().filter(|(_, live)| **live).map(|(id, _)| *id).collect();
         for leg in live {
             self.command(leg, LegCommand::Hangup);
@@ -1444,6 +1582,270 @@ impl Call {
         self.outputs.push_back(CallOutput::Over);
     }
 
+    fn is_transferor(&self, leg: LegId) -> bool {
+        self.transfer.as_ref().is_some_and(|t| t.transferor == leg && !t.recall)
+    }
+
+    /// A party's REFER (module doc, Transfer).
+    fn refer(&mut self, leg: LegId, target: super::transfer::ReferTo) {
+        let refuse = |call: &mut Call, code: u16, reason: &str| {
+            call.command(leg, LegCommand::AnswerRefer { code, reason: Some(reason.to_owned()) })
+        };
+        if self.phase != Phase::Answered || self.room {
+            return refuse(self, 403, "Forbidden (only an answered call between two phones is transferred)");
+        }
+        if self.transfer.is_some() {
+            return refuse(self, 491, "Request Pending (a transfer is in progress)");
+        }
+        if target.replaces.is_some() {
+            return refuse(self, 403, "Forbidden (attended transfer with Replaces is not supported yet)");
+        }
+        if self.transfers >= TRANSFERS_MAX {
+            return refuse(self, 403, "Forbidden (too many transfers of this call)");
+        }
+        let side = if leg == self.a { Side::A } else { Side::B };
+        self.attempts += 1;
+        let session = self.transfer_session(side);
+        self.transfer = Some(Transfer {
+            attempt: self.attempts,
+            transferor: leg,
+            side,
+            by: self.parties[side_index(side)].clone(),
+            number: target.number.clone(),
+            secure: target.secure,
+            forks: Vec::new(),
+            deadline: None,
+            failure: None,
+            ringing_told: false,
+            transferor_gone: false,
+            recall: false,
+            session,
+            offer: None,
+            started: self.now,
+        });
+        let transferee = self.parties[side_index(side.other())].clone();
+        let (attempt, number, secure) = (self.attempts, target.number, target.secure);
+        self.outputs.push_back(CallOutput::Transfer { attempt, number, transferee, secure });
+    }
+
+    /// pbx's SDP session toward a transfer's target on `side` (a new one: a new phone).
+    fn transfer_session(&self, side: Side) -> LocalSession {
+        LocalSession::new(self.seed.wrapping_add(1 + 2 * self.attempts), self.media[side_index(side)].ip())
+    }
+
+    /// The shell looked the target up: refuse the REFER, or accept it and ring the target.
+    fn transfer_routed(&mut self, attempt: u64, result: TransferLookup) {
+        let current = self.transfer.as_ref().is_some_and(|t| t.attempt == attempt && t.forks.is_empty());
+        if !current {
+            // Stale (the call or the transfer ended meanwhile): its legs were never started.
+            if let Ok((_, legs)) = result {
+                for leg in legs {
+                    self.outputs.push_back(CallOutput::ForkGone { leg });
+                }
+            }
+            return;
+        }
+        let Some(t) = self.transfer.as_ref() else { return };
+        let (transferor, recall, secure) = (t.transferor, t.recall, t.secure);
+        let (route, legs) = match result {
+            Ok(found) => found,
+            Err((code, reason)) if recall => return self.transfer_failed(code, &reason),
+            Err((code, reason)) => {
+                self.transfer = None;
+                return self.command(transferor, LegCommand::AnswerRefer { code, reason: Some(reason) });
+            }
+        };
+        if !recall {
+            self.command(transferor, LegCommand::AnswerRefer { code: 202, reason: None });
+        }
+        let Some(template) = self.template.clone() else { return self.transfer_failed(500, "Server Internal Error") };
+        let Some(t) = self.transfer.as_mut() else { return };
+        let (side, other) = (side_index(t.side), side_index(t.side.other()));
+        let codec = self.codecs[other].unwrap_or(Codec::Pcmu);
+        let codecs = [(codec.static_pt(), codec), (codec.other().static_pt(), codec.other())];
+        let port = self.media[side].port();
+        let offer = sdp::offer(&mut t.session, port, &codecs, Some(TELEPHONE_EVENT_PT), Direction::SendRecv);
+        t.offer = Some(offer.clone());
+        t.deadline = Some(self.now + self.no_answer);
+        let host = template.local_sip.address;
+        let from = message::parse_sip_uri(&format!("sip:{}@{host}", self.parties[other]));
+        let to = message::parse_sip_uri(&format!("sip:{}@{host}", t.number));
+        let (Some(from), Some(to)) = (from, to) else { return self.transfer_failed(500, "Server Internal Error") };
+        let display = (!recall).then_some(route.caller_display_name.as_str());
+        let (from, to) = (name_addr(display, from), name_addr(None, to));
+        let mut forks = Vec::new();
+        for (leg_id, binding) in legs.into_iter().zip(route.contacts.iter()) {
+            let target = message::parse_sip_uri(&binding.contact);
+            // A `sips:` target is rung only at its phones on TLS.
+            let Some(target) = target.filter(|_| !secure || binding.transport.is_secure()) else {
+                self.outputs.push_back(CallOutput::ForkGone { leg: leg_id });
+                continue;
+            };
+            let destination = super::destination::destination(&target, binding.source, binding.transport, binding.nat);
+            let (timers, local_sip) = (template.timers, template.local_sip);
+            let (f, t) = (from.clone(), to.clone());
+            let leg = Leg::uac(leg_id, self.now, timers, local_sip, f, t, target, destination, binding.transport);
+            self.forks.insert(leg_id, true);
+            self.fork_aor.insert(leg_id, binding.aor.clone());
+            forks.push(leg_id);
+            self.outputs.push_back(CallOutput::StartLeg(Box::new(leg)));
+            let command = LegCommand::Invite { sdp: Some(offer.clone()) };
+            self.outputs.push_back(CallOutput::ToLeg { leg: leg_id, command });
+        }
+        if forks.is_empty() {
+            return self.transfer_failed(480, "Temporarily Unavailable");
+        }
+        if let Some(t) = self.transfer.as_mut() {
+            t.forks = forks;
+        }
+    }
+
+    /// A target's phone rings: the transferor hears of it once.
+    fn transfer_ringing(&mut self) {
+        let Some(t) = self.transfer.as_mut().filter(|t| !t.ringing_told) else { return };
+        t.ringing_told = true;
+        let transferor = t.transferor;
+        if !t.recall {
+            self.command(transferor, LegCommand::NotifyRefer { code: 180, reason: "Ringing".into() });
+        }
+    }
+
+    fn transfer_fork_failed(&mut self, leg: LegId, code: u16) {
+        self.forks.insert(leg, false);
+        let Some(t) = self.transfer.as_mut() else { return };
+        t.failure = Some(t.failure.map_or(code, |best| more_telling(best, code)));
+        let failure = t.failure.unwrap_or(480);
+        if t.forks.iter().all(|f| !self.forks.get(f).copied().unwrap_or(false)) {
+            self.transfer_failed(failure, reason_of(failure));
+        }
+    }
+
+    /// The target failed (busy, no answer, refused): the transferor gets the call back — told
+    /// by NOTIFY while it is still there, rung back once it left; a failed ring-back ends the call.
+    fn transfer_failed(&mut self, code: u16, reason: &str) {
+        let Some(t) = self.transfer.take() else { return };
+        for leg in &t.forks {
+            if self.forks.get(leg).copied().unwrap_or(false) {
+                self.command(*leg, LegCommand::Hangup);
+            }
+        }
+        if t.recall {
+            self.hangup = Some(HangupSide::Pbx);
+            return self.end_all();
+        }
+        if !t.transferor_gone {
+            return self.command(t.transferor, LegCommand::NotifyRefer { code, reason: reason.to_owned() });
+        }
+        // Rung back: the transferor's own extension, as a transfer of its own.
+        self.attempts += 1;
+        let transferee = self.parties[side_index(t.side.other())].clone();
+        let session = self.transfer_session(t.side);
+        let number = t.by.clone();
+        self.transfer = Some(Transfer {
+            attempt: self.attempts,
+            number: number.clone(),
+            secure: false,
+            forks: Vec::new(),
+            deadline: None,
+            failure: None,
+            ringing_told: false,
+            recall: true,
+            session,
+            offer: None,
+            started: self.now,
+            ..t
+        });
+        self.outputs.push_back(CallOutput::Transfer { attempt: self.attempts, number, transferee, secure: false });
+    }
+
+    /// The transferor hung up before the target answered: the transferee waits for the target.
+    fn transferor_left(&mut self, leg: LegId) {
+        if !self.gone.contains(&leg) {
+            self.gone.push(leg);
+        }
+        if let Some(t) = self.transfer.as_mut() {
+            t.transferor_gone = true;
+        }
+    }
+
+    /// The target answered: it takes the transferor's place (module doc, Transfer).
+    fn transfer_answered(&mut self, leg: LegId, sdp: Option<Bytes>) {
+        let answer = sdp.and_then(|b| sdp::parse(&b).ok()).and_then(|d| d.audio());
+        let Some((audio, codec)) = answer.and_then(|a| first_codec(&a).map(|c| (a, c))) else {
+            self.command(leg, LegCommand::Hangup);
+            return self.transfer_fork_failed(leg, 488);
+        };
+        let Some(t) = self.transfer.take() else { return self.command(leg, LegCommand::Hangup) };
+        for other in &t.forks {
+            if *other != leg && self.forks.get(other).copied().unwrap_or(false) {
+                self.command(*other, LegCommand::Hangup);
+            }
+        }
+        let (side, i) = (t.side, side_index(t.side));
+        // The record so far, naming the transfer and the record that goes on.
+        self.transfers += 1;
+        let next = self.first_id.wrapping_add(self.transfers << 57);
+        let mut done = self.record();
+        done.hangup = None;
+        done.transfer = Some(crate::cdr::Transferred { by: t.by.clone(), to: t.number.clone(), next });
+        self.outputs.push_back(CallOutput::Segment(Box::new(done)));
+        // The target's media on the transferor's side: plain RTP, pbx's new session.
+        self.sessions[i] = t.session;
+        if self.srtp[i].sent.take().is_some() {
+            self.outputs.push_back(CallOutput::MediaKeys { side, keys: None });
+        }
+        self.srtp[i].local = None;
+        self.srtp[i].mandatory = false;
+        self.configure(side, &audio, codec);
+        self.last_sdp[i] = t.offer;
+        // The transferor is told and hung up on; the target takes its place.
+        if !t.recall && !t.transferor_gone {
+            self.command(t.transferor, LegCommand::NotifyRefer { code: 200, reason: "OK".into() });
+        }
+        self.command(t.transferor, LegCommand::Hangup);
+        match side {
+            Side::B => self.winner = Some(leg),
+            Side::A => {
+                let old = self.a;
+                self.forks.insert(old, self.a_live);
+                self.forks.remove(&leg);
+                self.a = leg;
+                self.a_live = true;
+            }
+        }
+        self.parties[i] = self.fork_aor.get(&leg).cloned().unwrap_or_else(|| t.number.clone());
+        // The call goes on under its next record: the parties by side, the transfer's target
+        // by the number dialled.
+        self.follows = Some(self.id);
+        self.id = next;
+        self.start = t.started;
+        self.answer = Some(self.now);
+        self.hangup = None;
+        self.disposition = Some(Disposition::Answered);
+        self.caller = self.parties[0].clone();
+        self.callee = self.parties[1].clone();
+        match side {
+            Side::A => self.caller = t.number,
+            Side::B => self.callee = t.number,
+        }
+        // The transferee is taken off hold (the transferor may have put it on hold).
+        self.reoffer(side.other());
+    }
+
+    /// pbx offers a side its media afresh (sendrecv, its codec first): the transferee after a
+    /// transfer. The answer comes back to `offer_answered` (`refreshing`).
+    fn reoffer(&mut self, side: Side) {
+        let i = side_index(side);
+        let Some(codec) = self.codecs[i] else { return };
+        let codecs = [(codec.static_pt(), codec), (codec.other().static_pt(), codec.other())];
+        let port = self.media[i].port();
+        let sdp = sdp::offer(&mut self.sessions[i], port, &codecs, Some(TELEPHONE_EVENT_PT), Direction::SendRecv);
+        self.last_sdp[i] = Some(sdp.clone());
+        self.refreshing = Some(side);
+        let leg = self.leg_of(side);
+        self.command(leg, LegCommand::Offer { method: Method::INVITE, sdp: Some(sdp) });
+    }
+
     fn leg_of(&self, side: Side) -> LegId {
         match side {
             Side::A => self.a,
@@ -1472,6 +1874,19 @@ fn more_telling(a: u16, b: u16) -> u16 {
         std::cmp::Ordering::Less => a,
         std::cmp::Ordering::Greater => b,
         std::cmp::Ordering::Equal => a.min(b),
+    }
+}
+
+/// A reason phrase for a transfer's failure NOTIFY.
+fn reason_of(code: u16) -> &'static str {
+    match code {
+        486 | 600 => "Busy Here",
+        408 | 480 => "Temporarily Unavailable",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        603 => "Decline",
+        404 => "Not Found",
+        _ => "Failed",
     }
 }
 

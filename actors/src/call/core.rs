@@ -64,6 +64,8 @@ pub enum CoreInput {
     PushFailed { leg: LegId },
     /// A phone picks the ringing call up (see `CallInput::PickUp`).
     PickUp(Box<super::CallStart>),
+    /// The answer to `CoreOutput::Transfer` (see `CallInput::TransferRoute`).
+    TransferRoute { attempt: u64, result: super::b2bua::TransferLookup },
     /// The time given to `handle` has reached [`CallCore::poll_timeout`] (early is harmless).
     Timeout,
 }
@@ -100,6 +102,16 @@ pub enum CoreOutput {
         caller: String,
         callee: String,
     },
+    /// Look a transfer's target up (see `CallOutput::Transfer`).
+    Transfer {
+        attempt: u64,
+        number: String,
+        transferee: String,
+        secure: bool,
+    },
+    /// The record of the call up to a completed transfer: store it (the driver fills in the
+    /// media counters so far); the call goes on.
+    Segment(Box<Cdr>),
     /// The call has ended: store its record (the driver fills in the media counters). Legs may
     /// still be finishing their last transactions.
     Record(Box<Cdr>),
@@ -142,6 +154,9 @@ impl<L: LegTable> CallCore<L> {
             CoreInput::Woken { leg, binding } => self.call.handle(now, CallInput::Woken { leg, binding }),
             CoreInput::PushFailed { leg } => self.call.handle(now, CallInput::PushFailed { leg }),
             CoreInput::PickUp(start) => self.call.handle(now, CallInput::PickUp(start)),
+            CoreInput::TransferRoute { attempt, result } => {
+                self.call.handle(now, CallInput::TransferRoute { attempt, result })
+            }
             CoreInput::Timeout => {
                 self.call.handle(now, CallInput::Timeout);
                 let (events, outputs) = (&mut self.events, &mut self.outputs);
@@ -224,6 +239,10 @@ impl<L: LegTable> CallCore<L> {
                     CallOutput::Push { leg, binding, caller, callee } => {
                         self.outputs.push_back(CoreOutput::Push { leg, binding, caller, callee })
                     }
+                    CallOutput::Transfer { attempt, number, transferee, secure } => {
+                        self.outputs.push_back(CoreOutput::Transfer { attempt, number, transferee, secure })
+                    }
+                    CallOutput::Segment(cdr) => self.outputs.push_back(CoreOutput::Segment(cdr)),
                     CallOutput::Over => self.outputs.push_back(CoreOutput::Over),
                 }
             }

@@ -20,6 +20,7 @@ use crate::sip::message::{CSeq, FromTo, Headers, Method, Name, NameAddr, SipUri,
 use crate::sip::transaction::{ServerKey, TimerConfig};
 use crate::sip::{Request, Response, Transport};
 use bytes::Bytes;
+use ezk_sip_types::host::Host;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -64,6 +65,12 @@ pub enum LegCommand {
     Offer { method: Method, sdp: Option<Bytes> },
     /// Answer the re-INVITE/UPDATE this leg reported as `LegEvent::Offer`.
     AnswerOffer { code: u16, sdp: Option<Bytes> },
+    /// Answer the REFER this leg reported as `LegEvent::Refer`: 202 starts the implicit
+    /// subscription (RFC 3515 §2.4.4: NOTIFY `100 Trying` at once), anything else refuses it.
+    AnswerRefer { code: u16, reason: Option<String> },
+    /// The accepted REFER's progress (RFC 3515 §2.4.5): NOTIFY with this status line as
+    /// `message/sipfrag`; a final code (200 and up) ends the subscription.
+    NotifyRefer { code: u16, reason: String },
 }
 
 /// What a leg tells its call.
@@ -83,6 +90,9 @@ pub enum LegEvent {
     Offer { method: Method, sdp: Option<Bytes> },
     /// The final response to our `LegCommand::Offer`.
     OfferAnswered { code: u16, sdp: Option<Bytes> },
+    /// The far end asks pbx to transfer the call (REFER, its `Refer-To` read and checked by
+    /// `transfer::parse_refer_to`); answer with `LegCommand::AnswerRefer`.
+    Refer(super::transfer::ReferTo),
     /// The far end hung up (BYE answered 200).
     Bye,
     /// Our 2xx was never ACKed (64*T1): the leg sent a BYE.
@@ -173,11 +183,19 @@ pub struct Leg {
     offer_in: Option<(ServerKey, Request)>,
     /// A re-INVITE/UPDATE of ours waiting for its answer: (method, cseq).
     offer_out: Option<(Method, u32)>,
+    /// A REFER from the far end waiting for our answer.
+    refer_in: Option<(ServerKey, Request)>,
+    /// The implicit subscription of an accepted REFER (RFC 3515 §2.4.4): its event id (the
+    /// REFER's CSeq). `None` when there is none, or the REFER asked for none (RFC 4488).
+    refer_sub: Option<u32>,
     outputs: VecDeque<LegOutput>,
     now: Timestamp,
     /// B-leg: its INVITE asks the phone to answer by itself (intercom).
     auto_answer: bool,
 }
+
+/// The `Allow` of what a leg sends and of its 405s.
+pub const LEG_ALLOW: &str = "INVITE, ACK, CANCEL, BYE, UPDATE, OPTIONS, INFO, REFER, NOTIFY";
 
 /// What an intercom INVITE carries so the phone answers by itself: `Call-Info` with
 /// `answer-after=0` (Snom, Yealink, Grandstream, Linphone, baresip) and `Alert-Info` with
@@ -222,6 +240,8 @@ impl Leg {
             unacked: None,
             offer_in: None,
             offer_out: None,
+            refer_in: None,
+            refer_sub: None,
             outputs: VecDeque::new(),
             now,
             auto_answer: false,
@@ -262,6 +282,8 @@ impl Leg {
             unacked: None,
             offer_in: None,
             offer_out: None,
+            refer_in: None,
+            refer_sub: None,
             outputs: VecDeque::new(),
             now,
             auto_answer: false,
@@ -404,8 +426,48 @@ impl Leg {
                     self.send_response(key, response);
                 }
             }
+            LegCommand::AnswerRefer { code, reason } => {
+                if let Some((key, request)) = self.refer_in.take() {
+                    let mut response = self.response_to(&request, code);
+                    match reason {
+                        Some(reason) => response.reason = reason,
+                        // RFC 3515 §2.4.2; not in RFC 3261's table of reason phrases.
+                        None if code == 202 => response.reason = "Accepted".into(),
+                        None => {}
+                    }
+                    self.send_response(key, response);
+                    let no_sub = request
+                        .headers
+                        .get_raw(&Name::from("Refer-Sub"))
+                        .any(|v| v.as_str().trim().eq_ignore_ascii_case("false"));
+                    if (200..300).contains(&code) && !no_sub {
+                        self.refer_sub = request.cseq().map(|c| c.cseq);
+                        self.notify_refer(100, "Trying");
+                    }
+                }
+            }
+            LegCommand::NotifyRefer { code, reason } => self.notify_refer(code, &reason),
             LegCommand::Invite { .. } => {}
         }
+    }
+
+    /// A NOTIFY of the REFER subscription, if there is one; a final status ends it.
+    fn notify_refer(&mut self, code: u16, reason: &str) {
+        let Some(id) = self.refer_sub else { return };
+        if self.state != State::Confirmed {
+            return;
+        }
+        let mut request = self.request_for(Method::NOTIFY, None);
+        request.headers.insert(Name::EVENT, format!("refer;id={id}"));
+        let state = if code >= 200 { "terminated;reason=noresource" } else { "active;expires=60" };
+        request.headers.insert(Name::SUBSCRIPTION_STATE, state);
+        request.headers.insert(Name::CONTACT, self.contact());
+        request.headers.insert(Name::CONTENT_TYPE, "message/sipfrag;version=2.0");
+        request.body = Bytes::from(super::transfer::sipfrag(code, reason));
+        if code >= 200 {
+            self.refer_sub = None;
+        }
+        self.send_request(request);
     }
 
     fn hang_up(&mut self) {
@@ -497,6 +559,11 @@ impl Leg {
                 let response = self.response_to(&pending, 487);
                 self.send_response(key, response);
             }
+            if let Some((key, pending)) = self.refer_in.take() {
+                let response = self.response_to(&pending, 487);
+                self.send_response(key, response);
+            }
+            self.refer_sub = None;
             self.event(LegEvent::Bye);
             self.finish();
         } else if method == Method::INVITE || method == Method::UPDATE {
@@ -516,15 +583,60 @@ impl Leg {
             let sdp = (!request.body.is_empty()).then(|| request.body.clone());
             self.offer_in = Some((key, request));
             self.event(LegEvent::Offer { method, sdp });
+        } else if method == Method::REFER {
+            self.refer(key, request);
         } else if method == Method::OPTIONS || method == Method::INFO || method == Method::NOTIFY {
             // Keep-alives and in-dialog chatter: acknowledged here, not relayed.
             let response = self.response_to(&request, 200);
             self.send_response(key, response);
         } else {
             let mut response = self.response_to(&request, 405);
-            response.headers.insert(Name::ALLOW, "INVITE, ACK, CANCEL, BYE, UPDATE, OPTIONS, INFO");
+            response.headers.insert(Name::ALLOW, LEG_ALLOW);
             self.send_response(key, response);
         }
+    }
+
+    /// A REFER in this dialog: its `Refer-To` read and checked (`transfer`), then handed to
+    /// the call; one at a time.
+    fn refer(&mut self, key: ServerKey, request: Request) {
+        let refuse = |leg: &mut Leg, code: u16, reason: &str| {
+            let mut response = leg.response_to(&request, code);
+            response.reason = reason.to_owned();
+            leg.send_response(key.clone(), response);
+        };
+        if self.state != State::Confirmed {
+            return refuse(self, 403, "Forbidden (call not answered)");
+        }
+        if self.refer_in.is_some() {
+            return refuse(self, 491, "Request Pending");
+        }
+        // The compact form `r` is the same name (RFC 3515 §2.1).
+        let values: Vec<String> = request.headers.get_raw(&Name::REFER_TO).map(|v| v.as_str().to_owned()).collect();
+        let [value] = values.as_slice() else {
+            return refuse(self, 400, "Bad Request (exactly one Refer-To needed)");
+        };
+        match super::transfer::parse_refer_to(value, &self.own_hosts()) {
+            Ok(target) => {
+                self.refer_in = Some((key, request));
+                self.event(LegEvent::Refer(target));
+            }
+            Err(reason) => refuse(self, 403, reason),
+        }
+    }
+
+    /// The hosts that name pbx in this dialog: its SIP addresses, and the host the phone put
+    /// in the URI it called pbx by (the caller's To) or pbx wrote as its own (a B-leg's From).
+    fn own_hosts(&self) -> Vec<String> {
+        let mut hosts = vec![self.local_sip.address.ip().to_string()];
+        if let Some(tls) = self.local_sip.tls {
+            hosts.push(tls.ip().to_string());
+        }
+        hosts.push(match &self.local.uri.uri.host_port.host {
+            Host::IP4(ip) => ip.to_string(),
+            Host::IP6(ip) => ip.to_string(),
+            Host::Name(name) => name.as_str().to_owned(),
+        });
+        hosts
     }
 
     fn ack(&mut self, request: Request) {
@@ -695,7 +807,7 @@ impl Leg {
         let mut headers = self.dialog_headers(CSeq::new(self.local_cseq, method.clone()));
         if method == Method::INVITE || method == Method::UPDATE {
             headers.insert(Name::CONTACT, self.contact());
-            headers.insert(Name::ALLOW, "INVITE, ACK, CANCEL, BYE, UPDATE, OPTIONS, INFO");
+            headers.insert(Name::ALLOW, LEG_ALLOW);
         }
         if self.auto_answer && method == Method::INVITE && self.state == State::Idle {
             let own = self.local_sip.for_transport(self.transport);

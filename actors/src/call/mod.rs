@@ -25,6 +25,7 @@ pub mod b2bua;
 pub mod core;
 pub mod destination;
 pub mod leg;
+pub mod transfer;
 pub mod wake;
 
 pub use b2bua::{Call, CallConfig, CallInput, CallOutput, RoomAnswer, SrtpSetup};
@@ -74,6 +75,8 @@ impl CallStart {
             codec_caller: None,
             codec_callee: None,
             media: Default::default(),
+            follows: None,
+            transfer: None,
         }
     }
 }

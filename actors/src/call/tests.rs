@@ -448,6 +448,10 @@ struct Harness {
     pushes: Vec<(LegId, Binding)>,
     /// Forks that waited for a push and ended without a leg (`ForkGone`).
     gone: Vec<LegId>,
+    /// Transfer lookups asked for: (attempt, number, transferee, secure).
+    lookups: Vec<(u64, String, String, bool)>,
+    /// Records of a transferred call's earlier parts.
+    segments: Vec<crate::cdr::Cdr>,
 }
 
 const A: LegId = LegId(1);
@@ -519,6 +523,8 @@ fn harness(config: CallConfig, setup: CallSetup) -> Harness {
         notices: vec![],
         pushes: vec![],
         gone: vec![],
+        lookups: vec![],
+        segments: vec![],
     };
     h.drain();
     h
@@ -544,6 +550,10 @@ impl Harness {
                 CallOutput::Notice { message, .. } => self.notices.push(message),
                 CallOutput::Push { leg, binding, .. } => self.pushes.push((leg, *binding)),
                 CallOutput::ForkGone { leg } => self.gone.push(leg),
+                CallOutput::Transfer { attempt, number, transferee, secure } => {
+                    self.lookups.push((attempt, number, transferee, secure))
+                }
+                CallOutput::Segment(cdr) => self.segments.push(*cdr),
             }
         }
     }
@@ -1551,4 +1561,295 @@ fn a_ringing_call_is_picked_up_by_another_phones_invite() {
     // The picker hangs up: the call ends, answered.
     h.event(ms(9_000), B3, LegEvent::Bye);
     assert_eq!(h.ended.clone().expect("a record").disposition, Disposition::Answered);
+}
+
+// ---- Transfer (RFC 3515) ----
+
+const T1: LegId = LegId(20);
+const T2: LegId = LegId(21);
+
+fn refer_to(number: &str) -> LegEvent {
+    LegEvent::Refer(super::transfer::ReferTo { number: number.into(), secure: false, replaces: None })
+}
+
+/// A call 100 → 101 answered by its one phone (B1), its media settings so far forgotten.
+fn transferable_call() -> Harness {
+    let mut h = answered_call();
+    h.media.clear();
+    h
+}
+
+/// Where a transfer to `number` goes: its phones, a leg each.
+fn transfer_route(number: &str, legs: &[LegId]) -> super::b2bua::TransferLookup {
+    let contacts = legs
+        .iter()
+        .enumerate()
+        .map(|(n, _)| {
+            let port = 5070 + n as u16;
+            Binding { aor: number.into(), ..binding(&format!("sip:{number}@127.0.0.1:{port}"), port) }
+        })
+        .collect();
+    let route = Route {
+        caller: "100".into(),
+        caller_display_name: "Alice".into(),
+        callee: number.into(),
+        target: number.into(),
+        contacts,
+        room: false,
+        forwards: Default::default(),
+        intercom: false,
+        pickup: None,
+    };
+    Ok((Box::new(route), legs.to_vec()))
+}
+
+impl Harness {
+    fn routed(&mut self, at: Duration, attempt: u64, result: super::b2bua::TransferLookup) {
+        self.call.handle(Timestamp::ZERO + at, CallInput::TransferRoute { attempt, result });
+        self.drain();
+    }
+}
+
+fn notified(commands: &[(LegId, LegCommand)], leg: LegId) -> Vec<u16> {
+    commands
+        .iter()
+        .filter(|(l, _)| *l == leg)
+        .filter_map(|(_, c)| match c {
+            LegCommand::NotifyRefer { code, .. } => Some(*code),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The callee transfers the caller to 102: looked up as if 100 dialled it, 202, the target's
+/// phone offered pbx's B-side port; its answer replaces 101 (NOTIFY 200, BYE), the caller is
+/// re-offered, the record so far names the transfer and the call goes on under the next one.
+#[test]
+fn blind_transfer_by_the_callee_joins_the_caller_to_the_target() {
+    let mut h = transferable_call();
+    h.event(ms(5000), B1, refer_to("102"));
+    assert_eq!(h.lookups, vec![(1, "102".into(), "100".into(), false)]);
+    assert!(h.take_commands().is_empty(), "the REFER waits for the lookup");
+
+    h.routed(ms(5010), 1, transfer_route("102", &[T1]));
+    let commands = h.take_commands();
+    assert!(
+        commands.iter().any(|(l, c)| *l == B1 && matches!(c, LegCommand::AnswerRefer { code: 202, .. })),
+        "{commands:?}"
+    );
+    assert!(h.started.contains(&T1));
+    let (_, invite) = commands.iter().find(|(l, c)| *l == T1 && matches!(c, LegCommand::Invite { .. })).unwrap();
+    let offered = sdp_of(invite);
+    assert_eq!(offered.rtp, Some("127.0.0.1:20002".parse().unwrap()), "the target gets the transferor's side");
+    assert_eq!(offered.codecs[0].1, crate::sdp::Codec::Pcmu, "the transferee's codec first");
+
+    h.event(ms(6000), T1, LegEvent::Progress { code: 180, sdp: None });
+    assert_eq!(notified(&h.take_commands(), B1), vec![180]);
+    assert!(h.segments.is_empty() && h.ended.is_none());
+
+    let answer = PCMA_ANSWER.replace("41000", "42000");
+    h.event(ms(9000), T1, LegEvent::Answered { sdp: Some(Bytes::from(answer)) });
+    let commands = h.take_commands();
+    assert_eq!(notified(&commands, B1), vec![200]);
+    assert!(commands.iter().any(|(l, c)| *l == B1 && matches!(c, LegCommand::Hangup)), "{commands:?}");
+    let (_, reoffer) = commands.iter().find(|(l, c)| *l == A && matches!(c, LegCommand::Offer { .. })).unwrap();
+    assert_eq!(sdp_of(reoffer).direction, crate::sdp::Direction::SendRecv, "the caller is taken off hold");
+    assert!(
+        h.media.iter().any(|(side, peer)| *side == Side::B && peer.rtp == Some("127.0.0.1:42000".parse().unwrap()))
+    );
+    let first = h.segments.first().expect("the record up to the transfer");
+    assert_eq!((first.id, first.caller.as_str(), first.callee.as_str()), (7, "100", "101"));
+    let transfer = first.transfer.clone().unwrap();
+    assert_eq!((transfer.by.as_str(), transfer.to.as_str()), ("101", "102"));
+    assert_eq!(first.end, Timestamp::ZERO + ms(9000));
+
+    // The old callee's leg finishing does not end the call; the caller's BYE does.
+    h.event(ms(9050), B1, LegEvent::Finished);
+    assert!(h.ended.is_none());
+    h.event(ms(20_000), A, LegEvent::Bye);
+    assert!(h.take_commands().iter().any(|(l, c)| *l == T1 && matches!(c, LegCommand::Hangup)));
+    let last = h.ended.clone().unwrap();
+    assert_eq!((last.id, last.follows), (transfer.next, Some(7)));
+    assert_eq!((last.caller.as_str(), last.callee.as_str()), ("100", "102"));
+    assert_eq!((last.start, last.answer), (Timestamp::ZERO + ms(5000), Some(Timestamp::ZERO + ms(9000))));
+    assert_eq!(last.hangup, Some(HangupSide::Caller));
+    h.finish(ms(20_000), &[A, T1]);
+    assert!(h.over);
+}
+
+/// The caller transfers the callee: the target takes the caller's side (A), and the old
+/// caller's leg, now a spare, finishing does not end the call.
+#[test]
+fn blind_transfer_by_the_caller_puts_the_target_on_its_side() {
+    let mut h = transferable_call();
+    h.event(ms(5000), A, refer_to("102"));
+    assert_eq!(h.lookups, vec![(1, "102".into(), "101".into(), false)]);
+    h.routed(ms(5010), 1, transfer_route("102", &[T1]));
+    let commands = h.take_commands();
+    let (_, invite) = commands.iter().find(|(l, _)| *l == T1).unwrap();
+    assert_eq!(sdp_of(invite).rtp, Some("127.0.0.1:20000".parse().unwrap()));
+    h.event(ms(8000), T1, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
+    let commands = h.take_commands();
+    assert!(commands.iter().any(|(l, c)| *l == A && matches!(c, LegCommand::Hangup)), "{commands:?}");
+    assert!(commands.iter().any(|(l, c)| *l == B1 && matches!(c, LegCommand::Offer { .. })), "{commands:?}");
+    h.event(ms(8050), A, LegEvent::Finished);
+    assert!(h.ended.is_none(), "the transferor's leg going is no hang-up");
+    h.event(ms(30_000), T1, LegEvent::Bye);
+    let last = h.ended.clone().unwrap();
+    assert_eq!((last.caller.as_str(), last.callee.as_str()), ("102", "101"), "parties by side");
+    assert_eq!(last.hangup, Some(HangupSide::Caller));
+}
+
+/// A busy target: the transferor hears 486 by NOTIFY and keeps the call; a REFER refused by
+/// the lookup (outside the dial plan) gets the lookup's answer and changes nothing.
+#[test]
+fn failed_transfer_gives_the_call_back_to_the_transferor() {
+    let mut h = transferable_call();
+    h.event(ms(1000), B1, refer_to("999"));
+    h.routed(ms(1001), 1, Err((403, "Forbidden (no such number)".into())));
+    let commands = h.take_commands();
+    assert!(
+        matches!(&commands[..], [(B1, LegCommand::AnswerRefer { code: 403, reason: Some(r) })] if r.contains("no such")),
+        "{commands:?}"
+    );
+
+    h.event(ms(2000), B1, refer_to("102"));
+    h.routed(ms(2010), 2, transfer_route("102", &[T1, T2]));
+    h.take_commands();
+    h.event(ms(3000), T1, LegEvent::Failed { code: 486 });
+    assert!(notified(&h.take_commands(), B1).is_empty(), "one phone of two is busy");
+    h.event(ms(3100), T2, LegEvent::Failed { code: 486 });
+    assert_eq!(notified(&h.take_commands(), B1), vec![486]);
+    assert!(h.segments.is_empty());
+    h.event(ms(10_000), B1, LegEvent::Bye);
+    let cdr = h.ended.clone().unwrap();
+    assert_eq!((cdr.callee.as_str(), cdr.follows, cdr.hangup), ("101", None, Some(HangupSide::Callee)));
+}
+
+/// Blind transfer where the transferor hangs up at once: the caller waits; the target does
+/// not answer in time, so the transferor is rung back (a lookup of its own extension); its
+/// answer reconnects the call.
+#[test]
+fn a_transferor_that_left_is_rung_back_when_the_target_fails() {
+    let mut h = transferable_call();
+    h.event(ms(1000), B1, refer_to("102"));
+    h.routed(ms(1010), 1, transfer_route("102", &[T1]));
+    h.take_commands();
+    h.event(ms(1500), B1, LegEvent::Bye);
+    h.event(ms(1500), B1, LegEvent::Finished);
+    assert!(h.ended.is_none(), "the caller waits for the target");
+    assert!(!h.take_commands().iter().any(|(l, _)| *l == A));
+
+    h.call.handle(Timestamp::ZERO + ms(1010) + Duration::from_secs(30), CallInput::Timeout);
+    h.drain();
+    assert!(h.take_commands().iter().any(|(l, c)| *l == T1 && matches!(c, LegCommand::Hangup)));
+    assert_eq!(h.lookups.last().unwrap(), &(2, "101".into(), "100".into(), false), "a recall of 101");
+    h.routed(ms(31_100), 2, transfer_route("101", &[T2]));
+    h.event(ms(31_200), T1, LegEvent::Failed { code: 487 });
+    h.event(ms(33_000), T2, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
+    let first = h.segments.first().unwrap();
+    assert_eq!(first.transfer.as_ref().unwrap().to, "101");
+    h.event(ms(40_000), A, LegEvent::Bye);
+    assert_eq!(h.ended.clone().unwrap().callee, "101");
+}
+
+/// A REFER before the answer, a second one while one runs, and one beyond the limit are
+/// refused; a lookup that comes back after the call ended starts nothing.
+#[test]
+fn refers_out_of_turn_are_refused() {
+    let mut h = call_with(PCMU_OFFER, 1);
+    h.take_commands();
+    h.event(ms(10), A, refer_to("102"));
+    assert!(matches!(h.take_commands()[..], [(A, LegCommand::AnswerRefer { code: 403, .. })]));
+    h.event(ms(100), B1, LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
+    h.take_commands();
+    h.event(ms(200), A, refer_to("102"));
+    h.event(ms(210), B1, refer_to("103"));
+    assert!(matches!(h.take_commands()[..], [(B1, LegCommand::AnswerRefer { code: 491, .. })]));
+    // The transferee hangs up while the target is looked up.
+    h.event(ms(300), B1, LegEvent::Bye);
+    assert!(h.ended.is_some());
+    h.routed(ms(400), 1, transfer_route("102", &[T1]));
+    assert!(!h.started.contains(&T1));
+    assert!(h.gone.contains(&T1), "the unused leg id is given back");
+}
+
+/// An answered A-leg and a REFER in its dialog with `refer_to` (and any extra header lines).
+fn refer_in_dialog(leg: &mut Leg, cseq: u32, lines: &str) -> (Vec<SipOut>, Vec<LegEvent>) {
+    let tag = leg.id().tag();
+    let text = format!(
+        "REFER sip:pbx@{PBX} SIP/2.0\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bK-refer{cseq};rport\nMax-Forwards: 70\n\
+From: <sip:100@127.0.0.1>;tag=alice\nTo: <sip:101@127.0.0.1>;tag={tag}\nCall-ID: call-1\nCSeq: {cseq} REFER\n\
+Contact: <sip:100@{PHONE}>\n{lines}Content-Length: 0\n\n"
+    );
+    let (key, request) = received(&text);
+    leg.handle(Timestamp::ZERO + ms(1000), LegInput::Sip(SipIn::Request { key, request }));
+    drain_leg(leg)
+}
+
+fn confirmed_a_leg() -> Leg {
+    let (mut leg, _, _) = a_leg(0xb);
+    leg.handle(Timestamp::ZERO, LegInput::Command(LegCommand::Answer { sdp: None }));
+    let ack = parse_request(&format!(
+        "ACK sip:pbx@{PBX} SIP/2.0\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bK-ack1\nMax-Forwards: 70\n\
+From: <sip:100@127.0.0.1>;tag=alice\nTo: <sip:101@127.0.0.1>;tag={}\nCall-ID: call-1\nCSeq: 1 ACK\nContent-Length: 0\n\n",
+        LegId(0xb).tag()
+    ));
+    leg.handle(Timestamp::ZERO, LegInput::Sip(SipIn::Ack { request: ack }));
+    drain_leg(&mut leg);
+    leg
+}
+
+/// RFC 3515: a REFER is handed to the call with its target read; 202 is followed by NOTIFY
+/// `100 Trying` at once, progress by NOTIFYs, and the final one ends the subscription.
+#[test]
+fn leg_takes_a_refer_and_reports_progress_by_notify() {
+    let mut leg = confirmed_a_leg();
+    let (sip, events) = refer_in_dialog(&mut leg, 2, "Refer-To: <sip:102@127.0.0.1>\n");
+    assert!(sip.is_empty(), "answered once the call decides");
+    let expected = super::transfer::ReferTo { number: "102".into(), secure: false, replaces: None };
+    assert_eq!(events, vec![LegEvent::Refer(expected)]);
+    // A second REFER meanwhile waits its turn.
+    let (sip, _) = refer_in_dialog(&mut leg, 3, "Refer-To: <sip:103@127.0.0.1>\n");
+    assert!(sent_text(&sip[0]).starts_with("SIP/2.0 491"), "{}", sent_text(&sip[0]));
+
+    leg.handle(Timestamp::ZERO, LegInput::Command(LegCommand::AnswerRefer { code: 202, reason: None }));
+    let (sip, _) = drain_leg(&mut leg);
+    assert!(sent_text(&sip[0]).starts_with("SIP/2.0 202 Accepted"), "{}", sent_text(&sip[0]));
+    let notify = sent_text(&sip[1]);
+    assert!(notify.starts_with("NOTIFY sip:100@"), "{notify}");
+    for line in
+        ["Event: refer;id=2", "Subscription-State: active", "Content-Type: message/sipfrag", "SIP/2.0 100 Trying"]
+    {
+        assert!(notify.contains(line), "{line} in {notify}");
+    }
+    leg.handle(Timestamp::ZERO, LegInput::Command(LegCommand::NotifyRefer { code: 200, reason: "OK".into() }));
+    let (sip, _) = drain_leg(&mut leg);
+    let notify = sent_text(&sip[0]);
+    assert!(notify.contains("Subscription-State: terminated;reason=noresource"), "{notify}");
+    assert!(notify.contains("SIP/2.0 200 OK"), "{notify}");
+    leg.handle(Timestamp::ZERO, LegInput::Command(LegCommand::NotifyRefer { code: 486, reason: "Busy".into() }));
+    assert!(drain_leg(&mut leg).0.is_empty(), "no NOTIFY after the subscription ended");
+}
+
+/// A stranger's Refer-To (another host, another scheme) is refused 403 by the leg, with the
+/// reason; none or two get 400; `Refer-Sub: false` (RFC 4488) gets 202 and no NOTIFY.
+#[test]
+fn leg_refuses_bad_refer_targets() {
+    let mut leg = confirmed_a_leg();
+    for (lines, status) in [
+        ("Refer-To: <sip:102@evil.example.net>\n", "SIP/2.0 403 Forbidden (Refer-To names another host)"),
+        ("Refer-To: <tel:+15550100>\n", "SIP/2.0 403 Forbidden (Refer-To is not a SIP URI)"),
+        ("", "SIP/2.0 400"),
+        ("Refer-To: <sip:102@127.0.0.1>\nRefer-To: <sip:103@127.0.0.1>\n", "SIP/2.0 400"),
+    ] {
+        let (sip, events) = refer_in_dialog(&mut leg, 2, lines);
+        assert!(events.is_empty(), "{lines}");
+        assert!(sent_text(&sip[0]).starts_with(status), "{lines}: {}", sent_text(&sip[0]));
+    }
+    let (_, events) = refer_in_dialog(&mut leg, 3, "Refer-To: <sip:102@127.0.0.1>\nRefer-Sub: false\n");
+    assert_eq!(events.len(), 1);
+    leg.handle(Timestamp::ZERO, LegInput::Command(LegCommand::AnswerRefer { code: 202, reason: None }));
+    let (sip, _) = drain_leg(&mut leg);
+    assert_eq!(sip.len(), 1, "the 202 alone");
 }

@@ -172,6 +172,8 @@ impl<H: Clone> EndpointGlue<H> {
                 self.machine.handle(now, input);
             }
             GlueInput::LegUp { leg, to } => {
+                // A leg the call drew itself (a transfer's) is new to the machine too.
+                self.machine.adopt_leg(leg);
                 if let Some(LegRoute::Starting(queued)) = self.legs.insert(leg, LegRoute::Up(to.clone())) {
                     for input in queued {
                         self.envelopes.push_back(Envelope::Leg { to: to.clone(), leg, input });

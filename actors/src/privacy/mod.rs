@@ -141,7 +141,7 @@ pub const INVENTORY: &[DataCategory] = &[
     },
     DataCategory {
         id: "cdr",
-        data: "caller and callee extension numbers (callee: the dialled number), call start, answer and end times, outcome, who hung up, SIP Call-ID, codecs, media statistics (packets, bytes, loss, jitter)",
+        data: "caller and callee extension numbers (callee: the dialled number), call start, answer and end times, outcome, who hung up, SIP Call-ID, codecs, media statistics (packets, bytes, loss, jitter); for a transferred call, who transferred it to which number and the link between its records",
         purpose: "billing and the call history users see (contract); troubleshooting and call statistics (legitimate interest)",
         legal_basis: &[
             LegalBasis::Contract,

@@ -248,8 +248,8 @@ const TRANSLATIONS: &[Translation] = &[
         id: "cdr",
         title: ["Verbindungsdaten", "Call detail records", "Relevés détaillés des appels"],
         data: Tr {
-            de: "Nebenstellennummern von Anrufer und Angerufenem (beim Angerufenen: die gewählte Nummer), Zeitpunkt von Beginn, Annahme und Ende des Gesprächs, Ergebnis, wer aufgelegt hat, SIP-Call-ID, Codecs, Medienstatistiken (Pakete, Bytes, Verluste, Jitter)",
-            fr: "numéros de poste de l'appelant et de l'appelé (pour l'appelé : le numéro composé), heures de début, de prise et de fin de l'appel, résultat, partie ayant raccroché, Call-ID SIP, codecs, statistiques média (paquets, octets, pertes, gigue)",
+            de: "Nebenstellennummern von Anrufer und Angerufenem (beim Angerufenen: die gewählte Nummer), Zeitpunkt von Beginn, Annahme und Ende des Gesprächs, Ergebnis, wer aufgelegt hat, SIP-Call-ID, Codecs, Medienstatistiken (Pakete, Bytes, Verluste, Jitter); bei einem weitervermittelten Gespräch, wer es an welche Nummer weitervermittelt hat, und die Verknüpfung seiner Datensätze",
+            fr: "numéros de poste de l'appelant et de l'appelé (pour l'appelé : le numéro composé), heures de début, de prise et de fin de l'appel, résultat, partie ayant raccroché, Call-ID SIP, codecs, statistiques média (paquets, octets, pertes, gigue) ; pour un appel transféré, qui l'a transféré vers quel numéro et le lien entre ses relevés",
         },
         purpose: Tr {
             de: "Abrechnung und die Anrufliste, die Nutzer einsehen (Vertrag); Fehlersuche und Anrufstatistik (berechtigtes Interesse)",

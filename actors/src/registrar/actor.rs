@@ -160,6 +160,13 @@ pub enum RegistrarMsg {
         number: String,
         reply: RpcReplyPort<Option<Forwarding>>,
     },
+    /// Where a call transferred by REFER to `number` goes, as if `transferee` dialled it
+    /// (`Registrar::transfer_route`); `Err`: the refusal's code and reason phrase.
+    TransferRoute {
+        transferee: String,
+        number: String,
+        reply: RpcReplyPort<Result<super::Route, (u16, String)>>,
+    },
     /// The ring groups `member` is logged out of.
     LoggedOutOf {
         member: String,
@@ -459,6 +466,9 @@ impl Actor for RegistrarActor {
             RegistrarMsg::GetForwarding { number, reply } => {
                 let known = s.machine.extensions().any(|e| e.number == number);
                 let _ = reply.send(known.then(|| s.machine.forwarding_of(&number)));
+            }
+            RegistrarMsg::TransferRoute { transferee, number, reply } => {
+                let _ = reply.send(s.machine.transfer_route(&transferee, &number));
             }
             RegistrarMsg::LoggedOutOf { member, reply } => {
                 let _ = reply.send(s.machine.logged_out_of(&member));

@@ -954,16 +954,28 @@ impl Registrar {
         if let Some(code) = FeatureCode::parse(&callee) {
             return self.feature_code(tx, request, ip, &caller, code);
         }
-        if self.config.rooms.contains(&callee) {
-            let route =
-                Route { room: true, ..Route::plain(caller, caller_display_name, callee.clone(), callee, Vec::new()) };
-            return self.outputs.push_back(RegistrarOutput::Routed { tx, route });
+        match self.resolve(caller, caller_display_name, callee) {
+            Ok(route) => self.outputs.push_back(RegistrarOutput::Routed { tx, route }),
+            Err(refusal) => self.refuse(tx, request, ip, refusal, true),
         }
-        if let Some(group) = self.config.groups.get(&callee).cloned() {
-            return self.route_group(tx, request, ip, caller, caller_display_name, &group);
+    }
+
+    /// Where a call from `caller` to the number `callee` goes: a room, a ring group, or an
+    /// extension with its forwarding followed. The end of [`route`](Self::route) once the
+    /// caller is known, and what a transfer's target is looked up with
+    /// ([`transfer_route`](Self::transfer_route)).
+    fn resolve(&self, caller: String, caller_display_name: String, callee: String) -> Result<Route, Refusal> {
+        if self.config.rooms.contains(&callee) {
+            return Ok(Route {
+                room: true,
+                ..Route::plain(caller, caller_display_name, callee.clone(), callee, Vec::new())
+            });
+        }
+        if let Some(group) = self.config.groups.get(&callee) {
+            return self.route_group(caller, caller_display_name, group);
         }
         if !self.extensions.contains_key(&callee) {
-            return self.refuse(tx, request, ip, Refusal::code(404), true);
+            return Err(Refusal::code(404));
         }
         // Forwarding (module `forwarding`): always, then the ringing one's busy and no answer.
         let mut visited = Vec::new();
@@ -985,11 +997,33 @@ impl Registrar {
                     (target, contacts) = (to.target, to.contacts);
                     forwards = Forwards::default();
                 }
-                None => return self.refuse(tx, request, ip, Refusal::code(480), true),
+                None => return Err(Refusal::code(480)),
             }
         }
-        let route = Route { forwards, ..Route::plain(caller, caller_display_name, callee, target, contacts) };
-        self.outputs.push_back(RegistrarOutput::Routed { tx, route });
+        Ok(Route { forwards, ..Route::plain(caller, caller_display_name, callee, target, contacts) })
+    }
+
+    /// Where a call transferred to `number` goes (REFER, RFC 3515): as a call `transferee`
+    /// dialled, so forwarding and ring groups apply. Only numbers a phone could call: a room,
+    /// a feature code, pickup or intercom is refused (403 with the reason), an unknown number
+    /// too (outside the dial plan: 403, RFC 3515 §2.4.2's answer for a refused REFER).
+    pub fn transfer_route(&self, transferee: &str, number: &str) -> Result<Route, (u16, String)> {
+        let special = number.starts_with(PICKUP_PREFIX)
+            || number.starts_with(INTERCOM_PREFIX)
+            || FeatureCode::parse(number).is_some()
+            || super::groups::LoginCode::parse(number).is_some();
+        if special {
+            return Err((403, "Forbidden (not a number a call can be transferred to)".into()));
+        }
+        if self.config.rooms.contains(number) {
+            return Err((403, "Forbidden (transfer to a conference room is not supported)".into()));
+        }
+        let display = self.extensions.get(transferee).map(|e| e.display_name.clone()).unwrap_or_default();
+        self.resolve(transferee.to_owned(), display, number.to_owned()).map_err(|refusal| match refusal.code {
+            404 => (403, "Forbidden (no such number)".to_owned()),
+            480 => (480, "Temporarily Unavailable".to_owned()),
+            code => (code, refusal.reason.unwrap_or("Forbidden").to_owned()),
+        })
     }
 
     /// Where a forward to the extension `to` leads: its `always` chain followed (extensions met
@@ -1005,14 +1039,11 @@ impl Registrar {
     /// A call to a ring group (module `groups`): its members' phones, all at once or in turn,
     /// then the group's no-answer target.
     fn route_group(
-        &mut self,
-        tx: u64,
-        request: &Request,
-        ip: IpAddr,
+        &self,
         caller: String,
         caller_display_name: String,
         group: &super::groups::Group,
-    ) {
+    ) -> Result<Route, Refusal> {
         use super::groups::Strategy;
         let members: Vec<Forward> = group
             .members
@@ -1042,11 +1073,10 @@ impl Registrar {
             (false, _) => (target, contacts, forwards),
             // Nobody's phone is registered: straight to the group's forward, if it has phones.
             (true, Some(to)) => (to.target, to.contacts, Forwards::default()),
-            (true, None) => return self.refuse(tx, request, ip, Refusal::code(480), true),
+            (true, None) => return Err(Refusal::code(480)),
         };
         let callee = group.number.clone();
-        let route = Route { forwards, ..Route::plain(caller, caller_display_name, callee, target, contacts) };
-        self.outputs.push_back(RegistrarOutput::Routed { tx, route });
+        Ok(Route { forwards, ..Route::plain(caller, caller_display_name, callee, target, contacts) })
     }
 
     fn contacts_of(&self, number: &str) -> Vec<Binding> {

@@ -1880,3 +1880,36 @@ fn members_log_out_and_in_with_feature_codes() {
     assert_eq!(all.persisted.len(), 1, "only the change is stored");
     assert!(h.m.logged_in("600", "100"));
 }
+
+/// A transfer's target (REFER) is routed as if the transferee dialled it: forwarding
+/// followed; a number outside the dial plan, a feature code, pickup or intercom is refused 403
+/// with the reason; an extension with no phone is 480.
+#[test]
+fn transfer_targets_are_routed_like_dialled_numbers() {
+    let mut h = Harness::new();
+    h.add_extensions(&["300", "400"]);
+    let reg = Reg::new("300", &["<sip:300@192.0.2.7:5080>"]).call_id("300");
+    assert_eq!(h.register_with(&reg, "secret-300").code(), 200);
+    h.m.handle(
+        h.now,
+        RegistrarInput::SetForwarding {
+            number: "200".into(),
+            forwarding: Forwarding { always: Some("300".into()), ..Default::default() },
+        },
+    );
+    h.drain();
+    let route = h.m.transfer_route("100", "200").expect("routed");
+    assert_eq!((route.caller.as_str(), route.callee.as_str(), route.target.as_str()), ("100", "200", "300"));
+    assert_eq!(route.contacts.len(), 1);
+    for (number, code, reason) in [
+        ("999", 403, "no such number"),
+        ("*21*300#", 403, "not a number"),
+        ("**300", 403, "not a number"),
+        ("*80300", 403, "not a number"),
+        ("400", 480, "Temporarily Unavailable"),
+    ] {
+        let (got, why) = h.m.transfer_route("100", number).expect_err(number);
+        assert_eq!(got, code, "{number}: {why}");
+        assert!(why.contains(reason), "{number}: {why}");
+    }
+}

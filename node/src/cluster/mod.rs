@@ -709,6 +709,8 @@ mod tests {
             codec_caller: None,
             codec_callee: None,
             media: [MediaCounters::default(), MediaCounters::default()],
+            follows: None,
+            transfer: None,
         }
     }
 

@@ -170,6 +170,18 @@ pub(crate) struct CdrOut {
     codec_caller: Option<String>,
     codec_callee: Option<String>,
     media: MediaOut,
+    /// The record this one goes on from (the call was transferred), as a decimal string.
+    follows: Option<String>,
+    /// The transfer that ended this record: who transferred, to what number, and the record
+    /// the call went on in.
+    transfer: Option<TransferOut>,
+}
+
+#[derive(Serialize)]
+struct TransferOut {
+    by: String,
+    to: String,
+    next: String,
 }
 
 impl From<Cdr> for CdrOut {
@@ -196,6 +208,8 @@ impl From<Cdr> for CdrOut {
             callee: c.callee,
             codec_caller: c.codec_caller,
             codec_callee: c.codec_callee,
+            follows: c.follows.map(|id| id.to_string()),
+            transfer: c.transfer.map(|t| TransferOut { by: t.by, to: t.to, next: t.next.to_string() }),
         }
     }
 }
@@ -853,6 +867,8 @@ mod tests {
             codec_caller: Some("PCMU".into()),
             codec_callee: None,
             media,
+            follows: Some(41),
+            transfer: Some(pbx_actors::cdr::Transferred { by: "101".into(), to: "102".into(), next: 1 << 57 }),
         };
         let json = serde_json::to_value(CdrOut::from(cdr)).unwrap();
         let counters = serde_json::json!({
@@ -879,6 +895,8 @@ mod tests {
                 "codec_caller": "PCMU",
                 "codec_callee": null,
                 "media": { "caller": counters, "callee": callee },
+                "follows": "41",
+                "transfer": { "by": "101", "to": "102", "next": "144115188075855872" },
             })
         );
     }

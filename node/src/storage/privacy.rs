@@ -373,7 +373,7 @@ impl Storage {
         }
         for row in tx.open_table(CDRS).map_err(redb_err)?.iter().map_err(redb_err)? {
             let (k, v) = row.map_err(redb_err)?;
-            let StoredCdrV::V1(c) = decode("cdrs", || format!("{:?}", k.value()), v.value())?;
+            let c = decode::<StoredCdrV>("cdrs", || format!("{:?}", k.value()), v.value())?.into_cdr();
             if cdr_involves(&c, subject) {
                 out.cdrs.push(c);
             }
@@ -477,7 +477,7 @@ impl Storage {
             let mut masked = Vec::new();
             for row in cdrs.iter().map_err(redb_err)? {
                 let (k, v) = row.map_err(redb_err)?;
-                let StoredCdrV::V1(mut c) = decode("cdrs", || format!("{:?}", k.value()), v.value())?;
+                let mut c = decode::<StoredCdrV>("cdrs", || format!("{:?}", k.value()), v.value())?.into_cdr();
                 if !cdr_involves(&c, subject) {
                     continue;
                 }
@@ -490,13 +490,20 @@ impl Storage {
                         if c.callee == *n {
                             c.callee = ERASED.into();
                         }
+                        if let Some(t) = c.transfer.as_mut() {
+                            for party in [&mut t.by, &mut t.to] {
+                                if *party == *n {
+                                    *party = ERASED.into();
+                                }
+                            }
+                        }
                     }
                     Subject::Ip(_) => c.call_id = ERASED.into(),
                 }
                 masked.push((k.value(), c));
             }
             for (k, c) in &masked {
-                let value = postcard::to_allocvec(&StoredCdrV::V1(c.clone())).map_err(redb_err)?;
+                let value = postcard::to_allocvec(&StoredCdrV::V2(c.clone())).map_err(redb_err)?;
                 cdrs.insert(*k, value.as_slice()).map_err(redb_err)?;
             }
             erased.cdrs_masked = masked.len() as u64;
@@ -700,7 +707,7 @@ impl Storage {
                 break;
             }
             let (k, v) = row.map_err(redb_err)?;
-            let StoredCdrV::V1(c) = decode("cdrs", || format!("{:?}", k.value()), v.value())?;
+            let c = decode::<StoredCdrV>("cdrs", || format!("{:?}", k.value()), v.value())?.into_cdr();
             let answered = u64::from(c.answer.is_some());
             for (number, made) in [(&c.caller, true), (&c.callee, false)] {
                 if excluded.contains(number) || number == ERASED {
@@ -992,6 +999,8 @@ mod tests {
             codec_caller: None,
             codec_callee: None,
             media: [MediaCounters::default(); 2],
+            follows: None,
+            transfer: None,
         }
     }
 
@@ -1150,6 +1159,28 @@ mod tests {
         // 101's forwarding went, and every forward naming it: 102's whole, 100's on busy.
         assert_eq!(s.load().unwrap().forwarding, [("100".to_string(), forward(None, None, Some("102")))]);
         assert_eq!(s.load().unwrap().logged_out, [("600".to_string(), "100".to_string())], "101's log-out went");
+    }
+
+    /// A transferred call's record names the transfer's target: it is part of that number's
+    /// records (access, erasure), and erasing the number masks it there too.
+    #[test]
+    fn a_transfer_target_is_erased_from_the_records_that_name_it() {
+        let (_dir, s) = open();
+        let mut first = cdr(1, 100, "100", "101");
+        first.transfer = Some(pbx_actors::cdr::Transferred { by: "101".into(), to: "102".into(), next: 2 });
+        let mut second = cdr(2, 200, "100", "102");
+        second.follows = Some(1);
+        s.put_cdrs(&[first, second]).unwrap();
+        let subject = Subject::Number("102".into());
+        assert_eq!(s.subject_records(&subject).unwrap().cdrs.len(), 2);
+        let erased = s.erase(&subject, None, |_| audit_at(5)).unwrap();
+        assert_eq!(erased.cdrs_masked, 2);
+        let cdrs = s.query_cdrs(None, None, None, &Default::default(), None, 10).unwrap().0;
+        let first = cdrs.iter().find(|c| c.id == 1).unwrap();
+        let transfer = first.transfer.clone().unwrap();
+        assert_eq!((transfer.by.as_str(), transfer.to.as_str(), transfer.next), ("101", ERASED, 2));
+        let second = cdrs.iter().find(|c| c.id == 2).unwrap();
+        assert_eq!((second.callee.as_str(), second.follows), (ERASED, Some(1)));
     }
 
     fn forward(always: Option<&str>, busy: Option<&str>, no_answer: Option<&str>) -> pbx_actors::registrar::Forwarding {

@@ -531,6 +531,8 @@ mod tests {
             codec_caller: None,
             codec_callee: None,
             media: Default::default(),
+            follows: None,
+            transfer: None,
         };
         c.cdr_committed(at(61_000), &cdr);
         c.check_phones(at(1_000) + bound);

@@ -1,0 +1,176 @@
+//! Call transfer end to end (issue 18, item 1): blind transfer by REFER (RFC 3515) from either
+//! party, with real softphones (baresip's `transfer` command) and the audio checked after the
+//! transfer; a transfer to a busy target, after which the transferor still has the call; and
+//! REFERs a stranger would try (another host, another scheme, a number outside the dial plan,
+//! a feature code), refused 403 with the reason, the call going on.
+
+use pbx_tests::audio::dominant_frequency;
+use pbx_tests::baresip::{Baresip, registered_account};
+use pbx_tests::rtp::RtpSink;
+use pbx_tests::*;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn node() -> Pbx {
+    let mut options = PbxOptions::default().md5_only().own_rtp_ports(100);
+    options.extensions.push(ext("102", "secret-102"));
+    options.extensions.push(ext("103", "secret-103"));
+    Pbx::start(options)
+}
+
+fn phone(pbx: &Pbx, user: &str, hz: f64) -> Baresip {
+    Baresip::start(&registered_account(user, &format!("secret-{user}"), pbx.sip), hz)
+}
+
+/// The loudest frequency of the last seconds `phone` heard (its newest recording, once that
+/// call closed), a half second off its end.
+fn heard_last(phone: &Baresip, seconds: usize) -> f64 {
+    let wav = phone.received_audio().unwrap_or_else(|| panic!("no recording\n{}", phone.report()));
+    let (samples, rate) = (wav.mono(), wav.rate_hz as usize);
+    assert!(samples.len() > (seconds + 1) * rate, "{} samples\n{}", samples.len(), phone.report());
+    let end = samples.len() - rate / 2;
+    dominant_frequency(&samples[end - seconds * rate..end], wav.rate_hz)
+}
+
+/// The stored call records, oldest first.
+fn cdrs(pbx: &Pbx) -> Vec<serde_json::Value> {
+    let (status, body) = pbx.api("GET", "/api/v1/cdrs", None);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut list = v["cdrs"].as_array().cloned().unwrap_or_default();
+    list.sort_by_key(|c| c["start"].as_str().unwrap_or_default().to_owned());
+    list
+}
+
+/// Blind transfer, `transferor` being 100 (the caller) or 101 (the callee): 100 calls 101; the
+/// transferor transfers the other to 102. 102's phone rings and answers; the transferor's call
+/// ends; the transferee and 102 hear each other through pbx; the records say who transferred
+/// to whom and chain.
+fn blind_transfer(transferor: &str) {
+    let pbx = node();
+    let mut alice = phone(&pbx, "100", 1000.0);
+    let mut bob = phone(&pbx, "101", 600.0);
+    let mut carol = phone(&pbx, "102", 1400.0);
+    assert!(
+        wait_until(WAIT, || alice.is_registered() && bob.is_registered() && carol.is_registered()),
+        "{}{}{}",
+        alice.report(),
+        bob.report(),
+        carol.report()
+    );
+    alice.dial(&format!("sip:101@{}", pbx.sip));
+    assert!(alice.wait_event("CALL_ESTABLISHED", WAIT).is_some(), "{}", alice.report());
+    assert!(bob.wait_event("CALL_ESTABLISHED", WAIT).is_some(), "{}", bob.report());
+    std::thread::sleep(Duration::from_secs(2));
+
+    let (mut from, mut to, to_hz) = match transferor {
+        "100" => (alice, bob, 600.0),
+        _ => (bob, alice, 1000.0),
+    };
+    if let Err(e) = from.command("transfer", &format!("sip:102@{}", pbx.sip)) {
+        panic!("baresip transfer: {e}\n{}", from.report());
+    }
+    assert!(carol.wait_event("CALL_ESTABLISHED", WAIT).is_some(), "{}\n{}", carol.report(), pbx.log());
+    assert!(from.wait_event("CALL_CLOSED", WAIT).is_some(), "the transferor's call ends\n{}", from.report());
+    std::thread::sleep(Duration::from_secs(4));
+    carol.hangup();
+    assert!(carol.wait_event("CALL_CLOSED", WAIT).is_some(), "{}", carol.report());
+    assert!(to.wait_event("CALL_CLOSED", WAIT).is_some(), "pbx hangs up the transferee\n{}", to.report());
+
+    assert_eq!(heard_last(&carol, 2), to_hz, "the target hears the transferee\n{}", carol.report());
+    assert_eq!(heard_last(&to, 2), 1400.0, "the transferee hears the target\n{}", to.report());
+
+    assert!(wait_until(WAIT, || cdrs(&pbx).len() == 2), "{:?}", cdrs(&pbx));
+    let records = cdrs(&pbx);
+    let (first, second) = (&records[0], &records[1]);
+    assert_eq!((first["caller"].as_str(), first["callee"].as_str()), (Some("100"), Some("101")), "{first}");
+    assert_eq!(first["disposition"], "answered");
+    assert_eq!(first["transfer"]["by"].as_str(), Some(transferor), "{first}");
+    assert_eq!(first["transfer"]["to"], "102", "{first}");
+    assert_eq!(first["transfer"]["next"], second["id"], "the chain: {first} {second}");
+    assert_eq!(second["follows"], first["id"], "{second}");
+    assert_eq!(second["disposition"], "answered");
+    let parties = [second["caller"].as_str(), second["callee"].as_str()];
+    let expected = if transferor == "101" { [Some("100"), Some("102")] } else { [Some("102"), Some("101")] };
+    assert_eq!(parties, expected, "parties by side: {second}");
+    assert_eq!(second["hangup"], if transferor == "101" { "callee" } else { "caller" }, "102 hung up: {second}");
+    assert!(second["duration_s"].as_u64().unwrap() >= 2, "{second}");
+    drop((from, to, carol));
+}
+
+#[test]
+fn callee_transfers_the_caller_blind() {
+    blind_transfer("101");
+}
+
+#[test]
+fn caller_transfers_the_callee_blind() {
+    blind_transfer("100");
+}
+
+/// 100 (SIPp) calls 101 (SIPp) and REFERs: what a stranger's Refer-To would do is refused 403
+/// with the reason and the call goes on (100 hangs up itself, 101 gets that BYE); a transfer
+/// to 102, busy, is accepted (202), NOTIFYs say 100 Trying … 486, and the call goes on too.
+#[test]
+fn refused_and_failed_transfers_leave_the_call_as_it_was() {
+    let pbx = node();
+    let busy = Sipp::registered_callee(&pbx, "forward_uas_busy.xml", "102", "secret-102", 1)
+        .media(pbx_tests::audio::G711::Pcmu, &RtpSink::for_sipp(), None)
+        .timeout(Duration::from_secs(60))
+        .spawn();
+    pbx.wait_registered("102", &busy);
+    let host = pbx.sip;
+    let cases = [
+        (format!("<sip:102@evil.example.net:{}>", host.port()), 403, "another host"),
+        ("<tel:+4930123456>".to_string(), 403, "not a SIP URI"),
+        (format!("<sip:999@{host}>"), 403, "no such number"),
+        (format!("<sip:*80102@{host}>"), 403, "not a number a call can be transferred to"),
+        (format!("<sip:103@{host}>"), 480, "Temporarily Unavailable"),
+        (format!("<sip:102@{host}>"), 202, "Accepted"),
+    ];
+    let pcap = pbx.scratch().join("callee.pcap");
+    let tone = pbx_tests::audio::tone(600.0, pbx_tests::audio::G711_RATE_HZ, 0.5, 8000.0);
+    pbx_tests::rtp::g711_stream_pcap(&pcap, pbx_tests::audio::G711::Pcmu, &tone).expect("pcap");
+    let callee = Sipp::registered_callee(&pbx, "call_uas.xml", "101", "secret-101", cases.len() as u32)
+        .media(pbx_tests::audio::G711::Pcmu, &RtpSink::for_sipp(), Some(&pcap))
+        .timeout(Duration::from_secs(60))
+        .spawn();
+    pbx.wait_registered("101", &callee);
+    for (refer_to, code, reason) in &cases {
+        let caller = Sipp::new("transfer_uac_refer.xml", pbx.sip, &pbx.scratch())
+            .caller("100", "secret-100", "101")
+            .key("refer_to", refer_to)
+            .media(pbx_tests::audio::G711::Pcmu, &RtpSink::for_sipp(), None)
+            .args(&["-m", "1"])
+            .run();
+        assert!(caller.success, "{refer_to}: {}\n{}", caller.report(), pbx.log());
+        let answer = caller
+            .received()
+            .into_iter()
+            .find(|m| header_values(m, "CSeq").iter().any(|c| c.ends_with("REFER")))
+            .unwrap_or_else(|| panic!("{refer_to}: no answer to the REFER\n{}", caller.messages));
+        assert_eq!(status_code(&answer), Some(*code), "{refer_to}: {answer}");
+        assert!(answer.lines().next().unwrap().contains(reason), "{refer_to}: {answer}");
+        let notifies = caller.received_requests("NOTIFY");
+        if *code == 202 {
+            let fragments: Vec<&str> = notifies.iter().map(|n| body(n).trim()).collect();
+            assert_eq!(fragments.first(), Some(&"SIP/2.0 100 Trying"), "{fragments:?}");
+            assert_eq!(fragments.last(), Some(&"SIP/2.0 486 Busy Here"), "{fragments:?}");
+            let last = notifies.last().unwrap();
+            assert!(header_values(last, "Subscription-State")[0].starts_with("terminated"), "{last}");
+            assert!(header_values(last, "Event")[0].starts_with("refer"), "{last}");
+        } else {
+            assert!(notifies.is_empty(), "{refer_to}: {notifies:?}");
+        }
+        // The caller's own BYE ended the call: pbx sent it none.
+        assert!(caller.received_requests("BYE").is_empty(), "{refer_to}: {}", caller.messages);
+    }
+    let callee_run = callee.wait();
+    assert!(callee_run.success, "{}", callee_run.report());
+    assert_eq!(callee_run.received_requests("BYE").len(), cases.len(), "{}", callee_run.messages);
+    let busy = busy.finish_after(&callee_run);
+    assert!(busy.success, "{}", busy.report());
+    let records = cdrs(&pbx);
+    assert!(records.iter().all(|c| c["transfer"].is_null() && c["callee"] == "101"), "{records:?}");
+}
