@@ -1267,6 +1267,15 @@ impl SimNode {
                     }
                 }
                 CoreOutput::Segment(cdr) => self.write_cdr(*cdr),
+                CoreOutput::Replace { attempt, .. } => {
+                    // Not in the simulated workload yet: refused as a node without it would.
+                    let result = Err((403, "Forbidden (attended transfer is not simulated)".into()));
+                    if let Some(c) = self.calls.get_mut(&id) {
+                        c.core.handle(now, CoreInput::Replaced { attempt, result });
+                    }
+                }
+                // Only after a `Replaced` that succeeded, which the simulator never gives.
+                CoreOutput::HandOver { machine, .. } => self.leg_down(machine.id()),
                 CoreOutput::Over => self.end_call(id),
             }
         }

@@ -1180,6 +1180,11 @@ impl SippProcess {
         self.local
     }
 
+    /// The messages it sent and received so far (SIPp writes its `-trace_msg` log as it goes).
+    pub fn messages_so_far(&self) -> String {
+        std::fs::read_to_string(&self.trace).unwrap_or_default()
+    }
+
     /// The run of a callee whose caller ran as `caller`: waited for when the caller succeeded
     /// (the callee then ends by itself), else stopped at once rather than left to wait out its
     /// timeout for a call that will not come. A stopped run never counts as a success.

@@ -2,7 +2,9 @@
 //! party, with real softphones (baresip's `transfer` command) and the audio checked after the
 //! transfer; a transfer to a busy target, after which the transferor still has the call; and
 //! REFERs a stranger would try (another host, another scheme, a number outside the dial plan,
-//! a feature code), refused 403 with the reason, the call going on.
+//! a feature code), refused 403 with the reason, the call going on. Attended transfer (REFER
+//! with Replaces) with a SIPp transferor (baresip 1.0.0 has no attended transfer) between two
+//! baresips, audio checked; a Replaces naming no dialog of the transferor's is refused.
 
 use pbx_tests::audio::dominant_frequency;
 use pbx_tests::baresip::{Baresip, registered_account};
@@ -31,6 +33,14 @@ fn heard_last(phone: &Baresip, seconds: usize) -> f64 {
     assert!(samples.len() > (seconds + 1) * rate, "{} samples\n{}", samples.len(), phone.report());
     let end = samples.len() - rate / 2;
     dominant_frequency(&samples[end - seconds * rate..end], wav.rate_hz)
+}
+
+/// What the SIPp callees play: half a second of 600 Hz.
+fn callee_pcap(pbx: &Pbx) -> std::path::PathBuf {
+    let pcap = pbx.scratch().join("callee.pcap");
+    let tone = pbx_tests::audio::tone(600.0, pbx_tests::audio::G711_RATE_HZ, 0.5, 8000.0);
+    pbx_tests::rtp::g711_stream_pcap(&pcap, pbx_tests::audio::G711::Pcmu, &tone).expect("pcap");
+    pcap
 }
 
 /// The stored call records, oldest first.
@@ -129,9 +139,7 @@ fn refused_and_failed_transfers_leave_the_call_as_it_was() {
         (format!("<sip:103@{host}>"), 480, "Temporarily Unavailable"),
         (format!("<sip:102@{host}>"), 202, "Accepted"),
     ];
-    let pcap = pbx.scratch().join("callee.pcap");
-    let tone = pbx_tests::audio::tone(600.0, pbx_tests::audio::G711_RATE_HZ, 0.5, 8000.0);
-    pbx_tests::rtp::g711_stream_pcap(&pcap, pbx_tests::audio::G711::Pcmu, &tone).expect("pcap");
+    let pcap = callee_pcap(&pbx);
     let callee = Sipp::registered_callee(&pbx, "call_uas.xml", "101", "secret-101", cases.len() as u32)
         .media(pbx_tests::audio::G711::Pcmu, &RtpSink::for_sipp(), Some(&pcap))
         .timeout(Duration::from_secs(60))
@@ -173,4 +181,128 @@ fn refused_and_failed_transfers_leave_the_call_as_it_was() {
     assert!(busy.success, "{}", busy.report());
     let records = cdrs(&pbx);
     assert!(records.iter().all(|c| c["transfer"].is_null() && c["callee"] == "101"), "{records:?}");
+}
+
+/// A header's value in a SIP message as SIPp's trace shows it (the first of its name).
+fn header<'a>(message: &'a str, name: &str) -> Option<&'a str> {
+    message.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+    })
+}
+
+fn tag(value: &str) -> Option<String> {
+    value.split(';').find_map(|p| p.trim().strip_prefix("tag=")).map(String::from)
+}
+
+/// The consultation call's dialog as its caller (SIPp) sees it, once pbx answered it: its
+/// Call-ID, its own tag and pbx's.
+fn dialog_of(sipp: &SippProcess) -> Option<(String, String, String)> {
+    let trace = sipp.messages_so_far();
+    let ok = trace.split("SIP/2.0 200 OK").nth(1)?;
+    let ok = ok.split("\n\n").next()?;
+    let call_id = header(ok, "Call-ID")?.to_owned();
+    Some((call_id, tag(header(ok, "From")?)?, tag(header(ok, "To")?)?))
+}
+
+fn escaped(text: &str) -> String {
+    text.replace('%', "%25").replace('@', "%40").replace(';', "%3B").replace('=', "%3D")
+}
+
+/// Attended transfer (RFC 5589 §7): 100 (SIPp) calls 102 (baresip, 1400 Hz) to consult, then,
+/// in its call with 101 (baresip, 600 Hz), REFERs to 102 with Replaces naming the consultation
+/// dialog. pbx joins 101 to 102 itself: 100 gets NOTIFY 100 Trying and 200 OK and a BYE in
+/// both calls; 101 and 102 hear each other; the records chain.
+#[test]
+fn attended_transfer_joins_the_transferee_to_the_consulted_target() {
+    let pbx = node();
+    let mut bob = phone(&pbx, "101", 600.0);
+    let mut carol = phone(&pbx, "102", 1400.0);
+    assert!(wait_until(WAIT, || bob.is_registered() && carol.is_registered()), "{}{}", bob.report(), carol.report());
+    let law = pbx_tests::audio::G711::Pcmu;
+    let consult = Sipp::new("transfer_uac_consult.xml", pbx.sip, &pbx.scratch())
+        .caller("100", "secret-100", "102")
+        .media(law, &RtpSink::for_sipp(), None)
+        .args(&["-m", "1"])
+        .timeout(Duration::from_secs(60))
+        .spawn();
+    assert!(carol.wait_event("CALL_ESTABLISHED", WAIT).is_some(), "{}", carol.report());
+    let mut dialog = None;
+    assert!(wait_until(WAIT, || {
+        dialog = dialog_of(&consult);
+        dialog.is_some()
+    }));
+    let (call_id, from_tag, to_tag) = dialog.unwrap();
+    let replaces = escaped(&format!("{call_id};to-tag={to_tag};from-tag={from_tag}"));
+    let refer_to = format!("<sip:102@{}?Replaces={replaces}>", pbx.sip);
+
+    let transferor = Sipp::new("transfer_uac_attended.xml", pbx.sip, &pbx.scratch())
+        .caller("100", "secret-100", "101")
+        .key("refer_to", &refer_to)
+        .media(law, &RtpSink::for_sipp(), None)
+        .args(&["-m", "1"])
+        .run();
+    assert!(transferor.success, "{}\n{}", transferor.report(), pbx.log());
+    let fragments: Vec<String> =
+        transferor.received_requests("NOTIFY").iter().map(|n| body(n).trim().to_owned()).collect();
+    assert_eq!(fragments, ["SIP/2.0 100 Trying", "SIP/2.0 200 OK"]);
+    assert!(bob.wait_event("CALL_ESTABLISHED", WAIT).is_some(), "{}", bob.report());
+    let consult = consult.wait();
+    assert!(consult.success, "pbx hung up the consultation: {}", consult.report());
+
+    std::thread::sleep(Duration::from_secs(4));
+    carol.hangup();
+    assert!(carol.wait_event("CALL_CLOSED", WAIT).is_some(), "{}", carol.report());
+    assert!(bob.wait_event("CALL_CLOSED", WAIT).is_some(), "pbx hangs up the transferee\n{}", bob.report());
+    assert_eq!(heard_last(&carol, 2), 600.0, "the target hears the transferee\n{}", carol.report());
+    assert_eq!(heard_last(&bob, 2), 1400.0, "the transferee hears the target\n{}", bob.report());
+
+    assert!(wait_until(WAIT, || cdrs(&pbx).len() == 3), "{:?}", cdrs(&pbx));
+    let records = cdrs(&pbx);
+    let find = |caller: &str, callee: &str| {
+        records
+            .iter()
+            .find(|c| c["caller"] == caller && c["callee"] == callee)
+            .cloned()
+            .unwrap_or_else(|| panic!("no record {caller} → {callee}: {records:?}"))
+    };
+    let (first, consultation, joined) = (find("100", "101"), find("100", "102"), find("101", "102"));
+    assert_eq!((first["transfer"]["by"].as_str(), first["transfer"]["to"].as_str()), (Some("100"), Some("102")));
+    assert_eq!(first["transfer"]["next"], joined["id"]);
+    assert_eq!(consultation["transfer"]["next"], joined["id"]);
+    assert_eq!(joined["follows"], first["id"]);
+    assert_eq!(joined["hangup"], "callee", "{joined}");
+    drop((bob, carol));
+}
+
+/// A Replaces naming no dialog of pbx's, or a dialog of another extension, is refused 403 and
+/// the call goes on (the transferor hangs up itself).
+#[test]
+fn attended_transfer_to_a_dialog_not_the_transferors_is_refused() {
+    let pbx = node();
+    let pcap = callee_pcap(&pbx);
+    let law = pbx_tests::audio::G711::Pcmu;
+    let callee = Sipp::registered_callee(&pbx, "call_uas.xml", "101", "secret-101", 1)
+        .media(law, &RtpSink::for_sipp(), Some(&pcap))
+        .timeout(Duration::from_secs(30))
+        .spawn();
+    pbx.wait_registered("101", &callee);
+    let replaces = escaped("nosuchcall@127.0.0.1;to-tag=0123456789abcdef0123456789abcdef;from-tag=x");
+    let refer_to = format!("<sip:102@{}?Replaces={replaces}>", pbx.sip);
+    let caller = Sipp::new("transfer_uac_refer.xml", pbx.sip, &pbx.scratch())
+        .caller("100", "secret-100", "101")
+        .key("refer_to", &refer_to)
+        .media(law, &RtpSink::for_sipp(), None)
+        .args(&["-m", "1"])
+        .run();
+    assert!(caller.success, "{}", caller.report());
+    let answer = caller
+        .received()
+        .into_iter()
+        .find(|m| header_values(m, "CSeq").iter().any(|c| c.ends_with("REFER")))
+        .expect("an answer to the REFER");
+    assert_eq!(status_code(&answer), Some(403), "{answer}");
+    assert!(answer.lines().next().unwrap().contains("no call to replace"), "{answer}");
+    let callee = callee.finish_after(&caller);
+    assert!(callee.success, "{}", callee.report());
 }

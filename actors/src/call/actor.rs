@@ -149,6 +149,24 @@ pub enum CallMsg {
         start: Box<CallStart>,
         reply: RpcReplyPort<Result<(), Box<CallStart>>>,
     },
+    /// The calls actor's answer to `CoreOutput::Replace`: the call that reserved itself (and
+    /// the id of the record the joined call goes on under), or the refusal.
+    Replaced {
+        attempt: u64,
+        result: Result<(u64, ActorRef<CallMsg>), (u16, String)>,
+    },
+    /// Another call's attended transfer asks to replace this call's `leg` (see
+    /// `Call::reserve_replacement`).
+    Reserve {
+        leg: LegId,
+        transferor: String,
+        reply: RpcReplyPort<Option<u64>>,
+    },
+    /// The transferee of an attended transfer, handed over by its call.
+    TakeOver {
+        machine: Box<Leg>,
+        takeover: Box<super::b2bua::TakeOver>,
+    },
     /// The answer to a transfer's lookup (`CoreOutput::Transfer`).
     TransferRoute {
         attempt: u64,
@@ -361,6 +379,8 @@ pub struct CallArgs {
     /// Where the call keeps its leg machines: shared with the calls actor, which hangs them up
     /// should this actor fail.
     pub legs: CallLegs,
+    /// The calls actor (it finds the other call of an attended transfer).
+    pub calls: Option<ActorRef<CallsMsg>>,
 }
 
 pub struct CallState {
@@ -372,6 +392,11 @@ pub struct CallState {
     recorded: Arc<AtomicBool>,
     /// The media counters already written in the records of a transferred call's earlier parts.
     counted: [MediaCounters; 2],
+    calls: Option<ActorRef<CallsMsg>>,
+    /// The call that reserved itself for this call's attended transfer, until the handover.
+    join: Option<ActorRef<CallMsg>>,
+    /// Legs handed to another call: their SIP that still comes here goes on there.
+    handed: Vec<(LegId, ActorRef<CallMsg>)>,
 }
 
 pub struct CallActor;
@@ -396,7 +421,7 @@ impl Actor for CallActor {
                 push_wait: None,
             };
             let core = CallCore::new(context.clock.now(), context.config, setup, args.legs);
-            return Ok(CallState::new(core, context, media, args.recorded));
+            return Ok(CallState::new(core, context, media, args.recorded, args.calls));
         }
         let events = {
             let me = me.clone();
@@ -425,7 +450,7 @@ impl Actor for CallActor {
         };
         let core = CallCore::new(context.clock.now(), context.config, setup, args.legs);
         let media = CallMedia::Relay(media);
-        Ok(CallState::new(core, context, media, args.recorded))
+        Ok(CallState::new(core, context, media, args.recorded, args.calls))
     }
 
     async fn post_start(&self, me: ActorRef<CallMsg>, s: &mut CallState) -> Result<(), ActorProcessingErr> {
@@ -436,7 +461,27 @@ impl Actor for CallActor {
     async fn handle(&self, me: ActorRef<CallMsg>, msg: CallMsg, s: &mut CallState) -> Result<(), ActorProcessingErr> {
         let now = s.context.clock.now();
         match msg {
-            CallMsg::Sip { leg, input } => s.core.handle(now, CoreInput::Sip(leg, *input)),
+            CallMsg::Sip { leg, input } => match s.handed.iter().find(|(handed, _)| *handed == leg) {
+                // Routed here before the call that took the leg announced it.
+                Some((_, to)) => {
+                    let _ = to.cast(CallMsg::Sip { leg, input });
+                }
+                None => s.core.handle(now, CoreInput::Sip(leg, *input)),
+            },
+            CallMsg::Replaced { attempt, result } => {
+                let result = result.map(|(next, call)| {
+                    s.join = Some(call);
+                    next
+                });
+                s.core.handle(now, CoreInput::Replaced { attempt, result });
+            }
+            CallMsg::Reserve { leg, transferor, reply } => {
+                let _ = reply.send(s.core.reserve_replacement(now, leg, &transferor));
+            }
+            CallMsg::TakeOver { machine, takeover } => {
+                tracing::info!(call = s.core.call().id(), leg = %machine.id(), "attended transfer: transferee joins");
+                s.core.handle(now, CoreInput::TakeOver { machine, takeover });
+            }
             CallMsg::Media(MediaEvent::Inactive { side }) => s.core.handle(now, CoreInput::MediaInactive { side }),
             CallMsg::Media(MediaEvent::Failed) => {
                 tracing::error!(call = s.core.call().id(), "media session failed: the call ends");
@@ -510,9 +555,15 @@ impl Actor for CallActor {
 }
 
 impl CallState {
-    fn new(core: CallCore<CallLegs>, context: CallContext, media: CallMedia, recorded: Arc<AtomicBool>) -> CallState {
-        let counted = Default::default();
-        CallState { core, context, media, timer: WakeTimer::default(), recorded, counted }
+    fn new(
+        core: CallCore<CallLegs>,
+        context: CallContext,
+        media: CallMedia,
+        recorded: Arc<AtomicBool>,
+        calls: Option<ActorRef<CallsMsg>>,
+    ) -> CallState {
+        let (timer, counted, join, handed) = (WakeTimer::default(), Default::default(), None, Vec::new());
+        CallState { core, context, media, timer, recorded, counted, calls, join, handed }
     }
 
     /// Takes what the call said out of its core (SIP, legs up and down, media, the CDR), then
@@ -570,6 +621,33 @@ impl CallState {
                             answer(result)
                         }),
                     );
+                }
+                CoreOutput::Replace { attempt, replaces, transferor } => {
+                    let ask = CallsMsg::Replace { from: me.clone(), attempt, replaces, transferor };
+                    if self.calls.as_ref().is_none_or(|calls| calls.cast(ask).is_err()) {
+                        let refused = Err((403, "Forbidden (attended transfer is not available)".into()));
+                        let _ = me.cast(CallMsg::Replaced { attempt, result: refused });
+                    }
+                }
+                CoreOutput::HandOver { machine, takeover } => {
+                    let leg = machine.id();
+                    let sent = match self.join.take() {
+                        Some(join) => match join.cast(CallMsg::TakeOver { machine, takeover }) {
+                            Ok(()) => {
+                                self.handed.push((leg, join));
+                                None
+                            }
+                            Err(ractor::MessagingErr::SendErr(CallMsg::TakeOver { machine, .. })) => Some(machine),
+                            Err(_) => None,
+                        },
+                        None => Some(machine),
+                    };
+                    if let Some(machine) = sent {
+                        // The other call is gone: the transferee is hung up on.
+                        let legs = CallLegs::default();
+                        legs.lock().insert(leg, machine);
+                        orphan(&self.context, &legs).await;
+                    }
                 }
                 CoreOutput::Segment(cdr) => {
                     let mut cdr = *cdr;
@@ -703,6 +781,15 @@ async fn record_cdr(store: &Arc<dyn CdrStore>, cdr: Cdr) {
 
 pub enum CallsMsg {
     Start(Box<CallStart>),
+    /// A call's attended transfer: find the call holding the dialog `replaces` names (not
+    /// `from`'s), have it reserve itself for `transferor`, and answer `from` with
+    /// [`CallMsg::Replaced`].
+    Replace {
+        from: ActorRef<CallMsg>,
+        attempt: u64,
+        replaces: super::transfer::Replaces,
+        transferor: String,
+    },
     /// A pickup found no ringing call to take: the picking phone's call starts as a call
     /// with nobody to ring (480, "no call to pick up").
     NothingToPickUp(Box<CallStart>),
@@ -827,6 +914,7 @@ impl Actor for CallsActor {
             }
             CallsMsg::Start(start) | CallsMsg::NothingToPickUp(start) => s.start(&me, *start),
             CallsMsg::Started(started) => s.started(*started).await,
+            CallsMsg::Replace { from, attempt, replaces, transferor } => s.replace(from, attempt, replaces, transferor),
             CallsMsg::List(reply) => {
                 let actors: Vec<ActorRef<CallMsg>> = s.calls.lock().values().map(|r| r.actor.clone()).collect();
                 let mut list = Vec::with_capacity(actors.len());
@@ -919,6 +1007,44 @@ async fn end_failed(context: &CallContext, running: Running, reason: &str) {
 }
 
 impl CallsState {
+    /// An attended transfer's other call: the one whose leg the `Replaces` names (RFC 3891
+    /// §3: its Call-ID and both tags, one of them pbx's), asked off this actor's loop to
+    /// reserve itself; `from` hears the outcome.
+    fn replace(
+        &mut self,
+        from: ActorRef<CallMsg>,
+        attempt: u64,
+        replaces: super::transfer::Replaces,
+        transferor: String,
+    ) {
+        let found = self.calls.lock().values().filter(|r| r.actor.get_id() != from.get_id()).find_map(|running| {
+            let pairs = [(&replaces.to_tag, &replaces.from_tag), (&replaces.from_tag, &replaces.to_tag)];
+            pairs.into_iter().find_map(|(ours, theirs)| {
+                let leg = LegId::from_tag(ours)?;
+                let matches = running.machines.peek(|legs| {
+                    legs.get(&leg).is_some_and(|machine| {
+                        machine.call_id() == replaces.call_id && machine.remote_tag() == Some(theirs.as_str())
+                    })
+                });
+                matches.then(|| (running.actor.clone(), leg))
+            })
+        });
+        ractor::concurrency::spawn(async move {
+            let refused = |reason: &str| Err((403, format!("Forbidden ({reason})")));
+            let result = match found {
+                None => refused("no call to replace"),
+                Some((call, leg)) => {
+                    let asked = call.call(|reply| CallMsg::Reserve { leg, transferor, reply }, Some(PICKUP_WAIT)).await;
+                    match asked {
+                        Ok(ractor::rpc::CallResult::Success(Some(next))) => Ok((next, call)),
+                        _ => refused("that call cannot be joined"),
+                    }
+                }
+            };
+            let _ = from.cast(CallMsg::Replaced { attempt, result });
+        });
+    }
+
     /// A directed pickup: the calls ringing its extension are asked in turn (off this actor's
     /// loop) until one takes it; none did → [`CallsMsg::NothingToPickUp`].
     fn pick_up(&mut self, me: &ActorRef<CallsMsg>, start: Box<CallStart>) {
@@ -958,6 +1084,7 @@ impl CallsState {
             context: self.context.clone(),
             recorded: recorded.clone(),
             legs: machines.clone(),
+            calls: Some(me.clone()),
         };
         let me = me.clone();
         ractor::concurrency::spawn(async move {

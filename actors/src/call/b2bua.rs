@@ -62,6 +62,17 @@
 //!   `no_answer`, nobody registered) the transferor gets the call back: NOTIFY with the
 //!   failure, the call goes on as before; a transferor that already hung up is rung back
 //!   (recall), and if that fails too the transferee is hung up on.
+//! - Attended transfer (RFC 5589 §7, REFER with `Replaces`, RFC 3891): the transferor, in a
+//!   call with the transferee and a consultation call with the target, asks to replace the
+//!   consultation dialog by the transferee. pbx joins the two calls itself: this call
+//!   ([`CallOutput::Replace`]) has its shell find the call holding that dialog, which must be
+//!   answered and have the transferor (the same extension) on that side; that call reserves
+//!   itself ([`Call::reserve_replacement`]); then this call hands its transferee's leg over
+//!   ([`CallOutput::HandOver`]: NOTIFY `200 OK` and BYE to the transferor, its record ends
+//!   naming the transfer) and the other call takes it ([`CallInput::TakeOver`]) in the
+//!   transferor's place: BYE to the transferor's consultation leg, a re-INVITE to the
+//!   transferee toward its relay, a new record following this call's. The target hears
+//!   nothing but its far end's new voice.
 
 use super::leg::{Leg, LegCommand, LegEvent, name_addr};
 use super::{CallStart, LegId, LocalSip, MediaEncryption};
@@ -210,6 +221,17 @@ pub enum CallInput {
     /// A phone picks this ringing call up (`Route::pickup`; check [`Call::can_be_picked_up`]
     /// first): its INVITE becomes the answering side, the ringing phones are cancelled.
     PickUp(Box<CallStart>),
+    /// The shell's answer to [`CallOutput::Replace`] `attempt`: the call holding the dialog
+    /// to replace reserved itself (the id of the record the joined call goes on under), or the
+    /// refusal's code and reason phrase.
+    Replaced {
+        attempt: u64,
+        result: Result<u64, (u16, String)>,
+    },
+    /// The transferee of an attended transfer, handed over by its call to take the place of
+    /// the leg this call reserved ([`Call::reserve_replacement`]); its leg machine is already
+    /// in this call's table.
+    TakeOver(Box<TakeOver>),
     /// The shell's answer to [`CallOutput::Transfer`] `attempt`: where the target's call goes
     /// and a fresh leg id per contact, or the refusal's code and reason phrase.
     TransferRoute {
@@ -284,6 +306,32 @@ pub enum CallOutput {
     /// The record of the call up to a completed transfer (it names the transfer and the record
     /// that goes on): store it now; the call goes on.
     Segment(Box<Cdr>),
+    /// Find the call holding the dialog `replaces` names, with `transferor` on that side, have
+    /// it reserve itself, and answer with [`CallInput::Replaced`] for this `attempt`.
+    Replace {
+        attempt: u64,
+        replaces: super::transfer::Replaces,
+        transferor: String,
+    },
+    /// Hand this leg (take it out of the call's table: the call no longer has it) and what
+    /// goes with it to the call that reserved itself; it comes there as [`CallInput::TakeOver`].
+    HandOver {
+        leg: LegId,
+        handover: Box<TakeOver>,
+    },
+}
+
+/// What goes with a transferee's leg from one call to another (attended transfer).
+#[derive(Debug)]
+pub struct TakeOver {
+    pub leg: LegId,
+    /// pbx's SDP session toward the transferee (its version goes on), its codec, its extension.
+    pub session: LocalSession,
+    pub codec: Option<Codec>,
+    pub party: String,
+    /// The transferor's extension, and the record of the transferee's call so far.
+    pub transferor: String,
+    pub follows: u64,
 }
 
 /// What a fork toward the callee is started with, kept for forks started later (woken by push).
@@ -435,7 +483,14 @@ pub struct Call {
     seed: u64,
     /// A side pbx re-offered to on its own (the transferee after a transfer).
     refreshing: Option<Side>,
+    /// This call's leg an attended transfer will replace (reserved until the deadline).
+    replacing: Option<(LegId, Timestamp)>,
+    /// The transfer that ended this call (attended: the transferee went to another call).
+    transferred: Option<crate::cdr::Transferred>,
 }
+
+/// How long a call reserved for an attended transfer waits for the transferee's leg.
+pub const REPLACE_WAIT: Duration = Duration::from_secs(5);
 
 impl Call {
     pub fn new(now: Timestamp, config: CallConfig, setup: CallSetup) -> Call {
@@ -511,6 +566,8 @@ impl Call {
             first_id: id,
             seed,
             refreshing: None,
+            replacing: None,
+            transferred: None,
         };
         let a_secure = transport.is_secure();
         // The A-leg keeps the INVITE; the call needs only its offer (a cheap clone of `Bytes`).
@@ -977,6 +1034,16 @@ impl Call {
             CallInput::PickUp(start) if self.can_be_picked_up() => self.pick_up(*start),
             CallInput::PickUp(_) => {}
             CallInput::TransferRoute { attempt, result } => self.transfer_routed(attempt, result),
+            CallInput::Replaced { attempt, result } => self.replaced(attempt, result),
+            CallInput::TakeOver(t) => self.take_over(*t),
+            CallInput::Timeout if self.replacing.is_some_and(|(_, until)| until <= self.now) => {
+                // The transferee never came: the reserved leg is this call's again (and if it
+                // hung up meanwhile, that ends the call now).
+                let Some((leg, _)) = self.replacing.take() else { return };
+                if self.gone.contains(&leg) {
+                    self.hung_up_by(if leg == self.a { HangupSide::Caller } else { HangupSide::Callee });
+                }
+            }
             CallInput::Timeout if self.transfer.as_ref().and_then(|t| t.deadline).is_some_and(|d| d <= self.now) => {
                 let code = self.transfer.as_ref().and_then(|t| t.failure).unwrap_or(480);
                 self.transfer_failed(code, reason_of(code));
@@ -1037,7 +1104,8 @@ impl Call {
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let forward_at = self.forward_at.filter(|_| self.phase == Phase::Ringing);
         let transfer = self.transfer.as_ref().and_then(|t| t.deadline);
-        [self.deadline, self.push_deadline.filter(|_| !self.waking.is_empty()), forward_at, transfer]
+        let replacing = self.replacing.map(|(_, until)| until);
+        [self.deadline, self.push_deadline.filter(|_| !self.waking.is_empty()), forward_at, transfer, replacing]
             .into_iter()
             .flatten()
             .min()
@@ -1081,7 +1149,7 @@ impl Call {
             codec_callee: self.codecs[1].map(|c| c.name().to_owned()),
             media: Default::default(),
             follows: self.follows,
-            transfer: None,
+            transfer: self.transferred.clone(),
         }
     }
 
@@ -1582,8 +1650,104 @@ impl Call {
         self.outputs.push_back(CallOutput::Over);
     }
 
+    /// The transferor of a transfer in progress, or the consultation leg reserved to be
+    /// replaced: its hanging up does not end the call.
     fn is_transferor(&self, leg: LegId) -> bool {
         self.transfer.as_ref().is_some_and(|t| t.transferor == leg && !t.recall)
+            || self.replacing.is_some_and(|(replaced, _)| replaced == leg)
+    }
+
+    /// Another call's attended transfer asks to replace `leg` (the transferor's consultation
+    /// leg in this call) with its transferee: allowed when this call is answered between two
+    /// phones, `leg` is one of them and is `transferor`'s, and no transfer runs. Reserves the
+    /// call for [`REPLACE_WAIT`]; the id of the record the joined call will go on under.
+    pub fn reserve_replacement(&mut self, now: Timestamp, leg: LegId, transferor: &str) -> Option<u64> {
+        self.now = self.now.max(now);
+        let side = if leg == self.a { Side::A } else { Side::B };
+        let party = self.answered_legs().is_some_and(|(a, b)| leg == a || leg == b);
+        let free = self.transfer.is_none() && self.replacing.is_none() && !self.room;
+        if !(party && free && self.parties[side_index(side)] == transferor && self.transfers < TRANSFERS_MAX) {
+            return None;
+        }
+        self.replacing = Some((leg, self.now + REPLACE_WAIT));
+        Some(self.first_id.wrapping_add((self.transfers + 1) << 57))
+    }
+
+    /// The shell found (or not) the call to join for an attended transfer.
+    fn replaced(&mut self, attempt: u64, result: Result<u64, (u16, String)>) {
+        let Some(t) = self.transfer.as_ref().filter(|t| t.attempt == attempt) else { return };
+        let transferor = t.transferor;
+        let next = match result {
+            Ok(next) => next,
+            Err((code, reason)) => {
+                self.transfer = None;
+                return self.command(transferor, LegCommand::AnswerRefer { code, reason: Some(reason) });
+            }
+        };
+        let Some(t) = self.transfer.take() else { return };
+        if self.phase != Phase::Answered {
+            return;
+        }
+        self.command(transferor, LegCommand::AnswerRefer { code: 202, reason: None });
+        let other = t.side.other();
+        let leg = self.leg_of(other);
+        let i = side_index(other);
+        let handover = TakeOver {
+            leg,
+            session: self.sessions[i].clone(),
+            codec: self.codecs[i],
+            party: self.parties[i].clone(),
+            transferor: t.by.clone(),
+            follows: self.id,
+        };
+        // The transferee's leg leaves this call whole: no BYE, no stop, no LegDown.
+        if leg == self.a {
+            self.a_live = false;
+        } else {
+            self.forks.insert(leg, false);
+        }
+        self.outputs.push_back(CallOutput::HandOver { leg, handover: Box::new(handover) });
+        self.command(transferor, LegCommand::NotifyRefer { code: 200, reason: "OK".into() });
+        self.transferred = Some(crate::cdr::Transferred { by: t.by, to: t.number, next });
+        self.hangup = None;
+        self.end_all();
+    }
+
+    /// The transferee of another call's attended transfer takes the reserved leg's place.
+    fn take_over(&mut self, t: TakeOver) {
+        let reserved = self.replacing.take().map(|(leg, _)| leg).filter(|_| self.phase == Phase::Answered);
+        let Some(replaced) = reserved else {
+            // Too late (the call ended, the reservation ran out): the transferee is hung up on.
+            self.forks.insert(t.leg, true);
+            return self.command(t.leg, LegCommand::Hangup);
+        };
+        let side = if replaced == self.a { Side::A } else { Side::B };
+        let i = side_index(side);
+        self.transfers += 1;
+        let next = self.first_id.wrapping_add(self.transfers << 57);
+        let mut done = self.record();
+        done.hangup = None;
+        done.transfer = Some(crate::cdr::Transferred { by: t.transferor.clone(), to: t.party.clone(), next });
+        self.outputs.push_back(CallOutput::Segment(Box::new(done)));
+        self.command(replaced, LegCommand::Hangup);
+        match side {
+            Side::B => {
+                self.forks.insert(t.leg, true);
+                self.winner = Some(t.leg);
+            }
+            Side::A => {
+                self.forks.insert(self.a, self.a_live);
+                self.a = t.leg;
+                self.a_live = true;
+            }
+        }
+        self.sessions[i] = t.session;
+        self.plain_side(side);
+        self.codecs[i] = t.codec.or(self.codecs[i]);
+        self.parties[i] = t.party;
+        self.next_record(next, t.follows, self.now);
+        // The transferee's media now goes to this call's relay.
+        self.reoffer(side);
     }
 
     /// A party's REFER (module doc, Transfer).
@@ -1597,8 +1761,8 @@ impl Call {
         if self.transfer.is_some() {
             return refuse(self, 491, "Request Pending (a transfer is in progress)");
         }
-        if target.replaces.is_some() {
-            return refuse(self, 403, "Forbidden (attended transfer with Replaces is not supported yet)");
+        if self.replacing.is_some() {
+            return refuse(self, 491, "Request Pending (a transfer is in progress)");
         }
         if self.transfers >= TRANSFERS_MAX {
             return refuse(self, 403, "Forbidden (too many transfers of this call)");
@@ -1623,6 +1787,11 @@ impl Call {
             offer: None,
             started: self.now,
         });
+        if let Some(replaces) = target.replaces {
+            // Attended: the target is already in a call with the transferor.
+            let transferor = self.parties[side_index(side)].clone();
+            return self.outputs.push_back(CallOutput::Replace { attempt: self.attempts, replaces, transferor });
+        }
         let transferee = self.parties[side_index(side.other())].clone();
         let (attempt, number, secure) = (self.attempts, target.number, target.secure);
         self.outputs.push_back(CallOutput::Transfer { attempt, number, transferee, secure });
@@ -1791,11 +1960,7 @@ impl Call {
         self.outputs.push_back(CallOutput::Segment(Box::new(done)));
         // The target's media on the transferor's side: plain RTP, pbx's new session.
         self.sessions[i] = t.session;
-        if self.srtp[i].sent.take().is_some() {
-            self.outputs.push_back(CallOutput::MediaKeys { side, keys: None });
-        }
-        self.srtp[i].local = None;
-        self.srtp[i].mandatory = false;
+        self.plain_side(side);
         self.configure(side, &audio, codec);
         self.last_sdp[i] = t.offer;
         // The transferor is told and hung up on; the target takes its place.
@@ -1816,20 +1981,37 @@ impl Call {
         self.parties[i] = self.fork_aor.get(&leg).cloned().unwrap_or_else(|| t.number.clone());
         // The call goes on under its next record: the parties by side, the transfer's target
         // by the number dialled.
-        self.follows = Some(self.id);
-        self.id = next;
-        self.start = t.started;
-        self.answer = Some(self.now);
-        self.hangup = None;
-        self.disposition = Some(Disposition::Answered);
-        self.caller = self.parties[0].clone();
-        self.callee = self.parties[1].clone();
+        self.next_record(next, self.id, t.started);
         match side {
             Side::A => self.caller = t.number,
             Side::B => self.callee = t.number,
         }
         // The transferee is taken off hold (the transferor may have put it on hold).
         self.reoffer(side.other());
+    }
+
+    /// A side now talks to another phone over plain RTP: pbx's SRTP toward it is dropped.
+    fn plain_side(&mut self, side: Side) {
+        let i = side_index(side);
+        if self.srtp[i].sent.take().is_some() {
+            self.outputs.push_back(CallOutput::MediaKeys { side, keys: None });
+        }
+        self.srtp[i].local = None;
+        self.srtp[i].mandatory = false;
+        self.sessions[i].set_crypto(None);
+    }
+
+    /// After a transfer the call goes on under record `id`, which follows `follows`, started
+    /// at `start` and answered now; caller and callee are the parties by side.
+    fn next_record(&mut self, id: u64, follows: u64, start: Timestamp) {
+        self.follows = Some(follows);
+        self.id = id;
+        self.start = start;
+        self.answer = Some(self.now);
+        self.hangup = None;
+        self.disposition = Some(Disposition::Answered);
+        self.caller = self.parties[0].clone();
+        self.callee = self.parties[1].clone();
     }
 
     /// pbx offers a side its media afresh (sendrecv, its codec first): the transferee after a

@@ -64,6 +64,11 @@ pub enum CoreInput {
     PushFailed { leg: LegId },
     /// A phone picks the ringing call up (see `CallInput::PickUp`).
     PickUp(Box<super::CallStart>),
+    /// The answer to `CoreOutput::Replace` (see `CallInput::Replaced`).
+    Replaced { attempt: u64, result: Result<u64, (u16, String)> },
+    /// Another call's transferee, its leg machine and what goes with it (see
+    /// `CallInput::TakeOver`): the machine joins this call's table.
+    TakeOver { machine: Box<Leg>, takeover: Box<super::b2bua::TakeOver> },
     /// The answer to `CoreOutput::Transfer` (see `CallInput::TransferRoute`).
     TransferRoute { attempt: u64, result: super::b2bua::TransferLookup },
     /// The time given to `handle` has reached [`CallCore::poll_timeout`] (early is harmless).
@@ -108,6 +113,19 @@ pub enum CoreOutput {
         number: String,
         transferee: String,
         secure: bool,
+    },
+    /// Find the call holding this dialog (see `CallOutput::Replace`).
+    Replace {
+        attempt: u64,
+        replaces: super::transfer::Replaces,
+        transferor: String,
+    },
+    /// This leg's machine leaves the call for the call that reserved itself (see
+    /// `CallOutput::HandOver`): send both there as `CoreInput::TakeOver`. Not down: the other
+    /// call's `LegUp` reroutes it.
+    HandOver {
+        machine: Box<Leg>,
+        takeover: Box<super::b2bua::TakeOver>,
     },
     /// The record of the call up to a completed transfer: store it (the driver fills in the
     /// media counters so far); the call goes on.
@@ -154,6 +172,14 @@ impl<L: LegTable> CallCore<L> {
             CoreInput::Woken { leg, binding } => self.call.handle(now, CallInput::Woken { leg, binding }),
             CoreInput::PushFailed { leg } => self.call.handle(now, CallInput::PushFailed { leg }),
             CoreInput::PickUp(start) => self.call.handle(now, CallInput::PickUp(start)),
+            CoreInput::Replaced { attempt, result } => self.call.handle(now, CallInput::Replaced { attempt, result }),
+            CoreInput::TakeOver { machine, takeover } => {
+                let id = machine.id();
+                self.legs.with(|legs| legs.insert(id, machine));
+                // The endpoint routes the leg here from now on.
+                self.outputs.push_back(CoreOutput::LegUp(id));
+                self.call.handle(now, CallInput::TakeOver(takeover));
+            }
             CoreInput::TransferRoute { attempt, result } => {
                 self.call.handle(now, CallInput::TransferRoute { attempt, result })
             }
@@ -187,6 +213,11 @@ impl<L: LegTable> CallCore<L> {
 
     pub fn call(&self) -> &Call {
         &self.call
+    }
+
+    /// See [`Call::reserve_replacement`].
+    pub fn reserve_replacement(&mut self, now: Timestamp, leg: LegId, transferor: &str) -> Option<u64> {
+        self.call.reserve_replacement(now, leg, transferor)
     }
 
     pub fn legs(&self) -> &L {
@@ -243,6 +274,14 @@ impl<L: LegTable> CallCore<L> {
                         self.outputs.push_back(CoreOutput::Transfer { attempt, number, transferee, secure })
                     }
                     CallOutput::Segment(cdr) => self.outputs.push_back(CoreOutput::Segment(cdr)),
+                    CallOutput::Replace { attempt, replaces, transferor } => {
+                        self.outputs.push_back(CoreOutput::Replace { attempt, replaces, transferor })
+                    }
+                    CallOutput::HandOver { leg, handover } => {
+                        if let Some(machine) = self.legs.with(|legs| legs.remove(&leg)) {
+                            self.outputs.push_back(CoreOutput::HandOver { machine, takeover: handover });
+                        }
+                    }
                     CallOutput::Over => self.outputs.push_back(CoreOutput::Over),
                 }
             }

@@ -203,6 +203,12 @@ pub const LEG_ALLOW: &str = "INVITE, ACK, CANCEL, BYE, UPDATE, OPTIONS, INFO, RE
 /// intercom send both.
 pub const AUTO_ANSWER_ALERT_INFO: &str = "<http://127.0.0.1/>;info=alert-autoanswer;delay=0";
 
+impl std::fmt::Debug for Leg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leg").field("id", &self.id).field("role", &self.role).field("state", &self.state).finish()
+    }
+}
+
 impl Leg {
     /// The A-leg for an INVITE that arrived from `source` (already answered 100 Trying).
     #[allow(clippy::too_many_arguments)]
@@ -307,6 +313,11 @@ impl Leg {
 
     pub fn call_id(&self) -> &str {
         &self.call_id
+    }
+
+    /// The far end's tag in this dialog, once it has one.
+    pub fn remote_tag(&self) -> Option<&str> {
+        self.remote.tag.as_ref().map(|t| t.as_str())
     }
 
     pub fn handle(&mut self, now: Timestamp, input: LegInput) {

@@ -452,6 +452,10 @@ struct Harness {
     lookups: Vec<(u64, String, String, bool)>,
     /// Records of a transferred call's earlier parts.
     segments: Vec<crate::cdr::Cdr>,
+    /// Attended transfers asked for: (attempt, replaces, transferor).
+    replaces: Vec<(u64, super::transfer::Replaces, String)>,
+    /// Legs handed over to another call.
+    handovers: Vec<(LegId, super::b2bua::TakeOver)>,
 }
 
 const A: LegId = LegId(1);
@@ -525,6 +529,8 @@ fn harness(config: CallConfig, setup: CallSetup) -> Harness {
         gone: vec![],
         lookups: vec![],
         segments: vec![],
+        replaces: vec![],
+        handovers: vec![],
     };
     h.drain();
     h
@@ -554,6 +560,10 @@ impl Harness {
                     self.lookups.push((attempt, number, transferee, secure))
                 }
                 CallOutput::Segment(cdr) => self.segments.push(*cdr),
+                CallOutput::Replace { attempt, replaces, transferor } => {
+                    self.replaces.push((attempt, replaces, transferor))
+                }
+                CallOutput::HandOver { leg, handover } => self.handovers.push((leg, *handover)),
             }
         }
     }
@@ -1852,4 +1862,96 @@ fn leg_refuses_bad_refer_targets() {
     leg.handle(Timestamp::ZERO, LegInput::Command(LegCommand::AnswerRefer { code: 202, reason: None }));
     let (sip, _) = drain_leg(&mut leg);
     assert_eq!(sip.len(), 1, "the 202 alone");
+}
+
+/// Attended transfer: 101 is in call 7 with 100 (the transferee) and in a consultation call
+/// with 102; it REFERs call 7 with Replaces naming the consultation. The consultation call
+/// reserves itself (only for 101), call 7 hands 100's leg over and ends (NOTIFY 200, BYE to
+/// 101, its record names the transfer), the consultation call takes 100 in 101's place (BYE to
+/// 101, 100 re-offered) and goes on under a record that follows call 7's.
+#[test]
+fn attended_transfer_joins_the_transferee_to_the_consultation_call() {
+    let mut h1 = transferable_call();
+    let (config, mut setup) =
+        call_setup(PCMU_OFFER, vec![Binding { aor: "102".into(), ..binding("sip:102@127.0.0.1:5090", 5090) }]);
+    setup.id = 9;
+    setup.start.a = LegId(10);
+    setup.start.forks = vec![LegId(11)];
+    setup.start.route.caller = "101".into();
+    setup.start.route.callee = "102".into();
+    setup.start.route.target = "102".into();
+    let mut h2 = harness(config, setup);
+    h2.event(ms(100), LegId(11), LegEvent::Answered { sdp: Some(Bytes::from_static(PCMU_ANSWER.as_bytes())) });
+    h2.take_commands();
+
+    let replaces = super::transfer::Replaces { call_id: "c2".into(), to_tag: "t".into(), from_tag: "f".into() };
+    let target = super::transfer::ReferTo { number: "102".into(), secure: false, replaces: Some(replaces.clone()) };
+    h1.event(ms(5000), B1, LegEvent::Refer(target));
+    assert_eq!(h1.replaces, vec![(1, replaces, "101".into())]);
+    assert!(h1.lookups.is_empty());
+
+    let now = Timestamp::ZERO + ms(5001);
+    assert_eq!(h2.call.reserve_replacement(now, LegId(11), "101"), None, "not the transferor's leg");
+    assert_eq!(h2.call.reserve_replacement(now, LegId(10), "100"), None, "not the transferor");
+    let next = h2.call.reserve_replacement(now, LegId(10), "101").expect("reserved");
+    assert_eq!(h2.call.reserve_replacement(now, LegId(10), "101"), None, "once");
+
+    h1.call.handle(now, CallInput::Replaced { attempt: 1, result: Ok(next) });
+    h1.drain();
+    let commands = h1.take_commands();
+    assert!(commands.iter().any(|(l, c)| *l == B1 && matches!(c, LegCommand::AnswerRefer { code: 202, .. })));
+    assert_eq!(notified(&commands, B1), vec![200]);
+    assert!(commands.iter().any(|(l, c)| *l == B1 && matches!(c, LegCommand::Hangup)), "{commands:?}");
+    assert!(!commands.iter().any(|(l, _)| *l == A), "the transferee is not hung up: {commands:?}");
+    let [(leg, handover)] = std::mem::take(&mut h1.handovers).try_into().expect("one handover");
+    assert_eq!((leg, handover.party.as_str(), handover.follows), (A, "100", 7));
+    let record = h1.ended.clone().expect("call 7 ended");
+    let transfer = record.transfer.clone().unwrap();
+    assert_eq!((transfer.by.as_str(), transfer.to.as_str(), transfer.next), ("101", "102", next));
+    h1.finish(ms(5100), &[B1]);
+    assert!(h1.over, "call 7 is over without the handed leg");
+    assert!(!h1.stopped.contains(&A), "the handed leg is not stopped");
+
+    // The consultation leg's BYE while reserved does not end the consultation call.
+    h2.event(ms(5002), LegId(10), LegEvent::Bye);
+    assert!(h2.ended.is_none());
+    h2.call.handle(Timestamp::ZERO + ms(5003), CallInput::TakeOver(Box::new(handover)));
+    h2.drain();
+    let commands = h2.take_commands();
+    let (_, reoffer) =
+        commands.iter().find(|(l, c)| *l == A && matches!(c, LegCommand::Offer { .. })).expect("re-offer");
+    assert_eq!(sdp_of(reoffer).rtp, Some("127.0.0.1:20000".parse().unwrap()), "toward the joined call's relay");
+    let segment = h2.segments.first().expect("the consultation's record");
+    assert_eq!((segment.id, segment.caller.as_str(), segment.callee.as_str()), (9, "101", "102"));
+    h2.event(ms(5004), LegId(10), LegEvent::Finished);
+    h2.event(ms(9000), LegId(11), LegEvent::Bye);
+    let last = h2.ended.clone().expect("ended by 102");
+    assert_eq!((last.id, last.follows), (next, Some(7)));
+    assert_eq!((last.caller.as_str(), last.callee.as_str(), last.hangup), ("100", "102", Some(HangupSide::Callee)));
+    assert!(h2.take_commands().iter().any(|(l, c)| *l == A && matches!(c, LegCommand::Hangup)));
+}
+
+/// A reservation nobody follows up runs out: the reserved leg's BYE meanwhile then ends the
+/// call; a transferee that comes too late is hung up on.
+#[test]
+fn a_reservation_runs_out() {
+    let mut h = transferable_call();
+    let next = h.call.reserve_replacement(Timestamp::ZERO + ms(1000), B1, "101");
+    assert!(next.is_some());
+    h.event(ms(1500), B1, LegEvent::Bye);
+    assert!(h.ended.is_none());
+    h.call.handle(Timestamp::ZERO + ms(1000) + super::b2bua::REPLACE_WAIT, CallInput::Timeout);
+    h.drain();
+    assert_eq!(h.ended.clone().expect("ended").hangup, Some(HangupSide::Callee));
+    let late = super::b2bua::TakeOver {
+        leg: LegId(30),
+        session: crate::sdp::LocalSession::new(1, "127.0.0.1".parse().unwrap()),
+        codec: None,
+        party: "103".into(),
+        transferor: "101".into(),
+        follows: 1,
+    };
+    h.call.handle(Timestamp::ZERO + ms(7000), CallInput::TakeOver(Box::new(late)));
+    h.drain();
+    assert!(h.take_commands().iter().any(|(l, c)| *l == LegId(30) && matches!(c, LegCommand::Hangup)));
 }
