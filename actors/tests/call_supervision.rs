@@ -202,6 +202,7 @@ impl Answered {
                     forwards: Default::default(),
                     intercom: false,
                     pickup: None,
+                    replaces: None,
                 },
                 forks: vec![B],
             })))

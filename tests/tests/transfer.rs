@@ -306,3 +306,76 @@ fn attended_transfer_to_a_dialog_not_the_transferors_is_refused() {
     let callee = callee.finish_after(&caller);
     assert!(callee.success, "{}", callee.report());
 }
+
+/// RFC 3891 from a phone: 100 (baresip) calls 101, answered by 101's first phone (SIPp);
+/// 101's second phone (SIPp, authenticated as 101) sends an INVITE with `Replaces` naming that
+/// dialog (as the first phone sees it) and `Require: replaces`. pbx answers it, hangs up the
+/// first phone, and 100 now hears the second phone's tone; its BYE ends the call.
+#[test]
+fn invite_with_replaces_moves_a_call_to_another_phone() {
+    let pbx = node();
+    let mut alice = phone(&pbx, "100", 1000.0);
+    let law = pbx_tests::audio::G711::Pcmu;
+    let first = Sipp::registered_callee(&pbx, "call_uas.xml", "101", "secret-101", 1)
+        .media(law, &RtpSink::for_sipp(), Some(&callee_pcap(&pbx)))
+        .timeout(Duration::from_secs(30))
+        .spawn();
+    pbx.wait_registered("101", &first);
+    assert!(wait_until(WAIT, || alice.is_registered()), "{}", alice.report());
+    alice.dial(&format!("sip:101@{}", pbx.sip));
+    assert!(alice.wait_event("CALL_ESTABLISHED", WAIT).is_some(), "{}", alice.report());
+    // The dialog as the first phone sees it: pbx's Call-ID and tag (From), its own (To).
+    let mut dialog = None;
+    assert!(wait_until(WAIT, || {
+        let trace = first.messages_so_far();
+        // The 200 it sent to pbx's INVITE (the first 200 in its trace answers its REGISTER).
+        let ok = trace
+            .split("SIP/2.0 200 OK")
+            .skip(1)
+            .map(|m| m.split("\n\n").next().unwrap_or_default())
+            .find(|m| header(m, "CSeq").is_some_and(|c| c.ends_with("INVITE")));
+        dialog = ok.and_then(|ok| {
+            Some((header(ok, "Call-ID")?.to_owned(), tag(header(ok, "To")?)?, tag(header(ok, "From")?)?))
+        });
+        dialog.is_some()
+    }));
+    let (call_id, phone_tag, pbx_tag) = dialog.unwrap();
+    let second_pcap = pbx.scratch().join("second.pcap");
+    let tone = pbx_tests::audio::tone(1400.0, pbx_tests::audio::G711_RATE_HZ, 4.0, 8000.0);
+    pbx_tests::rtp::g711_stream_pcap(&second_pcap, law, &tone).expect("pcap");
+    let second = Sipp::new("replaces_uac.xml", pbx.sip, &pbx.scratch())
+        .caller("101", "secret-101", "100")
+        .key("replaces", &format!("{call_id};to-tag={phone_tag};from-tag={pbx_tag}"))
+        .media(law, &RtpSink::for_sipp(), Some(&second_pcap))
+        .args(&["-d", "3500", "-m", "1"])
+        .run();
+    assert!(second.success, "{}\n{}", second.report(), pbx.log());
+    let first = first.finish_after(&second);
+    assert!(first.success, "the first phone got pbx's BYE: {}", first.report());
+    assert!(alice.wait_event("CALL_CLOSED", WAIT).is_some(), "{}", alice.report());
+    assert_eq!(heard_last(&alice, 2), 1400.0, "100 hears the second phone\n{}", alice.report());
+    let records = cdrs(&pbx);
+    assert_eq!(records.len(), 1, "one call, one record: {records:?}");
+    assert_eq!((records[0]["callee"].as_str(), records[0]["hangup"].as_str()), (Some("101"), Some("callee")));
+}
+
+/// An INVITE with `Replaces` naming no dialog of pbx's gets 481 (RFC 3891 §3).
+#[test]
+fn invite_with_replaces_naming_nothing_gets_481() {
+    let pbx = node();
+    let mut client = SipClient::udp(pbx.sip);
+    let replaces = "Replaces: nosuchcall@127.0.0.1;to-tag=0123456789abcdef0123456789abcdef;from-tag=x";
+    let uri = format!("sip:100@{}", pbx.sip);
+    let first = client.request("INVITE", &uri, "101", Some("100"), &[replaces, "Require: replaces"]);
+    let challenge = client.transact(&first).expect("407");
+    assert_eq!(status_code(&challenge), Some(407), "{challenge}");
+    let chosen = header_values(&challenge, "Proxy-Authenticate").pop().expect("a challenge");
+    let auth = authorization(&chosen, "101", "secret-101", "INVITE", &uri, 1);
+    let proxy_auth = format!("Proxy-Authorization: {auth}");
+    let second = client.request("INVITE", &uri, "101", Some("100"), &[replaces, "Require: replaces", &proxy_auth]);
+    client.send(&second);
+    let answer = std::iter::from_fn(|| client.recv(WAIT)).find(|m| status_code(m).is_some_and(|c| c >= 200));
+    let answer = answer.expect("a final answer");
+    assert_eq!(status_code(&answer), Some(481), "{answer}");
+    assert!(answer.lines().next().unwrap().contains("nothing to replace"), "{answer}");
+}

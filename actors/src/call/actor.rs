@@ -167,6 +167,13 @@ pub enum CallMsg {
         machine: Box<Leg>,
         takeover: Box<super::b2bua::TakeOver>,
     },
+    /// An INVITE with `Replaces` naming this call's `leg`: taken if the call allows it
+    /// (`Call::can_replace`: `Ok`), else handed back.
+    ReplaceLeg {
+        leg: LegId,
+        start: Box<CallStart>,
+        reply: RpcReplyPort<Result<(), Box<CallStart>>>,
+    },
     /// The answer to a transfer's lookup (`CoreOutput::Transfer`).
     TransferRoute {
         attempt: u64,
@@ -474,6 +481,15 @@ impl Actor for CallActor {
                     next
                 });
                 s.core.handle(now, CoreInput::Replaced { attempt, result });
+            }
+            CallMsg::ReplaceLeg { leg, start, reply } => {
+                if s.core.call().can_replace(leg, &start.route.caller) {
+                    tracing::info!(call = s.core.call().id(), by = %start.route.caller, "INVITE with Replaces taken");
+                    s.core.handle(now, CoreInput::ReplaceLeg { leg, start });
+                    let _ = reply.send(Ok(()));
+                } else {
+                    let _ = reply.send(Err(start));
+                }
             }
             CallMsg::Reserve { leg, transferor, reply } => {
                 let _ = reply.send(s.core.reserve_replacement(now, leg, &transferor));
@@ -912,6 +928,9 @@ impl Actor for CallsActor {
             CallsMsg::Start(start) if start.route.pickup.is_some() && start.route.contacts.is_empty() => {
                 s.pick_up(&me, start)
             }
+            CallsMsg::Start(start) if start.route.replaces.is_some() && start.route.contacts.is_empty() => {
+                s.replace_leg(&me, start)
+            }
             CallsMsg::Start(start) | CallsMsg::NothingToPickUp(start) => s.start(&me, *start),
             CallsMsg::Started(started) => s.started(*started).await,
             CallsMsg::Replace { from, attempt, replaces, transferor } => s.replace(from, attempt, replaces, transferor),
@@ -1007,17 +1026,14 @@ async fn end_failed(context: &CallContext, running: Running, reason: &str) {
 }
 
 impl CallsState {
-    /// An attended transfer's other call: the one whose leg the `Replaces` names (RFC 3891
-    /// §3: its Call-ID and both tags, one of them pbx's), asked off this actor's loop to
-    /// reserve itself; `from` hears the outcome.
-    fn replace(
-        &mut self,
-        from: ActorRef<CallMsg>,
-        attempt: u64,
-        replaces: super::transfer::Replaces,
-        transferor: String,
-    ) {
-        let found = self.calls.lock().values().filter(|r| r.actor.get_id() != from.get_id()).find_map(|running| {
+    /// The call and leg a `Replaces` names (RFC 3891 §3: its Call-ID and both tags, one of
+    /// them pbx's), other than `except`'s.
+    fn find_dialog(
+        &self,
+        replaces: &super::transfer::Replaces,
+        except: Option<ractor::ActorId>,
+    ) -> Option<(ActorRef<CallMsg>, LegId)> {
+        self.calls.lock().values().filter(|r| Some(r.actor.get_id()) != except).find_map(|running| {
             let pairs = [(&replaces.to_tag, &replaces.from_tag), (&replaces.from_tag, &replaces.to_tag)];
             pairs.into_iter().find_map(|(ours, theirs)| {
                 let leg = LegId::from_tag(ours)?;
@@ -1028,7 +1044,39 @@ impl CallsState {
                 });
                 matches.then(|| (running.actor.clone(), leg))
             })
+        })
+    }
+
+    /// An INVITE with `Replaces` (RFC 3891): the call holding the dialog it names is asked
+    /// (off this actor's loop) to take it; not found or not allowed → the INVITE starts as a
+    /// call that answers 481 (`Call::new`).
+    fn replace_leg(&mut self, me: &ActorRef<CallsMsg>, start: Box<CallStart>) {
+        let found = start.route.replaces.as_ref().and_then(|r| self.find_dialog(r, None));
+        let (me, sip, inviter) = (me.clone(), self.context.sip.clone(), start.a);
+        ractor::concurrency::spawn(async move {
+            let mut start = start;
+            if let Some((call, leg)) = found {
+                let asked = call.call(|reply| CallMsg::ReplaceLeg { leg, start, reply }, Some(PICKUP_WAIT)).await;
+                start = match asked {
+                    Ok(ractor::rpc::CallResult::Success(Ok(()))) => return,
+                    Ok(ractor::rpc::CallResult::Success(Err(back))) => back,
+                    _ => return sip.leg_down(inviter),
+                };
+            }
+            let _ = me.cast(CallsMsg::NothingToPickUp(start));
         });
+    }
+
+    /// An attended transfer's other call: the one whose leg the `Replaces` names, asked off
+    /// this actor's loop to reserve itself; `from` hears the outcome.
+    fn replace(
+        &mut self,
+        from: ActorRef<CallMsg>,
+        attempt: u64,
+        replaces: super::transfer::Replaces,
+        transferor: String,
+    ) {
+        let found = self.find_dialog(&replaces, Some(from.get_id()));
         ractor::concurrency::spawn(async move {
             let refused = |reason: &str| Err((403, format!("Forbidden ({reason})")));
             let result = match found {

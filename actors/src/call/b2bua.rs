@@ -221,6 +221,12 @@ pub enum CallInput {
     /// A phone picks this ringing call up (`Route::pickup`; check [`Call::can_be_picked_up`]
     /// first): its INVITE becomes the answering side, the ringing phones are cancelled.
     PickUp(Box<CallStart>),
+    /// An INVITE with `Replaces` naming `leg` (check [`Call::can_replace`] first): a ringing
+    /// fork's is a pickup, an answered party's a move of the call to the new phone.
+    ReplaceLeg {
+        leg: LegId,
+        start: Box<CallStart>,
+    },
     /// The shell's answer to [`CallOutput::Replace`] `attempt`: the call holding the dialog
     /// to replace reserved itself (the id of the record the joined call goes on under), or the
     /// refusal's code and reason phrase.
@@ -703,6 +709,13 @@ impl Call {
             if route.pickup.is_some() {
                 call.reject_reason = Some("Temporarily Unavailable (no call to pick up)".into());
             }
+            if route.replaces.is_some() {
+                // RFC 3891 §3: no dialog matched (or it may not be replaced by this caller).
+                call.reject_reason = Some("Call/Transaction Does Not Exist (nothing to replace)".into());
+                call.failure = Some(481);
+                call.reject_caller(481, Disposition::Rejected { code: 481 });
+                return call;
+            }
             call.failure = Some(480);
             call.reject_caller(480, Disposition::Unavailable);
         }
@@ -713,6 +726,69 @@ impl Call {
     /// (a late-offer call is not picked up: pbx would have to offer to both).
     pub fn can_be_picked_up(&self) -> bool {
         self.phase == Phase::Ringing && !self.room && self.a_offer.is_some() && !self.srtp[0].mandatory
+    }
+
+    /// Whether an INVITE with `Replaces` from `caller` may take `leg`'s place (RFC 3891): a
+    /// fork of this call while it rings (a pickup, from any extension, as `**N` allows), or a
+    /// party of the answered call that is `caller`'s own extension (the call moves to another
+    /// of its phones) while no transfer runs.
+    pub fn can_replace(&self, leg: LegId, caller: &str) -> bool {
+        match self.phase {
+            Phase::Ringing => self.forks.get(&leg).copied().unwrap_or(false) && self.can_be_picked_up(),
+            Phase::Answered => {
+                let side = if leg == self.a { Side::A } else { Side::B };
+                let party = self.answered_legs().is_some_and(|(a, b)| leg == a || leg == b);
+                party
+                    && !self.room
+                    && self.transfer.is_none()
+                    && self.replacing.is_none()
+                    && self.parties[side_index(side)] == caller
+            }
+            _ => false,
+        }
+    }
+
+    /// A new phone's INVITE (with `Replaces`) takes `leg`'s place in the answered call: it is
+    /// answered with pbx's port on that side (plain RTP, in the codec it offered first), the
+    /// old phone gets a BYE. The same extension, the same record.
+    fn join(&mut self, start: CallStart, leg: LegId) {
+        let CallStart { a: p, key, invite, source, transport, .. } = start;
+        let Some(template) = self.template.clone() else { return };
+        let body = invite.body.clone();
+        let Some(new) = Leg::uas(p, self.now, template.timers, template.local_sip, key, invite, source, transport)
+        else {
+            return;
+        };
+        self.outputs.push_back(CallOutput::StartLeg(Box::new(new)));
+        self.forks.insert(p, true);
+        let side = if leg == self.a { Side::A } else { Side::B };
+        let i = side_index(side);
+        let offer = sdp::parse(&body).ok().and_then(|d| d.audio().map(|a| (d, a))).filter(|(_, a)| !a.secure);
+        let Some((offer, audio)) = offer else {
+            return self.command(p, LegCommand::Reject { code: 488, reason: None });
+        };
+        let Some(codec) = first_codec(&audio) else {
+            return self.command(p, LegCommand::Reject { code: 488, reason: None });
+        };
+        self.plain_side(side);
+        let te = audio.telephone_event.is_some();
+        let port = self.media[i].port();
+        let Ok(answer) = sdp::answer(&mut self.sessions[i], &offer, port, codec, te, audio.direction.answer()) else {
+            return self.command(p, LegCommand::Reject { code: 488, reason: None });
+        };
+        self.configure(side, &audio, codec);
+        self.last_sdp[i] = Some(answer.clone());
+        self.command(p, LegCommand::Answer { sdp: Some(answer) });
+        self.command(leg, LegCommand::Hangup);
+        match side {
+            Side::B => self.winner = Some(p),
+            Side::A => {
+                self.forks.insert(self.a, self.a_live);
+                self.forks.remove(&p);
+                self.a = p;
+                self.a_live = true;
+            }
+        }
     }
 
     /// The picking phone's INVITE (its leg `start.a`) answers the call: answered with pbx's
@@ -1034,6 +1110,11 @@ impl Call {
             CallInput::PickUp(start) if self.can_be_picked_up() => self.pick_up(*start),
             CallInput::PickUp(_) => {}
             CallInput::TransferRoute { attempt, result } => self.transfer_routed(attempt, result),
+            CallInput::ReplaceLeg { leg, start } if self.can_replace(leg, &start.route.caller) => match self.phase {
+                Phase::Ringing => self.pick_up(*start),
+                _ => self.join(*start, leg),
+            },
+            CallInput::ReplaceLeg { .. } => {}
             CallInput::Replaced { attempt, result } => self.replaced(attempt, result),
             CallInput::TakeOver(t) => self.take_over(*t),
             CallInput::Timeout if self.replacing.is_some_and(|(_, until)| until <= self.now) => {

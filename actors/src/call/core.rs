@@ -64,6 +64,8 @@ pub enum CoreInput {
     PushFailed { leg: LegId },
     /// A phone picks the ringing call up (see `CallInput::PickUp`).
     PickUp(Box<super::CallStart>),
+    /// An INVITE with `Replaces` takes a leg's place (see `CallInput::ReplaceLeg`).
+    ReplaceLeg { leg: LegId, start: Box<super::CallStart> },
     /// The answer to `CoreOutput::Replace` (see `CallInput::Replaced`).
     Replaced { attempt: u64, result: Result<u64, (u16, String)> },
     /// Another call's transferee, its leg machine and what goes with it (see
@@ -172,6 +174,7 @@ impl<L: LegTable> CallCore<L> {
             CoreInput::Woken { leg, binding } => self.call.handle(now, CallInput::Woken { leg, binding }),
             CoreInput::PushFailed { leg } => self.call.handle(now, CallInput::PushFailed { leg }),
             CoreInput::PickUp(start) => self.call.handle(now, CallInput::PickUp(start)),
+            CoreInput::ReplaceLeg { leg, start } => self.call.handle(now, CallInput::ReplaceLeg { leg, start }),
             CoreInput::Replaced { attempt, result } => self.call.handle(now, CallInput::Replaced { attempt, result }),
             CoreInput::TakeOver { machine, takeover } => {
                 let id = machine.id();

@@ -490,6 +490,7 @@ fn call_setup(body: &str, contacts: Vec<Binding>) -> (CallConfig, CallSetup) {
                 forwards: Default::default(),
                 intercom: false,
                 pickup: None,
+                replaces: None,
             },
             forks: [B1, B2][..forks].to_vec(),
         },
@@ -1609,6 +1610,7 @@ fn transfer_route(number: &str, legs: &[LegId]) -> super::b2bua::TransferLookup 
         forwards: Default::default(),
         intercom: false,
         pickup: None,
+        replaces: None,
     };
     Ok((Box::new(route), legs.to_vec()))
 }
@@ -1954,4 +1956,43 @@ fn a_reservation_runs_out() {
     h.call.handle(Timestamp::ZERO + ms(7000), CallInput::TakeOver(Box::new(late)));
     h.drain();
     assert!(h.take_commands().iter().any(|(l, c)| *l == LegId(30) && matches!(c, LegCommand::Hangup)));
+}
+
+/// An INVITE with `Replaces` from another phone of the answered callee's extension takes its
+/// place: answered on pbx's B-side port, the old phone gets a BYE, the call goes on (one
+/// record). Another extension may not; while the call rang, any may (a pickup).
+#[test]
+fn invite_with_replaces_moves_the_call_to_another_phone() {
+    let mut h = transferable_call();
+    let (key, invite) = invite(PCMU_OFFER);
+    let replaces = super::transfer::Replaces { call_id: "x".into(), to_tag: "a".into(), from_tag: "b".into() };
+    let route = Route { replaces: Some(replaces), ..transfer_route("101", &[]).unwrap().0.as_ref().clone() };
+    let start = |caller: &str| CallStart {
+        a: LegId(40),
+        key: key.clone(),
+        invite: invite.clone(),
+        source: PHONE.parse().unwrap(),
+        transport: Transport::Udp,
+        route: Route { caller: caller.into(), ..route.clone() },
+        forks: vec![],
+    };
+    assert!(!h.call.can_replace(B1, "102"), "another extension's call");
+    assert!(!h.call.can_replace(A, "101"), "not 101's side");
+    assert!(h.call.can_replace(B1, "101"));
+    h.call.handle(Timestamp::ZERO + ms(3000), CallInput::ReplaceLeg { leg: B1, start: Box::new(start("101")) });
+    h.drain();
+    assert!(h.started.contains(&LegId(40)));
+    let commands = h.take_commands();
+    let (_, answer) = commands.iter().find(|(l, c)| *l == LegId(40) && matches!(c, LegCommand::Answer { .. })).unwrap();
+    assert_eq!(sdp_of(answer).rtp, Some("127.0.0.1:20002".parse().unwrap()));
+    assert!(commands.iter().any(|(l, c)| *l == B1 && matches!(c, LegCommand::Hangup)), "{commands:?}");
+    assert_eq!(h.call.answered_legs(), Some((A, LegId(40))));
+    h.event(ms(3100), B1, LegEvent::Finished);
+    assert!(h.ended.is_none());
+    h.event(ms(9000), LegId(40), LegEvent::Bye);
+    let cdr = h.ended.clone().unwrap();
+    assert_eq!((cdr.id, cdr.callee.as_str(), cdr.hangup, cdr.follows), (7, "101", Some(HangupSide::Callee), None));
+
+    let ringing = call_with(PCMU_OFFER, 1);
+    assert!(ringing.call.can_replace(B1, "102"), "a ringing call is a pickup for anyone");
 }

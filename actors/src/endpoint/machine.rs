@@ -496,9 +496,13 @@ impl Endpoint {
         let method = request.method.clone();
         let known = KNOWN_METHODS.iter().find(|(m, _)| *m == method).map(|(_, label)| *label);
         self.outputs.push_back(EndpointOutput::Event(EndpointEvent::Request { method: known.unwrap_or("other") }));
-        // RFC 3261 §8.2.2.3: we support no extension, so any Require (outside CANCEL and ACK,
-        // which never carry one that matters) is refused with the tags listed as Unsupported.
-        let required = request.required();
+        // RFC 3261 §8.2.2.3: the one extension we support is `replaces` (RFC 3891) on an
+        // INVITE; any other Require (outside CANCEL and ACK, which never carry one that
+        // matters) is refused with the tags listed as Unsupported.
+        let mut required = request.required();
+        if method == Method::INVITE {
+            required.retain(|tag| !tag.eq_ignore_ascii_case("replaces"));
+        }
         if !required.is_empty() && method != Method::CANCEL && method != Method::ACK {
             let mut response = request.response(420, Some(&self.stateless_tag(&request)));
             response.headers.insert(Name::UNSUPPORTED, required.join(", "));

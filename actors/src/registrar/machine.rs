@@ -378,6 +378,9 @@ pub struct Route {
     /// A directed pickup ([`PICKUP_PREFIX`]): the caller takes the call ringing this extension,
     /// if any (`contacts` is empty).
     pub pickup: Option<String>,
+    /// An INVITE with `Replaces` (RFC 3891): the caller takes the place of the leg it names
+    /// (`contacts` is empty).
+    pub replaces: Option<crate::call::transfer::Replaces>,
 }
 
 /// Dialled before an extension's number, calls it as an intercom (FreePBX's `*80`).
@@ -431,6 +434,7 @@ impl Route {
             forwards: Forwards::default(),
             intercom: false,
             pickup: None,
+            replaces: None,
         }
     }
 
@@ -931,6 +935,22 @@ impl Registrar {
             _ => return self.refuse(tx, request, ip, Refusal::code(404), true),
         };
         let caller_display_name = self.extensions.get(&caller).map(|e| e.display_name.clone()).unwrap_or_default();
+        if let Some(value) = request.headers.get_raw(&Name::REPLACES).next() {
+            // RFC 3891: the call takes this INVITE in place of the dialog named; the calls
+            // actor finds it (or answers 481).
+            let Some(replaces) = crate::call::transfer::parse_replaces(value.as_str()) else {
+                return self.refuse(
+                    tx,
+                    request,
+                    ip,
+                    Refusal { code: 400, reason: Some("Bad Request (Replaces)") },
+                    true,
+                );
+            };
+            let plain = Route::plain(caller, caller_display_name, callee.clone(), callee, Vec::new());
+            let route = Route { replaces: Some(replaces), ..plain };
+            return self.outputs.push_back(RegistrarOutput::Routed { tx, route });
+        }
         if let Some(number) = callee.strip_prefix(PICKUP_PREFIX).filter(|n| self.extensions.contains_key(*n)) {
             // Directed pickup: the calls actor finds the call ringing `number`'s phones.
             let (n, contacts) = (number.to_owned(), Vec::new());

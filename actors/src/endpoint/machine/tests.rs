@@ -394,6 +394,7 @@ fn a_shard_names_itself_in_its_tx_ids_and_legs() {
             forwards: Default::default(),
             intercom: false,
             pickup: None,
+            replaces: None,
         };
         let outs = run(&mut e, Timestamp::ZERO, EndpointInput::Routed { tx, route });
         let start = outs
