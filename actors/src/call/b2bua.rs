@@ -1087,6 +1087,10 @@ impl Call {
             CallInput::Leg { leg, event } if leg == self.a => self.a_event(event),
             CallInput::Leg { leg, event } => self.b_event(leg, event),
             CallInput::LegLost { leg } => self.lost(leg),
+            CallInput::MediaInactive { .. } if self.transfer.is_some() || self.replacing.is_some() => {
+                // The transferor's side goes quiet while its target rings (or it left): not a
+                // dead call. The side is reconfigured when the transfer completes.
+            }
             CallInput::MediaInactive { side } => {
                 if self.phase == Phase::Answered {
                     self.hangup.get_or_insert(HangupSide::Pbx);

@@ -1752,6 +1752,10 @@ fn a_transferor_that_left_is_rung_back_when_the_target_fails() {
     assert!(h.ended.is_none(), "the caller waits for the target");
     assert!(!h.take_commands().iter().any(|(l, _)| *l == A));
 
+    // The transferor's side goes quiet meanwhile: no reason to end the call.
+    h.call.handle(Timestamp::ZERO + ms(20_000), CallInput::MediaInactive { side: Side::B });
+    h.drain();
+    assert!(h.ended.is_none(), "a quiet transferor's side during a transfer is no dead call");
     h.call.handle(Timestamp::ZERO + ms(1010) + Duration::from_secs(30), CallInput::Timeout);
     h.drain();
     assert!(h.take_commands().iter().any(|(l, c)| *l == T1 && matches!(c, LegCommand::Hangup)));
