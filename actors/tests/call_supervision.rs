@@ -158,6 +158,7 @@ impl Answered {
                 timers: TimerConfig::default(),
                 local_sip: LocalSip { address: "127.0.0.1:5060".parse().unwrap(), tls: None },
                 bugs: Default::default(),
+                park_timeout: Duration::from_secs(45),
             },
             clock: Arc::new(TestClock(std::time::Instant::now())),
             sip: port.clone(),
@@ -203,6 +204,7 @@ impl Answered {
                     intercom: false,
                     pickup: None,
                     replaces: None,
+                    park: None,
                 },
                 forks: vec![B],
             })))

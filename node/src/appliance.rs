@@ -194,6 +194,7 @@ pub async fn run(config: Config, prometheus: metrics_exporter_prometheus::Promet
                 tls: config.sip_tls.as_ref().map(|t| advertised(t.listen, config.calls.media_address)),
             },
             bugs: Default::default(),
+            park_timeout: Duration::from_secs(config.calls.park_timeout_s.into()),
         },
         clock: Arc::new(clock),
         sip: Arc::new(sink.clone()),

@@ -523,6 +523,8 @@ struct CallsSection {
     cdr_retention_days: Option<u32>,
     emergency_numbers: Option<Vec<String>>,
     media_encryption: Option<MediaEncryption>,
+    park_orbits: Option<String>,
+    park_timeout_s: Option<u32>,
 }
 
 /// How calls are handled and how long their records are kept.
@@ -543,6 +545,11 @@ pub struct CallsConfig {
     pub cdr_retention_days: u32,
     /// Numbers no licence limit ever refuses.
     pub emergency_numbers: Vec<String>,
+    /// Call park's orbits (`calls.park_orbits`, "701-720" by default, "off": none): a call
+    /// transferred to one waits there until a phone dials it.
+    pub park_orbits: Vec<String>,
+    /// How long a parked call waits before it rings back the phone that parked it.
+    pub park_timeout_s: u32,
 }
 
 /// `[sip]`: how much a single source may ask of the SIP listener (docs/SECURITY.md).
@@ -766,6 +773,9 @@ impl Config {
                 .calls
                 .emergency_numbers
                 .unwrap_or_else(|| DEFAULT_EMERGENCY_NUMBERS.map(String::from).to_vec()),
+            park_orbits: park_orbits(file.calls.park_orbits.as_deref().unwrap_or(DEFAULT_PARK_ORBITS))
+                .map_err(|reason| invalid("calls.park_orbits", reason))?,
+            park_timeout_s: file.calls.park_timeout_s.unwrap_or(DEFAULT_PARK_TIMEOUT_S),
         };
         if let Some(bad) =
             calls.emergency_numbers.iter().find(|n| n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()))
@@ -787,6 +797,7 @@ impl Config {
             ("calls.no_answer_timeout_s", calls.no_answer_timeout_s, NO_ANSWER_TIMEOUT_S_RANGE),
             ("calls.rtp_timeout_s", calls.rtp_timeout_s, RTP_TIMEOUT_S_RANGE),
             ("calls.cdr_retention_days", calls.cdr_retention_days, CDR_RETENTION_DAYS_RANGE),
+            ("calls.park_timeout_s", calls.park_timeout_s, PARK_TIMEOUT_S_RANGE),
         ] {
             if !(low..=high).contains(&value) {
                 return Err(invalid(key, format!("{value} is not between {low} and {high}")));
@@ -865,6 +876,7 @@ impl Config {
             refresh_flush_s: r.refresh_flush_s.unwrap_or(d.refresh_flush_s),
             rooms: Default::default(),
             groups: Default::default(),
+            park_orbits: Default::default(),
             push_providers: push.as_ref().map(PushConfig::providers).unwrap_or_default(),
             push_refresh_before_s: push.as_ref().map_or(d.push_refresh_before_s, |p| p.refresh_before_s),
             digest_algorithms: match r.digest_algorithms {
@@ -938,6 +950,26 @@ impl Config {
         registrar.rooms = conferences.iter().map(|room| room.number.clone()).collect();
         registrar.groups = groups(&file.groups, &file.extensions, &registrar.rooms, &calls.emergency_numbers)
             .map_err(|(key, reason)| invalid(&key, reason))?;
+        // Orbits are numbers of their own: a clash with a declared number is an error when the
+        // orbits were set, and drops that orbit from the default range.
+        let mut calls = calls;
+        let emergency = calls.emergency_numbers.clone();
+        let taken = |n: &String| {
+            file.extensions.iter().any(|e| e.number == *n)
+                || registrar.rooms.contains(n)
+                || registrar.groups.contains_key(n)
+                || emergency.contains(n)
+        };
+        match (&file.calls.park_orbits, calls.park_orbits.iter().find(|n| taken(n))) {
+            (Some(_), Some(clash)) => {
+                return Err(invalid(
+                    "calls.park_orbits",
+                    format!("{clash:?} is also an extension, a room, a group or an emergency number"),
+                ));
+            }
+            _ => calls.park_orbits.retain(|n| !taken(n)),
+        }
+        registrar.park_orbits = calls.park_orbits.iter().cloned().collect();
         let m = pbx_actors::media::mixer::MixerConfig::default();
         let mixer = pbx_actors::media::mixer::MixerConfig {
             talkers_max: file.mixer.talkers_max.unwrap_or(m.talkers_max),
@@ -977,6 +1009,31 @@ impl Config {
             file: flags.config.clone(),
         })
     }
+}
+
+/// Call park's orbits when `calls.park_orbits` is not set.
+pub const DEFAULT_PARK_ORBITS: &str = "701-720";
+/// Orbits at most.
+pub const PARK_ORBITS_MAX: u32 = 100;
+pub const DEFAULT_PARK_TIMEOUT_S: u32 = 45;
+pub const PARK_TIMEOUT_S_RANGE: (u32, u32) = (10, 600);
+
+/// `calls.park_orbits`: "off", or a range "FIRST-LAST" of numbers of the same length.
+fn park_orbits(text: &str) -> Result<Vec<String>, String> {
+    if text == "off" {
+        return Ok(Vec::new());
+    }
+    let bad = || format!("{text:?} is not \"off\" nor a range such as \"701-720\"");
+    let (first, last) = text.split_once('-').ok_or_else(bad)?;
+    let digits = |s: &str| !s.is_empty() && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(first) || !digits(last) || first.len() != last.len() {
+        return Err(bad());
+    }
+    let (a, b): (u64, u64) = (first.parse().map_err(|_| bad())?, last.parse().map_err(|_| bad())?);
+    if a > b || b - a >= u64::from(PARK_ORBITS_MAX) {
+        return Err(format!("{text:?}: the range must run upwards and hold at most {PARK_ORBITS_MAX} orbits"));
+    }
+    Ok((a..=b).map(|n| format!("{n:0width$}", width = first.len())).collect())
 }
 
 /// Checks `[[groups]]`; an error names the key. Members are checked for their shape only: an
@@ -1261,12 +1318,41 @@ mod tests {
             media_io: MediaIo::Auto,
             cdr_retention_days: 90,
             emergency_numbers: vec!["110".into(), "112".into(), "911".into()],
+            park_orbits: (701..=720).map(|n: u32| n.to_string()).collect(),
+            park_timeout_s: 45,
         };
         assert_eq!(c.calls, calls, "0.0.0.0 cannot go into SDP, so media defaults to loopback");
+        assert_eq!(c.registrar.park_orbits.len(), 20);
         let privacy = &c.privacy;
         assert_eq!((privacy.reaper_interval_s, privacy.reaper_batch), (3_600, 500));
         assert_eq!(privacy.periods, pbx_actors::privacy::reaper::Periods::default(), "the inventory's periods");
         assert_eq!(privacy.operator, OperatorSection::default());
+    }
+
+    /// Park orbits: a range, "off", a bad range named by its key; a declared number inside the
+    /// default range drops that orbit, inside a range set explicitly is an error.
+    #[test]
+    fn park_orbits_are_a_range_of_numbers_of_their_own() {
+        let c = load_text("[calls]\npark_orbits = \"0801-0803\"\npark_timeout_s = 20").unwrap();
+        assert_eq!(
+            (c.calls.park_orbits.clone(), c.calls.park_timeout_s),
+            (vec!["0801".into(), "0802".into(), "0803".into()], 20)
+        );
+        assert!(load_text("[calls]\npark_orbits = \"off\"").unwrap().registrar.park_orbits.is_empty());
+        for (text, reason) in [
+            ("[calls]\npark_orbits = \"720-701\"", "upwards"),
+            ("[calls]\npark_orbits = \"701\"", "not \"off\""),
+            ("[calls]\npark_orbits = \"1-1000\"", "not \"off\""),
+            ("[calls]\npark_timeout_s = 5", "not between 10 and 600"),
+        ] {
+            let error = load_text(text).unwrap_err().to_string();
+            assert!(error.contains("calls.park") && error.contains(reason), "{text}: {error}");
+        }
+        let ext = "[[extensions]]\nnumber = \"705\"\npassword = \"secret-705-long\"\n";
+        let c = load_text(ext).unwrap();
+        assert!(!c.calls.park_orbits.contains(&"705".to_string()) && c.calls.park_orbits.len() == 19);
+        let error = load_text(&format!("{ext}[calls]\npark_orbits = \"701-710\"")).unwrap_err().to_string();
+        assert!(error.contains("calls.park_orbits") && error.contains("\"705\""), "{error}");
     }
 
     /// The privacy section sets the reaper and the periods; the CDR period is the calls key.

@@ -525,6 +525,7 @@ impl SimNode {
             timers,
             local_sip: LocalSip { address: config.sip, tls: None },
             bugs: config.bugs,
+            park_timeout: std::time::Duration::from_secs(45),
         };
         let mut node = SimNode {
             endpoint: EndpointGlue::new(Endpoint::new(timers, seed32(&mut rng)), config.bugs),
@@ -1267,6 +1268,13 @@ impl SimNode {
                     }
                 }
                 CoreOutput::Segment(cdr) => self.write_cdr(*cdr),
+                CoreOutput::Park { attempt, .. } => {
+                    // Not in the simulated workload yet: no orbit is given.
+                    if let Some(c) = self.calls.get_mut(&id) {
+                        c.core.handle(now, CoreInput::Parked { attempt, ok: false });
+                    }
+                }
+                CoreOutput::Unparked => {}
                 CoreOutput::Replace { attempt, .. } => {
                     // Not in the simulated workload yet: refused as a node without it would.
                     let result = Err((403, "Forbidden (attended transfer is not simulated)".into()));

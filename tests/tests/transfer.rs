@@ -25,6 +25,20 @@ fn phone(pbx: &Pbx, user: &str, hz: f64) -> Baresip {
     Baresip::start(&registered_account(user, &format!("secret-{user}"), pbx.sip), hz)
 }
 
+/// 100 (1 kHz), 101 (600 Hz) and 102 (1400 Hz), registered.
+fn three_phones(pbx: &Pbx) -> (Baresip, Baresip, Baresip) {
+    let (mut alice, mut bob, mut carol) =
+        (phone(pbx, "100", 1000.0), phone(pbx, "101", 600.0), phone(pbx, "102", 1400.0));
+    assert!(
+        wait_until(WAIT, || alice.is_registered() && bob.is_registered() && carol.is_registered()),
+        "{}{}{}",
+        alice.report(),
+        bob.report(),
+        carol.report()
+    );
+    (alice, bob, carol)
+}
+
 /// The loudest frequency of the last seconds `phone` heard (its newest recording, once that
 /// call closed), a half second off its end.
 fn heard_last(phone: &Baresip, seconds: usize) -> f64 {
@@ -59,16 +73,7 @@ fn cdrs(pbx: &Pbx) -> Vec<serde_json::Value> {
 /// to whom and chain.
 fn blind_transfer(transferor: &str) {
     let pbx = node();
-    let mut alice = phone(&pbx, "100", 1000.0);
-    let mut bob = phone(&pbx, "101", 600.0);
-    let mut carol = phone(&pbx, "102", 1400.0);
-    assert!(
-        wait_until(WAIT, || alice.is_registered() && bob.is_registered() && carol.is_registered()),
-        "{}{}{}",
-        alice.report(),
-        bob.report(),
-        carol.report()
-    );
+    let (mut alice, mut bob, mut carol) = three_phones(&pbx);
     alice.dial(&format!("sip:101@{}", pbx.sip));
     assert!(alice.wait_event("CALL_ESTABLISHED", WAIT).is_some(), "{}", alice.report());
     assert!(bob.wait_event("CALL_ESTABLISHED", WAIT).is_some(), "{}", bob.report());
@@ -378,4 +383,43 @@ fn invite_with_replaces_naming_nothing_gets_481() {
     let answer = answer.expect("a final answer");
     assert_eq!(status_code(&answer), Some(481), "{answer}");
     assert!(answer.lines().next().unwrap().contains("nothing to replace"), "{answer}");
+}
+
+/// Call park (item 5): 101 blind-transfers its caller 100 to orbit 701 and is hung up; 102
+/// dials 702 (nothing there: 480), then 701 and takes the call: 100 and 102 hear each other.
+/// The records chain through the park.
+#[test]
+fn a_call_parked_by_transfer_is_retrieved_by_dialling_its_orbit() {
+    let pbx = node();
+    let (mut alice, mut bob, mut carol) = three_phones(&pbx);
+    alice.dial(&format!("sip:101@{}", pbx.sip));
+    assert!(alice.wait_event("CALL_ESTABLISHED", WAIT).is_some(), "{}", alice.report());
+    assert!(bob.wait_event("CALL_ESTABLISHED", WAIT).is_some(), "{}", bob.report());
+    if let Err(e) = bob.command("transfer", &format!("sip:701@{}", pbx.sip)) {
+        panic!("baresip transfer: {e}\n{}", bob.report());
+    }
+    assert!(bob.wait_event("CALL_CLOSED", WAIT).is_some(), "the parker's call ends\n{}", bob.report());
+
+    carol.dial(&format!("sip:702@{}", pbx.sip));
+    let closed = carol.wait_event("CALL_CLOSED", WAIT).unwrap_or_else(|| panic!("{}", carol.report()));
+    assert!(closed.to_string().contains("480"), "nothing parked at 702: {closed}");
+    carol.dial(&format!("sip:701@{}", pbx.sip));
+    assert!(carol.wait_event("CALL_ESTABLISHED", WAIT).is_some(), "{}\n{}", carol.report(), pbx.log());
+    std::thread::sleep(Duration::from_secs(4));
+    carol.hangup();
+    assert!(carol.wait_event("CALL_CLOSED", WAIT).is_some(), "{}", carol.report());
+    assert!(alice.wait_event("CALL_CLOSED", WAIT).is_some(), "{}", alice.report());
+    assert_eq!(heard_last(&carol, 2), 1000.0, "102 hears the parked caller\n{}", carol.report());
+    assert_eq!(heard_last(&alice, 2), 1400.0, "the parked caller hears 102\n{}", alice.report());
+
+    assert!(wait_until(WAIT, || cdrs(&pbx).iter().filter(|c| c["disposition"] == "answered").count() == 3));
+    let records: Vec<_> = cdrs(&pbx).into_iter().filter(|c| c["disposition"] == "answered").collect();
+    let parked = records.iter().find(|c| c["callee"] == "701").expect("the parked part");
+    let first = records.iter().find(|c| c["callee"] == "101").expect("the first part");
+    let last = records.iter().find(|c| c["callee"] == "102").expect("the retrieved part");
+    assert_eq!((first["transfer"]["by"].as_str(), first["transfer"]["to"].as_str()), (Some("101"), Some("701")));
+    assert_eq!(parked["follows"], first["id"]);
+    assert_eq!((parked["transfer"]["by"].as_str(), parked["transfer"]["to"].as_str()), (Some("701"), Some("102")));
+    assert_eq!(last["follows"], parked["id"]);
+    drop((alice, bob, carol));
 }

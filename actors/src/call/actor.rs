@@ -167,6 +167,18 @@ pub enum CallMsg {
         machine: Box<Leg>,
         takeover: Box<super::b2bua::TakeOver>,
     },
+    /// The calls actor's answer to a park (`CoreOutput::Park`).
+    Parked {
+        attempt: u64,
+        ok: bool,
+    },
+    /// A phone dialled the orbit `orbit`: taken if this call is parked there (`Ok`), else
+    /// handed back.
+    Retrieve {
+        orbit: String,
+        start: Box<CallStart>,
+        reply: RpcReplyPort<Result<(), Box<CallStart>>>,
+    },
     /// An INVITE with `Replaces` naming this call's `leg`: taken if the call allows it
     /// (`Call::can_replace`: `Ok`), else handed back.
     ReplaceLeg {
@@ -482,6 +494,16 @@ impl Actor for CallActor {
                 });
                 s.core.handle(now, CoreInput::Replaced { attempt, result });
             }
+            CallMsg::Parked { attempt, ok } => s.core.handle(now, CoreInput::Parked { attempt, ok }),
+            CallMsg::Retrieve { orbit, start, reply } => {
+                if s.core.call().can_retrieve(&orbit) {
+                    tracing::info!(call = s.core.call().id(), %orbit, by = %start.route.caller, "parked call retrieved");
+                    s.core.handle(now, CoreInput::Retrieve(start));
+                    let _ = reply.send(Ok(()));
+                } else {
+                    let _ = reply.send(Err(start));
+                }
+            }
             CallMsg::ReplaceLeg { leg, start, reply } => {
                 if s.core.call().can_replace(leg, &start.route.caller) {
                     tracing::info!(call = s.core.call().id(), by = %start.route.caller, "INVITE with Replaces taken");
@@ -637,6 +659,18 @@ impl CallState {
                             answer(result)
                         }),
                     );
+                }
+                CoreOutput::Park { attempt, orbit } => {
+                    tracing::info!(call = self.core.call().id(), %orbit, "park");
+                    let ask = CallsMsg::Park { from: me.clone(), attempt, orbit };
+                    if self.calls.as_ref().is_none_or(|calls| calls.cast(ask).is_err()) {
+                        let _ = me.cast(CallMsg::Parked { attempt, ok: false });
+                    }
+                }
+                CoreOutput::Unparked => {
+                    if let Some(calls) = &self.calls {
+                        let _ = calls.cast(CallsMsg::Unpark { from: me.get_id() });
+                    }
                 }
                 CoreOutput::Replace { attempt, replaces, transferor } => {
                     let ask = CallsMsg::Replace { from: me.clone(), attempt, replaces, transferor };
@@ -797,6 +831,17 @@ async fn record_cdr(store: &Arc<dyn CdrStore>, cdr: Cdr) {
 
 pub enum CallsMsg {
     Start(Box<CallStart>),
+    /// A call claims a park orbit: `from` hears [`CallMsg::Parked`] (`false`: the orbit is
+    /// taken).
+    Park {
+        from: ActorRef<CallMsg>,
+        attempt: u64,
+        orbit: String,
+    },
+    /// The call left its orbit.
+    Unpark {
+        from: ractor::ActorId,
+    },
     /// A call's attended transfer: find the call holding the dialog `replaces` names (not
     /// `from`'s), have it reserve itself for `transferor`, and answer `from` with
     /// [`CallMsg::Replaced`].
@@ -839,6 +884,8 @@ struct Running {
     actor: ActorRef<CallMsg>,
     /// The extension (or group) its phones ring for: what a pickup names.
     target: String,
+    /// The park orbit the call waits in, if any: what dialling an orbit names.
+    parked: Option<String>,
     legs: Vec<LegId>,
     /// The call's leg machines, to hang up should its actor fail.
     machines: CallLegs,
@@ -930,6 +977,20 @@ impl Actor for CallsActor {
             }
             CallsMsg::Start(start) if start.route.replaces.is_some() && start.route.contacts.is_empty() => {
                 s.replace_leg(&me, start)
+            }
+            CallsMsg::Start(start) if start.route.park.is_some() && start.route.contacts.is_empty() => {
+                s.retrieve(&me, start)
+            }
+            CallsMsg::Park { from, attempt, orbit } => {
+                let mut calls = s.calls.lock();
+                let free = !calls.values().any(|r| r.parked.as_deref() == Some(orbit.as_str()));
+                let ok = free && calls.get_mut(&from.get_id()).map(|r| r.parked = Some(orbit)).is_some();
+                let _ = from.cast(CallMsg::Parked { attempt, ok });
+            }
+            CallsMsg::Unpark { from } => {
+                if let Some(running) = s.calls.lock().get_mut(&from) {
+                    running.parked = None;
+                }
             }
             CallsMsg::Start(start) | CallsMsg::NothingToPickUp(start) => s.start(&me, *start),
             CallsMsg::Started(started) => s.started(*started).await,
@@ -1047,6 +1108,27 @@ impl CallsState {
         })
     }
 
+    /// A phone dialled a park orbit: the call parked there is asked (off this actor's loop) to
+    /// take its INVITE; none → the INVITE starts as a call that answers 480 (`Call::new`).
+    fn retrieve(&mut self, me: &ActorRef<CallsMsg>, start: Box<CallStart>) {
+        let orbit = start.route.park.clone().unwrap_or_default();
+        let parked =
+            self.calls.lock().values().find(|r| r.parked.as_deref() == Some(orbit.as_str())).map(|r| r.actor.clone());
+        let (me, sip, inviter) = (me.clone(), self.context.sip.clone(), start.a);
+        ractor::concurrency::spawn(async move {
+            let mut start = start;
+            if let Some(call) = parked {
+                let asked = call.call(|reply| CallMsg::Retrieve { orbit, start, reply }, Some(PICKUP_WAIT)).await;
+                start = match asked {
+                    Ok(ractor::rpc::CallResult::Success(Ok(()))) => return,
+                    Ok(ractor::rpc::CallResult::Success(Err(back))) => back,
+                    _ => return sip.leg_down(inviter),
+                };
+            }
+            let _ = me.cast(CallsMsg::NothingToPickUp(start));
+        });
+    }
+
     /// An INVITE with `Replaces` (RFC 3891): the call holding the dialog it names is asked
     /// (off this actor's loop) to take it; not found or not allowed → the INVITE starts as a
     /// call that answers 481 (`Call::new`).
@@ -1157,7 +1239,9 @@ impl CallsState {
                     // A call that stopped leaves no legs behind; one that failed leaves them up.
                     orphan(&self.context, &machines).await;
                 } else {
-                    self.calls.lock().insert(actor.get_id(), Running { actor, target, legs, machines, cdr, recorded });
+                    let parked = None;
+                    let running = Running { actor, target, parked, legs, machines, cdr, recorded };
+                    self.calls.lock().insert(running.actor.get_id(), running);
                 }
             }
             Err((error, busy)) => {

@@ -110,6 +110,8 @@ pub struct CallConfig {
     pub local_sip: LocalSip,
     /// Deliberate bugs for the simulator's self-test; default (none) everywhere else.
     pub bugs: crate::bugs::Bugs,
+    /// How long a parked call waits before it rings back the phone that parked it.
+    pub park_timeout: Duration,
 }
 
 /// A call whose far end is a conference room (`Route::room`): what the room said to it.
@@ -221,6 +223,15 @@ pub enum CallInput {
     /// A phone picks this ringing call up (`Route::pickup`; check [`Call::can_be_picked_up`]
     /// first): its INVITE becomes the answering side, the ringing phones are cancelled.
     PickUp(Box<CallStart>),
+    /// The calls actor's answer to [`CallOutput::Park`]: the orbit was free and is now this
+    /// call's (`true`), or taken.
+    Parked {
+        attempt: u64,
+        ok: bool,
+    },
+    /// A phone dialled the orbit this call is parked in (check [`Call::can_retrieve`] first):
+    /// its INVITE takes the parked side.
+    Retrieve(Box<CallStart>),
     /// An INVITE with `Replaces` naming `leg` (check [`Call::can_replace`] first): a ringing
     /// fork's is a pickup, an answered party's a move of the call to the new phone.
     ReplaceLeg {
@@ -319,6 +330,14 @@ pub enum CallOutput {
         replaces: super::transfer::Replaces,
         transferor: String,
     },
+    /// Claim call park's `orbit` for this call (the calls actor knows which are taken) and
+    /// answer with [`CallInput::Parked`] for this `attempt`.
+    Park {
+        attempt: u64,
+        orbit: String,
+    },
+    /// The call left its orbit (retrieved, or ringing back the parker).
+    Unparked,
     /// Hand this leg (take it out of the call's table: the call no longer has it) and what
     /// goes with it to the call that reserved itself; it comes there as [`CallInput::TakeOver`].
     HandOver {
@@ -493,6 +512,19 @@ pub struct Call {
     replacing: Option<(LegId, Timestamp)>,
     /// The transfer that ended this call (attended: the transferee went to another call).
     transferred: Option<crate::cdr::Transferred>,
+    parked: Option<Parked>,
+    park_timeout: Duration,
+}
+
+/// A call waiting in a park orbit: one side empty, the other the transferee.
+struct Parked {
+    orbit: String,
+    /// The empty side, and the leg and extension of the phone that parked the call there.
+    side: Side,
+    parker_leg: LegId,
+    parker: String,
+    /// When it rings the parker back.
+    deadline: Timestamp,
 }
 
 /// How long a call reserved for an attended transfer waits for the transferee's leg.
@@ -574,6 +606,8 @@ impl Call {
             refreshing: None,
             replacing: None,
             transferred: None,
+            parked: None,
+            park_timeout: config.park_timeout,
         };
         let a_secure = transport.is_secure();
         // The A-leg keeps the INVITE; the call needs only its offer (a cheap clone of `Bytes`).
@@ -708,6 +742,9 @@ impl Call {
             }
             if route.pickup.is_some() {
                 call.reject_reason = Some("Temporarily Unavailable (no call to pick up)".into());
+            }
+            if let Some(orbit) = &route.park {
+                call.reject_reason = Some(format!("Temporarily Unavailable (nothing parked at {orbit})"));
             }
             if route.replaces.is_some() {
                 // RFC 3891 §3: no dialog matched (or it may not be replaced by this caller).
@@ -1087,6 +1124,9 @@ impl Call {
             CallInput::Leg { leg, event } if leg == self.a => self.a_event(event),
             CallInput::Leg { leg, event } => self.b_event(leg, event),
             CallInput::LegLost { leg } => self.lost(leg),
+            CallInput::MediaInactive { side } if self.parked.as_ref().is_some_and(|p| p.side == side) => {
+                // The parked call's empty side: nobody is there to send.
+            }
             CallInput::MediaInactive { .. } if self.transfer.is_some() || self.replacing.is_some() => {
                 // The transferor's side goes quiet while its target rings (or it left): not a
                 // dead call. The side is reconfigured when the transfer completes.
@@ -1119,6 +1159,13 @@ impl Call {
                 _ => self.join(*start, leg),
             },
             CallInput::ReplaceLeg { .. } => {}
+            CallInput::Parked { attempt, ok } => self.parked_in(attempt, ok),
+            CallInput::Retrieve(start) => {
+                if self.parked.as_ref().is_some_and(|p| self.can_retrieve(&p.orbit)) {
+                    self.retrieve(*start);
+                }
+            }
+            CallInput::Timeout if self.parked.as_ref().is_some_and(|p| p.deadline <= self.now) => self.park_timed_out(),
             CallInput::Replaced { attempt, result } => self.replaced(attempt, result),
             CallInput::TakeOver(t) => self.take_over(*t),
             CallInput::Timeout if self.replacing.is_some_and(|(_, until)| until <= self.now) => {
@@ -1190,7 +1237,8 @@ impl Call {
         let forward_at = self.forward_at.filter(|_| self.phase == Phase::Ringing);
         let transfer = self.transfer.as_ref().and_then(|t| t.deadline);
         let replacing = self.replacing.map(|(_, until)| until);
-        [self.deadline, self.push_deadline.filter(|_| !self.waking.is_empty()), forward_at, transfer, replacing]
+        let parked = self.parked.as_ref().map(|p| p.deadline);
+        [self.deadline, self.push_deadline.filter(|_| !self.waking.is_empty()), forward_at, transfer, replacing, parked]
             .into_iter()
             .flatten()
             .min()
@@ -1695,6 +1743,7 @@ impl Call {
         }
         self.forget_waking();
         self.transfer = None;
+        self.parked = None;
         let live: Vec<LegId> = self.forks.iter().filter(|(_, live)| **live).map(|(id, _)| *id).collect();
         for leg in live {
             self.command(leg, LegCommand::Hangup);
@@ -1740,6 +1789,79 @@ impl Call {
     fn is_transferor(&self, leg: LegId) -> bool {
         self.transfer.as_ref().is_some_and(|t| t.transferor == leg && !t.recall)
             || self.replacing.is_some_and(|(replaced, _)| replaced == leg)
+            || self.parked.as_ref().is_some_and(|p| p.parker_leg == leg)
+    }
+
+    /// Whether a phone dialling `orbit` may take this call now: it is parked there.
+    pub fn can_retrieve(&self, orbit: &str) -> bool {
+        self.phase == Phase::Answered && self.parked.as_ref().is_some_and(|p| p.orbit == orbit)
+    }
+
+    /// The calls actor gave (or refused) the orbit: the transferor is told and hung up on,
+    /// the call waits there, its empty side's relay sends nowhere.
+    fn parked_in(&mut self, attempt: u64, ok: bool) {
+        let Some(t) = self.transfer.take_if(|t| t.attempt == attempt) else { return };
+        if !ok {
+            let reason = format!("Forbidden (orbit {} is in use)", t.number);
+            return self.command(t.transferor, LegCommand::AnswerRefer { code: 403, reason: Some(reason) });
+        }
+        if self.phase != Phase::Answered {
+            return;
+        }
+        self.command(t.transferor, LegCommand::AnswerRefer { code: 202, reason: None });
+        self.command(t.transferor, LegCommand::NotifyRefer { code: 200, reason: "OK".into() });
+        self.command(t.transferor, LegCommand::Hangup);
+        let (side, i) = (t.side, side_index(t.side));
+        let next = self.end_segment(t.by.clone(), t.number.clone());
+        self.parties[i] = t.number.clone();
+        self.next_record(next, self.id, self.now);
+        if let Some(peer) = self.peers[i].take() {
+            // Nobody on that side: the relay sends the transferee's audio nowhere.
+            let peer = PeerMedia { rtp: None, rtcp: None, telephone_event: None, sends: false, ..peer };
+            self.outputs.push_back(CallOutput::ConfigureMedia { side, peer });
+        }
+        let deadline = self.now + self.park_timeout;
+        self.parked = Some(Parked { orbit: t.number, side, parker_leg: t.transferor, parker: t.by, deadline });
+    }
+
+    /// A phone dialled the orbit: it takes the parked side.
+    fn retrieve(&mut self, start: CallStart) {
+        let Some(p) = self.parked.take() else { return };
+        self.outputs.push_back(CallOutput::Unparked);
+        let i = side_index(p.side);
+        let retriever = start.route.caller.clone();
+        let next = self.end_segment(p.orbit.clone(), retriever.clone());
+        self.parties[i] = retriever;
+        self.next_record(next, self.id, self.now);
+        self.join(start, p.parker_leg);
+    }
+
+    /// Nobody took the parked call in time: it rings the parker back (a recall).
+    fn park_timed_out(&mut self) {
+        let Some(p) = self.parked.take() else { return };
+        self.outputs.push_back(CallOutput::Unparked);
+        self.attempts += 1;
+        let session = self.transfer_session(p.side);
+        let transferee = self.parties[side_index(p.side.other())].clone();
+        self.transfer = Some(Transfer {
+            attempt: self.attempts,
+            transferor: p.parker_leg,
+            side: p.side,
+            by: p.parker.clone(),
+            number: p.parker.clone(),
+            secure: false,
+            forks: Vec::new(),
+            deadline: None,
+            failure: None,
+            ringing_told: false,
+            transferor_gone: true,
+            recall: true,
+            session,
+            offer: None,
+            started: self.now,
+        });
+        let (attempt, number) = (self.attempts, p.parker);
+        self.outputs.push_back(CallOutput::Transfer { attempt, number, transferee, secure: false });
     }
 
     /// Another call's attended transfer asks to replace `leg` (the transferor's consultation
@@ -1808,12 +1930,7 @@ impl Call {
         };
         let side = if replaced == self.a { Side::A } else { Side::B };
         let i = side_index(side);
-        self.transfers += 1;
-        let next = self.first_id.wrapping_add(self.transfers << 57);
-        let mut done = self.record();
-        done.hangup = None;
-        done.transfer = Some(crate::cdr::Transferred { by: t.transferor.clone(), to: t.party.clone(), next });
-        self.outputs.push_back(CallOutput::Segment(Box::new(done)));
+        let next = self.end_segment(t.transferor.clone(), t.party.clone());
         self.command(replaced, LegCommand::Hangup);
         match side {
             Side::B => {
@@ -1909,6 +2026,13 @@ impl Call {
                 return self.command(transferor, LegCommand::AnswerRefer { code, reason: Some(reason) });
             }
         };
+        if let Some(orbit) = route.park.clone().filter(|_| !recall) {
+            // Call park: the orbit is claimed first; the REFER is answered then.
+            for leg in legs {
+                self.outputs.push_back(CallOutput::ForkGone { leg });
+            }
+            return self.outputs.push_back(CallOutput::Park { attempt, orbit });
+        }
         if !recall {
             self.command(transferor, LegCommand::AnswerRefer { code: 202, reason: None });
         }
@@ -2037,12 +2161,7 @@ impl Call {
         }
         let (side, i) = (t.side, side_index(t.side));
         // The record so far, naming the transfer and the record that goes on.
-        self.transfers += 1;
-        let next = self.first_id.wrapping_add(self.transfers << 57);
-        let mut done = self.record();
-        done.hangup = None;
-        done.transfer = Some(crate::cdr::Transferred { by: t.by.clone(), to: t.number.clone(), next });
-        self.outputs.push_back(CallOutput::Segment(Box::new(done)));
+        let next = self.end_segment(t.by.clone(), t.number.clone());
         // The target's media on the transferor's side: plain RTP, pbx's new session.
         self.sessions[i] = t.session;
         self.plain_side(side);
@@ -2073,6 +2192,18 @@ impl Call {
         }
         // The transferee is taken off hold (the transferor may have put it on hold).
         self.reoffer(side.other());
+    }
+
+    /// The record so far ends with a transfer `by` … `to` … and comes out now; the id of
+    /// the record the call goes on under.
+    fn end_segment(&mut self, by: String, to: String) -> u64 {
+        self.transfers += 1;
+        let next = self.first_id.wrapping_add(self.transfers << 57);
+        let mut done = self.record();
+        done.hangup = None;
+        done.transfer = Some(crate::cdr::Transferred { by, to, next });
+        self.outputs.push_back(CallOutput::Segment(Box::new(done)));
+        next
     }
 
     /// A side now talks to another phone over plain RTP: pbx's SRTP toward it is dropped.

@@ -64,6 +64,10 @@ pub enum CoreInput {
     PushFailed { leg: LegId },
     /// A phone picks the ringing call up (see `CallInput::PickUp`).
     PickUp(Box<super::CallStart>),
+    /// The calls actor's answer to `CoreOutput::Park` (see `CallInput::Parked`).
+    Parked { attempt: u64, ok: bool },
+    /// A phone dialled the orbit this call is parked in (see `CallInput::Retrieve`).
+    Retrieve(Box<super::CallStart>),
     /// An INVITE with `Replaces` takes a leg's place (see `CallInput::ReplaceLeg`).
     ReplaceLeg { leg: LegId, start: Box<super::CallStart> },
     /// The answer to `CoreOutput::Replace` (see `CallInput::Replaced`).
@@ -116,6 +120,13 @@ pub enum CoreOutput {
         transferee: String,
         secure: bool,
     },
+    /// Claim a park orbit (see `CallOutput::Park`).
+    Park {
+        attempt: u64,
+        orbit: String,
+    },
+    /// The call left its orbit (see `CallOutput::Unparked`).
+    Unparked,
     /// Find the call holding this dialog (see `CallOutput::Replace`).
     Replace {
         attempt: u64,
@@ -174,6 +185,8 @@ impl<L: LegTable> CallCore<L> {
             CoreInput::Woken { leg, binding } => self.call.handle(now, CallInput::Woken { leg, binding }),
             CoreInput::PushFailed { leg } => self.call.handle(now, CallInput::PushFailed { leg }),
             CoreInput::PickUp(start) => self.call.handle(now, CallInput::PickUp(start)),
+            CoreInput::Parked { attempt, ok } => self.call.handle(now, CallInput::Parked { attempt, ok }),
+            CoreInput::Retrieve(start) => self.call.handle(now, CallInput::Retrieve(start)),
             CoreInput::ReplaceLeg { leg, start } => self.call.handle(now, CallInput::ReplaceLeg { leg, start }),
             CoreInput::Replaced { attempt, result } => self.call.handle(now, CallInput::Replaced { attempt, result }),
             CoreInput::TakeOver { machine, takeover } => {
@@ -277,6 +290,8 @@ impl<L: LegTable> CallCore<L> {
                         self.outputs.push_back(CoreOutput::Transfer { attempt, number, transferee, secure })
                     }
                     CallOutput::Segment(cdr) => self.outputs.push_back(CoreOutput::Segment(cdr)),
+                    CallOutput::Park { attempt, orbit } => self.outputs.push_back(CoreOutput::Park { attempt, orbit }),
+                    CallOutput::Unparked => self.outputs.push_back(CoreOutput::Unparked),
                     CallOutput::Replace { attempt, replaces, transferor } => {
                         self.outputs.push_back(CoreOutput::Replace { attempt, replaces, transferor })
                     }

@@ -456,6 +456,9 @@ struct Harness {
     replaces: Vec<(u64, super::transfer::Replaces, String)>,
     /// Legs handed over to another call.
     handovers: Vec<(LegId, super::b2bua::TakeOver)>,
+    /// Park orbits claimed (attempt, orbit), and how often the call left its orbit.
+    parks: Vec<(u64, String)>,
+    unparked: usize,
 }
 
 const A: LegId = LegId(1);
@@ -491,6 +494,7 @@ fn call_setup(body: &str, contacts: Vec<Binding>) -> (CallConfig, CallSetup) {
                 intercom: false,
                 pickup: None,
                 replaces: None,
+                park: None,
             },
             forks: [B1, B2][..forks].to_vec(),
         },
@@ -505,6 +509,7 @@ fn call_setup(body: &str, contacts: Vec<Binding>) -> (CallConfig, CallSetup) {
         timers: TimerConfig::default(),
         local_sip: local(),
         bugs: Default::default(),
+        park_timeout: Duration::from_secs(45),
     };
     (config, setup)
 }
@@ -532,6 +537,8 @@ fn harness(config: CallConfig, setup: CallSetup) -> Harness {
         segments: vec![],
         replaces: vec![],
         handovers: vec![],
+        parks: vec![],
+        unparked: 0,
     };
     h.drain();
     h
@@ -565,6 +572,8 @@ impl Harness {
                     self.replaces.push((attempt, replaces, transferor))
                 }
                 CallOutput::HandOver { leg, handover } => self.handovers.push((leg, *handover)),
+                CallOutput::Park { attempt, orbit } => self.parks.push((attempt, orbit)),
+                CallOutput::Unparked => self.unparked += 1,
             }
         }
     }
@@ -1611,6 +1620,7 @@ fn transfer_route(number: &str, legs: &[LegId]) -> super::b2bua::TransferLookup 
         intercom: false,
         pickup: None,
         replaces: None,
+        park: None,
     };
     Ok((Box::new(route), legs.to_vec()))
 }
@@ -1999,4 +2009,83 @@ fn invite_with_replaces_moves_the_call_to_another_phone() {
 
     let ringing = call_with(PCMU_OFFER, 1);
     assert!(ringing.call.can_replace(B1, "102"), "a ringing call is a pickup for anyone");
+}
+
+/// Call park: 101 transfers the caller to orbit 701; once the orbit is claimed the REFER gets
+/// 202 and NOTIFY 200, 101 is hung up, the relay's side B sends nowhere and its silence does
+/// not end the call. 103 dials 701 and takes the parked side; the records chain through the
+/// park. Unretrieved, a parked call rings the parker back.
+#[test]
+fn a_parked_call_waits_in_its_orbit_until_retrieved_or_it_rings_back() {
+    let mut h = transferable_call();
+    h.event(ms(1000), B1, refer_to("701"));
+    let mut parked_route = *transfer_route("701", &[]).unwrap().0;
+    parked_route.park = Some("701".into());
+    h.routed(ms(1001), 1, Ok((Box::new(parked_route.clone()), vec![])));
+    assert_eq!(h.parks, vec![(1, "701".into())]);
+    assert!(h.take_commands().is_empty(), "the REFER waits for the orbit");
+    h.call.handle(Timestamp::ZERO + ms(1002), CallInput::Parked { attempt: 1, ok: true });
+    h.drain();
+    let commands = h.take_commands();
+    assert!(commands.iter().any(|(l, c)| *l == B1 && matches!(c, LegCommand::AnswerRefer { code: 202, .. })));
+    assert_eq!(notified(&commands, B1), vec![200]);
+    assert!(commands.iter().any(|(l, c)| *l == B1 && matches!(c, LegCommand::Hangup)));
+    assert!(h.media.iter().any(|(side, peer)| *side == Side::B && peer.rtp.is_none() && !peer.sends));
+    let first = h.segments.first().unwrap().clone();
+    assert_eq!(first.transfer.as_ref().map(|t| (t.by.as_str(), t.to.as_str())), Some(("101", "701")));
+    h.event(ms(1100), B1, LegEvent::Finished);
+    h.call.handle(Timestamp::ZERO + ms(30_000), CallInput::MediaInactive { side: Side::B });
+    h.drain();
+    assert!(h.ended.is_none(), "parked: the empty side's silence and the parker's leg going are fine");
+    assert!(h.call.can_retrieve("701") && !h.call.can_retrieve("702"));
+
+    let (key, invite) = invite(PCMU_OFFER);
+    let start = CallStart {
+        a: LegId(50),
+        key,
+        invite,
+        source: PHONE.parse().unwrap(),
+        transport: Transport::Udp,
+        route: Route { caller: "103".into(), ..parked_route },
+        forks: vec![],
+    };
+    h.call.handle(Timestamp::ZERO + ms(31_000), CallInput::Retrieve(Box::new(start)));
+    h.drain();
+    assert_eq!(h.unparked, 1);
+    let commands = h.take_commands();
+    let (_, answer) = commands.iter().find(|(l, c)| *l == LegId(50) && matches!(c, LegCommand::Answer { .. })).unwrap();
+    assert_eq!(sdp_of(answer).rtp, Some("127.0.0.1:20002".parse().unwrap()));
+    assert_eq!(h.call.answered_legs(), Some((A, LegId(50))));
+    let parked_part = h.segments.last().unwrap().clone();
+    assert_eq!(parked_part.transfer.as_ref().map(|t| (t.by.as_str(), t.to.as_str())), Some(("701", "103")));
+    h.event(ms(40_000), A, LegEvent::Bye);
+    let last = h.ended.clone().unwrap();
+    assert_eq!((last.caller.as_str(), last.callee.as_str(), last.follows), ("100", "103", Some(parked_part.id)));
+
+    // Another parked call nobody takes: after the park timeout, a recall of 101.
+    let mut h = transferable_call();
+    h.event(ms(1000), B1, refer_to("702"));
+    let mut route = *transfer_route("702", &[]).unwrap().0;
+    route.park = Some("702".into());
+    h.routed(ms(1001), 1, Ok((Box::new(route), vec![])));
+    h.call.handle(Timestamp::ZERO + ms(1002), CallInput::Parked { attempt: 1, ok: true });
+    h.drain();
+    h.call.handle(Timestamp::ZERO + ms(1002) + Duration::from_secs(45), CallInput::Timeout);
+    h.drain();
+    assert_eq!(h.unparked, 1);
+    assert_eq!(h.lookups.last(), Some(&(2, "101".into(), "100".into(), false)), "the parker is rung back");
+
+    // A taken orbit: the REFER is refused and the call goes on.
+    let mut h = transferable_call();
+    h.event(ms(1000), B1, refer_to("701"));
+    let mut route = *transfer_route("701", &[]).unwrap().0;
+    route.park = Some("701".into());
+    h.routed(ms(1001), 1, Ok((Box::new(route), vec![])));
+    h.call.handle(Timestamp::ZERO + ms(1002), CallInput::Parked { attempt: 1, ok: false });
+    h.drain();
+    let commands = h.take_commands();
+    assert!(
+        matches!(&commands[..], [(B1, LegCommand::AnswerRefer { code: 403, reason: Some(r) })] if r.contains("in use")),
+        "{commands:?}"
+    );
 }

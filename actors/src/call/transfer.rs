@@ -15,6 +15,8 @@
 //! (pbx routes by number, over the transport each phone registered with); of the embedded
 //! headers only `Replaces` (RFC 3891, attended transfer) is read.
 
+pub use crate::sip::replaces::{Replaces, parse_replaces};
+
 /// Longest `Refer-To` value read; longer is refused.
 pub const REFER_TO_MAX: usize = 1024;
 /// Longest number in a `Refer-To`.
@@ -29,14 +31,6 @@ pub struct ReferTo {
     pub secure: bool,
     /// Attended transfer: the dialog the target is already in with the transferor.
     pub replaces: Option<Replaces>,
-}
-
-/// An RFC 3891 `Replaces` value: a dialog by its Call-ID and tags.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Replaces {
-    pub call_id: String,
-    pub to_tag: String,
-    pub from_tag: String,
 }
 
 /// Why a `Refer-To` is refused: the 403's reason phrase.
@@ -86,25 +80,6 @@ pub fn parse_refer_to(value: &str, own_hosts: &[String]) -> Result<ReferTo, Refu
         }
     }
     Ok(ReferTo { number, secure, replaces })
-}
-
-/// Reads a `Replaces` value: `call-id;to-tag=…;from-tag=…` (other parameters, such as
-/// `early-only`, ignored).
-pub fn parse_replaces(value: &str) -> Option<Replaces> {
-    let mut parts = value.split(';');
-    let call_id = parts.next()?.trim();
-    let (mut to_tag, mut from_tag) = (None, None);
-    for part in parts {
-        let (name, value) = part.split_once('=').unwrap_or((part, ""));
-        match name.trim().to_ascii_lowercase().as_str() {
-            "to-tag" => to_tag = Some(value.trim().to_owned()),
-            "from-tag" => from_tag = Some(value.trim().to_owned()),
-            _ => {}
-        }
-    }
-    let replaces = Replaces { call_id: call_id.to_owned(), to_tag: to_tag?, from_tag: from_tag? };
-    let sane = |s: &str| !s.is_empty() && s.len() <= 256 && !s.bytes().any(|b| b.is_ascii_whitespace() || b < 0x21);
-    (sane(&replaces.call_id) && sane(&replaces.to_tag) && sane(&replaces.from_tag)).then_some(replaces)
 }
 
 /// A host without port or IPv6 brackets; `None` when empty.

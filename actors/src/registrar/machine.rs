@@ -116,6 +116,9 @@ pub struct RegistrarConfig {
     /// ([`super::groups`]).
     #[serde(default)]
     pub groups: BTreeMap<String, super::groups::Group>,
+    /// Call park's orbits: a call transferred to one is parked there; dialling one takes the
+    /// call parked there. An extension of the same number (made through the API) wins.
+    pub park_orbits: std::collections::BTreeSet<String>,
     /// RFC 8599 push providers pbx pushes through (`fcm`, `apns`, `apns.dev`); empty: push is
     /// off and `pn-*` Contact parameters are ignored.
     pub push_providers: Vec<String>,
@@ -148,6 +151,7 @@ impl Default for RegistrarConfig {
             digest_algorithms: Algorithm::PREFERENCE.to_vec(),
             rooms: Default::default(),
             groups: Default::default(),
+            park_orbits: Default::default(),
             push_providers: Vec::new(),
             push_refresh_before_s: 120,
         }
@@ -380,7 +384,10 @@ pub struct Route {
     pub pickup: Option<String>,
     /// An INVITE with `Replaces` (RFC 3891): the caller takes the place of the leg it names
     /// (`contacts` is empty).
-    pub replaces: Option<crate::call::transfer::Replaces>,
+    pub replaces: Option<crate::sip::replaces::Replaces>,
+    /// Call park's orbit (`RegistrarConfig::park_orbits`): dialled, the caller takes the call
+    /// parked there (`contacts` is empty); as a transfer's target, the call is parked there.
+    pub park: Option<String>,
 }
 
 /// Dialled before an extension's number, calls it as an intercom (FreePBX's `*80`).
@@ -435,6 +442,7 @@ impl Route {
             intercom: false,
             pickup: None,
             replaces: None,
+            park: None,
         }
     }
 
@@ -938,7 +946,7 @@ impl Registrar {
         if let Some(value) = request.headers.get_raw(&Name::REPLACES).next() {
             // RFC 3891: the call takes this INVITE in place of the dialog named; the calls
             // actor finds it (or answers 481).
-            let Some(replaces) = crate::call::transfer::parse_replaces(value.as_str()) else {
+            let Some(replaces) = crate::sip::replaces::parse_replaces(value.as_str()) else {
                 return self.refuse(
                     tx,
                     request,
@@ -950,6 +958,13 @@ impl Registrar {
             let plain = Route::plain(caller, caller_display_name, callee.clone(), callee, Vec::new());
             let route = Route { replaces: Some(replaces), ..plain };
             return self.outputs.push_back(RegistrarOutput::Routed { tx, route });
+        }
+        if self.config.park_orbits.contains(&callee) && !self.extensions.contains_key(&callee) {
+            // Retrieval: the calls actor finds the call parked there (or answers 480).
+            let plain = Route::plain(caller, caller_display_name, callee.clone(), callee.clone(), Vec::new());
+            return self
+                .outputs
+                .push_back(RegistrarOutput::Routed { tx, route: Route { park: Some(callee), ..plain } });
         }
         if let Some(number) = callee.strip_prefix(PICKUP_PREFIX).filter(|n| self.extensions.contains_key(*n)) {
             // Directed pickup: the calls actor finds the call ringing `number`'s phones.
@@ -1039,6 +1054,10 @@ impl Registrar {
             return Err((403, "Forbidden (transfer to a conference room is not supported)".into()));
         }
         let display = self.extensions.get(transferee).map(|e| e.display_name.clone()).unwrap_or_default();
+        if self.config.park_orbits.contains(number) && !self.extensions.contains_key(number) {
+            let plain = Route::plain(transferee.to_owned(), display, number.to_owned(), number.to_owned(), Vec::new());
+            return Ok(Route { park: Some(number.to_owned()), ..plain });
+        }
         self.resolve(transferee.to_owned(), display, number.to_owned()).map_err(|refusal| match refusal.code {
             404 => (403, "Forbidden (no such number)".to_owned()),
             480 => (480, "Temporarily Unavailable".to_owned()),

@@ -1913,3 +1913,19 @@ fn transfer_targets_are_routed_like_dialled_numbers() {
         assert!(why.contains(reason), "{number}: {why}");
     }
 }
+
+/// Park orbits: as a transfer's target, the route says park there; dialled, it says take the
+/// call parked there (no phones ring either way).
+#[test]
+fn park_orbits_route_to_the_park() {
+    let config = RegistrarConfig { park_orbits: ["701".to_string()].into(), ..RegistrarConfig::default() };
+    let mut h = Harness::with(config, Vec::new());
+    let route = h.m.transfer_route("100", "701").expect("an orbit");
+    assert_eq!((route.park.as_deref(), route.contacts.len()), (Some("701"), 0));
+    let route = h.call_from("100", PASSWORD_100, "701", source()).routed.expect("routed");
+    assert_eq!((route.park.as_deref(), route.caller.as_str()), (Some("701"), "100"));
+    assert!(h.m.transfer_route("100", "702").is_err(), "no orbit, no extension");
+    h.add_extensions(&["701"]);
+    let route = h.m.transfer_route("100", "701").err();
+    assert_eq!(route.map(|(code, _)| code), Some(480), "an extension 701 (no phone) wins over the orbit");
+}

@@ -395,6 +395,7 @@ fn a_shard_names_itself_in_its_tx_ids_and_legs() {
             intercom: false,
             pickup: None,
             replaces: None,
+            park: None,
         };
         let outs = run(&mut e, Timestamp::ZERO, EndpointInput::Routed { tx, route });
         let start = outs
