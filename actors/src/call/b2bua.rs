@@ -2033,6 +2033,15 @@ impl Call {
             }
             return self.outputs.push_back(CallOutput::Park { attempt, orbit });
         }
+        if secure && !route.contacts.iter().any(|b| b.transport.is_secure()) {
+            // A `sips:` target is rung only over TLS: none there is refused, not downgraded.
+            self.transfer = None;
+            for leg in legs {
+                self.outputs.push_back(CallOutput::ForkGone { leg });
+            }
+            let reason = Some("Forbidden (sips: target has no phone on TLS)".to_owned());
+            return self.command(transferor, LegCommand::AnswerRefer { code: 403, reason });
+        }
         if !recall {
             self.command(transferor, LegCommand::AnswerRefer { code: 202, reason: None });
         }

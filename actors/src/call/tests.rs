@@ -2089,3 +2089,20 @@ fn a_parked_call_waits_in_its_orbit_until_retrieved_or_it_rings_back() {
         "{commands:?}"
     );
 }
+
+/// A `sips:` Refer-To (RFC 5630: TLS all the way) to a target with no phone on TLS is refused
+/// before anything rings, not downgraded to its UDP phones.
+#[test]
+fn a_sips_target_without_tls_phones_is_refused() {
+    let mut h = transferable_call();
+    let target = super::transfer::ReferTo { number: "102".into(), secure: true, replaces: None };
+    h.event(ms(1000), B1, LegEvent::Refer(target));
+    assert_eq!(h.lookups, vec![(1, "102".into(), "100".into(), true)]);
+    h.routed(ms(1001), 1, transfer_route("102", &[T1]));
+    let commands = h.take_commands();
+    assert!(
+        matches!(&commands[..], [(B1, LegCommand::AnswerRefer { code: 403, reason: Some(r) })] if r.contains("sips")),
+        "{commands:?}"
+    );
+    assert!(!h.started.contains(&T1) && h.gone.contains(&T1));
+}
