@@ -789,18 +789,9 @@ impl Call {
     /// answered with pbx's port on that side (plain RTP, in the codec it offered first), the
     /// old phone gets a BYE. The same extension, the same record.
     fn join(&mut self, start: CallStart, leg: LegId) {
-        let CallStart { a: p, key, invite, source, transport, .. } = start;
-        let Some(template) = self.template.clone() else { return };
-        let body = invite.body.clone();
-        let Some(new) = Leg::uas(p, self.now, template.timers, template.local_sip, key, invite, source, transport)
-        else {
-            return;
-        };
-        self.outputs.push_back(CallOutput::StartLeg(Box::new(new)));
-        self.forks.insert(p, true);
+        let Some((p, offer)) = self.new_phone(start) else { return };
         let side = if leg == self.a { Side::A } else { Side::B };
         let i = side_index(side);
-        let offer = sdp::parse(&body).ok().and_then(|d| d.audio().map(|a| (d, a))).filter(|(_, a)| !a.secure);
         let Some((offer, audio)) = offer else {
             return self.command(p, LegCommand::Reject { code: 488, reason: None });
         };
@@ -817,12 +808,34 @@ impl Call {
         self.last_sdp[i] = Some(answer.clone());
         self.command(p, LegCommand::Answer { sdp: Some(answer) });
         self.command(leg, LegCommand::Hangup);
+        self.seat(side, p);
+    }
+
+    /// A new phone's INVITE (a pickup, a retrieval, an INVITE with `Replaces`): its leg starts
+    /// as one of this call's, with its offer if that is plain RTP pbx can read.
+    fn new_phone(&mut self, start: CallStart) -> Option<(LegId, Option<(SessionDescription, Audio)>)> {
+        let CallStart { a: p, key, invite, source, transport, .. } = start;
+        let template = self.template.clone()?;
+        let body = invite.body.clone();
+        let leg = Leg::uas(p, self.now, template.timers, template.local_sip, key, invite, source, transport)?;
+        self.outputs.push_back(CallOutput::StartLeg(Box::new(leg)));
+        self.forks.insert(p, true);
+        let offer = sdp::parse(&body).ok().and_then(|d| d.audio().map(|a| (d, a))).filter(|(_, a)| !a.secure);
+        Some((p, offer))
+    }
+
+    /// `leg` takes `side` of the answered call (after a transfer, a takeover, a retrieval): the
+    /// party there before stays in `forks` until its leg finishes.
+    fn seat(&mut self, side: Side, leg: LegId) {
         match side {
-            Side::B => self.winner = Some(p),
+            Side::B => {
+                self.forks.insert(leg, true);
+                self.winner = Some(leg);
+            }
             Side::A => {
                 self.forks.insert(self.a, self.a_live);
-                self.forks.remove(&p);
-                self.a = p;
+                self.forks.remove(&leg);
+                self.a = leg;
                 self.a_live = true;
             }
         }
@@ -832,17 +845,8 @@ impl Call {
     /// B-side port in the codec it offered first, the caller answered as when a phone answers
     /// (its early answer if it had one), the phones ringing cancelled.
     fn pick_up(&mut self, start: CallStart) {
-        let CallStart { a: p, key, invite, source, transport, route, .. } = start;
-        let start_caller = route.caller;
-        let Some(template) = self.template.clone() else { return };
-        let body = invite.body.clone();
-        let Some(leg) = Leg::uas(p, self.now, template.timers, template.local_sip, key, invite, source, transport)
-        else {
-            return;
-        };
-        self.outputs.push_back(CallOutput::StartLeg(Box::new(leg)));
-        self.forks.insert(p, true);
-        let offer = sdp::parse(&body).ok().and_then(|d| d.audio().map(|a| (d, a))).filter(|(_, a)| !a.secure);
+        let start_caller = start.route.caller.clone();
+        let Some((p, offer)) = self.new_phone(start) else { return };
         let picked = offer.and_then(|(p_offer, p_audio)| {
             let codec_b = first_codec(&p_audio)?;
             let te = p_audio.telephone_event.is_some();
@@ -1840,28 +1844,7 @@ impl Call {
     fn park_timed_out(&mut self) {
         let Some(p) = self.parked.take() else { return };
         self.outputs.push_back(CallOutput::Unparked);
-        self.attempts += 1;
-        let session = self.transfer_session(p.side);
-        let transferee = self.parties[side_index(p.side.other())].clone();
-        self.transfer = Some(Transfer {
-            attempt: self.attempts,
-            transferor: p.parker_leg,
-            side: p.side,
-            by: p.parker.clone(),
-            number: p.parker.clone(),
-            secure: false,
-            forks: Vec::new(),
-            deadline: None,
-            failure: None,
-            ringing_told: false,
-            transferor_gone: true,
-            recall: true,
-            session,
-            offer: None,
-            started: self.now,
-        });
-        let (attempt, number) = (self.attempts, p.parker);
-        self.outputs.push_back(CallOutput::Transfer { attempt, number, transferee, secure: false });
+        self.ring_back(p.parker_leg, p.side, p.parker);
     }
 
     /// Another call's attended transfer asks to replace `leg` (the transferor's consultation
@@ -1932,17 +1915,7 @@ impl Call {
         let i = side_index(side);
         let next = self.end_segment(t.transferor.clone(), t.party.clone());
         self.command(replaced, LegCommand::Hangup);
-        match side {
-            Side::B => {
-                self.forks.insert(t.leg, true);
-                self.winner = Some(t.leg);
-            }
-            Side::A => {
-                self.forks.insert(self.a, self.a_live);
-                self.a = t.leg;
-                self.a_live = true;
-            }
-        }
+        self.seat(side, t.leg);
         self.sessions[i] = t.session;
         self.plain_side(side);
         self.codecs[i] = t.codec.or(self.codecs[i]);
@@ -2123,26 +2096,34 @@ impl Call {
         if !t.transferor_gone {
             return self.command(t.transferor, LegCommand::NotifyRefer { code, reason: reason.to_owned() });
         }
-        // Rung back: the transferor's own extension, as a transfer of its own.
+        self.ring_back(t.transferor, t.side, t.by);
+    }
+
+    /// Rings `by` (the extension whose leg `transferor` left `side`) back, as a transfer of
+    /// its own: a recall, after a failed blind transfer or a park nobody took.
+    fn ring_back(&mut self, transferor: LegId, side: Side, by: String) {
         self.attempts += 1;
-        let transferee = self.parties[side_index(t.side.other())].clone();
-        let session = self.transfer_session(t.side);
-        let number = t.by.clone();
+        let transferee = self.parties[side_index(side.other())].clone();
+        let session = self.transfer_session(side);
+        let (attempt, number) = (self.attempts, by.clone());
         self.transfer = Some(Transfer {
-            attempt: self.attempts,
+            attempt,
+            transferor,
+            side,
+            by,
             number: number.clone(),
             secure: false,
             forks: Vec::new(),
             deadline: None,
             failure: None,
             ringing_told: false,
+            transferor_gone: true,
             recall: true,
             session,
             offer: None,
             started: self.now,
-            ..t
         });
-        self.outputs.push_back(CallOutput::Transfer { attempt: self.attempts, number, transferee, secure: false });
+        self.outputs.push_back(CallOutput::Transfer { attempt, number, transferee, secure: false });
     }
 
     /// The transferor hung up before the target answered: the transferee waits for the target.
@@ -2181,16 +2162,7 @@ impl Call {
             self.command(t.transferor, LegCommand::NotifyRefer { code: 200, reason: "OK".into() });
         }
         self.command(t.transferor, LegCommand::Hangup);
-        match side {
-            Side::B => self.winner = Some(leg),
-            Side::A => {
-                let old = self.a;
-                self.forks.insert(old, self.a_live);
-                self.forks.remove(&leg);
-                self.a = leg;
-                self.a_live = true;
-            }
-        }
+        self.seat(side, leg);
         self.parties[i] = self.fork_aor.get(&leg).cloned().unwrap_or_else(|| t.number.clone());
         // The call goes on under its next record: the parties by side, the transfer's target
         // by the number dialled.

@@ -1609,20 +1609,7 @@ fn transfer_route(number: &str, legs: &[LegId]) -> super::b2bua::TransferLookup 
             Binding { aor: number.into(), ..binding(&format!("sip:{number}@127.0.0.1:{port}"), port) }
         })
         .collect();
-    let route = Route {
-        caller: "100".into(),
-        caller_display_name: "Alice".into(),
-        callee: number.into(),
-        target: number.into(),
-        contacts,
-        room: false,
-        forwards: Default::default(),
-        intercom: false,
-        pickup: None,
-        replaces: None,
-        park: None,
-    };
-    Ok((Box::new(route), legs.to_vec()))
+    Ok((Box::new(Route::extension("100", number, contacts)), legs.to_vec()))
 }
 
 impl Harness {

@@ -15,6 +15,7 @@
 //! (pbx routes by number, over the transport each phone registered with); of the embedded
 //! headers only `Replaces` (RFC 3891, attended transfer) is read.
 
+use crate::sip::message::percent_decode;
 pub use crate::sip::replaces::{Replaces, parse_replaces};
 
 /// Longest `Refer-To` value read; longer is refused.
@@ -60,7 +61,7 @@ pub fn parse_refer_to(value: &str, own_hosts: &[String]) -> Result<ReferTo, Refu
     };
     let address = rest.split(';').next().unwrap_or_default();
     let (user, host_port) = address.rsplit_once('@').ok_or("Forbidden (Refer-To names no number)")?;
-    let number = unescape(user).ok_or("Forbidden (malformed number in Refer-To)")?;
+    let number = percent_decode(user).ok_or("Forbidden (malformed number in Refer-To)")?;
     let number_ok = !number.is_empty()
         && number.len() <= NUMBER_MAX
         && number.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'*' | b'#' | b'+'));
@@ -75,7 +76,7 @@ pub fn parse_refer_to(value: &str, own_hosts: &[String]) -> Result<ReferTo, Refu
     for header in headers.into_iter().flat_map(|h| h.split('&')) {
         let (name, value) = header.split_once('=').unwrap_or((header, ""));
         if name.eq_ignore_ascii_case("replaces") {
-            let value = unescape(value).ok_or("Forbidden (malformed Replaces in Refer-To)")?;
+            let value = percent_decode(value).ok_or("Forbidden (malformed Replaces in Refer-To)")?;
             replaces = Some(parse_replaces(&value).ok_or("Forbidden (malformed Replaces in Refer-To)")?);
         }
     }
@@ -89,24 +90,6 @@ fn host_of(host_port: &str) -> Option<&str> {
         None => host_port.split(':').next()?,
     };
     (!host.is_empty()).then_some(host)
-}
-
-/// `%XX` escapes decoded (RFC 3261 §19.1.2); `None` for a broken escape or non-UTF-8.
-fn unescape(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The `message/sipfrag` body of a transfer's NOTIFY (RFC 3515 §2.4.5): the status line of

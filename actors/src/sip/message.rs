@@ -1467,6 +1467,25 @@ fn push_ipv4(out: &mut String, ip: std::net::Ipv4Addr) {
     }
 }
 
+/// `%XX` escapes decoded (RFC 3261 §19.1.2, RFC 3986 §2.1; no `+`), `None` for a broken
+/// escape or non-UTF-8: a Refer-To's user part and headers, an HTTP path.
+pub fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// A SIP URI from text pbx holds (a stored Contact); `None` unless all of it is one URI.
 pub fn parse_sip_uri(text: &str) -> Option<SipUri> {
     let src = Bytes::copy_from_slice(text.trim().as_bytes());

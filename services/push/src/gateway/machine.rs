@@ -386,23 +386,9 @@ pub fn rfc3339_ms(unix_ms: u64) -> String {
         .unwrap_or_else(|| format!("{unix_ms}ms"))
 }
 
-/// `%XX` decoded (no `+`: paths), `None` for a broken escape or non-UTF-8.
-pub fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
+/// `%XX` decoded (no `+`: paths), `None` for a broken escape or non-UTF-8: SIP's decoder
+/// (RFC 3261 §19.1.2 and RFC 3986 escape alike).
+pub use pbx_actors::sip::message::percent_decode;
 
 /// `application/x-www-form-urlencoded` pairs (`+` is a space), `None` for a broken escape.
 pub fn form_decode(text: &str) -> Option<Vec<(String, String)>> {
