@@ -2093,3 +2093,23 @@ fn a_sips_target_without_tls_phones_is_refused() {
     );
     assert!(!h.started.contains(&T1) && h.gone.contains(&T1));
 }
+
+/// A stranger who learned pbx's tag sends REFER with another From tag (or Call-ID): 481,
+/// and the call hears nothing — only the dialog's own party can transfer it.
+#[test]
+fn a_strangers_refer_is_not_of_the_dialog() {
+    let mut leg = confirmed_a_leg();
+    let tag = leg.id().tag();
+    for (from_tag, call_id) in [("mallory", "call-1"), ("alice", "other-call")] {
+        let text = format!(
+            "REFER sip:pbx@{PBX} SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.9:5062;branch=z9hG4bK-evil-{from_tag};rport\n\
+Max-Forwards: 70\nFrom: <sip:100@127.0.0.1>;tag={from_tag}\nTo: <sip:101@127.0.0.1>;tag={tag}\nCall-ID: {call_id}\n\
+CSeq: 9 REFER\nRefer-To: <sip:102@127.0.0.1>\nContent-Length: 0\n\n"
+        );
+        let (key, request) = received(&text);
+        leg.handle(Timestamp::ZERO + ms(1000), LegInput::Sip(SipIn::Request { key, request }));
+        let (sip, events) = drain_leg(&mut leg);
+        assert!(events.is_empty(), "{from_tag}/{call_id}: {events:?}");
+        assert!(sent_text(&sip[0]).starts_with("SIP/2.0 481"), "{}", sent_text(&sip[0]));
+    }
+}
